@@ -1,0 +1,5 @@
+"""`python -m trackpoint` runs the CLI."""
+
+from trackpoint.cli import main
+
+main()

@@ -1,0 +1,1 @@
+"""The admin port: health, readiness, Prometheus metrics (served by the supervisor)."""

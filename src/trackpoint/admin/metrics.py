@@ -1,0 +1,103 @@
+"""Prometheus exposition of the workers' summed counters, rendered by prometheus-client from a snapshot."""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Iterator
+from itertools import accumulate
+
+from prometheus_client import CollectorRegistry, generate_latest
+from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily, HistogramMetricFamily, Metric
+
+from trackpoint.edge.stats import LATENCY_BUCKETS, Snapshot
+
+
+class SupervisorState:
+    """What the supervisor knows besides the workers' counters."""
+
+    def __init__(self) -> None:
+        self.workers_ready = 0
+        self.workers_wanted = 0
+        self.restarts = 0
+        self.reloads = 0
+        self.reload_failures = 0
+
+
+class _SnapshotCollector:
+    def __init__(self, totals: Callable[[], Snapshot], state: SupervisorState) -> None:
+        self.totals = totals
+        self.state = state
+
+    def collect(self) -> Iterator[Metric]:
+        snap = self.totals()
+        state = self.state
+        yield _counter("trackpoint_requests", "HTTP requests received by the tracking edge.", snap.requests)
+        rejected = CounterMetricFamily(
+            "trackpoint_rejected", "Requests rejected, by reason (the X-Reject-Reason code).", labels=["reason"]
+        )
+        for reason, count in sorted(snap.rejected.items()):
+            rejected.add_metric([reason], count)
+        yield rejected
+        events = CounterMetricFamily("trackpoint_events", "Events accepted, by event type.", labels=["type"])
+        for type_name, count in sorted(snap.events.items()):
+            events.add_metric([type_name], count)
+        yield events
+        dropped = CounterMetricFamily(
+            "trackpoint_preprocessor_dropped", "Events dropped by a preprocessor.", labels=["preprocessor"]
+        )
+        for name, count in sorted(snap.preprocessor_dropped.items()):
+            dropped.add_metric([name], count)
+        yield dropped
+        counts = snap.latency_counts or [0] * (len(LATENCY_BUCKETS) + 1)
+        cumulative = list(accumulate(counts))
+        buckets = [(repr(bound), cumulative[i]) for i, bound in enumerate(LATENCY_BUCKETS)]
+        buckets.append(("+Inf", cumulative[-1]))
+        latency = HistogramMetricFamily(
+            "trackpoint_request_duration_seconds", "Time from a request's first byte to its response being written."
+        )
+        latency.add_metric([], buckets, snap.latency_sum)
+        yield latency
+        yield GaugeMetricFamily("trackpoint_connections", "Open tracking connections.", value=snap.connections)
+        yield from _collector_metrics(snap)
+        yield GaugeMetricFamily("trackpoint_workers_ready", "Worker processes serving.", value=state.workers_ready)
+        yield GaugeMetricFamily("trackpoint_workers_wanted", "Configured worker processes.", value=state.workers_wanted)
+        yield _counter("trackpoint_worker_restarts", "Workers restarted after dying.", state.restarts)
+        yield _counter("trackpoint_reloads", "Configuration reloads completed.", state.reloads)
+        yield _counter("trackpoint_reload_failures", "Reloads refused (invalid config or workers not ready).",
+                       state.reload_failures)
+
+
+def _collector_metrics(snap: Snapshot) -> Iterator[Metric]:
+    families = {
+        outcome: CounterMetricFamily(
+            f"trackpoint_collector_{outcome}", f"Events {outcome} by each collector.", labels=["collector"]
+        )
+        for outcome in ("received", "sent", "dropped")
+    }
+    errors = CounterMetricFamily("trackpoint_collector_errors", "Failed sends, by collector.", labels=["collector"])
+    pending = GaugeMetricFamily("trackpoint_collector_pending", "Events waiting in memory.", labels=["collector"])
+    healthy = GaugeMetricFamily("trackpoint_collector_healthy", "1 when every worker's collector is healthy.",
+                                labels=["collector"])
+    for name, stats in sorted(snap.collectors.items()):
+        families["received"].add_metric([name], stats.received)
+        families["sent"].add_metric([name], stats.sent)
+        families["dropped"].add_metric([name], stats.dropped)
+        errors.add_metric([name], stats.errors)
+        pending.add_metric([name], stats.pending)
+        healthy.add_metric([name], 1 if stats.healthy else 0)
+    yield from families.values()
+    yield from (errors, pending, healthy)
+
+
+def _counter(name: str, documentation: str, value: float) -> CounterMetricFamily:
+    return CounterMetricFamily(name, documentation, value=value)
+
+
+def registry(totals: Callable[[], Snapshot], state: SupervisorState) -> CollectorRegistry:
+    registry = CollectorRegistry(auto_describe=False)
+    registry.register(_SnapshotCollector(totals, state))  # type: ignore[arg-type]
+    return registry
+
+
+def render(registry: CollectorRegistry) -> bytes:
+    body: bytes = generate_latest(registry)
+    return body

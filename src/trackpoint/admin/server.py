@@ -1,0 +1,126 @@
+"""A small HTTP/1.1 server for the admin port: a table of (method, path) → async handler, one request per connection.
+
+The admin port carries health checks and scrapes, not tracking traffic, so clarity wins over speed here.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+from collections.abc import Awaitable, Callable
+from dataclasses import dataclass, field
+from typing import cast
+
+import httptools
+import msgspec
+
+from trackpoint.edge.responses import REASONS, http_date
+
+log = logging.getLogger("trackpoint.admin")
+
+MAX_BODY_BYTES = 1 << 20
+
+
+@dataclass
+class AdminRequest:
+    method: str
+    path: str
+    query: str
+    body: bytes = b""
+    headers: dict[str, str] = field(default_factory=dict)
+
+
+@dataclass
+class AdminResponse:
+    status: int
+    body: bytes = b""
+    content_type: str = "application/json"
+
+    @classmethod
+    def json(cls, status: int, document: object) -> AdminResponse:
+        return cls(status, msgspec.json.encode(document))
+
+
+Handler = Callable[[AdminRequest], Awaitable[AdminResponse]]
+
+
+class AdminServer:
+    """Routes by exact (method, path)."""
+
+    def __init__(self) -> None:
+        self.routes: dict[tuple[str, str], Handler] = {}
+
+    def route(self, method: str, path: str, handler: Handler) -> None:
+        self.routes[(method, path)] = handler
+
+    async def dispatch(self, request: AdminRequest) -> AdminResponse:
+        handler = self.routes.get((request.method, request.path))
+        if handler is None:
+            if request.method == "HEAD":
+                handler = self.routes.get(("GET", request.path))
+            if handler is None:
+                known = any(path == request.path for _, path in self.routes)
+                return AdminResponse.json(405 if known else 404, {"error": "method_not_allowed" if known else "not_found"})
+        try:
+            return await handler(request)
+        except Exception:
+            log.exception("admin handler failed for %s %s", request.method, request.path)
+            return AdminResponse.json(500, {"error": "internal_error"})
+
+    async def start(self, host: str, port: int) -> asyncio.Server:
+        loop = asyncio.get_running_loop()
+        return await loop.create_server(lambda: _AdminProtocol(self), host, port, reuse_address=True)
+
+
+class _AdminProtocol(asyncio.Protocol):
+    def __init__(self, server: AdminServer) -> None:
+        self.server = server
+        self.transport: asyncio.Transport | None = None
+        self.parser = httptools.HttpRequestParser(self)
+        self.url = b""
+        self.body = bytearray()
+        self.headers: dict[str, str] = {}
+
+    def connection_made(self, transport: asyncio.BaseTransport) -> None:
+        self.transport = cast(asyncio.Transport, transport)  # uvloop's transports are not its subclasses
+
+    def data_received(self, data: bytes) -> None:
+        try:
+            self.parser.feed_data(data)
+        except httptools.HttpParserError:
+            self._write(AdminResponse.json(400, {"error": "bad_request"}), head=False)
+
+    def on_url(self, url: bytes) -> None:
+        self.url += url
+
+    def on_header(self, name: bytes, value: bytes) -> None:
+        self.headers[name.decode("latin-1").lower()] = value.decode("latin-1")
+
+    def on_body(self, chunk: bytes) -> None:
+        self.body += chunk
+        if len(self.body) > MAX_BODY_BYTES:
+            raise ValueError("admin request body too large")
+
+    def on_message_complete(self) -> None:
+        parsed = httptools.parse_url(self.url)
+        request = AdminRequest(
+            method=self.parser.get_method().decode("ascii"),
+            path=parsed.path.decode("utf-8", "replace"),
+            query=(parsed.query or b"").decode("utf-8", "replace"),
+            body=bytes(self.body),
+            headers=self.headers,
+        )
+        task = asyncio.get_running_loop().create_task(self.server.dispatch(request))
+        task.add_done_callback(lambda done: self._write(done.result(), head=request.method == "HEAD"))
+
+    def _write(self, response: AdminResponse, head: bool) -> None:
+        if self.transport is None or self.transport.is_closing():
+            return
+        header = (
+            f"HTTP/1.1 {response.status} {REASONS.get(response.status, 'Unknown')}\r\n"
+            f"Server: trackpoint-admin\r\nDate: {http_date().decode()}\r\n"
+            f"Content-Type: {response.content_type}\r\nContent-Length: {len(response.body)}\r\n"
+            "Cache-Control: no-store\r\nConnection: close\r\n\r\n"
+        ).encode("latin-1")
+        self.transport.write(header if head else header + response.body)
+        self.transport.close()

@@ -1,0 +1,1 @@
+"""The log collector: rotating JSON-lines files (collector.py) and the reader every tool uses (reader.py)."""

@@ -1,0 +1,272 @@
+"""Loading the YAML configuration into the typed structs, reporting every error with its file, line and key path.
+
+msgspec stops at the first error of a document, so a failing section is validated again member by member: the user
+sees every wrong key at once, each named as `file:line: key.path: message`.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import ipaddress
+import re
+import types
+import typing
+from collections.abc import Iterator
+from dataclasses import dataclass
+from importlib import resources
+from pathlib import Path
+from typing import Any
+
+import msgspec
+import yaml
+
+from trackpoint.config.model import (
+    COLLECTOR_TYPES,
+    PREPROCESSOR_TYPES,
+    Config,
+    EventTypeSpec,
+)
+
+DEFAULT_CONFIG_NAME = "<embedded default>"
+KeyPath = tuple[str | int, ...]
+
+
+@dataclass(frozen=True)
+class ConfigIssue:
+    """One problem in a configuration file."""
+
+    source: str
+    line: int | None
+    path: KeyPath
+    message: str
+
+    def __str__(self) -> str:
+        where = f"{self.source}:{self.line}" if self.line else self.source
+        key = _dotted(self.path)
+        return f"{where}: {key}: {self.message}" if key else f"{where}: {self.message}"
+
+
+class ConfigError(Exception):
+    """The configuration is invalid; `issues` holds every problem found."""
+
+    def __init__(self, issues: list[ConfigIssue]) -> None:
+        super().__init__("\n".join(str(issue) for issue in issues))
+        self.issues = issues
+
+
+@dataclass(frozen=True)
+class LoadedConfig:
+    """A validated configuration with its provenance and version (a hash of the effective config)."""
+
+    config: Config
+    source: str
+    version: str
+
+
+def default_text() -> str:
+    return resources.files("trackpoint.config").joinpath("default.yaml").read_text(encoding="utf-8")
+
+
+def load(path: str | Path | None = None) -> LoadedConfig:
+    """Reads, merges onto the embedded default, validates and checks a configuration; raises ConfigError."""
+    default_doc = yaml.safe_load(default_text())
+    if path is None:
+        return _validate(default_doc, None, DEFAULT_CONFIG_NAME)
+    source = str(path)
+    try:
+        text = Path(path).read_text(encoding="utf-8")
+    except OSError as exc:
+        raise ConfigError([ConfigIssue(source, None, (), f"cannot read: {exc.strerror or exc}")]) from exc
+    try:
+        node = yaml.compose(text, Loader=yaml.SafeLoader)
+        user_doc = yaml.safe_load(text)
+    except yaml.YAMLError as exc:
+        mark = getattr(exc, "problem_mark", None)
+        line = mark.line + 1 if mark is not None else None
+        raise ConfigError([ConfigIssue(source, line, (), f"not valid YAML: {exc}")]) from exc
+    if user_doc is None:
+        user_doc = {}
+    if not isinstance(user_doc, dict):
+        raise ConfigError([ConfigIssue(source, 1, (), "the top level must be a mapping of sections")])
+    # A file's top-level sections replace the default's whole: a file that lists event types lists all of them.
+    merged = {**default_doc, **user_doc}
+    return _validate(merged, node, source)
+
+
+def _validate(document: dict[str, Any], node: yaml.Node | None, source: str) -> LoadedConfig:
+    value, problems = convert_collecting(document, Config, ())
+    if value is None or problems:
+        raise ConfigError([ConfigIssue(source, _line_of(node, path), path, msg) for path, msg in problems])
+    config = with_builtin_instances(value)
+    problems = list(check_references(config))
+    if problems:
+        raise ConfigError([ConfigIssue(source, _line_of(node, path), path, msg) for path, msg in problems])
+    encoded = msgspec.json.encode(config)
+    return LoadedConfig(config=config, source=source, version=hashlib.sha256(encoded).hexdigest()[:12])
+
+
+def with_builtin_instances(config: Config) -> Config:
+    """Every built-in collector and preprocessor exists under its own name unless the file redefines that name."""
+    collectors = {name: cls() for name, cls in COLLECTOR_TYPES.items()} | config.collectors
+    preprocessors = {name: cls() for name, cls in PREPROCESSOR_TYPES.items()} | config.preprocessors
+    return msgspec.structs.replace(config, collectors=collectors, preprocessors=preprocessors)
+
+
+# --- validation that reports every error -----------------------------------------------------------------------
+
+_AT = re.compile(r"^(?P<msg>.*?)(?: - at `\$(?P<path>[^`]*)`)?$", re.DOTALL)
+_PATH_PART = re.compile(r"\.([^.\[]+)|\[(\d+)\]")
+
+
+def convert_collecting(obj: Any, typ: Any, path: KeyPath) -> tuple[Any, list[tuple[KeyPath, str]]]:
+    """Converts `obj` to `typ`; on failure descends into members to return every error, not only the first."""
+    try:
+        return msgspec.convert(obj, typ, strict=True), []
+    except msgspec.ValidationError as exc:
+        problems = _descend(obj, typ, path)
+        return None, problems or [_parse_error(str(exc), path)]
+
+
+def _descend(obj: Any, typ: Any, path: KeyPath) -> list[tuple[KeyPath, str]]:
+    origin = typing.get_origin(typ)
+    if origin is typing.Annotated:
+        return _descend(obj, typing.get_args(typ)[0], path)
+    if isinstance(typ, type) and issubclass(typ, msgspec.Struct) and isinstance(obj, dict):
+        return _descend_struct(obj, typ, path)
+    if origin in (typing.Union, types.UnionType) and isinstance(obj, dict):
+        tagged = {_tag_of(member): member for member in typing.get_args(typ) if _tag_of(member) is not None}
+        if tagged:
+            tag = obj.get("type")
+            if tag not in tagged:
+                known = ", ".join(sorted(tagged))
+                return [(path + ("type",), f"unknown type {tag!r} (known: {known})")]
+            return _descend_struct({k: v for k, v in obj.items() if k != "type"}, tagged[tag], path)
+    if origin is dict and isinstance(obj, dict):
+        value_type = typing.get_args(typ)[1]
+        return [p for key, item in obj.items() for p in convert_collecting(item, value_type, path + (key,))[1]]
+    if origin is list and isinstance(obj, list):
+        item_type = typing.get_args(typ)[0]
+        return [p for i, item in enumerate(obj) for p in convert_collecting(item, item_type, path + (i,))[1]]
+    return []
+
+
+def _descend_struct(obj: dict[str, Any], typ: type[msgspec.Struct], path: KeyPath) -> list[tuple[KeyPath, str]]:
+    fields = {f.encode_name: f for f in msgspec.structs.fields(typ)}
+    problems: list[tuple[KeyPath, str]] = []
+    for key in obj:
+        if key not in fields:
+            problems.append((path + (key,), f"unknown option (known: {', '.join(sorted(fields))})"))
+    for name, field in fields.items():
+        if name in obj:
+            problems.extend(convert_collecting(obj[name], field.type, path + (name,))[1])
+        elif field.required:
+            problems.append((path + (name,), "required option is missing"))
+    return problems
+
+
+def _tag_of(member: Any) -> str | None:
+    if isinstance(member, type) and issubclass(member, msgspec.Struct):
+        tag = member.__struct_config__.tag
+        return tag if isinstance(tag, str) else None
+    return None
+
+
+def _parse_error(message: str, path: KeyPath) -> tuple[KeyPath, str]:
+    match = _AT.match(message)
+    if match is None or not match.group("path"):
+        return path, message
+    parts: list[str | int] = []
+    for name, index in _PATH_PART.findall(match.group("path")):
+        parts.append(int(index) if index else name)
+    return path + tuple(parts), match.group("msg")
+
+
+# --- checks across sections ------------------------------------------------------------------------------------
+
+
+def check_references(config: Config) -> Iterator[tuple[KeyPath, str]]:
+    """Cross-section rules no single struct can state: names resolve, paths are unique, fields are coherent."""
+    for i, network in enumerate(config.server.trusted_proxies):
+        try:
+            ipaddress.ip_network(network, strict=False)
+        except ValueError:
+            yield ("server", "trusted_proxies", i), f"not a network: {network!r}"
+    seen_paths: dict[tuple[str, str], str] = {}
+    for type_name, spec in config.event_types.items():
+        base: KeyPath = ("event_types", type_name)
+        for i, route in enumerate(spec.paths):
+            if not route.startswith("/") or "?" in route or "#" in route:
+                yield base + ("paths", i), f"a path starts with / and has no query: {route!r}"
+            for method in spec.methods:
+                other = seen_paths.setdefault((route, method), type_name)
+                if other != type_name:
+                    yield base + ("paths", i), f"{method} {route} is already taken by event type {other!r}"
+        yield from _check_event_type(config, base, spec)
+
+
+def _check_event_type(config: Config, base: KeyPath, spec: EventTypeSpec) -> Iterator[tuple[KeyPath, str]]:
+    for name, field in spec.fields.items():
+        where = base + ("fields", name)
+        if field.type == "enum" and not field.values:
+            yield where + ("values",), "an enum field needs its list of values"
+        if field.type != "enum" and field.values is not None:
+            yield where + ("values",), "values apply to enum fields only"
+        if field.min is not None and field.max is not None and field.min > field.max:
+            yield where, "min is greater than max"
+        if field.source in ("form", "json") and "POST" not in spec.methods:
+            yield where + ("source",), f"a {field.source} field needs POST among the event type's methods"
+    for i, key in enumerate(spec.dedupe_key):
+        if key not in spec.fields:
+            yield base + ("dedupe_key", i), f"{key!r} is not a field of this event type"
+    if spec.response.kind == "redirect":
+        target = spec.response.redirect_field
+        if target not in spec.fields:
+            yield base + ("response", "redirect_field"), f"{target!r} is not a field of this event type"
+        if not spec.response.allow_hosts:
+            yield base + ("response", "allow_hosts"), "a redirect needs at least one allowed host"
+    for i, name in enumerate(spec.preprocessors):
+        if name not in config.preprocessors:
+            yield base + ("preprocessors", i), f"no preprocessor named {name!r}"
+    for i, name in enumerate(spec.collectors):
+        if name not in config.collectors:
+            yield base + ("collectors", i), f"no collector named {name!r}"
+
+
+# --- locating a key path in the YAML source ---------------------------------------------------------------------
+
+
+def _line_of(node: yaml.Node | None, path: KeyPath) -> int | None:
+    """The line of the deepest node of `path` that exists in the file (the key itself when the value is absent)."""
+    if node is None:
+        return None
+    line: int = node.start_mark.line + 1
+    for part in path:
+        child: yaml.Node | None = None
+        if isinstance(node, yaml.MappingNode):
+            for key_node, value_node in node.value:
+                if key_node.value == part:
+                    line = key_node.start_mark.line + 1
+                    child = value_node
+                    break
+        elif isinstance(node, yaml.SequenceNode) and isinstance(part, int) and part < len(node.value):
+            child = node.value[part]
+            line = child.start_mark.line + 1
+        if child is None:
+            return line
+        node = child
+    return line
+
+
+def _dotted(path: KeyPath) -> str:
+    text = ""
+    for part in path:
+        text += f"[{part}]" if isinstance(part, int) else (f".{part}" if text else part)
+    return text
+
+
+def json_schema() -> dict[str, Any]:
+    """The JSON schema of a configuration file, generated from the structs."""
+    schema: dict[str, Any] = msgspec.json.schema(Config)
+    schema["$schema"] = "https://json-schema.org/draft/2020-12/schema"
+    schema["title"] = "trackpoint configuration"
+    return schema

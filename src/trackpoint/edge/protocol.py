@@ -1,0 +1,252 @@
+"""The tracking edge's HTTP/1.1 connection: httptools (llhttp) callbacks and the whole request path in one place.
+
+A pixel goes: data_received → parser callbacks (limits checked as bytes arrive) → on_message_complete: route →
+build → preprocess → respond → dispatch to collector batches. No framework, no per-request logging, no awaits.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import time
+from typing import TYPE_CHECKING, cast
+
+import httptools
+
+from trackpoint.edge import responses
+from trackpoint.pipeline.fields import Reject
+
+if TYPE_CHECKING:
+    from trackpoint.edge.runtime import Edge
+
+log = logging.getLogger("trackpoint.edge")
+
+# Connection phases, for the timeout sweep.
+IDLE, HEADERS, BODY = 0, 1, 2
+
+_monotonic = time.monotonic
+
+
+class _Stop(Exception):  # noqa: N818 - control flow: stop parsing after a response that closes the connection
+    pass
+
+
+class EdgeProtocol(asyncio.Protocol):
+    """One client connection. Requests are answered in order; pipelined requests in one read are all parsed."""
+
+    __slots__ = (
+        "body", "body_bytes", "closing", "deadline", "edge", "header_bytes", "header_count", "headers",
+        "paused", "parser", "peer_ip", "phase", "requests", "started", "transport", "trusted_peer", "url",
+    )
+
+    def __init__(self, edge: Edge) -> None:
+        self.edge = edge
+        self.transport: asyncio.Transport | None = None
+        self.parser: httptools.HttpRequestParser | None = None
+        self.peer_ip = ""
+        self.trusted_peer = False
+        self.phase = IDLE
+        self.deadline = 0.0
+        self.started = 0.0
+        self.requests = 0
+        self.closing = False
+        self.paused = False
+        self.url = b""
+        self.headers: dict[bytes, bytes] = {}
+        self.header_count = 0
+        self.header_bytes = 0
+        self.body: bytearray | None = None
+        self.body_bytes = 0
+
+    # --- connection ----------------------------------------------------------------------------------------------
+
+    def connection_made(self, transport: asyncio.BaseTransport) -> None:
+        self.transport = cast(asyncio.Transport, transport)  # uvloop's transports are not its subclasses
+        edge = self.edge
+        if edge.draining or len(edge.connections) >= edge.limits.max_connections:
+            edge.stats.reject("too_many_connections")
+            self.closing = True
+            self.transport.write(edge.reject_response(503, "too_many_connections", None, False, False))
+            self.transport.close()
+            return
+        edge.connections.add(self)
+        peer = transport.get_extra_info("peername")
+        self.peer_ip = peer[0] if isinstance(peer, tuple) else "127.0.0.1"
+        self.trusted_peer = edge.is_trusted_proxy(self.peer_ip)
+        self.parser = httptools.HttpRequestParser(self)
+        # Until its first byte a new connection has the header timeout: a silent connection is a slow header.
+        self.deadline = _monotonic() + edge.limits.header_timeout_s
+
+    def connection_lost(self, exc: Exception | None) -> None:
+        self.edge.connections.discard(self)
+        self.closing = True
+        self.parser = None
+
+    def data_received(self, data: bytes) -> None:
+        parser = self.parser
+        if parser is None or self.closing:
+            return
+        try:
+            parser.feed_data(data)
+        except httptools.HttpParserUpgrade:
+            self.reject_and_close(400, "upgrade_not_supported")
+        except Exception as exc:  # llhttp rejected the bytes, or a callback stopped or failed
+            if self.closing:
+                return
+            if isinstance(exc, httptools.HttpParserError) and not isinstance(exc.__context__, Exception):
+                self.reject_and_close(400, "bad_request")
+            elif isinstance(exc.__context__, Reject):
+                reject = exc.__context__
+                self.reject_and_close(reject.status, reject.reason)
+            else:
+                self.edge.internal_error(exc.__context__ or exc)
+                self.reject_and_close(500, "internal_error")
+
+    def pause_writing(self) -> None:
+        # The client does not read its responses: stop reading its requests until it does.
+        self.paused = True
+        if self.transport is not None:
+            self.transport.pause_reading()
+
+    def resume_writing(self) -> None:
+        self.paused = False
+        if self.transport is not None and not self.closing:
+            self.transport.resume_reading()
+
+    # --- parser callbacks ----------------------------------------------------------------------------------------
+
+    def on_message_begin(self) -> None:
+        self.phase = HEADERS
+        self.started = now = _monotonic()
+        self.deadline = now + self.edge.limits.header_timeout_s
+        self.url = b""
+        self.headers = {}
+        self.header_count = 0
+        self.header_bytes = 0
+        self.body = None
+        self.body_bytes = 0
+
+    def on_url(self, url: bytes) -> None:
+        self.url = self.url + url if self.url else url
+        if len(self.url) > self.edge.limits.max_request_line_bytes:
+            raise Reject(414, "uri_too_long")
+
+    def on_header(self, name: bytes, value: bytes) -> None:
+        self.header_count += 1
+        self.header_bytes += len(name) + len(value)
+        limits = self.edge.limits
+        if self.header_count > limits.max_header_count or self.header_bytes > limits.max_header_bytes:
+            raise Reject(431, "headers_too_large")
+        name = name.lower()
+        if name in self.edge.kept_headers:
+            self.headers[name] = value
+
+    def on_headers_complete(self) -> None:
+        headers = self.headers
+        length = headers.get(b"content-length")
+        if length is not None or b"transfer-encoding" in headers:
+            if length is not None and (not length.isdigit() or int(length) > self.edge.limits.max_body_bytes):
+                raise Reject(413, "body_too_large")
+            self.phase = BODY
+            self.deadline = _monotonic() + self.edge.limits.body_timeout_s
+            if headers.get(b"expect", b"").lower() == b"100-continue" and self.transport is not None:
+                self.transport.write(responses.CONTINUE)
+
+    def on_body(self, chunk: bytes) -> None:
+        self.body_bytes += len(chunk)
+        if self.body_bytes > self.edge.limits.max_body_bytes:
+            raise Reject(413, "body_too_large")
+        if self.body is None:
+            self.body = bytearray(chunk)
+        else:
+            self.body += chunk
+
+    def on_message_complete(self) -> None:
+        """The request path: route → build → preprocess → respond → dispatch."""
+        edge = self.edge
+        parser = self.parser
+        transport = self.transport
+        assert parser is not None and transport is not None
+        stats = edge.stats
+        stats.requests += 1
+        self.requests += 1
+        keep_alive = (
+            parser.should_keep_alive() and not edge.draining and self.requests < edge.limits.max_keepalive_requests
+        )
+        method = parser.get_method()
+        is_head = method == b"HEAD"
+        path, _, query = self.url.partition(b"?")
+
+        route = edge.routes.get(path)
+        if route is None:
+            self.reject(404, "not_found", None, keep_alive, is_head)
+            return
+        if method not in route.methods:
+            self.reject(405, "method_not_allowed", None, keep_alive, is_head)
+            return
+        try:
+            event = built = route.builder.build(query, self.body, self.headers, self.client_ip())
+            for preprocess in route.preprocessors:
+                event = preprocess(event)
+                if event is None:  # dropped on purpose: the client still gets its normal response
+                    dropped = stats.preprocessor_dropped
+                    dropped[preprocess.name] = dropped.get(preprocess.name, 0) + 1
+                    break
+            response = route.responder.render(built if event is None else event, keep_alive, is_head)
+        except Reject as rejected:
+            self.reject(rejected.status, rejected.reason, rejected.field, keep_alive, is_head)
+            return
+        transport.write(response)
+        if event is not None:
+            for collector in route.collectors:
+                collector.offer(event)
+            stats.events[route.name] += 1
+        self.finish(keep_alive)
+
+    # --- responding ----------------------------------------------------------------------------------------------
+
+    def client_ip(self) -> str:
+        """The peer address, or the X-Forwarded-For client when the peer is a trusted proxy."""
+        if self.trusted_peer:
+            forwarded = self.headers.get(b"x-forwarded-for")
+            if forwarded:
+                return self.edge.forwarded_client(forwarded, self.peer_ip)
+        return self.peer_ip
+
+    def finish(self, keep_alive: bool) -> None:
+        now = _monotonic()
+        self.edge.stats.observe(now - self.started)
+        if keep_alive:
+            self.phase = IDLE
+            self.deadline = now + self.edge.limits.keepalive_timeout_s
+        else:
+            self.close()
+            raise _Stop  # stop parsing whatever else the client pipelined on a closing connection
+
+    def reject(self, status: int, reason: str, field: str | None, keep_alive: bool, is_head: bool) -> None:
+        assert self.transport is not None
+        self.edge.stats.reject(reason)
+        self.transport.write(self.edge.reject_response(status, reason, field, keep_alive, is_head))
+        self.finish(keep_alive)
+
+    def reject_and_close(self, status: int, reason: str) -> None:
+        """For input the parser cannot go on from: answer once, then close."""
+        if self.closing or self.transport is None:
+            return
+        self.edge.stats.reject(reason)
+        self.transport.write(self.edge.reject_response(status, reason, None, False, False))
+        self.close()
+
+    def close(self) -> None:
+        self.closing = True
+        if self.transport is not None:
+            self.transport.close()
+
+    def expire(self) -> None:
+        """Called by the worker's sweep when the deadline of the current phase has passed."""
+        if self.phase == HEADERS:
+            self.reject_and_close(408, "header_timeout")
+        elif self.phase == BODY:
+            self.reject_and_close(408, "body_timeout")
+        else:
+            self.close()

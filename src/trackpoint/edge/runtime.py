@@ -1,0 +1,177 @@
+"""A worker's edge: the routes compiled from the config, its collectors and preprocessors, timers and draining.
+
+Everything here is built once at worker start; connections (protocol.py) only read it.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import ipaddress
+import logging
+import time
+from dataclasses import dataclass
+
+from trackpoint.collectors import Collector, build_collector
+from trackpoint.config.model import Config, Limits
+from trackpoint.edge import responses
+from trackpoint.edge.protocol import IDLE, EdgeProtocol
+from trackpoint.edge.stats import EdgeStats, Snapshot
+from trackpoint.pipeline.build import CONTEXT_HEADERS, EventBuilder
+from trackpoint.pipeline.event import Meta
+from trackpoint.preprocessors import Preprocessor, build_preprocessor
+
+log = logging.getLogger("trackpoint.edge")
+
+# Headers the edge itself needs for framing.
+FRAMING_HEADERS = frozenset({b"content-length", b"transfer-encoding", b"expect"})
+
+
+@dataclass(frozen=True, slots=True)
+class Route:
+    """One event type as the request path sees it."""
+
+    name: str
+    methods: frozenset[bytes]
+    builder: EventBuilder
+    preprocessors: tuple[Preprocessor, ...]
+    responder: responses.Responder
+    collectors: tuple[Collector, ...]
+
+
+class Edge:
+    """Per-worker state shared by all connections of the worker."""
+
+    def __init__(self, config: Config, config_version: str, worker: int) -> None:
+        self.config = config
+        self.limits: Limits = config.server.limits
+        self.clock = responses.Clock()
+        self.stats = EdgeStats()
+        self.connections: set[EdgeProtocol] = set()
+        self.draining = False
+        self.trusted_networks = [ipaddress.ip_network(n, strict=False) for n in config.server.trusted_proxies]
+        self._trusted_cache: dict[str, bool] = {}
+        self._last_error_log = 0.0
+        meta = Meta(worker=worker, config=config_version)
+        preprocessors = {
+            name: build_preprocessor(name, pp_config)
+            for name, pp_config in config.preprocessors.items()
+            if any(name in spec.preprocessors for spec in config.event_types.values())
+        }
+        self.collectors: dict[str, Collector] = {
+            name: build_collector(name, c_config, config.data_dir, worker)
+            for name, c_config in config.collectors.items()
+            if any(name in spec.collectors for spec in config.event_types.values())
+        }
+        self.routes: dict[bytes, Route] = {}
+        kept_headers = set(CONTEXT_HEADERS | FRAMING_HEADERS)
+        for type_name, spec in config.event_types.items():
+            builder = EventBuilder(type_name, spec, meta)
+            kept_headers |= builder.header_names
+            route = Route(
+                name=type_name,
+                methods=frozenset(m.encode("ascii") for m in spec.methods),
+                builder=builder,
+                preprocessors=tuple(preprocessors[name] for name in spec.preprocessors),
+                responder=responses.Responder(spec.response, self.clock),
+                collectors=tuple(self.collectors[name] for name in spec.collectors),
+            )
+            self.stats.events[type_name] = 0
+            for path in spec.paths:
+                self.routes[path.encode("utf-8")] = route
+        self.kept_headers = frozenset(kept_headers)
+        self._responders = [route.responder for route in self.routes.values()]
+        self.refresh_date()
+
+    # --- used by connections -------------------------------------------------------------------------------------
+
+    def reject_response(
+        self, status: int, reason: str, field: str | None, keep_alive: bool, is_head: bool
+    ) -> bytes:
+        return responses.reject(self.clock, status, reason, field, keep_alive, is_head)
+
+    def is_trusted_proxy(self, ip: str) -> bool:
+        if not self.trusted_networks:
+            return False
+        trusted = self._trusted_cache.get(ip)
+        if trusted is None:
+            if len(self._trusted_cache) > 65536:
+                self._trusted_cache.clear()
+            trusted = self._trusted_cache[ip] = self._in_trusted(ip)
+        return trusted
+
+    def _in_trusted(self, ip: str) -> bool:
+        try:
+            address = ipaddress.ip_address(ip)
+        except ValueError:
+            return False
+        return any(address in network for network in self.trusted_networks)
+
+    def forwarded_client(self, header: bytes, peer_ip: str) -> str:
+        """The right-most X-Forwarded-For address that is not one of our trusted proxies."""
+        for candidate in reversed(header.decode("latin-1").split(",")):
+            address = candidate.strip()
+            if not self._in_trusted(address):
+                try:
+                    return str(ipaddress.ip_address(address))
+                except ValueError:
+                    return peer_ip  # a forged or broken header: trust only what we saw
+        return peer_ip
+
+    def internal_error(self, exc: BaseException) -> None:
+        now = time.monotonic()
+        if now - self._last_error_log > 10:  # logged once per interval, counted always
+            self._last_error_log = now
+            log.error("internal error on the request path", exc_info=exc)
+
+    # --- timers --------------------------------------------------------------------------------------------------
+
+    def refresh_date(self) -> None:
+        self.clock.refresh()
+        for responder in self._responders:
+            responder.rebuild()
+
+    def sweep(self) -> None:
+        """Closes connections whose phase deadline has passed (header, body or keep-alive idle timeout)."""
+        now = time.monotonic()
+        for connection in [c for c in self.connections if c.deadline < now]:
+            connection.expire()
+
+    def sweep_interval_s(self) -> float:
+        shortest = min(self.limits.header_timeout_s, self.limits.body_timeout_s, self.limits.keepalive_timeout_s)
+        return min(1.0, max(0.05, shortest / 20))
+
+    async def run_timers(self) -> None:
+        interval = self.sweep_interval_s()
+        next_date = time.monotonic() + 1
+        while True:
+            await asyncio.sleep(interval)
+            self.sweep()
+            if time.monotonic() >= next_date:
+                next_date += 1
+                self.refresh_date()
+
+    # --- lifecycle -----------------------------------------------------------------------------------------------
+
+    async def start_collectors(self) -> None:
+        for collector in self.collectors.values():
+            await collector.start()
+
+    async def drain(self, timeout_s: float) -> None:
+        """Stops taking requests: idle connections close now, busy ones after their response; then flush."""
+        self.draining = True
+        deadline = time.monotonic() + timeout_s
+        for connection in list(self.connections):
+            if connection.phase == IDLE:
+                connection.close()
+        while self.connections and time.monotonic() < deadline:
+            await asyncio.sleep(0.02)
+        for connection in list(self.connections):
+            connection.close()
+        remaining = max(1.0, deadline - time.monotonic())
+        for collector in self.collectors.values():
+            await collector.close(remaining)
+
+    def snapshot(self) -> Snapshot:
+        return self.stats.snapshot(
+            len(self.connections), {name: c.snapshot() for name, c in self.collectors.items()}
+        )

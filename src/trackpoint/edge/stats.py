@@ -1,0 +1,96 @@
+"""A worker's counters: plain ints on the request path, a snapshot struct sent to the supervisor once a second.
+
+The supervisor adds the snapshots of all workers (and keeps those of exited ones) for the admin /metrics page.
+"""
+
+from __future__ import annotations
+
+from bisect import bisect_left
+from itertools import zip_longest
+
+import msgspec
+
+from trackpoint.collectors.base import CollectorStats
+
+# Upper bounds (seconds) of the request latency histogram; the last bucket is +Inf.
+LATENCY_BUCKETS = (0.0001, 0.00025, 0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 1.0)
+
+
+class Snapshot(msgspec.Struct, omit_defaults=True):
+    """A worker's counters at one moment (all monotonic except `connections` and collector `pending`)."""
+
+    requests: int = 0
+    rejected: dict[str, int] = {}
+    events: dict[str, int] = {}
+    preprocessor_dropped: dict[str, int] = {}
+    latency_counts: list[int] = []
+    latency_sum: float = 0.0
+    connections: int = 0
+    collectors: dict[str, CollectorStats] = {}
+
+
+class EdgeStats:
+    """Mutable counters owned by one worker's event loop."""
+
+    __slots__ = ("events", "latency_counts", "latency_sum", "preprocessor_dropped", "rejected", "requests")
+
+    def __init__(self) -> None:
+        self.requests = 0
+        self.rejected: dict[str, int] = {}
+        self.events: dict[str, int] = {}
+        self.preprocessor_dropped: dict[str, int] = {}
+        self.latency_counts = [0] * (len(LATENCY_BUCKETS) + 1)
+        self.latency_sum = 0.0
+
+    def observe(self, seconds: float) -> None:
+        self.latency_counts[bisect_left(LATENCY_BUCKETS, seconds)] += 1
+        self.latency_sum += seconds
+
+    def reject(self, reason: str) -> None:
+        self.rejected[reason] = self.rejected.get(reason, 0) + 1
+
+    def snapshot(self, connections: int, collectors: dict[str, CollectorStats]) -> Snapshot:
+        return Snapshot(
+            requests=self.requests,
+            rejected=dict(self.rejected),
+            events=dict(self.events),
+            preprocessor_dropped=dict(self.preprocessor_dropped),
+            latency_counts=list(self.latency_counts),
+            latency_sum=self.latency_sum,
+            connections=connections,
+            collectors=collectors,
+        )
+
+
+def add(total: Snapshot, part: Snapshot) -> Snapshot:
+    """The sum of two snapshots (gauges add too: connections and pending are per-worker amounts)."""
+    return Snapshot(
+        requests=total.requests + part.requests,
+        rejected=_add_counts(total.rejected, part.rejected),
+        events=_add_counts(total.events, part.events),
+        preprocessor_dropped=_add_counts(total.preprocessor_dropped, part.preprocessor_dropped),
+        latency_counts=[a + b for a, b in zip_longest(total.latency_counts, part.latency_counts, fillvalue=0)],
+        latency_sum=total.latency_sum + part.latency_sum,
+        connections=total.connections + part.connections,
+        collectors={
+            name: _add_collector(total.collectors.get(name), part.collectors.get(name))
+            for name in total.collectors.keys() | part.collectors.keys()
+        },
+    )
+
+
+def _add_counts(a: dict[str, int], b: dict[str, int]) -> dict[str, int]:
+    return {key: a.get(key, 0) + b.get(key, 0) for key in a.keys() | b.keys()}
+
+
+def _add_collector(a: CollectorStats | None, b: CollectorStats | None) -> CollectorStats:
+    if a is None or b is None:
+        return msgspec.structs.replace(a or b or CollectorStats())
+    return CollectorStats(
+        received=a.received + b.received,
+        sent=a.sent + b.sent,
+        dropped=a.dropped + b.dropped,
+        errors=a.errors + b.errors,
+        pending=a.pending + b.pending,
+        healthy=a.healthy and b.healthy,
+    )

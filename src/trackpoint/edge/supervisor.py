@@ -1,0 +1,336 @@
+"""The supervisor: owns the listening sockets, starts and restarts workers, reloads on SIGHUP, drains on SIGTERM.
+
+It binds one SO_REUSEPORT socket per worker slot and keeps it open for the tracker's whole life: a worker that
+exits or is replaced closes only its copy, so connections queued on the slot wait for the next worker instead of
+being reset. That is what makes reloads and restarts lose no request. The admin port is served from here.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import os
+import signal
+import socket
+import subprocess
+import sys
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import msgspec
+
+from trackpoint.admin import metrics
+from trackpoint.admin.server import AdminRequest, AdminResponse, AdminServer
+from trackpoint.collectors.log.collector import finalize_orphans, log_dir
+from trackpoint.config import ConfigError, LoadedConfig, load
+from trackpoint.config.model import Config, LogCollectorConfig
+from trackpoint.edge import control
+from trackpoint.edge.stats import Snapshot, add
+
+log = logging.getLogger("trackpoint.supervisor")
+
+READY_TIMEOUT_S = 30.0
+RESTART_BACKOFF_S = (0.1, 0.5, 1.0, 2.0, 5.0, 10.0)
+
+
+@dataclass(frozen=True)
+class Overrides:
+    """Command-line options that win over the file, on start and on every reload."""
+
+    host: str | None = None
+    port: int | None = None
+    workers: int | None = None
+    admin_port: int | None = None
+
+    def apply(self, config: Config) -> Config:
+        server = config.server
+        server = msgspec.structs.replace(
+            server,
+            host=self.host if self.host is not None else server.host,
+            port=self.port if self.port is not None else server.port,
+            workers=self.workers if self.workers is not None else server.workers,
+        )
+        admin = config.admin
+        if self.admin_port is not None:
+            admin = msgspec.structs.replace(admin, port=self.admin_port)
+        return msgspec.structs.replace(config, server=server, admin=admin)
+
+
+@dataclass(eq=False)
+class WorkerHandle:
+    slot: int
+    process: subprocess.Popen[bytes]
+    ready: asyncio.Future[None]
+    snapshot: Snapshot = field(default_factory=Snapshot)
+    retiring: bool = False
+    exited: asyncio.Future[None] | None = None
+
+
+def listener(host: str, port: int, backlog: int) -> socket.socket:
+    family = socket.AF_INET6 if ":" in host else socket.AF_INET
+    sock = socket.socket(family, socket.SOCK_STREAM)
+    sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+    sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEPORT, 1)
+    sock.bind((host, port))
+    sock.listen(backlog)
+    sock.set_inheritable(True)
+    return sock
+
+
+class Supervisor:
+    def __init__(self, loaded: LoadedConfig, config_path: str | None, overrides: Overrides) -> None:
+        self.config_path = config_path
+        self.overrides = overrides
+        self.loaded = loaded
+        self.config = overrides.apply(loaded.config)
+        self.slots = self.config.server.workers or os.cpu_count() or 1
+        self.sockets: list[socket.socket] = []
+        self.workers: dict[int, WorkerHandle] = {}
+        self.retiring: set[WorkerHandle] = set()  # replaced workers still draining: their counters still count
+        self.retired = Snapshot()
+        self.state = metrics.SupervisorState()
+        self.state.workers_wanted = self.slots
+        self.shutting_down = False
+        self.restart_counts = [0] * self.slots
+        self._stopped = asyncio.Event()
+        self._reloading: asyncio.Lock | None = None
+
+    # --- life ----------------------------------------------------------------------------------------------------
+
+    async def run(self) -> int:
+        server = self.config.server
+        try:
+            self.sockets = [listener(server.host, server.port, server.backlog) for _ in range(self.slots)]
+        except OSError as exc:
+            log.error("cannot listen on %s:%d: %s", server.host, server.port, exc.strerror or exc)
+            return 1
+        self._reloading = asyncio.Lock()
+        self._finalize_logs(pid=None)
+        admin = self._admin_server()
+        try:
+            admin_server = await admin.start(self.config.admin.host, self.config.admin.port)
+        except OSError as exc:
+            log.error("cannot listen on admin %s:%d: %s", self.config.admin.host, self.config.admin.port,
+                      exc.strerror or exc)
+            return 1
+        loop = asyncio.get_running_loop()
+        loop.add_signal_handler(signal.SIGTERM, self._request_shutdown)
+        loop.add_signal_handler(signal.SIGINT, self._request_shutdown)
+        loop.add_signal_handler(signal.SIGHUP, lambda: loop.create_task(self.reload()))
+        for slot in range(self.slots):
+            self._spawn(slot, self.loaded.version)
+        log.info(
+            "trackpoint listening on %s:%d with %d workers (config %s, version %s); admin on %s:%d",
+            server.host, server.port, self.slots, self.loaded.source, self.loaded.version,
+            self.config.admin.host, self.config.admin.port,
+        )
+        await self._stopped.wait()
+        await self._drain_all()
+        admin_server.close()
+        for sock in self.sockets:
+            sock.close()
+        log.info("trackpoint stopped")
+        return 0
+
+    def _request_shutdown(self) -> None:
+        if not self.shutting_down:
+            log.info("draining: finishing in-flight requests and flushing collectors")
+            self.shutting_down = True
+            self._stopped.set()
+
+    async def _drain_all(self) -> None:
+        handles = [*self.workers.values(), *self.retiring]
+        for handle in handles:
+            self._retire(handle)
+        waits = [handle.exited for handle in handles if handle.exited is not None]
+        if waits:
+            _, late = await asyncio.wait(waits, timeout=self.config.server.drain_timeout_s + 5)
+            for handle in handles:
+                if handle.process.poll() is None:
+                    log.error("worker %d did not drain in time; killing it", handle.slot)
+                    handle.process.kill()
+            if late:
+                await asyncio.wait(late, timeout=5)
+
+    # --- workers -------------------------------------------------------------------------------------------------
+
+    def _spawn(self, slot: int, version: str) -> WorkerHandle:
+        parent, child = socket.socketpair(socket.AF_UNIX, socket.SOCK_STREAM)
+        listen_fd = self.sockets[slot].fileno()
+        process = subprocess.Popen(
+            [sys.executable, "-m", "trackpoint.edge.worker", "--slot", str(slot),
+             "--listen-fd", str(listen_fd), "--control-fd", str(child.fileno())],
+            pass_fds=(listen_fd, child.fileno()),
+        )
+        child.close()
+        loop = asyncio.get_running_loop()
+        handle = WorkerHandle(slot=slot, process=process, ready=loop.create_future())
+        control.send_start(parent, control.Start(config=self.config, version=version, slot=slot))
+        handle.exited = loop.create_task(self._follow(handle, parent))
+        self.workers.setdefault(slot, handle)
+        return handle
+
+    async def _follow(self, handle: WorkerHandle, channel: socket.socket) -> None:
+        """Reads a worker's messages until it exits, then accounts for it and restarts it if it died."""
+        reader, writer = await asyncio.open_unix_connection(sock=channel)
+        clean = False
+        while (message := await control.receive(reader)) is not None:
+            if isinstance(message, control.Ready):
+                if not handle.ready.done():
+                    handle.ready.set_result(None)
+                self._count_ready()
+            elif isinstance(message, control.Stats):
+                handle.snapshot = message.snapshot
+            else:
+                handle.snapshot = message.snapshot
+                clean = True
+        writer.close()
+        code = await asyncio.get_running_loop().run_in_executor(None, handle.process.wait)
+        self._bury(handle)
+        if not handle.ready.done():
+            handle.ready.set_exception(RuntimeError(f"worker {handle.slot} exited with {code} before ready"))
+        if not clean:
+            log.error("worker %d (pid %d) died with exit code %s", handle.slot, handle.process.pid, code)
+            self._finalize_logs(pid=handle.process.pid)
+        if not handle.retiring and not self.shutting_down:
+            await self._restart(handle.slot, clean)
+
+    def _bury(self, handle: WorkerHandle) -> None:
+        """Keeps an exited worker's counters so the totals stay monotonic; gauges do not carry over."""
+        last = msgspec.structs.replace(handle.snapshot, connections=0, collectors={
+            name: msgspec.structs.replace(stats, pending=0, healthy=True)
+            for name, stats in handle.snapshot.collectors.items()
+        })
+        self.retired = add(self.retired, last)
+        self.retiring.discard(handle)
+        if self.workers.get(handle.slot) is handle:
+            del self.workers[handle.slot]
+        self._count_ready()
+
+    async def _restart(self, slot: int, clean: bool) -> None:
+        attempt = self.restart_counts[slot]
+        self.restart_counts[slot] += 1
+        delay = RESTART_BACKOFF_S[min(attempt, len(RESTART_BACKOFF_S) - 1)]
+        await asyncio.sleep(delay)
+        if self.shutting_down or slot in self.workers:
+            return
+        self.state.restarts += 1
+        handle = self._spawn(slot, self.loaded.version)
+        try:
+            await asyncio.wait_for(asyncio.shield(handle.ready), READY_TIMEOUT_S)
+            self.restart_counts[slot] = 0
+        except (TimeoutError, RuntimeError):
+            pass
+
+    def _retire(self, handle: WorkerHandle) -> None:
+        handle.retiring = True
+        if self.workers.get(handle.slot) is handle:
+            del self.workers[handle.slot]
+        self.retiring.add(handle)
+        if handle.process.poll() is None:
+            handle.process.send_signal(signal.SIGTERM)
+
+    def _count_ready(self) -> None:
+        self.state.workers_ready = sum(
+            1 for h in self.workers.values() if h.ready.done() and not h.ready.exception() and not h.retiring
+        )
+
+    # --- reload --------------------------------------------------------------------------------------------------
+
+    async def reload(self) -> None:
+        """New workers with the new configuration first; old workers drain only once all new ones are ready."""
+        assert self._reloading is not None
+        async with self._reloading:
+            if self.shutting_down:
+                return
+            try:
+                loaded = load(self.config_path)
+            except ConfigError as exc:
+                self.state.reload_failures += 1
+                log.error("reload refused, keeping the running configuration:\n%s", exc)
+                return
+            config = self._keep_listening(self.overrides.apply(loaded.config))
+            previous = (self.config, self.loaded)
+            self.config, self.loaded = config, loaded
+            old = list(self.workers.values())
+            self.workers.clear()
+            fresh = [self._spawn(slot, loaded.version) for slot in range(self.slots)]
+            try:
+                await asyncio.wait_for(asyncio.gather(*(asyncio.shield(h.ready) for h in fresh)), READY_TIMEOUT_S)
+            except (TimeoutError, RuntimeError) as exc:
+                log.error("reload failed, new workers not ready (%s); keeping the running workers", exc)
+                self.state.reload_failures += 1
+                self.config, self.loaded = previous
+                for handle in fresh:
+                    self._retire(handle)
+                self.workers = {h.slot: h for h in old}
+                self._count_ready()
+                return
+            for handle in old:
+                self._retire(handle)
+            self._count_ready()
+            self.state.reloads += 1
+            log.info("reloaded configuration %s (version %s)", loaded.source, loaded.version)
+
+    def _keep_listening(self, config: Config) -> Config:
+        """Sockets and the admin port outlive reloads: changing them needs a restart, and we say so."""
+        server, admin = self.config.server, self.config.admin
+        if (config.server.host, config.server.port) != (server.host, server.port) or (
+            config.server.workers != server.workers
+        ) or (config.admin.host, config.admin.port) != (admin.host, admin.port):
+            log.warning("host, port, workers and admin address change only on restart; keeping the current ones")
+        return msgspec.structs.replace(
+            config,
+            server=msgspec.structs.replace(config.server, host=server.host, port=server.port, workers=server.workers),
+            admin=admin,
+        )
+
+    # --- logs ----------------------------------------------------------------------------------------------------
+
+    def _finalize_logs(self, pid: int | None) -> None:
+        """Compresses log files left by dead workers (at start: all of them; after a crash: that worker's)."""
+        for collector in self.config.collectors.values():
+            if isinstance(collector, LogCollectorConfig) and collector.gzip:
+                directory: Path = log_dir(self.config.data_dir, collector)
+                try:
+                    finalize_orphans(directory, pid)
+                except OSError as exc:
+                    log.error("cannot finalize log files in %s: %s", directory, exc)
+
+    # --- admin ---------------------------------------------------------------------------------------------------
+
+    def totals(self) -> Snapshot:
+        total = self.retired
+        for handle in [*self.workers.values(), *self.retiring]:
+            total = add(total, handle.snapshot)
+        return total
+
+    def _admin_server(self) -> AdminServer:
+        registry = metrics.registry(self.totals, self.state)
+        admin = AdminServer()
+
+        async def healthz(_: AdminRequest) -> AdminResponse:
+            return AdminResponse.json(200, {"status": "ok"})
+
+        async def readyz(_: AdminRequest) -> AdminResponse:
+            ready = not self.shutting_down and self.state.workers_ready >= self.slots
+            return AdminResponse.json(
+                200 if ready else 503,
+                {"ready": ready, "workers_ready": self.state.workers_ready, "workers": self.slots,
+                 "draining": self.shutting_down, "config_version": self.loaded.version},
+            )
+
+        async def prometheus(_: AdminRequest) -> AdminResponse:
+            return AdminResponse(200, metrics.render(registry), "text/plain; version=0.0.4; charset=utf-8")
+
+        admin.route("GET", "/healthz", healthz)
+        admin.route("GET", "/readyz", readyz)
+        admin.route("GET", "/metrics", prometheus)
+        return admin
+
+
+def run(loaded: LoadedConfig, config_path: str | None, overrides: Overrides) -> int:
+    import uvloop
+
+    logging.basicConfig(level=logging.INFO, stream=sys.stderr, format="%(asctime)s %(name)s %(levelname)s %(message)s")
+    return uvloop.run(Supervisor(loaded, config_path, overrides).run())

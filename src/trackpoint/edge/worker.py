@@ -1,0 +1,88 @@
+"""A worker process: receives its configuration from the supervisor, serves the shared port, drains on SIGTERM.
+
+Started by the supervisor as `python -m trackpoint.edge.worker --slot N --listen-fd F --control-fd C`.
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import contextlib
+import logging
+import os
+import signal
+import socket
+import sys
+
+import uvloop
+
+from trackpoint.edge import control
+from trackpoint.edge.protocol import EdgeProtocol
+from trackpoint.edge.runtime import Edge
+from trackpoint.pipeline.event import reseed_random_ids
+
+log = logging.getLogger("trackpoint.worker")
+
+STATS_INTERVAL_S = 1.0
+
+
+async def serve(start: control.Start, listener: socket.socket, channel: socket.socket) -> None:
+    loop = asyncio.get_running_loop()
+    edge = Edge(start.config, start.version, start.slot)
+    await edge.start_collectors()
+    server = await loop.create_server(
+        lambda: EdgeProtocol(edge), sock=listener, backlog=start.config.server.backlog
+    )
+    stop = asyncio.Event()
+    loop.add_signal_handler(signal.SIGTERM, stop.set)
+    reader, writer = await asyncio.open_unix_connection(sock=channel)
+    writer.write(control.frame(control.Ready(pid=os.getpid())))
+    background = [
+        loop.create_task(edge.run_timers(), name="timers"),
+        loop.create_task(_report(edge, writer), name="stats"),
+        loop.create_task(_watch_supervisor(reader, stop), name="supervisor"),
+    ]
+    await stop.wait()
+    # Drain: stop accepting (the supervisor keeps the socket, so queued connections wait for the next worker),
+    # finish in-flight requests, flush every collector, report the final counters.
+    server.close()
+    await edge.drain(start.config.server.drain_timeout_s)
+    for task in background:
+        task.cancel()
+    with contextlib.suppress(ConnectionError):
+        writer.write(control.frame(control.Bye(snapshot=edge.snapshot())))
+        await writer.drain()
+        writer.close()
+
+
+async def _report(edge: Edge, writer: asyncio.StreamWriter) -> None:
+    while True:
+        await asyncio.sleep(STATS_INTERVAL_S)
+        writer.write(control.frame(control.Stats(snapshot=edge.snapshot())))
+
+
+async def _watch_supervisor(reader: asyncio.StreamReader, stop: asyncio.Event) -> None:
+    """A worker whose supervisor is gone drains and exits rather than live on as an orphan."""
+    await reader.read()
+    stop.set()
+
+
+def main(argv: list[str] | None = None) -> None:
+    parser = argparse.ArgumentParser(prog="trackpoint-worker")
+    parser.add_argument("--slot", type=int, required=True)
+    parser.add_argument("--listen-fd", type=int, required=True)
+    parser.add_argument("--control-fd", type=int, required=True)
+    args = parser.parse_args(argv)
+    logging.basicConfig(
+        level=logging.INFO, stream=sys.stderr, format=f"%(asctime)s worker-{args.slot} %(levelname)s %(message)s"
+    )
+    signal.signal(signal.SIGINT, signal.SIG_IGN)  # Ctrl-C reaches the supervisor, which drains us with SIGTERM
+    reseed_random_ids()
+    channel = socket.socket(fileno=args.control_fd)
+    listener = socket.socket(fileno=args.listen_fd)
+    start = control.receive_start(channel)
+    uvloop.run(serve(start, listener, channel))
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,1 @@
+"""The request pipeline behind the edge: fields, event building, routing."""

@@ -1,0 +1,195 @@
+"""Field converters: raw request text to typed values, each checked against its declared limits.
+
+A converter is a plain function built once per declared field; it returns the value or raises `Reject`.
+"""
+
+from __future__ import annotations
+
+import math
+import re
+from collections.abc import Callable
+from datetime import UTC, datetime
+from urllib.parse import unquote_to_bytes
+
+from trackpoint.config.model import FieldSpec
+
+MICROS = 1_000_000
+Value = str | int | float
+Converter = Callable[[str], Value]
+
+
+class Reject(Exception):  # noqa: N818 - a rejection is an outcome, not an error of ours
+    """A request the tracker refuses: HTTP status, machine-readable reason and, for a field, its name."""
+
+    __slots__ = ("field", "reason", "status")
+
+    def __init__(self, status: int, reason: str, field: str | None = None) -> None:
+        super().__init__(reason)
+        self.status = status
+        self.reason = reason
+        self.field = field
+
+
+_INT = re.compile(r"[+-]?\d{1,18}")
+_DECIMAL = re.compile(r"[+-]?(?:\d+\.?\d*|\.\d+)(?:[eE][+-]?\d{1,3})?")
+_MONEY = re.compile(r"(?P<sign>[+-]?)(?P<units>\d{1,15})(?:\.(?P<frac>\d{1,12}))?")
+_BOOLS = {"1": "true", "true": "true", "yes": "true", "on": "true", "0": "false", "false": "false", "no": "false",
+          "off": "false"}
+
+
+def make_converter(name: str, spec: FieldSpec) -> Converter:
+    """The converter of one declared field (type and limits)."""
+    if spec.type == "string":
+        return str
+    if spec.type == "enum":
+        return _enum(name, frozenset(spec.values or ()))
+    if spec.type == "bool":
+        return _bool(name)
+    if spec.type == "timestamp":
+        return _timestamp(name)
+    low = spec.min
+    high = spec.max
+    if spec.type == "int":
+        return _bounded(name, _int(name), low, high)
+    if spec.type == "decimal":
+        return _bounded(name, _decimal(name), low, high)
+    return _bounded(name, _money(name), None if low is None else low * MICROS, None if high is None else high * MICROS)
+
+
+def _enum(name: str, allowed: frozenset[str]) -> Converter:
+    def convert(raw: str) -> Value:
+        if raw not in allowed:
+            raise Reject(400, "invalid_field", name)
+        return raw
+
+    return convert
+
+
+def _bool(name: str) -> Converter:
+    def convert(raw: str) -> Value:
+        value = _BOOLS.get(raw.lower())
+        if value is None:
+            raise Reject(400, "invalid_field", name)
+        return value
+
+    return convert
+
+
+def _int(name: str) -> Callable[[str], int | float]:
+    def convert(raw: str) -> int | float:
+        if _INT.fullmatch(raw) is None:
+            raise Reject(400, "invalid_field", name)
+        return int(raw)
+
+    return convert
+
+
+def _decimal(name: str) -> Callable[[str], int | float]:
+    def convert(raw: str) -> int | float:
+        if _DECIMAL.fullmatch(raw) is None:
+            raise Reject(400, "invalid_field", name)
+        value = float(raw)
+        if not math.isfinite(value):
+            raise Reject(400, "invalid_field", name)
+        return value
+
+    return convert
+
+
+def parse_micros(raw: str) -> int | None:
+    """Decimal currency units to integer micros, exactly (half-up beyond the sixth decimal); None if not a number."""
+    match = _MONEY.fullmatch(raw)
+    if match is None:
+        return None
+    frac = match.group("frac") or ""
+    micros = int(match.group("units")) * MICROS + int((frac + "000000")[:6])
+    if len(frac) > 6 and frac[6] >= "5":
+        micros += 1
+    return -micros if match.group("sign") == "-" else micros
+
+
+def _money(name: str) -> Callable[[str], int | float]:
+    def convert(raw: str) -> int | float:
+        micros = parse_micros(raw)
+        if micros is None:
+            raise Reject(400, "invalid_field", name)
+        return micros
+
+    return convert
+
+
+def _bounded(
+    name: str, convert: Callable[[str], int | float], low: float | None, high: float | None
+) -> Converter:
+    if low is None and high is None:
+        return convert
+
+    def bounded(raw: str) -> Value:
+        value = convert(raw)
+        if (low is not None and value < low) or (high is not None and value > high):
+            raise Reject(400, "field_out_of_range", name)
+        return value
+
+    return bounded
+
+
+# Epoch values below this are seconds, above it milliseconds (1e11 s is the year 5138; 1e11 ms is 1973).
+_EPOCH_MS_THRESHOLD = 100_000_000_000
+
+
+def _timestamp(name: str) -> Converter:
+    def convert(raw: str) -> Value:
+        if raw.isdigit() and len(raw) <= 15:
+            value = int(raw)
+            return value if value >= _EPOCH_MS_THRESHOLD else value * 1000
+        try:
+            moment = datetime.fromisoformat(raw)
+        except ValueError:
+            raise Reject(400, "invalid_field", name) from None
+        if moment.tzinfo is None:
+            moment = moment.replace(tzinfo=UTC)
+        return int(moment.timestamp() * 1000)
+
+    return convert
+
+
+def parse_pairs(encoded: bytes, wanted: frozenset[bytes]) -> dict[str, str]:
+    """The wanted members of an urlencoded string (query or form body); the first occurrence of a name wins.
+
+    Only declared names are decoded: the rest of a long query costs a split and a set look-up each.
+    """
+    found: dict[str, str] = {}
+    for pair in encoded.split(b"&"):
+        key, _, value = pair.partition(b"=")
+        if key not in wanted:
+            if b"%" not in key and b"+" not in key:
+                continue
+            key = _unquote(key)
+            if key not in wanted:
+                continue
+        name = key.decode("ascii")
+        if name in found:
+            continue
+        try:
+            found[name] = (
+                _unquote(value).decode("utf-8") if (b"%" in value or b"+" in value) else value.decode("utf-8")
+            )
+        except UnicodeDecodeError:
+            raise Reject(400, "invalid_encoding", name) from None
+    return found
+
+
+def _unquote(raw: bytes) -> bytes:
+    return unquote_to_bytes(raw.replace(b"+", b" "))
+
+
+def parse_cookies(header: bytes) -> dict[str, str]:
+    """Cookie header pairs (`a=1; b=2`); malformed pairs are ignored, as browsers do."""
+    cookies: dict[str, str] = {}
+    for pair in header.split(b";"):
+        key, sep, value = pair.strip().partition(b"=")
+        if sep and key:
+            name = key.decode("latin-1")
+            if name not in cookies:
+                cookies[name] = value.strip(b'"').decode("utf-8", "replace")
+    return cookies

@@ -1,0 +1,50 @@
+"""anonymize_ip: truncates the client IP (IPv4 to /24, IPv6 to /48 by default) before anything stores it.
+
+Results are cached per worker: a busy tracker sees the same networks again and again.
+"""
+
+from __future__ import annotations
+
+import ipaddress
+
+from trackpoint.config.model import AnonymizeIpConfig
+from trackpoint.pipeline.event import Event
+
+_CACHE_LIMIT = 65536
+
+
+class AnonymizeIp:
+    """Replaces ctx.ip with its network address at the configured prefix length."""
+
+    def __init__(self, name: str, config: AnonymizeIpConfig) -> None:
+        self.name = name
+        self.ipv4_prefix = config.ipv4_prefix
+        self.ipv6_prefix = config.ipv6_prefix
+        self._cache: dict[str, str | None] = {}
+
+    def __call__(self, event: Event) -> Event:
+        ctx = event.ctx
+        ip = ctx.ip
+        if ip is not None:
+            try:
+                ctx.ip = self._cache[ip]
+            except KeyError:
+                ctx.ip = self._remember(ip)
+        return event
+
+    def anonymize(self, ip: str) -> str | None:
+        """The truncated address, or None when `ip` is not an address (nothing unparsed is ever stored)."""
+        try:
+            address = ipaddress.ip_address(ip)
+        except ValueError:
+            return None
+        if isinstance(address, ipaddress.IPv6Address) and address.ipv4_mapped is not None:
+            address = address.ipv4_mapped
+        prefix = self.ipv4_prefix if address.version == 4 else self.ipv6_prefix
+        return str(ipaddress.ip_network(f"{address}/{prefix}", strict=False).network_address)
+
+    def _remember(self, ip: str) -> str | None:
+        if len(self._cache) >= _CACHE_LIMIT:
+            self._cache.clear()
+        anonymized = self._cache[ip] = self.anonymize(ip)
+        return anonymized
