@@ -32,7 +32,9 @@ class _SnapshotCollector:
         state = self.state
         yield _counter("trackpoint_requests", "HTTP requests received by the tracking edge.", snap.requests)
         rejected = CounterMetricFamily(
-            "trackpoint_rejected", "Requests rejected, by reason (the X-Reject-Reason code).", labels=["reason"]
+            "trackpoint_rejected",
+            "Requests rejected, by reason (the X-Reject-Reason code).",
+            labels=["reason"],
         )
         for reason, count in sorted(snap.rejected.items()):
             rejected.add_metric([reason], count)
@@ -52,7 +54,8 @@ class _SnapshotCollector:
         buckets = [(repr(bound), cumulative[i]) for i, bound in enumerate(LATENCY_BUCKETS)]
         buckets.append(("+Inf", cumulative[-1]))
         latency = HistogramMetricFamily(
-            "trackpoint_request_duration_seconds", "Time from a request's first byte to its response being written."
+            "trackpoint_request_duration_seconds",
+            "Time from a request's first byte to its response being written.",
         )
         latency.add_metric([], buckets, snap.latency_sum)
         yield latency
@@ -62,8 +65,11 @@ class _SnapshotCollector:
         yield GaugeMetricFamily("trackpoint_workers_wanted", "Configured worker processes.", value=state.workers_wanted)
         yield _counter("trackpoint_worker_restarts", "Workers restarted after dying.", state.restarts)
         yield _counter("trackpoint_reloads", "Configuration reloads completed.", state.reloads)
-        yield _counter("trackpoint_reload_failures", "Reloads refused (invalid config or workers not ready).",
-                       state.reload_failures)
+        yield _counter(
+            "trackpoint_reload_failures",
+            "Reloads refused (invalid config or workers not ready).",
+            state.reload_failures,
+        )
 
 
 def _collector_metrics(snap: Snapshot) -> Iterator[Metric]:
@@ -75,8 +81,9 @@ def _collector_metrics(snap: Snapshot) -> Iterator[Metric]:
     }
     errors = CounterMetricFamily("trackpoint_collector_errors", "Failed sends, by collector.", labels=["collector"])
     pending = GaugeMetricFamily("trackpoint_collector_pending", "Events waiting in memory.", labels=["collector"])
-    healthy = GaugeMetricFamily("trackpoint_collector_healthy", "1 when every worker's collector is healthy.",
-                                labels=["collector"])
+    healthy = GaugeMetricFamily(
+        "trackpoint_collector_healthy", "1 when every worker's collector is healthy.", labels=["collector"]
+    )
     for name, stats in sorted(snap.collectors.items()):
         families["received"].add_metric([name], stats.received)
         families["sent"].add_metric([name], stats.sent)
@@ -94,7 +101,7 @@ def _counter(name: str, documentation: str, value: float) -> CounterMetricFamily
 
 def registry(totals: Callable[[], Snapshot], state: SupervisorState) -> CollectorRegistry:
     registry = CollectorRegistry(auto_describe=False)
-    registry.register(_SnapshotCollector(totals, state))  # type: ignore[arg-type]
+    registry.register(_SnapshotCollector(totals, state))
     return registry
 
 

@@ -60,7 +60,9 @@ class AdminServer:
                 handler = self.routes.get(("GET", request.path))
             if handler is None:
                 known = any(path == request.path for _, path in self.routes)
-                return AdminResponse.json(405 if known else 404, {"error": "method_not_allowed" if known else "not_found"})
+                return AdminResponse.json(
+                    405 if known else 404, {"error": "method_not_allowed" if known else "not_found"}
+                )
         try:
             return await handler(request)
         except Exception:

@@ -44,7 +44,8 @@ def _load_or_exit(path: Path | None) -> LoadedConfig:
 def run(
     config: ConfigOption = None,
     workers: Annotated[
-        int | None, typer.Option("--workers", "-w", min=1, help="Worker processes (default: one per CPU core).")
+        int | None,
+        typer.Option("--workers", "-w", min=1, help="Worker processes (default: one per CPU core)."),
     ] = None,
     host: Annotated[str | None, typer.Option(help="Address of the tracking port (default 0.0.0.0).")] = None,
     port: Annotated[
@@ -64,7 +65,9 @@ def run(
 
 
 @config_app.command("check")
-def config_check(file: Annotated[Path, typer.Argument(help="The YAML configuration file to validate.")]) -> None:
+def config_check(
+    file: Annotated[Path, typer.Argument(help="The YAML configuration file to validate.")],
+) -> None:
     """Validate a configuration file; every error is printed with its file, line and key."""
     loaded = _load_or_exit(file)
     types = ", ".join(loaded.config.event_types)

@@ -7,6 +7,7 @@ request path calls, and it never does I/O.
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import enum
 import logging
 import time
@@ -100,10 +101,8 @@ class Collector(ABC):
 
     async def _flush_loop(self) -> None:
         while not self._closing:
-            try:
+            with contextlib.suppress(TimeoutError):
                 await asyncio.wait_for(self._wake.wait(), self.flush_interval_s)
-            except TimeoutError:
-                pass
             self._wake.clear()
             await self.flush()
         await self.flush()
@@ -143,4 +142,3 @@ class Collector(ABC):
         self.stats.pending = len(self._pending)
         self.stats.healthy = self.health().healthy
         return msgspec.structs.replace(self.stats)
-

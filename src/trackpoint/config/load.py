@@ -134,19 +134,19 @@ def _descend(obj: Any, typ: Any, path: KeyPath) -> list[tuple[KeyPath, str]]:
     if isinstance(typ, type) and issubclass(typ, msgspec.Struct) and isinstance(obj, dict):
         return _descend_struct(obj, typ, path)
     if origin in (typing.Union, types.UnionType) and isinstance(obj, dict):
-        tagged = {_tag_of(member): member for member in typing.get_args(typ) if _tag_of(member) is not None}
+        tagged = {tag: member for member in typing.get_args(typ) if (tag := _tag_of(member)) is not None}
         if tagged:
             tag = obj.get("type")
             if tag not in tagged:
                 known = ", ".join(sorted(tagged))
-                return [(path + ("type",), f"unknown type {tag!r} (known: {known})")]
+                return [((*path, "type"), f"unknown type {tag!r} (known: {known})")]
             return _descend_struct({k: v for k, v in obj.items() if k != "type"}, tagged[tag], path)
     if origin is dict and isinstance(obj, dict):
         value_type = typing.get_args(typ)[1]
-        return [p for key, item in obj.items() for p in convert_collecting(item, value_type, path + (key,))[1]]
+        return [p for key, item in obj.items() for p in convert_collecting(item, value_type, (*path, key))[1]]
     if origin is list and isinstance(obj, list):
         item_type = typing.get_args(typ)[0]
-        return [p for i, item in enumerate(obj) for p in convert_collecting(item, item_type, path + (i,))[1]]
+        return [p for i, item in enumerate(obj) for p in convert_collecting(item, item_type, (*path, i))[1]]
     return []
 
 
@@ -155,12 +155,12 @@ def _descend_struct(obj: dict[str, Any], typ: type[msgspec.Struct], path: KeyPat
     problems: list[tuple[KeyPath, str]] = []
     for key in obj:
         if key not in fields:
-            problems.append((path + (key,), f"unknown option (known: {', '.join(sorted(fields))})"))
+            problems.append(((*path, key), f"unknown option (known: {', '.join(sorted(fields))})"))
     for name, field in fields.items():
         if name in obj:
-            problems.extend(convert_collecting(obj[name], field.type, path + (name,))[1])
+            problems.extend(convert_collecting(obj[name], field.type, (*path, name))[1])
         elif field.required:
-            problems.append((path + (name,), "required option is missing"))
+            problems.append(((*path, name), "required option is missing"))
     return problems
 
 
@@ -196,40 +196,40 @@ def check_references(config: Config) -> Iterator[tuple[KeyPath, str]]:
         base: KeyPath = ("event_types", type_name)
         for i, route in enumerate(spec.paths):
             if not route.startswith("/") or "?" in route or "#" in route:
-                yield base + ("paths", i), f"a path starts with / and has no query: {route!r}"
+                yield (*base, "paths", i), f"a path starts with / and has no query: {route!r}"
             for method in spec.methods:
                 other = seen_paths.setdefault((route, method), type_name)
                 if other != type_name:
-                    yield base + ("paths", i), f"{method} {route} is already taken by event type {other!r}"
+                    yield (*base, "paths", i), f"{method} {route} is already taken by event type {other!r}"
         yield from _check_event_type(config, base, spec)
 
 
 def _check_event_type(config: Config, base: KeyPath, spec: EventTypeSpec) -> Iterator[tuple[KeyPath, str]]:
     for name, field in spec.fields.items():
-        where = base + ("fields", name)
+        where = (*base, "fields", name)
         if field.type == "enum" and not field.values:
-            yield where + ("values",), "an enum field needs its list of values"
+            yield (*where, "values"), "an enum field needs its list of values"
         if field.type != "enum" and field.values is not None:
-            yield where + ("values",), "values apply to enum fields only"
+            yield (*where, "values"), "values apply to enum fields only"
         if field.min is not None and field.max is not None and field.min > field.max:
             yield where, "min is greater than max"
         if field.source in ("form", "json") and "POST" not in spec.methods:
-            yield where + ("source",), f"a {field.source} field needs POST among the event type's methods"
+            yield (*where, "source"), f"a {field.source} field needs POST among the event type's methods"
     for i, key in enumerate(spec.dedupe_key):
         if key not in spec.fields:
-            yield base + ("dedupe_key", i), f"{key!r} is not a field of this event type"
+            yield (*base, "dedupe_key", i), f"{key!r} is not a field of this event type"
     if spec.response.kind == "redirect":
         target = spec.response.redirect_field
         if target not in spec.fields:
-            yield base + ("response", "redirect_field"), f"{target!r} is not a field of this event type"
+            yield (*base, "response", "redirect_field"), f"{target!r} is not a field of this event type"
         if not spec.response.allow_hosts:
-            yield base + ("response", "allow_hosts"), "a redirect needs at least one allowed host"
+            yield (*base, "response", "allow_hosts"), "a redirect needs at least one allowed host"
     for i, name in enumerate(spec.preprocessors):
         if name not in config.preprocessors:
-            yield base + ("preprocessors", i), f"no preprocessor named {name!r}"
+            yield (*base, "preprocessors", i), f"no preprocessor named {name!r}"
     for i, name in enumerate(spec.collectors):
         if name not in config.collectors:
-            yield base + ("collectors", i), f"no collector named {name!r}"
+            yield (*base, "collectors", i), f"no collector named {name!r}"
 
 
 # --- locating a key path in the YAML source ---------------------------------------------------------------------

@@ -27,17 +27,17 @@ class Limits(Struct, forbid_unknown_fields=True, kw_only=True):
         int, Meta(ge=1024, le=1 << 20, description="Total size of all header names and values; larger → 431.")
     ] = 16384
     max_header_count: Annotated[int, Meta(ge=4, le=1000, description="Most header fields; more → 431.")] = 100
-    max_body_bytes: Annotated[
-        int, Meta(ge=0, le=16 << 20, description="Largest request body; larger → 413.")
-    ] = 65536
+    max_body_bytes: Annotated[int, Meta(ge=0, le=16 << 20, description="Largest request body; larger → 413.")] = 65536
     header_timeout_s: Annotated[
-        Seconds, Meta(description="Time allowed from a request's first byte to the end of its headers; then 408.")
+        Seconds,
+        Meta(description="Time allowed from a request's first byte to the end of its headers; then 408."),
     ] = 10.0
     body_timeout_s: Annotated[
         Seconds, Meta(description="Time allowed to receive a request body after its headers; then 408.")
     ] = 10.0
     keepalive_timeout_s: Annotated[
-        Seconds, Meta(description="An idle keep-alive connection (and a connection that sends nothing) is closed.")
+        Seconds,
+        Meta(description="An idle keep-alive connection (and a connection that sends nothing) is closed."),
     ] = 30.0
     max_keepalive_requests: Annotated[
         int, Meta(ge=1, description="Requests served on one connection before it is closed.")
@@ -57,7 +57,8 @@ class ServerConfig(Struct, forbid_unknown_fields=True, kw_only=True):
     ] = 0
     backlog: Annotated[int, Meta(ge=16, le=65535, description="Listen backlog of each worker's socket.")] = 4096
     drain_timeout_s: Annotated[
-        Seconds, Meta(description="On SIGTERM or reload: time to finish in-flight requests and flush collectors.")
+        Seconds,
+        Meta(description="On SIGTERM or reload: time to finish in-flight requests and flush collectors."),
     ] = 10.0
     trusted_proxies: Annotated[
         list[str],
@@ -101,7 +102,8 @@ class FieldSpec(Struct, forbid_unknown_fields=True, kw_only=True):
         ),
     ] = "param"
     name: Annotated[
-        str | None, Meta(description="Parameter, header or cookie name when it differs from the field's name.")
+        str | None,
+        Meta(description="Parameter, header or cookie name when it differs from the field's name."),
     ] = None
     required: Annotated[bool, Meta(description="A request without this field is rejected (400).")] = False
     max_len: Annotated[int, Meta(ge=1, le=65536, description="Longest accepted raw value, in characters.")] = 256
@@ -109,11 +111,15 @@ class FieldSpec(Struct, forbid_unknown_fields=True, kw_only=True):
     max: Annotated[float | None, Meta(description="Largest accepted value of a number or money field.")] = None
     values: Annotated[list[str] | None, Meta(description="The accepted values of an enum field.")] = None
     default: Annotated[
-        str | None, Meta(description="Raw value used when the request lacks the field (converted like input).")
+        str | None,
+        Meta(description="Raw value used when the request lacks the field (converted like input)."),
     ] = None
     into: Annotated[
         Literal["dims", "metrics"] | None,
-        Meta(description="Where the value goes in the event; default: numbers and money to metrics, else dims."),
+        Meta(
+            description="Where the value goes in the event; default: numbers, money and timestamps to metrics, "
+            "the rest to dims."
+        ),
     ] = None
 
 
@@ -122,11 +128,9 @@ class ResponseSpec(Struct, forbid_unknown_fields=True, kw_only=True):
 
     kind: Annotated[
         Literal["gif", "no_content", "json", "redirect"],
-        Meta(description="gif: 43-byte transparent GIF; no_content: 204; json: {\"id\": ...}; redirect: 302."),
+        Meta(description='gif: 43-byte transparent GIF; no_content: 204; json: {"id": ...}; redirect: 302.'),
     ] = "gif"
-    redirect_field: Annotated[
-        str, Meta(description="For redirect: the field holding the destination URL.")
-    ] = "url"
+    redirect_field: Annotated[str, Meta(description="For redirect: the field holding the destination URL.")] = "url"
     allow_hosts: Annotated[
         list[str],
         Meta(
@@ -153,15 +157,13 @@ class EventTypeSpec(Struct, forbid_unknown_fields=True, kw_only=True):
             "repeated request or a replayed log yields the same id. Empty: a time-ordered random id."
         ),
     ] = msgspec.field(default_factory=list)
-    response: Annotated[ResponseSpec, Meta(description="The response.")] = msgspec.field(
-        default_factory=ResponseSpec
+    response: Annotated[ResponseSpec, Meta(description="The response.")] = msgspec.field(default_factory=ResponseSpec)
+    preprocessors: Annotated[list[str], Meta(description="Preprocessor names, applied in this order.")] = msgspec.field(
+        default_factory=list
     )
-    preprocessors: Annotated[
-        list[str], Meta(description="Preprocessor names, applied in this order.")
-    ] = msgspec.field(default_factory=list)
-    collectors: Annotated[
-        list[str], Meta(description="Collector names this event type feeds.")
-    ] = msgspec.field(default_factory=lambda: ["log"])
+    collectors: Annotated[list[str], Meta(description="Collector names this event type feeds.")] = msgspec.field(
+        default_factory=lambda: ["log"]
+    )
 
 
 # --- collectors: one config struct per collector type, tagged by `type` ---------------------------------------
@@ -177,7 +179,8 @@ class CollectorBase(Struct, tag_field="type", forbid_unknown_fields=True, kw_onl
         int, Meta(ge=1, le=60_000, description="The batch is flushed at least this often.")
     ] = 100
     batch_max_events: Annotated[
-        int, Meta(ge=1, description="A batch this large is flushed at once, without waiting for the interval.")
+        int,
+        Meta(ge=1, description="A batch this large is flushed at once, without waiting for the interval."),
     ] = 8192
 
 
@@ -185,9 +188,7 @@ class LogCollectorConfig(CollectorBase, tag="log"):
     """JSON lines, one file per worker, rotated by size and time, gzipped on rotation."""
 
     dir: Annotated[str, Meta(description="Directory of the log files, relative to data_dir.")] = "logs"
-    rotate_bytes: Annotated[
-        int, Meta(ge=4096, description="A file is rotated when it reaches this size.")
-    ] = 128 << 20
+    rotate_bytes: Annotated[int, Meta(ge=4096, description="A file is rotated when it reaches this size.")] = 128 << 20
     rotate_interval_s: Annotated[Seconds, Meta(description="A file is rotated when it is this old.")] = 3600.0
     gzip: Annotated[bool, Meta(description="Compress rotated files (`.jsonl.gz`).")] = True
     fsync: Annotated[
@@ -232,7 +233,8 @@ class Config(Struct, forbid_unknown_fields=True, kw_only=True):
     """The whole tracker. A file's top-level sections replace those of the embedded default."""
 
     data_dir: Annotated[
-        str, Meta(description="Where logs and other state live; relative paths are from the working directory.")
+        str,
+        Meta(description="Where logs and other state live; relative paths are from the working directory."),
     ] = "./trackpoint-data"
     server: Annotated[ServerConfig, Meta(description="The tracking edge.")] = msgspec.field(
         default_factory=ServerConfig

@@ -56,7 +56,8 @@ def send_start(sock: socket.socket, start: Start) -> None:
 def receive_start(sock: socket.socket) -> Start:
     """Blocking read of the worker's first message (before its event loop runs)."""
     (length,) = _LENGTH.unpack(_read_exactly(sock, _LENGTH.size))
-    return _to_worker.decode(_read_exactly(sock, length))
+    start: Start = _to_worker.decode(_read_exactly(sock, length))
+    return start
 
 
 def _read_exactly(sock: socket.socket, size: int) -> bytes:
@@ -75,6 +76,7 @@ async def receive(reader: asyncio.StreamReader) -> FromWorker | None:
         (length,) = _LENGTH.unpack(await reader.readexactly(_LENGTH.size))
         if length > MAX_FRAME:
             raise ConnectionError(f"control frame of {length} bytes")
-        return _from_worker.decode(await reader.readexactly(length))
+        message: FromWorker = _from_worker.decode(await reader.readexactly(length))
+        return message
     except asyncio.IncompleteReadError:
         return None

@@ -18,16 +18,19 @@ from trackpoint.pipeline.fields import Reject
 
 if TYPE_CHECKING:
     from trackpoint.edge.runtime import Edge
+    from trackpoint.pipeline.event import Event
 
 log = logging.getLogger("trackpoint.edge")
 
 # Connection phases, for the timeout sweep.
 IDLE, HEADERS, BODY = 0, 1, 2
+# Headers that frame a body; the edge keeps them for every request.
+FRAMING_HEADERS = frozenset({b"content-length", b"transfer-encoding", b"expect"})
 
 _monotonic = time.monotonic
 
 
-class _Stop(Exception):  # noqa: N818 - control flow: stop parsing after a response that closes the connection
+class _Stop(Exception):
     pass
 
 
@@ -35,8 +38,23 @@ class EdgeProtocol(asyncio.Protocol):
     """One client connection. Requests are answered in order; pipelined requests in one read are all parsed."""
 
     __slots__ = (
-        "body", "body_bytes", "closing", "deadline", "edge", "header_bytes", "header_count", "headers",
-        "paused", "parser", "peer_ip", "phase", "requests", "started", "transport", "trusted_peer", "url",
+        "body",
+        "body_bytes",
+        "closing",
+        "deadline",
+        "edge",
+        "header_bytes",
+        "header_count",
+        "headers",
+        "parser",
+        "paused",
+        "peer_ip",
+        "phase",
+        "requests",
+        "started",
+        "transport",
+        "trusted_peer",
+        "url",
     )
 
     def __init__(self, edge: Edge) -> None:
@@ -83,23 +101,26 @@ class EdgeProtocol(asyncio.Protocol):
         self.parser = None
 
     def data_received(self, data: bytes) -> None:
-        parser = self.parser
-        if parser is None or self.closing:
+        if self.closing:
             return
+        if self.phase == IDLE:  # the first bytes of a request: the header timeout starts now
+            self.phase = HEADERS
+            self.started = now = _monotonic()
+            self.deadline = now + self.edge.header_timeout_s
         try:
-            parser.feed_data(data)
+            self.parser.feed_data(data)  # type: ignore[union-attr]  # set until closing
         except httptools.HttpParserUpgrade:
             self.reject_and_close(400, "upgrade_not_supported")
         except Exception as exc:  # llhttp rejected the bytes, or a callback stopped or failed
             if self.closing:
                 return
-            if isinstance(exc, httptools.HttpParserError) and not isinstance(exc.__context__, Exception):
+            cause = exc.__context__
+            if isinstance(cause, Reject):
+                self.reject_and_close(cause.status, cause.reason)
+            elif isinstance(exc, httptools.HttpParserError) and cause is None:
                 self.reject_and_close(400, "bad_request")
-            elif isinstance(exc.__context__, Reject):
-                reject = exc.__context__
-                self.reject_and_close(reject.status, reject.reason)
             else:
-                self.edge.internal_error(exc.__context__ or exc)
+                self.edge.internal_error(cause or exc)
                 self.reject_and_close(500, "internal_error")
 
     def pause_writing(self) -> None:
@@ -115,42 +136,36 @@ class EdgeProtocol(asyncio.Protocol):
 
     # --- parser callbacks ----------------------------------------------------------------------------------------
 
-    def on_message_begin(self) -> None:
-        self.phase = HEADERS
-        self.started = now = _monotonic()
-        self.deadline = now + self.edge.limits.header_timeout_s
-        self.url = b""
-        self.headers = {}
-        self.header_count = 0
-        self.header_bytes = 0
-        self.body = None
-        self.body_bytes = 0
+    # No on_message_begin and no on_headers_complete: each callback is a Python call on every request, so the
+    # per-request state is reset when a response is written, and framing headers are handled as they arrive.
 
     def on_url(self, url: bytes) -> None:
-        self.url = self.url + url if self.url else url
-        if len(self.url) > self.edge.limits.max_request_line_bytes:
+        url = self.url = self.url + url if self.url else url
+        if len(url) > self.edge.max_request_line_bytes:
             raise Reject(414, "uri_too_long")
 
     def on_header(self, name: bytes, value: bytes) -> None:
-        self.header_count += 1
-        self.header_bytes += len(name) + len(value)
-        limits = self.edge.limits
-        if self.header_count > limits.max_header_count or self.header_bytes > limits.max_header_bytes:
+        edge = self.edge
+        count = self.header_count = self.header_count + 1
+        size = self.header_bytes = self.header_bytes + len(name) + len(value)
+        if count > edge.max_header_count or size > edge.max_header_bytes:
             raise Reject(431, "headers_too_large")
         name = name.lower()
-        if name in self.edge.kept_headers:
+        if name in edge.kept_headers:
             self.headers[name] = value
+            if name in FRAMING_HEADERS:
+                self.on_framing_header(name, value)
 
-    def on_headers_complete(self) -> None:
-        headers = self.headers
-        length = headers.get(b"content-length")
-        if length is not None or b"transfer-encoding" in headers:
-            if length is not None and (not length.isdigit() or int(length) > self.edge.limits.max_body_bytes):
-                raise Reject(413, "body_too_large")
-            self.phase = BODY
-            self.deadline = _monotonic() + self.edge.limits.body_timeout_s
-            if headers.get(b"expect", b"").lower() == b"100-continue" and self.transport is not None:
+    def on_framing_header(self, name: bytes, value: bytes) -> None:
+        """A request with a body: check its declared size at once and give it the body timeout."""
+        if name == b"expect":
+            if value.lower() == b"100-continue" and self.transport is not None:
                 self.transport.write(responses.CONTINUE)
+            return
+        if name == b"content-length" and (not value.isdigit() or int(value) > self.edge.limits.max_body_bytes):
+            raise Reject(413, "body_too_large")
+        self.phase = BODY
+        self.deadline = _monotonic() + self.edge.limits.body_timeout_s
 
     def on_body(self, chunk: bytes) -> None:
         self.body_bytes += len(chunk)
@@ -170,9 +185,7 @@ class EdgeProtocol(asyncio.Protocol):
         stats = edge.stats
         stats.requests += 1
         self.requests += 1
-        keep_alive = (
-            parser.should_keep_alive() and not edge.draining and self.requests < edge.limits.max_keepalive_requests
-        )
+        keep_alive = parser.should_keep_alive() and not edge.draining and self.requests < edge.max_keepalive_requests
         method = parser.get_method()
         is_head = method == b"HEAD"
         path, _, query = self.url.partition(b"?")
@@ -185,7 +198,10 @@ class EdgeProtocol(asyncio.Protocol):
             self.reject(405, "method_not_allowed", None, keep_alive, is_head)
             return
         try:
-            event = built = route.builder.build(query, self.body, self.headers, self.client_ip())
+            event: Event | None
+            event = built = route.builder.build(
+                query, self.body, self.headers, self.client_ip() if self.trusted_peer else self.peer_ip
+            )
             for preprocess in route.preprocessors:
                 event = preprocess(event)
                 if event is None:  # dropped on purpose: the client still gets its normal response
@@ -206,19 +222,23 @@ class EdgeProtocol(asyncio.Protocol):
     # --- responding ----------------------------------------------------------------------------------------------
 
     def client_ip(self) -> str:
-        """The peer address, or the X-Forwarded-For client when the peer is a trusted proxy."""
-        if self.trusted_peer:
-            forwarded = self.headers.get(b"x-forwarded-for")
-            if forwarded:
-                return self.edge.forwarded_client(forwarded, self.peer_ip)
-        return self.peer_ip
+        """The X-Forwarded-For client, for a connection from a trusted proxy."""
+        forwarded = self.headers.get(b"x-forwarded-for")
+        return self.edge.forwarded_client(forwarded, self.peer_ip) if forwarded else self.peer_ip
 
     def finish(self, keep_alive: bool) -> None:
         now = _monotonic()
-        self.edge.stats.observe(now - self.started)
+        edge = self.edge
+        edge.stats.observe(now - self.started)
         if keep_alive:
             self.phase = IDLE
-            self.deadline = now + self.edge.limits.keepalive_timeout_s
+            self.deadline = now + edge.keepalive_timeout_s
+            self.url = b""
+            self.headers = {}
+            self.header_count = 0
+            self.header_bytes = 0
+            self.body = None
+            self.body_bytes = 0
         else:
             self.close()
             raise _Stop  # stop parsing whatever else the client pipelined on a closing connection

@@ -20,10 +20,21 @@ PIXEL_GIF = base64.b64decode("R0lGODlhAQABAIAAAAAAAP///yH5BAEAAAAALAAAAAABAAEAAA
 assert len(PIXEL_GIF) == 43
 
 REASONS = {
-    100: "Continue", 200: "OK", 204: "No Content", 302: "Found", 400: "Bad Request", 404: "Not Found",
-    405: "Method Not Allowed", 408: "Request Timeout", 413: "Content Too Large", 414: "URI Too Long",
-    415: "Unsupported Media Type", 429: "Too Many Requests", 431: "Request Header Fields Too Large",
-    500: "Internal Server Error", 503: "Service Unavailable",
+    100: "Continue",
+    200: "OK",
+    204: "No Content",
+    302: "Found",
+    400: "Bad Request",
+    404: "Not Found",
+    405: "Method Not Allowed",
+    408: "Request Timeout",
+    413: "Content Too Large",
+    414: "URI Too Long",
+    415: "Unsupported Media Type",
+    429: "Too Many Requests",
+    431: "Request Header Fields Too Large",
+    500: "Internal Server Error",
+    503: "Service Unavailable",
 }
 NO_STORE = b"Cache-Control: no-store, no-cache, must-revalidate, max-age=0\r\n"
 KEEP_ALIVE = b"Connection: keep-alive\r\n"
@@ -50,20 +61,22 @@ class Clock:
 
 def head(clock: Clock, status: int, headers: bytes, length: int, keep_alive: bool) -> bytes:
     """Status line and headers of a response with a body of `length` bytes."""
-    return b"".join((
-        b"HTTP/1.1 %d %s\r\nServer: trackpoint\r\n" % (status, REASONS[status].encode("ascii")),
-        clock.date_line,
-        headers,
-        b"Content-Length: %d\r\n" % length,
-        KEEP_ALIVE if keep_alive else CLOSE,
-        b"\r\n",
-    ))
+    return b"".join(
+        (
+            b"HTTP/1.1 %d %s\r\nServer: trackpoint\r\n" % (status, REASONS[status].encode("ascii")),
+            clock.date_line,
+            headers,
+            b"Content-Length: %d\r\n" % length,
+            KEEP_ALIVE if keep_alive else CLOSE,
+            b"\r\n",
+        )
+    )
 
 
 class StaticResponse:
     """A response that depends only on the clock: four prebuilt variants (keep-alive or close, GET or HEAD)."""
 
-    __slots__ = ("body", "headers", "variants", "status")
+    __slots__ = ("body", "headers", "status", "variants")
 
     def __init__(self, status: int, headers: bytes, body: bytes) -> None:
         self.status = status
@@ -85,7 +98,9 @@ def reject_body(reason: str, field: str | None) -> bytes:
     return msgspec.json.encode({"error": reason, "field": field} if field else {"error": reason})
 
 
-def reject(clock: Clock, status: int, reason: str, field: str | None, keep_alive: bool, is_head: bool) -> bytes:
+def reject(  # noqa: PLR0917 - called from one place, with the request's own flags
+    clock: Clock, status: int, reason: str, field: str | None, keep_alive: bool, is_head: bool
+) -> bytes:
     """A rejection: status, `X-Reject-Reason` header and a small JSON body naming the reason (and field)."""
     body = reject_body(reason, field)
     headers = b"X-Reject-Reason: " + reason.encode("ascii") + b"\r\nContent-Type: application/json\r\n" + NO_STORE

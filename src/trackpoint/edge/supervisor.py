@@ -110,8 +110,12 @@ class Supervisor:
         try:
             admin_server = await admin.start(self.config.admin.host, self.config.admin.port)
         except OSError as exc:
-            log.error("cannot listen on admin %s:%d: %s", self.config.admin.host, self.config.admin.port,
-                      exc.strerror or exc)
+            log.error(
+                "cannot listen on admin %s:%d: %s",
+                self.config.admin.host,
+                self.config.admin.port,
+                exc.strerror or exc,
+            )
             return 1
         loop = asyncio.get_running_loop()
         loop.add_signal_handler(signal.SIGTERM, self._request_shutdown)
@@ -121,8 +125,13 @@ class Supervisor:
             self._spawn(slot, self.loaded.version)
         log.info(
             "trackpoint listening on %s:%d with %d workers (config %s, version %s); admin on %s:%d",
-            server.host, server.port, self.slots, self.loaded.source, self.loaded.version,
-            self.config.admin.host, self.config.admin.port,
+            server.host,
+            server.port,
+            self.slots,
+            self.loaded.source,
+            self.loaded.version,
+            self.config.admin.host,
+            self.config.admin.port,
         )
         await self._stopped.wait()
         await self._drain_all()
@@ -158,8 +167,17 @@ class Supervisor:
         parent, child = socket.socketpair(socket.AF_UNIX, socket.SOCK_STREAM)
         listen_fd = self.sockets[slot].fileno()
         process = subprocess.Popen(
-            [sys.executable, "-m", "trackpoint.edge.worker", "--slot", str(slot),
-             "--listen-fd", str(listen_fd), "--control-fd", str(child.fileno())],
+            [
+                sys.executable,
+                "-m",
+                "trackpoint.edge.worker",
+                "--slot",
+                str(slot),
+                "--listen-fd",
+                str(listen_fd),
+                "--control-fd",
+                str(child.fileno()),
+            ],
             pass_fds=(listen_fd, child.fileno()),
         )
         child.close()
@@ -197,10 +215,14 @@ class Supervisor:
 
     def _bury(self, handle: WorkerHandle) -> None:
         """Keeps an exited worker's counters so the totals stay monotonic; gauges do not carry over."""
-        last = msgspec.structs.replace(handle.snapshot, connections=0, collectors={
-            name: msgspec.structs.replace(stats, pending=0, healthy=True)
-            for name, stats in handle.snapshot.collectors.items()
-        })
+        last = msgspec.structs.replace(
+            handle.snapshot,
+            connections=0,
+            collectors={
+                name: msgspec.structs.replace(stats, pending=0, healthy=True)
+                for name, stats in handle.snapshot.collectors.items()
+            },
+        )
         self.retired = add(self.retired, last)
         self.retiring.discard(handle)
         if self.workers.get(handle.slot) is handle:
@@ -275,9 +297,11 @@ class Supervisor:
     def _keep_listening(self, config: Config) -> Config:
         """Sockets and the admin port outlive reloads: changing them needs a restart, and we say so."""
         server, admin = self.config.server, self.config.admin
-        if (config.server.host, config.server.port) != (server.host, server.port) or (
-            config.server.workers != server.workers
-        ) or (config.admin.host, config.admin.port) != (admin.host, admin.port):
+        if (
+            (config.server.host, config.server.port) != (server.host, server.port)
+            or (config.server.workers != server.workers)
+            or (config.admin.host, config.admin.port) != (admin.host, admin.port)
+        ):
             log.warning("host, port, workers and admin address change only on restart; keeping the current ones")
         return msgspec.structs.replace(
             config,
@@ -316,8 +340,13 @@ class Supervisor:
             ready = not self.shutting_down and self.state.workers_ready >= self.slots
             return AdminResponse.json(
                 200 if ready else 503,
-                {"ready": ready, "workers_ready": self.state.workers_ready, "workers": self.slots,
-                 "draining": self.shutting_down, "config_version": self.loaded.version},
+                {
+                    "ready": ready,
+                    "workers_ready": self.state.workers_ready,
+                    "workers": self.slots,
+                    "draining": self.shutting_down,
+                    "config_version": self.loaded.version,
+                },
             )
 
         async def prometheus(_: AdminRequest) -> AdminResponse:

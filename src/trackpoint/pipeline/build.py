@@ -6,27 +6,30 @@ the declared fields require (a body is decoded only when a field reads it, cooki
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+import hashlib
+from time import time as _time
+from typing import NamedTuple
 
 import msgspec
 
 from trackpoint.config.model import EventTypeSpec, FieldSpec
-from trackpoint.pipeline.event import Context, Event, Meta, derived_id, now_ms, random_id
-from trackpoint.pipeline.fields import Converter, Reject, make_converter, parse_cookies, parse_pairs
+from trackpoint.pipeline.event import Context, Event, Meta, random_id
+from trackpoint.pipeline.fields import Converter, PairParser, Reject, make_converter, parse_cookies
 
-_NUMERIC = frozenset({"int", "decimal", "money"})
+_NUMERIC = frozenset({"int", "decimal", "money", "timestamp"})
 _JSON_DECODER = msgspec.json.Decoder(dict[str, str | int | float | bool | None])
 
+# Header names the edge keeps for every request, whatever the event type.
+CONTEXT_HEADERS = frozenset({b"user-agent", b"referer", b"content-type", b"x-forwarded-for"})
 
-@dataclass(frozen=True, slots=True)
-class FieldPlan:
-    """One field, compiled: where to read it, how to convert it, where it goes."""
+
+class FieldPlan(NamedTuple):
+    """One field, compiled: a tuple, so the per-request loop unpacks it in one step."""
 
     name: str
     source: str
-    key: str
-    header: bytes
-    convert: Converter
+    key: str  # parameter or cookie name; lower-case header name for headers
+    convert: Converter | None  # None: the raw string is the value
     max_len: int
     required: bool
     default: str | int | float | None
@@ -34,20 +37,22 @@ class FieldPlan:
 
 
 def _plan(name: str, spec: FieldSpec) -> FieldPlan:
+    convert: Converter | None = None if spec.type == "string" else make_converter(name, spec)
+    into_metrics = (spec.into or ("metrics" if spec.type in _NUMERIC else "dims")) == "metrics"
+    if convert is not None and not into_metrics and spec.type in _NUMERIC:
+        number = convert
+        convert = lambda raw: str(number(raw))  # noqa: E731 - dims are strings
     key = spec.name or name
-    convert = make_converter(name, spec)
-    into = spec.into or ("metrics" if spec.type in _NUMERIC else "dims")
     return FieldPlan(
         name=name,
         source=spec.source,
-        key=key,
-        header=key.lower().encode("latin-1"),
+        key=key.lower() if spec.source == "header" else key,
         convert=convert,
         max_len=spec.max_len,
         required=spec.required,
         # A default is converted once here, so a bad default fails at start-up, not on a request.
-        default=None if spec.default is None else convert(spec.default),
-        into_metrics=into == "metrics",
+        default=None if spec.default is None else (spec.default if convert is None else convert(spec.default)),
+        into_metrics=into_metrics,
     )
 
 
@@ -57,110 +62,127 @@ class EventBuilder:
     def __init__(self, type_name: str, spec: EventTypeSpec, meta: Meta) -> None:
         self.type_name = type_name
         self.meta = meta
-        self.fields = [_plan(name, field) for name, field in spec.fields.items()]
-        self.dedupe_key = list(spec.dedupe_key)
-        sources = {plan.source for plan in self.fields}
-        self.query_names = frozenset(
-            plan.key.encode("ascii") for plan in self.fields if plan.source in ("param", "query")
-        )
-        self.body_names = frozenset(
-            plan.key.encode("ascii") for plan in self.fields if plan.source in ("param", "form", "json")
-        )
-        self.reads_body = bool(sources & {"param", "form", "json"})
-        self.reads_cookies = "cookie" in sources
-        self.header_names = frozenset(plan.header for plan in self.fields if plan.source == "header") | (
+        plans = [_plan(name, field) for name, field in spec.fields.items()]
+        # Request parameters first (the common case, in one tight loop), then headers, cookies and the client IP.
+        self.param_fields = [p for p in plans if p.source in ("param", "query", "form", "json")]
+        self.other_fields = [p for p in plans if p.source not in ("param", "query", "form", "json")]
+        self.query = PairParser(frozenset(p.key for p in plans if p.source in ("param", "query")))
+        self.form = PairParser(frozenset(p.key for p in plans if p.source in ("param", "form", "json")))
+        self.query_only = frozenset(p.key for p in plans if p.source == "query")
+        self.body_only = frozenset(p.key for p in plans if p.source in ("form", "json"))
+        self.reads_body = any(p.source in ("param", "form", "json") for p in plans)
+        self.reads_cookies = any(p.source == "cookie" for p in plans)
+        self.header_names = frozenset(p.key.encode("latin-1") for p in plans if p.source == "header") | (
             {b"cookie"} if self.reads_cookies else set()
         )
+        self.dedupe_key = tuple(spec.dedupe_key)
+        # The id hash starts from the type's name; per request only the key values are added to a copy.
+        self._id_prefix = hashlib.blake2b(type_name.encode("utf-8") + b"\x1f", digest_size=16)
 
-    def build(
-        self, query: bytes, body: bytes | None, headers: dict[bytes, bytes], client_ip: str
-    ) -> Event:
+    def build(self, query: bytes, body: bytes | bytearray | None, headers: dict[bytes, bytes], client_ip: str) -> Event:
         """The event for one request, or `Reject` naming the first field that is missing or invalid."""
-        params = parse_pairs(query, self.query_names) if query else {}
-        body_params = self._body_params(body, headers) if body and self.reads_body else {}
-        cookies = parse_cookies(headers.get(b"cookie", b"")) if self.reads_cookies else {}
+        params = self.query(query) if query else {}
+        if body and self.reads_body:
+            body_params = self._body_params(body, headers)
+            params = body_params | params if params else body_params  # the query wins over the body
         dims: dict[str, str] = {}
         metrics: dict[str, int | float] = {}
-        for plan in self.fields:
-            source = plan.source
-            raw: str | None
-            if source == "param":
-                raw = params.get(plan.key)
-                if raw is None:
-                    raw = body_params.get(plan.key)
-            elif source == "query":
-                raw = params.get(plan.key)
-            elif source == "header":
-                value = headers.get(plan.header)
-                raw = None if value is None else value.decode("latin-1")
-            elif source == "cookie":
-                raw = cookies.get(plan.key)
-            elif source == "ip":
-                raw = client_ip
-            else:
-                raw = body_params.get(plan.key)
-            if raw is None or raw == "":
-                if plan.default is not None:
-                    converted = plan.default
-                elif plan.required:
-                    raise Reject(400, "missing_field", plan.name)
-                else:
+        get = params.get
+        for name, _source, key, convert, max_len, required, default, into_metrics in self.param_fields:
+            raw = get(key)
+            if not raw:
+                if default is None:
+                    if required:
+                        raise Reject(400, "missing_field", name)
                     continue
+                value = default
+            elif len(raw) > max_len:
+                raise Reject(400, "field_too_long", name)
             else:
-                if len(raw) > plan.max_len:
-                    raise Reject(400, "field_too_long", plan.name)
-                converted = plan.convert(raw)
-            if plan.into_metrics:
-                metrics[plan.name] = converted  # type: ignore[assignment]
+                value = raw if convert is None else convert(raw)
+            if into_metrics:
+                metrics[name] = value  # type: ignore[assignment]
             else:
-                dims[plan.name] = converted if isinstance(converted, str) else str(converted)
-        ts = now_ms()
-        event_id = self._event_id(dims, metrics, ts)
+                dims[name] = value  # type: ignore[assignment]
+        if self.other_fields:
+            self._other_fields(headers, client_ip, dims, metrics)
+        ts = int(_time() * 1000)
         ua = headers.get(b"user-agent")
         referer = headers.get(b"referer")
         ctx = Context(
-            ip=client_ip,
-            ua=None if ua is None else ua.decode("latin-1"),
-            referer=None if referer is None else referer.decode("latin-1"),
+            client_ip,
+            None if ua is None else ua.decode("latin-1"),
+            None if referer is None else referer.decode("latin-1"),
         )
-        return Event(event_id, self.type_name, ts, dims, metrics, ctx, self.meta)
+        return Event(self._event_id(dims, metrics, ts), self.type_name, ts, dims, metrics, ctx, self.meta)
+
+    def _other_fields(
+        self,
+        headers: dict[bytes, bytes],
+        client_ip: str,
+        dims: dict[str, str],
+        metrics: dict[str, int | float],
+    ) -> None:
+        cookies = parse_cookies(headers.get(b"cookie", b"")) if self.reads_cookies else {}
+        for name, source, key, convert, max_len, required, default, into_metrics in self.other_fields:
+            raw: str | None
+            if source == "header":
+                header = headers.get(key.encode("latin-1"))
+                raw = None if header is None else header.decode("latin-1")
+            elif source == "cookie":
+                raw = cookies.get(key)
+            else:
+                raw = client_ip
+            if not raw:
+                if default is None:
+                    if required:
+                        raise Reject(400, "missing_field", name)
+                    continue
+                value = default
+            elif len(raw) > max_len:
+                raise Reject(400, "field_too_long", name)
+            else:
+                value = raw if convert is None else convert(raw)
+            if into_metrics:
+                metrics[name] = value  # type: ignore[assignment]
+            else:
+                dims[name] = value  # type: ignore[assignment]
 
     def _event_id(self, dims: dict[str, str], metrics: dict[str, int | float], ts: int) -> str:
         if not self.dedupe_key:
             return random_id(ts)
-        values = []
-        for name in self.dedupe_key:
+        digest = self._id_prefix.copy()
+        for i, name in enumerate(self.dedupe_key):
             value = dims.get(name)
             if value is None:
                 number = metrics.get(name)
                 if number is None:  # an optional key field is absent: nothing to dedupe on
                     return random_id(ts)
                 value = str(number)
-            values.append(value)
-        return derived_id(self.type_name, values)
+            digest.update(value.encode("utf-8") if i == 0 else b"\x1f" + value.encode("utf-8"))
+        return digest.hexdigest()
 
-    def _body_params(self, body: bytes, headers: dict[bytes, bytes]) -> dict[str, str]:
+    def _body_params(self, body: bytes | bytearray, headers: dict[bytes, bytes]) -> dict[str, str]:
         content_type = headers.get(b"content-type", b"").partition(b";")[0].strip().lower()
         if content_type == b"application/x-www-form-urlencoded":
-            return parse_pairs(body, self.body_names)
-        if content_type in (b"application/json", b"text/plain"):  # text/plain: sendBeacon without a preflight
+            found = self.form(bytes(body))
+        elif content_type in (
+            b"application/json",
+            b"text/plain",
+        ):  # text/plain: sendBeacon without a preflight
             try:
                 document = _JSON_DECODER.decode(body)
             except msgspec.DecodeError:
                 raise Reject(400, "invalid_json") from None
-            return {
-                key: _json_text(value)
-                for key, value in document.items()
-                if value is not None and key.encode("utf-8") in self.body_names
-            }
-        raise Reject(415, "unsupported_media_type")
+            found = {key: _json_text(value) for key, value in document.items() if value is not None}
+        else:
+            raise Reject(415, "unsupported_media_type")
+        for key in self.query_only & found.keys():
+            del found[key]
+        return found
 
 
 def _json_text(value: str | int | float | bool) -> str:
     if isinstance(value, bool):
         return "true" if value else "false"
     return value if isinstance(value, str) else str(value)
-
-
-# Header names the edge keeps for every request, whatever the event type.
-CONTEXT_HEADERS = frozenset({b"user-agent", b"referer", b"content-type", b"x-forwarded-for"})

@@ -58,7 +58,7 @@ class Event(msgspec.Struct, gc=False):
 
 def derived_id(type_name: str, key_values: list[str]) -> str:
     """The deterministic id of an event: 128 bits of BLAKE2b over the type and its dedupe-key values."""
-    material = "\x1f".join([type_name, *key_values]).encode("utf-8", "surrogatepass")
+    material = "\x1f".join([type_name, *key_values]).encode("utf-8")
     return hashlib.blake2b(material, digest_size=16).hexdigest()
 
 

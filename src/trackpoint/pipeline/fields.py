@@ -18,7 +18,7 @@ Value = str | int | float
 Converter = Callable[[str], Value]
 
 
-class Reject(Exception):  # noqa: N818 - a rejection is an outcome, not an error of ours
+class Reject(Exception):
     """A request the tracker refuses: HTTP status, machine-readable reason and, for a field, its name."""
 
     __slots__ = ("field", "reason", "status")
@@ -33,8 +33,16 @@ class Reject(Exception):  # noqa: N818 - a rejection is an outcome, not an error
 _INT = re.compile(r"[+-]?\d{1,18}")
 _DECIMAL = re.compile(r"[+-]?(?:\d+\.?\d*|\.\d+)(?:[eE][+-]?\d{1,3})?")
 _MONEY = re.compile(r"(?P<sign>[+-]?)(?P<units>\d{1,15})(?:\.(?P<frac>\d{1,12}))?")
-_BOOLS = {"1": "true", "true": "true", "yes": "true", "on": "true", "0": "false", "false": "false", "no": "false",
-          "off": "false"}
+_BOOLS = {
+    "1": "true",
+    "true": "true",
+    "yes": "true",
+    "on": "true",
+    "0": "false",
+    "false": "false",
+    "no": "false",
+    "off": "false",
+}
 
 
 def make_converter(name: str, spec: FieldSpec) -> Converter:
@@ -118,9 +126,7 @@ def _money(name: str) -> Callable[[str], int | float]:
     return convert
 
 
-def _bounded(
-    name: str, convert: Callable[[str], int | float], low: float | None, high: float | None
-) -> Converter:
+def _bounded(name: str, convert: Callable[[str], int | float], low: float | None, high: float | None) -> Converter:
     if low is None and high is None:
         return convert
 
@@ -153,30 +159,48 @@ def _timestamp(name: str) -> Converter:
     return convert
 
 
-def parse_pairs(encoded: bytes, wanted: frozenset[bytes]) -> dict[str, str]:
-    """The wanted members of an urlencoded string (query or form body); the first occurrence of a name wins.
+class PairParser:
+    """Extracts the wanted members of an urlencoded string (query or form body); the first occurrence wins.
 
-    Only declared names are decoded: the rest of a long query costs a split and a set look-up each.
+    The usual tracking query is plain ASCII without escapes and takes one split and one partition per member;
+    anything with `%`, `+` or raw non-ASCII bytes takes the general path.
     """
-    found: dict[str, str] = {}
-    for pair in encoded.split(b"&"):
-        key, _, value = pair.partition(b"=")
-        if key not in wanted:
-            if b"%" not in key and b"+" not in key:
-                continue
-            key = _unquote(key)
-            if key not in wanted:
-                continue
-        name = key.decode("ascii")
-        if name in found:
-            continue
+
+    __slots__ = ("names", "wanted")
+
+    def __init__(self, names: frozenset[str]) -> None:
+        self.names = names
+        self.wanted = frozenset(name.encode("utf-8") for name in names)
+
+    def __call__(self, encoded: bytes) -> dict[str, str]:
         try:
-            found[name] = (
-                _unquote(value).decode("utf-8") if (b"%" in value or b"+" in value) else value.decode("utf-8")
-            )
+            text = encoded.decode("ascii")
         except UnicodeDecodeError:
-            raise Reject(400, "invalid_encoding", name) from None
-    return found
+            return self._general(encoded)
+        if "%" in text or "+" in text:
+            return self._general(encoded)
+        found: dict[str, str] = {}
+        names = self.names
+        for pair in text.split("&"):
+            name, _, value = pair.partition("=")
+            if name in names and name not in found:
+                found[name] = value
+        return found
+
+    def _general(self, encoded: bytes) -> dict[str, str]:
+        found: dict[str, str] = {}
+        for pair in encoded.split(b"&"):
+            key, _, value = pair.partition(b"=")
+            key = _unquote(key)
+            if key not in self.wanted:
+                continue
+            try:
+                name = key.decode("utf-8")
+                if name not in found:
+                    found[name] = _unquote(value).decode("utf-8")
+            except UnicodeDecodeError:
+                raise Reject(400, "invalid_encoding", key.decode("utf-8", "replace")) from None
+        return found
 
 
 def _unquote(raw: bytes) -> bytes:

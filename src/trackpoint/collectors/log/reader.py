@@ -54,11 +54,11 @@ def read_events(paths: Iterable[Path], stats: ReadStats | None = None) -> Iterat
 
 
 def _lines(path: Path, stats: ReadStats) -> Iterator[tuple[int, bytes]]:
-    stream: IO[bytes] = gzip.open(path, "rb") if path.name.endswith(".gz") else path.open("rb")
+    stream: IO[bytes] = gzip.open(path, "rb") if path.name.endswith(".gz") else path.open("rb")  # type: ignore[assignment]  # noqa: SIM115
     number = 0
     with stream:
         try:
-            for number, line in enumerate(stream, start=1):  # noqa: B007 - number is read after the loop
+            for number, line in enumerate(stream, start=1):
                 if line.endswith(b"\n"):
                     yield number, line
                 else:  # no newline: the write was cut short

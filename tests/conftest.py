@@ -1,0 +1,210 @@
+"""Shared fixtures: a real tracker started through the CLI as a subprocess, on free ports, with its own data dir.
+
+End-to-end tests talk to it over real sockets and read its log files back with the project's own reader.
+"""
+
+from __future__ import annotations
+
+import http.client
+import os
+import signal
+import socket
+import subprocess
+import sys
+import time
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+import pytest
+import yaml
+
+from trackpoint.collectors.log.reader import ReadStats, read_events
+from trackpoint.pipeline.event import Event
+
+CHROME_UA = (
+    "Mozilla/5.0 (Windows NT 10.0; Win64; x64) AppleWebKit/537.36 (KHTML, like Gecko) Chrome/120.0.0.0 Safari/537.36"
+)
+
+
+def free_port() -> int:
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        port: int = sock.getsockname()[1]
+        return port
+
+
+class Tracker:
+    """A running `trackpoint run` process and ways to talk to it."""
+
+    def __init__(self, tmp: Path, config: dict[str, Any], workers: int = 1) -> None:
+        self.data_dir = tmp / "data"
+        self.port = free_port()
+        self.admin_port = free_port()
+        document = {"data_dir": str(self.data_dir), **config}
+        document.setdefault("server", {})
+        document["server"] = {**document["server"], "host": "127.0.0.1"}
+        self.config_path = tmp / "trackpoint.yaml"
+        self.config_path.write_text(yaml.safe_dump(document))
+        self.workers = workers
+        self.log_path = tmp / "tracker.log"
+        self.process: subprocess.Popen[bytes] | None = None
+
+    def start(self) -> Tracker:
+        with self.log_path.open("ab") as log:
+            self.process = subprocess.Popen(
+                [
+                    sys.executable,
+                    "-m",
+                    "trackpoint",
+                    "run",
+                    "--config",
+                    str(self.config_path),
+                    "--workers",
+                    str(self.workers),
+                    "--port",
+                    str(self.port),
+                    "--admin-port",
+                    str(self.admin_port),
+                ],
+                stdout=log,
+                stderr=log,
+            )
+        self.wait_ready()
+        return self
+
+    def wait_ready(self, timeout_s: float = 20.0) -> None:
+        deadline = time.monotonic() + timeout_s
+        while time.monotonic() < deadline:
+            assert self.process is not None and self.process.poll() is None, self.output()
+            try:
+                status, _, _ = self.admin("GET", "/readyz")
+                if status == 200:
+                    return
+            except OSError:
+                pass
+            time.sleep(0.05)
+        raise AssertionError(f"tracker not ready in {timeout_s}s:\n{self.output()}")
+
+    def output(self) -> str:
+        return self.log_path.read_text(errors="replace") if self.log_path.exists() else ""
+
+    def request(
+        self, method: str, path: str, body: bytes | None = None, headers: dict[str, str] | None = None
+    ) -> tuple[int, dict[str, str], bytes]:
+        connection = http.client.HTTPConnection("127.0.0.1", self.port, timeout=10)
+        try:
+            connection.request(method, path, body=body, headers={"User-Agent": CHROME_UA, **(headers or {})})
+            response = connection.getresponse()
+            return response.status, {k.lower(): v for k, v in response.getheaders()}, response.read()
+        finally:
+            connection.close()
+
+    def get(self, path: str, headers: dict[str, str] | None = None) -> tuple[int, dict[str, str], bytes]:
+        return self.request("GET", path, headers=headers)
+
+    def admin(self, method: str, path: str) -> tuple[int, dict[str, str], bytes]:
+        connection = http.client.HTTPConnection("127.0.0.1", self.admin_port, timeout=10)
+        try:
+            connection.request(method, path)
+            response = connection.getresponse()
+            return response.status, {k.lower(): v for k, v in response.getheaders()}, response.read()
+        finally:
+            connection.close()
+
+    def raw(self, payload: bytes, read_timeout_s: float = 3.0) -> bytes:
+        """Sends bytes as they are and returns everything the server answers until it closes or goes quiet."""
+        with socket.create_connection(("127.0.0.1", self.port), timeout=read_timeout_s) as sock:
+            sock.sendall(payload)
+            return read_until_quiet(sock)
+
+    def metric(self, name: str, labels: str = "") -> float:
+        """One sample of the admin /metrics page (0 when absent)."""
+        _, _, body = self.admin("GET", "/metrics")
+        wanted = f"{name}{{{labels}}}" if labels else name
+        for line in body.decode().splitlines():
+            if line.startswith(wanted + " "):
+                return float(line.rsplit(" ", 1)[1])
+        return 0.0
+
+    def wait_metric(self, name: str, labels: str, at_least: float, timeout_s: float = 5.0) -> float:
+        deadline = time.monotonic() + timeout_s
+        value = self.metric(name, labels)
+        while value < at_least and time.monotonic() < deadline:
+            time.sleep(0.1)
+            value = self.metric(name, labels)
+        return value
+
+    def events(self, stats: ReadStats | None = None) -> list[Event]:
+        return list(read_events([self.data_dir / "logs"], stats))
+
+    def wait_events(self, count: int, timeout_s: float = 5.0) -> list[Event]:
+        deadline = time.monotonic() + timeout_s
+        events = self.events()
+        while len(events) < count and time.monotonic() < deadline:
+            time.sleep(0.05)
+            events = self.events()
+        return events
+
+    def worker_pids(self) -> list[int]:
+        assert self.process is not None
+        children = Path(f"/proc/{self.process.pid}/task/{self.process.pid}/children").read_text().split()
+        return [int(pid) for pid in children]
+
+    def signal(self, signum: int) -> None:
+        assert self.process is not None
+        self.process.send_signal(signum)
+
+    def stop(self, timeout_s: float = 30.0) -> int:
+        """SIGTERM, then the exit code (the tracker must drain and exit by itself)."""
+        assert self.process is not None
+        if self.process.poll() is None:
+            self.process.send_signal(signal.SIGTERM)
+        try:
+            return self.process.wait(timeout_s)
+        except subprocess.TimeoutExpired:
+            self.process.kill()
+            self.process.wait()
+            raise AssertionError(f"tracker did not stop within {timeout_s}s:\n{self.output()}") from None
+
+
+def read_until_quiet(sock: socket.socket) -> bytes:
+    chunks = []
+    while True:
+        try:
+            chunk = sock.recv(65536)
+        except (TimeoutError, ConnectionResetError):
+            break
+        if not chunk:
+            break
+        chunks.append(chunk)
+    return b"".join(chunks)
+
+
+@pytest.fixture
+def tracker_factory(tmp_path: Path) -> Iterator[Any]:
+    """Starts trackers with a given config; every one still running at the end is stopped and must exit 0."""
+    started: list[Tracker] = []
+
+    def start(config: dict[str, Any] | None = None, workers: int = 1, name: str = "t") -> Tracker:
+        directory = tmp_path / f"{name}{len(started)}"
+        directory.mkdir()
+        tracker = Tracker(directory, config or {}, workers)
+        started.append(tracker)
+        return tracker.start()
+
+    yield start
+    for tracker in started:
+        if tracker.process is not None and tracker.process.poll() is None:
+            code = tracker.stop()
+            assert code == 0, tracker.output()
+
+
+@pytest.fixture
+def tracker(tracker_factory: Any) -> Tracker:
+    """A tracker on the embedded default event types, one worker."""
+    result: Tracker = tracker_factory()
+    return result
+
+
+os.environ.setdefault("PYTHONUNBUFFERED", "1")

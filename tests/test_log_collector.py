@@ -1,0 +1,435 @@
+"""Unit tests of the log collector (JSON lines, rotation, gzip, fsync policies, bounded batch) and its reader.
+
+Each test runs a real LogCollector on an asyncio loop over a temporary data dir and reads the files back.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import gzip
+import json
+import re
+import time
+from collections.abc import Awaitable, Callable, Sequence
+from pathlib import Path
+
+import msgspec
+import pytest
+
+from trackpoint.collectors import build_collector
+from trackpoint.collectors.base import CollectorStats
+from trackpoint.collectors.log.collector import LogCollector, compress, finalize_orphans, log_dir
+from trackpoint.collectors.log.reader import ReadStats, log_files, read_events
+from trackpoint.config.model import LogCollectorConfig
+from trackpoint.pipeline.event import Context, Device, Event, Meta
+
+NAME = re.compile(
+    r"events-(?P<stamp>\d{8}T\d{9})Z-w(?P<worker>\d{2})-p(?P<pid>\d+)-(?P<seq>\d{4})\.jsonl(\.gz)?"
+)
+ENCODER = msgspec.json.Encoder()
+
+
+def make_event(i: int, pad: int = 0) -> Event:
+    return Event(
+        id=f"{i:032x}",
+        type="impression" if i % 2 else "win",
+        ts=1_700_000_000_000 + i,
+        dims={"imp": f"imp-{i}", "pub": "p" * pad, "note": "é\u2028\"quoted\"\n"},
+        metrics={"price": i * 1_000_000, "t": i / 4},
+        ctx=Context(ip="192.0.2.0", ua="Agent/1", device=Device(browser="Chrome", bot=i % 3 == 0)),
+        meta=Meta(worker=2, config="abc123"),
+    )
+
+
+def config(**options: object) -> LogCollectorConfig:
+    settings: dict[str, object] = {"flush_interval_ms": 20, "fsync": "none", **options}
+    return msgspec.convert(settings, LogCollectorConfig)
+
+
+def run_collector(
+    data_dir: Path,
+    options: LogCollectorConfig,
+    body: Callable[[LogCollector], Awaitable[None]],
+    worker: int = 2,
+) -> LogCollector:
+    """Starts a collector, runs `body` with it, closes it; all on a fresh event loop."""
+
+    async def main() -> LogCollector:
+        collector = LogCollector("log", options, str(data_dir), worker)
+        await collector.start()
+        try:
+            await body(collector)
+        finally:
+            await collector.close(10.0)
+        return collector
+
+    return asyncio.run(main())
+
+
+def offer_in_batches(events: Sequence[Event], size: int) -> Callable[[LogCollector], Awaitable[None]]:
+    async def body(collector: LogCollector) -> None:
+        for start in range(0, len(events), size):
+            for event in events[start:start + size]:
+                collector.offer(event)
+            await collector.flush()
+
+    return body
+
+
+def files(directory: Path, suffix: str = "") -> list[Path]:
+    return sorted(p for p in directory.iterdir() if p.name.endswith(suffix))
+
+
+def read_all(*paths: Path) -> tuple[list[Event], ReadStats]:
+    stats = ReadStats()
+    return list(read_events(paths, stats)), stats
+
+
+async def wait_until(condition: Callable[[], bool], timeout_s: float = 5.0) -> None:
+    deadline = time.monotonic() + timeout_s
+    while not condition():
+        assert time.monotonic() < deadline, "condition not met in time"
+        await asyncio.sleep(0.005)
+
+
+# --- writing and reading back -------------------------------------------------------------------------------
+
+
+def test_offered_events_are_written_as_json_lines_and_read_back_identically(tmp_path: Path) -> None:
+    events = [make_event(i) for i in range(40)]
+    seen_active: list[Path] = []
+
+    async def body(collector: LogCollector) -> None:
+        for event in events:
+            collector.offer(event)
+        await collector.flush()
+        seen_active.extend(files(collector.directory))
+
+    collector = run_collector(tmp_path, config(), body)
+    (active,) = seen_active
+    assert NAME.fullmatch(active.name), active.name
+    assert active.name.endswith(".jsonl")
+    (rotated,) = files(tmp_path / "logs")
+    assert rotated.name == active.name + ".gz"
+    lines = gzip.decompress(rotated.read_bytes()).splitlines()
+    assert len(lines) == len(events)
+    assert json.loads(lines[0]) == json.loads(ENCODER.encode(events[0]))
+    assert set(json.loads(lines[0])) == {"id", "type", "ts", "dims", "metrics", "ctx", "meta"}
+    read, stats = read_all(tmp_path / "logs")
+    assert read == events
+    assert (stats.events, stats.skipped) == (40, 0)
+    assert collector.snapshot() == CollectorStats(received=40, sent=40, dropped=0, errors=0, pending=0)
+
+
+def test_the_flush_loop_writes_without_an_explicit_flush(tmp_path: Path) -> None:
+    events = [make_event(i) for i in range(7)]
+    written: list[Event] = []
+
+    async def body(collector: LogCollector) -> None:
+        for event in events:
+            collector.offer(event)
+        await wait_until(lambda: collector.stats.sent == len(events))
+        written.extend(read_events([collector.directory]))
+
+    run_collector(tmp_path, config(flush_interval_ms=10), body)
+    assert written == events
+
+
+def test_a_full_batch_is_flushed_without_waiting_for_the_interval(tmp_path: Path) -> None:
+    events = [make_event(i) for i in range(10)]
+
+    async def body(collector: LogCollector) -> None:
+        for event in events:
+            collector.offer(event)
+        await wait_until(lambda: collector.stats.sent == 10, timeout_s=5.0)  # the interval is a minute
+
+    collector = run_collector(tmp_path, config(flush_interval_ms=60_000, batch_max_events=10), body)
+    assert collector.stats.sent == 10
+    assert read_all(tmp_path / "logs")[0] == events
+
+
+def test_data_dir_and_dir_option_place_the_files(tmp_path: Path) -> None:
+    options = config(dir="nested/logs", gzip=False)
+    run_collector(tmp_path / "data", options, offer_in_batches([make_event(1)], 1), worker=7)
+    directory = log_dir(str(tmp_path / "data"), options)
+    assert directory == tmp_path / "data" / "nested" / "logs"
+    (only,) = files(directory)
+    match = NAME.fullmatch(only.name)
+    assert match is not None
+    assert match["worker"] == "07"
+
+
+# --- rotation and compression -------------------------------------------------------------------------------
+
+
+def test_rotation_by_size_makes_gzipped_files_sorting_in_creation_order(tmp_path: Path) -> None:
+    events = [make_event(i, pad=200) for i in range(100)]
+    line_size = len(ENCODER.encode(events[0])) + 1
+    assert 4 * line_size < 4096 < 100 * line_size
+    run_collector(tmp_path, config(rotate_bytes=4096), offer_in_batches(events, 4))
+    rotated = files(tmp_path / "logs")
+    assert len(rotated) >= 5
+    assert all(path.name.endswith(".jsonl.gz") for path in rotated)
+    matches = [NAME.fullmatch(path.name) for path in rotated]
+    assert all(match is not None for match in matches)
+    sequence = [int(match["seq"]) for match in matches if match is not None]
+    assert sequence == list(range(1, len(rotated) + 1))  # sorted by name = the order they were made
+    for path in rotated:
+        assert len(gzip.decompress(path.read_bytes())) <= 4096
+    read, stats = read_all(tmp_path / "logs")
+    assert read == events
+    assert stats.skipped == 0
+
+
+def test_rotation_by_time(tmp_path: Path) -> None:
+    async def body(collector: LogCollector) -> None:
+        collector.offer(make_event(1))
+        await collector.flush()
+        await asyncio.sleep(0.06)
+        collector.offer(make_event(2))
+        await collector.flush()
+
+    run_collector(tmp_path, config(rotate_interval_s=0.05), body)
+    rotated = files(tmp_path / "logs")
+    assert len(rotated) == 2
+    assert [list(read_events([path])) for path in rotated] == [[make_event(1)], [make_event(2)]]
+
+
+def test_close_rotates_and_compresses_the_last_file(tmp_path: Path) -> None:
+    events = [make_event(i, pad=200) for i in range(30)]
+    run_collector(tmp_path, config(rotate_bytes=4096), offer_in_batches(events, 5))
+    directory = tmp_path / "logs"
+    assert files(directory, ".jsonl") == []
+    assert files(directory, ".tmp") == []
+    last = files(directory)[-1]
+    assert last.name.endswith(".jsonl.gz")
+    assert list(read_events([last]))[-1] == events[-1]
+
+
+def test_without_gzip_files_stay_plain(tmp_path: Path) -> None:
+    events = [make_event(i, pad=200) for i in range(30)]
+    run_collector(tmp_path, config(rotate_bytes=4096, gzip=False), offer_in_batches(events, 5))
+    plain = files(tmp_path / "logs")
+    assert len(plain) >= 2
+    assert all(path.name.endswith(".jsonl") for path in plain)
+    assert read_all(tmp_path / "logs")[0] == events
+
+
+def test_a_collector_that_wrote_nothing_leaves_no_file(tmp_path: Path) -> None:
+    async def body(collector: LogCollector) -> None:
+        await collector.flush()
+
+    collector = run_collector(tmp_path, config(), body)
+    assert files(tmp_path / "logs") == []
+    assert collector.snapshot() == CollectorStats()
+
+
+@pytest.mark.parametrize("policy", ["none", "interval", "always"])
+def test_fsync_policies_write_every_event(tmp_path: Path, policy: str) -> None:
+    events = [make_event(i) for i in range(12)]
+    run_collector(tmp_path, config(fsync=policy, fsync_interval_s=0.01), offer_in_batches(events, 3))
+    read, stats = read_all(tmp_path / "logs")
+    assert read == events
+    assert stats.skipped == 0
+
+
+def test_fsync_policy_decides_when_data_is_synced(tmp_path: Path) -> None:
+    unsynced: dict[str, list[bool]] = {}
+
+    def recorder(policy: str) -> Callable[[LogCollector], Awaitable[None]]:
+        async def body(collector: LogCollector) -> None:
+            for i in range(3):
+                if i == 2 and policy == "interval":
+                    await asyncio.sleep(0.3)  # one fsync interval
+                collector.offer(make_event(i))
+                await collector.flush()
+                unsynced.setdefault(policy, []).append(collector._unsynced)
+
+        return body
+
+    for policy in ("none", "interval", "always"):
+        run_collector(tmp_path / policy, config(fsync=policy, fsync_interval_s=0.3), recorder(policy))
+    assert unsynced["none"] == [True, True, True]
+    assert unsynced["always"] == [False, False, False]
+    assert unsynced["interval"] == [False, True, False]  # synced, not again within the interval, then again
+
+
+# --- the bounded batch and the counters ---------------------------------------------------------------------
+
+
+def test_offers_beyond_max_pending_events_are_dropped_and_counted(tmp_path: Path) -> None:
+    events = [make_event(i) for i in range(25)]
+    during: list[CollectorStats] = []
+
+    async def body(collector: LogCollector) -> None:
+        for event in events:
+            collector.offer(event)  # no await in between: the flush loop cannot run
+        during.append(collector.snapshot())
+
+    collector = run_collector(tmp_path, config(max_pending_events=10, batch_max_events=4), body)
+    assert during == [CollectorStats(received=10, sent=0, dropped=15, errors=0, pending=10, healthy=True)]
+    assert collector.snapshot() == CollectorStats(received=10, sent=10, dropped=15, errors=0, pending=0)
+    assert read_all(tmp_path / "logs")[0] == events[:10]
+
+
+def test_stats_counters_are_exact_over_several_rounds(tmp_path: Path) -> None:
+    async def body(collector: LogCollector) -> None:
+        for round_ in range(3):
+            for i in range(8):
+                collector.offer(make_event(round_ * 100 + i))
+            assert (collector.stats.received, collector.stats.dropped) == ((round_ + 1) * 5, (round_ + 1) * 3)
+            await collector.flush()
+            assert collector.stats.sent == (round_ + 1) * 5
+
+    collector = run_collector(tmp_path, config(max_pending_events=5), body)
+    assert collector.snapshot() == CollectorStats(received=15, sent=15, dropped=9, errors=0, pending=0)
+    assert len(read_all(tmp_path / "logs")[0]) == 15
+
+
+def test_build_collector_makes_a_log_collector(tmp_path: Path) -> None:
+    async def main() -> None:
+        collector = build_collector("archive", config(), str(tmp_path), 1)
+        assert isinstance(collector, LogCollector)
+        assert collector.name == "archive"
+        assert collector.health().healthy
+        await collector.start()
+        collector.offer(make_event(5))
+        await collector.close(5.0)
+
+    asyncio.run(main())
+    assert read_all(tmp_path / "logs")[0] == [make_event(5)]
+
+
+# --- the reader ---------------------------------------------------------------------------------------------
+
+
+def test_reader_skips_and_counts_a_torn_last_line(tmp_path: Path) -> None:
+    events = [make_event(i) for i in range(5)]
+    whole = ENCODER.encode_lines(events)
+    torn = ENCODER.encode(make_event(99))[:37]
+    path = tmp_path / "events-20240101T000000000Z-w00-p1-0001.jsonl"
+    path.write_bytes(whole + torn)
+    read, stats = read_all(path)
+    assert read == events
+    assert stats.events == 5
+    assert stats.skipped == 1
+    assert stats.skipped_at == [f"{path}:6"]
+
+
+def test_reader_skips_a_corrupt_line_and_reads_on(tmp_path: Path) -> None:
+    path = tmp_path / "events-20240101T000000000Z-w00-p1-0001.jsonl"
+    path.write_bytes(
+        ENCODER.encode_lines([make_event(1)])
+        + b'{"id": "broken"\n'
+        + b"\n"
+        + ENCODER.encode_lines([make_event(2)])
+    )
+    read, stats = read_all(path)
+    assert read == [make_event(1), make_event(2)]
+    assert stats.skipped == 2
+    assert stats.skipped_at == [f"{path}:2", f"{path}:3"]
+
+
+def test_reader_keeps_what_decodes_of_a_truncated_gzip(tmp_path: Path) -> None:
+    events = [make_event(i) for i in range(500)]
+    blob = gzip.compress(ENCODER.encode_lines(events))
+    path = tmp_path / "events-20240101T000000000Z-w00-p1-0001.jsonl.gz"
+    path.write_bytes(blob[: len(blob) // 2])
+    read, stats = read_all(path)
+    assert 0 < len(read) < len(events)
+    assert read == events[: len(read)]
+    assert stats.events == len(read)
+    assert stats.skipped == 1
+    assert stats.skipped_at == [f"{path}:{len(read) + 1}"]
+    path.write_bytes(blob[:-8])  # only the trailer (CRC and size) is missing: every line decodes
+    read, stats = read_all(path)
+    assert read == events
+    assert stats.skipped == 1
+
+
+def test_reader_reads_files_in_name_order_and_ignores_other_files(tmp_path: Path) -> None:
+    directory = tmp_path / "logs"
+    directory.mkdir()
+    names = [
+        "events-20240101T000000002Z-w01-p9-0001.jsonl",
+        "events-20240101T000000001Z-w00-p8-0002.jsonl.gz",
+        "events-20240101T000000000Z-w00-p8-0001.jsonl.gz",
+    ]
+    for index, name in enumerate(names):
+        payload = ENCODER.encode_lines([make_event(index)])
+        (directory / name).write_bytes(gzip.compress(payload) if name.endswith(".gz") else payload)
+    (directory / "events-20240101T000000003Z-w00-p8-0003.jsonl.gz.tmp").write_bytes(b"partial")
+    (directory / "notes.jsonl").write_bytes(ENCODER.encode_lines([make_event(50)]))
+    assert [path.name for path in log_files([directory])] == sorted(names)
+    read, stats = read_all(directory)
+    assert read == [make_event(2), make_event(1), make_event(0)]
+    assert stats.skipped == 0
+    extra = tmp_path / "other.jsonl"
+    extra.write_bytes(ENCODER.encode_lines([make_event(77)]))
+    assert [event.id for event in read_events([directory, extra])][-1] == make_event(77).id
+
+
+# --- orphans ------------------------------------------------------------------------------------------------
+
+
+def orphan(directory: Path, pid: int, seq: int, events: Sequence[Event], tail: bytes = b"") -> Path:
+    path = directory / f"events-20240101T00000000{seq}Z-w00-p{pid}-{seq:04d}.jsonl"
+    path.write_bytes(ENCODER.encode_lines(events) + tail)
+    return path
+
+
+def test_finalize_orphans_of_one_pid(tmp_path: Path) -> None:
+    directory = tmp_path / "logs"
+    directory.mkdir()
+    mine = orphan(directory, 111, 1, [make_event(1), make_event(2)])
+    empty = orphan(directory, 111, 2, [])
+    other = orphan(directory, 11, 3, [make_event(3)])
+    done = finalize_orphans(directory, 111)
+    assert done == [mine.with_name(mine.name + ".gz")]
+    assert not mine.exists()
+    assert not empty.exists()
+    assert other.exists()
+    assert list(read_events([done[0]])) == [make_event(1), make_event(2)]
+
+
+def test_finalize_orphans_of_all_pids(tmp_path: Path) -> None:
+    directory = tmp_path / "logs"
+    directory.mkdir()
+    first = orphan(directory, 111, 1, [make_event(1)])
+    second = orphan(directory, 222, 2, [make_event(2)], tail=b'{"id": "torn')
+    empty = orphan(directory, 333, 3, [])
+    stale = directory / "events-20240101T000000009Z-w00-p444-0009.jsonl.gz.tmp"
+    stale.write_bytes(b"half a gzip")
+    done = finalize_orphans(directory)
+    assert done == [first.with_name(first.name + ".gz"), second.with_name(second.name + ".gz")]
+    assert sorted(path.name for path in directory.iterdir()) == sorted(path.name for path in done)
+    assert not empty.exists()
+    assert not stale.exists()
+    read, stats = read_all(directory)
+    assert read == [make_event(1), make_event(2)]
+    assert stats.skipped == 1  # the torn tail survives compression and is skipped by readers
+
+
+def test_finalize_orphans_of_one_pid_leaves_other_workers_compressions_alone(tmp_path: Path) -> None:
+    # A live worker (pid 222) is compressing its rotated file while pid 111's orphans are finalized.
+    directory = tmp_path / "logs"
+    directory.mkdir()
+    orphan(directory, 111, 1, [make_event(1)])
+    in_progress = directory / "events-20240101T000000002Z-w01-p222-0002.jsonl.gz.tmp"
+    in_progress.write_bytes(gzip.compress(ENCODER.encode_lines([make_event(2)])))
+    finalize_orphans(directory, 111)
+    assert in_progress.exists()
+
+
+def test_finalize_orphans_without_a_directory(tmp_path: Path) -> None:
+    assert finalize_orphans(tmp_path / "absent") == []
+
+
+def test_compress_replaces_the_file_with_its_gzip(tmp_path: Path) -> None:
+    path = orphan(tmp_path, 5, 1, [make_event(i) for i in range(3)])
+    original = path.read_bytes()
+    compress(path)
+    target = path.with_name(path.name + ".gz")
+    assert not path.exists()
+    assert gzip.decompress(target.read_bytes()) == original
+    assert files(tmp_path) == [target]
