@@ -247,11 +247,19 @@ def test_json_body_null_is_absent() -> None:
     assert event.dims == {"order_id": "o", "cur": "USD"}
 
 
+def test_json_body_objects_and_arrays_are_absent() -> None:
+    body = b'{"order_id": "o", "cid": {"nested": 1}, "click_id": [1, 2], "cur": []}'
+    event = build(default_builder("conversion"), body=body, headers=JSON)
+    assert event.dims == {"order_id": "o", "cur": "USD"}
+
+
 def test_json_body_money_in_exponent_range() -> None:
     # 0.00005 is a JSON number of 50 micros; the same amount in a query is accepted.
     builder = default_builder("conversion")
     assert build(builder, b"order_id=o&value=0.00005").metrics == {"value": 50}
     assert build(builder, body=b'{"order_id": "o", "value": 0.00005}', headers=JSON).metrics == {"value": 50}
+    assert build(builder, body=b'{"order_id": "o", "value": 49.90}', headers=JSON).metrics == {"value": 49_900_000}
+    assert build(builder, body=b'{"order_id": "o", "value": 1e2}', headers=JSON).metrics == {"value": 100_000_000}
 
 
 def test_text_plain_body_is_json() -> None:
@@ -275,7 +283,7 @@ def test_unsupported_content_type_is_415(headers: dict[bytes, bytes]) -> None:
     assert (reject.status, reject.reason, reject.field) == (415, "unsupported_media_type", None)
 
 
-@pytest.mark.parametrize("body", [b"{", b"not json", b"[1, 2]", b'{"order_id": {"nested": 1}}', b'"text"'])
+@pytest.mark.parametrize("body", [b"{", b"not json", b"[1, 2]", b'{"order_id": "o"', b'"text"', b"{} trailing"])
 def test_invalid_json_is_rejected(body: bytes) -> None:
     reject = rejection(default_builder("conversion"), body=body, headers=JSON)
     assert (reject.status, reject.reason, reject.field) == (400, "invalid_json", None)

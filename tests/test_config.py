@@ -58,7 +58,7 @@ def dotted(issue: ConfigIssue) -> str:
     assert text.startswith(prefix), text
     suffix = f": {issue.message}" if issue.path else issue.message
     assert text.endswith(suffix), text
-    return text[len(prefix):-len(suffix)] if issue.path else ""
+    return text[len(prefix) : -len(suffix)] if issue.path else ""
 
 
 # --- the embedded default -----------------------------------------------------------------------------------
@@ -245,9 +245,7 @@ def test_every_problem_of_a_file_is_reported_with_line_and_key_path(tmp_path: Pa
             "unknown option",
             id="unknown-key",
         ),
-        pytest.param(
-            "data_dir: ./d\nbogus: 1\n", "bogus", ("bogus",), "unknown option", id="unknown-section"
-        ),
+        pytest.param("data_dir: ./d\nbogus: 1\n", "bogus", ("bogus",), "unknown option", id="unknown-section"),
         pytest.param(
             "admin:\n  port: eighty\n",
             "eighty",
@@ -262,11 +260,12 @@ def test_every_problem_of_a_file_is_reported_with_line_and_key_path(tmp_path: Pa
             ">= 4",
             id="below-range",
         ),
+        pytest.param("server:\n  workers: 1000\n", "workers", ("server", "workers"), "<= 256", id="above-range"),
         pytest.param(
-            "server:\n  workers: 1000\n", "workers", ("server", "workers"), "<= 256", id="above-range"
-        ),
-        pytest.param(
-            "server:\n  drain_timeout_s: 0\n", "drain_timeout_s", ("server", "drain_timeout_s"), "> 0",
+            "server:\n  drain_timeout_s: 0\n",
+            "drain_timeout_s",
+            ("server", "drain_timeout_s"),
+            "> 0",
             id="seconds-not-positive",
         ),
         pytest.param(
@@ -304,9 +303,7 @@ def test_every_problem_of_a_file_is_reported_with_line_and_key_path(tmp_path: Pa
             "required option is missing",
             id="missing-required-option",
         ),
-        pytest.param(
-            "server: 8080\n", "server", ("server",), "Expected `object`", id="section-not-a-mapping"
-        ),
+        pytest.param("server: 8080\n", "server", ("server",), "Expected `object`", id="section-not-a-mapping"),
     ],
 )
 def test_a_structural_problem_is_located(
@@ -550,16 +547,12 @@ def test_a_duplicate_path_is_reported_for_each_shared_method(tmp_path: Path) -> 
 
 
 def test_same_path_with_disjoint_methods_is_allowed(tmp_path: Path) -> None:
-    path = event_types_file(
-        tmp_path, "a:\n  paths: [/a]\n  methods: [GET]\nb:\n  paths: [/a]\n  methods: [POST]\n"
-    )
+    path = event_types_file(tmp_path, "a:\n  paths: [/a]\n  methods: [GET]\nb:\n  paths: [/a]\n  methods: [POST]\n")
     assert set(load(path).config.event_types) == {"a", "b"}
 
 
 def test_bad_trusted_proxy_network_is_located(tmp_path: Path) -> None:
-    path = write(
-        tmp_path, "server:\n  trusted_proxies:\n    - 10.0.0.0/8\n    - 192.168.0.0/33\n    - fd00::/8\n"
-    )
+    path = write(tmp_path, "server:\n  trusted_proxies:\n    - 10.0.0.0/8\n    - 192.168.0.0/33\n    - fd00::/8\n")
     (issue,) = issues_of(path)
     assert issue.path == ("server", "trusted_proxies", 1)
     assert issue.line == line_of(path, "192.168.0.0/33")
@@ -667,9 +660,17 @@ def test_json_schema_is_a_json_schema_of_the_config() -> None:
 def test_json_schema_defines_every_struct_with_descriptions() -> None:
     definitions = json_schema()["$defs"]
     structs = [
-        model.Config, model.ServerConfig, model.Limits, model.AdminConfig, model.FieldSpec,
-        model.ResponseSpec, model.EventTypeSpec, model.LogCollectorConfig, model.StdoutCollectorConfig,
-        model.AnonymizeIpConfig, model.ParseUserAgentConfig,
+        model.Config,
+        model.ServerConfig,
+        model.Limits,
+        model.AdminConfig,
+        model.FieldSpec,
+        model.ResponseSpec,
+        model.EventTypeSpec,
+        model.LogCollectorConfig,
+        model.StdoutCollectorConfig,
+        model.AnonymizeIpConfig,
+        model.ParseUserAgentConfig,
     ]
     for struct in structs:
         definition = definitions[struct.__name__]
@@ -717,13 +718,19 @@ def test_installed_command_checks_a_file(tmp_path: Path) -> None:
     bad = write(tmp_path, "event_types:\n  a:\n    paths: [/a]\n    collectors: [nope]\n", name="bad.yaml")
     ok = subprocess.run(
         [str(TRACKPOINT_BIN), "config", "check", str(good)],
-        capture_output=True, text=True, timeout=60, check=False,
+        capture_output=True,
+        text=True,
+        timeout=60,
+        check=False,
     )
     assert ok.returncode == 0, ok.stderr
     assert "ok" in ok.stdout
     failed = subprocess.run(
         [str(TRACKPOINT_BIN), "config", "check", str(bad)],
-        capture_output=True, text=True, timeout=60, check=False,
+        capture_output=True,
+        text=True,
+        timeout=60,
+        check=False,
     )
     assert failed.returncode == 2
     assert f"{bad}:4: event_types.a.collectors[0]: no collector named 'nope'" in failed.stderr

@@ -23,9 +23,7 @@ from trackpoint.collectors.log.reader import ReadStats, log_files, read_events
 from trackpoint.config.model import LogCollectorConfig
 from trackpoint.pipeline.event import Context, Device, Event, Meta
 
-NAME = re.compile(
-    r"events-(?P<stamp>\d{8}T\d{9})Z-w(?P<worker>\d{2})-p(?P<pid>\d+)-(?P<seq>\d{4})\.jsonl(\.gz)?"
-)
+NAME = re.compile(r"events-(?P<stamp>\d{8}T\d{9})Z-w(?P<worker>\d{2})-p(?P<pid>\d+)-(?P<seq>\d{4})\.jsonl(\.gz)?")
 ENCODER = msgspec.json.Encoder()
 
 
@@ -34,7 +32,7 @@ def make_event(i: int, pad: int = 0) -> Event:
         id=f"{i:032x}",
         type="impression" if i % 2 else "win",
         ts=1_700_000_000_000 + i,
-        dims={"imp": f"imp-{i}", "pub": "p" * pad, "note": "é\u2028\"quoted\"\n"},
+        dims={"imp": f"imp-{i}", "pub": "p" * pad, "note": 'é\u2028"quoted"\n'},
         metrics={"price": i * 1_000_000, "t": i / 4},
         ctx=Context(ip="192.0.2.0", ua="Agent/1", device=Device(browser="Chrome", bot=i % 3 == 0)),
         meta=Meta(worker=2, config="abc123"),
@@ -69,7 +67,7 @@ def run_collector(
 def offer_in_batches(events: Sequence[Event], size: int) -> Callable[[LogCollector], Awaitable[None]]:
     async def body(collector: LogCollector) -> None:
         for start in range(0, len(events), size):
-            for event in events[start:start + size]:
+            for event in events[start : start + size]:
                 collector.offer(event)
             await collector.flush()
 
@@ -319,10 +317,7 @@ def test_reader_skips_and_counts_a_torn_last_line(tmp_path: Path) -> None:
 def test_reader_skips_a_corrupt_line_and_reads_on(tmp_path: Path) -> None:
     path = tmp_path / "events-20240101T000000000Z-w00-p1-0001.jsonl"
     path.write_bytes(
-        ENCODER.encode_lines([make_event(1)])
-        + b'{"id": "broken"\n'
-        + b"\n"
-        + ENCODER.encode_lines([make_event(2)])
+        ENCODER.encode_lines([make_event(1)]) + b'{"id": "broken"\n' + b"\n" + ENCODER.encode_lines([make_event(2)])
     )
     read, stats = read_all(path)
     assert read == [make_event(1), make_event(2)]

@@ -14,8 +14,7 @@ from trackpoint.preprocessors.anonymize_ip import AnonymizeIp
 from trackpoint.preprocessors.parse_user_agent import ParseUserAgent
 
 CHROME_DESKTOP = (
-    "Mozilla/5.0 (Windows NT 10.0; Win64; x64) AppleWebKit/537.36 (KHTML, like Gecko) "
-    "Chrome/120.0.0.0 Safari/537.36"
+    "Mozilla/5.0 (Windows NT 10.0; Win64; x64) AppleWebKit/537.36 (KHTML, like Gecko) Chrome/120.0.0.0 Safari/537.36"
 )
 IPHONE_SAFARI = (
     "Mozilla/5.0 (iPhone; CPU iPhone OS 17_1 like Mac OS X) AppleWebKit/605.1.15 (KHTML, like Gecko) "
@@ -26,8 +25,13 @@ GOOGLEBOT = "Mozilla/5.0 (compatible; Googlebot/2.1; +http://www.google.com/bot.
 
 def event(ip: str | None = "192.0.2.1", ua: str | None = None) -> Event:
     return Event(
-        id="0" * 32, type="impression", ts=1_700_000_000_000, dims={"imp": "i"}, metrics={},
-        ctx=Context(ip=ip, ua=ua, referer="https://r.example/"), meta=Meta(worker=0, config="test"),
+        id="0" * 32,
+        type="impression",
+        ts=1_700_000_000_000,
+        dims={"imp": "i"},
+        metrics={},
+        ctx=Context(ip=ip, ua=ua, referer="https://r.example/"),
+        meta=Meta(worker=0, config="test"),
     )
 
 
@@ -69,8 +73,7 @@ def test_anonymize_ip_custom_prefixes() -> None:
 
 @pytest.mark.parametrize(
     "ip",
-    ["garbage", "", "1.2.3", "1.2.3.4.5", "256.1.1.1", "192.0.2.1/24", " 192.0.2.1", "192.0.2.1 ", "::g",
-     "[::1]"],
+    ["garbage", "", "1.2.3", "1.2.3.4.5", "256.1.1.1", "192.0.2.1/24", " 192.0.2.1", "192.0.2.1 ", "::g", "[::1]"],
 )
 def test_anonymize_ip_garbage_is_none(ip: str) -> None:
     assert AnonymizeIp("anonymize_ip", AnonymizeIpConfig()).anonymize(ip) is None

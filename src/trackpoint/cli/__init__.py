@@ -81,5 +81,17 @@ def config_schema() -> None:
     sys.stdout.write("\n")
 
 
+@app.command()
+def docs(
+    out_dir: Annotated[Path, typer.Argument(help="Directory for the generated Markdown pages.")],
+    config: ConfigOption = None,
+) -> None:
+    """Generate the reference pages: every configuration option, and the endpoints of a configuration."""
+    from trackpoint.config.reference import write_docs
+
+    for path in write_docs(_load_or_exit(config), out_dir):
+        print(path)
+
+
 def main() -> None:
     app()

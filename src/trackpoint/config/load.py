@@ -50,6 +50,7 @@ class ConfigError(Exception):
     """The configuration is invalid; `issues` holds every problem found."""
 
     def __init__(self, issues: list[ConfigIssue]) -> None:
+        issues = sorted(issues, key=lambda issue: issue.line or 0)
         super().__init__("\n".join(str(issue) for issue in issues))
         self.issues = issues
 
@@ -213,6 +214,8 @@ def _check_event_type(config: Config, base: KeyPath, spec: EventTypeSpec) -> Ite
             yield (*where, "values"), "values apply to enum fields only"
         if field.min is not None and field.max is not None and field.min > field.max:
             yield where, "min is greater than max"
+        if field.into == "metrics" and field.type not in ("int", "decimal", "money", "timestamp"):
+            yield (*where, "into"), f"metrics hold numbers: a {field.type} field goes to dims"
         if field.source in ("form", "json") and "POST" not in spec.methods:
             yield (*where, "source"), f"a {field.source} field needs POST among the event type's methods"
     for i, key in enumerate(spec.dedupe_key):

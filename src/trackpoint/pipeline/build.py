@@ -7,8 +7,9 @@ the declared fields require (a body is decoded only when a field reads it, cooki
 from __future__ import annotations
 
 import hashlib
+from decimal import Decimal
 from time import time as _time
-from typing import NamedTuple
+from typing import Any, NamedTuple
 
 import msgspec
 
@@ -17,7 +18,8 @@ from trackpoint.pipeline.event import Context, Event, Meta, random_id
 from trackpoint.pipeline.fields import Converter, PairParser, Reject, make_converter, parse_cookies
 
 _NUMERIC = frozenset({"int", "decimal", "money", "timestamp"})
-_JSON_DECODER = msgspec.json.Decoder(dict[str, str | int | float | bool | None])
+# JSON numbers with a fraction decode as Decimal: their text is kept exactly (49.90, 5e-05), so money is exact.
+_JSON_DECODER = msgspec.json.Decoder(dict[str, Any], float_hook=Decimal)
 
 # Header names the edge keeps for every request, whatever the event type.
 CONTEXT_HEADERS = frozenset({b"user-agent", b"referer", b"content-type", b"x-forwarded-for"})
@@ -67,9 +69,8 @@ class EventBuilder:
         self.param_fields = [p for p in plans if p.source in ("param", "query", "form", "json")]
         self.other_fields = [p for p in plans if p.source not in ("param", "query", "form", "json")]
         self.query = PairParser(frozenset(p.key for p in plans if p.source in ("param", "query")))
-        self.form = PairParser(frozenset(p.key for p in plans if p.source in ("param", "form", "json")))
-        self.query_only = frozenset(p.key for p in plans if p.source == "query")
-        self.body_only = frozenset(p.key for p in plans if p.source in ("form", "json"))
+        self.form = PairParser(frozenset(p.key for p in plans if p.source in ("param", "form")))
+        self.json_keys = frozenset(p.key for p in plans if p.source in ("param", "json"))
         self.reads_body = any(p.source in ("param", "form", "json") for p in plans)
         self.reads_cookies = any(p.source == "cookie" for p in plans)
         self.header_names = frozenset(p.key.encode("latin-1") for p in plans if p.source == "header") | (
@@ -174,15 +175,23 @@ class EventBuilder:
                 document = _JSON_DECODER.decode(body)
             except msgspec.DecodeError:
                 raise Reject(400, "invalid_json") from None
-            found = {key: _json_text(value) for key, value in document.items() if value is not None}
+            keys = self.json_keys
+            found = {
+                key: text for key, value in document.items() if key in keys and (text := _json_text(value)) is not None
+            }
         else:
             raise Reject(415, "unsupported_media_type")
-        for key in self.query_only & found.keys():
-            del found[key]
         return found
 
 
-def _json_text(value: str | int | float | bool) -> str:
+def _json_text(value: Any) -> str | None:
+    """A JSON scalar as the text a query string would carry; None for null, objects and arrays (absent)."""
+    if isinstance(value, str):
+        return value
     if isinstance(value, bool):
         return "true" if value else "false"
-    return value if isinstance(value, str) else str(value)
+    if isinstance(value, int):
+        return str(value)
+    if isinstance(value, Decimal):
+        return format(value, "f")
+    return None

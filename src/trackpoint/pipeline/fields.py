@@ -8,7 +8,8 @@ from __future__ import annotations
 import math
 import re
 from collections.abc import Callable
-from datetime import UTC, datetime
+from datetime import UTC, datetime, timedelta
+from decimal import Decimal
 from urllib.parse import unquote_to_bytes
 
 from trackpoint.config.model import FieldSpec
@@ -30,9 +31,10 @@ class Reject(Exception):
         self.field = field
 
 
-_INT = re.compile(r"[+-]?\d{1,18}")
-_DECIMAL = re.compile(r"[+-]?(?:\d+\.?\d*|\.\d+)(?:[eE][+-]?\d{1,3})?")
-_MONEY = re.compile(r"(?P<sign>[+-]?)(?P<units>\d{1,15})(?:\.(?P<frac>\d{1,12}))?")
+# re.ASCII: `\d` is 0-9 only (int() and float() would accept other scripts' digits).
+_INT = re.compile(r"[+-]?\d{1,18}", re.ASCII)
+_DECIMAL = re.compile(r"[+-]?(?:\d+\.?\d*|\.\d+)(?:[eE][+-]?\d{1,3})?", re.ASCII)
+_MONEY = re.compile(r"(?P<sign>[+-]?)(?P<units>\d{1,15})(?:\.(?P<frac>\d{1,12}))?", re.ASCII)
 _BOOLS = {
     "1": "true",
     "true": "true",
@@ -61,7 +63,12 @@ def make_converter(name: str, spec: FieldSpec) -> Converter:
         return _bounded(name, _int(name), low, high)
     if spec.type == "decimal":
         return _bounded(name, _decimal(name), low, high)
-    return _bounded(name, _money(name), None if low is None else low * MICROS, None if high is None else high * MICROS)
+    return _bounded(name, _money(name), _bound_micros(low), _bound_micros(high))
+
+
+def _bound_micros(bound: float | None) -> int | None:
+    """A money bound in micros, from its decimal text: 2.01 is 2_010_000 exactly, not 2.01 * 1e6."""
+    return None if bound is None else parse_micros(format(Decimal(repr(bound)), "f"))
 
 
 def _enum(name: str, allowed: frozenset[str]) -> Converter:
@@ -141,11 +148,13 @@ def _bounded(name: str, convert: Callable[[str], int | float], low: float | None
 
 # Epoch values below this are seconds, above it milliseconds (1e11 s is the year 5138; 1e11 ms is 1973).
 _EPOCH_MS_THRESHOLD = 100_000_000_000
+_EPOCH = datetime(1970, 1, 1, tzinfo=UTC)
+_MILLISECOND = timedelta(milliseconds=1)
 
 
 def _timestamp(name: str) -> Converter:
     def convert(raw: str) -> Value:
-        if raw.isdigit() and len(raw) <= 15:
+        if raw.isascii() and raw.isdigit() and len(raw) <= 15:
             value = int(raw)
             return value if value >= _EPOCH_MS_THRESHOLD else value * 1000
         try:
@@ -154,7 +163,7 @@ def _timestamp(name: str) -> Converter:
             raise Reject(400, "invalid_field", name) from None
         if moment.tzinfo is None:
             moment = moment.replace(tzinfo=UTC)
-        return int(moment.timestamp() * 1000)
+        return (moment - _EPOCH) // _MILLISECOND  # integer arithmetic: no float rounding
 
     return convert
 

@@ -164,6 +164,7 @@ def finalize_orphans(directory: Path, pid: int | None = None) -> list[Path]:
             continue
         compress(path)
         done.append(path.with_name(path.name[: -len(ACTIVE_SUFFIX)] + ROTATED_SUFFIX))
-    for stale in directory.glob(f"*{ROTATED_SUFFIX}.tmp"):
-        stale.unlink()
+    for stale in directory.glob(f"events-*{ROTATED_SUFFIX}.tmp"):
+        if pid is None or f"-p{pid}-" in stale.name:  # a live worker's compression in progress stays
+            stale.unlink()
     return done
