@@ -18,6 +18,7 @@ from trackpoint.pipeline.event import Context, Event, Meta, random_id
 from trackpoint.pipeline.fields import Converter, PairParser, Reject, make_converter, parse_cookies
 
 _NUMERIC = frozenset({"int", "decimal", "money", "timestamp"})
+_PARAM_SOURCES = frozenset({"param", "query", "form", "json"})
 # JSON numbers with a fraction decode as Decimal: their text is kept exactly (49.90, 5e-05), so money is exact.
 _JSON_DECODER = msgspec.json.Decoder(dict[str, Any], float_hook=Decimal)
 
@@ -30,7 +31,8 @@ class FieldPlan(NamedTuple):
 
     name: str
     source: str
-    key: str  # parameter or cookie name; lower-case header name for headers
+    key: str  # the parameter name; for header, cookie and ip fields a private key the request path fills in
+    lookup: str  # the parameter, cookie or (lower-case) header name
     convert: Converter | None  # None: the raw string is the value
     max_len: int
     required: bool
@@ -44,11 +46,15 @@ def _plan(name: str, spec: FieldSpec) -> FieldPlan:
     if convert is not None and not into_metrics and spec.type in _NUMERIC:
         number = convert
         convert = lambda raw: str(number(raw))  # noqa: E731 - dims are strings
-    key = spec.name or name
+    lookup = spec.name or name
+    if spec.source == "header":
+        lookup = lookup.lower()
     return FieldPlan(
         name=name,
         source=spec.source,
-        key=key.lower() if spec.source == "header" else key,
+        # Parsers keep only declared parameter names, so a NUL-prefixed key never collides with a request's own.
+        key=lookup if spec.source in _PARAM_SOURCES else f"\x00{spec.source}:{lookup}",
+        lookup=lookup,
         convert=convert,
         max_len=spec.max_len,
         required=spec.required,
@@ -64,16 +70,15 @@ class EventBuilder:
     def __init__(self, type_name: str, spec: EventTypeSpec, meta: Meta) -> None:
         self.type_name = type_name
         self.meta = meta
-        plans = [_plan(name, field) for name, field in spec.fields.items()]
-        # Request parameters first (the common case, in one tight loop), then headers, cookies and the client IP.
-        self.param_fields = [p for p in plans if p.source in ("param", "query", "form", "json")]
-        self.other_fields = [p for p in plans if p.source not in ("param", "query", "form", "json")]
-        self.query = PairParser(frozenset(p.key for p in plans if p.source in ("param", "query")))
-        self.form = PairParser(frozenset(p.key for p in plans if p.source in ("param", "form")))
-        self.json_keys = frozenset(p.key for p in plans if p.source in ("param", "json"))
+        self.fields = plans = [_plan(name, field) for name, field in spec.fields.items()]
+        # Header, cookie and ip fields are looked up first and join the parameters, so one loop checks them all.
+        self.other_fields = [p for p in plans if p.source not in _PARAM_SOURCES]
+        self.query = PairParser(frozenset(p.lookup for p in plans if p.source in ("param", "query")))
+        self.form = PairParser(frozenset(p.lookup for p in plans if p.source in ("param", "form")))
+        self.json_keys = frozenset(p.lookup for p in plans if p.source in ("param", "json"))
         self.reads_body = any(p.source in ("param", "form", "json") for p in plans)
         self.reads_cookies = any(p.source == "cookie" for p in plans)
-        self.header_names = frozenset(p.key.encode("latin-1") for p in plans if p.source == "header") | (
+        self.header_names = frozenset(p.lookup.encode("latin-1") for p in plans if p.source == "header") | (
             {b"cookie"} if self.reads_cookies else set()
         )
         self.dedupe_key = tuple(spec.dedupe_key)
@@ -86,10 +91,12 @@ class EventBuilder:
         if body and self.reads_body:
             body_params = self._body_params(body, headers)
             params = body_params | params if params else body_params  # the query wins over the body
+        if self.other_fields:
+            params = params | self._other_values(headers, client_ip)
         dims: dict[str, str] = {}
         metrics: dict[str, int | float] = {}
         get = params.get
-        for name, _source, key, convert, max_len, required, default, into_metrics in self.param_fields:
+        for name, _source, key, _lookup, convert, max_len, required, default, into_metrics in self.fields:
             raw = get(key)
             if not raw:
                 if default is None:
@@ -105,8 +112,6 @@ class EventBuilder:
                 metrics[name] = value  # type: ignore[assignment]
             else:
                 dims[name] = value  # type: ignore[assignment]
-        if self.other_fields:
-            self._other_fields(headers, client_ip, dims, metrics)
         ts = int(_time() * 1000)
         ua = headers.get(b"user-agent")
         referer = headers.get(b"referer")
@@ -117,37 +122,22 @@ class EventBuilder:
         )
         return Event(self._event_id(dims, metrics, ts), self.type_name, ts, dims, metrics, ctx, self.meta)
 
-    def _other_fields(
-        self,
-        headers: dict[bytes, bytes],
-        client_ip: str,
-        dims: dict[str, str],
-        metrics: dict[str, int | float],
-    ) -> None:
+    def _other_values(self, headers: dict[bytes, bytes], client_ip: str) -> dict[str, str]:
+        """The raw values of header, cookie and ip fields, under their private keys."""
         cookies = parse_cookies(headers.get(b"cookie", b"")) if self.reads_cookies else {}
-        for name, source, key, convert, max_len, required, default, into_metrics in self.other_fields:
+        values: dict[str, str] = {}
+        for plan in self.other_fields:
             raw: str | None
-            if source == "header":
-                header = headers.get(key.encode("latin-1"))
+            if plan.source == "header":
+                header = headers.get(plan.lookup.encode("latin-1"))
                 raw = None if header is None else header.decode("latin-1")
-            elif source == "cookie":
-                raw = cookies.get(key)
+            elif plan.source == "cookie":
+                raw = cookies.get(plan.lookup)
             else:
                 raw = client_ip
-            if not raw:
-                if default is None:
-                    if required:
-                        raise Reject(400, "missing_field", name)
-                    continue
-                value = default
-            elif len(raw) > max_len:
-                raise Reject(400, "field_too_long", name)
-            else:
-                value = raw if convert is None else convert(raw)
-            if into_metrics:
-                metrics[name] = value  # type: ignore[assignment]
-            else:
-                dims[name] = value  # type: ignore[assignment]
+            if raw is not None:
+                values[plan.key] = raw
+        return values
 
     def _event_id(self, dims: dict[str, str], metrics: dict[str, int | float], ts: int) -> str:
         if not self.dedupe_key:

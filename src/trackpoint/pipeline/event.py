@@ -9,7 +9,6 @@ from __future__ import annotations
 import hashlib
 import os
 import random
-import time
 
 import msgspec
 
@@ -72,10 +71,6 @@ def random_id(ts_ms: int) -> str:
     rand = _getrandbits(74)
     value = (ts_ms << 80) | (0x7 << 76) | ((rand >> 62) << 64) | (0b10 << 62) | (rand & ((1 << 62) - 1))
     return f"{value:032x}"
-
-
-def now_ms() -> int:
-    return int(time.time() * 1000)
 
 
 def reseed_random_ids() -> None:
