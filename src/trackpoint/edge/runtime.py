@@ -87,12 +87,26 @@ class Edge:
                 self.routes[path.encode("utf-8")] = route
         self.kept_headers = frozenset(kept_headers)
         self._responders = [route.responder for route in self.routes.values()]
+        self._pending_output: list[EdgeProtocol] = []
         self.refresh_date()
 
     # --- used by connections -------------------------------------------------------------------------------------
 
     def reject_response(self, status: int, reason: str, field: str | None, keep_alive: bool, is_head: bool) -> bytes:
         return responses.reject(self.clock, status, reason, field, keep_alive, is_head)
+
+    def queue_output(self, connection: EdgeProtocol) -> None:
+        """Responses are written after every ready connection has been read: one write per connection per
+        iteration, and the client side is woken once for a whole batch instead of once per response."""
+        if not self._pending_output:
+            asyncio.get_running_loop().call_soon(self._write_output)
+        self._pending_output.append(connection)
+
+    def _write_output(self) -> None:
+        pending = self._pending_output
+        self._pending_output = []
+        for connection in pending:
+            connection.flush()
 
     def is_trusted_proxy(self, ip: str) -> bool:
         if not self.trusted_networks:

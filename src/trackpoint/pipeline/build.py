@@ -82,6 +82,7 @@ class EventBuilder:
             {b"cookie"} if self.reads_cookies else set()
         )
         self.dedupe_key = tuple(spec.dedupe_key)
+        self._single_key = spec.dedupe_key[0] if len(spec.dedupe_key) == 1 else None
         # The id hash starts from the type's name; per request only the key values are added to a copy.
         self._id_prefix = hashlib.blake2b(type_name.encode("utf-8") + b"\x1f", digest_size=16)
 
@@ -142,6 +143,12 @@ class EventBuilder:
     def _event_id(self, dims: dict[str, str], metrics: dict[str, int | float], ts: int) -> str:
         if not self.dedupe_key:
             return random_id(ts)
+        if self._single_key is not None:  # the usual case: one string key such as the impression id
+            value = dims.get(self._single_key)
+            if value is not None:
+                digest = self._id_prefix.copy()
+                digest.update(value.encode("utf-8"))
+                return digest.hexdigest()
         digest = self._id_prefix.copy()
         for i, name in enumerate(self.dedupe_key):
             value = dims.get(name)

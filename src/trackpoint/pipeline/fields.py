@@ -182,6 +182,8 @@ class PairParser:
         self.wanted = frozenset(name.encode("utf-8") for name in names)
 
     def __call__(self, encoded: bytes) -> dict[str, str]:
+        if not self.names:
+            return {}
         try:
             text = encoded.decode("ascii")
         except UnicodeDecodeError:
