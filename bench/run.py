@@ -152,6 +152,7 @@ class BenchRun:
     tracker: WrkResult
     nginx: WrkResult
     brief: BriefLoad
+    nginx_brief: BriefLoad  # the same paced load on nginx: this machine's latency floor
     memory: WorkerMemory
     tracker_exit_code: int | None
     foreign_cpu_pct: float
@@ -163,6 +164,7 @@ class BenchRun:
             ("nginx throughput", self.nginx),
             ("tracker throughput", self.tracker),
             ("tracker brief load", self.brief.result),
+            ("nginx brief load", self.nginx_brief.result),
         ]
 
     @property
@@ -583,12 +585,12 @@ def measure_throughput(url: str, settings: Settings, console: Console, name: str
     return result, warmup.requests + result.requests
 
 
-def measure_brief_load(url: str, settings: Settings, workdir: Path, console: Console) -> BriefLoad:
+def measure_brief_load(url: str, settings: Settings, workdir: Path, console: Console, name: str) -> BriefLoad:
     """~BRIEF_TARGET_RPS spread over BRIEF_CONNECTIONS paced connections."""
     delay_ms = round(BRIEF_CONNECTIONS * 1000 / BRIEF_TARGET_RPS)
     script = write_pacing_script(workdir / "pacing.lua", delay_ms)
     console.print(
-        f"[bold]tracker brief load[/]: {BRIEF_CONNECTIONS} connections x {delay_ms} ms delay, "
+        f"[bold]{name} brief load[/]: {BRIEF_CONNECTIONS} connections x {delay_ms} ms delay, "
         f"{settings.brief_duration_s}s"
     )
     result = run_wrk(url, settings.brief_duration_s, BRIEF_CONNECTIONS, script)
@@ -615,7 +617,7 @@ def measure_tracker(
         served += soak(tracker.url, MEMORY_SOAK_REQUESTS - served, result.rps, workdir, console)
     memory = WorkerMemory(pid, sorted(os.sched_getaffinity(pid)), rss_idle, rss_mb(pid), served)
     time.sleep(SETTLE_S)
-    return result, memory, measure_brief_load(tracker.url, settings, workdir, console)
+    return result, memory, measure_brief_load(tracker.url, settings, workdir, console, "tracker")
 
 
 def run_benchmark(settings: Settings, console: Console) -> BenchRun:
@@ -643,9 +645,11 @@ def measure_all(settings: Settings, console: Console, workdir: Path, tracker: Se
     cpu_before = cpu_snapshot(servers)
     nginx_result, _ = measure_throughput(nginx.url, settings, console, "nginx")
     time.sleep(SETTLE_S)
+    nginx_brief = measure_brief_load(nginx.url, settings, workdir, console, "nginx")
+    time.sleep(SETTLE_S)
     tracker_result, memory, brief = measure_tracker(tracker, settings, workdir, console)
     foreign = foreign_cpu_pct(cpu_before, cpu_snapshot(servers))
-    return BenchRun(tracker_result, nginx_result, brief, memory, None, foreign, [])
+    return BenchRun(tracker_result, nginx_result, brief, nginx_brief, memory, None, foreign, [])
 
 
 def collect_warnings(run: BenchRun, services: Sequence[Service]) -> list[str]:
@@ -769,6 +773,7 @@ def build_report(run: BenchRun, checks: Sequence[Check], settings: Settings, dat
         "targets": {"tracker": asdict(run.tracker), "nginx": asdict(run.nginx)},
         "ratio": round(run.ratio_pct / 100, 4),
         "brief_load": asdict(run.brief),
+        "nginx_brief_load": asdict(run.nginx_brief),
         "worker": asdict(run.memory),
         "rss_mb": round(run.memory.rss_mb, 1),
         "requests_served": run.memory.requests_served,
@@ -798,6 +803,7 @@ def history_record(report: dict[str, Any]) -> dict[str, Any]:
         "brief_rps": brief["rps"],
         "brief_avg_ms": brief["latency_avg_ms"],
         "brief_p99_ms": brief["latency_p99_ms"],
+        "nginx_brief_p99_ms": report["nginx_brief_load"]["result"]["latency_p99_ms"],
         "rss_mb": report["rss_mb"],
         "requests_served": report["requests_served"],
         "foreign_cpu_pct": report["foreign_cpu_pct"],  # > 10: the machine was busy, numbers low
@@ -858,8 +864,8 @@ def plot_throughput(ax: Axes, run: BenchRun) -> None:
 
 
 def plot_latency(ax: Axes, run: BenchRun) -> None:
-    labels = ["tracker\nthroughput", "nginx\nthroughput", "tracker\nbrief load"]
-    results = [run.tracker, run.nginx, run.brief.result]
+    labels = ["tracker\nthroughput", "nginx\nthroughput", "tracker\nbrief load", "nginx\nbrief load"]
+    results = [run.tracker, run.nginx, run.brief.result, run.nginx_brief.result]
     width = 0.38
     for offset, name, values in (
         (-width / 2, "p50", [r.latency_p50_ms for r in results]),
