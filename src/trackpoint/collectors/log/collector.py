@@ -7,9 +7,11 @@ Rotated files are gzipped in a thread; names sort by creation time and are uniqu
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import gzip
 import os
 import shutil
+import threading
 import time
 from collections.abc import Sequence
 from concurrent.futures import ThreadPoolExecutor
@@ -46,7 +48,11 @@ class LogCollector(Collector):
         self._seq = 0
         self._unsynced = False
         self._last_fsync = 0.0
-        self._io = ThreadPoolExecutor(max_workers=1, thread_name_prefix=f"log-{name}")
+        self._io = ThreadPoolExecutor(max_workers=1, thread_name_prefix=f"log-{name}")  # fsync and close
+        # Compression is background work: at the lowest CPU priority it takes only what serving leaves over.
+        self._compressor = ThreadPoolExecutor(
+            max_workers=1, thread_name_prefix=f"gzip-{name}", initializer=_lowest_priority
+        )
         self._background: set[asyncio.Future[None]] = set()
         self._error: str = ""
 
@@ -76,6 +82,7 @@ class LogCollector(Collector):
         if self._background:
             await asyncio.wait(self._background, timeout=drain_timeout_s)
         self._io.shutdown(wait=True)
+        self._compressor.shutdown(wait=True)
 
     # --- files ---------------------------------------------------------------------------------------------------
 
@@ -113,7 +120,7 @@ class LogCollector(Collector):
             if path is not None and self._size == 0:
                 path.unlink(missing_ok=True)
             elif path is not None and self.config.gzip:
-                future = loop.run_in_executor(self._io, compress, path)
+                future = loop.run_in_executor(self._compressor, compress, path)
                 self._background.add(future)
                 future.add_done_callback(self._background.discard)
         if reopen:
@@ -128,6 +135,12 @@ class LogCollector(Collector):
         self._opened_at = time.monotonic()
         self._size = 0
         self._unsynced = False
+
+
+def _lowest_priority() -> None:
+    """Nice 19 for the calling thread only (Linux applies setpriority to a thread id)."""
+    with contextlib.suppress(OSError):
+        os.setpriority(os.PRIO_PROCESS, threading.get_native_id(), 19)
 
 
 def _close(fd: int, sync: bool) -> None:
