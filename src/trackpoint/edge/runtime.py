@@ -42,7 +42,6 @@ class Edge:
     """Per-worker state shared by all connections of the worker."""
 
     def __init__(self, config: Config, config_version: str, worker: int) -> None:
-        self.config = config
         self.limits: Limits = config.server.limits
         # The limits the request path reads, as plain attributes (one look-up each instead of two).
         self.max_request_line_bytes = self.limits.max_request_line_bytes
