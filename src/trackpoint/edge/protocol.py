@@ -50,7 +50,6 @@ class EdgeProtocol(asyncio.Protocol):
         "headers",
         "out",
         "parser",
-        "paused",
         "peer_ip",
         "phase",
         "requests",
@@ -71,7 +70,6 @@ class EdgeProtocol(asyncio.Protocol):
         self.started = 0.0
         self.requests = 0
         self.closing = False
-        self.paused = False
         self.url = b""
         self.headers: dict[bytes, bytes] = {}
         self.header_count = 0
@@ -130,12 +128,10 @@ class EdgeProtocol(asyncio.Protocol):
 
     def pause_writing(self) -> None:
         # The client does not read its responses: stop reading its requests until it does.
-        self.paused = True
         if self.transport is not None:
             self.transport.pause_reading()
 
     def resume_writing(self) -> None:
-        self.paused = False
         if self.transport is not None and not self.closing:
             self.transport.resume_reading()
 
