@@ -170,7 +170,7 @@ class EventBuilder:
         ):  # text/plain: sendBeacon without a preflight
             try:
                 document = _JSON_DECODER.decode(body)
-            except msgspec.DecodeError:
+            except (msgspec.DecodeError, UnicodeDecodeError):  # msgspec raises the latter for invalid UTF-8
                 raise Reject(400, "invalid_json") from None
             keys = self.json_keys
             found = {
