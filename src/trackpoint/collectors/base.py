@@ -136,7 +136,7 @@ class Collector(ABC):
         now = time.monotonic()
         if now - self._last_error_log > 10:  # logged once per interval, counted always
             self._last_error_log = now
-            log.error("collector %s: send failed: %r", self.name, exc)
+            log.error("collector %s: %r", self.name, exc)
 
     def snapshot(self) -> CollectorStats:
         self.stats.pending = len(self._pending)

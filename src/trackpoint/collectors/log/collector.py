@@ -122,9 +122,15 @@ class LogCollector(Collector):
             elif path is not None and self.config.gzip:
                 future = loop.run_in_executor(self._compressor, compress, path)
                 self._background.add(future)
-                future.add_done_callback(self._background.discard)
+                future.add_done_callback(self._compressed)
         if reopen:
             self._open()
+
+    def _compressed(self, future: asyncio.Future[None]) -> None:
+        """A failed compression leaves the plain file in place (nothing is lost); it is counted and logged."""
+        self._background.discard(future)
+        if not future.cancelled() and (exc := future.exception()) is not None:
+            self._note_error(exc)
 
     def _open(self) -> None:
         self._seq += 1
