@@ -9,13 +9,11 @@ from __future__ import annotations
 import asyncio
 import logging
 import time
-from bisect import bisect_left as _bucket
 from typing import TYPE_CHECKING, cast
 
 import httptools
 
 from trackpoint.edge import responses
-from trackpoint.edge.stats import LATENCY_BUCKETS
 from trackpoint.pipeline.fields import Reject
 
 if TYPE_CHECKING:
@@ -95,7 +93,7 @@ class EdgeProtocol(asyncio.Protocol):
         self.trusted_peer = edge.is_trusted_proxy(self.peer_ip)
         self.parser = httptools.HttpRequestParser(self)
         # Until its first byte a new connection has the header timeout: a silent connection is a slow header.
-        self.deadline = _monotonic() + edge.limits.header_timeout_s
+        self.deadline = _monotonic() + edge.header_timeout_s
 
     def connection_lost(self, exc: Exception | None) -> None:
         self.edge.connections.discard(self)
@@ -229,10 +227,7 @@ class EdgeProtocol(asyncio.Protocol):
     def finish(self, keep_alive: bool) -> None:
         now = _monotonic()
         edge = self.edge
-        stats = edge.stats
-        latency = now - self.started
-        stats.latency_counts[_bucket(LATENCY_BUCKETS, latency)] += 1  # EdgeStats.observe, inlined: once per request
-        stats.latency_sum += latency
+        edge.stats.observe(now - self.started)
         if keep_alive:
             self.phase = IDLE
             self.deadline = now + edge.keepalive_timeout_s

@@ -90,9 +90,6 @@ class StaticResponse:
         # Index: 2 * is_head + keep_alive.
         self.variants = (close + self.body, keep + self.body, close, keep)
 
-    def render(self, keep_alive: bool, is_head: bool) -> bytes:
-        return self.variants[2 * is_head + keep_alive]
-
 
 def reject_body(reason: str, field: str | None) -> bytes:
     return msgspec.json.encode({"error": reason, "field": field} if field else {"error": reason})
