@@ -197,9 +197,9 @@ def test_every_problem_of_a_file_is_reported_with_line_and_key_path(tmp_path: Pa
         admin:
           port: 0
         collectors:
-          kafka:
-            type: kafka
-            brokers: localhost
+          kinesis:
+            type: kinesis
+            stream: events
         event_types:
           impression:
             paths: [/i]
@@ -216,7 +216,7 @@ def test_every_problem_of_a_file_is_reported_with_line_and_key_path(tmp_path: Pa
         (line_of(path, "workerz"), ("server", "workerz")),
         (line_of(path, "max_body_bytes"), ("server", "limits", "max_body_bytes")),
         (line_of(path, "port: 0"), ("admin", "port")),
-        (line_of(path, "type: kafka"), ("collectors", "kafka", "type")),
+        (line_of(path, "type: kinesis"), ("collectors", "kinesis", "type")),
         (line_of(path, "colour"), ("event_types", "impression", "fields", "imp", "colour")),
         (line_of(path, "type: float"), ("event_types", "impression", "fields", "t", "type")),
     }
@@ -227,7 +227,7 @@ def test_every_problem_of_a_file_is_reported_with_line_and_key_path(tmp_path: Pa
         "server.workerz",
         "server.limits.max_body_bytes",
         "admin.port",
-        "collectors.kafka.type",
+        "collectors.kinesis.type",
         "event_types.impression.fields.imp.colour",
         "event_types.impression.fields.t.type",
     }
@@ -269,10 +269,10 @@ def test_every_problem_of_a_file_is_reported_with_line_and_key_path(tmp_path: Pa
             id="seconds-not-positive",
         ),
         pytest.param(
-            "collectors:\n  out:\n    type: kafka\n",
-            "kafka",
+            "collectors:\n  out:\n    type: kinesis\n",
+            "kinesis",
             ("collectors", "out", "type"),
-            "unknown type 'kafka' (known: log, stdout)",
+            "unknown type 'kinesis' (known: kafka, log, nats, redis_streams, stdout)",
             id="unknown-collector-type",
         ),
         pytest.param(

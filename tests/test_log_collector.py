@@ -17,7 +17,7 @@ import msgspec
 import pytest
 
 from trackpoint.collectors import build_collector
-from trackpoint.collectors.base import CollectorStats
+from trackpoint.collectors.base import CollectorContext, CollectorStats
 from trackpoint.collectors.log.collector import LogCollector, compress, finalize_orphans, log_dir
 from trackpoint.collectors.log.reader import ReadStats, log_files, read_events
 from trackpoint.config.model import LogCollectorConfig
@@ -53,7 +53,7 @@ def run_collector(
     """Starts a collector, runs `body` with it, closes it; all on a fresh event loop."""
 
     async def main() -> LogCollector:
-        collector = LogCollector("log", options, str(data_dir), worker)
+        collector = LogCollector("log", options, CollectorContext(str(data_dir), worker))
         await collector.start()
         try:
             await body(collector)
@@ -286,7 +286,7 @@ def test_stats_counters_are_exact_over_several_rounds(tmp_path: Path) -> None:
 
 def test_build_collector_makes_a_log_collector(tmp_path: Path) -> None:
     async def main() -> None:
-        collector = build_collector("archive", config(), str(tmp_path), 1)
+        collector = build_collector("archive", config(), CollectorContext(str(tmp_path), 1))
         assert isinstance(collector, LogCollector)
         assert collector.name == "archive"
         assert collector.health().healthy

@@ -49,6 +49,14 @@ class _SnapshotCollector:
         for name, count in sorted(snap.preprocessor_dropped.items()):
             dropped.add_metric([name], count)
         yield dropped
+        failed = CounterMetricFamily(
+            "trackpoint_preprocessor_errors",
+            "Events dropped because a preprocessor raised (a failing plugin).",
+            labels=["preprocessor"],
+        )
+        for name, count in sorted(snap.preprocessor_errors.items()):
+            failed.add_metric([name], count)
+        yield failed
         counts = snap.latency_counts or [0] * (len(LATENCY_BUCKETS) + 1)
         cumulative = list(accumulate(counts))
         buckets = [(repr(bound), cumulative[i]) for i, bound in enumerate(LATENCY_BUCKETS)]
@@ -77,22 +85,43 @@ def _collector_metrics(snap: Snapshot) -> Iterator[Metric]:
         outcome: CounterMetricFamily(
             f"trackpoint_collector_{outcome}", f"Events {outcome} by each collector.", labels=["collector"]
         )
-        for outcome in ("received", "sent", "dropped")
+        for outcome in ("received", "sent", "retried", "dropped")
     }
     errors = CounterMetricFamily("trackpoint_collector_errors", "Failed sends, by collector.", labels=["collector"])
-    pending = GaugeMetricFamily("trackpoint_collector_pending", "Events waiting in memory.", labels=["collector"])
+    lost = CounterMetricFamily(
+        "trackpoint_collector_spool_lost_records",
+        "Spool records of a torn or corrupt tail, discarded on recovery.",
+        labels=["collector"],
+    )
+    gauges = {
+        "pending": GaugeMetricFamily("trackpoint_collector_pending", "Events waiting in memory.", labels=["collector"]),
+        "spooled_bytes": GaugeMetricFamily(
+            "trackpoint_collector_spooled_bytes", "Bytes waiting in the disk spool.", labels=["collector"]
+        ),
+        "spooled_events": GaugeMetricFamily(
+            "trackpoint_collector_spooled_events", "Events waiting in the disk spool.", labels=["collector"]
+        ),
+    }
     healthy = GaugeMetricFamily(
         "trackpoint_collector_healthy", "1 when every worker's collector is healthy.", labels=["collector"]
     )
+    accepting = GaugeMetricFamily(
+        "trackpoint_collector_accepting",
+        "0 while a full spool under the backpressure policy makes the edge answer 503.",
+        labels=["collector"],
+    )
     for name, stats in sorted(snap.collectors.items()):
-        families["received"].add_metric([name], stats.received)
-        families["sent"].add_metric([name], stats.sent)
-        families["dropped"].add_metric([name], stats.dropped)
+        for outcome, counter in families.items():
+            counter.add_metric([name], getattr(stats, outcome))
+        for gauge, family in gauges.items():
+            family.add_metric([name], getattr(stats, gauge))
         errors.add_metric([name], stats.errors)
-        pending.add_metric([name], stats.pending)
+        lost.add_metric([name], stats.spool_lost_records)
         healthy.add_metric([name], 1 if stats.healthy else 0)
+        accepting.add_metric([name], 1 if stats.accepting else 0)
     yield from families.values()
-    yield from (errors, pending, healthy)
+    yield from gauges.values()
+    yield from (errors, lost, healthy, accepting)
 
 
 def _counter(name: str, documentation: str, value: float) -> CounterMetricFamily:

@@ -81,6 +81,121 @@ def config_schema() -> None:
     sys.stdout.write("\n")
 
 
+def _parse_time(value: str | None, option: str) -> int | None:
+    """Epoch seconds, epoch milliseconds or ISO 8601 (UTC unless it says otherwise) → epoch ms."""
+    if value is None:
+        return None
+    from datetime import UTC, datetime
+
+    try:
+        number = float(value)
+    except ValueError:
+        try:
+            moment = datetime.fromisoformat(value)
+        except ValueError:
+            raise typer.BadParameter(
+                f"not a time: {value!r} (use ISO 8601 or epoch seconds)", param_hint=option
+            ) from None
+        if moment.tzinfo is None:
+            moment = moment.replace(tzinfo=UTC)
+        return int(moment.timestamp() * 1000)
+    return int(number if number > 1e11 else number * 1000)
+
+
+@app.command()
+def replay(  # noqa: PLR0917 (typer: one parameter per option)
+    logs: Annotated[
+        list[Path], typer.Argument(help="Log files (.jsonl or .jsonl.gz) or directories holding them.", exists=True)
+    ],
+    config: ConfigOption = None,
+    collector: Annotated[
+        list[str] | None,
+        typer.Option(
+            "--collector",
+            help="Collector to re-feed (repeatable). Default: every collector in use except the log collectors.",
+        ),
+    ] = None,
+    event_type: Annotated[
+        list[str] | None, typer.Option("--type", help="Replay only events of this type (repeatable).")
+    ] = None,
+    since: Annotated[
+        str | None, typer.Option(help="Only events at or after this time (ISO 8601 or epoch seconds).")
+    ] = None,
+    until: Annotated[str | None, typer.Option(help="Only events before this time (ISO 8601 or epoch seconds).")] = None,
+    batch: Annotated[int, typer.Option(min=1, max=100_000, help="Events per batch sent.")] = 1024,
+    give_up_after: Annotated[
+        float, typer.Option(min=1, help="Seconds of failed retries of one batch before the replay stops.")
+    ] = 300.0,
+) -> None:
+    """Re-feed collectors from log files. Safe to run any number of times: consumers dedupe on the event id."""
+    import asyncio
+
+    from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
+    from rich.table import Table
+
+    from trackpoint import replay as replaying
+    from trackpoint.collectors.log.reader import log_files
+
+    loaded = _load_or_exit(config)
+    try:
+        replay_plan = replaying.plan(
+            loaded.config,
+            collectors=collector or (),
+            types=event_type or (),
+            since_ms=_parse_time(since, "--since"),
+            until_ms=_parse_time(until, "--until"),
+            batch_events=batch,
+            give_up_after_s=give_up_after,
+        )
+    except replaying.ReplayError as exc:
+        err.print(f"[bold red]error[/] {exc}", highlight=False)
+        raise typer.Exit(2) from None
+    files = log_files(logs)
+    if not files:
+        err.print("[bold red]error[/] no log files (events-*.jsonl[.gz]) in " + ", ".join(map(str, logs)))
+        raise typer.Exit(2)
+    out = Console(stderr=True)
+    with Progress(
+        TextColumn("[bold]replay"),
+        BarColumn(),
+        MofNCompleteColumn(),
+        TextColumn("files · {task.fields[events]:,} events"),
+        TimeElapsedColumn(),
+        console=out,
+        transient=False,
+    ) as bar:
+        task = bar.add_task("replay", total=len(files), events=0)
+        counted = 0
+
+        def advance(_: Path, events: int) -> None:
+            nonlocal counted
+            counted += events
+            bar.update(task, advance=1, events=counted)
+
+        try:
+            report = asyncio.run(
+                replaying.replay(files, replaying.build_collectors(loaded.config, replay_plan), replay_plan, advance)
+            )
+        except replaying.ReplayError as exc:
+            err.print(f"[bold red]error[/] {exc}", highlight=False)
+            raise typer.Exit(1) from None
+    table = Table(title=f"replayed {report.files} files in {report.seconds:.1f} s")
+    for column in ("collector", "events sent", "refused", "retries"):
+        table.add_column(column, justify="left" if column == "collector" else "right")
+    for name, result in report.collectors.items():
+        table.add_row(name, f"{result.sent:,}", f"{result.refused:,}", f"{result.retries:,}")
+    out.print(table)
+    out.print(
+        f"read {report.read.events:,} events · skipped {report.read.skipped:,} torn lines · "
+        f"filtered out {report.filtered:,}",
+        highlight=False,
+    )
+    for where in report.read.skipped_at[:10]:
+        out.print(f"  torn line at {where}", highlight=False)
+    if any(result.refused for result in report.collectors.values()):
+        raise typer.Exit(1)
+
+
 @app.command()
 def docs(
     out_dir: Annotated[Path, typer.Argument(help="Directory for the generated Markdown pages.")],

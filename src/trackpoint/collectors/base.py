@@ -1,4 +1,4 @@
-"""The collector contract and the bounded batching every collector shares.
+"""The collector contract and the delivery every collector shares: batching, retries, the spool, counters.
 
 start, send(batch) -> delivered / retry / rejected, health, close(drain timeout); offer() is the only member the
 request path calls, and it never does I/O.
@@ -10,16 +10,24 @@ import asyncio
 import contextlib
 import enum
 import logging
+import os
+import random
 import time
 from abc import ABC, abstractmethod
 from collections.abc import Sequence
+from dataclasses import dataclass
+from pathlib import Path
 
 import msgspec
 
+from trackpoint.collectors.spool import Recovery, Spool, SpoolLocked, orphans
 from trackpoint.config.model import CollectorBase
 from trackpoint.pipeline.event import Event
 
 log = logging.getLogger("trackpoint.collectors")
+
+# How often a collector looks for spools of workers that are gone.
+ORPHAN_SCAN_INTERVAL_S = 10.0
 
 
 class SendResult(enum.Enum):
@@ -36,30 +44,66 @@ class Health(msgspec.Struct):
 
 
 class CollectorStats(msgspec.Struct):
-    """Counters every collector reports: received, sent, dropped (with the reason counted), errors."""
+    """Counters every collector reports. received: offered events taken; sent: delivered; retried: events of
+    failed sends (each attempt counted); dropped: events given up (memory or spool full, or refused by the target);
+    errors: failed sends and exceptions; spool_lost_records: records of a torn or corrupt spool tail, found on
+    recovery (their events cannot be counted). pending, spooled_*, healthy and accepting are gauges."""
 
     received: int = 0
     sent: int = 0
+    retried: int = 0
     dropped: int = 0
     errors: int = 0
+    spool_lost_records: int = 0
     pending: int = 0
+    spooled_bytes: int = 0
+    spooled_events: int = 0
     healthy: bool = True
+    required: bool = False
+    accepting: bool = True
+
+
+@dataclass(frozen=True)
+class CollectorContext:
+    """Where a collector instance runs: the tracker's data directory and the worker slot (0 outside workers)."""
+
+    data_dir: str
+    worker: int = 0
 
 
 class Collector(ABC):
-    """A destination for events, fed through a bounded in-memory batch flushed on size or time."""
+    """A destination for events: a bounded in-memory batch, flushed on size or time; failed batches spool to disk
+    and are retried with backoff, oldest first, so the target sees events in order once it is back.
 
-    def __init__(self, name: str, config: CollectorBase) -> None:
+    Subclasses fill in `send` (and usually `start`, `health`, `close`); this class owns batching, timeouts,
+    retries, the spool, backpressure and the counters."""
+
+    def __init__(self, name: str, config: CollectorBase, context: CollectorContext) -> None:
         self.name = name
+        self.context = context
         self.max_pending = config.max_pending_events
         self.batch_max = config.batch_max_events
         self.flush_interval_s = config.flush_interval_ms / 1000
-        self.stats = CollectorStats()
+        self.send_timeout_s = config.send_timeout_s
+        self.retry_initial_s = config.retry_initial_ms / 1000
+        self.retry_max_s = config.retry_max_ms / 1000
+        self.spool_config = config.spool
+        # False while a full spool under the backpressure policy asks the edge to answer 503.
+        self.accepting = True
+        self.stats = CollectorStats(required=config.required)
         self._pending: list[Event] = []
         self._flush_task: asyncio.Task[None] | None = None
         self._wake = asyncio.Event()
         self._closing = False
         self._last_error_log = 0.0
+        self._failures = 0
+        self._retry_at = 0.0
+        self._in_flight: list[Event] = []
+        self._spool: Spool | None = None
+        self._adopted: list[Spool] = []
+        self._next_orphan_scan = 0.0
+        self._batch_codec = msgspec.msgpack.Encoder()
+        self._batch_decoder = msgspec.msgpack.Decoder(list[Event])
 
     # --- the request path ---------------------------------------------------------------------------------------
 
@@ -77,18 +121,23 @@ class Collector(ABC):
     # --- the contract each collector fills in --------------------------------------------------------------------
 
     async def start(self) -> None:
-        """Opens connections or files; then the flush loop runs until close()."""
+        """Opens connections or files (a subclass does that, then calls this); then the flush loop runs until
+        close(). Must not fail because the target is down: sends fail and spool until it is back."""
+        if self.spool_config.enabled:
+            self._open_spools()
         self._flush_task = asyncio.get_running_loop().create_task(self._flush_loop(), name=f"flush-{self.name}")
 
     @abstractmethod
     async def send(self, batch: Sequence[Event]) -> SendResult:
-        """Delivers one batch."""
+        """Delivers one batch: DELIVERED, RETRY (target unavailable; the batch comes back later) or REJECTED
+        (the target refuses these events for good; they are dead-lettered and counted as dropped)."""
 
     def health(self) -> Health:
         return Health(healthy=True)
 
     async def close(self, drain_timeout_s: float) -> None:
-        """Stops the flush loop and delivers what is pending, within the drain timeout."""
+        """Stops the flush loop and delivers what is pending within the drain timeout; what cannot be delivered
+        in time goes to the spool, where the next worker finds it."""
         self._closing = True
         self._wake.set()
         if self._flush_task is not None:
@@ -96,8 +145,46 @@ class Collector(ABC):
                 await asyncio.wait_for(self._flush_task, drain_timeout_s)
             except TimeoutError:
                 log.error("collector %s: drain timed out with %d events pending", self.name, len(self._pending))
+        self._pending[:0] = self._in_flight  # a send cut off by the timeout may or may not have landed: keep it
+        self._in_flight = []
+        if self._pending and self._spool is not None:
+            self._spill()
+        if self._pending:
+            log.error("collector %s: %d events undelivered at shutdown", self.name, len(self._pending))
+            self.stats.dropped += len(self._pending)
+            self._pending = []
+        for spool in [*self._adopted, *([self._spool] if self._spool else [])]:
+            spool.close()
+        self._adopted = []
 
-    # --- batching ------------------------------------------------------------------------------------------------
+    # --- delivery ------------------------------------------------------------------------------------------------
+
+    async def deliver(self, batch: list[Event]) -> bool:
+        """One attempt to send a batch, isolated from whatever the collector does: an exception or a hang (beyond
+        send_timeout_s) counts as a retry. True when the batch is done with (delivered, or refused for good)."""
+        try:
+            result = await asyncio.wait_for(self.send(batch), self.send_timeout_s)
+        except TimeoutError:
+            self._note_error(f"send timed out after {self.send_timeout_s:g} s")
+            result = None
+        except Exception as exc:  # a collector's failure must never reach the request path
+            self._note_error(exc)
+            result = None
+        if result is SendResult.DELIVERED:
+            self.stats.sent += len(batch)
+            self._failures = 0
+            self._retry_at = 0.0
+            return True
+        if result is SendResult.REJECTED:
+            self._dead_letter(batch)
+            return True
+        if result is SendResult.RETRY:
+            self.stats.errors += 1  # (an exception or timeout was counted by _note_error)
+        self.stats.retried += len(batch)
+        self._failures += 1
+        backoff = min(self.retry_max_s, self.retry_initial_s * 2 ** min(self._failures - 1, 30))
+        self._retry_at = time.monotonic() + backoff * random.uniform(0.5, 1.5)
+        return False
 
     async def _flush_loop(self) -> None:
         while not self._closing:
@@ -105,40 +192,178 @@ class Collector(ABC):
                 await asyncio.wait_for(self._wake.wait(), self.flush_interval_s)
             self._wake.clear()
             await self.flush()
+        # Shutdown: keep trying (with backoff) until everything is out or close() runs out of drain time and
+        # spools the rest for the next worker.
+        self._retry_at = 0.0
         await self.flush()
+        while self._pending or (self._spool is not None and self._spool.records) or self._adopted:
+            await asyncio.sleep(max(0.01, self._retry_at - time.monotonic()))
+            await self.flush()
 
     async def flush(self) -> None:
-        """Sends everything pending, in batches of at most batch_max events; a failed batch goes back in front."""
+        """Delivers the spooled backlog, oldest first, then the memory batch. While the target is failing (in
+        backoff), events move from memory to the spool so that memory stays small and order is kept."""
+        if self._spool is not None and time.monotonic() >= self._next_orphan_scan:
+            self._adopt_orphans()
+        if time.monotonic() < self._retry_at:
+            if self._spool is not None:
+                self._spill()
+            return
+        if not await self._drain_spools():
+            return
         while self._pending:
             batch = self._pending[: self.batch_max]
             del self._pending[: len(batch)]
-            try:
-                result = await self.send(batch)
-            except Exception as exc:  # a collector's failure must never reach the request path
-                self._note_error(exc)
-                result = SendResult.RETRY
-            if result is SendResult.DELIVERED:
-                self.stats.sent += len(batch)
-            elif result is SendResult.REJECTED:
-                self.stats.dropped += len(batch)
-            else:
-                self._requeue(batch)
+            self._in_flight = batch
+            delivered = await self.deliver(batch)
+            self._in_flight = []
+            if not delivered:
+                self._pending[:0] = batch
+                if self._spool is not None:
+                    self._spill()
+                else:
+                    self._trim_memory()
                 return
 
-    def _requeue(self, batch: list[Event]) -> None:
-        room = max(0, self.max_pending - len(self._pending))
-        kept = batch[:room]
-        self.stats.dropped += len(batch) - len(kept)
-        self._pending[:0] = kept
+    # --- the spool -----------------------------------------------------------------------------------------------
 
-    def _note_error(self, exc: BaseException) -> None:
+    def _spool_parent(self) -> Path:
+        return Path(self.context.data_dir) / "spool" / self.name
+
+    def _open_spools(self) -> None:
+        directory = self._spool_parent() / f"w{self.context.worker:02d}-p{os.getpid()}"
+        self._spool = self._new_spool(directory)
+        self._report_recovery(directory, self._spool.open())
+        self._adopt_orphans()
+
+    def _new_spool(self, directory: Path) -> Spool:
+        return Spool(
+            directory,
+            max_bytes=self.spool_config.max_bytes,
+            segment_bytes=self.spool_config.segment_bytes,
+            fsync=self.spool_config.fsync,
+        )
+
+    def _adopt_orphans(self) -> None:
+        """Spools left by workers that exited (a crash, or a reload that replaced them) are drained by us."""
+        self._next_orphan_scan = time.monotonic() + ORPHAN_SCAN_INTERVAL_S
+        assert self._spool is not None
+        for directory in orphans(self._spool_parent(), exclude=self._spool.directory):
+            spool = self._new_spool(directory)
+            try:
+                recovery = spool.open()
+            except SpoolLocked:
+                continue  # another worker adopted it first
+            except OSError as exc:
+                self._note_error(exc)
+                continue
+            self._report_recovery(directory, recovery)
+            self._adopted.append(spool)
+            log.info("collector %s: adopted spool %s with %d events", self.name, directory, recovery.events)
+
+    def _report_recovery(self, directory: Path, recovery: Recovery) -> None:
+        if recovery.corrupt_bytes:
+            self.stats.spool_lost_records += recovery.corrupt_records
+            log.error(
+                "collector %s: spool %s had a torn or corrupt tail: %d bytes (%d records) discarded",
+                self.name,
+                directory,
+                recovery.corrupt_bytes,
+                recovery.corrupt_records,
+            )
+
+    async def _drain_spools(self) -> bool:
+        """Sends spooled batches in order (adopted spools first: they are older). False when a send failed."""
+        while self._adopted:
+            spool = self._adopted[0]
+            if not await self._drain(spool):
+                return False
+            spool.close()
+            self._adopted.pop(0)
+        if self._spool is None or not self._spool.records:
+            return True
+        return await self._drain(self._spool)
+
+    async def _drain(self, spool: Spool) -> bool:
+        while (record := spool.peek()) is not None:
+            if spool is self._spool:
+                self._spill()  # newer events queue behind the backlog, not in memory
+            payload, events = record
+            try:
+                batch = self._batch_decoder.decode(payload)
+            except msgspec.DecodeError as exc:
+                self._note_error(exc)
+                self.stats.dropped += events
+                spool.pop()
+                continue
+            if not await self.deliver(batch):
+                return False
+            spool.pop()
+            self._update_accepting()
+        return True
+
+    def _spill(self) -> None:
+        """Moves the memory batch into the spool, in batch-sized records; the `when_full` policy decides what
+        happens when the spool has no room."""
+        spool = self._spool
+        assert spool is not None
+        while self._pending:
+            batch = self._pending[: self.batch_max]
+            payload = self._batch_codec.encode(batch)
+            while not spool.push(payload, len(batch)):
+                policy = self.spool_config.when_full
+                if policy == "drop_oldest" and spool.records:
+                    self.stats.dropped += spool.drop_oldest()
+                    continue
+                if policy == "backpressure":
+                    self.accepting = False
+                    self._trim_memory()
+                    return
+                self.stats.dropped += len(batch)  # drop_newest, or a batch larger than the whole spool
+                break
+            del self._pending[: len(batch)]
+        self._update_accepting()
+
+    def _update_accepting(self) -> None:
+        if not self.accepting and self._spool is not None:
+            # Hysteresis: accept again once a tenth of the spool is free, not at the first free byte.
+            self.accepting = self._spool.bytes < self.spool_config.max_bytes * 0.9
+
+    def _trim_memory(self) -> None:
+        excess = len(self._pending) - self.max_pending
+        if excess > 0:
+            del self._pending[self.max_pending :]
+            self.stats.dropped += excess
+
+    def _dead_letter(self, batch: list[Event]) -> None:
+        """Batches the target refuses for good are kept as JSON lines for inspection and `trackpoint replay`."""
+        self.stats.dropped += len(batch)
+        directory = Path(self.context.data_dir) / "deadletter" / self.name
+        try:
+            directory.mkdir(parents=True, exist_ok=True)
+            path = directory / f"w{self.context.worker:02d}-p{os.getpid()}.jsonl"
+            with path.open("ab") as file:
+                file.write(msgspec.json.Encoder().encode_lines(batch))
+        except OSError as exc:
+            self._note_error(exc)
+        log.error("collector %s: target refused %d events; kept in %s", self.name, len(batch), directory)
+
+    def _note_error(self, exc: BaseException | str) -> None:
         self.stats.errors += 1
         now = time.monotonic()
         if now - self._last_error_log > 10:  # logged once per interval, counted always
             self._last_error_log = now
-            log.error("collector %s: %r", self.name, exc)
+            log.error("collector %s: %s", self.name, exc if isinstance(exc, str) else repr(exc))
 
     def snapshot(self) -> CollectorStats:
         self.stats.pending = len(self._pending)
-        self.stats.healthy = self.health().healthy
+        spools = [*self._adopted, *([self._spool] if self._spool else [])]
+        self.stats.spooled_bytes = sum(spool.bytes for spool in spools)
+        self.stats.spooled_events = sum(spool.events for spool in spools)
+        try:
+            self.stats.healthy = self.health().healthy
+        except Exception as exc:
+            self._note_error(exc)
+            self.stats.healthy = False
+        self.stats.accepting = self.accepting
         return msgspec.structs.replace(self.stats)

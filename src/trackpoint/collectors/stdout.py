@@ -7,14 +7,14 @@ from collections.abc import Sequence
 
 import msgspec
 
-from trackpoint.collectors.base import Collector, SendResult
+from trackpoint.collectors.base import Collector, CollectorContext, SendResult
 from trackpoint.config.model import StdoutCollectorConfig
 from trackpoint.pipeline.event import Event
 
 
 class StdoutCollector(Collector):
-    def __init__(self, name: str, config: StdoutCollectorConfig) -> None:
-        super().__init__(name, config)
+    def __init__(self, name: str, config: StdoutCollectorConfig, context: CollectorContext) -> None:
+        super().__init__(name, config, context)
         self._encoder = msgspec.json.Encoder()
 
     async def send(self, batch: Sequence[Event]) -> SendResult:

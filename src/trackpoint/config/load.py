@@ -6,6 +6,7 @@ sees every wrong key at once, each named as `file:line: key.path: message`.
 
 from __future__ import annotations
 
+import functools
 import hashlib
 import ipaddress
 import re
@@ -15,17 +16,15 @@ from collections.abc import Iterator
 from dataclasses import dataclass
 from importlib import resources
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any, Union
 
 import msgspec
 import yaml
 
-from trackpoint.config.model import (
-    COLLECTOR_TYPES,
-    PREPROCESSOR_TYPES,
-    Config,
-    EventTypeSpec,
-)
+from trackpoint.config.model import Config, EventTypeSpec
+
+if TYPE_CHECKING:
+    from trackpoint.plugins import Registry
 
 DEFAULT_CONFIG_NAME = "<embedded default>"
 KeyPath = tuple[str | int, ...]
@@ -68,11 +67,16 @@ def default_text() -> str:
     return resources.files("trackpoint.config").joinpath("default.yaml").read_text(encoding="utf-8")
 
 
-def load(path: str | Path | None = None) -> LoadedConfig:
-    """Reads, merges onto the embedded default, validates and checks a configuration; raises ConfigError."""
+def load(path: str | Path | None = None, registry: Registry | None = None) -> LoadedConfig:
+    """Reads, merges onto the embedded default, validates and checks a configuration; raises ConfigError.
+    Component types are those of the installed plugins (`registry`, by default this process's)."""
+    if registry is None:
+        from trackpoint.plugins import registry as process_registry
+
+        registry = process_registry()
     default_doc = yaml.safe_load(default_text())
     if path is None:
-        return _validate(default_doc, None, DEFAULT_CONFIG_NAME)
+        return _validate(default_doc, None, DEFAULT_CONFIG_NAME, registry)
     source = str(path)
     try:
         text = Path(path).read_text(encoding="utf-8")
@@ -91,14 +95,19 @@ def load(path: str | Path | None = None) -> LoadedConfig:
         raise ConfigError([ConfigIssue(source, 1, (), "the top level must be a mapping of sections")])
     # A file's top-level sections replace the default's whole: a file that lists event types lists all of them.
     merged = {**default_doc, **user_doc}
-    return _validate(merged, node, source)
+    return _validate(merged, node, source, registry)
 
 
-def _validate(document: dict[str, Any], node: yaml.Node | None, source: str) -> LoadedConfig:
-    value, problems = convert_collecting(document, Config, ())
-    if value is None or problems:
+def _validate(document: dict[str, Any], node: yaml.Node | None, source: str, registry: Registry) -> LoadedConfig:
+    document, problems = apply_presets(document, registry)
+    if not problems:
+        value, problems = convert_collecting(document, config_type(registry), ())
+    if problems:
+        if registry.failures:
+            failed = "; ".join(f"{name}: {reason}" for name, reason in registry.failures.items())
+            problems.append(((), f"(plugins that failed to load: {failed})"))
         raise ConfigError([ConfigIssue(source, _line_of(node, path), path, msg) for path, msg in problems])
-    config = with_builtin_instances(value)
+    config = with_builtin_instances(value, registry)
     problems = list(check_references(config))
     if problems:
         raise ConfigError([ConfigIssue(source, _line_of(node, path), path, msg) for path, msg in problems])
@@ -106,11 +115,63 @@ def _validate(document: dict[str, Any], node: yaml.Node | None, source: str) -> 
     return LoadedConfig(config=config, source=source, version=hashlib.sha256(encoded).hexdigest()[:12])
 
 
-def with_builtin_instances(config: Config) -> Config:
-    """Every built-in collector and preprocessor exists under its own name unless the file redefines that name."""
-    collectors = {name: cls() for name, cls in COLLECTOR_TYPES.items()} | config.collectors
-    preprocessors = {name: cls() for name, cls in PREPROCESSOR_TYPES.items()} | config.preprocessors
-    return msgspec.structs.replace(config, collectors=collectors, preprocessors=preprocessors)
+def with_builtin_instances(config: Config, registry: Registry) -> Config:
+    """Implicit collector kinds (log, stdout) and every preprocessor kind exist under their own name with default
+    options, unless the file defines that name."""
+    implicit = {kind.type: kind.config() for kind in registry.collectors.values() if kind.implicit}
+    preprocessors = {kind.type: kind.config() for kind in registry.preprocessors.values()}
+    return msgspec.structs.replace(
+        config, collectors=implicit | config.collectors, preprocessors=preprocessors | config.preprocessors
+    )
+
+
+def apply_presets(document: dict[str, Any], registry: Registry) -> tuple[dict[str, Any], list[tuple[KeyPath, str]]]:
+    """An event type that names a `preset` starts from that preset's options; its own keys win."""
+    event_types = document.get("event_types")
+    if not isinstance(event_types, dict):
+        return document, []
+    problems: list[tuple[KeyPath, str]] = []
+    merged: dict[str, Any] = {}
+    for name, spec in event_types.items():
+        preset = spec.get("preset") if isinstance(spec, dict) else None
+        if preset is None:
+            merged[name] = spec
+        elif not isinstance(preset, str) or preset not in registry.event_types:
+            known = ", ".join(sorted(registry.event_types)) or "none"
+            problems.append((("event_types", name, "preset"), f"unknown preset {preset!r} (known: {known})"))
+        else:
+            merged[name] = msgspec.to_builtins(registry.event_types[preset]) | spec
+    return {**document, "event_types": merged}, problems
+
+
+def config_type(registry: Registry) -> type[Config]:
+    """`Config` whose collector and preprocessor sections accept every type the registry holds."""
+    config_class: type[Config] = _config_type(
+        tuple(kind.config for kind in registry.collectors.values()),
+        tuple(kind.config for kind in registry.preprocessors.values()),
+    )
+    return config_class
+
+
+@functools.cache
+def _config_type(collectors: tuple[type[msgspec.Struct], ...], preprocessors: tuple[type[msgspec.Struct], ...]) -> Any:
+    hints = typing.get_type_hints(Config, include_extras=True)
+
+    def section(name: str, members: tuple[type[msgspec.Struct], ...]) -> tuple[str, Any, Any]:
+        metadata = typing.get_args(hints[name])[1:]
+        union: Any = Union[members]  # noqa: UP007 (a union built at run time)
+        return name, typing.Annotated[(dict[str, union], *metadata)], msgspec.field(default_factory=dict)
+
+    config_class = msgspec.defstruct(
+        "Config",
+        [section("collectors", collectors), section("preprocessors", preprocessors)],
+        bases=(Config,),
+        module=Config.__module__,
+        kw_only=True,
+        forbid_unknown_fields=True,
+    )
+    config_class.__doc__ = Config.__doc__
+    return config_class
 
 
 # --- validation that reports every error -----------------------------------------------------------------------
@@ -267,9 +328,13 @@ def _dotted(path: KeyPath) -> str:
     return text
 
 
-def json_schema() -> dict[str, Any]:
-    """The JSON schema of a configuration file, generated from the structs."""
-    schema: dict[str, Any] = msgspec.json.schema(Config)
+def json_schema(registry: Registry | None = None) -> dict[str, Any]:
+    """The JSON schema of a configuration file, generated from the structs of every installed component."""
+    if registry is None:
+        from trackpoint.plugins import registry as process_registry
+
+        registry = process_registry()
+    schema: dict[str, Any] = msgspec.json.schema(config_type(registry))
     schema["$schema"] = "https://json-schema.org/draft/2020-12/schema"
     schema["title"] = "trackpoint configuration"
     return schema

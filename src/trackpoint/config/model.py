@@ -143,6 +143,13 @@ class ResponseSpec(Struct, forbid_unknown_fields=True, kw_only=True):
 class EventTypeSpec(Struct, forbid_unknown_fields=True, kw_only=True):
     """An event type: the paths that receive it, its fields, id, response, preprocessors and collectors."""
 
+    preset: Annotated[
+        str | None,
+        Meta(
+            description="Start from a preset event type (the built-in defaults, or one a plugin provides): its "
+            "options apply unless this event type sets them."
+        ),
+    ] = None
     paths: Annotated[list[str], Meta(min_length=1, description="Request paths (exact match) of this type.")]
     methods: Annotated[
         list[Literal["GET", "HEAD", "POST"]], Meta(min_length=1, description="Accepted HTTP methods.")
@@ -169,11 +176,52 @@ class EventTypeSpec(Struct, forbid_unknown_fields=True, kw_only=True):
 # --- collectors: one config struct per collector type, tagged by `type` ---------------------------------------
 
 
+class SpoolConfig(Struct, forbid_unknown_fields=True, kw_only=True):
+    """The disk spool of a collector: where batches wait, in order, while the collector's target is down."""
+
+    enabled: Annotated[
+        bool,
+        Meta(
+            description="Spool failed batches to disk and retry them in order. Off: a failed batch is retried "
+            "from memory only, and what exceeds max_pending_events is dropped (counted)."
+        ),
+    ] = True
+    max_bytes: Annotated[
+        int, Meta(ge=1 << 16, description="Disk the spool of one worker may take; then the `when_full` policy.")
+    ] = 1 << 30
+    segment_bytes: Annotated[
+        int, Meta(ge=1 << 12, le=1 << 30, description="Size of one spool segment file; emptied segments are deleted.")
+    ] = 16 << 20
+    when_full: Annotated[
+        Literal["drop_newest", "drop_oldest", "backpressure"],
+        Meta(
+            description="When the spool is full: drop_newest refuses new batches, drop_oldest discards the oldest "
+            "spooled batch (both counted exactly as dropped; `trackpoint replay` refills from the logs); "
+            "backpressure answers 503 (`backpressure`) on the event types feeding this collector until there is room."
+        ),
+    ] = "drop_newest"
+    fsync: Annotated[bool, Meta(description="fsync each spooled batch (survives power loss, costs a disk flush).")] = (
+        False
+    )
+
+
 class CollectorBase(Struct, tag_field="type", forbid_unknown_fields=True, kw_only=True):
     """Options every collector has."""
 
+    required: Annotated[
+        bool,
+        Meta(
+            description="The tracker is ready (/readyz) only while this collector is healthy. Leave false for "
+            "targets whose outage the spool absorbs."
+        ),
+    ] = False
     max_pending_events: Annotated[
-        int, Meta(ge=1, description="Bound of the in-memory batch; events beyond it are dropped and counted.")
+        int,
+        Meta(
+            ge=1,
+            description="Bound of the in-memory batch; beyond it events go to the spool, or are dropped and "
+            "counted when the spool is off.",
+        ),
     ] = 200_000
     flush_interval_ms: Annotated[
         int, Meta(ge=1, le=60_000, description="The batch is flushed at least this often.")
@@ -186,10 +234,28 @@ class CollectorBase(Struct, tag_field="type", forbid_unknown_fields=True, kw_onl
             "on the worker's event loop: smaller batches keep each pause (and the tail latency) short.",
         ),
     ] = 1024
+    send_timeout_s: Annotated[
+        Seconds,
+        Meta(description="A send that takes longer is abandoned and retried (a hung target or plugin is isolated)."),
+    ] = 30.0
+    retry_initial_ms: Annotated[
+        int, Meta(ge=1, le=600_000, description="First wait before retrying a failed batch; doubles per failure.")
+    ] = 200
+    retry_max_ms: Annotated[
+        int, Meta(ge=1, le=3_600_000, description="Longest wait between retries (each wait has ±50% jitter).")
+    ] = 10_000
+    spool: Annotated[SpoolConfig, Meta(description="The disk spool for outages of the target.")] = msgspec.field(
+        default_factory=SpoolConfig
+    )
 
 
 class LogCollectorConfig(CollectorBase, tag="log"):
     """JSON lines, one file per worker, rotated by size and time, gzipped on rotation."""
+
+    # The log is itself on disk: a second disk copy would not help it, so its failed batches wait in memory.
+    spool: Annotated[SpoolConfig, Meta(description="Off for the log collector (it is the disk record).")] = (
+        msgspec.field(default_factory=lambda: SpoolConfig(enabled=False))
+    )
 
     dir: Annotated[str, Meta(description="Directory of the log files, relative to data_dir.")] = "logs"
     rotate_bytes: Annotated[int, Meta(ge=4096, description="A file is rotated when it reaches this size.")] = 128 << 20
@@ -205,8 +271,9 @@ class LogCollectorConfig(CollectorBase, tag="log"):
 class StdoutCollectorConfig(CollectorBase, tag="stdout"):
     """JSON lines to standard output (for development and containers that ship stdout)."""
 
-
-CollectorConfig = LogCollectorConfig | StdoutCollectorConfig
+    spool: Annotated[SpoolConfig, Meta(description="Off for stdout.")] = msgspec.field(
+        default_factory=lambda: SpoolConfig(enabled=False)
+    )
 
 
 # --- preprocessors: one config struct per preprocessor type, tagged by `type` ----------------------------------
@@ -230,9 +297,6 @@ class ParseUserAgentConfig(PreprocessorBase, tag="parse_user_agent"):
     keep_raw: Annotated[bool, Meta(description="Keep the raw User-Agent string in ctx.ua.")] = True
 
 
-PreprocessorConfig = AnonymizeIpConfig | ParseUserAgentConfig
-
-
 class Config(Struct, forbid_unknown_fields=True, kw_only=True):
     """The whole tracker. A file's top-level sections replace those of the embedded default."""
 
@@ -244,22 +308,15 @@ class Config(Struct, forbid_unknown_fields=True, kw_only=True):
         default_factory=ServerConfig
     )
     admin: Annotated[AdminConfig, Meta(description="The admin port.")] = msgspec.field(default_factory=AdminConfig)
+    # Statically the base classes; the loader decodes into a subclass whose unions hold every registered type.
     collectors: Annotated[
-        dict[str, CollectorConfig],
+        dict[str, CollectorBase],
         Meta(description="Collector instances by name; `log` and `stdout` exist with defaults unless redefined."),
     ] = msgspec.field(default_factory=dict)
     preprocessors: Annotated[
-        dict[str, PreprocessorConfig],
+        dict[str, PreprocessorBase],
         Meta(description="Preprocessor instances by name; each built-in exists under its own name with defaults."),
     ] = msgspec.field(default_factory=dict)
     event_types: Annotated[dict[str, EventTypeSpec], Meta(description="Event types by name.")] = msgspec.field(
         default_factory=dict
     )
-
-
-# Built-in component types by their `type` tag; the name of a built-in is also an instance with default options.
-COLLECTOR_TYPES: dict[str, type[CollectorBase]] = {"log": LogCollectorConfig, "stdout": StdoutCollectorConfig}
-PREPROCESSOR_TYPES: dict[str, type[PreprocessorBase]] = {
-    "anonymize_ip": AnonymizeIpConfig,
-    "parse_user_agent": ParseUserAgentConfig,
-}

@@ -19,9 +19,21 @@ MAX_FRAME = 64 << 20
 
 
 class Start(msgspec.Struct, tag=True):
-    config: Config
+    # The config as msgpack: the worker decodes it with the component types of its own plugin registry.
+    config: msgspec.Raw
     version: str
     slot: int
+
+    @classmethod
+    def of(cls, config: Config, version: str, slot: int) -> Start:
+        return cls(config=msgspec.Raw(msgspec.msgpack.encode(config)), version=version, slot=slot)
+
+    def decode_config(self) -> Config:
+        from trackpoint.config.load import config_type
+        from trackpoint.plugins import registry
+
+        config: Config = msgspec.msgpack.decode(self.config, type=config_type(registry()))
+        return config
 
 
 class Ready(msgspec.Struct, tag=True):

@@ -195,13 +195,23 @@ class EdgeProtocol(asyncio.Protocol):
         if method not in route.methods:
             self.reject(405, "method_not_allowed", None, keep_alive, is_head)
             return
+        for gate in route.gates:  # collectors whose full spool asks for backpressure (usually none)
+            if not gate.accepting:
+                self.reject(503, "backpressure", None, keep_alive, is_head)
+                return
         try:
             event: Event | None
             event = built = route.builder.build(
                 query, self.body, self.headers, self.client_ip() if self.trusted_peer else self.peer_ip
             )
             for preprocess in route.preprocessors:
-                event = preprocess(event)
+                try:
+                    event = preprocess(event)
+                except Reject:
+                    raise
+                except Exception as exc:  # a failing plugin costs its event, never the worker or the response
+                    edge.preprocessor_failed(preprocess.name, exc)
+                    event = None
                 if event is None:  # dropped on purpose: the client still gets its normal response
                     dropped = stats.preprocessor_dropped
                     dropped[preprocess.name] = dropped.get(preprocess.name, 0) + 1

@@ -11,8 +11,8 @@ import logging
 import time
 from dataclasses import dataclass
 
-from trackpoint.collectors import Collector, build_collector
-from trackpoint.config.model import Config, Limits
+from trackpoint.collectors import Collector, CollectorContext, build_collector
+from trackpoint.config.model import CollectorBase, Config, Limits
 from trackpoint.edge import responses
 from trackpoint.edge.protocol import FRAMING_HEADERS, IDLE, EdgeProtocol
 from trackpoint.edge.stats import EdgeStats, Snapshot
@@ -36,6 +36,13 @@ class Route:
     preprocessors: tuple[Preprocessor, ...]
     responder: responses.Responder
     collectors: tuple[Collector, ...]
+    # The collectors that may refuse events (spool full under the backpressure policy): checked per request.
+    gates: tuple[Collector, ...]
+
+
+def _gates(config: CollectorBase) -> bool:
+    """Whether a collector can make the edge refuse events: a spool that answers `full` with backpressure."""
+    return config.spool.enabled and config.spool.when_full == "backpressure"
 
 
 class Edge:
@@ -64,7 +71,7 @@ class Edge:
             if any(name in spec.preprocessors for spec in config.event_types.values())
         }
         self.collectors: dict[str, Collector] = {
-            name: build_collector(name, c_config, config.data_dir, worker)
+            name: build_collector(name, c_config, CollectorContext(config.data_dir, worker))
             for name, c_config in config.collectors.items()
             if any(name in spec.collectors for spec in config.event_types.values())
         }
@@ -80,6 +87,7 @@ class Edge:
                 preprocessors=tuple(preprocessors[name] for name in spec.preprocessors),
                 responder=responses.Responder(spec.response, self.clock),
                 collectors=tuple(self.collectors[name] for name in spec.collectors),
+                gates=tuple(self.collectors[name] for name in spec.collectors if _gates(config.collectors[name])),
             )
             self.stats.events[type_name] = 0
             for path in spec.paths:
@@ -134,6 +142,15 @@ class Edge:
                 except ValueError:
                     return peer_ip  # a forged or broken header: trust only what we saw
         return peer_ip
+
+    def preprocessor_failed(self, name: str, exc: BaseException) -> None:
+        """A preprocessor raised: its event is dropped (counted under preprocessor_errors), logged once per interval."""
+        errors = self.stats.preprocessor_errors
+        errors[name] = errors.get(name, 0) + 1
+        now = time.monotonic()
+        if now - self._last_error_log > 10:
+            self._last_error_log = now
+            log.error("preprocessor %s failed; its events are dropped and counted", name, exc_info=exc)
 
     def internal_error(self, exc: BaseException) -> None:
         now = time.monotonic()

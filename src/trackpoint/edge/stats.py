@@ -23,6 +23,7 @@ class Snapshot(msgspec.Struct, omit_defaults=True):
     rejected: dict[str, int] = {}
     events: dict[str, int] = {}
     preprocessor_dropped: dict[str, int] = {}
+    preprocessor_errors: dict[str, int] = {}
     latency_counts: list[int] = []
     latency_sum: float = 0.0
     connections: int = 0
@@ -32,13 +33,22 @@ class Snapshot(msgspec.Struct, omit_defaults=True):
 class EdgeStats:
     """Mutable counters owned by one worker's event loop."""
 
-    __slots__ = ("events", "latency_counts", "latency_sum", "preprocessor_dropped", "rejected", "requests")
+    __slots__ = (
+        "events",
+        "latency_counts",
+        "latency_sum",
+        "preprocessor_dropped",
+        "preprocessor_errors",
+        "rejected",
+        "requests",
+    )
 
     def __init__(self) -> None:
         self.requests = 0
         self.rejected: dict[str, int] = {}
         self.events: dict[str, int] = {}
         self.preprocessor_dropped: dict[str, int] = {}
+        self.preprocessor_errors: dict[str, int] = {}
         self.latency_counts = [0] * (len(LATENCY_BUCKETS) + 1)
         self.latency_sum = 0.0
 
@@ -55,6 +65,7 @@ class EdgeStats:
             rejected=dict(self.rejected),
             events=dict(self.events),
             preprocessor_dropped=dict(self.preprocessor_dropped),
+            preprocessor_errors=dict(self.preprocessor_errors),
             latency_counts=list(self.latency_counts),
             latency_sum=self.latency_sum,
             connections=connections,
@@ -69,6 +80,7 @@ def add(total: Snapshot, part: Snapshot) -> Snapshot:
         rejected=_add_counts(total.rejected, part.rejected),
         events=_add_counts(total.events, part.events),
         preprocessor_dropped=_add_counts(total.preprocessor_dropped, part.preprocessor_dropped),
+        preprocessor_errors=_add_counts(total.preprocessor_errors, part.preprocessor_errors),
         latency_counts=[a + b for a, b in zip_longest(total.latency_counts, part.latency_counts, fillvalue=0)],
         latency_sum=total.latency_sum + part.latency_sum,
         connections=total.connections + part.connections,
@@ -84,13 +96,11 @@ def _add_counts(a: dict[str, int], b: dict[str, int]) -> dict[str, int]:
 
 
 def _add_collector(a: CollectorStats | None, b: CollectorStats | None) -> CollectorStats:
+    """Counts and gauges add up; a collector is healthy and accepting only where it is in every worker."""
     if a is None or b is None:
         return msgspec.structs.replace(a or b or CollectorStats())
-    return CollectorStats(
-        received=a.received + b.received,
-        sent=a.sent + b.sent,
-        dropped=a.dropped + b.dropped,
-        errors=a.errors + b.errors,
-        pending=a.pending + b.pending,
-        healthy=a.healthy and b.healthy,
-    )
+    total = {}
+    for name in CollectorStats.__struct_fields__:
+        x, y = getattr(a, name), getattr(b, name)
+        total[name] = (x or y) if name == "required" else (x and y) if isinstance(x, bool) else x + y
+    return CollectorStats(**total)

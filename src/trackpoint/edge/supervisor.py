@@ -8,6 +8,7 @@ being reset. That is what makes reloads and restarts lose no request. The admin 
 from __future__ import annotations
 
 import asyncio
+import functools
 import logging
 import os
 import signal
@@ -26,6 +27,8 @@ from trackpoint.config import ConfigError, LoadedConfig, load
 from trackpoint.config.model import Config, LogCollectorConfig
 from trackpoint.edge import control
 from trackpoint.edge.stats import Snapshot, add
+from trackpoint.plugins import AdminHandler
+from trackpoint.plugins import registry as plugin_registry
 
 log = logging.getLogger("trackpoint.supervisor")
 
@@ -183,7 +186,7 @@ class Supervisor:
         child.close()
         loop = asyncio.get_running_loop()
         handle = WorkerHandle(slot=slot, process=process, ready=loop.create_future())
-        control.send_start(parent, control.Start(config=self.config, version=version, slot=slot))
+        control.send_start(parent, control.Start.of(self.config, version, slot))
         handle.exited = loop.create_task(self._follow(handle, parent))
         self.workers.setdefault(slot, handle)
         return handle
@@ -337,7 +340,11 @@ class Supervisor:
             return AdminResponse.json(200, {"status": "ok"})
 
         async def readyz(_: AdminRequest) -> AdminResponse:
-            ready = not self.shutting_down and self.state.workers_ready >= self.slots
+            live = Snapshot()
+            for handle in self.workers.values():
+                live = add(live, handle.snapshot)
+            failing = sorted(name for name, c in live.collectors.items() if c.required and not c.healthy)
+            ready = not self.shutting_down and self.state.workers_ready >= self.slots and not failing
             return AdminResponse.json(
                 200 if ready else 503,
                 {
@@ -345,6 +352,7 @@ class Supervisor:
                     "workers_ready": self.state.workers_ready,
                     "workers": self.slots,
                     "draining": self.shutting_down,
+                    "required_collectors_unhealthy": failing,
                     "config_version": self.loaded.version,
                 },
             )
@@ -355,7 +363,12 @@ class Supervisor:
         admin.route("GET", "/healthz", healthz)
         admin.route("GET", "/readyz", readyz)
         admin.route("GET", "/metrics", prometheus)
+        for route in plugin_registry().admin_routes:
+            admin.route(route.method, route.path, functools.partial(self._plugin_route, route.handler))
         return admin
+
+    async def _plugin_route(self, handler: AdminHandler, request: AdminRequest) -> AdminResponse:
+        return await handler(request, self.loaded.config)
 
 
 def run(loaded: LoadedConfig, config_path: str | None, overrides: Overrides) -> int:

@@ -30,9 +30,10 @@ GC_YOUNG_THRESHOLD = 20_000
 
 async def serve(start: control.Start, listener: socket.socket, channel: socket.socket) -> None:
     loop = asyncio.get_running_loop()
-    edge = Edge(start.config, start.version, start.slot)
+    config = start.decode_config()
+    edge = Edge(config, start.version, start.slot)
     await edge.start_collectors()
-    server = await loop.create_server(lambda: EdgeProtocol(edge), sock=listener, backlog=start.config.server.backlog)
+    server = await loop.create_server(lambda: EdgeProtocol(edge), sock=listener, backlog=config.server.backlog)
     # Everything built so far (config, routes, the user-agent parser's thousands of matchers) lives as long as the
     # worker: freezing it keeps the collector from re-scanning it, and a larger young generation makes the
     # per-request garbage cheaper to collect.
@@ -52,7 +53,7 @@ async def serve(start: control.Start, listener: socket.socket, channel: socket.s
     # Drain: stop accepting (the supervisor keeps the socket, so queued connections wait for the next worker),
     # finish in-flight requests, flush every collector, report the final counters.
     server.close()
-    await edge.drain(start.config.server.drain_timeout_s)
+    await edge.drain(config.server.drain_timeout_s)
     for task in background:
         task.cancel()
     with contextlib.suppress(ConnectionError):

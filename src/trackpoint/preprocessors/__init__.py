@@ -7,7 +7,7 @@ from __future__ import annotations
 
 from typing import Protocol
 
-from trackpoint.config.model import AnonymizeIpConfig, ParseUserAgentConfig, PreprocessorBase
+from trackpoint.config.model import PreprocessorBase
 from trackpoint.pipeline.event import Event
 
 
@@ -20,13 +20,13 @@ class Preprocessor(Protocol):
 
 
 def build_preprocessor(name: str, config: PreprocessorBase) -> Preprocessor:
-    """The preprocessor an instance of the configuration stands for."""
-    if isinstance(config, AnonymizeIpConfig):
-        from trackpoint.preprocessors.anonymize_ip import AnonymizeIp
+    """The preprocessor an instance of the configuration stands for, built by the plugin that registered its type."""
+    from trackpoint.plugins import registry, type_tag
 
-        return AnonymizeIp(name, config)
-    if isinstance(config, ParseUserAgentConfig):
-        from trackpoint.preprocessors.parse_user_agent import ParseUserAgent
-
-        return ParseUserAgent(name, config)
-    raise ValueError(f"no preprocessor for configuration {type(config).__name__}")
+    try:
+        kind = registry().preprocessors.get(type_tag(type(config)))
+    except TypeError:
+        kind = None
+    if kind is None:
+        raise ValueError(f"no preprocessor for configuration {type(config).__name__}")
+    return kind.factory(name, config)

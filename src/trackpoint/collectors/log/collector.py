@@ -20,7 +20,7 @@ from pathlib import Path
 
 import msgspec
 
-from trackpoint.collectors.base import Collector, Health, SendResult
+from trackpoint.collectors.base import Collector, CollectorContext, Health, SendResult
 from trackpoint.config.model import LogCollectorConfig
 from trackpoint.pipeline.event import Event
 
@@ -35,11 +35,11 @@ def log_dir(data_dir: str, config: LogCollectorConfig) -> Path:
 class LogCollector(Collector):
     """Appends batches to the worker's current file; rotation closes it and compresses it off the event loop."""
 
-    def __init__(self, name: str, config: LogCollectorConfig, data_dir: str, worker: int) -> None:
-        super().__init__(name, config)
+    def __init__(self, name: str, config: LogCollectorConfig, context: CollectorContext) -> None:
+        super().__init__(name, config, context)
         self.config = config
-        self.directory = log_dir(data_dir, config)
-        self.worker = worker
+        self.directory = log_dir(context.data_dir, config)
+        self.worker = context.worker
         self._encoder = msgspec.json.Encoder()
         self._fd: int | None = None
         self._path: Path | None = None

@@ -1,0 +1,84 @@
+"""Options of the redis_streams collector: server URL, stream template, trimming, the dedupe window and timeouts.
+
+Imported at start-up by the plugin registry, so it imports no client library. The password is never an option:
+the config names the environment variable that holds it.
+"""
+
+from __future__ import annotations
+
+from typing import Annotated
+
+from msgspec import Meta
+
+from trackpoint.config.model import CollectorBase, Seconds
+
+
+class RedisStreamsCollectorConfig(CollectorBase, tag="redis_streams"):
+    """Redis Streams: one entry per event (fields `id`, `type`, `event` = the event's JSON line), one round trip
+    per batch. With a dedupe window, an event id already appended within the window is skipped, so retried batches
+    and replayed logs never duplicate entries."""
+
+    url: Annotated[
+        str,
+        Meta(
+            description="Redis URL: `redis://host:6379/0`, `rediss://` for TLS, `unix:///path?db=0`. Put the "
+            "password in `password_env`, not here."
+        ),
+    ] = "redis://127.0.0.1:6379/0"
+    password_env: Annotated[
+        str | None, Meta(description="Name of the environment variable holding the Redis password.")
+    ] = None
+    stream: Annotated[
+        str,
+        Meta(
+            min_length=1,
+            description="Stream key of each event; `{type}` is replaced by the event type, the rest is literal. "
+            "For Redis Cluster a hash tag may be given (`{tp}:{type}` keeps every stream in one slot).",
+        ),
+    ] = "trackpoint:{type}"
+    maxlen: Annotated[
+        int,
+        Meta(
+            ge=0,
+            description="Approximate bound of each stream (`XADD MAXLEN ~ N`): older entries are trimmed, so a "
+            "stalled consumer cannot fill Redis memory. 0: never trim.",
+        ),
+    ] = 1_000_000
+    dedupe_window_s: Annotated[
+        int,
+        Meta(
+            ge=0,
+            le=30 * 86_400,
+            description="How long an appended event id is remembered (one small key per event, about 100 bytes "
+            "of Redis memory, expiring after this many seconds); a repeat within it is skipped. 0: no dedupe, "
+            "a retried or replayed batch is appended again.",
+        ),
+    ] = 86_400
+    timeout_s: Annotated[
+        Seconds, Meta(description="Time allowed for one batch's round trip; then the batch is retried.")
+    ] = 5.0
+    connect_timeout_s: Annotated[Seconds, Meta(description="Time allowed to open a connection.")] = 2.0
+
+    def __post_init__(self) -> None:
+        seen_prefix(self.stream.replace("{type}", "type"))  # raises on braces that are not a hash tag
+
+
+def stream_key(template: str, event_type: str) -> str:
+    return template.replace("{type}", event_type)
+
+
+def seen_prefix(stream: str) -> str:
+    """The prefix of the dedupe keys of a stream, chosen so that they hash to the stream's cluster slot.
+
+    Redis Cluster runs a script only when all its keys share one slot, and the script that dedupes and appends
+    touches the stream and the dedupe keys together. A key's slot comes from its hash tag (the text inside the first
+    `{...}`) or, without one, from the whole key; so the dedupe keys of `trackpoint:impression` are
+    `{trackpoint:impression}:seen:<id>` (the stream's whole name as their tag), and those of a stream that has its
+    own tag (`{tp}:impression`) simply extend its name.
+    """
+    start = stream.find("{")
+    if start != -1 and stream.find("}", start + 1) > start + 1:
+        return stream + ":seen:"
+    if "{" in stream or "}" in stream:
+        raise ValueError(f"stream {stream!r}: braces other than {{type}} must form a hash tag like {{tp}}")
+    return "{" + stream + "}:seen:"

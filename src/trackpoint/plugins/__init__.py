@@ -1,0 +1,190 @@
+"""The plugin API: what a plugin provides, and the registry that resolves every installed plugin once at start-up.
+
+A plugin is a `Plugin` value exposed through an entry point in the group `trackpoint.plugins`; the built-in
+components register through that same group (`trackpoint.plugins.builtin`). Nothing here runs per request: the
+registry turns plugins into flat tables that the config loader and the workers read at start-up.
+"""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import Awaitable, Callable, Mapping, Sequence
+from dataclasses import dataclass, field
+from functools import cache
+from importlib import metadata
+from typing import Any
+
+from trackpoint.admin.server import AdminRequest, AdminResponse
+from trackpoint.collectors.base import Collector, CollectorContext
+from trackpoint.config.model import CollectorBase, Config, EventTypeSpec, PreprocessorBase
+from trackpoint.preprocessors import Preprocessor
+
+log = logging.getLogger("trackpoint.plugins")
+
+ENTRY_POINT_GROUP = "trackpoint.plugins"
+
+CollectorFactory = Callable[[str, Any, CollectorContext], Collector]
+PreprocessorFactory = Callable[[str, Any], Preprocessor]
+# An admin handler gets the request and the tracker's running configuration (the one in force after reloads).
+AdminHandler = Callable[[AdminRequest, Config], Awaitable[AdminResponse]]
+
+
+def type_tag(config: type[CollectorBase] | type[PreprocessorBase]) -> str:
+    """The `type:` a user writes for a component: the tag of its config struct."""
+    struct_config = getattr(config, "__struct_config__", None)
+    tag = getattr(struct_config, "tag", None)
+    if not isinstance(tag, str):
+        name = getattr(config, "__name__", repr(config))
+        raise TypeError(f"{name} is not a tagged config struct (class {name}(CollectorBase, tag='...'))")
+    return tag
+
+
+@dataclass(frozen=True)
+class CollectorKind:
+    """A collector type: its config struct (a `CollectorBase` subclass whose tag is the `type` users write) and
+    the factory that builds one instance per worker. `implicit` kinds exist under their own name with default
+    options, so event types can name them without a `collectors:` entry."""
+
+    config: type[CollectorBase]
+    factory: CollectorFactory
+    implicit: bool = False
+
+    @property
+    def type(self) -> str:
+        return type_tag(self.config)
+
+
+@dataclass(frozen=True)
+class PreprocessorKind:
+    """A preprocessor type: its config struct (a `PreprocessorBase` subclass) and its factory. Every preprocessor
+    kind also exists under its own name with default options."""
+
+    config: type[PreprocessorBase]
+    factory: PreprocessorFactory
+
+    @property
+    def type(self) -> str:
+        return type_tag(self.config)
+
+
+@dataclass(frozen=True)
+class AdminRoute:
+    """An extra route on the admin port (exact method and path), served by the supervisor process."""
+
+    method: str
+    path: str
+    handler: AdminHandler
+
+
+@dataclass(frozen=True)
+class Plugin:
+    """What one plugin provides. Every member is optional; names must not clash with another plugin's."""
+
+    name: str
+    collectors: Sequence[CollectorKind] = ()
+    preprocessors: Sequence[PreprocessorKind] = ()
+    # Event-type presets: a config's event type may say `preset: NAME` and override any of the preset's keys.
+    event_types: Mapping[str, EventTypeSpec] = field(default_factory=dict)
+    admin_routes: Sequence[AdminRoute] = ()
+
+
+@dataclass(frozen=True)
+class Registry:
+    """Every installed plugin resolved into flat tables, by type name."""
+
+    plugins: tuple[str, ...]
+    collectors: Mapping[str, CollectorKind]
+    preprocessors: Mapping[str, PreprocessorKind]
+    event_types: Mapping[str, EventTypeSpec]
+    admin_routes: tuple[AdminRoute, ...]
+    # Plugins that could not be loaded, with the reason: the tracker runs without them.
+    failures: Mapping[str, str]
+
+
+def resolve(plugins: Sequence[Plugin], failures: Mapping[str, str] | None = None) -> Registry:
+    """Flattens plugins into a registry; a plugin whose names clash with an earlier one is left out whole."""
+    collectors: dict[str, CollectorKind] = {}
+    preprocessors: dict[str, PreprocessorKind] = {}
+    event_types: dict[str, EventTypeSpec] = {}
+    routes: dict[tuple[str, str], AdminRoute] = {}
+    loaded: list[str] = []
+    failed = dict(failures or {})
+    for plugin in plugins:
+        try:
+            clashes = _clashes(plugin, collectors, preprocessors, event_types, routes)
+        except TypeError as exc:
+            failed[plugin.name] = str(exc)
+            continue
+        if clashes:
+            failed[plugin.name] = "already provided by another plugin: " + ", ".join(clashes)
+            continue
+        collectors.update((kind.type, kind) for kind in plugin.collectors)
+        preprocessors.update((kind.type, kind) for kind in plugin.preprocessors)
+        event_types.update(plugin.event_types)
+        routes.update(((route.method, route.path), route) for route in plugin.admin_routes)
+        loaded.append(plugin.name)
+    for name, reason in failed.items():
+        log.error("plugin %s is not loaded: %s", name, reason)
+    return Registry(
+        plugins=tuple(loaded),
+        collectors=collectors,
+        preprocessors=preprocessors,
+        event_types=event_types,
+        admin_routes=tuple(routes.values()),
+        failures=failed,
+    )
+
+
+def _clashes(
+    plugin: Plugin,
+    collectors: Mapping[str, CollectorKind],
+    preprocessors: Mapping[str, PreprocessorKind],
+    event_types: Mapping[str, EventTypeSpec],
+    routes: Mapping[tuple[str, str], AdminRoute],
+) -> list[str]:
+    clashes = [f"collector {k.type!r}" for k in plugin.collectors if k.type in collectors]
+    clashes += [f"preprocessor {k.type!r}" for k in plugin.preprocessors if k.type in preprocessors]
+    clashes += [f"event type preset {name!r}" for name in plugin.event_types if name in event_types]
+    clashes += [f"admin route {r.method} {r.path}" for r in plugin.admin_routes if (r.method, r.path) in routes]
+    return clashes
+
+
+def discover() -> tuple[list[Plugin], dict[str, str]]:
+    """Loads every entry point of the group; the built-in plugin first, then the others by name. A plugin that
+    raises on import, or whose entry point is not a `Plugin` (or a function returning one), is reported and skipped."""
+    found = metadata.entry_points(group=ENTRY_POINT_GROUP)
+    entry_points = sorted(found, key=lambda ep: (ep.name != "builtin", ep.name))
+    plugins: list[Plugin] = []
+    failures: dict[str, str] = {}
+    for entry_point in entry_points:
+        try:
+            value = entry_point.load()
+            if callable(value) and not isinstance(value, Plugin):
+                value = value()
+        except Exception as exc:  # a broken plugin must not stop the tracker
+            failures[entry_point.name] = f"failed to load {entry_point.value}: {exc!r}"
+            continue
+        if not isinstance(value, Plugin):
+            failures[entry_point.name] = f"{entry_point.value} is not a trackpoint.plugins.Plugin"
+            continue
+        plugins.append(value)
+    return plugins, failures
+
+
+@cache
+def registry() -> Registry:
+    """The registry of this process, resolved on first use."""
+    return resolve(*discover())
+
+
+__all__ = [
+    "ENTRY_POINT_GROUP",
+    "AdminRoute",
+    "CollectorKind",
+    "Plugin",
+    "PreprocessorKind",
+    "Registry",
+    "discover",
+    "registry",
+    "resolve",
+]

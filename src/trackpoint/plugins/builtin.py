@@ -1,0 +1,90 @@
+"""The built-in plugin: trackpoint's own collectors and preprocessors, registered exactly like a third party's."""
+
+from __future__ import annotations
+
+from typing import Any
+
+import msgspec
+import yaml
+
+from trackpoint.collectors.base import Collector, CollectorContext
+from trackpoint.collectors.kafka.config import KafkaCollectorConfig
+from trackpoint.collectors.nats.config import NatsCollectorConfig
+from trackpoint.collectors.redis_streams.config import RedisStreamsCollectorConfig
+from trackpoint.config.load import default_text
+from trackpoint.config.model import (
+    AnonymizeIpConfig,
+    EventTypeSpec,
+    LogCollectorConfig,
+    ParseUserAgentConfig,
+    StdoutCollectorConfig,
+)
+from trackpoint.plugins import CollectorKind, Plugin, PreprocessorKind
+from trackpoint.preprocessors import Preprocessor
+
+# Factories import their module on first use: a worker loads only the client libraries its config needs.
+
+
+def _log(name: str, config: Any, context: CollectorContext) -> Collector:
+    from trackpoint.collectors.log.collector import LogCollector
+
+    return LogCollector(name, config, context)
+
+
+def _stdout(name: str, config: Any, context: CollectorContext) -> Collector:
+    from trackpoint.collectors.stdout import StdoutCollector
+
+    return StdoutCollector(name, config, context)
+
+
+def _kafka(name: str, config: Any, context: CollectorContext) -> Collector:
+    from trackpoint.collectors.kafka.collector import KafkaCollector
+
+    return KafkaCollector(name, config, context)
+
+
+def _nats(name: str, config: Any, context: CollectorContext) -> Collector:
+    from trackpoint.collectors.nats.collector import NatsCollector
+
+    return NatsCollector(name, config, context)
+
+
+def _redis_streams(name: str, config: Any, context: CollectorContext) -> Collector:
+    from trackpoint.collectors.redis_streams.collector import RedisStreamsCollector
+
+    return RedisStreamsCollector(name, config, context)
+
+
+def _anonymize_ip(name: str, config: Any) -> Preprocessor:
+    from trackpoint.preprocessors.anonymize_ip import AnonymizeIp
+
+    return AnonymizeIp(name, config)
+
+
+def _parse_user_agent(name: str, config: Any) -> Preprocessor:
+    from trackpoint.preprocessors.parse_user_agent import ParseUserAgent
+
+    return ParseUserAgent(name, config)
+
+
+def default_event_types() -> dict[str, EventTypeSpec]:
+    """The embedded default's event types, offered as presets (`preset: impression`) to every config file."""
+    document = yaml.safe_load(default_text())
+    return msgspec.convert(document["event_types"], dict[str, EventTypeSpec])
+
+
+plugin = Plugin(
+    name="builtin",
+    collectors=[
+        CollectorKind(LogCollectorConfig, _log, implicit=True),
+        CollectorKind(StdoutCollectorConfig, _stdout, implicit=True),
+        CollectorKind(KafkaCollectorConfig, _kafka),
+        CollectorKind(NatsCollectorConfig, _nats),
+        CollectorKind(RedisStreamsCollectorConfig, _redis_streams),
+    ],
+    preprocessors=[
+        PreprocessorKind(AnonymizeIpConfig, _anonymize_ip),
+        PreprocessorKind(ParseUserAgentConfig, _parse_user_agent),
+    ],
+    event_types=default_event_types(),
+)

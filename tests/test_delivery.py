@@ -1,0 +1,234 @@
+"""The delivery every collector inherits: isolation of a failing or hanging collector, retries with backoff, the
+spool and its `when_full` policies (counted exactly), backpressure, dead letters and spool recovery.
+
+The collector here is a test double of the *collector contract* (its target is a list that can be made to fail);
+real targets are covered by the conformance suite in tests/conformance.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import time
+from collections.abc import Awaitable, Callable, Sequence
+from pathlib import Path
+
+import msgspec
+import pytest
+
+from trackpoint.collectors.base import Collector, CollectorContext, SendResult
+from trackpoint.config.model import CollectorBase, SpoolConfig
+from trackpoint.pipeline.event import Context, Event, Meta
+
+PAD = "x" * 900  # about 1 KB per event, so a small spool fills quickly
+
+
+class FlakyConfig(CollectorBase, tag="flaky"):
+    pass
+
+
+class FlakyCollector(Collector):
+    """Delivers to `self.delivered`; `mode` makes it fail: retry, raise, hang or reject."""
+
+    def __init__(self, config: FlakyConfig, data_dir: Path) -> None:
+        super().__init__("flaky", config, CollectorContext(str(data_dir), worker=3))
+        self.delivered: list[str] = []
+        self.mode = "ok"
+        self.attempts = 0
+
+    async def send(self, batch: Sequence[Event]) -> SendResult:
+        self.attempts += 1
+        if self.mode == "retry":
+            return SendResult.RETRY
+        if self.mode == "raise":
+            raise ConnectionResetError("target went away")
+        if self.mode == "hang":
+            await asyncio.sleep(3600)
+        if self.mode == "reject":
+            return SendResult.REJECTED
+        self.delivered.extend(event.id for event in batch)
+        return SendResult.DELIVERED
+
+
+def flaky(data_dir: Path, **options: object) -> FlakyCollector:
+    spool = options.pop("spool", {})
+    settings = {"flush_interval_ms": 10, "retry_initial_ms": 10, "retry_max_ms": 50, **options}
+    config = msgspec.convert(settings, FlakyConfig)
+    config = msgspec.structs.replace(config, spool=msgspec.structs.replace(SpoolConfig(), **spool))  # type: ignore[arg-type]
+    return FlakyCollector(config, data_dir)
+
+
+def events(start: int, count: int) -> list[Event]:
+    meta = Meta(worker=3, config="test")
+    return [
+        Event(id=f"e{i:06d}", type="impression", ts=i, dims={"pad": PAD}, metrics={}, ctx=Context(), meta=meta)
+        for i in range(start, start + count)
+    ]
+
+
+async def eventually(condition: Callable[[], bool], timeout_s: float = 10.0) -> None:
+    deadline = time.monotonic() + timeout_s
+    while not condition():
+        assert time.monotonic() < deadline, "condition not met in time"
+        await asyncio.sleep(0.01)
+
+
+def run(main: Callable[[], Awaitable[None]]) -> None:
+    asyncio.run(main())  # type: ignore[arg-type]
+
+
+@pytest.mark.parametrize("failure", ["retry", "raise", "hang"])
+def test_a_failing_collector_is_isolated_counted_and_catches_up(tmp_path: Path, failure: str) -> None:
+    async def main() -> None:
+        collector = flaky(tmp_path, send_timeout_s=0.2)
+        await collector.start()
+        collector.mode = failure
+        for event in events(0, 50):
+            collector.offer(event)  # the request path never waits, whatever the target does
+        await eventually(lambda: collector.stats.retried >= 50)
+        assert collector.stats.errors >= 1 and collector.delivered == []
+        collector.mode = "ok"
+        await eventually(lambda: len(collector.delivered) == 50)
+        await collector.close(5.0)
+        stats = collector.snapshot()
+        assert (stats.received, stats.sent, stats.dropped) == (50, 50, 0)
+        assert collector.delivered == [e.id for e in events(0, 50)]
+
+    run(main)
+
+
+def test_retries_back_off_exponentially(tmp_path: Path) -> None:
+    async def main() -> None:
+        collector = flaky(tmp_path, retry_initial_ms=100, retry_max_ms=400, spool={"enabled": False})
+        await collector.start()
+        collector.mode = "retry"
+        collector.offer(events(0, 1)[0])
+        await asyncio.sleep(1.5)
+        # Waits of 100, 200, 400, 400 ms (±50%) fit 3 to 8 attempts in 1.5 s; without backoff it would be ~150.
+        assert 3 <= collector.attempts <= 8
+        collector.mode = "ok"
+        await collector.close(5.0)
+
+    run(main)
+
+
+def test_while_the_target_is_down_events_wait_on_disk_not_in_memory(tmp_path: Path) -> None:
+    async def main() -> None:
+        collector = flaky(tmp_path)
+        await collector.start()
+        collector.mode = "retry"
+        for event in events(0, 3000):
+            collector.offer(event)
+        await eventually(lambda: collector.snapshot().spooled_events == 3000)
+        assert collector.snapshot().pending == 0
+        assert list((tmp_path / "spool" / "flaky").glob("w03-p*"))
+        collector.mode = "ok"
+        await eventually(lambda: len(collector.delivered) == 3000)
+        assert collector.delivered == [e.id for e in events(0, 3000)]  # in order
+        await collector.close(5.0)
+        assert collector.snapshot().spooled_bytes == 0
+
+    run(main)
+
+
+@pytest.mark.parametrize("policy", ["drop_newest", "drop_oldest"])
+def test_a_full_spool_drops_by_policy_and_counts_every_event(tmp_path: Path, policy: str) -> None:
+    async def main() -> None:
+        collector = flaky(tmp_path, batch_max_events=100, spool={"max_bytes": 400_000, "when_full": policy})
+        await collector.start()
+        collector.mode = "retry"
+        offered = events(0, 2000)  # ~2 MB for a 400 KB spool
+        for i, event in enumerate(offered):
+            collector.offer(event)
+            if i % 100 == 99:
+                await asyncio.sleep(0.02)
+        await eventually(lambda: collector.snapshot().pending == 0)
+        collector.mode = "ok"
+        await eventually(lambda: collector.snapshot().spooled_events == 0)
+        await collector.close(5.0)
+        stats = collector.snapshot()
+        assert stats.dropped > 0 and stats.received == 2000
+        assert stats.sent + stats.dropped == stats.received  # exact: nothing unaccounted for
+        assert len(collector.delivered) == stats.sent
+        ids = [e.id for e in offered]
+        if policy == "drop_newest":
+            assert collector.delivered == ids[: stats.sent]  # the oldest were kept
+        else:
+            assert collector.delivered == ids[-stats.sent :]  # the newest were kept
+
+    run(main)
+
+
+def test_backpressure_closes_the_gate_until_the_spool_has_room(tmp_path: Path) -> None:
+    async def main() -> None:
+        collector = flaky(tmp_path, batch_max_events=100, spool={"max_bytes": 300_000, "when_full": "backpressure"})
+        await collector.start()
+        collector.mode = "retry"
+        for i, event in enumerate(events(0, 1000)):
+            collector.offer(event)
+            if i % 100 == 99:
+                await asyncio.sleep(0.02)
+        await eventually(lambda: not collector.accepting)
+        assert not collector.snapshot().accepting
+        collector.mode = "ok"
+        await eventually(lambda: collector.accepting and len(collector.delivered) == 1000)
+        await collector.close(5.0)
+        assert collector.snapshot().dropped == 0  # backpressure refuses at the edge; nothing accepted is lost
+
+    run(main)
+
+
+def test_refused_batches_are_dead_lettered(tmp_path: Path) -> None:
+    async def main() -> None:
+        collector = flaky(tmp_path)
+        await collector.start()
+        collector.mode = "reject"
+        for event in events(0, 10):
+            collector.offer(event)
+        await eventually(lambda: collector.stats.dropped == 10)
+        await collector.close(5.0)
+        (letter,) = (tmp_path / "deadletter" / "flaky").glob("w03-p*.jsonl")
+        kept = [msgspec.json.decode(line, type=Event).id for line in letter.read_bytes().splitlines()]
+        assert kept == [e.id for e in events(0, 10)]
+
+    run(main)
+
+
+def test_shutdown_during_an_outage_leaves_the_backlog_for_the_next_worker(tmp_path: Path) -> None:
+    async def main() -> None:
+        first = flaky(tmp_path, flush_interval_ms=60_000)
+        await first.start()
+        first.mode = "hang"
+        for event in events(0, 500):
+            first.offer(event)
+        await first.close(0.5)  # the send hangs past the drain timeout
+        assert first.snapshot().dropped == 0
+        second = flaky(tmp_path)
+        await second.start()
+        await eventually(lambda: len(second.delivered) == 500)
+        assert second.delivered == [e.id for e in events(0, 500)]
+        await second.close(5.0)
+
+    run(main)
+
+
+def test_a_corrupt_spool_tail_keeps_the_valid_prefix_and_counts_the_rest(tmp_path: Path) -> None:
+    async def main() -> None:
+        first = flaky(tmp_path, batch_max_events=100, flush_interval_ms=60_000)
+        await first.start()
+        first.mode = "retry"
+        for event in events(0, 300):
+            first.offer(event)
+        await first.close(0.2)
+        (segment,) = (tmp_path / "spool" / "flaky").rglob("*.seg")
+        data = segment.read_bytes()
+        segment.write_bytes(data[: len(data) - 500])  # the last record torn
+        second = flaky(tmp_path)
+        await second.start()
+        await eventually(lambda: len(second.delivered) == 200)
+        await asyncio.sleep(0.1)
+        await second.close(5.0)
+        assert second.delivered == [e.id for e in events(0, 200)]
+        stats = second.snapshot()
+        assert (stats.spool_lost_records, stats.dropped) == (1, 0)  # one record lost, counted as such
+
+    run(main)
