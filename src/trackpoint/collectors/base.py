@@ -98,7 +98,8 @@ class Collector(ABC):
         self._last_error_log = 0.0
         self._failures = 0
         self._retry_at = 0.0
-        self._in_flight: list[Event] = []
+        self._in_flight: list[Event] = []  # events taken from _pending by the running flush, from _in_flight_start
+        self._in_flight_start = 0
         self._spool: Spool | None = None
         self._adopted: list[Spool] = []
         self._next_orphan_scan = 0.0
@@ -145,7 +146,9 @@ class Collector(ABC):
                 await asyncio.wait_for(self._flush_task, drain_timeout_s)
             except TimeoutError:
                 log.error("collector %s: drain timed out with %d events pending", self.name, len(self._pending))
-        self._pending[:0] = self._in_flight  # a send cut off by the timeout may or may not have landed: keep it
+        # Events taken for sending but not confirmed (a send cut off by the timeout may or may not have landed)
+        # are kept, ahead of the newer ones.
+        self._pending[:0] = self._in_flight[self._in_flight_start :]
         self._in_flight = []
         if self._pending and self._spool is not None:
             self._spill()
@@ -212,18 +215,21 @@ class Collector(ABC):
         if not await self._drain_spools():
             return
         while self._pending:
-            batch = self._pending[: self.batch_max]
-            del self._pending[: len(batch)]
-            self._in_flight = batch
-            delivered = await self.deliver(batch)
+            # Take the whole list (new events start a fresh one) and send it in slices: no front deletions, which
+            # would move the rest of a long backlog once per batch.
+            taken, self._pending = self._pending, []
+            self._in_flight = taken
+            for start in range(0, len(taken), self.batch_max):
+                self._in_flight_start = start
+                if not await self.deliver(taken[start : start + self.batch_max]):
+                    self._in_flight = []
+                    self._pending[:0] = taken[start:]
+                    if self._spool is not None:
+                        self._spill()
+                    else:
+                        self._trim_memory()
+                    return
             self._in_flight = []
-            if not delivered:
-                self._pending[:0] = batch
-                if self._spool is not None:
-                    self._spill()
-                else:
-                    self._trim_memory()
-                return
 
     # --- the spool -----------------------------------------------------------------------------------------------
 

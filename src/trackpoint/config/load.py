@@ -246,6 +246,9 @@ def _parse_error(message: str, path: KeyPath) -> tuple[KeyPath, str]:
 # --- checks across sections ------------------------------------------------------------------------------------
 
 
+_TYPE_NAME = re.compile(r"[A-Za-z0-9_.-]{1,64}")
+
+
 def check_references(config: Config) -> Iterator[tuple[KeyPath, str]]:
     """Cross-section rules no single struct can state: names resolve, paths are unique, fields are coherent."""
     for i, network in enumerate(config.server.trusted_proxies):
@@ -256,6 +259,9 @@ def check_references(config: Config) -> Iterator[tuple[KeyPath, str]]:
     seen_paths: dict[tuple[str, str], str] = {}
     for type_name, spec in config.event_types.items():
         base: KeyPath = ("event_types", type_name)
+        if not _TYPE_NAME.fullmatch(type_name):
+            # Type names end up in topic and stream names, metric labels and JSON: keep them plain.
+            yield base, "an event type name is 1-64 letters, digits, '_', '-' or '.'"
         for i, route in enumerate(spec.paths):
             if not route.startswith("/") or "?" in route or "#" in route:
                 yield (*base, "paths", i), f"a path starts with / and has no query: {route!r}"

@@ -1,7 +1,7 @@
 """redis_streams: events appended to Redis Streams, one round trip per batch, deduplicated by event id.
 
-With a dedupe window, each stream's share of a batch is one EVALSHA of SCRIPT (remember the id, append only if it
-was new); without, a non-transactional pipeline of XADDs. Connections are made on demand, so Redis being down never
+Each stream's share of a batch is one EVALSHA of SCRIPT with the events as JSON lines; with a dedupe window the
+script remembers each id and appends only the new ones. Connections are made on demand, so Redis being down never
 stops the tracker: send() answers RETRY and the base class keeps (or spools) the batches.
 """
 
@@ -10,13 +10,13 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import hashlib
+import itertools
 import math
 import os
 from collections.abc import Sequence
 from typing import Any
 
 import msgspec
-from hiredis import pack_command
 from redis.asyncio import Redis
 from redis.asyncio.retry import Retry
 from redis.backoff import NoBackoff
@@ -26,25 +26,33 @@ from trackpoint.collectors.base import Collector, CollectorContext, Health, Send
 from trackpoint.collectors.redis_streams.config import RedisStreamsCollectorConfig, seen_prefix, stream_key
 from trackpoint.pipeline.event import Event
 
-# KEYS[1]: the stream; KEYS[2..]: one dedupe key per event. ARGV: window (s), maxlen (0: no trim), event type, then
-# id and JSON of each event. A script runs atomically, so two trackers appending the same id race on SET NX and
-# exactly one of them appends. If an XADD fails (out of memory), its dedupe key is removed again and the error
-# returned: a retry then appends that event instead of taking it for a duplicate.
+# KEYS[1]: the stream. ARGV: dedupe window (s; "0": off), maxlen (0: no trim), the dedupe key prefix, and the
+# events as JSON lines (the same bytes the log collector writes: one encode per batch on the client, no per-event
+# arguments to pack). Each line starts with {"id":"...","type":"..."}: msgspec writes fields in declaration order,
+# and ids and type names are plain ASCII. A script runs atomically, so two trackers appending the same id race on
+# SET NX and exactly one of them appends. The dedupe keys are not in KEYS, but they share the stream's hash tag, so
+# on Redis Cluster they live in the stream's slot. If an XADD fails (out of memory), its dedupe key is removed again
+# and the error returned: a retry then appends that event instead of taking it for a duplicate.
 SCRIPT = """
-local window, maxlen = ARGV[1], tonumber(ARGV[2])
+local window, maxlen, seen = ARGV[1], tonumber(ARGV[2]), ARGV[3]
+local dedupe = window ~= '0'
 local appended = 0
-for i = 2, #KEYS do
-  if redis.call('SET', KEYS[i], '1', 'NX', 'EX', window) then
-    local a = 3 * i - 3
+for line in string.gmatch(ARGV[4], '[^\\n]+') do
+  local id, event_type = string.match(line, '^{"id":"([^"]+)","type":"([^"]+)"')
+  if id == nil then
+    return redis.error_reply('ERR trackpoint: not an event: ' .. string.sub(line, 1, 80))
+  end
+  if not dedupe or redis.call('SET', seen .. id, '1', 'NX', 'EX', window) then
     local reply
     if maxlen > 0 then
-      reply = redis.pcall('XADD', KEYS[1], 'MAXLEN', '~', maxlen, '*',
-        'id', ARGV[a], 'type', ARGV[a + 1], 'event', ARGV[a + 2])
+      reply = redis.pcall('XADD', KEYS[1], 'MAXLEN', '~', maxlen, '*', 'id', id, 'type', event_type, 'event', line)
     else
-      reply = redis.pcall('XADD', KEYS[1], '*', 'id', ARGV[a], 'type', ARGV[a + 1], 'event', ARGV[a + 2])
+      reply = redis.pcall('XADD', KEYS[1], '*', 'id', id, 'type', event_type, 'event', line)
     end
     if type(reply) == 'table' and reply.err then
-      redis.call('DEL', KEYS[i])
+      if dedupe then
+        redis.call('DEL', seen .. id)
+      end
       return reply
     end
     appended = appended + 1
@@ -53,11 +61,7 @@ end
 return appended
 """
 SCRIPT_SHA = hashlib.sha1(SCRIPT.encode()).hexdigest()
-SCRIPT_MAX_EVENTS = 256  # events per script call: Redis runs one call while the client packs the next
-SEND_CHUNK_BYTES = 64 << 10
 PROBE_INTERVAL_S = 5.0  # an idle collector pings this often, so health() notices an outage without traffic
-
-Command = tuple[Any, ...]
 
 
 class RedisStreamsCollector(Collector):
@@ -69,6 +73,11 @@ class RedisStreamsCollector(Collector):
         self._password = _secret(config.password_env) if config.password_env else None  # fails at start-up
         self._encoder = msgspec.json.Encoder()
         self._keys: dict[str, tuple[str, str]] = {}  # event type -> (stream, dedupe key prefix)
+        # A template without {type} names one stream for every event: no grouping needed.
+        self._single_stream = config.stream if "{type}" not in config.stream else None
+        # EVALSHA sha 1 <stream> <window> <maxlen> <seen prefix> <events>: all but the last three are fixed.
+        self._command_head = b"*8\r\n" + b"".join(_bulk(part) for part in ("EVALSHA", SCRIPT_SHA, "1"))
+        self._window_maxlen = _bulk(str(config.dedupe_window_s)) + _bulk(str(config.maxlen))
         self._client: Redis | None = None
         self._probe_task: asyncio.Task[None] | None = None
         self._last_contact = 0.0
@@ -92,8 +101,7 @@ class RedisStreamsCollector(Collector):
         client = self._client
         if client is None:
             return SendResult.RETRY
-        dedupe = self.config.dedupe_window_s > 0
-        commands = self._scripts(batch) if dedupe else self._appends(batch)
+        commands = self._commands(batch)
         self._last_contact = asyncio.get_running_loop().time()
         try:
             async with asyncio.timeout(self.config.timeout_s + self.config.connect_timeout_s):
@@ -105,8 +113,7 @@ class RedisStreamsCollector(Collector):
         except (RedisError, OSError, TimeoutError) as exc:
             self._send_error = f"{type(exc).__name__}: {exc}"
             return SendResult.RETRY
-        if dedupe:
-            self.duplicates += len(batch) - sum(replies)
+        self.duplicates += len(batch) - sum(replies)
         self._send_error = self._probe_error = ""
         return SendResult.DELIVERED
 
@@ -127,35 +134,23 @@ class RedisStreamsCollector(Collector):
 
     # --- commands ------------------------------------------------------------------------------------------------
 
-    def _scripts(self, batch: Sequence[Event]) -> list[Command]:
-        """EVALSHAs of up to SCRIPT_MAX_EVENTS events of one stream (a script touches one cluster slot), each
-        stream's events in batch order."""
-        by_stream: dict[str, list[Event]] = {}
-        for event in batch:
-            by_stream.setdefault((self._keys.get(event.type) or self._keys_of(event.type))[0], []).append(event)
-        encode = self._encoder.encode
-        window, maxlen = self.config.dedupe_window_s, self.config.maxlen
-        commands: list[Command] = []
-        for stream, events in by_stream.items():
-            seen = seen_prefix(stream)
-            for start in range(0, len(events), SCRIPT_MAX_EVENTS):
-                keys = [stream]
-                arguments: list[Any] = [window, maxlen]
-                for event in events[start : start + SCRIPT_MAX_EVENTS]:
-                    keys.append(seen + event.id)
-                    arguments += (event.id, event.type, encode(event))
-                commands.append(("EVALSHA", SCRIPT_SHA, len(keys), *keys, *arguments))
-        return commands
-
-    def _appends(self, batch: Sequence[Event]) -> list[Command]:
-        encode = self._encoder.encode
-        maxlen = self.config.maxlen
-        trim = ("MAXLEN", "~", maxlen) if maxlen > 0 else ()
-        commands: list[Command] = []
-        for event in batch:
-            stream = (self._keys.get(event.type) or self._keys_of(event.type))[0]
-            commands.append(("XADD", stream, *trim, "*", "id", event.id, "type", event.type, "event", encode(event)))
-        return commands
+    def _commands(self, batch: Sequence[Event]) -> list[bytes]:
+        """One EVALSHA per stream (a script touches one cluster slot), each with that stream's events in order,
+        packed as RESP by hand: the events are one argument, so packing is a header and one copy."""
+        if self._single_stream is not None:
+            groups: list[tuple[str, Sequence[Event]]] = [(self._single_stream, batch)]
+        else:  # one stream per type; a stable sort keeps each type's order
+            groups = [
+                ((self._keys.get(event_type) or self._keys_of(event_type))[0], list(events))
+                for event_type, events in itertools.groupby(sorted(batch, key=_type_of), key=_type_of)
+            ]
+        head = self._command_head
+        encode_lines = self._encoder.encode_lines
+        packed = []
+        for stream, events in groups:
+            lines = encode_lines(events)
+            packed.append(head + _bulk(stream) + self._window_maxlen + _bulk(seen_prefix(stream)) + _bulk_bytes(lines))
+        return packed
 
     def _keys_of(self, event_type: str) -> tuple[str, str]:
         stream = stream_key(self.config.stream, event_type)
@@ -179,23 +174,13 @@ class RedisStreamsCollector(Collector):
             await asyncio.sleep(PROBE_INTERVAL_S)
 
 
-async def _round_trip(client: Redis, commands: list[Command]) -> list[Any]:
-    """Writes every command (in chunks, so Redis starts on the first while later ones are packed), then reads every
-    reply. An error reply raises, and the connection, holding unread replies, is closed rather than reused."""
+async def _round_trip(client: Redis, commands: list[bytes]) -> list[Any]:
+    """Writes the packed commands, then reads every reply. An error reply raises, and the connection, holding
+    unread replies, is closed rather than reused."""
     pool = client.connection_pool
     connection = await pool.get_connection()  # type: ignore[no-untyped-call]
     try:
-        chunk: list[bytes] = []
-        size = 0
-        for command in commands:
-            packed = pack_command(command)
-            chunk.append(packed)
-            size += len(packed)
-            if size >= SEND_CHUNK_BYTES:
-                await connection.send_packed_command(chunk, check_health=False)
-                chunk, size = [], 0
-        if chunk:
-            await connection.send_packed_command(chunk, check_health=False)
+        await connection.send_packed_command(commands, check_health=False)
         # No per-reply timeout: the caller bounds the whole round trip.
         return [await connection.read_response(timeout=math.inf) for _ in commands]
     except BaseException:
@@ -203,6 +188,19 @@ async def _round_trip(client: Redis, commands: list[Command]) -> list[Any]:
         raise
     finally:
         await pool.release(connection)
+
+
+def _type_of(event: Event) -> str:
+    return event.type
+
+
+def _bulk(text: str) -> bytes:
+    return _bulk_bytes(text.encode())
+
+
+def _bulk_bytes(data: bytes) -> bytes:
+    """One RESP bulk string."""
+    return b"$%d\r\n%b\r\n" % (len(data), data)
 
 
 def _secret(variable: str) -> str:
