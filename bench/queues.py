@@ -380,15 +380,22 @@ def checks(overhead: Overhead, outage: Outage, replay: Replay) -> list[tuple[str
 
 
 def chart(overhead: Overhead, outage: Outage, replay: Replay, path: Path) -> None:
-    figure = Figure(figsize=(12, 4))
+    figure = Figure(figsize=(13, 4))
     FigureCanvasAgg(figure)
     left, middle, right = figure.subplots(1, 3)
-    left.bar(["log only", "log + redis"], [overhead.log_only.rps, overhead.with_queue.rps], color=["#888", "#36c"])
-    left.set_title(f"impressions/s ({overhead.ratio_pct:.0f}%)")
+    labels = ["wrk req/s\n(saturated)", "worker capacity\n(req per CPU-s)"]
+    positions = range(len(labels))
+    log_only = [overhead.log_only.rps, 1e6 / overhead.log_only_cpu_us]
+    with_queue = [overhead.with_queue.rps, 1e6 / overhead.with_queue_cpu_us]
+    left.bar([x - 0.2 for x in positions], log_only, width=0.4, color="#888", label="log only")
+    left.bar([x + 0.2 for x in positions], with_queue, width=0.4, color="#36c", label="log + redis_streams")
+    left.set_xticks(list(positions), labels)
+    left.legend(fontsize=8)
+    left.set_title(f"queue collector: {overhead.wrk_ratio_pct:.0f}% (wrk) / {overhead.ratio_pct:.0f}% (capacity)")
     middle.bar(["logged", "in stream", "lost"], [outage.logged, outage.in_stream, outage.lost], color="#3a3")
-    middle.set_title(f"{outage.outage_s:.0f}s Redis outage, drained in {outage.drain_s:.1f}s")
-    right.bar(["replay"], [replay.events / replay.seconds], color="#c63")
-    right.set_title(f"replay: {replay.events:,} events in {replay.seconds:.1f}s (events/s)")
+    middle.set_title(f"{outage.outage_s:.0f}s Redis outage: {outage.lost} lost, drained in {outage.drain_s:.1f}s")
+    right.bar(["events/s"], [replay.events / replay.seconds], color="#c63")
+    right.set_title(f"replay of {replay.events:,} events: {replay.seconds:.1f}s")
     figure.tight_layout()
     figure.savefig(path, dpi=100)
 
