@@ -20,11 +20,24 @@ import pytest
 import yaml
 
 from trackpoint.collectors.log.reader import ReadStats, read_events
-from trackpoint.pipeline.event import Event
+from trackpoint.pipeline.event import Context, Event, Meta, derived_id
 
 CHROME_UA = (
     "Mozilla/5.0 (Windows NT 10.0; Win64; x64) AppleWebKit/537.36 (KHTML, like Gecko) Chrome/120.0.0.0 Safari/537.36"
 )
+
+
+def make_event(i: int, event_type: str = "impression") -> Event:
+    """A complete event with a deterministic id, awkward text (quotes, a newline, non-ASCII) and a money metric."""
+    return Event(
+        id=derived_id(event_type, [f"imp-{i}"]),
+        type=event_type,
+        ts=1_700_000_000_000 + i,
+        dims={"imp": f"imp-{i}", "cid": "c1", "note": 'é"quoted"\n'},
+        metrics={"price": i * 1000},
+        ctx=Context(ip="192.0.2.0", ua="Agent/1"),
+        meta=Meta(worker=0, config="abc123"),
+    )
 
 
 def free_port() -> int:

@@ -24,26 +24,15 @@ from nats.js import JetStreamContext
 from nats.js.api import StreamConfig
 
 from conformance.target_nats import make_target
+from conftest import make_event
 from trackpoint.collectors.base import CollectorContext, SendResult
 from trackpoint.collectors.nats.collector import NatsCollector
 from trackpoint.collectors.nats.config import NatsCollectorConfig, stream_subject
-from trackpoint.pipeline.event import Context, Event, Meta, derived_id
+from trackpoint.pipeline.event import Event
 from trackpoint.plugins import registry
 
 NATS_URL = os.environ.get("TRACKPOINT_TEST_NATS_URL", "nats://127.0.0.1:4222")
 DECODER = msgspec.json.Decoder(Event)
-
-
-def make_event(i: int, event_type: str = "impression") -> Event:
-    return Event(
-        id=derived_id(event_type, [f"imp-{i}"]),
-        type=event_type,
-        ts=1_700_000_000_000 + i,
-        dims={"imp": f"imp-{i}", "cid": "c1", "note": 'é"quoted"\n'},
-        metrics={"price": i * 1000},
-        ctx=Context(ip="192.0.2.0", ua="Agent/1"),
-        meta=Meta(worker=0, config="abc123"),
-    )
 
 
 def config(**options: Any) -> NatsCollectorConfig:
@@ -334,15 +323,15 @@ def test_a_stalled_server_makes_the_batch_retry_within_the_ack_timeout(tmp_path:
             await target.start()
             await until_connected(target)
             batch = [make_event(i) for i in range(50)]
-            assert server._process is not None
-            os.kill(server._process.pid, signal.SIGSTOP)
+            assert server.server.pid is not None
+            os.kill(server.server.pid, signal.SIGSTOP)
             try:
                 began = time.monotonic()
                 assert await target.send(batch) is SendResult.RETRY
                 assert 0.9 < time.monotonic() - began < 2.0
                 assert "no acknowledgement" in target.health().detail
             finally:
-                os.kill(server._process.pid, signal.SIGCONT)
+                os.kill(server.server.pid, signal.SIGCONT)
             assert await target.send(batch) is SendResult.DELIVERED
             await target.close(1.0)
             assert await server.read_ids() == [e.id for e in batch]

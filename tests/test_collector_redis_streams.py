@@ -22,26 +22,15 @@ from redis.asyncio import Redis
 from redis.crc import key_slot
 
 from conformance.target_redis_streams import RedisStreamsTarget, make_target
+from conftest import make_event
 from trackpoint.collectors.base import CollectorContext, SendResult
 from trackpoint.collectors.redis_streams.collector import RedisStreamsCollector
 from trackpoint.collectors.redis_streams.config import RedisStreamsCollectorConfig, seen_prefix
-from trackpoint.pipeline.event import Context, Event, Meta, derived_id
+from trackpoint.pipeline.event import Event
 from trackpoint.plugins import registry
 
 REDIS_URL = os.environ.get("TRACKPOINT_TEST_REDIS_URL", "redis://127.0.0.1:6379/0")
 DECODER = msgspec.json.Decoder(Event)
-
-
-def make_event(i: int, event_type: str = "impression") -> Event:
-    return Event(
-        id=derived_id(event_type, [f"imp-{i}"]),
-        type=event_type,
-        ts=1_700_000_000_000 + i,
-        dims={"imp": f"imp-{i}", "cid": "c1", "note": 'é"quoted"\n'},
-        metrics={"price": i * 1000},
-        ctx=Context(ip="192.0.2.0", ua="Agent/1"),
-        meta=Meta(worker=0, config="abc123"),
-    )
 
 
 def config(**options: Any) -> RedisStreamsCollectorConfig:
@@ -271,7 +260,17 @@ def test_password_from_the_environment(tmp_path: Path, monkeypatch: pytest.Monke
         server = RedisStreamsTarget()
         binary = shutil.which("redis-server") or "redis-server"
         process = subprocess.Popen(
-            [binary, "--port", str(server.port), "--bind", "127.0.0.1", "--save", "", "--requirepass", "s3cret-pw"],
+            [
+                binary,
+                "--port",
+                str(server.server.port),
+                "--bind",
+                "127.0.0.1",
+                "--save",
+                "",
+                "--requirepass",
+                "s3cret-pw",
+            ],
             stdout=subprocess.DEVNULL,
             stderr=subprocess.DEVNULL,
         )
@@ -329,15 +328,15 @@ def test_a_stalled_server_makes_the_batch_retry_within_the_timeout(tmp_path: Pat
             await target.start()
             batch = [make_event(i) for i in range(50)]
             assert await target.send(batch[:10]) is SendResult.DELIVERED  # connected, script loaded
-            assert server._process is not None
-            os.kill(server._process.pid, signal.SIGSTOP)
+            assert server.server.pid is not None
+            os.kill(server.server.pid, signal.SIGSTOP)
             try:
                 began = time.monotonic()
                 assert await target.send(batch) is SendResult.RETRY
                 assert 0.4 < time.monotonic() - began < 1.5
                 assert not target.health().healthy
             finally:
-                os.kill(server._process.pid, signal.SIGCONT)
+                os.kill(server.server.pid, signal.SIGCONT)
             assert await target.send(batch) is SendResult.DELIVERED
             await target.close(1.0)
             assert await server.read_ids() == [e.id for e in batch]

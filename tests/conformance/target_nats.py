@@ -6,11 +6,6 @@ The server keeps its store directory across restarts, so the stream and its dupl
 from __future__ import annotations
 
 import asyncio
-import shutil
-import signal
-import socket
-import subprocess
-import tempfile
 import uuid
 from pathlib import Path
 from typing import Any
@@ -20,6 +15,8 @@ from nats.js.errors import NotFoundError
 
 from trackpoint.collectors.nats.config import stream_subject
 
+from .servers import PrivateServer, binary
+
 
 class NatsTarget:
     name = "nats"
@@ -27,16 +24,11 @@ class NatsTarget:
     dedupes_replays = True  # Nats-Msg-Id = event id, within the stream's duplicate window
 
     def __init__(self) -> None:
-        self.port = _free_port()
-        self.workdir = Path(tempfile.mkdtemp(prefix="tp-nats-"))
+        self.server = PrivateServer("nats", _command, self._jetstream_ready)
+        self.url = f"nats://127.0.0.1:{self.server.port}"
         tag = uuid.uuid4().hex[:12]
         self.subject = f"tpconf.{tag}.{{type}}"
         self.stream = f"TPCONF_{tag}"
-        self._process: subprocess.Popen[bytes] | None = None
-
-    @property
-    def url(self) -> str:
-        return f"nats://127.0.0.1:{self.port}"
 
     def collector_config(self) -> dict[str, Any]:
         return {
@@ -76,26 +68,38 @@ class NatsTarget:
             await connection.close()
 
     async def start(self) -> None:
-        if self._process is not None and self._process.poll() is None:
-            return
-        binary = shutil.which("nats-server") or "/usr/sbin/nats-server"
-        self._process = subprocess.Popen(
-            [binary, "-js", "-a", "127.0.0.1", "-p", str(self.port), "-sd", str(self.workdir)],
-            stdout=subprocess.DEVNULL,
-            stderr=subprocess.DEVNULL,
-        )
-        await _wait_until_ready(self.url, self._process)
+        await self.server.start()
 
     async def stop(self) -> None:
-        process, self._process = self._process, None
-        if process is None or process.poll() is not None:
-            return
-        process.send_signal(signal.SIGTERM)
-        await _wait_for_exit(process)
+        await self.server.stop()
 
     async def close(self) -> None:
-        await self.stop()
-        shutil.rmtree(self.workdir, ignore_errors=True)
+        await self.server.close()
+
+    async def _jetstream_ready(self) -> bool:
+        """JetStream answers (the port opens a little before the stream store is recovered)."""
+        connection = await asyncio.wait_for(
+            nats.connect(self.url, connect_timeout=1, reconnect_time_wait=0, allow_reconnect=False, error_cb=_quiet), 2
+        )
+        try:
+            await connection.jetstream(timeout=1).account_info()
+            return True
+        finally:
+            await connection.close()
+
+
+def _command(port: int, workdir: Path) -> list[str]:
+    # The store directory is kept across restarts, so the stream and its duplicate window survive an outage.
+    return [
+        binary("nats-server", "/usr/sbin/nats-server"),
+        "-js",
+        "-a",
+        "127.0.0.1",
+        "-p",
+        str(port),
+        "-sd",
+        str(workdir),
+    ]
 
 
 async def make_target() -> NatsTarget:
@@ -104,43 +108,5 @@ async def make_target() -> NatsTarget:
     return target
 
 
-def _free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        port: int = sock.getsockname()[1]
-        return port
-
-
-async def _wait_until_ready(url: str, process: subprocess.Popen[bytes], timeout_s: float = 10.0) -> None:
-    """Until JetStream answers (the port opens a little before the stream store is recovered)."""
-    deadline = asyncio.get_running_loop().time() + timeout_s
-    while True:
-        if process.poll() is not None:
-            raise RuntimeError(f"nats-server exited with {process.returncode}")
-        try:
-            connection = await asyncio.wait_for(
-                nats.connect(url, connect_timeout=1, reconnect_time_wait=0, allow_reconnect=False, error_cb=_quiet), 2
-            )
-            try:
-                await connection.jetstream(timeout=1).account_info()
-                return
-            finally:
-                await connection.close()
-        except Exception:
-            if asyncio.get_running_loop().time() > deadline:
-                raise
-        await asyncio.sleep(0.05)
-
-
 async def _quiet(exc: Exception) -> None:
     """Connection errors while the server starts are expected; the caller's deadline reports a real failure."""
-
-
-async def _wait_for_exit(process: subprocess.Popen[bytes], timeout_s: float = 10.0) -> None:
-    deadline = asyncio.get_running_loop().time() + timeout_s
-    while process.poll() is None:
-        if asyncio.get_running_loop().time() > deadline:
-            process.kill()
-            process.wait()
-            return
-        await asyncio.sleep(0.02)
