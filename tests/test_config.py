@@ -652,7 +652,8 @@ def test_json_schema_is_a_json_schema_of_the_config() -> None:
     assert json.loads(json.dumps(schema)) == schema
     config_def = schema["$defs"]["Config"]
     sections = {field.encode_name for field in msgspec.structs.fields(model.Config)}
-    assert sections == {"data_dir", "server", "admin", "collectors", "preprocessors", "event_types"}
+    expected = {"data_dir", "server", "admin", "collectors", "preprocessors", "event_types", "rejected", "signing"}
+    assert sections == expected
     assert set(config_def["properties"]) == sections
     assert config_def["additionalProperties"] is False
 

@@ -108,7 +108,12 @@ def test_rejections_carry_a_reason_and_are_counted(tracker: Tracker) -> None:
     assert tracker.metric("trackpoint_rejected_total", 'reason="missing_field"') == 1
     assert tracker.metric("trackpoint_rejected_total", 'reason="not_found"') == 1
     time.sleep(0.3)
-    assert tracker.events() == []  # no half-built event ever reaches a log
+    # No half-built event ever reaches a log; a refused redirect is a click, recorded with the reason.
+    events = tracker.events()
+    assert {(e.type, e.dims["redirect_rejected"]) for e in events} == {
+        ("click", reason) for reason in ("host_not_allowed", "scheme", "userinfo", "backslash", "characters")
+    }
+    assert len(events) == 6
 
 
 def test_keep_alive_and_pipelining_answer_in_order(tracker: Tracker) -> None:

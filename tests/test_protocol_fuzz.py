@@ -41,6 +41,12 @@ class _Transport:
     def close(self) -> None:
         self.closed = True
 
+    def can_write_eof(self) -> bool:
+        return True
+
+    def write_eof(self) -> None:  # the edge lingers after an error answer; for the peer the stream has ended
+        self.closed = True
+
     def get_extra_info(self, name: str) -> object:
         return ("198.51.100.7", 40000) if name == "peername" else None
 

@@ -43,6 +43,14 @@ class _SnapshotCollector:
         for type_name, count in sorted(snap.events.items()):
             events.add_metric([type_name], count)
         yield events
+        shed = CounterMetricFamily(
+            "trackpoint_shed",
+            "Requests over a rate limit with action shed, by event type: answered, not recorded.",
+            labels=["type"],
+        )
+        for type_name, count in sorted(snap.shed.items()):
+            shed.add_metric([type_name], count)
+        yield shed
         dropped = CounterMetricFamily(
             "trackpoint_preprocessor_dropped", "Events dropped by a preprocessor.", labels=["preprocessor"]
         )

@@ -81,6 +81,40 @@ def config_schema() -> None:
     sys.stdout.write("\n")
 
 
+@app.command()
+def sign(
+    url: Annotated[str, typer.Argument(help="The tracking URL to sign (its query parameters are all covered).")],
+    config: ConfigOption = None,
+    key_id: Annotated[
+        str | None, typer.Option("--key-id", help="Key to sign with (default: signing.sign_with, else the first key).")
+    ] = None,
+    ttl: Annotated[
+        int | None, typer.Option("--ttl", min=1, help="The signed URL expires after this many seconds.")
+    ] = None,
+) -> None:
+    """Sign a tracking URL with the tracker's key (the same key `trackpoint run` uses with the same config)."""
+    import time
+
+    from trackpoint.security.signing import SigningKeyError, load_key, sign_url, signing_key_id
+
+    tracker = _load_or_exit(config).config
+    signing = tracker.signing
+    if not signing.keys:
+        err.print("[bold red]error[/] the configuration has no signing keys (signing.keys)")
+        raise typer.Exit(2)
+    chosen = key_id or signing_key_id(signing)
+    key = signing.keys.get(chosen)
+    if key is None:
+        err.print(f"[bold red]error[/] no signing key {chosen!r} (keys: {', '.join(signing.keys)})")
+        raise typer.Exit(2)
+    try:
+        secret = load_key(chosen, key, tracker.data_dir)
+    except SigningKeyError as exc:
+        err.print(f"[bold red]error[/] {exc}", highlight=False)
+        raise typer.Exit(2) from None
+    print(sign_url(url, chosen, secret, None if ttl is None else int(time.time()) + ttl))
+
+
 def _parse_time(value: str | None, option: str) -> int | None:
     """Epoch seconds, epoch milliseconds or ISO 8601 (UTC unless it says otherwise) → epoch ms."""
     if value is None:

@@ -23,6 +23,7 @@ import msgspec
 from trackpoint.collectors.spool import Recovery, Spool, SpoolLocked, orphans
 from trackpoint.config.model import CollectorBase
 from trackpoint.pipeline.event import Event
+from trackpoint.privacy.filter import build_filter
 
 log = logging.getLogger("trackpoint.collectors")
 
@@ -105,6 +106,8 @@ class Collector(ABC):
         self._next_orphan_scan = 0.0
         self._batch_codec = msgspec.msgpack.Encoder()
         self._batch_decoder = msgspec.msgpack.Decoder(list[Event])
+        # The privacy policy for this collector (None: it may receive events whole), applied on offer and replay.
+        self.privacy_filter = build_filter(config)
 
     # --- the request path ---------------------------------------------------------------------------------------
 
@@ -114,6 +117,8 @@ class Collector(ABC):
         if len(pending) >= self.max_pending:
             self.stats.dropped += 1
             return
+        if self.privacy_filter is not None:  # untrusted or with field lists: a filtered copy
+            event = self.privacy_filter(event)
         pending.append(event)
         self.stats.received += 1
         if len(pending) == self.batch_max:

@@ -246,7 +246,10 @@ def _parse_error(message: str, path: KeyPath) -> tuple[KeyPath, str]:
 # --- checks across sections ------------------------------------------------------------------------------------
 
 
+_NUMBERS = ("int", "decimal", "money", "timestamp")  # fields that go to metrics unless `into` says otherwise
 _TYPE_NAME = re.compile(r"[A-Za-z0-9_.-]{1,64}")
+_HOST = re.compile(r"\.?[a-z0-9]([a-z0-9-]*[a-z0-9])?(\.[a-z0-9]([a-z0-9-]*[a-z0-9])?)*", re.I)  # ASCII (IDNA)
+_SIGNATURE_PARAMS = frozenset({"kid", "exp", "sig"})
 
 
 def check_references(config: Config) -> Iterator[tuple[KeyPath, str]]:
@@ -270,6 +273,27 @@ def check_references(config: Config) -> Iterator[tuple[KeyPath, str]]:
                 if other != type_name:
                     yield (*base, "paths", i), f"{method} {route} is already taken by event type {other!r}"
         yield from _check_event_type(config, base, spec)
+    for i, name in enumerate(config.rejected.collectors):
+        if name not in config.collectors:
+            yield ("rejected", "collectors", i), f"no collector named {name!r}"
+    yield from _check_signing(config)
+    from trackpoint.privacy.checks import check_privacy  # privacy imports this package's model: import here
+
+    yield from check_privacy(config)
+
+
+def _check_signing(config: Config) -> Iterator[tuple[KeyPath, str]]:
+    signing = config.signing
+    for key_id, key in signing.keys.items():
+        where: KeyPath = ("signing", "keys", key_id)
+        if not re.fullmatch(r"[A-Za-z0-9_.~-]{1,32}", key_id):
+            yield where, "a key id is 1-32 letters, digits, '_', '.', '~' or '-'"
+        if (key.secret_env is None) == (key.secret_file is None):
+            yield where, "a key needs exactly one of secret_env and secret_file"
+        if key.generate and key.secret_file is None:
+            yield (*where, "generate"), "generate needs secret_file"
+    if signing.sign_with is not None and signing.sign_with not in signing.keys:
+        yield ("signing", "sign_with"), f"no key named {signing.sign_with!r}"
 
 
 def _check_event_type(config: Config, base: KeyPath, spec: EventTypeSpec) -> Iterator[tuple[KeyPath, str]]:
@@ -292,14 +316,29 @@ def _check_event_type(config: Config, base: KeyPath, spec: EventTypeSpec) -> Ite
         target = spec.response.redirect_field
         if target not in spec.fields:
             yield (*base, "response", "redirect_field"), f"{target!r} is not a field of this event type"
-        if not spec.response.allow_hosts:
-            yield (*base, "response", "allow_hosts"), "a redirect needs at least one allowed host"
+        if not spec.response.allow_hosts and not spec.response.signed_destinations:
+            where = (*base, "response", "allow_hosts")
+            yield where, "a redirect needs at least one allowed host (or signed_destinations)"
+        for i, host in enumerate(spec.response.allow_hosts):
+            if not _HOST.fullmatch(host):
+                yield (*base, "response", "allow_hosts", i), f"not a host name (`a.test` or `.a.test`): {host!r}"
+    if spec.signature != "off" or (spec.response.kind == "redirect" and spec.response.signed_destinations):
+        if not config.signing.keys:
+            yield (*base, "signature"), "signed URLs need at least one key in signing.keys"
+        for name, field in spec.fields.items():
+            if (field.name or name) in _SIGNATURE_PARAMS and field.source in ("param", "query"):
+                yield (*base, "fields", name), f"{field.name or name!r} is a parameter of the URL signature"
     for i, name in enumerate(spec.preprocessors):
         if name not in config.preprocessors:
             yield (*base, "preprocessors", i), f"no preprocessor named {name!r}"
     for i, name in enumerate(spec.collectors):
         if name not in config.collectors:
             yield (*base, "collectors", i), f"no collector named {name!r}"
+    limit = spec.rate_limit
+    if limit.rate_per_s is not None and limit.by == "campaign":
+        campaign = spec.fields.get(limit.campaign_field)
+        if campaign is None or (campaign.into or ("metrics" if campaign.type in _NUMBERS else "dims")) != "dims":
+            yield (*base, "rate_limit", "campaign_field"), f"{limit.campaign_field!r} is not a dims field of this type"
 
 
 # --- locating a key path in the YAML source ---------------------------------------------------------------------

@@ -123,6 +123,21 @@ class FieldSpec(Struct, forbid_unknown_fields=True, kw_only=True):
     ] = None
 
 
+class UserIdCookie(Struct, forbid_unknown_fields=True, kw_only=True):
+    """The first-party user id cookie: `SameSite=None; Secure; HttpOnly`, on pixel and 204 responses only."""
+
+    name: Annotated[str, Meta(pattern=r"^[A-Za-z0-9_-]{1,64}$", description="Cookie name.")] = "tp_uid"
+    max_age_days: Annotated[
+        int, Meta(ge=1, le=400, description="Lifetime (Max-Age) in days; browsers cap cookies at 400 days.")
+    ] = 390
+    domain: Annotated[
+        Annotated[str, Meta(pattern=r"^\.?[A-Za-z0-9.-]{1,253}$")] | None,
+        Meta(
+            description="Domain attribute (e.g. `example.com` to share it across subdomains); unset: this host only.",
+        ),
+    ] = None
+
+
 class ResponseSpec(Struct, forbid_unknown_fields=True, kw_only=True):
     """What the client gets back. The response never waits for a collector."""
 
@@ -130,14 +145,81 @@ class ResponseSpec(Struct, forbid_unknown_fields=True, kw_only=True):
         Literal["gif", "no_content", "json", "redirect"],
         Meta(description='gif: 43-byte transparent GIF; no_content: 204; json: {"id": ...}; redirect: 302.'),
     ] = "gif"
+    user_id_cookie: Annotated[
+        UserIdCookie | None,
+        Meta(
+            description="For gif and no_content: set a first-party user id cookie (a random id, recorded in "
+            "dims.uid) when the request has none and the event type's check_consent allows it. Unset: no cookie."
+        ),
+    ] = None
     redirect_field: Annotated[str, Meta(description="For redirect: the field holding the destination URL.")] = "url"
     allow_hosts: Annotated[
         list[str],
         Meta(
             description="For redirect: destination hosts allowed, exact (`example.com`) or as a suffix "
-            "(`.example.com`). Only http/https destinations on these hosts are followed; anything else is 400."
+            "(`.example.com`). Only http/https destinations on these hosts (or signed ones, see "
+            "signed_destinations) are followed; anything else is 400 and the click is still recorded with "
+            "`dims.redirect_rejected`."
         ),
     ] = msgspec.field(default_factory=list)
+    signed_destinations: Annotated[
+        bool,
+        Meta(
+            description="For redirect: a destination on any host is followed when the request carries a valid "
+            "signature (see `signing`; the signature covers the destination parameter). A request with a bad "
+            "signature is refused (403) even under `signature: off`."
+        ),
+    ] = False
+    macros: Annotated[
+        bool,
+        Meta(
+            description="For redirect: expand `{name}` in the destination with the event's field of that name "
+            "(`{cid}`, `{crid}`, `{imp}`, ...) and `{click_id}` / `{event_id}` with the event id, URL-encoded; "
+            "unknown names are left as they are."
+        ),
+    ] = False
+
+
+class RateLimitSpec(Struct, forbid_unknown_fields=True, kw_only=True):
+    """A rate limit of an event type: a token bucket per client network (or per campaign) in each worker. Off
+    unless `rate_per_s` is set. Each worker limits on its own: with N workers a client may get up to N times the
+    rate, depending on how the kernel spreads its connections."""
+
+    rate_per_s: Annotated[
+        Annotated[float, Meta(gt=0)] | None,
+        Meta(description="Requests a second one key may make, on average, per worker; unset: no limit."),
+    ] = None
+    burst: Annotated[int, Meta(ge=1, le=1_000_000, description="Requests one key may make at once (bucket size).")] = (
+        100
+    )
+    by: Annotated[
+        Literal["network", "campaign"],
+        Meta(
+            description="network: one bucket per client network (the client IP, X-Forwarded-For aware, at "
+            "ipv4_prefix / ipv6_prefix); campaign: one bucket per value of campaign_field (requests without it "
+            "are not limited)."
+        ),
+    ] = "network"
+    campaign_field: Annotated[
+        str, Meta(description="For by: campaign, the field (a dims field of this event type) that names it.")
+    ] = "cid"
+    ipv4_prefix: Annotated[int, Meta(ge=8, le=32, description="For by: network, bits of an IPv4 address kept.")] = 24
+    ipv6_prefix: Annotated[int, Meta(ge=16, le=128, description="For by: network, bits of an IPv6 address kept.")] = 64
+    action: Annotated[
+        Literal["reject", "shed"],
+        Meta(
+            description="Over the limit: reject answers 429 (`rate_limited`, counted in trackpoint_rejected_total); "
+            "shed answers the normal response but records nothing (counted in trackpoint_shed_total)."
+        ),
+    ] = "reject"
+    max_keys: Annotated[
+        int,
+        Meta(
+            ge=16,
+            le=10_000_000,
+            description="Buckets kept per worker; idle ones are swept, and at the bound the oldest is evicted.",
+        ),
+    ] = 100_000
 
 
 class EventTypeSpec(Struct, forbid_unknown_fields=True, kw_only=True):
@@ -171,6 +253,17 @@ class EventTypeSpec(Struct, forbid_unknown_fields=True, kw_only=True):
     collectors: Annotated[list[str], Meta(description="Collector names this event type feeds.")] = msgspec.field(
         default_factory=lambda: ["log"]
     )
+    rate_limit: Annotated[RateLimitSpec, Meta(description="Rate limit of this event type (off by default).")] = (
+        msgspec.field(default_factory=RateLimitSpec)
+    )
+    signature: Annotated[
+        Literal["off", "optional", "required"],
+        Meta(
+            description="Signed URLs (see `signing`), checked before any other work. required: an unsigned "
+            'request is refused; optional: an unsigned request is accepted and marked `dims.signed = "0"` '
+            '(signed ones `"1"`); a bad, expired or unknown-key signature is refused under both (403).'
+        ),
+    ] = "off"
 
 
 # --- collectors: one config struct per collector type, tagged by `type` ---------------------------------------
@@ -247,6 +340,25 @@ class CollectorBase(Struct, tag_field="type", forbid_unknown_fields=True, kw_onl
     spool: Annotated[SpoolConfig, Meta(description="The disk spool for outages of the target.")] = msgspec.field(
         default_factory=SpoolConfig
     )
+    trusted: Annotated[
+        bool,
+        Meta(
+            description="Whether this collector may receive the client IP (ctx.ip) and User-Agent (ctx.ua). An "
+            "untrusted collector never gets them, not even a truncated IP (parsed ctx.device is kept)."
+        ),
+    ] = False
+    fields_allow: Annotated[
+        list[str] | None,
+        Meta(
+            description="Only these parts of an event reach this collector: `dims`, `metrics`, `ctx` (whole "
+            "sections) or `dims.NAME`, `metrics.NAME`, `ctx.ip|ua|referer|device`; id, type, ts and meta always "
+            "do. Unset: everything the privacy policy allows."
+        ),
+    ] = None
+    fields_deny: Annotated[
+        list[str],
+        Meta(description="Parts of an event never sent to this collector (same paths as fields_allow)."),
+    ] = msgspec.field(default_factory=list)
 
 
 class LogCollectorConfig(CollectorBase, tag="log"):
@@ -257,6 +369,10 @@ class LogCollectorConfig(CollectorBase, tag="log"):
         msgspec.field(default_factory=lambda: SpoolConfig(enabled=False))
     )
 
+    # The log is the tracker's own record, not a third party: it keeps what the preprocessors left.
+    trusted: Annotated[
+        bool, Meta(description="Trusted by default: the log is the tracker's own record (see CollectorBase).")
+    ] = True
     dir: Annotated[str, Meta(description="Directory of the log files, relative to data_dir.")] = "logs"
     rotate_bytes: Annotated[int, Meta(ge=4096, description="A file is rotated when it reaches this size.")] = 128 << 20
     rotate_interval_s: Annotated[Seconds, Meta(description="A file is rotated when it is this old.")] = 3600.0
@@ -297,6 +413,126 @@ class ParseUserAgentConfig(PreprocessorBase, tag="parse_user_agent"):
     keep_raw: Annotated[bool, Meta(description="Keep the raw User-Agent string in ctx.ua.")] = True
 
 
+class SecretSource(Struct, forbid_unknown_fields=True, kw_only=True):
+    """Where a secret key comes from: an environment variable or a file (never the config itself)."""
+
+    secret_env: Annotated[
+        str | None, Meta(description="Name of the environment variable holding the secret (at least 16 bytes).")
+    ] = None
+    secret_file: Annotated[
+        str | None,
+        Meta(description="File holding the secret (at least 16 bytes; surrounding whitespace is ignored)."),
+    ] = None
+
+
+class PseudonymizeConfig(PreprocessorBase, tag="pseudonymize"):
+    """Replaces identifier dims with keyed pseudonyms: `kid:` + base64url(HMAC-SHA256(key, value))[:22]. The same
+    value and key always give the same pseudonym; rotate by adding a key and switching `current`."""
+
+    fields: Annotated[list[str], Meta(description="Dims to pseudonymise (user, device, click ids).")] = msgspec.field(
+        default_factory=lambda: ["uid"]
+    )
+    keys: Annotated[
+        dict[str, SecretSource],
+        Meta(
+            description="Keys by id (1-16 letters, digits, `_`, `-`). Empty: a random key `auto` generated on first "
+            "run into data_dir/keys/pseudonymize.key (mode 0600)."
+        ),
+    ] = msgspec.field(default_factory=dict)
+    current: Annotated[str | None, Meta(description="The id of the key new pseudonyms use (required with keys).")] = (
+        None
+    )
+
+
+class CheckConsentConfig(PreprocessorBase, tag="check_consent"):
+    """Decides consent from Sec-GPC, DNT, the US Privacy string and IAB TCF v2 (`gdpr`, `gdpr_consent`); records it
+    in dims.consent (granted, denied, not_applicable) and dims.consent_reason; when denied, strips personal data."""
+
+    honor_gpc: Annotated[bool, Meta(description="`Sec-GPC: 1` denies consent.")] = True
+    honor_dnt: Annotated[bool, Meta(description="`DNT: 1` denies consent.")] = True
+    honor_us_privacy: Annotated[
+        bool, Meta(description="A `us_privacy` string saying opt-out of sale (`1YYN`) denies consent.")
+    ] = True
+    gdpr_default: Annotated[bool, Meta(description="Whether GDPR applies to a request without a `gdpr` parameter.")] = (
+        False
+    )
+    tcf_purposes: Annotated[
+        list[Annotated[int, Meta(ge=1, le=24)]],
+        Meta(description="TCF purposes that must have consent where GDPR applies (1: store and access on a device)."),
+    ] = msgspec.field(default_factory=lambda: [1])
+    tcf_vendor_id: Annotated[
+        Annotated[int, Meta(ge=1, le=65535)] | None,
+        Meta(
+            description="Where GDPR applies, this TCF vendor id must also have consent; unset: not checked.",
+        ),
+    ] = None
+    personal_fields: Annotated[
+        list[str],
+        Meta(
+            description="Dims removed when consent is denied (identifiers). `uid`, ctx.ip, ctx.ua and ctx.referer "
+            "are always removed; ctx.device stays."
+        ),
+    ] = msgspec.field(default_factory=lambda: ["click_id"])
+
+
+class RejectedConfig(Struct, forbid_unknown_fields=True, kw_only=True):
+    """Bad rows: a sample of rejected requests, as events of type `rejected` (reason, status, event type, method,
+    anonymised client IP, truncated target with parameter values removed unless listed in keep_values), sent to
+    their own collectors so operators can see what is thrown away. Off while `collectors` is empty."""
+
+    collectors: Annotated[
+        list[str], Meta(description="Collector names the rejected stream feeds (use a collector of its own).")
+    ] = msgspec.field(default_factory=list)
+    sample_rate: Annotated[
+        float, Meta(ge=0, le=1, description="Share of rejected requests recorded (1.0: every one, up to max_per_s).")
+    ] = 0.01
+    max_per_s: Annotated[
+        int, Meta(ge=1, le=1_000_000, description="Most bad rows a worker records per second (a flood stays small).")
+    ] = 100
+    max_target_len: Annotated[
+        int, Meta(ge=16, le=8192, description="The recorded request target is cut to this many characters.")
+    ] = 256
+    keep_values: Annotated[
+        list[str],
+        Meta(
+            description="Query parameters whose values are kept in the recorded target; every other value is "
+            "replaced by `*` (values may be personal)."
+        ),
+    ] = msgspec.field(default_factory=lambda: ["cid", "crid", "pub", "price", "cur", "ev", "t", "value"])
+
+
+class SigningKey(Struct, forbid_unknown_fields=True, kw_only=True):
+    """One signing key: its secret comes from an environment variable or a file (never from the config itself)."""
+
+    secret_env: Annotated[
+        str | None, Meta(description="Environment variable holding the secret (at least 16 bytes).")
+    ] = None
+    secret_file: Annotated[
+        str | None,
+        Meta(
+            description="File holding the secret (at least 16 bytes; surrounding whitespace ignored), relative "
+            "to data_dir unless absolute."
+        ),
+    ] = None
+    generate: Annotated[
+        bool,
+        Meta(description="Create secret_file with 32 random bytes (hex, mode 0600) when it does not exist."),
+    ] = False
+
+
+class SigningConfig(Struct, forbid_unknown_fields=True, kw_only=True):
+    """Keys of signed tracking URLs (HMAC-SHA256). Every listed key is accepted, so keys rotate without downtime:
+    add the new key, sign with it, remove the old one when its URLs have expired."""
+
+    keys: Annotated[
+        dict[str, SigningKey],
+        Meta(description="Keys by key id (the `kid` parameter of a signed URL)."),
+    ] = msgspec.field(default_factory=dict)
+    sign_with: Annotated[
+        str | None, Meta(description="Key id `trackpoint sign` uses; default: the first key listed.")
+    ] = None
+
+
 class Config(Struct, forbid_unknown_fields=True, kw_only=True):
     """The whole tracker. A file's top-level sections replace those of the embedded default."""
 
@@ -319,4 +555,10 @@ class Config(Struct, forbid_unknown_fields=True, kw_only=True):
     ] = msgspec.field(default_factory=dict)
     event_types: Annotated[dict[str, EventTypeSpec], Meta(description="Event types by name.")] = msgspec.field(
         default_factory=dict
+    )
+    rejected: Annotated[RejectedConfig, Meta(description="Bad rows: the sampled stream of rejected requests.")] = (
+        msgspec.field(default_factory=RejectedConfig)
+    )
+    signing: Annotated[SigningConfig, Meta(description="Keys of signed tracking URLs.")] = msgspec.field(
+        default_factory=SigningConfig
     )

@@ -15,6 +15,7 @@ import httptools
 
 from trackpoint.edge import responses
 from trackpoint.pipeline.fields import Reject
+from trackpoint.preprocessors.check_consent import CONSENT_DIM, DENIED
 
 if TYPE_CHECKING:
     from trackpoint.edge.runtime import Edge
@@ -26,6 +27,8 @@ log = logging.getLogger("trackpoint.edge")
 IDLE, HEADERS, BODY = 0, 1, 2
 # Headers that frame a body; the edge keeps them for every request.
 FRAMING_HEADERS = frozenset({b"content-length", b"transfer-encoding", b"expect"})
+# After an error answer, how long input is still read (and discarded) before the connection is closed.
+LINGER_S = 1.0
 
 _monotonic = time.monotonic
 
@@ -199,11 +202,23 @@ class EdgeProtocol(asyncio.Protocol):
             if not gate.accepting:
                 self.reject(503, "backpressure", None, keep_alive, is_head)
                 return
+        event: Event | None = None  # bound before the try: the Reject handler reads it
         try:
-            event: Event | None
-            event = built = route.builder.build(
-                query, self.body, self.headers, self.client_ip() if self.trusted_peer else self.peer_ip
-            )
+            signed = False
+            signature = route.signature
+            if signature is not None:  # signed URLs, before any other work (None for types that do not use them)
+                signed = signature.check(path, query)  # 403 raises Reject
+            client_ip = self.client_ip() if self.trusted_peer else self.peer_ip
+            event = built = route.builder.build(query, self.body, self.headers, client_ip)
+            if signature is not None and signature.flag:
+                built.dims["signed"] = "1" if signed else "0"
+            for limiter in route.limiters:  # the event type's rate limit (usually none); 429 raises Reject
+                if not limiter.admit(client_ip, built):
+                    event = None  # shed: nothing is recorded, even when the response turns into a rejection
+                    self.shed(route.name, route.responder.render(built, keep_alive, is_head, signed), keep_alive)
+                    return
+            # A route with the user id cookie: a request without one gets a new id (dims.uid) and its Set-Cookie.
+            set_cookie = None if route.uid_cookie is None else route.uid_cookie.assign(built)
             for preprocess in route.preprocessors:
                 try:
                     event = preprocess(event)
@@ -216,8 +231,14 @@ class EdgeProtocol(asyncio.Protocol):
                     dropped = stats.preprocessor_dropped
                     dropped[preprocess.name] = dropped.get(preprocess.name, 0) + 1
                     break
-            response = route.responder.render(built if event is None else event, keep_alive, is_head)
+            response = route.responder.render(built if event is None else event, keep_alive, is_head, signed)
+            if set_cookie is not None and event is not None and event.dims.get(CONSENT_DIM) != DENIED:
+                response = route.responder.with_header(set_cookie, keep_alive, is_head)
         except Reject as rejected:
+            if event is not None and type(rejected) is responses.RecordedReject:  # raised by render only
+                for collector in route.collectors:  # a refused redirect: the click is still recorded
+                    collector.offer(event)
+                stats.events[route.name] += 1
             self.reject(rejected.status, rejected.reason, rejected.field, keep_alive, is_head)
             return
         self.send(response)
@@ -253,17 +274,42 @@ class EdgeProtocol(asyncio.Protocol):
 
     def reject(self, status: int, reason: str, field: str | None, keep_alive: bool, is_head: bool) -> None:
         assert self.transport is not None
-        self.edge.stats.reject(reason)
-        self.send(self.edge.reject_response(status, reason, field, keep_alive, is_head))
+        edge = self.edge
+        edge.stats.reject(reason)
+        if edge.bad_rows is not None and edge.bad_rows.sampled():
+            self.record_bad_row(status, reason, field)
+        self.send(edge.reject_response(status, reason, field, keep_alive, is_head))
         self.finish(keep_alive)
 
     def reject_and_close(self, status: int, reason: str) -> None:
         """For input the parser cannot go on from: answer once, then close."""
         if self.closing or self.transport is None:
             return
-        self.edge.stats.reject(reason)
-        self.send(self.edge.reject_response(status, reason, None, False, False))
-        self.close()
+        edge = self.edge
+        edge.stats.reject(reason)
+        if edge.bad_rows is not None and edge.bad_rows.sampled():
+            self.record_bad_row(status, reason, None)
+        self.send(edge.reject_response(status, reason, None, False, False))
+        self.close_lingering()
+
+    def record_bad_row(self, status: int, reason: str, field: str | None) -> None:
+        """A sampled rejection into the rejected stream, with what is known of the request (a request the parser
+        gave up on may have no method or target yet)."""
+        edge = self.edge
+        assert edge.bad_rows is not None
+        try:
+            route = edge.routes.get(self.url.partition(b"?")[0])
+            method = self.parser.get_method() if self.url and self.parser is not None else b""
+            client_ip = self.client_ip() if self.trusted_peer else self.peer_ip
+            edge.bad_rows.record(status, reason, field, route.name if route else None, method, self.url, client_ip)
+        except Exception as exc:  # a bad row must never cost the response
+            edge.internal_error(exc)
+
+    def shed(self, type_name: str, response: bytes, keep_alive: bool) -> None:
+        """Over a rate limit under `shed`: the normal response, nothing recorded, counted by event type."""
+        self.edge.stats.shed[type_name] += 1
+        self.send(response)
+        self.finish(keep_alive)
 
     def send(self, data: bytes) -> None:
         """Queues a response; the worker writes every connection's queue once per event-loop iteration."""
@@ -291,9 +337,27 @@ class EdgeProtocol(asyncio.Protocol):
             self.flush()
             self.transport.close()
 
+    def close_lingering(self) -> None:
+        """Closes after an error answer the client may still be sending into: the answer goes out, then our side
+        of the stream ends, and whatever still arrives is discarded until the client closes or LINGER_S passes.
+        Closing at once with unread input makes the kernel reset the connection, and a reset can destroy the
+        answer before the client has read it."""
+        self.closing = True
+        transport = self.transport
+        if transport is None:
+            return
+        self.flush()
+        if not transport.can_write_eof():
+            transport.close()
+            return
+        transport.write_eof()
+        self.deadline = _monotonic() + LINGER_S  # the sweep closes it (expire) if the client does not
+
     def expire(self) -> None:
         """Called by the worker's sweep when the deadline of the current phase has passed."""
-        if self.phase == HEADERS:
+        if self.closing:  # lingering after an error answer
+            self.close()
+        elif self.phase == HEADERS:
             self.reject_and_close(408, "header_timeout")
         elif self.phase == BODY:
             self.reject_and_close(408, "body_timeout")

@@ -6,8 +6,10 @@ Every response the edge can send is made here, so the status lines, the headers 
 from __future__ import annotations
 
 import base64
+import ipaddress
+import re
 from email.utils import formatdate
-from urllib.parse import urlsplit
+from urllib.parse import quote, urlsplit
 
 import msgspec
 
@@ -25,6 +27,7 @@ REASONS = {
     204: "No Content",
     302: "Found",
     400: "Bad Request",
+    403: "Forbidden",
     404: "Not Found",
     405: "Method Not Allowed",
     408: "Request Timeout",
@@ -40,6 +43,26 @@ NO_STORE = b"Cache-Control: no-store, no-cache, must-revalidate, max-age=0\r\n"
 KEEP_ALIVE = b"Connection: keep-alive\r\n"
 CLOSE = b"Connection: close\r\n"
 CONTINUE = b"HTTP/1.1 100 Continue\r\n\r\n"
+
+
+# A redirect host: DNS labels (ASCII; IDNA as xn--), or a bracketed IPv6 literal. No `%`, no trailing dot.
+_HOST_NAME = re.compile(r"[a-z0-9]([a-z0-9-]*[a-z0-9])?(\.[a-z0-9]([a-z0-9-]*[a-z0-9])?)*", re.ASCII)
+_MACRO = re.compile(r"\{([A-Za-z_][A-Za-z0-9_]{0,63})\}")
+
+
+def _is_ipv6(host: str) -> bool:
+    if "%" in host:  # a zone id means nothing to a browser on another machine
+        return False
+    try:
+        return isinstance(ipaddress.ip_address(host), ipaddress.IPv6Address)
+    except ValueError:
+        return False
+
+
+class RecordedReject(Reject):
+    """A refused redirect: the client gets the 400, and the click is still recorded (with `redirect_rejected`)."""
+
+    __slots__ = ()
 
 
 def http_date() -> bytes:
@@ -116,6 +139,8 @@ class Responder:
         self.redirect_field = spec.redirect_field
         self.exact_hosts = frozenset(h.lower() for h in spec.allow_hosts if not h.startswith("."))
         self.host_suffixes = tuple(h.lower() for h in spec.allow_hosts if h.startswith("."))
+        self.signed_destinations = spec.signed_destinations
+        self.macros = spec.macros
         self.static: StaticResponse | None = None
         if spec.kind == "gif":
             self.static = StaticResponse(200, b"Content-Type: image/gif\r\n" + NO_STORE, PIXEL_GIF)
@@ -126,7 +151,17 @@ class Responder:
         if self.static is not None:
             self.static.rebuild(self.clock)
 
-    def render(self, event: Event, keep_alive: bool, is_head: bool) -> bytes:
+    def with_header(self, header: bytes, keep_alive: bool, is_head: bool) -> bytes:
+        """The static response plus one header line, built per request (only for a new user id cookie; the load
+        check allows the cookie on gif and no_content responses only)."""
+        static = self.static
+        assert static is not None
+        response = head(self.clock, static.status, static.headers + header, len(static.body), keep_alive)
+        return response if is_head else response + static.body
+
+    def render(self, event: Event, keep_alive: bool, is_head: bool, signed: bool = False) -> bytes:
+        """The response bytes; `signed`: the request carried a valid signature (a redirect may then leave
+        allow_hosts). A refused redirect raises `RecordedReject` after marking the event."""
         static = self.static
         if static is not None:
             return static.variants[2 * is_head + keep_alive]
@@ -134,22 +169,59 @@ class Responder:
             body = b'{"id":"' + event.id.encode("ascii") + b'"}'
             response = head(self.clock, 200, b"Content-Type: application/json\r\n" + NO_STORE, len(body), keep_alive)
             return response if is_head else response + body
-        location = self.safe_destination(event.dims.get(self.redirect_field, ""))
+        location = event.dims.get(self.redirect_field, "")
+        if self.macros and "{" in location:
+            location = self.expand(location, event)
+        refused = self.refusal(location, signed and self.signed_destinations)
+        if refused is not None:
+            event.dims["redirect_rejected"] = refused
+            raise RecordedReject(400, "redirect_not_allowed", self.redirect_field)
         headers = b"Location: " + location.encode("ascii") + b"\r\n" + NO_STORE
         return head(self.clock, 302, headers, 0, keep_alive)
 
-    def safe_destination(self, url: str) -> str:
-        """The destination if it is an http(s) URL on an allowed host; otherwise `Reject` (no open redirect)."""
-        if not url.isascii() or not url.isprintable() or "\\" in url or " " in url:
-            raise Reject(400, "redirect_not_allowed", self.redirect_field)
+    @staticmethod
+    def expand(url: str, event: Event) -> str:
+        """`{name}` → the event's field `name`, `{click_id}` / `{event_id}` → the event id; URL-encoded."""
+        dims = event.dims
+
+        def value(match: re.Match[str]) -> str:
+            name = match.group(1)
+            found = dims.get(name)
+            if found is None:
+                number = event.metrics.get(name)
+                if number is not None:
+                    found = str(number)
+                elif name in ("click_id", "event_id"):
+                    found = event.id
+                else:
+                    return match.group(0)
+            return quote(found, safe="")
+
+        return _MACRO.sub(value, url)
+
+    def refusal(self, url: str, host_free: bool) -> str | None:
+        """Why `url` may not be redirected to (None: it may). Only absolute http(s) URLs with a plain host pass,
+        and unless `host_free` (a signed destination) only on allowed hosts: no open redirect, and nothing a
+        browser could read differently from us (control characters, backslashes, userinfo, encoded hosts)."""
+        if not url.isascii() or not url.isprintable() or " " in url:
+            return "characters"  # CR/LF, tab, NUL, space, non-ASCII
+        if "\\" in url:
+            return "backslash"  # browsers read `\` as `/`: https://good.test\@evil.test
+        scheme, sep, rest = url.partition("://")
+        if not sep or scheme.lower() not in ("http", "https") or rest.startswith("/"):
+            return "scheme"  # javascript:, data:, //scheme-relative, https:/evil, https:///evil
         try:
             parts = urlsplit(url)
-            host = (parts.hostname or "").lower()
-            parts.port  # noqa: B018 - raises ValueError on a malformed port
+            host = parts.hostname or ""
+            parts.port  # noqa: B018 - raises ValueError on a malformed or out-of-range port
         except ValueError:
-            raise Reject(400, "redirect_not_allowed", self.redirect_field) from None
-        if parts.scheme not in ("http", "https") or "@" in parts.netloc or not host:
-            raise Reject(400, "redirect_not_allowed", self.redirect_field)
+            return "syntax"
+        if "@" in parts.netloc:
+            return "userinfo"
+        if _HOST_NAME.fullmatch(host) is None and not _is_ipv6(host):
+            return "host"  # percent-encoded, empty, trailing dot, odd characters
+        if host_free:
+            return None
         if host not in self.exact_hosts and not host.endswith(self.host_suffixes):
-            raise Reject(400, "redirect_not_allowed", self.redirect_field)
-        return url
+            return "host_not_allowed"
+        return None

@@ -14,16 +14,22 @@ from dataclasses import dataclass
 from trackpoint.collectors import Collector, CollectorContext, build_collector
 from trackpoint.config.model import CollectorBase, Config, Limits
 from trackpoint.edge import responses
+from trackpoint.edge.bad_rows import BadRows
 from trackpoint.edge.protocol import FRAMING_HEADERS, IDLE, EdgeProtocol
+from trackpoint.edge.ratelimit import RateLimiter, build_limiters
 from trackpoint.edge.stats import EdgeStats, Snapshot
 from trackpoint.pipeline.build import CONTEXT_HEADERS, EventBuilder
 from trackpoint.pipeline.event import Meta
-from trackpoint.preprocessors import Preprocessor, build_preprocessor
+from trackpoint.preprocessors import Preprocessor, build_preprocessor, with_input_fields
+from trackpoint.privacy.cookie import UidCookie
+from trackpoint.security.signing import RequestSignature, edge_verifier, request_signature
 
 log = logging.getLogger("trackpoint.edge")
 
 # On drain, how long an idle keep-alive connection may still send one last request.
 DRAIN_IDLE_GRACE_S = 1.0
+# How often the rate-limit tables drop their idle buckets (a pass over each table).
+LIMIT_SWEEP_INTERVAL_S = 10.0
 
 
 @dataclass(frozen=True, slots=True)
@@ -38,6 +44,12 @@ class Route:
     collectors: tuple[Collector, ...]
     # The collectors that may refuse events (spool full under the backpressure policy): checked per request.
     gates: tuple[Collector, ...]
+    # The event type's rate limit (empty when it has none: no cost per request).
+    limiters: tuple[RateLimiter, ...] = ()
+    # Signed-URL check, before any other work; None when the type uses no signatures.
+    signature: RequestSignature | None = None
+    # The first-party user id cookie; None when the response sets none.
+    uid_cookie: UidCookie | None = None
 
 
 def _gates(config: CollectorBase) -> bool:
@@ -66,7 +78,7 @@ class Edge:
         self._last_error_log = 0.0
         meta = Meta(worker=worker, config=config_version)
         preprocessors = {
-            name: build_preprocessor(name, pp_config)
+            name: build_preprocessor(name, pp_config, config.data_dir)
             for name, pp_config in config.preprocessors.items()
             if any(name in spec.preprocessors for spec in config.event_types.values())
         }
@@ -74,26 +86,41 @@ class Edge:
             name: build_collector(name, c_config, CollectorContext(config.data_dir, worker))
             for name, c_config in config.collectors.items()
             if any(name in spec.collectors for spec in config.event_types.values())
+            or name in config.rejected.collectors
         }
+        self.bad_rows = (
+            BadRows(config.rejected, tuple(self.collectors[name] for name in config.rejected.collectors), meta)
+            if config.rejected.collectors
+            else None
+        )
+        verifier = edge_verifier(config)
         self.routes: dict[bytes, Route] = {}
         kept_headers = set(CONTEXT_HEADERS | FRAMING_HEADERS)
         for type_name, spec in config.event_types.items():
-            builder = EventBuilder(type_name, spec, meta)
+            route_preprocessors = tuple(preprocessors[name] for name in spec.preprocessors)
+            builder = EventBuilder(type_name, with_input_fields(spec, route_preprocessors), meta)
             kept_headers |= builder.header_names
             route = Route(
                 name=type_name,
                 methods=frozenset(m.encode("ascii") for m in spec.methods),
                 builder=builder,
-                preprocessors=tuple(preprocessors[name] for name in spec.preprocessors),
+                preprocessors=route_preprocessors,
                 responder=responses.Responder(spec.response, self.clock),
+                uid_cookie=UidCookie(spec.response.user_id_cookie) if spec.response.user_id_cookie else None,
                 collectors=tuple(self.collectors[name] for name in spec.collectors),
                 gates=tuple(self.collectors[name] for name in spec.collectors if _gates(config.collectors[name])),
+                limiters=build_limiters(spec.rate_limit),
+                signature=request_signature(spec, verifier),
             )
             self.stats.events[type_name] = 0
+            if spec.rate_limit.rate_per_s is not None and spec.rate_limit.action == "shed":
+                self.stats.shed[type_name] = 0
             for path in spec.paths:
                 self.routes[path.encode("utf-8")] = route
         self.kept_headers = frozenset(kept_headers)
         self._responders = [route.responder for route in self.routes.values()]
+        by_type = {route.name: route for route in self.routes.values()}  # a type with several paths counts once
+        self._limiters = [limiter for route in by_type.values() for limiter in route.limiters]
         self._pending_output: list[EdgeProtocol] = []
         self.refresh_date()
 
@@ -178,12 +205,17 @@ class Edge:
     async def run_timers(self) -> None:
         interval = self.sweep_interval_s()
         next_date = time.monotonic() + 1
+        next_limit_sweep = next_date + LIMIT_SWEEP_INTERVAL_S
         while True:
             await asyncio.sleep(interval)
             self.sweep()
             if time.monotonic() >= next_date:
                 next_date += 1
                 self.refresh_date()
+                if self._limiters and next_date >= next_limit_sweep:  # idle rate-limit buckets are dropped
+                    next_limit_sweep = next_date + LIMIT_SWEEP_INTERVAL_S
+                    for limiter in self._limiters:
+                        limiter.sweep()
 
     # --- lifecycle -----------------------------------------------------------------------------------------------
 

@@ -22,6 +22,7 @@ class Snapshot(msgspec.Struct, omit_defaults=True):
     requests: int = 0
     rejected: dict[str, int] = {}
     events: dict[str, int] = {}
+    shed: dict[str, int] = {}
     preprocessor_dropped: dict[str, int] = {}
     preprocessor_errors: dict[str, int] = {}
     latency_counts: list[int] = []
@@ -41,12 +42,15 @@ class EdgeStats:
         "preprocessor_errors",
         "rejected",
         "requests",
+        "shed",
     )
 
     def __init__(self) -> None:
         self.requests = 0
         self.rejected: dict[str, int] = {}
         self.events: dict[str, int] = {}
+        # Requests over a rate limit with action shed, by event type: answered normally, not recorded.
+        self.shed: dict[str, int] = {}
         self.preprocessor_dropped: dict[str, int] = {}
         self.preprocessor_errors: dict[str, int] = {}
         self.latency_counts = [0] * (len(LATENCY_BUCKETS) + 1)
@@ -64,6 +68,7 @@ class EdgeStats:
             requests=self.requests,
             rejected=dict(self.rejected),
             events=dict(self.events),
+            shed=dict(self.shed),
             preprocessor_dropped=dict(self.preprocessor_dropped),
             preprocessor_errors=dict(self.preprocessor_errors),
             latency_counts=list(self.latency_counts),
@@ -79,6 +84,7 @@ def add(total: Snapshot, part: Snapshot) -> Snapshot:
         requests=total.requests + part.requests,
         rejected=_add_counts(total.rejected, part.rejected),
         events=_add_counts(total.events, part.events),
+        shed=_add_counts(total.shed, part.shed),
         preprocessor_dropped=_add_counts(total.preprocessor_dropped, part.preprocessor_dropped),
         preprocessor_errors=_add_counts(total.preprocessor_errors, part.preprocessor_errors),
         latency_counts=[a + b for a, b in zip_longest(total.latency_counts, part.latency_counts, fillvalue=0)],

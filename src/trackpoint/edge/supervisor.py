@@ -29,6 +29,7 @@ from trackpoint.edge import control
 from trackpoint.edge.stats import Snapshot, add
 from trackpoint.plugins import AdminHandler
 from trackpoint.plugins import registry as plugin_registry
+from trackpoint.security.signing import SigningKeyError, edge_verifier
 
 log = logging.getLogger("trackpoint.supervisor")
 
@@ -106,6 +107,11 @@ class Supervisor:
             self.sockets = [listener(server.host, server.port, server.backlog) for _ in range(self.slots)]
         except OSError as exc:
             log.error("cannot listen on %s:%d: %s", server.host, server.port, exc.strerror or exc)
+            return 1
+        try:
+            edge_verifier(self.config)  # reads the signing keys (generating one on first run) before any worker
+        except SigningKeyError as exc:
+            log.error("%s", exc)
             return 1
         self._reloading = asyncio.Lock()
         self._finalize_logs(pid=None)

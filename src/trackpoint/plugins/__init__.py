@@ -57,10 +57,12 @@ class CollectorKind:
 @dataclass(frozen=True)
 class PreprocessorKind:
     """A preprocessor type: its config struct (a `PreprocessorBase` subclass) and its factory. Every preprocessor
-    kind also exists under its own name with default options."""
+    kind also exists under its own name with default options. With `uses_data_dir` the factory also gets the
+    tracker's data directory as a third argument (for state kept there, such as generated keys)."""
 
     config: type[PreprocessorBase]
-    factory: PreprocessorFactory
+    factory: PreprocessorFactory | Callable[[str, Any, str], Preprocessor]
+    uses_data_dir: bool = False
 
     @property
     def type(self) -> str:

@@ -14,9 +14,11 @@ from trackpoint.collectors.redis_streams.config import RedisStreamsCollectorConf
 from trackpoint.config.load import default_text
 from trackpoint.config.model import (
     AnonymizeIpConfig,
+    CheckConsentConfig,
     EventTypeSpec,
     LogCollectorConfig,
     ParseUserAgentConfig,
+    PseudonymizeConfig,
     StdoutCollectorConfig,
 )
 from trackpoint.plugins import CollectorKind, Plugin, PreprocessorKind
@@ -67,6 +69,18 @@ def _parse_user_agent(name: str, config: Any) -> Preprocessor:
     return ParseUserAgent(name, config)
 
 
+def _pseudonymize(name: str, config: Any, data_dir: str) -> Preprocessor:
+    from trackpoint.preprocessors.pseudonymize import Pseudonymize
+
+    return Pseudonymize(name, config, data_dir)
+
+
+def _check_consent(name: str, config: Any) -> Preprocessor:
+    from trackpoint.preprocessors.check_consent import CheckConsent
+
+    return CheckConsent(name, config)
+
+
 def default_event_types() -> dict[str, EventTypeSpec]:
     """The embedded default's event types, offered as presets (`preset: impression`) to every config file."""
     document = yaml.safe_load(default_text())
@@ -85,6 +99,8 @@ plugin = Plugin(
     preprocessors=[
         PreprocessorKind(AnonymizeIpConfig, _anonymize_ip),
         PreprocessorKind(ParseUserAgentConfig, _parse_user_agent),
+        PreprocessorKind(PseudonymizeConfig, _pseudonymize, uses_data_dir=True),
+        PreprocessorKind(CheckConsentConfig, _check_consent),
     ],
     event_types=default_event_types(),
 )

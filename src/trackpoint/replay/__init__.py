@@ -156,7 +156,9 @@ async def _send(collector: Collector, batch: list[Event], report: CollectorRepor
     give_up_at = time.monotonic() + replay_plan.give_up_after_s
     delay = 0.2
     dropped_before = collector.stats.dropped
-    while not await collector.deliver(list(batch)):
+    privacy_filter = collector.privacy_filter  # the log keeps what its collectors may not receive
+    outgoing = list(batch) if privacy_filter is None else [privacy_filter(event) for event in batch]
+    while not await collector.deliver(list(outgoing)):
         report.retries += 1
         if time.monotonic() + delay > give_up_at:
             raise ReplayError(

@@ -1,0 +1,54 @@
+"""pseudonymize: identifier dims replaced by keyed pseudonyms, `kid:` + base64url(HMAC-SHA256(key, value))[:22].
+
+The key id prefix makes rotation safe: old pseudonyms keep the id of the key that made them.
+"""
+
+from __future__ import annotations
+
+import base64
+import hashlib
+import re
+
+from trackpoint.config.model import PseudonymizeConfig
+from trackpoint.pipeline.event import Event
+from trackpoint.privacy.keys import auto_key, read_secret
+
+AUTO_KEY_ID = "auto"
+KEY_ID = re.compile(r"[A-Za-z0-9_-]{1,16}")
+_b64 = base64.urlsafe_b64encode
+
+
+class Pseudonymize:
+    """Replaces each configured dim present in the event with its pseudonym under the current key."""
+
+    def __init__(self, name: str, config: PseudonymizeConfig, data_dir: str) -> None:
+        self.name = name
+        self.fields = tuple(config.fields)
+        if config.keys:
+            if config.current is None or config.current not in config.keys:
+                raise ValueError(f"preprocessor {name}: `current` must name one of its keys")
+            key_id, secret = config.current, read_secret(config.keys[config.current])
+        else:
+            key_id, secret = AUTO_KEY_ID, auto_key(data_dir, "pseudonymize")
+        self.prefix = key_id + ":"
+        # HMAC (RFC 2104) with its two keyed SHA-256 states computed once: per value two C-level copies, which costs
+        # a third of hmac.HMAC.copy() (the test checks the result against the hmac module).
+        block = secret if len(secret) <= 64 else hashlib.sha256(secret).digest()
+        block = block.ljust(64, b"\0")
+        self._inner = hashlib.sha256(bytes(b ^ 0x36 for b in block))
+        self._outer = hashlib.sha256(bytes(b ^ 0x5C for b in block))
+
+    def pseudonym(self, value: str) -> str:
+        inner = self._inner.copy()
+        inner.update(value.encode("utf-8"))
+        outer = self._outer.copy()
+        outer.update(inner.digest())
+        return self.prefix + _b64(outer.digest())[:22].decode("ascii")
+
+    def __call__(self, event: Event) -> Event:
+        dims = event.dims
+        for field in self.fields:
+            value = dims.get(field)
+            if value is not None:
+                dims[field] = self.pseudonym(value)
+        return event

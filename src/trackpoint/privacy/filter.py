@@ -1,0 +1,93 @@
+"""The collector-side privacy filter: the one place that decides what part of an event a collector receives.
+
+Raw client IP and User-Agent go only to trusted collectors; per-collector allow and deny lists trim the rest.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterable, Iterator
+from typing import TypeVar
+
+import msgspec
+
+from trackpoint.config.model import CollectorBase
+from trackpoint.pipeline.event import Context, Event
+
+SECTIONS = ("dims", "metrics", "ctx")
+CONTEXT_MEMBERS = tuple(field.name for field in msgspec.structs.fields(Context))
+# Never for an untrusted collector, whatever its lists say: even a truncated IP identifies a household.
+RAW_CONTEXT = frozenset({"ip", "ua"})
+
+Value = TypeVar("Value")
+
+
+def path_problems(paths: Iterable[str]) -> Iterator[tuple[int, str]]:
+    """(index, message) for each path that is not `dims`, `metrics`, `ctx` or `section.NAME` (ctx: its members)."""
+    for i, path in enumerate(paths):
+        section, dot, name = path.partition(".")
+        if section not in SECTIONS or (dot and not name):
+            yield i, f"not a field path: {path!r} (dims, metrics, ctx, dims.NAME, metrics.NAME or ctx.MEMBER)"
+        elif section == "ctx" and dot and name not in CONTEXT_MEMBERS:
+            yield i, f"ctx has no member {name!r} (known: {', '.join(CONTEXT_MEMBERS)})"
+
+
+class _Section:
+    """What one section keeps: `allow` None means every name not denied."""
+
+    __slots__ = ("allow", "deny", "drop_all")
+
+    def __init__(self, section: str, allow: list[str] | None, deny: list[str]) -> None:
+        names_allowed = (
+            None
+            if allow is None or section in allow
+            else {p[len(section) + 1 :] for p in allow if p.startswith(section + ".")}
+        )
+        self.drop_all = section in deny or names_allowed == set()
+        self.allow = None if names_allowed is None else frozenset(names_allowed)
+        self.deny = frozenset(p[len(section) + 1 :] for p in deny if p.startswith(section + "."))
+
+    @property
+    def passes_all(self) -> bool:
+        return not self.drop_all and self.allow is None and not self.deny
+
+    def keeps(self, name: str) -> bool:
+        return not self.drop_all and (self.allow is None or name in self.allow) and name not in self.deny
+
+    def apply(self, values: dict[str, Value]) -> dict[str, Value]:
+        if self.drop_all:
+            return {}
+        allow, deny = self.allow, self.deny
+        return {k: v for k, v in values.items() if (allow is None or k in allow) and k not in deny}
+
+
+class PrivacyFilter:
+    """Makes the copy of an event one collector may receive (the original, shared with other collectors, is kept)."""
+
+    __slots__ = ("ctx_cleared", "ctx_kept", "dims", "metrics")
+
+    def __init__(self, trusted: bool, allow: list[str] | None, deny: list[str]) -> None:
+        self.dims = _Section("dims", allow, deny)
+        self.metrics = _Section("metrics", allow, deny)
+        ctx = _Section("ctx", allow, deny)
+        self.ctx_kept = tuple(
+            member for member in CONTEXT_MEMBERS if ctx.keeps(member) and (trusted or member not in RAW_CONTEXT)
+        )
+        self.ctx_cleared = {member: None for member in CONTEXT_MEMBERS if member not in self.ctx_kept}
+
+    @property
+    def passes_all(self) -> bool:
+        return self.dims.passes_all and self.metrics.passes_all and self.ctx_kept == CONTEXT_MEMBERS
+
+    def __call__(self, event: Event) -> Event:
+        return msgspec.structs.replace(
+            event,
+            dims=event.dims if self.dims.passes_all else self.dims.apply(event.dims),
+            metrics=event.metrics if self.metrics.passes_all else self.metrics.apply(event.metrics),
+            ctx=msgspec.structs.replace(event.ctx, **self.ctx_cleared) if self.ctx_cleared else event.ctx,
+        )
+
+
+def build_filter(config: CollectorBase) -> PrivacyFilter | None:
+    """The filter of a collector, or None when it may receive every event whole (trusted, no lists)."""
+    privacy_filter = PrivacyFilter(config.trusted, config.fields_allow, config.fields_deny)
+    return None if privacy_filter.passes_all else privacy_filter

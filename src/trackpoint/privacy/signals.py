@@ -1,0 +1,124 @@
+"""Consent signals decoded by hand: the IAB TCF v2 TC string (its core segment) and the IAB US Privacy string.
+
+Only what a consent decision needs is decoded; a malformed string is `InvalidSignal`, never a crash.
+"""
+
+from __future__ import annotations
+
+import base64
+import binascii
+from dataclasses import dataclass
+
+# Bit widths of the TCF v2 core segment, in order, up to the vendor consent section.
+_CORE_HEADER = (6, 36, 36, 12, 12, 6, 12, 12, 6, 1, 1, 12, 24, 24, 1, 12)
+_CORE_HEADER_BITS = sum(_CORE_HEADER)
+_MAX_STRING = 8192
+
+
+class InvalidSignal(ValueError):
+    """A consent string that cannot be decoded."""
+
+
+class _Bits:
+    """A big-endian bit reader over bytes (an int: slicing is a shift and a mask)."""
+
+    __slots__ = ("length", "position", "value")
+
+    def __init__(self, data: bytes) -> None:
+        self.value = int.from_bytes(data, "big")
+        self.length = len(data) * 8
+        self.position = 0
+
+    def read(self, width: int) -> int:
+        end = self.position + width
+        if end > self.length:
+            raise InvalidSignal("the TC string is truncated")
+        self.position = end
+        return (self.value >> (self.length - end)) & ((1 << width) - 1)
+
+
+@dataclass(frozen=True, slots=True)
+class TCString:
+    """The decoded core of a TCF v2 TC string. Times are epoch deciseconds as encoded; purposes and vendors are
+    the ids that have consent."""
+
+    version: int
+    created_ds: int
+    last_updated_ds: int
+    cmp_id: int
+    cmp_version: int
+    consent_screen: int
+    consent_language: str
+    vendor_list_version: int
+    policy_version: int
+    is_service_specific: bool
+    purpose_consents: frozenset[int]
+    purpose_legitimate_interests: frozenset[int]
+    publisher_cc: str
+    max_vendor_id: int
+    vendor_consents: frozenset[int]
+
+
+def _flags(bits: int, width: int) -> frozenset[int]:
+    """Ids (1-based, most significant bit first) of the set bits of a `width`-bit field."""
+    return frozenset(i + 1 for i in range(width) if bits >> (width - 1 - i) & 1)
+
+
+def _letters(code: int) -> str:
+    return chr(ord("A") + (code >> 6)) + chr(ord("A") + (code & 63))
+
+
+def decode_tc_string(text: str) -> TCString:
+    """The core segment of a TCF v2 TC string (further segments, after `.`, are ignored)."""
+    if not text or len(text) > _MAX_STRING or not text.isascii():
+        raise InvalidSignal("empty, too long or not ASCII")
+    core = text.partition(".")[0]
+    try:
+        data = base64.urlsafe_b64decode(core + "=" * (-len(core) % 4))
+    except (binascii.Error, ValueError):
+        raise InvalidSignal("not base64url") from None
+    if len(data) * 8 < _CORE_HEADER_BITS + 17:
+        raise InvalidSignal("the TC string is truncated")
+    bits = _Bits(data)
+    (version, created, updated, cmp_id, cmp_version, screen, language, vendor_list, policy, service_specific, _texts,
+     _special_features, purposes, legitimate, _purpose_one, country) = (bits.read(w) for w in _CORE_HEADER)  # fmt: skip
+    if version != 2:
+        raise InvalidSignal(f"TCF version {version}, not 2")
+    max_vendor = bits.read(16)
+    if bits.read(1):  # range encoding
+        vendors: set[int] = set()
+        for _ in range(bits.read(12)):
+            is_range = bits.read(1)
+            start = bits.read(16)
+            end = bits.read(16) if is_range else start
+            if not 0 < start <= end <= max_vendor:
+                raise InvalidSignal("a vendor range is out of bounds")
+            vendors.update(range(start, end + 1))
+        vendor_consents = frozenset(vendors)
+    else:
+        vendor_consents = _flags(bits.read(max_vendor), max_vendor) if max_vendor else frozenset()
+    return TCString(
+        version=version,
+        created_ds=created,
+        last_updated_ds=updated,
+        cmp_id=cmp_id,
+        cmp_version=cmp_version,
+        consent_screen=screen,
+        consent_language=_letters(language),
+        vendor_list_version=vendor_list,
+        policy_version=policy,
+        is_service_specific=bool(service_specific),
+        purpose_consents=_flags(purposes, 24),
+        purpose_legitimate_interests=_flags(legitimate, 24),
+        publisher_cc=_letters(country),
+        max_vendor_id=max_vendor,
+        vendor_consents=vendor_consents,
+    )
+
+
+def us_privacy_opt_out(text: str) -> bool:
+    """Whether a US Privacy string (`1YYN`: version 1, notice given, opted out of sale, LSPA) says opt-out of
+    sale; `-` means not applicable. Anything else is `InvalidSignal`."""
+    if len(text) != 4 or text[0] != "1" or any(c not in "YyNn-" for c in text[1:]):
+        raise InvalidSignal("not a version 1 US Privacy string")
+    return text[2] in "Yy"

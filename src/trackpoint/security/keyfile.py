@@ -1,0 +1,29 @@
+"""Secret key files the tracker makes itself (signing and pseudonymisation keys under `data_dir/keys/`): 32 random
+bytes as hex, mode 0600, created atomically so that processes starting together end up with one and the same key.
+"""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+
+
+def create_key_file(path: Path) -> None:
+    """Writes a new random key to `path` unless one is there: the key goes to a private temporary file that is
+    linked into place, so of two racing processes the first link wins and both read that key."""
+    path.parent.mkdir(parents=True, exist_ok=True, mode=0o700)
+    if path.exists():
+        return
+    temporary = path.with_name(f".{path.name}.{os.getpid()}.tmp")
+    descriptor = os.open(temporary, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
+    try:
+        os.write(descriptor, os.urandom(32).hex().encode("ascii") + b"\n")
+        os.fsync(descriptor)
+    finally:
+        os.close(descriptor)
+    try:
+        os.link(temporary, path)
+    except FileExistsError:
+        pass  # another process made the key first: theirs is kept
+    finally:
+        temporary.unlink()

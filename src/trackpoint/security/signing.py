@@ -1,0 +1,260 @@
+"""Signed tracking URLs: HMAC-SHA256 over the request path and a canonical form of the query, with key ids.
+
+`sign_url` signs a URL (for ad servers and creatives); `Verifier` checks a request's raw query in a few µs.
+"""
+
+from __future__ import annotations
+
+import binascii
+import hashlib
+import hmac
+import os
+import time
+from collections.abc import Iterable, Mapping
+from operator import itemgetter
+from pathlib import Path
+from urllib.parse import quote, unquote_to_bytes, urlsplit, urlunsplit
+
+from trackpoint.config.model import Config, EventTypeSpec, SigningConfig, SigningKey
+from trackpoint.pipeline.fields import Reject
+from trackpoint.security.keyfile import create_key_file
+
+# The parameters the signature adds: key id, expiry (epoch seconds, optional) and the MAC itself.
+KEY_ID_PARAM = "kid"
+EXPIRES_PARAM = "exp"
+SIGNATURE_PARAM = "sig"
+SIGNATURE_PARAMS = frozenset({KEY_ID_PARAM, EXPIRES_PARAM, SIGNATURE_PARAM})
+MAC_BYTES = 16  # HMAC-SHA256 truncated to 128 bits: 22 characters of base64url
+MIN_SECRET_BYTES = 16
+
+# Rejection reasons (all answered 403).
+MISSING = "signature_missing"
+INVALID = "signature_invalid"
+EXPIRED = "signature_expired"
+UNKNOWN_KEY = "unknown_key"
+
+_by_name = itemgetter(0)
+_SIGNATURE_NAMES = frozenset({b"kid", b"exp", b"sig"})
+_URLSAFE = bytes.maketrans(b"+/", b"-_")
+_MAC_CHARS = 22  # 16 bytes in base64, without the padding
+_BLOCK = 64  # SHA-256 block size
+_IPAD = bytes(x ^ 0x36 for x in range(256))
+_OPAD = bytes(x ^ 0x5C for x in range(256))
+
+
+class SigningKeyError(Exception):
+    """A configured signing key cannot be read (missing variable or file, too short)."""
+
+
+def _escape(raw: bytes) -> bytes:
+    return raw.replace(b"%", b"%25").replace(b"&", b"%26").replace(b"=", b"%3D")
+
+
+def _canonical_pair(pair: bytes) -> tuple[bytes, bytes]:
+    """(sort key, `name=value`): the decoded name and value with only `%`, `&` and `=` escaped, so every
+    encoding of the same pair (`+`, `%20`, `%41` for `A`, ...) has one form, and no two pairs share it."""
+    name, _, value = pair.partition(b"=")
+    if b"%" in pair or b"+" in pair:
+        name = _escape(unquote_to_bytes(name.replace(b"+", b" ")))
+        value = _escape(unquote_to_bytes(value.replace(b"+", b" ")))
+    elif b"=" in value:
+        value = value.replace(b"=", b"%3D")
+    return name, name + b"=" + value
+
+
+def canonical(path: bytes, pairs: Iterable[bytes]) -> bytes:
+    """The signed message: the path, then the query's pairs (the signature parameter excluded by the caller) in
+    their canonical form, ordered by name. The sort is stable: repeated names keep their order, so swapping two
+    values of one name (the edge reads the first) breaks the signature."""
+    keyed = [_canonical_pair(pair) for pair in pairs if pair]
+    keyed.sort(key=_by_name)
+    return path + b"?" + b"&".join([pair for _, pair in keyed])
+
+
+def mac(secret: bytes, message: bytes) -> bytes:
+    """The signature value: base64url (no padding) of HMAC-SHA256 truncated to 128 bits."""
+    return _b64(hmac.digest(secret, message, "sha256"))
+
+
+def _b64(digest: bytes) -> bytes:
+    return binascii.b2a_base64(digest[:MAC_BYTES], newline=False).translate(_URLSAFE)[:_MAC_CHARS]
+
+
+class _Key:
+    """HMAC-SHA256 with the key's inner and outer hash states computed once (RFC 2104): a MAC is then two hash
+    copies instead of a full `hmac` set-up per request (about 2.5 times faster)."""
+
+    __slots__ = ("inner", "outer")
+
+    def __init__(self, secret: bytes) -> None:
+        if len(secret) > _BLOCK:
+            secret = hashlib.sha256(secret).digest()
+        secret = secret.ljust(_BLOCK, b"\0")
+        self.inner = hashlib.sha256(secret.translate(_IPAD))
+        self.outer = hashlib.sha256(secret.translate(_OPAD))
+
+    def mac(self, message: bytes) -> bytes:
+        inner = self.inner.copy()
+        inner.update(message)
+        outer = self.outer.copy()
+        outer.update(inner.digest())
+        return _b64(outer.digest())
+
+
+def sign_url(url: str, key_id: str, secret: bytes, expires_at: int | None = None) -> str:
+    """Signs a tracking URL: returns it with `kid`, `exp` (when `expires_at`, epoch seconds, is given) and `sig`
+    appended; signature parameters it already had are replaced. The signature covers the path and every query
+    parameter; the host is not covered, so one signed URL works behind any host name of the tracker.
+
+    >>> sign_url("https://t.example.com/c?imp=1&url=https%3A%2F%2Fshop.test%2F", "k1", secret, int(time()) + 86400)
+    """
+    parts = urlsplit(url)
+    kept = [pair for pair in parts.query.split("&") if pair and pair.partition("=")[0] not in SIGNATURE_PARAMS]
+    kept.append(f"{KEY_ID_PARAM}={quote(key_id, safe='')}")
+    if expires_at is not None:
+        kept.append(f"{EXPIRES_PARAM}={int(expires_at)}")
+    query = "&".join(kept)
+    message = canonical((parts.path or "/").encode("utf-8"), query.encode("utf-8").split(b"&"))
+    signature = mac(secret, message).decode("ascii")
+    return urlunsplit(parts._replace(query=f"{query}&{SIGNATURE_PARAM}={signature}"))
+
+
+class Verifier:
+    """Checks signed requests against the configured keys (several at once: keys rotate without downtime)."""
+
+    __slots__ = ("keys",)
+
+    def __init__(self, keys: Mapping[str, bytes]) -> None:
+        self.keys = {key_id.encode("utf-8"): _Key(secret) for key_id, secret in keys.items()}
+
+    def verify(self, path: bytes, query: bytes, now: float | None = None) -> str | None:
+        """None when the query carries a valid, unexpired signature for `path`; otherwise the rejection reason."""
+        if b"sig=" not in query:
+            return MISSING
+        # Signature parameters are recognised by their literal names only; an encoded look-alike (`%73ig`) is an
+        # ordinary parameter, covered by the MAC like any other. One pass splits, finds them and canonicalises.
+        signature = key_id = expires = None
+        keyed: list[tuple[bytes, bytes]] = []
+        append = keyed.append
+        encoded = b"%" in query or b"+" in query
+        for pair in query.split(b"&"):
+            name, equals, value = pair.partition(b"=")
+            if name in _SIGNATURE_NAMES:
+                if name == b"sig":
+                    if signature is not None:  # two signatures: which one would a reader believe?
+                        return INVALID
+                    signature = value
+                    continue
+                if name == b"kid":
+                    if key_id is not None:
+                        return INVALID
+                    key_id = value
+                else:
+                    if expires is not None:
+                        return INVALID
+                    expires = value
+            if equals and b"=" not in value and (not encoded or (b"%" not in pair and b"+" not in pair)):
+                append((name, pair))  # the usual pair is its own canonical form
+            elif pair:
+                append(_canonical_pair(pair))
+        if signature is None:
+            return MISSING
+        key = self.keys.get(key_id) if key_id is not None else None
+        if key is None:
+            return UNKNOWN_KEY
+        keyed.sort(key=_by_name)
+        message = path + b"?" + b"&".join([canonical_pair for _, canonical_pair in keyed])
+        if not hmac.compare_digest(key.mac(message), signature):
+            return INVALID
+        if expires is not None:  # covered by the MAC, so checked after it
+            if not expires.isdigit():
+                return INVALID
+            if int(expires) < (time.time() if now is None else now):
+                return EXPIRED
+        return None
+
+
+# --- keys ------------------------------------------------------------------------------------------------------
+
+
+def key_path(key: SigningKey, data_dir: str) -> Path:
+    assert key.secret_file is not None
+    return Path(data_dir) / key.secret_file  # an absolute secret_file stays absolute
+
+
+def load_key(key_id: str, key: SigningKey, data_dir: str) -> bytes:
+    """The secret of one configured key; a `generate` key file is created on first use."""
+    if key.secret_env is not None:
+        value = os.environ.get(key.secret_env)
+        if value is None:
+            raise SigningKeyError(f"signing key {key_id!r}: environment variable {key.secret_env} is not set")
+        secret = value.strip().encode("utf-8")
+    else:
+        path = key_path(key, data_dir)
+        if key.generate and not path.exists():
+            create_key_file(path)
+        try:
+            secret = path.read_bytes().strip()
+        except OSError as exc:
+            raise SigningKeyError(f"signing key {key_id!r}: cannot read {path}: {exc.strerror or exc}") from None
+    if len(secret) < MIN_SECRET_BYTES:
+        raise SigningKeyError(f"signing key {key_id!r}: a secret needs at least {MIN_SECRET_BYTES} bytes")
+    return secret
+
+
+def load_keys(config: SigningConfig, data_dir: str) -> dict[str, bytes]:
+    """Every configured key's secret, by key id; raises SigningKeyError naming the first that cannot be read."""
+    return {key_id: load_key(key_id, key, data_dir) for key_id, key in config.keys.items()}
+
+
+def signing_key_id(config: SigningConfig) -> str:
+    """The key new URLs are signed with: `sign_with`, or the first key listed."""
+    return config.sign_with or next(iter(config.keys))
+
+
+# --- the edge's per-event-type check ---------------------------------------------------------------------------
+
+
+class RequestSignature:
+    """An event type's signature policy as the request path applies it, before any other work.
+
+    required: an unsigned request is refused; optional: it is accepted (`flag`: the event gets `dims.signed`);
+    `signed_destinations` alone (signature off): a signature is checked only when present, to free the redirect.
+    A present but bad signature is refused (403) under all three."""
+
+    __slots__ = ("flag", "required", "verifier")
+
+    def __init__(self, verifier: Verifier, policy: str) -> None:
+        self.verifier = verifier
+        self.required = policy == "required"
+        self.flag = policy == "optional"
+
+    def check(self, path: bytes, query: bytes) -> bool:
+        """True: validly signed; False: unsigned and allowed; otherwise `Reject(403, reason)`."""
+        reason = self.verifier.verify(path, query)
+        if reason is None:
+            return True
+        if reason == MISSING and not self.required:
+            return False
+        raise Reject(403, reason)
+
+
+def checks_signature(spec: EventTypeSpec) -> bool:
+    """Whether an event type's requests go through a signature check (its policy, or signed redirects)."""
+    return spec.signature != "off" or (spec.response.kind == "redirect" and spec.response.signed_destinations)
+
+
+def request_signature(spec: EventTypeSpec, verifier: Verifier | None) -> RequestSignature | None:
+    """The check an event type needs, or None when it uses no signatures (then the request path skips it)."""
+    if not checks_signature(spec):
+        return None
+    assert verifier is not None, "keys are loaded when an event type uses signatures"
+    return RequestSignature(verifier, spec.signature)
+
+
+def edge_verifier(config: Config) -> Verifier | None:
+    """The verifier of a worker, with every configured key; None when no event type checks signatures (then no
+    key is read or generated)."""
+    if not any(checks_signature(spec) for spec in config.event_types.values()):
+        return None
+    return Verifier(load_keys(config.signing, config.data_dir))

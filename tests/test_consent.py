@@ -1,0 +1,264 @@
+"""Consent: the TCF v2 and US Privacy decoders against published strings, the decision table of check_consent,
+and end to end GPC, DNT, TCF and USP requests, the personal fields they strip, and the first-party id cookie.
+"""
+
+from __future__ import annotations
+
+import re
+from typing import Any
+
+import pytest
+
+from conftest import CHROME_UA, Tracker
+from trackpoint.config.model import CheckConsentConfig
+from trackpoint.pipeline.event import Context, Event, Meta
+from trackpoint.preprocessors.check_consent import DNT, GDPR, GPC, TC_STRING, USP, CheckConsent
+from trackpoint.privacy.signals import InvalidSignal, decode_tc_string, us_privacy_opt_out
+
+# Published TC strings with their decoded values (LiveRamp/iabconsent test fixtures, made with iabtcf.com's encoder).
+# Purposes 1, 3, 4, 7; vendors 2, 37, 61 (range encoding); CMP 81; created 2020-03-05T19:24:40.9Z.
+TC_RANGE = "COvzTO5OvzTO5BRAAAENAPCoALIAADgAAAAAAewAwABAAlAB6ABBFADBQAQA9hAAAcAA"
+# Purposes 1, 3, 6, 7, 8, 10; vendors 12, 23, 163, 707; publisher FR; with disclosed/allowed vendor segments.
+TC_FULL = (
+    "COvzTO5OvzTO5B7ABCENAPCYAKdAADkAAIqIFhwBAAGAAXAFGAsMAhYAgAMAAegBYAEKAAA.IFoEUQQgAIQwgIwQABAEAAAAOIAACAIAAAAQAIAg"
+    "EAACEAAAAAgAQBAAAAAAAGBAAgAAAAAAAFAAECAAAgAAQARAEQAAAAAJAAIAAgAAAYQEAAAQmAgBC3ZAYzUw.QE5QAwCvgHyATkA"
+)
+# No purpose consents; vendors as a 720-bit bitfield (79 vendors); CMP 89, screen 12, GB.
+TC_NO_PURPOSES = (
+    "COvzTO5OvzTO5BZAFMENAPCgAAAAAAAAAAwIFoEUQQgAIQwgIwQABAEAAAAOIAACAIAAAAQAIAgEAACEAAAAAgAQBAAAAAAAGBAAgAAAAAAAFAAEC"
+    "AAAgAAQARAEQAAAAAJAAIAAgAAAYQEAAAQmAgBC3ZAYzUwLQIoghAAQhhARggACAIAAAAcQAAEAQAAAAgAQBAIAAEIAAAABAAgCAAAAAAAMCABAAAA"
+    "AAAAKAAIEAABAAAgAiAIgAAAAASAAQABAAAAwgIAAAhMBACFuyAxmpgAA"
+)
+CREATED_DS = 15_834_362_809  # 1583436280.9 s
+
+
+def test_tcf_v2_range_encoded_vendors() -> None:
+    tc = decode_tc_string(TC_RANGE)
+    assert (tc.version, tc.cmp_id, tc.cmp_version, tc.consent_screen) == (2, 81, 0, 0)
+    assert (tc.created_ds, tc.last_updated_ds) == (CREATED_DS, CREATED_DS)
+    assert (tc.consent_language, tc.vendor_list_version, tc.policy_version) == ("EN", 15, 2)
+    assert tc.is_service_specific is True
+    assert tc.purpose_consents == {1, 3, 4, 7}
+    assert tc.purpose_legitimate_interests == {3, 4, 5}
+    assert tc.publisher_cc == "AA"
+    assert tc.max_vendor_id == 61 and tc.vendor_consents == {2, 37, 61}
+
+
+def test_tcf_v2_with_further_segments() -> None:
+    tc = decode_tc_string(TC_FULL)
+    assert (tc.cmp_id, tc.cmp_version, tc.consent_screen, tc.publisher_cc) == (123, 1, 2, "FR")
+    assert tc.purpose_consents == {1, 3, 6, 7, 8, 10}
+    assert tc.is_service_specific is False
+    assert tc.max_vendor_id == 707 and tc.vendor_consents == {12, 23, 163, 707}
+
+
+def test_tcf_v2_bitfield_vendors() -> None:
+    tc = decode_tc_string(TC_NO_PURPOSES)
+    assert (tc.cmp_id, tc.cmp_version, tc.consent_screen, tc.publisher_cc) == (89, 5, 12, "GB")
+    assert tc.purpose_consents == frozenset()
+    assert tc.max_vendor_id == 720 and len(tc.vendor_consents) == 79
+    assert {2, 6, 8, 12, 18, 720} <= tc.vendor_consents and not {1, 3, 719 - 1} & tc.vendor_consents
+
+
+@pytest.mark.parametrize(
+    "bad",
+    [
+        "",
+        "not base64!",
+        "COvzTO5OvzTO5BRAAAENAPCoALIAADgAAAAA",  # cut inside the vendor section
+        "BOvzTO5OvzTO5BRAAAENAPCoALIAADgAAAAAAewAwABAAlAB6ABBFADBQAQA9hAAAcAA",  # version 1
+        "é" * 10,
+        "C" * 9000,
+    ],
+)
+def test_tcf_invalid_strings(bad: str) -> None:
+    with pytest.raises(InvalidSignal):
+        decode_tc_string(bad)
+
+
+def test_us_privacy() -> None:
+    assert us_privacy_opt_out("1YYN") is True
+    assert us_privacy_opt_out("1YNN") is False
+    assert us_privacy_opt_out("1---") is False
+    for bad in ("", "1YY", "2YNN", "1YXN", "1YNNN"):
+        with pytest.raises(InvalidSignal):
+            us_privacy_opt_out(bad)
+
+
+def _decide(config: CheckConsentConfig, **signals: str) -> tuple[str | None, bool]:
+    consent = CheckConsent("check_consent", config)
+    names = {"gpc": None, "dnt": None, "usp": None, "gdpr": None, "tc_string": None}
+    return consent.decide(**(names | signals))
+
+
+def test_the_decision_table() -> None:
+    default = CheckConsentConfig()
+    assert _decide(default) == (None, False)
+    assert _decide(default, gpc="1") == ("gpc", False)
+    assert _decide(default, gpc="0") == (None, False)
+    assert _decide(default, dnt="1") == ("dnt", False)
+    assert _decide(CheckConsentConfig(honor_dnt=False), dnt="1") == (None, False)
+    assert _decide(default, usp="1YYN") == ("usp_opt_out", False)
+    assert _decide(default, usp="1YNN") == (None, False)
+    assert _decide(default, usp="junk") == ("usp_invalid", False)
+    assert _decide(default, gdpr="0", tc_string="junk") == (None, False)
+    assert _decide(default, gdpr="1") == ("tcf_missing", True)
+    assert _decide(default, gdpr="yes") == ("gdpr_invalid", True)
+    assert _decide(default, gdpr="1", tc_string="%%%") == ("tcf_invalid", True)
+    assert _decide(default, gdpr="1", tc_string=TC_RANGE) == (None, True)
+    assert _decide(default, gdpr="1", tc_string=TC_NO_PURPOSES) == ("tcf_purpose", True)
+    assert _decide(CheckConsentConfig(tcf_purposes=[1, 7]), gdpr="1", tc_string=TC_RANGE) == (None, True)
+    assert _decide(CheckConsentConfig(tcf_purposes=[1, 2]), gdpr="1", tc_string=TC_RANGE) == ("tcf_purpose", True)
+    assert _decide(CheckConsentConfig(tcf_vendor_id=37), gdpr="1", tc_string=TC_RANGE) == (None, True)
+    assert _decide(CheckConsentConfig(tcf_vendor_id=38), gdpr="1", tc_string=TC_RANGE) == ("tcf_vendor", True)
+    assert _decide(CheckConsentConfig(gdpr_default=True)) == ("tcf_missing", True)
+    assert _decide(default, gpc="1", gdpr="1", tc_string=TC_RANGE) == ("gpc", False)  # GPC wins
+
+
+def test_a_denied_event_keeps_only_non_personal_fields() -> None:
+    consent = CheckConsent("check_consent", CheckConsentConfig(personal_fields=["click_id", "device_id"]))
+    event = Event(
+        id="e",
+        type="impression",
+        ts=1,
+        dims={"imp": "i", "uid": "u", "click_id": "k", "device_id": "d", GPC: "1", TC_STRING: TC_RANGE},
+        metrics={"price": 1},
+        ctx=Context(ip="10.0.0.1", ua=CHROME_UA, referer="https://r.example/"),
+        meta=Meta(worker=0, config="v"),
+    )
+    consent(event)
+    assert event.dims == {"imp": "i", "consent": "denied", "consent_reason": "gpc"}
+    assert event.ctx == Context() and event.metrics == {"price": 1}
+    assert {GPC, DNT, USP, GDPR, TC_STRING} == set(consent.input_fields)
+
+
+# --- end to end ---------------------------------------------------------------------------------------------------
+
+COOKIE = {"name": "tp_uid", "max_age_days": 30, "domain": "example.com"}
+CONFIG: dict[str, Any] = {
+    "preprocessors": {
+        "check_consent": {"type": "check_consent", "tcf_vendor_id": 37, "personal_fields": ["click_id"]},
+        "pseudonymize": {"type": "pseudonymize", "fields": ["uid", "click_id"]},
+    },
+    "event_types": {
+        "impression": {
+            "preset": "impression",
+            "fields": {"imp": {"required": True}, "cid": {}, "click_id": {}},
+            "response": {"kind": "gif", "user_id_cookie": COOKIE},
+            # After parse_user_agent: a denial removes the raw User-Agent, the parsed device stays.
+            "preprocessors": ["anonymize_ip", "parse_user_agent", "check_consent", "pseudonymize"],
+        },
+        "win": {
+            "preset": "win",
+            "response": {"kind": "no_content", "user_id_cookie": COOKIE},
+            "preprocessors": ["check_consent"],
+        },
+        "plain": {"paths": ["/plain"], "fields": {"imp": {}}, "response": {"kind": "gif"}},
+    },
+}
+SET_COOKIE = re.compile(
+    r"tp_uid=([0-9a-f]{32}); Max-Age=2592000; Path=/; Domain=example.com; SameSite=None; Secure; HttpOnly"
+)
+
+
+@pytest.fixture
+def consent_tracker(tracker_factory: Any) -> Tracker:
+    tracker: Tracker = tracker_factory(CONFIG)
+    return tracker
+
+
+def _by_imp(tracker: Tracker, count: int) -> dict[str, Event]:
+    events = tracker.wait_events(count)
+    assert len(events) == count
+    return {event.dims["imp"]: event for event in events}
+
+
+def test_consent_outcomes_end_to_end(consent_tracker: Tracker) -> None:
+    tracker = consent_tracker
+    cases = {
+        "none": ("/i?imp=none&click_id=k1", {}),
+        "gpc": ("/i?imp=gpc&click_id=k1", {"Sec-GPC": "1"}),
+        "dnt": ("/i?imp=dnt&click_id=k1", {"DNT": "1"}),
+        "usp": ("/i?imp=usp&click_id=k1&us_privacy=1YYN", {}),
+        "uspok": ("/i?imp=uspok&click_id=k1&us_privacy=1YNN", {}),
+        "tcf": (f"/i?imp=tcf&click_id=k1&gdpr=1&gdpr_consent={TC_RANGE}", {}),
+        "vendor": (f"/i?imp=vendor&click_id=k1&gdpr=1&gdpr_consent={TC_FULL}", {}),  # vendor 37 absent
+        "nostring": ("/i?imp=nostring&click_id=k1&gdpr=1", {}),
+        "broken": ("/i?imp=broken&click_id=k1&gdpr=1&gdpr_consent=AAAA", {}),
+    }
+    cookies: dict[str, str | None] = {}
+    for name, (path, headers) in cases.items():
+        status, response_headers, _ = tracker.get(path, {"Referer": "https://pub.example/", **headers})
+        assert status == 200, name
+        cookies[name] = response_headers.get("set-cookie")
+    events = _by_imp(tracker, len(cases))
+    expected = {
+        "none": ("not_applicable", None),
+        "gpc": ("denied", "gpc"),
+        "dnt": ("denied", "dnt"),
+        "usp": ("denied", "usp_opt_out"),
+        "uspok": ("not_applicable", None),
+        "tcf": ("granted", "tcf"),
+        "vendor": ("denied", "tcf_vendor"),
+        "nostring": ("denied", "tcf_missing"),
+        "broken": ("denied", "tcf_invalid"),
+    }
+    for name, (outcome, reason) in expected.items():
+        event = events[name]
+        assert event.dims["consent"] == outcome, name
+        assert event.dims.get("consent_reason") == reason, name
+        assert not any(key.startswith("consent.") for key in event.dims), name  # the raw signals are not kept
+        assert event.ctx.device is not None and event.ctx.device.browser == "Chrome"  # not personal: kept
+        if outcome == "denied":
+            assert cookies[name] is None, name
+            assert "uid" not in event.dims and "click_id" not in event.dims, name
+            assert event.ctx.ip is None and event.ctx.ua is None and event.ctx.referer is None, name
+        else:
+            set_cookie = cookies[name]
+            assert set_cookie is not None and SET_COOKIE.fullmatch(set_cookie), (name, set_cookie)
+            assert event.ctx.ip == "127.0.0.0" and event.ctx.referer == "https://pub.example/", name
+            # The id is recorded pseudonymised, and so is the click id.
+            assert event.dims["uid"].startswith("auto:") and event.dims["click_id"].startswith("auto:"), name
+    # The same click id gives the same pseudonym; the cookie ids differ per request, and so do their pseudonyms.
+    assert events["none"].dims["click_id"] == events["tcf"].dims["click_id"]
+    assert events["none"].dims["uid"] != events["tcf"].dims["uid"]
+
+
+def test_the_cookie_is_kept_and_never_set_again(consent_tracker: Tracker) -> None:
+    tracker = consent_tracker
+    status, headers, _ = tracker.get("/i?imp=first")
+    assert status == 200
+    match = SET_COOKIE.fullmatch(headers["set-cookie"])
+    assert match is not None
+    uid = match.group(1)
+    status, headers, _ = tracker.get("/i?imp=second", {"Cookie": f"other=1; tp_uid={uid}"})
+    assert status == 200 and "set-cookie" not in headers
+    status, headers, _ = tracker.request("HEAD", "/i?imp=third", headers={"Cookie": "tp_uid=forged<script>"})
+    assert status == 200 and SET_COOKIE.fullmatch(headers["set-cookie"])  # not one of ours: replaced
+    status, headers, body = tracker.get("/win?imp=w1&price=1")
+    win_cookie = SET_COOKIE.fullmatch(headers["set-cookie"])
+    assert (status, body) == (204, b"") and win_cookie is not None
+    status, headers, _ = tracker.get("/win?imp=w2&price=1", {"Sec-GPC": "1"})
+    assert status == 204 and "set-cookie" not in headers
+    status, headers, _ = tracker.get("/plain?imp=p")
+    assert status == 200 and "set-cookie" not in headers  # an event type without the cookie
+    events = tracker.wait_events(6)
+    by_imp = {e.dims["imp"]: e for e in events}
+    assert by_imp["first"].dims["uid"] == by_imp["second"].dims["uid"]  # the same user, the same pseudonym
+    assert by_imp["first"].dims["uid"] != by_imp["third"].dims["uid"]
+    assert by_imp["w1"].dims["uid"] == win_cookie.group(1)  # no pseudonymize on this type: the id as set
+    assert "uid" not in by_imp["w2"].dims and by_imp["w2"].dims["consent"] == "denied"
+    assert "uid" not in by_imp["p"].dims and "consent" not in by_imp["p"].dims
+
+
+def test_bad_consent_input_is_a_counted_4xx_not_a_crash(consent_tracker: Tracker) -> None:
+    tracker = consent_tracker
+    status, headers, _ = tracker.get("/i?imp=long&gdpr_consent=" + "A" * 8200)
+    assert status in (400, 414) and headers["x-reject-reason"] in ("field_too_long", "uri_too_long")
+    status, _, _ = tracker.get("/i?imp=ok&gdpr=1&gdpr_consent=%FF%FE")
+    assert status == 400  # not UTF-8: invalid_encoding, like any other parameter
+    assert tracker.wait_metric("trackpoint_rejected_total", 'reason="invalid_encoding"', 1) >= 1
+    status, _, _ = tracker.get("/i?imp=ok2&gdpr=1&gdpr_consent=" + "_" * 300)
+    assert status == 200
+    [event] = [e for e in tracker.wait_events(1) if e.dims["imp"] == "ok2"]
+    assert event.dims["consent_reason"] == "tcf_invalid"
