@@ -79,8 +79,23 @@ def test_a_signed_url_verifies_and_carries_key_id_expiry_and_a_128_bit_signature
     url = sign_url("https://t.test/c?imp=1&url=https%3A%2F%2Fshop.test%2F%3Fa%3D1", "k1", SECRET, 2_000_000_000)
     query = dict(pair.split("=", 1) for pair in urlsplit(url).query.split("&"))
     assert query["kid"] == "k1" and query["exp"] == "2000000000" and len(query["sig"]) == 22
-    assert url.startswith("https://t.test/c?imp=1&url=https%3A%2F%2Fshop.test%2F%3Fa%3D1&")
+    # The pairs in signed order (by name), the signature last; values keep their encoding.
+    assert url.startswith("https://t.test/c?exp=2000000000&imp=1&kid=k1&url=https%3A%2F%2Fshop.test%2F%3Fa%3D1&sig=")
     assert _verify(Verifier({"k1": SECRET}), url, now=1_900_000_000) is None
+
+
+def test_a_url_as_signed_takes_the_fast_path_and_a_reordered_one_still_verifies() -> None:
+    verifier = Verifier({"k1": SECRET})
+    url = sign_url("/i?pub=p1&imp=1&cid=c9", "k1", SECRET, 2_000_000_000)
+    assert urlsplit(url).query.startswith("cid=c9&exp=2000000000&imp=1&kid=k1&pub=p1&sig=")
+    assert _verify(verifier, url, now=1_900_000_000) is None
+    parts = urlsplit(url)
+    pairs = parts.query.split("&")
+    reordered = parts._replace(query="&".join([*reversed(pairs[:-1]), pairs[-1]])).geturl()
+    assert _verify(verifier, reordered, now=1_900_000_000) is None  # the canonical path
+    assert _verify(verifier, url, now=2_100_000_000) == "signature_expired"  # the fast path checks expiry too
+    tampered = url.replace("imp=1", "imp=2")
+    assert _verify(verifier, tampered, now=1_900_000_000) == "signature_invalid"
 
 
 def test_signing_again_replaces_the_old_signature_parameters() -> None:

@@ -26,6 +26,8 @@ from trackpoint.security.signing import RequestSignature, edge_verifier, request
 
 log = logging.getLogger("trackpoint.edge")
 
+# Expired connections closed per event-loop iteration by the sweep.
+SWEEP_BATCH = 64
 # On drain, how long an idle keep-alive connection may still send one last request.
 DRAIN_IDLE_GRACE_S = 1.0
 # How often the rate-limit tables drop their idle buckets (a pass over each table).
@@ -193,10 +195,15 @@ class Edge:
             responder.rebuild()
 
     def sweep(self) -> None:
-        """Closes connections whose phase deadline has passed (header, body or keep-alive idle timeout)."""
+        """Closes connections whose phase deadline has passed (header, body or keep-alive idle timeout), at most
+        SWEEP_BATCH at a time: a thousand stalled connections expiring together are closed over several event-loop
+        iterations, with requests served in between, instead of in one long pause."""
         now = time.monotonic()
-        for connection in [c for c in self.connections if c.deadline < now]:
+        expired = [c for c in self.connections if c.deadline < now]
+        for connection in expired[:SWEEP_BATCH]:
             connection.expire()
+        if len(expired) > SWEEP_BATCH:
+            asyncio.get_running_loop().call_soon(self.sweep)
 
     def sweep_interval_s(self) -> float:
         shortest = min(self.limits.header_timeout_s, self.limits.body_timeout_s, self.limits.keepalive_timeout_s)
