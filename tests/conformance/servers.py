@@ -82,3 +82,18 @@ class PrivateServer:
 
 def binary(name: str, fallback: str) -> str:
     return shutil.which(name) or fallback
+
+
+class ServerTarget:
+    """A conformance target whose outage is its private server stopped and started again."""
+
+    server: PrivateServer
+
+    async def start(self) -> None:
+        await self.server.start()
+
+    async def stop(self) -> None:
+        await self.server.stop()
+
+    async def close(self) -> None:
+        await self.server.close()

@@ -15,10 +15,10 @@ from nats.js.errors import NotFoundError
 
 from trackpoint.collectors.nats.config import stream_subject
 
-from .servers import PrivateServer, binary
+from .servers import PrivateServer, ServerTarget, binary
 
 
-class NatsTarget:
+class NatsTarget(ServerTarget):
     name = "nats"
     supports_restart = True
     dedupes_replays = True  # Nats-Msg-Id = event id, within the stream's duplicate window
@@ -66,15 +66,6 @@ class NatsTarget:
             return ids
         finally:
             await connection.close()
-
-    async def start(self) -> None:
-        await self.server.start()
-
-    async def stop(self) -> None:
-        await self.server.stop()
-
-    async def close(self) -> None:
-        await self.server.close()
 
     async def _jetstream_ready(self) -> bool:
         """JetStream answers (the port opens a little before the stream store is recovered)."""

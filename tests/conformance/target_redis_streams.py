@@ -13,10 +13,10 @@ from typing import Any, cast
 
 from redis.asyncio import Redis
 
-from .servers import PrivateServer, binary
+from .servers import PrivateServer, ServerTarget, binary
 
 
-class RedisStreamsTarget:
+class RedisStreamsTarget(ServerTarget):
     name = "redis_streams"
     supports_restart = True
     dedupes_replays = True  # the collector's script appends an id at most once within dedupe_window_s
@@ -53,15 +53,6 @@ class RedisStreamsTarget:
                 start = "(" + entries[-1][0]
         finally:
             await client.aclose()
-
-    async def start(self) -> None:
-        await self.server.start()
-
-    async def stop(self) -> None:
-        await self.server.stop()
-
-    async def close(self) -> None:
-        await self.server.close()
 
     async def _pong(self) -> bool:
         client = Redis.from_url(self.url, socket_connect_timeout=0.5)

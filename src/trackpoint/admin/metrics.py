@@ -31,40 +31,28 @@ class _SnapshotCollector:
         snap = self.totals()
         state = self.state
         yield _counter("trackpoint_requests", "HTTP requests received by the tracking edge.", snap.requests)
-        rejected = CounterMetricFamily(
-            "trackpoint_rejected",
-            "Requests rejected, by reason (the X-Reject-Reason code).",
-            labels=["reason"],
+        yield _by_label(
+            "trackpoint_rejected", "Requests rejected, by reason (the X-Reject-Reason code).", "reason", snap.rejected
         )
-        for reason, count in sorted(snap.rejected.items()):
-            rejected.add_metric([reason], count)
-        yield rejected
-        events = CounterMetricFamily("trackpoint_events", "Events accepted, by event type.", labels=["type"])
-        for type_name, count in sorted(snap.events.items()):
-            events.add_metric([type_name], count)
-        yield events
-        shed = CounterMetricFamily(
+        yield _by_label("trackpoint_events", "Events accepted, by event type.", "type", snap.events)
+        yield _by_label(
             "trackpoint_shed",
             "Requests over a rate limit with action shed, by event type: answered, not recorded.",
-            labels=["type"],
+            "type",
+            snap.shed,
         )
-        for type_name, count in sorted(snap.shed.items()):
-            shed.add_metric([type_name], count)
-        yield shed
-        dropped = CounterMetricFamily(
-            "trackpoint_preprocessor_dropped", "Events dropped by a preprocessor.", labels=["preprocessor"]
+        yield _by_label(
+            "trackpoint_preprocessor_dropped",
+            "Events dropped by a preprocessor.",
+            "preprocessor",
+            snap.preprocessor_dropped,
         )
-        for name, count in sorted(snap.preprocessor_dropped.items()):
-            dropped.add_metric([name], count)
-        yield dropped
-        failed = CounterMetricFamily(
+        yield _by_label(
             "trackpoint_preprocessor_errors",
             "Events dropped because a preprocessor raised (a failing plugin).",
-            labels=["preprocessor"],
+            "preprocessor",
+            snap.preprocessor_errors,
         )
-        for name, count in sorted(snap.preprocessor_errors.items()):
-            failed.add_metric([name], count)
-        yield failed
         counts = snap.latency_counts or [0] * (len(LATENCY_BUCKETS) + 1)
         cumulative = list(accumulate(counts))
         buckets = [(repr(bound), cumulative[i]) for i, bound in enumerate(LATENCY_BUCKETS)]
@@ -130,6 +118,13 @@ def _collector_metrics(snap: Snapshot) -> Iterator[Metric]:
     yield from families.values()
     yield from gauges.values()
     yield from (errors, lost, healthy, accepting)
+
+
+def _by_label(name: str, documentation: str, label: str, counts: dict[str, int]) -> CounterMetricFamily:
+    family = CounterMetricFamily(name, documentation, labels=[label])
+    for value, count in sorted(counts.items()):
+        family.add_metric([value], count)
+    return family
 
 
 def _counter(name: str, documentation: str, value: float) -> CounterMetricFamily:
