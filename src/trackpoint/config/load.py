@@ -280,6 +280,9 @@ def check_references(config: Config) -> Iterator[tuple[KeyPath, str]]:
     from trackpoint.privacy.checks import check_privacy  # privacy imports this package's model: import here
 
     yield from check_privacy(config)
+    from trackpoint.preprocessors.decrypt_price import check_decrypt_price
+
+    yield from check_decrypt_price(config)
 
 
 def _check_signing(config: Config) -> Iterator[tuple[KeyPath, str]]:

@@ -12,6 +12,7 @@ from datetime import UTC, datetime, timedelta
 from decimal import Decimal
 from urllib.parse import unquote_to_bytes
 
+from trackpoint.adtech.price import MACRO_UNSUBSTITUTED, unsubstituted_macro
 from trackpoint.config.model import FieldSpec
 
 MICROS = 1_000_000
@@ -127,7 +128,7 @@ def _money(name: str) -> Callable[[str], int | float]:
     def convert(raw: str) -> int | float:
         micros = parse_micros(raw)
         if micros is None:
-            raise Reject(400, "invalid_field", name)
+            raise Reject(400, MACRO_UNSUBSTITUTED if unsubstituted_macro(raw) else "invalid_field", name)
         return micros
 
     return convert

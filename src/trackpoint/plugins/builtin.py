@@ -15,6 +15,7 @@ from trackpoint.config.load import default_text
 from trackpoint.config.model import (
     AnonymizeIpConfig,
     CheckConsentConfig,
+    DecryptPriceConfig,
     EventTypeSpec,
     LogCollectorConfig,
     ParseUserAgentConfig,
@@ -81,6 +82,12 @@ def _check_consent(name: str, config: Any) -> Preprocessor:
     return CheckConsent(name, config)
 
 
+def _decrypt_price(name: str, config: Any, data_dir: str) -> Preprocessor:
+    from trackpoint.preprocessors.decrypt_price import DecryptPrice
+
+    return DecryptPrice(name, config, data_dir)
+
+
 def default_event_types() -> dict[str, EventTypeSpec]:
     """The embedded default's event types, offered as presets (`preset: impression`) to every config file."""
     document = yaml.safe_load(default_text())
@@ -101,6 +108,7 @@ plugin = Plugin(
         PreprocessorKind(ParseUserAgentConfig, _parse_user_agent),
         PreprocessorKind(PseudonymizeConfig, _pseudonymize, uses_data_dir=True),
         PreprocessorKind(CheckConsentConfig, _check_consent),
+        PreprocessorKind(DecryptPriceConfig, _decrypt_price, uses_data_dir=True),
     ],
     event_types=default_event_types(),
 )

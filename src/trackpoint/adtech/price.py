@@ -1,0 +1,128 @@
+"""Encrypted win prices: Google's price-confirmation scheme (HMAC-SHA1 pad and signature), used by many exchanges.
+
+`PriceDecrypter` checks and opens one `${AUCTION_PRICE}` token; `unsubstituted_macro` spots a macro never expanded.
+"""
+
+from __future__ import annotations
+
+import binascii
+import hashlib
+import hmac
+
+# A token is web-safe base64 (padding optional) of: initialisation vector | encrypted price | signature.
+IV_BYTES = 16
+PRICE_BYTES = 8
+SIGNATURE_BYTES = 4
+TOKEN_BYTES = IV_BYTES + PRICE_BYTES + SIGNATURE_BYTES
+TOKEN_CHARS = 38  # 28 bytes in base64 without its padding
+
+# Rejection reasons (the preprocessor answers them 400).
+MALFORMED = "price_malformed"
+SIGNATURE_INVALID = "price_signature_invalid"
+MACRO_UNSUBSTITUTED = "price_macro_unsubstituted"
+EXPIRED = "price_expired"
+OUT_OF_RANGE = "price_out_of_range"
+
+_MACRO = "AUCTION_PRICE"  # also inside `${AUCTION_PRICE:B64}` and its URL-encoded forms once the edge decoded them
+_FROM_WEBSAFE = bytes.maketrans(b"-_", b"+/")
+_BLOCK = 64  # SHA-1 block size
+_IPAD = bytes(x ^ 0x36 for x in range(256))
+_OPAD = bytes(x ^ 0x5C for x in range(256))
+
+
+class PriceError(Exception):
+    """A token that cannot be trusted: `reason` is MALFORMED or SIGNATURE_INVALID."""
+
+    __slots__ = ("reason",)
+
+    def __init__(self, reason: str) -> None:
+        super().__init__(reason)
+        self.reason = reason
+
+
+def unsubstituted_macro(raw: str) -> bool:
+    """Whether a price parameter is the auction-price macro itself: the exchange (or a proxy) never expanded it."""
+    return _MACRO in raw
+
+
+def decode_websafe(text: str) -> bytes:
+    """Web-safe base64 (RFC 4648 §5), padded or not, strictly: ValueError on any other character."""
+    stripped = text.rstrip("=")
+    if len(text) - len(stripped) > 2 or not stripped.isascii():
+        raise ValueError("not web-safe base64")
+    raw = stripped.encode("ascii")
+    if b"+" in raw or b"/" in raw:  # the standard alphabet's own characters are not web-safe
+        raise ValueError("not web-safe base64")
+    data = raw.translate(_FROM_WEBSAFE)
+    try:
+        return binascii.a2b_base64(data + b"=" * (-len(data) % 4), strict_mode=True)
+    except binascii.Error:
+        raise ValueError("not web-safe base64") from None
+
+
+class _Sha1Key:
+    """HMAC-SHA1 with the key's inner and outer hash states computed once (RFC 2104), as in security.signing."""
+
+    __slots__ = ("inner", "outer")
+
+    def __init__(self, secret: bytes) -> None:
+        if len(secret) > _BLOCK:
+            secret = hashlib.sha1(secret).digest()
+        secret = secret.ljust(_BLOCK, b"\0")
+        self.inner = hashlib.sha1(secret.translate(_IPAD))
+        self.outer = hashlib.sha1(secret.translate(_OPAD))
+
+    def digest(self, message: bytes) -> bytes:
+        inner = self.inner.copy()
+        inner.update(message)
+        outer = self.outer.copy()
+        outer.update(inner.digest())
+        return outer.digest()
+
+
+class PriceDecrypter:
+    """One exchange's keys (the raw bytes, as decoded from the web-safe base64 the exchange hands out)."""
+
+    __slots__ = ("encryption", "integrity")
+
+    def __init__(self, encryption_key: bytes, integrity_key: bytes) -> None:
+        self.encryption = _Sha1Key(encryption_key)
+        self.integrity = _Sha1Key(integrity_key)
+
+    def decrypt(self, token: str) -> tuple[int, int]:
+        """(the price as the exchange encodes it — a signed 64-bit integer, micros of the CPM for Google —, the
+        seconds of the initialisation vector's timestamp); PriceError when the token is malformed or forged."""
+        if len(token) > TOKEN_CHARS + 2:
+            raise PriceError(MALFORMED)
+        try:
+            data = decode_websafe(token)
+        except ValueError:
+            raise PriceError(MALFORMED) from None
+        if len(data) != TOKEN_BYTES:
+            raise PriceError(MALFORMED)
+        iv = data[:IV_BYTES]
+        encrypted = data[IV_BYTES : IV_BYTES + PRICE_BYTES]
+        pad = self.encryption.digest(iv)[:PRICE_BYTES]
+        price = (int.from_bytes(encrypted, "big") ^ int.from_bytes(pad, "big")).to_bytes(PRICE_BYTES, "big")
+        signature = self.integrity.digest(price + iv)[:SIGNATURE_BYTES]
+        if not hmac.compare_digest(signature, data[IV_BYTES + PRICE_BYTES :]):
+            raise PriceError(SIGNATURE_INVALID)
+        return int.from_bytes(price, "big", signed=True), int.from_bytes(iv[:4], "big")
+
+
+def decrypt_price(token: str, encryption_key: bytes, integrity_key: bytes) -> tuple[int, int]:
+    """(price in micros, IV timestamp seconds) of one token; for many tokens keep a `PriceDecrypter`."""
+    return PriceDecrypter(encryption_key, integrity_key).decrypt(token)
+
+
+def encrypt_price(price: int, iv: bytes, encryption_key: bytes, integrity_key: bytes) -> str:
+    """The token an exchange would send for `price` with this 16-byte initialisation vector (for tests and tools:
+    the tracker itself only decrypts)."""
+    if len(iv) != IV_BYTES:
+        raise ValueError(f"the initialisation vector has {IV_BYTES} bytes")
+    plain = price.to_bytes(PRICE_BYTES, "big", signed=True)
+    pad = hmac.digest(encryption_key, iv, "sha1")[:PRICE_BYTES]
+    encrypted = bytes(a ^ b for a, b in zip(plain, pad, strict=True))
+    signature = hmac.digest(integrity_key, plain + iv, "sha1")[:SIGNATURE_BYTES]
+    token = binascii.b2a_base64(iv + encrypted + signature, newline=False)
+    return token.translate(bytes.maketrans(b"+/", b"-_")).rstrip(b"=").decode("ascii")
