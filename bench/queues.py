@@ -38,7 +38,6 @@ from rich.console import Console
 from rich.table import Table
 
 from run import (
-    CLK_TCK,
     LOAD_CPU,
     PACED_UNIQUE_LUA,
     RESULTS_DIR,
@@ -47,7 +46,7 @@ from run import (
     HarnessError,
     Service,
     WrkResult,
-    _stat_fields,
+    cpu_seconds,
     free_ports,
     git_state,
     http_get,
@@ -196,13 +195,6 @@ def logged_ids(data_dir: Path) -> list[str]:
 
 
 # --------------------------------------------------------------------------- scenarios
-
-
-def cpu_seconds(pid: int) -> float:
-    fields = _stat_fields(pid)
-    if fields is None:
-        raise HarnessError(f"process {pid} is gone")
-    return (int(fields[11]) + int(fields[12])) / CLK_TCK  # utime + stime
 
 
 def measure_overhead(workdir: Path, duration_s: int, console: Console) -> Overhead:

@@ -525,6 +525,14 @@ def _stat_fields(pid: int) -> list[str] | None:
     return stat.rpartition(")")[2].split()
 
 
+def cpu_seconds(pid: int) -> float:
+    """User + system CPU time of ``pid`` so far."""
+    fields = _stat_fields(pid)
+    if fields is None:
+        raise HarnessError(f"process {pid} is gone")
+    return (int(fields[11]) + int(fields[12])) / CLK_TCK
+
+
 def _pids() -> list[int]:
     return [int(entry.name) for entry in Path("/proc").iterdir() if entry.name.isdigit()]
 

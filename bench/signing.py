@@ -25,14 +25,13 @@ from rich.console import Console
 from rich.table import Table
 
 from run import (
-    CLK_TCK,
     PIXEL_PATH,
     RESULTS_DIR,
     SERVER_CPU,
     THROUGHPUT_CONNECTIONS,
     HarnessError,
     Service,
-    _stat_fields,
+    cpu_seconds,
     free_ports,
     git_state,
     http_get,
@@ -77,13 +76,6 @@ def tracker(workdir: Path, signed: bool) -> Iterator[tuple[Service, str]]:
         if status != 200:
             raise HarnessError(f"GET {target} answered {status}")
         yield service, service.url + target
-
-
-def cpu_seconds(pid: int) -> float:
-    fields = _stat_fields(pid)
-    if fields is None:
-        raise HarnessError(f"process {pid} is gone")
-    return (int(fields[11]) + int(fields[12])) / CLK_TCK
 
 
 def main(argv: list[str] | None = None) -> int:

@@ -5,6 +5,7 @@ End-to-end tests talk to it over real sockets and read its log files back with t
 
 from __future__ import annotations
 
+import asyncio
 import http.client
 import os
 import signal
@@ -12,7 +13,7 @@ import socket
 import subprocess
 import sys
 import time
-from collections.abc import Iterator
+from collections.abc import Awaitable, Callable, Iterator
 from pathlib import Path
 from typing import Any
 
@@ -38,6 +39,14 @@ def make_event(i: int, event_type: str = "impression") -> Event:
         ctx=Context(ip="192.0.2.0", ua="Agent/1"),
         meta=Meta(worker=0, config="abc123"),
     )
+
+
+async def until(condition: Callable[[], Awaitable[bool]], timeout_s: float = 8.0, what: str = "condition") -> None:
+    """Polls an async condition until it holds; fails the test after `timeout_s`."""
+    deadline = time.monotonic() + timeout_s
+    while not await condition():
+        assert time.monotonic() < deadline, f"timed out waiting for {what}"
+        await asyncio.sleep(0.05)
 
 
 def free_port() -> int:

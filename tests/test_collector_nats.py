@@ -8,11 +8,10 @@ import asyncio
 import os
 import shutil
 import signal
-import socket
 import subprocess
 import time
 import uuid
-from collections.abc import AsyncIterator, Awaitable, Callable
+from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
 from pathlib import Path
 from typing import Any
@@ -24,7 +23,7 @@ from nats.js import JetStreamContext
 from nats.js.api import StreamConfig
 
 from conformance.target_nats import make_target
-from conftest import make_event
+from conftest import free_port, make_event, until
 from trackpoint.collectors.base import CollectorContext, SendResult
 from trackpoint.collectors.nats.collector import NatsCollector
 from trackpoint.collectors.nats.config import NatsCollectorConfig, stream_subject
@@ -75,25 +74,11 @@ async def stored(js: JetStreamContext, stream: str) -> list[tuple[str, str, byte
     return messages
 
 
-async def eventually(condition: Callable[[], Awaitable[bool]], timeout_s: float = 8.0) -> None:
-    deadline = time.monotonic() + timeout_s
-    while not await condition():
-        assert time.monotonic() < deadline, "condition not reached in time"
-        await asyncio.sleep(0.05)
-
-
 async def until_connected(target: NatsCollector) -> None:
     async def connected() -> bool:
         return target.health().healthy
 
-    await eventually(connected)
-
-
-def free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        port: int = sock.getsockname()[1]
-        return port
+    await until(connected)
 
 
 # --- configuration -------------------------------------------------------------------------------------------
@@ -256,7 +241,7 @@ def test_outage_and_restart_lose_nothing_and_duplicate_nothing(tmp_path: Path) -
             async def delivered(count: int) -> bool:
                 return await server.read_ids() == [e.id for e in events[:count]]
 
-            await eventually(lambda: delivered(100))
+            await until(lambda: delivered(100))
 
             await server.stop()
             began = time.monotonic()
@@ -265,7 +250,7 @@ def test_outage_and_restart_lose_nothing_and_duplicate_nothing(tmp_path: Path) -
             for event in events[100:]:
                 target.offer(event)
             await server.start()
-            await eventually(lambda: delivered(300))
+            await until(lambda: delivered(300))
             await until_connected(target)
 
             for event in events:  # `trackpoint replay` of the same log

@@ -22,7 +22,7 @@ from redis.asyncio import Redis
 from redis.crc import key_slot
 
 from conformance.target_redis_streams import RedisStreamsTarget, make_target
-from conftest import make_event
+from conftest import make_event, until
 from trackpoint.collectors.base import CollectorContext, SendResult
 from trackpoint.collectors.redis_streams.collector import RedisStreamsCollector
 from trackpoint.collectors.redis_streams.config import RedisStreamsCollectorConfig, seen_prefix
@@ -61,13 +61,6 @@ async def entries(client: Redis, stream: str) -> list[tuple[str, dict[str, str]]
 
 async def stream_ids(client: Redis, stream: str) -> list[str]:
     return [fields["id"] for _, fields in await entries(client, stream)]
-
-
-async def eventually(condition: Callable[[], Awaitable[bool]], timeout_s: float = 8.0) -> None:
-    deadline = time.monotonic() + timeout_s
-    while not await condition():
-        assert time.monotonic() < deadline, "condition not reached in time"
-        await asyncio.sleep(0.05)
 
 
 # --- configuration -------------------------------------------------------------------------------------------
@@ -231,14 +224,14 @@ def test_outage_and_restart_lose_nothing_and_duplicate_nothing(tmp_path: Path) -
             events = [make_event(i) for i in range(300)]
             for event in events[:100]:
                 target.offer(event)
-            await eventually(lambda: _equals(server.read_ids, [e.id for e in events[:100]]))
+            await until(lambda: _equals(server.read_ids, [e.id for e in events[:100]]))
 
             await server.stop()
             for event in events[100:]:
                 target.offer(event)
-            await eventually(_truthy(lambda: not target.health().healthy))
+            await until(_truthy(lambda: not target.health().healthy))
             await server.start()
-            await eventually(lambda: _equals(server.read_ids, [e.id for e in events]))
+            await until(lambda: _equals(server.read_ids, [e.id for e in events]))
             assert target.health().healthy
 
             for event in events:  # `trackpoint replay` of the same log
@@ -276,7 +269,7 @@ def test_password_from_the_environment(tmp_path: Path, monkeypatch: pytest.Monke
         )
         try:
             probe = Redis.from_url(server.url, password="s3cret-pw")
-            await eventually(_pings(probe))
+            await until(_pings(probe))
             good = collector(config(url=server.url, stream="s", password_env="TP_TEST_REDIS_PASSWORD"), tmp_path)
             bad = collector(config(url=server.url, stream="s", password_env="TP_TEST_REDIS_WRONG"), tmp_path, "other")
             await good.start()

@@ -6,18 +6,12 @@ from __future__ import annotations
 import asyncio
 import shutil
 import signal
-import socket
 import subprocess
 import tempfile
 from collections.abc import Awaitable, Callable
 from pathlib import Path
 
-
-def free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        port: int = sock.getsockname()[1]
-        return port
+from conftest import free_port
 
 
 class PrivateServer:

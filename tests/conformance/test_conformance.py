@@ -18,6 +18,7 @@ from typing import Any, Protocol
 import msgspec
 import pytest
 
+from conftest import until
 from trackpoint.collectors.base import Collector, CollectorContext
 from trackpoint.collectors.log.collector import LogCollector
 from trackpoint.config.model import LogCollectorConfig
@@ -84,19 +85,11 @@ def events(count: int, types: tuple[str, ...] = ("impression", "click")) -> list
     ]
 
 
-async def wait_for(condition: Callable[[], Awaitable[bool]], timeout_s: float, what: str) -> None:
-    deadline = time.monotonic() + timeout_s
-    while not await condition():
-        if time.monotonic() > deadline:
-            raise AssertionError(f"timed out waiting for {what}")
-        await asyncio.sleep(0.1)
-
-
 async def all_delivered(target: Target, ids: set[str], timeout_s: float = 30.0) -> None:
     async def done() -> bool:
         return ids <= set(await target.read_ids())
 
-    await wait_for(done, timeout_s, f"{len(ids)} events at {target.name}")
+    await until(done, timeout_s, f"{len(ids)} events at {target.name}")
 
 
 @pytest.fixture(params=TARGETS)
@@ -163,7 +156,7 @@ def test_outage_spools_retries_and_delivers_everything_in_order_after_restart(ta
                 stats = collector.snapshot()
                 return stats.retried > 0 and stats.pending == 0 and stats.spooled_events == len(during)
 
-            await wait_for(spooled, 20, "the backlog to move to the spool")
+            await until(spooled, 20, "the backlog to move to the spool")
             await target.start()
             await all_delivered(target, {e.id for e in before + during}, timeout_s=40)
             await collector.close(10.0)
