@@ -125,10 +125,10 @@ class Tracker:
     def get(self, path: str, headers: dict[str, str] | None = None) -> tuple[int, dict[str, str], bytes]:
         return self.request("GET", path, headers=headers)
 
-    def admin(self, method: str, path: str) -> tuple[int, dict[str, str], bytes]:
+    def admin(self, method: str, path: str, body: bytes | None = None) -> tuple[int, dict[str, str], bytes]:
         connection = http.client.HTTPConnection("127.0.0.1", self.admin_port, timeout=10)
         try:
-            connection.request(method, path)
+            connection.request(method, path, body=body)
             response = connection.getresponse()
             return response.status, {k.lower(): v for k, v in response.getheaders()}, response.read()
         finally:

@@ -140,8 +140,8 @@ def test_length_is_counted_in_decoded_characters() -> None:
     ("type_name", "query", "reason", "field"),
     [
         ("win", b"imp=i&price=abc", "invalid_field", "price"),
-        ("win", b"imp=i&price=100000.01", "field_out_of_range", "price"),
-        ("win", b"imp=i&price=-1", "field_out_of_range", "price"),
+        ("win", b"imp=i&price=100000.01", "price_out_of_range", "price"),
+        ("win", b"imp=i&price=-1", "price_out_of_range", "price"),
         ("video", b"imp=i&ev=bogus", "invalid_field", "ev"),
         ("video", b"imp=i&ev=start&t=nan", "invalid_field", "t"),
         ("video", b"imp=i&ev=start&t=86401", "field_out_of_range", "t"),
@@ -418,6 +418,8 @@ def test_builders_of_every_default_type_build_a_minimal_event() -> None:
         "conversion": b"",
         "video": b"imp=i&ev=start",
         "win": b"imp=i&price=0",
+        "billing": b"imp=i&price=0",
+        "loss": b"imp=i",
     }
     for name, spec in load().config.event_types.items():
         event = EventBuilder(name, spec, META).build(minimal[name], None, {}, "192.0.2.1")
@@ -432,6 +434,8 @@ def test_built_events_encode_and_decode_back_as_events() -> None:
         "conversion": b"order_id=o&value=1.5",
         "video": b"imp=i&ev=start&t=2.5",
         "win": b"imp=i&price=0.75",
+        "billing": b"imp=i&price=0.75",
+        "loss": b"imp=i&loss=102&min_to_win=0.8",
     }
     headers = {b"user-agent": b"Agent/1", b"referer": b"https://r.example/"}
     for name, query in requests.items():

@@ -21,14 +21,26 @@ from trackpoint.config.load import DEFAULT_CONFIG_NAME, default_text
 
 TRACKPOINT_BIN = Path(sys.executable).parent / "trackpoint"
 
+# The fields win, billing and loss notices share.
+NOTICE_FIELDS = {"imp", "cur", "auction", "bid", "auction_imp", "seat", "ad", "cid", "crid", "pub"}
 DEFAULT_FIELDS = {
     "impression": {"imp", "cid", "crid", "pub"},
     "click": {"imp", "cid", "crid", "pub", "url"},
     "conversion": {"click_id", "order_id", "cid", "value", "cur"},
-    "video": {"imp", "ev", "t", "cid", "crid", "pub"},
-    "win": {"imp", "price", "cur", "cid", "crid", "pub"},
+    "video": {"imp", "ev", "t", "dur", "code", "cb", "cid", "crid", "pub"},
+    "win": NOTICE_FIELDS | {"price", "mbr"},
+    "billing": NOTICE_FIELDS | {"price", "mbr"},
+    "loss": NOTICE_FIELDS | {"loss", "price", "min_to_win"},
 }
-DEFAULT_PATHS = {"impression": "/i", "click": "/c", "conversion": "/conv", "video": "/v", "win": "/win"}
+DEFAULT_PATHS = {
+    "impression": "/i",
+    "click": "/c",
+    "conversion": "/conv",
+    "video": "/v",
+    "win": "/win",
+    "billing": "/bill",
+    "loss": "/loss",
+}
 
 
 def write(directory: Path, text: str, name: str = "trackpoint.yaml") -> Path:
@@ -74,7 +86,7 @@ def test_default_loads_from_the_embedded_file() -> None:
     assert "event_types:" in default_text()
 
 
-def test_default_has_the_five_event_types_on_their_paths() -> None:
+def test_default_has_the_seven_event_types_on_their_paths() -> None:
     event_types = load().config.event_types
     assert set(event_types) == set(DEFAULT_PATHS)
     for name, path in DEFAULT_PATHS.items():
@@ -89,13 +101,13 @@ def test_default_event_types_declare_the_documented_fields() -> None:
 
 def test_default_field_types_and_options() -> None:
     types = load().config.event_types
-    assert types["win"].fields["price"].type == "money"
+    assert types["win"].fields["price"].type == "price"
     assert types["win"].fields["price"].required
     assert types["win"].fields["cur"].default == "USD"
     assert types["conversion"].fields["value"].type == "money"
     assert types["conversion"].fields["cur"].default == "USD"
     assert types["conversion"].methods == ["GET", "HEAD", "POST"]
-    assert types["video"].fields["t"].type == "decimal"
+    assert types["video"].fields["t"].type == "duration"
     ev = types["video"].fields["ev"]
     assert ev.type == "enum"
     assert ev.required
@@ -272,7 +284,7 @@ def test_every_problem_of_a_file_is_reported_with_line_and_key_path(tmp_path: Pa
             "collectors:\n  out:\n    type: kinesis\n",
             "kinesis",
             ("collectors", "out", "type"),
-            "unknown type 'kinesis' (known: kafka, log, nats, redis_streams, stdout)",
+            "unknown type 'kinesis' (known: banker, kafka, log, nats, redis_streams, stdout)",
             id="unknown-collector-type",
         ),
         pytest.param(

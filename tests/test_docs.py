@@ -53,7 +53,7 @@ def test_reference_names_every_section_and_endpoint() -> None:
     ):
         assert f"## {section}" in text
     endpoints = endpoints_reference(load())
-    for path in ("`/i`", "`/c`", "`/conv`", "`/v`", "`/win`"):
+    for path in ("`/i`", "`/c`", "`/conv`", "`/v`", "`/win`", "`/bill`", "`/loss`"):
         assert path in endpoints
 
 

@@ -41,7 +41,7 @@ def test_impression_returns_the_pixel_and_logs_one_event(tracker: Tracker) -> No
 def test_every_default_endpoint(tracker: Tracker) -> None:
     status, headers, _ = tracker.get("/c?imp=imp-2&cid=c1&url=https%3A%2F%2Fshop.example.com%2Fp%3Fx%3D1")
     assert status == 302
-    assert headers["location"] == "https://shop.example.com/p?x=1"
+    assert headers["location"].startswith("https://shop.example.com/p?x=1&tp_click=")  # issue_click_id's click id
     status, _, body = tracker.get("/win?imp=imp-2&price=2.5&cid=c1")
     assert (status, body) == (204, b"")
     status, _, body = tracker.get("/v?imp=imp-2&ev=firstQuartile&t=3.75")
@@ -86,7 +86,7 @@ def test_rejections_carry_a_reason_and_are_counted(tracker: Tracker) -> None:
         ("POST", "/i?imp=x", 405, "method_not_allowed"),
         ("GET", "/i?cid=1", 400, "missing_field"),
         ("GET", "/win?imp=x&price=abc", 400, "invalid_field"),
-        ("GET", "/win?imp=x&price=-1", 400, "field_out_of_range"),
+        ("GET", "/win?imp=x&price=-1", 400, "price_out_of_range"),
         ("GET", "/i?imp=" + "x" * 65, 400, "field_too_long"),
         ("GET", "/v?imp=x&ev=notAnEvent", 400, "invalid_field"),
         ("GET", "/c?imp=x&url=https%3A%2F%2Fevil.test%2F", 400, "redirect_not_allowed"),

@@ -366,7 +366,8 @@ def test_redirect_policy_end_to_end(signed_tracker: Tracker) -> None:
         f"n{number}": reason for number, (_, reason) in enumerate(NASTY_DESTINATIONS)
     }
     assert "redirect_rejected" not in recorded["ok1"].dims
-    assert location.endswith("&k=" + recorded["ok1"].id)  # {click_id}: the id the click is logged under
+    click_id = recorded["ok1"].dims["click_id"]  # {click_id}: the click id the click is logged with
+    assert location == f"https://shop.test/land?c=c%201&k={click_id}&tp_click={click_id}"
     assert recorded["ok2"].dims["redirect_rejected"] == "scheme"
     assert (
         tracker.wait_metric("trackpoint_rejected_total", 'reason="redirect_not_allowed"', 30)

@@ -53,6 +53,27 @@ class _SnapshotCollector:
             "preprocessor",
             snap.preprocessor_errors,
         )
+        outcomes = CounterMetricFamily(
+            "trackpoint_preprocessor_outcomes",
+            "Outcomes preprocessors count (attribution results, invalid-traffic flags), by preprocessor and outcome.",
+            labels=["preprocessor", "outcome"],
+        )
+        for preprocessor, outcome_counts in sorted(snap.preprocessor_outcomes.items()):
+            for outcome, count in sorted(outcome_counts.items()):
+                outcomes.add_metric([preprocessor, outcome], count)
+        yield outcomes
+        yield _by_label(
+            "trackpoint_invalid_traffic_routed",
+            "Events flagged as invalid traffic recorded only by their policy's collectors (route), by event type.",
+            "type",
+            snap.ivt_routed,
+        )
+        yield _by_label(
+            "trackpoint_invalid_traffic_dropped",
+            "Events flagged as invalid traffic and not recorded (drop), by event type.",
+            "type",
+            snap.ivt_dropped,
+        )
         counts = snap.latency_counts or [0] * (len(LATENCY_BUCKETS) + 1)
         cumulative = list(accumulate(counts))
         buckets = [(repr(bound), cumulative[i]) for i, bound in enumerate(LATENCY_BUCKETS)]
@@ -106,7 +127,15 @@ def _collector_metrics(snap: Snapshot) -> Iterator[Metric]:
         "0 while a full spool under the backpressure policy makes the edge answer 503.",
         labels=["collector"],
     )
+    # What a collector counts beyond the common counters (the banker's applied and duplicate debits, ...).
+    details = CounterMetricFamily(
+        "trackpoint_collector_outcomes",
+        "Collector-specific counts (banker: applied, duplicates, notifications, skipped_<reason>), by collector.",
+        labels=["collector", "outcome"],
+    )
     for name, stats in sorted(snap.collectors.items()):
+        for outcome, value in sorted(stats.outcomes.items()):
+            details.add_metric([name, outcome], value)
         for outcome, counter in families.items():
             counter.add_metric([name], getattr(stats, outcome))
         for gauge, family in gauges.items():
@@ -117,7 +146,7 @@ def _collector_metrics(snap: Snapshot) -> Iterator[Metric]:
         accepting.add_metric([name], 1 if stats.accepting else 0)
     yield from families.values()
     yield from gauges.values()
-    yield from (errors, lost, healthy, accepting)
+    yield from (errors, lost, healthy, accepting, details)
 
 
 def _by_label(name: str, documentation: str, label: str, counts: dict[str, int]) -> CounterMetricFamily:

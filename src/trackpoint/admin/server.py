@@ -10,6 +10,7 @@ import logging
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass, field
 from typing import cast
+from urllib.parse import unquote
 
 import httptools
 import msgspec
@@ -28,6 +29,8 @@ class AdminRequest:
     query: str
     body: bytes = b""
     headers: dict[str, str] = field(default_factory=dict)
+    # The values of a route's `{name}` segments, URL-decoded.
+    params: dict[str, str] = field(default_factory=dict)
 
 
 @dataclass
@@ -45,24 +48,42 @@ Handler = Callable[[AdminRequest], Awaitable[AdminResponse]]
 
 
 class AdminServer:
-    """Routes by exact (method, path)."""
+    """Routes by exact (method, path); a path may have `{name}` segments (`/banker/campaigns/{id}`), each matching
+    one non-empty segment, which the handler finds in `request.params`."""
 
     def __init__(self) -> None:
         self.routes: dict[tuple[str, str], Handler] = {}
+        self.patterns: list[tuple[str, tuple[str, ...], Handler]] = []
 
     def route(self, method: str, path: str, handler: Handler) -> None:
-        self.routes[(method, path)] = handler
+        if "{" in path:
+            self.patterns.append((method, tuple(path.strip("/").split("/")), handler))
+        else:
+            self.routes[(method, path)] = handler
+
+    def _find(self, method: str, request: AdminRequest) -> tuple[Handler | None, bool]:
+        """The handler of (method, path), and whether the path is known for any method."""
+        handler = self.routes.get((method, request.path))
+        known = handler is not None or any(path == request.path for _, path in self.routes)
+        if handler is not None:
+            return handler, True
+        segments = request.path.strip("/").split("/")
+        for route_method, pattern, candidate in self.patterns:
+            params = _match(pattern, segments)
+            if params is None:
+                continue
+            known = True
+            if route_method == method:
+                request.params = params
+                return candidate, True
+        return None, known
 
     async def dispatch(self, request: AdminRequest) -> AdminResponse:
-        handler = self.routes.get((request.method, request.path))
+        handler, known = self._find(request.method, request)
+        if handler is None and request.method == "HEAD":
+            handler, known = self._find("GET", request)
         if handler is None:
-            if request.method == "HEAD":
-                handler = self.routes.get(("GET", request.path))
-            if handler is None:
-                known = any(path == request.path for _, path in self.routes)
-                return AdminResponse.json(
-                    405 if known else 404, {"error": "method_not_allowed" if known else "not_found"}
-                )
+            return AdminResponse.json(405 if known else 404, {"error": "method_not_allowed" if known else "not_found"})
         try:
             return await handler(request)
         except Exception:
@@ -72,6 +93,20 @@ class AdminServer:
     async def start(self, host: str, port: int) -> asyncio.Server:
         loop = asyncio.get_running_loop()
         return await loop.create_server(lambda: _AdminProtocol(self), host, port, reuse_address=True)
+
+
+def _match(pattern: tuple[str, ...], segments: list[str]) -> dict[str, str] | None:
+    if len(pattern) != len(segments):
+        return None
+    params: dict[str, str] = {}
+    for expected, segment in zip(pattern, segments, strict=True):
+        if expected.startswith("{") and expected.endswith("}"):
+            if not segment:
+                return None
+            params[expected[1:-1]] = unquote(segment)
+        elif expected != segment:
+            return None
+    return params
 
 
 class _AdminProtocol(asyncio.Protocol):

@@ -21,6 +21,8 @@ app = typer.Typer(
 )
 config_app = typer.Typer(help="Check a configuration file or print its JSON schema.", no_args_is_help=True)
 app.add_typer(config_app, name="config")
+banker_app = typer.Typer(help="The banker: budgets and spend.", no_args_is_help=True)
+app.add_typer(banker_app, name="banker")
 
 err = Console(stderr=True)
 
@@ -227,6 +229,80 @@ def replay(  # noqa: PLR0917 (typer: one parameter per option)
     for where in report.read.skipped_at[:10]:
         out.print(f"  torn line at {where}", highlight=False)
     if any(result.refused for result in report.collectors.values()):
+        raise typer.Exit(1)
+
+
+@banker_app.command("reconcile")
+def banker_reconcile(
+    logs: Annotated[
+        list[Path], typer.Argument(help="Log files (.jsonl or .jsonl.gz) or directories holding them.", exists=True)
+    ],
+    config: ConfigOption = None,
+    collector: Annotated[
+        str | None, typer.Option("--collector", help="The banker collector (needed when there are several).")
+    ] = None,
+    as_json: Annotated[bool, typer.Option("--json", help="Print the report as JSON on stdout.")] = False,
+) -> None:
+    """Recompute each campaign's spend from the logs and compare it with the banker's store. Exits 1 on any
+    difference; logged debits the store lacks are applied (exactly once) by `trackpoint replay --collector`."""
+    import asyncio
+
+    from rich.table import Table
+
+    from trackpoint.banker.reconcile import ReconcileError, reconcile
+    from trackpoint.banker.store import StoreUnavailable
+    from trackpoint.collectors.log.reader import log_files
+
+    loaded = _load_or_exit(config)
+    files = log_files(logs)
+    if not files:
+        err.print("[bold red]error[/] no log files (events-*.jsonl[.gz]) in " + ", ".join(map(str, logs)))
+        raise typer.Exit(2)
+    try:
+        report = asyncio.run(reconcile(loaded.config, files, collector))
+    except ReconcileError as exc:
+        err.print(f"[bold red]error[/] {exc}", highlight=False)
+        raise typer.Exit(2) from None
+    except StoreUnavailable as exc:
+        err.print(f"[bold red]error[/] the banker's store is unavailable: {exc}", highlight=False)
+        raise typer.Exit(2) from None
+    if as_json:
+        document = {
+            "collector": report.collector,
+            "matches": report.matches,
+            "duplicates_in_logs": report.duplicates,
+            "skipped": report.skipped,
+            "campaigns": [
+                {
+                    "campaign": c.campaign, "log_micros": c.log_micros, "log_debits": c.log_debits,
+                    "store_micros": c.store_micros, "difference_micros": c.difference_micros,
+                    "missing_debits": c.missing_debits, "missing_micros": c.missing_micros, "matches": c.matches,
+                }
+                for c in report.campaigns
+            ],
+        }  # fmt: skip
+        print(json.dumps(document, indent=2))
+    else:
+        out = Console()
+        table = Table(title=f"banker {report.collector}: logs vs store (micros)")
+        for column in ("campaign", "logs", "debits", "store", "store - logs", "missing debits", ""):
+            table.add_column(column, justify="left" if column == "campaign" else "right")
+        for c in report.campaigns:
+            store = "—" if c.store_micros is None else f"{c.store_micros:,}"
+            mark = "[green]ok[/]" if c.matches else "[bold red]differs[/]"
+            table.add_row(c.campaign, f"{c.log_micros:,}", f"{c.log_debits:,}", store, f"{c.difference_micros:+,}",
+                          f"{c.missing_debits:,}", mark)  # fmt: skip
+        out.print(table)
+        skipped = ", ".join(f"{reason} {count:,}" for reason, count in report.skipped.items()) or "none"
+        out.print(
+            f"read {report.read.events:,} events · {report.duplicates:,} repeated ids counted once · "
+            f"not debits: {skipped} · torn lines {report.read.skipped:,}",
+            highlight=False,
+        )
+        if not report.matches:
+            out.print("[bold red]differences found[/]: `trackpoint replay --collector "
+                      f"{report.collector} LOG...` applies the missing debits (exactly once)")  # fmt: skip
+    if not report.matches:
         raise typer.Exit(1)
 
 

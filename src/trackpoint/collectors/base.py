@@ -62,6 +62,8 @@ class CollectorStats(msgspec.Struct):
     healthy: bool = True
     required: bool = False
     accepting: bool = True
+    # What a collector counts beyond these, by name (monotonic): see Collector.outcomes().
+    outcomes: dict[str, int] = {}
 
 
 @dataclass(frozen=True)
@@ -140,6 +142,10 @@ class Collector(ABC):
 
     def health(self) -> Health:
         return Health(healthy=True)
+
+    def outcomes(self) -> dict[str, int]:
+        """Counters of this collector's own (monotonic), reported as trackpoint_collector_outcomes_total."""
+        return {}
 
     async def close(self, drain_timeout_s: float) -> None:
         """Stops the flush loop and delivers what is pending within the drain timeout; what cannot be delivered
@@ -377,4 +383,8 @@ class Collector(ABC):
             self._note_error(exc)
             self.stats.healthy = False
         self.stats.accepting = self.accepting
+        try:
+            self.stats.outcomes = self.outcomes()
+        except Exception as exc:
+            self._note_error(exc)
         return msgspec.structs.replace(self.stats)

@@ -246,7 +246,7 @@ def _parse_error(message: str, path: KeyPath) -> tuple[KeyPath, str]:
 # --- checks across sections ------------------------------------------------------------------------------------
 
 
-_NUMBERS = ("int", "decimal", "money", "timestamp")  # fields that go to metrics unless `into` says otherwise
+_NUMBERS = ("int", "decimal", "money", "price", "duration", "timestamp")  # to metrics unless `into` says otherwise
 _TYPE_NAME = re.compile(r"[A-Za-z0-9_.-]{1,64}")
 _HOST = re.compile(r"\.?[a-z0-9]([a-z0-9-]*[a-z0-9])?(\.[a-z0-9]([a-z0-9-]*[a-z0-9])?)*", re.I)  # ASCII (IDNA)
 _SIGNATURE_PARAMS = frozenset({"kid", "exp", "sig"})
@@ -283,6 +283,15 @@ def check_references(config: Config) -> Iterator[tuple[KeyPath, str]]:
     from trackpoint.preprocessors.decrypt_price import check_decrypt_price
 
     yield from check_decrypt_price(config)
+    from trackpoint.adtech.click_checks import check_clicks
+
+    yield from check_clicks(config)
+    from trackpoint.preprocessors.vast import check_vast
+
+    yield from check_vast(config)
+    from trackpoint.edge.cors import check_cors
+
+    yield from check_cors(config)
 
 
 def _check_signing(config: Config) -> Iterator[tuple[KeyPath, str]]:
@@ -308,7 +317,7 @@ def _check_event_type(config: Config, base: KeyPath, spec: EventTypeSpec) -> Ite
             yield (*where, "values"), "values apply to enum fields only"
         if field.min is not None and field.max is not None and field.min > field.max:
             yield where, "min is greater than max"
-        if field.into == "metrics" and field.type not in ("int", "decimal", "money", "timestamp"):
+        if field.into == "metrics" and field.type not in _NUMBERS:
             yield (*where, "into"), f"metrics hold numbers: a {field.type} field goes to dims"
         if field.source in ("form", "json") and "POST" not in spec.methods:
             yield (*where, "source"), f"a {field.source} field needs POST among the event type's methods"

@@ -79,7 +79,7 @@ class AdminConfig(Struct, forbid_unknown_fields=True, kw_only=True):
     port: Annotated[int, Meta(ge=1, le=65535, description="Admin port.")] = 8081
 
 
-FieldType = Literal["string", "int", "decimal", "money", "enum", "bool", "timestamp"]
+FieldType = Literal["string", "int", "decimal", "money", "price", "duration", "enum", "bool", "timestamp"]
 FieldSource = Literal["param", "query", "form", "json", "header", "cookie", "ip"]
 
 
@@ -90,8 +90,11 @@ class FieldSpec(Struct, forbid_unknown_fields=True, kw_only=True):
         FieldType,
         Meta(
             description="string, int, decimal (float), money (decimal currency units stored as integer micros), "
-            "enum (one of `values`), bool (1/0/true/false/yes/no), timestamp (epoch s, epoch ms or ISO 8601; "
-            "stored as epoch ms)."
+            "price (money for an auction price: a literal `${AUCTION_PRICE}` is refused as "
+            "`price_macro_unsubstituted` and a value outside min/max as `price_out_of_range`, as decrypt_price "
+            "does), duration (seconds, `12.5`, or a VAST timecode `HH:MM:SS.mmm`; stored as seconds), enum (one "
+            "of `values`), bool (1/0/true/false/yes/no), timestamp (epoch s, epoch ms or ISO 8601; stored as "
+            "epoch ms)."
         ),
     ] = "string"
     source: Annotated[
@@ -121,6 +124,16 @@ class FieldSpec(Struct, forbid_unknown_fields=True, kw_only=True):
             "the rest to dims."
         ),
     ] = None
+    unexpanded_macros: Annotated[
+        Literal["keep", "absent"],
+        Meta(
+            description="A value that is a macro nobody expanded (the exchange, player or ad server sent the "
+            "placeholder itself: `${AUCTION_ID}`, `[ERRORCODE]`, `%%CACHEBUSTER%%`, `{click_id}`, also URL-encoded "
+            "once more, `%5BERRORCODE%5D`; for a duration also VAST's -1 and -2, value unknown or withheld). keep: "
+            "a value like any other; absent: never stored, the field counts as absent (its default applies) and "
+            "a required field is refused (400 `macro_unsubstituted`). Costs one character test per value."
+        ),
+    ] = "keep"
 
 
 class UserIdCookie(Struct, forbid_unknown_fields=True, kw_only=True):
@@ -138,6 +151,42 @@ class UserIdCookie(Struct, forbid_unknown_fields=True, kw_only=True):
     ] = None
 
 
+class CorsSpec(Struct, forbid_unknown_fields=True, kw_only=True):
+    """Cross-origin requests from browsers (CORS), for event types a web page calls with `fetch` or `sendBeacon`
+    from another origin. Off while `allow_origins` is empty. A preflight (`OPTIONS`) from an allowed origin is
+    answered 204 with the allowed methods (the event type's) and headers; from any other origin 403
+    `cors_origin_not_allowed`. Other responses to an allowed origin carry `Access-Control-Allow-Origin`; a request
+    from another origin is still recorded, only without CORS headers (the browser then hides the response)."""
+
+    allow_origins: Annotated[
+        list[str],
+        Meta(
+            description="Allowed origins: exact (`https://shop.example.com`, `http://localhost:3000`), every "
+            "subdomain (`https://*.example.com`; not example.com itself), or `*` (any origin, without "
+            "credentials). Without a scheme, https (`*.example.com`). Empty: CORS off."
+        ),
+    ] = msgspec.field(default_factory=list)
+    allow_credentials: Annotated[
+        bool,
+        Meta(
+            description="Send `Access-Control-Allow-Credentials: true`: the page's `fetch(..., {credentials: "
+            "'include'})` and `sendBeacon` then send and receive cookies (the user id cookie needs it). Not with `*`."
+        ),
+    ] = False
+    allow_headers: Annotated[
+        list[Annotated[str, Meta(pattern=r"^[A-Za-z0-9-]{1,64}$")]],
+        Meta(description="Request headers a page may send (`content-type` for JSON bodies)."),
+    ] = msgspec.field(default_factory=lambda: ["content-type"])
+    max_age_s: Annotated[
+        int,
+        Meta(
+            ge=0,
+            le=86_400,
+            description="How long a browser may reuse a preflight's answer (browsers cap it: Chrome at 7200).",
+        ),
+    ] = 600
+
+
 class ResponseSpec(Struct, forbid_unknown_fields=True, kw_only=True):
     """What the client gets back. The response never waits for a collector."""
 
@@ -152,6 +201,9 @@ class ResponseSpec(Struct, forbid_unknown_fields=True, kw_only=True):
             "dims.uid) when the request has none and the event type's check_consent allows it. Unset: no cookie."
         ),
     ] = None
+    cors: Annotated[
+        CorsSpec, Meta(description="Cross-origin requests from web pages (CORS); off unless allow_origins is set.")
+    ] = msgspec.field(default_factory=CorsSpec)
     redirect_field: Annotated[str, Meta(description="For redirect: the field holding the destination URL.")] = "url"
     allow_hosts: Annotated[
         list[str],
@@ -174,8 +226,8 @@ class ResponseSpec(Struct, forbid_unknown_fields=True, kw_only=True):
         bool,
         Meta(
             description="For redirect: expand `{name}` in the destination with the event's field of that name "
-            "(`{cid}`, `{crid}`, `{imp}`, ...) and `{click_id}` / `{event_id}` with the event id, URL-encoded; "
-            "unknown names are left as they are."
+            "(`{cid}`, `{crid}`, `{imp}`, ...), `{click_id}` with the click id issue_click_id issued (else the "
+            "event id, as `{event_id}`), URL-encoded; unknown names are left as they are."
         ),
     ] = False
 
@@ -222,6 +274,60 @@ class RateLimitSpec(Struct, forbid_unknown_fields=True, kw_only=True):
     ] = 100_000
 
 
+class InvalidTrafficSpec(Struct, forbid_unknown_fields=True, kw_only=True):
+    """What happens to an event flagged as invalid traffic (`dims.ivt`: `bot`, `prefetch`, `too_fast`, set by the
+    flag_invalid_traffic and attribute_conversion preprocessors). The client's response is the same either way."""
+
+    action: Annotated[
+        Literal["keep", "route", "drop"],
+        Meta(
+            description="keep: recorded like any other event, with its flag; route: recorded only by `collectors` "
+            "(counted in trackpoint_invalid_traffic_routed_total); drop: not recorded (counted in "
+            "trackpoint_invalid_traffic_dropped_total)."
+        ),
+    ] = "keep"
+    collectors: Annotated[
+        list[str], Meta(description="For route: the collectors flagged events go to instead of the type's own.")
+    ] = msgspec.field(default_factory=list)
+
+
+class PostbackAuthSpec(Struct, forbid_unknown_fields=True, kw_only=True):
+    """Authentication of server-to-server postbacks with a shared secret per advertiser: header `X-TP-Timestamp`
+    (epoch seconds) and `X-TP-Signature`, the hex HMAC-SHA256 under the advertiser's secret of the timestamp, a
+    newline, the raw query string (without `?`), a newline and the raw body. Refused: 401 `postback_auth_missing`,
+    403 `postback_auth_invalid`, `postback_auth_expired`, `postback_advertiser_unknown`."""
+
+    mode: Annotated[
+        Literal["off", "optional", "required"],
+        Meta(
+            description="required: a postback without credentials is refused (401); optional: it is accepted and "
+            'marked `dims.authenticated = "0"` (authenticated ones `"1"`); bad credentials are refused under '
+            "both (403)."
+        ),
+    ] = "off"
+    advertiser_field: Annotated[
+        str, Meta(description="The field (a dims field of this event type) naming the advertiser whose secret applies.")
+    ] = "adv"
+    secrets: Annotated[
+        dict[str, SecretSource],
+        Meta(
+            description="Secrets by advertiser (the values of advertiser_field), each at least 16 bytes; a "
+            "secret_file is relative to data_dir unless absolute."
+        ),
+    ] = msgspec.field(default_factory=dict)
+    max_skew_s: Annotated[
+        int,
+        Meta(ge=1, le=86_400, description="A signature whose timestamp is further than this from now is refused."),
+    ] = 300
+    token_param: Annotated[
+        str | None,
+        Meta(
+            description="Also accept the advertiser's secret itself in this query parameter (e.g. `token`), for "
+            "platforms that cannot sign; it travels in the URL, so prefer signatures. Unset: signatures only."
+        ),
+    ] = None
+
+
 class EventTypeSpec(Struct, forbid_unknown_fields=True, kw_only=True):
     """An event type: the paths that receive it, its fields, id, response, preprocessors and collectors."""
 
@@ -264,6 +370,12 @@ class EventTypeSpec(Struct, forbid_unknown_fields=True, kw_only=True):
             '(signed ones `"1"`); a bad, expired or unknown-key signature is refused under both (403).'
         ),
     ] = "off"
+    invalid_traffic: Annotated[
+        InvalidTrafficSpec, Meta(description="What happens to events flagged as invalid traffic (kept by default).")
+    ] = msgspec.field(default_factory=InvalidTrafficSpec)
+    postback_auth: Annotated[
+        PostbackAuthSpec, Meta(description="Shared-secret authentication of advertiser postbacks (off by default).")
+    ] = msgspec.field(default_factory=PostbackAuthSpec)
 
 
 # --- collectors: one config struct per collector type, tagged by `type` ---------------------------------------
@@ -541,6 +653,84 @@ class DecryptPriceConfig(PreprocessorBase, tag="decrypt_price"):
     ] = None
 
 
+class IssueClickIdConfig(PreprocessorBase, tag="issue_click_id"):
+    """Issues a click id into `dims.click_id`: the click's `imp`, `cid`, `crid` and time, with the key id and a
+    truncated HMAC-SHA256 under the `signing` key (`sign_with`), in base64url. A redirect passes it on to the
+    destination; a conversion postback that brings it back is attributed by attribute_conversion."""
+
+    param: Annotated[
+        Annotated[str, Meta(pattern=r"^[A-Za-z0-9_.~-]{1,64}$")] | None,
+        Meta(
+            description="For redirects: the query parameter the click id is appended to the destination under "
+            "(before any `#fragment`; a parameter of that name already there is replaced). Unset: not appended "
+            "(place `{click_id}` in the destination with `response.macros` instead)."
+        ),
+    ] = "tp_click"
+
+
+class AttributeConversionConfig(PreprocessorBase, tag="attribute_conversion"):
+    """Attributes a conversion to the click whose click id it carries, with no look-up: the id's signature is
+    checked and its click read. Records `dims.attribution` (`attributed` or `unattributed`, then with
+    `dims.attribution_reason`), the click's `dims.click_imp`, `click_cid`, `click_crid`, `metrics.click_ts` (epoch
+    ms) and `metrics.latency_ms` (conversion time minus click time). An unattributed conversion is still recorded."""
+
+    field: Annotated[str, Meta(description="The field holding the click id.")] = "click_id"
+    window_s: Annotated[
+        int,
+        Meta(
+            ge=1,
+            le=400 * 86_400,
+            description="Attribution window: a conversion later than this after its click is `window_expired`.",
+        ),
+    ] = 30 * 86_400
+    min_delay_ms: Annotated[
+        int,
+        Meta(
+            ge=0,
+            le=86_400_000,
+            description="An attributed conversion sooner than this after its click is flagged `dims.ivt = "
+            "too_fast` (see the event type's invalid_traffic); 0: never.",
+        ),
+    ] = 2000
+
+
+class FlagInvalidTrafficConfig(PreprocessorBase, tag="flag_invalid_traffic"):
+    """Flags invalid traffic in `dims.ivt` (the first finding wins): `bot` (a crawler, tool or headless browser by
+    its User-Agent, or none at all), `prefetch` (a browser prefetch or preview, not a person), `too_fast` (sooner
+    after the impression than a person could act). Put it after parse_user_agent. The event type's
+    `invalid_traffic` decides what happens to flagged events."""
+
+    bots: Annotated[
+        bool,
+        Meta(
+            description="Flag known crawlers, HTTP tools and headless browsers (ctx.device.bot when "
+            "parse_user_agent ran first, else the raw User-Agent) and requests without a User-Agent."
+        ),
+    ] = True
+    prefetch: Annotated[
+        bool,
+        Meta(
+            description="Flag requests whose `Purpose`, `Sec-Purpose`, `X-Moz` or `X-Purpose` header says "
+            "prefetch, prerender or preview (these headers are read only when this is on)."
+        ),
+    ] = True
+    impression_time_field: Annotated[
+        str | None,
+        Meta(
+            description="Parameter with the impression time (epoch s or ms, or ISO 8601; kept as a timestamp in "
+            "metrics), e.g. in click URLs the ad server signs; unset: no too_fast check."
+        ),
+    ] = "its"
+    min_delay_ms: Annotated[
+        int,
+        Meta(
+            ge=0,
+            le=86_400_000,
+            description="A request sooner than this after its impression time (or before it) is `too_fast`.",
+        ),
+    ] = 1000
+
+
 class RejectedConfig(Struct, forbid_unknown_fields=True, kw_only=True):
     """Bad rows: a sample of rejected requests, as events of type `rejected` (reason, status, event type, method,
     anonymised client IP, truncated target with parameter values removed unless listed in keep_values), sent to
@@ -628,3 +818,35 @@ class Config(Struct, forbid_unknown_fields=True, kw_only=True):
     signing: Annotated[SigningConfig, Meta(description="Keys of signed tracking URLs.")] = msgspec.field(
         default_factory=SigningConfig
     )
+
+
+# --- VAST video tracking (issue 6) -------------------------------------------------------------------------------
+
+
+class VastConfig(PreprocessorBase, tag="vast"):
+    """VAST video tracking: checks what each event needs, records how far into the ad it proves playback went
+    (`metrics.watch_ms`: the offset of the event, 0 for `start`, a quartile's share of the duration when the
+    offset is missing) and keys the id of events that may legitimately repeat: `progress` by its offset, `error`
+    by its code, viewer interactions (pause, mute, click, ...) by the cache buster, else the offset. Everything
+    else (impression, start, each quartile, complete, ...) counts once per impression through the type's
+    dedupe key. A `progress` event without an offset is refused (400 `missing_field`). The fields it reads are
+    added to the event type unless it declares them itself."""
+
+    event_field: Annotated[str, Meta(description="The field with the VAST event name (enum, in dims).")] = "ev"
+    offset_field: Annotated[
+        str,
+        Meta(description="The field with the ad's playhead when the event fired, in seconds (a duration in metrics)."),
+    ] = "t"
+    duration_field: Annotated[
+        str, Meta(description="The field with the ad's duration in seconds, when the ad server knows it (metrics).")
+    ] = "dur"
+    error_code_field: Annotated[
+        str, Meta(description="The field with the VAST error code (`[ERRORCODE]`) of an `error` event (dims).")
+    ] = "code"
+    cachebuster_field: Annotated[
+        str,
+        Meta(
+            description="The field with the player's `[CACHEBUSTING]` value: it tells a repeated interaction from a "
+            "retried request, then is removed from the event."
+        ),
+    ] = "cb"

@@ -13,12 +13,15 @@ from typing import TYPE_CHECKING, cast
 
 import httptools
 
+from trackpoint.adtech.ivt import IVT_DIM
 from trackpoint.edge import responses
+from trackpoint.edge.cors import ORIGIN_NOT_ALLOWED
 from trackpoint.pipeline.fields import Reject
 from trackpoint.preprocessors.check_consent import CONSENT_DIM, DENIED
 
 if TYPE_CHECKING:
-    from trackpoint.edge.runtime import Edge
+    from trackpoint.edge.cors import CorsPolicy
+    from trackpoint.edge.runtime import Edge, Route
     from trackpoint.pipeline.event import Event
 
 log = logging.getLogger("trackpoint.edge")
@@ -196,11 +199,13 @@ class EdgeProtocol(asyncio.Protocol):
             self.reject(404, "not_found", None, keep_alive, is_head)
             return
         if method not in route.methods:
-            self.reject(405, "method_not_allowed", None, keep_alive, is_head)
+            if method == b"OPTIONS" and route.cors is not None and self.preflight(route.cors, keep_alive):
+                return
+            self.reject(405, "method_not_allowed", None, keep_alive, is_head, route.cors)
             return
         for gate in route.gates:  # collectors whose full spool asks for backpressure (usually none)
             if not gate.accepting:
-                self.reject(503, "backpressure", None, keep_alive, is_head)
+                self.reject(503, "backpressure", None, keep_alive, is_head, route.cors)
                 return
         event: Event | None = None  # bound before the try: the Reject handler reads it
         try:
@@ -212,10 +217,12 @@ class EdgeProtocol(asyncio.Protocol):
             event = built = route.builder.build(query, self.body, self.headers, client_ip)
             if signature is not None and signature.flag:
                 built.dims["signed"] = "1" if signed else "0"
+            if route.postback_auth is not None:  # advertiser postbacks: a shared secret per advertiser (401, 403)
+                route.postback_auth.check(built, query, self.body, self.headers)
             for limiter in route.limiters:  # the event type's rate limit (usually none); 429 raises Reject
                 if not limiter.admit(client_ip, built):
                     event = None  # shed: nothing is recorded, even when the response turns into a rejection
-                    self.shed(route.name, route.responder.render(built, keep_alive, is_head, signed), keep_alive)
+                    self.shed(route, route.responder.render(built, keep_alive, is_head, signed), keep_alive)
                     return
             # A route with the user id cookie: a request without one gets a new id (dims.uid) and its Set-Cookie.
             set_cookie = None if route.uid_cookie is None else route.uid_cookie.assign(built)
@@ -234,19 +241,40 @@ class EdgeProtocol(asyncio.Protocol):
             response = route.responder.render(built if event is None else event, keep_alive, is_head, signed)
             if set_cookie is not None and event is not None and event.dims.get(CONSENT_DIM) != DENIED:
                 response = route.responder.with_header(set_cookie, keep_alive, is_head)
+            if route.cors is not None:  # a page on another origin: an allowed one gets the CORS headers
+                response = route.cors.decorate(response, self.headers.get(b"origin"))
         except Reject as rejected:
             if event is not None and type(rejected) is responses.RecordedReject:  # raised by render only
-                for collector in route.collectors:  # a refused redirect: the click is still recorded
-                    collector.offer(event)
-                stats.events[route.name] += 1
-            self.reject(rejected.status, rejected.reason, rejected.field, keep_alive, is_head)
+                if route.flagged_collectors is not None and IVT_DIM in event.dims:
+                    self.record_flagged(route, event)
+                else:
+                    for collector in route.collectors:  # a refused redirect: the click is still recorded
+                        collector.offer(event)
+                    stats.events[route.name] += 1
+            self.reject(rejected.status, rejected.reason, rejected.field, keep_alive, is_head, route.cors)
             return
         self.send(response)
         if event is not None:
-            for collector in route.collectors:
-                collector.offer(event)
-            stats.events[route.name] += 1
+            if route.flagged_collectors is not None and IVT_DIM in event.dims:  # invalid traffic: route or drop
+                self.record_flagged(route, event)
+            else:
+                for collector in route.collectors:
+                    collector.offer(event)
+                stats.events[route.name] += 1
         self.finish(keep_alive)
+
+    def record_flagged(self, route: Route, event: Event) -> None:
+        """An event flagged as invalid traffic under its type's route or drop policy: only the policy's collectors
+        get it (none under drop), counted either way."""
+        stats = self.edge.stats
+        collectors = route.flagged_collectors
+        if not collectors:
+            stats.ivt_dropped[route.name] += 1
+            return
+        for collector in collectors:
+            collector.offer(event)
+        stats.ivt_routed[route.name] += 1
+        stats.events[route.name] += 1
 
     # --- responding ----------------------------------------------------------------------------------------------
 
@@ -272,14 +300,40 @@ class EdgeProtocol(asyncio.Protocol):
             self.close()
             raise _Stop  # stop parsing whatever else the client pipelined on a closing connection
 
-    def reject(self, status: int, reason: str, field: str | None, keep_alive: bool, is_head: bool) -> None:
+    def reject(  # noqa: PLR0917 - called from the request path, with the request's own flags
+        self,
+        status: int,
+        reason: str,
+        field: str | None,
+        keep_alive: bool,
+        is_head: bool,
+        cors: CorsPolicy | None = None,
+    ) -> None:
+        """A counted rejection; `cors`: the event type's, so a page on an allowed origin can read the reason."""
         assert self.transport is not None
         edge = self.edge
         edge.stats.reject(reason)
         if edge.bad_rows is not None and edge.bad_rows.sampled():
             self.record_bad_row(status, reason, field)
-        self.send(edge.reject_response(status, reason, field, keep_alive, is_head))
+        response = edge.reject_response(status, reason, field, keep_alive, is_head)
+        if cors is not None:
+            response = cors.decorate(response, self.headers.get(b"origin"))
+        self.send(response)
         self.finish(keep_alive)
+
+    def preflight(self, cors: CorsPolicy, keep_alive: bool) -> bool:
+        """A CORS preflight (`OPTIONS` with `Origin` and `Access-Control-Request-Method`) on an event type with
+        CORS: 204 with what the origin may send, or 403 for an origin not allowed. False: not a preflight."""
+        origin = self.headers.get(b"origin")
+        if origin is None or b"access-control-request-method" not in self.headers:
+            return False
+        lines = cors.preflight(origin)
+        if lines is None:
+            self.reject(403, ORIGIN_NOT_ALLOWED, None, keep_alive, False)
+            return True
+        self.send(responses.head(self.edge.clock, 204, lines, 0, keep_alive))
+        self.finish(keep_alive)
+        return True
 
     def reject_and_close(self, status: int, reason: str) -> None:
         """For input the parser cannot go on from: answer once, then close."""
@@ -305,9 +359,11 @@ class EdgeProtocol(asyncio.Protocol):
         except Exception as exc:  # a bad row must never cost the response
             edge.internal_error(exc)
 
-    def shed(self, type_name: str, response: bytes, keep_alive: bool) -> None:
+    def shed(self, route: Route, response: bytes, keep_alive: bool) -> None:
         """Over a rate limit under `shed`: the normal response, nothing recorded, counted by event type."""
-        self.edge.stats.shed[type_name] += 1
+        self.edge.stats.shed[route.name] += 1
+        if route.cors is not None:
+            response = route.cors.decorate(response, self.headers.get(b"origin"))
         self.send(response)
         self.finish(keep_alive)
 

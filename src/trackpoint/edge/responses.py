@@ -27,6 +27,7 @@ REASONS = {
     204: "No Content",
     302: "Found",
     400: "Bad Request",
+    401: "Unauthorized",
     403: "Forbidden",
     404: "Not Found",
     405: "Method Not Allowed",
@@ -126,6 +127,8 @@ def reject(  # noqa: PLR0917 - called from one place, with the request's own fla
     headers = b"X-Reject-Reason: " + reason.encode("ascii") + b"\r\nContent-Type: application/json\r\n" + NO_STORE
     if status == 405:
         headers += b"Allow: GET, HEAD, POST\r\n"
+    elif status == 401:  # the only 401: a postback without credentials (see security.postback_auth)
+        headers += b'WWW-Authenticate: TP-HMAC realm="postback"\r\n'
     response = head(clock, status, headers, len(body), keep_alive)
     return response if is_head else response + body
 
@@ -133,7 +136,7 @@ def reject(  # noqa: PLR0917 - called from one place, with the request's own fla
 class Responder:
     """The response of one event type."""
 
-    def __init__(self, spec: ResponseSpec, clock: Clock) -> None:
+    def __init__(self, spec: ResponseSpec, clock: Clock, redirect_params: tuple[tuple[str, str], ...] = ()) -> None:
         self.kind = spec.kind
         self.clock = clock
         self.redirect_field = spec.redirect_field
@@ -141,6 +144,8 @@ class Responder:
         self.host_suffixes = tuple(h.lower() for h in spec.allow_hosts if h.startswith("."))
         self.signed_destinations = spec.signed_destinations
         self.macros = spec.macros
+        # For redirect: (query parameter, dim) pairs appended to the destination, e.g. issue_click_id's click id.
+        self.redirect_params = redirect_params
         self.static: StaticResponse | None = None
         if spec.kind == "gif":
             self.static = StaticResponse(200, b"Content-Type: image/gif\r\n" + NO_STORE, PIXEL_GIF)
@@ -176,12 +181,16 @@ class Responder:
         if refused is not None:
             event.dims["redirect_rejected"] = refused
             raise RecordedReject(400, "redirect_not_allowed", self.redirect_field)
+        if self.redirect_params:
+            dims = event.dims
+            location = with_params(location, [(name, dims[dim]) for name, dim in self.redirect_params if dim in dims])
         headers = b"Location: " + location.encode("ascii") + b"\r\n" + NO_STORE
         return head(self.clock, 302, headers, 0, keep_alive)
 
     @staticmethod
     def expand(url: str, event: Event) -> str:
-        """`{name}` → the event's field `name`, `{click_id}` / `{event_id}` → the event id; URL-encoded."""
+        """`{name}` → the event's field `name`; `{click_id}` → the click id issue_click_id issued, else (like
+        `{event_id}`) the event id; URL-encoded."""
         dims = event.dims
 
         def value(match: re.Match[str]) -> str:
@@ -225,3 +234,17 @@ class Responder:
         if host not in self.exact_hosts and not host.endswith(self.host_suffixes):
             return "host_not_allowed"
         return None
+
+
+def with_params(url: str, params: list[tuple[str, str]]) -> str:
+    """`url` with `name=value` pairs appended to its query (before any `#fragment`; pairs of those names already
+    there are replaced). Values are URL-encoded."""
+    if not params:
+        return url
+    url, hash_sign, fragment = url.partition("#")
+    base, _, query = url.partition("?")
+    pairs = [f"{name}={quote(value, safe='-_.~')}" for name, value in params]
+    if query:
+        names = {name for name, _ in params}
+        pairs[:0] = [pair for pair in query.split("&") if pair and pair.partition("=")[0] not in names]
+    return base + "?" + "&".join(pairs) + hash_sign + fragment

@@ -15,6 +15,8 @@ from trackpoint.collectors import Collector, CollectorContext, build_collector
 from trackpoint.config.model import CollectorBase, Config, Limits
 from trackpoint.edge import responses
 from trackpoint.edge.bad_rows import BadRows
+from trackpoint.edge.cors import REQUEST_HEADERS as CORS_HEADERS
+from trackpoint.edge.cors import CorsPolicy
 from trackpoint.edge.protocol import FRAMING_HEADERS, IDLE, EdgeProtocol
 from trackpoint.edge.ratelimit import RateLimiter, build_limiters
 from trackpoint.edge.stats import EdgeStats, Snapshot
@@ -22,7 +24,8 @@ from trackpoint.pipeline.build import CONTEXT_HEADERS, EventBuilder
 from trackpoint.pipeline.event import Meta
 from trackpoint.preprocessors import Preprocessor, build_preprocessor, with_input_fields
 from trackpoint.privacy.cookie import UidCookie
-from trackpoint.security.signing import RequestSignature, edge_verifier, request_signature
+from trackpoint.security.postback_auth import PostbackAuth
+from trackpoint.security.signing import RequestSignature, edge_verifier, load_keys, request_signature, signing_key_id
 
 log = logging.getLogger("trackpoint.edge")
 
@@ -52,6 +55,13 @@ class Route:
     signature: RequestSignature | None = None
     # The first-party user id cookie; None when the response sets none.
     uid_cookie: UidCookie | None = None
+    # Advertiser postback authentication, after the event is built; None when the type has none.
+    postback_auth: PostbackAuth | None = None
+    # Where events flagged as invalid traffic (dims.ivt) go instead of `collectors`: the route policy's collectors,
+    # or none (drop). None under the keep policy: flagged events are not even looked for.
+    flagged_collectors: tuple[Collector, ...] | None = None
+    # Cross-origin requests from web pages (CORS); None when the type allows none.
+    cors: CorsPolicy | None = None
 
 
 def _gates(config: CollectorBase) -> bool:
@@ -87,9 +97,22 @@ class Edge:
         self.collectors: dict[str, Collector] = {
             name: build_collector(name, c_config, CollectorContext(config.data_dir, worker))
             for name, c_config in config.collectors.items()
-            if any(name in spec.collectors for spec in config.event_types.values())
+            if any(
+                name in spec.collectors or name in spec.invalid_traffic.collectors
+                for spec in config.event_types.values()
+            )
             or name in config.rejected.collectors
         }
+        # Preprocessors that sign or read click ids get the signing keys (read once per worker).
+        keyed = [p for p in preprocessors.values() if hasattr(p, "use_signing_keys")]
+        if keyed:
+            keys = load_keys(config.signing, config.data_dir)
+            for preprocessor in keyed:
+                preprocessor.use_signing_keys(keys, signing_key_id(config.signing))
+        # Preprocessors that count their outcomes (`counts`), reported on /metrics.
+        self._counting: list[tuple[str, dict[str, int]]] = [
+            (p.name, counts) for p in preprocessors.values() if isinstance(counts := getattr(p, "counts", None), dict)
+        ]
         self.bad_rows = (
             BadRows(config.rejected, tuple(self.collectors[name] for name in config.rejected.collectors), meta)
             if config.rejected.collectors
@@ -102,17 +125,36 @@ class Edge:
             route_preprocessors = tuple(preprocessors[name] for name in spec.preprocessors)
             builder = EventBuilder(type_name, with_input_fields(spec, route_preprocessors), meta)
             kept_headers |= builder.header_names
+            postback_auth = None
+            if spec.postback_auth.mode != "off":
+                postback_auth = PostbackAuth(spec.postback_auth, config.data_dir)
+                kept_headers |= postback_auth.header_names
+            invalid_traffic = spec.invalid_traffic
+            flagged_collectors = None
+            if invalid_traffic.action != "keep":
+                flagged_collectors = tuple(self.collectors[name] for name in invalid_traffic.collectors)
+                counted = self.stats.ivt_routed if flagged_collectors else self.stats.ivt_dropped
+                counted[type_name] = 0
+            # Query parameters a preprocessor adds to the redirect destination (issue_click_id's click id).
+            redirect_params = tuple(pair for p in route_preprocessors for pair in getattr(p, "redirect_params", ()))
+            cors = None
+            if spec.response.cors.allow_origins:
+                cors = CorsPolicy(spec.response.cors, spec.methods)
+                kept_headers |= CORS_HEADERS
             route = Route(
                 name=type_name,
                 methods=frozenset(m.encode("ascii") for m in spec.methods),
                 builder=builder,
                 preprocessors=route_preprocessors,
-                responder=responses.Responder(spec.response, self.clock),
+                responder=responses.Responder(spec.response, self.clock, redirect_params),
                 uid_cookie=UidCookie(spec.response.user_id_cookie) if spec.response.user_id_cookie else None,
                 collectors=tuple(self.collectors[name] for name in spec.collectors),
                 gates=tuple(self.collectors[name] for name in spec.collectors if _gates(config.collectors[name])),
                 limiters=build_limiters(spec.rate_limit),
                 signature=request_signature(spec, verifier),
+                postback_auth=postback_auth,
+                flagged_collectors=flagged_collectors,
+                cors=cors,
             )
             self.stats.events[type_name] = 0
             if spec.rate_limit.rate_per_s is not None and spec.rate_limit.action == "shed":
@@ -252,4 +294,8 @@ class Edge:
             await collector.close(remaining)
 
     def snapshot(self) -> Snapshot:
-        return self.stats.snapshot(len(self.connections), {name: c.snapshot() for name, c in self.collectors.items()})
+        snapshot = self.stats.snapshot(
+            len(self.connections), {name: c.snapshot() for name, c in self.collectors.items()}
+        )
+        snapshot.preprocessor_outcomes = {name: dict(counts) for name, counts in self._counting}
+        return snapshot

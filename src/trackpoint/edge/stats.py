@@ -7,6 +7,7 @@ from __future__ import annotations
 
 from bisect import bisect_left
 from itertools import zip_longest
+from typing import Any
 
 import msgspec
 
@@ -25,6 +26,11 @@ class Snapshot(msgspec.Struct, omit_defaults=True):
     shed: dict[str, int] = {}
     preprocessor_dropped: dict[str, int] = {}
     preprocessor_errors: dict[str, int] = {}
+    # Outcomes preprocessors count themselves (attribution results, invalid-traffic flags), by preprocessor.
+    preprocessor_outcomes: dict[str, dict[str, int]] = {}
+    # Events flagged as invalid traffic that went only to their policy's collectors, or nowhere, by event type.
+    ivt_routed: dict[str, int] = {}
+    ivt_dropped: dict[str, int] = {}
     latency_counts: list[int] = []
     latency_sum: float = 0.0
     connections: int = 0
@@ -36,6 +42,8 @@ class EdgeStats:
 
     __slots__ = (
         "events",
+        "ivt_dropped",
+        "ivt_routed",
         "latency_counts",
         "latency_sum",
         "preprocessor_dropped",
@@ -53,6 +61,9 @@ class EdgeStats:
         self.shed: dict[str, int] = {}
         self.preprocessor_dropped: dict[str, int] = {}
         self.preprocessor_errors: dict[str, int] = {}
+        # Flagged events under an event type's invalid_traffic policy route or drop, by event type.
+        self.ivt_routed: dict[str, int] = {}
+        self.ivt_dropped: dict[str, int] = {}
         self.latency_counts = [0] * (len(LATENCY_BUCKETS) + 1)
         self.latency_sum = 0.0
 
@@ -71,6 +82,8 @@ class EdgeStats:
             shed=dict(self.shed),
             preprocessor_dropped=dict(self.preprocessor_dropped),
             preprocessor_errors=dict(self.preprocessor_errors),
+            ivt_routed=dict(self.ivt_routed),
+            ivt_dropped=dict(self.ivt_dropped),
             latency_counts=list(self.latency_counts),
             latency_sum=self.latency_sum,
             connections=connections,
@@ -87,6 +100,12 @@ def add(total: Snapshot, part: Snapshot) -> Snapshot:
         shed=_add_counts(total.shed, part.shed),
         preprocessor_dropped=_add_counts(total.preprocessor_dropped, part.preprocessor_dropped),
         preprocessor_errors=_add_counts(total.preprocessor_errors, part.preprocessor_errors),
+        preprocessor_outcomes={
+            name: _add_counts(total.preprocessor_outcomes.get(name, {}), part.preprocessor_outcomes.get(name, {}))
+            for name in total.preprocessor_outcomes.keys() | part.preprocessor_outcomes.keys()
+        },
+        ivt_routed=_add_counts(total.ivt_routed, part.ivt_routed),
+        ivt_dropped=_add_counts(total.ivt_dropped, part.ivt_dropped),
         latency_counts=[a + b for a, b in zip_longest(total.latency_counts, part.latency_counts, fillvalue=0)],
         latency_sum=total.latency_sum + part.latency_sum,
         connections=total.connections + part.connections,
@@ -105,8 +124,11 @@ def _add_collector(a: CollectorStats | None, b: CollectorStats | None) -> Collec
     """Counts and gauges add up; a collector is healthy and accepting only where it is in every worker."""
     if a is None or b is None:
         return msgspec.structs.replace(a or b or CollectorStats())
-    total = {}
+    total: dict[str, Any] = {}
     for name in CollectorStats.__struct_fields__:
         x, y = getattr(a, name), getattr(b, name)
-        total[name] = (x or y) if name == "required" else (x and y) if isinstance(x, bool) else x + y
+        if isinstance(x, dict):
+            total[name] = _add_counts(x, y)
+        else:
+            total[name] = (x or y) if name == "required" else (x and y) if isinstance(x, bool) else x + y
     return CollectorStats(**total)

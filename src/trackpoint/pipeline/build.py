@@ -9,15 +9,22 @@ from __future__ import annotations
 import hashlib
 from decimal import Decimal
 from time import time as _time
-from typing import Any, NamedTuple
+from typing import Any, NamedTuple, NoReturn
 
 import msgspec
 
 from trackpoint.config.model import EventTypeSpec, FieldSpec
 from trackpoint.pipeline.event import Context, Event, Meta, random_id
-from trackpoint.pipeline.fields import Converter, PairParser, Reject, make_converter, parse_cookies
+from trackpoint.pipeline.fields import (
+    Converter,
+    MacroUnsubstituted,
+    PairParser,
+    Reject,
+    make_converter,
+    parse_cookies,
+)
 
-_NUMERIC = frozenset({"int", "decimal", "money", "timestamp"})
+_NUMERIC = frozenset({"int", "decimal", "money", "price", "duration", "timestamp"})
 _PARAM_SOURCES = frozenset({"param", "query", "form", "json"})
 # JSON numbers with a fraction decode as Decimal: their text is kept exactly (49.90, 5e-05), so money is exact.
 _JSON_DECODER = msgspec.json.Decoder(dict[str, Any], float_hook=Decimal)
@@ -41,7 +48,8 @@ class FieldPlan(NamedTuple):
 
 
 def _plan(name: str, spec: FieldSpec) -> FieldPlan:
-    convert: Converter | None = None if spec.type == "string" else make_converter(name, spec)
+    plain = spec.type == "string" and spec.unexpanded_macros == "keep"
+    convert: Converter | None = None if plain else make_converter(name, spec)
     into_metrics = (spec.into or ("metrics" if spec.type in _NUMERIC else "dims")) == "metrics"
     if convert is not None and not into_metrics and spec.type in _NUMERIC:
         number = convert
@@ -105,10 +113,19 @@ class EventBuilder:
                         raise Reject(400, "missing_field", name)
                     continue
                 value = default
-            elif len(raw) > max_len:
-                raise Reject(400, "field_too_long", name)
+            elif convert is None:
+                if len(raw) > max_len:
+                    raise Reject(400, "field_too_long", name)
+                value = raw
             else:
-                value = raw if convert is None else convert(raw)
+                try:
+                    value = convert(raw) if len(raw) <= max_len else _too_long(name, raw, convert)
+                except MacroUnsubstituted:  # the placeholder itself arrived: the field is absent, not that value
+                    if default is None:
+                        if required:
+                            raise
+                        continue
+                    value = default
             if into_metrics:
                 metrics[name] = value  # type: ignore[assignment]
             else:
@@ -179,6 +196,18 @@ class EventBuilder:
         else:
             raise Reject(415, "unsupported_media_type")
         return found
+
+
+def _too_long(name: str, raw: str, convert: Converter) -> NoReturn:
+    """`field_too_long`, unless the value is an unexpanded macro that its field counts as absent: a macro is often
+    longer than what it stands for (`${AUCTION_CURRENCY}` for a 3-letter code)."""
+    try:
+        convert(raw)
+    except MacroUnsubstituted:
+        raise
+    except Reject:
+        pass
+    raise Reject(400, "field_too_long", name)
 
 
 def _json_text(value: Any) -> str | None:

@@ -12,7 +12,9 @@ from datetime import UTC, datetime, timedelta
 from decimal import Decimal
 from urllib.parse import unquote_to_bytes
 
-from trackpoint.adtech.price import MACRO_UNSUBSTITUTED, unsubstituted_macro
+from trackpoint.adtech.macros import MACRO_START, UNSUBSTITUTED, unexpanded
+from trackpoint.adtech.price import MACRO_UNSUBSTITUTED, OUT_OF_RANGE, unsubstituted_macro
+from trackpoint.adtech.vast import UNKNOWN_VALUES, parse_offset
 from trackpoint.config.model import FieldSpec
 
 MICROS = 1_000_000
@@ -30,6 +32,16 @@ class Reject(Exception):
         self.status = status
         self.reason = reason
         self.field = field
+
+
+class MacroUnsubstituted(Reject):
+    """A value that is an unexpanded macro, in a field whose macros count as absent (`unexpanded_macros: absent`):
+    the builder drops it (the field's default applies) and rejects the request only when the field is required."""
+
+    __slots__ = ()
+
+    def __init__(self, field: str, reason: str = UNSUBSTITUTED) -> None:
+        super().__init__(400, reason, field)
 
 
 # re.ASCII: `\d` is 0-9 only (int() and float() would accept other scripts' digits).
@@ -50,21 +62,45 @@ _BOOLS = {
 
 def make_converter(name: str, spec: FieldSpec) -> Converter:
     """The converter of one declared field (type and limits)."""
+    macros = spec.unexpanded_macros == "absent"
     if spec.type == "string":
-        return str
+        return _macro_guard(name) if macros else str
     if spec.type == "enum":
-        return _enum(name, frozenset(spec.values or ()))
+        return _enum(name, frozenset(spec.values or ()), macros)
     if spec.type == "bool":
-        return _bool(name)
+        return _bool(name, macros)
     if spec.type == "timestamp":
-        return _timestamp(name)
+        return _timestamp(name, macros)
     low = spec.min
     high = spec.max
     if spec.type == "int":
-        return _bounded(name, _int(name), low, high)
+        return _bounded(name, _int(name, macros), low, high)
     if spec.type == "decimal":
-        return _bounded(name, _decimal(name), low, high)
-    return _bounded(name, _money(name), _bound_micros(low), _bound_micros(high))
+        return _bounded(name, _decimal(name, macros), low, high)
+    if spec.type == "duration":
+        return _bounded(name, _duration(name, macros), low, high)
+    # An auction price refuses out-of-range values with the reason decrypt_price gives them.
+    reason = OUT_OF_RANGE if spec.type == "price" else "field_out_of_range"
+    return _bounded(name, _money(name, macros), _bound_micros(low), _bound_micros(high), reason)
+
+
+def _invalid(name: str, raw: str, macros: bool) -> Reject:
+    """The rejection of a value its type cannot read; an unexpanded macro when the field counts them as absent
+    (tested only here, on the way to a rejection: valid values never pay for it)."""
+    if macros and raw[0] in MACRO_START and unexpanded(raw):
+        return MacroUnsubstituted(name)
+    return Reject(400, "invalid_field", name)
+
+
+def _macro_guard(name: str) -> Converter:
+    """A string field whose unexpanded macros count as absent: one character test per value."""
+
+    def convert(raw: str) -> Value:
+        if raw[0] in MACRO_START and unexpanded(raw):
+            raise MacroUnsubstituted(name)
+        return raw
+
+    return convert
 
 
 def _bound_micros(bound: float | None) -> int | None:
@@ -72,42 +108,54 @@ def _bound_micros(bound: float | None) -> int | None:
     return None if bound is None else parse_micros(format(Decimal(repr(bound)), "f"))
 
 
-def _enum(name: str, allowed: frozenset[str]) -> Converter:
+def _enum(name: str, allowed: frozenset[str], macros: bool) -> Converter:
     def convert(raw: str) -> Value:
         if raw not in allowed:
-            raise Reject(400, "invalid_field", name)
+            raise _invalid(name, raw, macros)
         return raw
 
     return convert
 
 
-def _bool(name: str) -> Converter:
+def _bool(name: str, macros: bool) -> Converter:
     def convert(raw: str) -> Value:
         value = _BOOLS.get(raw.lower())
         if value is None:
-            raise Reject(400, "invalid_field", name)
+            raise _invalid(name, raw, macros)
         return value
 
     return convert
 
 
-def _int(name: str) -> Callable[[str], int | float]:
+def _int(name: str, macros: bool) -> Callable[[str], int | float]:
     def convert(raw: str) -> int | float:
         if _INT.fullmatch(raw) is None:
-            raise Reject(400, "invalid_field", name)
+            raise _invalid(name, raw, macros)
         return int(raw)
 
     return convert
 
 
-def _decimal(name: str) -> Callable[[str], int | float]:
+def _decimal(name: str, macros: bool) -> Callable[[str], int | float]:
     def convert(raw: str) -> int | float:
         if _DECIMAL.fullmatch(raw) is None:
-            raise Reject(400, "invalid_field", name)
+            raise _invalid(name, raw, macros)
         value = float(raw)
         if not math.isfinite(value):
             raise Reject(400, "invalid_field", name)
         return value
+
+    return convert
+
+
+def _duration(name: str, macros: bool) -> Callable[[str], int | float]:
+    def convert(raw: str) -> int | float:
+        seconds = parse_offset(raw)
+        if seconds is None:
+            raise _invalid(name, raw, macros)
+        if seconds < 0 and macros and raw in UNKNOWN_VALUES:  # VAST's "unknown" (-1) and "withheld" (-2)
+            raise MacroUnsubstituted(name)
+        return seconds
 
     return convert
 
@@ -124,24 +172,34 @@ def parse_micros(raw: str) -> int | None:
     return -micros if match.group("sign") == "-" else micros
 
 
-def _money(name: str) -> Callable[[str], int | float]:
+def _money(name: str, macros: bool) -> Callable[[str], int | float]:
     def convert(raw: str) -> int | float:
         micros = parse_micros(raw)
         if micros is None:
-            raise Reject(400, MACRO_UNSUBSTITUTED if unsubstituted_macro(raw) else "invalid_field", name)
+            if unsubstituted_macro(raw):  # ${AUCTION_PRICE}, absent or refused: a reason of its own either way
+                if macros:
+                    raise MacroUnsubstituted(name, MACRO_UNSUBSTITUTED)
+                raise Reject(400, MACRO_UNSUBSTITUTED, name)
+            raise _invalid(name, raw, macros)
         return micros
 
     return convert
 
 
-def _bounded(name: str, convert: Callable[[str], int | float], low: float | None, high: float | None) -> Converter:
+def _bounded(
+    name: str,
+    convert: Callable[[str], int | float],
+    low: float | None,
+    high: float | None,
+    reason: str = "field_out_of_range",
+) -> Converter:
     if low is None and high is None:
         return convert
 
     def bounded(raw: str) -> Value:
         value = convert(raw)
         if (low is not None and value < low) or (high is not None and value > high):
-            raise Reject(400, "field_out_of_range", name)
+            raise Reject(400, reason, name)
         return value
 
     return bounded
@@ -153,7 +211,7 @@ _EPOCH = datetime(1970, 1, 1, tzinfo=UTC)
 _MILLISECOND = timedelta(milliseconds=1)
 
 
-def _timestamp(name: str) -> Converter:
+def _timestamp(name: str, macros: bool) -> Converter:
     def convert(raw: str) -> Value:
         if raw.isascii() and raw.isdigit() and len(raw) <= 15:
             value = int(raw)
@@ -161,7 +219,7 @@ def _timestamp(name: str) -> Converter:
         try:
             moment = datetime.fromisoformat(raw)
         except ValueError:
-            raise Reject(400, "invalid_field", name) from None
+            raise _invalid(name, raw, macros) from None
         if moment.tzinfo is None:
             moment = moment.replace(tzinfo=UTC)
         return (moment - _EPOCH) // _MILLISECOND  # integer arithmetic: no float rounding

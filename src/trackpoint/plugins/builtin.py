@@ -7,6 +7,8 @@ from typing import Any
 import msgspec
 import yaml
 
+from trackpoint.banker import admin as banker_admin
+from trackpoint.banker.config import BankerCollectorConfig
 from trackpoint.collectors.base import Collector, CollectorContext
 from trackpoint.collectors.kafka.config import KafkaCollectorConfig
 from trackpoint.collectors.nats.config import NatsCollectorConfig
@@ -14,15 +16,19 @@ from trackpoint.collectors.redis_streams.config import RedisStreamsCollectorConf
 from trackpoint.config.load import default_text
 from trackpoint.config.model import (
     AnonymizeIpConfig,
+    AttributeConversionConfig,
     CheckConsentConfig,
     DecryptPriceConfig,
     EventTypeSpec,
+    FlagInvalidTrafficConfig,
+    IssueClickIdConfig,
     LogCollectorConfig,
     ParseUserAgentConfig,
     PseudonymizeConfig,
     StdoutCollectorConfig,
+    VastConfig,
 )
-from trackpoint.plugins import CollectorKind, Plugin, PreprocessorKind
+from trackpoint.plugins import AdminRoute, CollectorKind, Plugin, PreprocessorKind
 from trackpoint.preprocessors import Preprocessor
 
 # Factories import their module on first use: a worker loads only the client libraries its config needs.
@@ -58,6 +64,12 @@ def _redis_streams(name: str, config: Any, context: CollectorContext) -> Collect
     return RedisStreamsCollector(name, config, context)
 
 
+def _banker(name: str, config: Any, context: CollectorContext) -> Collector:
+    from trackpoint.banker.collector import BankerCollector
+
+    return BankerCollector(name, config, context)
+
+
 def _anonymize_ip(name: str, config: Any) -> Preprocessor:
     from trackpoint.preprocessors.anonymize_ip import AnonymizeIp
 
@@ -88,6 +100,30 @@ def _decrypt_price(name: str, config: Any, data_dir: str) -> Preprocessor:
     return DecryptPrice(name, config, data_dir)
 
 
+def _vast(name: str, config: Any) -> Preprocessor:
+    from trackpoint.preprocessors.vast import Vast
+
+    return Vast(name, config)
+
+
+def _issue_click_id(name: str, config: Any) -> Preprocessor:
+    from trackpoint.preprocessors.issue_click_id import IssueClickId
+
+    return IssueClickId(name, config)
+
+
+def _attribute_conversion(name: str, config: Any) -> Preprocessor:
+    from trackpoint.preprocessors.attribute_conversion import AttributeConversion
+
+    return AttributeConversion(name, config)
+
+
+def _flag_invalid_traffic(name: str, config: Any) -> Preprocessor:
+    from trackpoint.preprocessors.flag_invalid_traffic import FlagInvalidTraffic
+
+    return FlagInvalidTraffic(name, config)
+
+
 def default_event_types() -> dict[str, EventTypeSpec]:
     """The embedded default's event types, offered as presets (`preset: impression`) to every config file."""
     document = yaml.safe_load(default_text())
@@ -102,6 +138,7 @@ plugin = Plugin(
         CollectorKind(KafkaCollectorConfig, _kafka),
         CollectorKind(NatsCollectorConfig, _nats),
         CollectorKind(RedisStreamsCollectorConfig, _redis_streams),
+        CollectorKind(BankerCollectorConfig, _banker, implicit=True),
     ],
     preprocessors=[
         PreprocessorKind(AnonymizeIpConfig, _anonymize_ip),
@@ -109,6 +146,17 @@ plugin = Plugin(
         PreprocessorKind(PseudonymizeConfig, _pseudonymize, uses_data_dir=True),
         PreprocessorKind(CheckConsentConfig, _check_consent),
         PreprocessorKind(DecryptPriceConfig, _decrypt_price, uses_data_dir=True),
+        PreprocessorKind(IssueClickIdConfig, _issue_click_id),
+        PreprocessorKind(AttributeConversionConfig, _attribute_conversion),
+        PreprocessorKind(FlagInvalidTrafficConfig, _flag_invalid_traffic),
+        PreprocessorKind(VastConfig, _vast),
     ],
     event_types=default_event_types(),
+    admin_routes=[
+        AdminRoute("GET", "/banker/campaigns", banker_admin.list_campaigns),
+        AdminRoute("GET", "/banker/campaigns/{id}", banker_admin.get_campaign),
+        AdminRoute("PUT", "/banker/campaigns/{id}", banker_admin.put_campaign),
+        AdminRoute("GET", "/banker/campaigns/{id}/ledger", banker_admin.get_ledger),
+        AdminRoute("GET", "/banker/notifications", banker_admin.get_notifications),
+    ],
 )

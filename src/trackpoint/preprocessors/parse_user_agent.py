@@ -7,10 +7,11 @@ from __future__ import annotations
 
 from typing import Any
 
+from trackpoint.adtech.ivt import automated
 from trackpoint.config.model import ParseUserAgentConfig
 from trackpoint.pipeline.event import Device, Event
 
-# Devices ua-parser reports for crawlers and tools.
+# Devices ua-parser reports for crawlers; HTTP tools and headless browsers are `automated` (once per new string).
 _BOT_DEVICES = frozenset({"Spider"})
 
 
@@ -53,7 +54,7 @@ class ParseUserAgent:
             os=system.family if system else None,
             os_major=system.major if system else None,
             device=hardware.family if hardware else None,
-            bot=bool(hardware and hardware.family in _BOT_DEVICES),
+            bot=bool(hardware and hardware.family in _BOT_DEVICES) or automated(ua),
         )
 
     def _remember(self, ua: str) -> Device:

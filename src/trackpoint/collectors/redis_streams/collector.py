@@ -11,10 +11,8 @@ import asyncio
 import contextlib
 import hashlib
 import itertools
-import math
 import os
 from collections.abc import Sequence
-from typing import Any
 
 import msgspec
 from redis.asyncio import Redis
@@ -24,6 +22,7 @@ from redis.exceptions import NoScriptError, RedisError
 
 from trackpoint.collectors.base import Collector, CollectorContext, Health, SendResult
 from trackpoint.collectors.redis_streams.config import RedisStreamsCollectorConfig, seen_prefix, stream_key
+from trackpoint.collectors.resp import bulk, round_trip
 from trackpoint.pipeline.event import Event
 
 # KEYS[1]: the stream. ARGV: dedupe window (s; "0": off), maxlen (0: no trim), the dedupe key prefix, and the
@@ -76,8 +75,8 @@ class RedisStreamsCollector(Collector):
         # A template without {type} names one stream for every event: no grouping needed.
         self._single_stream = config.stream if "{type}" not in config.stream else None
         # EVALSHA sha 1 <stream> <window> <maxlen> <seen prefix> <events>: all but the last three are fixed.
-        self._command_head = b"*8\r\n" + b"".join(_bulk(part) for part in ("EVALSHA", SCRIPT_SHA, "1"))
-        self._window_maxlen = _bulk(str(config.dedupe_window_s)) + _bulk(str(config.maxlen))
+        self._command_head = b"*8\r\n" + b"".join(bulk(part) for part in ("EVALSHA", SCRIPT_SHA, "1"))
+        self._window_maxlen = bulk(str(config.dedupe_window_s)) + bulk(str(config.maxlen))
         self._client: Redis | None = None
         self._probe_task: asyncio.Task[None] | None = None
         self._last_contact = 0.0
@@ -106,16 +105,19 @@ class RedisStreamsCollector(Collector):
         try:
             async with asyncio.timeout(self.config.timeout_s + self.config.connect_timeout_s):
                 try:
-                    replies = await _round_trip(client, commands)
+                    replies = await round_trip(client, [commands], len(commands) // 3)
                 except NoScriptError:  # a restarted or failed-over server has an empty script cache
                     await client.script_load(SCRIPT)
-                    replies = await _round_trip(client, commands)
+                    replies = await round_trip(client, [commands], len(commands) // 3)
         except (RedisError, OSError, TimeoutError) as exc:
             self._send_error = f"{type(exc).__name__}: {exc}"
             return SendResult.RETRY
         self.duplicates += len(batch) - sum(replies)
         self._send_error = self._probe_error = ""
         return SendResult.DELIVERED
+
+    def outcomes(self) -> dict[str, int]:
+        return {"duplicates": self.duplicates}
 
     def health(self) -> Health:
         # A failed batch keeps the collector unhealthy until a batch goes through, whatever a ping says.
@@ -151,9 +153,9 @@ class RedisStreamsCollector(Collector):
             lines = encode_lines(events)
             head = b"%b%b%b%b$%d\r\n" % (
                 self._command_head,
-                _bulk(stream),
+                bulk(stream),
                 self._window_maxlen,
-                _bulk(seen_prefix(stream)),
+                bulk(seen_prefix(stream)),
                 len(lines),
             )
             chunks += (head, lines, b"\r\n")
@@ -181,33 +183,8 @@ class RedisStreamsCollector(Collector):
             await asyncio.sleep(PROBE_INTERVAL_S)
 
 
-async def _round_trip(client: Redis, chunks: list[bytes]) -> list[Any]:
-    """Writes the packed commands (three chunks each), then reads every reply. An error reply raises, and the
-    connection, holding unread replies, is closed rather than reused."""
-    pool = client.connection_pool
-    connection = await pool.get_connection()  # type: ignore[no-untyped-call]
-    try:
-        await connection.send_packed_command(chunks, check_health=False)
-        # No per-reply timeout: the caller bounds the whole round trip.
-        return [await connection.read_response(timeout=math.inf) for _ in range(len(chunks) // 3)]
-    except BaseException:
-        await connection.disconnect(nowait=True)
-        raise
-    finally:
-        await pool.release(connection)
-
-
 def _type_of(event: Event) -> str:
     return event.type
-
-
-def _bulk(text: str) -> bytes:
-    return _bulk_bytes(text.encode())
-
-
-def _bulk_bytes(data: bytes) -> bytes:
-    """One RESP bulk string."""
-    return b"$%d\r\n%b\r\n" % (len(data), data)
 
 
 def _secret(variable: str) -> str:

@@ -1,0 +1,128 @@
+"""VAST video tracking, as protocol facts: the event names players fire, which of them happen once per impression,
+the quartiles' share of the ad, and the offsets players report (seconds, or VAST's `HH:MM:SS.mmm` timecode).
+"""
+
+from __future__ import annotations
+
+import re
+
+# <Tracking event="..."> names of VAST 4.x (4.2 schema, 4.3 spec §3.14.1), in the spec's order.
+TRACKING_EVENTS_4 = (
+    # player operation
+    "mute",
+    "unmute",
+    "pause",
+    "resume",
+    "rewind",
+    "skip",
+    "playerExpand",
+    "playerCollapse",
+    "notUsed",
+    # linear
+    "loaded",
+    "start",
+    "firstQuartile",
+    "midpoint",
+    "thirdQuartile",
+    "complete",
+    "otherAdInteraction",
+    "progress",
+    "closeLinear",
+    # non-linear and companion
+    "creativeView",
+    "acceptInvitation",
+    "adExpand",
+    "adCollapse",
+    "minimize",
+    "close",
+    "overlayViewDuration",
+    # interactive (SIMID)
+    "interactiveStart",
+)
+# VAST 3 names that VAST 4 replaced or removed, still fired by older players.
+TRACKING_EVENTS_3 = ("fullscreen", "exitFullscreen", "expand", "collapse", "acceptInvitationLinear", "timeSpentViewing")
+# URLs of other VAST elements, named after the element: <Impression>, <Error>, <ClickTracking>, <CustomClick>,
+# <IconClickTracking>, <IconViewTracking>, <ViewableImpression> (<Viewable>, <NotViewable>, <ViewUndetermined>)
+# and the verification vendor's <Tracking event="verificationNotExecuted">.
+ELEMENT_EVENTS = (
+    "impression",
+    "error",
+    "clickTracking",
+    "customClick",
+    "iconClickTracking",
+    "iconViewTracking",
+    "viewable",
+    "notViewable",
+    "viewUndetermined",
+    "verificationNotExecuted",
+)
+EVENTS = ELEMENT_EVENTS + TRACKING_EVENTS_4 + TRACKING_EVENTS_3
+
+PROGRESS = "progress"
+ERROR = "error"
+START = "start"
+# How much of the ad a quartile event proves was played.
+QUARTILES = {"firstQuartile": 0.25, "midpoint": 0.5, "thirdQuartile": 0.75, "complete": 1.0}
+# Events a viewer can cause several times during one impression; every other event happens once per impression
+# (progress once per offset, error once per code).
+REPEATABLE = frozenset(
+    {
+        "mute",
+        "unmute",
+        "pause",
+        "resume",
+        "rewind",
+        "playerExpand",
+        "playerCollapse",
+        "otherAdInteraction",
+        "acceptInvitation",
+        "adExpand",
+        "adCollapse",
+        "minimize",
+        "fullscreen",
+        "exitFullscreen",
+        "expand",
+        "collapse",
+        "acceptInvitationLinear",
+        "clickTracking",
+        "customClick",
+        "iconClickTracking",
+    }
+)
+
+# VAST error codes are three digits: 100 (XML parsing error) to 902 (SIMID error), 900 "undefined error".
+ERROR_CODE_MIN = 100
+ERROR_CODE_MAX = 999
+
+# What a player sends for an optional macro it does not fill (VAST 4.1 §6.1): -1 unknown, -2 withheld by policy.
+UNKNOWN_VALUES = frozenset({"-1", "-2"})
+
+# An offset: seconds (`12.5`) or a timecode `HH:MM:SS` / `HH:MM:SS.mmm` ([ADPLAYHEAD], [CONTENTPLAYHEAD]).
+_SECONDS = re.compile(r"[+-]?(?:\d{1,12}(?:\.\d{0,9})?|\.\d{1,9})", re.ASCII)
+_TIMECODE = re.compile(r"(\d{1,6}):([0-5]\d):([0-5]\d(?:\.\d{1,9})?)", re.ASCII)
+
+
+def parse_offset(text: str) -> float | None:
+    """Seconds from `12.5` or a timecode `00:00:12.500`; None when the text is neither."""
+    if ":" in text:
+        match = _TIMECODE.fullmatch(text)
+        if match is None:
+            return None
+        hours, minutes, seconds = match.groups()
+        return int(hours) * 3600 + int(minutes) * 60 + float(seconds)
+    if _SECONDS.fullmatch(text) is None:
+        return None
+    return float(text)
+
+
+def watch_ms(event: str, offset_s: float | None, duration_s: float | None) -> int | None:
+    """How far into the ad (ms) an event proves playback went: its offset when the player sent one, 0 for `start`,
+    a quartile's share of the ad's duration when that is known; None when the event says nothing about it."""
+    if offset_s is not None:
+        return round(offset_s * 1000)
+    if event == START:
+        return 0
+    share = QUARTILES.get(event)
+    if share is not None and duration_s is not None:
+        return round(duration_s * share * 1000)
+    return None

@@ -1,0 +1,367 @@
+"""The banker's model and both stores (SQLite on disk, Redis on the shared server): each event id debited once,
+budgets crossed notify once, overspend is kept, pacing caps an hour, concurrent writers stay exact."""
+
+from __future__ import annotations
+
+import asyncio
+import os
+import time
+import uuid
+from collections.abc import AsyncIterator, Awaitable, Callable
+from contextlib import asynccontextmanager
+from pathlib import Path
+from typing import Any
+
+import msgspec
+import pytest
+from redis.asyncio import Redis
+
+from conftest import make_event
+from trackpoint.banker.config import BankerCollectorConfig, parse_rate
+from trackpoint.banker.model import Budget, Debit, DebitRule, Notification, TrackerStatus, hour_of, stale_ms
+from trackpoint.banker.store import Store, StoreUnavailable, open_store
+from trackpoint.pipeline.event import Event
+
+REDIS_URL = os.environ.get("TRACKPOINT_TEST_REDIS_URL", "redis://127.0.0.1:6379/0")
+DAY_MS = 86_400_000
+T0 = 1_767_225_600_000  # 2026-01-01T00:00:00Z
+
+
+def banker(**options: Any) -> BankerCollectorConfig:
+    return msgspec.convert({"type": "banker", **options}, BankerCollectorConfig)
+
+
+def win(i: int, price_micros_cpm: int, cid: str = "c1", cur: str | None = None, ts: int = T0) -> Event:
+    event = make_event(i, "win")
+    event.dims = {"imp": f"imp-{i}", "cid": cid, **({"cur": cur} if cur else {})}
+    event.metrics = {"price": price_micros_cpm}
+    event.ts = ts
+    return event
+
+
+def micros(rule: DebitRule, event: Event) -> int:
+    made = rule.debit(event)
+    assert made is not None
+    return made.micros
+
+
+def debit(i: int, micros: int, cid: str = "c1", ts: int = T0) -> Debit:
+    return Debit(f"e{i}", cid, micros, ts, "win")
+
+
+# --- the model ---------------------------------------------------------------------------------------------------
+
+
+def test_debit_is_cpm_over_1000_rounded_half_up_once() -> None:
+    rule = DebitRule(banker())
+    assert rule.debit(win(1, 1_500_000)) == Debit(win(1, 0).id, "c1", 1500, T0, "win")  # CPM 1.50 → 0.0015
+    assert micros(rule, win(2, 1_499)) == 1  # 1.499 micros → 1
+    assert micros(rule, win(3, 1_500)) == 2  # 1.5 → 2 (half up)
+    assert micros(rule, win(4, 499)) == 0
+    item = DebitRule(banker(price_unit="item"))
+    assert micros(item, win(5, 1_500_000)) == 1_500_000
+
+
+def test_currency_is_converted_exactly_or_the_event_is_skipped_and_counted() -> None:
+    rule = DebitRule(banker(rates={"EUR": "1.08", "JPY": "0.0067"}))
+    assert micros(rule, win(1, 2_000_000, cur="EUR")) == 2160  # 2.00 EUR CPM → 0.00216 USD
+    assert micros(rule, win(2, 2_000_000, cur="usd")) == 2000
+    assert micros(rule, win(3, 150_000_000, cur="JPY")) == 1005  # 150 JPY CPM x 0.0067 / 1000
+    assert rule.debit(win(4, 2_000_000, cur="GBP")) is None
+    no_campaign = win(5, 1000)
+    del no_campaign.dims["cid"]
+    assert rule.debit(no_campaign) is None
+    no_price = win(6, 0)
+    no_price.metrics = {}
+    assert rule.debit(no_price) is None
+    assert rule.skipped == {"no_campaign": 1, "no_price": 1, "currency_unknown": 1, "negative": 0}
+
+
+@pytest.mark.parametrize(
+    ("code", "rate", "message"),
+    [("EURO", "1", "not an ISO 4217"), ("EUR", "abc", "not a decimal"), ("EUR", "0", "positive"),
+     ("EUR", "-1.5", "positive"), ("EUR", "NaN", "positive")],
+)  # fmt: skip
+def test_bad_rates_are_config_errors(code: str, rate: str, message: str) -> None:
+    with pytest.raises(ValueError, match=message):
+        parse_rate(code, rate)
+    with pytest.raises(msgspec.ValidationError, match=message):
+        banker(rates={code: rate})
+
+
+def test_budget_validation() -> None:
+    assert msgspec.json.decode(b'{"total_budget_micros": 5}', type=Budget).daily_budget_micros is None
+    for bad in (b"{}", b'{"total_budget_micros": -1}', b'{"total_budget_micros": "5"}',
+                b'{"total_budget_micros": 5, "weekly": 1}', b'{"total_budget_micros": 1e30}'):  # fmt: skip
+        with pytest.raises((msgspec.ValidationError, msgspec.DecodeError)):
+            msgspec.json.decode(bad, type=Budget)
+
+
+def test_stale_ms_counts_backlogs_and_silent_trackers() -> None:
+    now = T0
+    assert stale_ms([], now, 1.0) == 0
+    assert stale_ms([TrackerStatus(now - 500, 0, 0)], now, 1.0) == 0
+    assert stale_ms([TrackerStatus(now - 500, 10, now - 40_000)], now, 1.0) == 40_000
+    assert stale_ms([TrackerStatus(now - 9_000, 0, 0), TrackerStatus(now, 1, now - 100)], now, 1.0) == 9_000
+
+
+# --- both stores ---------------------------------------------------------------------------------------------------
+
+StoreFactory = Callable[..., Awaitable[Store]]
+
+
+@pytest.fixture(params=["sqlite", "redis"])
+def kind(request: pytest.FixtureRequest) -> str:
+    return str(request.param)
+
+
+@asynccontextmanager
+async def stores(kind: str, tmp_path: Path, **options: Any) -> AsyncIterator[Callable[[], Store]]:
+    """Makes stores over one shared state (one database file, or one Redis key prefix, removed afterwards)."""
+    prefix = f"tptest:{uuid.uuid4().hex[:12]}:banker"
+    config = banker(store=kind, redis_url=REDIS_URL, key_prefix=prefix, **options)
+    made: list[Store] = []
+
+    def make() -> Store:
+        made.append(open_store(config, str(tmp_path)))
+        return made[-1]
+
+    try:
+        yield make
+    finally:
+        for store in made:
+            await store.close()
+        if kind == "redis":
+            client = Redis.from_url(REDIS_URL)
+            stale = [key async for key in client.scan_iter(match=f"{prefix}*", count=1000)]
+            for start in range(0, len(stale), 1000):
+                await client.delete(*stale[start : start + 1000])
+            await client.aclose()
+
+
+def test_each_event_id_is_debited_once(kind: str, tmp_path: Path) -> None:
+    async def scenario() -> None:
+        async with stores(kind, tmp_path) as make:
+            store = make()
+            first = await store.apply([debit(1, 100), debit(2, 250), debit(1, 100)], T0)
+            assert (first.applied, first.duplicates) == (2, 1)
+            again = await store.apply([debit(2, 250), debit(1, 100), debit(3, 5, cid="c2")], T0)
+            assert (again.applied, again.duplicates) == (1, 2)
+            c1 = await store.campaign("c1")
+            assert c1 is not None and (c1.spent_micros, c1.debits) == (350, 2)
+            assert c1.total_budget_micros is None and c1.state(T0).remaining_micros is None
+            assert [d.id for d in await store.ledger("c1")] == ["e1", "e2"]
+            assert [d.id for d in await store.ledger("c1", limit=1)] == ["e2"]
+            assert await store.applied_ids(["e1", "e3", "e9"]) == {"e1", "e3"}
+            assert [c.id for c in await store.campaigns()] == ["c1", "c2"]
+            assert await store.campaign("nope") is None
+
+    asyncio.run(scenario())
+
+
+def test_a_crossed_budget_notifies_once_and_overspend_is_kept(kind: str, tmp_path: Path) -> None:
+    async def scenario() -> None:
+        async with stores(kind, tmp_path) as make:
+            store = make()
+            await store.set_budget("c1", Budget(total_budget_micros=10_000), T0)
+            results = [await store.apply([debit(i, 4000)], T0) for i in range(4)]
+            notes = [note for result in results for note in result.notifications]
+            assert [(n.reason, n.event_id, n.spent_micros, n.budget_micros) for n in notes] == [
+                ("total", "e2", 12_000, 10_000)
+            ]
+            state = (await store.campaign("c1")).state(T0)  # type: ignore[union-attr]
+            assert (state.spent_micros, state.remaining_micros, state.overspend_micros) == (16_000, 0, 6_000)
+            assert state.exhausted and state.exhausted_reason == "total"
+            assert len(await store.ledger("c1")) == 4  # the debits after the crossing are in the books
+            assert [n.event_id for n in await store.notifications("", 10)] == ["e2"]
+            # Raising the budget re-arms it: crossing again notifies again, once.
+            await store.set_budget("c1", Budget(total_budget_micros=20_000), T0)
+            state = (await store.campaign("c1")).state(T0)  # type: ignore[union-attr]
+            assert not state.exhausted and state.remaining_micros == 4000
+            later = [await store.apply([debit(i, 4000)], T0) for i in range(4, 7)]
+            assert [n.event_id for r in later for n in r.notifications] == ["e4"]  # 16,000 + 4,000 = 20,000
+            everything = await store.notifications("0", 10)
+            assert [n.event_id for n in everything] == ["e2", "e4"]
+            assert [n.event_id for n in await store.notifications(everything[0].seq, 10)] == ["e4"]
+
+    asyncio.run(scenario())
+
+
+def test_daily_budgets_count_the_events_own_day(kind: str, tmp_path: Path) -> None:
+    async def scenario() -> None:
+        async with stores(kind, tmp_path) as make:
+            store = make()
+            await store.set_budget("c1", Budget(total_budget_micros=10**9, daily_budget_micros=5000), T0)
+            day2 = T0 + DAY_MS
+            result = await store.apply(
+                [debit(1, 3000), debit(2, 3000, ts=day2), debit(3, 3000), debit(4, 1000), debit(5, 2000, ts=day2)],
+                T0,
+            )
+            assert [(n.reason, n.period, n.event_id) for n in result.notifications] == [
+                ("daily", "20260101", "e3"), ("daily", "20260102", "e5"),
+            ]  # fmt: skip
+            raw = await store.campaign("c1")
+            assert raw is not None and raw.day_spent == {"20260101": 7000, "20260102": 5000}
+            assert raw.state(T0 + 1000).exhausted_reason == "daily"
+            assert raw.state(T0 + 2 * DAY_MS).exhausted is False  # a new day
+            late = await store.apply([debit(6, 100)], T0 + 2 * DAY_MS)  # a late win of day 1: no second notice
+            assert late.applied == 1 and late.notifications == []
+
+    asyncio.run(scenario())
+
+
+def test_even_pacing_caps_each_hour(kind: str, tmp_path: Path) -> None:
+    async def scenario() -> None:
+        async with stores(kind, tmp_path, pacing="even", pacing_slack=1.5) as make:
+            store = make()
+            state = await store.set_budget("c1", Budget(total_budget_micros=10**9, daily_budget_micros=24_000), T0)
+            assert state.hourly_cap_micros == 1500  # 24,000 x 1.5 / 24
+            hour2 = T0 + 3_600_000
+            result = await store.apply(
+                [debit(1, 1000), debit(2, 1000), debit(3, 1000), debit(4, 1000, ts=hour2), debit(5, 600, ts=hour2)],
+                T0,
+            )
+            assert [(n.reason, n.period, n.event_id) for n in result.notifications] == [
+                ("paced", "2026010100", "e2"), ("paced", "2026010101", "e5"),
+            ]  # fmt: skip
+            raw = await store.campaign("c1")
+            assert raw is not None
+            now_state = raw.state(hour2 + 10)
+            assert now_state.paced and now_state.hour == hour_of(hour2) and now_state.hour_spent_micros == 1600
+            assert not raw.state(hour2 + 3_600_000).paced  # the next hour starts afresh
+            explicit = await store.set_budget("c2", Budget(total_budget_micros=10, hourly_budget_micros=7), T0)
+            assert explicit.hourly_cap_micros == 7
+
+    asyncio.run(scenario())
+
+
+def test_concurrent_writers_debit_each_id_once(kind: str, tmp_path: Path) -> None:
+    """Four stores (connections) apply overlapping shuffled batches at once: the spend is exact."""
+
+    async def scenario() -> None:
+        async with stores(kind, tmp_path) as make:
+            writers = [make() for _ in range(4)]
+            await writers[0].set_budget("c1", Budget(total_budget_micros=500_000), T0)
+            debits = [debit(i, 1 + i % 7, cid=f"c{i % 3}") for i in range(2000)]
+            expected = {f"c{k}": sum(d.micros for d in debits if d.campaign == f"c{k}") for k in range(3)}
+
+            async def feed(writer: Store, seed: int) -> list[Notification]:
+                import random
+
+                mine = debits[:]
+                random.Random(seed).shuffle(mine)
+                notes = []
+                for start in range(0, len(mine), 250):
+                    notes += (await writer.apply(mine[start : start + 250], T0)).notifications
+                return notes
+
+            notes = await asyncio.gather(*(feed(w, seed) for seed, w in enumerate(writers)))
+            for campaign, spent in expected.items():
+                raw = await writers[0].campaign(campaign)
+                assert (
+                    raw is not None
+                    and raw.spent_micros == spent
+                    and raw.debits == sum(1 for d in debits if d.campaign == campaign)
+                )
+            assert [n.campaign for batch in notes for n in batch] == []  # c1's budget is above its spend
+            assert sorted(d.id for d in await writers[1].ledger("c0")) == sorted(
+                d.id for d in debits if d.campaign == "c0"
+            )
+
+    asyncio.run(scenario())
+
+
+def test_status_reports_feed_staleness(kind: str, tmp_path: Path) -> None:
+    async def scenario() -> None:
+        async with stores(kind, tmp_path) as make:
+            store = make()
+            now = int(time.time() * 1000)
+            await store.report_status("a", TrackerStatus(now, 0, 0))
+            await store.report_status("b", TrackerStatus(now, 12, now - 30_000))
+            assert sorted(s.backlog for s in await store.statuses()) == [0, 12]
+            assert stale_ms(await store.statuses(), now, 1.0) == 30_000
+            await store.forget_status("b")
+            assert stale_ms(await store.statuses(), now, 1.0) == 0
+
+    asyncio.run(scenario())
+
+
+def test_redis_publishes_notifications_on_its_channel(tmp_path: Path) -> None:
+    async def scenario() -> None:
+        async with stores("redis", tmp_path) as make:
+            store = make()
+            client = Redis.from_url(REDIS_URL)
+            pubsub = client.pubsub()
+            await pubsub.subscribe(f"{store.config.key_prefix}:notifications")
+            await pubsub.get_message(timeout=1.0)  # the subscription confirmation
+            await store.set_budget("c1", Budget(total_budget_micros=1), T0)
+            await store.apply([debit(1, 5)], T0)
+            message = await pubsub.get_message(ignore_subscribe_messages=True, timeout=2.0)
+            assert message is not None
+            note = msgspec.json.decode(message["data"], type=Notification)
+            assert (note.campaign, note.reason, note.event_id, note.spent_micros) == ("c1", "total", "e1", 5)
+            await pubsub.aclose()  # type: ignore[no-untyped-call]
+            await client.aclose()
+
+    asyncio.run(scenario())
+
+
+def test_an_unreachable_store_raises_store_unavailable(tmp_path: Path) -> None:
+    async def scenario() -> None:
+        from conftest import free_port
+
+        config = banker(store="redis", redis_url=f"redis://127.0.0.1:{free_port()}/0", timeout_s=0.5,
+                        connect_timeout_s=0.5)  # fmt: skip
+        store = open_store(config, str(tmp_path))
+        with pytest.raises(StoreUnavailable):
+            await store.apply([debit(1, 5)], T0)
+        with pytest.raises(StoreUnavailable):
+            await store.campaign("c1")
+        await store.close()
+
+    asyncio.run(scenario())
+
+
+def test_the_collector_reports_how_far_behind_it_is(tmp_path: Path) -> None:
+    """While the store is down the collector holds its debits (memory, then spool) and says since when it is
+    behind; once the store is back they are applied once and the report clears."""
+    from conformance.target_redis_streams import make_target
+    from conftest import until
+    from trackpoint.banker.collector import BankerCollector
+    from trackpoint.collectors.base import CollectorContext
+
+    async def scenario() -> None:
+        server = await make_target()
+        try:
+            options = banker(
+                store="redis", redis_url=server.url, timeout_s=0.5, connect_timeout_s=0.3, flush_interval_ms=20,
+                retry_initial_ms=50, retry_max_ms=200, status_interval_s=0.1,
+            )  # fmt: skip
+            collector = BankerCollector("banker", options, CollectorContext(data_dir=str(tmp_path)))
+            await collector.start()
+            await server.stop()
+            started = int(time.time() * 1000)
+            for i in range(50):
+                collector.offer(win(i, 1_000_000))
+            collector.offer(win(0, 1_000_000))  # a repeat
+            await until(lambda: asyncio.sleep(0, collector.stats.retried > 0), what="a failed send")
+            status = collector.status()
+            assert status.backlog == 51 and started <= status.oldest_ms <= int(time.time() * 1000)
+            assert not collector.health().healthy and "redis" in collector.health().detail
+            await server.start()
+            await until(lambda: asyncio.sleep(0, collector.applied == 50), timeout_s=15, what="the held debits")
+            assert collector.duplicates == 1
+            await until(lambda: asyncio.sleep(0, collector.status().oldest_ms == 0), what="a clean report")
+            store = collector.store
+            await until(lambda: _fresh(store), what="the store to see this tracker caught up")
+            raw = await store.campaign("c1")
+            assert raw is not None and raw.spent_micros == 50 * 1000
+            await collector.close(2.0)
+        finally:
+            await server.close()
+
+    asyncio.run(scenario())
+
+
+async def _fresh(store: Store) -> bool:
+    return stale_ms(await store.statuses(), int(time.time() * 1000), 0.1) == 0

@@ -1,0 +1,348 @@
+"""The banker end to end: real trackers (through the CLI) debiting win notices into a shared Redis or the embedded
+SQLite store, the admin API, replays of the logs, `trackpoint banker reconcile`, and a Redis outage.
+
+The exactness tests fire 100,000 distinct win notices plus 30% repeats, shuffled, split at random between two
+tracker processes (or two workers of one): the spend must equal the sum over distinct impression ids to the
+micro, and three replays of the logs afterwards must change nothing.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import os
+import random
+import sqlite3
+import subprocess
+import sys
+import time
+import uuid
+from collections.abc import Callable, Iterator
+from pathlib import Path
+from typing import Any
+
+import pytest
+from redis.asyncio import Redis
+
+from conformance.target_redis_streams import RedisStreamsTarget, make_target
+from conftest import Tracker
+
+REDIS_URL = os.environ.get("TRACKPOINT_TEST_REDIS_URL", "redis://127.0.0.1:6379/0")
+CAMPAIGNS = 20
+
+
+def banker_config(banker: dict[str, Any]) -> dict[str, Any]:
+    return {
+        "collectors": {"banker": {"type": "banker", "flush_interval_ms": 20, **banker}},
+        "event_types": {
+            "win": {"preset": "win", "collectors": ["log", "banker"]},
+            "impression": {"preset": "impression"},
+        },
+    }
+
+
+def eventually(condition: Callable[[], bool], timeout_s: float, what: str) -> None:
+    deadline = time.monotonic() + timeout_s
+    while not condition():
+        assert time.monotonic() < deadline, f"timed out waiting for {what}"
+        time.sleep(0.1)
+
+
+def admin_json(tracker: Tracker, method: str, path: str, body: Any = None) -> tuple[int, Any]:
+    status, _, payload = tracker.admin(method, path, None if body is None else json.dumps(body).encode())
+    return status, json.loads(payload)
+
+
+def cli(*args: str, cwd: Path | None = None) -> subprocess.CompletedProcess[str]:
+    return subprocess.run(
+        [sys.executable, "-m", "trackpoint", *args], capture_output=True, text=True, timeout=300, check=False, cwd=cwd
+    )
+
+
+# --- load ----------------------------------------------------------------------------------------------------------
+
+
+def win_notices(distinct: int, repeat_share: float, seed: int) -> tuple[list[str], dict[str, int]]:
+    """Shuffled win-notice paths (repeats carry the same price, as a re-sent notice does) and the expected spend
+    per campaign: the sum of round_half_up(CPM micros / 1000) over distinct impression ids."""
+    rng = random.Random(seed)
+    notices = []
+    expected: dict[str, int] = {}
+    for i in range(distinct):
+        cid = f"c{i % CAMPAIGNS}"
+        price_micros = rng.randrange(10_000, 20_000_000)  # CPM 0.01 to 20.00
+        price = f"{price_micros // 1_000_000}.{price_micros % 1_000_000:06d}"
+        notices.append(f"/win?imp=imp-{seed}-{i}&cid={cid}&price={price}")
+        expected[cid] = expected.get(cid, 0) + (price_micros + 500) // 1000
+    paths = notices + rng.choices(notices, k=int(distinct * repeat_share))
+    rng.shuffle(paths)
+    return paths, expected
+
+
+async def _fire(port: int, paths: list[str], depth: int = 64) -> int:
+    """Sends every path over keep-alive connections, `depth` pipelined requests at a time; counts 204 answers.
+    Each connection stays under the tracker's default max_keepalive_requests (10,000)."""
+    connections = max(8, len(paths) // 5000)
+    queue = [paths[i::connections] for i in range(connections)]
+
+    async def one(mine: list[str]) -> int:
+        reader, writer = await asyncio.open_connection("127.0.0.1", port)
+        answered = 0
+        for start in range(0, len(mine), depth):
+            chunk = mine[start : start + depth]
+            writer.write(b"".join(f"GET {p} HTTP/1.1\r\nHost: t\r\n\r\n".encode() for p in chunk))
+            for _ in chunk:
+                head = await reader.readuntil(b"\r\n\r\n")
+                status = int(head.split(b" ", 2)[1])
+                length = 0
+                for line in head.split(b"\r\n"):
+                    if line.lower().startswith(b"content-length:"):
+                        length = int(line.split(b":", 1)[1])
+                if length:
+                    await reader.readexactly(length)
+                answered += status == 204
+        writer.close()
+        return answered
+
+    return sum(await asyncio.gather(*(one(mine) for mine in queue if mine)))
+
+
+def fire(trackers: list[Tracker], paths: list[str], seed: int) -> None:
+    rng = random.Random(seed)
+    shares: list[list[str]] = [[] for _ in trackers]
+    for path in paths:
+        shares[rng.randrange(len(trackers))].append(path)
+
+    async def everything() -> list[int]:
+        return await asyncio.gather(*(_fire(t.port, share) for t, share in zip(trackers, shares, strict=True)))
+
+    answered = asyncio.run(everything())
+    assert answered == [len(share) for share in shares]
+
+
+def spent(tracker: Tracker) -> dict[str, int]:
+    status, document = admin_json(tracker, "GET", "/banker/campaigns")
+    assert status == 200, document
+    return {c["id"]: c["spent_micros"] for c in document["campaigns"]}
+
+
+def ledger_sizes(tracker: Tracker) -> dict[str, int]:
+    _, document = admin_json(tracker, "GET", "/banker/campaigns")
+    return {c["id"]: c["debits"] for c in document["campaigns"]}
+
+
+# --- exactness -----------------------------------------------------------------------------------------------------
+
+
+@pytest.fixture
+def redis_prefix() -> Iterator[str]:
+    prefix = f"tptest:{uuid.uuid4().hex[:12]}:banker"
+    yield prefix
+
+    async def clean() -> None:
+        client = Redis.from_url(REDIS_URL)
+        stale = [key async for key in client.scan_iter(match=f"{prefix}*", count=1000)]
+        for start in range(0, len(stale), 1000):
+            await client.delete(*stale[start : start + 1000])
+        await client.aclose()
+
+    asyncio.run(clean())
+
+
+def check_exact_and_replays(trackers: list[Tracker], expected: dict[str, int], half_budget: str) -> None:
+    first = trackers[0]
+    eventually(lambda: spent(first) == expected, 120, "the spend of every distinct win")
+    debits = ledger_sizes(first)
+    assert sum(debits.values()) == 100_000
+    # The campaign whose budget was half its spend: one notification, and every debit after it in the ledger.
+    _, notes = admin_json(first, "GET", "/banker/notifications?limit=1000")
+    assert [(n["campaign"], n["reason"]) for n in notes["notifications"]] == [(half_budget, "total")]
+    _, state = admin_json(first, "GET", f"/banker/campaigns/{half_budget}")
+    assert state["exhausted"] and state["overspend_micros"] == expected[half_budget] - state["total_budget_micros"]
+    for tracker in trackers:
+        assert tracker.stop() == 0
+    for _ in range(3):
+        for tracker in trackers:
+            result = cli("replay", "--config", str(tracker.config_path), "--collector", "banker",
+                         str(tracker.data_dir / "logs"))  # fmt: skip
+            assert result.returncode == 0, result.stderr
+    reconciled = cli("banker", "reconcile", "--json", "--config", str(first.config_path),
+                     *(str(t.data_dir / "logs") for t in trackers))  # fmt: skip
+    report = json.loads(reconciled.stdout)
+    assert reconciled.returncode == 0 and report["matches"], reconciled.stdout + reconciled.stderr
+    assert {c["campaign"]: c["store_micros"] for c in report["campaigns"]} == expected
+    assert report["duplicates_in_logs"] == 30_000  # every repeat was logged, and counted once
+    first.start()
+    assert spent(first) == expected and ledger_sizes(first) == debits
+
+
+@pytest.mark.timeout(600)
+def test_two_trackers_sharing_redis_debit_each_win_once(tracker_factory: Any, redis_prefix: str) -> None:
+    config = banker_config({"store": "redis", "redis_url": REDIS_URL, "key_prefix": redis_prefix})
+    trackers: list[Tracker] = [tracker_factory(config, name="a"), tracker_factory(config, name="b")]
+    paths, expected = win_notices(100_000, 0.3, seed=1)
+    status, _ = admin_json(trackers[0], "PUT", "/banker/campaigns/c7", {"total_budget_micros": expected["c7"] // 2})
+    assert status == 200
+    fire(trackers, paths, seed=2)
+    check_exact_and_replays(trackers, expected, "c7")
+
+
+@pytest.mark.timeout(600)
+def test_two_workers_sharing_sqlite_debit_each_win_once(tracker_factory: Any) -> None:
+    tracker: Tracker = tracker_factory(banker_config({}), workers=2)
+    paths, expected = win_notices(100_000, 0.3, seed=3)
+    status, _ = admin_json(tracker, "PUT", "/banker/campaigns/c3", {"total_budget_micros": expected["c3"] // 2})
+    assert status == 200
+    fire([tracker], paths, seed=4)
+    check_exact_and_replays([tracker], expected, "c3")
+
+
+# --- admin API -----------------------------------------------------------------------------------------------------
+
+
+def test_admin_api_sets_and_reads_budgets(tracker_factory: Any) -> None:
+    tracker: Tracker = tracker_factory(banker_config({"pacing": "even", "pacing_slack": 1.0}))
+    status, state = admin_json(
+        tracker, "PUT", "/banker/campaigns/summer%2F26", {"total_budget_micros": 10_000, "daily_budget_micros": 4800}
+    )
+    assert status == 200
+    assert state["id"] == "summer/26" and state["remaining_micros"] == 10_000 and state["hourly_cap_micros"] == 200
+    assert not state["exhausted"] and state["spent_micros"] == 0
+    for i in range(3):
+        assert tracker.get(f"/win?imp=w{i}&cid=summer%2F26&price=0.1")[0] == 204  # CPM 0.10: 100 micros each
+    tracker.get("/win?imp=w0&cid=summer%2F26&price=0.1")  # a repeat
+    eventually(lambda: admin_json(tracker, "GET", "/banker/campaigns/summer%2F26")[1]["debits"] == 3, 10, "debits")
+    _, state = admin_json(tracker, "GET", "/banker/campaigns/summer%2F26")
+    assert (state["spent_micros"], state["remaining_micros"], state["today_spent_micros"]) == (300, 9700, 300)
+    assert state["paced"] and state["hour_spent_micros"] == 300 and state["stale_ms"] < 5000
+    _, ledger = admin_json(tracker, "GET", "/banker/campaigns/summer%2F26/ledger?limit=2")
+    assert [d["micros"] for d in ledger["debits"]] == [100, 100] and len(ledger["debits"]) == 2
+    _, notes = admin_json(tracker, "GET", "/banker/notifications")
+    assert [(n["campaign"], n["reason"]) for n in notes["notifications"]] == [("summer/26", "paced")]
+    _, listing = admin_json(tracker, "GET", "/banker/campaigns")
+    assert [c["id"] for c in listing["campaigns"]] == ["summer/26"]
+    labels = 'collector="banker",outcome="{}"'
+    assert tracker.wait_metric("trackpoint_collector_outcomes_total", labels.format("duplicates"), 1) == 1
+    assert tracker.metric("trackpoint_collector_outcomes_total", labels.format("applied")) == 3
+    assert tracker.metric("trackpoint_collector_outcomes_total", labels.format("notifications")) == 1
+
+
+INVALID_REQUESTS = [
+    ("PUT", "/banker/campaigns/c1", {"total_budget_micros": -5}, 400, "invalid_budget"),
+    ("PUT", "/banker/campaigns/c1", {"daily_budget_micros": 5}, 400, "invalid_budget"),
+    ("PUT", "/banker/campaigns/c1", {"total_budget_micros": 5, "weekly": 1}, 400, "invalid_budget"),
+    ("PUT", "/banker/campaigns/c1", "not an object", 400, "invalid_budget"),
+    ("PUT", "/banker/campaigns/" + "x" * 300, {"total_budget_micros": 5}, 400, "invalid_campaign_id"),
+    ("GET", "/banker/campaigns/unknown", None, 404, "campaign_unknown"),
+    ("GET", "/banker/campaigns/c1/ledger?limit=0", None, 400, "invalid_query"),
+    ("GET", "/banker/notifications?after=abc", None, 400, "invalid_query"),
+    ("DELETE", "/banker/campaigns/c1", None, 405, "method_not_allowed"),
+    ("GET", "/banker/campaigns?banker=other", None, 404, "banker_unknown"),
+]
+
+
+def test_admin_api_validation_errors(tracker_factory: Any) -> None:
+    tracker: Tracker = tracker_factory(banker_config({}))
+    for method, path, body, status, error in INVALID_REQUESTS:
+        got, document = admin_json(tracker, method, path, body)
+        assert (got, document["error"]) == (status, error), (method, path, document)
+    assert admin_json(tracker, "GET", "/banker/campaigns") == (200, {"campaigns": []})  # nothing was created
+
+
+def test_admin_api_without_a_banker_says_so(tracker_factory: Any) -> None:
+    tracker: Tracker = tracker_factory({"event_types": {"win": {"preset": "win", "collectors": ["log"]}}})
+    assert admin_json(tracker, "GET", "/banker/campaigns") == (
+        404, {"error": "banker_not_configured", "detail": "no event type feeds a collector of type banker"},
+    )  # fmt: skip
+
+
+def test_the_embedded_default_debits_wins_into_sqlite(tracker: Tracker) -> None:
+    assert tracker.admin("PUT", "/banker/campaigns/c1", b'{"total_budget_micros": 2000}')[0] == 200
+    assert tracker.get("/win?imp=x1&cid=c1&price=1.5")[0] == 204
+    assert tracker.get("/win?imp=x2&cid=c1&price=1.5")[0] == 204
+    eventually(lambda: admin_json(tracker, "GET", "/banker/campaigns/c1")[1]["debits"] == 2, 10, "two debits")
+    _, state = admin_json(tracker, "GET", "/banker/campaigns/c1")
+    assert (state["spent_micros"], state["exhausted"], state["overspend_micros"]) == (3000, True, 1000)
+    assert (tracker.data_dir / "banker" / "banker.db").exists()
+
+
+# --- reconcile -----------------------------------------------------------------------------------------------------
+
+
+def test_reconcile_reports_lost_debits_and_replay_restores_them(tracker_factory: Any) -> None:
+    tracker: Tracker = tracker_factory(banker_config({}))
+    for i in range(40):
+        assert tracker.get(f"/win?imp=r{i}&cid=c{i % 2}&price=2.5")[0] == 204
+    eventually(lambda: sum(ledger_sizes(tracker).values()) == 40, 10, "40 debits")
+    assert tracker.stop() == 0
+    logs = str(tracker.data_dir / "logs")
+    assert cli("banker", "reconcile", "--config", str(tracker.config_path), logs).returncode == 0
+    # Lose five debits of c1 from the store (as a restore from an old backup would).
+    with sqlite3.connect(tracker.data_dir / "banker" / "banker.db") as db:
+        lost = [row[0] for row in db.execute("SELECT event_id FROM ledger WHERE campaign = 'c1' LIMIT 5")]
+        db.execute(f"DELETE FROM ledger WHERE event_id IN ({','.join('?' * len(lost))})", lost)
+        db.execute("UPDATE campaigns SET spent_micros = spent_micros - 5 * 2500, debits = debits - 5 WHERE id = 'c1'")
+    differing = cli("banker", "reconcile", "--json", "--config", str(tracker.config_path), logs)
+    assert differing.returncode == 1
+    report = {c["campaign"]: c for c in json.loads(differing.stdout)["campaigns"]}
+    assert (report["c1"]["missing_debits"], report["c1"]["missing_micros"], report["c1"]["difference_micros"]) == (
+        5,
+        5 * 2500,
+        -5 * 2500,
+    )  # fmt: skip  (CPM 2.50: 2,500 micros a debit)
+    assert report["c0"]["matches"]
+    table = cli("banker", "reconcile", "--config", str(tracker.config_path), logs)
+    assert table.returncode == 1 and "differs" in table.stdout and "replay --collector banker" in table.stdout
+    assert cli("replay", "--config", str(tracker.config_path), "--collector", "banker", logs).returncode == 0
+    assert cli("banker", "reconcile", "--config", str(tracker.config_path), logs).returncode == 0
+
+
+def test_reconcile_needs_a_banker(tmp_path: Path) -> None:
+    logs = tmp_path / "logs"
+    logs.mkdir()
+    (logs / "events-w00-1.jsonl").write_text("")
+    result = cli("banker", "reconcile", str(logs), cwd=tmp_path)  # the default data_dir is relative
+    assert result.returncode == 0, result.stderr  # the embedded default's banker, and no spend in these logs
+    assert (tmp_path / "trackpoint-data" / "banker" / "banker.db").exists()
+    config = tmp_path / "no-banker.yaml"
+    config.write_text("event_types:\n  win: {preset: win, collectors: [log]}\n")
+    result = cli("banker", "reconcile", "--config", str(config), str(logs))
+    assert result.returncode == 2 and "banker collectors: none" in result.stderr
+
+
+# --- outage --------------------------------------------------------------------------------------------------------
+
+
+@pytest.fixture
+def private_redis() -> Iterator[RedisStreamsTarget]:
+    target = asyncio.run(make_target())
+    yield target
+    asyncio.run(target.close())
+
+
+@pytest.mark.timeout(120)
+def test_a_redis_outage_delays_spend_and_applies_it_once(
+    tracker_factory: Any, private_redis: RedisStreamsTarget
+) -> None:
+    config = banker_config({
+        "store": "redis", "redis_url": private_redis.url, "timeout_s": 1.0, "connect_timeout_s": 0.5,
+        "retry_initial_ms": 100, "retry_max_ms": 500, "status_interval_s": 0.2,
+    })  # fmt: skip
+    tracker: Tracker = tracker_factory(config)
+    for i in range(20):
+        assert tracker.get(f"/win?imp=before{i}&cid=c1&price=1")[0] == 204
+    eventually(lambda: spent(tracker) == {"c1": 20_000}, 10, "the first spend")
+    asyncio.run(private_redis.stop())
+    for i in range(300):
+        assert tracker.get(f"/win?imp=during{i}&cid=c1&price=1")[0] == 204
+        if i % 3 == 0:  # repeats while the store is away
+            assert tracker.get(f"/win?imp=during{i}&cid=c1&price=1")[0] == 204
+    assert tracker.admin("GET", "/banker/campaigns/c1")[0] == 503
+    assert tracker.wait_metric("trackpoint_collector_spooled_events", 'collector="banker"', 1, timeout_s=10) >= 1
+    time.sleep(1.0)
+    asyncio.run(private_redis.start())
+    eventually(lambda: spent(tracker) == {"c1": 320_000}, 30, "the spend held during the outage")
+    _, state = admin_json(tracker, "GET", "/banker/campaigns/c1")
+    assert state["debits"] == 320
+    eventually(lambda: admin_json(tracker, "GET", "/banker/campaigns/c1")[1]["stale_ms"] == 0, 10, "fresh state")
+    assert tracker.metric("trackpoint_collector_dropped_total", 'collector="banker"') == 0
