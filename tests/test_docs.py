@@ -9,7 +9,6 @@ import sys
 from pathlib import Path
 
 import msgspec.inspect as mi
-import pytest
 
 from trackpoint.config import load
 from trackpoint.config.reference import config_sections, configuration_reference, endpoints_reference
@@ -55,8 +54,3 @@ def test_reference_names_every_section_and_endpoint() -> None:
     endpoints = endpoints_reference(load())
     for path in ("`/i`", "`/c`", "`/conv`", "`/v`", "`/win`", "`/bill`", "`/loss`"):
         assert path in endpoints
-
-
-@pytest.mark.parametrize("example", sorted((ROOT / "examples").glob("*.yaml")), ids=lambda p: p.name)
-def test_example_configs_validate(example: Path) -> None:
-    assert load(example).config.event_types

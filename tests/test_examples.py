@@ -219,7 +219,7 @@ def test_cdp_example_end_to_end(tracker_factory: Any) -> None:
         assert headers["access-control-allow-headers"] == "content-type"
         assert headers["access-control-max-age"] == "600"
         assert headers["vary"] == "Origin"
-    status, headers, body = tracker.request(
+    status, headers, _ = tracker.request(
         "OPTIONS", "/t/page", headers={"Origin": "https://evil.test", "Access-Control-Request-Method": "POST"}
     )
     assert (status, headers["x-reject-reason"]) == (403, "cors_origin_not_allowed")

@@ -7,12 +7,12 @@ look-up. The keys are the tracker's signing keys (`signing`), so click ids rotat
 from __future__ import annotations
 
 import binascii
-import hashlib
 import hmac
 from collections.abc import Mapping
 from typing import NamedTuple
 
 from trackpoint.adtech.price import decode_websafe
+from trackpoint.security.signing import PrecomputedHmac
 
 # Layout, version 1 (integers big-endian), as base64url without padding:
 #   version  u8 = 1
@@ -34,9 +34,6 @@ FORGED = "click_id_forged"
 # The signing key is not used as it is: a click id's MAC can never stand for a URL signature, nor the reverse.
 _DERIVATION = b"trackpoint click id v1"
 _URLSAFE = bytes.maketrans(b"+/", b"-_")
-_BLOCK = 64  # SHA-256 block size
-_IPAD = bytes(x ^ 0x36 for x in range(256))
-_OPAD = bytes(x ^ 0x5C for x in range(256))
 _MAX_MS = (1 << 48) - 1
 
 
@@ -60,22 +57,16 @@ class Click(NamedTuple):
     key_id: str
 
 
-class _Key:
-    """HMAC-SHA256 with the inner and outer hash states computed once (RFC 2104), as in security.signing."""
+class _Key(PrecomputedHmac):
+    """A click-id key: derived from the signing key, so a click id's MAC never passes as a URL signature."""
 
-    __slots__ = ("inner", "outer")
+    __slots__ = ()
 
     def __init__(self, secret: bytes) -> None:
-        secret = hmac.digest(secret, _DERIVATION, "sha256").ljust(_BLOCK, b"\0")
-        self.inner = hashlib.sha256(secret.translate(_IPAD))
-        self.outer = hashlib.sha256(secret.translate(_OPAD))
+        super().__init__(hmac.digest(secret, _DERIVATION, "sha256"))
 
     def mac(self, message: bytes) -> bytes:
-        inner = self.inner.copy()
-        inner.update(message)
-        outer = self.outer.copy()
-        outer.update(inner.digest())
-        return outer.digest()[:MAC_BYTES]
+        return self.digest(message)[:MAC_BYTES]
 
 
 def _length(size: int) -> bytes:

@@ -11,7 +11,9 @@ With several banker collectors in the config, `?banker=NAME` picks one (default:
 
 from __future__ import annotations
 
+import functools
 import time
+from collections.abc import Awaitable, Callable
 from urllib.parse import parse_qs
 
 import msgspec
@@ -30,19 +32,40 @@ def _now_ms() -> int:
     return int(time.time() * 1000)
 
 
-def _error(status: int, error: str, detail: str = "") -> AdminResponse:
-    document = {"error": error, "detail": detail} if detail else {"error": error}
-    return AdminResponse.json(status, document)
+class _Refused(Exception):
+    """Ends a handler with an error answer: 4xx for the request, 503 when the store cannot be reached."""
+
+    def __init__(self, status: int, error: str, detail: str = "") -> None:
+        super().__init__(error)
+        self.response = AdminResponse.json(status, {"error": error, "detail": detail} if detail else {"error": error})
 
 
-def _store(request: AdminRequest, config: Config) -> Store | AdminResponse:
+Handler = Callable[[AdminRequest, Config], Awaitable[AdminResponse]]
+
+
+def _answers(handler: Handler) -> Handler:
+    """The handler, with refusals and an unreachable store turned into their answers."""
+
+    @functools.wraps(handler)
+    async def wrapped(request: AdminRequest, config: Config) -> AdminResponse:
+        try:
+            return await handler(request, config)
+        except _Refused as refused:
+            return refused.response
+        except StoreUnavailable as exc:
+            return _Refused(503, "store_unavailable", str(exc)).response
+
+    return wrapped
+
+
+def _store(request: AdminRequest, config: Config) -> Store:
     bankers = bankers_in_use(config)
     if not bankers:
-        return _error(404, "banker_not_configured", "no event type feeds a collector of type banker")
+        raise _Refused(404, "banker_not_configured", "no event type feeds a collector of type banker")
     wanted = parse_qs(request.query).get("banker", [min(bankers)])[0]
     banker = bankers.get(wanted)
     if banker is None:
-        return _error(404, "banker_unknown", f"no banker collector named {wanted!r}")
+        raise _Refused(404, "banker_unknown", f"no banker collector named {wanted!r}")
     key = (config.data_dir, wanted, msgspec.json.encode(banker))
     store = _stores.get(key)
     if store is None:
@@ -56,14 +79,14 @@ async def _states(store: Store, campaigns: list[RawCampaign]) -> list[CampaignSt
     return [campaign.state(now, stale) for campaign in campaigns]
 
 
-def _campaign_id(request: AdminRequest) -> str | AdminResponse:
+def _campaign_id(request: AdminRequest) -> str:
     campaign = request.params.get("id", "")
     if not 0 < len(campaign) <= MAX_CAMPAIGN_ID:
-        return _error(400, "invalid_campaign_id", f"a campaign id has 1 to {MAX_CAMPAIGN_ID} characters")
+        raise _Refused(400, "invalid_campaign_id", f"a campaign id has 1 to {MAX_CAMPAIGN_ID} characters")
     return campaign
 
 
-def _int_query(request: AdminRequest, name: str, default: int, high: int) -> int | AdminResponse:
+def _int_query(request: AdminRequest, name: str, default: int, high: int) -> int:
     values = parse_qs(request.query).get(name)
     if not values:
         return default
@@ -72,85 +95,49 @@ def _int_query(request: AdminRequest, name: str, default: int, high: int) -> int
     except ValueError:
         value = -1
     if not 0 < value <= high:
-        return _error(400, "invalid_query", f"{name} must be an integer from 1 to {high}")
+        raise _Refused(400, "invalid_query", f"{name} must be an integer from 1 to {high}")
     return value
 
 
+@_answers
 async def put_campaign(request: AdminRequest, config: Config) -> AdminResponse:
-    store = _store(request, config)
-    campaign = _campaign_id(request)
-    if isinstance(store, AdminResponse):
-        return store
-    if isinstance(campaign, AdminResponse):
-        return campaign
+    store, campaign = _store(request, config), _campaign_id(request)
     try:
         budget = msgspec.json.decode(request.body, type=Budget)
     except (msgspec.ValidationError, msgspec.DecodeError) as exc:
-        return _error(400, "invalid_budget", str(exc))
-    try:
-        raw = await store.set_budget(campaign, budget, _now_ms())
-        (state,) = await _states(store, [raw])
-    except StoreUnavailable as exc:
-        return _error(503, "store_unavailable", str(exc))
+        raise _Refused(400, "invalid_budget", str(exc)) from None
+    (state,) = await _states(store, [await store.set_budget(campaign, budget, _now_ms())])
     return AdminResponse.json(200, state)
 
 
+@_answers
 async def get_campaign(request: AdminRequest, config: Config) -> AdminResponse:
-    store = _store(request, config)
-    campaign = _campaign_id(request)
-    if isinstance(store, AdminResponse):
-        return store
-    if isinstance(campaign, AdminResponse):
-        return campaign
-    try:
-        raw = await store.campaign(campaign)
-        if raw is None:
-            return _error(404, "campaign_unknown", f"no budget or spend recorded for campaign {campaign!r}")
-        (state,) = await _states(store, [raw])
-    except StoreUnavailable as exc:
-        return _error(503, "store_unavailable", str(exc))
+    store, campaign = _store(request, config), _campaign_id(request)
+    raw = await store.campaign(campaign)
+    if raw is None:
+        raise _Refused(404, "campaign_unknown", f"no budget or spend recorded for campaign {campaign!r}")
+    (state,) = await _states(store, [raw])
     return AdminResponse.json(200, state)
 
 
+@_answers
 async def list_campaigns(request: AdminRequest, config: Config) -> AdminResponse:
     store = _store(request, config)
-    if isinstance(store, AdminResponse):
-        return store
-    try:
-        states = await _states(store, await store.campaigns())
-    except StoreUnavailable as exc:
-        return _error(503, "store_unavailable", str(exc))
-    return AdminResponse.json(200, {"campaigns": states})
+    return AdminResponse.json(200, {"campaigns": await _states(store, await store.campaigns())})
 
 
+@_answers
 async def get_ledger(request: AdminRequest, config: Config) -> AdminResponse:
-    store = _store(request, config)
-    campaign = _campaign_id(request)
-    limit = _int_query(request, "limit", 100, 100_000)
-    for answer in (store, campaign, limit):
-        if isinstance(answer, AdminResponse):
-            return answer
-    assert isinstance(store, Store) and isinstance(campaign, str) and isinstance(limit, int)
-    try:
-        debits = await store.ledger(campaign, limit)
-    except StoreUnavailable as exc:
-        return _error(503, "store_unavailable", str(exc))
+    store, campaign = _store(request, config), _campaign_id(request)
+    debits = await store.ledger(campaign, _int_query(request, "limit", 100, 100_000))
     entries = [{"id": d.id, "micros": d.micros, "ts": d.ts, "type": d.type} for d in debits]
     return AdminResponse.json(200, {"campaign": campaign, "debits": entries})
 
 
+@_answers
 async def get_notifications(request: AdminRequest, config: Config) -> AdminResponse:
-    store = _store(request, config)
-    limit = _int_query(request, "limit", 100, 10_000)
-    if isinstance(store, AdminResponse):
-        return store
-    if isinstance(limit, AdminResponse):
-        return limit
+    store, limit = _store(request, config), _int_query(request, "limit", 100, 10_000)
     after = parse_qs(request.query).get("after", [""])[0]
     if after and not all(part.isdigit() for part in after.split("-", 1)):
-        return _error(400, "invalid_query", "after must be a notification seq")
-    try:
-        notes = await store.notifications(after, limit)
-    except StoreUnavailable as exc:
-        return _error(503, "store_unavailable", str(exc))
-    return AdminResponse.json(200, {"notifications": notes})
+        raise _Refused(400, "invalid_query", "after must be a notification seq")
+    return AdminResponse.json(200, {"notifications": await store.notifications(after, limit)})

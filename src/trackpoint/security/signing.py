@@ -80,7 +80,7 @@ def _b64(digest: bytes) -> bytes:
     return binascii.b2a_base64(digest[:MAC_BYTES], newline=False).translate(_URLSAFE)[:_MAC_CHARS]
 
 
-class _Key:
+class PrecomputedHmac:
     """HMAC-SHA256 with the key's inner and outer hash states computed once (RFC 2104): a MAC is then two hash
     copies instead of a full `hmac` set-up per request (about 2.5 times faster)."""
 
@@ -93,12 +93,21 @@ class _Key:
         self.inner = hashlib.sha256(secret.translate(_IPAD))
         self.outer = hashlib.sha256(secret.translate(_OPAD))
 
-    def mac(self, message: bytes) -> bytes:
+    def digest(self, message: bytes) -> bytes:
         inner = self.inner.copy()
         inner.update(message)
         outer = self.outer.copy()
         outer.update(inner.digest())
-        return _b64(outer.digest())
+        return outer.digest()
+
+
+class _Key(PrecomputedHmac):
+    """A URL-signing key: the MAC as the `sig` parameter carries it."""
+
+    __slots__ = ()
+
+    def mac(self, message: bytes) -> bytes:
+        return _b64(self.digest(message))
 
 
 def sign_url(url: str, key_id: str, secret: bytes, expires_at: int | None = None) -> str:
