@@ -54,3 +54,5 @@ def test_reference_names_every_section_and_endpoint() -> None:
     endpoints = endpoints_reference(load())
     for path in ("`/i`", "`/c`", "`/conv`", "`/v`", "`/win`", "`/bill`", "`/loss`"):
         assert path in endpoints
+    for method, path in (("GET", "/readyz"), ("PUT", "/banker/campaigns/{id}"), ("GET", "/banker/notifications")):
+        assert f"| {method} | `{path}` | " in endpoints  # the admin port, with each handler's description

@@ -101,6 +101,8 @@ def _int_query(request: AdminRequest, name: str, default: int, high: int) -> int
 
 @_answers
 async def put_campaign(request: AdminRequest, config: Config) -> AdminResponse:
+    """Sets a campaign's budgets from `{"total_budget_micros": N, "daily_budget_micros": M,
+    "hourly_budget_micros": H}` (daily and hourly optional) and answers its state; 400 `invalid_budget`."""
     store, campaign = _store(request, config), _campaign_id(request)
     try:
         budget = msgspec.json.decode(request.body, type=Budget)
@@ -112,6 +114,8 @@ async def put_campaign(request: AdminRequest, config: Config) -> AdminResponse:
 
 @_answers
 async def get_campaign(request: AdminRequest, config: Config) -> AdminResponse:
+    """A campaign's state: budgets, `spent_micros`, `remaining_micros`, `overspend_micros`, `exhausted` and its
+    reason, today's and this hour's spend, the hourly cap and `paced`, `debits`, `stale_ms`; 404 when unknown."""
     store, campaign = _store(request, config), _campaign_id(request)
     raw = await store.campaign(campaign)
     if raw is None:
@@ -122,12 +126,14 @@ async def get_campaign(request: AdminRequest, config: Config) -> AdminResponse:
 
 @_answers
 async def list_campaigns(request: AdminRequest, config: Config) -> AdminResponse:
+    """Every campaign's state (`{"campaigns": [...]}`)."""
     store = _store(request, config)
     return AdminResponse.json(200, {"campaigns": await _states(store, await store.campaigns())})
 
 
 @_answers
 async def get_ledger(request: AdminRequest, config: Config) -> AdminResponse:
+    """A campaign's newest applied debits (`?limit=N`, default 100): event id, micros, event time, type."""
     store, campaign = _store(request, config), _campaign_id(request)
     debits = await store.ledger(campaign, _int_query(request, "limit", 100, 100_000))
     entries = [{"id": d.id, "micros": d.micros, "ts": d.ts, "type": d.type} for d in debits]
@@ -136,6 +142,7 @@ async def get_ledger(request: AdminRequest, config: Config) -> AdminResponse:
 
 @_answers
 async def get_notifications(request: AdminRequest, config: Config) -> AdminResponse:
+    """Budget notifications (`total`, `daily`, `paced`) after `?after=SEQ`, oldest first (`?limit=N`)."""
     store, limit = _store(request, config), _int_query(request, "limit", 100, 10_000)
     after = parse_qs(request.query).get("after", [""])[0]
     if after and not all(part.isdigit() for part in after.split("-", 1)):

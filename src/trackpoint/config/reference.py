@@ -150,7 +150,29 @@ def endpoints_reference(loaded: LoadedConfig) -> str:
                     f"| {field.max_len} | {_escape(limits)} | {field.default or ''} |"
                 )
             lines.append("")
+    lines += _admin_endpoints()
     return "\n".join(lines)
+
+
+def _admin_endpoints() -> list[str]:
+    """The admin port's endpoints: health and metrics, then the built-in plugin's routes (the banker's), each
+    described by the first paragraph of its handler's docstring. Other plugins document their own."""
+    from trackpoint.plugins.builtin import plugin
+
+    lines = [
+        "## Admin port\n",
+        "Served on `admin.host:admin.port` (127.0.0.1:8081 by default), never on the tracking port.\n",
+        "| method | path | what it does |",
+        "|---|---|---|",
+        "| GET | `/healthz` | 200 while the supervisor runs. |",
+        "| GET | `/readyz` | 200 when every worker is ready and every required collector healthy, else 503 (JSON). |",
+        "| GET | `/metrics` | Prometheus metrics, summed over the workers. |",
+    ]
+    for route in plugin.admin_routes:
+        doc = (route.handler.__doc__ or "").strip().split("\n\n")[0]
+        lines.append(f"| {route.method} | `{route.path}` | {_escape(' '.join(doc.split()))} |")
+    lines.append("")
+    return lines
 
 
 def write_docs(loaded: LoadedConfig, out_dir: Path) -> list[Path]:
