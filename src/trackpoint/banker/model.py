@@ -27,14 +27,6 @@ class Debit(msgspec.Struct, array_like=True, gc=False):
     ts: int
     type: str
 
-    @property
-    def day(self) -> str:
-        return day_of(self.ts)
-
-    @property
-    def hour(self) -> str:
-        return hour_of(self.ts)
-
 
 class Budget(msgspec.Struct, forbid_unknown_fields=True, kw_only=True):
     """What `PUT /banker/campaigns/{id}` takes: a total and optional daily and hourly budgets, in micros."""
@@ -171,6 +163,21 @@ def hourly_cap(daily: int | None, hourly: int | None, pacing: str, slack: float)
     if pacing == "even" and daily is not None:
         return -(-int(daily * round(slack * 1000)) // 24_000)
     return None
+
+
+_PERIODS: dict[int, tuple[str, str]] = {}
+
+
+def periods(ts_ms: int) -> tuple[str, str]:
+    """(day, hour) of a time, cached by hour: a batch of debits spans one or two."""
+    key = ts_ms // MS_PER_HOUR
+    found = _PERIODS.get(key)
+    if found is None:
+        if len(_PERIODS) > 4096:
+            _PERIODS.clear()
+        hour = hour_of(ts_ms)
+        found = _PERIODS[key] = (hour[:8], hour)
+    return found
 
 
 def day_of(ts_ms: int) -> str:

@@ -33,7 +33,7 @@ from redis.backoff import NoBackoff
 from redis.exceptions import NoScriptError, RedisError
 
 from trackpoint.banker.config import BankerCollectorConfig
-from trackpoint.banker.model import MS_PER_HOUR, Budget, Debit, Notification, RawCampaign, TrackerStatus, hour_of
+from trackpoint.banker.model import MS_PER_HOUR, Budget, Debit, Notification, RawCampaign, TrackerStatus, periods
 from trackpoint.banker.store import Applied, Store, StoreUnavailable
 from trackpoint.collectors.resp import bulk, round_trip
 
@@ -262,8 +262,8 @@ class RedisStore(Store):
         if packed is None:
             if len(self._hours) > 1024:
                 self._hours.clear()
-            hour = hour_of(ts)
-            packed = self._hours[key] = f"$8\r\n{hour[:8]}\r\n$10\r\n{hour}\r\n"
+            day, hour = periods(ts)
+            packed = self._hours[key] = f"$8\r\n{day}\r\n$10\r\n{hour}\r\n"
         return packed
 
     # --- budgets -----------------------------------------------------------------------------------------------

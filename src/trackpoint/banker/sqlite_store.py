@@ -15,7 +15,7 @@ from pathlib import Path
 from typing import Any, TypeVar
 
 from trackpoint.banker.config import BankerCollectorConfig
-from trackpoint.banker.model import Budget, Debit, Notification, RawCampaign, TrackerStatus
+from trackpoint.banker.model import Budget, Debit, Notification, RawCampaign, TrackerStatus, periods
 from trackpoint.banker.store import Applied, Store, StoreUnavailable
 
 SCHEMA = """
@@ -102,29 +102,36 @@ class SqliteStore(Store):
         return await self._run(lambda db: self._apply(db, debits, now_ms))
 
     def _apply(self, db: sqlite3.Connection, debits: Sequence[Debit], now_ms: int) -> Applied:
+        """One transaction: which ids are new (one query per 500), the debits applied in memory in batch order,
+        then the ledger, days, campaigns and notifications written with one statement each (executemany). The
+        IMMEDIATE transaction holds the write lock from the first read, so no other worker interleaves."""
         result = Applied()
-        campaigns: dict[str, _Campaign] = {}
         db.execute("BEGIN IMMEDIATE")
         try:
-            for debit in debits:
+            new = self._new_debits(db, debits)
+            result.duplicates = len(debits) - len(new)
+            campaigns: dict[str, _Campaign] = {}
+            days: dict[tuple[str, str], list[int]] = {}  # (campaign, day) -> [spent, exhausted]
+            ledger = []
+            for debit in new:
                 campaign = campaigns.get(debit.campaign) or self._load(db, campaigns, debit.campaign)
-                spent_after = campaign.spent + debit.micros
-                inserted = db.execute(
-                    "INSERT OR IGNORE INTO ledger VALUES (?, ?, ?, ?, ?, ?, ?)",
-                    (debit.id, debit.campaign, debit.micros, debit.ts, debit.type, spent_after, now_ms),
-                ).rowcount
-                if not inserted:
-                    result.duplicates += 1
-                    continue
-                result.applied += 1
-                self._debit(db, campaign, debit, spent_after, result.notifications)
-            for campaign in campaigns.values():
-                db.execute(
-                    "UPDATE campaigns SET spent_micros = ?, debits = ?, exhausted_total = ?, hour = ?, "
-                    "hour_spent_micros = ?, paced_hour = ?, updated_ms = ? WHERE id = ?",
-                    (campaign.spent, campaign.debits, int(campaign.exhausted), campaign.hour, campaign.hour_spent,
-                     campaign.paced, now_ms, campaign.id),
-                )  # fmt: skip
+                day, hour = periods(debit.ts)
+                day_state = days.get((campaign.id, day)) or self._load_day(db, days, campaign.id, day)
+                self._debit(campaign, day_state, debit, day, hour, result.notifications)
+                ledger.append((debit.id, debit.campaign, debit.micros, debit.ts, debit.type, campaign.spent, now_ms))
+            result.applied = len(ledger)
+            db.executemany("INSERT INTO ledger VALUES (?, ?, ?, ?, ?, ?, ?)", ledger)
+            db.executemany(
+                "INSERT INTO days (campaign, day, spent_micros, exhausted) VALUES (?, ?, ?, ?) ON CONFLICT DO UPDATE "
+                "SET spent_micros = excluded.spent_micros, exhausted = excluded.exhausted",
+                [(campaign, day, spent, exhausted) for (campaign, day), (spent, exhausted) in days.items()],
+            )
+            db.executemany(
+                "UPDATE campaigns SET spent_micros = ?, debits = ?, exhausted_total = ?, hour = ?, "
+                "hour_spent_micros = ?, paced_hour = ?, updated_ms = ? WHERE id = ?",
+                [(c.spent, c.debits, int(c.exhausted), c.hour, c.hour_spent, c.paced, now_ms, c.id)
+                 for c in campaigns.values()],
+            )  # fmt: skip
             for note in result.notifications:
                 cursor = db.execute(
                     "INSERT INTO notifications (campaign, reason, period, spent_micros, budget_micros, event_id, "
@@ -140,6 +147,20 @@ class SqliteStore(Store):
         return result
 
     @staticmethod
+    def _new_debits(db: sqlite3.Connection, debits: Sequence[Debit]) -> list[Debit]:
+        """The debits whose id is neither in the ledger nor earlier in the batch, in batch order."""
+        distinct: dict[str, Debit] = {}
+        for debit in debits:
+            distinct.setdefault(debit.id, debit)
+        ids = list(distinct)
+        for start in range(0, len(ids), 500):
+            chunk = ids[start : start + 500]
+            marks = ",".join("?" * len(chunk))
+            for (known,) in db.execute(f"SELECT event_id FROM ledger WHERE event_id IN ({marks})", chunk):
+                del distinct[known]
+        return list(distinct.values())
+
+    @staticmethod
     def _load(db: sqlite3.Connection, campaigns: dict[str, _Campaign], campaign_id: str) -> _Campaign:
         db.execute("INSERT OR IGNORE INTO campaigns (id) VALUES (?)", (campaign_id,))
         row = db.execute(f"SELECT {_CAMPAIGN_COLUMNS} FROM campaigns WHERE id = ?", (campaign_id,)).fetchone()
@@ -147,17 +168,19 @@ class SqliteStore(Store):
         return campaign
 
     @staticmethod
-    def _debit(
-        db: sqlite3.Connection, campaign: _Campaign, debit: Debit, spent_after: int, notes: list[Notification]
+    def _load_day(db: sqlite3.Connection, days: dict[tuple[str, str], list[int]], campaign: str, day: str) -> list[int]:
+        row = db.execute("SELECT spent_micros, exhausted FROM days WHERE campaign = ? AND day = ?", (campaign, day))
+        state = days[(campaign, day)] = list(row.fetchone() or (0, 0))
+        return state
+
+    @staticmethod
+    def _debit(  # noqa: PLR0917 (the state the caller already holds)
+        campaign: _Campaign, day_state: list[int], debit: Debit, day: str, hour: str, notes: list[Notification]
     ) -> None:
-        micros, day, hour = debit.micros, debit.day, debit.hour
-        campaign.spent = spent_after
+        micros = debit.micros
+        campaign.spent += micros
         campaign.debits += 1
-        day_spent, day_exhausted = db.execute(
-            "INSERT INTO days (campaign, day, spent_micros) VALUES (?, ?, ?) ON CONFLICT DO UPDATE "
-            "SET spent_micros = spent_micros + excluded.spent_micros RETURNING spent_micros, exhausted",
-            (campaign.id, day, micros),
-        ).fetchone()
+        day_state[0] += micros
         if hour == campaign.hour:
             campaign.hour_spent += micros
         elif hour > campaign.hour:  # a debit of an older hour counts in its day, not in today's pacing
@@ -165,15 +188,15 @@ class SqliteStore(Store):
 
         def note(reason: str, period: str, budget: int) -> None:
             notes.append(Notification(
-                campaign=campaign.id, reason=reason, period=period, spent_micros=spent_after, budget_micros=budget,
-                event_id=debit.id, ts=debit.ts,
+                campaign=campaign.id, reason=reason, period=period, spent_micros=campaign.spent,
+                budget_micros=budget, event_id=debit.id, ts=debit.ts,
             ))  # fmt: skip
 
-        if campaign.total is not None and not campaign.exhausted and spent_after >= campaign.total:
+        if campaign.total is not None and not campaign.exhausted and campaign.spent >= campaign.total:
             campaign.exhausted = True
             note("total", "", campaign.total)
-        if campaign.daily is not None and not day_exhausted and day_spent >= campaign.daily:
-            db.execute("UPDATE days SET exhausted = 1 WHERE campaign = ? AND day = ?", (campaign.id, day))
+        if campaign.daily is not None and not day_state[1] and day_state[0] >= campaign.daily:
+            day_state[1] = 1
             note("daily", day, campaign.daily)
         cap = campaign.cap
         if cap is not None and hour == campaign.hour and campaign.paced != hour and campaign.hour_spent >= cap:
