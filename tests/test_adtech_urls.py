@@ -149,6 +149,22 @@ CASES: list[tuple[str, str, Recorded | Refused]] = [
         Recorded("video", {"imp": "vx-24", "ev": "clickTracking"}, {"t": 4.1, "watch_ms": 4100}),
     ),
     ("negative-offset", "/v?imp=vx-25&ev=pause&t=-5", Refused("field_out_of_range", "t")),
+    (
+        "every-vast-macro-left-literal",  # VAST 4 macros a player fills: none of them ever becomes a value
+        "/v?imp=vx-27&ev=error&code=[ERRORCODE]&t=[CONTENTPLAYHEAD]&dur=[MEDIAPLAYHEAD]&cb=[CACHEBUSTING]"
+        "&ts=[TIMESTAMP]",
+        Recorded("video", {"imp": "vx-27", "ev": "error"}),
+    ),
+    (
+        "content-playhead-literal-on-a-quartile",
+        "/v?imp=vx-28&ev=midpoint&t=[CONTENTPLAYHEAD]&dur=20",
+        Recorded("video", {"imp": "vx-28", "ev": "midpoint"}, {"dur": 20.0, "watch_ms": 10000}),
+    ),
+    (
+        "progress-with-the-content-playhead-unexpanded",
+        "/v?imp=vx-29&ev=progress&t=%5BCONTENTPLAYHEAD%5D",
+        Refused("missing_field", "t"),
+    ),
     ("offset-beyond-a-day", "/v?imp=vx-26&ev=progress&t=25:00:00", Refused("field_out_of_range", "t")),
     # --- OpenRTB: what exchanges call ----------------------------------------------------------------------------
     (

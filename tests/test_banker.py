@@ -365,3 +365,161 @@ def test_the_collector_reports_how_far_behind_it_is(tmp_path: Path) -> None:
 
 async def _fresh(store: Store) -> bool:
     return stale_ms(await store.statuses(), int(time.time() * 1000), 0.1) == 0
+
+
+# --- audit: exactness under contention, retries and broken stores -------------------------------------------------
+
+
+def test_concurrent_writers_crossing_a_budget_notify_once(kind: str, tmp_path: Path) -> None:
+    """Four writers race over one campaign whose budget is crossed mid-stream: one notification in all, and every
+    debit after it still in the books."""
+
+    async def scenario() -> None:
+        async with stores(kind, tmp_path) as make:
+            writers = [make() for _ in range(4)]
+            await writers[0].set_budget("c1", Budget(total_budget_micros=5_000), T0)
+            debits = [debit(i, 10) for i in range(1000)]  # 10,000 micros: the budget is crossed halfway
+
+            async def feed(writer: Store, seed: int) -> list[Notification]:
+                import random
+
+                mine = debits[:]
+                random.Random(seed).shuffle(mine)
+                notes = []
+                for start in range(0, len(mine), 50):
+                    notes += (await writer.apply(mine[start : start + 50], T0)).notifications
+                return notes
+
+            notes = [n for batch in await asyncio.gather(*(feed(w, s) for s, w in enumerate(writers))) for n in batch]
+            assert [(n.campaign, n.reason, n.spent_micros) for n in notes] == [("c1", "total", 5_000)]
+            assert [n.event_id for n in await writers[2].notifications("", 10)] == [notes[0].event_id]
+            state = (await writers[3].campaign("c1")).state(T0)  # type: ignore[union-attr]
+            assert (state.spent_micros, state.overspend_micros, state.debits) == (10_000, 5_000, 1000)
+            assert sum(d.micros for d in await writers[1].ledger("c1")) == 10_000
+
+    asyncio.run(scenario())
+
+
+def test_redis_remembers_each_event_id_for_the_retention(tmp_path: Path) -> None:
+    async def scenario() -> None:
+        async with stores("redis", tmp_path, retention_s=7200) as make:
+            store = make()
+            await store.apply([debit(1, 5)], T0)
+            client = Redis.from_url(REDIS_URL)
+            ttl = await client.ttl(f"{store.config.key_prefix}:seen:e1")
+            await client.aclose()
+            assert 7190 <= ttl <= 7200
+
+    asyncio.run(scenario())
+
+
+def test_a_notification_seq_the_store_never_issues_is_a_value_error(kind: str, tmp_path: Path) -> None:
+    async def scenario() -> None:
+        async with stores(kind, tmp_path) as make:
+            store = make()
+            bad = ["5-0", "x"] if kind == "sqlite" else ["99999999999999999999999", "1-99999999999999999999999", "x"]
+            for seq in bad:
+                with pytest.raises(ValueError, match="is not a notification seq of this store"):
+                    await store.notifications(seq, 10)
+            assert await store.notifications("0", 10) == []
+
+    asyncio.run(scenario())
+
+
+def test_sqlite_serves_one_call_at_a_time_even_when_one_is_abandoned(tmp_path: Path) -> None:
+    """A send cut off by its timeout leaves its thread running on the shared connection: the next call must wait
+    for it, or its BEGIN would land inside the first one's transaction (and its ROLLBACK undo part of it)."""
+    import threading
+
+    from trackpoint.banker.sqlite_store import SqliteStore
+
+    async def scenario() -> None:
+        store = open_store(banker(), str(tmp_path))
+        assert isinstance(store, SqliteStore)
+        running, release = threading.Event(), threading.Event()
+        overlapped: list[bool] = []
+
+        def slow(db: Any) -> int:
+            running.set()
+            release.wait(5)
+            return 1
+
+        def next_call(db: Any) -> int:
+            overlapped.append(not release.is_set())
+            return 2
+
+        first = asyncio.ensure_future(store._run(slow))
+        assert await asyncio.to_thread(running.wait, 5)
+        with pytest.raises(TimeoutError):
+            await asyncio.wait_for(first, 0.05)  # abandoned, as the collector's send timeout does
+        follow = asyncio.ensure_future(store._run(next_call))
+        await asyncio.sleep(0.2)
+        release.set()
+        assert await follow == 2
+        assert overlapped == [False]
+        await store.close()
+
+    asyncio.run(scenario())
+
+
+def test_an_unusable_sqlite_path_is_store_unavailable(tmp_path: Path) -> None:
+    async def scenario() -> None:
+        (tmp_path / "not-a-dir").write_text("")
+        store = open_store(banker(), str(tmp_path / "not-a-dir"))
+        with pytest.raises(StoreUnavailable):
+            await store.apply([debit(1, 5)], T0)
+        await store.close()
+
+    asyncio.run(scenario())
+
+
+def test_events_that_are_no_debit_are_counted_once_however_often_their_batch_is_retried(tmp_path: Path) -> None:
+    from conformance.target_redis_streams import make_target
+    from conftest import until
+    from trackpoint.banker.collector import BankerCollector
+    from trackpoint.collectors.base import CollectorContext
+
+    async def scenario() -> None:
+        server = await make_target()
+        try:
+            options = banker(
+                store="redis", redis_url=server.url, timeout_s=0.3, connect_timeout_s=0.2, flush_interval_ms=20,
+                retry_initial_ms=20, retry_max_ms=50, status_interval_s=0.1,
+            )  # fmt: skip
+            collector = BankerCollector("banker", options, CollectorContext(data_dir=str(tmp_path)))
+            await collector.start()
+            await server.stop()
+            collector.offer(win(1, 1_000_000))
+            collector.offer(win(2, 1_000_000, cur="GBP"))  # no rate: not a debit
+            await until(lambda: asyncio.sleep(0, collector.stats.errors >= 3), what="three failed sends")
+            await server.start()
+            await until(lambda: asyncio.sleep(0, collector.applied == 1), timeout_s=15, what="the debit")
+            assert collector.outcomes()["skipped_currency_unknown"] == 1
+            await collector.close(2.0)
+        finally:
+            await server.close()
+
+    asyncio.run(scenario())
+
+
+def test_a_redis_batch_applies_whole_or_not_at_all(tmp_path: Path) -> None:
+    """A key of the wrong type under the prefix fails the script before it writes anything: no id is marked seen
+    without its spend, so the retry (once the key is fixed) applies every debit."""
+
+    async def scenario() -> None:
+        async with stores("redis", tmp_path) as make:
+            store = make()
+            prefix = store.config.key_prefix
+            client = Redis.from_url(REDIS_URL)
+            await client.set(f"{prefix}:days:c2", "not a hash")
+            batch = [debit(1, 100), debit(2, 200, cid="c2"), debit(3, 300)]
+            with pytest.raises(StoreUnavailable, match="WRONGTYPE"):
+                await store.apply(batch, T0)
+            assert await store.applied_ids(["e1", "e2", "e3"]) == set()
+            assert await store.campaign("c1") is None
+            await client.delete(f"{prefix}:days:c2")
+            result = await store.apply(batch, T0)
+            assert (result.applied, result.duplicates) == (3, 0)
+            await client.aclose()
+
+    asyncio.run(scenario())

@@ -9,6 +9,7 @@ micro, and three replays of the logs afterwards must change nothing.
 from __future__ import annotations
 
 import asyncio
+import base64
 import json
 import os
 import random
@@ -26,6 +27,7 @@ from redis.asyncio import Redis
 
 from conformance.target_redis_streams import RedisStreamsTarget, make_target
 from conftest import Tracker
+from trackpoint.adtech.price import encrypt_price
 
 REDIS_URL = os.environ.get("TRACKPOINT_TEST_REDIS_URL", "redis://127.0.0.1:6379/0")
 CAMPAIGNS = 20
@@ -211,6 +213,7 @@ def test_admin_api_sets_and_reads_budgets(tracker_factory: Any) -> None:
     for i in range(3):
         assert tracker.get(f"/win?imp=w{i}&cid=summer%2F26&price=0.1")[0] == 204  # CPM 0.10: 100 micros each
     tracker.get("/win?imp=w0&cid=summer%2F26&price=0.1")  # a repeat
+    assert tracker.get("/win?imp=w-gbp&cid=summer%2F26&price=0.1&cur=GBP")[0] == 204  # no rate: not debited
     eventually(lambda: admin_json(tracker, "GET", "/banker/campaigns/summer%2F26")[1]["debits"] == 3, 10, "debits")
     _, state = admin_json(tracker, "GET", "/banker/campaigns/summer%2F26")
     assert (state["spent_micros"], state["remaining_micros"], state["today_spent_micros"]) == (300, 9700, 300)
@@ -225,6 +228,7 @@ def test_admin_api_sets_and_reads_budgets(tracker_factory: Any) -> None:
     assert tracker.wait_metric("trackpoint_collector_outcomes_total", labels.format("duplicates"), 1) == 1
     assert tracker.metric("trackpoint_collector_outcomes_total", labels.format("applied")) == 3
     assert tracker.metric("trackpoint_collector_outcomes_total", labels.format("notifications")) == 1
+    assert tracker.metric("trackpoint_collector_outcomes_total", labels.format("skipped_currency_unknown")) == 1
 
 
 INVALID_REQUESTS = [
@@ -236,6 +240,7 @@ INVALID_REQUESTS = [
     ("GET", "/banker/campaigns/unknown", None, 404, "campaign_unknown"),
     ("GET", "/banker/campaigns/c1/ledger?limit=0", None, 400, "invalid_query"),
     ("GET", "/banker/notifications?after=abc", None, 400, "invalid_query"),
+    ("GET", "/banker/notifications?after=5-0", None, 400, "invalid_query"),  # a Redis seq, not SQLite's
     ("DELETE", "/banker/campaigns/c1", None, 405, "method_not_allowed"),
     ("GET", "/banker/campaigns?banker=other", None, 404, "banker_unknown"),
 ]
@@ -264,6 +269,63 @@ def test_the_embedded_default_debits_wins_into_sqlite(tracker: Tracker) -> None:
     _, state = admin_json(tracker, "GET", "/banker/campaigns/c1")
     assert (state["spent_micros"], state["exhausted"], state["overspend_micros"]) == (3000, True, 1000)
     assert (tracker.data_dir / "banker" / "banker.db").exists()
+
+
+def test_billing_notices_with_encrypted_prices_or_impressions_can_be_the_spend(
+    tracker_factory: Any, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Spend from billing notices (burl) whose price the exchange encrypts, instead of wins; or from impressions
+    whose pixel carries the price, into a second banker."""
+    encryption, integrity = os.urandom(32), os.urandom(32)
+    monkeypatch.setenv("TP_BILL_ENC", base64.urlsafe_b64encode(encryption).decode())
+    monkeypatch.setenv("TP_BILL_INT", base64.urlsafe_b64encode(integrity).decode())
+    notice_fields = {
+        "imp": {"required": True, "max_len": 64},
+        "cid": {"max_len": 64},
+        "price": {"type": "string", "required": True, "max_len": 64},
+    }
+    tracker: Tracker = tracker_factory({
+        "collectors": {
+            "banker": {"type": "banker", "flush_interval_ms": 20},
+            "impressions": {"type": "banker", "flush_interval_ms": 20, "sqlite_path": "banker/impressions.db"},
+        },
+        "preprocessors": {
+            "decrypt_price": {
+                "type": "decrypt_price",
+                "exchanges": {"adx": {"encryption_key_env": "TP_BILL_ENC", "integrity_key_env": "TP_BILL_INT"}},
+                "max_age_s": 3600,
+            }
+        },
+        "event_types": {
+            "win": {"preset": "win", "fields": notice_fields, "preprocessors": ["decrypt_price"],
+                    "collectors": ["log"]},
+            "billing": {"preset": "billing", "fields": notice_fields, "preprocessors": ["decrypt_price"],
+                        "collectors": ["log", "banker"]},
+            "impression": {"preset": "impression", "collectors": ["log", "impressions"],
+                           "fields": {"imp": {"required": True}, "cid": {}, "price": {"type": "price", "max": 1000}}},
+        },
+    })  # fmt: skip
+    iv = int(time.time()).to_bytes(4, "big") + os.urandom(12)
+    token = encrypt_price(2_500_000, iv, encryption, integrity)  # CPM 2.50: 2,500 micros
+    assert tracker.get(f"/win?imp=b1&cid=c1&price={token}")[0] == 204  # a win: not spend here
+    for _ in range(2):  # the exchange retried the billing notice: one debit
+        assert tracker.get(f"/bill?imp=b1&cid=c1&price={token}")[0] == 204
+    status, headers, _ = tracker.get(f"/bill?imp=b2&cid=c1&price={token[:-2]}AA")
+    assert (status, headers["x-reject-reason"]) == (400, "price_signature_invalid")
+    status, headers, _ = tracker.get("/bill?imp=b3&cid=c1&price=${AUCTION_PRICE}")
+    assert (status, headers["x-reject-reason"]) == (400, "price_macro_unsubstituted")
+    assert tracker.get("/i?imp=i1&cid=c1&price=1.5")[0] == 200
+    eventually(lambda: bool(admin_json(tracker, "GET", "/banker/campaigns")[1]["campaigns"]), 10, "a debit")
+    listing = "/banker/campaigns?banker=impressions"
+    eventually(lambda: bool(admin_json(tracker, "GET", listing)[1]["campaigns"]), 10, "an impression's debit")
+    _, state = admin_json(tracker, "GET", "/banker/campaigns/c1")
+    assert (state["spent_micros"], state["debits"]) == (2500, 1)
+    _, ledger = admin_json(tracker, "GET", "/banker/campaigns/c1/ledger")
+    assert [(d["type"], d["micros"]) for d in ledger["debits"]] == [("billing", 2500)]
+    _, ledger = admin_json(tracker, "GET", "/banker/campaigns/c1/ledger?banker=impressions")
+    assert [(d["type"], d["micros"]) for d in ledger["debits"]] == [("impression", 1500)]
+    labels = 'collector="banker",outcome="duplicates"'
+    assert tracker.wait_metric("trackpoint_collector_outcomes_total", labels, 1) == 1
 
 
 # --- reconcile -----------------------------------------------------------------------------------------------------

@@ -5,6 +5,7 @@ its data directory, ports and Redis key prefix changed) against the requests an 
 
 from __future__ import annotations
 
+import base64
 import json
 import os
 import secrets
@@ -20,6 +21,7 @@ import yaml
 from typer.testing import CliRunner
 
 from conftest import Tracker
+from trackpoint.adtech.price import encrypt_price
 from trackpoint.cli import app
 from trackpoint.collectors.log.reader import read_events
 from trackpoint.config.model import PseudonymizeConfig
@@ -192,6 +194,39 @@ def test_dsp_example_end_to_end(tracker_factory: Any, banker_prefix: str, monkey
         assert client.hget(f"{banker_prefix}:campaign:summer-sale", "spent_micros") == "3430"
     finally:
         client.close()
+
+
+def test_dsp_wins_example_decrypts_prices_and_debits_them(
+    tracker_factory: Any, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    encryption, integrity = os.urandom(32), os.urandom(32)
+    monkeypatch.setenv("ADX_ENCRYPTION_KEY", base64.urlsafe_b64encode(encryption).decode())
+    monkeypatch.setenv("ADX_INTEGRITY_KEY", base64.urlsafe_b64encode(integrity).decode())
+    tracker: Tracker = tracker_factory(example("dsp-wins.yaml"))
+
+    def token(micros: int, age_s: int = 0) -> str:
+        iv = (int(time.time()) - age_s).to_bytes(4, "big") + os.urandom(12)
+        return encrypt_price(micros, iv, encryption, integrity)
+
+    assert tracker.get(f"/win?imp=w1&cid=c1&exch=adx&price={token(1_850_000)}")[0] == 204
+    assert tracker.get(f"/win?imp=w2&cid=c1&price={token(2_000_000)}")[0] == 204  # the default exchange
+    refused = {
+        f"/win?imp=w3&cid=c1&price={token(1_000_000, age_s=2 * 86_400)}": "price_expired",
+        f"/win?imp=w4&cid=c1&price={token(500_000_001)}": "price_out_of_range",
+        f"/win?imp=w5&cid=c1&exch=other&price={token(1_000_000)}": "price_exchange_unknown",
+        "/win?imp=w6&cid=c1&price=1.25": "price_malformed",  # keys are listed: a plain price could be forged
+    }
+    for path, reason in refused.items():
+        status, headers, _ = tracker.get(path)
+        assert (status, headers["x-reject-reason"]) == (400, reason), path
+    wins = {event.dims["imp"]: event.metrics["price"] for event in tracker.wait_events(2)}
+    assert wins == {"w1": 1_850_000, "w2": 2_000_000}
+
+    def spent() -> Any:
+        status, _, payload = tracker.admin("GET", "/banker/campaigns/c1")
+        return status == 200 and json.loads(payload)["debits"] == 2 and json.loads(payload)
+
+    assert wait_for(spent, "the banker to debit both wins")["spent_micros"] == 1850 + 2000
 
 
 # --- the CDP ---------------------------------------------------------------------------------------------------------

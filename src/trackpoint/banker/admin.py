@@ -145,6 +145,8 @@ async def get_notifications(request: AdminRequest, config: Config) -> AdminRespo
     """Budget notifications (`total`, `daily`, `paced`) after `?after=SEQ`, oldest first (`?limit=N`)."""
     store, limit = _store(request, config), _int_query(request, "limit", 100, 10_000)
     after = parse_qs(request.query).get("after", [""])[0]
-    if after and not all(part.isdigit() for part in after.split("-", 1)):
-        raise _Refused(400, "invalid_query", "after must be a notification seq")
-    return AdminResponse.json(200, {"notifications": await store.notifications(after, limit)})
+    try:
+        notifications = await store.notifications(after, limit)
+    except ValueError:
+        raise _Refused(400, "invalid_query", "after must be a notification seq") from None
+    return AdminResponse.json(200, {"notifications": notifications})

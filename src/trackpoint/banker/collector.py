@@ -46,12 +46,17 @@ class BankerCollector(Collector):
         await super().start()
 
     async def send(self, batch: Sequence[Event]) -> SendResult:
+        skipped = dict(self.rule.skipped)
         debits = self.rule.debits(batch)
         if not debits:
             return SendResult.DELIVERED
         try:
             result = await self.store.apply(debits, int(time.time() * 1000))
-        except StoreUnavailable as exc:
+        except BaseException as exc:
+            # The batch comes back (a retry, or the spool): its events that are no debit are counted once, then.
+            self.rule.skipped.update(skipped)
+            if not isinstance(exc, StoreUnavailable):
+                raise
             self._error = str(exc)
             if not self._behind_since_ms:
                 self._behind_since_ms = int(time.time() * 1000)

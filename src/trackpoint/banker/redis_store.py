@@ -41,12 +41,32 @@ from trackpoint.collectors.resp import bulk, round_trip
 # key prefix). ARGV: key prefix, retention, ledger maxlen (0: no trim), notification maxlen, channel, now (ms);
 # then per campaign: its id, its debit count n, and n x (id, micros, ts, day, hour, type). Amounts are written back
 # as the strings they came in as, or formatted with %.0f: Lua's own number-to-string would write 1e+15.
-APPLY = """
+APPLY = """#!lua
 local campaigns, notes = KEYS[1], KEYS[2]
 local prefix, retention, ledger_max = ARGV[1], ARGV[2], tonumber(ARGV[3])
 local notes_max, channel, now = ARGV[4], ARGV[5], ARGV[6]
 local seen = prefix .. ':seen:'
 local function fmt(x) return string.format('%.0f', x) end
+-- A script is not rolled back when a command fails: every key is checked before anything is written (and the
+-- shebang makes Redis refuse the whole script up front when it is out of memory), so a batch applies whole or
+-- not at all, and its retry finds no id marked seen without its spend.
+local function wrong_type(key, kind)
+  local found = redis.call('TYPE', key)['ok']
+  return found ~= 'none' and found ~= kind
+end
+for _, check in ipairs({{campaigns, 'set'}, {notes, 'stream'}}) do
+  if wrong_type(check[1], check[2]) then return redis.error_reply('WRONGTYPE trackpoint banker: ' .. check[1]) end
+end
+local j = 7
+while j <= #ARGV do
+  local cid = ARGV[j]
+  for _, check in ipairs({{':campaign:', 'hash'}, {':days:', 'hash'}, {':ledger:', 'stream'}}) do
+    if wrong_type(prefix .. check[1] .. cid, check[2]) then
+      return redis.error_reply('WRONGTYPE trackpoint banker: ' .. prefix .. check[1] .. cid)
+    end
+  end
+  j = j + 2 + 6 * tonumber(ARGV[j + 1])
+end
 local applied, published = 0, {}
 local i = 7
 while i <= #ARGV do
@@ -303,6 +323,9 @@ class RedisStore(Store):
     # --- signals -----------------------------------------------------------------------------------------------
 
     async def notifications(self, after: str, limit: int) -> list[Notification]:
+        parts = after.split("-", 1) if after else []
+        if not all(part.isascii() and part.isdigit() and int(part) < 2**64 for part in parts):
+            raise ValueError(f"after: {after!r} is not a notification seq of this store (a stream id)")
         start = f"({after}" if after and after != "0" else "-"
         entries = await self._call(lambda c: c.xrange(self.key("notifications"), min=start, count=limit))
         found = []

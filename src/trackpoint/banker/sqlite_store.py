@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import asyncio
 import sqlite3
+import threading
 from collections.abc import Callable, Sequence
 from pathlib import Path
 from typing import Any, TypeVar
@@ -77,7 +78,11 @@ class SqliteStore(Store):
         super().__init__(config)
         self.path = Path(data_dir) / config.sqlite_path
         self._db: sqlite3.Connection | None = None
-        self._lock = asyncio.Lock()  # one statement sequence at a time on the shared connection
+        self._lock = asyncio.Lock()  # one call at a time waits for a thread
+        # One statement sequence at a time on the shared connection. An abandoned call (a send past its timeout)
+        # leaves its thread running: the next call must wait for it, or its BEGIN would land in the first one's
+        # transaction and its ROLLBACK undo part of it.
+        self._connection_lock = threading.Lock()
 
     def _connect(self) -> sqlite3.Connection:
         if self._db is None:
@@ -90,10 +95,15 @@ class SqliteStore(Store):
         return self._db
 
     async def _run(self, work: Callable[[sqlite3.Connection], T]) -> T:
+        def locked() -> T:
+            with self._connection_lock:
+                return work(self._connect())
+
         async with self._lock:
             try:
-                return await asyncio.to_thread(lambda: work(self._connect()))
-            except sqlite3.OperationalError as exc:  # locked past the timeout, disk full, unreadable file
+                return await asyncio.to_thread(locked)
+            # Locked past the timeout, disk full, unreadable file; a data_dir that cannot hold the file.
+            except (sqlite3.OperationalError, OSError) as exc:
                 raise StoreUnavailable(f"sqlite {self.path}: {exc}") from exc
 
     # --- spend -------------------------------------------------------------------------------------------------
@@ -269,11 +279,15 @@ class SqliteStore(Store):
     # --- signals -----------------------------------------------------------------------------------------------
 
     async def notifications(self, after: str, limit: int) -> list[Notification]:
+        if after and not (after.isascii() and after.isdigit() and len(after) <= 18):
+            raise ValueError(f"after: {after!r} is not a notification seq of this store (an integer)")
+        seq = int(after or 0)
+
         def work(db: sqlite3.Connection) -> list[Notification]:
             rows = db.execute(
                 "SELECT seq, campaign, reason, period, spent_micros, budget_micros, event_id, ts_ms "
                 "FROM notifications WHERE seq > ? ORDER BY seq LIMIT ?",
-                (int(after or 0), limit),
+                (seq, limit),
             ).fetchall()
             return [
                 Notification(seq=str(r[0]), campaign=r[1], reason=r[2], period=r[3], spent_micros=r[4],
@@ -322,7 +336,11 @@ class SqliteStore(Store):
         return [Debit(*row) for row in reversed(rows)]
 
     async def close(self) -> None:
+        def close() -> None:
+            with self._connection_lock:  # after a thread still running an abandoned call
+                if self._db is not None:
+                    self._db.close()
+                    self._db = None
+
         async with self._lock:
-            if self._db is not None:
-                self._db.close()
-                self._db = None
+            await asyncio.to_thread(close)

@@ -55,7 +55,8 @@ class Store(ABC):
 
     @abstractmethod
     async def notifications(self, after: str, limit: int) -> list[Notification]:
-        """Notifications after the given `seq` ("" or "0": from the oldest kept), oldest first."""
+        """Notifications after the given `seq` ("" or "0": from the oldest kept), oldest first; ValueError for a
+        seq this store never issues."""
 
     @abstractmethod
     async def report_status(self, instance: str, status: TrackerStatus) -> None: ...
