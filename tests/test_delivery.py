@@ -232,3 +232,35 @@ def test_a_corrupt_spool_tail_keeps_the_valid_prefix_and_counts_the_rest(tmp_pat
         assert (stats.spool_lost_records, stats.dropped) == (1, 0)  # one record lost, counted as such
 
     run(main)
+
+
+def test_close_returns_even_when_the_flush_loop_loses_its_cancellation(tmp_path: Path) -> None:
+    """On Python 3.11, asyncio.wait_for can swallow a cancellation that arrives as its inner call finishes; a
+    flush loop that lost it kept retrying and close() waited for ever (CI saw it once). Here every cancellation
+    of a send is lost: close() must still return, with the undelivered events spooled."""
+
+    class Stubborn(FlakyCollector):
+        async def send(self, batch: Sequence[Event]) -> SendResult:
+            self.attempts += 1
+            await asyncio.sleep(0.05)  # most of the loop's time is spent here, where the cancellation lands
+            return SendResult.RETRY
+
+        async def deliver(self, batch: list[Event]) -> bool:
+            try:
+                return await super().deliver(batch)
+            except asyncio.CancelledError:
+                return False  # lost, as 3.11's wait_for loses it when its inner send has just finished
+
+    async def main() -> None:
+        options = msgspec.convert({"flush_interval_ms": 10, "retry_initial_ms": 1, "retry_max_ms": 1}, FlakyConfig)
+        collector = Stubborn(options, tmp_path)
+        await collector.start()
+        for event in events(0, 20):
+            collector.offer(event)
+        await eventually(lambda: collector.attempts >= 2)
+        started = time.monotonic()
+        await asyncio.wait_for(collector.close(0.3), 10)
+        assert time.monotonic() - started < 3
+        assert collector.snapshot().dropped == 0  # spooled for the next worker, not lost
+
+    run(main)

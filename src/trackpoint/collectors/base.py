@@ -98,6 +98,7 @@ class Collector(ABC):
         self._flush_task: asyncio.Task[None] | None = None
         self._wake = asyncio.Event()
         self._closing = False
+        self._abandoned = False  # close() gave up on the drain: the flush loop must stop
         self._last_error_log = 0.0
         self._failures = 0
         self._retry_at = 0.0
@@ -152,11 +153,16 @@ class Collector(ABC):
         in time goes to the spool, where the next worker finds it."""
         self._closing = True
         self._wake.set()
-        if self._flush_task is not None:
-            try:
-                await asyncio.wait_for(self._flush_task, drain_timeout_s)
-            except TimeoutError:
+        task = self._flush_task
+        if task is not None:
+            # asyncio.wait, not wait_for: on Python 3.11 wait_for can lose the cancellation when the task's own
+            # send finishes at that moment, and then waits for ever on a task that keeps retrying.
+            done, _ = await asyncio.wait({task}, timeout=drain_timeout_s)
+            if not done:
                 log.error("collector %s: drain timed out with %d events pending", self.name, len(self._pending))
+                self._abandoned = True  # the loop stops at its next step even if the cancellation is lost
+                task.cancel()
+                await asyncio.wait({task}, timeout=1.0)
         # Events taken for sending but not confirmed (a send cut off by the timeout may or may not have landed)
         # are kept, ahead of the newer ones.
         self._pending[:0] = self._in_flight[self._in_flight_start :]
@@ -210,7 +216,9 @@ class Collector(ABC):
         # spools the rest for the next worker.
         self._retry_at = 0.0
         await self.flush()
-        while self._pending or (self._spool is not None and self._spool.records) or self._adopted:
+        while not self._abandoned and (
+            self._pending or (self._spool is not None and self._spool.records) or self._adopted
+        ):
             await asyncio.sleep(max(0.01, self._retry_at - time.monotonic()))
             await self.flush()
 
