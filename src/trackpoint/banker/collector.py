@@ -89,8 +89,12 @@ class BankerCollector(Collector):
 
     async def _report(self) -> None:
         while True:
-            with contextlib.suppress(StoreUnavailable):
+            try:
                 await self.store.report_status(self.instance, self.status())
+            except StoreUnavailable:
+                pass  # the store is down: the sends say so, and the report's age tells bidders
+            except Exception as exc:  # the report must outlive any failure
+                self._note_error(exc)
             await asyncio.sleep(self.config.status_interval_s)
 
     async def close(self, drain_timeout_s: float) -> None:
