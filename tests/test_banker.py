@@ -17,9 +17,11 @@ import pytest
 from redis.asyncio import Redis
 
 from conftest import make_event
+from trackpoint.banker.collector import BankerCollector
 from trackpoint.banker.config import BankerCollectorConfig, parse_rate
 from trackpoint.banker.model import Budget, Debit, DebitRule, Notification, TrackerStatus, hour_of, stale_ms
 from trackpoint.banker.store import Store, StoreUnavailable, open_store
+from trackpoint.collectors.base import CollectorContext
 from trackpoint.pipeline.event import Event
 
 REDIS_URL = os.environ.get("TRACKPOINT_TEST_REDIS_URL", "redis://127.0.0.1:6379/0")
@@ -327,17 +329,11 @@ def test_the_collector_reports_how_far_behind_it_is(tmp_path: Path) -> None:
     behind; once the store is back they are applied once and the report clears."""
     from conformance.target_redis_streams import make_target
     from conftest import until
-    from trackpoint.banker.collector import BankerCollector
-    from trackpoint.collectors.base import CollectorContext
 
     async def scenario() -> None:
         server = await make_target()
         try:
-            options = banker(
-                store="redis", redis_url=server.url, timeout_s=0.5, connect_timeout_s=0.3, flush_interval_ms=20,
-                retry_initial_ms=50, retry_max_ms=200, status_interval_s=0.1,
-            )  # fmt: skip
-            collector = BankerCollector("banker", options, CollectorContext(data_dir=str(tmp_path)))
+            collector = fast_collector(server.url, tmp_path)
             await collector.start()
             await server.stop()
             started = int(time.time() * 1000)
@@ -476,17 +472,11 @@ def test_an_unusable_sqlite_path_is_store_unavailable(tmp_path: Path) -> None:
 def test_events_that_are_no_debit_are_counted_once_however_often_their_batch_is_retried(tmp_path: Path) -> None:
     from conformance.target_redis_streams import make_target
     from conftest import until
-    from trackpoint.banker.collector import BankerCollector
-    from trackpoint.collectors.base import CollectorContext
 
     async def scenario() -> None:
         server = await make_target()
         try:
-            options = banker(
-                store="redis", redis_url=server.url, timeout_s=0.3, connect_timeout_s=0.2, flush_interval_ms=20,
-                retry_initial_ms=20, retry_max_ms=50, status_interval_s=0.1,
-            )  # fmt: skip
-            collector = BankerCollector("banker", options, CollectorContext(data_dir=str(tmp_path)))
+            collector = fast_collector(server.url, tmp_path)
             await collector.start()
             await server.stop()
             collector.offer(win(1, 1_000_000))
@@ -523,3 +513,12 @@ def test_a_redis_batch_applies_whole_or_not_at_all(tmp_path: Path) -> None:
             await client.aclose()
 
     asyncio.run(scenario())
+
+
+def fast_collector(redis_url: str, tmp_path: Path) -> BankerCollector:
+    """A banker collector on a private Redis with short timeouts and retries, for outage tests."""
+    options = banker(
+        store="redis", redis_url=redis_url, timeout_s=0.3, connect_timeout_s=0.2, flush_interval_ms=20,
+        retry_initial_ms=20, retry_max_ms=100, status_interval_s=0.1,
+    )  # fmt: skip
+    return BankerCollector("banker", options, CollectorContext(data_dir=str(tmp_path)))
