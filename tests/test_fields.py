@@ -6,6 +6,7 @@ Each converter is built through `make_converter` from a `FieldSpec`, exactly as 
 from __future__ import annotations
 
 from decimal import ROUND_HALF_UP, Decimal
+from typing import Any
 from urllib.parse import urlencode
 
 import pytest
@@ -429,3 +430,15 @@ def test_parse_cookies() -> None:
     assert parse_cookies(b"e=") == {"e": ""}
     assert parse_cookies("u=\u00e9t\u00e9".encode()) == {"u": "été"}
     assert parse_cookies(b"bad=\xff") == {"bad": "\ufffd"}
+
+
+def test_an_empty_value_is_invalid_not_an_error_when_macros_count_as_absent() -> None:
+    """The builder never passes "" (it is absent there), but a converter is a public function: "" must be an
+    ordinary rejection (or, for a string, itself), never an IndexError."""
+    for field_type in ("int", "decimal", "money", "price", "duration", "bool", "timestamp", "enum"):
+        options: dict[str, Any] = {"values": ["a"]} if field_type == "enum" else {}
+        convert = make_converter("f", FieldSpec(type=field_type, unexpanded_macros="absent", **options))
+        with pytest.raises(Reject) as rejected:
+            convert("")
+        assert rejected.value.reason == "invalid_field", field_type
+    assert make_converter("f", FieldSpec(unexpanded_macros="absent"))("") == ""

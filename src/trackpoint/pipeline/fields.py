@@ -87,7 +87,7 @@ def make_converter(name: str, spec: FieldSpec) -> Converter:
 def _invalid(name: str, raw: str, macros: bool) -> Reject:
     """The rejection of a value its type cannot read; an unexpanded macro when the field counts them as absent
     (tested only here, on the way to a rejection: valid values never pay for it)."""
-    if macros and raw[0] in MACRO_START and unexpanded(raw):
+    if macros and raw[:1] in MACRO_START and unexpanded(raw):
         return MacroUnsubstituted(name)
     return Reject(400, "invalid_field", name)
 
@@ -96,7 +96,7 @@ def _macro_guard(name: str) -> Converter:
     """A string field whose unexpanded macros count as absent: one character test per value."""
 
     def convert(raw: str) -> Value:
-        if raw[0] in MACRO_START and unexpanded(raw):
+        if raw[:1] in MACRO_START and unexpanded(raw):
             raise MacroUnsubstituted(name)
         return raw
 
