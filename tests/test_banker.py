@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import asyncio
 import os
+import random
 import time
 import uuid
 from collections.abc import AsyncIterator, Awaitable, Callable
@@ -247,17 +248,7 @@ def test_concurrent_writers_debit_each_id_once(kind: str, tmp_path: Path) -> Non
             debits = [debit(i, 1 + i % 7, cid=f"c{i % 3}") for i in range(2000)]
             expected = {f"c{k}": sum(d.micros for d in debits if d.campaign == f"c{k}") for k in range(3)}
 
-            async def feed(writer: Store, seed: int) -> list[Notification]:
-                import random
-
-                mine = debits[:]
-                random.Random(seed).shuffle(mine)
-                notes = []
-                for start in range(0, len(mine), 250):
-                    notes += (await writer.apply(mine[start : start + 250], T0)).notifications
-                return notes
-
-            notes = await asyncio.gather(*(feed(w, seed) for seed, w in enumerate(writers)))
+            notes = await asyncio.gather(*(feed_shuffled(w, debits, seed, 250) for seed, w in enumerate(writers)))
             for campaign, spent in expected.items():
                 raw = await writers[0].campaign(campaign)
                 assert (
@@ -376,17 +367,8 @@ def test_concurrent_writers_crossing_a_budget_notify_once(kind: str, tmp_path: P
             await writers[0].set_budget("c1", Budget(total_budget_micros=5_000), T0)
             debits = [debit(i, 10) for i in range(1000)]  # 10,000 micros: the budget is crossed halfway
 
-            async def feed(writer: Store, seed: int) -> list[Notification]:
-                import random
-
-                mine = debits[:]
-                random.Random(seed).shuffle(mine)
-                notes = []
-                for start in range(0, len(mine), 50):
-                    notes += (await writer.apply(mine[start : start + 50], T0)).notifications
-                return notes
-
-            notes = [n for batch in await asyncio.gather(*(feed(w, s) for s, w in enumerate(writers))) for n in batch]
+            batches = await asyncio.gather(*(feed_shuffled(w, debits, seed, 50) for seed, w in enumerate(writers)))
+            notes = [n for batch in batches for n in batch]
             assert [(n.campaign, n.reason, n.spent_micros) for n in notes] == [("c1", "total", 5_000)]
             assert [n.event_id for n in await writers[2].notifications("", 10)] == [notes[0].event_id]
             state = (await writers[3].campaign("c1")).state(T0)  # type: ignore[union-attr]
@@ -522,3 +504,13 @@ def fast_collector(redis_url: str, tmp_path: Path) -> BankerCollector:
         retry_initial_ms=20, retry_max_ms=100, status_interval_s=0.1,
     )  # fmt: skip
     return BankerCollector("banker", options, CollectorContext(data_dir=str(tmp_path)))
+
+
+async def feed_shuffled(writer: Store, debits: list[Debit], seed: int, batch: int) -> list[Notification]:
+    """Applies every debit through one writer, in its own shuffled order and batches; the notifications it got."""
+    mine = debits[:]
+    random.Random(seed).shuffle(mine)
+    notes = []
+    for start in range(0, len(mine), batch):
+        notes += (await writer.apply(mine[start : start + batch], T0)).notifications
+    return notes

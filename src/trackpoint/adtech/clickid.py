@@ -12,7 +12,7 @@ from collections.abc import Mapping
 from typing import NamedTuple
 
 from trackpoint.adtech.price import decode_websafe
-from trackpoint.security.signing import PrecomputedHmac
+from trackpoint.security.precomputed import PrecomputedHmac
 
 # Layout, version 1 (integers big-endian), as base64url without padding:
 #   version  u8 = 1

@@ -9,6 +9,8 @@ import binascii
 import hashlib
 import hmac
 
+from trackpoint.security.precomputed import PrecomputedHmac
+
 # A token is web-safe base64 (padding optional) of: initialisation vector | encrypted price | signature.
 IV_BYTES = 16
 PRICE_BYTES = 8
@@ -25,9 +27,6 @@ OUT_OF_RANGE = "price_out_of_range"
 
 _MACRO = "AUCTION_PRICE"  # also inside `${AUCTION_PRICE:B64}` and its URL-encoded forms once the edge decoded them
 _FROM_WEBSAFE = bytes.maketrans(b"-_", b"+/")
-_BLOCK = 64  # SHA-1 block size
-_IPAD = bytes(x ^ 0x36 for x in range(256))
-_OPAD = bytes(x ^ 0x5C for x in range(256))
 
 
 class PriceError(Exception):
@@ -60,34 +59,14 @@ def decode_websafe(text: str) -> bytes:
         raise ValueError("not web-safe base64") from None
 
 
-class _Sha1Key:
-    """HMAC-SHA1 with the key's inner and outer hash states computed once (RFC 2104), as in security.signing."""
-
-    __slots__ = ("inner", "outer")
-
-    def __init__(self, secret: bytes) -> None:
-        if len(secret) > _BLOCK:
-            secret = hashlib.sha1(secret).digest()
-        secret = secret.ljust(_BLOCK, b"\0")
-        self.inner = hashlib.sha1(secret.translate(_IPAD))
-        self.outer = hashlib.sha1(secret.translate(_OPAD))
-
-    def digest(self, message: bytes) -> bytes:
-        inner = self.inner.copy()
-        inner.update(message)
-        outer = self.outer.copy()
-        outer.update(inner.digest())
-        return outer.digest()
-
-
 class PriceDecrypter:
     """One exchange's keys (the raw bytes, as decoded from the web-safe base64 the exchange hands out)."""
 
     __slots__ = ("encryption", "integrity")
 
     def __init__(self, encryption_key: bytes, integrity_key: bytes) -> None:
-        self.encryption = _Sha1Key(encryption_key)
-        self.integrity = _Sha1Key(integrity_key)
+        self.encryption = PrecomputedHmac(encryption_key, hashlib.sha1)
+        self.integrity = PrecomputedHmac(integrity_key, hashlib.sha1)
 
     def decrypt(self, token: str) -> tuple[int, int]:
         """(the price as the exchange encodes it — a signed 64-bit integer, micros of the CPM for Google —, the

@@ -305,20 +305,28 @@ class RedisStore(Store):
         return found
 
     async def campaign(self, campaign: str) -> RawCampaign | None:
-        async def work(client: Redis) -> tuple[dict[bytes, bytes], dict[bytes, bytes]]:
-            pipe = client.pipeline(transaction=False)
-            pipe.hgetall(self.key("campaign", campaign))
-            pipe.hgetall(self.key("days", campaign))
-            fields, days = await pipe.execute()
-            return fields, days
-
-        fields, days = await self._call(work)
-        return _raw(campaign, fields, days) if fields else None
+        (found,) = await self._read([campaign])
+        return found
 
     async def campaigns(self) -> list[RawCampaign]:
         ids = sorted(member.decode() for member in await self._call(lambda c: c.smembers(self.key("campaigns"))))
-        found = [await self.campaign(campaign) for campaign in ids]
-        return [campaign for campaign in found if campaign is not None]
+        return [campaign for campaign in await self._read(ids) if campaign is not None]
+
+    async def _read(self, ids: list[str]) -> list[RawCampaign | None]:
+        """Campaigns (hash and days) in one round trip; None for an id without a hash."""
+
+        async def work(client: Redis) -> list[Any]:
+            pipe = client.pipeline(transaction=False)
+            for campaign in ids:
+                pipe.hgetall(self.key("campaign", campaign))
+                pipe.hgetall(self.key("days", campaign))
+            return await pipe.execute()
+
+        replies = await self._call(work) if ids else []
+        return [
+            _raw(campaign, fields, days) if fields else None
+            for campaign, fields, days in zip(ids, replies[::2], replies[1::2], strict=True)
+        ]
 
     # --- signals -----------------------------------------------------------------------------------------------
 

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from collections.abc import Callable
+from importlib import import_module
 from typing import Any
 
 import msgspec
@@ -9,7 +11,6 @@ import yaml
 
 from trackpoint.banker import admin as banker_admin
 from trackpoint.banker.config import BankerCollectorConfig
-from trackpoint.collectors.base import Collector, CollectorContext
 from trackpoint.collectors.kafka.config import KafkaCollectorConfig
 from trackpoint.collectors.nats.config import NatsCollectorConfig
 from trackpoint.collectors.redis_streams.config import RedisStreamsCollectorConfig
@@ -29,99 +30,19 @@ from trackpoint.config.model import (
     VastConfig,
 )
 from trackpoint.plugins import AdminRoute, CollectorKind, Plugin, PreprocessorKind
-from trackpoint.preprocessors import Preprocessor
-
-# Factories import their module on first use: a worker loads only the client libraries its config needs.
 
 
-def _log(name: str, config: Any, context: CollectorContext) -> Collector:
-    from trackpoint.collectors.log.collector import LogCollector
+def _lazy(target: str) -> Callable[..., Any]:
+    """A factory for `module:Class` (under `trackpoint.`) that imports its module on first use: a worker loads only
+    the client libraries its config needs. The arguments go to the class as they come (name, config, then the
+    collector context or the data_dir)."""
+    module_name, class_name = target.split(":")
+    module_name = "trackpoint." + module_name
 
-    return LogCollector(name, config, context)
+    def make(*args: Any) -> Any:
+        return getattr(import_module(module_name), class_name)(*args)
 
-
-def _stdout(name: str, config: Any, context: CollectorContext) -> Collector:
-    from trackpoint.collectors.stdout import StdoutCollector
-
-    return StdoutCollector(name, config, context)
-
-
-def _kafka(name: str, config: Any, context: CollectorContext) -> Collector:
-    from trackpoint.collectors.kafka.collector import KafkaCollector
-
-    return KafkaCollector(name, config, context)
-
-
-def _nats(name: str, config: Any, context: CollectorContext) -> Collector:
-    from trackpoint.collectors.nats.collector import NatsCollector
-
-    return NatsCollector(name, config, context)
-
-
-def _redis_streams(name: str, config: Any, context: CollectorContext) -> Collector:
-    from trackpoint.collectors.redis_streams.collector import RedisStreamsCollector
-
-    return RedisStreamsCollector(name, config, context)
-
-
-def _banker(name: str, config: Any, context: CollectorContext) -> Collector:
-    from trackpoint.banker.collector import BankerCollector
-
-    return BankerCollector(name, config, context)
-
-
-def _anonymize_ip(name: str, config: Any) -> Preprocessor:
-    from trackpoint.preprocessors.anonymize_ip import AnonymizeIp
-
-    return AnonymizeIp(name, config)
-
-
-def _parse_user_agent(name: str, config: Any) -> Preprocessor:
-    from trackpoint.preprocessors.parse_user_agent import ParseUserAgent
-
-    return ParseUserAgent(name, config)
-
-
-def _pseudonymize(name: str, config: Any, data_dir: str) -> Preprocessor:
-    from trackpoint.preprocessors.pseudonymize import Pseudonymize
-
-    return Pseudonymize(name, config, data_dir)
-
-
-def _check_consent(name: str, config: Any) -> Preprocessor:
-    from trackpoint.preprocessors.check_consent import CheckConsent
-
-    return CheckConsent(name, config)
-
-
-def _decrypt_price(name: str, config: Any, data_dir: str) -> Preprocessor:
-    from trackpoint.preprocessors.decrypt_price import DecryptPrice
-
-    return DecryptPrice(name, config, data_dir)
-
-
-def _vast(name: str, config: Any) -> Preprocessor:
-    from trackpoint.preprocessors.vast import Vast
-
-    return Vast(name, config)
-
-
-def _issue_click_id(name: str, config: Any) -> Preprocessor:
-    from trackpoint.preprocessors.issue_click_id import IssueClickId
-
-    return IssueClickId(name, config)
-
-
-def _attribute_conversion(name: str, config: Any) -> Preprocessor:
-    from trackpoint.preprocessors.attribute_conversion import AttributeConversion
-
-    return AttributeConversion(name, config)
-
-
-def _flag_invalid_traffic(name: str, config: Any) -> Preprocessor:
-    from trackpoint.preprocessors.flag_invalid_traffic import FlagInvalidTraffic
-
-    return FlagInvalidTraffic(name, config)
+    return make
 
 
 def default_event_types() -> dict[str, EventTypeSpec]:
@@ -133,23 +54,23 @@ def default_event_types() -> dict[str, EventTypeSpec]:
 plugin = Plugin(
     name="builtin",
     collectors=[
-        CollectorKind(LogCollectorConfig, _log, implicit=True),
-        CollectorKind(StdoutCollectorConfig, _stdout, implicit=True),
-        CollectorKind(KafkaCollectorConfig, _kafka),
-        CollectorKind(NatsCollectorConfig, _nats),
-        CollectorKind(RedisStreamsCollectorConfig, _redis_streams),
-        CollectorKind(BankerCollectorConfig, _banker, implicit=True),
+        CollectorKind(LogCollectorConfig, _lazy("collectors.log.collector:LogCollector"), implicit=True),
+        CollectorKind(StdoutCollectorConfig, _lazy("collectors.stdout:StdoutCollector"), implicit=True),
+        CollectorKind(KafkaCollectorConfig, _lazy("collectors.kafka.collector:KafkaCollector")),
+        CollectorKind(NatsCollectorConfig, _lazy("collectors.nats.collector:NatsCollector")),
+        CollectorKind(RedisStreamsCollectorConfig, _lazy("collectors.redis_streams.collector:RedisStreamsCollector")),
+        CollectorKind(BankerCollectorConfig, _lazy("banker.collector:BankerCollector"), implicit=True),
     ],
     preprocessors=[
-        PreprocessorKind(AnonymizeIpConfig, _anonymize_ip),
-        PreprocessorKind(ParseUserAgentConfig, _parse_user_agent),
-        PreprocessorKind(PseudonymizeConfig, _pseudonymize, uses_data_dir=True),
-        PreprocessorKind(CheckConsentConfig, _check_consent),
-        PreprocessorKind(DecryptPriceConfig, _decrypt_price, uses_data_dir=True),
-        PreprocessorKind(IssueClickIdConfig, _issue_click_id),
-        PreprocessorKind(AttributeConversionConfig, _attribute_conversion),
-        PreprocessorKind(FlagInvalidTrafficConfig, _flag_invalid_traffic),
-        PreprocessorKind(VastConfig, _vast),
+        PreprocessorKind(AnonymizeIpConfig, _lazy("preprocessors.anonymize_ip:AnonymizeIp")),
+        PreprocessorKind(ParseUserAgentConfig, _lazy("preprocessors.parse_user_agent:ParseUserAgent")),
+        PreprocessorKind(PseudonymizeConfig, _lazy("preprocessors.pseudonymize:Pseudonymize"), uses_data_dir=True),
+        PreprocessorKind(CheckConsentConfig, _lazy("preprocessors.check_consent:CheckConsent")),
+        PreprocessorKind(DecryptPriceConfig, _lazy("preprocessors.decrypt_price:DecryptPrice"), uses_data_dir=True),
+        PreprocessorKind(IssueClickIdConfig, _lazy("preprocessors.issue_click_id:IssueClickId")),
+        PreprocessorKind(AttributeConversionConfig, _lazy("preprocessors.attribute_conversion:AttributeConversion")),
+        PreprocessorKind(FlagInvalidTrafficConfig, _lazy("preprocessors.flag_invalid_traffic:FlagInvalidTraffic")),
+        PreprocessorKind(VastConfig, _lazy("preprocessors.vast:Vast")),
     ],
     event_types=default_event_types(),
     admin_routes=[

@@ -6,7 +6,6 @@
 from __future__ import annotations
 
 import binascii
-import hashlib
 import hmac
 import os
 import time
@@ -18,6 +17,7 @@ from urllib.parse import quote, unquote_to_bytes, urlsplit, urlunsplit
 from trackpoint.config.model import Config, EventTypeSpec, SigningConfig, SigningKey
 from trackpoint.pipeline.fields import Reject
 from trackpoint.security.keyfile import create_key_file
+from trackpoint.security.precomputed import PrecomputedHmac
 
 # The parameters the signature adds: key id, expiry (epoch seconds, optional) and the MAC itself.
 KEY_ID_PARAM = "kid"
@@ -37,9 +37,6 @@ _by_name = itemgetter(0)
 _SIGNATURE_NAMES = frozenset({b"kid", b"exp", b"sig"})
 _URLSAFE = bytes.maketrans(b"+/", b"-_")
 _MAC_CHARS = 22  # 16 bytes in base64, without the padding
-_BLOCK = 64  # SHA-256 block size
-_IPAD = bytes(x ^ 0x36 for x in range(256))
-_OPAD = bytes(x ^ 0x5C for x in range(256))
 
 
 class SigningKeyError(Exception):
@@ -78,27 +75,6 @@ def mac(secret: bytes, message: bytes) -> bytes:
 
 def _b64(digest: bytes) -> bytes:
     return binascii.b2a_base64(digest[:MAC_BYTES], newline=False).translate(_URLSAFE)[:_MAC_CHARS]
-
-
-class PrecomputedHmac:
-    """HMAC-SHA256 with the key's inner and outer hash states computed once (RFC 2104): a MAC is then two hash
-    copies instead of a full `hmac` set-up per request (about 2.5 times faster)."""
-
-    __slots__ = ("inner", "outer")
-
-    def __init__(self, secret: bytes) -> None:
-        if len(secret) > _BLOCK:
-            secret = hashlib.sha256(secret).digest()
-        secret = secret.ljust(_BLOCK, b"\0")
-        self.inner = hashlib.sha256(secret.translate(_IPAD))
-        self.outer = hashlib.sha256(secret.translate(_OPAD))
-
-    def digest(self, message: bytes) -> bytes:
-        inner = self.inner.copy()
-        inner.update(message)
-        outer = self.outer.copy()
-        outer.update(inner.digest())
-        return outer.digest()
 
 
 class _Key(PrecomputedHmac):
