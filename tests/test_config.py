@@ -747,3 +747,21 @@ def test_installed_command_checks_a_file(tmp_path: Path) -> None:
     )
     assert failed.returncode == 2
     assert f"{bad}:4: event_types.a.collectors[0]: no collector named 'nope'" in failed.stderr
+
+
+@pytest.mark.parametrize(
+    ("collector", "problem"),
+    [
+        ("{type: nats, servers: ['nats://127.0.0.1:114222']}", "port must be 1-65535"),
+        ("{type: nats, servers: ['http://127.0.0.1:4222']}", "scheme must be one of"),
+        ("{type: redis_streams, url: 'redis://:6379/0'}", "no host"),
+        ("{type: banker, store: redis, redis_url: 'redis://127.0.0.1:0/0'}", "port must be 1-65535"),
+    ],
+)
+def test_a_server_url_the_client_could_never_reach_is_a_config_error(
+    tmp_path: Path, collector: str, problem: str
+) -> None:
+    path = write(tmp_path, f"collectors:\n  q: {collector}\n")
+    [issue] = issues_of(path)
+    assert problem in str(issue)
+    assert str(issue).startswith(f"{path}:{line_of(path, 'q:')}")

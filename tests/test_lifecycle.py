@@ -10,11 +10,14 @@ import signal
 import threading
 import time
 from collections.abc import Callable
+from pathlib import Path
 from typing import Any
 
+import pytest
 import yaml
 
 from conftest import Tracker
+from trackpoint.edge.supervisor import available_cpus
 
 
 class Load:
@@ -152,3 +155,17 @@ def test_a_killed_worker_is_replaced_and_its_events_kept(tracker_factory: Any) -
     imps = {event.dims["imp"] for event in tracker.events()}
     assert {f"before-{i}" for i in range(20)} <= imps
     assert {f"after-{i}" for i in range(20)} <= imps
+
+
+@pytest.mark.parametrize(
+    ("cpu_max", "expected"),
+    [(None, "cores"), ("max 100000", "cores"), ("150000 100000", 1), ("400000 100000", 4), ("garbage", "cores")],
+)
+def test_workers_default_to_the_available_cores_within_the_cgroup_limit(
+    tmp_path: Path, cpu_max: str | None, expected: int | str
+) -> None:
+    cgroup = tmp_path / "cpu.max"
+    if cpu_max is not None:
+        cgroup.write_text(cpu_max + "\n")
+    cores = len(os.sched_getaffinity(0))
+    assert available_cpus(cgroup) == (cores if expected == "cores" else min(cores, int(expected)))

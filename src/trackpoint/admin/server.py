@@ -24,6 +24,8 @@ MAX_BODY_BYTES = 1 << 20
 
 @dataclass
 class AdminRequest:
+    """One request to the admin port, read whole (bodies up to 1 MiB)."""
+
     method: str
     path: str
     query: str
@@ -35,12 +37,15 @@ class AdminRequest:
 
 @dataclass
 class AdminResponse:
+    """What an admin handler returns; `json()` builds the usual JSON answer."""
+
     status: int
     body: bytes = b""
     content_type: str = "application/json"
 
     @classmethod
     def json(cls, status: int, document: object) -> AdminResponse:
+        """A JSON response (msgspec-encoded: structs, dicts, lists and scalars)."""
         return cls(status, msgspec.json.encode(document))
 
 

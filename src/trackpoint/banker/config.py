@@ -10,7 +10,7 @@ from typing import Annotated, Literal
 
 from msgspec import Meta
 
-from trackpoint.config.model import CollectorBase, Config, Seconds
+from trackpoint.config.model import CollectorBase, Config, Seconds, check_server_url
 
 DEFAULT_RETENTION_S = 35 * 86_400
 
@@ -109,6 +109,7 @@ class BankerCollectorConfig(CollectorBase, tag="banker"):
     connect_timeout_s: Annotated[Seconds, Meta(description="Time allowed to open a Redis connection.")] = 2.0
 
     def __post_init__(self) -> None:
+        check_server_url(self.redis_url, ("redis", "rediss", "unix"))
         for code, rate in self.rates.items():
             parse_rate(code, rate)
 

@@ -28,7 +28,12 @@ err = Console(stderr=True)
 
 ConfigOption = Annotated[
     Path | None,
-    typer.Option("--config", "-c", help="YAML configuration file; without it the embedded default is used."),
+    typer.Option(
+        "--config",
+        "-c",
+        envvar="TRACKPOINT_CONFIG",
+        help="YAML configuration file (or $TRACKPOINT_CONFIG); without either the embedded default is used.",
+    ),
 ]
 
 
@@ -43,18 +48,20 @@ def _load_or_exit(path: Path | None) -> LoadedConfig:
 
 
 @app.command()
-def run(
+def run(  # noqa: PLR0917 - typer maps each parameter to an option
     config: ConfigOption = None,
     workers: Annotated[
         int | None,
-        typer.Option("--workers", "-w", min=1, help="Worker processes (default: one per CPU core)."),
+        typer.Option("--workers", "-w", min=1, help="Worker processes (default: one per available core)."),
     ] = None,
     host: Annotated[str | None, typer.Option(help="Address of the tracking port (default 0.0.0.0).")] = None,
     port: Annotated[
         int | None, typer.Option("--port", "-p", min=1, max=65535, help="Tracking port (default 8080).")
     ] = None,
-    admin_port: Annotated[
-        int | None, typer.Option(min=1, max=65535, help="Admin port on 127.0.0.1 (default 8081).")
+    admin_port: Annotated[int | None, typer.Option(min=1, max=65535, help="Admin port (default 8081).")] = None,
+    admin_host: Annotated[
+        str | None,
+        typer.Option(help="Address of the admin port (default 127.0.0.1; 0.0.0.0 in a container, for probes)."),
     ] = None,
 ) -> None:
     """Run the tracker: workers on the tracking port, health and metrics on the admin port."""
@@ -62,7 +69,7 @@ def run(
     from trackpoint.edge.supervisor import run as run_supervisor
 
     loaded = _load_or_exit(config)
-    overrides = Overrides(host=host, port=port, workers=workers, admin_port=admin_port)
+    overrides = Overrides(host=host, port=port, workers=workers, admin_port=admin_port, admin_host=admin_host)
     raise typer.Exit(run_supervisor(loaded, None if config is None else str(config), overrides))
 
 
@@ -232,6 +239,53 @@ def replay(  # noqa: PLR0917 (typer: one parameter per option)
         raise typer.Exit(1)
 
 
+@app.command()
+def ship(
+    config: ConfigOption = None,
+    collector: Annotated[
+        list[str] | None,
+        typer.Option("--collector", help="Log collector to ship (repeatable). Default: every one with ship.url."),
+    ] = None,
+    once: Annotated[
+        bool, typer.Option("--once", help="One pass, then exit (cron, after an incident); exit code 1 on failures.")
+    ] = False,
+) -> None:
+    """Ship finished log files to object storage now, as the running tracker does every ship.interval_s: upload,
+    verify, record in the manifests, delete. Without --once, keep shipping until SIGINT or SIGTERM."""
+    import asyncio
+
+    from trackpoint.shipping import PassReport, ShipError, Shipper, shippers
+    from trackpoint.shipping.service import ShippingService
+
+    loaded = _load_or_exit(config)
+    try:
+        selected = shippers(loaded.config, collector or ())
+    except ShipError as exc:
+        err.print(f"[bold red]error[/] {exc}", highlight=False)
+        raise typer.Exit(2) from None
+    out = Console()
+
+    def show(shipper: Shipper, report: PassReport) -> None:
+        for done in report.shipped:
+            out.print(f"shipped {shipper.collector} {done.name} → {done.url} ({done.bytes:,} bytes, verified by "
+                      f"{done.verified_by})", highlight=False, soft_wrap=True)  # fmt: skip
+        for what, reason in report.failed:
+            err.print(f"[bold red]failed[/] {shipper.collector} {what}: {reason}", highlight=False, soft_wrap=True)
+
+    if not once:
+        asyncio.run(ShippingService(lambda: loaded.config, collector or (), show).serve())
+        return
+    reports = {name: shipper.ship_pass() for name, shipper in selected.items()}
+    for name, report in reports.items():
+        show(selected[name], report)
+    shipped = [done for report in reports.values() for done in report.shipped]
+    failed = sum(len(report.failed) for report in reports.values())
+    out.print(f"{len(shipped)} files shipped ({sum(done.bytes for done in shipped):,} bytes), {failed} failed",
+              highlight=False)  # fmt: skip
+    if failed:
+        raise typer.Exit(1)
+
+
 @banker_app.command("reconcile")
 def banker_reconcile(
     logs: Annotated[
@@ -311,7 +365,8 @@ def docs(
     out_dir: Annotated[Path, typer.Argument(help="Directory for the generated Markdown pages.")],
     config: ConfigOption = None,
 ) -> None:
-    """Generate the reference pages: every configuration option, and the endpoints of a configuration."""
+    """Generate the reference: every configuration option, the endpoints of a configuration (Markdown and
+    OpenAPI 3.1), this CLI and the plugin API."""
     from trackpoint.config.reference import write_docs
 
     for path in write_docs(_load_or_exit(config), out_dir):

@@ -40,6 +40,8 @@ class SendResult(enum.Enum):
 
 
 class Health(msgspec.Struct):
+    """A collector's own view of its target: unhealthy makes /readyz fail when the collector is `required`."""
+
     healthy: bool
     detail: str = ""
 
@@ -142,6 +144,8 @@ class Collector(ABC):
         (the target refuses these events for good; they are dead-lettered and counted as dropped)."""
 
     def health(self) -> Health:
+        """Whether the target is usable now (e.g. connected), with a short detail; read once a second for the
+        metrics and /readyz, so it must be cheap and must not do I/O."""
         return Health(healthy=True)
 
     def outcomes(self) -> dict[str, int]:
@@ -159,7 +163,13 @@ class Collector(ABC):
             # send finishes at that moment, and then waits for ever on a task that keeps retrying.
             done, _ = await asyncio.wait({task}, timeout=drain_timeout_s)
             if not done:
-                log.error("collector %s: drain timed out with %d events pending", self.name, len(self._pending))
+                spooled = sum(spool.events for spool in [*self._adopted, *([self._spool] if self._spool else [])])
+                log.error(
+                    "collector %s: drain timed out (target still failing) with %d events in memory and %d in the spool",
+                    self.name,
+                    len(self._pending),
+                    spooled,
+                )
                 self._abandoned = True  # the loop stops at its next step even if the cancellation is lost
                 task.cancel()
                 await asyncio.wait({task}, timeout=1.0)
@@ -192,14 +202,17 @@ class Collector(ABC):
             result = None
         if result is SendResult.DELIVERED:
             self.stats.sent += len(batch)
+            if self._failures:
+                log.warning("collector %s: delivering again after %d failed attempts", self.name, self._failures)
             self._failures = 0
             self._retry_at = 0.0
             return True
         if result is SendResult.REJECTED:
             self._dead_letter(batch)
             return True
-        if result is SendResult.RETRY:
-            self.stats.errors += 1  # (an exception or timeout was counted by _note_error)
+        if result is SendResult.RETRY:  # (an exception or timeout was counted and logged by _note_error)
+            detail = self._health_detail()
+            self._note_error("target unavailable, retrying with backoff" + (f": {detail}" if detail else ""))
         self.stats.retried += len(batch)
         self._failures += 1
         backoff = min(self.retry_max_s, self.retry_initial_s * 2 ** min(self._failures - 1, 30))
@@ -380,7 +393,14 @@ class Collector(ABC):
             self._last_error_log = now
             log.error("collector %s: %s", self.name, exc if isinstance(exc, str) else repr(exc))
 
+    def _health_detail(self) -> str:
+        try:
+            return self.health().detail
+        except Exception:  # a plugin's health() must not break delivery
+            return ""
+
     def snapshot(self) -> CollectorStats:
+        """The counters and gauges reported to the supervisor (summed over workers in /metrics)."""
         self.stats.pending = len(self._pending)
         spools = [*self._adopted, *([self._spool] if self._spool else [])]
         self.stats.spooled_bytes = sum(spool.bytes for spool in spools)

@@ -292,6 +292,9 @@ def check_references(config: Config) -> Iterator[tuple[KeyPath, str]]:
     from trackpoint.edge.cors import check_cors
 
     yield from check_cors(config)
+    from trackpoint.shipping.shipper import check_shipping
+
+    yield from check_shipping(config)
 
 
 def _check_signing(config: Config) -> Iterator[tuple[KeyPath, str]]:

@@ -6,12 +6,33 @@ reference docs; every option carries its description in `Meta`.
 
 from __future__ import annotations
 
-from typing import Annotated, Literal
+from typing import Annotated, Any, Literal
+from urllib.parse import urlsplit
 
 import msgspec
 from msgspec import Meta, Struct
 
 Seconds = Annotated[float, Meta(gt=0, le=86_400)]
+
+
+def check_server_url(url: str, schemes: tuple[str, ...]) -> None:
+    """Refuses, at load time, a server URL the client would only fail on at run time (retrying in silence): an
+    unknown scheme, no host, or a port outside 1-65535."""
+    parts = urlsplit(url)
+    if parts.scheme not in schemes:
+        raise ValueError(f"{url!r}: the scheme must be one of {', '.join(s + '://' for s in schemes)}")
+    if parts.scheme == "unix":
+        if not parts.path:
+            raise ValueError(f"{url!r}: a unix socket URL needs a path")
+        return
+    if not parts.hostname:
+        raise ValueError(f"{url!r}: no host")
+    try:
+        port = parts.port
+    except ValueError:
+        port = 0
+    if port == 0:
+        raise ValueError(f"{url!r}: the port must be 1-65535")
 
 
 # forbid_unknown_fields everywhere: a typo in the YAML must be an error, never a silently ignored option.
@@ -53,7 +74,13 @@ class ServerConfig(Struct, forbid_unknown_fields=True, kw_only=True):
     host: Annotated[str, Meta(description="Address the tracking port binds to.")] = "0.0.0.0"
     port: Annotated[int, Meta(ge=1, le=65535, description="Tracking port.")] = 8080
     workers: Annotated[
-        int, Meta(ge=0, le=256, description="Worker processes sharing the port; 0 means one per CPU core.")
+        int,
+        Meta(
+            ge=0,
+            le=256,
+            description="Worker processes sharing the port; 0 means one per available core (the CPU affinity, "
+            "capped by a container's cgroup CPU limit).",
+        ),
     ] = 0
     backlog: Annotated[int, Meta(ge=16, le=65535, description="Listen backlog of each worker's socket.")] = 4096
     drain_timeout_s: Annotated[
@@ -473,8 +500,55 @@ class CollectorBase(Struct, tag_field="type", forbid_unknown_fields=True, kw_onl
     ] = msgspec.field(default_factory=list)
 
 
+class ShipConfig(Struct, forbid_unknown_fields=True, kw_only=True):
+    """Shipping of finished log files (rotated and, with gzip, compressed) to S3, GCS or Azure Blob, by the
+    supervisor (and `trackpoint ship`), to `<url>/<node>/<YYYY>/<MM>/<DD>/<file>`. Credentials come from where each
+    store's SDK finds them: AWS_* variables, a profile or the instance/pod role (s3); GOOGLE_APPLICATION_CREDENTIALS
+    or workload identity (gs); AZURE_STORAGE_CONNECTION_STRING, AZURE_STORAGE_ACCOUNT_NAME with a key or a managed
+    identity (az)."""
+
+    url: Annotated[
+        str | None,
+        Meta(
+            description="Where files go: `s3://bucket/prefix`, `gs://bucket/prefix`, `az://container/prefix` (or "
+            "`abfs://`). Needs the extra `trackpoint[s3]`, `[gcs]` or `[azure]`. Unset: files stay local."
+        ),
+    ] = None
+    storage_options: Annotated[
+        dict[str, Any],
+        Meta(
+            description="Options of the fsspec filesystem (s3fs, gcsfs, adlfs), e.g. `endpoint_url`, `profile`, "
+            "`account_name`. Keep secrets out of the file: leave credentials to the environment."
+        ),
+    ] = msgspec.field(default_factory=dict)
+    node: Annotated[
+        str | None,
+        Meta(
+            description="This host's name in object keys, so hosts and pods never overwrite each other (letters, "
+            "digits, `_`, `-`, `.`; not starting with `_` or `.`). Unset: the host name."
+        ),
+    ] = None
+    interval_s: Annotated[Seconds, Meta(description="Period of the scan for finished files.")] = 60.0
+    retries: Annotated[
+        int,
+        Meta(ge=0, le=100, description="Retries of a failed upload within one scan; then it waits for the next."),
+    ] = 5
+    retry_initial_s: Annotated[
+        Seconds, Meta(description="First wait before retrying a failed upload; doubles per failure (±50% jitter).")
+    ] = 1.0
+    retry_max_s: Annotated[Seconds, Meta(description="Longest wait between retries of an upload.")] = 60.0
+    delete_after_upload: Annotated[
+        bool, Meta(description="Delete a local file once its upload is verified (size and checksum) and recorded.")
+    ] = True
+    shutdown_timeout_s: Annotated[
+        Seconds,
+        Meta(description="On SIGTERM, after the workers drained: time for a last pass over the finished files."),
+    ] = 30.0
+
+
 class LogCollectorConfig(CollectorBase, tag="log"):
-    """JSON lines, one file per worker, rotated by size and time, gzipped on rotation."""
+    """JSON lines, one file per worker, rotated by size and time, gzipped on rotation, optionally shipped to object
+    storage."""
 
     # The log is itself on disk: a second disk copy would not help it, so its failed batches wait in memory.
     spool: Annotated[SpoolConfig, Meta(description="Off for the log collector (it is the disk record).")] = (
@@ -494,6 +568,9 @@ class LogCollectorConfig(CollectorBase, tag="log"):
         Meta(description="none: leave it to the OS; interval: fsync every fsync_interval_s; always: after each flush."),
     ] = "interval"
     fsync_interval_s: Annotated[Seconds, Meta(description="Period of fsync under the interval policy.")] = 1.0
+    ship: Annotated[ShipConfig, Meta(description="Shipping of finished files to object storage (off by default).")] = (
+        msgspec.field(default_factory=ShipConfig)
+    )
 
 
 class StdoutCollectorConfig(CollectorBase, tag="stdout"):

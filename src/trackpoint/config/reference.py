@@ -28,9 +28,7 @@ def configuration_reference() -> str:
             if struct.tag_field is not None and field.name == struct.tag_field:
                 continue
             inner, description = _unwrap(field.type)
-            lines.append(
-                f"| `{field.encode_name}` | {_type_name(inner)} | {_default(field)} | {_escape(description)} |"
-            )
+            lines.append(f"| `{field.encode_name}` | {_type_name(inner)} | {_default(field)} | {escape(description)} |")
         lines.append("")
     return "\n".join(lines)
 
@@ -109,7 +107,7 @@ def _default(field: mi.Field) -> str:
     return f"`{msgspec.json.encode(value).decode()}`"
 
 
-def _escape(text: str) -> str:
+def escape(text: str) -> str:
     return text.replace("|", "\\|").replace("\n", " ")
 
 
@@ -147,7 +145,7 @@ def endpoints_reference(loaded: LoadedConfig) -> str:
                 )
                 lines.append(
                     f"| `{field_name}` | {source} | {field.type} | {'yes' if field.required else 'no'} "
-                    f"| {field.max_len} | {_escape(limits)} | {field.default or ''} |"
+                    f"| {field.max_len} | {escape(limits)} | {field.default or ''} |"
                 )
             lines.append("")
     lines += _admin_endpoints()
@@ -155,33 +153,34 @@ def endpoints_reference(loaded: LoadedConfig) -> str:
 
 
 def _admin_endpoints() -> list[str]:
-    """The admin port's endpoints: health and metrics, then the built-in plugin's routes (the banker's), each
-    described by the first paragraph of its handler's docstring. Other plugins document their own."""
-    from trackpoint.plugins.builtin import plugin
+    """The admin port's endpoints, as `openapi.admin_routes` lists them."""
+    from trackpoint.config.openapi import admin_routes
 
     lines = [
         "## Admin port\n",
         "Served on `admin.host:admin.port` (127.0.0.1:8081 by default), never on the tracking port.\n",
         "| method | path | what it does |",
         "|---|---|---|",
-        "| GET | `/healthz` | 200 while the supervisor runs. |",
-        "| GET | `/readyz` | 200 when every worker is ready and every required collector healthy, else 503 (JSON). |",
-        "| GET | `/metrics` | Prometheus metrics, summed over the workers. |",
     ]
-    for route in plugin.admin_routes:
-        doc = (route.handler.__doc__ or "").strip().split("\n\n")[0]
-        lines.append(f"| {route.method} | `{route.path}` | {_escape(' '.join(doc.split()))} |")
+    lines += [f"| {method} | `{path}` | {escape(text)} |" for method, path, text in admin_routes()]
     lines.append("")
     return lines
 
 
 def write_docs(loaded: LoadedConfig, out_dir: Path) -> list[Path]:
-    """Writes the generated reference pages; returns their paths."""
+    """Writes the generated reference: configuration, endpoints (Markdown and OpenAPI), CLI and plugin API."""
+    from trackpoint.cli.reference import cli_reference
+    from trackpoint.config.openapi import openapi_json
+    from trackpoint.plugins.reference import plugin_api_reference
+
     out_dir.mkdir(parents=True, exist_ok=True)
     pages = {
-        out_dir / "configuration.md": configuration_reference(),
-        out_dir / "endpoints.md": endpoints_reference(loaded),
+        out_dir / "configuration.md": configuration_reference().encode(),
+        out_dir / "endpoints.md": endpoints_reference(loaded).encode(),
+        out_dir / "openapi.json": openapi_json(loaded),
+        out_dir / "cli.md": cli_reference().encode(),
+        out_dir / "plugin-api.md": plugin_api_reference().encode(),
     }
-    for path, text in pages.items():
-        path.write_text(text, encoding="utf-8")
+    for path, data in pages.items():
+        path.write_bytes(data)
     return list(pages)

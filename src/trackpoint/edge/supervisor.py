@@ -15,7 +15,7 @@ import signal
 import socket
 import subprocess
 import sys
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 
 import msgspec
@@ -25,11 +25,13 @@ from trackpoint.admin.server import AdminRequest, AdminResponse, AdminServer
 from trackpoint.collectors.log.collector import finalize_orphans, log_dir
 from trackpoint.config import ConfigError, LoadedConfig, load
 from trackpoint.config.model import Config, LogCollectorConfig
+from trackpoint.config.openapi import openapi_json as openapi_document_json
 from trackpoint.edge import control
 from trackpoint.edge.stats import Snapshot, add
 from trackpoint.plugins import AdminHandler
 from trackpoint.plugins import registry as plugin_registry
 from trackpoint.security.signing import SigningKeyError, edge_verifier
+from trackpoint.shipping.service import ShippingService
 
 log = logging.getLogger("trackpoint.supervisor")
 
@@ -45,6 +47,7 @@ class Overrides:
     port: int | None = None
     workers: int | None = None
     admin_port: int | None = None
+    admin_host: str | None = None
 
     def apply(self, config: Config) -> Config:
         server = config.server
@@ -57,6 +60,8 @@ class Overrides:
         admin = config.admin
         if self.admin_port is not None:
             admin = msgspec.structs.replace(admin, port=self.admin_port)
+        if self.admin_host is not None:
+            admin = msgspec.structs.replace(admin, host=self.admin_host)
         return msgspec.structs.replace(config, server=server, admin=admin)
 
 
@@ -68,6 +73,19 @@ class WorkerHandle:
     snapshot: Snapshot = field(default_factory=Snapshot)
     retiring: bool = False
     exited: asyncio.Future[None] | None = None
+
+
+def available_cpus(cgroup: Path = Path("/sys/fs/cgroup/cpu.max")) -> int:
+    """The cores this process may use: its CPU affinity, capped by a cgroup v2 quota (a container's CPU limit),
+    which `os.cpu_count()` ignores: a pod limited to 2 CPUs on a 64-core node must not start 64 workers."""
+    cores = len(os.sched_getaffinity(0))
+    try:
+        quota, period = cgroup.read_text().split()
+    except (OSError, ValueError):
+        return cores
+    if quota == "max":
+        return cores
+    return max(1, min(cores, int(quota) // int(period)))
 
 
 def listener(host: str, port: int, backlog: int) -> socket.socket:
@@ -87,7 +105,7 @@ class Supervisor:
         self.overrides = overrides
         self.loaded = loaded
         self.config = overrides.apply(loaded.config)
-        self.slots = self.config.server.workers or os.cpu_count() or 1
+        self.slots = self.config.server.workers or available_cpus()
         self.sockets: list[socket.socket] = []
         self.workers: dict[int, WorkerHandle] = {}
         self.retiring: set[WorkerHandle] = set()  # replaced workers still draining: their counters still count
@@ -97,6 +115,7 @@ class Supervisor:
         self.shutting_down = False
         self.restart_counts = [0] * self.slots
         self._stopped = asyncio.Event()
+        self.shipping = ShippingService(lambda: self.config)  # finished log files to object storage
         self._reloading: asyncio.Lock | None = None
 
     # --- life ----------------------------------------------------------------------------------------------------
@@ -130,6 +149,7 @@ class Supervisor:
         loop.add_signal_handler(signal.SIGTERM, self._request_shutdown)
         loop.add_signal_handler(signal.SIGINT, self._request_shutdown)
         loop.add_signal_handler(signal.SIGHUP, lambda: loop.create_task(self.reload()))
+        self.shipping.start()
         for slot in range(self.slots):
             self._spawn(slot, self.loaded.version)
         log.info(
@@ -144,6 +164,7 @@ class Supervisor:
         )
         await self._stopped.wait()
         await self._drain_all()
+        await self.shipping.stop()  # after the drain: the files the workers just finished ship too
         admin_server.close()
         for sock in self.sockets:
             sock.close()
@@ -340,6 +361,7 @@ class Supervisor:
 
     def _admin_server(self) -> AdminServer:
         registry = metrics.registry(self.totals, self.state)
+        registry.register(self.shipping.metrics())
         admin = AdminServer()
 
         async def healthz(_: AdminRequest) -> AdminResponse:
@@ -366,9 +388,19 @@ class Supervisor:
         async def prometheus(_: AdminRequest) -> AdminResponse:
             return AdminResponse(200, metrics.render(registry), "text/plain; version=0.0.4; charset=utf-8")
 
+        openapi: dict[str, bytes] = {}  # by config version: built on first request after each reload
+
+        async def openapi_json(_: AdminRequest) -> AdminResponse:
+            version = self.loaded.version
+            if version not in openapi:
+                openapi.clear()
+                openapi[version] = openapi_document_json(replace(self.loaded, config=self.config))
+            return AdminResponse(200, openapi[version])
+
         admin.route("GET", "/healthz", healthz)
         admin.route("GET", "/readyz", readyz)
         admin.route("GET", "/metrics", prometheus)
+        admin.route("GET", "/openapi.json", openapi_json)
         for route in plugin_registry().admin_routes:
             admin.route(route.method, route.path, functools.partial(self._plugin_route, route.handler))
         return admin

@@ -18,7 +18,10 @@ class Preprocessor(Protocol):
 
     name: str
 
-    def __call__(self, event: Event, /) -> Event | None: ...
+    def __call__(self, event: Event, /) -> Event | None:
+        """Called once per event on the request path: return the event (changed in place or replaced), None to
+        drop it (counted), or raise `Reject` to refuse the request with a 4xx and a reason code."""
+        ...
 
 
 def build_preprocessor(name: str, config: PreprocessorBase, data_dir: str = ".") -> Preprocessor:

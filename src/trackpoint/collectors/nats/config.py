@@ -11,7 +11,7 @@ from typing import Annotated
 import msgspec
 from msgspec import Meta
 
-from trackpoint.config.model import CollectorBase, Seconds
+from trackpoint.config.model import CollectorBase, Seconds, check_server_url
 
 
 class NatsCollectorConfig(CollectorBase, tag="nats"):
@@ -83,6 +83,8 @@ class NatsCollectorConfig(CollectorBase, tag="nats"):
     tls_key: Annotated[str | None, Meta(description="Private key (PEM) of `tls_cert`.")] = None
 
     def __post_init__(self) -> None:
+        for server in self.servers:
+            check_server_url(server, ("nats", "tls", "ws", "wss"))
         if any(c in self.subject for c in " \t\r\n*>"):
             raise ValueError("subject must not contain whitespace or wildcards")
         if (self.tls_cert is None) != (self.tls_key is None):

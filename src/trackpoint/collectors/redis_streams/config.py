@@ -10,7 +10,7 @@ from typing import Annotated
 
 from msgspec import Meta
 
-from trackpoint.config.model import CollectorBase, Seconds
+from trackpoint.config.model import CollectorBase, Seconds, check_server_url
 
 
 class RedisStreamsCollectorConfig(CollectorBase, tag="redis_streams"):
@@ -60,6 +60,7 @@ class RedisStreamsCollectorConfig(CollectorBase, tag="redis_streams"):
     connect_timeout_s: Annotated[Seconds, Meta(description="Time allowed to open a connection.")] = 2.0
 
     def __post_init__(self) -> None:
+        check_server_url(self.url, ("redis", "rediss", "unix"))
         seen_prefix(self.stream.replace("{type}", "type"))  # raises on braces that are not a hash tag
 
 

@@ -1,0 +1,202 @@
+"""The documentation site builds with every warning as an error, and what it shows holds: every trackpoint config in
+its pages loads, and the README's links into it resolve.
+
+Which YAML is a config: every ```yaml block of docs/ (outside the generated docs/reference/, inside content tabs
+too) whose top level names a section of the configuration (data_dir, server, collectors, ...) is a whole config
+file and must pass `trackpoint.config.load`, the tracker's own loader. Other YAML (a Compose file, a Kubernetes
+manifest) names none of those sections and is left alone.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import os
+import re
+import subprocess
+import sys
+from pathlib import Path
+
+import msgspec
+import pytest
+import yaml
+
+from trackpoint.config import ConfigError, load
+from trackpoint.config.model import Config
+
+ROOT = Path(__file__).resolve().parent.parent
+DOCS = ROOT / "docs"
+GENERATED = DOCS / "reference"
+CHARTS = ROOT / "bench" / "results"
+CONFIG_SECTIONS = frozenset(field.encode_name for field in msgspec.structs.fields(Config))
+
+# An opening fence (any indent: blocks in tabs and admonitions are indented), its info string starting with yaml.
+FENCE = re.compile(r"^(?P<indent> *)(?P<fence>`{3,}|~{3,})yaml\b")
+README_DOCS_LINK = re.compile(r"\]\((?P<target>docs/[^)\s#]+)(?:#(?P<anchor>[^)\s]+))?\)")
+
+
+@dataclasses.dataclass(frozen=True)
+class YamlBlock:
+    page: Path
+    line: int  # of the block's first content line in the page
+    text: str
+
+    @property
+    def source(self) -> str:
+        return str(self.page.relative_to(ROOT) if self.page.is_relative_to(ROOT) else self.page)
+
+    @property
+    def where(self) -> str:
+        return f"{self.source}:{self.line}"
+
+
+def yaml_blocks(page: Path) -> list[YamlBlock]:
+    """The ```yaml blocks of a Markdown page, dedented by their fence's indent."""
+    blocks: list[YamlBlock] = []
+    lines = page.read_text(encoding="utf-8").splitlines()
+    number = 0
+    while number < len(lines):
+        opening = FENCE.match(lines[number])
+        number += 1
+        if opening is None:
+            continue
+        indent, fence = opening["indent"], opening["fence"]
+        start, body = number, []
+        while number < len(lines) and lines[number].strip() != fence:
+            body.append(lines[number].removeprefix(indent))
+            number += 1
+        number += 1
+        blocks.append(YamlBlock(page, start + 1, "\n".join(body) + "\n"))
+    return blocks
+
+
+def hand_written_pages() -> list[Path]:
+    return sorted(page for page in DOCS.rglob("*.md") if GENERATED not in page.parents)
+
+
+def is_config(block: YamlBlock) -> bool:
+    """A block whose top level names a config section; a block that is not valid YAML counts, to fail with its place."""
+    try:
+        documents = list(yaml.safe_load_all(block.text))
+    except yaml.YAMLError:
+        return True
+    return any(isinstance(document, dict) and CONFIG_SECTIONS & document.keys() for document in documents)
+
+
+def config_problems(block: YamlBlock, tmp_path: Path) -> list[str]:
+    """What `trackpoint.config.load` finds wrong with a block, each problem at its line of the page, with its key path,
+    as `trackpoint config check` reports a file."""
+    config_file = tmp_path / "trackpoint.yaml"
+    config_file.write_text(block.text, encoding="utf-8")
+    try:
+        load(config_file)
+    except ConfigError as error:
+        return [
+            str(dataclasses.replace(issue, source=block.source, line=block.line + (issue.line or 1) - 1))
+            for issue in error.issues
+        ]
+    return []
+
+
+CONFIG_BLOCKS = [block for page in hand_written_pages() for block in yaml_blocks(page) if is_config(block)]
+
+
+@pytest.fixture(scope="module")
+def site(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """The site, built as CI builds it: from the repository root, `--strict` (any warning fails)."""
+    site_dir = tmp_path_factory.mktemp("site")
+    result = subprocess.run(
+        [sys.executable, "-m", "mkdocs", "build", "--strict", "--site-dir", str(site_dir)],
+        cwd=ROOT,
+        check=False,
+        capture_output=True,
+        text=True,
+        timeout=300,
+        # Material's end-of-life notice (see docs/about.md) would bury the warnings that matter here.
+        env={**os.environ, "NO_MKDOCS_2_WARNING": "1"},
+    )
+    assert result.returncode == 0, f"mkdocs build --strict failed:\n{result.stdout}{result.stderr}"
+    return site_dir
+
+
+def built_page(site_dir: Path, page: Path) -> Path:
+    """Where MkDocs (directory URLs) writes a page: docs/guides/tuning.md -> guides/tuning/index.html."""
+    relative = page.relative_to(DOCS).with_suffix("")
+    if relative.name == "index":
+        relative = relative.parent
+    return site_dir / relative / "index.html"
+
+
+def test_the_site_builds_strictly_with_every_page(site: Path) -> None:
+    pages = sorted(DOCS.rglob("*.md"))
+    assert DOCS / "quickstart.md" in pages and GENERATED / "configuration.md" in pages
+    missing = [str(page.relative_to(DOCS)) for page in pages if not built_page(site, page).is_file()]
+    assert missing == []
+    assert (site / "reference" / "openapi.json").read_bytes() == (GENERATED / "openapi.json").read_bytes()
+    quickstart = built_page(site, DOCS / "quickstart.md").read_text(encoding="utf-8")
+    assert "redis_streams" in quickstart and "tabbed-set" in quickstart  # the tabs rendered, config included
+    dsp_guide = built_page(site, DOCS / "guides" / "dsp-banker.md").read_text(encoding="utf-8")
+    assert "trusted_proxies" in dsp_guide  # examples/dsp.yaml, included by the snippet
+
+
+def test_the_benchmark_charts_are_published_from_bench_results(site: Path) -> None:
+    charts = sorted(CHARTS.glob("*.png"))
+    assert {chart.name for chart in charts} >= {"latest.png", "queues.png"}
+    benchmarks = built_page(site, DOCS / "benchmarks.md").read_text(encoding="utf-8")
+    for chart in charts:
+        published = site / "assets" / "bench" / chart.name
+        assert published.read_bytes() == chart.read_bytes(), chart.name
+        assert f'src="../assets/bench/{chart.name}"' in benchmarks, f"benchmarks.md does not show {chart.name}"
+    assert not list(DOCS.rglob("*.png")), "charts are published from bench/results/, never copied into docs/"
+
+
+def test_the_quickstart_configs_are_among_the_checked_blocks() -> None:
+    """Guards the extraction itself: the quickstart's configs sit in content tabs, indented."""
+    quickstart = [block for block in CONFIG_BLOCKS if block.page == DOCS / "quickstart.md"]
+    assert len(quickstart) == 2
+    assert {"redis_streams", "nats"} == {
+        yaml.safe_load(block.text)["collectors"]["events"]["type"] for block in quickstart
+    }
+
+
+@pytest.mark.parametrize("block", CONFIG_BLOCKS, ids=lambda block: block.where)
+def test_every_config_in_the_docs_loads(block: YamlBlock, tmp_path: Path) -> None:
+    assert config_problems(block, tmp_path) == []
+
+
+def test_config_blocks_are_recognised_and_checked(tmp_path: Path) -> None:
+    """The rule of this module, on a page of its own: a config with a typo fails at its line; other YAML is ignored."""
+    page = tmp_path / "page.md"
+    page.write_text(
+        "# A page\n\n"
+        '=== "Tab"\n\n'
+        '    ```yaml title="bad.yaml"\n'
+        "    server:\n"
+        "      prot: 9000\n"
+        "    ```\n\n"
+        "```yaml\n"
+        "services: {tracker: {image: trackpoint}}\n"
+        "```\n",
+        encoding="utf-8",
+    )
+    blocks = yaml_blocks(page)
+    assert [(block.line, block.text) for block in blocks] == [
+        (6, "server:\n  prot: 9000\n"),
+        (11, "services: {tracker: {image: trackpoint}}\n"),
+    ]
+    assert [is_config(block) for block in blocks] == [True, False]
+    (problem,) = config_problems(blocks[0], tmp_path)
+    assert problem.startswith(f"{page}:7: server.prot: ")
+
+
+def test_readme_links_into_the_docs_resolve(site: Path) -> None:
+    links = [
+        (match["target"], match["anchor"]) for match in README_DOCS_LINK.finditer((ROOT / "README.md").read_text())
+    ]
+    assert links, "README.md links no docs page"
+    for target, anchor in links:
+        path = ROOT / target
+        assert path.is_file(), f"README.md links {target}, which does not exist"
+        if anchor:
+            assert path.suffix == ".md", f"README.md links an anchor of {target}, which is not a page"
+            html = built_page(site, path).read_text(encoding="utf-8")
+            assert f'id="{anchor}"' in html, f"README.md links {target}#{anchor}, which has no such anchor"
