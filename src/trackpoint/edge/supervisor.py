@@ -81,11 +81,9 @@ def available_cpus(cgroup: Path = Path("/sys/fs/cgroup/cpu.max")) -> int:
     cores = len(os.sched_getaffinity(0))
     try:
         quota, period = cgroup.read_text().split()
-    except (OSError, ValueError):
+        return cores if quota == "max" else max(1, min(cores, int(quota) // int(period)))
+    except (OSError, ValueError, ZeroDivisionError):  # no cgroup v2 limit readable: the affinity alone
         return cores
-    if quota == "max":
-        return cores
-    return max(1, min(cores, int(quota) // int(period)))
 
 
 def listener(host: str, port: int, backlog: int) -> socket.socket:
