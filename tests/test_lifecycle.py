@@ -159,7 +159,14 @@ def test_a_killed_worker_is_replaced_and_its_events_kept(tracker_factory: Any) -
 
 @pytest.mark.parametrize(
     ("cpu_max", "expected"),
-    [(None, "cores"), ("max 100000", "cores"), ("150000 100000", 1), ("400000 100000", 4), ("garbage", "cores"), ("x 1", "cores")],
+    [
+        (None, "cores"),
+        ("max 100000", "cores"),
+        ("150000 100000", 1),
+        ("400000 100000", 4),
+        ("garbage", "cores"),
+        ("x 1", "cores"),
+    ],
 )
 def test_workers_default_to_the_available_cores_within_the_cgroup_limit(
     tmp_path: Path, cpu_max: str | None, expected: int | str
