@@ -18,12 +18,14 @@ from urllib.parse import urlencode
 import msgspec.inspect as mi
 import pytest
 import typer.main
+import yaml
 from openapi_spec_validator import validate
 
 from conftest import Tracker
 from trackpoint.cli import app
 from trackpoint.cli.reference import commands
 from trackpoint.config import load
+from trackpoint.config.model import Config
 from trackpoint.config.openapi import openapi_document
 from trackpoint.config.reference import config_sections, configuration_reference, endpoints_reference
 from trackpoint.plugins import CollectorKind, PreprocessorKind, registry
@@ -171,3 +173,20 @@ def test_openapi_served_by_the_admin_port_describes_the_running_tracker(tracker:
                 assert status == 400 and "400" in operation["responses"], (method, path, missing["name"])
                 assert got["x-reject-reason"] == "missing_field"
     assert checked >= 15
+
+
+def test_every_config_file_in_the_repository_validates() -> None:
+    """Any tracked YAML file whose top level is trackpoint config sections loads, wherever it lives (examples,
+    deploy files); the example plugin's config needs its plugin and is checked by test_plugin_example."""
+    sections = set(Config.__struct_fields__)
+    tracked = subprocess.run(
+        ["git", "ls-files", "*.yaml", "*.yml"], cwd=ROOT, capture_output=True, text=True, check=True
+    ).stdout.split()
+    checked = []
+    for name in tracked:
+        document = yaml.safe_load((ROOT / name).read_text())
+        if isinstance(document, dict) and document and set(document) <= sections and "plugins/" not in name:
+            load(ROOT / name)  # raises ConfigError naming the file, line and key
+            checked.append(name)
+    assert {"src/trackpoint/config/default.yaml", "deploy/kubernetes/base/trackpoint.yaml"} <= set(checked)
+    assert len(checked) >= 8, checked
