@@ -36,6 +36,15 @@ locals {
   config_path    = "${local.data_path}/trackpoint.yaml"
   task_ports     = { tracking = local.port, admin = local.admin_port }
 
+  # The memory (MiB) Fargate accepts for a task of `workers` vCPUs: least, most and step.
+  fargate_memory = {
+    "1"  = { min = 2048, max = 8192, step = 1024 }
+    "2"  = { min = 4096, max = 16384, step = 1024 }
+    "4"  = { min = 8192, max = 30720, step = 1024 }
+    "8"  = { min = 16384, max = 61440, step = 4096 }
+    "16" = { min = 32768, max = 122880, step = 8192 }
+  }[tostring(var.workers)]
+
   log_configuration = {
     logDriver = "awslogs"
     options = {
@@ -242,17 +251,20 @@ resource "aws_ecs_task_definition" "trackpoint" {
 
   container_definitions = jsonencode([
     {
-      # ECS has no config maps: this short-lived container writes the configuration into the task's volume and
-      # hands the volume to the tracker's uid (a fresh Fargate volume belongs to root).
+      # ECS has no config maps: this short-lived container writes the configuration into the task's volume, hands
+      # that volume to the tracker's uid and makes /tmp world-writable (a fresh Fargate bind mount is root's, 0755).
       name       = "config"
       image      = var.image
       essential  = false
       user       = "0"
-      entryPoint = ["python", "-c", "import os, pathlib; d = pathlib.Path('${local.data_path}'); (d / 'trackpoint.yaml').write_text(os.environ['TRACKPOINT_CONFIG_YAML']); os.chown(d, 10001, 10001)"]
+      entryPoint = ["python", "-c", "import os, pathlib; d = pathlib.Path('${local.data_path}'); (d / 'trackpoint.yaml').write_text(os.environ['TRACKPOINT_CONFIG_YAML']); os.chown(d, 10001, 10001); os.chmod('/tmp', 0o1777)"]
       environment = [
         { name = "TRACKPOINT_CONFIG_YAML", value = var.config_yaml },
       ]
-      mountPoints            = [{ sourceVolume = "data", containerPath = local.data_path }]
+      mountPoints = [
+        { sourceVolume = "data", containerPath = local.data_path },
+        { sourceVolume = "tmp", containerPath = "/tmp" },
+      ]
       readonlyRootFilesystem = true
       logConfiguration       = local.log_configuration
     },
@@ -280,6 +292,10 @@ resource "aws_ecs_task_definition" "trackpoint" {
   ])
 
   lifecycle {
+    precondition {
+      condition     = var.memory_mib >= local.fargate_memory.min && var.memory_mib <= local.fargate_memory.max && var.memory_mib % local.fargate_memory.step == 0
+      error_message = "memory_mib: a Fargate task of ${var.workers} vCPU takes ${local.fargate_memory.min} to ${local.fargate_memory.max} MiB in steps of ${local.fargate_memory.step}."
+    }
     precondition {
       condition     = local.admin_host == "0.0.0.0"
       error_message = "config_yaml: admin.host must be 0.0.0.0, or the load balancer cannot reach /readyz."

@@ -51,7 +51,7 @@ variable "workers" {
 }
 
 variable "memory_mib" {
-  description = "Memory of a task in MiB. A worker holds < 80 MB and the supervisor ~50 MB; Fargate asks at least 2048 MiB per vCPU above 1 vCPU."
+  description = "Memory of a task in MiB (a worker holds < 80 MB, the supervisor ~50 MB). Fargate takes 2048-8192 for 1 vCPU, 4096-16384 for 2, 8192-30720 for 4 (steps of 1024), 16384-61440 for 8 (steps of 4096), 32768-122880 for 16 (steps of 8192)."
   type        = number
   default     = 4096
 }

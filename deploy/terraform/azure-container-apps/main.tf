@@ -120,12 +120,13 @@ resource "azurerm_container_app" "trackpoint" {
         path = local.config_dir
       }
 
+      # 60 s to come up; azurerm 3.x capped failure_count_threshold at 10, so the budget is in the interval.
       startup_probe {
         transport               = "HTTP"
         port                    = local.admin_port
         path                    = "/healthz"
-        interval_seconds        = 2
-        failure_count_threshold = 30
+        interval_seconds        = 6
+        failure_count_threshold = 10
       }
 
       liveness_probe {

@@ -13,6 +13,9 @@ locals {
   admin_port      = try(local.config.admin.port, 8081)
   admin_host      = try(local.config.admin.host, "127.0.0.1")
   drain_timeout_s = try(local.config.server.drain_timeout_s, 10)
+  # Cloud Run's memory range for `workers` vCPUs, in GiB.
+  memory_gib   = endswith(var.memory, "Gi") ? tonumber(trimsuffix(var.memory, "Gi")) : tonumber(trimsuffix(var.memory, "Mi")) / 1024
+  memory_range = { "1" = [0.125, 4], "2" = [0.125, 8], "4" = [2, 16], "8" = [4, 32] }[tostring(var.workers)]
   # A log collector that ships its files makes one last pass after the drain, bounded by its
   # ship.shutdown_timeout_s (30 s unless set).
   ship_s = max(0, [
@@ -138,6 +141,10 @@ resource "google_cloud_run_v2_service" "trackpoint" {
   }
 
   lifecycle {
+    precondition {
+      condition     = local.memory_gib >= local.memory_range[0] && local.memory_gib <= local.memory_range[1]
+      error_message = "memory: a Cloud Run instance of ${var.workers} vCPU takes ${local.memory_range[0]} to ${local.memory_range[1]} GiB."
+    }
     precondition {
       condition     = local.admin_host == "0.0.0.0"
       error_message = "config_yaml: admin.host must be 0.0.0.0, or the probes cannot reach the admin port."

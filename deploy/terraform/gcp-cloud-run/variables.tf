@@ -41,9 +41,14 @@ variable "workers" {
 }
 
 variable "memory" {
-  description = "Memory of an instance. Cloud Run's filesystem is memory too: the data directory (spool, log files not yet shipped) counts against it."
+  description = "Memory of an instance in Mi or Gi, e.g. 2Gi: 128Mi-4Gi for 1 vCPU, 128Mi-8Gi for 2, 2Gi-16Gi for 4, 4Gi-32Gi for 8. Cloud Run's filesystem is memory too: the data directory (spool, log files not yet shipped) counts against it."
   type        = string
   default     = "2Gi"
+
+  validation {
+    condition     = can(regex("^[0-9]+(\\.[0-9]+)?(Mi|Gi)$", var.memory))
+    error_message = "memory must be a quantity in Mi or Gi, e.g. 512Mi or 2Gi."
+  }
 }
 
 variable "min_instances" {
