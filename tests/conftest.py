@@ -230,3 +230,6 @@ def tracker(tracker_factory: Any) -> Tracker:
 
 
 os.environ.setdefault("PYTHONUNBUFFERED", "1")
+# Every CLI command takes its file from TRACKPOINT_CONFIG when --config is absent: the suite's default-config runs
+# (the generated reference, the default endpoints) must not pick up a developer's own.
+os.environ.pop("TRACKPOINT_CONFIG", None)

@@ -5,8 +5,12 @@ request, a killed worker is replaced, an invalid reload keeps the running config
 from __future__ import annotations
 
 import http.client
+import json
 import os
 import signal
+import socket
+import subprocess
+import sys
 import threading
 import time
 from collections.abc import Callable
@@ -16,7 +20,8 @@ from typing import Any
 import pytest
 import yaml
 
-from conftest import Tracker
+from conftest import Tracker, free_port
+from trackpoint.config import load
 from trackpoint.edge.supervisor import available_cpus
 
 
@@ -176,3 +181,36 @@ def test_workers_default_to_the_available_cores_within_the_cgroup_limit(
         cgroup.write_text(cpu_max + "\n")
     cores = len(os.sched_getaffinity(0))
     assert available_cpus(cgroup) == (cores if expected == "cores" else min(cores, int(expected)))
+
+
+def test_admin_host_and_config_come_from_the_command_line_and_environment(tmp_path: Path) -> None:
+    """`--admin-host` moves the admin port (a container binds it to 0.0.0.0 for its probes) and TRACKPOINT_CONFIG
+    stands in for --config, as the container image relies on."""
+    port, admin_port = free_port(), free_port()
+    config = tmp_path / "trackpoint.yaml"
+    config.write_text(yaml.safe_dump({"data_dir": str(tmp_path / "data"), "server": {"host": "127.0.0.1"}}))
+    command = [sys.executable, "-m", "trackpoint", "run", "--workers", "1", "--port", str(port)]
+    command += ["--admin-port", str(admin_port), "--admin-host", "127.0.0.2"]
+    environment = {**os.environ, "TRACKPOINT_CONFIG": str(config)}
+    process = subprocess.Popen(command, env=environment, stdout=subprocess.PIPE, stderr=subprocess.STDOUT)
+    try:
+        deadline = time.monotonic() + 20
+        while True:
+            assert process.poll() is None, process.communicate()[0].decode()
+            try:
+                connection = http.client.HTTPConnection("127.0.0.2", admin_port, timeout=2)
+                connection.request("GET", "/readyz")
+                body = json.loads(connection.getresponse().read())
+                connection.close()
+                if body["ready"]:
+                    break
+            except OSError:
+                pass
+            assert time.monotonic() < deadline, "the admin port never answered on 127.0.0.2"
+            time.sleep(0.05)
+        assert body["config_version"] == load(config).version  # the file named by the environment
+        with pytest.raises(ConnectionRefusedError):  # nothing listens on the default admin address
+            socket.create_connection(("127.0.0.1", admin_port), timeout=2).close()
+    finally:
+        process.send_signal(signal.SIGTERM)
+        assert process.wait(30) == 0
