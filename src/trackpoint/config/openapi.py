@@ -57,13 +57,13 @@ def openapi_document(loaded: LoadedConfig) -> dict[str, Any]:
         item = paths.setdefault(path, {"servers": [admin_server]})
         if "servers" not in item:  # an event type took this path on the tracking port: it wins there
             continue
+        words = [part.strip("{}") for part in path.strip("/").split("/")]
         operation: dict[str, Any] = {
             "tags": ["admin"],
             "summary": summary,
-            "operationId": "admin_" + "_".join(part.strip("{}") for part in path.strip("/").split("/")),
+            "operationId": "_".join(["admin", *words, admin_method.lower()]),
             "responses": {"200": {"description": "OK"}},
         }
-        operation["operationId"] += f"_{admin_method.lower()}"
         parameters = [
             {"name": part[1:-1], "in": "path", "required": True, "schema": {"type": "string"}}
             for part in path.split("/")

@@ -25,17 +25,13 @@ from typing import Any, Literal
 
 import msgspec
 
-from trackpoint.collectors.log.collector import log_dir
+from trackpoint.collectors.log.collector import FILE_NAME, log_dir
 from trackpoint.config.model import Config, LogCollectorConfig
 
 MANIFEST_NAME = ".shipped.jsonl"
 MANIFESTS_PREFIX = "_manifests"  # a leading `_` hides it from Hive, Spark, Athena and BigQuery over the data keys
 OUTCOMES = ("shipped", "error", "mismatch")
 
-# The names LogCollector._open gives: events-<UTC yyyymmddThhmmssmmm>Z-w<slot>-p<pid>-<seq>.jsonl[.gz].
-LOG_NAME = re.compile(
-    r"events-(?P<year>\d{4})(?P<month>\d{2})(?P<day>\d{2})T\d{9}Z-w\d+-p(?P<pid>\d+)-(?P<seq>\d+)\.jsonl(?P<gz>\.gz)?"
-)
 NODE = re.compile(r"[A-Za-z0-9][A-Za-z0-9_.-]{0,127}")
 _MD5_HEX = re.compile(r"[0-9a-fA-F]{32}")
 # URL scheme → (the fsspec backend that serves it, the trackpoint extra that installs it)
@@ -185,7 +181,7 @@ def finished_files(directory: Path, gzip: bool) -> list[Path]:
     or a clock step back cannot make the file being written look finished.
     """
     try:
-        parsed = [(path, match) for path in directory.iterdir() if (match := LOG_NAME.fullmatch(path.name))]
+        parsed = [(path, match) for path in directory.iterdir() if (match := FILE_NAME.fullmatch(path.name))]
     except FileNotFoundError:
         return []
     parsed.sort(key=lambda item: item[0].name)
@@ -220,7 +216,7 @@ def _running(pid: int) -> bool:
 def object_key(root: str, node: str, name: str, manifest: bool = False) -> str:
     """`<root>/<node>/<YYYY>/<MM>/<DD>/<name>` (the file's own UTC date): a pure function of the file, so a repeated
     upload overwrites. Its manifest object is `<root>/_manifests/<node>/<YYYY>/<MM>/<DD>/<name>.json`."""
-    match = LOG_NAME.fullmatch(name)
+    match = FILE_NAME.fullmatch(name)
     if match is None:
         raise ValueError(f"not a log file name: {name!r}")
     day = f"{match['year']}/{match['month']}/{match['day']}"

@@ -10,6 +10,7 @@ import asyncio
 import contextlib
 import gzip
 import os
+import re
 import shutil
 import threading
 import time
@@ -26,6 +27,13 @@ from trackpoint.pipeline.event import Event
 
 ACTIVE_SUFFIX = ".jsonl"
 ROTATED_SUFFIX = ".jsonl.gz"
+# The names _open gives, with the parts that tools read from them (the shipper: the day, the writing pid, the order).
+FILE_NAME = re.compile(
+    r"events-(?P<year>\d{4})(?P<month>\d{2})(?P<day>\d{2})T\d{9}Z-w\d+-p(?P<pid>\d+)-(?P<seq>\d+)"
+    + re.escape(ACTIVE_SUFFIX)
+    + r"(?P<gz>\.gz)?"
+)
+assert ROTATED_SUFFIX == ACTIVE_SUFFIX + ".gz"  # FILE_NAME's `gz` group
 
 
 def log_dir(data_dir: str, config: LogCollectorConfig) -> Path:
