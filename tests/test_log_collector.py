@@ -8,6 +8,7 @@ from __future__ import annotations
 import asyncio
 import gzip
 import json
+import os
 import re
 import time
 from collections.abc import Awaitable, Callable, Sequence
@@ -116,7 +117,7 @@ def test_offered_events_are_written_as_json_lines_and_read_back_identically(tmp_
     read, stats = read_all(tmp_path / "logs")
     assert read == events
     assert (stats.events, stats.skipped) == (40, 0)
-    assert collector.snapshot() == CollectorStats(received=40, sent=40, dropped=0, errors=0, pending=0)
+    assert collector.snapshot() == CollectorStats(received=40, sent=40, dropped=0, errors=0, pending=0, required=True)
 
 
 def test_the_flush_loop_writes_without_an_explicit_flush(tmp_path: Path) -> None:
@@ -133,17 +134,41 @@ def test_the_flush_loop_writes_without_an_explicit_flush(tmp_path: Path) -> None
     assert written == events
 
 
-def test_a_full_batch_is_flushed_without_waiting_for_the_interval(tmp_path: Path) -> None:
+def test_commit_writes_the_group_at_once_in_one_write(tmp_path: Path) -> None:
     events = [make_event(i) for i in range(10)]
+    seen: list[list[Event]] = []
 
     async def body(collector: LogCollector) -> None:
         for event in events:
             collector.offer(event)
-        await wait_until(lambda: collector.stats.sent == 10, timeout_s=5.0)  # the interval is a minute
+        seen.append(list(read_events([collector.directory])))  # offered, not yet written
+        assert collector.commit()
+        seen.append(list(read_events([collector.directory])))  # in the page cache: readable at once, no await
 
-    collector = run_collector(tmp_path, config(flush_interval_ms=60_000, batch_max_events=10), body)
-    assert collector.stats.sent == 10
-    assert read_all(tmp_path / "logs")[0] == events
+    collector = run_collector(tmp_path, config(flush_interval_ms=60_000), body)
+    assert seen == [[], events]
+    assert (collector.stats.received, collector.stats.sent) == (10, 10)
+
+
+def test_a_failed_write_refuses_the_group_and_the_log_recovers(tmp_path: Path) -> None:
+    """The disk is full (/dev/full answers every write with ENOSPC): commit says so, nothing is counted as written,
+    the collector is unhealthy with the reason the edge answers, and the next write to a good file succeeds."""
+    outcomes: list[tuple[bool, str, bool]] = []
+
+    async def body(collector: LogCollector) -> None:
+        good = collector._fd
+        collector._fd = os.open("/dev/full", os.O_WRONLY)
+        collector.offer(make_event(1))
+        outcomes.append((collector.commit(), collector.failure_reason, collector.health().healthy))
+        os.close(collector._fd)
+        collector._fd = good
+        collector.offer(make_event(2))
+        outcomes.append((collector.commit(), collector.failure_reason, collector.health().healthy))
+
+    collector = run_collector(tmp_path, config(), body)
+    assert outcomes == [(False, "log_disk_full", False), (True, "log_disk_full", True)]
+    assert read_all(tmp_path / "logs")[0] == [make_event(2)]
+    assert (collector.stats.sent, collector.stats.dropped, collector.stats.errors) == (1, 1, 1)
 
 
 def test_data_dir_and_dir_option_place_the_files(tmp_path: Path) -> None:
@@ -219,55 +244,43 @@ def test_a_collector_that_wrote_nothing_leaves_no_file(tmp_path: Path) -> None:
 
     collector = run_collector(tmp_path, config(), body)
     assert files(tmp_path / "logs") == []
-    assert collector.snapshot() == CollectorStats()
+    assert collector.snapshot() == CollectorStats(required=True)
 
 
-@pytest.mark.parametrize("policy", ["none", "interval", "always"])
-def test_fsync_policies_write_every_event(tmp_path: Path, policy: str) -> None:
+@pytest.mark.parametrize(("fsync", "durability"), [("none", "process"), ("interval", "process"), ("none", "power")])
+def test_fsync_policies_write_every_event(tmp_path: Path, fsync: str, durability: str) -> None:
     events = [make_event(i) for i in range(12)]
-    run_collector(tmp_path, config(fsync=policy, fsync_interval_s=0.01), offer_in_batches(events, 3))
+    options = config(fsync=fsync, fsync_interval_s=0.01, durability=durability)
+    run_collector(tmp_path, options, offer_in_batches(events, 3))
     read, stats = read_all(tmp_path / "logs")
     assert read == events
     assert stats.skipped == 0
 
 
 def test_fsync_policy_decides_when_data_is_synced(tmp_path: Path) -> None:
+    """none: never by the collector; interval: by the maintenance loop; power: sync() before the answer."""
     unsynced: dict[str, list[bool]] = {}
 
     def recorder(policy: str) -> Callable[[LogCollector], Awaitable[None]]:
         async def body(collector: LogCollector) -> None:
-            for i in range(3):
-                if i == 2 and policy == "interval":
-                    await asyncio.sleep(0.3)  # one fsync interval
-                collector.offer(make_event(i))
-                await collector.flush()
-                unsynced.setdefault(policy, []).append(collector._unsynced)
+            collector.offer(make_event(1))
+            collector.commit()
+            unsynced.setdefault(policy, []).append(collector._unsynced)
+            if policy == "power":
+                await collector.sync()
+            else:
+                await asyncio.sleep(0.2)  # several maintenance passes: an interval policy syncs within them
+            unsynced[policy].append(collector._unsynced)
 
         return body
 
-    for policy in ("none", "interval", "always"):
-        run_collector(tmp_path / policy, config(fsync=policy, fsync_interval_s=0.3), recorder(policy))
-    assert unsynced["none"] == [True, True, True]
-    assert unsynced["always"] == [False, False, False]
-    assert unsynced["interval"] == [False, True, False]  # synced, not again within the interval, then again
+    cases = {"none": {}, "interval": {"fsync": "interval", "fsync_interval_s": 0.02}, "power": {"durability": "power"}}
+    for policy, options in cases.items():
+        run_collector(tmp_path / policy, config(flush_interval_ms=10, **options), recorder(policy))
+    assert unsynced == {"none": [True, True], "interval": [True, False], "power": [True, False]}
 
 
-# --- the bounded batch and the counters ---------------------------------------------------------------------
-
-
-def test_offers_beyond_max_pending_events_are_dropped_and_counted(tmp_path: Path) -> None:
-    events = [make_event(i) for i in range(25)]
-    during: list[CollectorStats] = []
-
-    async def body(collector: LogCollector) -> None:
-        for event in events:
-            collector.offer(event)  # no await in between: the flush loop cannot run
-        during.append(collector.snapshot())
-
-    collector = run_collector(tmp_path, config(max_pending_events=10, batch_max_events=4), body)
-    assert during == [CollectorStats(received=10, sent=0, dropped=15, errors=0, pending=10, healthy=True)]
-    assert collector.snapshot() == CollectorStats(received=10, sent=10, dropped=15, errors=0, pending=0)
-    assert read_all(tmp_path / "logs")[0] == events[:10]
+# --- the counters ---------------------------------------------------------------------------------------------
 
 
 def test_stats_counters_are_exact_over_several_rounds(tmp_path: Path) -> None:
@@ -275,13 +288,13 @@ def test_stats_counters_are_exact_over_several_rounds(tmp_path: Path) -> None:
         for round_ in range(3):
             for i in range(8):
                 collector.offer(make_event(round_ * 100 + i))
-            assert (collector.stats.received, collector.stats.dropped) == ((round_ + 1) * 5, (round_ + 1) * 3)
+            assert collector.stats.received == round_ * 8  # counted when written
             await collector.flush()
-            assert collector.stats.sent == (round_ + 1) * 5
+            assert (collector.stats.received, collector.stats.sent) == ((round_ + 1) * 8, (round_ + 1) * 8)
 
-    collector = run_collector(tmp_path, config(max_pending_events=5), body)
-    assert collector.snapshot() == CollectorStats(received=15, sent=15, dropped=9, errors=0, pending=0)
-    assert len(read_all(tmp_path / "logs")[0]) == 15
+    collector = run_collector(tmp_path, config(), body)
+    assert collector.snapshot() == CollectorStats(received=24, sent=24, dropped=0, errors=0, pending=0, required=True)
+    assert len(read_all(tmp_path / "logs")[0]) == 24
 
 
 def test_build_collector_makes_a_log_collector(tmp_path: Path) -> None:

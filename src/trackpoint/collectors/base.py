@@ -83,6 +83,10 @@ class Collector(ABC):
     Subclasses fill in `send` (and usually `start`, `health`, `close`); this class owns batching, timeouts,
     retries, the spool, backpressure and the counters."""
 
+    # A durable collector is the record a response promises (the log): the edge calls its commit() once per
+    # event-loop iteration, before that iteration's responses are written, and answers 503 when it fails.
+    durable: bool = False
+
     def __init__(self, name: str, config: CollectorBase, context: CollectorContext) -> None:
         self.name = name
         self.context = context
@@ -147,6 +151,19 @@ class Collector(ABC):
         """Whether the target is usable now (e.g. connected), with a short detail; read once a second for the
         metrics and /readyz, so it must be cheap and must not do I/O."""
         return Health(healthy=True)
+
+    def commit(self) -> bool:
+        """Durable collectors only: writes what was offered since the last commit; False when it could not be
+        recorded (the edge then answers those requests 503 with `failure_reason`)."""
+        return True
+
+    failure_reason = "collector_unavailable"
+    # Durable collectors only: answers wait for sync() of their lines as well (durability power).
+    sync_before_answer = False
+
+    async def sync(self) -> None:
+        """Durable collectors only: makes what commit() wrote survive power loss (fsync)."""
+        return None
 
     def outcomes(self) -> dict[str, int]:
         """Counters of this collector's own (monotonic), reported as trackpoint_collector_outcomes_total."""

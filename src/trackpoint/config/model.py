@@ -563,9 +563,30 @@ class LogCollectorConfig(CollectorBase, tag="log"):
     rotate_bytes: Annotated[int, Meta(ge=4096, description="A file is rotated when it reaches this size.")] = 128 << 20
     rotate_interval_s: Annotated[Seconds, Meta(description="A file is rotated when it is this old.")] = 3600.0
     gzip: Annotated[bool, Meta(description="Compress rotated files (`.jsonl.gz`).")] = True
+    # The log is the record an acknowledgement promises: the tracker is not ready while it cannot write it.
+    required: Annotated[
+        bool,
+        Meta(
+            description="Required by default: while the log cannot be written, requests for its event types are "
+            "answered 503 (`log_unavailable`) and /readyz fails."
+        ),
+    ] = True
+    durability: Annotated[
+        Literal["process", "power"],
+        Meta(
+            description="When a response may leave. process: once the event's line is written into the page cache "
+            "(one write per event-loop iteration for all its requests): no process crash loses an acknowledged "
+            "event. power: once that write is also fsynced (one fsync per group, off the event loop, later groups "
+            "batching meanwhile): an acknowledged event survives power loss too, at the cost of a disk flush of "
+            "latency."
+        ),
+    ] = "process"
     fsync: Annotated[
-        Literal["none", "interval", "always"],
-        Meta(description="none: leave it to the OS; interval: fsync every fsync_interval_s; always: after each flush."),
+        Literal["none", "interval"],
+        Meta(
+            description="Under durability process, when written lines reach the disk: none: when the OS decides; "
+            "interval: an fsync every fsync_interval_s (off the event loop), bounding what a power loss can take."
+        ),
     ] = "interval"
     fsync_interval_s: Annotated[Seconds, Meta(description="Period of fsync under the interval policy.")] = 1.0
     ship: Annotated[ShipConfig, Meta(description="Shipping of finished files to object storage (off by default).")] = (

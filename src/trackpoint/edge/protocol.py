@@ -32,6 +32,8 @@ IDLE, HEADERS, BODY = 0, 1, 2
 FRAMING_HEADERS = frozenset({b"content-length", b"transfer-encoding", b"expect"})
 # After an error answer, how long input is still read (and discarded) before the connection is closed.
 LINGER_S = 1.0
+# What a connection does once its queued output is written.
+AFTER_NOTHING, AFTER_CLOSE, AFTER_LINGER = 0, 1, 2
 
 _monotonic = time.monotonic
 
@@ -44,6 +46,7 @@ class EdgeProtocol(asyncio.Protocol):
     """One client connection. Requests are answered in order; pipelined requests in one read are all parsed."""
 
     __slots__ = (
+        "after",
         "body",
         "body_bytes",
         "closing",
@@ -56,6 +59,7 @@ class EdgeProtocol(asyncio.Protocol):
         "parser",
         "peer_ip",
         "phase",
+        "recorded",
         "requests",
         "started",
         "transport",
@@ -81,6 +85,10 @@ class EdgeProtocol(asyncio.Protocol):
         self.body: bytearray | None = None
         self.body_bytes = 0
         self.out: bytes | list[bytes] = b""
+        # What the output step does once `out` is written (AFTER_*), and whether `out` answers a request whose event
+        # awaits this iteration's log write: output leaves only after that write.
+        self.after = AFTER_NOTHING
+        self.recorded = False
 
     # --- connection ----------------------------------------------------------------------------------------------
 
@@ -245,36 +253,37 @@ class EdgeProtocol(asyncio.Protocol):
                 response = route.cors.decorate(response, self.headers.get(b"origin"))
         except Reject as rejected:
             if event is not None and type(rejected) is responses.RecordedReject:  # raised by render only
-                if route.flagged_collectors is not None and IVT_DIM in event.dims:
-                    self.record_flagged(route, event)
-                else:
-                    for collector in route.collectors:  # a refused redirect: the click is still recorded
-                        collector.offer(event)
-                    stats.events[route.name] += 1
+                self.record(route, event)  # a refused redirect: the click is still recorded
             self.reject(rejected.status, rejected.reason, rejected.field, keep_alive, is_head, route.cors)
             return
         self.send(response)
         if event is not None:
-            if route.flagged_collectors is not None and IVT_DIM in event.dims:  # invalid traffic: route or drop
-                self.record_flagged(route, event)
-            else:
-                for collector in route.collectors:
-                    collector.offer(event)
-                stats.events[route.name] += 1
+            self.record(route, event)
         self.finish(keep_alive)
 
-    def record_flagged(self, route: Route, event: Event) -> None:
-        """An event flagged as invalid traffic under its type's route or drop policy: only the policy's collectors
-        get it (none under drop), counted either way."""
-        stats = self.edge.stats
-        collectors = route.flagged_collectors
-        if not collectors:
-            stats.ivt_dropped[route.name] += 1
-            return
-        for collector in collectors:
-            collector.offer(event)
-        stats.ivt_routed[route.name] += 1
-        stats.events[route.name] += 1
+    def record(self, route: Route, event: Event) -> None:
+        """Hands the event to its collectors. Durable ones (the log) write it before this iteration's responses
+        leave; the others get it once that write succeeded (at once, for a type without a log). An event flagged as
+        invalid traffic under the route or drop policy goes to the policy's collectors only (none: dropped)."""
+        edge = self.edge
+        targets = route.targets
+        if route.flagged is not None and IVT_DIM in event.dims:
+            targets = route.flagged
+            if targets.empty:
+                edge.stats.ivt_dropped[route.name] += 1
+                return
+            edge.stats.ivt_routed[route.name] += 1
+        if targets.durable:
+            for collector in targets.durable:
+                collector.offer(event)
+            self.recorded = True
+            edge.uncommitted[route.name] += 1
+            if targets.after:
+                edge.after_commit.append((targets.after, event))
+        else:
+            for collector in targets.after:
+                collector.offer(event)
+            edge.stats.events[route.name] += 1
 
     # --- responding ----------------------------------------------------------------------------------------------
 
@@ -368,7 +377,8 @@ class EdgeProtocol(asyncio.Protocol):
         self.finish(keep_alive)
 
     def send(self, data: bytes) -> None:
-        """Queues a response; the worker writes every connection's queue once per event-loop iteration."""
+        """Queues a response; the worker writes every connection's queue once per event-loop iteration, after the
+        iteration's log lines."""
         out = self.out
         if not out:
             self.out = data
@@ -378,20 +388,54 @@ class EdgeProtocol(asyncio.Protocol):
         else:
             self.out = [out, data]
 
-    def flush(self) -> None:
-        out = self.out
-        if out and self.transport is not None:
-            self.out = b""
+    def take_output(self) -> tuple[bytes | list[bytes], int]:
+        """The queued output and what follows it, handed to the output step (which may hold it for an fsync)."""
+        out, after = self.out, self.after
+        self.out = b""
+        self.after = AFTER_NOTHING
+        self.recorded = False
+        return out, after
+
+    def write_output(self, out: bytes | list[bytes], after: int) -> None:
+        transport = self.transport
+        if transport is None or transport.is_closing():  # the peer is gone, or we closed after a refusal
+            return
+        if out:
             if isinstance(out, list):
-                self.transport.writelines(out)
+                transport.writelines(out)
             else:
-                self.transport.write(out)
+                transport.write(out)
+        if after == AFTER_CLOSE:
+            transport.close()
+        elif after == AFTER_LINGER:
+            self.linger(transport)
+
+    def flush(self) -> None:
+        out, after = self.take_output()
+        self.write_output(out, after)
+
+    def refuse_unrecorded(self, reason: str) -> None:
+        """The log could not take this iteration's lines: whatever this connection was to be answered is replaced
+        by one 503 and the connection closes (a client retries what a closed connection did not answer)."""
+        self.edge.stats.reject(reason)
+        self.out = self.edge.reject_response(503, reason, None, False, False)
+        self.after = AFTER_CLOSE
+        self.closing = True
+
+    def refuse_now(self, reason: str) -> None:
+        """The fsync its held answers waited for failed (durability power): one 503 instead of them, then close."""
+        self.edge.stats.reject(reason)
+        self.closing = True
+        self.write_output(self.edge.reject_response(503, reason, None, False, False), AFTER_CLOSE)
 
     def close(self) -> None:
+        """Closes once queued output is written (it may be waiting for this iteration's log write)."""
         self.closing = True
         if self.transport is not None:
-            self.flush()
-            self.transport.close()
+            if self.out:
+                self.after = AFTER_CLOSE
+            else:
+                self.transport.close()
 
     def close_lingering(self) -> None:
         """Closes after an error answer the client may still be sending into: the answer goes out, then our side
@@ -402,7 +446,12 @@ class EdgeProtocol(asyncio.Protocol):
         transport = self.transport
         if transport is None:
             return
-        self.flush()
+        if self.out:
+            self.after = AFTER_LINGER
+        else:
+            self.linger(transport)
+
+    def linger(self, transport: asyncio.Transport) -> None:
         if not transport.can_write_eof():
             transport.close()
             return

@@ -21,7 +21,7 @@ from trackpoint.edge.protocol import FRAMING_HEADERS, IDLE, EdgeProtocol
 from trackpoint.edge.ratelimit import RateLimiter, build_limiters
 from trackpoint.edge.stats import EdgeStats, Snapshot
 from trackpoint.pipeline.build import CONTEXT_HEADERS, EventBuilder
-from trackpoint.pipeline.event import Meta
+from trackpoint.pipeline.event import Event, Meta
 from trackpoint.preprocessors import Preprocessor, build_preprocessor, with_input_fields
 from trackpoint.privacy.cookie import UidCookie
 from trackpoint.security.postback_auth import PostbackAuth
@@ -38,6 +38,23 @@ LIMIT_SWEEP_INTERVAL_S = 10.0
 
 
 @dataclass(frozen=True, slots=True)
+class Targets:
+    """Where a route's events go: the durable collectors (the log), written before the response leaves, and the
+    others, offered once that write succeeded."""
+
+    durable: tuple[Collector, ...]
+    after: tuple[Collector, ...]
+
+    @classmethod
+    def of(cls, collectors: tuple[Collector, ...]) -> Targets:
+        return cls(tuple(c for c in collectors if c.durable), tuple(c for c in collectors if not c.durable))
+
+    @property
+    def empty(self) -> bool:
+        return not self.durable and not self.after
+
+
+@dataclass(frozen=True, slots=True)
 class Route:
     """One event type as the request path sees it."""
 
@@ -46,7 +63,7 @@ class Route:
     builder: EventBuilder
     preprocessors: tuple[Preprocessor, ...]
     responder: responses.Responder
-    collectors: tuple[Collector, ...]
+    targets: Targets
     # The collectors that may refuse events (spool full under the backpressure policy): checked per request.
     gates: tuple[Collector, ...]
     # The event type's rate limit (empty when it has none: no cost per request).
@@ -57,9 +74,9 @@ class Route:
     uid_cookie: UidCookie | None = None
     # Advertiser postback authentication, after the event is built; None when the type has none.
     postback_auth: PostbackAuth | None = None
-    # Where events flagged as invalid traffic (dims.ivt) go instead of `collectors`: the route policy's collectors,
+    # Where events flagged as invalid traffic (dims.ivt) go instead of `targets`: the route policy's collectors,
     # or none (drop). None under the keep policy: flagged events are not even looked for.
-    flagged_collectors: tuple[Collector, ...] | None = None
+    flagged: Targets | None = None
     # Cross-origin requests from web pages (CORS); None when the type allows none.
     cors: CorsPolicy | None = None
 
@@ -118,6 +135,16 @@ class Edge:
             if config.rejected.collectors
             else None
         )
+        # The durable collectors (logs) and this iteration's group: events per type awaiting the log write, and
+        # events for the other collectors, offered once it succeeded.
+        self.durable = [c for c in self.collectors.values() if c.durable]
+        self.uncommitted: dict[str, int] = {}
+        self.after_commit: list[tuple[tuple[Collector, ...], Event]] = []
+        # durability power: responses wait for the fsync of their lines; `_held` are the groups written since the
+        # fsync in flight started, `_syncing` that fsync.
+        self.power = any(c.sync_before_answer for c in self.durable)
+        self._held: list[list[tuple[EdgeProtocol, bytes | list[bytes], int]]] = []
+        self._syncing = False
         verifier = edge_verifier(config)
         self.routes: dict[bytes, Route] = {}
         kept_headers = set(CONTEXT_HEADERS | FRAMING_HEADERS)
@@ -130,10 +157,10 @@ class Edge:
                 postback_auth = PostbackAuth(spec.postback_auth, config.data_dir)
                 kept_headers |= postback_auth.header_names
             invalid_traffic = spec.invalid_traffic
-            flagged_collectors = None
+            flagged = None
             if invalid_traffic.action != "keep":
-                flagged_collectors = tuple(self.collectors[name] for name in invalid_traffic.collectors)
-                counted = self.stats.ivt_routed if flagged_collectors else self.stats.ivt_dropped
+                flagged = Targets.of(tuple(self.collectors[name] for name in invalid_traffic.collectors))
+                counted = self.stats.ivt_dropped if flagged.empty else self.stats.ivt_routed
                 counted[type_name] = 0
             # Query parameters a preprocessor adds to the redirect destination (issue_click_id's click id).
             redirect_params = tuple(pair for p in route_preprocessors for pair in getattr(p, "redirect_params", ()))
@@ -148,15 +175,16 @@ class Edge:
                 preprocessors=route_preprocessors,
                 responder=responses.Responder(spec.response, self.clock, redirect_params),
                 uid_cookie=UidCookie(spec.response.user_id_cookie) if spec.response.user_id_cookie else None,
-                collectors=tuple(self.collectors[name] for name in spec.collectors),
+                targets=Targets.of(tuple(self.collectors[name] for name in spec.collectors)),
                 gates=tuple(self.collectors[name] for name in spec.collectors if _gates(config.collectors[name])),
                 limiters=build_limiters(spec.rate_limit),
                 signature=request_signature(spec, verifier),
                 postback_auth=postback_auth,
-                flagged_collectors=flagged_collectors,
+                flagged=flagged,
                 cors=cors,
             )
             self.stats.events[type_name] = 0
+            self.uncommitted[type_name] = 0
             if spec.rate_limit.rate_per_s is not None and spec.rate_limit.action == "shed":
                 self.stats.shed[type_name] = 0
             for path in spec.paths:
@@ -181,10 +209,65 @@ class Edge:
         self._pending_output.append(connection)
 
     def _write_output(self) -> None:
+        """The iteration's output step: the log lines first (one write per log: a group commit), then the
+        responses. A response whose event could not be written becomes a 503."""
         pending = self._pending_output
         self._pending_output = []
+        if self.durable and not self._commit(pending):
+            return
         for connection in pending:
             connection.flush()
+
+    def _commit(self, pending: list[EdgeProtocol]) -> bool:
+        """Writes the group. False when the responses are held for the group's fsync (durability power)."""
+        failed = None
+        for collector in self.durable:
+            if not collector.commit():
+                failed = collector
+        uncommitted = self.uncommitted
+        recorded = 0
+        for name, count in uncommitted.items():
+            if count:
+                recorded += count
+                uncommitted[name] = 0
+                if failed is None:
+                    self.stats.events[name] += count
+        after, self.after_commit = self.after_commit, []
+        if failed is not None:
+            for connection in pending:
+                if connection.recorded:
+                    connection.refuse_unrecorded(failed.failure_reason)
+        else:
+            for collectors, event in after:
+                for collector in collectors:
+                    collector.offer(event)
+        if not self.power or not (recorded or self._held or self._syncing):
+            return True
+        # Every response waits behind the fsync in flight, recorded or not: a connection's answers keep their order.
+        self._held.append([(connection, *connection.take_output()) for connection in pending])
+        if not self._syncing:
+            asyncio.get_running_loop().create_task(self._sync_held())
+        return False
+
+    async def _sync_held(self) -> None:
+        """fsyncs the logs and then releases the responses written before the fsync began; groups written meanwhile
+        wait for the next fsync, so several groups share one."""
+        self._syncing = True
+        try:
+            while self._held:
+                groups, self._held = self._held, []
+                results = await asyncio.gather(*(c.sync() for c in self.durable), return_exceptions=True)
+                failure = next((r for r in results if isinstance(r, BaseException)), None)
+                for group in groups:
+                    for connection, out, after in group:
+                        if failure is None:
+                            connection.write_output(out, after)
+                        elif out:
+                            connection.refuse_now("log_unavailable")
+                if failure is not None:
+                    self.internal_error(failure)
+        finally:
+            self._syncing = False
 
     def is_trusted_proxy(self, ip: str) -> bool:
         if not self.trusted_networks:
@@ -289,6 +372,8 @@ class Edge:
             await asyncio.sleep(0.02)
         for connection in list(self.connections):
             connection.close()
+        while (self._syncing or self._held) and time.monotonic() < deadline:  # answers waiting for an fsync
+            await asyncio.sleep(0.005)
         remaining = max(1.0, deadline - time.monotonic())
         for collector in self.collectors.values():
             await collector.close(remaining)

@@ -8,7 +8,9 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import errno
 import gzip
+import logging
 import os
 import re
 import shutil
@@ -36,19 +38,44 @@ FILE_NAME = re.compile(
 assert ROTATED_SUFFIX == ACTIVE_SUFFIX + ".gz"  # FILE_NAME's `gz` group
 
 
+# Write errors that mean the disk (or the file size limit) is full.
+DISK_FULL = frozenset({errno.ENOSPC, errno.EDQUOT, errno.EFBIG})
+# After a failed write, how long the log stays unready before it looks whether it can write again.
+ERROR_HOLD_S = 1.0
+# The free space a failed log waits for before it is ready again.
+MIN_FREE_BYTES = 1 << 20
+
+log = logging.getLogger("trackpoint.collectors")
+
+
 def log_dir(data_dir: str, config: LogCollectorConfig) -> Path:
     return Path(data_dir) / config.dir
 
 
+class LogWriteError(OSError):
+    """The log refused a group of lines (write error, or the disk budget reached); `reason` is the reject reason."""
+
+    def __init__(self, reason: str, detail: str) -> None:
+        super().__init__(detail)
+        self.reason = reason
+
+
 class LogCollector(Collector):
-    """Appends batches to the worker's current file; rotation closes it and compresses it off the event loop."""
+    """The record every acknowledgement promises. The edge offers each recorded event during an event-loop iteration
+    and calls commit() once per iteration, before any response of that iteration is written: one write() of all the
+    iteration's lines into the page cache (a group commit). Rotation swaps files synchronously and closes, fsyncs and
+    compresses the finished file off the event loop."""
+
+    durable = True
 
     def __init__(self, name: str, config: LogCollectorConfig, context: CollectorContext) -> None:
         super().__init__(name, config, context)
         self.config = config
         self.directory = log_dir(context.data_dir, config)
         self.worker = context.worker
+        self.sync_before_answer = config.durability == "power"
         self._encoder = msgspec.json.Encoder()
+        self._group: list[Event] = []
         self._fd: int | None = None
         self._path: Path | None = None
         self._opened_at = 0.0
@@ -56,83 +83,180 @@ class LogCollector(Collector):
         self._seq = 0
         self._unsynced = False
         self._last_fsync = 0.0
-        self._io = ThreadPoolExecutor(max_workers=1, thread_name_prefix=f"log-{name}")  # fsync and close
+        # One thread, first in first out: a power-durability fsync queued after a rotation's close-and-fsync of the
+        # previous file completes after it, so a group that spans a rotation is on disk whole when its sync is done.
+        self._io = ThreadPoolExecutor(max_workers=1, thread_name_prefix=f"log-{name}")
         # Compression is background work: at the lowest CPU priority it takes only what serving leaves over.
         self._compressor = ThreadPoolExecutor(
             max_workers=1, thread_name_prefix=f"gzip-{name}", initializer=_lowest_priority
         )
         self._background: set[asyncio.Future[None]] = set()
-        self._error: str = ""
+        self._maintenance: asyncio.Task[None] | None = None
+        self._error = ""
+        self._error_at = 0.0
+        # The reject reason of the requests whose lines could not be written (read by the edge after a failure).
+        self.failure_reason = "log_unavailable"
 
     async def start(self) -> None:
         self.directory.mkdir(parents=True, exist_ok=True)
-        await super().start()
+        self._open()
+        self._maintenance = asyncio.get_running_loop().create_task(self._maintain(), name=f"log-{self.name}")
+
+    # --- the request path ----------------------------------------------------------------------------------------
+
+    def offer(self, event: Event) -> None:
+        """Adds the event to this iteration's group; commit() writes the group before the iteration's responses."""
+        if self.privacy_filter is not None:  # a log configured as untrusted gets the filtered copy
+            event = self.privacy_filter(event)
+        self._group.append(event)
+
+    def commit(self) -> bool:
+        """Writes the iteration's group with one write(). False: nothing of it may be acknowledged (the lines that
+        reached the file before a failure are cut off again); `failure_reason` says why."""
+        group = self._group
+        if not group:
+            return True
+        self._group = []
+        try:
+            self._append(self._encoder.encode_lines(group))
+        except OSError as exc:
+            self._failed(exc)
+            self.stats.errors += 1
+            self.stats.dropped += len(group)
+            return False
+        self.stats.received += len(group)
+        self.stats.sent += len(group)
+        return True
+
+    async def sync(self) -> None:
+        """fsync of everything written so far, off the event loop (durability power)."""
+        fd = self._fd
+        if fd is None or not self._unsynced:
+            return
+        self._unsynced = False
+        self._last_fsync = time.monotonic()
+        await asyncio.get_running_loop().run_in_executor(self._io, os.fsync, fd)
+
+    # --- the collector contract (replay, and events offered outside a request) ----------------------------------
 
     async def send(self, batch: Sequence[Event]) -> SendResult:
-        payload = self._encoder.encode_lines(batch)
-        try:
-            if self._fd is None or self._due_for_rotation(len(payload)):
-                await self._rotate()
-            self._write(payload)
-        except OSError as exc:
-            self._error = f"{exc.strerror or exc}"
-            raise
-        self._error = ""
-        await self._sync_per_policy()
+        self._append(self._encoder.encode_lines(batch))
+        if self.sync_before_answer:
+            await self.sync()
         return SendResult.DELIVERED
+
+    async def flush(self) -> None:
+        """What was offered outside a request (the edge commits its own once per iteration)."""
+        self.commit()
 
     def health(self) -> Health:
         return Health(healthy=not self._error, detail=self._error)
 
     async def close(self, drain_timeout_s: float) -> None:
-        await super().close(drain_timeout_s)
-        await self._rotate(reopen=False)
+        self._closing = True
+        if self._maintenance is not None:
+            self._maintenance.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await self._maintenance
+        if not self.commit():
+            log.error("collector %s: %d events could not be written at shutdown", self.name, len(self._group))
+        self._finish_current()
         if self._background:
             await asyncio.wait(self._background, timeout=drain_timeout_s)
         self._io.shutdown(wait=True)
         self._compressor.shutdown(wait=True)
 
+    async def _maintain(self) -> None:
+        """Once per flush interval: lines offered outside a request, rotation of an idle file by age, the fsync
+        policy, and whether a failed log can write again (so /readyz recovers without traffic)."""
+        while True:
+            await asyncio.sleep(self.flush_interval_s)
+            await self.flush()
+            now = time.monotonic()
+            if self._fd is not None and self._size and now - self._opened_at >= self.config.rotate_interval_s:
+                with contextlib.suppress(OSError):
+                    self._rotate()
+            interval = self.config.fsync == "interval" and not self.sync_before_answer
+            if interval and self._unsynced and now - self._last_fsync >= self.config.fsync_interval_s:
+                with contextlib.suppress(OSError):
+                    await self.sync()
+            if self._error and time.monotonic() - self._error_at >= ERROR_HOLD_S:
+                self._recover()
+
     # --- files ---------------------------------------------------------------------------------------------------
+
+    def _append(self, payload: bytes) -> None:
+        """One write of whole lines. On a failure the file is cut back to its last whole line, so that the next
+        group does not continue a torn one."""
+        if self._fd is None or self._due_for_rotation(len(payload)):
+            self._rotate()
+        fd = self._fd
+        assert fd is not None
+        written = 0
+        try:
+            while written < len(payload):
+                written += os.write(fd, payload[written:] if written else payload)
+        except OSError:
+            if written:
+                try:
+                    os.ftruncate(fd, self._size)
+                except OSError:
+                    self._size += written  # the torn part stays; readers skip and count it
+                    os.write(fd, b"\n")
+            raise
+        self._size += written
+        self._unsynced = True
+        if self._error:
+            self._error = ""
+
+    def _failed(self, exc: OSError) -> None:
+        first = not self._error
+        self.failure_reason = "log_disk_full" if exc.errno in DISK_FULL else "log_unavailable"
+        self._error = f"{exc.strerror or exc}"
+        self._error_at = time.monotonic()
+        if first:
+            log.error("collector %s: cannot write the log (%s); its event types answer 503", self.name, self._error)
+
+    def _recover(self) -> None:
+        """After ERROR_HOLD_S without a successful write, ready again when the directory can take a whole file's
+        worth of lines: new requests then try, and a failure holds readiness off again."""
+        try:
+            stat = os.statvfs(self.directory)
+        except OSError:
+            return
+        if stat.f_bavail * stat.f_frsize >= MIN_FREE_BYTES:
+            self._error = ""
 
     def _due_for_rotation(self, incoming: int) -> bool:
         too_big = self._size > 0 and self._size + incoming > self.config.rotate_bytes
         return too_big or time.monotonic() - self._opened_at >= self.config.rotate_interval_s
 
-    def _write(self, payload: bytes) -> None:
-        assert self._fd is not None
-        view = memoryview(payload)
-        while view:
-            written = os.write(self._fd, view)
-            view = view[written:]
-        self._size += len(payload)
-        self._unsynced = True
+    def _rotate(self) -> None:
+        """Opens the next file and hands the finished one to the I/O thread (close, fsync unless the policy is
+        none) and then to compression."""
+        self._finish_current()
+        self._open()
 
-    async def _sync_per_policy(self) -> None:
-        policy = self.config.fsync
-        if policy == "none" or self._fd is None:
+    def _finish_current(self) -> None:
+        fd, path = self._fd, self._path
+        if fd is None or path is None:
             return
-        now = time.monotonic()
-        if policy == "always" or now - self._last_fsync >= self.config.fsync_interval_s:
-            self._last_fsync = now
-            self._unsynced = False
-            await asyncio.get_running_loop().run_in_executor(self._io, os.fsync, self._fd)
-
-    async def _rotate(self, reopen: bool = True) -> None:
-        """Closes the current file (fsynced unless the policy is none) and starts compressing it; opens the next."""
+        self._fd = self._path = None
+        empty = self._size == 0
+        sync = (self.config.fsync != "none" or self.sync_before_answer) and self._unsynced
         loop = asyncio.get_running_loop()
-        if self._fd is not None:
-            fd, path = self._fd, self._path
-            self._fd = self._path = None
-            sync = self.config.fsync != "none" and self._unsynced
-            await loop.run_in_executor(self._io, _close, fd, sync)
-            if path is not None and self._size == 0:
-                path.unlink(missing_ok=True)
-            elif path is not None and self.config.gzip:
-                future = loop.run_in_executor(self._compressor, compress, path)
-                self._background.add(future)
-                future.add_done_callback(self._compressed)
-        if reopen:
-            self._open()
+        future = loop.run_in_executor(self._io, _close, fd, sync, path if empty else None)
+        self._background.add(future)
+        future.add_done_callback(lambda done: self._closed_file(done, None if empty else path))
+
+    def _closed_file(self, future: asyncio.Future[None], path: Path | None) -> None:
+        self._background.discard(future)
+        if not future.cancelled() and (exc := future.exception()) is not None:
+            self._note_error(exc)
+        if path is not None and self.config.gzip:
+            compressing = asyncio.get_running_loop().run_in_executor(self._compressor, compress, path)
+            self._background.add(compressing)
+            compressing.add_done_callback(self._compressed)
 
     def _compressed(self, future: asyncio.Future[None]) -> None:
         """A failed compression leaves the plain file in place (nothing is lost); it is counted and logged."""
@@ -144,8 +268,9 @@ class LogCollector(Collector):
         self._seq += 1
         stamp = datetime.now(UTC).strftime("%Y%m%dT%H%M%S%f")[:-3]
         name = f"events-{stamp}Z-w{self.worker:02d}-p{os.getpid()}-{self._seq:04d}{ACTIVE_SUFFIX}"
-        self._path = self.directory / name
-        self._fd = os.open(self._path, os.O_WRONLY | os.O_CREAT | os.O_APPEND | os.O_CLOEXEC, 0o644)
+        path = self.directory / name
+        self._fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_APPEND | os.O_CLOEXEC, 0o644)
+        self._path = path
         self._opened_at = time.monotonic()
         self._size = 0
         self._unsynced = False
@@ -157,10 +282,14 @@ def _lowest_priority() -> None:
         os.setpriority(os.PRIO_PROCESS, threading.get_native_id(), 19)
 
 
-def _close(fd: int, sync: bool) -> None:
-    if sync:
-        os.fsync(fd)
-    os.close(fd)
+def _close(fd: int, sync: bool, remove: Path | None) -> None:
+    try:
+        if sync:
+            os.fsync(fd)
+    finally:
+        os.close(fd)
+    if remove is not None:  # a file that never got a line
+        remove.unlink(missing_ok=True)
 
 
 def compress(path: Path) -> None:
