@@ -274,7 +274,11 @@ def test_fsync_policy_decides_when_data_is_synced(tmp_path: Path) -> None:
 
         return body
 
-    cases = {"none": {}, "interval": {"fsync": "interval", "fsync_interval_s": 0.02}, "power": {"durability": "power"}}
+    cases: dict[str, dict[str, object]] = {
+        "none": {},
+        "interval": {"fsync": "interval", "fsync_interval_s": 0.02},
+        "power": {"durability": "power"},
+    }
     for policy, options in cases.items():
         run_collector(tmp_path / policy, config(flush_interval_ms=10, **options), recorder(policy))
     assert unsynced == {"none": [True, True], "interval": [True, False], "power": [True, False]}

@@ -66,6 +66,32 @@ class Limits(Struct, forbid_unknown_fields=True, kw_only=True):
     max_connections: Annotated[
         int, Meta(ge=1, description="Open connections per worker; one more is answered 503 and closed.")
     ] = 10000
+    max_connections_per_ip: Annotated[
+        int,
+        Meta(
+            ge=1,
+            description="Open connections per worker from one client address (not counting trusted proxies, which "
+            "carry many clients); one more is answered 503 `too_many_connections_from_ip` and closed, so one "
+            "address cannot take every slot.",
+        ),
+    ] = 512
+    max_pipelined_requests: Annotated[
+        int,
+        Meta(
+            ge=1,
+            le=100_000,
+            description="Requests answered on one connection in one read before its answers are written; the last "
+            "is answered `Connection: close` and the rest is not read (a client retries what a closed connection "
+            "did not answer). Bounds the memory a client that pipelines without reading can take.",
+        ),
+    ] = 128
+    write_timeout_s: Annotated[
+        Seconds,
+        Meta(
+            description="A connection whose answers the client has not read for this long (its send buffer above "
+            "the high-water mark) is aborted, whatever it still has to send."
+        ),
+    ] = 10.0
 
 
 class ServerConfig(Struct, forbid_unknown_fields=True, kw_only=True):

@@ -50,6 +50,7 @@ class EdgeProtocol(asyncio.Protocol):
         "body",
         "body_bytes",
         "closing",
+        "continue_due",
         "deadline",
         "edge",
         "header_bytes",
@@ -59,6 +60,8 @@ class EdgeProtocol(asyncio.Protocol):
         "parser",
         "peer_ip",
         "phase",
+        "pipelined",
+        "received",
         "recorded",
         "requests",
         "started",
@@ -89,28 +92,33 @@ class EdgeProtocol(asyncio.Protocol):
         # awaits this iteration's log write: output leaves only after that write.
         self.after = AFTER_NOTHING
         self.recorded = False
+        # Bytes fed to the parser since the last complete request (limits enforced as bytes arrive), requests
+        # answered since output was last written, and a `100 Continue` owed once the headers passed their checks.
+        self.received = 0
+        self.pipelined = 0
+        self.continue_due = False
 
     # --- connection ----------------------------------------------------------------------------------------------
 
     def connection_made(self, transport: asyncio.BaseTransport) -> None:
         self.transport = cast(asyncio.Transport, transport)  # uvloop's transports are not its subclasses
         edge = self.edge
-        if edge.draining or len(edge.connections) >= edge.limits.max_connections:
-            edge.stats.reject("too_many_connections")
-            self.closing = True
-            self.transport.write(edge.reject_response(503, "too_many_connections", None, False, False))
-            self.transport.close()
-            return
-        edge.connections.add(self)
         peer = transport.get_extra_info("peername")
         self.peer_ip = peer[0] if isinstance(peer, tuple) else "127.0.0.1"
         self.trusted_peer = edge.is_trusted_proxy(self.peer_ip)
+        refusal = edge.admit(self)
+        if refusal is not None:
+            edge.stats.reject(refusal)
+            self.closing = True
+            self.transport.write(edge.reject_response(503, refusal, None, False, False))
+            self.transport.close()
+            return
         self.parser = httptools.HttpRequestParser(self)
         # Until its first byte a new connection has the header timeout: a silent connection is a slow header.
         self.deadline = _monotonic() + edge.header_timeout_s
 
     def connection_lost(self, exc: Exception | None) -> None:
-        self.edge.connections.discard(self)
+        self.edge.release(self)
         self.closing = True
         self.parser = None
         self.transport = None  # output still queued for this iteration is dropped: the peer is gone
@@ -122,10 +130,45 @@ class EdgeProtocol(asyncio.Protocol):
             self.phase = HEADERS
             self.started = now = _monotonic()
             self.deadline = now + self.edge.header_timeout_s
+            space = data.find(b" ") + 1
+            if space and data[space : space + 1] == b" ":  # a strict request line: one space after the method
+                self.reject_and_close(400, "bad_request")
+                return
+        # Limits hold as bytes arrive, before the parser buffers them: a request (head, body and framing) may not
+        # take more than `request_cap` bytes, so an endless header line or chunk extension is cut off at the cap.
+        received = self.received + len(data)
+        if received <= self.edge.request_cap:
+            self.received = received
+            self.feed(data)
+        else:
+            self.feed_capped(data)
+        if self.continue_due and not self.closing:  # the head passed every check: the client may send the body
+            self.continue_due = False
+            self.send(responses.CONTINUE)
+
+    def feed_capped(self, data: bytes) -> None:
+        """Feeds no more than the cap allows; finish() resets the count, so the rest may belong to a next request."""
+        cap = self.edge.request_cap
+        while data and not self.closing:
+            room = cap - self.received
+            if room <= 0:
+                if self.phase == BODY:
+                    self.reject_and_close(413, "body_too_large")
+                else:
+                    self.reject_and_close(431, "headers_too_large")
+                return
+            part, data = data[:room], data[room:]
+            self.received += len(part)
+            self.feed(part)
+
+    def feed(self, data: bytes) -> None:
         try:
             self.parser.feed_data(data)  # type: ignore[union-attr]  # set until closing
         except httptools.HttpParserUpgrade:
-            self.reject_and_close(400, "upgrade_not_supported")
+            if self.phase == IDLE:  # answered already (Upgrade ignored, as RFC 9110 allows): no second answer
+                self.close()
+            else:
+                self.reject_and_close(400, "upgrade_not_supported")
         except Exception as exc:  # llhttp rejected the bytes, or a callback stopped or failed
             if self.closing:
                 return
@@ -139,9 +182,11 @@ class EdgeProtocol(asyncio.Protocol):
                 self.reject_and_close(500, "internal_error")
 
     def pause_writing(self) -> None:
-        # The client does not read its responses: stop reading its requests until it does.
+        # The client does not read its responses: stop reading its requests until it does, and abort the
+        # connection if it still has not within the write timeout.
         if self.transport is not None:
             self.transport.pause_reading()
+            self.deadline = min(self.deadline, _monotonic() + self.edge.write_timeout_s)
 
     def resume_writing(self) -> None:
         if self.transport is not None and not self.closing:
@@ -165,18 +210,22 @@ class EdgeProtocol(asyncio.Protocol):
             raise Reject(431, "headers_too_large")
         name = name.lower()
         if name in edge.kept_headers:
-            self.headers[name] = value
             if name in FRAMING_HEADERS:
                 self.on_framing_header(name, value)
+            elif name == b"host" and name in self.headers:
+                raise Reject(400, "bad_host")  # RFC 9112 §3.2: more than one Host
+            self.headers[name] = value
 
     def on_framing_header(self, name: bytes, value: bytes) -> None:
         """A request with a body: check its declared size at once and give it the body timeout."""
         if name == b"expect":
-            if value.lower() == b"100-continue" and self.transport is not None:
-                self.send(responses.CONTINUE)
+            # Sent once the whole head passed its checks (end of data_received), never before a 413 or 431.
+            self.continue_due = value.lower() == b"100-continue"
             return
         if name == b"content-length" and (not value.isdigit() or int(value) > self.edge.limits.max_body_bytes):
             raise Reject(413, "body_too_large")
+        if name == b"transfer-encoding" and value.strip().lower() != b"chunked":
+            raise Reject(400, "bad_request")  # chunked is the only coding we frame: no `identity, chunked`
         self.phase = BODY
         self.deadline = _monotonic() + self.edge.limits.body_timeout_s
 
@@ -197,9 +246,20 @@ class EdgeProtocol(asyncio.Protocol):
         stats = edge.stats
         stats.requests += 1
         self.requests += 1
+        self.pipelined = pipelined = self.pipelined + 1
         keep_alive = parser.should_keep_alive() and not edge.draining and self.requests < edge.max_keepalive_requests
+        if pipelined >= edge.max_pipelined_requests:  # answered in this read: the rest waits for a new connection
+            keep_alive = False
         method = parser.get_method()
         is_head = method == b"HEAD"
+        if b"host" not in self.headers or not keep_alive:  # rare: checked off the common path
+            version = parser.get_http_version()
+            if version not in ("1.1", "1.0"):
+                self.reject(400, "bad_request", None, False, is_head)  # HTTP/0.9 and other versions
+                return
+            if version == "1.1" and b"host" not in self.headers:
+                self.reject(400, "bad_host", None, False, is_head)  # RFC 9112 §3.2: HTTP/1.1 needs a Host
+                return
         path, _, query = self.url.partition(b"?")
 
         route = edge.routes.get(path)
@@ -296,6 +356,7 @@ class EdgeProtocol(asyncio.Protocol):
         now = _monotonic()
         edge = self.edge
         edge.stats.observe(now - self.started)
+        self.received = 0
         if keep_alive:
             self.phase = IDLE
             self.deadline = now + edge.keepalive_timeout_s
@@ -394,11 +455,12 @@ class EdgeProtocol(asyncio.Protocol):
         self.out = b""
         self.after = AFTER_NOTHING
         self.recorded = False
+        self.pipelined = 0
         return out, after
 
     def write_output(self, out: bytes | list[bytes], after: int) -> None:
         transport = self.transport
-        if transport is None or transport.is_closing():  # the peer is gone, or we closed after a refusal
+        if transport is None:  # the peer is gone, or we closed it after a refusal
             return
         if out:
             if isinstance(out, list):
@@ -427,6 +489,7 @@ class EdgeProtocol(asyncio.Protocol):
         self.edge.stats.reject(reason)
         self.closing = True
         self.write_output(self.edge.reject_response(503, reason, None, False, False), AFTER_CLOSE)
+        self.transport = None  # answers still held for later fsyncs are not written after this one
 
     def close(self) -> None:
         """Closes once queued output is written (it may be waiting for this iteration's log write)."""
@@ -460,7 +523,11 @@ class EdgeProtocol(asyncio.Protocol):
 
     def expire(self) -> None:
         """Called by the worker's sweep when the deadline of the current phase has passed."""
-        if self.closing:  # lingering after an error answer
+        transport = self.transport
+        if transport is not None and transport.get_write_buffer_size() > 0:  # answers the client does not read
+            self.closing = True
+            transport.abort()  # close() would wait for the buffer to drain: for ever, for a client that never reads
+        elif self.closing:  # lingering after an error answer
             self.close()
         elif self.phase == HEADERS:
             self.reject_and_close(408, "header_timeout")

@@ -33,6 +33,8 @@ log = logging.getLogger("trackpoint.edge")
 SWEEP_BATCH = 64
 # On drain, how long an idle keep-alive connection may still send one last request.
 DRAIN_IDLE_GRACE_S = 1.0
+# Each kind of error on the request path is logged at most once per interval (always counted).
+ERROR_LOG_INTERVAL_S = 10.0
 # How often the rate-limit tables drop their idle buckets (a pass over each table).
 LIMIT_SWEEP_INTERVAL_S = 10.0
 
@@ -98,13 +100,27 @@ class Edge:
         self.max_keepalive_requests = self.limits.max_keepalive_requests
         self.header_timeout_s = self.limits.header_timeout_s
         self.keepalive_timeout_s = self.limits.keepalive_timeout_s
+        self.write_timeout_s = self.limits.write_timeout_s
+        self.max_pipelined_requests = self.limits.max_pipelined_requests
+        # The bytes one request may take on the wire: its head (request line, header lines with their separators),
+        # its body, and the framing of a chunked body (sizes, extensions, trailers) up to as much again.
+        limits = self.limits
+        self.request_cap = (
+            limits.max_request_line_bytes
+            + 32
+            + limits.max_header_bytes
+            + 4 * limits.max_header_count
+            + 2 * limits.max_body_bytes
+            + 4096
+        )
+        self.connections_per_ip: dict[str, int] = {}
         self.clock = responses.Clock()
         self.stats = EdgeStats()
         self.connections: set[EdgeProtocol] = set()
         self.draining = False
         self.trusted_networks = [ipaddress.ip_network(n, strict=False) for n in config.server.trusted_proxies]
         self._trusted_cache: dict[str, bool] = {}
-        self._last_error_log = 0.0
+        self._last_error_log: dict[str, float] = {}  # per kind of error: one noisy kind must not hide the others
         meta = Meta(worker=worker, config=config_version)
         preprocessors = {
             name: build_preprocessor(name, pp_config, config.data_dir)
@@ -147,7 +163,7 @@ class Edge:
         self._syncing = False
         verifier = edge_verifier(config)
         self.routes: dict[bytes, Route] = {}
-        kept_headers = set(CONTEXT_HEADERS | FRAMING_HEADERS)
+        kept_headers = set(CONTEXT_HEADERS | FRAMING_HEADERS | {b"host"})
         for type_name, spec in config.event_types.items():
             route_preprocessors = tuple(preprocessors[name] for name in spec.preprocessors)
             builder = EventBuilder(type_name, with_input_fields(spec, route_preprocessors), meta)
@@ -198,6 +214,30 @@ class Edge:
 
     # --- used by connections -------------------------------------------------------------------------------------
 
+    def admit(self, connection: EdgeProtocol) -> str | None:
+        """Takes a new connection into the count, or says why it is refused (503)."""
+        if len(self.connections) >= self.limits.max_connections:
+            return "too_many_connections"
+        if not connection.trusted_peer:  # a proxy carries many clients: only direct clients are capped per address
+            per_ip = self.connections_per_ip
+            count = per_ip.get(connection.peer_ip, 0)
+            if count >= self.limits.max_connections_per_ip:
+                return "too_many_connections_from_ip"
+            per_ip[connection.peer_ip] = count + 1
+        self.connections.add(connection)
+        return None
+
+    def release(self, connection: EdgeProtocol) -> None:
+        if connection in self.connections:
+            self.connections.discard(connection)
+            if not connection.trusted_peer:
+                per_ip = self.connections_per_ip
+                count = per_ip.get(connection.peer_ip, 1) - 1
+                if count > 0:
+                    per_ip[connection.peer_ip] = count
+                else:
+                    per_ip.pop(connection.peer_ip, None)
+
     def reject_response(self, status: int, reason: str, field: str | None, keep_alive: bool, is_head: bool) -> bytes:
         return responses.reject(self.clock, status, reason, field, keep_alive, is_head)
 
@@ -216,7 +256,10 @@ class Edge:
         if self.durable and not self._commit(pending):
             return
         for connection in pending:
-            connection.flush()
+            try:
+                connection.flush()
+            except Exception as exc:  # one broken connection must not cost the others their answers
+                self.internal_error(exc)
 
     def _commit(self, pending: list[EdgeProtocol]) -> bool:
         """Writes the group. False when the responses are held for the group's fsync (durability power)."""
@@ -301,16 +344,23 @@ class Edge:
         """A preprocessor raised: its event is dropped (counted under preprocessor_errors), logged once per interval."""
         errors = self.stats.preprocessor_errors
         errors[name] = errors.get(name, 0) + 1
-        now = time.monotonic()
-        if now - self._last_error_log > 10:
-            self._last_error_log = now
+        if self._log_due(f"preprocessor:{name}"):
             log.error("preprocessor %s failed; its events are dropped and counted", name, exc_info=exc)
 
     def internal_error(self, exc: BaseException) -> None:
-        now = time.monotonic()
-        if now - self._last_error_log > 10:  # logged once per interval, counted always
-            self._last_error_log = now
+        if self._log_due(f"internal:{type(exc).__name__}"):  # counted always, logged once per interval and kind
             log.error("internal error on the request path", exc_info=exc)
+
+    def _log_due(self, kind: str) -> bool:
+        """Once per ERROR_LOG_INTERVAL_S for each kind of error (a bounded table: kinds are code paths)."""
+        now = time.monotonic()
+        last = self._last_error_log
+        if now - last.get(kind, -ERROR_LOG_INTERVAL_S) < ERROR_LOG_INTERVAL_S:
+            return False
+        if len(last) >= 1024:
+            last.clear()
+        last[kind] = now
+        return True
 
     # --- timers --------------------------------------------------------------------------------------------------
 

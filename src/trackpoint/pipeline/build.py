@@ -7,6 +7,7 @@ the declared fields require (a body is decoded only when a field reads it, cooki
 from __future__ import annotations
 
 import hashlib
+import re
 from decimal import Decimal
 from time import time as _time
 from typing import Any, NamedTuple, NoReturn
@@ -26,6 +27,9 @@ from trackpoint.pipeline.fields import (
 
 _NUMERIC = frozenset({"int", "decimal", "money", "price", "duration", "timestamp"})
 _PARAM_SOURCES = frozenset({"param", "query", "form", "json"})
+# ASCII controls but the tab: refused in text fields (isprintable() is the fast pre-check; it also says False for
+# the C1 range and separators that a latin-1 header or emoji text may carry, which are kept).
+_CONTROLS = re.compile("[\x00-\x08\x0a-\x1f\x7f]")
 # JSON numbers with a fraction decode as Decimal: their text is kept exactly (49.90, 5e-05), so money is exact.
 _JSON_DECODER = msgspec.json.Decoder(dict[str, Any], float_hook=Decimal)
 
@@ -116,6 +120,8 @@ class EventBuilder:
             elif convert is None:
                 if len(raw) > max_len:
                     raise Reject(400, "field_too_long", name)
+                if not raw.isprintable() and _CONTROLS.search(raw):  # NUL, newlines: never in a stored value
+                    raise Reject(400, "invalid_field", name)
                 value = raw
             else:
                 try:
