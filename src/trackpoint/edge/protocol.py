@@ -130,14 +130,17 @@ class EdgeProtocol(asyncio.Protocol):
             self.phase = HEADERS
             self.started = now = _monotonic()
             self.deadline = now + self.edge.header_timeout_s
-            space = data.find(b" ") + 1
-            if space and data[space : space + 1] == b" ":  # a strict request line: one space after the method
+            # A strict request line: one space after the method (llhttp skips extra ones). Only where the read
+            # starts with a method: a read may also go on with a request pipelined into the previous one.
+            space = data.find(b" ", 0, 8)
+            if space > 0 and data[space + 1 : space + 2] == b" " and data[:space].isupper():
                 self.reject_and_close(400, "bad_request")
                 return
-        # Limits hold as bytes arrive, before the parser buffers them: a request (head, body and framing) may not
-        # take more than `request_cap` bytes, so an endless header line or chunk extension is cut off at the cap.
+        # Limits hold as bytes arrive, before the parser buffers them: a request may not take more than the head
+        # cap before it frames a body, nor more than the request cap in all, so an endless header line or chunk
+        # extension is cut off there.
         received = self.received + len(data)
-        if received <= self.edge.request_cap:
+        if received <= self.edge.head_cap:  # the common case: a whole small request
             self.received = received
             self.feed(data)
         else:
@@ -148,9 +151,9 @@ class EdgeProtocol(asyncio.Protocol):
 
     def feed_capped(self, data: bytes) -> None:
         """Feeds no more than the cap allows; finish() resets the count, so the rest may belong to a next request."""
-        cap = self.edge.request_cap
+        edge = self.edge
         while data and not self.closing:
-            room = cap - self.received
+            room = (edge.request_cap if self.phase == BODY else edge.head_cap) - self.received
             if room <= 0:
                 if self.phase == BODY:
                     self.reject_and_close(413, "body_too_large")

@@ -102,17 +102,12 @@ class Edge:
         self.keepalive_timeout_s = self.limits.keepalive_timeout_s
         self.write_timeout_s = self.limits.write_timeout_s
         self.max_pipelined_requests = self.limits.max_pipelined_requests
-        # The bytes one request may take on the wire: its head (request line, header lines with their separators),
-        # its body, and the framing of a chunked body (sizes, extensions, trailers) up to as much again.
+        # The bytes one request may take on the wire before its head is complete (request line, header lines with
+        # their separators), and once it has a body: the body, and the framing of a chunked body (sizes,
+        # extensions, trailers) up to as much again.
         limits = self.limits
-        self.request_cap = (
-            limits.max_request_line_bytes
-            + 32
-            + limits.max_header_bytes
-            + 4 * limits.max_header_count
-            + 2 * limits.max_body_bytes
-            + 4096
-        )
+        self.head_cap = limits.max_request_line_bytes + 32 + limits.max_header_bytes + 4 * limits.max_header_count
+        self.request_cap = self.head_cap + 2 * limits.max_body_bytes + 4096
         self.connections_per_ip: dict[str, int] = {}
         self.clock = responses.Clock()
         self.stats = EdgeStats()
