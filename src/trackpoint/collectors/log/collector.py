@@ -1,43 +1,26 @@
 """log: the durable record. JSON lines, one file per worker (no cross-process locks), rotated by size and time.
 
-Rotated files are gzipped in a thread; names sort by creation time and are unique across workers and restarts:
-`events-<UTC time>-w<slot>-p<pid>-<seq>.jsonl[.gz]`.
+Rotated files are compressed in a thread (compression.py) and the directory is kept within its disk budget
+(budget.py); names are described in files.py.
 """
 
 from __future__ import annotations
 
 import asyncio
-import contextlib
-import gzip
 import os
-import re
-import shutil
-import threading
 import time
 from collections.abc import Sequence
 from concurrent.futures import ThreadPoolExecutor
-from datetime import UTC, datetime
 from pathlib import Path
 
 import msgspec
 
 from trackpoint.collectors.base import Collector, CollectorContext, Health, SendResult
+from trackpoint.collectors.log.budget import CHECK_INTERVAL_S, DiskBudget, DiskUsage
+from trackpoint.collectors.log.compression import compress, lower_priority
+from trackpoint.collectors.log.files import file_name, log_dir
 from trackpoint.config.model import LogCollectorConfig
 from trackpoint.pipeline.event import Event
-
-ACTIVE_SUFFIX = ".jsonl"
-ROTATED_SUFFIX = ".jsonl.gz"
-# The names _open gives, with the parts that tools read from them (the shipper: the day, the writing pid, the order).
-FILE_NAME = re.compile(
-    r"events-(?P<year>\d{4})(?P<month>\d{2})(?P<day>\d{2})T\d{9}Z-w\d+-p(?P<pid>\d+)-(?P<seq>\d+)"
-    + re.escape(ACTIVE_SUFFIX)
-    + r"(?P<gz>\.gz)?"
-)
-assert ROTATED_SUFFIX == ACTIVE_SUFFIX + ".gz"  # FILE_NAME's `gz` group
-
-
-def log_dir(data_dir: str, config: LogCollectorConfig) -> Path:
-    return Path(data_dir) / config.dir
 
 
 class LogCollector(Collector):
@@ -57,16 +40,25 @@ class LogCollector(Collector):
         self._unsynced = False
         self._last_fsync = 0.0
         self._io = ThreadPoolExecutor(max_workers=1, thread_name_prefix=f"log-{name}")  # fsync and close
-        # Compression is background work: at the lowest CPU priority it takes only what serving leaves over.
+        # Compression is background work at a lower priority, yet one that keeps up (see COMPRESSION_NICE).
         self._compressor = ThreadPoolExecutor(
-            max_workers=1, thread_name_prefix=f"gzip-{name}", initializer=_lowest_priority
+            max_workers=1, thread_name_prefix=f"compress-{name}", initializer=lower_priority
         )
-        self._background: set[asyncio.Future[None]] = set()
+        self._background: set[asyncio.Future[Path]] = set()
         self._error: str = ""
+        # The disk budget: checked in its own thread, so a slow directory scan never delays an fsync.
+        self.budget = DiskBudget(name, self.directory, config)
+        self._budget_thread = ThreadPoolExecutor(max_workers=1, thread_name_prefix=f"budget-{name}")
+        self._budget_task: asyncio.Task[None] | None = None
+        self._budget_check: asyncio.Future[DiskUsage] | None = None
+        self._rotated_bytes = 0  # bytes of this worker's closed files: with _size, all it wrote
+        self._written_at_check = 0
 
     async def start(self) -> None:
         self.directory.mkdir(parents=True, exist_ok=True)
         await super().start()
+        if self.budget.enabled:
+            self._budget_task = asyncio.get_running_loop().create_task(self._budget_loop(), name=f"budget-{self.name}")
 
     async def send(self, batch: Sequence[Event]) -> SendResult:
         payload = self._encoder.encode_lines(batch)
@@ -86,11 +78,42 @@ class LogCollector(Collector):
 
     async def close(self, drain_timeout_s: float) -> None:
         await super().close(drain_timeout_s)
+        if self._budget_task is not None:
+            self._budget_task.cancel()
         await self._rotate(reopen=False)
         if self._background:
             await asyncio.wait(self._background, timeout=drain_timeout_s)
         self._io.shutdown(wait=True)
         self._compressor.shutdown(wait=True)
+        self._budget_thread.shutdown(wait=True)
+
+    # --- the disk budget -------------------------------------------------------------------------------------------
+
+    def disk_allows(self) -> bool:
+        """Whether the disk budget lets this worker write more (O(1), for the request path): under the budget at the
+        last check, counting what this worker wrote since. False: the edge answers 503 log_disk_full."""
+        return self.budget.allows(self._rotated_bytes + self._size - self._written_at_check)
+
+    async def _budget_loop(self) -> None:
+        while True:
+            self._check_budget()
+            await asyncio.sleep(CHECK_INTERVAL_S)
+
+    def _check_budget(self) -> None:
+        """Starts a check in the budget thread unless one is running (a rotation and the periodic check at once)."""
+        if self._closing or not self.budget.enabled or (self._budget_check and not self._budget_check.done()):
+            return
+        written = self._rotated_bytes + self._size
+        check = asyncio.get_running_loop().run_in_executor(self._budget_thread, self.budget.check)
+        self._budget_check = check
+
+        def checked(_: asyncio.Future[DiskUsage]) -> None:
+            if not check.cancelled() and (exc := check.exception()) is not None:
+                self._note_error(exc)
+            else:
+                self._written_at_check = written  # the check measured (at least) everything written before it
+
+        check.add_done_callback(checked)
 
     # --- files ---------------------------------------------------------------------------------------------------
 
@@ -125,73 +148,37 @@ class LogCollector(Collector):
             self._fd = self._path = None
             sync = self.config.fsync != "none" and self._unsynced
             await loop.run_in_executor(self._io, _close, fd, sync)
-            if path is not None and self._size == 0:
+            closed_size, self._size = self._size, 0
+            self._rotated_bytes += closed_size
+            if path is not None and closed_size == 0:
                 path.unlink(missing_ok=True)
-            elif path is not None and self.config.gzip:
-                future = loop.run_in_executor(self._compressor, compress, path)
+            elif path is not None and self.config.compression != "none":
+                codec, level = self.config.compression, self.config.compression_level
+                future = loop.run_in_executor(self._compressor, compress, path, codec, level)
                 self._background.add(future)
                 future.add_done_callback(self._compressed)
+            self._check_budget()
         if reopen:
             self._open()
 
-    def _compressed(self, future: asyncio.Future[None]) -> None:
-        """A failed compression leaves the plain file in place (nothing is lost); it is counted and logged."""
+    def _compressed(self, future: asyncio.Future[Path]) -> None:
+        """A failed compression leaves the plain file in place (nothing is lost); it is counted and logged. A done
+        one changed the directory's size: the budget looks again."""
         self._background.discard(future)
         if not future.cancelled() and (exc := future.exception()) is not None:
             self._note_error(exc)
+        self._check_budget()
 
     def _open(self) -> None:
         self._seq += 1
-        stamp = datetime.now(UTC).strftime("%Y%m%dT%H%M%S%f")[:-3]
-        name = f"events-{stamp}Z-w{self.worker:02d}-p{os.getpid()}-{self._seq:04d}{ACTIVE_SUFFIX}"
-        self._path = self.directory / name
+        self._path = self.directory / file_name(self.worker, self._seq)
         self._fd = os.open(self._path, os.O_WRONLY | os.O_CREAT | os.O_APPEND | os.O_CLOEXEC, 0o644)
         self._opened_at = time.monotonic()
         self._size = 0
         self._unsynced = False
 
 
-def _lowest_priority() -> None:
-    """Nice 19 for the calling thread only (Linux applies setpriority to a thread id)."""
-    with contextlib.suppress(OSError):
-        os.setpriority(os.PRIO_PROCESS, threading.get_native_id(), 19)
-
-
 def _close(fd: int, sync: bool) -> None:
     if sync:
         os.fsync(fd)
     os.close(fd)
-
-
-def compress(path: Path) -> None:
-    """Gzips a closed log file durably: write to a temporary name, fsync, rename, then remove the original."""
-    target = path.with_name(path.name[: -len(ACTIVE_SUFFIX)] + ROTATED_SUFFIX)
-    temporary = target.with_name(target.name + ".tmp")
-    with path.open("rb") as source, gzip.open(temporary, "wb", compresslevel=6) as sink:
-        shutil.copyfileobj(source, sink, 1 << 20)
-    with temporary.open("rb") as written:
-        os.fsync(written.fileno())
-    temporary.rename(target)
-    path.unlink()
-
-
-def finalize_orphans(directory: Path, pid: int | None = None) -> list[Path]:
-    """Compresses active files left by dead workers (all of them, or those of one pid); returns the new files.
-
-    A file cut short by a crash keeps its torn last line: readers skip and count it.
-    """
-    if not directory.is_dir():
-        return []
-    done = []
-    for path in sorted(directory.glob(f"events-*{ACTIVE_SUFFIX}")):
-        if pid is not None and f"-p{pid}-" not in path.name:
-            continue
-        if path.stat().st_size == 0:
-            path.unlink()
-            continue
-        compress(path)
-        done.append(path.with_name(path.name[: -len(ACTIVE_SUFFIX)] + ROTATED_SUFFIX))
-    for stale in directory.glob(f"events-*{ROTATED_SUFFIX}.tmp"):
-        if pid is None or f"-p{pid}-" in stale.name:  # a live worker's compression in progress stays
-            stale.unlink()
-    return done
