@@ -8,7 +8,9 @@ from __future__ import annotations
 import asyncio
 import gzip
 import json
+import os
 import re
+import threading
 import time
 from collections.abc import Awaitable, Callable, Sequence
 from pathlib import Path
@@ -20,7 +22,7 @@ import zstandard
 from trackpoint.collectors import build_collector
 from trackpoint.collectors.base import CollectorContext, CollectorStats
 from trackpoint.collectors.log.collector import LogCollector
-from trackpoint.collectors.log.compression import compress, finalize_orphans
+from trackpoint.collectors.log.compression import COMPRESSION_NICE, compress, finalize_orphans, lower_priority
 from trackpoint.collectors.log.files import log_dir
 from trackpoint.collectors.log.reader import ReadStats, log_files, read_events
 from trackpoint.config.model import LogCollectorConfig
@@ -540,3 +542,17 @@ def test_reader_over_a_directory_mixing_plain_gzip_and_zstd(tmp_path: Path) -> N
     read, stats = read_all(directory)
     assert read == written
     assert (stats.events, stats.skipped) == (len(written), 0)
+
+
+def test_compression_threads_run_below_serving_priority_but_above_nice_19() -> None:
+    niceness: list[int] = []
+
+    def probe() -> None:
+        lower_priority()
+        niceness.append(os.getpriority(os.PRIO_PROCESS, threading.get_native_id()))
+
+    thread = threading.Thread(target=probe)
+    thread.start()
+    thread.join()
+    assert niceness == [max(COMPRESSION_NICE, os.getpriority(os.PRIO_PROCESS, 0))]
+    assert 0 < COMPRESSION_NICE < 19

@@ -23,11 +23,13 @@ COMPRESSED_SUFFIXES = tuple(suffix for suffix in LOG_SUFFIXES if suffix != ACTIV
 # What a reader meets when a compressed file ends early (a crash during a copy, a partial download).
 TRUNCATED = (EOFError, zlib.error, gzip.BadGzipFile, zstandard.ZstdError)
 
-# Compression runs at nice 5, not 19. A rotated file must be compressed before the next one is: at 57,000 events/s
-# on one core a worker writes a 128 MiB file every 5 s, and zstd level 3 needs about 4% of that core to keep up
-# (gzip level 6 about 30%). Under CFS a nice-19 thread next to a nice-0 worker gets 15/1024 of a contended core
-# (~1.5%): less than zstd's cost, so files piled up. Nice 5 weighs 335 against 1024 (~25% when both want the core):
-# ample for zstd, while serving keeps three quarters of the core even when a backlog is being worked off.
+# Compression runs at nice 5, not 19: it must keep up with a fully loaded core, or files pile up. Measured with
+# bench/compression.py (128 MiB of ~500-byte impression lines): zstd level 3 costs 1.4 µs of CPU per event, 7.7% of
+# the 17.5 µs a core spends serving one (57,000 events/s), so at full load it needs about 7% of the core; gzip
+# level 6 costs 5.5 µs (31%), about 24%. Under CFS a thread's share of a contended core is its weight against the
+# worker's (nice 0: 1024): nice 19 (15) gets 1.4%, less than even zstd needs, which is how 128 MiB files piled up;
+# nice 5 (335) gets up to 25%: three times what zstd needs, about what gzip 6 needs. Averaged over time compression
+# takes only its cost either way; the nice value bounds how fast it catches up, not how much it takes.
 COMPRESSION_NICE = 5
 
 
