@@ -158,24 +158,22 @@ class LogDiskMetrics:
         self.config = config
 
     def collect(self) -> Iterator[Metric]:
-        disk = GaugeMetricFamily(
-            "trackpoint_log_disk_bytes", "Bytes in the log directory (logs, compression temporaries, manifest).",
-            labels=["collector"],
-        )  # fmt: skip
-        waiting = GaugeMetricFamily(
-            "trackpoint_log_uncompressed_waiting_bytes",
-            "Bytes of finished log files not compressed yet (more than one file's worth: compression falls behind).",
-            labels=["collector"],
-        )
-        budget = GaugeMetricFamily(
-            "trackpoint_log_disk_budget_bytes", "The log directory's max_disk_bytes (absent: no budget).",
-            labels=["collector"],
-        )  # fmt: skip
-        warning = GaugeMetricFamily(
-            "trackpoint_log_disk_warning",
-            "1 when the log directory is at or above disk_warn_ratio of its budget (at the budget, events are refused "
-            "with 503 log_disk_full).",
-            labels=["collector"],
+        disk, waiting, budget, warning = (
+            GaugeMetricFamily(name, documentation, labels=["collector"])
+            for name, documentation in [
+                ("trackpoint_log_disk_bytes", "Bytes in the log directory (logs, compression temporaries, manifest)."),
+                (
+                    "trackpoint_log_uncompressed_waiting_bytes",
+                    "Bytes of finished log files not compressed yet (more than one file's worth: compression is "
+                    "behind).",
+                ),
+                ("trackpoint_log_disk_budget_bytes", "The log directory's max_disk_bytes (absent: no budget)."),
+                (
+                    "trackpoint_log_disk_warning",
+                    "1 when the log directory is at or above disk_warn_ratio of its budget (at the budget, events are "
+                    "refused with 503 log_disk_full).",
+                ),
+            ]
         )
         config = self.config()
         for name, collector in sorted(config.collectors.items()):
