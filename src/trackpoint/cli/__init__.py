@@ -148,7 +148,8 @@ def _parse_time(value: str | None, option: str) -> int | None:
 @app.command()
 def replay(  # noqa: PLR0917 (typer: one parameter per option)
     logs: Annotated[
-        list[Path], typer.Argument(help="Log files (.jsonl or .jsonl.gz) or directories holding them.", exists=True)
+        list[Path],
+        typer.Argument(help="Log files (.jsonl, .jsonl.zst or .jsonl.gz) or directories holding them.", exists=True),
     ],
     config: ConfigOption = None,
     collector: Annotated[
@@ -195,7 +196,7 @@ def replay(  # noqa: PLR0917 (typer: one parameter per option)
         raise typer.Exit(2) from None
     files = log_files(logs)
     if not files:
-        err.print("[bold red]error[/] no log files (events-*.jsonl[.gz]) in " + ", ".join(map(str, logs)))
+        err.print("[bold red]error[/] no log files (events-*.jsonl[.zst|.gz]) in " + ", ".join(map(str, logs)))
         raise typer.Exit(2)
     out = Console(stderr=True)
     with Progress(
@@ -289,7 +290,8 @@ def ship(
 @banker_app.command("reconcile")
 def banker_reconcile(
     logs: Annotated[
-        list[Path], typer.Argument(help="Log files (.jsonl or .jsonl.gz) or directories holding them.", exists=True)
+        list[Path],
+        typer.Argument(help="Log files (.jsonl, .jsonl.zst or .jsonl.gz) or directories holding them.", exists=True),
     ],
     config: ConfigOption = None,
     collector: Annotated[
@@ -310,7 +312,7 @@ def banker_reconcile(
     loaded = _load_or_exit(config)
     files = log_files(logs)
     if not files:
-        err.print("[bold red]error[/] no log files (events-*.jsonl[.gz]) in " + ", ".join(map(str, logs)))
+        err.print("[bold red]error[/] no log files (events-*.jsonl[.zst|.gz]) in " + ", ".join(map(str, logs)))
         raise typer.Exit(2)
     try:
         report = asyncio.run(reconcile(loaded.config, files, collector))

@@ -22,7 +22,9 @@ import msgspec
 
 from trackpoint.admin import metrics
 from trackpoint.admin.server import AdminRequest, AdminResponse, AdminServer
-from trackpoint.collectors.log.collector import finalize_orphans, log_dir
+from trackpoint.collectors.log.budget import LogDiskMetrics
+from trackpoint.collectors.log.compression import finalize_orphans
+from trackpoint.collectors.log.files import log_dir
 from trackpoint.config import ConfigError, LoadedConfig, load
 from trackpoint.config.model import Config, LogCollectorConfig
 from trackpoint.config.openapi import openapi_json as openapi_document_json
@@ -342,10 +344,10 @@ class Supervisor:
     def _finalize_logs(self, pid: int | None) -> None:
         """Compresses log files left by dead workers (at start: all of them; after a crash: that worker's)."""
         for collector in self.config.collectors.values():
-            if isinstance(collector, LogCollectorConfig) and collector.gzip:
+            if isinstance(collector, LogCollectorConfig) and collector.compression != "none":
                 directory: Path = log_dir(self.config.data_dir, collector)
                 try:
-                    finalize_orphans(directory, pid)
+                    finalize_orphans(directory, pid, collector.compression, collector.compression_level)
                 except OSError as exc:
                     log.error("cannot finalize log files in %s: %s", directory, exc)
 
@@ -360,6 +362,7 @@ class Supervisor:
     def _admin_server(self) -> AdminServer:
         registry = metrics.registry(self.totals, self.state)
         registry.register(self.shipping.metrics())
+        registry.register(LogDiskMetrics(lambda: self.config))
         admin = AdminServer()
 
         async def healthz(_: AdminRequest) -> AdminResponse:

@@ -1,7 +1,8 @@
 """log: the durable record. JSON lines, one file per worker (no cross-process locks), rotated by size and time.
 
-Rotated files are gzipped in a thread; names sort by creation time and are unique across workers and restarts:
-`events-<UTC time>-w<slot>-p<pid>-<seq>.jsonl[.gz]`.
+The edge writes each event-loop iteration's lines before that iteration's answers (commit). Rotated files are
+compressed in a thread (compression.py) and the directory is kept within its disk budget (budget.py); names are
+described in files.py.
 """
 
 from __future__ import annotations
@@ -9,34 +10,22 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import errno
-import gzip
 import logging
 import os
-import re
-import shutil
-import threading
 import time
 from collections.abc import Sequence
 from concurrent.futures import ThreadPoolExecutor
-from datetime import UTC, datetime
 from pathlib import Path
+from typing import Any
 
 import msgspec
 
 from trackpoint.collectors.base import Collector, CollectorContext, Health, SendResult
+from trackpoint.collectors.log.budget import CHECK_INTERVAL_S, DiskBudget, DiskUsage
+from trackpoint.collectors.log.compression import compress, lower_priority
+from trackpoint.collectors.log.files import file_name, log_dir
 from trackpoint.config.model import LogCollectorConfig
 from trackpoint.pipeline.event import Event
-
-ACTIVE_SUFFIX = ".jsonl"
-ROTATED_SUFFIX = ".jsonl.gz"
-# The names _open gives, with the parts that tools read from them (the shipper: the day, the writing pid, the order).
-FILE_NAME = re.compile(
-    r"events-(?P<year>\d{4})(?P<month>\d{2})(?P<day>\d{2})T\d{9}Z-w\d+-p(?P<pid>\d+)-(?P<seq>\d+)"
-    + re.escape(ACTIVE_SUFFIX)
-    + r"(?P<gz>\.gz)?"
-)
-assert ROTATED_SUFFIX == ACTIVE_SUFFIX + ".gz"  # FILE_NAME's `gz` group
-
 
 # Write errors that mean the disk (or the file size limit) is full.
 DISK_FULL = frozenset({errno.ENOSPC, errno.EDQUOT, errno.EFBIG})
@@ -46,18 +35,6 @@ ERROR_HOLD_S = 1.0
 MIN_FREE_BYTES = 1 << 20
 
 log = logging.getLogger("trackpoint.collectors")
-
-
-def log_dir(data_dir: str, config: LogCollectorConfig) -> Path:
-    return Path(data_dir) / config.dir
-
-
-class LogWriteError(OSError):
-    """The log refused a group of lines (write error, or the disk budget reached); `reason` is the reject reason."""
-
-    def __init__(self, reason: str, detail: str) -> None:
-        super().__init__(detail)
-        self.reason = reason
 
 
 class LogCollector(Collector):
@@ -86,11 +63,18 @@ class LogCollector(Collector):
         # One thread, first in first out: a power-durability fsync queued after a rotation's close-and-fsync of the
         # previous file completes after it, so a group that spans a rotation is on disk whole when its sync is done.
         self._io = ThreadPoolExecutor(max_workers=1, thread_name_prefix=f"log-{name}")
-        # Compression is background work: at the lowest CPU priority it takes only what serving leaves over.
+        # Compression is background work at a lower priority, yet one that keeps up (see COMPRESSION_NICE).
         self._compressor = ThreadPoolExecutor(
-            max_workers=1, thread_name_prefix=f"gzip-{name}", initializer=_lowest_priority
+            max_workers=1, thread_name_prefix=f"compress-{name}", initializer=lower_priority
         )
-        self._background: set[asyncio.Future[None]] = set()
+        self._background: set[asyncio.Future[Any]] = set()  # closes (None) and compressions (the new Path)
+        # The disk budget: checked in its own thread, so a slow directory scan never delays an fsync.
+        self.budget = DiskBudget(name, self.directory, config)
+        self._budget_thread = ThreadPoolExecutor(max_workers=1, thread_name_prefix=f"budget-{name}")
+        self._budget_task: asyncio.Task[None] | None = None
+        self._budget_check: asyncio.Future[DiskUsage] | None = None
+        self._rotated_bytes = 0  # bytes of this worker's closed files: with _size, all it wrote
+        self._written_at_check = 0
         self._maintenance: asyncio.Task[None] | None = None
         self._error = ""
         self._error_at = 0.0
@@ -100,7 +84,10 @@ class LogCollector(Collector):
     async def start(self) -> None:
         self.directory.mkdir(parents=True, exist_ok=True)
         self._open()
-        self._maintenance = asyncio.get_running_loop().create_task(self._maintain(), name=f"log-{self.name}")
+        loop = asyncio.get_running_loop()
+        self._maintenance = loop.create_task(self._maintain(), name=f"log-{self.name}")
+        if self.budget.enabled:
+            self._budget_task = loop.create_task(self._budget_loop(), name=f"budget-{self.name}")
 
     # --- the request path ----------------------------------------------------------------------------------------
 
@@ -154,10 +141,11 @@ class LogCollector(Collector):
 
     async def close(self, drain_timeout_s: float) -> None:
         self._closing = True
-        if self._maintenance is not None:
-            self._maintenance.cancel()
-            with contextlib.suppress(asyncio.CancelledError):
-                await self._maintenance
+        for task in (self._maintenance, self._budget_task):
+            if task is not None:
+                task.cancel()
+                with contextlib.suppress(asyncio.CancelledError):
+                    await task
         if not self.commit():
             log.error("collector %s: %d events could not be written at shutdown", self.name, len(self._group))
         self._finish_current()
@@ -165,6 +153,7 @@ class LogCollector(Collector):
             await asyncio.wait(self._background, timeout=drain_timeout_s)
         self._io.shutdown(wait=True)
         self._compressor.shutdown(wait=True)
+        self._budget_thread.shutdown(wait=True)
 
     async def _maintain(self) -> None:
         """Once per flush interval: lines offered outside a request, rotation of an idle file by age, the fsync
@@ -190,6 +179,8 @@ class LogCollector(Collector):
         group does not continue a torn one."""
         if self._fd is None or self._due_for_rotation(len(payload)):
             self._rotate()
+        if self.budget.enabled and not self.disk_allows():
+            raise OSError(errno.ENOSPC, f"the log directory is at its disk budget ({self.config.max_disk_bytes} bytes)")
         fd = self._fd
         assert fd is not None
         written = 0
@@ -243,6 +234,8 @@ class LogCollector(Collector):
             return
         self._fd = self._path = None
         empty = self._size == 0
+        self._rotated_bytes += self._size
+        self._size = 0
         sync = (self.config.fsync != "none" or self.sync_before_answer) and self._unsynced
         loop = asyncio.get_running_loop()
         future = loop.run_in_executor(self._io, _close, fd, sync, path if empty else None)
@@ -253,33 +246,57 @@ class LogCollector(Collector):
         self._background.discard(future)
         if not future.cancelled() and (exc := future.exception()) is not None:
             self._note_error(exc)
-        if path is not None and self.config.gzip:
-            compressing = asyncio.get_running_loop().run_in_executor(self._compressor, compress, path)
+        if path is not None and self.config.compression != "none":
+            codec, level = self.config.compression, self.config.compression_level
+            compressing = asyncio.get_running_loop().run_in_executor(self._compressor, compress, path, codec, level)
             self._background.add(compressing)
             compressing.add_done_callback(self._compressed)
+        self._check_budget()
 
-    def _compressed(self, future: asyncio.Future[None]) -> None:
-        """A failed compression leaves the plain file in place (nothing is lost); it is counted and logged."""
+    def _compressed(self, future: asyncio.Future[Path]) -> None:
+        """A failed compression leaves the plain file in place (nothing is lost); it is counted and logged. A done
+        one changed the directory's size: the budget looks again."""
         self._background.discard(future)
         if not future.cancelled() and (exc := future.exception()) is not None:
             self._note_error(exc)
+        self._check_budget()
+
+    # --- the disk budget -------------------------------------------------------------------------------------------
+
+    def disk_allows(self) -> bool:
+        """Whether the disk budget lets this worker write more (O(1)): under the budget at the last check, counting
+        what this worker wrote since. False: commit fails and the edge answers 503 log_disk_full."""
+        return self.budget.allows(self._rotated_bytes + self._size - self._written_at_check)
+
+    async def _budget_loop(self) -> None:
+        while True:
+            self._check_budget()
+            await asyncio.sleep(CHECK_INTERVAL_S)
+
+    def _check_budget(self) -> None:
+        """Starts a check in the budget thread unless one is running (a rotation and the periodic check at once)."""
+        if self._closing or not self.budget.enabled or (self._budget_check and not self._budget_check.done()):
+            return
+        written = self._rotated_bytes + self._size
+        check = asyncio.get_running_loop().run_in_executor(self._budget_thread, self.budget.check)
+        self._budget_check = check
+
+        def checked(_: asyncio.Future[DiskUsage]) -> None:
+            if not check.cancelled() and (exc := check.exception()) is not None:
+                self._note_error(exc)
+            else:
+                self._written_at_check = written  # the check measured (at least) everything written before it
+
+        check.add_done_callback(checked)
 
     def _open(self) -> None:
         self._seq += 1
-        stamp = datetime.now(UTC).strftime("%Y%m%dT%H%M%S%f")[:-3]
-        name = f"events-{stamp}Z-w{self.worker:02d}-p{os.getpid()}-{self._seq:04d}{ACTIVE_SUFFIX}"
-        path = self.directory / name
+        path = self.directory / file_name(self.worker, self._seq)
         self._fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_APPEND | os.O_CLOEXEC, 0o644)
         self._path = path
         self._opened_at = time.monotonic()
         self._size = 0
         self._unsynced = False
-
-
-def _lowest_priority() -> None:
-    """Nice 19 for the calling thread only (Linux applies setpriority to a thread id)."""
-    with contextlib.suppress(OSError):
-        os.setpriority(os.PRIO_PROCESS, threading.get_native_id(), 19)
 
 
 def _close(fd: int, sync: bool, remove: Path | None) -> None:
@@ -290,37 +307,3 @@ def _close(fd: int, sync: bool, remove: Path | None) -> None:
         os.close(fd)
     if remove is not None:  # a file that never got a line
         remove.unlink(missing_ok=True)
-
-
-def compress(path: Path) -> None:
-    """Gzips a closed log file durably: write to a temporary name, fsync, rename, then remove the original."""
-    target = path.with_name(path.name[: -len(ACTIVE_SUFFIX)] + ROTATED_SUFFIX)
-    temporary = target.with_name(target.name + ".tmp")
-    with path.open("rb") as source, gzip.open(temporary, "wb", compresslevel=6) as sink:
-        shutil.copyfileobj(source, sink, 1 << 20)
-    with temporary.open("rb") as written:
-        os.fsync(written.fileno())
-    temporary.rename(target)
-    path.unlink()
-
-
-def finalize_orphans(directory: Path, pid: int | None = None) -> list[Path]:
-    """Compresses active files left by dead workers (all of them, or those of one pid); returns the new files.
-
-    A file cut short by a crash keeps its torn last line: readers skip and count it.
-    """
-    if not directory.is_dir():
-        return []
-    done = []
-    for path in sorted(directory.glob(f"events-*{ACTIVE_SUFFIX}")):
-        if pid is not None and f"-p{pid}-" not in path.name:
-            continue
-        if path.stat().st_size == 0:
-            path.unlink()
-            continue
-        compress(path)
-        done.append(path.with_name(path.name[: -len(ACTIVE_SUFFIX)] + ROTATED_SUFFIX))
-    for stale in directory.glob(f"events-*{ROTATED_SUFFIX}.tmp"):
-        if pid is None or f"-p{pid}-" in stale.name:  # a live worker's compression in progress stays
-            stale.unlink()
-    return done
