@@ -23,7 +23,7 @@ import msgspec
 from trackpoint.admin import metrics
 from trackpoint.admin.server import AdminRequest, AdminResponse, AdminServer
 from trackpoint.collectors.log.collector import finalize_orphans, log_dir
-from trackpoint.config import ConfigError, LoadedConfig, load
+from trackpoint.config import ConfigError, LoadedConfig, load, resolve_secrets
 from trackpoint.config.model import Config, LogCollectorConfig
 from trackpoint.config.openapi import openapi_json as openapi_document_json
 from trackpoint.edge import control
@@ -295,6 +295,7 @@ class Supervisor:
                 return
             try:
                 loaded = load(self.config_path)
+                resolve_secrets(loaded)  # a secret gone missing refuses the reload, not the new workers
             except ConfigError as exc:
                 self.state.reload_failures += 1
                 log.error("reload refused, keeping the running configuration:\n%s", exc)
