@@ -5,10 +5,13 @@ worker starts; a worker that keeps dying at start is restarted with backoff, log
 from __future__ import annotations
 
 import base64
+import json
+import os
 import secrets
 import signal
 import subprocess
 import sys
+import time
 from pathlib import Path
 from typing import Any
 
@@ -19,6 +22,7 @@ from typer.testing import CliRunner
 from conftest import Tracker, free_port
 from trackpoint.cli import app
 from trackpoint.config import load
+from trackpoint.edge.supervisor import CRASH_LOOP_STARTS, RESTART_BACKOFF_S
 from trackpoint.security.resolve import unresolved_secrets
 
 SECRET = secrets.token_hex(16)
@@ -147,3 +151,53 @@ def test_a_reload_that_loses_a_secret_is_refused(tracker_factory: Any) -> None:
     secret_file.write_text(SECRET)
     tracker.signal(signal.SIGHUP)
     assert tracker.wait_metric("trackpoint_reloads_total", "", 1, timeout_s=20) == 1
+
+
+def health(tracker: Tracker, path: str) -> tuple[int, dict[str, Any]]:
+    status, _, body = tracker.admin("GET", path)
+    answer: dict[str, Any] = json.loads(body)
+    return status, answer
+
+
+def test_a_worker_that_keeps_failing_at_start_fails_the_health_checks(tracker_factory: Any, tmp_path: Path) -> None:
+    """The secret file of a running tracker disappears (a rotated volume), then a worker dies: its replacement
+    cannot start. The supervisor keeps restarting it with backoff, logs the error once, and says so on /healthz
+    and /readyz; once the secret is back the worker starts and the tracker is healthy again."""
+    secret_file = tmp_path / "acme.secret"
+    secret_file.write_text(SECRET)
+    tracker: Tracker = tracker_factory(postback({"secret_file": str(secret_file)}), workers=2)
+    assert health(tracker, "/healthz") == (200, {"status": "ok"})
+    secret_file.unlink()
+    victim = tracker.worker_pids()[0]
+    os.kill(victim, signal.SIGKILL)
+
+    seen: dict[int, float] = {}  # failed starts in a row -> the backoff before the next attempt, as reported
+    deadline = time.monotonic() + 30
+    while max(seen, default=0) < 4:
+        assert time.monotonic() < deadline, f"no crash loop reported: {seen}\n{tracker.output()}"
+        status, answer = health(tracker, "/healthz")
+        if status == 503:
+            assert answer["status"] == "crash_loop"
+            assert "acme.secret" in answer["reason"] and answer["reason"].startswith("worker ")
+            (loop,) = answer["crash_looping"]
+            seen[loop["failed_starts"]] = loop["backoff_s"]
+        time.sleep(0.02)
+    # Each restart waited longer than the one before: one step of the backoff per failed start (the first restart,
+    # after the kill, took the first step).
+    assert all(backoff == RESTART_BACKOFF_S[failures] for failures, backoff in seen.items()), seen
+    assert min(seen) >= CRASH_LOOP_STARTS
+    status, ready = health(tracker, "/readyz")
+    assert status == 503 and not ready["ready"]
+    assert ready["workers_ready"] == 1 and ready["crash_looping"][0]["failed_starts"] >= 4
+    assert tracker.metric("trackpoint_worker_restarts_total") >= 3
+    assert tracker.process is not None and tracker.process.poll() is None  # the supervisor stays up
+    status, headers, _ = tracker.get("/conv?adv=acme&order_id=o-1")  # answered by the other worker
+    assert (status, headers["x-reject-reason"]) == (401, "postback_auth_missing")
+    output = tracker.output()
+    assert output.count("failed to start") == 1, output  # logged once, however often it failed
+    assert "acme.secret" in output and "Traceback" in output  # with the error and where it came from
+
+    secret_file.write_text(SECRET)
+    tracker.wait_ready(timeout_s=30)
+    assert health(tracker, "/healthz") == (200, {"status": "ok"})
+    assert "worker 0 started after" in tracker.output() or "worker 1 started after" in tracker.output()
