@@ -201,3 +201,28 @@ def test_a_worker_that_keeps_failing_at_start_fails_the_health_checks(tracker_fa
     tracker.wait_ready(timeout_s=30)
     assert health(tracker, "/healthz") == (200, {"status": "ok"})
     assert "worker 0 started after" in tracker.output() or "worker 1 started after" in tracker.output()
+
+
+def test_dropped_events_are_logged_with_their_counts(tracker_factory: Any) -> None:
+    """A queue collector whose Redis is down, without a spool and with room for 5 events in memory: what it drops
+    is counted and logged as one warning with the count, not once per event."""
+    down = f"redis://127.0.0.1:{free_port()}/0"  # nothing listens there
+    queue = {"type": "redis_streams", "url": down, "max_pending_events": 5, "spool": {"enabled": False}}
+    config = {
+        "collectors": {"queue": queue},
+        "event_types": {"impression": {"preset": "impression", "collectors": ["log", "queue"]}},
+    }
+    tracker: Tracker = tracker_factory(config)
+    for i in range(40):
+        assert tracker.get(f"/i?imp=drop-{i}")[0] == 200
+    dropped = tracker.wait_metric("trackpoint_collector_dropped_total", 'collector="queue"', 35)
+    assert dropped >= 35  # at most 5 wait in memory
+    deadline = time.monotonic() + 10
+    while "collector queue dropped" not in tracker.output():
+        assert time.monotonic() < deadline, tracker.output()
+        time.sleep(0.05)
+    (warning,) = [line for line in tracker.output().splitlines() if "collector queue dropped" in line]
+    assert " WARNING " in warning and "memory batch full, spool off: " in warning
+    logged = int(warning.split("collector queue dropped ")[1].split()[0])
+    assert 0 < logged <= dropped
+    assert len(tracker.wait_events(40)) == 40  # the log collector has every one
