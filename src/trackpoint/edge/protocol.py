@@ -87,7 +87,9 @@ class EdgeProtocol(asyncio.Protocol):
     def connection_made(self, transport: asyncio.BaseTransport) -> None:
         self.transport = cast(asyncio.Transport, transport)  # uvloop's transports are not its subclasses
         edge = self.edge
-        if edge.draining or len(edge.connections) >= edge.limits.max_connections:
+        # A draining worker still serves what it accepted before its listener closed (the answer says
+        # `Connection: close`): refusing it would fail a request that a reload must not fail.
+        if len(edge.connections) >= edge.limits.max_connections:
             edge.stats.reject("too_many_connections")
             self.closing = True
             self.transport.write(edge.reject_response(503, "too_many_connections", None, False, False))
