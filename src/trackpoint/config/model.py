@@ -764,7 +764,8 @@ class CheckConsentConfig(PreprocessorBase, tag="check_consent"):
 
 class ExchangeKeys(Struct, forbid_unknown_fields=True, kw_only=True):
     """One exchange's price keys, in the web-safe base64 the exchange hands out, from an environment variable or a
-    file (never the config itself). They are read when a worker starts, not by `trackpoint config check`."""
+    file (never the config itself). `trackpoint config check` and `trackpoint run` read them before any worker
+    starts."""
 
     encryption_key_env: Annotated[
         str | None, Meta(description="Environment variable holding the encryption key (web-safe base64).")

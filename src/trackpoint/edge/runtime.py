@@ -401,9 +401,11 @@ class Edge:
             await collector.start()
 
     async def drain(self, timeout_s: float) -> None:
-        """Stops taking requests and flushes. Responses from now on say `Connection: close`; a keep-alive client
-        between two requests gets a grace period to send its next one (answered, then closed) before idle
-        connections are closed, so a reload does not cut an active client off mid-stream."""
+        """Finishes the accepted connections (the listener is closed already) and flushes. Responses from now on
+        say `Connection: close`; a keep-alive client between two requests gets a grace period to send its next one
+        (answered, then closed) before idle connections are closed, so a reload does not cut an active client off
+        mid-stream. A connection that has not sent its first request yet (accepted as the listener closed) is
+        not idle but waiting for its request: it is served, within its header timeout."""
         self.draining = True
         now = time.monotonic()
         deadline = now + timeout_s
@@ -411,7 +413,7 @@ class Edge:
         while self.connections and time.monotonic() < grace_end:
             await asyncio.sleep(0.02)
         for connection in list(self.connections):
-            if connection.phase == IDLE:
+            if connection.phase == IDLE and connection.requests:
                 connection.close()
         while self.connections and time.monotonic() < deadline:
             await asyncio.sleep(0.02)
