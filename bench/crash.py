@@ -48,8 +48,10 @@ from run import (
     run_wrk,
     start_service,
     wait_ready,
+    write_report,
+    write_unique_imp_script,
 )
-from soak import TRACKER_BIN, WINDOW_LUA
+from soak import TRACKER_BIN
 from trackpoint.collectors.log.reader import ReadStats, read_events
 
 CRASH_JSON = RESULTS_DIR / "crash.json"
@@ -213,8 +215,7 @@ class CrashRun:
 
 def run_crash(workdir: Path, max_s: int, between_kills_s: float, console: Console) -> CrashRun:
     with tracker(workdir) as (service, admin_port):
-        script = workdir / "max.lua"
-        script.write_text(WINDOW_LUA.replace("{prefix}", "max"))
+        script = write_unique_imp_script(workdir / "max.lua", "max")
         max_rps = run_wrk(service.url, max_s, THROUGHPUT_CONNECTIONS, script).rps
         target = LOAD_SHARE * max_rps
         console.print(f"maximum {max_rps:,.0f} req/s (wrk); load at {target:,.0f} req/s, {KILLS} SIGKILLs")
@@ -328,8 +329,7 @@ def main(argv: list[str] | None = None) -> int:
         "run": asdict(run),
         "checks": [{"name": name, "value": value, "passed": passed} for name, value, passed in results],
     }
-    out = (RESULTS_DIR if args.record else Path(tempfile.gettempdir())) / CRASH_JSON.name
-    out.write_text(json.dumps(report, indent=2) + "\n")
+    out = write_report(report, CRASH_JSON.name, args.record)
     missed = sum(not passed for _, _, passed in results)
     console.print(f"{'all checks met' if not missed else f'{missed} checks missed'}; results: {out}")
     return 0
