@@ -6,9 +6,9 @@ from core 1 with a new impression id on every request, one wrk run per window. A
 * the worker's RSS;
 * the log directory: finished ``.jsonl`` files waiting for compression (every uncompressed file but the worker's
   current one), their bytes, and the directory's bytes (disk bytes per event = log dir bytes / events logged);
-* the worker's CPU time, and the compression thread's (``/proc/<pid>/task/<tid>``: the thread named ``gzip-*`` or
-  ``compress-*``; where the OS does not see Python's thread names, the thread at nice 19, which is how the log
-  collector runs it) with the bytes that thread has read (``rchar``): the raw bytes it compressed.
+* the worker's CPU time, and the compression thread's (``/proc/<pid>/task/<tid>``: the thread named ``compress-*``,
+  a name the log collector gives it in the OS) with the bytes that thread has read (``rchar``): the raw bytes it
+  compressed.
 
 CPU per event is split into serving (worker minus compression) and compression. Compression is reported twice: per
 event served, and per event compressed (its CPU over the events in the bytes it read). When compression falls
@@ -86,8 +86,7 @@ TARGET_MAX_WAITING_FILES = 1
 TARGET_RSS_GROWTH_MB = 20.0
 TARGET_COMPRESSION_SHARE = 0.15  # compression CPU per event <= 15% of serving CPU per event
 
-COMPRESSION_THREADS = ("gzip-", "compress-")
-COMPRESSION_NICE = 19
+COMPRESSION_THREADS = ("compress-",)
 ACTIVE_SUFFIX = ".jsonl"
 
 # --------------------------------------------------------------------------- /proc and the log directory
@@ -122,7 +121,7 @@ def compression_cpu(pid: int) -> tuple[float, int, int]:
     cpu, read, threads = 0.0, 0, 0
     for name, fields, task in _thread_stats(pid):
         # fields[16] is proc(5)'s field 19, nice; 11 and 12 are utime and stime
-        if name.startswith(COMPRESSION_THREADS) or int(fields[16]) == COMPRESSION_NICE:
+        if name.startswith(COMPRESSION_THREADS):
             threads += 1
             cpu += (int(fields[11]) + int(fields[12])) / CLK_TCK
             with contextlib.suppress(OSError):

@@ -123,6 +123,10 @@ def _split_lines(chunks: Iterator[bytes]) -> Iterator[bytes]:
 
 
 def lower_priority() -> None:
-    """COMPRESSION_NICE for the calling thread only (Linux applies setpriority to a thread id)."""
+    """COMPRESSION_NICE for the calling thread only (Linux applies setpriority to a thread id), and the thread's
+    name where the OS shows it (top -H, /proc/<pid>/task/<tid>/comm), which Python 3.11 does not set."""
+    tid = threading.get_native_id()
     with contextlib.suppress(OSError):
-        os.setpriority(os.PRIO_PROCESS, threading.get_native_id(), COMPRESSION_NICE)
+        os.setpriority(os.PRIO_PROCESS, tid, COMPRESSION_NICE)
+    with contextlib.suppress(OSError):
+        Path(f"/proc/self/task/{tid}/comm").write_text(threading.current_thread().name[:15])
