@@ -28,6 +28,7 @@ from rich.table import Table
 
 from run import (
     QUICK_DURATION_S,
+    RESULTS_DIR,
     SETTLE_S,
     HarnessError,
     Settings,
@@ -66,6 +67,24 @@ def measure(setting: str, settings: Settings, console: Console) -> dict[str, flo
         "brief_p50_ms": brief.latency_p50_ms,
         "brief_p99_ms": brief.latency_p99_ms,
     }
+
+
+def markdown(report: dict[str, Any]) -> str:
+    medians = report["medians"]
+    base = medians["process"]["rps"]
+    lines = [
+        f"Recorded {report['date'][:10]} (commit {str(report['git']['commit'])[:12]}), medians of {report['rounds']} "
+        f"alternated rounds of {report['duration_s']} s:",
+        "",
+        "| log durability | req/s (one core) | vs process | avg at 2,000 req/s | p50 | p99 |",
+        "|---|---|---|---|---|---|",
+    ]
+    for setting, median in medians.items():
+        lines.append(
+            f"| `{setting}` | {median['rps']:,.0f} | {median['rps'] / base:.0%} | {median['brief_avg_ms']:.2f} ms "
+            f"| {median['brief_p50_ms']:.2f} ms | {median['brief_p99_ms']:.2f} ms |"
+        )
+    return "\n".join(lines) + "\n"
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -122,6 +141,8 @@ def main(argv: list[str] | None = None) -> int:
         )
     console.print(table)
     console.print(f"wrote {write_report(report, 'durability.json', args.record)}")
+    if args.record:  # the table the docs include (docs/benchmarks.md)
+        (RESULTS_DIR / "durability.md").write_text(markdown(report))
     return 0
 
 
