@@ -156,28 +156,32 @@ def test_disk_metrics_show_each_log_collectors_directory(tmp_path: Path) -> None
     }
 
 
-def test_the_collector_refuses_once_its_own_writes_fill_the_budget(tmp_path: Path) -> None:
-    config = options(max_disk_bytes=2 * MiB, fsync="none", compression="none", max_pending_events=100_000)
-    events = [make_event(i) for i in range(2 * MiB // len(msgspec.json.encode(make_event(0))) + 1)]
+def test_the_collector_refuses_the_group_that_would_pass_the_budget(tmp_path: Path) -> None:
+    """Groups of 100 lines until one would pass max_disk_bytes: that one is refused whole (nothing of it written),
+    from this worker's own count before any check ran, and the directory stays within the budget."""
+    config = options(max_disk_bytes=2 * MiB, fsync="none", compression="none")
+    line = len(msgspec.json.encode(make_event(0))) + 1
 
-    async def main() -> tuple[bool, bool, bool]:
+    async def main() -> tuple[int, int, bool]:
         collector = LogCollector("log", config, CollectorContext(str(tmp_path), worker=1))
         await collector.start()
         try:
-            before = collector.disk_allows()
-            for event in events:
-                collector.offer(event)
-            await collector.flush()
-            during = collector.disk_allows()  # refused from this worker's own count, before any check
-            collector._check_budget()
-            assert collector._budget_check is not None
-            await collector._budget_check
-            return before, during, collector.disk_allows()
+            written = 0
+            for group in range(2 * MiB // (100 * line) + 2):
+                for i in range(100):
+                    collector.offer(make_event(group * 100 + i))
+                if not collector.commit():
+                    break
+                written += 100
+            return written, collector.stats.dropped, collector.disk_allows(100 * line)
         finally:
             await collector.close(5.0)
 
-    assert asyncio.run(main()) == (True, False, False)
-    assert usage(tmp_path / "logs", config).bytes >= 2 * MiB
+    written, dropped, allows = asyncio.run(main())
+    assert (dropped, allows) == (100, False)
+    used = usage(tmp_path / "logs", config).bytes
+    assert used == sum(len(msgspec.json.encode(make_event(i))) + 1 for i in range(written))  # accepted lines only
+    assert 2 * MiB - 100 * (line + 4) <= used < 2 * MiB  # the refused group would not have fitted
 
 
 def test_a_tracker_at_its_budget_answers_503_log_disk_full_and_acknowledges_only_what_it_wrote(
