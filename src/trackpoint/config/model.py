@@ -394,9 +394,19 @@ class EventTypeSpec(Struct, forbid_unknown_fields=True, kw_only=True):
         Meta(
             description="Signed URLs (see `signing`), checked before any other work. required: an unsigned "
             'request is refused; optional: an unsigned request is accepted and marked `dims.signed = "0"` '
-            '(signed ones `"1"`); a bad, expired or unknown-key signature is refused under both (403).'
+            '(signed ones `"1"`); a bad, expired or unknown-key signature is refused under both (403). On a '
+            "type that takes POST, a signed request's body is covered too: its SHA-256 travels in the signed `bd` "
+            "parameter (`trackpoint sign --data`), and a body without one is refused (403 `body_unsigned`)."
         ),
     ] = "off"
+    signed_params: Annotated[
+        list[str],
+        Meta(
+            description="The query parameters the signature covers (with `kid`, `exp` and `bd`); the others are "
+            "free, so an exchange can substitute its `${AUCTION_*}` macros into a signed URL. A listed parameter "
+            "cannot be added, removed or changed. Empty: every parameter is covered."
+        ),
+    ] = msgspec.field(default_factory=list)
     invalid_traffic: Annotated[
         InvalidTrafficSpec, Meta(description="What happens to events flagged as invalid traffic (kept by default).")
     ] = msgspec.field(default_factory=InvalidTrafficSpec)
