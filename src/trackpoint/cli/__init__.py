@@ -115,9 +115,8 @@ def sign(  # noqa: PLR0917 (one argument per option)
 ) -> None:
     """Sign a tracking URL with the tracker's key (the same key `trackpoint run` uses with the same config)."""
     import time
-    from urllib.parse import urlsplit
 
-    from trackpoint.security.signing import SigningKeyError, load_key, sign_url, signing_key_id
+    from trackpoint.security.signing import SigningKeyError, covered_params, load_key, sign_url, signing_key_id
 
     tracker = _load_or_exit(config).config
     signing = tracker.signing
@@ -144,10 +143,8 @@ def sign(  # noqa: PLR0917 (one argument per option)
     except SigningKeyError as exc:
         err.print(f"[bold red]error[/] {exc}", highlight=False)
         raise typer.Exit(2) from None
-    path = urlsplit(url).path or "/"
-    covered = next((spec.signed_params for spec in tracker.event_types.values() if path in spec.paths), None)
     expires_at = None if ttl is None else int(time.time()) + ttl
-    print(sign_url(url, chosen, secret, expires_at, covered or None, body))
+    print(sign_url(url, chosen, secret, expires_at, covered_params(tracker, url), body))
 
 
 def _parse_time(value: str | None, option: str) -> int | None:

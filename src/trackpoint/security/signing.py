@@ -277,6 +277,14 @@ def load_keys(config: SigningConfig, data_dir: str) -> dict[str, bytes]:
     return {key_id: load_key(key_id, key, data_dir) for key_id, key in config.keys.items()}
 
 
+def covered_params(config: Config, url: str) -> list[str] | None:
+    """What a signature of this URL must cover: the `signed_params` of the event type at its path; None (every
+    parameter) when that type lists none or no type has the path."""
+    path = urlsplit(url).path or "/"
+    found = next((spec.signed_params for spec in config.event_types.values() if path in spec.paths), None)
+    return found or None
+
+
 def signing_key_id(config: SigningConfig) -> str:
     """The key new URLs are signed with: `sign_with`, or the first key listed."""
     return config.sign_with or next(iter(config.keys))
