@@ -32,7 +32,7 @@ def test_impression_returns_the_pixel_and_logs_one_event(tracker: Tracker) -> No
     [event] = tracker.wait_events(1)
     assert event.type == "impression"
     assert event.id == derived_id("impression", ["imp-1"])
-    assert event.dims == {"imp": "imp-1", "cid": "c1", "crid": "cr1", "pub": "p1"}
+    assert event.dims == {"imp": "imp-1", "cid": "c1", "crid": "cr1", "pub": "p1", "consent": "not_applicable"}
     assert event.ctx.ip == "127.0.0.0"  # anonymize_ip: /24
     assert event.ctx.device is not None and event.ctx.device.browser == "Chrome"
     assert abs(event.ts - time.time() * 1000) < 60_000

@@ -22,6 +22,7 @@ import msgspec
 import yaml
 
 from trackpoint.config.model import Config, EventTypeSpec
+from trackpoint.privacy.filter import deny_private_fields
 
 if TYPE_CHECKING:
     from trackpoint.plugins import Registry
@@ -111,6 +112,7 @@ def _validate(document: dict[str, Any], node: yaml.Node | None, source: str, reg
     problems = list(check_references(config))
     if problems:
         raise ConfigError([ConfigIssue(source, _line_of(node, path), path, msg) for path, msg in problems])
+    config = deny_private_fields(config)  # privacy by default: the policy each collector's filter applies
     encoded = msgspec.json.encode(config)
     return LoadedConfig(config=config, source=source, version=hashlib.sha256(encoded).hexdigest()[:12])
 

@@ -506,8 +506,27 @@ class CollectorBase(Struct, tag_field="type", forbid_unknown_fields=True, kw_onl
     ] = None
     fields_deny: Annotated[
         list[str],
-        Meta(description="Parts of an event never sent to this collector (same paths as fields_allow)."),
+        Meta(
+            description="Parts of an event never sent to this collector (same paths as fields_allow). On an "
+            "untrusted collector, every field an event type reads from the client IP, a cookie or a header "
+            "(`source: ip|cookie|header`, and the user id cookie's `dims.uid`) is added here, unless "
+            "`send_private` names it."
+        ),
     ] = msgspec.field(default_factory=list)
+    send_private: Annotated[
+        list[str],
+        Meta(
+            description="Fields read from the client IP, a cookie or a header (by field name; `uid` for the user "
+            "id cookie) that this untrusted collector may receive all the same: the explicit opt-in."
+        ),
+    ] = msgspec.field(default_factory=list)
+    referer_query: Annotated[
+        bool,
+        Meta(
+            description="Send ctx.referer whole to this untrusted collector. By default it gets the referer "
+            "without its query string and fragment (they often carry emails, tokens, search terms)."
+        ),
+    ] = False
 
 
 class ShipConfig(Struct, forbid_unknown_fields=True, kw_only=True):
