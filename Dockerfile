@@ -13,14 +13,20 @@ ENV PYTHONDONTWRITEBYTECODE=1 \
     PIP_DISABLE_PIP_VERSION_CHECK=1
 
 FROM base AS builder
-# Optional extras, comma-separated: s3, gcs, azure (object storage for the log collector).
+# Optional object store for log shipping: s3, gcs or azure. Its lock, requirements/run-<store>.txt, pins the
+# runtime and that store's client; without one, requirements/run.txt.
 ARG EXTRAS=""
 WORKDIR /build
+COPY requirements ./requirements
+# Dependencies first, from the lock (exact versions, hash-checked), in a layer of their own that source changes
+# keep cached. Every dependency ships manylinux wheels: no compiler is needed, here or later.
+RUN python -m venv /opt/trackpoint \
+    && /opt/trackpoint/bin/pip install --no-cache-dir --require-hashes --only-binary=:all: \
+        -r "requirements/run${EXTRAS:+-$EXTRAS}.txt"
 COPY pyproject.toml README.md ./
 COPY src ./src
-# Every dependency ships manylinux wheels: no compiler is needed, here or later.
-RUN python -m venv /opt/trackpoint \
-    && /opt/trackpoint/bin/pip install --no-cache-dir --prefer-binary ".${EXTRAS:+[$EXTRAS]}" \
+# trackpoint itself; --no-deps: its dependencies are the lock's, never resolved afresh.
+RUN /opt/trackpoint/bin/pip install --no-cache-dir --no-deps . \
     && /opt/trackpoint/bin/python -m compileall -q /opt/trackpoint/lib
 
 FROM base AS runtime

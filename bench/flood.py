@@ -58,6 +58,7 @@ from run import (
     start_service,
     wait_ready,
     worker_pid,
+    write_report,
 )
 from trackpoint.collectors.log.reader import read_events
 from trackpoint.config import model
@@ -589,8 +590,7 @@ def main(argv: list[str] | None = None) -> int:
         "scenarios": [asdict(s) | {"lost": s.lost} for s in scenarios],
         "checks": [{"name": name, "value": value, "passed": passed} for name, value, passed in results],
     }
-    out = (RESULTS_DIR if args.record else Path(tempfile.gettempdir())) / FLOOD_JSON.name
-    out.write_text(json.dumps(report, indent=2) + "\n")
+    out = write_report(report, FLOOD_JSON.name, args.record)
     missed = sum(not passed for _, _, passed in results)
     console.print(f"{'all checks met' if not missed else f'{missed} checks missed'}; results: {out}")
     return 0

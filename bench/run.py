@@ -308,7 +308,7 @@ UNIQUE_IMP_LUA = """\
 local counter = 0
 function request()
   counter = counter + 1
-  return wrk.format(nil, "/i?imp=soak-" .. counter .. "&cid=c1&crid=cr9&pub=pub7")
+  return wrk.format(nil, "/i?imp={prefix}-" .. counter .. "&cid=c1&crid=cr9&pub=pub7")
 end
 """
 
@@ -326,10 +326,17 @@ end
 """
 
 
-def write_unique_imp_script(path: Path) -> Path:
-    """wrk Lua script giving every request its own impression id (and so its own event id)."""
-    path.write_text(UNIQUE_IMP_LUA)
+def write_unique_imp_script(path: Path, prefix: str = "soak") -> Path:
+    """wrk Lua script giving every request its own impression id (and so its own event id), `<prefix>-<n>`."""
+    path.write_text(UNIQUE_IMP_LUA.format(prefix=prefix))
     return path
+
+
+def write_report(report: dict[str, Any], name: str, record: bool) -> Path:
+    """A benchmark's JSON results: into bench/results with --record, else into the temp directory."""
+    out = (RESULTS_DIR if record else Path(tempfile.gettempdir())) / name
+    out.write_text(json.dumps(report, indent=2) + "\n")
+    return out
 
 
 # --------------------------------------------------------------------------- processes

@@ -311,7 +311,7 @@ def test_forged_and_broken_click_ids_are_recorded_unattributed(tracker: Tracker)
     genuine = ClickIds({"auto": _key(tracker)}, "auto").issue("imp-1", "c1", "cr1", int(time.time() * 1000) - 60_000)
     other_key = ClickIds({"auto": K2}, "auto").issue("imp-1", "c1", "cr1", int(time.time() * 1000) - 60_000)
     rotated_out = ClickIds({"old": K2}, "old").issue("imp-1", "c1", "cr1", int(time.time() * 1000) - 60_000)
-    cases = {"tampered": _flip(genuine, 20), "other_key": other_key, "rotated": rotated_out, "junk": "%00junk"}
+    cases = {"tampered": _flip(genuine, 20), "other_key": other_key, "rotated": rotated_out, "junk": "junk-%E2%9C%93"}
     for order, click_id in cases.items():
         status, _, _ = tracker.get(f"/conv?click_id={click_id}&order_id={order}")
         assert status == 200

@@ -318,7 +318,7 @@ def test_redis_publishes_notifications_on_its_channel(tmp_path: Path) -> None:
             assert message is not None
             note = msgspec.json.decode(message["data"], type=Notification)
             assert (note.campaign, note.reason, note.event_id, note.spent_micros) == ("c1", "total", "e1", 5)
-            await pubsub.aclose()  # type: ignore[no-untyped-call]
+            await pubsub.aclose()
             await client.aclose()
 
     asyncio.run(scenario())

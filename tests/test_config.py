@@ -175,14 +175,14 @@ def test_a_redefined_builtin_collector_keeps_the_other_builtins(tmp_path: Path) 
         tmp_path,
         """
         collectors:
-          log: {type: log, dir: elsewhere, fsync: always}
+          log: {type: log, dir: elsewhere, durability: power}
         """,
     )
     collectors = load(path).config.collectors
     log = collectors["log"]
     assert isinstance(log, model.LogCollectorConfig)
     assert log.dir == "elsewhere"
-    assert log.fsync == "always"
+    assert log.durability == "power"
     assert isinstance(collectors["stdout"], model.StdoutCollectorConfig)
 
 

@@ -212,6 +212,19 @@ def test_the_runtime_stage_carries_no_build_tools(runtime: Stage) -> None:
         assert parts[-2] == parts[-1] == "/opt/trackpoint", f"only the virtualenv crosses stages: COPY {parts}"
 
 
+def test_the_image_installs_its_dependencies_from_the_runtime_locks(stages: list[Stage]) -> None:
+    runs = [args for stage in stages[:-1] for args in stage.all("RUN")]
+    from_lock = first((args for args in runs if "-r " in args), "a pip install -r of the runtime lock")
+    assert "--require-hashes" in from_lock, from_lock
+    lock = first(re.finditer(r'-r "?(requirements/\S+?)"?(?:\s|$)', from_lock), "the lock file").group(1)
+    assert lock == "requirements/run${EXTRAS:+-$EXTRAS}.txt", lock
+    # Every store the docs offer as EXTRAS has its lock; the project itself comes without resolving anything.
+    for extras in ("", "s3", "gcs", "azure"):
+        assert (ROOT / lock.replace("${EXTRAS:+-$EXTRAS}", f"-{extras}" if extras else "")).exists(), extras
+    project = first((args for args in runs if re.search(r"pip install .*\s\.(\s|$)", args)), "pip install .")
+    assert "--no-deps" in project, project
+
+
 def test_the_image_runs_as_a_fixed_non_root_uid(runtime: Stage) -> None:
     user = runtime.last("USER")
     uid = user.split(":")[0]

@@ -98,7 +98,7 @@ def test_sigterm_drains_and_every_acknowledged_event_is_logged(tracker_factory: 
     assert missing == []
     # Rotated and compressed on shutdown: no active file is left behind (a worker that got no event has no file).
     suffixes = [p.name.rsplit(".", 2)[-2:] for p in (tracker.data_dir / "logs").iterdir()]
-    assert suffixes and all(suffix == ["jsonl", "gz"] for suffix in suffixes)
+    assert suffixes and all(suffix == ["jsonl", "zst"] for suffix in suffixes)
 
 
 def test_sighup_reloads_without_failing_a_request(tracker_factory: Any) -> None:

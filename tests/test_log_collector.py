@@ -1,4 +1,4 @@
-"""Unit tests of the log collector (JSON lines, rotation, gzip, fsync policies, bounded batch) and its reader.
+"""Unit tests of the log collector (JSON lines, rotation, compression, fsync policies, bounded batch) and its reader.
 
 Each test runs a real LogCollector on an asyncio loop over a temporary data dir and reads the files back.
 """
@@ -8,22 +8,27 @@ from __future__ import annotations
 import asyncio
 import gzip
 import json
+import os
 import re
+import threading
 import time
 from collections.abc import Awaitable, Callable, Sequence
 from pathlib import Path
 
 import msgspec
 import pytest
+import zstandard
 
 from trackpoint.collectors import build_collector
 from trackpoint.collectors.base import CollectorContext, CollectorStats
-from trackpoint.collectors.log.collector import LogCollector, compress, finalize_orphans, log_dir
+from trackpoint.collectors.log.collector import LogCollector
+from trackpoint.collectors.log.compression import COMPRESSION_NICE, compress, finalize_orphans, lower_priority
+from trackpoint.collectors.log.files import log_dir
 from trackpoint.collectors.log.reader import ReadStats, log_files, read_events
 from trackpoint.config.model import LogCollectorConfig
 from trackpoint.pipeline.event import Context, Device, Event, Meta
 
-NAME = re.compile(r"events-(?P<stamp>\d{8}T\d{9})Z-w(?P<worker>\d{2})-p(?P<pid>\d+)-(?P<seq>\d{4})\.jsonl(\.gz)?")
+NAME = re.compile(r"events-(?P<stamp>\d{8}T\d{9})Z-w(?P<worker>\d{2})-p(?P<pid>\d+)-(?P<seq>\d{4})\.jsonl(\.zst|\.gz)?")
 ENCODER = msgspec.json.Encoder()
 
 
@@ -83,6 +88,10 @@ def read_all(*paths: Path) -> tuple[list[Event], ReadStats]:
     return list(read_events(paths, stats)), stats
 
 
+def unzstd(blob: bytes) -> bytes:
+    return zstandard.ZstdDecompressor().decompressobj().decompress(blob)
+
+
 async def wait_until(condition: Callable[[], bool], timeout_s: float = 5.0) -> None:
     deadline = time.monotonic() + timeout_s
     while not condition():
@@ -108,15 +117,15 @@ def test_offered_events_are_written_as_json_lines_and_read_back_identically(tmp_
     assert NAME.fullmatch(active.name), active.name
     assert active.name.endswith(".jsonl")
     (rotated,) = files(tmp_path / "logs")
-    assert rotated.name == active.name + ".gz"
-    lines = gzip.decompress(rotated.read_bytes()).splitlines()
+    assert rotated.name == active.name + ".zst"
+    lines = unzstd(rotated.read_bytes()).splitlines()
     assert len(lines) == len(events)
     assert json.loads(lines[0]) == json.loads(ENCODER.encode(events[0]))
     assert set(json.loads(lines[0])) == {"id", "type", "ts", "dims", "metrics", "ctx", "meta"}
     read, stats = read_all(tmp_path / "logs")
     assert read == events
     assert (stats.events, stats.skipped) == (40, 0)
-    assert collector.snapshot() == CollectorStats(received=40, sent=40, dropped=0, errors=0, pending=0)
+    assert collector.snapshot() == CollectorStats(received=40, sent=40, dropped=0, errors=0, pending=0, required=True)
 
 
 def test_the_flush_loop_writes_without_an_explicit_flush(tmp_path: Path) -> None:
@@ -133,21 +142,45 @@ def test_the_flush_loop_writes_without_an_explicit_flush(tmp_path: Path) -> None
     assert written == events
 
 
-def test_a_full_batch_is_flushed_without_waiting_for_the_interval(tmp_path: Path) -> None:
+def test_commit_writes_the_group_at_once_in_one_write(tmp_path: Path) -> None:
     events = [make_event(i) for i in range(10)]
+    seen: list[list[Event]] = []
 
     async def body(collector: LogCollector) -> None:
         for event in events:
             collector.offer(event)
-        await wait_until(lambda: collector.stats.sent == 10, timeout_s=5.0)  # the interval is a minute
+        seen.append(list(read_events([collector.directory])))  # offered, not yet written
+        assert collector.commit()
+        seen.append(list(read_events([collector.directory])))  # in the page cache: readable at once, no await
 
-    collector = run_collector(tmp_path, config(flush_interval_ms=60_000, batch_max_events=10), body)
-    assert collector.stats.sent == 10
-    assert read_all(tmp_path / "logs")[0] == events
+    collector = run_collector(tmp_path, config(flush_interval_ms=60_000), body)
+    assert seen == [[], events]
+    assert (collector.stats.received, collector.stats.sent) == (10, 10)
+
+
+def test_a_failed_write_refuses_the_group_and_the_log_recovers(tmp_path: Path) -> None:
+    """The disk is full (/dev/full answers every write with ENOSPC): commit says so, nothing is counted as written,
+    the collector is unhealthy with the reason the edge answers, and the next write to a good file succeeds."""
+    outcomes: list[tuple[bool, str, bool]] = []
+
+    async def body(collector: LogCollector) -> None:
+        good = collector._fd
+        collector._fd = os.open("/dev/full", os.O_WRONLY)
+        collector.offer(make_event(1))
+        outcomes.append((collector.commit(), collector.failure_reason, collector.health().healthy))
+        os.close(collector._fd)
+        collector._fd = good
+        collector.offer(make_event(2))
+        outcomes.append((collector.commit(), collector.failure_reason, collector.health().healthy))
+
+    collector = run_collector(tmp_path, config(), body)
+    assert outcomes == [(False, "log_disk_full", False), (True, "log_disk_full", True)]
+    assert read_all(tmp_path / "logs")[0] == [make_event(2)]
+    assert (collector.stats.sent, collector.stats.dropped, collector.stats.errors) == (1, 1, 1)
 
 
 def test_data_dir_and_dir_option_place_the_files(tmp_path: Path) -> None:
-    options = config(dir="nested/logs", gzip=False)
+    options = config(dir="nested/logs", compression="none")
     run_collector(tmp_path / "data", options, offer_in_batches([make_event(1)], 1), worker=7)
     directory = log_dir(str(tmp_path / "data"), options)
     assert directory == tmp_path / "data" / "nested" / "logs"
@@ -160,20 +193,20 @@ def test_data_dir_and_dir_option_place_the_files(tmp_path: Path) -> None:
 # --- rotation and compression -------------------------------------------------------------------------------
 
 
-def test_rotation_by_size_makes_gzipped_files_sorting_in_creation_order(tmp_path: Path) -> None:
+def test_rotation_by_size_makes_compressed_files_sorting_in_creation_order(tmp_path: Path) -> None:
     events = [make_event(i, pad=200) for i in range(100)]
     line_size = len(ENCODER.encode(events[0])) + 1
     assert 4 * line_size < 4096 < 100 * line_size
     run_collector(tmp_path, config(rotate_bytes=4096), offer_in_batches(events, 4))
     rotated = files(tmp_path / "logs")
     assert len(rotated) >= 5
-    assert all(path.name.endswith(".jsonl.gz") for path in rotated)
+    assert all(path.name.endswith(".jsonl.zst") for path in rotated)
     matches = [NAME.fullmatch(path.name) for path in rotated]
     assert all(match is not None for match in matches)
     sequence = [int(match["seq"]) for match in matches if match is not None]
     assert sequence == list(range(1, len(rotated) + 1))  # sorted by name = the order they were made
     for path in rotated:
-        assert len(gzip.decompress(path.read_bytes())) <= 4096
+        assert len(unzstd(path.read_bytes())) <= 4096
     read, stats = read_all(tmp_path / "logs")
     assert read == events
     assert stats.skipped == 0
@@ -200,13 +233,13 @@ def test_close_rotates_and_compresses_the_last_file(tmp_path: Path) -> None:
     assert files(directory, ".jsonl") == []
     assert files(directory, ".tmp") == []
     last = files(directory)[-1]
-    assert last.name.endswith(".jsonl.gz")
+    assert last.name.endswith(".jsonl.zst")
     assert list(read_events([last]))[-1] == events[-1]
 
 
-def test_without_gzip_files_stay_plain(tmp_path: Path) -> None:
+def test_with_compression_none_files_stay_plain(tmp_path: Path) -> None:
     events = [make_event(i, pad=200) for i in range(30)]
-    run_collector(tmp_path, config(rotate_bytes=4096, gzip=False), offer_in_batches(events, 5))
+    run_collector(tmp_path, config(rotate_bytes=4096, compression="none"), offer_in_batches(events, 5))
     plain = files(tmp_path / "logs")
     assert len(plain) >= 2
     assert all(path.name.endswith(".jsonl") for path in plain)
@@ -219,55 +252,47 @@ def test_a_collector_that_wrote_nothing_leaves_no_file(tmp_path: Path) -> None:
 
     collector = run_collector(tmp_path, config(), body)
     assert files(tmp_path / "logs") == []
-    assert collector.snapshot() == CollectorStats()
+    assert collector.snapshot() == CollectorStats(required=True)
 
 
-@pytest.mark.parametrize("policy", ["none", "interval", "always"])
-def test_fsync_policies_write_every_event(tmp_path: Path, policy: str) -> None:
+@pytest.mark.parametrize(("fsync", "durability"), [("none", "process"), ("interval", "process"), ("none", "power")])
+def test_fsync_policies_write_every_event(tmp_path: Path, fsync: str, durability: str) -> None:
     events = [make_event(i) for i in range(12)]
-    run_collector(tmp_path, config(fsync=policy, fsync_interval_s=0.01), offer_in_batches(events, 3))
+    options = config(fsync=fsync, fsync_interval_s=0.01, durability=durability)
+    run_collector(tmp_path, options, offer_in_batches(events, 3))
     read, stats = read_all(tmp_path / "logs")
     assert read == events
     assert stats.skipped == 0
 
 
 def test_fsync_policy_decides_when_data_is_synced(tmp_path: Path) -> None:
+    """none: never by the collector; interval: by the maintenance loop; power: sync() before the answer."""
     unsynced: dict[str, list[bool]] = {}
 
     def recorder(policy: str) -> Callable[[LogCollector], Awaitable[None]]:
         async def body(collector: LogCollector) -> None:
-            for i in range(3):
-                if i == 2 and policy == "interval":
-                    await asyncio.sleep(0.3)  # one fsync interval
-                collector.offer(make_event(i))
-                await collector.flush()
-                unsynced.setdefault(policy, []).append(collector._unsynced)
+            collector.offer(make_event(1))
+            collector.commit()
+            unsynced.setdefault(policy, []).append(collector._unsynced)
+            if policy == "power":
+                await collector.sync()
+            else:
+                await asyncio.sleep(0.2)  # several maintenance passes: an interval policy syncs within them
+            unsynced[policy].append(collector._unsynced)
 
         return body
 
-    for policy in ("none", "interval", "always"):
-        run_collector(tmp_path / policy, config(fsync=policy, fsync_interval_s=0.3), recorder(policy))
-    assert unsynced["none"] == [True, True, True]
-    assert unsynced["always"] == [False, False, False]
-    assert unsynced["interval"] == [False, True, False]  # synced, not again within the interval, then again
+    cases: dict[str, dict[str, object]] = {
+        "none": {},
+        "interval": {"fsync": "interval", "fsync_interval_s": 0.02},
+        "power": {"durability": "power"},
+    }
+    for policy, options in cases.items():
+        run_collector(tmp_path / policy, config(flush_interval_ms=10, **options), recorder(policy))
+    assert unsynced == {"none": [True, True], "interval": [True, False], "power": [True, False]}
 
 
-# --- the bounded batch and the counters ---------------------------------------------------------------------
-
-
-def test_offers_beyond_max_pending_events_are_dropped_and_counted(tmp_path: Path) -> None:
-    events = [make_event(i) for i in range(25)]
-    during: list[CollectorStats] = []
-
-    async def body(collector: LogCollector) -> None:
-        for event in events:
-            collector.offer(event)  # no await in between: the flush loop cannot run
-        during.append(collector.snapshot())
-
-    collector = run_collector(tmp_path, config(max_pending_events=10, batch_max_events=4), body)
-    assert during == [CollectorStats(received=10, sent=0, dropped=15, errors=0, pending=10, healthy=True)]
-    assert collector.snapshot() == CollectorStats(received=10, sent=10, dropped=15, errors=0, pending=0)
-    assert read_all(tmp_path / "logs")[0] == events[:10]
+# --- the counters ---------------------------------------------------------------------------------------------
 
 
 def test_stats_counters_are_exact_over_several_rounds(tmp_path: Path) -> None:
@@ -275,13 +300,13 @@ def test_stats_counters_are_exact_over_several_rounds(tmp_path: Path) -> None:
         for round_ in range(3):
             for i in range(8):
                 collector.offer(make_event(round_ * 100 + i))
-            assert (collector.stats.received, collector.stats.dropped) == ((round_ + 1) * 5, (round_ + 1) * 3)
+            assert collector.stats.received == round_ * 8  # counted when written
             await collector.flush()
-            assert collector.stats.sent == (round_ + 1) * 5
+            assert (collector.stats.received, collector.stats.sent) == ((round_ + 1) * 8, (round_ + 1) * 8)
 
-    collector = run_collector(tmp_path, config(max_pending_events=5), body)
-    assert collector.snapshot() == CollectorStats(received=15, sent=15, dropped=9, errors=0, pending=0)
-    assert len(read_all(tmp_path / "logs")[0]) == 15
+    collector = run_collector(tmp_path, config(), body)
+    assert collector.snapshot() == CollectorStats(received=24, sent=24, dropped=0, errors=0, pending=0, required=True)
+    assert len(read_all(tmp_path / "logs")[0]) == 24
 
 
 def test_build_collector_makes_a_log_collector(tmp_path: Path) -> None:
@@ -380,7 +405,7 @@ def test_finalize_orphans_of_one_pid(tmp_path: Path) -> None:
     empty = orphan(directory, 111, 2, [])
     other = orphan(directory, 11, 3, [make_event(3)])
     done = finalize_orphans(directory, 111)
-    assert done == [mine.with_name(mine.name + ".gz")]
+    assert done == [mine.with_name(mine.name + ".zst")]
     assert not mine.exists()
     assert not empty.exists()
     assert other.exists()
@@ -396,7 +421,7 @@ def test_finalize_orphans_of_all_pids(tmp_path: Path) -> None:
     stale = directory / "events-20240101T000000009Z-w00-p444-0009.jsonl.gz.tmp"
     stale.write_bytes(b"half a gzip")
     done = finalize_orphans(directory)
-    assert done == [first.with_name(first.name + ".gz"), second.with_name(second.name + ".gz")]
+    assert done == [first.with_name(first.name + ".zst"), second.with_name(second.name + ".zst")]
     assert sorted(path.name for path in directory.iterdir()) == sorted(path.name for path in done)
     assert not empty.exists()
     assert not stale.exists()
@@ -420,11 +445,130 @@ def test_finalize_orphans_without_a_directory(tmp_path: Path) -> None:
     assert finalize_orphans(tmp_path / "absent") == []
 
 
-def test_compress_replaces_the_file_with_its_gzip(tmp_path: Path) -> None:
+@pytest.mark.parametrize(("codec", "level"), [("zstd", None), ("zstd", 19), ("gzip", None), ("gzip", 1)])
+def test_compress_replaces_the_file_with_its_compressed_copy(tmp_path: Path, codec: str, level: int | None) -> None:
     path = orphan(tmp_path, 5, 1, [make_event(i) for i in range(3)])
     original = path.read_bytes()
-    compress(path)
-    target = path.with_name(path.name + ".gz")
+    target = compress(path, codec, level)  # type: ignore[arg-type]
+    assert target == path.with_name(path.name + (".zst" if codec == "zstd" else ".gz"))
     assert not path.exists()
-    assert gzip.decompress(target.read_bytes()) == original
+    blob = target.read_bytes()
+    assert (unzstd(blob) if codec == "zstd" else gzip.decompress(blob)) == original
     assert files(tmp_path) == [target]
+    if codec == "gzip":  # the header's XFL byte: 4 for the fastest level, 0 in between (6), 2 for the best
+        assert blob[8] == (4 if level == 1 else 0)
+
+
+def test_compress_with_none_leaves_the_file(tmp_path: Path) -> None:
+    path = orphan(tmp_path, 5, 1, [make_event(1)])
+    assert compress(path, "none") == path
+    assert files(tmp_path) == [path]
+
+
+def test_gzip_option_with_a_level_makes_gz_files(tmp_path: Path) -> None:
+    events = [make_event(i, pad=200) for i in range(30)]
+    run_collector(
+        tmp_path, config(rotate_bytes=4096, compression="gzip", compression_level=1), offer_in_batches(events, 5)
+    )
+    rotated = files(tmp_path / "logs")
+    assert len(rotated) >= 2
+    assert all(path.name.endswith(".jsonl.gz") and path.read_bytes()[8] == 4 for path in rotated)
+    assert read_all(tmp_path / "logs")[0] == events
+
+
+@pytest.mark.parametrize(
+    ("options", "problem"),
+    [
+        ({"compression_level": 20}, "compression_level of zstd must be within 1-19"),
+        ({"compression": "gzip", "compression_level": 0}, "compression_level of gzip must be within 1-9"),
+        ({"compression": "none", "compression_level": 3}, "compression_level needs a codec"),
+        ({"rotate_bytes": 1 << 20, "max_disk_bytes": (2 << 20) - 1}, "at least twice rotate_bytes"),
+        ({"max_disk_bytes": 1000}, ">= 1048576"),
+        ({"disk_warn_ratio": 1.5}, "<= 1"),
+        ({"compression": "lz4"}, "Invalid enum value 'lz4'"),
+    ],
+)
+def test_invalid_compression_and_budget_options_are_refused(options: dict[str, object], problem: str) -> None:
+    with pytest.raises(msgspec.ValidationError, match=re.escape(problem)):
+        config(**options)
+
+
+def test_finalize_orphans_with_gzip_and_a_level(tmp_path: Path) -> None:
+    directory = tmp_path / "logs"
+    directory.mkdir()
+    mine = orphan(directory, 111, 1, [make_event(1)])
+    stale = directory / "events-20240101T000000009Z-w00-p111-0009.jsonl.zst.tmp"
+    stale.write_bytes(b"half a zstd frame")
+    done = finalize_orphans(directory, 111, "gzip", 9)
+    assert done == [mine.with_name(mine.name + ".gz")]
+    assert done[0].read_bytes()[8] == 2  # XFL: the best compression
+    assert not stale.exists()
+    assert list(read_events(done)) == [make_event(1)]
+
+
+def test_finalize_orphans_with_compression_none_only_clears_empty_files_and_temporaries(tmp_path: Path) -> None:
+    directory = tmp_path / "logs"
+    directory.mkdir()
+    kept = orphan(directory, 111, 1, [make_event(1)])
+    empty = orphan(directory, 111, 2, [])
+    assert finalize_orphans(directory, None, "none") == []
+    assert kept.exists()
+    assert not empty.exists()
+
+
+def test_reader_keeps_what_decodes_of_a_truncated_zstd(tmp_path: Path) -> None:
+    events = [make_event(i) for i in range(2000)]
+    path = orphan(tmp_path, 1, 1, events)
+    blob = compress(path).read_bytes()
+    truncated = tmp_path / "events-20240101T000000002Z-w00-p1-0002.jsonl.zst"
+    truncated.write_bytes(blob[: len(blob) // 2])
+    read, stats = read_all(truncated)
+    assert 0 < len(read) < len(events)
+    assert read == events[: len(read)]
+    assert stats.skipped == 1
+    assert stats.skipped_at == [f"{truncated}:{len(read) + 1}"]
+    truncated.write_bytes(blob[:-4])  # only the checksum is missing: every line decodes, the end is still noticed
+    read, stats = read_all(truncated)
+    assert read == events
+    assert stats.skipped == 1
+
+
+def test_reader_reads_concatenated_zstd_frames_whole(tmp_path: Path) -> None:
+    first, second = [make_event(1), make_event(2)], [make_event(3)]
+    compressor = zstandard.ZstdCompressor()
+    path = tmp_path / "events-20240101T000000000Z-w00-p1-0001.jsonl.zst"
+    path.write_bytes(
+        compressor.compress(ENCODER.encode_lines(first)) + compressor.compress(ENCODER.encode_lines(second))
+    )
+    read, stats = read_all(path)
+    assert read == first + second
+    assert stats.skipped == 0
+
+
+def test_reader_over_a_directory_mixing_plain_gzip_and_zstd(tmp_path: Path) -> None:
+    directory = tmp_path / "logs"
+    directory.mkdir()
+    written = []
+    for seq, codec in enumerate(["zstd", "none", "gzip", "zstd"], start=1):
+        events = [make_event(seq * 10 + i) for i in range(seq)]
+        written += events
+        compress(orphan(directory, 7, seq, events), codec)  # type: ignore[arg-type]
+    (directory / "events-20240101T000000005Z-w00-p7-0005.jsonl.zst.tmp").write_bytes(b"partial")
+    assert [path.name.rsplit(".", 1)[-1] for path in log_files([directory])] == ["zst", "jsonl", "gz", "zst"]
+    read, stats = read_all(directory)
+    assert read == written
+    assert (stats.events, stats.skipped) == (len(written), 0)
+
+
+def test_compression_threads_run_below_serving_priority_but_above_nice_19() -> None:
+    niceness: list[int] = []
+
+    def probe() -> None:
+        lower_priority()
+        niceness.append(os.getpriority(os.PRIO_PROCESS, threading.get_native_id()))
+
+    thread = threading.Thread(target=probe)
+    thread.start()
+    thread.join()
+    assert niceness == [max(COMPRESSION_NICE, os.getpriority(os.PRIO_PROCESS, 0))]
+    assert 0 < COMPRESSION_NICE < 19

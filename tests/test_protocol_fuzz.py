@@ -5,7 +5,9 @@ reach the tracker's own rejection paths (a 4xx with a reason), never an internal
 from __future__ import annotations
 
 import asyncio
+import tempfile
 
+import msgspec
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
@@ -75,9 +77,12 @@ def requests(draw: st.DrawFn) -> bytes:
 
 
 # One edge for every example (building one loads the user-agent parser); each example reads its counter deltas.
+# Its log writes into a temporary data dir: requests are answered only once their lines are written.
 LOOP = asyncio.new_event_loop()
 LOADED = load()
-EDGE = Edge(LOADED.config, LOADED.version, 0)
+DATA_DIR = tempfile.mkdtemp(prefix="trackpoint-fuzz-")
+EDGE = Edge(msgspec.structs.replace(LOADED.config, data_dir=DATA_DIR), LOADED.version, 0)
+LOOP.run_until_complete(EDGE.start_collectors())
 
 
 def _feed(chunks: list[bytes]) -> tuple[dict[str, int], _Transport]:

@@ -6,7 +6,6 @@ was stored is checked with each store's own SDK, not through the code under test
 from __future__ import annotations
 
 import asyncio
-import gzip
 import importlib
 import json
 import logging
@@ -26,6 +25,7 @@ from typing import Any
 import msgspec
 import pytest
 import yaml
+import zstandard
 from azure.storage.blob import BlobServiceClient
 
 from conftest import Tracker, free_port, make_event
@@ -225,10 +225,10 @@ def s3(s3_server: S3) -> S3Store:
 # --- helpers ---------------------------------------------------------------------------------------------------
 
 
-def write_logs(data_dir: Path, count: int, first: int = 0, gzip: bool = True) -> list[Event]:
+def write_logs(data_dir: Path, count: int, first: int = 0, compression: str = "zstd") -> list[Event]:
     """`count` events through a real LogCollector that rotates every ~20 events, then closes (all files final)."""
     events = [make_event(i) for i in range(first, first + count)]
-    options = msgspec.convert({"rotate_bytes": 4096, "fsync": "none", "gzip": gzip}, LogCollectorConfig)
+    options = msgspec.convert({"rotate_bytes": 4096, "fsync": "none", "compression": compression}, LogCollectorConfig)
 
     async def main() -> None:
         collector = LogCollector("log", options, CollectorContext(str(data_dir)))
@@ -243,10 +243,10 @@ def write_logs(data_dir: Path, count: int, first: int = 0, gzip: bool = True) ->
     return events
 
 
-def log_config(store: Store, prefix: str = "logs", gzip: bool = True, **ship: Any) -> LogCollectorConfig:
+def log_config(store: Store, prefix: str = "logs", compression: str = "zstd", **ship: Any) -> LogCollectorConfig:
     settings = {"url": store.url(prefix), "storage_options": store.options, "node": "node-a",
                 "retry_initial_s": 0.05, "retry_max_s": 0.2, **ship}  # fmt: skip
-    return msgspec.convert({"gzip": gzip, "ship": settings}, LogCollectorConfig)
+    return msgspec.convert({"compression": compression, "ship": settings}, LogCollectorConfig)
 
 
 def key_of(name: str, prefix: str = "logs", node: str = "node-a") -> str:
@@ -278,7 +278,7 @@ def test_ships_verifies_records_and_deletes(store: Store, tmp_path: Path) -> Non
     directory = tmp_path / "logs"
     files = log_files(directory)
     assert len(files) >= 4
-    assert all(name.endswith(".jsonl.gz") for name in files)
+    assert all(name.endswith(".jsonl.zst") for name in files)
 
     shipper = Shipper("log", directory, log_config(store))
     report = shipper.ship_pass()
@@ -371,9 +371,9 @@ def test_a_file_being_written_or_compressed_is_never_shipped(s3: S3Store, tmp_pa
         await live.flush()
         active = [p for p in directory.glob("events-*-w05-*") if p.name.endswith(".jsonl")]
         assert len(active) == 1
-        # What compress() leaves while it runs: the temporary of the next .gz.
-        temporary = directory / active[0].name.replace(".jsonl", ".jsonl.gz.tmp")
-        temporary.write_bytes(gzip.compress(active[0].read_bytes()))
+        # What compress() leaves while it runs: the temporary of the next .zst.
+        temporary = directory / active[0].name.replace(".jsonl", ".jsonl.zst.tmp")
+        temporary.write_bytes(zstandard.ZstdCompressor().compress(active[0].read_bytes()))
         report = await asyncio.to_thread(Shipper("log", directory, log_config(s3)).ship_pass)
         assert sorted(done.name for done in report.shipped) == sorted(closed)
         assert active[0].exists()
@@ -386,17 +386,17 @@ def test_a_file_being_written_or_compressed_is_never_shipped(s3: S3Store, tmp_pa
 
 
 WRITE_AND_EXIT = "import sys; from pathlib import Path; from test_shipping import write_logs; "
-WRITE_AND_EXIT += "write_logs(Path(sys.argv[1]), 50, gzip=False)"
+WRITE_AND_EXIT += "write_logs(Path(sys.argv[1]), 50, compression='none')"
 
 
-def test_without_gzip_plain_files_ship_once_their_worker_moved_on_or_exited(s3: S3Store, tmp_path: Path) -> None:
+def test_without_compression_plain_files_ship_once_their_worker_moved_on_or_exited(s3: S3Store, tmp_path: Path) -> None:
     environment = {**os.environ, "PYTHONPATH": str(ROOT / "tests")}
     subprocess.run([sys.executable, "-c", WRITE_AND_EXIT, str(tmp_path)], check=True, env=environment, timeout=60)
     directory = tmp_path / "logs"
     exited = log_files(directory)  # a dead worker's files, its last one included
     assert len(exited) >= 3
     assert all(name.endswith(".jsonl") for name in exited)
-    options = msgspec.convert({"rotate_bytes": 4096, "fsync": "none", "gzip": False}, LogCollectorConfig)
+    options = msgspec.convert({"rotate_bytes": 4096, "fsync": "none", "compression": "none"}, LogCollectorConfig)
     live = LogCollector("log", options, CollectorContext(str(tmp_path), worker=7))
 
     async def main() -> None:
@@ -407,7 +407,7 @@ def test_without_gzip_plain_files_ship_once_their_worker_moved_on_or_exited(s3: 
             await live.flush()
         mine = sorted(p.name for p in directory.glob("events-*-w07-*"))
         assert len(mine) == 3
-        report = await asyncio.to_thread(Shipper("log", directory, log_config(s3, gzip=False)).ship_pass)
+        report = await asyncio.to_thread(Shipper("log", directory, log_config(s3, compression="none")).ship_pass)
         assert sorted(done.name for done in report.shipped) == sorted([*exited, *mine[:-1]])
         assert (directory / mine[-1]).exists()  # the live worker's current file
         await live.close(5.0)
@@ -651,7 +651,7 @@ def test_the_tracker_ships_its_logs_while_running_and_on_sigterm(
     assert tracker.stop() == 0, tracker.output()
 
     keys = s3.data_keys("e2e")
-    assert all(key.startswith("e2e/edge-1/") and key.endswith(".jsonl.gz") for key in keys)
+    assert all(key.startswith("e2e/edge-1/") and key.endswith(".jsonl.zst") for key in keys)
     shipped = [event.dims["imp"] for event in s3.events("e2e", tmp_path / "back") if event.type == "win"]
     assert sorted(shipped) == sorted(acknowledged)  # every acknowledged event, once
     logs = tracker.data_dir / "logs"

@@ -200,7 +200,7 @@ def test_replaying_logs_twice_counts_nothing_twice(target_name: str, tmp_path: P
     async def main() -> None:
         async with target_for(target_name) as target:
             logged = events(3_000)
-            log = LogCollector("log", LogCollectorConfig(gzip=False), CollectorContext(str(tmp_path), worker=1))
+            log = LogCollector("log", LogCollectorConfig(compression="none"), CollectorContext(str(tmp_path), worker=1))
             await log.start()
             for event in logged:
                 log.offer(event)

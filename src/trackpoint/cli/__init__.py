@@ -10,7 +10,7 @@ from typing import Annotated
 import typer
 from rich.console import Console
 
-from trackpoint.config import ConfigError, LoadedConfig, json_schema, load
+from trackpoint.config import ConfigError, LoadedConfig, json_schema, load, resolve_secrets
 
 app = typer.Typer(
     name="trackpoint",
@@ -37,9 +37,13 @@ ConfigOption = Annotated[
 ]
 
 
-def _load_or_exit(path: Path | None) -> LoadedConfig:
+def _load_or_exit(path: Path | None, secrets: bool = False) -> LoadedConfig:
+    """The validated configuration (with `secrets`: every secret it names resolved too), or exit 2 with every error."""
     try:
-        return load(path)
+        loaded = load(path)
+        if secrets:
+            resolve_secrets(loaded)
+        return loaded
     except ConfigError as exc:
         for issue in exc.issues:
             err.print(f"[bold red]error[/] {issue}", highlight=False, soft_wrap=True)
@@ -68,7 +72,7 @@ def run(  # noqa: PLR0917 - typer maps each parameter to an option
     from trackpoint.edge.supervisor import Overrides
     from trackpoint.edge.supervisor import run as run_supervisor
 
-    loaded = _load_or_exit(config)
+    loaded = _load_or_exit(config, secrets=True)  # before any worker starts (the supervisor checks again on reload)
     overrides = Overrides(host=host, port=port, workers=workers, admin_port=admin_port, admin_host=admin_host)
     raise typer.Exit(run_supervisor(loaded, None if config is None else str(config), overrides))
 
@@ -77,8 +81,9 @@ def run(  # noqa: PLR0917 - typer maps each parameter to an option
 def config_check(
     file: Annotated[Path, typer.Argument(help="The YAML configuration file to validate.")],
 ) -> None:
-    """Validate a configuration file; every error is printed with its file, line and key."""
-    loaded = _load_or_exit(file)
+    """Validate a configuration file and resolve every secret it names (environment variables, files); every error
+    is printed with its file, line and key."""
+    loaded = _load_or_exit(file, secrets=True)
     types = ", ".join(loaded.config.event_types)
     print(f"{file}: ok (version {loaded.version}; event types: {types})")
 
@@ -171,7 +176,8 @@ def _parse_time(value: str | None, option: str) -> int | None:
 @app.command()
 def replay(  # noqa: PLR0917 (typer: one parameter per option)
     logs: Annotated[
-        list[Path], typer.Argument(help="Log files (.jsonl or .jsonl.gz) or directories holding them.", exists=True)
+        list[Path],
+        typer.Argument(help="Log files (.jsonl, .jsonl.zst or .jsonl.gz) or directories holding them.", exists=True),
     ],
     config: ConfigOption = None,
     collector: Annotated[
@@ -218,7 +224,7 @@ def replay(  # noqa: PLR0917 (typer: one parameter per option)
         raise typer.Exit(2) from None
     files = log_files(logs)
     if not files:
-        err.print("[bold red]error[/] no log files (events-*.jsonl[.gz]) in " + ", ".join(map(str, logs)))
+        err.print("[bold red]error[/] no log files (events-*.jsonl[.zst|.gz]) in " + ", ".join(map(str, logs)))
         raise typer.Exit(2)
     out = Console(stderr=True)
     with Progress(
@@ -312,7 +318,8 @@ def ship(
 @banker_app.command("reconcile")
 def banker_reconcile(
     logs: Annotated[
-        list[Path], typer.Argument(help="Log files (.jsonl or .jsonl.gz) or directories holding them.", exists=True)
+        list[Path],
+        typer.Argument(help="Log files (.jsonl, .jsonl.zst or .jsonl.gz) or directories holding them.", exists=True),
     ],
     config: ConfigOption = None,
     collector: Annotated[
@@ -333,7 +340,7 @@ def banker_reconcile(
     loaded = _load_or_exit(config)
     files = log_files(logs)
     if not files:
-        err.print("[bold red]error[/] no log files (events-*.jsonl[.gz]) in " + ", ".join(map(str, logs)))
+        err.print("[bold red]error[/] no log files (events-*.jsonl[.zst|.gz]) in " + ", ".join(map(str, logs)))
         raise typer.Exit(2)
     try:
         report = asyncio.run(reconcile(loaded.config, files, collector))

@@ -29,6 +29,12 @@ log = logging.getLogger("trackpoint.collectors")
 
 # How often a collector looks for spools of workers that are gone.
 ORPHAN_SCAN_INTERVAL_S = 10.0
+# Dropped events are logged (a warning with the counts) at most this often per collector, besides the counter.
+DROP_LOG_INTERVAL_S = 10.0
+
+
+_MEMORY_FULL = "memory batch full"
+_SPOOL_OFF = "memory batch full, spool off"
 
 
 class SendResult(enum.Enum):
@@ -83,6 +89,10 @@ class Collector(ABC):
     Subclasses fill in `send` (and usually `start`, `health`, `close`); this class owns batching, timeouts,
     retries, the spool, backpressure and the counters."""
 
+    # A durable collector is the record a response promises (the log): the edge calls its commit() once per
+    # event-loop iteration, before that iteration's responses are written, and answers 503 when it fails.
+    durable: bool = False
+
     def __init__(self, name: str, config: CollectorBase, context: CollectorContext) -> None:
         self.name = name
         self.context = context
@@ -102,6 +112,12 @@ class Collector(ABC):
         self._closing = False
         self._abandoned = False  # close() gave up on the drain: the flush loop must stop
         self._last_error_log = 0.0
+        # Drops by cause (besides offer's, counted only in stats.dropped: the request path does nothing more),
+        # and what the last drop warning reported.
+        self._drops: dict[str, int] = {}
+        self._drops_logged: dict[str, int] = {}
+        self._dropped_logged = 0
+        self._last_drop_log = -DROP_LOG_INTERVAL_S
         self._failures = 0
         self._retry_at = 0.0
         self._in_flight: list[Event] = []  # events taken from _pending by the running flush, from _in_flight_start
@@ -147,6 +163,19 @@ class Collector(ABC):
         """Whether the target is usable now (e.g. connected), with a short detail; read once a second for the
         metrics and /readyz, so it must be cheap and must not do I/O."""
         return Health(healthy=True)
+
+    def commit(self) -> bool:
+        """Durable collectors only: writes what was offered since the last commit; False when it could not be
+        recorded (the edge then answers those requests 503 with `failure_reason`)."""
+        return True
+
+    failure_reason = "collector_unavailable"
+    # Durable collectors only: answers wait for sync() of their lines as well (durability power).
+    sync_before_answer = False
+
+    async def sync(self) -> None:
+        """Durable collectors only: makes what commit() wrote survive power loss (fsync)."""
+        return None
 
     def outcomes(self) -> dict[str, int]:
         """Counters of this collector's own (monotonic), reported as trackpoint_collector_outcomes_total."""
@@ -225,6 +254,8 @@ class Collector(ABC):
                 await asyncio.wait_for(self._wake.wait(), self.flush_interval_s)
             self._wake.clear()
             await self.flush()
+            if self.stats.dropped != self._dropped_logged:
+                self._warn_drops()
         # Shutdown: keep trying (with backoff) until everything is out or close() runs out of drain time and
         # spools the rest for the next worker.
         self._retry_at = 0.0
@@ -331,7 +362,7 @@ class Collector(ABC):
                 batch = self._batch_decoder.decode(payload)
             except msgspec.DecodeError as exc:
                 self._note_error(exc)
-                self.stats.dropped += events
+                self._drop("unreadable spool record", events)
                 spool.pop()
                 continue
             if not await self.deliver(batch):
@@ -351,13 +382,13 @@ class Collector(ABC):
             while not spool.push(payload, len(batch)):
                 policy = self.spool_config.when_full
                 if policy == "drop_oldest" and spool.records:
-                    self.stats.dropped += spool.drop_oldest()
+                    self._drop("spool full, oldest dropped", spool.drop_oldest())
                     continue
                 if policy == "backpressure":
                     self.accepting = False
                     self._trim_memory()
                     return
-                self.stats.dropped += len(batch)  # drop_newest, or a batch larger than the whole spool
+                self._drop("spool full", len(batch))  # drop_newest, or a batch larger than the whole spool
                 break
             del self._pending[: len(batch)]
         self._update_accepting()
@@ -371,11 +402,11 @@ class Collector(ABC):
         excess = len(self._pending) - self.max_pending
         if excess > 0:
             del self._pending[self.max_pending :]
-            self.stats.dropped += excess
+            self._drop(_MEMORY_FULL if self._spool is not None else _SPOOL_OFF, excess)
 
     def _dead_letter(self, batch: list[Event]) -> None:
         """Batches the target refuses for good are kept as JSON lines for inspection and `trackpoint replay`."""
-        self.stats.dropped += len(batch)
+        self._drop("refused by the target", len(batch))
         directory = Path(self.context.data_dir) / "deadletter" / self.name
         try:
             directory.mkdir(parents=True, exist_ok=True)
@@ -385,6 +416,34 @@ class Collector(ABC):
         except OSError as exc:
             self._note_error(exc)
         log.error("collector %s: target refused %d events; kept in %s", self.name, len(batch), directory)
+
+    def _drop(self, cause: str, events: int) -> None:
+        self.stats.dropped += events
+        self._drops[cause] = self._drops.get(cause, 0) + events
+
+    def _warn_drops(self) -> None:
+        """A warning with the events dropped since the last one, by cause, at most once per DROP_LOG_INTERVAL_S."""
+        now = time.monotonic()
+        if now - self._last_drop_log < DROP_LOG_INTERVAL_S:
+            return
+        causes = {cause: count - self._drops_logged.get(cause, 0) for cause, count in self._drops.items()}
+        # What offer() dropped is the rest: the memory batch was full (max_pending_events) when the event came.
+        offered = self.stats.dropped - self._dropped_logged - sum(causes.values())
+        if offered:
+            memory = _MEMORY_FULL if self._spool is not None else _SPOOL_OFF
+            causes[memory] = causes.get(memory, 0) + offered
+        log.warning(
+            "collector %s dropped %d events since its last warning (%s); %d since start (counted in "
+            "trackpoint_collector_dropped_total; warned at most every %.0f s)",
+            self.name,
+            self.stats.dropped - self._dropped_logged,
+            ", ".join(f"{cause}: {count}" for cause, count in causes.items() if count),
+            self.stats.dropped,
+            DROP_LOG_INTERVAL_S,
+        )
+        self._last_drop_log = now
+        self._dropped_logged = self.stats.dropped
+        self._drops_logged = dict(self._drops)
 
     def _note_error(self, exc: BaseException | str) -> None:
         self.stats.errors += 1

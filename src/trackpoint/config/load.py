@@ -117,6 +117,28 @@ def _validate(document: dict[str, Any], node: yaml.Node | None, source: str, reg
     return LoadedConfig(config=config, source=source, version=hashlib.sha256(encoded).hexdigest()[:12])
 
 
+def resolve_secrets(loaded: LoadedConfig) -> None:
+    """Reads every secret the configuration names (environment variables and files), as the workers will; raises
+    ConfigError naming each option whose secret is missing or unusable. Called by `config check`, before workers
+    start and on reload: a missing secret is one clear error, not workers dying at start."""
+    from trackpoint.security.resolve import unresolved_secrets  # the readers import this package's model
+
+    problems = list(unresolved_secrets(loaded.config))
+    if problems:
+        node = _compose(loaded.source)
+        raise ConfigError([ConfigIssue(loaded.source, _line_of(node, path), path, msg) for path, msg in problems])
+
+
+def _compose(source: str) -> yaml.Node | None:
+    """The YAML node tree of a config file, for line numbers (None for the embedded default or an unreadable file)."""
+    if source == DEFAULT_CONFIG_NAME:
+        return None
+    try:
+        return yaml.compose(Path(source).read_text(encoding="utf-8"), Loader=yaml.SafeLoader)
+    except (OSError, yaml.YAMLError):
+        return None
+
+
 def with_builtin_instances(config: Config, registry: Registry) -> Config:
     """Implicit collector kinds (log, stdout) and every preprocessor kind exist under their own name with default
     options, unless the file defines that name."""

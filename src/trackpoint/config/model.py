@@ -66,6 +66,32 @@ class Limits(Struct, forbid_unknown_fields=True, kw_only=True):
     max_connections: Annotated[
         int, Meta(ge=1, description="Open connections per worker; one more is answered 503 and closed.")
     ] = 10000
+    max_connections_per_ip: Annotated[
+        int,
+        Meta(
+            ge=1,
+            description="Open connections per worker from one client address (not counting trusted proxies, which "
+            "carry many clients); one more is answered 503 `too_many_connections_from_ip` and closed, so one "
+            "address cannot take every slot.",
+        ),
+    ] = 512
+    max_pipelined_requests: Annotated[
+        int,
+        Meta(
+            ge=1,
+            le=100_000,
+            description="Requests answered on one connection in one read before its answers are written; the last "
+            "is answered `Connection: close` and the rest is not read (a client retries what a closed connection "
+            "did not answer). Bounds the memory a client that pipelines without reading can take.",
+        ),
+    ] = 128
+    write_timeout_s: Annotated[
+        Seconds,
+        Meta(
+            description="A connection whose answers the client has not read for this long (its send buffer above "
+            "the high-water mark) is aborted, whatever it still has to send."
+        ),
+    ] = 10.0
 
 
 class ServerConfig(Struct, forbid_unknown_fields=True, kw_only=True):
@@ -530,11 +556,11 @@ class CollectorBase(Struct, tag_field="type", forbid_unknown_fields=True, kw_onl
 
 
 class ShipConfig(Struct, forbid_unknown_fields=True, kw_only=True):
-    """Shipping of finished log files (rotated and, with gzip, compressed) to S3, GCS or Azure Blob, by the
-    supervisor (and `trackpoint ship`), to `<url>/<node>/<YYYY>/<MM>/<DD>/<file>`. Credentials come from where each
-    store's SDK finds them: AWS_* variables, a profile or the instance/pod role (s3); GOOGLE_APPLICATION_CREDENTIALS
-    or workload identity (gs); AZURE_STORAGE_CONNECTION_STRING, AZURE_STORAGE_ACCOUNT_NAME with a key or a managed
-    identity (az)."""
+    """Shipping of finished log files (rotated and, unless compression is none, compressed) to S3, GCS or Azure
+    Blob, by the supervisor (and `trackpoint ship`), to `<url>/<node>/<YYYY>/<MM>/<DD>/<file>`. Credentials come
+    from where each store's SDK finds them: AWS_* variables, a profile or the instance/pod role (s3);
+    GOOGLE_APPLICATION_CREDENTIALS or workload identity (gs); AZURE_STORAGE_CONNECTION_STRING,
+    AZURE_STORAGE_ACCOUNT_NAME with a key or a managed identity (az)."""
 
     url: Annotated[
         str | None,
@@ -575,9 +601,15 @@ class ShipConfig(Struct, forbid_unknown_fields=True, kw_only=True):
     ] = 30.0
 
 
+Compression = Literal["zstd", "gzip", "none"]
+# The levels each codec accepts (lowest, highest) and the one it uses when compression_level is unset. zstd stops at
+# 19: levels 20-22 need far more memory and time than a log file justifies.
+COMPRESSION_LEVELS: dict[str, tuple[int, int, int]] = {"zstd": (1, 19, 3), "gzip": (1, 9, 6)}
+
+
 class LogCollectorConfig(CollectorBase, tag="log"):
-    """JSON lines, one file per worker, rotated by size and time, gzipped on rotation, optionally shipped to object
-    storage."""
+    """JSON lines, one file per worker, rotated by size and time, compressed on rotation (zstd by default), kept
+    within an optional disk budget and retention, optionally shipped to object storage."""
 
     # The log is itself on disk: a second disk copy would not help it, so its failed batches wait in memory.
     spool: Annotated[SpoolConfig, Meta(description="Off for the log collector (it is the disk record).")] = (
@@ -591,15 +623,81 @@ class LogCollectorConfig(CollectorBase, tag="log"):
     dir: Annotated[str, Meta(description="Directory of the log files, relative to data_dir.")] = "logs"
     rotate_bytes: Annotated[int, Meta(ge=4096, description="A file is rotated when it reaches this size.")] = 128 << 20
     rotate_interval_s: Annotated[Seconds, Meta(description="A file is rotated when it is this old.")] = 3600.0
-    gzip: Annotated[bool, Meta(description="Compress rotated files (`.jsonl.gz`).")] = True
+    # The log is the record an acknowledgement promises: the tracker is not ready while it cannot write it.
+    required: Annotated[
+        bool,
+        Meta(
+            description="Required by default: while the log cannot be written, requests for its event types are "
+            "answered 503 (`log_unavailable`) and /readyz fails."
+        ),
+    ] = True
+    durability: Annotated[
+        Literal["process", "power"],
+        Meta(
+            description="When a response may leave. process: once the event's line is written into the page cache "
+            "(one write per event-loop iteration for all its requests): no process crash loses an acknowledged "
+            "event. power: once that write is also fsynced (one fsync per group, off the event loop, later groups "
+            "batching meanwhile): an acknowledged event survives power loss too, at the cost of a disk flush of "
+            "latency."
+        ),
+    ] = "process"
+    compression: Annotated[
+        Compression,
+        Meta(
+            description="Codec of rotated files: zstd (`.jsonl.zst`, a few percent of a core at full load), gzip "
+            "(`.jsonl.gz`, several times zstd's CPU for a similar size) or none (files stay `.jsonl`)."
+        ),
+    ] = "zstd"
+    compression_level: Annotated[
+        int | None,
+        Meta(description="Codec level: zstd 1-19, gzip 1-9. Unset: zstd 3, gzip 6."),
+    ] = None
+    max_disk_bytes: Annotated[
+        Annotated[int, Meta(ge=1 << 20)] | None,
+        Meta(
+            description="Budget of the log directory. Above it, shipped files go (oldest first); when only the record "
+            "is left, new events are refused (503 `log_disk_full`) until files are shipped, compressed or removed. "
+            "At least twice rotate_bytes. Unset: no budget.",
+        ),
+    ] = None
+    retention_s: Annotated[
+        Annotated[float, Meta(gt=0)] | None,
+        Meta(
+            description="Finished files older than this (by last write) are deleted, oldest first; with ship.url "
+            "only once they are shipped. Unset: kept until shipped (and deleted by delete_after_upload) or forever.",
+        ),
+    ] = None
+    disk_warn_ratio: Annotated[
+        float,
+        Meta(
+            gt=0,
+            le=1,
+            description="Share of max_disk_bytes above which shipped files are deleted early and a warning is "
+            "logged (once a minute) and shown by trackpoint_log_disk_warning.",
+        ),
+    ] = 0.9
     fsync: Annotated[
-        Literal["none", "interval", "always"],
-        Meta(description="none: leave it to the OS; interval: fsync every fsync_interval_s; always: after each flush."),
+        Literal["none", "interval"],
+        Meta(
+            description="Under durability process, when written lines reach the disk: none: when the OS decides; "
+            "interval: an fsync every fsync_interval_s (off the event loop), bounding what a power loss can take."
+        ),
     ] = "interval"
     fsync_interval_s: Annotated[Seconds, Meta(description="Period of fsync under the interval policy.")] = 1.0
     ship: Annotated[ShipConfig, Meta(description="Shipping of finished files to object storage (off by default).")] = (
         msgspec.field(default_factory=ShipConfig)
     )
+
+    def __post_init__(self) -> None:
+        if self.compression_level is not None:
+            if self.compression == "none":
+                raise ValueError("compression_level needs a codec (compression zstd or gzip)")
+            lowest, highest, _ = COMPRESSION_LEVELS[self.compression]
+            if not lowest <= self.compression_level <= highest:
+                raise ValueError(f"compression_level of {self.compression} must be within {lowest}-{highest}")
+        if self.max_disk_bytes is not None and self.max_disk_bytes < 2 * self.rotate_bytes:
+            # Room for the file being written and the one being compressed next to its temporary.
+            raise ValueError("max_disk_bytes must be at least twice rotate_bytes")
 
 
 class StdoutCollectorConfig(CollectorBase, tag="stdout"):
@@ -695,7 +793,8 @@ class CheckConsentConfig(PreprocessorBase, tag="check_consent"):
 
 class ExchangeKeys(Struct, forbid_unknown_fields=True, kw_only=True):
     """One exchange's price keys, in the web-safe base64 the exchange hands out, from an environment variable or a
-    file (never the config itself). They are read when a worker starts, not by `trackpoint config check`."""
+    file (never the config itself). `trackpoint config check` and `trackpoint run` read them before any worker
+    starts."""
 
     encryption_key_env: Annotated[
         str | None, Meta(description="Environment variable holding the encryption key (web-safe base64).")

@@ -1,6 +1,7 @@
 """The supervisor ↔ worker channel: length-prefixed msgpack messages over a Unix socket pair.
 
-The supervisor sends the validated configuration once; the worker answers Ready, then Stats every second, then Bye.
+The supervisor sends the validated configuration once; the worker answers Ready, then Stats every second, then Bye;
+or, when it cannot start, Failed with the reason before it exits.
 """
 
 from __future__ import annotations
@@ -8,6 +9,7 @@ from __future__ import annotations
 import asyncio
 import socket
 import struct
+import traceback
 
 import msgspec
 
@@ -48,8 +50,19 @@ class Bye(msgspec.Struct, tag=True):
     snapshot: Snapshot
 
 
+class Failed(msgspec.Struct, tag=True):
+    """The worker could not start (its components failed to build or start): the supervisor logs it once."""
+
+    error: str
+    traceback: str
+
+    @classmethod
+    def of(cls, exc: BaseException) -> Failed:
+        return cls(error=f"{type(exc).__name__}: {exc}", traceback="".join(traceback.format_exception(exc)))
+
+
 ToWorker = Start
-FromWorker = Ready | Stats | Bye
+FromWorker = Ready | Stats | Bye | Failed
 
 _encoder = msgspec.msgpack.Encoder()
 _from_worker = msgspec.msgpack.Decoder(FromWorker)

@@ -32,6 +32,8 @@ IDLE, HEADERS, BODY = 0, 1, 2
 FRAMING_HEADERS = frozenset({b"content-length", b"transfer-encoding", b"expect"})
 # After an error answer, how long input is still read (and discarded) before the connection is closed.
 LINGER_S = 1.0
+# What a connection does once its queued output is written.
+AFTER_NOTHING, AFTER_CLOSE, AFTER_LINGER = 0, 1, 2
 
 _monotonic = time.monotonic
 
@@ -44,9 +46,11 @@ class EdgeProtocol(asyncio.Protocol):
     """One client connection. Requests are answered in order; pipelined requests in one read are all parsed."""
 
     __slots__ = (
+        "after",
         "body",
         "body_bytes",
         "closing",
+        "continue_due",
         "deadline",
         "edge",
         "header_bytes",
@@ -56,6 +60,9 @@ class EdgeProtocol(asyncio.Protocol):
         "parser",
         "peer_ip",
         "phase",
+        "pipelined",
+        "received",
+        "recorded",
         "requests",
         "started",
         "transport",
@@ -81,28 +88,39 @@ class EdgeProtocol(asyncio.Protocol):
         self.body: bytearray | None = None
         self.body_bytes = 0
         self.out: bytes | list[bytes] = b""
+        # What the output step does once `out` is written (AFTER_*), and whether `out` answers a request whose event
+        # awaits this iteration's log write: output leaves only after that write.
+        self.after = AFTER_NOTHING
+        self.recorded = False
+        # Bytes fed to the parser since the last complete request (limits enforced as bytes arrive), requests
+        # answered since output was last written, and a `100 Continue` owed once the headers passed their checks.
+        self.received = 0
+        self.pipelined = 0
+        self.continue_due = False
 
     # --- connection ----------------------------------------------------------------------------------------------
 
     def connection_made(self, transport: asyncio.BaseTransport) -> None:
         self.transport = cast(asyncio.Transport, transport)  # uvloop's transports are not its subclasses
         edge = self.edge
-        if edge.draining or len(edge.connections) >= edge.limits.max_connections:
-            edge.stats.reject("too_many_connections")
-            self.closing = True
-            self.transport.write(edge.reject_response(503, "too_many_connections", None, False, False))
-            self.transport.close()
-            return
-        edge.connections.add(self)
+        # A draining worker still serves what it accepted before its listener closed (the answer says
+        # `Connection: close`): refusing it would fail a request that a reload must not fail.
         peer = transport.get_extra_info("peername")
         self.peer_ip = peer[0] if isinstance(peer, tuple) else "127.0.0.1"
         self.trusted_peer = edge.is_trusted_proxy(self.peer_ip)
+        refusal = edge.admit(self)
+        if refusal is not None:
+            edge.stats.reject(refusal)
+            self.closing = True
+            self.transport.write(edge.reject_response(503, refusal, None, False, False))
+            self.transport.close()
+            return
         self.parser = httptools.HttpRequestParser(self)
         # Until its first byte a new connection has the header timeout: a silent connection is a slow header.
         self.deadline = _monotonic() + edge.header_timeout_s
 
     def connection_lost(self, exc: Exception | None) -> None:
-        self.edge.connections.discard(self)
+        self.edge.release(self)
         self.closing = True
         self.parser = None
         self.transport = None  # output still queued for this iteration is dropped: the peer is gone
@@ -114,10 +132,48 @@ class EdgeProtocol(asyncio.Protocol):
             self.phase = HEADERS
             self.started = now = _monotonic()
             self.deadline = now + self.edge.header_timeout_s
+            # A strict request line: one space after the method (llhttp skips extra ones). Only where the read
+            # starts with a method: a read may also go on with a request pipelined into the previous one.
+            space = data.find(b" ", 0, 8)
+            if space > 0 and data[space + 1 : space + 2] == b" " and data[:space].isupper():
+                self.reject_and_close(400, "bad_request")
+                return
+        # Limits hold as bytes arrive, before the parser buffers them: a request may not take more than the head
+        # cap before it frames a body, nor more than the request cap in all, so an endless header line or chunk
+        # extension is cut off there.
+        received = self.received + len(data)
+        if received <= self.edge.head_cap:  # the common case: a whole small request
+            self.received = received
+            self.feed(data)
+        else:
+            self.feed_capped(data)
+        if self.continue_due and not self.closing:  # the head passed every check: the client may send the body
+            self.continue_due = False
+            self.send(responses.CONTINUE)
+
+    def feed_capped(self, data: bytes) -> None:
+        """Feeds no more than the cap allows; finish() resets the count, so the rest may belong to a next request."""
+        edge = self.edge
+        while data and not self.closing:
+            room = (edge.request_cap if self.phase == BODY else edge.head_cap) - self.received
+            if room <= 0:
+                if self.phase == BODY:
+                    self.reject_and_close(413, "body_too_large")
+                else:
+                    self.reject_and_close(431, "headers_too_large")
+                return
+            part, data = data[:room], data[room:]
+            self.received += len(part)
+            self.feed(part)
+
+    def feed(self, data: bytes) -> None:
         try:
             self.parser.feed_data(data)  # type: ignore[union-attr]  # set until closing
         except httptools.HttpParserUpgrade:
-            self.reject_and_close(400, "upgrade_not_supported")
+            if self.phase == IDLE:  # answered already (Upgrade ignored, as RFC 9110 allows): no second answer
+                self.close()
+            else:
+                self.reject_and_close(400, "upgrade_not_supported")
         except Exception as exc:  # llhttp rejected the bytes, or a callback stopped or failed
             if self.closing:
                 return
@@ -131,9 +187,11 @@ class EdgeProtocol(asyncio.Protocol):
                 self.reject_and_close(500, "internal_error")
 
     def pause_writing(self) -> None:
-        # The client does not read its responses: stop reading its requests until it does.
+        # The client does not read its responses: stop reading its requests until it does, and abort the
+        # connection if it still has not within the write timeout.
         if self.transport is not None:
             self.transport.pause_reading()
+            self.deadline = min(self.deadline, _monotonic() + self.edge.write_timeout_s)
 
     def resume_writing(self) -> None:
         if self.transport is not None and not self.closing:
@@ -157,18 +215,22 @@ class EdgeProtocol(asyncio.Protocol):
             raise Reject(431, "headers_too_large")
         name = name.lower()
         if name in edge.kept_headers:
-            self.headers[name] = value
             if name in FRAMING_HEADERS:
                 self.on_framing_header(name, value)
+            elif name == b"host" and name in self.headers:
+                raise Reject(400, "bad_host")  # RFC 9112 §3.2: more than one Host
+            self.headers[name] = value
 
     def on_framing_header(self, name: bytes, value: bytes) -> None:
         """A request with a body: check its declared size at once and give it the body timeout."""
         if name == b"expect":
-            if value.lower() == b"100-continue" and self.transport is not None:
-                self.send(responses.CONTINUE)
+            # Sent once the whole head passed its checks (end of data_received), never before a 413 or 431.
+            self.continue_due = value.lower() == b"100-continue"
             return
         if name == b"content-length" and (not value.isdigit() or int(value) > self.edge.limits.max_body_bytes):
             raise Reject(413, "body_too_large")
+        if name == b"transfer-encoding" and value.strip().lower() != b"chunked":
+            raise Reject(400, "bad_request")  # chunked is the only coding we frame: no `identity, chunked`
         self.phase = BODY
         self.deadline = _monotonic() + self.edge.limits.body_timeout_s
 
@@ -189,9 +251,20 @@ class EdgeProtocol(asyncio.Protocol):
         stats = edge.stats
         stats.requests += 1
         self.requests += 1
+        self.pipelined = pipelined = self.pipelined + 1
         keep_alive = parser.should_keep_alive() and not edge.draining and self.requests < edge.max_keepalive_requests
+        if pipelined >= edge.max_pipelined_requests:  # answered in this read: the rest waits for a new connection
+            keep_alive = False
         method = parser.get_method()
         is_head = method == b"HEAD"
+        if b"host" not in self.headers or not keep_alive:  # rare: checked off the common path
+            version = parser.get_http_version()
+            if version not in ("1.1", "1.0"):
+                self.reject(400, "bad_request", None, False, is_head)  # HTTP/0.9 and other versions
+                return
+            if version == "1.1" and b"host" not in self.headers:
+                self.reject(400, "bad_host", None, False, is_head)  # RFC 9112 §3.2: HTTP/1.1 needs a Host
+                return
         path, _, query = self.url.partition(b"?")
 
         route = edge.routes.get(path)
@@ -245,36 +318,37 @@ class EdgeProtocol(asyncio.Protocol):
                 response = route.cors.decorate(response, self.headers.get(b"origin"))
         except Reject as rejected:
             if event is not None and type(rejected) is responses.RecordedReject:  # raised by render only
-                if route.flagged_collectors is not None and IVT_DIM in event.dims:
-                    self.record_flagged(route, event)
-                else:
-                    for collector in route.collectors:  # a refused redirect: the click is still recorded
-                        collector.offer(event)
-                    stats.events[route.name] += 1
+                self.record(route, event)  # a refused redirect: the click is still recorded
             self.reject(rejected.status, rejected.reason, rejected.field, keep_alive, is_head, route.cors)
             return
         self.send(response)
         if event is not None:
-            if route.flagged_collectors is not None and IVT_DIM in event.dims:  # invalid traffic: route or drop
-                self.record_flagged(route, event)
-            else:
-                for collector in route.collectors:
-                    collector.offer(event)
-                stats.events[route.name] += 1
+            self.record(route, event)
         self.finish(keep_alive)
 
-    def record_flagged(self, route: Route, event: Event) -> None:
-        """An event flagged as invalid traffic under its type's route or drop policy: only the policy's collectors
-        get it (none under drop), counted either way."""
-        stats = self.edge.stats
-        collectors = route.flagged_collectors
-        if not collectors:
-            stats.ivt_dropped[route.name] += 1
-            return
-        for collector in collectors:
-            collector.offer(event)
-        stats.ivt_routed[route.name] += 1
-        stats.events[route.name] += 1
+    def record(self, route: Route, event: Event) -> None:
+        """Hands the event to its collectors. Durable ones (the log) write it before this iteration's responses
+        leave; the others get it once that write succeeded (at once, for a type without a log). An event flagged as
+        invalid traffic under the route or drop policy goes to the policy's collectors only (none: dropped)."""
+        edge = self.edge
+        targets = route.targets
+        if route.flagged is not None and IVT_DIM in event.dims:
+            targets = route.flagged
+            if targets.empty:
+                edge.stats.ivt_dropped[route.name] += 1
+                return
+            edge.stats.ivt_routed[route.name] += 1
+        if targets.durable:
+            for collector in targets.durable:
+                collector.offer(event)
+            self.recorded = True
+            edge.uncommitted[route.name] += 1
+            if targets.after:
+                edge.after_commit.append((targets.after, event))
+        else:
+            for collector in targets.after:
+                collector.offer(event)
+            edge.stats.events[route.name] += 1
 
     # --- responding ----------------------------------------------------------------------------------------------
 
@@ -287,6 +361,7 @@ class EdgeProtocol(asyncio.Protocol):
         now = _monotonic()
         edge = self.edge
         edge.stats.observe(now - self.started)
+        self.received = 0
         if keep_alive:
             self.phase = IDLE
             self.deadline = now + edge.keepalive_timeout_s
@@ -368,7 +443,8 @@ class EdgeProtocol(asyncio.Protocol):
         self.finish(keep_alive)
 
     def send(self, data: bytes) -> None:
-        """Queues a response; the worker writes every connection's queue once per event-loop iteration."""
+        """Queues a response; the worker writes every connection's queue once per event-loop iteration, after the
+        iteration's log lines."""
         out = self.out
         if not out:
             self.out = data
@@ -378,20 +454,56 @@ class EdgeProtocol(asyncio.Protocol):
         else:
             self.out = [out, data]
 
-    def flush(self) -> None:
-        out = self.out
-        if out and self.transport is not None:
-            self.out = b""
+    def take_output(self) -> tuple[bytes | list[bytes], int]:
+        """The queued output and what follows it, handed to the output step (which may hold it for an fsync)."""
+        out, after = self.out, self.after
+        self.out = b""
+        self.after = AFTER_NOTHING
+        self.recorded = False
+        self.pipelined = 0
+        return out, after
+
+    def write_output(self, out: bytes | list[bytes], after: int) -> None:
+        transport = self.transport
+        if transport is None:  # the peer is gone, or we closed it after a refusal
+            return
+        if out:
             if isinstance(out, list):
-                self.transport.writelines(out)
+                transport.writelines(out)
             else:
-                self.transport.write(out)
+                transport.write(out)
+        if after == AFTER_CLOSE:
+            transport.close()
+        elif after == AFTER_LINGER:
+            self.linger(transport)
+
+    def flush(self) -> None:
+        out, after = self.take_output()
+        self.write_output(out, after)
+
+    def refuse_unrecorded(self, reason: str) -> None:
+        """The log could not take this iteration's lines: whatever this connection was to be answered is replaced
+        by one 503 and the connection closes (a client retries what a closed connection did not answer)."""
+        self.edge.stats.reject(reason)
+        self.out = self.edge.reject_response(503, reason, None, False, False)
+        self.after = AFTER_CLOSE
+        self.closing = True
+
+    def refuse_now(self, reason: str) -> None:
+        """The fsync its held answers waited for failed (durability power): one 503 instead of them, then close."""
+        self.edge.stats.reject(reason)
+        self.closing = True
+        self.write_output(self.edge.reject_response(503, reason, None, False, False), AFTER_CLOSE)
+        self.transport = None  # answers still held for later fsyncs are not written after this one
 
     def close(self) -> None:
+        """Closes once queued output is written (it may be waiting for this iteration's log write)."""
         self.closing = True
         if self.transport is not None:
-            self.flush()
-            self.transport.close()
+            if self.out:
+                self.after = AFTER_CLOSE
+            else:
+                self.transport.close()
 
     def close_lingering(self) -> None:
         """Closes after an error answer the client may still be sending into: the answer goes out, then our side
@@ -402,7 +514,12 @@ class EdgeProtocol(asyncio.Protocol):
         transport = self.transport
         if transport is None:
             return
-        self.flush()
+        if self.out:
+            self.after = AFTER_LINGER
+        else:
+            self.linger(transport)
+
+    def linger(self, transport: asyncio.Transport) -> None:
         if not transport.can_write_eof():
             transport.close()
             return
@@ -411,7 +528,11 @@ class EdgeProtocol(asyncio.Protocol):
 
     def expire(self) -> None:
         """Called by the worker's sweep when the deadline of the current phase has passed."""
-        if self.closing:  # lingering after an error answer
+        transport = self.transport
+        if transport is not None and transport.get_write_buffer_size() > 0:  # answers the client does not read
+            self.closing = True
+            transport.abort()  # close() would wait for the buffer to drain: for ever, for a client that never reads
+        elif self.closing:  # lingering after an error answer
             self.close()
         elif self.phase == HEADERS:
             self.reject_and_close(408, "header_timeout")

@@ -21,7 +21,7 @@ from trackpoint.edge.protocol import FRAMING_HEADERS, IDLE, EdgeProtocol
 from trackpoint.edge.ratelimit import RateLimiter, build_limiters
 from trackpoint.edge.stats import EdgeStats, Snapshot
 from trackpoint.pipeline.build import CONTEXT_HEADERS, EventBuilder
-from trackpoint.pipeline.event import Meta
+from trackpoint.pipeline.event import Event, Meta
 from trackpoint.preprocessors import Preprocessor, build_preprocessor, with_input_fields
 from trackpoint.privacy.cookie import UidCookie
 from trackpoint.security.postback_auth import PostbackAuth
@@ -33,8 +33,27 @@ log = logging.getLogger("trackpoint.edge")
 SWEEP_BATCH = 64
 # On drain, how long an idle keep-alive connection may still send one last request.
 DRAIN_IDLE_GRACE_S = 1.0
+# Each kind of error on the request path is logged at most once per interval (always counted).
+ERROR_LOG_INTERVAL_S = 10.0
 # How often the rate-limit tables drop their idle buckets (a pass over each table).
 LIMIT_SWEEP_INTERVAL_S = 10.0
+
+
+@dataclass(frozen=True, slots=True)
+class Targets:
+    """Where a route's events go: the durable collectors (the log), written before the response leaves, and the
+    others, offered once that write succeeded."""
+
+    durable: tuple[Collector, ...]
+    after: tuple[Collector, ...]
+
+    @classmethod
+    def of(cls, collectors: tuple[Collector, ...]) -> Targets:
+        return cls(tuple(c for c in collectors if c.durable), tuple(c for c in collectors if not c.durable))
+
+    @property
+    def empty(self) -> bool:
+        return not self.durable and not self.after
 
 
 @dataclass(frozen=True, slots=True)
@@ -46,7 +65,7 @@ class Route:
     builder: EventBuilder
     preprocessors: tuple[Preprocessor, ...]
     responder: responses.Responder
-    collectors: tuple[Collector, ...]
+    targets: Targets
     # The collectors that may refuse events (spool full under the backpressure policy): checked per request.
     gates: tuple[Collector, ...]
     # The event type's rate limit (empty when it has none: no cost per request).
@@ -57,9 +76,9 @@ class Route:
     uid_cookie: UidCookie | None = None
     # Advertiser postback authentication, after the event is built; None when the type has none.
     postback_auth: PostbackAuth | None = None
-    # Where events flagged as invalid traffic (dims.ivt) go instead of `collectors`: the route policy's collectors,
+    # Where events flagged as invalid traffic (dims.ivt) go instead of `targets`: the route policy's collectors,
     # or none (drop). None under the keep policy: flagged events are not even looked for.
-    flagged_collectors: tuple[Collector, ...] | None = None
+    flagged: Targets | None = None
     # Cross-origin requests from web pages (CORS); None when the type allows none.
     cors: CorsPolicy | None = None
 
@@ -81,13 +100,22 @@ class Edge:
         self.max_keepalive_requests = self.limits.max_keepalive_requests
         self.header_timeout_s = self.limits.header_timeout_s
         self.keepalive_timeout_s = self.limits.keepalive_timeout_s
+        self.write_timeout_s = self.limits.write_timeout_s
+        self.max_pipelined_requests = self.limits.max_pipelined_requests
+        # The bytes one request may take on the wire before its head is complete (request line, header lines with
+        # their separators), and once it has a body: the body, and the framing of a chunked body (sizes,
+        # extensions, trailers) up to as much again.
+        limits = self.limits
+        self.head_cap = limits.max_request_line_bytes + 32 + limits.max_header_bytes + 4 * limits.max_header_count
+        self.request_cap = self.head_cap + 2 * limits.max_body_bytes + 4096
+        self.connections_per_ip: dict[str, int] = {}
         self.clock = responses.Clock()
         self.stats = EdgeStats()
         self.connections: set[EdgeProtocol] = set()
         self.draining = False
         self.trusted_networks = [ipaddress.ip_network(n, strict=False) for n in config.server.trusted_proxies]
         self._trusted_cache: dict[str, bool] = {}
-        self._last_error_log = 0.0
+        self._last_error_log: dict[str, float] = {}  # per kind of error: one noisy kind must not hide the others
         meta = Meta(worker=worker, config=config_version)
         preprocessors = {
             name: build_preprocessor(name, pp_config, config.data_dir)
@@ -118,9 +146,19 @@ class Edge:
             if config.rejected.collectors
             else None
         )
+        # The durable collectors (logs) and this iteration's group: events per type awaiting the log write, and
+        # events for the other collectors, offered once it succeeded.
+        self.durable = [c for c in self.collectors.values() if c.durable]
+        self.uncommitted: dict[str, int] = {}
+        self.after_commit: list[tuple[tuple[Collector, ...], Event]] = []
+        # durability power: responses wait for the fsync of their lines; `_held` are the groups written since the
+        # fsync in flight started, `_syncing` that fsync.
+        self.power = any(c.sync_before_answer for c in self.durable)
+        self._held: list[list[tuple[EdgeProtocol, bytes | list[bytes], int]]] = []
+        self._syncing = False
         verifier = edge_verifier(config)
         self.routes: dict[bytes, Route] = {}
-        kept_headers = set(CONTEXT_HEADERS | FRAMING_HEADERS)
+        kept_headers = set(CONTEXT_HEADERS | FRAMING_HEADERS | {b"host"})
         for type_name, spec in config.event_types.items():
             route_preprocessors = tuple(preprocessors[name] for name in spec.preprocessors)
             builder = EventBuilder(type_name, with_input_fields(spec, route_preprocessors), meta)
@@ -130,10 +168,10 @@ class Edge:
                 postback_auth = PostbackAuth(spec.postback_auth, config.data_dir)
                 kept_headers |= postback_auth.header_names
             invalid_traffic = spec.invalid_traffic
-            flagged_collectors = None
+            flagged = None
             if invalid_traffic.action != "keep":
-                flagged_collectors = tuple(self.collectors[name] for name in invalid_traffic.collectors)
-                counted = self.stats.ivt_routed if flagged_collectors else self.stats.ivt_dropped
+                flagged = Targets.of(tuple(self.collectors[name] for name in invalid_traffic.collectors))
+                counted = self.stats.ivt_dropped if flagged.empty else self.stats.ivt_routed
                 counted[type_name] = 0
             # Query parameters a preprocessor adds to the redirect destination (issue_click_id's click id).
             redirect_params = tuple(pair for p in route_preprocessors for pair in getattr(p, "redirect_params", ()))
@@ -148,15 +186,16 @@ class Edge:
                 preprocessors=route_preprocessors,
                 responder=responses.Responder(spec.response, self.clock, redirect_params),
                 uid_cookie=UidCookie(spec.response.user_id_cookie) if spec.response.user_id_cookie else None,
-                collectors=tuple(self.collectors[name] for name in spec.collectors),
+                targets=Targets.of(tuple(self.collectors[name] for name in spec.collectors)),
                 gates=tuple(self.collectors[name] for name in spec.collectors if _gates(config.collectors[name])),
                 limiters=build_limiters(spec.rate_limit),
                 signature=request_signature(spec, verifier),
                 postback_auth=postback_auth,
-                flagged_collectors=flagged_collectors,
+                flagged=flagged,
                 cors=cors,
             )
             self.stats.events[type_name] = 0
+            self.uncommitted[type_name] = 0
             if spec.rate_limit.rate_per_s is not None and spec.rate_limit.action == "shed":
                 self.stats.shed[type_name] = 0
             for path in spec.paths:
@@ -170,6 +209,30 @@ class Edge:
 
     # --- used by connections -------------------------------------------------------------------------------------
 
+    def admit(self, connection: EdgeProtocol) -> str | None:
+        """Takes a new connection into the count, or says why it is refused (503)."""
+        if len(self.connections) >= self.limits.max_connections:
+            return "too_many_connections"
+        if not connection.trusted_peer:  # a proxy carries many clients: only direct clients are capped per address
+            per_ip = self.connections_per_ip
+            count = per_ip.get(connection.peer_ip, 0)
+            if count >= self.limits.max_connections_per_ip:
+                return "too_many_connections_from_ip"
+            per_ip[connection.peer_ip] = count + 1
+        self.connections.add(connection)
+        return None
+
+    def release(self, connection: EdgeProtocol) -> None:
+        if connection in self.connections:
+            self.connections.discard(connection)
+            if not connection.trusted_peer:
+                per_ip = self.connections_per_ip
+                count = per_ip.get(connection.peer_ip, 1) - 1
+                if count > 0:
+                    per_ip[connection.peer_ip] = count
+                else:
+                    per_ip.pop(connection.peer_ip, None)
+
     def reject_response(self, status: int, reason: str, field: str | None, keep_alive: bool, is_head: bool) -> bytes:
         return responses.reject(self.clock, status, reason, field, keep_alive, is_head)
 
@@ -181,10 +244,68 @@ class Edge:
         self._pending_output.append(connection)
 
     def _write_output(self) -> None:
+        """The iteration's output step: the log lines first (one write per log: a group commit), then the
+        responses. A response whose event could not be written becomes a 503."""
         pending = self._pending_output
         self._pending_output = []
+        if self.durable and not self._commit(pending):
+            return
         for connection in pending:
-            connection.flush()
+            try:
+                connection.flush()
+            except Exception as exc:  # one broken connection must not cost the others their answers
+                self.internal_error(exc)
+
+    def _commit(self, pending: list[EdgeProtocol]) -> bool:
+        """Writes the group. False when the responses are held for the group's fsync (durability power)."""
+        failed = None
+        for collector in self.durable:
+            if not collector.commit():
+                failed = collector
+        uncommitted = self.uncommitted
+        recorded = 0
+        for name, count in uncommitted.items():
+            if count:
+                recorded += count
+                uncommitted[name] = 0
+                if failed is None:
+                    self.stats.events[name] += count
+        after, self.after_commit = self.after_commit, []
+        if failed is not None:
+            for connection in pending:
+                if connection.recorded:
+                    connection.refuse_unrecorded(failed.failure_reason)
+        else:
+            for collectors, event in after:
+                for collector in collectors:
+                    collector.offer(event)
+        if not self.power or not (recorded or self._held or self._syncing):
+            return True
+        # Every response waits behind the fsync in flight, recorded or not: a connection's answers keep their order.
+        self._held.append([(connection, *connection.take_output()) for connection in pending])
+        if not self._syncing:
+            asyncio.get_running_loop().create_task(self._sync_held())
+        return False
+
+    async def _sync_held(self) -> None:
+        """fsyncs the logs and then releases the responses written before the fsync began; groups written meanwhile
+        wait for the next fsync, so several groups share one."""
+        self._syncing = True
+        try:
+            while self._held:
+                groups, self._held = self._held, []
+                results = await asyncio.gather(*(c.sync() for c in self.durable), return_exceptions=True)
+                failure = next((r for r in results if isinstance(r, BaseException)), None)
+                for group in groups:
+                    for connection, out, after in group:
+                        if failure is None:
+                            connection.write_output(out, after)
+                        elif out:
+                            connection.refuse_now("log_unavailable")
+                if failure is not None:
+                    self.internal_error(failure)
+        finally:
+            self._syncing = False
 
     def is_trusted_proxy(self, ip: str) -> bool:
         if not self.trusted_networks:
@@ -218,16 +339,23 @@ class Edge:
         """A preprocessor raised: its event is dropped (counted under preprocessor_errors), logged once per interval."""
         errors = self.stats.preprocessor_errors
         errors[name] = errors.get(name, 0) + 1
-        now = time.monotonic()
-        if now - self._last_error_log > 10:
-            self._last_error_log = now
+        if self._log_due(f"preprocessor:{name}"):
             log.error("preprocessor %s failed; its events are dropped and counted", name, exc_info=exc)
 
     def internal_error(self, exc: BaseException) -> None:
-        now = time.monotonic()
-        if now - self._last_error_log > 10:  # logged once per interval, counted always
-            self._last_error_log = now
+        if self._log_due(f"internal:{type(exc).__name__}"):  # counted always, logged once per interval and kind
             log.error("internal error on the request path", exc_info=exc)
+
+    def _log_due(self, kind: str) -> bool:
+        """Once per ERROR_LOG_INTERVAL_S for each kind of error (a bounded table: kinds are code paths)."""
+        now = time.monotonic()
+        last = self._last_error_log
+        if now - last.get(kind, -ERROR_LOG_INTERVAL_S) < ERROR_LOG_INTERVAL_S:
+            return False
+        if len(last) >= 1024:
+            last.clear()
+        last[kind] = now
+        return True
 
     # --- timers --------------------------------------------------------------------------------------------------
 
@@ -273,9 +401,11 @@ class Edge:
             await collector.start()
 
     async def drain(self, timeout_s: float) -> None:
-        """Stops taking requests and flushes. Responses from now on say `Connection: close`; a keep-alive client
-        between two requests gets a grace period to send its next one (answered, then closed) before idle
-        connections are closed, so a reload does not cut an active client off mid-stream."""
+        """Finishes the accepted connections (the listener is closed already) and flushes. Responses from now on
+        say `Connection: close`; a keep-alive client between two requests gets a grace period to send its next one
+        (answered, then closed) before idle connections are closed, so a reload does not cut an active client off
+        mid-stream. A connection that has not sent its first request yet (accepted as the listener closed) is
+        not idle but waiting for its request: it is served, within its header timeout."""
         self.draining = True
         now = time.monotonic()
         deadline = now + timeout_s
@@ -283,12 +413,14 @@ class Edge:
         while self.connections and time.monotonic() < grace_end:
             await asyncio.sleep(0.02)
         for connection in list(self.connections):
-            if connection.phase == IDLE:
+            if connection.phase == IDLE and connection.requests:
                 connection.close()
         while self.connections and time.monotonic() < deadline:
             await asyncio.sleep(0.02)
         for connection in list(self.connections):
             connection.close()
+        while (self._syncing or self._held) and time.monotonic() < deadline:  # answers waiting for an fsync
+            await asyncio.sleep(0.005)
         remaining = max(1.0, deadline - time.monotonic())
         for collector in self.collectors.values():
             await collector.close(remaining)

@@ -22,8 +22,10 @@ import msgspec
 
 from trackpoint.admin import metrics
 from trackpoint.admin.server import AdminRequest, AdminResponse, AdminServer
-from trackpoint.collectors.log.collector import finalize_orphans, log_dir
-from trackpoint.config import ConfigError, LoadedConfig, load
+from trackpoint.collectors.log.budget import LogDiskMetrics
+from trackpoint.collectors.log.compression import finalize_orphans
+from trackpoint.collectors.log.files import log_dir
+from trackpoint.config import ConfigError, LoadedConfig, load, resolve_secrets
 from trackpoint.config.model import Config, LogCollectorConfig
 from trackpoint.config.openapi import openapi_json as openapi_document_json
 from trackpoint.edge import control
@@ -37,6 +39,8 @@ log = logging.getLogger("trackpoint.supervisor")
 
 READY_TIMEOUT_S = 30.0
 RESTART_BACKOFF_S = (0.1, 0.5, 1.0, 2.0, 5.0, 10.0)
+# A slot whose worker failed to start this many times in a row is crash-looping: /healthz and /readyz fail.
+CRASH_LOOP_STARTS = 2
 
 
 @dataclass(frozen=True)
@@ -73,6 +77,9 @@ class WorkerHandle:
     snapshot: Snapshot = field(default_factory=Snapshot)
     retiring: bool = False
     exited: asyncio.Future[None] | None = None
+    # Started by a reload: if it fails before ready, the reload is refused and the running worker kept (no restart).
+    probation: bool = False
+    failure: control.Failed | None = None  # why it could not start, as it reported it
 
 
 def available_cpus(cgroup: Path = Path("/sys/fs/cgroup/cpu.max")) -> int:
@@ -86,13 +93,16 @@ def available_cpus(cgroup: Path = Path("/sys/fs/cgroup/cpu.max")) -> int:
         return cores
 
 
-def listener(host: str, port: int, backlog: int) -> socket.socket:
+def listener(host: str, port: int, backlog: int | None) -> socket.socket:
+    """A slot's SO_REUSEPORT socket; with no backlog bound only: the kernel sends it no connection until the
+    worker that gets it starts serving (and listening)."""
     family = socket.AF_INET6 if ":" in host else socket.AF_INET
     sock = socket.socket(family, socket.SOCK_STREAM)
     sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
     sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEPORT, 1)
     sock.bind((host, port))
-    sock.listen(backlog)
+    if backlog is not None:
+        sock.listen(backlog)
     sock.set_inheritable(True)
     return sock
 
@@ -112,6 +122,10 @@ class Supervisor:
         self.state.workers_wanted = self.slots
         self.shutting_down = False
         self.restart_counts = [0] * self.slots
+        # Per slot: failed starts in a row, the last start error logged, and the backoff before the next attempt.
+        self.failed_starts = [0] * self.slots
+        self.start_errors: list[str | None] = [None] * self.slots
+        self.backoff_s = [0.0] * self.slots
         self._stopped = asyncio.Event()
         self.shipping = ShippingService(lambda: self.config)  # finished log files to object storage
         self._reloading: asyncio.Lock | None = None
@@ -191,7 +205,7 @@ class Supervisor:
 
     # --- workers -------------------------------------------------------------------------------------------------
 
-    def _spawn(self, slot: int, version: str) -> WorkerHandle:
+    def _spawn(self, slot: int, version: str, probation: bool = False) -> WorkerHandle:
         parent, child = socket.socketpair(socket.AF_UNIX, socket.SOCK_STREAM)
         listen_fd = self.sockets[slot].fileno()
         process = subprocess.Popen(
@@ -210,7 +224,7 @@ class Supervisor:
         )
         child.close()
         loop = asyncio.get_running_loop()
-        handle = WorkerHandle(slot=slot, process=process, ready=loop.create_future())
+        handle = WorkerHandle(slot=slot, process=process, ready=loop.create_future(), probation=probation)
         control.send_start(parent, control.Start.of(self.config, version, slot))
         handle.exited = loop.create_task(self._follow(handle, parent))
         self.workers.setdefault(slot, handle)
@@ -224,22 +238,83 @@ class Supervisor:
             if isinstance(message, control.Ready):
                 if not handle.ready.done():
                     handle.ready.set_result(None)
+                self._started(handle.slot)
                 self._count_ready()
             elif isinstance(message, control.Stats):
                 handle.snapshot = message.snapshot
+            elif isinstance(message, control.Failed):
+                handle.failure = message
             else:
                 handle.snapshot = message.snapshot
                 clean = True
         writer.close()
         code = await asyncio.get_running_loop().run_in_executor(None, handle.process.wait)
         self._bury(handle)
-        if not handle.ready.done():
-            handle.ready.set_exception(RuntimeError(f"worker {handle.slot} exited with {code} before ready"))
+        failed_start = not handle.ready.done()
+        if failed_start:
+            reason = f": {handle.failure.error}" if handle.failure is not None else ""
+            handle.ready.set_exception(RuntimeError(f"worker {handle.slot} exited with {code} before ready{reason}"))
         if not clean:
-            log.error("worker %d (pid %d) died with exit code %s", handle.slot, handle.process.pid, code)
             self._finalize_logs(pid=handle.process.pid)
-        if not handle.retiring and not self.shutting_down:
-            await self._restart(handle.slot, clean)
+        if handle.retiring or self.shutting_down or (failed_start and handle.probation):
+            return  # (a reload whose worker failed says so, and keeps the running one)
+        if failed_start:
+            self._failed_start(handle, code)
+        elif not clean:
+            log.error("worker %d (pid %d) died with exit code %s", handle.slot, handle.process.pid, code)
+        await self._restart(handle.slot, clean)
+
+    def _failed_start(self, handle: WorkerHandle, code: int) -> None:
+        """A worker died before it was ready: counted, and logged once per streak of the same error (a crash loop
+        restarts it with backoff for as long as it lasts, and its log must not drown everything else)."""
+        slot = handle.slot
+        self.failed_starts[slot] += 1
+        if self.failed_starts[slot] == CRASH_LOOP_STARTS:
+            self._stop_listening(slot)
+        failure = handle.failure
+        error = failure.error if failure is not None else f"exited with code {code} before it was ready"
+        if error != self.start_errors[slot]:
+            self.start_errors[slot] = error
+            log.error(
+                "worker %d failed to start: %s; restarting it with backoff, /healthz failing until it starts "
+                "(logged once while the error stays the same)%s",
+                slot,
+                error,
+                "\n" + failure.traceback.rstrip() if failure is not None else "",
+            )
+
+    def _stop_listening(self, slot: int) -> None:
+        """A crash-looping slot gives its share of new connections to the other workers: its listening socket
+        (with the connections queued on it, which would wait for a worker that does not come) is replaced by a
+        bound one that listens once a worker starts serving it."""
+        server = self.config.server
+        try:
+            replacement = listener(server.host, server.port, backlog=None)
+        except OSError as exc:
+            log.error("worker %d: cannot rebind %s:%d: %s", slot, server.host, server.port, exc.strerror or exc)
+            return
+        self.sockets[slot].close()
+        self.sockets[slot] = replacement
+
+    def _started(self, slot: int) -> None:
+        if self.failed_starts[slot]:
+            log.info("worker %d started after %d failed starts", slot, self.failed_starts[slot])
+        self.failed_starts[slot] = 0
+        self.start_errors[slot] = None
+        self.backoff_s[slot] = 0.0
+
+    def crash_loops(self) -> list[dict[str, object]]:
+        """The slots whose worker keeps failing at start, with the last error and the backoff before the next try."""
+        return [
+            {
+                "slot": slot,
+                "failed_starts": self.failed_starts[slot],
+                "error": self.start_errors[slot],
+                "backoff_s": self.backoff_s[slot],
+            }
+            for slot in range(self.slots)
+            if self.failed_starts[slot] >= CRASH_LOOP_STARTS
+        ]
 
     def _bury(self, handle: WorkerHandle) -> None:
         """Keeps an exited worker's counters so the totals stay monotonic; gauges do not carry over."""
@@ -260,7 +335,7 @@ class Supervisor:
     async def _restart(self, slot: int, clean: bool) -> None:
         attempt = self.restart_counts[slot]
         self.restart_counts[slot] += 1
-        delay = RESTART_BACKOFF_S[min(attempt, len(RESTART_BACKOFF_S) - 1)]
+        delay = self.backoff_s[slot] = RESTART_BACKOFF_S[min(attempt, len(RESTART_BACKOFF_S) - 1)]
         await asyncio.sleep(delay)
         if self.shutting_down or slot in self.workers:
             return
@@ -295,6 +370,7 @@ class Supervisor:
                 return
             try:
                 loaded = load(self.config_path)
+                resolve_secrets(loaded)  # a secret gone missing refuses the reload, not the new workers
             except ConfigError as exc:
                 self.state.reload_failures += 1
                 log.error("reload refused, keeping the running configuration:\n%s", exc)
@@ -304,7 +380,7 @@ class Supervisor:
             self.config, self.loaded = config, loaded
             old = list(self.workers.values())
             self.workers.clear()
-            fresh = [self._spawn(slot, loaded.version) for slot in range(self.slots)]
+            fresh = [self._spawn(slot, loaded.version, probation=True) for slot in range(self.slots)]
             try:
                 await asyncio.wait_for(asyncio.gather(*(asyncio.shield(h.ready) for h in fresh)), READY_TIMEOUT_S)
             except (TimeoutError, RuntimeError) as exc:
@@ -342,10 +418,10 @@ class Supervisor:
     def _finalize_logs(self, pid: int | None) -> None:
         """Compresses log files left by dead workers (at start: all of them; after a crash: that worker's)."""
         for collector in self.config.collectors.values():
-            if isinstance(collector, LogCollectorConfig) and collector.gzip:
+            if isinstance(collector, LogCollectorConfig) and collector.compression != "none":
                 directory: Path = log_dir(self.config.data_dir, collector)
                 try:
-                    finalize_orphans(directory, pid)
+                    finalize_orphans(directory, pid, collector.compression, collector.compression_level)
                 except OSError as exc:
                     log.error("cannot finalize log files in %s: %s", directory, exc)
 
@@ -360,9 +436,14 @@ class Supervisor:
     def _admin_server(self) -> AdminServer:
         registry = metrics.registry(self.totals, self.state)
         registry.register(self.shipping.metrics())
+        registry.register(LogDiskMetrics(lambda: self.config))
         admin = AdminServer()
 
         async def healthz(_: AdminRequest) -> AdminResponse:
+            crash_loops = self.crash_loops()
+            if crash_loops:
+                reason = "; ".join(f"worker {c['slot']} fails at start: {c['error']}" for c in crash_loops)
+                return AdminResponse.json(503, {"status": "crash_loop", "reason": reason, "crash_looping": crash_loops})
             return AdminResponse.json(200, {"status": "ok"})
 
         async def readyz(_: AdminRequest) -> AdminResponse:
@@ -370,6 +451,7 @@ class Supervisor:
             for handle in self.workers.values():
                 live = add(live, handle.snapshot)
             failing = sorted(name for name, c in live.collectors.items() if c.required and not c.healthy)
+            crash_loops = self.crash_loops()
             ready = not self.shutting_down and self.state.workers_ready >= self.slots and not failing
             return AdminResponse.json(
                 200 if ready else 503,
@@ -379,6 +461,7 @@ class Supervisor:
                     "workers": self.slots,
                     "draining": self.shutting_down,
                     "required_collectors_unhealthy": failing,
+                    "crash_looping": crash_loops,
                     "config_version": self.loaded.version,
                 },
             )

@@ -28,12 +28,22 @@ STATS_INTERVAL_S = 1.0
 GC_YOUNG_THRESHOLD = 20_000
 
 
-async def serve(start: control.Start, listener: socket.socket, channel: socket.socket) -> None:
+# The exit code of a worker that could not start (it has told the supervisor why).
+EXIT_START_FAILED = 3
+
+
+async def serve(start: control.Start, listener: socket.socket, channel: socket.socket) -> bool:
+    """Serves until SIGTERM (or the supervisor is gone); False when the worker could not start."""
     loop = asyncio.get_running_loop()
-    config = start.decode_config()
-    edge = Edge(config, start.version, start.slot)
-    await edge.start_collectors()
-    server = await loop.create_server(lambda: EdgeProtocol(edge), sock=listener, backlog=config.server.backlog)
+    try:
+        config = start.decode_config()
+        edge = Edge(config, start.version, start.slot)
+        await edge.start_collectors()
+        server = await loop.create_server(lambda: EdgeProtocol(edge), sock=listener, backlog=config.server.backlog)
+    except Exception as exc:  # the supervisor logs the reason once, however often the restarted worker fails
+        with contextlib.suppress(OSError):
+            channel.sendall(control.frame(control.Failed.of(exc)))  # still blocking: before the loop owns it
+        return False
     # Everything built so far (config, routes, the user-agent parser's thousands of matchers) lives as long as the
     # worker: freezing it keeps the collector from re-scanning it, and a larger young generation makes the
     # per-request garbage cheaper to collect.
@@ -60,6 +70,7 @@ async def serve(start: control.Start, listener: socket.socket, channel: socket.s
         writer.write(control.frame(control.Bye(snapshot=edge.snapshot())))
         await writer.drain()
         writer.close()
+    return True
 
 
 async def _report(edge: Edge, writer: asyncio.StreamWriter) -> None:
@@ -90,7 +101,8 @@ def main(argv: list[str] | None = None) -> None:
     channel = socket.socket(fileno=args.control_fd)
     listener = socket.socket(fileno=args.listen_fd)
     start = control.receive_start(channel)
-    uvloop.run(serve(start, listener, channel))
+    if not uvloop.run(serve(start, listener, channel)):
+        sys.exit(EXIT_START_FAILED)
 
 
 if __name__ == "__main__":

@@ -7,6 +7,7 @@ the declared fields require (a body is decoded only when a field reads it, cooki
 from __future__ import annotations
 
 import hashlib
+import re
 from decimal import Decimal
 from time import time as _time
 from typing import Any, NamedTuple, NoReturn
@@ -27,7 +28,12 @@ from trackpoint.security.signing import check_body
 
 _NUMERIC = frozenset({"int", "decimal", "money", "price", "duration", "timestamp"})
 _PARAM_SOURCES = frozenset({"param", "query", "form", "json"})
+# ASCII controls but the tab: refused in text fields (isprintable() is the fast pre-check; it also says False for
+# the C1 range and separators that a latin-1 header or emoji text may carry, which are kept).
+_CONTROLS = re.compile("[\x00-\x08\x0a-\x1f\x7f]")
 # JSON numbers with a fraction decode as Decimal: their text is kept exactly (49.90, 5e-05), so money is exact.
+# Deeper JSON bodies are refused (400 invalid_json) before decoding: no tracking payload nests this far.
+JSON_MAX_DEPTH = 64
 _JSON_DECODER = msgspec.json.Decoder(dict[str, Any], float_hook=Decimal)
 
 # Header names the edge keeps for every request, whatever the event type.
@@ -133,6 +139,8 @@ class EventBuilder:
             elif convert is None:
                 if len(raw) > max_len:
                     raise Reject(400, "field_too_long", name)
+                if not raw.isprintable() and _CONTROLS.search(raw):  # NUL, newlines: never in a stored value
+                    raise Reject(400, "invalid_field", name)
                 value = raw
             else:
                 try:
@@ -202,6 +210,8 @@ class EventBuilder:
             b"application/json",
             b"text/plain",
         ):  # text/plain: sendBeacon without a preflight
+            if body.count(b"[") + body.count(b"{") > JSON_MAX_DEPTH and _json_depth(body) > JSON_MAX_DEPTH:
+                raise Reject(400, "invalid_json")  # nesting that would cost the decoder its stack
             try:
                 document = _JSON_DECODER.decode(body)
             except (msgspec.DecodeError, UnicodeDecodeError):  # msgspec raises the latter for invalid UTF-8
@@ -225,6 +235,28 @@ def _too_long(name: str, raw: str, convert: Converter) -> NoReturn:
     except Reject:
         pass
     raise Reject(400, "field_too_long", name)
+
+
+def _json_depth(body: bytes | bytearray) -> int:
+    """The deepest nesting of arrays and objects, outside strings (read only for bodies with many brackets)."""
+    depth = deepest = 0
+    in_string = escaped = False
+    for byte in body:
+        if in_string:
+            if escaped:
+                escaped = False
+            elif byte == 0x5C:  # backslash
+                escaped = True
+            elif byte == 0x22:  # quote
+                in_string = False
+        elif byte == 0x22:
+            in_string = True
+        elif byte in (0x5B, 0x7B):  # [ {
+            depth += 1
+            deepest = max(deepest, depth)
+        elif byte in (0x5D, 0x7D):  # ] }
+            depth -= 1
+    return deepest
 
 
 def _json_text(value: Any) -> str | None:

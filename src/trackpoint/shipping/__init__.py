@@ -2,6 +2,7 @@
 idempotent pass over a log directory; `service` runs passes off the event loop in the supervisor and `trackpoint ship`.
 """
 
+from trackpoint.collectors.log.files import finished_files
 from trackpoint.shipping.shipper import (
     PassReport,
     ShipError,
@@ -9,7 +10,6 @@ from trackpoint.shipping.shipper import (
     Shipper,
     ShipStats,
     check_shipping,
-    finished_files,
     object_key,
     open_store,
     shippers,

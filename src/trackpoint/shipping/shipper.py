@@ -25,7 +25,7 @@ from typing import Any, Literal
 
 import msgspec
 
-from trackpoint.collectors.log.collector import FILE_NAME, log_dir
+from trackpoint.collectors.log.files import FILE_NAME, finished_files, log_dir
 from trackpoint.config.model import Config, LogCollectorConfig
 
 MANIFEST_NAME = ".shipped.jsonl"
@@ -171,48 +171,6 @@ def _installed(module: str) -> bool:
 # --- files and keys --------------------------------------------------------------------------------------------
 
 
-def finished_files(directory: Path, gzip: bool) -> list[Path]:
-    """The log files no worker will write, compress or rename again, oldest first.
-
-    A `.jsonl.gz` is finished by construction: compress() renames its temporary only when it is complete. A plain
-    `.jsonl` is finished only when the collector does not gzip (else compression is about to replace it), and then
-    once its worker has moved on to a later file or is no longer running. While a pid runs, its latest file by
-    name (time) and its latest by sequence number both count as current: a reused pid (files of an earlier boot)
-    or a clock step back cannot make the file being written look finished.
-    """
-    try:
-        parsed = [(path, match) for path in directory.iterdir() if (match := FILE_NAME.fullmatch(path.name))]
-    except FileNotFoundError:
-        return []
-    parsed.sort(key=lambda item: item[0].name)
-    latest_by_name: dict[str, Path] = {}
-    latest_by_seq: dict[str, tuple[int, Path]] = {}
-    for path, match in parsed:
-        pid, seq = match["pid"], int(match["seq"])
-        latest_by_name[pid] = path
-        if seq >= latest_by_seq.get(pid, (-1, path))[0]:
-            latest_by_seq[pid] = (seq, path)
-
-    def finished(path: Path, match: re.Match[str]) -> bool:
-        if match["gz"]:
-            return True
-        pid = match["pid"]
-        current = path in (latest_by_name[pid], latest_by_seq[pid][1])
-        return not gzip and not (current and _running(int(pid)))
-
-    return [path for path, match in parsed if finished(path, match)]
-
-
-def _running(pid: int) -> bool:
-    try:
-        os.kill(pid, 0)
-    except ProcessLookupError:
-        return False
-    except PermissionError:  # someone else's process: alive
-        return True
-    return True
-
-
 def object_key(root: str, node: str, name: str, manifest: bool = False) -> str:
     """`<root>/<node>/<YYYY>/<MM>/<DD>/<name>` (the file's own UTC date): a pure function of the file, so a repeated
     upload overwrites. Its manifest object is `<root>/_manifests/<node>/<YYYY>/<MM>/<DD>/<name>.json`."""
@@ -293,7 +251,7 @@ class Shipper:
         (the store is likely down): the rest waits for the next pass, in order."""
         report = PassReport()
         pending: list[tuple[Path, int]] = []
-        for path in finished_files(self.directory, self.config.gzip):
+        for path in finished_files(self.directory, self.config.compression):
             size = _size(path)
             if size is None:
                 continue

@@ -1,54 +1,58 @@
 """log: the durable record. JSON lines, one file per worker (no cross-process locks), rotated by size and time.
 
-Rotated files are gzipped in a thread; names sort by creation time and are unique across workers and restarts:
-`events-<UTC time>-w<slot>-p<pid>-<seq>.jsonl[.gz]`.
+The edge writes each event-loop iteration's lines before that iteration's answers (commit). Rotated files are
+compressed in a thread (compression.py) and the directory is kept within its disk budget (budget.py); names are
+described in files.py.
 """
 
 from __future__ import annotations
 
 import asyncio
 import contextlib
-import gzip
+import errno
+import logging
 import os
-import re
-import shutil
-import threading
 import time
 from collections.abc import Sequence
 from concurrent.futures import ThreadPoolExecutor
-from datetime import UTC, datetime
 from pathlib import Path
+from typing import Any
 
 import msgspec
 
 from trackpoint.collectors.base import Collector, CollectorContext, Health, SendResult
+from trackpoint.collectors.log.budget import CHECK_INTERVAL_S, DiskBudget, DiskUsage
+from trackpoint.collectors.log.compression import compress, lower_priority
+from trackpoint.collectors.log.files import file_name, log_dir
 from trackpoint.config.model import LogCollectorConfig
 from trackpoint.pipeline.event import Event
 
-ACTIVE_SUFFIX = ".jsonl"
-ROTATED_SUFFIX = ".jsonl.gz"
-# The names _open gives, with the parts that tools read from them (the shipper: the day, the writing pid, the order).
-FILE_NAME = re.compile(
-    r"events-(?P<year>\d{4})(?P<month>\d{2})(?P<day>\d{2})T\d{9}Z-w\d+-p(?P<pid>\d+)-(?P<seq>\d+)"
-    + re.escape(ACTIVE_SUFFIX)
-    + r"(?P<gz>\.gz)?"
-)
-assert ROTATED_SUFFIX == ACTIVE_SUFFIX + ".gz"  # FILE_NAME's `gz` group
+# Write errors that mean the disk (or the file size limit) is full.
+DISK_FULL = frozenset({errno.ENOSPC, errno.EDQUOT, errno.EFBIG})
+# After a failed write, how long the log stays unready before it looks whether it can write again.
+ERROR_HOLD_S = 1.0
+# The free space a failed log waits for before it is ready again.
+MIN_FREE_BYTES = 1 << 20
 
-
-def log_dir(data_dir: str, config: LogCollectorConfig) -> Path:
-    return Path(data_dir) / config.dir
+log = logging.getLogger("trackpoint.collectors")
 
 
 class LogCollector(Collector):
-    """Appends batches to the worker's current file; rotation closes it and compresses it off the event loop."""
+    """The record every acknowledgement promises. The edge offers each recorded event during an event-loop iteration
+    and calls commit() once per iteration, before any response of that iteration is written: one write() of all the
+    iteration's lines into the page cache (a group commit). Rotation swaps files synchronously and closes, fsyncs and
+    compresses the finished file off the event loop."""
+
+    durable = True
 
     def __init__(self, name: str, config: LogCollectorConfig, context: CollectorContext) -> None:
         super().__init__(name, config, context)
         self.config = config
         self.directory = log_dir(context.data_dir, config)
         self.worker = context.worker
+        self.sync_before_answer = config.durability == "power"
         self._encoder = msgspec.json.Encoder()
+        self._group: list[Event] = []
         self._fd: int | None = None
         self._path: Path | None = None
         self._opened_at = 0.0
@@ -56,142 +60,250 @@ class LogCollector(Collector):
         self._seq = 0
         self._unsynced = False
         self._last_fsync = 0.0
-        self._io = ThreadPoolExecutor(max_workers=1, thread_name_prefix=f"log-{name}")  # fsync and close
-        # Compression is background work: at the lowest CPU priority it takes only what serving leaves over.
+        # One thread, first in first out: a power-durability fsync queued after a rotation's close-and-fsync of the
+        # previous file completes after it, so a group that spans a rotation is on disk whole when its sync is done.
+        self._io = ThreadPoolExecutor(max_workers=1, thread_name_prefix=f"log-{name}")
+        # Compression is background work at a lower priority, yet one that keeps up (see COMPRESSION_NICE).
         self._compressor = ThreadPoolExecutor(
-            max_workers=1, thread_name_prefix=f"gzip-{name}", initializer=_lowest_priority
+            max_workers=1, thread_name_prefix=f"compress-{name}", initializer=lower_priority
         )
-        self._background: set[asyncio.Future[None]] = set()
-        self._error: str = ""
+        self._background: set[asyncio.Future[Any]] = set()  # closes (None) and compressions (the new Path)
+        # The disk budget: checked in its own thread, so a slow directory scan never delays an fsync.
+        self.budget = DiskBudget(name, self.directory, config)
+        self._budget_thread = ThreadPoolExecutor(max_workers=1, thread_name_prefix=f"budget-{name}")
+        self._budget_task: asyncio.Task[None] | None = None
+        self._budget_check: asyncio.Future[DiskUsage] | None = None
+        self._rotated_bytes = 0  # bytes of this worker's closed files: with _size, all it wrote
+        self._written_at_check = 0
+        self._maintenance: asyncio.Task[None] | None = None
+        self._error = ""
+        self._error_at = 0.0
+        # The reject reason of the requests whose lines could not be written (read by the edge after a failure).
+        self.failure_reason = "log_unavailable"
 
     async def start(self) -> None:
         self.directory.mkdir(parents=True, exist_ok=True)
-        await super().start()
+        self._open()
+        loop = asyncio.get_running_loop()
+        self._maintenance = loop.create_task(self._maintain(), name=f"log-{self.name}")
+        if self.budget.enabled:
+            self._budget_task = loop.create_task(self._budget_loop(), name=f"budget-{self.name}")
+
+    # --- the request path ----------------------------------------------------------------------------------------
+
+    def offer(self, event: Event) -> None:
+        """Adds the event to this iteration's group; commit() writes the group before the iteration's responses."""
+        if self.privacy_filter is not None:  # a log configured as untrusted gets the filtered copy
+            event = self.privacy_filter(event)
+        self._group.append(event)
+
+    def commit(self) -> bool:
+        """Writes the iteration's group with one write(). False: nothing of it may be acknowledged (the lines that
+        reached the file before a failure are cut off again); `failure_reason` says why."""
+        group = self._group
+        if not group:
+            return True
+        self._group = []
+        try:
+            self._append(self._encoder.encode_lines(group))
+        except OSError as exc:
+            self._failed(exc)
+            self.stats.errors += 1
+            self.stats.dropped += len(group)
+            return False
+        self.stats.received += len(group)
+        self.stats.sent += len(group)
+        return True
+
+    async def sync(self) -> None:
+        """fsync of everything written so far, off the event loop (durability power)."""
+        fd = self._fd
+        if fd is None or not self._unsynced:
+            return
+        self._unsynced = False
+        self._last_fsync = time.monotonic()
+        await asyncio.get_running_loop().run_in_executor(self._io, os.fsync, fd)
+
+    # --- the collector contract (replay, and events offered outside a request) ----------------------------------
 
     async def send(self, batch: Sequence[Event]) -> SendResult:
-        payload = self._encoder.encode_lines(batch)
-        try:
-            if self._fd is None or self._due_for_rotation(len(payload)):
-                await self._rotate()
-            self._write(payload)
-        except OSError as exc:
-            self._error = f"{exc.strerror or exc}"
-            raise
-        self._error = ""
-        await self._sync_per_policy()
+        self._append(self._encoder.encode_lines(batch))
+        if self.sync_before_answer:
+            await self.sync()
         return SendResult.DELIVERED
+
+    async def flush(self) -> None:
+        """What was offered outside a request (the edge commits its own once per iteration)."""
+        self.commit()
 
     def health(self) -> Health:
         return Health(healthy=not self._error, detail=self._error)
 
     async def close(self, drain_timeout_s: float) -> None:
-        await super().close(drain_timeout_s)
-        await self._rotate(reopen=False)
+        self._closing = True
+        for task in (self._maintenance, self._budget_task):
+            if task is not None:
+                task.cancel()
+                with contextlib.suppress(asyncio.CancelledError):
+                    await task
+        if not self.commit():
+            log.error("collector %s: %d events could not be written at shutdown", self.name, len(self._group))
+        self._finish_current()
         if self._background:
             await asyncio.wait(self._background, timeout=drain_timeout_s)
         self._io.shutdown(wait=True)
         self._compressor.shutdown(wait=True)
+        self._budget_thread.shutdown(wait=True)
+
+    async def _maintain(self) -> None:
+        """Once per flush interval: lines offered outside a request, rotation of an idle file by age, the fsync
+        policy, and whether a failed log can write again (so /readyz recovers without traffic)."""
+        while True:
+            await asyncio.sleep(self.flush_interval_s)
+            await self.flush()
+            now = time.monotonic()
+            if self._fd is not None and self._size and now - self._opened_at >= self.config.rotate_interval_s:
+                with contextlib.suppress(OSError):
+                    self._rotate()
+            interval = self.config.fsync == "interval" and not self.sync_before_answer
+            if interval and self._unsynced and now - self._last_fsync >= self.config.fsync_interval_s:
+                with contextlib.suppress(OSError):
+                    await self.sync()
+            if self._error and time.monotonic() - self._error_at >= ERROR_HOLD_S:
+                self._recover()
 
     # --- files ---------------------------------------------------------------------------------------------------
+
+    def _append(self, payload: bytes) -> None:
+        """One write of whole lines. On a failure the file is cut back to its last whole line, so that the next
+        group does not continue a torn one."""
+        if self._fd is None or self._due_for_rotation(len(payload)):
+            self._rotate()
+        if self.budget.enabled and not self.disk_allows():
+            raise OSError(errno.ENOSPC, f"the log directory is at its disk budget ({self.config.max_disk_bytes} bytes)")
+        fd = self._fd
+        assert fd is not None
+        written = 0
+        try:
+            while written < len(payload):
+                written += os.write(fd, payload[written:] if written else payload)
+        except OSError:
+            if written:
+                try:
+                    os.ftruncate(fd, self._size)
+                except OSError:
+                    self._size += written  # the torn part stays; readers skip and count it
+                    os.write(fd, b"\n")
+            raise
+        self._size += written
+        self._unsynced = True
+        if self._error:
+            self._error = ""
+
+    def _failed(self, exc: OSError) -> None:
+        first = not self._error
+        self.failure_reason = "log_disk_full" if exc.errno in DISK_FULL else "log_unavailable"
+        self._error = f"{exc.strerror or exc}"
+        self._error_at = time.monotonic()
+        if first:
+            log.error("collector %s: cannot write the log (%s); its event types answer 503", self.name, self._error)
+
+    def _recover(self) -> None:
+        """After ERROR_HOLD_S without a successful write, ready again when the directory can take a whole file's
+        worth of lines: new requests then try, and a failure holds readiness off again."""
+        try:
+            stat = os.statvfs(self.directory)
+        except OSError:
+            return
+        if stat.f_bavail * stat.f_frsize >= MIN_FREE_BYTES:
+            self._error = ""
 
     def _due_for_rotation(self, incoming: int) -> bool:
         too_big = self._size > 0 and self._size + incoming > self.config.rotate_bytes
         return too_big or time.monotonic() - self._opened_at >= self.config.rotate_interval_s
 
-    def _write(self, payload: bytes) -> None:
-        assert self._fd is not None
-        view = memoryview(payload)
-        while view:
-            written = os.write(self._fd, view)
-            view = view[written:]
-        self._size += len(payload)
-        self._unsynced = True
+    def _rotate(self) -> None:
+        """Opens the next file and hands the finished one to the I/O thread (close, fsync unless the policy is
+        none) and then to compression."""
+        self._finish_current()
+        self._open()
 
-    async def _sync_per_policy(self) -> None:
-        policy = self.config.fsync
-        if policy == "none" or self._fd is None:
+    def _finish_current(self) -> None:
+        fd, path = self._fd, self._path
+        if fd is None or path is None:
             return
-        now = time.monotonic()
-        if policy == "always" or now - self._last_fsync >= self.config.fsync_interval_s:
-            self._last_fsync = now
-            self._unsynced = False
-            await asyncio.get_running_loop().run_in_executor(self._io, os.fsync, self._fd)
-
-    async def _rotate(self, reopen: bool = True) -> None:
-        """Closes the current file (fsynced unless the policy is none) and starts compressing it; opens the next."""
+        self._fd = self._path = None
+        empty = self._size == 0
+        self._rotated_bytes += self._size
+        self._size = 0
+        sync = (self.config.fsync != "none" or self.sync_before_answer) and self._unsynced
         loop = asyncio.get_running_loop()
-        if self._fd is not None:
-            fd, path = self._fd, self._path
-            self._fd = self._path = None
-            sync = self.config.fsync != "none" and self._unsynced
-            await loop.run_in_executor(self._io, _close, fd, sync)
-            if path is not None and self._size == 0:
-                path.unlink(missing_ok=True)
-            elif path is not None and self.config.gzip:
-                future = loop.run_in_executor(self._compressor, compress, path)
-                self._background.add(future)
-                future.add_done_callback(self._compressed)
-        if reopen:
-            self._open()
+        future = loop.run_in_executor(self._io, _close, fd, sync, path if empty else None)
+        self._background.add(future)
+        future.add_done_callback(lambda done: self._closed_file(done, None if empty else path))
 
-    def _compressed(self, future: asyncio.Future[None]) -> None:
-        """A failed compression leaves the plain file in place (nothing is lost); it is counted and logged."""
+    def _closed_file(self, future: asyncio.Future[None], path: Path | None) -> None:
         self._background.discard(future)
         if not future.cancelled() and (exc := future.exception()) is not None:
             self._note_error(exc)
+        if path is not None and self.config.compression != "none":
+            codec, level = self.config.compression, self.config.compression_level
+            compressing = asyncio.get_running_loop().run_in_executor(self._compressor, compress, path, codec, level)
+            self._background.add(compressing)
+            compressing.add_done_callback(self._compressed)
+        self._check_budget()
+
+    def _compressed(self, future: asyncio.Future[Path]) -> None:
+        """A failed compression leaves the plain file in place (nothing is lost); it is counted and logged. A done
+        one changed the directory's size: the budget looks again."""
+        self._background.discard(future)
+        if not future.cancelled() and (exc := future.exception()) is not None:
+            self._note_error(exc)
+        self._check_budget()
+
+    # --- the disk budget -------------------------------------------------------------------------------------------
+
+    def disk_allows(self) -> bool:
+        """Whether the disk budget lets this worker write more (O(1)): under the budget at the last check, counting
+        what this worker wrote since. False: commit fails and the edge answers 503 log_disk_full."""
+        return self.budget.allows(self._rotated_bytes + self._size - self._written_at_check)
+
+    async def _budget_loop(self) -> None:
+        while True:
+            self._check_budget()
+            await asyncio.sleep(CHECK_INTERVAL_S)
+
+    def _check_budget(self) -> None:
+        """Starts a check in the budget thread unless one is running (a rotation and the periodic check at once)."""
+        if self._closing or not self.budget.enabled or (self._budget_check and not self._budget_check.done()):
+            return
+        written = self._rotated_bytes + self._size
+        check = asyncio.get_running_loop().run_in_executor(self._budget_thread, self.budget.check)
+        self._budget_check = check
+
+        def checked(_: asyncio.Future[DiskUsage]) -> None:
+            if not check.cancelled() and (exc := check.exception()) is not None:
+                self._note_error(exc)
+            else:
+                self._written_at_check = written  # the check measured (at least) everything written before it
+
+        check.add_done_callback(checked)
 
     def _open(self) -> None:
         self._seq += 1
-        stamp = datetime.now(UTC).strftime("%Y%m%dT%H%M%S%f")[:-3]
-        name = f"events-{stamp}Z-w{self.worker:02d}-p{os.getpid()}-{self._seq:04d}{ACTIVE_SUFFIX}"
-        self._path = self.directory / name
-        self._fd = os.open(self._path, os.O_WRONLY | os.O_CREAT | os.O_APPEND | os.O_CLOEXEC, 0o644)
+        path = self.directory / file_name(self.worker, self._seq)
+        self._fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_APPEND | os.O_CLOEXEC, 0o644)
+        self._path = path
         self._opened_at = time.monotonic()
         self._size = 0
         self._unsynced = False
 
 
-def _lowest_priority() -> None:
-    """Nice 19 for the calling thread only (Linux applies setpriority to a thread id)."""
-    with contextlib.suppress(OSError):
-        os.setpriority(os.PRIO_PROCESS, threading.get_native_id(), 19)
-
-
-def _close(fd: int, sync: bool) -> None:
-    if sync:
-        os.fsync(fd)
-    os.close(fd)
-
-
-def compress(path: Path) -> None:
-    """Gzips a closed log file durably: write to a temporary name, fsync, rename, then remove the original."""
-    target = path.with_name(path.name[: -len(ACTIVE_SUFFIX)] + ROTATED_SUFFIX)
-    temporary = target.with_name(target.name + ".tmp")
-    with path.open("rb") as source, gzip.open(temporary, "wb", compresslevel=6) as sink:
-        shutil.copyfileobj(source, sink, 1 << 20)
-    with temporary.open("rb") as written:
-        os.fsync(written.fileno())
-    temporary.rename(target)
-    path.unlink()
-
-
-def finalize_orphans(directory: Path, pid: int | None = None) -> list[Path]:
-    """Compresses active files left by dead workers (all of them, or those of one pid); returns the new files.
-
-    A file cut short by a crash keeps its torn last line: readers skip and count it.
-    """
-    if not directory.is_dir():
-        return []
-    done = []
-    for path in sorted(directory.glob(f"events-*{ACTIVE_SUFFIX}")):
-        if pid is not None and f"-p{pid}-" not in path.name:
-            continue
-        if path.stat().st_size == 0:
-            path.unlink()
-            continue
-        compress(path)
-        done.append(path.with_name(path.name[: -len(ACTIVE_SUFFIX)] + ROTATED_SUFFIX))
-    for stale in directory.glob(f"events-*{ROTATED_SUFFIX}.tmp"):
-        if pid is None or f"-p{pid}-" in stale.name:  # a live worker's compression in progress stays
-            stale.unlink()
-    return done
+def _close(fd: int, sync: bool, remove: Path | None) -> None:
+    try:
+        if sync:
+            os.fsync(fd)
+    finally:
+        os.close(fd)
+    if remove is not None:  # a file that never got a line
+        remove.unlink(missing_ok=True)

@@ -1,19 +1,18 @@
-"""Reading log files back: plain and gzipped JSON lines, in name (time) order, skipping and counting torn lines.
+"""Reading log files back: plain, zstd and gzip JSON lines, in name (time) order, skipping and counting torn lines.
 
 Every tool the project ships that reads logs (tests, replay, reconciliation) reads through here.
 """
 
 from __future__ import annotations
 
-import gzip
-import zlib
 from collections.abc import Iterable, Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import IO
 
 import msgspec
 
+from trackpoint.collectors.log.compression import TRUNCATED, read_lines
+from trackpoint.collectors.log.files import LOG_SUFFIXES
 from trackpoint.pipeline.event import Event
 
 
@@ -31,7 +30,7 @@ def log_files(paths: Iterable[Path]) -> list[Path]:
     found: list[Path] = []
     for path in paths:
         if path.is_dir():
-            found.extend(p for p in path.glob("events-*") if p.name.endswith((".jsonl", ".jsonl.gz")))
+            found.extend(p for p in path.glob("events-*") if p.name.endswith(LOG_SUFFIXES))
         else:
             found.append(path)
     return sorted(found, key=lambda p: p.name)
@@ -54,16 +53,14 @@ def read_events(paths: Iterable[Path], stats: ReadStats | None = None) -> Iterat
 
 
 def _lines(path: Path, stats: ReadStats) -> Iterator[tuple[int, bytes]]:
-    stream: IO[bytes] = gzip.open(path, "rb") if path.name.endswith(".gz") else path.open("rb")  # type: ignore[assignment]  # noqa: SIM115
     number = 0
-    with stream:
-        try:
-            for number, line in enumerate(stream, start=1):
-                if line.endswith(b"\n"):
-                    yield number, line
-                else:  # no newline: the write was cut short
-                    stats.skipped += 1
-                    stats.skipped_at.append(f"{path}:{number}")
-        except (EOFError, zlib.error, gzip.BadGzipFile):  # a truncated gzip member: keep what decoded
-            stats.skipped += 1
-            stats.skipped_at.append(f"{path}:{number + 1}")
+    try:
+        for number, line in enumerate(read_lines(path), start=1):
+            if line.endswith(b"\n"):
+                yield number, line
+            else:  # no newline: the write was cut short
+                stats.skipped += 1
+                stats.skipped_at.append(f"{path}:{number}")
+    except TRUNCATED:  # a compressed file that ends early: keep what decoded
+        stats.skipped += 1
+        stats.skipped_at.append(f"{path}:{number + 1}")

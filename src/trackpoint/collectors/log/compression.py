@@ -1,0 +1,132 @@
+"""Compression of finished log files: the codecs (zstd, gzip, none), durable compress(), orphans of dead workers,
+and the one function every reader opens a log file with, whatever its codec.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import gzip
+import os
+import shutil
+import threading
+import zlib
+from collections.abc import Iterator
+from pathlib import Path
+from typing import IO
+
+import zstandard
+
+from trackpoint.collectors.log.files import ACTIVE_SUFFIX, LOG_SUFFIXES, rotated_name
+from trackpoint.config.model import COMPRESSION_LEVELS, Compression
+
+COMPRESSED_SUFFIXES = tuple(suffix for suffix in LOG_SUFFIXES if suffix != ACTIVE_SUFFIX)
+# What a reader meets when a compressed file ends early (a crash during a copy, a partial download).
+TRUNCATED = (EOFError, zlib.error, gzip.BadGzipFile, zstandard.ZstdError)
+
+# Compression runs at nice 5, not 19: it must keep up with a fully loaded core, or files pile up. Measured with
+# bench/compression.py (128 MiB of ~500-byte impression lines): zstd level 3 costs 1.4 µs of CPU per event, 7.7% of
+# the 17.5 µs a core spends serving one (57,000 events/s), so at full load it needs about 7% of the core; gzip
+# level 6 costs 5.5 µs (31%), about 24%. Under CFS a thread's share of a contended core is its weight against the
+# worker's (nice 0: 1024): nice 19 (15) gets 1.4%, less than even zstd needs, which is how 128 MiB files piled up;
+# nice 5 (335) gets up to 25%: three times what zstd needs, about what gzip 6 needs. Averaged over time compression
+# takes only its cost either way; the nice value bounds how fast it catches up, not how much it takes.
+COMPRESSION_NICE = 5
+
+
+def compress(path: Path, codec: Compression = "zstd", level: int | None = None) -> Path:
+    """Compresses a closed log file durably: write to a temporary name, fsync, rename, then remove the original.
+    Returns the compressed file (the file itself for codec none)."""
+    if codec == "none":
+        return path
+    target = rotated_name(path, codec)
+    temporary = target.with_name(target.name + ".tmp")
+    chosen = COMPRESSION_LEVELS[codec][2] if level is None else level
+    with path.open("rb") as source, temporary.open("wb") as sink:
+        if codec == "zstd":
+            # write_checksum: a reader can tell a damaged frame from a clean one.
+            compressor = zstandard.ZstdCompressor(level=chosen, write_checksum=True)
+            compressor.copy_stream(source, sink, size=os.fstat(source.fileno()).st_size, write_size=1 << 20)
+        else:
+            with gzip.GzipFile(filename="", mode="wb", fileobj=sink, compresslevel=chosen, mtime=0) as gzipped:
+                shutil.copyfileobj(source, gzipped, 1 << 20)
+        sink.flush()
+        os.fsync(sink.fileno())
+    temporary.rename(target)
+    path.unlink()
+    return target
+
+
+def finalize_orphans(
+    directory: Path, pid: int | None = None, codec: Compression = "zstd", level: int | None = None
+) -> list[Path]:
+    """Compresses active files left by dead workers (all of them, or those of one pid); returns the new files.
+    Temporaries of interrupted compressions (any codec) are removed: their source is still there.
+
+    A file cut short by a crash keeps its torn last line: readers skip and count it.
+    """
+    if not directory.is_dir():
+        return []
+    done = []
+    for path in sorted(directory.glob(f"events-*{ACTIVE_SUFFIX}")):
+        if pid is not None and f"-p{pid}-" not in path.name:
+            continue
+        if path.stat().st_size == 0:
+            path.unlink()
+            continue
+        if codec != "none":
+            done.append(compress(path, codec, level))
+    for suffix in COMPRESSED_SUFFIXES:
+        for stale in directory.glob(f"events-*{suffix}.tmp"):
+            if pid is None or f"-p{pid}-" in stale.name:  # a live worker's compression in progress stays
+                stale.unlink()
+    return done
+
+
+def read_lines(path: Path) -> Iterator[bytes]:
+    """The lines of a log file, decompressed by its suffix (`.zst`, `.gz`, else plain); the last one lacks its
+    newline when the write was cut short. A compressed file that ends early yields what decoded, then raises one of
+    TRUNCATED."""
+    if path.name.endswith(".zst"):
+        with path.open("rb") as raw:
+            yield from _split_lines(_zstd_chunks(raw))
+    else:
+        with gzip.open(path, "rb") if path.name.endswith(".gz") else path.open("rb") as stream:
+            yield from stream
+
+
+def _zstd_chunks(raw: IO[bytes]) -> Iterator[bytes]:
+    """Decompressed data of every frame in turn (`cat a.zst b.zst` reads whole, as with gzip members); EOFError when
+    the last frame is incomplete, which zstandard's stream reader would not tell."""
+    decompressor = zstandard.ZstdDecompressor()
+    frame = decompressor.decompressobj()
+    inside = False
+    while chunk := raw.read(1 << 20):
+        while chunk:
+            inside = True
+            yield frame.decompress(chunk)
+            chunk = b""
+            if frame.eof:
+                chunk, frame, inside = frame.unused_data, decompressor.decompressobj(), False
+    if inside:
+        raise EOFError("zstd frame ends early")
+
+
+def _split_lines(chunks: Iterator[bytes]) -> Iterator[bytes]:
+    pending = b""
+    for chunk in chunks:
+        lines = (pending + chunk).split(b"\n")
+        pending = lines.pop()
+        for line in lines:
+            yield line + b"\n"
+    if pending:
+        yield pending
+
+
+def lower_priority() -> None:
+    """COMPRESSION_NICE for the calling thread only (Linux applies setpriority to a thread id), and the thread's
+    name where the OS shows it (top -H, /proc/<pid>/task/<tid>/comm), which Python 3.11 does not set."""
+    tid = threading.get_native_id()
+    with contextlib.suppress(OSError):
+        os.setpriority(os.PRIO_PROCESS, tid, COMPRESSION_NICE)
+    with contextlib.suppress(OSError):
+        Path(f"/proc/self/task/{tid}/comm").write_text(threading.current_thread().name[:15])
