@@ -384,9 +384,10 @@ def test_billing_notices_with_encrypted_prices_or_impressions_can_be_the_spend(
     status, headers, _ = tracker.get(tracker.sign("/bill?imp=b3&cid=c1&price=${AUCTION_PRICE}"))
     assert (status, headers["x-reject-reason"]) == (400, "price_macro_unsubstituted")
     assert tracker.get("/i?imp=i1&cid=c1&price=1.5")[0] == 200
-    eventually(lambda: bool(admin_json(tracker, "GET", "/banker/campaigns")[1]["campaigns"]), 10, "a debit")
-    listing = "/banker/campaigns?banker=impressions"
-    eventually(lambda: bool(admin_json(tracker, "GET", listing)[1]["campaigns"]), 10, "an impression's debit")
+    # The campaigns exist from the start (created above): wait for their debits, not for them.
+    for banker in ("banker", "impressions"):
+        state_path = f"/banker/campaigns/c1?banker={banker}"
+        eventually(lambda path=state_path: admin_json(tracker, "GET", path)[1]["debits"] == 1, 10, f"{banker} debit")
     _, state = admin_json(tracker, "GET", "/banker/campaigns/c1")
     assert (state["spent_micros"], state["debits"]) == (2500, 1)
     _, ledger = admin_json(tracker, "GET", "/banker/campaigns/c1/ledger")
