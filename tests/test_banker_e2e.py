@@ -384,10 +384,13 @@ def test_billing_notices_with_encrypted_prices_or_impressions_can_be_the_spend(
     status, headers, _ = tracker.get(tracker.sign("/bill?imp=b3&cid=c1&price=${AUCTION_PRICE}"))
     assert (status, headers["x-reject-reason"]) == (400, "price_macro_unsubstituted")
     assert tracker.get("/i?imp=i1&cid=c1&price=1.5")[0] == 200
+
     # The campaigns exist from the start (created above): wait for their debits, not for them.
-    for banker in ("banker", "impressions"):
-        state_path = f"/banker/campaigns/c1?banker={banker}"
-        eventually(lambda path=state_path: admin_json(tracker, "GET", path)[1]["debits"] == 1, 10, f"{banker} debit")
+    def debited(banker: str) -> bool:
+        return bool(admin_json(tracker, "GET", f"/banker/campaigns/c1?banker={banker}")[1]["debits"] == 1)
+
+    eventually(lambda: debited("banker"), 10, "the billing notice's debit")
+    eventually(lambda: debited("impressions"), 10, "the impression's debit")
     _, state = admin_json(tracker, "GET", "/banker/campaigns/c1")
     assert (state["spent_micros"], state["debits"]) == (2500, 1)
     _, ledger = admin_json(tracker, "GET", "/banker/campaigns/c1/ledger")
