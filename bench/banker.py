@@ -33,6 +33,7 @@ from rich.table import Table
 from run import RESULTS_DIR, HarnessError, git_state
 from trackpoint.banker.collector import BankerCollector
 from trackpoint.banker.config import BankerCollectorConfig
+from trackpoint.banker.model import MAX_BUDGET_MICROS, Budget
 from trackpoint.collectors.base import CollectorContext
 from trackpoint.pipeline.event import Context, Event, Meta, derived_id
 
@@ -83,6 +84,10 @@ async def scenario(store: str, events: list[Event], data_dir: str) -> dict[str, 
     )
     collector = BankerCollector("banker", config, CollectorContext(data_dir=data_dir))
     await collector.start()
+    # Campaigns exist before their wins, as in production (unknown_campaigns: ignore debits no other).
+    budget = Budget(total_budget_micros=MAX_BUDGET_MICROS)
+    for campaign in sorted({event.dims["cid"] for event in events}):
+        await collector.store.set_budget(campaign, budget, int(time.time() * 1000))
     distinct = len({event.id for event in events})
     server_before = await redis_cpu_s(REDIS_URL) if store == "redis" else 0.0
     cpu_before, started = cpu_s(), time.perf_counter()

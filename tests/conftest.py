@@ -71,6 +71,7 @@ class Tracker:
         self.workers = workers
         self.log_path = tmp / "tracker.log"
         self.process: subprocess.Popen[bytes] | None = None
+        self._signing: tuple[Any, str, bytes] | None = None  # (config, key id, secret), read on first sign()
 
     def start(self) -> Tracker:
         with self.log_path.open("ab") as log:
@@ -121,6 +122,19 @@ class Tracker:
             return response.status, {k.lower(): v for k, v in response.getheaders()}, response.read()
         finally:
             connection.close()
+
+    def sign(self, url: str, body: bytes | None = None) -> str:
+        """The URL signed as `trackpoint sign` would with this tracker's config: its first (or sign_with) key,
+        only the event type's `signed_params` covered (a win's price stays free, as an exchange substitutes it)."""
+        from trackpoint.config import load
+        from trackpoint.security.signing import covered_params, load_key, sign_url, signing_key_id
+
+        if self._signing is None:
+            config = load(self.config_path).config
+            key_id = signing_key_id(config.signing)
+            self._signing = (config, key_id, load_key(key_id, config.signing.keys[key_id], config.data_dir))
+        config, key_id, secret = self._signing
+        return sign_url(url, key_id, secret, None, covered_params(config, url), body)
 
     def get(self, path: str, headers: dict[str, str] | None = None) -> tuple[int, dict[str, str], bytes]:
         return self.request("GET", path, headers=headers)

@@ -122,6 +122,7 @@ def kind(request: pytest.FixtureRequest) -> str:
 async def stores(kind: str, tmp_path: Path, **options: Any) -> AsyncIterator[Callable[[], Store]]:
     """Makes stores over one shared state (one database file, or one Redis key prefix, removed afterwards)."""
     prefix = f"tptest:{uuid.uuid4().hex[:12]}:banker"
+    options.setdefault("unknown_campaigns", "create")  # most tests debit campaigns they never set up
     config = banker(store=kind, redis_url=REDIS_URL, key_prefix=prefix, **options)
     made: list[Store] = []
 
@@ -158,6 +159,30 @@ def test_each_event_id_is_debited_once(kind: str, tmp_path: Path) -> None:
             assert await store.applied_ids(["e1", "e3", "e9"]) == {"e1", "e3"}
             assert [c.id for c in await store.campaigns()] == ["c1", "c2"]
             assert await store.campaign("nope") is None
+
+    asyncio.run(scenario())
+
+
+def test_only_created_campaigns_are_debited_and_listed_a_page_at_a_time(kind: str, tmp_path: Path) -> None:
+    async def scenario() -> None:
+        async with stores(kind, tmp_path, unknown_campaigns="ignore") as make:
+            store = make()
+            await store.set_budget("c1", Budget(total_budget_micros=10_000), T0)
+            forged = [debit(100 + i, 5000, cid=f"rnd{i}") for i in range(50)]
+            result = await store.apply([debit(1, 100), *forged, debit(1, 100)], T0)
+            assert (result.applied, result.unknown, result.duplicates) == (1, 50, 1)
+            assert [c.id for c in await store.campaigns()] == ["c1"]  # random ids created nothing
+            assert await store.applied_ids([d.id for d in forged]) == set()  # not marked: a replay can debit them
+            await store.set_budget("rnd3", Budget(total_budget_micros=1), T0)
+            again = await store.apply(forged[:5], T0)
+            assert (again.applied, again.unknown) == (1, 4)
+            for i in range(7):
+                await store.set_budget(f"p{i}", Budget(total_budget_micros=1), T0)
+            pages, after = [], ""
+            while page := [c.id for c in await store.campaigns(after, 4)]:
+                pages.append(page)
+                after = page[-1]
+            assert pages == [["c1", "p0", "p1", "p2"], ["p3", "p4", "p5", "p6"], ["rnd3"]]
 
     asyncio.run(scenario())
 
@@ -501,7 +526,7 @@ def fast_collector(redis_url: str, tmp_path: Path) -> BankerCollector:
     """A banker collector on a private Redis with short timeouts and retries, for outage tests."""
     options = banker(
         store="redis", redis_url=redis_url, timeout_s=0.3, connect_timeout_s=0.2, flush_interval_ms=20,
-        retry_initial_ms=20, retry_max_ms=100, status_interval_s=0.1,
+        retry_initial_ms=20, retry_max_ms=100, status_interval_s=0.1, unknown_campaigns="create",
     )  # fmt: skip
     return BankerCollector("banker", options, CollectorContext(data_dir=str(tmp_path)))
 

@@ -28,8 +28,8 @@ DEFAULT_FIELDS = {
     "click": {"imp", "cid", "crid", "pub", "url"},
     "conversion": {"click_id", "order_id", "cid", "value", "cur"},
     "video": {"imp", "ev", "t", "dur", "code", "cb", "cid", "crid", "pub"},
-    "win": NOTICE_FIELDS | {"price", "mbr"},
-    "billing": NOTICE_FIELDS | {"price", "mbr"},
+    "win": NOTICE_FIELDS | {"price", "mbr", "max_price"},
+    "billing": NOTICE_FIELDS | {"price", "mbr", "max_price"},
     "loss": NOTICE_FIELDS | {"loss", "price", "min_to_win"},
 }
 DEFAULT_PATHS = {

@@ -30,6 +30,7 @@ from trackpoint.config.openapi import openapi_document
 from trackpoint.config.reference import config_sections, configuration_reference, endpoints_reference
 from trackpoint.plugins import CollectorKind, PreprocessorKind, registry
 from trackpoint.plugins.reference import api_objects, public_methods
+from trackpoint.security.signing import SIGNATURE_PARAMS
 
 ROOT = Path(__file__).resolve().parent.parent
 GENERATED = ("configuration.md", "endpoints.md", "openapi.json", "cli.md", "plugin-api.md")
@@ -162,14 +163,25 @@ def test_openapi_served_by_the_admin_port_describes_the_running_tracker(tracker:
             body_bytes = form.encode() if method == "post" else None
             if method == "post":
                 headers["Content-Type"] = "application/x-www-form-urlencoded"
-            target = f"{path}?{urlencode(query)}" if query else path
+            signed = "sig" in query  # the documented signature parameters: a real signature replaces them
+
+            def target_of(params: dict[str, str], path: str = path, signed: bool = signed) -> str:
+                params = {k: v for k, v in params.items() if k not in SIGNATURE_PARAMS} if signed else params
+                target = f"{path}?{urlencode(params)}" if params else path
+                return tracker.sign(target) if signed else target
+
+            target = target_of(query)
             status, got, _ = tracker.request(method.upper(), target, body_bytes, headers)
             successes = [code for code in operation["responses"] if code.startswith(("2", "3"))]
             assert str(status) in successes, (method, target, status, got.get("x-reject-reason"))
             checked += 1
             for missing in [p for p in operation.get("parameters", []) if p.get("required") and p["in"] == "query"]:
                 without = {k: v for k, v in query.items() if k != missing["name"]}
-                status, got, _ = tracker.request(method.upper(), f"{path}?{urlencode(without)}", None, headers)
+                if missing["name"] in SIGNATURE_PARAMS:
+                    status, got, _ = tracker.request(method.upper(), f"{path}?{urlencode(without)}", None, headers)
+                    assert status == 403 and "403" in operation["responses"], (method, path, missing["name"])
+                    continue
+                status, got, _ = tracker.request(method.upper(), target_of(without), None, headers)
                 assert status == 400 and "400" in operation["responses"], (method, path, missing["name"])
                 assert got["x-reject-reason"] == "missing_field"
     assert checked >= 15

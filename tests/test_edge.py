@@ -32,7 +32,7 @@ def test_impression_returns_the_pixel_and_logs_one_event(tracker: Tracker) -> No
     [event] = tracker.wait_events(1)
     assert event.type == "impression"
     assert event.id == derived_id("impression", ["imp-1"])
-    assert event.dims == {"imp": "imp-1", "cid": "c1", "crid": "cr1", "pub": "p1"}
+    assert event.dims == {"imp": "imp-1", "cid": "c1", "crid": "cr1", "pub": "p1", "consent": "not_applicable"}
     assert event.ctx.ip == "127.0.0.0"  # anonymize_ip: /24
     assert event.ctx.device is not None and event.ctx.device.browser == "Chrome"
     assert abs(event.ts - time.time() * 1000) < 60_000
@@ -42,7 +42,7 @@ def test_every_default_endpoint(tracker: Tracker) -> None:
     status, headers, _ = tracker.get("/c?imp=imp-2&cid=c1&url=https%3A%2F%2Fshop.example.com%2Fp%3Fx%3D1")
     assert status == 302
     assert headers["location"].startswith("https://shop.example.com/p?x=1&tp_click=")  # issue_click_id's click id
-    status, _, body = tracker.get("/win?imp=imp-2&price=2.5&cid=c1")
+    status, _, body = tracker.get(tracker.sign("/win?imp=imp-2&price=2.5&cid=c1"))
     assert (status, body) == (204, b"")
     status, _, body = tracker.get("/v?imp=imp-2&ev=firstQuartile&t=3.75")
     assert status == 200 and body == PIXEL_GIF
@@ -75,7 +75,7 @@ def test_every_default_endpoint(tracker: Tracker) -> None:
 
 def test_the_same_request_twice_yields_the_same_id(tracker: Tracker) -> None:
     for _ in range(2):
-        assert tracker.get("/win?imp=dup-1&price=1")[0] == 204
+        assert tracker.get(tracker.sign("/win?imp=dup-1&price=1"))[0] == 204
     events = tracker.wait_events(2)
     assert len(events) == 2 and events[0].id == events[1].id
 
@@ -85,6 +85,7 @@ def test_rejections_carry_a_reason_and_are_counted(tracker: Tracker) -> None:
         ("GET", "/nope", 404, "not_found"),
         ("POST", "/i?imp=x", 405, "method_not_allowed"),
         ("GET", "/i?cid=1", 400, "missing_field"),
+        ("GET", "/win?imp=x&price=1", 403, "signature_missing"),  # spend needs the DSP's signature
         ("GET", "/win?imp=x&price=abc", 400, "invalid_field"),
         ("GET", "/win?imp=x&price=-1", 400, "price_out_of_range"),
         ("GET", "/i?imp=" + "x" * 65, 400, "field_too_long"),
@@ -98,7 +99,8 @@ def test_rejections_carry_a_reason_and_are_counted(tracker: Tracker) -> None:
         ("GET", "/i?imp=%ff%fe", 400, "invalid_encoding"),
     ]
     for method, path, expected_status, reason in cases:
-        status, headers, body = tracker.request(method, path)
+        signed = path.startswith("/win") and reason != "signature_missing"
+        status, headers, body = tracker.request(method, tracker.sign(path) if signed else path)
         assert status == expected_status, (path, status, body)
         assert headers["x-reject-reason"] == reason, path
         assert json.loads(body)["error"] == reason
@@ -118,7 +120,9 @@ def test_rejections_carry_a_reason_and_are_counted(tracker: Tracker) -> None:
 
 def test_keep_alive_and_pipelining_answer_in_order(tracker: Tracker) -> None:
     requests = (
-        b"".join(f"GET /win?imp=pipe-{i}&price=1 HTTP/1.1\r\nHost: t\r\n\r\n".encode() for i in range(5))
+        b"".join(
+            f"GET {tracker.sign(f'/win?imp=pipe-{i}&price=1')} HTTP/1.1\r\nHost: t\r\n\r\n".encode() for i in range(5)
+        )
         + b"GET /missing HTTP/1.1\r\nHost: t\r\n\r\nGET /i?imp=last HTTP/1.1\r\nHost: t\r\nConnection: close\r\n\r\n"
     )
     answer = tracker.raw(requests)

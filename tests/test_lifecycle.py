@@ -30,7 +30,7 @@ class Load:
 
     def __init__(self, tracker: Tracker, threads: int = 4, path: Callable[[str], str] | None = None) -> None:
         self.tracker = tracker
-        self.path = path or (lambda imp: f"/win?imp={imp}&price=0.5")
+        self.path = path or (lambda imp: tracker.sign(f"/win?imp={imp}&price=0.5"))
         self.acknowledged: list[str] = []
         self.failures: list[str] = []
         self.statuses: dict[int, int] = {}
@@ -121,7 +121,7 @@ def test_sighup_reloads_without_failing_a_request(tracker_factory: Any) -> None:
         time.sleep(1.5)
     assert load.failures == []
     assert len(load.acknowledged) > 100
-    assert tracker.get("/win2?imp=new&price=1")[0] == 204
+    assert tracker.get(tracker.sign("/win2?imp=new&price=1"))[0] == 204
     assert not old_pids & set(tracker.worker_pids())
     assert tracker.stop() == 0
     events = tracker.events()

@@ -187,7 +187,7 @@ def test_a_burst_beyond_the_limit_gets_429_and_is_counted(tracker_factory: Any) 
     # The same /24 shares the bucket; another network and another event type are not limited.
     assert tracker.get("/i?imp=r5", _from("198.51.100.99"))[0] == 429
     assert tracker.get("/i?imp=r6", _from("198.51.101.10"))[0] == 200
-    assert tracker.get("/win?imp=r7&price=1", _from("198.51.100.10"))[0] == 204
+    assert tracker.get(tracker.sign("/win?imp=r7&price=1"), _from("198.51.100.10"))[0] == 204
     assert tracker.wait_metric("trackpoint_rejected_total", 'reason="rate_limited"', 3) == 3
     events = tracker.wait_events(5)
     assert sorted(e.dims["imp"] for e in events) == ["r0", "r1", "r2", "r6", "r7"]

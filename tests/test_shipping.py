@@ -637,7 +637,7 @@ def test_the_tracker_ships_its_logs_while_running_and_on_sigterm(
     )
     acknowledged = []
     for i in range(300):
-        status, _, _ = tracker.get(f"/win?imp=e2e-{i}&price=0.5")
+        status, _, _ = tracker.get(tracker.sign(f"/win?imp=e2e-{i}&price=0.5"))
         if status == 204:
             acknowledged.append(f"e2e-{i}")
     assert len(acknowledged) == 300
@@ -663,7 +663,9 @@ def test_sigterm_ships_the_files_the_drain_finished(s3: S3Store, tracker_factory
     """No periodic pass after the start one (interval_s is an hour): only the last pass can ship these files."""
     ship = {"url": s3.url("last"), "storage_options": s3.options, "node": "edge-2", "interval_s": 3600}
     tracker: Tracker = tracker_factory({"collectors": {"log": {"type": "log", "ship": ship}}}, workers=2)
-    acknowledged = [f"last-{i}" for i in range(50) if tracker.get(f"/win?imp=last-{i}&price=0.5")[0] == 204]
+    acknowledged = [
+        f"last-{i}" for i in range(50) if tracker.get(tracker.sign(f"/win?imp=last-{i}&price=0.5"))[0] == 204
+    ]
     assert len(acknowledged) == 50
     time.sleep(0.5)
     assert s3.data_keys("last") == []

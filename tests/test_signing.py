@@ -22,14 +22,19 @@ from trackpoint.config import ConfigError, load
 from trackpoint.config.model import ResponseSpec, SigningConfig, SigningKey
 from trackpoint.edge.responses import Clock, Responder
 from trackpoint.pipeline.event import Context, Event, Meta
+from trackpoint.pipeline.fields import Reject
 from trackpoint.security.signing import (
+    BODY_DIGEST_INVALID,
+    BODY_UNSIGNED,
     EXPIRED,
     INVALID,
     MISSING,
     UNKNOWN_KEY,
+    RequestSignature,
     SigningKeyError,
     Verifier,
     canonical,
+    check_body,
     load_keys,
     sign_url,
 )
@@ -264,6 +269,63 @@ def test_a_macro_cannot_move_the_destination_to_another_host() -> None:
     assert event.dims["redirect_rejected"] == "host"
 
 
+# --- signed params (the exchange's macros left free) and signed bodies ----------------------------------------
+
+WIN_SIGNED = ("imp", "cid", "crid", "max_price")
+
+
+def _check(signature: RequestSignature, url: str) -> str | bool:
+    path, query = _target(url)
+    try:
+        return signature.check(path, query)
+    except Reject as reject:
+        return reject.reason
+
+
+def test_signed_params_cover_the_dsps_fields_and_leave_the_exchange_macros_free() -> None:
+    signature = RequestSignature(Verifier({"k1": SECRET}), "required", WIN_SIGNED)
+    nurl = sign_url("/win?imp=i1&cid=c1&price=${AUCTION_PRICE}&auction=${AUCTION_ID}&max_price=2.5", "k1", SECRET,
+                    covered=WIN_SIGNED)  # fmt: skip
+    # The macros follow `sig`, as the exchange will substitute them.
+    assert nurl.index("sig=") < nurl.index("price=${AUCTION_PRICE}")
+    substituted = nurl.replace("${AUCTION_PRICE}", "1.87").replace("${AUCTION_ID}", "a-9")
+    assert _check(signature, substituted) is True
+    assert _check(signature, substituted + "&seat=s1") is True  # a free parameter added
+    for forged in (
+        substituted.replace("cid=c1", "cid=c2"),  # a signed value changed
+        substituted.replace("max_price=2.5&", ""),  # a signed parameter removed
+        substituted + "&crid=x",  # a signed parameter added
+        substituted + "&cid=c2",  # repeated
+        "/win?%63id=c2&" + substituted.removeprefix("/win?"),  # an encoded name is still `cid`
+        "/win?imp=i1&cid=c1&price=1000",  # unsigned
+    ):
+        assert _check(signature, forged) in {INVALID, MISSING}, forged
+    # A whole-query signature does not verify under a subset, nor the reverse.
+    assert _check(signature, sign_url("/win?imp=i1&cid=c1&price=1", "k1", SECRET)) == INVALID
+
+
+def test_a_signed_body_must_be_the_body_that_arrives() -> None:
+    url = sign_url("/conv?order_id=o1", "k1", SECRET, body=b'{"value": 10}')
+    path, query = _target(url)
+    assert "bd=" in url and Verifier({"k1": SECRET}).verify(path, query) is None
+    check_body(query, b'{"value": 10}')  # the signed body passes
+    for body, reason in ((b'{"value": 99999}', BODY_DIGEST_INVALID), (None, BODY_DIGEST_INVALID)):
+        with pytest.raises(Reject) as caught:
+            check_body(query, body)
+        assert (caught.value.status, caught.value.reason) == (403, reason)
+    _, unsigned_body = _target(sign_url("/conv?order_id=o1", "k1", SECRET))
+    with pytest.raises(Reject) as caught:
+        check_body(unsigned_body, b'{"value": 1}')  # signed URL, body not covered
+    assert caught.value.reason == BODY_UNSIGNED
+    check_body(unsigned_body, None)  # no body: nothing to cover
+    check_body(b"order_id=o1", b"anything")  # an unsigned request (optional signature) trusts nothing anyway
+    # The digest is covered by the MAC: swapping it for the forged body's breaks the signature.
+    forged = sign_url("/conv?order_id=o1", "k1", OTHER, body=b"x")
+    bd = dict(pair.split("=", 1) for pair in urlsplit(forged).query.split("&"))["bd"]
+    swapped = url.replace(dict(pair.split("=", 1) for pair in urlsplit(url).query.split("&"))["bd"], bd)
+    assert _verify(Verifier({"k1": SECRET}), swapped) == INVALID
+
+
 # --- end to end -------------------------------------------------------------------------------------------------
 
 SIGNED_TYPES: dict[str, Any] = {
@@ -445,3 +507,26 @@ def test_signing_configuration_problems_are_reported(
     with pytest.raises(ConfigError) as caught:
         load(path)
     assert [(issue.path, message in issue.message) for issue in caught.value.issues] == [(key_path, True)]
+
+
+def test_a_signed_post_with_a_forged_body_is_refused(tracker_factory: Any) -> None:
+    config = {"event_types": {"conversion": {"preset": "conversion", "signature": "required"}}}
+    tracker: Tracker = tracker_factory(config)
+    secret = (tracker.data_dir / "keys" / "signing.key").read_bytes().strip()
+    body = b'{"order_id": "o-1", "value": 12.5}'
+    json_type = {"Content-Type": "application/json"}
+    url = sign_url("/conv?cid=c1", "auto", secret, body=body)
+    status, headers, _ = tracker.request("POST", url, b'{"order_id": "o-1", "value": 99999}', json_type)
+    assert (status, headers["x-reject-reason"]) == (403, "body_digest_invalid")
+    unsigned = sign_url("/conv?cid=c1", "auto", secret)
+    status, headers, _ = tracker.request("POST", unsigned, body, json_type)
+    assert (status, headers["x-reject-reason"]) == (403, "body_unsigned")
+    assert tracker.request("POST", url, body, json_type)[0] == 200
+    # `trackpoint sign --data` signs the same body.
+    result = _cli("sign", "--config", str(tracker.config_path), "--data", body.decode(), "/conv?cid=c2",
+                  cwd=tracker.data_dir)  # fmt: skip
+    assert result.returncode == 0, result.stderr
+    assert tracker.request("POST", result.stdout.strip(), body, json_type)[0] == 200
+    events = tracker.wait_events(2)
+    assert [(e.dims["cid"], e.metrics["value"]) for e in events] == [("c1", 12_500_000), ("c2", 12_500_000)]
+    assert tracker.wait_metric("trackpoint_rejected_total", 'reason="body_digest_invalid"', 1) == 1

@@ -22,6 +22,7 @@ import msgspec
 import yaml
 
 from trackpoint.config.model import Config, EventTypeSpec
+from trackpoint.privacy.filter import deny_private_fields
 
 if TYPE_CHECKING:
     from trackpoint.plugins import Registry
@@ -111,6 +112,7 @@ def _validate(document: dict[str, Any], node: yaml.Node | None, source: str, reg
     problems = list(check_references(config))
     if problems:
         raise ConfigError([ConfigIssue(source, _line_of(node, path), path, msg) for path, msg in problems])
+    config = deny_private_fields(config)  # privacy by default: the policy each collector's filter applies
     encoded = msgspec.json.encode(config)
     return LoadedConfig(config=config, source=source, version=hashlib.sha256(encoded).hexdigest()[:12])
 
@@ -271,7 +273,7 @@ def _parse_error(message: str, path: KeyPath) -> tuple[KeyPath, str]:
 _NUMBERS = ("int", "decimal", "money", "price", "duration", "timestamp")  # to metrics unless `into` says otherwise
 _TYPE_NAME = re.compile(r"[A-Za-z0-9_.-]{1,64}")
 _HOST = re.compile(r"\.?[a-z0-9]([a-z0-9-]*[a-z0-9])?(\.[a-z0-9]([a-z0-9-]*[a-z0-9])?)*", re.I)  # ASCII (IDNA)
-_SIGNATURE_PARAMS = frozenset({"kid", "exp", "sig"})
+_SIGNATURE_PARAMS = frozenset({"kid", "exp", "sig", "bd"})  # security.signing: SIGNATURE_PARAMS, BODY_DIGEST_PARAM
 
 
 def check_references(config: Config) -> Iterator[tuple[KeyPath, str]]:
@@ -365,6 +367,12 @@ def _check_event_type(config: Config, base: KeyPath, spec: EventTypeSpec) -> Ite
         for name, field in spec.fields.items():
             if (field.name or name) in _SIGNATURE_PARAMS and field.source in ("param", "query"):
                 yield (*base, "fields", name), f"{field.name or name!r} is a parameter of the URL signature"
+    if spec.signed_params:
+        if spec.signature == "off":
+            yield (*base, "signed_params"), "signed_params needs `signature: required` or `optional`"
+        for i, param in enumerate(spec.signed_params):
+            if not param or param in _SIGNATURE_PARAMS:
+                yield (*base, "signed_params", i), f"{param!r} cannot be listed (kid, exp and bd are always signed)"
     for i, name in enumerate(spec.preprocessors):
         if name not in config.preprocessors:
             yield (*base, "preprocessors", i), f"no preprocessor named {name!r}"

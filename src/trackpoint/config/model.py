@@ -420,9 +420,19 @@ class EventTypeSpec(Struct, forbid_unknown_fields=True, kw_only=True):
         Meta(
             description="Signed URLs (see `signing`), checked before any other work. required: an unsigned "
             'request is refused; optional: an unsigned request is accepted and marked `dims.signed = "0"` '
-            '(signed ones `"1"`); a bad, expired or unknown-key signature is refused under both (403).'
+            '(signed ones `"1"`); a bad, expired or unknown-key signature is refused under both (403). On a '
+            "type that takes POST, a signed request's body is covered too: its SHA-256 travels in the signed `bd` "
+            "parameter (`trackpoint sign --data`), and a body without one is refused (403 `body_unsigned`)."
         ),
     ] = "off"
+    signed_params: Annotated[
+        list[str],
+        Meta(
+            description="The query parameters the signature covers (with `kid`, `exp` and `bd`); the others are "
+            "free, so an exchange can substitute its `${AUCTION_*}` macros into a signed URL. A listed parameter "
+            "cannot be added, removed or changed. Empty: every parameter is covered."
+        ),
+    ] = msgspec.field(default_factory=list)
     invalid_traffic: Annotated[
         InvalidTrafficSpec, Meta(description="What happens to events flagged as invalid traffic (kept by default).")
     ] = msgspec.field(default_factory=InvalidTrafficSpec)
@@ -522,8 +532,27 @@ class CollectorBase(Struct, tag_field="type", forbid_unknown_fields=True, kw_onl
     ] = None
     fields_deny: Annotated[
         list[str],
-        Meta(description="Parts of an event never sent to this collector (same paths as fields_allow)."),
+        Meta(
+            description="Parts of an event never sent to this collector (same paths as fields_allow). On an "
+            "untrusted collector, every field an event type reads from the client IP, a cookie or a header "
+            "(`source: ip|cookie|header`, and the user id cookie's `dims.uid`) is added here, unless "
+            "`send_private` names it."
+        ),
     ] = msgspec.field(default_factory=list)
+    send_private: Annotated[
+        list[str],
+        Meta(
+            description="Fields read from the client IP, a cookie or a header (by field name; `uid` for the user "
+            "id cookie) that this untrusted collector may receive all the same: the explicit opt-in."
+        ),
+    ] = msgspec.field(default_factory=list)
+    referer_query: Annotated[
+        bool,
+        Meta(
+            description="Send ctx.referer whole to this untrusted collector. By default it gets the referer "
+            "without its query string and fragment (they often carry emails, tokens, search terms)."
+        ),
+    ] = False
 
 
 class ShipConfig(Struct, forbid_unknown_fields=True, kw_only=True):
@@ -831,6 +860,22 @@ class DecryptPriceConfig(PreprocessorBase, tag="decrypt_price"):
             "empty (a plain price can be forged by anyone who sees the URL)."
         ),
     ] = None
+
+
+class CheckPriceBoundConfig(PreprocessorBase, tag="check_price_bound"):
+    """Refuses a win or billing notice whose price is above the bound the DSP signed into its URL (its own bid,
+    `max_price`, a CPM like the price): the exchange substitutes the price, so a signed URL replayed with a
+    bigger one is refused (403 `price_above_bound`), counted, and never debited. Put the bound in the event type's
+    `signed_params`, and this preprocessor after decrypt_price when prices arrive encrypted."""
+
+    price_field: Annotated[str, Meta(description="The money metric holding the price, in micros.")] = "price"
+    bound_field: Annotated[str, Meta(description="The money metric holding the signed bound (the bid), in micros.")] = (
+        "max_price"
+    )
+    require_bound: Annotated[
+        bool,
+        Meta(description="Refuse a notice without the bound (400 `price_bound_missing`); false: it passes."),
+    ] = False
 
 
 class IssueClickIdConfig(PreprocessorBase, tag="issue_click_id"):

@@ -19,6 +19,7 @@ from trackpoint.config.model import (
     AnonymizeIpConfig,
     AttributeConversionConfig,
     CheckConsentConfig,
+    CheckPriceBoundConfig,
     DecryptPriceConfig,
     EventTypeSpec,
     FlagInvalidTrafficConfig,
@@ -71,6 +72,7 @@ plugin = Plugin(
         PreprocessorKind(AttributeConversionConfig, _lazy("preprocessors.attribute_conversion:AttributeConversion")),
         PreprocessorKind(FlagInvalidTrafficConfig, _lazy("preprocessors.flag_invalid_traffic:FlagInvalidTraffic")),
         PreprocessorKind(VastConfig, _lazy("preprocessors.vast:Vast")),
+        PreprocessorKind(CheckPriceBoundConfig, _lazy("preprocessors.check_price_bound:CheckPriceBound")),
     ],
     event_types=default_event_types(),
     admin_routes=[
