@@ -129,6 +129,7 @@ SPEND_BUDGET_MICROS = 1_000_000_000
 LEGIT_WINS = 8
 LEGIT_WIN_PRICE = "2.5"  # CPM: 2,500 micros per win
 LEGIT_WIN_MICROS = 2_500
+LEGIT_WIN_MAX_PRICE = "3.00"  # the bid, signed: a higher price is refused
 FORGED_KINDS = ["forged_top_price", "forged_random_cid"]
 FORGED_CONCURRENCY = 32
 FORGED_CIDS_KEPT = 50  # random campaign ids looked up afterwards: none may exist
@@ -760,7 +761,10 @@ def observe_siege(
 def sign_wins(config_path: Path, port: int, count: int) -> list[str]:
     """Win notice URLs as a DSP builds them with `trackpoint sign` (its fields signed, the exchange's price macro
     left to be filled in), then filled in as the exchange does."""
-    template = f"http://127.0.0.1:{port}/win?imp=legit-win-{{n}}&cid={SPEND_CAMPAIGN}&price=${{{{AUCTION_PRICE}}}}"
+    template = (
+        f"http://127.0.0.1:{port}/win?imp=legit-win-{{n}}&cid={SPEND_CAMPAIGN}&max_price={LEGIT_WIN_MAX_PRICE}"
+        "&price=${{AUCTION_PRICE}}"
+    )
     signers = [
         subprocess.Popen(
             [str(TRACKER_BIN), "sign", "-c", str(config_path), template.format(n=n)],
@@ -775,7 +779,7 @@ def sign_wins(config_path: Path, port: int, count: int) -> list[str]:
         out, err = signer.communicate(timeout=60)
         if signer.returncode != 0:
             raise HarnessError(f"trackpoint sign failed: {err or out}")
-        urls.append(out.strip().replace("${AUCTION_PRICE}", LEGIT_WIN_PRICE))
+        urls.append(out.strip())
     return urls
 
 
@@ -791,16 +795,21 @@ def prepare_spend(port: int, admin_port: int, workdir: Path) -> list[str]:
     status, _ = call(f"http://127.0.0.1:{port}/win?imp=unsigned-probe&cid={SPEND_CAMPAIGN}&price=1")
     if status == 204:
         raise ScenarioSkipped("an unsigned /win is still answered 204: this tracker has no signed spend yet")
-    return sign_wins(workdir / "trackpoint.yaml", port, LEGIT_WINS)
+    return sign_wins(workdir / "trackpoint.yaml", port, LEGIT_WINS + 1)  # the last one leaks to the attacker
 
 
 def send_legit_wins(urls: list[str], attack_s: float, found: dict[str, Any]) -> None:
-    """The legitimate signed wins, spread over the forged flood."""
+    """The legitimate signed wins, spread over the forged flood, each with the exchange's price filled in; beside
+    each, the leaked signed URL with the price raised to 100,000 (above its signed max_price)."""
+    *signed, leaked = urls
     statuses: Counter[str] = Counter()
-    for url in urls:
-        time.sleep(attack_s / (len(urls) + 1))
-        statuses[_sample(url)] += 1
+    tampered: Counter[str] = Counter()
+    for url in signed:
+        time.sleep(attack_s / (len(signed) + 1))
+        statuses[_sample(url.replace("${AUCTION_PRICE}", LEGIT_WIN_PRICE))] += 1
+        tampered[_sample(leaked.replace("${AUCTION_PRICE}", "100000"))] += 1
     found["legit_wins"] = dict(statuses)
+    found["tampered_price"] = dict(tampered)
 
 
 def audit_spend(admin_port: int, workdir: Path, random_cids: list[str], found: dict[str, Any]) -> None:
@@ -1088,6 +1097,11 @@ def _forged_spend_checks(s: Scenario) -> list[tuple[str, str, bool]]:
             "forged spend: forged wins refused 403, none logged",
             f"{refused:,} of {attack['attempts']:,}; {s.forged_logged} logged",
             refused == attack["attempts"] and s.forged_logged == 0,
+        ),
+        (
+            "forged spend: a leaked signed win at price 100000 refused 403",
+            str(attack["tampered_price"]),
+            attack["tampered_price"].get("403", 0) == LEGIT_WINS,
         ),
         ("forged spend: signed wins answered 204", str(legit), legit.get("204", 0) == LEGIT_WINS),
         (
