@@ -114,8 +114,9 @@ ENDLESS_CHUNK = b"a" * 4096
 TARGET_ENDLESS_RSS_MB = 100.0
 # The admin siege: 20,000 idle connections, in processes of at most 10,000 (each needs a descriptor per connection).
 ADMIN_SIEGE_CONNECTIONS = 20_000
-ADMIN_SIEGE_PER_PROCESS = max(1, min(10_000, resource.getrlimit(resource.RLIMIT_NOFILE)[0] - 200))
+ADMIN_SIEGE_PER_PROCESS = max(1, min(10_000, resource.getrlimit(resource.RLIMIT_NOFILE)[1] - 200))  # hard limit
 ADMIN_SIEGE_PROCESSES = -(-ADMIN_SIEGE_CONNECTIONS // ADMIN_SIEGE_PER_PROCESS)
+ADMIN_SIEGE_FIRST_PORT = 20_000  # source ports 20,000-29,999: below the ephemeral range (32768-60999 by default)
 ADMIN_SIEGE_MIN_S = 16  # seconds of valid load: the siege opens its connections, a worker dies and comes back
 # The tracker's descriptor limit in the siege: far below the siege, so that it is exhausted within seconds (the
 # finding: 20,200 connections against 20,000), even in --quick on a busy machine.
@@ -517,21 +518,28 @@ async def _forged_spend(port: int, duration_s: float) -> dict[str, Any]:
 
 async def _admin_siege(port: int, duration_s: float, part: int = 0) -> dict[str, Any]:
     """ADMIN_SIEGE_PER_PROCESS idle connections to the admin port, held until the end; one the tracker closes is
-    opened again (an attacker keeps its hold). Plain sockets with numeric addresses: no resolver thread per connect."""
+    opened again (an attacker keeps its hold). Plain sockets with numeric addresses: no resolver thread per connect.
+    Each process has its own address, and each connection a fixed source port below the ephemeral range: 20,000
+    ephemeral ports taken would make the port another program was just given by the kernel unbindable on 0.0.0.0."""
     loop = asyncio.get_running_loop()
     outcomes: Counter[str] = Counter()
     open_now = peak = 0
     deadline = time.monotonic() + duration_s
-    source = (f"127.0.0.{2 + part}", 0)  # one address per process: ephemeral ports for 20,000 connections
+    address = f"127.0.0.{2 + part}"
 
-    async def hold() -> None:
+    async def hold(number: int) -> None:
         nonlocal open_now, peak
         while time.monotonic() < deadline:
             sock = socket.socket()
-            sock.setsockopt(socket.SOL_SOCKET, socket.SO_LINGER, ABORT_ON_CLOSE)
+            sock.setsockopt(socket.SOL_SOCKET, socket.SO_LINGER, ABORT_ON_CLOSE)  # no TIME_WAIT: the port is reused
             sock.setblocking(False)
             try:
-                sock.bind(source)
+                sock.bind((address, ADMIN_SIEGE_FIRST_PORT + number))
+            except OSError:  # a service of this machine has the port on all addresses: leave it alone
+                sock.close()
+                outcomes["source_port_busy"] += 1
+                return
+            try:
                 await asyncio.wait_for(loop.sock_connect(sock, ("127.0.0.1", port)), deadline - time.monotonic())
             except (OSError, TimeoutError) as exc:
                 sock.close()
@@ -553,7 +561,7 @@ async def _admin_siege(port: int, duration_s: float, part: int = 0) -> dict[str,
                 open_now -= 1
                 sock.close()
 
-    await asyncio.gather(*(hold() for _ in range(ADMIN_SIEGE_PER_PROCESS)))
+    await asyncio.gather(*(hold(number) for number in range(ADMIN_SIEGE_PER_PROCESS)))
     return {"connections": sum(outcomes.values()), "peak_open": peak, "outcomes": dict(outcomes)}
 
 
@@ -571,6 +579,8 @@ ATTACKS: dict[str, Callable[..., Any]] = {  # (port, seconds) -> the client's co
 def _attack_process(attack: str, port: int, duration_s: float, part: int, results: Connection) -> None:
     os.sched_setaffinity(0, {LOAD_CPU})
     os.nice(ATTACK_NICE)
+    _, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
+    resource.setrlimit(resource.RLIMIT_NOFILE, (hard, hard))  # the siege holds a descriptor per connection
     import uvloop
 
     run = ATTACKS[attack]
