@@ -593,10 +593,15 @@ def rss_mb(pid: int) -> float:
     raise HarnessError(f"no VmRSS for pid {pid}")
 
 
-def worker_pid(supervisor: Service) -> int:
-    """The tracker worker: the supervisor's child that is not a multiprocessing helper."""
+def worker_pids(supervisor: Service) -> list[int]:
+    """The tracker's workers: the supervisor's children that are not multiprocessing helpers."""
     children = [pid for pid in _pids() if _parent_pid(pid) == supervisor.proc.pid]
-    workers = [pid for pid in children if not any(m in _cmdline(pid) for m in HELPER_MARKERS)]
+    return [pid for pid in children if not any(m in _cmdline(pid) for m in HELPER_MARKERS)]
+
+
+def worker_pid(supervisor: Service) -> int:
+    """The tracker worker (the largest, where there are several)."""
+    workers = worker_pids(supervisor)
     if not workers:
         raise HarnessError(f"tracker supervisor (pid {supervisor.proc.pid}) has no worker child process")
     return max(workers, key=rss_mb)
