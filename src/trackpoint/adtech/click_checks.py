@@ -16,6 +16,7 @@ from trackpoint.config.model import (
     FlagInvalidTrafficConfig,
     IssueClickIdConfig,
 )
+from trackpoint.security.secrets import one_of_problem
 
 KeyPath = tuple[str | int, ...]
 # A declared click id field must hold the longest click id the default fields (64 characters each) make.
@@ -77,8 +78,9 @@ def _check_postback_auth(base: KeyPath, spec: EventTypeSpec) -> Iterator[tuple[K
     if not auth.secrets:
         yield (*where, "secrets"), "postback authentication needs at least one advertiser's secret"
     for advertiser, source in auth.secrets.items():
-        if (source.secret_env is None) == (source.secret_file is None):
-            yield (*where, "secrets", advertiser), "a secret needs exactly one of secret_env and secret_file"
+        problem = one_of_problem("secret", source.secret_env, source.secret_file)
+        if problem is not None:
+            yield (*where, "secrets", advertiser), f"a secret {problem}"
     field = spec.fields.get(auth.advertiser_field)
     if field is None or _into(field) != "dims":
         yield (*where, "advertiser_field"), f"{auth.advertiser_field!r} is not a dims field of this event type"

@@ -22,6 +22,7 @@ import msgspec
 import yaml
 
 from trackpoint.config.model import Config, EventTypeSpec
+from trackpoint.security.secrets import one_of_problem
 
 if TYPE_CHECKING:
     from trackpoint.plugins import Registry
@@ -325,8 +326,9 @@ def _check_signing(config: Config) -> Iterator[tuple[KeyPath, str]]:
         where: KeyPath = ("signing", "keys", key_id)
         if not re.fullmatch(r"[A-Za-z0-9_.~-]{1,32}", key_id):
             yield where, "a key id is 1-32 letters, digits, '_', '.', '~' or '-'"
-        if (key.secret_env is None) == (key.secret_file is None):
-            yield where, "a key needs exactly one of secret_env and secret_file"
+        problem = one_of_problem("secret", key.secret_env, key.secret_file)
+        if problem is not None:
+            yield where, f"a key {problem}"
         if key.generate and key.secret_file is None:
             yield (*where, "generate"), "generate needs secret_file"
     if signing.sign_with is not None and signing.sign_with not in signing.keys:
