@@ -13,6 +13,7 @@ import msgspec
 
 from trackpoint.config.load import LoadedConfig
 from trackpoint.config.model import EventTypeSpec, FieldSpec
+from trackpoint.pipeline.reasons import statuses
 
 Schema = dict[str, Any]
 
@@ -24,19 +25,10 @@ _REJECTION: Schema = {
         "field": {"type": "string", "description": "The field at fault, when there is one."},
     },
 }
-# Statuses the edge answers before or instead of recording an event; every one carries a reason code.
+# Statuses the edge answers before or instead of recording an event, each with its reason codes (one table).
 _REJECTIONS = {
-    "400": "A field is missing, malformed or out of its limits, or the request is not valid HTTP.",
-    "401": "Postback credentials are missing (when the event type requires them).",
-    "403": "A signature or postback credential is invalid or expired, or the page's origin is not allowed (CORS).",
-    "405": "The method is not one of the event type's methods.",
-    "408": "The headers or the body arrived too slowly.",
-    "413": "The body is larger than `server.limits.max_body_bytes`.",
-    "414": "The request line is longer than `server.limits.max_request_line_bytes`.",
-    "415": "The body's content type is neither form-urlencoded nor JSON.",
-    "429": "The event type's rate limit is exceeded.",
-    "431": "The headers exceed `server.limits`.",
-    "503": "The worker is at its connection limit, or draining.",
+    str(status): "\n".join(f"- `{entry.reason}`: {entry.description}" for entry in entries)
+    for status, entries in statuses().items()
 }
 _BOOL_WORDS = ["1", "0", "true", "false", "yes", "no"]
 
