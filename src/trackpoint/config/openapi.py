@@ -11,6 +11,7 @@ from typing import Any
 
 import msgspec
 
+from trackpoint.admin.routes import admin_endpoints
 from trackpoint.config.load import LoadedConfig
 from trackpoint.config.model import EventTypeSpec, FieldSpec
 from trackpoint.pipeline.reasons import statuses
@@ -45,7 +46,8 @@ def openapi_document(loaded: LoadedConfig) -> dict[str, Any]:
                 suffix = f"_{index}" if index else ""
                 item[method.lower()] = _operation(name, spec, method, f"{name}_{method.lower()}{suffix}")
     admin_server = {"url": f"http://{config.admin.host}:{config.admin.port}", "description": "The admin port."}
-    for admin_method, path, summary in admin_routes():
+    for endpoint in admin_endpoints():
+        admin_method, path, summary = endpoint.method, endpoint.path, endpoint.summary
         item = paths.setdefault(path, {"servers": [admin_server]})
         if "servers" not in item:  # an event type took this path on the tracking port: it wins there
             continue
@@ -97,23 +99,6 @@ def openapi_document(loaded: LoadedConfig) -> dict[str, Any]:
 def openapi_json(loaded: LoadedConfig) -> bytes:
     """The document as indented JSON with a final newline (the committed file and `/openapi.json`)."""
     return msgspec.json.format(msgspec.json.encode(openapi_document(loaded)), indent=2) + b"\n"
-
-
-def admin_routes() -> list[tuple[str, str, str]]:
-    """(method, path, description) of every admin route: health and metrics, then the built-in plugin's routes,
-    each described by the first paragraph of its handler's docstring."""
-    from trackpoint.plugins.builtin import plugin
-
-    routes = [
-        ("GET", "/healthz", "200 while the supervisor runs."),
-        ("GET", "/readyz", "200 when every worker is ready and every required collector healthy, else 503 (JSON)."),
-        ("GET", "/metrics", "Prometheus metrics, summed over the workers."),
-        ("GET", "/openapi.json", "This OpenAPI document, for the running configuration."),
-    ]
-    for route in plugin.admin_routes:
-        doc = (route.handler.__doc__ or "").strip().split("\n\n")[0]
-        routes.append((route.method, route.path, " ".join(doc.split())))
-    return routes
 
 
 def _operation(name: str, spec: EventTypeSpec, method: str, operation_id: str) -> dict[str, Any]:

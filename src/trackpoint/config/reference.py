@@ -174,8 +174,8 @@ def _rejections() -> list[str]:
 
 
 def _admin_endpoints() -> list[str]:
-    """The admin port's endpoints, as `openapi.admin_routes` lists them."""
-    from trackpoint.config.openapi import admin_routes
+    """The admin port's endpoints, from the route table the supervisor serves (admin/routes.py)."""
+    from trackpoint.admin.routes import admin_endpoints
 
     lines = [
         "## Admin port\n",
@@ -183,7 +183,7 @@ def _admin_endpoints() -> list[str]:
         "| method | path | what it does |",
         "|---|---|---|",
     ]
-    lines += [f"| {method} | `{path}` | {escape(text)} |" for method, path, text in admin_routes()]
+    lines += [f"| {e.method} | `{e.path}` | {escape(e.summary)} |" for e in admin_endpoints()]
     lines.append("")
     return lines
 
