@@ -495,12 +495,12 @@ def run_nginx(workdir: Path, port: int) -> Iterator[Service]:
 
 
 @contextlib.contextmanager
-def run_tracker(binary: Path, workdir: Path, port: int, admin_port: int) -> Iterator[Service]:
-    """Start trackpoint with one worker and a temporary data_dir; wait for /readyz."""
+def run_tracker(binary: Path, workdir: Path, port: int, admin_port: int, extra_config: str = "") -> Iterator[Service]:
+    """Start trackpoint with one worker and a temporary data_dir (plus `extra_config` YAML); wait for /readyz."""
     data_dir = workdir / "data"
     data_dir.mkdir(parents=True, exist_ok=True)
     config = workdir / "trackpoint.yaml"
-    config.write_text(f"data_dir: {json.dumps(str(data_dir))}\n")
+    config.write_text(f"data_dir: {json.dumps(str(data_dir))}\n{extra_config}")
     argv = [
         *pinned(SERVER_CPU),
         str(binary),

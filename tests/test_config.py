@@ -695,7 +695,7 @@ def test_json_schema_defines_every_struct_with_descriptions() -> None:
     limits = definitions["Limits"]["properties"]["max_body_bytes"]
     assert limits["description"] == "Largest request body; larger → 413."
     assert limits["maximum"] == 16 << 20
-    assert definitions["LogCollectorConfig"]["properties"]["fsync"]["enum"] == ["always", "interval", "none"]
+    assert definitions["LogCollectorConfig"]["properties"]["fsync"]["enum"] == ["interval", "none"]
 
 
 # --- the CLI ------------------------------------------------------------------------------------------------

@@ -7,8 +7,10 @@ from __future__ import annotations
 import asyncio
 import logging
 import os
+import socket
 import time
 from pathlib import Path
+from typing import Any
 
 import msgspec
 import pytest
@@ -176,3 +178,41 @@ def test_the_collector_refuses_once_its_own_writes_fill_the_budget(tmp_path: Pat
 
     assert asyncio.run(main()) == (True, False, False)
     assert usage(tmp_path / "logs", config).bytes >= 2 * MiB
+
+
+def test_a_tracker_at_its_budget_answers_503_log_disk_full_and_acknowledges_only_what_it_wrote(
+    tracker_factory: Any,
+) -> None:
+    """End to end: impressions until the log directory reaches max_disk_bytes. Every 2xx has its line; the rest are
+    503 `log_disk_full`, counted, and /readyz fails while the budget is full."""
+    log = {"type": "log", "max_disk_bytes": MiB, "rotate_bytes": 256 << 10, "compression": "none", "fsync": "none"}
+    tracker = tracker_factory({"collectors": {"log": log}})
+    acknowledged: list[str] = []
+    refused = 0
+    with socket.create_connection(("127.0.0.1", tracker.port), timeout=10) as sock:
+        stream = sock.makefile("rb")
+        for i in range(6000):
+            imp = f"budget-{i:05d}-" + "x" * 48
+            sock.sendall(f"GET /i?imp={imp}&cid=c&crid=cr&pub=p HTTP/1.1\r\nHost: t\r\n\r\n".encode())
+            status_line = stream.readline()
+            headers = {}
+            while (line := stream.readline()) not in (b"\r\n", b""):
+                name, _, value = line.decode().partition(":")
+                headers[name.strip().lower()] = value.strip()
+            stream.read(int(headers.get("content-length", "0")))
+            if status_line.startswith(b"HTTP/1.1 200"):
+                acknowledged.append(imp)
+                continue
+            assert status_line.startswith(b"HTTP/1.1 503"), status_line
+            assert headers["x-reject-reason"] == "log_disk_full"
+            refused += 1
+            break  # the answer said Connection: close
+    assert refused == 1 and 1000 < len(acknowledged) < 6000
+    deadline = time.monotonic() + 10  # workers report their collectors' health once a second
+    while tracker.admin("GET", "/readyz")[0] != 503 and time.monotonic() < deadline:
+        time.sleep(0.05)
+    assert tracker.admin("GET", "/readyz")[0] == 503
+    assert tracker.wait_metric("trackpoint_rejected_total", 'reason="log_disk_full"', 1) == 1
+    logged = {event.dims["imp"] for event in tracker.events()}
+    assert set(acknowledged) <= logged
+    assert sum(path.stat().st_size for path in (tracker.data_dir / "logs").iterdir()) <= MiB

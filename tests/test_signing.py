@@ -344,9 +344,11 @@ def test_required_and_optional_signatures_end_to_end(signed_tracker: Tracker) ->
 
 def test_redirect_policy_end_to_end(signed_tracker: Tracker) -> None:
     tracker = signed_tracker
-    for number, (destination, _) in enumerate(NASTY_DESTINATIONS):
+    for number, (destination, reason) in enumerate(NASTY_DESTINATIONS):
         status, headers, _ = tracker.get(f"/c?imp=n{number}&url={quote(destination, safe='')}")
-        assert (status, headers["x-reject-reason"]) == (400, "redirect_not_allowed"), destination
+        # A destination with controls (CR LF) is refused by the field check first: not a click, not recorded.
+        expected = "invalid_field" if reason == "characters" else "redirect_not_allowed"
+        assert (status, headers["x-reject-reason"]) == (400, expected), destination
     # A signed destination outside allow_hosts is followed, with macros expanded after verification.
     signed = sign_url(
         f"/c?imp=ok1&cid=c%201&url={quote('https://shop.test/land?c={cid}&k={click_id}', safe='')}", "new", SECRET
@@ -360,10 +362,10 @@ def test_redirect_policy_end_to_end(signed_tracker: Tracker) -> None:
     assert (status, headers["x-reject-reason"]) == (400, "redirect_not_allowed")
     # A tampered signed click is refused before anything else.
     assert tracker.get(signed.replace("shop.test", "evil.test"))[0] == 403
-    events = tracker.wait_events(len(NASTY_DESTINATIONS) + 2)
+    events = tracker.events()  # written before the answers left
     recorded = {e.dims["imp"]: e for e in events}
     assert {imp: e.dims["redirect_rejected"] for imp, e in recorded.items() if imp.startswith("n")} == {
-        f"n{number}": reason for number, (_, reason) in enumerate(NASTY_DESTINATIONS)
+        f"n{number}": reason for number, (_, reason) in enumerate(NASTY_DESTINATIONS) if reason != "characters"
     }
     assert "redirect_rejected" not in recorded["ok1"].dims
     click_id = recorded["ok1"].dims["click_id"]  # {click_id}: the click id the click is logged with

@@ -14,6 +14,8 @@ import asyncio
 import contextlib
 import re
 import sys
+import tempfile
+from dataclasses import replace
 from pathlib import Path
 from typing import Any
 
@@ -89,6 +91,9 @@ class FakeTransport:
     def get_extra_info(self, name: str) -> object:
         return (self.peer, 40000) if name == "peername" else None
 
+    def get_write_buffer_size(self) -> int:
+        return 0  # the client reads everything: an expired connection is closed, not aborted
+
     def pause_reading(self) -> None: ...
 
     def resume_reading(self) -> None: ...
@@ -96,15 +101,20 @@ class FakeTransport:
 
 def _edges() -> list[Edge]:
     loaded = load()
+    loaded = replace(
+        loaded, config=msgspec.structs.replace(loaded.config, data_dir=tempfile.mkdtemp(prefix="tp-fuzz-"))
+    )
     tight = Limits(max_request_line_bytes=256, max_header_bytes=1024, max_header_count=8, max_body_bytes=64)
     server = msgspec.structs.replace(loaded.config.server, limits=tight, trusted_proxies=["10.0.0.0/8"])
     tight_config: Config = msgspec.structs.replace(loaded.config, server=server)
     assert isinstance(tight_config.server, ServerConfig)
-    return [Edge(loaded.config, loaded.version, 0), Edge(tight_config, loaded.version, 1)]
+    return [Edge(config, loaded.version, slot) for slot, config in enumerate((loaded.config, tight_config))]
 
 
 LOOP = asyncio.new_event_loop()
 EDGES = _edges()
+for _edge in EDGES:  # answers wait for their log lines: each edge's log writes into a temporary directory
+    LOOP.run_until_complete(_edge.start_collectors())
 KNOWN = known_reasons() - {"internal_error"}
 assert {"bad_request", "invalid_field", "header_timeout"} <= KNOWN, KNOWN  # the pattern still finds the source's
 assert build is not None and fields is not None  # instrumented for coverage, used through the edge

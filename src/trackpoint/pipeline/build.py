@@ -7,7 +7,9 @@ the declared fields require (a body is decoded only when a field reads it, cooki
 from __future__ import annotations
 
 import hashlib
+import json
 import re
+from collections.abc import Iterable
 from decimal import Decimal
 from time import time as _time
 from typing import Any, NamedTuple, NoReturn
@@ -199,9 +201,12 @@ class EventBuilder:
             except (msgspec.DecodeError, UnicodeDecodeError):  # msgspec raises the latter for invalid UTF-8
                 raise Reject(400, "invalid_json") from None
             keys = self.json_keys
-            found = {
-                key: text for key, value in document.items() if key in keys and (text := _json_text(value)) is not None
-            }
+            members: Iterable[tuple[str, Any]] = document.items()
+            # A member named twice: the first wins, as in a query string (the decoder keeps the last). Looked for
+            # only when a wanted key's quoted name occurs twice in the body.
+            if any(body.count(b'"' + key.encode() + b'"') > 1 for key in keys if key in document):
+                members = _first_members(body)
+            found = {key: text for key, value in members if key in keys and (text := _json_text(value)) is not None}
         else:
             raise Reject(415, "unsupported_media_type")
         return found
@@ -217,6 +222,14 @@ def _too_long(name: str, raw: str, convert: Converter) -> NoReturn:
     except Reject:
         pass
     raise Reject(400, "field_too_long", name)
+
+
+def _first_members(body: bytes | bytearray) -> list[tuple[str, Any]]:
+    """The top-level members of a JSON object, the first of each name only (the slow path of duplicate names)."""
+    first: dict[str, Any] = {}
+    for key, value in json.loads(body, parse_float=Decimal, object_pairs_hook=list):
+        first.setdefault(key, value)
+    return list(first.items())
 
 
 def _json_depth(body: bytes | bytearray) -> int:

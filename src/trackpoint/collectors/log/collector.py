@@ -209,8 +209,10 @@ class LogCollector(Collector):
             log.error("collector %s: cannot write the log (%s); its event types answer 503", self.name, self._error)
 
     def _recover(self) -> None:
-        """After ERROR_HOLD_S without a successful write, ready again when the directory can take a whole file's
-        worth of lines: new requests then try, and a failure holds readiness off again."""
+        """After ERROR_HOLD_S without a successful write, ready again when the budget and the disk have room (1 MiB
+        free): new requests then try, and a failure holds readiness off again."""
+        if self.budget.enabled and not self.disk_allows():
+            return
         try:
             stat = os.statvfs(self.directory)
         except OSError:
