@@ -720,7 +720,10 @@ class SecretSource(Struct, forbid_unknown_fields=True, kw_only=True):
     ] = None
     secret_file: Annotated[
         str | None,
-        Meta(description="File holding the secret (at least 16 bytes; surrounding whitespace is ignored)."),
+        Meta(
+            description="File holding the secret (at least 16 bytes; surrounding whitespace is ignored), relative "
+            "to data_dir unless absolute."
+        ),
     ] = None
 
 
