@@ -37,12 +37,8 @@ with _instrumented():
     from trackpoint.edge.protocol import EdgeProtocol
     from trackpoint.edge.runtime import Edge
     from trackpoint.pipeline import build, fields
+    from trackpoint.pipeline.reasons import BY_REASON
 
-SOURCE = Path(__file__).resolve().parents[2] / "src" / "trackpoint"
-# Every reason code the source can send: `Reject(<status>, "reason"...)` and `reject...(<status>, "reason"...)`.
-_REASON = re.compile(r"""(?:Reject|reject\w*)\(\s*(\d{3}),\s*"([a-z_]+)\"""")
-# Reasons passed by name: module constants (`OUT_OF_RANGE = "price_out_of_range"`) and `reason` parameter defaults.
-_REASON_CONSTANT = re.compile(r"""^\s*(?:[A-Z][A-Z_]*|reason: str)\s*=\s*"([a-z]+(?:_[a-z]+)+)",?$""", re.MULTILINE)
 STATUS_LINE = re.compile(rb"HTTP/1\.1 (\d{3}) ")
 REJECT_REASON = re.compile(rb"X-Reject-Reason: ([^\r]*)\r\n")
 
@@ -64,12 +60,8 @@ SEEDS = [
 
 
 def known_reasons() -> frozenset[str]:
-    found: set[str] = set()
-    for path in SOURCE.rglob("*.py"):
-        text = path.read_text()
-        found.update(reason for _, reason in _REASON.findall(text))
-        found.update(_REASON_CONSTANT.findall(text))
-    return frozenset(found)
+    """Every reason code the tracker can send: the table (tests/test_reasons.py keeps it true to the source)."""
+    return frozenset(BY_REASON)
 
 
 class FakeTransport:

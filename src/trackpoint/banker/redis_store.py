@@ -22,7 +22,6 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import hashlib
-import os
 from collections.abc import Sequence
 from typing import Any
 
@@ -36,6 +35,7 @@ from trackpoint.banker.config import BankerCollectorConfig
 from trackpoint.banker.model import MS_PER_HOUR, Budget, Debit, Notification, RawCampaign, TrackerStatus, periods
 from trackpoint.banker.store import Applied, Store, StoreUnavailable
 from trackpoint.collectors.resp import bulk, round_trip
+from trackpoint.security.secrets import env_secret
 
 # One call per batch. KEYS: the campaign set, the notification stream (the per-campaign keys are derived from the
 # key prefix). ARGV: key prefix, retention, ledger maxlen (0: no trim), notification maxlen, channel, create ("1":
@@ -181,7 +181,8 @@ class RedisStore(Store):
         prefix = config.key_prefix
         self.prefix = prefix
         self.channel = f"{prefix}:notifications"
-        self._password = _secret(config.password_env) if config.password_env else None  # fails at start-up
+        # A missing password fails here, at start-up.
+        self._password = env_secret(config.password_env, "password_env") if config.password_env else None
         # EVALSHA sha 2 <campaigns> <notifications> <prefix> <retention> <ledger max> <notes max> <channel> <create>:
         # fixed.
         self._apply_head = b"".join(
@@ -433,10 +434,3 @@ def _raw(campaign: str, fields: dict[bytes, bytes], days: dict[bytes, bytes]) ->
 def _ledger_debit(campaign: str, line: str) -> Debit:
     event_id, micros, ts, event_type = line.split(" ", 3)
     return Debit(event_id, campaign, int(micros), int(ts), event_type)
-
-
-def _secret(variable: str) -> str:
-    value = os.environ.get(variable)
-    if not value:
-        raise ValueError(f"environment variable {variable} is not set")
-    return value

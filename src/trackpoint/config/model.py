@@ -134,6 +134,8 @@ class AdminConfig(Struct, forbid_unknown_fields=True, kw_only=True):
 
 FieldType = Literal["string", "int", "decimal", "money", "price", "duration", "enum", "bool", "timestamp"]
 FieldSource = Literal["param", "query", "form", "json", "header", "cookie", "ip"]
+# The field types whose values are numbers: they go to metrics unless a field's `into` says dims.
+NUMBER_TYPES: frozenset[str] = frozenset({"int", "decimal", "money", "price", "duration", "timestamp"})
 
 
 class FieldSpec(Struct, forbid_unknown_fields=True, kw_only=True):
@@ -187,6 +189,16 @@ class FieldSpec(Struct, forbid_unknown_fields=True, kw_only=True):
             "a required field is refused (400 `macro_unsubstituted`). Costs one character test per value."
         ),
     ] = "keep"
+
+    @property
+    def is_number(self) -> bool:
+        """Whether the field's values are numbers (see NUMBER_TYPES)."""
+        return self.type in NUMBER_TYPES
+
+    @property
+    def place(self) -> Literal["dims", "metrics"]:
+        """Where the value goes in the event: `into` when set; else numbers to metrics, the rest to dims."""
+        return self.into or ("metrics" if self.type in NUMBER_TYPES else "dims")
 
 
 class UserIdCookie(Struct, forbid_unknown_fields=True, kw_only=True):
@@ -741,7 +753,10 @@ class SecretSource(Struct, forbid_unknown_fields=True, kw_only=True):
     ] = None
     secret_file: Annotated[
         str | None,
-        Meta(description="File holding the secret (at least 16 bytes; surrounding whitespace is ignored)."),
+        Meta(
+            description="File holding the secret (at least 16 bytes; surrounding whitespace is ignored), relative "
+            "to data_dir unless absolute."
+        ),
     ] = None
 
 

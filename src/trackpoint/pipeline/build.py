@@ -28,7 +28,6 @@ from trackpoint.pipeline.fields import (
 )
 from trackpoint.security.signing import check_body
 
-_NUMERIC = frozenset({"int", "decimal", "money", "price", "duration", "timestamp"})
 _PARAM_SOURCES = frozenset({"param", "query", "form", "json"})
 # ASCII controls but the tab: refused in text fields (isprintable() is the fast pre-check; it also says False for
 # the C1 range and separators that a latin-1 header or emoji text may carry, which are kept).
@@ -56,16 +55,11 @@ class FieldPlan(NamedTuple):
     into_metrics: bool
 
 
-def field_section(spec: FieldSpec) -> str:
-    """Where a field's value goes: `into`, else `metrics` for numeric types and `dims` for the others."""
-    return spec.into or ("metrics" if spec.type in _NUMERIC else "dims")
-
-
 def _plan(name: str, spec: FieldSpec) -> FieldPlan:
     plain = spec.type == "string" and spec.unexpanded_macros == "keep"
     convert: Converter | None = None if plain else make_converter(name, spec)
-    into_metrics = field_section(spec) == "metrics"
-    if convert is not None and not into_metrics and spec.type in _NUMERIC:
+    into_metrics = spec.place == "metrics"
+    if convert is not None and not into_metrics and spec.is_number:
         number = convert
         convert = lambda raw: str(number(raw))  # noqa: E731 - dims are strings
     lookup = spec.name or name

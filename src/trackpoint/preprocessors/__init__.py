@@ -14,7 +14,14 @@ from trackpoint.pipeline.event import Event
 
 
 class Preprocessor(Protocol):
-    """The contract: a name for counters and one call per event."""
+    """The contract: a name for counters and one call per event.
+
+    Optional members, read once when a worker builds its routes: `input_fields` (fields the preprocessor reads,
+    added to its event types), `counts` (outcome counters for /metrics), `redirect_params` (query parameters added
+    to a redirect), `use_signing_keys(keys, key_id)`, `flag_dim` (the dim in which it flags invalid traffic: the
+    event type's `invalid_traffic` policy routes events carrying it) and `cookie_veto` ((dim, value): an event
+    whose dims[dim] is value gets no user id cookie).
+    """
 
     name: str
 

@@ -25,6 +25,8 @@ _CACHE_LIMIT = 65536
 class CheckConsent:
     """Decides, records and enforces consent."""
 
+    cookie_veto = (CONSENT_DIM, DENIED)  # denied consent: the response sets no user id cookie
+
     def __init__(self, name: str, config: CheckConsentConfig) -> None:
         self.name = name
         self.honor_gpc = config.honor_gpc

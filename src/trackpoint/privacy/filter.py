@@ -13,7 +13,6 @@ from typing import TypeVar
 import msgspec
 
 from trackpoint.config.model import CollectorBase, Config, EventTypeSpec
-from trackpoint.pipeline.build import field_section
 from trackpoint.pipeline.event import Context, Event
 from trackpoint.privacy.cookie import UID_DIM
 
@@ -68,9 +67,7 @@ class _Section:
 
 def private_fields(spec: EventTypeSpec) -> dict[str, str]:
     """An event type's fields read from the client IP, a cookie or a header: field name -> its path (`dims.x`)."""
-    private = {
-        name: f"{field_section(field)}.{name}" for name, field in spec.fields.items() if field.source in PRIVATE_SOURCES
-    }
+    private = {name: f"{field.place}.{name}" for name, field in spec.fields.items() if field.source in PRIVATE_SOURCES}
     if spec.response.user_id_cookie is not None:
         private[UID_DIM] = f"dims.{UID_DIM}"
     return private

@@ -10,7 +10,6 @@ from __future__ import annotations
 import binascii
 import hashlib
 import hmac
-import os
 import time
 from collections.abc import Collection, Iterable, Mapping
 from operator import itemgetter
@@ -21,6 +20,7 @@ from trackpoint.config.model import Config, EventTypeSpec, SigningConfig, Signin
 from trackpoint.pipeline.fields import Reject
 from trackpoint.security.keyfile import create_key_file
 from trackpoint.security.precomputed import PrecomputedHmac
+from trackpoint.security.secrets import SecretError, read_source, secret_path
 
 # The parameters the signature adds: key id, expiry (epoch seconds, optional) and the MAC itself.
 KEY_ID_PARAM = "kid"
@@ -32,7 +32,6 @@ BODY_DIGEST_PARAM = "bd"
 # Always covered, whatever an event type's `signed_params` lists.
 ALWAYS_COVERED = frozenset({KEY_ID_PARAM, EXPIRES_PARAM, BODY_DIGEST_PARAM})
 MAC_BYTES = 16  # HMAC-SHA256 truncated to 128 bits: 22 characters of base64url
-MIN_SECRET_BYTES = 16
 
 # Rejection reasons (all answered 403).
 MISSING = "signature_missing"
@@ -48,8 +47,8 @@ _URLSAFE = bytes.maketrans(b"+/", b"-_")
 _MAC_CHARS = 22  # 16 bytes in base64, without the padding
 
 
-class SigningKeyError(Exception):
-    """A configured signing key cannot be read (missing variable or file, too short)."""
+# A configured signing key cannot be read (missing variable or file, too short): the one secrets error.
+SigningKeyError = SecretError
 
 
 def _escape(raw: bytes) -> bytes:
@@ -249,27 +248,19 @@ def _expiry(expires: bytes | None, now: float | None) -> str | None:
 
 def key_path(key: SigningKey, data_dir: str) -> Path:
     assert key.secret_file is not None
-    return Path(data_dir) / key.secret_file  # an absolute secret_file stays absolute
+    return secret_path(key.secret_file, data_dir)
 
 
 def load_key(key_id: str, key: SigningKey, data_dir: str) -> bytes:
     """The secret of one configured key; a `generate` key file is created on first use."""
-    if key.secret_env is not None:
-        value = os.environ.get(key.secret_env)
-        if value is None:
-            raise SigningKeyError(f"signing key {key_id!r}: environment variable {key.secret_env} is not set")
-        secret = value.strip().encode("utf-8")
-    else:
+    if key.generate and key.secret_env is None and key.secret_file is not None:
         path = key_path(key, data_dir)
-        if key.generate and not path.exists():
+        if not path.exists():
             create_key_file(path)
-        try:
-            secret = path.read_bytes().strip()
-        except OSError as exc:
-            raise SigningKeyError(f"signing key {key_id!r}: cannot read {path}: {exc.strerror or exc}") from None
-    if len(secret) < MIN_SECRET_BYTES:
-        raise SigningKeyError(f"signing key {key_id!r}: a secret needs at least {MIN_SECRET_BYTES} bytes")
-    return secret
+    try:
+        return read_source(key, data_dir)
+    except SecretError as exc:
+        raise SecretError(exc.option, f"signing key {key_id!r}: {exc.reason}") from None
 
 
 def load_keys(config: SigningConfig, data_dir: str) -> dict[str, bytes]:
