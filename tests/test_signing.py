@@ -395,6 +395,7 @@ def test_trackpoint_sign_output_is_accepted_by_a_running_tracker(tracker_factory
     assert unknown.returncode == 2 and "no signing key 'nope'" in unknown.stderr
 
 
+@pytest.mark.e2e
 def test_trackpoint_sign_with_the_embedded_default_generates_and_reuses_one_key(tmp_path: Path) -> None:
     first = _cli("sign", "http://localhost:8080/c?imp=1&url=https%3A%2F%2Fshop.test%2F", cwd=tmp_path)
     second = _cli("sign", "http://localhost:8080/c?imp=1&url=https%3A%2F%2Fshop.test%2F", cwd=tmp_path)
