@@ -7,6 +7,7 @@ Every test is classified `unit` or `e2e` here (see `pytest_collection_modifyitem
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import http.client
 import os
 import signal
@@ -284,10 +285,11 @@ def _refuse(what: str) -> NotAUnitTest:
     )
 
 
-@pytest.fixture(autouse=True)
-def _unit_tests_stay_in_process(request: pytest.FixtureRequest, monkeypatch: pytest.MonkeyPatch) -> None:
-    """In a unit test, starting a process or connecting to a service or another host fails the test."""
-    if request.node.get_closest_marker("unit") is None:
+@contextlib.contextmanager
+def _in_process_only(item: pytest.Item) -> Iterator[None]:
+    """For a unit test, starting a process or connecting to a service or another host raises `NotAUnitTest`."""
+    if item.get_closest_marker("unit") is None:
+        yield
         return
     original_connect = socket.socket.connect
     original_connect_ex = socket.socket.connect_ex
@@ -309,6 +311,21 @@ def _unit_tests_stay_in_process(request: pytest.FixtureRequest, monkeypatch: pyt
     def popen(self: subprocess.Popen[Any], args: Any, *rest: Any, **options: Any) -> None:
         raise _refuse(f"starts a process ({args!r})")
 
-    monkeypatch.setattr(socket.socket, "connect", connect)
-    monkeypatch.setattr(socket.socket, "connect_ex", connect_ex)
-    monkeypatch.setattr(subprocess.Popen, "__init__", popen)
+    with pytest.MonkeyPatch.context() as patch:
+        patch.setattr(socket.socket, "connect", connect)
+        patch.setattr(socket.socket, "connect_ex", connect_ex)
+        patch.setattr(subprocess.Popen, "__init__", popen)
+        yield
+
+
+# Around setup too: a module- or session-scoped fixture is set up in the setup of the first test that needs it.
+@pytest.hookimpl(wrapper=True)
+def pytest_runtest_setup(item: pytest.Item) -> Iterator[None]:
+    with _in_process_only(item):
+        return (yield)
+
+
+@pytest.hookimpl(wrapper=True)
+def pytest_runtest_call(item: pytest.Item) -> Iterator[None]:
+    with _in_process_only(item):
+        return (yield)
