@@ -42,7 +42,7 @@ DEPLOY_DOC = ROOT / "docs" / "deploy.md"
 
 # The oldest Kubernetes the manifests claim to support; kubernetes-validate bundles its schemas.
 KUBERNETES_VERSION = "1.32.0"
-# From the benchmark (README, "Benchmark"): a worker stays under 80 MB RSS; the supervisor holds about 50 MB.
+# From the benchmark (docs/benchmarks.md): a worker stays under 80 MB RSS; the supervisor holds about 50 MB.
 WORKER_MIB = 80
 SUPERVISOR_MIB = 64
 # Beyond server.drain_timeout_s the supervisor waits 5 s before killing a late worker and 5 s to reap it.
