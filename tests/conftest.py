@@ -259,6 +259,7 @@ E2E_FIXTURES = frozenset({
     "s3_server",  # test_shipping: the object stores, moto's S3 and Azurite
     "azurite",
     "target_name",  # the conformance suite's real targets
+    "rendered",  # test_deploy: the Kubernetes overlays, rendered by `kubectl kustomize`
 })  # fmt: skip
 
 # Where the suite's services listen (Redis, NATS, PostgreSQL, RabbitMQ, Azurite): a unit test never connects there.
