@@ -113,7 +113,7 @@ def test_stale_ms_counts_backlogs_and_silent_trackers() -> None:
 StoreFactory = Callable[..., Awaitable[Store]]
 
 
-@pytest.fixture(params=["sqlite", "redis"])
+@pytest.fixture(params=["sqlite", pytest.param("redis", marks=pytest.mark.e2e)])
 def kind(request: pytest.FixtureRequest) -> str:
     return str(request.param)
 
@@ -304,6 +304,7 @@ def test_status_reports_feed_staleness(kind: str, tmp_path: Path) -> None:
     asyncio.run(scenario())
 
 
+@pytest.mark.e2e
 def test_redis_publishes_notifications_on_its_channel(tmp_path: Path) -> None:
     async def scenario() -> None:
         async with stores("redis", tmp_path) as make:
@@ -340,6 +341,7 @@ def test_an_unreachable_store_raises_store_unavailable(tmp_path: Path) -> None:
     asyncio.run(scenario())
 
 
+@pytest.mark.e2e
 def test_the_collector_reports_how_far_behind_it_is(tmp_path: Path) -> None:
     """While the store is down the collector holds its debits (memory, then spool) and says since when it is
     behind; once the store is back they are applied once and the report clears."""
@@ -403,6 +405,7 @@ def test_concurrent_writers_crossing_a_budget_notify_once(kind: str, tmp_path: P
     asyncio.run(scenario())
 
 
+@pytest.mark.e2e
 def test_redis_remembers_each_event_id_for_the_retention(tmp_path: Path) -> None:
     async def scenario() -> None:
         async with stores("redis", tmp_path, retention_s=7200) as make:
@@ -476,6 +479,7 @@ def test_an_unusable_sqlite_path_is_store_unavailable(tmp_path: Path) -> None:
     asyncio.run(scenario())
 
 
+@pytest.mark.e2e
 def test_events_that_are_no_debit_are_counted_once_however_often_their_batch_is_retried(tmp_path: Path) -> None:
     from conformance.target_redis_streams import make_target
     from conftest import until
@@ -499,6 +503,7 @@ def test_events_that_are_no_debit_are_counted_once_however_often_their_batch_is_
     asyncio.run(scenario())
 
 
+@pytest.mark.e2e
 def test_a_redis_batch_applies_whole_or_not_at_all(tmp_path: Path) -> None:
     """A key of the wrong type under the prefix fails the script before it writes anything: no id is marked seen
     without its spend, so the retry (once the key is fixed) applies every debit."""

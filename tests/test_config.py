@@ -670,6 +670,7 @@ def test_json_schema_is_a_json_schema_of_the_config() -> None:
     assert config_def["additionalProperties"] is False
 
 
+@pytest.mark.e2e
 def test_json_schema_defines_every_struct_with_descriptions() -> None:
     definitions = json_schema()["$defs"]
     structs = [
@@ -726,6 +727,7 @@ def test_cli_config_schema_prints_the_json_schema() -> None:
     assert json.loads(result.stdout) == json_schema()
 
 
+@pytest.mark.e2e
 def test_installed_command_checks_a_file(tmp_path: Path) -> None:
     good = write(tmp_path, "data_dir: /data\n", name="good.yaml")
     bad = write(tmp_path, "event_types:\n  a:\n    paths: [/a]\n    collectors: [nope]\n", name="bad.yaml")

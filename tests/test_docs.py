@@ -37,6 +37,7 @@ GENERATED = ("configuration.md", "endpoints.md", "openapi.json", "cli.md", "plug
 CONFIGS = [None, *sorted((ROOT / "examples").glob("*.yaml"))]
 
 
+@pytest.mark.e2e
 def test_committed_reference_is_fresh(tmp_path: Path) -> None:
     result = subprocess.run(
         [sys.executable, "-m", "trackpoint", "docs", str(tmp_path)], capture_output=True, text=True, check=True
@@ -187,6 +188,7 @@ def test_openapi_served_by_the_admin_port_describes_the_running_tracker(tracker:
     assert checked >= 15
 
 
+@pytest.mark.e2e
 def test_every_config_file_in_the_repository_validates() -> None:
     """Any tracked YAML file whose top level is trackpoint config sections loads, wherever it lives (examples,
     deploy files); the example plugin's config needs its plugin and is checked by test_plugin_example."""
