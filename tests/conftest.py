@@ -125,10 +125,20 @@ class Tracker:
     def get(self, path: str, headers: dict[str, str] | None = None) -> tuple[int, dict[str, str], bytes]:
         return self.request("GET", path, headers=headers)
 
-    def admin(self, method: str, path: str, body: bytes | None = None) -> tuple[int, dict[str, str], bytes]:
+    def admin_token(self) -> str:
+        """The token the tracker generated into its data_dir on first start."""
+        return (self.data_dir / "keys" / "admin.token").read_text().strip()
+
+    def admin(
+        self, method: str, path: str, body: bytes | None = None, token: str | None = None
+    ) -> tuple[int, dict[str, str], bytes]:
+        """One admin request, with the generated token unless `token` is given ("" sends none)."""
+        if token is None:
+            token = self.admin_token() if (self.data_dir / "keys" / "admin.token").exists() else ""
+        headers = {"Authorization": f"Bearer {token}"} if token else {}
         connection = http.client.HTTPConnection("127.0.0.1", self.admin_port, timeout=10)
         try:
-            connection.request(method, path, body=body)
+            connection.request(method, path, body=body, headers=headers)
             response = connection.getresponse()
             return response.status, {k.lower(): v for k, v in response.getheaders()}, response.read()
         finally:

@@ -13,9 +13,17 @@ from typing import Any
 
 import msgspec
 
-from trackpoint.config.model import Config, DecryptPriceConfig, PostbackAuthSpec, PseudonymizeConfig, SigningConfig
+from trackpoint.config.model import (
+    AdminConfig,
+    Config,
+    DecryptPriceConfig,
+    PostbackAuthSpec,
+    PseudonymizeConfig,
+    SigningConfig,
+)
 from trackpoint.preprocessors.decrypt_price import read_price_key
 from trackpoint.privacy.keys import read_secret
+from trackpoint.security.admin_token import read_admin_token, token_configured
 from trackpoint.security.postback_auth import read_advertiser_secret
 from trackpoint.security.signing import SigningKeyError, key_path, load_key
 
@@ -35,6 +43,10 @@ def _walk(value: object, path: KeyPath, data_dir: str) -> Iterator[tuple[KeyPath
             if key.generate and key.secret_file is not None and not key_path(key, data_dir).exists():
                 continue  # created on first start
             yield from _read((*path, "keys", key_id, _option(key)), load_key, key_id, key, data_dir)
+    elif isinstance(value, AdminConfig):
+        if token_configured(value):  # else generated on first start
+            option = "token_env" if value.token_env is not None else "token_file"
+            yield from _read((*path, option), read_admin_token, value, data_dir)
     elif isinstance(value, PostbackAuthSpec):
         for advertiser, source in value.secrets.items():
             where = (*path, "secrets", advertiser, _option(source))

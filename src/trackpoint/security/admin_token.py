@@ -1,0 +1,76 @@
+"""The admin port's bearer token: read from the environment or a file, or generated into `data_dir/keys/` on first
+use, and checked in constant time. `/healthz` and `/readyz` are open; every other admin route needs the token.
+"""
+
+from __future__ import annotations
+
+import hmac
+import ipaddress
+import os
+from pathlib import Path
+
+from trackpoint.config.model import AdminConfig
+from trackpoint.security.keyfile import create_key_file
+
+MIN_TOKEN_BYTES = 16
+GENERATED_TOKEN_FILE = "keys/admin.token"
+
+
+class AdminTokenError(ValueError):
+    """The configured admin token cannot be read (missing variable or file, too short)."""
+
+
+def token_path(admin: AdminConfig, data_dir: str) -> Path:
+    """The token's file: `token_file` (relative to data_dir unless absolute), else the generated one."""
+    return Path(data_dir) / (admin.token_file or GENERATED_TOKEN_FILE)  # an absolute token_file stays absolute
+
+
+def token_configured(admin: AdminConfig) -> bool:
+    return admin.token_env is not None or admin.token_file is not None
+
+
+def read_admin_token(admin: AdminConfig, data_dir: str) -> bytes:
+    """The admin token; with none configured, the generated one (created, mode 0600, on first use)."""
+    if admin.token_env is not None:
+        value = os.environ.get(admin.token_env)
+        if value is None:
+            raise AdminTokenError(f"admin token: environment variable {admin.token_env} is not set")
+        token = value.strip().encode("utf-8")
+    else:
+        path = token_path(admin, data_dir)
+        if admin.token_file is None:
+            create_key_file(path)
+        try:
+            token = path.read_bytes().strip()
+        except OSError as exc:
+            raise AdminTokenError(f"admin token: cannot read {path}: {exc.strerror or exc}") from None
+    if len(token) < MIN_TOKEN_BYTES:
+        raise AdminTokenError(f"admin token: a token needs at least {MIN_TOKEN_BYTES} bytes")
+    return token
+
+
+def is_loopback(host: str) -> bool:
+    """Whether a bind address only takes connections from this machine (`localhost` included)."""
+    if host == "localhost":
+        return True
+    try:
+        return ipaddress.ip_address(host).is_loopback
+    except ValueError:
+        return False  # a host name: it may resolve to anything
+
+
+class BearerCheck:
+    """Checks an `Authorization` header against the token, in constant time."""
+
+    __slots__ = ("token",)
+
+    def __init__(self, token: bytes) -> None:
+        self.token = token
+
+    def allows(self, authorization: str | None) -> bool:
+        if authorization is None:
+            return False
+        scheme, _, credentials = authorization.strip().partition(" ")
+        if scheme.lower() != "bearer":  # the scheme is case-insensitive (RFC 9110 §11.1)
+            return False
+        return hmac.compare_digest(credentials.strip().encode("latin-1", "replace"), self.token)
