@@ -71,11 +71,14 @@ class Tracker:
         self.workers = workers
         self.log_path = tmp / "tracker.log"
         self.process: subprocess.Popen[bytes] | None = None
+        self.fd_limit: int | None = None  # the tracker's RLIMIT_NOFILE (soft and hard), when a test lowers it
 
     def start(self) -> Tracker:
         with self.log_path.open("ab") as log:
+            limit = [] if self.fd_limit is None else ["prlimit", f"--nofile={self.fd_limit}:{self.fd_limit}", "--"]
             self.process = subprocess.Popen(
                 [
+                    *limit,
                     sys.executable,
                     "-m",
                     "trackpoint",

@@ -10,7 +10,9 @@ from __future__ import annotations
 
 import asyncio
 import logging
+import os
 import resource
+import socket
 import time
 from collections import deque
 from collections.abc import Awaitable, Callable
@@ -30,6 +32,11 @@ log = logging.getLogger("trackpoint.admin")
 # Routes any client may call (load balancer and Kubernetes probes): everything else needs the token.
 OPEN_PATHS = frozenset({"/healthz", "/readyz"})
 SWEEP_INTERVAL_S = 0.25
+# Connections accepted per readiness of the listening socket: reading and answering go on between batches, and
+# the descriptors in use are checked before each accept (an unbounded accept loop can exhaust them in one go).
+ACCEPT_BATCH = 32
+ACCEPT_BACKLOG = 128
+ACCEPT_PAUSE_S = 0.1  # after EMFILE/ENFILE: the backlog waits while descriptors are freed
 # Connection phases, for the timeout sweep: waiting for a request, reading its head, reading its body.
 IDLE, HEADERS, BODY = 0, 1, 2
 
@@ -87,9 +94,12 @@ class AdminServer:
         self.connections: set[_AdminProtocol] = set()
         self.by_ip: dict[str, set[_AdminProtocol]] = {}
         self.fd_limit = resource.getrlimit(resource.RLIMIT_NOFILE)[0]
+        self.max_connections = limits.max_connections  # lowered at start to what the descriptors allow
         # Connections refused, closed to make room, rejected and timed out, by reason (admin_connections_total).
         self.counts: dict[str, int] = {}
-        self._server: asyncio.Server | None = None
+        self._listener: socket.socket | None = None
+        self._accept_tasks: set[asyncio.Task[object]] = set()
+        self._accept_failing = False
 
     def route(self, method: str, path: str, handler: Handler) -> None:
         if "{" in path:
@@ -137,27 +147,97 @@ class AdminServer:
             log.exception("admin handler failed for %s %s", request.method, request.path)
             return AdminResponse.json(500, {"error": "internal_error"})
 
-    async def start(self, host: str, port: int) -> asyncio.Server:
-        loop = asyncio.get_running_loop()
+    async def start(self, host: str, port: int) -> None:
+        """Listens on host:port (OSError when it cannot) and serves until close()."""
+        family = socket.AF_INET6 if ":" in host else socket.AF_INET
+        listener = socket.socket(family, socket.SOCK_STREAM)
+        try:
+            listener.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+            listener.bind((host, port))
+            listener.listen(ACCEPT_BACKLOG)
+            listener.setblocking(False)
+        except OSError:
+            listener.close()
+            raise
+        # The connection cap is also a descriptor budget: what the limit leaves after the reserve and the
+        # descriptors the supervisor holds already (sockets, worker channels, logs).
         self.fd_limit = resource.getrlimit(resource.RLIMIT_NOFILE)[0]
-        self._server = await loop.create_server(lambda: _AdminProtocol(self), host, port, reuse_address=True)
+        budget = self.fd_limit - self.limits.fd_reserve - _open_descriptors()
+        self.max_connections = max(1, min(self.limits.max_connections, budget))
+        if self.max_connections < self.limits.max_connections:
+            log.warning(
+                "admin port: at most %d connections (RLIMIT_NOFILE %d, fd_reserve %d)",
+                self.max_connections,
+                self.fd_limit,
+                self.limits.fd_reserve,
+            )
+        self._listener = listener
+        loop = asyncio.get_running_loop()
+        loop.add_reader(listener.fileno(), self._accept)
         loop.call_later(SWEEP_INTERVAL_S, self.sweep)
-        return self._server
+
+    def close(self) -> None:
+        if self._listener is not None:
+            asyncio.get_running_loop().remove_reader(self._listener.fileno())
+            self._listener.close()
+            self._listener = None
+
+    def _accept(self) -> None:
+        listener = self._listener
+        if listener is None:
+            return
+        loop = asyncio.get_running_loop()
+        for _ in range(ACCEPT_BATCH):
+            try:
+                client, _ = listener.accept()
+            except (BlockingIOError, InterruptedError, ConnectionAbortedError):
+                return
+            except OSError as exc:  # EMFILE, ENFILE, ENOBUFS: leave the backlog waiting, try again shortly
+                self.count("accept_failed")
+                if not self._accept_failing:  # once per streak
+                    log.warning("admin port: cannot accept connections: %s; pausing", exc.strerror or exc)
+                self._accept_failing = True
+                loop.remove_reader(listener.fileno())
+                loop.call_later(ACCEPT_PAUSE_S, self._resume_accepting)
+                return
+            # Descriptors are allocated lowest first: one numbered within the reserve means all below it are
+            # taken (the supervisor's other descriptors grew since start): the idlest connection gives its own
+            # back and the cap shrinks to the connections left, so the reserve stays free for restarting workers.
+            if client.fileno() >= self.fd_limit - self.limits.fd_reserve:
+                self.count("fd_reserve")
+                if not _evict_idlest(self.connections):
+                    client.close()  # no answer: writing one could block, and the descriptor is needed back now
+                    continue
+                # (connections still being set up hold a descriptor too)
+                self.max_connections = max(
+                    1, min(self.max_connections, len(self.connections) + len(self._accept_tasks))
+                )
+            self._accept_failing = False
+            client.setblocking(False)
+            task = loop.create_task(loop.connect_accepted_socket(lambda: _AdminProtocol(self), client))
+            self._accept_tasks.add(task)
+            task.add_done_callback(self._accepted)
+
+    def _accepted(self, task: asyncio.Task[object]) -> None:
+        self._accept_tasks.discard(task)
+        if not task.cancelled() and task.exception() is not None:
+            self.count("accept_failed")  # the client left before its transport was set up
+
+    def _resume_accepting(self) -> None:
+        if self._listener is not None:
+            asyncio.get_running_loop().add_reader(self._listener.fileno(), self._accept)
 
     # --- connections ---------------------------------------------------------------------------------------------
 
-    def admit(self, connection: _AdminProtocol, fd: int) -> str | None:
-        """Takes a new connection into the count, or says why it is refused (503). Descriptors are allocated
-        lowest first: a new one numbered within the reserve means nearly all are taken. At a cap, the longest-idle
+    def admit(self, connection: _AdminProtocol) -> str | None:
+        """Takes a new connection into the count, or says why it is refused (503). At a cap, the longest-idle
         connection (of that address, else of all) is closed to make room, so idle connections cannot lock out a
-        probe; only when every connection is busy is the newcomer refused."""
+        probe; only when every connection is busy or brand new is the newcomer refused."""
         limits = self.limits
-        if fd >= self.fd_limit - limits.fd_reserve:
-            return "fd_reserve"
         peers = self.by_ip.get(connection.peer_ip)
         if peers is not None and len(peers) >= limits.max_connections_per_ip and not _evict_idlest(peers):
             return "too_many_connections_from_ip"
-        if len(self.connections) >= limits.max_connections and not _evict_idlest(self.connections):
+        if len(self.connections) >= self.max_connections and not _evict_idlest(self.connections):
             return "too_many_connections"
         self.connections.add(connection)
         self.by_ip.setdefault(connection.peer_ip, set()).add(connection)
@@ -174,7 +254,7 @@ class AdminServer:
 
     def sweep(self) -> None:
         """Expires connections past their phase's deadline; runs until the server is closed."""
-        if self._server is None or not self._server.is_serving():
+        if self._listener is None:
             return
         now = time.monotonic()
         for connection in [c for c in self.connections if c.deadline <= now]:
@@ -182,9 +262,18 @@ class AdminServer:
         asyncio.get_running_loop().call_later(SWEEP_INTERVAL_S, self.sweep)
 
 
+def _open_descriptors() -> int:
+    try:
+        return len(os.listdir("/proc/self/fd"))
+    except OSError:  # no /proc: assume a supervisor's usual few dozen
+        return 64
+
+
 def _evict_idlest(connections: set[_AdminProtocol]) -> bool:
-    """Closes the connection idle for longest (waiting for a request, or still sending one); False if all are busy."""
-    idle = [c for c in connections if not c.busy]
+    """Closes the connection idle for longest (waiting for a request, or still sending one); False if all are busy.
+    A connection accepted in this burst is spared until its first bytes had a chance to be read: else a probe
+    queued among an attacker's connections would be closed by the ones accepted after it, unheard."""
+    idle = [c for c in connections if c.settled and not c.busy]
     if not idle:
         return False
     victim = min(idle, key=lambda c: c.active_at)
@@ -232,6 +321,7 @@ class _AdminProtocol(asyncio.Protocol):
         self.stop_reading = False  # no more requests on this connection: answer what is queued, then close
         self.writable = asyncio.Event()
         self.writable.set()
+        self.settled = False  # see _evict_idlest
 
     @property
     def busy(self) -> bool:
@@ -243,17 +333,15 @@ class _AdminProtocol(asyncio.Protocol):
         self.transport = cast(asyncio.Transport, transport)  # uvloop's transports are not its subclasses
         peer = transport.get_extra_info("peername")
         self.peer_ip = peer[0] if isinstance(peer, tuple) else "local"
-        sock = transport.get_extra_info("socket")
-        refusal = self.server.admit(self, sock.fileno() if sock is not None else 0)
+        refusal = self.server.admit(self)
         if refusal is not None:
             self.server.count(refusal)
             self.closing = True
             self.transport.write(_encode(AdminResponse.json(503, {"error": refusal}), head=False, keep_alive=False))
-            if refusal == "fd_reserve":
-                self.transport.abort()  # the descriptor back at once
-            else:
-                self.transport.close()
+            self.transport.close()
             return
+        loop = asyncio.get_running_loop()
+        loop.call_soon(loop.call_soon, self.settle)  # two iterations: the read of its first bytes comes between
         self.parser = httptools.HttpRequestParser(self)
         self.active_at = now = time.monotonic()
         self.deadline = now + self.server.limits.header_timeout_s  # a silent new connection is a slow header
@@ -264,6 +352,9 @@ class _AdminProtocol(asyncio.Protocol):
         self.parser = None
         self.transport = None
         self.writable.set()  # a handler waiting to write gives up
+
+    def settle(self) -> None:
+        self.settled = True
 
     def abort(self) -> None:
         self.server.release(self)

@@ -172,7 +172,7 @@ class Supervisor:
         self._finalize_logs(pid=None)
         admin = self._admin_server(BearerCheck(admin_token))
         try:
-            admin_server = await admin.start(self.config.admin.host, self.config.admin.port)
+            await admin.start(self.config.admin.host, self.config.admin.port)
         except OSError as exc:
             log.error(
                 "cannot listen on admin %s:%d: %s",
@@ -207,7 +207,7 @@ class Supervisor:
         await self._stopped.wait()
         await self._drain_all()
         await self.shipping.stop()  # after the drain: the files the workers just finished ship too
-        admin_server.close()
+        admin.close()
         for sock in self.sockets:
             sock.close()
         log.info("trackpoint stopped")
