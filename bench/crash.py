@@ -42,9 +42,9 @@ from run import (
     USER_AGENT,
     HarnessError,
     Service,
+    admin_get,
     free_ports,
     git_state,
-    http_get,
     run_wrk,
     start_service,
     wait_ready,
@@ -187,8 +187,8 @@ def kill_and_replace(service: Service, admin_port: int, victim: int) -> float:
     return time.monotonic() - killed_at
 
 
-def restarts(admin_port: int) -> int:
-    _, body = http_get(f"http://127.0.0.1:{admin_port}/metrics")
+def restarts(admin_port: int, workdir: Path) -> int:
+    _, body = admin_get(f"http://127.0.0.1:{admin_port}/metrics", workdir / "data")
     for line in body.decode().splitlines():
         if line.startswith("trackpoint_worker_restarts_total "):
             return int(float(line.split()[1]))
@@ -248,7 +248,7 @@ def run_crash(workdir: Path, max_s: int, between_kills_s: float, console: Consol
                 raise HarnessError("a load client did not report")
             results.append(receive.recv())
             process.join(10)
-        restarted = restarts(admin_port)
+        restarted = restarts(admin_port, workdir)
         service.stop(signal.SIGTERM)
     stats = ReadStats()
     logged = {event.dims.get("imp", "") for event in read_events([workdir / "data" / "logs"], stats)}
