@@ -38,31 +38,37 @@ def check_server_url(url: str, schemes: tuple[str, ...]) -> None:
 # forbid_unknown_fields everywhere: a typo in the YAML must be an error, never a silently ignored option.
 
 
+# Limits the tracking edge and the admin port share (their defaults differ where their traffic does).
+RequestLineBytes = Annotated[
+    int, Meta(ge=256, le=1 << 20, description="Longest request target (path and query); longer → 414.")
+]
+HeaderBytes = Annotated[
+    int, Meta(ge=1024, le=1 << 20, description="Total size of all header names and values; larger → 431.")
+]
+HeaderCount = Annotated[int, Meta(ge=4, le=1000, description="Most header fields; more → 431.")]
+HeaderTimeout = Annotated[
+    Seconds, Meta(description="Time allowed from a request's first byte to the end of its headers; then 408.")
+]
+BodyTimeout = Annotated[
+    Seconds, Meta(description="Time allowed to receive a request body after its headers; then 408.")
+]
+KeepaliveRequests = Annotated[int, Meta(ge=1, description="Requests served on one connection before it is closed.")]
+
+
 class Limits(Struct, forbid_unknown_fields=True, kw_only=True):
     """Per-request and per-connection limits of the tracking edge (safe defaults)."""
 
-    max_request_line_bytes: Annotated[
-        int, Meta(ge=256, le=1 << 20, description="Longest request target (path and query); longer → 414.")
-    ] = 8192
-    max_header_bytes: Annotated[
-        int, Meta(ge=1024, le=1 << 20, description="Total size of all header names and values; larger → 431.")
-    ] = 16384
-    max_header_count: Annotated[int, Meta(ge=4, le=1000, description="Most header fields; more → 431.")] = 100
+    max_request_line_bytes: RequestLineBytes = 8192
+    max_header_bytes: HeaderBytes = 16384
+    max_header_count: HeaderCount = 100
     max_body_bytes: Annotated[int, Meta(ge=0, le=16 << 20, description="Largest request body; larger → 413.")] = 65536
-    header_timeout_s: Annotated[
-        Seconds,
-        Meta(description="Time allowed from a request's first byte to the end of its headers; then 408."),
-    ] = 10.0
-    body_timeout_s: Annotated[
-        Seconds, Meta(description="Time allowed to receive a request body after its headers; then 408.")
-    ] = 10.0
+    header_timeout_s: HeaderTimeout = 10.0
+    body_timeout_s: BodyTimeout = 10.0
     keepalive_timeout_s: Annotated[
         Seconds,
         Meta(description="An idle keep-alive connection (and a connection that sends nothing) is closed."),
     ] = 30.0
-    max_keepalive_requests: Annotated[
-        int, Meta(ge=1, description="Requests served on one connection before it is closed.")
-    ] = 10000
+    max_keepalive_requests: KeepaliveRequests = 10000
     max_connections: Annotated[
         int, Meta(ge=1, description="Open connections per worker; one more is answered 503 and closed.")
     ] = 10000
@@ -129,31 +135,21 @@ class AdminLimits(Struct, forbid_unknown_fields=True, kw_only=True):
     """Limits of the admin port (served by the supervisor, which must stay free to restart workers whatever admin
     clients do). Caps hold as bytes arrive; at a connection cap the longest-idle connection makes room."""
 
-    max_request_line_bytes: Annotated[
-        int, Meta(ge=256, le=1 << 20, description="Longest request target (path and query); longer → 414.")
-    ] = 8192
-    max_header_bytes: Annotated[
-        int, Meta(ge=1024, le=1 << 20, description="Total size of all header names and values; larger → 431.")
-    ] = 16384
-    max_header_count: Annotated[int, Meta(ge=4, le=1000, description="Most header fields; more → 431.")] = 100
+    max_request_line_bytes: RequestLineBytes = 8192
+    max_header_bytes: HeaderBytes = 16384
+    max_header_count: HeaderCount = 100
     max_body_bytes: Annotated[
         int, Meta(ge=0, le=16 << 20, description="Largest request body (budgets API); larger → 413.")
     ] = 1 << 20
-    header_timeout_s: Annotated[
-        Seconds, Meta(description="Time allowed from a request's first byte to the end of its headers; then 408.")
-    ] = 10.0
-    body_timeout_s: Annotated[
-        Seconds, Meta(description="Time allowed to receive a request body after its headers; then 408.")
-    ] = 10.0
+    header_timeout_s: HeaderTimeout = 10.0
+    body_timeout_s: BodyTimeout = 10.0
     keepalive_timeout_s: Annotated[
         Seconds, Meta(description="An idle connection (and a connection that sends nothing) is closed.")
     ] = 15.0
     write_timeout_s: Annotated[
         Seconds, Meta(description="A connection whose answers the client has not read for this long is aborted.")
     ] = 10.0
-    max_keepalive_requests: Annotated[
-        int, Meta(ge=1, description="Requests served on one connection before it is closed.")
-    ] = 1000
+    max_keepalive_requests: KeepaliveRequests = 1000
     max_pipelined_requests: Annotated[
         int,
         Meta(

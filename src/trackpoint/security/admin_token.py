@@ -6,13 +6,12 @@ from __future__ import annotations
 
 import hmac
 import ipaddress
-import os
 from pathlib import Path
 
-from trackpoint.config.model import AdminConfig
+from trackpoint.config.model import AdminConfig, SecretSource
+from trackpoint.privacy.keys import read_secret
 from trackpoint.security.keyfile import create_key_file
 
-MIN_TOKEN_BYTES = 16
 GENERATED_TOKEN_FILE = "keys/admin.token"
 
 
@@ -31,22 +30,16 @@ def token_configured(admin: AdminConfig) -> bool:
 
 def read_admin_token(admin: AdminConfig, data_dir: str) -> bytes:
     """The admin token; with none configured, the generated one (created, mode 0600, on first use)."""
-    if admin.token_env is not None:
-        value = os.environ.get(admin.token_env)
-        if value is None:
-            raise AdminTokenError(f"admin token: environment variable {admin.token_env} is not set")
-        token = value.strip().encode("utf-8")
-    else:
-        path = token_path(admin, data_dir)
-        if admin.token_file is None:
-            create_key_file(path)
-        try:
-            token = path.read_bytes().strip()
-        except OSError as exc:
-            raise AdminTokenError(f"admin token: cannot read {path}: {exc.strerror or exc}") from None
-    if len(token) < MIN_TOKEN_BYTES:
-        raise AdminTokenError(f"admin token: a token needs at least {MIN_TOKEN_BYTES} bytes")
-    return token
+    path = token_path(admin, data_dir)
+    if not token_configured(admin):
+        create_key_file(path)
+    source = SecretSource(secret_env=admin.token_env, secret_file=None if admin.token_env else str(path))
+    try:
+        return read_secret(source)  # the rule of every secret: at least 16 bytes, surrounding whitespace ignored
+    except OSError as exc:
+        raise AdminTokenError(f"admin token: cannot read {path}: {exc.strerror or exc}") from None
+    except ValueError as exc:
+        raise AdminTokenError(f"admin token: {exc}") from None
 
 
 def is_loopback(host: str) -> bool:
