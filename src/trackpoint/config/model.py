@@ -203,6 +203,15 @@ class AdminConfig(Struct, forbid_unknown_fields=True, kw_only=True):
             "relative to data_dir unless absolute. Neither set: `keys/admin.token` in data_dir, generated."
         ),
     ] = None
+    probe_port: Annotated[
+        Annotated[int, Meta(ge=1, le=65535)] | None,
+        Meta(
+            description="A second listener serving only `/healthz` and `/readyz` (no token; its own connections "
+            "under the same limits), for probes and load balancers that must not reach the rest of the admin "
+            "port. Unset: none.",
+        ),
+    ] = None
+    probe_host: Annotated[str, Meta(description="Address the probe listener binds to.")] = "0.0.0.0"
     limits: Annotated[AdminLimits, Meta(description="Admin port limits and timeouts.")] = msgspec.field(
         default_factory=AdminLimits
     )

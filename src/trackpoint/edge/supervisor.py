@@ -139,6 +139,7 @@ class Supervisor:
         self.shipping = ShippingService(lambda: self.config)  # finished log files to object storage
         self._reloading: asyncio.Lock | None = None
         self._retries: set[asyncio.Task[None]] = set()  # restarts scheduled after a failed spawn
+        self.probes: AdminServer | None = None  # admin.probe_port's listener: /healthz and /readyz only
 
     # --- life ----------------------------------------------------------------------------------------------------
 
@@ -171,16 +172,17 @@ class Supervisor:
         self._reloading = asyncio.Lock()
         self._finalize_logs(pid=None)
         admin = self._admin_server(BearerCheck(admin_token))
-        try:
-            await admin.start(self.config.admin.host, self.config.admin.port)
-        except OSError as exc:
-            log.error(
-                "cannot listen on admin %s:%d: %s",
-                self.config.admin.host,
-                self.config.admin.port,
-                exc.strerror or exc,
-            )
-            return 1
+        listeners = [(admin, "admin", admin_config.host, admin_config.port)]
+        if self.probes is not None and admin_config.probe_port is not None:
+            listeners.append((self.probes, "probes", admin_config.probe_host, admin_config.probe_port))
+        for index, (listening, what, host, port) in enumerate(listeners):
+            try:
+                await listening.start(host, port)
+            except OSError as exc:
+                log.error("cannot listen on %s %s:%d: %s", what, host, port, exc.strerror or exc)
+                for started, *_ in listeners[:index]:
+                    started.close()
+                return 1
         loop = asyncio.get_running_loop()
         loop.add_signal_handler(signal.SIGTERM, self._request_shutdown)
         loop.add_signal_handler(signal.SIGINT, self._request_shutdown)
@@ -208,6 +210,8 @@ class Supervisor:
         await self._drain_all()
         await self.shipping.stop()  # after the drain: the files the workers just finished ship too
         admin.close()
+        if self.probes is not None:
+            self.probes.close()
         for sock in self.sockets:
             sock.close()
         log.info("trackpoint stopped")
@@ -542,6 +546,11 @@ class Supervisor:
 
         admin.route("GET", "/healthz", healthz)
         admin.route("GET", "/readyz", readyz)
+        if self.config.admin.probe_port is not None:
+            self.probes = AdminServer(self.config.admin.limits)
+            self.probes.counts = admin.counts  # one count for both listeners
+            self.probes.route("GET", "/healthz", healthz)
+            self.probes.route("GET", "/readyz", readyz)
         admin.route("GET", "/metrics", prometheus)
         admin.route("GET", "/openapi.json", openapi_json)
         for route in plugin_registry().admin_routes:
