@@ -25,12 +25,10 @@ import msgspec
 
 from trackpoint.config.model import AdminLimits
 from trackpoint.edge.responses import REASONS, http_date
-from trackpoint.security.admin_token import BearerCheck
+from trackpoint.security.admin_token import OPEN_PATHS, BearerCheck
 
 log = logging.getLogger("trackpoint.admin")
 
-# Routes any client may call (load balancer and Kubernetes probes): everything else needs the token.
-OPEN_PATHS = frozenset({"/healthz", "/readyz"})
 SWEEP_INTERVAL_S = 0.25
 # Connections accepted per readiness of the listening socket: reading and answering go on between batches, and
 # the descriptors in use are checked before each accept (an unbounded accept loop can exhaust them in one go).
@@ -95,7 +93,8 @@ class AdminServer:
         self.by_ip: dict[str, set[_AdminProtocol]] = {}
         self.fd_limit = resource.getrlimit(resource.RLIMIT_NOFILE)[0]
         self.max_connections = limits.max_connections  # lowered at start to what the descriptors allow
-        # Connections refused, closed to make room, rejected and timed out, by reason (admin_connections_total).
+        # Connections refused, closed to make room, rejected and timed out, and unauthorized requests, by reason
+        # (trackpoint_admin_refused_total).
         self.counts: dict[str, int] = {}
         self._listener: socket.socket | None = None
         self._accept_tasks: set[asyncio.Task[object]] = set()

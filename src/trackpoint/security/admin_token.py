@@ -13,6 +13,8 @@ from trackpoint.privacy.keys import read_secret
 from trackpoint.security.keyfile import create_key_file
 
 GENERATED_TOKEN_FILE = "keys/admin.token"
+# Routes any client may call (load balancers and Kubernetes probes): every other admin route needs the token.
+OPEN_PATHS = frozenset({"/healthz", "/readyz"})
 
 
 class AdminTokenError(ValueError):
