@@ -141,6 +141,14 @@ def test_a_non_loopback_admin_host_needs_a_configured_token(tmp_path: Path) -> N
     assert "refusing to serve the admin port on 0.0.0.0 without a configured token" in refused.stderr
     assert "admin.token_env" in refused.stderr
     assert not (tmp_path / "data" / "keys" / "admin.token").exists()
+    # The same rule in the file: `config check` (and `run`) name the option.
+    exposed = tmp_path / "exposed.yaml"
+    exposed.write_text(yaml.safe_dump({"admin": {"host": "0.0.0.0"}}))
+    argv = [sys.executable, "-m", "trackpoint", "config", "check", str(exposed)]
+    checked = subprocess.run(argv, capture_output=True, text=True, timeout=60, check=False)
+    assert checked.returncode == 2, checked.stdout + checked.stderr
+    message = " ".join(checked.stderr.split())
+    assert "admin.host" in message and "without a configured token" in message, message
 
 
 def test_a_configured_token_from_the_environment(tracker_factory: Any, monkeypatch: Any) -> None:

@@ -36,9 +36,8 @@ from trackpoint.plugins import registry as plugin_registry
 from trackpoint.security.admin_token import (
     AdminTokenError,
     BearerCheck,
-    is_loopback,
+    check_admin,
     read_admin_token,
-    token_configured,
     token_path,
 )
 from trackpoint.security.signing import SigningKeyError, edge_verifier
@@ -146,12 +145,8 @@ class Supervisor:
     async def run(self) -> int:
         server = self.config.server
         admin_config = self.config.admin
-        if not is_loopback(admin_config.host) and not token_configured(admin_config):
-            log.error(
-                "refusing to serve the admin port on %s without a configured token: set admin.token_env or "
-                "admin.token_file (or bind admin.host to 127.0.0.1)",
-                admin_config.host,
-            )
+        for _, refusal in check_admin(admin_config):  # again: --admin-host may have moved it off loopback
+            log.error("%s", refusal)
             return 2
         try:
             admin_token = read_admin_token(admin_config, self.config.data_dir)

@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import hmac
 import ipaddress
+from collections.abc import Iterator
 from pathlib import Path
 
 from trackpoint.config.model import AdminConfig, SecretSource
@@ -13,6 +14,10 @@ from trackpoint.privacy.keys import read_secret
 from trackpoint.security.keyfile import create_key_file
 
 GENERATED_TOKEN_FILE = "keys/admin.token"
+NO_TOKEN_REFUSAL = (
+    "refusing to serve the admin port on {host} without a configured token: set admin.token_env or "
+    "admin.token_file (or bind admin.host to 127.0.0.1)"
+)
 # Routes any client may call (load balancers and Kubernetes probes): every other admin route needs the token.
 OPEN_PATHS = frozenset({"/healthz", "/readyz"})
 
@@ -42,6 +47,13 @@ def read_admin_token(admin: AdminConfig, data_dir: str) -> bytes:
         raise AdminTokenError(f"admin token: cannot read {path}: {exc.strerror or exc}") from None
     except ValueError as exc:
         raise AdminTokenError(f"admin token: {exc}") from None
+
+
+def check_admin(admin: AdminConfig) -> Iterator[tuple[tuple[str, ...], str]]:
+    """A non-loopback admin port needs a token the operator configured (a generated one protects nothing anyone
+    was given); `trackpoint run` checks it again after `--admin-host`."""
+    if not is_loopback(admin.host) and not token_configured(admin):
+        yield ("admin", "host"), NO_TOKEN_REFUSAL.format(host=admin.host)
 
 
 def is_loopback(host: str) -> bool:
