@@ -2,7 +2,7 @@
 # runtime stage copies only that virtualenv onto the same slim Python base and runs it as an unprivileged user.
 #
 #   docker build -t trackpoint .                              (add --build-arg EXTRAS=s3 for log shipping to S3)
-#   docker run -p 8080:8080 -p 127.0.0.1:8081:8081 trackpoint --workers 2
+#   docker run -e TRACKPOINT_ADMIN_TOKEN="$(openssl rand -hex 32)" -p 8080:8080 -p 127.0.0.1:8081:8081 trackpoint --workers 2
 #
 # Configuration: /etc/trackpoint/trackpoint.yaml (mount a file over it), or any path named by TRACKPOINT_CONFIG.
 # Arguments after the image name go to `trackpoint run` (--workers, --port, --admin-port, --host).

@@ -45,9 +45,9 @@ from run import (
     USER_AGENT,
     HarnessError,
     Service,
+    admin_get,
     free_ports,
     git_state,
-    http_get,
     run_wrk,
     start_service,
     wait_ready,
@@ -190,24 +190,24 @@ def kill_and_replace(service: Service, admin_port: int, victim: int) -> float:
     return time.monotonic() - killed_at
 
 
-def counter(admin_port: int, name: str) -> int:
-    _, body = http_get(f"http://127.0.0.1:{admin_port}/metrics")
+def counter(admin_port: int, workdir: Path, name: str) -> int:
+    _, body = admin_get(f"http://127.0.0.1:{admin_port}/metrics", workdir / "data")
     for line in body.decode().splitlines():
         if line.startswith(f"{name} "):
             return int(float(line.split()[1]))
     return 0
 
 
-def restarts(admin_port: int) -> int:
-    return counter(admin_port, "trackpoint_worker_restarts_total")
+def restarts(admin_port: int, workdir: Path) -> int:
+    return counter(admin_port, workdir, "trackpoint_worker_restarts_total")
 
 
-def reload_and_wait(service: Service, admin_port: int) -> float:
+def reload_and_wait(service: Service, admin_port: int, workdir: Path) -> float:
     """SIGHUP to the supervisor; seconds until the reload is counted and the new workers are ready."""
-    before = counter(admin_port, "trackpoint_reloads_total")
+    before = counter(admin_port, workdir, "trackpoint_reloads_total")
     started = time.monotonic()
     os.kill(service.proc.pid, signal.SIGHUP)
-    while counter(admin_port, "trackpoint_reloads_total") <= before:
+    while counter(admin_port, workdir, "trackpoint_reloads_total") <= before:
         if time.monotonic() - started > READY_TIMEOUT_S:
             raise HarnessError(f"reload not done in {READY_TIMEOUT_S:.0f}s:\n{service.log_tail()}")
         time.sleep(0.02)
@@ -259,7 +259,7 @@ def run_crash(workdir: Path, max_s: int, between_kills_s: float, console: Consol
             for kill in range(reloads or KILLS):
                 time.sleep(between_kills_s)  # the replacement serves meanwhile
                 if reloads:
-                    replaced.append(reload_and_wait(service, admin_port))
+                    replaced.append(reload_and_wait(service, admin_port, workdir))
                 else:
                     alive = workers(service)
                     replaced.append(kill_and_replace(service, admin_port, alive[kill % len(alive)]))
@@ -273,7 +273,7 @@ def run_crash(workdir: Path, max_s: int, between_kills_s: float, console: Consol
                 raise HarnessError("a load client did not report")
             results.append(receive.recv())
             process.join(10)
-        restarted = restarts(admin_port)
+        restarted = restarts(admin_port, workdir)
         service.stop(signal.SIGTERM)
     stats = ReadStats()
     logged = {event.dims.get("imp", "") for event in read_events([workdir / "data" / "logs"], stats)}

@@ -46,10 +46,10 @@ from run import (
     HarnessError,
     Service,
     WrkResult,
+    admin_get,
     cpu_seconds,
     free_ports,
     git_state,
-    http_get,
     pinned,
     run_wrk,
     start_service,
@@ -169,8 +169,8 @@ def tracker(workdir: Path, redis_url: str | None) -> Iterator[tuple[Service, int
         yield service, admin_port
 
 
-def collector_metric(admin_port: int, name: str, collector: str = "queue") -> float:
-    _, body = http_get(f"http://127.0.0.1:{admin_port}/metrics")
+def collector_metric(admin_port: int, data_dir: Path, name: str, collector: str = "queue") -> float:
+    _, body = admin_get(f"http://127.0.0.1:{admin_port}/metrics", data_dir)
     pattern = rf'^trackpoint_collector_{name}(?:_total)?{{collector="{collector}"}} (\S+)$'
     match = re.search(pattern, body.decode(), re.M)
     if match is None:
@@ -248,7 +248,8 @@ def measure_outage(workdir: Path, before_s: int, outage_s: int, after_s: int, co
         f"[bold]outage[/]: ~{OUTAGE_RPS:,} unique impressions/s for {load_s}s; Redis down from {before_s}s "
         f"for {outage_s}s"
     )
-    with tracker(workdir / "outage", f"redis://127.0.0.1:{redis_port}/0") as (service, admin_port):
+    outage_dir = workdir / "outage"
+    with tracker(outage_dir, f"redis://127.0.0.1:{redis_port}/0") as (service, admin_port):
         stack = contextlib.ExitStack()
         stack.enter_context(private_redis(redis_dir, redis_port))
         results: list[WrkResult] = []
@@ -262,14 +263,14 @@ def measure_outage(workdir: Path, before_s: int, outage_s: int, after_s: int, co
         outage_end = time.monotonic() + outage_s
         while time.monotonic() < outage_end:
             time.sleep(1)
-            max_spooled = max(max_spooled, int(collector_metric(admin_port, "spooled_events")))
+            max_spooled = max(max_spooled, int(collector_metric(admin_port, outage_dir / "data", "spooled_events")))
         with private_redis(redis_dir, redis_port) as redis_service:
             restarted = time.monotonic()
             drained_at: float | None = None
             while drained_at is None and time.monotonic() - restarted < 300:
                 time.sleep(0.5)
-                spooled = collector_metric(admin_port, "spooled_events")
-                if spooled == 0 and collector_metric(admin_port, "pending") < 2_000:
+                spooled = collector_metric(admin_port, outage_dir / "data", "spooled_events")
+                if spooled == 0 and collector_metric(admin_port, outage_dir / "data", "pending") < 2_000:
                     drained_at = time.monotonic()
             load.join()
             time.sleep(2)  # the last flushes

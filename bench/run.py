@@ -402,14 +402,21 @@ def start_service(
         service.stop(stop_signal)
 
 
-def http_get(url: str, timeout: float = 2.0) -> tuple[int, bytes]:
+def http_get(url: str, timeout: float = 2.0, headers: dict[str, str] | None = None) -> tuple[int, bytes]:
     """GET ``url`` directly (no proxy) with the benchmark User-Agent."""
-    request = urllib.request.Request(url, headers={"User-Agent": USER_AGENT})
+    request = urllib.request.Request(url, headers={"User-Agent": USER_AGENT, **(headers or {})})
     try:
         with _OPENER.open(request, timeout=timeout) as response:
             return int(response.status), bytes(response.read())
     except urllib.error.HTTPError as exc:
         return exc.code, b""
+
+
+def admin_get(url: str, data_dir: Path, timeout: float = 2.0) -> tuple[int, bytes]:
+    """GET an authenticated admin route (``/metrics``, ``/banker/...``) of a tracker whose admin token was
+    generated into ``data_dir/keys/admin.token``."""
+    token = (data_dir / "keys" / "admin.token").read_text().strip()
+    return http_get(url, timeout, {"Authorization": f"Bearer {token}"})
 
 
 def wait_ready(service: Service, url: str) -> None:

@@ -74,11 +74,14 @@ class Tracker:
         self.log_path = tmp / "tracker.log"
         self.process: subprocess.Popen[bytes] | None = None
         self._signing: tuple[Any, str, bytes] | None = None  # (config, key id, secret), read on first sign()
+        self.fd_limit: int | None = None  # the tracker's RLIMIT_NOFILE (soft and hard), when a test lowers it
 
     def start(self) -> Tracker:
         with self.log_path.open("ab") as log:
+            limit = [] if self.fd_limit is None else ["prlimit", f"--nofile={self.fd_limit}:{self.fd_limit}", "--"]
             self.process = subprocess.Popen(
                 [
+                    *limit,
                     sys.executable,
                     "-m",
                     "trackpoint",
@@ -141,10 +144,20 @@ class Tracker:
     def get(self, path: str, headers: dict[str, str] | None = None) -> tuple[int, dict[str, str], bytes]:
         return self.request("GET", path, headers=headers)
 
-    def admin(self, method: str, path: str, body: bytes | None = None) -> tuple[int, dict[str, str], bytes]:
+    def admin_token(self) -> str:
+        """The token the tracker generated into its data_dir on first start."""
+        return (self.data_dir / "keys" / "admin.token").read_text().strip()
+
+    def admin(
+        self, method: str, path: str, body: bytes | None = None, token: str | None = None
+    ) -> tuple[int, dict[str, str], bytes]:
+        """One admin request, with the generated token unless `token` is given ("" sends none)."""
+        if token is None:
+            token = self.admin_token() if (self.data_dir / "keys" / "admin.token").exists() else ""
+        headers = {"Authorization": f"Bearer {token}"} if token else {}
         connection = http.client.HTTPConnection("127.0.0.1", self.admin_port, timeout=10)
         try:
-            connection.request(method, path, body=body)
+            connection.request(method, path, body=body, headers=headers)
             response = connection.getresponse()
             return response.status, {k.lower(): v for k, v in response.getheaders()}, response.read()
         finally:

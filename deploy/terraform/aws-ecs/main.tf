@@ -19,6 +19,7 @@ locals {
   port            = try(local.config.server.port, 8080)
   admin_port      = try(local.config.admin.port, 8081)
   admin_host      = try(local.config.admin.host, "127.0.0.1")
+  admin_token_env = try(local.config.admin.token_env, null)
   data_dir        = try(local.config.data_dir, "./trackpoint-data")
   drain_timeout_s = try(local.config.server.drain_timeout_s, 10)
   keepalive_s     = try(local.config.server.limits.keepalive_timeout_s, 30)
@@ -72,7 +73,7 @@ data "aws_iam_policy_document" "ecs_tasks_assume" {
   }
 }
 
-# What ECS itself needs to start a task: pull the image, write logs, read the signing key.
+# What ECS itself needs to start a task: pull the image, write logs, read the signing key and the admin token.
 resource "aws_iam_role" "execution" {
   name               = "${var.name}-execution"
   assume_role_policy = data.aws_iam_policy_document.ecs_tasks_assume.json
@@ -86,7 +87,7 @@ resource "aws_iam_role_policy_attachment" "execution" {
 data "aws_iam_policy_document" "signing_key" {
   statement {
     actions   = ["secretsmanager:GetSecretValue"]
-    resources = [var.signing_key_secret_arn]
+    resources = [var.signing_key_secret_arn, var.admin_token_secret_arn]
   }
 }
 
@@ -278,6 +279,7 @@ resource "aws_ecs_task_definition" "trackpoint" {
       ]
       secrets = [
         { name = "TRACKPOINT_SIGNING_KEY", valueFrom = var.signing_key_secret_arn },
+        { name = "TRACKPOINT_ADMIN_TOKEN", valueFrom = var.admin_token_secret_arn },
       ]
       portMappings = [for port in values(local.task_ports) : { containerPort = port, protocol = "tcp" }]
       mountPoints = [
@@ -299,6 +301,10 @@ resource "aws_ecs_task_definition" "trackpoint" {
     precondition {
       condition     = local.admin_host == "0.0.0.0"
       error_message = "config_yaml: admin.host must be 0.0.0.0, or the load balancer cannot reach /readyz."
+    }
+    precondition {
+      condition     = local.admin_token_env == "TRACKPOINT_ADMIN_TOKEN"
+      error_message = "config_yaml: admin.token_env must be TRACKPOINT_ADMIN_TOKEN (admin_token_secret_arn); a tracker refuses a public admin port without a token."
     }
     precondition {
       condition     = local.data_dir == local.data_path

@@ -30,12 +30,17 @@ variable "image" {
 }
 
 variable "config_yaml" {
-  description = "The trackpoint configuration file's text, e.g. file(\"trackpoint.yaml\"). It must set admin.host to 0.0.0.0 (the load balancer checks /readyz on the admin port) and name the signing key's variable, TRACKPOINT_SIGNING_KEY, in signing.keys."
+  description = "The trackpoint configuration file's text, e.g. file(\"trackpoint.yaml\"). It must set admin.host to 0.0.0.0 (the load balancer checks /readyz on the admin port), admin.token_env to TRACKPOINT_ADMIN_TOKEN and name the signing key's variable, TRACKPOINT_SIGNING_KEY, in signing.keys."
   type        = string
 }
 
 variable "signing_key_secret_arn" {
   description = "ARN of the Secrets Manager secret holding the URL signing key (at least 16 bytes), given to every task as TRACKPOINT_SIGNING_KEY."
+  type        = string
+}
+
+variable "admin_token_secret_arn" {
+  description = "ARN of the Secrets Manager secret holding the admin port's bearer token (at least 16 bytes), given to every task as TRACKPOINT_ADMIN_TOKEN; config_yaml must set admin.token_env to that name."
   type        = string
 }
 

@@ -12,6 +12,7 @@ locals {
   port            = try(local.config.server.port, 8080)
   admin_port      = try(local.config.admin.port, 8081)
   admin_host      = try(local.config.admin.host, "127.0.0.1")
+  admin_token_env = try(local.config.admin.token_env, null)
   drain_timeout_s = try(local.config.server.drain_timeout_s, 10)
   # A log collector that ships its files makes one last pass after the drain, bounded by its
   # ship.shutdown_timeout_s (30 s unless set).
@@ -47,7 +48,8 @@ resource "azurerm_container_app_environment" "trackpoint" {
   log_analytics_workspace_id = azurerm_log_analytics_workspace.trackpoint.id
 }
 
-# The app reads the signing key from Key Vault under its own identity: the key never passes through Terraform.
+# The app reads the signing key and the admin token from Key Vault under its own identity: neither passes
+# through Terraform.
 resource "azurerm_user_assigned_identity" "trackpoint" {
   name                = var.name
   location            = azurerm_resource_group.trackpoint.location
@@ -82,6 +84,12 @@ resource "azurerm_container_app" "trackpoint" {
     identity            = azurerm_user_assigned_identity.trackpoint.id
   }
 
+  secret {
+    name                = "admin-token"
+    key_vault_secret_id = var.admin_token_secret_id
+    identity            = azurerm_user_assigned_identity.trackpoint.id
+  }
+
   ingress {
     external_enabled = true
     target_port      = local.port
@@ -113,6 +121,11 @@ resource "azurerm_container_app" "trackpoint" {
       env {
         name        = "TRACKPOINT_SIGNING_KEY"
         secret_name = "signing-key"
+      }
+
+      env {
+        name        = "TRACKPOINT_ADMIN_TOKEN"
+        secret_name = "admin-token"
       }
 
       volume_mounts {
@@ -168,6 +181,10 @@ resource "azurerm_container_app" "trackpoint" {
     precondition {
       condition     = local.admin_host == "0.0.0.0"
       error_message = "config_yaml: admin.host must be 0.0.0.0, or the probes cannot reach the admin port."
+    }
+    precondition {
+      condition     = local.admin_token_env == "TRACKPOINT_ADMIN_TOKEN"
+      error_message = "config_yaml: admin.token_env must be TRACKPOINT_ADMIN_TOKEN (admin_token_secret_id); a tracker refuses a public admin port without a token."
     }
     precondition {
       condition     = local.termination_grace_s <= 600

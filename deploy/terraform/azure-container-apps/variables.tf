@@ -26,7 +26,7 @@ variable "image" {
 }
 
 variable "config_yaml" {
-  description = "The trackpoint configuration file's text, e.g. file(\"trackpoint.yaml\"). It must set admin.host to 0.0.0.0 (the probes ask the admin port) and name the signing key's variable, TRACKPOINT_SIGNING_KEY, in signing.keys."
+  description = "The trackpoint configuration file's text, e.g. file(\"trackpoint.yaml\"). It must set admin.host to 0.0.0.0 (the probes ask the admin port), admin.token_env to TRACKPOINT_ADMIN_TOKEN and name the signing key's variable, TRACKPOINT_SIGNING_KEY, in signing.keys."
   type        = string
 }
 
@@ -37,6 +37,11 @@ variable "key_vault_id" {
 
 variable "signing_key_secret_id" {
   description = "Versionless id of the Key Vault secret holding the URL signing key (at least 16 bytes), e.g. https://my-vault.vault.azure.net/secrets/trackpoint-signing-key; given to every replica as TRACKPOINT_SIGNING_KEY."
+  type        = string
+}
+
+variable "admin_token_secret_id" {
+  description = "Versionless id of the Key Vault secret (same vault) holding the admin port's bearer token (at least 16 bytes); given to every replica as TRACKPOINT_ADMIN_TOKEN, which config_yaml must name in admin.token_env."
   type        = string
 }
 

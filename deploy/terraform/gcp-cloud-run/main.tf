@@ -12,6 +12,7 @@ locals {
   port            = try(local.config.server.port, 8080)
   admin_port      = try(local.config.admin.port, 8081)
   admin_host      = try(local.config.admin.host, "127.0.0.1")
+  admin_token_env = try(local.config.admin.token_env, null)
   drain_timeout_s = try(local.config.server.drain_timeout_s, 10)
   # Cloud Run's memory range for `workers` vCPUs, in GiB.
   memory_gib   = endswith(var.memory, "Gi") ? tonumber(trimsuffix(var.memory, "Gi")) : tonumber(trimsuffix(var.memory, "Mi")) / 1024
@@ -55,6 +56,12 @@ resource "google_secret_manager_secret_iam_member" "signing_key" {
   member    = "serviceAccount:${google_service_account.trackpoint.email}"
 }
 
+resource "google_secret_manager_secret_iam_member" "admin_token" {
+  secret_id = var.admin_token_secret_id
+  role      = "roles/secretmanager.secretAccessor"
+  member    = "serviceAccount:${google_service_account.trackpoint.email}"
+}
+
 resource "google_cloud_run_v2_service" "trackpoint" {
   name                = var.name
   location            = var.region
@@ -84,6 +91,16 @@ resource "google_cloud_run_v2_service" "trackpoint" {
         value_source {
           secret_key_ref {
             secret  = var.signing_key_secret_id
+            version = "latest"
+          }
+        }
+      }
+
+      env {
+        name = "TRACKPOINT_ADMIN_TOKEN"
+        value_source {
+          secret_key_ref {
+            secret  = var.admin_token_secret_id
             version = "latest"
           }
         }
@@ -150,6 +167,10 @@ resource "google_cloud_run_v2_service" "trackpoint" {
       error_message = "config_yaml: admin.host must be 0.0.0.0, or the probes cannot reach the admin port."
     }
     precondition {
+      condition     = local.admin_token_env == "TRACKPOINT_ADMIN_TOKEN"
+      error_message = "config_yaml: admin.token_env must be TRACKPOINT_ADMIN_TOKEN (admin_token_secret_id); a tracker refuses a public admin port without a token."
+    }
+    precondition {
       condition     = local.drain_timeout_s + local.ship_s <= 5
       error_message = "config_yaml: server.drain_timeout_s (plus a shipping log collector's ship.shutdown_timeout_s + 1) must be at most 5: Cloud Run sends SIGKILL 10 s after SIGTERM, and the supervisor allows itself 5 s more."
     }
@@ -158,6 +179,7 @@ resource "google_cloud_run_v2_service" "trackpoint" {
   depends_on = [
     google_secret_manager_secret_iam_member.config,
     google_secret_manager_secret_iam_member.signing_key,
+    google_secret_manager_secret_iam_member.admin_token,
   ]
 }
 

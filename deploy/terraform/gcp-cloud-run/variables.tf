@@ -20,12 +20,17 @@ variable "image" {
 }
 
 variable "config_yaml" {
-  description = "The trackpoint configuration file's text, e.g. file(\"trackpoint.yaml\"). It must set admin.host to 0.0.0.0 (the probes ask the admin port), server.drain_timeout_s to 5 or less (Cloud Run kills an instance 10 s after SIGTERM) and name the signing key's variable, TRACKPOINT_SIGNING_KEY, in signing.keys."
+  description = "The trackpoint configuration file's text, e.g. file(\"trackpoint.yaml\"). It must set admin.host to 0.0.0.0 (the probes ask the admin port), admin.token_env to TRACKPOINT_ADMIN_TOKEN, server.drain_timeout_s to 5 or less (Cloud Run kills an instance 10 s after SIGTERM) and name the signing key's variable, TRACKPOINT_SIGNING_KEY, in signing.keys."
   type        = string
 }
 
 variable "signing_key_secret_id" {
   description = "Secret Manager secret (in this project) holding the URL signing key (at least 16 bytes), given to every instance as TRACKPOINT_SIGNING_KEY."
+  type        = string
+}
+
+variable "admin_token_secret_id" {
+  description = "Secret Manager secret (in this project) holding the admin port's bearer token (at least 16 bytes), given to every instance as TRACKPOINT_ADMIN_TOKEN, which config_yaml must name in admin.token_env."
   type        = string
 }
 

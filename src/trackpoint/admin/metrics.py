@@ -20,6 +20,9 @@ class SupervisorState:
         self.restarts = 0
         self.reloads = 0
         self.reload_failures = 0
+        self.spawn_failures = 0
+        # Admin connections refused, closed or rejected, by reason (the admin server's own counts).
+        self.admin_connections: dict[str, int] = {}
 
 
 class _SnapshotCollector:
@@ -89,6 +92,17 @@ class _SnapshotCollector:
         yield GaugeMetricFamily("trackpoint_workers_ready", "Worker processes serving.", value=state.workers_ready)
         yield GaugeMetricFamily("trackpoint_workers_wanted", "Configured worker processes.", value=state.workers_wanted)
         yield _counter("trackpoint_worker_restarts", "Workers restarted after dying.", state.restarts)
+        yield _counter(
+            "trackpoint_worker_spawn_failures",
+            "Worker processes that could not be started (out of descriptors, memory or processes); retried.",
+            state.spawn_failures,
+        )
+        yield _by_label(
+            "trackpoint_admin_refused",
+            "Admin connections refused, evicted, timed out or rejected, and unauthorized admin requests, by reason.",
+            "reason",
+            state.admin_connections,
+        )
         yield _counter("trackpoint_reloads", "Configuration reloads completed.", state.reloads)
         yield _counter(
             "trackpoint_reload_failures",

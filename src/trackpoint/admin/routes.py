@@ -33,6 +33,9 @@ CORE_ROUTES: tuple[AdminEndpoint, ...] = (
     AdminEndpoint("GET", "/openapi.json", "This OpenAPI document, for the running configuration."),
 )
 
+# Answered without the admin token: the probes of load balancers and Kubernetes.
+PUBLIC_PATHS = frozenset(route.path for route in CORE_ROUTES if route.public)
+
 
 def plugin_routes(plugins: Registry | None = None) -> list[AdminRoute]:
     """The plugins' admin routes the supervisor serves: all but one on a core route's method and path (the core

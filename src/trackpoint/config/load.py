@@ -301,6 +301,9 @@ def check_references(config: Config) -> Iterator[tuple[KeyPath, str]]:
         if name not in config.collectors:
             yield ("rejected", "collectors", i), f"no collector named {name!r}"
     yield from _check_signing(config)
+    from trackpoint.security.admin_token import check_admin  # security imports this package's model: import here
+
+    yield from check_admin(config.admin)
     from trackpoint.privacy.checks import check_privacy  # privacy imports this package's model: import here
 
     yield from check_privacy(config)

@@ -38,31 +38,37 @@ def check_server_url(url: str, schemes: tuple[str, ...]) -> None:
 # forbid_unknown_fields everywhere: a typo in the YAML must be an error, never a silently ignored option.
 
 
+# Limits the tracking edge and the admin port share (their defaults differ where their traffic does).
+RequestLineBytes = Annotated[
+    int, Meta(ge=256, le=1 << 20, description="Longest request target (path and query); longer → 414.")
+]
+HeaderBytes = Annotated[
+    int, Meta(ge=1024, le=1 << 20, description="Total size of all header names and values; larger → 431.")
+]
+HeaderCount = Annotated[int, Meta(ge=4, le=1000, description="Most header fields; more → 431.")]
+HeaderTimeout = Annotated[
+    Seconds, Meta(description="Time allowed from a request's first byte to the end of its headers; then 408.")
+]
+BodyTimeout = Annotated[
+    Seconds, Meta(description="Time allowed to receive a request body after its headers; then 408.")
+]
+KeepaliveRequests = Annotated[int, Meta(ge=1, description="Requests served on one connection before it is closed.")]
+
+
 class Limits(Struct, forbid_unknown_fields=True, kw_only=True):
     """Per-request and per-connection limits of the tracking edge (safe defaults)."""
 
-    max_request_line_bytes: Annotated[
-        int, Meta(ge=256, le=1 << 20, description="Longest request target (path and query); longer → 414.")
-    ] = 8192
-    max_header_bytes: Annotated[
-        int, Meta(ge=1024, le=1 << 20, description="Total size of all header names and values; larger → 431.")
-    ] = 16384
-    max_header_count: Annotated[int, Meta(ge=4, le=1000, description="Most header fields; more → 431.")] = 100
+    max_request_line_bytes: RequestLineBytes = 8192
+    max_header_bytes: HeaderBytes = 16384
+    max_header_count: HeaderCount = 100
     max_body_bytes: Annotated[int, Meta(ge=0, le=16 << 20, description="Largest request body; larger → 413.")] = 65536
-    header_timeout_s: Annotated[
-        Seconds,
-        Meta(description="Time allowed from a request's first byte to the end of its headers; then 408."),
-    ] = 10.0
-    body_timeout_s: Annotated[
-        Seconds, Meta(description="Time allowed to receive a request body after its headers; then 408.")
-    ] = 10.0
+    header_timeout_s: HeaderTimeout = 10.0
+    body_timeout_s: BodyTimeout = 10.0
     keepalive_timeout_s: Annotated[
         Seconds,
         Meta(description="An idle keep-alive connection (and a connection that sends nothing) is closed."),
     ] = 30.0
-    max_keepalive_requests: Annotated[
-        int, Meta(ge=1, description="Requests served on one connection before it is closed.")
-    ] = 10000
+    max_keepalive_requests: KeepaliveRequests = 10000
     max_connections: Annotated[
         int, Meta(ge=1, description="Open connections per worker; one more is answered 503 and closed.")
     ] = 10000
@@ -125,11 +131,90 @@ class ServerConfig(Struct, forbid_unknown_fields=True, kw_only=True):
     )
 
 
+class AdminLimits(Struct, forbid_unknown_fields=True, kw_only=True):
+    """Limits of the admin port (served by the supervisor, which must stay free to restart workers whatever admin
+    clients do). Caps hold as bytes arrive; at a connection cap the longest-idle connection makes room."""
+
+    max_request_line_bytes: RequestLineBytes = 8192
+    max_header_bytes: HeaderBytes = 16384
+    max_header_count: HeaderCount = 100
+    max_body_bytes: Annotated[
+        int, Meta(ge=0, le=16 << 20, description="Largest request body (budgets API); larger → 413.")
+    ] = 1 << 20
+    header_timeout_s: HeaderTimeout = 10.0
+    body_timeout_s: BodyTimeout = 10.0
+    keepalive_timeout_s: Annotated[
+        Seconds, Meta(description="An idle connection (and a connection that sends nothing) is closed.")
+    ] = 15.0
+    write_timeout_s: Annotated[
+        Seconds, Meta(description="A connection whose answers the client has not read for this long is aborted.")
+    ] = 10.0
+    max_keepalive_requests: KeepaliveRequests = 1000
+    max_pipelined_requests: Annotated[
+        int,
+        Meta(
+            ge=1,
+            le=1000,
+            description="Requests parsed ahead on one connection while an earlier one is answered (they are "
+            "answered in order, one at a time); one more closes the connection after those.",
+        ),
+    ] = 16
+    max_connections: Annotated[
+        int,
+        Meta(
+            ge=1,
+            le=100_000,
+            description="Open admin connections; one more closes the longest-idle connection to make room (503 "
+            "when every connection is busy), so idle connections cannot lock out probes.",
+        ),
+    ] = 256
+    max_connections_per_ip: Annotated[
+        int,
+        Meta(ge=1, description="Open admin connections from one address; one more closes that address' longest-idle."),
+    ] = 64
+    fd_reserve: Annotated[
+        int,
+        Meta(
+            ge=0,
+            le=100_000,
+            description="File descriptors kept free for restarting workers: a new admin connection is refused when "
+            "fewer would be left (the soft RLIMIT_NOFILE is raised to the hard limit at start).",
+        ),
+    ] = 128
+
+
 class AdminConfig(Struct, forbid_unknown_fields=True, kw_only=True):
-    """The admin port: health, readiness and metrics. Never expose it publicly."""
+    """The admin port: health, readiness, metrics, budgets and plugin routes. Never expose it publicly.
+
+    `/healthz` and `/readyz` are open (probes); every other route needs `Authorization: Bearer <token>`. Without
+    `token_env` or `token_file` the token is generated into `data_dir/keys/admin.token` (mode 0600) on first start,
+    and a non-loopback `host` is refused: expose the port only with a token you configured."""
 
     host: Annotated[str, Meta(description="Address the admin port binds to.")] = "127.0.0.1"
     port: Annotated[int, Meta(ge=1, le=65535, description="Admin port.")] = 8081
+    token_env: Annotated[
+        str | None,
+        Meta(description="Environment variable holding the admin token (at least 16 bytes)."),
+    ] = None
+    token_file: Annotated[
+        str | None,
+        Meta(
+            description="File holding the admin token (at least 16 bytes; surrounding whitespace ignored); "
+            "relative to data_dir unless absolute. Neither set: `keys/admin.token` in data_dir, generated."
+        ),
+    ] = None
+    probe_port: Annotated[
+        Annotated[int, Meta(ge=1, le=65535)] | None,
+        Meta(
+            description="A second listener serving only `/healthz` and `/readyz` (no token; its own connections "
+            "under the same limits), for probes and load balancers that must not reach the rest of the admin "
+            "port. Unset: none.",
+        ),
+    ] = None
+    probe_host: Annotated[str, Meta(description="Address the probe listener binds to.")] = "0.0.0.0"
+    limits: Annotated[AdminLimits, Meta(description="Admin port limits and timeouts.")] = msgspec.field(
+        default_factory=AdminLimits
+    )
 
 
 FieldType = Literal["string", "int", "decimal", "money", "price", "duration", "enum", "bool", "timestamp"]

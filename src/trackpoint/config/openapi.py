@@ -65,6 +65,9 @@ def openapi_document(loaded: LoadedConfig) -> dict[str, Any]:
         ]
         if parameters:
             operation["parameters"] = parameters
+        if not endpoint.public:
+            operation["security"] = [{"adminToken": []}]
+            operation["responses"]["401"] = {"description": "No or wrong `Authorization: Bearer` admin token."}
         item[admin_method.lower()] = operation
     server = config.server
     return {
@@ -77,6 +80,13 @@ def openapi_document(loaded: LoadedConfig) -> dict[str, Any]:
         "servers": [{"url": f"http://{server.host}:{server.port}", "description": "The tracking port."}],
         "paths": paths,
         "components": {
+            "securitySchemes": {
+                "adminToken": {
+                    "type": "http",
+                    "scheme": "bearer",
+                    "description": "The admin token (admin.token_env, admin.token_file, or data_dir/keys/admin.token).",
+                }
+            },
             "schemas": {"Rejection": _REJECTION},
             "headers": {
                 "X-Reject-Reason": {

@@ -11,6 +11,7 @@ import asyncio
 import functools
 import logging
 import os
+import resource
 import signal
 import socket
 import subprocess
@@ -21,7 +22,7 @@ from pathlib import Path
 import msgspec
 
 from trackpoint.admin import metrics
-from trackpoint.admin.routes import CORE_ROUTES, plugin_routes
+from trackpoint.admin.routes import CORE_ROUTES, PUBLIC_PATHS, plugin_routes
 from trackpoint.admin.server import AdminRequest, AdminResponse, AdminServer
 from trackpoint.collectors.log.budget import LogDiskMetrics
 from trackpoint.collectors.log.compression import finalize_orphans
@@ -33,6 +34,13 @@ from trackpoint.edge import control
 from trackpoint.edge.stats import Snapshot, add
 from trackpoint.plugins import AdminHandler
 from trackpoint.plugins import registry as plugin_registry
+from trackpoint.security.admin_token import (
+    AdminTokenError,
+    BearerCheck,
+    check_admin,
+    read_admin_token,
+    token_path,
+)
 from trackpoint.security.signing import SigningKeyError, edge_verifier
 from trackpoint.shipping.service import ShippingService
 
@@ -130,11 +138,23 @@ class Supervisor:
         self._stopped = asyncio.Event()
         self.shipping = ShippingService(lambda: self.config)  # finished log files to object storage
         self._reloading: asyncio.Lock | None = None
+        self._retries: set[asyncio.Task[None]] = set()  # restarts scheduled after a failed spawn
+        self.probes: AdminServer | None = None  # admin.probe_port's listener: /healthz and /readyz only
 
     # --- life ----------------------------------------------------------------------------------------------------
 
     async def run(self) -> int:
         server = self.config.server
+        admin_config = self.config.admin
+        for _, refusal in check_admin(admin_config):  # again: --admin-host may have moved it off loopback
+            log.error("%s", refusal)
+            return 2
+        try:
+            admin_token = read_admin_token(admin_config, self.config.data_dir)
+        except AdminTokenError as exc:
+            log.error("%s", exc)
+            return 1
+        raise_fd_limit()
         try:
             self.sockets = [listener(server.host, server.port, server.backlog) for _ in range(self.slots)]
         except OSError as exc:
@@ -147,24 +167,25 @@ class Supervisor:
             return 1
         self._reloading = asyncio.Lock()
         self._finalize_logs(pid=None)
-        admin = self._admin_server()
-        try:
-            admin_server = await admin.start(self.config.admin.host, self.config.admin.port)
-        except OSError as exc:
-            log.error(
-                "cannot listen on admin %s:%d: %s",
-                self.config.admin.host,
-                self.config.admin.port,
-                exc.strerror or exc,
-            )
-            return 1
+        admin = self._admin_server(BearerCheck(admin_token))
+        listeners = [(admin, "admin", admin_config.host, admin_config.port)]
+        if self.probes is not None and admin_config.probe_port is not None:
+            listeners.append((self.probes, "probes", admin_config.probe_host, admin_config.probe_port))
+        for index, (listening, what, host, port) in enumerate(listeners):
+            try:
+                await listening.start(host, port)
+            except OSError as exc:
+                log.error("cannot listen on %s %s:%d: %s", what, host, port, exc.strerror or exc)
+                for started, *_ in listeners[:index]:
+                    started.close()
+                return 1
         loop = asyncio.get_running_loop()
         loop.add_signal_handler(signal.SIGTERM, self._request_shutdown)
         loop.add_signal_handler(signal.SIGINT, self._request_shutdown)
         loop.add_signal_handler(signal.SIGHUP, lambda: loop.create_task(self.reload()))
         self.shipping.start()
         for slot in range(self.slots):
-            self._spawn(slot, self.loaded.version)
+            self._spawn_or_retry(slot)
         log.info(
             "trackpoint listening on %s:%d with %d workers (config %s, version %s); admin on %s:%d",
             server.host,
@@ -175,10 +196,18 @@ class Supervisor:
             self.config.admin.host,
             self.config.admin.port,
         )
+        log.info(
+            "admin token: %s (send it as Authorization: Bearer; /healthz and /readyz need none)",
+            f"environment variable {admin_config.token_env}"
+            if admin_config.token_env is not None
+            else token_path(admin_config, self.config.data_dir),
+        )
         await self._stopped.wait()
         await self._drain_all()
         await self.shipping.stop()  # after the drain: the files the workers just finished ship too
-        admin_server.close()
+        admin.close()
+        if self.probes is not None:
+            self.probes.close()
         for sock in self.sockets:
             sock.close()
         log.info("trackpoint stopped")
@@ -207,23 +236,29 @@ class Supervisor:
     # --- workers -------------------------------------------------------------------------------------------------
 
     def _spawn(self, slot: int, version: str, probation: bool = False) -> WorkerHandle:
+        """Starts a worker; OSError (EMFILE, ENOMEM, EAGAIN...) when it cannot, with nothing left open."""
         parent, child = socket.socketpair(socket.AF_UNIX, socket.SOCK_STREAM)
         listen_fd = self.sockets[slot].fileno()
-        process = subprocess.Popen(
-            [
-                sys.executable,
-                "-m",
-                "trackpoint.edge.worker",
-                "--slot",
-                str(slot),
-                "--listen-fd",
-                str(listen_fd),
-                "--control-fd",
-                str(child.fileno()),
-            ],
-            pass_fds=(listen_fd, child.fileno()),
-        )
-        child.close()
+        try:
+            process = subprocess.Popen(
+                [
+                    sys.executable,
+                    "-m",
+                    "trackpoint.edge.worker",
+                    "--slot",
+                    str(slot),
+                    "--listen-fd",
+                    str(listen_fd),
+                    "--control-fd",
+                    str(child.fileno()),
+                ],
+                pass_fds=(listen_fd, child.fileno()),
+            )
+        except OSError:
+            parent.close()
+            raise
+        finally:
+            child.close()
         loop = asyncio.get_running_loop()
         handle = WorkerHandle(slot=slot, process=process, ready=loop.create_future(), probation=probation)
         control.send_start(parent, control.Start.of(self.config, version, slot))
@@ -333,20 +368,44 @@ class Supervisor:
             del self.workers[handle.slot]
         self._count_ready()
 
-    async def _restart(self, slot: int, clean: bool) -> None:
-        attempt = self.restart_counts[slot]
-        self.restart_counts[slot] += 1
-        delay = self.backoff_s[slot] = RESTART_BACKOFF_S[min(attempt, len(RESTART_BACKOFF_S) - 1)]
-        await asyncio.sleep(delay)
-        if self.shutting_down or slot in self.workers:
-            return
-        self.state.restarts += 1
-        handle = self._spawn(slot, self.loaded.version)
+    def _spawn_or_retry(self, slot: int) -> None:
+        """Starts a slot's worker; one that cannot be started now (out of descriptors, memory or processes) is
+        logged at once and retried with backoff until it starts."""
         try:
-            await asyncio.wait_for(asyncio.shield(handle.ready), READY_TIMEOUT_S)
-            self.restart_counts[slot] = 0
-        except (TimeoutError, RuntimeError):
-            pass
+            self._spawn(slot, self.loaded.version)
+        except OSError as exc:
+            self._spawn_failed(slot, exc)
+            self._retry_later(slot)
+
+    def _spawn_failed(self, slot: int, exc: OSError) -> None:
+        self.state.spawn_failures += 1
+        log.error("worker %d: cannot start a process: %s; retrying with backoff", slot, exc.strerror or exc)
+
+    def _retry_later(self, slot: int) -> None:
+        task = asyncio.get_running_loop().create_task(self._restart(slot, clean=False))
+        self._retries.add(task)
+        task.add_done_callback(self._retries.discard)
+
+    async def _restart(self, slot: int, clean: bool) -> None:
+        while True:
+            attempt = self.restart_counts[slot]
+            self.restart_counts[slot] += 1
+            delay = self.backoff_s[slot] = RESTART_BACKOFF_S[min(attempt, len(RESTART_BACKOFF_S) - 1)]
+            await asyncio.sleep(delay)
+            if self.shutting_down or slot in self.workers:
+                return
+            self.state.restarts += 1
+            try:
+                handle = self._spawn(slot, self.loaded.version)
+            except OSError as exc:  # e.g. EMFILE: the slot must not stay empty, so try again after the backoff
+                self._spawn_failed(slot, exc)
+                continue
+            try:
+                await asyncio.wait_for(asyncio.shield(handle.ready), READY_TIMEOUT_S)
+                self.restart_counts[slot] = 0
+            except (TimeoutError, RuntimeError):
+                pass
+            return
 
     def _retire(self, handle: WorkerHandle) -> None:
         handle.retiring = True
@@ -381,10 +440,11 @@ class Supervisor:
             self.config, self.loaded = config, loaded
             old = list(self.workers.values())
             self.workers.clear()
-            fresh = [self._spawn(slot, loaded.version, probation=True) for slot in range(self.slots)]
+            fresh: list[WorkerHandle] = []
             try:
+                fresh.extend(self._spawn(slot, loaded.version, probation=True) for slot in range(self.slots))
                 await asyncio.wait_for(asyncio.gather(*(asyncio.shield(h.ready) for h in fresh)), READY_TIMEOUT_S)
-            except (TimeoutError, RuntimeError) as exc:
+            except (TimeoutError, RuntimeError, OSError) as exc:
                 log.error("reload failed, new workers not ready (%s); keeping the running workers", exc)
                 self.state.reload_failures += 1
                 self.config, self.loaded = previous
@@ -434,11 +494,12 @@ class Supervisor:
             total = add(total, handle.snapshot)
         return total
 
-    def _admin_server(self) -> AdminServer:
+    def _admin_server(self, auth: BearerCheck | None = None) -> AdminServer:
+        admin = AdminServer(self.config.admin.limits, auth, PUBLIC_PATHS)
+        self.state.admin_connections = admin.counts
         registry = metrics.registry(self.totals, self.state)
         registry.register(self.shipping.metrics())
         registry.register(LogDiskMetrics(lambda: self.config))
-        admin = AdminServer()
 
         async def healthz(_: AdminRequest) -> AdminResponse:
             crash_loops = self.crash_loops()
@@ -479,16 +540,33 @@ class Supervisor:
                 openapi[version] = openapi_document_json(replace(self.loaded, config=self.config))
             return AdminResponse(200, openapi[version])
 
-        # Served from the one route table that documents them (admin/routes.py): core routes, then plugins'.
+        # Served from the one route table that documents them (admin/routes.py): core routes, then plugins'. The
+        # probe listener, when configured, serves the public ones (the probes) only.
         core = {"/healthz": healthz, "/readyz": readyz, "/metrics": prometheus, "/openapi.json": openapi_json}
+        if self.config.admin.probe_port is not None:
+            self.probes = AdminServer(self.config.admin.limits, public_paths=PUBLIC_PATHS)
+            self.probes.counts = admin.counts  # one count for both listeners
         for endpoint in CORE_ROUTES:
             admin.route(endpoint.method, endpoint.path, core[endpoint.path])
+            if endpoint.public and self.probes is not None:
+                self.probes.route(endpoint.method, endpoint.path, core[endpoint.path])
         for route in plugin_routes(plugin_registry()):
             admin.route(route.method, route.path, functools.partial(self._plugin_route, route.handler))
         return admin
 
     async def _plugin_route(self, handler: AdminHandler, request: AdminRequest) -> AdminResponse:
         return await handler(request, self.loaded.config)
+
+
+def raise_fd_limit() -> None:
+    """Raises the soft RLIMIT_NOFILE to the hard limit: the supervisor's descriptors (workers' channels, admin
+    connections, log files) must not run out at a default soft limit of 1024."""
+    soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
+    if soft < hard:
+        try:
+            resource.setrlimit(resource.RLIMIT_NOFILE, (hard, hard))
+        except (OSError, ValueError) as exc:
+            log.warning("cannot raise the file descriptor limit from %d to %d: %s", soft, hard, exc)
 
 
 def run(loaded: LoadedConfig, config_path: str | None, overrides: Overrides) -> int:

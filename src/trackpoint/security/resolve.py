@@ -11,8 +11,16 @@ from typing import Any
 
 import msgspec
 
-from trackpoint.config.model import Config, DecryptPriceConfig, PostbackAuthSpec, PseudonymizeConfig, SigningConfig
+from trackpoint.config.model import (
+    AdminConfig,
+    Config,
+    DecryptPriceConfig,
+    PostbackAuthSpec,
+    PseudonymizeConfig,
+    SigningConfig,
+)
 from trackpoint.preprocessors.decrypt_price import read_price_key
+from trackpoint.security.admin_token import read_admin_token, token_configured
 from trackpoint.security.postback_auth import read_advertiser_secret
 from trackpoint.security.secrets import SecretError, env_secret, read_source, secret_option, secret_path
 from trackpoint.security.signing import key_path, load_key
@@ -34,6 +42,9 @@ def _walk(value: object, path: KeyPath, data_dir: str) -> Iterator[tuple[KeyPath
                 continue  # created on first start
             where = (*path, "keys", key_id, secret_option("secret", key.secret_env))
             yield from _read(where, load_key, key_id, key, data_dir)
+    elif isinstance(value, AdminConfig):
+        if token_configured(value):  # else generated on first start
+            yield from _read((*path, secret_option("token", value.token_env)), read_admin_token, value, data_dir)
     elif isinstance(value, PostbackAuthSpec):
         for advertiser, source in value.secrets.items():
             where = (*path, "secrets", advertiser, secret_option("secret", source.secret_env))
