@@ -270,3 +270,40 @@ def test_a_full_log_disk_refuses_requests_and_recovers(tracker_on_small_disk: tu
 
     acknowledged += [imp for imp, answer in [*before, *recovered, *after] if answer.status == 200]
     assert not [imp for imp in acknowledged if imp not in logged_imps(tracker)]
+
+
+def test_durability_power_answers_pipelined_requests_in_order_across_rotations(tracker_factory: Any) -> None:
+    """Under `durability: power` answers wait for the fsync of their group: pipelined requests on several
+    connections, with files rotating every few lines, are all answered in order and all on record."""
+    log = {"type": "log", "durability": "power", "rotate_bytes": 4096, "compression": "none"}
+    tracker: Tracker = tracker_factory({"collectors": {"log": log}})
+
+    async def client(number: int) -> list[int]:
+        reader, writer = await asyncio.open_connection("127.0.0.1", tracker.port)
+        statuses: list[int] = []
+        for batch in range(10):
+            imps = [f"power-{number}-{batch}-{i}" for i in range(8)]
+            writer.write(b"".join(f"GET /i?imp={imp} HTTP/1.1\r\nHost: t\r\n\r\n".encode() for imp in imps))
+            for _ in imps:
+                answer = await exchange_answer(reader)
+                statuses.append(answer)
+        writer.close()
+        return statuses
+
+    async def main() -> list[list[int]]:
+        return list(await asyncio.gather(*(client(n) for n in range(4))))
+
+    results = asyncio.run(main())
+    assert all(statuses == [200] * 80 for statuses in results)
+    logged = [event.dims["imp"] for event in tracker.events()]
+    assert sorted(logged) == sorted(f"power-{n}-{b}-{i}" for n in range(4) for b in range(10) for i in range(8))
+    assert len(list((tracker.data_dir / "logs").iterdir())) > 5  # the lines spanned many rotations
+
+
+async def exchange_answer(reader: asyncio.StreamReader) -> int:
+    """The status of the next whole answer on the connection (its body read past)."""
+    head = await reader.readuntil(b"\r\n\r\n")
+    lines = head.decode("latin-1").split("\r\n")
+    length = next((int(line.split(":", 1)[1]) for line in lines if line.lower().startswith("content-length:")), 0)
+    await reader.readexactly(length)
+    return int(lines[0].split()[1])

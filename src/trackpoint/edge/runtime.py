@@ -299,13 +299,13 @@ class Edge:
         # Every response waits behind the fsync in flight, recorded or not: a connection's answers keep their order.
         self._held.append([(connection, *connection.take_output()) for connection in pending])
         if not self._syncing:
+            self._syncing = True  # set here, not when the task starts: one sync loop at a time
             asyncio.get_running_loop().create_task(self._sync_held())
         return False
 
     async def _sync_held(self) -> None:
         """fsyncs the logs and then releases the responses written before the fsync began; groups written meanwhile
         wait for the next fsync, so several groups share one."""
-        self._syncing = True
         try:
             while self._held:
                 groups, self._held = self._held, []

@@ -116,13 +116,13 @@ class LogCollector(Collector):
         return True
 
     async def sync(self) -> None:
-        """fsync of everything written so far, off the event loop (durability power)."""
-        fd = self._fd
-        if fd is None or not self._unsynced:
-            return
+        """fsync of everything written so far, off the event loop (durability power). Always a job on the I/O
+        thread, even with nothing new in the current file: it then waits for the close-and-fsync of a file that a
+        rotation finished (queued before it), where the group may have been written."""
+        fd = self._fd if self._unsynced else None
         self._unsynced = False
         self._last_fsync = time.monotonic()
-        await asyncio.get_running_loop().run_in_executor(self._io, os.fsync, fd)
+        await asyncio.get_running_loop().run_in_executor(self._io, _fsync, fd)
 
     # --- the collector contract (replay, and events offered outside a request) ----------------------------------
 
@@ -299,6 +299,11 @@ class LogCollector(Collector):
         self._opened_at = time.monotonic()
         self._size = 0
         self._unsynced = False
+
+
+def _fsync(fd: int | None) -> None:
+    if fd is not None:
+        os.fsync(fd)
 
 
 def _close(fd: int, sync: bool, remove: Path | None) -> None:
