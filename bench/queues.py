@@ -57,7 +57,7 @@ from run import (
     worker_pid,
 )
 from trackpoint.collectors.log.reader import read_events
-from trackpoint.pipeline.event import Context, Event, Meta, derived_id
+from trackpoint.event import Context, Event, Meta, derived_id
 
 QUEUES_JSON = RESULTS_DIR / "queues.json"
 QUEUES_PNG = RESULTS_DIR / "queues.png"

@@ -12,9 +12,9 @@ import pytest
 
 from trackpoint.adtech.auction import LOSS_MACROS, WIN_MACROS, notice_url
 from trackpoint.config.load import load
-from trackpoint.pipeline.build import EventBuilder
-from trackpoint.pipeline.event import Event, Meta
-from trackpoint.pipeline.fields import Reject
+from trackpoint.event import Event, Meta
+from trackpoint.fields.build import EventBuilder
+from trackpoint.fields.converters import Reject
 from trackpoint.preprocessors import Preprocessor, build_preprocessor, with_input_fields
 
 CONFIG = load().config

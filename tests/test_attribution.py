@@ -19,7 +19,7 @@ from trackpoint.adtech.clickid import FORGED, MALFORMED, MAX_CHARS, UNKNOWN_KEY,
 from trackpoint.config import ConfigError, load
 from trackpoint.config.model import AttributeConversionConfig, IssueClickIdConfig
 from trackpoint.edge.responses import with_params
-from trackpoint.pipeline.event import Context, Event, Meta
+from trackpoint.event import Context, Event, Meta
 from trackpoint.preprocessors.attribute_conversion import AttributeConversion
 from trackpoint.preprocessors.issue_click_id import IssueClickId
 from trackpoint.security.postback_auth import sign_postback

@@ -23,7 +23,7 @@ from trackpoint.banker.config import BankerCollectorConfig, parse_rate
 from trackpoint.banker.model import Budget, Debit, DebitRule, Notification, TrackerStatus, hour_of, stale_ms
 from trackpoint.banker.store import Store, StoreUnavailable, open_store
 from trackpoint.collectors.base import CollectorContext
-from trackpoint.pipeline.event import Event
+from trackpoint.event import Event
 
 REDIS_URL = os.environ.get("TRACKPOINT_TEST_REDIS_URL", "redis://127.0.0.1:6379/0")
 DAY_MS = 86_400_000

@@ -26,7 +26,7 @@ from trackpoint.collectors.log.compression import COMPRESSION_NICE, compress, fi
 from trackpoint.collectors.log.files import log_dir
 from trackpoint.collectors.log.reader import ReadStats, log_files, read_events
 from trackpoint.config.model import LogCollectorConfig
-from trackpoint.pipeline.event import Context, Device, Event, Meta
+from trackpoint.event import Context, Device, Event, Meta
 
 NAME = re.compile(r"events-(?P<stamp>\d{8}T\d{9})Z-w(?P<worker>\d{2})-p(?P<pid>\d+)-(?P<seq>\d{4})\.jsonl(\.zst|\.gz)?")
 ENCODER = msgspec.json.Encoder()

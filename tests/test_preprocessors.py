@@ -8,7 +8,7 @@ from __future__ import annotations
 import pytest
 
 from trackpoint.config.model import AnonymizeIpConfig, ParseUserAgentConfig
-from trackpoint.pipeline.event import Context, Device, Event, Meta
+from trackpoint.event import Context, Device, Event, Meta
 from trackpoint.preprocessors import build_preprocessor
 from trackpoint.preprocessors.anonymize_ip import AnonymizeIp
 from trackpoint.preprocessors.parse_user_agent import ParseUserAgent

@@ -22,7 +22,7 @@ from trackpoint.collectors.log.collector import LogCollector
 from trackpoint.collectors.log.reader import read_events
 from trackpoint.config.load import ConfigError, load
 from trackpoint.config.model import LogCollectorConfig, PseudonymizeConfig, SecretSource, StdoutCollectorConfig
-from trackpoint.pipeline.event import Context, Device, Event, Meta
+from trackpoint.event import Context, Device, Event, Meta
 from trackpoint.preprocessors.pseudonymize import Pseudonymize
 from trackpoint.privacy.filter import PrivacyFilter, build_filter
 from trackpoint.replay import CollectorReport, ReplayPlan

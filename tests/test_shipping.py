@@ -34,7 +34,7 @@ from trackpoint.collectors.log.collector import LogCollector
 from trackpoint.collectors.log.reader import read_events
 from trackpoint.config import ConfigError, load
 from trackpoint.config.model import LogCollectorConfig
-from trackpoint.pipeline.event import Event
+from trackpoint.event import Event
 from trackpoint.shipping import ShipError, Shipper, ShipStats, open_store
 from trackpoint.shipping.service import ShippingService
 

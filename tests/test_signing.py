@@ -20,7 +20,7 @@ from conftest import Tracker
 from trackpoint.config import ConfigError, load
 from trackpoint.config.model import ResponseSpec, SigningConfig, SigningKey
 from trackpoint.edge.responses import Clock, Responder
-from trackpoint.pipeline.event import Context, Event, Meta
+from trackpoint.event import Context, Event, Meta
 from trackpoint.security.signing import (
     EXPIRED,
     INVALID,

@@ -34,7 +34,7 @@ with _instrumented():
     from trackpoint.config.model import Config, Limits, ServerConfig
     from trackpoint.edge.protocol import EdgeProtocol
     from trackpoint.edge.runtime import Edge
-    from trackpoint.pipeline import build, fields
+    from trackpoint.fields import build, converters
 
 SOURCE = Path(__file__).resolve().parents[2] / "src" / "trackpoint"
 # Every reason code the source can send: `Reject(<status>, "reason"...)` and `reject...(<status>, "reason"...)`.
@@ -115,7 +115,7 @@ LOOP = asyncio.new_event_loop()
 EDGES = _edges()
 KNOWN = known_reasons() - {"internal_error"}
 assert {"bad_request", "invalid_field", "header_timeout"} <= KNOWN, KNOWN  # the pattern still finds the source's
-assert build is not None and fields is not None  # instrumented for coverage, used through the edge
+assert build is not None and converters is not None  # instrumented for coverage, used through the edge
 
 
 def check(written: bytes, rejected: dict[str, int]) -> None:

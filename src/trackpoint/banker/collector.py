@@ -19,7 +19,7 @@ from trackpoint.banker.config import BankerCollectorConfig
 from trackpoint.banker.model import DebitRule, TrackerStatus
 from trackpoint.banker.store import StoreUnavailable, open_store
 from trackpoint.collectors.base import Collector, CollectorContext, Health, SendResult
-from trackpoint.pipeline.event import Event
+from trackpoint.event import Event
 
 log = logging.getLogger("trackpoint.banker")
 

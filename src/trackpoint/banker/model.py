@@ -12,7 +12,7 @@ from collections.abc import Iterable, Sequence
 import msgspec
 
 from trackpoint.banker.config import BankerCollectorConfig, parse_rate
-from trackpoint.pipeline.event import Event
+from trackpoint.event import Event
 
 MS_PER_HOUR = 3_600_000
 MS_PER_DAY = 86_400_000

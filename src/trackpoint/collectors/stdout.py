@@ -9,7 +9,7 @@ import msgspec
 
 from trackpoint.collectors.base import Collector, CollectorContext, SendResult
 from trackpoint.config.model import StdoutCollectorConfig
-from trackpoint.pipeline.event import Event
+from trackpoint.event import Event
 
 
 class StdoutCollector(Collector):

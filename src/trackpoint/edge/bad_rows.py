@@ -14,7 +14,7 @@ from urllib.parse import unquote
 
 from trackpoint.collectors import Collector
 from trackpoint.config.model import AnonymizeIpConfig, RejectedConfig
-from trackpoint.pipeline.event import Context, Event, Meta, random_id
+from trackpoint.event import Context, Event, Meta, random_id
 from trackpoint.preprocessors.anonymize_ip import AnonymizeIp
 
 EVENT_TYPE = "rejected"

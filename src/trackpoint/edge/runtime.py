@@ -20,8 +20,8 @@ from trackpoint.edge.cors import CorsPolicy
 from trackpoint.edge.protocol import FRAMING_HEADERS, IDLE, EdgeProtocol
 from trackpoint.edge.ratelimit import RateLimiter, build_limiters
 from trackpoint.edge.stats import EdgeStats, Snapshot
-from trackpoint.pipeline.build import CONTEXT_HEADERS, EventBuilder
-from trackpoint.pipeline.event import Event, Meta
+from trackpoint.event import Event, Meta
+from trackpoint.fields.build import CONTEXT_HEADERS, EventBuilder
 from trackpoint.preprocessors import Preprocessor, build_preprocessor, with_input_fields
 from trackpoint.privacy.cookie import UidCookie
 from trackpoint.security.postback_auth import PostbackAuth

@@ -20,7 +20,7 @@ import uvloop
 from trackpoint.edge import control
 from trackpoint.edge.protocol import EdgeProtocol
 from trackpoint.edge.runtime import Edge
-from trackpoint.pipeline.event import reseed_random_ids
+from trackpoint.event import reseed_random_ids
 
 log = logging.getLogger("trackpoint.worker")
 

@@ -20,8 +20,8 @@ API: tuple[tuple[str, tuple[str, ...]], ...] = (
     ("trackpoint.config.model", ("CollectorBase", "PreprocessorBase")),
     ("trackpoint.collectors.base", ("Collector", "CollectorContext", "SendResult", "Health")),
     ("trackpoint.preprocessors", ("Preprocessor",)),
-    ("trackpoint.pipeline.event", ("Event",)),
-    ("trackpoint.pipeline.fields", ("Reject",)),
+    ("trackpoint.event", ("Event",)),
+    ("trackpoint.fields.converters", ("Reject",)),
     ("trackpoint.admin.server", ("AdminRequest", "AdminResponse")),
 )
 

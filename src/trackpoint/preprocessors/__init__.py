@@ -10,7 +10,7 @@ from typing import Any, Protocol
 import msgspec
 
 from trackpoint.config.model import EventTypeSpec, PreprocessorBase
-from trackpoint.pipeline.event import Event
+from trackpoint.event import Event
 
 
 class Preprocessor(Protocol):

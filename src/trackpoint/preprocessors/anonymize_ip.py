@@ -8,7 +8,7 @@ from __future__ import annotations
 import ipaddress
 
 from trackpoint.config.model import AnonymizeIpConfig
-from trackpoint.pipeline.event import Event
+from trackpoint.event import Event
 
 _CACHE_LIMIT = 65536
 

@@ -11,7 +11,7 @@ from collections.abc import Mapping
 from trackpoint.adtech.clickid import FORGED, MALFORMED, UNKNOWN_KEY, ClickIdError, ClickIds
 from trackpoint.adtech.ivt import IVT_DIM, TOO_FAST
 from trackpoint.config.model import AttributeConversionConfig, FieldSpec
-from trackpoint.pipeline.event import Event
+from trackpoint.event import Event
 
 ATTRIBUTION_DIM = "attribution"
 REASON_DIM = "attribution_reason"

@@ -21,8 +21,8 @@ from trackpoint.adtech.price import (
     unsubstituted_macro,
 )
 from trackpoint.config.model import Config, DecryptPriceConfig, ExchangeKeys, FieldSpec
-from trackpoint.pipeline.event import Event
-from trackpoint.pipeline.fields import MICROS, Reject, parse_micros
+from trackpoint.event import Event
+from trackpoint.fields.converters import MICROS, Reject, parse_micros
 
 UNKNOWN_EXCHANGE = "price_exchange_unknown"
 MIN_KEY_BYTES = 16

@@ -8,7 +8,7 @@ from __future__ import annotations
 
 from trackpoint.adtech.ivt import BOT, IVT_DIM, PREFETCH, TOO_FAST, automated, prefetch
 from trackpoint.config.model import FieldSpec, FlagInvalidTrafficConfig
-from trackpoint.pipeline.event import Event
+from trackpoint.event import Event
 
 # The prefetch headers, read into private dims that this preprocessor removes again.
 PREFETCH_HEADERS = {

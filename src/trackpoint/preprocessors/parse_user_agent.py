@@ -9,7 +9,7 @@ from typing import Any
 
 from trackpoint.adtech.ivt import automated
 from trackpoint.config.model import ParseUserAgentConfig
-from trackpoint.pipeline.event import Device, Event
+from trackpoint.event import Device, Event
 
 # Devices ua-parser reports for crawlers; HTTP tools and headless browsers are `automated` (once per new string).
 _BOT_DEVICES = frozenset({"Spider"})

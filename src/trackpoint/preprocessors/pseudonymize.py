@@ -10,7 +10,7 @@ import hashlib
 import re
 
 from trackpoint.config.model import PseudonymizeConfig
-from trackpoint.pipeline.event import Event
+from trackpoint.event import Event
 from trackpoint.privacy.keys import auto_key, read_secret
 
 AUTO_KEY_ID = "auto"

@@ -8,8 +8,8 @@ from collections.abc import Iterator
 
 from trackpoint.adtech import vast
 from trackpoint.config.model import Config, FieldSpec, VastConfig
-from trackpoint.pipeline.event import Event, derived_id
-from trackpoint.pipeline.fields import Reject
+from trackpoint.event import Event, derived_id
+from trackpoint.fields.converters import Reject
 
 WATCH_METRIC = "watch_ms"
 KeyPath = tuple[str | int, ...]

@@ -11,7 +11,7 @@ from typing import TypeVar
 import msgspec
 
 from trackpoint.config.model import CollectorBase
-from trackpoint.pipeline.event import Context, Event
+from trackpoint.event import Context, Event
 
 SECTIONS = ("dims", "metrics", "ctx")
 CONTEXT_MEMBERS = tuple(field.name for field in msgspec.structs.fields(Context))

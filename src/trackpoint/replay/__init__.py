@@ -17,7 +17,7 @@ import msgspec
 from trackpoint.collectors import Collector, CollectorContext, build_collector
 from trackpoint.collectors.log.reader import ReadStats, log_files, read_events
 from trackpoint.config.model import Config, LogCollectorConfig, SpoolConfig
-from trackpoint.pipeline.event import Event
+from trackpoint.event import Event
 
 
 class ReplayError(Exception):

@@ -14,8 +14,8 @@ from pathlib import Path
 from urllib.parse import unquote_to_bytes
 
 from trackpoint.config.model import PostbackAuthSpec, SecretSource
-from trackpoint.pipeline.event import Event
-from trackpoint.pipeline.fields import Reject
+from trackpoint.event import Event
+from trackpoint.fields.converters import Reject
 from trackpoint.privacy.keys import read_secret
 
 TIMESTAMP_HEADER = b"x-tp-timestamp"

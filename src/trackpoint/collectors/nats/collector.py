@@ -24,7 +24,7 @@ from nats.js.api import PubAck, StorageType, StreamConfig
 
 from trackpoint.collectors.base import Collector, CollectorContext, Health, SendResult
 from trackpoint.collectors.nats.config import NatsCollectorConfig, stream_subject, subject_of
-from trackpoint.pipeline.event import Event
+from trackpoint.event import Event
 
 MSG_ID = "Nats-Msg-Id"
 STREAM_NAME_IN_USE = 10058  # JetStream: a stream of that name exists with another configuration

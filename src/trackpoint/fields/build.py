@@ -15,8 +15,8 @@ from typing import Any, NamedTuple, NoReturn
 import msgspec
 
 from trackpoint.config.model import EventTypeSpec, FieldSpec
-from trackpoint.pipeline.event import Context, Event, Meta, random_id
-from trackpoint.pipeline.fields import (
+from trackpoint.event import Context, Event, Meta, random_id
+from trackpoint.fields.converters import (
     Converter,
     MacroUnsubstituted,
     PairParser,
