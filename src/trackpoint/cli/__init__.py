@@ -69,8 +69,8 @@ def run(  # noqa: PLR0917 - typer maps each parameter to an option
     ] = None,
 ) -> None:
     """Run the tracker: workers on the tracking port, health and metrics on the admin port."""
-    from trackpoint.edge.supervisor import Overrides
-    from trackpoint.edge.supervisor import run as run_supervisor
+    from trackpoint.process.supervisor import Overrides
+    from trackpoint.process.supervisor import run as run_supervisor
 
     loaded = _load_or_exit(config, secrets=True)  # before any worker starts (the supervisor checks again on reload)
     overrides = Overrides(host=host, port=port, workers=workers, admin_port=admin_port, admin_host=admin_host)

@@ -1,6 +1,6 @@
 """A worker process: receives its configuration from the supervisor, serves the shared port, drains on SIGTERM.
 
-Started by the supervisor as `python -m trackpoint.edge.worker --slot N --listen-fd F --control-fd C`.
+Started by the supervisor as `python -m trackpoint.process.worker --slot N --listen-fd F --control-fd C`.
 """
 
 from __future__ import annotations
@@ -17,10 +17,10 @@ import sys
 
 import uvloop
 
-from trackpoint.edge import control
 from trackpoint.edge.protocol import EdgeProtocol
 from trackpoint.edge.runtime import Edge
 from trackpoint.event import reseed_random_ids
+from trackpoint.process import control
 
 log = logging.getLogger("trackpoint.worker")
 

@@ -28,10 +28,10 @@ from trackpoint.collectors.log.files import log_dir
 from trackpoint.config import ConfigError, LoadedConfig, load, resolve_secrets
 from trackpoint.config.model import Config, LogCollectorConfig
 from trackpoint.config.openapi import openapi_json as openapi_document_json
-from trackpoint.edge import control
 from trackpoint.edge.stats import Snapshot, add
 from trackpoint.plugins import AdminHandler
 from trackpoint.plugins import registry as plugin_registry
+from trackpoint.process import control
 from trackpoint.security.signing import SigningKeyError, edge_verifier
 from trackpoint.shipping.service import ShippingService
 
@@ -212,7 +212,7 @@ class Supervisor:
             [
                 sys.executable,
                 "-m",
-                "trackpoint.edge.worker",
+                "trackpoint.process.worker",
                 "--slot",
                 str(slot),
                 "--listen-fd",
