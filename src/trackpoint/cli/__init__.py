@@ -374,7 +374,7 @@ def docs(
 ) -> None:
     """Generate the reference: every configuration option, the endpoints of a configuration (Markdown and
     OpenAPI 3.1), this CLI and the plugin API."""
-    from trackpoint.config.reference import write_docs
+    from trackpoint.reference.config import write_docs
 
     for path in write_docs(_load_or_exit(config), out_dir):
         print(path)

@@ -27,11 +27,11 @@ from trackpoint.collectors.log.compression import finalize_orphans
 from trackpoint.collectors.log.files import log_dir
 from trackpoint.config import ConfigError, LoadedConfig, load, resolve_secrets
 from trackpoint.config.model import Config, LogCollectorConfig
-from trackpoint.config.openapi import openapi_json as openapi_document_json
 from trackpoint.edge.stats import Snapshot, add
 from trackpoint.plugins import AdminHandler
 from trackpoint.plugins import registry as plugin_registry
 from trackpoint.process import control
+from trackpoint.reference.openapi import openapi_json as openapi_document_json
 from trackpoint.security.signing import SigningKeyError, edge_verifier
 from trackpoint.shipping.service import ShippingService
 

@@ -16,7 +16,7 @@ from typing import Any
 
 import typer.main
 
-from trackpoint.config.reference import HEADER, escape
+from trackpoint.reference.config import HEADER, escape
 
 _NAMES: dict[Any, str] = {str: "text", int: "int", float: "number", Path: "path", bool: "bool"}
 

@@ -154,7 +154,7 @@ def endpoints_reference(loaded: LoadedConfig) -> str:
 
 def _admin_endpoints() -> list[str]:
     """The admin port's endpoints, as `openapi.admin_routes` lists them."""
-    from trackpoint.config.openapi import admin_routes
+    from trackpoint.reference.openapi import admin_routes
 
     lines = [
         "## Admin port\n",
@@ -169,9 +169,9 @@ def _admin_endpoints() -> list[str]:
 
 def write_docs(loaded: LoadedConfig, out_dir: Path) -> list[Path]:
     """Writes the generated reference: configuration, endpoints (Markdown and OpenAPI), CLI and plugin API."""
-    from trackpoint.cli.reference import cli_reference
-    from trackpoint.config.openapi import openapi_json
-    from trackpoint.plugins.reference import plugin_api_reference
+    from trackpoint.reference.cli import cli_reference
+    from trackpoint.reference.openapi import openapi_json
+    from trackpoint.reference.plugins import plugin_api_reference
 
     out_dir.mkdir(parents=True, exist_ok=True)
     pages = {

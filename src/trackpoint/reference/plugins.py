@@ -12,7 +12,7 @@ from typing import Any
 
 import msgspec
 
-from trackpoint.config.reference import HEADER, escape
+from trackpoint.reference.config import HEADER, escape
 
 # What a plugin author uses, module by module, in reading order.
 API: tuple[tuple[str, tuple[str, ...]], ...] = (
