@@ -20,8 +20,8 @@ from trackpoint.config import ConfigError, load
 from trackpoint.config.model import AttributeConversionConfig, IssueClickIdConfig
 from trackpoint.edge.responses import with_params
 from trackpoint.event import Context, Event, Meta
-from trackpoint.preprocessors.attribute_conversion import AttributeConversion
-from trackpoint.preprocessors.issue_click_id import IssueClickId
+from trackpoint.preprocessors.attribute_conversion.preprocessor import AttributeConversion
+from trackpoint.preprocessors.issue_click_id.preprocessor import IssueClickId
 from trackpoint.security.postback_auth import sign_postback
 
 K1 = b"0123456789abcdef0123456789abcdef"

@@ -26,7 +26,7 @@ from trackpoint.cli import app
 from trackpoint.collectors.log.reader import read_events
 from trackpoint.config.model import PseudonymizeConfig
 from trackpoint.event import Event
-from trackpoint.preprocessors.pseudonymize import Pseudonymize
+from trackpoint.preprocessors.pseudonymize.preprocessor import Pseudonymize
 from trackpoint.security.postback_auth import sign_postback
 from trackpoint.security.signing import sign_url
 

@@ -17,8 +17,8 @@ from trackpoint.config.model import EventTypeSpec, FieldSpec, FlagInvalidTraffic
 from trackpoint.event import Context, Device, Event, Meta
 from trackpoint.fields.build import EventBuilder
 from trackpoint.preprocessors import with_input_fields
-from trackpoint.preprocessors.flag_invalid_traffic import FlagInvalidTraffic
-from trackpoint.preprocessors.parse_user_agent import ParseUserAgent
+from trackpoint.preprocessors.flag_invalid_traffic.preprocessor import FlagInvalidTraffic
+from trackpoint.preprocessors.parse_user_agent.preprocessor import ParseUserAgent
 
 BROWSERS = [
     CHROME_UA,

@@ -10,8 +10,8 @@ import pytest
 from trackpoint.config.model import AnonymizeIpConfig, ParseUserAgentConfig
 from trackpoint.event import Context, Device, Event, Meta
 from trackpoint.preprocessors import build_preprocessor
-from trackpoint.preprocessors.anonymize_ip import AnonymizeIp
-from trackpoint.preprocessors.parse_user_agent import ParseUserAgent
+from trackpoint.preprocessors.anonymize_ip.preprocessor import AnonymizeIp
+from trackpoint.preprocessors.parse_user_agent.preprocessor import ParseUserAgent
 
 CHROME_DESKTOP = (
     "Mozilla/5.0 (Windows NT 10.0; Win64; x64) AppleWebKit/537.36 (KHTML, like Gecko) Chrome/120.0.0.0 Safari/537.36"

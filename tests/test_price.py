@@ -14,7 +14,7 @@ from trackpoint.config.load import ConfigError, load
 from trackpoint.config.model import DecryptPriceConfig, ExchangeKeys
 from trackpoint.event import Context, Event, Meta
 from trackpoint.fields.converters import Reject
-from trackpoint.preprocessors.decrypt_price import DecryptPrice
+from trackpoint.preprocessors.decrypt_price.preprocessor import DecryptPrice
 
 # Google's sample keys and price confirmations (Authorized Buyers, "Decrypt price confirmations").
 ENCRYPTION_KEY_B64 = "skU7Ax_NL5pPAFyKdkfZjZz2-VhIN8bjj1rVFOaJ_5o="

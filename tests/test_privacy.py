@@ -23,7 +23,7 @@ from trackpoint.collectors.log.reader import read_events
 from trackpoint.config.load import ConfigError, load
 from trackpoint.config.model import LogCollectorConfig, PseudonymizeConfig, SecretSource, StdoutCollectorConfig
 from trackpoint.event import Context, Device, Event, Meta
-from trackpoint.preprocessors.pseudonymize import Pseudonymize
+from trackpoint.preprocessors.pseudonymize.preprocessor import Pseudonymize
 from trackpoint.privacy.filter import PrivacyFilter, build_filter
 from trackpoint.replay import CollectorReport, ReplayPlan
 from trackpoint.replay import _send as replay_batch

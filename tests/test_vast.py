@@ -20,7 +20,7 @@ from trackpoint.event import Event, Meta, derived_id
 from trackpoint.fields.build import EventBuilder
 from trackpoint.fields.converters import MacroUnsubstituted, Reject, make_converter
 from trackpoint.preprocessors import with_input_fields
-from trackpoint.preprocessors.vast import Vast
+from trackpoint.preprocessors.vast.preprocessor import Vast
 
 META = Meta(worker=0, config="vast")
 VIDEO = load().config.event_types["video"]

@@ -302,13 +302,13 @@ def check_references(config: Config) -> Iterator[tuple[KeyPath, str]]:
     from trackpoint.privacy.checks import check_privacy  # privacy imports this package's model: import here
 
     yield from check_privacy(config)
-    from trackpoint.preprocessors.decrypt_price import check_decrypt_price
+    from trackpoint.preprocessors.decrypt_price.preprocessor import check_decrypt_price
 
     yield from check_decrypt_price(config)
     from trackpoint.adtech.click_checks import check_clicks
 
     yield from check_clicks(config)
-    from trackpoint.preprocessors.vast import check_vast
+    from trackpoint.preprocessors.vast.preprocessor import check_vast
 
     yield from check_vast(config)
     from trackpoint.edge.cors import check_cors

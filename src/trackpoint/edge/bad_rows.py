@@ -15,7 +15,7 @@ from urllib.parse import unquote
 from trackpoint.collectors import Collector
 from trackpoint.config.model import AnonymizeIpConfig, RejectedConfig
 from trackpoint.event import Context, Event, Meta, random_id
-from trackpoint.preprocessors.anonymize_ip import AnonymizeIp
+from trackpoint.preprocessors.anonymize_ip.preprocessor import AnonymizeIp
 
 EVENT_TYPE = "rejected"
 # Longest parameter name and path kept in a recorded target (the whole target is cut to max_target_len as well).

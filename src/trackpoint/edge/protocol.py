@@ -17,7 +17,7 @@ from trackpoint.adtech.ivt import IVT_DIM
 from trackpoint.edge import responses
 from trackpoint.edge.cors import ORIGIN_NOT_ALLOWED
 from trackpoint.fields.converters import Reject
-from trackpoint.preprocessors.check_consent import CONSENT_DIM, DENIED
+from trackpoint.preprocessors.check_consent.preprocessor import CONSENT_DIM, DENIED
 
 if TYPE_CHECKING:
     from trackpoint.edge.cors import CorsPolicy

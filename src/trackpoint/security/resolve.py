@@ -14,7 +14,7 @@ from typing import Any
 import msgspec
 
 from trackpoint.config.model import Config, DecryptPriceConfig, PostbackAuthSpec, PseudonymizeConfig, SigningConfig
-from trackpoint.preprocessors.decrypt_price import read_price_key
+from trackpoint.preprocessors.decrypt_price.preprocessor import read_price_key
 from trackpoint.privacy.keys import read_secret
 from trackpoint.security.postback_auth import read_advertiser_secret
 from trackpoint.security.signing import SigningKeyError, key_path, load_key

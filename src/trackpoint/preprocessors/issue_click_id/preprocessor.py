@@ -10,7 +10,7 @@ from collections.abc import Mapping
 from trackpoint.adtech.clickid import ClickIds
 from trackpoint.config.model import IssueClickIdConfig
 from trackpoint.event import Event
-from trackpoint.preprocessors.check_consent import CONSENT_DIM, DENIED
+from trackpoint.preprocessors.check_consent.preprocessor import CONSENT_DIM, DENIED
 
 CLICK_ID_DIM = "click_id"
 
