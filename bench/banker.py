@@ -31,8 +31,8 @@ from rich.console import Console
 from rich.table import Table
 
 from run import RESULTS_DIR, HarnessError, git_state
-from trackpoint.banker.collector import BankerCollector
-from trackpoint.banker.config import BankerCollectorConfig
+from trackpoint.collectors.banker.collector import BankerCollector
+from trackpoint.collectors.banker.config import BankerCollectorConfig
 from trackpoint.collectors.base import CollectorContext
 from trackpoint.event import Context, Event, Meta, derived_id
 

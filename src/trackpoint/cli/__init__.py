@@ -260,8 +260,8 @@ def ship(
     verify, record in the manifests, delete. Without --once, keep shipping until SIGINT or SIGTERM."""
     import asyncio
 
-    from trackpoint.shipping import PassReport, ShipError, Shipper, shippers
-    from trackpoint.shipping.service import ShippingService
+    from trackpoint.collectors.log.shipping import PassReport, ShipError, Shipper, shippers
+    from trackpoint.collectors.log.shipping.service import ShippingService
 
     loaded = _load_or_exit(config)
     try:
@@ -310,8 +310,8 @@ def banker_reconcile(
 
     from rich.table import Table
 
-    from trackpoint.banker.reconcile import ReconcileError, reconcile
-    from trackpoint.banker.store import StoreUnavailable
+    from trackpoint.collectors.banker.reconcile import ReconcileError, reconcile
+    from trackpoint.collectors.banker.store import StoreUnavailable
     from trackpoint.collectors.log.reader import log_files
 
     loaded = _load_or_exit(config)

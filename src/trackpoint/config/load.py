@@ -314,7 +314,7 @@ def check_references(config: Config) -> Iterator[tuple[KeyPath, str]]:
     from trackpoint.edge.cors import check_cors
 
     yield from check_cors(config)
-    from trackpoint.shipping.shipper import check_shipping
+    from trackpoint.collectors.log.shipping.shipper import check_shipping
 
     yield from check_shipping(config)
 

@@ -9,8 +9,8 @@ from typing import Any
 import msgspec
 import yaml
 
-from trackpoint.banker import admin as banker_admin
-from trackpoint.banker.config import BankerCollectorConfig
+from trackpoint.collectors.banker import admin as banker_admin
+from trackpoint.collectors.banker.config import BankerCollectorConfig
 from trackpoint.collectors.kafka.config import KafkaCollectorConfig
 from trackpoint.collectors.nats.config import NatsCollectorConfig
 from trackpoint.collectors.redis_streams.config import RedisStreamsCollectorConfig
@@ -59,7 +59,7 @@ plugin = Plugin(
         CollectorKind(KafkaCollectorConfig, _lazy("collectors.kafka.collector:KafkaCollector")),
         CollectorKind(NatsCollectorConfig, _lazy("collectors.nats.collector:NatsCollector")),
         CollectorKind(RedisStreamsCollectorConfig, _lazy("collectors.redis_streams.collector:RedisStreamsCollector")),
-        CollectorKind(BankerCollectorConfig, _lazy("banker.collector:BankerCollector"), implicit=True),
+        CollectorKind(BankerCollectorConfig, _lazy("collectors.banker.collector:BankerCollector"), implicit=True),
     ],
     preprocessors=[
         PreprocessorKind(AnonymizeIpConfig, _lazy("preprocessors.anonymize_ip.preprocessor:AnonymizeIp")),

@@ -25,6 +25,7 @@ from trackpoint.admin.server import AdminRequest, AdminResponse, AdminServer
 from trackpoint.collectors.log.budget import LogDiskMetrics
 from trackpoint.collectors.log.compression import finalize_orphans
 from trackpoint.collectors.log.files import log_dir
+from trackpoint.collectors.log.shipping.service import ShippingService
 from trackpoint.config import ConfigError, LoadedConfig, load, resolve_secrets
 from trackpoint.config.model import Config, LogCollectorConfig
 from trackpoint.edge.stats import Snapshot, add
@@ -33,7 +34,6 @@ from trackpoint.plugins import registry as plugin_registry
 from trackpoint.process import control
 from trackpoint.reference.openapi import openapi_json as openapi_document_json
 from trackpoint.security.signing import SigningKeyError, edge_verifier
-from trackpoint.shipping.service import ShippingService
 
 log = logging.getLogger("trackpoint.supervisor")
 

@@ -11,9 +11,9 @@ from collections.abc import Iterable
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from trackpoint.banker.config import BankerCollectorConfig, bankers_in_use
-from trackpoint.banker.model import Debit, DebitRule
-from trackpoint.banker.store import open_store
+from trackpoint.collectors.banker.config import BankerCollectorConfig, bankers_in_use
+from trackpoint.collectors.banker.model import Debit, DebitRule
+from trackpoint.collectors.banker.store import open_store
 from trackpoint.collectors.log.reader import ReadStats, read_events
 from trackpoint.config.model import Config
 

@@ -32,9 +32,17 @@ from redis.asyncio.retry import Retry
 from redis.backoff import NoBackoff
 from redis.exceptions import NoScriptError, RedisError
 
-from trackpoint.banker.config import BankerCollectorConfig
-from trackpoint.banker.model import MS_PER_HOUR, Budget, Debit, Notification, RawCampaign, TrackerStatus, periods
-from trackpoint.banker.store import Applied, Store, StoreUnavailable
+from trackpoint.collectors.banker.config import BankerCollectorConfig
+from trackpoint.collectors.banker.model import (
+    MS_PER_HOUR,
+    Budget,
+    Debit,
+    Notification,
+    RawCampaign,
+    TrackerStatus,
+    periods,
+)
+from trackpoint.collectors.banker.store import Applied, Store, StoreUnavailable
 from trackpoint.collectors.resp import bulk, round_trip
 
 # One call per batch. KEYS: the campaign set, the notification stream (the per-campaign keys are derived from the

@@ -15,9 +15,9 @@ from collections.abc import Callable, Sequence
 from pathlib import Path
 from typing import Any, TypeVar
 
-from trackpoint.banker.config import BankerCollectorConfig
-from trackpoint.banker.model import Budget, Debit, Notification, RawCampaign, TrackerStatus, periods
-from trackpoint.banker.store import Applied, Store, StoreUnavailable
+from trackpoint.collectors.banker.config import BankerCollectorConfig
+from trackpoint.collectors.banker.model import Budget, Debit, Notification, RawCampaign, TrackerStatus, periods
+from trackpoint.collectors.banker.store import Applied, Store, StoreUnavailable
 
 SCHEMA = """
 CREATE TABLE IF NOT EXISTS campaigns (

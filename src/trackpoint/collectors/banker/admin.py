@@ -19,9 +19,9 @@ from urllib.parse import parse_qs
 import msgspec
 
 from trackpoint.admin.server import AdminRequest, AdminResponse
-from trackpoint.banker.config import bankers_in_use
-from trackpoint.banker.model import Budget, CampaignState, RawCampaign, stale_ms
-from trackpoint.banker.store import Store, StoreUnavailable, open_store
+from trackpoint.collectors.banker.config import bankers_in_use
+from trackpoint.collectors.banker.model import Budget, CampaignState, RawCampaign, stale_ms
+from trackpoint.collectors.banker.store import Store, StoreUnavailable, open_store
 from trackpoint.config.model import Config
 
 MAX_CAMPAIGN_ID = 256

@@ -11,8 +11,8 @@ from abc import ABC, abstractmethod
 from collections.abc import Sequence
 from dataclasses import dataclass, field
 
-from trackpoint.banker.config import BankerCollectorConfig
-from trackpoint.banker.model import Budget, Debit, Notification, RawCampaign, TrackerStatus, hourly_cap
+from trackpoint.collectors.banker.config import BankerCollectorConfig
+from trackpoint.collectors.banker.model import Budget, Debit, Notification, RawCampaign, TrackerStatus, hourly_cap
 
 
 class StoreUnavailable(Exception):
@@ -83,9 +83,9 @@ class Store(ABC):
 def open_store(config: BankerCollectorConfig, data_dir: str) -> Store:
     """The store the config names; nothing is connected until first use."""
     if config.store == "redis":
-        from trackpoint.banker.redis_store import RedisStore
+        from trackpoint.collectors.banker.redis_store import RedisStore
 
         return RedisStore(config)
-    from trackpoint.banker.sqlite_store import SqliteStore
+    from trackpoint.collectors.banker.sqlite_store import SqliteStore
 
     return SqliteStore(config, data_dir)

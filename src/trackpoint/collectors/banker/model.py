@@ -11,7 +11,7 @@ from collections.abc import Iterable, Sequence
 
 import msgspec
 
-from trackpoint.banker.config import BankerCollectorConfig, parse_rate
+from trackpoint.collectors.banker.config import BankerCollectorConfig, parse_rate
 from trackpoint.event import Event
 
 MS_PER_HOUR = 3_600_000

@@ -3,7 +3,7 @@ idempotent pass over a log directory; `service` runs passes off the event loop i
 """
 
 from trackpoint.collectors.log.files import finished_files
-from trackpoint.shipping.shipper import (
+from trackpoint.collectors.log.shipping.shipper import (
     PassReport,
     ShipError,
     Shipped,

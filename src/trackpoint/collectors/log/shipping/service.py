@@ -16,8 +16,8 @@ from typing import Any, TypeVar
 
 from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily, Metric
 
+from trackpoint.collectors.log.shipping.shipper import PassReport, ShipError, Shipper, ShipStats, Wait, shippers
 from trackpoint.config.model import Config
-from trackpoint.shipping.shipper import PassReport, ShipError, Shipper, ShipStats, Wait, shippers
 
 log = logging.getLogger("trackpoint.shipping")
 

@@ -15,9 +15,9 @@ import socket
 import time
 from collections.abc import Sequence
 
-from trackpoint.banker.config import BankerCollectorConfig
-from trackpoint.banker.model import DebitRule, TrackerStatus
-from trackpoint.banker.store import StoreUnavailable, open_store
+from trackpoint.collectors.banker.config import BankerCollectorConfig
+from trackpoint.collectors.banker.model import DebitRule, TrackerStatus
+from trackpoint.collectors.banker.store import StoreUnavailable, open_store
 from trackpoint.collectors.base import Collector, CollectorContext, Health, SendResult
 from trackpoint.event import Event
 
