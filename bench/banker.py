@@ -30,7 +30,11 @@ from redis.asyncio import Redis
 from rich.console import Console
 from rich.table import Table
 
-from run import RESULTS_DIR, HarnessError, git_state
+from harness import (
+    RESULTS_DIR,
+    HarnessError,
+    git_state,
+)
 from trackpoint.collectors.banker.collector import BankerCollector
 from trackpoint.collectors.banker.config import BankerCollectorConfig
 from trackpoint.collectors.base import CollectorContext

@@ -42,7 +42,7 @@ from typing import Any
 from rich.console import Console
 from rich.table import Table
 
-from run import (
+from harness import (
     LOAD_CPU,
     PACED_UNIQUE_LUA,
     RESULTS_DIR,
@@ -58,6 +58,8 @@ from run import (
     start_service,
     wait_ready,
     worker_pid,
+)
+from report import (
     write_report,
 )
 from trackpoint.collectors.log.reader import read_events

@@ -37,7 +37,7 @@ from matplotlib.figure import Figure
 from rich.console import Console
 from rich.table import Table
 
-from run import (
+from harness import (
     LOAD_CPU,
     PACED_UNIQUE_LUA,
     RESULTS_DIR,
