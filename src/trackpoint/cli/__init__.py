@@ -374,9 +374,9 @@ def docs(
 ) -> None:
     """Generate the reference: every configuration option, the endpoints of a configuration (Markdown and
     OpenAPI 3.1), this CLI and the plugin API."""
-    from trackpoint.reference.config import write_docs
+    from trackpoint.reference import write_docs
 
-    for path in write_docs(_load_or_exit(config), out_dir):
+    for path in write_docs(_load_or_exit(config), out_dir, app):
         print(path)
 
 

@@ -14,16 +14,16 @@ from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
+import typer
 import typer.main
 
-from trackpoint.reference.config import HEADER, escape
+from trackpoint.reference.markdown import HEADER, escape
 
 _NAMES: dict[Any, str] = {str: "text", int: "int", float: "number", Path: "path", bool: "bool"}
 
 
-def cli_reference() -> str:
-    from trackpoint.cli import app
-
+def cli_reference(app: typer.Typer) -> str:
+    """Every command of `app` (the trackpoint CLI), with its usage, help, arguments and options."""
     root = typer.main.get_command(app)
     lines = [HEADER + "# CLI reference\n"]
     for path, command in commands(root):

@@ -13,6 +13,7 @@ import msgspec
 
 from trackpoint.config.load import LoadedConfig
 from trackpoint.config.model import EventTypeSpec, FieldSpec
+from trackpoint.plugins.builtin import plugin
 
 Schema = dict[str, Any]
 
@@ -110,8 +111,6 @@ def openapi_json(loaded: LoadedConfig) -> bytes:
 def admin_routes() -> list[tuple[str, str, str]]:
     """(method, path, description) of every admin route: health and metrics, then the built-in plugin's routes,
     each described by the first paragraph of its handler's docstring."""
-    from trackpoint.plugins.builtin import plugin
-
     routes = [
         ("GET", "/healthz", "200 while the supervisor runs."),
         ("GET", "/readyz", "200 when every worker is ready and every required collector healthy, else 503 (JSON)."),

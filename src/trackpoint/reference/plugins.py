@@ -12,7 +12,8 @@ from typing import Any
 
 import msgspec
 
-from trackpoint.reference.config import HEADER, escape
+from trackpoint.plugins import ENTRY_POINT_GROUP, registry
+from trackpoint.reference.markdown import HEADER, escape
 
 # What a plugin author uses, module by module, in reading order.
 API: tuple[tuple[str, tuple[str, ...]], ...] = (
@@ -42,8 +43,6 @@ def public_methods(cls: type) -> Iterator[tuple[str, Callable[..., Any]]]:
 
 
 def plugin_api_reference() -> str:
-    from trackpoint.plugins import ENTRY_POINT_GROUP, registry
-
     package = importlib.import_module("trackpoint.plugins")
     lines = [HEADER + "# Plugin API reference\n", inspect.cleandoc(package.__doc__ or "") + "\n"]
     lines.append(
