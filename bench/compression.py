@@ -23,7 +23,7 @@ from pathlib import Path
 import msgspec
 
 from trackpoint.collectors.log.compression import compress
-from trackpoint.config.model import Compression
+from trackpoint.collectors.log.config import Compression
 from trackpoint.event import Context, Device, Event, Meta, derived_id
 
 RESULTS = Path(__file__).resolve().parent / "results" / "compression.json"

@@ -23,9 +23,9 @@ from trackpoint.collectors import build_collector
 from trackpoint.collectors.base import CollectorContext, CollectorStats
 from trackpoint.collectors.log.collector import LogCollector
 from trackpoint.collectors.log.compression import COMPRESSION_NICE, compress, finalize_orphans, lower_priority
+from trackpoint.collectors.log.config import LogCollectorConfig
 from trackpoint.collectors.log.files import log_dir
 from trackpoint.collectors.log.reader import ReadStats, log_files, read_events
-from trackpoint.config.model import LogCollectorConfig
 from trackpoint.event import Context, Device, Event, Meta
 
 NAME = re.compile(r"events-(?P<stamp>\d{8}T\d{9})Z-w(?P<worker>\d{2})-p(?P<pid>\d+)-(?P<seq>\d{4})\.jsonl(\.zst|\.gz)?")

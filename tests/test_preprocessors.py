@@ -7,10 +7,11 @@ from __future__ import annotations
 
 import pytest
 
-from trackpoint.config.model import AnonymizeIpConfig, ParseUserAgentConfig
 from trackpoint.event import Context, Device, Event, Meta
 from trackpoint.preprocessors import build_preprocessor
+from trackpoint.preprocessors.anonymize_ip.config import AnonymizeIpConfig
 from trackpoint.preprocessors.anonymize_ip.preprocessor import AnonymizeIp
+from trackpoint.preprocessors.parse_user_agent.config import ParseUserAgentConfig
 from trackpoint.preprocessors.parse_user_agent.preprocessor import ParseUserAgent
 
 CHROME_DESKTOP = (

@@ -11,9 +11,9 @@ import pytest
 
 from trackpoint.adtech.price import PriceDecrypter, PriceError, decrypt_price, encrypt_price, unsubstituted_macro
 from trackpoint.config.load import ConfigError, load
-from trackpoint.config.model import DecryptPriceConfig, ExchangeKeys
 from trackpoint.event import Context, Event, Meta
 from trackpoint.fields.converters import Reject
+from trackpoint.preprocessors.decrypt_price.config import DecryptPriceConfig, ExchangeKeys
 from trackpoint.preprocessors.decrypt_price.preprocessor import DecryptPrice
 
 # Google's sample keys and price confirmations (Authorized Buyers, "Decrypt price confirmations").

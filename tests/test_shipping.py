@@ -31,11 +31,11 @@ from azure.storage.blob import BlobServiceClient
 from conftest import Tracker, free_port, make_event
 from trackpoint.collectors.base import CollectorContext
 from trackpoint.collectors.log.collector import LogCollector
+from trackpoint.collectors.log.config import LogCollectorConfig
 from trackpoint.collectors.log.reader import read_events
 from trackpoint.collectors.log.shipping import ShipError, Shipper, ShipStats, open_store
 from trackpoint.collectors.log.shipping.service import ShippingService
 from trackpoint.config import ConfigError, load
-from trackpoint.config.model import LogCollectorConfig
 from trackpoint.event import Event
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -309,7 +309,7 @@ CRASH = """
 import os, signal, sys
 from pathlib import Path
 import msgspec
-from trackpoint.config.model import LogCollectorConfig
+from trackpoint.collectors.log.config import LogCollectorConfig
 from trackpoint.collectors.log.shipping import shipper as shipping
 
 def crash(*args, **kwargs):

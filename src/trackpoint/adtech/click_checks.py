@@ -8,14 +8,10 @@ from __future__ import annotations
 from collections.abc import Iterator
 
 from trackpoint.adtech.ivt import IVT_DIM
-from trackpoint.config.model import (
-    AttributeConversionConfig,
-    Config,
-    EventTypeSpec,
-    FieldSpec,
-    FlagInvalidTrafficConfig,
-    IssueClickIdConfig,
-)
+from trackpoint.config.model import Config, EventTypeSpec, FieldSpec
+from trackpoint.preprocessors.attribute_conversion.config import AttributeConversionConfig
+from trackpoint.preprocessors.flag_invalid_traffic.config import FlagInvalidTrafficConfig
+from trackpoint.preprocessors.issue_click_id.config import IssueClickIdConfig
 
 KeyPath = tuple[str | int, ...]
 # A declared click id field must hold the longest click id the default fields (64 characters each) make.

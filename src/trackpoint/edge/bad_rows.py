@@ -13,8 +13,9 @@ from collections.abc import Callable
 from urllib.parse import unquote
 
 from trackpoint.collectors import Collector
-from trackpoint.config.model import AnonymizeIpConfig, RejectedConfig
+from trackpoint.config.model import RejectedConfig
 from trackpoint.event import Context, Event, Meta, random_id
+from trackpoint.preprocessors.anonymize_ip.config import AnonymizeIpConfig
 from trackpoint.preprocessors.anonymize_ip.preprocessor import AnonymizeIp
 
 EVENT_TYPE = "rejected"

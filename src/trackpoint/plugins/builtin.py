@@ -12,24 +12,22 @@ import yaml
 from trackpoint.collectors.banker import admin as banker_admin
 from trackpoint.collectors.banker.config import BankerCollectorConfig
 from trackpoint.collectors.kafka.config import KafkaCollectorConfig
+from trackpoint.collectors.log.config import LogCollectorConfig
 from trackpoint.collectors.nats.config import NatsCollectorConfig
 from trackpoint.collectors.redis_streams.config import RedisStreamsCollectorConfig
+from trackpoint.collectors.stdout.config import StdoutCollectorConfig
 from trackpoint.config.load import default_text
-from trackpoint.config.model import (
-    AnonymizeIpConfig,
-    AttributeConversionConfig,
-    CheckConsentConfig,
-    DecryptPriceConfig,
-    EventTypeSpec,
-    FlagInvalidTrafficConfig,
-    IssueClickIdConfig,
-    LogCollectorConfig,
-    ParseUserAgentConfig,
-    PseudonymizeConfig,
-    StdoutCollectorConfig,
-    VastConfig,
-)
+from trackpoint.config.model import EventTypeSpec
 from trackpoint.plugins import AdminRoute, CollectorKind, Plugin, PreprocessorKind
+from trackpoint.preprocessors.anonymize_ip.config import AnonymizeIpConfig
+from trackpoint.preprocessors.attribute_conversion.config import AttributeConversionConfig
+from trackpoint.preprocessors.check_consent.config import CheckConsentConfig
+from trackpoint.preprocessors.decrypt_price.config import DecryptPriceConfig
+from trackpoint.preprocessors.flag_invalid_traffic.config import FlagInvalidTrafficConfig
+from trackpoint.preprocessors.issue_click_id.config import IssueClickIdConfig
+from trackpoint.preprocessors.parse_user_agent.config import ParseUserAgentConfig
+from trackpoint.preprocessors.pseudonymize.config import PseudonymizeConfig
+from trackpoint.preprocessors.vast.config import VastConfig
 
 
 def _lazy(target: str) -> Callable[..., Any]:

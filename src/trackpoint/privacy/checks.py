@@ -8,7 +8,9 @@ from __future__ import annotations
 import re
 from collections.abc import Iterator
 
-from trackpoint.config.model import CheckConsentConfig, Config, PseudonymizeConfig
+from trackpoint.config.model import Config
+from trackpoint.preprocessors.check_consent.config import CheckConsentConfig
+from trackpoint.preprocessors.pseudonymize.config import PseudonymizeConfig
 from trackpoint.privacy.filter import path_problems
 
 KeyPath = tuple[str | int, ...]

@@ -24,10 +24,11 @@ from trackpoint.admin import metrics
 from trackpoint.admin.server import AdminRequest, AdminResponse, AdminServer
 from trackpoint.collectors.log.budget import LogDiskMetrics
 from trackpoint.collectors.log.compression import finalize_orphans
+from trackpoint.collectors.log.config import LogCollectorConfig
 from trackpoint.collectors.log.files import log_dir
 from trackpoint.collectors.log.shipping.service import ShippingService
 from trackpoint.config import ConfigError, LoadedConfig, load, resolve_secrets
-from trackpoint.config.model import Config, LogCollectorConfig
+from trackpoint.config.model import Config
 from trackpoint.edge.stats import Snapshot, add
 from trackpoint.plugins import AdminHandler
 from trackpoint.plugins import registry as plugin_registry

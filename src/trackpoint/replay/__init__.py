@@ -15,8 +15,9 @@ from pathlib import Path
 import msgspec
 
 from trackpoint.collectors import Collector, CollectorContext, build_collector
+from trackpoint.collectors.log.config import LogCollectorConfig
 from trackpoint.collectors.log.reader import ReadStats, log_files, read_events
-from trackpoint.config.model import Config, LogCollectorConfig, SpoolConfig
+from trackpoint.config.model import Config, SpoolConfig
 from trackpoint.event import Event
 
 

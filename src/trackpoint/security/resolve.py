@@ -13,8 +13,10 @@ from typing import Any
 
 import msgspec
 
-from trackpoint.config.model import Config, DecryptPriceConfig, PostbackAuthSpec, PseudonymizeConfig, SigningConfig
+from trackpoint.config.model import Config, PostbackAuthSpec, SigningConfig
+from trackpoint.preprocessors.decrypt_price.config import DecryptPriceConfig
 from trackpoint.preprocessors.decrypt_price.preprocessor import read_price_key
+from trackpoint.preprocessors.pseudonymize.config import PseudonymizeConfig
 from trackpoint.privacy.keys import read_secret
 from trackpoint.security.postback_auth import read_advertiser_secret
 from trackpoint.security.signing import SigningKeyError, key_path, load_key

@@ -8,7 +8,7 @@ from collections.abc import Sequence
 import msgspec
 
 from trackpoint.collectors.base import Collector, CollectorContext, SendResult
-from trackpoint.config.model import StdoutCollectorConfig
+from trackpoint.collectors.stdout.config import StdoutCollectorConfig
 from trackpoint.event import Event
 
 

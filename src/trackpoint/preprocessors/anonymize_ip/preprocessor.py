@@ -7,8 +7,8 @@ from __future__ import annotations
 
 import ipaddress
 
-from trackpoint.config.model import AnonymizeIpConfig
 from trackpoint.event import Event
+from trackpoint.preprocessors.anonymize_ip.config import AnonymizeIpConfig
 
 _CACHE_LIMIT = 65536
 

@@ -10,8 +10,9 @@ from collections.abc import Mapping
 
 from trackpoint.adtech.clickid import FORGED, MALFORMED, UNKNOWN_KEY, ClickIdError, ClickIds
 from trackpoint.adtech.ivt import IVT_DIM, TOO_FAST
-from trackpoint.config.model import AttributeConversionConfig, FieldSpec
+from trackpoint.config.model import FieldSpec
 from trackpoint.event import Event
+from trackpoint.preprocessors.attribute_conversion.config import AttributeConversionConfig
 
 ATTRIBUTION_DIM = "attribution"
 REASON_DIM = "attribution_reason"

@@ -20,9 +20,10 @@ from trackpoint.adtech.price import (
     decode_websafe,
     unsubstituted_macro,
 )
-from trackpoint.config.model import Config, DecryptPriceConfig, ExchangeKeys, FieldSpec
+from trackpoint.config.model import Config, FieldSpec
 from trackpoint.event import Event
 from trackpoint.fields.converters import MICROS, Reject, parse_micros
+from trackpoint.preprocessors.decrypt_price.config import DecryptPriceConfig, ExchangeKeys
 
 UNKNOWN_EXCHANGE = "price_exchange_unknown"
 MIN_KEY_BYTES = 16

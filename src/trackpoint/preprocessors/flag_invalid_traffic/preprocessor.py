@@ -7,8 +7,9 @@ only when that check is on. The event type's `invalid_traffic` policy then keeps
 from __future__ import annotations
 
 from trackpoint.adtech.ivt import BOT, IVT_DIM, PREFETCH, TOO_FAST, automated, prefetch
-from trackpoint.config.model import FieldSpec, FlagInvalidTrafficConfig
+from trackpoint.config.model import FieldSpec
 from trackpoint.event import Event
+from trackpoint.preprocessors.flag_invalid_traffic.config import FlagInvalidTrafficConfig
 
 # The prefetch headers, read into private dims that this preprocessor removes again.
 PREFETCH_HEADERS = {

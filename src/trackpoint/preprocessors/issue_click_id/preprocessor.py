@@ -8,9 +8,9 @@ from __future__ import annotations
 from collections.abc import Mapping
 
 from trackpoint.adtech.clickid import ClickIds
-from trackpoint.config.model import IssueClickIdConfig
 from trackpoint.event import Event
 from trackpoint.preprocessors.check_consent.preprocessor import CONSENT_DIM, DENIED
+from trackpoint.preprocessors.issue_click_id.config import IssueClickIdConfig
 
 CLICK_ID_DIM = "click_id"
 

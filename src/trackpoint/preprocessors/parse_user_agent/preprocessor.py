@@ -8,8 +8,8 @@ from __future__ import annotations
 from typing import Any
 
 from trackpoint.adtech.ivt import automated
-from trackpoint.config.model import ParseUserAgentConfig
 from trackpoint.event import Device, Event
+from trackpoint.preprocessors.parse_user_agent.config import ParseUserAgentConfig
 
 # Devices ua-parser reports for crawlers; HTTP tools and headless browsers are `automated` (once per new string).
 _BOT_DEVICES = frozenset({"Spider"})

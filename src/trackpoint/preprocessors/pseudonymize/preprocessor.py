@@ -9,8 +9,8 @@ import base64
 import hashlib
 import re
 
-from trackpoint.config.model import PseudonymizeConfig
 from trackpoint.event import Event
+from trackpoint.preprocessors.pseudonymize.config import PseudonymizeConfig
 from trackpoint.privacy.keys import auto_key, read_secret
 
 AUTO_KEY_ID = "auto"

@@ -7,9 +7,10 @@ from __future__ import annotations
 from collections.abc import Iterator
 
 from trackpoint.adtech import vast
-from trackpoint.config.model import Config, FieldSpec, VastConfig
+from trackpoint.config.model import Config, FieldSpec
 from trackpoint.event import Event, derived_id
 from trackpoint.fields.converters import Reject
+from trackpoint.preprocessors.vast.config import VastConfig
 
 WATCH_METRIC = "watch_ms"
 KeyPath = tuple[str | int, ...]

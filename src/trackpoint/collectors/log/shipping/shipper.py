@@ -25,8 +25,9 @@ from typing import Any, Literal
 
 import msgspec
 
+from trackpoint.collectors.log.config import LogCollectorConfig
 from trackpoint.collectors.log.files import FILE_NAME, finished_files, log_dir
-from trackpoint.config.model import Config, LogCollectorConfig
+from trackpoint.config.model import Config
 
 MANIFEST_NAME = ".shipped.jsonl"
 MANIFESTS_PREFIX = "_manifests"  # a leading `_` hides it from Hive, Spark, Athena and BigQuery over the data keys
