@@ -35,6 +35,7 @@ with _instrumented():
     from trackpoint.edge.protocol import EdgeProtocol
     from trackpoint.edge.runtime import Edge
     from trackpoint.fields import build, converters
+    from trackpoint.plugins import registry
 
 SOURCE = Path(__file__).resolve().parents[2] / "src" / "trackpoint"
 # Every reason code the source can send: `Reject(<status>, "reason"...)` and `reject...(<status>, "reason"...)`.
@@ -108,7 +109,7 @@ def _edges() -> list[Edge]:
     server = msgspec.structs.replace(loaded.config.server, limits=tight, trusted_proxies=["10.0.0.0/8"])
     tight_config: Config = msgspec.structs.replace(loaded.config, server=server)
     assert isinstance(tight_config.server, ServerConfig)
-    return [Edge(loaded.config, loaded.version, 0), Edge(tight_config, loaded.version, 1)]
+    return [Edge(loaded.config, loaded.version, 0, registry()), Edge(tight_config, loaded.version, 1, registry())]
 
 
 LOOP = asyncio.new_event_loop()

@@ -108,7 +108,8 @@ def _validate(document: dict[str, Any], node: yaml.Node | None, source: str, reg
             problems.append(((), f"(plugins that failed to load: {failed})"))
         raise ConfigError([ConfigIssue(source, _line_of(node, path), path, msg) for path, msg in problems])
     config = with_builtin_instances(value, registry)
-    problems = list(check_references(config))
+    # The core's rules, then those of the components, which every plugin (the built-in one too) registers.
+    problems = [*check_references(config), *registry.check(config)]
     if problems:
         raise ConfigError([ConfigIssue(source, _line_of(node, path), path, msg) for path, msg in problems])
     encoded = msgspec.json.encode(config)
@@ -275,7 +276,8 @@ _SIGNATURE_PARAMS = frozenset({"kid", "exp", "sig"})
 
 
 def check_references(config: Config) -> Iterator[tuple[KeyPath, str]]:
-    """Cross-section rules no single struct can state: names resolve, paths are unique, fields are coherent."""
+    """Cross-section rules of the core schema no single struct can state: names resolve, paths are unique, fields
+    are coherent. The components' own rules are the registry's checks (`Plugin.checks`)."""
     for i, network in enumerate(config.server.trusted_proxies):
         try:
             ipaddress.ip_network(network, strict=False)
@@ -299,24 +301,6 @@ def check_references(config: Config) -> Iterator[tuple[KeyPath, str]]:
         if name not in config.collectors:
             yield ("rejected", "collectors", i), f"no collector named {name!r}"
     yield from _check_signing(config)
-    from trackpoint.privacy.checks import check_privacy  # privacy imports this package's model: import here
-
-    yield from check_privacy(config)
-    from trackpoint.preprocessors.decrypt_price.preprocessor import check_decrypt_price
-
-    yield from check_decrypt_price(config)
-    from trackpoint.adtech.click_checks import check_clicks
-
-    yield from check_clicks(config)
-    from trackpoint.preprocessors.vast.preprocessor import check_vast
-
-    yield from check_vast(config)
-    from trackpoint.edge.cors import check_cors
-
-    yield from check_cors(config)
-    from trackpoint.collectors.log.shipping.shipper import check_shipping
-
-    yield from check_shipping(config)
 
 
 def _check_signing(config: Config) -> Iterator[tuple[KeyPath, str]]:

@@ -9,25 +9,31 @@ from typing import Any
 import msgspec
 import yaml
 
+from trackpoint.adtech.click_checks import check_clicks
 from trackpoint.collectors.banker import admin as banker_admin
 from trackpoint.collectors.banker.config import BankerCollectorConfig
 from trackpoint.collectors.kafka.config import KafkaCollectorConfig
 from trackpoint.collectors.log.config import LogCollectorConfig
+from trackpoint.collectors.log.shipping.shipper import check_shipping
 from trackpoint.collectors.nats.config import NatsCollectorConfig
 from trackpoint.collectors.redis_streams.config import RedisStreamsCollectorConfig
 from trackpoint.collectors.stdout.config import StdoutCollectorConfig
 from trackpoint.config.load import default_text
 from trackpoint.config.model import EventTypeSpec
+from trackpoint.edge.cors import check_cors
 from trackpoint.plugins import AdminRoute, CollectorKind, Plugin, PreprocessorKind
 from trackpoint.preprocessors.anonymize_ip.config import AnonymizeIpConfig
 from trackpoint.preprocessors.attribute_conversion.config import AttributeConversionConfig
 from trackpoint.preprocessors.check_consent.config import CheckConsentConfig
 from trackpoint.preprocessors.decrypt_price.config import DecryptPriceConfig
+from trackpoint.preprocessors.decrypt_price.preprocessor import check_decrypt_price
 from trackpoint.preprocessors.flag_invalid_traffic.config import FlagInvalidTrafficConfig
 from trackpoint.preprocessors.issue_click_id.config import IssueClickIdConfig
 from trackpoint.preprocessors.parse_user_agent.config import ParseUserAgentConfig
 from trackpoint.preprocessors.pseudonymize.config import PseudonymizeConfig
 from trackpoint.preprocessors.vast.config import VastConfig
+from trackpoint.preprocessors.vast.preprocessor import check_vast
+from trackpoint.privacy.checks import check_privacy
 
 
 def _lazy(target: str) -> Callable[..., Any]:
@@ -85,6 +91,7 @@ plugin = Plugin(
         PreprocessorKind(VastConfig, _lazy("preprocessors.vast.preprocessor:Vast")),
     ],
     event_types=default_event_types(),
+    checks=[check_privacy, check_decrypt_price, check_clicks, check_vast, check_cors, check_shipping],
     admin_routes=[
         AdminRoute("GET", "/banker/campaigns", banker_admin.list_campaigns),
         AdminRoute("GET", "/banker/campaigns/{id}", banker_admin.get_campaign),

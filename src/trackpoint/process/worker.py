@@ -20,6 +20,7 @@ import uvloop
 from trackpoint.edge.protocol import EdgeProtocol
 from trackpoint.edge.runtime import Edge
 from trackpoint.event import reseed_random_ids
+from trackpoint.plugins import registry
 from trackpoint.process import control
 
 log = logging.getLogger("trackpoint.worker")
@@ -37,7 +38,7 @@ async def serve(start: control.Start, listener: socket.socket, channel: socket.s
     loop = asyncio.get_running_loop()
     try:
         config = start.decode_config()
-        edge = Edge(config, start.version, start.slot)
+        edge = Edge(config, start.version, start.slot, registry())
         await edge.start_collectors()
         server = await loop.create_server(lambda: EdgeProtocol(edge), sock=listener, backlog=config.server.backlog)
     except Exception as exc:  # the supervisor logs the reason once, however often the restarted worker fails

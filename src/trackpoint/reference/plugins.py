@@ -17,10 +17,19 @@ from trackpoint.reference.markdown import HEADER, escape
 
 # What a plugin author uses, module by module, in reading order.
 API: tuple[tuple[str, tuple[str, ...]], ...] = (
-    ("trackpoint.plugins", ("Plugin", "CollectorKind", "PreprocessorKind", "AdminRoute", "type_tag")),
+    ("trackpoint.plugins", ("Plugin", "CollectorKind", "PreprocessorKind", "AdminRoute", "Registry", "type_tag")),
     ("trackpoint.config.model", ("CollectorBase", "PreprocessorBase")),
     ("trackpoint.collectors.base", ("Collector", "CollectorContext", "SendResult", "Health")),
-    ("trackpoint.preprocessors", ("Preprocessor",)),
+    (
+        "trackpoint.preprocessors",
+        (
+            "Preprocessor",
+            "InputFields",
+            "CountsOutcomes",
+            "RedirectParams",
+            "UsesSigningKeys",
+        ),
+    ),
     ("trackpoint.event", ("Event",)),
     ("trackpoint.fields.converters", ("Reject",)),
     ("trackpoint.admin.server", ("AdminRequest", "AdminResponse")),
