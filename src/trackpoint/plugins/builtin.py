@@ -9,7 +9,6 @@ from typing import Any
 import msgspec
 import yaml
 
-from trackpoint.adtech.click_checks import check_clicks
 from trackpoint.collectors.banker import admin as banker_admin
 from trackpoint.collectors.banker.config import BankerCollectorConfig
 from trackpoint.collectors.kafka.config import KafkaCollectorConfig
@@ -25,6 +24,7 @@ from trackpoint.plugins import AdminRoute, CollectorKind, Plugin, PreprocessorKi
 from trackpoint.preprocessors.anonymize_ip.config import AnonymizeIpConfig
 from trackpoint.preprocessors.attribute_conversion.config import AttributeConversionConfig
 from trackpoint.preprocessors.check_consent.config import CheckConsentConfig
+from trackpoint.preprocessors.click_checks import check_clicks
 from trackpoint.preprocessors.decrypt_price.config import DecryptPriceConfig
 from trackpoint.preprocessors.decrypt_price.preprocessor import check_decrypt_price
 from trackpoint.preprocessors.flag_invalid_traffic.config import FlagInvalidTrafficConfig

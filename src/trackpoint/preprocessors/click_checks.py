@@ -1,6 +1,6 @@
 """Configuration rules of click ids, conversion attribution, postback authentication and invalid-traffic policies.
 
-Run by `trackpoint config check` and at every load, with the other cross-section checks.
+Registered by the built-in plugin (`Plugin.checks`): run at every load and by `trackpoint config check`.
 """
 
 from __future__ import annotations
