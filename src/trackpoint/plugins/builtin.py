@@ -23,6 +23,7 @@ from trackpoint.edge.cors import check_cors
 from trackpoint.plugins import AdminRoute, CollectorKind, Plugin, PreprocessorKind
 from trackpoint.preprocessors.anonymize_ip.config import AnonymizeIpConfig
 from trackpoint.preprocessors.attribute_conversion.config import AttributeConversionConfig
+from trackpoint.preprocessors.check_consent.checks import check_user_id_cookie
 from trackpoint.preprocessors.check_consent.config import CheckConsentConfig
 from trackpoint.preprocessors.click_checks import check_clicks
 from trackpoint.preprocessors.decrypt_price.config import DecryptPriceConfig
@@ -30,6 +31,7 @@ from trackpoint.preprocessors.decrypt_price.preprocessor import check_decrypt_pr
 from trackpoint.preprocessors.flag_invalid_traffic.config import FlagInvalidTrafficConfig
 from trackpoint.preprocessors.issue_click_id.config import IssueClickIdConfig
 from trackpoint.preprocessors.parse_user_agent.config import ParseUserAgentConfig
+from trackpoint.preprocessors.pseudonymize.checks import check_pseudonymize
 from trackpoint.preprocessors.pseudonymize.config import PseudonymizeConfig
 from trackpoint.preprocessors.vast.config import VastConfig
 from trackpoint.preprocessors.vast.preprocessor import check_vast
@@ -91,7 +93,16 @@ plugin = Plugin(
         PreprocessorKind(VastConfig, _lazy("preprocessors.vast.preprocessor:Vast")),
     ],
     event_types=default_event_types(),
-    checks=[check_privacy, check_decrypt_price, check_clicks, check_vast, check_cors, check_shipping],
+    checks=[
+        check_privacy,
+        check_pseudonymize,
+        check_user_id_cookie,
+        check_decrypt_price,
+        check_clicks,
+        check_vast,
+        check_cors,
+        check_shipping,
+    ],
     admin_routes=[
         AdminRoute("GET", "/banker/campaigns", banker_admin.list_campaigns),
         AdminRoute("GET", "/banker/campaigns/{id}", banker_admin.get_campaign),
