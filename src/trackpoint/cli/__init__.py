@@ -10,7 +10,8 @@ from typing import Annotated
 import typer
 from rich.console import Console
 
-from trackpoint.config import ConfigError, LoadedConfig, json_schema, load, resolve_secrets
+from trackpoint.config import ConfigError, LoadedConfig, json_schema, load
+from trackpoint.security.resolve import resolve_secrets
 
 app = typer.Typer(
     name="trackpoint",

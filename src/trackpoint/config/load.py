@@ -116,16 +116,11 @@ def _validate(document: dict[str, Any], node: yaml.Node | None, source: str, reg
     return LoadedConfig(config=config, source=source, version=hashlib.sha256(encoded).hexdigest()[:12])
 
 
-def resolve_secrets(loaded: LoadedConfig) -> None:
-    """Reads every secret the configuration names (environment variables and files), as the workers will; raises
-    ConfigError naming each option whose secret is missing or unusable. Called by `config check`, before workers
-    start and on reload: a missing secret is one clear error, not workers dying at start."""
-    from trackpoint.security.resolve import unresolved_secrets  # the readers import this package's model
-
-    problems = list(unresolved_secrets(loaded.config))
-    if problems:
-        node = _compose(loaded.source)
-        raise ConfigError([ConfigIssue(loaded.source, _line_of(node, path), path, msg) for path, msg in problems])
+def config_error(source: str, problems: list[tuple[KeyPath, str]]) -> ConfigError:
+    """The error for problems found in a loaded configuration after the fact (e.g. its secrets), each located by
+    its key path in the source file."""
+    node = _compose(source)
+    return ConfigError([ConfigIssue(source, _line_of(node, path), path, msg) for path, msg in problems])
 
 
 def _compose(source: str) -> yaml.Node | None:

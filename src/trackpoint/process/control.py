@@ -13,8 +13,10 @@ import traceback
 
 import msgspec
 
+from trackpoint.config.load import config_type
 from trackpoint.config.model import Config
 from trackpoint.edge.stats import Snapshot
+from trackpoint.plugins import registry
 
 _LENGTH = struct.Struct(">I")
 MAX_FRAME = 64 << 20
@@ -31,9 +33,6 @@ class Start(msgspec.Struct, tag=True):
         return cls(config=msgspec.Raw(msgspec.msgpack.encode(config)), version=version, slot=slot)
 
     def decode_config(self) -> Config:
-        from trackpoint.config.load import config_type
-        from trackpoint.plugins import registry
-
         config: Config = msgspec.msgpack.decode(self.config, type=config_type(registry()))
         return config
 

@@ -27,13 +27,14 @@ from trackpoint.collectors.log.compression import finalize_orphans
 from trackpoint.collectors.log.config import LogCollectorConfig
 from trackpoint.collectors.log.files import log_dir
 from trackpoint.collectors.log.shipping.service import ShippingService
-from trackpoint.config import ConfigError, LoadedConfig, load, resolve_secrets
+from trackpoint.config import ConfigError, LoadedConfig, load
 from trackpoint.config.model import Config
 from trackpoint.edge.stats import Snapshot, add
 from trackpoint.plugins import AdminHandler
 from trackpoint.plugins import registry as plugin_registry
 from trackpoint.process import control
 from trackpoint.reference.openapi import openapi_json as openapi_document_json
+from trackpoint.security.resolve import resolve_secrets
 from trackpoint.security.signing import SigningKeyError, edge_verifier
 
 log = logging.getLogger("trackpoint.supervisor")
