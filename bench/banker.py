@@ -37,6 +37,7 @@ from harness import (
 )
 from trackpoint.collectors.banker.collector import BankerCollector
 from trackpoint.collectors.banker.config import BankerCollectorConfig
+from trackpoint.collectors.banker.model import MAX_BUDGET_MICROS, Budget
 from trackpoint.collectors.base import CollectorContext
 from trackpoint.event import Context, Event, Meta, derived_id
 
@@ -87,6 +88,10 @@ async def scenario(store: str, events: list[Event], data_dir: str) -> dict[str, 
     )
     collector = BankerCollector("banker", config, CollectorContext(data_dir=data_dir))
     await collector.start()
+    # Campaigns exist before their wins, as in production (unknown_campaigns: ignore debits no other).
+    budget = Budget(total_budget_micros=MAX_BUDGET_MICROS)
+    for campaign in sorted({event.dims["cid"] for event in events}):
+        await collector.store.set_budget(campaign, budget, int(time.time() * 1000))
     distinct = len({event.id for event in events})
     server_before = await redis_cpu_s(REDIS_URL) if store == "redis" else 0.0
     cpu_before, started = cpu_s(), time.perf_counter()

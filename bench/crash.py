@@ -9,8 +9,11 @@ requests (answers come back in order, so each answer is matched to its id); the 
 maximum. Meanwhile a worker is killed with SIGKILL 6 times, alternating slots, each time after its replacement is
 ready and has served for a while. The tracker is then stopped and its log read back with the project's reader.
 
-Run ``.venv/bin/python bench/crash.py [--quick] [--record]``; results go to bench/results/crash.json with
-``--record``, else to the temp directory. Exit 0 when it ran, targets met or not; 1 when it could not.
+With ``--reloads N`` the same load meets N SIGHUP reloads instead (issue 12: 20): no request may be refused and no
+acknowledged event missing; results then go to reload.json.
+
+Run ``.venv/bin/python bench/crash.py [--quick] [--record] [--reloads N]``; results go to bench/results/crash.json
+with ``--record``, else to the temp directory. Exit 0 when it ran, targets met or not; 1 when it could not.
 """
 
 from __future__ import annotations
@@ -189,12 +192,29 @@ def kill_and_replace(service: Service, admin_port: int, victim: int) -> float:
     return time.monotonic() - killed_at
 
 
-def restarts(admin_port: int) -> int:
+def counter(admin_port: int, name: str) -> int:
     _, body = http_get(f"http://127.0.0.1:{admin_port}/metrics")
     for line in body.decode().splitlines():
-        if line.startswith("trackpoint_worker_restarts_total "):
+        if line.startswith(f"{name} "):
             return int(float(line.split()[1]))
     return 0
+
+
+def restarts(admin_port: int) -> int:
+    return counter(admin_port, "trackpoint_worker_restarts_total")
+
+
+def reload_and_wait(service: Service, admin_port: int) -> float:
+    """SIGHUP to the supervisor; seconds until the reload is counted and the new workers are ready."""
+    before = counter(admin_port, "trackpoint_reloads_total")
+    started = time.monotonic()
+    os.kill(service.proc.pid, signal.SIGHUP)
+    while counter(admin_port, "trackpoint_reloads_total") <= before:
+        if time.monotonic() - started > READY_TIMEOUT_S:
+            raise HarnessError(f"reload not done in {READY_TIMEOUT_S:.0f}s:\n{service.log_tail()}")
+        time.sleep(0.02)
+    wait_ready(service, f"http://127.0.0.1:{admin_port}/readyz")
+    return time.monotonic() - started
 
 
 @dataclass(frozen=True)
@@ -215,12 +235,14 @@ class CrashRun:
     tracker_exit_code: int | None
 
 
-def run_crash(workdir: Path, max_s: int, between_kills_s: float, console: Console) -> CrashRun:
+def run_crash(workdir: Path, max_s: int, between_kills_s: float, console: Console, reloads: int = 0) -> CrashRun:
+    """SIGKILLs of workers under load; with `reloads`, that many SIGHUP reloads instead."""
     with tracker(workdir) as (service, admin_port):
         script = write_unique_imp_script(workdir / "max.lua", "max")
         max_rps = run_wrk(service.url, max_s, THROUGHPUT_CONNECTIONS, script).rps
         target = LOAD_SHARE * max_rps
-        console.print(f"maximum {max_rps:,.0f} req/s (wrk); load at {target:,.0f} req/s, {KILLS} SIGKILLs")
+        disruption = f"{reloads} SIGHUP reloads" if reloads else f"{KILLS} SIGKILLs"
+        console.print(f"maximum {max_rps:,.0f} req/s (wrk); load at {target:,.0f} req/s, {disruption}")
         port = int(service.url.rsplit(":", 1)[1].strip("/"))
         context = multiprocessing.get_context("fork")
         stop = context.Event()
@@ -236,10 +258,13 @@ def run_crash(workdir: Path, max_s: int, between_kills_s: float, console: Consol
             clients.append(process)
         replaced: list[float] = []
         try:
-            for kill in range(KILLS):
-                time.sleep(between_kills_s)  # the replacement serves, and collects unflushed events, meanwhile
-                alive = workers(service)
-                replaced.append(kill_and_replace(service, admin_port, alive[kill % len(alive)]))
+            for kill in range(reloads or KILLS):
+                time.sleep(between_kills_s)  # the replacement serves meanwhile
+                if reloads:
+                    replaced.append(reload_and_wait(service, admin_port))
+                else:
+                    alive = workers(service)
+                    replaced.append(kill_and_replace(service, admin_port, alive[kill % len(alive)]))
             time.sleep(between_kills_s)
         finally:
             stop.set()
@@ -275,8 +300,20 @@ def run_crash(workdir: Path, max_s: int, between_kills_s: float, console: Consol
     )
 
 
-def checks(run: CrashRun) -> list[tuple[str, str, bool]]:
+def checks(run: CrashRun, reloads: int = 0) -> list[tuple[str, str, bool]]:
     share = run.achieved_rps / run.max_rps if run.max_rps else 0.0
+    if reloads:
+        refused = sum(run.refused.values())
+        return [
+            (
+                "acknowledged events missing from the log",
+                f"{run.missing:,} of {run.acknowledged:,}",
+                run.missing <= TARGET_MISSING,
+            ),
+            ("refused requests (non-2xx answers)", f"{refused:,} {run.refused or ''}", refused == 0),
+            (f"{reloads} SIGHUP reloads, each completed", f"{run.kills} reloads", run.kills == reloads),
+            ("tracker exit code after the reloads", str(run.tracker_exit_code), run.tracker_exit_code == 0),
+        ]
     return [
         (
             "acknowledged events missing from the log",
@@ -300,18 +337,23 @@ def checks(run: CrashRun) -> list[tuple[str, str, bool]]:
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0] if __doc__ else None)
     parser.add_argument("--quick", action="store_true", help="a shorter maximum and pauses (CI, under a minute)")
-    parser.add_argument("--record", action="store_true", help="write crash.json into bench/results")
+    parser.add_argument("--record", action="store_true", help="write crash.json (reload.json) into bench/results")
+    parser.add_argument(
+        "--reloads", type=int, default=0, help="that many SIGHUP reloads instead of the SIGKILLs (issue 12: 20)"
+    )
     args = parser.parse_args(argv)
     console = Console(width=None if sys.stdout.isatty() else 140)
     max_s, between_kills_s = (5, 1.0) if args.quick else (10, 3.0)
+    if args.reloads:
+        between_kills_s /= 2
     try:
         with tempfile.TemporaryDirectory(prefix="trackpoint-crash-") as tmp:
-            run = run_crash(Path(tmp), max_s, between_kills_s, console)
+            run = run_crash(Path(tmp), max_s, between_kills_s, console, args.reloads)
     except HarnessError as exc:
         console.print(f"[bold red]benchmark failed[/]: {exc}")
         return 1
-    results = checks(run)
-    table = Table(title=f"{KILLS} SIGKILLs under load")
+    results = checks(run, args.reloads)
+    table = Table(title=f"{args.reloads} SIGHUP reloads under load" if args.reloads else f"{KILLS} SIGKILLs under load")
     for column in ("check", "value", "result"):
         table.add_column(column)
     for name, value, passed in results:
@@ -326,12 +368,13 @@ def main(argv: list[str] | None = None) -> int:
         "date": datetime.datetime.now(datetime.UTC).isoformat(timespec="seconds"),
         "git": {"commit": commit, "dirty": dirty},
         "quick": args.quick,
+        "reloads": args.reloads,
         "workers": WORKERS,
         "client": {"processes": CLIENT_PROCESSES, "connections": CONNECTIONS, "pipeline": PIPELINE},
         "run": asdict(run),
         "checks": [{"name": name, "value": value, "passed": passed} for name, value, passed in results],
     }
-    out = write_report(report, CRASH_JSON.name, args.record)
+    out = write_report(report, "reload.json" if args.reloads else CRASH_JSON.name, args.record)
     missed = sum(not passed for _, _, passed in results)
     console.print(f"{'all checks met' if not missed else f'{missed} checks missed'}; results: {out}")
     return 0

@@ -461,12 +461,12 @@ def run_nginx(workdir: Path, port: int) -> Iterator[Service]:
 
 
 @contextlib.contextmanager
-def run_tracker(binary: Path, workdir: Path, port: int, admin_port: int) -> Iterator[Service]:
-    """Start trackpoint with one worker and a temporary data_dir; wait for /readyz."""
+def run_tracker(binary: Path, workdir: Path, port: int, admin_port: int, extra_config: str = "") -> Iterator[Service]:
+    """Start trackpoint with one worker and a temporary data_dir (plus `extra_config` YAML); wait for /readyz."""
     data_dir = workdir / "data"
     data_dir.mkdir(parents=True, exist_ok=True)
     config = workdir / "trackpoint.yaml"
-    config.write_text(f"data_dir: {json.dumps(str(data_dir))}\n")
+    config.write_text(f"data_dir: {json.dumps(str(data_dir))}\n{extra_config}")
     argv = [
         *pinned(SERVER_CPU),
         str(binary),
@@ -559,10 +559,15 @@ def rss_mb(pid: int) -> float:
     raise HarnessError(f"no VmRSS for pid {pid}")
 
 
-def worker_pid(supervisor: Service) -> int:
-    """The tracker worker: the supervisor's child that is not a multiprocessing helper."""
+def worker_pids(supervisor: Service) -> list[int]:
+    """The tracker's workers: the supervisor's children that are not multiprocessing helpers."""
     children = [pid for pid in _pids() if _parent_pid(pid) == supervisor.proc.pid]
-    workers = [pid for pid in children if not any(m in _cmdline(pid) for m in HELPER_MARKERS)]
+    return [pid for pid in children if not any(m in _cmdline(pid) for m in HELPER_MARKERS)]
+
+
+def worker_pid(supervisor: Service) -> int:
+    """The tracker worker (the largest, where there are several)."""
+    workers = worker_pids(supervisor)
     if not workers:
         raise HarnessError(f"tracker supervisor (pid {supervisor.proc.pid}) has no worker child process")
     return max(workers, key=rss_mb)

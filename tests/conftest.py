@@ -1,11 +1,13 @@
 """Shared fixtures: a real tracker started through the CLI as a subprocess, on free ports, with its own data dir.
 
 End-to-end tests talk to it over real sockets and read its log files back with the project's own reader.
+Every test is classified `unit` or `e2e` here (see `pytest_collection_modifyitems`), and unit tests are kept honest.
 """
 
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import http.client
 import os
 import signal
@@ -13,7 +15,7 @@ import socket
 import subprocess
 import sys
 import time
-from collections.abc import Awaitable, Callable, Iterator
+from collections.abc import Awaitable, Callable, Iterator, Sequence
 from pathlib import Path
 from typing import Any
 
@@ -71,6 +73,7 @@ class Tracker:
         self.workers = workers
         self.log_path = tmp / "tracker.log"
         self.process: subprocess.Popen[bytes] | None = None
+        self._signing: tuple[Any, str, bytes] | None = None  # (config, key id, secret), read on first sign()
 
     def start(self) -> Tracker:
         with self.log_path.open("ab") as log:
@@ -122,6 +125,19 @@ class Tracker:
         finally:
             connection.close()
 
+    def sign(self, url: str, body: bytes | None = None) -> str:
+        """The URL signed as `trackpoint sign` would with this tracker's config: its first (or sign_with) key,
+        only the event type's `signed_params` covered (a win's price stays free, as an exchange substitutes it)."""
+        from trackpoint.config import load
+        from trackpoint.security.signing import covered_params, load_key, sign_url, signing_key_id
+
+        if self._signing is None:
+            config = load(self.config_path).config
+            key_id = signing_key_id(config.signing)
+            self._signing = (config, key_id, load_key(key_id, config.signing.keys[key_id], config.data_dir))
+        config, key_id, secret = self._signing
+        return sign_url(url, key_id, secret, None, covered_params(config, url), body)
+
     def get(self, path: str, headers: dict[str, str] | None = None) -> tuple[int, dict[str, str], bytes]:
         return self.request("GET", path, headers=headers)
 
@@ -153,6 +169,14 @@ class Tracker:
         deadline = time.monotonic() + timeout_s
         value = self.metric(name, labels)
         while value < at_least and time.monotonic() < deadline:
+            time.sleep(0.1)
+            value = self.metric(name, labels)
+        return value
+
+    def wait_metric_at_most(self, name: str, labels: str, at_most: float, timeout_s: float = 5.0) -> float:
+        deadline = time.monotonic() + timeout_s
+        value = self.metric(name, labels)
+        while value > at_most and time.monotonic() < deadline:
             time.sleep(0.1)
             value = self.metric(name, labels)
         return value
@@ -233,3 +257,90 @@ os.environ.setdefault("PYTHONUNBUFFERED", "1")
 # Every CLI command takes its file from TRACKPOINT_CONFIG when --config is absent: the suite's default-config runs
 # (the generated reference, the default endpoints) must not pick up a developer's own.
 os.environ.pop("TRACKPOINT_CONFIG", None)
+
+
+# --- unit or end to end -------------------------------------------------------------------------------------------
+
+# Fixtures that start a tracker, a service or a server: a test using one (directly or through another fixture) is
+# end to end. A new such fixture belongs here; if it is forgotten, the guard below fails its tests as unit tests.
+E2E_FIXTURES = frozenset({
+    "tracker",
+    "tracker_factory",
+    "tracker_on_small_disk",  # test_crash: a tracker whose log disk fills up
+    "private_redis",  # test_banker_e2e: a Redis server of its own, stopped and restarted
+    "redis_target",  # test_queues_e2e
+    "brokers",  # test_collector_kafka: librdkafka's mock cluster
+    "s3_server",  # test_shipping: the object stores, moto's S3 and Azurite
+    "azurite",
+    "target_name",  # the conformance suite's real targets
+    "rendered",  # test_deploy: the Kubernetes overlays, rendered by `kubectl kustomize`
+})  # fmt: skip
+
+# Where the suite's services listen (Redis, NATS, PostgreSQL, RabbitMQ, Azurite): a unit test never connects there.
+SERVICE_PORTS = frozenset({6379, 4222, 5432, 5672, 10000, 10001, 10002})
+
+
+def pytest_collection_modifyitems(items: Sequence[pytest.Item]) -> None:
+    """Marks every test not marked by hand: `e2e` when it uses an e2e fixture, `unit` otherwise."""
+    for item in items:
+        if item.get_closest_marker("unit") or item.get_closest_marker("e2e"):
+            continue
+        fixtures = set(getattr(item, "fixturenames", ()))
+        item.add_marker(pytest.mark.e2e if fixtures & E2E_FIXTURES else pytest.mark.unit)
+
+
+class NotAUnitTest(AssertionError):
+    """Raised when a test classified `unit` reaches out of its process."""
+
+
+def _refuse(what: str) -> NotAUnitTest:
+    return NotAUnitTest(
+        f"a unit test must stay in its process, and this one {what}: mark it `@pytest.mark.e2e` (or its module "
+        "`pytestmark = pytest.mark.e2e`), or add the fixture that does this to E2E_FIXTURES in tests/conftest.py"
+    )
+
+
+@contextlib.contextmanager
+def _in_process_only(item: pytest.Item) -> Iterator[None]:
+    """For a unit test, starting a process or connecting to a service or another host raises `NotAUnitTest`."""
+    if item.get_closest_marker("unit") is None:
+        yield
+        return
+    original_connect = socket.socket.connect
+    original_connect_ex = socket.socket.connect_ex
+
+    def check(address: Any) -> None:
+        if isinstance(address, tuple) and len(address) >= 2:
+            host, port = str(address[0]), address[1]
+            if port in SERVICE_PORTS or host not in {"127.0.0.1", "::1", "localhost"}:
+                raise _refuse(f"connects to {host}:{port}")
+
+    def connect(self: socket.socket, address: Any) -> None:
+        check(address)
+        original_connect(self, address)
+
+    def connect_ex(self: socket.socket, address: Any) -> int:
+        check(address)
+        return original_connect_ex(self, address)
+
+    def popen(self: subprocess.Popen[Any], args: Any, *rest: Any, **options: Any) -> None:
+        raise _refuse(f"starts a process ({args!r})")
+
+    with pytest.MonkeyPatch.context() as patch:
+        patch.setattr(socket.socket, "connect", connect)
+        patch.setattr(socket.socket, "connect_ex", connect_ex)
+        patch.setattr(subprocess.Popen, "__init__", popen)
+        yield
+
+
+# Around setup too: a module- or session-scoped fixture is set up in the setup of the first test that needs it.
+@pytest.hookimpl(wrapper=True)
+def pytest_runtest_setup(item: pytest.Item) -> Iterator[None]:
+    with _in_process_only(item):
+        return (yield)
+
+
+@pytest.hookimpl(wrapper=True)
+def pytest_runtest_call(item: pytest.Item) -> Iterator[None]:
+    with _in_process_only(item):
+        return (yield)

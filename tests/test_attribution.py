@@ -7,6 +7,7 @@ import base64
 import hmac
 import json
 import time
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 from urllib.parse import parse_qs, quote, urlsplit
@@ -109,15 +110,32 @@ def test_the_click_id_mac_is_not_the_url_signature_mac() -> None:
     assert token[-12:] != hmac.digest(K1, token[:-12], "sha256")[:12]
 
 
-def test_reading_a_click_id_costs_microseconds() -> None:
+def test_reading_a_click_id_costs_a_few_hmacs() -> None:
+    """Issuing and reading a click id is two HMAC-SHA256 plus a little packing: measured against one bare HMAC in
+    the same run (the best of many rounds, which another process on the core cannot make faster), so the ratio
+    holds on a loaded machine where a limit in microseconds would not. It is about 4; 12 means a slow path."""
     click_ids = ClickIds({"auto": K1}, "auto")
     text = click_ids.issue("9f1c2a", "summer-sale", "banner-300x250", 1_795_821_701_292)
-    start = time.perf_counter()
-    for _ in range(2000):
+    token = text.encode()
+
+    def pair() -> None:
         click_ids.read(text)
         click_ids.issue("9f1c2a", "summer-sale", "banner-300x250", 1_795_821_701_292)
-    per_pair_us = (time.perf_counter() - start) / 2000 * 1e6
-    assert per_pair_us < 60, f"{per_pair_us:.1f} µs per issue and read"
+
+    def one_hmac() -> None:
+        hmac.digest(K1, token, "sha256")
+
+    def best_of(operation: Callable[[], None]) -> float:
+        rounds = []
+        for _ in range(20):
+            start = time.perf_counter()
+            for _ in range(200):
+                operation()
+            rounds.append(time.perf_counter() - start)
+        return min(rounds)
+
+    ratio = best_of(pair) / best_of(one_hmac)
+    assert ratio < 12, f"an issue and a read cost {ratio:.1f} bare HMACs"
 
 
 # --- the preprocessors -----------------------------------------------------------------------------------------

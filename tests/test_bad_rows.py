@@ -146,7 +146,7 @@ def _bad_events(tracker: Tracker, count: int, timeout_s: float = 5.0) -> list[Ev
 def test_rejections_become_anonymised_bad_rows(tracker_factory: Any) -> None:
     tracker: Tracker = tracker_factory(_config(sample_rate=1.0))
     client = {"X-Forwarded-For": "203.0.113.77"}
-    assert tracker.get("/win?imp=secret-imp-1&price=abc&cid=c1", client)[0] == 400
+    assert tracker.get(tracker.sign("/win?imp=secret-imp-1&price=abc&cid=c1"), client)[0] == 400
     assert tracker.get("/nowhere?email=someone%40example.com", client)[0] == 404
     assert tracker.request("POST", "/i?imp=secret-imp-2", b"", client)[0] == 405
     assert b"400 Bad Request" in tracker.raw(b"\x00\x01garbage\r\n\r\n")
@@ -160,7 +160,7 @@ def test_rejections_become_anonymised_bad_rows(tracker_factory: Any) -> None:
     assert invalid.dims == {
         "reason": "invalid_field",
         "method": "GET",
-        "target": "/win?imp=*&price=abc&cid=c1",
+        "target": "/win?cid=c1&imp=*&kid=*&sig=*&price=abc",  # signed: the DSP's fields, then the exchange's
         "event_type": "win",
         "field": "price",
     }

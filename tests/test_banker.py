@@ -113,7 +113,7 @@ def test_stale_ms_counts_backlogs_and_silent_trackers() -> None:
 StoreFactory = Callable[..., Awaitable[Store]]
 
 
-@pytest.fixture(params=["sqlite", "redis"])
+@pytest.fixture(params=["sqlite", pytest.param("redis", marks=pytest.mark.e2e)])
 def kind(request: pytest.FixtureRequest) -> str:
     return str(request.param)
 
@@ -122,6 +122,7 @@ def kind(request: pytest.FixtureRequest) -> str:
 async def stores(kind: str, tmp_path: Path, **options: Any) -> AsyncIterator[Callable[[], Store]]:
     """Makes stores over one shared state (one database file, or one Redis key prefix, removed afterwards)."""
     prefix = f"tptest:{uuid.uuid4().hex[:12]}:banker"
+    options.setdefault("unknown_campaigns", "create")  # most tests debit campaigns they never set up
     config = banker(store=kind, redis_url=REDIS_URL, key_prefix=prefix, **options)
     made: list[Store] = []
 
@@ -158,6 +159,30 @@ def test_each_event_id_is_debited_once(kind: str, tmp_path: Path) -> None:
             assert await store.applied_ids(["e1", "e3", "e9"]) == {"e1", "e3"}
             assert [c.id for c in await store.campaigns()] == ["c1", "c2"]
             assert await store.campaign("nope") is None
+
+    asyncio.run(scenario())
+
+
+def test_only_created_campaigns_are_debited_and_listed_a_page_at_a_time(kind: str, tmp_path: Path) -> None:
+    async def scenario() -> None:
+        async with stores(kind, tmp_path, unknown_campaigns="ignore") as make:
+            store = make()
+            await store.set_budget("c1", Budget(total_budget_micros=10_000), T0)
+            forged = [debit(100 + i, 5000, cid=f"rnd{i}") for i in range(50)]
+            result = await store.apply([debit(1, 100), *forged, debit(1, 100)], T0)
+            assert (result.applied, result.unknown, result.duplicates) == (1, 50, 1)
+            assert [c.id for c in await store.campaigns()] == ["c1"]  # random ids created nothing
+            assert await store.applied_ids([d.id for d in forged]) == set()  # not marked: a replay can debit them
+            await store.set_budget("rnd3", Budget(total_budget_micros=1), T0)
+            again = await store.apply(forged[:5], T0)
+            assert (again.applied, again.unknown) == (1, 4)
+            for i in range(7):
+                await store.set_budget(f"p{i}", Budget(total_budget_micros=1), T0)
+            pages, after = [], ""
+            while page := [c.id for c in await store.campaigns(after, 4)]:
+                pages.append(page)
+                after = page[-1]
+            assert pages == [["c1", "p0", "p1", "p2"], ["p3", "p4", "p5", "p6"], ["rnd3"]]
 
     asyncio.run(scenario())
 
@@ -279,6 +304,7 @@ def test_status_reports_feed_staleness(kind: str, tmp_path: Path) -> None:
     asyncio.run(scenario())
 
 
+@pytest.mark.e2e
 def test_redis_publishes_notifications_on_its_channel(tmp_path: Path) -> None:
     async def scenario() -> None:
         async with stores("redis", tmp_path) as make:
@@ -315,6 +341,7 @@ def test_an_unreachable_store_raises_store_unavailable(tmp_path: Path) -> None:
     asyncio.run(scenario())
 
 
+@pytest.mark.e2e
 def test_the_collector_reports_how_far_behind_it_is(tmp_path: Path) -> None:
     """While the store is down the collector holds its debits (memory, then spool) and says since when it is
     behind; once the store is back they are applied once and the report clears."""
@@ -378,6 +405,7 @@ def test_concurrent_writers_crossing_a_budget_notify_once(kind: str, tmp_path: P
     asyncio.run(scenario())
 
 
+@pytest.mark.e2e
 def test_redis_remembers_each_event_id_for_the_retention(tmp_path: Path) -> None:
     async def scenario() -> None:
         async with stores("redis", tmp_path, retention_s=7200) as make:
@@ -451,6 +479,7 @@ def test_an_unusable_sqlite_path_is_store_unavailable(tmp_path: Path) -> None:
     asyncio.run(scenario())
 
 
+@pytest.mark.e2e
 def test_events_that_are_no_debit_are_counted_once_however_often_their_batch_is_retried(tmp_path: Path) -> None:
     from conformance.target_redis_streams import make_target
     from conftest import until
@@ -474,6 +503,7 @@ def test_events_that_are_no_debit_are_counted_once_however_often_their_batch_is_
     asyncio.run(scenario())
 
 
+@pytest.mark.e2e
 def test_a_redis_batch_applies_whole_or_not_at_all(tmp_path: Path) -> None:
     """A key of the wrong type under the prefix fails the script before it writes anything: no id is marked seen
     without its spend, so the retry (once the key is fixed) applies every debit."""
@@ -501,7 +531,7 @@ def fast_collector(redis_url: str, tmp_path: Path) -> BankerCollector:
     """A banker collector on a private Redis with short timeouts and retries, for outage tests."""
     options = banker(
         store="redis", redis_url=redis_url, timeout_s=0.3, connect_timeout_s=0.2, flush_interval_ms=20,
-        retry_initial_ms=20, retry_max_ms=100, status_interval_s=0.1,
+        retry_initial_ms=20, retry_max_ms=100, status_interval_s=0.1, unknown_campaigns="create",
     )  # fmt: skip
     return BankerCollector("banker", options, CollectorContext(data_dir=str(tmp_path)))
 

@@ -28,14 +28,33 @@ from redis.asyncio import Redis
 from conformance.target_redis_streams import RedisStreamsTarget, make_target
 from conftest import Tracker
 from trackpoint.adtech.price import encrypt_price
+from trackpoint.plugins.builtin import default_event_types
+from trackpoint.security.signing import sign_url
+
+pytestmark = pytest.mark.e2e  # trackers and Redis
 
 REDIS_URL = os.environ.get("TRACKPOINT_TEST_REDIS_URL", "redis://127.0.0.1:6379/0")
 CAMPAIGNS = 20
+# One key for every tracker of a test (each would generate its own into its data_dir): win notices are signed.
+SIGNING_ENV, SIGNING_KEY = "TP_E2E_SIGNING_KEY", b"e2e-banker-signing-key-0123456789"
+WIN_SIGNED = default_event_types()["win"].signed_params
+
+
+@pytest.fixture(autouse=True)
+def _signing_key(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setenv(SIGNING_ENV, SIGNING_KEY.decode())  # the tracker processes inherit it
+
+
+def signed(path: str) -> str:
+    """A notice as the DSP signs it: its own fields covered, the price left for the exchange."""
+    return sign_url(path, "e2e", SIGNING_KEY, covered=WIN_SIGNED)
 
 
 def banker_config(banker: dict[str, Any]) -> dict[str, Any]:
+    """Trackers with a shared signing key; their bankers debit campaigns nobody created (the load tests)."""
     return {
-        "collectors": {"banker": {"type": "banker", "flush_interval_ms": 20, **banker}},
+        "signing": {"keys": {"e2e": {"secret_env": SIGNING_ENV}}},
+        "collectors": {"banker": {"type": "banker", "flush_interval_ms": 20, "unknown_campaigns": "create", **banker}},
         "event_types": {
             "win": {"preset": "win", "collectors": ["log", "banker"]},
             "impression": {"preset": "impression"},
@@ -74,7 +93,7 @@ def win_notices(distinct: int, repeat_share: float, seed: int) -> tuple[list[str
         cid = f"c{i % CAMPAIGNS}"
         price_micros = rng.randrange(10_000, 20_000_000)  # CPM 0.01 to 20.00
         price = f"{price_micros // 1_000_000}.{price_micros % 1_000_000:06d}"
-        notices.append(f"/win?imp=imp-{seed}-{i}&cid={cid}&price={price}")
+        notices.append(signed(f"/win?imp=imp-{seed}-{i}&cid={cid}&price={price}"))
         expected[cid] = expected.get(cid, 0) + (price_micros + 500) // 1000
     paths = notices + rng.choices(notices, k=int(distinct * repeat_share))
     rng.shuffle(paths)
@@ -211,9 +230,9 @@ def test_admin_api_sets_and_reads_budgets(tracker_factory: Any) -> None:
     assert state["id"] == "summer/26" and state["remaining_micros"] == 10_000 and state["hourly_cap_micros"] == 200
     assert not state["exhausted"] and state["spent_micros"] == 0
     for i in range(3):
-        assert tracker.get(f"/win?imp=w{i}&cid=summer%2F26&price=0.1")[0] == 204  # CPM 0.10: 100 micros each
-    tracker.get("/win?imp=w0&cid=summer%2F26&price=0.1")  # a repeat
-    assert tracker.get("/win?imp=w-gbp&cid=summer%2F26&price=0.1&cur=GBP")[0] == 204  # no rate: not debited
+        assert tracker.get(signed(f"/win?imp=w{i}&cid=summer%2F26&price=0.1"))[0] == 204  # CPM 0.10: 100 micros each
+    tracker.get(signed("/win?imp=w0&cid=summer%2F26&price=0.1"))  # a repeat
+    assert tracker.get(signed("/win?imp=w-gbp&cid=summer%2F26&price=0.1&cur=GBP"))[0] == 204  # no rate: not debited
     eventually(lambda: admin_json(tracker, "GET", "/banker/campaigns/summer%2F26")[1]["debits"] == 3, 10, "debits")
     _, state = admin_json(tracker, "GET", "/banker/campaigns/summer%2F26")
     assert (state["spent_micros"], state["remaining_micros"], state["today_spent_micros"]) == (300, 9700, 300)
@@ -251,7 +270,10 @@ def test_admin_api_validation_errors(tracker_factory: Any) -> None:
     for method, path, body, status, error in INVALID_REQUESTS:
         got, document = admin_json(tracker, method, path, body)
         assert (got, document["error"]) == (status, error), (method, path, document)
-    assert admin_json(tracker, "GET", "/banker/campaigns") == (200, {"campaigns": []})  # nothing was created
+    assert admin_json(tracker, "GET", "/banker/campaigns") == (
+        200,
+        {"campaigns": [], "next": None},
+    )  # nothing was created
 
 
 def test_admin_api_without_a_banker_says_so(tracker_factory: Any) -> None:
@@ -263,12 +285,59 @@ def test_admin_api_without_a_banker_says_so(tracker_factory: Any) -> None:
 
 def test_the_embedded_default_debits_wins_into_sqlite(tracker: Tracker) -> None:
     assert tracker.admin("PUT", "/banker/campaigns/c1", b'{"total_budget_micros": 2000}')[0] == 200
-    assert tracker.get("/win?imp=x1&cid=c1&price=1.5")[0] == 204
-    assert tracker.get("/win?imp=x2&cid=c1&price=1.5")[0] == 204
+    assert tracker.get(tracker.sign("/win?imp=x1&cid=c1&price=1.5"))[0] == 204
+    assert tracker.get(tracker.sign("/win?imp=x2&cid=c1&price=1.5"))[0] == 204
     eventually(lambda: admin_json(tracker, "GET", "/banker/campaigns/c1")[1]["debits"] == 2, 10, "two debits")
     _, state = admin_json(tracker, "GET", "/banker/campaigns/c1")
     assert (state["spent_micros"], state["exhausted"], state["overspend_micros"]) == (3000, True, 1000)
     assert (tracker.data_dir / "banker" / "banker.db").exists()
+
+
+def test_forged_wins_cannot_spend_or_create_campaigns(tracker: Tracker) -> None:
+    """The attack of issue 13 (finding 3) on the embedded default: 12 unsigned wins at price=100000 against a
+    1,000-unit budget, a signed nurl replayed with a bigger price, and wins for random campaign ids."""
+    budget = 1000 * 1_000_000
+    assert tracker.admin("PUT", "/banker/campaigns/c1", b'{"total_budget_micros": %d}' % budget)[0] == 200
+    for i in range(12):
+        status, headers, _ = tracker.get(f"/win?imp=forged-{i}&cid=c1&price=100000")
+        assert (status, headers["x-reject-reason"]) == (403, "signature_missing")
+    # The DSP's nurl: its fields and its bid (max_price, CPM 3) signed; the exchange substitutes the macros.
+    nurl = tracker.sign("/win?imp=w1&cid=c1&crid=cr1&max_price=3&price=${AUCTION_PRICE}&auction=${AUCTION_ID}")
+    status, headers, _ = tracker.get(nurl.replace("${AUCTION_PRICE}", "100000").replace("${AUCTION_ID}", "a1"))
+    assert (status, headers["x-reject-reason"]) == (403, "price_above_bound")  # above the signed bid
+    assert tracker.get(nurl.replace("cid=c1", "cid=c2").replace("${AUCTION_PRICE}", "1"))[0] == 403  # tampered
+    assert tracker.get(nurl.replace("${AUCTION_PRICE}", "2.5").replace("${AUCTION_ID}", "a1"))[0] == 204
+    assert tracker.get(nurl.replace("${AUCTION_PRICE}", "2.9").replace("${AUCTION_ID}", "a2"))[0] == 204  # replay
+    # Signed wins for campaigns nobody created (ids an attacker could pick): recorded, never debited or created.
+    for i in range(30):
+        assert tracker.get(tracker.sign(f"/win?imp=r{i}&cid=rnd-{i}&price=1"))[0] == 204
+    labels = 'collector="banker",outcome="{}"'
+    assert tracker.wait_metric("trackpoint_collector_outcomes_total", labels.format("unknown_campaign"), 30) == 30
+    assert tracker.wait_metric("trackpoint_collector_outcomes_total", labels.format("applied"), 1) == 1
+    _, listing = admin_json(tracker, "GET", "/banker/campaigns")
+    assert [(c["id"], c["spent_micros"]) for c in listing["campaigns"]] == [("c1", 2500)]  # the replay: once
+    assert listing["next"] is None
+    assert tracker.wait_metric("trackpoint_rejected_total", 'reason="signature_missing"', 12) == 12
+    assert tracker.metric("trackpoint_rejected_total", 'reason="price_above_bound"') == 1
+
+
+def test_the_campaign_list_is_paginated_with_a_cap(tracker: Tracker) -> None:
+    for i in range(7):
+        assert tracker.admin("PUT", f"/banker/campaigns/p{i}", b'{"total_budget_micros": 1}')[0] == 200
+    pages, after = [], ""
+    while True:
+        status, page = admin_json(tracker, "GET", f"/banker/campaigns?limit=3&after={after}")
+        assert status == 200
+        pages.append([c["id"] for c in page["campaigns"]])
+        if page["next"] is None:
+            break
+        after = page["next"]
+    assert pages == [["p0", "p1", "p2"], ["p3", "p4", "p5"], ["p6"]]
+    _, everything = admin_json(tracker, "GET", "/banker/campaigns")
+    assert len(everything["campaigns"]) == 7 and everything["next"] is None
+    for query in ("limit=1001", "limit=0", "after=" + "x" * 300):
+        status, refused = admin_json(tracker, "GET", f"/banker/campaigns?{query}")
+        assert (status, refused["error"]) == (400, "invalid_query"), query
 
 
 def test_billing_notices_with_encrypted_prices_or_impressions_can_be_the_spend(
@@ -305,19 +374,25 @@ def test_billing_notices_with_encrypted_prices_or_impressions_can_be_the_spend(
                            "fields": {"imp": {"required": True}, "cid": {}, "price": {"type": "price", "max": 1000}}},
         },
     })  # fmt: skip
+    for banker in ("banker", "impressions"):
+        assert tracker.admin("PUT", f"/banker/campaigns/c1?banker={banker}", b'{"total_budget_micros": 9000}')[0] == 200
     iv = int(time.time()).to_bytes(4, "big") + os.urandom(12)
     token = encrypt_price(2_500_000, iv, encryption, integrity)  # CPM 2.50: 2,500 micros
-    assert tracker.get(f"/win?imp=b1&cid=c1&price={token}")[0] == 204  # a win: not spend here
+    assert tracker.get(tracker.sign(f"/win?imp=b1&cid=c1&price={token}"))[0] == 204  # a win: not spend here
     for _ in range(2):  # the exchange retried the billing notice: one debit
-        assert tracker.get(f"/bill?imp=b1&cid=c1&price={token}")[0] == 204
-    status, headers, _ = tracker.get(f"/bill?imp=b2&cid=c1&price={token[:-2]}AA")
+        assert tracker.get(tracker.sign(f"/bill?imp=b1&cid=c1&price={token}"))[0] == 204
+    status, headers, _ = tracker.get(tracker.sign(f"/bill?imp=b2&cid=c1&price={token[:-2]}AA"))
     assert (status, headers["x-reject-reason"]) == (400, "price_signature_invalid")
-    status, headers, _ = tracker.get("/bill?imp=b3&cid=c1&price=${AUCTION_PRICE}")
+    status, headers, _ = tracker.get(tracker.sign("/bill?imp=b3&cid=c1&price=${AUCTION_PRICE}"))
     assert (status, headers["x-reject-reason"]) == (400, "price_macro_unsubstituted")
     assert tracker.get("/i?imp=i1&cid=c1&price=1.5")[0] == 200
-    eventually(lambda: bool(admin_json(tracker, "GET", "/banker/campaigns")[1]["campaigns"]), 10, "a debit")
-    listing = "/banker/campaigns?banker=impressions"
-    eventually(lambda: bool(admin_json(tracker, "GET", listing)[1]["campaigns"]), 10, "an impression's debit")
+
+    # The campaigns exist from the start (created above): wait for their debits, not for them.
+    def debited(banker: str) -> bool:
+        return bool(admin_json(tracker, "GET", f"/banker/campaigns/c1?banker={banker}")[1]["debits"] == 1)
+
+    eventually(lambda: debited("banker"), 10, "the billing notice's debit")
+    eventually(lambda: debited("impressions"), 10, "the impression's debit")
     _, state = admin_json(tracker, "GET", "/banker/campaigns/c1")
     assert (state["spent_micros"], state["debits"]) == (2500, 1)
     _, ledger = admin_json(tracker, "GET", "/banker/campaigns/c1/ledger")
@@ -334,7 +409,7 @@ def test_billing_notices_with_encrypted_prices_or_impressions_can_be_the_spend(
 def test_reconcile_reports_lost_debits_and_replay_restores_them(tracker_factory: Any) -> None:
     tracker: Tracker = tracker_factory(banker_config({}))
     for i in range(40):
-        assert tracker.get(f"/win?imp=r{i}&cid=c{i % 2}&price=2.5")[0] == 204
+        assert tracker.get(signed(f"/win?imp=r{i}&cid=c{i % 2}&price=2.5"))[0] == 204
     eventually(lambda: sum(ledger_sizes(tracker).values()) == 40, 10, "40 debits")
     assert tracker.stop() == 0
     logs = str(tracker.data_dir / "logs")
@@ -392,16 +467,17 @@ def test_a_redis_outage_delays_spend_and_applies_it_once(
     })  # fmt: skip
     tracker: Tracker = tracker_factory(config)
     for i in range(20):
-        assert tracker.get(f"/win?imp=before{i}&cid=c1&price=1")[0] == 204
+        assert tracker.get(signed(f"/win?imp=before{i}&cid=c1&price=1"))[0] == 204
     eventually(lambda: spent(tracker) == {"c1": 20_000}, 10, "the first spend")
     asyncio.run(private_redis.stop())
     for i in range(300):
-        assert tracker.get(f"/win?imp=during{i}&cid=c1&price=1")[0] == 204
+        assert tracker.get(signed(f"/win?imp=during{i}&cid=c1&price=1"))[0] == 204
         if i % 3 == 0:  # repeats while the store is away
-            assert tracker.get(f"/win?imp=during{i}&cid=c1&price=1")[0] == 204
+            assert tracker.get(signed(f"/win?imp=during{i}&cid=c1&price=1"))[0] == 204
     assert tracker.admin("GET", "/banker/campaigns/c1")[0] == 503
     assert tracker.wait_metric("trackpoint_collector_spooled_events", 'collector="banker"', 1, timeout_s=10) >= 1
-    time.sleep(1.0)
+    # The outage is real for the collector: it has tried the missing store and backed off, more than once.
+    assert tracker.wait_metric("trackpoint_collector_retried_total", 'collector="banker"', 2, timeout_s=10) >= 2
     asyncio.run(private_redis.start())
     eventually(lambda: spent(tracker) == {"c1": 320_000}, 30, "the spend held during the outage")
     _, state = admin_json(tracker, "GET", "/banker/campaigns/c1")

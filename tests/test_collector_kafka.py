@@ -26,6 +26,8 @@ from trackpoint.config import ConfigError, load
 from trackpoint.event import Context, Event, Meta
 from trackpoint.plugins import registry
 
+pytestmark = pytest.mark.e2e  # librdkafka's mock cluster, a broker on sockets
+
 
 def make_event(i: int, type_name: str = "impression", pad: int = 0) -> Event:
     return Event(

@@ -30,6 +30,8 @@ from trackpoint.collectors.nats.config import NatsCollectorConfig, stream_subjec
 from trackpoint.event import Event
 from trackpoint.plugins import registry
 
+pytestmark = pytest.mark.e2e  # a real NATS server
+
 NATS_URL = os.environ.get("TRACKPOINT_TEST_NATS_URL", "nats://127.0.0.1:4222")
 DECODER = msgspec.json.Decoder(Event)
 

@@ -29,6 +29,8 @@ from trackpoint.collectors.redis_streams.config import RedisStreamsCollectorConf
 from trackpoint.event import Event
 from trackpoint.plugins import registry
 
+pytestmark = pytest.mark.e2e  # a real Redis
+
 REDIS_URL = os.environ.get("TRACKPOINT_TEST_REDIS_URL", "redis://127.0.0.1:6379/0")
 DECODER = msgspec.json.Decoder(Event)
 

@@ -32,8 +32,8 @@ DEFAULT_FIELDS = {
     "click": {"imp", "cid", "crid", "pub", "url"},
     "conversion": {"click_id", "order_id", "cid", "value", "cur"},
     "video": {"imp", "ev", "t", "dur", "code", "cb", "cid", "crid", "pub"},
-    "win": NOTICE_FIELDS | {"price", "mbr"},
-    "billing": NOTICE_FIELDS | {"price", "mbr"},
+    "win": NOTICE_FIELDS | {"price", "mbr", "max_price"},
+    "billing": NOTICE_FIELDS | {"price", "mbr", "max_price"},
     "loss": NOTICE_FIELDS | {"loss", "price", "min_to_win"},
 }
 DEFAULT_PATHS = {
@@ -674,6 +674,7 @@ def test_json_schema_is_a_json_schema_of_the_config() -> None:
     assert config_def["additionalProperties"] is False
 
 
+@pytest.mark.e2e
 def test_json_schema_defines_every_struct_with_descriptions() -> None:
     definitions = json_schema()["$defs"]
     structs = [
@@ -699,7 +700,7 @@ def test_json_schema_defines_every_struct_with_descriptions() -> None:
     limits = definitions["Limits"]["properties"]["max_body_bytes"]
     assert limits["description"] == "Largest request body; larger → 413."
     assert limits["maximum"] == 16 << 20
-    assert definitions["LogCollectorConfig"]["properties"]["fsync"]["enum"] == ["always", "interval", "none"]
+    assert definitions["LogCollectorConfig"]["properties"]["fsync"]["enum"] == ["interval", "none"]
 
 
 # --- the CLI ------------------------------------------------------------------------------------------------
@@ -730,6 +731,7 @@ def test_cli_config_schema_prints_the_json_schema() -> None:
     assert json.loads(result.stdout) == json_schema()
 
 
+@pytest.mark.e2e
 def test_installed_command_checks_a_file(tmp_path: Path) -> None:
     good = write(tmp_path, "data_dir: /data\n", name="good.yaml")
     bad = write(tmp_path, "event_types:\n  a:\n    paths: [/a]\n    collectors: [nope]\n", name="bad.yaml")

@@ -235,10 +235,10 @@ def test_the_cookie_is_kept_and_never_set_again(consent_tracker: Tracker) -> Non
     assert status == 200 and "set-cookie" not in headers
     status, headers, _ = tracker.request("HEAD", "/i?imp=third", headers={"Cookie": "tp_uid=forged<script>"})
     assert status == 200 and SET_COOKIE.fullmatch(headers["set-cookie"])  # not one of ours: replaced
-    status, headers, body = tracker.get("/win?imp=w1&price=1")
+    status, headers, body = tracker.get(tracker.sign("/win?imp=w1&price=1"))
     win_cookie = SET_COOKIE.fullmatch(headers["set-cookie"])
     assert (status, body) == (204, b"") and win_cookie is not None
-    status, headers, _ = tracker.get("/win?imp=w2&price=1", {"Sec-GPC": "1"})
+    status, headers, _ = tracker.get(tracker.sign("/win?imp=w2&price=1"), {"Sec-GPC": "1"})
     assert status == 204 and "set-cookie" not in headers
     status, headers, _ = tracker.get("/plain?imp=p")
     assert status == 200 and "set-cookie" not in headers  # an event type without the cookie

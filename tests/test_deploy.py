@@ -42,7 +42,7 @@ DEPLOY_DOC = ROOT / "docs" / "deploy.md"
 
 # The oldest Kubernetes the manifests claim to support; kubernetes-validate bundles its schemas.
 KUBERNETES_VERSION = "1.32.0"
-# From the benchmark (README, "Benchmark"): a worker stays under 80 MB RSS; the supervisor holds about 50 MB.
+# From the benchmark (docs/benchmarks.md): a worker stays under 80 MB RSS; the supervisor holds about 50 MB.
 WORKER_MIB = 80
 SUPERVISOR_MIB = 64
 # Beyond server.drain_timeout_s the supervisor waits 5 s before killing a late worker and 5 s to reap it.
@@ -177,6 +177,7 @@ def image_config_path(runtime: Stage) -> Path:
     raise AssertionError(f"TRACKPOINT_CONFIG={target} but no COPY from the build context puts a file there")
 
 
+@pytest.mark.e2e
 def test_hadolint_finds_nothing_at_warning_level() -> None:
     result = subprocess.run(
         [tool("hadolint"), "--failure-threshold", "warning", str(DOCKERFILE)],
@@ -259,6 +260,7 @@ def test_the_healthcheck_asks_healthz_on_the_admin_port(
     assert subprocess.run(local, capture_output=True, check=False).returncode != 0
 
 
+@pytest.mark.e2e
 def test_the_entrypoint_hands_trackpoint_config_to_run(runtime: Stage, tmp_path: Path) -> None:
     entrypoint = exec_form(runtime.last("ENTRYPOINT"))
     assert exec_form(runtime.last("CMD")) == []
@@ -616,6 +618,7 @@ def test_each_terraform_example_is_complete_and_documented(
         assert unquote(spec["source"]).startswith("hashicorp/")
 
 
+@pytest.mark.e2e
 def test_terraform_is_formatted(parsed_terraform: dict[Path, dict[str, Any]]) -> None:
     """`terraform fmt` where the binary is on PATH (issue 7 allows the condition); everywhere, the HCL parse."""
     assert set(parsed_terraform) == set(TERRAFORM.rglob("*.tf")) and len(parsed_terraform) >= 4 * len(MODULES)

@@ -30,12 +30,14 @@ from trackpoint.reference.cli import commands
 from trackpoint.reference.config import config_sections, configuration_reference, endpoints_reference
 from trackpoint.reference.openapi import openapi_document
 from trackpoint.reference.plugins import api_objects, public_methods
+from trackpoint.security.signing import SIGNATURE_PARAMS
 
 ROOT = Path(__file__).resolve().parent.parent
 GENERATED = ("configuration.md", "endpoints.md", "openapi.json", "cli.md", "plugin-api.md")
 CONFIGS = [None, *sorted((ROOT / "examples").glob("*.yaml"))]
 
 
+@pytest.mark.e2e
 def test_committed_reference_is_fresh(tmp_path: Path) -> None:
     result = subprocess.run(
         [sys.executable, "-m", "trackpoint", "docs", str(tmp_path)], capture_output=True, text=True, check=True
@@ -162,19 +164,31 @@ def test_openapi_served_by_the_admin_port_describes_the_running_tracker(tracker:
             body_bytes = form.encode() if method == "post" else None
             if method == "post":
                 headers["Content-Type"] = "application/x-www-form-urlencoded"
-            target = f"{path}?{urlencode(query)}" if query else path
+            signed = "sig" in query  # the documented signature parameters: a real signature replaces them
+
+            def target_of(params: dict[str, str], path: str = path, signed: bool = signed) -> str:
+                params = {k: v for k, v in params.items() if k not in SIGNATURE_PARAMS} if signed else params
+                target = f"{path}?{urlencode(params)}" if params else path
+                return tracker.sign(target) if signed else target
+
+            target = target_of(query)
             status, got, _ = tracker.request(method.upper(), target, body_bytes, headers)
             successes = [code for code in operation["responses"] if code.startswith(("2", "3"))]
             assert str(status) in successes, (method, target, status, got.get("x-reject-reason"))
             checked += 1
             for missing in [p for p in operation.get("parameters", []) if p.get("required") and p["in"] == "query"]:
                 without = {k: v for k, v in query.items() if k != missing["name"]}
-                status, got, _ = tracker.request(method.upper(), f"{path}?{urlencode(without)}", None, headers)
+                if missing["name"] in SIGNATURE_PARAMS:
+                    status, got, _ = tracker.request(method.upper(), f"{path}?{urlencode(without)}", None, headers)
+                    assert status == 403 and "403" in operation["responses"], (method, path, missing["name"])
+                    continue
+                status, got, _ = tracker.request(method.upper(), target_of(without), None, headers)
                 assert status == 400 and "400" in operation["responses"], (method, path, missing["name"])
                 assert got["x-reject-reason"] == "missing_field"
     assert checked >= 15
 
 
+@pytest.mark.e2e
 def test_every_config_file_in_the_repository_validates() -> None:
     """Any tracked YAML file whose top level is trackpoint config sections loads, wherever it lives (examples,
     deploy files); the example plugin's config needs its plugin and is checked by test_plugin_example."""

@@ -32,7 +32,7 @@ def test_impression_returns_the_pixel_and_logs_one_event(tracker: Tracker) -> No
     [event] = tracker.wait_events(1)
     assert event.type == "impression"
     assert event.id == derived_id("impression", ["imp-1"])
-    assert event.dims == {"imp": "imp-1", "cid": "c1", "crid": "cr1", "pub": "p1"}
+    assert event.dims == {"imp": "imp-1", "cid": "c1", "crid": "cr1", "pub": "p1", "consent": "not_applicable"}
     assert event.ctx.ip == "127.0.0.0"  # anonymize_ip: /24
     assert event.ctx.device is not None and event.ctx.device.browser == "Chrome"
     assert abs(event.ts - time.time() * 1000) < 60_000
@@ -42,7 +42,7 @@ def test_every_default_endpoint(tracker: Tracker) -> None:
     status, headers, _ = tracker.get("/c?imp=imp-2&cid=c1&url=https%3A%2F%2Fshop.example.com%2Fp%3Fx%3D1")
     assert status == 302
     assert headers["location"].startswith("https://shop.example.com/p?x=1&tp_click=")  # issue_click_id's click id
-    status, _, body = tracker.get("/win?imp=imp-2&price=2.5&cid=c1")
+    status, _, body = tracker.get(tracker.sign("/win?imp=imp-2&price=2.5&cid=c1"))
     assert (status, body) == (204, b"")
     status, _, body = tracker.get("/v?imp=imp-2&ev=firstQuartile&t=3.75")
     assert status == 200 and body == PIXEL_GIF
@@ -75,7 +75,7 @@ def test_every_default_endpoint(tracker: Tracker) -> None:
 
 def test_the_same_request_twice_yields_the_same_id(tracker: Tracker) -> None:
     for _ in range(2):
-        assert tracker.get("/win?imp=dup-1&price=1")[0] == 204
+        assert tracker.get(tracker.sign("/win?imp=dup-1&price=1"))[0] == 204
     events = tracker.wait_events(2)
     assert len(events) == 2 and events[0].id == events[1].id
 
@@ -85,6 +85,7 @@ def test_rejections_carry_a_reason_and_are_counted(tracker: Tracker) -> None:
         ("GET", "/nope", 404, "not_found"),
         ("POST", "/i?imp=x", 405, "method_not_allowed"),
         ("GET", "/i?cid=1", 400, "missing_field"),
+        ("GET", "/win?imp=x&price=1", 403, "signature_missing"),  # spend needs the DSP's signature
         ("GET", "/win?imp=x&price=abc", 400, "invalid_field"),
         ("GET", "/win?imp=x&price=-1", 400, "price_out_of_range"),
         ("GET", "/i?imp=" + "x" * 65, 400, "field_too_long"),
@@ -98,7 +99,8 @@ def test_rejections_carry_a_reason_and_are_counted(tracker: Tracker) -> None:
         ("GET", "/i?imp=%ff%fe", 400, "invalid_encoding"),
     ]
     for method, path, expected_status, reason in cases:
-        status, headers, body = tracker.request(method, path)
+        signed = path.startswith("/win") and reason != "signature_missing"
+        status, headers, body = tracker.request(method, tracker.sign(path) if signed else path)
         assert status == expected_status, (path, status, body)
         assert headers["x-reject-reason"] == reason, path
         assert json.loads(body)["error"] == reason
@@ -118,7 +120,9 @@ def test_rejections_carry_a_reason_and_are_counted(tracker: Tracker) -> None:
 
 def test_keep_alive_and_pipelining_answer_in_order(tracker: Tracker) -> None:
     requests = (
-        b"".join(f"GET /win?imp=pipe-{i}&price=1 HTTP/1.1\r\nHost: t\r\n\r\n".encode() for i in range(5))
+        b"".join(
+            f"GET {tracker.sign(f'/win?imp=pipe-{i}&price=1')} HTTP/1.1\r\nHost: t\r\n\r\n".encode() for i in range(5)
+        )
         + b"GET /missing HTTP/1.1\r\nHost: t\r\n\r\nGET /i?imp=last HTTP/1.1\r\nHost: t\r\nConnection: close\r\n\r\n"
     )
     answer = tracker.raw(requests)
@@ -168,8 +172,9 @@ def test_smuggled_second_request_is_never_parsed(tracker: Tracker) -> None:
     )
     answer = tracker.raw(smuggle)
     assert _status_lines(answer) == [b"HTTP/1.1 400 Bad Request"]
-    time.sleep(0.3)
-    assert [e for e in tracker.events() if e.dims.get("imp") == "smuggled"] == []
+    # The sentinel comes after the smuggled request would have: once its line is logged, the other's would be too.
+    assert tracker.get("/i?imp=sentinel")[0] == 200
+    assert [e.dims["imp"] for e in tracker.wait_events(1)] == ["sentinel"]
 
 
 def test_limits(tracker_factory: Any) -> None:
@@ -213,6 +218,8 @@ def test_timeouts(tracker_factory: Any) -> None:
             }
         }
     )
+    # Each wait is bounded below by the timeout (a machine under load can only make it longer) and above by the
+    # client's own 5 s socket timeout: an answer, or the server's close, proves the server's timer fired first.
     with socket.create_connection(("127.0.0.1", tracker.port), timeout=5) as slow:
         started = time.monotonic()
         slow.sendall(b"GET /i?imp=slow HTTP/1.1\r\nHost: t\r\nX-Slow: ")
@@ -220,7 +227,7 @@ def test_timeouts(tracker_factory: Any) -> None:
         elapsed = time.monotonic() - started
     assert _status_lines(answer) == [b"HTTP/1.1 408 Request Timeout"]
     assert b"X-Reject-Reason: header_timeout" in answer
-    assert 0.45 <= elapsed <= 0.5 * 1.2 + 0.1
+    assert elapsed >= 0.45
     with socket.create_connection(("127.0.0.1", tracker.port), timeout=5) as slow:
         slow.sendall(b"POST /conv HTTP/1.1\r\nHost: t\r\nContent-Type: application/json\r\nContent-Length: 10\r\n\r\n{")
         answer = read_until_quiet(slow)
@@ -230,22 +237,23 @@ def test_timeouts(tracker_factory: Any) -> None:
         started = time.monotonic()
         answer = read_until_quiet(idle)  # the response, then the idle close
         elapsed = time.monotonic() - started
+        assert idle.recv(1) == b""  # closed by the server (a client timeout would raise here instead)
     assert _status_lines(answer) == [b"HTTP/1.1 200 OK"]
-    assert 0.7 <= elapsed <= 0.8 * 1.2 + 0.1
+    assert elapsed >= 0.7
 
 
 def test_connection_cap_answers_503(tracker_factory: Any) -> None:
     tracker: Tracker = tracker_factory({"server": {"limits": {"max_connections": 5}}})
     held = [socket.create_connection(("127.0.0.1", tracker.port), timeout=3) for _ in range(5)]
     try:
-        time.sleep(0.2)
+        assert tracker.wait_metric("trackpoint_connections", "", 5) == 5  # the worker holds all five
         answer = tracker.raw(b"GET /i?imp=over HTTP/1.1\r\nHost: t\r\n\r\n")
         assert _status_lines(answer) == [b"HTTP/1.1 503 Service Unavailable"]
         assert b"X-Reject-Reason: too_many_connections" in answer
     finally:
         for sock in held:
             sock.close()
-    time.sleep(0.2)
+    assert tracker.wait_metric_at_most("trackpoint_connections", "", 0) == 0  # all five closes seen
     assert tracker.get("/i?imp=after")[0] == 200
 
 

@@ -109,11 +109,11 @@ def test_dsp_example_end_to_end(tracker_factory: Any, banker_prefix: str, monkey
     assert status == 200  # answered like any other, recorded apart
     win = f"/win?imp={imp}&{ad}&price=2.35&cur=USD&auction=req-81&bid=bid-1&seat=${{AUCTION_SEAT_ID}}"
     for _ in range(2):
-        assert tracker.get(win)[0] == 204
-    assert tracker.get(f"/win?imp={imp_eur}&{ad}&price=1.00&cur=EUR")[0] == 204
-    status, headers, _ = tracker.get(f"/win?imp=x-{imp}&{ad}&price=${{AUCTION_PRICE}}")
+        assert tracker.get(tracker.sign(win))[0] == 204
+    assert tracker.get(tracker.sign(f"/win?imp={imp_eur}&{ad}&price=1.00&cur=EUR"))[0] == 204
+    status, headers, _ = tracker.get(tracker.sign(f"/win?imp=x-{imp}&{ad}&price=${{AUCTION_PRICE}}"))
     assert (status, headers["x-reject-reason"]) == (400, "price_macro_unsubstituted")
-    assert tracker.get(f"/bill?imp={imp}&{ad}&price=2.35&cur=USD")[0] == 204
+    assert tracker.get(tracker.sign(f"/bill?imp={imp}&{ad}&price=2.35&cur=USD"))[0] == 204
     assert tracker.get(f"/loss?imp={imp_lost}&{ad}&loss=102&price=3.10")[0] == 204
 
     # The video player fires its quartile (twice) with the playhead macro it did not expand.
@@ -218,16 +218,19 @@ def test_dsp_wins_example_decrypts_prices_and_debits_them(
         iv = (int(time.time()) - age_s).to_bytes(4, "big") + os.urandom(12)
         return encrypt_price(micros, iv, encryption, integrity)
 
-    assert tracker.get(f"/win?imp=w1&cid=c1&exch=adx&price={token(1_850_000)}")[0] == 204
-    assert tracker.get(f"/win?imp=w2&cid=c1&price={token(2_000_000)}")[0] == 204  # the default exchange
+    assert tracker.admin("PUT", "/banker/campaigns/c1", b'{"total_budget_micros": 1000000}')[0] == 200
+    assert tracker.get(tracker.sign(f"/win?imp=w1&cid=c1&exch=adx&price={token(1_850_000)}"))[0] == 204
+    assert tracker.get(tracker.sign(f"/win?imp=w2&cid=c1&price={token(2_000_000)}"))[0] == 204  # the default exchange
     refused = {
         f"/win?imp=w3&cid=c1&price={token(1_000_000, age_s=2 * 86_400)}": "price_expired",
         f"/win?imp=w4&cid=c1&price={token(500_000_001)}": "price_out_of_range",
         f"/win?imp=w5&cid=c1&exch=other&price={token(1_000_000)}": "price_exchange_unknown",
         "/win?imp=w6&cid=c1&price=1.25": "price_malformed",  # keys are listed: a plain price could be forged
     }
+    status, headers, _ = tracker.get(tracker.sign(f"/win?imp=w7&cid=c1&max_price=1&price={token(1_500_000)}"))
+    assert (status, headers["x-reject-reason"]) == (403, "price_above_bound")  # above the bid signed in the URL
     for path, reason in refused.items():
-        status, headers, _ = tracker.get(path)
+        status, headers, _ = tracker.get(tracker.sign(path))
         assert (status, headers["x-reject-reason"]) == (400, reason), path
     wins = {event.dims["imp"]: event.metrics["price"] for event in tracker.wait_events(2)}
     assert wins == {"w1": 1_850_000, "w2": 2_000_000}

@@ -124,6 +124,7 @@ def test_config_check_names_the_option_and_the_variable(tmp_path: Path, monkeypa
     assert result.exit_code == 0, result.output
 
 
+@pytest.mark.e2e
 def test_run_refuses_to_start_without_a_secret(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     monkeypatch.delenv("TP_TEST_ACME", raising=False)
     path = write(tmp_path, postback({"secret_env": "TP_TEST_ACME"}))

@@ -13,6 +13,8 @@ from pathlib import Path
 
 import pytest
 
+pytestmark = pytest.mark.e2e  # runs the fuzz harness as a program
+
 HARNESS = Path(__file__).parent / "fuzz" / "fuzz_edge.py"
 RUNS = 100_000
 MAX_TIME_S = 40

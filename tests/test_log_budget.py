@@ -7,8 +7,10 @@ from __future__ import annotations
 import asyncio
 import logging
 import os
+import socket
 import time
 from pathlib import Path
+from typing import Any
 
 import msgspec
 import pytest
@@ -154,25 +156,67 @@ def test_disk_metrics_show_each_log_collectors_directory(tmp_path: Path) -> None
     }
 
 
-def test_the_collector_refuses_once_its_own_writes_fill_the_budget(tmp_path: Path) -> None:
-    config = options(max_disk_bytes=2 * MiB, fsync="none", compression="none", max_pending_events=100_000)
-    events = [make_event(i) for i in range(2 * MiB // len(msgspec.json.encode(make_event(0))) + 1)]
+def test_the_collector_refuses_the_group_that_would_pass_the_budget(tmp_path: Path) -> None:
+    """Groups of 100 lines until one would pass max_disk_bytes: that one is refused whole (nothing of it written),
+    from this worker's own count before any check ran, and the directory stays within the budget."""
+    config = options(max_disk_bytes=2 * MiB, fsync="none", compression="none")
+    line = len(msgspec.json.encode(make_event(0))) + 1
 
-    async def main() -> tuple[bool, bool, bool]:
+    async def main() -> tuple[int, int, bool]:
         collector = LogCollector("log", config, CollectorContext(str(tmp_path), worker=1))
         await collector.start()
         try:
-            before = collector.disk_allows()
-            for event in events:
-                collector.offer(event)
-            await collector.flush()
-            during = collector.disk_allows()  # refused from this worker's own count, before any check
-            collector._check_budget()
-            assert collector._budget_check is not None
-            await collector._budget_check
-            return before, during, collector.disk_allows()
+            written = 0
+            for group in range(2 * MiB // (100 * line) + 2):
+                for i in range(100):
+                    collector.offer(make_event(group * 100 + i))
+                if not collector.commit():
+                    break
+                written += 100
+            return written, collector.stats.dropped, collector.disk_allows(100 * line)
         finally:
             await collector.close(5.0)
 
-    assert asyncio.run(main()) == (True, False, False)
-    assert usage(tmp_path / "logs", config).bytes >= 2 * MiB
+    written, dropped, allows = asyncio.run(main())
+    assert (dropped, allows) == (100, False)
+    used = usage(tmp_path / "logs", config).bytes
+    assert used == sum(len(msgspec.json.encode(make_event(i))) + 1 for i in range(written))  # accepted lines only
+    assert 2 * MiB - 100 * (line + 4) <= used < 2 * MiB  # the refused group would not have fitted
+
+
+def test_a_tracker_at_its_budget_answers_503_log_disk_full_and_acknowledges_only_what_it_wrote(
+    tracker_factory: Any,
+) -> None:
+    """End to end: impressions until the log directory reaches max_disk_bytes. Every 2xx has its line; the rest are
+    503 `log_disk_full`, counted, and /readyz fails while the budget is full."""
+    log = {"type": "log", "max_disk_bytes": MiB, "rotate_bytes": 256 << 10, "compression": "none", "fsync": "none"}
+    tracker = tracker_factory({"collectors": {"log": log}})
+    acknowledged: list[str] = []
+    refused = 0
+    with socket.create_connection(("127.0.0.1", tracker.port), timeout=10) as sock:
+        stream = sock.makefile("rb")
+        for i in range(6000):
+            imp = f"budget-{i:05d}-" + "x" * 48
+            sock.sendall(f"GET /i?imp={imp}&cid=c&crid=cr&pub=p HTTP/1.1\r\nHost: t\r\n\r\n".encode())
+            status_line = stream.readline()
+            headers = {}
+            while (line := stream.readline()) not in (b"\r\n", b""):
+                name, _, value = line.decode().partition(":")
+                headers[name.strip().lower()] = value.strip()
+            stream.read(int(headers.get("content-length", "0")))
+            if status_line.startswith(b"HTTP/1.1 200"):
+                acknowledged.append(imp)
+                continue
+            assert status_line.startswith(b"HTTP/1.1 503"), status_line
+            assert headers["x-reject-reason"] == "log_disk_full"
+            refused += 1
+            break  # the answer said Connection: close
+    assert refused == 1 and 1000 < len(acknowledged) < 6000
+    deadline = time.monotonic() + 10  # workers report their collectors' health once a second
+    while tracker.admin("GET", "/readyz")[0] != 503 and time.monotonic() < deadline:
+        time.sleep(0.05)
+    assert tracker.admin("GET", "/readyz")[0] == 503
+    assert tracker.wait_metric("trackpoint_rejected_total", 'reason="log_disk_full"', 1) == 1
+    logged = {event.dims["imp"] for event in tracker.events()}
+    assert set(acknowledged) <= logged
+    assert sum(path.stat().st_size for path in (tracker.data_dir / "logs").iterdir()) <= MiB

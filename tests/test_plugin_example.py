@@ -42,6 +42,8 @@ from trackpoint_sqlite.config import SqliteCollectorConfig, TagDimsConfig  # noq
 from trackpoint_sqlite.stats import sqlite_stats  # noqa: E402
 from trackpoint_sqlite.tag_dims import TagDims  # noqa: E402
 
+pytestmark = pytest.mark.e2e  # installs the example plugin package
+
 PIP_TIMEOUT_S = 300
 
 

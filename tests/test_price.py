@@ -232,21 +232,21 @@ def test_encrypted_wins_end_to_end(tracker_factory: Any, monkeypatch: pytest.Mon
     monkeypatch.setenv("TP_E2E_INT", INTEGRITY_KEY_B64)
     tracker = tracker_factory(E2E_CONFIG)
     token = GOOGLE_VECTORS[1][0]
-    assert tracker.get(f"/win?imp=e2e-1&cid=c1&exch=adx&price={token}")[0] == 204
-    status, _, body = tracker.get("/win?imp=e2e-2&exch=adx&price=${AUCTION_PRICE}")
+    assert tracker.get(tracker.sign(f"/win?imp=e2e-1&cid=c1&exch=adx&price={token}"))[0] == 204
+    status, _, body = tracker.get(tracker.sign("/win?imp=e2e-2&exch=adx&price=${AUCTION_PRICE}"))
     assert status == 400 and b"price_macro_unsubstituted" in body
-    status, _, body = tracker.get("/win?imp=e2e-3&exch=adx&price=%24%7BAUCTION_PRICE%7D")
+    status, _, body = tracker.get(tracker.sign("/win?imp=e2e-3&exch=adx&price=%24%7BAUCTION_PRICE%7D"))
     assert status == 400 and b"price_macro_unsubstituted" in body
-    status, _, body = tracker.get(f"/win?imp=e2e-4&exch=adx&price={token[:-2]}AA")
+    status, _, body = tracker.get(tracker.sign(f"/win?imp=e2e-4&exch=adx&price={token[:-2]}AA"))
     assert status == 400 and b"price_signature_invalid" in body
-    status, _, body = tracker.get(f"/win?imp=e2e-5&exch=other&price={token}")
+    status, _, body = tracker.get(tracker.sign(f"/win?imp=e2e-5&exch=other&price={token}"))
     assert status == 400 and b"price_exchange_unknown" in body
     (win,) = tracker.wait_events(1)
     assert win.metrics == {"price": 1900} and win.dims == {"imp": "e2e-1", "cid": "c1", "exch": "adx"}
 
 
 def test_plain_wins_name_the_unsubstituted_macro(tracker: Any) -> None:
-    status, _, body = tracker.get("/win?imp=m1&price=${AUCTION_PRICE}")
+    status, _, body = tracker.get(tracker.sign("/win?imp=m1&price=${AUCTION_PRICE}"))
     assert status == 400 and b"price_macro_unsubstituted" in body
-    assert tracker.get("/win?imp=m2&price=-1")[0] == 400
-    assert tracker.get("/win?imp=m3&price=1.5")[0] == 204
+    assert tracker.get(tracker.sign("/win?imp=m2&price=-1"))[0] == 400
+    assert tracker.get(tracker.sign("/win?imp=m3&price=1.5"))[0] == 204

@@ -216,3 +216,103 @@ def test_replay_applies_the_collector_filter(tmp_path: Path) -> None:
     [event] = read_events([tmp_path / "out"])
     assert event.ctx.ip is None and event.ctx.ua is None and "uid" not in event.dims
     assert event.dims["imp"] == "i1" and event.ctx.device == Device(browser="Chrome")
+
+
+# --- privacy by default: client-sourced fields, referer query strings, GPC and DNT (issue 13, finding 6) -------
+
+CLIENT_FIELDS: dict[str, Any] = {
+    "imp": {"required": True},
+    "client": {"source": "ip"},  # the raw client IP, as a field
+    "lang": {"source": "header", "name": "Accept-Language"},
+    "session": {"source": "cookie", "name": "sess"},
+    "vendor": {"source": "header", "name": "X-Vendor"},
+}
+
+
+def test_fields_read_from_the_client_are_denied_to_untrusted_collectors_unless_named(tmp_path: Path) -> None:
+    path = tmp_path / "c.yaml"
+    path.write_text(
+        msgspec.yaml.encode(
+            {
+                "collectors": {
+                    "log": {"type": "log"},
+                    "partner": {"type": "log", "trusted": False, "dir": "partner", "fields_deny": ["dims.lang"]},
+                    "vendor": {"type": "log", "trusted": False, "dir": "vendor", "send_private": ["vendor"]},
+                },
+                "event_types": {
+                    "hit": {"paths": ["/h"], "fields": CLIENT_FIELDS, "collectors": ["log", "partner"]},
+                    "tagged": {
+                        "paths": ["/t"],
+                        "fields": CLIENT_FIELDS,
+                        "collectors": ["vendor"],
+                        "preprocessors": ["check_consent"],
+                        "response": {"kind": "gif", "user_id_cookie": {"name": "tp_uid"}},
+                    },
+                },
+            }
+        ).decode()
+    )
+    collectors = load(path).config.collectors
+    assert collectors["log"].fields_deny == []  # trusted: the tracker's own record
+    assert collectors["partner"].fields_deny == ["dims.lang", "dims.client", "dims.session", "dims.vendor"]
+    assert collectors["vendor"].fields_deny == ["dims.client", "dims.lang", "dims.session", "dims.uid"]
+    assert collectors["stdout"].fields_deny == []  # fed by no type
+
+
+def test_an_untrusted_collector_gets_the_referer_without_its_query_string() -> None:
+    event = _event()
+    event.ctx.referer = "https://pub.example/article?email=someone%40example.com&q=shoes#top"
+    assert PrivacyFilter(trusted=False, allow=None, deny=[])(event).ctx.referer == "https://pub.example/article"
+    kept = PrivacyFilter(trusted=False, allow=None, deny=[], referer_query=True)(event)
+    assert kept.ctx.referer == event.ctx.referer  # the collector's explicit opt-in
+    assert PrivacyFilter(trusted=True, allow=None, deny=[])(event).ctx.referer == event.ctx.referer
+    assert build_filter(LogCollectorConfig()) is None  # trusted: still no per-event copy
+    assert build_filter(StdoutCollectorConfig(referer_query=True)) is not None  # the raw IP still goes
+
+
+def _partner_events(tracker: Any, count: int) -> list[Event]:
+    partner_dir = tracker.data_dir / "partner"
+    found: list[Event] = []
+    for _ in range(200):
+        found = list(read_events([partner_dir])) if partner_dir.exists() else []
+        if len(found) >= count:
+            break
+        time.sleep(0.05)
+    return found
+
+
+def test_privacy_by_default_end_to_end(tracker_factory: Any) -> None:
+    """The attack of finding 6: the raw IP through a `source: ip` field, an email in the Referer's query, and a
+    browser saying Sec-GPC: 1 or DNT: 1, against the default event types plus an untrusted partner."""
+    tracker = tracker_factory({
+        "collectors": {"log": {"type": "log"}, "partner": {"type": "log", "trusted": False, "dir": "partner"}},
+        "event_types": {
+            "impression": {"preset": "impression", "collectors": ["log", "partner"],
+                           "fields": {"imp": {"required": True}, "cid": {}, "client": {"source": "ip"},
+                                      "lang": {"source": "header", "name": "Accept-Language"}}},
+            "click": {"preset": "click"},
+        },
+    })  # fmt: skip
+    referer = {"Referer": "https://pub.example/a?email=someone%40example.com"}
+    assert tracker.get("/i?imp=plain&cid=c1", {**referer, "Accept-Language": "de-CH"})[0] == 200
+    status, headers, _ = tracker.get("/i?imp=gpc&cid=c1", {**referer, "Sec-GPC": "1"})
+    assert status == 200
+    assert tracker.get("/i?imp=dnt&cid=c1", {**referer, "DNT": "1"})[0] == 200
+    # A click with GPC: still redirected and counted, but no click id follows the user to the landing page.
+    status, headers, _ = tracker.get("/c?imp=k1&url=https%3A%2F%2Fexample.com%2Fland", {"Sec-GPC": "1"})
+    assert status == 302 and "tp_click" not in headers["location"]
+    logged = {e.dims["imp"]: e for e in tracker.wait_events(4)}
+    assert logged["plain"].dims["client"] == "127.0.0.1" and logged["plain"].dims["lang"] == "de-CH"  # the log
+    assert logged["plain"].ctx.referer == referer["Referer"] and logged["plain"].dims["consent"] == "not_applicable"
+    for imp, reason in (("gpc", "gpc"), ("dnt", "dnt"), ("k1", "gpc")):
+        event = logged[imp]
+        assert (event.dims["consent"], event.dims["consent_reason"]) == ("denied", reason), imp
+        assert event.ctx.ip is None and event.ctx.ua is None and event.ctx.referer is None, imp
+    assert "click_id" not in logged["k1"].dims
+    partner = {e.dims["imp"]: e for e in _partner_events(tracker, 3)}
+    assert sorted(partner) == ["dnt", "gpc", "plain"]
+    plain = partner["plain"]
+    assert "client" not in plain.dims and "lang" not in plain.dims  # read from the client: not for the partner
+    assert plain.ctx.referer == "https://pub.example/a" and plain.ctx.ip is None
+    raw = b"".join(p.read_bytes() for p in (tracker.data_dir / "partner").iterdir() if p.is_file())
+    assert b"127.0.0.1" not in raw and b"someone" not in raw and b"de-CH" not in raw

@@ -53,6 +53,9 @@ class _Transport:
     def get_extra_info(self, name: str) -> object:
         return ("198.51.100.7", 40000) if name == "peername" else None
 
+    def get_write_buffer_size(self) -> int:
+        return 0
+
     def pause_reading(self) -> None: ...
 
     def resume_reading(self) -> None: ...

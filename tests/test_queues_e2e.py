@@ -15,6 +15,8 @@ import pytest
 from conformance.target_redis_streams import RedisStreamsTarget, make_target
 from conftest import Tracker, free_port
 
+pytestmark = pytest.mark.e2e  # trackers and real queues
+
 
 @pytest.fixture
 def redis_target() -> Iterator[RedisStreamsTarget]:

@@ -2,8 +2,10 @@
 
 from __future__ import annotations
 
+import hmac
 import json
 import os
+import re
 import stat
 import subprocess
 import sys
@@ -21,14 +23,19 @@ from trackpoint.config import ConfigError, load
 from trackpoint.config.model import ResponseSpec, SigningConfig, SigningKey
 from trackpoint.edge.responses import Clock, Responder
 from trackpoint.event import Context, Event, Meta
+from trackpoint.fields.converters import Reject
 from trackpoint.security.signing import (
+    BODY_DIGEST_INVALID,
+    BODY_UNSIGNED,
     EXPIRED,
     INVALID,
     MISSING,
     UNKNOWN_KEY,
+    RequestSignature,
     SigningKeyError,
     Verifier,
     canonical,
+    check_body,
     load_keys,
     sign_url,
 )
@@ -154,14 +161,16 @@ def test_key_rotation_two_keys_at_once_then_the_old_one_removed() -> None:
     assert _verify(Verifier({"old": OTHER}), old_url) == INVALID
 
 
-def test_verification_costs_microseconds() -> None:
+def test_verification_costs_a_few_hmacs() -> None:
+    """Measured against one bare HMAC-SHA256 of the same query in the same run (the best of several rounds each),
+    so the ratio holds on a loaded machine where a limit in microseconds would not: about 3 on a quiet core, 6 on
+    a busy one; 25 means a slow path crept in."""
     url = sign_url("/c?imp=abc-123&cid=42&crid=7&pub=p1&url=https%3A%2F%2Fshop.test%2Fland%3Fx%3D1", "k1", SECRET)
     path, query = _target(url)
     verifier = Verifier({"k1": SECRET})
-    rounds = 5_000
-    best = min(timeit.repeat(lambda: verifier.verify(path, query), number=rounds, repeat=5)) / rounds * 1e6
-    # About 3-5 µs on a quiet core (as much as building the event); the bound is generous for shared CI cores.
-    assert best < 50, best
+    verify = min(timeit.repeat(lambda: verifier.verify(path, query), number=2_000, repeat=5))
+    one_hmac = min(timeit.repeat(lambda: hmac.digest(SECRET, query, "sha256"), number=2_000, repeat=5))
+    assert verify / one_hmac < 25, verify / one_hmac
 
 
 # --- keys -------------------------------------------------------------------------------------------------------
@@ -191,6 +200,7 @@ def test_keys_from_the_environment_and_their_problems(tmp_path: Path, monkeypatc
 
 # --- redirect policy (pure) -------------------------------------------------------------------------------------
 
+CONTROLS = re.compile("[\x00-\x08\x0a-\x1f\x7f]")  # refused in any text field, before the redirect policy
 NASTY_DESTINATIONS = [
     ("https://evil.test/", "host_not_allowed"),
     ("javascript:alert(1)", "scheme"),
@@ -260,6 +270,63 @@ def test_a_macro_cannot_move_the_destination_to_another_host() -> None:
     with pytest.raises(Exception, match="redirect_not_allowed"):
         responder.render(event, True, False)
     assert event.dims["redirect_rejected"] == "host"
+
+
+# --- signed params (the exchange's macros left free) and signed bodies ----------------------------------------
+
+WIN_SIGNED = ("imp", "cid", "crid", "max_price")
+
+
+def _check(signature: RequestSignature, url: str) -> str | bool:
+    path, query = _target(url)
+    try:
+        return signature.check(path, query)
+    except Reject as reject:
+        return reject.reason
+
+
+def test_signed_params_cover_the_dsps_fields_and_leave_the_exchange_macros_free() -> None:
+    signature = RequestSignature(Verifier({"k1": SECRET}), "required", WIN_SIGNED)
+    nurl = sign_url("/win?imp=i1&cid=c1&price=${AUCTION_PRICE}&auction=${AUCTION_ID}&max_price=2.5", "k1", SECRET,
+                    covered=WIN_SIGNED)  # fmt: skip
+    # The macros follow `sig`, as the exchange will substitute them.
+    assert nurl.index("sig=") < nurl.index("price=${AUCTION_PRICE}")
+    substituted = nurl.replace("${AUCTION_PRICE}", "1.87").replace("${AUCTION_ID}", "a-9")
+    assert _check(signature, substituted) is True
+    assert _check(signature, substituted + "&seat=s1") is True  # a free parameter added
+    for forged in (
+        substituted.replace("cid=c1", "cid=c2"),  # a signed value changed
+        substituted.replace("max_price=2.5&", ""),  # a signed parameter removed
+        substituted + "&crid=x",  # a signed parameter added
+        substituted + "&cid=c2",  # repeated
+        "/win?%63id=c2&" + substituted.removeprefix("/win?"),  # an encoded name is still `cid`
+        "/win?imp=i1&cid=c1&price=1000",  # unsigned
+    ):
+        assert _check(signature, forged) in {INVALID, MISSING}, forged
+    # A whole-query signature does not verify under a subset, nor the reverse.
+    assert _check(signature, sign_url("/win?imp=i1&cid=c1&price=1", "k1", SECRET)) == INVALID
+
+
+def test_a_signed_body_must_be_the_body_that_arrives() -> None:
+    url = sign_url("/conv?order_id=o1", "k1", SECRET, body=b'{"value": 10}')
+    path, query = _target(url)
+    assert "bd=" in url and Verifier({"k1": SECRET}).verify(path, query) is None
+    check_body(query, b'{"value": 10}')  # the signed body passes
+    for body, reason in ((b'{"value": 99999}', BODY_DIGEST_INVALID), (None, BODY_DIGEST_INVALID)):
+        with pytest.raises(Reject) as caught:
+            check_body(query, body)
+        assert (caught.value.status, caught.value.reason) == (403, reason)
+    _, unsigned_body = _target(sign_url("/conv?order_id=o1", "k1", SECRET))
+    with pytest.raises(Reject) as caught:
+        check_body(unsigned_body, b'{"value": 1}')  # signed URL, body not covered
+    assert caught.value.reason == BODY_UNSIGNED
+    check_body(unsigned_body, None)  # no body: nothing to cover
+    check_body(b"order_id=o1", b"anything")  # an unsigned request (optional signature) trusts nothing anyway
+    # The digest is covered by the MAC: swapping it for the forged body's breaks the signature.
+    forged = sign_url("/conv?order_id=o1", "k1", OTHER, body=b"x")
+    bd = dict(pair.split("=", 1) for pair in urlsplit(forged).query.split("&"))["bd"]
+    swapped = url.replace(dict(pair.split("=", 1) for pair in urlsplit(url).query.split("&"))["bd"], bd)
+    assert _verify(Verifier({"k1": SECRET}), swapped) == INVALID
 
 
 # --- end to end -------------------------------------------------------------------------------------------------
@@ -344,9 +411,11 @@ def test_required_and_optional_signatures_end_to_end(signed_tracker: Tracker) ->
 
 def test_redirect_policy_end_to_end(signed_tracker: Tracker) -> None:
     tracker = signed_tracker
-    for number, (destination, _) in enumerate(NASTY_DESTINATIONS):
+    for number, (destination, _reason) in enumerate(NASTY_DESTINATIONS):
         status, headers, _ = tracker.get(f"/c?imp=n{number}&url={quote(destination, safe='')}")
-        assert (status, headers["x-reject-reason"]) == (400, "redirect_not_allowed"), destination
+        # A destination with controls (CR LF) is refused by the field check first: not a click, not recorded.
+        expected = "invalid_field" if CONTROLS.search(destination) else "redirect_not_allowed"
+        assert (status, headers["x-reject-reason"]) == (400, expected), destination
     # A signed destination outside allow_hosts is followed, with macros expanded after verification.
     signed = sign_url(
         f"/c?imp=ok1&cid=c%201&url={quote('https://shop.test/land?c={cid}&k={click_id}', safe='')}", "new", SECRET
@@ -360,18 +429,21 @@ def test_redirect_policy_end_to_end(signed_tracker: Tracker) -> None:
     assert (status, headers["x-reject-reason"]) == (400, "redirect_not_allowed")
     # A tampered signed click is refused before anything else.
     assert tracker.get(signed.replace("shop.test", "evil.test"))[0] == 403
-    events = tracker.wait_events(len(NASTY_DESTINATIONS) + 2)
+    events = tracker.events()  # written before the answers left
     recorded = {e.dims["imp"]: e for e in events}
     assert {imp: e.dims["redirect_rejected"] for imp, e in recorded.items() if imp.startswith("n")} == {
-        f"n{number}": reason for number, (_, reason) in enumerate(NASTY_DESTINATIONS)
+        f"n{number}": reason
+        for number, (destination, reason) in enumerate(NASTY_DESTINATIONS)
+        if not CONTROLS.search(destination)
     }
     assert "redirect_rejected" not in recorded["ok1"].dims
     click_id = recorded["ok1"].dims["click_id"]  # {click_id}: the click id the click is logged with
     assert location == f"https://shop.test/land?c=c%201&k={click_id}&tp_click={click_id}"
     assert recorded["ok2"].dims["redirect_rejected"] == "scheme"
+    policy_refusals = sum(1 for destination, _ in NASTY_DESTINATIONS if not CONTROLS.search(destination)) + 1
     assert (
-        tracker.wait_metric("trackpoint_rejected_total", 'reason="redirect_not_allowed"', 30)
-        == len(NASTY_DESTINATIONS) + 1
+        tracker.wait_metric("trackpoint_rejected_total", 'reason="redirect_not_allowed"', policy_refusals)
+        == policy_refusals
     )
 
 
@@ -395,6 +467,7 @@ def test_trackpoint_sign_output_is_accepted_by_a_running_tracker(tracker_factory
     assert unknown.returncode == 2 and "no signing key 'nope'" in unknown.stderr
 
 
+@pytest.mark.e2e
 def test_trackpoint_sign_with_the_embedded_default_generates_and_reuses_one_key(tmp_path: Path) -> None:
     first = _cli("sign", "http://localhost:8080/c?imp=1&url=https%3A%2F%2Fshop.test%2F", cwd=tmp_path)
     second = _cli("sign", "http://localhost:8080/c?imp=1&url=https%3A%2F%2Fshop.test%2F", cwd=tmp_path)
@@ -438,3 +511,26 @@ def test_signing_configuration_problems_are_reported(
     with pytest.raises(ConfigError) as caught:
         load(path)
     assert [(issue.path, message in issue.message) for issue in caught.value.issues] == [(key_path, True)]
+
+
+def test_a_signed_post_with_a_forged_body_is_refused(tracker_factory: Any) -> None:
+    config = {"event_types": {"conversion": {"preset": "conversion", "signature": "required"}}}
+    tracker: Tracker = tracker_factory(config)
+    secret = (tracker.data_dir / "keys" / "signing.key").read_bytes().strip()
+    body = b'{"order_id": "o-1", "value": 12.5}'
+    json_type = {"Content-Type": "application/json"}
+    url = sign_url("/conv?cid=c1", "auto", secret, body=body)
+    status, headers, _ = tracker.request("POST", url, b'{"order_id": "o-1", "value": 99999}', json_type)
+    assert (status, headers["x-reject-reason"]) == (403, "body_digest_invalid")
+    unsigned = sign_url("/conv?cid=c1", "auto", secret)
+    status, headers, _ = tracker.request("POST", unsigned, body, json_type)
+    assert (status, headers["x-reject-reason"]) == (403, "body_unsigned")
+    assert tracker.request("POST", url, body, json_type)[0] == 200
+    # `trackpoint sign --data` signs the same body.
+    result = _cli("sign", "--config", str(tracker.config_path), "--data", body.decode(), "/conv?cid=c2",
+                  cwd=tracker.data_dir)  # fmt: skip
+    assert result.returncode == 0, result.stderr
+    assert tracker.request("POST", result.stdout.strip(), body, json_type)[0] == 200
+    events = tracker.wait_events(2)
+    assert [(e.dims["cid"], e.metrics["value"]) for e in events] == [("c1", 12_500_000), ("c2", 12_500_000)]
+    assert tracker.wait_metric("trackpoint_rejected_total", 'reason="body_digest_invalid"', 1) == 1

@@ -126,6 +126,7 @@ def built_page(site_dir: Path, page: Path) -> Path:
     return site_dir / relative / "index.html"
 
 
+@pytest.mark.e2e  # builds the site with mkdocs, a subprocess
 def test_the_site_builds_strictly_with_every_page(site: Path) -> None:
     pages = sorted(DOCS.rglob("*.md"))
     assert DOCS / "quickstart.md" in pages and GENERATED / "configuration.md" in pages
@@ -138,6 +139,7 @@ def test_the_site_builds_strictly_with_every_page(site: Path) -> None:
     assert "trusted_proxies" in dsp_guide  # examples/dsp.yaml, included by the snippet
 
 
+@pytest.mark.e2e  # builds the site with mkdocs, a subprocess
 def test_the_benchmark_charts_are_published_from_bench_results(site: Path) -> None:
     charts = sorted(CHARTS.glob("*.png"))
     assert {chart.name for chart in charts} >= {"latest.png", "queues.png"}
@@ -188,6 +190,7 @@ def test_config_blocks_are_recognised_and_checked(tmp_path: Path) -> None:
     assert problem.startswith(f"{page}:7: server.prot: ")
 
 
+@pytest.mark.e2e  # builds the site with mkdocs, a subprocess
 def test_readme_links_into_the_docs_resolve(site: Path) -> None:
     links = [
         (match["target"], match["anchor"]) for match in README_DOCS_LINK.finditer((ROOT / "README.md").read_text())

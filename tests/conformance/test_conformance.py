@@ -27,6 +27,8 @@ from trackpoint.plugins import Registry, resolve
 from trackpoint.plugins.builtin import plugin as builtin_plugin
 from trackpoint.replay import ReplayPlan, replay
 
+pytestmark = pytest.mark.e2e  # every collector against its real server
+
 TARGETS = ["kafka", "nats", "redis_streams", "sqlite"]
 
 

@@ -97,8 +97,14 @@ def config_schema() -> None:
 
 
 @app.command()
-def sign(
-    url: Annotated[str, typer.Argument(help="The tracking URL to sign (its query parameters are all covered).")],
+def sign(  # noqa: PLR0917 (one argument per option)
+    url: Annotated[
+        str,
+        typer.Argument(
+            help="The tracking URL to sign: every query parameter is covered, or only the `signed_params` of the "
+            "event type whose path it has (the others, such as ${AUCTION_PRICE}, are left free after `sig`)."
+        ),
+    ],
     config: ConfigOption = None,
     key_id: Annotated[
         str | None, typer.Option("--key-id", help="Key to sign with (default: signing.sign_with, else the first key).")
@@ -106,11 +112,17 @@ def sign(
     ttl: Annotated[
         int | None, typer.Option("--ttl", min=1, help="The signed URL expires after this many seconds.")
     ] = None,
+    data: Annotated[
+        str | None, typer.Option("--data", help="The POST body the URL will carry: its digest is signed (`bd`).")
+    ] = None,
+    body_file: Annotated[
+        Path | None, typer.Option("--body", help="A file holding the POST body to sign (instead of --data).")
+    ] = None,
 ) -> None:
     """Sign a tracking URL with the tracker's key (the same key `trackpoint run` uses with the same config)."""
     import time
 
-    from trackpoint.security.signing import SigningKeyError, load_key, sign_url, signing_key_id
+    from trackpoint.security.signing import SigningKeyError, covered_params, load_key, sign_url, signing_key_id
 
     tracker = _load_or_exit(config).config
     signing = tracker.signing
@@ -122,12 +134,23 @@ def sign(
     if key is None:
         err.print(f"[bold red]error[/] no signing key {chosen!r} (keys: {', '.join(signing.keys)})")
         raise typer.Exit(2)
+    if data is not None and body_file is not None:
+        err.print("[bold red]error[/] give the body once: --data or --body")
+        raise typer.Exit(2)
+    body = None if data is None else data.encode("utf-8")
+    if body_file is not None:
+        try:
+            body = body_file.read_bytes()
+        except OSError as exc:
+            err.print(f"[bold red]error[/] --body {body_file}: {exc.strerror or exc}", highlight=False)
+            raise typer.Exit(2) from None
     try:
         secret = load_key(chosen, key, tracker.data_dir)
     except SigningKeyError as exc:
         err.print(f"[bold red]error[/] {exc}", highlight=False)
         raise typer.Exit(2) from None
-    print(sign_url(url, chosen, secret, None if ttl is None else int(time.time()) + ttl))
+    expires_at = None if ttl is None else int(time.time()) + ttl
+    print(sign_url(url, chosen, secret, expires_at, covered_params(tracker, url), body))
 
 
 def _parse_time(value: str | None, option: str) -> int | None:

@@ -22,6 +22,8 @@ import msgspec
 import yaml
 
 from trackpoint.config.model import Config, EventTypeSpec
+from trackpoint.privacy.filter import deny_private_fields
+from trackpoint.security.secrets import one_of_problem
 
 if TYPE_CHECKING:
     from trackpoint.plugins import Registry
@@ -112,6 +114,7 @@ def _validate(document: dict[str, Any], node: yaml.Node | None, source: str, reg
     problems = [*check_references(config), *registry.check(config)]
     if problems:
         raise ConfigError([ConfigIssue(source, _line_of(node, path), path, msg) for path, msg in problems])
+    config = deny_private_fields(config)  # privacy by default: the policy each collector's filter applies
     encoded = msgspec.json.encode(config)
     return LoadedConfig(config=config, source=source, version=hashlib.sha256(encoded).hexdigest()[:12])
 
@@ -264,10 +267,9 @@ def _parse_error(message: str, path: KeyPath) -> tuple[KeyPath, str]:
 # --- checks across sections ------------------------------------------------------------------------------------
 
 
-_NUMBERS = ("int", "decimal", "money", "price", "duration", "timestamp")  # to metrics unless `into` says otherwise
 _TYPE_NAME = re.compile(r"[A-Za-z0-9_.-]{1,64}")
 _HOST = re.compile(r"\.?[a-z0-9]([a-z0-9-]*[a-z0-9])?(\.[a-z0-9]([a-z0-9-]*[a-z0-9])?)*", re.I)  # ASCII (IDNA)
-_SIGNATURE_PARAMS = frozenset({"kid", "exp", "sig"})
+_SIGNATURE_PARAMS = frozenset({"kid", "exp", "sig", "bd"})  # security.signing: SIGNATURE_PARAMS, BODY_DIGEST_PARAM
 
 
 def check_references(config: Config) -> Iterator[tuple[KeyPath, str]]:
@@ -304,8 +306,9 @@ def _check_signing(config: Config) -> Iterator[tuple[KeyPath, str]]:
         where: KeyPath = ("signing", "keys", key_id)
         if not re.fullmatch(r"[A-Za-z0-9_.~-]{1,32}", key_id):
             yield where, "a key id is 1-32 letters, digits, '_', '.', '~' or '-'"
-        if (key.secret_env is None) == (key.secret_file is None):
-            yield where, "a key needs exactly one of secret_env and secret_file"
+        problem = one_of_problem("secret", key.secret_env, key.secret_file)
+        if problem is not None:
+            yield where, f"a key {problem}"
         if key.generate and key.secret_file is None:
             yield (*where, "generate"), "generate needs secret_file"
     if signing.sign_with is not None and signing.sign_with not in signing.keys:
@@ -321,7 +324,7 @@ def _check_event_type(config: Config, base: KeyPath, spec: EventTypeSpec) -> Ite
             yield (*where, "values"), "values apply to enum fields only"
         if field.min is not None and field.max is not None and field.min > field.max:
             yield where, "min is greater than max"
-        if field.into == "metrics" and field.type not in _NUMBERS:
+        if field.into == "metrics" and not field.is_number:
             yield (*where, "into"), f"metrics hold numbers: a {field.type} field goes to dims"
         if field.source in ("form", "json") and "POST" not in spec.methods:
             yield (*where, "source"), f"a {field.source} field needs POST among the event type's methods"
@@ -344,6 +347,12 @@ def _check_event_type(config: Config, base: KeyPath, spec: EventTypeSpec) -> Ite
         for name, field in spec.fields.items():
             if (field.name or name) in _SIGNATURE_PARAMS and field.source in ("param", "query"):
                 yield (*base, "fields", name), f"{field.name or name!r} is a parameter of the URL signature"
+    if spec.signed_params:
+        if spec.signature == "off":
+            yield (*base, "signed_params"), "signed_params needs `signature: required` or `optional`"
+        for i, param in enumerate(spec.signed_params):
+            if not param or param in _SIGNATURE_PARAMS:
+                yield (*base, "signed_params", i), f"{param!r} cannot be listed (kid, exp and bd are always signed)"
     for i, name in enumerate(spec.preprocessors):
         if name not in config.preprocessors:
             yield (*base, "preprocessors", i), f"no preprocessor named {name!r}"
@@ -353,7 +362,7 @@ def _check_event_type(config: Config, base: KeyPath, spec: EventTypeSpec) -> Ite
     limit = spec.rate_limit
     if limit.rate_per_s is not None and limit.by == "campaign":
         campaign = spec.fields.get(limit.campaign_field)
-        if campaign is None or (campaign.into or ("metrics" if campaign.type in _NUMBERS else "dims")) != "dims":
+        if campaign is None or campaign.place != "dims":
             yield (*base, "rate_limit", "campaign_field"), f"{limit.campaign_field!r} is not a dims field of this type"
 
 

@@ -136,6 +136,8 @@ class AdminConfig(Struct, forbid_unknown_fields=True, kw_only=True):
 
 FieldType = Literal["string", "int", "decimal", "money", "price", "duration", "enum", "bool", "timestamp"]
 FieldSource = Literal["param", "query", "form", "json", "header", "cookie", "ip"]
+# The field types whose values are numbers: they go to metrics unless a field's `into` says dims.
+NUMBER_TYPES: frozenset[str] = frozenset({"int", "decimal", "money", "price", "duration", "timestamp"})
 
 
 class FieldSpec(Struct, forbid_unknown_fields=True, kw_only=True):
@@ -189,6 +191,16 @@ class FieldSpec(Struct, forbid_unknown_fields=True, kw_only=True):
             "a required field is refused (400 `macro_unsubstituted`). Costs one character test per value."
         ),
     ] = "keep"
+
+    @property
+    def is_number(self) -> bool:
+        """Whether the field's values are numbers (see NUMBER_TYPES)."""
+        return self.type in NUMBER_TYPES
+
+    @property
+    def place(self) -> Literal["dims", "metrics"]:
+        """Where the value goes in the event: `into` when set; else numbers to metrics, the rest to dims."""
+        return self.into or ("metrics" if self.type in NUMBER_TYPES else "dims")
 
 
 class UserIdCookie(Struct, forbid_unknown_fields=True, kw_only=True):
@@ -422,9 +434,19 @@ class EventTypeSpec(Struct, forbid_unknown_fields=True, kw_only=True):
         Meta(
             description="Signed URLs (see `signing`), checked before any other work. required: an unsigned "
             'request is refused; optional: an unsigned request is accepted and marked `dims.signed = "0"` '
-            '(signed ones `"1"`); a bad, expired or unknown-key signature is refused under both (403).'
+            '(signed ones `"1"`); a bad, expired or unknown-key signature is refused under both (403). On a '
+            "type that takes POST, a signed request's body is covered too: its SHA-256 travels in the signed `bd` "
+            "parameter (`trackpoint sign --data`), and a body without one is refused (403 `body_unsigned`)."
         ),
     ] = "off"
+    signed_params: Annotated[
+        list[str],
+        Meta(
+            description="The query parameters the signature covers (with `kid`, `exp` and `bd`); the others are "
+            "free, so an exchange can substitute its `${AUCTION_*}` macros into a signed URL. A listed parameter "
+            "cannot be added, removed or changed. Empty: every parameter is covered."
+        ),
+    ] = msgspec.field(default_factory=list)
     invalid_traffic: Annotated[
         InvalidTrafficSpec, Meta(description="What happens to events flagged as invalid traffic (kept by default).")
     ] = msgspec.field(default_factory=InvalidTrafficSpec)
@@ -524,8 +546,27 @@ class CollectorBase(Struct, tag_field="type", forbid_unknown_fields=True, kw_onl
     ] = None
     fields_deny: Annotated[
         list[str],
-        Meta(description="Parts of an event never sent to this collector (same paths as fields_allow)."),
+        Meta(
+            description="Parts of an event never sent to this collector (same paths as fields_allow). On an "
+            "untrusted collector, every field an event type reads from the client IP, a cookie or a header "
+            "(`source: ip|cookie|header`, and the user id cookie's `dims.uid`) is added here, unless "
+            "`send_private` names it."
+        ),
     ] = msgspec.field(default_factory=list)
+    send_private: Annotated[
+        list[str],
+        Meta(
+            description="Fields read from the client IP, a cookie or a header (by field name; `uid` for the user "
+            "id cookie) that this untrusted collector may receive all the same: the explicit opt-in."
+        ),
+    ] = msgspec.field(default_factory=list)
+    referer_query: Annotated[
+        bool,
+        Meta(
+            description="Send ctx.referer whole to this untrusted collector. By default it gets the referer "
+            "without its query string and fragment (they often carry emails, tokens, search terms)."
+        ),
+    ] = False
 
 
 # --- preprocessors: each type's struct (in its folder) extends this one, tagged by `type` -----------------------
@@ -543,7 +584,10 @@ class SecretSource(Struct, forbid_unknown_fields=True, kw_only=True):
     ] = None
     secret_file: Annotated[
         str | None,
-        Meta(description="File holding the secret (at least 16 bytes; surrounding whitespace is ignored)."),
+        Meta(
+            description="File holding the secret (at least 16 bytes; surrounding whitespace is ignored), relative "
+            "to data_dir unless absolute."
+        ),
     ] = None
 
 

@@ -16,7 +16,7 @@ from trackpoint.collectors import Collector
 from trackpoint.config.model import RejectedConfig
 from trackpoint.event import Context, Event, Meta, random_id
 from trackpoint.preprocessors.anonymize_ip.config import AnonymizeIpConfig
-from trackpoint.preprocessors.anonymize_ip.preprocessor import AnonymizeIp
+from trackpoint.privacy.network import truncate_ip
 
 EVENT_TYPE = "rejected"
 # Longest parameter name and path kept in a recorded target (the whole target is cut to max_target_len as well).
@@ -45,8 +45,8 @@ class BadRows:
     """The rejected stream of one worker."""
 
     __slots__ = (
-        "_anonymizer",
         "_clock",
+        "_prefixes",
         "_random",
         "_window_count",
         "_window_end",
@@ -73,7 +73,7 @@ class BadRows:
         self.max_per_s = config.max_per_s
         self.max_target_len = config.max_target_len
         self.keep_values = frozenset(config.keep_values)
-        self._anonymizer = AnonymizeIp("rejected", AnonymizeIpConfig())
+        self._prefixes = (AnonymizeIpConfig().ipv4_prefix, AnonymizeIpConfig().ipv6_prefix)  # anonymize_ip's defaults
         self._clock = clock
         self._random = rng
         self._window_end = 0.0
@@ -116,7 +116,7 @@ class BadRows:
         if field is not None:
             dims["field"] = field
         ts = int(time.time() * 1000)
-        context = Context(ip=self._anonymizer.anonymize(client_ip) if client_ip else None)
+        context = Context(ip=truncate_ip(client_ip, *self._prefixes) if client_ip else None)
         event = Event(random_id(ts), EVENT_TYPE, ts, dims, {"status": status}, context, self.meta)
         for collector in self.collectors:
             collector.offer(event)

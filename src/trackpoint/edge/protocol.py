@@ -13,11 +13,9 @@ from typing import TYPE_CHECKING, cast
 
 import httptools
 
-from trackpoint.adtech.ivt import IVT_DIM
 from trackpoint.edge import responses
 from trackpoint.edge.cors import ORIGIN_NOT_ALLOWED
 from trackpoint.fields.converters import Reject
-from trackpoint.preprocessors.check_consent.preprocessor import CONSENT_DIM, DENIED
 
 if TYPE_CHECKING:
     from trackpoint.edge.cors import CorsPolicy
@@ -312,7 +310,7 @@ class EdgeProtocol(asyncio.Protocol):
                     dropped[preprocess.name] = dropped.get(preprocess.name, 0) + 1
                     break
             response = route.responder.render(built if event is None else event, keep_alive, is_head, signed)
-            if set_cookie is not None and event is not None and event.dims.get(CONSENT_DIM) != DENIED:
+            if set_cookie is not None and event is not None and not route.cookie_vetoed(event.dims):
                 response = route.responder.with_header(set_cookie, keep_alive, is_head)
             if route.cors is not None:  # a page on another origin: an allowed one gets the CORS headers
                 response = route.cors.decorate(response, self.headers.get(b"origin"))
@@ -332,7 +330,7 @@ class EdgeProtocol(asyncio.Protocol):
         invalid traffic under the route or drop policy goes to the policy's collectors only (none: dropped)."""
         edge = self.edge
         targets = route.targets
-        if route.flagged is not None and IVT_DIM in event.dims:
+        if route.flagged is not None and route.flag_dim in event.dims:
             targets = route.flagged
             if targets.empty:
                 edge.stats.ivt_dropped[route.name] += 1

@@ -25,9 +25,11 @@ from trackpoint.event import Event, Meta
 from trackpoint.fields.build import CONTEXT_HEADERS, EventBuilder
 from trackpoint.preprocessors import (
     CountsOutcomes,
+    FlagsTraffic,
     Preprocessor,
     RedirectParams,
     UsesSigningKeys,
+    VetoesCookie,
     with_input_fields,
 )
 from trackpoint.privacy.cookie import UidCookie
@@ -83,11 +85,19 @@ class Route:
     uid_cookie: UidCookie | None = None
     # Advertiser postback authentication, after the event is built; None when the type has none.
     postback_auth: PostbackAuth | None = None
-    # Where events flagged as invalid traffic (dims.ivt) go instead of `targets`: the route policy's collectors,
-    # or none (drop). None under the keep policy: flagged events are not even looked for.
+    # Where events flagged as invalid traffic (dims[flag_dim], set by a preprocessor declaring `flag_dim`) go
+    # instead of `targets`: the route policy's collectors, or none (drop). None under the keep policy, or when no
+    # preprocessor flags: flagged events are not even looked for.
     flagged: Targets | None = None
+    flag_dim: str = ""
+    # (dim, value) pairs that withhold the user id cookie (preprocessors' `cookie_veto`, e.g. denied consent).
+    cookie_vetoes: tuple[tuple[str, str], ...] = ()
     # Cross-origin requests from web pages (CORS); None when the type allows none.
     cors: CorsPolicy | None = None
+
+    def cookie_vetoed(self, dims: dict[str, str]) -> bool:
+        """Whether a preprocessor's verdict on this event withholds the user id cookie."""
+        return any(dims.get(dim) == value for dim, value in self.cookie_vetoes)
 
 
 def _gates(config: CollectorBase) -> bool:
@@ -185,10 +195,15 @@ class Edge:
                 kept_headers |= postback_auth.header_names
             invalid_traffic = spec.invalid_traffic
             flagged = None
+            flag_dims = {p.flag_dim for p in route_preprocessors if isinstance(p, FlagsTraffic)}
+            if len(flag_dims) > 1:
+                raise ValueError(f"event type {type_name}: preprocessors flag invalid traffic in {sorted(flag_dims)}")
             if invalid_traffic.action != "keep":
                 flagged = Targets.of(tuple(self.collectors[name] for name in invalid_traffic.collectors))
                 counted = self.stats.ivt_dropped if flagged.empty else self.stats.ivt_routed
                 counted[type_name] = 0
+                if not flag_dims:
+                    flagged = None  # no preprocessor of the type flags: nothing to look for
             # Query parameters a preprocessor adds to the redirect destination (issue_click_id's click id).
             redirect_params = tuple(
                 pair for p in route_preprocessors if isinstance(p, RedirectParams) for pair in p.redirect_params
@@ -210,6 +225,8 @@ class Edge:
                 signature=request_signature(spec, verifier),
                 postback_auth=postback_auth,
                 flagged=flagged,
+                flag_dim=next(iter(flag_dims), ""),
+                cookie_vetoes=tuple(p.cookie_veto for p in route_preprocessors if isinstance(p, VetoesCookie)),
                 cors=cors,
             )
             self.stats.events[type_name] = 0

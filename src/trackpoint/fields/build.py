@@ -7,7 +7,9 @@ the declared fields require (a body is decoded only when a field reads it, cooki
 from __future__ import annotations
 
 import hashlib
+import json
 import re
+from collections.abc import Iterable
 from decimal import Decimal
 from time import time as _time
 from typing import Any, NamedTuple, NoReturn
@@ -24,8 +26,8 @@ from trackpoint.fields.converters import (
     make_converter,
     parse_cookies,
 )
+from trackpoint.security.signing import check_body
 
-_NUMERIC = frozenset({"int", "decimal", "money", "price", "duration", "timestamp"})
 _PARAM_SOURCES = frozenset({"param", "query", "form", "json"})
 # ASCII controls but the tab: refused in text fields (isprintable() is the fast pre-check; it also says False for
 # the C1 range and separators that a latin-1 header or emoji text may carry, which are kept).
@@ -56,8 +58,8 @@ class FieldPlan(NamedTuple):
 def _plan(name: str, spec: FieldSpec) -> FieldPlan:
     plain = spec.type == "string" and spec.unexpanded_macros == "keep"
     convert: Converter | None = None if plain else make_converter(name, spec)
-    into_metrics = (spec.into or ("metrics" if spec.type in _NUMERIC else "dims")) == "metrics"
-    if convert is not None and not into_metrics and spec.type in _NUMERIC:
+    into_metrics = spec.place == "metrics"
+    if convert is not None and not into_metrics and spec.is_number:
         number = convert
         convert = lambda raw: str(number(raw))  # noqa: E731 - dims are strings
     lookup = spec.name or name
@@ -87,11 +89,18 @@ class EventBuilder:
         self.fields = plans = [_plan(name, field) for name, field in spec.fields.items()]
         # Header, cookie and ip fields are looked up first and join the parameters, so one loop checks them all.
         self.other_fields = [p for p in plans if p.source not in _PARAM_SOURCES]
+        # (private key, name) per source, header names encoded once rather than per request.
+        self._header_lookups = [(p.key, p.lookup.encode("latin-1")) for p in plans if p.source == "header"]
+        self._cookie_lookups = [(p.key, p.lookup) for p in plans if p.source == "cookie"]
+        self._ip_keys = [p.key for p in plans if p.source == "ip"]
         self.query = PairParser(frozenset(p.lookup for p in plans if p.source in ("param", "query")))
         self.form = PairParser(frozenset(p.lookup for p in plans if p.source in ("param", "form")))
         self.json_keys = frozenset(p.lookup for p in plans if p.source in ("param", "json"))
         self.reads_body = any(p.source in ("param", "form", "json") for p in plans)
         self.reads_cookies = any(p.source == "cookie" for p in plans)
+        # A signed type that takes POST: the body must be the signed one. Checked here, where the body is read,
+        # after the request path verified the query's signature.
+        self.signed_body = spec.signature != "off" and "POST" in spec.methods
         self.header_names = frozenset(p.lookup.encode("latin-1") for p in plans if p.source == "header") | (
             {b"cookie"} if self.reads_cookies else set()
         )
@@ -102,12 +111,16 @@ class EventBuilder:
 
     def build(self, query: bytes, body: bytes | bytearray | None, headers: dict[bytes, bytes], client_ip: str) -> Event:
         """The event for one request, or `Reject` naming the first field that is missing or invalid."""
+        if self.signed_body:
+            check_body(query, body)
         params = self.query(query) if query else {}
         if body and self.reads_body:
             body_params = self._body_params(body, headers)
             params = body_params | params if params else body_params  # the query wins over the body
         if self.other_fields:
-            params = params | self._other_values(headers, client_ip)
+            found = self._other_values(headers, client_ip)
+            if found:
+                params = params | found
         dims: dict[str, str] = {}
         metrics: dict[str, int | float] = {}
         get = params.get
@@ -150,19 +163,19 @@ class EventBuilder:
 
     def _other_values(self, headers: dict[bytes, bytes], client_ip: str) -> dict[str, str]:
         """The raw values of header, cookie and ip fields, under their private keys."""
-        cookies = parse_cookies(headers.get(b"cookie", b"")) if self.reads_cookies else {}
         values: dict[str, str] = {}
-        for plan in self.other_fields:
-            raw: str | None
-            if plan.source == "header":
-                header = headers.get(plan.lookup.encode("latin-1"))
-                raw = None if header is None else header.decode("latin-1")
-            elif plan.source == "cookie":
-                raw = cookies.get(plan.lookup)
-            else:
-                raw = client_ip
-            if raw is not None:
-                values[plan.key] = raw
+        for key, header_name in self._header_lookups:
+            header = headers.get(header_name)
+            if header is not None:
+                values[key] = header.decode("latin-1")
+        if self._cookie_lookups:
+            cookies = parse_cookies(headers.get(b"cookie", b""))
+            for key, cookie_name in self._cookie_lookups:
+                cookie = cookies.get(cookie_name)
+                if cookie is not None:
+                    values[key] = cookie
+        for key in self._ip_keys:
+            values[key] = client_ip
         return values
 
     def _event_id(self, dims: dict[str, str], metrics: dict[str, int | float], ts: int) -> str:
@@ -200,9 +213,12 @@ class EventBuilder:
             except (msgspec.DecodeError, UnicodeDecodeError):  # msgspec raises the latter for invalid UTF-8
                 raise Reject(400, "invalid_json") from None
             keys = self.json_keys
-            found = {
-                key: text for key, value in document.items() if key in keys and (text := _json_text(value)) is not None
-            }
+            members: Iterable[tuple[str, Any]] = document.items()
+            # A member named twice: the first wins, as in a query string (the decoder keeps the last). Looked for
+            # only when a wanted key's quoted name occurs twice in the body.
+            if any(body.count(b'"' + key.encode() + b'"') > 1 for key in keys if key in document):
+                members = _first_members(body)
+            found = {key: text for key, value in members if key in keys and (text := _json_text(value)) is not None}
         else:
             raise Reject(415, "unsupported_media_type")
         return found
@@ -218,6 +234,14 @@ def _too_long(name: str, raw: str, convert: Converter) -> NoReturn:
     except Reject:
         pass
     raise Reject(400, "field_too_long", name)
+
+
+def _first_members(body: bytes | bytearray) -> list[tuple[str, Any]]:
+    """The top-level members of a JSON object, the first of each name only (the slow path of duplicate names)."""
+    first: dict[str, Any] = {}
+    for key, value in json.loads(body, parse_float=Decimal, object_pairs_hook=list):
+        first.setdefault(key, value)
+    return list(first.items())
 
 
 def _json_depth(body: bytes | bytearray) -> int:

@@ -25,6 +25,7 @@ from trackpoint.preprocessors.anonymize_ip.config import AnonymizeIpConfig
 from trackpoint.preprocessors.attribute_conversion.config import AttributeConversionConfig
 from trackpoint.preprocessors.check_consent.checks import check_user_id_cookie
 from trackpoint.preprocessors.check_consent.config import CheckConsentConfig
+from trackpoint.preprocessors.check_price_bound.config import CheckPriceBoundConfig
 from trackpoint.preprocessors.click_checks import check_clicks
 from trackpoint.preprocessors.decrypt_price.config import DecryptPriceConfig
 from trackpoint.preprocessors.decrypt_price.preprocessor import check_decrypt_price
@@ -91,6 +92,7 @@ plugin = Plugin(
             _lazy("preprocessors.flag_invalid_traffic.preprocessor:FlagInvalidTraffic"),
         ),
         PreprocessorKind(VastConfig, _lazy("preprocessors.vast.preprocessor:Vast")),
+        PreprocessorKind(CheckPriceBoundConfig, _lazy("preprocessors.check_price_bound.preprocessor:CheckPriceBound")),
     ],
     event_types=default_event_types(),
     checks=[

@@ -20,9 +20,11 @@ from trackpoint.privacy.cookie import UID_DIM, uid_field
 class Preprocessor(Protocol):
     """The contract: a name for counters and one call per event.
 
-    A preprocessor may also have any of the optional members the edge reads once at start-up, each described by
-    its own protocol: `input_fields` (`InputFields`), `counts` (`CountsOutcomes`), `redirect_params`
-    (`RedirectParams`) and `use_signing_keys` (`UsesSigningKeys`)."""
+    A preprocessor may also have any of the optional members the edge reads once when a worker builds its routes,
+    each described by its own protocol: `input_fields` (`InputFields`), `counts` (`CountsOutcomes`),
+    `redirect_params` (`RedirectParams`), `use_signing_keys` (`UsesSigningKeys`), `flag_dim` (`FlagsTraffic`) and
+    `cookie_veto` (`VetoesCookie`).
+    """
 
     name: str
 
@@ -64,6 +66,21 @@ class UsesSigningKeys(Protocol):
     def use_signing_keys(self, keys: Mapping[str, bytes], sign_with: str) -> None:
         """Receives the signing keys (key id -> secret) and the id of the key new signatures use."""
         ...
+
+
+@runtime_checkable
+class FlagsTraffic(Protocol):
+    """Optional: the dim in which the preprocessor flags invalid traffic; the event type's `invalid_traffic` policy
+    routes (or drops) the events that carry it."""
+
+    flag_dim: str
+
+
+@runtime_checkable
+class VetoesCookie(Protocol):
+    """Optional: (dim, value): an event whose dims[dim] is value gets no user id cookie (e.g. denied consent)."""
+
+    cookie_veto: tuple[str, str]
 
 
 def with_input_fields(spec: EventTypeSpec, preprocessors: tuple[Preprocessor, ...]) -> EventTypeSpec:

@@ -1,6 +1,6 @@
 """Configuration rules of click ids, conversion attribution, postback authentication and invalid-traffic policies.
 
-Registered by the built-in plugin (`Plugin.checks`): run at every load and by `trackpoint config check`.
+Run by `trackpoint config check` and at every load, with the other cross-section checks.
 """
 
 from __future__ import annotations
@@ -8,18 +8,15 @@ from __future__ import annotations
 from collections.abc import Iterator
 
 from trackpoint.adtech.ivt import IVT_DIM
-from trackpoint.config.model import Config, EventTypeSpec, FieldSpec
+from trackpoint.config.model import Config, EventTypeSpec
 from trackpoint.preprocessors.attribute_conversion.config import AttributeConversionConfig
 from trackpoint.preprocessors.flag_invalid_traffic.config import FlagInvalidTrafficConfig
 from trackpoint.preprocessors.issue_click_id.config import IssueClickIdConfig
+from trackpoint.security.secrets import one_of_problem
 
 KeyPath = tuple[str | int, ...]
 # A declared click id field must hold the longest click id the default fields (64 characters each) make.
 MIN_CLICK_ID_LEN = 256
-
-
-def _into(field: FieldSpec) -> str:
-    return field.into or ("metrics" if field.type in ("int", "decimal", "money", "timestamp") else "dims")
 
 
 def check_clicks(config: Config) -> Iterator[tuple[KeyPath, str]]:
@@ -40,7 +37,7 @@ def _check_type(config: Config, base: KeyPath, spec: EventTypeSpec) -> Iterator[
         if isinstance(preprocessor, AttributeConversionConfig):
             flags = True
             field = spec.fields.get(preprocessor.field)
-            if field is not None and (field.type != "string" or _into(field) != "dims"):
+            if field is not None and (field.type != "string" or field.place != "dims"):
                 yield (*base, "fields", preprocessor.field), f"{name!r} reads the click id as text: `type: string`"
             elif field is not None and field.max_len < MIN_CLICK_ID_LEN:
                 where = (*base, "fields", preprocessor.field, "max_len")
@@ -49,7 +46,7 @@ def _check_type(config: Config, base: KeyPath, spec: EventTypeSpec) -> Iterator[
             flags = True
             time_field = preprocessor.impression_time_field
             field = spec.fields.get(time_field) if time_field is not None else None
-            if field is not None and (field.type != "timestamp" or _into(field) != "metrics"):
+            if field is not None and (field.type != "timestamp" or field.place != "metrics"):
                 yield (*base, "fields", time_field or ""), f"{name!r} reads the impression time: `type: timestamp`"
     if flags and IVT_DIM in spec.fields:
         yield (*base, "fields", IVT_DIM), f"`{IVT_DIM}` is the invalid-traffic flag: a request may not set it"
@@ -73,10 +70,11 @@ def _check_postback_auth(base: KeyPath, spec: EventTypeSpec) -> Iterator[tuple[K
     if not auth.secrets:
         yield (*where, "secrets"), "postback authentication needs at least one advertiser's secret"
     for advertiser, source in auth.secrets.items():
-        if (source.secret_env is None) == (source.secret_file is None):
-            yield (*where, "secrets", advertiser), "a secret needs exactly one of secret_env and secret_file"
+        problem = one_of_problem("secret", source.secret_env, source.secret_file)
+        if problem is not None:
+            yield (*where, "secrets", advertiser), f"a secret {problem}"
     field = spec.fields.get(auth.advertiser_field)
-    if field is None or _into(field) != "dims":
+    if field is None or field.place != "dims":
         yield (*where, "advertiser_field"), f"{auth.advertiser_field!r} is not a dims field of this event type"
     token = auth.token_param
     if token is not None and any((declared.name or name) == token for name, declared in spec.fields.items()):

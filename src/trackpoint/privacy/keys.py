@@ -4,29 +4,10 @@ the data directory (mode 0600). No key is ever hard-coded.
 
 from __future__ import annotations
 
-import os
 from pathlib import Path
 
-from trackpoint.config.model import SecretSource
 from trackpoint.security.keyfile import create_key_file
-
-MIN_SECRET_BYTES = 16
-
-
-def read_secret(source: SecretSource) -> bytes:
-    """The secret a source names; ValueError (with the reason) when it is missing or too short."""
-    if source.secret_env is not None:
-        value = os.environ.get(source.secret_env)
-        if value is None:
-            raise ValueError(f"environment variable {source.secret_env} is not set")
-        secret = value.strip().encode("utf-8")
-    elif source.secret_file is not None:
-        secret = Path(source.secret_file).read_bytes().strip()
-    else:
-        raise ValueError("a key needs secret_env or secret_file")
-    if len(secret) < MIN_SECRET_BYTES:
-        raise ValueError(f"a secret key needs at least {MIN_SECRET_BYTES} bytes")
-    return secret
+from trackpoint.security.secrets import read_secret
 
 
 def auto_key(data_dir: str, name: str) -> bytes:
@@ -35,4 +16,4 @@ def auto_key(data_dir: str, name: str) -> bytes:
     reads the same key."""
     path = Path(data_dir) / "keys" / f"{name}.key"
     create_key_file(path)
-    return read_secret(SecretSource(secret_file=str(path)))
+    return read_secret("secret", None, str(path), data_dir)

@@ -21,6 +21,7 @@ from pathlib import Path
 import msgspec
 
 from trackpoint.admin import metrics
+from trackpoint.admin.routes import CORE_ROUTES, plugin_routes
 from trackpoint.admin.server import AdminRequest, AdminResponse, AdminServer
 from trackpoint.collectors.log.budget import LogDiskMetrics
 from trackpoint.collectors.log.compression import finalize_orphans
@@ -480,11 +481,11 @@ class Supervisor:
                 openapi[version] = openapi_document_json(replace(self.loaded, config=self.config))
             return AdminResponse(200, openapi[version])
 
-        admin.route("GET", "/healthz", healthz)
-        admin.route("GET", "/readyz", readyz)
-        admin.route("GET", "/metrics", prometheus)
-        admin.route("GET", "/openapi.json", openapi_json)
-        for route in plugin_registry().admin_routes:
+        # Served from the one route table that documents them (admin/routes.py): core routes, then plugins'.
+        core = {"/healthz": healthz, "/readyz": readyz, "/metrics": prometheus, "/openapi.json": openapi_json}
+        for endpoint in CORE_ROUTES:
+            admin.route(endpoint.method, endpoint.path, core[endpoint.path])
+        for route in plugin_routes(plugin_registry()):
             admin.route(route.method, route.path, functools.partial(self._plugin_route, route.handler))
         return admin
 

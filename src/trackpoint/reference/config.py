@@ -10,10 +10,11 @@ from typing import Any
 import msgspec
 import msgspec.inspect as mi
 
+from trackpoint.admin.routes import admin_endpoints
 from trackpoint.config.load import LoadedConfig, config_type
+from trackpoint.fields.reasons import statuses
 from trackpoint.plugins import registry
 from trackpoint.reference.markdown import HEADER, escape
-from trackpoint.reference.openapi import admin_routes
 
 
 def configuration_reference() -> str:
@@ -142,18 +143,38 @@ def endpoints_reference(loaded: LoadedConfig) -> str:
                     f"| {field.max_len} | {escape(limits)} | {field.default or ''} |"
                 )
             lines.append("")
+    lines += _rejections()
     lines += _admin_endpoints()
     return "\n".join(lines)
 
 
+def _rejections() -> list[str]:
+    """Every reject reason the tracking port can answer with, from the table in pipeline/reasons.py."""
+    lines = [
+        "## Rejections\n",
+        "A refused request gets the status below, an `X-Reject-Reason` header and a JSON body "
+        '`{"error": reason, "field": name}` (`field` when one field is at fault); each reason is counted in '
+        "`trackpoint_rejected_total`.\n",
+        "| status | reason | meaning |",
+        "|---|---|---|",
+    ]
+    lines += [
+        f"| {entry.status} | `{entry.reason}` | {escape(entry.description)} |"
+        for entries in statuses().values()
+        for entry in entries
+    ]
+    lines.append("")
+    return lines
+
+
 def _admin_endpoints() -> list[str]:
-    """The admin port's endpoints, as `openapi.admin_routes` lists them."""
+    """The admin port's endpoints, from the route table the supervisor serves (admin/routes.py)."""
     lines = [
         "## Admin port\n",
         "Served on `admin.host:admin.port` (127.0.0.1:8081 by default), never on the tracking port.\n",
         "| method | path | what it does |",
         "|---|---|---|",
     ]
-    lines += [f"| {method} | `{path}` | {escape(text)} |" for method, path, text in admin_routes()]
+    lines += [f"| {e.method} | `{e.path}` | {escape(e.summary)} |" for e in admin_endpoints()]
     lines.append("")
     return lines

@@ -11,9 +11,10 @@ from typing import Any
 
 import msgspec
 
+from trackpoint.admin.routes import admin_endpoints
 from trackpoint.config.load import LoadedConfig
 from trackpoint.config.model import EventTypeSpec, FieldSpec
-from trackpoint.plugins.builtin import plugin
+from trackpoint.fields.reasons import statuses
 
 Schema = dict[str, Any]
 
@@ -25,19 +26,10 @@ _REJECTION: Schema = {
         "field": {"type": "string", "description": "The field at fault, when there is one."},
     },
 }
-# Statuses the edge answers before or instead of recording an event; every one carries a reason code.
+# Statuses the edge answers before or instead of recording an event, each with its reason codes (one table).
 _REJECTIONS = {
-    "400": "A field is missing, malformed or out of its limits, or the request is not valid HTTP.",
-    "401": "Postback credentials are missing (when the event type requires them).",
-    "403": "A signature or postback credential is invalid or expired, or the page's origin is not allowed (CORS).",
-    "405": "The method is not one of the event type's methods.",
-    "408": "The headers or the body arrived too slowly.",
-    "413": "The body is larger than `server.limits.max_body_bytes`.",
-    "414": "The request line is longer than `server.limits.max_request_line_bytes`.",
-    "415": "The body's content type is neither form-urlencoded nor JSON.",
-    "429": "The event type's rate limit is exceeded.",
-    "431": "The headers exceed `server.limits`.",
-    "503": "The worker is at its connection limit, or draining.",
+    str(status): "\n".join(f"- `{entry.reason}`: {entry.description}" for entry in entries)
+    for status, entries in statuses().items()
 }
 _BOOL_WORDS = ["1", "0", "true", "false", "yes", "no"]
 
@@ -54,7 +46,8 @@ def openapi_document(loaded: LoadedConfig) -> dict[str, Any]:
                 suffix = f"_{index}" if index else ""
                 item[method.lower()] = _operation(name, spec, method, f"{name}_{method.lower()}{suffix}")
     admin_server = {"url": f"http://{config.admin.host}:{config.admin.port}", "description": "The admin port."}
-    for admin_method, path, summary in admin_routes():
+    for endpoint in admin_endpoints():
+        admin_method, path, summary = endpoint.method, endpoint.path, endpoint.summary
         item = paths.setdefault(path, {"servers": [admin_server]})
         if "servers" not in item:  # an event type took this path on the tracking port: it wins there
             continue
@@ -106,21 +99,6 @@ def openapi_document(loaded: LoadedConfig) -> dict[str, Any]:
 def openapi_json(loaded: LoadedConfig) -> bytes:
     """The document as indented JSON with a final newline (the committed file and `/openapi.json`)."""
     return msgspec.json.format(msgspec.json.encode(openapi_document(loaded)), indent=2) + b"\n"
-
-
-def admin_routes() -> list[tuple[str, str, str]]:
-    """(method, path, description) of every admin route: health and metrics, then the built-in plugin's routes,
-    each described by the first paragraph of its handler's docstring."""
-    routes = [
-        ("GET", "/healthz", "200 while the supervisor runs."),
-        ("GET", "/readyz", "200 when every worker is ready and every required collector healthy, else 503 (JSON)."),
-        ("GET", "/metrics", "Prometheus metrics, summed over the workers."),
-        ("GET", "/openapi.json", "This OpenAPI document, for the running configuration."),
-    ]
-    for route in plugin.admin_routes:
-        doc = (route.handler.__doc__ or "").strip().split("\n\n")[0]
-        routes.append((route.method, route.path, " ".join(doc.split())))
-    return routes
 
 
 def _operation(name: str, spec: EventTypeSpec, method: str, operation_id: str) -> dict[str, Any]:

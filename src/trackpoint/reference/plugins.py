@@ -28,6 +28,8 @@ API: tuple[tuple[str, tuple[str, ...]], ...] = (
             "CountsOutcomes",
             "RedirectParams",
             "UsesSigningKeys",
+            "FlagsTraffic",
+            "VetoesCookie",
         ),
     ),
     ("trackpoint.event", ("Event",)),

@@ -10,13 +10,12 @@ from __future__ import annotations
 import hmac
 import time
 from collections.abc import Callable
-from pathlib import Path
 from urllib.parse import unquote_to_bytes
 
 from trackpoint.config.model import PostbackAuthSpec, SecretSource
 from trackpoint.event import Event
 from trackpoint.fields.converters import Reject
-from trackpoint.privacy.keys import read_secret
+from trackpoint.security.secrets import SecretError, read_source
 
 TIMESTAMP_HEADER = b"x-tp-timestamp"
 SIGNATURE_HEADER = b"x-tp-signature"
@@ -42,13 +41,11 @@ def sign_postback(secret: bytes, query: str, body: bytes = b"", timestamp: int |
 
 
 def read_advertiser_secret(advertiser: str, source: SecretSource, data_dir: str) -> bytes:
-    """One advertiser's secret (a secret_file relative to data_dir unless absolute); ValueError saying what is wrong."""
-    if source.secret_file is not None:
-        source = SecretSource(secret_file=str(Path(data_dir) / source.secret_file))
+    """One advertiser's secret (a secret_file relative to data_dir unless absolute); SecretError naming the option."""
     try:
-        return read_secret(source)
-    except (OSError, ValueError) as exc:
-        raise ValueError(f"postback_auth: advertiser {advertiser!r}: {exc}") from None
+        return read_source(source, data_dir)
+    except SecretError as exc:
+        raise SecretError(exc.option, f"postback_auth: advertiser {advertiser!r}: {exc.reason}") from None
 
 
 class PostbackAuth:

@@ -6,9 +6,7 @@ instead of crash-looping the workers that would read it. The secrets are read wi
 
 from __future__ import annotations
 
-import os
 from collections.abc import Callable, Iterator
-from pathlib import Path
 from typing import Any
 
 import msgspec
@@ -18,9 +16,9 @@ from trackpoint.config.model import Config, PostbackAuthSpec, SigningConfig
 from trackpoint.preprocessors.decrypt_price.config import DecryptPriceConfig
 from trackpoint.preprocessors.decrypt_price.preprocessor import read_price_key
 from trackpoint.preprocessors.pseudonymize.config import PseudonymizeConfig
-from trackpoint.privacy.keys import read_secret
 from trackpoint.security.postback_auth import read_advertiser_secret
-from trackpoint.security.signing import SigningKeyError, key_path, load_key
+from trackpoint.security.secrets import SecretError, env_secret, read_source, secret_option, secret_path
+from trackpoint.security.signing import key_path, load_key
 
 KeyPath = tuple[str | int, ...]
 
@@ -46,31 +44,32 @@ def _walk(value: object, path: KeyPath, data_dir: str) -> Iterator[tuple[KeyPath
         for key_id, key in value.keys.items():
             if key.generate and key.secret_file is not None and not key_path(key, data_dir).exists():
                 continue  # created on first start
-            yield from _read((*path, "keys", key_id, _option(key)), load_key, key_id, key, data_dir)
+            where = (*path, "keys", key_id, secret_option("secret", key.secret_env))
+            yield from _read(where, load_key, key_id, key, data_dir)
     elif isinstance(value, PostbackAuthSpec):
         for advertiser, source in value.secrets.items():
-            where = (*path, "secrets", advertiser, _option(source))
+            where = (*path, "secrets", advertiser, secret_option("secret", source.secret_env))
             yield from _read(where, read_advertiser_secret, advertiser, source, data_dir)
     elif isinstance(value, PseudonymizeConfig):
         for key_id, source in value.keys.items():
-            yield from _read((*path, "keys", key_id, _option(source)), read_secret, source)
+            where = (*path, "keys", key_id, secret_option("secret", source.secret_env))
+            yield from _read(where, read_source, source, data_dir)
     elif isinstance(value, DecryptPriceConfig):
         for exchange, keys in value.exchanges.items():
             for role in ("encryption", "integrity"):
-                option = f"{role}_key_env" if getattr(keys, f"{role}_key_env") is not None else f"{role}_key_file"
-                where = (*path, "exchanges", exchange, option)
+                where = (*path, "exchanges", exchange, secret_option(f"{role}_key", getattr(keys, f"{role}_key_env")))
                 yield from _read(where, read_price_key, str(path[-1]), exchange, role, keys, data_dir)
     elif isinstance(value, msgspec.Struct):
         for field in msgspec.structs.fields(value):
             member = getattr(value, field.name)
             where = (*path, field.encode_name)
             if field.name.endswith("_env") and isinstance(member, str):
-                yield from _variable(where, member)
+                yield from _read(where, env_secret, member, field.name)
             elif field.name.endswith("_env") and isinstance(member, dict):  # e.g. kafka's properties_env
                 for key, variable in member.items():
-                    yield from _variable((*where, key), variable)
+                    yield from _read((*where, key), env_secret, variable, field.name)
             elif field.name.endswith("_file") and isinstance(member, str):  # e.g. nats' credentials_file
-                yield from _read(where, Path(member).read_bytes)
+                yield from _read(where, secret_path(member, data_dir).read_bytes)
             else:
                 yield from _walk(member, where, data_dir)
     elif isinstance(value, dict):
@@ -81,17 +80,10 @@ def _walk(value: object, path: KeyPath, data_dir: str) -> Iterator[tuple[KeyPath
             yield from _walk(item, (*path, index), data_dir)
 
 
-def _option(source: object) -> str:
-    return "secret_env" if getattr(source, "secret_env", None) is not None else "secret_file"
-
-
-def _variable(where: KeyPath, variable: str) -> Iterator[tuple[KeyPath, str]]:
-    if not os.environ.get(variable):
-        yield where, f"environment variable {variable} is not set (or is empty)"
-
-
 def _read(where: KeyPath, reader: Callable[..., object], *args: Any) -> Iterator[tuple[KeyPath, str]]:
     try:
         reader(*args)
-    except (OSError, ValueError, SigningKeyError) as exc:
+    except SecretError as exc:
+        yield where, exc.reason  # the key path already names the option
+    except (OSError, ValueError) as exc:
         yield where, str(exc) if not isinstance(exc, OSError) else f"cannot read {exc.filename}: {exc.strerror}"

@@ -2,7 +2,8 @@
 
 - `PUT /banker/campaigns/{id}` `{"total_budget_micros": N, "daily_budget_micros": M, "hourly_budget_micros": H}`
 - `GET /banker/campaigns/{id}` — the campaign's state (see `CampaignState`)
-- `GET /banker/campaigns` — every campaign's state
+- `GET /banker/campaigns?limit=N&after=ID` — campaigns' states by id, a page at a time (`next`: the `after` of
+  the next page, null on the last)
 - `GET /banker/campaigns/{id}/ledger?limit=N` — its newest applied debits
 - `GET /banker/notifications?after=SEQ&limit=N` — budget notifications after `seq`, oldest first
 
@@ -25,6 +26,8 @@ from trackpoint.collectors.banker.store import Store, StoreUnavailable, open_sto
 from trackpoint.config.model import Config
 
 MAX_CAMPAIGN_ID = 256
+PAGE_DEFAULT = 100
+PAGE_MAX = 1000  # one page's answer stays small whatever the store holds
 _stores: dict[tuple[str, str, bytes], Store] = {}  # by (data_dir, name, options): reloads reuse unchanged stores
 
 
@@ -126,9 +129,16 @@ async def get_campaign(request: AdminRequest, config: Config) -> AdminResponse:
 
 @_answers
 async def list_campaigns(request: AdminRequest, config: Config) -> AdminResponse:
-    """Every campaign's state (`{"campaigns": [...]}`)."""
-    store = _store(request, config)
-    return AdminResponse.json(200, {"campaigns": await _states(store, await store.campaigns())})
+    """Campaigns' states ordered by id, a page at a time: `?limit=N` (default 100, at most 1000) after `?after=ID`
+    (`{"campaigns": [...], "next": ID or null}`; pass `next` as `after` for the next page)."""
+    store, limit = _store(request, config), _int_query(request, "limit", PAGE_DEFAULT, PAGE_MAX)
+    after = parse_qs(request.query).get("after", [""])[0]
+    if len(after) > MAX_CAMPAIGN_ID:
+        raise _Refused(400, "invalid_query", f"after is a campaign id: at most {MAX_CAMPAIGN_ID} characters")
+    campaigns = await store.campaigns(after, limit + 1)  # one more: is there a next page?
+    page = campaigns[:limit]
+    following = page[-1].id if len(campaigns) > limit else None
+    return AdminResponse.json(200, {"campaigns": await _states(store, page), "next": following})
 
 
 @_answers

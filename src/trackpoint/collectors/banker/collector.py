@@ -25,8 +25,9 @@ log = logging.getLogger("trackpoint.banker")
 
 
 class BankerCollector(Collector):
-    """Counters beyond the common ones: `applied` debits, `duplicates` skipped, `notifications` published and
-    `rule.skipped` (events that are no debit: no campaign, no price, unknown currency)."""
+    """Counters beyond the common ones: `applied` debits, `duplicates` skipped, `unknown_campaign` (spend for a
+    campaign not created through the admin API, not applied), `notifications` published and `rule.skipped` (events
+    that are no debit: no campaign, no price, unknown currency)."""
 
     def __init__(self, name: str, config: BankerCollectorConfig, context: CollectorContext) -> None:
         super().__init__(name, config, context)
@@ -36,6 +37,7 @@ class BankerCollector(Collector):
         self.instance = f"{socket.gethostname()}:{os.getpid()}:{context.worker}"
         self.applied = 0
         self.duplicates = 0
+        self.unknown_campaign = 0
         self.notifications = 0
         self._error = ""
         self._behind_since_ms = 0  # wall time of the first failed send not yet made good
@@ -64,6 +66,7 @@ class BankerCollector(Collector):
         self._error = ""
         self.applied += result.applied
         self.duplicates += result.duplicates
+        self.unknown_campaign += result.unknown
         for note in result.notifications:
             self.notifications += 1
             log.info("campaign %s: %s budget reached (%s)", note.campaign, note.reason, note.period or "total")
@@ -73,7 +76,12 @@ class BankerCollector(Collector):
         return Health(healthy=not self._error, detail=self._error)
 
     def outcomes(self) -> dict[str, int]:
-        counts = {"applied": self.applied, "duplicates": self.duplicates, "notifications": self.notifications}
+        counts = {
+            "applied": self.applied,
+            "duplicates": self.duplicates,
+            "unknown_campaign": self.unknown_campaign,
+            "notifications": self.notifications,
+        }
         counts.update((f"skipped_{reason}", n) for reason, n in self.rule.skipped.items())
         return counts
 

@@ -46,6 +46,14 @@ class BankerCollectorConfig(CollectorBase, tag="banker"):
             description="Prefix of every Redis key and channel of this banker (`<prefix>:campaign:<id>` ...).",
         ),
     ] = "trackpoint:banker"
+    unknown_campaigns: Annotated[
+        Literal["ignore", "create"],
+        Meta(
+            description="ignore: only campaigns created with `PUT /banker/campaigns/{id}` are debited; a spend "
+            "event for any other is not applied and counted (outcome `unknown_campaign`), so forged campaign ids "
+            "cannot fill the store. create: the first debit creates its campaign (no budget)."
+        ),
+    ] = "ignore"
     campaign_field: Annotated[str, Meta(description="The dim holding the campaign id.")] = "cid"
     price_field: Annotated[str, Meta(description="The money metric holding the price, in micros.")] = "price"
     price_unit: Annotated[

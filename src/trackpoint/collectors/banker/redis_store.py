@@ -22,7 +22,6 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import hashlib
-import os
 from collections.abc import Sequence
 from typing import Any
 
@@ -44,15 +43,17 @@ from trackpoint.collectors.banker.model import (
 )
 from trackpoint.collectors.banker.store import Applied, Store, StoreUnavailable
 from trackpoint.collectors.resp import bulk, round_trip
+from trackpoint.security.secrets import env_secret
 
 # One call per batch. KEYS: the campaign set, the notification stream (the per-campaign keys are derived from the
-# key prefix). ARGV: key prefix, retention, ledger maxlen (0: no trim), notification maxlen, channel, now (ms);
+# key prefix). ARGV: key prefix, retention, ledger maxlen (0: no trim), notification maxlen, channel, create ("1":
+# a debit creates its campaign; "0": a campaign without a hash is not debited, its debits counted), now (ms);
 # then per campaign: its id, its debit count n, and n x (id, micros, ts, day, hour, type). Amounts are written back
 # as the strings they came in as, or formatted with %.0f: Lua's own number-to-string would write 1e+15.
 APPLY = """#!lua
 local campaigns, notes = KEYS[1], KEYS[2]
 local prefix, retention, ledger_max = ARGV[1], ARGV[2], tonumber(ARGV[3])
-local notes_max, channel, now = ARGV[4], ARGV[5], ARGV[6]
+local notes_max, channel, create, now = ARGV[4], ARGV[5], ARGV[6] == '1', ARGV[7]
 local seen = prefix .. ':seen:'
 local function fmt(x) return string.format('%.0f', x) end
 -- A script is not rolled back when a command fails: every key is checked before anything is written (and the
@@ -65,7 +66,7 @@ end
 for _, check in ipairs({{campaigns, 'set'}, {notes, 'stream'}}) do
   if wrong_type(check[1], check[2]) then return redis.error_reply('WRONGTYPE trackpoint banker: ' .. check[1]) end
 end
-local j = 7
+local j = 8
 while j <= #ARGV do
   local cid = ARGV[j]
   for _, check in ipairs({{':campaign:', 'hash'}, {':days:', 'hash'}, {':ledger:', 'stream'}}) do
@@ -75,12 +76,17 @@ while j <= #ARGV do
   end
   j = j + 2 + 6 * tonumber(ARGV[j + 1])
 end
-local applied, published = 0, {}
-local i = 7
+local applied, published, unknown = 0, {}, 0
+local i = 8
 while i <= #ARGV do
   local cid, n = ARGV[i], tonumber(ARGV[i + 1])
   i = i + 2
   local campaign, days, ledger = prefix .. ':campaign:' .. cid, prefix .. ':days:' .. cid, prefix .. ':ledger:' .. cid
+  -- A campaign nobody created: its debits are counted, not marked seen (a replay debits them once it exists).
+  local last = i + 6 * (n - 1)
+  if not create and redis.call('EXISTS', campaign) == 0 then
+    unknown, last = unknown + n, i - 6
+  end
   local f = redis.call('HMGET', campaign, 'total_budget_micros', 'daily_budget_micros', 'hourly_cap_micros',
     'spent_micros', 'debits', 'exhausted_total', 'hour', 'hour_spent_micros', 'paced_hour')
   local total, daily, cap = tonumber(f[1]), tonumber(f[2]), tonumber(f[3])
@@ -95,7 +101,7 @@ while i <= #ARGV do
     published[#published + 1] = message
     redis.call('PUBLISH', channel, message)
   end
-  for j = i, i + 6 * (n - 1), 6 do
+  for j = i, last, 6 do
     local id, m, ts, day, hr = ARGV[j], ARGV[j + 1], ARGV[j + 2], ARGV[j + 3], ARGV[j + 4]
     if redis.call('SET', seen .. id, m, 'NX', 'EX', retention) then
       local micros = tonumber(m)
@@ -145,7 +151,7 @@ while i <= #ARGV do
     end
   end
 end
-return {applied, published}
+return {applied, published, unknown}
 """
 
 # KEYS: campaign hash, days hash, campaign set. ARGV: now, total, daily, hourly, cap ("" for none), campaign id.
@@ -183,13 +189,16 @@ class RedisStore(Store):
         prefix = config.key_prefix
         self.prefix = prefix
         self.channel = f"{prefix}:notifications"
-        self._password = _secret(config.password_env) if config.password_env else None  # fails at start-up
-        # EVALSHA sha 2 <campaigns> <notifications> <prefix> <retention> <ledger max> <notes max> <channel>: fixed.
+        # A missing password fails here, at start-up.
+        self._password = env_secret(config.password_env, "password_env") if config.password_env else None
+        # EVALSHA sha 2 <campaigns> <notifications> <prefix> <retention> <ledger max> <notes max> <channel> <create>:
+        # fixed.
         self._apply_head = b"".join(
             bulk(part)
             for part in (
                 "EVALSHA", APPLY_SHA, "2", self.key("campaigns"), self.key("notifications"), prefix,
                 str(config.retention_s), str(config.ledger_maxlen), str(config.notifications_maxlen), self.channel,
+                "1" if config.unknown_campaigns == "create" else "0",
             )
         )  # fmt: skip
         self._hours: dict[int, str] = {}
@@ -227,13 +236,14 @@ class RedisStore(Store):
         except (RedisError, OSError, TimeoutError) as exc:
             raise StoreUnavailable(f"redis: {type(exc).__name__}: {exc}") from exc
         result = Applied()
-        for applied, published in replies:
+        for applied, published, unknown in replies:
             result.applied += int(applied)
+            result.unknown += int(unknown)
             for seq, message in zip(published[::2], published[1::2], strict=True):
                 note = msgspec.json.decode(message, type=Notification)
                 note.seq = seq.decode()
                 result.notifications.append(note)
-        result.duplicates = len(debits) - result.applied
+        result.duplicates = len(debits) - result.applied - result.unknown
         return result
 
     @staticmethod
@@ -263,7 +273,7 @@ class RedisStore(Store):
         """EVALSHA of APPLY, packed as RESP by hand: the debits as one ASCII text encoded once (event ids are hex
         and type names ASCII; anything else takes the exact path)."""
         parts = [self._apply_head, bulk(now)]
-        count = 11  # the head's 10 strings and now
+        count = 12  # the head's 11 strings and now
         for group in chunk:
             campaign = group[0].campaign
             parts += (bulk(campaign), bulk(str(len(group))))
@@ -316,8 +326,11 @@ class RedisStore(Store):
         (found,) = await self._read([campaign])
         return found
 
-    async def campaigns(self) -> list[RawCampaign]:
+    async def campaigns(self, after: str = "", limit: int | None = None) -> list[RawCampaign]:
+        # The whole set is read and sorted per page: campaigns are created by the admin API (unknown_campaigns:
+        # ignore), so it stays as small as the advertiser's campaign list.
         ids = sorted(member.decode() for member in await self._call(lambda c: c.smembers(self.key("campaigns"))))
+        ids = [campaign for campaign in ids if campaign > after][:limit]
         return [campaign for campaign in await self._read(ids) if campaign is not None]
 
     async def _read(self, ids: list[str]) -> list[RawCampaign | None]:
@@ -429,10 +442,3 @@ def _raw(campaign: str, fields: dict[bytes, bytes], days: dict[bytes, bytes]) ->
 def _ledger_debit(campaign: str, line: str) -> Debit:
     event_id, micros, ts, event_type = line.split(" ", 3)
     return Debit(event_id, campaign, int(micros), int(ts), event_type)
-
-
-def _secret(variable: str) -> str:
-    value = os.environ.get(variable)
-    if not value:
-        raise ValueError(f"environment variable {variable} is not set")
-    return value

@@ -123,8 +123,12 @@ class SqliteStore(Store):
             campaigns: dict[str, _Campaign] = {}
             days: dict[tuple[str, str], list[int]] = {}  # (campaign, day) -> [spent, exhausted]
             ledger = []
+            create = self.config.unknown_campaigns == "create"
             for debit in new:
-                campaign = campaigns.get(debit.campaign) or self._load(db, campaigns, debit.campaign)
+                campaign = campaigns.get(debit.campaign) or self._load(db, campaigns, debit.campaign, create)
+                if campaign is None:
+                    result.unknown += 1
+                    continue
                 day, hour = periods(debit.ts)
                 day_state = days.get((campaign.id, day)) or self._load_day(db, days, campaign.id, day)
                 self._debit(campaign, day_state, debit, day, hour, result.notifications)
@@ -171,9 +175,14 @@ class SqliteStore(Store):
         return list(distinct.values())
 
     @staticmethod
-    def _load(db: sqlite3.Connection, campaigns: dict[str, _Campaign], campaign_id: str) -> _Campaign:
-        db.execute("INSERT OR IGNORE INTO campaigns (id) VALUES (?)", (campaign_id,))
+    def _load(
+        db: sqlite3.Connection, campaigns: dict[str, _Campaign], campaign_id: str, create: bool
+    ) -> _Campaign | None:
+        if create:
+            db.execute("INSERT OR IGNORE INTO campaigns (id) VALUES (?)", (campaign_id,))
         row = db.execute(f"SELECT {_CAMPAIGN_COLUMNS} FROM campaigns WHERE id = ?", (campaign_id,)).fetchone()
+        if row is None:
+            return None
         campaign = campaigns[campaign_id] = _Campaign(row)
         return campaign
 
@@ -257,9 +266,12 @@ class SqliteStore(Store):
     async def campaign(self, campaign: str) -> RawCampaign | None:
         return await self._run(lambda db: self._read(db, campaign))
 
-    async def campaigns(self) -> list[RawCampaign]:
+    async def campaigns(self, after: str = "", limit: int | None = None) -> list[RawCampaign]:
         def work(db: sqlite3.Connection) -> list[RawCampaign]:
-            ids = [row[0] for row in db.execute("SELECT id FROM campaigns ORDER BY id")]
+            rows = db.execute(
+                "SELECT id FROM campaigns WHERE id > ? ORDER BY id LIMIT ?", (after, -1 if limit is None else limit)
+            )
+            ids = [row[0] for row in rows]
             return [campaign for i in ids if (campaign := self._read(db, i)) is not None]
 
         return await self._run(work)

@@ -21,10 +21,13 @@ class StoreUnavailable(Exception):
 
 @dataclass
 class Applied:
-    """The outcome of one apply: debits applied, repeats skipped, notifications published (in order)."""
+    """The outcome of one apply: debits applied, repeats skipped, debits of campaigns that do not exist (under
+    `unknown_campaigns: ignore`; not marked applied, so a replay after the campaign is created debits them),
+    notifications published (in order)."""
 
     applied: int = 0
     duplicates: int = 0
+    unknown: int = 0
     notifications: list[Notification] = field(default_factory=list)
 
 
@@ -51,7 +54,8 @@ class Store(ABC):
     async def campaign(self, campaign: str) -> RawCampaign | None: ...
 
     @abstractmethod
-    async def campaigns(self) -> list[RawCampaign]: ...
+    async def campaigns(self, after: str = "", limit: int | None = None) -> list[RawCampaign]:
+        """Campaigns ordered by id, those after `after` (a page's last id; "" from the first), at most `limit`."""
 
     @abstractmethod
     async def notifications(self, after: str, limit: int) -> list[Notification]:

@@ -22,6 +22,7 @@ from confluent_kafka import KafkaError, KafkaException, Message, Producer
 from trackpoint.collectors.base import Collector, CollectorContext, Health, SendResult
 from trackpoint.collectors.kafka.config import REPORT_MARGIN_S, TOPIC_NAME, KafkaCollectorConfig, topic_for
 from trackpoint.event import Event
+from trackpoint.security.secrets import env_secret
 
 log = logging.getLogger("trackpoint.collectors.kafka")
 
@@ -52,11 +53,8 @@ Headers = list[tuple[str, str | bytes | None]]
 def producer_settings(config: KafkaCollectorConfig, environ: Mapping[str, str]) -> dict[str, Any]:
     """The librdkafka configuration of the collector; secrets are read from `environ` here and nowhere else."""
 
-    def secret(variable: str) -> str:
-        value = environ.get(variable)
-        if value is None:
-            raise ValueError(f"kafka collector: environment variable {variable} is not set")
-        return value
+    def secret(variable: str, option: str = "properties_env") -> str:
+        return env_secret(variable, option, environ)
 
     timeout_ms = round(config.delivery_timeout_s * 1000)
     settings: dict[str, Any] = {
@@ -79,12 +77,12 @@ def producer_settings(config: KafkaCollectorConfig, environ: Mapping[str, str]) 
         if config.sasl_username is not None:
             settings["sasl.oauthbearer.client.id"] = config.sasl_username
         if config.sasl_password_env is not None:
-            settings["sasl.oauthbearer.client.secret"] = secret(config.sasl_password_env)
+            settings["sasl.oauthbearer.client.secret"] = secret(config.sasl_password_env, "sasl_password_env")
     elif config.sasl_mechanism is not None:
         assert config.sasl_username is not None and config.sasl_password_env is not None  # checked by the config
         settings["sasl.mechanism"] = config.sasl_mechanism
         settings["sasl.username"] = config.sasl_username
-        settings["sasl.password"] = secret(config.sasl_password_env)
+        settings["sasl.password"] = secret(config.sasl_password_env, "sasl_password_env")
     if config.ssl_ca_location is not None:
         settings["ssl.ca.location"] = config.ssl_ca_location
     return settings

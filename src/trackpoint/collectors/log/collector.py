@@ -179,7 +179,7 @@ class LogCollector(Collector):
         group does not continue a torn one."""
         if self._fd is None or self._due_for_rotation(len(payload)):
             self._rotate()
-        if self.budget.enabled and not self.disk_allows():
+        if self.budget.enabled and not self.disk_allows(len(payload)):
             raise OSError(errno.ENOSPC, f"the log directory is at its disk budget ({self.config.max_disk_bytes} bytes)")
         fd = self._fd
         assert fd is not None
@@ -209,8 +209,10 @@ class LogCollector(Collector):
             log.error("collector %s: cannot write the log (%s); its event types answer 503", self.name, self._error)
 
     def _recover(self) -> None:
-        """After ERROR_HOLD_S without a successful write, ready again when the directory can take a whole file's
-        worth of lines: new requests then try, and a failure holds readiness off again."""
+        """After ERROR_HOLD_S without a successful write, ready again when the budget and the disk have room (1 MiB
+        free): new requests then try, and a failure holds readiness off again."""
+        if self.budget.enabled and not self.disk_allows():
+            return
         try:
             stat = os.statvfs(self.directory)
         except OSError:
@@ -263,10 +265,10 @@ class LogCollector(Collector):
 
     # --- the disk budget -------------------------------------------------------------------------------------------
 
-    def disk_allows(self) -> bool:
-        """Whether the disk budget lets this worker write more (O(1)): under the budget at the last check, counting
-        what this worker wrote since. False: commit fails and the edge answers 503 log_disk_full."""
-        return self.budget.allows(self._rotated_bytes + self._size - self._written_at_check)
+    def disk_allows(self, incoming: int = 0) -> bool:
+        """Whether the disk budget lets this worker write `incoming` bytes more (O(1)): under the budget at the last
+        check, counting what this worker wrote since. False: commit fails and the edge answers 503 log_disk_full."""
+        return self.budget.allows(self._rotated_bytes + self._size - self._written_at_check + incoming)
 
     async def _budget_loop(self) -> None:
         while True:

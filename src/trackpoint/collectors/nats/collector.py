@@ -9,7 +9,6 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import importlib.util
-import os
 import ssl
 from collections.abc import Sequence
 from typing import Any
@@ -25,6 +24,7 @@ from nats.js.api import PubAck, StorageType, StreamConfig
 from trackpoint.collectors.base import Collector, CollectorContext, Health, SendResult
 from trackpoint.collectors.nats.config import NatsCollectorConfig, stream_subject, subject_of
 from trackpoint.event import Event
+from trackpoint.security.secrets import env_secret, secret_path
 
 MSG_ID = "Nats-Msg-Id"
 STREAM_NAME_IN_USE = 10058  # JetStream: a stream of that name exists with another configuration
@@ -36,7 +36,7 @@ class NatsCollector(Collector):
     def __init__(self, name: str, config: NatsCollectorConfig, context: CollectorContext) -> None:
         super().__init__(name, config, context)
         self.config = config
-        self._connect_options = _connect_options(config)  # a missing secret fails here, at start-up
+        self._connect_options = _connect_options(config, context.data_dir)  # a missing secret fails here, at start-up
         self._encoder = msgspec.json.Encoder()
         self._subjects: dict[str, str] = {}
         self._nc = Client()
@@ -172,7 +172,7 @@ class NatsCollector(Collector):
         self._note_error(ValueError(f"event {event.id} is {size} bytes, over the server's max payload"))
 
 
-def _connect_options(config: NatsCollectorConfig) -> dict[str, Any]:
+def _connect_options(config: NatsCollectorConfig, data_dir: str) -> dict[str, Any]:
     options: dict[str, Any] = {
         "servers": config.servers,
         "name": "trackpoint",
@@ -186,26 +186,19 @@ def _connect_options(config: NatsCollectorConfig) -> dict[str, Any]:
     if config.user is not None:
         options["user"] = config.user
         if config.password_env is not None:
-            options["password"] = _secret(config.password_env)
+            options["password"] = env_secret(config.password_env, "password_env")
     if config.token_env is not None:
-        options["token"] = _secret(config.token_env)
+        options["token"] = env_secret(config.token_env, "token_env")
     if config.credentials_file is not None:
         if importlib.util.find_spec("nkeys") is None:
             raise ValueError("credentials_file needs the nkeys package (pip install nkeys)")
-        options["user_credentials"] = config.credentials_file
+        options["user_credentials"] = str(secret_path(config.credentials_file, data_dir))
     if config.tls_ca is not None or config.tls_cert is not None:
         context = ssl.create_default_context(cafile=config.tls_ca)
         if config.tls_cert is not None:
             context.load_cert_chain(config.tls_cert, config.tls_key)
         options["tls"] = context
     return options
-
-
-def _secret(variable: str) -> str:
-    value = os.environ.get(variable)
-    if not value:
-        raise ValueError(f"environment variable {variable} is not set")
-    return value
 
 
 def _settle(futures: list[asyncio.Future[PubAck]]) -> None:

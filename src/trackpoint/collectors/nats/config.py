@@ -74,7 +74,10 @@ class NatsCollectorConfig(CollectorBase, tag="nats"):
     ] = None
     credentials_file: Annotated[
         str | None,
-        Meta(description="A `.creds` file (user JWT and NKey seed) for decentralised auth; needs the `nkeys` package."),
+        Meta(
+            description="A `.creds` file (user JWT and NKey seed) for decentralised auth, relative to data_dir unless "
+            "absolute; needs the `nkeys` package."
+        ),
     ] = None
     tls_ca: Annotated[
         str | None, Meta(description="CA bundle (PEM) that server certificates are verified against.")

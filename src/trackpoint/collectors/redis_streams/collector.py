@@ -11,7 +11,6 @@ import asyncio
 import contextlib
 import hashlib
 import itertools
-import os
 from collections.abc import Sequence
 
 import msgspec
@@ -24,6 +23,7 @@ from trackpoint.collectors.base import Collector, CollectorContext, Health, Send
 from trackpoint.collectors.redis_streams.config import RedisStreamsCollectorConfig, seen_prefix, stream_key
 from trackpoint.collectors.resp import bulk, round_trip
 from trackpoint.event import Event
+from trackpoint.security.secrets import env_secret
 
 # KEYS[1]: the stream. ARGV: dedupe window (s; "0": off), maxlen (0: no trim), the dedupe key prefix, and the
 # events as JSON lines (the same bytes the log collector writes: one encode per batch on the client, no per-event
@@ -69,7 +69,8 @@ class RedisStreamsCollector(Collector):
     def __init__(self, name: str, config: RedisStreamsCollectorConfig, context: CollectorContext) -> None:
         super().__init__(name, config, context)
         self.config = config
-        self._password = _secret(config.password_env) if config.password_env else None  # fails at start-up
+        # A missing password fails here, at start-up.
+        self._password = env_secret(config.password_env, "password_env") if config.password_env else None
         self._encoder = msgspec.json.Encoder()
         self._keys: dict[str, tuple[str, str]] = {}  # event type -> (stream, dedupe key prefix)
         # A template without {type} names one stream for every event: no grouping needed.
@@ -185,10 +186,3 @@ class RedisStreamsCollector(Collector):
 
 def _type_of(event: Event) -> str:
     return event.type
-
-
-def _secret(variable: str) -> str:
-    value = os.environ.get(variable)
-    if not value:
-        raise ValueError(f"environment variable {variable} is not set")
-    return value

@@ -5,10 +5,9 @@ Results are cached per worker: a busy tracker sees the same networks again and a
 
 from __future__ import annotations
 
-import ipaddress
-
 from trackpoint.event import Event
 from trackpoint.preprocessors.anonymize_ip.config import AnonymizeIpConfig
+from trackpoint.privacy.network import truncate_ip
 
 _CACHE_LIMIT = 65536
 
@@ -34,14 +33,7 @@ class AnonymizeIp:
 
     def anonymize(self, ip: str) -> str | None:
         """The truncated address, or None when `ip` is not an address (nothing unparsed is ever stored)."""
-        try:
-            address = ipaddress.ip_address(ip)
-        except ValueError:
-            return None
-        if isinstance(address, ipaddress.IPv6Address) and address.ipv4_mapped is not None:
-            address = address.ipv4_mapped
-        prefix = self.ipv4_prefix if address.version == 4 else self.ipv6_prefix
-        return str(ipaddress.ip_network(f"{address}/{prefix}", strict=False).network_address)
+        return truncate_ip(ip, self.ipv4_prefix, self.ipv6_prefix)
 
     def _remember(self, ip: str) -> str | None:
         if len(self._cache) >= _CACHE_LIMIT:

@@ -30,6 +30,8 @@ CLICK_ID_MAX_LEN = 512
 class AttributeConversion:
     """Reads dims[field] (the click id) and records the attribution; counts each outcome (`counts`, on /metrics)."""
 
+    flag_dim = IVT_DIM  # a conversion too soon after its click is flagged `too_fast`
+
     def __init__(self, name: str, config: AttributeConversionConfig) -> None:
         self.name = name
         self.field = config.field

@@ -26,12 +26,15 @@ _CACHE_LIMIT = 65536
 class CheckConsent:
     """Decides, records and enforces consent."""
 
+    cookie_veto = (CONSENT_DIM, DENIED)  # denied consent: the response sets no user id cookie
+
     def __init__(self, name: str, config: CheckConsentConfig) -> None:
         self.name = name
         self.honor_gpc = config.honor_gpc
         self.honor_dnt = config.honor_dnt
         self.honor_us_privacy = config.honor_us_privacy
         self.gdpr_default = "1" if config.gdpr_default else "0"
+        self.no_default_gdpr = not config.gdpr_default
         self.purposes = tuple(config.tcf_purposes)
         self.vendor_id = config.tcf_vendor_id
         self.personal = (UID_DIM, *(f for f in config.personal_fields if f != UID_DIM))
@@ -46,6 +49,9 @@ class CheckConsent:
 
     def __call__(self, event: Event) -> Event:
         dims = event.dims
+        if self.no_default_gdpr and dims.keys().isdisjoint(_SIGNALS):  # the usual request: no signal at all
+            dims[CONSENT_DIM] = NOT_APPLICABLE
+            return event
         signals = [dims.pop(name, None) for name in _SIGNALS]
         reason, applies = self.decide(*signals)
         if reason is not None:

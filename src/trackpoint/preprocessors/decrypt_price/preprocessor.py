@@ -5,11 +5,9 @@ Keys are read once when the worker starts; a request costs two HMAC-SHA1 of a fe
 
 from __future__ import annotations
 
-import os
 import time
 from collections.abc import Callable, Iterator
 from decimal import Decimal
-from pathlib import Path
 
 from trackpoint.adtech.price import (
     EXPIRED,
@@ -24,9 +22,9 @@ from trackpoint.config.model import Config, FieldSpec
 from trackpoint.event import Event
 from trackpoint.fields.converters import MICROS, Reject, parse_micros
 from trackpoint.preprocessors.decrypt_price.config import DecryptPriceConfig, ExchangeKeys
+from trackpoint.security.secrets import MIN_SECRET_BYTES, SecretError, one_of_problem, read_secret, secret_option
 
 UNKNOWN_EXCHANGE = "price_exchange_unknown"
-MIN_KEY_BYTES = 16
 KeyPath = tuple[str | int, ...]
 
 
@@ -87,28 +85,21 @@ class DecryptPrice:
 
 
 def read_price_key(name: str, exchange: str, role: str, keys: ExchangeKeys, data_dir: str) -> bytes:
-    """One exchange key's bytes, from its variable or file (web-safe base64); ValueError saying what is wrong."""
+    """One exchange key's bytes, from its variable or file (web-safe base64); SecretError naming the option."""
     where = f"preprocessor {name}, exchange {exchange}: {role} key"
     env: str | None = getattr(keys, f"{role}_key_env")
     file: str | None = getattr(keys, f"{role}_key_file")
-    if env is not None:
-        text = os.environ.get(env)
-        if text is None:
-            raise ValueError(f"{where}: environment variable {env} is not set")
-    elif file is not None:
-        path = Path(data_dir) / file  # an absolute path stays absolute
-        try:
-            text = path.read_text("ascii")
-        except (OSError, UnicodeDecodeError) as exc:
-            raise ValueError(f"{where}: cannot read {path}: {exc}") from None
-    else:
-        raise ValueError(f"{where}: needs {role}_key_env or {role}_key_file")
     try:
-        key = decode_websafe(text.strip())
-    except ValueError:
-        raise ValueError(f"{where}: not web-safe base64") from None
-    if len(key) < MIN_KEY_BYTES:
-        raise ValueError(f"{where}: a key needs at least {MIN_KEY_BYTES} bytes")
+        text = read_secret(f"{role}_key", env, file, data_dir, min_bytes=0)
+    except SecretError as exc:
+        raise SecretError(exc.option, f"{where}: {exc.reason}") from None
+    option = secret_option(f"{role}_key", env)
+    try:
+        key = decode_websafe(text.decode("ascii"))
+    except ValueError:  # UnicodeDecodeError included
+        raise SecretError(option, f"{where}: not web-safe base64") from None
+    if len(key) < MIN_SECRET_BYTES:
+        raise SecretError(option, f"{where}: a key needs at least {MIN_SECRET_BYTES} bytes")
     return key
 
 
@@ -123,9 +114,10 @@ def check_decrypt_price(config: Config) -> Iterator[tuple[KeyPath, str]]:
         base: KeyPath = ("preprocessors", name)
         for exchange, keys in preprocessor.exchanges.items():
             for role in ("encryption", "integrity"):
-                if (getattr(keys, f"{role}_key_env") is None) == (getattr(keys, f"{role}_key_file") is None):
-                    where = (*base, "exchanges", exchange)
-                    yield where, f"the {role} key needs exactly one of {role}_key_env and {role}_key_file"
+                env, file = getattr(keys, f"{role}_key_env"), getattr(keys, f"{role}_key_file")
+                problem = one_of_problem(f"{role}_key", env, file)
+                if problem is not None:
+                    yield (*base, "exchanges", exchange), f"the {role} key {problem}"
         default = preprocessor.default_exchange
         if default is not None and default not in preprocessor.exchanges:
             yield (*base, "default_exchange"), f"no exchange named {default!r} in exchanges"

@@ -24,6 +24,8 @@ _CACHE_LIMIT = 65536
 class FlagInvalidTraffic:
     """Sets dims.ivt to `bot`, `prefetch` or `too_fast`; counts each flag (`counts`, on /metrics)."""
 
+    flag_dim = IVT_DIM  # the event type's invalid_traffic policy routes on this dim
+
     def __init__(self, name: str, config: FlagInvalidTrafficConfig) -> None:
         self.name = name
         self.bots = config.bots

@@ -8,6 +8,7 @@ from collections.abc import Iterator
 from trackpoint.config.load import KeyPath
 from trackpoint.config.model import Config
 from trackpoint.preprocessors.pseudonymize.config import PseudonymizeConfig
+from trackpoint.security.secrets import one_of_problem
 
 _KEY_ID = re.compile(r"[A-Za-z0-9_-]{1,16}")
 
@@ -22,7 +23,10 @@ def _check_keys(base: KeyPath, config: PseudonymizeConfig) -> Iterator[tuple[Key
     for key_id, source in config.keys.items():
         if not _KEY_ID.fullmatch(key_id):
             yield (*base, "keys", key_id), "a key id is 1-16 letters, digits, '_' or '-'"
-        if (source.secret_env is None) == (source.secret_file is None):
-            yield (*base, "keys", key_id), "a key needs exactly one of secret_env and secret_file"
+        problem = one_of_problem("secret", source.secret_env, source.secret_file)
+        if problem is not None:
+            yield (*base, "keys", key_id), f"a key {problem}"
     if config.keys and config.current not in config.keys:
         yield (*base, "current"), "current must name one of keys"
+    if not config.keys and config.current is not None:
+        yield (*base, "current"), "current needs keys (without keys the generated key `auto` is used)"

@@ -85,7 +85,6 @@ def check_vast(config: Config) -> Iterator[tuple[KeyPath, str]]:
     and the error code in dims, the offset and the duration as numbers in metrics)."""
     users = {name: p for name, p in config.preprocessors.items() if isinstance(p, VastConfig)}
     numeric = ("int", "decimal", "duration")
-    into_metrics = ("int", "decimal", "money", "price", "duration", "timestamp")  # by default
     for type_name, spec in config.event_types.items():
         for name in spec.preprocessors:
             user = users.get(name)
@@ -102,8 +101,7 @@ def check_vast(config: Config) -> Iterator[tuple[KeyPath, str]]:
                 declared = spec.fields.get(field_name)
                 if declared is None:
                     continue  # added by the preprocessor with the right declaration
-                default_place = "metrics" if declared.type in into_metrics else "dims"
-                if declared.type not in types or (declared.into or default_place) != place:
+                if declared.type not in types or declared.place != place:
                     yield (
                         ("event_types", type_name, "fields", field_name),
                         f"preprocessor {name!r} reads {field_name!r} from {place}: declare it {what}",

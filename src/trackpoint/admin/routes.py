@@ -1,0 +1,51 @@
+"""The admin port's route table: the core routes the supervisor serves, then every plugin's (built-ins and
+third-party alike). The supervisor serves from it and the OpenAPI document and the endpoints reference list it,
+so a route cannot be served without being documented, or documented without being served."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+from trackpoint.plugins import AdminRoute, Registry, registry
+
+
+@dataclass(frozen=True)
+class AdminEndpoint:
+    """One admin route as served and documented. `public`: answered without the admin token (the probes)."""
+
+    method: str
+    path: str
+    summary: str
+    public: bool = False
+
+
+# The supervisor's own routes; it serves each with its handler of the same path (a route listed here without a
+# handler fails the supervisor's start, and tests/test_admin_routes.py checks what is served against this table).
+CORE_ROUTES: tuple[AdminEndpoint, ...] = (
+    AdminEndpoint("GET", "/healthz", "200 while the supervisor runs.", public=True),
+    AdminEndpoint(
+        "GET",
+        "/readyz",
+        "200 when every worker is ready and every required collector healthy, else 503 (JSON).",
+        public=True,
+    ),
+    AdminEndpoint("GET", "/metrics", "Prometheus metrics, summed over the workers."),
+    AdminEndpoint("GET", "/openapi.json", "This OpenAPI document, for the running configuration."),
+)
+
+
+def plugin_routes(plugins: Registry | None = None) -> list[AdminRoute]:
+    """The plugins' admin routes the supervisor serves: all but one on a core route's method and path (the core
+    route wins)."""
+    core = {(route.method, route.path) for route in CORE_ROUTES}
+    return [route for route in (plugins or registry()).admin_routes if (route.method, route.path) not in core]
+
+
+def admin_endpoints(plugins: Registry | None = None) -> list[AdminEndpoint]:
+    """Every admin route served: the core routes, then the plugins' (each described by the first paragraph of its
+    handler's docstring)."""
+    endpoints = list(CORE_ROUTES)
+    for route in plugin_routes(plugins):
+        doc = (route.handler.__doc__ or "").strip().split("\n\n")[0]
+        endpoints.append(AdminEndpoint(route.method, route.path, " ".join(doc.split())))
+    return endpoints
