@@ -30,12 +30,16 @@ from redis.asyncio import Redis
 from rich.console import Console
 from rich.table import Table
 
-from run import RESULTS_DIR, HarnessError, git_state
-from trackpoint.banker.collector import BankerCollector
-from trackpoint.banker.config import BankerCollectorConfig
-from trackpoint.banker.model import MAX_BUDGET_MICROS, Budget
+from harness import (
+    RESULTS_DIR,
+    HarnessError,
+    git_state,
+)
+from trackpoint.collectors.banker.collector import BankerCollector
+from trackpoint.collectors.banker.config import BankerCollectorConfig
+from trackpoint.collectors.banker.model import MAX_BUDGET_MICROS, Budget
 from trackpoint.collectors.base import CollectorContext
-from trackpoint.pipeline.event import Context, Event, Meta, derived_id
+from trackpoint.event import Context, Event, Meta, derived_id
 
 REDIS_URL = os.environ.get("TRACKPOINT_BENCH_REDIS_URL", "redis://127.0.0.1:6379/0")
 TARGET_DEBITS_PER_S = 50_000

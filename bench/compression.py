@@ -23,8 +23,8 @@ from pathlib import Path
 import msgspec
 
 from trackpoint.collectors.log.compression import compress
-from trackpoint.config.model import Compression
-from trackpoint.pipeline.event import Context, Device, Event, Meta, derived_id
+from trackpoint.collectors.log.config import Compression
+from trackpoint.event import Context, Device, Event, Meta, derived_id
 
 RESULTS = Path(__file__).resolve().parent / "results" / "compression.json"
 CODECS: list[tuple[Compression, int]] = [("zstd", 1), ("zstd", 3), ("zstd", 6), ("gzip", 1), ("gzip", 6)]

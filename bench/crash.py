@@ -39,7 +39,7 @@ from pathlib import Path
 from rich.console import Console
 from rich.table import Table
 
-from run import (
+from harness import (
     RESULTS_DIR,
     THROUGHPUT_CONNECTIONS,
     USER_AGENT,
@@ -51,8 +51,10 @@ from run import (
     run_wrk,
     start_service,
     wait_ready,
-    write_report,
     write_unique_imp_script,
+)
+from report import (
+    write_report,
 )
 from soak import TRACKER_BIN
 from trackpoint.collectors.log.reader import ReadStats, read_events

@@ -26,7 +26,7 @@ from typing import Any
 from rich.console import Console
 from rich.table import Table
 
-from run import (
+from harness import (
     QUICK_DURATION_S,
     RESULTS_DIR,
     SETTLE_S,
@@ -34,11 +34,15 @@ from run import (
     Settings,
     free_ports,
     git_state,
-    measure_brief_load,
-    measure_throughput,
     run_tracker,
     verify_pixel,
+)
+from report import (
     write_report,
+)
+from run import (
+    measure_brief_load,
+    measure_throughput,
 )
 from soak import TRACKER_BIN
 

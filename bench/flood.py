@@ -66,7 +66,7 @@ from matplotlib.figure import Figure
 from rich.console import Console
 from rich.table import Table
 
-from run import (
+from harness import (
     LOAD_CPU,
     PACED_UNIQUE_LUA,
     RESULTS_DIR,
@@ -83,6 +83,8 @@ from run import (
     wait_ready,
     worker_pid,
     worker_pids,
+)
+from report import (
     write_report,
 )
 from trackpoint.collectors.log.reader import read_events

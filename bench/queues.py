@@ -37,7 +37,7 @@ from matplotlib.figure import Figure
 from rich.console import Console
 from rich.table import Table
 
-from run import (
+from harness import (
     LOAD_CPU,
     PACED_UNIQUE_LUA,
     RESULTS_DIR,
@@ -57,7 +57,7 @@ from run import (
     worker_pid,
 )
 from trackpoint.collectors.log.reader import read_events
-from trackpoint.pipeline.event import Context, Event, Meta, derived_id
+from trackpoint.event import Context, Event, Meta, derived_id
 
 QUEUES_JSON = RESULTS_DIR / "queues.json"
 QUEUES_PNG = RESULTS_DIR / "queues.png"

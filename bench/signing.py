@@ -24,7 +24,7 @@ from pathlib import Path
 from rich.console import Console
 from rich.table import Table
 
-from run import (
+from harness import (
     PIXEL_PATH,
     RESULTS_DIR,
     SERVER_CPU,

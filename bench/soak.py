@@ -42,12 +42,11 @@ from matplotlib.figure import Figure
 from rich.console import Console
 from rich.table import Table
 
-from run import (
+from harness import (
     CLK_TCK,
     MAX_FOREIGN_CPU_PCT,
     RESULTS_DIR,
     SERVER_CPU,
-    THOUSANDS,
     THROUGHPUT_CONNECTIONS,
     HarnessError,
     Service,
@@ -64,8 +63,11 @@ from run import (
     start_service,
     wait_ready,
     worker_pid,
-    write_report,
     write_unique_imp_script,
+)
+from report import (
+    THOUSANDS,
+    write_report,
 )
 
 REPO_ROOT = Path(__file__).resolve().parent.parent

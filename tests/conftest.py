@@ -23,7 +23,7 @@ import pytest
 import yaml
 
 from trackpoint.collectors.log.reader import ReadStats, read_events
-from trackpoint.pipeline.event import Context, Event, Meta, derived_id
+from trackpoint.event import Context, Event, Meta, derived_id
 
 CHROME_UA = (
     "Mozilla/5.0 (Windows NT 10.0; Win64; x64) AppleWebKit/537.36 (KHTML, like Gecko) Chrome/120.0.0.0 Safari/537.36"

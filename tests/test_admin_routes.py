@@ -9,10 +9,10 @@ from trackpoint.admin.routes import CORE_ROUTES, admin_endpoints
 from trackpoint.admin.server import AdminRequest, AdminResponse
 from trackpoint.config import LoadedConfig, load
 from trackpoint.config.model import Config
-from trackpoint.config.openapi import openapi_document
-from trackpoint.config.reference import endpoints_reference
-from trackpoint.edge.supervisor import Overrides, Supervisor
 from trackpoint.plugins import AdminRoute, Plugin, Registry, discover, resolve
+from trackpoint.process.supervisor import Overrides, Supervisor
+from trackpoint.reference.config import endpoints_reference
+from trackpoint.reference.openapi import openapi_document
 
 
 async def _stats(request: AdminRequest, config: Config) -> AdminResponse:
@@ -36,7 +36,7 @@ def with_plugin(monkeypatch: pytest.MonkeyPatch) -> Registry:
     )
     registry = resolve([*plugins, third_party], failures)
     monkeypatch.setattr("trackpoint.admin.routes.registry", lambda: registry)
-    monkeypatch.setattr("trackpoint.edge.supervisor.plugin_registry", lambda: registry)
+    monkeypatch.setattr("trackpoint.process.supervisor.plugin_registry", lambda: registry)
     return registry
 
 

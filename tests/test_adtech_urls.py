@@ -12,10 +12,11 @@ import pytest
 
 from trackpoint.adtech.auction import LOSS_MACROS, WIN_MACROS, notice_url
 from trackpoint.config.load import load
-from trackpoint.pipeline.build import EventBuilder
-from trackpoint.pipeline.event import Event, Meta
-from trackpoint.pipeline.fields import Reject
-from trackpoint.preprocessors import Preprocessor, build_preprocessor, with_input_fields
+from trackpoint.event import Event, Meta
+from trackpoint.fields.build import EventBuilder
+from trackpoint.fields.converters import Reject
+from trackpoint.plugins import registry
+from trackpoint.preprocessors import Preprocessor, with_input_fields
 
 CONFIG = load().config
 META = Meta(worker=0, config="urls")
@@ -277,7 +278,7 @@ class Pipeline:
     def __init__(self) -> None:
         self.routes: dict[str, tuple[EventBuilder, tuple[Preprocessor, ...]]] = {}
         for name, spec in CONFIG.event_types.items():
-            preprocessors = tuple(build_preprocessor(p, CONFIG.preprocessors[p]) for p in spec.preprocessors)
+            preprocessors = tuple(registry().build_preprocessor(p, CONFIG.preprocessors[p]) for p in spec.preprocessors)
             builder = EventBuilder(name, with_input_fields(spec, preprocessors), META)
             for path in spec.paths:
                 self.routes[path] = (builder, preprocessors)

@@ -17,6 +17,7 @@ import pytest
 from conftest import Tracker, read_until_quiet
 from trackpoint.config import load
 from trackpoint.edge.runtime import ERROR_LOG_INTERVAL_S, Edge
+from trackpoint.plugins import registry
 
 
 def _rss_kib(pid: int) -> int:
@@ -282,7 +283,7 @@ def test_each_kind_of_error_has_its_own_log_interval(tmp_path: Path, caplog: pyt
     loaded = load()
 
     async def main() -> None:
-        edge = Edge(loaded.config, loaded.version, 0)
+        edge = Edge(loaded.config, loaded.version, 0, registry())
         for _ in range(100):
             edge.internal_error(ValueError("noisy"))
         edge.internal_error(KeyError("rare"))

@@ -18,11 +18,12 @@ import yaml
 from conftest import Tracker
 from trackpoint.adtech.clickid import FORGED, MALFORMED, MAX_CHARS, UNKNOWN_KEY, Click, ClickIdError, ClickIds
 from trackpoint.config import ConfigError, load
-from trackpoint.config.model import AttributeConversionConfig, IssueClickIdConfig
 from trackpoint.edge.responses import with_params
-from trackpoint.pipeline.event import Context, Event, Meta
-from trackpoint.preprocessors.attribute_conversion import AttributeConversion
-from trackpoint.preprocessors.issue_click_id import IssueClickId
+from trackpoint.event import Context, Event, Meta
+from trackpoint.preprocessors.attribute_conversion.config import AttributeConversionConfig
+from trackpoint.preprocessors.attribute_conversion.preprocessor import AttributeConversion
+from trackpoint.preprocessors.issue_click_id.config import IssueClickIdConfig
+from trackpoint.preprocessors.issue_click_id.preprocessor import IssueClickId
 from trackpoint.security.postback_auth import sign_postback
 
 K1 = b"0123456789abcdef0123456789abcdef"

@@ -17,7 +17,7 @@ from trackpoint.collectors.log.reader import read_events
 from trackpoint.config.load import ConfigError, load
 from trackpoint.config.model import RejectedConfig
 from trackpoint.edge.bad_rows import BadRows, redact_target
-from trackpoint.pipeline.event import Event, Meta
+from trackpoint.event import Event, Meta
 
 KEEP = frozenset({"cid", "price"})
 

@@ -18,12 +18,12 @@ import pytest
 from redis.asyncio import Redis
 
 from conftest import make_event
-from trackpoint.banker.collector import BankerCollector
-from trackpoint.banker.config import BankerCollectorConfig, parse_rate
-from trackpoint.banker.model import Budget, Debit, DebitRule, Notification, TrackerStatus, hour_of, stale_ms
-from trackpoint.banker.store import Store, StoreUnavailable, open_store
+from trackpoint.collectors.banker.collector import BankerCollector
+from trackpoint.collectors.banker.config import BankerCollectorConfig, parse_rate
+from trackpoint.collectors.banker.model import Budget, Debit, DebitRule, Notification, TrackerStatus, hour_of, stale_ms
+from trackpoint.collectors.banker.store import Store, StoreUnavailable, open_store
 from trackpoint.collectors.base import CollectorContext
-from trackpoint.pipeline.event import Event
+from trackpoint.event import Event
 
 REDIS_URL = os.environ.get("TRACKPOINT_TEST_REDIS_URL", "redis://127.0.0.1:6379/0")
 DAY_MS = 86_400_000
@@ -437,7 +437,7 @@ def test_sqlite_serves_one_call_at_a_time_even_when_one_is_abandoned(tmp_path: P
     for it, or its BEGIN would land inside the first one's transaction (and its ROLLBACK undo part of it)."""
     import threading
 
-    from trackpoint.banker.sqlite_store import SqliteStore
+    from trackpoint.collectors.banker.sqlite_store import SqliteStore
 
     async def scenario() -> None:
         store = open_store(banker(), str(tmp_path))

@@ -14,9 +14,9 @@ import pytest
 
 from trackpoint.config import load
 from trackpoint.config.model import EventTypeSpec, FieldSpec
-from trackpoint.pipeline.build import EventBuilder
-from trackpoint.pipeline.event import Context, Event, Meta, derived_id, random_id
-from trackpoint.pipeline.fields import Reject
+from trackpoint.event import Context, Event, Meta, derived_id, random_id
+from trackpoint.fields.build import EventBuilder
+from trackpoint.fields.converters import Reject
 
 HEX32 = re.compile(r"[0-9a-f]{32}")
 FORM = {b"content-type": b"application/x-www-form-urlencoded"}

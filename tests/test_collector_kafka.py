@@ -23,7 +23,7 @@ from trackpoint.collectors.base import CollectorContext, Health, SendResult
 from trackpoint.collectors.kafka.collector import KafkaCollector, producer_settings
 from trackpoint.collectors.kafka.config import KafkaCollectorConfig
 from trackpoint.config import ConfigError, load
-from trackpoint.pipeline.event import Context, Event, Meta
+from trackpoint.event import Context, Event, Meta
 from trackpoint.plugins import registry
 
 pytestmark = pytest.mark.e2e  # librdkafka's mock cluster, a broker on sockets

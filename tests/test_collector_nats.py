@@ -27,7 +27,7 @@ from conftest import free_port, make_event, until
 from trackpoint.collectors.base import CollectorContext, SendResult
 from trackpoint.collectors.nats.collector import NatsCollector
 from trackpoint.collectors.nats.config import NatsCollectorConfig, stream_subject
-from trackpoint.pipeline.event import Event
+from trackpoint.event import Event
 from trackpoint.plugins import registry
 
 pytestmark = pytest.mark.e2e  # a real NATS server

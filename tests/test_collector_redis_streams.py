@@ -26,7 +26,7 @@ from conftest import make_event, until
 from trackpoint.collectors.base import CollectorContext, SendResult
 from trackpoint.collectors.redis_streams.collector import RedisStreamsCollector
 from trackpoint.collectors.redis_streams.config import RedisStreamsCollectorConfig, seen_prefix
-from trackpoint.pipeline.event import Event
+from trackpoint.event import Event
 from trackpoint.plugins import registry
 
 pytestmark = pytest.mark.e2e  # a real Redis

@@ -16,8 +16,12 @@ import pytest
 from typer.testing import CliRunner
 
 from trackpoint.cli import app
+from trackpoint.collectors.log.config import LogCollectorConfig
+from trackpoint.collectors.stdout.config import StdoutCollectorConfig
 from trackpoint.config import ConfigError, ConfigIssue, LoadedConfig, json_schema, load, model
 from trackpoint.config.load import DEFAULT_CONFIG_NAME, default_text
+from trackpoint.preprocessors.anonymize_ip.config import AnonymizeIpConfig
+from trackpoint.preprocessors.parse_user_agent.config import ParseUserAgentConfig
 
 TRACKPOINT_BIN = Path(sys.executable).parent / "trackpoint"
 
@@ -126,10 +130,10 @@ def test_default_field_types_and_options() -> None:
 
 def test_default_has_builtin_collectors_and_preprocessors() -> None:
     config = load().config
-    assert isinstance(config.collectors["log"], model.LogCollectorConfig)
-    assert isinstance(config.collectors["stdout"], model.StdoutCollectorConfig)
-    assert isinstance(config.preprocessors["anonymize_ip"], model.AnonymizeIpConfig)
-    assert isinstance(config.preprocessors["parse_user_agent"], model.ParseUserAgentConfig)
+    assert isinstance(config.collectors["log"], LogCollectorConfig)
+    assert isinstance(config.collectors["stdout"], StdoutCollectorConfig)
+    assert isinstance(config.preprocessors["anonymize_ip"], AnonymizeIpConfig)
+    assert isinstance(config.preprocessors["parse_user_agent"], ParseUserAgentConfig)
 
 
 # --- merging a file onto the default ------------------------------------------------------------------------
@@ -180,10 +184,10 @@ def test_a_redefined_builtin_collector_keeps_the_other_builtins(tmp_path: Path) 
     )
     collectors = load(path).config.collectors
     log = collectors["log"]
-    assert isinstance(log, model.LogCollectorConfig)
+    assert isinstance(log, LogCollectorConfig)
     assert log.dir == "elsewhere"
     assert log.durability == "power"
-    assert isinstance(collectors["stdout"], model.StdoutCollectorConfig)
+    assert isinstance(collectors["stdout"], StdoutCollectorConfig)
 
 
 def test_integers_are_accepted_for_seconds_options(tmp_path: Path) -> None:
@@ -616,10 +620,10 @@ def test_a_file_may_name_its_own_collector_and_preprocessor(tmp_path: Path) -> N
     config = load(path).config
     assert config.event_types["a"].collectors == ["archive", "log"]
     archive = config.collectors["archive"]
-    assert isinstance(archive, model.LogCollectorConfig)
+    assert isinstance(archive, LogCollectorConfig)
     assert archive.rotate_bytes == 4096
     strict = config.preprocessors["strict_ip"]
-    assert isinstance(strict, model.AnonymizeIpConfig)
+    assert isinstance(strict, AnonymizeIpConfig)
     assert strict.ipv4_prefix == 16
 
 
@@ -681,10 +685,10 @@ def test_json_schema_defines_every_struct_with_descriptions() -> None:
         model.FieldSpec,
         model.ResponseSpec,
         model.EventTypeSpec,
-        model.LogCollectorConfig,
-        model.StdoutCollectorConfig,
-        model.AnonymizeIpConfig,
-        model.ParseUserAgentConfig,
+        LogCollectorConfig,
+        StdoutCollectorConfig,
+        AnonymizeIpConfig,
+        ParseUserAgentConfig,
     ]
     for struct in structs:
         definition = definitions[struct.__name__]

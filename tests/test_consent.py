@@ -10,9 +10,9 @@ from typing import Any
 import pytest
 
 from conftest import CHROME_UA, Tracker
-from trackpoint.config.model import CheckConsentConfig
-from trackpoint.pipeline.event import Context, Event, Meta
-from trackpoint.preprocessors.check_consent import DNT, GDPR, GPC, TC_STRING, USP, CheckConsent
+from trackpoint.event import Context, Event, Meta
+from trackpoint.preprocessors.check_consent.config import CheckConsentConfig
+from trackpoint.preprocessors.check_consent.preprocessor import DNT, GDPR, GPC, TC_STRING, USP, CheckConsent
 from trackpoint.privacy.signals import InvalidSignal, decode_tc_string, us_privacy_opt_out
 
 # Published TC strings with their decoded values (LiveRamp/iabconsent test fixtures, made with iabtcf.com's encoder).

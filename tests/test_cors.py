@@ -17,6 +17,7 @@ from trackpoint.config import ConfigError, load
 from trackpoint.config.model import CorsSpec
 from trackpoint.edge.cors import MAX_CACHED_ORIGINS, CorsPolicy, parse_origin, splice
 from trackpoint.edge.runtime import Edge
+from trackpoint.plugins import registry
 
 SHOP = "https://shop.example.com"
 
@@ -206,7 +207,7 @@ def test_decorate_splices_after_the_status_line() -> None:
 def test_types_without_cors_cost_nothing(tmp_path: Path) -> None:
     path = tmp_path / "default-and-cors.yaml"
     path.write_text(json.dumps({"data_dir": str(tmp_path / "data"), **CORS_CONFIG}))
-    edge = Edge(load(path).config, "test", 0)
+    edge = Edge(load(path).config, "test", 0, registry())
     assert {route.name: route.cors is not None for route in edge.routes.values()} == {
         "pageview": True,
         "custom": True,
@@ -215,7 +216,7 @@ def test_types_without_cors_cost_nothing(tmp_path: Path) -> None:
     assert b"origin" in edge.kept_headers
     plain = tmp_path / "plain.yaml"
     plain.write_text(json.dumps({"data_dir": str(tmp_path / "data2")}))
-    edge = Edge(load(plain).config, "test", 0)
+    edge = Edge(load(plain).config, "test", 0, registry())
     assert all(route.cors is None for route in edge.routes.values())
     assert b"origin" not in edge.kept_headers  # the header is not even kept
 

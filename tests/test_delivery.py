@@ -18,7 +18,7 @@ import pytest
 
 from trackpoint.collectors.base import Collector, CollectorContext, SendResult
 from trackpoint.config.model import CollectorBase, SpoolConfig
-from trackpoint.pipeline.event import Context, Event, Meta
+from trackpoint.event import Context, Event, Meta
 
 PAD = "x" * 900  # about 1 KB per event, so a small spool fills quickly
 

@@ -23,13 +23,13 @@ from openapi_spec_validator import validate
 
 from conftest import Tracker
 from trackpoint.cli import app
-from trackpoint.cli.reference import commands
 from trackpoint.config import load
 from trackpoint.config.model import Config
-from trackpoint.config.openapi import openapi_document
-from trackpoint.config.reference import config_sections, configuration_reference, endpoints_reference
 from trackpoint.plugins import CollectorKind, PreprocessorKind, registry
-from trackpoint.plugins.reference import api_objects, public_methods
+from trackpoint.reference.cli import commands
+from trackpoint.reference.config import config_sections, configuration_reference, endpoints_reference
+from trackpoint.reference.openapi import openapi_document
+from trackpoint.reference.plugins import api_objects, public_methods
 from trackpoint.security.signing import SIGNATURE_PARAMS
 
 ROOT = Path(__file__).resolve().parent.parent

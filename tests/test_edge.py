@@ -14,7 +14,7 @@ from typing import Any
 
 from conftest import CHROME_UA, Tracker, read_until_quiet
 from trackpoint.edge.responses import PIXEL_GIF
-from trackpoint.pipeline.event import derived_id
+from trackpoint.event import derived_id
 
 
 def _status_lines(raw: bytes) -> list[bytes]:

@@ -12,6 +12,7 @@ import yaml
 
 from trackpoint.config import load
 from trackpoint.edge.runtime import Edge
+from trackpoint.plugins import registry
 
 EDGE = Path(__file__).resolve().parent.parent / "src" / "trackpoint" / "edge"
 
@@ -36,7 +37,7 @@ def _edge(tmp_path: Path, event_types: dict[str, Any]) -> Edge:
     path = tmp_path / "trackpoint.yaml"
     path.write_text(yaml.safe_dump(document))
     loaded = load(path)
-    return Edge(loaded.config, loaded.version, 0)
+    return Edge(loaded.config, loaded.version, 0, registry())
 
 
 def test_routes_precompute_what_their_preprocessors_declare(tmp_path: Path) -> None:

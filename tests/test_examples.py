@@ -24,9 +24,9 @@ from conftest import Tracker
 from trackpoint.adtech.price import encrypt_price
 from trackpoint.cli import app
 from trackpoint.collectors.log.reader import read_events
-from trackpoint.config.model import PseudonymizeConfig
-from trackpoint.pipeline.event import Event
-from trackpoint.preprocessors.pseudonymize import Pseudonymize
+from trackpoint.event import Event
+from trackpoint.preprocessors.pseudonymize.config import PseudonymizeConfig
+from trackpoint.preprocessors.pseudonymize.preprocessor import Pseudonymize
 from trackpoint.security.postback_auth import sign_postback
 from trackpoint.security.signing import sign_url
 

@@ -22,7 +22,7 @@ from typer.testing import CliRunner
 from conftest import Tracker, free_port
 from trackpoint.cli import app
 from trackpoint.config import load
-from trackpoint.edge.supervisor import CRASH_LOOP_STARTS, RESTART_BACKOFF_S
+from trackpoint.process.supervisor import CRASH_LOOP_STARTS, RESTART_BACKOFF_S
 from trackpoint.security.resolve import unresolved_secrets
 
 SECRET = secrets.token_hex(16)

@@ -14,7 +14,7 @@ from hypothesis import example, given, settings
 from hypothesis import strategies as st
 
 from trackpoint.config.model import FieldSpec, FieldType
-from trackpoint.pipeline.fields import MICROS, PairParser, Reject, make_converter, parse_cookies, parse_micros
+from trackpoint.fields.converters import MICROS, PairParser, Reject, make_converter, parse_cookies, parse_micros
 
 PROPERTY_SETTINGS = settings(max_examples=200, deadline=None, database=None)  # no .hypothesis dir
 

@@ -13,12 +13,14 @@ from conftest import CHROME_UA, Tracker
 from trackpoint.adtech.clickid import ClickIds
 from trackpoint.adtech.ivt import automated, prefetch
 from trackpoint.collectors.log.reader import read_events
-from trackpoint.config.model import EventTypeSpec, FieldSpec, FlagInvalidTrafficConfig, ParseUserAgentConfig
-from trackpoint.pipeline.build import EventBuilder
-from trackpoint.pipeline.event import Context, Device, Event, Meta
+from trackpoint.config.model import EventTypeSpec, FieldSpec
+from trackpoint.event import Context, Device, Event, Meta
+from trackpoint.fields.build import EventBuilder
 from trackpoint.preprocessors import with_input_fields
-from trackpoint.preprocessors.flag_invalid_traffic import FlagInvalidTraffic
-from trackpoint.preprocessors.parse_user_agent import ParseUserAgent
+from trackpoint.preprocessors.flag_invalid_traffic.config import FlagInvalidTrafficConfig
+from trackpoint.preprocessors.flag_invalid_traffic.preprocessor import FlagInvalidTraffic
+from trackpoint.preprocessors.parse_user_agent.config import ParseUserAgentConfig
+from trackpoint.preprocessors.parse_user_agent.preprocessor import ParseUserAgent
 
 BROWSERS = [
     CHROME_UA,

@@ -22,7 +22,7 @@ import yaml
 
 from conftest import Tracker, free_port
 from trackpoint.config import load
-from trackpoint.edge.supervisor import available_cpus
+from trackpoint.process.supervisor import available_cpus
 
 
 class Load:

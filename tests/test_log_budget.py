@@ -20,9 +20,9 @@ from conftest import make_event
 from trackpoint.collectors.base import CollectorContext
 from trackpoint.collectors.log.budget import DiskBudget, LogDiskMetrics, usage
 from trackpoint.collectors.log.collector import LogCollector
+from trackpoint.collectors.log.config import LogCollectorConfig
+from trackpoint.collectors.log.shipping.shipper import MANIFEST_NAME, Manifest, Shipped
 from trackpoint.config import load
-from trackpoint.config.model import LogCollectorConfig
-from trackpoint.shipping.shipper import MANIFEST_NAME, Manifest, Shipped
 
 MiB = 1 << 20
 DEAD_PID = 2**22 + 1  # above Linux's pid_max default: never a running process

@@ -19,14 +19,14 @@ import msgspec
 import pytest
 import zstandard
 
-from trackpoint.collectors import build_collector
 from trackpoint.collectors.base import CollectorContext, CollectorStats
 from trackpoint.collectors.log.collector import LogCollector
 from trackpoint.collectors.log.compression import COMPRESSION_NICE, compress, finalize_orphans, lower_priority
+from trackpoint.collectors.log.config import LogCollectorConfig
 from trackpoint.collectors.log.files import log_dir
 from trackpoint.collectors.log.reader import ReadStats, log_files, read_events
-from trackpoint.config.model import LogCollectorConfig
-from trackpoint.pipeline.event import Context, Device, Event, Meta
+from trackpoint.event import Context, Device, Event, Meta
+from trackpoint.plugins import registry
 
 NAME = re.compile(r"events-(?P<stamp>\d{8}T\d{9})Z-w(?P<worker>\d{2})-p(?P<pid>\d+)-(?P<seq>\d{4})\.jsonl(\.zst|\.gz)?")
 ENCODER = msgspec.json.Encoder()
@@ -311,7 +311,7 @@ def test_stats_counters_are_exact_over_several_rounds(tmp_path: Path) -> None:
 
 def test_build_collector_makes_a_log_collector(tmp_path: Path) -> None:
     async def main() -> None:
-        collector = build_collector("archive", config(), CollectorContext(str(tmp_path), 1))
+        collector = registry().build_collector("archive", config(), CollectorContext(str(tmp_path), 1))
         assert isinstance(collector, LogCollector)
         assert collector.name == "archive"
         assert collector.health().healthy

@@ -18,9 +18,9 @@ from hypothesis import strategies as st
 
 from trackpoint.adtech.price import MACRO_UNSUBSTITUTED
 from trackpoint.config.model import EventTypeSpec, FieldSpec, FieldType
-from trackpoint.pipeline.build import EventBuilder
-from trackpoint.pipeline.event import Event, Meta
-from trackpoint.pipeline.fields import Reject, make_converter, parse_cookies
+from trackpoint.event import Event, Meta
+from trackpoint.fields.build import EventBuilder
+from trackpoint.fields.converters import Reject, make_converter, parse_cookies
 
 PROPERTIES = settings(max_examples=200, deadline=None, database=None)
 FIELD_REASONS = frozenset({"missing_field", "invalid_field", "field_out_of_range", "field_too_long"})

@@ -29,7 +29,7 @@ from trackpoint.admin.server import AdminRequest
 from trackpoint.collectors.base import CollectorContext, SendResult
 from trackpoint.config import ConfigError, load
 from trackpoint.config.model import Config
-from trackpoint.pipeline.event import Context, Event, Meta, derived_id, random_id
+from trackpoint.event import Context, Event, Meta, derived_id, random_id
 from trackpoint.plugins import discover, resolve
 from trackpoint.plugins.builtin import plugin as builtin_plugin
 

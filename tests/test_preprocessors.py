@@ -7,11 +7,12 @@ from __future__ import annotations
 
 import pytest
 
-from trackpoint.config.model import AnonymizeIpConfig, ParseUserAgentConfig
-from trackpoint.pipeline.event import Context, Device, Event, Meta
-from trackpoint.preprocessors import build_preprocessor
-from trackpoint.preprocessors.anonymize_ip import AnonymizeIp
-from trackpoint.preprocessors.parse_user_agent import ParseUserAgent
+from trackpoint.event import Context, Device, Event, Meta
+from trackpoint.plugins import registry
+from trackpoint.preprocessors.anonymize_ip.config import AnonymizeIpConfig
+from trackpoint.preprocessors.anonymize_ip.preprocessor import AnonymizeIp
+from trackpoint.preprocessors.parse_user_agent.config import ParseUserAgentConfig
+from trackpoint.preprocessors.parse_user_agent.preprocessor import ParseUserAgent
 
 CHROME_DESKTOP = (
     "Mozilla/5.0 (Windows NT 10.0; Win64; x64) AppleWebKit/537.36 (KHTML, like Gecko) Chrome/120.0.0.0 Safari/537.36"
@@ -95,12 +96,12 @@ def test_anonymize_ip_on_events() -> None:
 
 
 def test_build_preprocessor_by_config_type() -> None:
-    anonymizer = build_preprocessor("strict_ip", AnonymizeIpConfig(ipv4_prefix=8))
+    anonymizer = registry().build_preprocessor("strict_ip", AnonymizeIpConfig(ipv4_prefix=8))
     assert isinstance(anonymizer, AnonymizeIp)
     assert anonymizer.name == "strict_ip"
     assert anonymizer(event(ip="192.0.2.33")) is not None
     with pytest.raises(ValueError, match="no preprocessor"):
-        build_preprocessor("x", object())  # type: ignore[arg-type]
+        registry().build_preprocessor("x", object())  # type: ignore[arg-type]
 
 
 # --- parse_user_agent ---------------------------------------------------------------------------------------

@@ -11,10 +11,10 @@ import pytest
 
 from trackpoint.adtech.price import PriceDecrypter, PriceError, decrypt_price, encrypt_price, unsubstituted_macro
 from trackpoint.config.load import ConfigError, load
-from trackpoint.config.model import DecryptPriceConfig, ExchangeKeys
-from trackpoint.pipeline.event import Context, Event, Meta
-from trackpoint.pipeline.fields import Reject
-from trackpoint.preprocessors.decrypt_price import DecryptPrice
+from trackpoint.event import Context, Event, Meta
+from trackpoint.fields.converters import Reject
+from trackpoint.preprocessors.decrypt_price.config import DecryptPriceConfig, ExchangeKeys
+from trackpoint.preprocessors.decrypt_price.preprocessor import DecryptPrice
 
 # Google's sample keys and price confirmations (Authorized Buyers, "Decrypt price confirmations").
 ENCRYPTION_KEY_B64 = "skU7Ax_NL5pPAFyKdkfZjZz2-VhIN8bjj1rVFOaJ_5o="
@@ -193,7 +193,7 @@ def test_config_check_catches_a_money_price_and_bad_keys(tmp_path: Path) -> None
 
 def test_plain_money_field_names_the_unsubstituted_macro() -> None:
     from trackpoint.config.model import FieldSpec
-    from trackpoint.pipeline.fields import make_converter
+    from trackpoint.fields.converters import make_converter
 
     convert = make_converter("price", FieldSpec(type="money", min=0, max=100000))
     for raw in ("${AUCTION_PRICE}", "${AUCTION_PRICE:B64}"):

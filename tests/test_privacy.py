@@ -19,11 +19,14 @@ import pytest
 from conftest import CHROME_UA
 from trackpoint.collectors import CollectorContext
 from trackpoint.collectors.log.collector import LogCollector
+from trackpoint.collectors.log.config import LogCollectorConfig
 from trackpoint.collectors.log.reader import read_events
+from trackpoint.collectors.stdout.config import StdoutCollectorConfig
 from trackpoint.config.load import ConfigError, load
-from trackpoint.config.model import LogCollectorConfig, PseudonymizeConfig, SecretSource, StdoutCollectorConfig
-from trackpoint.pipeline.event import Context, Device, Event, Meta
-from trackpoint.preprocessors.pseudonymize import Pseudonymize
+from trackpoint.config.model import SecretSource
+from trackpoint.event import Context, Device, Event, Meta
+from trackpoint.preprocessors.pseudonymize.config import PseudonymizeConfig
+from trackpoint.preprocessors.pseudonymize.preprocessor import Pseudonymize
 from trackpoint.privacy.filter import PrivacyFilter, build_filter
 from trackpoint.replay import CollectorReport, ReplayPlan
 from trackpoint.replay import _send as replay_batch

@@ -14,6 +14,7 @@ from hypothesis import strategies as st
 from trackpoint.config import load
 from trackpoint.edge.protocol import EdgeProtocol
 from trackpoint.edge.runtime import Edge
+from trackpoint.plugins import registry
 
 VALID = [
     b"GET /i?imp=a&cid=b HTTP/1.1\r\nHost: t\r\nUser-Agent: Mozilla/5.0\r\n\r\n",
@@ -84,7 +85,7 @@ def requests(draw: st.DrawFn) -> bytes:
 LOOP = asyncio.new_event_loop()
 LOADED = load()
 DATA_DIR = tempfile.mkdtemp(prefix="trackpoint-fuzz-")
-EDGE = Edge(msgspec.structs.replace(LOADED.config, data_dir=DATA_DIR), LOADED.version, 0)
+EDGE = Edge(msgspec.structs.replace(LOADED.config, data_dir=DATA_DIR), LOADED.version, 0, registry())
 LOOP.run_until_complete(EDGE.start_collectors())
 
 

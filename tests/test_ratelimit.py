@@ -16,8 +16,8 @@ from trackpoint.config.load import ConfigError, load
 from trackpoint.config.model import RateLimitSpec
 from trackpoint.edge.ratelimit import NetworkKeys, RateLimiter, TokenBuckets, build_limiters
 from trackpoint.edge.responses import PIXEL_GIF
-from trackpoint.pipeline.event import Context, Event, Meta
-from trackpoint.pipeline.fields import Reject
+from trackpoint.event import Context, Event, Meta
+from trackpoint.fields.converters import Reject
 
 
 class FakeClock:

@@ -10,10 +10,10 @@ from collections.abc import Iterator
 from pathlib import Path
 
 from trackpoint.config import load
-from trackpoint.config.openapi import openapi_document
-from trackpoint.config.reference import endpoints_reference
 from trackpoint.edge.responses import REASONS as STATUS_PHRASES
-from trackpoint.pipeline.reasons import BY_REASON, REJECT_REASONS
+from trackpoint.fields.reasons import BY_REASON, REJECT_REASONS
+from trackpoint.reference.config import endpoints_reference
+from trackpoint.reference.openapi import openapi_document
 
 SRC = Path(__file__).resolve().parent.parent / "src"
 PACKAGE = SRC / "trackpoint"

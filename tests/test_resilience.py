@@ -16,7 +16,7 @@ from typing import Any
 import pytest
 
 from conftest import CHROME_UA, Tracker, read_until_quiet
-from trackpoint.pipeline.event import derived_id
+from trackpoint.event import derived_id
 
 SMUGGLED = b"GET /i?imp=smuggled-%d HTTP/1.1\r\nHost: t\r\n\r\n"
 FORM = b"POST /conv HTTP/1.1\r\nHost: t\r\nContent-Type: application/x-www-form-urlencoded\r\n"

@@ -15,9 +15,11 @@ import pytest
 import yaml
 
 from trackpoint.config import load
-from trackpoint.config.model import DecryptPriceConfig, ExchangeKeys, PseudonymizeConfig, SecretSource, SigningKey
-from trackpoint.preprocessors.decrypt_price import read_price_key
-from trackpoint.preprocessors.pseudonymize import Pseudonymize
+from trackpoint.config.model import SecretSource, SigningKey
+from trackpoint.preprocessors.decrypt_price.config import DecryptPriceConfig, ExchangeKeys
+from trackpoint.preprocessors.decrypt_price.preprocessor import read_price_key
+from trackpoint.preprocessors.pseudonymize.config import PseudonymizeConfig
+from trackpoint.preprocessors.pseudonymize.preprocessor import Pseudonymize
 from trackpoint.security.postback_auth import read_advertiser_secret
 from trackpoint.security.resolve import unresolved_secrets
 from trackpoint.security.secrets import SecretError, env_secret, read_secret

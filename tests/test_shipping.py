@@ -31,12 +31,12 @@ from azure.storage.blob import BlobServiceClient
 from conftest import Tracker, free_port, make_event
 from trackpoint.collectors.base import CollectorContext
 from trackpoint.collectors.log.collector import LogCollector
+from trackpoint.collectors.log.config import LogCollectorConfig
 from trackpoint.collectors.log.reader import read_events
+from trackpoint.collectors.log.shipping import ShipError, Shipper, ShipStats, open_store
+from trackpoint.collectors.log.shipping.service import ShippingService
 from trackpoint.config import ConfigError, load
-from trackpoint.config.model import LogCollectorConfig
-from trackpoint.pipeline.event import Event
-from trackpoint.shipping import ShipError, Shipper, ShipStats, open_store
-from trackpoint.shipping.service import ShippingService
+from trackpoint.event import Event
 
 ROOT = Path(__file__).resolve().parent.parent
 AZURITE_KEY = (
@@ -310,8 +310,8 @@ CRASH = """
 import os, signal, sys
 from pathlib import Path
 import msgspec
-from trackpoint.config.model import LogCollectorConfig
-from trackpoint.shipping import shipper as shipping
+from trackpoint.collectors.log.config import LogCollectorConfig
+from trackpoint.collectors.log.shipping import shipper as shipping
 
 def crash(*args, **kwargs):
     os.kill(os.getpid(), signal.SIGKILL)

@@ -22,8 +22,8 @@ from conftest import Tracker
 from trackpoint.config import ConfigError, load
 from trackpoint.config.model import ResponseSpec, SigningConfig, SigningKey
 from trackpoint.edge.responses import Clock, Responder
-from trackpoint.pipeline.event import Context, Event, Meta
-from trackpoint.pipeline.fields import Reject
+from trackpoint.event import Context, Event, Meta
+from trackpoint.fields.converters import Reject
 from trackpoint.security.signing import (
     BODY_DIGEST_INVALID,
     BODY_UNSIGNED,

@@ -15,12 +15,13 @@ from hypothesis import strategies as st
 from trackpoint.adtech import vast
 from trackpoint.adtech.macros import MACRO_START, unexpanded
 from trackpoint.config.load import ConfigError, load
-from trackpoint.config.model import EventTypeSpec, FieldSpec, FieldType, VastConfig
-from trackpoint.pipeline.build import EventBuilder
-from trackpoint.pipeline.event import Event, Meta, derived_id
-from trackpoint.pipeline.fields import MacroUnsubstituted, Reject, make_converter
+from trackpoint.config.model import EventTypeSpec, FieldSpec, FieldType
+from trackpoint.event import Event, Meta, derived_id
+from trackpoint.fields.build import EventBuilder
+from trackpoint.fields.converters import MacroUnsubstituted, Reject, make_converter
 from trackpoint.preprocessors import with_input_fields
-from trackpoint.preprocessors.vast import Vast
+from trackpoint.preprocessors.vast.config import VastConfig
+from trackpoint.preprocessors.vast.preprocessor import Vast
 
 META = Meta(worker=0, config="vast")
 VIDEO = load().config.event_types["video"]

@@ -21,8 +21,8 @@ import pytest
 from conftest import until
 from trackpoint.collectors.base import Collector, CollectorContext
 from trackpoint.collectors.log.collector import LogCollector
-from trackpoint.config.model import LogCollectorConfig
-from trackpoint.pipeline.event import Context, Event, Meta, random_id
+from trackpoint.collectors.log.config import LogCollectorConfig
+from trackpoint.event import Context, Event, Meta, random_id
 from trackpoint.plugins import Registry, resolve
 from trackpoint.plugins.builtin import plugin as builtin_plugin
 from trackpoint.replay import ReplayPlan, replay

@@ -36,8 +36,9 @@ with _instrumented():
     from trackpoint.config.model import Config, Limits, ServerConfig
     from trackpoint.edge.protocol import EdgeProtocol
     from trackpoint.edge.runtime import Edge
-    from trackpoint.pipeline import build, fields
-    from trackpoint.pipeline.reasons import BY_REASON
+    from trackpoint.fields import build, converters
+    from trackpoint.fields.reasons import BY_REASON
+    from trackpoint.plugins import registry
 
 STATUS_LINE = re.compile(rb"HTTP/1\.1 (\d{3}) ")
 REJECT_REASON = re.compile(rb"X-Reject-Reason: ([^\r]*)\r\n")
@@ -108,7 +109,7 @@ def _edges() -> list[Edge]:
     server = msgspec.structs.replace(loaded.config.server, limits=tight, trusted_proxies=["10.0.0.0/8"])
     tight_config: Config = msgspec.structs.replace(loaded.config, server=server)
     assert isinstance(tight_config.server, ServerConfig)
-    return [Edge(config, loaded.version, slot) for slot, config in enumerate((loaded.config, tight_config))]
+    return [Edge(config, loaded.version, slot, registry()) for slot, config in enumerate((loaded.config, tight_config))]
 
 
 LOOP = asyncio.new_event_loop()
@@ -117,7 +118,7 @@ for _edge in EDGES:  # answers wait for their log lines: each edge's log writes 
     LOOP.run_until_complete(_edge.start_collectors())
 KNOWN = known_reasons() - {"internal_error"}
 assert {"bad_request", "invalid_field", "header_timeout"} <= KNOWN, KNOWN  # the pattern still finds the source's
-assert build is not None and fields is not None  # instrumented for coverage, used through the edge
+assert build is not None and converters is not None  # instrumented for coverage, used through the edge
 
 
 def check(written: bytes, rejected: dict[str, int]) -> None:

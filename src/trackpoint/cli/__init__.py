@@ -10,7 +10,8 @@ from typing import Annotated
 import typer
 from rich.console import Console
 
-from trackpoint.config import ConfigError, LoadedConfig, json_schema, load, resolve_secrets
+from trackpoint.config import ConfigError, LoadedConfig, json_schema, load
+from trackpoint.security.resolve import resolve_secrets
 
 app = typer.Typer(
     name="trackpoint",
@@ -69,8 +70,8 @@ def run(  # noqa: PLR0917 - typer maps each parameter to an option
     ] = None,
 ) -> None:
     """Run the tracker: workers on the tracking port, health and metrics on the admin port."""
-    from trackpoint.edge.supervisor import Overrides
-    from trackpoint.edge.supervisor import run as run_supervisor
+    from trackpoint.process.supervisor import Overrides
+    from trackpoint.process.supervisor import run as run_supervisor
 
     loaded = _load_or_exit(config, secrets=True)  # before any worker starts (the supervisor checks again on reload)
     overrides = Overrides(host=host, port=port, workers=workers, admin_port=admin_port, admin_host=admin_host)
@@ -283,8 +284,8 @@ def ship(
     verify, record in the manifests, delete. Without --once, keep shipping until SIGINT or SIGTERM."""
     import asyncio
 
-    from trackpoint.shipping import PassReport, ShipError, Shipper, shippers
-    from trackpoint.shipping.service import ShippingService
+    from trackpoint.collectors.log.shipping import PassReport, ShipError, Shipper, shippers
+    from trackpoint.collectors.log.shipping.service import ShippingService
 
     loaded = _load_or_exit(config)
     try:
@@ -333,8 +334,8 @@ def banker_reconcile(
 
     from rich.table import Table
 
-    from trackpoint.banker.reconcile import ReconcileError, reconcile
-    from trackpoint.banker.store import StoreUnavailable
+    from trackpoint.collectors.banker.reconcile import ReconcileError, reconcile
+    from trackpoint.collectors.banker.store import StoreUnavailable
     from trackpoint.collectors.log.reader import log_files
 
     loaded = _load_or_exit(config)
@@ -397,9 +398,9 @@ def docs(
 ) -> None:
     """Generate the reference: every configuration option, the endpoints of a configuration (Markdown and
     OpenAPI 3.1), this CLI and the plugin API."""
-    from trackpoint.config.reference import write_docs
+    from trackpoint.reference import write_docs
 
-    for path in write_docs(_load_or_exit(config), out_dir):
+    for path in write_docs(_load_or_exit(config), out_dir, app):
         print(path)
 
 

@@ -22,7 +22,7 @@ import msgspec
 
 from trackpoint.collectors.spool import Recovery, Spool, SpoolLocked, orphans
 from trackpoint.config.model import CollectorBase
-from trackpoint.pipeline.event import Event
+from trackpoint.event import Event
 from trackpoint.privacy.filter import build_filter
 
 log = logging.getLogger("trackpoint.collectors")

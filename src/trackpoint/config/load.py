@@ -110,7 +110,8 @@ def _validate(document: dict[str, Any], node: yaml.Node | None, source: str, reg
             problems.append(((), f"(plugins that failed to load: {failed})"))
         raise ConfigError([ConfigIssue(source, _line_of(node, path), path, msg) for path, msg in problems])
     config = with_builtin_instances(value, registry)
-    problems = list(check_references(config))
+    # The core's rules, then those of the components, which every plugin (the built-in one too) registers.
+    problems = [*check_references(config), *registry.check(config)]
     if problems:
         raise ConfigError([ConfigIssue(source, _line_of(node, path), path, msg) for path, msg in problems])
     config = deny_private_fields(config)  # privacy by default: the policy each collector's filter applies
@@ -118,16 +119,11 @@ def _validate(document: dict[str, Any], node: yaml.Node | None, source: str, reg
     return LoadedConfig(config=config, source=source, version=hashlib.sha256(encoded).hexdigest()[:12])
 
 
-def resolve_secrets(loaded: LoadedConfig) -> None:
-    """Reads every secret the configuration names (environment variables and files), as the workers will; raises
-    ConfigError naming each option whose secret is missing or unusable. Called by `config check`, before workers
-    start and on reload: a missing secret is one clear error, not workers dying at start."""
-    from trackpoint.security.resolve import unresolved_secrets  # the readers import this package's model
-
-    problems = list(unresolved_secrets(loaded.config))
-    if problems:
-        node = _compose(loaded.source)
-        raise ConfigError([ConfigIssue(loaded.source, _line_of(node, path), path, msg) for path, msg in problems])
+def config_error(source: str, problems: list[tuple[KeyPath, str]]) -> ConfigError:
+    """The error for problems found in a loaded configuration after the fact (e.g. its secrets), each located by
+    its key path in the source file."""
+    node = _compose(source)
+    return ConfigError([ConfigIssue(source, _line_of(node, path), path, msg) for path, msg in problems])
 
 
 def _compose(source: str) -> yaml.Node | None:
@@ -277,7 +273,8 @@ _SIGNATURE_PARAMS = frozenset({"kid", "exp", "sig", "bd"})  # security.signing: 
 
 
 def check_references(config: Config) -> Iterator[tuple[KeyPath, str]]:
-    """Cross-section rules no single struct can state: names resolve, paths are unique, fields are coherent."""
+    """Cross-section rules of the core schema no single struct can state: names resolve, paths are unique, fields
+    are coherent. The components' own rules are the registry's checks (`Plugin.checks`)."""
     for i, network in enumerate(config.server.trusted_proxies):
         try:
             ipaddress.ip_network(network, strict=False)
@@ -301,27 +298,6 @@ def check_references(config: Config) -> Iterator[tuple[KeyPath, str]]:
         if name not in config.collectors:
             yield ("rejected", "collectors", i), f"no collector named {name!r}"
     yield from _check_signing(config)
-    from trackpoint.security.admin_token import check_admin  # security imports this package's model: import here
-
-    yield from check_admin(config.admin)
-    from trackpoint.privacy.checks import check_privacy  # privacy imports this package's model: import here
-
-    yield from check_privacy(config)
-    from trackpoint.preprocessors.decrypt_price import check_decrypt_price
-
-    yield from check_decrypt_price(config)
-    from trackpoint.adtech.click_checks import check_clicks
-
-    yield from check_clicks(config)
-    from trackpoint.preprocessors.vast import check_vast
-
-    yield from check_vast(config)
-    from trackpoint.edge.cors import check_cors
-
-    yield from check_cors(config)
-    from trackpoint.shipping.shipper import check_shipping
-
-    yield from check_shipping(config)
 
 
 def _check_signing(config: Config) -> Iterator[tuple[KeyPath, str]]:

@@ -13,9 +13,9 @@ from collections.abc import Callable
 from urllib.parse import unquote
 
 from trackpoint.collectors import Collector
-from trackpoint.config.model import AnonymizeIpConfig, RejectedConfig
-from trackpoint.pipeline.event import Context, Event, Meta, random_id
-from trackpoint.privacy.network import truncate_ip
+from trackpoint.config.model import RejectedConfig
+from trackpoint.event import Context, Event, Meta, random_id
+from trackpoint.privacy.network import IPV4_PREFIX, IPV6_PREFIX, truncate_ip
 
 EVENT_TYPE = "rejected"
 # Longest parameter name and path kept in a recorded target (the whole target is cut to max_target_len as well).
@@ -72,7 +72,7 @@ class BadRows:
         self.max_per_s = config.max_per_s
         self.max_target_len = config.max_target_len
         self.keep_values = frozenset(config.keep_values)
-        self._prefixes = (AnonymizeIpConfig().ipv4_prefix, AnonymizeIpConfig().ipv6_prefix)  # anonymize_ip's defaults
+        self._prefixes = (IPV4_PREFIX, IPV6_PREFIX)  # anonymize_ip's defaults
         self._clock = clock
         self._random = rng
         self._window_end = 0.0

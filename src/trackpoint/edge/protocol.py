@@ -15,12 +15,12 @@ import httptools
 
 from trackpoint.edge import responses
 from trackpoint.edge.cors import ORIGIN_NOT_ALLOWED
-from trackpoint.pipeline.fields import Reject
+from trackpoint.fields.converters import Reject
 
 if TYPE_CHECKING:
     from trackpoint.edge.cors import CorsPolicy
     from trackpoint.edge.runtime import Edge, Route
-    from trackpoint.pipeline.event import Event
+    from trackpoint.event import Event
 
 log = logging.getLogger("trackpoint.edge")
 

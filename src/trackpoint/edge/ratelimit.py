@@ -11,8 +11,8 @@ import time
 from collections.abc import Callable
 
 from trackpoint.config.model import RateLimitSpec
-from trackpoint.pipeline.event import Event
-from trackpoint.pipeline.fields import Reject
+from trackpoint.event import Event
+from trackpoint.fields.converters import Reject
 
 # Client IPs whose network key is remembered (per worker); the cache is cleared when it grows past this.
 _NETWORK_CACHE_LIMIT = 65536

@@ -14,8 +14,8 @@ from urllib.parse import quote, urlsplit
 import msgspec
 
 from trackpoint.config.model import ResponseSpec
-from trackpoint.pipeline.event import Event
-from trackpoint.pipeline.fields import Reject
+from trackpoint.event import Event
+from trackpoint.fields.converters import Reject
 
 # The smallest transparent 1x1 GIF (43 bytes), the body of every tracking pixel.
 PIXEL_GIF = base64.b64decode("R0lGODlhAQABAIAAAAAAAP///yH5BAEAAAAALAAAAAABAAEAAAICRAEAOw==")

@@ -10,9 +10,10 @@ import ipaddress
 import logging
 import time
 from dataclasses import dataclass
+from typing import Protocol
 
-from trackpoint.collectors import Collector, CollectorContext, build_collector
-from trackpoint.config.model import CollectorBase, Config, Limits
+from trackpoint.collectors import Collector, CollectorContext
+from trackpoint.config.model import CollectorBase, Config, Limits, PreprocessorBase
 from trackpoint.edge import responses
 from trackpoint.edge.bad_rows import BadRows
 from trackpoint.edge.cors import REQUEST_HEADERS as CORS_HEADERS
@@ -20,9 +21,17 @@ from trackpoint.edge.cors import CorsPolicy
 from trackpoint.edge.protocol import FRAMING_HEADERS, IDLE, EdgeProtocol
 from trackpoint.edge.ratelimit import RateLimiter, build_limiters
 from trackpoint.edge.stats import EdgeStats, Snapshot
-from trackpoint.pipeline.build import CONTEXT_HEADERS, EventBuilder
-from trackpoint.pipeline.event import Event, Meta
-from trackpoint.preprocessors import Preprocessor, build_preprocessor, with_input_fields
+from trackpoint.event import Event, Meta
+from trackpoint.fields.build import CONTEXT_HEADERS, EventBuilder
+from trackpoint.preprocessors import (
+    CountsOutcomes,
+    FlagsTraffic,
+    Preprocessor,
+    RedirectParams,
+    UsesSigningKeys,
+    VetoesCookie,
+    with_input_fields,
+)
 from trackpoint.privacy.cookie import UidCookie
 from trackpoint.security.postback_auth import PostbackAuth
 from trackpoint.security.signing import RequestSignature, edge_verifier, load_keys, request_signature, signing_key_id
@@ -96,10 +105,19 @@ def _gates(config: CollectorBase) -> bool:
     return config.spool.enabled and config.spool.when_full == "backpressure"
 
 
+class Components(Protocol):
+    """What builds a worker's collectors and preprocessors: the plugin registry (`trackpoint.plugins.registry()`),
+    handed in by the worker so that the edge does not reach up to the registry itself."""
+
+    def build_collector(self, name: str, config: CollectorBase, context: CollectorContext) -> Collector: ...
+
+    def build_preprocessor(self, name: str, config: PreprocessorBase, data_dir: str = ".") -> Preprocessor: ...
+
+
 class Edge:
     """Per-worker state shared by all connections of the worker."""
 
-    def __init__(self, config: Config, config_version: str, worker: int) -> None:
+    def __init__(self, config: Config, config_version: str, worker: int, components: Components) -> None:
         self.limits: Limits = config.server.limits
         # The limits the request path reads, as plain attributes (one look-up each instead of two).
         self.max_request_line_bytes = self.limits.max_request_line_bytes
@@ -126,12 +144,12 @@ class Edge:
         self._last_error_log: dict[str, float] = {}  # per kind of error: one noisy kind must not hide the others
         meta = Meta(worker=worker, config=config_version)
         preprocessors = {
-            name: build_preprocessor(name, pp_config, config.data_dir)
+            name: components.build_preprocessor(name, pp_config, config.data_dir)
             for name, pp_config in config.preprocessors.items()
             if any(name in spec.preprocessors for spec in config.event_types.values())
         }
         self.collectors: dict[str, Collector] = {
-            name: build_collector(name, c_config, CollectorContext(config.data_dir, worker))
+            name: components.build_collector(name, c_config, CollectorContext(config.data_dir, worker))
             for name, c_config in config.collectors.items()
             if any(
                 name in spec.collectors or name in spec.invalid_traffic.collectors
@@ -140,14 +158,14 @@ class Edge:
             or name in config.rejected.collectors
         }
         # Preprocessors that sign or read click ids get the signing keys (read once per worker).
-        keyed = [p for p in preprocessors.values() if hasattr(p, "use_signing_keys")]
+        keyed = [p for p in preprocessors.values() if isinstance(p, UsesSigningKeys)]
         if keyed:
             keys = load_keys(config.signing, config.data_dir)
             for preprocessor in keyed:
                 preprocessor.use_signing_keys(keys, signing_key_id(config.signing))
         # Preprocessors that count their outcomes (`counts`), reported on /metrics.
         self._counting: list[tuple[str, dict[str, int]]] = [
-            (p.name, counts) for p in preprocessors.values() if isinstance(counts := getattr(p, "counts", None), dict)
+            (p.name, p.counts) for p in preprocessors.values() if isinstance(p, CountsOutcomes)
         ]
         self.bad_rows = (
             BadRows(config.rejected, tuple(self.collectors[name] for name in config.rejected.collectors), meta)
@@ -177,7 +195,7 @@ class Edge:
                 kept_headers |= postback_auth.header_names
             invalid_traffic = spec.invalid_traffic
             flagged = None
-            flag_dims = {dim for p in route_preprocessors if isinstance(dim := getattr(p, "flag_dim", None), str)}
+            flag_dims = {p.flag_dim for p in route_preprocessors if isinstance(p, FlagsTraffic)}
             if len(flag_dims) > 1:
                 raise ValueError(f"event type {type_name}: preprocessors flag invalid traffic in {sorted(flag_dims)}")
             if invalid_traffic.action != "keep":
@@ -187,7 +205,9 @@ class Edge:
                 if not flag_dims:
                     flagged = None  # no preprocessor of the type flags: nothing to look for
             # Query parameters a preprocessor adds to the redirect destination (issue_click_id's click id).
-            redirect_params = tuple(pair for p in route_preprocessors for pair in getattr(p, "redirect_params", ()))
+            redirect_params = tuple(
+                pair for p in route_preprocessors if isinstance(p, RedirectParams) for pair in p.redirect_params
+            )
             cors = None
             if spec.response.cors.allow_origins:
                 cors = CorsPolicy(spec.response.cors, spec.methods)
@@ -206,7 +226,7 @@ class Edge:
                 postback_auth=postback_auth,
                 flagged=flagged,
                 flag_dim=next(iter(flag_dims), ""),
-                cookie_vetoes=tuple(veto for p in route_preprocessors if (veto := getattr(p, "cookie_veto", None))),
+                cookie_vetoes=tuple(p.cookie_veto for p in route_preprocessors if isinstance(p, VetoesCookie)),
                 cors=cors,
             )
             self.stats.events[type_name] = 0

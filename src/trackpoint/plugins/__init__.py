@@ -2,13 +2,14 @@
 
 A plugin is a `Plugin` value exposed through an entry point in the group `trackpoint.plugins`; the built-in
 components register through that same group (`trackpoint.plugins.builtin`). Nothing here runs per request: the
-registry turns plugins into flat tables that the config loader and the workers read at start-up.
+registry turns plugins into flat tables that the config loader reads, runs every plugin's configuration checks, and
+builds the collectors and preprocessors a worker needs at start-up.
 """
 
 from __future__ import annotations
 
 import logging
-from collections.abc import Awaitable, Callable, Mapping, Sequence
+from collections.abc import Awaitable, Callable, Iterable, Iterator, Mapping, Sequence
 from dataclasses import dataclass, field
 from functools import cache
 from importlib import metadata
@@ -16,6 +17,7 @@ from typing import Any
 
 from trackpoint.admin.server import AdminRequest, AdminResponse
 from trackpoint.collectors.base import Collector, CollectorContext
+from trackpoint.config.load import KeyPath
 from trackpoint.config.model import CollectorBase, Config, EventTypeSpec, PreprocessorBase
 from trackpoint.preprocessors import Preprocessor
 
@@ -27,6 +29,10 @@ CollectorFactory = Callable[[str, Any, CollectorContext], Collector]
 PreprocessorFactory = Callable[[str, Any], Preprocessor]
 # An admin handler gets the request and the tracker's running configuration (the one in force after reloads).
 AdminHandler = Callable[[AdminRequest, Config], Awaitable[AdminResponse]]
+# A configuration check: the problems it finds in a validated configuration, each a key path (`("event_types",
+# "click", "fields", "url")`) and a message. Checks run at every load, `trackpoint config check` and reload, for rules
+# no single struct can state (options of one section that refer to another).
+ConfigCheck = Callable[[Config], Iterable[tuple[KeyPath, str]]]
 
 
 def type_tag(config: type[CollectorBase] | type[PreprocessorBase]) -> str:
@@ -88,11 +94,14 @@ class Plugin:
     # Event-type presets: a config's event type may say `preset: NAME` and override any of the preset's keys.
     event_types: Mapping[str, EventTypeSpec] = field(default_factory=dict)
     admin_routes: Sequence[AdminRoute] = ()
+    # Checks of the whole configuration (`ConfigCheck`), typically of the plugin's own components' options.
+    checks: Sequence[ConfigCheck] = ()
 
 
 @dataclass(frozen=True)
 class Registry:
-    """Every installed plugin resolved into flat tables, by type name."""
+    """Every installed plugin resolved into flat tables, by type name. It builds components and runs checks the
+    same way for the built-in plugin and every other one."""
 
     plugins: tuple[str, ...]
     collectors: Mapping[str, CollectorKind]
@@ -101,6 +110,45 @@ class Registry:
     admin_routes: tuple[AdminRoute, ...]
     # Plugins that could not be loaded, with the reason: the tracker runs without them.
     failures: Mapping[str, str]
+    # Every plugin's configuration checks, with the name of the plugin that registered each.
+    checks: tuple[tuple[str, ConfigCheck], ...] = ()
+
+    def build_collector(self, name: str, config: CollectorBase, context: CollectorContext) -> Collector:
+        """The collector `name` that an instance of a registered collector config stands for."""
+        kind = self.collectors.get(_tag_of(config))
+        if kind is None:
+            raise ValueError(f"no collector for configuration {type(config).__name__}")
+        return kind.factory(name, config, context)
+
+    def build_preprocessor(self, name: str, config: PreprocessorBase, data_dir: str = ".") -> Preprocessor:
+        """The preprocessor `name` that an instance of a registered preprocessor config stands for; `data_dir` is
+        the tracker's, for kinds that keep state there (`uses_data_dir`)."""
+        kind = self.preprocessors.get(_tag_of(config))
+        if kind is None:
+            raise ValueError(f"no preprocessor for configuration {type(config).__name__}")
+        factory: Any = kind.factory
+        built: Preprocessor = factory(name, config, data_dir) if kind.uses_data_dir else factory(name, config)
+        return built
+
+    def check(self, config: Config) -> Iterator[tuple[KeyPath, str]]:
+        """The problems every registered check finds in `config`. A check that raises is reported as a problem of
+        its plugin (the configuration is refused), never as a crash of the loader."""
+        for plugin, config_check in self.checks:
+            try:
+                problems = list(config_check(config))
+            except Exception as exc:  # a plugin's bug must read as a clear message, not a traceback
+                check_name = getattr(config_check, "__qualname__", repr(config_check))
+                yield (), f"the configuration check {check_name} of plugin {plugin} failed: {exc!r}"
+                continue
+            yield from problems
+
+
+def _tag_of(config: CollectorBase | PreprocessorBase) -> str:
+    """The type tag of a config instance; "" (no kind has it) for an untagged struct."""
+    try:
+        return type_tag(type(config))
+    except TypeError:
+        return ""
 
 
 def resolve(plugins: Sequence[Plugin], failures: Mapping[str, str] | None = None) -> Registry:
@@ -109,6 +157,7 @@ def resolve(plugins: Sequence[Plugin], failures: Mapping[str, str] | None = None
     preprocessors: dict[str, PreprocessorKind] = {}
     event_types: dict[str, EventTypeSpec] = {}
     routes: dict[tuple[str, str], AdminRoute] = {}
+    checks: list[tuple[str, ConfigCheck]] = []
     loaded: list[str] = []
     failed = dict(failures or {})
     for plugin in plugins:
@@ -124,6 +173,7 @@ def resolve(plugins: Sequence[Plugin], failures: Mapping[str, str] | None = None
         preprocessors.update((kind.type, kind) for kind in plugin.preprocessors)
         event_types.update(plugin.event_types)
         routes.update(((route.method, route.path), route) for route in plugin.admin_routes)
+        checks.extend((plugin.name, config_check) for config_check in plugin.checks)
         loaded.append(plugin.name)
     for name, reason in failed.items():
         log.error("plugin %s is not loaded: %s", name, reason)
@@ -134,6 +184,7 @@ def resolve(plugins: Sequence[Plugin], failures: Mapping[str, str] | None = None
         event_types=event_types,
         admin_routes=tuple(routes.values()),
         failures=failed,
+        checks=tuple(checks),
     )
 
 
@@ -183,6 +234,7 @@ __all__ = [
     "ENTRY_POINT_GROUP",
     "AdminRoute",
     "CollectorKind",
+    "ConfigCheck",
     "Plugin",
     "PreprocessorKind",
     "Registry",

@@ -1,26 +1,29 @@
 """Preprocessors: plain objects built once from config and called in order on every event of their types.
 
 A preprocessor takes the built event and returns it (changed in place or replaced), or None to drop it (counted).
+Each one lives in a folder of its own, `preprocessors/<name>/` (config.py, preprocessor.py, its checks), and is
+registered by a plugin (`trackpoint.plugins.PreprocessorKind`); the built-ins by `trackpoint.plugins.builtin`.
 """
 
 from __future__ import annotations
 
-from typing import Any, Protocol
+from collections.abc import Mapping
+from typing import Protocol, runtime_checkable
 
 import msgspec
 
-from trackpoint.config.model import EventTypeSpec, PreprocessorBase
-from trackpoint.pipeline.event import Event
+from trackpoint.config.model import EventTypeSpec, FieldSpec
+from trackpoint.event import Event
+from trackpoint.privacy.cookie import UID_DIM, uid_field
 
 
 class Preprocessor(Protocol):
     """The contract: a name for counters and one call per event.
 
-    Optional members, read once when a worker builds its routes: `input_fields` (fields the preprocessor reads,
-    added to its event types), `counts` (outcome counters for /metrics), `redirect_params` (query parameters added
-    to a redirect), `use_signing_keys(keys, key_id)`, `flag_dim` (the dim in which it flags invalid traffic: the
-    event type's `invalid_traffic` policy routes events carrying it) and `cookie_veto` ((dim, value): an event
-    whose dims[dim] is value gets no user id cookie).
+    A preprocessor may also have any of the optional members the edge reads once when a worker builds its routes,
+    each described by its own protocol: `input_fields` (`InputFields`), `counts` (`CountsOutcomes`),
+    `redirect_params` (`RedirectParams`), `use_signing_keys` (`UsesSigningKeys`), `flag_dim` (`FlagsTraffic`) and
+    `cookie_veto` (`VetoesCookie`).
     """
 
     name: str
@@ -31,26 +34,59 @@ class Preprocessor(Protocol):
         ...
 
 
-def build_preprocessor(name: str, config: PreprocessorBase, data_dir: str = ".") -> Preprocessor:
-    """The preprocessor an instance of the configuration stands for, built by the plugin that registered its type."""
-    from trackpoint.plugins import registry, type_tag
+@runtime_checkable
+class InputFields(Protocol):
+    """Optional: fields the preprocessor reads that the event type need not declare (e.g. the consent signals). The
+    edge adds them to each event type the preprocessor serves; fields the type declares itself win."""
 
-    try:
-        kind = registry().preprocessors.get(type_tag(type(config)))
-    except TypeError:
-        kind = None
-    if kind is None:
-        raise ValueError(f"no preprocessor for configuration {type(config).__name__}")
-    factory: Any = kind.factory
-    return factory(name, config, data_dir) if kind.uses_data_dir else factory(name, config)  # type: ignore[no-any-return]
+    input_fields: Mapping[str, FieldSpec]
+
+
+@runtime_checkable
+class CountsOutcomes(Protocol):
+    """Optional: outcome counters (outcome -> count) the preprocessor increments, reported on /metrics as
+    `trackpoint_preprocessor_outcomes_total{preprocessor, outcome}`."""
+
+    counts: dict[str, int]
+
+
+@runtime_checkable
+class RedirectParams(Protocol):
+    """Optional: (query parameter, dim) pairs a redirect response appends to its destination from the event's dims,
+    e.g. the click id issued by `issue_click_id`."""
+
+    redirect_params: tuple[tuple[str, str], ...]
+
+
+@runtime_checkable
+class UsesSigningKeys(Protocol):
+    """Optional: called once per worker, before the first event, with the `signing` keys (key id -> secret) and
+    the id of the key to sign with."""
+
+    def use_signing_keys(self, keys: Mapping[str, bytes], sign_with: str) -> None:
+        """Receives the signing keys (key id -> secret) and the id of the key new signatures use."""
+        ...
+
+
+@runtime_checkable
+class FlagsTraffic(Protocol):
+    """Optional: the dim in which the preprocessor flags invalid traffic; the event type's `invalid_traffic` policy
+    routes (or drops) the events that carry it."""
+
+    flag_dim: str
+
+
+@runtime_checkable
+class VetoesCookie(Protocol):
+    """Optional: (dim, value): an event whose dims[dim] is value gets no user id cookie (e.g. denied consent)."""
+
+    cookie_veto: tuple[str, str]
 
 
 def with_input_fields(spec: EventTypeSpec, preprocessors: tuple[Preprocessor, ...]) -> EventTypeSpec:
     """The event type with the fields its preprocessors read (a preprocessor's optional `input_fields`, e.g. the
     consent signals) and the user id cookie its response sets; fields the type declares itself win."""
-    from trackpoint.privacy.cookie import UID_DIM, uid_field
-
-    extra = {name: field for p in preprocessors for name, field in getattr(p, "input_fields", {}).items()}
+    extra = {name: field for p in preprocessors if isinstance(p, InputFields) for name, field in p.input_fields.items()}
     if spec.response.user_id_cookie is not None:
         extra[UID_DIM] = uid_field(spec.response.user_id_cookie)
     return msgspec.structs.replace(spec, fields=extra | spec.fields) if extra else spec

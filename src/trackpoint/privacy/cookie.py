@@ -8,7 +8,7 @@ from __future__ import annotations
 import re
 
 from trackpoint.config.model import FieldSpec, UserIdCookie
-from trackpoint.pipeline.event import Event, random_id
+from trackpoint.event import Event, random_id
 
 UID_DIM = "uid"
 # The ids this tracker issues (random_id: 32 lowercase hex); anything else in the cookie is replaced.

@@ -13,7 +13,7 @@ from typing import TypeVar
 import msgspec
 
 from trackpoint.config.model import CollectorBase, Config, EventTypeSpec
-from trackpoint.pipeline.event import Context, Event
+from trackpoint.event import Context, Event
 from trackpoint.privacy.cookie import UID_DIM
 
 SECTIONS = ("dims", "metrics", "ctx")

@@ -5,6 +5,10 @@ from __future__ import annotations
 
 import ipaddress
 
+# The default prefixes: anonymize_ip's defaults, and what bad rows always keep.
+IPV4_PREFIX = 24
+IPV6_PREFIX = 48
+
 
 def truncate_ip(ip: str, ipv4_prefix: int, ipv6_prefix: int) -> str | None:
     """The network address of `ip` at the prefix length of its version, or None when `ip` is not an address."""

@@ -14,10 +14,12 @@ from pathlib import Path
 
 import msgspec
 
-from trackpoint.collectors import Collector, CollectorContext, build_collector
+from trackpoint.collectors import Collector, CollectorContext
+from trackpoint.collectors.log.config import LogCollectorConfig
 from trackpoint.collectors.log.reader import ReadStats, log_files, read_events
-from trackpoint.config.model import Config, LogCollectorConfig, SpoolConfig
-from trackpoint.pipeline.event import Event
+from trackpoint.config.model import Config, SpoolConfig
+from trackpoint.event import Event
+from trackpoint.plugins import registry
 
 
 class ReplayError(Exception):
@@ -99,7 +101,7 @@ def build_collectors(config: Config, replay_plan: ReplayPlan) -> dict[str, Colle
     built: dict[str, Collector] = {}
     for name in replay_plan.collectors:
         options = msgspec.structs.replace(config.collectors[name], spool=SpoolConfig(enabled=False))
-        built[name] = build_collector(name, options, context)
+        built[name] = registry().build_collector(name, options, context)
     return built
 
 

@@ -9,7 +9,7 @@ import ipaddress
 from collections.abc import Iterator
 from pathlib import Path
 
-from trackpoint.config.model import AdminConfig
+from trackpoint.config.model import AdminConfig, Config
 from trackpoint.security.keyfile import create_key_file
 from trackpoint.security.secrets import SecretError, read_secret
 
@@ -42,6 +42,11 @@ def read_admin_token(admin: AdminConfig, data_dir: str) -> bytes:
         return read_secret("token", admin.token_env, None if admin.token_env else str(path), data_dir)
     except SecretError as exc:
         raise AdminTokenError(f"admin {exc}") from None
+
+
+def check_admin_token(config: Config) -> Iterator[tuple[tuple[str, ...], str]]:
+    """The admin section's check, as the loader runs it (registered by the built-in plugin)."""
+    yield from check_admin(config.admin)
 
 
 def check_admin(admin: AdminConfig) -> Iterator[tuple[tuple[str, ...], str]]:

@@ -13,8 +13,8 @@ from collections.abc import Callable
 from urllib.parse import unquote_to_bytes
 
 from trackpoint.config.model import PostbackAuthSpec, SecretSource
-from trackpoint.pipeline.event import Event
-from trackpoint.pipeline.fields import Reject
+from trackpoint.event import Event
+from trackpoint.fields.converters import Reject
 from trackpoint.security.secrets import SecretError, read_source
 
 TIMESTAMP_HEADER = b"x-tp-timestamp"

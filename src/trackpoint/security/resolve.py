@@ -11,21 +11,26 @@ from typing import Any
 
 import msgspec
 
-from trackpoint.config.model import (
-    AdminConfig,
-    Config,
-    DecryptPriceConfig,
-    PostbackAuthSpec,
-    PseudonymizeConfig,
-    SigningConfig,
-)
-from trackpoint.preprocessors.decrypt_price import read_price_key
+from trackpoint.config.load import LoadedConfig, config_error
+from trackpoint.config.model import AdminConfig, Config, PostbackAuthSpec, SigningConfig
+from trackpoint.preprocessors.decrypt_price.config import DecryptPriceConfig
+from trackpoint.preprocessors.decrypt_price.preprocessor import read_price_key
+from trackpoint.preprocessors.pseudonymize.config import PseudonymizeConfig
 from trackpoint.security.admin_token import read_admin_token, token_configured
 from trackpoint.security.postback_auth import read_advertiser_secret
 from trackpoint.security.secrets import SecretError, env_secret, read_source, secret_option, secret_path
 from trackpoint.security.signing import key_path, load_key
 
 KeyPath = tuple[str | int, ...]
+
+
+def resolve_secrets(loaded: LoadedConfig) -> None:
+    """Reads every secret the configuration names (environment variables and files), as the workers will; raises
+    ConfigError naming each option whose secret is missing or unusable. Called by `config check`, before workers
+    start and on reload: a missing secret is one clear error, not workers dying at start."""
+    problems = list(unresolved_secrets(loaded.config))
+    if problems:
+        raise config_error(loaded.source, problems)
 
 
 def unresolved_secrets(config: Config) -> Iterator[tuple[KeyPath, str]]:

@@ -17,7 +17,7 @@ from pathlib import Path
 from urllib.parse import quote, unquote_to_bytes, urlsplit, urlunsplit
 
 from trackpoint.config.model import Config, EventTypeSpec, SigningConfig, SigningKey
-from trackpoint.pipeline.fields import Reject
+from trackpoint.fields.converters import Reject
 from trackpoint.security.keyfile import create_key_file
 from trackpoint.security.precomputed import PrecomputedHmac
 from trackpoint.security.secrets import SecretError, read_source, secret_path

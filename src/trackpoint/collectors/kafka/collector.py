@@ -21,7 +21,7 @@ from confluent_kafka import KafkaError, KafkaException, Message, Producer
 
 from trackpoint.collectors.base import Collector, CollectorContext, Health, SendResult
 from trackpoint.collectors.kafka.config import REPORT_MARGIN_S, TOPIC_NAME, KafkaCollectorConfig, topic_for
-from trackpoint.pipeline.event import Event
+from trackpoint.event import Event
 from trackpoint.security.secrets import env_secret
 
 log = logging.getLogger("trackpoint.collectors.kafka")

@@ -20,9 +20,10 @@ from pathlib import Path
 
 from prometheus_client.core import GaugeMetricFamily, Metric
 
+from trackpoint.collectors.log.config import LogCollectorConfig
 from trackpoint.collectors.log.files import LogFile, log_dir, scan
-from trackpoint.config.model import Config, LogCollectorConfig
-from trackpoint.shipping.shipper import MANIFEST_NAME, Manifest
+from trackpoint.collectors.log.shipping.shipper import MANIFEST_NAME, Manifest
+from trackpoint.config.model import Config
 
 log = logging.getLogger("trackpoint.collectors.log")
 

@@ -23,9 +23,9 @@ import msgspec
 from trackpoint.collectors.base import Collector, CollectorContext, Health, SendResult
 from trackpoint.collectors.log.budget import CHECK_INTERVAL_S, DiskBudget, DiskUsage
 from trackpoint.collectors.log.compression import compress, lower_priority
+from trackpoint.collectors.log.config import LogCollectorConfig
 from trackpoint.collectors.log.files import file_name, log_dir
-from trackpoint.config.model import LogCollectorConfig
-from trackpoint.pipeline.event import Event
+from trackpoint.event import Event
 
 # Write errors that mean the disk (or the file size limit) is full.
 DISK_FULL = frozenset({errno.ENOSPC, errno.EDQUOT, errno.EFBIG})

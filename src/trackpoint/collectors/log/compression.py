@@ -16,8 +16,8 @@ from typing import IO
 
 import zstandard
 
+from trackpoint.collectors.log.config import COMPRESSION_LEVELS, Compression
 from trackpoint.collectors.log.files import ACTIVE_SUFFIX, LOG_SUFFIXES, rotated_name
-from trackpoint.config.model import COMPRESSION_LEVELS, Compression
 
 COMPRESSED_SUFFIXES = tuple(suffix for suffix in LOG_SUFFIXES if suffix != ACTIVE_SUFFIX)
 # What a reader meets when a compressed file ends early (a crash during a copy, a partial download).

@@ -13,7 +13,7 @@ from dataclasses import dataclass
 from datetime import UTC, datetime
 from pathlib import Path
 
-from trackpoint.config.model import Compression, LogCollectorConfig
+from trackpoint.collectors.log.config import Compression, LogCollectorConfig
 
 ACTIVE_SUFFIX = ".jsonl"
 # The suffix each codec adds to a finished file's name; none leaves it plain.

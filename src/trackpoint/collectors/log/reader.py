@@ -13,7 +13,7 @@ import msgspec
 
 from trackpoint.collectors.log.compression import TRUNCATED, read_lines
 from trackpoint.collectors.log.files import LOG_SUFFIXES
-from trackpoint.pipeline.event import Event
+from trackpoint.event import Event
 
 
 @dataclass

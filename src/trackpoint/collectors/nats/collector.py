@@ -23,7 +23,7 @@ from nats.js.api import PubAck, StorageType, StreamConfig
 
 from trackpoint.collectors.base import Collector, CollectorContext, Health, SendResult
 from trackpoint.collectors.nats.config import NatsCollectorConfig, stream_subject, subject_of
-from trackpoint.pipeline.event import Event
+from trackpoint.event import Event
 from trackpoint.security.secrets import env_secret, secret_path
 
 MSG_ID = "Nats-Msg-Id"

@@ -22,7 +22,7 @@ from redis.exceptions import NoScriptError, RedisError
 from trackpoint.collectors.base import Collector, CollectorContext, Health, SendResult
 from trackpoint.collectors.redis_streams.config import RedisStreamsCollectorConfig, seen_prefix, stream_key
 from trackpoint.collectors.resp import bulk, round_trip
-from trackpoint.pipeline.event import Event
+from trackpoint.event import Event
 from trackpoint.security.secrets import env_secret
 
 # KEYS[1]: the stream. ARGV: dedupe window (s; "0": off), maxlen (0: no trim), the dedupe key prefix, and the

@@ -15,7 +15,7 @@ from typing import TypeVar
 import msgspec
 
 from trackpoint.collectors.base import Collector, CollectorContext, Health, SendResult
-from trackpoint.pipeline.event import Event
+from trackpoint.event import Event
 from trackpoint_sqlite.config import SqliteCollectorConfig, database_path
 
 SCHEMA = (

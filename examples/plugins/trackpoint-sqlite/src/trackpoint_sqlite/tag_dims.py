@@ -5,7 +5,7 @@ It runs on the request path, so it does one dict operation per configured dimens
 
 from __future__ import annotations
 
-from trackpoint.pipeline.event import Event
+from trackpoint.event import Event
 from trackpoint_sqlite.config import TagDimsConfig
 
 

@@ -1,0 +1,1 @@
+"""The stdout collector: events as JSON lines on standard output (collector.py)."""

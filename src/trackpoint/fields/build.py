@@ -1,0 +1,279 @@
+"""Building events: an event type's declared fields extracted from the request, converted and checked.
+
+`EventBuilder` is compiled once per event type at start-up; `build()` is the per-request part and does no more than
+the declared fields require (a body is decoded only when a field reads it, cookies only when a field names one).
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import re
+from collections.abc import Iterable
+from decimal import Decimal
+from time import time as _time
+from typing import Any, NamedTuple, NoReturn
+
+import msgspec
+
+from trackpoint.config.model import EventTypeSpec, FieldSpec
+from trackpoint.event import Context, Event, Meta, random_id
+from trackpoint.fields.converters import (
+    Converter,
+    MacroUnsubstituted,
+    PairParser,
+    Reject,
+    make_converter,
+    parse_cookies,
+)
+from trackpoint.security.signing import check_body
+
+_PARAM_SOURCES = frozenset({"param", "query", "form", "json"})
+# ASCII controls but the tab: refused in text fields (isprintable() is the fast pre-check; it also says False for
+# the C1 range and separators that a latin-1 header or emoji text may carry, which are kept).
+_CONTROLS = re.compile("[\x00-\x08\x0a-\x1f\x7f]")
+# JSON numbers with a fraction decode as Decimal: their text is kept exactly (49.90, 5e-05), so money is exact.
+# Deeper JSON bodies are refused (400 invalid_json) before decoding: no tracking payload nests this far.
+JSON_MAX_DEPTH = 64
+_JSON_DECODER = msgspec.json.Decoder(dict[str, Any], float_hook=Decimal)
+
+# Header names the edge keeps for every request, whatever the event type.
+CONTEXT_HEADERS = frozenset({b"user-agent", b"referer", b"content-type", b"x-forwarded-for"})
+
+
+class FieldPlan(NamedTuple):
+    """One field, compiled: a tuple, so the per-request loop unpacks it in one step."""
+
+    name: str
+    source: str
+    key: str  # the parameter name; for header, cookie and ip fields a private key the request path fills in
+    lookup: str  # the parameter, cookie or (lower-case) header name
+    convert: Converter | None  # None: the raw string is the value
+    max_len: int
+    required: bool
+    default: str | int | float | None
+    into_metrics: bool
+
+
+def _plan(name: str, spec: FieldSpec) -> FieldPlan:
+    plain = spec.type == "string" and spec.unexpanded_macros == "keep"
+    convert: Converter | None = None if plain else make_converter(name, spec)
+    into_metrics = spec.place == "metrics"
+    if convert is not None and not into_metrics and spec.is_number:
+        number = convert
+        convert = lambda raw: str(number(raw))  # noqa: E731 - dims are strings
+    lookup = spec.name or name
+    if spec.source == "header":
+        lookup = lookup.lower()
+    return FieldPlan(
+        name=name,
+        source=spec.source,
+        # Parsers keep only declared parameter names, so a NUL-prefixed key never collides with a request's own.
+        key=lookup if spec.source in _PARAM_SOURCES else f"\x00{spec.source}:{lookup}",
+        lookup=lookup,
+        convert=convert,
+        max_len=spec.max_len,
+        required=spec.required,
+        # A default is converted once here, so a bad default fails at start-up, not on a request.
+        default=None if spec.default is None else (spec.default if convert is None else convert(spec.default)),
+        into_metrics=into_metrics,
+    )
+
+
+class EventBuilder:
+    """Makes one event type's events from requests."""
+
+    def __init__(self, type_name: str, spec: EventTypeSpec, meta: Meta) -> None:
+        self.type_name = type_name
+        self.meta = meta
+        self.fields = plans = [_plan(name, field) for name, field in spec.fields.items()]
+        # Header, cookie and ip fields are looked up first and join the parameters, so one loop checks them all.
+        self.other_fields = [p for p in plans if p.source not in _PARAM_SOURCES]
+        # (private key, name) per source, header names encoded once rather than per request.
+        self._header_lookups = [(p.key, p.lookup.encode("latin-1")) for p in plans if p.source == "header"]
+        self._cookie_lookups = [(p.key, p.lookup) for p in plans if p.source == "cookie"]
+        self._ip_keys = [p.key for p in plans if p.source == "ip"]
+        self.query = PairParser(frozenset(p.lookup for p in plans if p.source in ("param", "query")))
+        self.form = PairParser(frozenset(p.lookup for p in plans if p.source in ("param", "form")))
+        self.json_keys = frozenset(p.lookup for p in plans if p.source in ("param", "json"))
+        self.reads_body = any(p.source in ("param", "form", "json") for p in plans)
+        self.reads_cookies = any(p.source == "cookie" for p in plans)
+        # A signed type that takes POST: the body must be the signed one. Checked here, where the body is read,
+        # after the request path verified the query's signature.
+        self.signed_body = spec.signature != "off" and "POST" in spec.methods
+        self.header_names = frozenset(p.lookup.encode("latin-1") for p in plans if p.source == "header") | (
+            {b"cookie"} if self.reads_cookies else set()
+        )
+        self.dedupe_key = tuple(spec.dedupe_key)
+        self._single_key = spec.dedupe_key[0] if len(spec.dedupe_key) == 1 else None
+        # The id hash starts from the type's name; per request only the key values are added to a copy.
+        self._id_prefix = hashlib.blake2b(type_name.encode("utf-8") + b"\x1f", digest_size=16)
+
+    def build(self, query: bytes, body: bytes | bytearray | None, headers: dict[bytes, bytes], client_ip: str) -> Event:
+        """The event for one request, or `Reject` naming the first field that is missing or invalid."""
+        if self.signed_body:
+            check_body(query, body)
+        params = self.query(query) if query else {}
+        if body and self.reads_body:
+            body_params = self._body_params(body, headers)
+            params = body_params | params if params else body_params  # the query wins over the body
+        if self.other_fields:
+            found = self._other_values(headers, client_ip)
+            if found:
+                params = params | found
+        dims: dict[str, str] = {}
+        metrics: dict[str, int | float] = {}
+        get = params.get
+        for name, _source, key, _lookup, convert, max_len, required, default, into_metrics in self.fields:
+            raw = get(key)
+            if not raw:
+                if default is None:
+                    if required:
+                        raise Reject(400, "missing_field", name)
+                    continue
+                value = default
+            elif convert is None:
+                if len(raw) > max_len:
+                    raise Reject(400, "field_too_long", name)
+                if not raw.isprintable() and _CONTROLS.search(raw):  # NUL, newlines: never in a stored value
+                    raise Reject(400, "invalid_field", name)
+                value = raw
+            else:
+                try:
+                    value = convert(raw) if len(raw) <= max_len else _too_long(name, raw, convert)
+                except MacroUnsubstituted:  # the placeholder itself arrived: the field is absent, not that value
+                    if default is None:
+                        if required:
+                            raise
+                        continue
+                    value = default
+            if into_metrics:
+                metrics[name] = value  # type: ignore[assignment]
+            else:
+                dims[name] = value  # type: ignore[assignment]
+        ts = int(_time() * 1000)
+        ua = headers.get(b"user-agent")
+        referer = headers.get(b"referer")
+        ctx = Context(
+            client_ip,
+            None if ua is None else ua.decode("latin-1"),
+            None if referer is None else referer.decode("latin-1"),
+        )
+        return Event(self._event_id(dims, metrics, ts), self.type_name, ts, dims, metrics, ctx, self.meta)
+
+    def _other_values(self, headers: dict[bytes, bytes], client_ip: str) -> dict[str, str]:
+        """The raw values of header, cookie and ip fields, under their private keys."""
+        values: dict[str, str] = {}
+        for key, header_name in self._header_lookups:
+            header = headers.get(header_name)
+            if header is not None:
+                values[key] = header.decode("latin-1")
+        if self._cookie_lookups:
+            cookies = parse_cookies(headers.get(b"cookie", b""))
+            for key, cookie_name in self._cookie_lookups:
+                cookie = cookies.get(cookie_name)
+                if cookie is not None:
+                    values[key] = cookie
+        for key in self._ip_keys:
+            values[key] = client_ip
+        return values
+
+    def _event_id(self, dims: dict[str, str], metrics: dict[str, int | float], ts: int) -> str:
+        if not self.dedupe_key:
+            return random_id(ts)
+        if self._single_key is not None:  # the usual case: one string key such as the impression id
+            value = dims.get(self._single_key)
+            if value is not None:
+                digest = self._id_prefix.copy()
+                digest.update(value.encode("utf-8"))
+                return digest.hexdigest()
+        digest = self._id_prefix.copy()
+        for i, name in enumerate(self.dedupe_key):
+            value = dims.get(name)
+            if value is None:
+                number = metrics.get(name)
+                if number is None:  # an optional key field is absent: nothing to dedupe on
+                    return random_id(ts)
+                value = str(number)
+            digest.update(value.encode("utf-8") if i == 0 else b"\x1f" + value.encode("utf-8"))
+        return digest.hexdigest()
+
+    def _body_params(self, body: bytes | bytearray, headers: dict[bytes, bytes]) -> dict[str, str]:
+        content_type = headers.get(b"content-type", b"").partition(b";")[0].strip().lower()
+        if content_type == b"application/x-www-form-urlencoded":
+            found = self.form(bytes(body))
+        elif content_type in (
+            b"application/json",
+            b"text/plain",
+        ):  # text/plain: sendBeacon without a preflight
+            if body.count(b"[") + body.count(b"{") > JSON_MAX_DEPTH and _json_depth(body) > JSON_MAX_DEPTH:
+                raise Reject(400, "invalid_json")  # nesting that would cost the decoder its stack
+            try:
+                document = _JSON_DECODER.decode(body)
+            except (msgspec.DecodeError, UnicodeDecodeError):  # msgspec raises the latter for invalid UTF-8
+                raise Reject(400, "invalid_json") from None
+            keys = self.json_keys
+            members: Iterable[tuple[str, Any]] = document.items()
+            # A member named twice: the first wins, as in a query string (the decoder keeps the last). Looked for
+            # only when a wanted key's quoted name occurs twice in the body.
+            if any(body.count(b'"' + key.encode() + b'"') > 1 for key in keys if key in document):
+                members = _first_members(body)
+            found = {key: text for key, value in members if key in keys and (text := _json_text(value)) is not None}
+        else:
+            raise Reject(415, "unsupported_media_type")
+        return found
+
+
+def _too_long(name: str, raw: str, convert: Converter) -> NoReturn:
+    """`field_too_long`, unless the value is an unexpanded macro that its field counts as absent: a macro is often
+    longer than what it stands for (`${AUCTION_CURRENCY}` for a 3-letter code)."""
+    try:
+        convert(raw)
+    except MacroUnsubstituted:
+        raise
+    except Reject:
+        pass
+    raise Reject(400, "field_too_long", name)
+
+
+def _first_members(body: bytes | bytearray) -> list[tuple[str, Any]]:
+    """The top-level members of a JSON object, the first of each name only (the slow path of duplicate names)."""
+    first: dict[str, Any] = {}
+    for key, value in json.loads(body, parse_float=Decimal, object_pairs_hook=list):
+        first.setdefault(key, value)
+    return list(first.items())
+
+
+def _json_depth(body: bytes | bytearray) -> int:
+    """The deepest nesting of arrays and objects, outside strings (read only for bodies with many brackets)."""
+    depth = deepest = 0
+    in_string = escaped = False
+    for byte in body:
+        if in_string:
+            if escaped:
+                escaped = False
+            elif byte == 0x5C:  # backslash
+                escaped = True
+            elif byte == 0x22:  # quote
+                in_string = False
+        elif byte == 0x22:
+            in_string = True
+        elif byte in (0x5B, 0x7B):  # [ {
+            depth += 1
+            deepest = max(deepest, depth)
+        elif byte in (0x5D, 0x7D):  # ] }
+            depth -= 1
+    return deepest
+
+
+def _json_text(value: Any) -> str | None:
+    """A JSON scalar as the text a query string would carry; None for null, objects and arrays (absent)."""
+    if isinstance(value, str):
+        return value
+    if isinstance(value, bool):
+        return "true" if value else "false"
+    if isinstance(value, int):
+        return str(value)
+    if isinstance(value, Decimal):
+        return format(value, "f")
+    return None

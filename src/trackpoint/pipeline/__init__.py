@@ -1,1 +1,0 @@
-"""The request pipeline behind the edge: fields, event building, routing."""

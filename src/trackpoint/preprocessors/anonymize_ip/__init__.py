@@ -1,0 +1,1 @@
+"""The anonymize_ip preprocessor: the preprocessor itself (preprocessor.py)."""

@@ -1,0 +1,1 @@
+"""The attribute_conversion preprocessor: the preprocessor itself (preprocessor.py)."""

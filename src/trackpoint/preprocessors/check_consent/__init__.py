@@ -1,0 +1,1 @@
+"""The check_consent preprocessor: the preprocessor itself (preprocessor.py)."""

@@ -1,0 +1,41 @@
+"""Options of the check_consent preprocessor (the `type: check_consent` entries of `preprocessors:`)."""
+
+from __future__ import annotations
+
+from typing import Annotated
+
+import msgspec
+from msgspec import Meta
+
+from trackpoint.config.model import PreprocessorBase
+
+
+class CheckConsentConfig(PreprocessorBase, tag="check_consent"):
+    """Decides consent from Sec-GPC, DNT, the US Privacy string and IAB TCF v2 (`gdpr`, `gdpr_consent`); records it
+    in dims.consent (granted, denied, not_applicable) and dims.consent_reason; when denied, strips personal data."""
+
+    honor_gpc: Annotated[bool, Meta(description="`Sec-GPC: 1` denies consent.")] = True
+    honor_dnt: Annotated[bool, Meta(description="`DNT: 1` denies consent.")] = True
+    honor_us_privacy: Annotated[
+        bool, Meta(description="A `us_privacy` string saying opt-out of sale (`1YYN`) denies consent.")
+    ] = True
+    gdpr_default: Annotated[bool, Meta(description="Whether GDPR applies to a request without a `gdpr` parameter.")] = (
+        False
+    )
+    tcf_purposes: Annotated[
+        list[Annotated[int, Meta(ge=1, le=24)]],
+        Meta(description="TCF purposes that must have consent where GDPR applies (1: store and access on a device)."),
+    ] = msgspec.field(default_factory=lambda: [1])
+    tcf_vendor_id: Annotated[
+        Annotated[int, Meta(ge=1, le=65535)] | None,
+        Meta(
+            description="Where GDPR applies, this TCF vendor id must also have consent; unset: not checked.",
+        ),
+    ] = None
+    personal_fields: Annotated[
+        list[str],
+        Meta(
+            description="Dims removed when consent is denied (identifiers). `uid`, ctx.ip, ctx.ua and ctx.referer "
+            "are always removed; ctx.device stays."
+        ),
+    ] = msgspec.field(default_factory=lambda: ["click_id"])

@@ -1,0 +1,112 @@
+"""check_consent: the consent decision for one event, from Sec-GPC, DNT, the US Privacy string and IAB TCF v2.
+
+The outcome goes into dims.consent (granted, denied, not_applicable) and dims.consent_reason; a denied event keeps
+only non-personal fields. A malformed consent string denies (it never makes a 4xx: the impression still counts).
+"""
+
+from __future__ import annotations
+
+from trackpoint.config.model import FieldSpec
+from trackpoint.event import Event
+from trackpoint.preprocessors.check_consent.config import CheckConsentConfig
+from trackpoint.privacy.cookie import UID_DIM
+from trackpoint.privacy.signals import InvalidSignal, decode_tc_string, us_privacy_opt_out
+
+CONSENT_DIM = "consent"
+REASON_DIM = "consent_reason"
+GRANTED, DENIED, NOT_APPLICABLE = "granted", "denied", "not_applicable"
+
+# The signals are read into dims under these names by fields the edge adds to the event type (input_fields); they
+# are taken out again here, so only the outcome is recorded.
+GPC, DNT, USP, GDPR, TC_STRING = "consent.gpc", "consent.dnt", "consent.us_privacy", "consent.gdpr", "consent.tcf"
+_SIGNALS = (GPC, DNT, USP, GDPR, TC_STRING)
+_CACHE_LIMIT = 65536
+
+
+class CheckConsent:
+    """Decides, records and enforces consent."""
+
+    cookie_veto = (CONSENT_DIM, DENIED)  # denied consent: the response sets no user id cookie
+
+    def __init__(self, name: str, config: CheckConsentConfig) -> None:
+        self.name = name
+        self.honor_gpc = config.honor_gpc
+        self.honor_dnt = config.honor_dnt
+        self.honor_us_privacy = config.honor_us_privacy
+        self.gdpr_default = "1" if config.gdpr_default else "0"
+        self.no_default_gdpr = not config.gdpr_default
+        self.purposes = tuple(config.tcf_purposes)
+        self.vendor_id = config.tcf_vendor_id
+        self.personal = (UID_DIM, *(f for f in config.personal_fields if f != UID_DIM))
+        self.input_fields = {
+            GPC: FieldSpec(source="header", name="Sec-GPC", max_len=16),
+            DNT: FieldSpec(source="header", name="DNT", max_len=16),
+            USP: FieldSpec(name="us_privacy", max_len=16),
+            GDPR: FieldSpec(name="gdpr", max_len=16),
+            TC_STRING: FieldSpec(name="gdpr_consent", max_len=8192),
+        }
+        self._tcf_cache: dict[str, str | None] = {}  # TC string → the reason it denies, or None
+
+    def __call__(self, event: Event) -> Event:
+        dims = event.dims
+        if self.no_default_gdpr and dims.keys().isdisjoint(_SIGNALS):  # the usual request: no signal at all
+            dims[CONSENT_DIM] = NOT_APPLICABLE
+            return event
+        signals = [dims.pop(name, None) for name in _SIGNALS]
+        reason, applies = self.decide(*signals)
+        if reason is not None:
+            dims[CONSENT_DIM] = DENIED
+            dims[REASON_DIM] = reason
+            for name in self.personal:
+                dims.pop(name, None)
+            ctx = event.ctx
+            ctx.ip = ctx.ua = ctx.referer = None
+        elif applies:
+            dims[CONSENT_DIM] = GRANTED
+            dims[REASON_DIM] = "tcf"
+        else:
+            dims[CONSENT_DIM] = NOT_APPLICABLE
+        return event
+
+    def decide(
+        self, gpc: str | None, dnt: str | None, usp: str | None, gdpr: str | None, tc_string: str | None
+    ) -> tuple[str | None, bool]:
+        """(the reason consent is denied or None, whether GDPR applies)."""
+        if self.honor_gpc and gpc is not None and gpc.strip() == "1":
+            return "gpc", False
+        if self.honor_dnt and dnt is not None and dnt.strip() == "1":
+            return "dnt", False
+        if self.honor_us_privacy and usp is not None:
+            try:
+                if us_privacy_opt_out(usp):
+                    return "usp_opt_out", False
+            except InvalidSignal:
+                return "usp_invalid", False
+        gdpr = self.gdpr_default if gdpr is None else gdpr
+        if gdpr == "0":
+            return None, False
+        if gdpr != "1":
+            return "gdpr_invalid", True
+        if tc_string is None:
+            return "tcf_missing", True
+        try:
+            return self._tcf_cache[tc_string], True
+        except KeyError:
+            return self._remember(tc_string), True
+
+    def tcf_reason(self, tc_string: str) -> str | None:
+        try:
+            decoded = decode_tc_string(tc_string)
+        except InvalidSignal:
+            return "tcf_invalid"
+        if not all(p in decoded.purpose_consents for p in self.purposes):
+            return "tcf_purpose"
+        if self.vendor_id is not None and self.vendor_id not in decoded.vendor_consents:
+            return "tcf_vendor"
+        return None
+
+    def _remember(self, tc_string: str) -> str | None:
+        if len(self._tcf_cache) >= _CACHE_LIMIT:
+            self._tcf_cache.clear()
+        reason = self._tcf_cache[tc_string] = self.tcf_reason(tc_string)
+        return reason

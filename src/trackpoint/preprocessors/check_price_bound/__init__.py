@@ -1,0 +1,1 @@
+"""The check_price_bound preprocessor: the preprocessor itself (preprocessor.py)."""

@@ -1,0 +1,1 @@
+"""The decrypt_price preprocessor: the preprocessor itself (preprocessor.py)."""

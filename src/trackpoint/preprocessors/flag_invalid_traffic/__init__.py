@@ -1,0 +1,1 @@
+"""The flag_invalid_traffic preprocessor: the preprocessor itself (preprocessor.py)."""

@@ -1,0 +1,1 @@
+"""The issue_click_id preprocessor: the preprocessor itself (preprocessor.py)."""

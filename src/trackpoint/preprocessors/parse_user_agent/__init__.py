@@ -1,0 +1,1 @@
+"""The parse_user_agent preprocessor: the preprocessor itself (preprocessor.py)."""

@@ -1,0 +1,1 @@
+"""The pseudonymize preprocessor: the preprocessor itself (preprocessor.py)."""

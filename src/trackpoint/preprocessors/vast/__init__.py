@@ -1,0 +1,1 @@
+"""The vast preprocessor: the preprocessor itself (preprocessor.py)."""

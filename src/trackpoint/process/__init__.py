@@ -1,0 +1,1 @@
+"""The process model: the supervisor, its worker processes and the control channel between them (reload, drain)."""

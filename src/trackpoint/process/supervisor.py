@@ -1,0 +1,578 @@
+"""The supervisor: owns the listening sockets, starts and restarts workers, reloads on SIGHUP, drains on SIGTERM.
+
+It binds one SO_REUSEPORT socket per worker slot and keeps it open for the tracker's whole life: a worker that
+exits or is replaced closes only its copy, so connections queued on the slot wait for the next worker instead of
+being reset. That is what makes reloads and restarts lose no request. The admin port is served from here.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import functools
+import logging
+import os
+import resource
+import signal
+import socket
+import subprocess
+import sys
+from dataclasses import dataclass, field, replace
+from pathlib import Path
+
+import msgspec
+
+from trackpoint.admin import metrics
+from trackpoint.admin.routes import CORE_ROUTES, PUBLIC_PATHS, plugin_routes
+from trackpoint.admin.server import AdminRequest, AdminResponse, AdminServer
+from trackpoint.collectors.log.budget import LogDiskMetrics
+from trackpoint.collectors.log.compression import finalize_orphans
+from trackpoint.collectors.log.config import LogCollectorConfig
+from trackpoint.collectors.log.files import log_dir
+from trackpoint.collectors.log.shipping.service import ShippingService
+from trackpoint.config import ConfigError, LoadedConfig, load
+from trackpoint.config.model import Config
+from trackpoint.edge.stats import Snapshot, add
+from trackpoint.plugins import AdminHandler
+from trackpoint.plugins import registry as plugin_registry
+from trackpoint.process import control
+from trackpoint.reference.openapi import openapi_json as openapi_document_json
+from trackpoint.security.admin_token import (
+    AdminTokenError,
+    BearerCheck,
+    check_admin,
+    read_admin_token,
+    token_path,
+)
+from trackpoint.security.resolve import resolve_secrets
+from trackpoint.security.signing import SigningKeyError, edge_verifier
+
+log = logging.getLogger("trackpoint.supervisor")
+
+READY_TIMEOUT_S = 30.0
+RESTART_BACKOFF_S = (0.1, 0.5, 1.0, 2.0, 5.0, 10.0)
+# A slot whose worker failed to start this many times in a row is crash-looping: /healthz and /readyz fail.
+CRASH_LOOP_STARTS = 2
+
+
+@dataclass(frozen=True)
+class Overrides:
+    """Command-line options that win over the file, on start and on every reload."""
+
+    host: str | None = None
+    port: int | None = None
+    workers: int | None = None
+    admin_port: int | None = None
+    admin_host: str | None = None
+
+    def apply(self, config: Config) -> Config:
+        server = config.server
+        server = msgspec.structs.replace(
+            server,
+            host=self.host if self.host is not None else server.host,
+            port=self.port if self.port is not None else server.port,
+            workers=self.workers if self.workers is not None else server.workers,
+        )
+        admin = config.admin
+        if self.admin_port is not None:
+            admin = msgspec.structs.replace(admin, port=self.admin_port)
+        if self.admin_host is not None:
+            admin = msgspec.structs.replace(admin, host=self.admin_host)
+        return msgspec.structs.replace(config, server=server, admin=admin)
+
+
+@dataclass(eq=False)
+class WorkerHandle:
+    slot: int
+    process: subprocess.Popen[bytes]
+    ready: asyncio.Future[None]
+    snapshot: Snapshot = field(default_factory=Snapshot)
+    retiring: bool = False
+    exited: asyncio.Future[None] | None = None
+    # Started by a reload: if it fails before ready, the reload is refused and the running worker kept (no restart).
+    probation: bool = False
+    failure: control.Failed | None = None  # why it could not start, as it reported it
+
+
+def available_cpus(cgroup: Path = Path("/sys/fs/cgroup/cpu.max")) -> int:
+    """The cores this process may use: its CPU affinity, capped by a cgroup v2 quota (a container's CPU limit),
+    which `os.cpu_count()` ignores: a pod limited to 2 CPUs on a 64-core node must not start 64 workers."""
+    cores = len(os.sched_getaffinity(0))
+    try:
+        quota, period = cgroup.read_text().split()
+        return cores if quota == "max" else max(1, min(cores, int(quota) // int(period)))
+    except (OSError, ValueError, ZeroDivisionError):  # no cgroup v2 limit readable: the affinity alone
+        return cores
+
+
+def listener(host: str, port: int, backlog: int | None) -> socket.socket:
+    """A slot's SO_REUSEPORT socket; with no backlog bound only: the kernel sends it no connection until the
+    worker that gets it starts serving (and listening)."""
+    family = socket.AF_INET6 if ":" in host else socket.AF_INET
+    sock = socket.socket(family, socket.SOCK_STREAM)
+    sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+    sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEPORT, 1)
+    sock.bind((host, port))
+    if backlog is not None:
+        sock.listen(backlog)
+    sock.set_inheritable(True)
+    return sock
+
+
+class Supervisor:
+    def __init__(self, loaded: LoadedConfig, config_path: str | None, overrides: Overrides) -> None:
+        self.config_path = config_path
+        self.overrides = overrides
+        self.loaded = loaded
+        self.config = overrides.apply(loaded.config)
+        self.slots = self.config.server.workers or available_cpus()
+        self.sockets: list[socket.socket] = []
+        self.workers: dict[int, WorkerHandle] = {}
+        self.retiring: set[WorkerHandle] = set()  # replaced workers still draining: their counters still count
+        self.retired = Snapshot()
+        self.state = metrics.SupervisorState()
+        self.state.workers_wanted = self.slots
+        self.shutting_down = False
+        self.restart_counts = [0] * self.slots
+        # Per slot: failed starts in a row, the last start error logged, and the backoff before the next attempt.
+        self.failed_starts = [0] * self.slots
+        self.start_errors: list[str | None] = [None] * self.slots
+        self.backoff_s = [0.0] * self.slots
+        self._stopped = asyncio.Event()
+        self.shipping = ShippingService(lambda: self.config)  # finished log files to object storage
+        self._reloading: asyncio.Lock | None = None
+        self._retries: set[asyncio.Task[None]] = set()  # restarts scheduled after a failed spawn
+        self.probes: AdminServer | None = None  # admin.probe_port's listener: /healthz and /readyz only
+
+    # --- life ----------------------------------------------------------------------------------------------------
+
+    async def run(self) -> int:
+        server = self.config.server
+        admin_config = self.config.admin
+        for _, refusal in check_admin(admin_config):  # again: --admin-host may have moved it off loopback
+            log.error("%s", refusal)
+            return 2
+        try:
+            admin_token = read_admin_token(admin_config, self.config.data_dir)
+        except AdminTokenError as exc:
+            log.error("%s", exc)
+            return 1
+        raise_fd_limit()
+        try:
+            self.sockets = [listener(server.host, server.port, server.backlog) for _ in range(self.slots)]
+        except OSError as exc:
+            log.error("cannot listen on %s:%d: %s", server.host, server.port, exc.strerror or exc)
+            return 1
+        try:
+            edge_verifier(self.config)  # reads the signing keys (generating one on first run) before any worker
+        except SigningKeyError as exc:
+            log.error("%s", exc)
+            return 1
+        self._reloading = asyncio.Lock()
+        self._finalize_logs(pid=None)
+        admin = self._admin_server(BearerCheck(admin_token))
+        listeners = [(admin, "admin", admin_config.host, admin_config.port)]
+        if self.probes is not None and admin_config.probe_port is not None:
+            listeners.append((self.probes, "probes", admin_config.probe_host, admin_config.probe_port))
+        for index, (listening, what, host, port) in enumerate(listeners):
+            try:
+                await listening.start(host, port)
+            except OSError as exc:
+                log.error("cannot listen on %s %s:%d: %s", what, host, port, exc.strerror or exc)
+                for started, *_ in listeners[:index]:
+                    started.close()
+                return 1
+        loop = asyncio.get_running_loop()
+        loop.add_signal_handler(signal.SIGTERM, self._request_shutdown)
+        loop.add_signal_handler(signal.SIGINT, self._request_shutdown)
+        loop.add_signal_handler(signal.SIGHUP, lambda: loop.create_task(self.reload()))
+        self.shipping.start()
+        for slot in range(self.slots):
+            self._spawn_or_retry(slot)
+        log.info(
+            "trackpoint listening on %s:%d with %d workers (config %s, version %s); admin on %s:%d",
+            server.host,
+            server.port,
+            self.slots,
+            self.loaded.source,
+            self.loaded.version,
+            self.config.admin.host,
+            self.config.admin.port,
+        )
+        log.info(
+            "admin token: %s (send it as Authorization: Bearer; /healthz and /readyz need none)",
+            f"environment variable {admin_config.token_env}"
+            if admin_config.token_env is not None
+            else token_path(admin_config, self.config.data_dir),
+        )
+        await self._stopped.wait()
+        await self._drain_all()
+        await self.shipping.stop()  # after the drain: the files the workers just finished ship too
+        admin.close()
+        if self.probes is not None:
+            self.probes.close()
+        for sock in self.sockets:
+            sock.close()
+        log.info("trackpoint stopped")
+        return 0
+
+    def _request_shutdown(self) -> None:
+        if not self.shutting_down:
+            log.info("draining: finishing in-flight requests and flushing collectors")
+            self.shutting_down = True
+            self._stopped.set()
+
+    async def _drain_all(self) -> None:
+        handles = [*self.workers.values(), *self.retiring]
+        for handle in handles:
+            self._retire(handle)
+        waits = [handle.exited for handle in handles if handle.exited is not None]
+        if waits:
+            _, late = await asyncio.wait(waits, timeout=self.config.server.drain_timeout_s + 5)
+            for handle in handles:
+                if handle.process.poll() is None:
+                    log.error("worker %d did not drain in time; killing it", handle.slot)
+                    handle.process.kill()
+            if late:
+                await asyncio.wait(late, timeout=5)
+
+    # --- workers -------------------------------------------------------------------------------------------------
+
+    def _spawn(self, slot: int, version: str, probation: bool = False) -> WorkerHandle:
+        """Starts a worker; OSError (EMFILE, ENOMEM, EAGAIN...) when it cannot, with nothing left open."""
+        parent, child = socket.socketpair(socket.AF_UNIX, socket.SOCK_STREAM)
+        listen_fd = self.sockets[slot].fileno()
+        try:
+            process = subprocess.Popen(
+                [
+                    sys.executable,
+                    "-m",
+                    "trackpoint.process.worker",
+                    "--slot",
+                    str(slot),
+                    "--listen-fd",
+                    str(listen_fd),
+                    "--control-fd",
+                    str(child.fileno()),
+                ],
+                pass_fds=(listen_fd, child.fileno()),
+            )
+        except OSError:
+            parent.close()
+            raise
+        finally:
+            child.close()
+        loop = asyncio.get_running_loop()
+        handle = WorkerHandle(slot=slot, process=process, ready=loop.create_future(), probation=probation)
+        control.send_start(parent, control.Start.of(self.config, version, slot))
+        handle.exited = loop.create_task(self._follow(handle, parent))
+        self.workers.setdefault(slot, handle)
+        return handle
+
+    async def _follow(self, handle: WorkerHandle, channel: socket.socket) -> None:
+        """Reads a worker's messages until it exits, then accounts for it and restarts it if it died."""
+        reader, writer = await asyncio.open_unix_connection(sock=channel)
+        clean = False
+        while (message := await control.receive(reader)) is not None:
+            if isinstance(message, control.Ready):
+                if not handle.ready.done():
+                    handle.ready.set_result(None)
+                self._started(handle.slot)
+                self._count_ready()
+            elif isinstance(message, control.Stats):
+                handle.snapshot = message.snapshot
+            elif isinstance(message, control.Failed):
+                handle.failure = message
+            else:
+                handle.snapshot = message.snapshot
+                clean = True
+        writer.close()
+        code = await asyncio.get_running_loop().run_in_executor(None, handle.process.wait)
+        self._bury(handle)
+        failed_start = not handle.ready.done()
+        if failed_start:
+            reason = f": {handle.failure.error}" if handle.failure is not None else ""
+            handle.ready.set_exception(RuntimeError(f"worker {handle.slot} exited with {code} before ready{reason}"))
+        if not clean:
+            self._finalize_logs(pid=handle.process.pid)
+        if handle.retiring or self.shutting_down or (failed_start and handle.probation):
+            return  # (a reload whose worker failed says so, and keeps the running one)
+        if failed_start:
+            self._failed_start(handle, code)
+        elif not clean:
+            log.error("worker %d (pid %d) died with exit code %s", handle.slot, handle.process.pid, code)
+        await self._restart(handle.slot, clean)
+
+    def _failed_start(self, handle: WorkerHandle, code: int) -> None:
+        """A worker died before it was ready: counted, and logged once per streak of the same error (a crash loop
+        restarts it with backoff for as long as it lasts, and its log must not drown everything else)."""
+        slot = handle.slot
+        self.failed_starts[slot] += 1
+        if self.failed_starts[slot] == CRASH_LOOP_STARTS:
+            self._stop_listening(slot)
+        failure = handle.failure
+        error = failure.error if failure is not None else f"exited with code {code} before it was ready"
+        if error != self.start_errors[slot]:
+            self.start_errors[slot] = error
+            log.error(
+                "worker %d failed to start: %s; restarting it with backoff, /healthz failing until it starts "
+                "(logged once while the error stays the same)%s",
+                slot,
+                error,
+                "\n" + failure.traceback.rstrip() if failure is not None else "",
+            )
+
+    def _stop_listening(self, slot: int) -> None:
+        """A crash-looping slot gives its share of new connections to the other workers: its listening socket
+        (with the connections queued on it, which would wait for a worker that does not come) is replaced by a
+        bound one that listens once a worker starts serving it."""
+        server = self.config.server
+        try:
+            replacement = listener(server.host, server.port, backlog=None)
+        except OSError as exc:
+            log.error("worker %d: cannot rebind %s:%d: %s", slot, server.host, server.port, exc.strerror or exc)
+            return
+        self.sockets[slot].close()
+        self.sockets[slot] = replacement
+
+    def _started(self, slot: int) -> None:
+        if self.failed_starts[slot]:
+            log.info("worker %d started after %d failed starts", slot, self.failed_starts[slot])
+        self.failed_starts[slot] = 0
+        self.start_errors[slot] = None
+        self.backoff_s[slot] = 0.0
+
+    def crash_loops(self) -> list[dict[str, object]]:
+        """The slots whose worker keeps failing at start, with the last error and the backoff before the next try."""
+        return [
+            {
+                "slot": slot,
+                "failed_starts": self.failed_starts[slot],
+                "error": self.start_errors[slot],
+                "backoff_s": self.backoff_s[slot],
+            }
+            for slot in range(self.slots)
+            if self.failed_starts[slot] >= CRASH_LOOP_STARTS
+        ]
+
+    def _bury(self, handle: WorkerHandle) -> None:
+        """Keeps an exited worker's counters so the totals stay monotonic; gauges do not carry over."""
+        last = msgspec.structs.replace(
+            handle.snapshot,
+            connections=0,
+            collectors={
+                name: msgspec.structs.replace(stats, pending=0, healthy=True)
+                for name, stats in handle.snapshot.collectors.items()
+            },
+        )
+        self.retired = add(self.retired, last)
+        self.retiring.discard(handle)
+        if self.workers.get(handle.slot) is handle:
+            del self.workers[handle.slot]
+        self._count_ready()
+
+    def _spawn_or_retry(self, slot: int) -> None:
+        """Starts a slot's worker; one that cannot be started now (out of descriptors, memory or processes) is
+        logged at once and retried with backoff until it starts."""
+        try:
+            self._spawn(slot, self.loaded.version)
+        except OSError as exc:
+            self._spawn_failed(slot, exc)
+            self._retry_later(slot)
+
+    def _spawn_failed(self, slot: int, exc: OSError) -> None:
+        self.state.spawn_failures += 1
+        log.error("worker %d: cannot start a process: %s; retrying with backoff", slot, exc.strerror or exc)
+
+    def _retry_later(self, slot: int) -> None:
+        task = asyncio.get_running_loop().create_task(self._restart(slot, clean=False))
+        self._retries.add(task)
+        task.add_done_callback(self._retries.discard)
+
+    async def _restart(self, slot: int, clean: bool) -> None:
+        while True:
+            attempt = self.restart_counts[slot]
+            self.restart_counts[slot] += 1
+            delay = self.backoff_s[slot] = RESTART_BACKOFF_S[min(attempt, len(RESTART_BACKOFF_S) - 1)]
+            await asyncio.sleep(delay)
+            if self.shutting_down or slot in self.workers:
+                return
+            self.state.restarts += 1
+            try:
+                handle = self._spawn(slot, self.loaded.version)
+            except OSError as exc:  # e.g. EMFILE: the slot must not stay empty, so try again after the backoff
+                self._spawn_failed(slot, exc)
+                continue
+            try:
+                await asyncio.wait_for(asyncio.shield(handle.ready), READY_TIMEOUT_S)
+                self.restart_counts[slot] = 0
+            except (TimeoutError, RuntimeError):
+                pass
+            return
+
+    def _retire(self, handle: WorkerHandle) -> None:
+        handle.retiring = True
+        if self.workers.get(handle.slot) is handle:
+            del self.workers[handle.slot]
+        self.retiring.add(handle)
+        if handle.process.poll() is None:
+            handle.process.send_signal(signal.SIGTERM)
+
+    def _count_ready(self) -> None:
+        self.state.workers_ready = sum(
+            1 for h in self.workers.values() if h.ready.done() and not h.ready.exception() and not h.retiring
+        )
+
+    # --- reload --------------------------------------------------------------------------------------------------
+
+    async def reload(self) -> None:
+        """New workers with the new configuration first; old workers drain only once all new ones are ready."""
+        assert self._reloading is not None
+        async with self._reloading:
+            if self.shutting_down:
+                return
+            try:
+                loaded = load(self.config_path)
+                resolve_secrets(loaded)  # a secret gone missing refuses the reload, not the new workers
+            except ConfigError as exc:
+                self.state.reload_failures += 1
+                log.error("reload refused, keeping the running configuration:\n%s", exc)
+                return
+            config = self._keep_listening(self.overrides.apply(loaded.config))
+            previous = (self.config, self.loaded)
+            self.config, self.loaded = config, loaded
+            old = list(self.workers.values())
+            self.workers.clear()
+            fresh: list[WorkerHandle] = []
+            try:
+                fresh.extend(self._spawn(slot, loaded.version, probation=True) for slot in range(self.slots))
+                await asyncio.wait_for(asyncio.gather(*(asyncio.shield(h.ready) for h in fresh)), READY_TIMEOUT_S)
+            except (TimeoutError, RuntimeError, OSError) as exc:
+                log.error("reload failed, new workers not ready (%s); keeping the running workers", exc)
+                self.state.reload_failures += 1
+                self.config, self.loaded = previous
+                for handle in fresh:
+                    self._retire(handle)
+                self.workers = {h.slot: h for h in old}
+                self._count_ready()
+                return
+            for handle in old:
+                self._retire(handle)
+            self._count_ready()
+            self.state.reloads += 1
+            log.info("reloaded configuration %s (version %s)", loaded.source, loaded.version)
+
+    def _keep_listening(self, config: Config) -> Config:
+        """Sockets and the admin port outlive reloads: changing them needs a restart, and we say so."""
+        server, admin = self.config.server, self.config.admin
+        if (
+            (config.server.host, config.server.port) != (server.host, server.port)
+            or (config.server.workers != server.workers)
+            or (config.admin.host, config.admin.port) != (admin.host, admin.port)
+        ):
+            log.warning("host, port, workers and admin address change only on restart; keeping the current ones")
+        return msgspec.structs.replace(
+            config,
+            server=msgspec.structs.replace(config.server, host=server.host, port=server.port, workers=server.workers),
+            admin=admin,
+        )
+
+    # --- logs ----------------------------------------------------------------------------------------------------
+
+    def _finalize_logs(self, pid: int | None) -> None:
+        """Compresses log files left by dead workers (at start: all of them; after a crash: that worker's)."""
+        for collector in self.config.collectors.values():
+            if isinstance(collector, LogCollectorConfig) and collector.compression != "none":
+                directory: Path = log_dir(self.config.data_dir, collector)
+                try:
+                    finalize_orphans(directory, pid, collector.compression, collector.compression_level)
+                except OSError as exc:
+                    log.error("cannot finalize log files in %s: %s", directory, exc)
+
+    # --- admin ---------------------------------------------------------------------------------------------------
+
+    def totals(self) -> Snapshot:
+        total = self.retired
+        for handle in [*self.workers.values(), *self.retiring]:
+            total = add(total, handle.snapshot)
+        return total
+
+    def _admin_server(self, auth: BearerCheck | None = None) -> AdminServer:
+        admin = AdminServer(self.config.admin.limits, auth, PUBLIC_PATHS)
+        self.state.admin_connections = admin.counts
+        registry = metrics.registry(self.totals, self.state)
+        registry.register(self.shipping.metrics())
+        registry.register(LogDiskMetrics(lambda: self.config))
+
+        async def healthz(_: AdminRequest) -> AdminResponse:
+            crash_loops = self.crash_loops()
+            if crash_loops:
+                reason = "; ".join(f"worker {c['slot']} fails at start: {c['error']}" for c in crash_loops)
+                return AdminResponse.json(503, {"status": "crash_loop", "reason": reason, "crash_looping": crash_loops})
+            return AdminResponse.json(200, {"status": "ok"})
+
+        async def readyz(_: AdminRequest) -> AdminResponse:
+            live = Snapshot()
+            for handle in self.workers.values():
+                live = add(live, handle.snapshot)
+            failing = sorted(name for name, c in live.collectors.items() if c.required and not c.healthy)
+            crash_loops = self.crash_loops()
+            ready = not self.shutting_down and self.state.workers_ready >= self.slots and not failing
+            return AdminResponse.json(
+                200 if ready else 503,
+                {
+                    "ready": ready,
+                    "workers_ready": self.state.workers_ready,
+                    "workers": self.slots,
+                    "draining": self.shutting_down,
+                    "required_collectors_unhealthy": failing,
+                    "crash_looping": crash_loops,
+                    "config_version": self.loaded.version,
+                },
+            )
+
+        async def prometheus(_: AdminRequest) -> AdminResponse:
+            return AdminResponse(200, metrics.render(registry), "text/plain; version=0.0.4; charset=utf-8")
+
+        openapi: dict[str, bytes] = {}  # by config version: built on first request after each reload
+
+        async def openapi_json(_: AdminRequest) -> AdminResponse:
+            version = self.loaded.version
+            if version not in openapi:
+                openapi.clear()
+                openapi[version] = openapi_document_json(replace(self.loaded, config=self.config))
+            return AdminResponse(200, openapi[version])
+
+        # Served from the one route table that documents them (admin/routes.py): core routes, then plugins'. The
+        # probe listener, when configured, serves the public ones (the probes) only.
+        core = {"/healthz": healthz, "/readyz": readyz, "/metrics": prometheus, "/openapi.json": openapi_json}
+        if self.config.admin.probe_port is not None:
+            self.probes = AdminServer(self.config.admin.limits, public_paths=PUBLIC_PATHS)
+            self.probes.counts = admin.counts  # one count for both listeners
+        for endpoint in CORE_ROUTES:
+            admin.route(endpoint.method, endpoint.path, core[endpoint.path])
+            if endpoint.public and self.probes is not None:
+                self.probes.route(endpoint.method, endpoint.path, core[endpoint.path])
+        for route in plugin_routes(plugin_registry()):
+            admin.route(route.method, route.path, functools.partial(self._plugin_route, route.handler))
+        return admin
+
+    async def _plugin_route(self, handler: AdminHandler, request: AdminRequest) -> AdminResponse:
+        return await handler(request, self.loaded.config)
+
+
+def raise_fd_limit() -> None:
+    """Raises the soft RLIMIT_NOFILE to the hard limit: the supervisor's descriptors (workers' channels, admin
+    connections, log files) must not run out at a default soft limit of 1024."""
+    soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
+    if soft < hard:
+        try:
+            resource.setrlimit(resource.RLIMIT_NOFILE, (hard, hard))
+        except (OSError, ValueError) as exc:
+            log.warning("cannot raise the file descriptor limit from %d to %d: %s", soft, hard, exc)
+
+
+def run(loaded: LoadedConfig, config_path: str | None, overrides: Overrides) -> int:
+    import uvloop
+
+    logging.basicConfig(level=logging.INFO, stream=sys.stderr, format="%(asctime)s %(name)s %(levelname)s %(message)s")
+    return uvloop.run(Supervisor(loaded, config_path, overrides).run())

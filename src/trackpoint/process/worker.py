@@ -1,0 +1,110 @@
+"""A worker process: receives its configuration from the supervisor, serves the shared port, drains on SIGTERM.
+
+Started by the supervisor as `python -m trackpoint.process.worker --slot N --listen-fd F --control-fd C`.
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import contextlib
+import gc
+import logging
+import os
+import signal
+import socket
+import sys
+
+import uvloop
+
+from trackpoint.edge.protocol import EdgeProtocol
+from trackpoint.edge.runtime import Edge
+from trackpoint.event import reseed_random_ids
+from trackpoint.plugins import registry
+from trackpoint.process import control
+
+log = logging.getLogger("trackpoint.worker")
+
+STATS_INTERVAL_S = 1.0
+GC_YOUNG_THRESHOLD = 20_000
+
+
+# The exit code of a worker that could not start (it has told the supervisor why).
+EXIT_START_FAILED = 3
+
+
+async def serve(start: control.Start, listener: socket.socket, channel: socket.socket) -> bool:
+    """Serves until SIGTERM (or the supervisor is gone); False when the worker could not start."""
+    loop = asyncio.get_running_loop()
+    try:
+        config = start.decode_config()
+        edge = Edge(config, start.version, start.slot, registry())
+        await edge.start_collectors()
+        server = await loop.create_server(lambda: EdgeProtocol(edge), sock=listener, backlog=config.server.backlog)
+    except Exception as exc:  # the supervisor logs the reason once, however often the restarted worker fails
+        with contextlib.suppress(OSError):
+            channel.sendall(control.frame(control.Failed.of(exc)))  # still blocking: before the loop owns it
+        return False
+    # Everything built so far (config, routes, the user-agent parser's thousands of matchers) lives as long as the
+    # worker: freezing it keeps the collector from re-scanning it, and a larger young generation makes the
+    # per-request garbage cheaper to collect.
+    gc.collect()
+    gc.freeze()
+    gc.set_threshold(GC_YOUNG_THRESHOLD, 20, 100)
+    stop = asyncio.Event()
+    loop.add_signal_handler(signal.SIGTERM, stop.set)
+    reader, writer = await asyncio.open_unix_connection(sock=channel)
+    writer.write(control.frame(control.Ready(pid=os.getpid())))
+    background = [
+        loop.create_task(edge.run_timers(), name="timers"),
+        loop.create_task(_report(edge, writer), name="stats"),
+        loop.create_task(_watch_supervisor(reader, stop), name="supervisor"),
+    ]
+    await stop.wait()
+    # Drain: stop accepting (the supervisor keeps the socket, so queued connections wait for the next worker),
+    # finish in-flight requests, flush every collector, report the final counters.
+    server.close()
+    await edge.drain(config.server.drain_timeout_s)
+    for task in background:
+        task.cancel()
+    with contextlib.suppress(ConnectionError):
+        writer.write(control.frame(control.Bye(snapshot=edge.snapshot())))
+        await writer.drain()
+        writer.close()
+    return True
+
+
+async def _report(edge: Edge, writer: asyncio.StreamWriter) -> None:
+    while True:
+        await asyncio.sleep(STATS_INTERVAL_S)
+        writer.write(control.frame(control.Stats(snapshot=edge.snapshot())))
+
+
+async def _watch_supervisor(reader: asyncio.StreamReader, stop: asyncio.Event) -> None:
+    """A worker whose supervisor is gone drains and exits rather than live on as an orphan."""
+    await reader.read()
+    stop.set()
+
+
+def main(argv: list[str] | None = None) -> None:
+    parser = argparse.ArgumentParser(prog="trackpoint-worker")
+    parser.add_argument("--slot", type=int, required=True)
+    parser.add_argument("--listen-fd", type=int, required=True)
+    parser.add_argument("--control-fd", type=int, required=True)
+    args = parser.parse_args(argv)
+    logging.basicConfig(
+        level=logging.INFO,
+        stream=sys.stderr,
+        format=f"%(asctime)s worker-{args.slot} %(levelname)s %(message)s",
+    )
+    signal.signal(signal.SIGINT, signal.SIG_IGN)  # Ctrl-C reaches the supervisor, which drains us with SIGTERM
+    reseed_random_ids()
+    channel = socket.socket(fileno=args.control_fd)
+    listener = socket.socket(fileno=args.listen_fd)
+    start = control.receive_start(channel)
+    if not uvloop.run(serve(start, listener, channel)):
+        sys.exit(EXIT_START_FAILED)
+
+
+if __name__ == "__main__":
+    main()

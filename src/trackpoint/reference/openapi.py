@@ -1,0 +1,214 @@
+"""The OpenAPI 3.1 document of a configuration: every event type's paths and methods with its fields as parameters
+or body properties (type, limits, required, default), its response and its rejections, plus the admin port's routes.
+
+It is generated from the same structs the edge runs on, so it cannot drift from the tracker: `trackpoint docs`
+writes it beside the reference pages, and the admin port serves the running configuration's at `/openapi.json`.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+import msgspec
+
+from trackpoint.admin.routes import admin_endpoints
+from trackpoint.config.load import LoadedConfig
+from trackpoint.config.model import EventTypeSpec, FieldSpec
+from trackpoint.fields.reasons import statuses
+
+Schema = dict[str, Any]
+
+_REJECTION: Schema = {
+    "type": "object",
+    "required": ["error"],
+    "properties": {
+        "error": {"type": "string", "description": "The reason code, also in the `X-Reject-Reason` header."},
+        "field": {"type": "string", "description": "The field at fault, when there is one."},
+    },
+}
+# Statuses the edge answers before or instead of recording an event, each with its reason codes (one table).
+_REJECTIONS = {
+    str(status): "\n".join(f"- `{entry.reason}`: {entry.description}" for entry in entries)
+    for status, entries in statuses().items()
+}
+_BOOL_WORDS = ["1", "0", "true", "false", "yes", "no"]
+
+
+def openapi_document(loaded: LoadedConfig) -> dict[str, Any]:
+    """The OpenAPI 3.1 document of `loaded`: the tracking port's endpoints, then the admin port's (with their own
+    `servers` entry, since they are served on another address)."""
+    config = loaded.config
+    paths: dict[str, dict[str, Any]] = {}
+    for name, spec in config.event_types.items():
+        for index, path in enumerate(spec.paths):
+            item = paths.setdefault(path, {})
+            for method in spec.methods:
+                suffix = f"_{index}" if index else ""
+                item[method.lower()] = _operation(name, spec, method, f"{name}_{method.lower()}{suffix}")
+    admin_server = {"url": f"http://{config.admin.host}:{config.admin.port}", "description": "The admin port."}
+    for endpoint in admin_endpoints():
+        admin_method, path, summary = endpoint.method, endpoint.path, endpoint.summary
+        item = paths.setdefault(path, {"servers": [admin_server]})
+        if "servers" not in item:  # an event type took this path on the tracking port: it wins there
+            continue
+        words = [part.strip("{}") for part in path.strip("/").split("/")]
+        operation: dict[str, Any] = {
+            "tags": ["admin"],
+            "summary": summary,
+            "operationId": "_".join(["admin", *words, admin_method.lower()]),
+            "responses": {"200": {"description": "OK"}},
+        }
+        parameters = [
+            {"name": part[1:-1], "in": "path", "required": True, "schema": {"type": "string"}}
+            for part in path.split("/")
+            if part.startswith("{")
+        ]
+        if parameters:
+            operation["parameters"] = parameters
+        if not endpoint.public:
+            operation["security"] = [{"adminToken": []}]
+            operation["responses"]["401"] = {"description": "No or wrong `Authorization: Bearer` admin token."}
+        item[admin_method.lower()] = operation
+    server = config.server
+    return {
+        "openapi": "3.1.0",
+        "info": {
+            "title": "trackpoint",
+            "version": loaded.version,
+            "description": f"The endpoints of the configuration `{loaded.source}` (version `{loaded.version}`).",
+        },
+        "servers": [{"url": f"http://{server.host}:{server.port}", "description": "The tracking port."}],
+        "paths": paths,
+        "components": {
+            "securitySchemes": {
+                "adminToken": {
+                    "type": "http",
+                    "scheme": "bearer",
+                    "description": "The admin token (admin.token_env, admin.token_file, or data_dir/keys/admin.token).",
+                }
+            },
+            "schemas": {"Rejection": _REJECTION},
+            "headers": {
+                "X-Reject-Reason": {
+                    "description": "The machine-readable reason of a rejection (as counted in /metrics).",
+                    "schema": {"type": "string"},
+                }
+            },
+            "responses": {
+                status: {
+                    "description": text,
+                    "headers": {"X-Reject-Reason": {"$ref": "#/components/headers/X-Reject-Reason"}},
+                    "content": {"application/json": {"schema": {"$ref": "#/components/schemas/Rejection"}}},
+                }
+                for status, text in _REJECTIONS.items()
+            },
+        },
+    }
+
+
+def openapi_json(loaded: LoadedConfig) -> bytes:
+    """The document as indented JSON with a final newline (the committed file and `/openapi.json`)."""
+    return msgspec.json.format(msgspec.json.encode(openapi_document(loaded)), indent=2) + b"\n"
+
+
+def _operation(name: str, spec: EventTypeSpec, method: str, operation_id: str) -> dict[str, Any]:
+    in_body = method == "POST"
+    parameters: list[dict[str, Any]] = []
+    body: dict[str, Schema] = {}
+    required: list[str] = []
+    for field_name, field in spec.fields.items():
+        key = field.name or field_name
+        if field.source == "ip":
+            continue
+        if field.source in ("form", "json") or (field.source == "param" and in_body):
+            body[key] = _schema(field)
+            if field.required:
+                required.append(key)
+            continue
+        location = {"param": "query", "query": "query", "header": "header", "cookie": "cookie"}[field.source]
+        parameter: dict[str, Any] = {"name": key, "in": location, "schema": _schema(field)}
+        if field.required:
+            parameter["required"] = True
+        parameters.append(parameter)
+    if spec.signature != "off":
+        for key, text in (
+            ("kid", "Signing key id."),
+            ("exp", "Expiry, epoch seconds."),
+            ("sig", "HMAC of the URL (see `trackpoint sign`)."),
+        ):
+            parameters.append(
+                {"name": key, "in": "query", "required": spec.signature == "required", "description": text}
+                | {"schema": {"type": "string"}}
+            )
+    key = ", ".join(f"`{f}`" for f in spec.dedupe_key) or "none (a time-ordered random id)"
+    operation: dict[str, Any] = {
+        "tags": [name],
+        "summary": f"Record a `{name}` event.",
+        "description": (
+            f"Event id from: {key}. Preprocessors: {', '.join(spec.preprocessors) or 'none'}. "
+            f"Collectors: {', '.join(spec.collectors) or 'none'}. The response never waits for a collector."
+        ),
+        "operationId": operation_id,
+        "responses": _responses(spec)
+        | {status: {"$ref": f"#/components/responses/{status}"} for status in _REJECTIONS},
+    }
+    if parameters:
+        operation["parameters"] = parameters
+    if body:
+        schema: Schema = {"type": "object", "properties": body}
+        if required:
+            schema["required"] = required
+        operation["requestBody"] = {
+            "required": bool(required),
+            "content": {
+                "application/x-www-form-urlencoded": {"schema": schema},
+                "application/json": {"schema": schema},
+            },
+        }
+    return operation
+
+
+def _responses(spec: EventTypeSpec) -> dict[str, Any]:
+    kind = spec.response.kind
+    if kind == "gif":
+        return {"200": {"description": "A 43-byte transparent GIF.", "content": {"image/gif": {}}}}
+    if kind == "no_content":
+        return {"204": {"description": "Recorded."}}
+    if kind == "json":
+        schema = {"type": "object", "required": ["id"], "properties": {"id": {"type": "string"}}}
+        return {"200": {"description": "The event id.", "content": {"application/json": {"schema": schema}}}}
+    hosts = ", ".join(spec.response.allow_hosts) or "none"
+    return {
+        "302": {
+            "description": f"To the destination in `{spec.response.redirect_field}` (allowed hosts: {hosts}).",
+            "headers": {"Location": {"schema": {"type": "string", "format": "uri"}}},
+        }
+    }
+
+
+def _schema(field: FieldSpec) -> Schema:
+    """The JSON Schema of a field's raw value. `max_len` bounds the raw text of every type."""
+    bounds: Schema = {}
+    if field.min is not None:
+        bounds["minimum"] = field.min
+    if field.max is not None:
+        bounds["maximum"] = field.max
+    schema: Schema
+    match field.type:
+        case "string":
+            schema = {"type": "string", "maxLength": field.max_len}
+        case "enum":
+            schema = {"type": "string", "enum": list(field.values or [])}
+        case "int":
+            schema = {"type": "integer"} | bounds
+        case "decimal" | "money" | "price":
+            schema = {"type": "number"} | bounds
+        case "bool":
+            schema = {"type": ["boolean", "string"], "enum": [True, False, *_BOOL_WORDS]}
+        case "duration":
+            schema = {"type": ["number", "string"], "description": "Seconds, or a VAST timecode HH:MM:SS.mmm."}
+        case "timestamp":
+            schema = {"type": ["integer", "string"], "description": "Epoch seconds, epoch ms or ISO 8601."}
+    if field.default is not None:
+        schema["default"] = field.default
+    return schema
