@@ -101,11 +101,11 @@ class EdgeProtocol(asyncio.Protocol):
     def connection_made(self, transport: asyncio.BaseTransport) -> None:
         self.transport = cast(asyncio.Transport, transport)  # uvloop's transports are not its subclasses
         edge = self.edge
-        # A draining worker still serves what it accepted before its listener closed (the answer says
-        # `Connection: close`): refusing it would fail a request that a reload must not fail.
         peer = transport.get_extra_info("peername")
         self.peer_ip = peer[0] if isinstance(peer, tuple) else "127.0.0.1"
         self.trusted_peer = edge.is_trusted_proxy(self.peer_ip)
+        # Refused only over a connection cap. A draining worker still serves what it accepted before its listener
+        # closed (the answer says `Connection: close`): refusing it would fail a request a reload must not fail.
         refusal = edge.admit(self)
         if refusal is not None:
             edge.stats.reject(refusal)
