@@ -489,9 +489,8 @@ class EdgeProtocol(asyncio.Protocol):
 
     def refuse_now(self, reason: str) -> None:
         """The fsync its held answers waited for failed (durability power): one 503 instead of them, then close."""
-        self.edge.stats.reject(reason)
-        self.closing = True
-        self.write_output(self.edge.reject_response(503, reason, None, False, False), AFTER_CLOSE)
+        self.refuse_unrecorded(reason)
+        self.flush()
         self.transport = None  # answers still held for later fsyncs are not written after this one
 
     def close(self) -> None:
