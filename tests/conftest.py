@@ -266,6 +266,38 @@ def tracker(tracker_factory: Any) -> Tracker:
     return result
 
 
+# --- a real browser ------------------------------------------------------------------------------------------------
+
+# Debian's chromium (installed by scripts/services), driven by Playwright for Python: no browser download.
+CHROMIUM = os.environ.get("TRACKPOINT_CHROMIUM", "/usr/bin/chromium")
+# The flags a root, headless, offline machine needs: without the background-networking ones chromium keeps trying
+# hosts this network refuses.
+CHROMIUM_ARGS = (
+    "--no-sandbox",
+    "--disable-gpu",
+    "--disable-quic",
+    "--no-first-run",
+    "--disable-background-networking",
+    "--disable-component-update",
+    "--disable-sync",
+)
+
+
+@pytest.fixture(scope="session")
+def browser() -> Iterator[Any]:
+    """One headless chromium for the session (a Playwright `Browser`); each test opens its own context."""
+    if not Path(CHROMIUM).exists():
+        pytest.skip(f"no chromium at {CHROMIUM}: scripts/services installs Debian's chromium package")
+    from playwright.sync_api import sync_playwright
+
+    with sync_playwright() as playwright:
+        launched = playwright.chromium.launch(executable_path=CHROMIUM, headless=True, args=list(CHROMIUM_ARGS))
+        try:
+            yield launched
+        finally:
+            launched.close()
+
+
 os.environ.setdefault("PYTHONUNBUFFERED", "1")
 # Every CLI command takes its file from TRACKPOINT_CONFIG when --config is absent: the suite's default-config runs
 # (the generated reference, the default endpoints) must not pick up a developer's own.
@@ -287,6 +319,7 @@ E2E_FIXTURES = frozenset({
     "azurite",
     "target_name",  # the conformance suite's real targets
     "rendered",  # test_deploy: the Kubernetes overlays, rendered by `kubectl kustomize`
+    "browser",  # a headless chromium (Playwright)
 })  # fmt: skip
 
 # Where the suite's services listen (Redis, NATS, PostgreSQL, RabbitMQ, Azurite): a unit test never connects there.
