@@ -21,6 +21,7 @@ import pytest
 import yaml
 
 from conftest import Tracker, free_port
+from trackpoint.collectors.log.reader import read_events
 from trackpoint.config import load
 from trackpoint.process.supervisor import available_cpus
 
@@ -215,3 +216,43 @@ def test_admin_host_and_config_come_from_the_command_line_and_environment(tmp_pa
     finally:
         process.send_signal(signal.SIGTERM)
         assert process.wait(30) == 0
+
+
+@pytest.mark.e2e
+def test_the_embedded_default_runs_in_a_fresh_directory(tmp_path: Path) -> None:
+    """The README's first command: `trackpoint run` with no file, in an empty directory, so data_dir is the relative
+    `./trackpoint-data`. Every file it keeps there (the generated admin token and signing key) is found again."""
+    port, admin_port = free_port(), free_port()
+    command = [sys.executable, "-m", "trackpoint", "run", "--workers", "1", "--port", str(port)]
+    command += ["--admin-port", str(admin_port)]
+    environment = {key: value for key, value in os.environ.items() if key != "TRACKPOINT_CONFIG"}
+    process = subprocess.Popen(command, cwd=tmp_path, env=environment, stdout=subprocess.PIPE, stderr=subprocess.STDOUT)
+    data = tmp_path / "trackpoint-data"
+    try:
+        deadline = time.monotonic() + 20
+        while True:
+            assert process.poll() is None, process.communicate()[0].decode()
+            try:
+                connection = http.client.HTTPConnection("127.0.0.1", admin_port, timeout=2)
+                connection.request("GET", "/readyz")
+                ready = connection.getresponse().status == 200
+                connection.close()
+                if ready:
+                    break
+            except OSError:
+                pass
+            assert time.monotonic() < deadline, "the embedded default never became ready"
+            time.sleep(0.05)
+        connection = http.client.HTTPConnection("127.0.0.1", port, timeout=5)
+        connection.request("GET", "/i?imp=fresh-1&cid=c1")
+        response = connection.getresponse()
+        assert (response.status, response.read()[:4]) == (200, b"GIF8")
+        token = (data / "keys" / "admin.token").read_text().strip()
+        connection = http.client.HTTPConnection("127.0.0.1", admin_port, timeout=5)
+        connection.request("GET", "/metrics", headers={"Authorization": f"Bearer {token}"})
+        assert connection.getresponse().status == 200
+    finally:
+        process.send_signal(signal.SIGTERM)
+        assert process.wait(30) == 0
+    assert not (data / "trackpoint-data").exists()  # nothing resolved against data_dir twice
+    assert [event.dims["imp"] for event in read_events([data / "logs"])] == ["fresh-1"]

@@ -35,11 +35,11 @@ def token_configured(admin: AdminConfig) -> bool:
 
 def read_admin_token(admin: AdminConfig, data_dir: str) -> bytes:
     """The admin token; with none configured, the generated one (created, mode 0600, on first use)."""
-    path = token_path(admin, data_dir)
     if not token_configured(admin):
-        create_key_file(path)
+        create_key_file(token_path(admin, data_dir))
+    file = None if admin.token_env else admin.token_file or GENERATED_TOKEN_FILE  # read_secret joins data_dir
     try:  # the rule of every secret: at least 16 bytes, surrounding whitespace ignored
-        return read_secret("token", admin.token_env, None if admin.token_env else str(path), data_dir)
+        return read_secret("token", admin.token_env, file, data_dir)
     except SecretError as exc:
         raise AdminTokenError(f"admin {exc}") from None
 
