@@ -1,0 +1,3 @@
+module trackpoint.bench/peer
+
+go 1.19
