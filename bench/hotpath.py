@@ -1,0 +1,125 @@
+"""The hot path in one process, without the network: CPU per request of edge -> build -> preprocess -> respond ->
+record (the log's group commit included), on the embedded default configuration's impression endpoint.
+
+Connections are the edge's own protocol objects over a transport that keeps what is written; each event-loop
+iteration, every connection receives one request (as 64 keep-alive clients would send them) and the iteration's
+output step runs as in a worker. What it measures is the Python side of a request: no kernel, no wrk, so it is
+steady on a busy machine where the end-to-end benchmark is not, and it is where an optimisation of the request path
+is measured before and after (`--profile` shows where the time goes).
+
+    .venv/bin/python bench/hotpath.py [--requests N] [--connections C] [--profile]
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import cProfile
+import pstats
+import sys
+import tempfile
+import time
+from pathlib import Path
+from typing import Any, cast
+
+import uvloop
+
+from harness import USER_AGENT
+from trackpoint.config.load import load
+from trackpoint.edge.protocol import EdgeProtocol
+from trackpoint.edge.runtime import Edge
+from trackpoint.plugins import registry
+
+REQUEST = (
+    "GET /i?imp=bench-imp-{n}&cid=cmp-42&crid=crv-7&pub=pub-1001 HTTP/1.1\r\n"
+    "Host: track.example.com\r\n"
+    f"User-Agent: {USER_AGENT}\r\n"
+    "Accept: image/avif,image/webp,*/*\r\n"
+    "Referer: https://news.example.org/article\r\n"
+    "\r\n"
+)
+
+
+class Transport(asyncio.Transport):
+    """Keeps a count of the bytes written; a peer on loopback."""
+
+    def __init__(self, peer: str) -> None:
+        super().__init__()
+        self.peer = peer
+        self.written = 0
+
+    def get_extra_info(self, name: str, default: Any = None) -> Any:
+        return (self.peer, 40000) if name == "peername" else default
+
+    def write(self, data: bytes | bytearray | memoryview) -> None:
+        self.written += len(data)
+
+    def writelines(self, lines: Any) -> None:
+        for line in lines:
+            self.write(line)
+
+    def is_closing(self) -> bool:
+        return False
+
+    def close(self) -> None:
+        pass
+
+    def get_write_buffer_size(self) -> int:
+        return 0
+
+
+async def run(requests: int, connections: int, profile: cProfile.Profile | None) -> float:
+    """CPU µs per request over `requests` requests."""
+    with tempfile.TemporaryDirectory(prefix="trackpoint-hotpath-") as data_dir:
+        config_file = Path(data_dir) / "trackpoint.yaml"
+        config_file.write_text(f"data_dir: {data_dir}\n")
+        loaded = load(config_file, registry=registry())
+        edge = Edge(loaded.config, loaded.version, 0, registry())
+        await edge.start_collectors()
+        protocols = []
+        for index in range(connections):
+            protocol = EdgeProtocol(edge)
+            protocol.connection_made(Transport(f"198.51.100.{index + 1}"))
+            protocols.append(protocol)
+        payloads = [REQUEST.format(n=n % 997).encode() for n in range(997)]
+        rounds = requests // connections
+        warmup = max(1, rounds // 10)
+        started = 0.0
+        for round_number in range(rounds + warmup):
+            if round_number == warmup:
+                if profile is not None:
+                    profile.enable()
+                started = time.process_time()
+            for index, protocol in enumerate(protocols):
+                protocol.data_received(payloads[(round_number * connections + index) % 997])
+            await asyncio.sleep(0)  # the output step: the group commit, then the responses
+        elapsed = time.process_time() - started
+        if profile is not None:
+            profile.disable()
+        answered = sum(cast(Transport, protocol.transport).written for protocol in protocols)
+        if answered < (rounds + warmup) * connections * 43:
+            raise SystemExit(f"only {answered:,} bytes answered: the requests were not served")
+        for protocol in protocols:
+            protocol.connection_lost(None)
+        await edge.drain(1.0)
+        for collector in edge.collectors.values():
+            await collector.close(1.0)
+    return elapsed / (rounds * connections) * 1e6
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0] if __doc__ else None)
+    parser.add_argument("--requests", type=int, default=200_000)
+    parser.add_argument("--connections", type=int, default=64)
+    parser.add_argument("--profile", action="store_true", help="print the 25 functions with the most own time")
+    options = parser.parse_args(argv)
+    profile = cProfile.Profile() if options.profile else None
+    us = uvloop.run(run(options.requests, options.connections, profile))
+    print(f"{us:.2f} µs CPU per request ({options.requests:,} requests, {options.connections} connections)")
+    if profile is not None:
+        pstats.Stats(profile).sort_stats("tottime").print_stats(25)
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
