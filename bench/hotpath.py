@@ -25,6 +25,7 @@ from typing import Any, cast
 import uvloop
 
 from harness import USER_AGENT
+from trackpoint import _native
 from trackpoint.config.load import load
 from trackpoint.edge.protocol import EdgeProtocol
 from trackpoint.edge.runtime import Edge
@@ -115,7 +116,8 @@ def main(argv: list[str] | None = None) -> int:
     options = parser.parse_args(argv)
     profile = cProfile.Profile() if options.profile else None
     us = uvloop.run(run(options.requests, options.connections, profile))
-    print(f"{us:.2f} µs CPU per request ({options.requests:,} requests, {options.connections} connections)")
+    build = "compiled (mypyc)" if _native.ACTIVE else f"pure Python ({_native.REASON})"
+    print(f"{us:.2f} µs CPU per request, {build} ({options.requests:,} requests, {options.connections} connections)")
     if profile is not None:
         pstats.Stats(profile).sort_stats("tottime").print_stats(25)
     return 0

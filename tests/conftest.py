@@ -6,10 +6,16 @@ Every test is classified `unit` or `e2e` here (see `pytest_collection_modifyitem
 
 from __future__ import annotations
 
+import os
+
+# The suite tests the pure-Python sources of the request path (set before trackpoint is first imported, and
+# inherited by every tracker a test starts); scripts/test repeats the request path's end-to-end tests on the
+# mypyc-compiled build with TRACKPOINT_PURE_PYTHON=0.
+os.environ.setdefault("TRACKPOINT_PURE_PYTHON", "1")
+
 import asyncio
 import contextlib
 import http.client
-import os
 import signal
 import socket
 import subprocess

@@ -1,0 +1,84 @@
+"""Which build of the request path runs: its modules compiled by mypyc into C extensions (`pip install` builds them
+beside their sources, see setup.py), or their pure-Python sources.
+
+The compiled build is the default wherever it is present and current. The sources are imported instead when
+`TRACKPOINT_PURE_PYTHON=1` (the test suite's default, so the pure-Python path stays tested), when an extension is
+missing, or when any source is newer than its extension (an edited checkout: a stale extension would run old code).
+The choice is all or nothing: compiled modules call each other natively, so the build is never mixed.
+
+Imports nothing but the standard library: setup.py reads `COMPILED` from this file before trackpoint is installed.
+"""
+
+from __future__ import annotations
+
+import importlib.abc
+import importlib.machinery
+import importlib.util
+import os
+import sys
+from collections.abc import Sequence
+from pathlib import Path
+from types import ModuleType
+
+# The modules every request runs through, as measured by bench/hotpath.py. A module that defines msgspec Structs
+# stays interpreted (mypyc would compile the Struct subclasses into classes msgspec does not recognise).
+COMPILED = (
+    "trackpoint.fields.build",
+    "trackpoint.fields.converters",
+    "trackpoint.edge.protocol",
+    "trackpoint.edge.runtime",
+    "trackpoint.edge.responses",
+    "trackpoint.collectors.log.collector",
+    "trackpoint.preprocessors.anonymize_ip.preprocessor",
+    "trackpoint.preprocessors.check_consent.preprocessor",
+    "trackpoint.preprocessors.parse_user_agent.preprocessor",
+)
+PURE_PYTHON_VARIABLE = "TRACKPOINT_PURE_PYTHON"
+_ROOT = Path(__file__).resolve().parent.parent  # the directory holding the trackpoint package
+
+
+def _source(module: str) -> Path:
+    return _ROOT.joinpath(*module.split(".")).with_suffix(".py")
+
+
+def _extension(module: str) -> Path | None:
+    source = _source(module)
+    for suffix in importlib.machinery.EXTENSION_SUFFIXES:
+        candidate = source.with_suffix(suffix)
+        if candidate.exists():
+            return candidate
+    return None
+
+
+def why_pure_python() -> str | None:
+    """None when the compiled build runs; otherwise the reason the sources are used."""
+    if os.environ.get(PURE_PYTHON_VARIABLE) == "1":
+        return f"{PURE_PYTHON_VARIABLE}=1"
+    for module in COMPILED:
+        extension = _extension(module)
+        if extension is None:
+            return f"{module} is not compiled"
+        if _source(module).stat().st_mtime > extension.stat().st_mtime:
+            return f"{module} was changed after it was compiled (reinstall: scripts/install)"
+    return None
+
+
+REASON = why_pure_python()
+ACTIVE = REASON is None  # whether this process runs the compiled build
+
+
+class _SourcesFirst(importlib.abc.MetaPathFinder):
+    """Imports the compiled modules from their sources, never from their extensions."""
+
+    def find_spec(
+        self, fullname: str, path: Sequence[str] | None, target: ModuleType | None = None
+    ) -> importlib.machinery.ModuleSpec | None:
+        if fullname not in COMPILED:
+            return None
+        return importlib.util.spec_from_file_location(fullname, _source(fullname))
+
+
+def install() -> None:
+    """Called once by trackpoint/__init__.py, before any compiled module can be imported."""
+    if not ACTIVE and not any(isinstance(finder, _SourcesFirst) for finder in sys.meta_path):
+        sys.meta_path.insert(0, _SourcesFirst())

@@ -1,0 +1,71 @@
+"""The two builds of the request path (trackpoint/_native.py): the suite runs the pure-Python sources, and
+scripts/test repeats the request path's end-to-end tests on the mypyc-compiled build."""
+
+from __future__ import annotations
+
+import ast
+import importlib.machinery
+import os
+import re
+import sys
+import tomllib
+from pathlib import Path
+
+import pytest
+
+import trackpoint
+from trackpoint import _native
+
+ROOT = Path(__file__).resolve().parent.parent
+
+
+def test_each_process_runs_the_build_its_environment_asks_for() -> None:
+    wanted_pure = os.environ.get(_native.PURE_PYTHON_VARIABLE) == "1"
+    assert _native.ACTIVE is not wanted_pure, _native.REASON
+    for name in _native.COMPILED:
+        __import__(name)
+        suffix = Path(sys.modules[name].__file__ or "").suffix
+        assert (suffix == ".py") is wanted_pure, f"{name} loaded from {sys.modules[name].__file__}"
+
+
+def test_compiled_modules_are_the_request_path_and_define_no_struct() -> None:
+    """Every listed module exists; none defines a msgspec Struct (mypyc's classes are not Structs msgspec knows)."""
+    for name in _native.COMPILED:
+        source = Path(trackpoint.__file__).parent.parent.joinpath(*name.split(".")).with_suffix(".py")
+        tree = ast.parse(source.read_text())
+        for node in ast.walk(tree):
+            if isinstance(node, ast.ClassDef):
+                bases = {ast.unparse(base) for base in node.bases}
+                assert not bases & {"Struct", "msgspec.Struct"}, f"{name}.{node.name} is a Struct"
+
+
+def test_a_source_newer_than_its_extension_falls_back_to_the_sources(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    suffix = importlib.machinery.EXTENSION_SUFFIXES[0]
+    source = tmp_path / "trackpoint" / "fields" / "build.py"
+    source.parent.mkdir(parents=True)
+    source.write_text("")
+    extension = source.with_suffix(suffix)
+    extension.write_bytes(b"")
+    os.utime(extension, (1_000, 1_000))
+    os.utime(source, (2_000, 2_000))
+    monkeypatch.setattr(_native, "_ROOT", tmp_path)
+    monkeypatch.setattr(_native, "COMPILED", ("trackpoint.fields.build",))
+    monkeypatch.setenv(_native.PURE_PYTHON_VARIABLE, "0")
+    assert "changed after it was compiled" in (_native.why_pure_python() or "")
+    os.utime(extension, (3_000, 3_000))
+    assert _native.why_pure_python() is None
+    extension.unlink()
+    assert "is not compiled" in (_native.why_pure_python() or "")
+    monkeypatch.setenv(_native.PURE_PYTHON_VARIABLE, "1")
+    assert _native.why_pure_python() == "TRACKPOINT_PURE_PYTHON=1"
+
+
+def test_the_build_uses_the_mypyc_the_suite_checks_with() -> None:
+    """setup.py compiles with the mypy of pyproject's build requirements: the one the dev lock pins."""
+    requires = tomllib.loads((ROOT / "pyproject.toml").read_text())["build-system"]["requires"]
+    [build_mypy] = [requirement for requirement in requires if requirement.startswith("mypy")]
+    locked = re.search(r"^mypy==(\S+)", (ROOT / "requirements" / "dev.txt").read_text(), re.M)
+    assert locked is not None
+    assert build_mypy == f"mypy=={locked.group(1)}"
