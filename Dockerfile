@@ -19,11 +19,17 @@ ARG EXTRAS=""
 WORKDIR /build
 COPY requirements ./requirements
 # Dependencies first, from the lock (exact versions, hash-checked), in a layer of their own that source changes
-# keep cached. Every dependency ships manylinux wheels: no compiler is needed, here or later.
+# keep cached. Every dependency ships manylinux wheels.
 RUN python -m venv /opt/trackpoint \
     && /opt/trackpoint/bin/pip install --no-cache-dir --require-hashes --only-binary=:all: \
         -r "requirements/run${EXTRAS:+-$EXTRAS}.txt"
-COPY pyproject.toml README.md ./
+# A C compiler for the request path's modules, which the install compiles with mypyc (setup.py); only in this
+# stage: the runtime image gets the built extensions. Debian's current gcc, whatever its patch release.
+# hadolint ignore=DL3008
+RUN apt-get update \
+    && apt-get install -y --no-install-recommends gcc libc6-dev \
+    && rm -rf /var/lib/apt/lists/*
+COPY pyproject.toml setup.py README.md ./
 COPY src ./src
 # trackpoint itself; --no-deps: its dependencies are the lock's, never resolved afresh.
 RUN /opt/trackpoint/bin/pip install --no-cache-dir --no-deps . \
