@@ -132,6 +132,16 @@ def _collector_metrics(snap: Snapshot) -> Iterator[Metric]:
         "spooled_events": GaugeMetricFamily(
             "trackpoint_collector_spooled_events", "Events waiting in the disk spool.", labels=["collector"]
         ),
+        "spool_max_bytes": GaugeMetricFamily(
+            "trackpoint_collector_spool_max_bytes",
+            "What the disk spools may hold (spool.max_bytes per worker, summed; 0: spool off).",
+            labels=["collector"],
+        ),
+        "last_success_s": GaugeMetricFamily(
+            "trackpoint_collector_last_success_timestamp_seconds",
+            "When the collector last delivered events (Unix time, to the second; 0: not since start).",
+            labels=["collector"],
+        ),
     }
     healthy = GaugeMetricFamily(
         "trackpoint_collector_healthy", "1 when every worker's collector is healthy.", labels=["collector"]
