@@ -8,6 +8,7 @@ from itertools import accumulate
 from prometheus_client import CollectorRegistry, generate_latest
 from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily, HistogramMetricFamily, Metric
 
+from trackpoint.config.model import Config
 from trackpoint.edge.stats import LATENCY_BUCKETS, Snapshot
 
 
@@ -171,6 +172,25 @@ def _collector_metrics(snap: Snapshot) -> Iterator[Metric]:
     yield from families.values()
     yield from gauges.values()
     yield from (errors, lost, healthy, accepting, details)
+
+
+class CollectorInfo:
+    """trackpoint_collector_info{collector, type} 1 for each configured collector: alert rules and dashboards pick
+    collectors by type (`* on(collector) group_left(type) trackpoint_collector_info{type="banker"}`), whatever
+    the user named them."""
+
+    def __init__(self, config: Callable[[], Config]) -> None:
+        self.config = config
+
+    def collect(self) -> Iterator[Metric]:
+        from trackpoint.plugins import type_tag  # the registry imports the admin server: not at module import
+
+        info = GaugeMetricFamily(
+            "trackpoint_collector_info", "1 for each configured collector, with its type.", labels=["collector", "type"]
+        )
+        for name, collector in sorted(self.config().collectors.items()):
+            info.add_metric([name, type_tag(type(collector))], 1)
+        yield info
 
 
 def _by_label(name: str, documentation: str, label: str, counts: dict[str, int]) -> CounterMetricFamily:

@@ -516,6 +516,7 @@ class Supervisor:
         registry = metrics.registry(self.totals, self.state)
         registry.register(self.shipping.metrics())
         registry.register(LogDiskMetrics(lambda: self.config))
+        registry.register(metrics.CollectorInfo(lambda: self.config))
 
         async def healthz(_: AdminRequest) -> AdminResponse:
             crash_loops = self.crash_loops()
