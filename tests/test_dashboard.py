@@ -73,3 +73,38 @@ def test_the_dashboard_shows_the_traffic_fired_at_the_tracker(
     finally:
         context.close()
     assert problems == []
+
+
+def test_the_page_is_open_and_its_data_needs_the_token(tracker: Tracker) -> None:
+    import http.client
+
+    def get(path: str, headers: dict[str, str]) -> tuple[int, dict[str, str], bytes]:
+        connection = http.client.HTTPConnection("127.0.0.1", tracker.admin_port, timeout=10)
+        try:
+            connection.request("GET", path, headers=headers)
+            response = connection.getresponse()
+            return response.status, {k.lower(): v for k, v in response.getheaders()}, response.read()
+        finally:
+            connection.close()
+
+    token = tracker.admin_token()
+    status, headers, page = get("/", {"Accept": "text/html,application/xhtml+xml"})
+    assert status == 200 and headers["content-type"].startswith("text/html")
+    assert "script-src 'self'" in headers["content-security-policy"]
+    assert token.encode() not in page and b"/dashboard/stats" not in page  # the shell only: the script reads the data
+    for asset in ("/dashboard/app.js", "/dashboard/app.css"):
+        assert get(asset, {})[0] == 200
+    assert get("/", {"Accept": "application/json"})[0] == 401  # the index of routes is not open
+    assert get("/dashboard/stats", {})[0] == 401
+    status, _, body = get("/", {"Accept": "application/json", "Authorization": f"Bearer {token}"})
+    assert status == 200
+    paths = {route["path"] for route in json.loads(body)["routes"]}
+    assert {"/dashboard/stats", "/metrics", "/banker/campaigns/{id}"} <= paths
+    tracker.get("/i?imp=auth-1&cid=c-auth")
+    tracker.wait_metric("trackpoint_events_total", 'type="impression"', 1)
+    status, _, body = get("/dashboard/stats", {"Authorization": f"Bearer {token}"})
+    assert status == 200
+    stats = json.loads(body)
+    assert stats["totals"]["events"]["impression"] == 1
+    assert stats["tracker"]["config_file"] == str(tracker.config_path)
+    assert [w["slot"] for w in stats["workers"]] == [0]
