@@ -164,7 +164,10 @@ function renderTraffic(stats) {
   const rates = stats.rates;
   $("requests-rate").textContent = rate(rates.requests);
   $("requests-total").textContent = count(totals.requests);
-  const types = Object.keys(totals.events).sort();
+  // event types that saw nothing yet stay out of the table (a config may declare many)
+  const types = Object.keys(totals.events)
+    .filter((type) => totals.events[type] || rates.events[type])
+    .sort();
   fillTable(
     $("events"),
     types.map((type) => ({
