@@ -10,6 +10,7 @@ from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily, Histo
 
 from trackpoint.config.model import Config
 from trackpoint.edge.stats import LATENCY_BUCKETS, Snapshot
+from trackpoint.plugins import type_tag
 
 
 class SupervisorState:
@@ -183,8 +184,6 @@ class CollectorInfo:
         self.config = config
 
     def collect(self) -> Iterator[Metric]:
-        from trackpoint.plugins import type_tag  # the registry imports the admin server: not at module import
-
         info = GaugeMetricFamily(
             "trackpoint_collector_info", "1 for each configured collector, with its type.", labels=["collector", "type"]
         )

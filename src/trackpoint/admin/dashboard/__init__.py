@@ -8,19 +8,23 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import subprocess
 import time
+from collections import deque
+from collections.abc import Mapping
 from importlib import resources
-from typing import TYPE_CHECKING, Any
+from typing import Any, Protocol
 
 from trackpoint import __version__
 from trackpoint.admin.dashboard.history import History, collector_rows
+from trackpoint.admin.metrics import SupervisorState
 from trackpoint.admin.routes import admin_endpoints
 from trackpoint.admin.server import UNAUTHORIZED, AdminRequest, AdminResponse, AdminServer, Handler
-from trackpoint.collectors.banker.config import bankers_in_use
+from trackpoint.config import LoadedConfig
 from trackpoint.config.model import Config
-
-if TYPE_CHECKING:
-    from trackpoint.process.supervisor import Supervisor
+from trackpoint.edge.stats import Snapshot
+from trackpoint.event import Event
+from trackpoint.plugins import type_tag
 
 # Events the supervisor keeps for the live tail (the newest of all workers).
 TAIL_KEEP = 100
@@ -53,10 +57,54 @@ def attributions(config: Config) -> list[str]:
     return notices
 
 
+def fed_kinds(config: Config) -> set[str]:
+    """The types of the collectors some event type feeds (a banker section only where a banker gets events)."""
+    fed = {name for spec in config.event_types.values() for name in spec.collectors}
+    return {type_tag(type(collector)) for name, collector in config.collectors.items() if name in fed}
+
+
+class Worker(Protocol):
+    """What the dashboard reads of a worker (process/supervisor.py WorkerHandle)."""
+
+    @property
+    def process(self) -> subprocess.Popen[bytes]: ...
+    @property
+    def ready(self) -> asyncio.Future[None]: ...
+    @property
+    def started_at(self) -> float: ...
+    @property
+    def rss_bytes(self) -> int: ...
+    @property
+    def snapshot(self) -> Snapshot: ...
+
+
+class Supervised(Protocol):
+    """What the dashboard reads of the supervisor (process/supervisor.py Supervisor)."""
+
+    @property
+    def config(self) -> Config: ...
+    @property
+    def loaded(self) -> LoadedConfig: ...
+    @property
+    def slots(self) -> int: ...
+    @property
+    def started_at(self) -> float: ...
+    @property
+    def slot_restarts(self) -> list[int]: ...
+    @property
+    def recent(self) -> deque[Event]: ...
+    @property
+    def state(self) -> SupervisorState: ...
+    @property
+    def workers(self) -> Mapping[int, Worker]: ...
+    def totals(self) -> Snapshot: ...
+    def crash_loops(self) -> list[dict[str, object]]: ...
+
+
 class Dashboard:
     """The dashboard's handlers and the history they read, for one supervisor."""
 
-    def __init__(self, supervisor: Supervisor) -> None:
+    def __init__(self, supervisor: Supervised) -> None:
         self.supervisor = supervisor
         self.history = History()
         self._task: asyncio.Task[None] | None = None
@@ -145,7 +193,7 @@ class Dashboard:
             "workers": workers,
             "collectors": collector_rows(config, totals, history, now),
             "features": {
-                "banker": bool(bankers_in_use(config)),
+                "banker": "banker" in fed_kinds(config),
                 "rollups": ("GET", ROLLUPS_PATH) in admin.routes,
             },
             # Newest first (the workers' reports arrive a second apart, each in its own order).
