@@ -5,6 +5,9 @@ from __future__ import annotations
 
 import json
 import os
+import signal
+import time
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
@@ -108,3 +111,22 @@ def test_the_page_is_open_and_its_data_needs_the_token(tracker: Tracker) -> None
     assert stats["totals"]["events"]["impression"] == 1
     assert stats["tracker"]["config_file"] == str(tracker.config_path)
     assert [w["slot"] for w in stats["workers"]] == [0]
+
+
+def test_a_restarted_worker_shows_its_restart(tracker: Tracker) -> None:
+    def workers_until(condition: Callable[[list[dict[str, Any]]], bool]) -> list[dict[str, Any]]:
+        deadline = time.monotonic() + 20
+        while True:
+            status, _, body = tracker.admin("GET", "/dashboard/stats")
+            assert status == 200
+            listed: list[dict[str, Any]] = json.loads(body)["workers"]
+            if condition(listed):
+                return listed
+            assert time.monotonic() < deadline, listed
+            time.sleep(0.1)
+
+    (first,) = workers_until(lambda listed: bool(listed) and listed[0]["rss_bytes"] > 0)  # after its first report
+    assert first["restarts"] == 0 and first["ready"]
+    os.kill(first["pid"], signal.SIGKILL)
+    (second,) = workers_until(lambda listed: bool(listed) and listed[0]["pid"] != first["pid"] and listed[0]["ready"])
+    assert second["restarts"] == 1
