@@ -73,6 +73,15 @@ def test_promtool_accepts_the_alert_rules() -> None:
     assert {rule["alert"] for rule in _rules()} >= REQUIRED_ALERTS
 
 
+def test_the_alerts_fire_on_the_series_they_watch() -> None:
+    """deploy/monitoring/alerts.test.yml: a tracker down, workers dying, a refusal reason spiking against its own
+    baseline, a spool filling (and one that is off, quiet), a banker's store down (and another collector, quiet)."""
+    tests = MONITORING / "alerts.test.yml"
+    result = subprocess.run(["promtool", "test", "rules", str(tests)], capture_output=True, text=True, check=False)
+    assert result.returncode == 0, result.stdout + result.stderr
+    assert "SUCCESS" in result.stdout
+
+
 def test_promtool_parses_every_dashboard_query(tmp_path: Path) -> None:
     """Grafana does not check PromQL before it is run: each panel's query goes through promtool as a recording rule."""
     queries = _dashboard_queries()
