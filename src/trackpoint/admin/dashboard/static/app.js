@@ -116,6 +116,17 @@ function chart(svg, lines, width, height) {
       .map((v, i) => (v === null ? null : [(i / (n - 1)) * width, height - 4 - (v / max) * (height - 18)]))
       .filter((p) => p !== null)
       .map((p) => p[0].toFixed(1) + "," + p[1].toFixed(1));
+    if (points.length === 1) {
+      // one point so far: a dot, which a polyline of one point would not draw
+      const [cx, cy] = points[0].split(",");
+      const dot = document.createElementNS(SVG, "circle");
+      dot.setAttribute("cx", cx);
+      dot.setAttribute("cy", cy);
+      dot.setAttribute("r", "3");
+      dot.setAttribute("fill", line.color);
+      children.push(dot);
+      continue;
+    }
     const polyline = document.createElementNS(SVG, "polyline");
     polyline.setAttribute("points", points.join(" "));
     polyline.setAttribute("fill", "none");
@@ -184,6 +195,7 @@ function renderTraffic(stats) {
     }))
   );
   $("rejected-none").hidden = reasons.length > 0;
+  $("events-none").hidden = types.length > 0;
   const series = stats.series;
   chart(
     $("chart-traffic"),
