@@ -171,7 +171,13 @@ def test_the_probe_listener_serves_health_and_readiness_only(tracker_factory: An
         with socket.create_connection(("127.0.0.1", probe_port), timeout=5) as sock:
             sock.sendall(b"GET %s HTTP/1.1\r\nHost: p\r\nConnection: close\r\n\r\n" % path.encode())
             assert read_until_quiet(sock).startswith(b"HTTP/1.1 200")
-    for path in ["/metrics", "/banker/campaigns", "/openapi.json"]:  # not there, even with the token
+    for path in [
+        "/metrics",
+        "/banker/campaigns",
+        "/openapi.json",
+        "/",
+        "/dashboard/stats",
+    ]:  # not there, even with the token
         with socket.create_connection(("127.0.0.1", probe_port), timeout=5) as sock:
             request = b"GET %s HTTP/1.1\r\nHost: p\r\nAuthorization: Bearer %s\r\nConnection: close\r\n\r\n"
             sock.sendall(request % (path.encode(), token.encode()))

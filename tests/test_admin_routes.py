@@ -79,5 +79,8 @@ def test_a_core_route_wins_over_a_plugin_route(with_plugin: Registry) -> None:
     assert admin.routes[("GET", "/metrics")].__name__ == "prometheus"
 
 
-def test_only_the_probes_are_public() -> None:
-    assert {e.path for e in admin_endpoints() if e.public} == {"/healthz", "/readyz"}
+def test_only_the_probes_and_the_dashboard_page_are_public() -> None:
+    # The page, its script and style hold no data: the dashboard reads /dashboard/stats with the token.
+    public = {e.path for e in admin_endpoints() if e.public}
+    assert public == {"/healthz", "/readyz", "/", "/dashboard/app.js", "/dashboard/app.css"}
+    assert {e.path for e in admin_endpoints() if e.probe} == {"/healthz", "/readyz"}

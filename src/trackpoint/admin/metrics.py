@@ -8,7 +8,9 @@ from itertools import accumulate
 from prometheus_client import CollectorRegistry, generate_latest
 from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily, HistogramMetricFamily, Metric
 
+from trackpoint.config.model import Config
 from trackpoint.edge.stats import LATENCY_BUCKETS, Snapshot
+from trackpoint.plugins import type_tag
 
 
 class SupervisorState:
@@ -132,6 +134,16 @@ def _collector_metrics(snap: Snapshot) -> Iterator[Metric]:
         "spooled_events": GaugeMetricFamily(
             "trackpoint_collector_spooled_events", "Events waiting in the disk spool.", labels=["collector"]
         ),
+        "spool_max_bytes": GaugeMetricFamily(
+            "trackpoint_collector_spool_max_bytes",
+            "What the disk spools may hold (spool.max_bytes per worker, summed; 0: spool off).",
+            labels=["collector"],
+        ),
+        "last_success_s": GaugeMetricFamily(
+            "trackpoint_collector_last_success_timestamp_seconds",
+            "When the collector last delivered events (Unix time, to the second; 0: not since start).",
+            labels=["collector"],
+        ),
     }
     healthy = GaugeMetricFamily(
         "trackpoint_collector_healthy", "1 when every worker's collector is healthy.", labels=["collector"]
@@ -161,6 +173,23 @@ def _collector_metrics(snap: Snapshot) -> Iterator[Metric]:
     yield from families.values()
     yield from gauges.values()
     yield from (errors, lost, healthy, accepting, details)
+
+
+class CollectorInfo:
+    """trackpoint_collector_info{collector, type} 1 for each configured collector: alert rules and dashboards pick
+    collectors by type (`* on(collector) group_left(type) trackpoint_collector_info{type="banker"}`), whatever
+    the user named them."""
+
+    def __init__(self, config: Callable[[], Config]) -> None:
+        self.config = config
+
+    def collect(self) -> Iterator[Metric]:
+        info = GaugeMetricFamily(
+            "trackpoint_collector_info", "1 for each configured collector, with its type.", labels=["collector", "type"]
+        )
+        for name, collector in sorted(self.config().collectors.items()):
+            info.add_metric([name, type_tag(type(collector))], 1)
+        yield info
 
 
 def _by_label(name: str, documentation: str, label: str, counts: dict[str, int]) -> CounterMetricFamily:

@@ -17,24 +17,49 @@ class AdminEndpoint:
     path: str
     summary: str
     public: bool = False
+    # Served on the probe listener (admin.probe_port) too.
+    probe: bool = False
 
 
 # The supervisor's own routes; it serves each with its handler of the same path (a route listed here without a
 # handler fails the supervisor's start, and tests/test_admin_routes.py checks what is served against this table).
 CORE_ROUTES: tuple[AdminEndpoint, ...] = (
-    AdminEndpoint("GET", "/healthz", "200 while the supervisor runs.", public=True),
+    AdminEndpoint("GET", "/healthz", "200 while the supervisor runs.", public=True, probe=True),
     AdminEndpoint(
         "GET",
         "/readyz",
         "200 when every worker is ready and every required collector healthy, else 503 (JSON).",
         public=True,
+        probe=True,
     ),
     AdminEndpoint("GET", "/metrics", "Prometheus metrics, summed over the workers."),
     AdminEndpoint("GET", "/openapi.json", "This OpenAPI document, for the running configuration."),
+    AdminEndpoint(
+        "GET",
+        "/",
+        "The live dashboard for a browser (`Accept: text/html`: the page alone, no data, open; it asks for the "
+        "admin token once per tab and sends it as a header); any other client gets the index of the admin routes "
+        '(`{"routes": [{"method", "path", "summary", "public"}]}`, token required).',
+        public=True,
+    ),
+    AdminEndpoint("GET", "/dashboard/app.js", "The dashboard's script (static, no data).", public=True),
+    AdminEndpoint("GET", "/dashboard/app.css", "The dashboard's style sheet (static, no data).", public=True),
+    AdminEndpoint(
+        "GET",
+        "/dashboard/stats",
+        "What the dashboard shows, as JSON: the tracker (version, config file and version, uptime), totals, rates "
+        "and per-5-second series of the last 10 minutes (requests, events by type, refusals by reason, latency "
+        "percentiles), workers (pid, uptime, restarts, RSS, requests), collectors (sent/s, backlog, spool and time "
+        "until full, last success, lag, drops) and the newest events, privacy-filtered as an untrusted collector "
+        "gets them.",
+    ),
 )
 
-# Answered without the admin token: the probes of load balancers and Kubernetes.
+# Answered without the admin token: the probes of load balancers and Kubernetes, and the dashboard's page (which
+# holds no data: it reads /dashboard/stats with the token).
 PUBLIC_PATHS = frozenset(route.path for route in CORE_ROUTES if route.public)
+# What the probe listener (admin.probe_port) serves.
+PROBE_PATHS = frozenset(route.path for route in CORE_ROUTES if route.probe)
 
 
 def plugin_routes(plugins: Registry | None = None) -> list[AdminRoute]:

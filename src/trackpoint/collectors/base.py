@@ -56,7 +56,8 @@ class CollectorStats(msgspec.Struct):
     """Counters every collector reports. received: offered events taken; sent: delivered; retried: events of
     failed sends (each attempt counted); dropped: events given up (memory or spool full, or refused by the target);
     errors: failed sends and exceptions; spool_lost_records: records of a torn or corrupt spool tail, found on
-    recovery (their events cannot be counted). pending, spooled_*, healthy and accepting are gauges."""
+    recovery (their events cannot be counted). pending, spooled_*, spool_max_bytes, healthy and accepting are
+    gauges; last_success_s is when `sent` last grew (Unix seconds, as of a snapshot; 0: not since start)."""
 
     received: int = 0
     sent: int = 0
@@ -67,6 +68,8 @@ class CollectorStats(msgspec.Struct):
     pending: int = 0
     spooled_bytes: int = 0
     spooled_events: int = 0
+    spool_max_bytes: int = 0
+    last_success_s: float = 0.0
     healthy: bool = True
     required: bool = False
     accepting: bool = True
@@ -105,7 +108,10 @@ class Collector(ABC):
         self.spool_config = config.spool
         # False while a full spool under the backpressure policy asks the edge to answer 503.
         self.accepting = True
-        self.stats = CollectorStats(required=config.required)
+        self.stats = CollectorStats(
+            required=config.required, spool_max_bytes=config.spool.max_bytes if config.spool.enabled else 0
+        )
+        self._sent_seen = 0  # stats.sent at the last snapshot: last_success_s moves when it grew
         self._pending: list[Event] = []
         self._flush_task: asyncio.Task[None] | None = None
         self._wake = asyncio.Event()
@@ -470,6 +476,9 @@ class Collector(ABC):
             self._note_error(exc)
             self.stats.healthy = False
         self.stats.accepting = self.accepting
+        if self.stats.sent != self._sent_seen:  # read once a second: no clock on the delivery path
+            self._sent_seen = self.stats.sent
+            self.stats.last_success_s = time.time()
         try:
             self.stats.outcomes = self.outcomes()
         except Exception as exc:

@@ -336,6 +336,7 @@ class EdgeProtocol(asyncio.Protocol):
                 edge.stats.ivt_dropped[route.name] += 1
                 return
             edge.stats.ivt_routed[route.name] += 1
+        edge.recent_events.append(event)  # the dashboard's live tail (bounded)
         if targets.durable:
             for collector in targets.durable:
                 collector.offer(event)

@@ -21,6 +21,7 @@ from trackpoint.edge.cors import CorsPolicy
 from trackpoint.edge.protocol import FRAMING_HEADERS, IDLE, EdgeProtocol
 from trackpoint.edge.ratelimit import RateLimiter, build_limiters
 from trackpoint.edge.stats import EdgeStats, Snapshot
+from trackpoint.edge.tail import RecentEvents
 from trackpoint.event import Event, Meta
 from trackpoint.fields.build import CONTEXT_HEADERS, EventBuilder
 from trackpoint.preprocessors import (
@@ -137,6 +138,9 @@ class Edge:
         self.connections_per_ip: dict[str, int] = {}
         self.clock = responses.Clock()
         self.stats = EdgeStats()
+        # The live tail for the admin dashboard: the request path appends to `recent_events`, nothing more.
+        self.recent = RecentEvents(config)
+        self.recent_events = self.recent.events
         self.connections: set[EdgeProtocol] = set()
         self.draining = False
         self.trusted_networks = [ipaddress.ip_network(n, strict=False) for n in config.server.trusted_proxies]

@@ -121,7 +121,8 @@ def _add_counts(a: dict[str, int], b: dict[str, int]) -> dict[str, int]:
 
 
 def _add_collector(a: CollectorStats | None, b: CollectorStats | None) -> CollectorStats:
-    """Counts and gauges add up; a collector is healthy and accepting only where it is in every worker."""
+    """Counts and gauges add up; a collector is healthy and accepting only where it is in every worker; its last
+    success is the latest of any worker's."""
     if a is None or b is None:
         return msgspec.structs.replace(a or b or CollectorStats())
     total: dict[str, Any] = {}
@@ -129,6 +130,8 @@ def _add_collector(a: CollectorStats | None, b: CollectorStats | None) -> Collec
         x, y = getattr(a, name), getattr(b, name)
         if isinstance(x, dict):
             total[name] = _add_counts(x, y)
+        elif name == "last_success_s":
+            total[name] = max(x, y)
         else:
             total[name] = (x or y) if name == "required" else (x and y) if isinstance(x, bool) else x + y
     return CollectorStats(**total)

@@ -16,6 +16,7 @@ import msgspec
 from trackpoint.config.load import config_type
 from trackpoint.config.model import Config
 from trackpoint.edge.stats import Snapshot
+from trackpoint.event import Event
 from trackpoint.plugins import registry
 
 _LENGTH = struct.Struct(">I")
@@ -43,6 +44,10 @@ class Ready(msgspec.Struct, tag=True):
 
 class Stats(msgspec.Struct, tag=True):
     snapshot: Snapshot
+    # For the admin dashboard: the worker's resident memory, and its events since the last Stats, privacy-filtered
+    # (edge/tail.py).
+    rss_bytes: int = 0
+    recent: list[Event] = []
 
 
 class Bye(msgspec.Struct, tag=True):

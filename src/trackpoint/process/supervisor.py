@@ -16,14 +16,17 @@ import signal
 import socket
 import subprocess
 import sys
+import time
+from collections import deque
 from dataclasses import dataclass, field, replace
 from pathlib import Path
 
 import msgspec
 
 from trackpoint.admin import metrics
-from trackpoint.admin.routes import CORE_ROUTES, PUBLIC_PATHS, plugin_routes
-from trackpoint.admin.server import AdminRequest, AdminResponse, AdminServer
+from trackpoint.admin.dashboard import TAIL_KEEP, Dashboard
+from trackpoint.admin.routes import CORE_ROUTES, PROBE_PATHS, PUBLIC_PATHS, plugin_routes
+from trackpoint.admin.server import AdminRequest, AdminResponse, AdminServer, Handler
 from trackpoint.collectors.log.budget import LogDiskMetrics
 from trackpoint.collectors.log.compression import finalize_orphans
 from trackpoint.collectors.log.config import LogCollectorConfig
@@ -32,6 +35,7 @@ from trackpoint.collectors.log.shipping.service import ShippingService
 from trackpoint.config import ConfigError, LoadedConfig, load
 from trackpoint.config.model import Config
 from trackpoint.edge.stats import Snapshot, add
+from trackpoint.event import Event
 from trackpoint.plugins import AdminHandler
 from trackpoint.plugins import registry as plugin_registry
 from trackpoint.process import control
@@ -91,6 +95,8 @@ class WorkerHandle:
     # Started by a reload: if it fails before ready, the reload is refused and the running worker kept (no restart).
     probation: bool = False
     failure: control.Failed | None = None  # why it could not start, as it reported it
+    started_at: float = field(default_factory=time.time)
+    rss_bytes: int = 0  # as of its last Stats
 
 
 def available_cpus(cgroup: Path = Path("/sys/fs/cgroup/cpu.max")) -> int:
@@ -133,6 +139,10 @@ class Supervisor:
         self.state.workers_wanted = self.slots
         self.shutting_down = False
         self.restart_counts = [0] * self.slots
+        self.started_at = time.time()
+        self.slot_restarts = [0] * self.slots  # restarts after a death, per slot, since start (the dashboard)
+        self.recent: deque[Event] = deque(maxlen=TAIL_KEEP)  # the workers' newest events, filtered (the dashboard)
+        self.dashboard = Dashboard(self)
         # Per slot: failed starts in a row, the last start error logged, and the backoff before the next attempt.
         self.failed_starts = [0] * self.slots
         self.start_errors: list[str | None] = [None] * self.slots
@@ -186,6 +196,7 @@ class Supervisor:
         loop.add_signal_handler(signal.SIGINT, self._request_shutdown)
         loop.add_signal_handler(signal.SIGHUP, lambda: loop.create_task(self.reload()))
         self.shipping.start()
+        self.dashboard.start()
         for slot in range(self.slots):
             self._spawn_or_retry(slot)
         log.info(
@@ -280,6 +291,8 @@ class Supervisor:
                 self._count_ready()
             elif isinstance(message, control.Stats):
                 handle.snapshot = message.snapshot
+                handle.rss_bytes = message.rss_bytes
+                self.recent.extend(message.recent)
             elif isinstance(message, control.Failed):
                 handle.failure = message
             else:
@@ -360,7 +373,7 @@ class Supervisor:
             handle.snapshot,
             connections=0,
             collectors={
-                name: msgspec.structs.replace(stats, pending=0, healthy=True)
+                name: msgspec.structs.replace(stats, pending=0, spool_max_bytes=0, healthy=True)
                 for name, stats in handle.snapshot.collectors.items()
             },
         )
@@ -397,6 +410,7 @@ class Supervisor:
             if self.shutting_down or slot in self.workers:
                 return
             self.state.restarts += 1
+            self.slot_restarts[slot] += 1
             try:
                 handle = self._spawn(slot, self.loaded.version)
             except OSError as exc:  # e.g. EMFILE: the slot must not stay empty, so try again after the backoff
@@ -502,6 +516,7 @@ class Supervisor:
         registry = metrics.registry(self.totals, self.state)
         registry.register(self.shipping.metrics())
         registry.register(LogDiskMetrics(lambda: self.config))
+        registry.register(metrics.CollectorInfo(lambda: self.config))
 
         async def healthz(_: AdminRequest) -> AdminResponse:
             crash_loops = self.crash_loops()
@@ -544,13 +559,19 @@ class Supervisor:
 
         # Served from the one route table that documents them (admin/routes.py): core routes, then plugins'. The
         # probe listener, when configured, serves the public ones (the probes) only.
-        core = {"/healthz": healthz, "/readyz": readyz, "/metrics": prometheus, "/openapi.json": openapi_json}
+        core: dict[str, Handler] = {
+            "/healthz": healthz,
+            "/readyz": readyz,
+            "/metrics": prometheus,
+            "/openapi.json": openapi_json,
+            **self.dashboard.handlers(admin),
+        }
         if self.config.admin.probe_port is not None:
             self.probes = AdminServer(self.config.admin.limits, public_paths=PUBLIC_PATHS)
             self.probes.counts = admin.counts  # one count for both listeners
         for endpoint in CORE_ROUTES:
             admin.route(endpoint.method, endpoint.path, core[endpoint.path])
-            if endpoint.public and self.probes is not None:
+            if endpoint.path in PROBE_PATHS and self.probes is not None:
                 self.probes.route(endpoint.method, endpoint.path, core[endpoint.path])
         for route in plugin_routes(plugin_registry()):
             admin.route(route.method, route.path, functools.partial(self._plugin_route, route.handler))

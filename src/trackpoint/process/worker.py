@@ -77,7 +77,20 @@ async def serve(start: control.Start, listener: socket.socket, channel: socket.s
 async def _report(edge: Edge, writer: asyncio.StreamWriter) -> None:
     while True:
         await asyncio.sleep(STATS_INTERVAL_S)
-        writer.write(control.frame(control.Stats(snapshot=edge.snapshot())))
+        stats = control.Stats(snapshot=edge.snapshot(), rss_bytes=rss_bytes(), recent=edge.recent.take())
+        writer.write(control.frame(stats))
+
+
+PAGE_SIZE = os.sysconf("SC_PAGE_SIZE")
+
+
+def rss_bytes() -> int:
+    """This process's resident memory (0 where /proc is not there)."""
+    try:
+        with open("/proc/self/statm", "rb") as statm:
+            return int(statm.read().split()[1]) * PAGE_SIZE
+    except (OSError, ValueError, IndexError):
+        return 0
 
 
 async def _watch_supervisor(reader: asyncio.StreamReader, stop: asyncio.Event) -> None:

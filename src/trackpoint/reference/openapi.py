@@ -51,7 +51,7 @@ def openapi_document(loaded: LoadedConfig) -> dict[str, Any]:
         item = paths.setdefault(path, {"servers": [admin_server]})
         if "servers" not in item:  # an event type took this path on the tracking port: it wins there
             continue
-        words = [part.strip("{}") for part in path.strip("/").split("/")]
+        words = [part.strip("{}") for part in path.strip("/").split("/") if part]  # "/": admin_get
         operation: dict[str, Any] = {
             "tags": ["admin"],
             "summary": summary,

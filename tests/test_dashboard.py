@@ -1,0 +1,132 @@
+"""The admin dashboard: the page in a real browser (Debian's chromium through Playwright) shows the traffic fired at
+the tracker, the JSON it reads is served and documented, and the page stays closed without the token."""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+import time
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any
+
+from playwright.sync_api import expect
+
+from conftest import Tracker
+
+IMPRESSIONS, WINS, REFUSED = 30, 10, 7
+CAMPAIGN = "dash-c1"
+# Where the screenshot for the docs goes when this is set (docs/img/dashboard.png: see docs/monitoring.md).
+SCREENSHOT = os.environ.get("TRACKPOINT_DASHBOARD_SCREENSHOT")
+
+
+def _fire(tracker: Tracker) -> None:
+    for i in range(IMPRESSIONS):
+        status, _, _ = tracker.get(f"/i?imp=dash-{i}&cid={CAMPAIGN}&crid=banner-{i % 3}&pub=news")
+        assert status == 200
+    for i in range(WINS):  # 2000 CPM: the banker debits 2.00 a win
+        status, _, _ = tracker.get(tracker.sign(f"/win?imp=dash-{i}&cid={CAMPAIGN}&price=2000"))
+        assert status == 204
+    for _ in range(REFUSED):
+        status, headers, _ = tracker.get(f"/i?cid={CAMPAIGN}")  # no impression id
+        assert (status, headers["x-reject-reason"]) == (400, "missing_field")
+
+
+def test_the_dashboard_shows_the_traffic_fired_at_the_tracker(
+    tracker_factory: Any, browser: Any, tmp_path: Path
+) -> None:
+    tracker: Tracker = tracker_factory(workers=2)
+    status, _, _ = tracker.admin(
+        "PUT", f"/banker/campaigns/{CAMPAIGN}", json.dumps({"total_budget_micros": 100_000_000}).encode()
+    )
+    assert status == 200
+    context = browser.new_context(viewport={"width": 1440, "height": 1000})
+    page = context.new_page()
+    problems: list[str] = []
+    page.on("console", lambda message: problems.append(message.text) if message.type == "error" else None)
+    page.on("pageerror", lambda error: problems.append(str(error)))
+    try:
+        page.goto(f"http://127.0.0.1:{tracker.admin_port}/")
+        page.wait_for_selector("#token-form:not([hidden])")
+        page.fill("#token", tracker.admin_token())
+        page.click("#token-form button[type=submit]")
+        page.wait_for_selector("#status.good")
+        _fire(tracker)  # while the page is live
+
+        expect(page.locator("#events tr[data-key=impression] .total")).to_have_text(str(IMPRESSIONS), timeout=15_000)
+        expect(page.locator("#events tr[data-key=win] .total")).to_have_text(str(WINS))
+        expect(page.locator("#rejected tr[data-key=missing_field] .total")).to_have_text(str(REFUSED))
+        expect(page.locator("#requests-total")).to_have_text(str(IMPRESSIONS + WINS + REFUSED))
+        expect(page.locator("#workers-ready")).to_have_text("2 of 2 ready")
+        expect(page.locator("#workers tbody tr")).to_have_count(2)
+        spent = page.locator(f"#campaigns tr[data-key={CAMPAIGN}] td:nth-child(2)")
+        expect(spent).to_have_text(f"{2 * WINS}.00", timeout=15_000)  # the banker's view refreshes every 10 s
+        expect(page.locator("#tail")).to_contain_text(f"dash-{IMPRESSIONS - 1}")
+        log_row = page.text_content("#collectors tr[data-key=log]") or ""
+        assert "healthy" in log_row
+        tail = page.text_content("#tail") or ""
+        assert CAMPAIGN in tail
+        assert "127.0.0" not in tail and "Mozilla" not in tail  # filtered as an untrusted collector gets it
+        p50 = float(page.text_content("#p50") or "nan")
+        assert 0 < p50 < 1000
+        page.screenshot(path=str(tmp_path / "dashboard.png"), full_page=True)
+        if SCREENSHOT:
+            page.screenshot(path=SCREENSHOT, full_page=False)
+    finally:
+        context.close()
+    assert problems == []
+
+
+def test_the_page_is_open_and_its_data_needs_the_token(tracker: Tracker) -> None:
+    import http.client
+
+    def get(path: str, headers: dict[str, str]) -> tuple[int, dict[str, str], bytes]:
+        connection = http.client.HTTPConnection("127.0.0.1", tracker.admin_port, timeout=10)
+        try:
+            connection.request("GET", path, headers=headers)
+            response = connection.getresponse()
+            return response.status, {k.lower(): v for k, v in response.getheaders()}, response.read()
+        finally:
+            connection.close()
+
+    token = tracker.admin_token()
+    status, headers, page = get("/", {"Accept": "text/html,application/xhtml+xml"})
+    assert status == 200 and headers["content-type"].startswith("text/html")
+    assert "script-src 'self'" in headers["content-security-policy"]
+    assert token.encode() not in page and b"/dashboard/stats" not in page  # the shell only: the script reads the data
+    for asset in ("/dashboard/app.js", "/dashboard/app.css"):
+        assert get(asset, {})[0] == 200
+    assert get("/", {"Accept": "application/json"})[0] == 401  # the index of routes is not open
+    assert get("/dashboard/stats", {})[0] == 401
+    status, _, body = get("/", {"Accept": "application/json", "Authorization": f"Bearer {token}"})
+    assert status == 200
+    paths = {route["path"] for route in json.loads(body)["routes"]}
+    assert {"/dashboard/stats", "/metrics", "/banker/campaigns/{id}"} <= paths
+    tracker.get("/i?imp=auth-1&cid=c-auth")
+    tracker.wait_metric("trackpoint_events_total", 'type="impression"', 1)
+    status, _, body = get("/dashboard/stats", {"Authorization": f"Bearer {token}"})
+    assert status == 200
+    stats = json.loads(body)
+    assert stats["totals"]["events"]["impression"] == 1
+    assert stats["tracker"]["config_file"] == str(tracker.config_path)
+    assert [w["slot"] for w in stats["workers"]] == [0]
+
+
+def test_a_restarted_worker_shows_its_restart(tracker: Tracker) -> None:
+    def workers_until(condition: Callable[[list[dict[str, Any]]], bool]) -> list[dict[str, Any]]:
+        deadline = time.monotonic() + 20
+        while True:
+            status, _, body = tracker.admin("GET", "/dashboard/stats")
+            assert status == 200
+            listed: list[dict[str, Any]] = json.loads(body)["workers"]
+            if condition(listed):
+                return listed
+            assert time.monotonic() < deadline, listed
+            time.sleep(0.1)
+
+    (first,) = workers_until(lambda listed: bool(listed) and listed[0]["rss_bytes"] > 0)  # after its first report
+    assert first["restarts"] == 0 and first["ready"]
+    os.kill(first["pid"], signal.SIGKILL)
+    (second,) = workers_until(lambda listed: bool(listed) and listed[0]["pid"] != first["pid"] and listed[0]["ready"])
+    assert second["restarts"] == 1

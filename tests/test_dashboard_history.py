@@ -1,0 +1,120 @@
+"""The dashboard's arithmetic and the worker's tail, in process: rates, percentiles and series from the sampled
+counters, collector rows (time until the spool is full, lag), the tail's privacy filter, and how collectors' new
+gauges add over workers."""
+
+from __future__ import annotations
+
+import msgspec
+import pytest
+
+from conftest import make_event
+from trackpoint.admin.dashboard import attributions
+from trackpoint.admin.dashboard.history import History, collector_rows, percentile
+from trackpoint.collectors.base import CollectorStats
+from trackpoint.config import load
+from trackpoint.edge.stats import LATENCY_BUCKETS, Snapshot, add
+from trackpoint.edge.tail import TAIL_EVENTS, RecentEvents
+from trackpoint.event import Context
+from trackpoint.plugins import registry
+
+
+def _counts(**buckets: int) -> list[int]:
+    counts = [0] * (len(LATENCY_BUCKETS) + 1)
+    for name, value in buckets.items():
+        counts[int(name[1:])] = value
+    return counts
+
+
+def test_percentile_interpolates_within_the_bucket() -> None:
+    # 100 requests: 50 in (0.5 ms, 1 ms], 50 in (1 ms, 2.5 ms]
+    counts = _counts(b3=50, b4=50)
+    assert percentile(counts, 0.5) == pytest.approx(0.001)
+    assert percentile(counts, 0.25) == pytest.approx(0.00075)
+    assert percentile(counts, 0.99) == pytest.approx(0.001 + 0.0015 * 49 / 50)
+    assert percentile([0] * len(counts), 0.5) is None
+    assert percentile(_counts(b12=3), 0.5) == LATENCY_BUCKETS[-1]  # beyond the last bound: the bound
+
+
+def _snapshot(second: int) -> Snapshot:
+    """After `second` seconds of 20 impressions and 2 refusals a second (each answered in (0.5 ms, 1 ms]), with
+    a Kafka collector sending 10 a second while its spool grows 100 bytes a second."""
+    return Snapshot(
+        requests=22 * second,
+        events={"impression": 20 * second},
+        rejected={"missing_field": 2 * second} if second else {},
+        latency_counts=_counts(b3=22 * second),
+        collectors={"kafka": CollectorStats(sent=10 * second, spooled_bytes=100 * second, spool_max_bytes=10_000)},
+    )
+
+
+def test_rates_series_and_latency_from_the_samples() -> None:
+    history = History()
+    for second in range(21):
+        history.add(1000.0 + second, _snapshot(second))
+    rates = history.rates()
+    assert rates["requests"] == 22.0
+    assert rates["events"] == {"impression": 20.0}
+    assert rates["rejected"] == {"missing_field": 2.0}
+    latency = history.latency()
+    assert latency["p50"] == pytest.approx(0.75)  # milliseconds: the middle of (0.5, 1]
+    series = history.series()
+    assert series["step_s"] == 5
+    assert series["requests"] == [22.0, 22.0, 22.0, 22.0]
+    assert series["events"] == {"impression": [20.0] * 4}
+    assert series["rejected"] == {"missing_field": [2.0] * 4}
+    assert len(series["t"]) == len(series["p50"]) == len(series["p99"]) == 4
+    totals = _snapshot(20)
+    totals.collectors["kafka"].pending = 5
+    totals.collectors["kafka"].last_success_s = 1015.0
+    config = load(None, registry=registry()).config
+    (row,) = collector_rows(config, totals, history, now=1020.0)
+    assert row["sent_per_s"] == 10.0
+    assert row["seconds_until_full"] == 80.0  # 8,000 bytes of room at 100 bytes a second
+    assert row["lag_s"] == 5.0  # events wait, and the last delivery was 5 s ago
+    assert row["last_success_ms"] == 1_015_000
+
+
+def test_no_rates_before_two_samples() -> None:
+    history = History()
+    assert history.rates()["requests"] == 0.0
+    assert history.latency()["p99"] is None
+    history.add(1.0, Snapshot())
+    assert history.series()["requests"] == []
+
+
+def test_the_history_is_bounded() -> None:
+    history = History(keep_s=10)
+    for second in range(100):
+        history.add(float(second), Snapshot(requests=second))
+    assert len(history.samples) == 11
+
+
+def test_collector_gauges_add_over_workers() -> None:
+    one = Snapshot(collectors={"kafka": CollectorStats(spool_max_bytes=100, last_success_s=50.0)})
+    two = Snapshot(collectors={"kafka": CollectorStats(spool_max_bytes=100, last_success_s=70.0)})
+    total = add(one, two).collectors["kafka"]
+    assert total.spool_max_bytes == 200  # each worker has its own spool
+    assert total.last_success_s == 70.0  # the latest, not a sum
+
+
+def test_the_tail_is_filtered_as_an_untrusted_collector_gets_it() -> None:
+    config = load("examples/cdp.yaml", registry=registry()).config
+    recent = RecentEvents(config)
+    event_type = next(name for name, spec in config.event_types.items() if "lang" in spec.fields)
+    event = make_event(1, event_type)
+    event.dims["lang"] = "de-DE"  # read from a header: private
+    event.ctx = Context(ip="203.0.113.9", ua="Agent/1", referer="https://shop.example.com/p?email=a@b.c")
+    for _ in range(TAIL_EVENTS + 5):
+        recent.events.append(event)
+    taken = recent.take()
+    assert len(taken) == TAIL_EVENTS  # bounded
+    assert recent.take() == []  # handed over once
+    (filtered,) = {msgspec.json.encode(e).decode() for e in taken}
+    assert "203.0.113" not in filtered and "Agent/1" not in filtered and "de-DE" not in filtered
+    assert "email" not in filtered and "https://shop.example.com/p" in filtered
+    assert event.ctx.ip == "203.0.113.9"  # the original, which the log records, is untouched
+
+
+def test_attributions_come_from_the_preprocessors_in_use() -> None:
+    config = load(None, registry=registry()).config
+    assert attributions(config) == []  # nothing in the default config asks for one
