@@ -52,7 +52,7 @@ def _extension(module: str) -> Path | None:
 
 def why_pure_python() -> str | None:
     """None when the compiled build runs; otherwise the reason the sources are used."""
-    if os.environ.get(PURE_PYTHON_VARIABLE) == "1":
+    if os.getenv(PURE_PYTHON_VARIABLE) == "1":
         return f"{PURE_PYTHON_VARIABLE}=1"
     for module in COMPILED:
         extension = _extension(module)
