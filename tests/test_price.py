@@ -9,8 +9,9 @@ from typing import Any
 
 import pytest
 
+from conftest import load_config
 from trackpoint.adtech.price import PriceDecrypter, PriceError, decrypt_price, encrypt_price, unsubstituted_macro
-from trackpoint.config.load import ConfigError, load
+from trackpoint.config.load import ConfigError
 from trackpoint.event import Context, Event, Meta
 from trackpoint.fields.converters import Reject
 from trackpoint.preprocessors.decrypt_price.config import DecryptPriceConfig, ExchangeKeys
@@ -166,7 +167,7 @@ def test_example_validates_without_the_keys(monkeypatch: pytest.MonkeyPatch) -> 
     monkeypatch.delenv("ADX_ENCRYPTION_KEY", raising=False)
     monkeypatch.delenv("ADX_INTEGRITY_KEY", raising=False)
     example = Path(__file__).resolve().parent.parent / "examples" / "dsp-wins.yaml"
-    config = load(example).config
+    config = load_config(example).config
     assert isinstance(config.preprocessors["decrypt_price"], DecryptPriceConfig)
     assert config.event_types["win"].fields["price"].type == "string"
 
@@ -184,7 +185,7 @@ def test_config_check_catches_a_money_price_and_bad_keys(tmp_path: Path) -> None
         "  win: {preset: win, preprocessors: [decrypt_price]}\n"
     )
     with pytest.raises(ConfigError) as caught:
-        load(path)
+        load_config(path)
     message = str(caught.value)
     assert "encryption key needs exactly one of encryption_key_env and encryption_key_file" in message
     assert "no exchange named 'nope'" in message

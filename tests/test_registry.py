@@ -91,7 +91,7 @@ def test_the_registry_builds_a_third_party_preprocessor_and_refuses_unknown_conf
 
 
 def test_builtin_preprocessors_have_the_declared_optional_members() -> None:
-    config = load().config
+    config = load(registry=registry()).config
     built = {name: registry().build_preprocessor(name, options, "/nonexistent") for name, options in _keyless(config)}
     assert isinstance(built["issue_click_id"], UsesSigningKeys) and isinstance(built["issue_click_id"], RedirectParams)
     assert isinstance(built["attribute_conversion"], CountsOutcomes)

@@ -12,9 +12,10 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
+from conftest import load_config
 from trackpoint.adtech import vast
 from trackpoint.adtech.macros import MACRO_START, unexpanded
-from trackpoint.config.load import ConfigError, load
+from trackpoint.config.load import ConfigError
 from trackpoint.config.model import EventTypeSpec, FieldSpec, FieldType
 from trackpoint.event import Event, Meta, derived_id
 from trackpoint.fields.build import EventBuilder
@@ -24,7 +25,7 @@ from trackpoint.preprocessors.vast.config import VastConfig
 from trackpoint.preprocessors.vast.preprocessor import Vast
 
 META = Meta(worker=0, config="vast")
-VIDEO = load().config.event_types["video"]
+VIDEO = load_config().config.event_types["video"]
 PREPROCESSOR = Vast("vast", VastConfig())
 BUILDER = EventBuilder("video", with_input_fields(VIDEO, (PREPROCESSOR,)), META)
 
@@ -313,7 +314,7 @@ def test_config_check_names_fields_declared_where_vast_does_not_look(tmp_path: P
         "      code: {type: int}\n"
     )
     with pytest.raises(ConfigError) as caught:
-        load(path)
+        load_config(path)
     message = str(caught.value)
     assert "event_types.video.fields.t" in message and "reads 't' from metrics: declare it a duration" in message
     assert "event_types.video.fields.code" in message and "reads 'code' from dims" in message

@@ -101,7 +101,7 @@ class FakeTransport:
 
 
 def _edges() -> list[Edge]:
-    loaded = load()
+    loaded = load(registry=registry())
     loaded = replace(
         loaded, config=msgspec.structs.replace(loaded.config, data_dir=tempfile.mkdtemp(prefix="tp-fuzz-"))
     )

@@ -9,13 +9,13 @@ builds the collectors and preprocessors a worker needs at start-up.
 from __future__ import annotations
 
 import logging
-from collections.abc import Awaitable, Callable, Iterable, Iterator, Mapping, Sequence
+from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
 from dataclasses import dataclass, field
 from functools import cache
 from importlib import metadata
 from typing import Any
 
-from trackpoint.admin.server import AdminRequest, AdminResponse
+from trackpoint.admin.routes import AdminHandler, AdminRoute
 from trackpoint.collectors.base import Collector, CollectorContext
 from trackpoint.config.load import KeyPath
 from trackpoint.config.model import CollectorBase, Config, EventTypeSpec, PreprocessorBase
@@ -27,8 +27,6 @@ ENTRY_POINT_GROUP = "trackpoint.plugins"
 
 CollectorFactory = Callable[[str, Any, CollectorContext], Collector]
 PreprocessorFactory = Callable[[str, Any], Preprocessor]
-# An admin handler gets the request and the tracker's running configuration (the one in force after reloads).
-AdminHandler = Callable[[AdminRequest, Config], Awaitable[AdminResponse]]
 # A configuration check: the problems it finds in a validated configuration, each a key path (`("event_types",
 # "click", "fields", "url")`) and a message. Checks run at every load, `trackpoint config check` and reload, for rules
 # no single struct can state (options of one section that refer to another).
@@ -73,15 +71,6 @@ class PreprocessorKind:
     @property
     def type(self) -> str:
         return type_tag(self.config)
-
-
-@dataclass(frozen=True)
-class AdminRoute:
-    """An extra route on the admin port (exact method and path), served by the supervisor process."""
-
-    method: str
-    path: str
-    handler: AdminHandler
 
 
 @dataclass(frozen=True)
@@ -232,6 +221,7 @@ def registry() -> Registry:
 
 __all__ = [
     "ENTRY_POINT_GROUP",
+    "AdminHandler",
     "AdminRoute",
     "CollectorKind",
     "ConfigCheck",
