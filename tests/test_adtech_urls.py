@@ -12,8 +12,8 @@ import pytest
 
 from conftest import load_config
 from trackpoint.adtech.auction import LOSS_MACROS, WIN_MACROS, notice_url
+from trackpoint.edge.build import EventBuilder
 from trackpoint.event import Event, Meta
-from trackpoint.fields.build import EventBuilder
 from trackpoint.fields.converters import Reject
 from trackpoint.plugins import registry
 from trackpoint.preprocessors import Preprocessor, with_input_fields

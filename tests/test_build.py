@@ -14,8 +14,8 @@ import pytest
 
 from conftest import load_config
 from trackpoint.config.model import EventTypeSpec, FieldSpec
+from trackpoint.edge.build import EventBuilder
 from trackpoint.event import Context, Event, Meta, derived_id, random_id
-from trackpoint.fields.build import EventBuilder
 from trackpoint.fields.converters import Reject
 
 HEX32 = re.compile(r"[0-9a-f]{32}")

@@ -10,8 +10,8 @@ from pathlib import Path
 import pytest
 
 from trackpoint.config.model import NUMBER_TYPES, EventTypeSpec, FieldSpec, FieldType
+from trackpoint.edge.build import EventBuilder
 from trackpoint.event import Meta
-from trackpoint.fields.build import EventBuilder
 
 SRC = Path(__file__).resolve().parent.parent / "src" / "trackpoint"
 SAMPLE = {

@@ -16,15 +16,15 @@ import pytest
 from hypothesis import example, given, settings
 from hypothesis import strategies as st
 
-from trackpoint.adtech.price import MACRO_UNSUBSTITUTED
 from trackpoint.config.model import EventTypeSpec, FieldSpec, FieldType
+from trackpoint.edge.build import EventBuilder
 from trackpoint.event import Event, Meta
-from trackpoint.fields.build import EventBuilder
 from trackpoint.fields.converters import Reject, make_converter, parse_cookies
+from trackpoint.fields.macros import PRICE_MACRO_UNSUBSTITUTED
 
 PROPERTIES = settings(max_examples=200, deadline=None, database=None)
 FIELD_REASONS = frozenset({"missing_field", "invalid_field", "field_out_of_range", "field_too_long"})
-BODY_REASONS = FIELD_REASONS | {"invalid_encoding", "invalid_json", "unsupported_media_type", MACRO_UNSUBSTITUTED}
+BODY_REASONS = FIELD_REASONS | {"invalid_encoding", "invalid_json", "unsupported_media_type", PRICE_MACRO_UNSUBSTITUTED}
 FORM = {b"content-type": b"application/x-www-form-urlencoded"}
 JSON = {b"content-type": b"application/json"}
 META = Meta(worker=0, config="properties")
@@ -75,7 +75,9 @@ def converts_or_rejects(field_type: FieldType, raw: str, **options: Any) -> str 
     except Reject as reject:
         rejected = reject
     assert rejected.status == 400 and rejected.field == "f"
-    allowed = {"invalid_field", "field_out_of_range"} | ({MACRO_UNSUBSTITUTED} if field_type == "money" else set())
+    allowed = {"invalid_field", "field_out_of_range"} | (
+        {PRICE_MACRO_UNSUBSTITUTED} if field_type == "money" else set()
+    )
     assert rejected.reason in allowed
     return rejected
 

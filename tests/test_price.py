@@ -10,10 +10,11 @@ from typing import Any
 import pytest
 
 from conftest import load_config
-from trackpoint.adtech.price import PriceDecrypter, PriceError, decrypt_price, encrypt_price, unsubstituted_macro
+from trackpoint.adtech.price import PriceDecrypter, PriceError, decrypt_price, encrypt_price
 from trackpoint.config.load import ConfigError
 from trackpoint.event import Context, Event, Meta
 from trackpoint.fields.converters import Reject
+from trackpoint.fields.macros import unsubstituted_price_macro
 from trackpoint.preprocessors.decrypt_price.config import DecryptPriceConfig, ExchangeKeys
 from trackpoint.preprocessors.decrypt_price.preprocessor import DecryptPrice
 
@@ -73,10 +74,10 @@ def test_garbage_is_malformed(token: str) -> None:
 
 
 def test_unsubstituted_macro_is_recognised() -> None:
-    assert unsubstituted_macro("${AUCTION_PRICE}")
-    assert unsubstituted_macro("${AUCTION_PRICE:B64}")
-    assert unsubstituted_macro("%24%7BAUCTION_PRICE%7D")  # arrived encoded twice
-    assert not unsubstituted_macro(GOOGLE_VECTORS[0][0])
+    assert unsubstituted_price_macro("${AUCTION_PRICE}")
+    assert unsubstituted_price_macro("${AUCTION_PRICE:B64}")
+    assert unsubstituted_price_macro("%24%7BAUCTION_PRICE%7D")  # arrived encoded twice
+    assert not unsubstituted_price_macro(GOOGLE_VECTORS[0][0])
 
 
 # --- the preprocessor ------------------------------------------------------------------------------------------

@@ -16,8 +16,7 @@ import yaml
 
 from conftest import load_config
 from trackpoint.config.model import SecretSource, SigningKey
-from trackpoint.preprocessors.decrypt_price.config import DecryptPriceConfig, ExchangeKeys
-from trackpoint.preprocessors.decrypt_price.preprocessor import read_price_key
+from trackpoint.preprocessors.decrypt_price.config import DecryptPriceConfig, ExchangeKeys, read_price_key
 from trackpoint.preprocessors.pseudonymize.config import PseudonymizeConfig
 from trackpoint.preprocessors.pseudonymize.preprocessor import Pseudonymize
 from trackpoint.security.postback_auth import read_advertiser_secret

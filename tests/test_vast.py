@@ -14,12 +14,12 @@ from hypothesis import strategies as st
 
 from conftest import load_config
 from trackpoint.adtech import vast
-from trackpoint.adtech.macros import MACRO_START, unexpanded
 from trackpoint.config.load import ConfigError
 from trackpoint.config.model import EventTypeSpec, FieldSpec, FieldType
+from trackpoint.edge.build import EventBuilder
 from trackpoint.event import Event, Meta, derived_id
-from trackpoint.fields.build import EventBuilder
-from trackpoint.fields.converters import MacroUnsubstituted, Reject, make_converter
+from trackpoint.fields.converters import MacroUnsubstituted, Reject, make_converter, parse_offset
+from trackpoint.fields.macros import MACRO_START, unexpanded
 from trackpoint.preprocessors import with_input_fields
 from trackpoint.preprocessors.vast.config import VastConfig
 from trackpoint.preprocessors.vast.preprocessor import Vast
@@ -75,21 +75,21 @@ def test_default_video_type_accepts_exactly_the_known_events() -> None:
     ],
 )
 def test_offsets_in_seconds_and_timecodes(text: str, seconds: float) -> None:
-    assert vast.parse_offset(text) == pytest.approx(seconds)
+    assert parse_offset(text) == pytest.approx(seconds)
 
 
 @pytest.mark.parametrize(
     "text", ["", "abc", "1e3", "00:60:00", "00:00:60", "0:0:5", "00:00:05,000", "5s", "nan", "inf", "1" * 13, "25%"]
 )
 def test_offsets_that_are_neither(text: str) -> None:
-    assert vast.parse_offset(text) is None
+    assert parse_offset(text) is None
 
 
 @given(st.integers(0, 99), st.integers(0, 59), st.integers(0, 59), st.integers(0, 999))
 @settings(max_examples=200, deadline=None, database=None)
 def test_every_timecode_is_its_seconds(hours: int, minutes: int, seconds: int, millis: int) -> None:
     text = f"{hours:02d}:{minutes:02d}:{seconds:02d}.{millis:03d}"
-    assert vast.parse_offset(text) == pytest.approx(hours * 3600 + minutes * 60 + seconds + millis / 1000)
+    assert parse_offset(text) == pytest.approx(hours * 3600 + minutes * 60 + seconds + millis / 1000)
 
 
 # --- unexpanded macros ---------------------------------------------------------------------------------------

@@ -22,9 +22,8 @@ from typing import Any, Protocol, Union
 import msgspec
 import yaml
 
-from trackpoint.config.model import Config, EventTypeSpec
-from trackpoint.privacy.filter import deny_private_fields
-from trackpoint.security.secrets import one_of_problem
+from trackpoint.config.model import Config, EventTypeSpec, one_of_problem
+from trackpoint.config.private import deny_private_fields
 
 DEFAULT_CONFIG_NAME = "<embedded default>"
 KeyPath = tuple[str | int, ...]

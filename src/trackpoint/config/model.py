@@ -661,6 +661,14 @@ class PreprocessorBase(Struct, tag_field="type", forbid_unknown_fields=True, kw_
     """Options every preprocessor has (none yet); the `type` tag picks the preprocessor."""
 
 
+def one_of_problem(name: str, env: str | None, file: str | None) -> str | None:
+    """What is wrong with a secret option pair `<name>_env` / `<name>_file` unless exactly one is set, else None
+    (the rule of every such pair; security/secrets.py reads them)."""
+    if (env is None) == (file is None):
+        return f"needs exactly one of {name}_env and {name}_file"
+    return None
+
+
 class SecretSource(Struct, forbid_unknown_fields=True, kw_only=True):
     """Where a secret key comes from: an environment variable or a file (never the config itself)."""
 

@@ -12,12 +12,18 @@ from datetime import UTC, datetime, timedelta
 from decimal import Decimal
 from urllib.parse import unquote_to_bytes
 
-from trackpoint.adtech.macros import MACRO_START, UNSUBSTITUTED, unexpanded
-from trackpoint.adtech.price import MACRO_UNSUBSTITUTED, OUT_OF_RANGE, unsubstituted_macro
-from trackpoint.adtech.vast import UNKNOWN_VALUES, parse_offset
 from trackpoint.config.model import FieldSpec
+from trackpoint.fields.macros import (
+    MACRO_START,
+    PRICE_MACRO_UNSUBSTITUTED,
+    UNSUBSTITUTED,
+    unexpanded,
+    unsubstituted_price_macro,
+)
 
 MICROS = 1_000_000
+# A price field's value outside its min/max: the reason decrypt_price gives an absurd decrypted price too.
+PRICE_OUT_OF_RANGE = "price_out_of_range"
 Value = str | int | float
 Converter = Callable[[str], Value]
 
@@ -80,7 +86,7 @@ def make_converter(name: str, spec: FieldSpec) -> Converter:
     if spec.type == "duration":
         return _bounded(name, _duration(name, macros), low, high)
     # An auction price refuses out-of-range values with the reason decrypt_price gives them.
-    reason = OUT_OF_RANGE if spec.type == "price" else "field_out_of_range"
+    reason = PRICE_OUT_OF_RANGE if spec.type == "price" else "field_out_of_range"
     return _bounded(name, _money(name, macros), _bound_micros(low), _bound_micros(high), reason)
 
 
@@ -160,6 +166,28 @@ def _duration(name: str, macros: bool) -> Callable[[str], int | float]:
     return convert
 
 
+# What a player sends in a duration field for an optional macro it does not fill (VAST 4.1 §6.1): -1 unknown, -2
+# withheld by policy.
+UNKNOWN_VALUES = frozenset({"-1", "-2"})
+
+# An offset: seconds (`12.5`) or a timecode `HH:MM:SS` / `HH:MM:SS.mmm` ([ADPLAYHEAD], [CONTENTPLAYHEAD]).
+_SECONDS = re.compile(r"[+-]?(?:\d{1,12}(?:\.\d{0,9})?|\.\d{1,9})", re.ASCII)
+_TIMECODE = re.compile(r"(\d{1,6}):([0-5]\d):([0-5]\d(?:\.\d{1,9})?)", re.ASCII)
+
+
+def parse_offset(text: str) -> float | None:
+    """Seconds from `12.5` or a timecode `00:00:12.500`; None when the text is neither."""
+    if ":" in text:
+        match = _TIMECODE.fullmatch(text)
+        if match is None:
+            return None
+        hours, minutes, seconds = match.groups()
+        return int(hours) * 3600 + int(minutes) * 60 + float(seconds)
+    if _SECONDS.fullmatch(text) is None:
+        return None
+    return float(text)
+
+
 def parse_micros(raw: str) -> int | None:
     """Decimal currency units to integer micros, exactly (half-up beyond the sixth decimal); None if not a number."""
     match = _MONEY.fullmatch(raw)
@@ -176,10 +204,10 @@ def _money(name: str, macros: bool) -> Callable[[str], int | float]:
     def convert(raw: str) -> int | float:
         micros = parse_micros(raw)
         if micros is None:
-            if unsubstituted_macro(raw):  # ${AUCTION_PRICE}, absent or refused: a reason of its own either way
+            if unsubstituted_price_macro(raw):  # ${AUCTION_PRICE}, absent or refused: a reason of its own either way
                 if macros:
-                    raise MacroUnsubstituted(name, MACRO_UNSUBSTITUTED)
-                raise Reject(400, MACRO_UNSUBSTITUTED, name)
+                    raise MacroUnsubstituted(name, PRICE_MACRO_UNSUBSTITUTED)
+                raise Reject(400, PRICE_MACRO_UNSUBSTITUTED, name)
             raise _invalid(name, raw, macros)
         return micros
 
