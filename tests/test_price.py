@@ -195,7 +195,7 @@ def test_config_check_catches_a_money_price_and_bad_keys(tmp_path: Path) -> None
 
 def test_plain_money_field_names_the_unsubstituted_macro() -> None:
     from trackpoint.config.model import FieldSpec
-    from trackpoint.fields.converters import make_converter
+    from trackpoint.fields.types import make_converter
 
     convert = make_converter("price", FieldSpec(type="money", min=0, max=100000))
     for raw in ("${AUCTION_PRICE}", "${AUCTION_PRICE:B64}"):

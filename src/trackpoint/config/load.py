@@ -24,6 +24,7 @@ import yaml
 
 from trackpoint.config.model import Config, EventTypeSpec, one_of_problem
 from trackpoint.config.private import deny_private_fields
+from trackpoint.fields.types import unknown_type_problem
 
 DEFAULT_CONFIG_NAME = "<embedded default>"
 KeyPath = tuple[str | int, ...]
@@ -132,6 +133,7 @@ def _validate(document: dict[str, Any], node: yaml.Node | None, source: str, reg
     document, problems = apply_presets(document, registry)
     if not problems:
         value, problems = convert_collecting(document, config_type(registry), ())
+        problems += field_type_problems(document)
     if problems:
         if registry.failures:
             failed = "; ".join(f"{name}: {reason}" for name, reason in registry.failures.items())
@@ -280,6 +282,21 @@ def _tag_of(member: Any) -> str | None:
         tag = member.__struct_config__.tag
         return tag if isinstance(tag, str) else None
     return None
+
+
+def field_type_problems(document: dict[str, Any]) -> list[tuple[KeyPath, str]]:
+    """Each declared field whose `type` is not in the table of field types (fields/types.py). The names are read
+    from the table as the file is loaded, not written into the structs: a type added there is accepted as it is."""
+    problems: list[tuple[KeyPath, str]] = []
+    event_types = document.get("event_types")
+    for type_name, spec in event_types.items() if isinstance(event_types, dict) else ():
+        fields = spec.get("fields") if isinstance(spec, dict) else None
+        for name, field in fields.items() if isinstance(fields, dict) else ():
+            declared = field.get("type") if isinstance(field, dict) else None
+            problem = unknown_type_problem(declared) if isinstance(declared, str) else None
+            if problem is not None:
+                problems.append((("event_types", type_name, "fields", name, "type"), problem))
+    return problems
 
 
 def _parse_error(message: str, path: KeyPath) -> tuple[KeyPath, str]:

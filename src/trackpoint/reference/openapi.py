@@ -15,6 +15,7 @@ from trackpoint.admin.routes import admin_endpoints
 from trackpoint.config.load import LoadedConfig
 from trackpoint.config.model import EventTypeSpec, FieldSpec
 from trackpoint.fields.reasons import statuses
+from trackpoint.fields.types import raw_value_schema
 from trackpoint.plugins import Registry
 
 Schema = dict[str, Any]
@@ -32,7 +33,6 @@ _REJECTIONS = {
     str(status): "\n".join(f"- `{entry.reason}`: {entry.description}" for entry in entries)
     for status, entries in statuses().items()
 }
-_BOOL_WORDS = ["1", "0", "true", "false", "yes", "no"]
 
 
 def openapi_document(loaded: LoadedConfig, registry: Registry) -> dict[str, Any]:
@@ -188,28 +188,8 @@ def _responses(spec: EventTypeSpec) -> dict[str, Any]:
 
 
 def _schema(field: FieldSpec) -> Schema:
-    """The JSON Schema of a field's raw value. `max_len` bounds the raw text of every type."""
-    bounds: Schema = {}
-    if field.min is not None:
-        bounds["minimum"] = field.min
-    if field.max is not None:
-        bounds["maximum"] = field.max
-    schema: Schema
-    match field.type:
-        case "string":
-            schema = {"type": "string", "maxLength": field.max_len}
-        case "enum":
-            schema = {"type": "string", "enum": list(field.values or [])}
-        case "int":
-            schema = {"type": "integer"} | bounds
-        case "decimal" | "money" | "price":
-            schema = {"type": "number"} | bounds
-        case "bool":
-            schema = {"type": ["boolean", "string"], "enum": [True, False, *_BOOL_WORDS]}
-        case "duration":
-            schema = {"type": ["number", "string"], "description": "Seconds, or a VAST timecode HH:MM:SS.mmm."}
-        case "timestamp":
-            schema = {"type": ["integer", "string"], "description": "Epoch seconds, epoch ms or ISO 8601."}
+    """The JSON Schema of a field's raw value (its type's, fields/types.py), with the field's default."""
+    schema = raw_value_schema(field)
     if field.default is not None:
         schema["default"] = field.default
     return schema
