@@ -248,7 +248,9 @@ def replay(  # noqa: PLR0917 (typer: one parameter per option)
 
         try:
             report = asyncio.run(
-                replaying.replay(files, replaying.build_collectors(loaded.config, replay_plan), replay_plan, advance)
+                replaying.replay(
+                    files, replaying.build_collectors(loaded.config, replay_plan, registry()), replay_plan, advance
+                )
             )
         except replaying.ReplayError as exc:
             err.print(f"[bold red]error[/] {exc}", highlight=False)

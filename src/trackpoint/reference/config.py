@@ -29,7 +29,8 @@ def configuration_reference(registry: Registry) -> str:
             if struct.tag_field is not None and field.name == struct.tag_field:
                 continue
             inner, description = _unwrap(field.type)
-            lines.append(f"| `{field.encode_name}` | {_type_name(inner)} | {_default(field)} | {escape(description)} |")
+            names = _enum_of(field.type) or _type_name(inner)
+            lines.append(f"| `{field.encode_name}` | {names} | {_default(field)} | {escape(description)} |")
         lines.append("")
     return "\n".join(lines)
 
@@ -67,6 +68,12 @@ def _unwrap(kind: mi.Type) -> tuple[mi.Type, str]:
         description = (kind.extra_json_schema or {}).get("description", "")
         return kind.type, description
     return kind, ""
+
+
+def _enum_of(kind: mi.Type) -> str:
+    """The values a text option accepts when its schema lists them (a field's `type`: the table of field types)."""
+    values = (kind.extra_json_schema or {}).get("enum") if isinstance(kind, mi.Metadata) else None
+    return " \\| ".join(f"`{value}`" for value in values) if values else ""
 
 
 def _type_name(kind: mi.Type) -> str:
