@@ -41,6 +41,8 @@ class ComponentKind(Protocol):
 
 
 class CollectorKindLike(ComponentKind, Protocol):
+    """A collector kind: an `implicit` one exists under its own name with default options."""
+
     @property
     def implicit(self) -> bool: ...
 

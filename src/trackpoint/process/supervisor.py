@@ -506,7 +506,7 @@ class Supervisor:
         self.state.admin_connections = admin.counts
         return admin
 
-    # --- what the admin port reads (admin/core.py: Tracker) ----------------------------------------------------------
+    # --- what the admin port reads (admin/core.py: Tracker) ------------------------------------------------------
 
     @property
     def workers_ready(self) -> int:

@@ -11,12 +11,11 @@ from typing import Any
 
 import msgspec
 
-from trackpoint.config.load import LoadedConfig, config_error
+from trackpoint.config.load import KeyPath, LoadedConfig, config_error
 from trackpoint.config.model import AdminConfig, Config, PostbackAuthSpec, SecretSource, SigningConfig
 from trackpoint.security.admin_token import read_admin_token, token_configured
 from trackpoint.security.postback_auth import read_advertiser_secret
 from trackpoint.security.secrets import (
-    KeyPath,
     SecretError,
     SecretHolder,
     env_secret,

@@ -13,10 +13,10 @@ from collections.abc import Callable, Iterator, Mapping
 from pathlib import Path
 from typing import Protocol, runtime_checkable
 
+from trackpoint.config.load import KeyPath
 from trackpoint.config.model import one_of_problem
 
 MIN_SECRET_BYTES = 16
-KeyPath = tuple[str | int, ...]
 
 
 class SecretSourceLike(Protocol):

@@ -12,8 +12,9 @@ import msgspec
 from msgspec import Meta, Struct
 
 from trackpoint.adtech.price import decode_websafe
+from trackpoint.config.load import KeyPath
 from trackpoint.config.model import PreprocessorBase
-from trackpoint.security.secrets import MIN_SECRET_BYTES, KeyPath, SecretError, read_secret, secret_option
+from trackpoint.security.secrets import MIN_SECRET_BYTES, SecretError, read_secret, secret_option
 
 ROLES = ("encryption", "integrity")
 
