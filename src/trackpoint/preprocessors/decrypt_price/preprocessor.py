@@ -14,6 +14,7 @@ from trackpoint.adtech.price import (
     PriceDecrypter,
     PriceError,
 )
+from trackpoint.config.load import KeyPath
 from trackpoint.config.model import Config, FieldSpec, one_of_problem
 from trackpoint.event import Event
 from trackpoint.fields.converters import MICROS, PRICE_OUT_OF_RANGE, Reject, parse_micros
@@ -21,7 +22,6 @@ from trackpoint.fields.macros import PRICE_MACRO_UNSUBSTITUTED, unsubstituted_pr
 from trackpoint.preprocessors.decrypt_price.config import DecryptPriceConfig, read_price_key
 
 UNKNOWN_EXCHANGE = "price_exchange_unknown"
-KeyPath = tuple[str | int, ...]
 
 
 class DecryptPrice:
