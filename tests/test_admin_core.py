@@ -41,8 +41,15 @@ class Reported:
         return b'{"openapi": "3.1.0"}'
 
 
+def _answer(handler: Handler, path: str) -> AdminResponse:
+    async def call() -> AdminResponse:
+        return await handler(AdminRequest("GET", path, ""))
+
+    return asyncio.run(call())
+
+
 def _get(handler: Handler, path: str) -> tuple[int, dict[str, object]]:
-    response = asyncio.run(handler(AdminRequest("GET", path, "")))
+    response = _answer(handler, path)
     return response.status, json.loads(response.body)
 
 
@@ -82,7 +89,7 @@ def test_metrics_and_openapi_come_from_what_the_tracker_hands_over() -> None:
     state = metrics.SupervisorState()
     state.restarts = 7
     handlers = core_handlers(tracker, metrics.registry(lambda: Snapshot(requests=41), state))
-    text = asyncio.run(handlers["/metrics"](AdminRequest("GET", "/metrics", ""))).body.decode()
+    text = _answer(handlers["/metrics"], "/metrics").body.decode()
     assert "trackpoint_requests_total 41.0" in text
     assert "trackpoint_worker_restarts_total 7.0" in text
     assert _get(handlers["/openapi.json"], "/openapi.json") == (200, {"openapi": "3.1.0"})
@@ -102,5 +109,5 @@ def test_plugin_handlers_get_the_configuration_in_force() -> None:
     assert probes is None  # no probe port configured
     assert set(server.routes) == {(r.method, r.path) for r in CORE_ROUTES} | {("GET", "/plugin/stats")}
     assert _get(server.routes[("GET", "/healthz")], "/healthz")[0] == 200 and seen == []  # the core route won
-    asyncio.run(server.routes[("GET", "/plugin/stats")](AdminRequest("GET", "/plugin/stats", "")))
+    _answer(server.routes[("GET", "/plugin/stats")], "/plugin/stats")
     assert seen == [tracker.configuration]
