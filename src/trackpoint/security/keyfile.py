@@ -35,6 +35,6 @@ def auto_key(data_dir: str, name: str) -> bytes:
     """The random key `data_dir/keys/<name>.key`, created on first use. Workers starting together agree: the key
     is written to a private temporary file and linked into place, so whoever links first wins and every worker
     reads the same key."""
-    path = Path(data_dir) / "keys" / f"{name}.key"
-    create_key_file(path)
-    return read_secret("secret", None, str(path), data_dir)
+    file = f"keys/{name}.key"  # relative: read_secret resolves it against data_dir, as create_key_file's path is
+    create_key_file(Path(data_dir) / file)
+    return read_secret("secret", None, file, data_dir)
