@@ -35,6 +35,7 @@ API: tuple[tuple[str, tuple[str, ...]], ...] = (
     ("trackpoint.event", ("Event",)),
     ("trackpoint.fields.converters", ("Reject",)),
     ("trackpoint.admin.server", ("AdminRequest", "AdminResponse")),
+    ("trackpoint.security.secrets", ("read_secret", "SecretError", "SecretHolder")),
 )
 
 
