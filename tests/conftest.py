@@ -29,11 +29,19 @@ import pytest
 import yaml
 
 from trackpoint.collectors.log.reader import ReadStats, read_events
+from trackpoint.config import LoadedConfig, load
 from trackpoint.event import Context, Event, Meta, derived_id
+from trackpoint.plugins import registry
 
 CHROME_UA = (
     "Mozilla/5.0 (Windows NT 10.0; Win64; x64) AppleWebKit/537.36 (KHTML, like Gecko) Chrome/120.0.0.0 Safari/537.36"
 )
+
+
+def load_config(path: str | Path | None = None) -> LoadedConfig:
+    """A configuration loaded with this process's plugins, as `trackpoint run` loads it (the loader takes the
+    registry explicitly): the file at `path`, else the embedded default."""
+    return load(path, registry=registry())
 
 
 def make_event(i: int, event_type: str = "impression") -> Event:
@@ -137,11 +145,10 @@ class Tracker:
     def sign(self, url: str, body: bytes | None = None) -> str:
         """The URL signed as `trackpoint sign` would with this tracker's config: its first (or sign_with) key,
         only the event type's `signed_params` covered (a win's price stays free, as an exchange substitutes it)."""
-        from trackpoint.config import load
         from trackpoint.security.signing import covered_params, load_key, sign_url, signing_key_id
 
         if self._signing is None:
-            config = load(self.config_path).config
+            config = load_config(self.config_path).config
             key_id = signing_key_id(config.signing)
             self._signing = (config, key_id, load_key(key_id, config.signing.keys[key_id], config.data_dir))
         config, key_id, secret = self._signing

@@ -10,15 +10,15 @@ from typing import Any
 
 import pytest
 
+from conftest import load_config
 from trackpoint.adtech.auction import LOSS_MACROS, WIN_MACROS, notice_url
-from trackpoint.config.load import load
+from trackpoint.edge.build import EventBuilder
 from trackpoint.event import Event, Meta
-from trackpoint.fields.build import EventBuilder
 from trackpoint.fields.converters import Reject
 from trackpoint.plugins import registry
 from trackpoint.preprocessors import Preprocessor, with_input_fields
 
-CONFIG = load().config
+CONFIG = load_config().config
 META = Meta(worker=0, config="urls")
 
 

@@ -14,8 +14,7 @@ from typing import Any
 
 import pytest
 
-from conftest import Tracker, read_until_quiet
-from trackpoint.config import load
+from conftest import Tracker, load_config, read_until_quiet
 from trackpoint.edge.runtime import ERROR_LOG_INTERVAL_S, Edge
 from trackpoint.plugins import registry
 
@@ -280,7 +279,7 @@ def test_deeply_nested_json_is_a_small_400(tracker: Tracker) -> None:
 
 def test_each_kind_of_error_has_its_own_log_interval(tmp_path: Path, caplog: pytest.LogCaptureFixture) -> None:
     """A flood of one kind of error is logged once per interval, and does not hide another kind."""
-    loaded = load()
+    loaded = load_config()
 
     async def main() -> None:
         edge = Edge(loaded.config, loaded.version, 0, registry())

@@ -15,9 +15,9 @@ from urllib.parse import parse_qs, quote, urlsplit
 import pytest
 import yaml
 
-from conftest import Tracker
+from conftest import Tracker, load_config
 from trackpoint.adtech.clickid import FORGED, MALFORMED, MAX_CHARS, UNKNOWN_KEY, Click, ClickIdError, ClickIds
-from trackpoint.config import ConfigError, load
+from trackpoint.config import ConfigError
 from trackpoint.edge.responses import with_params
 from trackpoint.event import Context, Event, Meta
 from trackpoint.preprocessors.attribute_conversion.config import AttributeConversionConfig
@@ -228,7 +228,7 @@ def _problems(tmp_path: Path, document: dict[str, Any]) -> str:
     path = tmp_path / "bad.yaml"
     path.write_text(yaml.safe_dump(document))
     with pytest.raises(ConfigError) as error:
-        load(path)
+        load_config(path)
     return str(error.value)
 
 
@@ -305,7 +305,7 @@ def test_click_then_conversion_is_attributed_end_to_end(tracker: Tracker) -> Non
 
 
 def test_the_attribution_window_edges_against_a_running_tracker(tracker: Tracker) -> None:
-    window_ms = load().config.preprocessors["attribute_conversion"].window_s * 1000  # type: ignore[attr-defined]
+    window_ms = load_config().config.preprocessors["attribute_conversion"].window_s * 1000  # type: ignore[attr-defined]
     click_ids = ClickIds({"auto": _key(tracker)}, "auto")
     now = int(time.time() * 1000)
     cases = {

@@ -11,10 +11,10 @@ from typing import Any, cast
 
 import pytest
 
-from conftest import Tracker, read_until_quiet
+from conftest import Tracker, load_config, read_until_quiet
 from trackpoint.collectors import Collector
 from trackpoint.collectors.log.reader import read_events
-from trackpoint.config.load import ConfigError, load
+from trackpoint.config.load import ConfigError
 from trackpoint.config.model import RejectedConfig
 from trackpoint.edge.bad_rows import BadRows, redact_target
 from trackpoint.event import Event, Meta
@@ -115,11 +115,11 @@ def test_the_rejected_collectors_must_exist(tmp_path: Path) -> None:
     path = tmp_path / "c.yaml"
     path.write_text("rejected: {collectors: [nowhere], sample_rate: 2}\n")
     with pytest.raises(ConfigError) as error:
-        load(path)
+        load_config(path)
     assert "rejected.sample_rate" in str(error.value)
     path.write_text("rejected: {collectors: [nowhere]}\n")
     with pytest.raises(ConfigError) as error:
-        load(path)
+        load_config(path)
     assert "rejected.collectors[0]: no collector named 'nowhere'" in str(error.value)
 
 
@@ -201,4 +201,4 @@ def test_off_by_default(tracker: Tracker) -> None:
     assert tracker.get("/nowhere")[0] == 404
     assert tracker.wait_metric("trackpoint_rejected_total", 'reason="not_found"', 1) == 1
     assert not (tracker.data_dir / "rejected").exists()
-    assert load().config.rejected.collectors == []
+    assert load_config().config.rejected.collectors == []

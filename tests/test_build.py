@@ -12,10 +12,10 @@ import time
 import msgspec
 import pytest
 
-from trackpoint.config import load
+from conftest import load_config
 from trackpoint.config.model import EventTypeSpec, FieldSpec
+from trackpoint.edge.build import EventBuilder
 from trackpoint.event import Context, Event, Meta, derived_id, random_id
-from trackpoint.fields.build import EventBuilder
 from trackpoint.fields.converters import Reject
 
 HEX32 = re.compile(r"[0-9a-f]{32}")
@@ -25,7 +25,7 @@ META = Meta(worker=3, config="test")
 
 
 def default_builder(type_name: str) -> EventBuilder:
-    return EventBuilder(type_name, load().config.event_types[type_name], META)
+    return EventBuilder(type_name, load_config().config.event_types[type_name], META)
 
 
 def spec_builder(fields: dict[str, FieldSpec], dedupe_key: list[str] | None = None) -> EventBuilder:
@@ -421,7 +421,7 @@ def test_builders_of_every_default_type_build_a_minimal_event() -> None:
         "billing": b"imp=i&price=0",
         "loss": b"imp=i",
     }
-    for name, spec in load().config.event_types.items():
+    for name, spec in load_config().config.event_types.items():
         event = EventBuilder(name, spec, META).build(minimal[name], None, {}, "192.0.2.1")
         assert event.type == name
         assert HEX32.fullmatch(event.id)

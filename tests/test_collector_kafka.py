@@ -19,10 +19,11 @@ import pytest
 from confluent_kafka import Producer
 
 from conformance.target_kafka import KafkaTarget, make_target, read_messages
+from conftest import load_config
 from trackpoint.collectors.base import CollectorContext, Health, SendResult
 from trackpoint.collectors.kafka.collector import KafkaCollector, producer_settings
 from trackpoint.collectors.kafka.config import KafkaCollectorConfig
-from trackpoint.config import ConfigError, load
+from trackpoint.config import ConfigError
 from trackpoint.event import Context, Event, Meta
 from trackpoint.plugins import registry
 
@@ -284,10 +285,10 @@ def test_a_config_file_declares_a_kafka_collector_and_a_bad_template_is_reported
     path = tmp_path / "trackpoint.yaml"
     declaration = "collectors:\n  events:\n    type: kafka\n    bootstrap_servers: broker:9092\n"
     path.write_text(declaration)
-    assert isinstance(load(path).config.collectors["events"], KafkaCollectorConfig)
+    assert isinstance(load_config(path).config.collectors["events"], KafkaCollectorConfig)
     path.write_text(declaration + '    topic: "tp.{kind}"\n')
     with pytest.raises(ConfigError, match=r"trackpoint\.yaml:2: collectors\.events: topic 'tp\.\{kind\}'"):
-        load(path)
+        load_config(path)
 
 
 def test_a_tracker_delivers_its_events_to_kafka(brokers: str, tracker_factory: Any) -> None:

@@ -15,11 +15,13 @@ import msgspec
 import pytest
 from typer.testing import CliRunner
 
+from conftest import load_config
 from trackpoint.cli import app
 from trackpoint.collectors.log.config import LogCollectorConfig
 from trackpoint.collectors.stdout.config import StdoutCollectorConfig
-from trackpoint.config import ConfigError, ConfigIssue, LoadedConfig, json_schema, load, model
+from trackpoint.config import ConfigError, ConfigIssue, LoadedConfig, json_schema, model
 from trackpoint.config.load import DEFAULT_CONFIG_NAME, default_text
+from trackpoint.plugins import registry
 from trackpoint.preprocessors.anonymize_ip.config import AnonymizeIpConfig
 from trackpoint.preprocessors.parse_user_agent.config import ParseUserAgentConfig
 
@@ -55,7 +57,7 @@ def write(directory: Path, text: str, name: str = "trackpoint.yaml") -> Path:
 
 def issues_of(path: Path) -> list[ConfigIssue]:
     with pytest.raises(ConfigError) as caught:
-        load(path)
+        load_config(path)
     return caught.value.issues
 
 
@@ -81,7 +83,7 @@ def dotted(issue: ConfigIssue) -> str:
 
 
 def test_default_loads_from_the_embedded_file() -> None:
-    loaded = load()
+    loaded = load_config()
     assert isinstance(loaded, LoadedConfig)
     assert loaded.source == DEFAULT_CONFIG_NAME
     assert loaded.config.data_dir == "./trackpoint-data"
@@ -91,20 +93,20 @@ def test_default_loads_from_the_embedded_file() -> None:
 
 
 def test_default_has_the_seven_event_types_on_their_paths() -> None:
-    event_types = load().config.event_types
+    event_types = load_config().config.event_types
     assert set(event_types) == set(DEFAULT_PATHS)
     for name, path in DEFAULT_PATHS.items():
         assert event_types[name].paths == [path], name
 
 
 def test_default_event_types_declare_the_documented_fields() -> None:
-    event_types = load().config.event_types
+    event_types = load_config().config.event_types
     for name, fields in DEFAULT_FIELDS.items():
         assert set(event_types[name].fields) == fields, name
 
 
 def test_default_field_types_and_options() -> None:
-    types = load().config.event_types
+    types = load_config().config.event_types
     assert types["win"].fields["price"].type == "price"
     assert types["win"].fields["price"].required
     assert types["win"].fields["cur"].default == "USD"
@@ -129,7 +131,7 @@ def test_default_field_types_and_options() -> None:
 
 
 def test_default_has_builtin_collectors_and_preprocessors() -> None:
-    config = load().config
+    config = load_config().config
     assert isinstance(config.collectors["log"], LogCollectorConfig)
     assert isinstance(config.collectors["stdout"], StdoutCollectorConfig)
     assert isinstance(config.preprocessors["anonymize_ip"], AnonymizeIpConfig)
@@ -141,11 +143,11 @@ def test_default_has_builtin_collectors_and_preprocessors() -> None:
 
 def test_file_overriding_only_data_dir_keeps_the_default_event_types(tmp_path: Path) -> None:
     path = write(tmp_path, "data_dir: /var/lib/tp\n")
-    loaded = load(path)
+    loaded = load_config(path)
     assert loaded.source == str(path)
     assert loaded.config.data_dir == "/var/lib/tp"
-    assert loaded.config.event_types == load().config.event_types
-    assert loaded.config.server == load().config.server
+    assert loaded.config.event_types == load_config().config.event_types
+    assert loaded.config.server == load_config().config.server
 
 
 def test_a_top_level_section_replaces_the_defaults_whole(tmp_path: Path) -> None:
@@ -159,7 +161,7 @@ def test_a_top_level_section_replaces_the_defaults_whole(tmp_path: Path) -> None
           port: 9000
         """,
     )
-    config = load(path).config
+    config = load_config(path).config
     assert set(config.event_types) == {"ping"}
     assert config.event_types["ping"].collectors == ["log"]
     assert config.server.port == 9000
@@ -169,9 +171,9 @@ def test_a_top_level_section_replaces_the_defaults_whole(tmp_path: Path) -> None
 
 def test_an_empty_file_is_the_default(tmp_path: Path) -> None:
     path = write(tmp_path, "# nothing here\n")
-    loaded = load(path)
-    assert loaded.config == load().config
-    assert loaded.version == load().version
+    loaded = load_config(path)
+    assert loaded.config == load_config().config
+    assert loaded.version == load_config().version
 
 
 def test_a_redefined_builtin_collector_keeps_the_other_builtins(tmp_path: Path) -> None:
@@ -182,7 +184,7 @@ def test_a_redefined_builtin_collector_keeps_the_other_builtins(tmp_path: Path) 
           log: {type: log, dir: elsewhere, durability: power}
         """,
     )
-    collectors = load(path).config.collectors
+    collectors = load_config(path).config.collectors
     log = collectors["log"]
     assert isinstance(log, LogCollectorConfig)
     assert log.dir == "elsewhere"
@@ -192,7 +194,7 @@ def test_a_redefined_builtin_collector_keeps_the_other_builtins(tmp_path: Path) 
 
 def test_integers_are_accepted_for_seconds_options(tmp_path: Path) -> None:
     path = write(tmp_path, "server:\n  drain_timeout_s: 5\n  limits: {header_timeout_s: 2}\n")
-    server = load(path).config.server
+    server = load_config(path).config.server
     assert server.drain_timeout_s == 5.0
     assert server.limits.header_timeout_s == 2.0
 
@@ -550,7 +552,7 @@ def test_into_metrics_is_refused_for_a_field_that_is_not_a_number(tmp_path: Path
 
 def test_into_dims_is_allowed_for_numbers(tmp_path: Path) -> None:
     path = event_types_file(tmp_path, "a:\n  paths: [/a]\n  fields:\n    n: {type: int, into: dims}\n")
-    assert load(path).config.event_types["a"].fields["n"].into == "dims"
+    assert load_config(path).config.event_types["a"].fields["n"].into == "dims"
 
 
 def test_a_duplicate_path_is_reported_for_each_shared_method(tmp_path: Path) -> None:
@@ -564,7 +566,7 @@ def test_a_duplicate_path_is_reported_for_each_shared_method(tmp_path: Path) -> 
 
 def test_same_path_with_disjoint_methods_is_allowed(tmp_path: Path) -> None:
     path = event_types_file(tmp_path, "a:\n  paths: [/a]\n  methods: [GET]\nb:\n  paths: [/a]\n  methods: [POST]\n")
-    assert set(load(path).config.event_types) == {"a", "b"}
+    assert set(load_config(path).config.event_types) == {"a", "b"}
 
 
 def test_bad_trusted_proxy_network_is_located(tmp_path: Path) -> None:
@@ -617,7 +619,7 @@ def test_a_file_may_name_its_own_collector_and_preprocessor(tmp_path: Path) -> N
             collectors: [archive, log]
         """,
     )
-    config = load(path).config
+    config = load_config(path).config
     assert config.event_types["a"].collectors == ["archive", "log"]
     archive = config.collectors["archive"]
     assert isinstance(archive, LogCollectorConfig)
@@ -632,27 +634,27 @@ def test_a_file_may_name_its_own_collector_and_preprocessor(tmp_path: Path) -> N
 
 def test_version_is_stable_for_the_same_content(tmp_path: Path) -> None:
     text = "data_dir: /data\nserver:\n  port: 9000\n"
-    first = load(write(tmp_path, text, name="a.yaml")).version
-    second = load(write(tmp_path, text, name="b.yaml")).version
+    first = load_config(write(tmp_path, text, name="a.yaml")).version
+    second = load_config(write(tmp_path, text, name="b.yaml")).version
     assert first == second
-    assert load(tmp_path / "a.yaml").version == first
+    assert load_config(tmp_path / "a.yaml").version == first
     assert len(first) == 12
     assert all(char in "0123456789abcdef" for char in first)
 
 
 def test_version_ignores_comments_and_layout(tmp_path: Path) -> None:
-    plain = load(write(tmp_path, "data_dir: /data\nserver:\n  port: 9000\n", name="a.yaml")).version
+    plain = load_config(write(tmp_path, "data_dir: /data\nserver:\n  port: 9000\n", name="a.yaml")).version
     styled_text = "# a comment\nserver: {port: 9000}   # inline\ndata_dir: '/data'\n"
-    styled = load(write(tmp_path, styled_text, name="b.yaml"))
+    styled = load_config(write(tmp_path, styled_text, name="b.yaml"))
     assert styled.version == plain
 
 
 def test_version_changes_when_content_changes(tmp_path: Path) -> None:
     versions = {
-        load(write(tmp_path, "data_dir: /data\n", name="a.yaml")).version,
-        load(write(tmp_path, "data_dir: /data2\n", name="b.yaml")).version,
-        load(write(tmp_path, "data_dir: /data\nserver: {port: 9001}\n", name="c.yaml")).version,
-        load().version,
+        load_config(write(tmp_path, "data_dir: /data\n", name="a.yaml")).version,
+        load_config(write(tmp_path, "data_dir: /data2\n", name="b.yaml")).version,
+        load_config(write(tmp_path, "data_dir: /data\nserver: {port: 9001}\n", name="c.yaml")).version,
+        load_config().version,
     }
     assert len(versions) == 4
 
@@ -661,7 +663,7 @@ def test_version_changes_when_content_changes(tmp_path: Path) -> None:
 
 
 def test_json_schema_is_a_json_schema_of_the_config() -> None:
-    schema = json_schema()
+    schema = json_schema(registry())
     assert schema["$schema"] == "https://json-schema.org/draft/2020-12/schema"
     assert schema["title"] == "trackpoint configuration"
     assert schema["$ref"] == "#/$defs/Config"
@@ -676,7 +678,7 @@ def test_json_schema_is_a_json_schema_of_the_config() -> None:
 
 @pytest.mark.e2e
 def test_json_schema_defines_every_struct_with_descriptions() -> None:
-    definitions = json_schema()["$defs"]
+    definitions = json_schema(registry())["$defs"]
     structs = [
         model.Config,
         model.ServerConfig,
@@ -711,7 +713,7 @@ def test_cli_config_check_accepts_a_good_file(tmp_path: Path) -> None:
     result = CliRunner().invoke(app, ["config", "check", str(path)])
     assert result.exit_code == 0, result.output
     assert f"{path}: ok" in result.stdout
-    assert load(path).version in result.stdout
+    assert load_config(path).version in result.stdout
     assert "impression" in result.stdout
 
 
@@ -728,7 +730,7 @@ def test_cli_config_check_reports_each_problem_with_file_and_line(tmp_path: Path
 def test_cli_config_schema_prints_the_json_schema() -> None:
     result = CliRunner().invoke(app, ["config", "schema"])
     assert result.exit_code == 0, result.output
-    assert json.loads(result.stdout) == json_schema()
+    assert json.loads(result.stdout) == json_schema(registry())
 
 
 @pytest.mark.e2e

@@ -12,8 +12,8 @@ from typing import Any
 
 import pytest
 
-from conftest import CHROME_UA, Tracker
-from trackpoint.config import ConfigError, load
+from conftest import CHROME_UA, Tracker, load_config
+from trackpoint.config import ConfigError
 from trackpoint.config.model import CorsSpec
 from trackpoint.edge.cors import MAX_CACHED_ORIGINS, CorsPolicy, parse_origin, splice
 from trackpoint.edge.runtime import Edge
@@ -112,7 +112,7 @@ def test_config_check_names_every_cors_problem(tmp_path: Path) -> None:
         )
     )
     with pytest.raises(ConfigError) as caught:
-        load(path)
+        load_config(path)
     problems = [(issue.line, ".".join(map(str, issue.path)), issue.message) for issue in caught.value.issues]
     assert problems == [
         (17, "event_types.other.response.cors.allow_headers.0", "Expected `str` matching regex '^[A-Za-z0-9-]{1,64}$'")
@@ -120,7 +120,7 @@ def test_config_check_names_every_cors_problem(tmp_path: Path) -> None:
     # With the header fixed, the cross-section rules speak: every one, each at its line.
     path.write_text(path.read_text().replace('["content type"]', "[content-type]"))
     with pytest.raises(ConfigError) as caught:
-        load(path)
+        load_config(path)
     problems = [(issue.line, ".".join(map(str, issue.path)), issue.message) for issue in caught.value.issues]
     assert problems == [
         (8, "event_types.pageview.response.cors.allow_origins.0", problems[0][2]),
@@ -207,7 +207,7 @@ def test_decorate_splices_after_the_status_line() -> None:
 def test_types_without_cors_cost_nothing(tmp_path: Path) -> None:
     path = tmp_path / "default-and-cors.yaml"
     path.write_text(json.dumps({"data_dir": str(tmp_path / "data"), **CORS_CONFIG}))
-    edge = Edge(load(path).config, "test", 0, registry())
+    edge = Edge(load_config(path).config, "test", 0, registry())
     assert {route.name: route.cors is not None for route in edge.routes.values()} == {
         "pageview": True,
         "custom": True,
@@ -216,7 +216,7 @@ def test_types_without_cors_cost_nothing(tmp_path: Path) -> None:
     assert b"origin" in edge.kept_headers
     plain = tmp_path / "plain.yaml"
     plain.write_text(json.dumps({"data_dir": str(tmp_path / "data2")}))
-    edge = Edge(load(plain).config, "test", 0, registry())
+    edge = Edge(load_config(plain).config, "test", 0, registry())
     assert all(route.cors is None for route in edge.routes.values())
     assert b"origin" not in edge.kept_headers  # the header is not even kept
 

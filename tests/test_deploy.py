@@ -27,8 +27,7 @@ import pytest
 import yaml
 from lark.exceptions import LarkError
 
-from conftest import Tracker
-from trackpoint.config import load
+from conftest import Tracker, load_config
 from trackpoint.config.model import Config
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -235,7 +234,7 @@ def test_the_image_runs_as_a_fixed_non_root_uid(runtime: Stage) -> None:
 
 
 def test_the_image_layout_matches_its_configuration(runtime: Stage, image_config_path: Path) -> None:
-    config = load(image_config_path).config
+    config = load_config(image_config_path).config
     assert config.admin.host == "0.0.0.0", "the admin port must be reachable for probes from outside the container"
     assert exec_form(runtime.last("VOLUME")) == [config.data_dir]
     assert set(" ".join(runtime.all("EXPOSE")).split()) == {str(config.server.port), str(config.admin.port)}
@@ -250,7 +249,7 @@ def test_the_healthcheck_asks_healthz_on_the_admin_port(
     options, _, command = runtime.last("HEALTHCHECK").partition("CMD ")
     assert "--interval=" in options and "--timeout=" in options
     argv = exec_form(command)
-    admin_port = load(image_config_path).config.admin.port
+    admin_port = load_config(image_config_path).config.admin.port
     url = f"http://127.0.0.1:{admin_port}/healthz"
     assert argv[0] == "python" and url in argv[-1], argv
     # Run the check itself against a live tracker (on its test port), then against none.
@@ -364,7 +363,7 @@ def test_the_compose_config_validates_and_points_at_the_compose_services(
 ) -> None:
     services = compose["services"]
     tracker = services["tracker"]
-    config = load(compose_config_path(tracker, runtime)).config
+    config = load_config(compose_config_path(tracker, runtime)).config
     endpoints: list[str] = []
     for name, collector in msgspec.to_builtins(config.collectors).items():
         kind = collector["type"]
@@ -448,7 +447,7 @@ def rendered(request: pytest.FixtureRequest, tmp_path_factory: pytest.TempPathFa
     assert key in config_map["data"], f"ConfigMap {config_map['metadata']['name']} has no key {key}"
     copy = tmp_path_factory.mktemp(request.param.name) / key
     copy.write_text(config_map["data"][key])
-    return Rendered(objects, load(copy).config, container, pod)
+    return Rendered(objects, load_config(copy).config, container, pod)
 
 
 def test_every_rendered_object_is_valid_for_the_pinned_kubernetes(rendered: Rendered) -> None:

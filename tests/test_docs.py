@@ -21,9 +21,8 @@ import typer.main
 import yaml
 from openapi_spec_validator import validate
 
-from conftest import Tracker
+from conftest import Tracker, load_config
 from trackpoint.cli import app
-from trackpoint.config import load
 from trackpoint.config.model import Config
 from trackpoint.plugins import CollectorKind, PreprocessorKind, registry
 from trackpoint.reference.cli import commands
@@ -53,17 +52,17 @@ def test_committed_reference_is_fresh(tmp_path: Path) -> None:
 def test_every_option_has_a_description() -> None:
     undescribed = [
         f"{title}.{field.encode_name}"
-        for title, struct in config_sections()
+        for title, struct in config_sections(registry())
         for field in struct.fields
         if field.name != struct.tag_field
         and not (isinstance(field.type, mi.Metadata) and (field.type.extra_json_schema or {}).get("description"))
     ]
     assert undescribed == []
-    assert all(struct.cls.__doc__ for _, struct in config_sections())
+    assert all(struct.cls.__doc__ for _, struct in config_sections(registry()))
 
 
 def test_reference_names_every_section_and_endpoint() -> None:
-    text = configuration_reference()
+    text = configuration_reference(registry())
     for section in (
         "`server`",
         "`server.limits`",
@@ -73,7 +72,7 @@ def test_reference_names_every_section_and_endpoint() -> None:
         "`preprocessors.<name> (type: anonymize_ip)`",
     ):
         assert f"## {section}" in text
-    endpoints = endpoints_reference(load())
+    endpoints = endpoints_reference(load_config(), registry())
     for path in ("`/i`", "`/c`", "`/conv`", "`/v`", "`/win`", "`/bill`", "`/loss`"):
         assert path in endpoints
     for method, path in (("GET", "/readyz"), ("PUT", "/banker/campaigns/{id}"), ("GET", "/banker/notifications")):
@@ -106,8 +105,8 @@ def test_every_component_and_plugin_api_member_is_described() -> None:
 
 @pytest.mark.parametrize("config", CONFIGS, ids=lambda path: path.name if path else "default")
 def test_openapi_document_is_valid(config: Path | None) -> None:
-    loaded = load(config)
-    document = openapi_document(loaded)
+    loaded = load_config(config)
+    document = openapi_document(loaded, registry())
     validate(document)
     operations = {(path, method.upper()) for path, item in document["paths"].items() for method in item}
     for spec in loaded.config.event_types.values():
@@ -150,13 +149,13 @@ def test_openapi_served_by_the_admin_port_describes_the_running_tracker(tracker:
     served = json.loads(body)
     validate(served)
     assert served["servers"] == [{"url": f"http://127.0.0.1:{tracker.port}", "description": "The tracking port."}]
-    expected = openapi_document(load(tracker.config_path))
+    expected = openapi_document(load_config(tracker.config_path), registry())
     assert served["info"]["version"] == expected["info"]["version"]
     assert served["paths"]["/readyz"]["servers"][0]["url"] == f"http://127.0.0.1:{tracker.admin_port}"
     tracking = {path: item for path, item in served["paths"].items() if "servers" not in item}
     assert tracking == {path: item for path, item in expected["paths"].items() if "servers" not in item}
 
-    redirect_host = load(tracker.config_path).config.event_types["click"].response.allow_hosts[0].lstrip(".")
+    redirect_host = load_config(tracker.config_path).config.event_types["click"].response.allow_hosts[0].lstrip(".")
     checked = 0
     for path, item in tracking.items():
         for method, operation in item.items():
@@ -200,7 +199,7 @@ def test_every_config_file_in_the_repository_validates() -> None:
     for name in tracked:
         document = yaml.safe_load((ROOT / name).read_text())
         if isinstance(document, dict) and document and set(document) <= sections and "plugins/" not in name:
-            load(ROOT / name)  # raises ConfigError naming the file, line and key
+            load_config(ROOT / name)  # raises ConfigError naming the file, line and key
             checked.append(name)
     assert {"src/trackpoint/config/default.yaml", "deploy/kubernetes/base/trackpoint.yaml"} <= set(checked)
     assert len(checked) >= 8, checked

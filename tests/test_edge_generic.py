@@ -10,7 +10,7 @@ from typing import Any
 
 import yaml
 
-from trackpoint.config import load
+from conftest import load_config
 from trackpoint.edge.runtime import Edge
 from trackpoint.plugins import registry
 
@@ -36,7 +36,7 @@ def _edge(tmp_path: Path, event_types: dict[str, Any]) -> Edge:
     document["event_types"] = event_types
     path = tmp_path / "trackpoint.yaml"
     path.write_text(yaml.safe_dump(document))
-    loaded = load(path)
+    loaded = load_config(path)
     return Edge(loaded.config, loaded.version, 0, registry())
 
 

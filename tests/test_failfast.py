@@ -19,9 +19,8 @@ import pytest
 import yaml
 from typer.testing import CliRunner
 
-from conftest import Tracker, free_port
+from conftest import Tracker, free_port, load_config
 from trackpoint.cli import app
-from trackpoint.config import load
 from trackpoint.process.supervisor import CRASH_LOOP_STARTS, RESTART_BACKOFF_S
 from trackpoint.security.resolve import unresolved_secrets
 
@@ -77,7 +76,7 @@ EVERY_VARIABLE = ["TP_TEST_SIGNING", "TP_TEST_PSEUDO", "TP_TEST_ENC", "TP_TEST_K
 def test_every_secret_a_config_names_is_resolved(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     for variable in [*EVERY_VARIABLE, "TP_TEST_BANKER"]:
         monkeypatch.delenv(variable, raising=False)
-    config = load(write(tmp_path, EVERY_KIND)).config
+    config = load_config(write(tmp_path, EVERY_KIND)).config
     problems = {".".join(map(str, path)): message for path, message in unresolved_secrets(config)}
     assert set(problems) == {
         "signing.keys.k1.secret_env",

@@ -13,18 +13,19 @@ import pytest
 from hypothesis import example, given, settings
 from hypothesis import strategies as st
 
-from trackpoint.config.model import FieldSpec, FieldType
-from trackpoint.fields.converters import MICROS, PairParser, Reject, make_converter, parse_cookies, parse_micros
+from trackpoint.config.model import FieldSpec
+from trackpoint.fields.converters import MICROS, PairParser, Reject, parse_cookies, parse_micros
+from trackpoint.fields.types import make_converter
 
 PROPERTY_SETTINGS = settings(max_examples=200, deadline=None, database=None)  # no .hypothesis dir
 
 
-def convert(raw: str, field_type: FieldType, **options: object) -> str | int | float:
+def convert(raw: str, field_type: str, **options: object) -> str | int | float:
     spec = FieldSpec(type=field_type, **options)  # type: ignore[arg-type]
     return make_converter("f", spec)(raw)
 
 
-def rejection(raw: str, field_type: FieldType, **options: object) -> Reject:
+def rejection(raw: str, field_type: str, **options: object) -> Reject:
     with pytest.raises(Reject) as caught:
         convert(raw, field_type, **options)
     return caught.value

@@ -14,8 +14,8 @@ from trackpoint.adtech.clickid import ClickIds
 from trackpoint.adtech.ivt import automated, prefetch
 from trackpoint.collectors.log.reader import read_events
 from trackpoint.config.model import EventTypeSpec, FieldSpec
+from trackpoint.edge.build import EventBuilder
 from trackpoint.event import Context, Device, Event, Meta
-from trackpoint.fields.build import EventBuilder
 from trackpoint.preprocessors import with_input_fields
 from trackpoint.preprocessors.flag_invalid_traffic.config import FlagInvalidTrafficConfig
 from trackpoint.preprocessors.flag_invalid_traffic.preprocessor import FlagInvalidTraffic

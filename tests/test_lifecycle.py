@@ -20,9 +20,8 @@ from typing import Any
 import pytest
 import yaml
 
-from conftest import Tracker, free_port
+from conftest import Tracker, free_port, load_config
 from trackpoint.collectors.log.reader import read_events
-from trackpoint.config import load
 from trackpoint.process.supervisor import available_cpus
 
 
@@ -210,7 +209,7 @@ def test_admin_host_and_config_come_from_the_command_line_and_environment(tmp_pa
                 pass
             assert time.monotonic() < deadline, "the admin port never answered on 127.0.0.2"
             time.sleep(0.05)
-        assert body["config_version"] == load(config).version  # the file named by the environment
+        assert body["config_version"] == load_config(config).version  # the file named by the environment
         with pytest.raises(ConnectionRefusedError):  # nothing listens on the default admin address
             socket.create_connection(("127.0.0.1", admin_port), timeout=2).close()
     finally:

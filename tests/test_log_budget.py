@@ -16,13 +16,12 @@ import msgspec
 import pytest
 import yaml
 
-from conftest import make_event
+from conftest import load_config, make_event
 from trackpoint.collectors.base import CollectorContext
 from trackpoint.collectors.log.budget import DiskBudget, LogDiskMetrics, usage
 from trackpoint.collectors.log.collector import LogCollector
 from trackpoint.collectors.log.config import LogCollectorConfig
 from trackpoint.collectors.log.shipping.shipper import MANIFEST_NAME, Manifest, Shipped
-from trackpoint.config import load
 
 MiB = 1 << 20
 DEAD_PID = 2**22 + 1  # above Linux's pid_max default: never a running process
@@ -140,7 +139,7 @@ def test_disk_metrics_show_each_log_collectors_directory(tmp_path: Path) -> None
     settings = {"type": "log", "max_disk_bytes": 2 * MiB, "rotate_bytes": MiB}
     path = tmp_path / "trackpoint.yaml"
     path.write_text(yaml.safe_dump({"data_dir": str(tmp_path), "collectors": {"log": settings}}))
-    config = load(path).config
+    config = load_config(path).config
     (tmp_path / "logs").mkdir()
     log_file(tmp_path / "logs", 1, 1900 * 1024, suffix="")
     samples = {

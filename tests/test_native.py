@@ -51,7 +51,7 @@ def test_a_source_newer_than_its_extension_falls_back_to_the_sources(
     os.utime(extension, (1_000, 1_000))
     os.utime(source, (2_000, 2_000))
     monkeypatch.setattr(_native, "_ROOT", tmp_path)
-    monkeypatch.setattr(_native, "COMPILED", ("trackpoint.fields.build",))
+    monkeypatch.setattr(_native, "COMPILED", ("trackpoint.edge.build",))
     monkeypatch.setenv(_native.PURE_PYTHON_VARIABLE, "0")
     assert "changed after it was compiled" in (_native.why_pure_python() or "")
     os.utime(extension, (3_000, 3_000))

@@ -16,15 +16,16 @@ import pytest
 from hypothesis import example, given, settings
 from hypothesis import strategies as st
 
-from trackpoint.adtech.price import MACRO_UNSUBSTITUTED
-from trackpoint.config.model import EventTypeSpec, FieldSpec, FieldType
+from trackpoint.config.model import EventTypeSpec, FieldSpec
+from trackpoint.edge.build import EventBuilder
 from trackpoint.event import Event, Meta
-from trackpoint.fields.build import EventBuilder
-from trackpoint.fields.converters import Reject, make_converter, parse_cookies
+from trackpoint.fields.converters import Reject, parse_cookies
+from trackpoint.fields.macros import PRICE_MACRO_UNSUBSTITUTED
+from trackpoint.fields.types import make_converter
 
 PROPERTIES = settings(max_examples=200, deadline=None, database=None)
 FIELD_REASONS = frozenset({"missing_field", "invalid_field", "field_out_of_range", "field_too_long"})
-BODY_REASONS = FIELD_REASONS | {"invalid_encoding", "invalid_json", "unsupported_media_type", MACRO_UNSUBSTITUTED}
+BODY_REASONS = FIELD_REASONS | {"invalid_encoding", "invalid_json", "unsupported_media_type", PRICE_MACRO_UNSUBSTITUTED}
 FORM = {b"content-type": b"application/x-www-form-urlencoded"}
 JSON = {b"content-type": b"application/json"}
 META = Meta(worker=0, config="properties")
@@ -65,17 +66,19 @@ def assert_clean(result: Event | Reject, reasons: frozenset[str]) -> None:
         assert set(result.dims) | set(result.metrics) <= set(FIELDS)
 
 
-def convert(field_type: FieldType, raw: str, **options: Any) -> str | int | float:
+def convert(field_type: str, raw: str, **options: Any) -> str | int | float:
     return make_converter("f", FieldSpec(type=field_type, **options))(raw)
 
 
-def converts_or_rejects(field_type: FieldType, raw: str, **options: Any) -> str | int | float | Reject:
+def converts_or_rejects(field_type: str, raw: str, **options: Any) -> str | int | float | Reject:
     try:
         return convert(field_type, raw, **options)
     except Reject as reject:
         rejected = reject
     assert rejected.status == 400 and rejected.field == "f"
-    allowed = {"invalid_field", "field_out_of_range"} | ({MACRO_UNSUBSTITUTED} if field_type == "money" else set())
+    allowed = {"invalid_field", "field_out_of_range"} | (
+        {PRICE_MACRO_UNSUBSTITUTED} if field_type == "money" else set()
+    )
     assert rejected.reason in allowed
     return rejected
 
@@ -223,7 +226,7 @@ def test_decimal_round_trips_python_and_javascript_float_text(number: float) -> 
 @given(st.text(max_size=16))
 @PROPERTIES
 def test_any_text_as_int_decimal_money_or_timestamp_converts_or_rejects(raw: str) -> None:
-    field_types: tuple[FieldType, ...] = ("int", "decimal", "money", "timestamp")
+    field_types: tuple[str, ...] = ("int", "decimal", "money", "timestamp")
     for field_type in field_types:
         result = converts_or_rejects(field_type, raw)
         if not isinstance(result, Reject):

@@ -9,10 +9,12 @@ from typing import Any
 
 import pytest
 
-from trackpoint.adtech.price import PriceDecrypter, PriceError, decrypt_price, encrypt_price, unsubstituted_macro
-from trackpoint.config.load import ConfigError, load
+from conftest import load_config
+from trackpoint.adtech.price import PriceDecrypter, PriceError, decrypt_price, encrypt_price
+from trackpoint.config.load import ConfigError
 from trackpoint.event import Context, Event, Meta
 from trackpoint.fields.converters import Reject
+from trackpoint.fields.macros import unsubstituted_price_macro
 from trackpoint.preprocessors.decrypt_price.config import DecryptPriceConfig, ExchangeKeys
 from trackpoint.preprocessors.decrypt_price.preprocessor import DecryptPrice
 
@@ -72,10 +74,10 @@ def test_garbage_is_malformed(token: str) -> None:
 
 
 def test_unsubstituted_macro_is_recognised() -> None:
-    assert unsubstituted_macro("${AUCTION_PRICE}")
-    assert unsubstituted_macro("${AUCTION_PRICE:B64}")
-    assert unsubstituted_macro("%24%7BAUCTION_PRICE%7D")  # arrived encoded twice
-    assert not unsubstituted_macro(GOOGLE_VECTORS[0][0])
+    assert unsubstituted_price_macro("${AUCTION_PRICE}")
+    assert unsubstituted_price_macro("${AUCTION_PRICE:B64}")
+    assert unsubstituted_price_macro("%24%7BAUCTION_PRICE%7D")  # arrived encoded twice
+    assert not unsubstituted_price_macro(GOOGLE_VECTORS[0][0])
 
 
 # --- the preprocessor ------------------------------------------------------------------------------------------
@@ -166,7 +168,7 @@ def test_example_validates_without_the_keys(monkeypatch: pytest.MonkeyPatch) -> 
     monkeypatch.delenv("ADX_ENCRYPTION_KEY", raising=False)
     monkeypatch.delenv("ADX_INTEGRITY_KEY", raising=False)
     example = Path(__file__).resolve().parent.parent / "examples" / "dsp-wins.yaml"
-    config = load(example).config
+    config = load_config(example).config
     assert isinstance(config.preprocessors["decrypt_price"], DecryptPriceConfig)
     assert config.event_types["win"].fields["price"].type == "string"
 
@@ -184,7 +186,7 @@ def test_config_check_catches_a_money_price_and_bad_keys(tmp_path: Path) -> None
         "  win: {preset: win, preprocessors: [decrypt_price]}\n"
     )
     with pytest.raises(ConfigError) as caught:
-        load(path)
+        load_config(path)
     message = str(caught.value)
     assert "encryption key needs exactly one of encryption_key_env and encryption_key_file" in message
     assert "no exchange named 'nope'" in message
@@ -193,7 +195,7 @@ def test_config_check_catches_a_money_price_and_bad_keys(tmp_path: Path) -> None
 
 def test_plain_money_field_names_the_unsubstituted_macro() -> None:
     from trackpoint.config.model import FieldSpec
-    from trackpoint.fields.converters import make_converter
+    from trackpoint.fields.types import make_converter
 
     convert = make_converter("price", FieldSpec(type="money", min=0, max=100000))
     for raw in ("${AUCTION_PRICE}", "${AUCTION_PRICE:B64}"):

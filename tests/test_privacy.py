@@ -16,13 +16,13 @@ from typing import Any
 import msgspec
 import pytest
 
-from conftest import CHROME_UA
+from conftest import CHROME_UA, load_config
 from trackpoint.collectors import CollectorContext
 from trackpoint.collectors.log.collector import LogCollector
 from trackpoint.collectors.log.config import LogCollectorConfig
 from trackpoint.collectors.log.reader import read_events
 from trackpoint.collectors.stdout.config import StdoutCollectorConfig
-from trackpoint.config.load import ConfigError, load
+from trackpoint.config.load import ConfigError
 from trackpoint.config.model import SecretSource
 from trackpoint.event import Context, Device, Event, Meta
 from trackpoint.preprocessors.pseudonymize.config import PseudonymizeConfig
@@ -138,7 +138,7 @@ def _config_error(tmp_path: Path, document: dict[str, Any]) -> str:
     path = tmp_path / "c.yaml"
     path.write_bytes(msgspec.yaml.encode(document))
     with pytest.raises(ConfigError) as caught:
-        load(path)
+        load_config(path)
     return str(caught.value)
 
 
@@ -252,7 +252,7 @@ def test_fields_read_from_the_client_are_denied_to_untrusted_collectors_unless_n
             }
         ).decode()
     )
-    collectors = load(path).config.collectors
+    collectors = load_config(path).config.collectors
     assert collectors["log"].fields_deny == []  # trusted: the tracker's own record
     assert collectors["partner"].fields_deny == ["dims.lang", "dims.client", "dims.session", "dims.vendor"]
     assert collectors["vendor"].fields_deny == ["dims.client", "dims.lang", "dims.session", "dims.uid"]

@@ -11,7 +11,7 @@ import msgspec
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
-from trackpoint.config import load
+from conftest import load_config
 from trackpoint.edge.protocol import EdgeProtocol
 from trackpoint.edge.runtime import Edge
 from trackpoint.plugins import registry
@@ -83,7 +83,7 @@ def requests(draw: st.DrawFn) -> bytes:
 # One edge for every example (building one loads the user-agent parser); each example reads its counter deltas.
 # Its log writes into a temporary data dir: requests are answered only once their lines are written.
 LOOP = asyncio.new_event_loop()
-LOADED = load()
+LOADED = load_config()
 DATA_DIR = tempfile.mkdtemp(prefix="trackpoint-fuzz-")
 EDGE = Edge(msgspec.structs.replace(LOADED.config, data_dir=DATA_DIR), LOADED.version, 0, registry())
 LOOP.run_until_complete(EDGE.start_collectors())

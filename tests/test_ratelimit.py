@@ -11,8 +11,8 @@ from typing import Any
 
 import pytest
 
-from conftest import Tracker, read_until_quiet
-from trackpoint.config.load import ConfigError, load
+from conftest import Tracker, load_config, read_until_quiet
+from trackpoint.config.load import ConfigError
 from trackpoint.config.model import RateLimitSpec
 from trackpoint.edge.ratelimit import NetworkKeys, RateLimiter, TokenBuckets, build_limiters
 from trackpoint.edge.responses import PIXEL_GIF
@@ -128,7 +128,7 @@ def test_limiter_by_campaign_sheds_and_ignores_requests_without_one() -> None:
 
 def test_no_rate_limit_means_no_limiters() -> None:
     assert build_limiters(RateLimitSpec()) == ()
-    assert all(route.rate_limit.rate_per_s is None for route in load().config.event_types.values())
+    assert all(route.rate_limit.rate_per_s is None for route in load_config().config.event_types.values())
     assert len(build_limiters(RateLimitSpec(rate_per_s=5))) == 1
 
 
@@ -144,7 +144,7 @@ def test_a_campaign_limit_needs_a_dims_field(tmp_path: Path) -> None:
         "    rate_limit: {rate_per_s: 10, by: campaign, campaign_field: price}\n"
     )
     with pytest.raises(ConfigError) as error:
-        load(path)
+        load_config(path)
     message = str(error.value)
     assert "event_types.impression.rate_limit.campaign_field: 'nope' is not a dims field" in message
     assert "event_types.win.rate_limit.campaign_field: 'price' is not a dims field" in message
@@ -156,7 +156,7 @@ def test_rate_limit_options_are_validated(tmp_path: Path) -> None:
         "event_types:\n  impression:\n    preset: impression\n    rate_limit: {rate_per_s: 0, action: drop}\n"
     )
     with pytest.raises(ConfigError) as error:
-        load(path)
+        load_config(path)
     assert "rate_limit.rate_per_s" in str(error.value) and "rate_limit.action" in str(error.value)
 
 

@@ -9,9 +9,10 @@ import json
 from collections.abc import Iterator
 from pathlib import Path
 
-from trackpoint.config import load
+from conftest import load_config
 from trackpoint.edge.responses import REASONS as STATUS_PHRASES
 from trackpoint.fields.reasons import BY_REASON, REJECT_REASONS
+from trackpoint.plugins import registry
 from trackpoint.reference.config import endpoints_reference
 from trackpoint.reference.openapi import openapi_document
 
@@ -107,14 +108,14 @@ def test_every_status_in_the_table_has_a_status_line() -> None:
 
 
 def test_openapi_and_the_endpoints_reference_list_every_reason() -> None:
-    loaded = load()
-    document = openapi_document(loaded)
+    loaded = load_config()
+    document = openapi_document(loaded, registry())
     text = json.dumps(document["components"]["responses"])
     for entry in REJECT_REASONS:
         response = document["components"]["responses"][str(entry.status)]
         assert f"`{entry.reason}`" in response["description"], entry
     assert all(f"`{reason}`" in text for reason in BY_REASON)
-    reference = endpoints_reference(loaded)
+    reference = endpoints_reference(loaded, registry())
     for entry in REJECT_REASONS:
         assert f"| {entry.status} | `{entry.reason}` |" in reference, entry
 

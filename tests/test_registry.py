@@ -91,7 +91,7 @@ def test_the_registry_builds_a_third_party_preprocessor_and_refuses_unknown_conf
 
 
 def test_builtin_preprocessors_have_the_declared_optional_members() -> None:
-    config = load().config
+    config = load(registry=registry()).config
     built = {name: registry().build_preprocessor(name, options, "/nonexistent") for name, options in _keyless(config)}
     assert isinstance(built["issue_click_id"], UsesSigningKeys) and isinstance(built["issue_click_id"], RedirectParams)
     assert isinstance(built["attribute_conversion"], CountsOutcomes)
@@ -108,30 +108,9 @@ def _keyless(config: Config) -> Iterator[tuple[str, PreprocessorBase]]:
 
 # --- the layout ---------------------------------------------------------------------------------------------------
 
-# Package-level import edges that still close a cycle, each to be removed by the change named. The secrets module
-# (one reader of env/file secrets, issue 14 point 2) takes over privacy/keys.py and security/resolve.py's readers.
-# The loader falls back to the process's registry (`load(path)` without `registry=`): config and plugins import each
-# other until callers pass the registry in. The field converters read ad-tech macro and VAST offset rules from adtech/,
-# which uses security's HMAC, which raises fields' Reject: those parsing rules belong in fields/.
-# The loader also applies two rules that live in feature packages: private fields denied to untrusted collectors
-# (privacy/filter.py) and "exactly one of env and file" (security/secrets.py); both belong below config/.
-KNOWN_CYCLE_EDGES = {
-    ("config", "plugins"),
-    ("config", "privacy"),
-    ("config", "security"),
-    ("fields", "adtech"),
-    # The event builder checks a signed body's hash (security/signing.py), whose Reject lives in fields/.
-    ("fields", "security"),
-    # The admin route table (admin/routes.py) reads the registry, whose AdminRoute handlers take admin/server.py's
-    # request and response types: those types belong in a module below both.
-    ("admin", "plugins"),
-    ("privacy", "security"),
-    ("security", "preprocessors.decrypt_price"),
-    ("security", "preprocessors.pseudonymize"),
-}
-# Imports inside functions. The CLI imports each command's modules when that command runs (start-up time of
-# `trackpoint --help`); the loader's default registry is the process's (config and plugins import each other there).
-KNOWN_LAZY = {"config->plugins"}
+# Imports inside functions between packages: only the CLI's, which imports each command's modules when that command
+# runs (the start-up time of `trackpoint --help`). A lazy import of an optional heavy dependency is not between
+# packages of trackpoint, so it is not counted here.
 
 
 def _package(module: str) -> str | None:
@@ -176,8 +155,7 @@ def _exists(module: str) -> bool:
 def test_no_two_packages_import_each_other() -> None:
     graph: dict[str, set[str]] = {}
     for source, target, _, _ in _imports():
-        if (source, target) not in KNOWN_CYCLE_EDGES:
-            graph.setdefault(source, set()).add(target)
+        graph.setdefault(source, set()).add(target)
     cycle = _find_cycle(graph)
     assert cycle is None, " -> ".join(cycle or [])
 
@@ -205,15 +183,13 @@ def _find_cycle(graph: dict[str, set[str]]) -> list[str] | None:
 
 
 def test_no_import_inside_a_function_dodges_a_cycle() -> None:
-    lazy = {
-        where
-        for source, target, inside, where in _imports()
-        if inside and source != "cli" and f"{source}->{target}" not in KNOWN_LAZY
-    }
+    lazy = {where for source, target, inside, where in _imports() if inside and source != "cli"}
     assert lazy == set()
 
 
 def test_the_loader_imports_no_component() -> None:
-    """config/ is the core schema and the loader: components reach it through the registry's checks."""
+    """config/ is the core schema and the loader: components reach it through the registry's checks, and the
+    registry is handed to the loader (`load(path, registry=...)`), never looked up. Field types (fields/types.py) are
+    the core schema's vocabulary."""
     imported = {target for source, target, _, _ in _imports() if source == "config"}
-    assert imported <= {"plugins", "privacy", "security"}, imported  # see KNOWN_CYCLE_EDGES
+    assert imported <= {"fields"}, imported

@@ -14,10 +14,9 @@ from typing import Any
 import pytest
 import yaml
 
-from trackpoint.config import load
+from conftest import load_config
 from trackpoint.config.model import SecretSource, SigningKey
-from trackpoint.preprocessors.decrypt_price.config import DecryptPriceConfig, ExchangeKeys
-from trackpoint.preprocessors.decrypt_price.preprocessor import read_price_key
+from trackpoint.preprocessors.decrypt_price.config import DecryptPriceConfig, ExchangeKeys, read_price_key
 from trackpoint.preprocessors.pseudonymize.config import PseudonymizeConfig
 from trackpoint.preprocessors.pseudonymize.preprocessor import Pseudonymize
 from trackpoint.security.postback_auth import read_advertiser_secret
@@ -80,7 +79,7 @@ def test_start_up_resolution_reads_every_option_kind_from_data_dir(tmp_path: Pat
     }
     path = tmp_path / "trackpoint.yaml"
     path.write_text(yaml.safe_dump(document))
-    config = load(path).config
+    config = load_config(path).config
     assert list(unresolved_secrets(config)) == []
     Path(data_dir, RELATIVE).unlink()
     problems = {".".join(map(str, where)) for where, _ in unresolved_secrets(config)}

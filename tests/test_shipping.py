@@ -28,14 +28,14 @@ import yaml
 import zstandard
 from azure.storage.blob import BlobServiceClient
 
-from conftest import Tracker, free_port, make_event
+from conftest import Tracker, free_port, load_config, make_event
 from trackpoint.collectors.base import CollectorContext
 from trackpoint.collectors.log.collector import LogCollector
 from trackpoint.collectors.log.config import LogCollectorConfig
 from trackpoint.collectors.log.reader import read_events
 from trackpoint.collectors.log.shipping import ShipError, Shipper, ShipStats, open_store
 from trackpoint.collectors.log.shipping.service import ShippingService
-from trackpoint.config import ConfigError, load
+from trackpoint.config import ConfigError
 from trackpoint.event import Event
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -499,7 +499,7 @@ def test_the_service_logs_a_failure_streak_once_and_its_recovery(
     files = log_files(tmp_path / "logs")
     down = S3Store(server, create=False)
     ship = {"url": down.url("logs"), "storage_options": down.options, "interval_s": 0.1, "retries": 0}
-    tracker = load(write_config(tmp_path, ship)).config
+    tracker = load_config(write_config(tmp_path, ship)).config
 
     async def main() -> None:
         service = ShippingService(lambda: tracker)
@@ -537,7 +537,7 @@ def test_stopping_is_bounded_when_the_store_hangs(tmp_path: Path) -> None:
         options = {"key": "test", "secret": "test", "endpoint_url": f"http://127.0.0.1:{blackhole.getsockname()[1]}",
                    "config_kwargs": {"retries": {"max_attempts": 1}, "read_timeout": 120}}  # fmt: skip
         ship = {"url": "s3://hung/logs", "storage_options": options, "shutdown_timeout_s": 1.0}
-        config = load(write_config(tmp_path, ship)).config
+        config = load_config(write_config(tmp_path, ship)).config
 
         async def main() -> float:
             service = ShippingService(lambda: config)
@@ -570,7 +570,7 @@ def test_a_store_without_its_backend_names_the_extra_to_install(
         "  again:\n    type: log\n    dir: again\n    ship:\n      url: gs://bucket/logs/\n"
     )
     with pytest.raises(ConfigError) as failure:
-        load(path)
+        load_config(path)
     messages = [str(issue) for issue in failure.value.issues]
     assert f"{path}:5: collectors.log.ship.url: gs:// needs gcsfs, not installed: pip install 'trackpoint[gcs]'" in (
         messages

@@ -18,8 +18,8 @@ from urllib.parse import quote, urlsplit
 import pytest
 import yaml
 
-from conftest import Tracker
-from trackpoint.config import ConfigError, load
+from conftest import Tracker, load_config
+from trackpoint.config import ConfigError
 from trackpoint.config.model import ResponseSpec, SigningConfig, SigningKey
 from trackpoint.edge.responses import Clock, Responder
 from trackpoint.event import Context, Event, Meta
@@ -509,7 +509,7 @@ def test_signing_configuration_problems_are_reported(
     path = tmp_path / "bad.yaml"
     path.write_text(yaml.safe_dump(document))
     with pytest.raises(ConfigError) as caught:
-        load(path)
+        load_config(path)
     assert [(issue.path, message in issue.message) for issue in caught.value.issues] == [(key_path, True)]
 
 

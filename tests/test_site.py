@@ -20,7 +20,8 @@ import msgspec
 import pytest
 import yaml
 
-from trackpoint.config import ConfigError, load
+from conftest import load_config
+from trackpoint.config import ConfigError
 from trackpoint.config.model import Config
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -88,7 +89,7 @@ def config_problems(block: YamlBlock, tmp_path: Path) -> list[str]:
     config_file = tmp_path / "trackpoint.yaml"
     config_file.write_text(block.text, encoding="utf-8")
     try:
-        load(config_file)
+        load_config(config_file)
     except ConfigError as error:
         return [
             str(dataclasses.replace(issue, source=block.source, line=block.line + (issue.line or 1) - 1))

@@ -23,7 +23,7 @@ from types import ModuleType
 # The modules every request runs through, as measured by bench/hotpath.py. A module that defines msgspec Structs
 # stays interpreted (mypyc would compile the Struct subclasses into classes msgspec does not recognise).
 COMPILED = (
-    "trackpoint.fields.build",
+    "trackpoint.edge.build",
     "trackpoint.fields.converters",
     "trackpoint.edge.protocol",
     "trackpoint.edge.runtime",

@@ -34,9 +34,10 @@ with _instrumented():
 
     from trackpoint.config import load
     from trackpoint.config.model import Config, Limits, ServerConfig
+    from trackpoint.edge import build
     from trackpoint.edge.protocol import EdgeProtocol
     from trackpoint.edge.runtime import Edge
-    from trackpoint.fields import build, converters
+    from trackpoint.fields import converters
     from trackpoint.fields.reasons import BY_REASON
     from trackpoint.plugins import registry
 
@@ -101,7 +102,7 @@ class FakeTransport:
 
 
 def _edges() -> list[Edge]:
-    loaded = load()
+    loaded = load(registry=registry())
     loaded = replace(
         loaded, config=msgspec.structs.replace(loaded.config, data_dir=tempfile.mkdtemp(prefix="tp-fuzz-"))
     )

@@ -8,9 +8,8 @@ from itertools import accumulate
 from prometheus_client import CollectorRegistry, generate_latest
 from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily, HistogramMetricFamily, Metric
 
-from trackpoint.config.model import Config
+from trackpoint.config.model import Config, type_tag
 from trackpoint.edge.stats import LATENCY_BUCKETS, Snapshot
-from trackpoint.plugins import type_tag
 
 
 class SupervisorState:

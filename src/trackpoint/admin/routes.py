@@ -4,9 +4,23 @@ so a route cannot be served without being documented, or documented without bein
 
 from __future__ import annotations
 
+from collections.abc import Awaitable, Callable, Sequence
 from dataclasses import dataclass
 
-from trackpoint.plugins import AdminRoute, Registry, registry
+from trackpoint.admin.server import AdminRequest, AdminResponse
+from trackpoint.config.model import Config
+
+# An admin handler gets the request and the tracker's running configuration (the one in force after reloads).
+AdminHandler = Callable[[AdminRequest, Config], Awaitable[AdminResponse]]
+
+
+@dataclass(frozen=True)
+class AdminRoute:
+    """An extra route on the admin port (exact method and path), served by the supervisor process."""
+
+    method: str
+    path: str
+    handler: AdminHandler
 
 
 @dataclass(frozen=True)
@@ -62,18 +76,18 @@ PUBLIC_PATHS = frozenset(route.path for route in CORE_ROUTES if route.public)
 PROBE_PATHS = frozenset(route.path for route in CORE_ROUTES if route.probe)
 
 
-def plugin_routes(plugins: Registry | None = None) -> list[AdminRoute]:
-    """The plugins' admin routes the supervisor serves: all but one on a core route's method and path (the core
-    route wins)."""
+def plugin_routes(routes: Sequence[AdminRoute]) -> list[AdminRoute]:
+    """The plugins' admin routes (`Registry.admin_routes`) the supervisor serves: all but one on a core route's
+    method and path (the core route wins)."""
     core = {(route.method, route.path) for route in CORE_ROUTES}
-    return [route for route in (plugins or registry()).admin_routes if (route.method, route.path) not in core]
+    return [route for route in routes if (route.method, route.path) not in core]
 
 
-def admin_endpoints(plugins: Registry | None = None) -> list[AdminEndpoint]:
-    """Every admin route served: the core routes, then the plugins' (each described by the first paragraph of its
-    handler's docstring)."""
+def admin_endpoints(routes: Sequence[AdminRoute]) -> list[AdminEndpoint]:
+    """Every admin route served: the core routes, then the plugins' (`Registry.admin_routes`, each described by
+    the first paragraph of its handler's docstring)."""
     endpoints = list(CORE_ROUTES)
-    for route in plugin_routes(plugins):
+    for route in plugin_routes(routes):
         doc = (route.handler.__doc__ or "").strip().split("\n\n")[0]
         endpoints.append(AdminEndpoint(route.method, route.path, " ".join(doc.split())))
     return endpoints

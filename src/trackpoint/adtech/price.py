@@ -1,6 +1,6 @@
 """Encrypted win prices: Google's price-confirmation scheme (HMAC-SHA1 pad and signature), used by many exchanges.
 
-`PriceDecrypter` checks and opens one `${AUCTION_PRICE}` token; `unsubstituted_macro` spots a macro never expanded.
+`PriceDecrypter` checks and opens one `${AUCTION_PRICE}` token (fields/macros.py spots the macro never expanded).
 """
 
 from __future__ import annotations
@@ -18,14 +18,11 @@ SIGNATURE_BYTES = 4
 TOKEN_BYTES = IV_BYTES + PRICE_BYTES + SIGNATURE_BYTES
 TOKEN_CHARS = 38  # 28 bytes in base64 without its padding
 
-# Rejection reasons (the preprocessor answers them 400).
+# Rejection reasons (the preprocessor answers them 400; an unexpanded macro and a price out of range are the
+# price field type's reasons, in fields/).
 MALFORMED = "price_malformed"
 SIGNATURE_INVALID = "price_signature_invalid"
-MACRO_UNSUBSTITUTED = "price_macro_unsubstituted"
 EXPIRED = "price_expired"
-OUT_OF_RANGE = "price_out_of_range"
-
-_MACRO = "AUCTION_PRICE"  # also inside `${AUCTION_PRICE:B64}` and its URL-encoded forms once the edge decoded them
 _FROM_WEBSAFE = bytes.maketrans(b"-_", b"+/")
 
 
@@ -37,11 +34,6 @@ class PriceError(Exception):
     def __init__(self, reason: str) -> None:
         super().__init__(reason)
         self.reason = reason
-
-
-def unsubstituted_macro(raw: str) -> bool:
-    """Whether a price parameter is the auction-price macro itself: the exchange (or a proxy) never expanded it."""
-    return _MACRO in raw
 
 
 def decode_websafe(text: str) -> bytes:

@@ -1,10 +1,9 @@
 """VAST video tracking, as protocol facts: the event names players fire, which of them happen once per impression,
-the quartiles' share of the ad, and the offsets players report (seconds, or VAST's `HH:MM:SS.mmm` timecode).
+the quartiles' share of the ad. The offsets players report (seconds, or VAST's `HH:MM:SS.mmm` timecode) are the
+`duration` field type's (fields/converters.py: `parse_offset`).
 """
 
 from __future__ import annotations
-
-import re
 
 # <Tracking event="..."> names of VAST 4.x (4.2 schema, 4.3 spec §3.14.1), in the spec's order.
 TRACKING_EVENTS_4 = (
@@ -93,26 +92,6 @@ REPEATABLE = frozenset(
 # VAST error codes are three digits: 100 (XML parsing error) to 902 (SIMID error), 900 "undefined error".
 ERROR_CODE_MIN = 100
 ERROR_CODE_MAX = 999
-
-# What a player sends for an optional macro it does not fill (VAST 4.1 §6.1): -1 unknown, -2 withheld by policy.
-UNKNOWN_VALUES = frozenset({"-1", "-2"})
-
-# An offset: seconds (`12.5`) or a timecode `HH:MM:SS` / `HH:MM:SS.mmm` ([ADPLAYHEAD], [CONTENTPLAYHEAD]).
-_SECONDS = re.compile(r"[+-]?(?:\d{1,12}(?:\.\d{0,9})?|\.\d{1,9})", re.ASCII)
-_TIMECODE = re.compile(r"(\d{1,6}):([0-5]\d):([0-5]\d(?:\.\d{1,9})?)", re.ASCII)
-
-
-def parse_offset(text: str) -> float | None:
-    """Seconds from `12.5` or a timecode `00:00:12.500`; None when the text is neither."""
-    if ":" in text:
-        match = _TIMECODE.fullmatch(text)
-        if match is None:
-            return None
-        hours, minutes, seconds = match.groups()
-        return int(hours) * 3600 + int(minutes) * 60 + float(seconds)
-    if _SECONDS.fullmatch(text) is None:
-        return None
-    return float(text)
 
 
 def watch_ms(event: str, offset_s: float | None, duration_s: float | None) -> int | None:

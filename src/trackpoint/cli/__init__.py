@@ -11,6 +11,7 @@ import typer
 from rich.console import Console
 
 from trackpoint.config import ConfigError, LoadedConfig, json_schema, load
+from trackpoint.plugins import registry
 from trackpoint.security.resolve import resolve_secrets
 
 app = typer.Typer(
@@ -41,7 +42,7 @@ ConfigOption = Annotated[
 def _load_or_exit(path: Path | None, secrets: bool = False) -> LoadedConfig:
     """The validated configuration (with `secrets`: every secret it names resolved too), or exit 2 with every error."""
     try:
-        loaded = load(path)
+        loaded = load(path, registry=registry())
         if secrets:
             resolve_secrets(loaded)
         return loaded
@@ -75,7 +76,7 @@ def run(  # noqa: PLR0917 - typer maps each parameter to an option
 
     loaded = _load_or_exit(config, secrets=True)  # before any worker starts (the supervisor checks again on reload)
     overrides = Overrides(host=host, port=port, workers=workers, admin_port=admin_port, admin_host=admin_host)
-    raise typer.Exit(run_supervisor(loaded, None if config is None else str(config), overrides))
+    raise typer.Exit(run_supervisor(loaded, None if config is None else str(config), overrides, registry()))
 
 
 @config_app.command("check")
@@ -92,7 +93,7 @@ def config_check(
 @config_app.command("schema")
 def config_schema() -> None:
     """Print the JSON schema of the configuration file."""
-    json.dump(json_schema(), sys.stdout, indent=2)
+    json.dump(json_schema(registry()), sys.stdout, indent=2)
     sys.stdout.write("\n")
 
 
@@ -247,7 +248,9 @@ def replay(  # noqa: PLR0917 (typer: one parameter per option)
 
         try:
             report = asyncio.run(
-                replaying.replay(files, replaying.build_collectors(loaded.config, replay_plan), replay_plan, advance)
+                replaying.replay(
+                    files, replaying.build_collectors(loaded.config, replay_plan, registry()), replay_plan, advance
+                )
             )
         except replaying.ReplayError as exc:
             err.print(f"[bold red]error[/] {exc}", highlight=False)
@@ -400,7 +403,7 @@ def docs(
     OpenAPI 3.1), this CLI and the plugin API."""
     from trackpoint.reference import write_docs
 
-    for path in write_docs(_load_or_exit(config), out_dir, app):
+    for path in write_docs(_load_or_exit(config), out_dir, app, registry()):
         print(path)
 
 

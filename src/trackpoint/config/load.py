@@ -6,30 +6,65 @@ sees every wrong key at once, each named as `file:line: key.path: message`.
 
 from __future__ import annotations
 
+import builtins
 import functools
 import hashlib
 import ipaddress
 import re
 import types
 import typing
-from collections.abc import Iterator
+from collections.abc import Iterator, Mapping
 from dataclasses import dataclass
 from importlib import resources
 from pathlib import Path
-from typing import TYPE_CHECKING, Any, Union
+from typing import Any, Protocol, Union
 
 import msgspec
 import yaml
 
-from trackpoint.config.model import Config, EventTypeSpec
-from trackpoint.privacy.filter import deny_private_fields
-from trackpoint.security.secrets import one_of_problem
-
-if TYPE_CHECKING:
-    from trackpoint.plugins import Registry
+from trackpoint.config.model import Config, EventTypeSpec, one_of_problem
+from trackpoint.config.private import deny_private_fields
+from trackpoint.fields.types import unknown_type_problem
 
 DEFAULT_CONFIG_NAME = "<embedded default>"
 KeyPath = tuple[str | int, ...]
+
+
+class ComponentKind(Protocol):
+    """A collector or preprocessor kind as the loader sees it: the `type` users write and its config struct."""
+
+    @property
+    def type(self) -> str: ...
+
+    @property
+    def config(self) -> builtins.type[msgspec.Struct]: ...  # (`type` is the property above)
+
+
+class CollectorKindLike(ComponentKind, Protocol):
+    """A collector kind: an `implicit` one exists under its own name with default options."""
+
+    @property
+    def implicit(self) -> bool: ...
+
+
+class Components(Protocol):
+    """What the loader reads of the plugin registry (`trackpoint.plugins.Registry`): the component types a file
+    may name, the event-type presets, the plugins that failed to load, and every plugin's checks. The registry is
+    passed in, never looked up: the loader knows no plugin."""
+
+    @property
+    def collectors(self) -> Mapping[str, CollectorKindLike]: ...
+
+    @property
+    def preprocessors(self) -> Mapping[str, ComponentKind]: ...
+
+    @property
+    def event_types(self) -> Mapping[str, EventTypeSpec]: ...
+
+    @property
+    def failures(self) -> Mapping[str, str]: ...
+
+    def check(self, config: Config) -> Iterator[tuple[KeyPath, str]]: ...
 
 
 @dataclass(frozen=True)
@@ -69,13 +104,9 @@ def default_text() -> str:
     return resources.files("trackpoint.config").joinpath("default.yaml").read_text(encoding="utf-8")
 
 
-def load(path: str | Path | None = None, registry: Registry | None = None) -> LoadedConfig:
+def load(path: str | Path | None = None, *, registry: Components) -> LoadedConfig:
     """Reads, merges onto the embedded default, validates and checks a configuration; raises ConfigError.
-    Component types are those of the installed plugins (`registry`, by default this process's)."""
-    if registry is None:
-        from trackpoint.plugins import registry as process_registry
-
-        registry = process_registry()
+    Component types are those of the installed plugins (`registry`: `trackpoint.plugins.registry()`)."""
     default_doc = yaml.safe_load(default_text())
     if path is None:
         return _validate(default_doc, None, DEFAULT_CONFIG_NAME, registry)
@@ -100,10 +131,11 @@ def load(path: str | Path | None = None, registry: Registry | None = None) -> Lo
     return _validate(merged, node, source, registry)
 
 
-def _validate(document: dict[str, Any], node: yaml.Node | None, source: str, registry: Registry) -> LoadedConfig:
+def _validate(document: dict[str, Any], node: yaml.Node | None, source: str, registry: Components) -> LoadedConfig:
     document, problems = apply_presets(document, registry)
     if not problems:
         value, problems = convert_collecting(document, config_type(registry), ())
+        problems += field_type_problems(document)
     if problems:
         if registry.failures:
             failed = "; ".join(f"{name}: {reason}" for name, reason in registry.failures.items())
@@ -136,7 +168,7 @@ def _compose(source: str) -> yaml.Node | None:
         return None
 
 
-def with_builtin_instances(config: Config, registry: Registry) -> Config:
+def with_builtin_instances(config: Config, registry: Components) -> Config:
     """Implicit collector kinds (log, stdout) and every preprocessor kind exist under their own name with default
     options, unless the file defines that name."""
     implicit = {kind.type: kind.config() for kind in registry.collectors.values() if kind.implicit}
@@ -146,7 +178,7 @@ def with_builtin_instances(config: Config, registry: Registry) -> Config:
     )
 
 
-def apply_presets(document: dict[str, Any], registry: Registry) -> tuple[dict[str, Any], list[tuple[KeyPath, str]]]:
+def apply_presets(document: dict[str, Any], registry: Components) -> tuple[dict[str, Any], list[tuple[KeyPath, str]]]:
     """An event type that names a `preset` starts from that preset's options; its own keys win."""
     event_types = document.get("event_types")
     if not isinstance(event_types, dict):
@@ -165,7 +197,7 @@ def apply_presets(document: dict[str, Any], registry: Registry) -> tuple[dict[st
     return {**document, "event_types": merged}, problems
 
 
-def config_type(registry: Registry) -> type[Config]:
+def config_type(registry: Components) -> type[Config]:
     """`Config` whose collector and preprocessor sections accept every type the registry holds."""
     config_class: type[Config] = _config_type(
         tuple(kind.config for kind in registry.collectors.values()),
@@ -252,6 +284,21 @@ def _tag_of(member: Any) -> str | None:
         tag = member.__struct_config__.tag
         return tag if isinstance(tag, str) else None
     return None
+
+
+def field_type_problems(document: dict[str, Any]) -> list[tuple[KeyPath, str]]:
+    """Each declared field whose `type` is not in the table of field types (fields/types.py). The names are read
+    from the table as the file is loaded, not written into the structs: a type added there is accepted as it is."""
+    problems: list[tuple[KeyPath, str]] = []
+    event_types = document.get("event_types")
+    for type_name, spec in event_types.items() if isinstance(event_types, dict) else ():
+        fields = spec.get("fields") if isinstance(spec, dict) else None
+        for name, field in fields.items() if isinstance(fields, dict) else ():
+            declared = field.get("type") if isinstance(field, dict) else None
+            problem = unknown_type_problem(declared) if isinstance(declared, str) else None
+            if problem is not None:
+                problems.append((("event_types", type_name, "fields", name, "type"), problem))
+    return problems
 
 
 def _parse_error(message: str, path: KeyPath) -> tuple[KeyPath, str]:
@@ -398,12 +445,8 @@ def _dotted(path: KeyPath) -> str:
     return text
 
 
-def json_schema(registry: Registry | None = None) -> dict[str, Any]:
+def json_schema(registry: Components) -> dict[str, Any]:
     """The JSON schema of a configuration file, generated from the structs of every installed component."""
-    if registry is None:
-        from trackpoint.plugins import registry as process_registry
-
-        registry = process_registry()
     schema: dict[str, Any] = msgspec.json.schema(config_type(registry))
     schema["$schema"] = "https://json-schema.org/draft/2020-12/schema"
     schema["title"] = "trackpoint configuration"

@@ -14,6 +14,8 @@ from urllib.parse import urlsplit
 import msgspec
 from msgspec import Meta, Struct
 
+from trackpoint.fields.types import FIELD_TYPES, described_types
+
 Seconds = Annotated[float, Meta(gt=0, le=86_400)]
 
 
@@ -219,25 +221,17 @@ class AdminConfig(Struct, forbid_unknown_fields=True, kw_only=True):
     )
 
 
-FieldType = Literal["string", "int", "decimal", "money", "price", "duration", "enum", "bool", "timestamp"]
 FieldSource = Literal["param", "query", "form", "json", "header", "cookie", "ip"]
-# The field types whose values are numbers: they go to metrics unless a field's `into` says dims.
-NUMBER_TYPES: frozenset[str] = frozenset({"int", "decimal", "money", "price", "duration", "timestamp"})
 
 
 class FieldSpec(Struct, forbid_unknown_fields=True, kw_only=True):
     """One declared field of an event type: where it comes from, its type and its limits."""
 
+    # The names and descriptions are those of the table of field types (fields/types.py); the loader refuses any
+    # other name (config/load.py: field_type_problems), so a type added to the table is accepted as it is.
     type: Annotated[
-        FieldType,
-        Meta(
-            description="string, int, decimal (float), money (decimal currency units stored as integer micros), "
-            "price (money for an auction price: a literal `${AUCTION_PRICE}` is refused as "
-            "`price_macro_unsubstituted` and a value outside min/max as `price_out_of_range`, as decrypt_price "
-            "does), duration (seconds, `12.5`, or a VAST timecode `HH:MM:SS.mmm`; stored as seconds), enum (one "
-            "of `values`), bool (1/0/true/false/yes/no), timestamp (epoch s, epoch ms or ISO 8601; stored as "
-            "epoch ms)."
-        ),
+        str,
+        Meta(description=described_types(), extra_json_schema={"enum": list(FIELD_TYPES)}),
     ] = "string"
     source: Annotated[
         FieldSource,
@@ -279,13 +273,14 @@ class FieldSpec(Struct, forbid_unknown_fields=True, kw_only=True):
 
     @property
     def is_number(self) -> bool:
-        """Whether the field's values are numbers (see NUMBER_TYPES)."""
-        return self.type in NUMBER_TYPES
+        """Whether the field's values are numbers (its type's `numbers` in fields/types.py)."""
+        row = FIELD_TYPES.get(self.type)
+        return row is not None and row.numbers
 
     @property
     def place(self) -> Literal["dims", "metrics"]:
         """Where the value goes in the event: `into` when set; else numbers to metrics, the rest to dims."""
-        return self.into or ("metrics" if self.type in NUMBER_TYPES else "dims")
+        return self.into or ("metrics" if self.is_number else "dims")
 
 
 class UserIdCookie(Struct, forbid_unknown_fields=True, kw_only=True):
@@ -659,6 +654,24 @@ class CollectorBase(Struct, tag_field="type", forbid_unknown_fields=True, kw_onl
 
 class PreprocessorBase(Struct, tag_field="type", forbid_unknown_fields=True, kw_only=True):
     """Options every preprocessor has (none yet); the `type` tag picks the preprocessor."""
+
+
+def type_tag(config: type[CollectorBase] | type[PreprocessorBase]) -> str:
+    """The `type:` a user writes for a component: the tag of its config struct."""
+    struct_config = getattr(config, "__struct_config__", None)
+    tag = getattr(struct_config, "tag", None)
+    if not isinstance(tag, str):
+        name = getattr(config, "__name__", repr(config))
+        raise TypeError(f"{name} is not a tagged config struct (class {name}(CollectorBase, tag='...'))")
+    return tag
+
+
+def one_of_problem(name: str, env: str | None, file: str | None) -> str | None:
+    """What is wrong with a secret option pair `<name>_env` / `<name>_file` unless exactly one is set, else None
+    (the rule of every such pair; security/secrets.py reads them)."""
+    if (env is None) == (file is None):
+        return f"needs exactly one of {name}_env and {name}_file"
+    return None
 
 
 class SecretSource(Struct, forbid_unknown_fields=True, kw_only=True):

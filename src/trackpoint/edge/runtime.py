@@ -16,6 +16,7 @@ from trackpoint.collectors import Collector, CollectorContext
 from trackpoint.config.model import CollectorBase, Config, Limits, PreprocessorBase
 from trackpoint.edge import responses
 from trackpoint.edge.bad_rows import BadRows
+from trackpoint.edge.build import CONTEXT_HEADERS, EventBuilder
 from trackpoint.edge.cors import REQUEST_HEADERS as CORS_HEADERS
 from trackpoint.edge.cors import CorsPolicy
 from trackpoint.edge.protocol import FRAMING_HEADERS, IDLE, EdgeProtocol
@@ -23,7 +24,6 @@ from trackpoint.edge.ratelimit import RateLimiter, build_limiters
 from trackpoint.edge.stats import EdgeStats, Snapshot
 from trackpoint.edge.tail import RecentEvents
 from trackpoint.event import Event, Meta
-from trackpoint.fields.build import CONTEXT_HEADERS, EventBuilder
 from trackpoint.preprocessors import (
     CountsOutcomes,
     FlagsTraffic,

@@ -9,8 +9,9 @@ from __future__ import annotations
 from collections import deque
 
 from trackpoint.config.model import Config
+from trackpoint.config.private import private_fields
 from trackpoint.event import Event
-from trackpoint.privacy.filter import PrivacyFilter, private_fields
+from trackpoint.privacy.filter import PrivacyFilter
 
 # Events a worker keeps between two stats reports (one a second): a tail for eyes, not a sample for statistics.
 TAIL_EVENTS = 50

@@ -1,6 +1,7 @@
-"""Field converters: raw request text to typed values, each checked against its declared limits.
+"""Field converters: raw request text to typed values, each checked against its declared limits; `Reject`.
 
-A converter is a plain function built once per declared field; it returns the value or raises `Reject`.
+A converter is a plain function built once per declared field (by its type's factory, listed in fields/types.py);
+it returns the value or raises `Reject`.
 """
 
 from __future__ import annotations
@@ -10,14 +11,20 @@ import re
 from collections.abc import Callable
 from datetime import UTC, datetime, timedelta
 from decimal import Decimal
+from typing import Protocol
 from urllib.parse import unquote_to_bytes
 
-from trackpoint.adtech.macros import MACRO_START, UNSUBSTITUTED, unexpanded
-from trackpoint.adtech.price import MACRO_UNSUBSTITUTED, OUT_OF_RANGE, unsubstituted_macro
-from trackpoint.adtech.vast import UNKNOWN_VALUES, parse_offset
-from trackpoint.config.model import FieldSpec
+from trackpoint.fields.macros import (
+    MACRO_START,
+    PRICE_MACRO_UNSUBSTITUTED,
+    UNSUBSTITUTED,
+    unexpanded,
+    unsubstituted_price_macro,
+)
 
 MICROS = 1_000_000
+# A price field's value outside its min/max: the reason decrypt_price gives an absurd decrypted price too.
+PRICE_OUT_OF_RANGE = "price_out_of_range"
 Value = str | int | float
 Converter = Callable[[str], Value]
 
@@ -48,7 +55,8 @@ class MacroUnsubstituted(Reject):
 _INT = re.compile(r"[+-]?\d{1,18}", re.ASCII)
 _DECIMAL = re.compile(r"[+-]?(?:\d+\.?\d*|\.\d+)(?:[eE][+-]?\d{1,3})?", re.ASCII)
 _MONEY = re.compile(r"(?P<sign>[+-]?)(?P<units>\d{1,15})(?:\.(?P<frac>\d{1,12}))?", re.ASCII)
-_BOOLS = {
+# The words a bool field reads (in any case), and what each stands for.
+BOOL_WORDS = {
     "1": "true",
     "true": "true",
     "yes": "true",
@@ -60,28 +68,67 @@ _BOOLS = {
 }
 
 
-def make_converter(name: str, spec: FieldSpec) -> Converter:
-    """The converter of one declared field (type and limits)."""
-    macros = spec.unexpanded_macros == "absent"
-    if spec.type == "string":
-        return _macro_guard(name) if macros else str
-    if spec.type == "enum":
-        return _enum(name, frozenset(spec.values or ()), macros)
-    if spec.type == "bool":
-        return _bool(name, macros)
-    if spec.type == "timestamp":
-        return _timestamp(name, macros)
-    low = spec.min
-    high = spec.max
-    if spec.type == "int":
-        return _bounded(name, _int(name, macros), low, high)
-    if spec.type == "decimal":
-        return _bounded(name, _decimal(name, macros), low, high)
-    if spec.type == "duration":
-        return _bounded(name, _duration(name, macros), low, high)
-    # An auction price refuses out-of-range values with the reason decrypt_price gives them.
-    reason = OUT_OF_RANGE if spec.type == "price" else "field_out_of_range"
-    return _bounded(name, _money(name, macros), _bound_micros(low), _bound_micros(high), reason)
+class Declared(Protocol):
+    """What a converter reads of a declared field (`config.model.FieldSpec`): its limits and macro policy."""
+
+    @property
+    def min(self) -> float | None: ...
+
+    @property
+    def max(self) -> float | None: ...
+
+    @property
+    def values(self) -> list[str] | None: ...
+
+    @property
+    def unexpanded_macros(self) -> str: ...
+
+
+# The converter of each field type, built once per declared field: (field name, declaration) -> converter. The
+# table of field types (fields/types.py) names them.
+
+
+def string_converter(name: str, spec: Declared) -> Converter:
+    return _macro_guard(name) if _absent_macros(spec) else str
+
+
+def enum_converter(name: str, spec: Declared) -> Converter:
+    return _enum(name, frozenset(spec.values or ()), _absent_macros(spec))
+
+
+def bool_converter(name: str, spec: Declared) -> Converter:
+    return _bool(name, _absent_macros(spec))
+
+
+def timestamp_converter(name: str, spec: Declared) -> Converter:
+    return _timestamp(name, _absent_macros(spec))
+
+
+def int_converter(name: str, spec: Declared) -> Converter:
+    return _bounded(name, _int(name, _absent_macros(spec)), spec.min, spec.max)
+
+
+def decimal_converter(name: str, spec: Declared) -> Converter:
+    return _bounded(name, _decimal(name, _absent_macros(spec)), spec.min, spec.max)
+
+
+def duration_converter(name: str, spec: Declared) -> Converter:
+    return _bounded(name, _duration(name, _absent_macros(spec)), spec.min, spec.max)
+
+
+def money_converter(name: str, spec: Declared) -> Converter:
+    money = _money(name, _absent_macros(spec))
+    return _bounded(name, money, _bound_micros(spec.min), _bound_micros(spec.max))
+
+
+def price_converter(name: str, spec: Declared) -> Converter:
+    """Money, refusing out-of-range values with the reason decrypt_price gives them."""
+    money = _money(name, _absent_macros(spec))
+    return _bounded(name, money, _bound_micros(spec.min), _bound_micros(spec.max), PRICE_OUT_OF_RANGE)
+
+
+def _absent_macros(spec: Declared) -> bool:
+    return spec.unexpanded_macros == "absent"
 
 
 def _invalid(name: str, raw: str, macros: bool) -> Reject:
@@ -119,7 +166,7 @@ def _enum(name: str, allowed: frozenset[str], macros: bool) -> Converter:
 
 def _bool(name: str, macros: bool) -> Converter:
     def convert(raw: str) -> Value:
-        value = _BOOLS.get(raw.lower())
+        value = BOOL_WORDS.get(raw.lower())
         if value is None:
             raise _invalid(name, raw, macros)
         return value
@@ -160,6 +207,28 @@ def _duration(name: str, macros: bool) -> Callable[[str], int | float]:
     return convert
 
 
+# What a player sends in a duration field for an optional macro it does not fill (VAST 4.1 §6.1): -1 unknown, -2
+# withheld by policy.
+UNKNOWN_VALUES = frozenset({"-1", "-2"})
+
+# An offset: seconds (`12.5`) or a timecode `HH:MM:SS` / `HH:MM:SS.mmm` ([ADPLAYHEAD], [CONTENTPLAYHEAD]).
+_SECONDS = re.compile(r"[+-]?(?:\d{1,12}(?:\.\d{0,9})?|\.\d{1,9})", re.ASCII)
+_TIMECODE = re.compile(r"(\d{1,6}):([0-5]\d):([0-5]\d(?:\.\d{1,9})?)", re.ASCII)
+
+
+def parse_offset(text: str) -> float | None:
+    """Seconds from `12.5` or a timecode `00:00:12.500`; None when the text is neither."""
+    if ":" in text:
+        match = _TIMECODE.fullmatch(text)
+        if match is None:
+            return None
+        hours, minutes, seconds = match.groups()
+        return int(hours) * 3600 + int(minutes) * 60 + float(seconds)
+    if _SECONDS.fullmatch(text) is None:
+        return None
+    return float(text)
+
+
 def parse_micros(raw: str) -> int | None:
     """Decimal currency units to integer micros, exactly (half-up beyond the sixth decimal); None if not a number."""
     match = _MONEY.fullmatch(raw)
@@ -176,10 +245,10 @@ def _money(name: str, macros: bool) -> Callable[[str], int | float]:
     def convert(raw: str) -> int | float:
         micros = parse_micros(raw)
         if micros is None:
-            if unsubstituted_macro(raw):  # ${AUCTION_PRICE}, absent or refused: a reason of its own either way
+            if unsubstituted_price_macro(raw):  # ${AUCTION_PRICE}, absent or refused: a reason of its own either way
                 if macros:
-                    raise MacroUnsubstituted(name, MACRO_UNSUBSTITUTED)
-                raise Reject(400, MACRO_UNSUBSTITUTED, name)
+                    raise MacroUnsubstituted(name, PRICE_MACRO_UNSUBSTITUTED)
+                raise Reject(400, PRICE_MACRO_UNSUBSTITUTED, name)
             raise _invalid(name, raw, macros)
         return micros
 

@@ -9,16 +9,16 @@ builds the collectors and preprocessors a worker needs at start-up.
 from __future__ import annotations
 
 import logging
-from collections.abc import Awaitable, Callable, Iterable, Iterator, Mapping, Sequence
+from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
 from dataclasses import dataclass, field
 from functools import cache
 from importlib import metadata
 from typing import Any
 
-from trackpoint.admin.server import AdminRequest, AdminResponse
+from trackpoint.admin.routes import AdminHandler, AdminRoute
 from trackpoint.collectors.base import Collector, CollectorContext
 from trackpoint.config.load import KeyPath
-from trackpoint.config.model import CollectorBase, Config, EventTypeSpec, PreprocessorBase
+from trackpoint.config.model import CollectorBase, Config, EventTypeSpec, PreprocessorBase, type_tag
 from trackpoint.preprocessors import Preprocessor
 
 log = logging.getLogger("trackpoint.plugins")
@@ -27,22 +27,10 @@ ENTRY_POINT_GROUP = "trackpoint.plugins"
 
 CollectorFactory = Callable[[str, Any, CollectorContext], Collector]
 PreprocessorFactory = Callable[[str, Any], Preprocessor]
-# An admin handler gets the request and the tracker's running configuration (the one in force after reloads).
-AdminHandler = Callable[[AdminRequest, Config], Awaitable[AdminResponse]]
 # A configuration check: the problems it finds in a validated configuration, each a key path (`("event_types",
 # "click", "fields", "url")`) and a message. Checks run at every load, `trackpoint config check` and reload, for rules
 # no single struct can state (options of one section that refer to another).
 ConfigCheck = Callable[[Config], Iterable[tuple[KeyPath, str]]]
-
-
-def type_tag(config: type[CollectorBase] | type[PreprocessorBase]) -> str:
-    """The `type:` a user writes for a component: the tag of its config struct."""
-    struct_config = getattr(config, "__struct_config__", None)
-    tag = getattr(struct_config, "tag", None)
-    if not isinstance(tag, str):
-        name = getattr(config, "__name__", repr(config))
-        raise TypeError(f"{name} is not a tagged config struct (class {name}(CollectorBase, tag='...'))")
-    return tag
 
 
 @dataclass(frozen=True)
@@ -73,15 +61,6 @@ class PreprocessorKind:
     @property
     def type(self) -> str:
         return type_tag(self.config)
-
-
-@dataclass(frozen=True)
-class AdminRoute:
-    """An extra route on the admin port (exact method and path), served by the supervisor process."""
-
-    method: str
-    path: str
-    handler: AdminHandler
 
 
 @dataclass(frozen=True)
@@ -232,6 +211,7 @@ def registry() -> Registry:
 
 __all__ = [
     "ENTRY_POINT_GROUP",
+    "AdminHandler",
     "AdminRoute",
     "CollectorKind",
     "ConfigCheck",

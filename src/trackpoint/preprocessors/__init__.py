@@ -13,8 +13,9 @@ from typing import Protocol, runtime_checkable
 import msgspec
 
 from trackpoint.config.model import EventTypeSpec, FieldSpec
+from trackpoint.config.private import UID_DIM
 from trackpoint.event import Event
-from trackpoint.privacy.cookie import UID_DIM, uid_field
+from trackpoint.privacy.cookie import uid_field
 
 
 class Preprocessor(Protocol):

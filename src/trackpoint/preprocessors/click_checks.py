@@ -8,13 +8,12 @@ from __future__ import annotations
 from collections.abc import Iterator
 
 from trackpoint.adtech.ivt import IVT_DIM
-from trackpoint.config.model import Config, EventTypeSpec
+from trackpoint.config.load import KeyPath
+from trackpoint.config.model import Config, EventTypeSpec, one_of_problem
 from trackpoint.preprocessors.attribute_conversion.config import AttributeConversionConfig
 from trackpoint.preprocessors.flag_invalid_traffic.config import FlagInvalidTrafficConfig
 from trackpoint.preprocessors.issue_click_id.config import IssueClickIdConfig
-from trackpoint.security.secrets import one_of_problem
 
-KeyPath = tuple[str | int, ...]
 # A declared click id field must hold the longest click id the default fields (64 characters each) make.
 MIN_CLICK_ID_LEN = 256
 

@@ -8,9 +8,9 @@ from __future__ import annotations
 import re
 
 from trackpoint.config.model import FieldSpec, UserIdCookie
+from trackpoint.config.private import UID_DIM
 from trackpoint.event import Event, random_id
 
-UID_DIM = "uid"
 # The ids this tracker issues (random_id: 32 lowercase hex); anything else in the cookie is replaced.
 _OUR_ID = re.compile(r"[0-9a-f]{32}")
 

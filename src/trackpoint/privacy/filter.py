@@ -12,16 +12,13 @@ from typing import TypeVar
 
 import msgspec
 
-from trackpoint.config.model import CollectorBase, Config, EventTypeSpec
+from trackpoint.config.model import CollectorBase
 from trackpoint.event import Context, Event
-from trackpoint.privacy.cookie import UID_DIM
 
 SECTIONS = ("dims", "metrics", "ctx")
 CONTEXT_MEMBERS = tuple(field.name for field in msgspec.structs.fields(Context))
 # Never for an untrusted collector, whatever its lists say: even a truncated IP identifies a household.
 RAW_CONTEXT = frozenset({"ip", "ua"})
-# Field sources that carry the client's own data rather than the URL the ad server wrote.
-PRIVATE_SOURCES = frozenset({"ip", "cookie", "header"})
 
 Value = TypeVar("Value")
 
@@ -63,35 +60,6 @@ class _Section:
             return {}
         allow, deny = self.allow, self.deny
         return {k: v for k, v in values.items() if (allow is None or k in allow) and k not in deny}
-
-
-def private_fields(spec: EventTypeSpec) -> dict[str, str]:
-    """An event type's fields read from the client IP, a cookie or a header: field name -> its path (`dims.x`)."""
-    private = {name: f"{field.place}.{name}" for name, field in spec.fields.items() if field.source in PRIVATE_SOURCES}
-    if spec.response.user_id_cookie is not None:
-        private[UID_DIM] = f"dims.{UID_DIM}"
-    return private
-
-
-def deny_private_fields(config: Config) -> Config:
-    """The config with each untrusted collector's fields_deny extended by the private fields of the event types
-    that feed it (their own collectors or their invalid-traffic route), except those it names in send_private."""
-    feeds: dict[str, dict[str, str]] = {}
-    for spec in config.event_types.values():
-        private = private_fields(spec)
-        if private:
-            for name in {*spec.collectors, *spec.invalid_traffic.collectors}:
-                feeds.setdefault(name, {}).update(private)
-    collectors = dict(config.collectors)
-    for name, private in feeds.items():
-        collector = collectors.get(name)
-        if collector is None or collector.trusted:
-            continue
-        denied = sorted(path for field, path in private.items() if field not in collector.send_private)
-        extra = [path for path in denied if path not in collector.fields_deny]
-        if extra:
-            collectors[name] = msgspec.structs.replace(collector, fields_deny=[*collector.fields_deny, *extra])
-    return msgspec.structs.replace(config, collectors=collectors)
 
 
 def strip_query(referer: str) -> str:

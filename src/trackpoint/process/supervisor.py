@@ -2,13 +2,13 @@
 
 It binds one SO_REUSEPORT socket per worker slot and keeps it open for the tracker's whole life: a worker that
 exits or is replaced closes only its copy, so connections queued on the slot wait for the next worker instead of
-being reset. That is what makes reloads and restarts lose no request. The admin port is served from here.
+being reset. That is what makes reloads and restarts lose no request. The admin port is served from here, by
+the handlers of admin/core.py, which read the supervisor as their `Tracker`.
 """
 
 from __future__ import annotations
 
 import asyncio
-import functools
 import logging
 import os
 import resource
@@ -24,9 +24,9 @@ from pathlib import Path
 import msgspec
 
 from trackpoint.admin import metrics
+from trackpoint.admin.core import admin_servers
 from trackpoint.admin.dashboard import TAIL_KEEP, Dashboard
-from trackpoint.admin.routes import CORE_ROUTES, PROBE_PATHS, PUBLIC_PATHS, plugin_routes
-from trackpoint.admin.server import AdminRequest, AdminResponse, AdminServer, Handler
+from trackpoint.admin.server import AdminServer
 from trackpoint.collectors.log.budget import LogDiskMetrics
 from trackpoint.collectors.log.compression import finalize_orphans
 from trackpoint.collectors.log.config import LogCollectorConfig
@@ -36,10 +36,9 @@ from trackpoint.config import ConfigError, LoadedConfig, load
 from trackpoint.config.model import Config
 from trackpoint.edge.stats import Snapshot, add
 from trackpoint.event import Event
-from trackpoint.plugins import AdminHandler
-from trackpoint.plugins import registry as plugin_registry
+from trackpoint.plugins import Registry
 from trackpoint.process import control
-from trackpoint.reference.openapi import openapi_json as openapi_document_json
+from trackpoint.reference.openapi import openapi_json
 from trackpoint.security.admin_token import (
     AdminTokenError,
     BearerCheck,
@@ -125,10 +124,11 @@ def listener(host: str, port: int, backlog: int | None) -> socket.socket:
 
 
 class Supervisor:
-    def __init__(self, loaded: LoadedConfig, config_path: str | None, overrides: Overrides) -> None:
+    def __init__(self, loaded: LoadedConfig, config_path: str | None, overrides: Overrides, plugins: Registry) -> None:
         self.config_path = config_path
         self.overrides = overrides
         self.loaded = loaded
+        self.plugins = plugins  # the components a reload may name, and the plugins' admin routes
         self.config = overrides.apply(loaded.config)
         self.slots = self.config.server.workers or available_cpus()
         self.sockets: list[socket.socket] = []
@@ -152,6 +152,7 @@ class Supervisor:
         self._reloading: asyncio.Lock | None = None
         self._retries: set[asyncio.Task[None]] = set()  # restarts scheduled after a failed spawn
         self.probes: AdminServer | None = None  # admin.probe_port's listener: /healthz and /readyz only
+        self._openapi: dict[str, bytes] = {}  # the OpenAPI document by config version
 
     # --- life ----------------------------------------------------------------------------------------------------
 
@@ -445,7 +446,7 @@ class Supervisor:
             if self.shutting_down:
                 return
             try:
-                loaded = load(self.config_path)
+                loaded = load(self.config_path, registry=self.plugins)
                 resolve_secrets(loaded)  # a secret gone missing refuses the reload, not the new workers
             except ConfigError as exc:
                 self.state.reload_failures += 1
@@ -511,74 +512,44 @@ class Supervisor:
         return total
 
     def _admin_server(self, auth: BearerCheck | None = None) -> AdminServer:
-        admin = AdminServer(self.config.admin.limits, auth, PUBLIC_PATHS)
+        """The admin server (and the probe listener's, kept in `probes`), reading this supervisor as its `Tracker`."""
+        prometheus = metrics.registry(self.totals, self.state)
+        prometheus.register(self.shipping.metrics())
+        prometheus.register(LogDiskMetrics(lambda: self.config))
+        prometheus.register(metrics.CollectorInfo(lambda: self.config))
+        admin, self.probes = admin_servers(
+            self, self.config.admin, auth, self.plugins.admin_routes, prometheus, more_core=self.dashboard.handlers
+        )
         self.state.admin_connections = admin.counts
-        registry = metrics.registry(self.totals, self.state)
-        registry.register(self.shipping.metrics())
-        registry.register(LogDiskMetrics(lambda: self.config))
-        registry.register(metrics.CollectorInfo(lambda: self.config))
-
-        async def healthz(_: AdminRequest) -> AdminResponse:
-            crash_loops = self.crash_loops()
-            if crash_loops:
-                reason = "; ".join(f"worker {c['slot']} fails at start: {c['error']}" for c in crash_loops)
-                return AdminResponse.json(503, {"status": "crash_loop", "reason": reason, "crash_looping": crash_loops})
-            return AdminResponse.json(200, {"status": "ok"})
-
-        async def readyz(_: AdminRequest) -> AdminResponse:
-            live = Snapshot()
-            for handle in self.workers.values():
-                live = add(live, handle.snapshot)
-            failing = sorted(name for name, c in live.collectors.items() if c.required and not c.healthy)
-            crash_loops = self.crash_loops()
-            ready = not self.shutting_down and self.state.workers_ready >= self.slots and not failing
-            return AdminResponse.json(
-                200 if ready else 503,
-                {
-                    "ready": ready,
-                    "workers_ready": self.state.workers_ready,
-                    "workers": self.slots,
-                    "draining": self.shutting_down,
-                    "required_collectors_unhealthy": failing,
-                    "crash_looping": crash_loops,
-                    "config_version": self.loaded.version,
-                },
-            )
-
-        async def prometheus(_: AdminRequest) -> AdminResponse:
-            return AdminResponse(200, metrics.render(registry), "text/plain; version=0.0.4; charset=utf-8")
-
-        openapi: dict[str, bytes] = {}  # by config version: built on first request after each reload
-
-        async def openapi_json(_: AdminRequest) -> AdminResponse:
-            version = self.loaded.version
-            if version not in openapi:
-                openapi.clear()
-                openapi[version] = openapi_document_json(replace(self.loaded, config=self.config))
-            return AdminResponse(200, openapi[version])
-
-        # Served from the one route table that documents them (admin/routes.py): core routes, then plugins'. The
-        # probe listener, when configured, serves the public ones (the probes) only.
-        core: dict[str, Handler] = {
-            "/healthz": healthz,
-            "/readyz": readyz,
-            "/metrics": prometheus,
-            "/openapi.json": openapi_json,
-            **self.dashboard.handlers(admin),
-        }
-        if self.config.admin.probe_port is not None:
-            self.probes = AdminServer(self.config.admin.limits, public_paths=PUBLIC_PATHS)
-            self.probes.counts = admin.counts  # one count for both listeners
-        for endpoint in CORE_ROUTES:
-            admin.route(endpoint.method, endpoint.path, core[endpoint.path])
-            if endpoint.path in PROBE_PATHS and self.probes is not None:
-                self.probes.route(endpoint.method, endpoint.path, core[endpoint.path])
-        for route in plugin_routes(plugin_registry()):
-            admin.route(route.method, route.path, functools.partial(self._plugin_route, route.handler))
         return admin
 
-    async def _plugin_route(self, handler: AdminHandler, request: AdminRequest) -> AdminResponse:
-        return await handler(request, self.loaded.config)
+    # --- what the admin port reads (admin/core.py: Tracker) ------------------------------------------------------
+
+    @property
+    def workers_ready(self) -> int:
+        return self.state.workers_ready
+
+    @property
+    def config_version(self) -> str:
+        return self.loaded.version
+
+    @property
+    def configuration(self) -> Config:
+        return self.loaded.config
+
+    def serving(self) -> Snapshot:
+        live = Snapshot()
+        for handle in self.workers.values():
+            live = add(live, handle.snapshot)
+        return live
+
+    def openapi_json(self) -> bytes:
+        """Built on the first request after each reload."""
+        version = self.loaded.version
+        if version not in self._openapi:
+            self._openapi.clear()
+            self._openapi[version] = openapi_json(replace(self.loaded, config=self.config), self.plugins)
+        return self._openapi[version]
 
 
 def raise_fd_limit() -> None:
@@ -592,8 +563,8 @@ def raise_fd_limit() -> None:
             log.warning("cannot raise the file descriptor limit from %d to %d: %s", soft, hard, exc)
 
 
-def run(loaded: LoadedConfig, config_path: str | None, overrides: Overrides) -> int:
+def run(loaded: LoadedConfig, config_path: str | None, overrides: Overrides, plugins: Registry) -> int:
     import uvloop
 
     logging.basicConfig(level=logging.INFO, stream=sys.stderr, format="%(asctime)s %(name)s %(levelname)s %(message)s")
-    return uvloop.run(Supervisor(loaded, config_path, overrides).run())
+    return uvloop.run(Supervisor(loaded, config_path, overrides, plugins).run())

@@ -13,14 +13,14 @@ import msgspec.inspect as mi
 from trackpoint.admin.routes import admin_endpoints
 from trackpoint.config.load import LoadedConfig, config_type
 from trackpoint.fields.reasons import statuses
-from trackpoint.plugins import registry
+from trackpoint.plugins import Registry
 from trackpoint.reference.markdown import HEADER, escape
 
 
-def configuration_reference() -> str:
+def configuration_reference(registry: Registry) -> str:
     """Every option of the configuration file, section by section."""
     lines = [HEADER + "# Configuration reference\n"]
-    for title, struct in config_sections():
+    for title, struct in config_sections(registry):
         lines.append(f"## `{title or 'top level'}`\n")
         lines.append((struct.cls.__doc__ or "").strip() + "\n")
         lines.append("| option | type | default | description |")
@@ -29,15 +29,16 @@ def configuration_reference() -> str:
             if struct.tag_field is not None and field.name == struct.tag_field:
                 continue
             inner, description = _unwrap(field.type)
-            lines.append(f"| `{field.encode_name}` | {_type_name(inner)} | {_default(field)} | {escape(description)} |")
+            names = _enum_of(field.type) or _type_name(inner)
+            lines.append(f"| `{field.encode_name}` | {names} | {_default(field)} | {escape(description)} |")
         lines.append("")
     return "\n".join(lines)
 
 
-def config_sections() -> list[tuple[str, mi.StructType]]:
+def config_sections(registry: Registry) -> list[tuple[str, mi.StructType]]:
     """Every struct of the configuration with its dotted path (`server.limits`, `collectors.<name> (type: log)`),
     for every component type the installed plugins provide; a struct used in several places is listed once."""
-    root = mi.type_info(config_type(registry()))
+    root = mi.type_info(config_type(registry))
     assert isinstance(root, mi.StructType)
     return list(_sections(root, "", set()))
 
@@ -67,6 +68,12 @@ def _unwrap(kind: mi.Type) -> tuple[mi.Type, str]:
         description = (kind.extra_json_schema or {}).get("description", "")
         return kind.type, description
     return kind, ""
+
+
+def _enum_of(kind: mi.Type) -> str:
+    """The values a text option accepts when its schema lists them (a field's `type`: the table of field types)."""
+    values = (kind.extra_json_schema or {}).get("enum") if isinstance(kind, mi.Metadata) else None
+    return " \\| ".join(f"`{value}`" for value in values) if values else ""
 
 
 def _type_name(kind: mi.Type) -> str:
@@ -106,7 +113,7 @@ def _default(field: mi.Field) -> str:
     return f"`{msgspec.json.encode(value).decode()}`"
 
 
-def endpoints_reference(loaded: LoadedConfig) -> str:
+def endpoints_reference(loaded: LoadedConfig, registry: Registry) -> str:
     """The endpoints of one configuration: paths, methods, fields, response, preprocessors and collectors."""
     config = loaded.config
     lines = [HEADER + "# Endpoints\n", f"Configuration: `{loaded.source}` (version `{loaded.version}`).\n"]
@@ -144,7 +151,7 @@ def endpoints_reference(loaded: LoadedConfig) -> str:
                 )
             lines.append("")
     lines += _rejections()
-    lines += _admin_endpoints()
+    lines += _admin_endpoints(registry)
     return "\n".join(lines)
 
 
@@ -167,7 +174,7 @@ def _rejections() -> list[str]:
     return lines
 
 
-def _admin_endpoints() -> list[str]:
+def _admin_endpoints(registry: Registry) -> list[str]:
     """The admin port's endpoints, from the route table the supervisor serves (admin/routes.py)."""
     lines = [
         "## Admin port\n",
@@ -177,6 +184,6 @@ def _admin_endpoints() -> list[str]:
         "| method | path | what it does |",
         "|---|---|---|",
     ]
-    lines += [f"| {e.method} | `{e.path}` | {escape(e.summary)} |" for e in admin_endpoints()]
+    lines += [f"| {e.method} | `{e.path}` | {escape(e.summary)} |" for e in admin_endpoints(registry.admin_routes)]
     lines.append("")
     return lines

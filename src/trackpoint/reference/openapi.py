@@ -15,6 +15,8 @@ from trackpoint.admin.routes import admin_endpoints
 from trackpoint.config.load import LoadedConfig
 from trackpoint.config.model import EventTypeSpec, FieldSpec
 from trackpoint.fields.reasons import statuses
+from trackpoint.fields.types import raw_value_schema
+from trackpoint.plugins import Registry
 
 Schema = dict[str, Any]
 
@@ -31,10 +33,9 @@ _REJECTIONS = {
     str(status): "\n".join(f"- `{entry.reason}`: {entry.description}" for entry in entries)
     for status, entries in statuses().items()
 }
-_BOOL_WORDS = ["1", "0", "true", "false", "yes", "no"]
 
 
-def openapi_document(loaded: LoadedConfig) -> dict[str, Any]:
+def openapi_document(loaded: LoadedConfig, registry: Registry) -> dict[str, Any]:
     """The OpenAPI 3.1 document of `loaded`: the tracking port's endpoints, then the admin port's (with their own
     `servers` entry, since they are served on another address)."""
     config = loaded.config
@@ -46,7 +47,7 @@ def openapi_document(loaded: LoadedConfig) -> dict[str, Any]:
                 suffix = f"_{index}" if index else ""
                 item[method.lower()] = _operation(name, spec, method, f"{name}_{method.lower()}{suffix}")
     admin_server = {"url": f"http://{config.admin.host}:{config.admin.port}", "description": "The admin port."}
-    for endpoint in admin_endpoints():
+    for endpoint in admin_endpoints(registry.admin_routes):
         admin_method, path, summary = endpoint.method, endpoint.path, endpoint.summary
         item = paths.setdefault(path, {"servers": [admin_server]})
         if "servers" not in item:  # an event type took this path on the tracking port: it wins there
@@ -106,9 +107,9 @@ def openapi_document(loaded: LoadedConfig) -> dict[str, Any]:
     }
 
 
-def openapi_json(loaded: LoadedConfig) -> bytes:
+def openapi_json(loaded: LoadedConfig, registry: Registry) -> bytes:
     """The document as indented JSON with a final newline (the committed file and `/openapi.json`)."""
-    return msgspec.json.format(msgspec.json.encode(openapi_document(loaded)), indent=2) + b"\n"
+    return msgspec.json.format(msgspec.json.encode(openapi_document(loaded, registry)), indent=2) + b"\n"
 
 
 def _operation(name: str, spec: EventTypeSpec, method: str, operation_id: str) -> dict[str, Any]:
@@ -187,28 +188,8 @@ def _responses(spec: EventTypeSpec) -> dict[str, Any]:
 
 
 def _schema(field: FieldSpec) -> Schema:
-    """The JSON Schema of a field's raw value. `max_len` bounds the raw text of every type."""
-    bounds: Schema = {}
-    if field.min is not None:
-        bounds["minimum"] = field.min
-    if field.max is not None:
-        bounds["maximum"] = field.max
-    schema: Schema
-    match field.type:
-        case "string":
-            schema = {"type": "string", "maxLength": field.max_len}
-        case "enum":
-            schema = {"type": "string", "enum": list(field.values or [])}
-        case "int":
-            schema = {"type": "integer"} | bounds
-        case "decimal" | "money" | "price":
-            schema = {"type": "number"} | bounds
-        case "bool":
-            schema = {"type": ["boolean", "string"], "enum": [True, False, *_BOOL_WORDS]}
-        case "duration":
-            schema = {"type": ["number", "string"], "description": "Seconds, or a VAST timecode HH:MM:SS.mmm."}
-        case "timestamp":
-            schema = {"type": ["integer", "string"], "description": "Epoch seconds, epoch ms or ISO 8601."}
+    """The JSON Schema of a field's raw value (its type's, fields/types.py), with the field's default."""
+    schema = raw_value_schema(field)
     if field.default is not None:
         schema["default"] = field.default
     return schema

@@ -12,7 +12,7 @@ from typing import Any
 
 import msgspec
 
-from trackpoint.plugins import ENTRY_POINT_GROUP, registry
+from trackpoint.plugins import ENTRY_POINT_GROUP, Registry
 from trackpoint.reference.markdown import HEADER, escape
 
 # What a plugin author uses, module by module, in reading order.
@@ -35,6 +35,7 @@ API: tuple[tuple[str, tuple[str, ...]], ...] = (
     ("trackpoint.event", ("Event",)),
     ("trackpoint.fields.converters", ("Reject",)),
     ("trackpoint.admin.server", ("AdminRequest", "AdminResponse")),
+    ("trackpoint.security.secrets", ("read_secret", "SecretError", "SecretHolder")),
 )
 
 
@@ -53,7 +54,7 @@ def public_methods(cls: type) -> Iterator[tuple[str, Callable[..., Any]]]:
             yield name, member
 
 
-def plugin_api_reference() -> str:
+def plugin_api_reference(installed: Registry) -> str:
     package = importlib.import_module("trackpoint.plugins")
     lines = [HEADER + "# Plugin API reference\n", inspect.cleandoc(package.__doc__ or "") + "\n"]
     lines.append(
@@ -79,7 +80,6 @@ def plugin_api_reference() -> str:
                 lines.append(f"### `{name}.{method_name}`{abstract}\n")
                 lines.append(f"```python\n{_def(method_name, method)}\n```\n")
                 lines.append(inspect.cleandoc(method.__doc__ or "") + "\n")
-    installed = registry()
     lines.append("## Installed components\n")
     lines.append(f"Plugins: {', '.join(f'`{p}`' for p in installed.plugins)}.\n")
     for title, docs in (

@@ -19,7 +19,7 @@ from trackpoint.collectors.log.config import LogCollectorConfig
 from trackpoint.collectors.log.reader import ReadStats, log_files, read_events
 from trackpoint.config.model import Config, SpoolConfig
 from trackpoint.event import Event
-from trackpoint.plugins import registry
+from trackpoint.plugins import Registry
 
 
 class ReplayError(Exception):
@@ -95,13 +95,14 @@ def plan(
     )
 
 
-def build_collectors(config: Config, replay_plan: ReplayPlan) -> dict[str, Collector]:
-    """The chosen collectors, without their spool: replay waits for each batch to be delivered instead."""
+def build_collectors(config: Config, replay_plan: ReplayPlan, registry: Registry) -> dict[str, Collector]:
+    """The chosen collectors, built by `registry` (the one `config` was loaded with), without their spool: replay
+    waits for each batch to be delivered instead."""
     context = CollectorContext(data_dir=config.data_dir, worker=0)
     built: dict[str, Collector] = {}
     for name in replay_plan.collectors:
         options = msgspec.structs.replace(config.collectors[name], spool=SpoolConfig(enabled=False))
-        built[name] = registry().build_collector(name, options, context)
+        built[name] = registry.build_collector(name, options, context)
     return built
 
 

@@ -7,6 +7,8 @@ from __future__ import annotations
 import os
 from pathlib import Path
 
+from trackpoint.security.secrets import read_secret
+
 
 def create_key_file(path: Path) -> None:
     """Writes a new random key to `path` unless one is there: the key goes to a private temporary file that is
@@ -27,3 +29,12 @@ def create_key_file(path: Path) -> None:
         pass  # another process made the key first: theirs is kept
     finally:
         temporary.unlink()
+
+
+def auto_key(data_dir: str, name: str) -> bytes:
+    """The random key `data_dir/keys/<name>.key`, created on first use. Workers starting together agree: the key
+    is written to a private temporary file and linked into place, so whoever links first wins and every worker
+    reads the same key."""
+    file = f"keys/{name}.key"  # relative: read_secret resolves it against data_dir, as create_key_file's path is
+    create_key_file(Path(data_dir) / file)
+    return read_secret("secret", None, file, data_dir)

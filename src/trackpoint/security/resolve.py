@@ -11,17 +11,19 @@ from typing import Any
 
 import msgspec
 
-from trackpoint.config.load import LoadedConfig, config_error
-from trackpoint.config.model import AdminConfig, Config, PostbackAuthSpec, SigningConfig
-from trackpoint.preprocessors.decrypt_price.config import DecryptPriceConfig
-from trackpoint.preprocessors.decrypt_price.preprocessor import read_price_key
-from trackpoint.preprocessors.pseudonymize.config import PseudonymizeConfig
+from trackpoint.config.load import KeyPath, LoadedConfig, config_error
+from trackpoint.config.model import AdminConfig, Config, PostbackAuthSpec, SecretSource, SigningConfig
 from trackpoint.security.admin_token import read_admin_token, token_configured
 from trackpoint.security.postback_auth import read_advertiser_secret
-from trackpoint.security.secrets import SecretError, env_secret, read_source, secret_option, secret_path
+from trackpoint.security.secrets import (
+    SecretError,
+    SecretHolder,
+    env_secret,
+    read_source,
+    secret_option,
+    secret_path,
+)
 from trackpoint.security.signing import key_path, load_key
-
-KeyPath = tuple[str | int, ...]
 
 
 def resolve_secrets(loaded: LoadedConfig) -> None:
@@ -36,7 +38,8 @@ def resolve_secrets(loaded: LoadedConfig) -> None:
 def unresolved_secrets(config: Config) -> Iterator[tuple[KeyPath, str]]:
     """Each secret option whose variable is unset or empty, or whose file cannot be read (or holds no valid key),
     as (key path of the option, reason). Options of any component, plugins' included, whose name ends in `_env`
-    name an environment variable; the built-in key structs are read with their own readers."""
+    name an environment variable; a `SecretSource` and the core key structs are read with their own readers, a
+    `SecretHolder` (a component's struct) with those it names."""
     yield from _walk(config, (), config.data_dir)
 
 
@@ -54,15 +57,11 @@ def _walk(value: object, path: KeyPath, data_dir: str) -> Iterator[tuple[KeyPath
         for advertiser, source in value.secrets.items():
             where = (*path, "secrets", advertiser, secret_option("secret", source.secret_env))
             yield from _read(where, read_advertiser_secret, advertiser, source, data_dir)
-    elif isinstance(value, PseudonymizeConfig):
-        for key_id, source in value.keys.items():
-            where = (*path, "keys", key_id, secret_option("secret", source.secret_env))
-            yield from _read(where, read_source, source, data_dir)
-    elif isinstance(value, DecryptPriceConfig):
-        for exchange, keys in value.exchanges.items():
-            for role in ("encryption", "integrity"):
-                where = (*path, "exchanges", exchange, secret_option(f"{role}_key", getattr(keys, f"{role}_key_env")))
-                yield from _read(where, read_price_key, str(path[-1]), exchange, role, keys, data_dir)
+    elif isinstance(value, SecretSource):
+        yield from _read((*path, secret_option("secret", value.secret_env)), read_source, value, data_dir)
+    elif isinstance(value, SecretHolder):
+        for where, reader in value.secret_readers(path, data_dir):
+            yield from _read(where, reader)
     elif isinstance(value, msgspec.Struct):
         for field in msgspec.structs.fields(value):
             member = getattr(value, field.name)

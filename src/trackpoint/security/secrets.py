@@ -1,16 +1,20 @@
 """Reading a secret: from an environment variable or from a file relative to data_dir, the one rule every secret
 option follows (signing and pseudonymisation keys, postback secrets, price keys, collectors' passwords).
 
-A secret option is a pair `<name>_env` / `<name>_file` of which exactly one is set; `SecretError` names the option.
-Imports nothing of trackpoint's, so config checks, preprocessors and collectors can all use it.
+A secret option is a pair `<name>_env` / `<name>_file` of which exactly one is set (`one_of_problem`, the config
+rule); `SecretError` names the option. A config struct whose secrets need more than reading (a format, a length)
+says how to read them as a `SecretHolder`.
 """
 
 from __future__ import annotations
 
 import os
-from collections.abc import Mapping
+from collections.abc import Callable, Iterator, Mapping
 from pathlib import Path
-from typing import Protocol
+from typing import Protocol, runtime_checkable
+
+from trackpoint.config.load import KeyPath
+from trackpoint.config.model import one_of_problem
 
 MIN_SECRET_BYTES = 16
 
@@ -25,6 +29,18 @@ class SecretSourceLike(Protocol):
     def secret_file(self) -> str | None: ...
 
 
+@runtime_checkable
+class SecretHolder(Protocol):
+    """A config struct (a component's, typically) that says how its secrets are read: `config check`, `run` and
+    reload call each reader before any worker starts (security/resolve.py), so a key in the wrong format is one
+    clear error, not workers failing at start. Other structs' `*_env` and `*_file` options are read as they are."""
+
+    def secret_readers(self, path: KeyPath, data_dir: str) -> Iterator[tuple[KeyPath, Callable[[], object]]]:
+        """(key path of the option, a reader raising SecretError, OSError or ValueError) of each secret, the struct
+        being at `path` in the configuration."""
+        ...
+
+
 class SecretError(ValueError):
     """A secret that cannot be read; the message starts with the option (e.g. `secret_file: cannot read ...`)."""
 
@@ -32,13 +48,6 @@ class SecretError(ValueError):
         super().__init__(f"{option}: {reason}")
         self.option = option
         self.reason = reason
-
-
-def one_of_problem(name: str, env: str | None, file: str | None) -> str | None:
-    """What is wrong with a `<name>_env` / `<name>_file` pair unless exactly one is set, else None."""
-    if (env is None) == (file is None):
-        return f"needs exactly one of {name}_env and {name}_file"
-    return None
 
 
 def secret_option(name: str, env: str | None) -> str:

@@ -11,20 +11,19 @@ import contextlib
 import subprocess
 import time
 from collections import deque
-from collections.abc import Mapping
+from collections.abc import Mapping, Sequence
 from importlib import resources
 from typing import Any, Protocol
 
 from trackpoint import __version__
 from trackpoint.admin.dashboard.history import History, collector_rows
 from trackpoint.admin.metrics import SupervisorState
-from trackpoint.admin.routes import admin_endpoints
+from trackpoint.admin.routes import AdminRoute, admin_endpoints
 from trackpoint.admin.server import UNAUTHORIZED, AdminRequest, AdminResponse, AdminServer, Handler
 from trackpoint.config import LoadedConfig
-from trackpoint.config.model import Config
+from trackpoint.config.model import Config, type_tag
 from trackpoint.edge.stats import Snapshot
 from trackpoint.event import Event
-from trackpoint.plugins import type_tag
 
 # Events the supervisor keeps for the live tail (the newest of all workers).
 TAIL_KEEP = 100
@@ -119,8 +118,8 @@ class Dashboard:
                 self.history.add(time.time(), self.supervisor.totals())
             await asyncio.sleep(SAMPLE_INTERVAL_S)
 
-    def handlers(self, admin: AdminServer) -> dict[str, Handler]:
-        """The dashboard's core routes (admin/routes.py CORE_ROUTES) by path."""
+    def handlers(self, admin: AdminServer, plugin_routes: Sequence[AdminRoute]) -> dict[str, Handler]:
+        """The dashboard's core routes (admin/routes.py CORE_ROUTES) by path; the index lists `plugin_routes` too."""
         page = _static("index.html", "text/html; charset=utf-8")
         script = _static("app.js", "text/javascript; charset=utf-8")
         style = _static("app.css", "text/css; charset=utf-8")
@@ -134,7 +133,7 @@ class Dashboard:
                 return UNAUTHORIZED
             routes = [
                 {"method": e.method, "path": e.path, "summary": e.summary, "public": e.public}
-                for e in admin_endpoints()
+                for e in admin_endpoints(plugin_routes)
             ]
             return AdminResponse.json(200, {"routes": routes})
 

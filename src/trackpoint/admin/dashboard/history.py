@@ -9,9 +9,8 @@ from collections.abc import Mapping
 from dataclasses import dataclass
 from typing import Any
 
-from trackpoint.config.model import Config
+from trackpoint.config.model import Config, type_tag
 from trackpoint.edge.stats import LATENCY_BUCKETS, Snapshot
-from trackpoint.plugins import type_tag
 
 KEEP_S = 600  # ten minutes of samples, one a second
 STEP_S = 5  # one point of the series per 5 samples

@@ -7,9 +7,9 @@ only non-personal fields. A malformed consent string denies (it never makes a 4x
 from __future__ import annotations
 
 from trackpoint.config.model import FieldSpec
+from trackpoint.config.private import UID_DIM
 from trackpoint.event import Event
 from trackpoint.preprocessors.check_consent.config import CheckConsentConfig
-from trackpoint.privacy.cookie import UID_DIM
 from trackpoint.privacy.signals import InvalidSignal, decode_tc_string, us_privacy_opt_out
 
 CONSENT_DIM = "consent"

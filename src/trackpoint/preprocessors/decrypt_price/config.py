@@ -1,13 +1,22 @@
-"""Options of the decrypt_price preprocessor (the `type: decrypt_price` entries of `preprocessors:`)."""
+"""Options of the decrypt_price preprocessor (the `type: decrypt_price` entries of `preprocessors:`), and how its
+price keys are read (by the preprocessor, and by `config check`, `run` and reload before any worker starts).
+"""
 
 from __future__ import annotations
 
+import functools
+from collections.abc import Callable, Iterator
 from typing import Annotated
 
 import msgspec
 from msgspec import Meta, Struct
 
+from trackpoint.adtech.price import decode_websafe
+from trackpoint.config.load import KeyPath
 from trackpoint.config.model import PreprocessorBase
+from trackpoint.security.secrets import MIN_SECRET_BYTES, SecretError, read_secret, secret_option
+
+ROLES = ("encryption", "integrity")
 
 
 class ExchangeKeys(Struct, forbid_unknown_fields=True, kw_only=True):
@@ -75,3 +84,30 @@ class DecryptPriceConfig(PreprocessorBase, tag="decrypt_price"):
             "empty (a plain price can be forged by anyone who sees the URL)."
         ),
     ] = None
+
+    def secret_readers(self, path: KeyPath, data_dir: str) -> Iterator[tuple[KeyPath, Callable[[], object]]]:
+        """Each exchange key's option and its reader (`security.secrets.SecretHolder`): the keys are web-safe base64
+        of at least 16 bytes, which reading the variable or file alone would not check."""
+        for exchange, keys in self.exchanges.items():
+            for role in ROLES:
+                where = (*path, "exchanges", exchange, secret_option(f"{role}_key", getattr(keys, f"{role}_key_env")))
+                yield where, functools.partial(read_price_key, str(path[-1]), exchange, role, keys, data_dir)
+
+
+def read_price_key(name: str, exchange: str, role: str, keys: ExchangeKeys, data_dir: str) -> bytes:
+    """One exchange key's bytes, from its variable or file (web-safe base64); SecretError naming the option."""
+    where = f"preprocessor {name}, exchange {exchange}: {role} key"
+    env: str | None = getattr(keys, f"{role}_key_env")
+    file: str | None = getattr(keys, f"{role}_key_file")
+    try:
+        text = read_secret(f"{role}_key", env, file, data_dir, min_bytes=0)
+    except SecretError as exc:
+        raise SecretError(exc.option, f"{where}: {exc.reason}") from None
+    option = secret_option(f"{role}_key", env)
+    try:
+        key = decode_websafe(text.decode("ascii"))
+    except ValueError:  # UnicodeDecodeError included
+        raise SecretError(option, f"{where}: not web-safe base64") from None
+    if len(key) < MIN_SECRET_BYTES:
+        raise SecretError(option, f"{where}: a key needs at least {MIN_SECRET_BYTES} bytes")
+    return key

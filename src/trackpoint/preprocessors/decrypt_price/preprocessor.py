@@ -11,21 +11,17 @@ from decimal import Decimal
 
 from trackpoint.adtech.price import (
     EXPIRED,
-    MACRO_UNSUBSTITUTED,
-    OUT_OF_RANGE,
     PriceDecrypter,
     PriceError,
-    decode_websafe,
-    unsubstituted_macro,
 )
-from trackpoint.config.model import Config, FieldSpec
+from trackpoint.config.load import KeyPath
+from trackpoint.config.model import Config, FieldSpec, one_of_problem
 from trackpoint.event import Event
-from trackpoint.fields.converters import MICROS, Reject, parse_micros
-from trackpoint.preprocessors.decrypt_price.config import DecryptPriceConfig, ExchangeKeys
-from trackpoint.security.secrets import MIN_SECRET_BYTES, SecretError, one_of_problem, read_secret, secret_option
+from trackpoint.fields.converters import MICROS, PRICE_OUT_OF_RANGE, Reject, parse_micros
+from trackpoint.fields.macros import PRICE_MACRO_UNSUBSTITUTED, unsubstituted_price_macro
+from trackpoint.preprocessors.decrypt_price.config import DecryptPriceConfig, read_price_key
 
 UNKNOWN_EXCHANGE = "price_exchange_unknown"
-KeyPath = tuple[str | int, ...]
 
 
 class DecryptPrice:
@@ -65,8 +61,8 @@ class DecryptPrice:
         field = self.field
         micros = parse_micros(raw) if self.accept_plain else None
         if micros is None:
-            if unsubstituted_macro(raw):
-                raise Reject(400, MACRO_UNSUBSTITUTED, field)
+            if unsubstituted_price_macro(raw):
+                raise Reject(400, PRICE_MACRO_UNSUBSTITUTED, field)
             exchange = self.default_exchange
             if self.exchange_field is not None:
                 exchange = dims.get(self.exchange_field, exchange)
@@ -80,27 +76,8 @@ class DecryptPrice:
             if self.max_age_s is not None and abs(self.clock() - seconds) > self.max_age_s:
                 raise Reject(400, EXPIRED, field)
         if micros < 0 or micros > self.max_micros:
-            raise Reject(400, OUT_OF_RANGE, field)
+            raise Reject(400, PRICE_OUT_OF_RANGE, field)
         return micros
-
-
-def read_price_key(name: str, exchange: str, role: str, keys: ExchangeKeys, data_dir: str) -> bytes:
-    """One exchange key's bytes, from its variable or file (web-safe base64); SecretError naming the option."""
-    where = f"preprocessor {name}, exchange {exchange}: {role} key"
-    env: str | None = getattr(keys, f"{role}_key_env")
-    file: str | None = getattr(keys, f"{role}_key_file")
-    try:
-        text = read_secret(f"{role}_key", env, file, data_dir, min_bytes=0)
-    except SecretError as exc:
-        raise SecretError(exc.option, f"{where}: {exc.reason}") from None
-    option = secret_option(f"{role}_key", env)
-    try:
-        key = decode_websafe(text.decode("ascii"))
-    except ValueError:  # UnicodeDecodeError included
-        raise SecretError(option, f"{where}: not web-safe base64") from None
-    if len(key) < MIN_SECRET_BYTES:
-        raise SecretError(option, f"{where}: a key needs at least {MIN_SECRET_BYTES} bytes")
-    return key
 
 
 def check_decrypt_price(config: Config) -> Iterator[tuple[KeyPath, str]]:

@@ -6,9 +6,8 @@ import re
 from collections.abc import Iterator
 
 from trackpoint.config.load import KeyPath
-from trackpoint.config.model import Config
+from trackpoint.config.model import Config, one_of_problem
 from trackpoint.preprocessors.pseudonymize.config import PseudonymizeConfig
-from trackpoint.security.secrets import one_of_problem
 
 _KEY_ID = re.compile(r"[A-Za-z0-9_-]{1,16}")
 

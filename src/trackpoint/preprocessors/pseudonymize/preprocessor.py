@@ -10,7 +10,7 @@ import re
 
 from trackpoint.event import Event
 from trackpoint.preprocessors.pseudonymize.config import PseudonymizeConfig
-from trackpoint.privacy.keys import auto_key
+from trackpoint.security.keyfile import auto_key
 from trackpoint.security.precomputed import PrecomputedHmac
 from trackpoint.security.secrets import read_source
 

@@ -7,13 +7,13 @@ from __future__ import annotations
 from collections.abc import Iterator
 
 from trackpoint.adtech import vast
+from trackpoint.config.load import KeyPath
 from trackpoint.config.model import Config, FieldSpec
 from trackpoint.event import Event, derived_id
 from trackpoint.fields.converters import Reject
 from trackpoint.preprocessors.vast.config import VastConfig
 
 WATCH_METRIC = "watch_ms"
-KeyPath = tuple[str | int, ...]
 
 # What separates two events of the same name within one impression (the rest of the id is the type's dedupe key).
 _ONCE, _PER_OFFSET, _PER_CODE, _PER_INTERACTION = range(4)

@@ -23,9 +23,9 @@ from trackpoint.fields.converters import (
     MacroUnsubstituted,
     PairParser,
     Reject,
-    make_converter,
     parse_cookies,
 )
+from trackpoint.fields.types import make_converter
 from trackpoint.security.signing import check_body
 
 _PARAM_SOURCES = frozenset({"param", "query", "form", "json"})

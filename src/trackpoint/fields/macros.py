@@ -1,5 +1,7 @@
 """Unexpanded macros: a placeholder such as `${AUCTION_ID}` or `[ERRORCODE]` that reached the tracker as written,
-because the exchange, player or ad server that should have replaced it did not. `unexpanded` recognises one.
+because the exchange, player or ad server that should have replaced it did not. `unexpanded` recognises one;
+`unsubstituted_price_macro` the auction price's (OpenRTB `${AUCTION_PRICE}`), which price fields and decrypt_price
+refuse with a reason of their own.
 """
 
 from __future__ import annotations
@@ -9,6 +11,9 @@ from urllib.parse import unquote
 
 # The reason a required field holding an unexpanded macro is rejected with (400).
 UNSUBSTITUTED = "macro_unsubstituted"
+# The reason a price holding the auction-price macro is rejected with (400), whether or not it counts as absent.
+PRICE_MACRO_UNSUBSTITUTED = "price_macro_unsubstituted"
+_PRICE_MACRO = "AUCTION_PRICE"  # also inside `${AUCTION_PRICE:B64}` and its URL-encoded forms once decoded
 
 # Every macro syntax starts with one of these characters, once URL-decoded or still encoded (`%24`, `%5B`, `%7B`):
 # a value that starts with anything else is not a macro, and one character test is all the common case costs.
@@ -39,3 +44,8 @@ def unexpanded(raw: str) -> bool:
             return False
         text = decoded
     return False
+
+
+def unsubstituted_price_macro(raw: str) -> bool:
+    """Whether a price parameter is the auction-price macro itself: the exchange (or a proxy) never expanded it."""
+    return _PRICE_MACRO in raw
