@@ -221,4 +221,5 @@ __all__ = [
     "discover",
     "registry",
     "resolve",
+    "type_tag",
 ]
