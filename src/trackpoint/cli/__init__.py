@@ -463,7 +463,7 @@ def _report_rows(
     from trackpoint.collectors.rollup import report as reporting
 
     if logs is None:
-        return reporting.store_report(config, rollup, query), f"rollup {name}", ""
+        return reporting.store_report(config, rollup, query), f"rollups:{name}", ""
     from trackpoint.collectors.log.reader import log_files
     from trackpoint.collectors.rollup.logs import LogsReportError, logs_report
 
@@ -481,27 +481,49 @@ def _report_rows(
         f"{result.seconds:.2f} s: {result.events_per_second:,.0f} events/s"
         + (f" · {result.skipped:,} torn lines skipped" if result.skipped else "")
     )
-    return result.rows, f"logs ({len(files)} files)", note
+    return result.rows, f"logs:{len(files)} files", note
+
+
+# The table's short names (money in currency units, times in seconds); CSV and JSON keep the metric names.
+_REPORT_LABELS = {
+    "conversion_value_micros": "value",
+    "spend_micros": "spend",
+    "first_quartiles": "q1",
+    "midpoints": "q2",
+    "third_quartiles": "q3",
+    "watch_time_ms": "watched",
+}
 
 
 def _print_report(rows: list[Any], by: tuple[str, ...], source: str) -> None:
+    """A table with one metrics column (each row shows its role's metrics by name), to stay readable on a laptop."""
     from rich.table import Table
 
-    from trackpoint.collectors.rollup.report import metric_names
+    def shown(name: str, value: float | None) -> str:
+        label = _REPORT_LABELS.get(name, name)
+        if value is None:
+            return f"{label} —"
+        if name == "ctr":
+            return f"{label} {value:.2%}"
+        if name.endswith("_micros"):  # currency units, exactly: 0.094, 99.80
+            units, micros = divmod(int(value), 1_000_000)
+            return f"{label} {units:,}.{f'{micros:06d}'.rstrip('0').ljust(2, '0')}"
+        if name.endswith("_ms"):
+            return f"{label} {value / 1000:,.1f} s"
+        return f"{label} {value:,}"
 
-    metrics = metric_names(rows)
-    table = Table(title=f"hourly report from {source}")
-    for column in ("hour", "type", *by, "events", *metrics):
-        table.add_column(column, justify="right" if column in {"events", *metrics} else "left")
+    table = Table(title=f"hourly report · {source}")
+    for column in ("hour (UTC)", "type", *by, "events", "metrics"):
+        table.add_column(column, justify="right" if column == "events" else "left")
     for row in rows:
-        shown = [row.metrics.get(m) for m in metrics]
         table.add_row(
-            row.hour, row.type, *(row.dims.get(dim) or "—" for dim in by), f"{row.events:,}",
-            *("" if v is None else f"{v:.4%}" if m == "ctr" else f"{v:,}" for m, v in zip(metrics, shown, strict=True)),
+            row.hour.replace("T", " ").removesuffix(":00Z"), row.type, *(row.dims.get(dim) or "—" for dim in by),
+            f"{row.events:,}", " · ".join(shown(name, value) for name, value in row.metrics.items()),
         )  # fmt: skip
-    Console().print(table)
+    out = Console()
+    out.print(table)
     if not rows:
-        Console().print("no rows in this period", highlight=False)
+        out.print("no rows in this period", highlight=False)
 
 
 @app.command()

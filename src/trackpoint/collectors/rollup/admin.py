@@ -41,4 +41,4 @@ async def get_hourly(request: AdminRequest, config: Config) -> AdminResponse:
         return AdminResponse.json(400, {"error": "invalid_query", "detail": str(exc)})
     except sqlite3.Error as exc:
         return AdminResponse.json(503, {"error": "store_unavailable", "detail": str(exc)})
-    return AdminResponse.json(200, document(rows, query, f"rollup {name}"))
+    return AdminResponse.json(200, document(rows, query, f"rollups:{name}"))

@@ -122,9 +122,11 @@ class RollupStore:
                 continue
             first.setdefault(event.id, event)
             last_ts[event.id] = max(event.ts, last_ts.get(event.id, event.ts))
+        keys = {event_id: _id_key(event_id) for event_id in first}
         db.execute("BEGIN IMMEDIATE")
         try:
-            known = self._known(db, list(first))
+            known_keys = self._known(db, list(keys.values()))
+            known = {event_id: known_keys[key] for event_id, key in keys.items() if key in known_keys}
             rows: dict[tuple[int, str, str], list[int]] = {}
             for event_id, event in first.items():
                 if event_id in known:
@@ -138,13 +140,13 @@ class RollupStore:
                 else:
                     for i, value in enumerate(added):
                         summed[i] += value
-            new = [(event_id, last_ts[event_id]) for event_id in first if event_id not in known]
+            new = [(keys[event_id], last_ts[event_id]) for event_id in first if event_id not in known]
             db.executemany(_UPSERT, [(*key, *sums) for key, sums in rows.items()])
             db.executemany("INSERT INTO seen (id, ts) VALUES (?, ?)", new)
             # A repeat keeps its id remembered for a window from its own time (a retry, later than the first).
             db.executemany(
                 "UPDATE seen SET ts = ? WHERE id = ? AND ts < ?",
-                [(last_ts[i], i, last_ts[i]) for i, ts in known.items() if last_ts[i] > ts],
+                [(last_ts[i], keys[i], last_ts[i]) for i, ts in known.items() if last_ts[i] > ts],
             )
             db.execute(
                 "DELETE FROM seen WHERE id IN (SELECT id FROM seen WHERE ts < ? ORDER BY ts LIMIT ?)",
@@ -162,8 +164,8 @@ class RollupStore:
         return result
 
     @staticmethod
-    def _known(db: sqlite3.Connection, ids: list[str]) -> dict[str, int]:
-        found: dict[str, int] = {}
+    def _known(db: sqlite3.Connection, ids: list[bytes | str]) -> dict[bytes | str, int]:
+        found: dict[bytes | str, int] = {}
         for start in range(0, len(ids), 500):
             chunk = ids[start : start + 500]
             marks = ",".join("?" * len(chunk))
@@ -179,6 +181,16 @@ class RollupStore:
 
         async with self._lock:
             await asyncio.to_thread(close)
+
+
+def _id_key(event_id: str) -> bytes | str:
+    """How an id is remembered: the 16 bytes of a hex id (every id trackpoint makes), else its text."""
+    if len(event_id) == 32:
+        try:
+            return bytes.fromhex(event_id)
+        except ValueError:
+            pass
+    return event_id
 
 
 def read_rollups(path: Path, query: Query, busy_timeout_s: float = 10.0) -> list[Summed]:
