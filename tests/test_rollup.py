@@ -8,6 +8,7 @@ import asyncio
 import gzip
 import json
 import random
+import sys
 import threading
 import time
 from pathlib import Path
@@ -17,14 +18,19 @@ import msgspec
 import pytest
 import zstandard
 
+from trackpoint.admin.server import AdminRequest
 from trackpoint.collectors.base import CollectorContext
+from trackpoint.collectors.rollup.admin import get_hourly
 from trackpoint.collectors.rollup.collector import RollupCollector
 from trackpoint.collectors.rollup.config import RollupCollectorConfig
-from trackpoint.collectors.rollup.logs import logs_report
+from trackpoint.collectors.rollup.logs import LogsReportError, logs_report
 from trackpoint.collectors.rollup.model import MS_PER_HOUR, Row, finish, hour_of
 from trackpoint.collectors.rollup.report import ReportError, make_query, to_csv
 from trackpoint.collectors.rollup.store import Query, RollupStore, read_rollups
+from trackpoint.config.load import load
+from trackpoint.config.model import Config
 from trackpoint.event import Context, Device, Event, Meta, derived_id
+from trackpoint.plugins import registry
 
 NOW = int(time.time() * 1000)
 HOUR = hour_of(NOW)
@@ -304,3 +310,49 @@ def test_the_logs_report_agrees_with_the_rollups(tmp_path: Path) -> None:
     assert result.rows == report(store, ("cid",), types=("win",), where={"cid": "c1"})[-1:]
     assert [r.hour for r in result.rows] == [time.strftime("%Y-%m-%dT%H:00:00Z", time.gmtime(HOUR // 1000))]
     assert json.loads(msgspec.json.encode(result.rows))[0]["metrics"]["wins"] > 0
+
+
+# --- the admin route and the CLI's edges ---------------------------------------------------------------------------
+
+
+def loaded_config(tmp_path: Path, rollup_fed: bool) -> Config:
+    document = {
+        "data_dir": str(tmp_path / "data"),
+        "event_types": {
+            "impression": {"preset": "impression", "collectors": ["log", "rollup"] if rollup_fed else ["log"]}
+        },
+    }
+    path = tmp_path / "trackpoint.yaml"
+    path.write_text(json.dumps(document))
+    return load(path, registry=registry()).config
+
+
+def hourly(config: Config, query: str) -> tuple[int, dict[str, Any]]:
+    request = AdminRequest(method="GET", path="/reports/hourly", query=query)
+    response = asyncio.run(get_hourly(request, config))
+    answer: dict[str, Any] = json.loads(response.body)
+    return response.status, answer
+
+
+def test_the_admin_route_answers_the_report_and_its_errors(tmp_path: Path) -> None:
+    config = loaded_config(tmp_path, rollup_fed=True)
+    store = RollupStore(rollup(), config.data_dir)
+    count(store, [event("a", "impression", cid="c1", crid="k1"), event("b", "impression", cid="c1", crid="k2")])
+    status, answer = hourly(config, "by=cid")
+    assert status == 200
+    assert [(r["dims"], r["events"], r["metrics"]) for r in answer["rows"]] == [({"cid": "c1"}, 2, {"impressions": 2})]
+    assert answer["by"] == ["cid"] and answer["source"] == "rollups:rollup" and answer["truncated"] is False
+    assert hourly(config, "by=")[1]["rows"][0]["dims"] == {}
+    assert hourly(config, "where=crid%3Dk2&by=crid")[1]["rows"][0]["dims"] == {"crid": "k2"}
+    assert hourly(config, "type=click")[1]["rows"] == []
+    for bad in ("by=geo.country", "from=soon", "from=2026-12-05T08:00&to=2026-12-05T07:00", "where=cid"):
+        status, answer = hourly(config, bad)
+        assert (status, answer["error"]) == (400, "invalid_query"), bad
+    status, answer = hourly(loaded_config(tmp_path, rollup_fed=False), "")
+    assert (status, answer["error"]) == (404, "rollup_not_configured")
+
+
+def test_without_duckdb_the_logs_report_says_how_to_install_it(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setitem(sys.modules, "duckdb", None)  # import duckdb raises ImportError
+    with pytest.raises(LogsReportError, match=r"pip install 'trackpoint\[reports\]'"):
+        logs_report([], Query(0, MS_PER_HOUR), {})
