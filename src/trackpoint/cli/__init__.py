@@ -423,6 +423,9 @@ def report(  # noqa: PLR0917 (typer: one parameter per option)
 
     if output not in {"table", "csv", "json"}:
         raise typer.BadParameter(f"{output!r}: choose table, csv or json", param_hint="--format")
+    if bool(logs) != from_logs:
+        err.print("[bold red]error[/] --logs reads the LOG files given after it (and LOG files need --logs)")
+        raise typer.Exit(2)
     loaded = _load_or_exit(config)
     try:
         name, rollup = reporting.rollup_collector(loaded.config, collector)

