@@ -12,7 +12,8 @@ import sys
 import threading
 import time
 from pathlib import Path
-from typing import Any
+from types import SimpleNamespace
+from typing import Any, cast
 
 import msgspec
 import pytest
@@ -359,3 +360,28 @@ def test_without_duckdb_the_logs_report_says_how_to_install_it(monkeypatch: pyte
     monkeypatch.setitem(sys.modules, "duckdb", None)  # import duckdb raises ImportError
     with pytest.raises(LogsReportError, match=r"pip install 'trackpoint\[reports\]'"):
         logs_report([], Query(0, MS_PER_HOUR), {})
+
+
+def test_geo_country_is_a_dim_in_the_rollups_and_over_the_logs(tmp_path: Path) -> None:
+    """`geo.country` as the geo preprocessor will set it (ctx.geo.country), read from events and from log lines."""
+    config = rollup(dims=["cid", "geo.country"])
+    geo = [("a", "DE"), ("b", "DE"), ("c", "FR"), ("d", None)]
+    events = []
+    for key, country in geo:
+        made = event(key, "impression", cid="c1")
+        made.ctx = cast(Context, SimpleNamespace(geo={"country": country} if country else None))
+        events.append(made)
+    store = RollupStore(config, str(tmp_path))
+    count(store, events)
+    by = ("geo.country",)
+    expected = [({"geo.country": "DE"}, 2), ({"geo.country": "FR"}, 1), ({"geo.country": None}, 1)]
+    assert [(r.dims, r.events) for r in report(store, by)] == expected
+    logs = tmp_path / "logs"
+    logs.mkdir()
+    lines = [
+        {"id": e.id, "type": e.type, "ts": e.ts, "dims": e.dims, "metrics": {}, "ctx": vars(e.ctx), "meta": {}}
+        for e in events
+    ]
+    (logs / "events-1.jsonl").write_text("".join(json.dumps(line) + "\n" for line in lines))
+    query = Query(HOUR - 2 * MS_PER_HOUR, HOUR + 2 * MS_PER_HOUR, by=by)
+    assert logs_report(sorted(logs.iterdir()), query, config.roles).rows == report(store, by)
