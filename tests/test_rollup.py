@@ -385,3 +385,18 @@ def test_geo_country_is_a_dim_in_the_rollups_and_over_the_logs(tmp_path: Path) -
     (logs / "events-1.jsonl").write_text("".join(json.dumps(line) + "\n" for line in lines))
     query = Query(HOUR - 2 * MS_PER_HOUR, HOUR + 2 * MS_PER_HOUR, by=by)
     assert logs_report(sorted(logs.iterdir()), query, config.roles).rows == report(store, by)
+
+
+def test_the_cli_refuses_bad_times_for_report_and_replay(tmp_path: Path) -> None:
+    from typer.testing import CliRunner
+
+    from trackpoint.cli import app
+
+    runner = CliRunner()
+    (tmp_path / "events-1.jsonl").write_text("")
+    config = tmp_path / "trackpoint.yaml"
+    config.write_text(json.dumps({"data_dir": str(tmp_path / "data")}))
+    report_run = runner.invoke(app, ["report", "--config", str(config), "--logs", "--from", "soon", str(tmp_path)])
+    assert report_run.exit_code == 2 and "from: not a time: 'soon'" in report_run.output
+    replay_run = runner.invoke(app, ["replay", "--config", str(config), "--since", "soon", str(tmp_path)])
+    assert replay_run.exit_code == 2 and "not a time: 'soon'" in replay_run.output
