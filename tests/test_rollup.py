@@ -306,6 +306,10 @@ def test_the_logs_report_agrees_with_the_rollups(tmp_path: Path) -> None:
         result = logs_report(files, query, store.config.roles)
         assert result.rows == report(store, by)
         assert (result.events, result.distinct, result.skipped) == (len(events), len(distinct), 1)
+    clicks = Query(HOUR - 2 * MS_PER_HOUR, HOUR + 2 * MS_PER_HOUR, types=("click",), by=("cid",))
+    click_rows = logs_report(files, clicks, store.config.roles).rows
+    assert click_rows == [r for r in report(store, ("cid",)) if r.type == "click"]
+    assert {r.type for r in click_rows} == {"click"} and all(r.metrics["ctr"] is not None for r in click_rows)
     filtered = Query(HOUR, HOUR + MS_PER_HOUR, types=("win",), by=("cid",), where={"cid": "c1"})
     result = logs_report(files, filtered, store.config.roles)
     this_hour = time.strftime("%Y-%m-%dT%H:00:00Z", time.gmtime(HOUR // 1000))
@@ -349,6 +353,9 @@ def test_the_admin_route_answers_the_report_and_its_errors(tmp_path: Path) -> No
     assert hourly(config, "by=")[1]["rows"][0]["dims"] == {}
     assert hourly(config, "where=crid%3Dk2&by=crid")[1]["rows"][0]["dims"] == {"crid": "k2"}
     assert hourly(config, "type=click")[1]["rows"] == []
+    count(store, [event("a", "click", cid="c1", crid="k1")])
+    clicks = hourly(config, "type=click&by=cid")[1]["rows"]  # the impressions are read for the CTR, not shown
+    assert [(r["type"], r["metrics"]) for r in clicks] == [("click", {"clicks": 1, "ctr": 0.5})]
     for bad in ("by=geo.country", "from=soon", "from=2026-12-05T08:00&to=2026-12-05T07:00", "where=cid"):
         status, answer = hourly(config, bad)
         assert (status, answer["error"]) == (400, "invalid_query"), bad

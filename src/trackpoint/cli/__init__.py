@@ -466,7 +466,13 @@ def _report_rows(
     from trackpoint.collectors.rollup import report as reporting
 
     if logs is None:
-        return reporting.store_report(config, rollup, query), f"rollups:{name}", ""
+        import sqlite3
+
+        try:
+            return reporting.store_report(config, rollup, query), f"rollups:{name}", ""
+        except sqlite3.Error as exc:
+            err.print(f"[bold red]error[/] the rollups' database cannot be read: {exc}", highlight=False)
+            raise typer.Exit(1) from None
     from trackpoint.collectors.log.reader import log_files
     from trackpoint.collectors.rollup.logs import LogsReportError, logs_report
 

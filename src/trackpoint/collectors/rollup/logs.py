@@ -25,6 +25,7 @@ from trackpoint.collectors.rollup.model import (
     Row,
     finish,
     hour_of,
+    types_to_read,
 )
 from trackpoint.collectors.rollup.store import Query
 
@@ -116,9 +117,10 @@ def logs_report(files: Sequence[Path], query: Query, roles: Mapping[str, Role]) 
         position = {dim: i for i, dim in enumerate(wanted)}
         conditions = ["hour >= ?", "hour < ?"]
         parameters: list[Any] = [hour_of(query.from_ms), query.to_ms]
-        if query.types:
-            conditions.append(f"type IN ({', '.join('?' * len(query.types))})")
-            parameters.extend(query.types)
+        types = types_to_read(query.types, roles)
+        if types:
+            conditions.append(f"type IN ({', '.join('?' * len(types))})")
+            parameters.extend(types)
         for dim, value in query.where.items():
             conditions.append(f"d{position[dim]} = ?")
             parameters.append(value)
@@ -138,4 +140,5 @@ def logs_report(files: Sequence[Path], query: Query, roles: Mapping[str, Role]) 
         connection.close()
     width = len(query.by)
     summed = [(r[0], r[1], tuple(r[2 : 2 + width]), [int(v) for v in r[2 + width :]]) for r in result]
-    return LogsReport(finish(summed, query.by, roles), events, distinct, skipped, time.perf_counter() - started)
+    rows = finish(summed, query.by, roles, query.types)
+    return LogsReport(rows, events, distinct, skipped, time.perf_counter() - started)

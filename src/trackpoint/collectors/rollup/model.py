@@ -133,9 +133,19 @@ class Row(msgspec.Struct, kw_only=True):
 Summed = tuple[int, str, tuple[str | None, ...], Sequence[int]]
 
 
-def finish(summed: Iterable[Summed], by: Sequence[str], roles: Mapping[str, Role]) -> list[Row]:
-    """Report rows from summed counters, ordered by hour, type and dims: each shows the metrics of its type's
-    role; a click row's `ctr` is its clicks over the impressions of the same hour and dims (null without any)."""
+def types_to_read(types: Sequence[str], roles: Mapping[str, Role]) -> tuple[str, ...]:
+    """The event types a report must read for `types` (all when empty): a click type's CTR needs the impressions."""
+    if not types or not any(roles.get(name) == "click" for name in types):
+        return tuple(types)
+    return tuple(dict.fromkeys([*types, *(name for name, role in roles.items() if role == "impression")]))
+
+
+def finish(
+    summed: Iterable[Summed], by: Sequence[str], roles: Mapping[str, Role], types: Sequence[str] = ()
+) -> list[Row]:
+    """Report rows of `types` (all when empty) from summed counters (read for `types_to_read(types)`), ordered by
+    hour, type and dims: each shows the metrics of its type's role; a click row's `ctr` is its clicks over the
+    impressions of the same hour and dims (null without any)."""
     ordered = sorted(summed, key=lambda s: (s[0], s[1], tuple((v is None, v or "") for v in s[2])))
     impressions: dict[tuple[int, tuple[str | None, ...]], int] = {}
     for hour, type_name, values, sums in ordered:
@@ -144,6 +154,8 @@ def finish(summed: Iterable[Summed], by: Sequence[str], roles: Mapping[str, Role
             impressions[key] = impressions.get(key, 0) + sums[1 + _INDEX["impressions"]]
     rows = []
     for hour, type_name, values, sums in ordered:
+        if types and type_name not in types:
+            continue
         role = roles.get(type_name)
         metrics: dict[str, int | float | None] = {}
         for name in ROLE_METRICS.get(role or "", ()):

@@ -5,6 +5,7 @@ and its JSON and CSV forms. The admin route and `trackpoint report` both answer 
 from __future__ import annotations
 
 import csv
+import dataclasses
 import io
 import time
 from collections.abc import Mapping, Sequence
@@ -14,7 +15,7 @@ from pathlib import Path
 import msgspec
 
 from trackpoint.collectors.rollup.config import DIM_NAME, RollupCollectorConfig, rollups_in_use
-from trackpoint.collectors.rollup.model import COUNTERS, MS_PER_HOUR, Row, finish, hour_of, hour_text
+from trackpoint.collectors.rollup.model import COUNTERS, MS_PER_HOUR, Row, finish, hour_of, hour_text, types_to_read
 from trackpoint.collectors.rollup.store import Query, read_rollups
 from trackpoint.config.model import Config
 
@@ -95,8 +96,9 @@ def store_report(config: Config, collector: RollupCollectorConfig, query: Query)
             f"{', '.join(map(repr, unknown))}: not a dim of the rollups (dims: {', '.join(collector.dims)}); "
             "`trackpoint report --logs` groups by any"
         )
-    summed = read_rollups(Path(config.data_dir) / collector.sqlite_path, query, collector.busy_timeout_s)
-    return finish(summed, query.by, collector.roles)
+    read = dataclasses.replace(query, types=types_to_read(query.types, collector.roles))
+    summed = read_rollups(Path(config.data_dir) / collector.sqlite_path, read, collector.busy_timeout_s)
+    return finish(summed, query.by, collector.roles, query.types)
 
 
 def document(rows: Sequence[Row], query: Query, source: str, limit: int | None = MAX_ROWS) -> dict[str, object]:

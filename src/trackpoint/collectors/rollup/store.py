@@ -107,9 +107,9 @@ class RollupStore:
 
     async def count(self, events: Sequence[Event], now_ms: int) -> Counted:
         """Adds a batch to the rollups, each id at most once."""
-        return await self._run(lambda db: self.count_now(db, events, now_ms))
+        return await self._run(lambda db: self.count_batch(db, events, now_ms))
 
-    def count_now(self, db: sqlite3.Connection, events: Sequence[Event], now_ms: int) -> Counted:
+    def count_batch(self, db: sqlite3.Connection, events: Sequence[Event], now_ms: int) -> Counted:
         """One transaction: the batch's distinct ids within the window, which of them are known (one query per 500),
         the new ones summed into rows in memory, then written with one statement each (executemany)."""
         result = Counted()
@@ -198,7 +198,7 @@ def read_rollups(path: Path, query: Query, busy_timeout_s: float = 10.0) -> list
     created yet holds no rows."""
     if not path.exists():
         return []
-    db = sqlite3.connect(f"file:{path}?mode=ro", uri=True, timeout=busy_timeout_s)
+    db = sqlite3.connect(f"{path.resolve().as_uri()}?mode=ro", uri=True, timeout=busy_timeout_s)
     try:
         dims = [_extract(dim) for dim in query.by]
         sql = (
