@@ -456,7 +456,7 @@ def report(  # noqa: PLR0917 (typer: one parameter per option)
     else:
         _print_report(rows, query.by, source)
     if note:
-        err.print(note, highlight=False)
+        err.print(note, highlight=False, soft_wrap=True)
 
 
 def _report_rows(
