@@ -26,7 +26,7 @@ from trackpoint.collectors.rollup.collector import RollupCollector
 from trackpoint.collectors.rollup.config import RollupCollectorConfig
 from trackpoint.collectors.rollup.logs import LogsReportError, logs_report
 from trackpoint.collectors.rollup.model import MS_PER_HOUR, Row, finish, hour_of
-from trackpoint.collectors.rollup.report import ReportError, make_query, to_csv
+from trackpoint.collectors.rollup.report import ReportError, make_query, to_csv, to_table
 from trackpoint.collectors.rollup.store import Query, RollupStore, read_rollups
 from trackpoint.config.load import load
 from trackpoint.config.model import Config
@@ -407,3 +407,23 @@ def test_the_cli_refuses_bad_times_for_report_and_replay(tmp_path: Path) -> None
     assert report_run.exit_code == 2 and "from: not a time: 'soon'" in report_run.output
     replay_run = runner.invoke(app, ["replay", "--config", str(config), "--since", "soon", str(tmp_path)])
     assert replay_run.exit_code == 2 and "not a time: 'soon'" in replay_run.output
+
+
+def test_the_table_shows_money_in_units_and_time_in_seconds() -> None:
+    from rich.console import Console
+
+    rows = [
+        Row(hour="2026-12-05T06:00:00Z", type="win", dims={"cid": "c1"}, events=40,
+            metrics={"wins": 40, "spend_micros": 94_000}),
+        Row(hour="2026-12-05T06:00:00Z", type="click", dims={"cid": None}, events=3,
+            metrics={"clicks": 3, "ctr": 0.075}),
+        Row(hour="2026-12-05T07:00:00Z", type="video", dims={"cid": "c1"}, events=9,
+            metrics={"completes": 4, "watch_time_ms": 322_500}),
+        Row(hour="2026-12-05T07:00:00Z", type="conversion", dims={"cid": "c1"}, events=2,
+            metrics={"conversion_value_micros": 99_800_000}),
+    ]  # fmt: skip
+    console = Console(record=True, width=160)
+    console.print(to_table(rows, ("cid",), "rollups:rollup"))
+    text = console.export_text()
+    for shown in ("2026-12-05 06:00", "spend 0.094", "ctr 7.50%", "watched 322.5 s", "value 99.80", "│ —"):
+        assert shown in text, shown

@@ -5,7 +5,7 @@ from __future__ import annotations
 import json
 import sys
 from pathlib import Path
-from typing import Annotated, Any
+from typing import TYPE_CHECKING, Annotated
 
 import typer
 from rich.console import Console
@@ -13,6 +13,11 @@ from rich.console import Console
 from trackpoint.config import ConfigError, LoadedConfig, json_schema, load
 from trackpoint.config.model import Config
 from trackpoint.security.resolve import resolve_secrets
+
+if TYPE_CHECKING:  # the commands import what they use when they run
+    from trackpoint.collectors.rollup.config import RollupCollectorConfig
+    from trackpoint.collectors.rollup.model import Row
+    from trackpoint.collectors.rollup.store import Query
 
 app = typer.Typer(
     name="trackpoint",
@@ -433,9 +438,9 @@ def report(  # noqa: PLR0917 (typer: one parameter per option)
         if collector is not None or not from_logs:
             err.print(f"[bold red]error[/] {exc}", highlight=False)
             raise typer.Exit(2) from None
-        from trackpoint.collectors.rollup.config import RollupCollectorConfig
+        from trackpoint.collectors.rollup.config import RollupCollectorConfig as DefaultRollup
 
-        name, rollup = "rollup", RollupCollectorConfig()  # the logs need only the default roles and dims
+        name, rollup = "rollup", DefaultRollup()  # the logs need only the default roles and dims
     try:
         query = reporting.make_query(
             since,
@@ -454,14 +459,17 @@ def report(  # noqa: PLR0917 (typer: one parameter per option)
     elif output == "csv":
         sys.stdout.write(reporting.to_csv(rows, query.by))
     else:
-        _print_report(rows, query.by, source)
+        out = Console()
+        out.print(reporting.to_table(rows, query.by, source))
+        if not rows:
+            out.print("no rows in this period", highlight=False)
     if note:
         err.print(note, highlight=False, soft_wrap=True)
 
 
 def _report_rows(
-    config: Config, rollup: Any, name: str, query: Any, logs: list[Path] | None
-) -> tuple[list[Any], str, str]:
+    config: Config, rollup: RollupCollectorConfig, name: str, query: Query, logs: list[Path] | None
+) -> tuple[list[Row], str, str]:
     """The report's rows, what they come from, and a note for stderr (the logs' reading rate)."""
     from trackpoint.collectors.rollup import report as reporting
 
@@ -491,48 +499,6 @@ def _report_rows(
         + (f" · {result.skipped:,} torn lines skipped" if result.skipped else "")
     )
     return result.rows, f"logs:{len(files)} files", note
-
-
-# The table's short names (money in currency units, times in seconds); CSV and JSON keep the metric names.
-_REPORT_LABELS = {
-    "conversion_value_micros": "value",
-    "spend_micros": "spend",
-    "first_quartiles": "q1",
-    "midpoints": "q2",
-    "third_quartiles": "q3",
-    "watch_time_ms": "watched",
-}
-
-
-def _print_report(rows: list[Any], by: tuple[str, ...], source: str) -> None:
-    """A table with one metrics column (each row shows its role's metrics by name), to stay readable on a laptop."""
-    from rich.table import Table
-
-    def shown(name: str, value: float | None) -> str:
-        label = _REPORT_LABELS.get(name, name)
-        if value is None:
-            return f"{label} —"
-        if name == "ctr":
-            return f"{label} {value:.2%}"
-        if name.endswith("_micros"):  # currency units, exactly: 0.094, 99.80
-            units, micros = divmod(int(value), 1_000_000)
-            return f"{label} {units:,}.{f'{micros:06d}'.rstrip('0').ljust(2, '0')}"
-        if name.endswith("_ms"):
-            return f"{label} {value / 1000:,.1f} s"
-        return f"{label} {value:,}"
-
-    table = Table(title=f"hourly report · {source}")
-    for column in ("hour (UTC)", "type", *by, "events", "metrics"):
-        table.add_column(column, justify="right" if column == "events" else "left")
-    for row in rows:
-        table.add_row(
-            row.hour.replace("T", " ").removesuffix(":00Z"), row.type, *(row.dims.get(dim) or "—" for dim in by),
-            f"{row.events:,}", " · ".join(shown(name, value) for name, value in row.metrics.items()),
-        )  # fmt: skip
-    out = Console()
-    out.print(table)
-    if not rows:
-        out.print("no rows in this period", highlight=False)
 
 
 @app.command()

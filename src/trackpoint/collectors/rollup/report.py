@@ -11,6 +11,7 @@ import time
 from collections.abc import Mapping, Sequence
 from datetime import UTC, datetime
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import msgspec
 
@@ -18,6 +19,9 @@ from trackpoint.collectors.rollup.config import DIM_NAME, RollupCollectorConfig,
 from trackpoint.collectors.rollup.model import COUNTERS, MS_PER_HOUR, Row, finish, hour_of, hour_text, types_to_read
 from trackpoint.collectors.rollup.store import Query, read_rollups
 from trackpoint.config.model import Config
+
+if TYPE_CHECKING:  # rich is imported by the CLI's table only, not by the admin route the supervisor loads
+    from rich.table import Table
 
 MAX_ROWS = 10_000  # one answer of the admin route stays small whatever the store holds
 MAX_HOURS = 24 * 400
@@ -140,3 +144,43 @@ def to_csv(rows: Sequence[Row], by: Sequence[str]) -> str:
             *("" if values.get(m) is None else values[m] for m in metrics),
         ])  # fmt: skip
     return out.getvalue()
+
+
+# The table's short names (money in currency units, times in seconds); CSV and JSON keep the metric names.
+TABLE_LABELS = {
+    "conversion_value_micros": "value",
+    "spend_micros": "spend",
+    "first_quartiles": "q1",
+    "midpoints": "q2",
+    "third_quartiles": "q3",
+    "watch_time_ms": "watched",
+}
+
+
+def _shown(name: str, value: float | None) -> str:
+    label = TABLE_LABELS.get(name, name)
+    if value is None:
+        return f"{label} —"
+    if name == "ctr":
+        return f"{label} {value:.2%}"
+    if name.endswith("_micros"):  # currency units, exactly: 0.094, 99.80
+        units, micros = divmod(int(value), 1_000_000)
+        return f"{label} {units:,}.{f'{micros:06d}'.rstrip('0').ljust(2, '0')}"
+    if name.endswith("_ms"):
+        return f"{label} {value / 1000:,.1f} s"
+    return f"{label} {value:,}"
+
+
+def to_table(rows: Sequence[Row], by: Sequence[str], source: str) -> Table:
+    """A rich table with one metrics column (each row shows its role's metrics by name), readable on a laptop."""
+    from rich.table import Table
+
+    table = Table(title=f"hourly report · {source}")
+    for column in ("hour (UTC)", "type", *by, "events", "metrics"):
+        table.add_column(column, justify="right" if column == "events" else "left")
+    for row in rows:
+        table.add_row(
+            row.hour.replace("T", " ").removesuffix(":00Z"), row.type, *(row.dims.get(dim) or "—" for dim in by),
+            f"{row.events:,}", " · ".join(_shown(name, value) for name, value in row.metrics.items()),
+        )  # fmt: skip
+    return table
