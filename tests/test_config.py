@@ -290,7 +290,7 @@ def test_every_problem_of_a_file_is_reported_with_line_and_key_path(tmp_path: Pa
             "collectors:\n  out:\n    type: kinesis\n",
             "kinesis",
             ("collectors", "out", "type"),
-            "unknown type 'kinesis' (known: banker, kafka, log, nats, redis_streams, stdout)",
+            "unknown type 'kinesis' (known: banker, kafka, log, nats, redis_streams, rollup, stdout)",
             id="unknown-collector-type",
         ),
         pytest.param(

@@ -43,7 +43,7 @@ def test_a_source_newer_than_its_extension_falls_back_to_the_sources(
     tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     suffix = importlib.machinery.EXTENSION_SUFFIXES[0]
-    source = tmp_path / "trackpoint" / "fields" / "build.py"
+    source = tmp_path / "trackpoint" / "edge" / "build.py"
     source.parent.mkdir(parents=True)
     source.write_text("")
     extension = source.with_suffix(suffix)

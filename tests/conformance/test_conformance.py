@@ -29,7 +29,7 @@ from trackpoint.replay import ReplayPlan, replay
 
 pytestmark = pytest.mark.e2e  # every collector against its real server
 
-TARGETS = ["kafka", "nats", "redis_streams", "sqlite"]
+TARGETS = ["kafka", "nats", "redis_streams", "rollup", "sqlite"]
 
 
 class Target(Protocol):

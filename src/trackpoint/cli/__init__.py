@@ -5,14 +5,20 @@ from __future__ import annotations
 import json
 import sys
 from pathlib import Path
-from typing import Annotated
+from typing import TYPE_CHECKING, Annotated
 
 import typer
 from rich.console import Console
 
 from trackpoint.config import ConfigError, LoadedConfig, json_schema, load
+from trackpoint.config.model import Config
 from trackpoint.plugins import registry
 from trackpoint.security.resolve import resolve_secrets
+
+if TYPE_CHECKING:  # the commands import what they use when they run
+    from trackpoint.collectors.rollup.config import RollupCollectorConfig
+    from trackpoint.collectors.rollup.model import Row
+    from trackpoint.collectors.rollup.store import Query
 
 app = typer.Typer(
     name="trackpoint",
@@ -158,21 +164,12 @@ def _parse_time(value: str | None, option: str) -> int | None:
     """Epoch seconds, epoch milliseconds or ISO 8601 (UTC unless it says otherwise) → epoch ms."""
     if value is None:
         return None
-    from datetime import UTC, datetime
+    from trackpoint.collectors.rollup.report import ReportError, parse_time
 
     try:
-        number = float(value)
-    except ValueError:
-        try:
-            moment = datetime.fromisoformat(value)
-        except ValueError:
-            raise typer.BadParameter(
-                f"not a time: {value!r} (use ISO 8601 or epoch seconds)", param_hint=option
-            ) from None
-        if moment.tzinfo is None:
-            moment = moment.replace(tzinfo=UTC)
-        return int(moment.timestamp() * 1000)
-    return int(number if number > 1e11 else number * 1000)
+        return parse_time(value, option)
+    except ReportError as exc:
+        raise typer.BadParameter(str(exc).removeprefix(f"{option}: "), param_hint=option) from None
 
 
 @app.command()
@@ -392,6 +389,119 @@ def banker_reconcile(
                       f"{report.collector} LOG...` applies the missing debits (exactly once)")  # fmt: skip
     if not report.matches:
         raise typer.Exit(1)
+
+
+@app.command()
+def report(  # noqa: PLR0917 (typer: one parameter per option)
+    logs: Annotated[
+        list[Path] | None,
+        typer.Argument(
+            help="With --logs: log files (.jsonl, .jsonl.zst or .jsonl.gz) or directories holding them.", exists=True
+        ),
+    ] = None,
+    from_logs: Annotated[
+        bool, typer.Option("--logs", help="Report straight over the log files given, with DuckDB (the reports extra).")
+    ] = False,
+    config: ConfigOption = None,
+    since: Annotated[
+        str | None, typer.Option("--from", help="First hour (ISO 8601 or epoch seconds; default: today, UTC).")
+    ] = None,
+    until: Annotated[
+        str | None, typer.Option("--to", help="End, exclusive (ISO 8601 or epoch seconds; default: this hour's end).")
+    ] = None,
+    event_type: Annotated[list[str] | None, typer.Option("--type", help="Only this event type (repeatable).")] = None,
+    by: Annotated[
+        str | None,
+        typer.Option(help="Dims to group by, comma-separated (default: the rollup's dims; '' for per type only)."),
+    ] = None,
+    where: Annotated[
+        list[str] | None, typer.Option("--where", help="Keep rows whose dim has this value: DIM=VALUE (repeatable).")
+    ] = None,
+    output: Annotated[
+        str, typer.Option("--format", help="table (default), csv or json (the admin route's document).")
+    ] = "table",
+    collector: Annotated[
+        str | None, typer.Option("--collector", help="The rollup collector (needed when there are several).")
+    ] = None,
+) -> None:
+    """Hourly report per event type and dims: impressions, clicks, CTR, conversions and value, wins and spend, VAST
+    quartiles and watch time. From the rollups the running tracker keeps (the same rows as GET /reports/hourly), or
+    with --logs straight over log files (any period, any dims), each event id counted once either way."""
+    from trackpoint.collectors.rollup import report as reporting
+
+    if output not in {"table", "csv", "json"}:
+        raise typer.BadParameter(f"{output!r}: choose table, csv or json", param_hint="--format")
+    if bool(logs) != from_logs:
+        err.print("[bold red]error[/] --logs reads the LOG files given after it (and LOG files need --logs)")
+        raise typer.Exit(2)
+    loaded = _load_or_exit(config)
+    try:
+        name, rollup = reporting.rollup_collector(loaded.config, collector)
+    except LookupError as exc:
+        if collector is not None or not from_logs:
+            err.print(f"[bold red]error[/] {exc}", highlight=False)
+            raise typer.Exit(2) from None
+        from trackpoint.collectors.rollup.config import RollupCollectorConfig as DefaultRollup
+
+        name, rollup = "rollup", DefaultRollup()  # the logs need only the default roles and dims
+    try:
+        query = reporting.make_query(
+            since,
+            until,
+            types=event_type or (),
+            by=None if by is None else by.split(","),
+            where=where or (),
+            default_by=rollup.dims,
+        )
+        rows, source, note = _report_rows(loaded.config, rollup, name, query, logs if from_logs else None)
+    except reporting.ReportError as exc:
+        err.print(f"[bold red]error[/] {exc}", highlight=False)
+        raise typer.Exit(2) from None
+    if output == "json":
+        sys.stdout.write(reporting.to_json(rows, query, source).decode() + "\n")
+    elif output == "csv":
+        sys.stdout.write(reporting.to_csv(rows, query.by))
+    else:
+        out = Console()
+        out.print(reporting.to_table(rows, query.by, source))
+        if not rows:
+            out.print("no rows in this period", highlight=False)
+    if note:
+        err.print(note, highlight=False, soft_wrap=True)
+
+
+def _report_rows(
+    config: Config, rollup: RollupCollectorConfig, name: str, query: Query, logs: list[Path] | None
+) -> tuple[list[Row], str, str]:
+    """The report's rows, what they come from, and a note for stderr (the logs' reading rate)."""
+    from trackpoint.collectors.rollup import report as reporting
+
+    if logs is None:
+        import sqlite3
+
+        try:
+            return reporting.store_report(config, rollup, query), f"rollups:{name}", ""
+        except sqlite3.Error as exc:
+            err.print(f"[bold red]error[/] the rollups' database cannot be read: {exc}", highlight=False)
+            raise typer.Exit(1) from None
+    from trackpoint.collectors.log.reader import log_files
+    from trackpoint.collectors.rollup.logs import LogsReportError, logs_report
+
+    files = log_files(logs)
+    if not files:
+        err.print("[bold red]error[/] no log files (events-*.jsonl[.zst|.gz]) in " + ", ".join(map(str, logs)))
+        raise typer.Exit(2)
+    try:
+        result = logs_report(files, query, rollup.roles)
+    except LogsReportError as exc:
+        err.print(f"[bold red]error[/] {exc}", highlight=False)
+        raise typer.Exit(2) from None
+    note = (
+        f"read {result.events:,} events ({result.distinct:,} distinct ids) from {len(files)} files in "
+        f"{result.seconds:.2f} s: {result.events_per_second:,.0f} events/s"
+        + (f" · {result.skipped:,} torn lines skipped" if result.skipped else "")
+    )
+    return result.rows, f"logs:{len(files)} files", note
 
 
 @app.command()

@@ -16,6 +16,8 @@ from trackpoint.collectors.log.config import LogCollectorConfig
 from trackpoint.collectors.log.shipping.shipper import check_shipping
 from trackpoint.collectors.nats.config import NatsCollectorConfig
 from trackpoint.collectors.redis_streams.config import RedisStreamsCollectorConfig
+from trackpoint.collectors.rollup import admin as rollup_admin
+from trackpoint.collectors.rollup.config import RollupCollectorConfig
 from trackpoint.collectors.stdout.config import StdoutCollectorConfig
 from trackpoint.config.load import default_text
 from trackpoint.config.model import EventTypeSpec
@@ -68,6 +70,7 @@ plugin = Plugin(
         CollectorKind(NatsCollectorConfig, _lazy("collectors.nats.collector:NatsCollector")),
         CollectorKind(RedisStreamsCollectorConfig, _lazy("collectors.redis_streams.collector:RedisStreamsCollector")),
         CollectorKind(BankerCollectorConfig, _lazy("collectors.banker.collector:BankerCollector"), implicit=True),
+        CollectorKind(RollupCollectorConfig, _lazy("collectors.rollup.collector:RollupCollector"), implicit=True),
     ],
     preprocessors=[
         PreprocessorKind(AnonymizeIpConfig, _lazy("preprocessors.anonymize_ip.preprocessor:AnonymizeIp")),
@@ -113,5 +116,6 @@ plugin = Plugin(
         AdminRoute("PUT", "/banker/campaigns/{id}", banker_admin.put_campaign),
         AdminRoute("GET", "/banker/campaigns/{id}/ledger", banker_admin.get_ledger),
         AdminRoute("GET", "/banker/notifications", banker_admin.get_notifications),
+        AdminRoute("GET", "/reports/hourly", rollup_admin.get_hourly),
     ],
 )
