@@ -2,28 +2,100 @@
 
 from __future__ import annotations
 
+import inspect
 import json
+import re
 import sys
+import typing
 from pathlib import Path
-from typing import Annotated
+from typing import Annotated, Any
 
 import typer
+import typer.core
 from rich.console import Console
 
+from trackpoint import __version__
 from trackpoint.config import ConfigError, LoadedConfig, json_schema, load
+from trackpoint.plugins import registry
 from trackpoint.security.resolve import resolve_secrets
+
+
+class _Commands(typer.core.TyperGroup):
+    """The command tree, made for reading before it runs: plain metavars (`FILE`, `N`, `TEXT`) instead of typer's
+    Python types (`{file}`, `<list[Path]>`), and help paragraphs joined into lines the terminal wraps itself
+    (typer keeps a docstring's line breaks, which cut a sentence in the middle)."""
+
+    def main(self, *args: Any, **kwargs: Any) -> Any:
+        _for_reading(self)
+        return super().main(*args, **kwargs)
+
 
 app = typer.Typer(
     name="trackpoint",
+    cls=_Commands,
     help="A fast, configurable event tracker for AdTech and MarTech.",
     no_args_is_help=True,
-    add_completion=False,
+    context_settings={"help_option_names": ["-h", "--help"]},
     pretty_exceptions_enable=False,
 )
 config_app = typer.Typer(help="Check a configuration file or print its JSON schema.", no_args_is_help=True)
 app.add_typer(config_app, name="config")
 banker_app = typer.Typer(help="The banker: budgets and spend.", no_args_is_help=True)
 app.add_typer(banker_app, name="banker")
+
+_METAVARS: dict[Any, str] = {Path: "PATH", int: "N", float: "NUMBER", str: "TEXT"}
+
+
+def _for_reading(command: Any) -> None:
+    """Rewrites the help of `command` and every command under it, and the metavars of their parameters:
+    arguments by their name (`LOG...`, `[FILE]`), options by their kind of value (`PATH`, `N`; nothing for a flag)."""
+    for sub in getattr(command, "commands", {}).values():
+        _for_reading(sub)
+    if command.help:
+        paragraphs = re.split(r"\n\s*\n", inspect.cleandoc(command.help))
+        command.help = "\n\n".join(" ".join(paragraph.split()) for paragraph in paragraphs)
+    for param in command.params:
+        if param.metavar is not None:
+            continue
+        if param.param_type_name == "argument":
+            name = (param.name or "").upper()
+            usage = (name if param.required else f"[{name}]") + ("..." if param.nargs == -1 else "")
+            param.metavar = name
+            param.get_usage_pieces = lambda ctx, usage=usage: [usage]  # typer's: `{name}`
+            param.display_type_rich = lambda ctx: None  # typer's: the Python type, beside the name
+        elif param.is_flag:
+            param.metavar = ""
+        else:
+            annotation = getattr(getattr(param, "type_descriptor", None), "annotation", str)
+            if typing.get_origin(annotation) is list:
+                annotation = typing.get_args(annotation)[0]
+            param.metavar = _METAVARS.get(annotation, "TEXT")
+    help_option = command.get_help_option
+
+    def plain_help_option(ctx: Any) -> Any:  # made on demand, so typed on demand: a flag (typer: `<bool>`)
+        option = help_option(ctx)
+        if option is not None:
+            option.metavar = ""
+        return option
+
+    command.get_help_option = plain_help_option
+
+
+def _show_version(value: bool) -> None:
+    if value:
+        print(f"trackpoint {__version__}")
+        raise typer.Exit
+
+
+@app.callback()
+def _options(
+    version: Annotated[
+        bool,
+        typer.Option("--version", "-V", callback=_show_version, is_eager=True, help="Print the version and exit."),
+    ] = False,
+) -> None:
+    """A fast, configurable event tracker for AdTech and MarTech."""
+
 
 err = Console(stderr=True)
 
@@ -41,14 +113,14 @@ ConfigOption = Annotated[
 def _load_or_exit(path: Path | None, secrets: bool = False) -> LoadedConfig:
     """The validated configuration (with `secrets`: every secret it names resolved too), or exit 2 with every error."""
     try:
-        loaded = load(path)
+        loaded = load(path, registry=registry())
         if secrets:
             resolve_secrets(loaded)
         return loaded
     except ConfigError as exc:
         for issue in exc.issues:
             err.print(f"[bold red]error[/] {issue}", highlight=False, soft_wrap=True)
-        err.print(f"{len(exc.issues)} error(s) in {exc.issues[0].source}", highlight=False)
+        err.print(f"{len(exc.issues)} error(s) in {exc.issues[0].source}", highlight=False, soft_wrap=True)
         raise typer.Exit(2) from None
 
 
@@ -80,13 +152,28 @@ def run(  # noqa: PLR0917 - typer maps each parameter to an option
 
 @config_app.command("check")
 def config_check(
-    file: Annotated[Path, typer.Argument(help="The YAML configuration file to validate.")],
+    ctx: typer.Context,
+    file: Annotated[
+        Path | None,
+        typer.Argument(
+            help="The YAML configuration file to validate (or --config, or $TRACKPOINT_CONFIG).", show_default=False
+        ),
+    ] = None,
+    config: ConfigOption = None,
 ) -> None:
-    """Validate a configuration file and resolve every secret it names (environment variables, files); every error
-    is printed with its file, line and key."""
-    loaded = _load_or_exit(file, secrets=True)
+    """Validate a configuration file and resolve every secret it names (environment variables, files). Every
+    problem is printed at once, each with its file, line and key, and for a misspelt name the closest valid one.
+
+    Without a file (as an argument, --config or $TRACKPOINT_CONFIG) the embedded default is checked."""
+    source = ctx.get_parameter_source("config")
+    from_option = source is not None and source.name == "COMMANDLINE"  # not $TRACKPOINT_CONFIG
+    if file is not None and config is not None and file != config and from_option:
+        err.print(f"[bold red]error[/] two files to check: {file} and --config {config}; give one", highlight=False)
+        raise typer.Exit(2)
+    path = file or config  # the argument before $TRACKPOINT_CONFIG
+    loaded = _load_or_exit(path, secrets=True)
     types = ", ".join(loaded.config.event_types)
-    print(f"{file}: ok (version {loaded.version}; event types: {types})")
+    print(f"{loaded.source}: ok (version {loaded.version}; event types: {types})")
 
 
 @config_app.command("schema")
@@ -121,9 +208,19 @@ def sign(  # noqa: PLR0917 (one argument per option)
 ) -> None:
     """Sign a tracking URL with the tracker's key (the same key `trackpoint run` uses with the same config)."""
     import time
+    from urllib.parse import urlsplit
 
     from trackpoint.security.signing import SigningKeyError, covered_params, load_key, sign_url, signing_key_id
 
+    parts = urlsplit(url)
+    if parts.scheme not in ("http", "https") or not parts.hostname:
+        err.print(
+            f"[bold red]error[/] not a tracking URL: {url!r} (give the whole URL the tracker will receive, "
+            "`https://t.example.com/c?imp=...`)",
+            highlight=False,
+            soft_wrap=True,
+        )
+        raise typer.Exit(2)
     tracker = _load_or_exit(config).config
     signing = tracker.signing
     if not signing.keys:
