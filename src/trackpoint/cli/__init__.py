@@ -6,6 +6,7 @@ import inspect
 import json
 import re
 import sys
+import time
 import typing
 from pathlib import Path
 from typing import Annotated, Any
@@ -207,7 +208,6 @@ def sign(  # noqa: PLR0917 (one argument per option)
     ] = None,
 ) -> None:
     """Sign a tracking URL with the tracker's key (the same key `trackpoint run` uses with the same config)."""
-    import time
     from urllib.parse import urlsplit
 
     from trackpoint.security.signing import SigningKeyError, covered_params, load_key, sign_url, signing_key_id
@@ -296,11 +296,20 @@ def replay(  # noqa: PLR0917 (typer: one parameter per option)
     give_up_after: Annotated[
         float, typer.Option(min=1, help="Seconds of failed retries of one batch before the replay stops.")
     ] = 300.0,
+    as_json: Annotated[
+        bool, typer.Option("--json", help="Print the summary as one JSON object on stdout (no progress, no table).")
+    ] = False,
 ) -> None:
-    """Re-feed collectors from log files. Safe to run any number of times: consumers dedupe on the event id."""
+    """Re-feed collectors from log files. Safe to run any number of times: consumers dedupe on the event id.
+
+    Each event id is sent once per run (repeats are counted as duplicates); the events read add up to filtered +
+    duplicates + replayed, and each collector's to sent + refused. On a terminal a progress bar shows the bytes and
+    events read, their rate and the time left. A file that is not a tracker log stops the replay before anything is
+    sent. Exit code 1 when a collector refused events or gave up, 2 when nothing could start."""
     import asyncio
 
-    from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
+    from rich import filesize
+    from rich.progress import BarColumn, DownloadColumn, Progress, TextColumn, TimeRemainingColumn
     from rich.table import Table
 
     from trackpoint import replay as replaying
@@ -318,51 +327,56 @@ def replay(  # noqa: PLR0917 (typer: one parameter per option)
             give_up_after_s=give_up_after,
         )
     except replaying.ReplayError as exc:
-        err.print(f"[bold red]error[/] {exc}", highlight=False)
+        err.print(f"[bold red]error[/] {exc}", highlight=False, soft_wrap=True)
         raise typer.Exit(2) from None
     files = log_files(logs)
     if not files:
         err.print("[bold red]error[/] no log files (events-*.jsonl[.zst|.gz]) in " + ", ".join(map(str, logs)))
         raise typer.Exit(2)
     out = Console(stderr=True)
-    with Progress(
+    started = time.monotonic()
+    columns = (
         TextColumn("[bold]replay"),
         BarColumn(),
-        MofNCompleteColumn(),
-        TextColumn("files · {task.fields[events]:,} events"),
-        TimeElapsedColumn(),
-        console=out,
-        transient=False,
-    ) as bar:
-        task = bar.add_task("replay", total=len(files), events=0)
-        counted = 0
+        DownloadColumn(),
+        TextColumn("{task.fields[bytes_rate]}/s · {task.fields[events]:,} events, {task.fields[rate]:,.0f}/s ·"),
+        TimeRemainingColumn(),
+    )
+    # Quiet unless someone watches: no bar in a pipe, a log or under --json.
+    with Progress(*columns, console=out, disable=as_json or not out.is_terminal) as bar:
+        total = sum(path.stat().st_size for path in files)
+        task = bar.add_task("replay", total=total, events=0, rate=0.0, bytes_rate="0 B")
 
-        def advance(_: Path, events: int) -> None:
-            nonlocal counted
-            counted += events
-            bar.update(task, advance=1, events=counted)
+        def advance(events: int, read_bytes: int) -> None:
+            elapsed = max(time.monotonic() - started, 1e-6)
+            bytes_rate = filesize.decimal(int(read_bytes / elapsed))
+            bar.update(task, completed=read_bytes, events=events, rate=events / elapsed, bytes_rate=bytes_rate)
 
         try:
-            report = asyncio.run(
-                replaying.replay(files, replaying.build_collectors(loaded.config, replay_plan), replay_plan, advance)
-            )
+            built = replaying.build_collectors(loaded.config, replay_plan)
+            report = asyncio.run(replaying.replay(files, built, replay_plan, advance))
         except replaying.ReplayError as exc:
-            err.print(f"[bold red]error[/] {exc}", highlight=False)
+            err.print(f"[bold red]error[/] {exc}", highlight=False, soft_wrap=True)
             raise typer.Exit(1) from None
-    table = Table(title=f"replayed {report.files} files in {report.seconds:.1f} s")
-    for column in ("collector", "events sent", "refused", "retries"):
+    refused = any(result.refused for result in report.collectors.values())
+    if as_json:
+        print(json.dumps(report.summary(), indent=2))
+        raise typer.Exit(1 if refused else 0)
+    table = Table(title=f"replayed {report.files} files ({report.bytes:,} bytes) in {report.seconds:.1f} s")
+    for column in ("collector", "events", "sent", "refused", "retries"):
         table.add_column(column, justify="left" if column == "collector" else "right")
     for name, result in report.collectors.items():
-        table.add_row(name, f"{result.sent:,}", f"{result.refused:,}", f"{result.retries:,}")
+        table.add_row(name, f"{result.events:,}", f"{result.sent:,}", f"{result.refused:,}", f"{result.retries:,}")
     out.print(table)
     out.print(
-        f"read {report.read.events:,} events · skipped {report.read.skipped:,} torn lines · "
-        f"filtered out {report.filtered:,}",
+        f"read {report.read.events:,} events = {report.replayed:,} replayed + {report.duplicates:,} duplicates "
+        f"(sent once) + {report.filtered:,} filtered out · {report.read.skipped:,} torn lines skipped",
         highlight=False,
+        soft_wrap=True,
     )
     for where in report.read.skipped_at[:10]:
         out.print(f"  torn line at {where}", highlight=False)
-    if any(result.refused for result in report.collectors.values()):
+    if refused:
         raise typer.Exit(1)
 
 
