@@ -12,18 +12,19 @@ import typer
 from trackpoint.config.load import LoadedConfig
 from trackpoint.reference.cli import cli_reference
 from trackpoint.reference.config import configuration_reference, endpoints_reference
-from trackpoint.reference.openapi import openapi_json
+from trackpoint.reference.openapi import openapi_document, openapi_json, openapi_markdown
 from trackpoint.reference.plugins import plugin_api_reference
 
 
 def write_docs(loaded: LoadedConfig, out_dir: Path, app: typer.Typer) -> list[Path]:
-    """Writes the generated reference: configuration, endpoints (Markdown and OpenAPI), the CLI `app` and the
-    plugin API."""
+    """Writes the generated reference: configuration, endpoints (Markdown and OpenAPI, and the OpenAPI document as
+    a page), the CLI `app` and the plugin API."""
     out_dir.mkdir(parents=True, exist_ok=True)
     pages = {
         out_dir / "configuration.md": configuration_reference().encode(),
         out_dir / "endpoints.md": endpoints_reference(loaded).encode(),
         out_dir / "openapi.json": openapi_json(loaded),
+        out_dir / "http-api.md": openapi_markdown(openapi_document(loaded)).encode(),
         out_dir / "cli.md": cli_reference(app).encode(),
         out_dir / "plugin-api.md": plugin_api_reference().encode(),
     }
