@@ -232,3 +232,16 @@ def _root() -> object:
     root = typer.main.get_command(app)
     _for_reading(root)
     return root
+
+
+def test_wrong_list_items_past_the_tenth_are_each_reported(tmp_path: Path) -> None:
+    # Setting aside items 9 and 10 of one list must not shift one onto the other.
+    methods = ", ".join(["GET"] * 9 + ["PUT", "PATCH"])
+    path = write(tmp_path, f"event_types:\n  a:\n    paths: [/a]\n    methods: [{methods}]\n    collectors: [lgo]\n")
+    with pytest.raises(ConfigError) as caught:
+        load(path, registry=registry())
+    assert [issue.path for issue in caught.value.issues] == [
+        ("event_types", "a", "methods", 9),
+        ("event_types", "a", "methods", 10),
+        ("event_types", "a", "collectors", 0),
+    ]

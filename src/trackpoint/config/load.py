@@ -251,7 +251,7 @@ def _without(
     component's `type` takes its whole entry with it, replaced by a stand-in of its section."""
     copy: dict[str, Any] = msgspec.json.decode(msgspec.json.encode(document))
     removed: list[KeyPath] = []
-    for path in sorted(paths, key=lambda p: [str(part) for part in p], reverse=True):  # list items from the end
+    for path in sorted(paths, key=_path_order, reverse=True):  # list items from the end: indexes stay right
         parent: Any = copy
         for part in path[:-1]:
             try:
@@ -271,6 +271,10 @@ def _without(
                 del parent[target[-1]]
             removed.append(target)
     return copy, removed
+
+
+def _path_order(path: KeyPath) -> list[tuple[int, str]]:
+    return [(part, "") if isinstance(part, int) else (-1, part) for part in path]
 
 
 def _has(container: Any, key: str | int) -> bool:
@@ -293,7 +297,7 @@ def _follows(path: KeyPath, message: str, removed: list[KeyPath]) -> bool:
     named = message.split(" (", 1)[0]  # not the suggestions
     for gone in removed:
         shorter = min(len(gone), len(path))
-        if path[:shorter] == gone[:shorter] or (len(gone) == 2 and f"{gone[1]!r}" in named):
+        if (shorter and path[:shorter] == gone[:shorter]) or (len(gone) == 2 and f"{gone[1]!r}" in named):
             return True
     return False
 
