@@ -34,7 +34,6 @@ class _Commands(typer.core.TyperGroup):
 app = typer.Typer(
     name="trackpoint",
     cls=_Commands,
-    help="A fast, configurable event tracker for AdTech and MarTech.",
     no_args_is_help=True,
     context_settings={"help_option_names": ["-h", "--help"]},
     pretty_exceptions_enable=False,
@@ -95,7 +94,7 @@ def _options(
         typer.Option("--version", "-V", callback=_show_version, is_eager=True, help="Print the version and exit."),
     ] = False,
 ) -> None:
-    """A fast, configurable event tracker for AdTech and MarTech."""
+    """A fast, configurable event tracker for AdTech and MarTech."""  # the help of `trackpoint` itself
 
 
 err = Console(stderr=True)
