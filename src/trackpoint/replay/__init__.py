@@ -23,6 +23,8 @@ from trackpoint.config.model import Config, SpoolConfig
 from trackpoint.event import Event
 from trackpoint.plugins import registry
 
+PROGRESS_BYTES = 256 << 10  # of the files as stored: a progress bar moves about every 1,000 events
+
 
 class ReplayError(Exception):
     """The replay cannot start (an unknown collector) or a collector gave up."""
@@ -141,8 +143,8 @@ async def replay(
 ) -> ReplayReport:
     """Reads the logs in order and sends every qualifying event, once per id, to its collectors, batch by batch; a
     batch is retried with backoff until delivered (or refused for good), for at most give_up_after_s per batch.
-    `progress` is told the events and bytes read so far, every few thousand events. A file that is not a tracker
-    log stops the replay before anything is sent (ReplayError)."""
+    `progress` is told the events and bytes read so far, every PROGRESS_BYTES of the files and at the end. A file
+    that is not a tracker log stops the replay before anything is sent (ReplayError)."""
     started = time.monotonic()
     report = ReplayReport(collectors={name: CollectorReport() for name in collectors})
     fed_by = {name: frozenset(types) for name, types in replay_plan.collectors.items()}
@@ -152,12 +154,17 @@ async def replay(
             raise ReplayError(reason)
     report.files = len(files)
 
-    def consumed(size: int) -> None:
+    told = 0
+
+    def consumed(size: int) -> None:  # progress every PROGRESS_BYTES read, filtered stretches included
+        nonlocal told
         report.bytes += size
+        if progress is not None and report.bytes >= told + PROGRESS_BYTES:
+            told = report.bytes
+            progress(report.read.events, report.bytes)
 
     for collector in collectors.values():
         await collector.start()
-    told = 0
     try:
         batches: dict[str, list[Event]] = {name: [] for name in collectors}
         events = _once(_qualifying(read_events(files, report.read, consumed), replay_plan, report), replay_plan, report)
@@ -174,9 +181,6 @@ async def replay(
                 report.replayed += 1
             else:
                 report.filtered += 1
-            if progress is not None and report.read.events >= told + 4096:
-                told = report.read.events
-                progress(told, report.bytes)
         for name, batch in batches.items():
             if batch:
                 await _send(collectors[name], batch, report.collectors[name], replay_plan)
