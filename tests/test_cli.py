@@ -245,3 +245,23 @@ def test_wrong_list_items_past_the_tenth_are_each_reported(tmp_path: Path) -> No
         ("event_types", "a", "methods", 10),
         ("event_types", "a", "collectors", 0),
     ]
+
+
+def test_completion_offers_the_collectors_and_event_types_of_the_configuration(tmp_path: Path) -> None:
+    path = write(
+        tmp_path, "collectors:\n  queue: {type: stdout}\nevent_types:\n  page: {paths: [/p]}\n  pixel: {paths: [/x]}\n"
+    )
+
+    def complete(words: str, env: dict[str, str] | None = None) -> list[str]:
+        word = len(words.split()) - (0 if words.endswith(" ") else 1)  # the word being completed
+        completion = {"_TRACKPOINT_COMPLETE": "complete_bash", "COMP_WORDS": words, "COMP_CWORD": str(word)}
+        return invoke(env={**completion, **(env or {})})[1].split()
+
+    assert complete(f"trackpoint replay --config {path} --type p") == ["page", "pixel"]
+    assert complete("trackpoint replay --type pa", {"TRACKPOINT_CONFIG": str(path)}) == ["page"]
+    collectors = complete(f"trackpoint replay -c {path} --collector ")
+    assert "queue" in collectors
+    assert sorted(collectors) == sorted(load(path, registry=registry()).config.collectors)
+    assert "banker" in complete("trackpoint banker reconcile --collector ", {"TRACKPOINT_CONFIG": ""})
+    broken = write(tmp_path, "server: {prot: 1}\n", name="broken.yaml")
+    assert complete(f"trackpoint replay --config {broken} --collector ") == []

@@ -110,6 +110,25 @@ ConfigOption = Annotated[
 ]
 
 
+def _names_in_config(ctx: typer.Context, section: str, incomplete: str) -> list[str]:
+    """Shell completion: the names a section of the command's configuration (--config, $TRACKPOINT_CONFIG or the
+    embedded default) defines; none when it does not load."""
+    try:
+        loaded = load(ctx.params.get("config"), registry=registry())
+    except ConfigError:
+        return []
+    names: dict[str, object] = getattr(loaded.config, section)
+    return [name for name in names if name.startswith(incomplete)]
+
+
+def _collector_names(ctx: typer.Context, incomplete: str) -> list[str]:
+    return _names_in_config(ctx, "collectors", incomplete)
+
+
+def _event_types(ctx: typer.Context, incomplete: str) -> list[str]:
+    return _names_in_config(ctx, "event_types", incomplete)
+
+
 def _load_or_exit(path: Path | None, secrets: bool = False) -> LoadedConfig:
     """The validated configuration (with `secrets`: every secret it names resolved too), or exit 2 with every error."""
     try:
@@ -282,10 +301,12 @@ def replay(  # noqa: PLR0917 (typer: one parameter per option)
         typer.Option(
             "--collector",
             help="Collector to re-feed (repeatable). Default: every collector in use except the log collectors.",
+            autocompletion=_collector_names,
         ),
     ] = None,
     event_type: Annotated[
-        list[str] | None, typer.Option("--type", help="Replay only events of this type (repeatable).")
+        list[str] | None,
+        typer.Option("--type", help="Replay only events of this type (repeatable).", autocompletion=_event_types),
     ] = None,
     since: Annotated[
         str | None, typer.Option(help="Only events at or after this time (ISO 8601 or epoch seconds).")
@@ -384,7 +405,11 @@ def ship(
     config: ConfigOption = None,
     collector: Annotated[
         list[str] | None,
-        typer.Option("--collector", help="Log collector to ship (repeatable). Default: every one with ship.url."),
+        typer.Option(
+            "--collector",
+            help="Log collector to ship (repeatable). Default: every one with ship.url.",
+            autocompletion=_collector_names,
+        ),
     ] = None,
     once: Annotated[
         bool, typer.Option("--once", help="One pass, then exit (cron, after an incident); exit code 1 on failures.")
@@ -434,7 +459,10 @@ def banker_reconcile(
     ],
     config: ConfigOption = None,
     collector: Annotated[
-        str | None, typer.Option("--collector", help="The banker collector (needed when there are several).")
+        str | None,
+        typer.Option(
+            "--collector", help="The banker collector (needed when there are several).", autocompletion=_collector_names
+        ),
     ] = None,
     as_json: Annotated[bool, typer.Option("--json", help="Print the report as JSON on stdout.")] = False,
 ) -> None:
