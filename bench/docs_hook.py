@@ -1,4 +1,5 @@
-"""MkDocs hook (mkdocs.yml `hooks:`): publishes the benchmark charts of bench/results/ as files of the docs site.
+"""MkDocs hook (mkdocs.yml `hooks:`): publishes the benchmark charts of bench/results/ as files of the docs site,
+and the numbers of each recorded run as a table beside its chart.
 
 The charts are committed once, beside the results they plot; the site takes them from here at build time, so
 docs/benchmarks.md always shows the latest recorded run and no chart is ever copied into docs/.
@@ -6,10 +7,15 @@ docs/benchmarks.md always shows the latest recorded run and no chart is ever cop
 
 from __future__ import annotations
 
+import json
+import re
 from pathlib import Path
+from typing import Any
 
 from mkdocs.config.defaults import MkDocsConfig
+from mkdocs.exceptions import PluginError
 from mkdocs.structure.files import File, Files
+from mkdocs.structure.pages import Page
 
 RESULTS = Path(__file__).resolve().parent / "results"
 # Where the charts appear in the site; pages link them as e.g. `assets/bench/latest.png` (relative to docs/).
@@ -21,3 +27,75 @@ def on_files(files: Files, config: MkDocsConfig) -> Files:
     for chart in sorted(RESULTS.glob("*.png")):
         files.append(File.generated(config, f"{SITE_FOLDER}/{chart.name}", abs_src_path=str(chart)))
     return files
+
+
+# --- the numbers beside each chart ------------------------------------------------------------------------------
+
+# A line `<!-- bench-table: NAME -->` in a page becomes the table of bench/results/NAME.json, so the numbers under a
+# chart are the run the chart plots, never a copy typed in by hand.
+TABLE_MARKER = re.compile(r"^<!-- bench-table: (?P<name>[a-z_]+) -->$", re.MULTILINE)
+
+
+def on_page_markdown(markdown: str, page: Page, config: MkDocsConfig, files: Files) -> str:
+    """Replaces every table marker with the table of its recorded run; a marker without a run fails the build."""
+    return TABLE_MARKER.sub(lambda match: results_table(match["name"]), markdown)
+
+
+def results_table(name: str) -> str:
+    """The recorded run `name` (bench/results/NAME.json) as a Markdown table, with its date and commit."""
+    path = RESULTS / f"{name}.json"
+    if not path.is_file():
+        raise PluginError(f"bench-table: no recorded run {path}")
+    run = json.loads(path.read_text(encoding="utf-8"))
+    rows = _edge_rows(run) if name == "latest" else _flood_rows(run) if name == "flood" else _check_rows(run)
+    commit = str(run.get("git", {}).get("commit", ""))[:7]
+    quick = " (`--quick`)" if run.get("quick") or run.get("settings", {}).get("quick") else ""
+    caption = (
+        f"*Recorded {str(run.get('date', ''))[:10]}, commit {commit or 'unknown'}{quick}; `bench/results/{name}.json`.*"
+    )
+    return "\n".join([*rows, "", caption])
+
+
+def _ms(value: float) -> str:
+    return f"{value:.2f} ms"
+
+
+def _edge_rows(run: dict[str, Any]) -> list[str]:
+    rows = ["| target | requests/s | p50 | p90 | p99 | non-2xx |", "|---|---:|---:|---:|---:|---:|"]
+    labels = {
+        "tracker": "tracker, `GET /i`, full default pipeline, one worker",
+        "nginx": "nginx `empty_gif`, one worker",
+    }
+    for target, result in run["targets"].items():
+        rows.append(
+            f"| {labels.get(target, target)} | {result['rps']:,.0f} | {_ms(result['latency_p50_ms'])} | "
+            f"{_ms(result['latency_p90_ms'])} | {_ms(result['latency_p99_ms'])} | {result['non_2xx']:,} |"
+        )
+    brief = run.get("brief_load", {}).get("result")
+    if brief:
+        rows.append(
+            f"| tracker at ~{run['brief_load']['target_rps']:,} requests/s (paced) | {brief['rps']:,.0f} | "
+            f"{_ms(brief['latency_p50_ms'])} | {_ms(brief['latency_p90_ms'])} | {_ms(brief['latency_p99_ms'])} | "
+            f"{brief['non_2xx']:,} |"
+        )
+    rows.append(f"| **tracker / nginx** | **{run['ratio']:.0%}** | | | | |")
+    return rows
+
+
+def _flood_rows(run: dict[str, Any]) -> list[str]:
+    rows = ["| scenario | valid requests/s | valid p99 | valid answered 2xx | lost |", "|---|---:|---:|---:|---:|"]
+    for scenario in run["scenarios"]:
+        valid = scenario["valid"]
+        rows.append(
+            f"| {scenario['name']} | {valid['rps']:,.0f} | {_ms(valid['latency_p99_ms'])} | "
+            f"{scenario['success_pct']:.2f}% | {scenario['lost']:,} |"
+        )
+    return rows
+
+
+def _check_rows(run: dict[str, Any]) -> list[str]:
+    rows = ["| check | measured | goal | met |", "|---|---|---|---|"]
+    for check in run.get("checks", []):
+        cell = [str(check.get(key, "")).replace("|", "\\|") for key in ("name", "value", "goal")]
+        rows.append(f"| {cell[0]} | {cell[1]} | {cell[2]} | {'yes' if check.get('passed') else '**no**'} |")
+    return rows

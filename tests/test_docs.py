@@ -32,7 +32,7 @@ from trackpoint.reference.plugins import api_objects, public_methods
 from trackpoint.security.signing import SIGNATURE_PARAMS
 
 ROOT = Path(__file__).resolve().parent.parent
-GENERATED = ("configuration.md", "endpoints.md", "openapi.json", "cli.md", "plugin-api.md")
+GENERATED = ("configuration.md", "endpoints.md", "openapi.json", "http-api.md", "cli.md", "plugin-api.md")
 CONFIGS = [None, *sorted((ROOT / "examples").glob("*.yaml"))]
 
 

@@ -10,6 +10,8 @@ manifest) names none of those sections and is left alone.
 from __future__ import annotations
 
 import dataclasses
+import html
+import json
 import os
 import re
 import subprocess
@@ -206,3 +208,68 @@ def test_readme_links_into_the_docs_resolve(site: Path) -> None:
             assert path.suffix == ".md", f"README.md links an anchor of {target}, which is not a page"
             html = built_page(site, path).read_text(encoding="utf-8")
             assert f'id="{anchor}"' in html, f"README.md links {target}#{anchor}, which has no such anchor"
+
+
+@pytest.mark.e2e  # builds the site with mkdocs, a subprocess
+def test_each_benchmark_chart_has_the_table_of_its_numbers_beside_it(site: Path) -> None:
+    benchmarks = built_page(site, DOCS / "benchmarks.md").read_text(encoding="utf-8")
+    latest = json.loads((CHARTS / "latest.json").read_text())
+    flood = json.loads((CHARTS / "flood.json").read_text())
+    soak = json.loads((CHARTS / "soak.json").read_text())
+    queues = json.loads((CHARTS / "queues.json").read_text())
+    expected = {
+        "latest": [f"{latest['targets']['tracker']['rps']:,.0f}", f"{latest['targets']['nginx']['rps']:,.0f}"],
+        "flood": [scenario["name"] for scenario in flood["scenarios"]],
+        "soak": [html.escape(check["value"], quote=False) for check in soak["checks"]],
+        "queues": [html.escape(check["value"], quote=False) for check in queues["checks"]],
+    }
+    for chart, numbers in expected.items():
+        at = benchmarks.index(f'<a href="../assets/bench/{chart}.png"><img')  # a click opens the chart full size
+        table = benchmarks[benchmarks.index("<table", at) : benchmarks.index("</table>", at)]
+        assert benchmarks.find("<h2", at, benchmarks.index("<table", at)) == -1, f"{chart}: no table under the chart"
+        for number in numbers:
+            assert number in table, (chart, number)
+    assert "<!-- bench-table" not in benchmarks
+
+
+@pytest.mark.e2e  # builds the site with mkdocs, a subprocess
+def test_the_http_and_admin_api_is_a_page_of_the_site(site: Path) -> None:
+    page = built_page(site, GENERATED / "http-api.md").read_text(encoding="utf-8")
+    document = json.loads((GENERATED / "openapi.json").read_text())
+    for path, item in document["paths"].items():
+        for method in item:
+            if method != "servers":
+                assert re.search(rf"<h3[^>]*><code>[A-Z, ]*{method.upper()}[A-Z, ]* {re.escape(path)}</code>", page), (
+                    method,
+                    path,
+                )
+    assert page.count("<table>") > len(document["paths"])
+    index = (site / "index.html").read_text(encoding="utf-8")
+    assert 'href="reference/http-api/"' in index  # in the navigation
+
+
+@pytest.mark.e2e  # builds the site with mkdocs, a subprocess
+def test_the_header_links_the_repository_and_shows_the_version(site: Path) -> None:
+    from trackpoint import __version__
+
+    repo_url = yaml.safe_load((ROOT / "mkdocs.yml").read_text())["repo_url"]
+    for page in (site / "index.html", built_page(site, DOCS / "quickstart.md")):
+        text = page.read_text(encoding="utf-8")
+        assert f'<a href="{repo_url}" title="Go to repository" class="md-source">' in text
+        assert f'<li class="md-source__fact md-source__fact--version">{__version__}</li>' in text
+        assert 'data-md-component="source"' not in text  # Material's script would call the GitHub API
+
+
+@pytest.mark.e2e  # builds the site with mkdocs, a subprocess
+def test_long_code_lines_wrap_on_every_page(site: Path) -> None:
+    css = (site / "assets" / "extra.css").read_text(encoding="utf-8")
+    assert re.search(r"\.md-typeset pre > code \{[^}]*white-space: pre-wrap", css)
+    for page in hand_written_pages():
+        assert "assets/extra.css" in built_page(site, page).read_text(encoding="utf-8"), page
+
+
+def test_the_licence_is_the_apache_2_0_text_the_package_declares() -> None:
+    licence = (ROOT / "LICENSE").read_text(encoding="utf-8")
+    assert licence.split()[:4] == ["Apache", "License", "Version", "2.0,"]
+    assert "TERMS AND CONDITIONS FOR USE, REPRODUCTION, AND DISTRIBUTION" in licence
+    assert 'license = "Apache-2.0"' in (ROOT / "pyproject.toml").read_text(encoding="utf-8")

@@ -2,14 +2,20 @@
 
 from __future__ import annotations
 
+import inspect
 import json
+import re
 import sys
+import time
+import typing
 from pathlib import Path
-from typing import TYPE_CHECKING, Annotated
+from typing import TYPE_CHECKING, Annotated, Any
 
 import typer
+import typer.core
 from rich.console import Console
 
+from trackpoint import __version__
 from trackpoint.config import ConfigError, LoadedConfig, json_schema, load
 from trackpoint.config.model import Config
 from trackpoint.plugins import registry
@@ -20,17 +26,82 @@ if TYPE_CHECKING:  # the commands import what they use when they run
     from trackpoint.collectors.rollup.model import Row
     from trackpoint.collectors.rollup.store import Query
 
+
+class _Commands(typer.core.TyperGroup):
+    """The command tree, made for reading before it runs: plain metavars (`FILE`, `N`, `TEXT`) instead of typer's
+    Python types (`{file}`, `<list[Path]>`), and help paragraphs joined into lines the terminal wraps itself
+    (typer keeps a docstring's line breaks, which cut a sentence in the middle)."""
+
+    def main(self, *args: Any, **kwargs: Any) -> Any:
+        _for_reading(self)
+        return super().main(*args, **kwargs)
+
+
 app = typer.Typer(
     name="trackpoint",
-    help="A fast, configurable event tracker for AdTech and MarTech.",
+    cls=_Commands,
     no_args_is_help=True,
-    add_completion=False,
+    context_settings={"help_option_names": ["-h", "--help"]},
     pretty_exceptions_enable=False,
 )
 config_app = typer.Typer(help="Check a configuration file or print its JSON schema.", no_args_is_help=True)
 app.add_typer(config_app, name="config")
 banker_app = typer.Typer(help="The banker: budgets and spend.", no_args_is_help=True)
 app.add_typer(banker_app, name="banker")
+
+_METAVARS: dict[Any, str] = {Path: "PATH", int: "N", float: "NUMBER", str: "TEXT"}
+
+
+def _for_reading(command: Any) -> None:
+    """Rewrites the help of `command` and every command under it, and the metavars of their parameters:
+    arguments by their name (`LOG...`, `[FILE]`), options by their kind of value (`PATH`, `N`; nothing for a flag)."""
+    for sub in getattr(command, "commands", {}).values():
+        _for_reading(sub)
+    if command.help:
+        paragraphs = re.split(r"\n\s*\n", inspect.cleandoc(command.help))
+        command.help = "\n\n".join(" ".join(paragraph.split()) for paragraph in paragraphs)
+    for param in command.params:
+        if param.metavar is not None:
+            continue
+        if param.param_type_name == "argument":
+            name = (param.name or "").upper()
+            usage = (name if param.required else f"[{name}]") + ("..." if param.nargs == -1 else "")
+            param.metavar = name
+            param.get_usage_pieces = lambda ctx, usage=usage: [usage]  # typer's: `{name}`
+            param.display_type_rich = lambda ctx: None  # typer's: the Python type, beside the name
+        elif param.is_flag:
+            param.metavar = ""
+        else:
+            annotation = getattr(getattr(param, "type_descriptor", None), "annotation", str)
+            if typing.get_origin(annotation) is list:
+                annotation = typing.get_args(annotation)[0]
+            param.metavar = _METAVARS.get(annotation, "TEXT")
+    help_option = command.get_help_option
+
+    def plain_help_option(ctx: Any) -> Any:  # made on demand, so typed on demand: a flag (typer: `<bool>`)
+        option = help_option(ctx)
+        if option is not None:
+            option.metavar = ""
+        return option
+
+    command.get_help_option = plain_help_option
+
+
+def _show_version(value: bool) -> None:
+    if value:
+        print(f"trackpoint {__version__}")
+        raise typer.Exit
+
+
+@app.callback()
+def _options(
+    version: Annotated[
+        bool,
+        typer.Option("--version", "-V", callback=_show_version, is_eager=True, help="Print the version and exit."),
+    ] = False,
+) -> None:
+    """A fast, configurable event tracker for AdTech and MarTech."""  # the help of `trackpoint` itself
+
 
 err = Console(stderr=True)
 
@@ -45,6 +116,25 @@ ConfigOption = Annotated[
 ]
 
 
+def _names_in_config(ctx: typer.Context, section: str, incomplete: str) -> list[str]:
+    """Shell completion: the names a section of the command's configuration (--config, $TRACKPOINT_CONFIG or the
+    embedded default) defines; none when it does not load."""
+    try:
+        loaded = load(ctx.params.get("config"), registry=registry())
+    except ConfigError:
+        return []
+    names: dict[str, object] = getattr(loaded.config, section)
+    return [name for name in names if name.startswith(incomplete)]
+
+
+def _collector_names(ctx: typer.Context, incomplete: str) -> list[str]:
+    return _names_in_config(ctx, "collectors", incomplete)
+
+
+def _event_types(ctx: typer.Context, incomplete: str) -> list[str]:
+    return _names_in_config(ctx, "event_types", incomplete)
+
+
 def _load_or_exit(path: Path | None, secrets: bool = False) -> LoadedConfig:
     """The validated configuration (with `secrets`: every secret it names resolved too), or exit 2 with every error."""
     try:
@@ -55,7 +145,7 @@ def _load_or_exit(path: Path | None, secrets: bool = False) -> LoadedConfig:
     except ConfigError as exc:
         for issue in exc.issues:
             err.print(f"[bold red]error[/] {issue}", highlight=False, soft_wrap=True)
-        err.print(f"{len(exc.issues)} error(s) in {exc.issues[0].source}", highlight=False)
+        err.print(f"{len(exc.issues)} error(s) in {exc.issues[0].source}", highlight=False, soft_wrap=True)
         raise typer.Exit(2) from None
 
 
@@ -87,13 +177,28 @@ def run(  # noqa: PLR0917 - typer maps each parameter to an option
 
 @config_app.command("check")
 def config_check(
-    file: Annotated[Path, typer.Argument(help="The YAML configuration file to validate.")],
+    ctx: typer.Context,
+    file: Annotated[
+        Path | None,
+        typer.Argument(
+            help="The YAML configuration file to validate (or --config, or $TRACKPOINT_CONFIG).", show_default=False
+        ),
+    ] = None,
+    config: ConfigOption = None,
 ) -> None:
-    """Validate a configuration file and resolve every secret it names (environment variables, files); every error
-    is printed with its file, line and key."""
-    loaded = _load_or_exit(file, secrets=True)
+    """Validate a configuration file and resolve every secret it names (environment variables, files). Every
+    problem is printed at once, each with its file, line and key, and for a misspelt name the closest valid one.
+
+    Without a file (as an argument, --config or $TRACKPOINT_CONFIG) the embedded default is checked."""
+    source = ctx.get_parameter_source("config")
+    from_option = source is not None and source.name == "COMMANDLINE"  # not $TRACKPOINT_CONFIG
+    if file is not None and config is not None and file != config and from_option:
+        err.print(f"[bold red]error[/] two files to check: {file} and --config {config}; give one", highlight=False)
+        raise typer.Exit(2)
+    path = file or config  # the argument before $TRACKPOINT_CONFIG
+    loaded = _load_or_exit(path, secrets=True)
     types = ", ".join(loaded.config.event_types)
-    print(f"{file}: ok (version {loaded.version}; event types: {types})")
+    print(f"{loaded.source}: ok (version {loaded.version}; event types: {types})")
 
 
 @config_app.command("schema")
@@ -127,10 +232,19 @@ def sign(  # noqa: PLR0917 (one argument per option)
     ] = None,
 ) -> None:
     """Sign a tracking URL with the tracker's key (the same key `trackpoint run` uses with the same config)."""
-    import time
+    from urllib.parse import urlsplit
 
     from trackpoint.security.signing import SigningKeyError, covered_params, load_key, sign_url, signing_key_id
 
+    parts = urlsplit(url)
+    if parts.scheme not in ("http", "https") or not parts.hostname:
+        err.print(
+            f"[bold red]error[/] not a tracking URL: {url!r} (give the whole URL the tracker will receive, "
+            "`https://t.example.com/c?imp=...`)",
+            highlight=False,
+            soft_wrap=True,
+        )
+        raise typer.Exit(2)
     tracker = _load_or_exit(config).config
     signing = tracker.signing
     if not signing.keys:
@@ -184,10 +298,12 @@ def replay(  # noqa: PLR0917 (typer: one parameter per option)
         typer.Option(
             "--collector",
             help="Collector to re-feed (repeatable). Default: every collector in use except the log collectors.",
+            autocompletion=_collector_names,
         ),
     ] = None,
     event_type: Annotated[
-        list[str] | None, typer.Option("--type", help="Replay only events of this type (repeatable).")
+        list[str] | None,
+        typer.Option("--type", help="Replay only events of this type (repeatable).", autocompletion=_event_types),
     ] = None,
     since: Annotated[
         str | None, typer.Option(help="Only events at or after this time (ISO 8601 or epoch seconds).")
@@ -197,11 +313,20 @@ def replay(  # noqa: PLR0917 (typer: one parameter per option)
     give_up_after: Annotated[
         float, typer.Option(min=1, help="Seconds of failed retries of one batch before the replay stops.")
     ] = 300.0,
+    as_json: Annotated[
+        bool, typer.Option("--json", help="Print the summary as one JSON object on stdout (no progress, no table).")
+    ] = False,
 ) -> None:
-    """Re-feed collectors from log files. Safe to run any number of times: consumers dedupe on the event id."""
+    """Re-feed collectors from log files. Safe to run any number of times: consumers dedupe on the event id.
+
+    Each event id is sent once per run (repeats are counted as duplicates); the events read add up to filtered +
+    duplicates + replayed, and each collector's to sent + refused. On a terminal a progress bar shows the bytes and
+    events read, their rate and the time left. A file that is not a tracker log stops the replay before anything is
+    sent. Exit code 1 when a collector refused events or gave up, 2 when nothing could start."""
     import asyncio
 
-    from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
+    from rich import filesize
+    from rich.progress import BarColumn, DownloadColumn, Progress, TextColumn, TimeRemainingColumn
     from rich.table import Table
 
     from trackpoint import replay as replaying
@@ -219,53 +344,56 @@ def replay(  # noqa: PLR0917 (typer: one parameter per option)
             give_up_after_s=give_up_after,
         )
     except replaying.ReplayError as exc:
-        err.print(f"[bold red]error[/] {exc}", highlight=False)
+        err.print(f"[bold red]error[/] {exc}", highlight=False, soft_wrap=True)
         raise typer.Exit(2) from None
     files = log_files(logs)
     if not files:
         err.print("[bold red]error[/] no log files (events-*.jsonl[.zst|.gz]) in " + ", ".join(map(str, logs)))
         raise typer.Exit(2)
     out = Console(stderr=True)
-    with Progress(
+    started = time.monotonic()
+    columns = (
         TextColumn("[bold]replay"),
         BarColumn(),
-        MofNCompleteColumn(),
-        TextColumn("files · {task.fields[events]:,} events"),
-        TimeElapsedColumn(),
-        console=out,
-        transient=False,
-    ) as bar:
-        task = bar.add_task("replay", total=len(files), events=0)
-        counted = 0
+        DownloadColumn(),
+        TextColumn("{task.fields[bytes_rate]}/s · {task.fields[events]:,} events, {task.fields[rate]:,.0f}/s ·"),
+        TimeRemainingColumn(),
+    )
+    # Quiet unless someone watches: no bar in a pipe, a log or under --json.
+    with Progress(*columns, console=out, disable=as_json or not out.is_terminal) as bar:
+        total = sum(path.stat().st_size for path in files)
+        task = bar.add_task("replay", total=total, events=0, rate=0.0, bytes_rate="0 B")
 
-        def advance(_: Path, events: int) -> None:
-            nonlocal counted
-            counted += events
-            bar.update(task, advance=1, events=counted)
+        def advance(events: int, read_bytes: int) -> None:
+            elapsed = max(time.monotonic() - started, 1e-6)
+            bytes_rate = filesize.decimal(int(read_bytes / elapsed))
+            bar.update(task, completed=read_bytes, events=events, rate=events / elapsed, bytes_rate=bytes_rate)
 
         try:
-            report = asyncio.run(
-                replaying.replay(
-                    files, replaying.build_collectors(loaded.config, replay_plan, registry()), replay_plan, advance
-                )
-            )
+            built = replaying.build_collectors(loaded.config, replay_plan, registry())
+            report = asyncio.run(replaying.replay(files, built, replay_plan, advance))
         except replaying.ReplayError as exc:
-            err.print(f"[bold red]error[/] {exc}", highlight=False)
+            err.print(f"[bold red]error[/] {exc}", highlight=False, soft_wrap=True)
             raise typer.Exit(1) from None
-    table = Table(title=f"replayed {report.files} files in {report.seconds:.1f} s")
-    for column in ("collector", "events sent", "refused", "retries"):
+    refused = any(result.refused for result in report.collectors.values())
+    if as_json:
+        print(json.dumps(report.summary(), indent=2))
+        raise typer.Exit(1 if refused else 0)
+    table = Table(title=f"replayed {report.files} files ({report.bytes:,} bytes) in {report.seconds:.1f} s")
+    for column in ("collector", "events", "sent", "refused", "retries"):
         table.add_column(column, justify="left" if column == "collector" else "right")
     for name, result in report.collectors.items():
-        table.add_row(name, f"{result.sent:,}", f"{result.refused:,}", f"{result.retries:,}")
+        table.add_row(name, f"{result.events:,}", f"{result.sent:,}", f"{result.refused:,}", f"{result.retries:,}")
     out.print(table)
     out.print(
-        f"read {report.read.events:,} events · skipped {report.read.skipped:,} torn lines · "
-        f"filtered out {report.filtered:,}",
+        f"read {report.read.events:,} events = {report.replayed:,} replayed + {report.duplicates:,} duplicates "
+        f"(sent once) + {report.filtered:,} filtered out · {report.read.skipped:,} torn lines skipped",
         highlight=False,
+        soft_wrap=True,
     )
     for where in report.read.skipped_at[:10]:
         out.print(f"  torn line at {where}", highlight=False)
-    if any(result.refused for result in report.collectors.values()):
+    if refused:
         raise typer.Exit(1)
 
 
@@ -274,7 +402,11 @@ def ship(
     config: ConfigOption = None,
     collector: Annotated[
         list[str] | None,
-        typer.Option("--collector", help="Log collector to ship (repeatable). Default: every one with ship.url."),
+        typer.Option(
+            "--collector",
+            help="Log collector to ship (repeatable). Default: every one with ship.url.",
+            autocompletion=_collector_names,
+        ),
     ] = None,
     once: Annotated[
         bool, typer.Option("--once", help="One pass, then exit (cron, after an incident); exit code 1 on failures.")
@@ -324,7 +456,10 @@ def banker_reconcile(
     ],
     config: ConfigOption = None,
     collector: Annotated[
-        str | None, typer.Option("--collector", help="The banker collector (needed when there are several).")
+        str | None,
+        typer.Option(
+            "--collector", help="The banker collector (needed when there are several).", autocompletion=_collector_names
+        ),
     ] = None,
     as_json: Annotated[bool, typer.Option("--json", help="Print the report as JSON on stdout.")] = False,
 ) -> None:

@@ -7,13 +7,14 @@ sees every wrong key at once, each named as `file:line: key.path: message`.
 from __future__ import annotations
 
 import builtins
+import difflib
 import functools
 import hashlib
 import ipaddress
 import re
 import types
 import typing
-from collections.abc import Iterator, Mapping
+from collections.abc import Iterable, Iterator, Mapping
 from dataclasses import dataclass
 from importlib import resources
 from pathlib import Path
@@ -24,7 +25,7 @@ import yaml
 
 from trackpoint.config.model import Config, EventTypeSpec, one_of_problem
 from trackpoint.config.private import deny_private_fields
-from trackpoint.fields.types import unknown_type_problem
+from trackpoint.fields.types import FIELD_TYPES
 
 DEFAULT_CONFIG_NAME = "<embedded default>"
 KeyPath = tuple[str | int, ...]
@@ -119,9 +120,8 @@ def load(path: str | Path | None = None, *, registry: Components) -> LoadedConfi
         node = yaml.compose(text, Loader=yaml.SafeLoader)
         user_doc = yaml.safe_load(text)
     except yaml.YAMLError as exc:
-        mark = getattr(exc, "problem_mark", None)
-        line = mark.line + 1 if mark is not None else None
-        raise ConfigError([ConfigIssue(source, line, (), f"not valid YAML: {exc}")]) from exc
+        line, message = _yaml_problem(exc)
+        raise ConfigError([ConfigIssue(source, line, (), message)]) from exc
     if user_doc is None:
         user_doc = {}
     if not isinstance(user_doc, dict):
@@ -131,21 +131,57 @@ def load(path: str | Path | None = None, *, registry: Components) -> LoadedConfi
     return _validate(merged, node, source, registry)
 
 
+def _yaml_problem(exc: yaml.YAMLError) -> tuple[int | None, str]:
+    """The line and a plain message of a YAML syntax error, without the parser's internals (marks, stream names).
+    An unclosed bracket or quote is reported where it opens, not where the parser noticed (often the file's end)."""
+    problem: str = getattr(exc, "problem", None) or "cannot be parsed"
+    context: str = getattr(exc, "context", None) or ""
+    mark = getattr(exc, "problem_mark", None)
+    opening = getattr(exc, "context_mark", None)
+    if opening is not None and context == "while scanning a simple key":
+        mark, problem = opening, "a key without ':' after it (or a value that runs over several lines)"
+    elif opening is not None and context.startswith(("while scanning a", "while parsing a flow")):
+        mark = opening
+        what = context.removeprefix("while scanning ").removeprefix("while parsing ")
+        problem = f"{what} that starts on this line is not closed ({problem})"
+    elif "'\\t'" in problem:
+        problem = "a tab character: YAML indents with spaces only"
+    elif problem == "mapping values are not allowed here":
+        problem = "a `key: value` where none may be (check the indentation here, or a missing ':' above)"
+    return (None if mark is None else mark.line + 1), f"not valid YAML: {problem}"
+
+
 def _validate(document: dict[str, Any], node: yaml.Node | None, source: str, registry: Components) -> LoadedConfig:
+    """Every problem at once: the structural ones, then the rules across sections on what remains once the wrong
+    parts are set aside, leaving out the problems that only follow from setting them aside."""
+    typ = config_type(registry)
     document, problems = apply_presets(document, registry)
-    if not problems:
-        value, problems = convert_collecting(document, config_type(registry), ())
-        problems += field_type_problems(document)
+    value, found = convert_collecting(document, typ, ())
+    problems += found
+    removed: list[KeyPath] = []
+    for _ in range(4):  # a removed key can leave its parent incomplete: remove that too, a few levels at most
+        if value is not None or not found:
+            break
+        document, gone = _without(document, [path for path, _ in found], _stand_ins(registry))
+        removed += gone
+        value, found = convert_collecting(document, typ, ())
+    type_problems = field_type_problems(document)  # field types are names in fields/types.py's table
+    problems += type_problems
+    if value is not None and type_problems:  # the fields with an unknown type checked as the default type
+        document, gone = _without(document, [path for path, _ in type_problems], _stand_ins(registry))
+        removed += gone
+        value, _ = convert_collecting(document, typ, ())
+    if value is not None:
+        # The core's rules, then those of the components, which every plugin (the built-in one too) registers.
+        config = with_builtin_instances(value, registry)
+        checked = [*check_references(config), *registry.check(config)]
+        problems += [(path, message) for path, message in checked if not _follows(path, message, removed)]
     if problems:
         if registry.failures:
             failed = "; ".join(f"{name}: {reason}" for name, reason in registry.failures.items())
             problems.append(((), f"(plugins that failed to load: {failed})"))
         raise ConfigError([ConfigIssue(source, _line_of(node, path), path, msg) for path, msg in problems])
-    config = with_builtin_instances(value, registry)
-    # The core's rules, then those of the components, which every plugin (the built-in one too) registers.
-    problems = [*check_references(config), *registry.check(config)]
-    if problems:
-        raise ConfigError([ConfigIssue(source, _line_of(node, path), path, msg) for path, msg in problems])
+    assert value is not None  # no problems: the first conversion succeeded
     config = deny_private_fields(config)  # privacy by default: the policy each collector's filter applies
     encoded = msgspec.json.encode(config)
     return LoadedConfig(config=config, source=source, version=hashlib.sha256(encoded).hexdigest()[:12])
@@ -190,8 +226,12 @@ def apply_presets(document: dict[str, Any], registry: Components) -> tuple[dict[
         if preset is None:
             merged[name] = spec
         elif not isinstance(preset, str) or preset not in registry.event_types:
-            known = ", ".join(sorted(registry.event_types)) or "none"
-            problems.append((("event_types", name, "preset"), f"unknown preset {preset!r} (known: {known})"))
+            problems.append(
+                (
+                    ("event_types", name, "preset"),
+                    f"unknown preset {preset!r}" + did_you_mean(preset, registry.event_types),
+                )
+            )
         else:
             merged[name] = msgspec.to_builtins(registry.event_types[preset]) | spec
     return {**document, "event_types": merged}, problems
@@ -227,6 +267,78 @@ def _config_type(collectors: tuple[type[msgspec.Struct], ...], preprocessors: tu
     return config_class
 
 
+# --- setting wrong parts aside, to check the rest ----------------------------------------------------------
+
+
+def _stand_ins(registry: Components) -> dict[str, dict[str, str]]:
+    """What takes the place of a wrong collector or preprocessor, so that its name stays defined: a kind that
+    builds with its defaults."""
+    implicit = [kind.type for kind in registry.collectors.values() if kind.implicit]
+    stand_ins = {"collectors": {"type": implicit[0]}} if implicit else {}
+    return stand_ins | (
+        {"preprocessors": {"type": next(iter(registry.preprocessors))}} if registry.preprocessors else {}
+    )
+
+
+def _without(
+    document: dict[str, Any], paths: list[KeyPath], stand_ins: dict[str, dict[str, str]]
+) -> tuple[dict[str, Any], list[KeyPath]]:
+    """A copy of `document` without the value at each path (or, when the key is absent, e.g. a required option
+    missing, without its parent), and the paths removed. Defaults take the place of what is removed; a wrong
+    component's `type` takes its whole entry with it, replaced by a stand-in of its section."""
+    copy: dict[str, Any] = msgspec.json.decode(msgspec.json.encode(document))
+    removed: list[KeyPath] = []
+    for path in sorted(paths, key=_path_order, reverse=True):  # list items from the end: indexes stay right
+        parent: Any = copy
+        for part in path[:-1]:
+            try:
+                parent = parent[part]
+            except (KeyError, IndexError, TypeError):
+                break
+        else:
+            target = path
+            if path and (not _has(parent, path[-1]) or (len(path) == 3 and path[0] in stand_ins and path[2] == "type")):
+                target = path[:-1]
+                parent = _at(copy, target[:-1])
+            if not target or parent is None or not _has(parent, target[-1]):
+                continue
+            if len(target) == 2 and target[0] in stand_ins:
+                parent[target[-1]] = dict(stand_ins[target[0]])
+            else:
+                del parent[target[-1]]
+            removed.append(target)
+    return copy, removed
+
+
+def _path_order(path: KeyPath) -> list[tuple[int, str]]:
+    return [(part, "") if isinstance(part, int) else (-1, part) for part in path]
+
+
+def _has(container: Any, key: str | int) -> bool:
+    if isinstance(container, dict):
+        return key in container
+    return isinstance(container, list) and isinstance(key, int) and 0 <= key < len(container)
+
+
+def _at(document: Any, path: KeyPath) -> Any:
+    for part in path:
+        if not _has(document, part):
+            return None
+        document = document[part]
+    return document
+
+
+def _follows(path: KeyPath, message: str, removed: list[KeyPath]) -> bool:
+    """Whether a cross-section problem only follows from a part set aside: it lies inside or above it, or names a
+    collector, preprocessor or event type that was removed."""
+    named = message.split(" (", 1)[0]  # not the suggestions
+    for gone in removed:
+        shorter = min(len(gone), len(path))
+        if (shorter and path[:shorter] == gone[:shorter]) or (len(gone) == 2 and f"{gone[1]!r}" in named):
+            return True
+    return False
+
+
 # --- validation that reports every error -----------------------------------------------------------------------
 
 _AT = re.compile(r"^(?P<msg>.*?)(?: - at `\$(?P<path>[^`]*)`)?$", re.DOTALL)
@@ -253,9 +365,11 @@ def _descend(obj: Any, typ: Any, path: KeyPath) -> list[tuple[KeyPath, str]]:
         if tagged:
             tag = obj.get("type")
             if tag not in tagged:
-                known = ", ".join(sorted(tagged))
-                return [((*path, "type"), f"unknown type {tag!r} (known: {known})")]
+                return [((*path, "type"), f"unknown type {tag!r}" + did_you_mean(tag, tagged))]
             return _descend_struct({k: v for k, v in obj.items() if k != "type"}, tagged[tag], path)
+    values = _literal_values(typ)
+    if values and isinstance(obj, str) and obj not in values:
+        return [(path, f"invalid value {obj!r}" + did_you_mean(obj, values, "valid"))]
     if origin is dict and isinstance(obj, dict):
         value_type = typing.get_args(typ)[1]
         return [p for key, item in obj.items() for p in convert_collecting(item, value_type, (*path, key))[1]]
@@ -270,13 +384,25 @@ def _descend_struct(obj: dict[str, Any], typ: type[msgspec.Struct], path: KeyPat
     problems: list[tuple[KeyPath, str]] = []
     for key in obj:
         if key not in fields:
-            problems.append(((*path, key), f"unknown option (known: {', '.join(sorted(fields))})"))
+            problems.append(((*path, key), "unknown option" + did_you_mean(key, fields)))
     for name, field in fields.items():
         if name in obj:
             problems.extend(convert_collecting(obj[name], field.type, (*path, name))[1])
         elif field.required:
             problems.append(((*path, name), "required option is missing"))
     return problems
+
+
+def _literal_values(typ: Any) -> list[str]:
+    """The strings a `Literal[...]` type (also optional or annotated) allows; [] for any other type."""
+    origin = typing.get_origin(typ)
+    if origin is typing.Annotated:
+        return _literal_values(typing.get_args(typ)[0])
+    if origin is typing.Literal:
+        return [str(value) for value in typing.get_args(typ)]
+    if origin in (typing.Union, types.UnionType):
+        return [value for member in typing.get_args(typ) for value in _literal_values(member)]
+    return []
 
 
 def _tag_of(member: Any) -> str | None:
@@ -295,8 +421,8 @@ def field_type_problems(document: dict[str, Any]) -> list[tuple[KeyPath, str]]:
         fields = spec.get("fields") if isinstance(spec, dict) else None
         for name, field in fields.items() if isinstance(fields, dict) else ():
             declared = field.get("type") if isinstance(field, dict) else None
-            problem = unknown_type_problem(declared) if isinstance(declared, str) else None
-            if problem is not None:
+            if isinstance(declared, str) and declared not in FIELD_TYPES:
+                problem = f"unknown field type {declared!r}" + did_you_mean(declared, FIELD_TYPES)
                 problems.append((("event_types", type_name, "fields", name, "type"), problem))
     return problems
 
@@ -343,7 +469,10 @@ def check_references(config: Config) -> Iterator[tuple[KeyPath, str]]:
         yield from _check_event_type(config, base, spec)
     for i, name in enumerate(config.rejected.collectors):
         if name not in config.collectors:
-            yield ("rejected", "collectors", i), f"no collector named {name!r}"
+            yield (
+                ("rejected", "collectors", i),
+                f"no collector named {name!r}" + did_you_mean(name, config.collectors, "defined"),
+            )
     yield from _check_signing(config)
 
 
@@ -359,7 +488,10 @@ def _check_signing(config: Config) -> Iterator[tuple[KeyPath, str]]:
         if key.generate and key.secret_file is None:
             yield (*where, "generate"), "generate needs secret_file"
     if signing.sign_with is not None and signing.sign_with not in signing.keys:
-        yield ("signing", "sign_with"), f"no key named {signing.sign_with!r}"
+        yield (
+            ("signing", "sign_with"),
+            f"no key named {signing.sign_with!r}" + did_you_mean(signing.sign_with, signing.keys, "defined"),
+        )
 
 
 def _check_event_type(config: Config, base: KeyPath, spec: EventTypeSpec) -> Iterator[tuple[KeyPath, str]]:
@@ -377,7 +509,10 @@ def _check_event_type(config: Config, base: KeyPath, spec: EventTypeSpec) -> Ite
             yield (*where, "source"), f"a {field.source} field needs POST among the event type's methods"
     for i, key in enumerate(spec.dedupe_key):
         if key not in spec.fields:
-            yield (*base, "dedupe_key", i), f"{key!r} is not a field of this event type"
+            yield (
+                (*base, "dedupe_key", i),
+                f"{key!r} is not a field of this event type" + did_you_mean(key, spec.fields, "fields"),
+            )
     if spec.response.kind == "redirect":
         target = spec.response.redirect_field
         if target not in spec.fields:
@@ -402,10 +537,16 @@ def _check_event_type(config: Config, base: KeyPath, spec: EventTypeSpec) -> Ite
                 yield (*base, "signed_params", i), f"{param!r} cannot be listed (kid, exp and bd are always signed)"
     for i, name in enumerate(spec.preprocessors):
         if name not in config.preprocessors:
-            yield (*base, "preprocessors", i), f"no preprocessor named {name!r}"
+            yield (
+                (*base, "preprocessors", i),
+                f"no preprocessor named {name!r}" + did_you_mean(name, config.preprocessors, "defined"),
+            )
     for i, name in enumerate(spec.collectors):
         if name not in config.collectors:
-            yield (*base, "collectors", i), f"no collector named {name!r}"
+            yield (
+                (*base, "collectors", i),
+                f"no collector named {name!r}" + did_you_mean(name, config.collectors, "defined"),
+            )
     limit = spec.rate_limit
     if limit.rate_per_s is not None and limit.by == "campaign":
         campaign = spec.fields.get(limit.campaign_field)
@@ -436,6 +577,15 @@ def _line_of(node: yaml.Node | None, path: KeyPath) -> int | None:
             return line
         node = child
     return line
+
+
+def did_you_mean(word: object, known: Iterable[str], what: str = "known") -> str:
+    """` (did you mean 'x'?; known: a, b, c)`: the closest of the names a misspelt `word` could have been, and all
+    of them, for a message."""
+    names = sorted(known)
+    close = difflib.get_close_matches(str(word), names, n=1, cutoff=0.6) if isinstance(word, str) else []
+    hint = f"did you mean {close[0]!r}? " if close else ""
+    return f" ({hint}{what}: {', '.join(names) or 'none'})"
 
 
 def _dotted(path: KeyPath) -> str:

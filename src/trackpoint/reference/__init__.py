@@ -13,7 +13,7 @@ from trackpoint.config.load import LoadedConfig
 from trackpoint.plugins import Registry
 from trackpoint.reference.cli import cli_reference
 from trackpoint.reference.config import configuration_reference, endpoints_reference
-from trackpoint.reference.openapi import openapi_json
+from trackpoint.reference.openapi import openapi_document, openapi_json, openapi_markdown
 from trackpoint.reference.plugins import plugin_api_reference
 
 
@@ -25,6 +25,7 @@ def write_docs(loaded: LoadedConfig, out_dir: Path, app: typer.Typer, registry: 
         out_dir / "configuration.md": configuration_reference(registry).encode(),
         out_dir / "endpoints.md": endpoints_reference(loaded, registry).encode(),
         out_dir / "openapi.json": openapi_json(loaded, registry),
+        out_dir / "http-api.md": openapi_markdown(openapi_document(loaded, registry)).encode(),
         out_dir / "cli.md": cli_reference(app).encode(),
         out_dir / "plugin-api.md": plugin_api_reference(registry).encode(),
     }

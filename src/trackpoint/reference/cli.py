@@ -36,7 +36,6 @@ def cli_reference(app: typer.Typer) -> str:
             for name, sub in _subcommands(command):
                 lines.append(f"| `{name}` | {escape(sub.get_short_help_str(limit=200))} |")
             lines.append("")
-            continue
         rows = [row for param in command.params if (row := _param_row(param))]
         if rows:
             lines.append("| argument or option | type | default | description |")

@@ -17,6 +17,7 @@ from trackpoint.config.model import EventTypeSpec, FieldSpec
 from trackpoint.fields.reasons import statuses
 from trackpoint.fields.types import raw_value_schema
 from trackpoint.plugins import Registry
+from trackpoint.reference.markdown import HEADER, escape
 
 Schema = dict[str, Any]
 
@@ -193,3 +194,104 @@ def _schema(field: FieldSpec) -> Schema:
     if field.default is not None:
         schema["default"] = field.default
     return schema
+
+
+def openapi_markdown(document: dict[str, Any]) -> str:
+    """The OpenAPI document as a reference page: every operation of the tracking port, then of the admin port, with
+    its parameters, body and responses, so the site shows the API as a page and not as raw JSON."""
+    servers = {server["description"]: server["url"] for server in document["servers"]}
+    lines = [
+        HEADER + "# HTTP API\n",
+        f"{document['info']['description']} The same document as OpenAPI 3.1: [openapi.json](openapi.json) (the "
+        "admin port serves the running configuration's at `/openapi.json`), for Swagger UI, Redoc or a client "
+        "generator.\n",
+    ]
+    tracking: list[tuple[list[str], str, dict[str, Any]]] = []
+    admin: list[tuple[list[str], str, dict[str, Any]]] = []
+    for path, item in document["paths"].items():
+        shown: dict[bytes, list[str]] = {}  # GET and HEAD of one route read the same: one section for both
+        for method, operation in item.items():
+            if method == "servers":
+                continue
+            same = msgspec.json.encode({k: v for k, v in operation.items() if k != "operationId"})
+            if same in shown:
+                shown[same].append(method.upper())
+                continue
+            shown[same] = methods = [method.upper()]
+            (admin if "servers" in item else tracking).append((methods, path, operation))
+    lines.append(f"## The tracking port\n\nServed on `{next(iter(servers.values()))}` by default.\n")
+    lines.extend(_operation_markdown(methods, path, op) for methods, path, op in tracking)
+    admin_url = next((item["servers"][0]["url"] for item in document["paths"].values() if "servers" in item), "")
+    lines.append(
+        f"## The admin port\n\nServed on `{admin_url}` by default, never on the tracking port. Routes marked "
+        "*token* need `Authorization: Bearer <token>` "
+        f"({document['components']['securitySchemes']['adminToken']['description']}).\n"
+    )
+    lines.extend(_operation_markdown(methods, path, op) for methods, path, op in admin)
+    lines += ["## Rejections\n", "Every tracking route answers bad input with a small JSON body and the reason in "
+              "`X-Reject-Reason`:\n", "| status | reasons |", "|---|---|"]  # fmt: skip
+    for status, response in document["components"]["responses"].items():
+        reasons = "<br>".join(line.removeprefix("- ") for line in response["description"].splitlines())
+        lines.append(f"| {status} | {escape(reasons)} |")
+    return "\n".join(lines) + "\n"
+
+
+def _operation_markdown(methods: list[str], path: str, operation: dict[str, Any]) -> str:
+    token = " · *token*" if operation.get("security") else ""
+    lines = [f"### `{', '.join(methods)} {path}`\n", f"{operation.get('summary', '')}{token}\n"]
+    if operation.get("description"):
+        lines.append(operation["description"] + "\n")
+    parameters = operation.get("parameters", [])
+    if parameters:
+        lines += ["| parameter | in | type | required | notes |", "|---|---|---|---|---|"]
+        for parameter in parameters:
+            schema = parameter.get("schema", {})
+            notes = parameter.get("description") or _schema_notes(schema)
+            required = "yes" if parameter.get("required") else ""
+            lines.append(
+                f"| `{parameter['name']}` | {parameter['in']} | {_schema_type(schema)} | {required} | {escape(notes)} |"
+            )
+        lines.append("")
+    body = operation.get("requestBody")
+    if body:
+        media = ", ".join(f"`{kind}`" for kind in body["content"])
+        schema = next(iter(body["content"].values()))["schema"]
+        needed = set(schema.get("required", []))
+        lines += [f"Body ({media}):\n", "| field | type | required | notes |", "|---|---|---|---|"]
+        for name, field in schema.get("properties", {}).items():
+            required = "yes" if name in needed else ""
+            lines.append(f"| `{name}` | {_schema_type(field)} | {required} | {escape(_schema_notes(field))} |")
+        lines.append("")
+    answers, rejections = [], []
+    for status, response in operation.get("responses", {}).items():
+        if "$ref" in response:
+            rejections.append(status)
+        else:
+            answers.append(f"| {status} | {escape(response.get('description', ''))} |")
+    lines += ["| status | answer |", "|---|---|", *answers]
+    if rejections:
+        lines.append(f'| {", ".join(rejections)} | a rejection: `{{"error": reason}}` ([reasons](#rejections)) |')
+    return "\n".join(lines) + "\n"
+
+
+def _schema_type(schema: dict[str, Any]) -> str:
+    kind = schema.get("type", "")
+    kinds = kind if isinstance(kind, list) else [kind]
+    return " or ".join(str(k) for k in kinds if k) or "string"
+
+
+def _schema_notes(schema: dict[str, Any]) -> str:
+    notes = []
+    if "enum" in schema:
+        notes.append("one of " + ", ".join(f"`{value}`" for value in schema["enum"]))
+    if "minimum" in schema:
+        notes.append(f">= {schema['minimum']}")
+    if "maximum" in schema:
+        notes.append(f"<= {schema['maximum']}")
+    if "maxLength" in schema:
+        notes.append(f"at most {schema['maxLength']} characters")
+    if "default" in schema:
+        notes.append(f"default `{schema['default']}`")
+    if schema.get("description"):
+        notes.append(schema["description"])
+    return "; ".join(notes)

@@ -8,18 +8,22 @@ from __future__ import annotations
 
 import asyncio
 import time
+from collections import OrderedDict
 from collections.abc import Callable, Iterable, Iterator, Sequence
-from dataclasses import dataclass, field
+from dataclasses import asdict, dataclass, field
 from pathlib import Path
+from typing import Any
 
 import msgspec
 
 from trackpoint.collectors import Collector, CollectorContext
 from trackpoint.collectors.log.config import LogCollectorConfig
-from trackpoint.collectors.log.reader import ReadStats, log_files, read_events
+from trackpoint.collectors.log.reader import ReadStats, log_files, not_a_log, read_events
 from trackpoint.config.model import Config, SpoolConfig
 from trackpoint.event import Event
 from trackpoint.plugins import Registry
+
+PROGRESS_BYTES = 256 << 10  # of the files as stored (some 600 plain or 10,000 zstd-compressed impressions)
 
 
 class ReplayError(Exception):
@@ -28,8 +32,10 @@ class ReplayError(Exception):
 
 @dataclass
 class CollectorReport:
-    """What one collector got: batches and events delivered, events it refused (dead-lettered), retries."""
+    """What one collector got: the events it was given (sent + refused), those delivered, those it refused
+    (dead-lettered), and the retries of its batches."""
 
+    events: int = 0
     sent: int = 0
     refused: int = 0
     retries: int = 0
@@ -37,11 +43,32 @@ class CollectorReport:
 
 @dataclass
 class ReplayReport:
+    """What a replay did. The events read add up: filtered + duplicates + replayed; each collector's events add
+    up: sent + refused."""
+
     files: int = 0
+    bytes: int = 0  # of the files as stored (compressed or not)
     read: ReadStats = field(default_factory=ReadStats)
-    filtered: int = 0
+    filtered: int = 0  # outside --since/--until, not of a --type, or of a type no chosen collector takes
+    duplicates: int = 0  # an id already replayed in this run: sent once
+    replayed: int = 0  # given to at least one collector
     collectors: dict[str, CollectorReport] = field(default_factory=dict)
     seconds: float = 0.0
+
+    def summary(self) -> dict[str, Any]:
+        """The report as one JSON object (`trackpoint replay --json`)."""
+        return {
+            "files": self.files,
+            "bytes": self.bytes,
+            "seconds": round(self.seconds, 3),
+            "read": self.read.events,
+            "filtered": self.filtered,
+            "duplicates": self.duplicates,
+            "replayed": self.replayed,
+            "torn_lines": self.read.skipped,
+            "torn_at": self.read.skipped_at[:100],
+            "collectors": {name: asdict(report) for name, report in self.collectors.items()},
+        }
 
 
 @dataclass(frozen=True)
@@ -54,6 +81,9 @@ class ReplayPlan:
     types: frozenset[str] | None = None
     batch_events: int = 1024
     give_up_after_s: float = 300.0
+    # Repeats are found among this many latest distinct ids (about 150 bytes each); a repeat further apart is sent
+    # again, and its consumers drop it by id as they drop every repeat.
+    dedupe_window: int = 1_000_000
 
 
 def plan(
@@ -110,36 +140,56 @@ async def replay(
     paths: Iterable[Path],
     collectors: dict[str, Collector],
     replay_plan: ReplayPlan,
-    progress: Callable[[Path, int], None] | None = None,
+    progress: Callable[[int, int], None] | None = None,
 ) -> ReplayReport:
-    """Reads the logs in order and sends every qualifying event to its collectors, batch by batch; a batch is
-    retried with backoff until delivered (or refused for good), for at most give_up_after_s per batch."""
+    """Reads the logs in order and sends every qualifying event, once per id, to its collectors, batch by batch; a
+    batch is retried with backoff until delivered (or refused for good), for at most give_up_after_s per batch.
+    `progress` is told the events and bytes read so far, every PROGRESS_BYTES of the files and at the end. A file
+    that is not a tracker log stops the replay before anything is sent (ReplayError)."""
     started = time.monotonic()
     report = ReplayReport(collectors={name: CollectorReport() for name in collectors})
     fed_by = {name: frozenset(types) for name, types in replay_plan.collectors.items()}
     files = log_files(paths)
+    for path in files:
+        if (reason := not_a_log(path)) is not None:
+            raise ReplayError(reason)
     report.files = len(files)
+
+    told = 0
+
+    def consumed(size: int) -> None:  # progress every PROGRESS_BYTES read, filtered stretches included
+        nonlocal told
+        report.bytes += size
+        if progress is not None and report.bytes >= told + PROGRESS_BYTES:
+            told = report.bytes
+            progress(report.read.events, report.bytes)
+
     for collector in collectors.values():
         await collector.start()
     try:
         batches: dict[str, list[Event]] = {name: [] for name in collectors}
-        for path in files:
-            before = report.read.events
-            for event in _qualifying(read_events([path], report.read), replay_plan, report):
-                for name, batch in batches.items():
-                    if event.type in fed_by[name]:
-                        batch.append(event)
-                        if len(batch) >= replay_plan.batch_events:
-                            await _send(collectors[name], batch, report.collectors[name], replay_plan)
-                            batch.clear()
-            if progress is not None:
-                progress(path, report.read.events - before)
+        events = _once(_qualifying(read_events(files, report.read, consumed), replay_plan, report), replay_plan, report)
+        for event in events:
+            taken = False
+            for name, batch in batches.items():
+                if event.type in fed_by[name]:
+                    taken = True
+                    batch.append(event)
+                    if len(batch) >= replay_plan.batch_events:
+                        await _send(collectors[name], batch, report.collectors[name], replay_plan)
+                        batch.clear()
+            if taken:
+                report.replayed += 1
+            else:
+                report.filtered += 1
         for name, batch in batches.items():
             if batch:
                 await _send(collectors[name], batch, report.collectors[name], replay_plan)
     finally:
         for collector in collectors.values():
             await collector.close(drain_timeout_s=10.0)
+    if progress is not None:
+        progress(report.read.events, report.bytes)
     report.seconds = time.monotonic() - started
     return report
 
@@ -153,6 +203,19 @@ def _qualifying(events: Iterator[Event], replay_plan: ReplayPlan, report: Replay
             report.filtered += 1
         else:
             yield event
+
+
+def _once(events: Iterator[Event], replay_plan: ReplayPlan, report: ReplayReport) -> Iterator[Event]:
+    """The first event of each id; the repeats (a retried request, logs given twice) are counted as duplicates."""
+    seen: OrderedDict[str, None] = OrderedDict()
+    for event in events:
+        if event.id in seen:
+            report.duplicates += 1
+            continue
+        seen[event.id] = None
+        if len(seen) > replay_plan.dedupe_window:
+            seen.popitem(last=False)
+        yield event
 
 
 async def _send(collector: Collector, batch: list[Event], report: CollectorReport, replay_plan: ReplayPlan) -> None:
@@ -171,5 +234,6 @@ async def _send(collector: Collector, batch: list[Event], report: CollectorRepor
         await asyncio.sleep(delay)
         delay = min(delay * 2, 10.0)
     refused = collector.stats.dropped - dropped_before
+    report.events += len(batch)
     report.refused += refused
     report.sent += len(batch) - refused

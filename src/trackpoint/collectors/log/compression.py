@@ -10,7 +10,7 @@ import os
 import shutil
 import threading
 import zlib
-from collections.abc import Iterator
+from collections.abc import Callable, Generator, Iterable, Iterator
 from pathlib import Path
 from typing import IO
 
@@ -82,25 +82,34 @@ def finalize_orphans(
     return done
 
 
-def read_lines(path: Path) -> Iterator[bytes]:
+def read_lines(path: Path, consumed: Callable[[int], None] | None = None) -> Generator[bytes]:
     """The lines of a log file, decompressed by its suffix (`.zst`, `.gz`, else plain); the last one lacks its
     newline when the write was cut short. A compressed file that ends early yields what decoded, then raises one of
-    TRUNCATED."""
-    if path.name.endswith(".zst"):
-        with path.open("rb") as raw:
-            yield from _split_lines(_zstd_chunks(raw))
-    else:
-        with gzip.open(path, "rb") if path.name.endswith(".gz") else path.open("rb") as stream:
+    TRUNCATED. `consumed`, if given, is told how many bytes of the file itself each step read (for progress)."""
+    with path.open("rb") as raw:
+        if path.name.endswith(".zst"):
+            yield from _split_lines(_zstd_chunks(raw, consumed))
+            return
+        stream: Iterable[bytes] = gzip.GzipFile(fileobj=raw, mode="rb") if path.name.endswith(".gz") else raw
+        if consumed is None:
             yield from stream
+            return
+        at = 0
+        for line in stream:
+            yield line
+            consumed(raw.tell() - at)
+            at = raw.tell()
 
 
-def _zstd_chunks(raw: IO[bytes]) -> Iterator[bytes]:
+def _zstd_chunks(raw: IO[bytes], consumed: Callable[[int], None] | None = None) -> Iterator[bytes]:
     """Decompressed data of every frame in turn (`cat a.zst b.zst` reads whole, as with gzip members); EOFError when
     the last frame is incomplete, which zstandard's stream reader would not tell."""
     decompressor = zstandard.ZstdDecompressor()
     frame = decompressor.decompressobj()
     inside = False
     while chunk := raw.read(1 << 20):
+        if consumed is not None:
+            consumed(len(chunk))
         while chunk:
             inside = True
             yield frame.decompress(chunk)

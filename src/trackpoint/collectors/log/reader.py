@@ -5,7 +5,7 @@ Every tool the project ships that reads logs (tests, replay, reconciliation) rea
 
 from __future__ import annotations
 
-from collections.abc import Iterable, Iterator
+from collections.abc import Callable, Iterable, Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -36,12 +36,15 @@ def log_files(paths: Iterable[Path]) -> list[Path]:
     return sorted(found, key=lambda p: p.name)
 
 
-def read_events(paths: Iterable[Path], stats: ReadStats | None = None) -> Iterator[Event]:
-    """Every whole event in the files, in order; a line that does not decode (a torn tail) is skipped and counted."""
+def read_events(
+    paths: Iterable[Path], stats: ReadStats | None = None, consumed: Callable[[int], None] | None = None
+) -> Iterator[Event]:
+    """Every whole event in the files, in order; a line that does not decode (a torn tail) is skipped and counted.
+    `consumed` is told the bytes of the files read as the reading goes (see `read_lines`)."""
     stats = stats if stats is not None else ReadStats()
     decoder = msgspec.json.Decoder(Event)
     for path in log_files(paths):
-        for number, line in _lines(path, stats):
+        for number, line in _lines(path, stats, consumed):
             try:
                 event = decoder.decode(line)
             except msgspec.DecodeError:
@@ -52,10 +55,33 @@ def read_events(paths: Iterable[Path], stats: ReadStats | None = None) -> Iterat
             yield event
 
 
-def _lines(path: Path, stats: ReadStats) -> Iterator[tuple[int, bytes]]:
+def not_a_log(path: Path) -> str | None:
+    """Why `path` is not a tracker log (`file:line: reason`), judged by its first line; None when it is one (an
+    empty file is one too). A torn line later in a log is a crash's trace, not this."""
+    lines = read_lines(path)
+    try:
+        first = next(lines, None)
+    except (*TRUNCATED, OSError) as exc:
+        return f"{path}: not a trackpoint log: cannot be read as {_codec(path)} ({exc})"
+    finally:
+        lines.close()
+    if first is None:
+        return None
+    try:
+        msgspec.json.decode(first, type=Event)
+    except msgspec.DecodeError as exc:
+        return f"{path}:1: not a trackpoint log: the line is not an event ({exc})"
+    return None
+
+
+def _codec(path: Path) -> str:
+    return "zstd" if path.name.endswith(".zst") else "gzip" if path.name.endswith(".gz") else "text"
+
+
+def _lines(path: Path, stats: ReadStats, consumed: Callable[[int], None] | None) -> Iterator[tuple[int, bytes]]:
     number = 0
     try:
-        for number, line in enumerate(read_lines(path), start=1):
+        for number, line in enumerate(read_lines(path, consumed), start=1):
             if line.endswith(b"\n"):
                 yield number, line
             else:  # no newline: the write was cut short
