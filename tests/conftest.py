@@ -21,6 +21,8 @@ from typing import Any
 
 import pytest
 import yaml
+from mmdb_writer import MMDBWriter
+from netaddr import IPSet  # type: ignore[import-untyped]  # mmdb-writer takes its networks as IPSets
 
 from trackpoint.collectors.log.reader import ReadStats, read_events
 from trackpoint.event import Context, Event, Meta, derived_id
@@ -54,9 +56,6 @@ async def until(condition: Callable[[], Awaitable[bool]], timeout_s: float = 8.0
 def write_mmdb(path: Path, networks: dict[str, Any], database_type: str = "test-geo", ip_version: int = 6) -> Path:
     """Builds a small MaxMind-format database (mmdb-writer) mapping each network (`203.0.113.0/24`) to its record,
     and moves it into place at once, as an updater should (a reader never sees half a file)."""
-    from mmdb_writer import MMDBWriter  # noqa: PLC0415 - only the geo tests need it
-    from netaddr import IPSet  # noqa: PLC0415
-
     writer = MMDBWriter(
         ip_version=ip_version,
         ipv4_compatible=ip_version == 6,
