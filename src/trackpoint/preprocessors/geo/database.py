@@ -43,9 +43,9 @@ def signature(path: Path) -> Signature | None:
 
 
 def open_reader(path: Path) -> maxminddb.Reader:
-    """An open reader of `path` (memory-mapped), or DatabaseError saying why not."""
+    """An open reader of `path`, or DatabaseError saying why not."""
     try:
-        reader = maxminddb.open_database(str(path), maxminddb.MODE_MMAP)
+        reader = maxminddb.open_database(str(path), maxminddb.MODE_AUTO)  # the C extension, memory-mapped
     except FileNotFoundError:
         raise DatabaseError(f"{path} does not exist") from None
     except PermissionError:

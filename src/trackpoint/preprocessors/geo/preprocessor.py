@@ -125,8 +125,8 @@ class Geo:
         """The dims `ip` adds and whether it is in a hosting network; nothing for an address no database knows."""
         address = lookup_address(ip)
         pairs: list[tuple[str, str]] = []
-        if self.location is not None:
-            record = self.location.get(address)
+        record = None if self.location is None else self.location.get(address)
+        if record is not None:
             country = country_of(record)
             if country is not None:
                 pairs.append((COUNTRY_DIM, country))
