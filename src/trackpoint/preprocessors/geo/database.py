@@ -44,14 +44,14 @@ def signature(path: Path) -> Signature | None:
 
 def open_reader(path: Path) -> maxminddb.Reader:
     """An open reader of `path`, or DatabaseError saying why not."""
+    if path.is_dir():  # the C reader would only say "not a valid database"
+        raise DatabaseError(f"{path} is a directory, not a database file")
     try:
         reader = maxminddb.open_database(str(path), maxminddb.MODE_AUTO)  # the C extension, memory-mapped
     except FileNotFoundError:
         raise DatabaseError(f"{path} does not exist") from None
     except PermissionError:
         raise DatabaseError(f"{path} is not readable (permission denied)") from None
-    except IsADirectoryError:
-        raise DatabaseError(f"{path} is a directory, not a database file") from None
     except (InvalidDatabaseError, OSError, ValueError) as exc:
         raise DatabaseError(f"{path} is not a MaxMind-format (.mmdb) database: {exc}") from None
     return reader
