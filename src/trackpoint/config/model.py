@@ -667,7 +667,10 @@ class CollectorBase(Struct, tag_field="type", forbid_unknown_fields=True, kw_onl
 
 
 class PreprocessorBase(Struct, tag_field="type", forbid_unknown_fields=True, kw_only=True):
-    """Options every preprocessor has (none yet); the `type` tag picks the preprocessor."""
+    """Options every preprocessor has (none yet); the `type` tag picks the preprocessor. Two class variables say
+    what a preprocessor adds to events: `output_dims`, the dims it adds (a rate limit `by: field` may key on them),
+    and `private_dims`, those of them that can identify a person (untrusted collectors get them only when their
+    `send_private` names them)."""
 
     # Dims the preprocessor adds to events (e.g. geo's `geo.country`): a rate limit `by: field` may key on them.
     output_dims: ClassVar[tuple[str, ...]] = ()
