@@ -47,6 +47,19 @@ def _config(tmp_path: Path) -> dict[str, Any]:
                 "response": {"kind": "no_content"},
                 "rate_limit": {"rate_per_s": 0.001, "burst": 2, "by": "field", "field": "geo.country"},
             },
+            "view": {
+                "paths": ["/view"],
+                "fields": {"page": {"max_len": 64}},
+                "preprocessors": ["geo", "anonymize_ip"],
+                "response": {"kind": "no_content"},
+                "rate_limit": {
+                    "rate_per_s": 0.001,
+                    "burst": 1,
+                    "by": "field",
+                    "field": "geo.country",
+                    "action": "shed",
+                },
+            },
         },
     }
 
@@ -92,6 +105,12 @@ def test_clients_behind_a_trusted_proxy_are_located_before_their_ip_is_truncated
     statuses = [tracker.get(f"/visit?page=fr{i}", {"X-Forwarded-For": "203.0.113.5"})[0] for i in range(3)]
     assert statuses == [204, 204, 429]
     assert tracker.get("/visit?page=de0", {"X-Forwarded-For": "2001:db8:1::5"})[0] == 204
+    # Shed: the normal answer, nothing recorded. The German view, sent last, is the sentinel.
+    for page, client in (("view-fr0", "203.0.113.5"), ("view-fr1", "203.0.113.6"), ("view-de", "2001:db8:1::5")):
+        assert tracker.get(f"/view?page={page}", {"X-Forwarded-For": client})[0] == 204
+    views = [e for e in tracker.wait_events(5 + 3 + 2) if e.type == "view"]
+    assert sorted(e.dims["page"] for e in views) == ["view-de", "view-fr0"]
+    assert tracker.wait_metric("trackpoint_shed_total", 'type="view"', 1) == 1
 
     # The admin API shows the databases with DB-IP's attribution (recognised from the database type).
     status, _, body = tracker.admin("GET", "/geo/databases")
