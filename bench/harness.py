@@ -1,7 +1,7 @@
 """The benchmark harness every benchmark uses: load shapes, targets, result types, wrk and its output, the
 tracker and a throw-away nginx as pinned processes (always stopped on exit), /proc readings and provenance.
 
-The scenarios live in run.py (tracker vs. nginx), flood.py, queues.py, soak.py, crash.py, signing.py, banker.py;
+The scenarios live in run.py (tracker vs. nginx), flood.py, queues.py, soak.py, crash.py, signing.py, banker.py, geo.py;
 their output files and summaries in report.py.
 """
 

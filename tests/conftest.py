@@ -27,6 +27,8 @@ from typing import Any
 
 import pytest
 import yaml
+from mmdb_writer import MMDBWriter
+from netaddr import IPSet  # type: ignore[import-untyped]  # mmdb-writer takes its networks as IPSets
 
 from trackpoint.collectors.log.reader import ReadStats, read_events
 from trackpoint.config import LoadedConfig, load
@@ -63,6 +65,23 @@ async def until(condition: Callable[[], Awaitable[bool]], timeout_s: float = 8.0
     while not await condition():
         assert time.monotonic() < deadline, f"timed out waiting for {what}"
         await asyncio.sleep(0.05)
+
+
+def write_mmdb(path: Path, networks: dict[str, Any], database_type: str = "test-geo", ip_version: int = 6) -> Path:
+    """Builds a small MaxMind-format database (mmdb-writer) mapping each network (`203.0.113.0/24`) to its record,
+    and moves it into place at once, as an updater should (a reader never sees half a file)."""
+    writer = MMDBWriter(
+        ip_version=ip_version,
+        ipv4_compatible=ip_version == 6,
+        database_type=database_type,
+        description={"en": f"{database_type} built by the tests"},
+    )
+    for network, record in networks.items():
+        writer.insert_network(IPSet([network]), record)
+    partial = path.with_name(path.name + ".partial")
+    writer.to_db_file(str(partial))
+    partial.replace(path)
+    return path
 
 
 def free_port() -> int:

@@ -395,11 +395,11 @@ def event_types_file(directory: Path, body: str) -> Path:
             """
             a:
               paths: [/a]
-              preprocessors: [anonymize_ip, geo]
+              preprocessors: [anonymize_ip, geoip]
             """,
             "preprocessors",
             ("event_types", "a", "preprocessors", 1),
-            "no preprocessor named 'geo'",
+            "no preprocessor named 'geoip'",
             id="unknown-preprocessor",
         ),
         pytest.param(

@@ -127,9 +127,12 @@ def test_limiter_by_campaign_sheds_and_ignores_requests_without_one() -> None:
 
 
 def test_no_rate_limit_means_no_limiters() -> None:
-    assert build_limiters(RateLimitSpec()) == ()
+    assert build_limiters(RateLimitSpec()) == ((), ())
     assert all(route.rate_limit.rate_per_s is None for route in load_config().config.event_types.values())
-    assert len(build_limiters(RateLimitSpec(rate_per_s=5))) == 1
+    early, late = build_limiters(RateLimitSpec(rate_per_s=5))
+    assert len(early) == 1 and late == ()
+    early, late = build_limiters(RateLimitSpec(rate_per_s=5, by="field", field="geo.country"))
+    assert early == () and len(late) == 1  # a dim a preprocessor may add: taken after the preprocessors
 
 
 def test_a_campaign_limit_needs_a_dims_field(tmp_path: Path) -> None:

@@ -9,6 +9,7 @@ manifest) names none of those sections and is left alone.
 
 from __future__ import annotations
 
+import contextlib
 import dataclasses
 import html
 import json
@@ -16,15 +17,18 @@ import os
 import re
 import subprocess
 import sys
+from collections.abc import Iterator
 from pathlib import Path
 
 import msgspec
 import pytest
 import yaml
 
-from conftest import load_config
+from conftest import load_config, write_mmdb
 from trackpoint.config import ConfigError
+from trackpoint.config.load import default_text
 from trackpoint.config.model import Config
+from trackpoint.preprocessors.geo.config import DEFAULT_DATABASE
 
 ROOT = Path(__file__).resolve().parent.parent
 DOCS = ROOT / "docs"
@@ -85,13 +89,38 @@ def is_config(block: YamlBlock) -> bool:
     return any(isinstance(document, dict) and CONFIG_SECTIONS & document.keys() for document in documents)
 
 
+@contextlib.contextmanager
+def provided_geo_databases(block: YamlBlock, tmp_path: Path) -> Iterator[None]:
+    """Geo databases are files an operator fetches before starting (scripts/geo-fetch), and the loader refuses a
+    config whose files do not open: for a block that uses geo, small ones are built at the paths it names (relative
+    to its data_dir, which then lives in tmp_path), and the block is loaded from there."""
+    document = yaml.safe_load(block.text)
+    defined = document.get("preprocessors") or {}
+    geo = {name: options for name, options in defined.items() if options.get("type") == "geo"}
+    used = {name for spec in (document.get("event_types") or {}).values() for name in spec.get("preprocessors", ())}
+    if "geo" in used and "geo" not in defined:
+        geo["geo"] = {}  # the built-in instance, with the default database
+    if not geo:
+        yield
+        return
+    data_dir = tmp_path / str(document.get("data_dir", yaml.safe_load(default_text())["data_dir"])).lstrip("/")
+    for options in geo.values():
+        for file in (options.get("database", DEFAULT_DATABASE), options.get("asn_database")):
+            if file is not None:
+                (data_dir / file).parent.mkdir(parents=True, exist_ok=True)
+                write_mmdb(data_dir / file, {"192.0.2.0/24": {"country_code": "FR"}})
+    with contextlib.chdir(tmp_path):
+        yield
+
+
 def config_problems(block: YamlBlock, tmp_path: Path) -> list[str]:
     """What `trackpoint.config.load` finds wrong with a block, each problem at its line of the page, with its key path,
     as `trackpoint config check` reports a file."""
     config_file = tmp_path / "trackpoint.yaml"
     config_file.write_text(block.text, encoding="utf-8")
     try:
-        load_config(config_file)
+        with provided_geo_databases(block, tmp_path):
+            load_config(config_file)
     except ConfigError as error:
         return [
             str(dataclasses.replace(issue, source=block.source, line=block.line + (issue.line or 1) - 1))

@@ -11,7 +11,8 @@ IVT_DIM = "ivt"
 BOT = "bot"
 PREFETCH = "prefetch"
 TOO_FAST = "too_fast"
-FLAGS = (BOT, PREFETCH, TOO_FAST)
+DATACENTER = "datacenter"  # from a cloud or hosting network (the geo preprocessor's ASN lookup)
+FLAGS = (BOT, PREFETCH, TOO_FAST, DATACENTER)
 
 # Lower-case fragments of User-Agents that no person's browser sends. ua-parser already reports most crawlers as the
 # device `Spider`; these cover HTTP libraries and command-line tools, headless and automated browsers, and the

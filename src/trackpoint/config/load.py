@@ -552,6 +552,17 @@ def _check_event_type(config: Config, base: KeyPath, spec: EventTypeSpec) -> Ite
         campaign = spec.fields.get(limit.campaign_field)
         if campaign is None or campaign.place != "dims":
             yield (*base, "rate_limit", "campaign_field"), f"{limit.campaign_field!r} is not a dims field of this type"
+    if limit.rate_per_s is not None and limit.by == "field":
+        added = {dim for name in spec.preprocessors if name in config.preprocessors
+                 for dim in config.preprocessors[name].output_dims}  # fmt: skip
+        declared = spec.fields.get(limit.field or "")
+        if limit.field is None:
+            yield (*base, "rate_limit", "field"), "by: field needs `field`, the dim to key on"
+        elif limit.field not in added and (declared is None or declared.place != "dims"):
+            yield (
+                (*base, "rate_limit", "field"),
+                f"{limit.field!r} is neither a dims field of this type nor a dim its preprocessors add",
+            )
 
 
 # --- locating a key path in the YAML source ---------------------------------------------------------------------

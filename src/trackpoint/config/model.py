@@ -8,7 +8,7 @@ schema (`trackpoint config schema`) and the reference docs; every option carries
 
 from __future__ import annotations
 
-from typing import Annotated, Literal
+from typing import Annotated, ClassVar, Literal
 from urllib.parse import urlsplit
 
 import msgspec
@@ -380,9 +380,9 @@ class ResponseSpec(Struct, forbid_unknown_fields=True, kw_only=True):
 
 
 class RateLimitSpec(Struct, forbid_unknown_fields=True, kw_only=True):
-    """A rate limit of an event type: a token bucket per client network (or per campaign) in each worker. Off
-    unless `rate_per_s` is set. Each worker limits on its own: with N workers a client may get up to N times the
-    rate, depending on how the kernel spreads its connections."""
+    """A rate limit of an event type: a token bucket per client network (or per campaign, or per value of a dim
+    such as `geo.country`) in each worker. Off unless `rate_per_s` is set. Each worker limits on its own: with N
+    workers a client may get up to N times the rate, depending on how the kernel spreads its connections."""
 
     rate_per_s: Annotated[
         Annotated[float, Meta(gt=0)] | None,
@@ -392,16 +392,24 @@ class RateLimitSpec(Struct, forbid_unknown_fields=True, kw_only=True):
         100
     )
     by: Annotated[
-        Literal["network", "campaign"],
+        Literal["network", "campaign", "field"],
         Meta(
             description="network: one bucket per client network (the client IP, X-Forwarded-For aware, at "
             "ipv4_prefix / ipv6_prefix); campaign: one bucket per value of campaign_field (requests without it "
-            "are not limited)."
+            "are not limited); field: one bucket per value of the dim `field`, taken after the event type's "
+            "preprocessors, so it may be a dim they add such as `geo.country` (events without it are not limited)."
         ),
     ] = "network"
     campaign_field: Annotated[
         str, Meta(description="For by: campaign, the field (a dims field of this event type) that names it.")
     ] = "cid"
+    field: Annotated[
+        str | None,
+        Meta(
+            description="For by: field, the dim whose value is the key: a dims field of this event type or a dim "
+            "one of its preprocessors adds (`geo.country`)."
+        ),
+    ] = None
     ipv4_prefix: Annotated[int, Meta(ge=8, le=32, description="For by: network, bits of an IPv4 address kept.")] = 24
     ipv6_prefix: Annotated[int, Meta(ge=16, le=128, description="For by: network, bits of an IPv6 address kept.")] = 64
     action: Annotated[
@@ -629,15 +637,16 @@ class CollectorBase(Struct, tag_field="type", forbid_unknown_fields=True, kw_onl
         Meta(
             description="Parts of an event never sent to this collector (same paths as fields_allow). On an "
             "untrusted collector, every field an event type reads from the client IP, a cookie or a header "
-            "(`source: ip|cookie|header`, and the user id cookie's `dims.uid`) is added here, unless "
-            "`send_private` names it."
+            "(`source: ip|cookie|header`, the user id cookie's `dims.uid`, and private dims its preprocessors add, "
+            "such as geo's `dims.geo.city`) is added here, unless `send_private` names it."
         ),
     ] = msgspec.field(default_factory=list)
     send_private: Annotated[
         list[str],
         Meta(
             description="Fields read from the client IP, a cookie or a header (by field name; `uid` for the user "
-            "id cookie) that this untrusted collector may receive all the same: the explicit opt-in."
+            "id cookie; a preprocessor's private dim by its name, e.g. `geo.city`) that this untrusted collector "
+            "may receive all the same: the explicit opt-in."
         ),
     ] = msgspec.field(default_factory=list)
     referer_query: Annotated[
@@ -653,7 +662,16 @@ class CollectorBase(Struct, tag_field="type", forbid_unknown_fields=True, kw_onl
 
 
 class PreprocessorBase(Struct, tag_field="type", forbid_unknown_fields=True, kw_only=True):
-    """Options every preprocessor has (none yet); the `type` tag picks the preprocessor."""
+    """Options every preprocessor has (none yet); the `type` tag picks the preprocessor. Two class variables say
+    what a preprocessor adds to events: `output_dims`, the dims it adds (a rate limit `by: field` may key on them),
+    and `private_dims`, those of them that can identify a person (untrusted collectors get them only when their
+    `send_private` names them)."""
+
+    # Dims the preprocessor adds to events (e.g. geo's `geo.country`): a rate limit `by: field` may key on them.
+    output_dims: ClassVar[tuple[str, ...]] = ()
+    # Those of output_dims that can identify a person: untrusted collectors get them only when they name them in
+    # `send_private`, like fields read from the client IP, a cookie or a header.
+    private_dims: ClassVar[tuple[str, ...]] = ()
 
 
 def type_tag(config: type[CollectorBase] | type[PreprocessorBase]) -> str:

@@ -22,12 +22,22 @@ def private_fields(spec: EventTypeSpec) -> dict[str, str]:
     return private
 
 
+def preprocessor_private_dims(config: Config, spec: EventTypeSpec) -> dict[str, str]:
+    """The private dims (`private_dims`, e.g. geo's `geo.city`) the event type's preprocessors add: name -> path."""
+    private: dict[str, str] = {}
+    for name in spec.preprocessors:
+        preprocessor = config.preprocessors.get(name)
+        if preprocessor is not None:
+            private.update((dim, f"dims.{dim}") for dim in preprocessor.private_dims)
+    return private
+
+
 def deny_private_fields(config: Config) -> Config:
     """The config with each untrusted collector's fields_deny extended by the private fields of the event types
     that feed it (their own collectors or their invalid-traffic route), except those it names in send_private."""
     feeds: dict[str, dict[str, str]] = {}
     for spec in config.event_types.values():
-        private = private_fields(spec)
+        private = private_fields(spec) | preprocessor_private_dims(config, spec)
         if private:
             for name in {*spec.collectors, *spec.invalid_traffic.collectors}:
                 feeds.setdefault(name, {}).update(private)

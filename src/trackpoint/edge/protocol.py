@@ -309,6 +309,12 @@ class EdgeProtocol(asyncio.Protocol):
                     dropped = stats.preprocessor_dropped
                     dropped[preprocess.name] = dropped.get(preprocess.name, 0) + 1
                     break
+            if route.late_limiters and event is not None:  # a rate limit keyed on a dim (geo.country): usually none
+                for limiter in route.late_limiters:
+                    if not limiter.admit(client_ip, event):
+                        limited, event = event, None  # shed: nothing is recorded, as for the limits above
+                        self.shed(route, route.responder.render(limited, keep_alive, is_head, signed), keep_alive)
+                        return
             response = route.responder.render(built if event is None else event, keep_alive, is_head, signed)
             if set_cookie is not None and event is not None and not route.cookie_vetoed(event.dims):
                 response = route.responder.with_header(set_cookie, keep_alive, is_head)

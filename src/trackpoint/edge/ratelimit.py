@@ -102,25 +102,27 @@ class NetworkKeys:
 class RateLimiter:
     """The rate limit of one event type, as the request path calls it: `admit(client_ip, event)`."""
 
-    __slots__ = ("buckets", "campaign_field", "network_keys", "shed")
+    __slots__ = ("buckets", "key_field", "network_keys", "shed")
 
     def __init__(self, spec: RateLimitSpec, clock: Callable[[], float] = time.monotonic) -> None:
         assert spec.rate_per_s is not None
         self.buckets = TokenBuckets(spec.rate_per_s, spec.burst, spec.max_keys, clock)
         self.shed = spec.action == "shed"
         self.network_keys = NetworkKeys(spec.ipv4_prefix, spec.ipv6_prefix) if spec.by == "network" else None
-        self.campaign_field = spec.campaign_field
+        # The dim whose value is the key (by: campaign or by: field).
+        self.key_field = (spec.field or "") if spec.by == "field" else spec.campaign_field
 
     def admit(self, client_ip: str, event: Event) -> bool:
         """True: go on. False: over the limit under `shed` (answer normally, record nothing). Over the limit under
-        `reject`: raises Reject(429, rate_limited). A campaign limit does not apply to requests without a campaign."""
+        `reject`: raises Reject(429, rate_limited). A campaign (field) limit does not apply to requests without a
+        campaign (without the dim)."""
         if self.network_keys is not None:
             key = self.network_keys(client_ip)
         else:
-            campaign = event.dims.get(self.campaign_field)
-            if campaign is None:
+            value = event.dims.get(self.key_field)
+            if value is None:
                 return True
-            key = campaign
+            key = value
         if self.buckets.take(key):
             return True
         if self.shed:
@@ -131,6 +133,11 @@ class RateLimiter:
         self.buckets.sweep()
 
 
-def build_limiters(spec: RateLimitSpec) -> tuple[RateLimiter, ...]:
-    """The limiters of an event type for its Route: empty (no cost per request) when it has no rate limit."""
-    return () if spec.rate_per_s is None else (RateLimiter(spec),)
+def build_limiters(spec: RateLimitSpec) -> tuple[tuple[RateLimiter, ...], tuple[RateLimiter, ...]]:
+    """The limiters of an event type for its Route: those taken before its preprocessors (by network or campaign)
+    and those taken after them (by field: the dim may be one a preprocessor adds). Empty (no cost per request)
+    when it has no rate limit."""
+    if spec.rate_per_s is None:
+        return (), ()
+    limiter = RateLimiter(spec)
+    return ((), (limiter,)) if spec.by == "field" else ((limiter,), ())

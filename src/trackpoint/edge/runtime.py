@@ -29,6 +29,7 @@ from trackpoint.preprocessors import (
     FlagsTraffic,
     Preprocessor,
     RedirectParams,
+    Refreshes,
     UsesSigningKeys,
     VetoesCookie,
     with_input_fields,
@@ -78,8 +79,10 @@ class Route:
     targets: Targets
     # The collectors that may refuse events (spool full under the backpressure policy): checked per request.
     gates: tuple[Collector, ...]
-    # The event type's rate limit (empty when it has none: no cost per request).
+    # The event type's rate limit (empty when it has none: no cost per request): taken before the preprocessors,
+    # or after them when it keys on a dim (`by: field`, e.g. geo.country) that a preprocessor may add.
     limiters: tuple[RateLimiter, ...] = ()
+    late_limiters: tuple[RateLimiter, ...] = ()
     # Signed-URL check, before any other work; None when the type uses no signatures.
     signature: RequestSignature | None = None
     # The first-party user id cookie; None when the response sets none.
@@ -171,6 +174,8 @@ class Edge:
         self._counting: list[tuple[str, dict[str, int]]] = [
             (p.name, p.counts) for p in preprocessors.values() if isinstance(p, CountsOutcomes)
         ]
+        # Preprocessors with periodic upkeep (`refresh`), called by the timers, never per request.
+        self._refreshing = [p for p in preprocessors.values() if isinstance(p, Refreshes)]
         self.bad_rows = (
             BadRows(config.rejected, tuple(self.collectors[name] for name in config.rejected.collectors), meta)
             if config.rejected.collectors
@@ -216,6 +221,7 @@ class Edge:
             if spec.response.cors.allow_origins:
                 cors = CorsPolicy(spec.response.cors, spec.methods)
                 kept_headers |= CORS_HEADERS
+            limiters, late_limiters = build_limiters(spec.rate_limit)
             route = Route(
                 name=type_name,
                 methods=frozenset(m.encode("ascii") for m in spec.methods),
@@ -225,7 +231,8 @@ class Edge:
                 uid_cookie=UidCookie(spec.response.user_id_cookie) if spec.response.user_id_cookie else None,
                 targets=Targets.of(tuple(self.collectors[name] for name in spec.collectors)),
                 gates=tuple(self.collectors[name] for name in spec.collectors if _gates(config.collectors[name])),
-                limiters=build_limiters(spec.rate_limit),
+                limiters=limiters,
+                late_limiters=late_limiters,
                 signature=request_signature(spec, verifier),
                 postback_auth=postback_auth,
                 flagged=flagged,
@@ -242,7 +249,7 @@ class Edge:
         self.kept_headers = frozenset(kept_headers)
         self._responders = [route.responder for route in self.routes.values()]
         by_type = {route.name: route for route in self.routes.values()}  # a type with several paths counts once
-        self._limiters = [limiter for route in by_type.values() for limiter in route.limiters]
+        self._limiters = [limiter for route in by_type.values() for limiter in (*route.limiters, *route.late_limiters)]
         self._pending_output: list[EdgeProtocol] = []
         self.refresh_date()
 
@@ -428,10 +435,19 @@ class Edge:
             if time.monotonic() >= next_date:
                 next_date += 1
                 self.refresh_date()
+                for preprocessor in self._refreshing:
+                    self._refresh(preprocessor)
                 if self._limiters and next_date >= next_limit_sweep:  # idle rate-limit buckets are dropped
                     next_limit_sweep = next_date + LIMIT_SWEEP_INTERVAL_S
                     for limiter in self._limiters:
                         limiter.sweep()
+
+    def _refresh(self, preprocessor: Refreshes) -> None:
+        try:
+            preprocessor.refresh()
+        except Exception as exc:  # upkeep that fails must not stop the timers (sweeps, the date)
+            if self._log_due("refresh"):
+                log.error("the periodic refresh of a preprocessor failed", exc_info=exc)
 
     # --- lifecycle -----------------------------------------------------------------------------------------------
 

@@ -8,8 +8,8 @@ from __future__ import annotations
 
 from collections import deque
 
-from trackpoint.config.model import Config
-from trackpoint.config.private import private_fields
+from trackpoint.config.model import Config, EventTypeSpec
+from trackpoint.config.private import preprocessor_private_dims, private_fields
 from trackpoint.event import Event
 from trackpoint.privacy.filter import PrivacyFilter
 
@@ -23,9 +23,10 @@ class RecentEvents:
     def __init__(self, config: Config) -> None:
         self.events: deque[Event] = deque(maxlen=TAIL_EVENTS)
         # Per event type, as an untrusted collector with no lists of its own gets it: no raw IP or User-Agent, no
-        # field read from the IP, a cookie or a header, the referer without its query string.
+        # field read from the IP, a cookie or a header, no private dim a preprocessor adds (geo's city), the referer
+        # without its query string.
         self.filters = {
-            name: PrivacyFilter(trusted=False, allow=None, deny=sorted(private_fields(spec).values()))
+            name: PrivacyFilter(trusted=False, allow=None, deny=sorted(_private(config, spec).values()))
             for name, spec in config.event_types.items()
         }
         self._untrusted = PrivacyFilter(trusted=False, allow=None, deny=[])
@@ -34,3 +35,7 @@ class RecentEvents:
         taken = [self.filters.get(event.type, self._untrusted)(event) for event in self.events]
         self.events.clear()
         return taken
+
+
+def _private(config: Config, spec: EventTypeSpec) -> dict[str, str]:
+    return private_fields(spec) | preprocessor_private_dims(config, spec)

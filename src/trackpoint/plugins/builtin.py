@@ -32,6 +32,9 @@ from trackpoint.preprocessors.click_checks import check_clicks
 from trackpoint.preprocessors.decrypt_price.config import DecryptPriceConfig
 from trackpoint.preprocessors.decrypt_price.preprocessor import check_decrypt_price
 from trackpoint.preprocessors.flag_invalid_traffic.config import FlagInvalidTrafficConfig
+from trackpoint.preprocessors.geo import admin as geo_admin
+from trackpoint.preprocessors.geo.checks import check_geo
+from trackpoint.preprocessors.geo.config import GeoConfig
 from trackpoint.preprocessors.issue_click_id.config import IssueClickIdConfig
 from trackpoint.preprocessors.parse_user_agent.config import ParseUserAgentConfig
 from trackpoint.preprocessors.pseudonymize.checks import check_pseudonymize
@@ -96,6 +99,7 @@ plugin = Plugin(
             _lazy("preprocessors.flag_invalid_traffic.preprocessor:FlagInvalidTraffic"),
         ),
         PreprocessorKind(VastConfig, _lazy("preprocessors.vast.preprocessor:Vast")),
+        PreprocessorKind(GeoConfig, _lazy("preprocessors.geo.preprocessor:Geo"), uses_data_dir=True),
         PreprocessorKind(CheckPriceBoundConfig, _lazy("preprocessors.check_price_bound.preprocessor:CheckPriceBound")),
     ],
     event_types=default_event_types(),
@@ -109,6 +113,7 @@ plugin = Plugin(
         check_vast,
         check_cors,
         check_shipping,
+        check_geo,
     ],
     admin_routes=[
         AdminRoute("GET", "/banker/campaigns", banker_admin.list_campaigns),
@@ -117,5 +122,6 @@ plugin = Plugin(
         AdminRoute("GET", "/banker/campaigns/{id}/ledger", banker_admin.get_ledger),
         AdminRoute("GET", "/banker/notifications", banker_admin.get_notifications),
         AdminRoute("GET", "/reports/hourly", rollup_admin.get_hourly),
+        AdminRoute("GET", "/geo/databases", geo_admin.get_databases),
     ],
 )

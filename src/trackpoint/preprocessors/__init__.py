@@ -23,8 +23,8 @@ class Preprocessor(Protocol):
 
     A preprocessor may also have any of the optional members the edge reads once when a worker builds its routes,
     each described by its own protocol: `input_fields` (`InputFields`), `counts` (`CountsOutcomes`),
-    `redirect_params` (`RedirectParams`), `use_signing_keys` (`UsesSigningKeys`), `flag_dim` (`FlagsTraffic`) and
-    `cookie_veto` (`VetoesCookie`).
+    `redirect_params` (`RedirectParams`), `use_signing_keys` (`UsesSigningKeys`), `flag_dim` (`FlagsTraffic`),
+    `cookie_veto` (`VetoesCookie`) and `refresh` (`Refreshes`).
     """
 
     name: str
@@ -82,6 +82,16 @@ class VetoesCookie(Protocol):
     """Optional: (dim, value): an event whose dims[dim] is value gets no user id cookie (e.g. denied consent)."""
 
     cookie_veto: tuple[str, str]
+
+
+@runtime_checkable
+class Refreshes(Protocol):
+    """Optional: called by the worker's timer about once a second, off the request path, for upkeep such as
+    reopening a changed database file (geo). It must return quickly; what it raises is logged, never fatal."""
+
+    def refresh(self) -> None:
+        """Does the periodic upkeep (the preprocessor decides how often real work is due)."""
+        ...
 
 
 def with_input_fields(spec: EventTypeSpec, preprocessors: tuple[Preprocessor, ...]) -> EventTypeSpec:

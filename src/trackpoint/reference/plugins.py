@@ -30,6 +30,7 @@ API: tuple[tuple[str, tuple[str, ...]], ...] = (
             "UsesSigningKeys",
             "FlagsTraffic",
             "VetoesCookie",
+            "Refreshes",
         ),
     ),
     ("trackpoint.event", ("Event",)),
