@@ -35,6 +35,7 @@ from trackpoint.preprocessors import (
 from trackpoint.privacy.cookie import UidCookie
 from trackpoint.security.postback_auth import PostbackAuth
 from trackpoint.security.signing import RequestSignature, edge_verifier, load_keys, request_signature, signing_key_id
+from trackpoint.tag import tag_files
 
 log = logging.getLogger("trackpoint.edge")
 
@@ -235,8 +236,15 @@ class Edge:
                 self.stats.shed[type_name] = 0
             for path in spec.paths:
                 self.routes[path.encode("utf-8")] = route
+        # Files served as they are (the JS tag), by path: looked up only for a path no event type has.
+        self.files = tag_files(config.server.tag, self.clock)
+        if self.files:
+            kept_headers |= {b"accept-encoding", b"if-none-match"}
         self.kept_headers = frozenset(kept_headers)
-        self._responders = [route.responder for route in self.routes.values()]
+        self._responders: list[responses.Responder | responses.StaticFile] = [
+            route.responder for route in self.routes.values()
+        ]
+        self._responders.extend(self.files.values())
         by_type = {route.name: route for route in self.routes.values()}  # a type with several paths counts once
         self._limiters = [limiter for route in by_type.values() for limiter in route.limiters]
         self._pending_output: list[EdgeProtocol] = []
