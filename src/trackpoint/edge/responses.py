@@ -174,10 +174,13 @@ class StaticFile:
 
 def accepts_gzip(accept_encoding: bytes | None) -> bool:
     """Whether an Accept-Encoding value takes gzip: named (or else `*`) with a q above 0."""
-    if accept_encoding is None or (b"gzip" not in accept_encoding and b"*" not in accept_encoding):
+    if accept_encoding is None:
+        return False
+    accept_encoding = accept_encoding.lower()
+    if b"gzip" not in accept_encoding and b"*" not in accept_encoding:
         return False
     weights: dict[bytes, bytes] = {}
-    for coding in accept_encoding.lower().split(b","):
+    for coding in accept_encoding.split(b","):
         name, _, params = coding.partition(b";")
         weights[name.strip()] = params.strip()
     weight = weights.get(b"gzip", weights.get(b"x-gzip", weights.get(b"*")))
