@@ -243,7 +243,10 @@
   }
   for (const args of queued) if (args[0] !== "init") tp(args[0], args[1], args[2]);
 
-  addEventListener("online", flush);
+  addEventListener("online", () => {
+    for (const item of queue) item.due = 0; // back online: no need to wait out the backoff
+    flush();
+  });
   addEventListener("pagehide", leave);
   document.addEventListener("visibilitychange", () => {
     if (document.visibilityState === "hidden") leave();

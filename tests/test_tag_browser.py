@@ -13,12 +13,13 @@ from collections.abc import Callable, Iterator
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
 from typing import Any
-from urllib.parse import quote, urlsplit
+from urllib.parse import parse_qs, quote, urlsplit
 
 import pytest
 import yaml
 
 from conftest import CHROME_UA, Tracker, free_port
+from test_consent import TC_RANGE
 from trackpoint.event import Event
 from trackpoint.tag import built_tag
 
@@ -94,14 +95,20 @@ tp("page");{script}</script>
 </head><body>{body}</body></html>"""
 
 
-def wait_events(tracker: Tracker, wanted: Callable[[Event], bool], count: int, what: str) -> list[Event]:
+def wait_events(
+    tracker: Tracker, wanted: Callable[[Event], bool], count: int, what: str, page: Any = None
+) -> list[Event]:
+    """Polls the log; with a `page`, through Playwright's own wait, so that its route handlers keep running."""
     deadline = time.monotonic() + 15
     while True:
         found = [event for event in tracker.events() if wanted(event)]
         if len(found) >= count:
             return found
         assert time.monotonic() < deadline, f"timed out waiting for {count} {what}; have {found}"
-        time.sleep(0.05)
+        if page is None:
+            time.sleep(0.05)
+        else:
+            page.wait_for_timeout(50)
 
 
 def with_url(url: str) -> Callable[[Event], bool]:
@@ -119,17 +126,17 @@ def test_consent_events_click_attribution_and_the_beacon(browser: Any, site: Sit
         script='tp("event", "view_item", {category: "shoes", value: 49.9, cur: "EUR"});',
     )
     site.pages["/landing"] = page_html(tracker)
-    site.pages["/thanks"] = page_html(tracker, script='tp("conversion", {order_id: "A-1001", value: 49.9, cur: "EUR"});')
+    site.pages["/thanks"] = page_html(
+        tracker, script='tp("conversion", {order_id: "A-1001", value: 49.9, cur: "EUR"});'
+    )
     site.pages["/leaving"] = page_html(
-        tracker, script='tp("event", "scroll", {label: "25"}); tp("event", "scroll", {label: "50"});',
+        tracker,
+        script='tp("event", "scroll", {label: "25"}); tp("event", "scroll", {label: "50"});',
         attributes='data-consent="required" data-batch-ms="600000"',  # nothing leaves before the page does
     )
     context = browser.new_context(user_agent=CHROME_UA)
-    posts: list[tuple[float, str]] = []  # every event the page sends to the tracker
-    context.on(
-        "request",
-        lambda request: posts.append((time.time(), request.url)) if request.method == "POST" else None,
-    )
+    posts: list[str] = []  # every event the page sends to the tracker
+    context.on("request", lambda request: posts.append(request.url) if request.method == "POST" else None)
     page = context.new_page()
 
     # Before consent: the tag loads (its integrity checked), the page view and the event wait in memory, unsent,
@@ -138,12 +145,23 @@ def test_consent_events_click_attribution_and_the_beacon(browser: Any, site: Sit
     page.wait_for_function("window.tp && window.tp.version")
     assert page.evaluate("window.tp.version") == TAG.version
     assert page.evaluate("[sessionStorage.getItem('tp_q'), localStorage.getItem('tp_click')]") == [None, None]
+    # The sentinel: an event the page sends itself, well after the tag would have sent (its batches leave after
+    # half a second). Once it is in the log, anything the tag had sent would be too.
+    sentinel = f"""async () => {{
+        await new Promise((resolve) => setTimeout(resolve, 1500));
+        await fetch("http://127.0.0.1:{tracker.port}/t/event", {{method: "POST", body: JSON.stringify(
+            {{name: "sentinel", url: location.href}})}});
+    }}"""
+    page.evaluate(sentinel)
+    wait_events(tracker, lambda e: e.dims.get("name") == "sentinel", 1, "the sentinel")
+    assert [event.dims["name"] for event in tracker.events()] == ["sentinel"]
+    assert posts == [f"http://127.0.0.1:{tracker.port}/t/event"]  # the sentinel's only
     granted_at = time.time()
-    assert posts == []
     page.evaluate('localStorage.setItem("site_consent", "yes"); tp("consent", "granted")')
-    views = wait_events(tracker, with_url(site.origin + "/"), 2, "page view and event from the first page")
-    assert posts and all(ts >= granted_at for ts, _ in posts)  # the first request left after the consent call
-    assert all(event.ts >= int(granted_at * 1000) - 5 for event in views)  # recorded after it too
+    views = wait_events(
+        tracker, lambda e: with_url(site.origin + "/")(e) and e.dims.get("name") != "sentinel", 2, "the first page's"
+    )
+    assert all(event.ts >= int(granted_at * 1000) - 5 for event in views)  # recorded after the consent call
     view = next(event for event in views if event.type == "pageview")
     event = next(event for event in views if event.type == "custom_event")
     assert view.dims["title"] == "Shop page"
@@ -180,4 +198,86 @@ def test_consent_events_click_attribution_and_the_beacon(browser: Any, site: Sit
     scrolls = [event for event in left if event.type == "custom_event"]
     assert sorted(event.dims["label"] for event in scrolls) == ["25", "50"]
     assert {event.dims["mode"] for event in scrolls} == {"no-cors"}  # a beacon, not a fetch
+    context.close()
+
+
+def click_id_for(tracker: Tracker, site: Site) -> str:
+    """A real click id: what the tracker's redirect appends to the landing page."""
+    landing = quote(f"{site.origin}/landing", safe="")
+    status, headers, _ = tracker.get(f"/c?imp=imp-{uuid.uuid4().hex[:10]}&cid=summer-sale&url={landing}")
+    assert status == 302
+    return str(parse_qs(urlsplit(headers["location"]).query)["tp_click"][0])
+
+
+def test_gpc_sends_nothing_identifying(browser: Any, site: Site, shop_tracker: Tracker) -> None:
+    tracker = shop_tracker
+    click_id = click_id_for(tracker, site)
+    site.pages["/landing"] = page_html(tracker, script='tp("conversion", {order_id: "G-1", value: 10});')
+    # A browser with Global Privacy Control on: the property for the tag, the header for the tracker.
+    context = browser.new_context(user_agent=CHROME_UA, extra_http_headers={"Sec-GPC": "1"})
+    context.add_init_script("Object.defineProperty(Navigator.prototype, 'globalPrivacyControl', {get: () => true})")
+    cookies: list[str | None] = []
+    context.on("request", lambda r: cookies.append(r.headers.get("cookie")) if r.method == "POST" else None)
+    page = context.new_page()
+    page.goto(f"{site.origin}/landing?tp_click={click_id}")
+    page.wait_for_function("window.tp && window.tp.version")
+    page.evaluate('tp("consent", "granted")')  # even with consent, GPC keeps the identifiers out
+    view = wait_events(tracker, lambda e: e.type == "pageview", 1, "page view")[0]
+    conversion = wait_events(tracker, lambda e: e.type == "conversion", 1, "conversion")[0]
+    assert (view.dims["consent"], view.dims["consent_reason"]) == ("denied", "gpc")
+    assert "uid" not in view.dims and view.ctx.ip is None
+    assert view.dims["url"] == f"{site.origin}/landing"  # not even in the URL
+    assert "click_id" not in conversion.dims and conversion.dims["attribution"] == "unattributed"
+    assert conversion.dims["order_id"] == "G-1"
+    assert page.evaluate("localStorage.getItem('tp_click')") is None  # nothing kept on the device
+    assert cookies and set(cookies) == {None}  # sent without credentials
+    context.close()
+
+
+def test_a_tcf_cmp_decides_consent_and_its_string_is_passed(browser: Any, site: Site, shop_tracker: Tracker) -> None:
+    tracker = shop_tracker
+    # The page's CMP (IAB TCF v2): the tag waits for its `tcloaded` before it sends anything.
+    cmp = f"""window.__tcfapi = (command, version, callback) => setTimeout(() => callback({{
+        eventStatus: "tcloaded", gdprApplies: true, tcString: "{TC_RANGE}", purpose: {{consents: {{1: true}}}}}}, true),
+        50);"""
+    site.pages["/cmp"] = page_html(tracker, script=cmp)
+    context = browser.new_context(user_agent=CHROME_UA)
+    page = context.new_page()
+    page.goto(f"{site.origin}/cmp")
+    view = wait_events(tracker, lambda e: e.type == "pageview", 1, "page view")[0]
+    assert view.dims["consent"] == "granted"  # decided by the tracker from the TC string the tag passed
+    assert view.dims["uid"].startswith("auto:")
+    context.close()
+
+
+def test_failed_sends_are_retried_and_an_outage_waits(browser: Any, site: Site, shop_tracker: Tracker) -> None:
+    tracker = shop_tracker
+    site.pages["/plain"] = page_html(tracker, attributes='data-batch-ms="0"')  # no consent banner on this site
+    context = browser.new_context(user_agent=CHROME_UA)
+    page = context.new_page()
+    attempts: list[str] = []
+
+    def fail_first(route: Any) -> None:
+        attempts.append(route.request.post_data or "")
+        if len(attempts) == 1:
+            route.abort()  # the network fails once: retried after a backoff
+        else:
+            route.continue_()
+
+    page.route("**/t/event", fail_first)
+    page.goto(f"{site.origin}/plain")
+    page.evaluate('tp("event", "retried")')
+    retried = wait_events(tracker, lambda e: e.dims.get("name") == "retried", 1, "the retried event", page)
+    assert len(attempts) == 2 and attempts[0] == attempts[1]  # the same event, with the same eid
+
+    # Offline: the event waits (persisted for this tab) and leaves when the browser is back online.
+    context.set_offline(True)
+    page.evaluate('tp("event", "offline")')
+    page.wait_for_function("JSON.parse(sessionStorage.getItem('tp_q') || '[]').length === 1")
+    context.set_offline(False)
+    wait_events(tracker, lambda e: e.dims.get("name") == "offline", 1, "the event sent once back online", page)
+    page.wait_for_function("JSON.parse(sessionStorage.getItem('tp_q')).length === 0")
+    events = [e for e in tracker.events() if e.type == "custom_event"]
+    assert sorted(e.dims["name"] for e in events) == ["offline", "retried"]  # each once
+    assert retried[0].dims["eid"] in attempts[0]
     context.close()
