@@ -68,32 +68,35 @@
   /** @type {ReturnType<typeof setTimeout> | undefined} */
   let timer;
 
-  /** @param {Storage} storage @param {string} key @param {unknown} value */
-  const store = (storage, key, value) => {
+  // Storage may be missing or refuse access (blocked cookies, private modes): the events still go, only without
+  // surviving a reload. `local`: localStorage (the click id, for later visits), else sessionStorage (the queue).
+  /** @param {boolean} local @param {string} key @param {unknown} value */
+  const store = (local, key, value) => {
     try {
+      const storage = local ? localStorage : sessionStorage;
       if (value === null) storage.removeItem(key);
       else storage.setItem(key, JSON.stringify(value));
-    } catch (_) {
-      // storage full or disabled: the events still go, only without surviving a reload
-    }
+    } catch (_) {}
   };
-  /** @param {Storage} storage @param {string} key @returns {any} */
-  const read = (storage, key) => {
+  /** @param {boolean} local @param {string} key @returns {any} */
+  const read = (local, key) => {
     try {
-      return JSON.parse(storage.getItem(key) || "null");
+      return JSON.parse((local ? localStorage : sessionStorage).getItem(key) || "null");
     } catch (_) {
       return null;
     }
   };
   const identifying = () => consent === GRANTED && !gpc;
-  const save = () => store(sessionStorage, QUEUE_KEY, queue.map(({ sending, ...item }) => item));
+  const save = () => store(false, QUEUE_KEY, queue.map(({ sending, ...item }) => item));
   /** This page's URL without the click id (which goes only where consent lets it). */
   const here = () => {
     const url = new URL(location.href);
     url.searchParams.delete(CLICK_KEY);
     return url.href;
   };
-  const randomId = () => Array.from(crypto.getRandomValues(new Uint8Array(16)), (b) => (b + 256).toString(16).slice(1)).join("");
+  /** The event's id, so that a retried event is recorded once (the event type's dedupe_key). */
+  const randomId = () =>
+    Array.from(crypto.getRandomValues(new Uint8Array(16)), (byte) => (byte + 256).toString(16).slice(1)).join("");
 
   /**
    * The transport, one function so that a batch endpoint can take a whole batch in one request one day; today one
@@ -182,10 +185,10 @@
   /** @param {boolean} granted */
   const decide = (granted) => {
     consent = granted ? GRANTED : DENIED;
-    if (identifying() && click) store(localStorage, CLICK_KEY, click);
+    if (identifying() && click) store(true, CLICK_KEY, click);
     if (!granted) {
-      store(localStorage, CLICK_KEY, null); // a withdrawal forgets the click too
-      store(sessionStorage, QUEUE_KEY, null);
+      store(true, CLICK_KEY, null); // a withdrawal forgets the click too
+      store(false, QUEUE_KEY, null);
       queue = [];
     }
     release();
@@ -215,22 +218,22 @@
   };
   tp.version = TP_VERSION;
 
-  // The click id a click through the tracker's redirect appended to this landing page, kept first party for the
-  // conversions that follow (the tracker attributes them by the id alone).
-  const landed = new URLSearchParams(location.search).get(CLICK_KEY);
-  const stored = read(localStorage, CLICK_KEY);
-  if (landed) click = { id: landed, ts: Date.now() };
-  else if (stored && stored.id && Date.now() - stored.ts < options.clickDays * 86400000) click = stored;
-
   // What an earlier page of this tab left unacknowledged.
   /** @type {Item[]} */
-  const left = read(sessionStorage, QUEUE_KEY) || [];
+  const left = read(false, QUEUE_KEY) || [];
   queue = left.slice(-MAX_QUEUE);
 
   const queued = (win.tp && win.tp.q) || [];
   win.tp = tp;
-  for (const args of queued) if (args[0] === "init") tp(args[0], args[1]); // options first, whatever the order of the calls
-  if (!options.consent) consent = GRANTED;
+  // The calls the snippet queued before this file arrived: options first, whatever their order.
+  for (const args of queued) if (args[0] === "init") tp(args[0], args[1]);
+  // The click id a click through the tracker's redirect appended to this landing page, kept first party for the
+  // conversions that follow (the tracker attributes them by the id alone).
+  const landed = new URLSearchParams(location.search).get(CLICK_KEY);
+  const stored = read(true, CLICK_KEY);
+  if (landed) click = { id: landed, ts: Date.now() };
+  else if (stored && stored.id && Date.now() - stored.ts < options.clickDays * 86400000) click = stored;
+  if (!options.consent) decide(true); // no banner to wait for
   if (typeof win.__tcfapi === "function") {
     waitingForCmp = true;
     win.__tcfapi("addEventListener", 2, (tcData, ok) => {

@@ -39,7 +39,7 @@ class Site:
         pages = self.pages
 
         class Handler(BaseHTTPRequestHandler):
-            def do_GET(self) -> None:  # noqa: N802 - the http.server API
+            def do_GET(self) -> None:
                 page = pages.get(urlsplit(self.path).path)
                 body = (page or "not found").encode()
                 self.send_response(200 if page else 404)
@@ -111,6 +111,17 @@ def wait_events(
             page.wait_for_timeout(50)
 
 
+def send_sentinel(page: Any, tracker: Tracker) -> None:
+    """An event the page sends itself, well after the tag would have sent (its batches leave after half a second),
+    and waits for: once it is in the log, anything the tag had sent would be too."""
+    page.evaluate(f"""async () => {{
+        await new Promise((resolve) => setTimeout(resolve, 1500));
+        await fetch("http://127.0.0.1:{tracker.port}/t/event", {{method: "POST", body: JSON.stringify(
+            {{name: "sentinel", url: location.href}})}});
+    }}""")
+    wait_events(tracker, lambda e: e.dims.get("name") == "sentinel", 1, "the sentinel")
+
+
 def with_url(url: str) -> Callable[[Event], bool]:
     return lambda event: event.dims.get("url", "").startswith(url)
 
@@ -145,15 +156,7 @@ def test_consent_events_click_attribution_and_the_beacon(browser: Any, site: Sit
     page.wait_for_function("window.tp && window.tp.version")
     assert page.evaluate("window.tp.version") == TAG.version
     assert page.evaluate("[sessionStorage.getItem('tp_q'), localStorage.getItem('tp_click')]") == [None, None]
-    # The sentinel: an event the page sends itself, well after the tag would have sent (its batches leave after
-    # half a second). Once it is in the log, anything the tag had sent would be too.
-    sentinel = f"""async () => {{
-        await new Promise((resolve) => setTimeout(resolve, 1500));
-        await fetch("http://127.0.0.1:{tracker.port}/t/event", {{method: "POST", body: JSON.stringify(
-            {{name: "sentinel", url: location.href}})}});
-    }}"""
-    page.evaluate(sentinel)
-    wait_events(tracker, lambda e: e.dims.get("name") == "sentinel", 1, "the sentinel")
+    send_sentinel(page, tracker)
     assert [event.dims["name"] for event in tracker.events()] == ["sentinel"]
     assert posts == [f"http://127.0.0.1:{tracker.port}/t/event"]  # the sentinel's only
     granted_at = time.time()
@@ -265,7 +268,8 @@ def test_failed_sends_are_retried_and_an_outage_waits(browser: Any, site: Site, 
             route.continue_()
 
     page.route("**/t/event", fail_first)
-    page.goto(f"{site.origin}/plain")
+    page.goto(f"{site.origin}/plain?tp_click=click-1")
+    assert page.evaluate("JSON.parse(localStorage.getItem('tp_click')).id") == "click-1"  # no banner: kept at once
     page.evaluate('tp("event", "retried")')
     retried = wait_events(tracker, lambda e: e.dims.get("name") == "retried", 1, "the retried event", page)
     assert len(attempts) == 2 and attempts[0] == attempts[1]  # the same event, with the same eid
@@ -280,4 +284,18 @@ def test_failed_sends_are_retried_and_an_outage_waits(browser: Any, site: Site, 
     events = [e for e in tracker.events() if e.type == "custom_event"]
     assert sorted(e.dims["name"] for e in events) == ["offline", "retried"]  # each once
     assert retried[0].dims["eid"] in attempts[0]
+    context.close()
+
+
+def test_denied_consent_sends_nothing(browser: Any, site: Site, shop_tracker: Tracker) -> None:
+    tracker = shop_tracker
+    site.pages["/landing"] = page_html(tracker, script='tp("event", "view_item");')
+    context = browser.new_context(user_agent=CHROME_UA)
+    page = context.new_page()
+    page.goto(f"{site.origin}/landing?tp_click=click-2")
+    page.wait_for_function("window.tp && window.tp.version")
+    page.evaluate('tp("consent", "denied"); tp("conversion", {order_id: "D-1"})')
+    send_sentinel(page, tracker)
+    assert [event.dims["name"] for event in tracker.events()] == ["sentinel"]
+    assert page.evaluate("[sessionStorage.getItem('tp_q'), localStorage.getItem('tp_click')]") == [None, None]
     context.close()
