@@ -53,15 +53,23 @@ def built_tag() -> Tag:
     return Tag(content, banner.group(1).decode("ascii"))
 
 
-def tag_files(config: TagConfig, clock: Clock) -> dict[bytes, StaticFile]:
-    """The edge's answers by path: the current tag (cached `max_age_s`) and this version of it (immutable)."""
+def served_paths(config: TagConfig) -> list[tuple[str, bytes, str]]:
+    """(path, Cache-Control, what it is) of each path the tag is served on; none when it is off."""
     if not config.enabled:
-        return {}
+        return []
     tag = built_tag()
-    briefly = b"public, max-age=%d" % config.max_age_s
+    return [
+        (config.path, b"public, max-age=%d" % config.max_age_s, "the current tag, cached briefly (`max_age_s`)"),
+        (tag.versioned_path(config), IMMUTABLE, f"tag version {tag.version} (immutable; integrity `{tag.integrity}`)"),
+    ]
+
+
+def tag_files(config: TagConfig, clock: Clock) -> dict[bytes, StaticFile]:
+    """The edge's answers by path: the current tag and this version of it."""
+    content = built_tag().content
     return {
-        config.path.encode("ascii"): StaticFile(tag.content, CONTENT_TYPE, briefly, clock),
-        tag.versioned_path(config).encode("ascii"): StaticFile(tag.content, CONTENT_TYPE, IMMUTABLE, clock),
+        path.encode("ascii"): StaticFile(content, CONTENT_TYPE, cache_control, clock)
+        for path, cache_control, _ in served_paths(config)
     }
 
 
@@ -71,7 +79,7 @@ def check_tag(config: Config) -> Iterator[tuple[KeyPath, str]]:
     if not tag.enabled:
         return
     where: KeyPath = ("server", "tag")
-    paths = {"path": tag.path, "versioned_path": built_tag().versioned_path(tag)}
+    paths = {"path": tag.path, "versioned_path": built_tag().versioned_path(tag)}  # the options' order
     if paths["path"] == paths["versioned_path"]:
         yield (*where, "versioned_path"), "the versioned path must differ from `path`"
     for type_name, spec in config.event_types.items():
