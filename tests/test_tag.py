@@ -15,9 +15,9 @@ import pytest
 from trackpoint.config import ConfigError, load
 from trackpoint.config.model import TagConfig
 from trackpoint.edge.responses import Clock, StaticFile, accepts_gzip
-from trackpoint.edge.runtime import Edge
+from trackpoint.edge.runtime import Edge, tag_files
 from trackpoint.plugins import registry
-from trackpoint.tag import IMMUTABLE, built_tag, tag_files
+from trackpoint.tag import IMMUTABLE, built_tag
 
 ROOT = Path(__file__).resolve().parent.parent
 TAG = built_tag()

@@ -13,7 +13,7 @@ from dataclasses import dataclass
 from typing import Protocol
 
 from trackpoint.collectors import Collector, CollectorContext
-from trackpoint.config.model import CollectorBase, Config, Limits, PreprocessorBase
+from trackpoint.config.model import CollectorBase, Config, Limits, PreprocessorBase, TagConfig
 from trackpoint.edge import responses
 from trackpoint.edge.bad_rows import BadRows
 from trackpoint.edge.cors import REQUEST_HEADERS as CORS_HEADERS
@@ -35,7 +35,8 @@ from trackpoint.preprocessors import (
 from trackpoint.privacy.cookie import UidCookie
 from trackpoint.security.postback_auth import PostbackAuth
 from trackpoint.security.signing import RequestSignature, edge_verifier, load_keys, request_signature, signing_key_id
-from trackpoint.tag import tag_files
+from trackpoint.tag import CONTENT_TYPE as TAG_CONTENT_TYPE
+from trackpoint.tag import built_tag, served_paths
 
 log = logging.getLogger("trackpoint.edge")
 
@@ -99,6 +100,15 @@ class Route:
     def cookie_vetoed(self, dims: dict[str, str]) -> bool:
         """Whether a preprocessor's verdict on this event withholds the user id cookie."""
         return any(dims.get(dim) == value for dim, value in self.cookie_vetoes)
+
+
+def tag_files(config: TagConfig, clock: responses.Clock) -> dict[bytes, responses.StaticFile]:
+    """The JS tag's answers by path: the current tag and this version of it (none when the tag is off)."""
+    content = built_tag().content if config.enabled else b""
+    return {
+        path.encode("ascii"): responses.StaticFile(content, TAG_CONTENT_TYPE, cache_control, clock)
+        for path, cache_control, _ in served_paths(config)
+    }
 
 
 def _gates(config: CollectorBase) -> bool:

@@ -1,5 +1,5 @@
 """tp.js, the JavaScript tag the tracker serves: the built file shipped in this package, its version and integrity
-hash, the responses that serve it (precomputed once per worker) and the config check of its paths.
+hash, the paths it is served on (the edge prebuilds their answers: `Edge.files`) and the config check of its paths.
 
 The source is `tag/tp.js` at the repository's root; `scripts/build-tag` builds `tp.min.js` here.
 """
@@ -15,7 +15,6 @@ from functools import cache
 from importlib import resources
 
 from trackpoint.config.model import Config, TagConfig
-from trackpoint.edge.responses import Clock, StaticFile
 
 KeyPath = tuple[str | int, ...]
 
@@ -62,15 +61,6 @@ def served_paths(config: TagConfig) -> list[tuple[str, bytes, str]]:
         (config.path, b"public, max-age=%d" % config.max_age_s, "the current tag, cached briefly (`max_age_s`)"),
         (tag.versioned_path(config), IMMUTABLE, f"tag version {tag.version} (immutable; integrity `{tag.integrity}`)"),
     ]
-
-
-def tag_files(config: TagConfig, clock: Clock) -> dict[bytes, StaticFile]:
-    """The edge's answers by path: the current tag and this version of it."""
-    content = built_tag().content
-    return {
-        path.encode("ascii"): StaticFile(content, CONTENT_TYPE, cache_control, clock)
-        for path, cache_control, _ in served_paths(config)
-    }
 
 
 def check_tag(config: Config) -> Iterator[tuple[KeyPath, str]]:
