@@ -104,6 +104,32 @@ class Limits(Struct, forbid_unknown_fields=True, kw_only=True):
     ] = 10.0
 
 
+class TagConfig(Struct, forbid_unknown_fields=True, kw_only=True):
+    """tp.js, the JavaScript tag served on the tracking port: first party wherever the tracker runs on the site's
+    subdomain. Its bytes are the built file shipped in the package, read and gzipped once at start-up."""
+
+    enabled: Annotated[bool, Meta(description="Serve the tag on the tracking port.")] = True
+    path: Annotated[
+        str,
+        Meta(
+            pattern=r"^/[A-Za-z0-9._~/-]{0,255}$",
+            description="Path of the current tag, cached briefly (`max_age_s`): pages that load it pick up a new "
+            "version within that time.",
+        ),
+    ] = "/tp.js"
+    versioned_path: Annotated[
+        str,
+        Meta(
+            pattern=r"^/[A-Za-z0-9._~/-]{0,127}\{version\}[A-Za-z0-9._~/-]{0,127}$",
+            description="Path of this version of the tag, `{version}` replaced by the tag's version "
+            "(`/tp/1.0.0/tp.js`): cached for a year as immutable, and the path to pin with its integrity hash.",
+        ),
+    ] = "/tp/{version}/tp.js"
+    max_age_s: Annotated[
+        int, Meta(ge=0, le=86_400, description="Browser and CDN cache lifetime of the unversioned path.")
+    ] = 300
+
+
 class ServerConfig(Struct, forbid_unknown_fields=True, kw_only=True):
     """The tracking edge: where it listens, how many workers, and its limits."""
 
@@ -132,6 +158,9 @@ class ServerConfig(Struct, forbid_unknown_fields=True, kw_only=True):
     ] = msgspec.field(default_factory=list)
     limits: Annotated[Limits, Meta(description="Request and connection limits.")] = msgspec.field(
         default_factory=Limits
+    )
+    tag: Annotated[TagConfig, Meta(description="The JavaScript tag (tp.js) served on the tracking port.")] = (
+        msgspec.field(default_factory=TagConfig)
     )
 
 

@@ -267,7 +267,14 @@ class EdgeProtocol(asyncio.Protocol):
 
         route = edge.routes.get(path)
         if route is None:
-            self.reject(404, "not_found", None, keep_alive, is_head)
+            served = edge.files.get(path)  # the JS tag (no event type has its path)
+            if served is None:
+                self.reject(404, "not_found", None, keep_alive, is_head)
+            elif method == b"GET" or is_head:
+                self.send(served.render(self.headers, keep_alive, is_head))
+                self.finish(keep_alive)
+            else:
+                self.reject(405, "method_not_allowed", None, keep_alive, is_head)
             return
         if method not in route.methods:
             if method == b"OPTIONS" and route.cors is not None and self.preflight(route.cors, keep_alive):

@@ -6,6 +6,8 @@ Every response the edge can send is made here, so the status lines, the headers 
 from __future__ import annotations
 
 import base64
+import gzip
+import hashlib
 import ipaddress
 import re
 from email.utils import formatdate
@@ -26,6 +28,7 @@ REASONS = {
     200: "OK",
     204: "No Content",
     302: "Found",
+    304: "Not Modified",
     400: "Bad Request",
     401: "Unauthorized",
     403: "Forbidden",
@@ -100,19 +103,95 @@ def head(clock: Clock, status: int, headers: bytes, length: int, keep_alive: boo
 class StaticResponse:
     """A response that depends only on the clock: four prebuilt variants (keep-alive or close, GET or HEAD)."""
 
-    __slots__ = ("body", "headers", "status", "variants")
+    __slots__ = ("body", "headers", "length", "status", "variants")
 
-    def __init__(self, status: int, headers: bytes, body: bytes) -> None:
+    def __init__(self, status: int, headers: bytes, body: bytes, length: int | None = None) -> None:
         self.status = status
         self.headers = headers
         self.body = body
+        # The Content-Length: the body's, but a 304 names the length its 200 would have had (RFC 9110 §8.6).
+        self.length = len(body) if length is None else length
         self.variants: tuple[bytes, bytes, bytes, bytes] = (b"", b"", b"", b"")
 
     def rebuild(self, clock: Clock) -> None:
-        keep = head(clock, self.status, self.headers, len(self.body), True)
-        close = head(clock, self.status, self.headers, len(self.body), False)
+        keep = head(clock, self.status, self.headers, self.length, True)
+        close = head(clock, self.status, self.headers, self.length, False)
         # Index: 2 * is_head + keep_alive.
         self.variants = (close + self.body, keep + self.body, close, keep)
+
+
+class StaticFile:
+    """A file served as it is (the JS tag), every answer prebuilt at start-up: as is and gzipped (each with its own
+    ETag), and 304 for an If-None-Match that names the ETag; public, so any page may load it (CORS `*`, SRI)."""
+
+    __slots__ = ("clock", "etags", "not_modified", "whole")
+
+    def __init__(self, content: bytes, content_type: bytes, cache_control: bytes, clock: Clock) -> None:
+        self.clock = clock
+        digest = hashlib.sha256(content).hexdigest()[:24].encode("ascii")
+        compressed = gzip.compress(content, compresslevel=9, mtime=0)
+        common = b"".join(
+            (
+                b"Cache-Control: " + cache_control + b"\r\n",
+                b"Vary: Accept-Encoding\r\n",
+                b"Access-Control-Allow-Origin: *\r\n",  # readable by any page: needed for an integrity check
+                b"Cross-Origin-Resource-Policy: cross-origin\r\n",
+                b"X-Content-Type-Options: nosniff\r\n",
+            )
+        )
+        # Index 0: as is, 1: gzipped.
+        self.etags = (b'"' + digest + b'"', b'"' + digest + b'-gz"')
+        labels = (b"", b"Content-Encoding: gzip\r\n")
+        bodies = (content, compressed)
+        self.whole = tuple(
+            StaticResponse(
+                200, b"Content-Type: " + content_type + b"\r\n" + common + b"ETag: " + etag + b"\r\n" + label, body
+            )
+            for etag, label, body in zip(self.etags, labels, bodies, strict=True)
+        )
+        self.not_modified = tuple(
+            StaticResponse(304, common + b"ETag: " + etag + b"\r\n" + label, b"", len(body))
+            for etag, label, body in zip(self.etags, labels, bodies, strict=True)
+        )
+
+    @property
+    def gzipped(self) -> bytes:
+        return self.whole[1].body
+
+    def rebuild(self) -> None:
+        for response in (*self.whole, *self.not_modified):
+            response.rebuild(self.clock)
+
+    def render(self, headers: dict[bytes, bytes], keep_alive: bool, is_head: bool) -> bytes:
+        """The answer to a GET or HEAD with these request headers."""
+        coded = accepts_gzip(headers.get(b"accept-encoding"))
+        etag = self.etags[coded]
+        known = headers.get(b"if-none-match")
+        fresh = known is not None and (etag in known or known.strip() == b"*")
+        response = self.not_modified[coded] if fresh else self.whole[coded]
+        return response.variants[2 * is_head + keep_alive]
+
+
+def accepts_gzip(accept_encoding: bytes | None) -> bool:
+    """Whether an Accept-Encoding value takes gzip: named (or else `*`) with a q above 0."""
+    if accept_encoding is None:
+        return False
+    accept_encoding = accept_encoding.lower()
+    if b"gzip" not in accept_encoding and b"*" not in accept_encoding:
+        return False
+    weights: dict[bytes, bytes] = {}
+    for coding in accept_encoding.split(b","):
+        name, _, params = coding.partition(b";")
+        weights[name.strip()] = params.strip()
+    weight = weights.get(b"gzip", weights.get(b"x-gzip", weights.get(b"*")))
+    if weight is None:
+        return False
+    if not weight.startswith(b"q="):
+        return True
+    try:
+        return float(weight[2:]) > 0
+    except ValueError:
+        return False
 
 
 def reject_body(reason: str, field: str | None) -> bytes:

@@ -13,7 +13,7 @@ from dataclasses import dataclass
 from typing import Protocol
 
 from trackpoint.collectors import Collector, CollectorContext
-from trackpoint.config.model import CollectorBase, Config, Limits, PreprocessorBase
+from trackpoint.config.model import CollectorBase, Config, Limits, PreprocessorBase, TagConfig
 from trackpoint.edge import responses
 from trackpoint.edge.bad_rows import BadRows
 from trackpoint.edge.build import CONTEXT_HEADERS, EventBuilder
@@ -37,6 +37,8 @@ from trackpoint.preprocessors import (
 from trackpoint.privacy.cookie import UidCookie
 from trackpoint.security.postback_auth import PostbackAuth
 from trackpoint.security.signing import RequestSignature, edge_verifier, load_keys, request_signature, signing_key_id
+from trackpoint.tag import CONTENT_TYPE as TAG_CONTENT_TYPE
+from trackpoint.tag import built_tag, served_paths
 
 log = logging.getLogger("trackpoint.edge")
 
@@ -102,6 +104,15 @@ class Route:
     def cookie_vetoed(self, dims: dict[str, str]) -> bool:
         """Whether a preprocessor's verdict on this event withholds the user id cookie."""
         return any(dims.get(dim) == value for dim, value in self.cookie_vetoes)
+
+
+def tag_files(config: TagConfig, clock: responses.Clock) -> dict[bytes, responses.StaticFile]:
+    """The JS tag's answers by path: the current tag and this version of it (none when the tag is off)."""
+    content = built_tag().content if config.enabled else b""
+    return {
+        path.encode("ascii"): responses.StaticFile(content, TAG_CONTENT_TYPE, cache_control, clock)
+        for path, cache_control, _ in served_paths(config)
+    }
 
 
 def _gates(config: CollectorBase) -> bool:
@@ -246,8 +257,15 @@ class Edge:
                 self.stats.shed[type_name] = 0
             for path in spec.paths:
                 self.routes[path.encode("utf-8")] = route
+        # Files served as they are (the JS tag), by path: looked up only for a path no event type has.
+        self.files = tag_files(config.server.tag, self.clock)
+        if self.files:
+            kept_headers |= {b"accept-encoding", b"if-none-match"}
         self.kept_headers = frozenset(kept_headers)
-        self._responders = [route.responder for route in self.routes.values()]
+        self._responders: list[responses.Responder | responses.StaticFile] = [
+            route.responder for route in self.routes.values()
+        ]
+        self._responders.extend(self.files.values())
         by_type = {route.name: route for route in self.routes.values()}  # a type with several paths counts once
         self._limiters = [limiter for route in by_type.values() for limiter in (*route.limiters, *route.late_limiters)]
         self._pending_output: list[EdgeProtocol] = []

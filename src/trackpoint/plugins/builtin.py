@@ -43,6 +43,7 @@ from trackpoint.preprocessors.vast.config import VastConfig
 from trackpoint.preprocessors.vast.preprocessor import check_vast
 from trackpoint.privacy.checks import check_privacy
 from trackpoint.security.admin_token import check_admin_token
+from trackpoint.tag import check_tag
 
 
 def _lazy(target: str) -> Callable[..., Any]:
@@ -114,6 +115,7 @@ plugin = Plugin(
         check_cors,
         check_shipping,
         check_geo,
+        check_tag,
     ],
     admin_routes=[
         AdminRoute("GET", "/banker/campaigns", banker_admin.list_campaigns),

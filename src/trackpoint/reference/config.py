@@ -15,6 +15,7 @@ from trackpoint.config.load import LoadedConfig, config_type
 from trackpoint.fields.reasons import statuses
 from trackpoint.plugins import Registry
 from trackpoint.reference.markdown import HEADER, escape
+from trackpoint.tag import served_paths
 
 
 def configuration_reference(registry: Registry) -> str:
@@ -150,6 +151,12 @@ def endpoints_reference(loaded: LoadedConfig, registry: Registry) -> str:
                     f"| {field.max_len} | {escape(limits)} | {field.default or ''} |"
                 )
             lines.append("")
+    served = served_paths(config.server.tag)
+    if served:
+        lines.append("## tp.js\n")
+        lines.append("The JavaScript tag (`server.tag`), GET and HEAD; ETag and 304, gzip; nothing is recorded.\n")
+        lines += [f"- `{path}`: {what}" for path, _, what in served]
+        lines.append("")
     lines += _rejections()
     lines += _admin_endpoints(registry)
     return "\n".join(lines)

@@ -18,6 +18,7 @@ from trackpoint.fields.reasons import statuses
 from trackpoint.fields.types import raw_value_schema
 from trackpoint.plugins import Registry
 from trackpoint.reference.markdown import HEADER, escape
+from trackpoint.tag import served_paths
 
 Schema = dict[str, Any]
 
@@ -47,6 +48,8 @@ def openapi_document(loaded: LoadedConfig, registry: Registry) -> dict[str, Any]
             for method in spec.methods:
                 suffix = f"_{index}" if index else ""
                 item[method.lower()] = _operation(name, spec, method, f"{name}_{method.lower()}{suffix}")
+    for index, (path, _, what) in enumerate(served_paths(config.server.tag)):
+        paths[path] = {method: _tag_operation(what, f"tag_{method}_{index}") for method in ("get", "head")}
     admin_server = {"url": f"http://{config.admin.host}:{config.admin.port}", "description": "The admin port."}
     for endpoint in admin_endpoints(registry.admin_routes):
         admin_method, path, summary = endpoint.method, endpoint.path, endpoint.summary
@@ -111,6 +114,25 @@ def openapi_document(loaded: LoadedConfig, registry: Registry) -> dict[str, Any]
 def openapi_json(loaded: LoadedConfig, registry: Registry) -> bytes:
     """The document as indented JSON with a final newline (the committed file and `/openapi.json`)."""
     return msgspec.json.format(msgspec.json.encode(openapi_document(loaded, registry)), indent=2) + b"\n"
+
+
+def _tag_operation(what: str, operation_id: str) -> dict[str, Any]:
+    return {
+        "tags": ["tag"],
+        "summary": "tp.js: " + what,
+        "operationId": operation_id,
+        "parameters": [
+            {"name": "If-None-Match", "in": "header", "required": False, "schema": {"type": "string"}},
+            {"name": "Accept-Encoding", "in": "header", "required": False, "schema": {"type": "string"}},
+        ],
+        "responses": {
+            "200": {
+                "description": "The tag (gzipped when accepted), with its ETag.",
+                "content": {"text/javascript": {"schema": {"type": "string"}}},
+            },
+            "304": {"description": "Not modified: the If-None-Match named this ETag."},
+        },
+    }
 
 
 def _operation(name: str, spec: EventTypeSpec, method: str, operation_id: str) -> dict[str, Any]:

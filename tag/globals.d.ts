@@ -1,0 +1,2 @@
+// Set by the build (esbuild --define) from package.json's version.
+declare const TP_VERSION: string;

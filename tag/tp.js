@@ -1,0 +1,258 @@
+// @ts-check
+/**
+ * tp.js: trackpoint's first-party tag. Page views, custom events and conversions, sent to the tracker that serves
+ * this file; consent first, nothing lost that the tracker has not acknowledged.
+ *
+ * Built by scripts/build-tag into src/trackpoint/tag/tp.min.js; types checked by `tsc --checkJs --strict`.
+ */
+(() => {
+  /** @typedef {string | number | boolean | null | undefined} Value */
+  /** @typedef {Record<string, Value>} Props */
+  /**
+   * An event on its way: where it goes, what it says, and its retry state (`sending` is never persisted).
+   * @typedef {{path: string, body: Props, anon: boolean, tries: number, due: number, sending?: boolean}} Item
+   */
+  /**
+   * @typedef {object} Options
+   * @property {string} endpoint the tracker's origin (default: the origin this file was loaded from)
+   * @property {string} page path of the page view event type
+   * @property {string} event path of the custom event type
+   * @property {string} conversion path of the conversion event type
+   * @property {boolean} consent wait for `tp('consent', ...)` (or the page's TCF CMP) before sending anything
+   * @property {number} batchMs how long events gather before they are sent
+   * @property {number} clickDays how long a click id from the landing URL is kept for conversions
+   */
+  /**
+   * The page's IAB TCF v2 CMP, when it has one.
+   * @typedef {{eventStatus?: string, gdprApplies?: boolean, tcString?: string,
+   *            purpose?: {consents?: Record<string, boolean>}}} TCData
+   * @typedef {(command: string, version: number, callback: (data: TCData, ok: boolean) => void) => void} TcfApi
+   */
+
+  const win = /** @type {Window & {tp?: any, __tcfapi?: TcfApi}} */ (window);
+  if (win.tp && win.tp.version) return; // loaded twice: the first copy keeps the queue
+
+  const QUEUE_KEY = "tp_q";
+  const CLICK_KEY = "tp_click";
+  const MAX_QUEUE = 100; // events kept while the tracker cannot be reached (the oldest give way)
+  const MAX_BACKOFF_MS = 60000;
+  const PENDING = 0;
+  const GRANTED = 1;
+  const DENIED = 2;
+
+  const script = document.currentScript;
+  const data = script instanceof HTMLScriptElement ? script.dataset : {};
+  /** @type {Options} */
+  const options = {
+    endpoint: data.endpoint || (script instanceof HTMLScriptElement && script.src ? new URL(script.src).origin : ""),
+    page: data.page || "/t/page",
+    event: data.event || "/t/event",
+    conversion: data.conversion || "/conv",
+    consent: data.consent === "required",
+    batchMs: Number(data.batchMs || 500),
+    clickDays: Number(data.clickDays || 30),
+  };
+  // Global Privacy Control: events are still sent, never with an identifier (no cookie, no click id).
+  const gpc = /** @type {Navigator & {globalPrivacyControl?: boolean}} */ (navigator).globalPrivacyControl === true;
+
+  let consent = PENDING;
+  let waitingForCmp = false;
+  /** @type {Props} */
+  let tcf = {};
+  /** @type {Item[]} events held until consent is known (in memory only: nothing is stored before consent) */
+  let held = [];
+  /** @type {Item[]} events accepted for sending, persisted until the tracker acknowledges them */
+  let queue = [];
+  /** @type {{id: string, ts: number} | null} the click id the landing URL carried, or the stored one */
+  let click = null;
+  /** @type {ReturnType<typeof setTimeout> | undefined} */
+  let timer;
+
+  // Storage may be missing or refuse access (blocked cookies, private modes): the events still go, only without
+  // surviving a reload. `local`: localStorage (the click id, for later visits), else sessionStorage (the queue).
+  /** @param {boolean} local @param {string} key @param {unknown} value */
+  const store = (local, key, value) => {
+    try {
+      const storage = local ? localStorage : sessionStorage;
+      if (value === null) storage.removeItem(key);
+      else storage.setItem(key, JSON.stringify(value));
+    } catch (_) {}
+  };
+  /** @param {boolean} local @param {string} key @returns {any} */
+  const read = (local, key) => {
+    try {
+      return JSON.parse((local ? localStorage : sessionStorage).getItem(key) || "null");
+    } catch (_) {
+      return null;
+    }
+  };
+  const identifying = () => consent === GRANTED && !gpc;
+  const save = () => store(false, QUEUE_KEY, queue.map(({ sending, ...item }) => item));
+  /** This page's URL without the click id (which goes only where consent lets it). */
+  const here = () => {
+    const url = new URL(location.href);
+    url.searchParams.delete(CLICK_KEY);
+    return url.href;
+  };
+  /** The event's id, so that a retried event is recorded once (the event type's dedupe_key). */
+  const randomId = () =>
+    Array.from(crypto.getRandomValues(new Uint8Array(16)), (byte) => (byte + 256).toString(16).slice(1)).join("");
+
+  /**
+   * The transport, one function so that a batch endpoint can take a whole batch in one request one day; today one
+   * request per event. While the page lives: fetch with keepalive, acknowledged by a 2xx (a 4xx other than 408 and
+   * 429 will never succeed: dropped); as it goes away: sendBeacon, which the browser delivers after the page is gone.
+   * @param {Item[]} items
+   * @param {boolean} leaving
+   */
+  const transmit = (items, leaving) => {
+    for (const item of items) {
+      const url = options.endpoint + item.path;
+      const body = JSON.stringify({ ...item.body, ...tcf }); // a string: text/plain, no preflight
+      // sendBeacon always sends cookies: an event that must carry none goes by fetch, which keepalive lets outlive us
+      if (leaving && !item.anon && navigator.sendBeacon && navigator.sendBeacon(url, body)) {
+        done(item);
+        continue;
+      }
+      item.sending = true;
+      fetch(url, { method: "POST", body, keepalive: true, credentials: item.anon ? "omit" : "include" }).then(
+        (response) => {
+          const status = response.status;
+          if (response.ok || (status >= 400 && status < 500 && status !== 408 && status !== 429)) done(item);
+          else retry(item);
+        },
+        () => retry(item),
+      );
+    }
+  };
+
+  /** @param {Item} item */
+  const done = (item) => {
+    queue = queue.filter((queued) => queued !== item);
+    save();
+  };
+
+  /** Backoff with jitter: 1 s, 2 s, 4 s ... up to a minute, and at once when the browser is back online.
+   * @param {Item} item */
+  const retry = (item) => {
+    item.sending = false;
+    item.tries += 1;
+    item.due = Date.now() + Math.min(MAX_BACKOFF_MS, 1000 * 2 ** item.tries) * (0.5 + Math.random() / 2);
+    save();
+    schedule();
+  };
+
+  /** Sends what is due, then sets the timer for the next due item. */
+  const flush = () => {
+    clearTimeout(timer);
+    timer = undefined;
+    if (!navigator.onLine) return; // the `online` event flushes
+    const now = Date.now();
+    transmit(queue.filter((item) => !item.sending && item.due <= now), false);
+    schedule();
+  };
+
+  const schedule = () => {
+    const waiting = queue.filter((item) => !item.sending).map((item) => item.due);
+    clearTimeout(timer);
+    timer = waiting.length ? setTimeout(flush, Math.max(0, Math.min(...waiting) - Date.now())) : undefined;
+  };
+
+  /** The page goes away (or to the background, from where it may never come back): everything not in flight. */
+  const leave = () => {
+    if (navigator.onLine) transmit(queue.filter((item) => !item.sending), true);
+  };
+
+  /** An event accepted for sending: identifiers attached only with consent. @param {Item} item */
+  const accept = (item) => {
+    item.anon = !identifying();
+    if (item.path === options.conversion && click && !item.anon) item.body.click_id = click.id;
+    item.due = Date.now() + options.batchMs;
+    queue.push(item);
+    if (queue.length > MAX_QUEUE) queue.shift();
+    save();
+    schedule();
+  };
+
+  /** @param {string} path @param {Props} body */
+  const track = (path, body) => {
+    /** @type {Item} */
+    const item = { path, body: { ...body, eid: randomId() }, anon: true, tries: 0, due: 0 };
+    if (consent === PENDING || waitingForCmp) held.push(item);
+    else if (consent === GRANTED) accept(item);
+  };
+
+  /** @param {boolean} granted */
+  const decide = (granted) => {
+    consent = granted ? GRANTED : DENIED;
+    if (identifying() && click) store(true, CLICK_KEY, click);
+    if (!granted) {
+      store(true, CLICK_KEY, null); // a withdrawal forgets the click too
+      store(false, QUEUE_KEY, null);
+      queue = [];
+    }
+    release();
+  };
+
+  const release = () => {
+    if (consent === PENDING || waitingForCmp) return;
+    const ready = held;
+    held = [];
+    if (consent === GRANTED) ready.forEach(accept);
+  };
+
+  /**
+   * The API: tp('page'), tp('event', name, props), tp('conversion', props), tp('consent', 'granted' | 'denied'),
+   * tp('init', options).
+   * @param {string} command
+   * @param {any} [first]
+   * @param {Props} [second]
+   */
+  const tp = (command, first, second) => {
+    if (command === "init") Object.assign(options, first);
+    else if (command === "page")
+      track(options.page, { url: here(), ref: document.referrer || undefined, title: document.title, ...first });
+    else if (command === "event") track(options.event, { url: here(), ...second, name: first });
+    else if (command === "conversion") track(options.conversion, { ...first });
+    else if (command === "consent") decide(first === true || first === "granted");
+  };
+  tp.version = TP_VERSION;
+
+  // What an earlier page of this tab left unacknowledged.
+  /** @type {Item[]} */
+  const left = read(false, QUEUE_KEY) || [];
+  queue = left.slice(-MAX_QUEUE);
+
+  const queued = (win.tp && win.tp.q) || [];
+  win.tp = tp;
+  // The calls the snippet queued before this file arrived: options first, whatever their order.
+  for (const args of queued) if (args[0] === "init") tp(args[0], args[1]);
+  // The click id a click through the tracker's redirect appended to this landing page, kept first party for the
+  // conversions that follow (the tracker attributes them by the id alone).
+  const landed = new URLSearchParams(location.search).get(CLICK_KEY);
+  const stored = read(true, CLICK_KEY);
+  if (landed) click = { id: landed, ts: Date.now() };
+  else if (stored && stored.id && Date.now() - stored.ts < options.clickDays * 86400000) click = stored;
+  if (!options.consent) decide(true); // no banner to wait for
+  if (typeof win.__tcfapi === "function") {
+    waitingForCmp = true;
+    win.__tcfapi("addEventListener", 2, (tcData, ok) => {
+      if (!ok || (tcData.eventStatus !== "tcloaded" && tcData.eventStatus !== "useractioncomplete")) return;
+      tcf = { gdpr: tcData.gdprApplies ? 1 : 0, gdpr_consent: tcData.tcString };
+      waitingForCmp = false;
+      if (options.consent) decide(!tcData.gdprApplies || !!(tcData.purpose?.consents || {})[1]);
+      else release();
+    });
+  }
+  for (const args of queued) if (args[0] !== "init") tp(args[0], args[1], args[2]);
+
+  addEventListener("online", () => {
+    for (const item of queue) item.due = 0; // back online: no need to wait out the backoff
+    flush();
+  });
+  addEventListener("pagehide", leave);
+  document.addEventListener("visibilitychange", () => {
+    if (document.visibilityState === "hidden") leave();
+  });
+  flush();
+})();

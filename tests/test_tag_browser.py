@@ -1,0 +1,301 @@
+"""tp.js in a real browser (headless chromium): a shop's pages on one origin load the tag from the tracker on another,
+send page views and custom events after consent only, attribute a conversion to a click through the tracker's
+redirect by the tag alone, honour GPC, retry through an outage, and deliver what is still queued as the page closes.
+Every event is checked in the tracker's log.
+"""
+
+from __future__ import annotations
+
+import threading
+import time
+import uuid
+from collections.abc import Callable, Iterator
+from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+from pathlib import Path
+from typing import Any
+from urllib.parse import parse_qs, quote, urlsplit
+
+import pytest
+import yaml
+
+from conftest import CHROME_UA, Tracker, free_port
+from test_consent import TC_RANGE
+from trackpoint.event import Event
+from trackpoint.tag import built_tag
+
+pytestmark = pytest.mark.e2e
+
+EXAMPLE = Path(__file__).resolve().parent.parent / "examples" / "web-tag.yaml"
+TAG = built_tag()
+
+
+class Site:
+    """The shop: a tiny HTTP server on its own port (another origin than the tracker's) serving pages by path."""
+
+    def __init__(self) -> None:
+        self.port = free_port()
+        self.origin = f"http://127.0.0.1:{self.port}"
+        self.pages: dict[str, str] = {}
+        pages = self.pages
+
+        class Handler(BaseHTTPRequestHandler):
+            def do_GET(self) -> None:
+                page = pages.get(urlsplit(self.path).path)
+                body = (page or "not found").encode()
+                self.send_response(200 if page else 404)
+                self.send_header("Content-Type", "text/html; charset=utf-8")
+                self.send_header("Content-Length", str(len(body)))
+                self.end_headers()
+                self.wfile.write(body)
+
+            def log_message(self, *args: Any) -> None:
+                pass
+
+        self.server = ThreadingHTTPServer(("127.0.0.1", self.port), Handler)
+        self.thread = threading.Thread(target=self.server.serve_forever, daemon=True)
+        self.thread.start()
+
+    def close(self) -> None:
+        self.server.shutdown()
+        self.server.server_close()
+
+
+@pytest.fixture
+def site() -> Iterator[Site]:
+    shop = Site()
+    yield shop
+    shop.close()
+
+
+@pytest.fixture
+def shop_tracker(tracker_factory: Any, site: Site) -> Tracker:
+    """examples/web-tag.yaml as it is, but for the shop's local origin (no cookie domain: the shop is 127.0.0.1), and
+    custom events recording how the browser sent them (`Sec-Fetch-Mode`: `cors` for fetch, `no-cors` for a beacon)."""
+    config = yaml.safe_load(EXAMPLE.read_text())
+    for spec in config["event_types"].values():
+        response = spec["response"] = dict(spec["response"])  # the example shares one response (a YAML anchor)
+        if "cors" in response:
+            response["cors"] = {**response["cors"], "allow_origins": [site.origin]}
+            response["user_id_cookie"] = {"name": "tp_uid", "max_age_days": 390}
+    config["event_types"]["click"]["response"]["allow_hosts"] = ["127.0.0.1"]
+    config["event_types"]["custom_event"]["fields"]["mode"] = {"source": "header", "name": "Sec-Fetch-Mode"}
+    tracker: Tracker = tracker_factory(config)
+    return tracker
+
+
+def page_html(tracker: Tracker, body: str = "", script: str = "", attributes: str = 'data-consent="required"') -> str:
+    """A page of the shop: the async snippet, the tag pinned by its integrity hash, and the site's own calls. The
+    site's consent banner is simulated: it remembers the visitor's choice and tells the tag on every page."""
+    src = f"http://127.0.0.1:{tracker.port}/tp/{TAG.version}/tp.js"
+    return f"""<!doctype html><html><head><title>Shop page</title>
+<script>window.tp=window.tp||function(){{(tp.q=tp.q||[]).push(arguments)}};
+if (localStorage.getItem("site_consent") === "yes") tp("consent", "granted");
+tp("page");{script}</script>
+<script async src="{src}" integrity="{TAG.integrity}" crossorigin="anonymous" {attributes}></script>
+</head><body>{body}</body></html>"""
+
+
+def wait_events(
+    tracker: Tracker, wanted: Callable[[Event], bool], count: int, what: str, page: Any = None
+) -> list[Event]:
+    """Polls the log; with a `page`, through Playwright's own wait, so that its route handlers keep running."""
+    deadline = time.monotonic() + 15
+    while True:
+        found = [event for event in tracker.events() if wanted(event)]
+        if len(found) >= count:
+            return found
+        assert time.monotonic() < deadline, f"timed out waiting for {count} {what}; have {found}"
+        if page is None:
+            time.sleep(0.05)
+        else:
+            page.wait_for_timeout(50)
+
+
+def send_sentinel(page: Any, tracker: Tracker) -> None:
+    """An event the page sends itself, well after the tag would have sent (its batches leave after half a second),
+    and waits for: once it is in the log, anything the tag had sent would be too."""
+    page.evaluate(f"""async () => {{
+        await new Promise((resolve) => setTimeout(resolve, 1500));
+        await fetch("http://127.0.0.1:{tracker.port}/t/event", {{method: "POST", body: JSON.stringify(
+            {{name: "sentinel", url: location.href}})}});
+    }}""")
+    wait_events(tracker, lambda e: e.dims.get("name") == "sentinel", 1, "the sentinel")
+
+
+def with_url(url: str) -> Callable[[Event], bool]:
+    return lambda event: event.dims.get("url", "").startswith(url)
+
+
+def test_consent_events_click_attribution_and_the_beacon(browser: Any, site: Site, shop_tracker: Tracker) -> None:
+    tracker = shop_tracker
+    imp = f"imp-{uuid.uuid4().hex[:10]}"
+    landing = f"{site.origin}/landing"
+    ad = f"http://127.0.0.1:{tracker.port}/c?imp={imp}&cid=summer-sale&crid=banner&url={quote(landing, safe='')}"
+    site.pages["/"] = page_html(
+        tracker,
+        body=f'<a id="ad" href="{ad}">Summer sale</a>',
+        script='tp("event", "view_item", {category: "shoes", value: 49.9, cur: "EUR"});',
+    )
+    site.pages["/landing"] = page_html(tracker)
+    site.pages["/thanks"] = page_html(
+        tracker, script='tp("conversion", {order_id: "A-1001", value: 49.9, cur: "EUR"});'
+    )
+    site.pages["/leaving"] = page_html(
+        tracker,
+        script='tp("event", "scroll", {label: "25"}); tp("event", "scroll", {label: "50"});',
+        attributes='data-consent="required" data-batch-ms="600000"',  # nothing leaves before the page does
+    )
+    context = browser.new_context(user_agent=CHROME_UA)
+    posts: list[str] = []  # every event the page sends to the tracker
+    context.on("request", lambda request: posts.append(request.url) if request.method == "POST" else None)
+    page = context.new_page()
+
+    # Before consent: the tag loads (its integrity checked), the page view and the event wait in memory, unsent,
+    # and nothing is stored on the device.
+    page.goto(site.origin + "/")
+    page.wait_for_function("window.tp && window.tp.version")
+    assert page.evaluate("window.tp.version") == TAG.version
+    assert page.evaluate("[sessionStorage.getItem('tp_q'), localStorage.getItem('tp_click')]") == [None, None]
+    send_sentinel(page, tracker)
+    assert [event.dims["name"] for event in tracker.events()] == ["sentinel"]
+    assert posts == [f"http://127.0.0.1:{tracker.port}/t/event"]  # the sentinel's only
+    granted_at = time.time()
+    page.evaluate('localStorage.setItem("site_consent", "yes"); tp("consent", "granted")')
+    views = wait_events(
+        tracker, lambda e: with_url(site.origin + "/")(e) and e.dims.get("name") != "sentinel", 2, "the first page's"
+    )
+    assert all(event.ts >= int(granted_at * 1000) - 5 for event in views)  # recorded after the consent call
+    view = next(event for event in views if event.type == "pageview")
+    event = next(event for event in views if event.type == "custom_event")
+    assert view.dims["title"] == "Shop page"
+    assert view.dims["consent"] == "not_applicable"
+    assert event.dims["name"] == "view_item" and event.dims["category"] == "shoes"
+    assert event.metrics["value"] == 49_900_000 and event.dims["cur"] == "EUR"
+    assert event.dims["mode"] == "cors"  # sent by fetch while the page lived
+    assert view.dims["eid"] != event.dims["eid"]
+    assert view.dims["uid"].startswith("auto:")  # the user id cookie, pseudonymised
+
+    # The ad click goes through the tracker's redirect; the landing page's tag keeps the click id first party.
+    page.click("#ad")
+    page.wait_for_url(landing + "?tp_click=*")
+    click_id = page.evaluate("new URLSearchParams(location.search).get('tp_click')")
+    clicks = wait_events(tracker, lambda e: e.type == "click" and e.dims["imp"] == imp, 1, "click")
+    assert clicks[0].dims["click_id"] == click_id
+    landed = wait_events(tracker, with_url(landing), 1, "landing page view")[0]
+    assert landed.dims["url"] == landing  # the click id is not spread in the URLs the tag reports
+    page.wait_for_function("localStorage.getItem('tp_click') !== null")
+
+    # Later, on another page without the click id in its URL: the conversion is attributed by the tag alone.
+    page.goto(site.origin + "/thanks")
+    conversion = wait_events(tracker, lambda e: e.type == "conversion", 1, "conversion")[0]
+    assert conversion.dims["click_id"] == click_id
+    assert conversion.dims["attribution"] == "attributed"
+    assert (conversion.dims["click_imp"], conversion.dims["click_cid"]) == (imp, "summer-sale")
+    assert conversion.dims["order_id"] == "A-1001" and conversion.metrics["value"] == 49_900_000
+
+    # A page whose events are still queued when it closes: they leave with sendBeacon.
+    page.goto(site.origin + "/leaving")
+    page.wait_for_function("JSON.parse(sessionStorage.getItem('tp_q') || '[]').length === 3")
+    page.close(run_before_unload=True)
+    left = wait_events(tracker, with_url(site.origin + "/leaving"), 3, "events queued at close")
+    scrolls = [event for event in left if event.type == "custom_event"]
+    assert sorted(event.dims["label"] for event in scrolls) == ["25", "50"]
+    assert {event.dims["mode"] for event in scrolls} == {"no-cors"}  # a beacon, not a fetch
+    context.close()
+
+
+def click_id_for(tracker: Tracker, site: Site) -> str:
+    """A real click id: what the tracker's redirect appends to the landing page."""
+    landing = quote(f"{site.origin}/landing", safe="")
+    status, headers, _ = tracker.get(f"/c?imp=imp-{uuid.uuid4().hex[:10]}&cid=summer-sale&url={landing}")
+    assert status == 302
+    return str(parse_qs(urlsplit(headers["location"]).query)["tp_click"][0])
+
+
+def test_gpc_sends_nothing_identifying(browser: Any, site: Site, shop_tracker: Tracker) -> None:
+    tracker = shop_tracker
+    click_id = click_id_for(tracker, site)
+    site.pages["/landing"] = page_html(tracker, script='tp("conversion", {order_id: "G-1", value: 10});')
+    # A browser with Global Privacy Control on: the property for the tag, the header for the tracker.
+    context = browser.new_context(user_agent=CHROME_UA, extra_http_headers={"Sec-GPC": "1"})
+    context.add_init_script("Object.defineProperty(Navigator.prototype, 'globalPrivacyControl', {get: () => true})")
+    cookies: list[str | None] = []
+    context.on("request", lambda r: cookies.append(r.headers.get("cookie")) if r.method == "POST" else None)
+    page = context.new_page()
+    page.goto(f"{site.origin}/landing?tp_click={click_id}")
+    page.wait_for_function("window.tp && window.tp.version")
+    page.evaluate('tp("consent", "granted")')  # even with consent, GPC keeps the identifiers out
+    view = wait_events(tracker, lambda e: e.type == "pageview", 1, "page view")[0]
+    conversion = wait_events(tracker, lambda e: e.type == "conversion", 1, "conversion")[0]
+    assert (view.dims["consent"], view.dims["consent_reason"]) == ("denied", "gpc")
+    assert "uid" not in view.dims and view.ctx.ip is None
+    assert view.dims["url"] == f"{site.origin}/landing"  # not even in the URL
+    assert "click_id" not in conversion.dims and conversion.dims["attribution"] == "unattributed"
+    assert conversion.dims["order_id"] == "G-1"
+    assert page.evaluate("localStorage.getItem('tp_click')") is None  # nothing kept on the device
+    assert cookies and set(cookies) == {None}  # sent without credentials
+    context.close()
+
+
+def test_a_tcf_cmp_decides_consent_and_its_string_is_passed(browser: Any, site: Site, shop_tracker: Tracker) -> None:
+    tracker = shop_tracker
+    # The page's CMP (IAB TCF v2): the tag waits for its `tcloaded` before it sends anything.
+    cmp = f"""window.__tcfapi = (command, version, callback) => setTimeout(() => callback({{
+        eventStatus: "tcloaded", gdprApplies: true, tcString: "{TC_RANGE}", purpose: {{consents: {{1: true}}}}}}, true),
+        50);"""
+    site.pages["/cmp"] = page_html(tracker, script=cmp)
+    context = browser.new_context(user_agent=CHROME_UA)
+    page = context.new_page()
+    page.goto(f"{site.origin}/cmp")
+    view = wait_events(tracker, lambda e: e.type == "pageview", 1, "page view")[0]
+    assert view.dims["consent"] == "granted"  # decided by the tracker from the TC string the tag passed
+    assert view.dims["uid"].startswith("auto:")
+    context.close()
+
+
+def test_failed_sends_are_retried_and_an_outage_waits(browser: Any, site: Site, shop_tracker: Tracker) -> None:
+    tracker = shop_tracker
+    site.pages["/plain"] = page_html(tracker, attributes='data-batch-ms="0"')  # no consent banner on this site
+    context = browser.new_context(user_agent=CHROME_UA)
+    page = context.new_page()
+    attempts: list[str] = []
+
+    def fail_first(route: Any) -> None:
+        attempts.append(route.request.post_data or "")
+        if len(attempts) == 1:
+            route.abort()  # the network fails once: retried after a backoff
+        else:
+            route.continue_()
+
+    page.route("**/t/event", fail_first)
+    page.goto(f"{site.origin}/plain?tp_click=click-1")
+    assert page.evaluate("JSON.parse(localStorage.getItem('tp_click')).id") == "click-1"  # no banner: kept at once
+    page.evaluate('tp("event", "retried")')
+    retried = wait_events(tracker, lambda e: e.dims.get("name") == "retried", 1, "the retried event", page)
+    assert len(attempts) == 2 and attempts[0] == attempts[1]  # the same event, with the same eid
+
+    # Offline: the event waits (persisted for this tab) and leaves when the browser is back online.
+    context.set_offline(True)
+    page.evaluate('tp("event", "offline")')
+    page.wait_for_function("JSON.parse(sessionStorage.getItem('tp_q') || '[]').length === 1")
+    context.set_offline(False)
+    wait_events(tracker, lambda e: e.dims.get("name") == "offline", 1, "the event sent once back online", page)
+    page.wait_for_function("JSON.parse(sessionStorage.getItem('tp_q')).length === 0")
+    events = [e for e in tracker.events() if e.type == "custom_event"]
+    assert sorted(e.dims["name"] for e in events) == ["offline", "retried"]  # each once
+    assert retried[0].dims["eid"] in attempts[0]
+    context.close()
+
+
+def test_denied_consent_sends_nothing(browser: Any, site: Site, shop_tracker: Tracker) -> None:
+    tracker = shop_tracker
+    site.pages["/landing"] = page_html(tracker, script='tp("event", "view_item");')
+    context = browser.new_context(user_agent=CHROME_UA)
+    page = context.new_page()
+    page.goto(f"{site.origin}/landing?tp_click=click-2")
+    page.wait_for_function("window.tp && window.tp.version")
+    page.evaluate('tp("consent", "denied"); tp("conversion", {order_id: "D-1"})')
+    send_sentinel(page, tracker)
+    assert [event.dims["name"] for event in tracker.events()] == ["sentinel"]
+    assert page.evaluate("[sessionStorage.getItem('tp_q'), localStorage.getItem('tp_click')]") == [None, None]
+    context.close()
