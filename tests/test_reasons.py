@@ -10,8 +10,8 @@ from collections.abc import Iterator
 from pathlib import Path
 
 from trackpoint.config import load
-from trackpoint.edge.responses import REASONS as STATUS_PHRASES
 from trackpoint.fields.reasons import BY_REASON, REJECT_REASONS
+from trackpoint.http.responses import REASONS as STATUS_PHRASES
 from trackpoint.reference.config import endpoints_reference
 from trackpoint.reference.openapi import openapi_document
 

@@ -1,6 +1,6 @@
 """A worker's edge: the routes compiled from the config, its collectors and preprocessors, timers and draining.
 
-Everything here is built once at worker start; connections (protocol.py) only read it.
+Everything here is built once at worker start; connections (pipeline.py) only read it.
 """
 
 from __future__ import annotations
@@ -18,11 +18,14 @@ from trackpoint.edge import responses
 from trackpoint.edge.bad_rows import BadRows
 from trackpoint.edge.cors import REQUEST_HEADERS as CORS_HEADERS
 from trackpoint.edge.cors import CorsPolicy
-from trackpoint.edge.protocol import FRAMING_HEADERS, IDLE, EdgeProtocol
+from trackpoint.edge.pipeline import EdgeProtocol
 from trackpoint.edge.ratelimit import RateLimiter, build_limiters
 from trackpoint.edge.stats import EdgeStats, Snapshot
 from trackpoint.event import Event, Meta
 from trackpoint.fields.build import CONTEXT_HEADERS, EventBuilder
+from trackpoint.http.connection import FRAMING_HEADERS, IDLE
+from trackpoint.http.limits import Caps
+from trackpoint.http.responses import Clock, reject
 from trackpoint.preprocessors import (
     CountsOutcomes,
     FlagsTraffic,
@@ -119,23 +122,10 @@ class Edge:
 
     def __init__(self, config: Config, config_version: str, worker: int, components: Components) -> None:
         self.limits: Limits = config.server.limits
-        # The limits the request path reads, as plain attributes (one look-up each instead of two).
-        self.max_request_line_bytes = self.limits.max_request_line_bytes
-        self.max_header_count = self.limits.max_header_count
-        self.max_header_bytes = self.limits.max_header_bytes
-        self.max_keepalive_requests = self.limits.max_keepalive_requests
-        self.header_timeout_s = self.limits.header_timeout_s
-        self.keepalive_timeout_s = self.limits.keepalive_timeout_s
-        self.write_timeout_s = self.limits.write_timeout_s
-        self.max_pipelined_requests = self.limits.max_pipelined_requests
-        # The bytes one request may take on the wire before its head is complete (request line, header lines with
-        # their separators), and once it has a body: the body, and the framing of a chunked body (sizes,
-        # extensions, trailers) up to as much again.
-        limits = self.limits
-        self.head_cap = limits.max_request_line_bytes + 32 + limits.max_header_bytes + 4 * limits.max_header_count
-        self.request_cap = self.head_cap + 2 * limits.max_body_bytes + 4096
+        # The limits the request path reads, as plain attributes, and the byte caps derived from them.
+        self.caps = Caps(self.limits)
         self.connections_per_ip: dict[str, int] = {}
-        self.clock = responses.Clock()
+        self.clock = Clock()
         self.stats = EdgeStats()
         self.connections: set[EdgeProtocol] = set()
         self.draining = False
@@ -269,7 +259,8 @@ class Edge:
                     per_ip.pop(connection.peer_ip, None)
 
     def reject_response(self, status: int, reason: str, field: str | None, keep_alive: bool, is_head: bool) -> bytes:
-        return responses.reject(self.clock, status, reason, field, keep_alive, is_head)
+        extra = responses.ALLOW if status == 405 else responses.POSTBACK_CHALLENGE if status == 401 else b""
+        return reject(self.clock, status, reason, field, keep_alive, is_head, extra)
 
     def queue_output(self, connection: EdgeProtocol) -> None:
         """Responses are written after every ready connection has been read: one write per connection per

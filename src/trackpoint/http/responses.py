@@ -1,0 +1,90 @@
+"""HTTP/1.1 response heads and the small error answers, as bytes: the one place their format is written.
+
+The edge prebuilds its static responses from `head` once a second (when the Date changes); the admin port encodes
+its answers with it too. An error answer is `reject`: the status, `X-Reject-Reason` and `{"error": reason}`.
+"""
+
+from __future__ import annotations
+
+from email.utils import formatdate
+
+import msgspec
+
+REASONS = {
+    100: "Continue",
+    200: "OK",
+    201: "Created",
+    204: "No Content",
+    302: "Found",
+    400: "Bad Request",
+    401: "Unauthorized",
+    403: "Forbidden",
+    404: "Not Found",
+    405: "Method Not Allowed",
+    408: "Request Timeout",
+    409: "Conflict",
+    413: "Content Too Large",
+    414: "URI Too Long",
+    415: "Unsupported Media Type",
+    422: "Unprocessable Content",
+    429: "Too Many Requests",
+    431: "Request Header Fields Too Large",
+    500: "Internal Server Error",
+    503: "Service Unavailable",
+}
+NO_STORE = b"Cache-Control: no-store, no-cache, must-revalidate, max-age=0\r\n"
+KEEP_ALIVE = b"Connection: keep-alive\r\n"
+CLOSE = b"Connection: close\r\n"
+CONTINUE = b"HTTP/1.1 100 Continue\r\n\r\n"
+
+
+def http_date() -> bytes:
+    return formatdate(usegmt=True).encode("ascii")
+
+
+class Clock:
+    """The current Date header line, refreshed by its owner (a worker, the admin server) once a second."""
+
+    __slots__ = ("date_line",)
+
+    def __init__(self) -> None:
+        self.date_line = b""
+        self.refresh()
+
+    def refresh(self) -> None:
+        self.date_line = b"Date: " + http_date() + b"\r\n"
+
+
+def head(clock: Clock, status: int, headers: bytes, length: int, keep_alive: bool) -> bytes:
+    """Status line and headers of a response with a body of `length` bytes."""
+    return b"".join(
+        (
+            b"HTTP/1.1 %d %s\r\nServer: trackpoint\r\n" % (status, REASONS.get(status, "Unknown").encode("ascii")),
+            clock.date_line,
+            headers,
+            b"Content-Length: %d\r\n" % length,
+            KEEP_ALIVE if keep_alive else CLOSE,
+            b"\r\n",
+        )
+    )
+
+
+def reject_body(reason: str, field: str | None) -> bytes:
+    return msgspec.json.encode({"error": reason, "field": field} if field else {"error": reason})
+
+
+def reject(  # noqa: PLR0917 - called from the request path, with the request's own flags
+    clock: Clock,
+    status: int,
+    reason: str,
+    field: str | None,
+    keep_alive: bool,
+    is_head: bool,
+    extra: bytes = b"",
+) -> bytes:
+    """An error answer: status, `X-Reject-Reason` header and a small JSON body naming the reason (and field);
+    `extra`: header lines its caller adds (`Allow` of a 405, the challenge of a 401)."""
+    body = reject_body(reason, field)
+    headers = b"X-Reject-Reason: " + reason.encode("ascii") + b"\r\nContent-Type: application/json\r\n" + NO_STORE
+    response = head(clock, status, headers + extra, len(body), keep_alive)
+    return response if is_head else response + body
