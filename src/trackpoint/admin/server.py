@@ -25,6 +25,7 @@ import httptools
 import msgspec
 
 from trackpoint.config.model import AdminLimits
+from trackpoint.fields.converters import Reject
 from trackpoint.http.connection import HEADERS, IDLE, HttpConnection
 from trackpoint.http.limits import Caps
 from trackpoint.http.responses import Clock, head, reject
@@ -400,6 +401,8 @@ class _AdminProtocol(HttpConnection):
     def on_message_complete(self) -> None:
         parser = self.parser
         assert parser is not None
+        if self.inflater is not None and not self.inflater.finished():  # a compressed body cut short
+            raise Reject(400, "content_encoding_invalid")
         parsed = httptools.parse_url(self.url)
         self.requests += 1
         keep_alive = parser.should_keep_alive() and self.requests < self.caps.max_keepalive_requests

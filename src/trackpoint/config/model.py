@@ -55,6 +55,24 @@ BodyTimeout = Annotated[
     Seconds, Meta(description="Time allowed to receive a request body after its headers; then 408.")
 ]
 KeepaliveRequests = Annotated[int, Meta(ge=1, description="Requests served on one connection before it is closed.")]
+InflatedBytes = Annotated[
+    int,
+    Meta(
+        ge=0,
+        le=64 << 20,
+        description="Largest body once inflated (`Content-Encoding: gzip` or `deflate`); more → 413 "
+        "`inflated_too_large`. Bodies are inflated as they arrive, never more than this held.",
+    ),
+]
+InflationRatio = Annotated[
+    int,
+    Meta(
+        ge=1,
+        le=100_000,
+        description="Largest inflated / compressed size of a compressed body (past its first KiB); more → 413 "
+        "`inflation_ratio_exceeded`: a compression bomb is refused early.",
+    ),
+]
 
 
 class Limits(Struct, forbid_unknown_fields=True, kw_only=True):
@@ -63,7 +81,11 @@ class Limits(Struct, forbid_unknown_fields=True, kw_only=True):
     max_request_line_bytes: RequestLineBytes = 8192
     max_header_bytes: HeaderBytes = 16384
     max_header_count: HeaderCount = 100
-    max_body_bytes: Annotated[int, Meta(ge=0, le=16 << 20, description="Largest request body; larger → 413.")] = 65536
+    max_body_bytes: Annotated[
+        int, Meta(ge=0, le=16 << 20, description="Largest request body as sent (compressed or not); larger → 413.")
+    ] = 65536
+    max_inflated_bytes: InflatedBytes = 1 << 20
+    max_inflation_ratio: InflationRatio = 100
     header_timeout_s: HeaderTimeout = 10.0
     body_timeout_s: BodyTimeout = 10.0
     keepalive_timeout_s: Annotated[
@@ -143,6 +165,8 @@ class AdminLimits(Struct, forbid_unknown_fields=True, kw_only=True):
     max_body_bytes: Annotated[
         int, Meta(ge=0, le=16 << 20, description="Largest request body (budgets API); larger → 413.")
     ] = 1 << 20
+    max_inflated_bytes: InflatedBytes = 4 << 20
+    max_inflation_ratio: InflationRatio = 100
     header_timeout_s: HeaderTimeout = 10.0
     body_timeout_s: BodyTimeout = 10.0
     keepalive_timeout_s: Annotated[

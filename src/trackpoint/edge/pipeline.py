@@ -17,7 +17,7 @@ from trackpoint.edge import responses
 from trackpoint.edge.cors import ORIGIN_NOT_ALLOWED
 from trackpoint.fields.converters import Reject
 from trackpoint.http.connection import AFTER_CLOSE, HttpConnection
-from trackpoint.http.responses import head
+from trackpoint.http.responses import head, origin_form
 
 if TYPE_CHECKING:
     from trackpoint.edge.cors import CorsPolicy
@@ -88,21 +88,31 @@ class EdgeProtocol(HttpConnection):
             if version == "1.1" and b"host" not in self.headers:
                 self.reject(400, "bad_host", None, False, is_head)  # RFC 9112 §3.2: HTTP/1.1 needs a Host
                 return
+        inflater = self.inflater
+        if inflater is not None and not inflater.finished():  # a compressed body cut short
+            self.reject(400, "content_encoding_invalid", None, keep_alive, is_head)
+            return
         path, _, query = self.url.partition(b"?")
 
         route = edge.routes.get(path)
         if route is None:
-            self.reject(404, "not_found", None, keep_alive, is_head)
-            return
+            target = origin_form(self.url) if path[:1] != b"/" else None  # an absolute-form target: by its path
+            if target is None or (route := edge.routes.get(target.partition(b"?")[0])) is None:
+                self.reject(404, "not_found", None, keep_alive, is_head)
+                return
+            path, _, query = target.partition(b"?")
         if method not in route.methods:
             if method == b"OPTIONS" and route.cors is not None and self.preflight(route.cors, keep_alive):
                 return
-            self.reject(405, "method_not_allowed", None, keep_alive, is_head, route.cors)
+            self.reject(405, "method_not_allowed", None, keep_alive, is_head, route.cors, route.allow)
             return
         for gate in route.gates:  # collectors whose full spool asks for backpressure (usually none)
             if not gate.accepting:
                 self.reject(503, "backpressure", None, keep_alive, is_head, route.cors)
                 return
+        if is_head:  # a link scanner's probe: GET's answer, nothing recorded
+            self.answer_head(route, path, query, keep_alive)
+            return
         event: Event | None = None  # bound before the try: the Reject handler reads it
         try:
             signed = False
@@ -118,7 +128,7 @@ class EdgeProtocol(HttpConnection):
             for limiter in route.limiters:  # the event type's rate limit (usually none); 429 raises Reject
                 if not limiter.admit(client_ip, built):
                     event = None  # shed: nothing is recorded, even when the response turns into a rejection
-                    self.shed(route, route.responder.render(built, keep_alive, is_head, signed), keep_alive)
+                    self.shed(route, route.responder.render(built, keep_alive, False, signed), keep_alive)
                     return
             # A route with the user id cookie: a request without one gets a new id (dims.uid) and its Set-Cookie.
             set_cookie = None if route.uid_cookie is None else route.uid_cookie.assign(built)
@@ -134,19 +144,42 @@ class EdgeProtocol(HttpConnection):
                     dropped = stats.preprocessor_dropped
                     dropped[preprocess.name] = dropped.get(preprocess.name, 0) + 1
                     break
-            response = route.responder.render(built if event is None else event, keep_alive, is_head, signed)
+            response = route.responder.render(built if event is None else event, keep_alive, False, signed)
             if set_cookie is not None and event is not None and not route.cookie_vetoed(event.dims):
-                response = route.responder.with_header(set_cookie, keep_alive, is_head)
+                response = route.responder.with_header(set_cookie, keep_alive, False)
             if route.cors is not None:  # a page on another origin: an allowed one gets the CORS headers
                 response = route.cors.decorate(response, self.headers.get(b"origin"))
         except Reject as rejected:
             if event is not None and type(rejected) is responses.RecordedReject:  # raised by render only
                 self.record(route, event)  # a refused redirect: the click is still recorded
-            self.reject(rejected.status, rejected.reason, rejected.field, keep_alive, is_head, route.cors)
+            self.reject(rejected.status, rejected.reason, rejected.field, keep_alive, False, route.cors)
             return
         self.send(response)
         if event is not None:
             self.record(route, event)
+        self.finish(keep_alive)
+
+    def answer_head(self, route: Route, path: bytes, query: bytes, keep_alive: bool) -> None:
+        """HEAD: the status and headers GET would get, and nothing else. The event is built and checked (a bad
+        request gets GET's 4xx), but no preprocessor runs (no click id, no dedupe state), no rate-limit token is
+        taken, no user id cookie is set and nothing is recorded: no log line, no banker debit. Counted by type."""
+        edge = self.edge
+        edge.stats.head[route.name] += 1
+        try:
+            signed = False
+            if route.signature is not None:
+                signed = route.signature.check(path, query)
+            client_ip = self.client_ip() if self.trusted_peer else self.peer_ip
+            built = route.builder.build(query, self.body, self.headers, client_ip)
+            if route.postback_auth is not None:
+                route.postback_auth.check(built, query, self.body, self.headers)
+            response = route.responder.render(built, keep_alive, True, signed)
+            if route.cors is not None:
+                response = route.cors.decorate(response, self.headers.get(b"origin"))
+        except Reject as rejected:  # a refused redirect too: its click is not recorded either
+            self.reject(rejected.status, rejected.reason, rejected.field, keep_alive, True, route.cors)
+            return
+        self.send(response)
         self.finish(keep_alive)
 
     def record(self, route: Route, event: Event) -> None:
@@ -176,9 +209,9 @@ class EdgeProtocol(HttpConnection):
     # --- responding ----------------------------------------------------------------------------------------------
 
     def client_ip(self) -> str:
-        """The X-Forwarded-For client, for a connection from a trusted proxy."""
-        forwarded = self.headers.get(b"x-forwarded-for")
-        return self.edge.forwarded_client(forwarded, self.peer_ip) if forwarded else self.peer_ip
+        """The client a trusted proxy forwards for (Forwarded or X-Forwarded-For), for a connection from one."""
+        headers = self.headers
+        return self.edge.forwarded_client(headers.get(b"forwarded"), headers.get(b"x-forwarded-for"), self.peer_ip)
 
     def reject(  # noqa: PLR0917 - called from the request path, with the request's own flags
         self,
@@ -188,14 +221,16 @@ class EdgeProtocol(HttpConnection):
         keep_alive: bool,
         is_head: bool,
         cors: CorsPolicy | None = None,
+        extra: bytes = b"",
     ) -> None:
-        """A counted rejection; `cors`: the event type's, so a page on an allowed origin can read the reason."""
+        """A counted rejection; `cors`: the event type's, so a page on an allowed origin can read the reason;
+        `extra`: header lines of the route's (a 405's `Allow`)."""
         assert self.transport is not None
         edge = self.edge
         edge.stats.reject(reason)
         if edge.bad_rows is not None and edge.bad_rows.sampled():
             self.record_bad_row(status, reason, field)
-        response = edge.reject_response(status, reason, field, keep_alive, is_head)
+        response = edge.reject_response(status, reason, field, keep_alive, is_head, extra)
         if cors is not None:
             response = cors.decorate(response, self.headers.get(b"origin"))
         self.send(response)

@@ -56,8 +56,7 @@ class StaticResponse:
         self.variants = (close + self.body, keep + self.body, close, keep)
 
 
-# Header lines of the edge's own error answers: the methods a 405 offers, the challenge of a postback's 401.
-ALLOW = b"Allow: GET, HEAD, POST\r\n"
+# The challenge of a postback's 401 (see security.postback_auth).
 POSTBACK_CHALLENGE = b'WWW-Authenticate: TP-HMAC realm="postback"\r\n'
 
 

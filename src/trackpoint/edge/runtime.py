@@ -24,8 +24,9 @@ from trackpoint.edge.stats import EdgeStats, Snapshot
 from trackpoint.event import Event, Meta
 from trackpoint.fields.build import CONTEXT_HEADERS, EventBuilder
 from trackpoint.http.connection import FRAMING_HEADERS, IDLE
+from trackpoint.http.forwarded import client_address, forwarded_for
 from trackpoint.http.limits import Caps
-from trackpoint.http.responses import Clock, reject
+from trackpoint.http.responses import Clock, allow_header, reject
 from trackpoint.preprocessors import (
     CountsOutcomes,
     FlagsTraffic,
@@ -97,6 +98,8 @@ class Route:
     cookie_vetoes: tuple[tuple[str, str], ...] = ()
     # Cross-origin requests from web pages (CORS); None when the type allows none.
     cors: CorsPolicy | None = None
+    # The `Allow` line of the route's 405: its methods (and OPTIONS, for a preflight, with CORS).
+    allow: bytes = b""
 
     def cookie_vetoed(self, dims: dict[str, str]) -> bool:
         """Whether a preprocessor's verdict on this event withholds the user id cookie."""
@@ -174,7 +177,7 @@ class Edge:
         self._syncing = False
         verifier = edge_verifier(config)
         self.routes: dict[bytes, Route] = {}
-        kept_headers = set(CONTEXT_HEADERS | FRAMING_HEADERS | {b"host"})
+        kept_headers = set(CONTEXT_HEADERS | FRAMING_HEADERS | {b"host", b"forwarded"})
         for type_name, spec in config.event_types.items():
             route_preprocessors = tuple(preprocessors[name] for name in spec.preprocessors)
             builder = EventBuilder(type_name, with_input_fields(spec, route_preprocessors), meta)
@@ -218,8 +221,10 @@ class Edge:
                 flag_dim=next(iter(flag_dims), ""),
                 cookie_vetoes=tuple(p.cookie_veto for p in route_preprocessors if isinstance(p, VetoesCookie)),
                 cors=cors,
+                allow=allow_header([*spec.methods, *(["OPTIONS"] if cors is not None else [])]),
             )
             self.stats.events[type_name] = 0
+            self.stats.head[type_name] = 0
             self.uncommitted[type_name] = 0
             if spec.rate_limit.rate_per_s is not None and spec.rate_limit.action == "shed":
                 self.stats.shed[type_name] = 0
@@ -258,8 +263,12 @@ class Edge:
                 else:
                     per_ip.pop(connection.peer_ip, None)
 
-    def reject_response(self, status: int, reason: str, field: str | None, keep_alive: bool, is_head: bool) -> bytes:
-        extra = responses.ALLOW if status == 405 else responses.POSTBACK_CHALLENGE if status == 401 else b""
+    def reject_response(  # noqa: PLR0917 - the request's own flags
+        self, status: int, reason: str, field: str | None, keep_alive: bool, is_head: bool, extra: bytes = b""
+    ) -> bytes:
+        """An error answer; `extra`: header lines of the route's (its 405's `Allow`)."""
+        if status == 401:
+            extra += responses.POSTBACK_CHALLENGE
         return reject(self.clock, status, reason, field, keep_alive, is_head, extra)
 
     def queue_output(self, connection: EdgeProtocol) -> None:
@@ -350,16 +359,16 @@ class Edge:
             return False
         return any(address in network for network in self.trusted_networks)
 
-    def forwarded_client(self, header: bytes, peer_ip: str) -> str:
-        """The right-most X-Forwarded-For address that is not one of our trusted proxies."""
-        for candidate in reversed(header.decode("latin-1").split(",")):
-            address = candidate.strip()
-            if not self._in_trusted(address):
-                try:
-                    return str(ipaddress.ip_address(address))
-                except ValueError:
-                    return peer_ip  # a forged or broken header: trust only what we saw
-        return peer_ip
+    def forwarded_client(self, forwarded: bytes | None, x_forwarded_for: bytes | None, peer_ip: str) -> str:
+        """The client behind our trusted proxies: from `Forwarded` (RFC 7239) when the request has one, else from
+        `X-Forwarded-For` (http/forwarded.py)."""
+        if forwarded is not None:
+            nodes = forwarded_for(forwarded.decode("latin-1"))
+        elif x_forwarded_for is not None:
+            nodes = x_forwarded_for.decode("latin-1").split(",")
+        else:
+            return peer_ip
+        return client_address(nodes, peer_ip, self._in_trusted)
 
     def preprocessor_failed(self, name: str, exc: BaseException) -> None:
         """A preprocessor raised: its event is dropped (counted under preprocessor_errors), logged once per interval."""

@@ -15,13 +15,14 @@ from collections.abc import Callable, Container
 import httptools
 
 from trackpoint.fields.converters import Reject
+from trackpoint.http.encoding import Inflater, wbits
 from trackpoint.http.limits import Caps
 from trackpoint.http.responses import CONTINUE
 
 # Connection phases, for the timeout sweep.
 IDLE, HEADERS, BODY = 0, 1, 2
-# Headers that frame a body; a connection keeps them for every request.
-FRAMING_HEADERS = frozenset({b"content-length", b"transfer-encoding", b"expect"})
+# Headers that frame or code a body; a connection keeps them for every request.
+FRAMING_HEADERS = frozenset({b"content-length", b"transfer-encoding", b"expect", b"content-encoding"})
 # After an error answer, how long input is still read (and discarded) before the connection is closed.
 LINGER_S = 1.0
 # What a connection does once its queued output is written.
@@ -51,6 +52,7 @@ class HttpConnection(asyncio.Protocol):
         "header_bytes",
         "header_count",
         "headers",
+        "inflater",
         "kept_headers",
         "observe",
         "out",
@@ -93,6 +95,8 @@ class HttpConnection(asyncio.Protocol):
         self.header_bytes = 0
         self.body: bytearray | None = None
         self.body_bytes = 0
+        # A compressed body's decompressor (Content-Encoding gzip or deflate): the body is kept inflated.
+        self.inflater: Inflater | None = None
         self.out: bytes | list[bytes] = b""
         # What the output step does once `out` is written (AFTER_*), and whether `out` answers a request whose
         # record the owner writes first (the edge: an event awaiting this iteration's log write).
@@ -218,6 +222,12 @@ class HttpConnection(asyncio.Protocol):
             # Sent once the whole head passed its checks (end of data_received), never before a 413 or 431.
             self.continue_due = value.lower() == b"100-continue"
             return
+        if name == b"content-encoding":  # 415 for a coding we cannot inflate, before the body is read
+            window = wbits(value)
+            if window is not None:
+                caps = self.caps
+                self.inflater = Inflater(window, caps.max_inflated_bytes, caps.max_inflation_ratio)
+            return
         if name == b"content-length" and (not value.isdigit() or int(value) > self.caps.max_body_bytes):
             raise Reject(413, "body_too_large")
         if name == b"transfer-encoding" and value.strip().lower() != b"chunked":
@@ -229,6 +239,8 @@ class HttpConnection(asyncio.Protocol):
         self.body_bytes += len(chunk)
         if self.body_bytes > self.caps.max_body_bytes:
             raise Reject(413, "body_too_large")
+        if self.inflater is not None:
+            chunk = self.inflater.inflate(chunk)
         if self.body is None:
             self.body = bytearray(chunk)
         else:
@@ -248,6 +260,7 @@ class HttpConnection(asyncio.Protocol):
             self.header_bytes = 0
             self.body = None
             self.body_bytes = 0
+            self.inflater = None
         else:
             self.close()
             raise Stop

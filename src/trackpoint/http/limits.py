@@ -17,6 +17,10 @@ class LimitFields(Protocol):
     @property
     def max_body_bytes(self) -> int: ...
     @property
+    def max_inflated_bytes(self) -> int: ...
+    @property
+    def max_inflation_ratio(self) -> int: ...
+    @property
     def header_timeout_s(self) -> float: ...
     @property
     def body_timeout_s(self) -> float: ...
@@ -44,6 +48,8 @@ class Caps:
         "max_body_bytes",
         "max_header_bytes",
         "max_header_count",
+        "max_inflated_bytes",
+        "max_inflation_ratio",
         "max_keepalive_requests",
         "max_pipelined_requests",
         "max_request_line_bytes",
@@ -56,6 +62,8 @@ class Caps:
         self.max_header_bytes = limits.max_header_bytes
         self.max_header_count = limits.max_header_count
         self.max_body_bytes = limits.max_body_bytes
+        self.max_inflated_bytes = limits.max_inflated_bytes
+        self.max_inflation_ratio = limits.max_inflation_ratio
         self.header_timeout_s = limits.header_timeout_s
         self.body_timeout_s = limits.body_timeout_s
         self.keepalive_timeout_s = limits.keepalive_timeout_s

@@ -6,6 +6,7 @@ its answers with it too. An error answer is `reject`: the status, `X-Reject-Reas
 
 from __future__ import annotations
 
+from collections.abc import Iterable
 from email.utils import formatdate
 
 import msgspec
@@ -56,17 +57,36 @@ class Clock:
 
 
 def head(clock: Clock, status: int, headers: bytes, length: int, keep_alive: bool) -> bytes:
-    """Status line and headers of a response with a body of `length` bytes."""
+    """Status line and headers of a response with a body of `length` bytes; a 204 says no length at all (RFC 9110
+    §8.6: a server must not send Content-Length in a 204)."""
     return b"".join(
         (
             b"HTTP/1.1 %d %s\r\nServer: trackpoint\r\n" % (status, REASONS.get(status, "Unknown").encode("ascii")),
             clock.date_line,
             headers,
-            b"Content-Length: %d\r\n" % length,
+            b"Content-Length: %d\r\n" % length if status != 204 else b"",
             KEEP_ALIVE if keep_alive else CLOSE,
             b"\r\n",
         )
     )
+
+
+def allow_header(methods: Iterable[str]) -> bytes:
+    """The `Allow` line of a 405: the methods the resource accepts (RFC 9110 §15.5.6), in a stable order."""
+    return b"Allow: " + ", ".join(sorted(set(methods))).encode("ascii") + b"\r\n"
+
+
+def origin_form(target: bytes) -> bytes | None:
+    """The path and query of an absolute-form request target (`http://host/i?x=1` → `/i?x=1`), which a server must
+    accept (RFC 9112 §3.2.2); None for a target that is not one."""
+    scheme, separator, rest = target.partition(b"://")
+    if not separator or scheme.lower() not in (b"http", b"https"):
+        return None
+    slash = rest.find(b"/")
+    question = rest.find(b"?")
+    if slash < 0 or (0 <= question < slash):  # `http://host` or `http://host?x`: the path is `/`
+        return b"/" + rest[question:] if question >= 0 else b"/"
+    return rest[slash:]
 
 
 def reject_body(reason: str, field: str | None) -> bytes:
