@@ -450,6 +450,24 @@ class RateLimitSpec(Struct, forbid_unknown_fields=True, kw_only=True):
     ] = 100_000
 
 
+class BatchSpec(Struct, forbid_unknown_fields=True, kw_only=True):
+    """Batch endpoints of an event type: many events in one POST body, as analytics SDKs and servers send them.
+
+    The body is a JSON array of items, or an object holding one: Snowplow's `{"schema": ..., "data": [...]}`,
+    Segment's and RudderStack's `{"batch": [...]}`, Matomo's `{"requests": ["?idsite=1&...", ...]}` (each a query
+    string). Each item is built into its own event (its own id), from its top-level members as a JSON body would
+    be; the answer lists the refused items and why, once every accepted item's line is written. The body's size is
+    capped by `server.limits` (`max_body_bytes`, `max_inflated_bytes`, `max_inflation_ratio`): raise them for large
+    batches."""
+
+    paths: Annotated[
+        list[str], Meta(description="Batch paths (exact match, POST only) of this event type; none by default.")
+    ] = msgspec.field(default_factory=list)
+    max_items: Annotated[
+        int, Meta(ge=1, le=100_000, description="Items per batch; more → 413 `batch_too_large`, nothing recorded.")
+    ] = 500
+
+
 class InvalidTrafficSpec(Struct, forbid_unknown_fields=True, kw_only=True):
     """What happens to an event flagged as invalid traffic (`dims.ivt`: `bot`, `prefetch`, `too_fast`, set by the
     flag_invalid_traffic and attribute_conversion preprocessors). The client's response is the same either way."""
@@ -562,6 +580,9 @@ class EventTypeSpec(Struct, forbid_unknown_fields=True, kw_only=True):
     postback_auth: Annotated[
         PostbackAuthSpec, Meta(description="Shared-secret authentication of advertiser postbacks (off by default).")
     ] = msgspec.field(default_factory=PostbackAuthSpec)
+    batch: Annotated[BatchSpec, Meta(description="Batch endpoints: many events per request (none by default).")] = (
+        msgspec.field(default_factory=BatchSpec)
+    )
 
 
 # --- collectors: one config struct per collector type, tagged by `type` ---------------------------------------

@@ -12,12 +12,14 @@ import time
 from typing import TYPE_CHECKING, cast
 
 import httptools
+import msgspec
 
 from trackpoint.edge import responses
 from trackpoint.edge.cors import ORIGIN_NOT_ALLOWED
+from trackpoint.fields.batch import batch_items
 from trackpoint.fields.converters import Reject
 from trackpoint.http.connection import AFTER_CLOSE, HttpConnection
-from trackpoint.http.responses import head, origin_form
+from trackpoint.http.responses import NO_STORE, head, origin_form
 
 if TYPE_CHECKING:
     from trackpoint.edge.cors import CorsPolicy
@@ -25,6 +27,13 @@ if TYPE_CHECKING:
     from trackpoint.event import Event
 
 _monotonic = time.monotonic
+BATCH_ALLOW = b"Allow: POST\r\n"
+JSON_NO_STORE = b"Content-Type: application/json\r\n" + NO_STORE
+
+
+def route_path(target: bytes) -> bytes:
+    """The path of an origin-form request target."""
+    return target.partition(b"?")[0]
 
 
 class EdgeProtocol(HttpConnection):
@@ -96,6 +105,10 @@ class EdgeProtocol(HttpConnection):
 
         route = edge.routes.get(path)
         if route is None:
+            batch = edge.batch_routes.get(path)
+            if batch is not None:
+                self.answer_batch(*batch, method, query, keep_alive)
+                return
             target = origin_form(self.url) if path[:1] != b"/" else None  # an absolute-form target: by its path
             if target is None or (route := edge.routes.get(target.partition(b"?")[0])) is None:
                 self.reject(404, "not_found", None, keep_alive, is_head)
@@ -132,18 +145,8 @@ class EdgeProtocol(HttpConnection):
                     return
             # A route with the user id cookie: a request without one gets a new id (dims.uid) and its Set-Cookie.
             set_cookie = None if route.uid_cookie is None else route.uid_cookie.assign(built)
-            for preprocess in route.preprocessors:
-                try:
-                    event = preprocess(event)
-                except Reject:
-                    raise
-                except Exception as exc:  # a failing plugin costs its event, never the worker or the response
-                    edge.preprocessor_failed(preprocess.name, exc)
-                    event = None
-                if event is None:  # dropped on purpose: the client still gets its normal response
-                    dropped = stats.preprocessor_dropped
-                    dropped[preprocess.name] = dropped.get(preprocess.name, 0) + 1
-                    break
+            if route.preprocessors:
+                event = self.preprocess(route, built)
             response = route.responder.render(built if event is None else event, keep_alive, False, signed)
             if set_cookie is not None and event is not None and not route.cookie_vetoed(event.dims):
                 response = route.responder.with_header(set_cookie, keep_alive, False)
@@ -157,6 +160,69 @@ class EdgeProtocol(HttpConnection):
         self.send(response)
         if event is not None:
             self.record(route, event)
+        self.finish(keep_alive)
+
+    def preprocess(self, route: Route, event: Event) -> Event | None:
+        """The route's preprocessors in order: the event (changed), or None when one dropped it (counted). A
+        preprocessor's Reject goes on to the caller; any other failure costs the event, never the worker."""
+        for preprocess in route.preprocessors:
+            try:
+                changed = preprocess(event)
+            except Reject:
+                raise
+            except Exception as exc:  # a failing plugin costs its event, never the worker or the response
+                self.edge.preprocessor_failed(preprocess.name, exc)
+                changed = None
+            if changed is None:  # dropped on purpose: the client still gets its normal response
+                dropped = self.edge.stats.preprocessor_dropped
+                dropped[preprocess.name] = dropped.get(preprocess.name, 0) + 1
+                return None
+            event = changed
+        return event
+
+    def answer_batch(self, route: Route, max_items: int, method: bytes, query: bytes, keep_alive: bool) -> None:
+        """A batch (POST to a batch path): each item built into its own event as a JSON body (a Matomo item as a
+        query string) and preprocessed, the accepted ones recorded (their lines written before this answer leaves),
+        the refused ones listed with their reasons: `{"accepted": n, "refused": [{"index": i, "error": reason}]}`.
+        The URL's signature is checked once for the whole batch; rate limits apply per item."""
+        edge = self.edge
+        if method != b"POST":
+            self.reject(405, "method_not_allowed", None, keep_alive, method == b"HEAD", route.cors, BATCH_ALLOW)
+            return
+        try:
+            if route.signature is not None:
+                route.signature.check(route_path(self.url), query)
+            items = batch_items(self.body or b"", max_items)
+        except Reject as rejected:
+            self.reject(rejected.status, rejected.reason, rejected.field, keep_alive, False, route.cors)
+            return
+        client_ip = self.client_ip() if self.trusted_peer else self.peer_ip
+        headers = self.headers
+        as_json = {**headers, b"content-type": b"application/json"}
+        refused: list[dict[str, object]] = []
+        accepted = 0
+        for index, item in enumerate(items):
+            try:
+                if isinstance(item, bytes):  # a query string (Matomo)
+                    built = route.builder.build(item, None, headers, client_ip)
+                else:
+                    built = route.builder.build(query, bytes(item), as_json, client_ip)
+                if all(limiter.admit(client_ip, built) for limiter in route.limiters):
+                    event = self.preprocess(route, built) if route.preprocessors else built
+                    if event is not None:
+                        self.record(route, event)
+                accepted += 1
+            except Reject as rejected:
+                edge.stats.reject(rejected.reason)
+                refusal: dict[str, object] = {"index": index, "error": rejected.reason}
+                if rejected.field:
+                    refusal["field"] = rejected.field
+                refused.append(refusal)
+        body = msgspec.json.encode({"accepted": accepted, "refused": refused})
+        response = head(edge.clock, 200, JSON_NO_STORE, len(body), keep_alive) + body
+        if route.cors is not None:
+            response = route.cors.decorate(response, headers.get(b"origin"))
+        self.send(response)
         self.finish(keep_alive)
 
     def answer_head(self, route: Route, path: bytes, query: bytes, keep_alive: bool) -> None:

@@ -177,6 +177,8 @@ class Edge:
         self._syncing = False
         verifier = edge_verifier(config)
         self.routes: dict[bytes, Route] = {}
+        # Batch paths (POST only): the event type's route, and its items per batch.
+        self.batch_routes: dict[bytes, tuple[Route, int]] = {}
         kept_headers = set(CONTEXT_HEADERS | FRAMING_HEADERS | {b"host", b"forwarded"})
         for type_name, spec in config.event_types.items():
             route_preprocessors = tuple(preprocessors[name] for name in spec.preprocessors)
@@ -230,6 +232,8 @@ class Edge:
                 self.stats.shed[type_name] = 0
             for path in spec.paths:
                 self.routes[path.encode("utf-8")] = route
+            for path in spec.batch.paths:  # looked up only where `routes` has no entry: no cost per request
+                self.batch_routes[path.encode("utf-8")] = (route, spec.batch.max_items)
         self.kept_headers = frozenset(kept_headers)
         self._responders = [route.responder for route in self.routes.values()]
         by_type = {route.name: route for route in self.routes.values()}  # a type with several paths counts once

@@ -43,6 +43,7 @@ REJECT_REASONS: tuple[RejectReason, ...] = (
         "inflation_ratio_exceeded",
         "A compressed body inflates to more than `server.limits.max_inflation_ratio` times its size (a bomb).",
     ),
+    RejectReason(413, "batch_too_large", "A batch with more items than its event type's `batch.max_items`."),
     RejectReason(400, "invalid_multipart", "A multipart/form-data body that cannot be read (boundary, parts, UTF-8)."),
     RejectReason(431, "headers_too_large", "The headers exceed `server.limits`."),
     # A field is missing or wrong (the body's `field` names it).
