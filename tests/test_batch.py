@@ -5,16 +5,19 @@ from __future__ import annotations
 
 import gzip
 import json
+import re
 import zlib
 from pathlib import Path
 from typing import Any
 
 import pytest
 import yaml
+from openapi_spec_validator import validate
 
 from conftest import Tracker
 from trackpoint.config.load import ConfigError, load
 from trackpoint.plugins import registry
+from trackpoint.reference.openapi import openapi_document
 
 TRACK = {
     "paths": ["/t"],
@@ -48,7 +51,8 @@ def _post(tracker: Tracker, path: str, document: Any, headers: dict[str, str] | 
     return status, json.loads(answer) if status == 200 else reply_headers
 
 
-# Each documented payload shape (docs/guides/batches.md), with two items.
+GUIDE = Path(__file__).resolve().parent.parent / "docs" / "guides" / "batches.md"
+# Each documented payload shape, with two items.
 SHAPES = {
     "posthog": [{"event": "pageview", "user": "u1"}, {"event": "click", "user": "u1"}],
     "snowplow": {
@@ -70,6 +74,15 @@ def test_each_documented_payload_shape(batching: Tracker, shape: str) -> None:
         assert sorted(e.metrics.get("value", 0) for e in events) == [0, 49_900_000]
     if shape == "matomo":
         assert {e.dims["event"] for e in events} == {"visit", "goal"} and {e.dims["user"] for e in events} == {"u4"}
+
+
+def test_every_example_of_the_guide(batching: Tracker) -> None:
+    examples = re.findall(r"```json\n(.*?)```", GUIDE.read_text(), re.S)
+    shapes = [json.loads(text) for text in examples if "accepted" not in text]
+    assert len(shapes) == 4  # array, data, batch, requests
+    for document in shapes:
+        assert _post(batching, "/t/batch", document) == (200, {"accepted": 2, "refused": []}), document
+    assert len({e.id for e in batching.wait_events(8)}) == 8
 
 
 def test_refused_items_are_listed_and_the_others_recorded(batching: Tracker) -> None:
@@ -126,3 +139,16 @@ def test_a_batch_path_is_a_path_of_its_own(tmp_path: Path, batch_paths: list[str
     config.write_text(yaml.safe_dump(document))
     with pytest.raises(ConfigError, match=message):
         load(config, registry=registry())
+
+
+def test_the_openapi_document_describes_batch_paths(tmp_path: Path) -> None:
+    config = tmp_path / "trackpoint.yaml"
+    config.write_text(yaml.safe_dump({"event_types": {"track": TRACK}}))
+    document = openapi_document(load(config, registry=registry()))
+    validate(document)
+    operation = document["paths"]["/t/batch"]["post"]
+    shapes = operation["requestBody"]["content"]["application/json"]["schema"]["oneOf"]
+    assert shapes[0]["maxItems"] == 150 and {"data", "batch", "requests"} <= {
+        key for shape in shapes[1:] for key in shape["required"]
+    }
+    assert "413" in operation["responses"] and "/matomo.php" in document["paths"]

@@ -70,6 +70,9 @@ def openapi_document(loaded: LoadedConfig) -> dict[str, Any]:
             for method in spec.methods:
                 suffix = f"_{index}" if index else ""
                 item[method.lower()] = _operation(name, spec, method, f"{name}_{method.lower()}{suffix}")
+        for index, path in enumerate(spec.batch.paths):
+            suffix = f"_{index}" if index else ""
+            paths[path] = {"post": _batch_operation(name, spec, f"{name}_batch_post{suffix}")}
     admin_server = {"url": f"http://{config.admin.host}:{config.admin.port}", "description": "The admin port."}
     for endpoint in admin_endpoints():
         admin_method, path, summary = endpoint.method, endpoint.path, endpoint.summary
@@ -200,6 +203,56 @@ def _operation(name: str, spec: EventTypeSpec, method: str, operation_id: str) -
         }
         operation["parameters"] = [*parameters, _CONTENT_ENCODING]
     return operation
+
+
+def _batch_operation(name: str, spec: EventTypeSpec, operation_id: str) -> dict[str, Any]:
+    """A batch path: many `name` events in one body, each item shaped as the event type's JSON body."""
+    item = _operation(name, spec, "POST", operation_id).get("requestBody", {}).get("content", {})
+    item_schema: Schema = item.get("application/json", {}).get("schema", {"type": "object"})
+    items: Schema = {"type": "array", "items": item_schema, "maxItems": spec.batch.max_items}
+    body: Schema = {
+        "oneOf": [
+            items,
+            {"type": "object", "required": ["data"], "properties": {"schema": {"type": "string"}, "data": items}},
+            {"type": "object", "required": ["batch"], "properties": {"batch": items}},
+            {
+                "type": "object",
+                "required": ["requests"],
+                "properties": {
+                    "requests": {"type": "array", "items": {"type": "string"}, "maxItems": spec.batch.max_items}
+                },
+            },
+        ]
+    }
+    refused: Schema = {
+        "type": "object",
+        "required": ["index", "error"],
+        "properties": {"index": {"type": "integer"}, "error": {"type": "string"}, "field": {"type": "string"}},
+    }
+    answer: Schema = {
+        "type": "object",
+        "required": ["accepted", "refused"],
+        "properties": {"accepted": {"type": "integer"}, "refused": {"type": "array", "items": refused}},
+    }
+    return {
+        "tags": [name],
+        "summary": f"Record a batch of `{name}` events.",
+        "description": (
+            "A JSON array of items, or an object holding one: Snowplow's `data`, Segment's and RudderStack's "
+            "`batch`, Matomo's `requests` (query strings). Each item becomes its own event (its own id); the answer "
+            "lists the refused items with their reasons and leaves once the accepted items are recorded. " + _BODY
+        ),
+        "operationId": operation_id,
+        "parameters": [_CONTENT_ENCODING],
+        "requestBody": {"required": True, "content": {"application/json": {"schema": body}}},
+        "responses": {
+            "200": {
+                "description": "The batch was read: how many items were recorded, and which were refused.",
+                "content": {"application/json": {"schema": answer}},
+            }
+        }
+        | {status: {"$ref": f"#/components/responses/{status}"} for status in _REJECTIONS},
+    }
 
 
 def _responses(spec: EventTypeSpec) -> dict[str, Any]:
