@@ -31,11 +31,6 @@ BATCH_ALLOW = b"Allow: POST\r\n"
 JSON_NO_STORE = b"Content-Type: application/json\r\n" + NO_STORE
 
 
-def route_path(target: bytes) -> bytes:
-    """The path of an origin-form request target."""
-    return target.partition(b"?")[0]
-
-
 class EdgeProtocol(HttpConnection):
     """One client connection of the tracking port: the shared HTTP/1.1 machinery, and the request path."""
 
@@ -107,7 +102,7 @@ class EdgeProtocol(HttpConnection):
         if route is None:
             batch = edge.batch_routes.get(path)
             if batch is not None:
-                self.answer_batch(*batch, method, query, keep_alive)
+                self.answer_batch(*batch, method, path, query, keep_alive)
                 return
             target = origin_form(self.url) if path[:1] != b"/" else None  # an absolute-form target: by its path
             if target is None or (route := edge.routes.get(target.partition(b"?")[0])) is None:
@@ -180,7 +175,9 @@ class EdgeProtocol(HttpConnection):
             event = changed
         return event
 
-    def answer_batch(self, route: Route, max_items: int, method: bytes, query: bytes, keep_alive: bool) -> None:
+    def answer_batch(  # noqa: PLR0917 - the request's own parts
+        self, route: Route, max_items: int, method: bytes, path: bytes, query: bytes, keep_alive: bool
+    ) -> None:
         """A batch (POST to a batch path): each item built into its own event as a JSON body (a Matomo item as a
         query string) and preprocessed, the accepted ones recorded (their lines written before this answer leaves),
         the refused ones listed with their reasons: `{"accepted": n, "refused": [{"index": i, "error": reason}]}`.
@@ -190,8 +187,10 @@ class EdgeProtocol(HttpConnection):
             self.reject(405, "method_not_allowed", None, keep_alive, method == b"HEAD", route.cors, BATCH_ALLOW)
             return
         try:
+            if any(not gate.accepting for gate in route.gates):  # a full spool asks for backpressure
+                raise Reject(503, "backpressure")
             if route.signature is not None:
-                route.signature.check(route_path(self.url), query)
+                route.signature.check(path, query)
             items = batch_items(self.body or b"", max_items)
         except Reject as rejected:
             self.reject(rejected.status, rejected.reason, rejected.field, keep_alive, False, route.cors)
