@@ -224,3 +224,27 @@ def test_405_allow_lists_the_methods_of_the_route(tracker: Tracker) -> None:
     assert (status, headers["allow"]) == (405, "GET, HEAD")
     status, headers, _ = tracker.request("PUT", "/conv", b"", FORM)
     assert (status, headers["allow"]) == (405, "GET, HEAD, POST")
+
+
+# --- one HTTP/1.1 protocol for both ports ---------------------------------------------------------------------------
+
+
+def test_both_ports_answer_a_limit_from_the_same_code(tracker: Tracker) -> None:
+    """http/connection.py is the edge's and the admin port's: the same 413, 431 and 100 Continue on either."""
+    requests = {
+        "413": b"POST /conv HTTP/1.1\r\nHost: t\r\nContent-Length: 99999999\r\n\r\n",
+        "431": b"GET /i HTTP/1.1\r\nHost: t\r\n" + b"X-Pad: " + b"a" * 20000 + b"\r\n\r\n",
+        "100": b"POST /conv HTTP/1.1\r\nHost: t\r\nExpect: 100-continue\r\nContent-Length: 2\r\n\r\n",
+    }
+    for port in (tracker.port, tracker.admin_port):
+        answers = {}
+        for name, request in requests.items():
+            with socket.create_connection(("127.0.0.1", port), timeout=3) as sock:
+                sock.sendall(request)
+                answers[name] = sock.recv(65536)
+        assert answers["413"].startswith(b"HTTP/1.1 413 Content Too Large\r\nServer: trackpoint\r\n"), port
+        assert b"X-Reject-Reason: body_too_large\r\n" in answers["413"] and answers["413"].endswith(
+            b'{"error":"body_too_large"}'
+        )
+        assert b"X-Reject-Reason: headers_too_large\r\n" in answers["431"], port
+        assert answers["100"] == b"HTTP/1.1 100 Continue\r\n\r\n", port
