@@ -27,7 +27,7 @@ import uvloop
 from harness import USER_AGENT
 from trackpoint import _native
 from trackpoint.config.load import load
-from trackpoint.edge.protocol import EdgeProtocol
+from trackpoint.edge.pipeline import EdgeProtocol
 from trackpoint.edge.runtime import Edge
 from trackpoint.plugins import registry
 

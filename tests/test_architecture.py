@@ -58,12 +58,12 @@ def test_every_path_and_name_on_the_page_exists() -> None:
 
 def test_the_extraction_finds_paths_and_names_and_ignores_the_rest() -> None:
     text = (
-        "See `src/trackpoint/edge/protocol.py:EdgeProtocol`, `tests/` and `pyproject.toml`; "
+        "See `src/trackpoint/edge/pipeline.py:EdgeProtocol`, `tests/` and `pyproject.toml`; "
         'not `SO_REUSEPORT`, `Reject(413, "body_too_large")` or `trackpoint docs docs/reference`.'
     )
     assert named_paths(text) == [
-        ("src/trackpoint/edge/protocol.py", "EdgeProtocol"),
+        ("src/trackpoint/edge/pipeline.py", "EdgeProtocol"),
         ("tests", None),
         ("pyproject.toml", None),
     ]
-    assert {"EdgeProtocol", "on_message_complete"} <= defined_names(ROOT / "src/trackpoint/edge/protocol.py")
+    assert {"EdgeProtocol", "on_message_complete"} <= defined_names(ROOT / "src/trackpoint/edge/pipeline.py")

@@ -274,7 +274,7 @@ def test_text_plain_body_is_json() -> None:
     "headers",
     [
         {b"content-type": b"application/xml"},
-        {b"content-type": b"multipart/form-data; boundary=x"},
+        {b"content-type": b"multipart/mixed; boundary=x"},
         {},
     ],
 )
@@ -346,9 +346,10 @@ def test_header_and_cookie_rules() -> None:
     assert build(builder, headers={b"x-token": b"t", b"cookie": b'sid="q"'}).dims["session"] == "q"
 
 
-def test_header_values_are_latin1() -> None:
+def test_header_values_are_utf8_and_invalid_bytes_become_replacement_characters() -> None:
     builder = spec_builder({"h": FieldSpec(source="header", name="x-h")})
-    assert build(builder, headers={b"x-h": "café".encode("latin-1")}).dims == {"h": "café"}
+    assert build(builder, headers={b"x-h": "café".encode()}).dims == {"h": "café"}
+    assert build(builder, headers={b"x-h": "café".encode("latin-1")}).dims == {"h": "caf\ufffd"}
 
 
 def test_a_field_may_be_read_under_another_parameter_name() -> None:

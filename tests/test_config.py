@@ -700,7 +700,7 @@ def test_json_schema_defines_every_struct_with_descriptions() -> None:
             if not (tagged and name == "type"):  # the `type` of a tagged struct is its tag, not an option
                 assert prop.get("description"), f"{struct.__name__}.{name}"
     limits = definitions["Limits"]["properties"]["max_body_bytes"]
-    assert limits["description"] == "Largest request body; larger → 413."
+    assert limits["description"] == "Largest request body as sent (compressed or not); larger → 413."
     assert limits["maximum"] == 16 << 20
     assert definitions["LogCollectorConfig"]["properties"]["fsync"]["enum"] == ["interval", "none"]
 

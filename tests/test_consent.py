@@ -233,8 +233,10 @@ def test_the_cookie_is_kept_and_never_set_again(consent_tracker: Tracker) -> Non
     uid = match.group(1)
     status, headers, _ = tracker.get("/i?imp=second", {"Cookie": f"other=1; tp_uid={uid}"})
     assert status == 200 and "set-cookie" not in headers
-    status, headers, _ = tracker.request("HEAD", "/i?imp=third", headers={"Cookie": "tp_uid=forged<script>"})
+    status, headers, _ = tracker.request("GET", "/i?imp=third", headers={"Cookie": "tp_uid=forged<script>"})
     assert status == 200 and SET_COOKIE.fullmatch(headers["set-cookie"])  # not one of ours: replaced
+    status, headers, _ = tracker.request("HEAD", "/i?imp=probe")
+    assert status == 200 and "set-cookie" not in headers  # a probe is no event: it gets no user id
     status, headers, body = tracker.get(tracker.sign("/win?imp=w1&price=1"))
     win_cookie = SET_COOKIE.fullmatch(headers["set-cookie"])
     assert (status, body) == (204, b"") and win_cookie is not None
@@ -249,6 +251,7 @@ def test_the_cookie_is_kept_and_never_set_again(consent_tracker: Tracker) -> Non
     assert by_imp["w1"].dims["uid"] == win_cookie.group(1)  # no pseudonymize on this type: the id as set
     assert "uid" not in by_imp["w2"].dims and by_imp["w2"].dims["consent"] == "denied"
     assert "uid" not in by_imp["p"].dims and "consent" not in by_imp["p"].dims
+    assert "probe" not in by_imp
 
 
 def test_bad_consent_input_is_a_counted_4xx_not_a_crash(consent_tracker: Tracker) -> None:

@@ -12,7 +12,7 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
 from conftest import load_config
-from trackpoint.edge.protocol import EdgeProtocol
+from trackpoint.edge.pipeline import EdgeProtocol
 from trackpoint.edge.runtime import Edge
 from trackpoint.plugins import registry
 

@@ -10,8 +10,8 @@ from collections.abc import Iterator
 from pathlib import Path
 
 from conftest import load_config
-from trackpoint.edge.responses import REASONS as STATUS_PHRASES
 from trackpoint.fields.reasons import BY_REASON, REJECT_REASONS
+from trackpoint.http.responses import REASONS as STATUS_PHRASES
 from trackpoint.plugins import registry
 from trackpoint.reference.config import endpoints_reference
 from trackpoint.reference.openapi import openapi_document

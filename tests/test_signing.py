@@ -21,9 +21,10 @@ import yaml
 from conftest import Tracker, load_config
 from trackpoint.config import ConfigError
 from trackpoint.config.model import ResponseSpec, SigningConfig, SigningKey
-from trackpoint.edge.responses import Clock, Responder
+from trackpoint.edge.responses import Responder
 from trackpoint.event import Context, Event, Meta
 from trackpoint.fields.converters import Reject
+from trackpoint.http.responses import Clock
 from trackpoint.security.signing import (
     BODY_DIGEST_INVALID,
     BODY_UNSIGNED,

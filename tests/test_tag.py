@@ -14,8 +14,9 @@ import pytest
 
 from trackpoint.config import ConfigError, load
 from trackpoint.config.model import TagConfig
-from trackpoint.edge.responses import Clock, StaticFile, accepts_gzip
+from trackpoint.edge.responses import StaticFile, accepts_gzip
 from trackpoint.edge.runtime import Edge, tag_files
+from trackpoint.http.responses import Clock
 from trackpoint.plugins import registry
 from trackpoint.tag import IMMUTABLE, built_tag
 

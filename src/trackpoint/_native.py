@@ -25,7 +25,9 @@ from types import ModuleType
 COMPILED = (
     "trackpoint.edge.build",
     "trackpoint.fields.converters",
-    "trackpoint.edge.protocol",
+    "trackpoint.http.connection",
+    "trackpoint.http.responses",
+    "trackpoint.edge.pipeline",
     "trackpoint.edge.runtime",
     "trackpoint.edge.responses",
     "trackpoint.collectors.log.collector",

@@ -35,7 +35,7 @@ with _instrumented():
     from trackpoint.config import load
     from trackpoint.config.model import Config, Limits, ServerConfig
     from trackpoint.edge import build
-    from trackpoint.edge.protocol import EdgeProtocol
+    from trackpoint.edge.pipeline import EdgeProtocol
     from trackpoint.edge.runtime import Edge
     from trackpoint.fields import converters
     from trackpoint.fields.reasons import BY_REASON

@@ -46,6 +46,12 @@ class _SnapshotCollector:
             snap.shed,
         )
         yield _by_label(
+            "trackpoint_head_requests",
+            "HEAD requests on tracking paths, by event type: answered as GET would be, nothing recorded.",
+            "type",
+            snap.head,
+        )
+        yield _by_label(
             "trackpoint_preprocessor_dropped",
             "Events dropped by a preprocessor.",
             "preprocessor",

@@ -1,5 +1,6 @@
 """The admin port's HTTP/1.1 server: a table of (method, path) → async handler, bearer-token authentication, and
-the same defences as the tracking edge (caps as bytes arrive, timeouts, connection caps, in-order pipelining).
+the tracking edge's defences (the same HTTP/1.1 connection, http/connection.py: caps as bytes arrive, timeouts,
+in-order pipelining), with connection caps of its own.
 
 It runs inside the supervisor, which must stay free to restart workers whatever an admin client does: connections
 are capped (the longest-idle one makes room), file descriptors are kept in reserve, and no input is buffered beyond
@@ -24,7 +25,10 @@ import httptools
 import msgspec
 
 from trackpoint.config.model import AdminLimits
-from trackpoint.edge.responses import REASONS, http_date
+from trackpoint.fields.converters import Reject
+from trackpoint.http.connection import HEADERS, IDLE, HttpConnection
+from trackpoint.http.limits import Caps
+from trackpoint.http.responses import Clock, head, reject
 from trackpoint.security.admin_token import BearerCheck
 
 log = logging.getLogger("trackpoint.admin")
@@ -35,8 +39,6 @@ SWEEP_INTERVAL_S = 0.25
 ACCEPT_BATCH = 32
 ACCEPT_BACKLOG = 128
 ACCEPT_PAUSE_S = 0.1  # after EMFILE/ENFILE: the backlog waits while descriptors are freed
-# Connection phases, for the timeout sweep: waiting for a request, reading its head, reading its body.
-IDLE, HEADERS, BODY = 0, 1, 2
 
 
 @dataclass
@@ -93,9 +95,8 @@ class AdminServer:
         self.patterns: list[tuple[str, tuple[str, ...], Handler]] = []
         self.limits = limits = limits or AdminLimits()
         self.auth = auth
-        # The bytes one request may take before its head is complete, and in all (as the edge computes them).
-        self.head_cap = limits.max_request_line_bytes + 32 + limits.max_header_bytes + 4 * limits.max_header_count
-        self.request_cap = self.head_cap + 2 * limits.max_body_bytes + 4096
+        self.caps = Caps(limits)
+        self.clock = Clock()
         self.connections: set[_AdminProtocol] = set()
         self.by_ip: dict[str, set[_AdminProtocol]] = {}
         self.fd_limit = resource.getrlimit(resource.RLIMIT_NOFILE)[0]
@@ -262,9 +263,10 @@ class AdminServer:
         """Expires connections past their phase's deadline; runs until the server is closed."""
         if self._listener is None:
             return
+        self.clock.refresh()
         now = time.monotonic()
         for connection in [c for c in self.connections if c.deadline <= now]:
-            connection.expire(now)
+            connection.expire()
         asyncio.get_running_loop().call_later(SWEEP_INTERVAL_S, self.sweep)
 
 
@@ -302,29 +304,37 @@ def _match(pattern: tuple[str, ...], segments: list[str]) -> dict[str, str] | No
     return params
 
 
-class _AdminProtocol(asyncio.Protocol):
+class _AllHeaders:
+    """Every header name: the admin port keeps all headers of a request (its handlers read what they need)."""
+
+    def __contains__(self, name: object) -> bool:
+        return True
+
+
+_ALL_HEADERS = _AllHeaders()
+
+
+def _no_output_step(connection: HttpConnection) -> None:
+    """The admin port writes each answer as its handler returns it (`serve`), not in an output step."""
+
+
+def _unobserved(seconds: float) -> None:
+    """Admin requests are not timed."""
+
+
+class _AdminProtocol(HttpConnection):
     """One admin connection. Requests are parsed as they arrive (within their caps) and answered in order, one at
-    a time: reading pauses while a request is answered, so a pipelined PUT is applied before the GET after it."""
+    a time: reading pauses while a request is answered, so a pipelined PUT is applied before the GET after it.
+    `closing`: nothing more is read; what is queued is answered, then the connection closes."""
 
     def __init__(self, server: AdminServer) -> None:
+        super().__init__(server.caps, _ALL_HEADERS, _no_output_step, _unobserved)
         self.server = server
-        self.transport: asyncio.Transport | None = None
-        self.parser: httptools.HttpRequestParser | None = None
         self.peer_ip = ""
-        self.phase = IDLE
-        self.deadline = 0.0
         self.active_at = 0.0  # when the client last sent something: eviction closes the longest-idle first
-        self.received = 0  # bytes fed to the parser since the last complete request
-        self.url = b""
-        self.headers: dict[str, str] = {}
-        self.header_count = 0
-        self.header_bytes = 0
-        self.body = bytearray()
-        self.queue: deque[AdminRequest | AdminResponse] = deque()  # parsed requests (or a final error) to answer
+        # Parsed requests, and answers written as they are (an error, a 100 Continue), in the order they are owed.
+        self.queue: deque[AdminRequest | bytes] = deque()
         self.serving: asyncio.Task[None] | None = None
-        self.requests = 0
-        self.closing = False
-        self.stop_reading = False  # no more requests on this connection: answer what is queued, then close
         self.writable = asyncio.Event()
         self.writable.set()
         self.settled = False  # see _evict_idlest
@@ -343,14 +353,14 @@ class _AdminProtocol(asyncio.Protocol):
         if refusal is not None:
             self.server.count(refusal)
             self.closing = True
-            self.transport.write(_encode(AdminResponse.json(503, {"error": refusal}), head=False, keep_alive=False))
+            self.transport.write(reject(self.server.clock, 503, refusal, None, False, False))
             self.transport.close()
             return
         loop = asyncio.get_running_loop()
         loop.call_soon(loop.call_soon, self.settle)  # two iterations: the read of its first bytes comes between
         self.parser = httptools.HttpRequestParser(self)
         self.active_at = now = time.monotonic()
-        self.deadline = now + self.server.limits.header_timeout_s  # a silent new connection is a slow header
+        self.deadline = now + self.caps.header_timeout_s  # a silent new connection is a slow header
 
     def connection_lost(self, exc: Exception | None) -> None:
         self.server.release(self)
@@ -372,110 +382,59 @@ class _AdminProtocol(asyncio.Protocol):
         # The client does not read its answers: stop answering (and reading) until it does; the sweep aborts the
         # connection if it still has not within the write timeout.
         self.writable.clear()
-        self.deadline = min(self.deadline, time.monotonic() + self.server.limits.write_timeout_s)
+        self.deadline = min(self.deadline, time.monotonic() + self.caps.write_timeout_s)
 
     def resume_writing(self) -> None:
         self.writable.set()
 
     def data_received(self, data: bytes) -> None:
-        if self.closing or self.stop_reading:
-            return
-        self.active_at = time.monotonic()
-        limits = self.server
-        # Caps hold as bytes arrive, before the parser buffers them: a head may not take more than head_cap, a
-        # request no more than request_cap, so an endless header line costs at most that much parsing.
-        while data and not (self.closing or self.stop_reading):
-            room = (limits.request_cap if self.phase == BODY else limits.head_cap) - self.received
-            if room <= 0:
-                if self.phase == BODY:
-                    self.fail(413, "body_too_large")
-                else:
-                    self.fail(431, "headers_too_large")
-                return
-            part, data = data[:room], data[room:]
-            self.received += len(part)
-            self.feed(part)
+        if not self.closing:
+            self.active_at = time.monotonic()
+            super().data_received(data)
 
-    def feed(self, data: bytes) -> None:
-        try:
-            self.parser.feed_data(data)  # type: ignore[union-attr]  # set until closing
-        except _Refused as refused:
-            self.fail(refused.status, refused.reason)
-        except _Stop:
-            pass
-        except httptools.HttpParserUpgrade:
-            self.fail(400, "upgrade_not_supported")
-        except httptools.HttpParserError as exc:
-            cause = exc.__context__
-            if isinstance(cause, _Refused):
-                self.fail(cause.status, cause.reason)
-            elif isinstance(cause, _Stop):
-                pass
-            else:
-                self.fail(400, "bad_request")
-
-    # --- parser callbacks ----------------------------------------------------------------------------------------
-
-    def on_message_begin(self) -> None:
-        self.phase = HEADERS
-        self.deadline = time.monotonic() + self.server.limits.header_timeout_s
-
-    def on_url(self, url: bytes) -> None:
-        self.url += url
-        if len(self.url) > self.server.limits.max_request_line_bytes:
-            raise _Refused(414, "uri_too_long")
-
-    def on_header(self, name: bytes, value: bytes) -> None:
-        limits = self.server.limits
-        self.header_count += 1
-        self.header_bytes += len(name) + len(value)
-        if self.header_count > limits.max_header_count or self.header_bytes > limits.max_header_bytes:
-            raise _Refused(431, "headers_too_large")
-        key = name.decode("latin-1").lower()
-        if key == "content-length" and (not value.isdigit() or int(value) > limits.max_body_bytes):
-            raise _Refused(413, "body_too_large")
-        self.headers[key] = value.decode("latin-1")
-
-    def on_headers_complete(self) -> None:
-        self.phase = BODY
-        self.deadline = time.monotonic() + self.server.limits.body_timeout_s
-
-    def on_body(self, chunk: bytes) -> None:
-        self.body += chunk
-        if len(self.body) > self.server.limits.max_body_bytes:
-            raise _Refused(413, "body_too_large")
+    def close(self) -> None:
+        """Reads no more; the connection closes once what is queued is answered."""
+        self.closing = True
+        if self.serving is None and self.transport is not None:
+            self.transport.close()
 
     def on_message_complete(self) -> None:
         parser = self.parser
         assert parser is not None
+        if self.inflater is not None and not self.inflater.finished():  # a compressed body cut short
+            raise Reject(400, "content_encoding_invalid")
         parsed = httptools.parse_url(self.url)
         self.requests += 1
-        keep_alive = parser.should_keep_alive() and self.requests < self.server.limits.max_keepalive_requests
+        keep_alive = parser.should_keep_alive() and self.requests < self.caps.max_keepalive_requests
         request = AdminRequest(
             method=parser.get_method().decode("ascii"),
             path=parsed.path.decode("utf-8", "replace"),
             query=(parsed.query or b"").decode("utf-8", "replace"),
-            body=bytes(self.body),
-            headers=self.headers,
+            body=bytes(self.body or b""),
+            headers={name.decode("latin-1"): value.decode("latin-1") for name, value in self.headers.items()},
             keep_alive=keep_alive,
         )
-        self.phase = IDLE
-        self.received = 0
-        self.url, self.headers, self.header_count, self.header_bytes, self.body = b"", {}, 0, 0, bytearray()
         self.enqueue(request)
-        if not keep_alive or len(self.queue) >= self.server.limits.max_pipelined_requests:
-            self.stop_reading = True  # the rest is not read: a client retries what a closed connection left
-            raise _Stop
+        # Past the pipelining cap the rest is not read: a client retries what a closed connection left.
+        self.finish(keep_alive and len(self.queue) < self.caps.max_pipelined_requests)
 
     # --- answering -----------------------------------------------------------------------------------------------
 
-    def fail(self, status: int, reason: str) -> None:
+    def reject_and_close(self, status: int, reason: str) -> None:
         """Input the parser cannot go on from: answered after the requests before it, then the connection closes."""
+        if self.closing or self.transport is None:
+            return
         self.server.count(reason)
-        self.stop_reading = True
-        self.enqueue(AdminResponse.json(status, {"error": reason}))
+        self.closing = True
+        self.enqueue(reject(self.server.clock, status, reason, None, False, False))
 
-    def enqueue(self, item: AdminRequest | AdminResponse) -> None:
+    def internal_error(self, exc: BaseException) -> None:
+        log.error("admin connection failed", exc_info=exc)
+
+    def send(self, data: bytes) -> None:
+        self.enqueue(data)  # a 100 Continue: after the answers owed before it
+
+    def enqueue(self, item: AdminRequest | bytes) -> None:
         self.queue.append(item)
         if self.serving is None:
             if self.transport is not None:
@@ -485,67 +444,49 @@ class _AdminProtocol(asyncio.Protocol):
     async def serve(self) -> None:
         while self.queue and self.transport is not None:
             item = self.queue.popleft()
-            if isinstance(item, AdminResponse):  # an error answer: the last thing this connection says
-                self.stop_reading = True
-                self.queue.clear()
-                response, head, keep_alive = item, False, False
+            if isinstance(item, bytes):  # written as it is: an error answer (the last) or a 100 Continue
+                output = item
             else:
                 response = await self.server.dispatch(item)
-                head = item.method == "HEAD"
-                keep_alive = item.keep_alive and not (self.stop_reading and not self.queue)
+                keep_alive = item.keep_alive and not (self.closing and not self.queue)
+                output = _encode(self.server.clock, response, item.method == "HEAD", keep_alive)
+                if not keep_alive and not self.queue:
+                    self.closing = True
             await self.writable.wait()
             if self.transport is None:
                 break
-            self.transport.write(_encode(response, head, keep_alive))
-            if not keep_alive and not self.queue:
-                self.stop_reading = True
+            self.transport.write(output)
         self.serving = None
         transport = self.transport
         if transport is None:
             return
-        if self.stop_reading:
-            self.closing = True
+        if self.closing:
             transport.close()  # after the queued output; the sweep aborts it if the client never reads
-            self.deadline = time.monotonic() + self.server.limits.write_timeout_s
+            self.deadline = time.monotonic() + self.caps.write_timeout_s
             return
         if self.phase == IDLE:
-            self.deadline = time.monotonic() + self.server.limits.keepalive_timeout_s
+            self.deadline = time.monotonic() + self.caps.keepalive_timeout_s
         transport.resume_reading()
 
-    def expire(self, now: float) -> None:
+    def expire(self) -> None:
         """Called by the sweep when the deadline of the current phase has passed."""
         transport = self.transport
         if transport is None:
             return
-        if transport.get_write_buffer_size() > 0 or self.closing:  # answers the client does not read
+        if transport.get_write_buffer_size() > 0 or (self.closing and not self.busy):  # answers not read
             self.server.count("write_timeout")
             self.abort()
         elif self.busy:  # our own handler is running: its answer decides
-            self.deadline = now + SWEEP_INTERVAL_S
+            self.deadline = time.monotonic() + SWEEP_INTERVAL_S
         elif self.phase == IDLE:
             self.server.count("idle_timeout")
             self.abort()
         else:
-            self.fail(408, "header_timeout" if self.phase == HEADERS else "body_timeout")
+            self.reject_and_close(408, "header_timeout" if self.phase == HEADERS else "body_timeout")
 
 
-class _Refused(Exception):
-    def __init__(self, status: int, reason: str) -> None:
-        super().__init__(reason)
-        self.status = status
-        self.reason = reason
-
-
-class _Stop(Exception):
-    pass
-
-
-def _encode(response: AdminResponse, head: bool, keep_alive: bool) -> bytes:
+def _encode(clock: Clock, response: AdminResponse, head_only: bool, keep_alive: bool) -> bytes:
     extra = "".join(f"{name}: {value}\r\n" for name, value in response.headers.items())
-    header = (
-        f"HTTP/1.1 {response.status} {REASONS.get(response.status, 'Unknown')}\r\n"
-        f"Server: trackpoint-admin\r\nDate: {http_date().decode()}\r\n"
-        f"Content-Type: {response.content_type}\r\nContent-Length: {len(response.body)}\r\n{extra}"
-        f"Cache-Control: no-store\r\nConnection: {'keep-alive' if keep_alive else 'close'}\r\n\r\n"
-    ).encode("latin-1")
-    return header if head else header + response.body
+    headers = f"Content-Type: {response.content_type}\r\n{extra}Cache-Control: no-store\r\n".encode("latin-1")
+    answer = head(clock, response.status, headers, len(response.body), keep_alive)
+    return answer if head_only else answer + response.body

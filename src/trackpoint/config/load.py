@@ -467,6 +467,7 @@ def check_references(config: Config) -> Iterator[tuple[KeyPath, str]]:
                 if other != type_name:
                     yield (*base, "paths", i), f"{method} {route} is already taken by event type {other!r}"
         yield from _check_event_type(config, base, spec)
+    yield from _check_batch_paths(config, {path for path, _ in seen_paths})
     for i, name in enumerate(config.rejected.collectors):
         if name not in config.collectors:
             yield (
@@ -474,6 +475,19 @@ def check_references(config: Config) -> Iterator[tuple[KeyPath, str]]:
                 f"no collector named {name!r}" + did_you_mean(name, config.collectors, "defined"),
             )
     yield from _check_signing(config)
+
+
+def _check_batch_paths(config: Config, paths: set[str]) -> Iterator[tuple[KeyPath, str]]:
+    """A batch path is a path of its own: not another batch path, not an event type's path."""
+    seen: set[str] = set()
+    for type_name, spec in config.event_types.items():
+        for i, route in enumerate(spec.batch.paths):
+            where: KeyPath = ("event_types", type_name, "batch", "paths", i)
+            if not route.startswith("/") or "?" in route or "#" in route:
+                yield where, f"a path starts with / and has no query: {route!r}"
+            if route in paths or route in seen:
+                yield where, f"{route} is already taken: a batch path is a path of its own"
+            seen.add(route)
 
 
 def _check_signing(config: Config) -> Iterator[tuple[KeyPath, str]]:

@@ -57,6 +57,24 @@ BodyTimeout = Annotated[
     Seconds, Meta(description="Time allowed to receive a request body after its headers; then 408.")
 ]
 KeepaliveRequests = Annotated[int, Meta(ge=1, description="Requests served on one connection before it is closed.")]
+InflatedBytes = Annotated[
+    int,
+    Meta(
+        ge=0,
+        le=64 << 20,
+        description="Largest body once inflated (`Content-Encoding: gzip` or `deflate`); more → 413 "
+        "`inflated_too_large`. Bodies are inflated as they arrive, never more than this held.",
+    ),
+]
+InflationRatio = Annotated[
+    int,
+    Meta(
+        ge=1,
+        le=100_000,
+        description="Largest inflated / compressed size of a compressed body (past its first KiB); more → 413 "
+        "`inflation_ratio_exceeded`: a compression bomb is refused early.",
+    ),
+]
 
 
 class Limits(Struct, forbid_unknown_fields=True, kw_only=True):
@@ -65,7 +83,11 @@ class Limits(Struct, forbid_unknown_fields=True, kw_only=True):
     max_request_line_bytes: RequestLineBytes = 8192
     max_header_bytes: HeaderBytes = 16384
     max_header_count: HeaderCount = 100
-    max_body_bytes: Annotated[int, Meta(ge=0, le=16 << 20, description="Largest request body; larger → 413.")] = 65536
+    max_body_bytes: Annotated[
+        int, Meta(ge=0, le=16 << 20, description="Largest request body as sent (compressed or not); larger → 413.")
+    ] = 65536
+    max_inflated_bytes: InflatedBytes = 1 << 20
+    max_inflation_ratio: InflationRatio = 100
     header_timeout_s: HeaderTimeout = 10.0
     body_timeout_s: BodyTimeout = 10.0
     keepalive_timeout_s: Annotated[
@@ -174,6 +196,8 @@ class AdminLimits(Struct, forbid_unknown_fields=True, kw_only=True):
     max_body_bytes: Annotated[
         int, Meta(ge=0, le=16 << 20, description="Largest request body (budgets API); larger → 413.")
     ] = 1 << 20
+    max_inflated_bytes: InflatedBytes = 4 << 20
+    max_inflation_ratio: InflationRatio = 100
     header_timeout_s: HeaderTimeout = 10.0
     body_timeout_s: BodyTimeout = 10.0
     keepalive_timeout_s: Annotated[
@@ -458,6 +482,24 @@ class RateLimitSpec(Struct, forbid_unknown_fields=True, kw_only=True):
     ] = 100_000
 
 
+class BatchSpec(Struct, forbid_unknown_fields=True, kw_only=True):
+    """Batch endpoints of an event type: many events in one POST body, as analytics SDKs and servers send them.
+
+    The body is a JSON array of items, or an object holding one: Snowplow's `{"schema": ..., "data": [...]}`,
+    Segment's and RudderStack's `{"batch": [...]}`, Matomo's `{"requests": ["?idsite=1&...", ...]}` (each a query
+    string). Each item is built into its own event (its own id), from its top-level members as a JSON body would
+    be; the answer lists the refused items and why, once every accepted item's line is written. The body's size is
+    capped by `server.limits` (`max_body_bytes`, `max_inflated_bytes`, `max_inflation_ratio`): raise them for large
+    batches."""
+
+    paths: Annotated[
+        list[str], Meta(description="Batch paths (exact match, POST only) of this event type; none by default.")
+    ] = msgspec.field(default_factory=list)
+    max_items: Annotated[
+        int, Meta(ge=1, le=100_000, description="Items per batch; more → 413 `batch_too_large`, nothing recorded.")
+    ] = 500
+
+
 class InvalidTrafficSpec(Struct, forbid_unknown_fields=True, kw_only=True):
     """What happens to an event flagged as invalid traffic (`dims.ivt`: `bot`, `prefetch`, `too_fast`, set by the
     flag_invalid_traffic and attribute_conversion preprocessors). The client's response is the same either way."""
@@ -570,6 +612,9 @@ class EventTypeSpec(Struct, forbid_unknown_fields=True, kw_only=True):
     postback_auth: Annotated[
         PostbackAuthSpec, Meta(description="Shared-secret authentication of advertiser postbacks (off by default).")
     ] = msgspec.field(default_factory=PostbackAuthSpec)
+    batch: Annotated[BatchSpec, Meta(description="Batch endpoints: many events per request (none by default).")] = (
+        msgspec.field(default_factory=BatchSpec)
+    )
 
 
 # --- collectors: one config struct per collector type, tagged by `type` ---------------------------------------

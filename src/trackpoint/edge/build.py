@@ -18,6 +18,7 @@ import msgspec
 
 from trackpoint.config.model import EventTypeSpec, FieldSpec
 from trackpoint.event import Context, Event, Meta, random_id
+from trackpoint.fields import multipart
 from trackpoint.fields.converters import (
     Converter,
     MacroUnsubstituted,
@@ -36,6 +37,8 @@ _CONTROLS = re.compile("[\x00-\x08\x0a-\x1f\x7f]")
 # Deeper JSON bodies are refused (400 invalid_json) before decoding: no tracking payload nests this far.
 JSON_MAX_DEPTH = 64
 _JSON_DECODER = msgspec.json.Decoder(dict[str, Any], float_hook=Decimal)
+
+UTF8_BOM = b"\xef\xbb\xbf"
 
 # Header names the edge keeps for every request, whatever the event type.
 CONTEXT_HEADERS = frozenset({b"user-agent", b"referer", b"content-type", b"x-forwarded-for"})
@@ -154,11 +157,12 @@ class EventBuilder:
         ts = int(_time() * 1000)
         ua = headers.get(b"user-agent")
         referer = headers.get(b"referer")
-        ctx = Context(
-            client_ip,
-            None if ua is None else ua.decode("latin-1"),
-            None if referer is None else referer.decode("latin-1"),
-        )
+        try:  # headers are read as UTF-8 (strict first: the common case, and the fastest)
+            ctx = Context(client_ip, None if ua is None else ua.decode(), None if referer is None else referer.decode())
+        except UnicodeDecodeError:
+            ctx = Context(
+                client_ip, None if ua is None else header_text(ua), None if referer is None else header_text(referer)
+            )
         return Event(self._event_id(dims, metrics, ts), self.type_name, ts, dims, metrics, ctx, self.meta)
 
     def _other_values(self, headers: dict[bytes, bytes], client_ip: str) -> dict[str, str]:
@@ -167,7 +171,7 @@ class EventBuilder:
         for key, header_name in self._header_lookups:
             header = headers.get(header_name)
             if header is not None:
-                values[key] = header.decode("latin-1")
+                values[key] = header_text(header)
         if self._cookie_lookups:
             cookies = parse_cookies(headers.get(b"cookie", b""))
             for key, cookie_name in self._cookie_lookups:
@@ -199,9 +203,14 @@ class EventBuilder:
         return digest.hexdigest()
 
     def _body_params(self, body: bytes | bytearray, headers: dict[bytes, bytes]) -> dict[str, str]:
-        content_type = headers.get(b"content-type", b"").partition(b";")[0].strip().lower()
+        full_type = headers.get(b"content-type", b"")
+        content_type = full_type.partition(b";")[0].strip().lower()
+        if body[:3] == UTF8_BOM:  # some clients write one before JSON or a form: not part of the document
+            body = body[3:]
         if content_type == b"application/x-www-form-urlencoded":
             found = self.form(bytes(body))
+        elif content_type == b"multipart/form-data":  # sendBeacon(FormData)
+            found = multipart.form_fields(bytes(body), multipart.boundary(full_type), self.form.names)
         elif content_type in (
             b"application/json",
             b"text/plain",
@@ -222,6 +231,14 @@ class EventBuilder:
         else:
             raise Reject(415, "unsupported_media_type")
         return found
+
+
+def header_text(value: bytes) -> str:
+    """A header value as text: UTF-8, where bytes that are not UTF-8 become U+FFFD (never Latin-1 mojibake)."""
+    try:
+        return value.decode()
+    except UnicodeDecodeError:
+        return value.decode("utf-8", "replace")
 
 
 def _too_long(name: str, raw: str, convert: Converter) -> NoReturn:

@@ -1,6 +1,5 @@
-"""HTTP responses as bytes: static ones prebuilt once a second (when the Date changes), dynamic ones per request.
-
-Every response the edge can send is made here, so the status lines, the headers and the reject format have one home.
+"""The tracking edge's responses as bytes: static ones prebuilt once a second (when the Date changes), dynamic ones
+per request. Status lines, headers and the error format come from http/responses.py.
 """
 
 from __future__ import annotations
@@ -10,44 +9,16 @@ import gzip
 import hashlib
 import ipaddress
 import re
-from email.utils import formatdate
 from urllib.parse import quote, urlsplit
-
-import msgspec
 
 from trackpoint.config.model import ResponseSpec
 from trackpoint.event import Event
 from trackpoint.fields.converters import Reject
+from trackpoint.http.responses import NO_STORE, Clock, head
 
 # The smallest transparent 1x1 GIF (43 bytes), the body of every tracking pixel.
 PIXEL_GIF = base64.b64decode("R0lGODlhAQABAIAAAAAAAP///yH5BAEAAAAALAAAAAABAAEAAAICRAEAOw==")
 assert len(PIXEL_GIF) == 43
-
-REASONS = {
-    100: "Continue",
-    200: "OK",
-    204: "No Content",
-    302: "Found",
-    304: "Not Modified",
-    400: "Bad Request",
-    401: "Unauthorized",
-    403: "Forbidden",
-    404: "Not Found",
-    405: "Method Not Allowed",
-    408: "Request Timeout",
-    413: "Content Too Large",
-    414: "URI Too Long",
-    415: "Unsupported Media Type",
-    429: "Too Many Requests",
-    431: "Request Header Fields Too Large",
-    500: "Internal Server Error",
-    503: "Service Unavailable",
-}
-NO_STORE = b"Cache-Control: no-store, no-cache, must-revalidate, max-age=0\r\n"
-KEEP_ALIVE = b"Connection: keep-alive\r\n"
-CLOSE = b"Connection: close\r\n"
-CONTINUE = b"HTTP/1.1 100 Continue\r\n\r\n"
-
 
 # A redirect host: DNS labels (ASCII; IDNA as xn--), or a bracketed IPv6 literal. No `%`, no trailing dot.
 _HOST_NAME = re.compile(r"[a-z0-9]([a-z0-9-]*[a-z0-9])?(\.[a-z0-9]([a-z0-9-]*[a-z0-9])?)*", re.ASCII)
@@ -67,37 +38,6 @@ class RecordedReject(Reject):
     """A refused redirect: the client gets the 400, and the click is still recorded (with `redirect_rejected`)."""
 
     __slots__ = ()
-
-
-def http_date() -> bytes:
-    return formatdate(usegmt=True).encode("ascii")
-
-
-class Clock:
-    """The current Date header line, refreshed by the worker once a second."""
-
-    __slots__ = ("date_line",)
-
-    def __init__(self) -> None:
-        self.date_line = b""
-        self.refresh()
-
-    def refresh(self) -> None:
-        self.date_line = b"Date: " + http_date() + b"\r\n"
-
-
-def head(clock: Clock, status: int, headers: bytes, length: int, keep_alive: bool) -> bytes:
-    """Status line and headers of a response with a body of `length` bytes."""
-    return b"".join(
-        (
-            b"HTTP/1.1 %d %s\r\nServer: trackpoint\r\n" % (status, REASONS[status].encode("ascii")),
-            clock.date_line,
-            headers,
-            b"Content-Length: %d\r\n" % length,
-            KEEP_ALIVE if keep_alive else CLOSE,
-            b"\r\n",
-        )
-    )
 
 
 class StaticResponse:
@@ -194,22 +134,8 @@ def accepts_gzip(accept_encoding: bytes | None) -> bool:
         return False
 
 
-def reject_body(reason: str, field: str | None) -> bytes:
-    return msgspec.json.encode({"error": reason, "field": field} if field else {"error": reason})
-
-
-def reject(  # noqa: PLR0917 - called from one place, with the request's own flags
-    clock: Clock, status: int, reason: str, field: str | None, keep_alive: bool, is_head: bool
-) -> bytes:
-    """A rejection: status, `X-Reject-Reason` header and a small JSON body naming the reason (and field)."""
-    body = reject_body(reason, field)
-    headers = b"X-Reject-Reason: " + reason.encode("ascii") + b"\r\nContent-Type: application/json\r\n" + NO_STORE
-    if status == 405:
-        headers += b"Allow: GET, HEAD, POST\r\n"
-    elif status == 401:  # the only 401: a postback without credentials (see security.postback_auth)
-        headers += b'WWW-Authenticate: TP-HMAC realm="postback"\r\n'
-    response = head(clock, status, headers, len(body), keep_alive)
-    return response if is_head else response + body
+# The challenge of a postback's 401 (see security.postback_auth).
+POSTBACK_CHALLENGE = b'WWW-Authenticate: TP-HMAC realm="postback"\r\n'
 
 
 class Responder:

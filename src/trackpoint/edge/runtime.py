@@ -1,6 +1,6 @@
 """A worker's edge: the routes compiled from the config, its collectors and preprocessors, timers and draining.
 
-Everything here is built once at worker start; connections (protocol.py) only read it.
+Everything here is built once at worker start; connections (pipeline.py) only read it.
 """
 
 from __future__ import annotations
@@ -19,11 +19,15 @@ from trackpoint.edge.bad_rows import BadRows
 from trackpoint.edge.build import CONTEXT_HEADERS, EventBuilder
 from trackpoint.edge.cors import REQUEST_HEADERS as CORS_HEADERS
 from trackpoint.edge.cors import CorsPolicy
-from trackpoint.edge.protocol import FRAMING_HEADERS, IDLE, EdgeProtocol
+from trackpoint.edge.pipeline import EdgeProtocol
 from trackpoint.edge.ratelimit import RateLimiter, build_limiters
 from trackpoint.edge.stats import EdgeStats, Snapshot
 from trackpoint.edge.tail import RecentEvents
 from trackpoint.event import Event, Meta
+from trackpoint.http.connection import FRAMING_HEADERS, IDLE
+from trackpoint.http.forwarded import client_address, forwarded_for
+from trackpoint.http.limits import Caps
+from trackpoint.http.responses import Clock, allow_header, reject
 from trackpoint.preprocessors import (
     CountsOutcomes,
     FlagsTraffic,
@@ -100,13 +104,15 @@ class Route:
     cookie_vetoes: tuple[tuple[str, str], ...] = ()
     # Cross-origin requests from web pages (CORS); None when the type allows none.
     cors: CorsPolicy | None = None
+    # The `Allow` line of the route's 405: its methods (and OPTIONS, for a preflight, with CORS).
+    allow: bytes = b""
 
     def cookie_vetoed(self, dims: dict[str, str]) -> bool:
         """Whether a preprocessor's verdict on this event withholds the user id cookie."""
         return any(dims.get(dim) == value for dim, value in self.cookie_vetoes)
 
 
-def tag_files(config: TagConfig, clock: responses.Clock) -> dict[bytes, responses.StaticFile]:
+def tag_files(config: TagConfig, clock: Clock) -> dict[bytes, responses.StaticFile]:
     """The JS tag's answers by path: the current tag and this version of it (none when the tag is off)."""
     content = built_tag().content if config.enabled else b""
     return {
@@ -134,23 +140,10 @@ class Edge:
 
     def __init__(self, config: Config, config_version: str, worker: int, components: Components) -> None:
         self.limits: Limits = config.server.limits
-        # The limits the request path reads, as plain attributes (one look-up each instead of two).
-        self.max_request_line_bytes = self.limits.max_request_line_bytes
-        self.max_header_count = self.limits.max_header_count
-        self.max_header_bytes = self.limits.max_header_bytes
-        self.max_keepalive_requests = self.limits.max_keepalive_requests
-        self.header_timeout_s = self.limits.header_timeout_s
-        self.keepalive_timeout_s = self.limits.keepalive_timeout_s
-        self.write_timeout_s = self.limits.write_timeout_s
-        self.max_pipelined_requests = self.limits.max_pipelined_requests
-        # The bytes one request may take on the wire before its head is complete (request line, header lines with
-        # their separators), and once it has a body: the body, and the framing of a chunked body (sizes,
-        # extensions, trailers) up to as much again.
-        limits = self.limits
-        self.head_cap = limits.max_request_line_bytes + 32 + limits.max_header_bytes + 4 * limits.max_header_count
-        self.request_cap = self.head_cap + 2 * limits.max_body_bytes + 4096
+        # The limits the request path reads, as plain attributes, and the byte caps derived from them.
+        self.caps = Caps(self.limits)
         self.connections_per_ip: dict[str, int] = {}
-        self.clock = responses.Clock()
+        self.clock = Clock()
         self.stats = EdgeStats()
         # The live tail for the admin dashboard: the request path appends to `recent_events`, nothing more.
         self.recent = RecentEvents(config)
@@ -204,7 +197,9 @@ class Edge:
         self._syncing = False
         verifier = edge_verifier(config)
         self.routes: dict[bytes, Route] = {}
-        kept_headers = set(CONTEXT_HEADERS | FRAMING_HEADERS | {b"host"})
+        # Batch paths (POST only): the event type's route, and its items per batch.
+        self.batch_routes: dict[bytes, tuple[Route, int]] = {}
+        kept_headers = set(CONTEXT_HEADERS | FRAMING_HEADERS | {b"host", b"forwarded"})
         for type_name, spec in config.event_types.items():
             route_preprocessors = tuple(preprocessors[name] for name in spec.preprocessors)
             builder = EventBuilder(type_name, with_input_fields(spec, route_preprocessors), meta)
@@ -250,13 +245,17 @@ class Edge:
                 flag_dim=next(iter(flag_dims), ""),
                 cookie_vetoes=tuple(p.cookie_veto for p in route_preprocessors if isinstance(p, VetoesCookie)),
                 cors=cors,
+                allow=allow_header([*spec.methods, *(["OPTIONS"] if cors is not None else [])]),
             )
             self.stats.events[type_name] = 0
+            self.stats.head[type_name] = 0
             self.uncommitted[type_name] = 0
             if spec.rate_limit.rate_per_s is not None and spec.rate_limit.action == "shed":
                 self.stats.shed[type_name] = 0
             for path in spec.paths:
                 self.routes[path.encode("utf-8")] = route
+            for path in spec.batch.paths:  # looked up only where `routes` has no entry: no cost per request
+                self.batch_routes[path.encode("utf-8")] = (route, spec.batch.max_items)
         # Files served as they are (the JS tag), by path: looked up only for a path no event type has.
         self.files = tag_files(config.server.tag, self.clock)
         if self.files:
@@ -297,8 +296,13 @@ class Edge:
                 else:
                     per_ip.pop(connection.peer_ip, None)
 
-    def reject_response(self, status: int, reason: str, field: str | None, keep_alive: bool, is_head: bool) -> bytes:
-        return responses.reject(self.clock, status, reason, field, keep_alive, is_head)
+    def reject_response(  # noqa: PLR0917 - the request's own flags
+        self, status: int, reason: str, field: str | None, keep_alive: bool, is_head: bool, extra: bytes = b""
+    ) -> bytes:
+        """An error answer; `extra`: header lines of the route's (its 405's `Allow`)."""
+        if status == 401:
+            extra += responses.POSTBACK_CHALLENGE
+        return reject(self.clock, status, reason, field, keep_alive, is_head, extra)
 
     def queue_output(self, connection: EdgeProtocol) -> None:
         """Responses are written after every ready connection has been read: one write per connection per
@@ -388,16 +392,16 @@ class Edge:
             return False
         return any(address in network for network in self.trusted_networks)
 
-    def forwarded_client(self, header: bytes, peer_ip: str) -> str:
-        """The right-most X-Forwarded-For address that is not one of our trusted proxies."""
-        for candidate in reversed(header.decode("latin-1").split(",")):
-            address = candidate.strip()
-            if not self._in_trusted(address):
-                try:
-                    return str(ipaddress.ip_address(address))
-                except ValueError:
-                    return peer_ip  # a forged or broken header: trust only what we saw
-        return peer_ip
+    def forwarded_client(self, forwarded: bytes | None, x_forwarded_for: bytes | None, peer_ip: str) -> str:
+        """The client behind our trusted proxies: from `Forwarded` (RFC 7239) when the request has one, else from
+        `X-Forwarded-For` (http/forwarded.py)."""
+        if forwarded is not None:
+            nodes = forwarded_for(forwarded.decode("latin-1"))
+        elif x_forwarded_for is not None:
+            nodes = x_forwarded_for.decode("latin-1").split(",")
+        else:
+            return peer_ip
+        return client_address(nodes, peer_ip, self._in_trusted)
 
     def preprocessor_failed(self, name: str, exc: BaseException) -> None:
         """A preprocessor raised: its event is dropped (counted under preprocessor_errors), logged once per interval."""

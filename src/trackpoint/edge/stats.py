@@ -24,6 +24,8 @@ class Snapshot(msgspec.Struct, omit_defaults=True):
     rejected: dict[str, int] = {}
     events: dict[str, int] = {}
     shed: dict[str, int] = {}
+    # HEAD requests answered as GET would be and not recorded, by event type.
+    head: dict[str, int] = {}
     preprocessor_dropped: dict[str, int] = {}
     preprocessor_errors: dict[str, int] = {}
     # Outcomes preprocessors count themselves (attribution results, invalid-traffic flags), by preprocessor.
@@ -42,6 +44,7 @@ class EdgeStats:
 
     __slots__ = (
         "events",
+        "head",
         "ivt_dropped",
         "ivt_routed",
         "latency_counts",
@@ -59,6 +62,8 @@ class EdgeStats:
         self.events: dict[str, int] = {}
         # Requests over a rate limit with action shed, by event type: answered normally, not recorded.
         self.shed: dict[str, int] = {}
+        # HEAD requests on a tracking path: answered as GET would be, not recorded, by event type.
+        self.head: dict[str, int] = {}
         self.preprocessor_dropped: dict[str, int] = {}
         self.preprocessor_errors: dict[str, int] = {}
         # Flagged events under an event type's invalid_traffic policy route or drop, by event type.
@@ -80,6 +85,7 @@ class EdgeStats:
             rejected=dict(self.rejected),
             events=dict(self.events),
             shed=dict(self.shed),
+            head=dict(self.head),
             preprocessor_dropped=dict(self.preprocessor_dropped),
             preprocessor_errors=dict(self.preprocessor_errors),
             ivt_routed=dict(self.ivt_routed),
@@ -98,6 +104,7 @@ def add(total: Snapshot, part: Snapshot) -> Snapshot:
         rejected=_add_counts(total.rejected, part.rejected),
         events=_add_counts(total.events, part.events),
         shed=_add_counts(total.shed, part.shed),
+        head=_add_counts(total.head, part.head),
         preprocessor_dropped=_add_counts(total.preprocessor_dropped, part.preprocessor_dropped),
         preprocessor_errors=_add_counts(total.preprocessor_errors, part.preprocessor_errors),
         preprocessor_outcomes={

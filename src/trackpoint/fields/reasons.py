@@ -30,7 +30,21 @@ REJECT_REASONS: tuple[RejectReason, ...] = (
     RejectReason(408, "body_timeout", "The body arrived too slowly (`server.limits.body_timeout_s`)."),
     RejectReason(413, "body_too_large", "The body is larger than `server.limits.max_body_bytes`."),
     RejectReason(414, "uri_too_long", "The request line is longer than `server.limits.max_request_line_bytes`."),
-    RejectReason(415, "unsupported_media_type", "The body's content type is neither form-urlencoded nor JSON."),
+    RejectReason(
+        415,
+        "unsupported_media_type",
+        "The body's content type is not form-urlencoded, multipart/form-data or JSON (or text/plain JSON).",
+    ),
+    RejectReason(415, "unsupported_content_encoding", "A `Content-Encoding` other than gzip, deflate or identity."),
+    RejectReason(400, "content_encoding_invalid", "A compressed body that does not inflate, or is cut short."),
+    RejectReason(413, "inflated_too_large", "A compressed body inflates past `server.limits.max_inflated_bytes`."),
+    RejectReason(
+        413,
+        "inflation_ratio_exceeded",
+        "A compressed body inflates to more than `server.limits.max_inflation_ratio` times its size (a bomb).",
+    ),
+    RejectReason(413, "batch_too_large", "A batch with more items than its event type's `batch.max_items`."),
+    RejectReason(400, "invalid_multipart", "A multipart/form-data body that cannot be read (boundary, parts, UTF-8)."),
     RejectReason(431, "headers_too_large", "The headers exceed `server.limits`."),
     # A field is missing or wrong (the body's `field` names it).
     RejectReason(400, "missing_field", "A required field is absent."),

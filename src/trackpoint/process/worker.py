@@ -17,7 +17,7 @@ import sys
 
 import uvloop
 
-from trackpoint.edge.protocol import EdgeProtocol
+from trackpoint.edge.pipeline import EdgeProtocol
 from trackpoint.edge.runtime import Edge
 from trackpoint.event import reseed_random_ids
 from trackpoint.plugins import registry

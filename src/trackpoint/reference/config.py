@@ -122,6 +122,11 @@ def endpoints_reference(loaded: LoadedConfig, registry: Registry) -> str:
         lines.append(f"## {name}\n")
         methods = ", ".join(spec.methods)
         lines.append(f"- paths: {', '.join(f'`{p}`' for p in spec.paths)} ({methods})")
+        if spec.batch.paths:
+            lines.append(
+                f"- batch paths: {', '.join(f'`{p}`' for p in spec.batch.paths)} (POST; at most "
+                f"{spec.batch.max_items} items; see [batches](../guides/batches.md))"
+            )
         response = spec.response.kind + (
             f" (destination from `{spec.response.redirect_field}`; hosts: {', '.join(spec.response.allow_hosts)})"
             if spec.response.kind == "redirect"

@@ -35,6 +35,31 @@ _REJECTIONS = {
     str(status): "\n".join(f"- `{entry.reason}`: {entry.description}" for entry in entries)
     for status, entries in statuses().items()
 }
+_HEAD = (
+    "The status and headers a GET of the same URL would get, without a body, and nothing else: the request is "
+    "checked as a GET would be (a bad one gets the same 4xx), but no event is recorded, no preprocessor runs (no "
+    "click id is issued), no user id cookie is set and no budget is debited. Counted in "
+    "`trackpoint_head_requests_total`. Link scanners and mail gateways send these."
+)
+_PROXIES = (
+    "From a `server.trusted_proxies` peer, the client address is the right-most untrusted node of `Forwarded` "
+    "(RFC 7239; quoted, bracketed IPv6 and ports read) or else of `X-Forwarded-For` (entries may carry a port). "
+    "Header values are read as UTF-8; bytes that are not UTF-8 become U+FFFD. An absolute-form target "
+    "(`GET http://host/path?...`) is routed by its path; a 405's `Allow` lists this path's methods."
+)
+_BODY = (
+    "Form-urlencoded, multipart/form-data (what `sendBeacon(FormData)` sends: declared names only, file parts "
+    "ignored, at most 64 parts) or a JSON object (also as text/plain, what `sendBeacon` with a string sends); a "
+    "UTF-8 byte-order mark before it is skipped. The body may be compressed (`Content-Encoding`): it is inflated "
+    "as it arrives, within `server.limits.max_inflated_bytes` and `max_inflation_ratio` (413), "
+    "`server.limits.max_body_bytes` applying to the bytes as sent."
+)
+_CONTENT_ENCODING: Schema = {
+    "name": "Content-Encoding",
+    "in": "header",
+    "description": "The body's coding: gzip, deflate (zlib or raw) or identity; any other is answered 415.",
+    "schema": {"type": "string", "enum": ["gzip", "x-gzip", "deflate", "identity"]},
+}
 
 
 def openapi_document(loaded: LoadedConfig, registry: Registry) -> dict[str, Any]:
@@ -48,6 +73,9 @@ def openapi_document(loaded: LoadedConfig, registry: Registry) -> dict[str, Any]
             for method in spec.methods:
                 suffix = f"_{index}" if index else ""
                 item[method.lower()] = _operation(name, spec, method, f"{name}_{method.lower()}{suffix}")
+        for index, path in enumerate(spec.batch.paths):
+            suffix = f"_{index}" if index else ""
+            paths[path] = {"post": _batch_operation(name, spec, f"{name}_batch_post{suffix}")}
     for index, (path, _, what) in enumerate(served_paths(config.server.tag)):
         paths[path] = {method: _tag_operation(what, f"tag_{method}_{index}") for method in ("get", "head")}
     admin_server = {"url": f"http://{config.admin.host}:{config.admin.port}", "description": "The admin port."}
@@ -165,13 +193,18 @@ def _operation(name: str, spec: EventTypeSpec, method: str, operation_id: str) -
                 | {"schema": {"type": "string"}}
             )
     key = ", ".join(f"`{f}`" for f in spec.dedupe_key) or "none (a time-ordered random id)"
+    if method == "HEAD":
+        summary, description = f"Probe the `{name}` endpoint (records nothing).", _HEAD
+    else:
+        summary = f"Record a `{name}` event."
+        description = (
+            f"Event id from: {key}. Preprocessors: {', '.join(spec.preprocessors) or 'none'}. "
+            f"Collectors: {', '.join(spec.collectors) or 'none'}. The response never waits for a collector. " + _PROXIES
+        )
     operation: dict[str, Any] = {
         "tags": [name],
-        "summary": f"Record a `{name}` event.",
-        "description": (
-            f"Event id from: {key}. Preprocessors: {', '.join(spec.preprocessors) or 'none'}. "
-            f"Collectors: {', '.join(spec.collectors) or 'none'}. The response never waits for a collector."
-        ),
+        "summary": summary,
+        "description": description,
         "operationId": operation_id,
         "responses": _responses(spec)
         | {status: {"$ref": f"#/components/responses/{status}"} for status in _REJECTIONS},
@@ -184,12 +217,66 @@ def _operation(name: str, spec: EventTypeSpec, method: str, operation_id: str) -
             schema["required"] = required
         operation["requestBody"] = {
             "required": bool(required),
+            "description": _BODY,
             "content": {
                 "application/x-www-form-urlencoded": {"schema": schema},
+                "multipart/form-data": {"schema": schema},
                 "application/json": {"schema": schema},
+                "text/plain": {"schema": schema},
             },
         }
+        operation["parameters"] = [*parameters, _CONTENT_ENCODING]
     return operation
+
+
+def _batch_operation(name: str, spec: EventTypeSpec, operation_id: str) -> dict[str, Any]:
+    """A batch path: many `name` events in one body, each item shaped as the event type's JSON body."""
+    item = _operation(name, spec, "POST", operation_id).get("requestBody", {}).get("content", {})
+    item_schema: Schema = item.get("application/json", {}).get("schema", {"type": "object"})
+    items: Schema = {"type": "array", "items": item_schema, "maxItems": spec.batch.max_items}
+    body: Schema = {
+        "oneOf": [
+            items,
+            {"type": "object", "required": ["data"], "properties": {"schema": {"type": "string"}, "data": items}},
+            {"type": "object", "required": ["batch"], "properties": {"batch": items}},
+            {
+                "type": "object",
+                "required": ["requests"],
+                "properties": {
+                    "requests": {"type": "array", "items": {"type": "string"}, "maxItems": spec.batch.max_items}
+                },
+            },
+        ]
+    }
+    refused: Schema = {
+        "type": "object",
+        "required": ["index", "error"],
+        "properties": {"index": {"type": "integer"}, "error": {"type": "string"}, "field": {"type": "string"}},
+    }
+    answer: Schema = {
+        "type": "object",
+        "required": ["accepted", "refused"],
+        "properties": {"accepted": {"type": "integer"}, "refused": {"type": "array", "items": refused}},
+    }
+    return {
+        "tags": [name],
+        "summary": f"Record a batch of `{name}` events.",
+        "description": (
+            "A JSON array of items, or an object holding one: Snowplow's `data`, Segment's and RudderStack's "
+            "`batch`, Matomo's `requests` (query strings). Each item becomes its own event (its own id); the answer "
+            "lists the refused items with their reasons and leaves once the accepted items are recorded. " + _BODY
+        ),
+        "operationId": operation_id,
+        "parameters": [_CONTENT_ENCODING],
+        "requestBody": {"required": True, "content": {"application/json": {"schema": body}}},
+        "responses": {
+            "200": {
+                "description": "The batch was read: how many items were recorded, and which were refused.",
+                "content": {"application/json": {"schema": answer}},
+            }
+        }
+        | {status: {"$ref": f"#/components/responses/{status}"} for status in _REJECTIONS},
+    }
 
 
 def _responses(spec: EventTypeSpec) -> dict[str, Any]:
@@ -197,7 +284,7 @@ def _responses(spec: EventTypeSpec) -> dict[str, Any]:
     if kind == "gif":
         return {"200": {"description": "A 43-byte transparent GIF.", "content": {"image/gif": {}}}}
     if kind == "no_content":
-        return {"204": {"description": "Recorded."}}
+        return {"204": {"description": "Recorded (no body and no Content-Length, as RFC 9110 §8.6 requires)."}}
     if kind == "json":
         schema = {"type": "object", "required": ["id"], "properties": {"id": {"type": "string"}}}
         return {"200": {"description": "The event id.", "content": {"application/json": {"schema": schema}}}}

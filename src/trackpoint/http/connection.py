@@ -1,0 +1,354 @@
+"""One HTTP/1.1 connection over httptools (llhttp): limits as bytes arrive, framing, timeouts, ordered output.
+
+`HttpConnection` is the protocol machinery the tracking edge (edge/pipeline.py) and the admin port
+(admin/server.py) share; a subclass adds what a complete request means (`on_message_complete`) and how a refusal is
+counted (`reject_and_close`). Every limit is answered here: a request line past its cap 414, headers 431, a body 413,
+a slow head or body 408, malformed input 400.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import time
+from collections.abc import Callable, Container
+
+import httptools
+
+from trackpoint.fields.converters import Reject
+from trackpoint.http.encoding import Inflater, wbits
+from trackpoint.http.limits import Caps
+from trackpoint.http.responses import CONTINUE
+
+# Connection phases, for the timeout sweep.
+IDLE, HEADERS, BODY = 0, 1, 2
+# Headers that frame or code a body; a connection keeps them for every request.
+FRAMING_HEADERS = frozenset({b"content-length", b"transfer-encoding", b"expect", b"content-encoding"})
+# After an error answer, how long input is still read (and discarded) before the connection is closed.
+LINGER_S = 1.0
+# What a connection does once its queued output is written.
+AFTER_NOTHING, AFTER_CLOSE, AFTER_LINGER = 0, 1, 2
+
+_monotonic = time.monotonic
+
+
+class Stop(Exception):
+    """Raised by a callback to stop parsing what else the client pipelined on a closing connection."""
+
+
+class HttpConnection(asyncio.Protocol):
+    """One client connection. Requests are answered in order; pipelined requests in one read are all parsed.
+
+    A subclass sets the parser in `connection_made` and defines `on_message_complete` (which ends with `finish`),
+    `reject_and_close` (count, answer with `responses.reject`, `close_lingering`) and `internal_error`."""
+
+    __slots__ = (
+        "after",
+        "body",
+        "body_bytes",
+        "caps",
+        "closing",
+        "continue_due",
+        "deadline",
+        "header_bytes",
+        "header_count",
+        "headers",
+        "inflater",
+        "kept_headers",
+        "observe",
+        "out",
+        "parser",
+        "phase",
+        "pipelined",
+        "queue_output",
+        "received",
+        "recorded",
+        "requests",
+        "started",
+        "transport",
+        "url",
+    )
+
+    def __init__(
+        self,
+        caps: Caps,
+        kept_headers: Container[bytes],
+        queue_output: Callable[[HttpConnection], None],
+        observe: Callable[[float], None],
+    ) -> None:
+        # Set once per connection, read per request: the caps, the (lower-case) header names kept for the request
+        # (the others are counted against the caps and dropped), what schedules this connection's output step,
+        # and what is told each request's duration.
+        self.caps = caps
+        self.kept_headers = kept_headers
+        self.queue_output = queue_output
+        self.observe = observe
+        self.transport: asyncio.Transport | None = None
+        self.parser: httptools.HttpRequestParser | None = None
+        self.phase = IDLE
+        self.deadline = 0.0
+        self.started = 0.0
+        self.requests = 0
+        self.closing = False
+        self.url = b""
+        self.headers: dict[bytes, bytes] = {}
+        self.header_count = 0
+        self.header_bytes = 0
+        self.body: bytearray | None = None
+        self.body_bytes = 0
+        # A compressed body's decompressor (Content-Encoding gzip or deflate): the body is kept inflated.
+        self.inflater: Inflater | None = None
+        self.out: bytes | list[bytes] = b""
+        # What the output step does once `out` is written (AFTER_*), and whether `out` answers a request whose
+        # record the owner writes first (the edge: an event awaiting this iteration's log write).
+        self.after = AFTER_NOTHING
+        self.recorded = False
+        # Bytes fed to the parser since the last complete request (limits enforced as bytes arrive), requests
+        # answered since output was last written, and a `100 Continue` owed once the headers passed their checks.
+        self.received = 0
+        self.pipelined = 0
+        self.continue_due = False
+
+    # --- what a subclass defines -----------------------------------------------------------------------------------
+
+    def reject_and_close(self, status: int, reason: str) -> None:
+        """For input the parser cannot go on from: answer once, then close."""
+        raise NotImplementedError
+
+    def internal_error(self, exc: BaseException) -> None:
+        """A callback failed on something other than the client's input (a bug): counted and logged."""
+        raise NotImplementedError
+
+    # --- input ---------------------------------------------------------------------------------------------------
+
+    def data_received(self, data: bytes) -> None:
+        if self.closing:
+            return
+        if self.phase == IDLE:  # the first bytes of a request: the header timeout starts now
+            self.phase = HEADERS
+            self.started = now = _monotonic()
+            self.deadline = now + self.caps.header_timeout_s
+            # A strict request line: one space after the method (llhttp skips extra ones). Only where the read
+            # starts with a method: a read may also go on with a request pipelined into the previous one.
+            space = data.find(b" ", 0, 8)
+            if space > 0 and data[space + 1 : space + 2] == b" " and data[:space].isupper():
+                self.reject_and_close(400, "bad_request")
+                return
+        # Limits hold as bytes arrive, before the parser buffers them: a request may not take more than the head
+        # cap before it frames a body, nor more than the request cap in all, so an endless header line or chunk
+        # extension is cut off there.
+        received = self.received + len(data)
+        if received <= self.caps.head_cap:  # the common case: a whole small request
+            self.received = received
+            self.feed(data)
+        else:
+            self.feed_capped(data)
+        if self.continue_due and not self.closing:  # the head passed every check: the client may send the body
+            self.continue_due = False
+            self.send(CONTINUE)
+
+    def feed_capped(self, data: bytes) -> None:
+        """Feeds no more than the cap allows; finish() resets the count, so the rest may belong to a next request."""
+        caps = self.caps
+        while data and not self.closing:
+            room = (caps.request_cap if self.phase == BODY else caps.head_cap) - self.received
+            if room <= 0:
+                if self.phase == BODY:
+                    self.reject_and_close(413, "body_too_large")
+                else:
+                    self.reject_and_close(431, "headers_too_large")
+                return
+            part, data = data[:room], data[room:]
+            self.received += len(part)
+            self.feed(part)
+
+    def feed(self, data: bytes) -> None:
+        try:
+            self.parser.feed_data(data)  # type: ignore[union-attr]  # set until closing
+        except httptools.HttpParserUpgrade:
+            if self.phase == IDLE:  # answered already (Upgrade ignored, as RFC 9110 allows): no second answer
+                self.close()
+            else:
+                self.reject_and_close(400, "upgrade_not_supported")
+        except Exception as exc:  # llhttp rejected the bytes, or a callback stopped or failed
+            if self.closing:
+                return
+            cause = exc.__context__
+            if isinstance(cause, Reject):
+                self.reject_and_close(cause.status, cause.reason)
+            elif isinstance(exc, httptools.HttpParserError) and cause is None:
+                self.reject_and_close(400, "bad_request")
+            else:
+                self.internal_error(cause or exc)
+                self.reject_and_close(500, "internal_error")
+
+    def pause_writing(self) -> None:
+        # The client does not read its responses: stop reading its requests until it does, and abort the
+        # connection if it still has not within the write timeout.
+        if self.transport is not None:
+            self.transport.pause_reading()
+            self.deadline = min(self.deadline, _monotonic() + self.caps.write_timeout_s)
+
+    def resume_writing(self) -> None:
+        if self.transport is not None and not self.closing:
+            self.transport.resume_reading()
+
+    # --- parser callbacks ----------------------------------------------------------------------------------------
+
+    # No on_message_begin and no on_headers_complete: each callback is a Python call on every request, so the
+    # per-request state is reset when a response is written, and framing headers are handled as they arrive.
+
+    def on_url(self, url: bytes) -> None:
+        url = self.url = self.url + url if self.url else url
+        if len(url) > self.caps.max_request_line_bytes:
+            raise Reject(414, "uri_too_long")
+
+    def on_header(self, name: bytes, value: bytes) -> None:
+        caps = self.caps
+        count = self.header_count = self.header_count + 1
+        size = self.header_bytes = self.header_bytes + len(name) + len(value)
+        if count > caps.max_header_count or size > caps.max_header_bytes:
+            raise Reject(431, "headers_too_large")
+        name = name.lower()
+        if name in self.kept_headers:
+            if name in FRAMING_HEADERS:
+                self.on_framing_header(name, value)
+            elif name == b"host" and name in self.headers:
+                raise Reject(400, "bad_host")  # RFC 9112 §3.2: more than one Host
+            self.headers[name] = value
+
+    def on_framing_header(self, name: bytes, value: bytes) -> None:
+        """A request with a body: check its declared size at once and give it the body timeout."""
+        if name == b"expect":
+            # Sent once the whole head passed its checks (end of data_received), never before a 413 or 431.
+            self.continue_due = value.lower() == b"100-continue"
+            return
+        if name == b"content-encoding":  # 415 for a coding we cannot inflate, before the body is read
+            window = wbits(value)
+            if window is not None:
+                caps = self.caps
+                self.inflater = Inflater(window, caps.max_inflated_bytes, caps.max_inflation_ratio)
+            return
+        if name == b"content-length" and (not value.isdigit() or int(value) > self.caps.max_body_bytes):
+            raise Reject(413, "body_too_large")
+        if name == b"transfer-encoding" and value.strip().lower() != b"chunked":
+            raise Reject(400, "bad_request")  # chunked is the only coding we frame: no `identity, chunked`
+        self.phase = BODY
+        self.deadline = _monotonic() + self.caps.body_timeout_s
+
+    def on_body(self, chunk: bytes) -> None:
+        self.body_bytes += len(chunk)
+        if self.body_bytes > self.caps.max_body_bytes:
+            raise Reject(413, "body_too_large")
+        if self.inflater is not None:
+            chunk = self.inflater.inflate(chunk)
+        if self.body is None:
+            self.body = bytearray(chunk)
+        else:
+            self.body += chunk
+
+    def finish(self, keep_alive: bool) -> None:
+        """A request answered: the connection waits for the next one, or closes (and parsing stops)."""
+        now = _monotonic()
+        self.observe(now - self.started)
+        self.received = 0
+        if keep_alive:
+            self.phase = IDLE
+            self.deadline = now + self.caps.keepalive_timeout_s
+            self.url = b""
+            self.headers = {}
+            self.header_count = 0
+            self.header_bytes = 0
+            self.body = None
+            self.body_bytes = 0
+            self.inflater = None
+        else:
+            self.close()
+            raise Stop
+
+    # --- output --------------------------------------------------------------------------------------------------
+
+    def send(self, data: bytes) -> None:
+        """Queues a response; the owner's output step (`queue_output`) writes every connection's queue once per
+        event-loop iteration."""
+        out = self.out
+        if not out:
+            self.out = data
+            self.queue_output(self)
+        elif isinstance(out, list):  # pipelined requests: one write for all their responses
+            out.append(data)
+        else:
+            self.out = [out, data]
+
+    def take_output(self) -> tuple[bytes | list[bytes], int]:
+        """The queued output and what follows it, handed to the output step (which may hold it)."""
+        out, after = self.out, self.after
+        self.out = b""
+        self.after = AFTER_NOTHING
+        self.recorded = False
+        self.pipelined = 0
+        return out, after
+
+    def write_output(self, out: bytes | list[bytes], after: int) -> None:
+        transport = self.transport
+        if transport is None:  # the peer is gone, or we closed it after a refusal
+            return
+        if out:
+            if isinstance(out, list):
+                transport.writelines(out)
+            else:
+                transport.write(out)
+        if after == AFTER_CLOSE:
+            transport.close()
+        elif after == AFTER_LINGER:
+            self.linger(transport)
+
+    def flush(self) -> None:
+        out, after = self.take_output()
+        self.write_output(out, after)
+
+    # --- closing -------------------------------------------------------------------------------------------------
+
+    def close(self) -> None:
+        """Closes once queued output is written."""
+        self.closing = True
+        if self.transport is not None:
+            if self.out:
+                self.after = AFTER_CLOSE
+            else:
+                self.transport.close()
+
+    def close_lingering(self) -> None:
+        """Closes after an error answer the client may still be sending into: the answer goes out, then our side
+        of the stream ends, and whatever still arrives is discarded until the client closes or LINGER_S passes.
+        Closing at once with unread input makes the kernel reset the connection, and a reset can destroy the
+        answer before the client has read it."""
+        self.closing = True
+        transport = self.transport
+        if transport is None:
+            return
+        if self.out:
+            self.after = AFTER_LINGER
+        else:
+            self.linger(transport)
+
+    def linger(self, transport: asyncio.Transport) -> None:
+        if not transport.can_write_eof():
+            transport.close()
+            return
+        transport.write_eof()
+        self.deadline = _monotonic() + LINGER_S  # the sweep closes it (expire) if the client does not
+
+    def expire(self) -> None:
+        """Called by the owner's sweep when the deadline of the current phase has passed."""
+        transport = self.transport
+        if transport is not None and transport.get_write_buffer_size() > 0:  # answers the client does not read
+            self.closing = True
+            transport.abort()  # close() would wait for the buffer to drain: for ever, for a client that never reads
+        elif self.closing:  # lingering after an error answer
+            self.close()
+        elif self.phase == HEADERS:
+            self.reject_and_close(408, "header_timeout")
+        elif self.phase == BODY:
+            self.reject_and_close(408, "body_timeout")
+        else:
+            self.close()

@@ -1,0 +1,123 @@
+"""Unit tests of http/: forwarded addresses, compressed bodies, absolute-form targets, response heads."""
+
+from __future__ import annotations
+
+import gzip
+import zlib
+
+import pytest
+
+from trackpoint.fields.converters import Reject
+from trackpoint.fields.multipart import boundary, form_fields
+from trackpoint.http.encoding import Inflater, wbits
+from trackpoint.http.forwarded import client_address, forwarded_for, node_address
+from trackpoint.http.responses import Clock, allow_header, head, origin_form
+
+
+@pytest.mark.parametrize(
+    ("node", "address"),
+    [
+        ("203.0.113.77", "203.0.113.77"),
+        (" 203.0.113.77:5555 ", "203.0.113.77"),
+        ("[2001:db8::5]:443", "2001:db8::5"),
+        ('"[2001:DB8::5]"', "2001:db8::5"),
+        ("2001:db8::5", "2001:db8::5"),
+        ("_hidden", None),
+        ("unknown", None),
+        ("203.0.113.77:http", None),
+        ("[2001:db8::5]x", None),
+        ("", None),
+    ],
+)
+def test_node_address(node: str, address: str | None) -> None:
+    assert node_address(node) == address
+
+
+def test_forwarded_for_reads_each_element() -> None:
+    header = 'for=192.0.2.60;proto=http;by=203.0.113.43, proto=https, FOR="[2001:db8:cafe::17]:4711"'
+    assert forwarded_for(header) == ["192.0.2.60", "", '"[2001:db8:cafe::17]:4711"']
+
+
+def test_client_address_is_the_right_most_untrusted_node() -> None:
+    def trusted(ip: str) -> bool:
+        return ip.startswith("10.")
+
+    assert client_address(["198.51.100.1", "203.0.113.9:80", "10.0.0.1"], "10.0.0.2", trusted) == "203.0.113.9"
+    assert client_address(["10.0.0.1"], "10.0.0.2", trusted) == "10.0.0.2"
+    assert client_address(["198.51.100.1", "_proxy1", "10.0.0.1"], "10.0.0.2", trusted) == "10.0.0.2"
+
+
+def _inflate(encoding: bytes, body: bytes, split: int = 7, max_bytes: int = 1 << 20, ratio: int = 100) -> bytes:
+    window = wbits(encoding)
+    assert window is not None
+    inflater = Inflater(window, max_bytes, ratio)
+    out = b"".join(inflater.inflate(body[i : i + split]) for i in range(0, len(body), split))
+    if not inflater.finished():
+        raise Reject(400, "content_encoding_invalid")
+    return out
+
+
+@pytest.mark.parametrize("split", [1, 2, 7, 1 << 16])
+def test_gzip_zlib_and_raw_deflate_inflate_in_any_chunking(split: int) -> None:
+    text = b"order_id=o-1&value=12.5" * 20
+    raw = zlib.compressobj(wbits=-zlib.MAX_WBITS)
+    assert _inflate(b"gzip", gzip.compress(text), split) == text
+    assert _inflate(b"Deflate", zlib.compress(text), split) == text
+    assert _inflate(b"deflate", raw.compress(text) + raw.flush(), split) == text
+
+
+def test_inflation_caps_and_bad_streams() -> None:
+    assert wbits(b"identity") is None
+    for coding in (b"br", b"zstd", b"gzip, gzip", b"compress"):
+        with pytest.raises(Reject) as refused:
+            wbits(coding)
+        assert (refused.value.status, refused.value.reason) == (415, "unsupported_content_encoding")
+    bomb = gzip.compress(b"\0" * (8 << 20))
+    for ratio, reason in ((100, "inflation_ratio_exceeded"), (100_000, "inflated_too_large")):
+        with pytest.raises(Reject) as refused:
+            _inflate(b"gzip", bomb, 1 << 16, ratio=ratio)
+        assert (refused.value.status, refused.value.reason) == (413, reason)
+    for broken in (gzip.compress(b"abc")[:-3], b"plain text", gzip.compress(b"a") + b"trailing"):
+        with pytest.raises(Reject) as refused:
+            _inflate(b"gzip", broken)
+        assert refused.value.reason == "content_encoding_invalid"
+
+
+def test_origin_form_of_absolute_targets() -> None:
+    assert origin_form(b"http://host/i?imp=1") == b"/i?imp=1"
+    assert origin_form(b"HTTPS://host:8443/c") == b"/c"
+    assert origin_form(b"http://host") == b"/"
+    assert origin_form(b"http://host?x=1") == b"/?x=1"
+    assert origin_form(b"ftp://host/i") is None
+    assert origin_form(b"*") is None
+
+
+def test_heads_of_204_have_no_length_and_allow_is_sorted() -> None:
+    clock = Clock()
+    assert b"Content-Length" not in head(clock, 204, b"", 0, True)
+    assert b"Content-Length: 43\r\n" in head(clock, 200, b"", 43, True)
+    assert allow_header(["POST", "GET", "HEAD", "GET"]) == b"Allow: GET, HEAD, POST\r\n"
+
+
+def test_multipart_fields_skip_files_and_refuse_malformed_bodies() -> None:
+    delimiter = boundary(b'multipart/form-data; boundary="b1"')
+    body = (
+        b'--b1\r\nContent-Disposition: form-data; name="imp"\r\n\r\nx1\r\n'
+        b'--b1\r\nContent-Disposition: form-data; name="imp"\r\n\r\nsecond\r\n'
+        b'--b1\r\nContent-Disposition: form-data; name="cid"; filename="a.txt"\r\n\r\nfile\r\n'
+        b'--b1\r\nContent-Disposition: form-data; name="other"\r\n\r\nignored\r\n--b1--\r\n'
+    )
+    assert form_fields(body, delimiter, frozenset({"imp", "cid"})) == {"imp": "x1"}
+    too_many = b"".join(b'--b1\r\nContent-Disposition: form-data; name="p"\r\n\r\nv\r\n' for _ in range(65)) + b"--b1--"
+    for broken in (
+        b"--b1\r\nno head\r\n--b1--",
+        b"--b1\r\n\r\nv\r\n--b1--",
+        b'--b1\r\nContent-Disposition: form-data; name="imp"\r\n\r\nunterminated',
+        too_many,
+        b'--b1\r\nContent-Disposition: form-data; name="imp"\r\n\r\n\xff\r\n--b1--"',
+    ):
+        with pytest.raises(Reject) as refused:
+            form_fields(broken, delimiter, frozenset({"imp"}))
+        assert refused.value.reason == "invalid_multipart"
+    with pytest.raises(Reject):
+        boundary(b"multipart/form-data")
