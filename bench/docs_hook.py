@@ -47,7 +47,8 @@ def results_table(name: str) -> str:
     if not path.is_file():
         raise PluginError(f"bench-table: no recorded run {path}")
     run = json.loads(path.read_text(encoding="utf-8"))
-    rows = _edge_rows(run) if name == "latest" else _flood_rows(run) if name == "flood" else _check_rows(run)
+    tables = {"latest": _edge_rows, "flood": _flood_rows, "peers": _peers_rows}
+    rows = tables.get(name, _check_rows)(run)
     commit = str(run.get("git", {}).get("commit", ""))[:7]
     quick = " (`--quick`)" if run.get("quick") or run.get("settings", {}).get("quick") else ""
     caption = (
@@ -90,6 +91,20 @@ def _flood_rows(run: dict[str, Any]) -> list[str]:
             f"| {scenario['name']} | {valid['rps']:,.0f} | {_ms(valid['latency_p99_ms'])} | "
             f"{scenario['success_pct']:.2f}% | {scenario['lost']:,} |"
         )
+    return rows
+
+
+def _peers_rows(run: dict[str, Any]) -> list[str]:
+    rows = [
+        "| stack | requests/s (median) | CPU µs per request | p50 / p99 at 2,000/s | p99 at 50% of its max | "
+        "p99 at 80% of its max |",
+        "|---|---:|---:|---:|---:|---:|",
+    ]
+    for name, stack in run["stacks"].items():
+        rates = stack.get("rates", [])
+        cells = [f"{_ms(rates[0]['p50_ms'])} / {_ms(rates[0]['p99_ms'])}"] if rates else ["-"]
+        cells += [_ms(rate["p99_ms"]) for rate in rates[1:3]] or ["-", "-"]
+        rows.append(f"| {name} | {stack['rps_median']:,.0f} | {stack['cpu_us_median']:.1f} | {' | '.join(cells)} |")
     return rows
 
 

@@ -13,6 +13,7 @@ import time
 from collections.abc import Callable, Container
 
 import httptools
+from mypy_extensions import mypyc_attr
 
 from trackpoint.fields.converters import Reject
 from trackpoint.http.encoding import Inflater, wbits
@@ -35,6 +36,8 @@ class Stop(Exception):
     """Raised by a callback to stop parsing what else the client pipelined on a closing connection."""
 
 
+# Compiled with mypyc (trackpoint/_native.py), and subclassed by the admin port's connection, which is not.
+@mypyc_attr(allow_interpreted_subclasses=True)
 class HttpConnection(asyncio.Protocol):
     """One client connection. Requests are answered in order; pipelined requests in one read are all parsed.
 
