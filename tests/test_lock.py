@@ -56,7 +56,7 @@ def test_the_locks_match_pyproject() -> None:
 
 
 def test_every_lock_pins_exact_versions_with_hashes_and_agrees_with_the_dev_lock() -> None:
-    assert {lock.stem for lock in LOCKS} == {"dev", "run", "run-s3", "run-gcs", "run-azure"}
+    assert {lock.stem for lock in LOCKS} == {"dev", "run", "run-s3", "run-gcs", "run-azure", "run-reports"}
     dev = pins(ROOT / "requirements" / "dev.txt")
     for lock in LOCKS:
         for name, version in pins(lock).items():
