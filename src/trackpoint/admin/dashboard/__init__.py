@@ -193,7 +193,8 @@ class Dashboard:
             "collectors": collector_rows(config, totals, history, now),
             "features": {
                 "banker": "banker" in fed_kinds(config),
-                "rollups": ("GET", ROLLUPS_PATH) in admin.routes,
+                # The route is always served; it answers 404 until an event type feeds a rollup collector.
+                "rollups": ("GET", ROLLUPS_PATH) in admin.routes and "rollup" in fed_kinds(config),
             },
             # Newest first (the workers' reports arrive a second apart, each in its own order).
             "tail": sorted(supervisor.recent, key=lambda event: event.ts, reverse=True),
