@@ -219,6 +219,9 @@ class AdminConfig(Struct, forbid_unknown_fields=True, kw_only=True):
     )
 
 
+# The dim naming the optional fields an event was kept without (`on_invalid: drop`): `field:reason`, comma-separated.
+INVALID_DIM = "invalid"
+
 FieldType = Literal["string", "int", "decimal", "money", "price", "duration", "enum", "bool", "timestamp"]
 FieldSource = Literal["param", "query", "form", "json", "header", "cookie", "ip"]
 # The field types whose values are numbers: they go to metrics unless a field's `into` says dims.
@@ -276,6 +279,17 @@ class FieldSpec(Struct, forbid_unknown_fields=True, kw_only=True):
             "a required field is refused (400 `macro_unsubstituted`). Costs one character test per value."
         ),
     ] = "keep"
+
+    on_invalid: Annotated[
+        Literal["reject", "drop"] | None,
+        Meta(
+            description="A value this field cannot accept (too long, wrong type, out of range, not UTF-8, "
+            "controls). reject: the request is refused (400 with the reason); drop: the event is recorded without "
+            "the field and `dims.invalid` names it with the reason (`cid:invalid_encoding`, several comma-"
+            "separated). Unset: drop on event types that answer with a pixel (`response.kind: gif`: impressions, "
+            "video events), reject elsewhere. Required fields and dedupe-key fields always reject."
+        ),
+    ] = None
 
     @property
     def is_number(self) -> bool:
@@ -538,6 +552,17 @@ class EventTypeSpec(Struct, forbid_unknown_fields=True, kw_only=True):
     postback_auth: Annotated[
         PostbackAuthSpec, Meta(description="Shared-secret authentication of advertiser postbacks (off by default).")
     ] = msgspec.field(default_factory=PostbackAuthSpec)
+
+    def drops_invalid(self, name: str) -> bool:
+        """Whether an invalid value of field `name` is dropped rather than refused: its `on_invalid`, else `drop`
+        on a type answering with a pixel; never for a required or dedupe-key field (their absence changes the
+        event)."""
+        spec = self.fields[name]
+        if spec.required or name in self.dedupe_key:
+            return False
+        if spec.on_invalid is not None:
+            return spec.on_invalid == "drop"
+        return self.response.kind == "gif"
 
 
 # --- collectors: one config struct per collector type, tagged by `type` ---------------------------------------

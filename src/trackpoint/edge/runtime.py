@@ -96,7 +96,10 @@ class Route:
     cors: CorsPolicy | None = None
 
     def cookie_vetoed(self, dims: dict[str, str]) -> bool:
-        """Whether a preprocessor's verdict on this event withholds the user id cookie."""
+        """Whether a preprocessor's verdict on this event withholds the user id cookie: denied consent, or a flag
+        as invalid traffic (a bot or a prefetch gets no user id, whatever the type's invalid_traffic policy)."""
+        if self.flag_dim and self.flag_dim in dims:
+            return True
         return any(dims.get(dim) == value for dim, value in self.cookie_vetoes)
 
 

@@ -60,6 +60,20 @@ _BOOLS = {
 }
 
 
+# ASCII controls but the tab, and the lone surrogates that stand for bytes that were not UTF-8: refused in text
+# fields. Callers test isprintable() first (False for these, but also for C1 controls and separators that a
+# latin-1 header or emoji text may carry, which are kept).
+_CONTROLS = re.compile("[\x00-\x08\x0a-\x1f\x7f\ud800-\udfff]")
+_UNDECODED = re.compile("[\ud800-\udfff]")
+
+
+def check_text(name: str, raw: str) -> None:
+    """Refuses a text value with a control character (`invalid_field`) or bytes that were not UTF-8
+    (`invalid_encoding`); called only for values that are not printable."""
+    if _CONTROLS.search(raw):
+        raise Reject(400, "invalid_encoding" if _UNDECODED.search(raw) else "invalid_field", name)
+
+
 def make_converter(name: str, spec: FieldSpec) -> Converter:
     """The converter of one declared field (type and limits)."""
     macros = spec.unexpanded_macros == "absent"
@@ -98,6 +112,8 @@ def _macro_guard(name: str) -> Converter:
     def convert(raw: str) -> Value:
         if raw[:1] in MACRO_START and unexpanded(raw):
             raise MacroUnsubstituted(name)
+        if not raw.isprintable():
+            check_text(name, raw)
         return raw
 
     return convert
@@ -131,6 +147,8 @@ def _int(name: str, macros: bool) -> Callable[[str], int | float]:
     def convert(raw: str) -> int | float:
         if _INT.fullmatch(raw) is None:
             raise _invalid(name, raw, macros)
+        if macros and raw in UNKNOWN_VALUES:  # VAST 4.1's unknown (-1) and withheld (-2): `[ERRORCODE]` too
+            raise MacroUnsubstituted(name)
         return int(raw)
 
     return convert
@@ -140,6 +158,8 @@ def _decimal(name: str, macros: bool) -> Callable[[str], int | float]:
     def convert(raw: str) -> int | float:
         if _DECIMAL.fullmatch(raw) is None:
             raise _invalid(name, raw, macros)
+        if macros and raw in UNKNOWN_VALUES:
+            raise MacroUnsubstituted(name)
         value = float(raw)
         if not math.isfinite(value):
             raise Reject(400, "invalid_field", name)
@@ -150,11 +170,11 @@ def _decimal(name: str, macros: bool) -> Callable[[str], int | float]:
 
 def _duration(name: str, macros: bool) -> Callable[[str], int | float]:
     def convert(raw: str) -> int | float:
+        if macros and raw[:1] == "-":  # VAST's unknown (-1) and withheld (-2); a player's negative timecode
+            raise MacroUnsubstituted(name)
         seconds = parse_offset(raw)
         if seconds is None:
             raise _invalid(name, raw, macros)
-        if seconds < 0 and macros and raw in UNKNOWN_VALUES:  # VAST's "unknown" (-1) and "withheld" (-2)
-            raise MacroUnsubstituted(name)
         return seconds
 
     return convert
@@ -219,12 +239,31 @@ def _timestamp(name: str, macros: bool) -> Converter:
         try:
             moment = datetime.fromisoformat(raw)
         except ValueError:
-            raise _invalid(name, raw, macros) from None
+            moment = _lenient_iso(raw)  # VAST's own example: `2016-01-17T8:15:07.127-08`
+            if moment is None:
+                if macros and raw in UNKNOWN_VALUES:
+                    raise MacroUnsubstituted(name) from None
+                raise _invalid(name, raw, macros) from None
         if moment.tzinfo is None:
             moment = moment.replace(tzinfo=UTC)
         return (moment - _EPOCH) // _MILLISECOND  # integer arithmetic: no float rounding
 
     return convert
+
+
+# An ISO 8601 time whose hour has one digit, as VAST 4's [TIMESTAMP] example writes it.
+_ONE_DIGIT_HOUR = re.compile(r"(\d{4}-\d{2}-\d{2}T)(\d:)", re.ASCII)
+
+
+def _lenient_iso(raw: str) -> datetime | None:
+    """The slow path of a timestamp fromisoformat refused: a one-digit hour padded, else None."""
+    padded = _ONE_DIGIT_HOUR.sub(r"\g<1>0\g<2>", raw, count=1)
+    if padded == raw:
+        return None
+    try:
+        return datetime.fromisoformat(padded)
+    except ValueError:
+        return None
 
 
 class PairParser:
@@ -264,12 +303,11 @@ class PairParser:
             key = _unquote(key)
             if key not in self.wanted:
                 continue
-            try:
-                name = key.decode("utf-8")
-                if name not in found:
-                    found[name] = _unquote(value).decode("utf-8")
-            except UnicodeDecodeError:
-                raise Reject(400, "invalid_encoding", key.decode("utf-8", "replace")) from None
+            name = key.decode("utf-8")  # one of the wanted names: UTF-8 already
+            if name not in found:
+                # Bytes that are not UTF-8 become lone surrogates, which no field accepts: the field refuses the
+                # value (`invalid_encoding`), or drops it under `on_invalid: drop`, as it decides for any bad value.
+                found[name] = _unquote(value).decode("utf-8", "surrogateescape")
         return found
 
 

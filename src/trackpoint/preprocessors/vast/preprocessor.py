@@ -31,6 +31,7 @@ class Vast:
         self.duration_field = config.duration_field
         self.error_code_field = config.error_code_field
         self.cachebuster_field = config.cachebuster_field
+        self.progress_bucket_ms = max(1, round(config.progress_granularity_s * 1000))
         self.input_fields = input_fields(config)
 
     def __call__(self, event: Event) -> Event:
@@ -50,7 +51,8 @@ class Vast:
         if keying == _PER_OFFSET:
             if offset is None:
                 raise Reject(400, "missing_field", self.offset_field)
-            extra: str | None = str(round(offset * 1000))
+            bucket = self.progress_bucket_ms
+            extra: str | None = str(round(offset * 1000) // bucket * bucket)
         elif keying == _PER_CODE:
             extra = dims.get(self.error_code_field)
         elif cachebuster is not None:  # an interaction: the cache buster tells a second pause from a retried request
