@@ -375,9 +375,11 @@ class ResponseSpec(Struct, forbid_unknown_fields=True, kw_only=True):
         list[str],
         Meta(
             description="For redirect: destination hosts allowed, exact (`example.com`) or as a suffix "
-            "(`.example.com`). Only http/https destinations on these hosts (or signed ones, see "
-            "signed_destinations) are followed; anything else is 400 and the click is still recorded with "
-            "`dims.redirect_rejected`."
+            "(`.example.com`), in ASCII (an internationalised host as its `xn--` form). Only http/https "
+            "destinations on these hosts (or signed ones, see signed_destinations) are followed; a destination "
+            "with non-ASCII characters or spaces (an IRI) is sent percent-encoded, its host in IDNA. Anything "
+            "else is 400 (or the fallback_url) and the click is still recorded with `dims.redirect_rejected` "
+            "and an id of its own."
         ),
     ] = msgspec.field(default_factory=list)
     signed_destinations: Annotated[
@@ -388,6 +390,15 @@ class ResponseSpec(Struct, forbid_unknown_fields=True, kw_only=True):
             "signature is refused (403) even under `signature: off`."
         ),
     ] = False
+    fallback_url: Annotated[
+        Annotated[str, Meta(pattern=r"^https?://[!-~]+$", max_length=2048)] | None,
+        Meta(
+            description="For redirect: where a refused destination sends the user (302 here, with "
+            "`X-Reject-Reason: redirect_not_allowed`), so a browser shows a page rather than a JSON body; the "
+            "click is recorded as refused either way. An absolute http(s) URL in ASCII. Unset: 400 with the JSON "
+            "reason."
+        ),
+    ] = None
     macros: Annotated[
         bool,
         Meta(

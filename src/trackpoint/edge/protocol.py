@@ -317,6 +317,12 @@ class EdgeProtocol(asyncio.Protocol):
         except Reject as rejected:
             if event is not None and type(rejected) is responses.RecordedReject:  # raised by render only
                 self.record(route, event)  # a refused redirect: the click is still recorded
+                fallback = route.responder.refused(keep_alive, is_head)
+                if fallback is not None:  # the user lands on the type's fallback page, not on a JSON body
+                    stats.reject(rejected.reason)
+                    self.send(fallback)
+                    self.finish(keep_alive)
+                    return
             self.reject(rejected.status, rejected.reason, rejected.field, keep_alive, is_head, route.cors)
             return
         self.send(response)

@@ -239,11 +239,12 @@ def _timestamp(name: str, macros: bool) -> Converter:
         try:
             moment = datetime.fromisoformat(raw)
         except ValueError:
-            moment = _lenient_iso(raw)  # VAST's own example: `2016-01-17T8:15:07.127-08`
-            if moment is None:
+            lenient = _lenient_iso(raw)  # VAST's own example: `2016-01-17T8:15:07.127-08`
+            if lenient is None:
                 if macros and raw in UNKNOWN_VALUES:
                     raise MacroUnsubstituted(name) from None
                 raise _invalid(name, raw, macros) from None
+            moment = lenient
         if moment.tzinfo is None:
             moment = moment.replace(tzinfo=UTC)
         return (moment - _EPOCH) // _MILLISECOND  # integer arithmetic: no float rounding
