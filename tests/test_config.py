@@ -31,7 +31,7 @@ DEFAULT_FIELDS = {
     "impression": {"imp", "cid", "crid", "pub"},
     "click": {"imp", "cid", "crid", "pub", "url"},
     "conversion": {"click_id", "order_id", "cid", "value", "cur"},
-    "video": {"imp", "ev", "t", "dur", "code", "cb", "cid", "crid", "pub"},
+    "video": {"imp", "ev", "t", "dur", "code", "cb", "client_ts", "cid", "crid", "pub"},
     "win": NOTICE_FIELDS | {"price", "mbr", "max_price"},
     "billing": NOTICE_FIELDS | {"price", "mbr", "max_price"},
     "loss": NOTICE_FIELDS | {"loss", "price", "min_to_win"},

@@ -238,12 +238,10 @@ def test_progress_dedupes_on_a_bucketed_offset() -> None:
     fine = Vast("vast", VastConfig(progress_granularity_s=0.1))
     assert (
         fine(BUILDER.build(b"imp=i-1&ev=progress&t=4.75", None, {}, "")).id
-        != fine(  # type: ignore[union-attr]
-            BUILDER.build(b"imp=i-1&ev=progress&t=4.8", None, {}, "")
-        ).id
+        != fine(BUILDER.build(b"imp=i-1&ev=progress&t=4.8", None, {}, "")).id
     )
     coarse = Vast("vast", VastConfig(progress_granularity_s=5))
-    ids = {coarse(BUILDER.build(f"imp=i-1&ev=progress&t={t}".encode(), None, {}, "")).id for t in (5, 7.5, 9.99)}  # type: ignore[union-attr]
+    ids = {coarse(BUILDER.build(f"imp=i-1&ev=progress&t={t}".encode(), None, {}, "")).id for t in (5, 7.5, 9.99)}
     assert len(ids) == 1
 
 
