@@ -172,8 +172,10 @@ def test_invalid_values_are_rejected(type_name: str, query: bytes, reason: str, 
 def test_a_pixel_keeps_its_event_without_an_invalid_optional_value(
     type_name: str, query: bytes, kept: dict[str, str], invalid: str
 ) -> None:
-    event = build(default_builder(type_name), query)
+    builder = default_builder(type_name)
+    event = build(builder, query)
     assert event.dims == {**kept, "invalid": invalid}
+    assert builder.dropped == dict.fromkeys(invalid.split(","), 1)  # counted for /metrics
     key = load().config.event_types[type_name].dedupe_key
     assert event.id == derived_id(type_name, [kept[name] for name in key])  # the dedupe key is untouched
     msgspec.json.encode(event)  # and the event serialises: nothing undecodable was kept

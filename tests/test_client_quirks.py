@@ -86,6 +86,8 @@ def test_one_bad_optional_value_does_not_lose_the_impression(tracker_factory: An
     status, headers, _ = tracker.get("/conv?order_id=o1&value=abc")
     assert (status, headers["x-reject-reason"]) == (400, "invalid_field")
     events = {e.dims["imp"]: e for e in tracker.events()}
+    dropped = 'field="cid",reason="invalid_encoding",type="impression"'
+    assert tracker.wait_metric("trackpoint_invalid_values_dropped_total", dropped, 2) == 2
     consent = {"consent": "not_applicable"}
     assert events["enc-1"].dims == {"imp": "enc-1", "pub": "news", "invalid": "cid:invalid_encoding", **consent}
     assert events["enc-2"].dims == {"imp": "enc-2", "invalid": "cid:invalid_encoding", **consent}

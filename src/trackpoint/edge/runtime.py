@@ -468,4 +468,7 @@ class Edge:
             len(self.connections), {name: c.snapshot() for name, c in self.collectors.items()}
         )
         snapshot.preprocessor_outcomes = {name: dict(counts) for name, counts in self._counting}
+        snapshot.invalid_dropped = {
+            route.name: dict(route.builder.dropped) for route in self.routes.values() if route.builder.dropped
+        }
         return snapshot

@@ -103,6 +103,8 @@ class EventBuilder:
         self.header_names = frozenset(p.lookup.encode("latin-1") for p in plans if p.source == "header") | (
             {b"cookie"} if self.reads_cookies else set()
         )
+        # Values left out under `on_invalid: drop`, by `field:reason` (reported on /metrics).
+        self.dropped: dict[str, int] = {}
         self.dedupe_key = tuple(spec.dedupe_key)
         self._single_key = spec.dedupe_key[0] if len(spec.dedupe_key) == 1 else None
         # The id hash starts from the type's name; per request only the key values are added to a copy.
@@ -152,9 +154,11 @@ class EventBuilder:
                     if not drop:
                         raise
                     # The event is kept without this value; the field's default does not stand in for a bad value.
+                    entry = f"{name}:{rejected.reason}"
                     if invalid is None:
                         invalid = []
-                    invalid.append(f"{name}:{rejected.reason}")
+                    invalid.append(entry)
+                    self.dropped[entry] = self.dropped.get(entry, 0) + 1
                     continue
             if into_metrics:
                 metrics[name] = value  # type: ignore[assignment]
