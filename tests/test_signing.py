@@ -224,6 +224,8 @@ NASTY_DESTINATIONS = [
     ("https://shop.\u0435xample.com/", "mixed_scripts"),
     ("https://\u043f\u0440\u0438\u043c\u0435\u0440.com/", "host_not_allowed"),  # a whole Cyrillic label is another host
     ("https://p\u0430ypal.example.net/", "mixed_scripts"),  # even on an allowed suffix
+    ("https://xn--pypal-4ve.example.net/", "mixed_scripts"),  # the same, sent in IDNA
+    ("https://xn--zz.example.net/", "host"),  # not valid IDNA
     ("https://ä.evil.test\uff0f\uff20example.com/", "userinfo"),  # full-width solidus and at sign
     ("https://ä.evil.test\uff0f@example.com/", "userinfo"),
     ("https://ä.evil.test﹫example.com/", "host"),  # the small at sign maps to @, which no host has

@@ -309,6 +309,12 @@ class Responder:
             return "userinfo"
         if _HOST_NAME.fullmatch(host) is None and not _is_ipv6(host):
             return "host"  # percent-encoded, empty, trailing dot, odd characters
+        if "xn--" in host:  # an IDNA host sent as such: the same rules as one that came as Unicode
+            try:
+                if any(_mixes_scripts(label) for label in idna.decode(host).split(".")):
+                    return "mixed_scripts"
+            except (idna.IDNAError, UnicodeError, ValueError):
+                return "host"
         if host_free:
             return None
         if host not in self.exact_hosts and not host.endswith(self.host_suffixes):
