@@ -128,5 +128,16 @@ def test_dropped_requests_get_no_cookie(tracker_factory: Any) -> None:
     status, answer, _ = tracker.request("POST", "/t/page", body, {**json_type, "User-Agent": CHROME_UA})
     assert status == 204 and answer["set-cookie"].startswith("tp_uid=")  # the sentinel: a visitor gets one
     (event,) = tracker.events()  # the bots were dropped, the visitor recorded
-    assert "ivt" not in event.dims
+    assert "ivt" not in event.dims and "uid" in event.dims
     assert tracker.wait_metric("trackpoint_invalid_traffic_dropped_total", 'type="pageview"', 3) == 3
+
+
+def test_a_bot_kept_as_flagged_gets_no_cookie_and_no_user_id(tracker_factory: Any) -> None:
+    config = yaml.safe_load((EXAMPLES / "cdp.yaml").read_text())
+    config["event_types"]["pageview"]["invalid_traffic"] = {"action": "keep"}
+    tracker: Tracker = tracker_factory(config)
+    bot = {"Content-Type": "application/json", "User-Agent": "Googlebot/2.1 (+http://www.google.com/bot.html)"}
+    status, answer, _ = tracker.request("POST", "/t/page", b'{"url": "https://shop.example.com/p"}', bot)
+    assert status == 204 and "set-cookie" not in answer
+    (event,) = tracker.events()
+    assert event.dims["ivt"] == "bot" and "uid" not in event.dims

@@ -16,6 +16,7 @@ import httptools
 from trackpoint.edge import responses
 from trackpoint.edge.cors import ORIGIN_NOT_ALLOWED
 from trackpoint.fields.converters import Reject
+from trackpoint.privacy.cookie import UID_DIM
 
 if TYPE_CHECKING:
     from trackpoint.edge.cors import CorsPolicy
@@ -310,8 +311,11 @@ class EdgeProtocol(asyncio.Protocol):
                     dropped[preprocess.name] = dropped.get(preprocess.name, 0) + 1
                     break
             response = route.responder.render(built if event is None else event, keep_alive, is_head, signed)
-            if set_cookie is not None and event is not None and not route.cookie_vetoed(event.dims):
-                response = route.responder.with_header(set_cookie, keep_alive, is_head)
+            if set_cookie is not None and event is not None:
+                if route.cookie_vetoed(event.dims):  # a new id the client never gets is no user's id
+                    event.dims.pop(UID_DIM, None)
+                else:
+                    response = route.responder.with_header(set_cookie, keep_alive, is_head)
             if route.cors is not None:  # a page on another origin: an allowed one gets the CORS headers
                 response = route.cors.decorate(response, self.headers.get(b"origin"))
         except Reject as rejected:
