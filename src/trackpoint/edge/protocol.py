@@ -13,6 +13,7 @@ from typing import TYPE_CHECKING, cast
 
 import httptools
 
+from trackpoint.config.private import UID_DIM
 from trackpoint.edge import responses
 from trackpoint.edge.cors import ORIGIN_NOT_ALLOWED
 from trackpoint.fields.converters import Reject
@@ -310,13 +311,22 @@ class EdgeProtocol(asyncio.Protocol):
                     dropped[preprocess.name] = dropped.get(preprocess.name, 0) + 1
                     break
             response = route.responder.render(built if event is None else event, keep_alive, is_head, signed)
-            if set_cookie is not None and event is not None and not route.cookie_vetoed(event.dims):
-                response = route.responder.with_header(set_cookie, keep_alive, is_head)
+            if set_cookie is not None and event is not None:
+                if route.cookie_vetoed(event.dims):  # a new id the client never gets is no user's id
+                    event.dims.pop(UID_DIM, None)
+                else:
+                    response = route.responder.with_header(set_cookie, keep_alive, is_head)
             if route.cors is not None:  # a page on another origin: an allowed one gets the CORS headers
                 response = route.cors.decorate(response, self.headers.get(b"origin"))
         except Reject as rejected:
             if event is not None and type(rejected) is responses.RecordedReject:  # raised by render only
                 self.record(route, event)  # a refused redirect: the click is still recorded
+                fallback = route.responder.refused(keep_alive, is_head)
+                if fallback is not None:  # the user lands on the type's fallback page, not on a JSON body
+                    stats.reject(rejected.reason)
+                    self.send(fallback)
+                    self.finish(keep_alive)
+                    return
             self.reject(rejected.status, rejected.reason, rejected.field, keep_alive, is_head, route.cors)
             return
         self.send(response)

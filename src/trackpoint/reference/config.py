@@ -122,7 +122,9 @@ def endpoints_reference(loaded: LoadedConfig, registry: Registry) -> str:
         methods = ", ".join(spec.methods)
         lines.append(f"- paths: {', '.join(f'`{p}`' for p in spec.paths)} ({methods})")
         response = spec.response.kind + (
-            f" (destination from `{spec.response.redirect_field}`; hosts: {', '.join(spec.response.allow_hosts)})"
+            f" (destination from `{spec.response.redirect_field}`; hosts: {', '.join(spec.response.allow_hosts)}"
+            + (f"; refused: to `{spec.response.fallback_url}`" if spec.response.fallback_url else "")
+            + ")"
             if spec.response.kind == "redirect"
             else ""
         )
@@ -132,8 +134,8 @@ def endpoints_reference(loaded: LoadedConfig, registry: Registry) -> str:
         lines.append(f"- preprocessors: {', '.join(spec.preprocessors) or 'none'}")
         lines.append(f"- collectors: {', '.join(spec.collectors) or 'none'}\n")
         if spec.fields:
-            lines.append("| field | source | type | required | max length | limits | default |")
-            lines.append("|---|---|---|---|---|---|---|")
+            lines.append("| field | source | type | required | max length | limits | default | invalid value |")
+            lines.append("|---|---|---|---|---|---|---|---|")
             for field_name, field in spec.fields.items():
                 source = field.source + (f" `{field.name}`" if field.name else "")
                 limits = ", ".join(
@@ -147,7 +149,8 @@ def endpoints_reference(loaded: LoadedConfig, registry: Registry) -> str:
                 )
                 lines.append(
                     f"| `{field_name}` | {source} | {field.type} | {'yes' if field.required else 'no'} "
-                    f"| {field.max_len} | {escape(limits)} | {field.default or ''} |"
+                    f"| {field.max_len} | {escape(limits)} | {field.default or ''} "
+                    f"| {'dropped (`dims.invalid`)' if spec.drops_invalid(field_name) else 'refused'} |"
                 )
             lines.append("")
     lines += _rejections()
