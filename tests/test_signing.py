@@ -510,6 +510,12 @@ def test_redirect_policy_end_to_end(signed_tracker: Tracker) -> None:
     )
 
 
+def _request_target(url: str) -> str:
+    """The path and query of a whole URL, as a client sends them to the tracker."""
+    parts = urlsplit(url)
+    return f"{parts.path}?{parts.query}"
+
+
 def test_trackpoint_sign_output_is_accepted_by_a_running_tracker(tracker_factory: Any) -> None:
     # The embedded default's signing section: the key is generated into data_dir by whichever runs first.
     tracker: Tracker = tracker_factory(
@@ -518,15 +524,23 @@ def test_trackpoint_sign_output_is_accepted_by_a_running_tracker(tracker_factory
     key_file = tracker.data_dir / "keys" / "signing.key"
     assert stat.S_IMODE(key_file.stat().st_mode) == 0o600
     result = _cli(
-        "sign", "--config", str(tracker.config_path), "--ttl", "60", "/i?imp=cli-1&cid=5", cwd=tracker.data_dir
+        "sign",
+        "--config",
+        str(tracker.config_path),
+        "--ttl",
+        "60",
+        "https://t.example.com/i?imp=cli-1&cid=5",
+        cwd=tracker.data_dir,
     )
     assert result.returncode == 0, result.stderr
     signed = result.stdout.strip()
     assert "kid=auto" in signed and "exp=" in signed
-    assert tracker.get(signed)[0] == 200
+    assert signed.startswith("https://t.example.com/i?")  # the host is not covered: any host name of the tracker
+    assert tracker.get(_request_target(signed))[0] == 200
     assert tracker.get("/i?imp=cli-2")[0] == 403
     assert [e.dims["imp"] for e in tracker.wait_events(1)] == ["cli-1"]
-    unknown = _cli("sign", "--config", str(tracker.config_path), "--key-id", "nope", "/i?imp=1", cwd=tracker.data_dir)
+    unknown = _cli("sign", "--config", str(tracker.config_path), "--key-id", "nope", "https://t.example.com/i?imp=1",
+                   cwd=tracker.data_dir)  # fmt: skip
     assert unknown.returncode == 2 and "no signing key 'nope'" in unknown.stderr
 
 
@@ -590,10 +604,10 @@ def test_a_signed_post_with_a_forged_body_is_refused(tracker_factory: Any) -> No
     assert (status, headers["x-reject-reason"]) == (403, "body_unsigned")
     assert tracker.request("POST", url, body, json_type)[0] == 200
     # `trackpoint sign --data` signs the same body.
-    result = _cli("sign", "--config", str(tracker.config_path), "--data", body.decode(), "/conv?cid=c2",
+    result = _cli("sign", "--config", str(tracker.config_path), "--data", body.decode(), "https://t.example.com/conv?cid=c2",
                   cwd=tracker.data_dir)  # fmt: skip
     assert result.returncode == 0, result.stderr
-    assert tracker.request("POST", result.stdout.strip(), body, json_type)[0] == 200
+    assert tracker.request("POST", _request_target(result.stdout.strip()), body, json_type)[0] == 200
     events = tracker.wait_events(2)
     assert [(e.dims["cid"], e.metrics["value"]) for e in events] == [("c1", 12_500_000), ("c2", 12_500_000)]
     assert tracker.wait_metric("trackpoint_rejected_total", 'reason="body_digest_invalid"', 1) == 1
