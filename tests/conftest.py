@@ -315,9 +315,11 @@ CHROMIUM_ARGS = (
 )
 
 
-@pytest.fixture(scope="session")
+@pytest.fixture(scope="module")
 def browser() -> Iterator[Any]:
-    """One headless chromium for the session (a Playwright `Browser`); each test opens its own context."""
+    """One headless chromium per module (a Playwright `Browser`); each test opens its own context. Not one per
+    session: while Playwright's sync API is open, the main thread counts as running an event loop, so every later
+    module's asyncio.run() would refuse to start."""
     if not Path(CHROMIUM).exists():
         pytest.skip(f"no chromium at {CHROMIUM}: scripts/services installs Debian's chromium package")
     from playwright.sync_api import sync_playwright

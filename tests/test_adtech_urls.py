@@ -109,11 +109,15 @@ CASES: list[tuple[str, str, Recorded | Refused]] = [
         "/v?imp=vx-12&ev=error&code=%255BERRORCODE%255D",
         Recorded("video", {"imp": "vx-12", "ev": "error"}),
     ),
-    ("error-code-not-vast", "/v?imp=vx-13&ev=error&code=1009", Refused("field_out_of_range", "code")),
-    (
-        "impression-with-a-vast4-timestamp-not-declared",
+    (  # a pixel: the error is kept, the bad code dropped and named
+        "error-code-not-vast",
+        "/v?imp=vx-13&ev=error&code=1009",
+        Recorded("video", {"imp": "vx-13", "ev": "error", "invalid": "code:field_out_of_range"}),
+    ),
+    (  # VAST 4's own [TIMESTAMP] example: a one-digit hour, an hour-only offset
+        "impression-with-a-vast4-timestamp",
         "/v?imp=vx-14&ev=impression&ts=2016-01-17T8%3A15%3A07.127-05&cb=93847162",
-        Recorded("video", {"imp": "vx-14", "ev": "impression"}),
+        Recorded("video", {"imp": "vx-14", "ev": "impression"}, {"client_ts": 1453036507127}),
     ),
     (
         "impression-timestamp-and-cachebuster-literal",
@@ -129,7 +133,7 @@ CASES: list[tuple[str, str, Recorded | Refused]] = [
         # Left raw, `%%CACHEBUSTER%%` is not even valid URL encoding (`%CA` decodes to a lone byte).
         "ad-server-cachebuster-macro-raw",
         "/v?imp=vx-17&ev=mute&cb=%%CACHEBUSTER%%",
-        Refused("invalid_encoding", "cb"),
+        Recorded("video", {"imp": "vx-17", "ev": "mute", "invalid": "cb:invalid_encoding"}),
     ),
     (
         "vast3-fullscreen",
@@ -155,7 +159,8 @@ CASES: list[tuple[str, str, Recorded | Refused]] = [
         "/v?imp=vx-24&ev=clickTracking&t=00%3A00%3A04.100&cb=77777777",
         Recorded("video", {"imp": "vx-24", "ev": "clickTracking"}, {"t": 4.1, "watch_ms": 4100}),
     ),
-    ("negative-offset", "/v?imp=vx-25&ev=pause&t=-5", Refused("field_out_of_range", "t")),
+    # A negative playhead is never a position: unknown, as VAST's -1 (vast-client sends it before it knows one).
+    ("negative-offset", "/v?imp=vx-25&ev=pause&t=-5", Recorded("video", {"imp": "vx-25", "ev": "pause"})),
     (
         "every-vast-macro-left-literal",  # VAST 4 macros a player fills: none of them ever becomes a value
         "/v?imp=vx-27&ev=error&code=[ERRORCODE]&t=[CONTENTPLAYHEAD]&dur=[MEDIAPLAYHEAD]&cb=[CACHEBUSTING]"
@@ -262,7 +267,9 @@ CASES: list[tuple[str, str, Recorded | Refused]] = [
         "/loss?imp=dsp-16&loss=1001",
         Recorded("loss", {"imp": "dsp-16", "loss": "1001", "cur": "USD"}),
     ),
-    ("loss-negative-code", "/loss?imp=dsp-17&loss=-1", Refused("field_out_of_range", "loss")),
+    # -1 and -2 are the IAB macros' unknown and withheld: the notice is kept without a loss code.
+    ("loss-unknown-code", "/loss?imp=dsp-17&loss=-1", Recorded("loss", {"imp": "dsp-17", "cur": "USD"})),
+    ("loss-negative-code", "/loss?imp=dsp-19&loss=-3", Refused("field_out_of_range", "loss")),
     (
         "loss-below-floor",
         "/loss?imp=dsp-18&loss=100&min_to_win=0.50",

@@ -13,7 +13,7 @@ import msgspec
 import pytest
 
 from conftest import load_config
-from trackpoint.config.model import EventTypeSpec, FieldSpec
+from trackpoint.config.model import EventTypeSpec, FieldSpec, ResponseSpec
 from trackpoint.edge.build import EventBuilder
 from trackpoint.event import Context, Event, Meta, derived_id, random_id
 from trackpoint.fields.converters import Reject
@@ -127,7 +127,7 @@ def test_too_long_field_is_rejected() -> None:
     assert build(builder, b"imp=" + b"a" * 64).dims["imp"] == "a" * 64
     reject = rejection(builder, b"imp=" + b"a" * 65)
     assert (reject.status, reject.reason, reject.field) == (400, "field_too_long", "imp")
-    assert rejection(builder, b"imp=i&pub=" + b"p" * 65).field == "pub"
+    assert build(builder, b"imp=i&pub=" + b"p" * 65).dims == {"imp": "i", "invalid": "pub:field_too_long"}
     assert rejection(default_builder("win"), b"imp=i&price=1&cur=EURO").reason == "field_too_long"
 
 
@@ -143,14 +143,67 @@ def test_length_is_counted_in_decoded_characters() -> None:
         ("win", b"imp=i&price=100000.01", "price_out_of_range", "price"),
         ("win", b"imp=i&price=-1", "price_out_of_range", "price"),
         ("video", b"imp=i&ev=bogus", "invalid_field", "ev"),
-        ("video", b"imp=i&ev=start&t=nan", "invalid_field", "t"),
-        ("video", b"imp=i&ev=start&t=86401", "field_out_of_range", "t"),
-        ("impression", b"imp=%FF", "invalid_encoding", "imp"),
+        ("impression", b"imp=%FF", "invalid_encoding", "imp"),  # required: refused even on a pixel
+        ("impression", b"imp=i%0Aj", "invalid_field", "imp"),
+        ("conversion", b"order_id=o&value=abc", "invalid_field", "value"),  # not a pixel: refused
+        ("conversion", b"order_id=o&cid=%FC", "invalid_encoding", "cid"),
     ],
 )
 def test_invalid_values_are_rejected(type_name: str, query: bytes, reason: str, field: str) -> None:
     reject = rejection(default_builder(type_name), query)
     assert (reject.status, reject.reason, reject.field) == (400, reason, field)
+
+
+# --- on_invalid: one bad optional value does not cost a pixel its event ---------------------------------------
+
+
+@pytest.mark.parametrize(
+    ("type_name", "query", "kept", "invalid"),
+    [
+        ("impression", b"imp=i&cid=%FC", {"imp": "i"}, "cid:invalid_encoding"),  # Latin-1 ü, percent-encoded
+        ("impression", b"imp=i&cid=\xfcber&pub=p", {"imp": "i", "pub": "p"}, "cid:invalid_encoding"),  # raw byte
+        ("impression", b"imp=i&cid=a%00b", {"imp": "i"}, "cid:invalid_field"),
+        ("impression", b"imp=i&cid=%FC&crid=" + b"c" * 65, {"imp": "i"}, "cid:invalid_encoding,crid:field_too_long"),
+        ("video", b"imp=i&ev=start&t=nan", {"imp": "i", "ev": "start"}, "t:invalid_field"),
+        ("video", b"imp=i&ev=start&t=86401", {"imp": "i", "ev": "start"}, "t:field_out_of_range"),
+        ("video", b"imp=i&ev=error&code=1009", {"imp": "i", "ev": "error"}, "code:field_out_of_range"),
+    ],
+)
+def test_a_pixel_keeps_its_event_without_an_invalid_optional_value(
+    type_name: str, query: bytes, kept: dict[str, str], invalid: str
+) -> None:
+    builder = default_builder(type_name)
+    event = build(builder, query)
+    assert event.dims == {**kept, "invalid": invalid}
+    assert builder.dropped == dict.fromkeys(invalid.split(","), 1)  # counted for /metrics
+    key = load_config().config.event_types[type_name].dedupe_key
+    assert event.id == derived_id(type_name, [kept[name] for name in key])  # the dedupe key is untouched
+    msgspec.json.encode(event)  # and the event serialises: nothing undecodable was kept
+
+
+def test_a_raw_utf8_value_is_a_value_not_an_error() -> None:
+    event = build(default_builder("impression"), "imp=i&cid=äpfel".encode())
+    assert event.dims == {"imp": "i", "cid": "äpfel"}
+
+
+def test_on_invalid_overrides_the_types_default_but_never_for_required_or_key_fields() -> None:
+    fields = {
+        "id": FieldSpec(required=True, max_len=4),
+        "order": FieldSpec(max_len=4),
+        "n": FieldSpec(type="int", on_invalid="drop"),
+        "m": FieldSpec(type="int"),
+        "x": FieldSpec(type="int", on_invalid="drop"),
+    }
+    spec = EventTypeSpec(paths=["/x"], fields=fields, dedupe_key=["id", "order"], response=ResponseSpec(kind="json"))
+    builder = EventBuilder("custom", spec, META)
+    assert build(builder, b"id=a&order=o&n=z&x=1").dims == {"id": "a", "order": "o", "invalid": "n:invalid_field"}
+    assert rejection(builder, b"id=a&m=z").field == "m"  # a json type rejects by default
+    assert rejection(builder, b"id=aaaaa&n=1").reason == "field_too_long"  # required
+    assert rejection(builder, b"id=a&order=ooooo").field == "order"  # part of the dedupe key
+    gif = EventTypeSpec(
+        paths=["/y"], fields={"id": FieldSpec(required=True), "m": FieldSpec(type="int", on_invalid="reject")}
+    )
+    assert rejection(EventBuilder("gif", gif, META), b"id=a&m=z").field == "m"
 
 
 # --- ids ----------------------------------------------------------------------------------------------------

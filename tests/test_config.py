@@ -33,7 +33,7 @@ DEFAULT_FIELDS = {
     "impression": {"imp", "cid", "crid", "pub"},
     "click": {"imp", "cid", "crid", "pub", "url"},
     "conversion": {"click_id", "order_id", "cid", "value", "cur"},
-    "video": {"imp", "ev", "t", "dur", "code", "cb", "cid", "crid", "pub"},
+    "video": {"imp", "ev", "t", "dur", "code", "cb", "client_ts", "cid", "crid", "pub"},
     "win": NOTICE_FIELDS | {"price", "mbr", "max_price"},
     "billing": NOTICE_FIELDS | {"price", "mbr", "max_price"},
     "loss": NOTICE_FIELDS | {"loss", "price", "min_to_win"},
@@ -773,3 +773,35 @@ def test_a_server_url_the_client_could_never_reach_is_a_config_error(
     [issue] = issues_of(path)
     assert problem in str(issue)
     assert str(issue).startswith(f"{path}:{line_of(path, 'q:')}")
+
+
+def test_on_invalid_and_fallback_url_mistakes_are_config_errors(tmp_path: Path) -> None:
+    path = write(
+        tmp_path,
+        """
+        event_types:
+          pixel:
+            paths: [/p]
+            fields:
+              imp: {required: true, on_invalid: drop}
+              key: {on_invalid: drop}
+              invalid: {}
+            dedupe_key: [imp, key]
+        """,
+    )
+    problems = {dotted(issue): issue.message for issue in issues_of(path)}
+    assert "required or dedupe-key" in problems["event_types.pixel.fields.imp.on_invalid"]
+    assert "required or dedupe-key" in problems["event_types.pixel.fields.key.on_invalid"]
+    assert "dropped invalid fields" in problems["event_types.pixel.fields.invalid"]
+    path = write(
+        tmp_path,
+        """
+        event_types:
+          click:
+            paths: [/c]
+            fields:
+              url: {required: true}
+            response: {kind: redirect, allow_hosts: [example.com], fallback_url: "javascript:alert(1)"}
+        """,
+    )
+    assert [dotted(issue) for issue in issues_of(path)] == ["event_types.click.response.fallback_url"]

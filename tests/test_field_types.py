@@ -45,7 +45,7 @@ event_types:
     paths: [/loud]
     fields:
       who: {type: shout, required: true}
-      paid: {type: cents}
+      paid: {type: cents, on_invalid: reject}  # (a pixel type drops a bad optional value by default)
 """
 
 

@@ -14,7 +14,7 @@ from hypothesis import example, given, settings
 from hypothesis import strategies as st
 
 from trackpoint.config.model import FieldSpec
-from trackpoint.fields.converters import MICROS, PairParser, Reject, parse_cookies, parse_micros
+from trackpoint.fields.converters import MICROS, PairParser, Reject, check_text, parse_cookies, parse_micros
 from trackpoint.fields.types import make_converter
 
 PROPERTY_SETTINGS = settings(max_examples=200, deadline=None, database=None)  # no .hypothesis dir
@@ -346,9 +346,12 @@ def test_pairs_percent_encoded_names() -> None:
 
 
 @pytest.mark.parametrize("query", [b"imp=%FF", b"imp=\xff", b"cid=1&imp=%C3", b"imp=%ED%A0%80"])
-def test_pairs_invalid_utf8_is_rejected(query: bytes) -> None:
+def test_pairs_invalid_utf8_reaches_the_field_as_undecodable(query: bytes) -> None:
+    # The parser keeps the bytes (as lone surrogates) so the field decides: refuse, or drop under on_invalid.
+    value = PairParser(NAMES)(query)["imp"]
+    assert any("\ud800" <= char <= "\udfff" for char in value)
     with pytest.raises(Reject) as caught:
-        PairParser(NAMES)(query)
+        check_text("imp", value)
     assert (caught.value.status, caught.value.reason, caught.value.field) == (400, "invalid_encoding", "imp")
 
 

@@ -16,7 +16,7 @@ import pytest
 from hypothesis import example, given, settings
 from hypothesis import strategies as st
 
-from trackpoint.config.model import EventTypeSpec, FieldSpec
+from trackpoint.config.model import EventTypeSpec, FieldSpec, ResponseSpec
 from trackpoint.edge.build import EventBuilder
 from trackpoint.event import Event, Meta
 from trackpoint.fields.converters import Reject, parse_cookies
@@ -42,7 +42,16 @@ FIELDS: dict[str, FieldSpec] = {
     "ck": FieldSpec(source="cookie", name="sid"),
     "hd": FieldSpec(source="header", name="X-Thing", max_len=16),
 }
+# A type answering JSON, whose fields refuse invalid values (`on_invalid` unset), and a pixel, whose optional
+# fields drop them.
 BUILDER = EventBuilder(
+    "prop",
+    EventTypeSpec(
+        paths=["/p"], methods=["GET", "POST"], fields=FIELDS, dedupe_key=["s"], response=ResponseSpec(kind="json")
+    ),
+    META,
+)
+PIXEL = EventBuilder(
     "prop", EventTypeSpec(paths=["/p"], methods=["GET", "POST"], fields=FIELDS, dedupe_key=["s"]), META
 )
 NAMES = sorted(FIELDS)
@@ -99,6 +108,26 @@ ANY_QUERY = st.one_of(st.binary(max_size=200), st.lists(TOKENS, max_size=40).map
 @PROPERTIES
 def test_any_query_builds_or_rejects_with_a_field_reason(query: bytes) -> None:
     assert_clean(outcome(query), BODY_REASONS)
+
+
+@given(ANY_QUERY)
+@example(b"s=x&n=99999999999999999999&e=%FF")
+@PROPERTIES
+def test_a_pixel_refuses_only_for_its_key_and_drops_what_the_json_type_refuses(query: bytes) -> None:
+    refused = outcome(query)
+    try:
+        kept: Event | Reject = PIXEL.build(query, None, {}, "192.0.2.1")
+    except Reject as reject:
+        kept = reject
+    if isinstance(kept, Reject):  # only the required dedupe key refuses a pixel
+        assert kept.field == "s" and isinstance(refused, Reject) and refused.field == "s"
+        return
+    invalid = dict(entry.split(":") for entry in kept.dims.pop("invalid", "").split(",") if entry)
+    assert "s" not in invalid and set(invalid) <= set(FIELDS)
+    if isinstance(refused, Reject):  # the JSON type refused the first bad field: the pixel dropped it
+        assert invalid.get(refused.field or "") == refused.reason
+    else:
+        assert not invalid and kept.dims == refused.dims and kept.metrics == refused.metrics
 
 
 @given(ANY_QUERY, ANY_QUERY)

@@ -218,8 +218,22 @@ NASTY_DESTINATIONS = [
     ("https://evilexample.com/", "host_not_allowed"),
     ("https://example.com\r\nSet-Cookie: x=1", "characters"),
     ("https://example.com/\ttab", "characters"),
-    ("https://example.com/a b", "characters"),
-    ("https://exämple.com/", "characters"),
+    ("https://example.com/\u202eabc", "characters"),  # a bidi override: invisible, never encoded
+    ("https://example.com/\u00a0x", "characters"),  # a no-break space
+    ("https://exämple.com/", "host_not_allowed"),  # xn--exmple-cua.com
+    ("https://ex\u0430mple.com/", "mixed_scripts"),  # a Cyrillic a (U+0430) among Latin letters
+    ("https://shop.\u0435xample.com/", "mixed_scripts"),
+    ("https://\u043f\u0440\u0438\u043c\u0435\u0440.com/", "host_not_allowed"),  # a whole Cyrillic label is another host
+    ("https://p\u0430ypal.example.net/", "mixed_scripts"),  # even on an allowed suffix
+    ("https://xn--pypal-4ve.example.net/", "mixed_scripts"),  # the same, sent in IDNA
+    ("https://xn--zz.example.net/", "host"),  # not valid IDNA
+    ("https://ä.evil.test\uff0f\uff20example.com/", "userinfo"),  # full-width solidus and at sign
+    ("https://ä.evil.test\uff0f@example.com/", "userinfo"),
+    ("https://ä.evil.test﹫example.com/", "host"),  # the small at sign maps to @, which no host has
+    ("https://ä.example.com\\@evil.test/", "backslash"),
+    ("https://ä.example.com:44ä3/", "syntax"),
+    ("https://ä..example.com/", "host"),
+    ("äpfel", "scheme"),
     ("https://evil.test%2F@example.com/", "userinfo"),
     ("https://evil.test%2Eexample.com/", "host"),
     ("https://example.com./", "host"),
@@ -238,13 +252,62 @@ def _responder(**options: Any) -> Responder:
 
 @pytest.mark.parametrize(("url", "reason"), NASTY_DESTINATIONS)
 def test_a_nasty_destination_is_refused_with_its_reason(url: str, reason: str) -> None:
-    assert _responder().refusal(url, host_free=False) == reason
+    assert _responder().destination(url, host_free=False)[1] == reason
     if reason != "host_not_allowed":  # a signature frees the host, never the syntax
-        assert _responder().refusal(url, host_free=True) == reason
+        assert _responder().destination(url, host_free=True)[1] == reason
 
 
 def test_an_empty_destination_is_refused() -> None:
-    assert _responder().refusal("", host_free=True) == "scheme"
+    assert _responder().destination("", host_free=True)[1] == "scheme"
+
+
+@pytest.mark.parametrize(
+    ("iri", "uri"),
+    [
+        ("https://shop.example.com/search?q=äpfel rot", "https://shop.example.com/search?q=%C3%A4pfel%20rot"),
+        ("https://bücher.example.com/ü?a=1#ä", "https://xn--bcher-kva.example.com/%C3%BC?a=1#%C3%A4"),
+        ("https://example.com/already%20encoded ä", "https://example.com/already%20encoded%20%C3%A4"),
+        (" https://example.com/a b ", "https://example.com/a%20b"),  # outer spaces: stripped, as browsers do
+        (
+            "https://\uff25\uff38\uff21\uff2d\uff30\uff2c\uff25.com/",
+            "https://example.com/",
+        ),  # full-width letters: mapped as browsers map them
+        ("https://example。com/😀", "https://example.com/%F0%9F%98%80"),  # an ideographic full stop is a dot
+        ("https://例え.example.net:8443/パス", "https://xn--r8jz45g.example.net:8443/%E3%83%91%E3%82%B9"),
+    ],
+)
+def test_an_iri_is_redirected_to_as_its_uri(iri: str, uri: str) -> None:
+    responder = Responder(
+        ResponseSpec(kind="redirect", allow_hosts=["example.com", ".example.com", ".example.net"]), Clock()
+    )
+    assert responder.destination(iri, host_free=False) == (uri, None)
+    event = _event({"url": iri})
+    response = responder.render(event, True, False)
+    assert b"Location: " + uri.encode("ascii") + b"\r\n" in response
+    assert event.dims["url"] == iri  # recorded as the page gave it
+
+
+def test_a_refused_click_has_an_id_of_its_own() -> None:
+    accepted, refused = _event({"url": "https://example.com/"}), _event({"url": "https://evil.test/"})
+    _responder().render(accepted, True, False)
+    with pytest.raises(Exception, match="redirect_not_allowed"):
+        _responder().render(refused, True, False)
+    assert accepted.id == "e1d" and refused.id not in ("e1d", accepted.id)
+    again = _event({"url": "https://evil.test/x"})  # refused twice: the same refusal, the same id
+    with pytest.raises(Exception, match="redirect_not_allowed"):
+        _responder().render(again, True, False)
+    assert again.id == refused.id
+
+
+def test_a_refused_destination_goes_to_the_fallback_page() -> None:
+    responder = _responder(fallback_url="https://example.com/sorry")
+    with pytest.raises(Exception, match="redirect_not_allowed"):
+        responder.render(_event({"url": "https://evil.test/"}), True, False)
+    answer = responder.refused(True, False)
+    assert answer is not None and answer.startswith(b"HTTP/1.1 302 Found\r\n")
+    assert b"\r\nLocation: https://example.com/sorry\r\n" in answer
+    assert b"\r\nX-Reject-Reason: redirect_not_allowed\r\n" in answer
+    assert _responder().refused(True, False) is None  # no fallback: the 400 with its JSON reason
 
 
 @pytest.mark.parametrize(
@@ -448,6 +511,12 @@ def test_redirect_policy_end_to_end(signed_tracker: Tracker) -> None:
     )
 
 
+def _request_target(url: str) -> str:
+    """The path and query of a whole URL, as a client sends them to the tracker."""
+    parts = urlsplit(url)
+    return f"{parts.path}?{parts.query}"
+
+
 def test_trackpoint_sign_output_is_accepted_by_a_running_tracker(tracker_factory: Any) -> None:
     # The embedded default's signing section: the key is generated into data_dir by whichever runs first.
     tracker: Tracker = tracker_factory(
@@ -456,15 +525,23 @@ def test_trackpoint_sign_output_is_accepted_by_a_running_tracker(tracker_factory
     key_file = tracker.data_dir / "keys" / "signing.key"
     assert stat.S_IMODE(key_file.stat().st_mode) == 0o600
     result = _cli(
-        "sign", "--config", str(tracker.config_path), "--ttl", "60", "/i?imp=cli-1&cid=5", cwd=tracker.data_dir
+        "sign",
+        "--config",
+        str(tracker.config_path),
+        "--ttl",
+        "60",
+        "https://t.example.com/i?imp=cli-1&cid=5",
+        cwd=tracker.data_dir,
     )
     assert result.returncode == 0, result.stderr
     signed = result.stdout.strip()
     assert "kid=auto" in signed and "exp=" in signed
-    assert tracker.get(signed)[0] == 200
+    assert signed.startswith("https://t.example.com/i?")  # the host is not covered: any host name of the tracker
+    assert tracker.get(_request_target(signed))[0] == 200
     assert tracker.get("/i?imp=cli-2")[0] == 403
     assert [e.dims["imp"] for e in tracker.wait_events(1)] == ["cli-1"]
-    unknown = _cli("sign", "--config", str(tracker.config_path), "--key-id", "nope", "/i?imp=1", cwd=tracker.data_dir)
+    unknown = _cli("sign", "--config", str(tracker.config_path), "--key-id", "nope", "https://t.example.com/i?imp=1",
+                   cwd=tracker.data_dir)  # fmt: skip
     assert unknown.returncode == 2 and "no signing key 'nope'" in unknown.stderr
 
 
@@ -528,10 +605,10 @@ def test_a_signed_post_with_a_forged_body_is_refused(tracker_factory: Any) -> No
     assert (status, headers["x-reject-reason"]) == (403, "body_unsigned")
     assert tracker.request("POST", url, body, json_type)[0] == 200
     # `trackpoint sign --data` signs the same body.
-    result = _cli("sign", "--config", str(tracker.config_path), "--data", body.decode(), "/conv?cid=c2",
+    result = _cli("sign", "--config", str(tracker.config_path), "--data", body.decode(), "https://t.example.com/conv?cid=c2",
                   cwd=tracker.data_dir)  # fmt: skip
     assert result.returncode == 0, result.stderr
-    assert tracker.request("POST", result.stdout.strip(), body, json_type)[0] == 200
+    assert tracker.request("POST", _request_target(result.stdout.strip()), body, json_type)[0] == 200
     events = tracker.wait_events(2)
     assert [(e.dims["cid"], e.metrics["value"]) for e in events] == [("c1", 12_500_000), ("c2", 12_500_000)]
     assert tracker.wait_metric("trackpoint_rejected_total", 'reason="body_digest_invalid"', 1) == 1

@@ -15,7 +15,7 @@ from hypothesis import strategies as st
 from conftest import load_config
 from trackpoint.adtech import vast
 from trackpoint.config.load import ConfigError
-from trackpoint.config.model import EventTypeSpec, FieldSpec
+from trackpoint.config.model import EventTypeSpec, FieldSpec, ResponseSpec
 from trackpoint.edge.build import EventBuilder
 from trackpoint.event import Event, Meta, derived_id
 from trackpoint.fields.converters import MacroUnsubstituted, Reject, parse_offset
@@ -194,8 +194,70 @@ def test_a_duration_counts_vast_unknown_values_as_absent() -> None:
             absent(unknown)
         with pytest.raises(Reject, match="field_out_of_range"):
             keep(unknown)
+    # A negative playhead is never a position: vast-client's "-1:-1:-1.000" before it knows one, too.
+    for negative in ("-3", "-0.5", "-1:-1:-1.000"):
+        with pytest.raises(MacroUnsubstituted):
+            absent(negative)
     with pytest.raises(Reject, match="field_out_of_range"):
-        absent("-3")
+        keep("-3")
+
+
+@pytest.mark.parametrize("field_type", ["int", "decimal", "timestamp"])
+def test_numbers_count_vast_unknown_values_as_absent(field_type: str) -> None:
+    absent = make_converter("f", FieldSpec(type=field_type, unexpanded_macros="absent"))
+    keep = make_converter(
+        "f", FieldSpec(type=field_type, min=0) if field_type != "timestamp" else FieldSpec(type=field_type)
+    )
+    for unknown in ("-1", "-2"):
+        with pytest.raises(MacroUnsubstituted):
+            absent(unknown)
+        with pytest.raises(Reject):
+            keep(unknown)
+
+
+def test_vast_players_error_codes_unknown_and_withheld_are_accepted() -> None:
+    for unknown in ("-1", "-2"):
+        event = video(f"imp=i-1&ev=error&code={unknown}")
+        assert "code" not in event.dims and "invalid" not in event.dims
+        assert event.id == derived_id("video", ["i-1", "error"])  # counted once per impression, like [ERRORCODE]
+
+
+def test_vast_client_before_the_first_progress_sends_an_unknown_playhead() -> None:
+    for playhead in ("-1", "-1:-1:-1.000", "[ADPLAYHEAD]"):
+        event = video(f"imp=i-1&ev=start&t={quote(playhead)}")
+        assert "t" not in event.metrics and "invalid" not in event.dims
+        assert event.metrics["watch_ms"] == 0  # start: playback began
+
+
+def test_progress_dedupes_on_a_bucketed_offset() -> None:
+    # Two sessions of one impression fire the 4.5 s progress tracker, each at the playhead it noticed.
+    first = video("imp=i-1&ev=progress&t=00:00:04.750")
+    assert video("imp=i-1&ev=progress&t=4.8").id == first.id
+    assert video("imp=i-1&ev=progress&t=5.01").id != first.id
+    assert first.metrics["t"] == 4.75  # the offset itself is kept exactly
+    fine = Vast("vast", VastConfig(progress_granularity_s=0.1))
+    assert (
+        fine(BUILDER.build(b"imp=i-1&ev=progress&t=4.75", None, {}, "")).id
+        != fine(BUILDER.build(b"imp=i-1&ev=progress&t=4.8", None, {}, "")).id
+    )
+    coarse = Vast("vast", VastConfig(progress_granularity_s=5))
+    ids = {coarse(BUILDER.build(f"imp=i-1&ev=progress&t={t}".encode(), None, {}, "")).id for t in (5, 7.5, 9.99)}
+    assert len(ids) == 1
+
+
+@pytest.mark.parametrize(
+    ("raw", "epoch_ms"),
+    [
+        ("2026-12-05T06:40:00.123Z", 1796452800123),
+        ("2016-01-17T8:15:07.127-08", 1453047307127),  # VAST 4's own example: one-digit hour, hour-only offset
+        ("2016-01-17T08:15:07.127-08:00", 1453047307127),
+        ("1796452800", 1796452800000),
+    ],
+)
+def test_the_default_video_type_reads_the_timestamp_macro(raw: str, epoch_ms: int) -> None:
+    event = video(f"imp=i&ev=impression&ts={quote(raw)}")
+    assert event.metrics["client_ts"] == epoch_ms
+    assert "client_ts" not in video("imp=i&ev=impression&ts=[TIMESTAMP]").metrics
 
 
 def test_a_price_keeps_its_own_reasons() -> None:
@@ -220,7 +282,8 @@ def test_the_builder_drops_a_macro_uses_the_default_and_refuses_a_required_one()
         "seat": FieldSpec(max_len=8, unexpanded_macros="absent"),
         "raw": FieldSpec(max_len=8),
     }
-    builder = EventBuilder("n", EventTypeSpec(paths=["/n"], fields=fields, dedupe_key=["id"]), META)
+    spec = EventTypeSpec(paths=["/n"], fields=fields, dedupe_key=["id"], response=ResponseSpec(kind="no_content"))
+    builder = EventBuilder("n", spec, META)
     event = builder.build(b"id=a&cur=${AUCTION_CURRENCY}&seat=%24%7BAUCTION_SEAT_ID%7D&raw=[X]", None, {}, "")
     assert event.dims == {"id": "a", "cur": "USD", "raw": "[X]"}
     assert event.id == derived_id("n", ["a"])
@@ -264,6 +327,7 @@ def test_progress_events_are_distinct_per_offset_and_need_one() -> None:
     assert video("imp=i-1&ev=progress&t=00:00:05.000").id == five.id  # the same offset, however written
     assert video("imp=i-1&ev=progress&t=10").id != five.id
     assert five.id == derived_id("video", [derived_id("video", ["i-1", "progress"]), "5000"])
+    assert video("imp=i-1&ev=progress&t=5.25").id == five.id  # within the same second (progress_granularity_s)
     for query in ("imp=i&ev=progress", "imp=i&ev=progress&t=[ADPLAYHEAD]", "imp=i&ev=progress&t=-1"):
         assert refused(query) == (400, "missing_field", "t")
 
@@ -276,8 +340,8 @@ def test_errors_are_distinct_per_code() -> None:
     unknown = video("imp=i-1&ev=error&code=[ERRORCODE]")
     assert "code" not in unknown.dims
     assert unknown.id == derived_id("video", ["i-1", "error"])  # an error without its code: once per impression
-    assert refused("imp=i&ev=error&code=1009") == (400, "field_out_of_range", "code")
-    assert refused("imp=i&ev=error&code=99") == (400, "field_out_of_range", "code")
+    assert video("imp=i&ev=error&code=1009").dims["invalid"] == "code:field_out_of_range"  # kept, flagged
+    assert video("imp=i&ev=error&code=99").dims["invalid"] == "code:field_out_of_range"
 
 
 def test_interactions_repeat_per_cache_buster_else_per_offset() -> None:

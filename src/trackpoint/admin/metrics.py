@@ -84,6 +84,17 @@ class _SnapshotCollector:
             "type",
             snap.ivt_dropped,
         )
+        dropped = CounterMetricFamily(
+            "trackpoint_invalid_values_dropped",
+            "Invalid optional values left out of their events (`on_invalid: drop`; the event is recorded with "
+            "dims.invalid), by event type, field and reason.",
+            labels=["type", "field", "reason"],
+        )
+        for type_name, entries in sorted(snap.invalid_dropped.items()):
+            for entry, count in sorted(entries.items()):
+                field, _, reason = entry.partition(":")
+                dropped.add_metric([type_name, field, reason], count)
+        yield dropped
         counts = snap.latency_counts or [0] * (len(LATENCY_BUCKETS) + 1)
         cumulative = list(accumulate(counts))
         buckets = [(repr(bound), cumulative[i]) for i, bound in enumerate(LATENCY_BUCKETS)]

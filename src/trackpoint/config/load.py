@@ -23,7 +23,7 @@ from typing import Any, Protocol, Union
 import msgspec
 import yaml
 
-from trackpoint.config.model import Config, EventTypeSpec, one_of_problem
+from trackpoint.config.model import INVALID_DIM, Config, EventTypeSpec, one_of_problem
 from trackpoint.config.private import deny_private_fields
 from trackpoint.fields.types import FIELD_TYPES
 
@@ -521,6 +521,10 @@ def _check_event_type(config: Config, base: KeyPath, spec: EventTypeSpec) -> Ite
             yield (*where, "into"), f"metrics hold numbers: a {field.type} field goes to dims"
         if field.source in ("form", "json") and "POST" not in spec.methods:
             yield (*where, "source"), f"a {field.source} field needs POST among the event type's methods"
+        if field.on_invalid == "drop" and (field.required or name in spec.dedupe_key):
+            yield (*where, "on_invalid"), "a required or dedupe-key field always rejects an invalid value"
+    if INVALID_DIM in spec.fields and any(spec.drops_invalid(n) for n in spec.fields):
+        yield (*base, "fields", INVALID_DIM), f"{INVALID_DIM!r} is the dim naming dropped invalid fields"
     for i, key in enumerate(spec.dedupe_key):
         if key not in spec.fields:
             yield (

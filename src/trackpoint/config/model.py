@@ -274,6 +274,9 @@ class AdminConfig(Struct, forbid_unknown_fields=True, kw_only=True):
     )
 
 
+# The dim naming the optional fields an event was kept without (`on_invalid: drop`): `field:reason`, comma-separated.
+INVALID_DIM = "invalid"
+
 FieldSource = Literal["param", "query", "form", "json", "header", "cookie", "ip"]
 
 
@@ -323,6 +326,17 @@ class FieldSpec(Struct, forbid_unknown_fields=True, kw_only=True):
             "a required field is refused (400 `macro_unsubstituted`). Costs one character test per value."
         ),
     ] = "keep"
+
+    on_invalid: Annotated[
+        Literal["reject", "drop"] | None,
+        Meta(
+            description="A value this field cannot accept (too long, wrong type, out of range, not UTF-8, "
+            "controls). reject: the request is refused (400 with the reason); drop: the event is recorded without "
+            "the field and `dims.invalid` names it with the reason (`cid:invalid_encoding`, several comma-"
+            "separated). Unset: drop on event types that answer with a pixel (`response.kind: gif`: impressions, "
+            "video events), reject elsewhere. Required fields and dedupe-key fields always reject."
+        ),
+    ] = None
 
     @property
     def is_number(self) -> bool:
@@ -409,9 +423,11 @@ class ResponseSpec(Struct, forbid_unknown_fields=True, kw_only=True):
         list[str],
         Meta(
             description="For redirect: destination hosts allowed, exact (`example.com`) or as a suffix "
-            "(`.example.com`). Only http/https destinations on these hosts (or signed ones, see "
-            "signed_destinations) are followed; anything else is 400 and the click is still recorded with "
-            "`dims.redirect_rejected`."
+            "(`.example.com`), in ASCII (an internationalised host as its `xn--` form). Only http/https "
+            "destinations on these hosts (or signed ones, see signed_destinations) are followed; a destination "
+            "with non-ASCII characters or spaces (an IRI) is sent percent-encoded, its host in IDNA. Anything "
+            "else is 400 (or the fallback_url) and the click is still recorded with `dims.redirect_rejected` "
+            "and an id of its own."
         ),
     ] = msgspec.field(default_factory=list)
     signed_destinations: Annotated[
@@ -422,6 +438,15 @@ class ResponseSpec(Struct, forbid_unknown_fields=True, kw_only=True):
             "signature is refused (403) even under `signature: off`."
         ),
     ] = False
+    fallback_url: Annotated[
+        Annotated[str, Meta(pattern=r"^https?://[!-~]+$", max_length=2048)] | None,
+        Meta(
+            description="For redirect: where a refused destination sends the user (302 here, with "
+            "`X-Reject-Reason: redirect_not_allowed`), so a browser shows a page rather than a JSON body; the "
+            "click is recorded as refused either way. An absolute http(s) URL in ASCII. Unset: 400 with the JSON "
+            "reason."
+        ),
+    ] = None
     macros: Annotated[
         bool,
         Meta(
@@ -615,6 +640,17 @@ class EventTypeSpec(Struct, forbid_unknown_fields=True, kw_only=True):
     batch: Annotated[BatchSpec, Meta(description="Batch endpoints: many events per request (none by default).")] = (
         msgspec.field(default_factory=BatchSpec)
     )
+
+    def drops_invalid(self, name: str) -> bool:
+        """Whether an invalid value of field `name` is dropped rather than refused: its `on_invalid`, else `drop`
+        on a type answering with a pixel; never for a required or dedupe-key field (their absence changes the
+        event)."""
+        spec = self.fields[name]
+        if spec.required or name in self.dedupe_key:
+            return False
+        if spec.on_invalid is not None:
+            return spec.on_invalid == "drop"
+        return self.response.kind == "gif"
 
 
 # --- collectors: one config struct per collector type, tagged by `type` ---------------------------------------

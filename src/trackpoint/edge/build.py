@@ -8,7 +8,6 @@ from __future__ import annotations
 
 import hashlib
 import json
-import re
 from collections.abc import Iterable
 from decimal import Decimal
 from time import time as _time
@@ -16,7 +15,7 @@ from typing import Any, NamedTuple, NoReturn
 
 import msgspec
 
-from trackpoint.config.model import EventTypeSpec, FieldSpec
+from trackpoint.config.model import INVALID_DIM, EventTypeSpec, FieldSpec
 from trackpoint.event import Context, Event, Meta, random_id
 from trackpoint.fields import multipart
 from trackpoint.fields.converters import (
@@ -24,15 +23,13 @@ from trackpoint.fields.converters import (
     MacroUnsubstituted,
     PairParser,
     Reject,
+    check_text,
     parse_cookies,
 )
 from trackpoint.fields.types import make_converter
 from trackpoint.security.signing import check_body
 
 _PARAM_SOURCES = frozenset({"param", "query", "form", "json"})
-# ASCII controls but the tab: refused in text fields (isprintable() is the fast pre-check; it also says False for
-# the C1 range and separators that a latin-1 header or emoji text may carry, which are kept).
-_CONTROLS = re.compile("[\x00-\x08\x0a-\x1f\x7f]")
 # JSON numbers with a fraction decode as Decimal: their text is kept exactly (49.90, 5e-05), so money is exact.
 # Deeper JSON bodies are refused (400 invalid_json) before decoding: no tracking payload nests this far.
 JSON_MAX_DEPTH = 64
@@ -56,9 +53,10 @@ class FieldPlan(NamedTuple):
     required: bool
     default: str | int | float | None
     into_metrics: bool
+    drop_invalid: bool  # an invalid value is left out (flagged in dims.invalid) instead of refusing the request
 
 
-def _plan(name: str, spec: FieldSpec) -> FieldPlan:
+def _plan(name: str, spec: FieldSpec, drop_invalid: bool = False) -> FieldPlan:
     plain = spec.type == "string" and spec.unexpanded_macros == "keep"
     convert: Converter | None = None if plain else make_converter(name, spec)
     into_metrics = spec.place == "metrics"
@@ -80,6 +78,7 @@ def _plan(name: str, spec: FieldSpec) -> FieldPlan:
         # A default is converted once here, so a bad default fails at start-up, not on a request.
         default=None if spec.default is None else (spec.default if convert is None else convert(spec.default)),
         into_metrics=into_metrics,
+        drop_invalid=drop_invalid,
     )
 
 
@@ -89,7 +88,7 @@ class EventBuilder:
     def __init__(self, type_name: str, spec: EventTypeSpec, meta: Meta) -> None:
         self.type_name = type_name
         self.meta = meta
-        self.fields = plans = [_plan(name, field) for name, field in spec.fields.items()]
+        self.fields = plans = [_plan(name, field, spec.drops_invalid(name)) for name, field in spec.fields.items()]
         # Header, cookie and ip fields are looked up first and join the parameters, so one loop checks them all.
         self.other_fields = [p for p in plans if p.source not in _PARAM_SOURCES]
         # (private key, name) per source, header names encoded once rather than per request.
@@ -107,6 +106,8 @@ class EventBuilder:
         self.header_names = frozenset(p.lookup.encode("latin-1") for p in plans if p.source == "header") | (
             {b"cookie"} if self.reads_cookies else set()
         )
+        # Values left out under `on_invalid: drop`, by `field:reason` (reported on /metrics).
+        self.dropped: dict[str, int] = {}
         self.dedupe_key = tuple(spec.dedupe_key)
         self._single_key = spec.dedupe_key[0] if len(spec.dedupe_key) == 1 else None
         # The id hash starts from the type's name; per request only the key values are added to a copy.
@@ -126,8 +127,9 @@ class EventBuilder:
                 params = params | found
         dims: dict[str, str] = {}
         metrics: dict[str, int | float] = {}
+        invalid: list[str] | None = None
         get = params.get
-        for name, _source, key, _lookup, convert, max_len, required, default, into_metrics in self.fields:
+        for name, _source, key, _lookup, convert, max_len, required, default, into_metrics, drop in self.fields:
             raw = get(key)
             if not raw:
                 if default is None:
@@ -135,25 +137,38 @@ class EventBuilder:
                         raise Reject(400, "missing_field", name)
                     continue
                 value = default
-            elif convert is None:
-                if len(raw) > max_len:
-                    raise Reject(400, "field_too_long", name)
-                if not raw.isprintable() and _CONTROLS.search(raw):  # NUL, newlines: never in a stored value
-                    raise Reject(400, "invalid_field", name)
-                value = raw
             else:
-                try:
-                    value = convert(raw) if len(raw) <= max_len else _too_long(name, raw, convert)
+                try:  # free until something raises: the valid request pays nothing for on_invalid
+                    if convert is None:
+                        if len(raw) > max_len:
+                            raise Reject(400, "field_too_long", name)
+                        if not raw.isprintable():  # NUL, newlines, undecodable bytes: never in a stored value
+                            check_text(name, raw)
+                        value = raw
+                    else:
+                        value = convert(raw) if len(raw) <= max_len else _too_long(name, raw, convert)
                 except MacroUnsubstituted:  # the placeholder itself arrived: the field is absent, not that value
                     if default is None:
                         if required:
                             raise
                         continue
                     value = default
+                except Reject as rejected:
+                    if not drop:
+                        raise
+                    # The event is kept without this value; the field's default does not stand in for a bad value.
+                    entry = f"{name}:{rejected.reason}"
+                    if invalid is None:
+                        invalid = []
+                    invalid.append(entry)
+                    self.dropped[entry] = self.dropped.get(entry, 0) + 1
+                    continue
             if into_metrics:
                 metrics[name] = value  # type: ignore[assignment]
             else:
                 dims[name] = value  # type: ignore[assignment]
+        if invalid is not None:
+            dims[INVALID_DIM] = ",".join(invalid)
         ts = int(_time() * 1000)
         ua = headers.get(b"user-agent")
         referer = headers.get(b"referer")

@@ -14,6 +14,7 @@ from typing import TYPE_CHECKING, Any, cast
 import httptools
 import msgspec
 
+from trackpoint.config.private import UID_DIM
 from trackpoint.edge import responses
 from trackpoint.edge.cors import ORIGIN_NOT_ALLOWED
 from trackpoint.fields.batch import batch_items
@@ -157,13 +158,18 @@ class EdgeProtocol(HttpConnection):
                         self.shed(route, route.responder.render(limited, keep_alive, False, signed), keep_alive)
                         return
             response = route.responder.render(built if event is None else event, keep_alive, False, signed)
-            if set_cookie is not None and event is not None and not route.cookie_vetoed(event.dims):
-                response = route.responder.with_header(set_cookie, keep_alive, False)
+            if set_cookie is not None and event is not None:
+                if route.cookie_vetoed(event.dims):  # a new id the client never gets is no user's id
+                    event.dims.pop(UID_DIM, None)
+                else:
+                    response = route.responder.with_header(set_cookie, keep_alive, False)
             if route.cors is not None:  # a page on another origin: an allowed one gets the CORS headers
                 response = route.cors.decorate(response, self.headers.get(b"origin"))
         except Reject as rejected:
             if event is not None and type(rejected) is responses.RecordedReject:  # raised by render only
                 self.record(route, event)  # a refused redirect: the click is still recorded
+                if self.answer_fallback(route, rejected, keep_alive, False):
+                    return
             self.reject(rejected.status, rejected.reason, rejected.field, keep_alive, False, route.cors)
             return
         self.send(response)
@@ -258,10 +264,23 @@ class EdgeProtocol(HttpConnection):
             if route.cors is not None:
                 response = route.cors.decorate(response, self.headers.get(b"origin"))
         except Reject as rejected:  # a refused redirect too: its click is not recorded either
+            if type(rejected) is responses.RecordedReject and self.answer_fallback(route, rejected, keep_alive, True):
+                return
             self.reject(rejected.status, rejected.reason, rejected.field, keep_alive, True, route.cors)
             return
         self.send(response)
         self.finish(keep_alive)
+
+    def answer_fallback(self, route: Route, rejected: Reject, keep_alive: bool, is_head: bool) -> bool:
+        """A refused redirect of a type with `response.fallback_url`: the user lands on that page, not on a JSON
+        body (counted as the refusal). False when the type has none."""
+        fallback = route.responder.refused(keep_alive, is_head)
+        if fallback is None:
+            return False
+        self.edge.stats.reject(rejected.reason)
+        self.send(fallback)
+        self.finish(keep_alive)
+        return True
 
     def record(self, route: Route, event: Event) -> None:
         """Hands the event to its collectors. Durable ones (the log) write it before this iteration's responses

@@ -9,10 +9,13 @@ import gzip
 import hashlib
 import ipaddress
 import re
+import unicodedata
 from urllib.parse import quote, urlsplit
 
+import idna
+
 from trackpoint.config.model import ResponseSpec
-from trackpoint.event import Event
+from trackpoint.event import Event, derived_id
 from trackpoint.fields.converters import Reject
 from trackpoint.http.responses import NO_STORE, Clock, head
 
@@ -32,6 +35,57 @@ def _is_ipv6(host: str) -> bool:
         return isinstance(ipaddress.ip_address(host), ipaddress.IPv6Address)
     except ValueError:
         return False
+
+
+# Every printable ASCII character but the space: what an IRI keeps as it is on its way to a URI (quote() encodes the
+# rest, non-ASCII as UTF-8 bytes); `%` included, so escapes already there stay single.
+_URI_SAFE = "".join(chr(code) for code in range(0x21, 0x7F))
+# Scripts that may share one host label (UTS #39 "highly restrictive"): Latin with the CJK writing systems.
+_SCRIPT_MIXES = (
+    frozenset({"LATIN", "CJK", "HIRAGANA", "KATAKANA", "KATAKANA-HIRAGANA"}),
+    frozenset({"LATIN", "CJK", "HANGUL"}),
+    frozenset({"LATIN", "CJK", "BOPOMOFO"}),
+)
+
+
+def _mixes_scripts(label: str) -> bool:
+    """Whether a host label mixes letters of scripts that do not go together (`paypal` with a Cyrillic `a`, U+0430,
+    among the Latin letters): a homograph, refused even on an allowed suffix."""
+    scripts = {unicodedata.name(char, "?").split(" ", 1)[0] for char in label if char.isalpha()}
+    return len(scripts) > 1 and not any(scripts <= allowed for allowed in _SCRIPT_MIXES)
+
+
+def iri_to_uri(iri: str) -> tuple[str, str | None]:
+    """The ASCII URI a browser would request for `iri` (a destination with non-ASCII characters or spaces), or the
+    reason it cannot be one: the host in IDNA (`xn--`, UTS #46 mapped as browsers map it: full-width letters,
+    ideographic dots), everything else percent-encoded as UTF-8. Controls and invisible characters are refused,
+    not encoded: a browser would strip them and go somewhere else than the text says."""
+    text = iri.strip(" ")
+    if not text.isprintable():  # C0/C1 controls, format characters (bidi overrides, zero-width), odd spaces
+        return iri, "characters"
+    scheme, sep, rest = text.partition("://")
+    if not sep:
+        return quote(text, safe=_URI_SAFE), None  # refused by the checks that follow (scheme)
+    end = len(rest)
+    for delimiter in "/?#\\":
+        found = rest.find(delimiter)
+        if found != -1:
+            end = min(end, found)
+    authority, tail = rest[:end], rest[end:]
+    if not authority.isascii():
+        if "@" in authority or "\uff20" in authority:
+            return iri, "userinfo"
+        host, colon, port = authority.partition(":")
+        if port and not (port.isascii() and port.isdigit()):
+            return iri, "syntax"
+        try:
+            mapped = idna.uts46_remap(host, std3_rules=True, transitional=False)
+            if any(_mixes_scripts(label) for label in mapped.split(".")):
+                return iri, "mixed_scripts"
+            authority = idna.encode(mapped, uts46=False).decode("ascii") + colon + port
+        except (idna.IDNAError, UnicodeError, ValueError):
+            return iri, "host"
+    return scheme + "://" + authority + quote(tail, safe=_URI_SAFE), None
 
 
 class RecordedReject(Reject):
@@ -151,6 +205,15 @@ class Responder:
         self.macros = spec.macros
         # For redirect: (query parameter, dim) pairs appended to the destination, e.g. issue_click_id's click id.
         self.redirect_params = redirect_params
+        # For redirect: where a refused destination sends the user instead of a JSON body, if the type has a page.
+        self.fallback: bytes | None = None
+        if spec.fallback_url is not None:
+            self.fallback = (
+                b"Location: "
+                + spec.fallback_url.encode("ascii")
+                + b"\r\nX-Reject-Reason: redirect_not_allowed\r\n"
+                + NO_STORE
+            )
         self.static: StaticResponse | None = None
         if spec.kind == "gif":
             self.static = StaticResponse(200, b"Content-Type: image/gif\r\n" + NO_STORE, PIXEL_GIF)
@@ -182,15 +245,24 @@ class Responder:
         location = event.dims.get(self.redirect_field, "")
         if self.macros and "{" in location:
             location = self.expand(location, event)
-        refused = self.refusal(location, signed and self.signed_destinations)
+        location, refused = self.destination(location, signed and self.signed_destinations)
         if refused is not None:
             event.dims["redirect_rejected"] = refused
+            # Never the id of the click it was refused instead of (the same imp): a consumer keeps both.
+            event.id = derived_id(event.type, [event.id, "redirect_rejected"])
             raise RecordedReject(400, "redirect_not_allowed", self.redirect_field)
         if self.redirect_params:
             dims = event.dims
             location = with_params(location, [(name, dims[dim]) for name, dim in self.redirect_params if dim in dims])
         headers = b"Location: " + location.encode("ascii") + b"\r\n" + NO_STORE
         return head(self.clock, 302, headers, 0, keep_alive)
+
+    def refused(self, keep_alive: bool, is_head: bool) -> bytes | None:
+        """The answer to a refused redirect when the type has a `fallback_url`: 302 there, with the reason in
+        `X-Reject-Reason` (None: the usual 400)."""
+        if self.fallback is None:
+            return None
+        return head(self.clock, 302, self.fallback, 0, keep_alive)
 
     @staticmethod
     def expand(url: str, event: Event) -> str:
@@ -213,10 +285,19 @@ class Responder:
 
         return _MACRO.sub(value, url)
 
+    def destination(self, url: str, host_free: bool) -> tuple[str, str | None]:
+        """The `Location` for a destination, and why it may not be redirected to (None: it may)."""
+        if not url.isascii() or " " in url:  # an IRI (`?q=äpfel rot`): its URI is what the browser gets
+            url, refused = iri_to_uri(url)
+            if refused is not None:
+                return url, refused
+        return url, self.refusal(url, host_free)
+
     def refusal(self, url: str, host_free: bool) -> str | None:
-        """Why `url` may not be redirected to (None: it may). Only absolute http(s) URLs with a plain host pass,
-        and unless `host_free` (a signed destination) only on allowed hosts: no open redirect, and nothing a
-        browser could read differently from us (control characters, backslashes, userinfo, encoded hosts)."""
+        """Why the URI `url` may not be redirected to (None: it may). Only absolute http(s) URLs with a plain host
+        pass, and unless `host_free` (a signed destination) only on allowed hosts: no open redirect, and nothing a
+        browser could read differently from us (control characters, backslashes, userinfo, encoded hosts). An IRI
+        is checked as the URI `iri_to_uri` makes of it: what is checked is what the browser is sent to."""
         if not url.isascii() or not url.isprintable() or " " in url:
             return "characters"  # CR/LF, tab, NUL, space, non-ASCII
         if "\\" in url:
@@ -234,6 +315,12 @@ class Responder:
             return "userinfo"
         if _HOST_NAME.fullmatch(host) is None and not _is_ipv6(host):
             return "host"  # percent-encoded, empty, trailing dot, odd characters
+        if "xn--" in host:  # an IDNA host sent as such: the same rules as one that came as Unicode
+            try:
+                if any(_mixes_scripts(label) for label in idna.decode(host).split(".")):
+                    return "mixed_scripts"
+            except (idna.IDNAError, UnicodeError, ValueError):
+                return "host"
         if host_free:
             return None
         if host not in self.exact_hosts and not host.endswith(self.host_suffixes):

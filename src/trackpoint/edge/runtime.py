@@ -108,7 +108,10 @@ class Route:
     allow: bytes = b""
 
     def cookie_vetoed(self, dims: dict[str, str]) -> bool:
-        """Whether a preprocessor's verdict on this event withholds the user id cookie."""
+        """Whether a preprocessor's verdict on this event withholds the user id cookie: denied consent, or a flag
+        as invalid traffic (a bot or a prefetch gets no user id, whatever the type's invalid_traffic policy)."""
+        if self.flag_dim and self.flag_dim in dims:
+            return True
         return any(dims.get(dim) == value for dim, value in self.cookie_vetoes)
 
 
@@ -507,4 +510,7 @@ class Edge:
             len(self.connections), {name: c.snapshot() for name, c in self.collectors.items()}
         )
         snapshot.preprocessor_outcomes = {name: dict(counts) for name, counts in self._counting}
+        snapshot.invalid_dropped = {
+            route.name: dict(route.builder.dropped) for route in self.routes.values() if route.builder.dropped
+        }
         return snapshot

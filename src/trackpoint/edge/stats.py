@@ -33,6 +33,8 @@ class Snapshot(msgspec.Struct, omit_defaults=True):
     # Events flagged as invalid traffic that went only to their policy's collectors, or nowhere, by event type.
     ivt_routed: dict[str, int] = {}
     ivt_dropped: dict[str, int] = {}
+    # Invalid optional values left out of their events (`on_invalid: drop`), by event type and `field:reason`.
+    invalid_dropped: dict[str, dict[str, int]] = {}
     latency_counts: list[int] = []
     latency_sum: float = 0.0
     connections: int = 0
@@ -113,6 +115,10 @@ def add(total: Snapshot, part: Snapshot) -> Snapshot:
         },
         ivt_routed=_add_counts(total.ivt_routed, part.ivt_routed),
         ivt_dropped=_add_counts(total.ivt_dropped, part.ivt_dropped),
+        invalid_dropped={
+            name: _add_counts(total.invalid_dropped.get(name, {}), part.invalid_dropped.get(name, {}))
+            for name in total.invalid_dropped.keys() | part.invalid_dropped.keys()
+        },
         latency_counts=[a + b for a, b in zip_longest(total.latency_counts, part.latency_counts, fillvalue=0)],
         latency_sum=total.latency_sum + part.latency_sum,
         connections=total.connections + part.connections,

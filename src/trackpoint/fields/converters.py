@@ -68,6 +68,22 @@ BOOL_WORDS = {
 }
 
 
+# ASCII controls but the tab, and the lone surrogates that stand for bytes that were not UTF-8: refused in text
+# fields. Callers test isprintable() first (False for these, but also for C1 controls and separators that a
+# latin-1 header or emoji text may carry, which are kept).
+# (The surrogate range is built with chr(): mypyc, which compiles this module, takes no surrogates in literals.)
+_SURROGATES = chr(0xD800) + "-" + chr(0xDFFF)
+_CONTROLS = re.compile("[\x00-\x08\x0a-\x1f\x7f" + _SURROGATES + "]")
+_UNDECODED = re.compile("[" + _SURROGATES + "]")
+
+
+def check_text(name: str, raw: str) -> None:
+    """Refuses a text value with a control character (`invalid_field`) or bytes that were not UTF-8
+    (`invalid_encoding`); called only for values that are not printable."""
+    if _CONTROLS.search(raw):
+        raise Reject(400, "invalid_encoding" if _UNDECODED.search(raw) else "invalid_field", name)
+
+
 class Declared(Protocol):
     """What a converter reads of a declared field (`config.model.FieldSpec`): its limits and macro policy."""
 
@@ -145,6 +161,8 @@ def _macro_guard(name: str) -> Converter:
     def convert(raw: str) -> Value:
         if raw[:1] in MACRO_START and unexpanded(raw):
             raise MacroUnsubstituted(name)
+        if not raw.isprintable():
+            check_text(name, raw)
         return raw
 
     return convert
@@ -178,6 +196,8 @@ def _int(name: str, macros: bool) -> Callable[[str], int | float]:
     def convert(raw: str) -> int | float:
         if _INT.fullmatch(raw) is None:
             raise _invalid(name, raw, macros)
+        if macros and raw in UNKNOWN_VALUES:  # VAST 4.1's unknown (-1) and withheld (-2): `[ERRORCODE]` too
+            raise MacroUnsubstituted(name)
         return int(raw)
 
     return convert
@@ -187,6 +207,8 @@ def _decimal(name: str, macros: bool) -> Callable[[str], int | float]:
     def convert(raw: str) -> int | float:
         if _DECIMAL.fullmatch(raw) is None:
             raise _invalid(name, raw, macros)
+        if macros and raw in UNKNOWN_VALUES:
+            raise MacroUnsubstituted(name)
         value = float(raw)
         if not math.isfinite(value):
             raise Reject(400, "invalid_field", name)
@@ -197,11 +219,11 @@ def _decimal(name: str, macros: bool) -> Callable[[str], int | float]:
 
 def _duration(name: str, macros: bool) -> Callable[[str], int | float]:
     def convert(raw: str) -> int | float:
+        if macros and raw[:1] == "-":  # VAST's unknown (-1) and withheld (-2); a player's negative timecode
+            raise MacroUnsubstituted(name)
         seconds = parse_offset(raw)
         if seconds is None:
             raise _invalid(name, raw, macros)
-        if seconds < 0 and macros and raw in UNKNOWN_VALUES:  # VAST's "unknown" (-1) and "withheld" (-2)
-            raise MacroUnsubstituted(name)
         return seconds
 
     return convert
@@ -288,12 +310,32 @@ def _timestamp(name: str, macros: bool) -> Converter:
         try:
             moment = datetime.fromisoformat(raw)
         except ValueError:
-            raise _invalid(name, raw, macros) from None
+            lenient = _lenient_iso(raw)  # VAST's own example: `2016-01-17T8:15:07.127-08`
+            if lenient is None:
+                if macros and raw in UNKNOWN_VALUES:
+                    raise MacroUnsubstituted(name) from None
+                raise _invalid(name, raw, macros) from None
+            moment = lenient
         if moment.tzinfo is None:
             moment = moment.replace(tzinfo=UTC)
         return (moment - _EPOCH) // _MILLISECOND  # integer arithmetic: no float rounding
 
     return convert
+
+
+# An ISO 8601 time whose hour has one digit, as VAST 4's [TIMESTAMP] example writes it.
+_ONE_DIGIT_HOUR = re.compile(r"(\d{4}-\d{2}-\d{2}T)(\d:)", re.ASCII)
+
+
+def _lenient_iso(raw: str) -> datetime | None:
+    """The slow path of a timestamp fromisoformat refused: a one-digit hour padded, else None."""
+    padded = _ONE_DIGIT_HOUR.sub(r"\g<1>0\g<2>", raw, count=1)
+    if padded == raw:
+        return None
+    try:
+        return datetime.fromisoformat(padded)
+    except ValueError:
+        return None
 
 
 class PairParser:
@@ -333,12 +375,11 @@ class PairParser:
             key = _unquote(key)
             if key not in self.wanted:
                 continue
-            try:
-                name = key.decode("utf-8")
-                if name not in found:
-                    found[name] = _unquote(value).decode("utf-8")
-            except UnicodeDecodeError:
-                raise Reject(400, "invalid_encoding", key.decode("utf-8", "replace")) from None
+            name = key.decode("utf-8")  # one of the wanted names: UTF-8 already
+            if name not in found:
+                # Bytes that are not UTF-8 become lone surrogates, which no field accepts: the field refuses the
+                # value (`invalid_encoding`), or drops it under `on_invalid: drop`, as it decides for any bad value.
+                found[name] = _unquote(value).decode("utf-8", "surrogateescape")
         return found
 
 

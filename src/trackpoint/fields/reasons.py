@@ -48,13 +48,22 @@ REJECT_REASONS: tuple[RejectReason, ...] = (
     RejectReason(431, "headers_too_large", "The headers exceed `server.limits`."),
     # A field is missing or wrong (the body's `field` names it).
     RejectReason(400, "missing_field", "A required field is absent."),
+    # A field that drops invalid values (`on_invalid: drop`, the default on pixels) keeps the event without the value
+    # and names it in `dims.invalid` with one of these reasons instead.
     RejectReason(400, "field_too_long", "A value is longer than its field's `max_len`."),
-    RejectReason(400, "invalid_field", "A value its field's type cannot read (or not one of an enum's values)."),
+    RejectReason(
+        400, "invalid_field", "A value its field's type cannot read (or not one of an enum's values, or controls)."
+    ),
     RejectReason(400, "field_out_of_range", "A number outside its field's `min` / `max`."),
-    RejectReason(400, "invalid_encoding", "A percent-encoded value that is not UTF-8."),
+    RejectReason(400, "invalid_encoding", "A value (percent-encoded or raw) whose bytes are not UTF-8."),
     RejectReason(400, "invalid_json", "A JSON body that is not a JSON object, or nested too deep."),
     RejectReason(400, "macro_unsubstituted", "A required field holds a macro nobody expanded (`${AUCTION_ID}`)."),
-    RejectReason(400, "redirect_not_allowed", "The click destination is not an allowed http(s) URL (still recorded)."),
+    RejectReason(
+        400,
+        "redirect_not_allowed",
+        "The click destination is not an allowed http(s) URL (still recorded, under an id of its own); a type with "
+        "a `fallback_url` answers 302 there with this reason instead.",
+    ),
     # Auction prices (decrypt_price and `price` fields).
     RejectReason(400, "price_macro_unsubstituted", "The price is the literal `${AUCTION_PRICE}` macro."),
     RejectReason(400, "price_malformed", "The encrypted price is not a valid token."),

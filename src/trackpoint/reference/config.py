@@ -128,7 +128,9 @@ def endpoints_reference(loaded: LoadedConfig, registry: Registry) -> str:
                 f"{spec.batch.max_items} items; see [batches](../guides/batches.md))"
             )
         response = spec.response.kind + (
-            f" (destination from `{spec.response.redirect_field}`; hosts: {', '.join(spec.response.allow_hosts)})"
+            f" (destination from `{spec.response.redirect_field}`; hosts: {', '.join(spec.response.allow_hosts)}"
+            + (f"; refused: to `{spec.response.fallback_url}`" if spec.response.fallback_url else "")
+            + ")"
             if spec.response.kind == "redirect"
             else ""
         )
@@ -138,8 +140,8 @@ def endpoints_reference(loaded: LoadedConfig, registry: Registry) -> str:
         lines.append(f"- preprocessors: {', '.join(spec.preprocessors) or 'none'}")
         lines.append(f"- collectors: {', '.join(spec.collectors) or 'none'}\n")
         if spec.fields:
-            lines.append("| field | source | type | required | max length | limits | default |")
-            lines.append("|---|---|---|---|---|---|---|")
+            lines.append("| field | source | type | required | max length | limits | default | invalid value |")
+            lines.append("|---|---|---|---|---|---|---|---|")
             for field_name, field in spec.fields.items():
                 source = field.source + (f" `{field.name}`" if field.name else "")
                 limits = ", ".join(
@@ -153,7 +155,8 @@ def endpoints_reference(loaded: LoadedConfig, registry: Registry) -> str:
                 )
                 lines.append(
                     f"| `{field_name}` | {source} | {field.type} | {'yes' if field.required else 'no'} "
-                    f"| {field.max_len} | {escape(limits)} | {field.default or ''} |"
+                    f"| {field.max_len} | {escape(limits)} | {field.default or ''} "
+                    f"| {'dropped (`dims.invalid`)' if spec.drops_invalid(field_name) else 'refused'} |"
                 )
             lines.append("")
     served = served_paths(config.server.tag)

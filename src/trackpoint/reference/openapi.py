@@ -172,13 +172,16 @@ def _operation(name: str, spec: EventTypeSpec, method: str, operation_id: str) -
         key = field.name or field_name
         if field.source == "ip":
             continue
+        schema = _schema(field)
+        if spec.drops_invalid(field_name):
+            schema["description"] = (schema.get("description", "") + " " + _DROPPED).lstrip()
         if field.source in ("form", "json") or (field.source == "param" and in_body):
-            body[key] = _schema(field)
+            body[key] = schema
             if field.required:
                 required.append(key)
             continue
         location = {"param": "query", "query": "query", "header": "header", "cookie": "cookie"}[field.source]
-        parameter: dict[str, Any] = {"name": key, "in": location, "schema": _schema(field)}
+        parameter: dict[str, Any] = {"name": key, "in": location, "schema": schema}
         if field.required:
             parameter["required"] = True
         parameters.append(parameter)
@@ -212,17 +215,17 @@ def _operation(name: str, spec: EventTypeSpec, method: str, operation_id: str) -
     if parameters:
         operation["parameters"] = parameters
     if body:
-        schema: Schema = {"type": "object", "properties": body}
+        body_schema: Schema = {"type": "object", "properties": body}
         if required:
-            schema["required"] = required
+            body_schema["required"] = required
         operation["requestBody"] = {
             "required": bool(required),
             "description": _BODY,
             "content": {
-                "application/x-www-form-urlencoded": {"schema": schema},
-                "multipart/form-data": {"schema": schema},
-                "application/json": {"schema": schema},
-                "text/plain": {"schema": schema},
+                "application/x-www-form-urlencoded": {"schema": body_schema},
+                "multipart/form-data": {"schema": body_schema},
+                "application/json": {"schema": body_schema},
+                "text/plain": {"schema": body_schema},
             },
         }
         operation["parameters"] = [*parameters, _CONTENT_ENCODING]
@@ -279,6 +282,10 @@ def _batch_operation(name: str, spec: EventTypeSpec, operation_id: str) -> dict[
     }
 
 
+# How a field that drops invalid values (`on_invalid`) says so.
+_DROPPED = "An invalid value is left out, not refused: the event is recorded with `dims.invalid` naming it."
+
+
 def _responses(spec: EventTypeSpec) -> dict[str, Any]:
     kind = spec.response.kind
     if kind == "gif":
@@ -289,12 +296,18 @@ def _responses(spec: EventTypeSpec) -> dict[str, Any]:
         schema = {"type": "object", "required": ["id"], "properties": {"id": {"type": "string"}}}
         return {"200": {"description": "The event id.", "content": {"application/json": {"schema": schema}}}}
     hosts = ", ".join(spec.response.allow_hosts) or "none"
-    return {
-        "302": {
-            "description": f"To the destination in `{spec.response.redirect_field}` (allowed hosts: {hosts}).",
-            "headers": {"Location": {"schema": {"type": "string", "format": "uri"}}},
-        }
-    }
+    description = (
+        f"To the destination in `{spec.response.redirect_field}` (allowed hosts: {hosts}); a destination with "
+        "non-ASCII characters or spaces (an IRI) as its URI: the host in IDNA, the rest percent-encoded as UTF-8."
+    )
+    headers: dict[str, Any] = {"Location": {"schema": {"type": "string", "format": "uri"}}}
+    if spec.response.fallback_url is not None:
+        description += (
+            f" A refused destination goes to `{spec.response.fallback_url}` instead, with `X-Reject-Reason: "
+            "redirect_not_allowed` (the click is recorded as refused), rather than the 400."
+        )
+        headers["X-Reject-Reason"] = {"$ref": "#/components/headers/X-Reject-Reason"}
+    return {"302": {"description": description, "headers": headers}}
 
 
 def _schema(field: FieldSpec) -> Schema:

@@ -6,7 +6,7 @@ only non-personal fields. A malformed consent string denies (it never makes a 4x
 
 from __future__ import annotations
 
-from trackpoint.config.model import FieldSpec
+from trackpoint.config.model import INVALID_DIM, FieldSpec
 from trackpoint.config.private import UID_DIM
 from trackpoint.event import Event
 from trackpoint.preprocessors.check_consent.config import CheckConsentConfig
@@ -20,6 +20,9 @@ GRANTED, DENIED, NOT_APPLICABLE = "granted", "denied", "not_applicable"
 # are taken out again here, so only the outcome is recorded.
 GPC, DNT, USP, GDPR, TC_STRING = "consent.gpc", "consent.dnt", "consent.us_privacy", "consent.gdpr", "consent.tcf"
 _SIGNALS = (GPC, DNT, USP, GDPR, TC_STRING)
+# A signal the builder dropped as invalid (`on_invalid: drop`, named in dims.invalid) denies, as a malformed one
+# does: an opt-out that could not be read is never taken for no opt-out.
+_UNREADABLE = {GPC: "gpc", DNT: "dnt", USP: "usp_invalid", GDPR: "gdpr_invalid", TC_STRING: "tcf_invalid"}
 _CACHE_LIMIT = 65536
 
 
@@ -49,11 +52,18 @@ class CheckConsent:
 
     def __call__(self, event: Event) -> Event:
         dims = event.dims
-        if self.no_default_gdpr and dims.keys().isdisjoint(_SIGNALS):  # the usual request: no signal at all
-            dims[CONSENT_DIM] = NOT_APPLICABLE
+        if self.no_default_gdpr and dims.keys().isdisjoint(_SIGNALS) and INVALID_DIM not in dims:
+            dims[CONSENT_DIM] = NOT_APPLICABLE  # the usual request: no signal at all
             return event
         signals = [dims.pop(name, None) for name in _SIGNALS]
         reason, applies = self.decide(*signals)
+        invalid = dims.get(INVALID_DIM)
+        if reason is None and invalid is not None:
+            for entry in invalid.split(","):
+                unreadable = _UNREADABLE.get(entry.partition(":")[0])
+                if unreadable is not None:
+                    reason = unreadable
+                    break
         if reason is not None:
             dims[CONSENT_DIM] = DENIED
             dims[REASON_DIM] = reason

@@ -8,7 +8,7 @@ from collections.abc import Iterator
 
 from trackpoint.adtech import vast
 from trackpoint.config.load import KeyPath
-from trackpoint.config.model import Config, FieldSpec
+from trackpoint.config.model import INVALID_DIM, Config, FieldSpec
 from trackpoint.event import Event, derived_id
 from trackpoint.fields.converters import Reject
 from trackpoint.preprocessors.vast.config import VastConfig
@@ -31,6 +31,7 @@ class Vast:
         self.duration_field = config.duration_field
         self.error_code_field = config.error_code_field
         self.cachebuster_field = config.cachebuster_field
+        self.progress_bucket_ms = max(1, round(config.progress_granularity_s * 1000))
         self.input_fields = input_fields(config)
 
     def __call__(self, event: Event) -> Event:
@@ -48,9 +49,10 @@ class Vast:
         if keying == _ONCE:
             return event
         if keying == _PER_OFFSET:
-            if offset is None:
-                raise Reject(400, "missing_field", self.offset_field)
-            extra: str | None = str(round(offset * 1000))
+            if offset is None:  # refused with the reason its value was dropped for, if it was
+                raise Reject(400, _dropped_reason(dims, self.offset_field) or "missing_field", self.offset_field)
+            bucket = self.progress_bucket_ms
+            extra: str | None = str(round(offset * 1000) // bucket * bucket)
         elif keying == _PER_CODE:
             extra = dims.get(self.error_code_field)
         elif cachebuster is not None:  # an interaction: the cache buster tells a second pause from a retried request
@@ -60,6 +62,15 @@ class Vast:
         if extra is not None:
             event.id = derived_id(event.type, [event.id, extra])
         return event
+
+
+def _dropped_reason(dims: dict[str, str], field: str) -> str | None:
+    """Why the builder dropped `field` (`on_invalid: drop`, named in dims.invalid), if it did."""
+    for entry in dims.get(INVALID_DIM, "").split(","):
+        name, _, reason = entry.partition(":")
+        if name == field:
+            return reason
+    return None
 
 
 def input_fields(config: VastConfig) -> dict[str, FieldSpec]:
