@@ -91,8 +91,6 @@ def iri_to_uri(iri: str) -> tuple[str, str | None]:
 class RecordedReject(Reject):
     """A refused redirect: the client gets the 400, and the click is still recorded (with `redirect_rejected`)."""
 
-    __slots__ = ()
-
 
 class StaticResponse:
     """A response that depends only on the clock: four prebuilt variants (keep-alive or close, GET or HEAD)."""

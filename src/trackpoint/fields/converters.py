@@ -21,6 +21,7 @@ from trackpoint.fields.macros import (
     unexpanded,
     unsubstituted_price_macro,
 )
+from trackpoint.fields.reject import Reject as Reject  # re-exported: plugins import it from here
 
 MICROS = 1_000_000
 # A price field's value outside its min/max: the reason decrypt_price gives an absurd decrypted price too.
@@ -29,23 +30,9 @@ Value = str | int | float
 Converter = Callable[[str], Value]
 
 
-class Reject(Exception):
-    """A request the tracker refuses: HTTP status, machine-readable reason and, for a field, its name."""
-
-    __slots__ = ("field", "reason", "status")
-
-    def __init__(self, status: int, reason: str, field: str | None = None) -> None:
-        super().__init__(reason)
-        self.status = status
-        self.reason = reason
-        self.field = field
-
-
 class MacroUnsubstituted(Reject):
     """A value that is an unexpanded macro, in a field whose macros count as absent (`unexpanded_macros: absent`):
     the builder drops it (the field's default applies) and rejects the request only when the field is required."""
-
-    __slots__ = ()
 
     def __init__(self, field: str, reason: str = UNSUBSTITUTED) -> None:
         super().__init__(400, reason, field)
