@@ -170,6 +170,25 @@ def test_raw_utf8_in_headers_is_stored_as_utf8(tracker: Tracker) -> None:
     assert events["u2"].ctx.referer == "https://x/\ufffdber"  # not UTF-8: a replacement character, never mojibake
 
 
+def test_raw_utf8_in_the_target_is_read_as_a_browser_would_have_encoded_it(tracker: Tracker) -> None:
+    """curl and some servers send a target's UTF-8 unencoded; llhttp refuses such bytes, so the edge percent-encodes
+    them first. Bytes that are not UTF-8 stay wrong: on a pixel the optional field is dropped, the event kept."""
+    raw = b"GET /i?imp=t1&cid=\xc3\xbcber HTTP/1.1\r\nHost: t\r\nConnection: close\r\n\r\n"
+    assert tracker.raw(raw).startswith(b"HTTP/1.1 200")
+    latin1 = b"GET /i?imp=t2&cid=\xfcber HTTP/1.1\r\nHost: t\r\nConnection: close\r\n\r\n"
+    assert tracker.raw(latin1).startswith(b"HTTP/1.1 200")
+    # A request line split over two reads: both halves are encoded.
+    with socket.create_connection(("127.0.0.1", tracker.port), timeout=3) as sock:
+        sock.sendall(b"GET /i?imp=t3&cid=\xc3")
+        time.sleep(0.05)  # not a synchronisation: two reads are what is tested (either way the answer is checked)
+        sock.sendall(b"\xbc HTTP/1.1\r\nHost: t\r\nConnection: close\r\n\r\n")
+        assert read_until_quiet(sock).startswith(b"HTTP/1.1 200")
+    events = {e.dims["imp"]: e for e in tracker.wait_events(3)}
+    assert events["t1"].dims["cid"] == "über"
+    assert "cid" not in events["t2"].dims and events["t2"].dims["invalid"] == "cid:invalid_encoding"
+    assert events["t3"].dims["cid"] == "ü"
+
+
 # --- (7) multipart, (9) BOM ----------------------------------------------------------------------------------------
 
 

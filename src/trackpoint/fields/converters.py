@@ -21,7 +21,7 @@ from trackpoint.fields.macros import (
     unexpanded,
     unsubstituted_price_macro,
 )
-from trackpoint.fields.reject import Reject as Reject  # re-exported: plugins import it from here
+from trackpoint.fields.reject import Reject as Reject  # noqa: PLC0414 - re-exported: plugins import it from here
 
 MICROS = 1_000_000
 # A price field's value outside its min/max: the reason decrypt_price gives an absurd decrypted price too.

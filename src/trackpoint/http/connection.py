@@ -9,6 +9,7 @@ a slow head or body 408, malformed input 400.
 from __future__ import annotations
 
 import asyncio
+import re
 import time
 from collections.abc import Callable, Container
 
@@ -30,6 +31,11 @@ LINGER_S = 1.0
 AFTER_NOTHING, AFTER_CLOSE, AFTER_LINGER = 0, 1, 2
 
 _monotonic = time.monotonic
+_HIGH_BYTE = re.compile(rb"[\x80-\xff]")
+
+
+def _percent_encoded(match: re.Match[bytes]) -> bytes:
+    return b"%%%02X" % match[0][0]
 
 
 class Stop(Exception):
@@ -55,6 +61,7 @@ class HttpConnection(asyncio.Protocol):
         "header_bytes",
         "header_count",
         "headers",
+        "in_target",
         "inflater",
         "kept_headers",
         "observe",
@@ -93,6 +100,7 @@ class HttpConnection(asyncio.Protocol):
         self.requests = 0
         self.closing = False
         self.url = b""
+        self.in_target = False  # the request line is being read: bytes above 0x7f in it are percent-encoded
         self.headers: dict[bytes, bytes] = {}
         self.header_count = 0
         self.header_bytes = 0
@@ -136,6 +144,9 @@ class HttpConnection(asyncio.Protocol):
             if space > 0 and data[space + 1 : space + 2] == b" " and data[:space].isupper():
                 self.reject_and_close(400, "bad_request")
                 return
+            self.in_target = True
+        if self.in_target:
+            data = self.escape_target(data)
         # Limits hold as bytes arrive, before the parser buffers them: a request may not take more than the head
         # cap before it frames a body, nor more than the request cap in all, so an endless header line or chunk
         # extension is cut off there.
@@ -148,6 +159,20 @@ class HttpConnection(asyncio.Protocol):
         if self.continue_due and not self.closing:  # the head passed every check: the client may send the body
             self.continue_due = False
             self.send(CONTINUE)
+
+    def escape_target(self, data: bytes) -> bytes:
+        """The read with the bytes above 0x7f of its request line percent-encoded, as a browser sends them: raw UTF-8
+        in a target (curl, some SDKs and servers send it) is refused by llhttp otherwise. Only a request line that
+        starts a read, or goes on from the previous one: one pipelined behind another request in the same read keeps
+        llhttp's refusal (400 bad_request)."""
+        end = data.find(b"\n")
+        if end < 0:
+            end = len(data)
+        else:
+            self.in_target = False
+        if data.isascii():
+            return data
+        return _HIGH_BYTE.sub(_percent_encoded, data[:end]) + data[end:]
 
     def feed_capped(self, data: bytes) -> None:
         """Feeds no more than the cap allows; finish() resets the count, so the rest may belong to a next request."""
