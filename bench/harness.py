@@ -165,6 +165,8 @@ class MachineInfo:
     python: str
     wrk: str
     nginx: str
+    # The build of trackpoint's request path the tracker ran: "compiled (mypyc)" or "pure Python (why)".
+    trackpoint_build: str
 
 
 @dataclass(frozen=True)
@@ -609,7 +611,15 @@ def machine_info() -> MachineInfo:
         python=platform.python_version(),
         wrk=_first_output_line(["wrk", "--version"]).split(" Copyright")[0],
         nginx=_first_output_line(["nginx", "-v"]).removeprefix("nginx version: "),
+        trackpoint_build=trackpoint_build(),
     )
+
+
+def trackpoint_build() -> str:
+    """Which build of the request path a tracker started from this environment runs (trackpoint/_native.py)."""
+    from trackpoint import _native
+
+    return "compiled (mypyc)" if _native.ACTIVE else f"pure Python ({_native.REASON})"
 
 
 def git_state() -> tuple[str | None, bool | None]:
