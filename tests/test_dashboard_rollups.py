@@ -109,6 +109,8 @@ def test_the_dashboard_shows_todays_rollups_and_the_geo_attribution(
 
         # The footer carries DB-IP's attribution, the text the admin API gives for the database in use.
         expect(page.locator("#attribution")).to_have_text(DBIP_ATTRIBUTION)
+        links = page.eval_on_selector_all("#attribution a", "links => links.map(link => link.href)")
+        assert links == ["https://db-ip.com/", "https://creativecommons.org/licenses/by/4.0/"]
         status, _, body = tracker.admin("GET", "/geo/databases")
         assert status == 200
         assert json.loads(body)["preprocessors"]["geo"]["database"]["attribution"] == DBIP_ATTRIBUTION

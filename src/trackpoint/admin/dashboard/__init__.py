@@ -13,7 +13,7 @@ import time
 from collections import deque
 from collections.abc import Mapping, Sequence
 from importlib import resources
-from typing import TYPE_CHECKING, Any, Protocol
+from typing import Any, Protocol
 
 from trackpoint import __version__
 from trackpoint.admin.dashboard.history import History, collector_rows
@@ -24,9 +24,6 @@ from trackpoint.config import LoadedConfig
 from trackpoint.config.model import Config, type_tag
 from trackpoint.edge.stats import Snapshot
 from trackpoint.event import Event
-
-if TYPE_CHECKING:
-    from trackpoint.plugins import Registry
 
 # Events the supervisor keeps for the live tail (the newest of all workers).
 TAIL_KEEP = 100
@@ -68,6 +65,12 @@ class Worker(Protocol):
     def snapshot(self) -> Snapshot: ...
 
 
+class Credits(Protocol):
+    """What the dashboard reads of the plugin registry (plugins/__init__.py Registry, which imports admin)."""
+
+    def notices(self, config: Config) -> list[str]: ...
+
+
 class Supervised(Protocol):
     """What the dashboard reads of the supervisor (process/supervisor.py Supervisor)."""
 
@@ -76,7 +79,7 @@ class Supervised(Protocol):
     @property
     def loaded(self) -> LoadedConfig: ...
     @property
-    def plugins(self) -> Registry: ...
+    def plugins(self) -> Credits: ...
     @property
     def slots(self) -> int: ...
     @property
