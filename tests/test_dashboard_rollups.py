@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import datetime
 import json
+import os
 import time
 from collections import Counter
 from pathlib import Path
@@ -21,6 +22,8 @@ CLIENTS = {"FR": "203.0.113.40", "DE": "2001:db8:1::7"}
 # (campaign, creative, country): impressions with distinct ids; each of the first REPEATS is fired a second time.
 TRAFFIC = {("dr-c1", "banner-a", "FR"): 7, ("dr-c1", "banner-b", "DE"): 4, ("dr-c2", "banner-a", "FR"): 3}
 REPEATS = 5
+# Where the screenshot of the rollups and the footer goes when this is set (docs/img/dashboard-rollups.png).
+SCREENSHOT = os.environ.get("TRACKPOINT_DASHBOARD_ROLLUPS_SCREENSHOT")
 
 
 def _config(tmp_path: Path) -> dict[str, Any]:
@@ -125,6 +128,8 @@ def test_the_dashboard_shows_todays_rollups_and_the_geo_attribution(
         for (_, _, country), impressions in TRAFFIC.items():
             wanted[country] += impressions
         assert by_country == wanted
+        if SCREENSHOT:
+            page.locator("#rollups").screenshot(path=SCREENSHOT)
     finally:
         context.close()
     assert problems == []
