@@ -375,7 +375,9 @@ def test_geo_country_is_a_dim_in_the_rollups_and_over_the_logs(tmp_path: Path) -
     geo = [("a", "DE", "Chrome"), ("b", "DE", "Firefox"), ("c", "FR", "Chrome"), ("d", None, None)]
     events = []
     for key, country, browser in geo:
-        made = event(key, "impression", cid="c1", **({"geo.country": country} if country else {}))
+        made = event(key, "impression", cid="c1")
+        if country:
+            made.dims["geo.country"] = country  # as the geo preprocessor adds it
         made.ctx = Context(device=Device(browser=browser) if browser else None)
         events.append(made)
     store = RollupStore(config, str(tmp_path))
