@@ -8,7 +8,6 @@ import msgspec
 import pytest
 
 from conftest import make_event
-from trackpoint.admin.dashboard import attributions
 from trackpoint.admin.dashboard.history import History, collector_rows, percentile
 from trackpoint.collectors.base import CollectorStats
 from trackpoint.config import load
@@ -113,8 +112,3 @@ def test_the_tail_is_filtered_as_an_untrusted_collector_gets_it() -> None:
     assert "203.0.113" not in filtered and "Agent/1" not in filtered and "de-DE" not in filtered
     assert "email" not in filtered and "https://shop.example.com/p" in filtered
     assert event.ctx.ip == "203.0.113.9"  # the original, which the log records, is untouched
-
-
-def test_attributions_come_from_the_preprocessors_in_use() -> None:
-    config = load(None, registry=registry()).config
-    assert attributions(config) == []  # nothing in the default config asks for one

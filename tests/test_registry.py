@@ -194,3 +194,19 @@ def test_the_loader_imports_no_component() -> None:
     the core schema's vocabulary."""
     imported = {target for source, target, _, _ in _imports() if source == "config"}
     assert imported <= {"fields"}, imported
+
+
+def test_attribution_notices_come_from_every_plugin_once_each_and_a_broken_source_is_left_out() -> None:
+    def credits(config: Config) -> Iterator[str]:
+        yield from ("Data by Acme (CC BY 4.0).", "Data by Acme (CC BY 4.0).", "")  # once each, no empty notice
+        if "loud" in config.preprocessors:
+            yield "Shouting by Acme."
+
+    def broken(config: Config) -> Iterator[str]:
+        raise RuntimeError("bug in the plugin")
+
+    plugins = resolve(
+        [builtin_plugin, Plugin(name="bad", attributions=[broken]), Plugin(name="acme", attributions=[credits])]
+    )
+    assert [plugin for plugin, _ in plugins.attributions] == ["builtin", "bad", "acme"]
+    assert plugins.notices(load(registry=plugins).config) == ["Data by Acme (CC BY 4.0)."]

@@ -12,8 +12,7 @@ import sys
 import threading
 import time
 from pathlib import Path
-from types import SimpleNamespace
-from typing import Any, cast
+from typing import Any
 
 import msgspec
 import pytest
@@ -370,28 +369,31 @@ def test_without_duckdb_the_logs_report_says_how_to_install_it(monkeypatch: pyte
 
 
 def test_geo_country_is_a_dim_in_the_rollups_and_over_the_logs(tmp_path: Path) -> None:
-    """`geo.country` as the geo preprocessor will set it (ctx.geo.country), read from events and from log lines."""
-    config = rollup(dims=["cid", "geo.country"])
-    geo = [("a", "DE"), ("b", "DE"), ("c", "FR"), ("d", None)]
+    """`geo.country` as the geo preprocessor sets it (a dotted dims name), and a dotted path into the context
+    (`device.browser`), read from events and from log lines alike."""
+    config = rollup(dims=["cid", "geo.country", "device.browser"])
+    geo = [("a", "DE", "Chrome"), ("b", "DE", "Firefox"), ("c", "FR", "Chrome"), ("d", None, None)]
     events = []
-    for key, country in geo:
+    for key, country, browser in geo:
         made = event(key, "impression", cid="c1")
-        made.ctx = cast(Context, SimpleNamespace(geo={"country": country} if country else None))
+        if country:
+            made.dims["geo.country"] = country  # as the geo preprocessor adds it
+        made.ctx = Context(device=Device(browser=browser) if browser else None)
         events.append(made)
     store = RollupStore(config, str(tmp_path))
     count(store, events)
-    by = ("geo.country",)
+    by_country = ("geo.country",)
     expected = [({"geo.country": "DE"}, 2), ({"geo.country": "FR"}, 1), ({"geo.country": None}, 1)]
-    assert [(r.dims, r.events) for r in report(store, by)] == expected
+    assert [(r.dims, r.events) for r in report(store, by_country)] == expected
+    by_browser = ("device.browser",)
+    expected = [({"device.browser": "Chrome"}, 2), ({"device.browser": "Firefox"}, 1), ({"device.browser": None}, 1)]
+    assert [(r.dims, r.events) for r in report(store, by_browser)] == expected
     logs = tmp_path / "logs"
     logs.mkdir()
-    lines = [
-        {"id": e.id, "type": e.type, "ts": e.ts, "dims": e.dims, "metrics": {}, "ctx": vars(e.ctx), "meta": {}}
-        for e in events
-    ]
-    (logs / "events-1.jsonl").write_text("".join(json.dumps(line) + "\n" for line in lines))
-    query = Query(HOUR - 2 * MS_PER_HOUR, HOUR + 2 * MS_PER_HOUR, by=by)
-    assert logs_report(sorted(logs.iterdir()), query, config.roles).rows == report(store, by)
+    (logs / "events-1.jsonl").write_bytes(b"".join(msgspec.json.encode(e) + b"\n" for e in events))
+    for by in (by_country, by_browser):
+        query = Query(HOUR - 2 * MS_PER_HOUR, HOUR + 2 * MS_PER_HOUR, by=by)
+        assert logs_report(sorted(logs.iterdir()), query, config.roles).rows == report(store, by)
 
 
 def test_the_cli_refuses_bad_times_for_report_and_replay(tmp_path: Path) -> None:

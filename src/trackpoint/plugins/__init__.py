@@ -31,6 +31,9 @@ PreprocessorFactory = Callable[[str, Any], Preprocessor]
 # "click", "fields", "url")`) and a message. Checks run at every load, `trackpoint config check` and reload, for rules
 # no single struct can state (options of one section that refer to another).
 ConfigCheck = Callable[[Config], Iterable[tuple[KeyPath, str]]]
+# The notices the data behind a plugin's components asks to be shown where their results are shown (a licence's
+# attribution, such as DB-IP's CC BY 4.0 for geo lookups), for a configuration: the dashboard's footer shows them.
+AttributionSource = Callable[[Config], Iterable[str]]
 
 
 @dataclass(frozen=True)
@@ -75,6 +78,8 @@ class Plugin:
     admin_routes: Sequence[AdminRoute] = ()
     # Checks of the whole configuration (`ConfigCheck`), typically of the plugin's own components' options.
     checks: Sequence[ConfigCheck] = ()
+    # Where the attributions of the plugin's components in use come from (`AttributionSource`).
+    attributions: Sequence[AttributionSource] = ()
 
 
 @dataclass(frozen=True)
@@ -91,6 +96,8 @@ class Registry:
     failures: Mapping[str, str]
     # Every plugin's configuration checks, with the name of the plugin that registered each.
     checks: tuple[tuple[str, ConfigCheck], ...] = ()
+    # Every plugin's attribution sources, with the name of the plugin that registered each.
+    attributions: tuple[tuple[str, AttributionSource], ...] = ()
 
     def build_collector(self, name: str, config: CollectorBase, context: CollectorContext) -> Collector:
         """The collector `name` that an instance of a registered collector config stands for."""
@@ -121,6 +128,19 @@ class Registry:
                 continue
             yield from problems
 
+    def notices(self, config: Config) -> list[str]:
+        """The attributions the components `config` uses ask to be shown, once each. A source that raises is
+        logged and left out: a notice must not take the dashboard down."""
+        notices: list[str] = []
+        for plugin, source in self.attributions:
+            try:
+                found = list(source(config))
+            except Exception:  # a plugin's bug: logged, the other notices still shown
+                log.exception("the attribution source of plugin %s failed", plugin)
+                continue
+            notices.extend(notice for notice in found if notice and notice not in notices)
+        return notices
+
 
 def _tag_of(config: CollectorBase | PreprocessorBase) -> str:
     """The type tag of a config instance; "" (no kind has it) for an untagged struct."""
@@ -137,6 +157,7 @@ def resolve(plugins: Sequence[Plugin], failures: Mapping[str, str] | None = None
     event_types: dict[str, EventTypeSpec] = {}
     routes: dict[tuple[str, str], AdminRoute] = {}
     checks: list[tuple[str, ConfigCheck]] = []
+    attributions: list[tuple[str, AttributionSource]] = []
     loaded: list[str] = []
     failed = dict(failures or {})
     for plugin in plugins:
@@ -153,6 +174,7 @@ def resolve(plugins: Sequence[Plugin], failures: Mapping[str, str] | None = None
         event_types.update(plugin.event_types)
         routes.update(((route.method, route.path), route) for route in plugin.admin_routes)
         checks.extend((plugin.name, config_check) for config_check in plugin.checks)
+        attributions.extend((plugin.name, source) for source in plugin.attributions)
         loaded.append(plugin.name)
     for name, reason in failed.items():
         log.error("plugin %s is not loaded: %s", name, reason)
@@ -164,6 +186,7 @@ def resolve(plugins: Sequence[Plugin], failures: Mapping[str, str] | None = None
         admin_routes=tuple(routes.values()),
         failures=failed,
         checks=tuple(checks),
+        attributions=tuple(attributions),
     )
 
 
@@ -213,6 +236,7 @@ __all__ = [
     "ENTRY_POINT_GROUP",
     "AdminHandler",
     "AdminRoute",
+    "AttributionSource",
     "CollectorKind",
     "ConfigCheck",
     "Plugin",

@@ -126,4 +126,5 @@ plugin = Plugin(
         AdminRoute("GET", "/reports/hourly", rollup_admin.get_hourly),
         AdminRoute("GET", "/geo/databases", geo_admin.get_databases),
     ],
+    attributions=[geo_admin.attributions],
 )

@@ -44,18 +44,6 @@ def _static(name: str, content_type: str) -> AdminResponse:
     return AdminResponse(200, (_STATIC / name).read_bytes(), content_type, dict(PAGE_HEADERS))
 
 
-def attributions(config: Config) -> list[str]:
-    """Notices the data behind the tracker's answers asks to be shown (DB-IP's for geo lookups): the `attribution`
-    of each preprocessor config in use that has one (a string property or attribute), once each."""
-    used = {name for spec in config.event_types.values() for name in spec.preprocessors}
-    notices: list[str] = []
-    for name, preprocessor in sorted(config.preprocessors.items()):
-        notice = getattr(preprocessor, "attribution", None) if name in used else None
-        if isinstance(notice, str) and notice and notice not in notices:
-            notices.append(notice)
-    return notices
-
-
 def fed_kinds(config: Config) -> set[str]:
     """The types of the collectors some event type feeds (a banker section only where a banker gets events)."""
     fed = {name for spec in config.event_types.values() for name in spec.collectors}
@@ -77,6 +65,12 @@ class Worker(Protocol):
     def snapshot(self) -> Snapshot: ...
 
 
+class Credits(Protocol):
+    """What the dashboard reads of the plugin registry (plugins/__init__.py Registry, which imports admin)."""
+
+    def notices(self, config: Config) -> list[str]: ...
+
+
 class Supervised(Protocol):
     """What the dashboard reads of the supervisor (process/supervisor.py Supervisor)."""
 
@@ -84,6 +78,8 @@ class Supervised(Protocol):
     def config(self) -> Config: ...
     @property
     def loaded(self) -> LoadedConfig: ...
+    @property
+    def plugins(self) -> Credits: ...
     @property
     def slots(self) -> int: ...
     @property
@@ -107,6 +103,9 @@ class Dashboard:
         self.supervisor = supervisor
         self.history = History()
         self._task: asyncio.Task[None] | None = None
+        # The attribution notices of the config in use, worked out again only when a reload brings another config
+        # (the geo databases are opened to recognise their licence: not once a second).
+        self._notices: tuple[Config | None, list[str]] = (None, [])
 
     def start(self) -> None:
         """Samples once a second while the supervisor runs (from its event loop)."""
@@ -148,6 +147,15 @@ class Dashboard:
 
         return {"/": index, "/dashboard/app.js": app_js, "/dashboard/app.css": app_css, "/dashboard/stats": stats}
 
+    def attributions(self, config: Config) -> list[str]:
+        """Notices the data behind the tracker's answers asks to be shown (DB-IP's for geo lookups), from the
+        plugins' attribution sources (the text `GET /geo/databases` shows), for `config`."""
+        shown_for, notices = self._notices
+        if shown_for is not config:
+            notices = self.supervisor.plugins.notices(config)
+            self._notices = (config, notices)
+        return notices
+
     def stats(self, admin: AdminServer) -> dict[str, Any]:
         supervisor = self.supervisor
         now = time.time()
@@ -178,7 +186,7 @@ class Dashboard:
                 "workers_wanted": supervisor.slots,
                 "reloads": supervisor.state.reloads,
                 "crash_looping": supervisor.crash_loops(),
-                "attributions": attributions(config),
+                "attributions": self.attributions(config),
             },
             "totals": {
                 "requests": totals.requests,

@@ -27,7 +27,8 @@ DEFAULT_ROLES: dict[str, Role] = {
 DEFAULT_DIMS = ["cid", "crid", "pub"]
 DEFAULT_DEDUPE_WINDOW_H = 48
 
-# A dim: a dims name (`cid`), or a dotted path into the event's context (`geo.country`, `device.browser`).
+# A dim: a dims name (`cid`, or a dotted one a preprocessor adds: `geo.country`), or a dotted path into the event's
+# context (`device.browser`).
 DIM_NAME = re.compile(r"^[A-Za-z_][A-Za-z0-9_-]{0,63}(\.[A-Za-z_][A-Za-z0-9_-]{0,63}){0,3}$")
 # Context members that identify a person: never a rollup dim (a row per IP would be a log, not a rollup).
 PERSONAL_CONTEXT = frozenset({"ip", "ua", "referer"})
@@ -56,9 +57,10 @@ class RollupCollectorConfig(CollectorBase, tag="rollup"):
     dims: Annotated[
         list[str],
         Meta(
-            description="What rows are grouped by: dims names (`cid`) or dotted paths into the event's context "
-            "(`geo.country`, `device.browser`). An event without one counts under null. Each distinct combination "
-            "is a row per hour and type, so keep high-cardinality fields (ids, URLs) out.",
+            description="What rows are grouped by: dims names (`cid`, and those preprocessors add: `geo.country`) "
+            "or dotted paths into the event's context (`device.browser`); a dotted name is looked up in dims first. "
+            "An event without one counts under null. Each distinct combination is a row per hour and type, so keep "
+            "high-cardinality fields (ids, URLs) out.",
             max_length=8,
         ),
     ] = msgspec.field(default_factory=lambda: list(DEFAULT_DIMS))

@@ -61,9 +61,10 @@ class LogsReport:
 
 
 def _dim_sql(dim: str) -> str:
-    """The SQL reading a dim (names are DIM_NAME-checked: letters, digits, _ and -, no quotes)."""
+    """The SQL reading a dim (names are DIM_NAME-checked: letters, digits, _ and -, no quotes): as model.dim_reader,
+    a dotted name from dims (`geo.country`, added by geo) before the context path (`device.browser`)."""
     if "." in dim:
-        return f"json_extract_string(ctx, '$.{dim}')"
+        return f"coalesce(dims['{dim}'], json_extract_string(ctx, '$.{dim}'))"
     return f"dims['{dim}']"
 
 

@@ -84,12 +84,16 @@ def counters(event: Event, role: Role | None) -> list[int]:
 
 
 def dim_reader(dim: str) -> Callable[[Event], str | None]:
-    """How a dim's value is read from an event: `cid` from dims, `geo.country` from the context (as text)."""
+    """How a dim's value is read from an event: from dims (`cid`, and the dotted names preprocessors add, such as
+    geo's `geo.country`), else a dotted path into the context (`device.browser`, as text)."""
     if "." not in dim:
         return lambda event: event.dims.get(dim)
     path = dim.split(".")
 
     def read(event: Event) -> str | None:
+        added = event.dims.get(dim)
+        if added is not None:
+            return added
         value: Any = event.ctx
         for part in path:
             value = value.get(part) if isinstance(value, Mapping) else getattr(value, part, None)

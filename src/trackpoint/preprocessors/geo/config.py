@@ -119,6 +119,7 @@ class GeoConfig(PreprocessorBase, tag="geo"):
         str | None,
         Meta(
             description="The attribution the database's licence requires, shown by the admin API "
-            "(`GET /geo/databases`). Unset: DB-IP's (CC BY 4.0) for a DB-IP database, MaxMind's for GeoLite2."
+            "(`GET /geo/databases`) and in the dashboard's footer. Unset: DB-IP's (CC BY 4.0) for a DB-IP database, "
+            "MaxMind's for GeoLite2."
         ),
     ] = None

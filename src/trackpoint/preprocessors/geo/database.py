@@ -15,8 +15,10 @@ from typing import Any
 import maxminddb
 from maxminddb.errors import InvalidDatabaseError
 
+# The one text of each notice: the admin API, the dashboard's footer and docs/guides/geo.md (checked by
+# tests/test_geo.py) show these. DB-IP's licence asks for "IP Geolocation by DB-IP" with a link to db-ip.com.
 DBIP_ATTRIBUTION = (
-    "IP geolocation by DB-IP (https://db-ip.com), licensed under CC BY 4.0 "
+    "IP Geolocation by DB-IP (https://db-ip.com), licensed under CC BY 4.0 "
     "(https://creativecommons.org/licenses/by/4.0/)."
 )
 MAXMIND_ATTRIBUTION = "This product includes GeoLite2 data created by MaxMind, available from https://www.maxmind.com."

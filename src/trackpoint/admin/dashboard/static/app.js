@@ -167,7 +167,31 @@ function renderTracker(stats) {
   $("uptime").textContent = duration(t.uptime_s);
   $("workers-ready").textContent = t.workers_ready + " of " + t.workers_wanted + " ready";
   $("workers-ready").className = t.workers_ready < t.workers_wanted ? "bad" : "";
-  $("attribution").textContent = t.attributions.join(" · ");
+  renderNotices($("attribution"), t.attributions);
+}
+
+function renderNotices(element, notices) {
+  // The data's attributions, their addresses as links (DB-IP's licence asks for a link to db-ip.com); rebuilt only
+  // when they change (after a reload), not on every poll.
+  const text = notices.join(" · ");
+  if (element.dataset.shown === text) return;
+  element.dataset.shown = text;
+  const parts = [];
+  notices.forEach((notice, i) => {
+    if (i > 0) parts.push(" · ");
+    for (const piece of notice.split(/(https:\/\/[^\s()]+[^\s().,])/)) {
+      if (!piece.startsWith("https://")) {
+        if (piece) parts.push(piece);
+        continue;
+      }
+      const link = document.createElement("a");
+      link.href = piece;
+      link.rel = "noopener noreferrer";
+      link.textContent = piece;
+      parts.push(link);
+    }
+  });
+  element.replaceChildren(...parts);
 }
 
 function renderTraffic(stats) {
