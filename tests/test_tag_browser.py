@@ -26,6 +26,7 @@ from trackpoint.tag import built_tag
 pytestmark = pytest.mark.e2e
 
 EXAMPLE = Path(__file__).resolve().parent.parent / "examples" / "web-tag.yaml"
+BATCH = 'data-event-batch="/t/event/batch"'  # custom events go in batches, as the example's snippet says
 TAG = built_tag()
 
 
@@ -83,7 +84,7 @@ def shop_tracker(tracker_factory: Any, site: Site) -> Tracker:
     return tracker
 
 
-def page_html(tracker: Tracker, body: str = "", script: str = "", attributes: str = 'data-consent="required"') -> str:
+def page_html(tracker: Tracker, body: str = "", script: str = "", attributes: str = f'data-consent="required" {BATCH}') -> str:
     """A page of the shop: the async snippet, the tag pinned by its integrity hash, and the site's own calls. The
     site's consent banner is simulated: it remembers the visitor's choice and tells the tag on every page."""
     src = f"http://127.0.0.1:{tracker.port}/tp/{TAG.version}/tp.js"
@@ -143,7 +144,7 @@ def test_consent_events_click_attribution_and_the_beacon(browser: Any, site: Sit
     site.pages["/leaving"] = page_html(
         tracker,
         script='tp("event", "scroll", {label: "25"}); tp("event", "scroll", {label: "50"});',
-        attributes='data-consent="required" data-batch-ms="600000"',  # nothing leaves before the page does
+        attributes=f'data-consent="required" {BATCH} data-batch-ms="600000"',  # nothing leaves before the page does
     )
     context = browser.new_context(user_agent=CHROME_UA)
     posts: list[str] = []  # every event the page sends to the tracker
@@ -162,7 +163,11 @@ def test_consent_events_click_attribution_and_the_beacon(browser: Any, site: Sit
     granted_at = time.time()
     page.evaluate('localStorage.setItem("site_consent", "yes"); tp("consent", "granted")')
     views = wait_events(
-        tracker, lambda e: with_url(site.origin + "/")(e) and e.dims.get("name") != "sentinel", 2, "the first page's"
+        tracker,
+        lambda e: with_url(site.origin + "/")(e) and e.dims.get("name") != "sentinel",
+        2,
+        "the first page's",
+        page,  # Playwright's wait: the request events reach `posts`
     )
     assert all(event.ts >= int(granted_at * 1000) - 5 for event in views)  # recorded after the consent call
     view = next(event for event in views if event.type == "pageview")
@@ -172,6 +177,7 @@ def test_consent_events_click_attribution_and_the_beacon(browser: Any, site: Sit
     assert event.dims["name"] == "view_item" and event.dims["category"] == "shoes"
     assert event.metrics["value"] == 49_900_000 and event.dims["cur"] == "EUR"
     assert event.dims["mode"] == "cors"  # sent by fetch while the page lived
+    assert f"http://127.0.0.1:{tracker.port}/t/event/batch" in posts  # in a batch
     assert view.dims["eid"] != event.dims["eid"]
     assert view.dims["uid"].startswith("auto:")  # the user id cookie, pseudonymised
 
@@ -298,4 +304,32 @@ def test_denied_consent_sends_nothing(browser: Any, site: Site, shop_tracker: Tr
     send_sentinel(page, tracker)
     assert [event.dims["name"] for event in tracker.events()] == ["sentinel"]
     assert page.evaluate("[sessionStorage.getItem('tp_q'), localStorage.getItem('tp_click')]") == [None, None]
+    context.close()
+
+
+def test_a_batch_is_acknowledged_item_by_item(browser: Any, site: Site, shop_tracker: Tracker) -> None:
+    """A batch's answer lists the refused items: the accepted ones are done, a refused one is dropped (it would be
+    refused again), not retried; a batch path the tracker does not have: the events go one request each."""
+    tracker = shop_tracker
+    long_name = "n" * 65  # over the type's max_len: refused with field_too_long
+    site.pages["/batch"] = page_html(
+        tracker,
+        script=f'tp("event", "first"); tp("event", "{long_name}"); tp("event", "third");'
+        'tp("conversion", {order_id: "B-1", value: 5});',
+        attributes=f'{BATCH} data-conversion-batch="/conv/batch" data-batch-ms="200"',  # /conv has no batch path
+    )
+    context = browser.new_context(user_agent=CHROME_UA)
+    posts: list[str] = []
+    context.on("request", lambda request: posts.append(urlsplit(request.url).path) if request.method == "POST" else None)
+    page = context.new_page()
+    page.goto(f"{site.origin}/batch")
+    events = wait_events(tracker, lambda e: e.type == "custom_event", 2, "the batched events", page)
+    conversion = wait_events(tracker, lambda e: e.type == "conversion", 1, "the conversion", page)[0]
+    page.wait_for_function("JSON.parse(sessionStorage.getItem('tp_q')).length === 0")  # the refused one dropped
+    assert sorted(event.dims["name"] for event in events) == ["first", "third"]
+    assert posts.count("/t/event/batch") == 1 and "/t/event" not in posts  # one request for the three
+    assert conversion.dims["order_id"] == "B-1"
+    assert posts.count("/conv/batch") == 1 and posts.count("/conv") == 1  # 404: then one request each
+    assert posts.count("/t/page") == 1  # page views have no batch path: one request each
+    assert not [event for event in tracker.events() if event.dims.get("name") == long_name]
     context.close()
