@@ -68,11 +68,10 @@ def site() -> Iterator[Site]:
     shop.close()
 
 
-@pytest.fixture
-def shop_tracker(tracker_factory: Any, site: Site) -> Tracker:
+def shop_config(site: Site) -> dict[str, Any]:
     """examples/web-tag.yaml as it is, but for the shop's local origin (no cookie domain: the shop is 127.0.0.1), and
     custom events recording how the browser sent them (`Sec-Fetch-Mode`: `cors` for fetch, `no-cors` for a beacon)."""
-    config = yaml.safe_load(EXAMPLE.read_text())
+    config: dict[str, Any] = yaml.safe_load(EXAMPLE.read_text())
     for spec in config["event_types"].values():
         response = spec["response"] = dict(spec["response"])  # the example shares one response (a YAML anchor)
         if "cors" in response:
@@ -80,7 +79,12 @@ def shop_tracker(tracker_factory: Any, site: Site) -> Tracker:
             response["user_id_cookie"] = {"name": "tp_uid", "max_age_days": 390}
     config["event_types"]["click"]["response"]["allow_hosts"] = ["127.0.0.1"]
     config["event_types"]["custom_event"]["fields"]["mode"] = {"source": "header", "name": "Sec-Fetch-Mode"}
-    tracker: Tracker = tracker_factory(config)
+    return config
+
+
+@pytest.fixture
+def shop_tracker(tracker_factory: Any, site: Site) -> Tracker:
+    tracker: Tracker = tracker_factory(shop_config(site))
     return tracker
 
 
@@ -332,4 +336,26 @@ def test_a_batch_is_acknowledged_item_by_item(browser: Any, site: Site, shop_tra
     assert posts.count("/conv/batch") == 1 and posts.count("/conv") == 1  # 404: then one request each
     assert posts.count("/t/page") == 1  # page views have no batch path: one request each
     assert not [event for event in tracker.events() if event.dims.get("name") == long_name]
+    context.close()
+
+
+def test_items_refused_for_a_while_are_retried(browser: Any, site: Site, tracker_factory: Any) -> None:
+    """Items of a batch refused with a passing reason (here the type's rate limit, 429 rate_limited) are retried
+    with backoff until they are accepted; each is recorded once."""
+    config = shop_config(site)
+    config["event_types"]["custom_event"]["rate_limit"] = {"rate_per_s": 2, "burst": 2, "action": "reject"}
+    tracker = tracker_factory(config)
+    names = [f"burst-{index}" for index in range(5)]
+    calls = "".join(f'tp("event", "{name}");' for name in names)
+    site.pages["/burst"] = page_html(tracker, script=calls, attributes=f'{BATCH} data-batch-ms="0"')
+    context = browser.new_context(user_agent=CHROME_UA)
+    batches: list[str] = []
+    context.on("request", lambda r: batches.append(r.post_data or "") if r.url.endswith("/t/event/batch") else None)
+    page = context.new_page()
+    page.goto(f"{site.origin}/burst")
+    events = wait_events(tracker, lambda e: e.type == "custom_event", 5, "the five events", page)
+    page.wait_for_function("JSON.parse(sessionStorage.getItem('tp_q')).length === 0")
+    assert sorted(event.dims["name"] for event in events) == names  # each once
+    assert len(batches) >= 2 and all(name in batches[0] for name in names)  # one batch, then the retries
+    assert not any("burst-0" in batch for batch in batches[1:])  # an accepted item is not sent again
     context.close()
