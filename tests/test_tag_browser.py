@@ -88,7 +88,9 @@ def shop_tracker(tracker_factory: Any, site: Site) -> Tracker:
     return tracker
 
 
-def page_html(tracker: Tracker, body: str = "", script: str = "", attributes: str = f'data-consent="required" {BATCH}') -> str:
+def page_html(
+    tracker: Tracker, body: str = "", script: str = "", attributes: str = f'data-consent="required" {BATCH}'
+) -> str:
     """A page of the shop: the async snippet, the tag pinned by its integrity hash, and the site's own calls. The
     site's consent banner is simulated: it remembers the visitor's choice and tells the tag on every page."""
     src = f"http://127.0.0.1:{tracker.port}/tp/{TAG.version}/tp.js"
@@ -324,7 +326,7 @@ def test_a_batch_is_acknowledged_item_by_item(browser: Any, site: Site, shop_tra
     )
     context = browser.new_context(user_agent=CHROME_UA)
     posts: list[str] = []
-    context.on("request", lambda request: posts.append(urlsplit(request.url).path) if request.method == "POST" else None)
+    context.on("request", lambda r: posts.append(urlsplit(r.url).path) if r.method == "POST" else None)
     page = context.new_page()
     page.goto(f"{site.origin}/batch")
     events = wait_events(tracker, lambda e: e.type == "custom_event", 2, "the batched events", page)
