@@ -76,7 +76,7 @@
   let click = null;
   /** @type {ReturnType<typeof setTimeout> | undefined} */
   let timer;
-  /** @type {Record<string, boolean>} batch paths the tracker answered 404, 405 or 413: one request each instead */
+  /** @type {Record<string, boolean>} batch paths that failed or were answered 404, 405, 413: one request each now */
   const unbatched = {};
 
   // Storage may be missing or refuse access (blocked cookies, private modes): the events still go, only without
