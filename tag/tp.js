@@ -18,6 +18,9 @@
    * @property {string} page path of the page view event type
    * @property {string} event path of the custom event type
    * @property {string} conversion path of the conversion event type
+   * @property {string} pageBatch batch path of the page view event type ("": one request per page view)
+   * @property {string} eventBatch batch path of the custom event type ("": one request per event)
+   * @property {string} conversionBatch batch path of the conversion event type ("": one request per conversion)
    * @property {boolean} consent wait for `tp('consent', ...)` (or the page's TCF CMP) before sending anything
    * @property {number} batchMs how long events gather before they are sent
    * @property {number} clickDays how long a click id from the landing URL is kept for conversions
@@ -36,6 +39,9 @@
   const CLICK_KEY = "tp_click";
   const MAX_QUEUE = 100; // events kept while the tracker cannot be reached (the oldest give way)
   const MAX_BACKOFF_MS = 60000;
+  const MAX_BATCH = 50; // items per batch request (a batch path's max_items is at least this, else: one each)
+  // Refusals of an item in a batch that a later try may turn into an acceptance (429, 503); any other is final.
+  const TRANSIENT = /^(rate_limited|backpressure|log_|collector_)/;
   const PENDING = 0;
   const GRANTED = 1;
   const DENIED = 2;
@@ -48,6 +54,9 @@
     page: data.page || "/t/page",
     event: data.event || "/t/event",
     conversion: data.conversion || "/conv",
+    pageBatch: data.pageBatch || "",
+    eventBatch: data.eventBatch || "",
+    conversionBatch: data.conversionBatch || "",
     consent: data.consent === "required",
     batchMs: Number(data.batchMs || 500),
     clickDays: Number(data.clickDays || 30),
@@ -67,6 +76,8 @@
   let click = null;
   /** @type {ReturnType<typeof setTimeout> | undefined} */
   let timer;
+  /** @type {Record<string, boolean>} batch paths that failed or were answered 404, 405, 413: one request each now */
+  const unbatched = {};
 
   // Storage may be missing or refuse access (blocked cookies, private modes): the events still go, only without
   // surviving a reload. `local`: localStorage (the click id, for later visits), else sessionStorage (the queue).
@@ -98,38 +109,80 @@
   const randomId = () =>
     Array.from(crypto.getRandomValues(new Uint8Array(16)), (byte) => (byte + 256).toString(16).slice(1)).join("");
 
+  /** The batch path an event goes to, or "" (one request per event). @param {string} path */
+  const batchOf = (path) => {
+    const batch =
+      path === options.page
+        ? options.pageBatch
+        : path === options.event
+          ? options.eventBatch
+          : path === options.conversion
+            ? options.conversionBatch
+            : "";
+    return batch && !unbatched[batch] ? batch : "";
+  };
+  /** Items of a type with a batch path wait while a single request is in flight: the page view goes first, and its
+   * answer sets the user id cookie (a batch's answer sets none). @param {Item} item */
+  const waits = (item) => !!batchOf(item.path) && queue.some((other) => other.sending && !batchOf(other.path));
+
   /**
-   * The transport, one function so that a batch endpoint can take a whole batch in one request one day; today one
-   * request per event. While the page lives: fetch with keepalive, acknowledged by a 2xx (a 4xx other than 408 and
-   * 429 will never succeed: dropped); as it goes away: sendBeacon, which the browser delivers after the page is gone.
+   * The transport. Events of a type with a batch path leave together, up to MAX_BATCH per request, the others one
+   * request each. While the page lives: fetch with keepalive, acknowledged by a 2xx; in a batch's answer, an item is
+   * acknowledged unless it is listed as refused (refused for good: dropped; for a while, 429 or 503: retried). A 4xx
+   * other than 408 and 429 will never succeed: dropped. A batch that fails or gets 404, 405 or 413 is retried one
+   * request per item. As the page goes away: sendBeacon (a batch in one beacon), delivered after the page is gone.
    * @param {Item[]} items
    * @param {boolean} leaving
    */
   const transmit = (items, leaving) => {
+    /** @type {Record<string, Item[]>} items by anonymity and batch path */
+    const batches = {};
     for (const item of items) {
-      const url = options.endpoint + item.path;
-      const body = JSON.stringify({ ...item.body, ...tcf }); // a string: text/plain, no preflight
-      // sendBeacon always sends cookies: an event that must carry none goes by fetch, which keepalive lets outlive us
-      if (leaving && !item.anon && navigator.sendBeacon && navigator.sendBeacon(url, body)) {
-        done(item);
-        continue;
-      }
-      item.sending = true;
-      fetch(url, { method: "POST", body, keepalive: true, credentials: item.anon ? "omit" : "include" }).then(
-        (response) => {
-          const status = response.status;
-          if (response.ok || (status >= 400 && status < 500 && status !== 408 && status !== 429)) done(item);
-          else retry(item);
-        },
-        () => retry(item),
-      );
+      const batch = batchOf(item.path);
+      if (batch) (batches[+item.anon + batch] = batches[+item.anon + batch] || []).push(item);
+      else send([item], item.path, leaving, false);
     }
+    for (const key in batches)
+      for (let list = batches[key]; list.length; ) send(list.splice(0, MAX_BATCH), key.slice(1), leaving, true);
+  };
+
+  /** @param {Item[]} items @param {string} path @param {boolean} leaving @param {boolean} batched */
+  const send = (items, path, leaving, batched) => {
+    const url = options.endpoint + path;
+    const bodies = items.map((item) => ({ ...item.body, ...tcf }));
+    const body = JSON.stringify(batched ? bodies : bodies[0]); // a string: text/plain, no preflight
+    const anon = items[0].anon;
+    // sendBeacon always sends cookies: an event that must carry none goes by fetch, which keepalive lets outlive us
+    if (leaving && !anon && navigator.sendBeacon && navigator.sendBeacon(url, body)) return items.forEach(done);
+    for (const item of items) item.sending = true;
+    fetch(url, { method: "POST", body, keepalive: true, credentials: anon ? "omit" : "include" })
+      .then(async (response) => {
+        const status = response.status;
+        /** @type {{index: number, error: string}[]} */
+        let refused = [];
+        if (batched && response.ok) refused = (await response.json()).refused;
+        else if (batched && (status === 404 || status === 405 || status === 413)) throw 0; // not a batch path
+        else if (!response.ok && (status < 400 || status > 499 || status === 408 || status === 429))
+          return items.forEach(retry);
+        items.forEach((item, index) => {
+          const refusal = refused.find((refusal) => refusal.index === index);
+          if (refusal && TRANSIENT.test(refusal.error)) retry(item);
+          else done(item);
+        });
+      })
+      .catch(() => {
+        // No answer the tag can read (offline, or a 404 without CORS headers), or not a batch path's: this page
+        // sends the type's events one request each from now on (always valid; a batch is only cheaper).
+        if (batched) unbatched[path] = true;
+        items.forEach(retry);
+      });
   };
 
   /** @param {Item} item */
   const done = (item) => {
     queue = queue.filter((queued) => queued !== item);
     save();
+    schedule(); // what waited for this request
   };
 
   /** Backoff with jitter: 1 s, 2 s, 4 s ... up to a minute, and at once when the browser is back online.
@@ -148,12 +201,14 @@
     timer = undefined;
     if (!navigator.onLine) return; // the `online` event flushes
     const now = Date.now();
-    transmit(queue.filter((item) => !item.sending && item.due <= now), false);
+    const due = queue.filter((item) => !item.sending && item.due <= now);
+    transmit(due.filter((item) => !batchOf(item.path)), false);
+    transmit(due.filter((item) => !item.sending && !waits(item)), false);
     schedule();
   };
 
   const schedule = () => {
-    const waiting = queue.filter((item) => !item.sending).map((item) => item.due);
+    const waiting = queue.filter((item) => !item.sending && !waits(item)).map((item) => item.due);
     clearTimeout(timer);
     timer = waiting.length ? setTimeout(flush, Math.max(0, Math.min(...waiting) - Date.now())) : undefined;
   };

@@ -26,6 +26,7 @@ from trackpoint.tag import built_tag
 pytestmark = pytest.mark.e2e
 
 EXAMPLE = Path(__file__).resolve().parent.parent / "examples" / "web-tag.yaml"
+BATCH = 'data-event-batch="/t/event/batch"'  # custom events go in batches, as the example's snippet says
 TAG = built_tag()
 
 
@@ -67,11 +68,10 @@ def site() -> Iterator[Site]:
     shop.close()
 
 
-@pytest.fixture
-def shop_tracker(tracker_factory: Any, site: Site) -> Tracker:
+def shop_config(site: Site) -> dict[str, Any]:
     """examples/web-tag.yaml as it is, but for the shop's local origin (no cookie domain: the shop is 127.0.0.1), and
     custom events recording how the browser sent them (`Sec-Fetch-Mode`: `cors` for fetch, `no-cors` for a beacon)."""
-    config = yaml.safe_load(EXAMPLE.read_text())
+    config: dict[str, Any] = yaml.safe_load(EXAMPLE.read_text())
     for spec in config["event_types"].values():
         response = spec["response"] = dict(spec["response"])  # the example shares one response (a YAML anchor)
         if "cors" in response:
@@ -79,11 +79,18 @@ def shop_tracker(tracker_factory: Any, site: Site) -> Tracker:
             response["user_id_cookie"] = {"name": "tp_uid", "max_age_days": 390}
     config["event_types"]["click"]["response"]["allow_hosts"] = ["127.0.0.1"]
     config["event_types"]["custom_event"]["fields"]["mode"] = {"source": "header", "name": "Sec-Fetch-Mode"}
-    tracker: Tracker = tracker_factory(config)
+    return config
+
+
+@pytest.fixture
+def shop_tracker(tracker_factory: Any, site: Site) -> Tracker:
+    tracker: Tracker = tracker_factory(shop_config(site))
     return tracker
 
 
-def page_html(tracker: Tracker, body: str = "", script: str = "", attributes: str = 'data-consent="required"') -> str:
+def page_html(
+    tracker: Tracker, body: str = "", script: str = "", attributes: str = f'data-consent="required" {BATCH}'
+) -> str:
     """A page of the shop: the async snippet, the tag pinned by its integrity hash, and the site's own calls. The
     site's consent banner is simulated: it remembers the visitor's choice and tells the tag on every page."""
     src = f"http://127.0.0.1:{tracker.port}/tp/{TAG.version}/tp.js"
@@ -143,7 +150,7 @@ def test_consent_events_click_attribution_and_the_beacon(browser: Any, site: Sit
     site.pages["/leaving"] = page_html(
         tracker,
         script='tp("event", "scroll", {label: "25"}); tp("event", "scroll", {label: "50"});',
-        attributes='data-consent="required" data-batch-ms="600000"',  # nothing leaves before the page does
+        attributes=f'data-consent="required" {BATCH} data-batch-ms="600000"',  # nothing leaves before the page does
     )
     context = browser.new_context(user_agent=CHROME_UA)
     posts: list[str] = []  # every event the page sends to the tracker
@@ -162,7 +169,11 @@ def test_consent_events_click_attribution_and_the_beacon(browser: Any, site: Sit
     granted_at = time.time()
     page.evaluate('localStorage.setItem("site_consent", "yes"); tp("consent", "granted")')
     views = wait_events(
-        tracker, lambda e: with_url(site.origin + "/")(e) and e.dims.get("name") != "sentinel", 2, "the first page's"
+        tracker,
+        lambda e: with_url(site.origin + "/")(e) and e.dims.get("name") != "sentinel",
+        2,
+        "the first page's",
+        page,  # Playwright's wait: the request events reach `posts`
     )
     assert all(event.ts >= int(granted_at * 1000) - 5 for event in views)  # recorded after the consent call
     view = next(event for event in views if event.type == "pageview")
@@ -172,6 +183,7 @@ def test_consent_events_click_attribution_and_the_beacon(browser: Any, site: Sit
     assert event.dims["name"] == "view_item" and event.dims["category"] == "shoes"
     assert event.metrics["value"] == 49_900_000 and event.dims["cur"] == "EUR"
     assert event.dims["mode"] == "cors"  # sent by fetch while the page lived
+    assert f"http://127.0.0.1:{tracker.port}/t/event/batch" in posts  # in a batch
     assert view.dims["eid"] != event.dims["eid"]
     assert view.dims["uid"].startswith("auto:")  # the user id cookie, pseudonymised
 
@@ -298,4 +310,54 @@ def test_denied_consent_sends_nothing(browser: Any, site: Site, shop_tracker: Tr
     send_sentinel(page, tracker)
     assert [event.dims["name"] for event in tracker.events()] == ["sentinel"]
     assert page.evaluate("[sessionStorage.getItem('tp_q'), localStorage.getItem('tp_click')]") == [None, None]
+    context.close()
+
+
+def test_a_batch_is_acknowledged_item_by_item(browser: Any, site: Site, shop_tracker: Tracker) -> None:
+    """A batch's answer lists the refused items: the accepted ones are done, a refused one is dropped (it would be
+    refused again), not retried; a batch path the tracker does not have: the events go one request each."""
+    tracker = shop_tracker
+    long_name = "n" * 65  # over the type's max_len: refused with field_too_long
+    site.pages["/batch"] = page_html(
+        tracker,
+        script=f'tp("event", "first"); tp("event", "{long_name}"); tp("event", "third");'
+        'tp("conversion", {order_id: "B-1", value: 5});',
+        attributes=f'{BATCH} data-conversion-batch="/conv/batch" data-batch-ms="200"',  # /conv has no batch path
+    )
+    context = browser.new_context(user_agent=CHROME_UA)
+    posts: list[str] = []
+    context.on("request", lambda r: posts.append(urlsplit(r.url).path) if r.method == "POST" else None)
+    page = context.new_page()
+    page.goto(f"{site.origin}/batch")
+    events = wait_events(tracker, lambda e: e.type == "custom_event", 2, "the batched events", page)
+    conversion = wait_events(tracker, lambda e: e.type == "conversion", 1, "the conversion", page)[0]
+    page.wait_for_function("JSON.parse(sessionStorage.getItem('tp_q')).length === 0")  # the refused one dropped
+    assert sorted(event.dims["name"] for event in events) == ["first", "third"]
+    assert posts.count("/t/event/batch") == 1 and "/t/event" not in posts  # one request for the three
+    assert conversion.dims["order_id"] == "B-1"
+    assert posts.count("/conv/batch") == 1 and posts.count("/conv") == 1  # 404: then one request each
+    assert posts.count("/t/page") == 1  # page views have no batch path: one request each
+    assert not [event for event in tracker.events() if event.dims.get("name") == long_name]
+    context.close()
+
+
+def test_items_refused_for_a_while_are_retried(browser: Any, site: Site, tracker_factory: Any) -> None:
+    """Items of a batch refused with a passing reason (here the type's rate limit, 429 rate_limited) are retried
+    with backoff until they are accepted; each is recorded once."""
+    config = shop_config(site)
+    config["event_types"]["custom_event"]["rate_limit"] = {"rate_per_s": 2, "burst": 2, "action": "reject"}
+    tracker = tracker_factory(config)
+    names = [f"burst-{index}" for index in range(5)]
+    calls = "".join(f'tp("event", "{name}");' for name in names)
+    site.pages["/burst"] = page_html(tracker, script=calls, attributes=f'{BATCH} data-batch-ms="0"')
+    context = browser.new_context(user_agent=CHROME_UA)
+    batches: list[str] = []
+    context.on("request", lambda r: batches.append(r.post_data or "") if r.url.endswith("/t/event/batch") else None)
+    page = context.new_page()
+    page.goto(f"{site.origin}/burst")
+    events = wait_events(tracker, lambda e: e.type == "custom_event", 5, "the five events", page)
+    page.wait_for_function("JSON.parse(sessionStorage.getItem('tp_q')).length === 0")
+    assert sorted(event.dims["name"] for event in events) == names  # each once
+    assert len(batches) >= 2 and all(name in batches[0] for name in names)  # one batch, then the retries
+    assert not any("burst-0" in batch for batch in batches[1:])  # an accepted item is not sent again
     context.close()
