@@ -29,6 +29,7 @@ if TYPE_CHECKING:
 
 _monotonic = time.monotonic
 BATCH_ALLOW = b"Allow: POST\r\n"
+BATCH_ALLOW_CORS = b"Allow: POST, OPTIONS\r\n"  # and preflights, on an event type with CORS
 FILE_ALLOW = b"Allow: GET, HEAD\r\n"  # the files the edge serves (the JS tag)
 JSON_NO_STORE = b"Content-Type: application/json\r\n" + NO_STORE
 
@@ -204,7 +205,11 @@ class EdgeProtocol(HttpConnection):
         The URL's signature is checked once for the whole batch; rate limits apply per item."""
         edge = self.edge
         if method != b"POST":
-            self.reject(405, "method_not_allowed", None, keep_alive, method == b"HEAD", route.cors, BATCH_ALLOW)
+            # A browser's batch (JSON, maybe Content-Encoding) is preflighted like the event type's other paths.
+            if method == b"OPTIONS" and route.cors is not None and self.preflight(route.cors, keep_alive):
+                return
+            allow = BATCH_ALLOW if route.cors is None else BATCH_ALLOW_CORS
+            self.reject(405, "method_not_allowed", None, keep_alive, method == b"HEAD", route.cors, allow)
             return
         try:
             if any(not gate.accepting for gate in route.gates):  # a full spool asks for backpressure
