@@ -130,16 +130,18 @@ def test_compressed_batches_and_their_caps(batching: Tracker) -> None:
 
 
 def test_a_batch_path_answers_the_preflight_of_its_event_types_cors(tracker_factory: Any) -> None:
-    """A browser's batch is JSON, often gzipped: a cross-origin one is preflighted, and the batch path answers it."""
+    """A browser's batch is JSON, often gzipped: a cross-origin one is preflighted, and the batch path answers it,
+    allowing POST even where the event type's own paths take GET only (a pixel's)."""
     shop = "https://shop.example.com"
     cors = {"allow_origins": [shop], "allow_headers": ["content-type", "content-encoding"]}
     tracker: Tracker = tracker_factory(
-        {"event_types": {"track": {**TRACK, "response": {"kind": "json", "cors": cors}}}}
+        {"event_types": {"track": {**TRACK, "methods": ["GET"], "response": {"kind": "json", "cors": cors}}}}
     )
     preflight = {"Origin": shop, "Access-Control-Request-Method": "POST"}
     status, headers, body = tracker.request("OPTIONS", "/t/batch", headers=preflight)
     assert (status, body) == (204, b"")
     assert headers["access-control-allow-origin"] == shop
+    assert headers["access-control-allow-methods"] == "POST"
     assert headers["access-control-allow-headers"] == "content-type, content-encoding"
     status, headers, _ = tracker.request("OPTIONS", "/t/batch", headers={**preflight, "Origin": "https://evil.test"})
     assert (status, headers["x-reject-reason"]) == (403, "cors_origin_not_allowed")
