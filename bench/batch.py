@@ -2,9 +2,11 @@
 
 One worker, one event type (`track`: four JSON fields, no preprocessors, the log), loaded by wrk with POST bodies:
 `POST /t` with one JSON event, and `POST /t/batch` with a JSON array of BATCH_ITEMS events. Reported: events per
-second and the worker's CPU time per event at saturation, each the mean of ROUNDS alternating runs.
+second and the worker's CPU time per event at saturation, each the mean of ROUNDS alternating runs, charted side by
+side (batch.png).
 
-Run ``.venv/bin/python bench/batch.py [--quick] [--record]``; results go to bench/results/batch.json.
+Run ``scripts/bench-batch [--quick] [--record]``; results go to bench/results/batch.json and batch.png with
+``--record``, else to the temp directory.
 """
 
 from __future__ import annotations
@@ -20,7 +22,11 @@ import tempfile
 import time
 from collections.abc import Iterator
 from pathlib import Path
+from typing import Any
 
+from matplotlib.backends.backend_agg import FigureCanvasAgg
+from matplotlib.figure import Figure
+from matplotlib.ticker import FuncFormatter
 from rich.console import Console
 from rich.table import Table
 
@@ -41,6 +47,7 @@ from harness import (
 )
 
 REPO_ROOT = Path(__file__).resolve().parent.parent
+BATCH_PNG = RESULTS_DIR / "batch.png"
 TRACKER_BIN = REPO_ROOT / ".venv" / "bin" / "trackpoint"
 ROUNDS = 2
 BATCH_ITEMS = 100
@@ -92,6 +99,34 @@ def post_script(workdir: Path, body: bytes) -> Path:
     return path
 
 
+def chart(report: dict[str, Any], path: Path) -> None:
+    """Events per second and worker CPU per event, one request per event against BATCH_ITEMS per request."""
+    figure = Figure(figsize=(10, 4))
+    FigureCanvasAgg(figure)
+    left, right = figure.subplots(1, 2)
+    labels = ["one per request\nPOST /t", f"{report['batch_items']} per request\nPOST /t/batch"]
+    colors = ["#888", "#36c"]
+    single, batch = report["single"], report["batch"]
+    rates = [single["events_per_s"], batch["events_per_s"]]
+    costs = [single["cpu_us_per_event"], batch["cpu_us_per_event"]]
+    left.bar(labels, rates, color=colors)
+    left.set_ylabel("events/s (saturated, one worker)")
+    left.set_title(f"throughput: {rates[1] / rates[0]:.1f}x in batches")
+    right.bar(labels, costs, color=colors)
+    right.set_ylabel("worker CPU µs per event")
+    right.set_title(f"cost per event: {costs[1]:.1f} µs against {costs[0]:.1f} µs")
+    left.yaxis.set_major_formatter(FuncFormatter(lambda value, _: f"{value:,.0f}"))
+    for axes, values, text in ((left, rates, "{:,.0f}"), (right, costs, "{:.1f}")):
+        axes.set_ylim(0, max(values) * 1.15)  # room for the labels
+        for x, value in enumerate(values):
+            axes.annotate(text.format(value), (x, value), ha="center", va="bottom", fontsize=9)
+    commit = report["git"]["commit"]
+    quick = ", --quick" if report["quick"] else ""
+    figure.suptitle(f"trackpoint batches {str(report['date'])[:10]}  commit {commit[:12] if commit else 'n/a'}{quick}")
+    figure.tight_layout()
+    figure.savefig(path, dpi=100)
+
+
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--quick", action="store_true", help="short runs (CI)")
@@ -125,7 +160,7 @@ def main(argv: list[str] | None = None) -> int:
     except HarnessError as exc:
         console.print(f"[bold red]benchmark failed[/]: {exc}")
         return 1
-    report: dict[str, object] = {
+    report: dict[str, Any] = {
         "date": datetime.datetime.now(datetime.UTC).isoformat(timespec="seconds"),
         "git": dict(zip(("commit", "dirty"), git_state(), strict=True)),
         "quick": args.quick,
@@ -141,7 +176,8 @@ def main(argv: list[str] | None = None) -> int:
     console.print(table)
     out_dir = RESULTS_DIR if args.record else Path(tempfile.gettempdir())
     (out_dir / "batch.json").write_text(json.dumps(report, indent=2) + "\n")
-    console.print(f"results: {out_dir / 'batch.json'}")
+    chart(report, out_dir / BATCH_PNG.name)
+    console.print(f"results: {out_dir / 'batch.json'}, {out_dir / BATCH_PNG.name}")
     return 0
 
 

@@ -47,7 +47,7 @@ def results_table(name: str) -> str:
     if not path.is_file():
         raise PluginError(f"bench-table: no recorded run {path}")
     run = json.loads(path.read_text(encoding="utf-8"))
-    tables = {"latest": _edge_rows, "flood": _flood_rows, "peers": _peers_rows}
+    tables = {"latest": _edge_rows, "flood": _flood_rows, "peers": _peers_rows, "batch": _batch_rows}
     rows = tables.get(name, _check_rows)(run)
     commit = str(run.get("git", {}).get("commit", ""))[:7]
     quick = " (`--quick`)" if run.get("quick") or run.get("settings", {}).get("quick") else ""
@@ -105,6 +105,18 @@ def _peers_rows(run: dict[str, Any]) -> list[str]:
         cells = [f"{_ms(rates[0]['p50_ms'])} / {_ms(rates[0]['p99_ms'])}"] if rates else ["-"]
         cells += [_ms(rate["p99_ms"]) for rate in rates[1:3]] or ["-", "-"]
         rows.append(f"| {name} | {stack['rps_median']:,.0f} | {stack['cpu_us_median']:.1f} | {' | '.join(cells)} |")
+    return rows
+
+
+def _batch_rows(run: dict[str, Any]) -> list[str]:
+    rows = ["| requests | events/s | worker CPU per event |", "|---|---:|---:|"]
+    labels = {
+        "single": "one event per request, `POST /t`",
+        "batch": f"{run['batch_items']} events per request, `POST /t/batch`",
+    }
+    for name, label in labels.items():
+        rows.append(f"| {label} | {run[name]['events_per_s']:,.0f} | {run[name]['cpu_us_per_event']:.1f} µs |")
+    rows.append(f"| **batch / single** | **{run['batch']['events_per_s'] / run['single']['events_per_s']:.1f}x** | |")
     return rows
 
 

@@ -129,6 +129,32 @@ def test_compressed_batches_and_their_caps(batching: Tracker) -> None:
     assert (status, headers["allow"]) == (405, "POST")
 
 
+def test_a_batch_path_answers_the_preflight_of_its_event_types_cors(tracker_factory: Any) -> None:
+    """A browser's batch is JSON, often gzipped: a cross-origin one is preflighted, and the batch path answers it,
+    allowing POST even where the event type's own paths take GET only (a pixel's)."""
+    shop = "https://shop.example.com"
+    cors = {"allow_origins": [shop], "allow_headers": ["content-type", "content-encoding"]}
+    tracker: Tracker = tracker_factory(
+        {"event_types": {"track": {**TRACK, "methods": ["GET"], "response": {"kind": "json", "cors": cors}}}}
+    )
+    preflight = {"Origin": shop, "Access-Control-Request-Method": "POST"}
+    status, headers, body = tracker.request("OPTIONS", "/t/batch", headers=preflight)
+    assert (status, body) == (204, b"")
+    assert headers["access-control-allow-origin"] == shop
+    assert headers["access-control-allow-methods"] == "POST"
+    assert headers["access-control-allow-headers"] == "content-type, content-encoding"
+    status, headers, _ = tracker.request("OPTIONS", "/t/batch", headers={**preflight, "Origin": "https://evil.test"})
+    assert (status, headers["x-reject-reason"]) == (403, "cors_origin_not_allowed")
+    status, headers, _ = tracker.request("OPTIONS", "/t/batch")  # not a preflight
+    assert (status, headers["allow"]) == (405, "POST, OPTIONS")
+    status, reply_headers, answer = tracker.request(
+        "POST", "/t/batch", gzip.compress(b'[{"event": "pv"}]'), {**JSON, "Origin": shop, "Content-Encoding": "gzip"}
+    )
+    assert (status, json.loads(answer)) == (200, {"accepted": 1, "refused": []})
+    assert reply_headers["access-control-allow-origin"] == shop
+    assert tracker.wait_events(1)[0].dims["event"] == "pv"
+
+
 @pytest.mark.parametrize(
     ("batch_paths", "message"),
     [(["/t"], "/t is already taken"), (["t/batch"], "a path starts with /"), (["/b", "/b"], "/b is already taken")],

@@ -1,6 +1,7 @@
 """A real browser against a running tracker: headless Chromium (the session `browser` fixture) loads a page from
-another origin that fires a pixel, `sendBeacon` with a string and with `URLSearchParams`, a preflighted `fetch` with
-`keepalive` and credentials, and a click through the tracker's redirect to an IRI landing page; every event is then
+another origin that fires a pixel, `sendBeacon` with a string, with `URLSearchParams` and with `FormData`, a
+preflighted `fetch` with `keepalive` and credentials, a batch gzipped by the browser's own `CompressionStream` and
+POSTed to a batch path, and a click through the tracker's redirect to an IRI landing page; every event is then
 checked in the log. What no hand-written client can prove: that browsers send what the tracker reads.
 """
 
@@ -81,8 +82,13 @@ def tracker_config(origin: str) -> dict[str, Any]:
                 },
                 "response": {
                     "kind": "no_content",
-                    "cors": {"allow_origins": [origin], "allow_credentials": True, "allow_headers": ["content-type"]},
+                    "cors": {
+                        "allow_origins": [origin],
+                        "allow_credentials": True,
+                        "allow_headers": ["content-type", "content-encoding"],  # the gzipped batch's
+                    },
                 },
+                "batch": {"paths": ["/t/batch"]},
                 "preprocessors": ["anonymize_ip", "parse_user_agent"],
                 "collectors": ["log"],
             },
@@ -103,11 +109,27 @@ def page(tracker_url: str, landing: str) -> str:
       JSON.stringify({{name: "beacon_string", label: "grüße"}}));
   window.results.beaconParams = navigator.sendBeacon(tracker + "/t/event",
       new URLSearchParams({{name: "beacon_params", label: "a b&c"}}));
+  const form = new FormData();  // multipart/form-data
+  form.append("name", "beacon_form");
+  form.append("label", "Grüße aus Köln");
+  window.results.beaconForm = navigator.sendBeacon(tracker + "/t/event", form);
   window.results.fetched = fetch(tracker + "/t/event", {{
       method: "POST", keepalive: true, credentials: "include",
       headers: {{"Content-Type": "application/json"}},
       body: JSON.stringify({{name: "fetch_keepalive", value: 49.90, cur: "EUR"}}),
   }}).then(response => response.status, error => String(error));
+  // A batch as an SDK sends it: a JSON array, gzipped by the browser itself (preflighted: Content-Encoding).
+  window.results.batch = (async () => {{
+    const items = [{{name: "batch_first", label: "über"}}, {{name: "batch_second", value: 3.5, cur: "EUR"}}];
+    const compressed = new Blob([JSON.stringify(items)]).stream().pipeThrough(new CompressionStream("gzip"));
+    const gzipped = new Uint8Array(await new Response(compressed).arrayBuffer());
+    const response = await fetch(tracker + "/t/batch", {{
+        method: "POST", credentials: "include",
+        headers: {{"Content-Type": "application/json", "Content-Encoding": "gzip"}},
+        body: gzipped,
+    }});
+    return {{status: response.status, answer: await response.json(), magic: [gzipped[0], gzipped[1]]}};
+  }})().catch(error => String(error));
 </script>
 """
 
@@ -130,6 +152,9 @@ def test_a_page_on_another_origin_fires_every_kind_of_request(
         browser_page.goto(site.origin + "/")
         assert browser_page.evaluate("window.results.beaconString") is True
         assert browser_page.evaluate("window.results.beaconParams") is True
+        assert browser_page.evaluate("window.results.beaconForm") is True
+        batch = browser_page.evaluate("window.results.batch")  # the promise, awaited
+        assert batch == {"status": 200, "answer": {"accepted": 2, "refused": []}, "magic": [0x1F, 0x8B]}, batch
         assert browser_page.evaluate("window.results.fetched") == 204  # the preflight passed, the answer readable
         assert browser_page.evaluate("document.getElementById('pixel').naturalWidth") == 1
         with browser_page.expect_navigation(url=f"{site.origin}/landing/**"):
@@ -141,13 +166,27 @@ def test_a_page_on_another_origin_fires_every_kind_of_request(
     expected = f"{site.origin}/landing/%C3%A4pfel?q=%C3%A4pfel%20rot&tp_click="
     assert landed_url.startswith(expected), landed_url
     assert site.landed and site.landed[0].startswith("/landing/%C3%A4pfel?q=%C3%A4pfel%20rot&tp_click=")
-    events = tracker.wait_events(5)
+    events = tracker.wait_events(8)
     by_name = {e.dims.get("name") or e.type: e for e in events}
-    assert len(events) == 5
-    assert sorted(by_name) == ["beacon_params", "beacon_string", "click", "fetch_keepalive", "impression"]
+    assert len(events) == 8
+    assert sorted(by_name) == [
+        "batch_first",
+        "batch_second",
+        "beacon_form",
+        "beacon_params",
+        "beacon_string",
+        "click",
+        "fetch_keepalive",
+        "impression",
+    ]
     assert by_name["impression"].dims["imp"] == "b-pixel" and by_name["impression"].dims["cid"] == "summer"
     assert by_name["beacon_string"].dims["label"] == "grüße"  # text/plain JSON, UTF-8 intact
     assert by_name["beacon_params"].dims["label"] == "a b&c"  # form-urlencoded
+    assert by_name["beacon_form"].dims["label"] == "Grüße aus Köln"  # multipart/form-data, UTF-8 intact
+    # The gzipped batch: each item its own event with its own id, inflated and read as a JSON body.
+    assert by_name["batch_first"].dims["label"] == "über"
+    assert by_name["batch_second"].metrics == {"value": 3_500_000} and by_name["batch_second"].dims["cur"] == "EUR"
+    assert by_name["batch_first"].id != by_name["batch_second"].id
     assert (
         by_name["fetch_keepalive"].metrics == {"value": 49_900_000} and by_name["fetch_keepalive"].dims["cur"] == "EUR"
     )

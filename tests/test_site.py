@@ -174,7 +174,7 @@ def test_the_site_builds_strictly_with_every_page(site: Path) -> None:
 @pytest.mark.e2e  # builds the site with mkdocs, a subprocess
 def test_the_benchmark_charts_are_published_from_bench_results(site: Path) -> None:
     charts = sorted(CHARTS.glob("*.png"))
-    assert {chart.name for chart in charts} >= {"latest.png", "queues.png"}
+    assert {chart.name for chart in charts} >= {"latest.png", "queues.png", "batch.png"}
     benchmarks = built_page(site, DOCS / "benchmarks.md").read_text(encoding="utf-8")
     for chart in charts:
         published = site / "assets" / "bench" / chart.name
@@ -246,11 +246,13 @@ def test_each_benchmark_chart_has_the_table_of_its_numbers_beside_it(site: Path)
     flood = json.loads((CHARTS / "flood.json").read_text())
     soak = json.loads((CHARTS / "soak.json").read_text())
     queues = json.loads((CHARTS / "queues.json").read_text())
+    batch = json.loads((CHARTS / "batch.json").read_text())
     expected = {
         "latest": [f"{latest['targets']['tracker']['rps']:,.0f}", f"{latest['targets']['nginx']['rps']:,.0f}"],
         "flood": [scenario["name"] for scenario in flood["scenarios"]],
         "soak": [html.escape(check["value"], quote=False) for check in soak["checks"]],
         "queues": [html.escape(check["value"], quote=False) for check in queues["checks"]],
+        "batch": [f"{batch[name]['events_per_s']:,.0f}" for name in ("single", "batch")],
     }
     for chart, numbers in expected.items():
         at = benchmarks.index(f'<a href="../assets/bench/{chart}.png"><img')  # a click opens the chart full size

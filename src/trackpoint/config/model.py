@@ -367,8 +367,9 @@ class UserIdCookie(Struct, forbid_unknown_fields=True, kw_only=True):
 
 class CorsSpec(Struct, forbid_unknown_fields=True, kw_only=True):
     """Cross-origin requests from browsers (CORS), for event types a web page calls with `fetch` or `sendBeacon`
-    from another origin. Off while `allow_origins` is empty. A preflight (`OPTIONS`) from an allowed origin is
-    answered 204 with the allowed methods (the event type's) and headers; from any other origin 403
+    from another origin. Off while `allow_origins` is empty. A preflight (`OPTIONS`, on its paths and its batch
+    paths) from an allowed origin is answered 204 with the allowed methods (the event type's;
+    POST on a batch path) and headers (a gzipped batch needs `content-encoding`); from any other origin 403
     `cors_origin_not_allowed`. Other responses to an allowed origin carry `Access-Control-Allow-Origin`; a request
     from another origin is still recorded, only without CORS headers (the browser then hides the response)."""
 

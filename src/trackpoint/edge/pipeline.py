@@ -29,6 +29,7 @@ if TYPE_CHECKING:
 
 _monotonic = time.monotonic
 BATCH_ALLOW = b"Allow: POST\r\n"
+BATCH_ALLOW_CORS = b"Allow: POST, OPTIONS\r\n"  # and preflights, on an event type with CORS
 FILE_ALLOW = b"Allow: GET, HEAD\r\n"  # the files the edge serves (the JS tag)
 JSON_NO_STORE = b"Content-Type: application/json\r\n" + NO_STORE
 
@@ -196,7 +197,14 @@ class EdgeProtocol(HttpConnection):
         return event
 
     def answer_batch(  # noqa: PLR0917 - the request's own parts
-        self, route: Route, max_items: int, method: bytes, path: bytes, query: bytes, keep_alive: bool
+        self,
+        route: Route,
+        max_items: int,
+        cors: CorsPolicy | None,
+        method: bytes,
+        path: bytes,
+        query: bytes,
+        keep_alive: bool,
     ) -> None:
         """A batch (POST to a batch path): each item built into its own event as a JSON body (a Matomo item as a
         query string) and preprocessed, the accepted ones recorded (their lines written before this answer leaves),
@@ -204,7 +212,11 @@ class EdgeProtocol(HttpConnection):
         The URL's signature is checked once for the whole batch; rate limits apply per item."""
         edge = self.edge
         if method != b"POST":
-            self.reject(405, "method_not_allowed", None, keep_alive, method == b"HEAD", route.cors, BATCH_ALLOW)
+            # A browser's batch (JSON, maybe Content-Encoding) is preflighted like the event type's other paths.
+            if method == b"OPTIONS" and cors is not None and self.preflight(cors, keep_alive):
+                return
+            allow = BATCH_ALLOW if cors is None else BATCH_ALLOW_CORS
+            self.reject(405, "method_not_allowed", None, keep_alive, method == b"HEAD", cors, allow)
             return
         try:
             if any(not gate.accepting for gate in route.gates):  # a full spool asks for backpressure
@@ -213,7 +225,7 @@ class EdgeProtocol(HttpConnection):
                 route.signature.check(path, query)
             items = batch_items(self.body or b"", max_items)
         except Reject as rejected:
-            self.reject(rejected.status, rejected.reason, rejected.field, keep_alive, False, route.cors)
+            self.reject(rejected.status, rejected.reason, rejected.field, keep_alive, False, cors)
             return
         client_ip = self.client_ip() if self.trusted_peer else self.peer_ip
         headers = self.headers
@@ -241,8 +253,8 @@ class EdgeProtocol(HttpConnection):
                 refused.append(refusal)
         body = msgspec.json.encode({"accepted": accepted, "refused": refused})
         response = head(edge.clock, 200, JSON_NO_STORE, len(body), keep_alive) + body
-        if route.cors is not None:
-            response = route.cors.decorate(response, headers.get(b"origin"))
+        if cors is not None:
+            response = cors.decorate(response, headers.get(b"origin"))
         self.send(response)
         self.finish(keep_alive)
 

@@ -201,7 +201,8 @@ class Edge:
         verifier = edge_verifier(config)
         self.routes: dict[bytes, Route] = {}
         # Batch paths (POST only): the event type's route, and its items per batch.
-        self.batch_routes: dict[bytes, tuple[Route, int]] = {}
+        # A batch path: its event type's route, max_items, and the CORS a batch gets (preflights allow POST).
+        self.batch_routes: dict[bytes, tuple[Route, int, CorsPolicy | None]] = {}
         kept_headers = set(CONTEXT_HEADERS | FRAMING_HEADERS | {b"host", b"forwarded"})
         for type_name, spec in config.event_types.items():
             route_preprocessors = tuple(preprocessors[name] for name in spec.preprocessors)
@@ -257,8 +258,9 @@ class Edge:
                 self.stats.shed[type_name] = 0
             for path in spec.paths:
                 self.routes[path.encode("utf-8")] = route
+            batch_cors = CorsPolicy(spec.response.cors, ["POST"]) if cors is not None and spec.batch.paths else None
             for path in spec.batch.paths:  # looked up only where `routes` has no entry: no cost per request
-                self.batch_routes[path.encode("utf-8")] = (route, spec.batch.max_items)
+                self.batch_routes[path.encode("utf-8")] = (route, spec.batch.max_items, batch_cors)
         # Files served as they are (the JS tag), by path: looked up only for a path no event type has.
         self.files = tag_files(config.server.tag, self.clock)
         if self.files:
