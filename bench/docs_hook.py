@@ -103,7 +103,9 @@ def _peers_rows(run: dict[str, Any]) -> list[str]:
     for name, stack in run["stacks"].items():
         rates = stack.get("rates", [])
         cells = [f"{_ms(rates[0]['p50_ms'])} / {_ms(rates[0]['p99_ms'])}"] if rates else ["-"]
-        cells += [_ms(rate["p99_ms"]) for rate in rates[1:3]] or ["-", "-"]
+        cells += [
+            _ms(rate["p99_ms"]) + (" (generator-bound)" if rate.get("generator_bound") else "") for rate in rates[1:3]
+        ] or ["-", "-"]
         rows.append(f"| {name} | {stack['rps_median']:,.0f} | {stack['cpu_us_median']:.1f} | {' | '.join(cells)} |")
     return rows
 

@@ -2,9 +2,10 @@
 // way a Go team would write it, with net/http and the standard library only (GOMAXPROCS=1).
 //
 // GET|HEAD /i?imp=..&cid=..&crid=..&pub=..: imp required, every field at most 64 bytes of UTF-8 without control
-// characters; the id is trackpoint's (BLAKE2b-128 of "impression\x1f<imp>"); one JSON line per accepted request goes
-// to a buffered log (flushed when 256 KiB fill or every 100 ms); the answer is the 43-byte GIF, or 400 with the
-// reason as trackpoint words it, 404, 405.
+// characters; an invalid optional value is left out and named in dims.invalid ("crid:field_too_long"), as a pixel
+// does; the id is trackpoint's (BLAKE2b-128 of "impression\x1f<imp>"); one JSON line per accepted request goes to a
+// buffered log (flushed when 256 KiB fill or every 100 ms); the answer is the 43-byte GIF, or 400 with the reason
+// as trackpoint words it, 404, 405.
 package main
 
 import (
@@ -123,11 +124,18 @@ func (l *eventLog) impression(w http.ResponseWriter, r *http.Request) {
 		reject(w, http.StatusBadRequest, reason, "imp")
 		return
 	}
-	for _, name := range optional {
-		if reason := check(query.Get(name)); reason != "" {
-			reject(w, http.StatusBadRequest, reason, name)
-			return
+	var values [len(optional)]string
+	invalid := ""
+	for i, name := range optional {
+		value := query.Get(name)
+		if reason := check(value); reason != "" {
+			if invalid != "" {
+				invalid += ","
+			}
+			invalid += name + ":" + reason
+			continue
 		}
+		values[i] = value
 	}
 	id := blake2b128([]byte("impression\x1f" + imp))
 	if r.Method == http.MethodGet {
@@ -141,13 +149,17 @@ func (l *eventLog) impression(w http.ResponseWriter, r *http.Request) {
 		b = strconv.AppendInt(b, time.Now().UnixMilli(), 10)
 		b = append(b, `,"dims":{"imp":`...)
 		b = appendString(b, imp)
-		for _, name := range optional {
-			if value := query.Get(name); value != "" {
+		for i, name := range optional {
+			if value := values[i]; value != "" {
 				b = append(b, ',', '"')
 				b = append(b, name...)
 				b = append(b, '"', ':')
 				b = appendString(b, value)
 			}
+		}
+		if invalid != "" {
+			b = append(b, `,"invalid":`...)
+			b = appendString(b, invalid)
 		}
 		b = append(b, `},"ctx":{"ip":`...)
 		b = appendString(b, truncate(r.RemoteAddr))

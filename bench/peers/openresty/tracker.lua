@@ -2,7 +2,7 @@
 -- OpenResty team would write it, in Lua on Debian's nginx with lua-nginx-module (LuaJIT) and lua-cjson.
 --
 -- GET|HEAD /i?imp=..&cid=..&crid=..&pub=..: imp required, every field at most 64 bytes of UTF-8 without control
--- characters; the id is trackpoint's (BLAKE2b-128 of "impression\x1f<imp>", through LuaJIT's FFI into libsodium,
+-- characters (an invalid optional value is left out and named in dims.invalid, as a pixel does); the id is trackpoint's (BLAKE2b-128 of "impression\x1f<imp>", through LuaJIT's FFI into libsodium,
 -- whose crypto_generichash is BLAKE2b); one JSON line per accepted request to a buffered log (Lua's stdio buffer,
 -- 256 KiB, flushed every 100 ms by a timer); the 43-byte GIF, or 400 with trackpoint's reason, 404, 405.
 local ffi = require "ffi"
@@ -98,16 +98,19 @@ function M.impression()
     return reject(400, reason, "imp")
   end
   local dims = { imp = imp }
+  local invalid
   for _, name in ipairs(OPTIONAL) do
     local value = args[name]
     if value ~= nil and value ~= "" then
       reason = check(value, MAX_LEN)
       if reason then
-        return reject(400, reason, name)
+        invalid = (invalid and invalid .. "," or "") .. name .. ":" .. reason
+      else
+        dims[name] = value
       end
-      dims[name] = value
     end
   end
+  dims.invalid = invalid
   if method == "GET" then
     local material = "impression\31" .. imp
     sodium.crypto_generichash(digest, 16, material, #material, nil, 0)

@@ -2,7 +2,8 @@
 //! team would write it, with hyper and a current-thread tokio runtime.
 //!
 //! GET|HEAD /i?imp=..&cid=..&crid=..&pub=..: imp required, every field at most 64 bytes of UTF-8 without control
-//! characters; the id is trackpoint's (BLAKE2b-128 of "impression\x1f<imp>"); one JSON line per accepted request to a
+//! characters (an invalid optional value is left out and named in dims.invalid, as a pixel does); the id is
+//! trackpoint's (BLAKE2b-128 of "impression\x1f<imp>"); one JSON line per accepted request to a
 //! buffered log (256 KiB, flushed every 100 ms); the 43-byte GIF, or 400 with trackpoint's reason, 404, 405.
 
 use std::cell::RefCell;
@@ -89,7 +90,7 @@ fn impression(request: &Request<Body>, peer: IpAddr, log: &Log) -> Response<Body
     let (mut imp, mut optional): (Option<String>, [Option<String>; 3]) = (None, [None, None, None]);
     for (key, value) in form_urlencoded::parse(query) {
         // form_urlencoded replaces bytes that are not UTF-8 with U+FFFD; trackpoint refuses them
-        if value.contains('\u{fffd}') {
+        if key == "imp" && value.contains('\u{fffd}') {
             return reject(StatusCode::BAD_REQUEST, "invalid_encoding", Some(&key));
         }
         if key == "imp" {
@@ -105,9 +106,19 @@ fn impression(request: &Request<Body>, peer: IpAddr, log: &Log) -> Response<Body
     if let Some(reason) = check(&imp, MAX_LEN) {
         return reject(StatusCode::BAD_REQUEST, reason, Some("imp"));
     }
-    for (name, value) in OPTIONAL.iter().zip(&optional) {
-        if let Some(reason) = value.as_deref().and_then(|value| check(value, MAX_LEN)) {
-            return reject(StatusCode::BAD_REQUEST, reason, Some(name));
+    let mut invalid = String::new();
+    for (name, value) in OPTIONAL.iter().zip(optional.iter_mut()) {
+        let reason = match value.as_deref() {
+            Some(value) if value.contains('\u{fffd}') => Some("invalid_encoding"),
+            Some(value) => check(value, MAX_LEN),
+            None => None,
+        };
+        if let Some(reason) = reason {
+            if !invalid.is_empty() {
+                invalid.push(',');
+            }
+            let _ = write!(invalid, "{name}:{reason}");
+            *value = None;
         }
     }
     if method == Method::GET {
@@ -139,6 +150,10 @@ fn impression(request: &Request<Body>, peer: IpAddr, log: &Log) -> Response<Body
                 let _ = write!(line, r#","{name}":"#);
                 push_json_string(&mut line, value);
             }
+        }
+        if !invalid.is_empty() {
+            line.push_str(r#","invalid":"#);
+            push_json_string(&mut line, &invalid);
         }
         let _ = write!(line, r#"}},"ctx":{{"ip":"{}","ua":"#, truncate(peer));
         push_json_string(&mut line, ua);
