@@ -8,9 +8,7 @@ never waits on the disk.
 
 from __future__ import annotations
 
-import asyncio
 import sqlite3
-import threading
 from collections.abc import Callable, Sequence
 from pathlib import Path
 from typing import Any, TypeVar
@@ -18,6 +16,7 @@ from typing import Any, TypeVar
 from trackpoint.collectors.banker.config import BankerCollectorConfig
 from trackpoint.collectors.banker.model import Budget, Debit, Notification, RawCampaign, TrackerStatus, periods
 from trackpoint.collectors.banker.store import Applied, Store, StoreUnavailable
+from trackpoint.collectors.sqlite import SqliteFile, SqliteUnavailable
 
 SCHEMA = """
 CREATE TABLE IF NOT EXISTS campaigns (
@@ -77,34 +76,13 @@ class SqliteStore(Store):
     def __init__(self, config: BankerCollectorConfig, data_dir: str) -> None:
         super().__init__(config)
         self.path = Path(data_dir) / config.sqlite_path
-        self._db: sqlite3.Connection | None = None
-        self._lock = asyncio.Lock()  # one call at a time waits for a thread
-        # One statement sequence at a time on the shared connection. An abandoned call (a send past its timeout)
-        # leaves its thread running: the next call must wait for it, or its BEGIN would land in the first one's
-        # transaction and its ROLLBACK undo part of it.
-        self._connection_lock = threading.Lock()
-
-    def _connect(self) -> sqlite3.Connection:
-        if self._db is None:
-            self.path.parent.mkdir(parents=True, exist_ok=True)
-            db = sqlite3.connect(self.path, timeout=30.0, isolation_level=None, check_same_thread=False)
-            db.execute("PRAGMA journal_mode=WAL")
-            db.execute("PRAGMA synchronous=NORMAL")
-            db.executescript(SCHEMA)
-            self._db = db
-        return self._db
+        self._file = SqliteFile(self.path, SCHEMA, 30.0)
 
     async def _run(self, work: Callable[[sqlite3.Connection], T]) -> T:
-        def locked() -> T:
-            with self._connection_lock:
-                return work(self._connect())
-
-        async with self._lock:
-            try:
-                return await asyncio.to_thread(locked)
-            # Locked past the timeout, disk full, unreadable file; a data_dir that cannot hold the file.
-            except (sqlite3.OperationalError, OSError) as exc:
-                raise StoreUnavailable(f"sqlite {self.path}: {exc}") from exc
+        try:
+            return await self._file.run(work)
+        except SqliteUnavailable as exc:
+            raise StoreUnavailable(str(exc)) from exc
 
     # --- spend -------------------------------------------------------------------------------------------------
 
@@ -348,11 +326,4 @@ class SqliteStore(Store):
         return [Debit(*row) for row in reversed(rows)]
 
     async def close(self) -> None:
-        def close() -> None:
-            with self._connection_lock:  # after a thread still running an abandoned call
-                if self._db is not None:
-                    self._db.close()
-                    self._db = None
-
-        async with self._lock:
-            await asyncio.to_thread(close)
+        await self._file.close()

@@ -8,9 +8,7 @@ every worker's ids. Calls run in a thread: the event loop never waits on the dis
 
 from __future__ import annotations
 
-import asyncio
 import sqlite3
-import threading
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -20,6 +18,7 @@ import msgspec
 
 from trackpoint.collectors.rollup.config import DIM_NAME, Role, RollupCollectorConfig
 from trackpoint.collectors.rollup.model import COUNTERS, MS_PER_HOUR, Summed, counters, dim_reader, hour_of
+from trackpoint.collectors.sqlite import SqliteFile, SqliteUnavailable
 from trackpoint.event import Event
 
 _COLUMNS = ("events", *COUNTERS)
@@ -77,33 +76,13 @@ class RollupStore:
         self.roles: Mapping[str, Role] = config.roles
         self.readers = [(dim, dim_reader(dim)) for dim in config.dims]
         self.window_ms = config.dedupe_window_h * MS_PER_HOUR
-        self._db: sqlite3.Connection | None = None
-        self._lock = asyncio.Lock()
-        # An abandoned call (a send past its timeout) leaves its thread running: the next waits for it.
-        self._connection_lock = threading.Lock()
-
-    def _connect(self) -> sqlite3.Connection:
-        if self._db is None:
-            self.path.parent.mkdir(parents=True, exist_ok=True)
-            db = sqlite3.connect(
-                self.path, timeout=self.config.busy_timeout_s, isolation_level=None, check_same_thread=False
-            )
-            db.execute("PRAGMA journal_mode=WAL")
-            db.execute("PRAGMA synchronous=NORMAL")
-            db.executescript(SCHEMA)
-            self._db = db
-        return self._db
+        self._file = SqliteFile(self.path, SCHEMA, config.busy_timeout_s)
 
     async def _run(self, work: Callable[[sqlite3.Connection], T]) -> T:
-        def locked() -> T:
-            with self._connection_lock:
-                return work(self._connect())
-
-        async with self._lock:
-            try:
-                return await asyncio.to_thread(locked)
-            except (sqlite3.OperationalError, OSError) as exc:
-                raise StoreUnavailable(f"sqlite {self.path}: {exc}") from exc
+        try:
+            return await self._file.run(work)
+        except SqliteUnavailable as exc:
+            raise StoreUnavailable(str(exc)) from exc
 
     async def count(self, events: Sequence[Event], now_ms: int) -> Counted:
         """Adds a batch to the rollups, each id at most once."""
@@ -173,14 +152,7 @@ class RollupStore:
         return found
 
     async def close(self) -> None:
-        def close() -> None:
-            with self._connection_lock:
-                if self._db is not None:
-                    self._db.close()
-                    self._db = None
-
-        async with self._lock:
-            await asyncio.to_thread(close)
+        await self._file.close()
 
 
 def _id_key(event_id: str) -> bytes | str:
