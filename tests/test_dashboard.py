@@ -14,6 +14,7 @@ from typing import Any
 from playwright.sync_api import expect
 
 from conftest import Tracker
+from dashboard_page import signed_in
 
 IMPRESSIONS, WINS, REFUSED = 30, 10, 7
 CAMPAIGN = "dash-c1"
@@ -41,17 +42,7 @@ def test_the_dashboard_shows_the_traffic_fired_at_the_tracker(
         "PUT", f"/banker/campaigns/{CAMPAIGN}", json.dumps({"total_budget_micros": 100_000_000}).encode()
     )
     assert status == 200
-    context = browser.new_context(viewport={"width": 1440, "height": 1000})
-    page = context.new_page()
-    problems: list[str] = []
-    page.on("console", lambda message: problems.append(message.text) if message.type == "error" else None)
-    page.on("pageerror", lambda error: problems.append(str(error)))
-    try:
-        page.goto(f"http://127.0.0.1:{tracker.admin_port}/")
-        page.wait_for_selector("#token-form:not([hidden])")
-        page.fill("#token", tracker.admin_token())
-        page.click("#token-form button[type=submit]")
-        page.wait_for_selector("#status.good")
+    with signed_in(browser, tracker) as (page, problems):
         _fire(tracker)  # while the page is live
 
         expect(page.locator("#events tr[data-key=impression] .total")).to_have_text(str(IMPRESSIONS), timeout=15_000)
@@ -73,8 +64,6 @@ def test_the_dashboard_shows_the_traffic_fired_at_the_tracker(
         page.screenshot(path=str(tmp_path / "dashboard.png"), full_page=True)
         if SCREENSHOT:
             page.screenshot(path=SCREENSHOT, full_page=False)
-    finally:
-        context.close()
     assert problems == []
 
 

@@ -15,6 +15,7 @@ from typing import Any
 from playwright.sync_api import expect
 
 from conftest import Tracker, write_mmdb
+from dashboard_page import signed_in
 from trackpoint.preprocessors.geo.database import DBIP_ATTRIBUTION
 
 COUNTRIES = {"203.0.113.0/24": {"country_code": "FR"}, "2001:db8:1::/48": {"country_code": "DE"}}
@@ -68,17 +69,7 @@ def test_the_dashboard_shows_todays_rollups_and_the_geo_attribution(
     tracker_factory: Any, browser: Any, tmp_path: Path
 ) -> None:
     tracker: Tracker = tracker_factory(_config(tmp_path))
-    context = browser.new_context(viewport={"width": 1440, "height": 1000})
-    page = context.new_page()
-    problems: list[str] = []
-    page.on("console", lambda message: problems.append(message.text) if message.type == "error" else None)
-    page.on("pageerror", lambda error: problems.append(str(error)))
-    try:
-        page.goto(f"http://127.0.0.1:{tracker.admin_port}/")
-        page.wait_for_selector("#token-form:not([hidden])")
-        page.fill("#token", tracker.admin_token())
-        page.click("#token-form button[type=submit]")
-        page.wait_for_selector("#status.good")
+    with signed_in(browser, tracker) as (page, problems):
         sent = _fire(tracker)  # while the page is live
 
         # What the log recorded: every request, repeats included; the rollups count each event id once.
@@ -130,6 +121,4 @@ def test_the_dashboard_shows_todays_rollups_and_the_geo_attribution(
         assert by_country == wanted
         if SCREENSHOT:
             page.locator("#rollups").screenshot(path=SCREENSHOT)
-    finally:
-        context.close()
     assert problems == []
