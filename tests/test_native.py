@@ -62,6 +62,24 @@ def test_a_source_newer_than_its_extension_falls_back_to_the_sources(
     assert _native.why_pure_python() == "TRACKPOINT_PURE_PYTHON=1"
 
 
+def test_an_installed_wheel_trusts_its_extensions_whatever_their_times(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """pip writes a wheel's files in any order: in site-packages an extension older than its source is not stale."""
+    root = tmp_path / "lib" / "python3.11" / "site-packages"
+    source = root / "trackpoint" / "edge" / "build.py"
+    source.parent.mkdir(parents=True)
+    source.write_text("")
+    extension = source.with_suffix(importlib.machinery.EXTENSION_SUFFIXES[0])
+    extension.write_bytes(b"")
+    os.utime(extension, (1_000, 1_000))
+    os.utime(source, (2_000, 2_000))
+    monkeypatch.setattr(_native, "_ROOT", root)
+    monkeypatch.setattr(_native, "COMPILED", ("trackpoint.edge.build",))
+    monkeypatch.setenv(_native.PURE_PYTHON_VARIABLE, "0")
+    assert _native.why_pure_python() is None
+
+
 def test_the_build_uses_the_mypyc_the_suite_checks_with() -> None:
     """setup.py compiles with the mypy of pyproject's build requirements: the one the dev lock pins."""
     requires = tomllib.loads((ROOT / "pyproject.toml").read_text())["build-system"]["requires"]

@@ -3,7 +3,8 @@ beside their sources, see setup.py), or their pure-Python sources.
 
 The compiled build is the default wherever it is present and current. The sources are imported instead when
 `TRACKPOINT_PURE_PYTHON=1` (the test suite's default, so the pure-Python path stays tested), when an extension is
-missing, or when any source is newer than its extension (an edited checkout: a stale extension would run old code).
+missing, or, in a checkout, when any source is newer than its extension (an edited file: a stale extension would run
+old code).
 The choice is all or nothing: compiled modules call each other natively, so the build is never mixed.
 
 Imports nothing but the standard library: setup.py reads `COMPILED` from this file before trackpoint is installed.
@@ -39,6 +40,12 @@ PURE_PYTHON_VARIABLE = "TRACKPOINT_PURE_PYTHON"
 _ROOT = Path(__file__).resolve().parent.parent  # the directory holding the trackpoint package
 
 
+def _installed(root: Path) -> bool:
+    """Whether trackpoint is installed (a wheel in site-packages: the image) rather than a checkout. Installing a
+    wheel writes the sources and extensions in any order, so their times say nothing there, and nobody edits them."""
+    return any(part in ("site-packages", "dist-packages") for part in root.parts)
+
+
 def _source(module: str) -> Path:
     return _ROOT.joinpath(*module.split(".")).with_suffix(".py")
 
@@ -60,7 +67,7 @@ def why_pure_python() -> str | None:
         extension = _extension(module)
         if extension is None:
             return f"{module} is not compiled"
-        if _source(module).stat().st_mtime > extension.stat().st_mtime:
+        if not _installed(_ROOT) and _source(module).stat().st_mtime > extension.stat().st_mtime:
             return f"{module} was changed after it was compiled (reinstall: scripts/install)"
     return None
 
