@@ -8,7 +8,7 @@ schema (`trackpoint config schema`) and the reference docs; every option carries
 
 from __future__ import annotations
 
-from typing import Annotated, ClassVar, Literal
+from typing import Annotated, ClassVar, Literal, TypeVar
 from urllib.parse import urlsplit
 
 import msgspec
@@ -905,3 +905,20 @@ class Config(Struct, forbid_unknown_fields=True, kw_only=True):
     signing: Annotated[SigningConfig, Meta(description="Keys of signed tracking URLs.")] = msgspec.field(
         default_factory=SigningConfig
     )
+
+
+CollectorT = TypeVar("CollectorT", bound=CollectorBase)
+PreprocessorT = TypeVar("PreprocessorT", bound=PreprocessorBase)
+
+
+def collectors_in_use(config: Config, kind: type[CollectorT]) -> dict[str, CollectorT]:
+    """The collectors of one kind that some event type feeds, by name (implicit instances exist in every config,
+    used or not)."""
+    fed = {name for spec in config.event_types.values() for name in spec.collectors}
+    return {name: c for name, c in config.collectors.items() if isinstance(c, kind) and name in fed}
+
+
+def preprocessors_in_use(config: Config, kind: type[PreprocessorT]) -> dict[str, PreprocessorT]:
+    """The preprocessors of one kind that some event type runs, by name (a defined but unused one opens nothing)."""
+    used = {name for spec in config.event_types.values() for name in spec.preprocessors}
+    return {name: p for name, p in config.preprocessors.items() if isinstance(p, kind) and name in used}

@@ -21,7 +21,7 @@ from trackpoint.admin.metrics import SupervisorState
 from trackpoint.admin.routes import AdminRoute, admin_endpoints
 from trackpoint.admin.server import UNAUTHORIZED, AdminRequest, AdminResponse, AdminServer, Handler
 from trackpoint.config import LoadedConfig
-from trackpoint.config.model import Config, type_tag
+from trackpoint.config.model import CollectorBase, Config, collectors_in_use, type_tag
 from trackpoint.edge.stats import Snapshot
 from trackpoint.event import Event
 
@@ -46,8 +46,7 @@ def _static(name: str, content_type: str) -> AdminResponse:
 
 def fed_kinds(config: Config) -> set[str]:
     """The types of the collectors some event type feeds (a banker section only where a banker gets events)."""
-    fed = {name for spec in config.event_types.values() for name in spec.collectors}
-    return {type_tag(type(collector)) for name, collector in config.collectors.items() if name in fed}
+    return {type_tag(type(collector)) for collector in collectors_in_use(config, CollectorBase).values()}
 
 
 class Worker(Protocol):

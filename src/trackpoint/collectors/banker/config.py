@@ -10,7 +10,7 @@ from typing import Annotated, Literal
 
 from msgspec import Meta
 
-from trackpoint.config.model import CollectorBase, Config, Seconds, check_server_url
+from trackpoint.config.model import CollectorBase, Config, Seconds, check_server_url, collectors_in_use
 
 DEFAULT_RETENTION_S = 35 * 86_400
 
@@ -138,9 +138,4 @@ def parse_rate(code: str, rate: str) -> tuple[int, int]:
 
 def bankers_in_use(config: Config) -> dict[str, BankerCollectorConfig]:
     """The banker collectors some event type feeds (the implicit `banker` exists in every config, used or not)."""
-    fed = {name for spec in config.event_types.values() for name in spec.collectors}
-    return {
-        name: collector
-        for name, collector in config.collectors.items()
-        if isinstance(collector, BankerCollectorConfig) and name in fed
-    }
+    return collectors_in_use(config, BankerCollectorConfig)

@@ -12,7 +12,7 @@ from typing import Annotated, Literal
 import msgspec
 from msgspec import Meta
 
-from trackpoint.config.model import CollectorBase, Config
+from trackpoint.config.model import CollectorBase, Config, collectors_in_use
 
 Role = Literal["impression", "click", "conversion", "win", "video"]
 
@@ -111,9 +111,4 @@ class RollupCollectorConfig(CollectorBase, tag="rollup"):
 
 def rollups_in_use(config: Config) -> dict[str, RollupCollectorConfig]:
     """The rollup collectors some event type feeds (the implicit `rollup` exists in every config, used or not)."""
-    fed = {name for spec in config.event_types.values() for name in spec.collectors}
-    return {
-        name: collector
-        for name, collector in config.collectors.items()
-        if isinstance(collector, RollupCollectorConfig) and name in fed
-    }
+    return collectors_in_use(config, RollupCollectorConfig)

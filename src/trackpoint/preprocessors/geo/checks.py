@@ -6,7 +6,7 @@ from __future__ import annotations
 from collections.abc import Iterator
 
 from trackpoint.config.load import KeyPath
-from trackpoint.config.model import Config
+from trackpoint.config.model import Config, preprocessors_in_use
 from trackpoint.preprocessors.anonymize_ip.config import AnonymizeIpConfig
 from trackpoint.preprocessors.geo.config import DEFAULT_DATABASE, GeoConfig
 from trackpoint.preprocessors.geo.database import DatabaseError, database_path, open_reader
@@ -14,12 +14,7 @@ from trackpoint.preprocessors.geo.database import DatabaseError, database_path, 
 
 def geo_in_use(config: Config) -> dict[str, GeoConfig]:
     """The geo preprocessors that some event type runs, by name (a defined but unused one opens nothing)."""
-    used = {name for spec in config.event_types.values() for name in spec.preprocessors}
-    return {
-        name: preprocessor
-        for name, preprocessor in config.preprocessors.items()
-        if isinstance(preprocessor, GeoConfig) and name in used
-    }
+    return preprocessors_in_use(config, GeoConfig)
 
 
 def check_geo(config: Config) -> Iterator[tuple[KeyPath, str]]:
