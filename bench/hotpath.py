@@ -30,6 +30,7 @@ from trackpoint.config.load import load
 from trackpoint.edge.pipeline import EdgeProtocol
 from trackpoint.edge.runtime import Edge
 from trackpoint.plugins import registry
+from trackpoint.process.worker import settle_gc
 
 REQUEST = (
     "GET /i?imp=bench-imp-{n}&cid=cmp-42&crid=crv-7&pub=pub-1001 HTTP/1.1\r\n"
@@ -83,6 +84,7 @@ async def run(requests: int, connections: int, profile: cProfile.Profile | None)
             protocol.connection_made(Transport(f"198.51.100.{index + 1}"))
             protocols.append(protocol)
         payloads = [REQUEST.format(n=n % 997).encode() for n in range(997)]
+        settle_gc()  # the worker's garbage-collector policy, set once it is ready to serve
         rounds = requests // connections
         warmup = max(1, rounds // 10)
         started = 0.0

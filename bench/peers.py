@@ -15,7 +15,9 @@ Two loads, both with wrk on the other core:
 - closed loop (`wrk -t1 -c64`): the most each stack serves; its CPU per request (every process and thread of the
   server, trackpoint's compression included) from /proc. The stacks take turns, round after round; medians.
 - constant rate (bench/constant_rate.lua, wrk2's correction for coordinated omission) at 2,000 req/s and at 50% and
-  80% of each stack's own maximum, so percentiles compare at equal load rather than each at its saturation.
+  80% of each stack's own maximum, so percentiles compare at equal load rather than each at its saturation. These
+  take turns round after round too; each figure is the median of the rounds (one 10 s run is 20,000 requests at
+  2,000 req/s: its p99 rests on 200 of them, and one VM hiccup moves it).
 
 Run ``scripts/bench-peers [--quick] [--rounds N] [--duration S] [--record]`` (it installs and builds the peers).
 """
@@ -332,10 +334,33 @@ def constant_rate(stack: Stack, rate: int, duration_s: int, connections: int) ->
     )
 
 
+def median_rate(runs: Sequence[RateResult]) -> RateResult:
+    """The rounds of one rate as one result: the median of each figure (generator-bound when most runs were)."""
+
+    def middle(figure: str) -> Any:
+        return statistics.median(getattr(run, figure) for run in runs)
+
+    return RateResult(
+        runs[0].target_rps,
+        middle("achieved_rps"),
+        middle("p50_ms"),
+        middle("p90_ms"),
+        middle("p99_ms"),
+        middle("p999_ms"),
+        middle("max_ms"),
+        middle("non_2xx"),
+        middle("cpu_us_per_request"),
+        middle("generator_cpu_pct"),
+        2 * sum(run.generator_bound for run in runs) > len(runs),
+    )
+
+
 @dataclass
 class StackResult:
     name: str
     runs: list[Throughput] = field(default_factory=list)
+    # Per rate (2,000 req/s, 50% and 80% of the maximum): every round's run, and their medians.
+    rate_runs: list[list[RateResult]] = field(default_factory=list)
     rates: list[RateResult] = field(default_factory=list)
 
     @property
@@ -381,19 +406,25 @@ def measure(settings: argparse.Namespace, console: Console) -> tuple[dict[str, S
                     f"round {round_number + 1} {name}: {run.rps:,.0f} req/s, {run.cpu_us_per_request} µs CPU/request"
                 )
                 time.sleep(0.5)
+        rates = {name: [BRIEF_RATE] + [round(results[name].rps * share) for share in RATE_SHARES] for name in STACKS}
         for name in STACKS:
-            rates = [BRIEF_RATE] + [round(results[name].rps * share) for share in RATE_SHARES]
-            for rate in rates:
-                connections = BRIEF_CONNECTIONS if rate == BRIEF_RATE else RATE_CONNECTIONS
-                result = constant_rate(everything[name], rate, settings.rate_duration, connections)
-                results[name].rates.append(result)
-                bound = ", generator-bound: not the server's latency" if result.generator_bound else ""
-                console.print(
-                    f"{name} at {rate:,} req/s: p50 {result.p50_ms} ms, p99 {result.p99_ms} ms, "
-                    f"p99.9 {result.p999_ms} ms ({result.achieved_rps:,.0f} achieved, {result.non_2xx} non-2xx, "
-                    f"wrk {result.generator_cpu_pct}% of its core{bound})"
-                )
-                time.sleep(0.5)
+            results[name].rate_runs = [[] for _ in rates[name]]
+        stacks_order = list(STACKS)
+        for round_number in range(settings.rounds):  # constant rates alternate too: medians of the rounds
+            for name in stacks_order[round_number % len(STACKS) :] + stacks_order[: round_number % len(STACKS)]:
+                for index, rate in enumerate(rates[name]):
+                    connections = BRIEF_CONNECTIONS if rate == BRIEF_RATE else RATE_CONNECTIONS
+                    result = constant_rate(everything[name], rate, settings.rate_duration, connections)
+                    results[name].rate_runs[index].append(result)
+                    bound = ", generator-bound: not the server's latency" if result.generator_bound else ""
+                    console.print(
+                        f"round {round_number + 1} {name} at {rate:,} req/s: p50 {result.p50_ms} ms, "
+                        f"p99 {result.p99_ms} ms, p99.9 {result.p999_ms} ms ({result.achieved_rps:,.0f} achieved, "
+                        f"{result.non_2xx} non-2xx, wrk {result.generator_cpu_pct}% of its core{bound})"
+                    )
+                    time.sleep(0.5)
+        for name in STACKS:
+            results[name].rates = [median_rate(runs) for runs in results[name].rate_runs]
     return results, problems
 
 
@@ -458,7 +489,7 @@ def print_table(results: dict[str, StackResult], console: Console) -> None:
 def main(argv: Sequence[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0] if __doc__ else None)
     parser.add_argument("--quick", action="store_true", help="1 round of 3 s runs (CI: context, not a gate)")
-    parser.add_argument("--rounds", type=int, default=3, help="closed-loop rounds, stacks alternating (default 3)")
+    parser.add_argument("--rounds", type=int, default=3, help="rounds, stacks alternating (default 3)")
     parser.add_argument("--duration", type=int, default=10, help="seconds of each closed-loop run (default 10)")
     parser.add_argument("--record", action="store_true", help="write bench/results/peers.json, history and chart")
     settings = parser.parse_args(argv)

@@ -14,7 +14,8 @@ from prometheus_client.parser import text_string_to_metric_families
 
 from trackpoint.admin.metrics import SupervisorState, registry, render
 from trackpoint.collectors.base import CollectorStats
-from trackpoint.edge.stats import LATENCY_BUCKETS, EdgeStats, Snapshot, add
+from trackpoint.edge.counters import LATENCY_BUCKETS, EdgeStats
+from trackpoint.edge.stats import Snapshot, add, snapshot_of
 
 BUCKETS = len(LATENCY_BUCKETS) + 1  # the last one is +Inf
 
@@ -84,7 +85,7 @@ def test_snapshot_is_a_copy() -> None:
     stats.events["impression"] = 2
     stats.preprocessor_dropped["anonymize_ip"] = 1
     collectors = {"log": CollectorStats(received=2, sent=1, pending=1)}
-    snap = stats.snapshot(4, collectors)
+    snap = snapshot_of(stats, 4, collectors)
     assert snap == Snapshot(
         requests=3,
         rejected={"invalid_field": 1},
@@ -109,7 +110,7 @@ def test_snapshot_survives_the_trip_to_the_supervisor() -> None:
     stats = observed([0.0004, 2.0])
     stats.requests = 2
     stats.reject("not_found")
-    snap = stats.snapshot(1, {"log": CollectorStats(received=1, sent=1, healthy=False)})
+    snap = snapshot_of(stats, 1, {"log": CollectorStats(received=1, sent=1, healthy=False)})
     for codec in (msgspec.json, msgspec.msgpack):
         assert codec.decode(codec.encode(snap), type=Snapshot) == snap
     assert msgspec.json.decode(msgspec.json.encode(Snapshot()), type=Snapshot) == Snapshot()
@@ -162,7 +163,7 @@ def test_add_sums_every_counter() -> None:
 
 
 def test_add_to_an_empty_total() -> None:
-    part = observed([0.01, 7.0]).snapshot(3, {"log": CollectorStats(received=2, sent=2)})
+    part = snapshot_of(observed([0.01, 7.0]), 3, {"log": CollectorStats(received=2, sent=2)})
     total = add(Snapshot(), part)
     assert total == part
     assert total.collectors["log"] is not part.collectors["log"]  # a copy: sums never alias a worker's stats
@@ -176,7 +177,7 @@ def test_add_over_many_workers() -> None:
         stats = observed([0.0001] * worker + [3.0])
         stats.requests = worker + 1
         stats.events["video"] = worker
-        total = add(total, stats.snapshot(1, {"log": CollectorStats(received=worker, sent=worker)}))
+        total = add(total, snapshot_of(stats, 1, {"log": CollectorStats(received=worker, sent=worker)}))
     assert total.requests == 15
     assert total.events == {"video": 10}
     assert total.latency_counts == counts(b0=10, b12=5)
@@ -217,7 +218,8 @@ def test_metrics_render_parses_with_the_expected_samples() -> None:
     stats.reject("not_found")
     stats.events.update({"impression": 6, "click": 1})
     stats.preprocessor_dropped["parse_user_agent"] = 2
-    snap = stats.snapshot(
+    snap = snapshot_of(
+        stats,
         3,
         {
             "log": CollectorStats(received=7, sent=6, dropped=1, errors=2, pending=1, healthy=True),

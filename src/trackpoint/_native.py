@@ -25,6 +25,7 @@ from types import ModuleType
 # stays interpreted (mypyc would compile the Struct subclasses into classes msgspec does not recognise).
 COMPILED = (
     "trackpoint.edge.build",
+    "trackpoint.edge.counters",
     "trackpoint.fields.converters",
     "trackpoint.http.connection",
     "trackpoint.http.responses",

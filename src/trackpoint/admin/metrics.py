@@ -9,7 +9,8 @@ from prometheus_client import CollectorRegistry, generate_latest
 from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily, HistogramMetricFamily, Metric
 
 from trackpoint.config.model import Config, type_tag
-from trackpoint.edge.stats import LATENCY_BUCKETS, Snapshot
+from trackpoint.edge.counters import LATENCY_BUCKETS
+from trackpoint.edge.stats import Snapshot
 
 
 class SupervisorState:

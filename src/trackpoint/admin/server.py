@@ -26,7 +26,7 @@ import msgspec
 
 from trackpoint.config.model import AdminLimits
 from trackpoint.fields.converters import Reject
-from trackpoint.http.connection import HEADERS, IDLE, HttpConnection
+from trackpoint.http.connection import HEADERS, IDLE, HeaderNames, HttpConnection
 from trackpoint.http.limits import Caps
 from trackpoint.http.responses import Clock, head, reject
 from trackpoint.security.admin_token import BearerCheck
@@ -311,7 +311,7 @@ class _AllHeaders:
         return True
 
 
-_ALL_HEADERS = _AllHeaders()
+_ALL_HEADERS = HeaderNames(_AllHeaders())
 
 
 def _no_output_step(connection: HttpConnection) -> None:

@@ -40,7 +40,7 @@ class EdgeProtocol(HttpConnection):
     __slots__ = ("edge", "peer_ip", "trusted_peer")
 
     def __init__(self, edge: Edge) -> None:
-        super().__init__(edge.caps, edge.kept_headers, edge.queue_output, edge.stats.observe)  # type: ignore[arg-type]
+        super().__init__(edge.caps, edge.header_names, edge.queue_output, edge.stats.observe)  # type: ignore[arg-type]
         self.edge = edge
         self.peer_ip = ""
         self.trusted_peer = False

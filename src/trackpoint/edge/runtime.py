@@ -19,12 +19,13 @@ from trackpoint.edge.bad_rows import BadRows
 from trackpoint.edge.build import CONTEXT_HEADERS, EventBuilder
 from trackpoint.edge.cors import REQUEST_HEADERS as CORS_HEADERS
 from trackpoint.edge.cors import CorsPolicy
+from trackpoint.edge.counters import EdgeStats
 from trackpoint.edge.pipeline import EdgeProtocol
 from trackpoint.edge.ratelimit import RateLimiter, build_limiters
-from trackpoint.edge.stats import EdgeStats, Snapshot
+from trackpoint.edge.stats import Snapshot, snapshot_of
 from trackpoint.edge.tail import RecentEvents
 from trackpoint.event import Event, Meta
-from trackpoint.http.connection import FRAMING_HEADERS, IDLE
+from trackpoint.http.connection import FRAMING_HEADERS, IDLE, HeaderNames
 from trackpoint.http.forwarded import client_address, forwarded_for
 from trackpoint.http.limits import Caps
 from trackpoint.http.responses import Clock, allow_header, reject
@@ -266,6 +267,7 @@ class Edge:
         if self.files:
             kept_headers |= {b"accept-encoding", b"if-none-match"}
         self.kept_headers = frozenset(kept_headers)
+        self.header_names = HeaderNames(self.kept_headers)
         self._responders: list[responses.Responder | responses.StaticFile] = [
             route.responder for route in self.routes.values()
         ]
@@ -508,9 +510,8 @@ class Edge:
             await collector.close(remaining)
 
     def snapshot(self) -> Snapshot:
-        snapshot = self.stats.snapshot(
-            len(self.connections), {name: c.snapshot() for name, c in self.collectors.items()}
-        )
+        collectors = {name: c.snapshot() for name, c in self.collectors.items()}
+        snapshot = snapshot_of(self.stats, len(self.connections), collectors)
         snapshot.preprocessor_outcomes = {name: dict(counts) for name, counts in self._counting}
         snapshot.invalid_dropped = {
             route.name: dict(route.builder.dropped) for route in self.routes.values() if route.builder.dropped

@@ -1,20 +1,18 @@
-"""A worker's counters: plain ints on the request path, a snapshot struct sent to the supervisor once a second.
+"""A worker's counters as the snapshot struct sent to the supervisor once a second (the counters themselves, plain
+ints on the request path, are in edge/counters.py).
 
 The supervisor adds the snapshots of all workers (and keeps those of exited ones) for the admin /metrics page.
 """
 
 from __future__ import annotations
 
-from bisect import bisect_left
 from itertools import zip_longest
 from typing import Any
 
 import msgspec
 
 from trackpoint.collectors.base import CollectorStats
-
-# Upper bounds (seconds) of the request latency histogram; the last bucket is +Inf.
-LATENCY_BUCKETS = (0.0001, 0.00025, 0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 1.0)
+from trackpoint.edge.counters import EdgeStats
 
 
 class Snapshot(msgspec.Struct, omit_defaults=True):
@@ -41,62 +39,23 @@ class Snapshot(msgspec.Struct, omit_defaults=True):
     collectors: dict[str, CollectorStats] = {}
 
 
-class EdgeStats:
-    """Mutable counters owned by one worker's event loop."""
-
-    __slots__ = (
-        "events",
-        "head",
-        "ivt_dropped",
-        "ivt_routed",
-        "latency_counts",
-        "latency_sum",
-        "preprocessor_dropped",
-        "preprocessor_errors",
-        "rejected",
-        "requests",
-        "shed",
+def snapshot_of(counters: EdgeStats, connections: int, collectors: dict[str, CollectorStats]) -> Snapshot:
+    """The worker's counters now, as the snapshot sent to the supervisor."""
+    return Snapshot(
+        requests=counters.requests,
+        rejected=dict(counters.rejected),
+        events=dict(counters.events),
+        shed=dict(counters.shed),
+        head=dict(counters.head),
+        preprocessor_dropped=dict(counters.preprocessor_dropped),
+        preprocessor_errors=dict(counters.preprocessor_errors),
+        ivt_routed=dict(counters.ivt_routed),
+        ivt_dropped=dict(counters.ivt_dropped),
+        latency_counts=list(counters.latency_counts),
+        latency_sum=counters.latency_sum,
+        connections=connections,
+        collectors=collectors,
     )
-
-    def __init__(self) -> None:
-        self.requests = 0
-        self.rejected: dict[str, int] = {}
-        self.events: dict[str, int] = {}
-        # Requests over a rate limit with action shed, by event type: answered normally, not recorded.
-        self.shed: dict[str, int] = {}
-        # HEAD requests on a tracking path: answered as GET would be, not recorded, by event type.
-        self.head: dict[str, int] = {}
-        self.preprocessor_dropped: dict[str, int] = {}
-        self.preprocessor_errors: dict[str, int] = {}
-        # Flagged events under an event type's invalid_traffic policy route or drop, by event type.
-        self.ivt_routed: dict[str, int] = {}
-        self.ivt_dropped: dict[str, int] = {}
-        self.latency_counts = [0] * (len(LATENCY_BUCKETS) + 1)
-        self.latency_sum = 0.0
-
-    def observe(self, seconds: float) -> None:
-        self.latency_counts[bisect_left(LATENCY_BUCKETS, seconds)] += 1
-        self.latency_sum += seconds
-
-    def reject(self, reason: str) -> None:
-        self.rejected[reason] = self.rejected.get(reason, 0) + 1
-
-    def snapshot(self, connections: int, collectors: dict[str, CollectorStats]) -> Snapshot:
-        return Snapshot(
-            requests=self.requests,
-            rejected=dict(self.rejected),
-            events=dict(self.events),
-            shed=dict(self.shed),
-            head=dict(self.head),
-            preprocessor_dropped=dict(self.preprocessor_dropped),
-            preprocessor_errors=dict(self.preprocessor_errors),
-            ivt_routed=dict(self.ivt_routed),
-            ivt_dropped=dict(self.ivt_dropped),
-            latency_counts=list(self.latency_counts),
-            latency_sum=self.latency_sum,
-            connections=connections,
-            collectors=collectors,
-        )
 
 
 def add(total: Snapshot, part: Snapshot) -> Snapshot:

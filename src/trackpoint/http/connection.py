@@ -30,12 +30,37 @@ LINGER_S = 1.0
 # What a connection does once its queued output is written.
 AFTER_NOTHING, AFTER_CLOSE, AFTER_LINGER = 0, 1, 2
 
+# How many spellings of header names HeaderNames learns: a client inventing names cannot grow it past this.
+LEARNED_NAMES_MAX = 1024
+
 _monotonic = time.monotonic
 _HIGH_BYTE = re.compile(rb"[\x80-\xff]")
 
 
 def _percent_encoded(match: re.Match[bytes]) -> bytes:
     return b"%%%02X" % match[0][0]
+
+
+class HeaderNames:
+    """Which headers an owner's connections keep, by the name as a client spells it: the lower-case name, or b""
+    for a name not kept. Each spelling is learned once and shared by the owner's connections (up to
+    LEARNED_NAMES_MAX), so the usual header costs one dict lookup instead of a lower() and a second hash."""
+
+    __slots__ = ("kept", "learned")
+
+    def __init__(self, kept: Container[bytes]) -> None:
+        self.kept = kept  # lower-case names
+        self.learned: dict[bytes, bytes] = {}
+
+    def canonical(self, name: bytes) -> bytes:
+        known = self.learned.get(name)
+        if known is not None:
+            return known
+        lower = name.lower()
+        found = lower if lower in self.kept else b""
+        if len(self.learned) < LEARNED_NAMES_MAX:
+            self.learned[name] = found
+        return found
 
 
 class Stop(Exception):
@@ -60,10 +85,10 @@ class HttpConnection(asyncio.Protocol):
         "deadline",
         "header_bytes",
         "header_count",
+        "header_names",
         "headers",
         "in_target",
         "inflater",
-        "kept_headers",
         "observe",
         "out",
         "parser",
@@ -81,15 +106,15 @@ class HttpConnection(asyncio.Protocol):
     def __init__(
         self,
         caps: Caps,
-        kept_headers: Container[bytes],
+        header_names: HeaderNames,
         queue_output: Callable[[HttpConnection], None],
         observe: Callable[[float], None],
     ) -> None:
-        # Set once per connection, read per request: the caps, the (lower-case) header names kept for the request
-        # (the others are counted against the caps and dropped), what schedules this connection's output step,
-        # and what is told each request's duration.
+        # Set once per connection, read per request: the caps, the header names kept for the request (the others
+        # are counted against the caps and dropped), what schedules this connection's output step, and what is
+        # told each request's duration.
         self.caps = caps
-        self.kept_headers = kept_headers
+        self.header_names = header_names
         self.queue_output = queue_output
         self.observe = observe
         self.transport: asyncio.Transport | None = None
@@ -165,13 +190,15 @@ class HttpConnection(asyncio.Protocol):
         in a target (curl, some SDKs and servers send it) is refused by llhttp otherwise. Only a request line that
         starts a read, or goes on from the previous one: one pipelined behind another request in the same read keeps
         llhttp's refusal (400 bad_request)."""
+        if data.isascii():  # the usual read: `in` rather than find(), whose argument parsing costs more than the search
+            if b"\n" in data:
+                self.in_target = False
+            return data
         end = data.find(b"\n")
         if end < 0:
             end = len(data)
         else:
             self.in_target = False
-        if data.isascii():
-            return data
         return _HIGH_BYTE.sub(_percent_encoded, data[:end]) + data[end:]
 
     def feed_capped(self, data: bytes) -> None:
@@ -236,8 +263,8 @@ class HttpConnection(asyncio.Protocol):
         size = self.header_bytes = self.header_bytes + len(name) + len(value)
         if count > caps.max_header_count or size > caps.max_header_bytes:
             raise Reject(431, "headers_too_large")
-        name = name.lower()
-        if name in self.kept_headers:
+        name = self.header_names.canonical(name)
+        if name:
             if name in FRAMING_HEADERS:
                 self.on_framing_header(name, value)
             elif name == b"host" and name in self.headers:

@@ -45,12 +45,7 @@ async def serve(start: control.Start, listener: socket.socket, channel: socket.s
         with contextlib.suppress(OSError):
             channel.sendall(control.frame(control.Failed.of(exc)))  # still blocking: before the loop owns it
         return False
-    # Everything built so far (config, routes, the user-agent parser's thousands of matchers) lives as long as the
-    # worker: freezing it keeps the collector from re-scanning it, and a larger young generation makes the
-    # per-request garbage cheaper to collect.
-    gc.collect()
-    gc.freeze()
-    gc.set_threshold(GC_YOUNG_THRESHOLD, 20, 100)
+    settle_gc()
     stop = asyncio.Event()
     loop.add_signal_handler(signal.SIGTERM, stop.set)
     reader, writer = await asyncio.open_unix_connection(sock=channel)
@@ -72,6 +67,15 @@ async def serve(start: control.Start, listener: socket.socket, channel: socket.s
         await writer.drain()
         writer.close()
     return True
+
+
+def settle_gc() -> None:
+    """Everything built so far (config, routes, the user-agent parser's thousands of matchers) lives as long as the
+    worker: freezing it keeps the collector from re-scanning it, and a larger young generation makes the per-request
+    garbage cheaper to collect. bench/hotpath.py applies the same policy."""
+    gc.collect()
+    gc.freeze()
+    gc.set_threshold(GC_YOUNG_THRESHOLD, 20, 100)
 
 
 async def _report(edge: Edge, writer: asyncio.StreamWriter) -> None:

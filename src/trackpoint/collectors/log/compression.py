@@ -24,12 +24,13 @@ COMPRESSED_SUFFIXES = tuple(suffix for suffix in LOG_SUFFIXES if suffix != ACTIV
 TRUNCATED = (EOFError, zlib.error, gzip.BadGzipFile, zstandard.ZstdError)
 
 # Compression runs at nice 5, not 19: it must keep up with a fully loaded core, or files pile up. Measured with
-# bench/compression.py (128 MiB of ~500-byte impression lines): zstd level 3 costs 1.4 µs of CPU per event, 7.7% of
-# the 17.5 µs a core spends serving one (57,000 events/s), so at full load it needs about 7% of the core; gzip
-# level 6 costs 5.5 µs (31%), about 24%. Under CFS a thread's share of a contended core is its weight against the
-# worker's (nice 0: 1024): nice 19 (15) gets 1.4%, less than even zstd needs, which is how 128 MiB files piled up;
-# nice 5 (335) gets up to 25%: three times what zstd needs, about what gzip 6 needs. Averaged over time compression
-# takes only its cost either way; the nice value bounds how fast it catches up, not how much it takes.
+# bench/compression.py (~500-byte impression lines): zstd level 1, the default, costs 0.65 µs of CPU per event, 4.5%
+# of the 14.5 µs a core spends serving one (69,000 events/s), so at full load it needs about 5% of the core; zstd 3
+# costs twice that, gzip level 6 5.3 µs (37%). Under CFS a thread's share of a contended core is its weight against
+# the worker's (nice 0: 1024): nice 19 (15) gets 1.4%, less than even zstd needs, which is how 128 MiB files piled
+# up; nice 5 (335) gets up to 25%: five times what zstd needs, short of what gzip 6 needs at full load. Averaged over
+# time compression takes only its cost either way; the nice value bounds how fast it catches up, not how much it
+# takes.
 COMPRESSION_NICE = 5
 
 

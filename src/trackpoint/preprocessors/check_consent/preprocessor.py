@@ -52,7 +52,8 @@ class CheckConsent:
 
     def __call__(self, event: Event) -> Event:
         dims = event.dims
-        if self.no_default_gdpr and dims.keys().isdisjoint(_SIGNALS) and INVALID_DIM not in dims:
+        # any() over the names: compiled (mypyc), five dict lookups, cheaper than dims.keys().isdisjoint(...)
+        if self.no_default_gdpr and not any(name in dims for name in _SIGNALS) and INVALID_DIM not in dims:
             dims[CONSENT_DIM] = NOT_APPLICABLE  # the usual request: no signal at all
             return event
         signals = [dims.pop(name, None) for name in _SIGNALS]
