@@ -28,6 +28,7 @@ COMPILED = (
     "trackpoint.edge.counters",
     "trackpoint.fields.converters",
     "trackpoint.http.connection",
+    "trackpoint.http.limits",
     "trackpoint.http.responses",
     "trackpoint.edge.pipeline",
     "trackpoint.edge.runtime",
