@@ -465,13 +465,16 @@ def render(results: dict[str, StackResult], history: list[dict[str, Any]], title
     ax_rate.set_title("Constant rate, corrected for coordinated omission (hatched: generator-bound)")
     ax_rate.legend()
     for name in names:
-        points = [(entry["date"][:10], entry["rps"][name]) for entry in history if name in entry.get("rps", {})]
+        # One point per recorded run, labelled by date and commit: several runs a day stay apart.
+        points = [(index, entry["rps"][name]) for index, entry in enumerate(history) if name in entry.get("rps", {})]
         if points:
             ax_history.plot([p[0] for p in points], [p[1] for p in points], marker="o", color=COLORS[name], label=name)
+    labels = [f"{entry['date'][:10]}\n{str(entry.get('commit') or '')[:7]}" for entry in history]
+    ax_history.set_xticks(range(len(history)), labels)
     ax_history.set_title("History (recorded runs)")
     ax_history.set_ylabel("requests/s")
     ax_history.legend()
-    ax_history.tick_params(axis="x", rotation=30)
+    ax_history.tick_params(axis="x", rotation=30, labelsize=8)
     fig.savefig(path, dpi=100)
 
 
