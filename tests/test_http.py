@@ -1,4 +1,4 @@
-"""Unit tests of http/: forwarded addresses, compressed bodies, absolute-form targets, response heads."""
+"""Unit tests of http/: kept header names, forwarded addresses, compressed bodies, absolute-form targets, heads."""
 
 from __future__ import annotations
 
@@ -9,6 +9,7 @@ import pytest
 
 from trackpoint.fields.converters import Reject
 from trackpoint.fields.multipart import boundary, form_fields
+from trackpoint.http.connection import LEARNED_NAMES_MAX, HeaderNames
 from trackpoint.http.encoding import Inflater, wbits
 from trackpoint.http.forwarded import client_address, forwarded_for, node_address
 from trackpoint.http.responses import Clock, allow_header, head, origin_form
@@ -121,3 +122,18 @@ def test_multipart_fields_skip_files_and_refuse_malformed_bodies() -> None:
         assert refused.value.reason == "invalid_multipart"
     with pytest.raises(Reject):
         boundary(b"multipart/form-data")
+
+
+def test_header_names_keep_the_declared_ones_in_any_spelling_and_learn_a_bounded_number() -> None:
+    names = HeaderNames(frozenset({b"user-agent", b"host"}))
+    assert names.canonical(b"User-Agent") == b"user-agent"
+    assert names.canonical(b"USER-AGENT") == b"user-agent"
+    assert names.canonical(b"Host") == b"host"
+    assert names.canonical(b"X-Unknown") == b""
+    assert names.canonical(b"User-Agent") == b"user-agent"  # from what it learned
+    # A client inventing names fills the cache up to its cap and no further; every answer stays right.
+    for index in range(2 * LEARNED_NAMES_MAX):
+        assert names.canonical(b"X-Junk-%d" % index) == b""
+    assert len(names.learned) == LEARNED_NAMES_MAX
+    assert names.canonical(b"hOsT") == b"host"  # a spelling first seen past the cap: answered, not learned
+    assert b"hOsT" not in names.learned

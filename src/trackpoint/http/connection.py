@@ -190,15 +190,13 @@ class HttpConnection(asyncio.Protocol):
         in a target (curl, some SDKs and servers send it) is refused by llhttp otherwise. Only a request line that
         starts a read, or goes on from the previous one: one pipelined behind another request in the same read keeps
         llhttp's refusal (400 bad_request)."""
-        if data.isascii():  # the usual read: `in` rather than find(), whose argument parsing costs more than the search
-            if b"\n" in data:
-                self.in_target = False
-            return data
         end = data.find(b"\n")
         if end < 0:
             end = len(data)
         else:
             self.in_target = False
+        if data.isascii():
+            return data
         return _HIGH_BYTE.sub(_percent_encoded, data[:end]) + data[end:]
 
     def feed_capped(self, data: bytes) -> None:
