@@ -7,6 +7,7 @@ from __future__ import annotations
 import asyncio
 import sqlite3
 import threading
+import time
 from collections.abc import Callable
 from pathlib import Path
 from typing import TypeVar
@@ -36,9 +37,11 @@ class SqliteFile:
         if self._db is None:
             self.path.parent.mkdir(parents=True, exist_ok=True)
             db = sqlite3.connect(self.path, timeout=self.busy_timeout_s, isolation_level=None, check_same_thread=False)
-            db.execute("PRAGMA journal_mode=WAL")
-            db.execute("PRAGMA synchronous=NORMAL")
-            db.executescript(self.schema)
+            try:
+                _prepare(db, self.schema, self.busy_timeout_s)
+            except BaseException:
+                db.close()  # the next call opens it afresh
+                raise
             self._db = db
         return self._db
 
@@ -65,3 +68,20 @@ class SqliteFile:
 
         async with self._lock:
             await asyncio.to_thread(close)
+
+
+def _prepare(db: sqlite3.Connection, schema: str, busy_timeout_s: float) -> None:
+    """WAL, then the schema. Workers opening a new file at the same moment race to switch it to WAL, and SQLite
+    answers the loser "database is locked" at once, without waiting out the busy timeout (its busy handler is not
+    called there): the step is retried until the busy timeout has passed. The schema's statements are idempotent."""
+    deadline = time.monotonic() + busy_timeout_s
+    while True:
+        try:
+            db.execute("PRAGMA journal_mode=WAL")
+            db.execute("PRAGMA synchronous=NORMAL")
+            db.executescript(schema)
+            return
+        except sqlite3.OperationalError as exc:
+            if "locked" not in str(exc) or time.monotonic() >= deadline:
+                raise
+            time.sleep(0.01)

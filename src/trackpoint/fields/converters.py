@@ -347,12 +347,21 @@ class PairParser:
             return self._general(encoded)
         if "%" in text or "+" in text:
             return self._general(encoded)
+        # By index rather than split("&") and partition("="): compiled (mypyc), find and slicing are direct calls, and
+        # only a wanted member's value is ever copied out (no list, no tuples, nothing for the parameters not read).
         found: dict[str, str] = {}
         names = self.names
-        for pair in text.split("&"):
-            name, _, value = pair.partition("=")
+        end = len(text)
+        start = 0
+        while start <= end:
+            amp = text.find("&", start)
+            if amp < 0:
+                amp = end
+            eq = text.find("=", start, amp)
+            name = text[start : amp if eq < 0 else eq]
             if name in names and name not in found:
-                found[name] = value
+                found[name] = "" if eq < 0 else text[eq + 1 : amp]
+            start = amp + 1
         return found
 
     def _general(self, encoded: bytes) -> dict[str, str]:
