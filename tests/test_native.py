@@ -39,20 +39,26 @@ def test_compiled_modules_are_the_request_path_and_define_no_struct() -> None:
                 assert not bases & {"Struct", "msgspec.Struct"}, f"{name}.{node.name} is a Struct"
 
 
-def test_a_source_newer_than_its_extension_falls_back_to_the_sources(
-    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
-) -> None:
-    suffix = importlib.machinery.EXTENSION_SUFFIXES[0]
-    source = tmp_path / "trackpoint" / "edge" / "build.py"
+def _compiled_before_its_source(root: Path, monkeypatch: pytest.MonkeyPatch) -> Path:
+    """One listed module under `root` whose extension is older than its source, with the compiled build asked for;
+    returns the extension."""
+    source = root / "trackpoint" / "edge" / "build.py"
     source.parent.mkdir(parents=True)
     source.write_text("")
-    extension = source.with_suffix(suffix)
+    extension = source.with_suffix(importlib.machinery.EXTENSION_SUFFIXES[0])
     extension.write_bytes(b"")
     os.utime(extension, (1_000, 1_000))
     os.utime(source, (2_000, 2_000))
-    monkeypatch.setattr(_native, "_ROOT", tmp_path)
+    monkeypatch.setattr(_native, "_ROOT", root)
     monkeypatch.setattr(_native, "COMPILED", ("trackpoint.edge.build",))
     monkeypatch.setenv(_native.PURE_PYTHON_VARIABLE, "0")
+    return extension
+
+
+def test_a_source_newer_than_its_extension_falls_back_to_the_sources(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    extension = _compiled_before_its_source(tmp_path, monkeypatch)
     assert "changed after it was compiled" in (_native.why_pure_python() or "")
     os.utime(extension, (3_000, 3_000))
     assert _native.why_pure_python() is None
@@ -66,17 +72,7 @@ def test_an_installed_wheel_trusts_its_extensions_whatever_their_times(
     tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     """pip writes a wheel's files in any order: in site-packages an extension older than its source is not stale."""
-    root = tmp_path / "lib" / "python3.11" / "site-packages"
-    source = root / "trackpoint" / "edge" / "build.py"
-    source.parent.mkdir(parents=True)
-    source.write_text("")
-    extension = source.with_suffix(importlib.machinery.EXTENSION_SUFFIXES[0])
-    extension.write_bytes(b"")
-    os.utime(extension, (1_000, 1_000))
-    os.utime(source, (2_000, 2_000))
-    monkeypatch.setattr(_native, "_ROOT", root)
-    monkeypatch.setattr(_native, "COMPILED", ("trackpoint.edge.build",))
-    monkeypatch.setenv(_native.PURE_PYTHON_VARIABLE, "0")
+    _compiled_before_its_source(tmp_path / "lib" / "python3.11" / "site-packages", monkeypatch)
     assert _native.why_pure_python() is None
 
 
