@@ -11,10 +11,10 @@ from conftest import make_event
 from trackpoint.admin.dashboard.history import History, collector_rows, percentile
 from trackpoint.collectors.base import CollectorStats
 from trackpoint.config import load
-from trackpoint.edge.counters import LATENCY_BUCKETS
 from trackpoint.edge.stats import Snapshot, add
 from trackpoint.edge.tail import TAIL_EVENTS, RecentEvents
 from trackpoint.event import Context
+from trackpoint.http.latency import LATENCY_BUCKETS
 from trackpoint.plugins import registry
 
 

@@ -14,8 +14,9 @@ from prometheus_client.parser import text_string_to_metric_families
 
 from trackpoint.admin.metrics import SupervisorState, registry, render
 from trackpoint.collectors.base import CollectorStats
-from trackpoint.edge.counters import LATENCY_BUCKETS, EdgeStats
+from trackpoint.edge.counters import EdgeStats
 from trackpoint.edge.stats import Snapshot, add, snapshot_of
+from trackpoint.http.latency import LATENCY_BUCKETS
 
 BUCKETS = len(LATENCY_BUCKETS) + 1  # the last one is +Inf
 

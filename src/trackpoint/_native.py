@@ -28,6 +28,7 @@ COMPILED = (
     "trackpoint.edge.counters",
     "trackpoint.fields.converters",
     "trackpoint.http.connection",
+    "trackpoint.http.latency",
     "trackpoint.http.limits",
     "trackpoint.http.responses",
     "trackpoint.edge.pipeline",

@@ -9,8 +9,8 @@ from prometheus_client import CollectorRegistry, generate_latest
 from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily, HistogramMetricFamily, Metric
 
 from trackpoint.config.model import Config, type_tag
-from trackpoint.edge.counters import LATENCY_BUCKETS
 from trackpoint.edge.stats import Snapshot
+from trackpoint.http.latency import LATENCY_BUCKETS
 
 
 class SupervisorState:

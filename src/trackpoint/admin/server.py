@@ -27,6 +27,7 @@ import msgspec
 from trackpoint.config.model import AdminLimits
 from trackpoint.fields.converters import Reject
 from trackpoint.http.connection import HEADERS, IDLE, HeaderNames, HttpConnection
+from trackpoint.http.latency import LatencyHistogram
 from trackpoint.http.limits import Caps
 from trackpoint.http.responses import Clock, head, reject
 from trackpoint.security.admin_token import BearerCheck
@@ -318,8 +319,8 @@ def _no_output_step(connection: HttpConnection) -> None:
     """The admin port writes each answer as its handler returns it (`serve`), not in an output step."""
 
 
-def _unobserved(seconds: float) -> None:
-    """Admin requests are not timed."""
+# Admin requests are timed into a histogram nobody reads: the edge's histogram counts tracking requests only.
+_UNREAD_LATENCY = LatencyHistogram()
 
 
 class _AdminProtocol(HttpConnection):
@@ -328,7 +329,7 @@ class _AdminProtocol(HttpConnection):
     `closing`: nothing more is read; what is queued is answered, then the connection closes."""
 
     def __init__(self, server: AdminServer) -> None:
-        super().__init__(server.caps, _ALL_HEADERS, _no_output_step, _unobserved)
+        super().__init__(server.caps, _ALL_HEADERS, _no_output_step, _UNREAD_LATENCY)
         self.server = server
         self.peer_ip = ""
         self.active_at = 0.0  # when the client last sent something: eviction closes the longest-idle first

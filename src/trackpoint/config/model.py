@@ -8,7 +8,7 @@ schema (`trackpoint config schema`) and the reference docs; every option carries
 
 from __future__ import annotations
 
-from typing import Annotated, ClassVar, Literal, TypeVar
+from typing import Annotated, ClassVar, Final, Literal, TypeVar
 from urllib.parse import urlsplit
 
 import msgspec
@@ -275,7 +275,7 @@ class AdminConfig(Struct, forbid_unknown_fields=True, kw_only=True):
 
 
 # The dim naming the optional fields an event was kept without (`on_invalid: drop`): `field:reason`, comma-separated.
-INVALID_DIM = "invalid"
+INVALID_DIM: Final = "invalid"
 
 FieldSource = Literal["param", "query", "form", "json", "header", "cookie", "ip"]
 

@@ -4,12 +4,14 @@ id cookie) are added to each untrusted collector's `fields_deny`; privacy/filter
 
 from __future__ import annotations
 
+from typing import Final
+
 import msgspec
 
 from trackpoint.config.model import Config, EventTypeSpec
 
 # The dim the first-party user id cookie is read into (privacy/cookie.py).
-UID_DIM = "uid"
+UID_DIM: Final = "uid"
 # Field sources that carry the client's own data rather than the URL the ad server wrote.
 PRIVATE_SOURCES = frozenset({"ip", "cookie", "header"})
 

@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import asyncio
 import time
-from typing import TYPE_CHECKING, Any, cast
+from typing import TYPE_CHECKING, Any, Final, cast
 
 import httptools
 import msgspec
@@ -27,11 +27,11 @@ if TYPE_CHECKING:
     from trackpoint.edge.runtime import Edge, Route
     from trackpoint.event import Event
 
-_monotonic = time.monotonic
-BATCH_ALLOW = b"Allow: POST\r\n"
-BATCH_ALLOW_CORS = b"Allow: POST, OPTIONS\r\n"  # and preflights, on an event type with CORS
-FILE_ALLOW = b"Allow: GET, HEAD\r\n"  # the files the edge serves (the JS tag)
-JSON_NO_STORE = b"Content-Type: application/json\r\n" + NO_STORE
+_monotonic: Final = time.monotonic
+BATCH_ALLOW: Final = b"Allow: POST\r\n"
+BATCH_ALLOW_CORS: Final = b"Allow: POST, OPTIONS\r\n"  # and preflights, on an event type with CORS
+FILE_ALLOW: Final = b"Allow: GET, HEAD\r\n"  # the files the edge serves (the JS tag)
+JSON_NO_STORE: Final = b"Content-Type: application/json\r\n" + NO_STORE
 
 
 class EdgeProtocol(HttpConnection):
@@ -40,7 +40,7 @@ class EdgeProtocol(HttpConnection):
     __slots__ = ("edge", "peer_ip", "trusted_peer")
 
     def __init__(self, edge: Edge) -> None:
-        super().__init__(edge.caps, edge.header_names, edge.queue_output, edge.stats.observe)  # type: ignore[arg-type]
+        super().__init__(edge.caps, edge.header_names, edge.queue_output, edge.stats)  # type: ignore[arg-type]
         self.edge = edge
         self.peer_ip = ""
         self.trusted_peer = False

@@ -10,6 +10,7 @@ import hashlib
 import ipaddress
 import re
 import unicodedata
+from typing import Final
 from urllib.parse import quote, urlsplit
 
 import idna
@@ -20,12 +21,12 @@ from trackpoint.fields.converters import Reject
 from trackpoint.http.responses import NO_STORE, Clock, head
 
 # The smallest transparent 1x1 GIF (43 bytes), the body of every tracking pixel.
-PIXEL_GIF = base64.b64decode("R0lGODlhAQABAIAAAAAAAP///yH5BAEAAAAALAAAAAABAAEAAAICRAEAOw==")
+PIXEL_GIF: Final = base64.b64decode("R0lGODlhAQABAIAAAAAAAP///yH5BAEAAAAALAAAAAABAAEAAAICRAEAOw==")
 assert len(PIXEL_GIF) == 43
 
 # A redirect host: DNS labels (ASCII; IDNA as xn--), or a bracketed IPv6 literal. No `%`, no trailing dot.
-_HOST_NAME = re.compile(r"[a-z0-9]([a-z0-9-]*[a-z0-9])?(\.[a-z0-9]([a-z0-9-]*[a-z0-9])?)*", re.ASCII)
-_MACRO = re.compile(r"\{([A-Za-z_][A-Za-z0-9_]{0,63})\}")
+_HOST_NAME: Final = re.compile(r"[a-z0-9]([a-z0-9-]*[a-z0-9])?(\.[a-z0-9]([a-z0-9-]*[a-z0-9])?)*", re.ASCII)
+_MACRO: Final = re.compile(r"\{([A-Za-z_][A-Za-z0-9_]{0,63})\}")
 
 
 def _is_ipv6(host: str) -> bool:
@@ -39,9 +40,9 @@ def _is_ipv6(host: str) -> bool:
 
 # Every printable ASCII character but the space: what an IRI keeps as it is on its way to a URI (quote() encodes the
 # rest, non-ASCII as UTF-8 bytes); `%` included, so escapes already there stay single.
-_URI_SAFE = "".join(chr(code) for code in range(0x21, 0x7F))
+_URI_SAFE: Final = "".join(chr(code) for code in range(0x21, 0x7F))
 # Scripts that may share one host label (UTS #39 "highly restrictive"): Latin with the CJK writing systems.
-_SCRIPT_MIXES = (
+_SCRIPT_MIXES: Final[tuple[frozenset[str], ...]] = (
     frozenset({"LATIN", "CJK", "HIRAGANA", "KATAKANA", "KATAKANA-HIRAGANA"}),
     frozenset({"LATIN", "CJK", "HANGUL"}),
     frozenset({"LATIN", "CJK", "BOPOMOFO"}),
@@ -187,7 +188,7 @@ def accepts_gzip(accept_encoding: bytes | None) -> bool:
 
 
 # The challenge of a postback's 401 (see security.postback_auth).
-POSTBACK_CHALLENGE = b'WWW-Authenticate: TP-HMAC realm="postback"\r\n'
+POSTBACK_CHALLENGE: Final = b'WWW-Authenticate: TP-HMAC realm="postback"\r\n'
 
 
 class Responder:

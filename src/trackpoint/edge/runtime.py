@@ -10,7 +10,7 @@ import ipaddress
 import logging
 import time
 from dataclasses import dataclass
-from typing import Protocol
+from typing import Final, Protocol
 
 from trackpoint.collectors import Collector, CollectorContext
 from trackpoint.config.model import CollectorBase, Config, Limits, PreprocessorBase, TagConfig
@@ -48,13 +48,13 @@ from trackpoint.tag import built_tag, served_paths
 log = logging.getLogger("trackpoint.edge")
 
 # Expired connections closed per event-loop iteration by the sweep.
-SWEEP_BATCH = 64
+SWEEP_BATCH: Final = 64
 # On drain, how long an idle keep-alive connection may still send one last request.
-DRAIN_IDLE_GRACE_S = 1.0
+DRAIN_IDLE_GRACE_S: Final = 1.0
 # Each kind of error on the request path is logged at most once per interval (always counted).
-ERROR_LOG_INTERVAL_S = 10.0
+ERROR_LOG_INTERVAL_S: Final = 10.0
 # How often the rate-limit tables drop their idle buckets (a pass over each table).
-LIMIT_SWEEP_INTERVAL_S = 10.0
+LIMIT_SWEEP_INTERVAL_S: Final = 10.0
 
 
 @dataclass(frozen=True, slots=True)
@@ -275,6 +275,9 @@ class Edge:
         by_type = {route.name: route for route in self.routes.values()}  # a type with several paths counts once
         self._limiters = [limiter for route in by_type.values() for limiter in (*route.limiters, *route.late_limiters)]
         self._pending_output: list[EdgeProtocol] = []
+        # The loop the output step is scheduled on, kept: asyncio.get_running_loop() makes a getpid() system call
+        # each time (CPython checks for a fork), once per request when requests come one per iteration.
+        self._loop: asyncio.AbstractEventLoop | None = None
         self.refresh_date()
 
     # --- used by connections -------------------------------------------------------------------------------------
@@ -315,7 +318,10 @@ class Edge:
         """Responses are written after every ready connection has been read: one write per connection per
         iteration, and the client side is woken once for a whole batch instead of once per response."""
         if not self._pending_output:
-            asyncio.get_running_loop().call_soon(self._write_output)
+            loop = self._loop
+            if loop is None or loop.is_closed():  # the first request, or (in tests) a new loop
+                loop = self._loop = asyncio.get_running_loop()
+            loop.call_soon(self._write_output)
         self._pending_output.append(connection)
 
     def _write_output(self) -> None:

@@ -11,7 +11,7 @@ import re
 from collections.abc import Callable
 from datetime import UTC, datetime, timedelta
 from decimal import Decimal
-from typing import Protocol
+from typing import Final, Protocol
 from urllib.parse import unquote_to_bytes
 
 from trackpoint.fields.macros import (
@@ -23,9 +23,9 @@ from trackpoint.fields.macros import (
 )
 from trackpoint.fields.reject import Reject as Reject  # noqa: PLC0414 - re-exported: plugins import it from here
 
-MICROS = 1_000_000
+MICROS: Final = 1_000_000
 # A price field's value outside its min/max: the reason decrypt_price gives an absurd decrypted price too.
-PRICE_OUT_OF_RANGE = "price_out_of_range"
+PRICE_OUT_OF_RANGE: Final = "price_out_of_range"
 Value = str | int | float
 Converter = Callable[[str], Value]
 
@@ -39,11 +39,11 @@ class MacroUnsubstituted(Reject):
 
 
 # re.ASCII: `\d` is 0-9 only (int() and float() would accept other scripts' digits).
-_INT = re.compile(r"[+-]?\d{1,18}", re.ASCII)
-_DECIMAL = re.compile(r"[+-]?(?:\d+\.?\d*|\.\d+)(?:[eE][+-]?\d{1,3})?", re.ASCII)
-_MONEY = re.compile(r"(?P<sign>[+-]?)(?P<units>\d{1,15})(?:\.(?P<frac>\d{1,12}))?", re.ASCII)
+_INT: Final = re.compile(r"[+-]?\d{1,18}", re.ASCII)
+_DECIMAL: Final = re.compile(r"[+-]?(?:\d+\.?\d*|\.\d+)(?:[eE][+-]?\d{1,3})?", re.ASCII)
+_MONEY: Final = re.compile(r"(?P<sign>[+-]?)(?P<units>\d{1,15})(?:\.(?P<frac>\d{1,12}))?", re.ASCII)
 # The words a bool field reads (in any case), and what each stands for.
-BOOL_WORDS = {
+BOOL_WORDS: Final = {
     "1": "true",
     "true": "true",
     "yes": "true",
@@ -59,9 +59,9 @@ BOOL_WORDS = {
 # fields. Callers test isprintable() first (False for these, but also for C1 controls and separators that a
 # latin-1 header or emoji text may carry, which are kept).
 # (The surrogate range is built with chr(): mypyc, which compiles this module, takes no surrogates in literals.)
-_SURROGATES = chr(0xD800) + "-" + chr(0xDFFF)
-_CONTROLS = re.compile("[\x00-\x08\x0a-\x1f\x7f" + _SURROGATES + "]")
-_UNDECODED = re.compile("[" + _SURROGATES + "]")
+_SURROGATES: Final = chr(0xD800) + "-" + chr(0xDFFF)
+_CONTROLS: Final = re.compile("[\x00-\x08\x0a-\x1f\x7f" + _SURROGATES + "]")
+_UNDECODED: Final = re.compile("[" + _SURROGATES + "]")
 
 
 def check_text(name: str, raw: str) -> None:
@@ -218,11 +218,11 @@ def _duration(name: str, macros: bool) -> Callable[[str], int | float]:
 
 # What a player sends in a duration field for an optional macro it does not fill (VAST 4.1 §6.1): -1 unknown, -2
 # withheld by policy.
-UNKNOWN_VALUES = frozenset({"-1", "-2"})
+UNKNOWN_VALUES: Final = frozenset({"-1", "-2"})
 
 # An offset: seconds (`12.5`) or a timecode `HH:MM:SS` / `HH:MM:SS.mmm` ([ADPLAYHEAD], [CONTENTPLAYHEAD]).
-_SECONDS = re.compile(r"[+-]?(?:\d{1,12}(?:\.\d{0,9})?|\.\d{1,9})", re.ASCII)
-_TIMECODE = re.compile(r"(\d{1,6}):([0-5]\d):([0-5]\d(?:\.\d{1,9})?)", re.ASCII)
+_SECONDS: Final = re.compile(r"[+-]?(?:\d{1,12}(?:\.\d{0,9})?|\.\d{1,9})", re.ASCII)
+_TIMECODE: Final = re.compile(r"(\d{1,6}):([0-5]\d):([0-5]\d(?:\.\d{1,9})?)", re.ASCII)
 
 
 def parse_offset(text: str) -> float | None:
@@ -284,9 +284,9 @@ def _bounded(
 
 
 # Epoch values below this are seconds, above it milliseconds (1e11 s is the year 5138; 1e11 ms is 1973).
-_EPOCH_MS_THRESHOLD = 100_000_000_000
-_EPOCH = datetime(1970, 1, 1, tzinfo=UTC)
-_MILLISECOND = timedelta(milliseconds=1)
+_EPOCH_MS_THRESHOLD: Final = 100_000_000_000
+_EPOCH: Final = datetime(1970, 1, 1, tzinfo=UTC)
+_MILLISECOND: Final = timedelta(milliseconds=1)
 
 
 def _timestamp(name: str, macros: bool) -> Converter:
@@ -311,7 +311,7 @@ def _timestamp(name: str, macros: bool) -> Converter:
 
 
 # An ISO 8601 time whose hour has one digit, as VAST 4's [TIMESTAMP] example writes it.
-_ONE_DIGIT_HOUR = re.compile(r"(\d{4}-\d{2}-\d{2}T)(\d:)", re.ASCII)
+_ONE_DIGIT_HOUR: Final = re.compile(r"(\d{4}-\d{2}-\d{2}T)(\d:)", re.ASCII)
 
 
 def _lenient_iso(raw: str) -> datetime | None:

@@ -12,29 +12,38 @@ import asyncio
 import re
 import time
 from collections.abc import Callable, Container
+from typing import Final
 
 import httptools
 from mypy_extensions import mypyc_attr
 
 from trackpoint.fields.converters import Reject
 from trackpoint.http.encoding import Inflater, wbits
+from trackpoint.http.latency import LatencyHistogram
 from trackpoint.http.limits import Caps
 from trackpoint.http.responses import CONTINUE
 
+# Module constants are Final: compiled (mypyc), a Final literal is inlined and any other Final is a C static, where
+# a plain module name is a dict lookup in the module's globals on every use.
+
 # Connection phases, for the timeout sweep.
-IDLE, HEADERS, BODY = 0, 1, 2
+IDLE: Final = 0
+HEADERS: Final = 1
+BODY: Final = 2
 # Headers that frame or code a body; a connection keeps them for every request.
-FRAMING_HEADERS = frozenset({b"content-length", b"transfer-encoding", b"expect", b"content-encoding"})
+FRAMING_HEADERS: Final = frozenset({b"content-length", b"transfer-encoding", b"expect", b"content-encoding"})
 # After an error answer, how long input is still read (and discarded) before the connection is closed.
-LINGER_S = 1.0
+LINGER_S: Final = 1.0
 # What a connection does once its queued output is written.
-AFTER_NOTHING, AFTER_CLOSE, AFTER_LINGER = 0, 1, 2
+AFTER_NOTHING: Final = 0
+AFTER_CLOSE: Final = 1
+AFTER_LINGER: Final = 2
 
 # How many spellings of header names HeaderNames learns: a client inventing names cannot grow it past this.
-LEARNED_NAMES_MAX = 1024
+LEARNED_NAMES_MAX: Final = 1024
 
-_monotonic = time.monotonic
-_HIGH_BYTE = re.compile(rb"[\x80-\xff]")
+_monotonic: Final = time.monotonic
+_HIGH_BYTE: Final = re.compile(rb"[\x80-\xff]")
 
 
 def _percent_encoded(match: re.Match[bytes]) -> bytes:
@@ -89,7 +98,7 @@ class HttpConnection(asyncio.Protocol):
         "headers",
         "in_target",
         "inflater",
-        "observe",
+        "latency",
         "out",
         "parser",
         "phase",
@@ -108,15 +117,15 @@ class HttpConnection(asyncio.Protocol):
         caps: Caps,
         header_names: HeaderNames,
         queue_output: Callable[[HttpConnection], None],
-        observe: Callable[[float], None],
+        latency: LatencyHistogram,
     ) -> None:
         # Set once per connection, read per request: the caps, the header names kept for the request (the others
-        # are counted against the caps and dropped), what schedules this connection's output step, and what is
-        # told each request's duration.
+        # are counted against the caps and dropped), what schedules this connection's output step, and the
+        # histogram each request's duration goes into.
         self.caps = caps
         self.header_names = header_names
         self.queue_output = queue_output
-        self.observe = observe
+        self.latency = latency
         self.transport: asyncio.Transport | None = None
         self.parser: httptools.HttpRequestParser | None = None
         self.phase = IDLE
@@ -302,7 +311,7 @@ class HttpConnection(asyncio.Protocol):
     def finish(self, keep_alive: bool) -> None:
         """A request answered: the connection waits for the next one, or closes (and parsing stops)."""
         now = _monotonic()
-        self.observe(now - self.started)
+        self.latency.observe(now - self.started)
         self.received = 0
         if keep_alive:
             self.phase = IDLE

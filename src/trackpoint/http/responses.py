@@ -8,10 +8,11 @@ from __future__ import annotations
 
 from collections.abc import Iterable
 from email.utils import formatdate
+from typing import Final
 
 import msgspec
 
-REASONS = {
+REASONS: Final = {
     100: "Continue",
     200: "OK",
     201: "Created",
@@ -34,10 +35,10 @@ REASONS = {
     500: "Internal Server Error",
     503: "Service Unavailable",
 }
-NO_STORE = b"Cache-Control: no-store, no-cache, must-revalidate, max-age=0\r\n"
-KEEP_ALIVE = b"Connection: keep-alive\r\n"
-CLOSE = b"Connection: close\r\n"
-CONTINUE = b"HTTP/1.1 100 Continue\r\n\r\n"
+NO_STORE: Final = b"Cache-Control: no-store, no-cache, must-revalidate, max-age=0\r\n"
+KEEP_ALIVE: Final = b"Connection: keep-alive\r\n"
+CLOSE: Final = b"Connection: close\r\n"
+CONTINUE: Final = b"HTTP/1.1 100 Continue\r\n\r\n"
 
 
 def http_date() -> bytes:

@@ -10,8 +10,8 @@ from dataclasses import dataclass
 from typing import Any
 
 from trackpoint.config.model import Config, type_tag
-from trackpoint.edge.counters import LATENCY_BUCKETS
 from trackpoint.edge.stats import Snapshot
+from trackpoint.http.latency import LATENCY_BUCKETS
 
 KEEP_S = 600  # ten minutes of samples, one a second
 STEP_S = 5  # one point of the series per 5 samples

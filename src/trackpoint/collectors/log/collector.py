@@ -16,7 +16,7 @@ import time
 from collections.abc import Sequence
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
-from typing import Any
+from typing import Any, Final
 
 import msgspec
 
@@ -28,11 +28,11 @@ from trackpoint.collectors.log.files import file_name, log_dir
 from trackpoint.event import Event
 
 # Write errors that mean the disk (or the file size limit) is full.
-DISK_FULL = frozenset({errno.ENOSPC, errno.EDQUOT, errno.EFBIG})
+DISK_FULL: Final = frozenset({errno.ENOSPC, errno.EDQUOT, errno.EFBIG})
 # After a failed write, how long the log stays unready before it looks whether it can write again.
-ERROR_HOLD_S = 1.0
+ERROR_HOLD_S: Final = 1.0
 # The free space a failed log waits for before it is ready again.
-MIN_FREE_BYTES = 1 << 20
+MIN_FREE_BYTES: Final = 1 << 20
 
 log = logging.getLogger("trackpoint.collectors")
 

@@ -5,11 +5,13 @@ Results are cached per worker: a busy tracker sees the same networks again and a
 
 from __future__ import annotations
 
+from typing import Final
+
 from trackpoint.event import Event
 from trackpoint.preprocessors.anonymize_ip.config import AnonymizeIpConfig
 from trackpoint.privacy.network import truncate_ip
 
-_CACHE_LIMIT = 65536
+_CACHE_LIMIT: Final = 65536
 
 
 class AnonymizeIp:

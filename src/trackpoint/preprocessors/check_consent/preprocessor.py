@@ -6,24 +6,32 @@ only non-personal fields. A malformed consent string denies (it never makes a 4x
 
 from __future__ import annotations
 
+from typing import Final
+
 from trackpoint.config.model import INVALID_DIM, FieldSpec
 from trackpoint.config.private import UID_DIM
 from trackpoint.event import Event
 from trackpoint.preprocessors.check_consent.config import CheckConsentConfig
 from trackpoint.privacy.signals import InvalidSignal, decode_tc_string, us_privacy_opt_out
 
-CONSENT_DIM = "consent"
-REASON_DIM = "consent_reason"
-GRANTED, DENIED, NOT_APPLICABLE = "granted", "denied", "not_applicable"
+CONSENT_DIM: Final = "consent"
+REASON_DIM: Final = "consent_reason"
+GRANTED: Final = "granted"
+DENIED: Final = "denied"
+NOT_APPLICABLE: Final = "not_applicable"
 
 # The signals are read into dims under these names by fields the edge adds to the event type (input_fields); they
 # are taken out again here, so only the outcome is recorded.
-GPC, DNT, USP, GDPR, TC_STRING = "consent.gpc", "consent.dnt", "consent.us_privacy", "consent.gdpr", "consent.tcf"
-_SIGNALS = (GPC, DNT, USP, GDPR, TC_STRING)
+GPC: Final = "consent.gpc"
+DNT: Final = "consent.dnt"
+USP: Final = "consent.us_privacy"
+GDPR: Final = "consent.gdpr"
+TC_STRING: Final = "consent.tcf"
+_SIGNALS: Final[tuple[str, ...]] = (GPC, DNT, USP, GDPR, TC_STRING)
 # A signal the builder dropped as invalid (`on_invalid: drop`, named in dims.invalid) denies, as a malformed one
 # does: an opt-out that could not be read is never taken for no opt-out.
-_UNREADABLE = {GPC: "gpc", DNT: "dnt", USP: "usp_invalid", GDPR: "gdpr_invalid", TC_STRING: "tcf_invalid"}
-_CACHE_LIMIT = 65536
+_UNREADABLE: Final = {GPC: "gpc", DNT: "dnt", USP: "usp_invalid", GDPR: "gdpr_invalid", TC_STRING: "tcf_invalid"}
+_CACHE_LIMIT: Final = 65536
 
 
 class CheckConsent:

@@ -5,14 +5,14 @@ The resolver costs tens of microseconds per new string; a bounded per-worker cac
 
 from __future__ import annotations
 
-from typing import Any
+from typing import Any, Final
 
 from trackpoint.adtech.ivt import automated
 from trackpoint.event import Device, Event
 from trackpoint.preprocessors.parse_user_agent.config import ParseUserAgentConfig
 
 # Devices ua-parser reports for crawlers; HTTP tools and headless browsers are `automated` (once per new string).
-_BOT_DEVICES = frozenset({"Spider"})
+_BOT_DEVICES: Final = frozenset({"Spider"})
 
 
 def _regex_parser() -> Any:
