@@ -39,6 +39,29 @@ def test_compiled_modules_are_the_request_path_and_define_no_struct() -> None:
                 assert not bases & {"Struct", "msgspec.Struct"}, f"{name}.{node.name} is a Struct"
 
 
+_CONSTANT = re.compile(r"_?[A-Z][A-Z0-9_]*")
+
+
+def test_compiled_module_constants_are_final_and_final_tuples_open_ended() -> None:
+    """Compiled, a module name that is not Final is a lookup in the module's globals on every use (22 of them per
+    request before this rule); a Final tuple of fixed length is kept unboxed and rebuilt as a new tuple each time a
+    loop goes over it, so it is annotated `Final[tuple[T, ...]]`."""
+    problems = []
+    for name in _native.COMPILED:
+        source = Path(trackpoint.__file__).parent.parent.joinpath(*name.split(".")).with_suffix(".py")
+        for node in ast.parse(source.read_text()).body:
+            if isinstance(node, ast.Assign):
+                targets = [t for target in node.targets for t in ast.walk(target) if isinstance(t, ast.Name)]
+                problems += [f"{name}.{t.id} is not Final" for t in targets if _CONSTANT.fullmatch(t.id)]
+            elif (
+                isinstance(node, ast.AnnAssign)
+                and isinstance(node.value, ast.Tuple)
+                and ast.unparse(node.annotation) in ("Final", "typing.Final")
+            ):
+                problems.append(f"{name}.{ast.unparse(node.target)} is a Final tuple of fixed length")
+    assert not problems, problems
+
+
 def _compiled_before_its_source(root: Path, monkeypatch: pytest.MonkeyPatch) -> Path:
     """One listed module under `root` whose extension is older than its source, with the compiled build asked for;
     returns the extension."""
