@@ -189,6 +189,25 @@ def test_raw_utf8_in_the_target_is_read_as_a_browser_would_have_encoded_it(track
     assert events["t3"].dims["cid"] == "ü"
 
 
+def test_an_ascii_read_leaves_the_target_open_only_until_its_line_ends(tracker: Tracker) -> None:
+    """An all-ASCII read is not scanned for the line's end unless the request goes on in another read: then a
+    target cut before its end is still encoded in the next read, and a header after a finished request line is
+    not (raw UTF-8 in a header is stored as UTF-8, never percent-encoded)."""
+    with socket.create_connection(("127.0.0.1", tracker.port), timeout=3) as sock:
+        sock.sendall(b"GET /i?imp=s1&cid=ab")  # ASCII, the target not finished
+        time.sleep(0.05)  # not a synchronisation: two reads are what is tested (either way the answer is checked)
+        sock.sendall(b"\xc3\xbc HTTP/1.1\r\nHost: t\r\nConnection: close\r\n\r\n")
+        assert read_until_quiet(sock).startswith(b"HTTP/1.1 200")
+    with socket.create_connection(("127.0.0.1", tracker.port), timeout=3) as sock:
+        sock.sendall(b"GET /i?imp=s2 HTTP/1.1\r\nHost: t\r\n")  # ASCII, the request line finished
+        time.sleep(0.05)
+        sock.sendall("Referer: https://x/über\r\nConnection: close\r\n\r\n".encode())
+        assert read_until_quiet(sock).startswith(b"HTTP/1.1 200")
+    events = {e.dims["imp"]: e for e in tracker.wait_events(2)}
+    assert events["s1"].dims["cid"] == "abü"
+    assert events["s2"].ctx.referer == "https://x/über"
+
+
 # --- (7) multipart, (9) BOM ----------------------------------------------------------------------------------------
 
 

@@ -173,14 +173,24 @@ class HttpConnection(asyncio.Protocol):
             self.started = now = _monotonic()
             self.deadline = now + self.caps.header_timeout_s
             # A strict request line: one space after the method (llhttp skips extra ones). Only where the read
-            # starts with a method: a read may also go on with a request pipelined into the previous one.
-            space = data.find(b" ", 0, 8)
-            if space > 0 and data[space + 1 : space + 2] == b" " and data[:space].isupper():
+            # starts with a method: a read may also go on with a request pipelined into the previous one. By index,
+            # not data.find(b" ", 0, 8): bytes.find parses its arguments with PyArg_ParseTuple, about 700
+            # instructions, where the compiled loop reads a few bytes.
+            size = len(data)
+            limit = size if size < 8 else 8
+            space = 0
+            while space < limit and data[space] != 0x20:
+                space += 1
+            if 0 < space < limit and space + 1 < size and data[space + 1] == 0x20 and data[:space].isupper():
                 self.reject_and_close(400, "bad_request")
                 return
             self.in_target = True
+        settle_target = False
         if self.in_target:
-            data = self.escape_target(data)
+            if data.isascii():  # nothing to encode: whether the line ended matters only if the request goes on
+                settle_target = True
+            else:
+                data = self.escape_target(data)
         # Limits hold as bytes arrive, before the parser buffers them: a request may not take more than the head
         # cap before it frames a body, nor more than the request cap in all, so an endless header line or chunk
         # extension is cut off there.
@@ -190,22 +200,22 @@ class HttpConnection(asyncio.Protocol):
             self.feed(data)
         else:
             self.feed_capped(data)
+        if settle_target and self.phase != IDLE and data.find(b"\n") >= 0:
+            self.in_target = False  # the request goes on in the next read, past its request line
         if self.continue_due and not self.closing:  # the head passed every check: the client may send the body
             self.continue_due = False
             self.send(CONTINUE)
 
     def escape_target(self, data: bytes) -> bytes:
-        """The read with the bytes above 0x7f of its request line percent-encoded, as a browser sends them: raw UTF-8
-        in a target (curl, some SDKs and servers send it) is refused by llhttp otherwise. Only a request line that
-        starts a read, or goes on from the previous one: one pipelined behind another request in the same read keeps
-        llhttp's refusal (400 bad_request)."""
+        """A read that is not all ASCII, with the bytes above 0x7f of its request line percent-encoded, as a browser
+        sends them: raw UTF-8 in a target (curl, some SDKs and servers send it) is refused by llhttp otherwise. Only a
+        request line that starts a read, or goes on from the previous one: one pipelined behind another request in
+        the same read keeps llhttp's refusal (400 bad_request)."""
         end = data.find(b"\n")
         if end < 0:
             end = len(data)
         else:
             self.in_target = False
-        if data.isascii():
-            return data
         return _HIGH_BYTE.sub(_percent_encoded, data[:end]) + data[end:]
 
     def feed_capped(self, data: bytes) -> None:
