@@ -107,6 +107,9 @@ def _peers_rows(run: dict[str, Any]) -> list[str]:
             _ms(rate["p99_ms"]) + (" (generator-bound)" if rate.get("generator_bound") else "") for rate in rates[1:3]
         ] or ["-", "-"]
         rows.append(f"| {name} | {stack['rps_median']:,.0f} | {stack['cpu_us_median']:.1f} | {' | '.join(cells)} |")
+    waiting = run["stacks"].get("trackpoint", {}).get("files_waiting_max")
+    if waiting is not None:  # recorded since the benchmark checks it
+        rows += ["", f"trackpoint's log compression: at most {waiting} finished file(s) waiting when a run ended."]
     return rows
 
 

@@ -80,6 +80,8 @@ RATE_SHARES = (0.5, 0.8)
 RATE_CONNECTIONS = 32  # constant-rate runs: one connection per wrk thread
 BRIEF_CONNECTIONS = 20
 GENERATOR_BUSY_PCT = 85.0  # wrk above this share of its core: its own delays are in the latencies
+COMPRESSION_SETTLE_S = 60  # the longest wait for trackpoint's compression to finish a run's files
+MAX_FILES_WAITING = 1  # "compression keeping up": at most one finished file behind when a run ends
 
 # (request line target, method, expected status, expected reason or None, logged imp or None)
 CONTRACT: tuple[tuple[str, str, int, str | None, str | None], ...] = (
@@ -110,6 +112,8 @@ class Stack:
     name: str
     service: Service
     log_lines: Callable[[], list[dict[str, Any]]]  # the events logged so far
+    # Finished log files not compressed yet (trackpoint compresses its rotated files on the core that serves).
+    waiting_files: Callable[[], int] | None = None
 
 
 def _json_lines(path: Path) -> list[dict[str, Any]]:
@@ -176,6 +180,7 @@ def run_openresty(workdir: Path, port: int) -> Iterator[Stack]:
 
 @contextlib.contextmanager
 def run_trackpoint(workdir: Path, port: int, admin_port: int) -> Iterator[Stack]:
+    from trackpoint.collectors.log.files import ACTIVE_SUFFIX
     from trackpoint.collectors.log.reader import read_events
 
     binary = Path(sys.executable).parent / "trackpoint"
@@ -185,6 +190,8 @@ def run_trackpoint(workdir: Path, port: int, admin_port: int) -> Iterator[Stack]
             "trackpoint",
             service,
             lambda: [{"id": e.id, "dims": dict(e.dims)} for e in read_events([logs])] if logs.exists() else [],
+            # Every uncompressed file but the newest (the worker's current one) is finished and waiting.
+            lambda: max(0, len(list(logs.glob(f"events-*{ACTIVE_SUFFIX}"))) - 1) if logs.exists() else 0,
         )
 
 
@@ -255,11 +262,21 @@ class Throughput:
     p50_ms: float
     p99_ms: float
     errors: int
+    # trackpoint: finished log files still waiting for compression when the load stopped (at most one: it kept up).
+    files_waiting: int | None = None
 
 
 def closed_loop(stack: Stack, duration_s: int) -> Throughput:
     cpu_before = group_cpu_s(stack.service.proc.pid)
     result = run_wrk(stack.service.url, duration_s, THROUGHPUT_CONNECTIONS)
+    waiting = None
+    if stack.waiting_files is not None:
+        waiting = stack.waiting_files()
+        # The files this run finished are compressed before its CPU is read: all of that work is charged to the
+        # run that caused it, none left over for the next.
+        deadline = time.monotonic() + COMPRESSION_SETTLE_S
+        while stack.waiting_files() and time.monotonic() < deadline:
+            time.sleep(0.05)
     cpu = group_cpu_s(stack.service.proc.pid) - cpu_before
     return Throughput(
         round(result.rps),
@@ -267,6 +284,7 @@ def closed_loop(stack: Stack, duration_s: int) -> Throughput:
         result.latency_p50_ms,
         result.latency_p99_ms,
         result.errors,
+        waiting,
     )
 
 
@@ -371,6 +389,11 @@ class StackResult:
     def cpu_us(self) -> float:
         return statistics.median(run.cpu_us_per_request for run in self.runs)
 
+    @property
+    def files_waiting_max(self) -> int | None:
+        counts = [run.files_waiting for run in self.runs if run.files_waiting is not None]
+        return max(counts) if counts else None
+
 
 def measure(settings: argparse.Namespace, console: Console) -> tuple[dict[str, StackResult], list[str]]:
     binaries = build_peers(console)
@@ -402,8 +425,10 @@ def measure(settings: argparse.Namespace, console: Console) -> tuple[dict[str, S
                 run_wrk(everything[name].service.url, settings.warmup, THROUGHPUT_CONNECTIONS)
                 run = closed_loop(everything[name], settings.duration)
                 results[name].runs.append(run)
+                waiting = "" if run.files_waiting is None else f", {run.files_waiting} log files left to compress"
                 console.print(
                     f"round {round_number + 1} {name}: {run.rps:,.0f} req/s, {run.cpu_us_per_request} µs CPU/request"
+                    f"{waiting}"
                 )
                 time.sleep(0.5)
         rates = {name: [BRIEF_RATE] + [round(results[name].rps * share) for share in RATE_SHARES] for name in STACKS}
@@ -511,6 +536,9 @@ def main(argv: Sequence[str] | None = None) -> int:
         console.print(f"[red]benchmark failed:[/] {exc}")
         return 1
     print_table(results, console)
+    behind = results["trackpoint"].files_waiting_max
+    if behind is not None and behind > MAX_FILES_WAITING:
+        console.print(f"[red]trackpoint's log compression fell behind:[/] {behind} finished files waiting after a run")
     date = datetime.datetime.now(datetime.UTC).isoformat(timespec="seconds")
     commit, dirty = git_state()
     report = {
@@ -520,7 +548,8 @@ def main(argv: Sequence[str] | None = None) -> int:
         "machine": asdict(machine_info()),
         "settings": {key: getattr(settings, key) for key in ("rounds", "duration", "warmup", "rate_duration")},
         "stacks": {
-            name: asdict(result) | {"rps_median": result.rps, "cpu_us_median": result.cpu_us}
+            name: asdict(result)
+            | {"rps_median": result.rps, "cpu_us_median": result.cpu_us, "files_waiting_max": result.files_waiting_max}
             for name, result in results.items()
         },
     }
