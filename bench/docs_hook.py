@@ -107,10 +107,15 @@ def _peers_rows(run: dict[str, Any]) -> list[str]:
             _ms(rate["p99_ms"]) + (" (generator-bound)" if rate.get("generator_bound") else "") for rate in rates[1:3]
         ] or ["-", "-"]
         rows.append(f"| {name} | {stack['rps_median']:,.0f} | {stack['cpu_us_median']:.1f} | {' | '.join(cells)} |")
+    notes = []
+    pairs = run.get("brief_rate_rounds")
+    if pairs:  # recorded since the benchmark counts them
+        counts = ", ".join(f"{name} {won} of {rounds}" for name, (won, rounds) in pairs.items())
+        notes.append(f"Rounds at 2,000 requests/s in which trackpoint's p99 was at most the peer's: {counts}.")
     waiting = run["stacks"].get("trackpoint", {}).get("files_waiting_max")
     if waiting is not None:  # recorded since the benchmark checks it
-        rows += ["", f"trackpoint's log compression: at most {waiting} finished file(s) waiting when a run ended."]
-    return rows
+        notes.append(f"trackpoint's log compression: at most {waiting} finished file(s) waiting when a run ended.")
+    return [*rows, "", " ".join(notes)] if notes else rows
 
 
 def _batch_rows(run: dict[str, Any]) -> list[str]:
