@@ -233,6 +233,16 @@ def parse_wrk(output: str) -> WrkResult:
     )
 
 
+def active_files(logs: Path) -> list[Path]:
+    """A tracker's uncompressed log files, oldest first: the last is the worker's current file, the others are
+    finished and waiting for compression."""
+    from trackpoint.collectors.log.files import ACTIVE_SUFFIX
+
+    if not logs.exists():
+        return []
+    return sorted((p for p in logs.glob("events-*") if p.name.endswith(ACTIVE_SUFFIX)), key=lambda p: p.name)
+
+
 def pinned(cpu: int) -> list[str]:
     """Command prefix that runs a program on one CPU core."""
     return ["taskset", "-c", str(cpu)]

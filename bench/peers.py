@@ -61,6 +61,7 @@ from harness import (
     USER_AGENT,
     HarnessError,
     Service,
+    active_files,
     free_ports,
     git_state,
     machine_info,
@@ -183,7 +184,6 @@ def run_openresty(workdir: Path, port: int) -> Iterator[Stack]:
 
 @contextlib.contextmanager
 def run_trackpoint(workdir: Path, port: int, admin_port: int) -> Iterator[Stack]:
-    from trackpoint.collectors.log.files import ACTIVE_SUFFIX
     from trackpoint.collectors.log.reader import read_events
 
     binary = Path(sys.executable).parent / "trackpoint"
@@ -193,8 +193,7 @@ def run_trackpoint(workdir: Path, port: int, admin_port: int) -> Iterator[Stack]
             "trackpoint",
             service,
             lambda: [{"id": e.id, "dims": dict(e.dims)} for e in read_events([logs])] if logs.exists() else [],
-            # Every uncompressed file but the newest (the worker's current one) is finished and waiting.
-            lambda: max(0, len(list(logs.glob(f"events-*{ACTIVE_SUFFIX}"))) - 1) if logs.exists() else 0,
+            lambda: len(active_files(logs)[:-1]),
         )
 
 

@@ -51,6 +51,7 @@ from harness import (
     HarnessError,
     Service,
     WrkResult,
+    active_files,
     cpu_seconds,
     cpu_snapshot,
     foreign_cpu_pct,
@@ -89,7 +90,6 @@ TARGET_RSS_GROWTH_MB = 20.0
 TARGET_COMPRESSION_SHARE = 0.15  # compression CPU per event <= 15% of serving CPU per event
 
 COMPRESSION_THREADS = ("compress-",)
-ACTIVE_SUFFIX = ".jsonl"
 
 # --------------------------------------------------------------------------- /proc and the log directory
 
@@ -130,11 +130,6 @@ def compression_cpu(pid: int) -> tuple[float, int, int]:
                 io = dict(line.split(": ") for line in (task / "io").read_text().splitlines())
                 read += int(io["rchar"])
     return cpu, read, threads
-
-
-def active_files(logs: Path) -> list[Path]:
-    """Uncompressed log files, oldest first: the last is the worker's current file."""
-    return sorted((p for p in logs.glob("events-*") if p.name.endswith(ACTIVE_SUFFIX)), key=lambda p: p.name)
 
 
 def _size(path: Path) -> int:
