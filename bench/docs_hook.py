@@ -94,6 +94,13 @@ def _flood_rows(run: dict[str, Any]) -> list[str]:
     return rows
 
 
+# The four-stack benchmark's two servers that do no work (bench/peers.py), named for what they stand for.
+PEERS_NO_WORK = {
+    "python-floor": "Python on uvloop, answering only (the runtime's floor)",
+    "nginx": "nginx `empty_gif` (the load generator's ceiling)",
+}
+
+
 def _peers_rows(run: dict[str, Any]) -> list[str]:
     rows = [
         "| stack | requests/s (median) | CPU µs per request | p50 / p99 at 2,000/s | p99 at 50% of its max | "
@@ -106,7 +113,8 @@ def _peers_rows(run: dict[str, Any]) -> list[str]:
         cells += [
             _ms(rate["p99_ms"]) + (" (generator-bound)" if rate.get("generator_bound") else "") for rate in rates[1:3]
         ] or ["-", "-"]
-        rows.append(f"| {name} | {stack['rps_median']:,.0f} | {stack['cpu_us_median']:.1f} | {' | '.join(cells)} |")
+        label = PEERS_NO_WORK.get(name, name)
+        rows.append(f"| {label} | {stack['rps_median']:,.0f} | {stack['cpu_us_median']:.1f} | {' | '.join(cells)} |")
     notes = []
     pairs = run.get("brief_rate_rounds")
     if pairs:  # recorded since the benchmark counts them

@@ -9,7 +9,9 @@ value is left out and named in `dims.invalid`, as trackpoint's pixels do); the d
 (`CONTRACT`) and must give the same statuses and reasons and log the same lines with the same ids. The peers' code is
 in bench/peers/ (Go: net/http and the standard library, GOMAXPROCS=1; OpenResty: Debian's nginx with
 lua-nginx-module and lua-cjson; Rust: hyper 0.14 on a current-thread tokio runtime, built offline from Debian's crate
-sources). trackpoint runs its embedded default configuration, one worker, log compression on the same core.
+sources). trackpoint runs its embedded default configuration, one worker, log compression on the same core. Beside
+them, keeping no contract: Python on uvloop answering the GIF and nothing else (bench/peers/python-floor, the floor
+under trackpoint: its latency at 2,000 req/s is the runtime's, what trackpoint has above it is trackpoint's work).
 
 Two loads, both with wrk on the other core:
 - closed loop (`wrk -t1 -c64`): the most each stack serves; its CPU per request (every process and thread of the
@@ -79,6 +81,9 @@ CONSTANT_RATE_LUA = REPO_ROOT / "bench" / "constant_rate.lua"
 HISTORY = RESULTS_DIR / "peers-history.json"
 CHART = RESULTS_DIR / "peers.png"
 STACKS = ("trackpoint", "go", "openresty", "rust")  # nginx empty_gif is measured too, as the ceiling
+# Python on uvloop answering the GIF and doing nothing else (bench/peers/python-floor): measured in the closed loop
+# and at 2,000 req/s, it splits trackpoint's latency into what the runtime costs and what trackpoint's work adds.
+FLOOR = "python-floor"
 BRIEF_RATE = 2_000
 RATE_SHARES = (0.5, 0.8)
 RATE_CONNECTIONS = 32  # constant-rate runs: one connection per wrk thread
@@ -180,6 +185,15 @@ def run_openresty(workdir: Path, port: int) -> Iterator[Stack]:
     with start_service("openresty", url, argv, workdir, signal.SIGTERM) as service:
         wait_ready(service, url)
         yield Stack("openresty", service, lambda: _json_lines(log))
+
+
+@contextlib.contextmanager
+def run_floor(workdir: Path, port: int) -> Iterator[Stack]:
+    argv = [*pinned(SERVER_CPU), sys.executable, str(PEERS_DIR / FLOOR / "server.py"), str(port)]
+    url = f"http://127.0.0.1:{port}{PIXEL_PATH}"
+    with start_service(FLOOR, url, argv, workdir, signal.SIGTERM) as service:
+        wait_ready(service, url)
+        yield Stack(FLOOR, service, list)
 
 
 @contextlib.contextmanager
@@ -402,7 +416,7 @@ def measure(settings: argparse.Namespace, console: Console) -> tuple[dict[str, S
     problems: list[str] = []
     with tempfile.TemporaryDirectory(prefix="trackpoint-peers-") as tmp, contextlib.ExitStack() as servers:
         workdir = Path(tmp)
-        ports = free_ports(6)
+        ports = free_ports(7)
         stacks = {
             "trackpoint": servers.enter_context(run_trackpoint(workdir / "trackpoint", ports[0], ports[1])),
             "go": servers.enter_context(run_go(binaries["go"], workdir / "go", ports[2])),
@@ -419,7 +433,8 @@ def measure(settings: argparse.Namespace, console: Console) -> tuple[dict[str, S
             )
         if problems:
             raise HarnessError("a stack does not keep the contract, nothing measured:\n" + "\n".join(problems))
-        everything = {**stacks, "nginx": Stack("nginx", nginx, list)}
+        floor = servers.enter_context(run_floor(workdir / FLOOR, ports[6]))
+        everything = {**stacks, FLOOR: floor, "nginx": Stack("nginx", nginx, list)}
         results = {name: StackResult(name) for name in everything}
         order = list(everything)
         for round_number in range(settings.rounds):
@@ -434,13 +449,14 @@ def measure(settings: argparse.Namespace, console: Console) -> tuple[dict[str, S
                 )
                 time.sleep(0.5)
         rates = {name: [BRIEF_RATE] + [round(results[name].rps * share) for share in RATE_SHARES] for name in STACKS}
-        for name in STACKS:
-            results[name].rate_runs = [[] for _ in rates[name]]
-        stacks_order = list(STACKS)
+        rates[FLOOR] = [BRIEF_RATE]  # the floor at the brief's rate only: its maximum says nothing of a tracker's
+        for name, planned in rates.items():
+            results[name].rate_runs = [[] for _ in planned]
+        stacks_order = list(rates)
         # Constant rates alternate too: medians of the rounds. At 2,000 requests/s the stacks differ by tens of
         # microseconds, less than one 10 s run varies, so that rate gets more rounds (settings.brief_rounds).
         for round_number in range(max(settings.rounds, settings.brief_rounds)):
-            for name in stacks_order[round_number % len(STACKS) :] + stacks_order[: round_number % len(STACKS)]:
+            for name in stacks_order[round_number % len(rates) :] + stacks_order[: round_number % len(rates)]:
                 for index, rate in enumerate(rates[name]):
                     if round_number >= (settings.brief_rounds if index == 0 else settings.rounds):
                         continue
@@ -454,7 +470,7 @@ def measure(settings: argparse.Namespace, console: Console) -> tuple[dict[str, S
                         f"{result.non_2xx} non-2xx, wrk {result.generator_cpu_pct}% of its core{bound})"
                     )
                     time.sleep(0.5)
-        for name in STACKS:
+        for name in rates:
             results[name].rates = [median_rate(runs) for runs in results[name].rate_runs]
     return results, problems
 
@@ -473,7 +489,16 @@ def brief_rate_rounds(results: dict[str, StackResult]) -> dict[str, list[int]]:
 # --------------------------------------------------------------------------- output
 
 
-COLORS = {"trackpoint": "#1f77b4", "go": "#00add8", "openresty": "#2ca02c", "rust": "#b7410e", "nginx": "#999999"}
+# The two servers that do no work, and what each stands for.
+NO_WORK = {FLOOR: "no work: the runtime's floor", "nginx": "empty_gif: wrk's ceiling"}
+COLORS = {
+    "trackpoint": "#1f77b4",
+    "go": "#00add8",
+    "openresty": "#2ca02c",
+    "rust": "#b7410e",
+    FLOOR: "#9467bd",
+    "nginx": "#999999",
+}
 
 
 def render(results: dict[str, StackResult], history: list[dict[str, Any]], title: str, path: Path) -> None:
@@ -483,7 +508,8 @@ def render(results: dict[str, StackResult], history: list[dict[str, Any]], title
     ax_rps, ax_rate, ax_history = fig.subplots(1, 3)
     names = list(results)
     values = [results[name].rps for name in names]
-    bars = ax_rps.bar(names, values, color=[COLORS[name] for name in names])
+    ticks = [f"{name}\n({NO_WORK[name]})" if name in NO_WORK else name for name in names]
+    bars = ax_rps.bar(ticks, values, color=[COLORS[name] for name in names])
     ax_rps.bar_label(
         bars, labels=[f"{v:,.0f}\n{results[n].cpu_us:.1f} µs/req" for n, v in zip(names, values, strict=True)]
     )
@@ -491,11 +517,12 @@ def render(results: dict[str, StackResult], history: list[dict[str, Any]], title
     ax_rps.set_title("Most requests/s on one core (median), CPU per request")
     ax_rps.set_ylabel("requests/s")
     labels = ["2,000/s", "50% of max", "80% of max"]
-    width = 0.2
-    for offset, name in enumerate(STACKS):
+    measured = [name for name in (*STACKS, FLOOR) if name in results]  # the floor: 2,000/s only
+    width = 0.8 / len(measured)
+    for offset, name in enumerate(measured):
         p50 = [rate.p50_ms for rate in results[name].rates]
         p99 = [rate.p99_ms for rate in results[name].rates]
-        xs = [i + (offset - 1.5) * width for i in range(len(labels))]
+        xs = [i + (offset - (len(measured) - 1) / 2) * width for i in range(len(p50))]
         bars = ax_rate.bar(xs, p99, width, color=COLORS[name], alpha=0.45)
         for bar, rate in zip(bars, results[name].rates, strict=True):
             if rate.generator_bound:  # wrk, not the server, set these numbers
@@ -526,7 +553,7 @@ def print_table(results: dict[str, StackResult], console: Console) -> None:
         table.add_column(column, justify="right")
     for name, result in results.items():
         rates = [f"{rate.p99_ms:.2f} ms{' (gen.)' if rate.generator_bound else ''}" for rate in result.rates]
-        rates = rates or ["-", "-", "-"]
+        rates += ["-"] * (3 - len(rates))  # the floor: 2,000/s only; nginx: none
         table.add_row(name, f"{result.rps:,.0f}", f"{result.cpu_us:.1f}", *rates)
     console.print(table)
 
