@@ -490,7 +490,7 @@ def brief_rate_rounds(results: dict[str, StackResult]) -> dict[str, list[int]]:
 
 
 # The two servers that do no work, and what each stands for.
-NO_WORK = {FLOOR: "no work: the runtime's floor", "nginx": "empty_gif: wrk's ceiling"}
+NO_WORK = {FLOOR: "no work", "nginx": "empty_gif"}
 COLORS = {
     "trackpoint": "#1f77b4",
     "go": "#00add8",
