@@ -311,7 +311,8 @@ class EdgeProtocol(HttpConnection):
             for collector in targets.durable:
                 collector.offer(event)
             self.recorded = True
-            edge.uncommitted[route.name] += 1
+            uncommitted, name = edge.uncommitted, route.name  # the types of this group, and their counts
+            uncommitted[name] = uncommitted.get(name, 0) + 1
             if targets.after:
                 edge.after_commit.append((targets.after, event))
         else:

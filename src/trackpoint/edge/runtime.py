@@ -254,7 +254,6 @@ class Edge:
             )
             self.stats.events[type_name] = 0
             self.stats.head[type_name] = 0
-            self.uncommitted[type_name] = 0
             if spec.rate_limit.rate_per_s is not None and spec.rate_limit.action == "shed":
                 self.stats.shed[type_name] = 0
             for path in spec.paths:
@@ -345,10 +344,10 @@ class Edge:
                 failed = collector
         uncommitted = self.uncommitted
         recorded = 0
-        for name, count in uncommitted.items():
-            if count:
+        if uncommitted:  # the types recorded since the last commit (usually one), not every type
+            self.uncommitted = {}
+            for name, count in uncommitted.items():
                 recorded += count
-                uncommitted[name] = 0
                 if failed is None:
                     self.stats.events[name] += count
         after, self.after_commit = self.after_commit, []

@@ -33,6 +33,7 @@ DISK_FULL: Final = frozenset({errno.ENOSPC, errno.EDQUOT, errno.EFBIG})
 ERROR_HOLD_S: Final = 1.0
 # The free space a failed log waits for before it is ready again.
 MIN_FREE_BYTES: Final = 1 << 20
+_monotonic: Final = time.monotonic
 
 log = logging.getLogger("trackpoint.collectors")
 
@@ -70,6 +71,11 @@ class LogCollector(Collector):
         self._background: set[asyncio.Future[Any]] = set()  # closes (None) and compressions (the new Path)
         # The disk budget: checked in its own thread, so a slow directory scan never delays an fsync.
         self.budget = DiskBudget(name, self.directory, config)
+        # Read by every group's write, so kept here as plain values: the config and the budget are interpreted
+        # objects (an attribute of theirs is a dictionary lookup, and `enabled` a property), this class is compiled.
+        self._budgeted = self.budget.enabled
+        self._rotate_bytes = config.rotate_bytes
+        self._rotate_interval_s = config.rotate_interval_s
         self._budget_thread = ThreadPoolExecutor(max_workers=1, thread_name_prefix=f"budget-{name}")
         self._budget_task: asyncio.Task[None] | None = None
         self._budget_check: asyncio.Future[DiskUsage] | None = None
@@ -179,7 +185,7 @@ class LogCollector(Collector):
         group does not continue a torn one."""
         if self._fd is None or self._due_for_rotation(len(payload)):
             self._rotate()
-        if self.budget.enabled and not self.disk_allows(len(payload)):
+        if self._budgeted and not self.disk_allows(len(payload)):
             raise OSError(errno.ENOSPC, f"the log directory is at its disk budget ({self.config.max_disk_bytes} bytes)")
         fd = self._fd
         assert fd is not None
@@ -221,8 +227,8 @@ class LogCollector(Collector):
             self._error = ""
 
     def _due_for_rotation(self, incoming: int) -> bool:
-        too_big = self._size > 0 and self._size + incoming > self.config.rotate_bytes
-        return too_big or time.monotonic() - self._opened_at >= self.config.rotate_interval_s
+        too_big = self._size > 0 and self._size + incoming > self._rotate_bytes
+        return too_big or _monotonic() - self._opened_at >= self._rotate_interval_s
 
     def _rotate(self) -> None:
         """Opens the next file and hands the finished one to the I/O thread (close, fsync unless the policy is
