@@ -258,17 +258,18 @@ def verify_contract(stack: Stack, port: int) -> list[str]:
 # --------------------------------------------------------------------------- measuring
 
 
-def group_cpu_s(leader: int) -> float:
-    """User + system CPU of every process in the process group `leader` leads (threads included)."""
-    total = 0
+def group_cpu_s(leader: int) -> tuple[float, float]:
+    """User and system (kernel) CPU of every process in the process group `leader` leads (threads included)."""
+    user = system = 0
     for entry in Path("/proc").iterdir():
         if not entry.name.isdigit():
             continue
         with contextlib.suppress(OSError):
             fields = (entry / "stat").read_text().rpartition(")")[2].split()
             if int(fields[2]) == leader:
-                total += int(fields[11]) + int(fields[12])
-    return total / CLK_TCK
+                user += int(fields[11])
+                system += int(fields[12])
+    return user / CLK_TCK, system / CLK_TCK
 
 
 @dataclass
@@ -283,7 +284,7 @@ class Throughput:
 
 
 def closed_loop(stack: Stack, duration_s: int) -> Throughput:
-    cpu_before = group_cpu_s(stack.service.proc.pid)
+    cpu_before = sum(group_cpu_s(stack.service.proc.pid))
     result = run_wrk(stack.service.url, duration_s, THROUGHPUT_CONNECTIONS)
     waiting = None
     if stack.waiting_files is not None:
@@ -293,7 +294,7 @@ def closed_loop(stack: Stack, duration_s: int) -> Throughput:
         deadline = time.monotonic() + COMPRESSION_SETTLE_S
         while stack.waiting_files() and time.monotonic() < deadline:
             time.sleep(0.05)
-    cpu = group_cpu_s(stack.service.proc.pid) - cpu_before
+    cpu = sum(group_cpu_s(stack.service.proc.pid)) - cpu_before
     return Throughput(
         round(result.rps),
         round(cpu / max(result.requests, 1) * 1e6, 2),
@@ -315,6 +316,9 @@ class RateResult:
     max_ms: float
     non_2xx: int
     cpu_us_per_request: float
+    # The part of it in user space (the server's own code, its runtime's included), the rest being the kernel's
+    # (sockets, the log's writes, waking up): at a paced load it tells a stack's work from what every stack pays.
+    user_cpu_us_per_request: float
     # wrk's own CPU (its one core) during the run, and whether the generator rather than the server set the pace:
     # under 97% of the rate achieved, or wrk near a full core (responses read late inflate every percentile).
     generator_cpu_pct: float
@@ -337,10 +341,11 @@ def constant_rate(stack: Stack, rate: int, duration_s: int, connections: int) ->
     argv = [*pinned(LOAD_CPU), "wrk", f"-t{connections}", f"-c{connections}", f"-d{duration_s}s"]
     argv += ["-H", f"User-Agent: {USER_AGENT}", "-s", str(CONSTANT_RATE_LUA), stack.service.url]
     argv += ["--", str(rate), str(connections)]
-    cpu_before = group_cpu_s(stack.service.proc.pid)
+    user_before, system_before = group_cpu_s(stack.service.proc.pid)
     wrk_before = resource.getrusage(resource.RUSAGE_CHILDREN)
     done = subprocess.run(argv, capture_output=True, text=True, timeout=duration_s + 60, check=False)
-    cpu = group_cpu_s(stack.service.proc.pid) - cpu_before
+    user_after, system_after = group_cpu_s(stack.service.proc.pid)
+    user, cpu = user_after - user_before, user_after + system_after - user_before - system_before
     wrk_after = resource.getrusage(resource.RUSAGE_CHILDREN)
     wrk_cpu = (wrk_after.ru_utime + wrk_after.ru_stime) - (wrk_before.ru_utime + wrk_before.ru_stime)
     lines = [line for line in done.stdout.splitlines() if line.startswith("CONSTANT_RATE ")]
@@ -363,6 +368,7 @@ def constant_rate(stack: Stack, rate: int, duration_s: int, connections: int) ->
         histogram[-1][0] / 1000 if histogram else 0.0,
         non_2xx,
         round(cpu / max(responses, 1) * 1e6, 2),
+        round(user / max(responses, 1) * 1e6, 2),
         generator_cpu_pct,
         achieved < 0.97 * rate or generator_cpu_pct > GENERATOR_BUSY_PCT,
     )
@@ -384,6 +390,7 @@ def median_rate(runs: Sequence[RateResult]) -> RateResult:
         middle("max_ms"),
         middle("non_2xx"),
         middle("cpu_us_per_request"),
+        middle("user_cpu_us_per_request"),
         middle("generator_cpu_pct"),
         2 * sum(run.generator_bound for run in runs) > len(runs),
     )
@@ -466,7 +473,9 @@ def measure(settings: argparse.Namespace, console: Console) -> tuple[dict[str, S
                     bound = ", generator-bound: not the server's latency" if result.generator_bound else ""
                     console.print(
                         f"round {round_number + 1} {name} at {rate:,} req/s: p50 {result.p50_ms} ms, "
-                        f"p99 {result.p99_ms} ms, p99.9 {result.p999_ms} ms ({result.achieved_rps:,.0f} achieved, "
+                        f"p99 {result.p99_ms} ms, p99.9 {result.p999_ms} ms, "
+                        f"{result.cpu_us_per_request} µs CPU/request ({result.user_cpu_us_per_request} in user space; "
+                        f"{result.achieved_rps:,.0f} achieved, "
                         f"{result.non_2xx} non-2xx, wrk {result.generator_cpu_pct}% of its core{bound})"
                     )
                     time.sleep(0.5)
@@ -549,12 +558,15 @@ def render(results: dict[str, StackResult], history: list[dict[str, Any]], title
 
 def print_table(results: dict[str, StackResult], console: Console) -> None:
     table = Table(title="Four stacks, one core, the same contract")
-    for column in ("stack", "req/s (median)", "CPU µs/req", "p99 @ 2k/s", "p99 @ 50%", "p99 @ 80%"):
+    columns = ("stack", "req/s (median)", "CPU µs/req", "CPU µs/req @ 2k/s (user)", "p99 @ 2k/s", "p99 @ 50%")
+    for column in (*columns, "p99 @ 80%"):
         table.add_column(column, justify="right")
     for name, result in results.items():
         rates = [f"{rate.p99_ms:.2f} ms{' (gen.)' if rate.generator_bound else ''}" for rate in result.rates]
         rates += ["-"] * (3 - len(rates))  # the floor: 2,000/s only; nginx: none
-        table.add_row(name, f"{result.rps:,.0f}", f"{result.cpu_us:.1f}", *rates)
+        brief = result.rates[0] if result.rates else None
+        paced = "-" if brief is None else f"{brief.cpu_us_per_request:.1f} ({brief.user_cpu_us_per_request:.1f})"
+        table.add_row(name, f"{result.rps:,.0f}", f"{result.cpu_us:.1f}", paced, *rates)
     console.print(table)
 
 
