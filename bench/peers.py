@@ -558,8 +558,16 @@ def render(results: dict[str, StackResult], history: list[dict[str, Any]], title
 
 def print_table(results: dict[str, StackResult], console: Console) -> None:
     table = Table(title="Four stacks, one core, the same contract")
-    columns = ("stack", "req/s (median)", "CPU µs/req", "CPU µs/req @ 2k/s (user)", "p99 @ 2k/s", "p99 @ 50%")
-    for column in (*columns, "p99 @ 80%"):
+    columns = (
+        "stack",
+        "req/s (median)",
+        "CPU µs/req",
+        "CPU µs/req @ 2k/s (user)",
+        "p99 @ 2k/s",
+        "p99 @ 50%",
+        "p99 @ 80%",
+    )
+    for column in columns:
         table.add_column(column, justify="right")
     for name, result in results.items():
         rates = [f"{rate.p99_ms:.2f} ms{' (gen.)' if rate.generator_bound else ''}" for rate in result.rates]
