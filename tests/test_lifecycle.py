@@ -217,6 +217,122 @@ def test_admin_host_and_config_come_from_the_command_line_and_environment(tmp_pa
         assert process.wait(30) == 0
 
 
+def run_command(tmp_path: Path, workers: int, port: int, admin_port: int) -> list[str]:
+    """`trackpoint run` on a config file in tmp_path, its data there too, tracking on 127.0.0.1."""
+    config = tmp_path / "trackpoint.yaml"
+    config.write_text(yaml.safe_dump({"data_dir": str(tmp_path / "data"), "server": {"host": "127.0.0.1"}}))
+    command = [sys.executable, "-m", "trackpoint", "run", "--workers", str(workers), "--port", str(port)]
+    return [*command, "--admin-port", str(admin_port), "--config", str(config)]
+
+
+def wait_answered(process: subprocess.Popen[Any], port: int, path: str, what: str) -> None:
+    """Until a GET of `path` on 127.0.0.1:`port` is answered 200; fails with `what` after 30 s, or if `process`
+    exits."""
+    deadline = time.monotonic() + 30
+    while True:
+        if process.poll() is not None:
+            raise AssertionError(f"{what}: it exited with {process.returncode}\n{process.communicate()[0] or ''}")
+        try:
+            connection = http.client.HTTPConnection("127.0.0.1", port, timeout=2)
+            connection.request("GET", path)
+            answered = connection.getresponse().status == 200
+            connection.close()
+            if answered:
+                return
+        except OSError:
+            pass
+        assert time.monotonic() < deadline, what
+        time.sleep(0.05)
+
+
+def only_child(pid: int) -> int:
+    """The one process `pid` started (the supervisor's worker)."""
+    (child,) = Path(f"/proc/{pid}/task/{pid}/children").read_text().split()
+    return int(child)
+
+
+def alive(pid: int) -> bool:
+    """Whether a process runs (a zombie waiting for its parent to reap it has exited)."""
+    try:
+        return Path(f"/proc/{pid}/stat").read_text().rpartition(")")[2].split()[0] != "Z"
+    except FileNotFoundError:
+        return False
+
+
+@pytest.mark.e2e
+def test_a_stop_while_the_workers_start_is_quiet(tmp_path: Path) -> None:
+    """Ctrl-C as soon as the tracker says it is listening, while its workers are still starting: it drains and stops
+    with exit code 0, and its log holds no error about the workers it stopped before they were ready (each of them
+    failed the future its start was followed by, which nothing awaited: asyncio logged it at exit)."""
+    command = run_command(tmp_path, 2, free_port(), free_port())
+    process = subprocess.Popen(command, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
+    assert process.stdout is not None
+    seen = []
+    for line in process.stdout:
+        seen.append(line)
+        if "listening on" in line:  # logged once the workers are spawned, before they are ready
+            process.send_signal(signal.SIGINT)
+            break
+    rest, _ = process.communicate(timeout=30)
+    output = "".join(seen) + rest
+    assert process.returncode == 0, output
+    assert "draining" in output and "trackpoint stopped" in output, output
+    assert " ERROR " not in output and "Traceback" not in output and "never retrieved" not in output, output
+
+
+@pytest.mark.e2e
+def test_a_worker_killed_before_it_read_its_start_is_replaced(tmp_path: Path) -> None:
+    """A worker killed while it starts (the OOM killer, a SIGKILL), before it read the configuration sent to it,
+    leaves a reset on its control channel rather than an end of file: the supervisor takes it for the exit it is and
+    starts another, and the tracker becomes ready."""
+    admin_port = free_port()
+    process = subprocess.Popen(
+        run_command(tmp_path, 1, free_port(), admin_port), stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True
+    )
+    assert process.stdout is not None
+    try:
+        for line in process.stdout:
+            if "listening on" in line:  # logged once the worker is spawned, while it is still importing
+                worker = only_child(process.pid)
+                os.kill(worker, signal.SIGKILL)
+                break
+        wait_answered(process, admin_port, "/readyz", "the killed worker was never replaced")
+        assert only_child(process.pid) != worker
+    finally:
+        process.send_signal(signal.SIGTERM)
+        output, _ = process.communicate(timeout=30)
+    assert process.returncode == 0, output
+    assert "Traceback" not in output and "never retrieved" not in output, output
+
+
+@pytest.mark.e2e
+def test_a_worker_whose_supervisor_is_killed_exits(tmp_path: Path) -> None:
+    """The supervisor SIGKILLed with a worker's reports unread on its control channel (it was stopped for two report
+    intervals first): the worker meets a reset rather than an end of file, and drains and exits all the same, with
+    its events logged, rather than live on as an orphan holding the port."""
+    port = free_port()
+    process = subprocess.Popen(run_command(tmp_path, 1, port, free_port()), stdout=subprocess.DEVNULL)
+    worker = 0
+    try:
+        wait_answered(process, port, "/i?imp=before-the-kill", "the tracker never served")
+        worker = only_child(process.pid)
+        process.send_signal(signal.SIGSTOP)
+        time.sleep(2.5)  # two reports (one a second) wait unread
+        process.kill()
+        process.wait(10)
+        deadline = time.monotonic() + 20
+        while alive(worker):
+            assert time.monotonic() < deadline, "the worker lived on without its supervisor"
+            time.sleep(0.05)
+    finally:
+        if process.poll() is None:
+            process.kill()
+            process.wait(10)
+        if worker and alive(worker):  # the orphan of a failed run: not left behind
+            os.kill(worker, signal.SIGKILL)
+    assert [event.dims["imp"] for event in read_events([tmp_path / "data" / "logs"])] == ["before-the-kill"]
+
+
 @pytest.mark.e2e
 def test_the_embedded_default_runs_in_a_fresh_directory(tmp_path: Path) -> None:
     """The README's first command: `trackpoint run` with no file, in an empty directory, so data_dir is the relative
@@ -228,20 +344,7 @@ def test_the_embedded_default_runs_in_a_fresh_directory(tmp_path: Path) -> None:
     process = subprocess.Popen(command, cwd=tmp_path, env=environment, stdout=subprocess.PIPE, stderr=subprocess.STDOUT)
     data = tmp_path / "trackpoint-data"
     try:
-        deadline = time.monotonic() + 20
-        while True:
-            assert process.poll() is None, process.communicate()[0].decode()
-            try:
-                connection = http.client.HTTPConnection("127.0.0.1", admin_port, timeout=2)
-                connection.request("GET", "/readyz")
-                ready = connection.getresponse().status == 200
-                connection.close()
-                if ready:
-                    break
-            except OSError:
-                pass
-            assert time.monotonic() < deadline, "the embedded default never became ready"
-            time.sleep(0.05)
+        wait_answered(process, admin_port, "/readyz", "the embedded default never became ready")
         connection = http.client.HTTPConnection("127.0.0.1", port, timeout=5)
         connection.request("GET", "/i?imp=fresh-1&cid=c1")
         response = connection.getresponse()

@@ -100,12 +100,13 @@ def _read_exactly(sock: socket.socket, size: int) -> bytes:
 
 
 async def receive(reader: asyncio.StreamReader) -> FromWorker | None:
-    """The next message from a worker, or None at end of stream."""
+    """The next message from a worker, or None at end of stream: its end, or a reset (a worker that died before
+    reading what was sent to it, its Start among them, leaves a reset rather than an end of file)."""
     try:
         (length,) = _LENGTH.unpack(await reader.readexactly(_LENGTH.size))
         if length > MAX_FRAME:
             raise ConnectionError(f"control frame of {length} bytes")
         message: FromWorker = _from_worker.decode(await reader.readexactly(length))
         return message
-    except asyncio.IncompleteReadError:
+    except (asyncio.IncompleteReadError, ConnectionResetError):
         return None

@@ -306,6 +306,9 @@ class Supervisor:
         if failed_start:
             reason = f": {handle.failure.error}" if handle.failure is not None else ""
             handle.ready.set_exception(RuntimeError(f"worker {handle.slot} exited with {code} before ready{reason}"))
+            # Marked as seen: a restart or a reload awaiting it gets it, and a failed start is logged below
+            # (_failed_start), not by asyncio at exit for a first start or one stopped by a shutdown.
+            handle.ready.exception()
         if not clean:
             self._finalize_logs(pid=handle.process.pid)
         if handle.retiring or self.shutting_down or (failed_start and handle.probation):

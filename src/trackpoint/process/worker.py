@@ -98,8 +98,10 @@ def rss_bytes() -> int:
 
 
 async def _watch_supervisor(reader: asyncio.StreamReader, stop: asyncio.Event) -> None:
-    """A worker whose supervisor is gone drains and exits rather than live on as an orphan."""
-    await reader.read()
+    """A worker whose supervisor is gone drains and exits rather than live on as an orphan. A supervisor killed with
+    this worker's reports unread leaves a reset rather than an end of file: gone all the same."""
+    with contextlib.suppress(ConnectionError):
+        await reader.read()
     stop.set()
 
 
