@@ -130,6 +130,26 @@ def test_sighup_reloads_without_failing_a_request(tracker_factory: Any) -> None:
     assert len({event.meta.config for event in events}) == 2  # events from both configurations
 
 
+def test_a_reload_keeps_the_tracker_ready_and_its_counters_whole(tracker_factory: Any) -> None:
+    """While a reload's new workers start, the old ones go on serving: /readyz stays 200 (a probe failing there would
+    take the pod out of its service on every reload) and the event counter neither drops nor disappears (Prometheus
+    would take a drop for a reset and count everything again)."""
+    tracker: Tracker = tracker_factory(workers=2)
+    for i in range(50):
+        assert tracker.get(f"/i?imp=before-{i}")[0] == 200
+    assert tracker.wait_metric("trackpoint_events_total", 'type="impression"', 50) == 50
+    tracker.signal(signal.SIGHUP)
+    ready, counted = [], []
+    deadline = time.monotonic() + 20
+    while tracker.metric("trackpoint_reloads_total") < 1:
+        assert time.monotonic() < deadline, "the reload never finished"
+        ready.append(tracker.admin("GET", "/readyz")[0])
+        counted.append(tracker.metric("trackpoint_events_total", 'type="impression"'))
+    assert len(ready) >= 10, ready  # sampled while the new workers started
+    assert set(ready) == {200}, ready
+    assert set(counted) == {50.0}, counted
+
+
 def test_invalid_reload_keeps_the_running_configuration(tracker_factory: Any) -> None:
     tracker: Tracker = tracker_factory()
     pids = tracker.worker_pids()
@@ -303,6 +323,25 @@ def test_a_worker_killed_before_it_read_its_start_is_replaced(tmp_path: Path) ->
         output, _ = process.communicate(timeout=30)
     assert process.returncode == 0, output
     assert "Traceback" not in output and "never retrieved" not in output, output
+
+
+@pytest.mark.e2e
+def test_a_stop_during_a_reload_drains_the_old_workers_too(tmp_path: Path) -> None:
+    """SIGTERM while a reload's new workers start: the drain stops the old workers (still serving) with the new ones
+    and waits for them, and the abandoned reload is not reported as a failed one."""
+    admin_port = free_port()
+    process = subprocess.Popen(
+        run_command(tmp_path, 2, free_port(), admin_port), stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True
+    )
+    wait_answered(process, admin_port, "/readyz", "the tracker never became ready")
+    old = [int(pid) for pid in Path(f"/proc/{process.pid}/task/{process.pid}/children").read_text().split()]
+    process.send_signal(signal.SIGHUP)
+    time.sleep(0.05)
+    process.send_signal(signal.SIGTERM)
+    output, _ = process.communicate(timeout=30)
+    assert process.returncode == 0, output
+    assert [pid for pid in old if alive(pid)] == [], output  # drained before the supervisor exited
+    assert "reload abandoned: shutting down" in output and " ERROR " not in output, output
 
 
 @pytest.mark.e2e

@@ -134,6 +134,8 @@ class Supervisor:
         self.sockets: list[socket.socket] = []
         self.workers: dict[int, WorkerHandle] = {}
         self.retiring: set[WorkerHandle] = set()  # replaced workers still draining: their counters still count
+        # A reload's old workers by slot, serving (and counted) until every new one is ready.
+        self.replacing: dict[int, WorkerHandle] = {}
         self.retired = Snapshot()
         self.state = metrics.SupervisorState()
         self.state.workers_wanted = self.slots
@@ -234,7 +236,7 @@ class Supervisor:
             self._stopped.set()
 
     async def _drain_all(self) -> None:
-        handles = [*self.workers.values(), *self.retiring]
+        handles = [*self.workers.values(), *self.replacing.values(), *self.retiring]
         for handle in handles:
             self._retire(handle)
         waits = [handle.exited for handle in handles if handle.exited is not None]
@@ -385,6 +387,8 @@ class Supervisor:
         self.retiring.discard(handle)
         if self.workers.get(handle.slot) is handle:
             del self.workers[handle.slot]
+        if self.replacing.get(handle.slot) is handle:
+            del self.replacing[handle.slot]
         self._count_ready()
 
     def _spawn_or_retry(self, slot: int) -> None:
@@ -436,8 +440,14 @@ class Supervisor:
             handle.process.send_signal(signal.SIGTERM)
 
     def _count_ready(self) -> None:
+        """Slots with a worker serving: its own, or during a reload the one it replaces, until the reload ends."""
         self.state.workers_ready = sum(
-            1 for h in self.workers.values() if h.ready.done() and not h.ready.exception() and not h.retiring
+            1
+            for slot in range(self.slots)
+            if any(
+                h is not None and h.ready.done() and not h.ready.exception() and not h.retiring
+                for h in (self.workers.get(slot), self.replacing.get(slot))
+            )
         )
 
     # --- reload --------------------------------------------------------------------------------------------------
@@ -459,20 +469,33 @@ class Supervisor:
             previous = (self.config, self.loaded)
             self.config, self.loaded = config, loaded
             old = list(self.workers.values())
+            # Until the new workers are ready the old ones go on serving: /readyz, the counters and a shutdown
+            # still see them (`replacing`).
+            self.replacing = {h.slot: h for h in old}
             self.workers.clear()
             fresh: list[WorkerHandle] = []
             try:
                 fresh.extend(self._spawn(slot, loaded.version, probation=True) for slot in range(self.slots))
                 await asyncio.wait_for(asyncio.gather(*(asyncio.shield(h.ready) for h in fresh)), READY_TIMEOUT_S)
             except (TimeoutError, RuntimeError, OSError) as exc:
-                log.error("reload failed, new workers not ready (%s); keeping the running workers", exc)
-                self.state.reload_failures += 1
+                old = list(self.replacing.values())  # less any that died meanwhile
+                self.replacing = {}
                 self.config, self.loaded = previous
                 for handle in fresh:
                     self._retire(handle)
+                if self.shutting_down:  # the drain stops old and new workers alike: not a failed reload
+                    log.info("reload abandoned: shutting down")
+                    return
+                log.error("reload failed, new workers not ready (%s); keeping the running workers", exc)
+                self.state.reload_failures += 1
                 self.workers = {h.slot: h for h in old}
+                for slot in range(self.slots):
+                    if slot not in self.workers:  # its old worker died during the reload
+                        self._spawn_or_retry(slot)
                 self._count_ready()
                 return
+            old = list(self.replacing.values())
+            self.replacing = {}
             for handle in old:
                 self._retire(handle)
             self._count_ready()
@@ -510,7 +533,7 @@ class Supervisor:
 
     def totals(self) -> Snapshot:
         total = self.retired
-        for handle in [*self.workers.values(), *self.retiring]:
+        for handle in [*self.workers.values(), *self.replacing.values(), *self.retiring]:
             total = add(total, handle.snapshot)
         return total
 
@@ -542,7 +565,7 @@ class Supervisor:
 
     def serving(self) -> Snapshot:
         live = Snapshot()
-        for handle in self.workers.values():
+        for handle in [*self.workers.values(), *self.replacing.values()]:
             live = add(live, handle.snapshot)
         return live
 
