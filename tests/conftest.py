@@ -16,6 +16,7 @@ os.environ.setdefault("TRACKPOINT_PURE_PYTHON", "1")
 import asyncio
 import contextlib
 import http.client
+import random
 import signal
 import socket
 import subprocess
@@ -84,11 +85,34 @@ def write_mmdb(path: Path, networks: dict[str, Any], database_type: str = "test-
     return path
 
 
+def _ephemeral_low() -> int:
+    try:
+        return int(Path("/proc/sys/net/ipv4/ip_local_port_range").read_text().split()[0])
+    except (OSError, ValueError, IndexError):
+        return 32768
+
+
+# Ports handed to test servers come from below the kernel's ephemeral range: a port from that range (what binding
+# port 0 gives) can be taken by an outgoing connection, a test client's or a worker's, between this check and the
+# server's bind, which failed a run now and then with "Address already in use".
+PORTS_BELOW = _ephemeral_low()
+
+
 def free_port() -> int:
+    """A port on 127.0.0.1 that nothing holds now, outside the ephemeral range where possible."""
+    if PORTS_BELOW > 11_000:
+        for _ in range(200):
+            port = random.randrange(10_000, PORTS_BELOW)
+            with socket.socket() as sock:
+                try:
+                    sock.bind(("127.0.0.1", port))
+                except OSError:
+                    continue
+                return port
     with socket.socket() as sock:
         sock.bind(("127.0.0.1", 0))
-        port: int = sock.getsockname()[1]
-        return port
+        chosen: int = sock.getsockname()[1]
+        return chosen
 
 
 class Tracker:
