@@ -133,7 +133,8 @@ class Tracker:
         self._signing: tuple[Any, str, bytes] | None = None  # (config, key id, secret), read on first sign()
         self.fd_limit: int | None = None  # the tracker's RLIMIT_NOFILE (soft and hard), when a test lowers it
 
-    def start(self) -> Tracker:
+    def start(self, ready: bool = True) -> Tracker:
+        """Starts the process and, unless `ready` is False, waits until /readyz answers 200."""
         with self.log_path.open("ab") as log:
             limit = [] if self.fd_limit is None else ["prlimit", f"--nofile={self.fd_limit}:{self.fd_limit}", "--"]
             self.process = subprocess.Popen(
@@ -155,7 +156,8 @@ class Tracker:
                 stdout=log,
                 stderr=log,
             )
-        self.wait_ready()
+        if ready:
+            self.wait_ready()
         return self
 
     def wait_ready(self, timeout_s: float = 20.0) -> None:
@@ -301,12 +303,12 @@ def tracker_factory(tmp_path: Path) -> Iterator[Any]:
     """Starts trackers with a given config; every one still running at the end is stopped and must exit 0."""
     started: list[Tracker] = []
 
-    def start(config: dict[str, Any] | None = None, workers: int = 1, name: str = "t") -> Tracker:
+    def start(config: dict[str, Any] | None = None, workers: int = 1, name: str = "t", ready: bool = True) -> Tracker:
         directory = tmp_path / f"{name}{len(started)}"
         directory.mkdir()
         tracker = Tracker(directory, config or {}, workers)
         started.append(tracker)
-        return tracker.start()
+        return tracker.start(ready)
 
     yield start
     for tracker in started:

@@ -237,38 +237,12 @@ def test_admin_host_and_config_come_from_the_command_line_and_environment(tmp_pa
         assert process.wait(30) == 0
 
 
-def run_command(tmp_path: Path, workers: int, port: int, admin_port: int) -> list[str]:
-    """`trackpoint run` on a config file in tmp_path, its data there too, tracking on 127.0.0.1."""
-    config = tmp_path / "trackpoint.yaml"
-    config.write_text(yaml.safe_dump({"data_dir": str(tmp_path / "data"), "server": {"host": "127.0.0.1"}}))
-    command = [sys.executable, "-m", "trackpoint", "run", "--workers", str(workers), "--port", str(port)]
-    return [*command, "--admin-port", str(admin_port), "--config", str(config)]
-
-
-def wait_answered(process: subprocess.Popen[Any], port: int, path: str, what: str) -> None:
-    """Until a GET of `path` on 127.0.0.1:`port` is answered 200; fails with `what` after 30 s, or if `process`
-    exits."""
-    deadline = time.monotonic() + 30
-    while True:
-        if process.poll() is not None:
-            raise AssertionError(f"{what}: it exited with {process.returncode}\n{process.communicate()[0] or ''}")
-        try:
-            connection = http.client.HTTPConnection("127.0.0.1", port, timeout=2)
-            connection.request("GET", path)
-            answered = connection.getresponse().status == 200
-            connection.close()
-            if answered:
-                return
-        except OSError:
-            pass
-        assert time.monotonic() < deadline, what
-        time.sleep(0.05)
-
-
-def only_child(pid: int) -> int:
-    """The one process `pid` started (the supervisor's worker)."""
-    (child,) = Path(f"/proc/{pid}/task/{pid}/children").read_text().split()
-    return int(child)
+def wait_logged(tracker: Tracker, text: str) -> None:
+    """Until the tracker's log has `text` (polled every 10 ms, at most 20 s)."""
+    deadline = time.monotonic() + 20
+    while text not in tracker.output():
+        assert time.monotonic() < deadline, f"never logged {text!r}:\n{tracker.output()}"
+        time.sleep(0.01)
 
 
 def alive(pid: int) -> bool:
@@ -279,97 +253,68 @@ def alive(pid: int) -> bool:
         return False
 
 
-@pytest.mark.e2e
-def test_a_stop_while_the_workers_start_is_quiet(tmp_path: Path) -> None:
+def test_a_stop_while_the_workers_start_is_quiet(tracker_factory: Any) -> None:
     """Ctrl-C as soon as the tracker says it is listening, while its workers are still starting: it drains and stops
     with exit code 0, and its log holds no error about the workers it stopped before they were ready (each of them
     failed the future its start was followed by, which nothing awaited: asyncio logged it at exit)."""
-    command = run_command(tmp_path, 2, free_port(), free_port())
-    process = subprocess.Popen(command, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
-    assert process.stdout is not None
-    seen = []
-    for line in process.stdout:
-        seen.append(line)
-        if "listening on" in line:  # logged once the workers are spawned, before they are ready
-            process.send_signal(signal.SIGINT)
-            break
-    rest, _ = process.communicate(timeout=30)
-    output = "".join(seen) + rest
-    assert process.returncode == 0, output
+    tracker: Tracker = tracker_factory(workers=2, ready=False)
+    wait_logged(tracker, "listening on")  # logged once the workers are spawned, before they are ready
+    tracker.signal(signal.SIGINT)
+    assert tracker.process is not None and tracker.process.wait(30) == 0, tracker.output()
+    output = tracker.output()
     assert "draining" in output and "trackpoint stopped" in output, output
     assert " ERROR " not in output and "Traceback" not in output and "never retrieved" not in output, output
 
 
-@pytest.mark.e2e
-def test_a_worker_killed_before_it_read_its_start_is_replaced(tmp_path: Path) -> None:
+def test_a_worker_killed_before_it_read_its_start_is_replaced(tracker_factory: Any) -> None:
     """A worker killed while it starts (the OOM killer, a SIGKILL), before it read the configuration sent to it,
     leaves a reset on its control channel rather than an end of file: the supervisor takes it for the exit it is and
     starts another, and the tracker becomes ready."""
-    admin_port = free_port()
-    process = subprocess.Popen(
-        run_command(tmp_path, 1, free_port(), admin_port), stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True
-    )
-    assert process.stdout is not None
-    try:
-        for line in process.stdout:
-            if "listening on" in line:  # logged once the worker is spawned, while it is still importing
-                worker = only_child(process.pid)
-                os.kill(worker, signal.SIGKILL)
-                break
-        wait_answered(process, admin_port, "/readyz", "the killed worker was never replaced")
-        assert only_child(process.pid) != worker
-    finally:
-        process.send_signal(signal.SIGTERM)
-        output, _ = process.communicate(timeout=30)
-    assert process.returncode == 0, output
+    tracker: Tracker = tracker_factory(ready=False)
+    wait_logged(tracker, "listening on")  # the worker is spawned and still importing
+    (worker,) = tracker.worker_pids()
+    os.kill(worker, signal.SIGKILL)
+    tracker.wait_ready(timeout_s=30)
+    assert tracker.worker_pids() != [worker]
+    assert tracker.stop() == 0
+    output = tracker.output()
     assert "Traceback" not in output and "never retrieved" not in output, output
 
 
-@pytest.mark.e2e
-def test_a_stop_during_a_reload_drains_the_old_workers_too(tmp_path: Path) -> None:
+def test_a_stop_during_a_reload_drains_the_old_workers_too(tracker_factory: Any) -> None:
     """SIGTERM while a reload's new workers start: the drain stops the old workers (still serving) with the new ones
     and waits for them, and the abandoned reload is not reported as a failed one."""
-    admin_port = free_port()
-    process = subprocess.Popen(
-        run_command(tmp_path, 2, free_port(), admin_port), stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True
-    )
-    wait_answered(process, admin_port, "/readyz", "the tracker never became ready")
-    old = [int(pid) for pid in Path(f"/proc/{process.pid}/task/{process.pid}/children").read_text().split()]
-    process.send_signal(signal.SIGHUP)
+    tracker: Tracker = tracker_factory(workers=2)
+    old = tracker.worker_pids()
+    tracker.signal(signal.SIGHUP)
     time.sleep(0.05)
-    process.send_signal(signal.SIGTERM)
-    output, _ = process.communicate(timeout=30)
-    assert process.returncode == 0, output
-    assert [pid for pid in old if alive(pid)] == [], output  # drained before the supervisor exited
+    assert tracker.stop() == 0, tracker.output()
+    assert [pid for pid in old if alive(pid)] == [], tracker.output()  # drained before the supervisor exited
+    output = tracker.output()
     assert "reload abandoned: shutting down" in output and " ERROR " not in output, output
 
 
-@pytest.mark.e2e
-def test_a_worker_whose_supervisor_is_killed_exits(tmp_path: Path) -> None:
+def test_a_worker_whose_supervisor_is_killed_exits(tracker_factory: Any) -> None:
     """The supervisor SIGKILLed with a worker's reports unread on its control channel (it was stopped for two report
     intervals first): the worker meets a reset rather than an end of file, and drains and exits all the same, with
     its events logged, rather than live on as an orphan holding the port."""
-    port = free_port()
-    process = subprocess.Popen(run_command(tmp_path, 1, port, free_port()), stdout=subprocess.DEVNULL)
-    worker = 0
+    tracker: Tracker = tracker_factory()
+    assert tracker.get("/i?imp=before-the-kill")[0] == 200
+    (worker,) = tracker.worker_pids()
+    assert tracker.process is not None
     try:
-        wait_answered(process, port, "/i?imp=before-the-kill", "the tracker never served")
-        worker = only_child(process.pid)
-        process.send_signal(signal.SIGSTOP)
+        tracker.signal(signal.SIGSTOP)
         time.sleep(2.5)  # two reports (one a second) wait unread
-        process.kill()
-        process.wait(10)
+        tracker.process.kill()
+        tracker.process.wait(10)
         deadline = time.monotonic() + 20
         while alive(worker):
             assert time.monotonic() < deadline, "the worker lived on without its supervisor"
             time.sleep(0.05)
     finally:
-        if process.poll() is None:
-            process.kill()
-            process.wait(10)
-        if worker and alive(worker):  # the orphan of a failed run: not left behind
+        if alive(worker):  # the orphan of a failed run: not left behind
             os.kill(worker, signal.SIGKILL)
-    assert [event.dims["imp"] for event in read_events([tmp_path / "data" / "logs"])] == ["before-the-kill"]
+    assert [event.dims["imp"] for event in tracker.events()] == ["before-the-kill"]
 
 
 @pytest.mark.e2e
@@ -383,7 +328,20 @@ def test_the_embedded_default_runs_in_a_fresh_directory(tmp_path: Path) -> None:
     process = subprocess.Popen(command, cwd=tmp_path, env=environment, stdout=subprocess.PIPE, stderr=subprocess.STDOUT)
     data = tmp_path / "trackpoint-data"
     try:
-        wait_answered(process, admin_port, "/readyz", "the embedded default never became ready")
+        deadline = time.monotonic() + 20
+        while True:
+            assert process.poll() is None, process.communicate()[0].decode()
+            try:
+                connection = http.client.HTTPConnection("127.0.0.1", admin_port, timeout=2)
+                connection.request("GET", "/readyz")
+                ready = connection.getresponse().status == 200
+                connection.close()
+                if ready:
+                    break
+            except OSError:
+                pass
+            assert time.monotonic() < deadline, "the embedded default never became ready"
+            time.sleep(0.05)
         connection = http.client.HTTPConnection("127.0.0.1", port, timeout=5)
         connection.request("GET", "/i?imp=fresh-1&cid=c1")
         response = connection.getresponse()

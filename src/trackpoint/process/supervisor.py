@@ -236,7 +236,7 @@ class Supervisor:
             self._stopped.set()
 
     async def _drain_all(self) -> None:
-        handles = [*self.workers.values(), *self.replacing.values(), *self.retiring]
+        handles = self._every_worker()
         for handle in handles:
             self._retire(handle)
         waits = [handle.exited for handle in handles if handle.exited is not None]
@@ -439,6 +439,10 @@ class Supervisor:
         if handle.process.poll() is None:
             handle.process.send_signal(signal.SIGTERM)
 
+    def _every_worker(self) -> list[WorkerHandle]:
+        """Every worker process still running: serving, being replaced by a reload, or draining."""
+        return [*self.workers.values(), *self.replacing.values(), *self.retiring]
+
     def _count_ready(self) -> None:
         """Slots with a worker serving: its own, or during a reload the one it replaces, until the reload ends."""
         self.state.workers_ready = sum(
@@ -468,11 +472,9 @@ class Supervisor:
             config = self._keep_listening(self.overrides.apply(loaded.config))
             previous = (self.config, self.loaded)
             self.config, self.loaded = config, loaded
-            old = list(self.workers.values())
             # Until the new workers are ready the old ones go on serving: /readyz, the counters and a shutdown
             # still see them (`replacing`).
-            self.replacing = {h.slot: h for h in old}
-            self.workers.clear()
+            self.replacing, self.workers = self.workers, {}
             fresh: list[WorkerHandle] = []
             try:
                 fresh.extend(self._spawn(slot, loaded.version, probation=True) for slot in range(self.slots))
@@ -533,7 +535,7 @@ class Supervisor:
 
     def totals(self) -> Snapshot:
         total = self.retired
-        for handle in [*self.workers.values(), *self.replacing.values(), *self.retiring]:
+        for handle in self._every_worker():
             total = add(total, handle.snapshot)
         return total
 
