@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import re
 import socket
 import threading
 import time
@@ -13,6 +14,7 @@ from pathlib import Path
 from typing import Any
 
 import pytest
+import yaml
 
 from conftest import Tracker, load_config, read_until_quiet
 from trackpoint.edge.runtime import ERROR_LOG_INTERVAL_S, Edge
@@ -264,6 +266,64 @@ def test_expect_continue_is_answered_once_the_head_passed(tracker: Tracker) -> N
         sock.sendall(body)
         assert sock.recv(4096).startswith(b"HTTP/1.1 200 OK")
     assert [e.dims["order_id"] for e in tracker.events()] == ["o-continue"]
+
+
+def test_no_interim_answer_follows_the_final_one(tracker: Tracker) -> None:
+    """A request with `Expect: 100-continue` answered within the read that brought it (no body, or the body with
+    the head) gets no 100 after its answer: on a kept-alive connection the client would take it for the answer to
+    its next request."""
+    body = b"order_id=o-expect"
+    with socket.create_connection(("127.0.0.1", tracker.port), timeout=5) as sock:
+        sock.sendall(b"GET /i?imp=e-expect HTTP/1.1\r\nHost: a\r\nExpect: 100-continue\r\n\r\n")
+        sock.sendall(
+            b"POST /conv HTTP/1.1\r\nHost: a\r\nContent-Type: application/x-www-form-urlencoded\r\n"
+            b"Expect: 100-continue\r\nContent-Length: %d\r\n\r\n%s" % (len(body), body)
+        )
+        time.sleep(0.3)
+        sock.sendall(b"GET /nowhere HTTP/1.1\r\nHost: a\r\n\r\n")
+        answer = read_until_quiet(sock)
+    assert re.findall(rb"HTTP/1\.1 (\d{3}) ", answer) == [b"200", b"200", b"404"]  # the pixel's body ends in no CRLF
+
+
+def test_a_chunked_trailer_changes_nothing_the_head_said(tracker_factory: Any) -> None:
+    """Trailer fields are counted and dropped (RFC 9110 §6.5.1): merged into the headers, a client behind a proxy
+    that passes trailers on would choose its own address (X-Forwarded-For), user agent or body media type. And a
+    Content-Length with whitespace around it frames its body (RFC 9110 §5.5), not a 413."""
+    tracker: Tracker = tracker_factory({"server": {"trusted_proxies": ["127.0.0.0/8"]}})
+    head = (
+        b"POST /conv HTTP/1.1\r\nHost: a\r\nContent-Type: application/x-www-form-urlencoded\r\nUser-Agent: head-ua\r\n"
+        b"X-Forwarded-For: 9.9.9.9\r\nTransfer-Encoding: chunked\r\n\r\n"
+    )
+    trailer = b"X-Forwarded-For: 1.2.3.4\r\nUser-Agent: trailer-ua\r\nContent-Type: application/json\r\n\r\n"
+    answer = tracker.raw(head + b"e\r\norder_id=o-trl\r\n0\r\n" + trailer)
+    assert _status_lines(answer) == [b"HTTP/1.1 200 OK"], answer
+    spaced = b"POST /conv HTTP/1.1\r\nHost: a\r\nContent-Type: application/x-www-form-urlencoded\r\n"
+    answer = tracker.raw(spaced + b"Content-Length: 13 \t\r\n\r\norder_id=o-sp")
+    assert _status_lines(answer) == [b"HTTP/1.1 200 OK"], answer
+    events = {e.dims["order_id"]: e for e in tracker.wait_events(2)}
+    assert (events["o-trl"].ctx.ip, events["o-trl"].ctx.ua) == ("9.9.9.0", "head-ua")
+
+
+@pytest.mark.e2e
+def test_an_ipv4_proxy_is_trusted_on_a_dual_stack_socket(tmp_path: Path) -> None:
+    """With `host: "::"` an IPv4 peer arrives as ::ffff:a.b.c.d; its IPv4 network in trusted_proxies still decides
+    (else the load balancer's X-Forwarded-For was ignored, and the balancer itself capped as one client)."""
+    tracker = Tracker(tmp_path, {"server": {"trusted_proxies": ["127.0.0.0/8"]}})
+    document = yaml.safe_load(tracker.config_path.read_text())
+    document["server"]["host"] = "::"  # the suite's trackers listen on 127.0.0.1: this one on every address
+    tracker.config_path.write_text(yaml.safe_dump(document))
+    tracker.start()
+    try:
+        request = b"GET /i?imp=dual HTTP/1.1\r\nHost: a\r\nX-Forwarded-For: 9.9.9.9\r\nConnection: close\r\n\r\n"
+        assert _status_lines(tracker.raw(request)) == [b"HTTP/1.1 200 OK"]
+        assert [e.ctx.ip for e in tracker.wait_events(1)] == ["9.9.9.0"]
+    finally:
+        assert tracker.stop() == 0, tracker.output()
+
+
+def test_an_absolute_form_target_reaches_the_tag_too(tracker: Tracker) -> None:
+    answer = tracker.raw(b"GET http://a/tp.js HTTP/1.1\r\nHost: a\r\nConnection: close\r\n\r\n")
+    assert _status_lines(answer) == [b"HTTP/1.1 200 OK"]
 
 
 # --- 9: deep JSON, and error logs per kind ----------------------------------------------------------------------

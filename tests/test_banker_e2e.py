@@ -270,6 +270,7 @@ def test_admin_api_validation_errors(tracker_factory: Any) -> None:
     for method, path, body, status, error in INVALID_REQUESTS:
         got, document = admin_json(tracker, method, path, body)
         assert (got, document["error"]) == (status, error), (method, path, document)
+    assert tracker.admin("DELETE", "/banker/campaigns/c1")[1]["allow"] == "GET, HEAD, PUT"  # what a 405 allows
     assert admin_json(tracker, "GET", "/banker/campaigns") == (
         200,
         {"campaigns": [], "next": None},
@@ -306,6 +307,11 @@ def test_forged_wins_cannot_spend_or_create_campaigns(tracker: Tracker) -> None:
     status, headers, _ = tracker.get(nurl.replace("${AUCTION_PRICE}", "100000").replace("${AUCTION_ID}", "a1"))
     assert (status, headers["x-reject-reason"]) == (403, "price_above_bound")  # above the signed bid
     assert tracker.get(nurl.replace("cid=c1", "cid=c2").replace("${AUCTION_PRICE}", "1"))[0] == 403  # tampered
+    # The currency the banker converts by is signed: a forger's GBP (1.27 x) or unknown one (never debited, and
+    # the real notice then ignored as a repeat) is a broken signature, however it is added.
+    for forged in (nurl + "&cur=GBP", nurl.replace("cid=c1", "cur=GBP&cid=c1")):
+        status, headers, _ = tracker.get(forged.replace("${AUCTION_PRICE}", "2.5").replace("${AUCTION_ID}", "a1"))
+        assert (status, headers["x-reject-reason"]) == (403, "signature_invalid"), forged
     assert tracker.get(nurl.replace("${AUCTION_PRICE}", "2.5").replace("${AUCTION_ID}", "a1"))[0] == 204
     assert tracker.get(nurl.replace("${AUCTION_PRICE}", "2.9").replace("${AUCTION_ID}", "a2"))[0] == 204  # replay
     # Signed wins for campaigns nobody created (ids an attacker could pick): recorded, never debited or created.

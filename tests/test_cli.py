@@ -92,6 +92,35 @@ def test_every_problem_of_a_file_is_reported_at_once_with_line_key_and_suggestio
         assert hint in found[where], (where, found[where])
 
 
+@pytest.mark.parametrize(
+    ("content", "line", "message"),
+    [
+        (b"data_dir: here\nserver:\n  # caf\xe9\n", 3, "not UTF-8"),
+        (b"data_dir: " + b"[" * 5000 + b"]" * 5000 + b"\n", None, "nested too deeply"),
+        (b"server:\n  limits:\n    max_connections: 100000000000000000000000\n", 3, "too large a number"),
+    ],
+)
+def test_a_file_no_option_can_hold_is_a_located_message(
+    tmp_path: Path, content: bytes, line: int | None, message: str
+) -> None:
+    """Not UTF-8, nested past the parser, a number beyond 64 bits (accepted, it crashed `run` sending the
+    configuration to its workers): each a message with the file and line, exit 2, no traceback."""
+    path = tmp_path / "trackpoint.yaml"
+    path.write_bytes(content)
+    with pytest.raises(ConfigError) as caught:
+        load(path, registry=registry())
+    assert [(issue.line, message in issue.message) for issue in caught.value.issues] == [(line, True)]
+    code, _, stderr = invoke("config", "check", str(path))
+    assert code == 2 and message in stderr and "Traceback" not in stderr, stderr
+
+
+def test_docs_into_a_file_is_a_message(tmp_path: Path) -> None:
+    taken = tmp_path / "reference"
+    taken.write_text("a file where the directory would go")
+    code, _, stderr = invoke("docs", str(taken))
+    assert code == 2 and f"cannot write the reference into {taken}" in " ".join(stderr.split()), stderr
+
+
 def test_the_cross_section_rules_are_checked_beside_structural_problems(tmp_path: Path) -> None:
     # A wrong option in one section does not hide a collector name misspelt in another.
     path = write(tmp_path, "server:\n  workerz: 2\nevent_types:\n  a:\n    paths: [/a]\n    collectors: [lgo]\n")

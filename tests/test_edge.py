@@ -133,6 +133,24 @@ def test_keep_alive_and_pipelining_answer_in_order(tracker: Tracker) -> None:
     assert sorted(e.dims["imp"] for e in events) == ["last"] + [f"pipe-{i}" for i in range(5)]
 
 
+def test_a_pipelined_request_split_across_reads_reads_as_one(tracker: Tracker) -> None:
+    """A request pipelined behind one answered in the same read, its head ending in the next read: that read goes
+    on with it. It was taken for a new request line: a header value's UTF-8 was percent-encoded as a target's
+    would be, and `X-ID:  1` refused as a method followed by two spaces."""
+    first = b"GET /i?imp=split-1 HTTP/1.1\r\nHost: t\r\n\r\nGET /i?imp=split-2 HTTP/1.1\r\nHost: t\r\n"
+    for rest in ("User-Agent: caf\u00e9\r\n\r\n".encode(), b"X-ID:  1\r\nUser-Agent: plain\r\n\r\n"):
+        with socket.create_connection(("127.0.0.1", tracker.port), timeout=5) as sock:
+            sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
+            sock.sendall(first)
+            time.sleep(0.3)  # the rest in a read of its own
+            sock.sendall(rest)
+            answer = read_until_quiet(sock)
+        assert [line.split(b" ")[1] for line in _status_lines(answer)] == [b"200", b"200"], answer
+        first = first.replace(b"split-", b"again-")
+    events = {e.dims["imp"]: e for e in tracker.wait_events(4)}
+    assert (events["split-2"].ctx.ua, events["again-2"].ctx.ua) == ("caf\u00e9", "plain")
+
+
 def test_head_and_http_1_0(tracker: Tracker) -> None:
     answer = tracker.raw(b"HEAD /i?imp=h1 HTTP/1.1\r\nHost: t\r\nConnection: close\r\n\r\n")
     assert answer.startswith(b"HTTP/1.1 200 OK\r\n") and b"Content-Length: 43\r\n" in answer

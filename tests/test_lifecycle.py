@@ -4,6 +4,8 @@ request, a killed worker is replaced, an invalid reload keeps the running config
 
 from __future__ import annotations
 
+import errno
+import fcntl
 import http.client
 import json
 import os
@@ -22,7 +24,7 @@ import yaml
 
 from conftest import Tracker, free_port, load_config
 from trackpoint.collectors.log.reader import read_events
-from trackpoint.process.supervisor import available_cpus
+from trackpoint.process.supervisor import DataDirInUse, available_cpus, claim_data_dir
 
 
 class Load:
@@ -157,6 +159,17 @@ def test_invalid_reload_keeps_the_running_configuration(tracker_factory: Any) ->
     tracker.signal(signal.SIGHUP)
     assert tracker.wait_metric("trackpoint_reload_failures_total", "", 1) == 1
     assert "server.port" in tracker.output()
+    # A file that is not UTF-8, and a number no worker could be sent: refused and counted like any other problem
+    # (they killed the reload's task, uncounted; the number left an old worker serving after the next reload).
+    data_dir = tracker.data_dir
+    tracker.config_path.write_bytes(b"data_dir: %s\n# caf\xe9\n" % str(data_dir).encode())
+    tracker.signal(signal.SIGHUP)
+    assert tracker.wait_metric("trackpoint_reload_failures_total", "", 2) == 2
+    tracker.config_path.write_text(f"data_dir: {data_dir}\nserver: {{limits: {{max_connections: {10**24}}}}}\n")
+    tracker.signal(signal.SIGHUP)
+    assert tracker.wait_metric("trackpoint_reload_failures_total", "", 3) == 3
+    assert "not UTF-8" in tracker.output() and "too large a number" in tracker.output()
+    assert "Traceback" not in tracker.output()
     assert tracker.worker_pids() == pids
     assert tracker.get("/i?imp=still")[0] == 200
 
@@ -315,6 +328,62 @@ def test_a_worker_whose_supervisor_is_killed_exits(tracker_factory: Any) -> None
         if alive(worker):  # the orphan of a failed run: not left behind
             os.kill(worker, signal.SIGKILL)
     assert [event.dims["imp"] for event in tracker.events()] == ["before-the-kill"]
+
+
+def test_the_data_dir_lock_is_held_once_and_degrades_where_locks_are_missing(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, caplog: pytest.LogCaptureFixture
+) -> None:
+    held = claim_data_dir(str(tmp_path / "data"))
+    try:
+        with pytest.raises(DataDirInUse, match=f"in use by another trackpoint \\(pid {os.getpid()}\\)"):
+            claim_data_dir(str(tmp_path / "data"))
+    finally:
+        os.close(held)
+    os.close(claim_data_dir(str(tmp_path / "data")))  # released with its descriptor
+
+    def no_locks(fd: int, operation: int) -> None:
+        raise OSError(errno.ENOLCK, os.strerror(errno.ENOLCK))
+
+    monkeypatch.setattr(fcntl, "flock", no_locks)  # a network share without locks: run, and say so
+    os.close(claim_data_dir(str(tmp_path / "data")))
+    assert "cannot be locked" in caplog.text
+    (tmp_path / "a-file").write_text("")
+    with pytest.raises(NotADirectoryError):
+        claim_data_dir(str(tmp_path / "a-file" / "data"))
+
+
+def test_a_second_tracker_is_refused_its_data_dir_and_its_port(tracker_factory: Any, tmp_path: Path) -> None:
+    """A second tracker started on a running one's data_dir would take its active log for a dead worker's and
+    compress it away under it (what it acknowledged next was lost); on its port, its SO_REUSEPORT sockets would
+    take part of the traffic. Both are refused, with a message, and the running tracker loses nothing."""
+    tracker: Tracker = tracker_factory()
+    assert tracker.get("/i?imp=before")[0] == 200
+    assert tracker.process is not None
+
+    def second(data_dir: Path, port: int) -> subprocess.CompletedProcess[str]:
+        config = tmp_path / f"second-{port}.yaml"
+        config.write_text(yaml.safe_dump({"data_dir": str(data_dir)}))
+        command = [sys.executable, "-m", "trackpoint", "run", "--config", str(config), "--workers", "1",
+                   "--port", str(port), "--admin-port", str(free_port())]  # fmt: skip
+        return subprocess.run(command, capture_output=True, text=True, timeout=60, check=False)
+
+    same_dir = second(tracker.data_dir, free_port())
+    assert same_dir.returncode == 1, same_dir.stderr
+    assert f"data_dir {tracker.data_dir} is in use by another trackpoint (pid {tracker.process.pid})" in same_dir.stderr
+    same_port = second(tmp_path / "other-data", tracker.port)
+    assert same_port.returncode == 1, same_port.stderr
+    assert f"cannot listen on 0.0.0.0:{tracker.port}: Address already in use" in same_port.stderr
+    (tmp_path / "a-file").write_text("")
+    unusable = second(tmp_path / "a-file" / "data", free_port())  # a message, not a traceback
+    assert unusable.returncode == 1 and "cannot use data_dir" in unusable.stderr, unusable.stderr
+    assert "Traceback" not in unusable.stderr + same_dir.stderr + same_port.stderr
+    assert tracker.get("/i?imp=after")[0] == 200
+    tracker.signal(signal.SIGTERM)
+    assert tracker.process.wait(30) == 0, tracker.output()
+    assert sorted(event.dims["imp"] for event in tracker.events()) == ["after", "before"]
+    # Stopped, it leaves the directory to the next tracker: the lock is the process's, not the file's.
+    assert (tracker.data_dir / "trackpoint.lock").exists()
+    assert tracker.start().get("/i?imp=again")[0] == 200
 
 
 @pytest.mark.e2e

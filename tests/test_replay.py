@@ -55,13 +55,13 @@ def config(tmp_path: Path) -> Path:
 
 
 def logs(tmp_path: Path) -> tuple[Path, list[Event], int]:
-    """Two files, plain and zstd: 300 distinct impressions, 90 of them repeated (as retries are), 50 clicks; and
-    the number of repeats."""
+    """Two files, plain and zstd: 300 distinct impressions, 90 of them repeated (as retries are), 50 clicks, 10 of
+    them repeated; and the number of repeated impressions."""
     rng = random.Random(17)
     impressions = [event("impression", f"imp-{i}", T0 + i) for i in range(300)]
     repeats = rng.sample(impressions, 90)
     clicks = [event("click", f"imp-{i}", T0 + i) for i in range(50)]
-    stream = impressions + repeats + clicks
+    stream = impressions + repeats + clicks + clicks[:10]
     rng.shuffle(stream)
     directory = tmp_path / "logs"
     directory.mkdir()
@@ -77,9 +77,9 @@ def test_replay_counts_add_up_and_each_id_is_sent_once(tmp_path: Path) -> None:
                                       "--json", str(directory)])  # fmt: skip
     assert result.exit_code == 0, result.output
     summary = json.loads(result.stdout)
-    assert summary["read"] == len(stream) == 440
-    assert summary["duplicates"] == repeats
-    assert summary["filtered"] == 50  # the clicks: `copy` does not take them
+    assert summary["read"] == len(stream) == 450
+    assert summary["duplicates"] == repeats  # a repeated click is no duplicate of this replay: it sends no click
+    assert summary["filtered"] == 60  # the clicks, repeats too: `copy` does not take them
     assert summary["replayed"] == 300
     assert summary["read"] == summary["replayed"] + summary["duplicates"] + summary["filtered"]
     copy = summary["collectors"]["copy"]
@@ -107,7 +107,7 @@ def test_the_table_says_how_the_counts_add_up(tmp_path: Path) -> None:
     result = CliRunner().invoke(app, ["replay", "-c", str(config(tmp_path)), "--collector", "copy", str(directory)])
     assert result.exit_code == 0, result.output
     text = " ".join(result.stderr.split())
-    assert f"read 440 events = 300 replayed + {repeats} duplicates (sent once) + 50 filtered out" in text
+    assert f"read 450 events = 300 replayed + {repeats} duplicates (sent once) + 60 filtered out" in text
     assert "replay ━" not in result.stderr  # no progress bar when nobody watches a terminal
 
 
@@ -189,4 +189,4 @@ def test_on_a_terminal_a_progress_bar_shows_bytes_events_rate_and_time_left(tmp_
     bar = " ".join(" ".join(plain.split()).split())
     bar = bar[bar.rindex(f"{total / 1000:.1f}/") :]  # the last state of the bar
     assert bar.startswith(f"{total / 1000:.1f}/{total / 1000:.1f} kB")
-    assert re.match(r"[\d.]+/[\d.]+ kB [\d.]+ [kM]?B/s · 440 events, [\d,]+/s · 0:00:00", bar), bar
+    assert re.match(r"[\d.]+/[\d.]+ kB [\d.]+ [kM]?B/s · 450 events, [\d,]+/s · 0:00:00", bar), bar

@@ -355,7 +355,8 @@ def test_the_admin_route_answers_the_report_and_its_errors(tmp_path: Path) -> No
     count(store, [event("a", "click", cid="c1", crid="k1")])
     clicks = hourly(config, "type=click&by=cid")[1]["rows"]  # the impressions are read for the CTR, not shown
     assert [(r["type"], r["metrics"]) for r in clicks] == [("click", {"clicks": 1, "ctr": 0.5})]
-    for bad in ("by=geo.country", "from=soon", "from=2026-12-05T08:00&to=2026-12-05T07:00", "where=cid"):
+    for bad in ("by=geo.country", "from=soon", "from=2026-12-05T08:00&to=2026-12-05T07:00", "where=cid", "from=nan",
+                "to=inf", "from=1e400"):  # fmt: skip
         status, answer = hourly(config, bad)
         assert (status, answer["error"]) == (400, "invalid_query"), bad
     status, answer = hourly(loaded_config(tmp_path, rollup_fed=False), "")
@@ -409,6 +410,12 @@ def test_the_cli_refuses_bad_times_for_report_and_replay(tmp_path: Path) -> None
     assert report_run.exit_code == 2 and "from: not a time: 'soon'" in report_run.output
     replay_run = runner.invoke(app, ["replay", "--config", str(config), "--since", "soon", str(tmp_path)])
     assert replay_run.exit_code == 2 and "not a time: 'soon'" in replay_run.output
+    for bad in ("nan", "inf", "1e400"):  # numbers that are no moment: a message, not a traceback
+        replay_run = runner.invoke(app, ["replay", "--config", str(config), "--since", bad, str(tmp_path)])
+        assert replay_run.exit_code == 2 and f"not a time: '{bad}'" in replay_run.output, replay_run.output
+    # An error's text is printed as it is: `[log, rollup]` was taken for console markup and vanished.
+    without = runner.invoke(app, ["report", "--config", str(config)])
+    assert without.exit_code == 2 and "(collectors: [log, rollup])" in " ".join(without.output.split())
 
 
 def test_the_table_shows_money_in_units_and_time_in_seconds() -> None:

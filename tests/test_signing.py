@@ -579,6 +579,59 @@ def test_trackpoint_sign_with_the_embedded_default_generates_and_reuses_one_key(
             ("event_types", "c", "response", "allow_hosts", 0),
             "not a host name",
         ),
+        # A signed destination goes to any host: a signature that leaves it free would be an open redirect.
+        (
+            {
+                "event_types": {
+                    "c": {
+                        "preset": "click",
+                        "signature": "optional",
+                        "signed_params": ["imp", "cid"],
+                        "response": {"kind": "redirect", "signed_destinations": True},
+                    }
+                }
+            },
+            ("event_types", "c", "response", "signed_destinations"),
+            "signed_params must list the destination parameter 'url'",
+        ),
+        (
+            {
+                "event_types": {
+                    "c": {
+                        "preset": "click",
+                        "dedupe_key": [],
+                        "fields": {"url": {"source": "header", "name": "X-To"}},
+                        "response": {"kind": "redirect", "signed_destinations": True},
+                    }
+                }
+            },
+            ("event_types", "c", "response", "signed_destinations"),
+            "must come from the URL's query",
+        ),
+        # The banker converts a win's price by its currency: a forger's currency would cost more than the bid.
+        (
+            {"event_types": {"w": {"preset": "win", "signed_params": ["imp", "cid", "crid", "pub", "max_price"]}}},
+            ("event_types", "w", "signed_params"),
+            "must list 'cur', the currency the banker 'banker' converts the price by",
+        ),
+        # Postback credentials cover one advertiser's request, not the items of a batch.
+        (
+            {
+                "event_types": {
+                    "v": {
+                        "preset": "conversion",
+                        "batch": {"paths": ["/conv/batch"]},
+                        "postback_auth": {
+                            "mode": "required",
+                            "advertiser_field": "cid",
+                            "secrets": {"a": {"secret_env": "X"}},
+                        },
+                    }
+                }
+            },
+            ("event_types", "v", "batch"),
+            "takes no batches",
+        ),
     ],
 )
 def test_signing_configuration_problems_are_reported(
@@ -611,4 +664,32 @@ def test_a_signed_post_with_a_forged_body_is_refused(tracker_factory: Any) -> No
     assert tracker.request("POST", _request_target(result.stdout.strip()), body, json_type)[0] == 200
     events = tracker.wait_events(2)
     assert [(e.dims["cid"], e.metrics["value"]) for e in events] == [("c1", 12_500_000), ("c2", 12_500_000)]
+    assert tracker.wait_metric("trackpoint_rejected_total", 'reason="body_digest_invalid"', 1) == 1
+
+
+@pytest.mark.parametrize("methods", [["GET", "HEAD"], ["GET", "HEAD", "POST"]])
+def test_a_signed_batch_is_covered_whole_url_and_body(tracker_factory: Any, methods: list[str]) -> None:
+    """A batch of a signed type (wins: they debit budgets) is accepted only with its body signed (`bd`) and every
+    parameter of its URL signed: the items inherit the URL's parameters, so none may ride after `sig`."""
+    win = {"preset": "win", "methods": methods, "collectors": ["log"], "batch": {"paths": ["/win/batch"]}}
+    tracker: Tracker = tracker_factory({"event_types": {"win": win}})
+    secret = (tracker.data_dir / "keys" / "signing.key").read_bytes().strip()
+    json_type = {"Content-Type": "application/json"}
+    body = b'[{"imp": "b1", "cid": "c1", "price": "1.00"}, {"imp": "b2", "cid": "c1", "price": "1.20"}]'
+    forged = b'[{"imp": "e1", "cid": "victim", "price": "99999"}]'
+
+    def refused(target: str, sent: bytes) -> str:
+        status, headers, _ = tracker.request("POST", target, sent, json_type)
+        assert status == 403, (target, status)
+        return headers["x-reject-reason"]
+
+    assert refused("/win/batch", forged) == "signature_missing"
+    assert refused(sign_url("/win/batch", "auto", secret), forged) == "body_unsigned"
+    signed = sign_url("/win/batch", "auto", secret, body=body)
+    assert refused(signed, forged) == "body_digest_invalid"
+    assert refused(signed + "&price=99999", body) == "signature_invalid"  # nothing rides after `sig`
+    status, _, answer = tracker.request("POST", signed, body, json_type)
+    assert (status, json.loads(answer)) == (200, {"accepted": 2, "refused": []})
+    events = tracker.wait_events(2)
+    assert sorted((e.dims["imp"], e.metrics["price"]) for e in events) == [("b1", 1_000_000), ("b2", 1_200_000)]
     assert tracker.wait_metric("trackpoint_rejected_total", 'reason="body_digest_invalid"', 1) == 1

@@ -132,6 +132,15 @@ class AdminServer:
                 return candidate, True
         return None, known
 
+    def _allowed(self, path: str) -> list[str]:
+        """The methods a known path answers (HEAD wherever GET is)."""
+        segments = path.strip("/").split("/")
+        methods = {method for method, route in self.routes if route == path}
+        methods |= {method for method, pattern, _ in self.patterns if _match(pattern, segments) is not None}
+        if "GET" in methods:
+            methods.add("HEAD")
+        return sorted(methods)
+
     def count(self, reason: str) -> None:
         self.counts[reason] = self.counts.get(reason, 0) + 1
 
@@ -148,7 +157,11 @@ class AdminServer:
         if handler is None and request.method == "HEAD":
             handler, known = self._find("GET", request)
         if handler is None:
-            return AdminResponse.json(405 if known else 404, {"error": "method_not_allowed" if known else "not_found"})
+            if not known:
+                return AdminResponse.json(404, {"error": "not_found"})
+            refused = AdminResponse.json(405, {"error": "method_not_allowed"})
+            refused.headers["Allow"] = ", ".join(self._allowed(request.path))  # RFC 9110 §15.5.6
+            return refused
         try:
             return await handler(request)
         except Exception:

@@ -14,6 +14,7 @@ from typing import TYPE_CHECKING, Annotated, Any
 import typer
 import typer.core
 from rich.console import Console
+from rich.markup import escape
 
 from trackpoint import __version__
 from trackpoint.config import ConfigError, LoadedConfig, json_schema, load
@@ -268,7 +269,7 @@ def sign(  # noqa: PLR0917 (one argument per option)
     try:
         secret = load_key(chosen, key, tracker.data_dir)
     except SigningKeyError as exc:
-        err.print(f"[bold red]error[/] {exc}", highlight=False)
+        err.print(f"[bold red]error[/] {escape(str(exc))}", highlight=False)
         raise typer.Exit(2) from None
     expires_at = None if ttl is None else int(time.time()) + ttl
     print(sign_url(url, chosen, secret, expires_at, covered_params(tracker, url), body))
@@ -344,7 +345,7 @@ def replay(  # noqa: PLR0917 (typer: one parameter per option)
             give_up_after_s=give_up_after,
         )
     except replaying.ReplayError as exc:
-        err.print(f"[bold red]error[/] {exc}", highlight=False, soft_wrap=True)
+        err.print(f"[bold red]error[/] {escape(str(exc))}", highlight=False, soft_wrap=True)
         raise typer.Exit(2) from None
     files = log_files(logs)
     if not files:
@@ -373,7 +374,7 @@ def replay(  # noqa: PLR0917 (typer: one parameter per option)
             built = replaying.build_collectors(loaded.config, replay_plan, registry())
             report = asyncio.run(replaying.replay(files, built, replay_plan, advance))
         except replaying.ReplayError as exc:
-            err.print(f"[bold red]error[/] {exc}", highlight=False, soft_wrap=True)
+            err.print(f"[bold red]error[/] {escape(str(exc))}", highlight=False, soft_wrap=True)
             raise typer.Exit(1) from None
     refused = any(result.refused for result in report.collectors.values())
     if as_json:
@@ -423,7 +424,7 @@ def ship(
     try:
         selected = shippers(loaded.config, collector or ())
     except ShipError as exc:
-        err.print(f"[bold red]error[/] {exc}", highlight=False)
+        err.print(f"[bold red]error[/] {escape(str(exc))}", highlight=False)
         raise typer.Exit(2) from None
     out = Console()
 
@@ -481,7 +482,7 @@ def banker_reconcile(
     try:
         report = asyncio.run(reconcile(loaded.config, files, collector))
     except ReconcileError as exc:
-        err.print(f"[bold red]error[/] {exc}", highlight=False)
+        err.print(f"[bold red]error[/] {escape(str(exc))}", highlight=False)
         raise typer.Exit(2) from None
     except StoreUnavailable as exc:
         err.print(f"[bold red]error[/] the banker's store is unavailable: {exc}", highlight=False)
@@ -574,7 +575,7 @@ def report(  # noqa: PLR0917 (typer: one parameter per option)
         name, rollup = reporting.rollup_collector(loaded.config, collector)
     except LookupError as exc:
         if collector is not None or not from_logs:
-            err.print(f"[bold red]error[/] {exc}", highlight=False)
+            err.print(f"[bold red]error[/] {escape(str(exc))}", highlight=False)
             raise typer.Exit(2) from None
         from trackpoint.collectors.rollup.config import RollupCollectorConfig as DefaultRollup
 
@@ -590,7 +591,7 @@ def report(  # noqa: PLR0917 (typer: one parameter per option)
         )
         rows, source, note = _report_rows(loaded.config, rollup, name, query, logs if from_logs else None)
     except reporting.ReportError as exc:
-        err.print(f"[bold red]error[/] {exc}", highlight=False)
+        err.print(f"[bold red]error[/] {escape(str(exc))}", highlight=False)
         raise typer.Exit(2) from None
     if output == "json":
         sys.stdout.write(reporting.to_json(rows, query, source).decode() + "\n")
@@ -629,7 +630,7 @@ def _report_rows(
     try:
         result = logs_report(files, query, rollup.roles)
     except LogsReportError as exc:
-        err.print(f"[bold red]error[/] {exc}", highlight=False)
+        err.print(f"[bold red]error[/] {escape(str(exc))}", highlight=False)
         raise typer.Exit(2) from None
     note = (
         f"read {result.events:,} events ({result.distinct:,} distinct ids) from {len(files)} files in "
@@ -648,7 +649,14 @@ def docs(
     OpenAPI 3.1), this CLI and the plugin API."""
     from trackpoint.reference import write_docs
 
-    for path in write_docs(_load_or_exit(config), out_dir, app, registry()):
+    try:
+        written = write_docs(_load_or_exit(config), out_dir, app, registry())
+    except OSError as exc:  # OUT_DIR a file, unwritable, ...
+        err.print(
+            f"[bold red]error[/] cannot write the reference into {out_dir}: {exc.strerror or exc}", highlight=False
+        )
+        raise typer.Exit(2) from None
+    for path in written:
         print(path)
 
 

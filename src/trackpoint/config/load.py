@@ -113,15 +113,25 @@ def load(path: str | Path | None = None, *, registry: Components) -> LoadedConfi
         return _validate(default_doc, None, DEFAULT_CONFIG_NAME, registry)
     source = str(path)
     try:
-        text = Path(path).read_text(encoding="utf-8")
+        raw = Path(path).read_bytes()
     except OSError as exc:
         raise ConfigError([ConfigIssue(source, None, (), f"cannot read: {exc.strerror or exc}")]) from exc
+    try:
+        text = raw.decode("utf-8")
+    except UnicodeDecodeError as exc:
+        at = raw.count(b"\n", 0, exc.start) + 1
+        raise ConfigError([ConfigIssue(source, at, (), "not UTF-8: a configuration file is UTF-8 text")]) from None
     try:
         node = yaml.compose(text, Loader=yaml.SafeLoader)
         user_doc = yaml.safe_load(text)
     except yaml.YAMLError as exc:
         line, message = _yaml_problem(exc)
         raise ConfigError([ConfigIssue(source, line, (), message)]) from exc
+    except RecursionError:  # thousands of nested brackets: no configuration nests so deep
+        raise ConfigError([ConfigIssue(source, None, (), "not valid YAML: nested too deeply")]) from None
+    repeated = list(_repeated_keys(node, ()))
+    if repeated:  # YAML keeps the last silently: what the operator wrote first would not apply
+        raise ConfigError([ConfigIssue(source, line, path, message) for line, path, message in repeated])
     if user_doc is None:
         user_doc = {}
     if not isinstance(user_doc, dict):
@@ -156,6 +166,8 @@ def _validate(document: dict[str, Any], node: yaml.Node | None, source: str, reg
     parts are set aside, leaving out the problems that only follow from setting them aside."""
     typ = config_type(registry)
     document, problems = apply_presets(document, registry)
+    # A number no 64-bit integer holds fits no option, and could not be sent to the workers (msgpack).
+    problems = [*problems, *_huge_numbers(document, ())]
     value, found = convert_collecting(document, typ, ())
     problems += found
     removed: list[KeyPath] = []
@@ -185,6 +197,35 @@ def _validate(document: dict[str, Any], node: yaml.Node | None, source: str, reg
     config = deny_private_fields(config)  # privacy by default: the policy each collector's filter applies
     encoded = msgspec.json.encode(config)
     return LoadedConfig(config=config, source=source, version=hashlib.sha256(encoded).hexdigest()[:12])
+
+
+def _repeated_keys(node: yaml.Node | None, path: KeyPath) -> Iterator[tuple[int, KeyPath, str]]:
+    """Keys given twice in one mapping, anywhere in the file: (line, key path, message) of each repeat."""
+    if isinstance(node, yaml.MappingNode):
+        first: dict[str, int] = {}
+        for key_node, value_node in node.value:
+            key = str(key_node.value)
+            line = key_node.start_mark.line + 1
+            if key in first:
+                yield line, (*path, key), f"given twice (first on line {first[key]}): only one would apply"
+            else:
+                first[key] = line
+            yield from _repeated_keys(value_node, (*path, key))
+    elif isinstance(node, yaml.SequenceNode):
+        for index, item in enumerate(node.value):
+            yield from _repeated_keys(item, (*path, index))
+
+
+def _huge_numbers(document: object, path: KeyPath) -> Iterator[tuple[KeyPath, str]]:
+    """The integers of a document beyond 64 bits, by key path."""
+    if isinstance(document, dict):
+        for key, value in document.items():
+            yield from _huge_numbers(value, (*path, key))
+    elif isinstance(document, list):
+        for index, value in enumerate(document):
+            yield from _huge_numbers(value, (*path, index))
+    elif isinstance(document, int) and not -(1 << 63) <= document < 1 << 64:
+        yield path, f"{document} is too large a number"
 
 
 def config_error(source: str, problems: list[tuple[KeyPath, str]]) -> ConfigError:
@@ -478,7 +519,8 @@ def check_references(config: Config) -> Iterator[tuple[KeyPath, str]]:
 
 
 def _check_batch_paths(config: Config, paths: set[str]) -> Iterator[tuple[KeyPath, str]]:
-    """A batch path is a path of its own: not another batch path, not an event type's path."""
+    """A batch path is a path of its own: not another batch path, not an event type's path; and not on a type
+    whose postbacks are authenticated."""
     seen: set[str] = set()
     for type_name, spec in config.event_types.items():
         for i, route in enumerate(spec.batch.paths):
@@ -488,6 +530,9 @@ def _check_batch_paths(config: Config, paths: set[str]) -> Iterator[tuple[KeyPat
             if route in paths or route in seen:
                 yield where, f"{route} is already taken: a batch path is a path of its own"
             seen.add(route)
+        if spec.batch.paths and spec.postback_auth.mode != "off":
+            # Postback credentials authenticate one advertiser's request; a batch would need them per item.
+            yield ("event_types", type_name, "batch"), "an event type with postback_auth takes no batches"
 
 
 def _check_signing(config: Config) -> Iterator[tuple[KeyPath, str]]:
@@ -541,6 +586,16 @@ def _check_event_type(config: Config, base: KeyPath, spec: EventTypeSpec) -> Ite
         for i, host in enumerate(spec.response.allow_hosts):
             if not _HOST.fullmatch(host):
                 yield (*base, "response", "allow_hosts", i), f"not a host name (`a.test` or `.a.test`): {host!r}"
+        destination = spec.fields.get(target)
+        if spec.response.signed_destinations and destination is not None:
+            # A signed destination is followed to any host: the signature must cover it, or any signed click URL
+            # could be pointed anywhere by changing its destination (an open redirect).
+            where = (*base, "response", "signed_destinations")
+            param = destination.name or target
+            if destination.source not in ("param", "query"):
+                yield where, f"the destination field {target!r} must come from the URL's query to be signed"
+            elif spec.signed_params and param not in spec.signed_params:
+                yield where, f"signed_params must list the destination parameter {param!r}: the signature covers it"
     if spec.signature != "off" or (spec.response.kind == "redirect" and spec.response.signed_destinations):
         if not config.signing.keys:
             yield (*base, "signature"), "signed URLs need at least one key in signing.keys"

@@ -51,7 +51,11 @@ HeaderBytes = Annotated[
 ]
 HeaderCount = Annotated[int, Meta(ge=4, le=1000, description="Most header fields; more → 431.")]
 HeaderTimeout = Annotated[
-    Seconds, Meta(description="Time allowed from a request's first byte to the end of its headers; then 408.")
+    Seconds,
+    Meta(
+        description="Time allowed from a request's first byte to the end of its headers (then 408), and for a new "
+        "connection to start its first request (then it is closed)."
+    ),
 ]
 BodyTimeout = Annotated[
     Seconds, Meta(description="Time allowed to receive a request body after its headers; then 408.")
@@ -92,7 +96,7 @@ class Limits(Struct, forbid_unknown_fields=True, kw_only=True):
     body_timeout_s: BodyTimeout = 10.0
     keepalive_timeout_s: Annotated[
         Seconds,
-        Meta(description="An idle keep-alive connection (and a connection that sends nothing) is closed."),
+        Meta(description="A keep-alive connection idle this long between requests is closed."),
     ] = 30.0
     max_keepalive_requests: KeepaliveRequests = 10000
     max_connections: Annotated[
@@ -201,7 +205,7 @@ class AdminLimits(Struct, forbid_unknown_fields=True, kw_only=True):
     header_timeout_s: HeaderTimeout = 10.0
     body_timeout_s: BodyTimeout = 10.0
     keepalive_timeout_s: Annotated[
-        Seconds, Meta(description="An idle connection (and a connection that sends nothing) is closed.")
+        Seconds, Meta(description="A keep-alive connection idle this long between requests is closed.")
     ] = 15.0
     write_timeout_s: Annotated[
         Seconds, Meta(description="A connection whose answers the client has not read for this long is aborted.")
@@ -435,8 +439,9 @@ class ResponseSpec(Struct, forbid_unknown_fields=True, kw_only=True):
         bool,
         Meta(
             description="For redirect: a destination on any host is followed when the request carries a valid "
-            "signature (see `signing`; the signature covers the destination parameter). A request with a bad "
-            "signature is refused (403) even under `signature: off`."
+            "signature (see `signing`; the signature covers the destination parameter, which must then be a query "
+            "parameter, listed in `signed_params` if the type has any). A request with a bad signature is refused "
+            "(403) even under `signature: off`."
         ),
     ] = False
     fallback_url: Annotated[
@@ -516,7 +521,10 @@ class BatchSpec(Struct, forbid_unknown_fields=True, kw_only=True):
     string). Each item is built into its own event (its own id), from its top-level members as a JSON body would
     be; the answer lists the refused items and why, once every accepted item's line is written. The body's size is
     capped by `server.limits` (`max_body_bytes`, `max_inflated_bytes`, `max_inflation_ratio`): raise them for large
-    batches."""
+    batches. On a signed event type the batch URL's signature covers all of the batch: every parameter of the URL
+    (the items inherit them), whatever `signed_params` says, and the whole body, by its digest `bd` (`trackpoint
+    sign --data BODY URL`): 403 `body_unsigned` or `body_digest_invalid` otherwise. A type with `postback_auth`
+    takes no batches."""
 
     paths: Annotated[
         list[str], Meta(description="Batch paths (exact match, POST only) of this event type; none by default.")

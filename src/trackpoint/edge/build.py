@@ -27,7 +27,6 @@ from trackpoint.fields.converters import (
     parse_cookies,
 )
 from trackpoint.fields.types import make_converter
-from trackpoint.security.signing import check_body
 
 # Module constants and the names called per request are Final: compiled (mypyc), a Final is a literal or a C static,
 # where any other module name is a lookup in the module's globals on every use.
@@ -133,8 +132,8 @@ class EventBuilder:
         self.json_keys = frozenset(p.lookup for p in plans if p.source in ("param", "json"))
         self.reads_body = any(p.source in ("param", "form", "json") for p in plans)
         self.reads_cookies = any(p.source == "cookie" for p in plans)
-        # A signed type that takes POST: the body must be the signed one. Checked here, where the body is read,
-        # after the request path verified the query's signature.
+        # A signed type that takes POST: the body of a signed request must be the signed one (the request path
+        # checks it after the query's signature).
         self.signed_body = spec.signature != "off" and "POST" in spec.methods
         self.header_names = frozenset(p.lookup.encode("latin-1") for p in plans if p.source == "header") | (
             {b"cookie"} if self.reads_cookies else set()
@@ -148,8 +147,6 @@ class EventBuilder:
 
     def build(self, query: bytes, body: bytes | bytearray | None, headers: dict[bytes, bytes], client_ip: str) -> Event:
         """The event for one request, or `Reject` naming the first field that is missing or invalid."""
-        if self.signed_body:
-            check_body(query, body)
         params = self.query(query) if query else {}
         if body and self.reads_body:
             body_params = self._body_params(body, headers)

@@ -21,6 +21,7 @@ from trackpoint.fields.batch import batch_items
 from trackpoint.fields.converters import Reject
 from trackpoint.http.connection import AFTER_CLOSE, HttpConnection
 from trackpoint.http.responses import NO_STORE, head, origin_form
+from trackpoint.security.signing import check_body
 
 if TYPE_CHECKING:
     from trackpoint.edge.cors import CorsPolicy
@@ -103,12 +104,16 @@ class EdgeProtocol(HttpConnection):
 
         route = edge.routes.get(path)
         if route is None:
-            batch = edge.batch_routes.get(path)
-            if batch is not None:
-                self.answer_batch(*batch, method, path, query, keep_alive)
-                return
-            target = origin_form(self.url) if path[:1] != b"/" else None  # an absolute-form target: by its path
-            if target is None or (route := edge.routes.get(target.partition(b"?")[0])) is None:
+            if path[:1] != b"/":  # an absolute-form target (`http://host/i?x=1`): routed by its path, as any other
+                target = origin_form(self.url)
+                if target is not None:
+                    path, _, query = target.partition(b"?")
+                    route = edge.routes.get(path)
+            if route is None:
+                batch = edge.batch_routes.get(path)
+                if batch is not None:
+                    self.answer_batch(*batch, method, path, query, keep_alive)
+                    return
                 served = edge.files.get(path)  # the JS tag (no event type has its path)
                 if served is None:
                     self.reject(404, "not_found", None, keep_alive, is_head)
@@ -118,7 +123,6 @@ class EdgeProtocol(HttpConnection):
                 else:
                     self.reject(405, "method_not_allowed", None, keep_alive, is_head, None, FILE_ALLOW)
                 return
-            path, _, query = target.partition(b"?")
         if method not in route.methods:
             if method == b"OPTIONS" and route.cors is not None and self.preflight(route.cors, keep_alive):
                 return
@@ -137,6 +141,8 @@ class EdgeProtocol(HttpConnection):
             signature = route.signature
             if signature is not None:  # signed URLs, before any other work (None for types that do not use them)
                 signed = signature.check(path, query)  # 403 raises Reject
+                if signed and route.builder.signed_body:  # the body must be the one signed (`bd`)
+                    check_body(query, self.body)
             client_ip = self.client_ip() if self.trusted_peer else self.peer_ip
             event = built = route.builder.build(query, self.body, self.headers, client_ip)
             if signature is not None and signature.flag:
@@ -209,7 +215,9 @@ class EdgeProtocol(HttpConnection):
         """A batch (POST to a batch path): each item built into its own event as a JSON body (a Matomo item as a
         query string) and preprocessed, the accepted ones recorded (their lines written before this answer leaves),
         the refused ones listed with their reasons: `{"accepted": n, "refused": [{"index": i, "error": reason}]}`.
-        The URL's signature is checked once for the whole batch; rate limits apply per item."""
+        On a signed event type the URL's signature is checked once for the whole batch, and covers all of it: every
+        parameter of the URL (the items inherit them, so none may be left free as `signed_params` leaves an
+        exchange's macros) and the whole body (`bd`). Rate limits apply per item."""
         edge = self.edge
         if method != b"POST":
             # A browser's batch (JSON, maybe Content-Encoding) is preflighted like the event type's other paths.
@@ -221,8 +229,12 @@ class EdgeProtocol(HttpConnection):
         try:
             if any(not gate.accepting for gate in route.gates):  # a full spool asks for backpressure
                 raise Reject(503, "backpressure")
-            if route.signature is not None:
-                route.signature.check(path, query)
+            signature = route.signature
+            signed = False
+            if signature is not None:
+                signed = signature.check(path, query, True)
+                if signed:
+                    check_body(query, self.body)  # 403 body_unsigned without `bd`: the items are the body
             items = batch_items(self.body or b"", max_items)
         except Reject as rejected:
             self.reject(rejected.status, rejected.reason, rejected.field, keep_alive, False, cors)
@@ -240,6 +252,8 @@ class EdgeProtocol(HttpConnection):
                     built = route.builder.build(item, None, headers, client_ip)
                 else:  # a JSON object, as msgspec.Raw
                     built = route.builder.build(query, bytes(cast(Any, item)), as_json, client_ip)
+                if signature is not None and signature.flag:
+                    built.dims["signed"] = "1" if signed else "0"
                 if all(limiter.admit(client_ip, built) for limiter in route.limiters):
                     event = self.preprocess(route, built) if route.preprocessors else built
                     if event is not None and all(limiter.admit(client_ip, event) for limiter in route.late_limiters):
@@ -268,6 +282,8 @@ class EdgeProtocol(HttpConnection):
             signed = False
             if route.signature is not None:
                 signed = route.signature.check(path, query)
+                if signed and route.builder.signed_body:
+                    check_body(query, self.body)
             client_ip = self.client_ip() if self.trusted_peer else self.peer_ip
             built = route.builder.build(query, self.body, self.headers, client_ip)
             if route.postback_auth is not None:

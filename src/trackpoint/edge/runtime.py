@@ -402,6 +402,11 @@ class Edge:
             address = ipaddress.ip_address(ip)
         except ValueError:
             return False
+        if isinstance(address, ipaddress.IPv6Address) and address.ipv4_mapped is not None:
+            # An IPv4 peer of a dual-stack socket (host "::") arrives as ::ffff:a.b.c.d: its IPv4 network decides.
+            mapped = address.ipv4_mapped
+            if any(mapped in network for network in self.trusted_networks):
+                return True
         return any(address in network for network in self.trusted_networks)
 
     def forwarded_client(self, forwarded: bytes | None, x_forwarded_for: bytes | None, peer_ip: str) -> str:

@@ -108,6 +108,7 @@ class HttpConnection(asyncio.Protocol):
         "recorded",
         "requests",
         "started",
+        "trailers",
         "transport",
         "url",
     )
@@ -152,6 +153,10 @@ class HttpConnection(asyncio.Protocol):
         self.received = 0
         self.pipelined = 0
         self.continue_due = False
+        # A chunked body has begun: header fields from now on are its trailer, counted against the caps and
+        # dropped (RFC 9110 §6.5.1: never merged into the header section, where an X-Forwarded-For, a
+        # Content-Type or an Expect sent after the body would have replaced what the head said).
+        self.trailers = False
 
     # --- what a subclass defines -----------------------------------------------------------------------------------
 
@@ -270,6 +275,13 @@ class HttpConnection(asyncio.Protocol):
     # per-request state is reset when a response is written, and framing headers are handled as they arrive.
 
     def on_url(self, url: bytes) -> None:
+        if self.phase == IDLE:
+            # A request pipelined behind one answered in this same read: it is under way, so the next read goes
+            # on with it (its header timeout runs from here) rather than being taken for a new request line.
+            self.phase = HEADERS
+            self.started = now = _monotonic()
+            self.deadline = now + self.caps.header_timeout_s
+            self.in_target = False
         url = self.url = self.url + url if self.url else url
         if len(url) > self.caps.max_request_line_bytes:
             raise Reject(414, "uri_too_long")
@@ -281,7 +293,7 @@ class HttpConnection(asyncio.Protocol):
         if count > caps.max_header_count or size > caps.max_header_bytes:
             raise Reject(431, "headers_too_large")
         name = self.header_names.canonical(name)
-        if name:
+        if name and not self.trailers:
             if name in FRAMING_HEADERS:
                 self.on_framing_header(name, value)
             elif name == b"host" and name in self.headers:
@@ -300,12 +312,18 @@ class HttpConnection(asyncio.Protocol):
                 caps = self.caps
                 self.inflater = Inflater(window, caps.max_inflated_bytes, caps.max_inflation_ratio)
             return
-        if name == b"content-length" and (not value.isdigit() or int(value) > self.caps.max_body_bytes):
-            raise Reject(413, "body_too_large")
+        if name == b"content-length":
+            value = value.strip(b" \t")  # optional whitespace around a field value is not part of it (RFC 9110 §5.5)
+            if not value.isdigit() or int(value) > self.caps.max_body_bytes:
+                raise Reject(413, "body_too_large")
         if name == b"transfer-encoding" and value.strip().lower() != b"chunked":
             raise Reject(400, "bad_request")  # chunked is the only coding we frame: no `identity, chunked`
         self.phase = BODY
         self.deadline = _monotonic() + self.caps.body_timeout_s
+
+    def on_chunk_header(self) -> None:
+        """A chunk's size line (httptools calls this for chunked bodies only): the head is over."""
+        self.trailers = True
 
     def on_body(self, chunk: bytes) -> None:
         self.body_bytes += len(chunk)
@@ -333,6 +351,10 @@ class HttpConnection(asyncio.Protocol):
             self.body = None
             self.body_bytes = 0
             self.inflater = None
+            self.trailers = False
+            # An Expect of the request answered here is void: a 100 after the final response would be read as the
+            # answer to the next request. One pipelined behind it in the same read sets it again.
+            self.continue_due = False
         else:
             self.close()
             raise Stop

@@ -10,7 +10,7 @@ import msgspec
 import yaml
 
 from trackpoint.collectors.banker import admin as banker_admin
-from trackpoint.collectors.banker.config import BankerCollectorConfig
+from trackpoint.collectors.banker.config import BankerCollectorConfig, check_banker
 from trackpoint.collectors.kafka.config import KafkaCollectorConfig
 from trackpoint.collectors.log.config import LogCollectorConfig
 from trackpoint.collectors.log.shipping.shipper import check_shipping
@@ -106,6 +106,7 @@ plugin = Plugin(
     event_types=default_event_types(),
     checks=[
         check_admin_token,
+        check_banker,
         check_privacy,
         check_pseudonymize,
         check_user_id_cookie,

@@ -9,6 +9,8 @@ the handlers of admin/core.py, which read the supervisor as their `Tracker`.
 from __future__ import annotations
 
 import asyncio
+import errno
+import fcntl
 import logging
 import os
 import resource
@@ -109,6 +111,53 @@ def available_cpus(cgroup: Path = Path("/sys/fs/cgroup/cpu.max")) -> int:
         return cores
 
 
+LOCK_FILE = "trackpoint.lock"
+_NO_LOCKS = frozenset({errno.ENOLCK, errno.EOPNOTSUPP, errno.ENOSYS, errno.EINVAL})  # flock not supported there
+
+
+class DataDirInUse(Exception):
+    """Another tracker holds the data directory."""
+
+
+def claim_data_dir(data_dir: str) -> int:
+    """The data directory for this tracker alone, for as long as it runs: an exclusive lock on
+    `data_dir/trackpoint.lock` (created with the directory), which the kernel releases when the process ends, however
+    it ends. A second tracker on the same directory would take the first one's active log files for a dead
+    worker's and compress them away under it: every event it acknowledged after that would be lost. The file holds
+    the owner's pid, for the message. Raises DataDirInUse, or OSError when the directory cannot be used."""
+    directory = Path(data_dir)
+    directory.mkdir(parents=True, exist_ok=True)
+    fd = os.open(directory / LOCK_FILE, os.O_RDWR | os.O_CREAT | os.O_CLOEXEC, 0o644)
+    try:
+        fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+    except BlockingIOError:
+        owner = os.pread(fd, 32, 0).decode("ascii", "replace").strip() or "unknown"
+        os.close(fd)
+        raise DataDirInUse(f"data_dir {data_dir} is in use by another trackpoint (pid {owner})") from None
+    except OSError as exc:
+        if exc.errno not in _NO_LOCKS:
+            os.close(fd)
+            raise
+        # A file system without locks (some network shares): run, unguarded, rather than not at all.
+        log.warning("data_dir %s cannot be locked (%s): make sure no other tracker uses it", data_dir, exc.strerror)
+    os.ftruncate(fd, 0)
+    os.pwrite(fd, f"{os.getpid()}\n".encode("ascii"), 0)
+    return fd
+
+
+def port_free(host: str, port: int) -> None:
+    """Raises OSError (EADDRINUSE) when a socket already listens on the port, even one of another tracker's: the
+    slots' SO_REUSEPORT sockets would join a running tracker's group and take part of its traffic."""
+    if port == 0:
+        return
+    probe = socket.socket(socket.AF_INET6 if ":" in host else socket.AF_INET, socket.SOCK_STREAM)
+    try:
+        probe.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)  # connections in TIME_WAIT do not count
+        probe.bind((host, port))
+    finally:
+        probe.close()
+
+
 def listener(host: str, port: int, backlog: int | None) -> socket.socket:
     """A slot's SO_REUSEPORT socket; with no backlog bound only: the kernel sends it no connection until the
     worker that gets it starts serving (and listening)."""
@@ -155,6 +204,7 @@ class Supervisor:
         self._retries: set[asyncio.Task[None]] = set()  # restarts scheduled after a failed spawn
         self.probes: AdminServer | None = None  # admin.probe_port's listener: /healthz and /readyz only
         self._openapi: dict[str, bytes] = {}  # the OpenAPI document by config version
+        self._data_dir_lock: int | None = None  # held while it runs (claim_data_dir)
 
     # --- life ----------------------------------------------------------------------------------------------------
 
@@ -165,12 +215,24 @@ class Supervisor:
             log.error("%s", refusal)
             return 2
         try:
+            self._data_dir_lock = claim_data_dir(self.config.data_dir)
+        except DataDirInUse as exc:
+            log.error("%s: one tracker per data_dir", exc)
+            return 1
+        except OSError as exc:
+            log.error("cannot use data_dir %s: %s", self.config.data_dir, exc.strerror or exc)
+            return 1
+        try:
             admin_token = read_admin_token(admin_config, self.config.data_dir)
         except AdminTokenError as exc:
             log.error("%s", exc)
             return 1
+        except OSError as exc:  # the generated token's file cannot be written
+            log.error("cannot create the admin token: %s", exc)
+            return 1
         raise_fd_limit()
         try:
+            port_free(server.host, server.port)
             self.sockets = [listener(server.host, server.port, server.backlog) for _ in range(self.slots)]
         except OSError as exc:
             log.error("cannot listen on %s:%d: %s", server.host, server.port, exc.strerror or exc)
@@ -469,6 +531,10 @@ class Supervisor:
                 self.state.reload_failures += 1
                 log.error("reload refused, keeping the running configuration:\n%s", exc)
                 return
+            except Exception:  # a bug in reading it: refused and counted all the same, never a dead reload task
+                self.state.reload_failures += 1
+                log.exception("reload refused, keeping the running configuration: it could not be read")
+                return
             config = self._keep_listening(self.overrides.apply(loaded.config))
             previous = (self.config, self.loaded)
             self.config, self.loaded = config, loaded
@@ -479,7 +545,7 @@ class Supervisor:
             try:
                 fresh.extend(self._spawn(slot, loaded.version, probation=True) for slot in range(self.slots))
                 await asyncio.wait_for(asyncio.gather(*(asyncio.shield(h.ready) for h in fresh)), READY_TIMEOUT_S)
-            except (TimeoutError, RuntimeError, OSError) as exc:
+            except Exception as exc:  # not ready in time, or not even started: the running workers stay
                 old = list(self.replacing.values())  # less any that died meanwhile
                 self.replacing = {}
                 self.config, self.loaded = previous

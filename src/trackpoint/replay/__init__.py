@@ -168,20 +168,18 @@ async def replay(
         await collector.start()
     try:
         batches: dict[str, list[Event]] = {name: [] for name in collectors}
-        events = _once(_qualifying(read_events(files, report.read, consumed), replay_plan, report), replay_plan, report)
-        for event in events:
-            taken = False
+        # Events no chosen collector takes are filtered before the repeats are looked for: a repeat of such an
+        # event is not a duplicate of this replay (it sends neither).
+        taken = frozenset().union(*fed_by.values())
+        read = read_events(files, report.read, consumed)
+        for event in _once(_qualifying(read, replay_plan, report, taken), replay_plan, report):
             for name, batch in batches.items():
                 if event.type in fed_by[name]:
-                    taken = True
                     batch.append(event)
                     if len(batch) >= replay_plan.batch_events:
                         await _send(collectors[name], batch, report.collectors[name], replay_plan)
                         batch.clear()
-            if taken:
-                report.replayed += 1
-            else:
-                report.filtered += 1
+            report.replayed += 1
         for name, batch in batches.items():
             if batch:
                 await _send(collectors[name], batch, report.collectors[name], replay_plan)
@@ -194,12 +192,15 @@ async def replay(
     return report
 
 
-def _qualifying(events: Iterator[Event], replay_plan: ReplayPlan, report: ReplayReport) -> Iterator[Event]:
+def _qualifying(
+    events: Iterator[Event], replay_plan: ReplayPlan, report: ReplayReport, taken: frozenset[str]
+) -> Iterator[Event]:
+    """The events in the period, of the asked types, that a chosen collector takes; the others are filtered."""
     since, until, types = replay_plan.since_ms, replay_plan.until_ms, replay_plan.types
     for event in events:
         too_early = since is not None and event.ts < since
         too_late = until is not None and event.ts >= until
-        if too_early or too_late or (types is not None and event.type not in types):
+        if too_early or too_late or event.type not in taken or (types is not None and event.type not in types):
             report.filtered += 1
         else:
             yield event

@@ -301,9 +301,11 @@ class RequestSignature:
             frozenset(name.encode("utf-8") for name in (*signed_params, *ALWAYS_COVERED)) if signed_params else None
         )
 
-    def check(self, path: bytes, query: bytes) -> bool:
-        """True: validly signed; False: unsigned and allowed; otherwise `Reject(403, reason)`."""
-        reason = self.verifier.verify(path, query, None, self.covered)
+    def check(self, path: bytes, query: bytes, every_param: bool = False) -> bool:
+        """True: validly signed; False: unsigned and allowed; otherwise `Reject(403, reason)`. `every_param`: the
+        signature must cover the whole query whatever `signed_params` says (a batch URL, whose parameters every
+        item inherits)."""
+        reason = self.verifier.verify(path, query, None, None if every_param else self.covered)
         if reason is None:
             return True
         if reason == MISSING and not self.required:

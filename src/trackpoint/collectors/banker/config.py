@@ -5,6 +5,7 @@ Imported at start-up by the plugin registry, so it imports no client library.
 
 from __future__ import annotations
 
+from collections.abc import Iterator
 from decimal import Decimal, InvalidOperation
 from typing import Annotated, Literal
 
@@ -13,6 +14,7 @@ from msgspec import Meta
 from trackpoint.config.model import CollectorBase, Config, Seconds, check_server_url, collectors_in_use
 
 DEFAULT_RETENTION_S = 35 * 86_400
+KeyPath = tuple[str | int, ...]
 
 
 class BankerCollectorConfig(CollectorBase, tag="banker"):
@@ -67,7 +69,12 @@ class BankerCollectorConfig(CollectorBase, tag="banker"):
         str, Meta(pattern=r"^[A-Z]{3}$", description="The currency of every budget (ISO 4217 code).")
     ] = "USD"
     currency_field: Annotated[
-        str, Meta(description="The dim holding the event's currency; an event without it is in `currency`.")
+        str,
+        Meta(
+            description="The dim holding the event's currency; an event without it is in `currency`. On a signed "
+            "event type with `signed_params`, its parameter must be listed there (checked at start-up): the price "
+            "is converted by it."
+        ),
     ] = "cur"
     rates: Annotated[
         dict[str, str],
@@ -139,3 +146,26 @@ def parse_rate(code: str, rate: str) -> tuple[int, int]:
 def bankers_in_use(config: Config) -> dict[str, BankerCollectorConfig]:
     """The banker collectors some event type feeds (the implicit `banker` exists in every config, used or not)."""
     return collectors_in_use(config, BankerCollectorConfig)
+
+
+def check_banker(config: Config) -> Iterator[tuple[KeyPath, str]]:
+    """A signed event type that spends signs its currency: the banker converts the price by it, so a copied
+    notice with a currency of the forger's choosing could cost more than the bid it was signed for (or nothing, in
+    a currency without a rate, while the real notice, the same id, is then ignored as a repeat)."""
+    bankers = bankers_in_use(config)
+    for type_name, spec in config.event_types.items():
+        if spec.signature == "off" or not spec.signed_params:  # unsigned: trusted for nothing; all signed: covered
+            continue
+        for name in spec.collectors:
+            banker = bankers.get(name)
+            field = None if banker is None else spec.fields.get(banker.currency_field)
+            if banker is None or field is None or field.source not in ("param", "query"):
+                continue
+            param = field.name or banker.currency_field
+            if param not in spec.signed_params:
+                yield (
+                    ("event_types", type_name, "signed_params"),
+                    f"must list {param!r}, the currency the banker {name!r} converts the price by: write your "
+                    "bid's currency into the URL and sign it (not the exchange's ${AUCTION_CURRENCY})",
+                )
+                break

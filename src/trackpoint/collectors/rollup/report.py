@@ -7,6 +7,7 @@ from __future__ import annotations
 import csv
 import dataclasses
 import io
+import math
 import time
 from collections.abc import Mapping, Sequence
 from datetime import UTC, datetime
@@ -43,6 +44,8 @@ def parse_time(value: str, option: str) -> int:
         if moment.tzinfo is None:
             moment = moment.replace(tzinfo=UTC)
         return int(moment.timestamp() * 1000)
+    if not math.isfinite(number) or abs(number) > 1e15:  # nan, inf, 1e400: no moment (past year 33,000 in ms)
+        raise ReportError(f"{option}: not a time: {value!r} (use ISO 8601 or epoch seconds)")
     return int(number if number > 1e11 else number * 1000)
 
 
