@@ -342,12 +342,17 @@ def test_notice_url_templates_of_the_readme() -> None:
         "loss": "102",
         "min_to_win": "3.21",
     }
-    for path, macros in (("/win", WIN_MACROS), ("/bill", WIN_MACROS), ("/loss", LOSS_MACROS)):
-        template = notice_url(path, "dsp-t2", macros)
+    bidder = {"cur": "USD"}  # a win's and a bill's currency is the bid's, written (and signed) by the bidder
+    for path, macros, fixed in (
+        ("/win", WIN_MACROS, bidder),
+        ("/bill", WIN_MACROS, bidder),
+        ("/loss", LOSS_MACROS, {}),
+    ):
+        template = notice_url(path, "dsp-t2", macros, **fixed)
         for name, value in _substituted(macros, values).items():
             template = template.replace(macros[name], value)
         event = PIPELINE(template)
-        assert set(event.dims) | set(event.metrics) == {"imp", *macros}
+        assert set(event.dims) | set(event.metrics) == {"imp", *fixed, *macros}
     loss = PIPELINE(notice_url("/loss", "dsp-t3", LOSS_MACROS))  # nothing substituted: still a loss, no details
     assert (loss.type, loss.dims, loss.metrics) == ("loss", {"imp": "dsp-t3", "cur": "USD"}, {})
 

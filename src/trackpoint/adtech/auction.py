@@ -8,10 +8,11 @@ from urllib.parse import quote
 
 # Macro → the default field that receives it (OpenRTB 2.6 §4.4). `imp` is not among them: it is the bidder's own
 # impression id, unique per bid and written into the URL when bidding. `${AUCTION_IMP_ID}` is the exchange's
-# imp.id, unique only within one bid request (usually "1"): as a dedupe key it would merge unrelated wins.
+# imp.id, unique only within one bid request (usually "1"): as a dedupe key it would merge unrelated wins. Nor is
+# `cur` on a win or billing notice: the price is in the bid's currency, which the bidder writes and signs (the
+# banker converts the price by it; `${AUCTION_CURRENCY}` only confirms it, and a free one could be forged).
 WIN_MACROS = {
     "price": "${AUCTION_PRICE}",
-    "cur": "${AUCTION_CURRENCY}",
     "auction": "${AUCTION_ID}",
     "bid": "${AUCTION_BID_ID}",
     "auction_imp": "${AUCTION_IMP_ID}",
