@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import asyncio
 import itertools
+import random
 import time
 from collections.abc import Awaitable, Callable, Sequence
 from pathlib import Path
@@ -36,6 +37,7 @@ class FlakyCollector(Collector):
         self.mode = "ok"
         self.attempts = 0
         self.attempted_at: list[float] = []
+        self.latency_s = 0.0  # how long a delivery takes (a round trip to the target)
 
     async def send(self, batch: Sequence[Event]) -> SendResult:
         self.attempts += 1
@@ -48,6 +50,8 @@ class FlakyCollector(Collector):
             await asyncio.sleep(3600)
         if self.mode == "reject":
             return SendResult.REJECTED
+        if self.latency_s:
+            await asyncio.sleep(self.latency_s)
         self.delivered.extend(event.id for event in batch)
         return SendResult.DELIVERED
 
@@ -160,6 +164,73 @@ def test_a_full_spool_drops_by_policy_and_counts_every_event(tmp_path: Path, pol
             assert collector.delivered == ids[: stats.sent]  # the oldest were kept
         else:
             assert collector.delivered == ids[-stats.sent :]  # the newest were kept
+
+    run(main)
+
+
+def test_drop_oldest_while_the_backlog_drains_counts_exactly_what_it_drops(tmp_path: Path) -> None:
+    """The target back while events keep coming into a full spool under drop_oldest: the drain took the oldest
+    record to send, the spill then dropped (and counted) that same record, and the next one, never sent, was
+    acknowledged in its place: lost without a count, while a delivered batch was counted as dropped. Records of
+    uneven sizes, so the two miscounts cannot cancel out."""
+
+    async def main() -> None:
+        collector = flaky(tmp_path, batch_max_events=30, spool={"max_bytes": 65_536, "when_full": "drop_oldest"})
+        await collector.start()
+        collector.mode = "retry"
+        collector.latency_s = 0.02  # the backlog drains while new events arrive into the full spool
+        offered = events(0, 3000)
+        sizes = random.Random(7)
+        at = 0
+        while at < len(offered):
+            if at >= 1200:
+                collector.mode = "ok"  # back, with the spool full and events still coming
+            burst = sizes.randint(1, 45)
+            for event in offered[at : at + burst]:
+                collector.offer(event)
+            at += burst
+            await asyncio.sleep(0.012)  # a flush between bursts: spool records of uneven sizes
+        await eventually(lambda: collector.snapshot().pending == 0 and collector.snapshot().spooled_events == 0)
+        await collector.close(5.0)
+        stats = collector.snapshot()
+        delivered = collector.delivered
+        assert stats.dropped > 0 and stats.received == 3000
+        assert len(set(delivered)) == len(delivered) == stats.sent and delivered == sorted(delivered)
+        assert stats.sent + stats.dropped == stats.received  # every event either delivered or counted dropped
+
+    run(main)
+
+
+def test_adopted_spools_count_against_max_bytes(tmp_path: Path) -> None:
+    """Each restart during an outage leaves a spool that the next worker adopts; our spool took a whole max_bytes
+    of its own beside them, so a tracker restarted again and again while its target was down filled the disk."""
+
+    async def main() -> None:
+        for dead_pid in (999_991, 999_992):  # two earlier workers, each leaving a full spool behind
+            earlier = flaky(tmp_path, batch_max_events=30, spool={"max_bytes": 65_536})
+            await earlier.start()
+            earlier.mode = "retry"
+            for event in events(dead_pid, 120):  # ~120 KB for a 64 KB spool
+                earlier.offer(event)
+            await eventually(lambda c=earlier: c.snapshot().pending == 0)  # type: ignore[misc]
+            await earlier.close(0.2)
+            (own,) = (tmp_path / "spool" / "flaky").iterdir()
+            own.rename(tmp_path / f"w03-p{dead_pid}")  # set aside: the next earlier worker would adopt it
+        for dead_pid in (999_991, 999_992):
+            (tmp_path / f"w03-p{dead_pid}").rename(tmp_path / "spool" / "flaky" / f"w03-p{dead_pid}")
+        collector = flaky(tmp_path, batch_max_events=30, spool={"max_bytes": 65_536})
+        collector.mode = "retry"
+        await collector.start()
+        adopted = collector.snapshot().spooled_bytes
+        assert adopted > 65_536  # the two backlogs, kept: they hold events
+        for event in events(0, 100):
+            collector.offer(event)
+        await eventually(lambda: collector.snapshot().pending == 0)
+        assert collector.snapshot().spooled_bytes == adopted  # nothing more on disk: the new events are dropped
+        assert collector.snapshot().dropped == 100
+        collector.mode = "ok"
+        await eventually(lambda: collector.snapshot().spooled_events == 0)
+        await collector.close(5.0)
 
     run(main)
 

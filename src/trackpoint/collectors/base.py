@@ -360,9 +360,14 @@ class Collector(ABC):
         return await self._drain(self._spool)
 
     async def _drain(self, spool: Spool) -> bool:
-        while (record := spool.peek()) is not None:
+        while True:
             if spool is self._spool:
-                self._spill()  # newer events queue behind the backlog, not in memory
+                # Newer events queue behind the backlog, not in memory. Before the peek: under drop_oldest the spill
+                # may drop the oldest record, which must then not be the one sent (and the next, unsent, popped).
+                self._spill()
+            record = spool.peek()
+            if record is None:
+                return True
             payload, events = record
             try:
                 batch = self._batch_decoder.decode(payload)
@@ -375,7 +380,6 @@ class Collector(ABC):
                 return False
             spool.pop()
             self._update_accepting()
-        return True
 
     def _spill(self) -> None:
         """Moves the memory batch into the spool, in batch-sized records; the `when_full` policy decides what
@@ -385,10 +389,12 @@ class Collector(ABC):
         while self._pending:
             batch = self._pending[: self.batch_max]
             payload = self._batch_codec.encode(batch)
-            while not spool.push(payload, len(batch)):
+            while not self._room(spool) or not spool.push(payload, len(batch)):
                 policy = self.spool_config.when_full
-                if policy == "drop_oldest" and spool.records:
-                    self._drop("spool full, oldest dropped", spool.drop_oldest())
+                # The oldest record of all: adopted backlogs are older than our own spool.
+                oldest = next((held for held in (*self._adopted, spool) if held.records), None)
+                if policy == "drop_oldest" and oldest is not None:
+                    self._drop("spool full, oldest dropped", oldest.drop_oldest())
                     continue
                 if policy == "backpressure":
                     self.accepting = False
@@ -399,10 +405,17 @@ class Collector(ABC):
             del self._pending[: len(batch)]
         self._update_accepting()
 
+    def _room(self, spool: Spool) -> bool:
+        """Sets our spool's bound to what max_bytes leaves beside the adopted backlogs (one worker's spooled bytes in
+        all, however many restarts left a spool behind during an outage); whether that is anything at all."""
+        spool.max_bytes = self.spool_config.max_bytes - sum(adopted.bytes for adopted in self._adopted)
+        return spool.max_bytes > 0
+
     def _update_accepting(self) -> None:
         if not self.accepting and self._spool is not None:
             # Hysteresis: accept again once a tenth of the spool is free, not at the first free byte.
-            self.accepting = self._spool.bytes < self.spool_config.max_bytes * 0.9
+            held = self._spool.bytes + sum(adopted.bytes for adopted in self._adopted)
+            self.accepting = held < self.spool_config.max_bytes * 0.9
 
     def _trim_memory(self) -> None:
         excess = len(self._pending) - self.max_pending

@@ -676,7 +676,12 @@ class SpoolConfig(Struct, forbid_unknown_fields=True, kw_only=True):
         ),
     ] = True
     max_bytes: Annotated[
-        int, Meta(ge=1 << 16, description="Disk the spool of one worker may take; then the `when_full` policy.")
+        int,
+        Meta(
+            ge=1 << 16,
+            description="Disk the spool of one worker may take, the backlogs it adopted from earlier workers "
+            "included; then the `when_full` policy.",
+        ),
     ] = 1 << 30
     segment_bytes: Annotated[
         int, Meta(ge=1 << 12, le=1 << 30, description="Size of one spool segment file; emptied segments are deleted.")
