@@ -228,26 +228,32 @@ def test_admin_host_and_config_come_from_the_command_line_and_environment(tmp_pa
     environment = {**os.environ, "TRACKPOINT_CONFIG": str(config)}
     process = subprocess.Popen(command, env=environment, stdout=subprocess.PIPE, stderr=subprocess.STDOUT)
     try:
-        deadline = time.monotonic() + 20
-        while True:
-            assert process.poll() is None, process.communicate()[0].decode()
-            try:
-                connection = http.client.HTTPConnection("127.0.0.2", admin_port, timeout=2)
-                connection.request("GET", "/readyz")
-                body = json.loads(connection.getresponse().read())
-                connection.close()
-                if body["ready"]:
-                    break
-            except OSError:
-                pass
-            assert time.monotonic() < deadline, "the admin port never answered on 127.0.0.2"
-            time.sleep(0.05)
+        body = wait_process_ready(process, "127.0.0.2", admin_port)  # the admin port moved there
         assert body["config_version"] == load_config(config).version  # the file named by the environment
         with pytest.raises(ConnectionRefusedError):  # nothing listens on the default admin address
             socket.create_connection(("127.0.0.1", admin_port), timeout=2).close()
     finally:
         process.send_signal(signal.SIGTERM)
         assert process.wait(30) == 0
+
+
+def wait_process_ready(process: subprocess.Popen[bytes], host: str, admin_port: int) -> dict[str, Any]:
+    """Until a tracker started outside the suite's Tracker answers /readyz ready on its admin port (at most 20 s);
+    the readiness document."""
+    deadline = time.monotonic() + 20
+    while True:
+        assert process.poll() is None, process.communicate()[0].decode()
+        try:
+            connection = http.client.HTTPConnection(host, admin_port, timeout=2)
+            connection.request("GET", "/readyz")
+            body: dict[str, Any] = json.loads(connection.getresponse().read())
+            connection.close()
+            if body["ready"]:
+                return body
+        except OSError:
+            pass
+        assert time.monotonic() < deadline, f"the tracker never became ready on {host}:{admin_port}"
+        time.sleep(0.05)
 
 
 def wait_logged(tracker: Tracker, text: str) -> None:
@@ -397,20 +403,7 @@ def test_the_embedded_default_runs_in_a_fresh_directory(tmp_path: Path) -> None:
     process = subprocess.Popen(command, cwd=tmp_path, env=environment, stdout=subprocess.PIPE, stderr=subprocess.STDOUT)
     data = tmp_path / "trackpoint-data"
     try:
-        deadline = time.monotonic() + 20
-        while True:
-            assert process.poll() is None, process.communicate()[0].decode()
-            try:
-                connection = http.client.HTTPConnection("127.0.0.1", admin_port, timeout=2)
-                connection.request("GET", "/readyz")
-                ready = connection.getresponse().status == 200
-                connection.close()
-                if ready:
-                    break
-            except OSError:
-                pass
-            assert time.monotonic() < deadline, "the embedded default never became ready"
-            time.sleep(0.05)
+        wait_process_ready(process, "127.0.0.1", admin_port)
         connection = http.client.HTTPConnection("127.0.0.1", port, timeout=5)
         connection.request("GET", "/i?imp=fresh-1&cid=c1")
         response = connection.getresponse()

@@ -132,9 +132,6 @@ class EventBuilder:
         self.json_keys = frozenset(p.lookup for p in plans if p.source in ("param", "json"))
         self.reads_body = any(p.source in ("param", "form", "json") for p in plans)
         self.reads_cookies = any(p.source == "cookie" for p in plans)
-        # A signed type that takes POST: the body of a signed request must be the signed one (the request path
-        # checks it after the query's signature).
-        self.signed_body = spec.signature != "off" and "POST" in spec.methods
         self.header_names = frozenset(p.lookup.encode("latin-1") for p in plans if p.source == "header") | (
             {b"cookie"} if self.reads_cookies else set()
         )

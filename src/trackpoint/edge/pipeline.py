@@ -21,7 +21,6 @@ from trackpoint.fields.batch import batch_items
 from trackpoint.fields.converters import Reject
 from trackpoint.http.connection import AFTER_CLOSE, HttpConnection
 from trackpoint.http.responses import NO_STORE, head, origin_form
-from trackpoint.security.signing import check_body
 
 if TYPE_CHECKING:
     from trackpoint.edge.cors import CorsPolicy
@@ -140,9 +139,7 @@ class EdgeProtocol(HttpConnection):
             signed = False
             signature = route.signature
             if signature is not None:  # signed URLs, before any other work (None for types that do not use them)
-                signed = signature.check(path, query)  # 403 raises Reject
-                if signed and route.builder.signed_body:  # the body must be the one signed (`bd`)
-                    check_body(query, self.body)
+                signed = signature.check(path, query, self.body)  # 403 raises Reject
             client_ip = self.client_ip() if self.trusted_peer else self.peer_ip
             event = built = route.builder.build(query, self.body, self.headers, client_ip)
             if signature is not None and signature.flag:
@@ -232,9 +229,7 @@ class EdgeProtocol(HttpConnection):
             signature = route.signature
             signed = False
             if signature is not None:
-                signed = signature.check(path, query, True)
-                if signed:
-                    check_body(query, self.body)  # 403 body_unsigned without `bd`: the items are the body
+                signed = signature.check(path, query, self.body, True)  # the items are the body: `bd` needed
             items = batch_items(self.body or b"", max_items)
         except Reject as rejected:
             self.reject(rejected.status, rejected.reason, rejected.field, keep_alive, False, cors)
@@ -281,9 +276,7 @@ class EdgeProtocol(HttpConnection):
         try:
             signed = False
             if route.signature is not None:
-                signed = route.signature.check(path, query)
-                if signed and route.builder.signed_body:
-                    check_body(query, self.body)
+                signed = route.signature.check(path, query, self.body)
             client_ip = self.client_ip() if self.trusted_peer else self.peer_ip
             built = route.builder.build(query, self.body, self.headers, client_ip)
             if route.postback_auth is not None:

@@ -291,22 +291,28 @@ class RequestSignature:
     `signed_destinations` alone (signature off): a signature is checked only when present, to free the redirect.
     A present but bad signature is refused (403) under all three."""
 
-    __slots__ = ("covered", "flag", "required", "verifier")
+    __slots__ = ("covered", "flag", "required", "takes_body", "verifier")
 
-    def __init__(self, verifier: Verifier, policy: str, signed_params: Collection[str] = ()) -> None:
+    def __init__(
+        self, verifier: Verifier, policy: str, signed_params: Collection[str] = (), takes_body: bool = False
+    ) -> None:
         self.verifier = verifier
         self.required = policy == "required"
         self.flag = policy == "optional"
         self.covered = (
             frozenset(name.encode("utf-8") for name in (*signed_params, *ALWAYS_COVERED)) if signed_params else None
         )
+        # A signed type that takes POST: the body of a signed request must be the one signed (`bd`).
+        self.takes_body = takes_body and policy != "off"
 
-    def check(self, path: bytes, query: bytes, every_param: bool = False) -> bool:
-        """True: validly signed; False: unsigned and allowed; otherwise `Reject(403, reason)`. `every_param`: the
-        signature must cover the whole query whatever `signed_params` says (a batch URL, whose parameters every
-        item inherits)."""
-        reason = self.verifier.verify(path, query, None, None if every_param else self.covered)
+    def check(self, path: bytes, query: bytes, body: bytes | bytearray | None = None, whole: bool = False) -> bool:
+        """True: validly signed, its body too where the type takes one; False: unsigned and allowed; otherwise
+        `Reject(403, reason)`. `whole`: a batch, whose items inherit the URL's parameters and are the body: the
+        signature must cover every parameter, whatever `signed_params` says, and the body."""
+        reason = self.verifier.verify(path, query, None, None if whole else self.covered)
         if reason is None:
+            if whole or self.takes_body:
+                check_body(query, body)
             return True
         if reason == MISSING and not self.required:
             return False
@@ -323,7 +329,7 @@ def request_signature(spec: EventTypeSpec, verifier: Verifier | None) -> Request
     if not checks_signature(spec):
         return None
     assert verifier is not None, "keys are loaded when an event type uses signatures"
-    return RequestSignature(verifier, spec.signature, spec.signed_params)
+    return RequestSignature(verifier, spec.signature, spec.signed_params, "POST" in spec.methods)
 
 
 def check_body(query: bytes, body: bytes | bytearray | None) -> None:
