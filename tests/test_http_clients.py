@@ -129,16 +129,15 @@ def test_head_answers_what_get_would_and_records_nothing(tracker: Tracker) -> No
 # --- (4) proxies ---------------------------------------------------------------------------------------------------
 
 
-def test_forwarded_addresses_with_ports_and_rfc_7239(tracker_factory: Any) -> None:
+def test_forwarded_addresses_with_ports(tracker_factory: Any) -> None:
+    """X-Forwarded-For (the default `client_ip_header`), entries with ports; a `Forwarded` header is the client's own,
+    passed on by a proxy that only appends to X-Forwarded-For: believing it would let a client choose its address."""
     tracker: Tracker = tracker_factory({"server": {"trusted_proxies": ["127.0.0.0/8"]}})
     cases = {
         "p1": {"X-Forwarded-For": "203.0.113.77:5555"},
         "p2": {"X-Forwarded-For": "[2001:db8::5]:443, 127.0.0.9"},
-        "p3": {"Forwarded": 'for="[2001:db8:cafe::17]:4711";proto=https, for=127.0.0.9'},
-        "p4": {"Forwarded": "for=198.51.100.9:80;by=127.0.0.1"},
-        "p5": {"Forwarded": "For=192.0.2.60", "X-Forwarded-For": "203.0.113.1"},  # Forwarded wins
-        "p6": {"Forwarded": "for=_hidden"},  # obfuscated: the proxy's own address
-        "p7": {"Forwarded": "for=unknown, for=127.0.0.2"},
+        "p3": {"Forwarded": "for=81.2.69.5", "X-Forwarded-For": "203.0.113.1"},
+        "p4": {"Forwarded": "for=81.2.69.5"},  # no X-Forwarded-For: the proxy's own address
     }
     for imp, headers in cases.items():
         assert tracker.get(f"/i?imp={imp}", headers=headers)[0] == 200
@@ -146,11 +145,33 @@ def test_forwarded_addresses_with_ports_and_rfc_7239(tracker_factory: Any) -> No
     assert ips == {  # as anonymize_ip stores them: /24 and /48
         "p1": "203.0.113.0",
         "p2": "2001:db8::",
+        "p3": "203.0.113.0",
+        "p4": "127.0.0.0",
+    }
+
+
+def test_forwarded_rfc_7239_when_configured(tracker_factory: Any) -> None:
+    tracker: Tracker = tracker_factory(
+        {"server": {"trusted_proxies": ["127.0.0.0/8"], "client_ip_header": "forwarded"}}
+    )
+    cases = {
+        "p3": {"Forwarded": 'for="[2001:db8:cafe::17]:4711";proto=https, for=127.0.0.9'},
+        "p4": {"Forwarded": "for=198.51.100.9:80;by=127.0.0.1"},
+        "p5": {"Forwarded": "For=192.0.2.60", "X-Forwarded-For": "203.0.113.1"},  # only Forwarded is read
+        "p6": {"Forwarded": "for=_hidden"},  # obfuscated: the proxy's own address
+        "p7": {"Forwarded": "for=unknown, for=127.0.0.2"},
+        "p8": {"X-Forwarded-For": "203.0.113.1"},  # the client's own: the proxy's address
+    }
+    for imp, headers in cases.items():
+        assert tracker.get(f"/i?imp={imp}", headers=headers)[0] == 200
+    ips = {e.dims["imp"]: e.ctx.ip for e in tracker.wait_events(len(cases))}
+    assert ips == {
         "p3": "2001:db8:cafe::",
         "p4": "198.51.100.0",
         "p5": "192.0.2.0",
         "p6": "127.0.0.0",
         "p7": "127.0.0.0",
+        "p8": "127.0.0.0",
     }
 
 

@@ -4,6 +4,7 @@ each event type's policy for flagged events (keep, route, drop) on a real tracke
 from __future__ import annotations
 
 import time
+from pathlib import Path
 from typing import Any
 from urllib.parse import parse_qs, quote, urlsplit
 
@@ -13,9 +14,11 @@ from conftest import CHROME_UA, Tracker
 from trackpoint.adtech.clickid import ClickIds
 from trackpoint.adtech.ivt import automated, prefetch
 from trackpoint.collectors.log.reader import read_events
+from trackpoint.config.load import ConfigError, load
 from trackpoint.config.model import EventTypeSpec, FieldSpec
 from trackpoint.edge.build import EventBuilder
-from trackpoint.event import Context, Device, Event, Meta
+from trackpoint.event import Context, Device, Event, Meta, derived_id
+from trackpoint.plugins import registry
 from trackpoint.preprocessors import with_input_fields
 from trackpoint.preprocessors.flag_invalid_traffic.config import FlagInvalidTrafficConfig
 from trackpoint.preprocessors.flag_invalid_traffic.preprocessor import FlagInvalidTraffic
@@ -118,6 +121,59 @@ def test_each_flag_and_the_first_finding_wins() -> None:
         assert flagged.dims.get("ivt") == flag, (event, flag)
         assert not any(name.startswith("ivt.") for name in flagged.dims)  # the header values are input only
     assert flagger.counts == {"bot": 4, "prefetch": 4, "too_fast": 2}
+
+
+def test_a_flagged_hit_has_an_id_of_its_own() -> None:
+    """A scanner opening a click URL before the person does: under `keep` both are logged, and a consumer's dedupe by
+    id must not drop the person's click as a repeat of the scanner's."""
+    flagger = FlagInvalidTraffic("flag_invalid_traffic", FlagInvalidTrafficConfig())
+    scanner, again, person = _event({}, ua="curl/8.4.0"), _event({}, ua="curl/8.4.0"), _event({})
+    for event in (scanner, again, person):
+        flagger(event)
+    assert person.id == "e" and "ivt" not in person.dims
+    assert scanner.dims["ivt"] == "bot" and scanner.id == derived_id("click", ["e", "ivt"])
+    assert again.id == scanner.id  # repeats of a flagged hit are still one event
+
+
+def test_the_bot_check_comes_before_check_consent(tmp_path: Path) -> None:
+    """check_consent removes the User-Agent when consent is denied: after it, a bot sending `Sec-GPC: 1` passed and
+    a browser (without parse_user_agent) was taken for a bot."""
+    text = "event_types:\n  click:\n    preset: click\n    preprocessors: [check_consent, flag_invalid_traffic]\n"
+    (tmp_path / "trackpoint.yaml").write_text(f"data_dir: {tmp_path}\n{text}")
+    with pytest.raises(ConfigError) as error:
+        load(str(tmp_path / "trackpoint.yaml"), registry=registry())
+    message = str(error.value)
+    assert "event_types.click.preprocessors[1]: 'flag_invalid_traffic' reads the User-Agent" in message
+    swapped = text.replace("[check_consent, flag_invalid_traffic]", "[flag_invalid_traffic, check_consent]")
+    (tmp_path / "trackpoint.yaml").write_text(f"data_dir: {tmp_path}\n{swapped}")
+    load(str(tmp_path / "trackpoint.yaml"), registry=registry())  # the other way round: accepted
+    off = text.replace("flag_invalid_traffic]", "no_bots]")
+    off = "preprocessors:\n  no_bots: {type: flag_invalid_traffic, bots: false}\n" + off
+    (tmp_path / "trackpoint.yaml").write_text(f"data_dir: {tmp_path}\n{off}")
+    load(str(tmp_path / "trackpoint.yaml"), registry=registry())  # no User-Agent read: any order
+
+
+def test_default_clicks_flag_bots_whatever_their_consent_signals(tracker: Tracker) -> None:
+    """The embedded default click: a scanner and a client without a User-Agent are flagged even when they send
+    `Sec-GPC: 1` or `DNT: 1`; the person's click after the scanner's keeps the click's own id."""
+    url = "&url=https%3A%2F%2Fexample.com%2F"
+    scanner = "Mozilla/5.0 (compatible; SafeLinksScanner/1.0; +http://scanner.test)"
+    assert tracker.get(f"/c?imp=shadow{url}", {"User-Agent": scanner})[0] == 302
+    assert tracker.get(f"/c?imp=shadow{url}", {"User-Agent": CHROME_UA})[0] == 302
+    assert tracker.get(f"/c?imp=gpc-empty{url}", {"User-Agent": "", "Sec-GPC": "1"})[0] == 302
+    assert tracker.get(f"/c?imp=dnt-curl{url}", {"User-Agent": "curl/8.4.0", "DNT": "1"})[0] == 302
+    assert tracker.get(f"/c?imp=gpc-chrome{url}", {"User-Agent": CHROME_UA, "Sec-GPC": "1"})[0] == 302
+    events = tracker.wait_events(5)
+    flags = sorted((e.dims["imp"], e.dims.get("ivt", "-"), e.dims.get("consent")) for e in events)
+    assert flags == [
+        ("dnt-curl", "bot", "denied"),
+        ("gpc-chrome", "-", "denied"),
+        ("gpc-empty", "bot", "denied"),
+        ("shadow", "-", "not_applicable"),
+        ("shadow", "bot", "not_applicable"),
+    ]
+    ids = {e.dims.get("ivt"): e.id for e in events if e.dims["imp"] == "shadow"}
+    assert ids[None] == derived_id("click", ["shadow"]) and ids["bot"] == derived_id("click", [ids[None], "ivt"])
 
 
 def test_the_parsed_device_is_believed_when_parse_user_agent_ran_first() -> None:

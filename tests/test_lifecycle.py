@@ -392,6 +392,43 @@ def test_a_second_tracker_is_refused_its_data_dir_and_its_port(tracker_factory: 
     assert tracker.start().get("/i?imp=again")[0] == 200
 
 
+def test_a_new_tracker_waits_for_the_workers_of_a_killed_one(tracker_factory: Any, tmp_path: Path) -> None:
+    """The supervisor SIGKILLed while its worker is still reading a request, and a new tracker started at once on
+    the same data_dir: the new one must not take the live worker's log for an orphan's and compress it away under
+    it (the answer the worker still gives would then be for a line in an unlinked file). The workers hold the
+    data_dir lock too; the new tracker waits for them, then starts."""
+    tracker: Tracker = tracker_factory()
+    assert tracker.get("/i?imp=before")[0] == 200
+    (worker,) = tracker.worker_pids()
+    slow = socket.create_connection(("127.0.0.1", tracker.port), timeout=10)
+    slow.sendall(b"GET /i?imp=slow HTTP/1.1\r\nHost: t\r\n")  # the head not finished yet
+    assert tracker.process is not None
+    tracker.process.kill()
+    tracker.process.wait(10)
+    config = tmp_path / "next.yaml"
+    config.write_text(yaml.safe_dump({"data_dir": str(tracker.data_dir)}))
+    admin_port = free_port()
+    command = [sys.executable, "-m", "trackpoint", "run", "--config", str(config), "--workers", "1",
+               "--port", str(free_port()), "--admin-port", str(admin_port)]  # fmt: skip
+    successor = subprocess.Popen(command, stdout=subprocess.PIPE, stderr=subprocess.STDOUT)
+    try:
+        time.sleep(1.5)
+        assert successor.poll() is None
+        slow.sendall(b"Connection: close\r\n\r\n")
+        assert slow.recv(65536).startswith(b"HTTP/1.1 200")  # acknowledged by the orphan: it must be in the log
+        slow.close()
+        wait_process_ready(successor, "127.0.0.1", admin_port)
+        assert not alive(worker)
+    finally:
+        successor.send_signal(signal.SIGTERM)
+        output = successor.communicate(timeout=30)[0].decode()
+        if alive(worker):
+            os.kill(worker, signal.SIGKILL)
+    assert successor.returncode == 0, output
+    assert "held by the workers of a trackpoint that is gone" in output and "waiting for them" in output, output
+    assert sorted(event.dims["imp"] for event in tracker.events()) == ["before", "slow"]
+
+
 @pytest.mark.e2e
 def test_the_embedded_default_runs_in_a_fresh_directory(tmp_path: Path) -> None:
     """The README's first command: `trackpoint run` with no file, in an empty directory, so data_dir is the relative

@@ -268,6 +268,11 @@ def test_an_untrusted_collector_gets_the_referer_without_its_query_string() -> N
     assert PrivacyFilter(trusted=True, allow=None, deny=[])(event).ctx.referer == event.ctx.referer
     assert build_filter(LogCollectorConfig()) is None  # trusted: still no per-event copy
     assert build_filter(StdoutCollectorConfig(referer_query=True)) is not None  # the raw IP still goes
+    event.ctx.referer = "https://user:secret@pub.example/p?x=1"  # set by hand by an app: never a browser's
+    assert PrivacyFilter(trusted=False, allow=None, deny=[])(event).ctx.referer == "https://pub.example/p"
+    kept = PrivacyFilter(trusted=False, allow=None, deny=[], referer_query=True)(event)
+    assert kept.ctx.referer == "https://pub.example/p?x=1"
+    assert PrivacyFilter(trusted=True, allow=None, deny=[])(event).ctx.referer == event.ctx.referer
 
 
 def _partner_events(tracker: Any, count: int) -> list[Event]:

@@ -328,6 +328,23 @@ def test_macros_are_expanded_url_encoded_and_unknown_ones_left() -> None:
     assert expanded == "https://example.com/?c=c%201&cr=a%26b%3Dc&i=i%2F1&k=e1d&u={nope}"
 
 
+def test_a_click_id_macro_passes_nothing_on_when_consent_is_denied() -> None:
+    expanded = Responder.expand("https://example.com/?k={click_id}", _event({"consent": "denied"}))
+    assert expanded == "https://example.com/?k="
+
+
+def test_a_macro_cannot_finish_the_host_of_a_signed_destination() -> None:
+    """signed_destinations frees a signed URL's host from allow_hosts: the host signed is the template's, so an
+    unsigned field must not complete it (`https://partner.test{crid}/` with crid=.evil.com)."""
+    responder = _responder(macros=True, signed_destinations=True)
+    event = _event({"url": "https://partner.test{crid}/land", "crid": ".evil.com"})
+    with pytest.raises(Exception, match="redirect_not_allowed"):
+        responder.render(event, True, False, signed=True)
+    assert event.dims["redirect_rejected"] == "macro_in_host"
+    event = _event({"url": "https://partner.test/land?c={crid}", "crid": ".evil.com/x"})  # in the query: encoded
+    assert b"Location: https://partner.test/land?c=.evil.com%2Fx\r\n" in responder.render(event, True, False, True)
+
+
 def test_a_macro_cannot_move_the_destination_to_another_host() -> None:
     responder = _responder(macros=True)
     event = _event({"url": "https://{pub}/", "pub": "evil.test/x?"})

@@ -6,6 +6,8 @@ headers browsers send when they fetch a page (or link) speculatively.
 
 from __future__ import annotations
 
+from trackpoint.event import Event, derived_id
+
 # The flag an event carries (dims.ivt) and its values; the first finding wins.
 IVT_DIM = "ivt"
 BOT = "bot"
@@ -13,6 +15,15 @@ PREFETCH = "prefetch"
 TOO_FAST = "too_fast"
 DATACENTER = "datacenter"  # from a cloud or hosting network (the geo preprocessor's ASN lookup)
 FLAGS = (BOT, PREFETCH, TOO_FAST, DATACENTER)
+
+
+def flag(event: Event, finding: str) -> None:
+    """Flags the event (`dims.ivt`) and gives it an id of its own: a scanner's hit on a click URL must not share its
+    id with the person's click that follows, which a consumer's dedupe would then drop as a repeat of the flagged
+    one. Repeats of a flagged hit still share one id."""
+    event.dims[IVT_DIM] = finding
+    event.id = derived_id(event.type, [event.id, IVT_DIM])
+
 
 # Lower-case fragments of User-Agents that no person's browser sends. ua-parser already reports most crawlers as the
 # device `Spider`; these cover HTTP libraries and command-line tools, headless and automated browsers, and the

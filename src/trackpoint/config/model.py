@@ -178,10 +178,19 @@ class ServerConfig(Struct, forbid_unknown_fields=True, kw_only=True):
     trusted_proxies: Annotated[
         list[str],
         Meta(
-            description="Networks (CIDR) of load balancers whose X-Forwarded-For is believed; from any other "
+            description="Networks (CIDR) of load balancers whose `client_ip_header` is believed; from any other "
             "peer the header is ignored and the peer address is the client IP."
         ),
     ] = msgspec.field(default_factory=list)
+    client_ip_header: Annotated[
+        Literal["x-forwarded-for", "forwarded"],
+        Meta(
+            description="The header the trusted proxies name the client in, and the only one read: "
+            "`x-forwarded-for` (AWS, GCP and Azure load balancers, nginx, HAProxy) or `forwarded` (RFC 7239: "
+            "Envoy or nginx configured to write it). The other header is whatever the client sent, passed on by the "
+            "proxy: reading it would let a client choose its own address."
+        ),
+    ] = "x-forwarded-for"
     limits: Annotated[Limits, Meta(description="Request and connection limits.")] = msgspec.field(
         default_factory=Limits
     )

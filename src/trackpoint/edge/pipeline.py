@@ -332,9 +332,9 @@ class EdgeProtocol(HttpConnection):
     # --- responding ----------------------------------------------------------------------------------------------
 
     def client_ip(self) -> str:
-        """The client a trusted proxy forwards for (Forwarded or X-Forwarded-For), for a connection from one."""
-        headers = self.headers
-        return self.edge.forwarded_client(headers.get(b"forwarded"), headers.get(b"x-forwarded-for"), self.peer_ip)
+        """The client a trusted proxy forwards for (in `server.client_ip_header`), for a connection from one."""
+        edge = self.edge
+        return edge.forwarded_client(self.headers.get(edge.client_ip_header), self.peer_ip)
 
     def reject(  # noqa: PLR0917 - called from the request path, with the request's own flags
         self,

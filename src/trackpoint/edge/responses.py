@@ -19,6 +19,7 @@ from trackpoint.config.model import ResponseSpec
 from trackpoint.event import Event, derived_id
 from trackpoint.fields.converters import Reject
 from trackpoint.http.responses import NO_STORE, Clock, head
+from trackpoint.preprocessors.check_consent.preprocessor import CONSENT_DIM, DENIED
 
 # The smallest transparent 1x1 GIF (43 bytes), the body of every tracking pixel.
 PIXEL_GIF: Final = base64.b64decode("R0lGODlhAQABAIAAAAAAAP///yH5BAEAAAAALAAAAAABAAEAAAICRAEAOw==")
@@ -165,6 +166,19 @@ class StaticFile:
         return response.variants[2 * is_head + keep_alive]
 
 
+def _authority(url: str) -> str:
+    """What a URL's host part is written as (scheme, user info, host and port), as written."""
+    scheme, slashes, rest = url.partition("//")
+    if not slashes:
+        return url
+    end = len(rest)
+    for stop in "/?#\\":
+        at = rest.find(stop)
+        if at != -1 and at < end:
+            end = at
+    return scheme + slashes + rest[:end]
+
+
 def accepts_gzip(accept_encoding: bytes | None) -> bool:
     """Whether an Accept-Encoding value takes gzip: named (or else `*`) with a q above 0."""
     if accept_encoding is None:
@@ -242,9 +256,15 @@ class Responder:
             response = head(self.clock, 200, b"Content-Type: application/json\r\n" + NO_STORE, len(body), keep_alive)
             return response if is_head else response + body
         location = event.dims.get(self.redirect_field, "")
+        host_free = signed and self.signed_destinations
+        refused = None
         if self.macros and "{" in location:
-            location = self.expand(location, event)
-        location, refused = self.destination(location, signed and self.signed_destinations)
+            template, location = location, self.expand(location, event)
+            if host_free and _authority(location) != _authority(template):
+                # The signature covers the template: a macro filled from an unsigned field must not finish its host.
+                refused = "macro_in_host"
+        if refused is None:
+            location, refused = self.destination(location, host_free)
         if refused is not None:
             event.dims["redirect_rejected"] = refused
             # Never the id of the click it was refused instead of (the same imp): a consumer keeps both.
@@ -266,7 +286,7 @@ class Responder:
     @staticmethod
     def expand(url: str, event: Event) -> str:
         """`{name}` → the event's field `name`; `{click_id}` → the click id issue_click_id issued, else (like
-        `{event_id}`) the event id; URL-encoded."""
+        `{event_id}`) the event id, but nothing when consent was denied (no identifier is passed on); URL-encoded."""
         dims = event.dims
 
         def value(match: re.Match[str]) -> str:
@@ -276,6 +296,8 @@ class Responder:
                 number = event.metrics.get(name)
                 if number is not None:
                     found = str(number)
+                elif name == "click_id" and dims.get(CONSENT_DIM) == DENIED:
+                    found = ""
                 elif name in ("click_id", "event_id"):
                     found = event.id
                 else:

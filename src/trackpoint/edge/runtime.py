@@ -155,6 +155,9 @@ class Edge:
         self.connections: set[EdgeProtocol] = set()
         self.draining = False
         self.trusted_networks = [ipaddress.ip_network(n, strict=False) for n in config.server.trusted_proxies]
+        # The one header a trusted proxy names the client in (the other is the client's own, passed on).
+        self.client_ip_header = config.server.client_ip_header.encode()
+        self._rfc7239 = config.server.client_ip_header == "forwarded"
         self._trusted_cache: dict[str, bool] = {}
         self._last_error_log: dict[str, float] = {}  # per kind of error: one noisy kind must not hide the others
         meta = Meta(worker=worker, config=config_version)
@@ -204,7 +207,7 @@ class Edge:
         # Batch paths (POST only): the event type's route, and its items per batch.
         # A batch path: its event type's route, max_items, and the CORS a batch gets (preflights allow POST).
         self.batch_routes: dict[bytes, tuple[Route, int, CorsPolicy | None]] = {}
-        kept_headers = set(CONTEXT_HEADERS | FRAMING_HEADERS | {b"host", b"forwarded"})
+        kept_headers = set(CONTEXT_HEADERS | FRAMING_HEADERS | {b"host", self.client_ip_header})
         for type_name, spec in config.event_types.items():
             route_preprocessors = tuple(preprocessors[name] for name in spec.preprocessors)
             builder = EventBuilder(type_name, with_input_fields(spec, route_preprocessors), meta)
@@ -409,15 +412,12 @@ class Edge:
                 return True
         return any(address in network for network in self.trusted_networks)
 
-    def forwarded_client(self, forwarded: bytes | None, x_forwarded_for: bytes | None, peer_ip: str) -> str:
-        """The client behind our trusted proxies: from `Forwarded` (RFC 7239) when the request has one, else from
-        `X-Forwarded-For` (http/forwarded.py)."""
-        if forwarded is not None:
-            nodes = forwarded_for(forwarded.decode("latin-1"))
-        elif x_forwarded_for is not None:
-            nodes = x_forwarded_for.decode("latin-1").split(",")
-        else:
+    def forwarded_client(self, header: bytes | None, peer_ip: str) -> str:
+        """The client behind our trusted proxies, from the value of `server.client_ip_header` (http/forwarded.py)."""
+        if header is None:
             return peer_ip
+        text = header.decode("latin-1")
+        nodes = forwarded_for(text) if self._rfc7239 else text.split(",")
         return client_address(nodes, peer_ip, self._in_trusted)
 
     def preprocessor_failed(self, name: str, exc: BaseException) -> None:

@@ -31,6 +31,7 @@ from trackpoint.preprocessors.check_price_bound.config import CheckPriceBoundCon
 from trackpoint.preprocessors.click_checks import check_clicks
 from trackpoint.preprocessors.decrypt_price.config import DecryptPriceConfig
 from trackpoint.preprocessors.decrypt_price.preprocessor import check_decrypt_price
+from trackpoint.preprocessors.flag_invalid_traffic.checks import check_ivt_order
 from trackpoint.preprocessors.flag_invalid_traffic.config import FlagInvalidTrafficConfig
 from trackpoint.preprocessors.geo import admin as geo_admin
 from trackpoint.preprocessors.geo.checks import check_geo
@@ -110,6 +111,7 @@ plugin = Plugin(
         check_privacy,
         check_pseudonymize,
         check_user_id_cookie,
+        check_ivt_order,
         check_decrypt_price,
         check_clicks,
         check_vast,

@@ -62,16 +62,26 @@ class _Section:
         return {k: v for k, v in values.items() if (allow is None or k in allow) and k not in deny}
 
 
-def strip_query(referer: str) -> str:
-    """A referer without its query string and fragment."""
-    cut = min((at for at in (referer.find("?"), referer.find("#")) if at != -1), default=-1)
-    return referer if cut == -1 else referer[:cut]
+def clean_referer(referer: str, keep_query: bool = False) -> str:
+    """A referer as an untrusted collector gets it: without its user info (`user:password@`, which browsers never
+    send but apps setting the header by hand may), and without its query string and fragment unless `keep_query`."""
+    if not keep_query:
+        cut = min((at for at in (referer.find("?"), referer.find("#")) if at != -1), default=-1)
+        if cut != -1:
+            referer = referer[:cut]
+    scheme, slashes, rest = referer.partition("//")
+    if slashes:
+        host_end = min((at for at in (rest.find("/"), rest.find("?"), rest.find("#")) if at != -1), default=len(rest))
+        at = rest.rfind("@", 0, host_end)
+        if at != -1:
+            referer = scheme + slashes + rest[at + 1 :]
+    return referer
 
 
 class PrivacyFilter:
     """Makes the copy of an event one collector may receive (the original, shared with other collectors, is kept)."""
 
-    __slots__ = ("ctx_cleared", "ctx_kept", "dims", "metrics", "strip_referer")
+    __slots__ = ("ctx_cleared", "ctx_kept", "dims", "metrics", "referer_query", "strip_referer")
 
     def __init__(self, trusted: bool, allow: list[str] | None, deny: list[str], referer_query: bool = False) -> None:
         self.dims = _Section("dims", allow, deny)
@@ -81,8 +91,9 @@ class PrivacyFilter:
             member for member in CONTEXT_MEMBERS if ctx.keeps(member) and (trusted or member not in RAW_CONTEXT)
         )
         self.ctx_cleared = {member: None for member in CONTEXT_MEMBERS if member not in self.ctx_kept}
-        # Untrusted: the referer's query string stays behind unless the collector asks for it.
-        self.strip_referer = "referer" in self.ctx_kept and not (trusted or referer_query)
+        # Untrusted: the referer's user info stays behind, and its query string unless the collector asks for it.
+        self.strip_referer = "referer" in self.ctx_kept and not trusted
+        self.referer_query = referer_query
 
     @property
     def passes_all(self) -> bool:
@@ -96,7 +107,7 @@ class PrivacyFilter:
     def __call__(self, event: Event) -> Event:
         ctx = msgspec.structs.replace(event.ctx, **self.ctx_cleared) if self.ctx_cleared else event.ctx
         if self.strip_referer and ctx.referer is not None:
-            ctx = msgspec.structs.replace(ctx, referer=strip_query(ctx.referer))
+            ctx = msgspec.structs.replace(ctx, referer=clean_referer(ctx.referer, self.referer_query))
         return msgspec.structs.replace(
             event,
             dims=event.dims if self.dims.passes_all else self.dims.apply(event.dims),

@@ -119,12 +119,19 @@ class DataDirInUse(Exception):
     """Another tracker holds the data directory."""
 
 
+class DataDirDraining(DataDirInUse):
+    """The data directory is held by the workers of a tracker whose supervisor is gone: they are finishing the
+    requests they accepted, and writing their lines, before they exit."""
+
+
 def claim_data_dir(data_dir: str) -> int:
-    """The data directory for this tracker alone, for as long as it runs: an exclusive lock on
-    `data_dir/trackpoint.lock` (created with the directory), which the kernel releases when the process ends, however
-    it ends. A second tracker on the same directory would take the first one's active log files for a dead
-    worker's and compress them away under it: every event it acknowledged after that would be lost. The file holds
-    the owner's pid, for the message. Raises DataDirInUse, or OSError when the directory cannot be used."""
+    """The data directory for this tracker alone, for as long as it or any of its workers runs: an exclusive lock on
+    `data_dir/trackpoint.lock` (created with the directory), which the kernel releases when the last process holding
+    it ends, however it ends (the workers inherit it). A second tracker on the same directory would take the first
+    one's active log files for a dead worker's and compress them away under it: every event acknowledged after that
+    would be lost, and so would a request that a worker whose supervisor was killed is still answering. The file
+    holds the supervisor's pid, for the message. Raises DataDirInUse (DataDirDraining when that pid is gone), or
+    OSError when the directory cannot be used."""
     directory = Path(data_dir)
     directory.mkdir(parents=True, exist_ok=True)
     fd = os.open(directory / LOCK_FILE, os.O_RDWR | os.O_CREAT | os.O_CLOEXEC, 0o644)
@@ -133,6 +140,10 @@ def claim_data_dir(data_dir: str) -> int:
     except BlockingIOError:
         owner = os.pread(fd, 32, 0).decode("ascii", "replace").strip() or "unknown"
         os.close(fd)
+        if owner.isdigit() and not _alive(int(owner)):
+            raise DataDirDraining(
+                f"data_dir {data_dir} is held by the workers of a trackpoint that is gone (pid {owner})"
+            ) from None
         raise DataDirInUse(f"data_dir {data_dir} is in use by another trackpoint (pid {owner})") from None
     except OSError as exc:
         if exc.errno not in _NO_LOCKS:
@@ -143,6 +154,16 @@ def claim_data_dir(data_dir: str) -> int:
     os.ftruncate(fd, 0)
     os.pwrite(fd, f"{os.getpid()}\n".encode("ascii"), 0)
     return fd
+
+
+def _alive(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:  # another user's process
+        return True
+    return True
 
 
 def port_free(host: str, port: int) -> None:
@@ -214,13 +235,7 @@ class Supervisor:
         for _, refusal in check_admin(admin_config):  # again: --admin-host may have moved it off loopback
             log.error("%s", refusal)
             return 2
-        try:
-            self._data_dir_lock = claim_data_dir(self.config.data_dir)
-        except DataDirInUse as exc:
-            log.error("%s: one tracker per data_dir", exc)
-            return 1
-        except OSError as exc:
-            log.error("cannot use data_dir %s: %s", self.config.data_dir, exc.strerror or exc)
+        if not await self._claim_data_dir():
             return 1
         try:
             admin_token = read_admin_token(admin_config, self.config.data_dir)
@@ -311,6 +326,32 @@ class Supervisor:
             if late:
                 await asyncio.wait(late, timeout=5)
 
+    async def _claim_data_dir(self) -> bool:
+        """Takes the data_dir lock (claim_data_dir), or says why not. Workers that outlive a killed supervisor hold
+        it while they finish their requests and flush their collectors (a drain timeout each): they are waited for,
+        since what they answer is written there."""
+        waited_s = 2 * self.config.server.drain_timeout_s + 5
+        deadline = time.monotonic() + waited_s
+        warned = False
+        while True:
+            try:
+                self._data_dir_lock = claim_data_dir(self.config.data_dir)
+                return True
+            except DataDirDraining as exc:
+                if time.monotonic() >= deadline:
+                    log.error("%s, still after %.0f s: one tracker per data_dir", exc, waited_s)
+                    return False
+                if not warned:
+                    log.warning("%s: waiting for them to finish (at most %.0f s)", exc, waited_s)
+                    warned = True
+                await asyncio.sleep(0.1)
+            except DataDirInUse as exc:
+                log.error("%s: one tracker per data_dir", exc)
+                return False
+            except OSError as exc:
+                log.error("cannot use data_dir %s: %s", self.config.data_dir, exc.strerror or exc)
+                return False
+
     # --- workers -------------------------------------------------------------------------------------------------
 
     def _spawn(self, slot: int, version: str, probation: bool = False) -> WorkerHandle:
@@ -330,7 +371,8 @@ class Supervisor:
                     "--control-fd",
                     str(child.fileno()),
                 ],
-                pass_fds=(listen_fd, child.fileno()),
+                # The data_dir lock too: held while any worker lives, even one that outlives this process.
+                pass_fds=(listen_fd, child.fileno(), *(() if self._data_dir_lock is None else (self._data_dir_lock,))),
             )
         except OSError:
             parent.close()

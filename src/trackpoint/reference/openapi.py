@@ -42,8 +42,9 @@ _HEAD = (
     "`trackpoint_head_requests_total`. Link scanners and mail gateways send these."
 )
 _PROXIES = (
-    "From a `server.trusted_proxies` peer, the client address is the right-most untrusted node of `Forwarded` "
-    "(RFC 7239; quoted, bracketed IPv6 and ports read) or else of `X-Forwarded-For` (entries may carry a port). "
+    "From a `server.trusted_proxies` peer, the client address is the right-most untrusted node of "
+    "`X-Forwarded-For` (entries may carry a port), or of `Forwarded` (RFC 7239; quoted, bracketed IPv6 and ports "
+    "read) with `server.client_ip_header: forwarded`; the other header is not read. "
     "Header values are read as UTF-8; bytes that are not UTF-8 become U+FFFD. An absolute-form target "
     "(`GET http://host/path?...`) is routed by its path; a 405's `Allow` lists this path's methods."
 )

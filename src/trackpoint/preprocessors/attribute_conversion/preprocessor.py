@@ -9,7 +9,7 @@ from __future__ import annotations
 from collections.abc import Mapping
 
 from trackpoint.adtech.clickid import FORGED, MALFORMED, UNKNOWN_KEY, ClickIdError, ClickIds
-from trackpoint.adtech.ivt import IVT_DIM, TOO_FAST
+from trackpoint.adtech.ivt import IVT_DIM, TOO_FAST, flag
 from trackpoint.config.model import FieldSpec
 from trackpoint.event import Event
 from trackpoint.preprocessors.attribute_conversion.config import AttributeConversionConfig
@@ -71,7 +71,7 @@ class AttributeConversion:
         dims[ATTRIBUTION_DIM] = ATTRIBUTED
         self.counts[ATTRIBUTED] += 1
         if latency < self.min_delay_ms and IVT_DIM not in dims:
-            dims[IVT_DIM] = TOO_FAST
+            flag(event, TOO_FAST)
             self.counts[TOO_FAST] += 1
         return event
 

@@ -6,7 +6,7 @@ only when that check is on. The event type's `invalid_traffic` policy then keeps
 
 from __future__ import annotations
 
-from trackpoint.adtech.ivt import BOT, IVT_DIM, PREFETCH, TOO_FAST, automated, prefetch
+from trackpoint.adtech.ivt import BOT, IVT_DIM, PREFETCH, TOO_FAST, automated, flag, prefetch
 from trackpoint.config.model import FieldSpec
 from trackpoint.event import Event
 from trackpoint.preprocessors.flag_invalid_traffic.config import FlagInvalidTrafficConfig
@@ -48,18 +48,20 @@ class FlagInvalidTraffic:
             value = dims.pop(dim, None)
             if value is not None and prefetch(value):
                 prefetched = True
-        flag = dims.get(IVT_DIM)  # another preprocessor may have flagged it already
-        if flag is None and self.bots and self.is_bot(event):
-            flag = BOT
-        if flag is None and prefetched:
-            flag = PREFETCH
-        if flag is None and self.time_field is not None:
+        if IVT_DIM in dims:  # another preprocessor flagged it already: the first finding wins
+            return event
+        finding = None
+        if self.bots and self.is_bot(event):
+            finding = BOT
+        elif prefetched:
+            finding = PREFETCH
+        elif self.time_field is not None:
             shown = event.metrics.get(self.time_field)
             if shown is not None and event.ts - shown < self.min_delay_ms:
-                flag = TOO_FAST
-        if flag is not None and IVT_DIM not in dims:
-            dims[IVT_DIM] = flag
-            self.counts[flag] += 1
+                finding = TOO_FAST
+        if finding is not None:
+            flag(event, finding)
+            self.counts[finding] += 1
         return event
 
     def is_bot(self, event: Event) -> bool:

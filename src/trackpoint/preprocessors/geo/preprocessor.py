@@ -17,7 +17,7 @@ from typing import Any
 import maxminddb
 from maxminddb.errors import InvalidDatabaseError
 
-from trackpoint.adtech.ivt import DATACENTER, IVT_DIM
+from trackpoint.adtech.ivt import DATACENTER, IVT_DIM, flag
 from trackpoint.event import Event
 from trackpoint.preprocessors.geo.config import AS_ORG_DIM, ASN_DIM, CITY_DIM, COUNTRY_DIM, REGION_DIM, GeoConfig
 from trackpoint.preprocessors.geo.database import (
@@ -117,7 +117,7 @@ class Geo:
         dims = event.dims
         dims.update(pairs)
         if hosting and IVT_DIM not in dims:  # another preprocessor's finding comes first
-            dims[IVT_DIM] = DATACENTER
+            flag(event, DATACENTER)
             self.counts[DATACENTER] += 1
         return event
 
