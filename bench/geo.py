@@ -127,10 +127,10 @@ def _ns_per_event(make: Callable[[], Callable[[Event], Event]], ips: list[str], 
     return best
 
 
-def micro(country: Path, asn: Path | None, clients: list[str], rng: random.Random) -> dict[str, float]:
+def micro(country: Path, asn: Path | None, clients: list[str], rng: random.Random, data_dir: Path) -> dict[str, float]:
     def geo(with_asn: bool) -> Callable[[], Callable[[Event], Event]]:
         config = GeoConfig(database=str(country), asn_database=str(asn) if with_asn and asn else None)
-        return lambda: Geo("geo", config, ".")
+        return lambda: Geo("geo", config, str(data_dir))  # its copies of the databases go there
 
     def anonymize() -> Callable[[Event], Event]:
         return AnonymizeIp("anonymize_ip", AnonymizeIpConfig())
@@ -231,7 +231,7 @@ def main(argv: list[str] | None = None) -> int:
             if args.database is not None:  # the synthetic clients stay: random, mostly allocated networks
                 country, asn = args.database.resolve(), None
             report["database"] = str(args.database) if args.database else f"synthetic, {SYNTHETIC_NETWORKS} networks"
-            results = micro(country, asn, clients, rng)
+            results = micro(country, asn, clients, rng, Path(tmp))
             report["micro_ns_per_event"] = results
             table = Table(title="geo preprocessor, ns per event (best of rounds)")
             table.add_column("case")

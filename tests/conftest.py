@@ -68,9 +68,16 @@ async def until(condition: Callable[[], Awaitable[bool]], timeout_s: float = 8.0
         await asyncio.sleep(0.05)
 
 
-def write_mmdb(path: Path, networks: dict[str, Any], database_type: str = "test-geo", ip_version: int = 6) -> Path:
+def write_mmdb(
+    path: Path,
+    networks: dict[str, Any],
+    database_type: str = "test-geo",
+    ip_version: int = 6,
+    build_epoch: int | None = None,
+) -> Path:
     """Builds a small MaxMind-format database (mmdb-writer) mapping each network (`203.0.113.0/24`) to its record,
-    and moves it into place at once, as an updater should (a reader never sees half a file)."""
+    and moves it into place at once, as an updater should (a reader never sees half a file). `build_epoch` replaces
+    the build time (now) in its metadata."""
     writer = MMDBWriter(
         ip_version=ip_version,
         ipv4_compatible=ip_version == 6,
@@ -79,6 +86,9 @@ def write_mmdb(path: Path, networks: dict[str, Any], database_type: str = "test-
     )
     for network, record in networks.items():
         writer.insert_network(IPSet([network]), record)
+    if build_epoch is not None:
+        build_meta = writer._build_meta
+        writer._build_meta = lambda: {**build_meta(), "build_epoch": build_epoch}  # type: ignore[method-assign]
     partial = path.with_name(path.name + ".partial")
     writer.to_db_file(str(partial))
     partial.replace(path)

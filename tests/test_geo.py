@@ -84,6 +84,7 @@ def test_country_of_ipv4_ipv6_and_ipv4_mapped_addresses(tmp_path: Path) -> None:
     assert dims(lookup, "2001:db8:1::42") == {"geo.country": "DE"}
     assert dims(lookup, "::ffff:192.0.2.10") == {"geo.country": "JP"}  # how a dual-stack socket reports IPv4
     assert dims(lookup, "::FFFF:203.0.113.1") == {"geo.country": "FR"}
+    assert dims(lookup, "::ffff:cb00:7102") == {"geo.country": "FR"}  # the same address, written in hex
     assert dims(lookup, "203.0.113.77") == {"geo.country": "FR"}  # the cached answer is the same
 
 
@@ -102,6 +103,7 @@ def test_an_ipv4_only_database_knows_no_ipv6_address(tmp_path: Path) -> None:
     write_mmdb(tmp_path / "v4.mmdb", {"203.0.113.0/24": {"country_code": "FR"}}, ip_version=4)
     lookup = geo(tmp_path, database="v4.mmdb")
     assert dims(lookup, "::ffff:203.0.113.5") == {"geo.country": "FR"}
+    assert dims(lookup, "::ffff:cb00:7106") == {"geo.country": "FR"}
     assert dims(lookup, "2001:db8:1::1") == {}
 
 
@@ -207,6 +209,34 @@ def test_a_worker_cannot_start_without_its_database(tmp_path: Path) -> None:
     (tmp_path / "junk.mmdb").write_bytes(b"\x00" * 4096)
     with pytest.raises(DatabaseError, match="not a MaxMind-format"):
         geo(tmp_path, database="junk.mmdb")
+
+
+def test_workers_map_their_own_copy_and_start_on_the_last_good_one(tmp_path: Path, caplog: Any) -> None:
+    path = write_mmdb(tmp_path / "country.mmdb", COUNTRIES)
+    first = geo(tmp_path, database="country.mmdb")
+    (copy,) = (tmp_path / "geo" / "in-use").iterdir()
+    assert copy.name.startswith("country-") and copy.read_bytes() == path.read_bytes()
+    second = geo(tmp_path, database="country.mmdb")  # another worker: the same copy
+    assert list((tmp_path / "geo" / "in-use").iterdir()) == [copy]
+    path.write_bytes(b"junk")  # in place: the copies are not touched
+    assert dims(first, "203.0.113.1") == dims(second, "203.0.113.2") == {"geo.country": "FR"}
+    restarted = geo(tmp_path, database="country.mmdb")
+    assert dims(restarted, "203.0.113.3") == {"geo.country": "FR"}
+    assert restarted.counts["reload_failed"] == 1 and "serving its last good copy" in caplog.text
+    path.unlink()
+    assert dims(geo(tmp_path, database="country.mmdb"), "2001:db8:1::1") == {"geo.country": "DE"}
+    write_mmdb(path, {"203.0.113.0/24": {"country_code": "BE"}})
+    clock = Clock()
+    updated = geo(tmp_path, clock, database="country.mmdb")
+    assert dims(updated, "203.0.113.4") == {"geo.country": "BE"}
+    assert len(list((tmp_path / "geo" / "in-use").iterdir())) == 1  # the old copy removed
+    assert dims(first, "203.0.113.5") == {"geo.country": "FR"}  # a worker not reloaded yet still reads it
+    path.write_bytes(b"junk")
+    elsewhere = msgspec.convert({"type": "geo", "database": str(path)}, GeoConfig)
+    with pytest.raises(DatabaseError, match=r"country\.mmdb is not a MaxMind-format") as error:  # never good data
+        Geo("geo", elsewhere, str(tmp_path / "new"))
+    assert ".partial" not in str(error.value)  # the message names the operator's file
+    assert not list((tmp_path / "new" / "geo" / "in-use").iterdir())  # the partial copy removed
 
 
 # --- configuration checks ------------------------------------------------------------------------------------------
@@ -315,6 +345,22 @@ def test_the_admin_route_shows_the_databases_and_their_attribution(tmp_path: Pat
     (info,) = Geo("geo", no_override, str(tmp_path)).describe()
     assert info.attribution == DBIP_ATTRIBUTION
     assert "CC BY 4.0" in info.attribution and "db-ip.com" in info.attribution
+
+
+def test_a_build_time_beyond_the_calendar_is_shown_as_unknown(tmp_path: Path) -> None:
+    """MaxMind-DB's libmaxminddb-uint64-max-epoch.mmdb: the file opens and answers, only its build date is beyond any
+    date (it made GET /geo/databases a 500)."""
+    write_mmdb(tmp_path / "c.mmdb", COUNTRIES, database_type="DBIP-Country-Lite", build_epoch=2**64 - 1)
+    text = "preprocessors:\n  geo: {type: geo, database: c.mmdb}\n" + IMPRESSION_WITH_GEO
+    config = load(str(write_config(tmp_path, text)), registry=registry()).config
+    response = asyncio.run(get_databases(AdminRequest("GET", "/geo/databases", ""), config))
+    assert response.status == 200
+    shown = msgspec.json.decode(response.body)["preprocessors"]["geo"]["database"]
+    assert shown["built"] is None and shown["database_type"] == "DBIP-Country-Lite"
+    lookup = geo(tmp_path, database="c.mmdb")
+    assert dims(lookup, "203.0.113.1") == {"geo.country": "FR"}
+    (info,) = lookup.describe()
+    assert info.built is None
 
 
 def test_the_dashboard_notices_are_the_admin_routes_attributions(tmp_path: Path) -> None:

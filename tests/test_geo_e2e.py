@@ -1,9 +1,12 @@
 """The geo preprocessor in a running tracker: the client behind a trusted proxy (X-Forwarded-For) located before its
-IP is truncated, hosting networks flagged, a rate limit per country, a database replaced while it runs, the admin
-route with the attribution, and a missing database refused by `config check` and `run`."""
+IP is truncated, hosting networks flagged, a rate limit per country, a database replaced while it runs, one
+rewritten in place or gone under running and restarting workers, the admin route with the attribution, and a missing
+database refused by `config check` and `run`."""
 
 from __future__ import annotations
 
+import os
+import signal
 import subprocess
 import sys
 import time
@@ -80,10 +83,11 @@ def test_clients_behind_a_trusted_proxy_are_located_before_their_ip_is_truncated
         ("cloud", "198.51.100.9"),
         ("nowhere", "192.0.2.1"),
         ("chain", "192.0.2.50, 203.0.113.99"),  # the proxy appended the client it saw last
+        ("mapped", "::ffff:203.0.113.98"),  # IPv4-mapped (a dual-stack proxy's): looked up as its IPv4 address
     ):
         status, _, _ = tracker.get(f"/i?imp={imp}", {"X-Forwarded-For": client})
         assert status == 200
-    events = _by_imp(tracker, 5)
+    events = _by_imp(tracker, 6)
     fr = events["fr"]
     assert fr.dims["geo.country"] == "FR" and fr.ctx.ip == "203.0.113.0"
     assert "203.0.113.77" not in msgspec.json.encode(fr).decode()
@@ -97,6 +101,7 @@ def test_clients_behind_a_trusted_proxy_are_located_before_their_ip_is_truncated
     )
     assert not any(k.startswith("geo.") for k in events["nowhere"].dims)  # unknown: no geo, no error
     assert events["chain"].dims["geo.country"] == "FR"
+    assert events["mapped"].dims["geo.country"] == "FR" and events["mapped"].ctx.ip == "203.0.113.0"
     assert (
         tracker.wait_metric("trackpoint_preprocessor_outcomes_total", 'outcome="datacenter",preprocessor="geo"', 1) == 1
     )
@@ -108,7 +113,7 @@ def test_clients_behind_a_trusted_proxy_are_located_before_their_ip_is_truncated
     # Shed: the normal answer, nothing recorded. The German view, sent last, is the sentinel.
     for page, client in (("view-fr0", "203.0.113.5"), ("view-fr1", "203.0.113.6"), ("view-de", "2001:db8:1::5")):
         assert tracker.get(f"/view?page={page}", {"X-Forwarded-For": client})[0] == 204
-    views = [e for e in tracker.wait_events(5 + 3 + 2) if e.type == "view"]
+    views = [e for e in tracker.wait_events(6 + 3 + 2) if e.type == "view"]
     assert sorted(e.dims["page"] for e in views) == ["view-de", "view-fr0"]
     assert tracker.wait_metric("trackpoint_shed_total", 'type="view"', 1) == 1
 
@@ -175,3 +180,60 @@ def test_a_missing_database_is_refused_by_config_check_and_run(tmp_path: Path) -
     )
     assert run.returncode != 0
     assert "preprocessors.geo.database" in run.stdout + run.stderr
+
+
+def _replace_worker(tracker: Tracker) -> int:
+    """SIGKILLs the only worker and waits for its replacement to serve; the replacement's pid."""
+    (victim,) = tracker.worker_pids()
+    os.kill(victim, signal.SIGKILL)
+    deadline = time.monotonic() + 20
+    while victim in (alive := tracker.worker_pids()) or not alive:
+        assert time.monotonic() < deadline, f"worker {victim} not replaced:\n{tracker.output()}"
+        time.sleep(0.02)
+    tracker.wait_ready()
+    (replacement,) = alive
+    return replacement
+
+
+def test_a_database_rewritten_in_place_or_gone_never_stops_the_workers(tracker_factory: Any, tmp_path: Path) -> None:
+    """The workers map only their own copy of a database (under data_dir): the operator's file truncated in place
+    while they run, then gone while one restarts, leaves them serving the last good data, and says so."""
+    config = _config(tmp_path)
+    tracker: Tracker = tracker_factory(config)
+    country = tmp_path / "country.mmdb"
+    assert tracker.get("/i?imp=before", {"X-Forwarded-For": "203.0.113.1"})[0] == 200
+    (worker,) = tracker.worker_pids()
+    with country.open("r+b") as file:  # in place, as `cp new.mmdb country.mmdb` begins: the same inode, emptied
+        file.truncate(0)
+    # New clients (lookups, not cached answers), before and after the worker's 1 s check has seen the file broken.
+    for i in range(2, 6):
+        assert tracker.get(f"/i?imp=truncated{i}", {"X-Forwarded-For": f"203.0.113.{i}"})[0] == 200
+    failed = 'outcome="reload_failed",preprocessor="geo"'
+    assert tracker.wait_metric("trackpoint_preprocessor_outcomes_total", failed, 1) >= 1
+    for i in range(6, 10):
+        assert tracker.get(f"/i?imp=truncated{i}", {"X-Forwarded-For": f"203.0.113.{i}"})[0] == 200
+    assert tracker.worker_pids() == [worker], tracker.output()
+
+    # A worker starting while the file is gone: it serves the last good copy, logged, counted and shown.
+    country.unlink()
+    _replace_worker(tracker)
+    assert tracker.get("/i?imp=restarted", {"X-Forwarded-For": "203.0.113.20"})[0] == 200
+    events = _by_imp(tracker, 10)
+    assert {imp: e.dims.get("geo.country") for imp, e in events.items()} == dict.fromkeys(events, "FR")
+    assert "serving its last good copy" in tracker.output()
+    assert tracker.wait_metric("trackpoint_preprocessor_outcomes_total", failed, 1) >= 1
+    status, _, body = tracker.admin("GET", "/geo/databases")
+    assert status == 200
+    shown = msgspec.json.decode(body)["preprocessors"]["geo"]["database"]
+    assert "does not exist" in shown["error"]
+    assert shown["in_use"]["database_type"] == "DBIP-Country-Lite"
+
+    # A good file again (renamed into place): reloaded, and the copy of the old one removed.
+    write_mmdb(country, {"203.0.113.0/24": {"country_code": "BE"}})
+    assert (
+        tracker.wait_metric("trackpoint_preprocessor_outcomes_total", 'outcome="reloaded",preprocessor="geo"', 1) == 1
+    )
+    assert tracker.get("/i?imp=fixed", {"X-Forwarded-For": "203.0.113.21"})[0] == 200
+    assert _by_imp(tracker, 11)["fixed"].dims["geo.country"] == "BE"
+    copies = sorted(p.name for p in (tracker.data_dir / "geo" / "in-use").iterdir())
+    assert len([name for name in copies if name.startswith("country-")]) == 1, copies

@@ -23,6 +23,8 @@ from trackpoint.http.responses import Clock, allow_header, head, origin_form
         ("[2001:db8::5]:443", "2001:db8::5"),
         ('"[2001:DB8::5]"', "2001:db8::5"),
         ("2001:db8::5", "2001:db8::5"),
+        ("::ffff:81.2.69.5", "81.2.69.5"),  # IPv4-mapped: the IPv4 address (its canonical text is ::ffff:5102:4505)
+        ("[::FFFF:5102:4505]:443", "81.2.69.5"),
         ("_hidden", None),
         ("unknown", None),
         ("203.0.113.77:http", None),

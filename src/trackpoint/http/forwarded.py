@@ -15,7 +15,8 @@ from collections.abc import Callable
 
 def node_address(node: str) -> str | None:
     """The IP address of one forwarded node (`1.2.3.4`, `1.2.3.4:80`, `[2001:db8::5]:443`, `2001:db8::5`), as text
-    in its canonical form; None for anything else (obfuscated, `unknown`, malformed)."""
+    in its canonical form, an IPv4-mapped one (`::ffff:1.2.3.4`, a dual-stack proxy's) as its IPv4 address; None for
+    anything else (obfuscated, `unknown`, malformed)."""
     node = node.strip().strip('"').strip()
     if node.startswith("["):
         host, bracket, rest = node[1:].partition("]")
@@ -27,9 +28,14 @@ def node_address(node: str) -> str | None:
         if not port.isdigit():
             return None
     try:
-        return str(ipaddress.ip_address(node))
+        address = ipaddress.ip_address(node)
     except ValueError:
         return None
+    # Python writes ::ffff:1.2.3.4 as ::ffff:102:304, which the geo databases and the trusted networks know only as
+    # 1.2.3.4 (a socket's own IPv4-mapped peer keeps the dotted form).
+    if isinstance(address, ipaddress.IPv6Address) and address.ipv4_mapped is not None:
+        return str(address.ipv4_mapped)
+    return str(address)
 
 
 def forwarded_for(header: str) -> list[str]:

@@ -62,8 +62,10 @@ class GeoConfig(PreprocessorBase, tag="geo"):
     (ISO 3166-1 alpha-2), with a city database `geo.region` and `geo.city`, with an ASN database `geo.asn` and
     `geo.as_org`, and `ivt: datacenter` for hosting networks. Reads the full client IP, so it must come before
     anonymize_ip in an event type's preprocessors (checked at start-up); it stores nothing of the IP. An address the
-    databases do not know adds nothing. The files are reopened when they change (checked every `reload_check_s`,
-    off the request path). Country and region are not personal data; the city can be, and goes to untrusted
+    databases do not know adds nothing. Lookups read the workers' own copy of each file (under
+    data_dir/geo/in-use, so a file rewritten in place cannot crash them), copied again when the file changes
+    (checked every `reload_check_s`, off the request path); a worker that restarts while the file is missing or
+    broken serves the last good copy. Country and region are not personal data; the city can be, and goes to untrusted
     collectors only when they name `geo.city` in `send_private`."""
 
     # Dims this preprocessor adds (rate limits may key on them, rollups group by them) and those of them that go
@@ -112,7 +114,8 @@ class GeoConfig(PreprocessorBase, tag="geo"):
             ge=1,
             le=3600,
             description="Seconds between checks of the database files for a change (a stat by the worker's "
-            "timer, never per request); a changed file is reopened, a broken one keeps the previous data.",
+            "timer, never per request); a changed file is copied under data_dir/geo/in-use and reopened, a broken "
+            "one keeps the previous data.",
         ),
     ] = 5.0
     attribution: Annotated[

@@ -3,7 +3,8 @@ up offline in .mmdb databases; hosting networks flagged as invalid traffic (`ivt
 
 Lookups are cached per worker (a busy tracker sees the same clients again and again); the cache lives in memory
 only and is emptied when a database is reopened. The worker's timer checks the files for a change every
-`reload_check_s`: the request path never stats a file.
+`reload_check_s`: the request path never stats a file. Lookups read the worker's copy of each file (database.py:
+the operator's file may be rewritten in place, which a memory-mapped reader does not survive).
 """
 
 from __future__ import annotations
@@ -25,13 +26,16 @@ from trackpoint.preprocessors.geo.database import (
     DatabaseInfo,
     Signature,
     city_of,
+    copies_dir,
     country_of,
     database_path,
     describe,
+    install_copy,
+    last_good_copy,
     lookup_address,
     network_of,
-    open_reader,
     region_of,
+    remove_other_copies,
     signature,
     source_note,
 )
@@ -46,14 +50,33 @@ _NEVER = object()  # no failed reload yet
 
 
 class GeoDatabase:
-    """One database file, open for lookups, and the signature of the file it was opened from."""
+    """One database file: the reader of the copy in use and the signature of the file it was copied from.
 
-    def __init__(self, path: Path) -> None:
+    A worker starting while the file is missing or does not open serves the last good copy of it (`error` says why),
+    or fails when there is none: it never had good data."""
+
+    reader: maxminddb.Reader
+    signature: Signature | None
+
+    def __init__(self, path: Path, copies: Path) -> None:
         self.path = path
-        self.signature = signature(path)
-        self.reader: maxminddb.Reader = open_reader(path)
+        self.copies = copies
         # The signature of a replacement that did not open (None: the file is gone), so it is reported once.
         self._failed: Signature | object | None = _NEVER
+        self.error: str | None = None  # why the copy in use is not a copy of the file as it is now
+        try:
+            self.reader, copy, copied = install_copy(path, copies)
+        except DatabaseError as exc:
+            last = last_good_copy(path, copies)
+            if last is None:
+                raise
+            self.reader, copy = last
+            self.signature = None
+            self._failed, self.error = signature(path), str(exc)
+            log.warning("geo database does not open: %s; serving its last good copy %s", exc, copy)
+            return
+        self.signature = copied
+        remove_other_copies(path, copies, copy)
 
     def get(self, address: str) -> Any:
         """The record of `address`, or None: unknown, not an address, or IPv6 in an IPv4-only database."""
@@ -63,19 +86,20 @@ class GeoDatabase:
             return None
 
     def reload_if_changed(self) -> bool | None:
-        """Reopens the file when it changed: True when reopened, False when the new file does not open (the
-        previous data stays in use; reported once per version of the file), None when nothing changed."""
+        """Copies and reopens the file when it changed: True when reopened, False when the new file does not open
+        (the previous data stays in use; reported once per version of the file), None when nothing changed."""
         current = signature(self.path)
         if current in (self.signature, self._failed):
             return None
         try:
-            reader = open_reader(self.path)
+            reader, copy, copied = install_copy(self.path, self.copies)
         except DatabaseError as exc:
-            self._failed = current
+            self._failed, self.error = current, str(exc)
             log.warning("geo database not reloaded, the previous one stays in use: %s", exc)
             return False
         self.reader.close()
-        self.reader, self.signature, self._failed = reader, current, _NEVER
+        self.reader, self.signature, self._failed, self.error = reader, copied, _NEVER, None
+        remove_other_copies(self.path, self.copies, copy)
         log.info("geo database reloaded: %s", self.path)
         return True
 
@@ -94,12 +118,17 @@ class Geo:
         self.city = config.city
         self.attribution = config.attribution
         self.reload_check_s = config.reload_check_s
-        self.location = GeoDatabase(database_path(config.database, data_dir)) if config.database else None
-        self.network = GeoDatabase(database_path(config.asn_database, data_dir)) if config.asn_database else None
+        copies = copies_dir(data_dir)
+        self.location = GeoDatabase(database_path(config.database, data_dir), copies) if config.database else None
+        self.network = (
+            GeoDatabase(database_path(config.asn_database, data_dir), copies) if config.asn_database else None
+        )
         self.hosting = frozenset(config.hosting_asns) if config.flag_hosting and self.network else frozenset()
         if self.hosting:
             self.flag_dim = IVT_DIM  # the event type's invalid_traffic policy routes on this dim
-        self.counts = {"unknown": 0, DATACENTER: 0, "reloaded": 0, "reload_failed": 0}
+        # A database started on its last good copy counts as a failed reload: the same alert covers both.
+        failed = sum(db is not None and db.error is not None for db in (self.location, self.network))
+        self.counts = {"unknown": 0, DATACENTER: 0, "reloaded": 0, "reload_failed": failed}
         self._cache: dict[str, Found] = {}
         self._next_check = clock() + self.reload_check_s
 
