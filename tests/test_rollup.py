@@ -24,7 +24,7 @@ from trackpoint.collectors.rollup.admin import get_hourly
 from trackpoint.collectors.rollup.collector import RollupCollector
 from trackpoint.collectors.rollup.config import RollupCollectorConfig
 from trackpoint.collectors.rollup.logs import LogsReportError, logs_report
-from trackpoint.collectors.rollup.model import MS_PER_HOUR, Row, finish, hour_of
+from trackpoint.collectors.rollup.model import COUNTERS, MS_PER_HOUR, Row, finish, hour_of
 from trackpoint.collectors.rollup.report import ReportError, make_query, to_csv, to_table
 from trackpoint.collectors.rollup.store import Query, RollupStore, read_rollups
 from trackpoint.config.load import load
@@ -216,6 +216,51 @@ def test_the_dedupe_window(tmp_path: Path) -> None:
     # Past every window, the id is forgotten and the events are too late: still never counted twice.
     final = asyncio.run(store.count([recent, retry], NOW + 3 * MS_PER_HOUR))
     assert (final.counted, final.too_late) == (0, 2)
+
+
+def test_no_clock_step_counts_a_replayed_log_twice(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """The tester's case: a replay under a clock 72 hours ahead counts nothing (too late) and forgets nothing live
+    traffic needs, and the replay after it, on the right clock, counts nothing again. Then a worker's clock that
+    steps ahead and back: what it forgot stays too late."""
+    from typer.testing import CliRunner
+
+    from trackpoint.cli import app
+
+    logs = tmp_path / "logs"
+    logs.mkdir()
+    wins = [event(f"w{i}", "win", NOW - MS_PER_HOUR + i, {"price": 2_350_000}, cid="c1") for i in range(300)]
+    (logs / "events-20261205T000000-w0.jsonl").write_bytes(b"".join(msgspec.json.encode(w) + b"\n" for w in wins))
+    config = tmp_path / "trackpoint.yaml"
+    config.write_text(
+        f"data_dir: {tmp_path / 'data'}\ncollectors:\n  rollup: {{type: rollup}}\n"
+        "event_types:\n  win: {preset: win, collectors: [log, rollup]}\n",
+        encoding="utf-8",
+    )
+    database = tmp_path / "data" / "rollup" / "rollup.db"
+    query = Query(HOUR - 2 * MS_PER_HOUR, HOUR + 2 * MS_PER_HOUR, types=("win",))
+    real_time = time.time
+
+    def replay_then_spend(shift_s: float) -> tuple[int, int]:
+        with monkeypatch.context() as patched:
+            patched.setattr(time, "time", lambda: real_time() + shift_s)
+            result = CliRunner().invoke(app, ["replay", "-c", str(config), "--collector", "rollup", str(logs)])
+        assert result.exit_code == 0, result.output
+        ((_, _, _, sums),) = read_rollups(database, query)
+        return sums[0], sums[COUNTERS.index("spend_micros") + 1]
+
+    assert replay_then_spend(0) == (300, 300 * 2350)
+    assert replay_then_spend(72 * 3600) == (300, 300 * 2350)
+    assert replay_then_spend(0) == (300, 300 * 2350)  # was 600: the clock step had forgotten every id
+
+    # A worker whose clock ran 72 hours ahead forgot its ids up to 24 hours ahead of the real time: once its clock
+    # is back, those events are too late (counted so), never counted again.
+    store = RollupStore(rollup(), str(tmp_path / "worker"))
+    early = [event(f"e{i}", "impression", NOW - MS_PER_HOUR, cid="c1") for i in range(5)]
+    assert asyncio.run(store.count(early, NOW)).counted == 5
+    ahead = NOW + 72 * MS_PER_HOUR
+    assert asyncio.run(store.count([event("x", "impression", ahead, cid="c1")], ahead)).counted == 1
+    back = asyncio.run(store.count(early, NOW))
+    assert (back.counted, back.too_late) == (0, 5)
 
 
 def test_the_collector_counts_outcomes(tmp_path: Path) -> None:

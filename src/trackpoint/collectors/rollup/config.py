@@ -82,7 +82,8 @@ class RollupCollectorConfig(CollectorBase, tag="rollup"):
             le=24 * 400,
             description="How long a counted event id is remembered, in hours of event time (from the last time "
             "it was seen). An event older than this is not counted (outcome `too_late`): a retry or a replay "
-            "within the window is recognised, and one beyond it cannot count twice either. Costs about 65 bytes "
+            "within the window is recognised, and one beyond it cannot count twice either, whatever the clock does "
+            "(an id forgotten stays too late). Costs about 65 bytes "
             "of disk per distinct event of the window. Beyond it, report from the logs (`trackpoint report --logs`).",
         ),
     ] = DEFAULT_DEDUPE_WINDOW_H

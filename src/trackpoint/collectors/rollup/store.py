@@ -4,6 +4,10 @@ Each batch is one IMMEDIATE transaction (WAL journal, a busy timeout): which ids
 lock, so two workers holding the same event id (a retried request landing on another worker) count it once, and a
 crash leaves the whole batch or none of it. One shared file rather than one per worker because the dedupe must see
 every worker's ids. Calls run in a thread: the event loop never waits on the disk.
+
+Forgetting is the one thing the wall clock may not decide alone: `forgotten_before` (persisted, never moved back)
+is the event time below which ids may have been forgotten, and every event older than it is too late, so no clock
+step, forward or back, of a worker or of a replay can make a forgotten id countable again.
 """
 
 from __future__ import annotations
@@ -30,6 +34,7 @@ CREATE TABLE IF NOT EXISTS rollups (
 ) WITHOUT ROWID;
 CREATE TABLE IF NOT EXISTS seen (id TEXT PRIMARY KEY, ts INTEGER NOT NULL) WITHOUT ROWID;
 CREATE INDEX IF NOT EXISTS seen_by_ts ON seen (ts);
+CREATE TABLE IF NOT EXISTS state (name TEXT PRIMARY KEY, value INTEGER NOT NULL) WITHOUT ROWID;
 """
 _UPSERT = (
     f"INSERT INTO rollups (hour, type, dims, {', '.join(_COLUMNS)}) VALUES (?, ?, ?, {', '.join('?' * len(_COLUMNS))}) "
@@ -90,20 +95,26 @@ class RollupStore:
 
     def count_batch(self, db: sqlite3.Connection, events: Sequence[Event], now_ms: int) -> Counted:
         """One transaction: the batch's distinct ids within the window, which of them are known (one query per 500),
-        the new ones summed into rows in memory, then written with one statement each (executemany)."""
+        the new ones summed into rows in memory, then written with one statement each (executemany).
+
+        An event is too late when it is older than the window by `now_ms`, or older than `forgotten_before`. Ids are
+        forgotten only up to a window before the batch's newest event, if `now_ms` is not earlier: a replay of
+        old logs under a clock that runs ahead forgets nothing that live traffic still needs, and a clock that
+        steps back cannot bring a forgotten id back, since forgotten_before stays where it was."""
         result = Counted()
-        cutoff = now_ms - self.window_ms
-        first: dict[str, Event] = {}
-        last_ts: dict[str, int] = {}
-        for event in events:
-            if event.ts < cutoff:
-                result.too_late += 1
-                continue
-            first.setdefault(event.id, event)
-            last_ts[event.id] = max(event.ts, last_ts.get(event.id, event.ts))
-        keys = {event_id: _id_key(event_id) for event_id in first}
         db.execute("BEGIN IMMEDIATE")
         try:
+            forgotten_before = _forgotten_before(db)
+            cutoff = max(forgotten_before, now_ms - self.window_ms)
+            first: dict[str, Event] = {}
+            last_ts: dict[str, int] = {}
+            for event in events:
+                if event.ts < cutoff:
+                    result.too_late += 1
+                    continue
+                first.setdefault(event.id, event)
+                last_ts[event.id] = max(event.ts, last_ts.get(event.id, event.ts))
+            keys = {event_id: _id_key(event_id) for event_id in first}
             known_keys = self._known(db, list(keys.values()))
             known = {event_id: known_keys[key] for event_id, key in keys.items() if key in known_keys}
             rows: dict[tuple[int, str, str], list[int]] = {}
@@ -127,13 +138,25 @@ class RollupStore:
                 "UPDATE seen SET ts = ? WHERE id = ? AND ts < ?",
                 [(last_ts[i], keys[i], last_ts[i]) for i, ts in known.items() if last_ts[i] > ts],
             )
-            db.execute(
-                "DELETE FROM seen WHERE id IN (SELECT id FROM seen WHERE ts < ? ORDER BY ts LIMIT ?)",
-                (cutoff, PRUNE_PER_BATCH),
-            )
-            db.execute(
-                "DELETE FROM rollups WHERE hour < ?", (hour_of(now_ms) - self.config.retention_days * MS_PER_DAY,)
-            )
+            if last_ts:
+                # The newest event time the batch and the clock agree on: neither alone can age the store.
+                newest_ms = min(now_ms, max(last_ts.values()))
+                forget_before = newest_ms - self.window_ms
+                if forget_before > forgotten_before:
+                    # Recorded before ids are deleted, in the same transaction: every one deleted is too late now.
+                    db.execute(
+                        "INSERT INTO state (name, value) VALUES ('forgotten_before', ?) "
+                        "ON CONFLICT DO UPDATE SET value = max(value, excluded.value)",
+                        (forget_before,),
+                    )
+                    db.execute(
+                        "DELETE FROM seen WHERE id IN (SELECT id FROM seen WHERE ts < ? ORDER BY ts LIMIT ?)",
+                        (forget_before, PRUNE_PER_BATCH),
+                    )
+                db.execute(
+                    "DELETE FROM rollups WHERE hour < ?",
+                    (hour_of(newest_ms) - self.config.retention_days * MS_PER_DAY,),
+                )
             db.execute("COMMIT")
         except BaseException:
             db.execute("ROLLBACK")
@@ -153,6 +176,20 @@ class RollupStore:
 
     async def close(self) -> None:
         await self._file.close()
+
+
+def _forgotten_before(db: sqlite3.Connection) -> int:
+    """The event time below which ids may have been forgotten (read inside the batch's transaction). A database
+    from before it was recorded forgot only ids no newer than every id it still holds (it forgot the oldest first),
+    or, holding none, possibly every id it counted."""
+    row = db.execute("SELECT value FROM state WHERE name = 'forgotten_before'").fetchone()
+    if row is not None:
+        return int(row[0])
+    (oldest,) = db.execute("SELECT min(ts) FROM seen").fetchone()
+    if oldest is not None:
+        return int(oldest) + 1
+    (newest_hour,) = db.execute("SELECT max(hour) FROM rollups").fetchone()
+    return 0 if newest_hour is None else int(newest_hour) + MS_PER_HOUR
 
 
 def _id_key(event_id: str) -> bytes | str:
