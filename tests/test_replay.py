@@ -146,6 +146,37 @@ def test_a_torn_last_line_is_a_log_still(tmp_path: Path) -> None:
     assert summary["torn_at"] == [f"{torn}:2"]
 
 
+def test_a_compressed_log_cut_short_is_replayed_as_far_as_it_decodes_and_named(tmp_path: Path) -> None:
+    """Two zstd files compressed as the tracker does, each cut to half its size: the small one decodes to nothing,
+    the large one to its first part. Replay sends what decoded, goes on with the other files and names both."""
+    from trackpoint.collectors.log.compression import compress
+
+    directory, _, _ = logs(tmp_path)
+    cut = []
+    for name, count in (("events-20261205T020000-w0.jsonl", 3), ("events-20261205T030000-w0.jsonl", 20_000)):
+        plain = directory / name
+        plain.write_bytes(lines([event("impression", f"{name}-{i}", T0 + 1000 + i) for i in range(count)]))
+        compressed = compress(plain)
+        whole = compressed.read_bytes()
+        compressed.write_bytes(whole[: len(whole) // 2])
+        cut.append(str(compressed))
+    decoded = len(list(read_events([Path(cut[1])])))
+    assert 0 < decoded < 20_000
+    args = ["replay", "-c", str(config(tmp_path)), "--collector", "copy", str(directory)]
+    result = CliRunner().invoke(app, [*args, "--json"])
+    assert result.exit_code == 0, result.output
+    summary = json.loads(result.stdout)
+    assert summary["replayed"] == 300 + decoded
+    assert summary["collectors"]["copy"]["sent"] == 300 + decoded
+    assert summary["torn_lines"] == 2
+    assert summary["truncated_files"] == cut
+    assert len(list(read_events([tmp_path / "data" / "copy"]))) == 300 + decoded
+    table = CliRunner().invoke(app, args)
+    assert table.exit_code == 0, table.output
+    text = " ".join(table.stderr.split())
+    assert f"cut short: {cut[0]}" in text and f"cut short: {cut[1]}" in text
+
+
 def test_progress_is_told_events_and_bytes_up_to_the_whole(tmp_path: Path) -> None:
     from trackpoint.config import load
     from trackpoint.plugins import registry

@@ -323,7 +323,8 @@ def replay(  # noqa: PLR0917 (typer: one parameter per option)
     Each event id is sent once per run (repeats are counted as duplicates); the events read add up to filtered +
     duplicates + replayed, and each collector's to sent + refused. On a terminal a progress bar shows the bytes and
     events read, their rate and the time left. A file that is not a tracker log stops the replay before anything is
-    sent. Exit code 1 when a collector refused events or gave up, 2 when nothing could start."""
+    sent; a compressed log cut short is replayed up to where it ends, counted as a torn line and named in the
+    summary. Exit code 1 when a collector refused events or gave up, 2 when nothing could start."""
     import asyncio
 
     from rich import filesize
@@ -394,6 +395,9 @@ def replay(  # noqa: PLR0917 (typer: one parameter per option)
     )
     for where in report.read.skipped_at[:10]:
         out.print(f"  torn line at {where}", highlight=False)
+    for path in report.read.truncated:
+        out.print(f"  cut short: {path} (a compressed file that ends early; what decoded was replayed)",
+                  highlight=False, soft_wrap=True)  # fmt: skip
     if refused:
         raise typer.Exit(1)
 

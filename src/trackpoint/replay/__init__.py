@@ -67,6 +67,7 @@ class ReplayReport:
             "replayed": self.replayed,
             "torn_lines": self.read.skipped,
             "torn_at": self.read.skipped_at[:100],
+            "truncated_files": self.read.truncated,
             "collectors": {name: asdict(report) for name, report in self.collectors.items()},
         }
 
@@ -145,7 +146,9 @@ async def replay(
     """Reads the logs in order and sends every qualifying event, once per id, to its collectors, batch by batch; a
     batch is retried with backoff until delivered (or refused for good), for at most give_up_after_s per batch.
     `progress` is told the events and bytes read so far, every PROGRESS_BYTES of the files and at the end. A file
-    that is not a tracker log stops the replay before anything is sent (ReplayError)."""
+    that is not a tracker log stops the replay before anything is sent (ReplayError); a compressed log cut short
+    is one (delivery.md: every reader yields what decoded), replayed up to where it ends and listed in the report's
+    `read.truncated`."""
     started = time.monotonic()
     report = ReplayReport(collectors={name: CollectorReport() for name in collectors})
     fed_by = {name: frozenset(types) for name, types in replay_plan.collectors.items()}

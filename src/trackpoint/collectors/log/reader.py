@@ -18,11 +18,14 @@ from trackpoint.event import Event
 
 @dataclass
 class ReadStats:
-    """What a read met: events decoded, and torn or corrupt lines skipped (with where they were)."""
+    """What a read met: events decoded, torn or corrupt lines skipped (with where they were), and the compressed
+    files that end early (a crash while copying, a partial download): what decoded of them was read, and the rest
+    is one of the skipped lines."""
 
     events: int = 0
     skipped: int = 0
     skipped_at: list[str] = field(default_factory=list)
+    truncated: list[str] = field(default_factory=list)
 
 
 def log_files(paths: Iterable[Path]) -> list[Path]:
@@ -57,10 +60,13 @@ def read_events(
 
 def not_a_log(path: Path) -> str | None:
     """Why `path` is not a tracker log (`file:line: reason`), judged by its first line; None when it is one (an
-    empty file is one too). A torn line later in a log is a crash's trace, not this."""
+    empty file is one too). A torn line later in a log is a crash's trace, not this, and so is a compressed file
+    that ends before its first line decoded: its stream is a valid one, cut short (the reader counts it)."""
     lines = read_lines(path)
     try:
         first = next(lines, None)
+    except EOFError:
+        return None
     except (*TRUNCATED, OSError) as exc:
         return f"{path}: not a trackpoint log: cannot be read as {_codec(path)} ({exc})"
     finally:
@@ -90,3 +96,4 @@ def _lines(path: Path, stats: ReadStats, consumed: Callable[[int], None] | None)
     except TRUNCATED:  # a compressed file that ends early: keep what decoded
         stats.skipped += 1
         stats.skipped_at.append(f"{path}:{number + 1}")
+        stats.truncated.append(str(path))
