@@ -527,6 +527,46 @@ def test_a_redis_batch_applies_whole_or_not_at_all(tmp_path: Path) -> None:
     asyncio.run(scenario())
 
 
+@pytest.mark.e2e
+def test_a_redis_that_may_evict_makes_the_banker_unhealthy_until_it_is_set_to_noeviction(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Read from INFO memory at start and again periodically: maxmemory 0 (no limit) or noeviction is safe; a
+    maxmemory with any other policy is not, whatever the store's reachability."""
+    from conformance.target_redis_streams import make_target
+    from conftest import until
+    from trackpoint.collectors.banker import collector as banker_collector
+
+    monkeypatch.setattr(banker_collector, "UNSAFE_CHECK_S", 0.1, raising=False)
+
+    async def scenario() -> None:
+        server = await make_target()
+        client = Redis.from_url(server.url)
+        try:
+            await client.config_set("maxmemory", "64mb")
+            await client.config_set("maxmemory-policy", "allkeys-lru")
+            collector = fast_collector(server.url, tmp_path)
+            await collector.start()
+            await until(lambda: asyncio.sleep(0, not collector.health().healthy), what="the check at start")
+            await client.config_set("maxmemory", "0")  # no limit: nothing is evicted
+            await until(lambda: asyncio.sleep(0, collector.health().healthy), what="no limit to be safe")
+            await client.config_set("maxmemory", "64mb")
+            await until(lambda: asyncio.sleep(0, not collector.health().healthy), what="the eviction risk")
+            detail = collector.health().detail
+            assert "maxmemory-policy allkeys-lru" in detail and "set maxmemory-policy noeviction" in detail
+            collector.offer(win(1, 1_000_000))  # debits still go through: unhealthy is a warning, not an outage
+            await until(lambda: asyncio.sleep(0, collector.applied == 1), what="the debit")
+            assert not collector.health().healthy
+            await client.config_set("maxmemory-policy", "noeviction")
+            await until(lambda: asyncio.sleep(0, collector.health().healthy), what="the check to clear")
+            await collector.close(2.0)
+        finally:
+            await client.aclose()
+            await server.close()
+
+    asyncio.run(scenario())
+
+
 def fast_collector(redis_url: str, tmp_path: Path) -> BankerCollector:
     """A banker collector on a private Redis with short timeouts and retries, for outage tests."""
     options = banker(

@@ -490,3 +490,35 @@ def test_a_redis_outage_delays_spend_and_applies_it_once(
     assert state["debits"] == 320
     eventually(lambda: admin_json(tracker, "GET", "/banker/campaigns/c1")[1]["stale_ms"] == 0, 10, "fresh state")
     assert tracker.metric("trackpoint_collector_dropped_total", 'collector="banker"') == 0
+
+
+async def _config_set(url: str, **settings: str) -> None:
+    client = Redis.from_url(url)
+    try:
+        for name, value in settings.items():
+            await client.config_set(name.replace("_", "-"), value)
+    finally:
+        await client.aclose()
+
+
+@pytest.mark.timeout(60)
+def test_a_required_banker_on_a_redis_that_evicts_is_not_ready(
+    tracker_factory: Any, private_redis: RedisStreamsTarget
+) -> None:
+    """ElastiCache's default, volatile-lru with a maxmemory, evicts the banker's dedupe records (its only keys with
+    a TTL) first: the banker reports itself unhealthy, so a required one keeps the tracker out of readiness, and
+    its log says what to set."""
+    asyncio.run(_config_set(private_redis.url, maxmemory="64mb", maxmemory_policy="volatile-lru"))
+    config = banker_config({"store": "redis", "redis_url": private_redis.url, "required": True})
+    tracker: Tracker = tracker_factory(config, ready=False)
+
+    def unready() -> bool:
+        try:
+            status, _, body = tracker.admin("GET", "/readyz")
+        except OSError:
+            return False
+        return status == 503 and json.loads(body)["required_collectors_unhealthy"] == ["banker"]
+
+    eventually(unready, 20, "/readyz to fail on the banker")
+    eventually(lambda: "set maxmemory-policy noeviction" in tracker.output(), 10, "the reason in the log")
+    assert "maxmemory-policy volatile-lru" in tracker.output()

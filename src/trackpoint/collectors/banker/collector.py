@@ -22,6 +22,7 @@ from trackpoint.collectors.base import Collector, CollectorContext, Health, Send
 from trackpoint.event import Event
 
 log = logging.getLogger("trackpoint.banker")
+UNSAFE_CHECK_S = 30.0  # how often the store's settings are checked (Store.unsafe)
 
 
 class BankerCollector(Collector):
@@ -40,6 +41,8 @@ class BankerCollector(Collector):
         self.unknown_campaign = 0
         self.notifications = 0
         self._error = ""
+        self._unsafe = ""  # why the store may forget applied ids (a Redis that evicts), from Store.unsafe()
+        self._unsafe_checked = -UNSAFE_CHECK_S
         self._behind_since_ms = 0  # wall time of the first failed send not yet made good
         self._status_task: asyncio.Task[None] | None = None
 
@@ -73,7 +76,10 @@ class BankerCollector(Collector):
         return SendResult.DELIVERED
 
     def health(self) -> Health:
-        return Health(healthy=not self._error, detail=self._error)
+        """Unhealthy while the store is unreachable, or configured so that it may forget applied ids: a `required`
+        banker then takes the tracker out of readiness."""
+        detail = "; ".join(reason for reason in (self._unsafe, self._error) if reason)
+        return Health(healthy=not detail, detail=detail)
 
     def outcomes(self) -> dict[str, int]:
         counts = {
@@ -103,7 +109,24 @@ class BankerCollector(Collector):
                 pass  # the store is down: the sends say so, and the report's age tells bidders
             except Exception as exc:  # the report must outlive any failure
                 self._note_error(exc)
+            if time.monotonic() - self._unsafe_checked >= UNSAFE_CHECK_S:
+                await self._check_unsafe()
             await asyncio.sleep(self.config.status_interval_s)
+
+    async def _check_unsafe(self) -> None:
+        """At start and every UNSAFE_CHECK_S: a setting can change under a running tracker (a parameter group
+        edited, a failover to a replica configured otherwise). A store that cannot be asked keeps the last answer."""
+        try:
+            reason = await self.store.unsafe() or ""
+        except StoreUnavailable:
+            return
+        except Exception as exc:  # the report must outlive any failure
+            self._note_error(exc)
+            return
+        self._unsafe_checked = time.monotonic()
+        if reason and reason != self._unsafe:
+            log.error("banker %s: %s", self.name, reason)
+        self._unsafe = reason
 
     async def close(self, drain_timeout_s: float) -> None:
         await super().close(drain_timeout_s)

@@ -404,6 +404,21 @@ class RedisStore(Store):
         newest = found if limit is None else found[:limit]
         return newest[::-1]
 
+    async def unsafe(self) -> str | None:
+        """A Redis that evicts keys when full: maxmemory set and a policy other than noeviction. The dedupe records
+        are the only keys with a TTL, so `volatile-*` (ElastiCache's default) evicts them first, and any eviction
+        of one lets a retry or a replay debit its event again. Read from INFO memory: managed Redis services
+        (ElastiCache, Memorystore, Azure Cache) answer it where CONFIG GET is disabled."""
+        info = await self._call(lambda client: client.info("memory"))
+        maxmemory, policy = int(info.get("maxmemory", 0)), str(info.get("maxmemory_policy", "noeviction"))
+        if maxmemory > 0 and policy != "noeviction":
+            return (
+                f"redis may evict keys (maxmemory {maxmemory:,} bytes, maxmemory-policy {policy}): an evicted "
+                f"dedupe record ({self.prefix}:seen:<id>) lets a retry or replay debit its event again; set "
+                "maxmemory-policy noeviction (or maxmemory 0) on the banker's Redis"
+            )
+        return None
+
     async def close(self) -> None:
         client, self._client = self._client, None
         if client is not None:

@@ -80,6 +80,11 @@ class Store(ABC):
         """A campaign's applied debits in the order they were applied (as far as the store keeps them); with a
         limit, only the newest."""
 
+    async def unsafe(self) -> str | None:
+        """Why the store cannot keep its promise to debit each id once, as configured (a Redis that may evict the
+        dedupe records), or None; StoreUnavailable when it cannot be asked. Checked at start and periodically."""
+        return None
+
     @abstractmethod
     async def close(self) -> None: ...
 
