@@ -382,6 +382,7 @@ E2E_FIXTURES = frozenset({
     "tracker",
     "tracker_factory",
     "tracker_on_small_disk",  # test_crash: a tracker whose log disk fills up
+    "tracker_on_small_data_dir",  # test_banker_e2e: a tracker whose whole data_dir fills up
     "private_redis",  # test_banker_e2e: a Redis server of its own, stopped and restarted
     "redis_target",  # test_queues_e2e
     "brokers",  # test_collector_kafka: librdkafka's mock cluster

@@ -6,6 +6,7 @@ from __future__ import annotations
 import asyncio
 import os
 import random
+import sqlite3
 import time
 import uuid
 from collections.abc import AsyncIterator, Awaitable, Callable
@@ -21,8 +22,10 @@ from conftest import make_event
 from trackpoint.collectors.banker.collector import BankerCollector
 from trackpoint.collectors.banker.config import BankerCollectorConfig, parse_rate
 from trackpoint.collectors.banker.model import Budget, Debit, DebitRule, Notification, TrackerStatus, hour_of, stale_ms
+from trackpoint.collectors.banker.sqlite_store import SqliteStore
 from trackpoint.collectors.banker.store import Store, StoreUnavailable, open_store
-from trackpoint.collectors.base import CollectorContext
+from trackpoint.collectors.base import CollectorContext, SendResult
+from trackpoint.collectors.sqlite import SqliteFile
 from trackpoint.event import Event
 
 REDIS_URL = os.environ.get("TRACKPOINT_TEST_REDIS_URL", "redis://127.0.0.1:6379/0")
@@ -440,7 +443,7 @@ def test_sqlite_serves_one_call_at_a_time_even_when_one_is_abandoned(tmp_path: P
     from trackpoint.collectors.banker.sqlite_store import SqliteStore
 
     async def scenario() -> None:
-        store = open_store(banker(), str(tmp_path))
+        store = open_store(banker(unknown_campaigns="create"), str(tmp_path))
         assert isinstance(store, SqliteStore)
         running, release = threading.Event(), threading.Event()
         overlapped: list[bool] = []
@@ -584,3 +587,68 @@ async def feed_shuffled(writer: Store, debits: list[Debit], seed: int, batch: in
     for start in range(0, len(mine), batch):
         notes += (await writer.apply(mine[start : start + batch], T0)).notifications
     return notes
+
+
+def damage(database: Path) -> None:
+    """Cuts a closed SQLite file to its first page, as a torn copy leaves it: it opens, and its tables are gone
+    (SQLITE_CORRUPT, `database disk image is malformed`)."""
+    assert not database.with_name(database.name + "-wal").exists()
+    os.truncate(database, 4096)
+
+
+def test_a_damaged_sqlite_file_is_store_unavailable_and_the_collector_unhealthy_until_restored(tmp_path: Path) -> None:
+    async def scenario() -> None:
+        config = banker(sqlite_path="banker/banker.db")
+        first = open_store(config, str(tmp_path))
+        await first.set_budget("c1", Budget(total_budget_micros=10**9), T0)
+        await first.apply([debit(1, 5)], T0)
+        await first.close()
+        database = tmp_path / "banker" / "banker.db"
+        backup = database.read_bytes()
+        damage(database)
+
+        collector = BankerCollector("banker", config, CollectorContext(str(tmp_path)))
+        assert await collector.send([win(2, 5000)]) is SendResult.RETRY  # spooled for later, as in any outage
+        health = collector.health()
+        assert not health.healthy and str(database) in health.detail and "malformed" in health.detail
+        with pytest.raises(StoreUnavailable, match="malformed"):  # the admin API's 503 store_unavailable
+            await collector.store.campaign("c1")
+        # A bug is not an outage: it is raised as it is (and still makes the collector unhealthy).
+        with pytest.raises(sqlite3.IntegrityError):
+            await SqliteFile(tmp_path / "other.db", "", 1.0).run(_integrity_error)
+
+        # The operator restores the file: the same collector applies the batch, without a restart.
+        database.write_bytes(backup)
+        assert await collector.send([win(2, 5000)]) is SendResult.DELIVERED
+        assert collector.health().healthy
+        state = await collector.store.campaign("c1")
+        assert state is not None and (state.debits, state.spent_micros) == (2, 10)
+        await collector.store.close()
+
+    asyncio.run(scenario())
+
+
+def _integrity_error(db: sqlite3.Connection) -> None:
+    db.execute("CREATE TABLE t (id TEXT PRIMARY KEY)")
+    db.execute("INSERT INTO t VALUES ('a')")
+    db.execute("INSERT INTO t VALUES ('a')")
+
+
+def test_a_full_sqlite_database_reports_the_full_disk_not_the_rollback(tmp_path: Path) -> None:
+    """SQLITE_FULL ends the transaction by itself: the ROLLBACK after it failed with "cannot rollback - no
+    transaction is active", which replaced the real error in the logs and in StoreUnavailable."""
+
+    async def scenario() -> None:
+        store = open_store(banker(unknown_campaigns="create"), str(tmp_path))
+        assert isinstance(store, SqliteStore)
+        await store.apply([debit(0, 5)], T0)
+        # A database that cannot grow: the same error as a full disk (SQLITE_FULL), without filling one.
+        await store._file.run(lambda db: db.execute("PRAGMA max_page_count = 1"))
+        with pytest.raises(StoreUnavailable, match="database or disk is full"):
+            await store.apply([debit(i, 5, cid=f"c{i}") for i in range(1, 2000)], T0)
+        await store._file.run(lambda db: db.execute("PRAGMA max_page_count = 1073741823"))
+        await store.apply([debit(i, 5) for i in range(1, 2000)], T0)  # the connection is usable again
+        assert len(await store.applied_ids([f"e{i}" for i in range(2000)])) == 2000
+        await store.close()
+
+    asyncio.run(scenario())

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import asyncio
 import base64
+import contextlib
 import json
 import os
 import random
@@ -522,3 +523,134 @@ def test_a_required_banker_on_a_redis_that_evicts_is_not_ready(
     eventually(unready, 20, "/readyz to fail on the banker")
     eventually(lambda: "set maxmemory-policy noeviction" in tracker.output(), 10, "the reason in the log")
     assert "maxmemory-policy volatile-lru" in tracker.output()
+
+
+# --- a full disk ---------------------------------------------------------------------------------------------------
+
+SMALL_DISK = "3m"
+
+
+@pytest.fixture
+def tracker_on_small_data_dir(tmp_path: Path) -> Iterator[Tracker]:
+    """Two workers whose whole data_dir (log, spools, banker and rollup databases) is a 3 MiB tmpfs, not started."""
+    tracker = Tracker(tmp_path, {
+        "signing": {"keys": {"e2e": {"secret_env": SIGNING_ENV}}},
+        "collectors": {
+            "log": {"type": "log", "rotate_bytes": 262144},
+            "banker": {"type": "banker", "store": "sqlite", "flush_interval_ms": 20, "retry_initial_ms": 50,
+                       "retry_max_ms": 200},
+            "rollup": {"type": "rollup", "flush_interval_ms": 20, "retry_initial_ms": 50, "retry_max_ms": 200},
+        },
+        "event_types": {"win": {"preset": "win", "collectors": ["log", "banker", "rollup"]}},
+    }, workers=2)  # fmt: skip
+    tracker.data_dir.mkdir()
+    mount = ["mount", "-t", "tmpfs", "-o", f"size={SMALL_DISK}", "tmpfs", str(tracker.data_dir)]
+    if subprocess.run(mount, capture_output=True, check=False).returncode != 0:
+        pytest.skip("mounting a tmpfs needs root (tests/test_delivery.py covers the spool's full disk without it)")
+    try:
+        yield tracker
+    finally:
+        if tracker.process is not None and tracker.process.poll() is None:
+            subprocess.run(["mount", "-o", "remount,size=64m", str(tracker.data_dir)], check=False)
+            with contextlib.suppress(AssertionError):  # the test failed: what matters is that it ends
+                tracker.stop()
+        subprocess.run(["umount", "--lazy", str(tracker.data_dir)], check=True)
+
+
+async def _wins_until_refused(port: int, prefix: str, connections: int = 8, refusals: int = 50) -> dict[str, int]:
+    """Distinct win notices on keep-alive connections until `refusals` in a row are refused on each; each answer's
+    status by impression id (the ids answered 204 are the acknowledged spend)."""
+    answers: dict[str, int] = {}
+
+    async def one(number: int) -> None:
+        reader, writer = await asyncio.open_connection("127.0.0.1", port)
+        refused = sequence = 0
+        try:
+            while refused < refusals:
+                imp = f"{prefix}{number}-{sequence}"
+                sequence += 1
+                writer.write(f"GET {signed(f'/win?imp={imp}&cid=c1&price=1')} HTTP/1.1\r\nHost: t\r\n\r\n".encode())
+                head = await reader.readuntil(b"\r\n\r\n")
+                answers[imp] = int(head.split(b" ", 2)[1])
+                refused = 0 if answers[imp] == 204 else refused + 1
+                length = next((int(line.split(b":", 1)[1]) for line in head.split(b"\r\n")
+                               if line.lower().startswith(b"content-length:")), 0)  # fmt: skip
+                await reader.readexactly(length)
+                if b"connection: close" in head.lower():
+                    writer.close()
+                    reader, writer = await asyncio.open_connection("127.0.0.1", port)
+        finally:
+            writer.close()
+
+    await asyncio.gather(*(one(n) for n in range(connections)))
+    return answers
+
+
+@pytest.mark.timeout(300)
+def test_after_a_full_disk_the_banker_and_rollups_catch_up_by_themselves(tracker_on_small_data_dir: Tracker) -> None:
+    """The disk fills under load: the log refuses (503), SQLite answers SQLITE_FULL and the spools cannot be written
+    either. Every win answered 204 must still be debited, and counted in the rollups, once the disk has room again,
+    without a restart. Before the fix the spool's ENOSPC ended both collectors' flush tasks: no debit after the
+    disk filled, for ever, while /readyz and the 204s came back."""
+    tracker = tracker_on_small_data_dir.start()
+    assert tracker.admin("PUT", "/banker/campaigns/c1", b'{"total_budget_micros": 1000000000000}')[0] == 200
+    answers = asyncio.run(_wins_until_refused(tracker.port, "full"))
+    assert set(answers.values()) == {204, 503}, set(answers.values())
+    assert tracker.wait_metric_at_most("trackpoint_collector_healthy", 'collector="banker"', 0, timeout_s=10) == 0
+
+    subprocess.run(["mount", "-o", "remount,size=64m", str(tracker.data_dir)], check=True)
+    eventually(lambda: tracker.admin("GET", "/readyz")[0] == 200, 15, "ready again")
+    after = [f"after{i}" for i in range(20)]
+    for imp in after:
+        assert tracker.get(signed(f"/win?imp={imp}&cid=c1&price=1"))[0] == 204
+    acknowledged = sum(status == 204 for status in answers.values()) + len(after)
+
+    def debits() -> int:
+        status, state = admin_json(tracker, "GET", "/banker/campaigns/c1")
+        return int(state["debits"]) if status == 200 else -1
+
+    eventually(lambda: debits() >= acknowledged, 30, f"{acknowledged} debits (the wins answered 204)")
+    assert debits() == acknowledged  # each once
+    counted = 'collector="rollup",outcome="counted"'
+    assert tracker.wait_metric("trackpoint_collector_outcomes_total", counted, acknowledged, 15) == acknowledged
+    for name in ("banker", "rollup"):
+        assert tracker.wait_metric("trackpoint_collector_healthy", f'collector="{name}"', 1, 10) == 1
+    assert tracker.stop() == 0, tracker.output()
+
+
+def test_a_damaged_sqlite_store_is_unavailable_not_healthy(tracker_factory: Any) -> None:
+    """A banker.db cut short (a torn copy, a bad disk): every apply failed with `database disk image is malformed`,
+    yet the collector was healthy, /readyz 200 and the admin API answered 500. It is an outage: unhealthy (so
+    `required` fails /readyz), 503 store_unavailable, the wins spooled and applied once the file is restored."""
+    config = banker_config({"required": True, "spool": {"when_full": "backpressure"}, "retry_max_ms": 200})
+    tracker: Tracker = tracker_factory(config)
+    assert tracker.admin("PUT", "/banker/campaigns/c1", b'{"total_budget_micros": 1000000000}')[0] == 200
+    assert tracker.get(signed("/win?imp=before&cid=c1&price=1"))[0] == 204
+    eventually(lambda: spent(tracker) == {"c1": 1000}, 10, "the first debit")
+    assert tracker.stop() == 0
+    database = tracker.data_dir / "banker" / "banker.db"
+    backup = database.read_bytes()
+    assert not database.with_name("banker.db-wal").exists()  # checkpointed at the stop
+    os.truncate(database, 4096)  # its first page: it opens, its tables are gone (SQLITE_CORRUPT)
+
+    tracker.start(ready=False)
+
+    def workers_ready() -> bool:
+        with contextlib.suppress(OSError):  # the admin port not open yet
+            return bool(admin_json(tracker, "GET", "/readyz")[1]["workers_ready"] == 1)
+        return False
+
+    eventually(workers_ready, 20, "the worker")
+    assert tracker.get(signed("/win?imp=during&cid=c1&price=1"))[0] == 204
+    assert tracker.wait_metric("trackpoint_collector_spooled_events", 'collector="banker"', 1, 10) == 1
+    assert tracker.wait_metric_at_most("trackpoint_collector_healthy", 'collector="banker"', 0, 10) == 0
+    status, readiness = admin_json(tracker, "GET", "/readyz")
+    assert (status, readiness["required_collectors_unhealthy"]) == (503, ["banker"])
+    status, answer = admin_json(tracker, "GET", "/banker/campaigns/c1")
+    assert (status, answer["error"]) == (503, "store_unavailable") and str(database) in answer["detail"]
+
+    database.with_name("banker.db.restoring").write_bytes(backup)
+    os.replace(database.with_name("banker.db.restoring"), database)  # the operator restores it, no restart
+    eventually(lambda: admin_json(tracker, "GET", "/banker/campaigns/c1")[0] == 200, 10, "the store back")
+    eventually(lambda: spent(tracker) == {"c1": 2000}, 10, "the spooled win applied")
+    eventually(lambda: tracker.admin("GET", "/readyz")[0] == 200, 10, "ready again")

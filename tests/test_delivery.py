@@ -8,8 +8,11 @@ real targets are covered by the conformance suite in tests/conformance.
 from __future__ import annotations
 
 import asyncio
+import errno
 import itertools
+import os
 import random
+import subprocess
 import time
 from collections.abc import Awaitable, Callable, Sequence
 from pathlib import Path
@@ -339,3 +342,85 @@ def test_close_returns_even_when_the_flush_loop_loses_its_cancellation(tmp_path:
         assert collector.snapshot().dropped == 0  # spooled for the next worker, not lost
 
     run(main)
+
+
+class FullDisk:
+    """A file system that fills up under the spool: a 1 MiB tmpfs mounted on `directory` and filled to the last
+    block, or where mounting is not allowed (not root), ENOSPC injected at the spool's write."""
+
+    def __init__(self, directory: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+        self.directory = directory
+        directory.mkdir()
+        mount = ["mount", "-t", "tmpfs", "-o", "size=1m", "tmpfs", str(directory)]
+        try:
+            self.mounted = subprocess.run(mount, capture_output=True, check=False).returncode == 0
+        except OSError:  # no mount(8)
+            self.mounted = False
+        self.full = False
+        if not self.mounted:
+            write = os.writev
+
+            def writev(fd: int, buffers: Sequence[bytes]) -> int:
+                if self.full:
+                    raise OSError(errno.ENOSPC, os.strerror(errno.ENOSPC))
+                return write(fd, buffers)
+
+            monkeypatch.setattr(os, "writev", writev)  # the spool's one write call
+
+    def fill(self) -> None:
+        self.full = True
+        if self.mounted:
+            disk = os.statvfs(self.directory)
+            (self.directory / "filler").write_bytes(b"\0" * (disk.f_bavail * disk.f_frsize))
+
+    def free(self) -> None:
+        self.full = False
+        (self.directory / "filler").unlink(missing_ok=True)
+
+    def close(self) -> None:
+        if self.mounted:
+            subprocess.run(["umount", "--lazy", str(self.directory)], check=True)
+
+
+@pytest.mark.e2e  # mounts a file system
+def test_a_spool_that_cannot_be_written_keeps_events_in_memory_and_recovers(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The target down and the disk full: the spool's write fails with ENOSPC. It ended the flush task (no retry,
+    no delivery ever again, the collector still healthy); now the events wait in memory, bounded and counted, the
+    collector is unhealthy, and they are spooled, then delivered, once there is room."""
+    disk = FullDisk(tmp_path / "disk", monkeypatch)
+
+    async def main() -> None:
+        collector = flaky(disk.directory, batch_max_events=100, max_pending_events=300)
+        await collector.start()
+        collector.mode = "retry"
+        disk.fill()
+        for event in events(0, 250):
+            collector.offer(event)
+        attempts = collector.attempts
+        await eventually(lambda: collector.attempts >= attempts + 3)  # still retrying: the flush task lives
+        stats = collector.snapshot()
+        assert (stats.pending, stats.spooled_events, stats.dropped, stats.healthy) == (250, 0, 0, False)
+        assert stats.errors >= 2  # the sends and the spool's writes
+        for event in events(250, 100):  # beyond max_pending_events: dropped, counted
+            collector.offer(event)
+            await asyncio.sleep(0.001)
+        await eventually(lambda: collector.snapshot().dropped == 50)
+        assert collector.snapshot().pending == 300
+
+        disk.free()
+        await eventually(lambda: collector.snapshot().spooled_events == 300)  # written within a retry interval
+        stats = collector.snapshot()
+        assert (stats.pending, stats.healthy) == (0, True)
+        collector.mode = "ok"
+        await eventually(lambda: len(collector.delivered) == 300)
+        await collector.close(5.0)
+        stats = collector.snapshot()
+        assert (stats.sent, stats.dropped, stats.sent + stats.dropped) == (300, 50, 350)
+        assert collector.delivered == [e.id for e in events(0, 300)]  # the oldest kept, in order
+
+    try:
+        run(main)
+    finally:
+        disk.close()

@@ -7,6 +7,7 @@ from __future__ import annotations
 import asyncio
 import gzip
 import json
+import os
 import random
 import sys
 import threading
@@ -19,7 +20,7 @@ import pytest
 import zstandard
 
 from trackpoint.admin.server import AdminRequest
-from trackpoint.collectors.base import CollectorContext
+from trackpoint.collectors.base import CollectorContext, SendResult
 from trackpoint.collectors.rollup.admin import get_hourly
 from trackpoint.collectors.rollup.collector import RollupCollector
 from trackpoint.collectors.rollup.config import RollupCollectorConfig
@@ -481,3 +482,19 @@ def test_the_table_shows_money_in_units_and_time_in_seconds() -> None:
     text = console.export_text()
     for shown in ("2026-12-05 06:00", "spend 0.094", "ctr 7.50%", "watched 322.5 s", "value 99.80", "│ —"):
         assert shown in text, shown
+
+
+def test_a_damaged_rollup_file_is_store_unavailable_and_the_collector_unhealthy(tmp_path: Path) -> None:
+    async def scenario() -> None:
+        first = RollupStore(rollup(), str(tmp_path))
+        await first.count([event("a", "impression")], NOW)
+        await first.close()
+        database = tmp_path / rollup().sqlite_path
+        os.truncate(database, 4096)  # its first page, as a torn copy leaves it: SQLITE_CORRUPT
+        collector = RollupCollector("rollup", rollup(), CollectorContext(str(tmp_path)))
+        assert await collector.send([event("b", "impression")]) is SendResult.RETRY  # spooled, as in any outage
+        health = collector.health()
+        assert not health.healthy and str(database) in health.detail and "malformed" in health.detail
+        await collector.store.close()
+
+    asyncio.run(scenario())

@@ -137,7 +137,9 @@ def _collector_metrics(snap: Snapshot) -> Iterator[Metric]:
         )
         for outcome in ("received", "sent", "retried", "dropped")
     }
-    errors = CounterMetricFamily("trackpoint_collector_errors", "Failed sends, by collector.", labels=["collector"])
+    errors = CounterMetricFamily(
+        "trackpoint_collector_errors", "Failed sends and spool writes, by collector.", labels=["collector"]
+    )
     lost = CounterMetricFamily(
         "trackpoint_collector_spool_lost_records",
         "Spool records of a torn or corrupt tail, discarded on recovery.",

@@ -31,10 +31,13 @@ log = logging.getLogger("trackpoint.collectors")
 ORPHAN_SCAN_INTERVAL_S = 10.0
 # Dropped events are logged (a warning with the counts) at most this often per collector, besides the counter.
 DROP_LOG_INTERVAL_S = 10.0
+# A spool that could not be written (its disk full, an I/O error) is tried again this often.
+SPOOL_RETRY_INTERVAL_S = 1.0
 
 
 _MEMORY_FULL = "memory batch full"
 _SPOOL_OFF = "memory batch full, spool off"
+_SPOOL_UNWRITABLE = "memory batch full, spool unwritable"
 
 
 class SendResult(enum.Enum):
@@ -55,9 +58,10 @@ class Health(msgspec.Struct):
 class CollectorStats(msgspec.Struct):
     """Counters every collector reports. received: offered events taken; sent: delivered; retried: events of
     failed sends (each attempt counted); dropped: events given up (memory or spool full, or refused by the target);
-    errors: failed sends and exceptions; spool_lost_records: records of a torn or corrupt spool tail, found on
-    recovery (their events cannot be counted). pending, spooled_*, spool_max_bytes, healthy and accepting are
-    gauges; last_success_s is when `sent` last grew (Unix seconds, as of a snapshot; 0: not since start)."""
+    errors: failed sends, failed spool writes and exceptions; spool_lost_records: records of a torn or corrupt spool
+    tail, found on recovery (their events cannot be counted). pending, spooled_*, spool_max_bytes, healthy and
+    accepting are gauges; last_success_s is when `sent` last grew (Unix seconds, as of a snapshot; 0: not since
+    start)."""
 
     received: int = 0
     sent: int = 0
@@ -130,6 +134,10 @@ class Collector(ABC):
         self._in_flight_start = 0
         self._spool: Spool | None = None
         self._adopted: list[Spool] = []
+        # Why delivery itself is failing, not the target ("" while it works): the spool could not be written (events
+        # then wait in memory), or a flush failed unexpectedly. Unhealthy until a spool write or a send succeeds.
+        self._fault = ""
+        self._spool_retry_at = 0.0
         self._next_orphan_scan = 0.0
         self._batch_codec = msgspec.msgpack.Encoder()
         self._batch_decoder = msgspec.msgpack.Decoder(list[Event])
@@ -219,7 +227,10 @@ class Collector(ABC):
             self.stats.dropped += len(self._pending)
             self._pending = []
         for spool in [*self._adopted, *([self._spool] if self._spool else [])]:
-            spool.close()
+            try:
+                spool.close()
+            except OSError as exc:  # its acknowledged position not saved: the next worker re-sends a little more
+                self._note_error(exc)
         self._adopted = []
 
     # --- delivery ------------------------------------------------------------------------------------------------
@@ -241,6 +252,7 @@ class Collector(ABC):
                 log.warning("collector %s: delivering again after %d failed attempts", self.name, self._failures)
             self._failures = 0
             self._retry_at = 0.0
+            self._clear_fault()
             return True
         if result is SendResult.REJECTED:
             self._dead_letter(batch)
@@ -259,18 +271,33 @@ class Collector(ABC):
             with contextlib.suppress(TimeoutError):
                 await asyncio.wait_for(self._wake.wait(), self.flush_interval_s)
             self._wake.clear()
-            await self.flush()
+            await self._flush_isolated()
             if self.stats.dropped != self._dropped_logged:
                 self._warn_drops()
         # Shutdown: keep trying (with backoff) until everything is out or close() runs out of drain time and
         # spools the rest for the next worker.
         self._retry_at = 0.0
-        await self.flush()
+        await self._flush_isolated()
         while not self._abandoned and (
             self._pending or (self._spool is not None and self._spool.records) or self._adopted
         ):
             await asyncio.sleep(max(0.01, self._retry_at - time.monotonic()))
+            await self._flush_isolated()
+
+    async def _flush_isolated(self) -> None:
+        """flush(), which nothing may end: the loop is the only thing that ever delivers this collector's events, so
+        an error it did not foresee is counted and logged, the events it held are kept, and it tries again after a
+        backoff."""
+        try:
             await self.flush()
+        except Exception as exc:
+            self._pending[:0] = self._in_flight[self._in_flight_start :]
+            self._in_flight = []
+            self.stats.errors += 1
+            if not self._fault:  # its traceback once, not at every retry
+                log.exception("collector %s: flush failed", self.name)
+            self._set_fault(f"delivery failed: {exc!r}")
+            self._retry_at = time.monotonic() + self.retry_initial_s
 
     async def flush(self) -> None:
         """Delivers the spooled backlog, oldest first, then the memory batch. While the target is failing (in
@@ -365,7 +392,12 @@ class Collector(ABC):
                 # Newer events queue behind the backlog, not in memory. Before the peek: under drop_oldest the spill
                 # may drop the oldest record, which must then not be the one sent (and the next, unsent, popped).
                 self._spill()
-            record = spool.peek()
+            try:
+                record = spool.peek()
+            except OSError as exc:  # an I/O error reading it: tried again at the next flush
+                self._note_error(exc)
+                self._set_fault(f"spool {spool.directory} cannot be read: {exc}")
+                return False
             if record is None:
                 return True
             payload, events = record
@@ -383,13 +415,27 @@ class Collector(ABC):
 
     def _spill(self) -> None:
         """Moves the memory batch into the spool, in batch-sized records; the `when_full` policy decides what
-        happens when the spool has no room."""
+        happens when the spool has no room. A spool that cannot be written (its disk full, an I/O error) leaves the
+        events in memory, bounded by max_pending_events, and is tried again SPOOL_RETRY_INTERVAL_S later."""
         spool = self._spool
         assert spool is not None
+        if self._fault and time.monotonic() < self._spool_retry_at:
+            self._hold_in_memory()
+            return
         while self._pending:
             batch = self._pending[: self.batch_max]
             payload = self._batch_codec.encode(batch)
-            while not self._room(spool) or not spool.push(payload, len(batch)):
+            while True:
+                try:
+                    if self._room(spool) and spool.push(payload, len(batch)):
+                        self._clear_fault()
+                        break
+                except OSError as exc:
+                    self._note_error(exc)
+                    self._set_fault(f"spool {spool.directory} cannot be written: {exc}")
+                    self._spool_retry_at = time.monotonic() + SPOOL_RETRY_INTERVAL_S
+                    self._hold_in_memory()
+                    return
                 policy = self.spool_config.when_full
                 # The oldest record of all: adopted backlogs are older than our own spool.
                 oldest = next((held for held in (*self._adopted, spool) if held.records), None)
@@ -411,17 +457,40 @@ class Collector(ABC):
         spool.max_bytes = self.spool_config.max_bytes - sum(adopted.bytes for adopted in self._adopted)
         return spool.max_bytes > 0
 
+    def _hold_in_memory(self) -> None:
+        """The spool cannot take the memory batch: it stays within max_pending_events, and under `backpressure` the
+        event types feeding this collector are refused (as with a full spool) until it can."""
+        self._trim_memory(_SPOOL_UNWRITABLE)
+        if self.spool_config.when_full == "backpressure":
+            self.accepting = False
+
+    def _set_fault(self, reason: str) -> None:
+        if not self._fault:
+            log.error(
+                "collector %s: %s; unhealthy, events wait in memory (at most %d) until it recovers",
+                self.name,
+                reason,
+                self.max_pending,
+            )
+        self._fault = reason
+
+    def _clear_fault(self) -> None:
+        if self._fault:
+            log.warning("collector %s: recovered from: %s", self.name, self._fault)
+            self._fault = ""
+            self._update_accepting()
+
     def _update_accepting(self) -> None:
-        if not self.accepting and self._spool is not None:
+        if not self.accepting and self._spool is not None and not self._fault:
             # Hysteresis: accept again once a tenth of the spool is free, not at the first free byte.
             held = self._spool.bytes + sum(adopted.bytes for adopted in self._adopted)
             self.accepting = held < self.spool_config.max_bytes * 0.9
 
-    def _trim_memory(self) -> None:
+    def _trim_memory(self, cause: str = "") -> None:
         excess = len(self._pending) - self.max_pending
         if excess > 0:
             del self._pending[self.max_pending :]
-            self._drop(_MEMORY_FULL if self._spool is not None else _SPOOL_OFF, excess)
+            self._drop(cause or (_MEMORY_FULL if self._spool is not None else _SPOOL_OFF), excess)
 
     def _dead_letter(self, batch: list[Event]) -> None:
         """Batches the target refuses for good are kept as JSON lines for inspection and `trackpoint replay`."""
@@ -484,7 +553,7 @@ class Collector(ABC):
         self.stats.spooled_bytes = sum(spool.bytes for spool in spools)
         self.stats.spooled_events = sum(spool.events for spool in spools)
         try:
-            self.stats.healthy = self.health().healthy
+            self.stats.healthy = self.health().healthy and not self._fault
         except Exception as exc:
             self._note_error(exc)
             self.stats.healthy = False

@@ -193,7 +193,10 @@ class Spool:
         now = time.monotonic()
         if now - self._ack_at >= ACK_INTERVAL_S:
             self._ack_at = now
-            self._persist_ack()
+            # No room for the ack file (a full disk) must not undo the pop: the position stays dirty and is saved
+            # at a later pop or at close; a crash meanwhile re-delivers from the last saved one, as it always may.
+            with contextlib.suppress(OSError):
+                self._persist_ack()
         return events
 
     def _read_head(self, fd: int) -> tuple[int, int]:

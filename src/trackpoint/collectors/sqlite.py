@@ -5,10 +5,11 @@ on first use, one statement sequence at a time on one shared connection, run in 
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import sqlite3
 import threading
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import TypeVar
 
@@ -16,7 +17,38 @@ T = TypeVar("T")
 
 
 class SqliteUnavailable(Exception):
-    """The database cannot be used now (locked past the busy timeout, disk full, an unreadable file): retry later."""
+    """The database cannot be used now (locked past the busy timeout, disk full, an unreadable or damaged file):
+    retry later."""
+
+
+def unavailable(exc: BaseException) -> bool:
+    """Whether an error is the file's or its disk's (the store is unavailable; retry later) rather than the caller's
+    (IntegrityError, ProgrammingError, ...: a bug, raised as it is). OperationalError: locked past the timeout, disk
+    full, I/O error, cannot open. A plain DatabaseError is SQLite's SQLITE_CORRUPT or SQLITE_NOTADB: the file is
+    damaged or not a database, and no retry of the batch changes that, but an operator restoring the file does."""
+    return isinstance(exc, (sqlite3.OperationalError, OSError)) or damaged(exc)
+
+
+def damaged(exc: BaseException) -> bool:
+    """SQLITE_CORRUPT or SQLITE_NOTADB, which Python raises as a plain DatabaseError (as it does the rare codes it
+    has no class for), never as one of its subclasses."""
+    return type(exc) is sqlite3.DatabaseError
+
+
+@contextlib.contextmanager
+def transaction(db: sqlite3.Connection) -> Iterator[None]:
+    """BEGIN IMMEDIATE ... COMMIT. On an error the transaction is rolled back if SQLite has not done so itself (it
+    does on SQLITE_FULL and SQLITE_IOERR), and that error propagates, never the rollback's own ("cannot rollback -
+    no transaction is active" hid a full disk)."""
+    db.execute("BEGIN IMMEDIATE")
+    try:
+        yield
+        db.execute("COMMIT")
+    except BaseException:
+        if db.in_transaction:
+            with contextlib.suppress(sqlite3.Error):  # SqliteFile.run closes a connection left in a transaction
+                db.execute("ROLLBACK")
+        raise
 
 
 class SqliteFile:
@@ -50,21 +82,35 @@ class SqliteFile:
 
         def locked() -> T:
             with self._connection_lock:
-                return work(self._connect())
+                db = self._connect()
+                try:
+                    return work(db)
+                except BaseException as exc:
+                    # A connection still in a transaction would refuse the next BEGIN, and one on a damaged file
+                    # would go on reading the old file after an operator restored it: the next call opens afresh.
+                    if db.in_transaction or damaged(exc):
+                        self._discard()
+                    raise
 
         async with self._lock:
             try:
                 return await asyncio.to_thread(locked)
-            # Locked past the timeout, disk full, unreadable file; a data_dir that cannot hold the file.
-            except (sqlite3.OperationalError, OSError) as exc:
-                raise SqliteUnavailable(f"sqlite {self.path}: {exc}") from exc
+            except Exception as exc:
+                if unavailable(exc):  # a data_dir that cannot hold the file is an OSError from _connect
+                    raise SqliteUnavailable(f"sqlite {self.path}: {exc}") from exc
+                raise
+
+    def _discard(self) -> None:
+        """Closes the connection (rolling back what it holds); the next call reconnects. Under _connection_lock."""
+        if self._db is not None:
+            with contextlib.suppress(sqlite3.Error):
+                self._db.close()
+            self._db = None
 
     async def close(self) -> None:
         def close() -> None:
             with self._connection_lock:  # after a thread still running an abandoned call
-                if self._db is not None:
-                    self._db.close()
-                    self._db = None
+                self._discard()
 
         async with self._lock:
             await asyncio.to_thread(close)

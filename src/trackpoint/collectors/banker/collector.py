@@ -60,11 +60,15 @@ class BankerCollector(Collector):
         except BaseException as exc:
             # The batch comes back (a retry, or the spool): its events that are no debit are counted once, then.
             self.rule.skipped.update(skipped)
+            if isinstance(exc, Exception):  # not a cancellation (a send past its timeout): the store failed
+                # Unhealthy whatever the failure: no spend is applied meanwhile. An outage (the store down, its disk
+                # full, its file damaged) is retried quietly; anything else is a bug, raised for the delivery to
+                # log and count.
+                self._error = str(exc) if isinstance(exc, StoreUnavailable) else repr(exc)
+                if not self._behind_since_ms:
+                    self._behind_since_ms = int(time.time() * 1000)
             if not isinstance(exc, StoreUnavailable):
                 raise
-            self._error = str(exc)
-            if not self._behind_since_ms:
-                self._behind_since_ms = int(time.time() * 1000)
             return SendResult.RETRY
         self._error = ""
         self.applied += result.applied

@@ -16,7 +16,7 @@ from typing import Any, TypeVar
 from trackpoint.collectors.banker.config import BankerCollectorConfig
 from trackpoint.collectors.banker.model import Budget, Debit, Notification, RawCampaign, TrackerStatus, periods
 from trackpoint.collectors.banker.store import Applied, Store, StoreUnavailable
-from trackpoint.collectors.sqlite import SqliteFile, SqliteUnavailable
+from trackpoint.collectors.sqlite import SqliteFile, SqliteUnavailable, transaction
 
 SCHEMA = """
 CREATE TABLE IF NOT EXISTS campaigns (
@@ -94,8 +94,7 @@ class SqliteStore(Store):
         then the ledger, days, campaigns and notifications written with one statement each (executemany). The
         IMMEDIATE transaction holds the write lock from the first read, so no other worker interleaves."""
         result = Applied()
-        db.execute("BEGIN IMMEDIATE")
-        try:
+        with transaction(db):
             new = self._new_debits(db, debits)
             result.duplicates = len(debits) - len(new)
             campaigns: dict[str, _Campaign] = {}
@@ -132,10 +131,6 @@ class SqliteStore(Store):
                      note.ts),
                 )  # fmt: skip
                 note.seq = str(cursor.lastrowid)
-            db.execute("COMMIT")
-        except BaseException:
-            db.execute("ROLLBACK")
-            raise
         return result
 
     @staticmethod
@@ -206,8 +201,7 @@ class SqliteStore(Store):
         cap = self.cap_of(budget)
 
         def work(db: sqlite3.Connection) -> RawCampaign:
-            db.execute("BEGIN IMMEDIATE")
-            try:
+            with transaction(db):
                 db.execute(
                     "INSERT INTO campaigns (id, total_budget_micros, daily_budget_micros, hourly_budget_micros, "
                     "hourly_cap_micros, updated_ms) VALUES (?, ?, ?, ?, ?, ?) ON CONFLICT DO UPDATE SET "
@@ -231,10 +225,6 @@ class SqliteStore(Store):
                     "UPDATE campaigns SET paced_hour = '' WHERE id = ? AND hour_spent_micros < ?",
                     (campaign, cap if cap is not None else 2**62),
                 )
-                db.execute("COMMIT")
-            except BaseException:
-                db.execute("ROLLBACK")
-                raise
             found = self._read(db, campaign)
             assert found is not None
             return found

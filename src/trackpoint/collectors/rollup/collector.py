@@ -34,6 +34,9 @@ class RollupCollector(Collector):
         except StoreUnavailable as exc:
             self._error = str(exc)
             return SendResult.RETRY
+        except Exception as exc:  # a bug, raised for the delivery to log and count; nothing is counted meanwhile
+            self._error = repr(exc)
+            raise
         self._error = ""
         self.counted += result.counted
         self.duplicates += result.duplicates

@@ -22,7 +22,7 @@ import msgspec
 
 from trackpoint.collectors.rollup.config import DIM_NAME, Role, RollupCollectorConfig
 from trackpoint.collectors.rollup.model import COUNTERS, MS_PER_HOUR, Summed, counters, dim_reader, hour_of
-from trackpoint.collectors.sqlite import SqliteFile, SqliteUnavailable
+from trackpoint.collectors.sqlite import SqliteFile, SqliteUnavailable, transaction
 from trackpoint.event import Event
 
 _COLUMNS = ("events", *COUNTERS)
@@ -102,8 +102,7 @@ class RollupStore:
         old logs under a clock that runs ahead forgets nothing that live traffic still needs, and a clock that
         steps back cannot bring a forgotten id back, since forgotten_before stays where it was."""
         result = Counted()
-        db.execute("BEGIN IMMEDIATE")
-        try:
+        with transaction(db):
             forgotten_before = _forgotten_before(db)
             cutoff = max(forgotten_before, now_ms - self.window_ms)
             first: dict[str, Event] = {}
@@ -157,10 +156,6 @@ class RollupStore:
                     "DELETE FROM rollups WHERE hour < ?",
                     (hour_of(newest_ms) - self.config.retention_days * MS_PER_DAY,),
                 )
-            db.execute("COMMIT")
-        except BaseException:
-            db.execute("ROLLBACK")
-            raise
         result.counted = len(new)
         result.duplicates = len(events) - result.too_late - result.counted
         return result
