@@ -1,5 +1,7 @@
-"""Unit tests of `trackpoint replay` as an operator reads it: counts that add up (sent, duplicates, filtered), the
-JSON summary, progress by events and bytes, and files that are not tracker logs refused by name and line.
+"""Tests of `trackpoint replay` as an operator reads it: counts that add up (sent, duplicates, filtered), the
+JSON summary, progress by events and bytes, and files that are not tracker logs refused by name and line; a live
+tracker's directory (files compressed and removed while they are read), one id logged with two prices (replay,
+reconcile and report --logs count the same line), and a collector that gives up.
 """
 
 from __future__ import annotations
@@ -7,17 +9,26 @@ from __future__ import annotations
 import asyncio
 import gzip
 import json
+import os
 import random
 import re
+import subprocess
+import sys
+import threading
+import time
+import urllib.request
 from pathlib import Path
+from typing import Any
 
 import msgspec
 import pytest
 import zstandard
 from typer.testing import CliRunner
 
+from conftest import Tracker, free_port
 from trackpoint.cli import app
-from trackpoint.collectors.log.reader import read_events
+from trackpoint.collectors.log.compression import compress
+from trackpoint.collectors.log.reader import log_files, read_events
 from trackpoint.event import Context, Event, Meta, derived_id
 from trackpoint.replay import ReplayError, build_collectors, plan, replay
 
@@ -129,7 +140,7 @@ def test_a_file_that_is_not_a_tracker_log_is_refused_by_name_before_anything_is_
     stranger.write_bytes(content)
     args = ["replay", "-c", str(config(tmp_path)), "--collector", "copy", str(directory), str(stranger)]
     result = CliRunner().invoke(app, args)
-    assert result.exit_code == 1
+    assert result.exit_code == 2  # nothing could start (cli reference): nothing was sent
     assert f"{stranger}{where}" in result.stderr
     assert not (tmp_path / "data" / "copy").exists() or not list(read_events([tmp_path / "data" / "copy"]))
 
@@ -221,3 +232,229 @@ def test_on_a_terminal_a_progress_bar_shows_bytes_events_rate_and_time_left(tmp_
     bar = bar[bar.rindex(f"{total / 1000:.1f}/") :]  # the last state of the bar
     assert bar.startswith(f"{total / 1000:.1f}/{total / 1000:.1f} kB")
     assert re.match(r"[\d.]+/[\d.]+ kB [\d.]+ [kM]?B/s · 450 events, [\d,]+/s · 0:00:00", bar), bar
+
+
+# --- a live tracker's directory ------------------------------------------------------------------------------------
+
+
+def test_a_file_compressed_after_it_was_listed_is_read_under_its_new_name(tmp_path: Path) -> None:
+    from trackpoint.config import load
+    from trackpoint.plugins import registry
+
+    directory, stream, _ = logs(tmp_path)
+    files = log_files([directory])
+    plain = directory / "events-20261205T000000-w0.jsonl"
+    assert plain in files
+    compressed = compress(plain, "gzip")  # as a live tracker's compression does between listing and reading
+    loaded = load(config(tmp_path), registry=registry())
+    replay_plan = plan(loaded.config, collectors=["copy"])
+    report = asyncio.run(replay(files, build_collectors(loaded.config, replay_plan, registry()), replay_plan))
+    assert (report.read.events, report.read.missing, report.replayed) == (len(stream), [], 300)
+    assert (
+        report.bytes == compressed.stat().st_size + (directory / "events-20261205T010000-w0.jsonl.zst").stat().st_size
+    )
+
+
+def test_a_file_listed_under_both_names_is_read_once(tmp_path: Path) -> None:
+    directory, _, _ = logs(tmp_path)
+    plain = directory / "events-20261205T000000-w0.jsonl"
+    # The moment between compress()'s rename of the compressed file and its removal of the plain one.
+    (directory / (plain.name + ".zst")).write_bytes(zstandard.ZstdCompressor().compress(plain.read_bytes()))
+    assert [path.name for path in log_files([directory])] == [
+        plain.name + ".zst",
+        "events-20261205T010000-w0.jsonl.zst",
+    ]
+
+
+def test_a_file_gone_is_named_and_skipped(tmp_path: Path) -> None:
+    directory, stream, _ = logs(tmp_path)
+    (directory / "events-20261205T020000-w0.jsonl").symlink_to(tmp_path / "shipped-and-deleted.jsonl")
+    args = ["replay", "-c", str(config(tmp_path)), "--collector", "copy", "--json", str(directory)]
+    result = CliRunner().invoke(app, args)
+    assert result.exit_code == 0, result.output
+    summary = json.loads(result.stdout)
+    assert summary["missing_files"] == [str(directory / "events-20261205T020000-w0.jsonl")]
+    assert (summary["read"], summary["replayed"], summary["files"]) == (len(stream), 300, 3)
+    table = CliRunner().invoke(app, [*args[:-2], str(directory)])
+    assert table.exit_code == 0 and "gone: " in table.stderr and "Traceback" not in table.output
+
+
+def test_a_report_over_logs_reads_a_file_compressed_after_it_was_listed(tmp_path: Path) -> None:
+    from trackpoint.collectors.rollup.config import RollupCollectorConfig
+    from trackpoint.collectors.rollup.logs import logs_report
+    from trackpoint.collectors.rollup.report import make_query
+
+    directory, stream, _ = logs(tmp_path)
+    (directory / "events-20261205T020000-w0.jsonl").symlink_to(tmp_path / "shipped-and-deleted.jsonl")
+    files = log_files([directory])
+    compress(directory / "events-20261205T000000-w0.jsonl", "gzip")
+    rollup = RollupCollectorConfig()
+    query = make_query(str(T0 // 1000 - 3600), str(T0 // 1000 + 3600), types=(), by=None, where=(),
+                       default_by=rollup.dims)  # fmt: skip
+    result = logs_report(files, query, rollup.roles)
+    assert result.events == len(stream)
+    assert result.missing == [str(directory / "events-20261205T020000-w0.jsonl")]
+
+
+@pytest.mark.e2e
+def test_replay_reconcile_and_report_read_a_live_trackers_directory(tracker_factory: Any) -> None:
+    """A live directory: files rotated every 0.5 s, gzip-compressed (renamed, then removed) while the tools read."""
+    stream = f"tp-live-{os.getpid()}-{time.monotonic_ns()}"
+    tracker: Tracker = tracker_factory(
+        {
+            "collectors": {
+                "log": {"type": "log", "rotate_bytes": 4096, "rotate_interval_s": 0.5, "compression": "gzip"},
+                "rs": {"type": "redis_streams", "url": "redis://127.0.0.1:6379/0", "stream": stream},
+            },
+            "event_types": {"impression": {"preset": "impression", "collectors": ["log", "rs"]}},
+        },
+        workers=2,
+    )
+    stop = threading.Event()
+
+    def traffic() -> None:
+        i = 0
+        while not stop.is_set():
+            for _ in range(20):
+                urllib.request.urlopen(f"http://127.0.0.1:{tracker.port}/i?imp=live-{i}&cid=c1", timeout=5).read()
+                i += 1
+            time.sleep(0.01)
+
+    sender = threading.Thread(target=traffic, daemon=True)
+    sender.start()
+    logs_dir = str(tracker.data_dir / "logs")
+    try:
+        time.sleep(2)  # some files rotated and compressed already
+        for _ in range(4):
+            replayed = cli("replay", "-c", str(tracker.config_path), "--collector", "rs", "--json", logs_dir)
+            assert replayed.returncode == 0, replayed.stderr
+            summary = json.loads(replayed.stdout)
+            assert summary["read"] == summary["replayed"] + summary["duplicates"] + summary["filtered"] > 0
+            assert summary["missing_files"] == [] and "not a trackpoint log" not in replayed.stderr
+            report = cli("report", "--logs", logs_dir, "-c", str(tracker.config_path), "--format", "json",
+                         "--from", str(int(time.time()) - 3600), "--to", str(int(time.time()) + 3600))  # fmt: skip
+            assert report.returncode == 0, report.stderr
+            assert "Traceback" not in replayed.stderr + report.stderr
+    finally:
+        stop.set()
+        sender.join()
+    assert tracker.stop() == 0
+
+
+def cli(*args: str) -> subprocess.CompletedProcess[str]:
+    return subprocess.run([sys.executable, "-m", "trackpoint", *args], capture_output=True, text=True, timeout=120,
+                          check=False)  # fmt: skip
+
+
+# --- one id logged with two prices ---------------------------------------------------------------------------------
+
+
+def win(imp: str, ts: int, price_micros: int) -> Event:
+    return Event(
+        id=derived_id("win", [imp]),
+        type="win",
+        ts=ts,
+        dims={"imp": imp, "cid": "c1"},
+        metrics={"price": price_micros},
+        ctx=Context(ip="127.0.0.0"),
+        meta=Meta(worker=0, config="test"),
+    )
+
+
+def banker_setup(tmp_path: Path) -> Path:
+    path = tmp_path / "banker.yaml"
+    path.write_text(
+        f"data_dir: {tmp_path / 'data'}\n"
+        "collectors:\n  banker: {type: banker, unknown_campaigns: create}\n"
+        "event_types:\n  win: {preset: win, collectors: [log, banker]}\n",
+        encoding="utf-8",
+    )
+    return path
+
+
+def test_replay_reconcile_and_report_count_the_earliest_line_of_an_id(tmp_path: Path) -> None:
+    """Two trackers sharing the banker's Redis each logged the same win with another price: the banker debited the
+    first to arrive, the earliest. The first file by name holds the later line of `a`, and a tie in time for `b`
+    (the first line in file-name order counts)."""
+    directory = tmp_path / "logs"
+    directory.mkdir()
+    (directory / "events-20261205T000000000Z-w00-p1-0001.jsonl").write_bytes(
+        lines([win("a", T0 + 5, 9_000_000), win("b", T0 + 1, 1_000_000), win("c", T0 + 2, 2_000_000)])
+    )
+    (directory / "events-20261205T000000000Z-w00-p2-0001.jsonl").write_bytes(
+        lines([win("a", T0, 6_000_000), win("b", T0 + 1, 4_000_000), win("a", T0 + 9, 7_000_000)])
+    )
+    earliest = 6_000 + 1_000 + 2_000  # micros: a at 6 CPM, b at 1 CPM (tie: first file), c at 2 CPM
+    conf = str(banker_setup(tmp_path))
+    replayed = CliRunner().invoke(app, ["replay", "-c", conf, "--collector", "banker", "--json", str(directory)])
+    assert replayed.exit_code == 0, replayed.output
+    summary = json.loads(replayed.stdout)
+    assert (summary["read"], summary["replayed"], summary["duplicates"]) == (6, 3, 3)
+    reconciled = CliRunner().invoke(app, ["banker", "reconcile", "-c", conf, "--json", str(directory)])
+    assert reconciled.exit_code == 0, reconciled.output
+    [campaign] = json.loads(reconciled.stdout)["campaigns"]
+    assert (campaign["log_micros"], campaign["store_micros"], campaign["log_debits"]) == (earliest, earliest, 3)
+    report = CliRunner().invoke(app, ["report", "--logs", str(directory), "-c", conf, "--format", "json", "--by", "",
+                                      "--from", str(T0 // 1000 - 3600), "--to", str(T0 // 1000 + 3600)])  # fmt: skip
+    assert report.exit_code == 0, report.output
+    [row] = [row for row in json.loads(report.stdout)["rows"] if row["type"] == "win"]
+    assert row["metrics"]["spend_micros"] == earliest and row["metrics"]["wins"] == 3
+
+
+# --- reconcile over logs it cannot read whole ----------------------------------------------------------------------
+
+
+def test_reconcile_names_a_file_cut_short_and_does_not_say_ok(tmp_path: Path) -> None:
+    directory = tmp_path / "logs"
+    directory.mkdir()
+    wins = [win(f"w{i}", T0 + i, 2_500_000 + i) for i in range(2000)]
+    (directory / "events-20261205T000000000Z-w00-p1-0001.jsonl").write_bytes(lines(wins[:1000]))
+    cut = directory / "events-20261205T000000000Z-w00-p1-0002.jsonl.zst"
+    whole = zstandard.ZstdCompressor(write_checksum=True).compress(lines(wins[1000:]))
+    cut.write_bytes(whole[:-20])
+    conf = str(banker_setup(tmp_path))
+    # The store got what the cut logs hold (a replay of them), not the debits of the lost tail.
+    assert CliRunner().invoke(app, ["replay", "-c", conf, "--collector", "banker", str(directory)]).exit_code == 0
+    reconciled = CliRunner().invoke(app, ["banker", "reconcile", "-c", conf, "--json", str(directory)])
+    assert reconciled.exit_code == 1, reconciled.output
+    document = json.loads(reconciled.stdout)
+    assert document["matches"] is False and document["truncated_files"] == [str(cut)]
+    table = CliRunner().invoke(app, ["banker", "reconcile", "-c", conf, str(directory)])
+    assert table.exit_code == 1 and f"cut short: {cut}" in " ".join(table.stdout.split())
+    assert " ok" not in table.stdout
+
+
+def test_reconcile_names_a_file_gone(tmp_path: Path) -> None:
+    directory = tmp_path / "logs"
+    directory.mkdir()
+    (directory / "events-20261205T000000000Z-w00-p1-0001.jsonl").write_bytes(lines([win("a", T0, 1_000_000)]))
+    gone = directory / "events-20261205T000000000Z-w00-p1-0002.jsonl"
+    gone.symlink_to(tmp_path / "shipped-and-deleted.jsonl")
+    conf = str(banker_setup(tmp_path))
+    reconciled = CliRunner().invoke(app, ["banker", "reconcile", "-c", conf, "--json", str(directory)])
+    assert reconciled.exit_code == 1, reconciled.output
+    assert json.loads(reconciled.stdout)["missing_files"] == [str(gone)]
+
+
+# --- a collector that gives up -------------------------------------------------------------------------------------
+
+
+@pytest.mark.e2e
+def test_a_collector_gives_up_at_its_deadline_and_the_summary_says_so(tmp_path: Path) -> None:
+    directory, _, _ = logs(tmp_path)
+    conf = tmp_path / "dead.yaml"
+    conf.write_text(
+        f"data_dir: {tmp_path / 'data'}\n"
+        f"collectors:\n  rs: {{type: redis_streams, url: 'redis://127.0.0.1:{free_port()}/0', stream: s}}\n"
+        "event_types:\n  impression: {preset: impression, collectors: [log, rs]}\n",
+        encoding="utf-8",
+    )
+    started = time.monotonic()
+    result = cli("replay", "-c", str(conf), "--collector", "rs", "--json", "--give-up-after", "3", str(directory))
+    elapsed = time.monotonic() - started
+    assert result.returncode == 1, result.stderr
+    assert "not delivered after 3 s of retries" in result.stderr
+    summary = json.loads(result.stdout)
+    assert summary["gave_up"].startswith("collector rs: not delivered after 3 s")
+    assert summary["collectors"]["rs"]["sent"] == 0 and summary["collectors"]["rs"]["retries"] >= 1
+    assert elapsed >= 3  # retried up to the deadline, not given up at the first backoff step that would pass it

@@ -324,7 +324,9 @@ def replay(  # noqa: PLR0917 (typer: one parameter per option)
     duplicates + replayed, and each collector's to sent + refused. On a terminal a progress bar shows the bytes and
     events read, their rate and the time left. A file that is not a tracker log stops the replay before anything is
     sent; a compressed log cut short is replayed up to where it ends, counted as a torn line and named in the
-    summary. Exit code 1 when a collector refused events or gave up, 2 when nothing could start."""
+    summary; a file compressed while the replay runs is read under its new name, and one gone is named and skipped.
+    Exit code 1 when a collector refused events or gave up (the summary says what was sent before), 2 when nothing
+    could start."""
     import asyncio
 
     from rich import filesize
@@ -332,7 +334,7 @@ def replay(  # noqa: PLR0917 (typer: one parameter per option)
     from rich.table import Table
 
     from trackpoint import replay as replaying
-    from trackpoint.collectors.log.reader import log_files
+    from trackpoint.collectors.log.reader import log_files, stored_size
 
     loaded = _load_or_exit(config)
     try:
@@ -363,7 +365,7 @@ def replay(  # noqa: PLR0917 (typer: one parameter per option)
     )
     # Quiet unless someone watches: no bar in a pipe, a log or under --json.
     with Progress(*columns, console=out, disable=as_json or not out.is_terminal) as bar:
-        total = sum(path.stat().st_size for path in files)
+        total = sum(stored_size(path) for path in files)
         task = bar.add_task("replay", total=total, events=0, rate=0.0, bytes_rate="0 B")
 
         def advance(events: int, read_bytes: int) -> None:
@@ -374,13 +376,15 @@ def replay(  # noqa: PLR0917 (typer: one parameter per option)
         try:
             built = replaying.build_collectors(loaded.config, replay_plan, registry())
             report = asyncio.run(replaying.replay(files, built, replay_plan, advance))
-        except replaying.ReplayError as exc:
+        except replaying.ReplayError as exc:  # before anything was sent
             err.print(f"[bold red]error[/] {escape(str(exc))}", highlight=False, soft_wrap=True)
-            raise typer.Exit(1) from None
-    refused = any(result.refused for result in report.collectors.values())
+            raise typer.Exit(2) from None
+    if report.gave_up is not None:
+        err.print(f"[bold red]error[/] {escape(report.gave_up)}", highlight=False, soft_wrap=True)
+    failed = report.gave_up is not None or any(result.refused for result in report.collectors.values())
     if as_json:
         print(json.dumps(report.summary(), indent=2))
-        raise typer.Exit(1 if refused else 0)
+        raise typer.Exit(1 if failed else 0)
     table = Table(title=f"replayed {report.files} files ({report.bytes:,} bytes) in {report.seconds:.1f} s")
     for column in ("collector", "events", "sent", "refused", "retries"):
         table.add_column(column, justify="left" if column == "collector" else "right")
@@ -398,7 +402,10 @@ def replay(  # noqa: PLR0917 (typer: one parameter per option)
     for path in report.read.truncated:
         out.print(f"  cut short: {path} (a compressed file that ends early; what decoded was replayed)",
                   highlight=False, soft_wrap=True)  # fmt: skip
-    if refused:
+    for path in report.read.missing:
+        out.print(f"  gone: {path} (removed before it was read, under its name and compressed; skipped)",
+                  highlight=False, soft_wrap=True)  # fmt: skip
+    if failed:
         raise typer.Exit(1)
 
 
@@ -468,8 +475,10 @@ def banker_reconcile(
     ] = None,
     as_json: Annotated[bool, typer.Option("--json", help="Print the report as JSON on stdout.")] = False,
 ) -> None:
-    """Recompute each campaign's spend from the logs and compare it with the banker's store. Exits 1 on any
-    difference; logged debits the store lacks are applied (exactly once) by `trackpoint replay --collector`."""
+    """Recompute each campaign's spend from the logs and compare it with the banker's store. Of an id logged more
+    than once, its earliest line counts (as the banker debits the first it gets). Exits 1 on any difference, and
+    when a file could not be read to its end (cut short, or gone): its debits are missing from the sums; logged
+    debits the store lacks are applied (exactly once) by `trackpoint replay --collector`."""
     import asyncio
 
     from rich.table import Table
@@ -497,11 +506,15 @@ def banker_reconcile(
             "matches": report.matches,
             "duplicates_in_logs": report.duplicates,
             "skipped": report.skipped,
+            "torn_lines": report.read.skipped,
+            "truncated_files": report.read.truncated,
+            "missing_files": report.read.missing,
             "campaigns": [
                 {
                     "campaign": c.campaign, "log_micros": c.log_micros, "log_debits": c.log_debits,
                     "store_micros": c.store_micros, "difference_micros": c.difference_micros,
-                    "missing_debits": c.missing_debits, "missing_micros": c.missing_micros, "matches": c.matches,
+                    "missing_debits": c.missing_debits, "missing_micros": c.missing_micros,
+                    "matches": c.matches and not report.read.incomplete,
                 }
                 for c in report.campaigns
             ],
@@ -509,12 +522,13 @@ def banker_reconcile(
         print(json.dumps(document, indent=2))
     else:
         out = Console()
+        incomplete = bool(report.read.incomplete)  # a campaign can match only over logs read whole
         table = Table(title=f"banker {report.collector}: logs vs store (micros)")
         for column in ("campaign", "logs", "debits", "store", "store - logs", "missing debits", ""):
             table.add_column(column, justify="left" if column == "campaign" else "right")
         for c in report.campaigns:
             store = "—" if c.store_micros is None else f"{c.store_micros:,}"
-            mark = "[green]ok[/]" if c.matches else "[bold red]differs[/]"
+            mark = "[bold red]differs[/]" if not c.matches else "[yellow]unsure[/]" if incomplete else "[green]ok[/]"
             table.add_row(c.campaign, f"{c.log_micros:,}", f"{c.log_debits:,}", store, f"{c.difference_micros:+,}",
                           f"{c.missing_debits:,}", mark)  # fmt: skip
         out.print(table)
@@ -524,7 +538,16 @@ def banker_reconcile(
             f"not debits: {skipped} · torn lines {report.read.skipped:,}",
             highlight=False,
         )
-        if not report.matches:
+        for path in report.read.truncated:
+            out.print(f"  cut short: {path} (a compressed file that ends early: its later debits are not counted)",
+                      highlight=False, soft_wrap=True)  # fmt: skip
+        for path in report.read.missing:
+            out.print(f"  gone: {path} (removed before it was read, under its name and compressed: not counted)",
+                      highlight=False, soft_wrap=True)  # fmt: skip
+        if report.read.incomplete:
+            out.print("[bold red]logs incomplete[/]: the files above were not read to their end; the comparison "
+                      "cannot vouch for them", soft_wrap=True)  # fmt: skip
+        elif not report.matches:
             out.print("[bold red]differences found[/]: `trackpoint replay --collector "
                       f"{report.collector} LOG...` applies the missing debits (exactly once)")  # fmt: skip
     if not report.matches:
@@ -640,7 +663,9 @@ def _report_rows(
         f"read {result.events:,} events ({result.distinct:,} distinct ids) from {len(files)} files in "
         f"{result.seconds:.2f} s: {result.events_per_second:,.0f} events/s"
         + (f" · {result.skipped:,} torn lines skipped" if result.skipped else "")
-    )
+        + "".join(f"\n  gone: {path} (removed before it was read, under its name and compressed; skipped)"
+                  for path in result.missing)
+    )  # fmt: skip
     return result.rows, f"logs:{len(files)} files", note
 
 

@@ -1,7 +1,8 @@
 """Replay: re-feeds collectors from the log files after an incident, any number of times without double counting.
 
 Every event keeps the id it was logged with, and every consumer dedupes on it (Kafka key, Nats-Msg-Id, the Redis
-Streams dedupe window, the banker's ledger), so a replay only fills the gaps.
+Streams dedupe window, the banker's ledger), so a replay only fills the gaps. Of an id logged more than once, the
+line sent is its first, or for a banker its earliest (reader.precedence): the one the banker debited live.
 """
 
 from __future__ import annotations
@@ -17,8 +18,9 @@ from typing import Any
 import msgspec
 
 from trackpoint.collectors import Collector, CollectorContext
+from trackpoint.collectors.banker.config import BankerCollectorConfig
 from trackpoint.collectors.log.config import LogCollectorConfig
-from trackpoint.collectors.log.reader import ReadStats, log_files, not_a_log, read_events
+from trackpoint.collectors.log.reader import ReadStats, log_files, not_a_log, read_located
 from trackpoint.config.model import Config, SpoolConfig
 from trackpoint.event import Event
 from trackpoint.plugins import Registry
@@ -27,7 +29,14 @@ PROGRESS_BYTES = 256 << 10  # of the files as stored (some 600 plain or 10,000 z
 
 
 class ReplayError(Exception):
-    """The replay cannot start (an unknown collector) or a collector gave up."""
+    """The replay cannot start: an unknown collector, a file that is not a tracker log. Nothing was sent."""
+
+
+class GaveUp(Exception):
+    """A collector did not take a batch for give_up_after_s (ReplayReport.gave_up says which)."""
+
+
+Located = tuple[tuple[int, int], Event]  # an event and where it was read (reader.read_located)
 
 
 @dataclass
@@ -54,6 +63,7 @@ class ReplayReport:
     replayed: int = 0  # given to at least one collector
     collectors: dict[str, CollectorReport] = field(default_factory=dict)
     seconds: float = 0.0
+    gave_up: str | None = None  # why the replay stopped early: a collector did not take a batch in time
 
     def summary(self) -> dict[str, Any]:
         """The report as one JSON object (`trackpoint replay --json`)."""
@@ -68,6 +78,8 @@ class ReplayReport:
             "torn_lines": self.read.skipped,
             "torn_at": self.read.skipped_at[:100],
             "truncated_files": self.read.truncated,
+            "missing_files": self.read.missing,
+            "gave_up": self.gave_up,
             "collectors": {name: asdict(report) for name, report in self.collectors.items()},
         }
 
@@ -85,6 +97,9 @@ class ReplayPlan:
     # Repeats are found among this many latest distinct ids (about 150 bytes each); a repeat further apart is sent
     # again, and its consumers drop it by id as they drop every repeat.
     dedupe_window: int = 1_000_000
+    # Send the earliest line of each id (reader.precedence), not the first read: a banker debits the first line it
+    # gets of an id, and a repeat may carry another price. It costs a first pass over the files.
+    earliest: bool = False
 
 
 def plan(
@@ -123,6 +138,7 @@ def plan(
         types=frozenset(types) if types else None,
         batch_events=batch_events,
         give_up_after_s=give_up_after_s,
+        earliest=any(isinstance(config.collectors[name], BankerCollectorConfig) for name in chosen),
     )
 
 
@@ -145,10 +161,12 @@ async def replay(
 ) -> ReplayReport:
     """Reads the logs in order and sends every qualifying event, once per id, to its collectors, batch by batch; a
     batch is retried with backoff until delivered (or refused for good), for at most give_up_after_s per batch.
-    `progress` is told the events and bytes read so far, every PROGRESS_BYTES of the files and at the end. A file
-    that is not a tracker log stops the replay before anything is sent (ReplayError); a compressed log cut short
-    is one (delivery.md: every reader yields what decoded), replayed up to where it ends and listed in the report's
-    `read.truncated`."""
+    `progress` is told the events and bytes read so far, every PROGRESS_BYTES of the files and at the end (of the
+    pass that sends). A file that is not a tracker log stops the replay before anything is sent (ReplayError); a
+    compressed log cut short is one (delivery.md: every reader yields what decoded), replayed up to where it ends
+    and listed in the report's `read.truncated`; a file gone when opened (compressed meanwhile is not gone: it is
+    read under its new name) in `read.missing`. A collector that gives up stops the replay: the report says so in
+    `gave_up`, and counts what was done."""
     started = time.monotonic()
     report = ReplayReport(collectors={name: CollectorReport() for name in collectors})
     fed_by = {name: frozenset(types) for name, types in replay_plan.collectors.items()}
@@ -174,8 +192,12 @@ async def replay(
         # Events no chosen collector takes are filtered before the repeats are looked for: a repeat of such an
         # event is not a duplicate of this replay (it sends neither).
         taken = frozenset().union(*fed_by.values())
-        read = read_events(files, report.read, consumed)
-        for event in _once(_qualifying(read, replay_plan, report, taken), replay_plan, report):
+        chosen: dict[str, tuple[int, int]] = {}
+        if replay_plan.earliest:
+            scratch = ReplayReport()
+            chosen = _earliest(_qualifying(read_located(files, scratch.read), replay_plan, scratch, taken), replay_plan)
+        read = _qualifying(read_located(files, report.read, consumed), replay_plan, report, taken)
+        for event in _once(_skip_later(read, chosen, report), replay_plan, report):
             for name, batch in batches.items():
                 if event.type in fed_by[name]:
                     batch.append(event)
@@ -186,6 +208,8 @@ async def replay(
         for name, batch in batches.items():
             if batch:
                 await _send(collectors[name], batch, report.collectors[name], replay_plan)
+    except GaveUp as exc:
+        report.gave_up = str(exc)
     finally:
         for collector in collectors.values():
             await collector.close(drain_timeout_s=10.0)
@@ -196,17 +220,46 @@ async def replay(
 
 
 def _qualifying(
-    events: Iterator[Event], replay_plan: ReplayPlan, report: ReplayReport, taken: frozenset[str]
-) -> Iterator[Event]:
+    events: Iterator[Located], replay_plan: ReplayPlan, report: ReplayReport, taken: frozenset[str]
+) -> Iterator[Located]:
     """The events in the period, of the asked types, that a chosen collector takes; the others are filtered."""
     since, until, types = replay_plan.since_ms, replay_plan.until_ms, replay_plan.types
-    for event in events:
+    for located in events:
+        event = located[1]
         too_early = since is not None and event.ts < since
         too_late = until is not None and event.ts >= until
         if too_early or too_late or event.type not in taken or (types is not None and event.type not in types):
             report.filtered += 1
         else:
-            yield event
+            yield located
+
+
+def _earliest(events: Iterator[Located], replay_plan: ReplayPlan) -> dict[str, tuple[int, int]]:
+    """The first pass: where the earliest line of an id is (reader.precedence), for the ids whose earliest line is
+    not their first read, among the same window of latest ids as _once (only the time of each is kept: a later
+    line of the same time comes after in precedence too). Usually few ids, so little memory."""
+    window: OrderedDict[str, int] = OrderedDict()
+    chosen: dict[str, tuple[int, int]] = {}
+    for where, event in events:
+        earliest = window.get(event.id)
+        if earliest is None:
+            window[event.id] = event.ts
+            if len(window) > replay_plan.dedupe_window:
+                window.popitem(last=False)
+        elif event.ts < earliest:
+            window[event.id] = event.ts
+            chosen[event.id] = where
+    return chosen
+
+
+def _skip_later(events: Iterator[Located], chosen: dict[str, tuple[int, int]], report: ReplayReport) -> Iterator[Event]:
+    """The events, but of an id in `chosen` only the line there: the others are duplicates."""
+    for where, event in events:
+        at = chosen.get(event.id)
+        if at is not None and at != where:
+            report.duplicates += 1
+            continue
+        yield event
 
 
 def _once(events: Iterator[Event], replay_plan: ReplayPlan, report: ReplayReport) -> Iterator[Event]:
@@ -230,12 +283,14 @@ async def _send(collector: Collector, batch: list[Event], report: CollectorRepor
     outgoing = list(batch) if privacy_filter is None else [privacy_filter(event) for event in batch]
     while not await collector.deliver(list(outgoing)):
         report.retries += 1
-        if time.monotonic() + delay > give_up_at:
-            raise ReplayError(
+        # Retries up to the deadline, the last one at it: a backoff step longer than the time left is cut short.
+        remaining = give_up_at - time.monotonic()
+        if remaining <= 0:
+            raise GaveUp(
                 f"collector {collector.name}: not delivered after {replay_plan.give_up_after_s:g} s of retries "
                 f"({report.sent} events sent before); the replay can be run again safely"
             )
-        await asyncio.sleep(delay)
+        await asyncio.sleep(min(delay, remaining))
         delay = min(delay * 2, 10.0)
     refused = collector.stats.dropped - dropped_before
     report.events += len(batch)

@@ -201,17 +201,23 @@ class DebitRule:
         self.skipped: dict[str, int] = {"no_campaign": 0, "no_price": 0, "currency_unknown": 0, "negative": 0}
 
     def debit(self, event: Event) -> Debit | None:
+        """The debit of `event`, or None, counted in `skipped` by reason."""
+        judged = self.judge(event)
+        if isinstance(judged, str):
+            self.skipped[judged] += 1
+            return None
+        return judged
+
+    def judge(self, event: Event) -> Debit | str:
+        """The debit of `event`, or the reason it makes none (a key of `skipped`, not counted)."""
         campaign = event.dims.get(self.campaign_field)
         if not campaign:
-            self.skipped["no_campaign"] += 1
-            return None
+            return "no_campaign"
         price = event.metrics.get(self.price_field)
         if not isinstance(price, int):
-            self.skipped["no_price"] += 1
-            return None
+            return "no_price"
         if price < 0:
-            self.skipped["negative"] += 1
-            return None
+            return "negative"
         numerator, denominator = 1, self.divisor
         currency = event.dims.get(self.currency_field)
         if currency and currency != self.currency:
@@ -219,8 +225,7 @@ class DebitRule:
             if code != self.currency:
                 rate = self.rates.get(code)
                 if rate is None:
-                    self.skipped["currency_unknown"] += 1
-                    return None
+                    return "currency_unknown"
                 numerator, denominator = rate[0], rate[1] * self.divisor
         # One rounding, half up, on the exact value: price x rate / divisor.
         micros = (2 * price * numerator + denominator) // (2 * denominator)

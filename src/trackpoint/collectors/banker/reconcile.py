@@ -14,7 +14,7 @@ from pathlib import Path
 from trackpoint.collectors.banker.config import BankerCollectorConfig, bankers_in_use
 from trackpoint.collectors.banker.model import Debit, DebitRule
 from trackpoint.collectors.banker.store import open_store
-from trackpoint.collectors.log.reader import ReadStats, read_events
+from trackpoint.collectors.log.reader import ReadStats, precedence, read_located
 from trackpoint.config.model import Config
 
 
@@ -51,7 +51,9 @@ class Report:
 
     @property
     def matches(self) -> bool:
-        return all(campaign.matches for campaign in self.campaigns)
+        """Every campaign matches, and every file was read to its end: the debits of a file cut short or gone are
+        not in the logs' sums, so a match over them would hide debits the store lacks."""
+        return all(campaign.matches for campaign in self.campaigns) and not self.read.incomplete
 
 
 def banker_of(config: Config, name: str | None) -> tuple[str, BankerCollectorConfig, frozenset[str]]:
@@ -69,19 +71,24 @@ def banker_of(config: Config, name: str | None) -> tuple[str, BankerCollectorCon
 
 
 def logged_debits(paths: Iterable[Path], rule: DebitRule, types: frozenset[str], report: Report) -> list[Debit]:
-    """The distinct debits of the logs (first occurrence of each id), in log order."""
-    seen: set[str] = set()
-    debits: list[Debit] = []
-    for event in read_events(paths, report.read):
+    """The distinct debits of the logs: of each id, its earliest line (reader.precedence), in log order."""
+    chosen: dict[str, tuple[tuple[int, int, int], Debit | str]] = {}
+    for where, event in read_located(paths, report.read):
         if event.type not in types:
             continue
-        if event.id in seen:
+        rank = precedence(event, where)
+        known = chosen.get(event.id)
+        if known is not None:
             report.duplicates += 1
-            continue
-        seen.add(event.id)
-        made = rule.debit(event)
-        if made is not None:
-            debits.append(made)
+            if rank >= known[0]:
+                continue
+        chosen[event.id] = (rank, rule.judge(event))
+    debits: list[Debit] = []
+    for _, judged in sorted(chosen.values(), key=lambda item: item[0][1:]):
+        if isinstance(judged, str):
+            rule.skipped[judged] += 1
+        else:
+            debits.append(judged)
     return debits
 
 

@@ -88,18 +88,23 @@ def read_lines(path: Path, consumed: Callable[[int], None] | None = None) -> Gen
     newline when the write was cut short. A compressed file that ends early yields what decoded, then raises one of
     TRUNCATED. `consumed`, if given, is told how many bytes of the file itself each step read (for progress)."""
     with path.open("rb") as raw:
-        if path.name.endswith(".zst"):
-            yield from _split_lines(_zstd_chunks(raw, consumed))
-            return
-        stream: Iterable[bytes] = gzip.GzipFile(fileobj=raw, mode="rb") if path.name.endswith(".gz") else raw
-        if consumed is None:
-            yield from stream
-            return
-        at = 0
-        for line in stream:
-            yield line
-            consumed(raw.tell() - at)
-            at = raw.tell()
+        yield from read_open(raw, path, consumed)
+
+
+def read_open(raw: IO[bytes], path: Path, consumed: Callable[[int], None] | None = None) -> Generator[bytes]:
+    """read_lines over a file already open (`path` names its codec); the caller closes it."""
+    if path.name.endswith(".zst"):
+        yield from _split_lines(_zstd_chunks(raw, consumed))
+        return
+    stream: Iterable[bytes] = gzip.GzipFile(fileobj=raw, mode="rb") if path.name.endswith(".gz") else raw
+    if consumed is None:
+        yield from stream
+        return
+    at = 0
+    for line in stream:
+        yield line
+        consumed(raw.tell() - at)
+        at = raw.tell()
 
 
 def _zstd_chunks(raw: IO[bytes], consumed: Callable[[int], None] | None = None) -> Iterator[bytes]:

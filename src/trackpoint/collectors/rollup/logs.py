@@ -1,6 +1,6 @@
 """The hourly report straight over log files, with DuckDB (the `reports` extra): for history beyond the rollups'
 window, or any dims. It applies the rollups' rules (model.py) in SQL: each event id counted once (its earliest
-line), in the hour of that line, with the counters of its type's role.
+line, reader.precedence), in the hour of that line, with the counters of its type's role.
 """
 
 from __future__ import annotations
@@ -11,6 +11,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+from trackpoint.collectors.log.reader import current_name
 from trackpoint.collectors.rollup.config import Role
 from trackpoint.collectors.rollup.model import (
     COUNTERS,
@@ -30,6 +31,9 @@ from trackpoint.collectors.rollup.model import (
 from trackpoint.collectors.rollup.store import Query
 
 INSTALL_HINT = "the report over logs needs DuckDB: pip install 'trackpoint[reports]'"
+# A live directory renames (compresses) and removes files while DuckDB reads them: it reads them again, under the
+# names they have then, this many times at most.
+READ_ATTEMPTS = 5
 # The columns read from each line; the rest of an event (meta, the context's other members) is never parsed.
 _COLUMNS = {
     "id": "VARCHAR",
@@ -47,13 +51,15 @@ class LogsReportError(Exception):
 
 @dataclass
 class LogsReport:
-    """The rows, and what reading cost: lines read (events), distinct ids among them, torn lines, seconds."""
+    """The rows, and what reading cost: lines read (events), distinct ids among them, torn lines, seconds; and the
+    files gone before they were read (under their name and compressed), skipped."""
 
     rows: list[Row]
     events: int
     distinct: int
     skipped: int
     seconds: float
+    missing: list[str]
 
     @property
     def events_per_second(self) -> float:
@@ -109,11 +115,8 @@ def logs_report(files: Sequence[Path], query: Query, roles: Mapping[str, Role]) 
         connection.execute("CREATE TEMP TABLE roles (type VARCHAR, role VARCHAR)")
         if roles:
             connection.executemany("INSERT INTO roles VALUES (?, ?)", list(roles.items()))
-        connection.execute(
-            "CREATE TEMP TABLE lines AS SELECT id, type, ts, dims, metrics"
-            f"{extracted} FROM read_json(?, format='newline_delimited', columns=?, ignore_errors=true)",
-            [[str(path) for path in files], _COLUMNS],
-        )
+        connection.execute("SET preserve_insertion_order = true")  # rowid: file-name order, then line order
+        missing = _read_lines(connection, files, extracted)
         events, skipped = connection.execute("SELECT count(id), count(*) - count(id) FROM lines").fetchone() or (0, 0)
         position = {dim: i for i, dim in enumerate(wanted)}
         conditions = ["hour >= ?", "hour < ?"]
@@ -129,7 +132,7 @@ def logs_report(files: Sequence[Path], query: Query, roles: Mapping[str, Role]) 
         sums = ", ".join(["count(*)", *(_counter_sql(name) for name in COUNTERS)])
         sql = (
             f"WITH firsts AS (SELECT *, ts - ts % {MS_PER_HOUR} AS hour FROM lines WHERE id IS NOT NULL "
-            "QUALIFY row_number() OVER (PARTITION BY id ORDER BY ts) = 1) "
+            "QUALIFY row_number() OVER (PARTITION BY id ORDER BY ts, rowid) = 1) "
             f"SELECT hour, type{grouped}, {sums} FROM firsts LEFT JOIN roles USING (type) "
             f"WHERE {' AND '.join(conditions)} GROUP BY hour, type{grouped}"
         )
@@ -142,4 +145,32 @@ def logs_report(files: Sequence[Path], query: Query, roles: Mapping[str, Role]) 
     width = len(query.by)
     summed = [(r[0], r[1], tuple(r[2 : 2 + width]), [int(v) for v in r[2 + width :]]) for r in result]
     rows = finish(summed, query.by, roles, query.types)
-    return LogsReport(rows, events, distinct, skipped, time.perf_counter() - started)
+    return LogsReport(rows, events, distinct, skipped, time.perf_counter() - started, missing)
+
+
+def _read_lines(connection: Any, files: Sequence[Path], extracted: str) -> list[str]:
+    """Loads the files (in name order) into the table `lines`; returns those gone. A file renamed or removed while
+    DuckDB reads makes it fail: the files are then read again under the names they have now."""
+    import duckdb
+
+    for attempt in range(READ_ATTEMPTS):
+        names = [current_name(path) for path in files]
+        present = [str(name) for name in names if name is not None]
+        missing = [str(path) for path, name in zip(files, names, strict=True) if name is None]
+        source = (
+            "read_json(?, format='newline_delimited', columns=?, ignore_errors=true)"
+            if present
+            else "(SELECT NULL::VARCHAR AS id, NULL::VARCHAR AS type, NULL::BIGINT AS ts, "
+            "NULL::MAP(VARCHAR, VARCHAR) AS dims, NULL::JSON AS metrics, NULL::JSON AS ctx WHERE false)"
+        )
+        try:
+            connection.execute(
+                f"CREATE OR REPLACE TEMP TABLE lines AS SELECT id, type, ts, dims, metrics{extracted} FROM {source}",
+                [present, _COLUMNS] if present else [],
+            )
+        except duckdb.IOException:
+            if attempt + 1 == READ_ATTEMPTS or all(Path(name).exists() for name in present):
+                raise
+            continue
+        return missing
+    return []  # not reached: the last attempt returns or raises
