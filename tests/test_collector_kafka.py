@@ -18,7 +18,7 @@ import msgspec
 import pytest
 from confluent_kafka import Producer
 
-from conformance.target_kafka import KafkaTarget, make_target, read_messages
+from conformance.target_kafka import KafkaTarget, MockCluster, make_target, read_messages
 from conftest import load_config
 from trackpoint.collectors.base import CollectorContext, Health, SendResult
 from trackpoint.collectors.kafka.collector import KafkaCollector, producer_settings
@@ -118,7 +118,7 @@ def test_close_drains_what_is_pending(brokers: str, tmp_path: Path) -> None:
     )
 
 
-def test_a_message_too_large_rejects_the_batch_and_the_others_still_go(brokers: str, tmp_path: Path) -> None:
+def test_a_message_too_large_is_refused_and_the_others_still_go(brokers: str, tmp_path: Path) -> None:
     prefix = f"unit-{uuid.uuid4().hex[:8]}."
     events = [make_event(0), make_event(1, pad=5000), make_event(2)]
 
@@ -126,10 +126,9 @@ def test_a_message_too_large_rejects_the_batch_and_the_others_still_go(brokers: 
         for event in events:
             collector.offer(event)
         await collector.flush()
-        assert collector.stats.dropped == 3  # rejected whole: not retried forever
+        assert collector.stats.dropped == 1 and collector.stats.sent == 2  # refused: not retried forever
         assert collector.stats.pending == 0 and not collector._pending
-        health = collector.health()
-        assert not health.healthy and "rejected" in health.detail
+        assert collector.health().healthy  # the brokers took the others: not an outage
 
     run(config(brokers, topic=prefix + "{type}", properties={"message.max.bytes": "2000"}), body, tmp_path)
     keys = sorted(message.key() or b"" for message in read_messages(brokers, prefix))
@@ -225,6 +224,97 @@ def test_outage_and_recovery_at_the_same_address(tmp_path: Path) -> None:
 
     target = asyncio.run(main())
     asyncio.run(target.close())
+
+
+@pytest.mark.parametrize("down_at_start", [False, True])
+def test_an_idle_collector_is_healthy_again_once_its_broker_is_back_without_traffic(
+    down_at_start: bool, tmp_path: Path
+) -> None:
+    """A required collector that stayed unhealthy until the next event would keep /readyz at 503, and a load
+    balancer sends no event to a tracker that is not ready: health must come back without traffic."""
+
+    async def main() -> KafkaTarget:
+        target = await make_target()
+        options = msgspec.convert(target.collector_config(), KafkaCollectorConfig)
+        collector = KafkaCollector("kafka", options, CollectorContext(data_dir=str(tmp_path)))
+        if down_at_start:
+            await target.stop()
+        await collector.start()
+        try:
+            if not down_at_start:
+                assert await collector.send([make_event(0)]) is SendResult.DELIVERED
+                await target.stop()
+            await wait_until(lambda: not collector.health().healthy, 10.0)  # noticed while idle
+            await asyncio.sleep(3.0)  # several probes while the broker is down: still unhealthy
+            assert not collector.health().healthy
+            await target.start()
+            _, pause = await longest_pause(wait_until(lambda: collector.health().healthy, 10.0))
+            assert pause < 0.25  # the probes wait for the broker off the loop
+            assert collector.stats.received == 0  # no traffic: only send() above, which bypasses offer()
+        finally:
+            await collector.close(5.0)
+        return target
+
+    target = asyncio.run(main())
+    asyncio.run(target.close())
+
+
+def test_a_topic_that_does_not_exist_refuses_its_events_and_the_other_types_go_once(tmp_path: Path) -> None:
+    cluster = MockCluster()
+    prefix = f"unit-{uuid.uuid4().hex[:8]}."
+    cluster.create_topic(prefix + "impression", 1)  # no topic for clicks, and the brokers create none
+    before = [make_event(i) for i in range(5)]
+    click = make_event(5, "click")
+    after = [make_event(6 + i) for i in range(5)]
+    options = config(
+        cluster.bootstrap_servers,
+        topic=prefix + "{type}",
+        delivery_timeout_s=3.0,
+        send_timeout_s=5.0,
+        properties={"allow.auto.create.topics": "false"},
+    )
+
+    async def body(collector: KafkaCollector) -> None:
+        for event in [*before, click]:
+            collector.offer(event)
+        await collector.flush()
+        for event in after:
+            collector.offer(event)
+        await wait_until(lambda: collector.stats.sent == len(before + after), 30.0)
+        await collector.flush()
+        assert collector.stats.dropped == 1  # the click, refused for good
+        assert collector.health().healthy  # the brokers are reachable: a refused event is not an outage
+
+    try:
+        run(options, body, tmp_path)
+        keys = [message.key() or b"" for message in read_messages(cluster.bootstrap_servers, prefix)]
+        assert sorted(keys) == sorted(event.id.encode() for event in before + after)  # each once
+        (dead_letters,) = (tmp_path / "deadletter" / "kafka").iterdir()
+        assert [event.id for event in msgspec.json.Decoder(Event).decode_lines(dead_letters.read_bytes())] == [click.id]
+    finally:
+        cluster.destroy()
+
+
+def test_a_retried_batch_sends_again_only_the_events_no_attempt_delivered(tmp_path: Path) -> None:
+    cluster = MockCluster()
+    prefix = f"unit-{uuid.uuid4().hex[:8]}."
+    for event_type in ("impression", "click"):
+        cluster.create_topic(prefix + event_type, 1)
+    cluster.set_leader(prefix + "click", 0, -1)  # clicks wait for a leader: they time out, the rest is delivered
+    events = [make_event(0), make_event(1, "click"), make_event(2)]
+
+    async def body(collector: KafkaCollector) -> None:
+        assert await collector.send(events) is SendResult.RETRY
+        collector._failures = 1  # as the base class does after a RETRY
+        cluster.set_leader(prefix + "click", 0, 1)
+        assert await collector.send(events) is SendResult.DELIVERED
+
+    try:
+        run(config(cluster.bootstrap_servers, topic=prefix + "{type}", delivery_timeout_s=1.0), body, tmp_path)
+        keys = [message.key() or b"" for message in read_messages(cluster.bootstrap_servers, prefix)]
+        assert sorted(keys) == sorted(event.id.encode() for event in events)  # each once
+    finally:
+        cluster.destroy()
 
 
 # --- configuration -------------------------------------------------------------------------------------------

@@ -44,6 +44,7 @@ def _librdkafka() -> ctypes.CDLL | None:
         "rd_kafka_mock_broker_set_down": (ctypes.c_int, [handle, ctypes.c_int32]),
         "rd_kafka_mock_broker_set_up": (ctypes.c_int, [handle, ctypes.c_int32]),
         "rd_kafka_mock_topic_create": (ctypes.c_int, [handle, text, ctypes.c_int, ctypes.c_int]),
+        "rd_kafka_mock_partition_set_leader": (ctypes.c_int, [handle, text, ctypes.c_int32, ctypes.c_int32]),
     }
     for name, (result, arguments) in signatures.items():
         function = getattr(lib, name)
@@ -74,6 +75,11 @@ class MockCluster:
     def create_topic(self, topic: str, partitions: int) -> None:
         if self._lib.rd_kafka_mock_topic_create(self._cluster, topic.encode(), partitions, 1) != 0:
             raise RuntimeError(f"mock cluster: cannot create topic {topic}")
+
+    def set_leader(self, topic: str, partition: int, broker: int) -> None:
+        """Moves a partition's leadership; broker -1 leaves it without a leader (its messages wait, then time out)."""
+        if self._lib.rd_kafka_mock_partition_set_leader(self._cluster, topic.encode(), partition, broker) != 0:
+            raise RuntimeError(f"mock cluster: cannot set the leader of {topic} [{partition}]")
 
     def set_down(self) -> None:
         self._lib.rd_kafka_mock_broker_set_down(self._cluster, ALL_BROKERS)

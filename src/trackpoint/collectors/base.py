@@ -130,6 +130,7 @@ class Collector(ABC):
         self._last_drop_log = -DROP_LOG_INTERVAL_S
         self._failures = 0
         self._retry_at = 0.0
+        self._refused = 0  # events of the running send refused on their own (refuse()): not counted as sent
         self._in_flight: list[Event] = []  # events taken from _pending by the running flush, from _in_flight_start
         self._in_flight_start = 0
         self._spool: Spool | None = None
@@ -172,6 +173,17 @@ class Collector(ABC):
     async def send(self, batch: Sequence[Event]) -> SendResult:
         """Delivers one batch: DELIVERED, RETRY (target unavailable; the batch comes back later) or REJECTED
         (the target refuses these events for good; they are dead-lettered and counted as dropped)."""
+
+    def refuse(self, events: list[Event]) -> None:
+        """For a send() that returns DELIVERED: events of its batch that the target refused for good while it took
+        the others. They are dead-lettered and counted as dropped, and only the others are counted as sent."""
+        self._refused += len(events)
+        self._dead_letter(events)
+
+    @property
+    def retrying(self) -> bool:
+        """Whether a failed batch waits for its retry (its outcome will tell whether the target is back)."""
+        return self._failures > 0
 
     def health(self) -> Health:
         """Whether the target is usable now (e.g. connected), with a short detail; read once a second for the
@@ -238,6 +250,7 @@ class Collector(ABC):
     async def deliver(self, batch: list[Event]) -> bool:
         """One attempt to send a batch, isolated from whatever the collector does: an exception or a hang (beyond
         send_timeout_s) counts as a retry. True when the batch is done with (delivered, or refused for good)."""
+        self._refused = 0
         try:
             result = await asyncio.wait_for(self.send(batch), self.send_timeout_s)
         except TimeoutError:
@@ -247,7 +260,7 @@ class Collector(ABC):
             self._note_error(exc)
             result = None
         if result is SendResult.DELIVERED:
-            self.stats.sent += len(batch)
+            self.stats.sent += len(batch) - self._refused
             if self._failures:
                 log.warning("collector %s: delivering again after %d failed attempts", self.name, self._failures)
             self._failures = 0

@@ -66,7 +66,8 @@ class KafkaCollectorConfig(CollectorBase, tag="kafka"):
             min_length=1,
             description="Topic name template; `{type}` is replaced by the event type (a name without `{type}` "
             "sends every type to one topic). Topics must exist unless the brokers auto-create them (Event Hubs: "
-            "one event hub per topic).",
+            "one event hub per topic): the events of a type whose topic does not exist (or may not be written) "
+            "are refused, dead-lettered and counted as dropped, while the other types go on.",
         ),
     ] = "trackpoint.{type}"
     client_id: Annotated[
@@ -89,7 +90,9 @@ class KafkaCollectorConfig(CollectorBase, tag="kafka"):
         Seconds,
         Meta(
             description="Longest wait for one batch's delivery reports (also librdkafka's `message.timeout.ms`); "
-            "a batch not acknowledged by then is retried (or spooled) whole. At least 1 s below send_timeout_s.",
+            "a batch not wholly acknowledged by then is retried (or spooled), and the retry sends only the events "
+            "no attempt delivered. A topic still missing after half of it is taken as missing "
+            "(`topic.metadata.propagation.max.ms`, which `properties` may set). At least 1 s below send_timeout_s.",
         ),
     ] = 10.0
     security_protocol: Annotated[
