@@ -454,3 +454,70 @@ def test_the_embedded_default_runs_in_a_fresh_directory(tmp_path: Path) -> None:
         assert process.wait(30) == 0
     assert not (data / "trackpoint-data").exists()  # nothing resolved against data_dir twice
     assert [event.dims["imp"] for event in read_events([data / "logs"])] == ["fresh-1"]
+
+
+def test_a_reload_to_zstd_compresses_the_last_plain_files_of_the_old_workers(tracker_factory: Any) -> None:
+    """The old workers wrote with compression none and exit cleanly after the reload: the supervisor compresses
+    what they left, so it becomes shippable (finished) under the new codec instead of waiting for the next start."""
+    tracker: Tracker = tracker_factory({"collectors": {"log": {"type": "log", "compression": "none"}}}, workers=2)
+    old_pids = tracker.worker_pids()
+    acknowledged = [f"r-{i}" for i in range(40) if tracker.get(f"/i?imp=r-{i}")[0] == 200]
+    logs = tracker.data_dir / "logs"
+    document = yaml.safe_load(tracker.config_path.read_text())
+    document["collectors"]["log"]["compression"] = "zstd"
+    tracker.config_path.write_text(yaml.safe_dump(document))
+    tracker.signal(signal.SIGHUP)
+    assert tracker.wait_metric("trackpoint_reloads_total", "", 1, timeout_s=20) == 1
+
+    def left_plain() -> list[str]:
+        return [p.name for p in logs.glob("events-*.jsonl") if any(f"-p{pid}-" in p.name for pid in old_pids)]
+
+    deadline = time.monotonic() + 20
+    while left_plain() or set(old_pids) & set(tracker.worker_pids()):
+        assert time.monotonic() < deadline, f"left plain: {left_plain()}\n{tracker.output()}"
+        time.sleep(0.05)
+    assert [p for p in logs.glob("events-*.jsonl.zst") if any(f"-p{pid}-" in p.name for pid in old_pids)]
+    assert tracker.wait_metric_at_most("trackpoint_log_uncompressed_waiting_bytes", 'collector="log"', 0) == 0
+    assert tracker.stop() == 0, tracker.output()
+    assert sorted(e.dims["imp"] for e in tracker.events()) == sorted(acknowledged)
+
+
+@pytest.mark.e2e
+def test_a_log_dir_that_cannot_be_made_stops_the_start_with_one_located_error(tmp_path: Path) -> None:
+    config = tmp_path / "bad-dir.yaml"
+    config.write_text(
+        yaml.safe_dump(
+            {"data_dir": str(tmp_path / "data"), "collectors": {"log": {"type": "log", "dir": "/proc/1/nope"}}}
+        )
+    )
+    run = [sys.executable, "-m", "trackpoint", "run", "--config", str(config), "--workers", "1",
+           "--port", str(free_port()), "--admin-port", str(free_port())]  # fmt: skip
+    for command in (run, [sys.executable, "-m", "trackpoint", "config", "check", str(config)]):
+        done = subprocess.run(command, capture_output=True, text=True, timeout=60, check=False)
+        assert done.returncode == 2, done.stdout + done.stderr  # a configuration error, as every check's
+        assert "collectors.log.dir" in done.stdout + done.stderr and "/proc/1/nope" in done.stdout + done.stderr
+        assert "Traceback" not in done.stdout + done.stderr
+    assert not (tmp_path / "data").exists()  # the check made nothing it keeps
+
+
+def test_a_worker_that_cannot_start_its_log_says_so_in_one_line(tracker_factory: Any) -> None:
+    """The log directory replaced by a file under a running tracker (the start-up check passed): the restarted
+    worker cannot make it, and the supervisor logs why in one line, no traceback; it starts once it is back."""
+    tracker: Tracker = tracker_factory()
+    assert tracker.get("/i?imp=before")[0] == 200
+    logs = tracker.data_dir / "logs"
+    logs.rename(tracker.data_dir / "logs-aside")
+    logs.write_text("")
+    for pid in tracker.worker_pids():
+        os.kill(pid, signal.SIGKILL)
+    deadline = time.monotonic() + 20
+    while "collector log cannot start" not in tracker.output():
+        assert time.monotonic() < deadline, tracker.output()
+        time.sleep(0.05)
+    assert "Traceback" not in tracker.output(), tracker.output()
+    logs.unlink()
+    (tracker.data_dir / "logs-aside").rename(logs)
+    tracker.wait_ready()
+    assert tracker.get("/i?imp=after")[0] == 200
+    assert tracker.stop() == 0, tracker.output()
+    assert sorted(e.dims["imp"] for e in tracker.events()) == ["after", "before"]

@@ -6,10 +6,12 @@ Each test runs a real LogCollector on an asyncio loop over a temporary data dir 
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import gzip
 import json
 import os
 import re
+import subprocess
 import threading
 import time
 from collections.abc import Awaitable, Callable, Sequence
@@ -580,3 +582,40 @@ def test_compression_threads_run_below_serving_priority_but_above_nice_19() -> N
     thread.join()
     assert niceness == [max(COMPRESSION_NICE, os.getpriority(os.PRIO_PROCESS, 0))]
     assert 0 < COMPRESSION_NICE < 19
+
+
+@pytest.mark.e2e
+def test_a_failed_compression_leaves_no_temporary_and_is_retried_once_there_is_room(tmp_path: Path) -> None:
+    """ENOSPC on a small tmpfs mounted on the log directory (root only): the compression of a rotated file fails,
+    its temporary is removed at once, and it succeeds by itself once space is freed."""
+    logs = tmp_path / "logs"
+    logs.mkdir()
+    mount = subprocess.run(
+        ["mount", "-t", "tmpfs", "-o", "size=1m", "tmpfs", str(logs)], capture_output=True, check=False
+    )
+    if mount.returncode != 0:
+        pytest.skip(f"cannot mount a tmpfs: {mount.stderr.decode(errors='replace').strip()}")
+    try:
+
+        async def body(collector: LogCollector) -> None:
+            for i in range(200):
+                collector.offer(make_event(i))
+            await collector.flush()
+            filler = logs / "filler"
+            fill = os.open(filler, os.O_WRONLY | os.O_CREAT)
+            with contextlib.suppress(OSError):  # page by page until ENOSPC: not one page left
+                while True:
+                    os.write(fill, b"x" * 4096)
+            os.close(fill)
+            await wait_until(lambda: collector.stats.errors >= 1, timeout_s=10)  # rotated by age, not compressed
+            plain = [p for p in files(logs, ".jsonl") if p.stat().st_size]
+            assert len(plain) == 1 and not files(logs, ".zst")
+            assert not files(logs, ".tmp")  # its temporary gone: the space it took is free again
+            filler.unlink()  # space freed: the retry compresses it
+            await wait_until(lambda: len(files(logs, ".jsonl.zst")) == 1 and not plain[0].exists(), timeout_s=10)
+
+        run_collector(tmp_path, config(rotate_interval_s=0.3), body)
+        events, stats = read_all(logs)
+        assert [event.dims["imp"] for event in events] == [f"imp-{i}" for i in range(200)] and stats.skipped == 0
+    finally:
+        subprocess.run(["umount", str(logs)], check=True)

@@ -681,3 +681,39 @@ def test_sigterm_ships_the_files_the_drain_finished(s3: S3Store, tracker_factory
     shipped = [event.dims["imp"] for event in s3.events("last", tmp_path / "back") if event.type == "win"]
     assert sorted(shipped) == sorted(acknowledged)
     assert list((tracker.data_dir / "logs").glob("events-*")) == []
+
+
+@pytest.mark.skipif(os.geteuid() != 0 or shutil.which("unshare") is None, reason="unshare -p needs root")
+def test_ship_once_from_another_pid_namespace_never_takes_a_file_a_worker_writes(
+    s3: S3Store, tracker_factory: Any, tmp_path: Path
+) -> None:
+    """A cron job or a sidecar container sharing the volume runs in a pid namespace of its own, where the pids in
+    the file names mean nothing: it ships the files the worker left behind, never the one it writes."""
+    ship = {"url": s3.url("ns"), "storage_options": s3.options, "node": "edge-ns", "interval_s": 3600}
+    log = {"type": "log", "compression": "none", "rotate_bytes": 4096, "rotate_interval_s": 30, "ship": ship}
+    tracker: Tracker = tracker_factory({"collectors": {"log": log}}, workers=1)
+    logs = tracker.data_dir / "logs"
+    acknowledged = [f"ns-{i}" for i in range(60) if tracker.get(tracker.sign(f"/win?imp=ns-{i}&price=0.5"))[0] == 204]
+    assert len(acknowledged) == 60
+    before = sorted(path.name for path in logs.glob("events-*"))
+    assert len(before) >= 3, before  # rotated by size: finished files, and the one being written (the newest)
+    command = ["unshare", "-p", "-f", "--mount-proc", sys.executable, "-m", "trackpoint", "ship"]
+    once = subprocess.run(
+        [*command, "--config", str(tracker.config_path), "--once"],
+        capture_output=True,
+        text=True,
+        timeout=120,
+        check=False,
+    )
+    assert once.returncode == 0, once.stdout + once.stderr
+    shipped = sorted(key.rsplit("/", 1)[1] for key in s3.data_keys("ns"))
+    assert shipped == before[:-1]  # the older files shipped, the one being written stayed
+    assert (logs / before[-1]).exists()
+    # Acknowledged after the pass: written into the file that stayed, not into an unlinked one.
+    later = [f"ns-{i}" for i in range(60, 70) if tracker.get(tracker.sign(f"/win?imp=ns-{i}&price=0.5"))[0] == 204]
+    assert len(later) == 10
+    local = [event.dims["imp"] for event in read_events([logs]) if event.type == "win"]
+    assert set(later) <= set(local)
+    assert tracker.stop() == 0, tracker.output()
+    stored = [event.dims["imp"] for event in s3.events("ns", tmp_path / "back") if event.type == "win"]
+    assert sorted(stored) == sorted(acknowledged + later)  # every acknowledged event, once

@@ -3,7 +3,14 @@ collectors `kafka`, `nats` and `redis_streams`; plugins add more."""
 
 from __future__ import annotations
 
-from trackpoint.collectors.base import Collector, CollectorContext, CollectorStats, Health, SendResult
+from trackpoint.collectors.base import (
+    Collector,
+    CollectorContext,
+    CollectorStartError,
+    CollectorStats,
+    Health,
+    SendResult,
+)
 
 # A collector is built by the registry (`trackpoint.plugins.Registry.build_collector`), for built-ins and plugins alike.
-__all__ = ["Collector", "CollectorContext", "CollectorStats", "Health", "SendResult"]
+__all__ = ["Collector", "CollectorContext", "CollectorStartError", "CollectorStats", "Health", "SendResult"]

@@ -40,6 +40,11 @@ _SPOOL_OFF = "memory batch full, spool off"
 _SPOOL_UNWRITABLE = "memory batch full, spool unwritable"
 
 
+class CollectorStartError(Exception):
+    """A collector cannot start for a reason its message says in full (a directory that cannot be made, a file that
+    cannot be opened): the worker reports it in one line, without a traceback."""
+
+
 class SendResult(enum.Enum):
     """What became of a batch: delivered, worth retrying later, or refused for good (counted as dropped)."""
 

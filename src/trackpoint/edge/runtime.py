@@ -12,7 +12,7 @@ import time
 from dataclasses import dataclass
 from typing import Final, Protocol
 
-from trackpoint.collectors import Collector, CollectorContext
+from trackpoint.collectors import Collector, CollectorContext, CollectorStartError
 from trackpoint.config.model import CollectorBase, Config, Limits, PreprocessorBase, TagConfig
 from trackpoint.edge import responses
 from trackpoint.edge.bad_rows import BadRows
@@ -491,8 +491,13 @@ class Edge:
     # --- lifecycle -----------------------------------------------------------------------------------------------
 
     async def start_collectors(self) -> None:
-        for collector in self.collectors.values():
-            await collector.start()
+        """Starts every collector; one that fails on its environment (OSError: a directory, a permission) raises
+        CollectorStartError, which names it and says why in one line."""
+        for name, collector in self.collectors.items():
+            try:
+                await collector.start()
+            except OSError as exc:
+                raise CollectorStartError(f"collector {name} cannot start: {exc}") from exc
 
     async def drain(self, timeout_s: float) -> None:
         """Finishes the accepted connections (the listener is closed already) and flushes. Responses from now on

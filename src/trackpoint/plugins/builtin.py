@@ -12,6 +12,7 @@ import yaml
 from trackpoint.collectors.banker import admin as banker_admin
 from trackpoint.collectors.banker.config import BankerCollectorConfig, check_banker
 from trackpoint.collectors.kafka.config import KafkaCollectorConfig
+from trackpoint.collectors.log.checks import check_log_dirs
 from trackpoint.collectors.log.config import LogCollectorConfig
 from trackpoint.collectors.log.shipping.shipper import check_shipping
 from trackpoint.collectors.nats.config import NatsCollectorConfig
@@ -117,6 +118,7 @@ plugin = Plugin(
         check_vast,
         check_cors,
         check_shipping,
+        check_log_dirs,
         check_geo,
         check_tag,
     ],

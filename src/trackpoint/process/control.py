@@ -13,6 +13,7 @@ import traceback
 
 import msgspec
 
+from trackpoint.collectors.base import CollectorStartError
 from trackpoint.config.load import config_type
 from trackpoint.config.model import Config
 from trackpoint.edge.stats import Snapshot
@@ -62,6 +63,9 @@ class Failed(msgspec.Struct, tag=True):
 
     @classmethod
     def of(cls, exc: BaseException) -> Failed:
+        """The error and its traceback; a CollectorStartError's message alone says what is wrong (no traceback)."""
+        if isinstance(exc, CollectorStartError):
+            return cls(error=str(exc), traceback="")
         return cls(error=f"{type(exc).__name__}: {exc}", traceback="".join(traceback.format_exception(exc)))
 
 

@@ -36,6 +36,7 @@ from trackpoint.collectors.log.files import log_dir
 from trackpoint.collectors.log.shipping.service import ShippingService
 from trackpoint.config import ConfigError, LoadedConfig, load
 from trackpoint.config.model import Config
+from trackpoint.data_dir import LOCK_FILE, lock_content
 from trackpoint.edge.stats import Snapshot, add
 from trackpoint.event import Event
 from trackpoint.plugins import Registry
@@ -111,7 +112,6 @@ def available_cpus(cgroup: Path = Path("/sys/fs/cgroup/cpu.max")) -> int:
         return cores
 
 
-LOCK_FILE = "trackpoint.lock"
 _NO_LOCKS = frozenset({errno.ENOLCK, errno.EOPNOTSUPP, errno.ENOSYS, errno.EINVAL})  # flock not supported there
 
 
@@ -130,15 +130,16 @@ def claim_data_dir(data_dir: str) -> int:
     it ends, however it ends (the workers inherit it). A second tracker on the same directory would take the first
     one's active log files for a dead worker's and compress them away under it: every event acknowledged after that
     would be lost, and so would a request that a worker whose supervisor was killed is still answering. The file
-    holds the supervisor's pid, for the message. Raises DataDirInUse (DataDirDraining when that pid is gone), or
-    OSError when the directory cannot be used."""
+    holds the supervisor's pid, for the message, and its pid namespace: a shipper that finds the lock held knows
+    from it whether the pids in log file names are its own (trackpoint/data_dir.py). Raises DataDirInUse
+    (DataDirDraining when that pid is gone), or OSError when the directory cannot be used."""
     directory = Path(data_dir)
     directory.mkdir(parents=True, exist_ok=True)
     fd = os.open(directory / LOCK_FILE, os.O_RDWR | os.O_CREAT | os.O_CLOEXEC, 0o644)
     try:
-        fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        _lock(fd)
     except BlockingIOError:
-        owner = os.pread(fd, 32, 0).decode("ascii", "replace").strip() or "unknown"
+        owner = os.pread(fd, 32, 0).decode("ascii", "replace").split("\n")[0].strip() or "unknown"
         os.close(fd)
         if owner.isdigit() and not _alive(int(owner)):
             raise DataDirDraining(
@@ -152,8 +153,20 @@ def claim_data_dir(data_dir: str) -> int:
         # A file system without locks (some network shares): run, unguarded, rather than not at all.
         log.warning("data_dir %s cannot be locked (%s): make sure no other tracker uses it", data_dir, exc.strerror)
     os.ftruncate(fd, 0)
-    os.pwrite(fd, f"{os.getpid()}\n".encode("ascii"), 0)
+    os.pwrite(fd, lock_content(), 0)
     return fd
+
+
+def _lock(fd: int, attempts: int = 20) -> None:
+    """LOCK_EX, tried for up to 0.2 s: a shipper probing the lock (trackpoint/data_dir.py) holds a shared one for an
+    instant, and must not make a tracker that starts at that moment refuse its directory."""
+    for _ in range(attempts - 1):
+        try:
+            fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+            return
+        except BlockingIOError:
+            time.sleep(0.01)
+    fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
 
 
 def _alive(pid: int) -> bool:
@@ -415,8 +428,9 @@ class Supervisor:
             # Marked as seen: a restart or a reload awaiting it gets it, and a failed start is logged below
             # (_failed_start), not by asyncio at exit for a first start or one stopped by a shutdown.
             handle.ready.exception()
-        if not clean:
-            self._finalize_logs(pid=handle.process.pid)
+        # Whatever its exit: a clean one can leave files too (a compression that failed, a reload from
+        # compression none), finished now that no process writes or compresses them; off the loop (it compresses).
+        await asyncio.get_running_loop().run_in_executor(None, self._finalize_logs, handle.process.pid)
         if handle.retiring or self.shutting_down or (failed_start and handle.probation):
             return  # (a reload whose worker failed says so, and keeps the running one)
         if failed_start:
@@ -441,7 +455,7 @@ class Supervisor:
                 "(logged once while the error stays the same)%s",
                 slot,
                 error,
-                "\n" + failure.traceback.rstrip() if failure is not None else "",
+                "\n" + failure.traceback.rstrip() if failure is not None and failure.traceback else "",
             )
 
     def _stop_listening(self, slot: int) -> None:
@@ -630,9 +644,11 @@ class Supervisor:
     # --- logs ----------------------------------------------------------------------------------------------------
 
     def _finalize_logs(self, pid: int | None) -> None:
-        """Compresses log files left by dead workers (at start: all of them; after a crash: that worker's)."""
+        """Compresses the plain log files that exited workers left (at start: all of them; after any exit: that
+        worker's), with the current configuration's codec, and removes their compression temporaries: only then are
+        they shippable. A file that fails (a full disk) stays plain and is tried again at the next start."""
         for collector in self.config.collectors.values():
-            if isinstance(collector, LogCollectorConfig) and collector.compression != "none":
+            if isinstance(collector, LogCollectorConfig):
                 directory: Path = log_dir(self.config.data_dir, collector)
                 try:
                     finalize_orphans(directory, pid, collector.compression, collector.compression_level)

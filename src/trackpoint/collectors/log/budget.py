@@ -41,9 +41,11 @@ class DiskUsage:
     deleted: list[Path] = field(default_factory=list)
 
 
-def usage(directory: Path, config: LogCollectorConfig, files: list[LogFile] | None = None) -> DiskUsage:
+def usage(
+    directory: Path, config: LogCollectorConfig, files: list[LogFile] | None = None, data_dir: str | None = None
+) -> DiskUsage:
     """What the directory holds now (no deletions)."""
-    files = scan(directory) if files is None else files
+    files = scan(directory, data_dir) if files is None else files
     waiting = sum(file.size for file in files if file.waiting(config.compression))
     return DiskUsage(bytes=_directory_bytes(directory), waiting_bytes=waiting)
 
@@ -64,9 +66,17 @@ def _directory_bytes(directory: Path) -> int:
 class DiskBudget:
     """One collector's view of its directory's budget. check() runs in a thread; allows() is O(1) on the loop."""
 
-    def __init__(self, name: str, directory: Path, config: LogCollectorConfig, clock: Callable[[], float] = time.time):
+    def __init__(
+        self,
+        name: str,
+        directory: Path,
+        config: LogCollectorConfig,
+        clock: Callable[[], float] = time.time,
+        data_dir: str | None = None,
+    ) -> None:
         self.name = name
         self.directory = directory
+        self.data_dir = data_dir  # whose lock says whether a tracker writes there (files.scan)
         self.config = config
         self.clock = clock
         self.manifest = Manifest(directory / MANIFEST_NAME)
@@ -81,7 +91,7 @@ class DiskBudget:
 
     def check(self) -> DiskUsage:
         """Applies retention and the budget (see the module docstring), then measures; updates full and warning."""
-        config, files = self.config, scan(self.directory)
+        config, files = self.config, scan(self.directory, self.data_dir)
         deleted: list[Path] = []
         if config.retention_s is not None:
             cutoff = self.clock() - config.retention_s
@@ -100,7 +110,7 @@ class DiskBudget:
                 excess -= file.size
             if chosen:
                 deleted += self._delete(chosen)
-                measured = usage(self.directory, config)
+                measured = usage(self.directory, config, data_dir=self.data_dir)
         measured.deleted = deleted
         self.usage = measured
         self._judge(measured)
@@ -180,7 +190,7 @@ class LogDiskMetrics:
         for name, collector in sorted(config.collectors.items()):
             if not isinstance(collector, LogCollectorConfig):
                 continue
-            measured = usage(log_dir(config.data_dir, collector), collector)
+            measured = usage(log_dir(config.data_dir, collector), collector, data_dir=config.data_dir)
             disk.add_metric([name], measured.bytes)
             waiting.add_metric([name], measured.waiting_bytes)
             if (limit := collector.max_disk_bytes) is not None:

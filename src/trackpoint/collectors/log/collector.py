@@ -33,6 +33,8 @@ DISK_FULL: Final = frozenset({errno.ENOSPC, errno.EDQUOT, errno.EFBIG})
 ERROR_HOLD_S: Final = 1.0
 # The free space a failed log waits for before it is ready again.
 MIN_FREE_BYTES: Final = 1 << 20
+# Waits before each new attempt at a compression that failed (a full disk that is freed later): the last one repeats.
+COMPRESS_RETRY_S: Final = (1.0, 2.0, 5.0, 10.0, 30.0, 60.0)
 _monotonic: Final = time.monotonic
 
 log = logging.getLogger("trackpoint.collectors")
@@ -69,8 +71,9 @@ class LogCollector(Collector):
             max_workers=1, thread_name_prefix=f"compress-{name}", initializer=lower_priority
         )
         self._background: set[asyncio.Future[Any]] = set()  # closes (None) and compressions (the new Path)
+        self._compress_retries: dict[Path, asyncio.TimerHandle] = {}  # failed compressions waiting to be tried again
         # The disk budget: checked in its own thread, so a slow directory scan never delays an fsync.
-        self.budget = DiskBudget(name, self.directory, config)
+        self.budget = DiskBudget(name, self.directory, config, data_dir=context.data_dir)
         # Read by every group's write, so kept here as plain values: the config and the budget are interpreted
         # objects (an attribute of theirs is a dictionary lookup, and `enabled` a property), this class is compiled.
         self._budgeted = self.budget.enabled
@@ -154,6 +157,10 @@ class LogCollector(Collector):
                     await task
         if not self.commit():
             log.error("collector %s: %d events could not be written at shutdown", self.name, len(self._group))
+        # Compressions waiting for a retry: the supervisor compresses what is left once this worker has exited.
+        for retry in self._compress_retries.values():
+            retry.cancel()
+        self._compress_retries.clear()
         self._finish_current()
         if self._background:
             await asyncio.wait(self._background, timeout=drain_timeout_s)
@@ -255,18 +262,30 @@ class LogCollector(Collector):
         if not future.cancelled() and (exc := future.exception()) is not None:
             self._note_error(exc)
         if path is not None and self.config.compression != "none":
-            codec, level = self.config.compression, self.config.compression_level
-            compressing = asyncio.get_running_loop().run_in_executor(self._compressor, compress, path, codec, level)
-            self._background.add(compressing)
-            compressing.add_done_callback(self._compressed)
+            self._compress(path, 0)
         self._check_budget()
 
-    def _compressed(self, future: asyncio.Future[Path]) -> None:
-        """A failed compression leaves the plain file in place (nothing is lost); it is counted and logged. A done
-        one changed the directory's size: the budget looks again."""
+    def _compress(self, path: Path, failures: int) -> None:
+        self._compress_retries.pop(path, None)
+        if self._closing and failures:  # a retry that fired as close() began: left to the supervisor
+            return
+        codec, level = self.config.compression, self.config.compression_level
+        compressing = asyncio.get_running_loop().run_in_executor(self._compressor, compress, path, codec, level)
+        self._background.add(compressing)
+        compressing.add_done_callback(lambda done: self._compressed(done, path, failures))
+
+    def _compressed(self, future: asyncio.Future[Path], path: Path, failures: int) -> None:
+        """A failed compression leaves the plain file in place (nothing is lost; compress() removed its temporary);
+        it is counted, logged, and tried again with backoff (COMPRESS_RETRY_S) until it succeeds, the file is gone,
+        or the worker stops (the supervisor then compresses it). A done one changed the directory's size: the budget
+        looks again."""
         self._background.discard(future)
         if not future.cancelled() and (exc := future.exception()) is not None:
             self._note_error(exc)
+            if not isinstance(exc, FileNotFoundError) and not self._closing:
+                delay = COMPRESS_RETRY_S[min(failures, len(COMPRESS_RETRY_S) - 1)]
+                retry = asyncio.get_running_loop().call_later(delay, self._compress, path, failures + 1)
+                self._compress_retries[path] = retry
         self._check_budget()
 
     # --- the disk budget -------------------------------------------------------------------------------------------

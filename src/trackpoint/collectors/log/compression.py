@@ -36,23 +36,29 @@ COMPRESSION_NICE = 5
 
 def compress(path: Path, codec: Compression = "zstd", level: int | None = None) -> Path:
     """Compresses a closed log file durably: write to a temporary name, fsync, rename, then remove the original.
-    Returns the compressed file (the file itself for codec none)."""
+    Returns the compressed file (the file itself for codec none). On a failure (a full disk) the temporary is
+    removed, so the space it took is free again for the retry, and the plain file stays."""
     if codec == "none":
         return path
     target = rotated_name(path, codec)
     temporary = target.with_name(target.name + ".tmp")
     chosen = COMPRESSION_LEVELS[codec][2] if level is None else level
-    with path.open("rb") as source, temporary.open("wb") as sink:
-        if codec == "zstd":
-            # write_checksum: a reader can tell a damaged frame from a clean one.
-            compressor = zstandard.ZstdCompressor(level=chosen, write_checksum=True)
-            compressor.copy_stream(source, sink, size=os.fstat(source.fileno()).st_size, write_size=1 << 20)
-        else:
-            with gzip.GzipFile(filename="", mode="wb", fileobj=sink, compresslevel=chosen, mtime=0) as gzipped:
-                shutil.copyfileobj(source, gzipped, 1 << 20)
-        sink.flush()
-        os.fsync(sink.fileno())
-    temporary.rename(target)
+    try:
+        with path.open("rb") as source, temporary.open("wb") as sink:
+            if codec == "zstd":
+                # write_checksum: a reader can tell a damaged frame from a clean one.
+                compressor = zstandard.ZstdCompressor(level=chosen, write_checksum=True)
+                compressor.copy_stream(source, sink, size=os.fstat(source.fileno()).st_size, write_size=1 << 20)
+            else:
+                with gzip.GzipFile(filename="", mode="wb", fileobj=sink, compresslevel=chosen, mtime=0) as gzipped:
+                    shutil.copyfileobj(source, gzipped, 1 << 20)
+            sink.flush()
+            os.fsync(sink.fileno())
+        temporary.rename(target)
+    except BaseException:
+        with contextlib.suppress(OSError):
+            temporary.unlink(missing_ok=True)
+        raise
     path.unlink()
     return target
 
@@ -67,19 +73,27 @@ def finalize_orphans(
     """
     if not directory.is_dir():
         return []
+    for suffix in COMPRESSED_SUFFIXES:  # first: their space may be what the compressions below need
+        for stale in directory.glob(f"events-*{suffix}.tmp"):
+            if pid is None or f"-p{pid}-" in stale.name:  # a live worker's compression in progress stays
+                stale.unlink(missing_ok=True)
     done = []
+    failure: OSError | None = None
     for path in sorted(directory.glob(f"events-*{ACTIVE_SUFFIX}")):
         if pid is not None and f"-p{pid}-" not in path.name:
             continue
-        if path.stat().st_size == 0:
-            path.unlink()
+        try:
+            if path.stat().st_size == 0:
+                path.unlink()
+                continue
+            if codec != "none":
+                done.append(compress(path, codec, level))
+        except FileNotFoundError:  # taken meanwhile (another pass, an operator)
             continue
-        if codec != "none":
-            done.append(compress(path, codec, level))
-    for suffix in COMPRESSED_SUFFIXES:
-        for stale in directory.glob(f"events-*{suffix}.tmp"):
-            if pid is None or f"-p{pid}-" in stale.name:  # a live worker's compression in progress stays
-                stale.unlink()
+        except OSError as exc:  # one file that cannot be compressed now keeps none of the others back
+            failure = failure or exc
+    if failure is not None:
+        raise failure
     return done
 
 

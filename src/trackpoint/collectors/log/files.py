@@ -14,6 +14,7 @@ from datetime import UTC, datetime
 from pathlib import Path
 
 from trackpoint.collectors.log.config import Compression, LogCollectorConfig
+from trackpoint.data_dir import Holder, holder
 
 ACTIVE_SUFFIX = ".jsonl"
 # The suffix each codec adds to a finished file's name; none leaves it plain.
@@ -67,11 +68,16 @@ class LogFile:
         return not self.compressed and not self.current and compression != "none"
 
 
-def scan(directory: Path) -> list[LogFile]:
+def scan(directory: Path, data_dir: str | Path | None = None) -> list[LogFile]:
     """The log files in `directory`, oldest first; files that vanish meanwhile are left out.
 
-    While a pid runs, its latest file by name (time) and its latest by sequence number both count as current: a
-    reused pid (files of an earlier boot) or a clock step back cannot make the file being written look finished.
+    A worker writes only its newest file (by name, time, and by sequence number: a reused pid, files of an earlier
+    boot, or a clock step back cannot make the file being written look older), so every other file is finished
+    whoever looks. Whether a pid's newest file is still written depends on where the looker stands: while a tracker
+    holds `data_dir`'s lock (its supervisor or any of its workers), a pid is taken for alive unless it is seen gone
+    from the tracker's own pid namespace; a pid number means nothing from another one (`trackpoint ship --once`
+    from a cron job or a sidecar container sharing the volume). With no tracker on it, a pid alive here still
+    counts as writing (an embedded collector). `data_dir` None: no lock to consult, the pid is looked up here only.
     """
     try:
         entries = sorted(
@@ -80,6 +86,8 @@ def scan(directory: Path) -> list[LogFile]:
         )
     except FileNotFoundError:
         return []
+    # After the listing: a tracker that takes the lock later writes only files created after it, not listed here.
+    tracker = holder(data_dir) if data_dir is not None else Holder(running=False, here=True)
     latest_by_name: dict[str, str] = {}
     latest_by_seq: dict[str, tuple[int, str]] = {}
     for entry, match in entries:
@@ -87,7 +95,8 @@ def scan(directory: Path) -> list[LogFile]:
         latest_by_name[pid] = entry.name
         if seq >= latest_by_seq.get(pid, (-1, ""))[0]:
             latest_by_seq[pid] = (seq, entry.name)
-    running = {pid: _running(int(pid)) for pid in latest_by_name}
+    blind = tracker.running and not tracker.here
+    running = {pid: blind or _running(int(pid)) for pid in latest_by_name}
     found = []
     for entry, match in entries:
         try:
@@ -100,9 +109,9 @@ def scan(directory: Path) -> list[LogFile]:
     return found
 
 
-def finished_files(directory: Path, compression: Compression) -> list[Path]:
-    """The log files no worker will write, compress or rename again, oldest first (see LogFile.finished)."""
-    return [file.path for file in scan(directory) if file.finished(compression)]
+def finished_files(directory: Path, compression: Compression, data_dir: str | Path | None = None) -> list[Path]:
+    """The log files no worker will write, compress or rename again, oldest first (see LogFile.finished and scan)."""
+    return [file.path for file in scan(directory, data_dir) if file.finished(compression)]
 
 
 def _running(pid: int) -> bool:

@@ -144,7 +144,7 @@ def shippers(config: Config, only: Sequence[str] = ()) -> dict[str, Shipper]:
     if unknown:
         raise ShipError(f"not a log collector with ship.url: {', '.join(unknown)} (shipping: {', '.join(shipping)})")
     return {
-        name: Shipper(name, log_dir(config.data_dir, collector), collector)
+        name: Shipper(name, log_dir(config.data_dir, collector), collector, config.data_dir)
         for name, collector in shipping.items()
         if not only or name in only
     }
@@ -235,11 +235,15 @@ def _sleep(seconds: float) -> bool:
 class Shipper:
     """Ships one log collector's finished files: upload to the file's key, verify, record, then delete."""
 
-    def __init__(self, collector: str, directory: Path, config: LogCollectorConfig) -> None:
+    def __init__(
+        self, collector: str, directory: Path, config: LogCollectorConfig, data_dir: str | Path | None = None
+    ) -> None:
+        """`data_dir`: whose lock tells whether a tracker writes there (files.scan); None only outside a tracker."""
         if config.ship.url is None:
             raise ValueError(f"collector {collector!r} has no ship.url")
         self.collector = collector
         self.directory = directory
+        self.data_dir = data_dir
         self.config = config
         self.ship = config.ship
         self.url: str = config.ship.url
@@ -252,7 +256,7 @@ class Shipper:
         (the store is likely down): the rest waits for the next pass, in order."""
         report = PassReport()
         pending: list[tuple[Path, int]] = []
-        for path in finished_files(self.directory, self.config.compression):
+        for path in finished_files(self.directory, self.config.compression, self.data_dir):
             size = _size(path)
             if size is None:
                 continue
