@@ -36,7 +36,7 @@ from trackpoint.collectors.log.files import log_dir
 from trackpoint.collectors.log.shipping.service import ShippingService
 from trackpoint.config import ConfigError, LoadedConfig, load
 from trackpoint.config.model import Config
-from trackpoint.data_dir import LOCK_FILE, lock_content
+from trackpoint.data_dir import LOCK_FILE, lock_content, pid_namespace
 from trackpoint.edge.stats import Snapshot, add
 from trackpoint.event import Event
 from trackpoint.plugins import Registry
@@ -139,9 +139,12 @@ def claim_data_dir(data_dir: str) -> int:
     try:
         _lock(fd)
     except BlockingIOError:
-        owner = os.pread(fd, 32, 0).decode("ascii", "replace").split("\n")[0].strip() or "unknown"
+        recorded = os.pread(fd, 256, 0).decode("ascii", "replace").split("\n")
+        owner = recorded[0].strip() or "unknown"
         os.close(fd)
-        if owner.isdigit() and not _alive(int(owner)):
+        # A pid is only checked in its own namespace (another container sharing the volume: refused at once).
+        ours = len(recorded) < 2 or not recorded[1] or recorded[1] == pid_namespace()
+        if ours and owner.isdigit() and not _alive(int(owner)):
             raise DataDirDraining(
                 f"data_dir {data_dir} is held by the workers of a trackpoint that is gone (pid {owner})"
             ) from None
