@@ -410,10 +410,15 @@ def test_a_new_tracker_waits_for_the_workers_of_a_killed_one(tracker_factory: An
     admin_port = free_port()
     command = [sys.executable, "-m", "trackpoint", "run", "--config", str(config), "--workers", "1",
                "--port", str(free_port()), "--admin-port", str(admin_port)]  # fmt: skip
-    successor = subprocess.Popen(command, stdout=subprocess.PIPE, stderr=subprocess.STDOUT)
+    log = tmp_path / "next.log"
+    with log.open("wb") as sink:
+        successor = subprocess.Popen(command, stdout=sink, stderr=subprocess.STDOUT)
     try:
-        time.sleep(1.5)
-        assert successor.poll() is None
+        deadline = time.monotonic() + 20
+        while "waiting for them" not in log.read_text():  # the worker still holds the data_dir: it must wait
+            assert successor.poll() is None, log.read_text()
+            assert time.monotonic() < deadline, log.read_text()
+            time.sleep(0.05)
         slow.sendall(b"Connection: close\r\n\r\n")
         assert slow.recv(65536).startswith(b"HTTP/1.1 200")  # acknowledged by the orphan: it must be in the log
         slow.close()
@@ -421,7 +426,8 @@ def test_a_new_tracker_waits_for_the_workers_of_a_killed_one(tracker_factory: An
         assert not alive(worker)
     finally:
         successor.send_signal(signal.SIGTERM)
-        output = successor.communicate(timeout=30)[0].decode()
+        successor.wait(30)
+        output = log.read_text()
         if alive(worker):
             os.kill(worker, signal.SIGKILL)
     assert successor.returncode == 0, output
