@@ -63,7 +63,7 @@ def test_the_conversion_example_attributes_as_its_page_shows(tracker: Tracker, t
     answer = run(block_with(page, "/conv"), tracker, tmp_path)
     shown = json.loads(block_with(page, '"type":"conversion"', info="json"))
     conversion_id = json.loads(answer)["id"]
-    assert conversion_id == shown["id"]  # derived from the order id: the same on every tracker
+    assert conversion_id == shown["id"]  # derived from the order id (and its flag): the same on every tracker
     [conversion] = [event for event in tracker.wait_events(2) if event.type == "conversion"]
     for key in ("attribution", "click_imp", "click_cid", "click_crid", "order_id", "cur"):
         assert conversion.dims[key] == shown["dims"][key], key

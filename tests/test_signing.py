@@ -329,8 +329,14 @@ def test_macros_are_expanded_url_encoded_and_unknown_ones_left() -> None:
 
 
 def test_a_click_id_macro_passes_nothing_on_when_consent_is_denied() -> None:
-    expanded = Responder.expand("https://example.com/?k={click_id}", _event({"consent": "denied"}))
-    assert expanded == "https://example.com/?k="
+    """The route's cookie vetoes (check_consent's: consent denied) withhold the identifier a macro would pass on."""
+    spec = ResponseSpec(kind="redirect", allow_hosts=["example.com"], macros=True)
+    responder = Responder(spec, Clock(), (), (("consent", "denied"),))
+    responder.rebuild()
+    url = "https://example.com/?k={click_id}"
+    denied = responder.render(_event({"url": url, "consent": "denied"}), True, False)
+    assert b"Location: https://example.com/?k=\r\n" in denied
+    assert b"Location: https://example.com/?k=e1d\r\n" in responder.render(_event({"url": url}), True, False)
 
 
 def test_a_macro_cannot_finish_the_host_of_a_signed_destination() -> None:

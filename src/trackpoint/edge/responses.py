@@ -19,7 +19,6 @@ from trackpoint.config.model import ResponseSpec
 from trackpoint.event import Event, derived_id
 from trackpoint.fields.converters import Reject
 from trackpoint.http.responses import NO_STORE, Clock, head
-from trackpoint.preprocessors.check_consent.preprocessor import CONSENT_DIM, DENIED
 
 # The smallest transparent 1x1 GIF (43 bytes), the body of every tracking pixel.
 PIXEL_GIF: Final = base64.b64decode("R0lGODlhAQABAIAAAAAAAP///yH5BAEAAAAALAAAAAABAAEAAAICRAEAOw==")
@@ -208,7 +207,13 @@ POSTBACK_CHALLENGE: Final = b'WWW-Authenticate: TP-HMAC realm="postback"\r\n'
 class Responder:
     """The response of one event type."""
 
-    def __init__(self, spec: ResponseSpec, clock: Clock, redirect_params: tuple[tuple[str, str], ...] = ()) -> None:
+    def __init__(
+        self,
+        spec: ResponseSpec,
+        clock: Clock,
+        redirect_params: tuple[tuple[str, str], ...] = (),
+        id_vetoes: tuple[tuple[str, str], ...] = (),
+    ) -> None:
         self.kind = spec.kind
         self.clock = clock
         self.redirect_field = spec.redirect_field
@@ -218,6 +223,8 @@ class Responder:
         self.macros = spec.macros
         # For redirect: (query parameter, dim) pairs appended to the destination, e.g. issue_click_id's click id.
         self.redirect_params = redirect_params
+        # (dim, value) pairs under which no identifier is passed on (the preprocessors' `cookie_veto`: denied consent).
+        self.id_vetoes = id_vetoes
         # For redirect: where a refused destination sends the user instead of a JSON body, if the type has a page.
         self.fallback: bytes | None = None
         if spec.fallback_url is not None:
@@ -259,7 +266,8 @@ class Responder:
         host_free = signed and self.signed_destinations
         refused = None
         if self.macros and "{" in location:
-            template, location = location, self.expand(location, event)
+            withheld = any(event.dims.get(dim) == value for dim, value in self.id_vetoes)
+            template, location = location, self.expand(location, event, withheld)
             if host_free and _authority(location) != _authority(template):
                 # The signature covers the template: a macro filled from an unsigned field must not finish its host.
                 refused = "macro_in_host"
@@ -284,9 +292,9 @@ class Responder:
         return head(self.clock, 302, self.fallback, 0, keep_alive)
 
     @staticmethod
-    def expand(url: str, event: Event) -> str:
+    def expand(url: str, event: Event, withheld: bool = False) -> str:
         """`{name}` → the event's field `name`; `{click_id}` → the click id issue_click_id issued, else (like
-        `{event_id}`) the event id, but nothing when consent was denied (no identifier is passed on); URL-encoded."""
+        `{event_id}`) the event id, but nothing when identifiers are `withheld` (denied consent); URL-encoded."""
         dims = event.dims
 
         def value(match: re.Match[str]) -> str:
@@ -296,7 +304,7 @@ class Responder:
                 number = event.metrics.get(name)
                 if number is not None:
                     found = str(number)
-                elif name == "click_id" and dims.get(CONSENT_DIM) == DENIED:
+                elif name == "click_id" and withheld:
                     found = ""
                 elif name in ("click_id", "event_id"):
                     found = event.id

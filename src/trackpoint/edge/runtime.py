@@ -236,12 +236,13 @@ class Edge:
                 cors = CorsPolicy(spec.response.cors, spec.methods)
                 kept_headers |= CORS_HEADERS
             limiters, late_limiters = build_limiters(spec.rate_limit)
+            vetoes = tuple(p.cookie_veto for p in route_preprocessors if isinstance(p, VetoesCookie))
             route = Route(
                 name=type_name,
                 methods=frozenset(m.encode("ascii") for m in spec.methods),
                 builder=builder,
                 preprocessors=route_preprocessors,
-                responder=responses.Responder(spec.response, self.clock, redirect_params),
+                responder=responses.Responder(spec.response, self.clock, redirect_params, vetoes),
                 uid_cookie=UidCookie(spec.response.user_id_cookie) if spec.response.user_id_cookie else None,
                 targets=Targets.of(tuple(self.collectors[name] for name in spec.collectors)),
                 gates=tuple(self.collectors[name] for name in spec.collectors if _gates(config.collectors[name])),
@@ -251,7 +252,7 @@ class Edge:
                 postback_auth=postback_auth,
                 flagged=flagged,
                 flag_dim=next(iter(flag_dims), ""),
-                cookie_vetoes=tuple(p.cookie_veto for p in route_preprocessors if isinstance(p, VetoesCookie)),
+                cookie_vetoes=vetoes,
                 cors=cors,
                 allow=allow_header([*spec.methods, *(["OPTIONS"] if cors is not None else [])]),
             )
