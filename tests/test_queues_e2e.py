@@ -6,14 +6,18 @@ The queue is a private Redis server (tests/conformance/target_redis_streams.py),
 from __future__ import annotations
 
 import asyncio
+import os
+import signal
 import time
 from collections.abc import Callable, Iterator
 from typing import Any
 
 import pytest
+import yaml
 
 from conformance.target_redis_streams import RedisStreamsTarget, make_target
 from conftest import Tracker, free_port
+from trackpoint.collectors.spool import Spool
 
 pytestmark = pytest.mark.e2e  # trackers and real queues
 
@@ -97,3 +101,131 @@ def test_readiness_follows_a_required_collector(tracker_factory: Any, redis_targ
     assert b'"required_collectors_unhealthy":["queue"]' in tracker.admin("GET", "/readyz")[2]
     asyncio.run(redis_target.start())
     eventually(lambda: ready() == 200, 30, "readiness to come back")
+
+
+def gauges(tracker: Tracker, collector: str) -> dict[str, float]:
+    label = f'collector="{collector}"'
+    names = ("pending", "spooled_events", "spooled_bytes", "accepting")
+    return {name: tracker.metric(f"trackpoint_collector_{name}", label) for name in names}
+
+
+@pytest.mark.timeout(90)
+def test_a_killed_workers_backlog_and_backpressure_stop_counting_once_adopted(
+    tracker_factory: Any, redis_target: RedisStreamsTarget
+) -> None:
+    """The supervisor keeps a dead worker's counters, never its gauges: once the next worker has adopted and
+    delivered its spool, /metrics shows no backlog and no backpressure (TrackpointSpoolFilling and
+    TrackpointCollectorNotDelivering would otherwise fire for good)."""
+    queue = redis_target.collector_config() | {
+        "batch_max_events": 20,
+        "max_pending_events": 100,
+        "retry_initial_ms": 100,
+        "retry_max_ms": 500,
+        "spool": {"max_bytes": 65536, "when_full": "backpressure"},
+    }
+    tracker: Tracker = tracker_factory(queue_config(queue))
+    asyncio.run(redis_target.stop())
+    statuses: list[int] = []
+    deadline = time.monotonic() + 30
+    while 503 not in statuses and time.monotonic() < deadline:
+        statuses.append(tracker.get(f"/i?imp=k-{len(statuses)}&cid=c1")[0])
+    assert 503 in statuses, "the spool never filled"
+    label = 'collector="queue"'
+    assert tracker.wait_metric("trackpoint_collector_spooled_bytes", label, 60_000, timeout_s=10) >= 60_000
+    assert tracker.wait_metric_at_most("trackpoint_collector_accepting", label, 0) == 0
+    [pid] = tracker.worker_pids()
+    os.kill(pid, signal.SIGKILL)
+    left = tracker.data_dir / "spool" / "queue" / f"w00-p{pid}"
+    assert left.is_dir()
+    asyncio.run(redis_target.start())
+    tracker.wait_ready()
+    eventually(lambda: not left.exists(), 30, "the dead worker's spool adopted and delivered")
+    idle = {"pending": 0, "spooled_events": 0, "spooled_bytes": 0, "accepting": 1}
+    deadline = time.monotonic() + 10
+    while (now := gauges(tracker, "queue")) != idle and time.monotonic() < deadline:
+        time.sleep(0.1)
+    assert now == idle
+    assert tracker.wait_metric("trackpoint_collector_sent_total", label, 100, timeout_s=10) >= 100  # the backlog
+    assert tracker.get("/i?imp=after&cid=c1")[0] == 200
+
+
+@pytest.mark.timeout(90)
+def test_collectors_drain_at_once_within_one_drain_timeout(tracker_factory: Any) -> None:
+    """Three collectors whose target is down drain together, within drain_timeout_s: each times out, spools what it
+    held and persists its spool, and the supervisor never kills the worker mid-drain (one after the other they took
+    3 x 3 s, past the supervisor's drain_timeout_s + 5 s)."""
+    unreachable = f"redis://127.0.0.1:{free_port()}/0"
+    names = ("q1", "q2", "q3")
+    queue = {"type": "redis_streams", "url": unreachable, "retry_initial_ms": 100, "retry_max_ms": 500}
+    config = {
+        "server": {"drain_timeout_s": 3},
+        "collectors": {name: queue for name in names},
+        "event_types": {"impression": {"preset": "impression", "collectors": ["log", *names]}},
+    }
+    tracker: Tracker = tracker_factory(config)
+    for i in range(200):
+        assert tracker.get(f"/i?imp=d-{i}&cid=c1")[0] == 200
+    for name in names:
+        assert tracker.wait_metric("trackpoint_collector_retried_total", f'collector="{name}"', 1, 10) >= 1
+    assert tracker.stop() == 0
+    output = tracker.output()
+    assert "did not drain in time" not in output
+    for name in names:
+        assert f"collector {name}: drain timed out" in output
+        # Everything it held is in its spool, at the persisted position: the next worker sends each event once.
+        [directory] = (tracker.data_dir / "spool" / name).iterdir()
+        spool = Spool(directory, max_bytes=1 << 30)
+        assert spool.open().events == 200
+        spool.close()
+
+
+@pytest.mark.timeout(90)
+def test_a_crash_after_the_spool_drained_sends_nothing_again(
+    tracker_factory: Any, redis_target: RedisStreamsTarget
+) -> None:
+    """Once the backlog is delivered its position is on disk: a worker killed any time after the drain leaves
+    nothing for the next one to send again (the whole backlog was re-sent before)."""
+    queue = redis_target.collector_config() | {"retry_initial_ms": 100, "retry_max_ms": 500}
+    tracker: Tracker = tracker_factory(queue_config(queue))
+    label = 'collector="queue"'
+    asyncio.run(redis_target.stop())
+    for i in range(100):
+        assert tracker.get(f"/i?imp=a-{i}&cid=c1")[0] == 200
+    assert tracker.wait_metric("trackpoint_collector_spooled_events", label, 1, timeout_s=10) >= 1
+    asyncio.run(redis_target.start())
+    assert tracker.wait_metric("trackpoint_collector_sent_total", label, 100, timeout_s=30) == 100
+    assert tracker.wait_metric_at_most("trackpoint_collector_spooled_events", label, 0) == 0
+    [pid] = tracker.worker_pids()
+    os.kill(pid, signal.SIGKILL)
+    left = tracker.data_dir / "spool" / "queue" / f"w00-p{pid}"
+    tracker.wait_ready()
+    eventually(lambda: not left.exists(), 30, "the dead worker's spool adopted")
+    # The next event goes out after anything adopted: once it is counted, so is every re-sent one.
+    assert tracker.get("/i?imp=after&cid=c1")[0] == 200
+    assert tracker.wait_metric("trackpoint_collector_sent_total", label, 101, timeout_s=10) == 101
+
+
+@pytest.mark.timeout(90)
+def test_a_collector_removed_while_it_spools_is_named_with_its_backlog(tracker_factory: Any) -> None:
+    """A reload that removes a collector with a backlog leaves its spool to no one: the supervisor says which
+    collector, where and how much (log and trackpoint_spool_stranded_*), and how to recover it."""
+    unreachable = {"type": "redis_streams", "url": f"redis://127.0.0.1:{free_port()}/0", "retry_initial_ms": 100}
+    tracker: Tracker = tracker_factory({"server": {"drain_timeout_s": 1}, **queue_config(unreachable)})
+    label = 'collector="queue"'
+    for i in range(100):
+        assert tracker.get(f"/i?imp=s-{i}&cid=c1")[0] == 200
+    assert tracker.wait_metric("trackpoint_collector_spooled_events", label, 1, timeout_s=10) >= 1
+    document = yaml.safe_load(tracker.config_path.read_text())
+    del document["collectors"]["queue"]
+    document["event_types"]["impression"]["collectors"] = ["log"]
+    [old] = tracker.worker_pids()
+    tracker.config_path.write_text(yaml.safe_dump(document))
+    tracker.signal(signal.SIGHUP)
+    assert tracker.wait_metric("trackpoint_spool_stranded_events", label, 100, timeout_s=20) == 100
+    assert tracker.metric("trackpoint_spool_stranded_bytes", label) > 100 * 100
+    directory = tracker.data_dir / "spool" / "queue" / f"w00-p{old}"
+    assert (
+        f"collector queue is not in the configuration (or has its spool off), and its spool {directory} holds 100 "
+        "events" in tracker.output()
+    )
+    assert tracker.metric("trackpoint_collector_dropped_total", label) == 0

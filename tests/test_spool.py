@@ -209,6 +209,51 @@ def test_with_acks_persisted_at_every_pop_a_crash_redelivers_nothing(
     survivor.close()
 
 
+def test_a_drained_spool_says_so_durably(tmp_path: Path, spool_dir: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """Once the last record is acknowledged (and the flush loop has called persist_due) a crash re-delivers nothing,
+    however late it comes, and the drained segment is gone from the disk."""
+    monkeypatch.setattr(spool_module, "ACK_INTERVAL_S", 3600.0)  # no periodic save: the drain itself must say so
+    spool = Spool(spool_dir, max_bytes=1 << 20, segment_bytes=1 << 16)
+    spool.open()
+    for i in range(30):
+        spool.push(payload_of(i, 20), 1)
+    assert len(drain(spool)) == 30
+    spool.persist_due()
+    assert segments(spool_dir) == []
+    survivor = Spool(crash_copy(spool_dir, tmp_path / "crashed"), max_bytes=1 << 20)
+    assert survivor.open() == Recovery(0, 0, 0, 0)
+    survivor.close()
+    spool.push(payload_of(30, 20), 1)  # and it goes on taking records, after the drained ones
+    assert drain(spool) == [(payload_of(30, 20), 1)]
+    spool.close()
+
+
+def test_a_pending_ack_is_persisted_once_the_interval_has_passed(
+    tmp_path: Path, spool_dir: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The last pops of a drain that stops (the target down again) are saved by persist_due, which the collector's
+    flush loop calls with or without deliveries: a crash later re-sends about ACK_INTERVAL_S of progress at most."""
+    monkeypatch.setattr(spool_module, "ACK_INTERVAL_S", 3600.0)
+    spool = Spool(spool_dir, max_bytes=1 << 20, segment_bytes=1 << 16)
+    spool.open()
+    records = [(payload_of(i, 20), 1) for i in range(30)]
+    for payload, events in records:
+        spool.push(payload, events)
+    for _ in range(12):
+        spool.pop()
+    spool.persist_due()  # not due yet
+    early = Spool(crash_copy(spool_dir, tmp_path / "early"), max_bytes=1 << 20, segment_bytes=1 << 16)
+    assert early.open().records == 30
+    early.close()
+    monkeypatch.setattr(spool_module, "ACK_INTERVAL_S", 0.0)  # the interval has passed
+    spool.persist_due()
+    late = Spool(crash_copy(spool_dir, tmp_path / "late"), max_bytes=1 << 20, segment_bytes=1 << 16)
+    assert late.open().records == 18
+    assert drain(late) == records[12:]
+    late.close()
+    spool.close()
+
+
 def test_an_emptied_spool_removes_its_directory(opened: Spool, spool_dir: Path) -> None:
     opened.push(b"one", 1)
     opened.pop()

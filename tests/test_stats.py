@@ -13,9 +13,9 @@ import pytest
 from prometheus_client.parser import text_string_to_metric_families
 
 from trackpoint.admin.metrics import SupervisorState, registry, render
-from trackpoint.collectors.base import CollectorStats
+from trackpoint.collectors.base import COLLECTOR_GAUGES, CollectorStats
 from trackpoint.edge.counters import EdgeStats
-from trackpoint.edge.stats import Snapshot, add, snapshot_of
+from trackpoint.edge.stats import Snapshot, add, counters_only, snapshot_of
 from trackpoint.http.latency import LATENCY_BUCKETS
 
 BUCKETS = len(LATENCY_BUCKETS) + 1  # the last one is +Inf
@@ -185,6 +185,41 @@ def test_add_over_many_workers() -> None:
     assert total.latency_sum == pytest.approx(15.001)
     assert total.connections == 5
     assert total.collectors == {"log": CollectorStats(received=10, sent=10)}
+
+
+# --- an exited worker ------------------------------------------------------------------------------------
+
+
+def test_an_exited_workers_gauges_stop_counting_and_its_counters_stay() -> None:
+    """A worker that died with a backlog (and under backpressure) leaves its totals behind, never its levels: the
+    worker that adopts the backlog counts it, and the supervisor adds the dead one's snapshot to every scrape."""
+    dead = Snapshot(
+        requests=900,
+        connections=7,
+        collectors={
+            "queue": CollectorStats(
+                received=900, sent=100, retried=50, dropped=3, errors=4, spool_lost_records=1,
+                pending=60, spooled_bytes=65209, spooled_events=742, spool_max_bytes=65536,
+                healthy=False, accepting=False, required=True, last_success_s=1234.0, outcomes={"applied": 5},
+            )
+        },
+    )  # fmt: skip
+    adopter = Snapshot(collectors={"queue": CollectorStats(sent=797, spool_max_bytes=65536, required=True)})
+    total = add(counters_only(dead), adopter)
+    assert total.connections == 0
+    assert total.requests == 900
+    assert total.collectors["queue"] == CollectorStats(
+        received=900, sent=897, retried=50, dropped=3, errors=4, spool_lost_records=1,
+        spool_max_bytes=65536, required=True, last_success_s=1234.0, outcomes={"applied": 5},
+    )  # fmt: skip
+
+
+def test_every_collector_field_is_a_counter_or_a_gauge() -> None:
+    """A field added to CollectorStats must say which it is, or a dead worker's level would count for good."""
+    counters = {"received", "sent", "retried", "dropped", "errors", "spool_lost_records", "outcomes"}
+    kept = {"last_success_s", "required"}  # the latest success of any worker; configuration, not a level
+    assert set(CollectorStats.__struct_fields__) == counters | kept | set(COLLECTOR_GAUGES)
+    assert not (counters | kept) & set(COLLECTOR_GAUGES)
 
 
 # --- Prometheus exposition ----------------------------------------------------------------------------------

@@ -25,6 +25,9 @@ class SupervisorState:
         self.spawn_failures = 0
         # Admin connections refused, closed or rejected, by reason (the admin server's own counts).
         self.admin_connections: dict[str, int] = {}
+        # Spools no worker drains (their collector removed, or its spool turned off, by a reload): (events, bytes)
+        # by collector, as of the last check (at start, and when a reload's old workers have exited).
+        self.stranded_spools: dict[str, tuple[int, int]] = {}
 
 
 class _SnapshotCollector:
@@ -122,6 +125,22 @@ class _SnapshotCollector:
             "reason",
             state.admin_connections,
         )
+        stranded_events = GaugeMetricFamily(
+            "trackpoint_spool_stranded_events",
+            "Events left in the spools of a collector the running configuration no longer has (or has without a "
+            "spool): no worker sends them; `trackpoint replay` with the old configuration does, from the logs.",
+            labels=["collector"],
+        )
+        stranded_bytes = GaugeMetricFamily(
+            "trackpoint_spool_stranded_bytes",
+            "Bytes of those stranded spools, by collector.",
+            labels=["collector"],
+        )
+        for name, (events, size) in sorted(state.stranded_spools.items()):
+            stranded_events.add_metric([name], events)
+            stranded_bytes.add_metric([name], size)
+        yield stranded_events
+        yield stranded_bytes
         yield _counter("trackpoint_reloads", "Configuration reloads completed.", state.reloads)
         yield _counter(
             "trackpoint_reload_failures",

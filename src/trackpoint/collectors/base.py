@@ -17,6 +17,7 @@ from abc import ABC, abstractmethod
 from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Final
 
 import msgspec
 
@@ -84,6 +85,12 @@ class CollectorStats(msgspec.Struct):
     accepting: bool = True
     # What a collector counts beyond these, by name (monotonic): see Collector.outcomes().
     outcomes: dict[str, int] = {}
+
+
+# The fields of CollectorStats that are levels of one running process, not totals: what a worker that exited (or was
+# replaced) no longer holds. Its counters keep counting in the totals (Prometheus must see no reset); these do not.
+# A new field is either a counter or listed here (tests/test_stats.py checks every field is one or the other).
+COLLECTOR_GAUGES: Final = ("pending", "spooled_bytes", "spooled_events", "spool_max_bytes", "healthy", "accepting")
 
 
 @dataclass(frozen=True)
@@ -290,6 +297,8 @@ class Collector(ABC):
                 await asyncio.wait_for(self._wake.wait(), self.flush_interval_s)
             self._wake.clear()
             await self._flush_isolated()
+            for spool in [*self._adopted, *([self._spool] if self._spool else [])]:
+                spool.persist_due()  # the last acknowledgements of a drain, with no delivery after them
             if self.stats.dropped != self._dropped_logged:
                 self._warn_drops()
         # Shutdown: keep trying (with backoff) until everything is out or close() runs out of drain time and

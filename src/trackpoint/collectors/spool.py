@@ -27,7 +27,10 @@ ACK_FIELDS = struct.Struct("<QQ")
 SEGMENT_SUFFIX = ".seg"
 LOCK_NAME = "lock"
 ACK_NAME = "ack"
-ACK_INTERVAL_S = 0.1  # persisted on the first pop this long after the last (and on close); a crash re-delivers since
+# The acknowledged position is persisted at most this often while records are acknowledged (by a pop, or by
+# persist_due() from the collector's flush loop when no pop follows), by that loop as soon as the spool is drained,
+# and on close: a crash re-delivers what was acknowledged since, about this much of the drain at most.
+ACK_INTERVAL_S = 0.1
 LOCK_ATTEMPTS = 5  # orphans() probes a lock for microseconds: an owner opening meanwhile retries instead of failing
 LOCK_RETRY_S = 0.01
 
@@ -161,6 +164,20 @@ class Spool:
         """Discards the oldest record to make room; returns its event count, for the dropped counter."""
         return self._advance()
 
+    def persist_due(self) -> None:
+        """Called by the collector's flush loop, deliveries or not. Persists an acknowledged position not saved yet
+        once ACK_INTERVAL_S has passed since the last save (the last pops of a drain, with no pop after them, waited
+        for close(), and a crash however much later re-delivered them all); a drained spool at once, after removing
+        the segment it was writing (acknowledged throughout; the next push starts a new one)."""
+        if self._lock_fd is None or not self._ack_dirty:
+            return
+        if not self._records:
+            with contextlib.suppress(OSError):
+                self._stop_writing()
+            self._save_ack()
+        elif time.monotonic() - self._ack_at >= ACK_INTERVAL_S:
+            self._save_ack()
+
     @property
     def records(self) -> int:
         return self._records
@@ -190,14 +207,16 @@ class Spool:
         if self._head >= segment.size and segment is not self._writing:
             self._retire_head()
         self._ack_dirty = True
-        now = time.monotonic()
-        if now - self._ack_at >= ACK_INTERVAL_S:
-            self._ack_at = now
-            # No room for the ack file (a full disk) must not undo the pop: the position stays dirty and is saved
-            # at a later pop or at close; a crash meanwhile re-delivers from the last saved one, as it always may.
-            with contextlib.suppress(OSError):
-                self._persist_ack()
+        if time.monotonic() - self._ack_at >= ACK_INTERVAL_S:
+            self._save_ack()
         return events
+
+    def _save_ack(self) -> None:
+        self._ack_at = time.monotonic()
+        # No room for the ack file (a full disk) must not undo the pop: the position stays dirty and is saved later
+        # (persist_due, a pop, close); a crash meanwhile re-delivers from the last saved one, as it always may.
+        with contextlib.suppress(OSError):
+            self._persist_ack()
 
     def _read_head(self, fd: int) -> tuple[int, int]:
         if self._head_record is None:
@@ -468,6 +487,31 @@ def orphans(parent: Path, exclude: Path | None = None) -> list[Path]:
         if not _held(lock):
             found.append(directory)
     return found
+
+
+def backlog(directory: Path) -> tuple[int, int]:
+    """The events and bytes a spool no process holds still has past its acknowledged position, read without taking
+    it (records verified as open() does; a damaged tail is not counted): for a warning about a spool nobody drains."""
+    ack = _read_ack(directory / ACK_NAME)
+    events = held = 0
+    for path in directory.glob(f"*{SEGMENT_SUFFIX}"):
+        if not path.stem.isdigit():
+            continue
+        number = int(path.stem)
+        start = 0
+        if ack is not None and number <= ack[0]:
+            if number < ack[0]:
+                continue
+            start = ack[1]
+        try:
+            size = path.stat().st_size
+            if start < size:
+                scan = _scan(path, start, size, size)
+                events += scan.events
+                held += scan.end - start
+        except FileNotFoundError:
+            continue
+    return events, held
 
 
 def _held(lock: Path) -> bool:

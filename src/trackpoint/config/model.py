@@ -173,7 +173,10 @@ class ServerConfig(Struct, forbid_unknown_fields=True, kw_only=True):
     backlog: Annotated[int, Meta(ge=16, le=65535, description="Listen backlog of each worker's socket.")] = 4096
     drain_timeout_s: Annotated[
         Seconds,
-        Meta(description="On SIGTERM or reload: time to finish in-flight requests and flush collectors."),
+        Meta(
+            description="On SIGTERM or reload: time to finish in-flight requests and flush collectors (all at once, "
+            "within this time; what a collector cannot deliver in time stays in its spool for the next worker)."
+        ),
     ] = 10.0
     trusted_proxies: Annotated[
         list[str],

@@ -521,9 +521,15 @@ class Edge:
             connection.close()
         while (self._syncing or self._held) and time.monotonic() < deadline:  # answers waiting for an fsync
             await asyncio.sleep(0.005)
+        # Every collector drains at once, against the same deadline: one after the other, each given what was left,
+        # N collectors with a target down took N drain timeouts (and the supervisor killed the worker mid-drain,
+        # before the last ones had spooled what they held and persisted their spool's position).
         remaining = max(1.0, deadline - time.monotonic())
-        for collector in self.collectors.values():
-            await collector.close(remaining)
+        collectors = list(self.collectors.values())
+        results = await asyncio.gather(*(c.close(remaining) for c in collectors), return_exceptions=True)
+        for collector, result in zip(collectors, results, strict=True):
+            if isinstance(result, BaseException):  # a plugin's close that failed: the others closed all the same
+                log.error("collector %s: close failed: %r", collector.name, result)
 
     def snapshot(self) -> Snapshot:
         collectors = {name: c.snapshot() for name, c in self.collectors.items()}

@@ -1,7 +1,7 @@
 """A worker's counters as the snapshot struct sent to the supervisor once a second (the counters themselves, plain
 ints on the request path, are in edge/counters.py).
 
-The supervisor adds the snapshots of all workers (and keeps those of exited ones) for the admin /metrics page.
+The supervisor adds the snapshots of all workers (and keeps the counters of exited ones) for the admin /metrics page.
 """
 
 from __future__ import annotations
@@ -11,7 +11,7 @@ from typing import Any
 
 import msgspec
 
-from trackpoint.collectors.base import CollectorStats
+from trackpoint.collectors.base import COLLECTOR_GAUGES, CollectorStats
 from trackpoint.edge.counters import EdgeStats
 
 
@@ -84,6 +84,22 @@ def add(total: Snapshot, part: Snapshot) -> Snapshot:
         collectors={
             name: _add_collector(total.collectors.get(name), part.collectors.get(name))
             for name in total.collectors.keys() | part.collectors.keys()
+        },
+    )
+
+
+def counters_only(snapshot: Snapshot) -> Snapshot:
+    """What of an exited or replaced worker's last snapshot still counts: its counters, so that the totals never go
+    back (Prometheus would read a reset). Its gauges (connections; a collector's pending events, spool contents and
+    size, health and accepting) were levels of a process that is gone: a backlog it left on disk is counted by the
+    worker that adopts it, and its backpressure ended with it."""
+    idle = CollectorStats()
+    return msgspec.structs.replace(
+        snapshot,
+        connections=0,
+        collectors={
+            name: msgspec.structs.replace(stats, **{gauge: getattr(idle, gauge) for gauge in COLLECTOR_GAUGES})
+            for name, stats in snapshot.collectors.items()
         },
     )
 

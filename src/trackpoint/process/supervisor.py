@@ -34,10 +34,11 @@ from trackpoint.collectors.log.compression import finalize_orphans
 from trackpoint.collectors.log.config import LogCollectorConfig
 from trackpoint.collectors.log.files import log_dir
 from trackpoint.collectors.log.shipping.service import ShippingService
+from trackpoint.collectors.spool import backlog, orphans
 from trackpoint.config import ConfigError, LoadedConfig, load
 from trackpoint.config.model import Config
 from trackpoint.data_dir import LOCK_FILE, lock_content, pid_namespace
-from trackpoint.edge.stats import Snapshot, add
+from trackpoint.edge.stats import Snapshot, add, counters_only
 from trackpoint.event import Event
 from trackpoint.plugins import Registry
 from trackpoint.process import control
@@ -238,7 +239,8 @@ class Supervisor:
         self._stopped = asyncio.Event()
         self.shipping = ShippingService(lambda: self.config)  # finished log files to object storage
         self._reloading: asyncio.Lock | None = None
-        self._retries: set[asyncio.Task[None]] = set()  # restarts scheduled after a failed spawn
+        self._retries: set[asyncio.Task[None]] = set()  # restarts scheduled after a failed spawn, spool checks
+        self._stranded_logged: set[Path] = set()  # spools no worker drains, warned about once
         self.probes: AdminServer | None = None  # admin.probe_port's listener: /healthz and /readyz only
         self._openapi: dict[str, bytes] = {}  # the OpenAPI document by config version
         self._data_dir_lock: int | None = None  # held while it runs (claim_data_dir)
@@ -295,6 +297,7 @@ class Supervisor:
         self.dashboard.start()
         for slot in range(self.slots):
             self._spawn_or_retry(slot)
+        self._check_stranded_later()
         log.info(
             "trackpoint listening on %s:%d with %d workers (config %s, version %s); admin on %s:%d",
             server.host,
@@ -434,6 +437,8 @@ class Supervisor:
         # Whatever its exit: a clean one can leave files too (a compression that failed, a reload from
         # compression none), finished now that no process writes or compresses them; off the loop (it compresses).
         await asyncio.get_running_loop().run_in_executor(None, self._finalize_logs, handle.process.pid)
+        if handle.retiring and not self.retiring and not self.shutting_down:
+            self._check_stranded_later()  # a reload's old workers are gone: their spools are closed
         if handle.retiring or self.shutting_down or (failed_start and handle.probation):
             return  # (a reload whose worker failed says so, and keeps the running one)
         if failed_start:
@@ -495,16 +500,8 @@ class Supervisor:
         ]
 
     def _bury(self, handle: WorkerHandle) -> None:
-        """Keeps an exited worker's counters so the totals stay monotonic; gauges do not carry over."""
-        last = msgspec.structs.replace(
-            handle.snapshot,
-            connections=0,
-            collectors={
-                name: msgspec.structs.replace(stats, pending=0, spool_max_bytes=0, healthy=True)
-                for name, stats in handle.snapshot.collectors.items()
-            },
-        )
-        self.retired = add(self.retired, last)
+        """Keeps an exited worker's counters so the totals stay monotonic; its gauges stop counting."""
+        self.retired = add(self.retired, counters_only(handle.snapshot))
         self.retiring.discard(handle)
         if self.workers.get(handle.slot) is handle:
             del self.workers[handle.slot]
@@ -658,6 +655,43 @@ class Supervisor:
                 except OSError as exc:
                     log.error("cannot finalize log files in %s: %s", directory, exc)
 
+    # --- spools --------------------------------------------------------------------------------------------------
+
+    def _check_stranded_later(self) -> None:
+        task = asyncio.get_running_loop().create_task(self._check_stranded())
+        self._retries.add(task)
+        task.add_done_callback(self._retries.discard)
+
+    async def _check_stranded(self) -> None:
+        """Spools that no worker of the running configuration drains: a collector removed by a reload (or whose
+        spool it turned off) while its target was down leaves its backlog there. Counted in
+        trackpoint_spool_stranded_{events,bytes} and logged once per directory, with the way to recover it."""
+        drained = {name for name, collector in self.config.collectors.items() if collector.spool.enabled}
+        parent = Path(self.config.data_dir) / "spool"
+        try:
+            found = await asyncio.get_running_loop().run_in_executor(None, _stranded_spools, parent, drained)
+        except OSError as exc:
+            log.error("cannot look for stranded spools in %s: %s", parent, exc.strerror or exc)
+            return
+        totals: dict[str, tuple[int, int]] = {}
+        for name, directory, events, size in found:
+            held = totals.get(name, (0, 0))
+            totals[name] = (held[0] + events, held[1] + size)
+            if directory not in self._stranded_logged:
+                self._stranded_logged.add(directory)
+                log.warning(
+                    "collector %s is not in the configuration (or has its spool off), and its spool %s holds %d "
+                    "events (%d bytes) that no worker will send: they are in the log, so `trackpoint replay "
+                    "--config <the previous configuration> --collector %s` sends them; then remove the directory "
+                    "(counted in trackpoint_spool_stranded_events)",
+                    name,
+                    directory,
+                    events,
+                    size,
+                    name,
+                )
+        self.state.stranded_spools = totals
+
     # --- admin ---------------------------------------------------------------------------------------------------
 
     def totals(self) -> Snapshot:
@@ -705,6 +739,22 @@ class Supervisor:
             self._openapi.clear()
             self._openapi[version] = openapi_json(replace(self.loaded, config=self.config), self.plugins)
         return self._openapi[version]
+
+
+def _stranded_spools(parent: Path, drained: set[str]) -> list[tuple[str, Path, int, int]]:
+    """(collector, directory, events, bytes) of every spool under `parent` that holds events, belongs to no collector
+    in `drained` and that no process holds."""
+    if not parent.is_dir():
+        return []
+    found = []
+    for collector in sorted(parent.iterdir()):
+        if collector.name in drained or not collector.is_dir():
+            continue
+        for directory in orphans(collector):
+            events, size = backlog(directory)
+            if events:
+                found.append((collector.name, directory, events, size))
+    return found
 
 
 def raise_fd_limit() -> None:
