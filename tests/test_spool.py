@@ -171,14 +171,20 @@ def test_acknowledgements_survive_close_and_reopen(opened: Spool, spool_dir: Pat
     assert drain(opened) == records[7:]
 
 
-def test_a_crash_redelivers_only_records_after_the_persisted_ack(tmp_path: Path, spool_dir: Path) -> None:
-    spool = Spool(spool_dir, max_bytes=1 << 20, segment_bytes=256)
+def thirty_pushed_twelve_popped(spool_dir: Path, segment_bytes: int) -> tuple[Spool, list[tuple[bytes, int]]]:
+    """An open spool with 30 records pushed and the first 12 popped, and the records."""
+    spool = Spool(spool_dir, max_bytes=1 << 20, segment_bytes=segment_bytes)
     spool.open()
     records = [(payload_of(i, 20), 1) for i in range(30)]
     for payload, events in records:
         spool.push(payload, events)
     for _ in range(12):
         spool.pop()
+    return spool, records
+
+
+def test_a_crash_redelivers_only_records_after_the_persisted_ack(tmp_path: Path, spool_dir: Path) -> None:
+    spool, records = thirty_pushed_twelve_popped(spool_dir, 256)
     copy = crash_copy(spool_dir, tmp_path / "crashed")
     spool.close()
     survivor = Spool(copy, max_bytes=1 << 20, segment_bytes=256)
@@ -234,13 +240,7 @@ def test_a_pending_ack_is_persisted_once_the_interval_has_passed(
     """The last pops of a drain that stops (the target down again) are saved by persist_due, which the collector's
     flush loop calls with or without deliveries: a crash later re-sends about ACK_INTERVAL_S of progress at most."""
     monkeypatch.setattr(spool_module, "ACK_INTERVAL_S", 3600.0)
-    spool = Spool(spool_dir, max_bytes=1 << 20, segment_bytes=1 << 16)
-    spool.open()
-    records = [(payload_of(i, 20), 1) for i in range(30)]
-    for payload, events in records:
-        spool.push(payload, events)
-    for _ in range(12):
-        spool.pop()
+    spool, records = thirty_pushed_twelve_popped(spool_dir, 1 << 16)
     spool.persist_due()  # not due yet
     early = Spool(crash_copy(spool_dir, tmp_path / "early"), max_bytes=1 << 20, segment_bytes=1 << 16)
     assert early.open().records == 30

@@ -23,6 +23,7 @@ from trackpoint.plugins import registry
 from trackpoint.security.resolve import resolve_secrets
 
 if TYPE_CHECKING:  # the commands import what they use when they run
+    from trackpoint.collectors.log.reader import ReadStats
     from trackpoint.collectors.rollup.config import RollupCollectorConfig
     from trackpoint.collectors.rollup.model import Row
     from trackpoint.collectors.rollup.store import Query
@@ -275,6 +276,16 @@ def sign(  # noqa: PLR0917 (one argument per option)
     print(sign_url(url, chosen, secret, expires_at, covered_params(tracker, url), body))
 
 
+def _print_unread(out: Console, read: ReadStats, truncated_note: str, missing_note: str) -> None:
+    """The files a reading command could not read to their end: cut short, or gone before it reached them."""
+    for path in read.truncated:
+        out.print(f"  cut short: {path} (a compressed file that ends early: {truncated_note})", highlight=False,
+                  soft_wrap=True)  # fmt: skip
+    for path in read.missing:
+        out.print(f"  gone: {path} (removed before it was read, under its name and compressed: {missing_note})",
+                  highlight=False, soft_wrap=True)  # fmt: skip
+
+
 def _parse_time(value: str | None, option: str) -> int | None:
     """Epoch seconds, epoch milliseconds or ISO 8601 (UTC unless it says otherwise) → epoch ms."""
     if value is None:
@@ -399,12 +410,7 @@ def replay(  # noqa: PLR0917 (typer: one parameter per option)
     )
     for where in report.read.skipped_at[:10]:
         out.print(f"  torn line at {where}", highlight=False)
-    for path in report.read.truncated:
-        out.print(f"  cut short: {path} (a compressed file that ends early; what decoded was replayed)",
-                  highlight=False, soft_wrap=True)  # fmt: skip
-    for path in report.read.missing:
-        out.print(f"  gone: {path} (removed before it was read, under its name and compressed; skipped)",
-                  highlight=False, soft_wrap=True)  # fmt: skip
+    _print_unread(out, report.read, "what decoded was replayed", "skipped")
     if failed:
         raise typer.Exit(1)
 
@@ -538,12 +544,7 @@ def banker_reconcile(
             f"not debits: {skipped} · torn lines {report.read.skipped:,}",
             highlight=False,
         )
-        for path in report.read.truncated:
-            out.print(f"  cut short: {path} (a compressed file that ends early: its later debits are not counted)",
-                      highlight=False, soft_wrap=True)  # fmt: skip
-        for path in report.read.missing:
-            out.print(f"  gone: {path} (removed before it was read, under its name and compressed: not counted)",
-                      highlight=False, soft_wrap=True)  # fmt: skip
+        _print_unread(out, report.read, "its later debits are not counted", "not counted")
         if report.read.incomplete:
             out.print("[bold red]logs incomplete[/]: the files above were not read to their end; the comparison "
                       "cannot vouch for them", soft_wrap=True)  # fmt: skip
