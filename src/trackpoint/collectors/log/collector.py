@@ -34,7 +34,7 @@ ERROR_HOLD_S: Final = 1.0
 # The free space a failed log waits for before it is ready again.
 MIN_FREE_BYTES: Final = 1 << 20
 # Waits before each new attempt at a compression that failed (a full disk that is freed later): the last one repeats.
-COMPRESS_RETRY_S: Final = (1.0, 2.0, 5.0, 10.0, 30.0, 60.0)
+COMPRESS_RETRY_S: Final[tuple[float, ...]] = (1.0, 2.0, 5.0, 10.0, 30.0, 60.0)
 _monotonic: Final = time.monotonic
 
 log = logging.getLogger("trackpoint.collectors")
