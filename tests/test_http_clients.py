@@ -141,12 +141,18 @@ def test_forwarded_addresses_with_ports(tracker_factory: Any) -> None:
     }
     for imp, headers in cases.items():
         assert tracker.get(f"/i?imp={imp}", headers=headers)[0] == 200
-    ips = {e.dims["imp"]: e.ctx.ip for e in tracker.wait_events(len(cases))}
+    # Proxies that each add a line of their own (HAProxy): the lines are one list, in order (RFC 9110 §5.3).
+    lines = b"X-Forwarded-For: 6.6.6.6\r\nX-Forwarded-For: 203.0.113.9\r\nX-Forwarded-For: 127.0.0.5\r\n"
+    assert tracker.raw(b"GET /i?imp=p5 HTTP/1.1\r\nHost: t\r\n" + lines + b"Connection: close\r\n\r\n").startswith(
+        b"HTTP/1.1 200"
+    )
+    ips = {e.dims["imp"]: e.ctx.ip for e in tracker.wait_events(len(cases) + 1)}
     assert ips == {  # as anonymize_ip stores them: /24 and /48
         "p1": "203.0.113.0",
         "p2": "2001:db8::",
         "p3": "203.0.113.0",
         "p4": "127.0.0.0",
+        "p5": "203.0.113.0",
     }
 
 

@@ -334,6 +334,7 @@ def test_a_worker_whose_supervisor_is_killed_exits(tracker_factory: Any) -> None
         if alive(worker):  # the orphan of a failed run: not left behind
             os.kill(worker, signal.SIGKILL)
     assert [event.dims["imp"] for event in tracker.events()] == ["before-the-kill"]
+    assert "Traceback" not in tracker.output(), tracker.output()  # its goodbye to a supervisor that is gone
 
 
 def test_the_data_dir_lock_is_held_once_and_degrades_where_locks_are_missing(

@@ -38,6 +38,9 @@ LINGER_S: Final = 1.0
 AFTER_NOTHING: Final = 0
 AFTER_CLOSE: Final = 1
 AFTER_LINGER: Final = 2
+# Headers whose repeated lines are one comma-separated list (RFC 9110 §5.3): a chain of proxies that each add a line
+# of their own (HAProxy's `option forwardfor`) names the client in the first of them.
+LIST_HEADERS: Final = frozenset({b"x-forwarded-for", b"forwarded"})
 
 # How many spellings of header names HeaderNames learns: a client inventing names cannot grow it past this.
 LEARNED_NAMES_MAX: Final = 1024
@@ -298,6 +301,8 @@ class HttpConnection(asyncio.Protocol):
                 self.on_framing_header(name, value)
             elif name == b"host" and name in self.headers:
                 raise Reject(400, "bad_host")  # RFC 9112 §3.2: more than one Host
+            elif name in LIST_HEADERS and name in self.headers:
+                value = self.headers[name] + b", " + value
             self.headers[name] = value
 
     def on_framing_header(self, name: bytes, value: bytes) -> None:

@@ -62,7 +62,8 @@ async def serve(start: control.Start, listener: socket.socket, channel: socket.s
     await edge.drain(config.server.drain_timeout_s)
     for task in background:
         task.cancel()
-    with contextlib.suppress(ConnectionError):
+    # ConnectionError, or RuntimeError from uvloop's closed transport: the supervisor was killed meanwhile.
+    with contextlib.suppress(ConnectionError, RuntimeError):
         writer.write(control.frame(control.Bye(snapshot=edge.snapshot())))
         await writer.drain()
         writer.close()
