@@ -16,7 +16,10 @@ os.environ.setdefault("TRACKPOINT_PURE_PYTHON", "1")
 import asyncio
 import contextlib
 import http.client
+import itertools
+import logging
 import random
+import re
 import signal
 import socket
 import subprocess
@@ -66,6 +69,19 @@ async def until(condition: Callable[[], Awaitable[bool]], timeout_s: float = 8.0
     while not await condition():
         assert time.monotonic() < deadline, f"timed out waiting for {what}"
         await asyncio.sleep(0.05)
+
+
+def assert_limited_per_kind(records: Sequence[logging.LogRecord], interval_s: float) -> None:
+    """Each kind of line (its text without numbers or a count of suppressed lines) was written at most once per
+    interval_s, and the lines suppressed in between were counted on a later one."""
+    times: dict[str, list[float]] = {}
+    for record in records:
+        text = re.sub(r" \(\d+ similar suppressed\)$", "", record.getMessage())
+        times.setdefault(re.sub(r"\d+", "#", text), []).append(record.created)
+    for kind, written in times.items():
+        gaps = [later - earlier for earlier, later in itertools.pairwise(written)]
+        assert all(gap > interval_s * 0.9 for gap in gaps), f"{kind!r} written {len(written)} times, gaps {gaps}"
+    assert any("similar suppressed)" in record.getMessage() for record in records), "no count of suppressed lines"
 
 
 def write_mmdb(

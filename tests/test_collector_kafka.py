@@ -7,6 +7,7 @@ Messages are read back with a real confluent_kafka.Consumer; the configuration c
 from __future__ import annotations
 
 import asyncio
+import logging
 import socket
 import time
 import uuid
@@ -19,7 +20,7 @@ import pytest
 from confluent_kafka import Producer
 
 from conformance.target_kafka import KafkaTarget, MockCluster, make_target, read_messages
-from conftest import load_config
+from conftest import assert_limited_per_kind, load_config
 from trackpoint.collectors.base import CollectorContext, Health, SendResult
 from trackpoint.collectors.kafka.collector import KafkaCollector, producer_settings
 from trackpoint.collectors.kafka.config import KafkaCollectorConfig
@@ -195,16 +196,22 @@ def test_unreachable_brokers_mean_retry_without_blocking_the_loop(tmp_path: Path
     asyncio.run(main())
 
 
+async def started_on_a_target(tmp_path: Path) -> tuple[KafkaTarget, KafkaCollector]:
+    """A conformance target (its own mock cluster, whose broker can go down) and a started collector sending to it."""
+    target = await make_target()
+    options = msgspec.convert(target.collector_config(), KafkaCollectorConfig)
+    collector = KafkaCollector("kafka", options, CollectorContext(data_dir=str(tmp_path)))
+    await collector.start()
+    return target, collector
+
+
 def test_outage_and_recovery_at_the_same_address(tmp_path: Path) -> None:
     """The conformance target's mock broker goes down (connections refused) and comes back where it was."""
     before = [make_event(i) for i in range(10)]
     during = [make_event(100 + i, "win") for i in range(10)]
 
     async def main() -> KafkaTarget:
-        target = await make_target()
-        options = msgspec.convert(target.collector_config(), KafkaCollectorConfig)
-        collector = KafkaCollector("kafka", options, CollectorContext(data_dir=str(tmp_path)))
-        await collector.start()
+        target, collector = await started_on_a_target(tmp_path)
         try:
             assert await collector.send(before) is SendResult.DELIVERED
             await target.stop()
@@ -257,6 +264,39 @@ def test_an_idle_collector_is_healthy_again_once_its_broker_is_back_without_traf
 
     target = asyncio.run(main())
     asyncio.run(target.close())
+
+
+def test_librdkafka_lines_of_an_outage_are_limited_per_kind_and_count_the_suppressed(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, caplog: pytest.LogCaptureFixture
+) -> None:
+    """librdkafka logs each failed connection attempt, at LOG_ERR (75 lines in 15 s of an outage on two workers):
+    its first line is kept, the rest are written at most once per interval and kind, counting those suppressed, as
+    warnings named after the collector (the collector's own line is the error)."""
+    interval_s = 1.0
+    monkeypatch.setattr("trackpoint.collectors.kafka.collector.LIBRDKAFKA_LOG_INTERVAL_S", interval_s)
+    caplog.set_level(logging.INFO, logger="trackpoint.collectors")
+
+    async def main() -> KafkaTarget:
+        target, collector = await started_on_a_target(tmp_path)
+        try:
+            assert await collector.send([make_event(0)]) is SendResult.DELIVERED
+            await target.stop()
+            for i in range(1, 60):  # a little traffic through the outage: batches retried, then spooled
+                collector.offer(make_event(i))
+                await asyncio.sleep(0.1)
+            await target.start()
+            await wait_until(lambda: collector.health().healthy and not collector.retrying, 20.0)
+        finally:
+            await collector.close(5.0)
+        return target
+
+    target = asyncio.run(main())
+    asyncio.run(target.close())
+    refused = [record for record in caplog.records if "Connection refused" in record.getMessage()]
+    assert refused, "the outage's first line is kept"
+    assert {record.levelno for record in refused} == {logging.WARNING}
+    assert all(record.getMessage().startswith("collector kafka: librdkafka FAIL: ") for record in refused)
+    assert_limited_per_kind(refused, interval_s)
 
 
 def test_a_topic_that_does_not_exist_refuses_its_events_and_the_other_types_go_once(tmp_path: Path) -> None:

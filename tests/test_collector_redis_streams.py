@@ -5,6 +5,7 @@ unique keys per test, and private redis-server processes for outages, restarts a
 from __future__ import annotations
 
 import asyncio
+import logging
 import os
 import shutil
 import signal
@@ -22,7 +23,7 @@ from redis.asyncio import Redis
 from redis.crc import key_slot
 
 from conformance.target_redis_streams import RedisStreamsTarget, make_target
-from conftest import make_event, until
+from conftest import assert_limited_per_kind, make_event, until
 from trackpoint.collectors.base import CollectorContext, SendResult
 from trackpoint.collectors.redis_streams.collector import RedisStreamsCollector
 from trackpoint.collectors.redis_streams.config import RedisStreamsCollectorConfig, seen_prefix
@@ -245,6 +246,46 @@ def test_outage_and_restart_lose_nothing_and_duplicate_nothing(tmp_path: Path) -
             await server.close()
 
     asyncio.run(main())
+
+
+def test_an_outage_is_logged_at_once_then_once_per_interval_with_the_count_of_the_rest(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, caplog: pytest.LogCaptureFixture
+) -> None:
+    """Each failed send is counted, not written: the outage's first line at once, then one per interval that counts
+    those suppressed, then the recovery."""
+    interval_s = 1.0
+    monkeypatch.setattr("trackpoint.collectors.base.ERROR_LOG_INTERVAL_S", interval_s)
+    caplog.set_level(logging.INFO, logger="trackpoint.collectors")
+
+    async def main() -> None:
+        server = await make_target()
+        try:
+            settings = server.collector_config() | {"retry_initial_ms": 50, "retry_max_ms": 100}
+            target = collector(msgspec.convert(settings, RedisStreamsCollectorConfig), tmp_path)
+            await target.start()
+            events = [make_event(i) for i in range(400)]
+            target.offer(events[0])
+            await until(lambda: _equals(server.read_ids, [events[0].id]))
+            await server.stop()
+            for event in events[1:]:  # traffic through the outage, until some 40 sends failed (over seconds)
+                target.offer(event)
+                await asyncio.sleep(0.02)
+                if target.stats.errors >= 40:
+                    break
+            await server.start()
+            await until(_truthy(lambda: target.health().healthy and not target.retrying), 20.0)
+            await target.close(5.0)
+            assert target.stats.errors >= 40
+        finally:
+            await server.close()
+
+    asyncio.run(main())
+    messages = [record.getMessage() for record in caplog.records]
+    failed = [record for record in caplog.records if "target unavailable" in record.getMessage()]
+    assert "ConnectionError" in failed[0].getMessage()  # the first line of the outage is kept
+    assert len(failed) < 20
+    assert_limited_per_kind(failed, interval_s)
+    assert any("delivering again after" in message for message in messages), messages
 
 
 def test_password_from_the_environment(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:

@@ -10,6 +10,7 @@ from __future__ import annotations
 import asyncio
 import errno
 import itertools
+import logging
 import os
 import random
 import subprocess
@@ -23,6 +24,7 @@ import pytest
 from trackpoint.collectors.base import Collector, CollectorContext, SendResult
 from trackpoint.config.model import CollectorBase, SpoolConfig
 from trackpoint.event import Context, Event, Meta
+from trackpoint.log_limiter import LogLimiter
 
 PAD = "x" * 900  # about 1 KB per event, so a small spool fills quickly
 
@@ -122,6 +124,39 @@ def test_retries_back_off_exponentially(tmp_path: Path) -> None:
         await collector.close(5.0)
 
     run(main)
+
+
+def test_an_outage_is_one_line_then_a_reminder_per_interval_and_a_new_kind_of_error_is_not_hidden(
+    tmp_path: Path, caplog: pytest.LogCaptureFixture
+) -> None:
+    """Every failed send is counted; the log gets the first of each kind at once, then a reminder per interval that
+    counts the lines it stands for, and the recovery. A second kind of error (the target now raises) is written at
+    once, not held back by the interval of the first."""
+    now = [0.0]
+    collector = flaky(tmp_path, spool={"enabled": False})
+    collector._error_log = LogLimiter(10.0, clock=lambda: now[0])
+    caplog.set_level(logging.INFO, logger="trackpoint.collectors")
+
+    async def main() -> None:
+        collector.mode = "retry"
+        for _ in range(20):
+            await collector.deliver(events(0, 1))
+        collector.mode = "raise"
+        await collector.deliver(events(0, 1))
+        now[0] = 10.0
+        collector.mode = "retry"
+        await collector.deliver(events(0, 1))
+        collector.mode = "ok"
+        await collector.deliver(events(0, 1))
+
+    run(main)
+    assert collector.stats.errors == 22
+    assert [(record.levelname, record.getMessage()) for record in caplog.records] == [
+        ("ERROR", "collector flaky: target unavailable, retrying with backoff"),
+        ("ERROR", "collector flaky: ConnectionResetError('target went away')"),
+        ("ERROR", "collector flaky: target unavailable, retrying with backoff (19 similar suppressed)"),
+        ("WARNING", "collector flaky: delivering again after 22 failed attempts"),
+    ]
 
 
 def test_while_the_target_is_down_events_wait_on_disk_not_in_memory(tmp_path: Path) -> None:

@@ -7,9 +7,11 @@ from __future__ import annotations
 
 import asyncio
 import importlib
+import itertools
 import json
 import logging
 import os
+import re
 import shutil
 import signal
 import socket
@@ -491,9 +493,13 @@ def test_a_multipart_upload_is_verified_by_reading_it_back(s3: S3Store, tmp_path
 
 
 @pytest.mark.e2e
-def test_the_service_logs_a_failure_streak_once_and_its_recovery(
-    tmp_path: Path, caplog: pytest.LogCaptureFixture
+def test_the_service_logs_a_failure_streak_then_a_reminder_per_interval_and_its_recovery(
+    tmp_path: Path, caplog: pytest.LogCaptureFixture, monkeypatch: pytest.MonkeyPatch
 ) -> None:
+    """Not a line per failed pass: the streak's first, a reminder per interval counting the passes not logged, the
+    recovery."""
+    interval_s = 0.5
+    monkeypatch.setattr("trackpoint.collectors.log.shipping.service.REPEAT_INTERVAL_S", interval_s)
     server = S3(tmp_path / "late-moto")
     write_logs(tmp_path, 40)
     files = log_files(tmp_path / "logs")
@@ -505,7 +511,7 @@ def test_the_service_logs_a_failure_streak_once_and_its_recovery(
         service = ShippingService(lambda: tracker)
         service.start()
         deadline = time.monotonic() + 20
-        while service.metrics().stats.get("log", ShipStats()).uploads["error"] < 3:  # 3 failing passes
+        while service.metrics().stats.get("log", ShipStats()).uploads["error"] < 10:  # 10 failing passes
             assert time.monotonic() < deadline, "no failed upload seen"
             await asyncio.sleep(0.05)
         server.start()
@@ -522,10 +528,13 @@ def test_the_service_logs_a_failure_streak_once_and_its_recovery(
         asyncio.run(main())
     finally:
         server.stop()
-    messages = [(r.levelno, r.getMessage()) for r in caplog.records if r.name == "trackpoint.shipping"]
-    assert [level for level, _ in messages] == [logging.ERROR, logging.INFO]
-    assert "failing" in messages[0][1]
-    assert "recovered" in messages[1][1]
+    records = [r for r in caplog.records if r.name == "trackpoint.shipping"]
+    *failing, recovered = records
+    assert [r.levelno for r in records] == [logging.ERROR] * len(failing) + [logging.INFO]
+    assert "is failing" in failing[0].getMessage() and "still failing" in failing[-1].getMessage()
+    assert all(later.created - earlier.created > interval_s * 0.9 for earlier, later in itertools.pairwise(failing))
+    assert any("similar suppressed)" in r.getMessage() for r in failing)
+    assert re.search(r"recovered after \d+ failed passes$", recovered.getMessage())
 
 
 @pytest.mark.e2e
@@ -590,15 +599,32 @@ def test_the_ship_command(s3: S3Store, tmp_path: Path) -> None:
     events = write_logs(tmp_path, 60)
     files = log_files(tmp_path / "logs")
 
-    def configure(options: dict[str, Any]) -> Path:
-        ship = {"url": s3.url("cli"), "storage_options": options, "node": "node-a", "retries": 0}
+    def configure(options: dict[str, Any], **more: Any) -> Path:
+        ship = {"url": s3.url("cli"), "storage_options": options, "node": "node-a", "retries": 0, **more}
         return write_config(tmp_path, ship)
 
-    config = configure({**s3.options, "client_kwargs": {"endpoint_url": f"http://127.0.0.1:{free_port()}"}})
+    unreachable = {**s3.options, "client_kwargs": {"endpoint_url": f"http://127.0.0.1:{free_port()}"}}
+    config = configure(unreachable)
     down = _cli("--config", str(config), "--once")
     assert down.returncode == 1, down.stdout + down.stderr
     assert "failed log " in down.stderr
     assert log_files(tmp_path / "logs") == files
+
+    # Without --once, a store that stays down is not a line per pass (here every 0.1 s): the streak's first line,
+    # then a reminder every 10 s.
+    config = configure(unreachable, interval_s=0.1)
+    command = [sys.executable, "-m", "trackpoint", "ship", "--config", str(config)]
+    running = subprocess.Popen(command, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    try:
+        assert running.stderr is not None
+        assert " is failing " in running.stderr.readline()
+        time.sleep(2.0)  # some twenty passes, all failing
+        running.send_signal(signal.SIGTERM)
+        _, errors = running.communicate(timeout=30)
+    finally:
+        running.kill()
+        running.wait()
+    assert errors == "", errors
 
     config = configure(s3.options)
     unknown = _cli("--config", str(config), "--collector", "nope", "--once")

@@ -449,15 +449,16 @@ def ship(
         for done in report.shipped:
             out.print(f"shipped {shipper.collector} {done.name} → {done.url} ({done.bytes:,} bytes, verified by "
                       f"{done.verified_by})", highlight=False, soft_wrap=True)  # fmt: skip
-        for what, reason in report.failed:
-            err.print(f"[bold red]failed[/] {shipper.collector} {what}: {reason}", highlight=False, soft_wrap=True)
 
     if not once:
+        # Failed passes are the service's log lines: when a streak begins, a reminder per interval, not one a pass.
         asyncio.run(ShippingService(lambda: loaded.config, collector or (), show).serve())
         return
     reports = {name: shipper.ship_pass() for name, shipper in selected.items()}
     for name, report in reports.items():
         show(selected[name], report)
+        for what, reason in report.failed:
+            err.print(f"[bold red]failed[/] {name} {what}: {reason}", highlight=False, soft_wrap=True)
     shipped = [done for report in reports.values() for done in report.shipped]
     failed = sum(len(report.failed) for report in reports.values())
     out.print(f"{len(shipped)} files shipped ({sum(done.bytes for done in shipped):,} bytes), {failed} failed",

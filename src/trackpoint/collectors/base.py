@@ -24,6 +24,7 @@ import msgspec
 from trackpoint.collectors.spool import Recovery, Spool, SpoolLocked, orphans
 from trackpoint.config.model import CollectorBase
 from trackpoint.event import Event
+from trackpoint.log_limiter import LogLimiter, kind_of_text
 from trackpoint.privacy.filter import build_filter
 
 log = logging.getLogger("trackpoint.collectors")
@@ -32,6 +33,9 @@ log = logging.getLogger("trackpoint.collectors")
 ORPHAN_SCAN_INTERVAL_S = 10.0
 # Dropped events are logged (a warning with the counts) at most this often per collector, besides the counter.
 DROP_LOG_INTERVAL_S = 10.0
+# Errors (all counted) are logged the first time of each kind, then at most this often per kind, with the count of
+# those not logged: an outage is one line, then a reminder per interval, then the line of the recovery.
+ERROR_LOG_INTERVAL_S = 10.0
 # A spool that could not be written (its disk full, an I/O error) is tried again this often.
 SPOOL_RETRY_INTERVAL_S = 1.0
 
@@ -133,7 +137,7 @@ class Collector(ABC):
         self._wake = asyncio.Event()
         self._closing = False
         self._abandoned = False  # close() gave up on the drain: the flush loop must stop
-        self._last_error_log = 0.0
+        self._error_log = LogLimiter(ERROR_LOG_INTERVAL_S)
         # Drops by cause (besides offer's, counted only in stats.dropped: the request path does nothing more),
         # and what the last drop warning reported.
         self._drops: dict[str, int] = {}
@@ -275,6 +279,7 @@ class Collector(ABC):
             self.stats.sent += len(batch) - self._refused
             if self._failures:
                 log.warning("collector %s: delivering again after %d failed attempts", self.name, self._failures)
+                self._error_log.forget_counts()  # what the outage repeated: the attempts say it
             self._failures = 0
             self._retry_at = 0.0
             self._clear_fault()
@@ -561,11 +566,13 @@ class Collector(ABC):
         self._drops_logged = dict(self._drops)
 
     def _note_error(self, exc: BaseException | str) -> None:
+        """Counted always; logged the first time of its kind, then at most once per ERROR_LOG_INTERVAL_S. The kind
+        of an exception is its type (its text may hold anything, an event id); of our own texts, the text."""
         self.stats.errors += 1
-        now = time.monotonic()
-        if now - self._last_error_log > 10:  # logged once per interval, counted always
-            self._last_error_log = now
-            log.error("collector %s: %s", self.name, exc if isinstance(exc, str) else repr(exc))
+        if isinstance(exc, str):
+            self._error_log.log(log, logging.ERROR, kind_of_text(exc), "collector %s: %s", self.name, exc)
+        else:
+            self._error_log.log(log, logging.ERROR, type(exc).__name__, "collector %s: %r", self.name, exc)
 
     def _health_detail(self) -> str:
         try:

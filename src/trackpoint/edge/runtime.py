@@ -29,6 +29,7 @@ from trackpoint.http.connection import FRAMING_HEADERS, IDLE, HeaderNames
 from trackpoint.http.forwarded import client_address, forwarded_for
 from trackpoint.http.limits import Caps
 from trackpoint.http.responses import Clock, allow_header, reject
+from trackpoint.log_limiter import LogLimiter
 from trackpoint.preprocessors import (
     CountsOutcomes,
     FlagsTraffic,
@@ -51,7 +52,8 @@ log = logging.getLogger("trackpoint.edge")
 SWEEP_BATCH: Final = 64
 # On drain, how long an idle keep-alive connection may still send one last request.
 DRAIN_IDLE_GRACE_S: Final = 1.0
-# Each kind of error on the request path is logged at most once per interval (always counted).
+# Each kind of error on the request path is logged at once, then at most once per interval with the count of those
+# not logged (all are counted).
 ERROR_LOG_INTERVAL_S: Final = 10.0
 # How often the rate-limit tables drop their idle buckets (a pass over each table).
 LIMIT_SWEEP_INTERVAL_S: Final = 10.0
@@ -159,7 +161,7 @@ class Edge:
         self.client_ip_header = config.server.client_ip_header.encode()
         self._rfc7239 = config.server.client_ip_header == "forwarded"
         self._trusted_cache: dict[str, bool] = {}
-        self._last_error_log: dict[str, float] = {}  # per kind of error: one noisy kind must not hide the others
+        self._error_log = LogLimiter(ERROR_LOG_INTERVAL_S)  # per kind: one noisy kind must not hide the others
         meta = Meta(worker=worker, config=config_version)
         preprocessors = {
             name: components.build_preprocessor(name, pp_config, config.data_dir)
@@ -425,23 +427,14 @@ class Edge:
         """A preprocessor raised: its event is dropped (counted under preprocessor_errors), logged once per interval."""
         errors = self.stats.preprocessor_errors
         errors[name] = errors.get(name, 0) + 1
-        if self._log_due(f"preprocessor:{name}"):
-            log.error("preprocessor %s failed; its events are dropped and counted", name, exc_info=exc)
+        self._error_log.log(
+            log, logging.ERROR, f"preprocessor:{name}", "preprocessor %s failed; its events are dropped and counted",
+            name, exc_info=exc,
+        )  # fmt: skip
 
     def internal_error(self, exc: BaseException) -> None:
-        if self._log_due(f"internal:{type(exc).__name__}"):  # counted always, logged once per interval and kind
-            log.error("internal error on the request path", exc_info=exc)
-
-    def _log_due(self, kind: str) -> bool:
-        """Once per ERROR_LOG_INTERVAL_S for each kind of error (a bounded table: kinds are code paths)."""
-        now = time.monotonic()
-        last = self._last_error_log
-        if now - last.get(kind, -ERROR_LOG_INTERVAL_S) < ERROR_LOG_INTERVAL_S:
-            return False
-        if len(last) >= 1024:
-            last.clear()
-        last[kind] = now
-        return True
+        kind = f"internal:{type(exc).__name__}"  # counted always, logged once per interval and kind
+        self._error_log.log(log, logging.ERROR, kind, "internal error on the request path", exc_info=exc)
 
     # --- timers --------------------------------------------------------------------------------------------------
 
@@ -486,8 +479,9 @@ class Edge:
         try:
             preprocessor.refresh()
         except Exception as exc:  # upkeep that fails must not stop the timers (sweeps, the date)
-            if self._log_due("refresh"):
-                log.error("the periodic refresh of a preprocessor failed", exc_info=exc)
+            self._error_log.log(
+                log, logging.ERROR, "refresh", "the periodic refresh of a preprocessor failed", exc_info=exc
+            )
 
     # --- lifecycle -----------------------------------------------------------------------------------------------
 

@@ -14,6 +14,7 @@ import functools
 import itertools
 import logging
 import os
+import re
 import threading
 from collections.abc import Mapping, Sequence
 from concurrent.futures import ThreadPoolExecutor
@@ -25,6 +26,7 @@ from confluent_kafka import KafkaError, KafkaException, Message, Producer
 from trackpoint.collectors.base import Collector, CollectorContext, Health, SendResult
 from trackpoint.collectors.kafka.config import REPORT_MARGIN_S, TOPIC_NAME, KafkaCollectorConfig, topic_for
 from trackpoint.event import Event
+from trackpoint.log_limiter import LogLimiter, kind_of_text
 from trackpoint.security.secrets import env_secret
 
 log = logging.getLogger("trackpoint.collectors.kafka")
@@ -62,6 +64,12 @@ PROBE_TIMEOUT_S = 2.0
 # Events delivered by an attempt of a batch that is then retried are remembered, so the retry skips them; at most
 # this many batches' worth (beyond that the oldest are forgotten: at worst sent twice, which the key dedupes).
 REMEMBERED_BATCHES = 8
+# librdkafka logs every failed connection attempt, from each of its threads (75 lines in 15 s of a broker outage on two
+# workers): its lines are written the first time of each kind, then at most this often per kind, with the count of
+# those suppressed. The collector's own lines report the outage meanwhile (at once, then every 10 s, and its end).
+LIBRDKAFKA_LOG_INTERVAL_S = 60.0
+_THREAD_PREFIX = re.compile(r"^\[thrd:[^\]]*\]: ")
+_OWN_COUNT = re.compile(r", \d+ identical error\(s\) suppressed")  # librdkafka's count of repeats: not a new kind
 
 Headers = list[tuple[str, str | bytes | None]]
 
@@ -80,6 +88,9 @@ def producer_settings(config: KafkaCollectorConfig, environ: Mapping[str, str]) 
         # not after librdkafka's 30 s grace for a topic still propagating, during which every batch carrying one
         # of its events would time out and be retried.
         "topic.metadata.propagation.max.ms": min(30_000, timeout_ms // 2),
+        # A broker closing an idle connection (connections.max.idle.ms; Event Hubs every few minutes) is routine, and
+        # librdkafka reconnects by itself: no line each time. An outage is logged all the same (failed connects).
+        "log.connection.close": False,
         **config.properties,
         **{key: secret(variable) for key, variable in config.properties_env.items()},
         "bootstrap.servers": config.bootstrap_servers,
@@ -156,6 +167,7 @@ class KafkaCollector(Collector):
         # Another makes the metadata requests of the health probe, so they never delay a batch.
         self._probe_io = ThreadPoolExecutor(max_workers=1, thread_name_prefix=f"kafka-{name}-probe")
         self._probe_task: asyncio.Task[None] | None = None
+        self._librdkafka_log = LibrdkafkaLog(name)  # kept by a replaced producer: its limits go on
 
     async def start(self) -> None:
         """Creates the producer; it connects in the background, so unreachable brokers do not fail the start."""
@@ -235,7 +247,7 @@ class KafkaCollector(Collector):
     def _new_producer(self) -> Producer:
         settings = producer_settings(self.config, os.environ)
         settings["error_cb"] = self._client_error
-        settings["logger"] = log  # librdkafka's own log lines, through logging rather than raw stderr
+        settings["logger"] = self._librdkafka_log  # librdkafka's own lines, through logging rather than raw stderr
         return Producer(settings)
 
     def _ready_producer(self) -> Producer:
@@ -346,6 +358,25 @@ class KafkaCollector(Collector):
         elif error.code() not in OUTAGE_ERRORS:
             return  # a single connection failing: librdkafka reconnects, and the batch outcome tells the rest
         self._set_error(f"{error.name()}: {error.str()}")
+
+
+class LibrdkafkaLog:
+    """confluent-kafka's `logger`: librdkafka's lines, named after their collector and limited per kind (facility and
+    text without numbers: a new kind of failure is written at once). Its LOG_ERR lines are mostly connections it
+    retries by itself, so they are warnings here: the collector logs the error when events cannot be delivered."""
+
+    def __init__(self, collector: str) -> None:
+        self.collector = collector
+        self.limiter = LogLimiter(LIBRDKAFKA_LOG_INTERVAL_S)
+
+    def log(self, level: int, template: str, *args: object) -> None:
+        """As confluent-kafka calls it: `log(level, "%s [%s] %s", facility, client name, message)`, on whichever
+        thread serves librdkafka's callbacks."""
+        facility, message = (str(args[0]), str(args[2])) if len(args) == 3 else ("LOG", template % args)
+        message = _THREAD_PREFIX.sub("", message)
+        level = logging.WARNING if level == logging.ERROR else level
+        kind = (facility, kind_of_text(_OWN_COUNT.sub("", message)))
+        self.limiter.log(log, level, kind, "collector %s: librdkafka %s: %s", self.collector, facility, message)
 
 
 def _brokers_answer(producer: Producer, topic: str | None) -> bool:

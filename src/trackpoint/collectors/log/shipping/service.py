@@ -1,5 +1,6 @@
 """Shipping as a background task of the supervisor (and of `trackpoint ship` without --once): passes run in daemon
-threads, never on the event loop; failures are retried, counted on /metrics and logged once per failure streak.
+threads, never on the event loop; failures are retried, counted on /metrics and logged when a failure streak begins,
+as a reminder at most every REPEAT_INTERVAL_S while it lasts, and when it ends.
 """
 
 from __future__ import annotations
@@ -18,6 +19,7 @@ from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily, Metri
 
 from trackpoint.collectors.log.shipping.shipper import PassReport, ShipError, Shipper, ShipStats, Wait, shippers
 from trackpoint.config.model import Config
+from trackpoint.log_limiter import REPEAT_INTERVAL_S, LogLimiter
 
 log = logging.getLogger("trackpoint.shipping")
 
@@ -41,7 +43,8 @@ class ShippingService:
         self._shippers: dict[str, Shipper] = {}
         self._stats: dict[str, ShipStats] = {}  # outlive a reload that rebuilds a shipper: counters stay monotonic
         self._due: dict[str, float] = {}
-        self._failing: set[str] = set()
+        self._failing: dict[str, int] = {}  # collectors whose last pass failed: how many passes in a row
+        self._failure_log = LogLimiter(REPEAT_INTERVAL_S)  # by collector
         self._stopping = threading.Event()
         self._wakeup = asyncio.Event()
         self._task: asyncio.Task[None] | None = None
@@ -123,16 +126,19 @@ class ShippingService:
             report = shipper.ship_pass(wait)
         except Exception as exc:  # a local disk error or a bug: counted like a failed pass, never fatal
             report = PassReport(failed=[("*", f"{type(exc).__name__}: {exc}")])
-        if report.failed and name not in self._failing:
-            self._failing.add(name)
+        if report.failed:
+            streak = self._failing[name] = self._failing.get(name, 0) + 1
             what, reason = report.failed[0]
-            log.error(
-                "shipping %s to %s is failing (%s: %s); retrying every %gs, logged again when it recovers",
-                name, shipper.url, what, reason, shipper.ship.interval_s,
-            )  # fmt: skip
-        elif not report.failed and name in self._failing:
-            self._failing.discard(name)
-            log.info("shipping %s to %s recovered", name, shipper.url)
+            if streak == 1:
+                message = "shipping %s to %s is failing (%s: %s); retrying every %gs, reminded every %gs until back"
+                details: tuple[object, ...] = (what, reason, shipper.ship.interval_s, self._failure_log.interval_s)
+            else:
+                message = "shipping %s to %s still failing (%s: %s): %d passes in a row"
+                details = (what, reason, streak)
+            self._failure_log.log(log, logging.ERROR, name, message, name, shipper.url, *details)
+        elif name in self._failing:
+            failed = self._failing.pop(name)
+            log.info("shipping %s to %s recovered after %d failed passes", name, shipper.url, failed)
         if self._on_pass is not None:
             self._on_pass(shipper, report)
         return report
