@@ -311,6 +311,64 @@ class Tracker:
             raise AssertionError(f"tracker did not stop within {timeout_s}s:\n{self.output()}") from None
 
 
+class SmallDisk:
+    """A small tmpfs mounted on `directory` (root only: `mounted` says whether it is, `refusal` why not). `fill` takes
+    every block (a filler file) and, unless `inodes` is False, every inode (remounted at its count): each write, and
+    each new file or directory, fails with ENOSPC, as on a full disk; `free` gives it room again."""
+
+    ROOM = "size=64m,nr_inodes=65536"
+
+    def __init__(self, directory: Path, size: str = "1m") -> None:
+        self.directory = directory
+        self.filler = directory / ".filler"
+        directory.mkdir(parents=True, exist_ok=True)
+        try:
+            mount = ["mount", "-t", "tmpfs", "-o", f"size={size}", "tmpfs", str(directory)]
+            done = subprocess.run(mount, capture_output=True, check=False)
+        except OSError as exc:  # no mount(8)
+            self.mounted, self.refusal = False, str(exc)
+        else:
+            self.mounted, self.refusal = done.returncode == 0, done.stderr.decode(errors="replace").strip()
+
+    def fill(self, inodes: bool = True) -> None:
+        usage = os.statvfs(self.directory)
+        with self.filler.open("ab") as filler:
+            filler.write(b"\0" * (usage.f_bavail * usage.f_frsize))
+        if inodes:
+            usage = os.statvfs(self.directory)
+            self._remount(f"nr_inodes={usage.f_files - usage.f_ffree}")
+        assert os.statvfs(self.directory).f_bavail == 0
+
+    def free(self) -> None:
+        self._remount(self.ROOM)
+        self.filler.unlink(missing_ok=True)
+
+    def close(self) -> None:
+        if self.mounted:
+            subprocess.run(["umount", "--lazy", str(self.directory)], check=True)
+
+    def _remount(self, options: str) -> None:
+        subprocess.run(["mount", "-o", f"remount,{options}", str(self.directory)], check=True, capture_output=True)
+
+
+@pytest.fixture
+def small_disk() -> Iterator[Callable[..., SmallDisk]]:
+    """Mounts SmallDisks (`small_disk(directory, size="1m")`), skipping the test where that is not allowed; each is
+    unmounted at the end, after the fixtures that use it (a tracker on it) have ended."""
+    mounted: list[SmallDisk] = []
+
+    def mount(directory: Path, size: str = "1m") -> SmallDisk:
+        disk = SmallDisk(directory, size)
+        if not disk.mounted:
+            pytest.skip(f"cannot mount a tmpfs (root only): {disk.refusal}")
+        mounted.append(disk)
+        return disk
+
+    yield mount
+    for disk in reversed(mounted):
+        disk.close()
+
+
 def read_until_quiet(sock: socket.socket) -> bytes:
     chunks = []
     while True:
@@ -399,6 +457,7 @@ E2E_FIXTURES = frozenset({
     "tracker_factory",
     "tracker_on_small_disk",  # test_crash: a tracker whose log disk fills up
     "tracker_on_small_data_dir",  # test_banker_e2e: a tracker whose whole data_dir fills up
+    "small_disk",  # mounts a file system
     "private_redis",  # test_banker_e2e: a Redis server of its own, stopped and restarted
     "redis_target",  # test_queues_e2e
     "brokers",  # test_collector_kafka: librdkafka's mock cluster

@@ -27,7 +27,7 @@ import pytest
 from redis.asyncio import Redis
 
 from conformance.target_redis_streams import RedisStreamsTarget, make_target
-from conftest import Tracker
+from conftest import SmallDisk, Tracker
 from trackpoint.adtech.price import encrypt_price
 from trackpoint.plugins.builtin import default_event_types
 from trackpoint.security.signing import sign_url
@@ -530,8 +530,9 @@ def test_a_required_banker_on_a_redis_that_evicts_is_not_ready(
 SMALL_DISK = "3m"
 
 
-@pytest.fixture
-def tracker_on_small_data_dir(tmp_path: Path) -> Iterator[Tracker]:
+def on_small_data_dir(
+    tmp_path: Path, small_disk: Callable[..., SmallDisk], event_types: dict[str, Any]
+) -> tuple[Tracker, SmallDisk]:
     """Two workers whose whole data_dir (log, spools, banker and rollup databases) is a 3 MiB tmpfs, not started."""
     tracker = Tracker(tmp_path, {
         "signing": {"keys": {"e2e": {"secret_env": SIGNING_ENV}}},
@@ -541,20 +542,28 @@ def tracker_on_small_data_dir(tmp_path: Path) -> Iterator[Tracker]:
                        "retry_max_ms": 200},
             "rollup": {"type": "rollup", "flush_interval_ms": 20, "retry_initial_ms": 50, "retry_max_ms": 200},
         },
-        "event_types": {"win": {"preset": "win", "collectors": ["log", "banker", "rollup"]}},
+        "event_types": event_types,
     }, workers=2)  # fmt: skip
-    tracker.data_dir.mkdir()
-    mount = ["mount", "-t", "tmpfs", "-o", f"size={SMALL_DISK}", "tmpfs", str(tracker.data_dir)]
-    if subprocess.run(mount, capture_output=True, check=False).returncode != 0:
-        pytest.skip("mounting a tmpfs needs root (tests/test_delivery.py covers the spool's full disk without it)")
+    return tracker, small_disk(tracker.data_dir, SMALL_DISK)
+
+
+def stop_on_room(tracker: Tracker, disk: SmallDisk) -> None:
+    """The end of a test on a small disk: room again, so that a tracker still running drains and stops."""
+    if tracker.process is not None and tracker.process.poll() is None:
+        disk.free()
+        with contextlib.suppress(AssertionError):  # the test failed: what matters is that it ends
+            tracker.stop()
+
+
+@pytest.fixture
+def tracker_on_small_data_dir(tmp_path: Path, small_disk: Callable[..., SmallDisk]) -> Iterator[Tracker]:
+    tracker, disk = on_small_data_dir(
+        tmp_path, small_disk, {"win": {"preset": "win", "collectors": ["log", "banker", "rollup"]}}
+    )
     try:
         yield tracker
     finally:
-        if tracker.process is not None and tracker.process.poll() is None:
-            subprocess.run(["mount", "-o", "remount,size=64m", str(tracker.data_dir)], check=False)
-            with contextlib.suppress(AssertionError):  # the test failed: what matters is that it ends
-                tracker.stop()
-        subprocess.run(["umount", "--lazy", str(tracker.data_dir)], check=True)
+        stop_on_room(tracker, disk)
 
 
 async def _wins_until_refused(port: int, prefix: str, connections: int = 8, refusals: int = 50) -> dict[str, int]:
@@ -616,6 +625,76 @@ def test_after_a_full_disk_the_banker_and_rollups_catch_up_by_themselves(tracker
     for name in ("banker", "rollup"):
         assert tracker.wait_metric("trackpoint_collector_healthy", f'collector="{name}"', 1, 10) == 1
     assert tracker.stop() == 0, tracker.output()
+
+
+@pytest.mark.timeout(300)
+def test_a_tracker_restarted_on_a_full_disk_serves_and_catches_up(
+    tmp_path: Path, small_disk: Callable[..., SmallDisk]
+) -> None:
+    """The disk under data_dir full, no block nor inode left, when the tracker starts again (a deploy, a node
+    reboot): the log could not create its file nor the banker and the rollups their spools' directories, so every
+    worker crash-looped and the tracker answered nothing until some 10 s after space came back. Now the workers start
+    and stay up: impressions (logged) answer 503 log_disk_full, /readyz says why; wins (banker and rollups, no log)
+    answer 204 and wait in memory. Once there is room, without a restart, every acknowledged win is debited and
+    counted once, and impressions are logged again."""
+    tracker, disk = on_small_data_dir(tmp_path, small_disk, {
+        "impression": {"preset": "impression", "collectors": ["log"]},
+        "win": {"preset": "win", "collectors": ["banker", "rollup"]},
+    })  # fmt: skip
+    counted = 'collector="rollup",outcome="counted"'
+
+    def debits() -> int:
+        status, state = admin_json(tracker, "GET", "/banker/campaigns/c1")
+        return int(state["debits"]) if status == 200 else -1
+
+    def readiness() -> dict[str, Any]:
+        with contextlib.suppress(OSError):  # the admin port not open yet
+            answer: dict[str, Any] = admin_json(tracker, "GET", "/readyz")[1]
+            return answer
+        return {}
+
+    try:
+        tracker.start()
+        assert tracker.admin("PUT", "/banker/campaigns/c1", b'{"total_budget_micros": 1000000000000}')[0] == 200
+        assert tracker.get(signed("/win?imp=before&cid=c1&price=1"))[0] == 204
+        assert tracker.get("/i?imp=before&cid=c1")[0] == 200
+        eventually(lambda: debits() == 1 and tracker.metric("trackpoint_collector_outcomes_total", counted) == 1, 10,
+                   "the first win debited and counted")  # fmt: skip
+        assert tracker.stop() == 0, tracker.output()
+
+        disk.fill()
+        tracker.start(ready=False)
+        eventually(lambda: readiness().get("workers_ready") == 2, 20, "both workers started")
+        ready = readiness()
+        assert not ready["ready"] and ready["required_collectors_unhealthy"] == ["log"]
+        problems = ready["collector_problems"]
+        assert problems["log"].endswith("No space left on device"), problems
+        assert all("cannot be opened: No space left on device" in problems[name] for name in ("banker", "rollup"))
+        assert admin_json(tracker, "GET", "/healthz") == (200, {"status": "ok"})
+        status, headers, _ = tracker.get("/i?imp=full&cid=c1")
+        assert (status, headers["x-reject-reason"]) == (503, "log_disk_full")
+        wins = [f"full-{n}" for n in range(100)]
+        assert [tracker.get(signed(f"/win?imp={imp}&cid=c1&price=1"))[0] for imp in wins] == [204] * len(wins)
+        assert tracker.wait_metric("trackpoint_collector_pending", 'collector="banker"', len(wins)) == len(wins)
+        assert tracker.metric("trackpoint_collector_healthy", 'collector="banker"') == 0
+        assert tracker.metric("trackpoint_collector_errors_total", 'collector="banker"') > 0
+        assert tracker.metric("trackpoint_rejected_total", 'reason="log_disk_full"') == 1
+
+        disk.free()
+        eventually(lambda: readiness().get("ready") is True, 20, "ready again, without a restart")
+        assert tracker.get("/i?imp=after&cid=c1")[0] == 200
+        eventually(lambda: debits() == 1 + len(wins), 20, "every acknowledged win debited")
+        assert tracker.wait_metric("trackpoint_collector_outcomes_total", counted, len(wins)) == len(wins)
+        for name in ("banker", "rollup"):
+            assert tracker.wait_metric("trackpoint_collector_healthy", f'collector="{name}"', 1) == 1
+            duplicates = f'collector="{name}",outcome="duplicates"'
+            assert tracker.metric("trackpoint_collector_outcomes_total", duplicates) == 0
+        assert tracker.metric("trackpoint_worker_restarts_total") == 0
+        assert tracker.stop() == 0, tracker.output()
+        assert sorted(event.dims["imp"] for event in tracker.events()) == ["after", "before"]
+        assert "Traceback" not in tracker.output() and "failed to start" not in tracker.output()
+    finally:
+        stop_on_room(tracker, disk)
 
 
 def test_a_damaged_sqlite_store_is_unavailable_not_healthy(tracker_factory: Any) -> None:

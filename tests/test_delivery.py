@@ -13,7 +13,6 @@ import itertools
 import logging
 import os
 import random
-import subprocess
 import time
 from collections.abc import Awaitable, Callable, Sequence
 from pathlib import Path
@@ -21,6 +20,7 @@ from pathlib import Path
 import msgspec
 import pytest
 
+from conftest import SmallDisk
 from trackpoint.collectors.base import Collector, CollectorContext, SendResult
 from trackpoint.config.model import CollectorBase, SpoolConfig
 from trackpoint.event import Context, Event, Meta
@@ -381,16 +381,13 @@ def test_close_returns_even_when_the_flush_loop_loses_its_cancellation(tmp_path:
 
 class FullDisk:
     """A file system that fills up under the spool: a 1 MiB tmpfs mounted on `directory` and filled to the last
-    block, or where mounting is not allowed (not root), ENOSPC injected at the spool's write."""
+    block and inode (conftest.SmallDisk), or where mounting is not allowed (not root), ENOSPC injected at the
+    spool's write."""
 
     def __init__(self, directory: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+        self.disk = SmallDisk(directory)
         self.directory = directory
-        directory.mkdir()
-        mount = ["mount", "-t", "tmpfs", "-o", "size=1m", "tmpfs", str(directory)]
-        try:
-            self.mounted = subprocess.run(mount, capture_output=True, check=False).returncode == 0
-        except OSError:  # no mount(8)
-            self.mounted = False
+        self.mounted = self.disk.mounted
         self.full = False
         if not self.mounted:
             write = os.writev
@@ -405,16 +402,15 @@ class FullDisk:
     def fill(self) -> None:
         self.full = True
         if self.mounted:
-            disk = os.statvfs(self.directory)
-            (self.directory / "filler").write_bytes(b"\0" * (disk.f_bavail * disk.f_frsize))
+            self.disk.fill()
 
     def free(self) -> None:
         self.full = False
-        (self.directory / "filler").unlink(missing_ok=True)
+        if self.mounted:
+            self.disk.free()
 
     def close(self) -> None:
-        if self.mounted:
-            subprocess.run(["umount", "--lazy", str(self.directory)], check=True)
+        self.disk.close()
 
 
 @pytest.mark.e2e  # mounts a file system
@@ -459,3 +455,110 @@ def test_a_spool_that_cannot_be_written_keeps_events_in_memory_and_recovers(
         run(main)
     finally:
         disk.close()
+
+
+@pytest.mark.parametrize("full", ["blocks", "blocks and inodes"])
+def test_a_collector_started_on_a_full_disk_starts_and_delivers_once_there_is_room(
+    small_disk: Callable[..., SmallDisk], tmp_path: Path, caplog: pytest.LogCaptureFixture, full: str
+) -> None:
+    """The disk under data_dir full when the worker starts. With no block left, the spool's lock file could not take
+    its pid; with no inode either, its directory could not be made: either way start() raised ENOSPC, the worker
+    crash-looped and the tracker served nothing until there was room. Now the collector starts, unhealthy and
+    saying why, its events wait in memory within max_pending_events (beyond it dropped, counted and logged by
+    cause), and once there is room the spool opens and takes them (no restart), and each is delivered once, in
+    order."""
+    disk = small_disk(tmp_path / "disk")
+    disk.fill(inodes=full == "blocks and inodes")
+
+    async def main() -> None:
+        collector = flaky(disk.directory, batch_max_events=100, max_pending_events=300)
+        collector.mode = "retry"
+        await collector.start()
+        for event in events(0, 350):
+            collector.offer(event)
+        await eventually(lambda: collector.attempts >= 3 and "dropped 50 events" in caplog.text)
+        stats = collector.snapshot()
+        assert (stats.pending, stats.spooled_events, stats.dropped, stats.healthy) == (300, 0, 50, False)
+        assert "No space left on device" in stats.problem and stats.errors >= 3  # the spool's failures, the sends'
+
+        disk.free()
+        await eventually(lambda: collector.snapshot().spooled_events == 300)  # within a retry interval or two
+        assert (collector.snapshot().healthy, collector.snapshot().problem) == (True, "")
+        collector.mode = "ok"
+        await eventually(lambda: len(collector.delivered) == 300)
+        await collector.close(5.0)
+        stats = collector.snapshot()
+        assert (stats.received, stats.sent, stats.dropped) == (300, 300, 50)
+        assert collector.delivered == [e.id for e in events(0, 300)]  # the oldest kept, in order, each once
+
+    run(main)
+
+
+def test_backpressure_on_a_disk_full_at_start_refuses_until_the_target_takes_the_events(
+    small_disk: Callable[..., SmallDisk], tmp_path: Path
+) -> None:
+    """`when_full: backpressure` and no spool (its disk full at start): as with a spool that cannot be written, the
+    event types are refused once the target fails, nothing accepted is dropped, and they are accepted again as soon
+    as the target takes the events from memory, while the spool still waits for room (unhealthy until it opens)."""
+    disk = small_disk(tmp_path / "disk")
+    disk.fill()
+
+    async def main() -> None:
+        collector = flaky(disk.directory, batch_max_events=100, spool={"when_full": "backpressure"})
+        collector.mode = "retry"
+        await collector.start()
+        for event in events(0, 100):
+            collector.offer(event)
+        await eventually(lambda: not collector.accepting)
+        collector.mode = "ok"
+        await eventually(lambda: collector.accepting and len(collector.delivered) == 100)
+        stats = collector.snapshot()
+        assert (stats.dropped, stats.healthy) == (0, False) and "cannot be opened" in stats.problem
+        disk.free()
+        await eventually(lambda: collector.snapshot().healthy)
+        await collector.close(5.0)
+        assert collector.delivered == [e.id for e in events(0, 100)]
+
+    run(main)
+
+
+def test_a_backlog_left_before_the_disk_filled_is_adopted_and_delivered(
+    small_disk: Callable[..., SmallDisk], tmp_path: Path
+) -> None:
+    """A worker died with a backlog in its spool, and the disk is full when the next one starts: that one cannot make
+    a spool of its own, yet it adopts the backlog (taking its lock needs no room) and delivers it, once, in order,
+    which gives the space back."""
+    disk = small_disk(tmp_path / "disk", "2m")
+
+    async def main() -> None:
+        dead = flaky(disk.directory, batch_max_events=50)
+        dead.mode = "retry"
+        await dead.start()
+        for event in events(0, 200):
+            dead.offer(event)
+        await eventually(lambda: dead.snapshot().spooled_events == 200)
+        await dead.close(0.1)
+        (own,) = (disk.directory / "spool" / "flaky").iterdir()
+        own.rename(own.with_name("w03-p999994"))  # its worker's pid: gone
+        disk.fill()
+        collector = flaky(disk.directory)
+        await collector.start()
+        await eventually(lambda: len(collector.delivered) == 200)
+        assert collector.delivered == [e.id for e in events(0, 200)]
+        stats = collector.snapshot()
+        assert (stats.spooled_events, stats.healthy) == (0, False) and "cannot be opened" in stats.problem
+        await collector.close(5.0)
+        assert not (disk.directory / "spool" / "flaky" / "w03-p999994").exists()  # drained: removed
+
+    run(main)
+
+
+def test_a_spool_path_that_is_a_file_is_still_a_start_error(tmp_path: Path) -> None:
+    """A configuration error, not a full disk: start() raises it, and the worker names it in one line."""
+    (tmp_path / "spool").write_text("")
+
+    async def main() -> None:
+        with pytest.raises(NotADirectoryError):
+            await flaky(tmp_path).start()
+
+    run(main)

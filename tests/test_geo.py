@@ -4,13 +4,14 @@ IPv4-mapped, unknown), the database layouts, the ASN and datacenter flag, reload
 from __future__ import annotations
 
 import asyncio
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
 import msgspec
 import pytest
 
-from conftest import write_mmdb
+from conftest import SmallDisk, write_mmdb
 from trackpoint.admin.server import AdminRequest
 from trackpoint.config.load import ConfigError, load
 from trackpoint.event import Context, Event, Meta
@@ -237,6 +238,31 @@ def test_workers_map_their_own_copy_and_start_on_the_last_good_one(tmp_path: Pat
         Geo("geo", elsewhere, str(tmp_path / "new"))
     assert ".partial" not in str(error.value)  # the message names the operator's file
     assert not list((tmp_path / "new" / "geo" / "in-use").iterdir())  # the partial copy removed
+
+
+def test_a_worker_that_cannot_copy_its_database_serves_it_from_memory_until_it_can(
+    small_disk: Callable[..., SmallDisk], tmp_path: Path, caplog: Any
+) -> None:
+    """The first start on a full disk: the copy under data_dir/geo/in-use cannot be written and there is no earlier
+    one, so building the preprocessor raised and the worker crash-looped. Now it serves the file read into memory,
+    says why (counted as a failed reload), and maps its own copy at the first check that finds room."""
+    path = write_mmdb(tmp_path / "country.mmdb", COUNTRIES)
+    disk = small_disk(tmp_path / "data")
+    disk.fill()
+    clock = Clock()
+    lookup = Geo("geo", msgspec.convert({"type": "geo", "database": str(path)}, GeoConfig), str(disk.directory), clock)
+    assert dims(lookup, "203.0.113.1") == {"geo.country": "FR"}
+    assert lookup.counts["reload_failed"] == 1 and "serving it from memory" in caplog.text
+    assert lookup.location is not None and "No space left on device" in str(lookup.location.error)
+    clock.now += 10
+    lookup.refresh()  # still full: tried again, reported once
+    assert lookup.counts["reload_failed"] == 1 and lookup.counts["reloaded"] == 0
+    disk.free()
+    clock.now += 10
+    lookup.refresh()
+    assert lookup.counts["reloaded"] == 1 and lookup.location.error is None
+    assert [copy.name[:8] for copy in (disk.directory / "geo" / "in-use").iterdir()] == ["country-"]
+    assert dims(lookup, "2001:db8:1::1") == {"geo.country": "DE"}
 
 
 # --- configuration checks ------------------------------------------------------------------------------------------

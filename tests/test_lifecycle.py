@@ -22,7 +22,7 @@ from typing import Any
 import pytest
 import yaml
 
-from conftest import Tracker, free_port, load_config
+from conftest import SmallDisk, Tracker, free_port, load_config
 from trackpoint.collectors.log.reader import read_events
 from trackpoint.process.supervisor import DataDirInUse, available_cpus, claim_data_dir
 
@@ -357,6 +357,28 @@ def test_the_data_dir_lock_is_held_once_and_degrades_where_locks_are_missing(
     (tmp_path / "a-file").write_text("")
     with pytest.raises(NotADirectoryError):
         claim_data_dir(str(tmp_path / "a-file" / "data"))
+
+
+def test_on_a_full_disk_a_data_dir_is_claimed_again_and_a_new_one_refused_in_one_line(
+    small_disk: Callable[..., SmallDisk], tmp_path: Path
+) -> None:
+    """The data_dir lock on a full disk. A data_dir a tracker ran on before is claimed: its lock file's content is
+    rewritten in place, needing no block more, and the workers then serve what they can. A new one, whose lock file
+    has no room, is refused: `trackpoint run` exits 1 with the reason, no traceback (and it could not have written
+    its admin token nor its signing key either)."""
+    disk = small_disk(tmp_path / "disk")
+    os.close(claim_data_dir(str(disk.directory / "ran-before")))
+    (disk.directory / "new").mkdir()
+    disk.fill(inodes=False)
+    os.close(claim_data_dir(str(disk.directory / "ran-before")))
+    config = tmp_path / "new.yaml"
+    config.write_text(yaml.safe_dump({"data_dir": str(disk.directory / "new")}))
+    run = [sys.executable, "-m", "trackpoint", "run", "--config", str(config), "--workers", "1",
+           "--port", str(free_port()), "--admin-port", str(free_port())]  # fmt: skip
+    done = subprocess.run(run, capture_output=True, text=True, timeout=60, check=False)
+    assert done.returncode == 1, done.stdout + done.stderr
+    assert f"cannot use data_dir {disk.directory / 'new'}: No space left on device" in done.stderr
+    assert "Traceback" not in done.stdout + done.stderr
 
 
 def test_a_second_tracker_is_refused_its_data_dir_and_its_port(tracker_factory: Any, tmp_path: Path) -> None:

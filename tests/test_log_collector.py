@@ -21,6 +21,7 @@ import msgspec
 import pytest
 import zstandard
 
+from conftest import SmallDisk
 from trackpoint.collectors.base import CollectorContext, CollectorStats
 from trackpoint.collectors.log.collector import LogCollector
 from trackpoint.collectors.log.compression import COMPRESSION_NICE, compress, finalize_orphans, lower_priority
@@ -183,6 +184,33 @@ def test_a_failed_write_refuses_the_group_and_the_log_recovers(tmp_path: Path) -
     assert outcomes == [(False, "log_disk_full", False), (True, "log_disk_full", True)]
     assert read_all(tmp_path / "logs")[0] == [make_event(2)]
     assert (collector.stats.sent, collector.stats.dropped, collector.stats.errors) == (1, 1, 1)
+
+
+def test_a_log_started_on_a_full_disk_refuses_its_events_until_there_is_room(
+    small_disk: Callable[..., SmallDisk], tmp_path: Path
+) -> None:
+    """No block nor inode left under data_dir when the worker starts: the log directory could not be made, start()
+    raised ENOSPC and the worker crash-looped (the tracker served nothing). Now it starts unwritable: every group is
+    refused (the edge answers 503 log_disk_full), it is unhealthy with the reason, and once there is room it makes
+    its directory and file by itself, without a request (a tracker out of the load balancer gets none), and writes."""
+    disk = small_disk(tmp_path / "data")
+    disk.fill()
+    outcomes: list[tuple[bool, str]] = []
+
+    async def body(collector: LogCollector) -> None:
+        collector.offer(make_event(1))
+        outcomes.append((collector.commit(), collector.failure_reason))
+        health = collector.health()
+        assert not health.healthy and health.detail.endswith("logs: No space left on device")
+        disk.free()
+        await wait_until(lambda: collector.health().healthy, timeout_s=10)
+        collector.offer(make_event(2))
+        outcomes.append((collector.commit(), collector.failure_reason))
+
+    collector = run_collector(disk.directory, config(), body)
+    assert outcomes == [(False, "log_disk_full"), (True, "log_disk_full")]
+    assert read_all(disk.directory / "logs")[0] == [make_event(2)]
+    assert (collector.stats.sent, collector.stats.dropped) == (1, 1)
 
 
 def test_data_dir_and_dir_option_place_the_files(tmp_path: Path) -> None:

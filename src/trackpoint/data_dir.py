@@ -1,15 +1,32 @@
 """The data_dir lock file (`trackpoint.lock`): its name, what it records (the supervisor's pid and pid namespace), and
-whether a tracker holds it now, as any process sharing the directory can tell, in any pid namespace.
+whether a tracker holds it now, as any process sharing the directory can tell, in any pid namespace; and which errors
+of the disk under data_dir pass by themselves (a worker starts through them) rather than ask for a configuration fix.
 """
 
 from __future__ import annotations
 
+import errno
 import fcntl
 import os
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Final
 
 LOCK_FILE = "trackpoint.lock"
+
+# Errors that mean the disk is full (or the quota, or the file size limit, is reached).
+DISK_FULL: Final = frozenset({errno.ENOSPC, errno.EDQUOT, errno.EFBIG})
+# Errors that pass without a change of configuration: the disk fills and is freed, fails for a while or turns
+# read-only after errors (the start-up checks and the supervisor's lock refuse a data_dir that is read-only when the
+# tracker starts), descriptors or memory run out. What a worker cannot write at start for one of these it does
+# without, says so (unhealthy, with the reason) and tries again; any other OSError (a path that is a file, a
+# permission) is a configuration error, which stops the worker's start with the path in one line.
+PASSING: Final = DISK_FULL | {errno.EIO, errno.EROFS, errno.ENOMEM, errno.EMFILE, errno.ENFILE}
+
+
+def passing(exc: OSError) -> bool:
+    """Whether `exc` is an error of the disk or the process that passes by itself (PASSING)."""
+    return exc.errno in PASSING
 
 
 def pid_namespace() -> str:

@@ -75,6 +75,10 @@ def core_handlers(tracker: Tracker, prometheus_registry: CollectorRegistry) -> d
                 "workers": tracker.slots,
                 "draining": tracker.shutting_down,
                 "required_collectors_unhealthy": failing,
+                # Why, for every unhealthy collector, required or not (a full disk, a target down, ...).
+                "collector_problems": {
+                    name: c.problem or "unhealthy" for name, c in sorted(live.collectors.items()) if not c.healthy
+                },
                 "crash_looping": tracker.crash_loops(),
                 "config_version": tracker.config_version,
             },

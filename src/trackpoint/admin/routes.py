@@ -42,7 +42,9 @@ CORE_ROUTES: tuple[AdminEndpoint, ...] = (
     AdminEndpoint(
         "GET",
         "/readyz",
-        "200 when every worker is ready and every required collector healthy, else 503 (JSON).",
+        "200 when every worker is ready and every required collector healthy, else 503. JSON: "
+        "`required_collectors_unhealthy`, and `collector_problems`, why each unhealthy collector is (a target down, "
+        "a full disk).",
         public=True,
         probe=True,
     ),

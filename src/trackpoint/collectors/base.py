@@ -23,6 +23,7 @@ import msgspec
 
 from trackpoint.collectors.spool import Recovery, Spool, SpoolLocked, orphans
 from trackpoint.config.model import CollectorBase
+from trackpoint.data_dir import passing
 from trackpoint.event import Event
 from trackpoint.log_limiter import LogLimiter, kind_of_text
 from trackpoint.privacy.filter import build_filter
@@ -38,6 +39,9 @@ DROP_LOG_INTERVAL_S = 10.0
 ERROR_LOG_INTERVAL_S = 10.0
 # A spool that could not be written (its disk full, an I/O error) is tried again this often.
 SPOOL_RETRY_INTERVAL_S = 1.0
+# A spool that could not be opened (its disk full at start) is tried again after each of these waits in turn, the
+# last one repeating: a worker's spool directory is new, and on a full disk even it cannot be made.
+SPOOL_OPEN_RETRY_S: Final[tuple[float, ...]] = (1.0, 2.0, 5.0)
 
 
 _MEMORY_FULL = "memory batch full"
@@ -68,10 +72,10 @@ class Health(msgspec.Struct):
 class CollectorStats(msgspec.Struct):
     """Counters every collector reports. received: offered events taken; sent: delivered; retried: events of
     failed sends (each attempt counted); dropped: events given up (memory or spool full, or refused by the target);
-    errors: failed sends, failed spool writes and exceptions; spool_lost_records: records of a torn or corrupt spool
-    tail, found on recovery (their events cannot be counted). pending, spooled_*, spool_max_bytes, healthy and
-    accepting are gauges; last_success_s is when `sent` last grew (Unix seconds, as of a snapshot; 0: not since
-    start)."""
+    errors: failed sends, failed spool writes and opens, and exceptions; spool_lost_records: records of a torn or
+    corrupt spool tail, found on recovery (their events cannot be counted). pending, spooled_*, spool_max_bytes,
+    healthy, accepting and problem (why it is unhealthy, for /readyz) are gauges; last_success_s is when `sent` last
+    grew (Unix seconds, as of a snapshot; 0: not since start)."""
 
     received: int = 0
     sent: int = 0
@@ -87,6 +91,7 @@ class CollectorStats(msgspec.Struct):
     healthy: bool = True
     required: bool = False
     accepting: bool = True
+    problem: str = ""
     # What a collector counts beyond these, by name (monotonic): see Collector.outcomes().
     outcomes: dict[str, int] = {}
 
@@ -94,7 +99,15 @@ class CollectorStats(msgspec.Struct):
 # The fields of CollectorStats that are levels of one running process, not totals: what a worker that exited (or was
 # replaced) no longer holds. Its counters keep counting in the totals (Prometheus must see no reset); these do not.
 # A new field is either a counter or listed here (tests/test_stats.py checks every field is one or the other).
-COLLECTOR_GAUGES: Final = ("pending", "spooled_bytes", "spooled_events", "spool_max_bytes", "healthy", "accepting")
+COLLECTOR_GAUGES: Final = (
+    "pending",
+    "spooled_bytes",
+    "spooled_events",
+    "spool_max_bytes",
+    "healthy",
+    "accepting",
+    "problem",
+)
 
 
 @dataclass(frozen=True)
@@ -149,8 +162,13 @@ class Collector(ABC):
         self._refused = 0  # events of the running send refused on their own (refuse()): not counted as sent
         self._in_flight: list[Event] = []  # events taken from _pending by the running flush, from _in_flight_start
         self._in_flight_start = 0
-        self._spool: Spool | None = None
+        self._spool: Spool | None = None  # None: the spool is off, or could not be opened yet (_spool_missing)
         self._adopted: list[Spool] = []
+        # Why the spool is on but not open ("" once it is): its disk was full at start. Unhealthy until it opens;
+        # meanwhile events wait in memory, as with a spool that cannot be written.
+        self._spool_missing = ""
+        self._spool_open_failures = 0
+        self._spool_open_at = 0.0
         # Why delivery itself is failing, not the target ("" while it works): the spool could not be written (events
         # then wait in memory), or a flush failed unexpectedly. Unhealthy until a spool write or a send succeeds.
         self._fault = ""
@@ -180,9 +198,11 @@ class Collector(ABC):
 
     async def start(self) -> None:
         """Opens connections or files (a subclass does that, then calls this); then the flush loop runs until
-        close(). Must not fail because the target is down: sends fail and spool until it is back."""
+        close(). Must not fail because the target is down: sends fail and spool until it is back. Nor because the
+        disk under data_dir is full: events then wait in memory until the spool can be opened."""
         if self.spool_config.enabled:
-            self._open_spools()
+            self._open_spool(at_start=True)
+            self._adopt_orphans()
         self._flush_task = asyncio.get_running_loop().create_task(self._flush_loop(), name=f"flush-{self.name}")
 
     @abstractmethod
@@ -248,6 +268,9 @@ class Collector(ABC):
         # are kept, ahead of the newer ones.
         self._pending[:0] = self._in_flight[self._in_flight_start :]
         self._in_flight = []
+        if self._pending and self._spool_missing:
+            self._spool_open_at = 0.0  # a last attempt, for the next worker to find them
+            self._open_spool()
         if self._pending and self._spool is not None:
             self._spill()
         if self._pending:
@@ -334,10 +357,12 @@ class Collector(ABC):
     async def flush(self) -> None:
         """Delivers the spooled backlog, oldest first, then the memory batch. While the target is failing (in
         backoff), events move from memory to the spool so that memory stays small and order is kept."""
-        if self._spool is not None and time.monotonic() >= self._next_orphan_scan:
+        if self._spool_missing and time.monotonic() >= self._spool_open_at:
+            self._open_spool()
+        if self.spool_config.enabled and time.monotonic() >= self._next_orphan_scan:
             self._adopt_orphans()
         if time.monotonic() < self._retry_at:
-            if self._spool is not None:
+            if self.spool_config.enabled:
                 self._spill()
             return
         if not await self._drain_spools():
@@ -352,7 +377,7 @@ class Collector(ABC):
                 if not await self.deliver(taken[start : start + self.batch_max]):
                     self._in_flight = []
                     self._pending[:0] = taken[start:]
-                    if self._spool is not None:
+                    if self.spool_config.enabled:
                         self._spill()
                     else:
                         self._trim_memory()
@@ -364,11 +389,49 @@ class Collector(ABC):
     def _spool_parent(self) -> Path:
         return Path(self.context.data_dir) / "spool" / self.name
 
-    def _open_spools(self) -> None:
-        directory = self._spool_parent() / f"w{self.context.worker:02d}-p{os.getpid()}"
-        self._spool = self._new_spool(directory)
-        self._report_recovery(directory, self._spool.open())
-        self._adopt_orphans()
+    def _spool_directory(self) -> Path:
+        return self._spool_parent() / f"w{self.context.worker:02d}-p{os.getpid()}"
+
+    def _open_spool(self, at_start: bool = False) -> None:
+        """Opens this worker's spool. One that cannot be opened because of the disk (full, failing: data_dir's
+        `passing` errors; any error after start) leaves the collector running without it, unhealthy, its events
+        waiting in memory within max_pending_events (the `when_full` policy applies as to a spool that cannot be
+        written), and is tried again from the flush loop after SPOOL_OPEN_RETRY_S. Any other error at start (a
+        path that is a file, a permission) is raised: the worker reports it in one line."""
+        directory = self._spool_directory()
+        spool = self._new_spool(directory)
+        try:
+            recovery = spool.open()
+        except OSError as exc:
+            if at_start and not passing(exc):
+                raise
+            self.stats.errors += 1
+            delay = SPOOL_OPEN_RETRY_S[min(self._spool_open_failures, len(SPOOL_OPEN_RETRY_S) - 1)]
+            self._spool_open_failures += 1
+            self._spool_open_at = time.monotonic() + delay
+            if not self._spool_missing:
+                log.error(
+                    "collector %s: spool %s cannot be opened (%s); running without it, unhealthy: events wait in "
+                    "memory (at most %d) until it opens, tried again with backoff",
+                    self.name,
+                    directory,
+                    exc.strerror or exc,
+                    self.max_pending,
+                )
+            self._spool_missing = f"spool {directory} cannot be opened: {exc.strerror or exc}"
+            return
+        if self._spool_missing:
+            log.warning(
+                "collector %s: spool %s opened after %d failed attempts",
+                self.name,
+                directory,
+                self._spool_open_failures,
+            )
+        self._spool = spool
+        self._spool_missing = ""
+        self._spool_open_failures = 0
+        self._report_recovery(directory, recovery)
+        self._update_accepting()
 
     def _new_spool(self, directory: Path) -> Spool:
         return Spool(
@@ -381,8 +444,12 @@ class Collector(ABC):
     def _adopt_orphans(self) -> None:
         """Spools left by workers that exited (a crash, or a reload that replaced them) are drained by us."""
         self._next_orphan_scan = time.monotonic() + ORPHAN_SCAN_INTERVAL_S
-        assert self._spool is not None
-        for directory in orphans(self._spool_parent(), exclude=self._spool.directory):
+        try:
+            found = orphans(self._spool_parent(), exclude=self._spool_directory())
+        except OSError as exc:  # the spool directory unreadable: looked at again at the next scan
+            self._note_error(exc)
+            return
+        for directory in found:
             spool = self._new_spool(directory)
             try:
                 recovery = spool.open()
@@ -448,9 +515,12 @@ class Collector(ABC):
     def _spill(self) -> None:
         """Moves the memory batch into the spool, in batch-sized records; the `when_full` policy decides what
         happens when the spool has no room. A spool that cannot be written (its disk full, an I/O error) leaves the
-        events in memory, bounded by max_pending_events, and is tried again SPOOL_RETRY_INTERVAL_S later."""
+        events in memory, bounded by max_pending_events, and is tried again SPOOL_RETRY_INTERVAL_S later; so does
+        one that could not be opened yet (flush() tries that)."""
         spool = self._spool
-        assert spool is not None
+        if spool is None:
+            self._hold_in_memory()
+            return
         if self._fault and time.monotonic() < self._spool_retry_at:
             self._hold_in_memory()
             return
@@ -510,19 +580,27 @@ class Collector(ABC):
         if self._fault:
             log.warning("collector %s: recovered from: %s", self.name, self._fault)
             self._fault = ""
+        if not self.accepting:
             self._update_accepting()
 
     def _update_accepting(self) -> None:
-        if not self.accepting and self._spool is not None and not self._fault:
-            # Hysteresis: accept again once a tenth of the spool is free, not at the first free byte.
-            held = self._spool.bytes + sum(adopted.bytes for adopted in self._adopted)
+        if not self.accepting and not self._fault:
+            # Hysteresis: accept again once a tenth of the spool is free, not at the first free byte. (A spool not
+            # open yet holds nothing: memory took the events, and the send that made it room just succeeded.)
+            held = sum(spool.bytes for spool in (*self._adopted, *([self._spool] if self._spool else [])))
             self.accepting = held < self.spool_config.max_bytes * 0.9
 
     def _trim_memory(self, cause: str = "") -> None:
         excess = len(self._pending) - self.max_pending
         if excess > 0:
             del self._pending[self.max_pending :]
-            self._drop(cause or (_MEMORY_FULL if self._spool is not None else _SPOOL_OFF), excess)
+            self._drop(cause or self._memory_full(), excess)
+
+    def _memory_full(self) -> str:
+        """The cause of a drop from a full memory batch: where the events would have gone otherwise."""
+        if not self.spool_config.enabled:
+            return _SPOOL_OFF
+        return _MEMORY_FULL if self._spool is not None else _SPOOL_UNWRITABLE
 
     def _dead_letter(self, batch: list[Event]) -> None:
         """Batches the target refuses for good are kept as JSON lines for inspection and `trackpoint replay`."""
@@ -550,7 +628,7 @@ class Collector(ABC):
         # What offer() dropped is the rest: the memory batch was full (max_pending_events) when the event came.
         offered = self.stats.dropped - self._dropped_logged - sum(causes.values())
         if offered:
-            memory = _MEMORY_FULL if self._spool is not None else _SPOOL_OFF
+            memory = self._memory_full()
             causes[memory] = causes.get(memory, 0) + offered
         log.warning(
             "collector %s dropped %d events since its last warning (%s); %d since start (counted in "
@@ -587,10 +665,14 @@ class Collector(ABC):
         self.stats.spooled_bytes = sum(spool.bytes for spool in spools)
         self.stats.spooled_events = sum(spool.events for spool in spools)
         try:
-            self.stats.healthy = self.health().healthy and not self._fault
+            health = self.health()
         except Exception as exc:
             self._note_error(exc)
-            self.stats.healthy = False
+            health = Health(healthy=False, detail=f"health() failed: {exc!r}")
+        problems = [] if health.healthy else [health.detail or "unhealthy"]
+        problems += [problem for problem in (self._fault, self._spool_missing) if problem]
+        self.stats.healthy = not problems
+        self.stats.problem = "; ".join(problems)
         self.stats.accepting = self.accepting
         if self.stats.sent != self._sent_seen:  # read once a second: no clock on the delivery path
             self._sent_seen = self.stats.sent

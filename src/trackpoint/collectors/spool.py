@@ -93,7 +93,12 @@ class Spool:
         tail) and resumes after the last persisted acknowledgement."""
         if self._lock_fd is not None:
             raise RuntimeError(f"spool {self.directory} is already open")
-        self._lock_fd = _lock(self.directory)
+        try:
+            self._lock_fd = _lock(self.directory)
+        except OSError:
+            with contextlib.suppress(OSError):  # a directory just made, whose lock file could not be (a full disk)
+                self.directory.rmdir()
+            raise
         try:
             return self._recover()
         except BaseException:
@@ -451,8 +456,11 @@ def _lock(directory: Path) -> int:
             current = None
         status = os.fstat(fd)
         if current is not None and (current.st_ino, current.st_dev) == (status.st_ino, status.st_dev):
-            os.ftruncate(fd, 0)
-            os.write(fd, f"{os.getpid()}\n".encode())
+            # The pid only names the owner in messages (the flock is the lock): a disk with no room for it (full)
+            # leaves the file empty, and the spool opens all the same (its backlog can be drained meanwhile).
+            with contextlib.suppress(OSError):
+                os.ftruncate(fd, 0)
+                os.write(fd, f"{os.getpid()}\n".encode())
             return fd
         os.close(fd)  # the previous owner removed the file while we waited for it: lock the one now in place
 

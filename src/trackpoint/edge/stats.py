@@ -110,7 +110,7 @@ def _add_counts(a: dict[str, int], b: dict[str, int]) -> dict[str, int]:
 
 def _add_collector(a: CollectorStats | None, b: CollectorStats | None) -> CollectorStats:
     """Counts and gauges add up; a collector is healthy and accepting only where it is in every worker; its last
-    success is the latest of any worker's."""
+    success is the latest of any worker's, its problem the first worker's that has one."""
     if a is None or b is None:
         return msgspec.structs.replace(a or b or CollectorStats())
     total: dict[str, Any] = {}
@@ -120,6 +120,8 @@ def _add_collector(a: CollectorStats | None, b: CollectorStats | None) -> Collec
             total[name] = _add_counts(x, y)
         elif name == "last_success_s":
             total[name] = max(x, y)
+        elif name == "problem":
+            total[name] = x or y
         else:
             total[name] = (x or y) if name == "required" else (x and y) if isinstance(x, bool) else x + y
     return CollectorStats(**total)

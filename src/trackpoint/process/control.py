@@ -41,6 +41,9 @@ class Start(msgspec.Struct, tag=True):
 
 class Ready(msgspec.Struct, tag=True):
     pid: int
+    # Its first counters, its collectors' health among them: read with the Ready itself, /readyz never counts a
+    # worker ready whose log cannot write (a full disk at start) as healthy until its first Stats, a second later.
+    snapshot: Snapshot = msgspec.field(default_factory=Snapshot)
 
 
 class Stats(msgspec.Struct, tag=True):

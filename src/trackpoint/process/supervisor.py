@@ -156,8 +156,16 @@ def claim_data_dir(data_dir: str) -> int:
             raise
         # A file system without locks (some network shares): run, unguarded, rather than not at all.
         log.warning("data_dir %s cannot be locked (%s): make sure no other tracker uses it", data_dir, exc.strerror)
-    os.ftruncate(fd, 0)
-    os.pwrite(fd, lock_content(), 0)
+    content = lock_content()
+    try:
+        # Written over the previous content, then cut to length (never emptied first, so the file keeps its block):
+        # a tracker restarted on a full disk takes its lock, and its workers serve what they can. A data_dir that
+        # never had one has no room for it then: OSError (ENOSPC), which run() reports in one line, exit code 1.
+        os.pwrite(fd, content, 0)
+        os.ftruncate(fd, len(content))
+    except OSError:
+        os.close(fd)
+        raise
     return fd
 
 
@@ -411,6 +419,7 @@ class Supervisor:
         clean = False
         while (message := await control.receive(reader)) is not None:
             if isinstance(message, control.Ready):
+                handle.snapshot = message.snapshot
                 if not handle.ready.done():
                     handle.ready.set_result(None)
                 self._started(handle.slot)

@@ -49,7 +49,7 @@ async def serve(start: control.Start, listener: socket.socket, channel: socket.s
     stop = asyncio.Event()
     loop.add_signal_handler(signal.SIGTERM, stop.set)
     reader, writer = await asyncio.open_unix_connection(sock=channel)
-    writer.write(control.frame(control.Ready(pid=os.getpid())))
+    writer.write(control.frame(control.Ready(pid=os.getpid(), snapshot=edge.snapshot())))
     background = [
         loop.create_task(edge.run_timers(), name="timers"),
         loop.create_task(_report(edge, writer), name="stats"),

@@ -13,6 +13,7 @@ from trackpoint.collectors.log.config import LogCollectorConfig
 from trackpoint.collectors.log.files import log_dir
 from trackpoint.config.load import KeyPath
 from trackpoint.config.model import Config
+from trackpoint.data_dir import DISK_FULL
 
 
 def check_log_dirs(config: Config) -> Iterator[tuple[KeyPath, str]]:
@@ -53,6 +54,8 @@ def _usable(directory: Path) -> str | None:
             return "not writable"
         return None
     except OSError as exc:
+        if exc.errno in DISK_FULL:  # no configuration error: the log starts unwritable and answers 503 meanwhile
+            return None
         return exc.strerror or str(exc)
     finally:
         for path in made:

@@ -25,10 +25,9 @@ from trackpoint.collectors.log.budget import CHECK_INTERVAL_S, DiskBudget, DiskU
 from trackpoint.collectors.log.compression import compress, lower_priority
 from trackpoint.collectors.log.config import LogCollectorConfig
 from trackpoint.collectors.log.files import file_name, log_dir
+from trackpoint.data_dir import DISK_FULL, passing
 from trackpoint.event import Event
 
-# Write errors that mean the disk (or the file size limit) is full.
-DISK_FULL: Final = frozenset({errno.ENOSPC, errno.EDQUOT, errno.EFBIG})
 # After a failed write, how long the log stays unready before it looks whether it can write again.
 ERROR_HOLD_S: Final = 1.0
 # The free space a failed log waits for before it is ready again.
@@ -91,8 +90,16 @@ class LogCollector(Collector):
         self.failure_reason = "log_unavailable"
 
     async def start(self) -> None:
-        self.directory.mkdir(parents=True, exist_ok=True)
-        self._open()
+        """Opens the first file. A disk that cannot take it now (full, failing: data_dir's `passing`) does not stop the
+        worker: the log starts unwritable, its event types answer 503 (log_disk_full) and /readyz fails, and it
+        opens its file once there is room (the next request's write, or _recover without traffic). Any other error
+        (the directory is a file, a permission) is raised: the worker reports it in one line."""
+        try:
+            self._open()
+        except OSError as exc:
+            if not passing(exc):
+                raise
+            self._failed(exc)
         loop = asyncio.get_running_loop()
         self._maintenance = loop.create_task(self._maintain(), name=f"log-{self.name}")
         if self.budget.enabled:
@@ -216,17 +223,20 @@ class LogCollector(Collector):
     def _failed(self, exc: OSError) -> None:
         first = not self._error
         self.failure_reason = "log_disk_full" if exc.errno in DISK_FULL else "log_unavailable"
-        self._error = f"{exc.strerror or exc}"
+        self._error = f"cannot write the log in {self.directory}: {exc.strerror or exc}"
         self._error_at = time.monotonic()
         if first:
-            log.error("collector %s: cannot write the log (%s); its event types answer 503", self.name, self._error)
+            log.error("collector %s: %s; its event types answer 503", self.name, self._error)
 
     def _recover(self) -> None:
         """After ERROR_HOLD_S without a successful write, ready again when the budget and the disk have room (1 MiB
-        free): new requests then try, and a failure holds readiness off again."""
+        free) and its file is open (made now if the disk could not take it before): new requests then try, and a
+        failure holds readiness off again."""
         if self.budget.enabled and not self.disk_allows():
             return
         try:
+            if self._fd is None:
+                self._open()
             stat = os.statvfs(self.directory)
         except OSError:
             return
@@ -317,9 +327,15 @@ class LogCollector(Collector):
         check.add_done_callback(checked)
 
     def _open(self) -> None:
+        """Opens the next file, and makes the directory first when it is not there (a full disk at start)."""
+        path = self.directory / file_name(self.worker, self._seq + 1)
+        flags = os.O_WRONLY | os.O_CREAT | os.O_APPEND | os.O_CLOEXEC
+        try:
+            self._fd = os.open(path, flags, 0o644)
+        except FileNotFoundError:
+            self.directory.mkdir(parents=True, exist_ok=True)
+            self._fd = os.open(path, flags, 0o644)
         self._seq += 1
-        path = self.directory / file_name(self.worker, self._seq)
-        self._fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_APPEND | os.O_CLOEXEC, 0o644)
         self._path = path
         self._opened_at = time.monotonic()
         self._size = 0

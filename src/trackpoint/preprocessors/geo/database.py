@@ -7,8 +7,9 @@ Lookups read a memory-mapped file (maxminddb's C reader), and a mapped file that
 process with SIGBUS: the operator's file, which anyone may rewrite in place (`cp`, an updater that does not rename),
 is therefore never mapped. A worker copies it under data_dir (`geo/in-use/`, named by its content digest, so workers
 share one copy) and maps the copy, which only the tracker writes and never in place; the newest copy is what a
-worker starting while the operator's file is missing or broken falls back to. The supervisor reads the operator's
-file without mapping it (the start-up check, the admin route).
+worker starting while the operator's file is missing or broken falls back to, and while no copy can be written (a
+full disk), and none is there, it reads the file whole into memory. The supervisor reads the operator's file without
+mapping it (the start-up check, the admin route).
 """
 
 from __future__ import annotations
@@ -27,6 +28,8 @@ from typing import Any
 import maxminddb
 from maxminddb.errors import InvalidDatabaseError
 
+from trackpoint.data_dir import passing
+
 # The one text of each notice: the admin API, the dashboard's footer and docs/guides/geo.md (checked by
 # tests/test_geo.py) show these. DB-IP's licence asks for "IP Geolocation by DB-IP" with a link to db-ip.com.
 DBIP_ATTRIBUTION = (
@@ -40,6 +43,11 @@ Signature = tuple[int, int, int]
 
 class DatabaseError(Exception):
     """A database file that cannot be opened as an .mmdb (missing, unreadable, truncated or not a database)."""
+
+
+class CopyFailed(DatabaseError):
+    """The copy of a database file could not be written for a reason that passes (a full disk): the file itself may
+    be fine, and the copy is tried again at the next check."""
 
 
 def database_path(file: str, data_dir: str) -> Path:
@@ -56,14 +64,16 @@ def signature(path: Path) -> Signature | None:
     return stat.st_mtime_ns, stat.st_size, stat.st_ino
 
 
-def open_reader(path: Path, mapped: bool = False) -> maxminddb.Reader:
+def open_reader(path: Path, mapped: bool = False, whole: bool = False) -> maxminddb.Reader:
     """An open reader of `path`, or DatabaseError saying why not. Unmapped (the default) it reads with pread, only
     what it is asked for (the metadata at the end of the file): for a file someone else may rewrite. `mapped` is
-    maxminddb's C reader on a memory map, for lookups, and only for the copies this module makes."""
+    maxminddb's C reader on a memory map, for lookups, and only for the copies this module makes; `whole` reads the
+    file into memory (pure-Python lookups), for lookups in a file that cannot be copied (read_whole)."""
     if path.is_dir():  # the C reader would only say "not a valid database"
         raise DatabaseError(f"{path} is a directory, not a database file")
+    mode = maxminddb.MODE_AUTO if mapped else maxminddb.MODE_MEMORY if whole else maxminddb.MODE_FILE
     try:
-        reader = maxminddb.open_database(str(path), maxminddb.MODE_AUTO if mapped else maxminddb.MODE_FILE)
+        reader = maxminddb.open_database(str(path), mode)
     except FileNotFoundError:
         raise DatabaseError(f"{path} does not exist") from None
     except PermissionError:
@@ -145,12 +155,25 @@ def install_copy(source: Path, directory: Path) -> tuple[maxminddb.Reader, Path,
         os.replace(partial, copy)  # the reader maps the file, whatever its name
         partial = None
     except OSError as exc:
-        raise DatabaseError(f"cannot copy {source} into {directory}: {exc.strerror or exc}") from None
+        failure = CopyFailed if passing(exc) else DatabaseError
+        raise failure(f"cannot copy {source} into {directory}: {exc.strerror or exc}") from None
     finally:
         if partial is not None:
             with contextlib.suppress(OSError):
                 os.unlink(partial)
     return reader, copy, copied
+
+
+def read_whole(source: Path) -> maxminddb.Reader:
+    """`source` read into memory and opened there, for lookups: what a worker serves while it cannot write a copy (a
+    full disk) and has none. Lookups are maxminddb's pure-Python ones, slower than on the mapped copy (the
+    preprocessor's cache takes most of them). DatabaseError when it does not open or changed while it was read."""
+    before = signature(source)
+    reader = open_reader(source, whole=True)
+    if signature(source) != before:
+        reader.close()
+        raise DatabaseError(f"{source} changed while it was read (written in place?)")
+    return reader
 
 
 def last_good_copy(source: Path, directory: Path) -> tuple[maxminddb.Reader, Path] | None:

@@ -22,6 +22,7 @@ from trackpoint.adtech.ivt import DATACENTER, IVT_DIM, flag
 from trackpoint.event import Event
 from trackpoint.preprocessors.geo.config import AS_ORG_DIM, ASN_DIM, CITY_DIM, COUNTRY_DIM, REGION_DIM, GeoConfig
 from trackpoint.preprocessors.geo.database import (
+    CopyFailed,
     DatabaseError,
     DatabaseInfo,
     Signature,
@@ -34,6 +35,7 @@ from trackpoint.preprocessors.geo.database import (
     last_good_copy,
     lookup_address,
     network_of,
+    read_whole,
     region_of,
     remove_other_copies,
     signature,
@@ -53,7 +55,8 @@ class GeoDatabase:
     """One database file: the reader of the copy in use and the signature of the file it was copied from.
 
     A worker starting while the file is missing or does not open serves the last good copy of it (`error` says why),
-    or fails when there is none: it never had good data."""
+    or fails when there is none: it never had good data. One that cannot write the copy (a full disk) serves the last
+    good copy too, or else the file read into memory, and copies it at the next check that finds room."""
 
     reader: maxminddb.Reader
     signature: Signature | None
@@ -67,13 +70,19 @@ class GeoDatabase:
         try:
             self.reader, copy, copied = install_copy(path, copies)
         except DatabaseError as exc:
-            last = last_good_copy(path, copies)
-            if last is None:
-                raise
-            self.reader, copy = last
             self.signature = None
-            self._failed, self.error = signature(path), str(exc)
-            log.warning("geo database does not open: %s; serving its last good copy %s", exc, copy)
+            self.error = str(exc)
+            if not isinstance(exc, CopyFailed):
+                self._failed = signature(path)  # tried again once the file changes (a copy failure: at each check)
+            last = last_good_copy(path, copies)
+            if last is not None:
+                self.reader, copy = last
+                log.warning("geo database does not open: %s; serving its last good copy %s", exc, copy)
+            elif isinstance(exc, CopyFailed):
+                self.reader = read_whole(path)
+                log.warning("geo database not copied: %s; serving it from memory until it can be", exc)
+            else:
+                raise
             return
         self.signature = copied
         remove_other_copies(path, copies, copy)
@@ -94,7 +103,12 @@ class GeoDatabase:
         try:
             reader, copy, copied = install_copy(self.path, self.copies)
         except DatabaseError as exc:
-            self._failed, self.error = current, str(exc)
+            if isinstance(exc, CopyFailed):  # no room for the copy: tried again at each check, reported once
+                if self.error == str(exc):
+                    return None
+            else:
+                self._failed = current
+            self.error = str(exc)
             log.warning("geo database not reloaded, the previous one stays in use: %s", exc)
             return False
         self.reader.close()
