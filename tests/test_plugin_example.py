@@ -122,6 +122,40 @@ def test_the_entry_point_brings_every_extension_point(installed_plugin: Path) ->
     assert ("GET", "/sqlite/stats") in routes and ("GET", "/banker/campaigns/{id}") in routes  # theirs and ours
 
 
+def _entry_points(site: Path, distribution: str, lines: str) -> None:
+    """A second distribution's metadata on the path: what a stale dist-info or a second install leaves."""
+    info = site / f"{distribution}-1.0.dist-info"
+    info.mkdir()
+    (info / "METADATA").write_text(f"Metadata-Version: 2.1\nName: {distribution}\nVersion: 1.0\n")
+    (info / "entry_points.txt").write_text(f"[trackpoint.plugins]\n{lines}\n")
+
+
+def test_a_plugin_named_by_two_entry_points_is_loaded_once_and_another_of_its_name_is_refused(
+    installed_plugin: Path, tmp_path: Path, caplog: pytest.LogCaptureFixture
+) -> None:
+    extra = tmp_path / "site"
+    extra.mkdir()
+    _entry_points(extra, "sqlite_again", "sqlite_again = trackpoint_sqlite:plugin")
+    _entry_points(extra, "impostor", "zz_impostor = impostor_plugin:plugin")
+    (extra / "impostor_plugin.py").write_text("from trackpoint.plugins import Plugin\nplugin = Plugin(name='sqlite')\n")
+    sys.path.append(str(extra))
+    importlib.invalidate_caches()
+    try:
+        plugins, failures = discover()
+    finally:
+        sys.path.remove(str(extra))
+        sys.modules.pop("impostor_plugin", None)
+        importlib.invalidate_caches()
+    assert [plugin.name for plugin in plugins] == ["builtin", "sqlite"]
+    # The second entry point of the same plugin is a warning, not a failure: the plugin is loaded.
+    assert "plugin sqlite is named by two entry points, sqlite and sqlite_again: loaded once" in caplog.text
+    # Another plugin of the same name is refused, under its own entry point's name: "plugin sqlite is not loaded"
+    # would say the wrong thing.
+    assert failures == {"zz_impostor": "impostor_plugin:plugin: the plugin name 'sqlite' is taken by sqlite"}
+    registry = resolve(plugins, failures)
+    assert registry.plugins == ("builtin", "sqlite") and "sqlite" in registry.collectors
+
+
 def test_the_example_config_is_valid_with_the_plugin_and_only_with_it(installed_plugin: Path) -> None:
     registry = resolve(*discover())
     config = load(EXAMPLE / "example.yaml", registry=registry).config

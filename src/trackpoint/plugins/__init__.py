@@ -211,6 +211,7 @@ def discover() -> tuple[list[Plugin], dict[str, str]]:
     entry_points = sorted(found, key=lambda ep: (ep.name != "builtin", ep.name))
     plugins: list[Plugin] = []
     failures: dict[str, str] = {}
+    loaded_by: dict[str, tuple[str, Plugin]] = {}  # plugin name -> the entry point that loaded it, the plugin
     for entry_point in entry_points:
         try:
             value = entry_point.load()
@@ -221,6 +222,16 @@ def discover() -> tuple[list[Plugin], dict[str, str]]:
             continue
         if not isinstance(value, Plugin):
             failures[entry_point.name] = f"{entry_point.value} is not a trackpoint.plugins.Plugin"
+            continue
+        first, earlier = loaded_by.setdefault(value.name, (entry_point.name, value))
+        if first != entry_point.name:
+            if earlier == value:  # one package installed twice (an editable copy and a wheel, a stale dist-info)
+                log.warning(
+                    "plugin %s is named by two entry points, %s and %s: loaded once, from %s",
+                    value.name, first, entry_point.name, first,
+                )  # fmt: skip
+            else:
+                failures[entry_point.name] = f"{entry_point.value}: the plugin name {value.name!r} is taken by {first}"
             continue
         plugins.append(value)
     return plugins, failures
@@ -237,9 +248,11 @@ __all__ = [
     "AdminHandler",
     "AdminRoute",
     "AttributionSource",
+    "CollectorFactory",
     "CollectorKind",
     "ConfigCheck",
     "Plugin",
+    "PreprocessorFactory",
     "PreprocessorKind",
     "Registry",
     "discover",

@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import importlib
 import inspect
+import re
 import typing
 from collections.abc import Callable, Iterator
 from typing import Any
@@ -38,6 +39,32 @@ API: tuple[tuple[str, tuple[str, ...]], ...] = (
     ("trackpoint.admin.server", ("AdminRequest", "AdminResponse")),
     ("trackpoint.security.secrets", ("read_secret", "SecretError", "SecretHolder")),
 )
+# The type aliases of trackpoint.plugins that the classes above name, with what a plugin's function receives.
+ALIASES: tuple[tuple[str, str], ...] = (
+    (
+        "CollectorFactory",
+        "Builds one collector per worker, at its start: called with the collector's name in the configuration, its "
+        "validated options (an instance of the kind's `config` struct) and the worker's `CollectorContext`.",
+    ),
+    (
+        "PreprocessorFactory",
+        "Builds one preprocessor per worker: called with its name in the configuration and its validated options (an "
+        "instance of the kind's `config` struct); a kind with `uses_data_dir` gets the tracker's data directory as a "
+        "third argument.",
+    ),
+    (
+        "ConfigCheck",
+        "A configuration check: the problems it finds in a validated configuration, each a key path "
+        '(`("event_types", "click", "fields", "url")`) and a message. Checks run at every load, `trackpoint config '
+        "check` and reload, for rules no single struct can state.",
+    ),
+    (
+        "AttributionSource",
+        "The notices the data behind a plugin's components asks to be shown where their results are shown (a "
+        "licence's attribution), for a configuration: the dashboard's footer shows them.",
+    ),
+)
+_MODULE_PATH = re.compile(r"\b(?:[A-Za-z_]\w*\.)+([A-Za-z_]\w*)")
 
 
 def api_objects() -> Iterator[tuple[str, str, Any]]:
@@ -81,6 +108,11 @@ def plugin_api_reference(installed: Registry) -> str:
                 lines.append(f"### `{name}.{method_name}`{abstract}\n")
                 lines.append(f"```python\n{_def(method_name, method)}\n```\n")
                 lines.append(inspect.cleandoc(method.__doc__ or "") + "\n")
+    lines.append("## Type aliases\n")
+    for name, text in ALIASES:
+        lines.append(f"### `{name}`\n")
+        lines.append(f"```python\n{name} = {_alias_text(getattr(package, name))}\n```\n")
+        lines.append(text + "\n")
     lines.append("## Installed components\n")
     lines.append(f"Plugins: {', '.join(f'`{p}`' for p in installed.plugins)}.\n")
     for title, docs in (
@@ -100,6 +132,11 @@ def plugin_api_reference(installed: Registry) -> str:
         lines.append(f"| `{preset}` | {paths} | {spec.response.kind} | {', '.join(spec.collectors)} |")
     lines.append("")
     return "\n".join(lines)
+
+
+def _alias_text(alias: object) -> str:
+    """`Callable[[str, Any, CollectorContext], Collector]`: the alias as written, without module paths."""
+    return _MODULE_PATH.sub(r"\1", repr(alias))
 
 
 def first_paragraph(doc: str | None) -> str:
