@@ -13,7 +13,6 @@ import os
 # mypyc-compiled build with TRACKPOINT_PURE_PYTHON=0.
 os.environ.setdefault("TRACKPOINT_PURE_PYTHON", "1")
 
-import asyncio
 import contextlib
 import http.client
 import itertools
@@ -25,7 +24,7 @@ import socket
 import subprocess
 import sys
 import time
-from collections.abc import Awaitable, Callable, Iterator, Sequence
+from collections.abc import Callable, Iterator, Sequence
 from pathlib import Path
 from typing import Any
 
@@ -38,6 +37,7 @@ from trackpoint.collectors.log.reader import ReadStats, read_events
 from trackpoint.config import LoadedConfig, load
 from trackpoint.event import Context, Event, Meta, derived_id
 from trackpoint.plugins import registry
+from trackpoint.testing import until as until  # noqa: PLC0414  (re-exported: the one plugin tests use)
 
 CHROME_UA = (
     "Mozilla/5.0 (Windows NT 10.0; Win64; x64) AppleWebKit/537.36 (KHTML, like Gecko) Chrome/120.0.0.0 Safari/537.36"
@@ -61,14 +61,6 @@ def make_event(i: int, event_type: str = "impression") -> Event:
         ctx=Context(ip="192.0.2.0", ua="Agent/1"),
         meta=Meta(worker=0, config="abc123"),
     )
-
-
-async def until(condition: Callable[[], Awaitable[bool]], timeout_s: float = 8.0, what: str = "condition") -> None:
-    """Polls an async condition until it holds; fails the test after `timeout_s`."""
-    deadline = time.monotonic() + timeout_s
-    while not await condition():
-        assert time.monotonic() < deadline, f"timed out waiting for {what}"
-        await asyncio.sleep(0.05)
 
 
 def assert_limited_per_kind(records: Sequence[logging.LogRecord], interval_s: float) -> None:
@@ -463,7 +455,6 @@ E2E_FIXTURES = frozenset({
     "brokers",  # test_collector_kafka: librdkafka's mock cluster
     "s3_server",  # test_shipping: the object stores, moto's S3 and Azurite
     "azurite",
-    "target_name",  # the conformance suite's real targets
     "rendered",  # test_deploy: the Kubernetes overlays, rendered by `kubectl kustomize`
     "browser",  # a headless chromium (Playwright)
 })  # fmt: skip

@@ -11,6 +11,7 @@ import importlib
 import importlib.util
 import json
 import os
+import re
 import shutil
 import sqlite3
 import subprocess
@@ -32,6 +33,7 @@ from trackpoint.config.model import Config
 from trackpoint.event import Context, Event, Meta, derived_id, random_id
 from trackpoint.plugins import discover, resolve
 from trackpoint.plugins.builtin import plugin as builtin_plugin
+from trackpoint.testing.conformance import CollectorConformance
 
 EXAMPLE = Path(__file__).resolve().parents[1] / "examples" / "plugins" / "trackpoint-sqlite"
 if importlib.util.find_spec("trackpoint_sqlite") is None:  # not installed: the unit tests use the checkout
@@ -61,13 +63,18 @@ def _pip_install(source: Path, site: Path, *options: str) -> subprocess.Complete
     )
 
 
+def copy_example(destination: Path) -> Path:
+    """The example package's directory copied to `destination`, as a plugin's own repository would be checked out."""
+    shutil.copytree(EXAMPLE, destination, ignore=shutil.ignore_patterns("build", "*.egg-info", "__pycache__"))
+    return destination
+
+
 @pytest.fixture(scope="session")
 def plugin_site(tmp_path_factory: pytest.TempPathFactory) -> Path:
     """A directory holding the installed package (module and dist-info with the entry point), as `pip install
     --target` leaves it. The source is copied first: building in place would leave build/ and egg-info in the repo."""
     root = tmp_path_factory.mktemp("plugin")
-    source = root / "source"
-    shutil.copytree(EXAMPLE, source, ignore=shutil.ignore_patterns("build", "*.egg-info", "__pycache__"))
+    source = copy_example(root / "source")
     site = root / "site"
     result = _pip_install(source, site)  # build isolation: pip fetches setuptools as a user's pip would
     if result.returncode != 0:  # no registry at hand: build with this environment's setuptools (needs wheel)
@@ -85,8 +92,8 @@ def _plugin_modules() -> dict[str, Any]:
 
 @pytest.fixture
 def installed_plugin(plugin_site: Path) -> Iterator[Path]:
-    """The installed package first on sys.path, and no copy of it imported yet (the unit tests and the conformance
-    target import the checkout's): what the entry point loads is the installed package. All undone afterwards."""
+    """The installed package first on sys.path, and no copy of it imported yet (the unit tests import the
+    checkout's): what the entry point loads is the installed package. All undone afterwards."""
     imported = _plugin_modules()
     for name in imported:
         del sys.modules[name]
@@ -176,6 +183,37 @@ def test_the_example_config_is_valid_with_the_plugin_and_only_with_it(installed_
     assert "unknown preset 'pageview'" in str(refused.value)
 
 
+def _with_site(site: Path) -> str:
+    """PYTHONPATH with the installed package first: a process finds the plugin through it alone."""
+    return os.pathsep.join(filter(None, [str(site), os.environ.get("PYTHONPATH")]))
+
+
+@pytest.mark.timeout(180)
+def test_the_plugins_own_tests_run_the_conformance_battery_from_its_repository(
+    plugin_site: Path, tmp_path: Path
+) -> None:
+    """What the plugin guide tells an integrator to do, outside trackpoint's repository: the plugin's own
+    tests/test_conformance.py subclasses the shipped battery, and pytest, run in the plugin's directory with the
+    plugin installed, passes every test of it against the sqlite collector (none skipped)."""
+    repository = copy_example(tmp_path / "trackpoint-sqlite")
+    result = subprocess.run(
+        [sys.executable, "-m", "pytest", "-p", "no:cacheprovider", "-rA"],
+        cwd=repository,
+        env=os.environ | {"PYTHONPATH": _with_site(plugin_site)},
+        capture_output=True,
+        text=True,
+        timeout=150,
+        check=False,
+    )
+    output = result.stdout + result.stderr
+    assert result.returncode == 0, output
+    battery = sorted(name for name in dir(CollectorConformance) if name.startswith("test_"))
+    assert len(battery) >= 5
+    passed = re.findall(r"^PASSED tests/test_conformance\.py::TestSqliteConformance::(\w+)$", output, re.MULTILINE)
+    assert sorted(passed) == battery, output
+    assert f"{len(battery)} passed in" in output, output  # and nothing skipped
+
+
 # --- a real tracker with the plugin -------------------------------------------------------------------------------
 
 
@@ -210,7 +248,7 @@ def test_a_tracker_with_the_plugin_stores_events_in_sqlite(
     tracker = Tracker(tmp_path, document)
     database = tracker.data_dir / "trackpoint.sqlite"
     # The tracker and its workers inherit the environment: the plugin is found through PYTHONPATH alone.
-    monkeypatch.setenv("PYTHONPATH", os.pathsep.join(filter(None, [str(plugin_site), os.environ.get("PYTHONPATH")])))
+    monkeypatch.setenv("PYTHONPATH", _with_site(plugin_site))
     tracker.start()
     try:
         status, _, _ = tracker.get("/i?imp=imp-e2e-1&cid=c1&pub=news")

@@ -8,7 +8,8 @@ import importlib
 import inspect
 import re
 import typing
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Iterator, Mapping
+from types import ModuleType
 from typing import Any
 
 import msgspec
@@ -38,7 +39,11 @@ API: tuple[tuple[str, tuple[str, ...]], ...] = (
     ("trackpoint.fields.converters", ("Reject",)),
     ("trackpoint.admin.server", ("AdminRequest", "AdminResponse")),
     ("trackpoint.security.secrets", ("read_secret", "SecretError", "SecretHolder")),
+    ("trackpoint.testing.conformance", ("CollectorConformance", "Target", "events", "all_delivered", "run")),
 )
+# API modules that need a package trackpoint does not install (its tests' battery needs pytest): where it is missing
+# the reference says so in their place.
+NEEDS: Mapping[str, str] = {"trackpoint.testing.conformance": "pytest"}
 # The type aliases of trackpoint.plugins that the classes above name, with what a plugin's function receives.
 ALIASES: tuple[tuple[str, str], ...] = (
     (
@@ -68,11 +73,22 @@ _MODULE_PATH = re.compile(r"\b(?:[A-Za-z_]\w*\.)+([A-Za-z_]\w*)")
 
 
 def api_objects() -> Iterator[tuple[str, str, Any]]:
-    """(module, name, object) of every documented API object."""
+    """(module, name, object) of every documented API object; those of a module whose requirement (`NEEDS`) is
+    not installed are left out."""
     for module_name, names in API:
-        module = importlib.import_module(module_name)
-        for name in names:
+        module = _import(module_name)
+        for name in names if module is not None else ():
             yield module_name, name, getattr(module, name)
+
+
+def _import(module_name: str) -> ModuleType | None:
+    """The module, or None when what it needs (`NEEDS`) is not installed."""
+    try:
+        return importlib.import_module(module_name)
+    except ImportError as exc:
+        if module_name in NEEDS and exc.name == NEEDS[module_name]:
+            return None
+        raise
 
 
 def public_methods(cls: type) -> Iterator[tuple[str, Callable[..., Any]]]:
@@ -108,6 +124,9 @@ def plugin_api_reference(installed: Registry) -> str:
                 lines.append(f"### `{name}.{method_name}`{abstract}\n")
                 lines.append(f"```python\n{_def(method_name, method)}\n```\n")
                 lines.append(inspect.cleandoc(method.__doc__ or "") + "\n")
+    for module_name, needed in NEEDS.items():
+        if _import(module_name) is None:
+            lines.append(f"`{module_name}` is not described here: it needs {needed}, which is not installed.\n")
     lines.append("## Type aliases\n")
     for name, text in ALIASES:
         lines.append(f"### `{name}`\n")
@@ -159,8 +178,27 @@ def _def(name: str, function: Callable[..., Any]) -> str:
 
 
 def _signature_text(obj: Any) -> str:
-    """The signature with its annotations as written (they are strings under `from __future__ import annotations`)."""
-    return str(inspect.signature(obj)).replace("'", "")
+    """The signature with its annotations as written (they are strings under `from __future__ import annotations`)
+    and its defaults as Python writes them (`= '.'`)."""
+    signature = inspect.signature(obj)
+    parameters = [
+        parameter.replace(annotation=_as_written(parameter.annotation)) for parameter in signature.parameters.values()
+    ]
+    return str(signature.replace(parameters=parameters, return_annotation=_as_written(signature.return_annotation)))
+
+
+class _Written:
+    """An annotation that is shown as its text, unquoted."""
+
+    def __init__(self, text: str) -> None:
+        self.text = text
+
+    def __repr__(self) -> str:
+        return self.text
+
+
+def _as_written(annotation: Any) -> Any:
+    return _Written(annotation) if isinstance(annotation, str) else annotation
 
 
 def _fields(cls: type) -> list[tuple[str, str, str]]:

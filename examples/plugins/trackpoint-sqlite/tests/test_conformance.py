@@ -1,7 +1,9 @@
-"""The sqlite conformance target (the example plugin's collector): a database file in a temporary directory.
+"""The conformance battery every trackpoint collector passes, run against this plugin's sqlite collector:
+delivery, outages and recovery, retries and replays without duplicates (trackpoint.testing.conformance).
 
-An outage is another connection holding the database's write lock (`BEGIN EXCLUSIVE`), as a long transaction of
-another writer would: the collector's batches time out on the lock and are retried until the lock is released.
+The target is a database file in a temporary directory. An outage is another connection holding the database's
+write lock (`BEGIN EXCLUSIVE`), as a long transaction of another writer would: the collector's batches time out on
+the lock and are retried until the lock is released.
 """
 
 from __future__ import annotations
@@ -9,24 +11,28 @@ from __future__ import annotations
 import asyncio
 import shutil
 import sqlite3
-import sys
 import tempfile
 from pathlib import Path
 from typing import Any
 
-try:
-    import trackpoint_sqlite  # installed as a user would (pip install -e examples/plugins/trackpoint-sqlite)
-except ImportError:  # the repository's checkout of the example package
-    sys.path.append(str(Path(__file__).resolve().parents[2] / "examples" / "plugins" / "trackpoint-sqlite" / "src"))
-    import trackpoint_sqlite
-
-# What the battery resolves, next to the built-ins, to build the collector as the tracker does.
-PLUGIN = trackpoint_sqlite.plugin
+import trackpoint_sqlite
+from trackpoint.testing.conformance import CollectorConformance, Target
 
 LOCK_WAIT_S = 10.0
 
 
+class TestSqliteConformance(CollectorConformance):
+    """Every test of the battery, against a new SqliteTarget each."""
+
+    plugins = (trackpoint_sqlite.plugin,)  # what provides the collector type, next to the built-in plugin
+
+    async def make_target(self) -> Target:
+        return SqliteTarget(Path(tempfile.mkdtemp(prefix="tp-sqlite-")))
+
+
 class SqliteTarget:
+    """A database file of its own; its outage is the write lock held by another connection."""
+
     name = "sqlite"
     supports_restart = True
     dedupes_replays = True  # the event id is the primary key and rows are inserted OR IGNORE
@@ -80,7 +86,3 @@ class SqliteTarget:
     async def close(self) -> None:
         await asyncio.to_thread(self._release_lock)
         shutil.rmtree(self.directory, ignore_errors=True)
-
-
-async def make_target() -> SqliteTarget:
-    return SqliteTarget(Path(tempfile.mkdtemp(prefix="tp-sqlite-")))
