@@ -19,6 +19,8 @@ reached it); pytest then runs every test of the battery against it. trackpoint's
 from __future__ import annotations
 
 import asyncio
+import shutil
+import sqlite3
 import time
 from collections import Counter
 from collections.abc import AsyncIterator, Awaitable, Callable, Sequence
@@ -239,6 +241,61 @@ class CollectorConformance:
         run(main, 90)
 
 
+class SqliteFileTarget:
+    """A base for the target of a collector that writes one SQLite database file, in a directory of its own that
+    `close` removes. An outage is another connection holding the database's write lock (`BEGIN EXCLUSIVE`), as a long
+    transaction of another writer would: give the collector a short busy timeout in `collector_config`, so that its
+    locked batches fail fast and are retried until the lock is released. A subclass sets `name` and
+    `dedupes_replays`, and defines `collector_config` and `ids_in`."""
+
+    supports_restart = True
+    lock_wait_s = 10.0  # how long reads and the outage's lock wait for a writer in the middle of a batch
+
+    def __init__(self, path: Path) -> None:
+        self.path = path
+        self.directory = path.parent
+        self._lock: sqlite3.Connection | None = None
+
+    def ids_in(self, connection: sqlite3.Connection) -> list[str]:
+        """What `read_ids` returns, read through a read-only connection to the database, which exists."""
+        raise NotImplementedError
+
+    async def read_ids(self) -> list[str]:
+        return await asyncio.to_thread(self._read_ids)
+
+    def _read_ids(self) -> list[str]:
+        if not self.path.exists():
+            return []
+        connection = sqlite3.connect(f"{self.path.as_uri()}?mode=ro", uri=True, timeout=self.lock_wait_s)
+        try:
+            return self.ids_in(connection)
+        finally:
+            connection.close()
+
+    async def stop(self) -> None:
+        await asyncio.to_thread(self._take_lock)
+
+    def _take_lock(self) -> None:
+        self.directory.mkdir(parents=True, exist_ok=True)
+        # check_same_thread=False: the lock is taken and released on different threads of the default executor.
+        lock = sqlite3.connect(self.path, timeout=self.lock_wait_s, isolation_level=None, check_same_thread=False)
+        lock.execute("BEGIN EXCLUSIVE")
+        self._lock = lock
+
+    async def start(self) -> None:
+        await asyncio.to_thread(self._release_lock)
+
+    def _release_lock(self) -> None:
+        lock, self._lock = self._lock, None
+        if lock is not None:
+            lock.execute("ROLLBACK")
+            lock.close()
+
+    async def close(self) -> None:
+        await asyncio.to_thread(self._release_lock)
+        shutil.rmtree(self.directory, ignore_errors=True)
+
+
 def events(count: int, types: tuple[str, ...] = ("impression", "click")) -> list[Event]:
     """`count` events of worker 1 with fresh ids, alternating `types`, a millisecond apart."""
     meta = Meta(worker=1, config="conformance")
@@ -283,4 +340,4 @@ def run(main: Callable[[], Awaitable[None]], timeout_s: float) -> None:
     asyncio.run(bounded())
 
 
-__all__ = ["CollectorConformance", "Target", "all_delivered", "events", "run"]
+__all__ = ["CollectorConformance", "SqliteFileTarget", "Target", "all_delivered", "events", "run"]
