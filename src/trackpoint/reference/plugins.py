@@ -39,7 +39,10 @@ API: tuple[tuple[str, tuple[str, ...]], ...] = (
     ("trackpoint.fields.converters", ("Reject",)),
     ("trackpoint.admin.server", ("AdminRequest", "AdminResponse")),
     ("trackpoint.security.secrets", ("read_secret", "SecretError", "SecretHolder")),
-    ("trackpoint.testing.conformance", ("CollectorConformance", "Target", "events", "all_delivered", "run")),
+    (
+        "trackpoint.testing.conformance",
+        ("CollectorConformance", "Target", "SqliteFileTarget", "events", "all_delivered", "run"),
+    ),
 )
 # API modules that need a package trackpoint does not install (its tests' battery needs pytest): where it is missing
 # the reference says so in their place.

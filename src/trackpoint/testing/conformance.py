@@ -261,6 +261,7 @@ class SqliteFileTarget:
         raise NotImplementedError
 
     async def read_ids(self) -> list[str]:
+        """`ids_in` of the database, off the event loop; none before the collector made the file."""
         return await asyncio.to_thread(self._read_ids)
 
     def _read_ids(self) -> list[str]:
@@ -273,6 +274,7 @@ class SqliteFileTarget:
             connection.close()
 
     async def stop(self) -> None:
+        """Takes the database's write lock on a connection of its own and keeps it until `start`."""
         await asyncio.to_thread(self._take_lock)
 
     def _take_lock(self) -> None:
@@ -283,6 +285,7 @@ class SqliteFileTarget:
         self._lock = lock
 
     async def start(self) -> None:
+        """Releases the write lock: the collector's retried batches go through."""
         await asyncio.to_thread(self._release_lock)
 
     def _release_lock(self) -> None:
@@ -292,6 +295,7 @@ class SqliteFileTarget:
             lock.close()
 
     async def close(self) -> None:
+        """Releases the lock and removes the database's directory."""
         await asyncio.to_thread(self._release_lock)
         shutil.rmtree(self.directory, ignore_errors=True)
 
