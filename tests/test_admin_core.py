@@ -31,12 +31,16 @@ class Reported:
     config_version: str = "v1"
     live: Snapshot = field(default_factory=Snapshot)
     failing_starts: list[dict[str, object]] = field(default_factory=list)
+    stopping: list[dict[str, object]] = field(default_factory=list)
 
     def serving(self) -> Snapshot:
         return self.live
 
     def crash_loops(self) -> list[dict[str, object]]:
         return self.failing_starts
+
+    def worker_problems(self) -> list[dict[str, object]]:
+        return self.stopping
 
     def openapi_json(self) -> bytes:
         return b'{"openapi": "3.1.0"}'
@@ -71,6 +75,12 @@ def test_readyz_follows_workers_drain_and_required_collectors() -> None:
     assert status == 503 and body["required_collectors_unhealthy"] == ["kafka"]
     tracker.live = Snapshot(collectors={"kafka": CollectorStats(required=False, healthy=False)})
     assert _get(readyz, "/readyz")[0] == 200
+    assert body["worker_problems"] == []
+    tracker.workers_ready = 1  # the supervisor counts a worker it stops as not ready, and says why
+    tracker.stopping = [{"slot": 0, "pid": 9, "problem": "stalled", "detail": "no report for 10.2 s"}]
+    status, body = _get(readyz, "/readyz")
+    assert status == 503 and body["worker_problems"] == tracker.stopping
+    tracker.workers_ready = 2
     tracker.shutting_down = True
     status, body = _get(readyz, "/readyz")
     assert status == 503 and body["draining"] is True

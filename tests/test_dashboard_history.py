@@ -11,11 +11,15 @@ from conftest import make_event
 from trackpoint.admin.dashboard.history import History, collector_rows, percentile
 from trackpoint.collectors.base import CollectorStats
 from trackpoint.config import load
+from trackpoint.edge.runtime import Edge
 from trackpoint.edge.stats import Snapshot, add
-from trackpoint.edge.tail import TAIL_EVENTS, RecentEvents
+from trackpoint.edge.tail import TAIL_EVENT_BYTES, TAIL_EVENTS, TAIL_VALUE_CHARS, RecentEvents
 from trackpoint.event import Context
 from trackpoint.http.latency import LATENCY_BUCKETS
 from trackpoint.plugins import registry
+from trackpoint.process import control
+from trackpoint.process.control import recent_events
+from trackpoint.process.worker import stats_frame
 
 
 def _counts(**buckets: int) -> list[int]:
@@ -106,10 +110,51 @@ def test_the_tail_is_filtered_as_an_untrusted_collector_gets_it() -> None:
     event.ctx = Context(ip="203.0.113.9", ua="Agent/1", referer="https://shop.example.com/p?email=a@b.c")
     for _ in range(TAIL_EVENTS + 5):
         recent.events.append(event)
-    taken = recent.take()
-    assert len(taken) == TAIL_EVENTS  # bounded
+    taken, errors = recent_events(recent.take())
+    assert len(taken) == TAIL_EVENTS and errors == []  # bounded
     assert recent.take() == []  # handed over once
     (filtered,) = {msgspec.json.encode(e).decode() for e in taken}
     assert "203.0.113" not in filtered and "Agent/1" not in filtered and "de-DE" not in filtered
     assert "email" not in filtered and "https://shop.example.com/p" in filtered
     assert event.ctx.ip == "203.0.113.9"  # the original, which the log records, is untouched
+
+
+def test_the_tail_is_bounded_in_bytes_and_a_malformed_event_costs_only_itself() -> None:
+    """Events a plugin made huge are cut or left out of the report, so that it never nears the control channel's
+    frame limit (a 1.5 MB dim on 50 events made a 69 MB report, which the supervisor refused, and stopped following
+    the worker); one it left malformed is skipped by the supervisor alone, not the report that carries it."""
+    recent = RecentEvents(load("examples/cdp.yaml", registry=registry()).config)
+    big = make_event(1)
+    big.dims["blob"] = "x" * 1_500_000
+    big.ctx = Context(ua="U" * 20_000, referer="https://shop.example.com/" + "p" * 20_000)
+    huge_names = make_event(2)
+    huge_names.dims.update({f"name-{n:05d}-{'n' * 200}": "v" for n in range(100)})  # cutting values is not enough
+    wrong = make_event(3)
+    wrong.dims["n"] = 7  # type: ignore[assignment]  # as a plugin may leave it
+    broken = make_event(4)
+    broken.ctx = None  # type: ignore[assignment]
+    for event in (big, huge_names, wrong, broken, make_event(5)):
+        recent.events.append(event)
+    encoded = recent.take()
+    assert all(len(one) <= TAIL_EVENT_BYTES for one in encoded)
+    assert len(control.frame(control.Stats(snapshot=Snapshot(), recent=encoded))) <= TAIL_EVENTS * TAIL_EVENT_BYTES
+    events, errors = recent_events(encoded)
+    assert [e.dims["imp"] for e in events] == ["imp-1", "imp-5"]  # the cut one and the sound one
+    assert events[0].dims["blob"] == "x" * (TAIL_VALUE_CHARS - 1) + "…"
+    assert len(errors) == 1 and "Expected `str`, got `int`" in errors[0]
+    assert len(big.dims["blob"]) == 1_500_000  # the event the log records is untouched
+
+
+def test_a_report_over_the_frame_limit_is_never_built_and_goes_without_its_sample() -> None:
+    edge = Edge(load("examples/cdp.yaml", registry=registry()).config, "v1", 0, registry())
+    for number in range(TAIL_EVENTS):
+        edge.recent.events.append(make_event(number))
+    full, _ = stats_frame(edge, Snapshot())
+    with pytest.raises(control.FrameTooLarge):
+        control.frame(control.Stats(snapshot=Snapshot(requests=1)), limit=10)
+    for number in range(TAIL_EVENTS):
+        edge.recent.events.append(make_event(number))
+    message, snapshot = stats_frame(edge, Snapshot(), limit=len(full) - 100)
+    assert len(message) < len(full) - 100
+    stats = msgspec.msgpack.decode(message[4:], type=control.FromWorker)
+    assert isinstance(stats, control.Stats) and stats.recent == [] and stats.snapshot == snapshot

@@ -49,6 +49,9 @@ class Tracker(Protocol):
     def crash_loops(self) -> list[dict[str, object]]:
         """The slots whose worker keeps failing at start, each with its last error."""
 
+    def worker_problems(self) -> list[dict[str, object]]:
+        """The workers being stopped to start others (stalled, not ready in time, a broken channel), and why."""
+
     def openapi_json(self) -> bytes:
         """The OpenAPI document of the running configuration."""
 
@@ -80,6 +83,8 @@ def core_handlers(tracker: Tracker, prometheus_registry: CollectorRegistry) -> d
                     name: c.problem or "unhealthy" for name, c in sorted(live.collectors.items()) if not c.healthy
                 },
                 "crash_looping": tracker.crash_loops(),
+                # Workers not ready because the supervisor is stopping them, to start others: why (stalled, ...).
+                "worker_problems": tracker.worker_problems(),
                 "config_version": tracker.config_version,
             },
         )

@@ -23,6 +23,11 @@ class SupervisorState:
         self.reloads = 0
         self.reload_failures = 0
         self.spawn_failures = 0
+        # Workers the supervisor stopped (then started again), by reason: stalled, start_timeout, channel_broken.
+        self.worker_stops = dict.fromkeys(("stalled", "start_timeout", "channel_broken"), 0)
+        # What the supervisor could not read of the workers' messages and skipped, by reason: undecodable (a frame),
+        # recent_event (an event of a report's dashboard sample).
+        self.messages_skipped = dict.fromkeys(("undecodable", "recent_event"), 0)
         # Admin connections refused, closed or rejected, by reason (the admin server's own counts).
         self.admin_connections: dict[str, int] = {}
         # Spools no worker drains (their collector removed, or its spool turned off, by a reload): (events, bytes)
@@ -118,6 +123,21 @@ class _SnapshotCollector:
             "trackpoint_worker_spawn_failures",
             "Worker processes that could not be started (out of descriptors, memory or processes); retried.",
             state.spawn_failures,
+        )
+        yield _by_label(
+            "trackpoint_worker_stops",
+            "Workers the supervisor stopped and started again, by reason: stalled (no report for "
+            "server.worker_stall_timeout_s), start_timeout (not ready within server.worker_start_timeout_s), "
+            "channel_broken (a control frame over the limit).",
+            "reason",
+            state.worker_stops,
+        )
+        yield _by_label(
+            "trackpoint_worker_messages_skipped",
+            "Worker messages the supervisor could not decode and skipped, by reason: undecodable (a whole report), "
+            "recent_event (one event of a report's dashboard sample).",
+            "reason",
+            state.messages_skipped,
         )
         yield _by_label(
             "trackpoint_admin_refused",

@@ -43,8 +43,9 @@ CORE_ROUTES: tuple[AdminEndpoint, ...] = (
         "GET",
         "/readyz",
         "200 when every worker is ready and every required collector healthy, else 503. JSON: "
-        "`required_collectors_unhealthy`, and `collector_problems`, why each unhealthy collector is (a target down, "
-        "a full disk).",
+        "`required_collectors_unhealthy`, `collector_problems`, why each unhealthy collector is (a target down, "
+        "a full disk), and `worker_problems`, the workers being stopped and restarted and why (`stalled`, "
+        "`start_timeout`, `channel_broken`).",
         public=True,
         probe=True,
     ),

@@ -178,6 +178,28 @@ class ServerConfig(Struct, forbid_unknown_fields=True, kw_only=True):
             "within this time; what a collector cannot deliver in time stays in its spool for the next worker)."
         ),
     ] = 10.0
+    worker_start_timeout_s: Annotated[
+        Seconds,
+        Meta(
+            description="A worker not ready this long after it was started (a plugin's collector `start()` or "
+            "constructor that never returns) is stopped and started again with backoff, its slot reported in "
+            "`crash_looping` (/healthz, /readyz) from its second failed start. Also how long a reload waits for its "
+            "new workers."
+        ),
+    ] = 30.0
+    worker_stall_timeout_s: Annotated[
+        float,
+        Meta(
+            ge=2,
+            le=3600,
+            description="A serving worker that sent the supervisor no report (one a second, from its event loop) for "
+            "this long is stalled (its loop blocked: a plugin calling time.sleep, a wedge): at once not ready "
+            '(/readyz `worker_problems`), counted in `trackpoint_worker_stops_total{reason="stalled"}`, logged, '
+            "and restarted (SIGTERM, then SIGKILL after drain_timeout_s + 5 s). A worker saturated with requests "
+            "still reports about once a second (measured under wrk, docs/running.md): 10 s leaves room for that, "
+            "a long garbage collection or a slow disk, and still catches a wedge before many requests time out.",
+        ),
+    ] = 10.0
     trusted_proxies: Annotated[
         list[str],
         Meta(

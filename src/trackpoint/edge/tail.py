@@ -1,12 +1,14 @@
 """The live tail of a worker: its most recent events in a bounded deque, sent to the supervisor with its stats.
 
-The request path only appends to the deque; the privacy filter (what an untrusted collector would get) runs once a
-second on what is taken, never per request.
+The request path only appends to the deque; the privacy filter (what an untrusted collector would get) and the bound in
+bytes run once a second on what is taken, never per request.
 """
 
 from __future__ import annotations
 
 from collections import deque
+
+import msgspec
 
 from trackpoint.config.model import Config, EventTypeSpec
 from trackpoint.config.private import preprocessor_private_dims, private_fields
@@ -15,10 +17,16 @@ from trackpoint.privacy.filter import PrivacyFilter
 
 # Events a worker keeps between two stats reports (one a second): a tail for eyes, not a sample for statistics.
 TAIL_EVENTS = 50
+# The most one of them takes in a report (msgpack): a longer one has its long values cut to TAIL_VALUE_CHARS, and is
+# left out if it is still too long. A value a plugin made huge (a 1.5 MB dim) must not carry the report toward the
+# control channel's frame limit (process/control.py MAX_FRAME, 64 MiB): TAIL_EVENTS x 4 KiB is 200 KiB at most.
+TAIL_EVENT_BYTES = 4096
+TAIL_VALUE_CHARS = 256
 
 
 class RecentEvents:
-    """The newest events of one worker, at most TAIL_EVENTS; `take()` hands them over filtered and empties it."""
+    """The newest events of one worker, at most TAIL_EVENTS; `take()` hands them over filtered, encoded (msgpack,
+    each at most TAIL_EVENT_BYTES) and empties it."""
 
     def __init__(self, config: Config) -> None:
         self.events: deque[Event] = deque(maxlen=TAIL_EVENTS)
@@ -30,11 +38,36 @@ class RecentEvents:
             for name, spec in config.event_types.items()
         }
         self._untrusted = PrivacyFilter(trusted=False, allow=None, deny=[])
+        self._encoder = msgspec.msgpack.Encoder()
 
-    def take(self) -> list[Event]:
-        taken = [self.filters.get(event.type, self._untrusted)(event) for event in self.events]
+    def take(self) -> list[msgspec.Raw]:
+        taken = []
+        for event in self.events:
+            try:
+                encoded = self._encode(self.filters.get(event.type, self._untrusted)(event))
+            except Exception:  # left malformed by a plugin (no ctx, a value msgpack has no type for): left out
+                continue
+            if encoded is not None:
+                taken.append(msgspec.Raw(encoded))
         self.events.clear()
         return taken
+
+    def _encode(self, event: Event) -> bytes | None:
+        """The event in at most TAIL_EVENT_BYTES, its long values cut if need be; None if it cannot fit."""
+        encoded = self._encoder.encode(event)
+        if len(encoded) <= TAIL_EVENT_BYTES:
+            return encoded
+        ua, referer = event.ctx.ua, event.ctx.referer
+        ctx = msgspec.structs.replace(
+            event.ctx, ua=None if ua is None else _cut(ua), referer=None if referer is None else _cut(referer)
+        )
+        cut = msgspec.structs.replace(event, dims={name: _cut(value) for name, value in event.dims.items()}, ctx=ctx)
+        encoded = self._encoder.encode(cut)
+        return encoded if len(encoded) <= TAIL_EVENT_BYTES else None
+
+
+def _cut(value: str) -> str:
+    return value if len(value) <= TAIL_VALUE_CHARS else value[: TAIL_VALUE_CHARS - 1] + "…"
 
 
 def _private(config: Config, spec: EventTypeSpec) -> dict[str, str]:

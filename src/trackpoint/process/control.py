@@ -49,9 +49,10 @@ class Ready(msgspec.Struct, tag=True):
 class Stats(msgspec.Struct, tag=True):
     snapshot: Snapshot
     # For the admin dashboard: the worker's resident memory, and its events since the last Stats, privacy-filtered
-    # (edge/tail.py).
+    # and bounded in bytes (edge/tail.py). Each event is encoded on its own and decoded by the supervisor on its own
+    # (recent_events): one a plugin left malformed (an int among the dims) is skipped, not the report and its counters.
     rss_bytes: int = 0
-    recent: list[Event] = []
+    recent: list[msgspec.Raw] = []
 
 
 class Bye(msgspec.Struct, tag=True):
@@ -78,11 +79,40 @@ FromWorker = Ready | Stats | Bye | Failed
 _encoder = msgspec.msgpack.Encoder()
 _from_worker = msgspec.msgpack.Decoder(FromWorker)
 _to_worker = msgspec.msgpack.Decoder(ToWorker)
+_event = msgspec.msgpack.Decoder(Event)
 
 
-def frame(message: msgspec.Struct) -> bytes:
+class FrameTooLarge(ValueError):
+    """A message whose frame would be over the limit the other side enforces: it is not sent (and never built)."""
+
+
+class Undecodable(Exception):
+    """A whole frame came, but it is not a message of the protocol (a field of the wrong type): the channel is still
+    in sync, and the next frame can be read."""
+
+
+class ChannelBroken(ConnectionError):
+    """The channel cannot be read on (a frame over the limit, whose end cannot be found): the worker is stopped."""
+
+
+def frame(message: msgspec.Struct, limit: int = MAX_FRAME) -> bytes:
+    """The message as one frame; FrameTooLarge when it would be over `limit` (the receiver's MAX_FRAME)."""
     payload = _encoder.encode(message)
+    if len(payload) > limit:
+        raise FrameTooLarge(f"{type(message).__name__} of {len(payload)} bytes, over the limit of {limit}")
     return _LENGTH.pack(len(payload)) + payload
+
+
+def recent_events(recent: list[msgspec.Raw]) -> tuple[list[Event], list[str]]:
+    """The events of a Stats' `recent` (each msgpack on its own: edge/tail.py) that decode, and why the others do
+    not."""
+    events, errors = [], []
+    for encoded in recent:
+        try:
+            events.append(_event.decode(encoded))
+        except msgspec.DecodeError as exc:  # ValidationError among them
+            errors.append(str(exc))
+    return events, errors
 
 
 def send_start(sock: socket.socket, start: Start) -> None:
@@ -108,12 +138,17 @@ def _read_exactly(sock: socket.socket, size: int) -> bytes:
 
 async def receive(reader: asyncio.StreamReader) -> FromWorker | None:
     """The next message from a worker, or None at end of stream: its end, or a reset (a worker that died before
-    reading what was sent to it, its Start among them, leaves a reset rather than an end of file)."""
+    reading what was sent to it, its Start among them, leaves a reset rather than an end of file). Undecodable when
+    a whole frame is not a message (the next one can be read); ChannelBroken when the stream cannot be read on."""
     try:
         (length,) = _LENGTH.unpack(await reader.readexactly(_LENGTH.size))
         if length > MAX_FRAME:
-            raise ConnectionError(f"control frame of {length} bytes")
-        message: FromWorker = _from_worker.decode(await reader.readexactly(length))
-        return message
+            raise ChannelBroken(f"a control frame of {length} bytes, over the limit of {MAX_FRAME}")
+        payload = await reader.readexactly(length)
     except (asyncio.IncompleteReadError, ConnectionResetError):
         return None
+    try:
+        message: FromWorker = _from_worker.decode(payload)
+    except msgspec.DecodeError as exc:  # ValidationError among them
+        raise Undecodable(f"a control frame of {length} bytes that is not a message: {exc}") from None
+    return message

@@ -9,8 +9,10 @@ the handlers of admin/core.py, which read the supervisor as their `Tracker`.
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import errno
 import fcntl
+import functools
 import logging
 import os
 import resource
@@ -40,6 +42,7 @@ from trackpoint.config.model import Config
 from trackpoint.data_dir import LOCK_FILE, lock_content, pid_namespace
 from trackpoint.edge.stats import Snapshot, add, counters_only
 from trackpoint.event import Event
+from trackpoint.log_limiter import REPEAT_INTERVAL_S, LogLimiter
 from trackpoint.plugins import Registry
 from trackpoint.process import control
 from trackpoint.reference.openapi import openapi_json
@@ -55,10 +58,11 @@ from trackpoint.security.signing import SigningKeyError, edge_verifier
 
 log = logging.getLogger("trackpoint.supervisor")
 
-READY_TIMEOUT_S = 30.0
 RESTART_BACKOFF_S = (0.1, 0.5, 1.0, 2.0, 5.0, 10.0)
 # A slot whose worker failed to start this many times in a row is crash-looping: /healthz and /readyz fail.
 CRASH_LOOP_STARTS = 2
+# A worker told to stop (SIGTERM) that has not exited drain_timeout_s later, and this much more, is killed.
+STOP_GRACE_S = 5.0
 
 
 @dataclass(frozen=True)
@@ -100,6 +104,17 @@ class WorkerHandle:
     failure: control.Failed | None = None  # why it could not start, as it reported it
     started_at: float = field(default_factory=time.time)
     rss_bytes: int = 0  # as of its last Stats
+    heard_at: float = field(default_factory=time.monotonic)  # when its last message came (the stall watchdog)
+    # Why the supervisor is stopping it, to start another (stalled, start_timeout, channel_broken), and the details.
+    problem: str | None = None
+    problem_detail: str = ""
+    start_timer: asyncio.TimerHandle | None = None  # stops it if it is not ready in time (worker_start_timeout_s)
+    kill_timer: asyncio.TimerHandle | None = None  # kills it if it has not exited in time after a stop
+
+    @property
+    def serving(self) -> bool:
+        """Ready, and neither draining nor being stopped."""
+        return self.ready.done() and not self.ready.exception() and not self.retiring and self.problem is None
 
 
 def available_cpus(cgroup: Path = Path("/sys/fs/cgroup/cpu.max")) -> int:
@@ -252,6 +267,7 @@ class Supervisor:
         self.probes: AdminServer | None = None  # admin.probe_port's listener: /healthz and /readyz only
         self._openapi: dict[str, bytes] = {}  # the OpenAPI document by config version
         self._data_dir_lock: int | None = None  # held while it runs (claim_data_dir)
+        self._skipped_log = LogLimiter(REPEAT_INTERVAL_S)  # worker messages that do not decode, by reason
 
     # --- life ----------------------------------------------------------------------------------------------------
 
@@ -306,6 +322,7 @@ class Supervisor:
         for slot in range(self.slots):
             self._spawn_or_retry(slot)
         self._check_stranded_later()
+        watchdog = loop.create_task(self._watch_stalls())
         log.info(
             "trackpoint listening on %s:%d with %d workers (config %s, version %s); admin on %s:%d",
             server.host,
@@ -323,6 +340,7 @@ class Supervisor:
             else token_path(admin_config, self.config.data_dir),
         )
         await self._stopped.wait()
+        watchdog.cancel()
         await self._drain_all()
         await self.shipping.stop()  # after the drain: the files the workers just finished ship too
         admin.close()
@@ -345,7 +363,7 @@ class Supervisor:
             self._retire(handle)
         waits = [handle.exited for handle in handles if handle.exited is not None]
         if waits:
-            _, late = await asyncio.wait(waits, timeout=self.config.server.drain_timeout_s + 5)
+            _, late = await asyncio.wait(waits, timeout=self.config.server.drain_timeout_s + STOP_GRACE_S)
             for handle in handles:
                 if handle.process.poll() is None:
                     log.error("worker %d did not drain in time; killing it", handle.slot)
@@ -409,31 +427,23 @@ class Supervisor:
         loop = asyncio.get_running_loop()
         handle = WorkerHandle(slot=slot, process=process, ready=loop.create_future(), probation=probation)
         control.send_start(parent, control.Start.of(self.config, version, slot))
+        if not probation:  # a reload waits for its new workers itself
+            timeout = self.config.server.worker_start_timeout_s
+            handle.start_timer = loop.call_later(timeout, self._start_timed_out, handle, timeout)
         handle.exited = loop.create_task(self._follow(handle, parent))
+        handle.exited.add_done_callback(functools.partial(self._followed, handle))
         self.workers.setdefault(slot, handle)
         return handle
 
     async def _follow(self, handle: WorkerHandle, channel: socket.socket) -> None:
-        """Reads a worker's messages until it exits, then accounts for it and restarts it if it died."""
+        """Reads a worker's messages until it exits, then accounts for it and restarts it if it died (or was stopped
+        for a problem)."""
         reader, writer = await asyncio.open_unix_connection(sock=channel)
-        clean = False
-        while (message := await control.receive(reader)) is not None:
-            if isinstance(message, control.Ready):
-                handle.snapshot = message.snapshot
-                if not handle.ready.done():
-                    handle.ready.set_result(None)
-                self._started(handle.slot)
-                self._count_ready()
-            elif isinstance(message, control.Stats):
-                handle.snapshot = message.snapshot
-                handle.rss_bytes = message.rss_bytes
-                self.recent.extend(message.recent)
-            elif isinstance(message, control.Failed):
-                handle.failure = message
-            else:
-                handle.snapshot = message.snapshot
-                clean = True
+        clean = await self._read(handle, reader)
         writer.close()
+        for timer in (handle.start_timer, handle.kill_timer):
+            if timer is not None:
+                timer.cancel()
         code = await asyncio.get_running_loop().run_in_executor(None, handle.process.wait)
         self._bury(handle)
         failed_start = not handle.ready.done()
@@ -452,9 +462,154 @@ class Supervisor:
             return  # (a reload whose worker failed says so, and keeps the running one)
         if failed_start:
             self._failed_start(handle, code)
+        elif handle.problem is not None:  # logged when it was stopped
+            log.info("worker %d (pid %d) exited with code %s; starting another", handle.slot, handle.process.pid, code)
         elif not clean:
             log.error("worker %d (pid %d) died with exit code %s", handle.slot, handle.process.pid, code)
         await self._restart(handle.slot, clean)
+
+    async def _read(self, handle: WorkerHandle, reader: asyncio.StreamReader) -> bool:
+        """Handles a worker's messages until its channel ends; whether it said goodbye (a clean exit). Whatever the
+        worker sends, this goes on until the worker has exited, or it would be neither accounted for nor restarted:
+        a frame that is not a message is skipped (the channel is still in sync), and a channel that cannot be read on
+        (a frame over the limit, or a read error) stops the worker, to start another, and is read to its end."""
+        clean = False
+        while True:
+            try:
+                message = await control.receive(reader)
+            except control.Undecodable as exc:
+                handle.heard_at = time.monotonic()  # its loop runs all the same
+                self._skipped(handle, "undecodable", str(exc))
+                continue
+            except OSError as exc:  # ChannelBroken among them
+                log.error(
+                    "worker %d (pid %d): %s; stopping it and starting another",
+                    handle.slot,
+                    handle.process.pid,
+                    exc,
+                )
+                self._stop(handle, "channel_broken", str(exc))
+                with contextlib.suppress(OSError):
+                    while await reader.read(1 << 16):
+                        pass
+                return False
+            if message is None:
+                return clean
+            handle.heard_at = time.monotonic()
+            clean = self._on_message(handle, message) or clean
+
+    def _on_message(self, handle: WorkerHandle, message: control.FromWorker) -> bool:
+        """Takes in one message of a worker; True for its goodbye."""
+        if isinstance(message, control.Ready):
+            handle.snapshot = message.snapshot
+            if handle.problem is not None:  # ready after it was stopped (too late): it still exits
+                return False
+            if handle.start_timer is not None:
+                handle.start_timer.cancel()
+            if not handle.ready.done():
+                handle.ready.set_result(None)
+            self._started(handle.slot)
+            self._count_ready()
+        elif isinstance(message, control.Stats):
+            handle.snapshot = message.snapshot
+            handle.rss_bytes = message.rss_bytes
+            events, errors = control.recent_events(message.recent)
+            self.recent.extend(events)
+            if errors:
+                self._skipped(handle, "recent_event", f"an event of its dashboard sample: {errors[0]}", len(errors))
+        elif isinstance(message, control.Failed):
+            handle.failure = message
+        else:
+            handle.snapshot = message.snapshot
+            return True
+        return False
+
+    def _skipped(self, handle: WorkerHandle, reason: str, detail: str, count: int = 1) -> None:
+        """Counts what could not be decoded of a worker's messages, and logs it (limited: a worker may send one a
+        second for as long as it runs)."""
+        self.state.messages_skipped[reason] = self.state.messages_skipped.get(reason, 0) + count
+        self._skipped_log.log(
+            log,
+            logging.ERROR,
+            reason,
+            "worker %d (pid %d) sent what does not decode, skipped (trackpoint_worker_messages_skipped_total"
+            "{reason=%s}): %s",
+            handle.slot,
+            handle.process.pid,
+            reason,
+            detail,
+        )
+
+    def _followed(self, handle: WorkerHandle, following: asyncio.Task[None]) -> None:
+        """Says at once if following a worker failed (a bug): asyncio would say it only at exit."""
+        if not following.cancelled() and following.exception() is not None:
+            log.error(
+                "worker %d (pid %d): following it failed",
+                handle.slot,
+                handle.process.pid,
+                exc_info=following.exception(),
+            )
+
+    def _stop(self, handle: WorkerHandle, problem: str, detail: str) -> None:
+        """Stops a worker that is alive but failing (SIGTERM, SIGKILL drain_timeout_s + STOP_GRACE_S later), not
+        ready from now on; once it has exited, _follow starts another (with the backoff of a crash loop) and keeps
+        its counters, as for any dead worker."""
+        if handle.problem is not None or handle.retiring:
+            return
+        handle.problem, handle.problem_detail = problem, detail
+        self.state.worker_stops[problem] = self.state.worker_stops.get(problem, 0) + 1
+        self._count_ready()
+        if handle.process.poll() is None:
+            handle.process.send_signal(signal.SIGTERM)
+            grace = self.config.server.drain_timeout_s + STOP_GRACE_S
+            handle.kill_timer = asyncio.get_running_loop().call_later(grace, self._kill, handle, grace)
+
+    def _kill(self, handle: WorkerHandle, grace: float) -> None:
+        if handle.process.poll() is None:
+            log.error(
+                "worker %d (pid %d) did not exit %g s after SIGTERM; killing it", handle.slot, handle.process.pid, grace
+            )
+            handle.process.kill()
+
+    def _start_timed_out(self, handle: WorkerHandle, timeout: float) -> None:
+        """A worker not ready worker_start_timeout_s after it was started (a plugin's start that never returns) is a
+        failed start: logged with its slot at once, stopped, and started again with backoff (a crash loop from its
+        second time, in /healthz)."""
+        if handle.ready.done() or handle.retiring or self.shutting_down:
+            return
+        handle.failure = control.Failed(
+            error=f"not ready {timeout:g} s after it was started (server.worker_start_timeout_s)", traceback=""
+        )
+        self._log_start_failure(handle.slot, handle.failure)
+        self._stop(handle, "start_timeout", handle.failure.error)
+
+    async def _watch_stalls(self) -> None:
+        """Stops (and so restarts) a serving worker that sent nothing for worker_stall_timeout_s: its event loop is
+        blocked, and so is every request it accepted. A check that comes late (this loop was held up) is skipped:
+        the reports that waited meanwhile are read first."""
+        while True:
+            interval = min(1.0, self.config.server.worker_stall_timeout_s / 4)
+            due = time.monotonic() + interval
+            await asyncio.sleep(interval)
+            if time.monotonic() - due < interval:
+                self._check_stalls()
+
+    def _check_stalls(self) -> None:
+        timeout = self.config.server.worker_stall_timeout_s
+        now = time.monotonic()
+        for handle in [*self.workers.values(), *self.replacing.values()]:
+            silent_s = now - handle.heard_at
+            if handle.serving and silent_s > timeout:
+                detail = (
+                    f"no report for {silent_s:.1f} s (server.worker_stall_timeout_s: {timeout:g}): its loop is blocked"
+                )
+                log.error(
+                    "worker %d (pid %d) stalled, %s; stopping it and starting another",
+                    handle.slot,
+                    handle.process.pid,
+                    detail,
+                )
+                self._stop(handle, "stalled", detail)
 
     def _failed_start(self, handle: WorkerHandle, code: int) -> None:
         """A worker died before it was ready: counted, and logged once per streak of the same error (a crash loop
@@ -463,16 +618,19 @@ class Supervisor:
         self.failed_starts[slot] += 1
         if self.failed_starts[slot] == CRASH_LOOP_STARTS:
             self._stop_listening(slot)
-        failure = handle.failure
-        error = failure.error if failure is not None else f"exited with code {code} before it was ready"
-        if error != self.start_errors[slot]:
-            self.start_errors[slot] = error
+        self._log_start_failure(
+            slot, handle.failure or control.Failed(error=f"exited with code {code} before it was ready", traceback="")
+        )
+
+    def _log_start_failure(self, slot: int, failure: control.Failed) -> None:
+        if failure.error != self.start_errors[slot]:
+            self.start_errors[slot] = failure.error
             log.error(
                 "worker %d failed to start: %s; restarting it with backoff, /healthz failing until it starts "
                 "(logged once while the error stays the same)%s",
                 slot,
-                error,
-                "\n" + failure.traceback.rstrip() if failure is not None and failure.traceback else "",
+                failure.error,
+                "\n" + failure.traceback.rstrip() if failure.traceback else "",
             )
 
     def _stop_listening(self, slot: int) -> None:
@@ -494,6 +652,14 @@ class Supervisor:
         self.failed_starts[slot] = 0
         self.start_errors[slot] = None
         self.backoff_s[slot] = 0.0
+
+    def worker_problems(self) -> list[dict[str, object]]:
+        """The workers being stopped, to start others, and why (/readyz)."""
+        return [
+            {"slot": h.slot, "pid": h.process.pid, "problem": h.problem, "detail": h.problem_detail}
+            for h in self._every_worker()
+            if h.problem is not None
+        ]
 
     def crash_loops(self) -> list[dict[str, object]]:
         """The slots whose worker keeps failing at start, with the last error and the backoff before the next try."""
@@ -551,10 +717,10 @@ class Supervisor:
             except OSError as exc:  # e.g. EMFILE: the slot must not stay empty, so try again after the backoff
                 self._spawn_failed(slot, exc)
                 continue
-            try:
-                await asyncio.wait_for(asyncio.shield(handle.ready), READY_TIMEOUT_S)
+            try:  # ready, or failed: by its exit, or its start timeout (_start_timed_out)
+                await asyncio.shield(handle.ready)
                 self.restart_counts[slot] = 0
-            except (TimeoutError, RuntimeError):
+            except RuntimeError:
                 pass
             return
 
@@ -575,10 +741,7 @@ class Supervisor:
         self.state.workers_ready = sum(
             1
             for slot in range(self.slots)
-            if any(
-                h is not None and h.ready.done() and not h.ready.exception() and not h.retiring
-                for h in (self.workers.get(slot), self.replacing.get(slot))
-            )
+            if any(h is not None and h.serving for h in (self.workers.get(slot), self.replacing.get(slot)))
         )
 
     # --- reload --------------------------------------------------------------------------------------------------
@@ -609,7 +772,9 @@ class Supervisor:
             fresh: list[WorkerHandle] = []
             try:
                 fresh.extend(self._spawn(slot, loaded.version, probation=True) for slot in range(self.slots))
-                await asyncio.wait_for(asyncio.gather(*(asyncio.shield(h.ready) for h in fresh)), READY_TIMEOUT_S)
+                await asyncio.wait_for(
+                    asyncio.gather(*(asyncio.shield(h.ready) for h in fresh)), config.server.worker_start_timeout_s
+                )
             except Exception as exc:  # not ready in time, or not even started: the running workers stay
                 old = list(self.replacing.values())  # less any that died meanwhile
                 self.replacing = {}

@@ -15,11 +15,14 @@ import signal
 import socket
 import sys
 
+import msgspec
 import uvloop
 
 from trackpoint.edge.pipeline import EdgeProtocol
 from trackpoint.edge.runtime import Edge
+from trackpoint.edge.stats import Snapshot
 from trackpoint.event import reseed_random_ids
+from trackpoint.log_limiter import REPEAT_INTERVAL_S, LogLimiter
 from trackpoint.plugins import registry
 from trackpoint.process import control
 
@@ -49,10 +52,11 @@ async def serve(start: control.Start, listener: socket.socket, channel: socket.s
     stop = asyncio.Event()
     loop.add_signal_handler(signal.SIGTERM, stop.set)
     reader, writer = await asyncio.open_unix_connection(sock=channel)
-    writer.write(control.frame(control.Ready(pid=os.getpid(), snapshot=edge.snapshot())))
+    first = edge.snapshot()
+    writer.write(control.frame(control.Ready(pid=os.getpid(), snapshot=first)))
     background = [
         loop.create_task(edge.run_timers(), name="timers"),
-        loop.create_task(_report(edge, writer), name="stats"),
+        loop.create_task(_report(edge, writer, first), name="stats"),
         loop.create_task(_watch_supervisor(reader, stop), name="supervisor"),
     ]
     await stop.wait()
@@ -79,11 +83,32 @@ def settle_gc() -> None:
     gc.set_threshold(GC_YOUNG_THRESHOLD, 20, 100)
 
 
-async def _report(edge: Edge, writer: asyncio.StreamWriter) -> None:
+async def _report(edge: Edge, writer: asyncio.StreamWriter, snapshot: Snapshot) -> None:
+    """Stats once a second. They also tell the supervisor that this worker's loop runs (one silent for
+    server.worker_stall_timeout_s is restarted): a report goes out whatever fails in making it."""
     while True:
         await asyncio.sleep(STATS_INTERVAL_S)
-        stats = control.Stats(snapshot=edge.snapshot(), rss_bytes=rss_bytes(), recent=edge.recent.take())
-        writer.write(control.frame(stats))
+        message, snapshot = stats_frame(edge, snapshot)
+        writer.write(message)
+
+
+_report_log = LogLimiter(REPEAT_INTERVAL_S)
+
+
+def stats_frame(edge: Edge, previous: Snapshot, limit: int = control.MAX_FRAME) -> tuple[bytes, Snapshot]:
+    """The frame of a Stats report, and the snapshot it carries: the previous one when the counters cannot be read
+    (a plugin's health() that returns garbage), without the recent events when they would take it over `limit`."""
+    try:
+        snapshot = edge.snapshot()
+    except Exception:
+        _report_log.log(log, logging.ERROR, "snapshot", "cannot read the counters to report", exc_info=True)
+        snapshot = previous
+    stats = control.Stats(snapshot=snapshot, rss_bytes=rss_bytes(), recent=edge.recent.take())
+    try:
+        return control.frame(stats, limit), snapshot
+    except control.FrameTooLarge as exc:
+        _report_log.log(log, logging.ERROR, "too large", "the report leaves its recent events out: %s", exc)
+        return control.frame(msgspec.structs.replace(stats, recent=[]), limit), snapshot
 
 
 PAGE_SIZE = os.sysconf("SC_PAGE_SIZE")

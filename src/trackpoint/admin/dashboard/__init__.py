@@ -55,7 +55,7 @@ class Worker(Protocol):
     @property
     def process(self) -> subprocess.Popen[bytes]: ...
     @property
-    def ready(self) -> asyncio.Future[None]: ...
+    def serving(self) -> bool: ...
     @property
     def started_at(self) -> float: ...
     @property
@@ -165,7 +165,7 @@ class Dashboard:
             {
                 "slot": slot,
                 "pid": handle.process.pid,
-                "ready": handle.ready.done() and handle.ready.exception() is None,
+                "ready": handle.serving,
                 "uptime_s": round(now - handle.started_at, 1),
                 "restarts": supervisor.slot_restarts[slot],
                 "rss_bytes": handle.rss_bytes,
