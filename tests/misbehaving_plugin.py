@@ -3,7 +3,8 @@
 
 The `misbehave` preprocessor acts on the impression's `pub`: `wrong_type` leaves an int among the dims, `big_dim`
 adds a dim of `cid` KiB, `bad_frame` and `huge_frame` write a frame of their own on the worker's control channel
-(one that does not decode, one over the size limit), `block` blocks the worker's event loop for good. The
+(one that does not decode, one over the size limit), `block` blocks the worker's event loop for good, `grow` keeps
+`cid` MiB for good (a leak). The
 `hanging_start` collector's start() does not return while its `flag` file exists.
 """
 
@@ -45,7 +46,12 @@ class Misbehave:
             os.write(_control_fd(), struct.pack(">I", (64 << 20) + 1))
         elif action == "block":
             time.sleep(3600)
+        elif action == "grow":  # a leak: `cid` MiB kept for good, every page written (so resident)
+            _LEAKED.append(b"\x01" * (int(event.dims["cid"]) << 20))
         return event
+
+
+_LEAKED: list[bytes] = []
 
 
 def _control_fd() -> int:

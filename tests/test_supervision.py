@@ -183,6 +183,33 @@ def test_a_worker_whose_event_loop_blocks_is_reported_and_restarted(misbehaving:
     _drains(tracker)
 
 
+def test_a_worker_past_its_memory_limit_is_replaced_without_a_gap(misbehaving: StartTracker) -> None:
+    """server.worker_max_memory_mb: a worker that grew past it (a leaking plugin) is replaced by a new one first,
+    then drains; /readyz never fails meanwhile, and nothing acknowledged is lost."""
+    tracker = misbehaving(worker_max_memory_mb=300)
+    (worker,) = tracker.worker_pids()
+    _served(tracker, 2, "before")
+    rss = tracker.wait_metric("trackpoint_worker_rss_bytes", 'slot="0"', 1)
+    assert 10 << 20 < rss < 300 << 20, rss
+    assert tracker.get("/i?imp=grow&pub=grow&cid=320")[0] == 200
+    deadline = time.monotonic() + 30
+    while worker in tracker.worker_pids() or not tracker.worker_pids():
+        assert time.monotonic() < deadline, f"the worker past its memory limit was not replaced:\n{tracker.output()}"
+        status, body = _json(tracker, "/readyz")
+        assert status == 200, body  # the new worker serves before the old one drains: no gap
+        time.sleep(0.05)
+    (replacement,) = tracker.worker_pids()
+    assert tracker.metric("trackpoint_worker_recycled_total") == 1
+    assert tracker.metric("trackpoint_worker_restarts_total") == 0  # replaced, not restarted after a death
+    _served(tracker, 2, "after")
+    assert tracker.wait_metric("trackpoint_worker_rss_bytes", 'slot="0"', 1) < 300 << 20  # the new worker's
+    assert f"worker 0 (pid {worker}) uses " in tracker.output()
+    _drains(tracker)
+    logged = {event.dims["imp"] for event in tracker.events()}
+    assert {"before-0", "before-1", "grow", "after-0", "after-1"} <= logged
+    assert replacement != worker
+
+
 def test_a_worker_not_ready_in_time_is_restarted_and_reported(misbehaving: StartTracker, tmp_path: Path) -> None:
     """A collector whose start() never returns: the worker never became ready, and nothing said why."""
     flag = tmp_path / "hang"

@@ -25,6 +25,9 @@ class SupervisorState:
         self.spawn_failures = 0
         # Workers the supervisor stopped (then started again), by reason: stalled, start_timeout, channel_broken.
         self.worker_stops = dict.fromkeys(("stalled", "start_timeout", "channel_broken"), 0)
+        # Workers replaced for their memory (server.worker_max_memory_mb), and each slot's worker's RSS in bytes.
+        self.worker_recycled = 0
+        self.worker_rss: dict[int, int] = {}
         # What the supervisor could not read of the workers' messages and skipped, by reason: undecodable (a frame),
         # recent_event (an event of a report's dashboard sample).
         self.messages_skipped = dict.fromkeys(("undecodable", "recent_event"), 0)
@@ -132,6 +135,19 @@ class _SnapshotCollector:
             "reason",
             state.worker_stops,
         )
+        yield _counter(
+            "trackpoint_worker_recycled",
+            "Workers replaced, a new one first, because their memory passed server.worker_max_memory_mb.",
+            state.worker_recycled,
+        )
+        rss = GaugeMetricFamily(
+            "trackpoint_worker_rss_bytes",
+            "Resident memory of each slot's worker, as of its last report.",
+            labels=["slot"],
+        )
+        for slot, value in sorted(state.worker_rss.items()):
+            rss.add_metric([str(slot)], value)
+        yield rss
         yield _by_label(
             "trackpoint_worker_messages_skipped",
             "Worker messages the supervisor could not decode and skipped, by reason: undecodable (a whole report), "

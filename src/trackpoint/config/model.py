@@ -187,6 +187,18 @@ class ServerConfig(Struct, forbid_unknown_fields=True, kw_only=True):
             "new workers."
         ),
     ] = 30.0
+    worker_max_memory_mb: Annotated[
+        int,
+        Meta(
+            ge=0,
+            le=1_048_576,
+            description="A worker whose resident memory (RSS, as it reports once a second) passes this many MiB is "
+            "replaced without a gap: a new worker for its slot first, then the old one drains (a leaking plugin, a "
+            "cache grown past its use), counted in `trackpoint_worker_recycled_total`. 0 (the default) never "
+            "replaces one; in a container, set it under the memory limit divided by the workers, so that a worker "
+            "is replaced before the kernel's OOM killer takes it (and its in-memory batches) mid-request.",
+        ),
+    ] = 0
     worker_stall_timeout_s: Annotated[
         float,
         Meta(

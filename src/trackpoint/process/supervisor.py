@@ -104,6 +104,7 @@ class WorkerHandle:
     failure: control.Failed | None = None  # why it could not start, as it reported it
     started_at: float = field(default_factory=time.time)
     rss_bytes: int = 0  # as of its last Stats
+    recycling: bool = False  # being replaced for its memory (server.worker_max_memory_mb)
     heard_at: float = field(default_factory=time.monotonic)  # when its last message came (the stall watchdog)
     # Why the supervisor is stopping it, to start another (stalled, start_timeout, channel_broken), and the details.
     problem: str | None = None
@@ -513,6 +514,14 @@ class Supervisor:
         elif isinstance(message, control.Stats):
             handle.snapshot = message.snapshot
             handle.rss_bytes = message.rss_bytes
+            if self.workers.get(handle.slot) is handle:
+                self.state.worker_rss[handle.slot] = message.rss_bytes
+                limit_mb = self.config.server.worker_max_memory_mb
+                if limit_mb and message.rss_bytes > limit_mb << 20 and handle.serving and not handle.recycling:
+                    handle.recycling = True
+                    task = asyncio.get_running_loop().create_task(self._recycle(handle, limit_mb))
+                    self._retries.add(task)
+                    task.add_done_callback(self._retries.discard)
             events, errors = control.recent_events(message.recent)
             self.recent.extend(events)
             if errors:
@@ -570,6 +579,43 @@ class Supervisor:
                 "worker %d (pid %d) did not exit %g s after SIGTERM; killing it", handle.slot, handle.process.pid, grace
             )
             handle.process.kill()
+
+    async def _recycle(self, handle: WorkerHandle, limit_mb: int) -> None:
+        """Replaces a worker grown past server.worker_max_memory_mb without a gap: a new worker for its slot (on the
+        same socket) first, then the old one drains, as a reload does for one slot. If the new one does not start, the
+        old one goes on serving and the next report past the limit tries again."""
+        assert self._reloading is not None
+        async with self._reloading:  # not while a reload replaces every worker
+            slot = handle.slot
+            if self.shutting_down or self.workers.get(slot) is not handle or not handle.serving:
+                return  # it died, was stopped, or a reload replaced it meanwhile
+            log.warning(
+                "worker %d (pid %d) uses %d MiB, past server.worker_max_memory_mb (%d): replacing it",
+                slot, handle.process.pid, handle.rss_bytes >> 20, limit_mb,
+            )  # fmt: skip
+            del self.workers[slot]
+            self.replacing[slot] = handle  # serving (and counted ready) until the new one is
+            try:
+                fresh = self._spawn(slot, self.loaded.version, probation=True)
+                await asyncio.wait_for(asyncio.shield(fresh.ready), self.config.server.worker_start_timeout_s)
+            except Exception as exc:  # not started, or not ready in time: the old one stays
+                if self.replacing.get(slot) is handle:
+                    del self.replacing[slot]
+                if self.workers.get(slot) is not None and self.workers[slot] is not handle:
+                    self._retire(self.workers[slot])
+                if handle.process.poll() is None and not self.shutting_down:
+                    self.workers[slot] = handle
+                    handle.recycling = False
+                elif not self.shutting_down:
+                    self._spawn_or_retry(slot)
+                self._count_ready()
+                log.error("worker %d: its replacement did not start (%s); the running worker stays", slot, exc)
+                return
+            if self.replacing.get(slot) is handle:
+                del self.replacing[slot]
+            self._retire(handle)
+            self.state.worker_recycled += 1
+            self._count_ready()
 
     def _start_timed_out(self, handle: WorkerHandle, timeout: float) -> None:
         """A worker not ready worker_start_timeout_s after it was started (a plugin's start that never returns) is a
