@@ -7,6 +7,7 @@ and replayed logs yield the same id; otherwise they are time-ordered random ids 
 from __future__ import annotations
 
 import hashlib
+import math
 import os
 import random
 
@@ -53,6 +54,34 @@ class Event(msgspec.Struct, gc=False):
     metrics: dict[str, int | float]
     ctx: Context
     meta: Meta
+
+
+# What an event must survive on its way: the spool's and the workers' reports' encoding (msgpack), read back typed.
+_encoder = msgspec.msgpack.Encoder()
+_decoder = msgspec.msgpack.Decoder(Event)
+
+
+def malformed(event: object) -> str | None:
+    """What keeps `event` from being an Event that the log, every collector and a replay can take, or None when
+    nothing does: exactly an Event, each field of its declared type (a str without lone surrogates, an int within 64
+    bits and never a bool, a finite float). msgspec does not check types on assignment, and one such event breaks
+    encodings far from what made it; so the edge calls this on what a third-party preprocessor returns."""
+    if type(event) is not Event:
+        return f"returned {type(event).__name__}, not an Event"
+    ctx = event.ctx
+    if (
+        type(ctx) is not Context
+        or type(event.meta) is not Meta
+        or not (ctx.device is None or type(ctx.device) is Device)
+    ):
+        return "ctx, ctx.device or meta is not of its Struct type"  # a dict there would encode, and break its readers
+    try:  # encoded and read back typed, as the spool does: exact by construction, and cheaper than a walk in Python
+        metrics = _decoder.decode(_encoder.encode(event)).metrics
+    except Exception as exc:  # an unencodable value (TypeError, OverflowError, UnicodeEncodeError) or a wrong type
+        return f"{type(exc).__name__}: {exc}"
+    if not all(map(math.isfinite, metrics.values())):  # a JSON line would say null, which no reader takes
+        return "a metric is not a finite number"
+    return None
 
 
 def derived_id(type_name: str, key_values: list[str]) -> str:

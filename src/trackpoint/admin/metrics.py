@@ -71,7 +71,7 @@ class _SnapshotCollector:
         )
         yield _by_label(
             "trackpoint_preprocessor_errors",
-            "Events dropped because a preprocessor raised (a failing plugin).",
+            "Events dropped because a preprocessor raised or returned no well-formed Event (a failing plugin).",
             "preprocessor",
             snap.preprocessor_errors,
         )

@@ -172,6 +172,8 @@ class Collector(ABC):
         # Why delivery itself is failing, not the target ("" while it works): the spool could not be written (events
         # then wait in memory), or a flush failed unexpectedly. Unhealthy until a spool write or a send succeeds.
         self._fault = ""
+        # Durable collectors only: why the last commit() raised, set by the edge ("" once one returns): unhealthy.
+        self.commit_problem = ""
         self._spool_retry_at = 0.0
         self._next_orphan_scan = 0.0
         self._batch_codec = msgspec.msgpack.Encoder()
@@ -188,11 +190,21 @@ class Collector(ABC):
             self.stats.dropped += 1
             return
         if self.privacy_filter is not None:  # untrusted or with field lists: a filtered copy
-            event = self.privacy_filter(event)
+            try:
+                event = self.privacy_filter(event)
+            except Exception as exc:  # a malformed event (the edge lets none through): lost to this collector only
+                self.stats.dropped += 1
+                self._note_error(exc)
+                return
         pending.append(event)
         self.stats.received += 1
         if len(pending) == self.batch_max:
             self._wake.set()
+
+    def offer_failed(self) -> None:
+        """The edge's note that an offer() of this collector's own raised (a plugin's bug; the edge counts the error
+        and logs it): the event is lost to this collector, counted as dropped."""
+        self._drop("offer() raised", 1)
 
     # --- the contract each collector fills in --------------------------------------------------------------------
 
@@ -670,7 +682,7 @@ class Collector(ABC):
             self._note_error(exc)
             health = Health(healthy=False, detail=f"health() failed: {exc!r}")
         problems = [] if health.healthy else [health.detail or "unhealthy"]
-        problems += [problem for problem in (self._fault, self._spool_missing) if problem]
+        problems += [problem for problem in (self._fault, self._spool_missing, self.commit_problem) if problem]
         self.stats.healthy = not problems
         self.stats.problem = "; ".join(problems)
         self.stats.accepting = self.accepting

@@ -17,6 +17,7 @@ import msgspec
 from trackpoint.config.private import UID_DIM
 from trackpoint.edge import responses
 from trackpoint.edge.cors import ORIGIN_NOT_ALLOWED
+from trackpoint.event import malformed
 from trackpoint.fields.batch import batch_items
 from trackpoint.fields.converters import Reject
 from trackpoint.http.connection import AFTER_CLOSE, HttpConnection
@@ -183,7 +184,10 @@ class EdgeProtocol(HttpConnection):
 
     def preprocess(self, route: Route, event: Event) -> Event | None:
         """The route's preprocessors in order: the event (changed), or None when one dropped it (counted). A
-        preprocessor's Reject goes on to the caller; any other failure costs the event, never the worker."""
+        preprocessor's Reject goes on to the caller; any other failure costs the event, never the worker: an
+        exception, or a third party's result that is no well-formed Event (one would break the log line, the
+        collectors' encodings and the workers' reports of every event after it)."""
+        checked = route.checked
         for preprocess in route.preprocessors:
             try:
                 changed = preprocess(event)
@@ -192,6 +196,12 @@ class EdgeProtocol(HttpConnection):
             except Exception as exc:  # a failing plugin costs its event, never the worker or the response
                 self.edge.preprocessor_failed(preprocess.name, exc)
                 changed = None
+            else:
+                if checked and changed is not None and preprocess in checked:
+                    problem = malformed(changed)
+                    if problem is not None:
+                        self.edge.preprocessor_failed(preprocess.name, problem)
+                        changed = None
             if changed is None:  # dropped on purpose: the client still gets its normal response
                 dropped = self.edge.stats.preprocessor_dropped
                 dropped[preprocess.name] = dropped.get(preprocess.name, 0) + 1
@@ -317,16 +327,18 @@ class EdgeProtocol(HttpConnection):
             edge.stats.ivt_routed[route.name] += 1
         edge.recent_events.append(event)  # the dashboard's live tail (bounded)
         if targets.durable:
-            for collector in targets.durable:
-                collector.offer(event)
+            try:
+                for collector in targets.durable:
+                    collector.offer(event)
+            except Exception as exc:  # a plugin's bug: the iteration's group is answered 503, as on a failed write
+                edge.durable_offer_failed(collector, exc)
             self.recorded = True
             uncommitted, name = edge.uncommitted, route.name  # the types of this group, and their counts
             uncommitted[name] = uncommitted.get(name, 0) + 1
             if targets.after:
                 edge.after_commit.append((targets.after, event))
         else:
-            for collector in targets.after:
-                collector.offer(event)
+            edge.offer(targets.after, event)
             edge.stats.events[route.name] += 1
 
     # --- responding ----------------------------------------------------------------------------------------------

@@ -38,6 +38,7 @@ from trackpoint.preprocessors import (
     Refreshes,
     UsesSigningKeys,
     VetoesCookie,
+    built_in,
     with_input_fields,
 )
 from trackpoint.privacy.cookie import UidCookie
@@ -84,6 +85,8 @@ class Route:
     methods: frozenset[bytes]
     builder: EventBuilder
     preprocessors: tuple[Preprocessor, ...]
+    # The third party's among them, whose results are checked for a well-formed Event (usually none).
+    checked: tuple[Preprocessor, ...]
     responder: responses.Responder
     targets: Targets
     # The collectors that may refuse events (spool full under the backpressure policy): checked per request.
@@ -198,6 +201,9 @@ class Edge:
         # events for the other collectors, offered once it succeeded.
         self.durable = [c for c in self.collectors.values() if c.durable]
         self.uncommitted: dict[str, int] = {}
+        # A durable collector whose offer() raised in this iteration: the group's requests are refused as on a failed
+        # commit.
+        self._unrecorded: Collector | None = None
         self.after_commit: list[tuple[tuple[Collector, ...], Event]] = []
         # durability power: responses wait for the fsync of their lines; `_held` are the groups written since the
         # fsync in flight started, `_syncing` that fsync.
@@ -244,6 +250,7 @@ class Edge:
                 methods=frozenset(m.encode("ascii") for m in spec.methods),
                 builder=builder,
                 preprocessors=route_preprocessors,
+                checked=tuple(p for p in route_preprocessors if not built_in(p)),
                 responder=responses.Responder(spec.response, self.clock, redirect_params, vetoes),
                 uid_cookie=UidCookie(spec.response.user_id_cookie) if spec.response.user_id_cookie else None,
                 targets=Targets.of(tuple(self.collectors[name] for name in spec.collectors)),
@@ -344,9 +351,18 @@ class Edge:
 
     def _commit(self, pending: list[EdgeProtocol]) -> bool:
         """Writes the group. False when the responses are held for the group's fsync (durability power)."""
-        failed = None
+        failed, self._unrecorded = self._unrecorded, None
         for collector in self.durable:
-            if not collector.commit():
+            try:
+                committed = collector.commit()
+            except Exception as exc:  # a plugin's commit that raises fails its group as one that says False does
+                self.collector_failed(collector, exc)
+                collector.commit_problem = f"commit() raised {exc!r}"[:200]  # unhealthy: /readyz, if required
+                committed = False
+            else:
+                if collector.commit_problem:  # healthy again
+                    collector.commit_problem = ""
+            if not committed:
                 failed = collector
         uncommitted = self.uncommitted
         recorded = 0
@@ -363,8 +379,7 @@ class Edge:
                     connection.refuse_unrecorded(failed.failure_reason)
         else:
             for collectors, event in after:
-                for collector in collectors:
-                    collector.offer(event)
+                self.offer(collectors, event)
         if not self.power or not (recorded or self._held or self._syncing):
             return True
         # Every response waits behind the fsync in flight, recorded or not: a connection's answers keep their order.
@@ -423,14 +438,46 @@ class Edge:
         nodes = forwarded_for(text) if self._rfc7239 else text.split(",")
         return client_address(nodes, peer_ip, self._in_trusted)
 
-    def preprocessor_failed(self, name: str, exc: BaseException) -> None:
-        """A preprocessor raised: its event is dropped (counted under preprocessor_errors), logged once per interval."""
+    def preprocessor_failed(self, name: str, failure: BaseException | str) -> None:
+        """A preprocessor raised, or returned no well-formed Event (`failure` says what is wrong with it): its event is
+        dropped (counted under preprocessor_errors), logged once per interval and kind."""
         errors = self.stats.preprocessor_errors
         errors[name] = errors.get(name, 0) + 1
+        if isinstance(failure, str):
+            self._error_log.log(
+                log, logging.ERROR, f"preprocessor:{name}:contract",
+                "preprocessor %s returned no well-formed Event (%s); its events are dropped and counted", name, failure,
+            )  # fmt: skip
+            return
         self._error_log.log(
             log, logging.ERROR, f"preprocessor:{name}", "preprocessor %s failed; its events are dropped and counted",
-            name, exc_info=exc,
+            name, exc_info=failure,
         )  # fmt: skip
+
+    def collector_failed(self, collector: Collector, exc: BaseException) -> None:
+        """A collector's offer() or commit() raised (a plugin's bug: neither may): counted in its errors, logged once
+        per interval and collector; the event is lost to it (a durable one's group is answered 503), never to the
+        other collectors or connections."""
+        collector.stats.errors += 1
+        self._error_log.log(
+            log, logging.ERROR, f"collector:{collector.name}", "collector %s failed on the request path",
+            collector.name, exc_info=exc,
+        )  # fmt: skip
+
+    def offer(self, collectors: tuple[Collector, ...], event: Event) -> None:
+        """Hands the event to each collector; one that raises loses it (counted, logged), the others still get it."""
+        for collector in collectors:
+            try:
+                collector.offer(event)
+            except Exception as exc:
+                collector.offer_failed()
+                self.collector_failed(collector, exc)
+
+    def durable_offer_failed(self, collector: Collector, exc: BaseException) -> None:
+        """A durable collector could not take an event: none of this iteration's recorded requests may be answered
+        2xx (as when its commit fails)."""
+        self.collector_failed(collector, exc)
+        self._unrecorded = collector
 
     def internal_error(self, exc: BaseException) -> None:
         kind = f"internal:{type(exc).__name__}"  # counted always, logged once per interval and kind

@@ -12,7 +12,7 @@ import msgspec
 
 from trackpoint.config.model import Config, EventTypeSpec
 from trackpoint.config.private import preprocessor_private_dims, private_fields
-from trackpoint.event import Event
+from trackpoint.event import Event, malformed
 from trackpoint.privacy.filter import PrivacyFilter
 
 # Events a worker keeps between two stats reports (one a second): a tail for eyes, not a sample for statistics.
@@ -41,15 +41,20 @@ class RecentEvents:
         self._encoder = msgspec.msgpack.Encoder()
 
     def take(self) -> list[msgspec.Raw]:
+        """The tail since the last call, filtered and encoded. An event a plugin's collector has broken since
+        (collectors share the edge's events) is left out: it would fail the report it rides on."""
+        events = list(self.events)
+        self.events.clear()
         taken = []
-        for event in self.events:
+        for event in events:
+            if malformed(event) is not None:
+                continue
             try:
                 encoded = self._encode(self.filters.get(event.type, self._untrusted)(event))
-            except Exception:  # left malformed by a plugin (no ctx, a value msgpack has no type for): left out
+            except Exception:  # left malformed by a plugin (a value msgpack has no type for): left out
                 continue
             if encoded is not None:
                 taken.append(msgspec.Raw(encoded))
-        self.events.clear()
         return taken
 
     def _encode(self, event: Event) -> bytes | None:
