@@ -16,6 +16,7 @@ from trackpoint.fields.types import FIELD_TYPES
 SRC = Path(__file__).resolve().parent.parent / "src" / "trackpoint"
 SAMPLE = {
     "string": "a",
+    "url": "https%3A%2F%2Fa.example%2Fp%3Fq%3D1",
     "int": "5",
     "decimal": "1.5",
     "money": "2.5",

@@ -16,8 +16,9 @@ import msgspec
 SCHEMA_VERSION = 1
 
 
-class Device(msgspec.Struct, omit_defaults=True, gc=False):
-    """What the user agent says about the client."""
+class Device(msgspec.Struct, omit_defaults=True, gc=False, frozen=True):
+    """What the user agent says about the client. Immutable: one instance serves every event of the same User-Agent
+    (parse_user_agent's cache) and every collector's copy of an event; a preprocessor replaces it, never edits it."""
 
     browser: str | None = None
     browser_major: str | None = None
@@ -36,8 +37,9 @@ class Context(msgspec.Struct, omit_defaults=True, gc=False):
     device: Device | None = None
 
 
-class Meta(msgspec.Struct, gc=False):
-    """Where the event was made: worker slot, configuration version, schema version."""
+class Meta(msgspec.Struct, gc=False, frozen=True):
+    """Where the event was made: worker slot, configuration version, schema version. Immutable: one instance serves
+    every event of a worker."""
 
     worker: int
     config: str

@@ -178,7 +178,8 @@ class Collector(ABC):
         self._next_orphan_scan = 0.0
         self._batch_codec = msgspec.msgpack.Encoder()
         self._batch_decoder = msgspec.msgpack.Decoder(list[Event])
-        # The privacy policy for this collector (None: it may receive events whole), applied on offer and replay.
+        # The privacy policy for this collector (None: it may receive events whole), applied on offer, to what a
+        # spool gives back, and by replay.
         self.privacy_filter = build_filter(config)
 
     # --- the request path ---------------------------------------------------------------------------------------
@@ -189,7 +190,7 @@ class Collector(ABC):
         if len(pending) >= self.max_pending:
             self.stats.dropped += 1
             return
-        if self.privacy_filter is not None:  # untrusted or with field lists: a filtered copy
+        if self.privacy_filter is not None:  # untrusted or with field lists: a filtered copy of its own
             try:
                 event = self.privacy_filter(event)
             except Exception as exc:  # a malformed event (the edge lets none through): lost to this collector only
@@ -220,7 +221,11 @@ class Collector(ABC):
     @abstractmethod
     async def send(self, batch: Sequence[Event]) -> SendResult:
         """Delivers one batch: DELIVERED, RETRY (target unavailable; the batch comes back later) or REJECTED
-        (the target refuses these events for good; they are dead-lettered and counted as dropped)."""
+        (the target refuses these events for good; they are dead-lettered and counted as dropped).
+
+        The events are read-only. A collector with a privacy filter (every untrusted one) gets copies of its own,
+        which nothing else sees; a trusted one without lists gets the events themselves, shared with the other
+        trusted collectors of their type and the dashboard's tail: a change it makes, they see."""
 
     def refuse(self, events: list[Event]) -> None:
         """For a send() that returns DELIVERED: events of its batch that the target refused for good while it took
@@ -519,6 +524,11 @@ class Collector(ABC):
                 self._drop("unreadable spool record", events)
                 spool.pop()
                 continue
+            if self.privacy_filter is not None:
+                # Filtered again under this collector's policy as it is now: the spool may be a worker's that ran
+                # an older config (a reload that made the collector untrusted, or narrowed its lists), whose
+                # events it kept as that config let it. Filtering twice changes nothing; it costs on drains only.
+                batch = [self.privacy_filter(event) for event in batch]
             if not await self.deliver(batch):
                 return False
             spool.pop()

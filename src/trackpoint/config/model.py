@@ -807,16 +807,27 @@ class CollectorBase(Struct, tag_field="type", forbid_unknown_fields=True, kw_onl
         Meta(
             description="Parts of an event never sent to this collector (same paths as fields_allow). On an "
             "untrusted collector, every field an event type reads from the client IP, a cookie or a header "
-            "(`source: ip|cookie|header`, the user id cookie's `dims.uid`, and private dims its preprocessors add, "
-            "such as geo's `dims.geo.city`) is added here, unless `send_private` names it."
+            "(`source: ip|cookie|header`, the user id cookie's `dims.uid`, a field its preprocessors read from "
+            "there, and private dims they add, such as geo's `dims.geo.city`) is added here, unless `send_private` "
+            "names it."
         ),
     ] = msgspec.field(default_factory=list)
     send_private: Annotated[
         list[str],
         Meta(
             description="Fields read from the client IP, a cookie or a header (by field name; `uid` for the user "
-            "id cookie; a preprocessor's private dim by its name, e.g. `geo.city`) that this untrusted collector "
-            "may receive all the same: the explicit opt-in."
+            "id cookie; a preprocessor's private dim by its name, e.g. `geo.city`; a field a preprocessor reads "
+            "by its name) that this untrusted collector may receive all the same, and `url` fields it gets whole: "
+            "the explicit opt-in."
+        ),
+    ] = msgspec.field(default_factory=list)
+    fields_trim_url: Annotated[
+        list[str],
+        Meta(
+            description="Dims holding URLs (`dims.NAME`) that reach this collector as scheme, host and path only: "
+            "without user info, query string and fragment (`?email=...#token=...`). On an untrusted collector, "
+            "every field of type `url` of the event types that feed it is added here, unless `send_private` names "
+            "it."
         ),
     ] = msgspec.field(default_factory=list)
     referer_query: Annotated[

@@ -39,7 +39,7 @@ from trackpoint.preprocessors import (
     UsesSigningKeys,
     VetoesCookie,
     built_in,
-    with_input_fields,
+    with_preprocessor_inputs,
 )
 from trackpoint.privacy.cookie import UidCookie
 from trackpoint.security.postback_auth import PostbackAuth
@@ -154,9 +154,6 @@ class Edge:
         self.connections_per_ip: dict[str, int] = {}
         self.clock = Clock()
         self.stats = EdgeStats()
-        # The live tail for the admin dashboard: the request path appends to `recent_events`, nothing more.
-        self.recent = RecentEvents(config)
-        self.recent_events = self.recent.events
         self.connections: set[EdgeProtocol] = set()
         self.draining = False
         self.trusted_networks = [ipaddress.ip_network(n, strict=False) for n in config.server.trusted_proxies]
@@ -171,9 +168,15 @@ class Edge:
             for name, pp_config in config.preprocessors.items()
             if any(name in spec.preprocessors for spec in config.event_types.values())
         }
+        # The event types as built, with the fields their preprocessors read; those read from the client are denied
+        # to untrusted collectors and the dashboard's tail like declared ones, whoever wrote the preprocessor.
+        built = with_preprocessor_inputs(config, preprocessors)
+        # The live tail for the admin dashboard: the request path appends to `recent_events`, nothing more.
+        self.recent = RecentEvents(built)
+        self.recent_events = self.recent.events
         self.collectors: dict[str, Collector] = {
             name: components.build_collector(name, c_config, CollectorContext(config.data_dir, worker))
-            for name, c_config in config.collectors.items()
+            for name, c_config in built.collectors.items()
             if any(
                 name in spec.collectors or name in spec.invalid_traffic.collectors
                 for spec in config.event_types.values()
@@ -218,7 +221,7 @@ class Edge:
         kept_headers = set(CONTEXT_HEADERS | FRAMING_HEADERS | {b"host", self.client_ip_header})
         for type_name, spec in config.event_types.items():
             route_preprocessors = tuple(preprocessors[name] for name in spec.preprocessors)
-            builder = EventBuilder(type_name, with_input_fields(spec, route_preprocessors), meta)
+            builder = EventBuilder(type_name, built.event_types[type_name], meta)
             kept_headers |= builder.header_names
             postback_auth = None
             if spec.postback_auth.mode != "off":

@@ -11,7 +11,7 @@ from collections import deque
 import msgspec
 
 from trackpoint.config.model import Config, EventTypeSpec
-from trackpoint.config.private import preprocessor_private_dims, private_fields
+from trackpoint.config.private import preprocessor_private_dims, private_fields, url_fields
 from trackpoint.event import Event, malformed
 from trackpoint.privacy.filter import PrivacyFilter
 
@@ -29,12 +29,18 @@ class RecentEvents:
     each at most TAIL_EVENT_BYTES) and empties it."""
 
     def __init__(self, config: Config) -> None:
+        """`config`: with the event types as the worker builds them (`preprocessors.with_preprocessor_inputs`)."""
         self.events: deque[Event] = deque(maxlen=TAIL_EVENTS)
         # Per event type, as an untrusted collector with no lists of its own gets it: no raw IP or User-Agent, no
-        # field read from the IP, a cookie or a header, no private dim a preprocessor adds (geo's city), the referer
-        # without its query string.
+        # field read from the IP, a cookie or a header (by the type or its preprocessors), no private dim a
+        # preprocessor adds (geo's city), the referer and `url` fields without their query string.
         self.filters = {
-            name: PrivacyFilter(trusted=False, allow=None, deny=sorted(_private(config, spec).values()))
+            name: PrivacyFilter(
+                trusted=False,
+                allow=None,
+                deny=sorted(_private(config, spec).values()),
+                trim_url=sorted(url_fields(spec).values()),
+            )
             for name, spec in config.event_types.items()
         }
         self._untrusted = PrivacyFilter(trusted=False, allow=None, deny=[])

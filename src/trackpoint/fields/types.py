@@ -76,6 +76,15 @@ FIELD_TYPES: dict[str, FieldType] = {
             schema=lambda field: {"type": "string", "maxLength": field.max_len},
         ),
         FieldType(
+            "url",
+            string_converter,
+            numbers=False,
+            description="text as received, a URL such as a page's address: untrusted collectors get it as scheme, "
+            "host and path, without user info, query string and fragment (as ctx.referer), unless their "
+            "`send_private` names it",
+            schema=lambda field: {"type": "string", "maxLength": field.max_len},
+        ),
+        FieldType(
             "int",
             int_converter,
             numbers=True,

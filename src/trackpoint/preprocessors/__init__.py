@@ -12,8 +12,8 @@ from typing import Protocol, runtime_checkable
 
 import msgspec
 
-from trackpoint.config.model import EventTypeSpec, FieldSpec
-from trackpoint.config.private import UID_DIM
+from trackpoint.config.model import Config, EventTypeSpec, FieldSpec
+from trackpoint.config.private import UID_DIM, deny_private_fields
 from trackpoint.event import Event
 from trackpoint.privacy.cookie import uid_field
 
@@ -41,7 +41,9 @@ class Preprocessor(Protocol):
 @runtime_checkable
 class InputFields(Protocol):
     """Optional: fields the preprocessor reads that the event type need not declare (e.g. the consent signals). The
-    edge adds them to each event type the preprocessor serves; fields the type declares itself win."""
+    edge adds them to each event type the preprocessor serves; fields the type declares itself win. Those read from
+    the client (`source: ip|cookie|header`) are private like declared ones: untrusted collectors and the dashboard
+    do not get them unless a collector's `send_private` names them."""
 
     input_fields: Mapping[str, FieldSpec]
 
@@ -110,3 +112,14 @@ def with_input_fields(spec: EventTypeSpec, preprocessors: tuple[Preprocessor, ..
     if spec.response.user_id_cookie is not None:
         extra[UID_DIM] = uid_field(spec.response.user_id_cookie)
     return msgspec.structs.replace(spec, fields=extra | spec.fields) if extra else spec
+
+
+def with_preprocessor_inputs(config: Config, preprocessors: Mapping[str, Preprocessor]) -> Config:
+    """The config as a worker runs it, given the built preprocessors of its event types: each type with the fields
+    they read (`with_input_fields`), and those of them read from the client added to untrusted collectors'
+    fields_deny like declared ones (config/private.py), a plugin's preprocessor held to the rule as a built-in is."""
+    event_types = {
+        name: with_input_fields(spec, tuple(preprocessors[p] for p in spec.preprocessors))
+        for name, spec in config.event_types.items()
+    }
+    return deny_private_fields(msgspec.structs.replace(config, event_types=event_types))

@@ -1,13 +1,13 @@
 """The collector-side privacy filter: the one place that decides what part of an event a collector receives.
 
 Raw client IP and User-Agent go only to trusted collectors, and so do fields read from the IP, a cookie or a header
-(unless the collector opts in by name); an untrusted collector gets the referer without its query string.
-Per-collector allow and deny lists trim the rest.
+(unless the collector opts in by name); an untrusted collector gets the referer and `url` fields without their query
+string. Per-collector allow and deny lists trim the rest.
 """
 
 from __future__ import annotations
 
-from collections.abc import Iterable, Iterator
+from collections.abc import Iterable, Iterator, Sequence
 from typing import TypeVar
 
 import msgspec
@@ -56,19 +56,27 @@ class _Section:
         return not self.drop_all and (self.allow is None or name in self.allow) and name not in self.deny
 
     def apply(self, values: dict[str, Value]) -> dict[str, Value]:
+        """What the section keeps, always in a dict of its own (never `values` itself)."""
         if self.drop_all:
             return {}
         allow, deny = self.allow, self.deny
-        return {k: v for k, v in values.items() if (allow is None or k in allow) and k not in deny}
+        if allow is not None:
+            return {k: v for k, v in values.items() if k in allow and k not in deny}
+        kept = dict(values)  # a copy and a few look-ups cost half of a comprehension
+        if not deny.isdisjoint(kept):
+            for name in deny:
+                kept.pop(name, None)
+        return kept
 
 
 def clean_referer(referer: str, keep_query: bool = False) -> str:
-    """A referer as an untrusted collector gets it: without its user info (`user:password@`, which browsers never
-    send but apps setting the header by hand may), and without its query string and fragment unless `keep_query`."""
+    """A referer (or any URL) as an untrusted collector gets it: without its user info (`user:password@`, which
+    browsers never send but apps setting the header by hand may), and without its query string and fragment unless
+    `keep_query`."""
     if not keep_query:
-        cut = min((at for at in (referer.find("?"), referer.find("#")) if at != -1), default=-1)
-        if cut != -1:
-            referer = referer[:cut]
+        referer = referer.partition("#")[0].partition("?")[0]
+    if "@" not in referer:  # the usual URL: no user info (and with keep_query, no e-mail address in the query)
+        return referer
     scheme, slashes, rest = referer.partition("//")
     if slashes:
         host_end = min((at for at in (rest.find("/"), rest.find("?"), rest.find("#")) if at != -1), default=len(rest))
@@ -79,11 +87,20 @@ def clean_referer(referer: str, keep_query: bool = False) -> str:
 
 
 class PrivacyFilter:
-    """Makes the copy of an event one collector may receive (the original, shared with other collectors, is kept)."""
+    """Makes the copy of an event one collector may receive. The copy's dims, metrics and ctx are its own: another
+    collector's send() that changes its events (or its copy) cannot change what this one gets. (ctx.device and meta
+    are immutable and shared.)"""
 
-    __slots__ = ("ctx_cleared", "ctx_kept", "dims", "metrics", "referer_query", "strip_referer")
+    __slots__ = ("ctx_cleared", "ctx_kept", "dims", "metrics", "referer_query", "strip_referer", "trim_url")
 
-    def __init__(self, trusted: bool, allow: list[str] | None, deny: list[str], referer_query: bool = False) -> None:
+    def __init__(
+        self,
+        trusted: bool,
+        allow: list[str] | None,
+        deny: list[str],
+        referer_query: bool = False,
+        trim_url: Sequence[str] = (),
+    ) -> None:
         self.dims = _Section("dims", allow, deny)
         self.metrics = _Section("metrics", allow, deny)
         ctx = _Section("ctx", allow, deny)
@@ -94,6 +111,9 @@ class PrivacyFilter:
         # Untrusted: the referer's user info stays behind, and its query string unless the collector asks for it.
         self.strip_referer = "referer" in self.ctx_kept and not trusted
         self.referer_query = referer_query
+        # The dims holding URLs (`type: url` fields) sent as scheme, host and path (fields_trim_url).
+        named = (path.removeprefix("dims.") for path in trim_url if path.startswith("dims."))
+        self.trim_url = tuple(name for name in named if self.dims.keeps(name))
 
     @property
     def passes_all(self) -> bool:
@@ -102,21 +122,24 @@ class PrivacyFilter:
             and self.metrics.passes_all
             and self.ctx_kept == CONTEXT_MEMBERS
             and not self.strip_referer
+            and not self.trim_url
         )
 
     def __call__(self, event: Event) -> Event:
-        ctx = msgspec.structs.replace(event.ctx, **self.ctx_cleared) if self.ctx_cleared else event.ctx
+        ctx = msgspec.structs.replace(event.ctx, **self.ctx_cleared)
         if self.strip_referer and ctx.referer is not None:
-            ctx = msgspec.structs.replace(ctx, referer=clean_referer(ctx.referer, self.referer_query))
-        return msgspec.structs.replace(
-            event,
-            dims=event.dims if self.dims.passes_all else self.dims.apply(event.dims),
-            metrics=event.metrics if self.metrics.passes_all else self.metrics.apply(event.metrics),
-            ctx=ctx,
-        )
+            ctx.referer = clean_referer(ctx.referer, self.referer_query)
+        dims = self.dims.apply(event.dims)
+        for name in self.trim_url:
+            url = dims.get(name)
+            if url is not None:
+                dims[name] = clean_referer(url)
+        return msgspec.structs.replace(event, dims=dims, metrics=self.metrics.apply(event.metrics), ctx=ctx)
 
 
 def build_filter(config: CollectorBase) -> PrivacyFilter | None:
     """The filter of a collector, or None when it may receive every event whole (trusted, no lists)."""
-    privacy_filter = PrivacyFilter(config.trusted, config.fields_allow, config.fields_deny, config.referer_query)
+    privacy_filter = PrivacyFilter(
+        config.trusted, config.fields_allow, config.fields_deny, config.referer_query, config.fields_trim_url
+    )
     return None if privacy_filter.passes_all else privacy_filter

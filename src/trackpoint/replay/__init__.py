@@ -24,6 +24,7 @@ from trackpoint.collectors.log.reader import ReadStats, log_files, not_a_log, re
 from trackpoint.config.model import Config, SpoolConfig
 from trackpoint.event import Event
 from trackpoint.plugins import Registry
+from trackpoint.preprocessors import Preprocessor, with_preprocessor_inputs
 
 PROGRESS_BYTES = 256 << 10  # of the files as stored (some 600 plain or 10,000 zstd-compressed impressions)
 
@@ -146,11 +147,33 @@ def build_collectors(config: Config, replay_plan: ReplayPlan, registry: Registry
     """The chosen collectors, built by `registry` (the one `config` was loaded with), without their spool: replay
     waits for each batch to be delivered instead."""
     context = CollectorContext(data_dir=config.data_dir, worker=0)
+    collectors = _as_workers_filter(config, replay_plan, registry).collectors
     built: dict[str, Collector] = {}
     for name in replay_plan.collectors:
-        options = msgspec.structs.replace(config.collectors[name], spool=SpoolConfig(enabled=False))
+        options = msgspec.structs.replace(collectors[name], spool=SpoolConfig(enabled=False))
         built[name] = registry.build_collector(name, options, context)
     return built
+
+
+def _as_workers_filter(config: Config, replay_plan: ReplayPlan, registry: Registry) -> Config:
+    """The config with the fields the replayed types' preprocessors read from the client (a plugin's `input_fields`)
+    denied to untrusted collectors, as the workers deny them (preprocessors.with_preprocessor_inputs): the log holds
+    them, and a replay must not send what live traffic did not. It takes building those preprocessors, as a worker
+    does (their keys and files read): one that cannot be built stops the replay before anything is sent."""
+    if all(config.collectors[name].trusted for name in replay_plan.collectors):
+        return config
+    replayed = {name for types in replay_plan.collectors.values() for name in types}
+    event_types = {name: spec for name, spec in config.event_types.items() if name in replayed}
+    preprocessors: dict[str, Preprocessor] = {}
+    for name in sorted({name for spec in event_types.values() for name in spec.preprocessors}):
+        try:
+            preprocessors[name] = registry.build_preprocessor(name, config.preprocessors[name], config.data_dir)
+        except Exception as exc:
+            raise ReplayError(
+                f"preprocessor {name} cannot be built ({exc}); without it the fields it reads from the client "
+                "are not known, and could reach an untrusted collector"
+            ) from exc
+    return with_preprocessor_inputs(msgspec.structs.replace(config, event_types=event_types), preprocessors)
 
 
 async def replay(

@@ -11,9 +11,10 @@ PAGEVIEW = EventTypeSpec(
     paths=["/pv"],
     methods=["GET", "HEAD"],
     fields={
-        "url": FieldSpec(required=True, max_len=2048),
+        # Page addresses: untrusted collectors (sqlite is one) get them without query string and fragment.
+        "url": FieldSpec(type="url", required=True, max_len=2048),
         # The page's own referrer: the pixel request's Referer header is the page itself, so the tag sends it.
-        "ref": FieldSpec(max_len=2048),
+        "ref": FieldSpec(type="url", max_len=2048),
         "uid": FieldSpec(source="cookie", max_len=64),
         "pub": FieldSpec(max_len=64),
     },
