@@ -8,6 +8,7 @@ real targets are covered by the conformance suite in tests/conformance.
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import errno
 import itertools
 import logging
@@ -21,7 +22,7 @@ import msgspec
 import pytest
 
 from conftest import SmallDisk
-from trackpoint.collectors.base import Collector, CollectorContext, SendResult
+from trackpoint.collectors.base import Collector, CollectorContext, CollectorStartError, SendResult, close_all
 from trackpoint.config.model import CollectorBase, SpoolConfig
 from trackpoint.event import Context, Event, Meta
 from trackpoint.log_limiter import LogLimiter
@@ -34,7 +35,8 @@ class FlakyConfig(CollectorBase, tag="flaky"):
 
 
 class FlakyCollector(Collector):
-    """Delivers to `self.delivered`; `mode` makes it fail: retry, raise, hang or reject."""
+    """Delivers to `self.delivered`; `mode` makes it fail: retry, raise, hang, reject, stubborn (hangs and ignores
+    its cancellation until `released` is set) or answer (returns `answer`, which need not be a SendResult)."""
 
     def __init__(self, config: FlakyConfig, data_dir: Path) -> None:
         super().__init__("flaky", config, CollectorContext(str(data_dir), worker=3))
@@ -43,6 +45,8 @@ class FlakyCollector(Collector):
         self.attempts = 0
         self.attempted_at: list[float] = []
         self.latency_s = 0.0  # how long a delivery takes (a round trip to the target)
+        self.released = asyncio.Event()
+        self.answer: object = None
 
     async def send(self, batch: Sequence[Event]) -> SendResult:
         self.attempts += 1
@@ -53,6 +57,11 @@ class FlakyCollector(Collector):
             raise ConnectionResetError("target went away")
         if self.mode == "hang":
             await asyncio.sleep(3600)
+        if self.mode == "stubborn":
+            await ignoring_cancellation(self.released)
+            return SendResult.DELIVERED  # too late: the batch was given up on, and is sent again
+        if self.mode == "answer":
+            return self.answer  # type: ignore[return-value]  # what a plugin with a bug returns
         if self.mode == "reject":
             return SendResult.REJECTED
         if self.latency_s:
@@ -61,12 +70,12 @@ class FlakyCollector(Collector):
         return SendResult.DELIVERED
 
 
-def flaky(data_dir: Path, **options: object) -> FlakyCollector:
+def flaky(data_dir: Path, kind: type[FlakyCollector] = FlakyCollector, **options: object) -> FlakyCollector:
     spool = options.pop("spool", {})
     settings = {"flush_interval_ms": 10, "retry_initial_ms": 10, "retry_max_ms": 50, **options}
     config = msgspec.convert(settings, FlakyConfig)
     config = msgspec.structs.replace(config, spool=msgspec.structs.replace(SpoolConfig(), **spool))  # type: ignore[arg-type]
-    return FlakyCollector(config, data_dir)
+    return kind(config, data_dir)
 
 
 def events(start: int, count: int) -> list[Event]:
@@ -88,6 +97,13 @@ def run(main: Callable[[], Awaitable[None]]) -> None:
     asyncio.run(main())  # type: ignore[arg-type]
 
 
+async def ignoring_cancellation(released: asyncio.Event) -> None:
+    """Waits for `released`, swallowing every cancellation meanwhile: a plugin's call that cannot be stopped."""
+    while not released.is_set():
+        with contextlib.suppress(asyncio.CancelledError):
+            await released.wait()
+
+
 @pytest.mark.parametrize("failure", ["retry", "raise", "hang"])
 def test_a_failing_collector_is_isolated_counted_and_catches_up(tmp_path: Path, failure: str) -> None:
     async def main() -> None:
@@ -98,11 +114,18 @@ def test_a_failing_collector_is_isolated_counted_and_catches_up(tmp_path: Path, 
             collector.offer(event)  # the request path never waits, whatever the target does
         await eventually(lambda: collector.stats.retried >= 50)
         assert collector.stats.errors >= 1 and collector.delivered == []
+        # A send that raises or hangs is unhealthy from the base class, whatever health() says (here: healthy); a
+        # RETRY is the collector's own answer, and its health() says whether the target is down.
+        stats = collector.snapshot()
+        assert stats.healthy == (failure == "retry"), stats.problem
+        assert {"retry": "", "raise": "send raised ConnectionResetError", "hang": "send timed out"}[failure] in (
+            stats.problem
+        )
         collector.mode = "ok"
         await eventually(lambda: len(collector.delivered) == 50)
         await collector.close(5.0)
         stats = collector.snapshot()
-        assert (stats.received, stats.sent, stats.dropped) == (50, 50, 0)
+        assert (stats.received, stats.sent, stats.dropped, stats.healthy) == (50, 50, 0, True)
         assert collector.delivered == [e.id for e in events(0, 50)]
 
     run(main)
@@ -379,6 +402,147 @@ def test_close_returns_even_when_the_flush_loop_loses_its_cancellation(tmp_path:
     run(main)
 
 
+def test_a_send_that_ignores_its_cancellation_is_abandoned_and_no_other_piles_up(tmp_path: Path) -> None:
+    """A plugin's send that swallows CancelledError: asyncio.wait_for waited for it for ever, so the collector stalled
+    unseen (no error counted, healthy, its batch in no gauge) and neither its drain nor `replay` ever ended. It is
+    abandoned at send_timeout_s: counted, unhealthy while it runs, no second send beside it, its batch kept (in the
+    spool) and sent again once it has ended."""
+
+    async def main() -> None:
+        collector = flaky(tmp_path, send_timeout_s=0.2)
+        await collector.start()
+        collector.mode = "stubborn"
+        try:
+            for event in events(0, 50):
+                collector.offer(event)
+            await eventually(lambda: collector.stats.retried >= 150)  # attempts go on, with backoff
+            await eventually(lambda: "still running" in collector.snapshot().problem)
+            stats = collector.snapshot()
+            assert collector.attempts == 1  # the stuck send only: none piled up beside it
+            assert stats.errors >= 3 and not stats.healthy and "send timed out" in stats.problem, stats
+            assert stats.pending + stats.spooled_events == 50  # the abandoned batch is held, not lost
+            collector.mode = "ok"
+        finally:
+            collector.released.set()  # the stuck send ends at last
+        await eventually(lambda: len(collector.delivered) == 50)
+        assert collector.delivered == [e.id for e in events(0, 50)]  # sent again, in order
+        assert collector.snapshot().healthy
+        await collector.close(5.0)
+
+    run(main)
+
+
+@pytest.mark.parametrize("answer", [True, None, "delivered"])
+def test_a_send_that_answers_no_send_result_is_an_error_retried_with_backoff(
+    tmp_path: Path, caplog: pytest.LogCaptureFixture, answer: object
+) -> None:
+    """A send that returns True, nothing (a forgotten return) or a string was retried for ever without a word: no
+    error, healthy, the target receiving the batch at every attempt. It is the collector's bug: counted, logged
+    (once per interval), unhealthy with the reason, and the batch retried with backoff, not in a hot loop."""
+    caplog.set_level(logging.ERROR, logger="trackpoint.collectors")
+
+    async def main() -> None:
+        collector = flaky(tmp_path, retry_initial_ms=100, retry_max_ms=400, spool={"enabled": False})
+        await collector.start()
+        collector.mode, collector.answer = "answer", answer
+        collector.offer(events(0, 1)[0])
+        await eventually(lambda: collector.attempts >= 4)
+        stats = collector.snapshot()
+        assert stats.errors >= 3 and stats.retried >= 3 and stats.sent == 0
+        assert not stats.healthy and "not a SendResult" in stats.problem, stats
+        gaps = [later - earlier for earlier, later in itertools.pairwise(collector.attempted_at)][:3]
+        assert all(gap >= floor for gap, floor in zip(gaps, [0.05, 0.1, 0.2], strict=True)), gaps
+        collector.mode = "ok"
+        await eventually(lambda: collector.delivered == [events(0, 1)[0].id])
+        assert collector.snapshot().healthy
+        await collector.close(5.0)
+
+    run(main)
+    logged = [record.getMessage() for record in caplog.records if "not a SendResult" in record.getMessage()]
+    assert len(logged) == 1, logged  # the first at once; the others within the interval suppressed
+
+
+class StartFailing(FlakyCollector):
+    """A start() that fails as `start_failure` says: raise (its target refuses connections), hang, or stubborn (hangs
+    and ignores its cancellation until `released`); "" starts."""
+
+    def __init__(self, config: FlakyConfig, data_dir: Path) -> None:
+        super().__init__(config, data_dir)
+        self.start_failure = "raise"
+        self.starts = 0
+
+    async def start(self) -> None:
+        self.starts += 1
+        if self.start_failure == "raise":
+            raise ConnectionRefusedError(errno.ECONNREFUSED, "Connection refused")
+        if self.start_failure == "hang":
+            await asyncio.sleep(3600)
+        if self.start_failure == "stubborn":
+            await ignoring_cancellation(self.released)
+        await super().start()
+
+
+@pytest.mark.parametrize("failure", ["raise", "hang", "stubborn"])
+def test_a_collector_whose_start_fails_runs_not_started_and_starts_when_it_can(tmp_path: Path, failure: str) -> None:
+    """A plugin whose start() raised or never returned stopped every worker's start: the tracker crash-looped, its
+    log with it. Now launch() returns within start_timeout_s; the collector runs not started, unhealthy with the
+    reason, its events wait in its spool as in an outage, and start() is tried again with backoff (not while an
+    abandoned start still runs); once it succeeds, the events are delivered in order."""
+
+    async def main() -> None:
+        collector = flaky(tmp_path, kind=StartFailing, start_timeout_s=0.2, retry_initial_ms=50, retry_max_ms=100)
+        assert isinstance(collector, StartFailing)
+        collector.start_failure = failure
+        try:
+            await collector.launch()
+            for event in events(0, 30):
+                collector.offer(event)
+            await eventually(lambda: collector.snapshot().spooled_events == 30)
+            stats = collector.snapshot()
+            assert not stats.healthy and stats.problem.startswith("not started: "), stats
+            assert {"raise": "ConnectionRefusedError", "hang": "start_timeout_s"}.get(failure, "") in stats.problem
+            await eventually(lambda: collector.stats.errors >= 3)  # tried again, and counted
+            assert collector.attempts == 0  # nothing is sent before it started
+            assert collector.starts == 1 if failure == "stubborn" else collector.starts >= 3
+            collector.start_failure = ""
+        finally:
+            collector.released.set()
+        await eventually(lambda: len(collector.delivered) == 30)
+        assert collector.delivered == [e.id for e in events(0, 30)]
+        assert collector.snapshot().healthy
+        await collector.close(5.0)
+
+    run(main)
+
+
+def test_close_all_abandons_a_close_that_never_returns(tmp_path: Path, caplog: pytest.LogCaptureFixture) -> None:
+    """A plugin's close() that never returns (and ignores its cancellation) held the worker's drain until the
+    supervisor killed it, its final counters lost: it is abandoned CLOSE_GRACE_S after the drain timeout, and the
+    other collectors close and deliver all the same."""
+
+    class Unclosable(FlakyCollector):
+        async def close(self, drain_timeout_s: float) -> None:
+            await super().close(drain_timeout_s)
+            await ignoring_cancellation(self.released)
+
+    async def main() -> None:
+        stuck, fine = flaky(tmp_path / "a", kind=Unclosable), flaky(tmp_path / "b")
+        await stuck.start()
+        await fine.start()
+        for event in events(0, 10):
+            fine.offer(event)
+        closing = asyncio.ensure_future(close_all([stuck, fine], 0.2))
+        try:
+            done, _ = await asyncio.wait({closing}, timeout=10)
+            assert done, "close_all waited for a close() that never returns"
+        finally:
+            stuck.released.set()
+        assert fine.delivered == [e.id for e in events(0, 10)]
+
+    run(main)
+    assert "collector flaky: close() has not returned" in caplog.text
+
+
 class FullDisk:
     """A file system that fills up under the spool: a 1 MiB tmpfs mounted on `directory` and filled to the last
     block and inode (conftest.SmallDisk), or where mounting is not allowed (not root), ENOSPC injected at the
@@ -554,11 +718,18 @@ def test_a_backlog_left_before_the_disk_filled_is_adopted_and_delivered(
 
 
 def test_a_spool_path_that_is_a_file_is_still_a_start_error(tmp_path: Path) -> None:
-    """A configuration error, not a full disk: start() raises it, and the worker names it in one line."""
+    """A configuration error, not a full disk: start() raises it, and the worker names it in one line; so is a
+    CollectorStartError, which a collector raises for options that cannot work (no retry can mend them)."""
     (tmp_path / "spool").write_text("")
+
+    class Misconfigured(FlakyCollector):
+        async def start(self) -> None:
+            raise CollectorStartError("dsn: not a URL")
 
     async def main() -> None:
         with pytest.raises(NotADirectoryError):
-            await flaky(tmp_path).start()
+            await flaky(tmp_path).launch()
+        with pytest.raises(CollectorStartError, match="dsn: not a URL"):
+            await flaky(tmp_path, kind=Misconfigured).launch()
 
     run(main)

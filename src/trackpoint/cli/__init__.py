@@ -338,14 +338,13 @@ def replay(  # noqa: PLR0917 (typer: one parameter per option)
     summary; a file compressed while the replay runs is read under its new name, and one gone is named and skipped.
     Exit code 1 when a collector refused events or gave up (the summary says what was sent before), 2 when nothing
     could start."""
-    import asyncio
-
     from rich import filesize
     from rich.progress import BarColumn, DownloadColumn, Progress, TextColumn, TimeRemainingColumn
     from rich.table import Table
 
     from trackpoint import replay as replaying
     from trackpoint.collectors.log.reader import log_files, stored_size
+    from trackpoint.process import runner
 
     loaded = _load_or_exit(config)
     try:
@@ -386,7 +385,8 @@ def replay(  # noqa: PLR0917 (typer: one parameter per option)
 
         try:
             built = replaying.build_collectors(loaded.config, replay_plan, registry())
-            report = asyncio.run(replaying.replay(files, built, replay_plan, advance))
+            # Not asyncio.run: a collector's send or close that ignores its cancellation must not hold the exit.
+            report = runner.run(replaying.replay(files, built, replay_plan, advance))
         except replaying.ReplayError as exc:  # before anything was sent
             err.print(f"[bold red]error[/] {escape(str(exc))}", highlight=False, soft_wrap=True)
             raise typer.Exit(2) from None

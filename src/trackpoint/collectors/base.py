@@ -14,10 +14,10 @@ import os
 import random
 import time
 from abc import ABC, abstractmethod
-from collections.abc import Sequence
+from collections.abc import Coroutine, Sequence
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Final
+from typing import Any, Final, TypeVar
 
 import msgspec
 
@@ -42,6 +42,14 @@ SPOOL_RETRY_INTERVAL_S = 1.0
 # A spool that could not be opened (its disk full at start) is tried again after each of these waits in turn, the
 # last one repeating: a worker's spool directory is new, and on a full disk even it cannot be made.
 SPOOL_OPEN_RETRY_S: Final[tuple[float, ...]] = (1.0, 2.0, 5.0)
+# A close() still running this long after its drain timeout (a plugin's that hangs) is abandoned: a worker's drain
+# ends, with its final counters reported, before the supervisor kills it (drain_timeout_s + 5 s).
+CLOSE_GRACE_S: Final = 2.0
+# A call abandoned after its timeout and still running this long after its cancellation is reported as stuck (one
+# that stops when cancelled ends within an event-loop iteration or two).
+STUCK_AFTER_S: Final = 1.0
+
+T = TypeVar("T")
 
 
 _MEMORY_FULL = "memory batch full"
@@ -51,7 +59,19 @@ _SPOOL_UNWRITABLE = "memory batch full, spool unwritable"
 
 class CollectorStartError(Exception):
     """A collector cannot start for a reason its message says in full (a directory that cannot be made, a file that
-    cannot be opened): the worker reports it in one line, without a traceback."""
+    cannot be opened, options that cannot work): the worker reports it in one line, without a traceback, and does not
+    start. Raise it from start() for a configuration error that no retry can mend; any other failure of start() only
+    keeps the collector from delivering until a retry succeeds (Collector.launch)."""
+
+
+def stops_the_start(exc: BaseException) -> bool:
+    """Whether a failure of a collector's start() is the configuration's, for the worker to report instead of running
+    the collector not started: a CollectorStartError, or an OSError on a path (a directory that is a file, a
+    permission) other than a disk that is full or failing (data_dir.passing). A target that cannot be reached, a
+    plugin's bug, a start that hangs: those are retried."""
+    if isinstance(exc, CollectorStartError):
+        return True
+    return isinstance(exc, OSError) and exc.filename is not None and not passing(exc)
 
 
 class SendResult(enum.Enum):
@@ -136,6 +156,7 @@ class Collector(ABC):
         self.batch_max = config.batch_max_events
         self.flush_interval_s = config.flush_interval_ms / 1000
         self.send_timeout_s = config.send_timeout_s
+        self.start_timeout_s = config.start_timeout_s
         self.retry_initial_s = config.retry_initial_ms / 1000
         self.retry_max_s = config.retry_max_ms / 1000
         self.spool_config = config.spool
@@ -159,6 +180,21 @@ class Collector(ABC):
         self._last_drop_log = -DROP_LOG_INTERVAL_S
         self._failures = 0
         self._retry_at = 0.0
+        # Why the last call of send() failed as a call ("" once one answered a SendResult): it raised, hung past
+        # send_timeout_s, or returned something else. Unhealthy meanwhile, whatever health() says: a RETRY is the
+        # collector's answer (its health() says why), these are faults its health() may know nothing of.
+        self._send_failure = ""
+        # Why start() failed ("" once it succeeded): the collector runs not started (launch), start() tried again
+        # from the flush loop at _start_at.
+        self._start_failure = ""
+        self._start_failures = 0
+        self._start_at = 0.0
+        self._starting: asyncio.Task[None] | None = None
+        # Calls of the plugin's (send, start, close) abandoned after their timeout but still running: they ignored
+        # their cancellation. Referenced here so they are not garbage collected mid-run; while one runs, no new send
+        # or start is made (they would pile up), and the collector is unhealthy.
+        self._stray: set[asyncio.Task[Any]] = set()
+        self._stray_since = 0.0
         self._refused = 0  # events of the running send refused on their own (refuse()): not counted as sent
         self._in_flight: list[Event] = []  # events taken from _pending by the running flush, from _in_flight_start
         self._in_flight_start = 0
@@ -211,17 +247,82 @@ class Collector(ABC):
 
     async def start(self) -> None:
         """Opens connections or files (a subclass does that, then calls this); then the flush loop runs until
-        close(). Must not fail because the target is down: sends fail and spool until it is back. Nor because the
-        disk under data_dir is full: events then wait in memory until the spool can be opened."""
-        if self.spool_config.enabled:
+        close(). Should not fail because the target is down: sends fail and spool until it is back (a start that
+        fails all the same is retried: launch). Nor because the disk under data_dir is full: events then wait in
+        memory until the spool can be opened. This part may run more than once (a retried start): it does its work
+        once."""
+        if self.spool_config.enabled and self._spool is None and not self._spool_missing:
             self._open_spool(at_start=True)
             self._adopt_orphans()
-        self._flush_task = asyncio.get_running_loop().create_task(self._flush_loop(), name=f"flush-{self.name}")
+        if self._flush_task is None:
+            self._flush_task = asyncio.get_running_loop().create_task(self._flush_loop(), name=f"flush-{self.name}")
+
+    async def launch(self) -> None:
+        """Starts the collector as a worker (and `trackpoint replay`) does: start(), isolated. A start that raises or
+        does not return within start_timeout_s does not stop the worker: the collector runs not started, unhealthy
+        with the reason, its events held as during an outage (in the spool, or in memory within
+        max_pending_events), and start() is tried again from the flush loop with the retry backoff until it
+        succeeds; delivery then resumes. Raised all the same, for the worker to report: a configuration error
+        (stops_the_start), and any failure of a durable collector (the log: without it nothing can be
+        acknowledged)."""
+        outcome = await self._try_start()
+        if outcome is None:
+            return
+        if isinstance(outcome, BaseException) and (
+            self.durable or stops_the_start(outcome) or not isinstance(outcome, Exception)
+        ):
+            raise outcome
+        if self.durable:
+            raise CollectorStartError(str(outcome))
+        self._start_failed(outcome)
+        await Collector.start(self)  # ours: the spool and the flush loop, where events wait and start is retried
+
+    async def _try_start(self) -> BaseException | str | None:
+        """One call of start(), bounded by start_timeout_s: None when it returned, else what it raised, or why it
+        was not made or did not end (a text)."""
+        if self._stray:
+            return "a start() abandoned after start_timeout_s is still running (it ignored its cancellation)"
+        try:
+            task = await self._within(self.start(), self.start_timeout_s, "start")
+        except Exception as exc:  # a start() that is not a coroutine function
+            return exc
+        if task is None:
+            return f"start() did not return within {self.start_timeout_s:g} s (start_timeout_s); abandoned"
+        if task.cancelled():
+            return "start() was cancelled"
+        return task.exception()
+
+    def _start_failed(self, outcome: BaseException | str) -> None:
+        """Counted and logged (first of its kind, then at most once per interval); tried again after the backoff."""
+        reason = outcome if isinstance(outcome, str) else f"start() failed: {type(outcome).__name__}: {outcome}"
+        held = "in the spool" if self.spool_config.enabled else f"in memory (at most {self.max_pending})"
+        self._note_error(f"{reason}; running not started, unhealthy: events wait {held}, start tried again")
+        self._start_failure = reason
+        self._start_failures += 1
+        self._start_at = time.monotonic() + self._backoff(self._start_failures)
+
+    async def _restart(self) -> None:
+        """A retry of a failed start (from the flush loop, in its own task: events keep moving to the spool)."""
+        try:
+            outcome = await self._try_start()
+        finally:
+            self._starting = None
+        if outcome is not None:
+            self._start_failed(outcome)
+            return
+        log.warning("collector %s: started after %d failed attempts", self.name, self._start_failures)
+        self._error_log.forget_counts()
+        self._start_failure = ""
+        self._start_failures = 0
+        self._retry_at = 0.0
+        self._wake.set()
 
     @abstractmethod
     async def send(self, batch: Sequence[Event]) -> SendResult:
         """Delivers one batch: DELIVERED, RETRY (target unavailable; the batch comes back later) or REJECTED
-        (the target refuses these events for good; they are dead-lettered and counted as dropped).
+        (the target refuses these events for good; they are dead-lettered and counted as dropped). Anything else
+        returned, an exception, or no answer within send_timeout_s (the call is then cancelled and abandoned) is a
+        failed attempt: counted, the collector unhealthy until a send answers, the batch retried with backoff.
 
         The events are read-only. A collector with a privacy filter (every untrusted one) gets copies of its own,
         which nothing else sees; a trusted one without lists gets the events themselves, shared with the other
@@ -265,6 +366,8 @@ class Collector(ABC):
         in time goes to the spool, where the next worker finds it."""
         self._closing = True
         self._wake.set()
+        if self._starting is not None:  # a retried start still running: its call is abandoned
+            self._starting.cancel()
         task = self._flush_task
         if task is not None:
             # asyncio.wait, not wait_for: on Python 3.11 wait_for can lose the cancellation when the task's own
@@ -304,17 +407,32 @@ class Collector(ABC):
     # --- delivery ------------------------------------------------------------------------------------------------
 
     async def deliver(self, batch: list[Event]) -> bool:
-        """One attempt to send a batch, isolated from whatever the collector does: an exception or a hang (beyond
-        send_timeout_s) counts as a retry. True when the batch is done with (delivered, or refused for good)."""
+        """One attempt to send a batch, isolated from whatever the collector does: an exception, a hang beyond
+        send_timeout_s (the send is then cancelled and abandoned, not waited for) or an answer that is not a
+        SendResult counts as a failed attempt, retried with backoff. True when the batch is done with (delivered,
+        or refused for good)."""
         self._refused = 0
-        try:
-            result = await asyncio.wait_for(self.send(batch), self.send_timeout_s)
-        except TimeoutError:
-            self._note_error(f"send timed out after {self.send_timeout_s:g} s")
-            result = None
-        except Exception as exc:  # a collector's failure must never reach the request path
-            self._note_error(exc)
-            result = None
+        result: object = None
+        failure = ""  # why the attempt failed, when the call did not answer
+        raised = called = False
+        if self._start_failure:
+            failure = f"not started: {self._start_failure}"
+        elif self._stray:
+            failure = "a call abandoned after its timeout is still running (it ignored its cancellation): no send "
+            failure += "is made until it ends"
+        else:
+            called = True
+            try:
+                task = await self._within(self.send(batch), self.send_timeout_s, "send")
+                if task is None:
+                    failure = f"send timed out after {self.send_timeout_s:g} s; abandoned"
+                elif task.cancelled():
+                    failure = "send was cancelled"
+                else:
+                    result = task.result()
+            except Exception as exc:  # a collector's failure must never reach the request path
+                self._note_error(exc)  # logged by its type: its text may hold anything (an event id)
+                failure, raised = f"send raised {type(exc).__name__}: {str(exc)[:200]}", True
         if result is SendResult.DELIVERED:
             self.stats.sent += len(batch) - self._refused
             if self._failures:
@@ -322,19 +440,68 @@ class Collector(ABC):
                 self._error_log.forget_counts()  # what the outage repeated: the attempts say it
             self._failures = 0
             self._retry_at = 0.0
+            self._send_failure = ""
             self._clear_fault()
             return True
         if result is SendResult.REJECTED:
+            self._send_failure = ""
             self._dead_letter(batch)
             return True
-        if result is SendResult.RETRY:  # (an exception or timeout was counted and logged by _note_error)
+        if result is SendResult.RETRY:
+            self._send_failure = ""
             detail = self._health_detail()
-            self._note_error("target unavailable, retrying with backoff" + (f": {detail}" if detail else ""))
+            failure = "target unavailable, retrying with backoff" + (f": {detail}" if detail else "")
+        elif not failure:
+            # Not a SendResult (True, a forgotten return's None, a string): the collector's bug, not the target's
+            # answer. Its type only: the value may be anything.
+            returned = "None (no return?)" if result is None else f"a {type(result).__name__}"
+            failure = f"send() returned {returned}, not a SendResult (a bug of the collector's)"
+        if not raised:
+            self._note_error(failure)
+        if called and result is not SendResult.RETRY:  # (not called: not started, or a call still running)
+            self._send_failure = failure
         self.stats.retried += len(batch)
         self._failures += 1
-        backoff = min(self.retry_max_s, self.retry_initial_s * 2 ** min(self._failures - 1, 30))
-        self._retry_at = time.monotonic() + backoff * random.uniform(0.5, 1.5)
+        self._retry_at = time.monotonic() + self._backoff(self._failures)
         return False
+
+    def _backoff(self, failures: int) -> float:
+        """The wait after this many failures in a row: doubling from retry_initial_ms up to retry_max_ms, ±50%."""
+        backoff = min(self.retry_max_s, self.retry_initial_s * 2.0 ** min(failures - 1, 30))
+        return backoff * random.uniform(0.5, 1.5)
+
+    async def _within(self, call: Coroutine[Any, Any, T], timeout_s: float, what: str) -> asyncio.Task[T] | None:
+        """Runs a call of the collector's for at most timeout_s: its task, done (its result or exception to read),
+        or None when it did not end in time. It is then cancelled and abandoned, not waited for (asyncio.wait_for
+        waits for the cancelled call to end: a call that ignores its cancellation held the flush loop, the drain,
+        and replay for ever); as it is when the caller is cancelled (close)."""
+        task = asyncio.get_running_loop().create_task(call, name=f"{what}-{self.name}")
+        try:
+            await asyncio.wait({task}, timeout=timeout_s)
+        except asyncio.CancelledError:
+            self._abandon(task)
+            raise
+        if not task.done():
+            self._abandon(task)
+            return None
+        return task
+
+    def _abandon(self, task: asyncio.Task[Any]) -> None:
+        """Cancels a call of the collector's without waiting for it; kept in _stray until it ends."""
+        task.cancel()
+        if not self._stray:
+            self._stray_since = time.monotonic()
+        self._stray.add(task)
+        task.add_done_callback(self._stray_ended)
+
+    def _stray_ended(self, task: asyncio.Task[Any]) -> None:
+        self._stray.discard(task)
+        if not task.cancelled():
+            task.exception()  # retrieved: what an abandoned call ended with is no longer anyone's to report
+        if not self._stray and time.monotonic() - self._stray_since >= STUCK_AFTER_S:
+            log.warning(
+                "collector %s: the call abandoned %.0f s ago has ended", self.name, time.monotonic() - self._stray_since
+            )
 
     async def _flush_loop(self) -> None:
         while not self._closing:
@@ -350,10 +517,14 @@ class Collector(ABC):
         # spools the rest for the next worker.
         self._retry_at = 0.0
         await self._flush_isolated()
-        while not self._abandoned and (
-            self._pending or (self._spool is not None and self._spool.records) or self._adopted
+        while (
+            not self._abandoned
+            and not self._start_failure
+            and (self._pending or (self._spool is not None and self._spool.records) or self._adopted)
         ):
             await asyncio.sleep(max(0.01, self._retry_at - time.monotonic()))
+            if self._stray:  # a send that ignored its cancellation still runs: none can be made, close() spools
+                break
             await self._flush_isolated()
 
     async def _flush_isolated(self) -> None:
@@ -378,6 +549,12 @@ class Collector(ABC):
             self._open_spool()
         if self.spool_config.enabled and time.monotonic() >= self._next_orphan_scan:
             self._adopt_orphans()
+        if self._start_failure:  # nothing can be sent: events wait as during an outage while start is retried
+            if self._starting is None and not self._closing and time.monotonic() >= self._start_at:
+                self._starting = asyncio.get_running_loop().create_task(self._restart(), name=f"start-{self.name}")
+            if self.spool_config.enabled:
+                self._spill()
+            return
         if time.monotonic() < self._retry_at:
             if self.spool_config.enabled:
                 self._spill()
@@ -692,6 +869,16 @@ class Collector(ABC):
             self._note_error(exc)
             health = Health(healthy=False, detail=f"health() failed: {exc!r}")
         problems = [] if health.healthy else [health.detail or "unhealthy"]
+        if self._start_failure:
+            problems.append(f"not started: {self._start_failure}")
+        if self._send_failure:
+            problems.append(self._send_failure)
+        stuck_s = time.monotonic() - self._stray_since
+        if self._stray and stuck_s >= STUCK_AFTER_S:
+            problems.append(
+                f"a call abandoned {stuck_s:.0f} s ago after its timeout is still running (it ignored its "
+                "cancellation): no send is made until it ends"
+            )
         problems += [problem for problem in (self._fault, self._spool_missing, self.commit_problem) if problem]
         self.stats.healthy = not problems
         self.stats.problem = "; ".join(problems)
@@ -704,3 +891,27 @@ class Collector(ABC):
         except Exception as exc:
             self._note_error(exc)
         return msgspec.structs.replace(self.stats)
+
+
+async def close_all(collectors: Sequence[Collector], drain_timeout_s: float) -> None:
+    """Closes the collectors at once, each within drain_timeout_s: N collectors with a target down take one drain
+    timeout, not N. A close() that raised is logged, and the others close all the same; one still running
+    CLOSE_GRACE_S after the drain timeout (a plugin's that hangs) is cancelled and abandoned, not waited for."""
+    loop = asyncio.get_running_loop()
+    closing = {
+        loop.create_task(collector.close(drain_timeout_s), name=f"close-{collector.name}"): collector
+        for collector in collectors
+    }
+    if not closing:
+        return
+    await asyncio.wait(closing, timeout=drain_timeout_s + CLOSE_GRACE_S)
+    for task, collector in closing.items():
+        if not task.done():
+            log.error(
+                "collector %s: close() has not returned %g s after the drain timeout; abandoned",
+                collector.name,
+                CLOSE_GRACE_S,
+            )
+            collector._abandon(task)
+        elif not task.cancelled() and task.exception() is not None:
+            log.error("collector %s: close failed: %r", collector.name, task.exception())

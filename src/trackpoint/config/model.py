@@ -778,6 +778,14 @@ class CollectorBase(Struct, tag_field="type", forbid_unknown_fields=True, kw_onl
         Seconds,
         Meta(description="A send that takes longer is abandoned and retried (a hung target or plugin is isolated)."),
     ] = 30.0
+    start_timeout_s: Annotated[
+        Seconds,
+        Meta(
+            description="A start that takes longer is abandoned, as one that fails: the worker serves without this "
+            "collector, which holds its events (spool, or memory) and is unhealthy until a retried start succeeds "
+            "(the log: the worker does not start).",
+        ),
+    ] = 10.0
     retry_initial_ms: Annotated[
         int, Meta(ge=1, le=600_000, description="First wait before retrying a failed batch; doubles per failure.")
     ] = 200

@@ -13,6 +13,7 @@ from dataclasses import dataclass
 from typing import Final, Protocol
 
 from trackpoint.collectors import Collector, CollectorContext, CollectorStartError
+from trackpoint.collectors.base import close_all
 from trackpoint.config.model import CollectorBase, Config, Limits, PreprocessorBase, TagConfig
 from trackpoint.edge import responses
 from trackpoint.edge.bad_rows import BadRows
@@ -536,13 +537,17 @@ class Edge:
     # --- lifecycle -----------------------------------------------------------------------------------------------
 
     async def start_collectors(self) -> None:
-        """Starts every collector; one that fails on its environment (OSError: a directory, a permission) raises
-        CollectorStartError, which names it and says why in one line."""
-        for name, collector in self.collectors.items():
-            try:
-                await collector.start()
-            except OSError as exc:
-                raise CollectorStartError(f"collector {name} cannot start: {exc}") from exc
+        """Starts every collector, all at once, each within its start_timeout_s (Collector.launch): one whose start
+        fails or hangs runs not started, unhealthy, and retries, while the worker serves the log and the others.
+        One that fails on its configuration (a directory, a permission: stops_the_start) or a durable one (the
+        log) stops the worker's start: CollectorStartError names it and says why in one line."""
+        collectors = list(self.collectors.items())
+        results = await asyncio.gather(*(c.launch() for _, c in collectors), return_exceptions=True)
+        for (name, _), result in zip(collectors, results, strict=True):
+            if isinstance(result, (CollectorStartError, OSError)):
+                raise CollectorStartError(f"collector {name} cannot start: {result}") from result
+            if isinstance(result, BaseException):
+                raise result
 
     async def drain(self, timeout_s: float) -> None:
         """Finishes the accepted connections (the listener is closed already) and flushes. Responses from now on
@@ -568,12 +573,7 @@ class Edge:
         # Every collector drains at once, against the same deadline: one after the other, each given what was left,
         # N collectors with a target down took N drain timeouts (and the supervisor killed the worker mid-drain,
         # before the last ones had spooled what they held and persisted their spool's position).
-        remaining = max(1.0, deadline - time.monotonic())
-        collectors = list(self.collectors.values())
-        results = await asyncio.gather(*(c.close(remaining) for c in collectors), return_exceptions=True)
-        for collector, result in zip(collectors, results, strict=True):
-            if isinstance(result, BaseException):  # a plugin's close that failed: the others closed all the same
-                log.error("collector %s: close failed: %r", collector.name, result)
+        await close_all(list(self.collectors.values()), max(1.0, deadline - time.monotonic()))
 
     def snapshot(self) -> Snapshot:
         collectors = {name: c.snapshot() for name, c in self.collectors.items()}

@@ -24,7 +24,7 @@ from trackpoint.edge.stats import Snapshot
 from trackpoint.event import reseed_random_ids
 from trackpoint.log_limiter import REPEAT_INTERVAL_S, LogLimiter
 from trackpoint.plugins import registry
-from trackpoint.process import control
+from trackpoint.process import control, runner
 
 log = logging.getLogger("trackpoint.worker")
 
@@ -147,7 +147,7 @@ def main(argv: list[str] | None = None) -> None:
     channel = socket.socket(fileno=args.control_fd)
     listener = socket.socket(fileno=args.listen_fd)
     start = control.receive_start(channel)
-    if not uvloop.run(serve(start, listener, channel)):
+    if not runner.run(serve(start, listener, channel), uvloop.new_event_loop):
         sys.exit(EXIT_START_FAILED)
 
 

@@ -21,7 +21,7 @@ from trackpoint.reference.markdown import HEADER, escape
 API: tuple[tuple[str, tuple[str, ...]], ...] = (
     ("trackpoint.plugins", ("Plugin", "CollectorKind", "PreprocessorKind", "AdminRoute", "Registry", "type_tag")),
     ("trackpoint.config.model", ("CollectorBase", "PreprocessorBase")),
-    ("trackpoint.collectors.base", ("Collector", "CollectorContext", "SendResult", "Health")),
+    ("trackpoint.collectors.base", ("Collector", "CollectorContext", "CollectorStartError", "SendResult", "Health")),
     (
         "trackpoint.preprocessors",
         (

@@ -19,6 +19,7 @@ import msgspec
 
 from trackpoint.collectors import Collector, CollectorContext
 from trackpoint.collectors.banker.config import BankerCollectorConfig
+from trackpoint.collectors.base import close_all
 from trackpoint.collectors.log.config import LogCollectorConfig
 from trackpoint.collectors.log.reader import ReadStats, log_files, not_a_log, read_located
 from trackpoint.config.model import Config, SpoolConfig
@@ -208,8 +209,8 @@ async def replay(
             told = report.bytes
             progress(report.read.events, report.bytes)
 
-    for collector in collectors.values():
-        await collector.start()
+    # As a worker starts them: one whose start fails or hangs retries it meanwhile, its sends failing until then.
+    await asyncio.gather(*(collector.launch() for collector in collectors.values()))
     try:
         batches: dict[str, list[Event]] = {name: [] for name in collectors}
         # Events no chosen collector takes are filtered before the repeats are looked for: a repeat of such an
@@ -234,8 +235,7 @@ async def replay(
     except GaveUp as exc:
         report.gave_up = str(exc)
     finally:
-        for collector in collectors.values():
-            await collector.close(drain_timeout_s=10.0)
+        await close_all(list(collectors.values()), drain_timeout_s=10.0)
     if progress is not None:
         progress(report.read.events, report.bytes)
     report.seconds = time.monotonic() - started
