@@ -141,6 +141,11 @@ def test_the_tail_is_bounded_in_bytes_and_a_malformed_event_costs_only_itself() 
     events, errors = recent_events(encoded)
     assert [e.dims["imp"] for e in events] == ["imp-1", "imp-5"]  # the cut one and the sound one
     assert events[0].dims["blob"] == "x" * (TAIL_VALUE_CHARS - 1) + "…"
+    assert errors == []  # the malformed ones are left out by the worker (trackpoint.event.malformed)
+    # Whatever a worker sends, the supervisor skips a malformed event alone.
+    sent = [msgspec.Raw(msgspec.msgpack.encode(wrong)), *encoded]
+    events, errors = recent_events(sent)
+    assert [e.dims["imp"] for e in events] == ["imp-1", "imp-5"]
     assert len(errors) == 1 and "Expected `str`, got `int`" in errors[0]
     assert len(big.dims["blob"]) == 1_500_000  # the event the log records is untouched
 
