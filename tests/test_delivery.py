@@ -22,7 +22,14 @@ import msgspec
 import pytest
 
 from conftest import SmallDisk
-from trackpoint.collectors.base import Collector, CollectorContext, CollectorStartError, SendResult, close_all
+from trackpoint.collectors.base import (
+    SPILL_STEP_EVENTS,
+    Collector,
+    CollectorContext,
+    CollectorStartError,
+    SendResult,
+    close_all,
+)
 from trackpoint.config.model import CollectorBase, SpoolConfig
 from trackpoint.event import Context, Event, Meta
 from trackpoint.log_limiter import LogLimiter
@@ -45,7 +52,7 @@ class FlakyCollector(Collector):
         self.attempts = 0
         self.attempted_at: list[float] = []
         self.latency_s = 0.0  # how long a delivery takes (a round trip to the target)
-        self.released = asyncio.Event()
+        self.released = asyncio.Event()  # "hold": a target that hangs until this is set (SIGSTOP ... SIGCONT)
         self.answer: object = None
 
     async def send(self, batch: Sequence[Event]) -> SendResult:
@@ -62,6 +69,8 @@ class FlakyCollector(Collector):
             return SendResult.DELIVERED  # too late: the batch was given up on, and is sent again
         if self.mode == "answer":
             return self.answer  # type: ignore[return-value]  # what a plugin with a bug returns
+        if self.mode == "hold":
+            await self.released.wait()
         if self.mode == "reject":
             return SendResult.REJECTED
         if self.latency_s:
@@ -311,6 +320,165 @@ def test_backpressure_closes_the_gate_until_the_spool_has_room(tmp_path: Path) -
         await eventually(lambda: collector.accepting and len(collector.delivered) == 1000)
         await collector.close(5.0)
         assert collector.snapshot().dropped == 0  # backpressure refuses at the edge; nothing accepted is lost
+
+    run(main)
+
+
+async def hang_a_send(collector: FlakyCollector, first: list[Event]) -> None:
+    """Makes the target hang (mode hold) and waits until a send of `first`, from memory, is held by it."""
+    collector.mode = "hold"
+    attempts = collector.attempts
+    for event in first:
+        collector.offer(event)
+    await eventually(lambda: collector.attempts > attempts)
+
+
+async def offer_under_hang(collector: FlakyCollector, offered: list[Event], gated: bool = False) -> int:
+    """Offers events 50 per event-loop iteration (requests arrive between the spill's steps) while the send hangs;
+    `gated`: as the edge does, only while the collector accepts (the 50 of an iteration that began are all taken).
+    Returns the peak of the memory batch."""
+    peak = 0
+    for start in range(0, len(offered), 50):
+        if gated and not collector.accepting:
+            break
+        for event in offered[start : start + 50]:
+            collector.offer(event)
+        peak = max(peak, len(collector._pending))
+        await asyncio.sleep(0)
+    return peak
+
+
+@pytest.mark.parametrize("resumes", ["released", "timed out"])
+@pytest.mark.parametrize("hung", ["sending memory", "draining the spool"])
+def test_a_hung_target_spools_what_exceeds_max_pending_events_and_catches_up_in_order(
+    tmp_path: Path, hung: str, resumes: str
+) -> None:
+    """A target that hangs (a SIGSTOPped Redis) while events keep coming: the send waits for its timeout, and beyond
+    max_pending_events every event was dropped, the spool empty (a banker under backpressure dropped 514,670 wins
+    that way, answering no 503). Now the oldest move to the spool while the send hangs, memory stays bounded, and
+    once the target is back (the send resumes, or times out and is retried) each event is delivered once, in
+    order: the batch that was being sent, then the spool, then memory."""
+
+    async def main() -> None:
+        timeout_s = 3600.0 if resumes == "released" else 2.0
+        collector = flaky(tmp_path, max_pending_events=1000, batch_max_events=100, send_timeout_s=timeout_s)
+        await collector.start()
+        offered = events(0, 8000)
+        if hung == "draining the spool":
+            collector.mode = "retry"
+            for event in offered[:500]:
+                collector.offer(event)
+            await eventually(lambda: collector.snapshot().spooled_events == 500)
+            attempts = collector.attempts
+            collector.mode = "hold"
+            await eventually(lambda: collector.attempts > attempts)  # the retry from the spool hangs
+            rest = offered[500:]
+        else:
+            await hang_a_send(collector, offered[:50])
+            rest = offered[50:]
+        peak = await offer_under_hang(collector, rest)
+        stats = collector.snapshot()
+        assert stats.dropped == 0 and stats.received == 8000
+        assert stats.spooled_events >= 8000 - collector.memory_cap  # the excess on disk, not dropped
+        assert peak <= collector.memory_cap and stats.pending <= collector.max_pending
+        collector.mode = "ok"
+        if resumes == "released":
+            collector.released.set()  # else the hung send is cut off by its timeout, and retried
+        await eventually(lambda: len(collector.delivered) >= 8000 and collector.snapshot().spooled_events == 0)
+        await collector.close(5.0)
+        stats = collector.snapshot()
+        assert (stats.received, stats.sent, stats.dropped) == (8000, 8000, 0)
+        assert collector.delivered == [e.id for e in offered]  # each once, in order
+
+    run(main)
+
+
+def test_the_spill_moves_memory_to_the_spool_a_step_per_event_loop_iteration(tmp_path: Path) -> None:
+    """The spill after a failed send wrote the whole memory batch in one go (0.57 s for 200,000 win events, with
+    no request served meanwhile); now it moves at most SPILL_STEP_EVENTS per event-loop iteration, in records of a
+    batch each, until memory is empty."""
+
+    async def main() -> None:
+        collector = flaky(tmp_path, max_pending_events=20_000, batch_max_events=100, send_timeout_s=0.2)
+        await collector.start()
+        collector.mode = "hang"
+        for event in events(0, 50):
+            collector.offer(event)
+        await eventually(lambda: collector.attempts == 1)
+        for event in events(50, 9950):  # within max_pending_events: all in memory while the send hangs
+            collector.offer(event)
+        assert collector.snapshot().spooled_events == 0
+        steps = []
+        while collector.snapshot().spooled_events < 10_000:  # the send times out, then memory moves to the spool
+            before = collector.snapshot().spooled_events
+            await asyncio.sleep(0)
+            steps.append(collector.snapshot().spooled_events - before)
+        moved = [step for step in steps if step]
+        assert len(moved) >= 10_000 // SPILL_STEP_EVENTS and max(moved) <= SPILL_STEP_EVENTS + 100, moved
+        assert collector.snapshot().dropped == 0
+        collector.mode = "ok"
+        await eventually(lambda: len(collector.delivered) == 10_000)
+        await collector.close(5.0)
+        assert collector.delivered == [e.id for e in events(0, 10_000)]
+
+    run(main)
+
+
+def test_drop_oldest_during_a_hung_send_counts_the_batch_being_sent_only_if_it_fails(tmp_path: Path) -> None:
+    """A full spool under drop_oldest while a send hangs: the spill took the batch being sent as the spool's oldest
+    record, then had to drop it to make room. Delivered after all, it counts as sent, not dropped, and the record
+    after it (never sent) is not acknowledged in its place: every event is delivered once or counted dropped."""
+
+    async def main() -> None:
+        collector = flaky(
+            tmp_path,
+            max_pending_events=200,
+            batch_max_events=50,
+            spool={"max_bytes": 65_536, "when_full": "drop_oldest"},
+        )
+        await collector.start()
+        offered = events(0, 3000)
+        await hang_a_send(collector, offered[:20])
+        await offer_under_hang(collector, offered[20:])
+        assert collector.snapshot().dropped > 0  # ~3 MB through a 64 KiB spool
+        collector.mode = "ok"
+        collector.released.set()
+        await eventually(lambda: collector.snapshot().pending == 0 and collector.snapshot().spooled_events == 0)
+        await collector.close(5.0)
+        stats = collector.snapshot()
+        delivered = collector.delivered
+        assert delivered[:20] == [e.id for e in offered[:20]]  # the batch that was being sent
+        assert len(set(delivered)) == len(delivered) == stats.sent and delivered == sorted(delivered)
+        assert stats.sent + stats.dropped == stats.received == 3000
+
+    run(main)
+
+
+@pytest.mark.parametrize("room", ["spool off", "spool full"])
+def test_backpressure_with_no_room_closes_the_gate_during_a_hang_instead_of_dropping(tmp_path: Path, room: str) -> None:
+    """`when_full: backpressure` while the target hangs, with nowhere to put what exceeds max_pending_events (no
+    spool, or a full one): the gate closes (the edge answers 503 backpressure) and nothing accepted is dropped; it
+    opens again once the target takes the events."""
+
+    async def main() -> None:
+        spool = {"enabled": False} if room == "spool off" else {"max_bytes": 65_536}
+        collector = flaky(
+            tmp_path, max_pending_events=1000, batch_max_events=100, spool={**spool, "when_full": "backpressure"}
+        )
+        await collector.start()
+        offered = events(0, 5000)
+        await hang_a_send(collector, offered[:50])
+        await offer_under_hang(collector, offered[50:], gated=True)
+        assert not collector.accepting and not collector.snapshot().accepting
+        stats = collector.snapshot()
+        assert stats.dropped == 0 and stats.pending <= collector.memory_cap
+        accepted = offered[: stats.received]
+        collector.mode = "ok"
+        collector.released.set()
+        await eventually(lambda: collector.accepting and len(collector.delivered) == len(accepted))
+        await collector.close(5.0)
+        assert collector.snapshot().dropped == 0
+        assert collector.delivered == [e.id for e in accepted]
 
     run(main)
 
@@ -652,7 +820,9 @@ def test_a_collector_started_on_a_full_disk_starts_and_delivers_once_there_is_ro
         await eventually(lambda: len(collector.delivered) == 300)
         await collector.close(5.0)
         stats = collector.snapshot()
-        assert (stats.received, stats.sent, stats.dropped) == (300, 300, 50)
+        # The 50 beyond max_pending_events are dropped at offer (no spool), or taken for a spool that had not failed
+        # yet and dropped when it could not be written (then received counts them too).
+        assert (stats.sent, stats.dropped) == (300, 50) and stats.received in (300, 350)
         assert collector.delivered == [e.id for e in events(0, 300)]  # the oldest kept, in order, each once
 
     run(main)

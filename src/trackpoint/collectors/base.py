@@ -12,6 +12,7 @@ import enum
 import logging
 import os
 import random
+import sys
 import time
 from abc import ABC, abstractmethod
 from collections.abc import Coroutine, Sequence
@@ -48,6 +49,10 @@ CLOSE_GRACE_S: Final = 2.0
 # A call abandoned after its timeout and still running this long after its cancellation is reported as stuck (one
 # that stops when cancelled ends within an event-loop iteration or two).
 STUCK_AFTER_S: Final = 1.0
+# Events the spill moves from memory to the spool in one step; the event loop serves requests between steps. A step
+# of 1024 win events (encoded and written) takes 0.4 ms; moving 200,000 at once stalled the loop 170 ms (0.57 s
+# under load).
+SPILL_STEP_EVENTS = 1024
 
 T = TypeVar("T")
 
@@ -55,6 +60,11 @@ T = TypeVar("T")
 _MEMORY_FULL = "memory batch full"
 _SPOOL_OFF = "memory batch full, spool off"
 _SPOOL_UNWRITABLE = "memory batch full, spool unwritable"
+_SPOOL_FULL = "spool full"
+_OLDEST_DROPPED = "spool full, oldest dropped"
+
+# What became of a batch offered to the spool (Collector._push).
+_PUSHED, _DROPPED, _FULL, _UNWRITABLE = range(4)
 
 
 class CollectorStartError(Exception):
@@ -198,6 +208,24 @@ class Collector(ABC):
         self._refused = 0  # events of the running send refused on their own (refuse()): not counted as sent
         self._in_flight: list[Event] = []  # events taken from _pending by the running flush, from _in_flight_start
         self._in_flight_start = 0
+        # While a send from memory runs, the spill may move the batch being sent (as the spool's oldest record), then
+        # the rest of _in_flight, to the spool: they are older than the memory batch. 0: none moved; else the index of
+        # _in_flight up to which they are in the spool.
+        self._in_flight_spooled = 0
+        # The spool whose oldest record is the batch being sent (drained, or moved there by the spill while it was
+        # sent from memory): acknowledged (popped) once the send is done with. If drop_oldest discards that record
+        # meanwhile, this is None and _sending_dropped holds its events: dropped only if the send fails after all.
+        self._sending_head: Spool | None = None
+        self._sending_dropped = 0
+        # The pending step of the spill (it moves SPILL_STEP_EVENTS per event-loop iteration), if any.
+        self._spill_handle: asyncio.Handle | None = None
+        self._loop: asyncio.AbstractEventLoop | None = None
+        # The spool refused a batch for want of room (when_full decided); cleared when it shrinks. Meanwhile offer()
+        # does not count on the spool to take what exceeds max_pending_events.
+        self._spool_full = False
+        # Memory never holds more than this: max_pending_events, and room for what arrives while the spill moves the
+        # excess to the spool, or (backpressure) while the requests already past the closed gate are recorded.
+        self.memory_cap = self.max_pending + max(self.batch_max, self.max_pending // 4)
         self._spool: Spool | None = None  # None: the spool is off, or could not be opened yet (_spool_missing)
         self._adopted: list[Spool] = []
         # Why the spool is on but not open ("" once it is): its disk was full at start. Unhealthy until it opens;
@@ -221,10 +249,10 @@ class Collector(ABC):
     # --- the request path ---------------------------------------------------------------------------------------
 
     def offer(self, event: Event) -> None:
-        """Appends to the batch; beyond the bound the event is dropped and counted. Never blocks, never raises."""
+        """Appends to the batch; beyond max_pending_events the oldest events move to the spool (in the background),
+        and when nothing can take them the `when_full` policy applies. Never blocks, never raises."""
         pending = self._pending
-        if len(pending) >= self.max_pending:
-            self.stats.dropped += 1
+        if len(pending) >= self.max_pending and not self._beyond_bound():
             return
         if self.privacy_filter is not None:  # untrusted or with field lists: a filtered copy of its own
             try:
@@ -237,6 +265,29 @@ class Collector(ABC):
         self.stats.received += 1
         if len(pending) == self.batch_max:
             self._wake.set()
+
+    def _beyond_bound(self) -> bool:
+        """offer() at max_pending_events: whether the event is taken all the same (else it is dropped, counted).
+        With a spool that takes events, it is, and the spill moves the oldest of memory there in the background;
+        under backpressure with none that can, the gate closes (the edge answers 503) and the events of requests
+        already past it are still taken; under drop_newest and drop_oldest they are dropped. Never beyond
+        memory_cap, which only events that no gate holds back (bad rows, flagged traffic) can reach."""
+        held = len(self._pending)
+        backpressure = self.spool_config.when_full == "backpressure"
+        if held < self.memory_cap:
+            if self._spool_takes():
+                self._schedule_spill()
+                # The spill not keeping up (a slow disk): the gate closes before memory reaches its cap.
+                if backpressure and held >= (self.max_pending + self.memory_cap) // 2:
+                    self.accepting = False
+                return True
+            if backpressure:
+                self.accepting = False
+                return True
+        elif backpressure:
+            self.accepting = False
+        self.stats.dropped += 1
+        return False
 
     def offer_failed(self) -> None:
         """The edge's note that an offer() of this collector's own raised (a plugin's bug; the edge counts the error
@@ -254,8 +305,9 @@ class Collector(ABC):
         if self.spool_config.enabled and self._spool is None and not self._spool_missing:
             self._open_spool(at_start=True)
             self._adopt_orphans()
+        self._loop = asyncio.get_running_loop()
         if self._flush_task is None:
-            self._flush_task = asyncio.get_running_loop().create_task(self._flush_loop(), name=f"flush-{self.name}")
+            self._flush_task = self._loop.create_task(self._flush_loop(), name=f"flush-{self.name}")
 
     async def launch(self) -> None:
         """Starts the collector as a worker (and `trackpoint replay`) does: start(), isolated. A start that raises or
@@ -385,9 +437,11 @@ class Collector(ABC):
                 task.cancel()
                 await asyncio.wait({task}, timeout=1.0)
         # Events taken for sending but not confirmed (a send cut off by the timeout may or may not have landed)
-        # are kept, ahead of the newer ones.
-        self._pending[:0] = self._in_flight[self._in_flight_start :]
-        self._in_flight = []
+        # are kept, ahead of the newer ones; the rest of the spill is done here, at once.
+        self._take_back_in_flight()
+        if self._spill_handle is not None:
+            self._spill_handle.cancel()
+        self._loop = self._spill_handle = None
         if self._pending and self._spool_missing:
             self._spool_open_at = 0.0  # a last attempt, for the next worker to find them
             self._open_spool()
@@ -534,8 +588,7 @@ class Collector(ABC):
         try:
             await self.flush()
         except Exception as exc:
-            self._pending[:0] = self._in_flight[self._in_flight_start :]
-            self._in_flight = []
+            self._take_back_in_flight()
             self.stats.errors += 1
             if not self._fault:  # its traceback once, not at every retry
                 log.exception("collector %s: flush failed", self.name)
@@ -544,7 +597,8 @@ class Collector(ABC):
 
     async def flush(self) -> None:
         """Delivers the spooled backlog, oldest first, then the memory batch. While the target is failing (in
-        backoff), events move from memory to the spool so that memory stays small and order is kept."""
+        backoff), events move from memory to the spool so that memory stays small and order is kept; so do those
+        beyond max_pending_events while a send hangs (offer)."""
         if self._spool_missing and time.monotonic() >= self._spool_open_at:
             self._open_spool()
         if self.spool_config.enabled and time.monotonic() >= self._next_orphan_scan:
@@ -552,31 +606,63 @@ class Collector(ABC):
         if self._start_failure:  # nothing can be sent: events wait as during an outage while start is retried
             if self._starting is None and not self._closing and time.monotonic() >= self._start_at:
                 self._starting = asyncio.get_running_loop().create_task(self._restart(), name=f"start-{self.name}")
-            if self.spool_config.enabled:
-                self._spill()
+            self._hold_back()  # in steps: the loop serves requests between them
             return
         if time.monotonic() < self._retry_at:
-            if self.spool_config.enabled:
-                self._spill()
+            self._hold_back()
             return
-        if not await self._drain_spools():
-            return
-        while self._pending:
+        while await self._drain_spools() and self._pending:
             # Take the whole list (new events start a fresh one) and send it in slices: no front deletions, which
             # would move the rest of a long backlog once per batch.
             taken, self._pending = self._pending, []
-            self._in_flight = taken
-            for start in range(0, len(taken), self.batch_max):
+            self._in_flight, self._in_flight_spooled = taken, 0
+            start = 0
+            while start < len(taken):
                 self._in_flight_start = start
-                if not await self.deliver(taken[start : start + self.batch_max]):
-                    self._in_flight = []
-                    self._pending[:0] = taken[start:]
-                    if self.spool_config.enabled:
-                        self._spill()
-                    else:
-                        self._trim_memory()
-                    return
-            self._in_flight = []
+                done = await self.deliver(taken[start : start + self.batch_max])
+                if not done or self._in_flight_spooled:
+                    # Failed, or the spill took this batch (the spool's oldest record now) and maybe more while it
+                    # was sent: the spool then holds the oldest events, and is drained before memory again.
+                    self._take_back_in_flight(done)
+                    if not done:
+                        self._hold_back()
+                        return
+                    break
+                start += self.batch_max
+            else:
+                self._in_flight = []
+            if not self.accepting:
+                self._update_accepting()
+
+    def _take_back_in_flight(self, done: bool = False) -> None:
+        """The send from memory ended (done: delivered or refused for good) or did not (failed, cut off by close(),
+        the flush failed): its unsent events that the spill did not take go back in front of the memory batch, older
+        than it and newer than what the spool holds; the batch being sent, if the spill took it, is settled as the
+        spool's oldest record."""
+        taken = self._in_flight
+        if taken:
+            self._pending[:0] = taken[self._in_flight_spooled or self._in_flight_start :]
+        self._in_flight, self._in_flight_spooled = [], 0
+        self._settle_head(done)
+
+    def _settle_head(self, done: bool) -> None:
+        """After the send of a spool's oldest record: acknowledged if the batch is done with, else left for the next
+        attempt. One that drop_oldest discarded while it was sent is counted dropped only if the send failed."""
+        head, dropped = self._sending_head, self._sending_dropped
+        self._sending_head, self._sending_dropped = None, 0
+        if head is not None and done:
+            head.pop()
+            self._spool_full = False
+        elif dropped and not done:
+            self._drop(_OLDEST_DROPPED, dropped)
+
+    def _hold_back(self) -> None:
+        """The target is failing: memory moves to the spool (a step now, the rest in the background), or without a
+        spool stays within its bound."""
+        if not self.spool_config.enabled:
+            self._trim_memory()
+        elif self._spill_handle is None:
+            self._spill_step(tail=True)
 
     # --- the spool -----------------------------------------------------------------------------------------------
 
@@ -675,16 +761,15 @@ class Collector(ABC):
                 return False
             spool.close()
             self._adopted.pop(0)
+            self._spool_full = False
         if self._spool is None or not self._spool.records:
             return True
         return await self._drain(self._spool)
 
     async def _drain(self, spool: Spool) -> bool:
+        """Sends one spool's records, oldest first. Newer events wait in memory meanwhile (beyond max_pending_events
+        the spill appends them to our spool, behind the backlog): memory is sent once the spool is empty."""
         while True:
-            if spool is self._spool:
-                # Newer events queue behind the backlog, not in memory. Before the peek: under drop_oldest the spill
-                # may drop the oldest record, which must then not be the one sent (and the next, unsent, popped).
-                self._spill()
             try:
                 record = spool.peek()
             except OSError as exc:  # an I/O error reading it: tried again at the next flush
@@ -706,51 +791,148 @@ class Collector(ABC):
                 # an older config (a reload that made the collector untrusted, or narrowed its lists), whose
                 # events it kept as that config let it. Filtering twice changes nothing; it costs on drains only.
                 batch = [self.privacy_filter(event) for event in batch]
-            if not await self.deliver(batch):
+            # The spill may run while this is sent (a hang): under drop_oldest it may drop this very record, which
+            # must then not be popped (the next, unsent, would be acknowledged in its place): _drop_oldest.
+            self._sending_head = spool
+            done = await self.deliver(batch)
+            self._settle_head(done)
+            if not done:
                 return False
-            spool.pop()
             self._update_accepting()
 
-    def _spill(self) -> None:
-        """Moves the memory batch into the spool, in batch-sized records; the `when_full` policy decides what
-        happens when the spool has no room. A spool that cannot be written (its disk full, an I/O error) leaves the
-        events in memory, bounded by max_pending_events, and is tried again SPOOL_RETRY_INTERVAL_S later; so does
-        one that could not be opened yet (flush() tries that)."""
+    # --- the spill: memory to the spool, a step per event-loop iteration -------------------------------------------
+
+    def _spool_writable(self) -> bool:
+        """Whether the spool is open and not waiting to be tried again after a failed write."""
+        return self._spool is not None and not (self._fault and time.monotonic() < self._spool_retry_at)
+
+    def _spool_takes(self) -> bool:
+        """Whether the spool can take what exceeds max_pending_events: writable, with room when last tried."""
+        return not self._spool_full and self._spool_writable()
+
+    def _spill_wanted(self) -> bool:
+        """Whether memory should move to the spool now: while the target is failing, all of it (memory stays small,
+        order is kept) in records of _spill_batch events; else what exceeds half of max_pending_events, once offer()
+        found the bound reached."""
+        if self._failures or time.monotonic() < self._retry_at:
+            return len(self._pending) >= self._spill_batch
+        return len(self._pending) > self.max_pending // 2
+
+    @property
+    def _spill_batch(self) -> int:
+        """Events per spool record the spill writes (a batch for the drain to send)."""
+        return min(self.batch_max, max(1, self.max_pending // 4))
+
+    def _schedule_spill(self) -> None:
+        if self._spill_handle is None and self._loop is not None:
+            self._spill_handle = self._loop.call_soon(self._spill_step)
+
+    def _spill_step(self, tail: bool = False) -> None:
+        """One step of the spill, SPILL_STEP_EVENTS at most; the next one is scheduled for the next event-loop
+        iteration, so requests are served between the steps. `tail`: the events short of a whole record move too
+        (the flush loop's step)."""
+        self._spill_handle = None
+        try:
+            if (tail or self._spill_wanted()) and self._spill(SPILL_STEP_EVENTS, tail) and self._spill_wanted():
+                self._schedule_spill()
+        except Exception as exc:  # a bug of the spill's own: counted and logged; the flush loop's step tries again
+            self._note_error(exc)
+
+    def _spill(self, limit: int = 0, tail: bool = True) -> bool:
+        """Moves the oldest events not in the spool yet into it, up to `limit` (0: all), in records of _spill_batch
+        events (`tail`: and the last, shorter one): while a send from memory runs, first the batch being sent (as one
+        record, then the spool's oldest: _settle_head) and the rest of that flush's events, which are older than the
+        memory batch; then the memory batch. The `when_full` policy decides what happens when the spool has no
+        room. A spool that cannot be written (its disk full, an I/O error) leaves the events in memory, within
+        max_pending_events, and is tried again SPOOL_RETRY_INTERVAL_S later; so does one that could not be opened
+        yet (flush() tries that). False when nothing moved, or the spool could take no more."""
         spool = self._spool
-        if spool is None:
+        if spool is None or not self._spool_writable():
             self._hold_in_memory()
-            return
-        if self._fault and time.monotonic() < self._spool_retry_at:
+            return False
+        budget = limit or sys.maxsize
+        size = self._spill_batch
+        outcome = _PUSHED
+        moved = 0
+        taken = self._in_flight
+        if taken and len(self._pending) >= size:  # nothing of a send that is not overtaken moves
+            if not self._in_flight_spooled:
+                start = self._in_flight_start
+                sending = taken[start : start + self.batch_max]
+                outcome = self._push(spool, sending, sending=True)
+                if outcome == _PUSHED:
+                    self._in_flight_spooled = start + len(sending)
+                    self._sending_head = spool
+                    moved += len(sending)
+            while outcome <= _DROPPED and moved < budget and self._in_flight_spooled < len(taken):
+                batch = taken[self._in_flight_spooled : self._in_flight_spooled + size]
+                outcome = self._push(spool, batch)
+                if outcome <= _DROPPED:
+                    self._in_flight_spooled += len(batch)
+                    moved += len(batch)
+        pending = self._pending
+        done = 0
+        try:
+            while (
+                outcome <= _DROPPED
+                and moved < budget
+                and (not taken or self._in_flight_spooled >= len(taken))
+                and len(pending) - done >= (1 if tail else size)
+            ):
+                batch = pending[done : done + size]
+                outcome = self._push(spool, batch)
+                if outcome <= _DROPPED:
+                    done += len(batch)
+                    moved += len(batch)
+        finally:
+            del pending[:done]
+        if outcome == _UNWRITABLE:
             self._hold_in_memory()
-            return
-        while self._pending:
-            batch = self._pending[: self.batch_max]
-            payload = self._batch_codec.encode(batch)
-            while True:
-                try:
-                    if self._room(spool) and spool.push(payload, len(batch)):
-                        self._clear_fault()
-                        break
-                except OSError as exc:
-                    self._note_error(exc)
-                    self._set_fault(f"spool {spool.directory} cannot be written: {exc}")
-                    self._spool_retry_at = time.monotonic() + SPOOL_RETRY_INTERVAL_S
-                    self._hold_in_memory()
-                    return
-                policy = self.spool_config.when_full
-                # The oldest record of all: adopted backlogs are older than our own spool.
-                oldest = next((held for held in (*self._adopted, spool) if held.records), None)
-                if policy == "drop_oldest" and oldest is not None:
-                    self._drop("spool full, oldest dropped", oldest.drop_oldest())
-                    continue
-                if policy == "backpressure":
-                    self.accepting = False
-                    self._trim_memory()
-                    return
-                self._drop("spool full", len(batch))  # drop_newest, or a batch larger than the whole spool
-                break
-            del self._pending[: len(batch)]
+            return False
+        if outcome == _FULL:
+            if self.spool_config.when_full == "backpressure":
+                self.accepting = False
+            self._trim_memory()
+            return False
         self._update_accepting()
+        return moved > 0
+
+    def _push(self, spool: Spool, batch: list[Event], sending: bool = False) -> int:
+        """Writes a batch to the spool as one record (_PUSHED). Without room, `when_full` decides: drop_oldest drops
+        the oldest record of all and tries again; drop_newest drops this batch (_DROPPED, as a batch larger than the
+        whole spool is); backpressure keeps it (_FULL), as it does the batch being sent (`sending`: its send decides).
+        _UNWRITABLE: the write failed (the collector is then at fault, tried again later)."""
+        payload = self._batch_codec.encode(batch)
+        while True:
+            try:
+                if self._room(spool) and spool.push(payload, len(batch)):
+                    self._spool_full = False
+                    self._clear_fault()
+                    return _PUSHED
+            except OSError as exc:
+                self._note_error(exc)
+                self._set_fault(f"spool {spool.directory} cannot be written: {exc}")
+                self._spool_retry_at = time.monotonic() + SPOOL_RETRY_INTERVAL_S
+                return _UNWRITABLE
+            # The oldest record of all: adopted backlogs are older than our own spool.
+            oldest = next((held for held in (*self._adopted, spool) if held.records), None)
+            if self.spool_config.when_full == "drop_oldest" and oldest is not None:
+                self._drop_oldest(oldest)
+                continue
+            self._spool_full = True
+            if self.spool_config.when_full == "backpressure" or sending:
+                return _FULL
+            self._drop(_SPOOL_FULL, len(batch))
+            return _DROPPED
+
+    def _drop_oldest(self, spool: Spool) -> None:
+        """drop_oldest: discards the spool's oldest record, counted as dropped, unless it is the one being sent: that
+        one counts only if its send fails (_settle_head), and must not be acknowledged when it ends."""
+        events = spool.drop_oldest()
+        if spool is self._sending_head:
+            self._sending_head, self._sending_dropped = None, events
+        else:
+            self._drop(_OLDEST_DROPPED, events)
 
     def _room(self, spool: Spool) -> bool:
         """Sets our spool's bound to what max_bytes leaves beside the adopted backlogs (one worker's spooled bytes in
@@ -787,19 +969,37 @@ class Collector(ABC):
             # Hysteresis: accept again once a tenth of the spool is free, not at the first free byte. (A spool not
             # open yet holds nothing: memory took the events, and the send that made it room just succeeded.)
             held = sum(spool.bytes for spool in (*self._adopted, *([self._spool] if self._spool else [])))
-            self.accepting = held < self.spool_config.max_bytes * 0.9
+            if held >= self.spool_config.max_bytes * 0.9:
+                return
+            # Memory too, where no spool takes its excess (a tenth below max_pending_events); where one does, the
+            # spill moves it there.
+            if len(self._pending) >= self.max_pending * 0.9:
+                if not self._spool_takes():
+                    return
+                self._schedule_spill()
+            self.accepting = True
 
     def _trim_memory(self, cause: str = "") -> None:
-        excess = len(self._pending) - self.max_pending
-        if excess > 0:
-            del self._pending[self.max_pending :]
-            self._drop(cause or self._memory_full(), excess)
+        """Memory that the spool cannot take: under backpressure the gate closes at max_pending_events (the requests
+        already past it are still recorded, up to memory_cap); otherwise the newest beyond max_pending_events are
+        dropped and counted."""
+        held = len(self._pending)
+        limit = self.max_pending
+        if self.spool_config.when_full == "backpressure":
+            if held >= limit:
+                self.accepting = False
+            limit = self.memory_cap
+        if held > limit:
+            del self._pending[limit:]
+            self._drop(cause or self._memory_full(), held - limit)
 
     def _memory_full(self) -> str:
         """The cause of a drop from a full memory batch: where the events would have gone otherwise."""
         if not self.spool_config.enabled:
             return _SPOOL_OFF
-        return _MEMORY_FULL if self._spool is not None else _SPOOL_UNWRITABLE
+        if not self._spool_writable():
+            return _SPOOL_UNWRITABLE
+        return _SPOOL_FULL if self._spool_full else _MEMORY_FULL
 
     def _dead_letter(self, batch: list[Event]) -> None:
         """Batches the target refuses for good are kept as JSON lines for inspection and `trackpoint replay`."""

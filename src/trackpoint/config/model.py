@@ -718,7 +718,8 @@ class SpoolConfig(Struct, forbid_unknown_fields=True, kw_only=True):
         bool,
         Meta(
             description="Spool failed batches to disk and retry them in order. Off: a failed batch is retried "
-            "from memory only, and what exceeds max_pending_events is dropped (counted)."
+            "from memory only, and what exceeds max_pending_events is dropped (counted), or under `when_full: "
+            "backpressure` refused (503) at the edge."
         ),
     ] = True
     max_bytes: Annotated[
@@ -737,7 +738,9 @@ class SpoolConfig(Struct, forbid_unknown_fields=True, kw_only=True):
         Meta(
             description="When the spool is full: drop_newest refuses new batches, drop_oldest discards the oldest "
             "spooled batch (both counted exactly as dropped; `trackpoint replay` refills from the logs); "
-            "backpressure answers 503 (`backpressure`) on the event types feeding this collector until there is room."
+            "backpressure answers 503 (`backpressure`) on the event types feeding this collector until there is room. "
+            "The same applies to the memory batch at max_pending_events when no spool can take its excess (off, "
+            "full, or unwritable)."
         ),
     ] = "drop_newest"
     fsync: Annotated[bool, Meta(description="fsync each spooled batch (survives power loss, costs a disk flush).")] = (
@@ -759,10 +762,12 @@ class CollectorBase(Struct, tag_field="type", forbid_unknown_fields=True, kw_onl
         int,
         Meta(
             ge=1,
-            description="Bound of the in-memory batch; beyond it events go to the spool, or are dropped and "
-            "counted when the spool is off.",
+            description="Bound of the in-memory batch (about 1.2 KB per event). Beyond it the oldest events move "
+            "to the spool, a step per event-loop iteration, even while a send hangs (memory may exceed it by a "
+            "quarter, at least batch_max_events, meanwhile); with no spool that can take them, `spool.when_full` "
+            "applies: dropped and counted, or 503 backpressure.",
         ),
-    ] = 200_000
+    ] = 20_000
     flush_interval_ms: Annotated[
         int, Meta(ge=1, le=60_000, description="The batch is flushed at least this often.")
     ] = 100

@@ -132,8 +132,9 @@ def tag_files(config: TagConfig, clock: Clock) -> dict[bytes, responses.StaticFi
 
 
 def _gates(config: CollectorBase) -> bool:
-    """Whether a collector can make the edge refuse events: a spool that answers `full` with backpressure."""
-    return config.spool.enabled and config.spool.when_full == "backpressure"
+    """Whether a collector can make the edge refuse events: `when_full: backpressure` (a full spool, or a full memory
+    batch where no spool takes the excess)."""
+    return config.spool.when_full == "backpressure"
 
 
 class Components(Protocol):
