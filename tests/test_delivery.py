@@ -393,6 +393,33 @@ def test_a_hung_target_spools_what_exceeds_max_pending_events_and_catches_up_in_
     run(main)
 
 
+def test_events_arriving_faster_than_the_spill_steps_move_at_once_and_none_is_dropped(tmp_path: Path) -> None:
+    """The steps move the batch being sent (the whole flush taken from memory) before memory, to keep the order; a
+    burst arriving faster than a step an iteration reached the memory cap meanwhile, and was dropped though the
+    spool had room (two workers debiting 100,000 wins into one SQLite file lost 728). At the cap, the rest now
+    moves at once."""
+
+    async def main() -> None:
+        collector = flaky(tmp_path, max_pending_events=5000, batch_max_events=100, send_timeout_s=3600.0)
+        await collector.start()
+        offered = events(0, 12_000)
+        await hang_a_send(collector, offered[:4900])  # the flush took all 4,900: in flight, the first 100 held
+        for event in offered[4900:]:  # one burst, no event-loop iteration for a step to run
+            collector.offer(event)
+        stats = collector.snapshot()
+        assert stats.dropped == 0 and stats.received == 12_000
+        assert len(collector._pending) <= collector.memory_cap
+        collector.mode = "ok"
+        collector.released.set()
+        await eventually(lambda: len(collector.delivered) >= 12_000 and collector.snapshot().spooled_events == 0)
+        await collector.close(5.0)
+        stats = collector.snapshot()
+        assert (stats.received, stats.sent, stats.dropped) == (12_000, 12_000, 0)
+        assert collector.delivered == [e.id for e in offered]  # each once, in order
+
+    run(main)
+
+
 def test_the_spill_moves_memory_to_the_spool_a_step_per_event_loop_iteration(tmp_path: Path) -> None:
     """The spill after a failed send wrote the whole memory batch in one go (0.57 s for 200,000 win events, with
     no request served meanwhile); now it moves at most SPILL_STEP_EVENTS per event-loop iteration, in records of a
