@@ -348,6 +348,19 @@ async def offer_under_hang(collector: FlakyCollector, offered: list[Event], gate
     return peak
 
 
+async def resume_in_order(collector: FlakyCollector, offered: list[Event], release: bool) -> None:
+    """The target is back (`release`: the hung send returns): every offered event is delivered once, in order."""
+    collector.mode = "ok"
+    if release:
+        collector.released.set()
+    count = len(offered)
+    await eventually(lambda: len(collector.delivered) >= count and collector.snapshot().spooled_events == 0)
+    await collector.close(5.0)
+    stats = collector.snapshot()
+    assert (stats.received, stats.sent, stats.dropped) == (count, count, 0)
+    assert collector.delivered == [e.id for e in offered]  # each once, in order
+
+
 @pytest.mark.parametrize("resumes", ["released", "timed out"])
 @pytest.mark.parametrize("hung", ["sending memory", "draining the spool"])
 def test_a_hung_target_spools_what_exceeds_max_pending_events_and_catches_up_in_order(
@@ -381,14 +394,8 @@ def test_a_hung_target_spools_what_exceeds_max_pending_events_and_catches_up_in_
         assert stats.dropped == 0 and stats.received == 8000
         assert stats.spooled_events >= 8000 - collector.memory_cap  # the excess on disk, not dropped
         assert peak <= collector.memory_cap and stats.pending <= collector.max_pending
-        collector.mode = "ok"
-        if resumes == "released":
-            collector.released.set()  # else the hung send is cut off by its timeout, and retried
-        await eventually(lambda: len(collector.delivered) >= 8000 and collector.snapshot().spooled_events == 0)
-        await collector.close(5.0)
-        stats = collector.snapshot()
-        assert (stats.received, stats.sent, stats.dropped) == (8000, 8000, 0)
-        assert collector.delivered == [e.id for e in offered]  # each once, in order
+        # Else the hung send is cut off by its timeout, and retried.
+        await resume_in_order(collector, offered, release=resumes == "released")
 
     run(main)
 
@@ -409,13 +416,7 @@ def test_events_arriving_faster_than_the_spill_steps_move_at_once_and_none_is_dr
         stats = collector.snapshot()
         assert stats.dropped == 0 and stats.received == 12_000
         assert len(collector._pending) <= collector.memory_cap
-        collector.mode = "ok"
-        collector.released.set()
-        await eventually(lambda: len(collector.delivered) >= 12_000 and collector.snapshot().spooled_events == 0)
-        await collector.close(5.0)
-        stats = collector.snapshot()
-        assert (stats.received, stats.sent, stats.dropped) == (12_000, 12_000, 0)
-        assert collector.delivered == [e.id for e in offered]  # each once, in order
+        await resume_in_order(collector, offered, release=True)
 
     run(main)
 
