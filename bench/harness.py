@@ -650,3 +650,17 @@ def git_state() -> tuple[str | None, bool | None]:
     commit = git("rev-parse", "HEAD")
     status = git("status", "--porcelain")
     return commit, (bool(status) if status is not None else None)
+
+
+class Terminated(Exception):
+    """SIGTERM arrived: unwind like KeyboardInterrupt, so that the servers get stopped."""
+
+
+def _raise_terminated(_signum: int, _frame: object) -> None:
+    raise Terminated
+
+
+def unwind_on_sigterm() -> None:
+    """SIGTERM raises Terminated in the main thread, so every server's context manager stops it on the way out
+    (Python's default action ends the process at once, leaving the servers running)."""
+    signal.signal(signal.SIGTERM, _raise_terminated)

@@ -63,6 +63,7 @@ from harness import (
     USER_AGENT,
     HarnessError,
     Service,
+    Terminated,
     active_files,
     free_ports,
     git_state,
@@ -72,6 +73,7 @@ from harness import (
     run_tracker,
     run_wrk,
     start_service,
+    unwind_on_sigterm,
     wait_ready,
 )
 from report import write_report
@@ -597,11 +599,15 @@ def main(argv: Sequence[str] | None = None) -> int:
         if shutil.which(tool) is None and not Path(f"/usr/sbin/{tool}").exists():
             console.print(f"[red]{tool} is missing[/]: scripts/bench-peers installs what this benchmark needs")
             return 1
+    unwind_on_sigterm()
     try:
         results, _ = measure(settings, console)
     except HarnessError as exc:
         console.print(f"[red]benchmark failed:[/] {exc}")
         return 1
+    except Terminated:
+        console.print("[red]terminated; servers stopped[/]")
+        return 128 + signal.SIGTERM
     print_table(results, console)
     pairs = brief_rate_rounds(results)
     console.print(

@@ -25,7 +25,6 @@ import time
 from collections.abc import Sequence
 from dataclasses import replace
 from pathlib import Path
-from types import FrameType
 from typing import Any
 
 from rich.console import Console
@@ -54,6 +53,7 @@ from harness import (
     HarnessError,
     Service,
     Settings,
+    Terminated,
     WorkerMemory,
     WrkResult,
     cpu_snapshot,
@@ -63,6 +63,7 @@ from harness import (
     run_nginx,
     run_tracker,
     run_wrk,
+    unwind_on_sigterm,
     verify_pixel,
     worker_pid,
     write_pacing_script,
@@ -263,17 +264,9 @@ def publish(run: BenchRun, settings: Settings, history: list[dict[str, Any]], da
     console.print("wrote " + ", ".join(str(p.relative_to(REPO_ROOT)) for p in written))
 
 
-class Terminated(Exception):
-    """SIGTERM arrived: unwind like KeyboardInterrupt, so that the servers get stopped."""
-
-
-def _raise_terminated(_signum: int, _frame: FrameType | None) -> None:
-    raise Terminated
-
-
 def main(argv: Sequence[str] | None = None) -> int:
     settings = parse_args(argv)
-    signal.signal(signal.SIGTERM, _raise_terminated)
+    unwind_on_sigterm()
     # rich would squeeze the tables into 80 columns when stdout is not a terminal (CI logs)
     console = Console(width=None if sys.stdout.isatty() else LOG_WIDTH)
     errors = Console(stderr=True, width=None if sys.stderr.isatty() else LOG_WIDTH)
