@@ -102,8 +102,8 @@ class BrittleConfig(RecorderConfig, tag="brittle"):
 
 
 class Brittle(Recorder):
-    """A collector whose own members fail: offer() raises (`offer_raise`), breaks the event it shares with the edge
-    after taking it (`mutate`), and snapshot() raises once after `snapshot_raise`."""
+    """A collector whose own members fail: offer() raises (`offer_raise`, in a dim or in a bad row's target), breaks
+    the event it shares with the edge after taking it (`mutate`), and snapshot() raises once after `snapshot_raise`."""
 
     def __init__(self, name: str, config: RecorderConfig, context: CollectorContext) -> None:
         super().__init__(name, config, context)
@@ -111,7 +111,7 @@ class Brittle(Recorder):
 
     def offer(self, event: Event) -> None:
         mode = event.dims.get("mode")
-        if mode == "offer_raise":
+        if mode == "offer_raise" or "mode=offer_raise" in str(event.dims.get("target", "")):
             raise RuntimeError("brittle: offer failed")
         super().offer(event)
         if mode == "mutate":

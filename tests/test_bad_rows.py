@@ -43,7 +43,13 @@ class Sink:
 def _bad_rows(sample_rate: float, max_per_s: int, clock: FakeClock, rng: Any = lambda: 0.5) -> tuple[BadRows, Sink]:
     sink = Sink()
     config = RejectedConfig(collectors=["bad"], sample_rate=sample_rate, max_per_s=max_per_s, keep_values=["cid"])
-    return BadRows(config, (cast(Collector, sink),), Meta(worker=3, config="v1"), clock, rng), sink
+    bad_rows = BadRows(config, (cast(Collector, sink),), Meta(worker=3, config="v1"), _offer_each, clock=clock, rng=rng)
+    return bad_rows, sink
+
+
+def _offer_each(collectors: tuple[Collector, ...], event: Event) -> None:
+    for collector in collectors:
+        collector.offer(event)
 
 
 # --- the recorded target -----------------------------------------------------------------------------------------

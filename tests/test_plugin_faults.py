@@ -59,6 +59,12 @@ COLLECTORS = {
 @pytest.fixture
 def faulty(tracker_factory: Any, tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Tracker:
     """A tracker with the faulty plugin installed: its module and a dist-info with the entry point, on PYTHONPATH."""
+    return _faulty_tracker(tracker_factory, tmp_path, monkeypatch, {})
+
+
+def _faulty_tracker(
+    tracker_factory: Any, tmp_path: Path, monkeypatch: pytest.MonkeyPatch, extra: dict[str, Any]
+) -> Tracker:
     site = tmp_path / "site"
     info = site / "trackpoint_faulty-1.0.dist-info"
     info.mkdir(parents=True)
@@ -66,7 +72,7 @@ def faulty(tracker_factory: Any, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
     (info / "METADATA").write_text("Metadata-Version: 2.1\nName: trackpoint-faulty\nVersion: 1.0\n")
     (info / "entry_points.txt").write_text("[trackpoint.plugins]\nfaults = faulty_plugin:plugin\n")
     monkeypatch.setenv("PYTHONPATH", os.pathsep.join(filter(None, [str(site), os.environ.get("PYTHONPATH")])))
-    tracker: Tracker = tracker_factory({"event_types": TYPES, "collectors": COLLECTORS})
+    tracker: Tracker = tracker_factory({"event_types": TYPES, "collectors": COLLECTORS} | extra)
     return tracker
 
 
@@ -170,6 +176,22 @@ def test_a_collector_failing_on_the_request_path_costs_only_itself(faulty: Track
     output = faulty.output()
     assert "collector brittle failed on the request path" in output
     assert "cannot read the counters to report" in output and "Exception in callback" not in output
+
+
+def test_a_rejected_stream_collector_that_raises_costs_only_itself(
+    tracker_factory: Any, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Bad rows go through the same guard as events: a collector of the rejected stream whose offer() raises loses
+    that bad row (counted, logged), the next one still gets it and the client its 404."""
+    rejected = {"collectors": ["brittle", "recorder"], "sample_rate": 1.0, "keep_values": ["mode"]}
+    tracker = _faulty_tracker(tracker_factory, tmp_path, monkeypatch, {"rejected": rejected})
+    assert tracker.raw(_get("/nowhere?mode=offer_raise", close=True)).startswith(b"HTTP/1.1 404 ")
+    assert tracker.raw(_get("/nowhere?mode=ok", close=True)).startswith(b"HTTP/1.1 404 ")
+    recorded = _wait_lines(tracker.data_dir / "recorded.jsonl", 2)
+    assert [e.dims["target"] for e in recorded] == ["/nowhere?mode=offer_raise", "/nowhere?mode=ok"]
+    assert [e.dims["target"] for e in _wait_lines(tracker.data_dir / "brittle.jsonl", 1)] == ["/nowhere?mode=ok"]
+    assert tracker.wait_metric("trackpoint_collector_dropped_total", 'collector="brittle"', 1) == 1
+    assert "collector brittle failed on the request path" in tracker.output()
 
 
 # --- unit tests --------------------------------------------------------------------------------------------------

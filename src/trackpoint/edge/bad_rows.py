@@ -45,6 +45,7 @@ class BadRows:
 
     __slots__ = (
         "_clock",
+        "_offer",
         "_prefixes",
         "_random",
         "_window_count",
@@ -63,11 +64,15 @@ class BadRows:
         config: RejectedConfig,
         collectors: tuple[Collector, ...],
         meta: Meta,
+        offer: Callable[[tuple[Collector, ...], Event], None],
+        *,
         clock: Callable[[], float] = time.monotonic,
         rng: Callable[[], float] = random.random,
     ) -> None:
         self.collectors = collectors
         self.meta = meta
+        # The edge's offer: a collector that raises loses this bad row, counted and logged, the others still get it.
+        self._offer = offer
         self.sample_rate = config.sample_rate
         self.max_per_s = config.max_per_s
         self.max_target_len = config.max_target_len
@@ -117,5 +122,4 @@ class BadRows:
         ts = int(time.time() * 1000)
         context = Context(ip=truncate_ip(client_ip, *self._prefixes) if client_ip else None)
         event = Event(random_id(ts), EVENT_TYPE, ts, dims, {"status": status}, context, self.meta)
-        for collector in self.collectors:
-            collector.offer(event)
+        self._offer(self.collectors, event)

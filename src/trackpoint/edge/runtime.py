@@ -198,7 +198,9 @@ class Edge:
         # Preprocessors with periodic upkeep (`refresh`), called by the timers, never per request.
         self._refreshing = [p for p in preprocessors.values() if isinstance(p, Refreshes)]
         self.bad_rows = (
-            BadRows(config.rejected, tuple(self.collectors[name] for name in config.rejected.collectors), meta)
+            BadRows(
+                config.rejected, tuple(self.collectors[name] for name in config.rejected.collectors), meta, self.offer
+            )
             if config.rejected.collectors
             else None
         )
