@@ -185,6 +185,37 @@ def test_a_worker_whose_event_loop_blocks_is_reported_and_restarted(misbehaving:
     _drains(tracker)
 
 
+def test_a_reload_kills_an_old_worker_that_does_not_drain(misbehaving: StartTracker) -> None:
+    """A reload retires the old worker with SIGTERM; one whose event loop is blocked cannot act on it, and is killed
+    drain_timeout_s + 5 s later (it ran on for good before), while the new worker serves."""
+    tracker = misbehaving(worker_stall_timeout_s=600)  # the watchdog stays out of it: the reload retires the worker
+    (worker,) = tracker.worker_pids()
+    _served(tracker, 2, "before")
+    blocked = socket.create_connection(("127.0.0.1", tracker.port))  # its answer never comes
+    try:
+        blocked.sendall(b"GET /i?imp=blocks&pub=block HTTP/1.1\r\nHost: t\r\n\r\n")
+        time.sleep(0.5)  # the worker's loop is in the plugin's sleep
+        tracker.signal(signal.SIGHUP)
+        deadline = time.monotonic() + 30
+        while tracker.metric("trackpoint_reloads_total") < 1:
+            assert time.monotonic() < deadline, f"the reload did not happen:\n{tracker.output()}"
+            time.sleep(0.05)
+        _served(tracker, 2, "reloaded")  # the new worker serves while the old one is stuck
+        assert worker in tracker.worker_pids()
+        started = time.monotonic()
+        while worker in tracker.worker_pids():
+            assert time.monotonic() < deadline, f"the wedged old worker still runs:\n{tracker.output()}"
+            time.sleep(0.1)
+        assert time.monotonic() - started < 1 + 5 + 1  # drain_timeout_s + STOP_GRACE_S
+    finally:
+        blocked.close()
+    assert f"worker 0 (pid {worker}) did not exit 6 s after SIGTERM; killing it" in tracker.output()
+    _served(tracker, 2, "after")
+    _drains(tracker)
+    logged = {event.dims["imp"] for event in tracker.events()}
+    assert {"before-0", "before-1", "reloaded-0", "reloaded-1", "after-0", "after-1"} <= logged
+
+
 def test_a_worker_past_its_memory_limit_is_replaced_without_a_gap(misbehaving: StartTracker) -> None:
     """server.worker_max_memory_mb: a worker that grew past it (a leaking plugin) is replaced by a new one first,
     then drains; /readyz never fails meanwhile, and nothing acknowledged is lost."""

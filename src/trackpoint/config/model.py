@@ -175,7 +175,8 @@ class ServerConfig(Struct, forbid_unknown_fields=True, kw_only=True):
         Seconds,
         Meta(
             description="On SIGTERM or reload: time to finish in-flight requests and flush collectors (all at once, "
-            "within this time; what a collector cannot deliver in time stays in its spool for the next worker)."
+            "within this time; what a collector cannot deliver in time stays in its spool for the next worker). A "
+            "worker still running 5 s after it is killed."
         ),
     ] = 10.0
     worker_start_timeout_s: Annotated[

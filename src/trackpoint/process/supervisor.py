@@ -771,12 +771,18 @@ class Supervisor:
             return
 
     def _retire(self, handle: WorkerHandle) -> None:
+        """Stops a worker no longer wanted (replaced by a reload or a recycle, or the tracker stopping): SIGTERM, its
+        drain, and SIGKILL drain_timeout_s + STOP_GRACE_S later if it has not exited (one wedged in a plugin cannot
+        act on SIGTERM, and ran on, holding its memory and its connections, for good)."""
         handle.retiring = True
         if self.workers.get(handle.slot) is handle:
             del self.workers[handle.slot]
         self.retiring.add(handle)
         if handle.process.poll() is None:
             handle.process.send_signal(signal.SIGTERM)
+            if handle.kill_timer is None:
+                grace = self.config.server.drain_timeout_s + STOP_GRACE_S
+                handle.kill_timer = asyncio.get_running_loop().call_later(grace, self._kill, handle, grace)
 
     def _every_worker(self) -> list[WorkerHandle]:
         """Every worker process still running: serving, being replaced by a reload, or draining."""
