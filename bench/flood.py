@@ -401,6 +401,10 @@ async def _endless_header(port: int, duration_s: float) -> dict[str, Any]:
                 writer.write(ENDLESS_CHUNK)
                 sent += len(ENDLESS_CHUNK)
                 await writer.drain()
+                # drain() does not yield while the socket takes the bytes: without this, one connection kept the
+                # client's loop to itself (the others then met the header timeout, 408, instead of the cap) and never
+                # read the tracker's answer before the linger ended in a reset (counted closed_without_answer).
+                await asyncio.sleep(0)
         except ConnectionError:
             pass  # cut off: what is wanted; the answer was read before the reset, or not at all
         try:
