@@ -8,17 +8,19 @@ import hashlib
 import hmac
 import re
 import secrets
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
 import pytest
 import yaml
 
-from conftest import load_config
+from conftest import SmallDisk, load_config
 from trackpoint.config.model import SecretSource, SigningKey
 from trackpoint.preprocessors.decrypt_price.config import DecryptPriceConfig, ExchangeKeys, read_price_key
 from trackpoint.preprocessors.pseudonymize.config import PseudonymizeConfig
 from trackpoint.preprocessors.pseudonymize.preprocessor import Pseudonymize
+from trackpoint.security.keyfile import create_key_file
 from trackpoint.security.postback_auth import read_advertiser_secret
 from trackpoint.security.resolve import unresolved_secrets
 from trackpoint.security.secrets import SecretError, env_secret, read_secret
@@ -149,3 +151,22 @@ def test_decrypt_price_keys_follow_the_rule(data_dir: str) -> None:
     config = DecryptPriceConfig(exchanges={"adx": ExchangeKeys(encryption_key_file=RELATIVE)})
     with pytest.raises(SecretError, match=r"integrity_key_env/integrity_key_file: .*needs exactly one"):
         read_price_key("p", "adx", "integrity", config.exchanges["adx"], data_dir)
+
+
+def test_a_key_not_written_for_want_of_space_leaves_nothing_behind(
+    small_disk: Callable[..., SmallDisk], tmp_path: Path
+) -> None:
+    """On a full disk the key is not made (the worker's start fails, retried with backoff) and no temporary file is
+    left per attempt: each took an inode of a disk already full. Once there is room the key is made, whole."""
+    disk = small_disk(tmp_path / "data")
+    (disk.directory / "keys").mkdir()
+    disk.fill(inodes=False)  # blocks only: the temporary file is made, its write fails
+    key = disk.directory / "keys" / "pseudonymize.key"
+    for _ in range(3):
+        with pytest.raises(OSError, match="No space left on device"):
+            create_key_file(key)
+    assert list((disk.directory / "keys").iterdir()) == []
+    disk.free()
+    create_key_file(key)
+    assert [p.name for p in (disk.directory / "keys").iterdir()] == ["pseudonymize.key"]
+    assert re.fullmatch(r"[0-9a-f]{64}\n", key.read_text())

@@ -4,6 +4,7 @@ bytes as hex, mode 0600, created atomically so that processes starting together 
 
 from __future__ import annotations
 
+import errno
 import os
 from pathlib import Path
 
@@ -19,15 +20,18 @@ def create_key_file(path: Path) -> None:
     temporary = path.with_name(f".{path.name}.{os.getpid()}.tmp")
     descriptor = os.open(temporary, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
     try:
-        os.write(descriptor, os.urandom(32).hex().encode("ascii") + b"\n")
-        os.fsync(descriptor)
-    finally:
-        os.close(descriptor)
-    try:
+        try:
+            content = os.urandom(32).hex().encode("ascii") + b"\n"
+            if os.write(descriptor, content) != len(content):
+                raise OSError(errno.ENOSPC, os.strerror(errno.ENOSPC), str(temporary))
+            os.fsync(descriptor)
+        finally:
+            os.close(descriptor)
         os.link(temporary, path)
     except FileExistsError:
         pass  # another process made the key first: theirs is kept
     finally:
+        # Also when the write failed (a full disk): a worker retried with backoff would leave one file per attempt.
         temporary.unlink()
 
 
