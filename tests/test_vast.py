@@ -309,7 +309,11 @@ def test_watch_time_from_the_offset_start_and_quartiles() -> None:
     assert video("imp=i&ev=start").metrics == {"watch_ms": 0}
     assert video("imp=i&ev=midpoint&dur=30").metrics == {"dur": 30.0, "watch_ms": 15_000}
     assert video("imp=i&ev=thirdQuartile&dur=00:00:15").metrics["watch_ms"] == 11_250
-    assert video("imp=i&ev=complete&dur=15&t=14.9").metrics["watch_ms"] == 14_900  # the offset wins
+    # A quartile proves its share of the ad; vast-client's [ADPLAYHEAD] is the playhead a progress update earlier.
+    assert video("imp=i&ev=firstQuartile&dur=10&t=00:00:02.250").metrics["watch_ms"] == 2_500
+    assert video("imp=i&ev=complete&dur=15&t=14.9").metrics["watch_ms"] == 15_000
+    assert video("imp=i&ev=midpoint&dur=10&t=5.3").metrics["watch_ms"] == 5_300  # a playhead further on: it
+    assert video("imp=i&ev=midpoint&t=4.75").metrics["watch_ms"] == 4_750  # no duration: the offset is all there is
     assert video("imp=i&ev=firstQuartile").metrics == {}  # no offset, no duration: nothing to say
     assert video("imp=i&ev=impression&dur=30").metrics == {"dur": 30.0}
 

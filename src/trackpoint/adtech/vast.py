@@ -95,13 +95,16 @@ ERROR_CODE_MAX = 999
 
 
 def watch_ms(event: str, offset_s: float | None, duration_s: float | None) -> int | None:
-    """How far into the ad (ms) an event proves playback went: its offset when the player sent one, 0 for `start`,
-    a quartile's share of the ad's duration when that is known; None when the event says nothing about it."""
+    """How far into the ad (ms) an event proves playback went: for a quartile, its share of the ad's duration when
+    that is known, or the offset the player sent if it is further; else the offset, 0 for `start`; None when the
+    event says nothing about it. A quartile's offset alone falls short: @dailymotion/vast-client fills
+    `[ADPLAYHEAD]` with the playhead of its previous progress update, a tick before the quartile was reached."""
+    share = QUARTILES.get(event)
+    if share is not None and duration_s is not None:
+        reached = duration_s * share
+        return round(max(reached, offset_s) * 1000) if offset_s is not None else round(reached * 1000)
     if offset_s is not None:
         return round(offset_s * 1000)
     if event == START:
         return 0
-    share = QUARTILES.get(event)
-    if share is not None and duration_s is not None:
-        return round(duration_s * share * 1000)
     return None

@@ -11,8 +11,8 @@ from trackpoint.config.model import PreprocessorBase
 
 class VastConfig(PreprocessorBase, tag="vast"):
     """VAST video tracking: checks what each event needs, records how far into the ad it proves playback went
-    (`metrics.watch_ms`: the offset of the event, 0 for `start`, a quartile's share of the duration when the
-    offset is missing) and keys the id of events that may legitimately repeat: `progress` by its offset (in
+    (`metrics.watch_ms`: a quartile's share of the duration when that is known, or the event's offset if further;
+    else the offset, 0 for `start`) and keys the id of events that may legitimately repeat: `progress` by its offset (in
     buckets of `progress_granularity_s`), `error` by its code, viewer interactions (pause, mute, click, ...) by
     the cache buster, else the offset. Everything else (impression, start, each quartile, complete, ...) counts
     once per impression through the type's dedupe key. A `progress` event without an offset is refused (400
