@@ -13,6 +13,7 @@ import os
 import resource
 import signal
 import subprocess
+import sys
 import time
 from collections import Counter
 from collections.abc import Iterator
@@ -22,6 +23,7 @@ from typing import Any
 
 import pytest
 
+from conformance.target_redis_streams import RedisStreamsTarget
 from conftest import CHROME_UA, Tracker
 
 KILLS = 6
@@ -307,3 +309,41 @@ async def exchange_answer(reader: asyncio.StreamReader) -> int:
     length = next((int(line.split(":", 1)[1]) for line in lines if line.lower().startswith("content-length:")), 0)
     await reader.readexactly(length)
     return int(lines[0].split()[1])
+
+
+@pytest.mark.timeout(120)
+def test_a_killed_worker_says_what_its_collectors_held_and_how_to_refill_them(tracker_factory: Any) -> None:
+    """A worker SIGKILLed while a queue target is down took its collector's memory batch with it: the supervisor
+    counts those events (trackpoint_collector_undelivered_at_exit_total) and logs the replay that refills the
+    target; that very command, once the target is up, delivers every acknowledged event."""
+    target = RedisStreamsTarget()  # its port reserved, its server not started yet: the target is down
+    stream = target.collector_config() | {"spool": {"enabled": False}, "retry_max_ms": 200}
+    impression = {"preset": "impression", "collectors": ["log", "queue"]}
+    tracker: Tracker = tracker_factory({
+        "collectors": {"log": {"type": "log", "fsync": "none"}, "queue": stream},
+        "event_types": {"impression": impression},
+    })  # fmt: skip
+    try:
+        for number in range(40):
+            assert tracker.get(f"/i?imp=held-{number}")[0] == 200
+        (worker,) = tracker.worker_pids()
+        assert tracker.wait_metric("trackpoint_requests_total", "", 40) == 40
+        time.sleep(1.2)  # a report of the worker's taken after the 40
+        os.kill(worker, signal.SIGKILL)
+        assert tracker.wait_metric("trackpoint_collector_undelivered_at_exit_total", 'collector="queue"', 40) == 40
+        tracker.wait_ready(READY_TIMEOUT_S)
+        line = next(line for line in tracker.output().splitlines() if "ended without draining" in line)
+        assert f"pid {worker}" in line and "at least: queue 40" in line, line
+        command = line.split("refill with `", 1)[1].split("`", 1)[0]
+        assert command.startswith(f"trackpoint replay {tracker.data_dir / 'logs'} --collector queue --since "), line
+        asyncio.run(target.server.start())
+        replay = subprocess.run(
+            [sys.executable, "-m", "trackpoint", *command.split()[1:], "--config", str(tracker.config_path), "--json"],
+            capture_output=True, text=True, timeout=120, check=False,
+        )  # fmt: skip
+        assert replay.returncode == 0, replay.stdout + replay.stderr
+        ids = asyncio.run(target.read_ids())
+        logged = {event.id for event in tracker.events()}
+        assert len(logged) == 40 and set(ids) == logged
+    finally:
+        asyncio.run(target.close())

@@ -361,6 +361,25 @@ async def resume_in_order(collector: FlakyCollector, offered: list[Event], relea
     assert collector.delivered == [e.id for e in offered]  # each once, in order
 
 
+def test_pending_counts_the_batch_a_running_send_took(tmp_path: Path) -> None:
+    """`pending` is what memory holds undelivered, the batch a send took included: a worker killed meanwhile loses
+    it too, and the supervisor counts what a dead worker held from this gauge (it said 0 during a hung send)."""
+
+    async def main() -> None:
+        collector = flaky(tmp_path, spool={"enabled": False})
+        await collector.start()
+        offered = events(0, 80)
+        await hang_a_send(collector, offered[:50])
+        assert not collector._pending and collector.snapshot().pending == 50
+        for event in offered[50:]:
+            collector.offer(event)
+        assert collector.snapshot().pending == 80
+        await resume_in_order(collector, offered, release=True)
+        assert collector.snapshot().pending == 0
+
+    run(main)
+
+
 @pytest.mark.parametrize("resumes", ["released", "timed out"])
 @pytest.mark.parametrize("hung", ["sending memory", "draining the spool"])
 def test_a_hung_target_spools_what_exceeds_max_pending_events_and_catches_up_in_order(

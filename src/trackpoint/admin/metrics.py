@@ -27,6 +27,9 @@ class SupervisorState:
         self.worker_stops = dict.fromkeys(("stalled", "start_timeout", "channel_broken"), 0)
         # Workers replaced for their memory (server.worker_max_memory_mb), and each slot's worker's RSS in bytes.
         self.worker_recycled = 0
+        # Events that workers ending without a drain (killed, crashed) held in memory for a collector, undelivered,
+        # as of their last report: the log has them (`trackpoint replay` refills), by collector.
+        self.undelivered: dict[str, int] = {}
         self.worker_rss: dict[int, int] = {}
         # What the supervisor could not read of the workers' messages and skipped, by reason: undecodable (a frame),
         # recent_event (an event of a report's dashboard sample).
@@ -140,6 +143,13 @@ class _SnapshotCollector:
             "Workers replaced, a new one first, because their memory passed server.worker_max_memory_mb.",
             state.worker_recycled,
         )
+        yield _by_label(
+            "trackpoint_collector_undelivered_at_exit",
+            "Events a collector held in memory, undelivered, in workers that ended without draining (killed, "
+            "crashed), as of their last report (a floor): the log has them, `trackpoint replay` refills the collector.",
+            "collector",
+            state.undelivered,
+        )
         rss = GaugeMetricFamily(
             "trackpoint_worker_rss_bytes",
             "Resident memory of each slot's worker, as of its last report.",
@@ -201,7 +211,11 @@ def _collector_metrics(snap: Snapshot) -> Iterator[Metric]:
         labels=["collector"],
     )
     gauges = {
-        "pending": GaugeMetricFamily("trackpoint_collector_pending", "Events waiting in memory.", labels=["collector"]),
+        "pending": GaugeMetricFamily(
+            "trackpoint_collector_pending",
+            "Events in memory not delivered yet (waiting, or taken by a send still running).",
+            labels=["collector"],
+        ),
         "spooled_bytes": GaugeMetricFamily(
             "trackpoint_collector_spooled_bytes", "Bytes waiting in the disk spool.", labels=["collector"]
         ),

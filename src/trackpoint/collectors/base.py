@@ -103,7 +103,8 @@ class CollectorStats(msgspec.Struct):
     """Counters every collector reports. received: offered events taken; sent: delivered; retried: events of
     failed sends (each attempt counted); dropped: events given up (memory or spool full, or refused by the target);
     errors: failed sends, failed spool writes and opens, and exceptions; spool_lost_records: records of a torn or
-    corrupt spool tail, found on recovery (their events cannot be counted). pending, spooled_*, spool_max_bytes,
+    corrupt spool tail, found on recovery (their events cannot be counted). pending (events in memory not delivered:
+    waiting, or taken by a send still running), spooled_*, spool_max_bytes,
     healthy, accepting and problem (why it is unhealthy, for /readyz) are gauges; last_success_s is when `sent` last
     grew (Unix seconds, as of a snapshot; 0: not since start)."""
 
@@ -1065,7 +1066,11 @@ class Collector(ABC):
 
     def snapshot(self) -> CollectorStats:
         """The counters and gauges reported to the supervisor (summed over workers in /metrics)."""
-        self.stats.pending = len(self._pending)
+        # In memory and not delivered: the batch waiting, and what a running send took from it (less what the spill
+        # moved to the spool meanwhile): both are lost with the process.
+        taken = self._in_flight
+        in_flight = len(taken) - (self._in_flight_spooled or self._in_flight_start) if taken else 0
+        self.stats.pending = len(self._pending) + in_flight
         spools = [*self._adopted, *([self._spool] if self._spool else [])]
         self.stats.spooled_bytes = sum(spool.bytes for spool in spools)
         self.stats.spooled_events = sum(spool.events for spool in spools)

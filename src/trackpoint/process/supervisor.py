@@ -448,6 +448,8 @@ class Supervisor:
         code = await asyncio.get_running_loop().run_in_executor(None, handle.process.wait)
         self._bury(handle)
         failed_start = not handle.ready.done()
+        if not clean and not failed_start:
+            self._undelivered(handle, code)
         if failed_start:
             reason = f": {handle.failure.error}" if handle.failure is not None else ""
             handle.ready.set_exception(RuntimeError(f"worker {handle.slot} exited with {code} before ready{reason}"))
@@ -468,6 +470,46 @@ class Supervisor:
         elif not clean:
             log.error("worker %d (pid %d) died with exit code %s", handle.slot, handle.process.pid, code)
         await self._restart(handle.slot, clean)
+
+    def _undelivered(self, handle: WorkerHandle, code: int) -> None:
+        """A worker that ended without its goodbye (killed, crashed, stopped for a wedge) took with it what its
+        collectors held in memory and had not delivered (their spools stay, for the next worker). Every acknowledged
+        event is in the log: counted here (what its last report held in memory, a floor: it took more in its last
+        second) and logged with the replay that refills those collectors."""
+        held = {name: stats for name, stats in handle.snapshot.collectors.items() if stats.pending > 0}
+        if not held:
+            return
+        for name, stats in held.items():
+            self.state.undelivered[name] = self.state.undelivered.get(name, 0) + stats.pending
+        # Delivery is in order: what was still held came after the last batch delivered, which was cut at most
+        # send_timeout_s before it was; a collector that delivered nothing since its worker started holds all since.
+        since = min(
+            (stats.last_success_s or handle.started_at) - self._send_timeout_s(name) for name, stats in held.items()
+        )
+        logs = [
+            str(log_dir(self.config.data_dir, collector))
+            for collector in self.config.collectors.values()
+            if isinstance(collector, LogCollectorConfig)
+        ]
+        counts = ", ".join(f"{name} {stats.pending:,}" for name, stats in sorted(held.items()))
+        refill = " ".join(
+            [
+                "trackpoint replay",
+                *(logs or ["<log dir>"]),
+                *(f"--collector {name}" for name in sorted(held)),
+                "--since",
+                time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime(int(since))),
+            ]
+        )
+        log.error(
+            "worker %d (pid %d) ended without draining (exit code %s): events its collectors held in memory were not "
+            "delivered (at least: %s); the log has them, refill with `%s` (consumers dedupe on the event id)",
+            handle.slot, handle.process.pid, code, counts, refill,
+        )  # fmt: skip
+
+    def _send_timeout_s(self, collector: str) -> float:
+        config = self.config.collectors.get(collector)
+        return float(getattr(config, "send_timeout_s", 30.0))
 
     async def _read(self, handle: WorkerHandle, reader: asyncio.StreamReader) -> bool:
         """Handles a worker's messages until its channel ends; whether it said goodbye (a clean exit). Whatever the
