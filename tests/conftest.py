@@ -23,10 +23,13 @@ import signal
 import socket
 import subprocess
 import sys
+import threading
 import time
 from collections.abc import Callable, Iterator, Sequence
+from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
 from typing import Any
+from urllib.parse import urlsplit
 
 import pytest
 import yaml
@@ -401,6 +404,42 @@ def tracker(tracker_factory: Any) -> Tracker:
 
 
 # --- a real browser ------------------------------------------------------------------------------------------------
+
+
+class StaticSite:
+    """An origin of its own for a real browser's tests (a publisher's page, a shop, an ad server): `files` maps a path
+    to HTML, or to (content type, body); tests may fill it after the site started."""
+
+    def __init__(self, files: dict[str, str | tuple[str, bytes]] | None = None) -> None:
+        self.port = free_port()
+        self.origin = f"http://127.0.0.1:{self.port}"
+        self.files: dict[str, str | tuple[str, bytes]] = {} if files is None else files
+        served = self.files
+
+        class Handler(BaseHTTPRequestHandler):
+            def do_GET(self) -> None:
+                found = served.get(urlsplit(self.path).path)
+                if isinstance(found, str):
+                    content_type, body = "text/html; charset=utf-8", found.encode()
+                else:
+                    content_type, body = found or ("text/plain", b"not found")
+                self.send_response(200 if found else 404)
+                self.send_header("Content-Type", content_type)
+                self.send_header("Content-Length", str(len(body)))
+                self.end_headers()
+                self.wfile.write(body)
+
+            def log_message(self, *args: Any) -> None:
+                pass
+
+        self.server = ThreadingHTTPServer(("127.0.0.1", self.port), Handler)
+        self.thread = threading.Thread(target=self.server.serve_forever, daemon=True)
+        self.thread.start()
+
+    def close(self) -> None:
+        self.server.shutdown()
+        self.server.server_close()
+
 
 # Debian's chromium (installed by scripts/services), driven by Playwright for Python: no browser download.
 CHROMIUM = os.environ.get("TRACKPOINT_CHROMIUM", "/usr/bin/chromium")

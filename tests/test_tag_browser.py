@@ -6,11 +6,9 @@ Every event is checked in the tracker's log.
 
 from __future__ import annotations
 
-import threading
 import time
 import uuid
 from collections.abc import Callable, Iterator
-from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
 from typing import Any
 from urllib.parse import parse_qs, quote, urlsplit
@@ -18,7 +16,7 @@ from urllib.parse import parse_qs, quote, urlsplit
 import pytest
 import yaml
 
-from conftest import CHROME_UA, Tracker, free_port
+from conftest import CHROME_UA, StaticSite, Tracker
 from test_consent import TC_RANGE
 from trackpoint.event import Event
 from trackpoint.tag import built_tag
@@ -30,45 +28,14 @@ BATCH = 'data-event-batch="/t/event/batch"'  # custom events go in batches, as t
 TAG = built_tag()
 
 
-class Site:
-    """The shop: a tiny HTTP server on its own port (another origin than the tracker's) serving pages by path."""
-
-    def __init__(self) -> None:
-        self.port = free_port()
-        self.origin = f"http://127.0.0.1:{self.port}"
-        self.pages: dict[str, str] = {}
-        pages = self.pages
-
-        class Handler(BaseHTTPRequestHandler):
-            def do_GET(self) -> None:
-                page = pages.get(urlsplit(self.path).path)
-                body = (page or "not found").encode()
-                self.send_response(200 if page else 404)
-                self.send_header("Content-Type", "text/html; charset=utf-8")
-                self.send_header("Content-Length", str(len(body)))
-                self.end_headers()
-                self.wfile.write(body)
-
-            def log_message(self, *args: Any) -> None:
-                pass
-
-        self.server = ThreadingHTTPServer(("127.0.0.1", self.port), Handler)
-        self.thread = threading.Thread(target=self.server.serve_forever, daemon=True)
-        self.thread.start()
-
-    def close(self) -> None:
-        self.server.shutdown()
-        self.server.server_close()
-
-
 @pytest.fixture
-def site() -> Iterator[Site]:
-    shop = Site()
+def site() -> Iterator[StaticSite]:
+    shop = StaticSite()
     yield shop
     shop.close()
 
 
-def shop_config(site: Site) -> dict[str, Any]:
+def shop_config(site: StaticSite) -> dict[str, Any]:
     """examples/web-tag.yaml as it is, but for the shop's local origin (no cookie domain: the shop is 127.0.0.1), and
     custom events recording how the browser sent them (`Sec-Fetch-Mode`: `cors` for fetch, `no-cors` for a beacon)."""
     config: dict[str, Any] = yaml.safe_load(EXAMPLE.read_text())
@@ -83,7 +50,7 @@ def shop_config(site: Site) -> dict[str, Any]:
 
 
 @pytest.fixture
-def shop_tracker(tracker_factory: Any, site: Site) -> Tracker:
+def shop_tracker(tracker_factory: Any, site: StaticSite) -> Tracker:
     tracker: Tracker = tracker_factory(shop_config(site))
     return tracker
 
@@ -133,21 +100,21 @@ def with_url(url: str) -> Callable[[Event], bool]:
     return lambda event: event.dims.get("url", "").startswith(url)
 
 
-def test_consent_events_click_attribution_and_the_beacon(browser: Any, site: Site, shop_tracker: Tracker) -> None:
+def test_consent_events_click_attribution_and_the_beacon(browser: Any, site: StaticSite, shop_tracker: Tracker) -> None:
     tracker = shop_tracker
     imp = f"imp-{uuid.uuid4().hex[:10]}"
     landing = f"{site.origin}/landing"
     ad = f"http://127.0.0.1:{tracker.port}/c?imp={imp}&cid=summer-sale&crid=banner&url={quote(landing, safe='')}"
-    site.pages["/"] = page_html(
+    site.files["/"] = page_html(
         tracker,
         body=f'<a id="ad" href="{ad}">Summer sale</a>',
         script='tp("event", "view_item", {category: "shoes", value: 49.9, cur: "EUR"});',
     )
-    site.pages["/landing"] = page_html(tracker)
-    site.pages["/thanks"] = page_html(
+    site.files["/landing"] = page_html(tracker)
+    site.files["/thanks"] = page_html(
         tracker, script='tp("conversion", {order_id: "A-1001", value: 49.9, cur: "EUR"});'
     )
-    site.pages["/leaving"] = page_html(
+    site.files["/leaving"] = page_html(
         tracker,
         script='tp("event", "scroll", {label: "25"}); tp("event", "scroll", {label: "50"});',
         attributes=f'data-consent="required" {BATCH} data-batch-ms="600000"',  # nothing leaves before the page does
@@ -216,7 +183,7 @@ def test_consent_events_click_attribution_and_the_beacon(browser: Any, site: Sit
     context.close()
 
 
-def click_id_for(tracker: Tracker, site: Site) -> str:
+def click_id_for(tracker: Tracker, site: StaticSite) -> str:
     """A real click id: what the tracker's redirect appends to the landing page."""
     landing = quote(f"{site.origin}/landing", safe="")
     status, headers, _ = tracker.get(f"/c?imp=imp-{uuid.uuid4().hex[:10]}&cid=summer-sale&url={landing}")
@@ -224,10 +191,10 @@ def click_id_for(tracker: Tracker, site: Site) -> str:
     return str(parse_qs(urlsplit(headers["location"]).query)["tp_click"][0])
 
 
-def test_gpc_sends_nothing_identifying(browser: Any, site: Site, shop_tracker: Tracker) -> None:
+def test_gpc_sends_nothing_identifying(browser: Any, site: StaticSite, shop_tracker: Tracker) -> None:
     tracker = shop_tracker
     click_id = click_id_for(tracker, site)
-    site.pages["/landing"] = page_html(tracker, script='tp("conversion", {order_id: "G-1", value: 10});')
+    site.files["/landing"] = page_html(tracker, script='tp("conversion", {order_id: "G-1", value: 10});')
     # A browser with Global Privacy Control on: the property for the tag, the header for the tracker.
     context = browser.new_context(user_agent=CHROME_UA, extra_http_headers={"Sec-GPC": "1"})
     context.add_init_script("Object.defineProperty(Navigator.prototype, 'globalPrivacyControl', {get: () => true})")
@@ -249,13 +216,15 @@ def test_gpc_sends_nothing_identifying(browser: Any, site: Site, shop_tracker: T
     context.close()
 
 
-def test_a_tcf_cmp_decides_consent_and_its_string_is_passed(browser: Any, site: Site, shop_tracker: Tracker) -> None:
+def test_a_tcf_cmp_decides_consent_and_its_string_is_passed(
+    browser: Any, site: StaticSite, shop_tracker: Tracker
+) -> None:
     tracker = shop_tracker
     # The page's CMP (IAB TCF v2): the tag waits for its `tcloaded` before it sends anything.
     cmp = f"""window.__tcfapi = (command, version, callback) => setTimeout(() => callback({{
         eventStatus: "tcloaded", gdprApplies: true, tcString: "{TC_RANGE}", purpose: {{consents: {{1: true}}}}}}, true),
         50);"""
-    site.pages["/cmp"] = page_html(tracker, script=cmp)
+    site.files["/cmp"] = page_html(tracker, script=cmp)
     context = browser.new_context(user_agent=CHROME_UA)
     page = context.new_page()
     page.goto(f"{site.origin}/cmp")
@@ -265,9 +234,9 @@ def test_a_tcf_cmp_decides_consent_and_its_string_is_passed(browser: Any, site: 
     context.close()
 
 
-def test_failed_sends_are_retried_and_an_outage_waits(browser: Any, site: Site, shop_tracker: Tracker) -> None:
+def test_failed_sends_are_retried_and_an_outage_waits(browser: Any, site: StaticSite, shop_tracker: Tracker) -> None:
     tracker = shop_tracker
-    site.pages["/plain"] = page_html(tracker, attributes='data-batch-ms="0"')  # no consent banner on this site
+    site.files["/plain"] = page_html(tracker, attributes='data-batch-ms="0"')  # no consent banner on this site
     context = browser.new_context(user_agent=CHROME_UA)
     page = context.new_page()
     attempts: list[str] = []
@@ -299,9 +268,9 @@ def test_failed_sends_are_retried_and_an_outage_waits(browser: Any, site: Site, 
     context.close()
 
 
-def test_denied_consent_sends_nothing(browser: Any, site: Site, shop_tracker: Tracker) -> None:
+def test_denied_consent_sends_nothing(browser: Any, site: StaticSite, shop_tracker: Tracker) -> None:
     tracker = shop_tracker
-    site.pages["/landing"] = page_html(tracker, script='tp("event", "view_item");')
+    site.files["/landing"] = page_html(tracker, script='tp("event", "view_item");')
     context = browser.new_context(user_agent=CHROME_UA)
     page = context.new_page()
     page.goto(f"{site.origin}/landing?tp_click=click-2")
@@ -313,12 +282,12 @@ def test_denied_consent_sends_nothing(browser: Any, site: Site, shop_tracker: Tr
     context.close()
 
 
-def test_a_batch_is_acknowledged_item_by_item(browser: Any, site: Site, shop_tracker: Tracker) -> None:
+def test_a_batch_is_acknowledged_item_by_item(browser: Any, site: StaticSite, shop_tracker: Tracker) -> None:
     """A batch's answer lists the refused items: the accepted ones are done, a refused one is dropped (it would be
     refused again), not retried; a batch path the tracker does not have: the events go one request each."""
     tracker = shop_tracker
     long_name = "n" * 65  # over the type's max_len: refused with field_too_long
-    site.pages["/batch"] = page_html(
+    site.files["/batch"] = page_html(
         tracker,
         script=f'tp("event", "first"); tp("event", "{long_name}"); tp("event", "third");'
         'tp("conversion", {order_id: "B-1", value: 5});',
@@ -341,7 +310,7 @@ def test_a_batch_is_acknowledged_item_by_item(browser: Any, site: Site, shop_tra
     context.close()
 
 
-def test_items_refused_for_a_while_are_retried(browser: Any, site: Site, tracker_factory: Any) -> None:
+def test_items_refused_for_a_while_are_retried(browser: Any, site: StaticSite, tracker_factory: Any) -> None:
     """Items of a batch refused with a passing reason (here the type's rate limit, 429 rate_limited) are retried
     with backoff until they are accepted; each is recorded once."""
     config = shop_config(site)
@@ -349,7 +318,7 @@ def test_items_refused_for_a_while_are_retried(browser: Any, site: Site, tracker
     tracker = tracker_factory(config)
     names = [f"burst-{index}" for index in range(5)]
     calls = "".join(f'tp("event", "{name}");' for name in names)
-    site.pages["/burst"] = page_html(tracker, script=calls, attributes=f'{BATCH} data-batch-ms="0"')
+    site.files["/burst"] = page_html(tracker, script=calls, attributes=f'{BATCH} data-batch-ms="0"')
     context = browser.new_context(user_agent=CHROME_UA)
     batches: list[str] = []
     context.on("request", lambda r: batches.append(r.post_data or "") if r.url.endswith("/t/event/batch") else None)

@@ -13,18 +13,16 @@ colons %3A-encoded), `[ADPLAYHEAD]` the playhead as a timecode (`00%3A00%3A03.00
 from __future__ import annotations
 
 import re
-import threading
 import time
 import uuid
 from collections.abc import Iterator
-from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
 from typing import Any
 from urllib.parse import parse_qs, urlsplit
 
 import pytest
 
-from conftest import CHROME_UA, Tracker, free_port
+from conftest import CHROME_UA, StaticSite, Tracker
 from trackpoint.adtech.vast import QUARTILES
 from trackpoint.collectors.rollup.model import COUNTERS, counters
 from trackpoint.event import Event
@@ -35,36 +33,6 @@ ROOT = Path(__file__).resolve().parent.parent
 # Installed from tag/package-lock.json by scripts/build-tag (`npm ci`), which scripts/test runs before pytest.
 VAST_CLIENT = ROOT / ".venv" / "node" / "node_modules" / "@dailymotion" / "vast-client" / "dist" / "vast-client.js"
 DURATION_S = 10
-
-
-class PlayerSite:
-    """The publisher's page and the ad server, on an origin of their own: the player page, the vast-client ES
-    module and the VAST document."""
-
-    def __init__(self, files: dict[str, tuple[str, bytes]]) -> None:
-        self.port = free_port()
-        self.origin = f"http://127.0.0.1:{self.port}"
-
-        class Handler(BaseHTTPRequestHandler):
-            def do_GET(self) -> None:
-                found = files.get(urlsplit(self.path).path)
-                content_type, body = found or ("text/plain", b"not found")
-                self.send_response(200 if found else 404)
-                self.send_header("Content-Type", content_type)
-                self.send_header("Content-Length", str(len(body)))
-                self.end_headers()
-                self.wfile.write(body)
-
-            def log_message(self, *args: Any) -> None:
-                pass
-
-        self.server = ThreadingHTTPServer(("127.0.0.1", self.port), Handler)
-        self.thread = threading.Thread(target=self.server.serve_forever, daemon=True)
-        self.thread.start()
-
-    def close(self) -> None:
-        self.server.shutdown()
-        self.server.server_close()
 
 
 def vast_document(tracker: Tracker, imp: str) -> str:
@@ -168,7 +136,7 @@ PLAY = """async ({ step, until, pauses, mutes, clickAt, complete, errors }) => {
 def player(tracker: Tracker, browser: Any) -> Iterator[tuple[Any, str]]:
     assert VAST_CLIENT.exists(), f"no {VAST_CLIENT}: scripts/build-tag installs it (npm ci of tag/package-lock.json)"
     imp = f"imp-{uuid.uuid4().hex[:10]}"
-    site = PlayerSite(
+    site = StaticSite(
         {
             "/": ("text/html; charset=utf-8", PLAYER_PAGE),
             "/vast-client.js": ("text/javascript", VAST_CLIENT.read_bytes()),
