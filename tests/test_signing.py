@@ -21,7 +21,7 @@ import yaml
 from conftest import Tracker, load_config
 from trackpoint.config import ConfigError
 from trackpoint.config.model import ResponseSpec, SigningConfig, SigningKey
-from trackpoint.edge.responses import Responder
+from trackpoint.edge.responses import Responder, browser_host
 from trackpoint.event import Context, Event, Meta
 from trackpoint.fields.converters import Reject
 from trackpoint.http.responses import Clock
@@ -240,6 +240,25 @@ NASTY_DESTINATIONS = [
     ("https://example.com:99999/", "syntax"),
     ("https://example.com:abc/", "syntax"),
     ("https://[fe80::1%25eth0]/", "host"),
+    # urlsplit's hostname is what lies between `[` and `]` anywhere in the authority (an "IPvFuture" literal
+    # passes its check); to a browser a bracket outside an IPv6 literal is no URL at all.
+    ("https://evil.test[v1.example.com]/", "host"),
+    ("https://evil.test[v1.example.net]:443/x", "host"),
+    ("https://evil.test:[v1.example.com]/", "syntax"),
+    ("https://[v1.example.com]/", "host"),
+    ("https://[::1]example.com/", "syntax"),
+    ("https://[::1/", "syntax"),
+    # A host whose last label is a number is an IPv4 address to a browser (WHATWG): only the dotted form it goes
+    # to passes, never another spelling of it, nor a name that no browser opens.
+    ("http://2130706433/", "host"),
+    ("http://0x7f.0.0.1/", "host"),
+    ("http://0177.0.0.1/", "host"),
+    ("http://127.1/", "host"),
+    ("http://127.0.0.01/", "host"),
+    ("https://shop.example.net.1/", "host"),
+    ("https://shop.example.net.0x1f/", "host"),
+    ("https://example.com:+443/", "syntax"),
+    ("https://example.com:443:80/", "syntax"),
 ]
 
 
@@ -255,6 +274,25 @@ def test_a_nasty_destination_is_refused_with_its_reason(url: str, reason: str) -
     assert _responder().destination(url, host_free=False)[1] == reason
     if reason != "host_not_allowed":  # a signature frees the host, never the syntax
         assert _responder().destination(url, host_free=True)[1] == reason
+
+
+@pytest.mark.parametrize(
+    ("url", "host"),
+    [
+        ("https://example.com/", "example.com"),
+        ("HTTPS://SHOP.EXAMPLE.NET:8443/X", "shop.example.net"),
+        ("https://example.com:/x", "example.com"),  # an empty port is the default port
+        ("https://shop.example.net?x=[1]#@evil.test", "shop.example.net"),
+        ("http://192.0.2.7/", "192.0.2.7"),
+        ("http://[2001:DB8::1]:8080/", "2001:db8::1"),
+        ("http://0x7f.example.net/", "0x7f.example.net"),  # a number only as the last label makes an address
+    ],
+)
+def test_the_host_checked_is_the_host_a_browser_goes_to(url: str, host: str) -> None:
+    assert browser_host(url.partition("://")[2]) == (host, None)
+    if not host.endswith(("example.com", "example.net")):
+        assert _responder().destination(url, host_free=False)[1] == "host_not_allowed"
+    assert _responder().destination(url, host_free=True)[1] is None
 
 
 def test_an_empty_destination_is_refused() -> None:

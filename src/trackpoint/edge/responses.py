@@ -11,7 +11,7 @@ import ipaddress
 import re
 import unicodedata
 from typing import Final
-from urllib.parse import quote, urlsplit
+from urllib.parse import quote
 
 import idna
 
@@ -334,16 +334,9 @@ class Responder:
         scheme, sep, rest = url.partition("://")
         if not sep or scheme.lower() not in ("http", "https") or rest.startswith("/"):
             return "scheme"  # javascript:, data:, //scheme-relative, https:/evil, https:///evil
-        try:
-            parts = urlsplit(url)
-            host = parts.hostname or ""
-            parts.port  # noqa: B018 - raises ValueError on a malformed or out-of-range port
-        except ValueError:
-            return "syntax"
-        if "@" in parts.netloc:
-            return "userinfo"
-        if _HOST_NAME.fullmatch(host) is None and not _is_ipv6(host):
-            return "host"  # percent-encoded, empty, trailing dot, odd characters
+        host, refused = browser_host(rest)
+        if refused is not None:
+            return refused
         if "xn--" in host:  # an IDNA host sent as such: the same rules as one that came as Unicode
             try:
                 if any(_mixes_scripts(label) for label in idna.decode(host).split(".")):
@@ -355,6 +348,54 @@ class Responder:
         if host not in self.exact_hosts and not host.endswith(self.host_suffixes):
             return "host_not_allowed"
         return None
+
+
+# A host's last label that makes a browser read the whole host as an IPv4 address (WHATWG "ends in a number"):
+# decimal, octal (leading 0) or hexadecimal (0x) digits.
+_NUMERIC_LABEL: Final = re.compile(r"[0-9]+|0x[0-9a-f]*", re.ASCII)
+
+
+def browser_host(rest: str) -> tuple[str, str | None]:
+    """The host a browser goes to for an http(s) URL whose text after `://` is `rest` (ASCII, printable, no
+    backslash), read as the WHATWG URL parser reads it, and the reason it is refused (None: a plain host, lower
+    case). Not urlsplit's `hostname`: that takes what lies between `[` and `]` anywhere in the authority
+    (`https://evil.test[v1.example.com]/` is `v1.example.com` to it, an invalid URL to a browser), and reads
+    `0x7f.1` as a name where a browser goes to 127.0.0.1."""
+    end = len(rest)
+    for delimiter in "/?#":
+        found = rest.find(delimiter)
+        if found != -1:
+            end = min(end, found)
+    authority = rest[:end]
+    if "@" in authority:
+        return "", "userinfo"
+    if authority.startswith("["):  # an IPv6 literal: the whole host, then nothing or a port
+        close = authority.find("]")
+        host, after = authority[1:close].lower(), authority[close + 1 :]
+        if close == -1 or (after and not after.startswith(":")):
+            return "", "syntax"
+        port = after[1:]
+        if not _is_ipv6(host):
+            return "", "host"
+    else:
+        host, _, port = authority.partition(":")
+        host = host.lower()
+        if "[" in host or "]" in host:
+            return "", "host"
+        if _HOST_NAME.fullmatch(host) is None:
+            return "", "host"  # percent-encoded, empty, trailing dot, odd characters
+        if _NUMERIC_LABEL.fullmatch(host.rpartition(".")[2]):
+            # An IPv4 address to a browser: only as the four decimal numbers it goes to (not 2130706433,
+            # 0x7f.1 or 0177.0.0.1, nor good.test.1, which no browser opens).
+            try:
+                canonical = str(ipaddress.IPv4Address(host)) == host
+            except ValueError:
+                canonical = False
+            if not canonical:
+                return "", "host"
+    if port and not (port.isdigit() and int(port) <= 65535):
+        return "", "syntax"  # malformed, out of range, or a second colon
+    return host, None
 
 
 def with_params(url: str, params: list[tuple[str, str]]) -> str:
