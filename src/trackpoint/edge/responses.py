@@ -393,7 +393,7 @@ def browser_host(rest: str) -> tuple[str, str | None]:
                 canonical = False
             if not canonical:
                 return "", "host"
-    if port and not (port.isdigit() and int(port) <= 65535):
+    if port and not (port.isascii() and port.isdigit() and int(port) <= 65535):
         return "", "syntax"  # malformed, out of range, or a second colon
     return host, None
 
