@@ -534,7 +534,36 @@ def test_resources_are_sized_from_the_benchmark(rendered: Rendered) -> None:
     assert parse_cpu(resources["requests"]["cpu"]) == workers, "one requested core per worker"
     memory = parse_mib(resources["requests"]["memory"])
     assert memory >= workers * WORKER_MIB + SUPERVISOR_MIB
-    assert parse_mib(resources["limits"]["memory"]) >= memory
+    limit = parse_mib(resources["limits"]["memory"])
+    assert limit >= memory
+    # A worker that grows is replaced (new one first) before the kernel's OOM killer takes the pod at its limit.
+    cap = rendered.config.server.worker_max_memory_mb
+    assert cap >= WORKER_MIB, f"server.worker_max_memory_mb: {cap}, not set above a worker's {WORKER_MIB} MB"
+    assert workers * cap + SUPERVISOR_MIB <= limit, f"{workers} workers of {cap} MB and the supervisor > {limit} Mi"
+
+
+def test_the_data_directory_stays_within_its_volume(rendered: Rendered) -> None:
+    """Past its sizeLimit (or the pod's ephemeral-storage limit) the kubelet evicts the pod at once, without a drain,
+    and the logs and spools go with it: what the tracker may write there must be bounded below both."""
+    config = rendered.config
+    workers = int(rendered.flag("--workers") or config.server.workers)
+    mount = first(
+        (m for m in rendered.container["volumeMounts"] if m["mountPath"] == config.data_dir), "the data_dir mount"
+    )
+    volume = first((v for v in rendered.pod["spec"]["volumes"] if v["name"] == mount["name"]), mount["name"])
+    bounds = [parse_mib(volume["emptyDir"]["sizeLimit"])]
+    bounds.append(parse_mib(rendered.container["resources"]["limits"]["ephemeral-storage"]))
+    budget = 0.0
+    fed = {name for spec in config.event_types.values() for name in spec.collectors}  # the others never start
+    for name, collector in msgspec.to_builtins(config.collectors).items():
+        if name not in fed:
+            continue
+        if collector["type"] == "log":
+            assert collector.get("max_disk_bytes"), f"collectors.{name}.max_disk_bytes: unset, the logs grow unbounded"
+            budget += collector["max_disk_bytes"] / 1024**2
+        if collector.get("spool", {}).get("enabled", True) and collector["type"] != "log":
+            budget += workers * collector["spool"]["max_bytes"] / 1024**2  # one spool per worker
+    assert budget < min(bounds), f"logs and spools may take {budget:.0f} MiB of a volume of {min(bounds):.0f} MiB"
 
 
 def test_autoscaler_and_disruption_budget_target_the_pods(rendered: Rendered) -> None:
