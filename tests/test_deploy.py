@@ -646,6 +646,43 @@ def test_each_terraform_example_is_complete_and_documented(
         assert unquote(spec["source"]).startswith("hashicorp/")
 
 
+def nested(node: Any, key: str) -> Iterator[dict[str, Any]]:
+    """Every block named `key` anywhere under a parsed HCL document."""
+    if isinstance(node, dict):
+        for name, value in node.items():
+            if name == key and isinstance(value, list):
+                yield from (block for block in value if isinstance(block, dict))
+            else:
+                yield from nested(value, key)
+    elif isinstance(node, list):
+        for item in node:
+            yield from nested(item, key)
+
+
+def probe_path(check: dict[str, Any]) -> str:
+    """The path a health check asks: its own `path`, or its `http_get` block's (Cloud Run)."""
+    path = check.get("path") or first(nested(check, "http_get"), "an http_get block").get("path")
+    return str(unquote(path))
+
+
+@pytest.mark.parametrize("module", MODULES, ids=lambda path: path.name)
+def test_checks_that_replace_a_tracker_ask_healthz(module: Path, parsed_terraform: dict[Path, dict[str, Any]]) -> None:
+    """A check whose failure restarts or replaces the tracker asks /healthz, which fails only while workers cannot
+    start. /readyz fails too while a `required` collector's target is down or the log disk is full: replacing every
+    tracker then would lose the logs and spools of their ephemeral volumes. ECS replaces a task whose target group
+    finds it unhealthy, so there the load balancer's check is a liveness check; routing-only checks ask /readyz."""
+    main = parsed_terraform[module / "main.tf"]
+    replacing = [*nested(main, "liveness_probe")]
+    for kind, resource in blocks(main, "resource"):
+        if kind == "aws_lb_target_group":
+            replacing += [check for body in resource.values() for check in nested(body, "health_check")]
+    assert replacing, f"{module.name}: no liveness check"
+    for check in replacing:
+        assert probe_path(check) == "/healthz", f"{module.name}: a check that replaces the tracker asks {check}"
+    for check in nested(main, "readiness_probe"):
+        assert probe_path(check) == "/readyz", f"{module.name}: readiness asks {check}"
+
+
 @pytest.mark.e2e
 def test_terraform_is_formatted(parsed_terraform: dict[Path, dict[str, Any]]) -> None:
     """`terraform fmt` where the binary is on PATH (issue 7 allows the condition); everywhere, the HCL parse."""

@@ -181,8 +181,12 @@ resource "aws_lb_target_group" "trackpoint" {
   vpc_id               = var.vpc_id
   deregistration_delay = 15
 
+  # /healthz, not /readyz: ECS replaces a task its target group finds unhealthy, so this check is the task's
+  # liveness. /readyz fails while a `required` collector's target is down or the log's disk is full: every task
+  # would be replaced at once, with the unshipped logs and spools of its ephemeral volume. A draining task has
+  # been deregistered before its SIGTERM.
   health_check {
-    path                = "/readyz"
+    path                = "/healthz"
     port                = tostring(local.admin_port)
     matcher             = "200"
     interval            = 10
