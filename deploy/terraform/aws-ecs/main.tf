@@ -304,7 +304,7 @@ resource "aws_ecs_task_definition" "trackpoint" {
     }
     precondition {
       condition     = local.admin_host == "0.0.0.0"
-      error_message = "config_yaml: admin.host must be 0.0.0.0, or the load balancer cannot reach /readyz."
+      error_message = "config_yaml: admin.host must be 0.0.0.0, or the load balancer cannot reach /healthz."
     }
     precondition {
       condition     = local.admin_token_env == "TRACKPOINT_ADMIN_TOKEN"
