@@ -103,6 +103,31 @@ def test_sigterm_drains_and_every_acknowledged_event_is_logged(tracker_factory: 
     assert suffixes and all(suffix == ["jsonl", "zst"] for suffix in suffixes)
 
 
+def test_a_draining_tracker_refuses_new_connections_and_finishes_the_accepted_ones(tracker_factory: Any) -> None:
+    """After SIGTERM no worker accepts again: a connection that still arrives (a load balancer yet to forget the
+    tracker) is refused at once, where it waited in the listening socket's backlog for the whole drain and was then
+    reset. A request accepted before the signal is still answered."""
+    tracker: Tracker = tracker_factory({"server": {"drain_timeout_s": 30}}, workers=2)
+    accepted = socket.create_connection(("127.0.0.1", tracker.port), timeout=10)
+    accepted.sendall(b"GET /i?imp=accepted HTTP/1.1\r\nHost: t\r\n")  # its headers unfinished: the drain waits
+    assert tracker.wait_metric("trackpoint_connections", "", 1) == 1
+    tracker.signal(signal.SIGTERM)
+    assert tracker.process is not None
+    refused = False
+    while not refused and tracker.process.poll() is None:  # it drains until the accepted request ends
+        try:
+            socket.create_connection(("127.0.0.1", tracker.port), timeout=10).close()
+        except ConnectionRefusedError:
+            refused = True
+        time.sleep(0.01)
+    assert refused and tracker.process.poll() is None, tracker.output()
+    accepted.sendall(b"\r\n")
+    assert accepted.recv(4096).startswith(b"HTTP/1.1 200 "), tracker.output()
+    accepted.close()
+    assert tracker.process.wait(30) == 0, tracker.output()
+    assert "accepted" in {event.dims["imp"] for event in tracker.events()}
+
+
 def test_sighup_reloads_without_failing_a_request(tracker_factory: Any) -> None:
     tracker: Tracker = tracker_factory(workers=2)
     old_pids = set(tracker.worker_pids())

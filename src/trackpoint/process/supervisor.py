@@ -362,6 +362,11 @@ class Supervisor:
         handles = self._every_worker()
         for handle in handles:
             self._retire(handle)
+        # No worker will accept again. Kept open, the listening sockets would queue the connections that still
+        # arrive (a load balancer yet to forget this tracker) for the whole drain, then reset them: closed once the
+        # workers close theirs, such a connection is refused at once and can be retried on another tracker.
+        for sock in self.sockets:
+            sock.close()
         waits = [handle.exited for handle in handles if handle.exited is not None]
         if waits:
             _, late = await asyncio.wait(waits, timeout=self.config.server.drain_timeout_s + STOP_GRACE_S)
