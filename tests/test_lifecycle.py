@@ -234,11 +234,31 @@ def test_a_killed_worker_is_replaced_and_its_events_kept(tracker_factory: Any) -
 def test_workers_default_to_the_available_cores_within_the_cgroup_limit(
     tmp_path: Path, cpu_max: str | None, expected: int | str
 ) -> None:
-    cgroup = tmp_path / "cpu.max"
     if cpu_max is not None:
-        cgroup.write_text(cpu_max + "\n")
+        (tmp_path / "cpu.max").write_text(cpu_max + "\n")
     cores = len(os.sched_getaffinity(0))
-    assert available_cpus(cgroup) == (cores if expected == "cores" else min(cores, int(expected)))
+    assert available_cpus(tmp_path) == (cores if expected == "cores" else min(cores, int(expected)))
+
+
+@pytest.mark.parametrize(
+    ("controller", "quota", "expected"),
+    [
+        ("cpu", "100000", 1),
+        ("cpu,cpuacct", "50000", 1),
+        ("cpu", "400000", 4),
+        ("cpu", "-1", "cores"),
+        ("cpu", "garbage", "cores"),
+    ],
+)
+def test_a_cgroup_v1_cpu_quota_caps_the_workers_too(
+    tmp_path: Path, controller: str, quota: str, expected: int | str
+) -> None:
+    """A container on a cgroup v1 host (no cpu.max) sees its limit as a CFS quota and period under cpu/."""
+    (tmp_path / controller).mkdir()
+    (tmp_path / controller / "cpu.cfs_quota_us").write_text(quota + "\n")
+    (tmp_path / controller / "cpu.cfs_period_us").write_text("100000\n")
+    cores = len(os.sched_getaffinity(0))
+    assert available_cpus(tmp_path) == (cores if expected == "cores" else min(cores, int(expected)))
 
 
 @pytest.mark.e2e

@@ -118,15 +118,31 @@ class WorkerHandle:
         return self.ready.done() and not self.ready.exception() and not self.retiring and self.problem is None
 
 
-def available_cpus(cgroup: Path = Path("/sys/fs/cgroup/cpu.max")) -> int:
-    """The cores this process may use: its CPU affinity, capped by a cgroup v2 quota (a container's CPU limit),
+def available_cpus(cgroup: Path = Path("/sys/fs/cgroup")) -> int:
+    """The cores this process may use: its CPU affinity, capped by its cgroup's CPU quota (a container's CPU limit),
     which `os.cpu_count()` ignores: a pod limited to 2 CPUs on a 64-core node must not start 64 workers."""
     cores = len(os.sched_getaffinity(0))
+    quota = cpu_quota(cgroup)
+    return cores if quota is None else max(1, min(cores, int(quota)))
+
+
+def cpu_quota(cgroup: Path) -> float | None:
+    """The CPUs the cgroup mounted at `cgroup` may use (None: no limit, or none readable), as a container sees its
+    own cgroup there: cgroup v2's `cpu.max`, else v1's CFS quota and period (hosts still on cgroup v1, such as
+    Amazon Linux 2, where `cpu.max` does not exist and the limit would otherwise be missed)."""
     try:
-        quota, period = cgroup.read_text().split()
-        return cores if quota == "max" else max(1, min(cores, int(quota) // int(period)))
-    except (OSError, ValueError, ZeroDivisionError):  # no cgroup v2 limit readable: the affinity alone
-        return cores
+        quota, period = (cgroup / "cpu.max").read_text().split()
+        return None if quota == "max" else int(quota) / int(period)
+    except (OSError, ValueError, ZeroDivisionError):
+        pass
+    for controller in ("cpu", "cpu,cpuacct"):
+        try:
+            v1_quota = int((cgroup / controller / "cpu.cfs_quota_us").read_text())
+            v1_period = int((cgroup / controller / "cpu.cfs_period_us").read_text())
+            return None if v1_quota < 0 else v1_quota / v1_period
+        except (OSError, ValueError, ZeroDivisionError):
+            continue
+    return None
 
 
 _NO_LOCKS = frozenset({errno.ENOLCK, errno.EOPNOTSUPP, errno.ENOSYS, errno.EINVAL})  # flock not supported there
