@@ -2,7 +2,11 @@
 # runtime stage copies only that virtualenv onto the same slim Python base and runs it as an unprivileged user.
 #
 #   docker build -t trackpoint .                              (add --build-arg EXTRAS=s3 for log shipping to S3)
-#   docker run -e TRACKPOINT_ADMIN_TOKEN="$(openssl rand -hex 32)" -p 8080:8080 -p 127.0.0.1:8081:8081 trackpoint --workers 2
+#   docker run -e TRACKPOINT_ADMIN_TOKEN="$(openssl rand -hex 32)" -p 8080:8080 -p 127.0.0.1:8081:8081 \
+#     -v tp-data:/var/lib/trackpoint --stop-timeout 30 trackpoint --workers 2
+#
+# --stop-timeout: docker stop's default 10 s would SIGKILL a drain (server.drain_timeout_s, 10 s, plus the
+# supervisor's 10 s of margins); the named volume keeps logs, spool and keys for the next container.
 #
 # Configuration: /etc/trackpoint/trackpoint.yaml (mount a file over it), or any path named by TRACKPOINT_CONFIG.
 # Arguments after the image name go to `trackpoint run` (--workers, --port, --admin-port, --host).

@@ -272,6 +272,28 @@ def test_the_entrypoint_hands_trackpoint_config_to_run(runtime: Stage, tmp_path:
     assert f"{missing}: cannot read" in " ".join(result.stderr.split())
 
 
+def docker_runs(text: str) -> list[list[str]]:
+    """The arguments of every `docker run` in a text (shell code or `#` comments, continuation lines joined)."""
+    lines = [line.strip().removeprefix("#").strip() for line in text.splitlines()]
+    joined = re.sub(r"\\\n\s*", " ", "\n".join(lines))
+    return [shlex.split(match, comments=True) for match in re.findall(r"docker run [^\n`]*", joined)]
+
+
+def test_every_docker_run_shown_lets_the_drain_finish(image_config_path: Path) -> None:
+    """docker stop sends SIGTERM, then SIGKILL after the container's stop timeout, 10 s unless `docker run` sets one:
+    less than the image's drain and the supervisor's margins. Run for good, the data goes on a named volume."""
+    config = load_config(image_config_path).config
+    code_blocks = "\n".join(re.findall(r"^```\w*\n(.*?)^```", DEPLOY_DOC.read_text(), re.MULTILINE | re.DOTALL))
+    runs = docker_runs(DOCKERFILE.read_text()) + docker_runs(code_blocks)
+    assert len(runs) >= 3
+    for run in runs:
+        assert "--stop-timeout" in run, f"docker stop kills it 10 s after SIGTERM: {shlex.join(run)}"
+        assert int(run[run.index("--stop-timeout") + 1]) > shutdown_budget_s(config), shlex.join(run)
+        if "--rm" not in run:
+            volumes = [run[i + 1] for i, arg in enumerate(run) if arg in ("-v", "--volume")]
+            assert any(v.split(":")[0] and v.split(":")[1] == config.data_dir for v in volumes), shlex.join(run)
+
+
 def test_the_build_context_holds_what_the_dockerfile_copies_and_nothing_local(stages: list[Stage]) -> None:
     patterns = [
         line.strip()
