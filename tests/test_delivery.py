@@ -30,6 +30,7 @@ from trackpoint.collectors.base import (
     SendResult,
     close_all,
 )
+from trackpoint.collectors.spool import Spool
 from trackpoint.config.model import CollectorBase, SpoolConfig
 from trackpoint.event import Context, Event, Meta
 from trackpoint.log_limiter import LogLimiter
@@ -269,6 +270,33 @@ def test_drop_oldest_while_the_backlog_drains_counts_exactly_what_it_drops(tmp_p
         assert stats.sent + stats.dropped == stats.received  # every event either delivered or counted dropped
 
     run(main)
+
+
+def test_a_spool_under_our_name_held_by_a_sibling_does_not_stop_our_start(tmp_path: Path) -> None:
+    """Pids repeat in a container restarted on its volume (supervisor 1, workers 2, 3...): the spool a worker of the
+    previous run left under our slot and pid may already be adopted by a sibling worker, which drains it as long as
+    its target is down. Our spool opens beside it; the start used to fail (SpoolLocked), logged as an error, and
+    left the collector not started, its events held in memory, for as long as the sibling held that backlog."""
+    left = tmp_path / "spool" / "flaky" / f"w03-p{os.getpid()}"
+    sibling = Spool(left, max_bytes=1 << 20)  # the sibling's adoption of the previous run's spool
+    sibling.open()
+    assert sibling.push(b"the previous run's backlog", 1)
+
+    async def main() -> None:
+        collector = flaky(tmp_path, batch_max_events=5)
+        collector.mode = "retry"
+        await collector.start()
+        for event in events(0, 10):
+            collector.offer(event)
+        await eventually(lambda: collector.snapshot().spooled_events == 10)
+        collector.mode = "ok"
+        await eventually(lambda: collector.snapshot().spooled_events == 0)
+        await collector.close(5.0)
+        assert collector.delivered == [f"e{i:06d}" for i in range(10)]
+
+    run(main)
+    assert sibling.events == 1  # the sibling's backlog untouched: it delivers that itself
+    sibling.close()
 
 
 def test_adopted_spools_count_against_max_bytes(tmp_path: Path) -> None:

@@ -33,6 +33,8 @@ log = logging.getLogger("trackpoint.collectors")
 
 # How often a collector looks for spools of workers that are gone.
 ORPHAN_SCAN_INTERVAL_S = 10.0
+# Names tried beside our own spool's when siblings hold it (_open_own_spool): more would mean a bug, not pid reuse.
+MAX_SPOOL_SUFFIX = 16
 # Dropped events are logged (a warning with the counts) at most this often per collector, besides the counter.
 DROP_LOG_INTERVAL_S = 10.0
 # Errors (all counted) are logged the first time of each kind, then at most this often per kind, with the count of
@@ -228,6 +230,7 @@ class Collector(ABC):
         # excess to the spool, or (backpressure) while the requests already past the closed gate are recorded.
         self.memory_cap = self.max_pending + max(self.batch_max, self.max_pending // 4)
         self._spool: Spool | None = None  # None: the spool is off, or could not be opened yet (_spool_missing)
+        self._spool_name: str | None = None  # the directory our spool opened in, once it has (_open_own_spool)
         self._adopted: list[Spool] = []
         # Why the spool is on but not open ("" once it is): its disk was full at start. Unhealthy until it opens;
         # meanwhile events wait in memory, as with a spool that cannot be written.
@@ -677,7 +680,28 @@ class Collector(ABC):
         return Path(self.context.data_dir) / "spool" / self.name
 
     def _spool_directory(self) -> Path:
-        return self._spool_parent() / f"w{self.context.worker:02d}-p{os.getpid()}"
+        name = self._spool_name or f"w{self.context.worker:02d}-p{os.getpid()}"
+        return self._spool_parent() / name
+
+    def _open_own_spool(self) -> tuple[Path, Spool, Recovery]:
+        """Opens this worker's spool, named after its slot and pid. Pids repeat in a container restarted on its
+        volume (the supervisor is pid 1, its workers 2, 3...): the spool a worker of the previous run left under our
+        name may already be adopted by a sibling worker. Then ours opens beside it, with the first free suffix,
+        rather than fail the collector's start while the sibling drains that backlog."""
+        base = self._spool_directory()
+        suffix = 0
+        while True:
+            directory = base.with_name(f"{base.name}-{suffix}") if suffix else base
+            spool = self._new_spool(directory)
+            try:
+                recovery = spool.open()
+            except SpoolLocked:
+                if suffix == MAX_SPOOL_SUFFIX:
+                    raise
+                suffix += 1
+                continue
+            self._spool_name = directory.name
+            return directory, spool, recovery
 
     def _open_spool(self, at_start: bool = False) -> None:
         """Opens this worker's spool. One that cannot be opened because of the disk (full, failing: data_dir's
@@ -686,9 +710,8 @@ class Collector(ABC):
         written), and is tried again from the flush loop after SPOOL_OPEN_RETRY_S. Any other error at start (a
         path that is a file, a permission) is raised: the worker reports it in one line."""
         directory = self._spool_directory()
-        spool = self._new_spool(directory)
         try:
-            recovery = spool.open()
+            directory, spool, recovery = self._open_own_spool()
         except OSError as exc:
             if at_start and not passing(exc):
                 raise
