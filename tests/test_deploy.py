@@ -65,11 +65,13 @@ def first(items: Iterator[Any], what: str) -> Any:
 
 
 def shutdown_budget_s(config: Config) -> float:
-    """The longest a tracker may take from SIGTERM to exit: the drain, the supervisor's margins, then the last
-    shipping pass of the log collectors that ship (concurrent, each bounded by its shutdown_timeout_s, plus 1 s)."""
+    """The longest a tracker may take from SIGTERM to exit: the shutdown delay, the drain, the supervisor's margins,
+    then the last shipping pass of the log collectors that ship (concurrent, each bounded by its shutdown_timeout_s,
+    plus 1 s)."""
     collectors = msgspec.to_builtins(config.collectors).values()
     shipping = [c["ship"]["shutdown_timeout_s"] + 1 for c in collectors if c.get("ship", {}).get("url")]
-    return config.server.drain_timeout_s + SUPERVISOR_MARGIN_S + max(shipping, default=0)
+    drain = config.server.shutdown_delay_s + config.server.drain_timeout_s
+    return drain + SUPERVISOR_MARGIN_S + max(shipping, default=0)
 
 
 def env_names_in(config: Config) -> set[str]:

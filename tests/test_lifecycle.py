@@ -128,6 +128,39 @@ def test_a_draining_tracker_refuses_new_connections_and_finishes_the_accepted_on
     assert "accepted" in {event.dims["imp"] for event in tracker.events()}
 
 
+def test_shutdown_delay_serves_with_readyz_failing_then_drains(tracker_factory: Any) -> None:
+    """server.shutdown_delay_s (platforms without a preStop hook): after SIGTERM the tracker goes on serving, new
+    connections included, with /readyz 503 `draining` so that the load balancer stops sending; then it drains. A
+    second signal drains at once."""
+    tracker: Tracker = tracker_factory({"server": {"shutdown_delay_s": 3}})
+    assert tracker.process is not None
+    signalled = time.monotonic()
+    tracker.signal(signal.SIGTERM)
+    status, _, body = tracker.admin("GET", "/readyz")
+    assert status == 503 and json.loads(body)["draining"] is True
+    served = 0
+    while time.monotonic() - signalled < 2.5:  # a new connection for each: the port still accepts
+        assert tracker.get(f"/i?imp=lame-{served}")[0] == 200, tracker.output()
+        served += 1
+        time.sleep(0.05)
+    assert tracker.process.poll() is None
+    assert tracker.process.wait(30) == 0, tracker.output()
+    assert time.monotonic() - signalled >= 3
+    assert {f"lame-{n}" for n in range(served)} <= {event.dims["imp"] for event in tracker.events()}
+    assert "draining in 3 s (server.shutdown_delay_s)" in tracker.output()
+
+
+def test_a_second_signal_ends_the_shutdown_delay(tracker_factory: Any) -> None:
+    tracker: Tracker = tracker_factory({"server": {"shutdown_delay_s": 120}})
+    assert tracker.process is not None
+    tracker.signal(signal.SIGTERM)
+    time.sleep(0.5)
+    assert tracker.process.poll() is None and tracker.get("/i?imp=still")[0] == 200
+    tracker.signal(signal.SIGTERM)
+    assert tracker.process.wait(30) == 0, tracker.output()
+    assert "still" in {event.dims["imp"] for event in tracker.events()}
+
+
 def test_sighup_reloads_without_failing_a_request(tracker_factory: Any) -> None:
     tracker: Tracker = tracker_factory(workers=2)
     old_pids = set(tracker.worker_pids())

@@ -22,7 +22,9 @@ locals {
   admin_token_env = try(local.config.admin.token_env, null)
   data_dir        = try(local.config.data_dir, "./trackpoint-data")
   drain_timeout_s = try(local.config.server.drain_timeout_s, 10)
-  keepalive_s     = try(local.config.server.limits.keepalive_timeout_s, 30)
+  # Serving on after SIGTERM before the drain (server.shutdown_delay_s): not needed here, ECS deregisters first.
+  shutdown_delay_s = try(local.config.server.shutdown_delay_s, 0)
+  keepalive_s      = try(local.config.server.limits.keepalive_timeout_s, 30)
   # A log collector that ships its files makes one last pass after the drain, bounded by its
   # ship.shutdown_timeout_s (30 s unless set).
   ship_s = max(0, [
@@ -32,7 +34,7 @@ locals {
 
   # ECS takes a task out of the target group, waits for deregistration_delay, then sends SIGTERM; the supervisor
   # needs drain_timeout_s plus its own margins (5 s to kill a late worker, 5 s to reap it) before SIGKILL.
-  stop_timeout_s = ceil(local.drain_timeout_s + local.ship_s) + 15
+  stop_timeout_s = ceil(local.shutdown_delay_s + local.drain_timeout_s + local.ship_s) + 15
   data_path      = "/var/lib/trackpoint"
   config_path    = "${local.data_path}/trackpoint.yaml"
   task_ports     = { tracking = local.port, admin = local.admin_port }
@@ -316,7 +318,7 @@ resource "aws_ecs_task_definition" "trackpoint" {
     }
     precondition {
       condition     = local.stop_timeout_s <= 120
-      error_message = "config_yaml: server.drain_timeout_s (with the last shipping pass) must take at most 105 s; ECS kills a task 120 s after SIGTERM at the latest."
+      error_message = "config_yaml: server.shutdown_delay_s and drain_timeout_s (with the last shipping pass) must take at most 105 s; ECS kills a task 120 s after SIGTERM at the latest."
     }
   }
 }

@@ -14,6 +14,9 @@ locals {
   admin_host      = try(local.config.admin.host, "127.0.0.1")
   admin_token_env = try(local.config.admin.token_env, null)
   drain_timeout_s = try(local.config.server.drain_timeout_s, 10)
+  # Container Apps has no preStop hook: server.shutdown_delay_s keeps a replica serving, /readyz failing, while the
+  # ingress stops sending to it, then it drains (the README recommends 5 s).
+  shutdown_delay_s = try(local.config.server.shutdown_delay_s, 0)
   # A log collector that ships its files makes one last pass after the drain, bounded by its
   # ship.shutdown_timeout_s (30 s unless set).
   ship_s = max(0, [
@@ -22,7 +25,7 @@ locals {
   ]...)
 
   # The supervisor needs drain_timeout_s plus its own margins (5 s to kill a late worker, 5 s to reap it).
-  termination_grace_s = ceil(local.drain_timeout_s + local.ship_s) + 15
+  termination_grace_s = ceil(local.shutdown_delay_s + local.drain_timeout_s + local.ship_s) + 15
   # A secret volume holds one file per secret, named after it.
   config_secret = "trackpoint-yaml"
   config_dir    = "/etc/trackpoint"
@@ -188,7 +191,7 @@ resource "azurerm_container_app" "trackpoint" {
     }
     precondition {
       condition     = local.termination_grace_s <= 600
-      error_message = "config_yaml: server.drain_timeout_s (with the last shipping pass) must take at most 585 s; Container Apps allows a 600 s grace period."
+      error_message = "config_yaml: server.shutdown_delay_s and drain_timeout_s (with the last shipping pass) must take at most 585 s; Container Apps allows a 600 s grace period."
     }
   }
 

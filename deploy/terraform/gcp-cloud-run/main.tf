@@ -8,12 +8,13 @@ provider "google" {
 }
 
 locals {
-  config          = yamldecode(var.config_yaml)
-  port            = try(local.config.server.port, 8080)
-  admin_port      = try(local.config.admin.port, 8081)
-  admin_host      = try(local.config.admin.host, "127.0.0.1")
-  admin_token_env = try(local.config.admin.token_env, null)
-  drain_timeout_s = try(local.config.server.drain_timeout_s, 10)
+  config           = yamldecode(var.config_yaml)
+  port             = try(local.config.server.port, 8080)
+  admin_port       = try(local.config.admin.port, 8081)
+  admin_host       = try(local.config.admin.host, "127.0.0.1")
+  admin_token_env  = try(local.config.admin.token_env, null)
+  drain_timeout_s  = try(local.config.server.drain_timeout_s, 10)
+  shutdown_delay_s = try(local.config.server.shutdown_delay_s, 0)
   # Cloud Run's memory range for `workers` vCPUs, in GiB.
   memory_gib   = endswith(var.memory, "Gi") ? tonumber(trimsuffix(var.memory, "Gi")) : tonumber(trimsuffix(var.memory, "Mi")) / 1024
   memory_range = { "1" = [0.125, 4], "2" = [0.125, 8], "4" = [2, 16], "8" = [4, 32] }[tostring(var.workers)]
@@ -171,8 +172,8 @@ resource "google_cloud_run_v2_service" "trackpoint" {
       error_message = "config_yaml: admin.token_env must be TRACKPOINT_ADMIN_TOKEN (admin_token_secret_id); a tracker refuses a public admin port without a token."
     }
     precondition {
-      condition     = local.drain_timeout_s + local.ship_s <= 5
-      error_message = "config_yaml: server.drain_timeout_s (plus a shipping log collector's ship.shutdown_timeout_s + 1) must be at most 5: Cloud Run sends SIGKILL 10 s after SIGTERM, and the supervisor allows itself 5 s more."
+      condition     = local.shutdown_delay_s + local.drain_timeout_s + local.ship_s <= 5
+      error_message = "config_yaml: server.shutdown_delay_s plus drain_timeout_s (plus a shipping log collector's ship.shutdown_timeout_s + 1) must be at most 5: Cloud Run sends SIGKILL 10 s after SIGTERM, and the supervisor allows itself 5 s more."
     }
   }
 

@@ -179,6 +179,17 @@ class ServerConfig(Struct, forbid_unknown_fields=True, kw_only=True):
             "worker still running 5 s after it is killed."
         ),
     ] = 10.0
+    shutdown_delay_s: Annotated[
+        float,
+        Meta(
+            ge=0,
+            le=300,
+            description="On SIGTERM, seconds the tracker keeps serving, /readyz failing (`draining`), before the "
+            "drain begins: for platforms that send SIGTERM while their load balancer still routes to the instance and "
+            "have no preStop hook (Azure Container Apps, a proxy that polls /readyz). A second SIGTERM or SIGINT "
+            "drains at once. 0 (the default): drain at once; on Kubernetes the manifests' preStop sleep does this.",
+        ),
+    ] = 0.0
     worker_start_timeout_s: Annotated[
         Seconds,
         Meta(

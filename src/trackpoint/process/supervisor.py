@@ -369,9 +369,26 @@ class Supervisor:
         return 0
 
     def _request_shutdown(self) -> None:
-        if not self.shutting_down:
+        """SIGTERM or SIGINT: /readyz fails from now on, and the drain begins after server.shutdown_delay_s (the
+        workers serve meanwhile, while a load balancer notices), at once on a second signal."""
+        if self.shutting_down:
+            self._drain_now()
+            return
+        self.shutting_down = True
+        delay = self.config.server.shutdown_delay_s
+        if delay > 0:
+            log.info(
+                "stopping: draining in %g s (server.shutdown_delay_s), serving meanwhile with /readyz failing; "
+                "a second signal drains at once",
+                delay,
+            )
+            asyncio.get_running_loop().call_later(delay, self._drain_now)
+        else:
+            self._drain_now()
+
+    def _drain_now(self) -> None:
+        if not self._stopped.is_set():
             log.info("draining: finishing in-flight requests and flushing collectors")
-            self.shutting_down = True
             self._stopped.set()
 
     async def _drain_all(self) -> None:
