@@ -92,19 +92,28 @@ def test_every_problem_of_a_file_is_reported_at_once_with_line_key_and_suggestio
         assert hint in found[where], (where, found[where])
 
 
+# Each anchor a list of nine aliases of the one before: 10 lines, 9**10 values once expanded (past the limit at a6).
+ALIAS_BOMB = ("a0: &a0 [x, x, x, x, x, x, x, x, x]\n" + "".join(
+    f"a{n}: &a{n} [{', '.join([f'*a{n - 1}'] * 9)}]\n" for n in range(1, 10)
+)).encode()
+
+
 @pytest.mark.parametrize(
     ("content", "line", "message"),
     [
         (b"data_dir: here\nserver:\n  # caf\xe9\n", 3, "not UTF-8"),
         (b"data_dir: " + b"[" * 5000 + b"]" * 5000 + b"\n", None, "nested too deeply"),
         (b"server:\n  limits:\n    max_connections: 100000000000000000000000\n", 3, "too large a number"),
+        (b"data_dir: x\nserver:\n  trusted_proxies: &loop [*loop]\n", 3, "inside itself: an endless document"),
+        (ALIAS_BOMB, 7, "aliases expand it past 1,000,000 values"),
     ],
 )
 def test_a_file_no_option_can_hold_is_a_located_message(
     tmp_path: Path, content: bytes, line: int | None, message: str
 ) -> None:
     """Not UTF-8, nested past the parser, a number beyond 64 bits (accepted, it crashed `run` sending the
-    configuration to its workers): each a message with the file and line, exit 2, no traceback."""
+    configuration to its workers), an alias inside its own anchor (a RecursionError traceback) or aliases that
+    expand to billions of values (ran for ever): each a message with the file and line, exit 2, no traceback."""
     path = tmp_path / "trackpoint.yaml"
     path.write_bytes(content)
     with pytest.raises(ConfigError) as caught:

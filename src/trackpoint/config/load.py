@@ -123,6 +123,7 @@ def load(path: str | Path | None = None, *, registry: Components) -> LoadedConfi
         raise ConfigError([ConfigIssue(source, at, (), "not UTF-8: a configuration file is UTF-8 text")]) from None
     try:
         node = yaml.compose(text, Loader=yaml.SafeLoader)
+        _check_aliases(node, source)
         user_doc = yaml.safe_load(text)
     except yaml.YAMLError as exc:
         line, message = _yaml_problem(exc)
@@ -139,6 +140,46 @@ def load(path: str | Path | None = None, *, registry: Components) -> LoadedConfi
     # A file's top-level sections replace the default's whole: a file that lists event types lists all of them.
     merged = {**default_doc, **user_doc}
     return _validate(merged, node, source, registry)
+
+
+# Values a document may hold once its aliases are expanded. A configuration has a few thousand; an alias bomb (each
+# anchor a list of aliases of the one before: 9 lines, 9**9 values) passes this long before it exhausts the machine.
+MAX_EXPANDED_VALUES = 1_000_000
+
+
+def _check_aliases(root: yaml.Node | None, source: str) -> None:
+    """Raises ConfigError when the document's aliases make it endless (an alias inside the node it names) or
+    expand it past MAX_EXPANDED_VALUES; every later walk of the document (the repeated keys, the validation, the
+    version's hash) would recurse for ever or for hours. A node an alias repeats is sized once."""
+    sizes: dict[int, int] = {}
+    walking: set[int] = set()
+
+    def size(node: yaml.Node) -> int:
+        known = sizes.get(id(node))
+        if known is not None:
+            return known
+        line = node.start_mark.line + 1
+        if id(node) in walking:
+            problem = "not valid YAML: the anchor on this line is used (`*alias`) inside itself: an endless document"
+            raise ConfigError([ConfigIssue(source, line, (), problem)])
+        walking.add(id(node))
+        children: list[yaml.Node] = []
+        if isinstance(node, yaml.MappingNode):
+            children = [child for pair in node.value for child in pair]
+        elif isinstance(node, yaml.SequenceNode):
+            children = node.value
+        total = 1
+        for child in children:
+            total += size(child)
+            if total > MAX_EXPANDED_VALUES:
+                problem = f"not valid YAML: its aliases expand it past {MAX_EXPANDED_VALUES:,} values (an alias bomb?)"
+                raise ConfigError([ConfigIssue(source, line, (), problem)])
+        walking.discard(id(node))
+        sizes[id(node)] = total
+        return total
+
+    if root is not None:
+        size(root)
 
 
 def _yaml_problem(exc: yaml.YAMLError) -> tuple[int | None, str]:
