@@ -93,9 +93,10 @@ def test_every_problem_of_a_file_is_reported_at_once_with_line_key_and_suggestio
 
 
 # Each anchor a list of nine aliases of the one before: 10 lines, 9**10 values once expanded (past the limit at a6).
-ALIAS_BOMB = ("a0: &a0 [x, x, x, x, x, x, x, x, x]\n" + "".join(
-    f"a{n}: &a{n} [{', '.join([f'*a{n - 1}'] * 9)}]\n" for n in range(1, 10)
-)).encode()
+ALIAS_BOMB = (
+    "a0: &a0 [x, x, x, x, x, x, x, x, x]\n"
+    + "".join(f"a{n}: &a{n} [{', '.join([f'*a{n - 1}'] * 9)}]\n" for n in range(1, 10))
+).encode()
 
 
 @pytest.mark.parametrize(
@@ -121,6 +122,21 @@ def test_a_file_no_option_can_hold_is_a_located_message(
     assert [(issue.line, message in issue.message) for issue in caught.value.issues] == [(line, True)]
     code, _, stderr = invoke("config", "check", str(path))
     assert code == 2 and message in stderr and "Traceback" not in stderr, stderr
+
+
+def test_paths_and_keys_with_brackets_are_printed_as_they_are(tmp_path: Path) -> None:
+    """Messages are text, not rich markup: `conf[prod]` lost its `[prod]`, and a key or a path holding `[/x]` was a
+    MarkupError traceback."""
+    directory = tmp_path / "conf[prod]"
+    directory.mkdir()
+    path = write(directory, 'server:\n  "[/x]": 1\n')
+    code, _, stderr = invoke("config", "check", str(path))
+    assert code == 2 and f"{path}:2: server.[/x]: unknown option" in stderr, stderr
+    assert stderr.rstrip().endswith(f"1 error(s) in {path}")
+    empty = tmp_path / "old[red]"
+    empty.mkdir()
+    code, _, stderr = invoke("replay", str(empty))
+    assert code == 2 and f"no log files (events-*.jsonl[.zst|.gz]) in {empty}" in stderr, stderr
 
 
 def test_docs_into_a_file_is_a_message(tmp_path: Path) -> None:

@@ -401,6 +401,27 @@ def test_replay_reconcile_and_report_count_the_earliest_line_of_an_id(tmp_path: 
     assert row["metrics"]["spend_micros"] == earliest and row["metrics"]["wins"] == 3
 
 
+def test_tables_print_ids_and_dims_from_requests_as_text(tmp_path: Path) -> None:
+    """A campaign or a publisher is whatever a request said: `[/x]` (a closing tag of rich's markup) crashed
+    reconcile and report with a MarkupError traceback, and `[bold]` vanished from the table."""
+    directory = tmp_path / "logs[old]"  # a path with brackets, printed as it is too
+    directory.mkdir()
+    tagged = msgspec.structs.replace(win("a", T0, 1_000_000), dims={"imp": "a", "cid": "[/x]", "pub": "[bold]p"})
+    (directory / "events-20261205T000000000Z-w00-p1-0001.jsonl").write_bytes(lines([tagged]))
+    cut = directory / "events-20261205T000000000Z-w00-p1-0002.jsonl.zst"
+    cut.write_bytes(zstandard.ZstdCompressor().compress(lines([win(f"w{i}", T0, 1_000) for i in range(9)]))[:-9])
+    conf = str(banker_setup(tmp_path))
+    replayed = CliRunner().invoke(app, ["replay", "-c", conf, "--collector", "banker", str(directory)])
+    assert replayed.exit_code == 0 and f"cut short: {cut}" in " ".join(replayed.stderr.split()), replayed.output
+    reconciled = CliRunner().invoke(app, ["banker", "reconcile", "-c", conf, str(directory)])
+    assert reconciled.exception is None or isinstance(reconciled.exception, SystemExit), reconciled.exception
+    assert "│ [/x] " in reconciled.stdout and f"cut short: {cut}" in " ".join(reconciled.stdout.split())
+    report = CliRunner().invoke(app, ["report", "--logs", str(directory), "-c", conf, "--by", "cid,pub",
+                                      "--from", str(T0 // 1000 - 3600), "--to", str(T0 // 1000 + 3600)])  # fmt: skip
+    assert report.exit_code == 0, report.exception
+    assert "│ [/x] " in report.stdout and "│ [bold]p " in report.stdout
+
+
 # --- reconcile over logs it cannot read whole ----------------------------------------------------------------------
 
 

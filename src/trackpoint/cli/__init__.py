@@ -107,6 +107,14 @@ def _options(
 
 err = Console(stderr=True)
 
+
+def _error(message: str) -> None:
+    """Prints `error MESSAGE` on stderr. The message is text, never markup: a path, a key or a reason holding
+    brackets (`logs[old]`, `trackpoint[gcs]`, `[/x]`) is printed as it is, where rich took it for a style (dropped,
+    or a MarkupError traceback)."""
+    err.print(f"[bold red]error[/] {escape(message)}", highlight=False, soft_wrap=True)
+
+
 ConfigOption = Annotated[
     Path | None,
     typer.Option(
@@ -146,8 +154,8 @@ def _load_or_exit(path: Path | None, secrets: bool = False) -> LoadedConfig:
         return loaded
     except ConfigError as exc:
         for issue in exc.issues:
-            err.print(f"[bold red]error[/] {issue}", highlight=False, soft_wrap=True)
-        err.print(f"{len(exc.issues)} error(s) in {exc.issues[0].source}", highlight=False, soft_wrap=True)
+            _error(str(issue))
+        err.print(escape(f"{len(exc.issues)} error(s) in {exc.issues[0].source}"), highlight=False, soft_wrap=True)
         raise typer.Exit(2) from None
 
 
@@ -195,7 +203,7 @@ def config_check(
     source = ctx.get_parameter_source("config")
     from_option = source is not None and source.name == "COMMANDLINE"  # not $TRACKPOINT_CONFIG
     if file is not None and config is not None and file != config and from_option:
-        err.print(f"[bold red]error[/] two files to check: {file} and --config {config}; give one", highlight=False)
+        _error(f"two files to check: {file} and --config {config}; give one")
         raise typer.Exit(2)
     path = file or config  # the argument before $TRACKPOINT_CONFIG
     loaded = _load_or_exit(path, secrets=True)
@@ -240,37 +248,35 @@ def sign(  # noqa: PLR0917 (one argument per option)
 
     parts = urlsplit(url)
     if parts.scheme not in ("http", "https") or not parts.hostname:
-        err.print(
-            f"[bold red]error[/] not a tracking URL: {url!r} (give the whole URL the tracker will receive, "
-            "`https://t.example.com/c?imp=...`)",
-            highlight=False,
-            soft_wrap=True,
+        _error(
+            f"not a tracking URL: {url!r} (give the whole URL the tracker will receive, "
+            "`https://t.example.com/c?imp=...`)"
         )
         raise typer.Exit(2)
     tracker = _load_or_exit(config).config
     signing = tracker.signing
     if not signing.keys:
-        err.print("[bold red]error[/] the configuration has no signing keys (signing.keys)")
+        _error("the configuration has no signing keys (signing.keys)")
         raise typer.Exit(2)
     chosen = key_id or signing_key_id(signing)
     key = signing.keys.get(chosen)
     if key is None:
-        err.print(f"[bold red]error[/] no signing key {chosen!r} (keys: {', '.join(signing.keys)})")
+        _error(f"no signing key {chosen!r} (keys: {', '.join(signing.keys)})")
         raise typer.Exit(2)
     if data is not None and body_file is not None:
-        err.print("[bold red]error[/] give the body once: --data or --body")
+        _error("give the body once: --data or --body")
         raise typer.Exit(2)
     body = None if data is None else data.encode("utf-8")
     if body_file is not None:
         try:
             body = body_file.read_bytes()
         except OSError as exc:
-            err.print(f"[bold red]error[/] --body {body_file}: {exc.strerror or exc}", highlight=False)
+            _error(f"--body {body_file}: {exc.strerror or exc}")
             raise typer.Exit(2) from None
     try:
         secret = load_key(chosen, key, tracker.data_dir)
     except SigningKeyError as exc:
-        err.print(f"[bold red]error[/] {escape(str(exc))}", highlight=False)
+        _error(str(exc))
         raise typer.Exit(2) from None
     expires_at = None if ttl is None else int(time.time()) + ttl
     print(sign_url(url, chosen, secret, expires_at, covered_params(tracker, url), body))
@@ -279,10 +285,10 @@ def sign(  # noqa: PLR0917 (one argument per option)
 def _print_unread(out: Console, read: ReadStats, truncated_note: str, missing_note: str) -> None:
     """The files a reading command could not read to their end: cut short, or gone before it reached them."""
     for path in read.truncated:
-        out.print(f"  cut short: {path} (a compressed file that ends early: {truncated_note})", highlight=False,
+        out.print(escape(f"  cut short: {path} (a compressed file that ends early: {truncated_note})"), highlight=False,
                   soft_wrap=True)  # fmt: skip
     for path in read.missing:
-        out.print(f"  gone: {path} (removed before it was read, under its name and compressed: {missing_note})",
+        out.print(escape(f"  gone: {path} (removed before it was read, under its name and compressed: {missing_note})"),
                   highlight=False, soft_wrap=True)  # fmt: skip
 
 
@@ -358,11 +364,11 @@ def replay(  # noqa: PLR0917 (typer: one parameter per option)
             give_up_after_s=give_up_after,
         )
     except replaying.ReplayError as exc:
-        err.print(f"[bold red]error[/] {escape(str(exc))}", highlight=False, soft_wrap=True)
+        _error(str(exc))
         raise typer.Exit(2) from None
     files = log_files(logs)
     if not files:
-        err.print("[bold red]error[/] no log files (events-*.jsonl[.zst|.gz]) in " + ", ".join(map(str, logs)))
+        _error("no log files (events-*.jsonl[.zst|.gz]) in " + ", ".join(map(str, logs)))
         raise typer.Exit(2)
     out = Console(stderr=True)
     started = time.monotonic()
@@ -388,10 +394,10 @@ def replay(  # noqa: PLR0917 (typer: one parameter per option)
             # Not asyncio.run: a collector's send or close that ignores its cancellation must not hold the exit.
             report = runner.run(replaying.replay(files, built, replay_plan, advance))
         except replaying.ReplayError as exc:  # before anything was sent
-            err.print(f"[bold red]error[/] {escape(str(exc))}", highlight=False, soft_wrap=True)
+            _error(str(exc))
             raise typer.Exit(2) from None
     if report.gave_up is not None:
-        err.print(f"[bold red]error[/] {escape(report.gave_up)}", highlight=False, soft_wrap=True)
+        _error(report.gave_up)
     failed = report.gave_up is not None or any(result.refused for result in report.collectors.values())
     if as_json:
         print(json.dumps(report.summary(), indent=2))
@@ -409,7 +415,7 @@ def replay(  # noqa: PLR0917 (typer: one parameter per option)
         soft_wrap=True,
     )
     for where in report.read.skipped_at[:10]:
-        out.print(f"  torn line at {where}", highlight=False)
+        out.print(escape(f"  torn line at {where}"), highlight=False)
     _print_unread(out, report.read, "what decoded was replayed", "skipped")
     if failed:
         raise typer.Exit(1)
@@ -441,14 +447,14 @@ def ship(
     try:
         selected = shippers(loaded.config, collector or ())
     except ShipError as exc:
-        err.print(f"[bold red]error[/] {escape(str(exc))}", highlight=False)
+        _error(str(exc))
         raise typer.Exit(2) from None
     out = Console()
 
     def show(shipper: Shipper, report: PassReport) -> None:
         for done in report.shipped:
-            out.print(f"shipped {shipper.collector} {done.name} → {done.url} ({done.bytes:,} bytes, verified by "
-                      f"{done.verified_by})", highlight=False, soft_wrap=True)  # fmt: skip
+            out.print(escape(f"shipped {shipper.collector} {done.name} → {done.url} ({done.bytes:,} bytes, "
+                             f"verified by {done.verified_by})"), highlight=False, soft_wrap=True)  # fmt: skip
 
     if not once:
         # Failed passes are the service's log lines: when a streak begins, a reminder per interval, not one a pass.
@@ -458,7 +464,7 @@ def ship(
     for name, report in reports.items():
         show(selected[name], report)
         for what, reason in report.failed:
-            err.print(f"[bold red]failed[/] {name} {what}: {reason}", highlight=False, soft_wrap=True)
+            err.print(f"[bold red]failed[/] {escape(f'{name} {what}: {reason}')}", highlight=False, soft_wrap=True)
     shipped = [done for report in reports.values() for done in report.shipped]
     failed = sum(len(report.failed) for report in reports.values())
     out.print(f"{len(shipped)} files shipped ({sum(done.bytes for done in shipped):,} bytes), {failed} failed",
@@ -489,6 +495,7 @@ def banker_reconcile(
     import asyncio
 
     from rich.table import Table
+    from rich.text import Text
 
     from trackpoint.collectors.banker.reconcile import ReconcileError, reconcile
     from trackpoint.collectors.banker.store import StoreUnavailable
@@ -497,15 +504,15 @@ def banker_reconcile(
     loaded = _load_or_exit(config)
     files = log_files(logs)
     if not files:
-        err.print("[bold red]error[/] no log files (events-*.jsonl[.zst|.gz]) in " + ", ".join(map(str, logs)))
+        _error("no log files (events-*.jsonl[.zst|.gz]) in " + ", ".join(map(str, logs)))
         raise typer.Exit(2)
     try:
         report = asyncio.run(reconcile(loaded.config, files, collector))
     except ReconcileError as exc:
-        err.print(f"[bold red]error[/] {escape(str(exc))}", highlight=False)
+        _error(str(exc))
         raise typer.Exit(2) from None
     except StoreUnavailable as exc:
-        err.print(f"[bold red]error[/] the banker's store is unavailable: {exc}", highlight=False)
+        _error(f"the banker's store is unavailable: {exc}")
         raise typer.Exit(2) from None
     if as_json:
         document = {
@@ -536,8 +543,8 @@ def banker_reconcile(
         for c in report.campaigns:
             store = "—" if c.store_micros is None else f"{c.store_micros:,}"
             mark = "[bold red]differs[/]" if not c.matches else "[yellow]unsure[/]" if incomplete else "[green]ok[/]"
-            table.add_row(c.campaign, f"{c.log_micros:,}", f"{c.log_debits:,}", store, f"{c.difference_micros:+,}",
-                          f"{c.missing_debits:,}", mark)  # fmt: skip
+            table.add_row(Text(c.campaign), f"{c.log_micros:,}", f"{c.log_debits:,}", store,
+                          f"{c.difference_micros:+,}", f"{c.missing_debits:,}", mark)  # fmt: skip
         out.print(table)
         skipped = ", ".join(f"{reason} {count:,}" for reason, count in report.skipped.items()) or "none"
         out.print(
@@ -597,14 +604,14 @@ def report(  # noqa: PLR0917 (typer: one parameter per option)
     if output not in {"table", "csv", "json"}:
         raise typer.BadParameter(f"{output!r}: choose table, csv or json", param_hint="--format")
     if bool(logs) != from_logs:
-        err.print("[bold red]error[/] --logs reads the LOG files given after it (and LOG files need --logs)")
+        _error("--logs reads the LOG files given after it (and LOG files need --logs)")
         raise typer.Exit(2)
     loaded = _load_or_exit(config)
     try:
         name, rollup = reporting.rollup_collector(loaded.config, collector)
     except LookupError as exc:
         if collector is not None or not from_logs:
-            err.print(f"[bold red]error[/] {escape(str(exc))}", highlight=False)
+            _error(str(exc))
             raise typer.Exit(2) from None
         from trackpoint.collectors.rollup.config import RollupCollectorConfig as DefaultRollup
 
@@ -620,7 +627,7 @@ def report(  # noqa: PLR0917 (typer: one parameter per option)
         )
         rows, source, note = _report_rows(loaded.config, rollup, name, query, logs if from_logs else None)
     except reporting.ReportError as exc:
-        err.print(f"[bold red]error[/] {escape(str(exc))}", highlight=False)
+        _error(str(exc))
         raise typer.Exit(2) from None
     if output == "json":
         sys.stdout.write(reporting.to_json(rows, query, source).decode() + "\n")
@@ -632,7 +639,7 @@ def report(  # noqa: PLR0917 (typer: one parameter per option)
         if not rows:
             out.print("no rows in this period", highlight=False)
     if note:
-        err.print(note, highlight=False, soft_wrap=True)
+        err.print(escape(note), highlight=False, soft_wrap=True)
 
 
 def _report_rows(
@@ -647,19 +654,19 @@ def _report_rows(
         try:
             return reporting.store_report(config, rollup, query), f"rollups:{name}", ""
         except sqlite3.Error as exc:
-            err.print(f"[bold red]error[/] the rollups' database cannot be read: {exc}", highlight=False)
+            _error(f"the rollups' database cannot be read: {exc}")
             raise typer.Exit(1) from None
     from trackpoint.collectors.log.reader import log_files
     from trackpoint.collectors.rollup.logs import LogsReportError, logs_report
 
     files = log_files(logs)
     if not files:
-        err.print("[bold red]error[/] no log files (events-*.jsonl[.zst|.gz]) in " + ", ".join(map(str, logs)))
+        _error("no log files (events-*.jsonl[.zst|.gz]) in " + ", ".join(map(str, logs)))
         raise typer.Exit(2)
     try:
         result = logs_report(files, query, rollup.roles)
     except LogsReportError as exc:
-        err.print(f"[bold red]error[/] {escape(str(exc))}", highlight=False)
+        _error(str(exc))
         raise typer.Exit(2) from None
     note = (
         f"read {result.events:,} events ({result.distinct:,} distinct ids) from {len(files)} files in "
@@ -683,9 +690,7 @@ def docs(
     try:
         written = write_docs(_load_or_exit(config), out_dir, app, registry())
     except OSError as exc:  # OUT_DIR a file, unwritable, ...
-        err.print(
-            f"[bold red]error[/] cannot write the reference into {out_dir}: {exc.strerror or exc}", highlight=False
-        )
+        _error(f"cannot write the reference into {out_dir}: {exc.strerror or exc}")
         raise typer.Exit(2) from None
     for path in written:
         print(path)

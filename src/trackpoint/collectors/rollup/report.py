@@ -177,13 +177,16 @@ def _shown(name: str, value: float | None) -> str:
 def to_table(rows: Sequence[Row], by: Sequence[str], source: str) -> Table:
     """A rich table with one metrics column (each row shows its role's metrics by name), readable on a laptop."""
     from rich.table import Table
+    from rich.text import Text
 
     table = Table(title=f"hourly report · {source}")
     for column in ("hour (UTC)", "type", *by, "events", "metrics"):
         table.add_column(column, justify="right" if column == "events" else "left")
     for row in rows:
+        # A type and dims come from requests: Text, never markup (`cid=[/x]` was a MarkupError traceback).
         table.add_row(
-            row.hour.replace("T", " ").removesuffix(":00Z"), row.type, *(row.dims.get(dim) or "—" for dim in by),
+            row.hour.replace("T", " ").removesuffix(":00Z"), Text(row.type),
+            *(Text(row.dims.get(dim) or "—") for dim in by),
             f"{row.events:,}", " · ".join(_shown(name, value) for name, value in row.metrics.items()),
         )  # fmt: skip
     return table
