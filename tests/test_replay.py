@@ -22,6 +22,7 @@ from typing import Any
 
 import msgspec
 import pytest
+import redis
 import zstandard
 from typer.testing import CliRunner
 
@@ -33,6 +34,7 @@ from trackpoint.event import Context, Event, Meta, derived_id
 from trackpoint.replay import ReplayError, build_collectors, plan, replay
 
 T0 = 1_795_821_700_000  # ms
+REDIS_URL = os.environ.get("TRACKPOINT_TEST_REDIS_URL", "redis://127.0.0.1:6379/0")
 
 
 def event(type_name: str, imp: str, ts: int) -> Event:
@@ -479,3 +481,43 @@ def test_a_collector_gives_up_at_its_deadline_and_the_summary_says_so(tmp_path: 
     assert summary["gave_up"].startswith("collector rs: not delivered after 3 s")
     assert summary["collectors"]["rs"]["sent"] == 0 and summary["collectors"]["rs"]["retries"] >= 1
     assert elapsed >= 3  # retried up to the deadline, not given up at the first backoff step that would pass it
+
+
+# --- a replay that ends as soon as it starts -----------------------------------------------------------------------
+
+
+@pytest.mark.e2e
+def test_a_short_replay_into_redis_closes_its_collectors_at_once(
+    tmp_path: Path, caplog: pytest.LogCaptureFixture
+) -> None:
+    """A replay of no events (or a few) closes its collectors while their first call to Redis connects; the
+    cancellation of the redis_streams probe and the banker's status report was lost there (asyncio.wait_for on
+    3.11), each went on for ever and the replay waited out the drain timeout and its grace (12 s) to log
+    `close() has not returned`."""
+    directory = tmp_path / "logs"
+    directory.mkdir()
+    (directory / "events-20261205T000000000Z-w00-p1-0001.jsonl").write_bytes(b"")  # a tracker just started
+    prefix = f"tptest-{os.getpid()}-{random.randrange(1 << 30)}"
+    conf = tmp_path / "redis.yaml"
+    conf.write_text(
+        f"data_dir: {tmp_path / 'data'}\n"
+        "collectors:\n"
+        f"  rs: {{type: redis_streams, url: '{REDIS_URL}', stream: '{prefix}:{{type}}'}}\n"
+        f"  banker: {{type: banker, store: redis, redis_url: '{REDIS_URL}', key_prefix: '{prefix}',"
+        " unknown_campaigns: create}\n"
+        "event_types:\n  win: {preset: win, collectors: [log, rs, banker]}\n",
+        encoding="utf-8",
+    )
+    try:
+        for _ in range(4):  # the race is lost most times, not every time
+            result = CliRunner().invoke(app, ["replay", "-c", str(conf), "--json", str(directory)])
+            assert result.exit_code == 0, result.output
+            abandoned = [record.getMessage() for record in caplog.records if "has not returned" in record.getMessage()]
+            assert abandoned == []
+        assert json.loads(result.stdout)["collectors"].keys() == {"rs", "banker"}
+    finally:
+        client = redis.Redis.from_url(REDIS_URL)
+        stale = list(client.scan_iter(match=f"*{prefix}*"))
+        if stale:
+            client.delete(*stale)
+        client.close()

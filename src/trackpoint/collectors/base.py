@@ -183,6 +183,7 @@ class Collector(ABC):
         self._flush_task: asyncio.Task[None] | None = None
         self._wake = asyncio.Event()
         self._closing = False
+        self._closing_event = asyncio.Event()  # set with _closing, for idle()
         self._abandoned = False  # close() gave up on the drain: the flush loop must stop
         self._error_log = LogLimiter(ERROR_LOG_INTERVAL_S)
         # Drops by cause (besides offer's, counted only in stats.dropped: the request path does nothing more),
@@ -423,10 +424,23 @@ class Collector(ABC):
         """Counters of this collector's own (monotonic), reported as trackpoint_collector_outcomes_total."""
         return {}
 
+    async def idle(self, seconds: float) -> bool:
+        """Waits `seconds`, less when close() begins; False once the collector is closing. The pause of a
+        collector's own periodic task (a health probe, a status report): `if not await self.idle(interval): return`
+        ends it with close() even when its cancellation was lost, as asyncio.wait_for loses one on Python 3.11 when
+        the call it awaits finishes at that moment (redis-py connecting): a probe cancelled mid-connect went on
+        pinging, and close() waited out the drain timeout and its grace."""
+        if not self._closing:
+            with contextlib.suppress(TimeoutError):
+                async with asyncio.timeout(seconds):
+                    await self._closing_event.wait()
+        return not self._closing
+
     async def close(self, drain_timeout_s: float) -> None:
         """Stops the flush loop and delivers what is pending within the drain timeout; what cannot be delivered
         in time goes to the spool, where the next worker finds it."""
         self._closing = True
+        self._closing_event.set()
         self._wake.set()
         if self._starting is not None:  # a retried start still running: its call is abandoned
             self._starting.cancel()

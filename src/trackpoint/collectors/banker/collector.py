@@ -115,7 +115,8 @@ class BankerCollector(Collector):
                 self._note_error(exc)
             if time.monotonic() - self._unsafe_checked >= UNSAFE_CHECK_S:
                 await self._check_unsafe()
-            await asyncio.sleep(self.config.status_interval_s)
+            if not await self.idle(self.config.status_interval_s):  # closing, even if close()'s cancellation was lost
+                return
 
     async def _check_unsafe(self) -> None:
         """At start and every UNSAFE_CHECK_S: a setting can change under a running tracker (a parameter group

@@ -181,7 +181,8 @@ class RedisStreamsCollector(Collector):
                     self._probe_error = ""
                 except (RedisError, OSError, TimeoutError) as exc:
                     self._probe_error = f"{type(exc).__name__}: {exc}"
-            await asyncio.sleep(PROBE_INTERVAL_S)
+            if not await self.idle(PROBE_INTERVAL_S):  # closing, even if close()'s cancellation was lost
+                return
 
 
 def _type_of(event: Event) -> str:
