@@ -447,8 +447,12 @@ def test_reconcile_needs_a_banker(tmp_path: Path) -> None:
     logs.mkdir()
     (logs / "events-w00-1.jsonl").write_text("")
     result = cli("banker", "reconcile", str(logs), cwd=tmp_path)  # the default data_dir is relative
-    assert result.returncode == 0, result.stderr  # the embedded default's banker, and no spend in these logs
+    assert result.returncode == 2, result.stderr  # the embedded default's banker, whose store no tracker made here
+    assert "no banker store at trackpoint-data/banker/banker.db" in result.stderr
+    assert cli("replay", "--collector", "banker", str(logs), cwd=tmp_path).returncode == 0  # starts it, as a tracker
     assert (tmp_path / "trackpoint-data" / "banker" / "banker.db").exists()
+    result = cli("banker", "reconcile", str(logs), cwd=tmp_path)
+    assert result.returncode == 0, result.stderr  # no spend in these logs, none in the store
     config = tmp_path / "no-banker.yaml"
     config.write_text("event_types:\n  win: {preset: win, collectors: [log]}\n")
     result = cli("banker", "reconcile", "--config", str(config), str(logs))

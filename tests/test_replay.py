@@ -454,9 +454,27 @@ def test_reconcile_names_a_file_gone(tmp_path: Path) -> None:
     gone = directory / "events-20261205T000000000Z-w00-p1-0002.jsonl"
     gone.symlink_to(tmp_path / "shipped-and-deleted.jsonl")
     conf = str(banker_setup(tmp_path))
+    assert CliRunner().invoke(app, ["replay", "-c", conf, "--collector", "banker", str(directory)]).exit_code == 0
     reconciled = CliRunner().invoke(app, ["banker", "reconcile", "-c", conf, "--json", str(directory)])
     assert reconciled.exit_code == 1, reconciled.output
     assert json.loads(reconciled.stdout)["missing_files"] == [str(gone)]
+
+
+def test_reconcile_against_a_sqlite_store_that_is_not_there_says_so_and_creates_nothing(tmp_path: Path) -> None:
+    """A wrong data_dir (or sqlite_path) made reconcile create an empty store there, directories included, and report
+    every logged debit missing, with the advice to replay them all into it."""
+    directory = tmp_path / "logs"
+    directory.mkdir()
+    (directory / "events-20261205T000000000Z-w00-p1-0001.jsonl").write_bytes(lines([win("a", T0, 1_000_000)]))
+    conf = str(banker_setup(tmp_path))  # data_dir: tmp_path/data, which no tracker has run in
+    reconciled = CliRunner().invoke(app, ["banker", "reconcile", "-c", conf, str(directory)])
+    store = tmp_path / "data" / "banker" / "banker.db"
+    assert reconciled.exit_code == 2, reconciled.output
+    assert f"no banker store at {store}: the tracker creates it on its first start" in reconciled.stderr
+    assert not (tmp_path / "data").exists()
+    # Where a tracker (here: a replay, which starts the banker as a tracker does) made it, reconcile reads it.
+    assert CliRunner().invoke(app, ["replay", "-c", conf, "--collector", "banker", str(directory)]).exit_code == 0
+    assert CliRunner().invoke(app, ["banker", "reconcile", "-c", conf, str(directory)]).exit_code == 0
 
 
 # --- a collector that gives up -------------------------------------------------------------------------------------

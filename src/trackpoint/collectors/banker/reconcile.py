@@ -13,13 +13,14 @@ from pathlib import Path
 
 from trackpoint.collectors.banker.config import BankerCollectorConfig, bankers_in_use
 from trackpoint.collectors.banker.model import Debit, DebitRule
+from trackpoint.collectors.banker.sqlite_store import SqliteStore
 from trackpoint.collectors.banker.store import open_store
 from trackpoint.collectors.log.reader import ReadStats, precedence, read_located
 from trackpoint.config.model import Config
 
 
 class ReconcileError(Exception):
-    """The reconciliation cannot run: no banker collector, or not the one named."""
+    """The reconciliation cannot run: no banker collector, or not the one named, or no SQLite store where it says."""
 
 
 @dataclass
@@ -94,6 +95,13 @@ def logged_debits(paths: Iterable[Path], rule: DebitRule, types: frozenset[str],
 
 async def reconcile(config: Config, paths: Iterable[Path], collector: str | None = None) -> Report:
     name, options, types = banker_of(config, collector)
+    store = open_store(options, config.data_dir)
+    if isinstance(store, SqliteStore) and not store.path.exists():  # opening it would create it, empty
+        raise ReconcileError(
+            f"no banker store at {store.path}: the tracker creates it on its first start, so this data_dir or "
+            f"sqlite_path is not the tracker's (a store that was lost is rebuilt by `trackpoint replay --collector "
+            f"{name}`, once its campaigns are created again)"
+        )
     report = Report(collector=name)
     rule = DebitRule(options)
     debits = logged_debits(paths, rule, types, report)
@@ -105,7 +113,6 @@ async def reconcile(config: Config, paths: Iterable[Path], collector: str | None
         )
         entry.log_micros += debit.micros
         entry.log_debits += 1
-    store = open_store(options, config.data_dir)
     try:
         applied = await store.applied_ids([debit.id for debit in debits])
         for debit in debits:
