@@ -270,7 +270,17 @@ def test_shell_completion_script_and_completions() -> None:
 # --- sign ----------------------------------------------------------------------------------------------------
 
 
-@pytest.mark.parametrize("url", ["not-a-url", "/c?imp=1", "ftp://t.example.com/c?imp=1", "https:///c?imp=1"])
+@pytest.mark.parametrize(
+    "url",
+    [
+        "not-a-url",
+        "/c?imp=1",
+        "ftp://t.example.com/c?imp=1",
+        "https:///c?imp=1",
+        "http://[::1/c?imp=1",  # an unclosed IPv6 bracket: a ValueError traceback
+        "http://t.example.com:99999/c?imp=1",  # signed as it was
+    ],
+)
 def test_sign_refuses_what_is_not_a_tracking_url(url: str) -> None:
     code, stdout, stderr = invoke("sign", url)
     assert code == 2

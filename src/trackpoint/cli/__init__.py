@@ -246,8 +246,12 @@ def sign(  # noqa: PLR0917 (one argument per option)
 
     from trackpoint.security.signing import SigningKeyError, covered_params, load_key, sign_url, signing_key_id
 
-    parts = urlsplit(url)
-    if parts.scheme not in ("http", "https") or not parts.hostname:
+    try:
+        parts = urlsplit(url)
+        tracking = parts.scheme in ("http", "https") and bool(parts.hostname) and parts.port != 0
+    except ValueError:  # an unclosed IPv6 bracket, a port past 65535 (read by .port): a traceback before
+        tracking = False
+    if not tracking:
         _error(
             f"not a tracking URL: {url!r} (give the whole URL the tracker will receive, "
             "`https://t.example.com/c?imp=...`)"
