@@ -447,6 +447,27 @@ def test_reconcile_names_a_file_cut_short_and_does_not_say_ok(tmp_path: Path) ->
     assert " ok" not in table.stdout
 
 
+def test_report_over_logs_names_a_file_cut_short_and_counts_what_replay_reads(tmp_path: Path) -> None:
+    """DuckDB reads a zstd file cut short as far as it decodes and says nothing: the report's counts were short of
+    the logs' with no word of it, where replay and reconcile name the file."""
+    directory = tmp_path / "logs"
+    directory.mkdir()
+    wins = [win(f"w{i}", T0 + i, 2_500_000) for i in range(3000)]
+    (directory / "events-20261205T000000000Z-w00-p1-0001.jsonl").write_bytes(lines(wins[:1000]))
+    cut = directory / "events-20261205T000000000Z-w00-p1-0002.jsonl.zst"
+    frames = [zstandard.ZstdCompressor().compress(lines(wins[start : start + 500])) for start in range(1000, 3000, 500)]
+    cut.write_bytes(b"".join(frames)[:-100])  # three whole frames, the fourth cut
+    conf = str(banker_setup(tmp_path))
+    replayed = CliRunner().invoke(app, ["replay", "-c", conf, "--collector", "banker", "--json", str(directory)])
+    assert json.loads(replayed.stdout)["read"] == 2500
+    report = CliRunner().invoke(app, ["report", "--logs", str(directory), "-c", conf, "--format", "json", "--by", "",
+                                      "--from", str(T0 // 1000 - 3600), "--to", str(T0 // 1000 + 3600)])  # fmt: skip
+    assert report.exit_code == 0, report.output
+    [row] = [row for row in json.loads(report.stdout)["rows"] if row["type"] == "win"]
+    assert row["metrics"]["wins"] == 2500
+    assert f"cut short: {cut} (a compressed file that ends early: what decoded is counted)" in report.stderr
+
+
 def test_reconcile_names_a_file_gone(tmp_path: Path) -> None:
     directory = tmp_path / "logs"
     directory.mkdir()

@@ -678,6 +678,8 @@ def _report_rows(
         + (f" · {result.skipped:,} torn lines skipped" if result.skipped else "")
         + "".join(f"\n  gone: {path} (removed before it was read, under its name and compressed; skipped)"
                   for path in result.missing)
+        + "".join(f"\n  cut short: {path} (a compressed file that ends early: what decoded is counted)"
+                  for path in result.truncated)
     )  # fmt: skip
     return result.rows, f"logs:{len(files)} files", note
 

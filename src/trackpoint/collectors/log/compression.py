@@ -121,6 +121,28 @@ def read_open(raw: IO[bytes], path: Path, consumed: Callable[[int], None] | None
         at = raw.tell()
 
 
+def cut_short(path: Path) -> bool:
+    """Whether a zstd or gzip file ends before its stream does (a crash while copying, a partial download), read to
+    its end with the output dropped; False for a plain file and for one gone. For readers that do not decompress
+    through read_lines (DuckDB stops quietly at the end of a cut zstd file)."""
+    if not path.name.endswith((".zst", ".gz")):
+        return False
+    try:
+        with path.open("rb") as raw:
+            if path.name.endswith(".zst"):
+                for _ in _zstd_chunks(raw):
+                    pass
+            else:
+                with gzip.GzipFile(fileobj=raw, mode="rb") as stream:
+                    while stream.read(1 << 20):
+                        pass
+    except FileNotFoundError:
+        return False
+    except TRUNCATED:
+        return True
+    return False
+
+
 def _zstd_chunks(raw: IO[bytes], consumed: Callable[[int], None] | None = None) -> Iterator[bytes]:
     """Decompressed data of every frame in turn (`cat a.zst b.zst` reads whole, as with gzip members); EOFError when
     the last frame is incomplete, which zstandard's stream reader would not tell."""
