@@ -19,6 +19,7 @@ import msgspec
 import pytest
 import zstandard
 
+from conftest import make_event
 from trackpoint.admin.server import AdminRequest
 from trackpoint.collectors.base import CollectorContext, SendResult
 from trackpoint.collectors.rollup.admin import get_hourly
@@ -462,6 +463,29 @@ def test_the_cli_refuses_bad_times_for_report_and_replay(tmp_path: Path) -> None
     # An error's text is printed as it is: `[log, rollup]` was taken for console markup and vanished.
     without = runner.invoke(app, ["report", "--config", str(config)])
     assert without.exit_code == 2 and "(collectors: [log, rollup])" in " ".join(without.output.split())
+
+
+def test_a_report_from_rollups_no_tracker_wrote_says_where_it_looked(tmp_path: Path) -> None:
+    """A data_dir other than the tracker's gave an empty table as if no event had come: it says so now."""
+    from typer.testing import CliRunner
+
+    from trackpoint.cli import app
+
+    config = tmp_path / "trackpoint.yaml"
+    config.write_text(
+        json.dumps({"data_dir": str(tmp_path / "data"), "collectors": {"rollup": {"type": "rollup"}},
+                    "event_types": {"impression": {"preset": "impression", "collectors": ["log", "rollup"]}}})
+    )  # fmt: skip
+    database = tmp_path / "data" / "rollup" / "rollup.db"
+    result = CliRunner().invoke(app, ["report", "--config", str(config)])
+    assert result.exit_code == 0 and "no rows in this period" in result.stdout
+    assert f"no rollups at {database} (yet): no tracker has written one there" in " ".join(result.stderr.split())
+    assert not database.exists()
+    (tmp_path / "events-1.jsonl").write_bytes(msgspec.json.encode(make_event(1)) + b"\n")
+    replayed = CliRunner().invoke(app, ["replay", "--config", str(config), str(tmp_path / "events-1.jsonl")])
+    assert replayed.exit_code == 0 and database.exists(), replayed.output
+    result = CliRunner().invoke(app, ["report", "--config", str(config)])
+    assert result.exit_code == 0 and "no rollups" not in result.stderr
 
 
 def test_the_table_shows_money_in_units_and_time_in_seconds() -> None:

@@ -649,14 +649,17 @@ def report(  # noqa: PLR0917 (typer: one parameter per option)
 def _report_rows(
     config: Config, rollup: RollupCollectorConfig, name: str, query: Query, logs: list[Path] | None
 ) -> tuple[list[Row], str, str]:
-    """The report's rows, what they come from, and a note for stderr (the logs' reading rate)."""
+    """The report's rows, what they come from, and a note for stderr (the logs' reading rate, or a database missing)."""
     from trackpoint.collectors.rollup import report as reporting
 
     if logs is None:
         import sqlite3
 
+        database = reporting.rollups_path(config, rollup)
+        # None written yet holds no rows, but a path no tracker writes (another data_dir) must not pass for one.
+        note = "" if database.exists() else f"no rollups at {database} (yet): no tracker has written one there"
         try:
-            return reporting.store_report(config, rollup, query), f"rollups:{name}", ""
+            return reporting.store_report(config, rollup, query), f"rollups:{name}", note
         except sqlite3.Error as exc:
             _error(f"the rollups' database cannot be read: {exc}")
             raise typer.Exit(1) from None

@@ -104,8 +104,13 @@ def store_report(config: Config, collector: RollupCollectorConfig, query: Query)
             "`trackpoint report --logs` groups by any"
         )
     read = dataclasses.replace(query, types=types_to_read(query.types, collector.roles))
-    summed = read_rollups(Path(config.data_dir) / collector.sqlite_path, read, collector.busy_timeout_s)
+    summed = read_rollups(rollups_path(config, collector), read, collector.busy_timeout_s)
     return finish(summed, query.by, collector.roles, query.types)
+
+
+def rollups_path(config: Config, collector: RollupCollectorConfig) -> Path:
+    """The rollups' database of a collector (created by the tracker once it writes a row)."""
+    return Path(config.data_dir) / collector.sqlite_path
 
 
 def document(rows: Sequence[Row], query: Query, source: str, limit: int | None = MAX_ROWS) -> dict[str, object]:
