@@ -12,6 +12,7 @@ import json
 import os
 import random
 import re
+import signal
 import subprocess
 import sys
 import threading
@@ -520,6 +521,30 @@ def test_a_collector_gives_up_at_its_deadline_and_the_summary_says_so(tmp_path: 
     assert summary["gave_up"].startswith("collector rs: not delivered after 3 s")
     assert summary["collectors"]["rs"]["sent"] == 0 and summary["collectors"]["rs"]["retries"] >= 1
     assert elapsed >= 3  # retried up to the deadline, not given up at the first backoff step that would pass it
+
+
+@pytest.mark.e2e
+def test_an_interrupted_replay_says_so_and_how_to_finish(tmp_path: Path) -> None:
+    """Ctrl-C ended a replay with exit code 130 and not a word: was anything sent, is a rerun safe?"""
+    directory, _, _ = logs(tmp_path)
+    conf = tmp_path / "dead.yaml"
+    conf.write_text(
+        f"data_dir: {tmp_path / 'data'}\n"
+        f"collectors:\n  rs: {{type: redis_streams, url: 'redis://127.0.0.1:{free_port()}/0', stream: s}}\n"
+        "event_types:\n  impression: {preset: impression, collectors: [log, rs]}\n",
+        encoding="utf-8",
+    )
+    replaying = subprocess.Popen(
+        [sys.executable, "-m", "trackpoint", "replay", "-c", str(conf), str(directory)],
+        stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
+    )  # fmt: skip
+    assert replaying.stderr is not None
+    assert "target unavailable, retrying" in replaying.stderr.readline()  # mid-replay: its first batch is retried
+    replaying.send_signal(signal.SIGINT)
+    _, stderr = replaying.communicate(timeout=60)
+    assert replaying.returncode == 130
+    assert "interrupted: run the same replay again to finish it (what was sent counts once)" in stderr
+    assert "Traceback" not in stderr
 
 
 # --- a replay that ends as soon as it starts -----------------------------------------------------------------------

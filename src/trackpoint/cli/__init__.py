@@ -347,7 +347,7 @@ def replay(  # noqa: PLR0917 (typer: one parameter per option)
     sent; a compressed log cut short is replayed up to where it ends, counted as a torn line and named in the
     summary; a file compressed while the replay runs is read under its new name, and one gone is named and skipped.
     Exit code 1 when a collector refused events or gave up (the summary says what was sent before), 2 when nothing
-    could start."""
+    could start, 130 when interrupted (Ctrl-C: run it again to finish)."""
     from rich import filesize
     from rich.progress import BarColumn, DownloadColumn, Progress, TextColumn, TimeRemainingColumn
     from rich.table import Table
@@ -400,6 +400,9 @@ def replay(  # noqa: PLR0917 (typer: one parameter per option)
         except replaying.ReplayError as exc:  # before anything was sent
             _error(str(exc))
             raise typer.Exit(2) from None
+        except KeyboardInterrupt:  # the collectors were closed (drained) on the way out; nothing said so
+            _error("interrupted: run the same replay again to finish it (what was sent counts once)")
+            raise typer.Exit(130) from None
     if report.gave_up is not None:
         _error(report.gave_up)
     failed = report.gave_up is not None or any(result.refused for result in report.collectors.values())
