@@ -469,6 +469,21 @@ def test_report_over_logs_names_a_file_cut_short_and_counts_what_replay_reads(tm
     assert f"cut short: {cut} (a compressed file that ends early: what decoded is counted)" in report.stderr
 
 
+def test_reconcile_refuses_what_is_not_a_log_as_replay_does(tmp_path: Path) -> None:
+    """A file that is not a log was read as torn lines and matched (exit 0, a silent wrong answer); one that cannot
+    be opened (no permission) was a PermissionError traceback, and is the same check's `cannot be read`."""
+    directory = tmp_path / "logs"
+    directory.mkdir()
+    (directory / "events-20261205T000000000Z-w00-p1-0001.jsonl").write_bytes(lines([win("a", T0, 1_000_000)]))
+    conf = str(banker_setup(tmp_path))
+    assert CliRunner().invoke(app, ["replay", "-c", conf, "--collector", "banker", str(directory)]).exit_code == 0
+    notes = tmp_path / "spend.csv"
+    notes.write_text("campaign,micros\nc1,1000\n")
+    reconciled = CliRunner().invoke(app, ["banker", "reconcile", "-c", conf, str(directory), str(notes)])
+    assert reconciled.exit_code == 2, reconciled.output
+    assert f"{notes}:1: not a trackpoint log: the line is not an event" in reconciled.stderr
+
+
 def test_reconcile_names_a_file_gone(tmp_path: Path) -> None:
     directory = tmp_path / "logs"
     directory.mkdir()

@@ -15,12 +15,13 @@ from trackpoint.collectors.banker.config import BankerCollectorConfig, bankers_i
 from trackpoint.collectors.banker.model import Debit, DebitRule
 from trackpoint.collectors.banker.sqlite_store import SqliteStore
 from trackpoint.collectors.banker.store import open_store
-from trackpoint.collectors.log.reader import ReadStats, precedence, read_located
+from trackpoint.collectors.log.reader import ReadStats, log_files, not_a_log, precedence, read_located
 from trackpoint.config.model import Config
 
 
 class ReconcileError(Exception):
-    """The reconciliation cannot run: no banker collector, or not the one named, or no SQLite store where it says."""
+    """The reconciliation cannot run: no banker collector, or not the one named, no SQLite store where it says, or a
+    file that is not a log (or cannot be read)."""
 
 
 @dataclass
@@ -102,9 +103,13 @@ async def reconcile(config: Config, paths: Iterable[Path], collector: str | None
             f"sqlite_path is not the tracker's (a store that was lost is rebuilt by `trackpoint replay --collector "
             f"{name}`, once its campaigns are created again)"
         )
+    files = log_files(paths)
+    for path in files:  # as replay: a file that is not a log, or cannot be read (a traceback before), stops it
+        if (reason := not_a_log(path)) is not None:
+            raise ReconcileError(reason)
     report = Report(collector=name)
     rule = DebitRule(options)
-    debits = logged_debits(paths, rule, types, report)
+    debits = logged_debits(files, rule, types, report)
     report.skipped = {reason: count for reason, count in rule.skipped.items() if count}
     by_campaign: dict[str, CampaignReport] = {}
     for debit in debits:
