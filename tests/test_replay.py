@@ -517,9 +517,8 @@ def test_reconcile_against_a_sqlite_store_that_is_not_there_says_so_and_creates_
 # --- a collector that gives up -------------------------------------------------------------------------------------
 
 
-@pytest.mark.e2e
-def test_a_collector_gives_up_at_its_deadline_and_the_summary_says_so(tmp_path: Path) -> None:
-    directory, _, _ = logs(tmp_path)
+def dead_redis_config(tmp_path: Path) -> Path:
+    """A configuration whose redis_streams collector `rs` points at a port nothing listens on."""
     conf = tmp_path / "dead.yaml"
     conf.write_text(
         f"data_dir: {tmp_path / 'data'}\n"
@@ -527,6 +526,13 @@ def test_a_collector_gives_up_at_its_deadline_and_the_summary_says_so(tmp_path: 
         "event_types:\n  impression: {preset: impression, collectors: [log, rs]}\n",
         encoding="utf-8",
     )
+    return conf
+
+
+@pytest.mark.e2e
+def test_a_collector_gives_up_at_its_deadline_and_the_summary_says_so(tmp_path: Path) -> None:
+    directory, _, _ = logs(tmp_path)
+    conf = dead_redis_config(tmp_path)
     started = time.monotonic()
     result = cli("replay", "-c", str(conf), "--collector", "rs", "--json", "--give-up-after", "3", str(directory))
     elapsed = time.monotonic() - started
@@ -542,13 +548,7 @@ def test_a_collector_gives_up_at_its_deadline_and_the_summary_says_so(tmp_path: 
 def test_an_interrupted_replay_says_so_and_how_to_finish(tmp_path: Path) -> None:
     """Ctrl-C ended a replay with exit code 130 and not a word: was anything sent, is a rerun safe?"""
     directory, _, _ = logs(tmp_path)
-    conf = tmp_path / "dead.yaml"
-    conf.write_text(
-        f"data_dir: {tmp_path / 'data'}\n"
-        f"collectors:\n  rs: {{type: redis_streams, url: 'redis://127.0.0.1:{free_port()}/0', stream: s}}\n"
-        "event_types:\n  impression: {preset: impression, collectors: [log, rs]}\n",
-        encoding="utf-8",
-    )
+    conf = dead_redis_config(tmp_path)
     replaying = subprocess.Popen(
         [sys.executable, "-m", "trackpoint", "replay", "-c", str(conf), str(directory)],
         stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
