@@ -335,10 +335,12 @@ def test_a_killed_worker_says_what_its_collectors_held_and_how_to_refill_them(tr
         line = next(line for line in tracker.output().splitlines() if "ended without draining" in line)
         assert f"pid {worker}" in line and "at least: queue 40" in line, line
         command = line.split("refill with `", 1)[1].split("`", 1)[0]
-        assert command.startswith(f"trackpoint replay {tracker.data_dir / 'logs'} --collector queue --since "), line
+        logs = tracker.data_dir / "logs"
+        expected = f"trackpoint replay --config {tracker.config_path} {logs} --collector queue --since "
+        assert command.startswith(expected), line
         asyncio.run(target.server.start())
         replay = subprocess.run(
-            [sys.executable, "-m", "trackpoint", *command.split()[1:], "--config", str(tracker.config_path), "--json"],
+            [sys.executable, "-m", "trackpoint", *command.split()[1:], "--json"],  # the command as logged
             capture_output=True, text=True, timeout=120, check=False,
         )  # fmt: skip
         assert replay.returncode == 0, replay.stdout + replay.stderr

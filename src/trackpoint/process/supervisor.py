@@ -533,6 +533,7 @@ class Supervisor:
         refill = " ".join(
             [
                 "trackpoint replay",
+                *(["--config", str(self.config_path)] if self.config_path else []),
                 *(logs or ["<log dir>"]),
                 *(f"--collector {name}" for name in sorted(held)),
                 "--since",
