@@ -111,3 +111,10 @@ def test_every_metric_the_rules_and_the_dashboard_name_is_exported(tracker: Trac
     # and the dashboard shows most of what the tracker exports (a new family is worth a panel or an alert)
     shown = set().union(*named.values())
     assert len(shown & exported) >= 30
+
+
+def test_every_alert_is_in_the_monitoring_guide() -> None:
+    """Each rule has its row in docs/monitoring.md's table (when it fires, where to look first)."""
+    guide = (MONITORING.parent.parent / "docs" / "monitoring.md").read_text(encoding="utf-8")
+    rows = set(re.findall(r"^\| `(Trackpoint\w+)` \|", guide, re.MULTILINE))
+    assert {rule["alert"] for rule in _rules()} - rows == set()
