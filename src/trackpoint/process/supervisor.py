@@ -38,7 +38,7 @@ from trackpoint.collectors.log.files import log_dir
 from trackpoint.collectors.log.shipping.service import ShippingService
 from trackpoint.collectors.spool import backlog, orphans
 from trackpoint.config import ConfigError, LoadedConfig, load
-from trackpoint.config.model import Config
+from trackpoint.config.model import Config, collectors_in_use
 from trackpoint.data_dir import LOCK_FILE, lock_content, pid_namespace
 from trackpoint.edge.stats import Snapshot, add, counters_only
 from trackpoint.event import Event
@@ -526,8 +526,7 @@ class Supervisor:
         )
         logs = [
             str(log_dir(self.config.data_dir, collector))
-            for collector in self.config.collectors.values()
-            if isinstance(collector, LogCollectorConfig)
+            for collector in collectors_in_use(self.config, LogCollectorConfig).values()
         ]
         counts = ", ".join(f"{name} {stats.pending:,}" for name, stats in sorted(held.items()))
         refill = " ".join(
@@ -547,8 +546,8 @@ class Supervisor:
         )  # fmt: skip
 
     def _send_timeout_s(self, collector: str) -> float:
-        config = self.config.collectors.get(collector)
-        return float(getattr(config, "send_timeout_s", 30.0))
+        config = self.config.collectors.get(collector)  # None: a reload removed it since; the option's default
+        return config.send_timeout_s if config is not None else 30.0
 
     async def _read(self, handle: WorkerHandle, reader: asyncio.StreamReader) -> bool:
         """Handles a worker's messages until its channel ends; whether it said goodbye (a clean exit). Whatever the
