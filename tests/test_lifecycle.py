@@ -4,6 +4,7 @@ request, a killed worker is replaced, an invalid reload keeps the running config
 
 from __future__ import annotations
 
+import contextlib
 import errno
 import fcntl
 import http.client
@@ -148,6 +149,31 @@ def test_shutdown_delay_serves_with_readyz_failing_then_drains(tracker_factory: 
     assert time.monotonic() - signalled >= 3
     assert {f"lame-{n}" for n in range(served)} <= {event.dims["imp"] for event in tracker.events()}
     assert "draining in 3 s (server.shutdown_delay_s)" in tracker.output()
+
+
+def test_a_worker_that_dies_during_the_shutdown_delay_is_replaced(tracker_factory: Any) -> None:
+    """The port takes connections for the whole delay: a worker that dies meanwhile is started again, or they would
+    wait unanswered until the drain. Once the drain begins, none is started any more."""
+    tracker: Tracker = tracker_factory({"server": {"shutdown_delay_s": 6}})
+    assert tracker.process is not None
+    [first] = tracker.worker_pids()
+    tracker.signal(signal.SIGTERM)
+    time.sleep(0.3)
+    os.kill(first, signal.SIGKILL)
+    deadline = time.monotonic() + 4
+    while tracker.worker_pids() in ([], [first]) and time.monotonic() < deadline:
+        time.sleep(0.05)
+    [second] = tracker.worker_pids()
+    assert second != first, tracker.output()
+    status = 0
+    while status != 200 and time.monotonic() < deadline:  # served again once the new worker is ready
+        with contextlib.suppress(OSError):
+            status = tracker.get("/i?imp=after-the-death")[0]
+        time.sleep(0.05)
+    assert status == 200, tracker.output()
+    assert tracker.process.wait(30) == 0, tracker.output()
+    assert "after-the-death" in {event.dims["imp"] for event in tracker.events()}
+    assert "died with exit code -9" in tracker.output()
 
 
 def test_a_second_signal_ends_the_shutdown_delay(tracker_factory: Any) -> None:

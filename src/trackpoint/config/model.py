@@ -187,7 +187,7 @@ class ServerConfig(Struct, forbid_unknown_fields=True, kw_only=True):
             description="On SIGTERM, seconds the tracker keeps serving, /readyz failing (`draining`), before the "
             "drain begins: for platforms that send SIGTERM while their load balancer still routes to the instance and "
             "have no preStop hook (Azure Container Apps, a proxy that polls /readyz). A second SIGTERM or SIGINT "
-            "drains at once; a worker that dies meanwhile is not restarted. 0 (the default): drain at once; on "
+            "drains at once; a worker that dies meanwhile is started again. 0 (the default): drain at once; on "
             "Kubernetes the manifests' preStop sleep does this.",
         ),
     ] = 0.0

@@ -386,6 +386,12 @@ class Supervisor:
         else:
             self._drain_now()
 
+    @property
+    def draining(self) -> bool:
+        """The drain has begun: workers are being retired and none is started any more (shutting_down is set from
+        the signal on, shutdown_delay_s earlier)."""
+        return self._stopped.is_set()
+
     def _drain_now(self) -> None:
         if not self._stopped.is_set():
             log.info("draining: finishing in-flight requests and flushing collectors")
@@ -497,9 +503,11 @@ class Supervisor:
         # Whatever its exit: a clean one can leave files too (a compression that failed, a reload from
         # compression none), finished now that no process writes or compresses them; off the loop (it compresses).
         await asyncio.get_running_loop().run_in_executor(None, self._finalize_logs, handle.process.pid)
-        if handle.retiring and not self.retiring and not self.shutting_down:
+        if handle.retiring and not self.retiring and not self.draining:
             self._check_stranded_later()  # a reload's old workers are gone: their spools are closed
-        if handle.retiring or self.shutting_down or (failed_start and handle.probation):
+        # Until the drain begins a dead worker is replaced, shutdown_delay_s included: the port still takes
+        # connections then, and with no worker to accept them they would wait unanswered for the whole delay.
+        if handle.retiring or self.draining or (failed_start and handle.probation):
             return  # (a reload whose worker failed says so, and keeps the running one)
         if failed_start:
             self._failed_start(handle, code)
@@ -701,7 +709,7 @@ class Supervisor:
         """A worker not ready worker_start_timeout_s after it was started (a plugin's start that never returns) is a
         failed start: logged with its slot at once, stopped, and started again with backoff (a crash loop from its
         second time, in /healthz)."""
-        if handle.ready.done() or handle.retiring or self.shutting_down:
+        if handle.ready.done() or handle.retiring or self.draining:
             return
         handle.failure = control.Failed(
             error=f"not ready {timeout:g} s after it was started (server.worker_start_timeout_s)", traceback=""
@@ -834,7 +842,7 @@ class Supervisor:
             self.restart_counts[slot] += 1
             delay = self.backoff_s[slot] = RESTART_BACKOFF_S[min(attempt, len(RESTART_BACKOFF_S) - 1)]
             await asyncio.sleep(delay)
-            if self.shutting_down or slot in self.workers:
+            if self.draining or slot in self.workers:
                 return
             self.state.restarts += 1
             self.slot_restarts[slot] += 1
