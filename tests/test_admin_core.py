@@ -86,6 +86,27 @@ def test_readyz_follows_workers_drain_and_required_collectors() -> None:
     assert status == 503 and body["draining"] is True
 
 
+def test_startupz_says_the_workers_serve_whatever_the_collectors_health() -> None:
+    """The startup probe's answer: a required collector's outage fails /readyz, never /startupz (a platform kills a
+    container that fails its startup probe: no instance could start while Kafka is down)."""
+    tracker = _tracker()
+    handlers = core_handlers(tracker, CollectorRegistry())
+    tracker.live = Snapshot(collectors={"kafka": CollectorStats(required=True, healthy=False, problem="down")})
+    assert _get(handlers["/readyz"], "/readyz")[0] == 503
+    assert _get(handlers["/startupz"], "/startupz") == (
+        200,
+        {"started": True, "workers_ready": 2, "workers": 2, "crash_looping": []},
+    )
+    tracker.workers_ready = 1  # starting, or a slot that cannot start its worker: says which, and why
+    tracker.failing_starts = [{"slot": 1, "failed_starts": 3, "error": "no key", "backoff_s": 1.0}]
+    status, body = _get(handlers["/startupz"], "/startupz")
+    assert status == 503 and body["started"] is False and body["crash_looping"] == tracker.failing_starts
+    tracker.workers_ready = 0  # after SIGTERM the workers drain: no longer serving
+    tracker.failing_starts = []
+    tracker.shutting_down = True
+    assert _get(handlers["/startupz"], "/startupz")[0] == 503
+
+
 def test_healthz_fails_with_the_reason_of_a_crash_loop() -> None:
     tracker = _tracker()
     healthz = core_handlers(tracker, CollectorRegistry())["/healthz"]

@@ -81,5 +81,5 @@ def test_only_the_probes_and_the_dashboard_page_are_public() -> None:
     # The page, its script and style hold no data: the dashboard reads /dashboard/stats with the token.
     endpoints = admin_endpoints(registry().admin_routes)
     public = {e.path for e in endpoints if e.public}
-    assert public == {"/healthz", "/readyz", "/", "/dashboard/app.js", "/dashboard/app.css"}
-    assert {e.path for e in endpoints if e.probe} == {"/healthz", "/readyz"}
+    assert public == {"/healthz", "/readyz", "/startupz", "/", "/dashboard/app.js", "/dashboard/app.css"}
+    assert {e.path for e in endpoints if e.probe} == {"/healthz", "/readyz", "/startupz"}

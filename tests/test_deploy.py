@@ -503,8 +503,9 @@ def test_probes_and_ports_agree_with_the_configuration(rendered: Rendered) -> No
     liveness = rendered.container["livenessProbe"]["httpGet"]
     assert (readiness["path"], rendered.port(readiness["port"])) == ("/readyz", admin)
     assert (liveness["path"], rendered.port(liveness["port"])) == ("/healthz", admin)
-    if "startupProbe" in rendered.container:
-        assert rendered.port(rendered.container["startupProbe"]["httpGet"]["port"]) == admin
+    # The startup probe must not wait for the collectors (/readyz): a Kafka outage would keep new pods from starting.
+    startup = rendered.container["startupProbe"]["httpGet"]
+    assert (startup["path"], rendered.port(startup["port"])) == ("/startupz", admin)
     service = rendered.one("Service")
     assert [rendered.port(port["targetPort"]) for port in service["spec"]["ports"]] == [tracking]
 
@@ -705,6 +706,15 @@ def test_checks_that_replace_a_tracker_ask_healthz(module: Path, parsed_terrafor
         assert probe_path(check) == "/healthz", f"{module.name}: a check that replaces the tracker asks {check}"
     for check in nested(main, "readiness_probe"):
         assert probe_path(check) == "/readyz", f"{module.name}: readiness asks {check}"
+
+
+@pytest.mark.parametrize("module", MODULES, ids=lambda path: path.name)
+def test_startup_probes_ask_startupz(module: Path, parsed_terraform: dict[Path, dict[str, Any]]) -> None:
+    """A startup probe asks /startupz (the workers serve), not /readyz: that fails too while a `required`
+    collector's target is down, and a platform kills a container that fails its startup probe, so during such an
+    outage no new instance could start (Cloud Run: no scale-out, no new revision)."""
+    for check in nested(parsed_terraform[module / "main.tf"], "startup_probe"):
+        assert probe_path(check) == "/startupz", f"{module.name}: the startup probe asks {check}"
 
 
 @pytest.mark.e2e

@@ -425,6 +425,118 @@ def test_tables_print_ids_and_dims_from_requests_as_text(tmp_path: Path) -> None
     assert "│ [/x] " in report.stdout and "│ [bold]p " in report.stdout
 
 
+# --- logs in subdirectories ----------------------------------------------------------------------------------------
+
+
+def copied_back(tmp_path: Path) -> tuple[Path, list[Event]]:
+    """Logs as copied back from object storage (`<node>/<YYYY>/<MM>/<DD>/<file>`, as the shipper keys them), with
+    one file at the top too: 60 wins at 1 CPM (1,000 micros each)."""
+    wins = [win(f"w{i}", T0 + i, 1_000_000) for i in range(60)]
+    copied = tmp_path / "copied"
+    placed = {
+        "events-20261204T230000000Z-w00-p7-0001.jsonl": wins[:10],
+        "node-a/2026/12/04/events-20261204T235900000Z-w00-p7-0002.jsonl.zst": wins[10:25],
+        "node-a/2026/12/05/events-20261205T000000000Z-w00-p7-0003.jsonl.gz": wins[25:40],
+        "node-b/2026/12/05/events-20261205T000000000Z-w01-p9-0001.jsonl": wins[40:],
+    }
+    for name, events in placed.items():
+        path = copied / name
+        path.parent.mkdir(parents=True, exist_ok=True)
+        data = lines(events)
+        if name.endswith(".zst"):
+            data = zstandard.ZstdCompressor().compress(data)
+        elif name.endswith(".gz"):
+            data = gzip.compress(data)
+        path.write_bytes(data)
+    return copied, wins
+
+
+def test_replay_reconcile_and_report_read_the_logs_in_subdirectories(tmp_path: Path) -> None:
+    """Logs kept one directory per host and day were left out with no word: a replay of such a copy sent what lay
+    at its top (or `no log files`), and reconcile and report --logs counted that part as the whole."""
+    copied, wins = copied_back(tmp_path)
+    conf = str(banker_setup(tmp_path))
+    replayed = CliRunner().invoke(app, ["replay", "-c", conf, "--collector", "banker", "--json", str(copied)])
+    assert replayed.exit_code == 0, replayed.output
+    summary = json.loads(replayed.stdout)
+    assert (summary["files"], summary["read"], summary["replayed"]) == (4, 60, 60)
+    assert summary["bytes"] == sum(path.stat().st_size for path in copied.rglob("events-*"))
+    reconciled = CliRunner().invoke(app, ["banker", "reconcile", "-c", conf, "--json", str(copied)])
+    assert reconciled.exit_code == 0, reconciled.output
+    [campaign] = json.loads(reconciled.stdout)["campaigns"]
+    assert (campaign["log_debits"], campaign["log_micros"], campaign["store_micros"]) == (60, 60_000, 60_000)
+    report = CliRunner().invoke(app, ["report", "--logs", str(copied), "-c", conf, "--format", "json", "--by", "",
+                                      "--from", str(T0 // 1000 - 3600), "--to", str(T0 // 1000 + 3600)])  # fmt: skip
+    assert report.exit_code == 0, report.output
+    [row] = [row for row in json.loads(report.stdout)["rows"] if row["type"] == "win"]
+    assert (row["metrics"]["wins"], row["metrics"]["spend_micros"]) == (len(wins), 60_000)
+    assert "from 4 files" in report.stderr
+
+
+def test_a_file_found_twice_is_read_once_and_a_link_loop_ends(tmp_path: Path) -> None:
+    """A directory given with one of its subdirectories, a link to a directory elsewhere (followed), a link back up
+    the tree (searched once): each file is read once, in name (time) order across directories."""
+    copied, _ = copied_back(tmp_path)
+    elsewhere = tmp_path / "elsewhere" / "node-c"
+    elsewhere.mkdir(parents=True)
+    (elsewhere / "events-20261205T010000000Z-w00-p3-0001.jsonl").write_bytes(lines([win("c", T0 + 99, 1_000_000)]))
+    (copied / "node-c").symlink_to(elsewhere)
+    (copied / "node-b" / "up").symlink_to(copied)
+    files = log_files([copied, copied / "node-a", elsewhere])
+    assert [path.name for path in files] == [
+        "events-20261204T230000000Z-w00-p7-0001.jsonl",
+        "events-20261204T235900000Z-w00-p7-0002.jsonl.zst",
+        "events-20261205T000000000Z-w00-p7-0003.jsonl.gz",
+        "events-20261205T000000000Z-w01-p9-0001.jsonl",
+        "events-20261205T010000000Z-w00-p3-0001.jsonl",
+    ]
+    conf = str(banker_setup(tmp_path))
+    args = ["replay", "-c", conf, "--collector", "banker", "--json", str(copied), str(copied / "node-a")]
+    summary = json.loads(CliRunner().invoke(app, args).stdout)
+    assert (summary["files"], summary["read"], summary["duplicates"]) == (5, 61, 0)
+
+
+def test_a_data_dir_gives_its_log_files_and_nothing_else(tmp_path: Path) -> None:
+    """A whole data_dir: the files of every log collector; not a spool, a dead letter, the shipping manifest or a
+    compression temporary."""
+    data = tmp_path / "data"
+    logged = [data / "logs" / "events-20261205T000000000Z-w00-p1-0001.jsonl.zst",
+              data / "copy" / "events-20261205T000000000Z-w00-p1-0001.jsonl"]  # fmt: skip
+    others = [data / "logs" / ".shipped.jsonl", data / "logs" / "events-20261205T000000000Z-w00-p1-0002.jsonl.zst.tmp",
+              data / "spool" / "kafka" / "w00" / "1.seg", data / "deadletter" / "kafka" / "w00-p1.jsonl"]  # fmt: skip
+    for path in [*logged, *others]:
+        path.parent.mkdir(parents=True, exist_ok=True)
+        path.write_bytes(b"")
+    assert sorted(log_files([data])) == sorted(logged)
+
+
+def test_a_directory_that_cannot_be_listed_stops_each_reader_by_name(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Its files would be missing from the replay, the sums and the report with no word: each says which directory
+    it cannot read and exits 2, nothing sent. (os.scandir refuses it here as it refuses a user without access: the
+    tests may run as root, whom no mode keeps out.)"""
+    copied, _ = copied_back(tmp_path)
+    locked = copied / "node-b" / "2026"
+    listing = os.scandir
+
+    def scandir(path: Any) -> Any:
+        if Path(path) == locked:
+            raise PermissionError(13, "Permission denied", str(path))
+        return listing(path)
+
+    monkeypatch.setattr(os, "scandir", scandir)
+    conf = str(banker_setup(tmp_path))
+    window = ["--from", str(T0 // 1000 - 3600), "--to", str(T0 // 1000 + 3600)]
+    for args in (["replay", "-c", conf, "--collector", "banker", str(copied)],
+                 ["banker", "reconcile", "-c", conf, str(copied)],
+                 ["report", "--logs", str(copied), "-c", conf, *window]):  # fmt: skip
+        result = CliRunner().invoke(app, args)
+        assert result.exit_code == 2, (args, result.output)
+        assert f"{locked}: cannot be read (Permission denied)" in " ".join(result.stderr.split()), result.stderr
+    assert not (tmp_path / "data" / "banker" / "banker.db").exists()  # the banker was not even opened: nothing sent
+
+
 # --- reconcile over logs it cannot read whole ----------------------------------------------------------------------
 
 

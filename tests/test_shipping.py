@@ -29,8 +29,10 @@ import pytest
 import yaml
 import zstandard
 from azure.storage.blob import BlobServiceClient
+from typer.testing import CliRunner
 
 from conftest import Tracker, free_port, load_config, make_event
+from trackpoint.cli import app
 from trackpoint.collectors.base import CollectorContext
 from trackpoint.collectors.log.collector import LogCollector
 from trackpoint.collectors.log.config import LogCollectorConfig
@@ -46,6 +48,10 @@ AZURITE_KEY = (
 )
 FAST_S3 = {"config_kwargs": {"retries": {"max_attempts": 1}, "connect_timeout": 1, "read_timeout": 5}}
 boto3: Any = importlib.import_module("boto3")  # untyped
+# Imported here, at collection: azure-identity's import runs `uname -p` (platform.platform()), which the unit tests
+# of the storage_options check would take for the check reaching out of its process.
+importlib.import_module("adlfs")
+importlib.import_module("azure.identity")
 
 
 def _binary(name: str, *candidates: Path) -> str:
@@ -587,6 +593,81 @@ def test_a_store_without_its_backend_names_the_extra_to_install(
     assert any(m.startswith(f"{path}:10: collectors.archive.ship.url: not an object storage URL") for m in messages)
     assert any(m.startswith(f"{path}:11: collectors.archive.ship.node: ") for m in messages)
     assert any("collectors.again.ship.url: collector 'log' ships to the same url and node" in m for m in messages)
+
+
+MISSPELT_STORAGE_OPTIONS = """\
+data_dir: {data_dir}
+collectors:
+  log:
+    type: log
+    ship:
+      url: s3://bucket/logs
+      storage_options:
+        endpoint: http://10.255.255.1:9000
+        anon: "false"
+        client_kwargs: {{region: eu-west-1, endpoint_url: http://10.255.255.1:9000}}
+        config_kwargs: {{connect_timeout: 1, retry: {{max_attempts: 1}}}}
+        s3_additional_kwargs: {{ServerSideEncription: AES256}}
+        asynchronous: true
+  archive:
+    type: log
+    dir: archive
+    ship:
+      url: az://container/logs
+      storage_options: {{account_nme: devstoreaccount1, connection_string: x}}
+  minio:
+    type: log
+    dir: minio
+    ship:
+      url: s3://other/logs
+      storage_options: {{endpoint_url: "minio:9000", client_kwargs: []}}
+"""
+
+
+def test_storage_options_are_checked_with_the_backends_own_names_without_network(tmp_path: Path) -> None:
+    """A misspelt option passed `config check` and the start: s3fs failed on it at every upload (`endpoint`,
+    `client_kwargs.region`, `config_kwargs.retry`), or it was dropped without a word (`ServerSideEncription`: files
+    stored unencrypted; adlfs's `account_nme`), or it meant the opposite (`anon: "false"` is true). Now each is a
+    located configuration error, found from the installed backend's signatures, with no connection made (the
+    addresses lead nowhere)."""
+    path = tmp_path / "trackpoint.yaml"
+    path.write_text(MISSPELT_STORAGE_OPTIONS.format(data_dir=tmp_path / "data"))
+    checked = CliRunner().invoke(app, ["config", "check", str(path)])  # in process: connecting would fail the test
+    assert checked.exit_code == 2, checked.output
+    text = " ".join(checked.stderr.split())
+    where = f"{path}:{{}}: collectors.{{}}.ship.storage_options.{{}}: "
+    expected = [
+        (8, "log", "endpoint", "unknown option of s3fs (did you mean 'endpoint_url'?"),
+        (9, "log", "anon", "'false' is text, which counts as true: write true or false, without quotes"),
+        (10, "log", "client_kwargs.region",
+         "unknown option of botocore's create_client() (did you mean 'region_name'?"),
+        (11, "log", "config_kwargs.retry", "unknown option of botocore's Config (did you mean 'retries'?"),
+        (12, "log", "s3_additional_kwargs.ServerSideEncription",
+         "unknown option of S3's requests (did you mean 'ServerSideEncryption'?"),
+        (13, "log", "asynchronous", "set by trackpoint's shipper"),
+        (19, "archive", "account_nme", "unknown option of adlfs (did you mean 'account_name'?"),
+        (25, "minio", "endpoint_url", "'minio:9000' is not an http(s) URL"),
+        (25, "minio", "client_kwargs", "a mapping of options"),
+    ]  # fmt: skip
+    for line, collector, key, message in expected:
+        assert where.format(line, collector, key) + message in text, (line, key, checked.stderr)
+    assert "9 error(s)" in text, checked.stderr
+    started = CliRunner().invoke(app, ["run", "--config", str(path)])  # refused before any worker starts
+    assert started.exit_code == 2 and where.format(8, "log", "endpoint") in " ".join(started.stderr.split())
+
+
+def test_the_storage_options_each_backend_documents_pass_the_check() -> None:
+    """The options the shipping tests give moto and Azurite, and those a backend hands further (s3fs's `profile` to
+    its session, adlfs's `managed_identity_client_id` to its credential, fsspec's own)."""
+    from trackpoint.collectors.log.shipping.options import problems
+
+    s3_options = {"key": "test", "secret": "test", "profile": "default", "use_listings_cache": False, "anon": False,
+                  "client_kwargs": {"endpoint_url": "http://127.0.0.1:9000", "region_name": "us-east-1"}, **FAST_S3,
+                  "s3_additional_kwargs": {"ServerSideEncryption": "AES256"}}  # fmt: skip
+    azure_options = {"connection_string": "AccountName=a", "managed_identity_client_id": "id", "anon": False,
+                     "skip_instance_cache": True}  # fmt: skip
+    assert list(problems("s3", s3_options)) == []
+    assert list(problems("az", azure_options)) == list(problems("abfs", azure_options)) == []
 
 
 def _cli(*args: str) -> subprocess.CompletedProcess[str]:

@@ -136,11 +136,13 @@ resource "azurerm_container_app" "trackpoint" {
         path = local.config_dir
       }
 
-      # 60 s to come up; azurerm 3.x capped failure_count_threshold at 10, so the budget is in the interval.
+      # 60 s for the workers to serve (/startupz: whatever the collectors' health, so that an outage of a
+      # `required` collector's target does not stop new replicas from starting); azurerm 3.x capped
+      # failure_count_threshold at 10, so the budget is in the interval.
       startup_probe {
         transport               = "HTTP"
         port                    = local.admin_port
-        path                    = "/healthz"
+        path                    = "/startupz"
         interval_seconds        = 6
         failure_count_threshold = 10
       }

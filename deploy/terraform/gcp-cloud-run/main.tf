@@ -124,9 +124,12 @@ resource "google_cloud_run_v2_service" "trackpoint" {
         mount_path = "/etc/trackpoint"
       }
 
+      # /startupz: the workers serve the tracking port. Not /readyz, which also fails while a `required`
+      # collector's target is down: during such an outage no new instance could start (no scale-out, no new
+      # revision), each killed after this budget. Cloud Run sends traffic once this probe passes.
       startup_probe {
         http_get {
-          path = "/readyz"
+          path = "/startupz"
           port = local.admin_port
         }
         period_seconds    = 2

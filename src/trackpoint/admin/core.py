@@ -1,4 +1,5 @@
-"""The admin port's own routes (`/healthz`, `/readyz`, `/metrics`, `/openapi.json`) and the assembly of its servers.
+"""The admin port's own routes (`/healthz`, `/readyz`, `/startupz`, `/metrics`, `/openapi.json`) and the assembly of
+its servers.
 
 The handlers read the running tracker through `Tracker`, which the supervisor implements; they know nothing of
 processes. `admin_servers` serves the core routes and the plugins' from the one route table (admin/routes.py).
@@ -89,13 +90,34 @@ def core_handlers(tracker: Tracker, prometheus_registry: CollectorRegistry) -> d
             },
         )
 
+    async def startupz(_: AdminRequest) -> AdminResponse:
+        # Started means serving: every slot's worker accepts on the tracking port. Not the collectors' health, which
+        # /readyz adds: a startup probe that waited for Kafka would keep every new instance from starting during
+        # Kafka's outage (no scale-out, no new revision), and the platform would kill each after its budget.
+        started = tracker.workers_ready >= tracker.slots
+        return AdminResponse.json(
+            200 if started else 503,
+            {
+                "started": started,
+                "workers_ready": tracker.workers_ready,
+                "workers": tracker.slots,
+                "crash_looping": tracker.crash_loops(),
+            },
+        )
+
     async def prometheus(_: AdminRequest) -> AdminResponse:
         return AdminResponse(200, metrics.render(prometheus_registry), "text/plain; version=0.0.4; charset=utf-8")
 
     async def openapi_json(_: AdminRequest) -> AdminResponse:
         return AdminResponse(200, tracker.openapi_json())
 
-    return {"/healthz": healthz, "/readyz": readyz, "/metrics": prometheus, "/openapi.json": openapi_json}
+    return {
+        "/healthz": healthz,
+        "/readyz": readyz,
+        "/startupz": startupz,
+        "/metrics": prometheus,
+        "/openapi.json": openapi_json,
+    }
 
 
 def admin_servers(

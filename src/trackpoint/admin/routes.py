@@ -49,6 +49,15 @@ CORE_ROUTES: tuple[AdminEndpoint, ...] = (
         public=True,
         probe=True,
     ),
+    AdminEndpoint(
+        "GET",
+        "/startupz",
+        "200 once every worker serves the tracking port, whatever the collectors' health, else 503: the startup "
+        "probe, which must not wait for a `required` collector's target (an outage would keep every new instance "
+        "from starting). JSON: `started`, `workers_ready`, `workers`, `crash_looping`.",
+        public=True,
+        probe=True,
+    ),
     AdminEndpoint("GET", "/metrics", "Prometheus metrics, summed over the workers."),
     AdminEndpoint("GET", "/openapi.json", "This OpenAPI document, for the running configuration."),
     AdminEndpoint(

@@ -296,6 +296,28 @@ def _print_unread(out: Console, read: ReadStats, truncated_note: str, missing_no
                   highlight=False, soft_wrap=True)  # fmt: skip
 
 
+_LOGS_HELP = (
+    "Log files (.jsonl, .jsonl.zst or .jsonl.gz) or directories holding them, searched down every subdirectory "
+    "(logs copied back from object storage, one directory per host and day, or a whole data_dir)."
+)
+
+
+def _log_files_or_exit(logs: list[Path]) -> list[Path]:
+    """The log files the LOG arguments name (files, or directories searched down every subdirectory), or exit 2:
+    none there, or a directory that cannot be listed (its files would be left out unseen)."""
+    from trackpoint.collectors.log.reader import LogSearchError, log_files
+
+    try:
+        files = log_files(logs)
+    except LogSearchError as exc:
+        _error(str(exc))
+        raise typer.Exit(2) from None
+    if not files:
+        _error("no log files (events-*.jsonl[.zst|.gz]) in " + ", ".join(map(str, logs)) + " or under them")
+        raise typer.Exit(2)
+    return files
+
+
 def _parse_time(value: str | None, option: str) -> int | None:
     """Epoch seconds, epoch milliseconds or ISO 8601 (UTC unless it says otherwise) → epoch ms."""
     if value is None:
@@ -312,7 +334,7 @@ def _parse_time(value: str | None, option: str) -> int | None:
 def replay(  # noqa: PLR0917 (typer: one parameter per option)
     logs: Annotated[
         list[Path],
-        typer.Argument(help="Log files (.jsonl, .jsonl.zst or .jsonl.gz) or directories holding them.", exists=True),
+        typer.Argument(help=_LOGS_HELP, exists=True),
     ],
     config: ConfigOption = None,
     collector: Annotated[
@@ -353,7 +375,7 @@ def replay(  # noqa: PLR0917 (typer: one parameter per option)
     from rich.table import Table
 
     from trackpoint import replay as replaying
-    from trackpoint.collectors.log.reader import log_files, stored_size
+    from trackpoint.collectors.log.reader import stored_size
     from trackpoint.process import runner
 
     loaded = _load_or_exit(config)
@@ -370,10 +392,7 @@ def replay(  # noqa: PLR0917 (typer: one parameter per option)
     except replaying.ReplayError as exc:
         _error(str(exc))
         raise typer.Exit(2) from None
-    files = log_files(logs)
-    if not files:
-        _error("no log files (events-*.jsonl[.zst|.gz]) in " + ", ".join(map(str, logs)))
-        raise typer.Exit(2)
+    files = _log_files_or_exit(logs)
     out = Console(stderr=True)
     started = time.monotonic()
     columns = (
@@ -484,7 +503,7 @@ def ship(
 def banker_reconcile(
     logs: Annotated[
         list[Path],
-        typer.Argument(help="Log files (.jsonl, .jsonl.zst or .jsonl.gz) or directories holding them.", exists=True),
+        typer.Argument(help=_LOGS_HELP, exists=True),
     ],
     config: ConfigOption = None,
     collector: Annotated[
@@ -506,13 +525,9 @@ def banker_reconcile(
 
     from trackpoint.collectors.banker.reconcile import ReconcileError, reconcile
     from trackpoint.collectors.banker.store import StoreUnavailable
-    from trackpoint.collectors.log.reader import log_files
 
     loaded = _load_or_exit(config)
-    files = log_files(logs)
-    if not files:
-        _error("no log files (events-*.jsonl[.zst|.gz]) in " + ", ".join(map(str, logs)))
-        raise typer.Exit(2)
+    files = _log_files_or_exit(logs)
     try:
         report = asyncio.run(reconcile(loaded.config, files, collector))
     except ReconcileError as exc:
@@ -574,9 +589,7 @@ def banker_reconcile(
 def report(  # noqa: PLR0917 (typer: one parameter per option)
     logs: Annotated[
         list[Path] | None,
-        typer.Argument(
-            help="With --logs: log files (.jsonl, .jsonl.zst or .jsonl.gz) or directories holding them.", exists=True
-        ),
+        typer.Argument(help=f"With --logs: {_LOGS_HELP[0].lower()}{_LOGS_HELP[1:]}", exists=True),
     ] = None,
     from_logs: Annotated[
         bool, typer.Option("--logs", help="Report straight over the log files given, with DuckDB (the reports extra).")
@@ -666,13 +679,9 @@ def _report_rows(
         except sqlite3.Error as exc:
             _error(f"the rollups' database cannot be read: {exc}")
             raise typer.Exit(1) from None
-    from trackpoint.collectors.log.reader import log_files
     from trackpoint.collectors.rollup.logs import LogsReportError, logs_report
 
-    files = log_files(logs)
-    if not files:
-        _error("no log files (events-*.jsonl[.zst|.gz]) in " + ", ".join(map(str, logs)))
-        raise typer.Exit(2)
+    files = _log_files_or_exit(logs)
     try:
         result = logs_report(files, query, rollup.roles)
     except LogsReportError as exc:

@@ -306,9 +306,9 @@ class AdminLimits(Struct, forbid_unknown_fields=True, kw_only=True):
 class AdminConfig(Struct, forbid_unknown_fields=True, kw_only=True):
     """The admin port: health, readiness, metrics, budgets and plugin routes. Never expose it publicly.
 
-    `/healthz` and `/readyz` are open (probes); every other route needs `Authorization: Bearer <token>`. Without
-    `token_env` or `token_file` the token is generated into `data_dir/keys/admin.token` (mode 0600) on first start,
-    and a non-loopback `host` is refused: expose the port only with a token you configured."""
+    The probes (`/healthz`, `/readyz`, `/startupz`) are open; every other route needs `Authorization: Bearer
+    <token>`. Without `token_env` or `token_file` the token is generated into `data_dir/keys/admin.token` (mode 0600)
+    on first start, and a non-loopback `host` is refused: expose the port only with a token you configured."""
 
     host: Annotated[str, Meta(description="Address the admin port binds to.")] = "127.0.0.1"
     port: Annotated[int, Meta(ge=1, le=65535, description="Admin port.")] = 8081
@@ -326,9 +326,9 @@ class AdminConfig(Struct, forbid_unknown_fields=True, kw_only=True):
     probe_port: Annotated[
         Annotated[int, Meta(ge=1, le=65535)] | None,
         Meta(
-            description="A second listener serving only `/healthz` and `/readyz` (no token; its own connections "
-            "under the same limits), for probes and load balancers that must not reach the rest of the admin "
-            "port. Unset: none.",
+            description="A second listener serving only `/healthz`, `/readyz` and `/startupz` (no token; its own "
+            "connections under the same limits), for probes and load balancers that must not reach the rest of the "
+            "admin port. Unset: none.",
         ),
     ] = None
     probe_host: Annotated[str, Meta(description="Address the probe listener binds to.")] = "0.0.0.0"

@@ -281,7 +281,7 @@ class Supervisor:
         self._reloading: asyncio.Lock | None = None
         self._retries: set[asyncio.Task[None]] = set()  # restarts scheduled after a failed spawn, spool checks
         self._stranded_logged: set[Path] = set()  # spools no worker drains, warned about once
-        self.probes: AdminServer | None = None  # admin.probe_port's listener: /healthz and /readyz only
+        self.probes: AdminServer | None = None  # admin.probe_port's listener: the probes only
         self._openapi: dict[str, bytes] = {}  # the OpenAPI document by config version
         self._data_dir_lock: int | None = None  # held while it runs (claim_data_dir)
         self._skipped_log = LogLimiter(REPEAT_INTERVAL_S)  # worker messages that do not decode, by reason
@@ -351,7 +351,7 @@ class Supervisor:
             self.config.admin.port,
         )
         log.info(
-            "admin token: %s (send it as Authorization: Bearer; /healthz and /readyz need none)",
+            "admin token: %s (send it as Authorization: Bearer; the probes /healthz, /readyz and /startupz need none)",
             f"environment variable {admin_config.token_env}"
             if admin_config.token_env is not None
             else token_path(admin_config, self.config.data_dir),

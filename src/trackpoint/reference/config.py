@@ -194,8 +194,9 @@ def _admin_endpoints(registry: Registry) -> list[str]:
     lines = [
         "## Admin port\n",
         "Served on `admin.host:admin.port` (127.0.0.1:8081 by default), never on the tracking port. "
-        "`/healthz` and `/readyz` are open; every other route needs `Authorization: Bearer <token>` "
-        "(`admin.token_env` / `admin.token_file`, else generated into `data_dir/keys/admin.token`): 401 without.\n",
+        "The probes (`/healthz`, `/readyz`, `/startupz`) are open; every other route needs "
+        "`Authorization: Bearer <token>` (`admin.token_env` / `admin.token_file`, else generated into "
+        "`data_dir/keys/admin.token`): 401 without.\n",
         "| method | path | what it does |",
         "|---|---|---|",
     ]

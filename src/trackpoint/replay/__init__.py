@@ -21,7 +21,7 @@ from trackpoint.collectors import Collector, CollectorContext
 from trackpoint.collectors.banker.config import BankerCollectorConfig
 from trackpoint.collectors.base import close_all
 from trackpoint.collectors.log.config import LogCollectorConfig
-from trackpoint.collectors.log.reader import ReadStats, log_files, not_a_log, read_located
+from trackpoint.collectors.log.reader import LogSearchError, ReadStats, log_files, not_a_log, read_located
 from trackpoint.config.model import Config, SpoolConfig
 from trackpoint.event import Event
 from trackpoint.plugins import Registry
@@ -31,7 +31,8 @@ PROGRESS_BYTES = 256 << 10  # of the files as stored (some 600 plain or 10,000 z
 
 
 class ReplayError(Exception):
-    """The replay cannot start: an unknown collector, a file that is not a tracker log. Nothing was sent."""
+    """The replay cannot start: an unknown collector, a file that is not a tracker log, a directory that cannot be
+    listed. Nothing was sent."""
 
 
 class GaveUp(Exception):
@@ -194,7 +195,10 @@ async def replay(
     started = time.monotonic()
     report = ReplayReport(collectors={name: CollectorReport() for name in collectors})
     fed_by = {name: frozenset(types) for name, types in replay_plan.collectors.items()}
-    files = log_files(paths)
+    try:
+        files = log_files(paths)
+    except LogSearchError as exc:
+        raise ReplayError(str(exc)) from None
     for path in files:
         if (reason := not_a_log(path)) is not None:
             raise ReplayError(reason)

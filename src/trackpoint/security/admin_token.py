@@ -1,5 +1,6 @@
 """The admin port's bearer token: read from the environment or a file, or generated into `data_dir/keys/` on first
-use, and checked in constant time. `/healthz` and `/readyz` are open; every other admin route needs the token.
+use, and checked in constant time. The probes (`/healthz`, `/readyz`, `/startupz`) are open; every other admin route
+needs the token.
 """
 
 from __future__ import annotations

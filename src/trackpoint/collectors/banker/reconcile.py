@@ -15,7 +15,14 @@ from trackpoint.collectors.banker.config import BankerCollectorConfig, bankers_i
 from trackpoint.collectors.banker.model import Debit, DebitRule
 from trackpoint.collectors.banker.sqlite_store import SqliteStore
 from trackpoint.collectors.banker.store import open_store
-from trackpoint.collectors.log.reader import ReadStats, log_files, not_a_log, precedence, read_located
+from trackpoint.collectors.log.reader import (
+    LogSearchError,
+    ReadStats,
+    log_files,
+    not_a_log,
+    precedence,
+    read_located,
+)
 from trackpoint.config.model import Config
 
 
@@ -103,7 +110,10 @@ async def reconcile(config: Config, paths: Iterable[Path], collector: str | None
             f"sqlite_path is not the tracker's (a store that was lost is rebuilt by `trackpoint replay --collector "
             f"{name}`, once its campaigns are created again)"
         )
-    files = log_files(paths)
+    try:
+        files = log_files(paths)
+    except LogSearchError as exc:  # as replay: a directory left out unseen would pass for one without debits
+        raise ReconcileError(str(exc)) from None
     for path in files:  # as replay: a file that is not a log, or cannot be read (a traceback before), stops it
         if (reason := not_a_log(path)) is not None:
             raise ReconcileError(reason)

@@ -28,7 +28,9 @@ class ShipConfig(Struct, forbid_unknown_fields=True, kw_only=True):
         dict[str, Any],
         Meta(
             description="Options of the fsspec filesystem (s3fs, gcsfs, adlfs), e.g. `endpoint_url`, `profile`, "
-            "`account_name`. Keep secrets out of the file: leave credentials to the environment."
+            "`account_name`. Checked by `config check` and at start against the installed backend's own options "
+            "(and those it hands on: s3fs's `client_kwargs`, `config_kwargs`, `s3_additional_kwargs`), without "
+            "connecting. Keep secrets out of the file: leave credentials to the environment."
         ),
     ] = msgspec.field(default_factory=dict)
     node: Annotated[

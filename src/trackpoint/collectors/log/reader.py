@@ -6,6 +6,7 @@ a live tracker's directory too, where a listed file may be compressed (renamed) 
 
 from __future__ import annotations
 
+import os
 from collections.abc import Callable, Iterable, Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -37,19 +38,56 @@ class ReadStats:
         return [*self.truncated, *self.missing]
 
 
+class LogSearchError(Exception):
+    """A directory given to search for log files, or one under it, cannot be listed: its files would be left out."""
+
+
 def log_files(paths: Iterable[Path]) -> list[Path]:
-    """The log files named by `paths` (files, or directories searched for events-*), sorted by name. A file being
-    compressed is listed once: for a moment a live directory holds it under both names, and the compressed one is
-    whole (see `open_log`)."""
+    """The log files named by `paths`: files, or directories searched for events-* down through every
+    subdirectory (the layout logs are shipped in, `<node>/<YYYY>/<MM>/<DD>/`, a copy per host or per day, a whole
+    data_dir), sorted by name: names are unique and start with their time, so that is time order wherever a file
+    lies. Other files are not logs (manifests, compression temporaries, spools). A file found twice (a directory
+    given with one of its subdirectories, a link) is listed once, and so is a file being compressed: for a moment
+    a live directory holds it under both names, and the compressed one is whole (see `open_log`). A directory that
+    cannot be listed raises LogSearchError, naming it: the files in it would be missing with no word."""
     found: list[Path] = []
+    searched: set[tuple[int, int]] = set()  # directories, by device and inode: each once, a link loop ends
     for path in paths:
         if path.is_dir():
-            found.extend(p for p in path.glob("events-*") if p.name.endswith(LOG_SUFFIXES))
+            _search(path, found, searched)
         else:
             found.append(path)
     names = {str(path) for path in found}
     found = [path for path in found if not any(f"{path}{suffix}" in names for suffix in _successors(path))]
-    return sorted(found, key=lambda p: p.name)
+    unique: dict[str, Path] = {}
+    for path in found:
+        unique.setdefault(os.path.realpath(path), path)
+    return sorted(unique.values(), key=lambda p: (p.name, str(p)))
+
+
+def _search(top: Path, found: list[Path], searched: set[tuple[int, int]]) -> None:
+    """Appends the log files under `top`, following links to directories (each directory searched once)."""
+    pending = [top]
+    while pending:
+        directory = pending.pop()
+        try:
+            status = directory.stat()
+            if (status.st_dev, status.st_ino) in searched:
+                continue
+            searched.add((status.st_dev, status.st_ino))
+            with os.scandir(directory) as entries:
+                for entry in entries:
+                    if entry.is_dir():
+                        pending.append(Path(entry.path))
+                    elif entry.name.startswith("events-") and entry.name.endswith(LOG_SUFFIXES):
+                        found.append(Path(entry.path))
+        except FileNotFoundError:  # removed since it was listed: it holds nothing now
+            continue
+        except OSError as exc:
+            raise LogSearchError(
+                f"{directory}: cannot be read ({exc.strerror or exc}): the log files in it would be left out; "
+                "give access to it, or name the directories to read"
+            ) from None
 
 
 # What compression appends to the name of a file being written (events-….jsonl -> events-….jsonl.zst).

@@ -27,6 +27,7 @@ import msgspec
 
 from trackpoint.collectors.log.config import LogCollectorConfig
 from trackpoint.collectors.log.files import FILE_NAME, finished_files, log_dir
+from trackpoint.collectors.log.shipping import options as storage_options
 from trackpoint.config.model import Config
 
 MANIFEST_NAME = ".shipped.jsonl"
@@ -121,6 +122,10 @@ def check_shipping(config: Config) -> Iterator[tuple[tuple[str | int, ...], str]
         where = ("collectors", name, "ship")
         if (problem := backend_problem(ship.url)) is not None:
             yield (*where, "url"), problem
+        elif ship.storage_options:  # with the backend installed: its own names (no connection made)
+            scheme = ship.url.partition("://")[0]
+            for path, message in storage_options.problems(scheme, ship.storage_options):
+                yield (*where, "storage_options", *path), message
         if ship.node is not None and not NODE.fullmatch(ship.node):
             yield (*where, "node"), "1-128 letters, digits, '_', '-' or '.', not starting with '_' or '.'"
         if ship.retry_initial_s > ship.retry_max_s:
