@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import base64
 import binascii
+from collections.abc import Iterator, Set
 from dataclasses import dataclass
 
 # Bit widths of the TCF v2 core segment, in order, up to the vendor consent section.
@@ -37,6 +38,38 @@ class _Bits:
         return (self.value >> (self.length - end)) & ((1 << width) - 1)
 
 
+class VendorIds(Set[int]):
+    """The vendor ids of a section of a TC string, kept as encoded: a bitfield, or ranges. Never expanded: the
+    8 KB a consent string may have hold 1,480 ranges of every id up to 65535, 97 million ids."""
+
+    __slots__ = ("_bits", "_ranges", "_width")
+
+    def __init__(self, bits: int = 0, width: int = 0, ranges: tuple[tuple[int, int], ...] | None = None) -> None:
+        self._bits = bits  # bit `width - id` is vendor `id`, when not ranges
+        self._width = width
+        self._ranges = ranges
+
+    def __contains__(self, vendor_id: object) -> bool:
+        if not isinstance(vendor_id, int):
+            return False
+        if self._ranges is not None:
+            return any(start <= vendor_id <= end for start, end in self._ranges)
+        return 0 < vendor_id <= self._width and (self._bits >> (self._width - vendor_id)) & 1 == 1
+
+    def __iter__(self) -> Iterator[int]:
+        if self._ranges is None:
+            return (i for i in range(1, self._width + 1) if self._bits >> (self._width - i) & 1)
+        return iter(sorted({i for start, end in self._ranges for i in range(start, end + 1)}))  # tests, debugging
+
+    def __len__(self) -> int:
+        return sum(1 for _ in self)
+
+    def __repr__(self) -> str:
+        if self._ranges is None:
+            return f"VendorIds(bitfield of {self._width})"
+        return f"VendorIds(ranges={self._ranges!r})"
+
+
 @dataclass(frozen=True, slots=True)
 class TCString:
     """The decoded core of a TCF v2 TC string. Times are epoch deciseconds as encoded; purposes and vendors are
@@ -56,7 +89,7 @@ class TCString:
     purpose_legitimate_interests: frozenset[int]
     publisher_cc: str
     max_vendor_id: int
-    vendor_consents: frozenset[int]
+    vendor_consents: VendorIds
 
 
 def _flags(bits: int, width: int) -> frozenset[int]:
@@ -66,6 +99,18 @@ def _flags(bits: int, width: int) -> frozenset[int]:
 
 def _letters(code: int) -> str:
     return chr(ord("A") + (code >> 6)) + chr(ord("A") + (code & 63))
+
+
+def _ranges(bits: _Bits, max_vendor: int) -> tuple[tuple[int, int], ...]:
+    ranges = []
+    for _ in range(bits.read(12)):
+        is_range = bits.read(1)
+        start = bits.read(16)
+        end = bits.read(16) if is_range else start
+        if not 0 < start <= end <= max_vendor:
+            raise InvalidSignal("a vendor range is out of bounds")
+        ranges.append((start, end))
+    return tuple(ranges)
 
 
 def decode_tc_string(text: str) -> TCString:
@@ -86,17 +131,9 @@ def decode_tc_string(text: str) -> TCString:
         raise InvalidSignal(f"TCF version {version}, not 2")
     max_vendor = bits.read(16)
     if bits.read(1):  # range encoding
-        vendors: set[int] = set()
-        for _ in range(bits.read(12)):
-            is_range = bits.read(1)
-            start = bits.read(16)
-            end = bits.read(16) if is_range else start
-            if not 0 < start <= end <= max_vendor:
-                raise InvalidSignal("a vendor range is out of bounds")
-            vendors.update(range(start, end + 1))
-        vendor_consents = frozenset(vendors)
+        vendor_consents = VendorIds(ranges=_ranges(bits, max_vendor))
     else:
-        vendor_consents = _flags(bits.read(max_vendor), max_vendor) if max_vendor else frozenset()
+        vendor_consents = VendorIds(bits.read(max_vendor), max_vendor)
     return TCString(
         version=version,
         created_ds=created,
