@@ -31,6 +31,14 @@ TC_NO_PURPOSES = (
     "AAAgAAQARAEQAAAAAJAAIAAgAAAYQEAAAQmAgBC3ZAYzUwLQIoghAAQhhARggACAIAAAAcQAAEAQAAAAgAQBAIAAEIAAAABAAgCAAAAAAAMCABAAAA"
     "AAAAKAAIEAABAAAgAiAIgAAAAASAAQABAAAAwgIAAAhMBACFuyAxmpgAA"
 )
+# Made with the IAB Tech Lab's encoder (@iabtechlabtcf/core 1.5.21, a vendor list of its own): all 11 purposes;
+# vendors 37, 755 and 65535 with consent; publisher restrictions: purpose 1 not allowed for vendor 37, purpose 2
+# requires consent for 37, purpose 7 requires legitimate interest for 755 and 65535; disclosed vendors and
+# publisher TC segments.
+TC_RESTRICTED = "CQKjTcAQKjTcAEsACAENB4FgAP_gAAAAAAYn__wAwASgLzf_-AAAAIEABABKPAAwLz__8AAA.IAAA.YAAAAAAAAAAA"
+# 101 characters: the IAB's encoder pads to 24 bits, its decoder reads any length, six bits a character (a CMP's
+# string cut after its last vendor). The IAB's decoder reads all 11 purposes and 313 vendors (1 to 300, 755, ...).
+TC_ODD_LENGTH = "CQuzncAQuzncA9ZBT4ENB4FsAP_gAECAACiX__wCoAAgJYAvMB9EH_wgAh_-IAAf_xOIX__gABhqH__v__AQiAIAAEAGwAwwCEAAA"
 CREATED_DS = 15_834_362_809  # 1583436280.9 s
 
 
@@ -101,11 +109,28 @@ def test_vendor_ranges_are_read_where_they_are() -> None:
         "BOvzTO5OvzTO5BRAAAENAPCoALIAADgAAAAAAewAwABAAlAB6ABBFADBQAQA9hAAAcAA",  # version 1
         "é" * 10,
         "C" * 9000,
+        # Refused by the IAB's decoder, and so here: characters outside base64url, even where their bits are clear.
+        TC_RESTRICTED.replace("-", "+").replace("_", "/"),  # standard base64
+        TC_RESTRICTED.replace("-", " "),  # a `+` sent unescaped in a query string arrives as a space
+        TC_RANGE[:30] + "!" + TC_RANGE[30:],  # skipped, it would leave the rest in place; a space would not
+        TC_RANGE + "%3D%3D",  # padding escaped twice
+        TC_RANGE + ".",  # an empty segment
+        TC_RANGE + ".g",  # segment type 4: no such segment
+        TC_RANGE + ".AAAA",  # a second core segment
     ],
 )
 def test_tcf_invalid_strings(bad: str) -> None:
     with pytest.raises(InvalidSignal):
         decode_tc_string(bad)
+
+
+def test_tcf_is_read_six_bits_a_character_as_the_iab_decoder_reads_it() -> None:
+    tc = decode_tc_string(TC_ODD_LENGTH)
+    assert tc.purpose_consents == set(range(1, 12)) and tc.cmp_id == 3929 and tc.publisher_cc == "US"
+    assert len(tc.vendor_consents) == 313 and {1, 37, 300, 755, 65535} <= set(tc.vendor_consents)
+    # `=` padding (other encoders write it) is the same string.
+    assert decode_tc_string(TC_RANGE + "==") == decode_tc_string(TC_RANGE)
+    assert decode_tc_string(TC_RESTRICTED.replace(".", "=.")) == decode_tc_string(TC_RESTRICTED)
 
 
 def test_us_privacy() -> None:
@@ -217,6 +242,9 @@ def test_consent_outcomes_end_to_end(consent_tracker: Tracker) -> None:
         "vendor": (f"/i?imp=vendor&click_id=k1&gdpr=1&gdpr_consent={TC_FULL}", {}),  # vendor 37 absent
         "nostring": ("/i?imp=nostring&click_id=k1&gdpr=1", {}),
         "broken": ("/i?imp=broken&click_id=k1&gdpr=1&gdpr_consent=AAAA", {}),
+        "padded": (f"/i?imp=padded&click_id=k1&gdpr=1&gdpr_consent={TC_RANGE}==", {}),
+        # A CMP's standard base64 in a query string: its `+` arrives as a space.
+        "plus": (f"/i?imp=plus&click_id=k1&gdpr=1&gdpr_consent={TC_RANGE[:30]}+{TC_RANGE[31:]}", {}),
     }
     cookies: dict[str, str | None] = {}
     for name, (path, headers) in cases.items():
@@ -234,6 +262,8 @@ def test_consent_outcomes_end_to_end(consent_tracker: Tracker) -> None:
         "vendor": ("denied", "tcf_vendor"),
         "nostring": ("denied", "tcf_missing"),
         "broken": ("denied", "tcf_invalid"),
+        "padded": ("granted", "tcf"),
+        "plus": ("denied", "tcf_invalid"),
     }
     for name, (outcome, reason) in expected.items():
         event = events[name]

@@ -6,14 +6,17 @@ Only what a consent decision needs is decoded; a malformed string is `InvalidSig
 from __future__ import annotations
 
 import base64
-import binascii
+import re
 from collections.abc import Iterator, Set
 from dataclasses import dataclass
 
 # Bit widths of the TCF v2 core segment, in order, up to the vendor consent section.
 _CORE_HEADER = (6, 36, 36, 12, 12, 6, 12, 12, 6, 1, 1, 12, 24, 24, 1, 12)
-_CORE_HEADER_BITS = sum(_CORE_HEADER)
 _MAX_STRING = 8192
+# A segment in base64url, as the IAB's encoder writes it (no padding), or with the `=` padding of other encoders:
+# the same bits. Anything else (`+`, `/`, a space where a `+` was, `%`) is refused as the IAB's decoder refuses it;
+# skipped, it would shift every bit after it.
+_SEGMENT = re.compile(r"([A-Za-z0-9_-]+)={0,2}")
 
 
 class InvalidSignal(ValueError):
@@ -21,13 +24,13 @@ class InvalidSignal(ValueError):
 
 
 class _Bits:
-    """A big-endian bit reader over bytes (an int: slicing is a shift and a mask)."""
+    """A big-endian bit reader over an int of `length` bits (slicing is a shift and a mask)."""
 
     __slots__ = ("length", "position", "value")
 
-    def __init__(self, data: bytes) -> None:
-        self.value = int.from_bytes(data, "big")
-        self.length = len(data) * 8
+    def __init__(self, value: int, length: int) -> None:
+        self.value = value
+        self.length = length
         self.position = 0
 
     def read(self, width: int) -> int:
@@ -101,6 +104,17 @@ def _letters(code: int) -> str:
     return chr(ord("A") + (code >> 6)) + chr(ord("A") + (code & 63))
 
 
+def _segment_bits(segment: str) -> _Bits:
+    """Six bits a character, as the IAB's decoder reads them: a string of any length, not only whole bytes."""
+    match = _SEGMENT.fullmatch(segment)
+    if match is None:
+        raise InvalidSignal("not base64url")
+    digits = match.group(1)
+    filler = -len(digits) % 4  # `A`s: zero bits up to whole bytes, shifted out again
+    value = int.from_bytes(base64.urlsafe_b64decode(digits + "A" * filler), "big") >> (6 * filler)
+    return _Bits(value, 6 * len(digits))
+
+
 def _ranges(bits: _Bits, max_vendor: int) -> tuple[tuple[int, int], ...]:
     ranges = []
     for _ in range(bits.read(12)):
@@ -114,17 +128,16 @@ def _ranges(bits: _Bits, max_vendor: int) -> tuple[tuple[int, int], ...]:
 
 
 def decode_tc_string(text: str) -> TCString:
-    """The core segment of a TCF v2 TC string (further segments, after `.`, are ignored)."""
+    """The core segment of a TCF v2 TC string; the segments after it (`.`: disclosed vendors, publisher TC) must
+    be well-formed but are not read."""
     if not text or len(text) > _MAX_STRING or not text.isascii():
         raise InvalidSignal("empty, too long or not ASCII")
-    core = text.partition(".")[0]
-    try:
-        data = base64.urlsafe_b64decode(core + "=" * (-len(core) % 4))
-    except (binascii.Error, ValueError):
-        raise InvalidSignal("not base64url") from None
-    if len(data) * 8 < _CORE_HEADER_BITS + 17:
-        raise InvalidSignal("the TC string is truncated")
-    bits = _Bits(data)
+    core, *further = text.split(".")
+    for segment in further:
+        # Segment types 1 to 3 (disclosed vendors, allowed vendors, publisher TC); a second core is not one.
+        if not 0 < _segment_bits(segment).read(3) <= 3:
+            raise InvalidSignal("an unknown segment")
+    bits = _segment_bits(core)
     (version, created, updated, cmp_id, cmp_version, screen, language, vendor_list, policy, service_specific, _texts,
      _special_features, purposes, legitimate, _purpose_one, country) = (bits.read(w) for w in _CORE_HEADER)  # fmt: skip
     if version != 2:
