@@ -15,7 +15,13 @@ from conftest import CHROME_UA, Tracker
 from trackpoint.event import Context, Event, Meta
 from trackpoint.preprocessors.check_consent.config import CheckConsentConfig
 from trackpoint.preprocessors.check_consent.preprocessor import DNT, GDPR, GPC, TC_STRING, USP, CheckConsent
-from trackpoint.privacy.signals import InvalidSignal, decode_tc_string, us_privacy_opt_out
+from trackpoint.privacy.signals import (
+    RESTRICTION_NOT_ALLOWED,
+    RESTRICTION_REQUIRE_LI,
+    InvalidSignal,
+    decode_tc_string,
+    us_privacy_opt_out,
+)
 
 # Published TC strings with their decoded values (LiveRamp/iabconsent test fixtures, made with iabtcf.com's encoder).
 # Purposes 1, 3, 4, 7; vendors 2, 37, 61 (range encoding); CMP 81; created 2020-03-05T19:24:40.9Z.
@@ -32,9 +38,9 @@ TC_NO_PURPOSES = (
     "AAAAKAAIEAABAAAgAiAIgAAAAASAAQABAAAAwgIAAAhMBACFuyAxmpgAA"
 )
 # Made with the IAB Tech Lab's encoder (@iabtechlabtcf/core 1.5.21, a vendor list of its own): all 11 purposes;
-# vendors 37, 755 and 65535 with consent; publisher restrictions: purpose 1 not allowed for vendor 37, purpose 2
-# requires consent for 37, purpose 7 requires legitimate interest for 755 and 65535; disclosed vendors and
-# publisher TC segments.
+# vendors 37, 755 and 65535 with consent; publisher restrictions: purpose 1 not allowed for vendor 37, purpose 7
+# on legitimate interest only for 755 and 65535 (written as the range 755-65535: no vendor of the list between);
+# disclosed vendors and publisher TC segments.
 TC_RESTRICTED = "CQKjTcAQKjTcAEsACAENB4FgAP_gAAAAAAYn__wAwASgLzf_-AAAAIEABABKPAAwLz__8AAA.IAAA.YAAAAAAAAAAA"
 # 101 characters: the IAB's encoder pads to 24 bits, its decoder reads any length, six bits a character (a CMP's
 # string cut after its last vendor). The IAB's decoder reads all 11 purposes and 313 vendors (1 to 300, 755, ...).
@@ -124,6 +130,18 @@ def test_tcf_invalid_strings(bad: str) -> None:
         decode_tc_string(bad)
 
 
+def test_tcf_publisher_restrictions() -> None:
+    tc = decode_tc_string(TC_RESTRICTED)
+    assert tc.purpose_consents == set(range(1, 12)) and set(tc.vendor_consents) == {37, 755, 65535}
+    assert [(r.purpose, r.kind, min(r.vendors), max(r.vendors)) for r in tc.publisher_restrictions] == [
+        (1, RESTRICTION_NOT_ALLOWED, 37, 37),
+        (7, RESTRICTION_REQUIRE_LI, 755, 65535),
+    ]
+    assert not tc.vendor_may_rely_on_consent(37, 1) and tc.vendor_may_rely_on_consent(37, 2)
+    assert tc.vendor_may_rely_on_consent(755, 1) and not tc.vendor_may_rely_on_consent(755, 7)
+    assert not tc.vendor_may_rely_on_consent(2, 3)  # no consent at all
+
+
 def test_tcf_is_read_six_bits_a_character_as_the_iab_decoder_reads_it() -> None:
     tc = decode_tc_string(TC_ODD_LENGTH)
     assert tc.purpose_consents == set(range(1, 12)) and tc.cmp_id == 3929 and tc.publisher_cc == "US"
@@ -168,6 +186,14 @@ def test_the_decision_table() -> None:
     assert _decide(CheckConsentConfig(tcf_purposes=[1, 2]), gdpr="1", tc_string=TC_RANGE) == ("tcf_purpose", True)
     assert _decide(CheckConsentConfig(tcf_vendor_id=37), gdpr="1", tc_string=TC_RANGE) == (None, True)
     assert _decide(CheckConsentConfig(tcf_vendor_id=38), gdpr="1", tc_string=TC_RANGE) == ("tcf_vendor", True)
+    # The publisher forbids purpose 1 to vendor 37, and allows purpose 7 to 755 on legitimate interest only: their
+    # consent does not count there (the IAB's decoder reads the restrictions from the string; the CMP shows them).
+    restricted = {"gdpr": "1", "tc_string": TC_RESTRICTED}
+    assert _decide(CheckConsentConfig(tcf_vendor_id=37), **restricted) == ("tcf_vendor", True)
+    assert _decide(CheckConsentConfig(tcf_purposes=[2, 7], tcf_vendor_id=37), **restricted) == (None, True)
+    assert _decide(CheckConsentConfig(tcf_vendor_id=755), **restricted) == (None, True)
+    assert _decide(CheckConsentConfig(tcf_purposes=[1, 7], tcf_vendor_id=755), **restricted) == ("tcf_vendor", True)
+    assert _decide(CheckConsentConfig(tcf_purposes=[1, 7]), **restricted) == (None, True)  # no vendor: the purposes
     assert _decide(CheckConsentConfig(gdpr_default=True)) == ("tcf_missing", True)
     assert _decide(default, gpc="1", gdpr="1", tc_string=TC_RANGE) == ("gpc", False)  # GPC wins
 
@@ -242,6 +268,7 @@ def test_consent_outcomes_end_to_end(consent_tracker: Tracker) -> None:
         "vendor": (f"/i?imp=vendor&click_id=k1&gdpr=1&gdpr_consent={TC_FULL}", {}),  # vendor 37 absent
         "nostring": ("/i?imp=nostring&click_id=k1&gdpr=1", {}),
         "broken": ("/i?imp=broken&click_id=k1&gdpr=1&gdpr_consent=AAAA", {}),
+        "restricted": (f"/i?imp=restricted&click_id=k1&gdpr=1&gdpr_consent={TC_RESTRICTED}", {}),  # 37: not for 1
         "padded": (f"/i?imp=padded&click_id=k1&gdpr=1&gdpr_consent={TC_RANGE}==", {}),
         # A CMP's standard base64 in a query string: its `+` arrives as a space.
         "plus": (f"/i?imp=plus&click_id=k1&gdpr=1&gdpr_consent={TC_RANGE[:30]}+{TC_RANGE[31:]}", {}),
@@ -262,6 +289,7 @@ def test_consent_outcomes_end_to_end(consent_tracker: Tracker) -> None:
         "vendor": ("denied", "tcf_vendor"),
         "nostring": ("denied", "tcf_missing"),
         "broken": ("denied", "tcf_invalid"),
+        "restricted": ("denied", "tcf_vendor"),
         "padded": ("granted", "tcf"),
         "plus": ("denied", "tcf_invalid"),
     }

@@ -1,4 +1,5 @@
-"""Consent signals decoded by hand: the IAB TCF v2 TC string (its core segment) and the IAB US Privacy string.
+"""Consent signals decoded by hand: the IAB TCF v2 TC string (its core segment, with the publisher restrictions; the
+segments after it are checked, not read) and the IAB US Privacy string.
 
 Only what a consent decision needs is decoded; a malformed string is `InvalidSignal`, never a crash.
 """
@@ -17,6 +18,12 @@ _MAX_STRING = 8192
 # the same bits. Anything else (`+`, `/`, a space where a `+` was, `%`) is refused as the IAB's decoder refuses it;
 # skipped, it would shift every bit after it.
 _SEGMENT = re.compile(r"([A-Za-z0-9_-]+)={0,2}")
+# Publisher restriction types (TCF v2 core segment): the vendor may not process for the purpose at all, or only on
+# legitimate interest. Either way its consent does not count for that purpose. (1, require consent, changes nothing
+# for a consent check; 3 is undefined.)
+RESTRICTION_NOT_ALLOWED = 0
+RESTRICTION_REQUIRE_CONSENT = 1
+RESTRICTION_REQUIRE_LI = 2
 
 
 class InvalidSignal(ValueError):
@@ -74,9 +81,19 @@ class VendorIds(Set[int]):
 
 
 @dataclass(frozen=True, slots=True)
+class PublisherRestriction:
+    """A publisher's restriction of a purpose for some vendors (`kind`: RESTRICTION_NOT_ALLOWED, _REQUIRE_CONSENT,
+    _REQUIRE_LI)."""
+
+    purpose: int
+    kind: int
+    vendors: VendorIds
+
+
+@dataclass(frozen=True, slots=True)
 class TCString:
     """The decoded core of a TCF v2 TC string. Times are epoch deciseconds as encoded; purposes and vendors are
-    the ids that have consent."""
+    the ids that have consent (or legitimate interest)."""
 
     version: int
     created_ds: int
@@ -88,11 +105,25 @@ class TCString:
     vendor_list_version: int
     policy_version: int
     is_service_specific: bool
+    special_feature_opt_ins: frozenset[int]
     purpose_consents: frozenset[int]
     purpose_legitimate_interests: frozenset[int]
+    purpose_one_treatment: bool
     publisher_cc: str
     max_vendor_id: int
     vendor_consents: VendorIds
+    vendor_legitimate_interests: VendorIds
+    publisher_restrictions: tuple[PublisherRestriction, ...]
+
+    def vendor_may_rely_on_consent(self, vendor_id: int, purpose: int) -> bool:
+        """Whether the vendor's consent counts for the purpose: it has consent, and no publisher restriction
+        forbids the purpose to it or requires legitimate interest instead."""
+        return vendor_id in self.vendor_consents and not any(
+            r.purpose == purpose
+            and r.kind in (RESTRICTION_NOT_ALLOWED, RESTRICTION_REQUIRE_LI)
+            and vendor_id in r.vendors
+            for r in self.publisher_restrictions
+        )
 
 
 def _flags(bits: int, width: int) -> frozenset[int]:
@@ -127,6 +158,13 @@ def _ranges(bits: _Bits, max_vendor: int) -> tuple[tuple[int, int], ...]:
     return tuple(ranges)
 
 
+def _vendor_section(bits: _Bits) -> tuple[int, VendorIds]:
+    max_vendor = bits.read(16)
+    if bits.read(1):  # range encoding
+        return max_vendor, VendorIds(ranges=_ranges(bits, max_vendor))
+    return max_vendor, VendorIds(bits.read(max_vendor), max_vendor)
+
+
 def decode_tc_string(text: str) -> TCString:
     """The core segment of a TCF v2 TC string; the segments after it (`.`: disclosed vendors, publisher TC) must
     be well-formed but are not read."""
@@ -139,14 +177,15 @@ def decode_tc_string(text: str) -> TCString:
             raise InvalidSignal("an unknown segment")
     bits = _segment_bits(core)
     (version, created, updated, cmp_id, cmp_version, screen, language, vendor_list, policy, service_specific, _texts,
-     _special_features, purposes, legitimate, _purpose_one, country) = (bits.read(w) for w in _CORE_HEADER)  # fmt: skip
+     special_features, purposes, legitimate, purpose_one, country) = (bits.read(w) for w in _CORE_HEADER)  # fmt: skip
     if version != 2:
         raise InvalidSignal(f"TCF version {version}, not 2")
-    max_vendor = bits.read(16)
-    if bits.read(1):  # range encoding
-        vendor_consents = VendorIds(ranges=_ranges(bits, max_vendor))
-    else:
-        vendor_consents = VendorIds(bits.read(max_vendor), max_vendor)
+    max_vendor, vendor_consents = _vendor_section(bits)
+    _, vendor_legitimate = _vendor_section(bits)
+    restrictions = []
+    for _ in range(bits.read(12)):
+        purpose, kind = bits.read(6), bits.read(2)
+        restrictions.append(PublisherRestriction(purpose, kind, VendorIds(ranges=_ranges(bits, 65535))))
     return TCString(
         version=version,
         created_ds=created,
@@ -158,11 +197,15 @@ def decode_tc_string(text: str) -> TCString:
         vendor_list_version=vendor_list,
         policy_version=policy,
         is_service_specific=bool(service_specific),
+        special_feature_opt_ins=_flags(special_features, 12),
         purpose_consents=_flags(purposes, 24),
         purpose_legitimate_interests=_flags(legitimate, 24),
+        purpose_one_treatment=bool(purpose_one),
         publisher_cc=_letters(country),
         max_vendor_id=max_vendor,
         vendor_consents=vendor_consents,
+        vendor_legitimate_interests=vendor_legitimate,
+        publisher_restrictions=tuple(restrictions),
     )
 
 

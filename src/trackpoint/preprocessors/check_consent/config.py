@@ -29,7 +29,9 @@ class CheckConsentConfig(PreprocessorBase, tag="check_consent"):
     tcf_vendor_id: Annotated[
         Annotated[int, Meta(ge=1, le=65535)] | None,
         Meta(
-            description="Where GDPR applies, this TCF vendor id must also have consent; unset: not checked.",
+            description="Where GDPR applies, this TCF vendor id must also have consent, and no publisher restriction "
+            "in the TC string may forbid it those purposes or allow them on legitimate interest only; unset: not "
+            "checked.",
         ),
     ] = None
     personal_fields: Annotated[

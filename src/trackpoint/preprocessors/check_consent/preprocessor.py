@@ -120,7 +120,8 @@ class CheckConsent:
             return "tcf_invalid"
         if not all(p in decoded.purpose_consents for p in self.purposes):
             return "tcf_purpose"
-        if self.vendor_id is not None and self.vendor_id not in decoded.vendor_consents:
+        vendor_id = self.vendor_id
+        if vendor_id is not None and not all(decoded.vendor_may_rely_on_consent(vendor_id, p) for p in self.purposes):
             return "tcf_vendor"
         return None
 
