@@ -14,7 +14,16 @@ import pytest
 from conftest import CHROME_UA, Tracker
 from trackpoint.event import Context, Event, Meta
 from trackpoint.preprocessors.check_consent.config import CheckConsentConfig
-from trackpoint.preprocessors.check_consent.preprocessor import DNT, GDPR, GPC, TC_STRING, USP, CheckConsent
+from trackpoint.preprocessors.check_consent.preprocessor import (
+    DNT,
+    GDPR,
+    GPC,
+    GPP,
+    GPP_SID,
+    TC_STRING,
+    USP,
+    CheckConsent,
+)
 from trackpoint.privacy.signals import (
     RESTRICTION_NOT_ALLOWED,
     RESTRICTION_REQUIRE_LI,
@@ -45,6 +54,16 @@ TC_RESTRICTED = "CQKjTcAQKjTcAEsACAENB4FgAP_gAAAAAAYn__wAwASgLzf_-AAAAIEABABKPAA
 # 101 characters: the IAB's encoder pads to 24 bits, its decoder reads any length, six bits a character (a CMP's
 # string cut after its last vendor). The IAB's decoder reads all 11 purposes and 313 vendors (1 to 300, 755, ...).
 TC_ODD_LENGTH = "CQuzncAQuzncA9ZBT4ENB4FsAP_gAECAACiX__wCoAAgJYAvMB9EH_wgAh_-IAAf_xOIX__gABhqH__v__AQiAIAAEAGwAwwCEAAA"
+# GPP strings made with the IAB Tech Lab's library (@iabgpp/cmpapi 3.2.0): a US national section that opts out of
+# sale (GPC subsection, not set); one that opts out of nothing; one whose only signal is its GPC subsection; two
+# sections (7 opts out of sale, 8, California, of nothing); Virginia opting out of targeted advertising; a TCF EU
+# section (purposes 1 and 3; vendors 37 and 755).
+GPP_SALE_OPT_OUT = "DBABLA~CFAYAAAAAABA.QA"
+GPP_NO_OPT_OUT = "DBABLA~CEAqAAAAAABA.QA"
+GPP_GPC = "DBABLA~CAAqAAAAAABA.YA"
+GPP_NAT_AND_CA = "DBABrw~CAAQAAAAAABA.QA~BAoAAABA.QA"
+GPP_VA_TARGETED = "DBABRg~BAkAABA"
+GPP_TCF = "DBABMA~CQuzncAQuzncAEsAAAENAAFgAKAAAAAAAAAAF5wAgASgLzAAAAAA.IAAA.YAAAAAAAAAAA"
 CREATED_DS = 15_834_362_809  # 1583436280.9 s
 
 
@@ -160,9 +179,9 @@ def test_us_privacy() -> None:
             us_privacy_opt_out(bad)
 
 
-def _decide(config: CheckConsentConfig, **signals: str) -> tuple[str | None, bool]:
+def _decide(config: CheckConsentConfig, **signals: str | None) -> tuple[str | None, bool]:
     consent = CheckConsent("check_consent", config)
-    names = {"gpc": None, "dnt": None, "usp": None, "gdpr": None, "tc_string": None}
+    names = {"gpc": None, "dnt": None, "usp": None, "gdpr": None, "tc_string": None, "gpp": None, "gpp_sid": None}
     return consent.decide(**(names | signals))
 
 
@@ -195,6 +214,24 @@ def test_the_decision_table() -> None:
     assert _decide(CheckConsentConfig(tcf_purposes=[1, 7], tcf_vendor_id=755), **restricted) == ("tcf_vendor", True)
     assert _decide(CheckConsentConfig(tcf_purposes=[1, 7]), **restricted) == (None, True)  # no vendor: the purposes
     assert _decide(CheckConsentConfig(gdpr_default=True)) == ("tcf_missing", True)
+    # GPP: the applicable sections (gpp_sid; all without it) of the string.
+    assert _decide(default, gpp=GPP_SALE_OPT_OUT, gpp_sid="7") == ("gpp_opt_out", False)
+    assert _decide(default, gpp=GPP_SALE_OPT_OUT) == ("gpp_opt_out", False)
+    assert _decide(default, gpp=GPP_SALE_OPT_OUT, gpp_sid="-1") == (None, False)  # no section applies
+    assert _decide(default, gpp=GPP_NO_OPT_OUT, gpp_sid="7") == (None, False)
+    assert _decide(default, gpp=GPP_GPC, gpp_sid="7") == ("gpc", False)
+    assert _decide(CheckConsentConfig(honor_gpc=False), gpp=GPP_GPC, gpp_sid="7") == (None, False)
+    assert _decide(default, gpp=GPP_NAT_AND_CA, gpp_sid="8") == (None, False)
+    assert _decide(default, gpp=GPP_NAT_AND_CA, gpp_sid="7_8") == ("gpp_opt_out", False)
+    assert _decide(default, gpp=GPP_VA_TARGETED, gpp_sid="9") == ("gpp_opt_out", False)
+    assert _decide(default, gpp="DBABTA~1YYN", gpp_sid="6") == ("gpp_opt_out", False)  # its US Privacy section
+    assert _decide(CheckConsentConfig(honor_gpp=False), gpp=GPP_SALE_OPT_OUT) == (None, False)
+    assert _decide(CheckConsentConfig(tcf_vendor_id=37), gpp=GPP_TCF, gpp_sid="2") == (None, True)
+    assert _decide(CheckConsentConfig(tcf_vendor_id=38), gpp=GPP_TCF, gpp_sid="2") == ("tcf_vendor", True)
+    assert _decide(CheckConsentConfig(tcf_purposes=[2]), gpp=GPP_TCF, gpp_sid="2") == ("tcf_purpose", True)
+    assert _decide(default, gpp=GPP_TCF, gpp_sid="7") == (None, False)  # the TCF section does not apply
+    for bad_gpp, bad_sid in (("DBABLA", "7"), ("CBABLA~CFAYAAAAAABA.QA", "7"), (GPP_SALE_OPT_OUT, "seven"), ("", None)):
+        assert _decide(default, gpp=bad_gpp, gpp_sid=bad_sid) == ("gpp_invalid", False), bad_gpp
     assert _decide(default, gpc="1", gdpr="1", tc_string=TC_RANGE) == ("gpc", False)  # GPC wins
 
 
@@ -212,7 +249,7 @@ def test_a_denied_event_keeps_only_non_personal_fields() -> None:
     consent(event)
     assert event.dims == {"imp": "i", "consent": "denied", "consent_reason": "gpc"}
     assert event.ctx == Context() and event.metrics == {"price": 1}
-    assert {GPC, DNT, USP, GDPR, TC_STRING} == set(consent.input_fields)
+    assert {GPC, DNT, USP, GDPR, TC_STRING, GPP, GPP_SID} == set(consent.input_fields)
 
 
 # --- end to end ---------------------------------------------------------------------------------------------------
@@ -269,6 +306,9 @@ def test_consent_outcomes_end_to_end(consent_tracker: Tracker) -> None:
         "nostring": ("/i?imp=nostring&click_id=k1&gdpr=1", {}),
         "broken": ("/i?imp=broken&click_id=k1&gdpr=1&gdpr_consent=AAAA", {}),
         "restricted": (f"/i?imp=restricted&click_id=k1&gdpr=1&gdpr_consent={TC_RESTRICTED}", {}),  # 37: not for 1
+        "gpp": (f"/i?imp=gpp&click_id=k1&gpp={GPP_SALE_OPT_OUT}&gpp_sid=7", {}),  # GPP only: opted out of sale
+        "gppok": (f"/i?imp=gppok&click_id=k1&gpp={GPP_NO_OPT_OUT}&gpp_sid=7", {}),
+        "gpptcf": (f"/i?imp=gpptcf&click_id=k1&gpp={GPP_TCF}&gpp_sid=2", {}),  # its TCF section: vendor 37
         "padded": (f"/i?imp=padded&click_id=k1&gdpr=1&gdpr_consent={TC_RANGE}==", {}),
         # A CMP's standard base64 in a query string: its `+` arrives as a space.
         "plus": (f"/i?imp=plus&click_id=k1&gdpr=1&gdpr_consent={TC_RANGE[:30]}+{TC_RANGE[31:]}", {}),
@@ -290,6 +330,9 @@ def test_consent_outcomes_end_to_end(consent_tracker: Tracker) -> None:
         "nostring": ("denied", "tcf_missing"),
         "broken": ("denied", "tcf_invalid"),
         "restricted": ("denied", "tcf_vendor"),
+        "gpp": ("denied", "gpp_opt_out"),
+        "gppok": ("not_applicable", None),
+        "gpptcf": ("granted", "tcf"),
         "padded": ("granted", "tcf"),
         "plus": ("denied", "tcf_invalid"),
     }

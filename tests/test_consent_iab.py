@@ -1,9 +1,11 @@
-"""check_consent against the IAB Tech Lab's own TCF library: TC strings made by its encoder (@iabtechlabtcf/core,
+"""check_consent against the IAB Tech Lab's own libraries. TCF: TC strings made by its encoder (@iabtechlabtcf/core,
 pinned in tag/package.json and installed by scripts/build-tag) with every feature a CMP uses (bitfield and range
 vendors, publisher restrictions, disclosed vendors and publisher TC segments, purpose one treatment, legitimate
 interests, special features, vendor ids up to 65535, global and service-specific), and the same strings as CMPs,
 servers and URLs damage them (padding, standard base64, a `+` turned into a space, junk characters, empty and
 unknown segments, cuts, TCF v1). Each decision is compared with what the IAB's decoder reads in the string.
+GPP: strings made by @iabgpp/cmpapi with every US section it knows (their opt-outs and GPC subsection), US Privacy
+and TCF EU sections, with and without gpp_sid, compared with what that library reads back.
 """
 
 from __future__ import annotations
@@ -20,6 +22,7 @@ import pytest
 from conftest import Tracker
 from trackpoint.preprocessors.check_consent.config import CheckConsentConfig
 from trackpoint.preprocessors.check_consent.preprocessor import CheckConsent
+from trackpoint.privacy.gpp import US_OPT_OUTS
 
 pytestmark = pytest.mark.e2e
 
@@ -112,3 +115,60 @@ def test_the_same_strings_through_the_tracker(cases: list[dict[str, Any]], track
         assert (dims["consent"], dims.get("consent_reason")) == (
             ("granted", "tcf") if reason is None else ("denied", reason)
         ), (imp, dims)
+
+
+# --- GPP ----------------------------------------------------------------------------------------------------------
+
+
+@pytest.fixture(scope="module")
+def gpp_cases() -> dict[str, Any]:
+    if not (MODULES / "@iabgpp" / "cmpapi").is_dir():
+        pytest.fail("@iabgpp/cmpapi is not installed: run scripts/build-tag (npm ci from tag/package-lock.json)")
+    script = ROOT / "tests" / "iab" / "gpp_strings.cjs"
+    made = subprocess.run(["node", str(script), str(MODULES), "600", "20261206"], capture_output=True, check=True)
+    loaded: dict[str, Any] = json.loads(made.stdout)
+    return loaded
+
+
+def expected_gpp(case: dict[str, Any]) -> str | None:
+    """What the library's reading calls for, in trackpoint's order: the applicable sections by id, each one's
+    opt-outs before its GPC subsection; then the TCF EU section (purpose 1), if it applies."""
+    for section_id in sorted(int(i) for i in case["read"] if int(i) in case["applicable"]):
+        read = case["read"][str(section_id)]
+        if read.get("usp") == "Y" or 1 in read.get("optOuts", ()):
+            return "gpp_opt_out"
+        if read.get("gpc"):
+            return "gpc"
+    tcf = case["read"].get("2")
+    if tcf is not None and 2 in case["applicable"]:
+        return None if tcf["purpose1"] else "tcf_purpose"
+    return None
+
+
+def test_every_us_section_of_the_iab_library_is_read(gpp_cases: dict[str, Any]) -> None:
+    known = {section["id"] for section in gpp_cases["sections"] if "SaleOptOut" in section["optOuts"]}
+    assert len(known) >= 21 and known == set(US_OPT_OUTS)  # a new state in the library: add it to US_OPT_OUTS
+    for section in gpp_cases["sections"]:
+        assert len(US_OPT_OUTS[section["id"]]) == len(section["optOuts"]), section
+
+
+def test_every_gpp_decision_is_the_one_the_iab_library_calls_for(gpp_cases: dict[str, Any]) -> None:
+    consent = CheckConsent("check_consent", CheckConsentConfig())
+    outcomes: collections.Counter[str | None] = collections.Counter()
+    mismatches = []
+    for case in gpp_cases["cases"]:
+        want = expected_gpp(case)
+        outcomes[want] += 1
+        reason, _ = consent.decide(None, None, None, None, None, gpp=case["gpp"], gpp_sid=case["gppSid"])
+        if reason != want:
+            mismatches.append((case, want, reason))
+    assert not mismatches, f"{len(mismatches)} of {len(gpp_cases['cases'])} differ: {mismatches[:3]}"
+    assert min(outcomes[reason] for reason in (None, "gpp_opt_out", "gpc", "tcf_purpose")) > 10, outcomes
+    # Honoured GPC off: a GPC subsection alone no longer denies.
+    no_gpc = CheckConsent("check_consent", CheckConsentConfig(honor_gpc=False))
+    for case in gpp_cases["cases"]:
+        if expected_gpp(case) == "gpc":
+            assert no_gpc.decide(None, None, None, None, None, gpp=case["gpp"], gpp_sid=case["gppSid"])[0] != "gpc"
+    assert len(gpp_cases["damaged"]) > 100
+    for damaged in gpp_cases["damaged"]:
+        assert consent.decide(None, None, None, None, None, gpp=damaged)[0] == "gpp_invalid", damaged

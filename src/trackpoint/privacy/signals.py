@@ -30,7 +30,7 @@ class InvalidSignal(ValueError):
     """A consent string that cannot be decoded."""
 
 
-class _Bits:
+class Bits:
     """A big-endian bit reader over an int of `length` bits (slicing is a shift and a mask)."""
 
     __slots__ = ("length", "position", "value")
@@ -135,18 +135,19 @@ def _letters(code: int) -> str:
     return chr(ord("A") + (code >> 6)) + chr(ord("A") + (code & 63))
 
 
-def _segment_bits(segment: str) -> _Bits:
-    """Six bits a character, as the IAB's decoder reads them: a string of any length, not only whole bytes."""
+def base64url_bits(segment: str) -> Bits:
+    """Six bits a character, as the IAB's decoders (TCF, GPP) read them: a string of any length, not only whole
+    bytes."""
     match = _SEGMENT.fullmatch(segment)
     if match is None:
         raise InvalidSignal("not base64url")
     digits = match.group(1)
     filler = -len(digits) % 4  # `A`s: zero bits up to whole bytes, shifted out again
     value = int.from_bytes(base64.urlsafe_b64decode(digits + "A" * filler), "big") >> (6 * filler)
-    return _Bits(value, 6 * len(digits))
+    return Bits(value, 6 * len(digits))
 
 
-def _ranges(bits: _Bits, max_vendor: int) -> tuple[tuple[int, int], ...]:
+def _ranges(bits: Bits, max_vendor: int) -> tuple[tuple[int, int], ...]:
     ranges = []
     for _ in range(bits.read(12)):
         is_range = bits.read(1)
@@ -158,7 +159,7 @@ def _ranges(bits: _Bits, max_vendor: int) -> tuple[tuple[int, int], ...]:
     return tuple(ranges)
 
 
-def _vendor_section(bits: _Bits) -> tuple[int, VendorIds]:
+def _vendor_section(bits: Bits) -> tuple[int, VendorIds]:
     max_vendor = bits.read(16)
     if bits.read(1):  # range encoding
         return max_vendor, VendorIds(ranges=_ranges(bits, max_vendor))
@@ -173,9 +174,9 @@ def decode_tc_string(text: str) -> TCString:
     core, *further = text.split(".")
     for segment in further:
         # Segment types 1 to 3 (disclosed vendors, allowed vendors, publisher TC); a second core is not one.
-        if not 0 < _segment_bits(segment).read(3) <= 3:
+        if not 0 < base64url_bits(segment).read(3) <= 3:
             raise InvalidSignal("an unknown segment")
-    bits = _segment_bits(core)
+    bits = base64url_bits(core)
     (version, created, updated, cmp_id, cmp_version, screen, language, vendor_list, policy, service_specific, _texts,
      special_features, purposes, legitimate, purpose_one, country) = (bits.read(w) for w in _CORE_HEADER)  # fmt: skip
     if version != 2:
