@@ -6,6 +6,7 @@ Every event is checked in the tracker's log.
 
 from __future__ import annotations
 
+import subprocess
 import time
 import uuid
 from collections.abc import Callable, Iterator
@@ -17,13 +18,17 @@ import pytest
 import yaml
 
 from conftest import CHROME_UA, StaticSite, Tracker
-from test_consent import TC_RANGE
+from test_consent import TC_NO_PURPOSES, TC_RANGE
 from trackpoint.event import Event
 from trackpoint.tag import built_tag
 
 pytestmark = pytest.mark.e2e
 
-EXAMPLE = Path(__file__).resolve().parent.parent / "examples" / "web-tag.yaml"
+ROOT = Path(__file__).resolve().parent.parent
+EXAMPLE = ROOT / "examples" / "web-tag.yaml"
+# The IAB Tech Lab's CMP API (@iabtechlabtcf/cmpapi) and stub, as a CMP ships them: tag/package-lock.json, installed
+# by scripts/build-tag.
+NODE = ROOT / ".venv" / "node"
 BATCH = 'data-event-batch="/t/event/batch"'  # custom events go in batches, as the example's snippet says
 TAG = built_tag()
 
@@ -231,6 +236,82 @@ def test_a_tcf_cmp_decides_consent_and_its_string_is_passed(
     view = wait_events(tracker, lambda e: e.type == "pageview", 1, "page view")[0]
     assert view.dims["consent"] == "granted"  # decided by the tracker from the TC string the tag passed
     assert view.dims["uid"].startswith("auto:")
+    context.close()
+
+
+@pytest.fixture(scope="module")
+def iab_cmp() -> dict[str, tuple[str, bytes]]:
+    """The IAB's stub (first in the page's head, as the TCF asks of CMPs) and its CmpApi, bundled for the page as a
+    CMP bundles it (window.IabCmpApi)."""
+    modules = NODE / "node_modules"
+    if not (modules / "@iabtechlabtcf" / "cmpapi").is_dir():
+        pytest.fail("@iabtechlabtcf/cmpapi is not installed: run scripts/build-tag (npm ci from tag/package-lock.json)")
+    bundle = subprocess.run(
+        [str(modules / ".bin" / "esbuild"), "--bundle", "--format=iife", "--log-level=warning"],
+        input=b'import { CmpApi } from "@iabtechlabtcf/cmpapi"; window.IabCmpApi = CmpApi;',
+        cwd=NODE,
+        capture_output=True,
+        check=True,
+    ).stdout
+    stub = (modules / "@iabtechlabtcf" / "stub" / "lib" / "stub.js").read_bytes()
+    return {"/stub.js": ("text/javascript", stub), "/cmp.js": ("text/javascript", bundle)}
+
+
+def cmp_page(tracker: Tracker, script: str = "") -> str:
+    """A page with the IAB's stub first, the tag's snippet and a page view, then the CMP itself (window.cmp), which
+    the test drives as a consent banner would: `cmp.update(tcString, uiVisible)`."""
+    src = f"http://127.0.0.1:{tracker.port}/tp/{TAG.version}/tp.js"
+    return f"""<!doctype html><html><head><title>Shop page</title>
+<script src="/stub.js"></script>
+<script>window.tp=window.tp||function(){{(tp.q=tp.q||[]).push(arguments)}}; tp("page");{script}</script>
+<script async src="{src}" integrity="{TAG.integrity}" crossorigin="anonymous" data-consent="required" {BATCH}>
+</script>
+<script src="/cmp.js"></script>
+<script>window.cmp = new IabCmpApi(300, 2, true);</script>
+</head><body></body></html>"""
+
+
+def test_the_iab_cmp_api_decides_and_its_string_is_passed(
+    browser: Any, site: StaticSite, shop_tracker: Tracker, iab_cmp: dict[str, tuple[str, bytes]]
+) -> None:
+    tracker = shop_tracker
+    site.files.update(iab_cmp)
+    site.files["/banner"] = site.files["/rejects"] = site.files["/outside"] = cmp_page(tracker)
+    context = browser.new_context(user_agent=CHROME_UA)
+    page = context.new_page()
+
+    # The banner is up (`cmpuishown`): nothing leaves. The visitor accepts (`useractioncomplete`): the page view
+    # goes with the CMP's string, and the tracker grants from it.
+    page.goto(f"{site.origin}/banner")
+    page.wait_for_function("window.tp && window.tp.version && window.cmp")
+    page.evaluate("cmp.update('', true)")
+    send_sentinel(page, tracker)
+    assert [event.type for event in tracker.events()] == ["custom_event"]  # the sentinel
+    page.evaluate(f"cmp.update('{TC_RANGE}', false)")
+    view = wait_events(tracker, lambda e: e.type == "pageview", 1, "page view", page)[0]
+    assert (view.dims["consent"], view.dims["consent_reason"]) == ("granted", "tcf")
+    assert view.dims["uid"].startswith("auto:") and view.ctx.ip is not None
+    # A later withdrawal (the CMP's new string has no purpose 1): the tag sends nothing more, stores nothing.
+    page.evaluate(f"cmp.update('{TC_NO_PURPOSES}', false); tp('event', 'after_withdrawal')")
+
+    # Another visitor rejects everything: nothing is sent.
+    other = context.new_page()
+    other.goto(f"{site.origin}/rejects")
+    other.wait_for_function("window.tp && window.tp.version && window.cmp")
+    other.evaluate(f"cmp.update('', true); cmp.update('{TC_NO_PURPOSES}', false); tp('event', 'rejected')")
+    send_sentinel(other, tracker)
+    names = [event.dims.get("name") for event in tracker.events() if event.type == "custom_event"]
+    assert names == ["sentinel", "sentinel"]
+    assert other.evaluate("[sessionStorage.getItem('tp_q'), localStorage.getItem('tp_click')]") == [None, None]
+    assert len([event for event in tracker.events() if event.type == "pageview"]) == 1
+
+    # Outside the GDPR (the CMP says so: `update(null)`, `tcloaded`): sent, and recorded as not applicable.
+    outside = context.new_page()
+    outside.goto(f"{site.origin}/outside")
+    outside.wait_for_function("window.tp && window.tp.version && window.cmp")
+    outside.evaluate("cmp.update(null)")
+    views = wait_events(tracker, lambda e: e.type == "pageview", 2, "page views", outside)
+    assert views[1].dims["consent"] == "not_applicable" and views[1].dims["uid"].startswith("auto:")
     context.close()
 
 

@@ -11,13 +11,24 @@ from trackpoint.config.model import PreprocessorBase
 
 
 class CheckConsentConfig(PreprocessorBase, tag="check_consent"):
-    """Decides consent from Sec-GPC, DNT, the US Privacy string and IAB TCF v2 (`gdpr`, `gdpr_consent`); records it
-    in dims.consent (granted, denied, not_applicable) and dims.consent_reason; when denied, strips personal data."""
+    """Decides consent from Sec-GPC, DNT, the US Privacy string, the IAB GPP string (`gpp`, `gpp_sid`) and IAB TCF v2
+    (`gdpr`, `gdpr_consent`); records it in dims.consent (granted, denied, not_applicable) and dims.consent_reason;
+    when denied, strips personal data."""
 
     honor_gpc: Annotated[bool, Meta(description="`Sec-GPC: 1` denies consent.")] = True
     honor_dnt: Annotated[bool, Meta(description="`DNT: 1` denies consent.")] = True
     honor_us_privacy: Annotated[
         bool, Meta(description="A `us_privacy` string saying opt-out of sale (`1YYN`) denies consent.")
+    ] = True
+    honor_gpp: Annotated[
+        bool,
+        Meta(
+            description="A GPP string (`gpp`; `gpp_sid` lists the sections that apply, all without it) denies consent "
+            "where a US section (usnat, a state's) says opt-out of sale, sharing or targeted advertising, or its US "
+            "Privacy section opt-out of sale (`gpp_opt_out`), or a US section's GPC subsection is set (`gpc`, with "
+            "`honor_gpc`); its TCF EU section stands in for `gdpr=1&gdpr_consent=` when `gpp_sid` lists 2 and "
+            "the request has no `gdpr`.",
+        ),
     ] = True
     gdpr_default: Annotated[bool, Meta(description="Whether GDPR applies to a request without a `gdpr` parameter.")] = (
         False
@@ -29,7 +40,9 @@ class CheckConsentConfig(PreprocessorBase, tag="check_consent"):
     tcf_vendor_id: Annotated[
         Annotated[int, Meta(ge=1, le=65535)] | None,
         Meta(
-            description="Where GDPR applies, this TCF vendor id must also have consent; unset: not checked.",
+            description="Where GDPR applies, this TCF vendor id must also have consent, and no publisher restriction "
+            "in the TC string may forbid it those purposes or allow them on legitimate interest only; unset: not "
+            "checked.",
         ),
     ] = None
     personal_fields: Annotated[

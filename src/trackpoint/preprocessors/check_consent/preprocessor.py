@@ -1,4 +1,5 @@
-"""check_consent: the consent decision for one event, from Sec-GPC, DNT, the US Privacy string and IAB TCF v2.
+"""check_consent: the consent decision for one event, from Sec-GPC, DNT, the US Privacy string, the IAB GPP string
+and IAB TCF v2.
 
 The outcome goes into dims.consent (granted, denied, not_applicable) and dims.consent_reason; a denied event keeps
 only non-personal fields. A malformed consent string denies (it never makes a 4xx: the impression still counts).
@@ -12,6 +13,7 @@ from trackpoint.config.model import INVALID_DIM, FieldSpec
 from trackpoint.config.private import UID_DIM
 from trackpoint.event import Event
 from trackpoint.preprocessors.check_consent.config import CheckConsentConfig
+from trackpoint.privacy.gpp import TCF_EU_V2, applicable_sections, decode_gpp, gpp_opt_out
 from trackpoint.privacy.signals import InvalidSignal, decode_tc_string, us_privacy_opt_out
 
 CONSENT_DIM: Final = "consent"
@@ -27,10 +29,20 @@ DNT: Final = "consent.dnt"
 USP: Final = "consent.us_privacy"
 GDPR: Final = "consent.gdpr"
 TC_STRING: Final = "consent.tcf"
-_SIGNALS: Final[tuple[str, ...]] = (GPC, DNT, USP, GDPR, TC_STRING)
+GPP: Final = "consent.gpp"
+GPP_SID: Final = "consent.gpp_sid"
+_SIGNALS: Final[tuple[str, ...]] = (GPC, DNT, USP, GDPR, TC_STRING, GPP, GPP_SID)
 # A signal the builder dropped as invalid (`on_invalid: drop`, named in dims.invalid) denies, as a malformed one
 # does: an opt-out that could not be read is never taken for no opt-out.
-_UNREADABLE: Final = {GPC: "gpc", DNT: "dnt", USP: "usp_invalid", GDPR: "gdpr_invalid", TC_STRING: "tcf_invalid"}
+_UNREADABLE: Final = {
+    GPC: "gpc",
+    DNT: "dnt",
+    USP: "usp_invalid",
+    GDPR: "gdpr_invalid",
+    TC_STRING: "tcf_invalid",
+    GPP: "gpp_invalid",
+    GPP_SID: "gpp_invalid",
+}
 _CACHE_LIMIT: Final = 65536
 
 
@@ -44,6 +56,7 @@ class CheckConsent:
         self.honor_gpc = config.honor_gpc
         self.honor_dnt = config.honor_dnt
         self.honor_us_privacy = config.honor_us_privacy
+        self.honor_gpp = config.honor_gpp
         self.gdpr_default = "1" if config.gdpr_default else "0"
         self.no_default_gdpr = not config.gdpr_default
         self.purposes = tuple(config.tcf_purposes)
@@ -55,17 +68,19 @@ class CheckConsent:
             USP: FieldSpec(name="us_privacy", max_len=16),
             GDPR: FieldSpec(name="gdpr", max_len=16),
             TC_STRING: FieldSpec(name="gdpr_consent", max_len=8192),
+            GPP: FieldSpec(name="gpp", max_len=8192),
+            GPP_SID: FieldSpec(name="gpp_sid", max_len=256),
         }
         self._tcf_cache: dict[str, str | None] = {}  # TC string → the reason it denies, or None
 
     def __call__(self, event: Event) -> Event:
         dims = event.dims
-        # any() over the names: compiled (mypyc), five dict lookups, cheaper than dims.keys().isdisjoint(...)
+        # any() over the names: compiled (mypyc), seven dict lookups, cheaper than dims.keys().isdisjoint(...)
         if self.no_default_gdpr and not any(name in dims for name in _SIGNALS) and INVALID_DIM not in dims:
             dims[CONSENT_DIM] = NOT_APPLICABLE  # the usual request: no signal at all
             return event
-        signals = [dims.pop(name, None) for name in _SIGNALS]
-        reason, applies = self.decide(*signals)
+        gpc, dnt, usp, gdpr, tc_string, gpp, gpp_sid = [dims.pop(name, None) for name in _SIGNALS]
+        reason, applies = self.decide(gpc, dnt, usp, gdpr, tc_string, gpp=gpp, gpp_sid=gpp_sid)
         invalid = dims.get(INVALID_DIM)
         if reason is None and invalid is not None:
             for entry in invalid.split(","):
@@ -88,7 +103,15 @@ class CheckConsent:
         return event
 
     def decide(
-        self, gpc: str | None, dnt: str | None, usp: str | None, gdpr: str | None, tc_string: str | None
+        self,
+        gpc: str | None,
+        dnt: str | None,
+        usp: str | None,
+        gdpr: str | None,
+        tc_string: str | None,
+        *,
+        gpp: str | None = None,
+        gpp_sid: str | None = None,
     ) -> tuple[str | None, bool]:
         """(the reason consent is denied or None, whether GDPR applies)."""
         if self.honor_gpc and gpc is not None and gpc.strip() == "1":
@@ -101,6 +124,19 @@ class CheckConsent:
                     return "usp_opt_out", False
             except InvalidSignal:
                 return "usp_invalid", False
+        if self.honor_gpp and gpp is not None:
+            try:
+                sections = decode_gpp(gpp)
+                applicable = applicable_sections(gpp_sid, sections)
+                opt_out = gpp_opt_out(sections, applicable, self.honor_gpc)
+            except InvalidSignal:
+                return "gpp_invalid", False
+            if opt_out is not None:
+                return opt_out, False
+            if gdpr is None and TCF_EU_V2 in applicable:  # the TCF EU section stands in for gdpr, gdpr_consent
+                gdpr = "1"
+                if tc_string is None:
+                    tc_string = sections.get(TCF_EU_V2)
         gdpr = self.gdpr_default if gdpr is None else gdpr
         if gdpr == "0":
             return None, False
@@ -120,7 +156,8 @@ class CheckConsent:
             return "tcf_invalid"
         if not all(p in decoded.purpose_consents for p in self.purposes):
             return "tcf_purpose"
-        if self.vendor_id is not None and self.vendor_id not in decoded.vendor_consents:
+        vendor_id = self.vendor_id
+        if vendor_id is not None and not all(decoded.vendor_may_rely_on_consent(vendor_id, p) for p in self.purposes):
             return "tcf_vendor"
         return None
 
