@@ -155,9 +155,8 @@ class EventBuilder:
         dims: dict[str, str] = {}
         metrics: dict[str, int | float] = {}
         invalid: list[str] | None = None
-        get = params.get
         for plan in self.fields:
-            raw = get(plan.key)
+            raw = params.get(plan.key)  # compiled: a dict primitive (a bound `get` would be a generic call)
             if not raw:
                 default = plan.default
                 if default is None:
