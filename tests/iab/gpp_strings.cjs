@@ -8,16 +8,7 @@ const path = require("path");
 const [modules, countArg, seedArg] = process.argv.slice(2);
 const { GppModel, Sections } = require(path.join(modules, "@iabgpp", "cmpapi"));
 
-let seed = Number(seedArg) >>> 0;
-const random = () => {
-  seed = (seed + 0x6d2b79f5) >>> 0; // mulberry32: the same cases for the same seed
-  let t = seed;
-  t = Math.imul(t ^ (t >>> 15), t | 1);
-  t ^= t + Math.imul(t ^ (t >>> 7), t | 61);
-  return ((t ^ (t >>> 14)) >>> 0) / 4294967296;
-};
-const pick = (list) => list[Math.floor(random() * list.length)];
-const chance = (p) => random() < p;
+const { pick, chance } = require("./seeded.cjs")(seedArg);
 
 const OPT_OUTS = ["SaleOptOut", "SharingOptOut", "TargetedAdvertisingOptOut"];
 const idOf = (name) => [...Sections.SECTION_ID_NAME_MAP].find(([, known]) => known === name)[0];

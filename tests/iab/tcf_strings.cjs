@@ -8,17 +8,7 @@ const [modules, countArg, seedArg] = process.argv.slice(2);
 const tcf = require(path.join(modules, "@iabtechlabtcf", "core"));
 const { GVL, TCModel, TCString, PurposeRestriction, RestrictionType, Segment } = tcf;
 
-let seed = Number(seedArg) >>> 0;
-const random = () => {
-  // mulberry32: the same cases for the same seed
-  seed = (seed + 0x6d2b79f5) >>> 0;
-  let t = seed;
-  t = Math.imul(t ^ (t >>> 15), t | 1);
-  t ^= t + Math.imul(t ^ (t >>> 7), t | 61);
-  return ((t ^ (t >>> 14)) >>> 0) / 4294967296;
-};
-const pick = (list) => list[Math.floor(random() * list.length)];
-const chance = (p) => random() < p;
+const { random, pick, chance } = require("./seeded.cjs")(seedArg);
 const subset = (ids, p) => ids.filter(() => chance(p));
 
 // A vendor list of our own (no download): small ids, the ids around the widths that matter, and very large ones.
