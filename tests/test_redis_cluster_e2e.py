@@ -170,6 +170,46 @@ def test_a_slot_moved_while_sending_asks_then_moves_and_loses_and_duplicates_not
     assert [asyncio.run(redis_cluster.keys_in_slot(port, slot)) for port in others] == [0, 0]  # nothing left behind
 
 
+@pytest.mark.timeout(90)
+def test_after_a_failover_the_promoted_replica_gets_the_stream_without_loss_or_duplicates(tmp_path: Any) -> None:
+    stream = "fo:{type}"
+    key = "fo:click"
+
+    async def main() -> None:
+        cluster = PrivateRedisCluster()  # a cluster of its own: the failover changes which node is a primary
+        try:
+            await cluster.start()
+            primary = await cluster.owner(key)
+            replica = await cluster.add_replica(primary)
+            seed = next(port for port in cluster.ports if port != primary)
+            sender = cluster_collector(f"redis://127.0.0.1:{seed}/0", stream, tmp_path)
+            await sender.start()
+            batches = [[make_event(i, "click") for i in range(n, n + 50)] for n in range(0, 100, 50)]
+            try:
+                assert await sender.send(batches[0]) is SendResult.DELIVERED
+                while not await cluster.synced(primary, replica):
+                    await asyncio.sleep(0.05)
+                await cluster.failover(replica)
+                assert await cluster.owner(key) == replica
+                assert await sender.send(batches[1]) is SendResult.DELIVERED  # MOVED from the old primary
+                assert await sender.send(batches[0]) is SendResult.DELIVERED  # a replay: the dedupe keys replicated
+                assert sender.duplicates == 50
+                router = sender._router
+                assert router is not None and router.moved >= 1
+            finally:
+                await sender.close(1.0)
+            client = Redis(port=replica, decode_responses=True)
+            try:
+                entries = cast(list[tuple[str, dict[str, str]]], await client.xrange(key))
+            finally:
+                await client.aclose()
+            assert [fields["id"] for _, fields in entries] == [e.id for batch in batches for e in batch]
+        finally:
+            await cluster.close()
+
+    asyncio.run(main())
+
+
 def test_other_nodes_are_reached_with_the_seed_urls_scheme_user_and_options() -> None:
     assert node_url("redis://127.0.0.1:7000/0", "10.0.0.2", 7001) == "redis://10.0.0.2:7001/0"
     assert node_url("rediss://user:pw@a.example:7000/0?ssl_cert_reqs=none", "b.example", 7002) == (

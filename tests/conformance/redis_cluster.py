@@ -3,17 +3,20 @@ directory of its own, joined by `redis-cli --cluster create` and served once eve
 
 Slots can be moved between nodes (`move_slot`) the way `redis-cli --cluster reshard` does it, one slot at a time:
 IMPORTING / MIGRATING, MIGRATE of the keys, then SETSLOT NODE on every primary. `begin_move` stops half-way, with
-the slot MIGRATING, so a client meets ASK redirects; `finish_move` completes it.
+the slot MIGRATING, so a client meets ASK redirects; `finish_move` completes it. `add_replica` and `failover` promote
+a replica the way an operator's CLUSTER FAILOVER does.
 """
 
 from __future__ import annotations
 
 import asyncio
 import subprocess
+from collections.abc import Awaitable, Callable
 from pathlib import Path
 from typing import Any
 
 from redis.asyncio import Redis
+from redis.exceptions import ResponseError
 
 from conftest import free_port
 
@@ -22,9 +25,16 @@ from .servers import PrivateServer, binary
 
 class PrivateRedisCluster:
     def __init__(self, primaries: int = 3) -> None:
-        self.servers = [PrivateServer("redis-cluster", _command, self._pong_of(i)) for i in range(primaries)]
+        self.bus_ports: dict[int, int] = {}  # port -> cluster bus port
+        self.servers = [self._server(self._pong_of(i)) for i in range(primaries)]
         self.urls = [f"redis://127.0.0.1:{server.port}/0" for server in self.servers]
         self.ports = [server.port for server in self.servers]
+
+    def _server(self, ready: Callable[[], Awaitable[bool]]) -> PrivateServer:
+        bus = free_port()  # not port + 10000, which may be out of free_port's range
+        server = PrivateServer("redis-cluster", lambda port, workdir: _command(port, workdir, bus), ready)
+        self.bus_ports[server.port] = bus
+        return server
 
     def _pong_of(self, index: int):  # type: ignore[no-untyped-def]
         async def pong() -> bool:
@@ -136,6 +146,74 @@ class PrivateRedisCluster:
         await self.begin_move(slot, source, target)
         await self.finish_move(slot, target)
 
+    async def add_replica(self, primary: int, timeout_s: float = 20.0) -> int:
+        """Starts one more node, as a replica of `primary`, and waits until it has synced; returns its port."""
+        server = self._server(lambda: self._pong_port(server.port))
+        await server.start()
+        self.servers.append(server)
+        primary_id = await self.node_id(primary)
+        client = self.client(server.port)
+        try:
+            await command(client, "CLUSTER", "MEET", "127.0.0.1", primary, self.bus_ports[primary])
+            deadline = asyncio.get_running_loop().time() + timeout_s
+            while True:  # REPLICATE needs the primary known to the new node first
+                try:
+                    await command(client, "CLUSTER", "REPLICATE", primary_id)
+                    break
+                except ResponseError:
+                    if asyncio.get_running_loop().time() > deadline:
+                        raise
+                    await asyncio.sleep(0.05)
+            while (await client.info("replication")).get("master_link_status") != "up":
+                if asyncio.get_running_loop().time() > deadline:
+                    raise TimeoutError("the replica did not sync")
+                await asyncio.sleep(0.05)
+        finally:
+            await client.aclose()
+        return server.port
+
+    async def synced(self, primary: int, replica: int) -> bool:
+        """Whether the replica has applied everything the primary has written."""
+        offsets = []
+        for port, field in ((primary, "master_repl_offset"), (replica, "slave_repl_offset")):
+            client = self.client(port)
+            try:
+                offsets.append(int((await client.info("replication"))[field]))
+            finally:
+                await client.aclose()
+        return offsets[0] == offsets[1]
+
+    async def failover(self, replica: int, timeout_s: float = 20.0) -> None:
+        """A manual failover (CLUSTER FAILOVER, no data lost): the replica becomes the primary of its slots, and
+        the waits until every primary's slot map says so."""
+        client = self.client(replica)
+        try:
+            await command(client, "CLUSTER", "FAILOVER")
+        finally:
+            await client.aclose()
+        deadline = asyncio.get_running_loop().time() + timeout_s
+        while True:
+            agreed = True
+            for port in self.ports:
+                client = self.client(port)
+                try:
+                    slots = await command(client, "CLUSTER", "SLOTS")
+                finally:
+                    await client.aclose()
+                agreed = agreed and any(int(primary[1]) == replica for _, _, primary, *_ in slots)
+            if agreed:
+                return
+            if asyncio.get_running_loop().time() > deadline:
+                raise TimeoutError("the failover did not complete")
+            await asyncio.sleep(0.05)
+
+    async def _pong_port(self, port: int) -> bool:
+        client = Redis(port=port, socket_connect_timeout=0.5)
+        try:
+            return bool(await client.ping())
+        finally:
+            await client.aclose()
+
     async def close(self) -> None:
         for server in self.servers:
             await server.close()
@@ -145,11 +223,11 @@ async def command(client: Redis, *args: Any) -> Any:
     return await client.execute_command(*args)  # type: ignore[no-untyped-call]
 
 
-def _command(port: int, workdir: Path) -> list[str]:
+def _command(port: int, workdir: Path, bus: int) -> list[str]:
     return [
         *(binary("redis-server", "redis-server"), "--port", str(port), "--bind", "127.0.0.1", "--dir", str(workdir)),
         *("--cluster-enabled", "yes", "--cluster-config-file", str(workdir / "nodes.conf")),
-        *("--cluster-port", str(free_port())),  # not port + 10000, which may be out of free_port's range
+        *("--cluster-port", str(bus)),
         *("--cluster-node-timeout", "2000", "--save", "", "--appendonly", "no", "--daemonize", "no"),
         *("--logfile", str(workdir / "redis.log")),
     ]
