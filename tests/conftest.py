@@ -491,6 +491,7 @@ E2E_FIXTURES = frozenset({
     "small_disk",  # mounts a file system
     "private_redis",  # test_banker_e2e: a Redis server of its own, stopped and restarted
     "redis_target",  # test_queues_e2e
+    "redis_cluster",  # test_redis_cluster_e2e: three redis-server primaries joined in a Redis Cluster
     "brokers",  # test_collector_kafka: librdkafka's mock cluster
     "s3_server",  # test_shipping: the object stores, moto's S3 and Azurite
     "azurite",

@@ -14,14 +14,14 @@ import itertools
 from collections.abc import Sequence
 
 import msgspec
-from redis.asyncio import Redis
 from redis.asyncio.retry import Retry
 from redis.backoff import NoBackoff
-from redis.exceptions import NoScriptError, RedisError
+from redis.exceptions import RedisError
 
 from trackpoint.collectors.base import Collector, CollectorContext, Health, SendResult
+from trackpoint.collectors.redis_cluster import Router
 from trackpoint.collectors.redis_streams.config import RedisStreamsCollectorConfig, seen_prefix, stream_key
-from trackpoint.collectors.resp import bulk, round_trip
+from trackpoint.collectors.resp import bulk
 from trackpoint.event import Event
 from trackpoint.security.secrets import env_secret
 
@@ -78,7 +78,7 @@ class RedisStreamsCollector(Collector):
         # EVALSHA sha 1 <stream> <window> <maxlen> <seen prefix> <events>: all but the last three are fixed.
         self._command_head = b"*8\r\n" + b"".join(bulk(part) for part in ("EVALSHA", SCRIPT_SHA, "1"))
         self._window_maxlen = bulk(str(config.dedupe_window_s)) + bulk(str(config.maxlen))
-        self._client: Redis | None = None
+        self._router: Router | None = None
         self._probe_task: asyncio.Task[None] | None = None
         self._last_contact = 0.0
         self._send_error = ""
@@ -87,29 +87,27 @@ class RedisStreamsCollector(Collector):
 
     async def start(self) -> None:
         config = self.config
-        self._client = Redis.from_url(
-            config.url,
-            password=self._password,
-            socket_timeout=config.timeout_s,
-            socket_connect_timeout=config.connect_timeout_s,
-            retry=Retry(NoBackoff(), 0),  # the base class retries batches, with backoff; the client must not
-        )
+        options = {
+            "password": self._password,
+            "socket_timeout": config.timeout_s,
+            "socket_connect_timeout": config.connect_timeout_s,
+            "retry": Retry(NoBackoff(), 0),  # the base class retries batches, with backoff; the client must not
+        }
+        # A plain server or a Redis Cluster (any node's URL): each stream's command goes to the node of its slot.
+        self._router = Router(config.url, options, SCRIPT)
         self._probe_task = asyncio.get_running_loop().create_task(self._probe(), name=f"probe-{self.name}")
         await super().start()
 
     async def send(self, batch: Sequence[Event]) -> SendResult:
-        client = self._client
-        if client is None:
+        router = self._router
+        if router is None:
             return SendResult.RETRY
         commands = self._commands(batch)
         self._last_contact = asyncio.get_running_loop().time()
         try:
             async with asyncio.timeout(self.config.timeout_s + self.config.connect_timeout_s):
-                try:
-                    replies = await round_trip(client, [commands], len(commands) // 3)
-                except NoScriptError:  # a restarted or failed-over server has an empty script cache
-                    await client.script_load(SCRIPT)
-                    replies = await round_trip(client, [commands], len(commands) // 3)
+                # NOSCRIPT (a restarted or failed-over server's empty script cache) loads the script and resends.
+                replies = await router.send(commands)
         except (RedisError, OSError, TimeoutError) as exc:
             self._send_error = f"{type(exc).__name__}: {exc}"
             return SendResult.RETRY
@@ -131,16 +129,17 @@ class RedisStreamsCollector(Collector):
             self._probe_task.cancel()
             with contextlib.suppress(asyncio.CancelledError):
                 await self._probe_task
-        if self._client is not None:
+        if self._router is not None:
             with contextlib.suppress(Exception):
-                await asyncio.wait_for(self._client.aclose(), 1.0)
+                await asyncio.wait_for(self._router.aclose(), 1.0)
 
     # --- commands ------------------------------------------------------------------------------------------------
 
-    def _commands(self, batch: Sequence[Event]) -> list[bytes]:
+    def _commands(self, batch: Sequence[Event]) -> list[tuple[str, tuple[bytes, bytes, bytes]]]:
         """One EVALSHA per stream (a script touches one cluster slot), each with that stream's events in order,
         packed as RESP by hand: the events are one argument, written as they were encoded (a copy of a few hundred
-        kilobytes per batch would cost the worker page faults, not just the copy)."""
+        kilobytes per batch would cost the worker page faults, not just the copy). Each comes with its stream, the
+        key that routes it to its node on a Redis Cluster."""
         if self._single_stream is not None:
             groups: list[tuple[str, Sequence[Event]]] = [(self._single_stream, batch)]
         else:  # one stream per type; a stable sort keeps each type's order
@@ -149,7 +148,7 @@ class RedisStreamsCollector(Collector):
                 for event_type, events in itertools.groupby(sorted(batch, key=_type_of), key=_type_of)
             ]
         encode_lines = self._encoder.encode_lines
-        chunks: list[bytes] = []
+        commands: list[tuple[str, tuple[bytes, bytes, bytes]]] = []
         for stream, events in groups:
             lines = encode_lines(events)
             head = b"%b%b%b%b$%d\r\n" % (
@@ -159,8 +158,8 @@ class RedisStreamsCollector(Collector):
                 bulk(seen_prefix(stream)),
                 len(lines),
             )
-            chunks += (head, lines, b"\r\n")
-        return chunks
+            commands.append((stream, (head, lines, b"\r\n")))
+        return commands
 
     def _keys_of(self, event_type: str) -> tuple[str, str]:
         stream = stream_key(self.config.stream, event_type)
@@ -173,11 +172,11 @@ class RedisStreamsCollector(Collector):
         """Pings when no batch went out for a while, so an idle collector's health follows the server's."""
         loop = asyncio.get_running_loop()
         while True:
-            if self._client is not None and loop.time() - self._last_contact >= PROBE_INTERVAL_S:
+            if self._router is not None and loop.time() - self._last_contact >= PROBE_INTERVAL_S:
                 self._last_contact = loop.time()
                 try:
                     async with asyncio.timeout(self.config.timeout_s + self.config.connect_timeout_s):
-                        await self._client.ping()
+                        await self._router.seed.ping()
                     self._probe_error = ""
                 except (RedisError, OSError, TimeoutError) as exc:
                     self._probe_error = f"{type(exc).__name__}: {exc}"

@@ -22,7 +22,9 @@ class RedisStreamsCollectorConfig(CollectorBase, tag="redis_streams"):
         str,
         Meta(
             description="Redis URL: `redis://host:6379/0`, `rediss://` for TLS, `unix:///path?db=0`. Put the "
-            "password in `password_env`, not here."
+            "password in `password_env`, not here. For Redis Cluster, the URL of any primary (database 0): the "
+            "slot map is read from it, each stream is written on the primary that owns its slot, and MOVED and "
+            "ASK redirects (resharding, failover) are followed."
         ),
     ] = "redis://127.0.0.1:6379/0"
     password_env: Annotated[
@@ -33,7 +35,8 @@ class RedisStreamsCollectorConfig(CollectorBase, tag="redis_streams"):
         Meta(
             min_length=1,
             description="Stream key of each event; `{type}` is replaced by the event type, the rest is literal. "
-            "For Redis Cluster a hash tag may be given (`{tp}:{type}` keeps every stream in one slot).",
+            "On Redis Cluster each stream (with its dedupe keys) lives in its own slot, spread over the "
+            "primaries; a hash tag (`{tp}:{type}`) keeps every stream in one slot, so on one primary.",
         ),
     ] = "trackpoint:{type}"
     maxlen: Annotated[
