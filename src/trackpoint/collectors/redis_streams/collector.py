@@ -124,7 +124,7 @@ if stored ~= bucket_s then
   else
     call('HSET', state_key, 'bucket_s', bucket_s)
   end
-elseif tonumber(state[3]) and now < tonumber(state[4]) then
+elseif tonumber(state[3]) and now < (tonumber(state[4]) or 0) then
   sizes[2] = tonumber(state[3])
 end
 
