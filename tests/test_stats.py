@@ -201,6 +201,7 @@ def test_an_exited_workers_gauges_stop_counting_and_its_counters_stay() -> None:
                 received=900, sent=100, retried=50, dropped=3, errors=4, spool_lost_records=1,
                 pending=60, spooled_bytes=65209, spooled_events=742, spool_max_bytes=65536,
                 healthy=False, accepting=False, required=True, last_success_s=1234.0, outcomes={"applied": 5},
+                levels={"dedupe_ids": 99},
             )
         },
     )  # fmt: skip
@@ -260,6 +261,7 @@ def test_metrics_render_parses_with_the_expected_samples() -> None:
         {
             "log": CollectorStats(received=7, sent=6, dropped=1, errors=2, pending=1, healthy=True),
             "stdout": CollectorStats(received=7, sent=7, healthy=False),
+            "queue": CollectorStats(levels={"dedupe_ids": 7200}),
         },
     )
     state = SupervisorState()
@@ -295,6 +297,7 @@ def test_metrics_render_parses_with_the_expected_samples() -> None:
     assert sample(samples, "trackpoint_collector_pending", collector="log") == 1
     assert sample(samples, "trackpoint_collector_healthy", collector="log") == 1
     assert sample(samples, "trackpoint_collector_healthy", collector="stdout") == 0
+    assert sample(samples, "trackpoint_collector_level", collector="queue", level="dedupe_ids") == 7200
     assert sample(samples, "trackpoint_workers_ready") == 2
     assert sample(samples, "trackpoint_workers_wanted") == 4
     assert sample(samples, "trackpoint_worker_restarts_total") == 1
@@ -306,6 +309,7 @@ def test_metrics_render_parses_with_the_expected_samples() -> None:
     assert types[name] == "histogram"
     assert types["trackpoint_connections"] == "gauge"
     assert types["trackpoint_collector_pending"] == "gauge"
+    assert types["trackpoint_collector_level"] == "gauge"
 
 
 def test_metrics_of_an_empty_snapshot() -> None:

@@ -247,9 +247,16 @@ def _collector_metrics(snap: Snapshot) -> Iterator[Metric]:
         "Collector-specific counts (banker: applied, duplicates, notifications, skipped_<reason>), by collector.",
         labels=["collector", "outcome"],
     )
+    levels = GaugeMetricFamily(
+        "trackpoint_collector_level",
+        "Collector-specific levels (redis_streams: dedupe_ids, the event ids its dedupe state holds), by collector.",
+        labels=["collector", "level"],
+    )
     for name, stats in sorted(snap.collectors.items()):
         for outcome, value in sorted(stats.outcomes.items()):
             details.add_metric([name, outcome], value)
+        for level, value in sorted(stats.levels.items()):
+            levels.add_metric([name, level], value)
         for outcome, counter in families.items():
             counter.add_metric([name], getattr(stats, outcome))
         for gauge, family in gauges.items():
@@ -260,7 +267,7 @@ def _collector_metrics(snap: Snapshot) -> Iterator[Metric]:
         accepting.add_metric([name], 1 if stats.accepting else 0)
     yield from families.values()
     yield from gauges.values()
-    yield from (errors, lost, healthy, accepting, details)
+    yield from (errors, lost, healthy, accepting, details, levels)
 
 
 class CollectorInfo:

@@ -127,6 +127,8 @@ class CollectorStats(msgspec.Struct):
     problem: str = ""
     # What a collector counts beyond these, by name (monotonic): see Collector.outcomes().
     outcomes: dict[str, int] = {}
+    # What a collector measures beyond these, by name (gauges): see Collector.levels().
+    levels: dict[str, int] = {}
 
 
 # The fields of CollectorStats that are levels of one running process, not totals: what a worker that exited (or was
@@ -140,6 +142,7 @@ COLLECTOR_GAUGES: Final = (
     "healthy",
     "accepting",
     "problem",
+    "levels",
 )
 
 
@@ -422,6 +425,13 @@ class Collector(ABC):
 
     def outcomes(self) -> dict[str, int]:
         """Counters of this collector's own (monotonic), reported as trackpoint_collector_outcomes_total."""
+        return {}
+
+    def levels(self) -> dict[str, int]:
+        """Gauges of this collector's own, reported as trackpoint_collector_level{collector, level}: summed over
+        the workers like `pending`, so a level of the shared target (not of this process) is reported by the
+        worker in slot 0 alone (`context.worker == 0`). Read once a second: return what a periodic task measured,
+        never do I/O here."""
         return {}
 
     async def idle(self, seconds: float) -> bool:
@@ -1136,6 +1146,7 @@ class Collector(ABC):
             self.stats.last_success_s = time.time()
         try:
             self.stats.outcomes = self.outcomes()
+            self.stats.levels = self.levels()
         except Exception as exc:
             self._note_error(exc)
         return msgspec.structs.replace(self.stats)

@@ -101,6 +101,12 @@ class Router:
                 return replies
         raise ClusterRedirectError(f"still redirected after {MAX_REDIRECTS} hops: {sorted(todo.values())[0]}")
 
+    async def client_for(self, key: str) -> Redis:
+        """The client of the node that holds `key`: the server itself when it is not a cluster."""
+        if self.cluster is None or (self.cluster and self._stale):
+            await self.refresh()
+        return self._client(self._slots[key_slot(key.encode())]) if self.cluster else self.seed
+
     async def refresh(self) -> None:
         """Reads the slot map (or learns that the server is not a cluster) from the seed or any node known."""
         error: Exception | None = None
