@@ -408,6 +408,41 @@ def test_pending_counts_the_batch_a_running_send_took(tmp_path: Path) -> None:
     run(main)
 
 
+def test_a_send_in_flight_past_send_stall_s_is_unhealthy_before_its_timeout(tmp_path: Path) -> None:
+    """A target that takes the connection and never answers (a paused Redis): the collector read healthy, and a
+    required one kept /readyz ready, until the send's timeout (30 s here). Past send_stall_s in flight it is
+    unhealthy, and saying so; healthy again once the send ends. Slow sends that end within it never read unhealthy."""
+
+    async def main() -> None:
+        collector = flaky(tmp_path, send_timeout_s=3600.0, send_stall_s=1.0)
+        await collector.start()
+        collector.latency_s = 0.02  # a slow target, answering: healthy at every look
+        offered = events(0, 200)
+        looks = 0
+        for event in offered[:20]:
+            collector.offer(event)
+            collector._wake.set()  # a send per event: 20 slow sends
+            while collector.delivered[-1:] != [event.id]:
+                stats = collector.snapshot()
+                assert stats.healthy, stats.problem
+                looks += 1
+                await asyncio.sleep(0.01)
+        assert looks >= 20
+        await hang_a_send(collector, offered[20:50])
+        await eventually(lambda: "send in flight for" in collector.snapshot().problem)
+        stats = collector.snapshot()
+        assert not stats.healthy and "send_stall_s 1 s" in stats.problem and stats.pending == 30, stats
+        for event in offered[50:]:
+            collector.offer(event)  # the backlog a hung target leaves grows meanwhile
+        assert collector.snapshot().pending == 180
+        collector.mode = "ok"
+        collector.released.set()  # the target answers again
+        await eventually(lambda: collector.snapshot().healthy)
+        await resume_in_order(collector, offered, release=True)
+
+    run(main)
+
+
 @pytest.mark.parametrize("resumes", ["released", "timed out"])
 @pytest.mark.parametrize("hung", ["sending memory", "draining the spool"])
 def test_a_hung_target_spools_what_exceeds_max_pending_events_and_catches_up_in_order(

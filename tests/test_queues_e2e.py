@@ -6,8 +6,10 @@ The queue is a private Redis server (tests/conformance/target_redis_streams.py),
 from __future__ import annotations
 
 import asyncio
+import json
 import os
 import signal
+import subprocess
 import time
 from collections.abc import Callable, Iterator
 from typing import Any
@@ -101,6 +103,43 @@ def test_readiness_follows_a_required_collector(tracker_factory: Any, redis_targ
     assert b'"required_collectors_unhealthy":["queue"]' in tracker.admin("GET", "/readyz")[2]
     asyncio.run(redis_target.start())
     eventually(lambda: ready() == 200, 30, "readiness to come back")
+
+
+def redis_cli(target: RedisStreamsTarget, *command: str) -> None:
+    subprocess.run(["redis-cli", "-p", str(target.server.port), *command], check=True, capture_output=True)
+
+
+@pytest.mark.timeout(90)
+def test_a_paused_redis_fails_readiness_while_the_send_hangs_not_at_its_timeout(
+    tracker_factory: Any, redis_target: RedisStreamsTarget
+) -> None:
+    """A Redis that takes the connection and never answers (CLIENT PAUSE: as a blackholed or frozen server): with
+    a round trip allowed 60 s, the required collector read healthy, and /readyz said ready, for 61 s while the
+    backlog grew. With the default send_stall_s (2 s) /readyz fails within seconds, saying why, well within a
+    15 s pause; once Redis answers it is ready again and every event is in the stream."""
+    queue = redis_target.collector_config() | {"required": True, "timeout_s": 60.0, "retry_initial_ms": 100}
+    tracker: Tracker = tracker_factory(queue_config(queue))
+    assert tracker.get("/i?imp=before&cid=c1")[0] == 200
+    eventually(lambda: len(asyncio.run(redis_target.read_ids())) == 1, 10, "the first event in the stream")
+    # Redis 7.0 holds even CLIENT UNPAUSE until a pause of ALL ends: the pause ends by itself.
+    pause_ends = time.monotonic() + 15
+    redis_cli(redis_target, "CLIENT", "PAUSE", "15000", "ALL")
+    sent = 0
+    while True:
+        assert tracker.get(f"/i?imp=p-{sent}&cid=c1")[0] == 200  # clients never wait for the queue
+        sent += 1
+        status, _, body = tracker.admin("GET", "/readyz")
+        if status == 503:
+            break
+        assert time.monotonic() < pause_ends, "/readyz ready all through the pause, the send hanging"
+        time.sleep(0.05)
+    problems = json.loads(body)["collector_problems"]
+    assert "send in flight for" in problems["queue"] and "send_stall_s 2 s" in problems["queue"], problems
+    assert tracker.metric("trackpoint_collector_pending", 'collector="queue"') >= 1
+    eventually(lambda: tracker.admin("GET", "/readyz")[0] == 200, 30, "readiness to come back")
+    logged = {event.id for event in tracker.wait_events(1 + sent)}
+    assert len(logged) == 1 + sent
+    eventually(lambda: logged <= set(asyncio.run(redis_target.read_ids())), 30, "every logged event in the stream")
 
 
 def gauges(tracker: Tracker, collector: str) -> dict[str, float]:

@@ -169,6 +169,7 @@ class Collector(ABC):
         self.batch_max = config.batch_max_events
         self.flush_interval_s = config.flush_interval_ms / 1000
         self.send_timeout_s = config.send_timeout_s
+        self.send_stall_s = config.send_stall_s
         self.start_timeout_s = config.start_timeout_s
         self.retry_initial_s = config.retry_initial_ms / 1000
         self.retry_max_s = config.retry_max_ms / 1000
@@ -198,6 +199,9 @@ class Collector(ABC):
         # send_timeout_s, or returned something else. Unhealthy meanwhile, whatever health() says: a RETRY is the
         # collector's answer (its health() says why), these are faults its health() may know nothing of.
         self._send_failure = ""
+        # When the running call of send() began (time.monotonic(); 0: none runs): one in flight beyond send_stall_s
+        # makes the collector unhealthy before its timeout ends it. Set per batch, read by snapshot() once a second.
+        self._send_began = 0.0
         # Why start() failed ("" once it succeeded): the collector runs not started (launch), start() tried again
         # from the flush loop at _start_at.
         self._start_failure = ""
@@ -500,6 +504,7 @@ class Collector(ABC):
             failure += "is made until it ends"
         else:
             called = True
+            self._send_began = time.monotonic()
             try:
                 task = await self._within(self.send(batch), self.send_timeout_s, "send")
                 if task is None:
@@ -511,6 +516,8 @@ class Collector(ABC):
             except Exception as exc:  # a collector's failure must never reach the request path
                 self._note_error(exc)  # logged by its type: its text may hold anything (an event id)
                 failure, raised = f"send raised {type(exc).__name__}: {str(exc)[:200]}", True
+            finally:
+                self._send_began = 0.0
         if result is SendResult.DELIVERED:
             self.stats.sent += len(batch) - self._refused
             if self._failures:
@@ -1121,7 +1128,16 @@ class Collector(ABC):
             problems.append(f"not started: {self._start_failure}")
         if self._send_failure:
             problems.append(self._send_failure)
-        stuck_s = time.monotonic() - self._stray_since
+        now = time.monotonic()
+        # A target that takes the connection but does not answer holds the send until its timeout, meanwhile
+        # unanswered by anything that health() could read: how long the send has run is what tells.
+        in_flight_s = now - self._send_began
+        if self._send_began and self.send_stall_s and in_flight_s >= self.send_stall_s:
+            problems.append(
+                f"send in flight for {in_flight_s:.0f} s (over send_stall_s {self.send_stall_s:g} s): the target "
+                "does not answer"
+            )
+        stuck_s = now - self._stray_since
         if self._stray and stuck_s >= STUCK_AFTER_S:
             problems.append(
                 f"a call abandoned {stuck_s:.0f} s ago after its timeout is still running (it ignored its "

@@ -796,6 +796,18 @@ class CollectorBase(Struct, tag_field="type", forbid_unknown_fields=True, kw_onl
         Seconds,
         Meta(description="A send that takes longer is abandoned and retried (a hung target or plugin is isolated)."),
     ] = 30.0
+    send_stall_s: Annotated[
+        float,
+        Meta(
+            ge=0,
+            le=86_400,
+            description="A send still running after this long makes the collector unhealthy (`send in flight for N "
+            "s` in /readyz; a `required` one fails it) until a send ends, without waiting for its timeout: a target "
+            "that takes the connection but does not answer (a blackholed broker, a paused Redis, a stopped NATS) "
+            "shows within this, not at the first timeout (send_timeout_s, or the collector's own). Sends normally "
+            "take milliseconds; raise it for a target whose sends are slow by nature. 0: only the timeout tells.",
+        ),
+    ] = 2.0
     start_timeout_s: Annotated[
         Seconds,
         Meta(
