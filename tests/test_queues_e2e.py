@@ -6,6 +6,7 @@ The queue is a private Redis server (tests/conformance/target_redis_streams.py),
 from __future__ import annotations
 
 import asyncio
+import http.client
 import json
 import os
 import signal
@@ -140,6 +141,64 @@ def test_a_paused_redis_fails_readiness_while_the_send_hangs_not_at_its_timeout(
     logged = {event.id for event in tracker.wait_events(1 + sent)}
     assert len(logged) == 1 + sent
     eventually(lambda: logged <= set(asyncio.run(redis_target.read_ids())), 30, "every logged event in the stream")
+
+
+@pytest.mark.timeout(120)
+def test_large_events_for_a_hung_queue_stay_within_max_pending_bytes(
+    tracker_factory: Any, redis_target: RedisStreamsTarget
+) -> None:
+    """A frozen Redis (SIGSTOP) and a flood of 15 KB events (a long User-Agent and Referer, for a trusted
+    collector): memory held all 3,000 (max_pending_events is 20,000), some 50 MB of the worker's memory, where the
+    operator had allowed 8 MiB. Now the collector stops at max_pending_bytes under its policy (the spool off: the
+    newest dropped, counted), its gauge and the worker's resident memory say so, and what it held is delivered once
+    Redis runs again."""
+    bound = 8 << 20
+    queue = redis_target.collector_config() | {
+        "trusted": True,
+        "timeout_s": 60.0,
+        "retry_initial_ms": 100,
+        "max_pending_bytes": bound,
+        "spool": {"enabled": False},
+    }
+    tracker: Tracker = tracker_factory(queue_config(queue))
+    label = 'collector="queue"'
+    for i in range(20):
+        assert tracker.get(f"/i?imp=warm-{i}&cid=c1")[0] == 200
+    eventually(lambda: len(asyncio.run(redis_target.read_ids())) == 20, 10, "the first events in the stream")
+    assert tracker.wait_metric("trackpoint_collector_sent_total", label, 20) == 20  # a report since: its RSS
+    rss_before = tracker.metric("trackpoint_worker_rss_bytes", 'slot="0"')
+    assert rss_before > 0
+    assert redis_target.server.pid is not None
+    os.kill(redis_target.server.pid, signal.SIGSTOP)
+    flood = 3000
+    try:
+        connection = http.client.HTTPConnection("127.0.0.1", tracker.port, timeout=10)
+        headers = {"User-Agent": "Mozilla/5.0 " + "u" * 8000, "Referer": "https://example.com/" + "r" * 7000}
+        for i in range(flood):
+            connection.request("GET", f"/i?imp=flood-{i}&cid=c1", headers=headers)
+            response = connection.getresponse()
+            response.read()
+            assert response.status == 200  # clients never wait for the queue
+        connection.close()
+
+        def offered() -> float:
+            return tracker.metric("trackpoint_collector_received_total", label) + tracker.metric(
+                "trackpoint_collector_dropped_total", label
+            )
+
+        eventually(lambda: offered() == 20 + flood, 20, "every event offered to the collector")  # one report
+        held = tracker.metric("trackpoint_collector_pending", label)
+        memory = tracker.metric("trackpoint_collector_memory_bytes", label)
+        rss_growth = tracker.metric("trackpoint_worker_rss_bytes", 'slot="0"') - rss_before
+        assert 300 < held < 700, held  # of 3,000: about 8 MiB of 15 KB events
+        assert bound - 20_000 <= memory <= bound + 20_000, memory  # within an event of the bound
+        assert rss_growth < 3 * bound, rss_growth  # the 3,000 held: some 50 MB
+        assert tracker.metric("trackpoint_collector_dropped_total", label) == flood - held
+    finally:
+        os.kill(redis_target.server.pid, signal.SIGCONT)
+    assert tracker.wait_metric("trackpoint_collector_sent_total", label, 20 + held, timeout_s=30) == 20 + held
+    assert tracker.wait_metric_at_most("trackpoint_collector_memory_bytes", label, 0) == 0
+    assert len(asyncio.run(redis_target.read_ids())) == 20 + held
 
 
 def gauges(tracker: Tracker, collector: str) -> dict[str, float]:
