@@ -11,7 +11,7 @@ import signal
 import subprocess
 import time
 import uuid
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Callable
 from contextlib import asynccontextmanager
 from pathlib import Path
 from typing import Any
@@ -322,6 +322,47 @@ def test_a_stalled_server_makes_the_batch_retry_within_the_ack_timeout(tmp_path:
             assert await target.send(batch) is SendResult.DELIVERED
             await target.close(1.0)
             assert await server.read_ids() == [e.id for e in batch]
+        finally:
+            await server.close()
+
+    asyncio.run(main())
+
+
+def test_a_stopped_server_makes_the_collector_unhealthy_while_the_send_waits(tmp_path: Path) -> None:
+    """A stopped nats-server keeps its socket open: the publishes' acks never come, and the collector read healthy
+    until ack_timeout_s (30 s here). It is unhealthy once the send has been in flight send_stall_s, and delivers
+    everything once the server runs again."""
+
+    async def holds(condition: Callable[[], bool], timeout_s: float = 10.0) -> None:
+        async def check() -> bool:
+            return condition()
+
+        await until(check, timeout_s)
+
+    async def main() -> None:
+        server = await make_target()
+        try:
+            options = {**server.collector_config(), "ack_timeout_s": 30.0, "send_stall_s": 0.5}
+            target = collector(msgspec.convert(options, NatsCollectorConfig), tmp_path)
+            await target.start()
+            await until_connected(target)
+            offered = [make_event(i) for i in range(60)]
+            for event in offered[:10]:
+                target.offer(event)
+            await holds(lambda: target.stats.sent == 10)
+            assert server.server.pid is not None
+            os.kill(server.server.pid, signal.SIGSTOP)
+            try:
+                for event in offered[10:]:
+                    target.offer(event)
+                await holds(lambda: "send in flight for" in target.snapshot().problem)
+                stats = target.snapshot()
+                assert not stats.healthy and stats.pending == 50 and stats.errors == 0, stats  # no timeout yet
+            finally:
+                os.kill(server.server.pid, signal.SIGCONT)
+            await holds(lambda: target.stats.sent == 60 and target.snapshot().healthy, 30)
+            await target.close(1.0)
+            assert await server.read_ids() == [e.id for e in offered]
         finally:
             await server.close()
 

@@ -23,6 +23,9 @@ import pytest
 
 from conftest import SmallDisk
 from trackpoint.collectors.base import (
+    ENTRY_OVERHEAD_BYTES,
+    EVENT_OVERHEAD_BYTES,
+    SPILL_STEP_BYTES,
     SPILL_STEP_EVENTS,
     Collector,
     CollectorContext,
@@ -408,6 +411,41 @@ def test_pending_counts_the_batch_a_running_send_took(tmp_path: Path) -> None:
     run(main)
 
 
+def test_a_send_in_flight_past_send_stall_s_is_unhealthy_before_its_timeout(tmp_path: Path) -> None:
+    """A target that takes the connection and never answers (a paused Redis): the collector read healthy, and a
+    required one kept /readyz ready, until the send's timeout (30 s here). Past send_stall_s in flight it is
+    unhealthy, and saying so; healthy again once the send ends. Slow sends that end within it never read unhealthy."""
+
+    async def main() -> None:
+        collector = flaky(tmp_path, send_timeout_s=3600.0, send_stall_s=1.0)
+        await collector.start()
+        collector.latency_s = 0.02  # a slow target, answering: healthy at every look
+        offered = events(0, 200)
+        looks = 0
+        for event in offered[:20]:
+            collector.offer(event)
+            collector._wake.set()  # a send per event: 20 slow sends
+            while collector.delivered[-1:] != [event.id]:
+                stats = collector.snapshot()
+                assert stats.healthy, stats.problem
+                looks += 1
+                await asyncio.sleep(0.01)
+        assert looks >= 20
+        await hang_a_send(collector, offered[20:50])
+        await eventually(lambda: "send in flight for" in collector.snapshot().problem)
+        stats = collector.snapshot()
+        assert not stats.healthy and "send_stall_s 1 s" in stats.problem and stats.pending == 30, stats
+        for event in offered[50:]:
+            collector.offer(event)  # the backlog a hung target leaves grows meanwhile
+        assert collector.snapshot().pending == 180
+        collector.mode = "ok"
+        collector.released.set()  # the target answers again
+        await eventually(lambda: collector.snapshot().healthy)
+        await resume_in_order(collector, offered, release=True)
+
+    run(main)
+
+
 @pytest.mark.parametrize("resumes", ["released", "timed out"])
 @pytest.mark.parametrize("hung", ["sending memory", "draining the spool"])
 def test_a_hung_target_spools_what_exceeds_max_pending_events_and_catches_up_in_order(
@@ -525,6 +563,133 @@ def test_drop_oldest_during_a_hung_send_counts_the_batch_being_sent_only_if_it_f
         assert delivered[:20] == [e.id for e in offered[:20]]  # the batch that was being sent
         assert len(set(delivered)) == len(delivered) == stats.sent and delivered == sorted(delivered)
         assert stats.sent + stats.dropped == stats.received == 3000
+
+    run(main)
+
+
+# An impression of the default configuration, as a trusted collector gets it (a real tracker's log line).
+IMPRESSION = msgspec.json.decode(
+    b'{"id":"b4a271c9a43831d483dc8588b0e70fde","type":"impression","ts":1796559199252,"dims":{"imp":"0123456789abcdef",'
+    b'"cid":"campaign-42","crid":"creative-7","pub":"publisher-3","consent":"not_applicable"},"metrics":{},"ctx":{'
+    b'"ip":"127.0.0.0","ua":"Mozilla/5.0 (Windows NT 10.0; Win64; x64) AppleWebKit/537.36 (KHTML, like Gecko) '
+    b'Chrome/120.0.0.0 Safari/537.36","referer":"https://news.example.com/article/2024/05/some-long-article-slug?utm'
+    b'_source=x","device":{"browser":"Chrome","browser_major":"120","os":"Windows","os_major":"10"}},"meta":{'
+    b'"worker":0,"config":"77ab5e7a094e","schema":1}}',
+    type=Event,
+)
+
+
+def impressions(start: int, count: int, ua_bytes: int = 0) -> list[Event]:
+    """Default impressions with ids of their own; `ua_bytes`: with a user agent that long."""
+    ua = IMPRESSION.ctx.ua if not ua_bytes else "Mozilla/5.0 " + "x" * (ua_bytes - 12)
+    return [
+        msgspec.structs.replace(
+            IMPRESSION,
+            id=f"{i:032x}",
+            dims={**IMPRESSION.dims, "imp": f"imp-{i}"},
+            ctx=msgspec.structs.replace(IMPRESSION.ctx, ua=ua),
+        )
+        for i in range(start, start + count)
+    ]
+
+
+def estimated(held: Sequence[Event]) -> int:
+    """What the collector should count for these events in memory: encoded length plus the objects' overhead."""
+    encoder = msgspec.msgpack.Encoder()
+    overhead = EVENT_OVERHEAD_BYTES + ENTRY_OVERHEAD_BYTES * 5  # 5 dims, no metrics
+    return sum(len(encoder.encode(event)) + overhead for event in held)
+
+
+@pytest.mark.parametrize("policy", ["drop_newest, spool off", "backpressure, spool off", "spool"])
+def test_large_events_are_bounded_in_bytes_as_normal_ones_are_in_events(tmp_path: Path, policy: str) -> None:
+    """A hung target and events of 16 KB (a long user agent; fields up to their max_len): memory held 20,000 of
+    them, 320 MB, whatever max_pending_bytes an operator sized the container for. Now the batch and the batch
+    being sent stop at max_pending_bytes (a quarter more while the spill catches up, or for the requests already
+    past a closed gate) under the same policy as the event bound: moved to the spool, or dropped (counted), or 503;
+    the gauge says what they take."""
+
+    async def main() -> None:
+        spool = {"enabled": False} if "spool off" in policy else {}
+        when_full = "backpressure" if "backpressure" in policy else "drop_newest"
+        bound = 4 << 20
+        collector = flaky(tmp_path, trusted=True, max_pending_bytes=bound, spool={**spool, "when_full": when_full})
+        await collector.start()
+        offered = impressions(0, 1000, ua_bytes=16_000)  # 16 MB
+        one = estimated(offered[:1])
+        await hang_a_send(collector, offered[:10])
+        await offer_under_hang(collector, offered[10:], gated=when_full == "backpressure")
+        stats = collector.snapshot()
+        # In memory: the batch being sent (spooled or not, its send holds it) and the memory batch.
+        assert stats.memory_bytes == estimated(offered[:10] + collector._pending)
+        if policy == "spool":
+            assert stats.dropped == 0 and stats.received == 1000 and stats.spooled_events > 0
+            assert stats.memory_bytes <= collector.memory_cap_bytes + one
+        elif when_full == "backpressure":
+            assert stats.dropped == 0 and not collector.accepting and stats.spooled_events == 0, stats
+            assert bound <= stats.memory_bytes <= collector.memory_cap_bytes + one
+        else:
+            assert stats.dropped == 1000 - stats.received and stats.spooled_events == 0, stats
+            assert bound - one <= stats.memory_bytes <= bound + one
+        assert stats.pending < 400  # where max_pending_events (20,000) would have held them all
+        collector.mode = "ok"
+        collector.released.set()
+        accepted = offered[: stats.received]
+        await eventually(lambda: collector.delivered == [e.id for e in accepted] and collector.accepting)
+        assert collector.snapshot().memory_bytes == 0
+        await collector.close(5.0)
+
+    run(main)
+
+
+def test_the_spill_moves_large_events_in_steps_and_records_bounded_in_bytes(tmp_path: Path) -> None:
+    """1,024 events of 64 KB made one spool record and one step of the spill, 64 MB encoded and written with no
+    request served meanwhile. A step now moves about SPILL_STEP_BYTES, in records of at most that."""
+
+    async def main() -> None:
+        collector = flaky(tmp_path, trusted=True, send_timeout_s=0.2)
+        await collector.start()
+        collector.mode = "hang"
+        offered = impressions(0, 300, ua_bytes=64_000)  # 19 MB: within max_pending_bytes, all in memory
+        one = estimated(offered[:1])
+        for event in offered:
+            collector.offer(event)
+        await eventually(lambda: collector.attempts == 1)
+        assert collector.snapshot().spooled_events == 0
+        steps = []
+        while collector.snapshot().spooled_events < 300:  # the send times out, then memory moves to the spool
+            before = collector.snapshot().spooled_events
+            await asyncio.sleep(0)
+            steps.append(collector.snapshot().spooled_events - before)
+        moved = [step * one for step in steps if step]
+        assert len(moved) >= 300 * one // (2 * SPILL_STEP_BYTES) and max(moved) <= 2 * (SPILL_STEP_BYTES + one), moved
+        assert collector._spool is not None and collector._spool.records >= 300 * one // (SPILL_STEP_BYTES + one)
+        collector.mode = "ok"
+        await eventually(lambda: len(collector.delivered) == 300)
+        assert collector.delivered == [e.id for e in offered] and collector.snapshot().memory_bytes == 0
+        await collector.close(5.0)
+
+    run(main)
+
+
+def test_normal_events_still_stop_at_max_pending_events_with_the_default_byte_bound(tmp_path: Path) -> None:
+    """The default max_pending_bytes (40 MiB) leaves events of the default configuration to the event bound, as
+    before: a hung send and no spool hold exactly max_pending_events in the batch, beside the batch being sent."""
+
+    async def main() -> None:
+        collector = flaky(tmp_path, trusted=True, spool={"enabled": False})
+        assert (collector.max_pending, collector.max_pending_bytes) == (20_000, 40 << 20)
+        await collector.start()
+        offered = impressions(0, 25_000)
+        await hang_a_send(collector, offered[:3000])  # a flush of 100 ms at 30,000 requests/s
+        for event in offered[3000:]:
+            collector.offer(event)
+        stats = collector.snapshot()
+        assert (stats.received, stats.dropped, stats.pending) == (23_000, 2000, 23_000)
+        assert stats.memory_bytes == estimated(offered[:23_000]) < 0.8 * collector.max_pending_bytes
+        collector.mode = "ok"
+        collector.released.set()
+        await eventually(lambda: collector.delivered == [e.id for e in offered[:23_000]])
+        await collector.close(5.0)
 
     run(main)
 

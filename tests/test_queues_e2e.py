@@ -6,8 +6,11 @@ The queue is a private Redis server (tests/conformance/target_redis_streams.py),
 from __future__ import annotations
 
 import asyncio
+import http.client
+import json
 import os
 import signal
+import subprocess
 import time
 from collections.abc import Callable, Iterator
 from typing import Any
@@ -101,6 +104,101 @@ def test_readiness_follows_a_required_collector(tracker_factory: Any, redis_targ
     assert b'"required_collectors_unhealthy":["queue"]' in tracker.admin("GET", "/readyz")[2]
     asyncio.run(redis_target.start())
     eventually(lambda: ready() == 200, 30, "readiness to come back")
+
+
+def redis_cli(target: RedisStreamsTarget, *command: str) -> None:
+    subprocess.run(["redis-cli", "-p", str(target.server.port), *command], check=True, capture_output=True)
+
+
+@pytest.mark.timeout(90)
+def test_a_paused_redis_fails_readiness_while_the_send_hangs_not_at_its_timeout(
+    tracker_factory: Any, redis_target: RedisStreamsTarget
+) -> None:
+    """A Redis that takes the connection and never answers (CLIENT PAUSE: as a blackholed or frozen server): with
+    a round trip allowed 60 s, the required collector read healthy, and /readyz said ready, for 61 s while the
+    backlog grew. With the default send_stall_s (2 s) /readyz fails within seconds, saying why, well within a
+    15 s pause; once Redis answers it is ready again and every event is in the stream."""
+    queue = redis_target.collector_config() | {"required": True, "timeout_s": 60.0, "retry_initial_ms": 100}
+    tracker: Tracker = tracker_factory(queue_config(queue))
+    assert tracker.get("/i?imp=before&cid=c1")[0] == 200
+    eventually(lambda: len(asyncio.run(redis_target.read_ids())) == 1, 10, "the first event in the stream")
+    # Redis 7.0 holds even CLIENT UNPAUSE until a pause of ALL ends: the pause ends by itself.
+    pause_ends = time.monotonic() + 15
+    redis_cli(redis_target, "CLIENT", "PAUSE", "15000", "ALL")
+    sent = 0
+    while True:
+        assert tracker.get(f"/i?imp=p-{sent}&cid=c1")[0] == 200  # clients never wait for the queue
+        sent += 1
+        status, _, body = tracker.admin("GET", "/readyz")
+        if status == 503:
+            break
+        assert time.monotonic() < pause_ends, "/readyz ready all through the pause, the send hanging"
+        time.sleep(0.05)
+    problems = json.loads(body)["collector_problems"]
+    assert "send in flight for" in problems["queue"] and "send_stall_s 2 s" in problems["queue"], problems
+    assert tracker.metric("trackpoint_collector_pending", 'collector="queue"') >= 1
+    eventually(lambda: tracker.admin("GET", "/readyz")[0] == 200, 30, "readiness to come back")
+    logged = {event.id for event in tracker.wait_events(1 + sent)}
+    assert len(logged) == 1 + sent
+    eventually(lambda: logged <= set(asyncio.run(redis_target.read_ids())), 30, "every logged event in the stream")
+
+
+@pytest.mark.timeout(120)
+def test_large_events_for_a_hung_queue_stay_within_max_pending_bytes(
+    tracker_factory: Any, redis_target: RedisStreamsTarget
+) -> None:
+    """A frozen Redis (SIGSTOP) and a flood of 15 KB events (a long User-Agent and Referer, for a trusted
+    collector): memory held all 3,000 (max_pending_events is 20,000), some 50 MB of the worker's memory, where the
+    operator had allowed 8 MiB. Now the collector stops at max_pending_bytes under its policy (the spool off: the
+    newest dropped, counted), its gauge and the worker's resident memory say so, and what it held is delivered once
+    Redis runs again."""
+    bound = 8 << 20
+    queue = redis_target.collector_config() | {
+        "trusted": True,
+        "timeout_s": 60.0,
+        "retry_initial_ms": 100,
+        "max_pending_bytes": bound,
+        "spool": {"enabled": False},
+    }
+    tracker: Tracker = tracker_factory(queue_config(queue))
+    label = 'collector="queue"'
+    for i in range(20):
+        assert tracker.get(f"/i?imp=warm-{i}&cid=c1")[0] == 200
+    eventually(lambda: len(asyncio.run(redis_target.read_ids())) == 20, 10, "the first events in the stream")
+    assert tracker.wait_metric("trackpoint_collector_sent_total", label, 20) == 20  # a report since: its RSS
+    rss_before = tracker.metric("trackpoint_worker_rss_bytes", 'slot="0"')
+    assert rss_before > 0
+    assert redis_target.server.pid is not None
+    os.kill(redis_target.server.pid, signal.SIGSTOP)
+    flood = 3000
+    try:
+        connection = http.client.HTTPConnection("127.0.0.1", tracker.port, timeout=10)
+        headers = {"User-Agent": "Mozilla/5.0 " + "u" * 8000, "Referer": "https://example.com/" + "r" * 7000}
+        for i in range(flood):
+            connection.request("GET", f"/i?imp=flood-{i}&cid=c1", headers=headers)
+            response = connection.getresponse()
+            response.read()
+            assert response.status == 200  # clients never wait for the queue
+        connection.close()
+
+        def offered() -> float:
+            return tracker.metric("trackpoint_collector_received_total", label) + tracker.metric(
+                "trackpoint_collector_dropped_total", label
+            )
+
+        eventually(lambda: offered() == 20 + flood, 20, "every event offered to the collector")  # one report
+        held = tracker.metric("trackpoint_collector_pending", label)
+        memory = tracker.metric("trackpoint_collector_memory_bytes", label)
+        rss_growth = tracker.metric("trackpoint_worker_rss_bytes", 'slot="0"') - rss_before
+        assert 300 < held < 700, held  # of 3,000: about 8 MiB of 15 KB events
+        assert bound - 20_000 <= memory <= bound + 20_000, memory  # within an event of the bound
+        assert rss_growth < 3 * bound, rss_growth  # the 3,000 held: some 50 MB
+        assert tracker.metric("trackpoint_collector_dropped_total", label) == flood - held
+    finally:
+        os.kill(redis_target.server.pid, signal.SIGCONT)
+    assert tracker.wait_metric("trackpoint_collector_sent_total", label, 20 + held, timeout_s=30) == 20 + held
+    assert tracker.wait_metric_at_most("trackpoint_collector_memory_bytes", label, 0) == 0
+    assert len(asyncio.run(redis_target.read_ids())) == 20 + held
 
 
 def gauges(tracker: Tracker, collector: str) -> dict[str, float]:

@@ -216,6 +216,12 @@ def _collector_metrics(snap: Snapshot) -> Iterator[Metric]:
             "Events in memory not delivered yet (waiting, or taken by a send still running).",
             labels=["collector"],
         ),
+        "memory_bytes": GaugeMetricFamily(
+            "trackpoint_collector_memory_bytes",
+            "Memory the events a collector holds take (its batch and the batch being sent), as estimated when each "
+            "was offered (encoded length plus Python objects); bounded by max_pending_bytes.",
+            labels=["collector"],
+        ),
         "spooled_bytes": GaugeMetricFamily(
             "trackpoint_collector_spooled_bytes", "Bytes waiting in the disk spool.", labels=["collector"]
         ),

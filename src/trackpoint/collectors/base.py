@@ -9,12 +9,14 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import enum
+import itertools
 import logging
 import os
 import random
 import sys
 import time
 from abc import ABC, abstractmethod
+from array import array
 from collections.abc import Coroutine, Sequence
 from dataclasses import dataclass
 from pathlib import Path
@@ -55,6 +57,14 @@ STUCK_AFTER_S: Final = 1.0
 # of 1024 win events (encoded and written) takes 0.4 ms; moving 200,000 at once stalled the loop 170 ms (0.57 s
 # under load).
 SPILL_STEP_EVENTS = 1024
+# And at most these bytes (as offer() measures events): a step of large events moves fewer. 1024 win events are
+# about 1.4 MB: they stay bounded by SPILL_STEP_EVENTS, as before.
+SPILL_STEP_BYTES = 2 << 20
+# What an event held in memory takes beyond its encoded length (msgpack, the spool's encoding): the Event and Context
+# objects, the dicts and a str object per value. Measured with tracemalloc on events of 5 to 52 dims and metrics:
+# about 420 bytes an event and 70 a dim or metric; rounded up, so that the estimate stays above what was measured.
+EVENT_OVERHEAD_BYTES: Final = 448
+ENTRY_OVERHEAD_BYTES: Final = 72
 
 T = TypeVar("T")
 
@@ -106,7 +116,8 @@ class CollectorStats(msgspec.Struct):
     failed sends (each attempt counted); dropped: events given up (memory or spool full, or refused by the target);
     errors: failed sends, failed spool writes and opens, and exceptions; spool_lost_records: records of a torn or
     corrupt spool tail, found on recovery (their events cannot be counted). pending (events in memory not delivered:
-    waiting, or taken by a send still running), spooled_*, spool_max_bytes,
+    waiting, or taken by a send still running), memory_bytes (what the events in memory take, estimated as
+    Collector.offer measures them), spooled_*, spool_max_bytes,
     healthy, accepting and problem (why it is unhealthy, for /readyz) are gauges; last_success_s is when `sent` last
     grew (Unix seconds, as of a snapshot; 0: not since start)."""
 
@@ -117,6 +128,7 @@ class CollectorStats(msgspec.Struct):
     errors: int = 0
     spool_lost_records: int = 0
     pending: int = 0
+    memory_bytes: int = 0
     spooled_bytes: int = 0
     spooled_events: int = 0
     spool_max_bytes: int = 0
@@ -136,6 +148,7 @@ class CollectorStats(msgspec.Struct):
 # A new field is either a counter or listed here (tests/test_stats.py checks every field is one or the other).
 COLLECTOR_GAUGES: Final = (
     "pending",
+    "memory_bytes",
     "spooled_bytes",
     "spooled_events",
     "spool_max_bytes",
@@ -169,9 +182,11 @@ class Collector(ABC):
         self.name = name
         self.context = context
         self.max_pending = config.max_pending_events
+        self.max_pending_bytes = config.max_pending_bytes
         self.batch_max = config.batch_max_events
         self.flush_interval_s = config.flush_interval_ms / 1000
         self.send_timeout_s = config.send_timeout_s
+        self.send_stall_s = config.send_stall_s
         self.start_timeout_s = config.start_timeout_s
         self.retry_initial_s = config.retry_initial_ms / 1000
         self.retry_max_s = config.retry_max_ms / 1000
@@ -201,6 +216,9 @@ class Collector(ABC):
         # send_timeout_s, or returned something else. Unhealthy meanwhile, whatever health() says: a RETRY is the
         # collector's answer (its health() says why), these are faults its health() may know nothing of.
         self._send_failure = ""
+        # When the running call of send() began (time.monotonic(); 0: none runs): one in flight beyond send_stall_s
+        # makes the collector unhealthy before its timeout ends it. Set per batch, read by snapshot() once a second.
+        self._send_began = 0.0
         # Why start() failed ("" once it succeeded): the collector runs not started (launch), start() tried again
         # from the flush loop at _start_at.
         self._start_failure = ""
@@ -233,6 +251,18 @@ class Collector(ABC):
         # Memory never holds more than this: max_pending_events, and room for what arrives while the spill moves the
         # excess to the spool, or (backpressure) while the requests already past the closed gate are recorded.
         self.memory_cap = self.max_pending + max(self.batch_max, self.max_pending // 4)
+        # The same bounds in bytes, for the memory batch and the running flush's events together (what memory holds):
+        # max_pending_bytes and a quarter more. The spill writes records of at most _record_bytes.
+        self.memory_cap_bytes = self.max_pending_bytes + self.max_pending_bytes // 4
+        self._record_bytes = max(1, min(SPILL_STEP_BYTES, self.max_pending_bytes // 4))
+        # What the events in memory take (as offer() measured each): one size per event of _pending, in
+        # _pending_sizes, and of the running flush's _in_flight (which holds all of its events until it is done), in
+        # _in_flight_sizes and _in_flight_bytes; _held_bytes is the total, which offer() checks.
+        self._pending_sizes = array("Q")
+        self._in_flight_sizes = array("Q")
+        self._in_flight_bytes = 0
+        self._held_bytes = 0
+        self._size_buffer = bytearray()  # where offer() encodes an event to measure it
         self._spool: Spool | None = None  # None: the spool is off, or could not be opened yet (_spool_missing)
         self._spool_name: str | None = None  # the directory our spool opened in, once it has (_open_own_spool)
         self._adopted: list[Spool] = []
@@ -257,10 +287,13 @@ class Collector(ABC):
     # --- the request path ---------------------------------------------------------------------------------------
 
     def offer(self, event: Event) -> None:
-        """Appends to the batch; beyond max_pending_events the oldest events move to the spool (in the background),
-        and when nothing can take them the `when_full` policy applies. Never blocks, never raises."""
+        """Appends to the batch; beyond max_pending_events or max_pending_bytes the oldest events move to the spool
+        (in the background), and when nothing can take them the `when_full` policy applies. Never blocks, never
+        raises."""
         pending = self._pending
-        if len(pending) >= self.max_pending and not self._beyond_bound():
+        if (
+            len(pending) >= self.max_pending or self._held_bytes >= self.max_pending_bytes
+        ) and not self._beyond_bound():
             return
         if self.privacy_filter is not None:  # untrusted or with field lists: a filtered copy of its own
             try:
@@ -269,30 +302,53 @@ class Collector(ABC):
                 self.stats.dropped += 1
                 self._note_error(exc)
                 return
+        # What the event takes in memory, estimated once (the collector keeps it): its encoded length, as the spool
+        # would write it, and the overhead of its Python objects: about 0.5 us an event, no deep sizeof.
+        self._batch_codec.encode_into(event, self._size_buffer)
+        size = (
+            len(self._size_buffer)
+            + EVENT_OVERHEAD_BYTES
+            + ENTRY_OVERHEAD_BYTES * (len(event.dims) + len(event.metrics))
+        )
         pending.append(event)
+        self._pending_sizes.append(size)
+        self._held_bytes += size
         self.stats.received += 1
         if len(pending) == self.batch_max:
             self._wake.set()
 
+    def _at_cap(self) -> bool:
+        """Memory at its cap: memory_cap events in the batch, or memory_cap_bytes with the running flush's."""
+        return len(self._pending) >= self.memory_cap or self._held_bytes >= self.memory_cap_bytes
+
+    def _record_waiting(self) -> bool:
+        """Whether the memory batch holds a whole record for the spill: _spill_batch events, or _record_bytes."""
+        pending_bytes = self._held_bytes - self._in_flight_bytes
+        return len(self._pending) >= self._spill_batch or pending_bytes >= self._record_bytes
+
     def _beyond_bound(self) -> bool:
-        """offer() at max_pending_events: whether the event is taken all the same (else it is dropped, counted).
-        With a spool that takes events, it is, and the spill moves the oldest of memory there in the background;
-        under backpressure with none that can, the gate closes (the edge answers 503) and the events of requests
-        already past it are still taken; under drop_newest and drop_oldest they are dropped. Never beyond
-        memory_cap, which only events that no gate holds back (bad rows, flagged traffic) can reach."""
-        held = len(self._pending)
+        """offer() at max_pending_events or max_pending_bytes: whether the event is taken all the same (else it is
+        dropped, counted). With a spool that takes events, it is, and the spill moves the oldest of memory there in
+        the background; under backpressure with none that can, the gate closes (the edge answers 503) and the events
+        of requests already past it are still taken; under drop_newest and drop_oldest they are dropped. Never beyond
+        memory_cap (memory_cap_bytes), which only events that no gate holds back (bad rows, flagged traffic) can
+        reach."""
         backpressure = self.spool_config.when_full == "backpressure"
-        if held >= self.memory_cap and self._spool_takes():
+        if self._at_cap() and self._spool_takes() and self._record_waiting():
             # The steps did not keep up: they move the batch being sent (and the rest of its flush) first, to keep
             # the order, while events arrive faster than a step an iteration. The rest moves now: a pause of a few
             # milliseconds (0.4 ms per 1,024 events), not a loss.
             self._spill()
-            held = len(self._pending)
-        if held < self.memory_cap:
+        # At the cap in bytes with no whole record in the batch, what fills memory is the running flush's, which
+        # cannot leave it before its send ends: the new events still go to the spool, behind it.
+        if not self._at_cap() or (self._spool_takes() and not self._record_waiting()):
             if self._spool_takes():
                 self._schedule_spill()
                 # The spill not keeping up (a slow disk): the gate closes before memory reaches its cap.
-                if backpressure and held >= (self.max_pending + self.memory_cap) // 2:
+                if backpressure and (
+                    len(self._pending) >= (self.max_pending + self.memory_cap) // 2
+                    or self._held_bytes >= (self.max_pending_bytes + self.memory_cap_bytes) // 2
+                ):
                     self.accepting = False
                 return True
             if backpressure:
@@ -485,6 +541,8 @@ class Collector(ABC):
             log.error("collector %s: %d events undelivered at shutdown", self.name, len(self._pending))
             self.stats.dropped += len(self._pending)
             self._pending = []
+            self._pending_sizes = array("Q")
+            self._held_bytes = 0
         for spool in [*self._adopted, *([self._spool] if self._spool else [])]:
             try:
                 spool.close()
@@ -510,6 +568,7 @@ class Collector(ABC):
             failure += "is made until it ends"
         else:
             called = True
+            self._send_began = time.monotonic()
             try:
                 task = await self._within(self.send(batch), self.send_timeout_s, "send")
                 if task is None:
@@ -521,6 +580,8 @@ class Collector(ABC):
             except Exception as exc:  # a collector's failure must never reach the request path
                 self._note_error(exc)  # logged by its type: its text may hold anything (an event id)
                 failure, raised = f"send raised {type(exc).__name__}: {str(exc)[:200]}", True
+            finally:
+                self._send_began = 0.0
         if result is SendResult.DELIVERED:
             self.stats.sent += len(batch) - self._refused
             if self._failures:
@@ -650,6 +711,8 @@ class Collector(ABC):
             # would move the rest of a long backlog once per batch.
             taken, self._pending = self._pending, []
             self._in_flight, self._in_flight_spooled = taken, 0
+            self._in_flight_sizes, self._pending_sizes = self._pending_sizes, array("Q")
+            self._in_flight_bytes = self._held_bytes  # all memory holds: no other flush's events are left
             start = 0
             while start < len(taken):
                 self._in_flight_start = start
@@ -665,6 +728,8 @@ class Collector(ABC):
                 start += self.batch_max
             else:
                 self._in_flight = []
+                self._held_bytes -= self._in_flight_bytes
+                self._in_flight_sizes, self._in_flight_bytes = array("Q"), 0
             if not self.accepting:
                 self._update_accepting()
 
@@ -675,8 +740,13 @@ class Collector(ABC):
         spool's oldest record."""
         taken = self._in_flight
         if taken:
-            self._pending[:0] = taken[self._in_flight_spooled or self._in_flight_start :]
+            back = self._in_flight_spooled or self._in_flight_start
+            self._pending[:0] = taken[back:]
+            sizes = self._in_flight_sizes[back:]
+            self._pending_sizes[:0] = sizes
+            self._held_bytes -= self._in_flight_bytes - sum(sizes)  # the rest leaves memory with the list
         self._in_flight, self._in_flight_spooled = [], 0
+        self._in_flight_sizes, self._in_flight_bytes = array("Q"), 0
         self._settle_head(done)
 
     def _settle_head(self, done: bool) -> None:
@@ -869,8 +939,8 @@ class Collector(ABC):
         order is kept) in records of _spill_batch events; else what exceeds half of max_pending_events, once offer()
         found the bound reached."""
         if self._failures or time.monotonic() < self._retry_at:
-            return len(self._pending) >= self._spill_batch
-        return len(self._pending) > self.max_pending // 2
+            return self._record_waiting()
+        return len(self._pending) > self.max_pending // 2 or self._held_bytes > self.max_pending_bytes // 2
 
     @property
     def _spill_batch(self) -> int:
@@ -882,34 +952,40 @@ class Collector(ABC):
             self._spill_handle = self._loop.call_soon(self._spill_step)
 
     def _spill_step(self, tail: bool = False) -> None:
-        """One step of the spill, SPILL_STEP_EVENTS at most; the next one is scheduled for the next event-loop
-        iteration, so requests are served between the steps. `tail`: the events short of a whole record move too
-        (the flush loop's step)."""
+        """One step of the spill, SPILL_STEP_EVENTS and SPILL_STEP_BYTES at most (a record at least); the next one
+        is scheduled for the next event-loop iteration, so requests are served between the steps. `tail`: the events
+        short of a whole record move too (the flush loop's step)."""
         self._spill_handle = None
         try:
-            if (tail or self._spill_wanted()) and self._spill(SPILL_STEP_EVENTS, tail) and self._spill_wanted():
+            if (
+                (tail or self._spill_wanted())
+                and self._spill(SPILL_STEP_EVENTS, tail, SPILL_STEP_BYTES)
+                and self._spill_wanted()
+            ):
                 self._schedule_spill()
         except Exception as exc:  # a bug of the spill's own: counted and logged; the flush loop's step tries again
             self._note_error(exc)
 
-    def _spill(self, limit: int = 0, tail: bool = True) -> bool:
-        """Moves the oldest events not in the spool yet into it, up to `limit` (0: all), in records of _spill_batch
-        events (`tail`: and the last, shorter one): while a send from memory runs, first the batch being sent (as one
-        record, then the spool's oldest: _settle_head) and the rest of that flush's events, which are older than the
-        memory batch; then the memory batch. The `when_full` policy decides what happens when the spool has no
-        room. A spool that cannot be written (its disk full, an I/O error) leaves the events in memory, within
-        max_pending_events, and is tried again SPOOL_RETRY_INTERVAL_S later; so does one that could not be opened
-        yet (flush() tries that). False when nothing moved, or the spool could take no more."""
+    def _spill(self, limit: int = 0, tail: bool = True, byte_limit: int = 0) -> bool:
+        """Moves the oldest events not in the spool yet into it, up to `limit` events and `byte_limit` bytes (0: all;
+        a record at least), in records of _spill_batch events or _record_bytes (`tail`: and the last, shorter one):
+        while a send from memory runs, first the batch being sent (as one record, then the spool's oldest:
+        _settle_head) and the rest of that flush's events, which are older than the memory batch; then the memory
+        batch. The `when_full` policy decides what happens when the spool has no room. A spool that cannot be written
+        (its disk full, an I/O error) leaves the events in memory, within max_pending_events and max_pending_bytes,
+        and is tried again SPOOL_RETRY_INTERVAL_S later; so does one that could not be opened yet (flush() tries
+        that). False when nothing moved, or the spool could take no more."""
         spool = self._spool
         if spool is None or not self._spool_writable():
             self._hold_in_memory()
             return False
         budget = limit or sys.maxsize
-        size = self._spill_batch
+        byte_budget = byte_limit or sys.maxsize
         outcome = _PUSHED
-        moved = 0
+        moved = moved_bytes = 0
         taken = self._in_flight
-        if taken and len(self._pending) >= size:  # nothing of a send that is not overtaken moves
+        if taken and self._record_waiting():  # nothing of a send that is not overtaken moves
+            sizes = self._in_flight_sizes
             if not self._in_flight_spooled:
                 start = self._in_flight_start
                 sending = taken[start : start + self.batch_max]
@@ -918,28 +994,39 @@ class Collector(ABC):
                     self._in_flight_spooled = start + len(sending)
                     self._sending_head = spool
                     moved += len(sending)
-            while outcome <= _DROPPED and moved < budget and self._in_flight_spooled < len(taken):
-                batch = taken[self._in_flight_spooled : self._in_flight_spooled + size]
-                outcome = self._push(spool, batch)
+                    moved_bytes += sum(sizes[start : self._in_flight_spooled])
+            # (These stay in memory too, held by the running flush until its send ends: no bytes are freed.)
+            while outcome <= _DROPPED and moved < budget and moved_bytes < byte_budget:
+                count, size = self._record(sizes, self._in_flight_spooled, True)
+                if not count:
+                    break
+                outcome = self._push(spool, taken[self._in_flight_spooled : self._in_flight_spooled + count])
                 if outcome <= _DROPPED:
-                    self._in_flight_spooled += len(batch)
-                    moved += len(batch)
-        pending = self._pending
-        done = 0
+                    self._in_flight_spooled += count
+                    moved += count
+                    moved_bytes += size
+        pending, sizes = self._pending, self._pending_sizes
+        done = done_bytes = 0
         try:
             while (
                 outcome <= _DROPPED
                 and moved < budget
+                and moved_bytes < byte_budget
                 and (not taken or self._in_flight_spooled >= len(taken))
-                and len(pending) - done >= (1 if tail else size)
             ):
-                batch = pending[done : done + size]
-                outcome = self._push(spool, batch)
+                count, size = self._record(sizes, done, tail)
+                if not count:
+                    break
+                outcome = self._push(spool, pending[done : done + count])
                 if outcome <= _DROPPED:
-                    done += len(batch)
-                    moved += len(batch)
+                    done += count
+                    done_bytes += size
+                    moved += count
+                    moved_bytes += size
         finally:
             del pending[:done]
+            del sizes[:done]
+            self._held_bytes -= done_bytes
         if outcome == _UNWRITABLE:
             self._hold_in_memory()
             return False
@@ -950,6 +1037,19 @@ class Collector(ABC):
             return False
         self._update_accepting()
         return moved > 0
+
+    def _record(self, sizes: array[int], start: int, tail: bool) -> tuple[int, int]:
+        """The events and bytes of the next record the spill writes from sizes[start:]: _spill_batch events, or fewer
+        that reach _record_bytes; (0, 0) when there is no whole one yet, unless `tail` (then what there is)."""
+        total = count = 0
+        for size in itertools.islice(sizes, start, start + self._spill_batch):
+            total += size
+            count += 1
+            if total >= self._record_bytes:
+                return count, total
+        if count == self._spill_batch or tail:
+            return count, total
+        return 0, 0
 
     def _push(self, spool: Spool, batch: list[Event], sending: bool = False) -> int:
         """Writes a batch to the spool as one record (_PUSHED). Without room, `when_full` decides: drop_oldest drops
@@ -1027,25 +1127,34 @@ class Collector(ABC):
                 return
             # Memory too, where no spool takes its excess (a tenth below max_pending_events); where one does, the
             # spill moves it there.
-            if len(self._pending) >= self.max_pending * 0.9:
+            if len(self._pending) >= self.max_pending * 0.9 or self._held_bytes >= self.max_pending_bytes * 0.9:
                 if not self._spool_takes():
                     return
                 self._schedule_spill()
             self.accepting = True
 
     def _trim_memory(self, cause: str = "") -> None:
-        """Memory that the spool cannot take: under backpressure the gate closes at max_pending_events (the requests
-        already past it are still recorded, up to memory_cap); otherwise the newest beyond max_pending_events are
-        dropped and counted."""
+        """Memory that the spool cannot take: under backpressure the gate closes at max_pending_events or
+        max_pending_bytes (the requests already past it are still recorded, up to memory_cap and memory_cap_bytes);
+        otherwise the newest beyond max_pending_events, or beyond max_pending_bytes with the running flush's events,
+        are dropped and counted."""
         held = len(self._pending)
-        limit = self.max_pending
+        limit, byte_limit = self.max_pending, self.max_pending_bytes
         if self.spool_config.when_full == "backpressure":
-            if held >= limit:
+            if held >= limit or self._held_bytes >= byte_limit:
                 self.accepting = False
-            limit = self.memory_cap
-        if held > limit:
-            del self._pending[limit:]
-            self._drop(cause or self._memory_full(), held - limit)
+            limit, byte_limit = self.memory_cap, self.memory_cap_bytes
+        sizes = self._pending_sizes
+        keep = min(held, limit)
+        dropped_bytes = sum(sizes[keep:])
+        while keep and self._held_bytes - dropped_bytes > byte_limit:  # newest first, as a full spool drops them
+            keep -= 1
+            dropped_bytes += sizes[keep]
+        if keep < held:
+            del self._pending[keep:]
+            del sizes[keep:]
+            self._held_bytes -= dropped_bytes
+            self._drop(cause or self._memory_full(), held - keep)
 
     def _memory_full(self) -> str:
         """The cause of a drop from a full memory batch: where the events would have gone otherwise."""
@@ -1118,6 +1227,7 @@ class Collector(ABC):
         taken = self._in_flight
         in_flight = len(taken) - (self._in_flight_spooled or self._in_flight_start) if taken else 0
         self.stats.pending = len(self._pending) + in_flight
+        self.stats.memory_bytes = self._held_bytes
         spools = [*self._adopted, *([self._spool] if self._spool else [])]
         self.stats.spooled_bytes = sum(spool.bytes for spool in spools)
         self.stats.spooled_events = sum(spool.events for spool in spools)
@@ -1131,7 +1241,16 @@ class Collector(ABC):
             problems.append(f"not started: {self._start_failure}")
         if self._send_failure:
             problems.append(self._send_failure)
-        stuck_s = time.monotonic() - self._stray_since
+        now = time.monotonic()
+        # A target that takes the connection but does not answer holds the send until its timeout, meanwhile
+        # unanswered by anything that health() could read: how long the send has run is what tells.
+        in_flight_s = now - self._send_began
+        if self._send_began and self.send_stall_s and in_flight_s >= self.send_stall_s:
+            problems.append(
+                f"send in flight for {in_flight_s:.0f} s (over send_stall_s {self.send_stall_s:g} s): the target "
+                "does not answer"
+            )
+        stuck_s = now - self._stray_since
         if self._stray and stuck_s >= STUCK_AFTER_S:
             problems.append(
                 f"a call abandoned {stuck_s:.0f} s ago after its timeout is still running (it ignored its "

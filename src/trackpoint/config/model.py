@@ -775,12 +775,24 @@ class CollectorBase(Struct, tag_field="type", forbid_unknown_fields=True, kw_onl
         int,
         Meta(
             ge=1,
-            description="Bound of the in-memory batch (about 1.2 KB per event). Beyond it the oldest events move "
-            "to the spool, a step per event-loop iteration, even while a send hangs (memory may exceed it by a "
-            "quarter, at least batch_max_events, meanwhile); with no spool that can take them, `spool.when_full` "
-            "applies: dropped and counted, or 503 backpressure.",
+            description="Bound of the in-memory batch (about 1.3 KB per event of the default types). Beyond it the "
+            "oldest events move to the spool, a step per event-loop iteration, even while a send hangs (memory may "
+            "exceed it by a quarter, at least batch_max_events, meanwhile); with no spool that can take them, "
+            "`spool.when_full` applies: dropped and counted, or 503 backpressure.",
         ),
     ] = 20_000
+    max_pending_bytes: Annotated[
+        int,
+        Meta(
+            ge=1 << 16,
+            description="Bound, in bytes (40 MiB by default), of the memory the events held take, the in-memory "
+            "batch and the batch being sent together (each event's encoded length plus its Python objects' "
+            "overhead, estimated once as it is offered: `trackpoint_collector_memory_bytes`). It applies beside "
+            "max_pending_events, as that one does (the spool, then `spool.when_full`; a quarter more meanwhile), "
+            "and bounds large events (long user agents, fields up to their max_len): events of the default types "
+            "reach max_pending_events first.",
+        ),
+    ] = 40 << 20
     flush_interval_ms: Annotated[
         int, Meta(ge=1, le=60_000, description="The batch is flushed at least this often.")
     ] = 100
@@ -796,6 +808,18 @@ class CollectorBase(Struct, tag_field="type", forbid_unknown_fields=True, kw_onl
         Seconds,
         Meta(description="A send that takes longer is abandoned and retried (a hung target or plugin is isolated)."),
     ] = 30.0
+    send_stall_s: Annotated[
+        float,
+        Meta(
+            ge=0,
+            le=86_400,
+            description="A send still running after this long makes the collector unhealthy (`send in flight for N "
+            "s` in /readyz; a `required` one fails it) until a send ends, without waiting for its timeout: a target "
+            "that takes the connection but does not answer (a blackholed broker, a paused Redis, a stopped NATS) "
+            "shows within this, not at the first timeout (send_timeout_s, or the collector's own). Sends normally "
+            "take milliseconds; raise it for a target whose sends are slow by nature. 0: only the timeout tells.",
+        ),
+    ] = 2.0
     start_timeout_s: Annotated[
         Seconds,
         Meta(

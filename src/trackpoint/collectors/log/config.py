@@ -72,9 +72,9 @@ class LogCollectorConfig(CollectorBase, tag="log"):
     """JSON lines, one file per worker, rotated by size and time, compressed on rotation (zstd by default), kept
     within an optional disk budget and retention, optionally shipped to object storage. The record every answer
     waits for: each event-loop iteration's lines are written before its responses, so the batching options
-    (max_pending_events, batch_max_events) do not apply, and flush_interval_ms is the period of its upkeep (idle
-    rotation, the fsync interval, readiness after a failed write). An event type without a log collector has no
-    record: its answers wait for nothing."""
+    (max_pending_events, max_pending_bytes, batch_max_events) do not apply, and flush_interval_ms is the period of
+    its upkeep (idle rotation, the fsync interval, readiness after a failed write). An event type without a log
+    collector has no record: its answers wait for nothing."""
 
     # The log is itself on disk: a second disk copy would not help it, so its failed batches wait in memory.
     spool: Annotated[SpoolConfig, Meta(description="Off for the log collector (it is the disk record).")] = (
