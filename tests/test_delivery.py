@@ -99,6 +99,17 @@ def events(start: int, count: int) -> list[Event]:
     ]
 
 
+async def spill_steps(collector: Collector, total: int) -> list[int]:
+    """How many events each event-loop iteration moved to the spool, until `total` are there (the steps that moved
+    any)."""
+    steps = []
+    while collector.snapshot().spooled_events < total:
+        before = collector.snapshot().spooled_events
+        await asyncio.sleep(0)
+        steps.append(collector.snapshot().spooled_events - before)
+    return [step for step in steps if step]
+
+
 async def eventually(condition: Callable[[], bool], timeout_s: float = 10.0) -> None:
     deadline = time.monotonic() + timeout_s
     while not condition():
@@ -521,12 +532,7 @@ def test_the_spill_moves_memory_to_the_spool_a_step_per_event_loop_iteration(tmp
         for event in events(50, 9950):  # within max_pending_events: all in memory while the send hangs
             collector.offer(event)
         assert collector.snapshot().spooled_events == 0
-        steps = []
-        while collector.snapshot().spooled_events < 10_000:  # the send times out, then memory moves to the spool
-            before = collector.snapshot().spooled_events
-            await asyncio.sleep(0)
-            steps.append(collector.snapshot().spooled_events - before)
-        moved = [step for step in steps if step]
+        moved = await spill_steps(collector, 10_000)  # the send times out, then memory moves to the spool
         assert len(moved) >= 10_000 // SPILL_STEP_EVENTS and max(moved) <= SPILL_STEP_EVENTS + 100, moved
         assert collector.snapshot().dropped == 0
         collector.mode = "ok"
@@ -655,12 +661,7 @@ def test_the_spill_moves_large_events_in_steps_and_records_bounded_in_bytes(tmp_
             collector.offer(event)
         await eventually(lambda: collector.attempts == 1)
         assert collector.snapshot().spooled_events == 0
-        steps = []
-        while collector.snapshot().spooled_events < 300:  # the send times out, then memory moves to the spool
-            before = collector.snapshot().spooled_events
-            await asyncio.sleep(0)
-            steps.append(collector.snapshot().spooled_events - before)
-        moved = [step * one for step in steps if step]
+        moved = [step * one for step in await spill_steps(collector, 300)]  # in bytes
         assert len(moved) >= 300 * one // (2 * SPILL_STEP_BYTES) and max(moved) <= 2 * (SPILL_STEP_BYTES + one), moved
         assert collector._spool is not None and collector._spool.records >= 300 * one // (SPILL_STEP_BYTES + one)
         collector.mode = "ok"
