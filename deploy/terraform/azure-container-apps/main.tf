@@ -15,7 +15,7 @@ locals {
   admin_token_env = try(local.config.admin.token_env, null)
   drain_timeout_s = try(local.config.server.drain_timeout_s, 10)
   # Container Apps has no preStop hook: server.shutdown_delay_s keeps a replica serving, /readyz failing, while the
-  # ingress stops sending to it, then it drains (the README recommends 5 s).
+  # ingress stops sending to it, then it drains (the README recommends 10 s).
   shutdown_delay_s = try(local.config.server.shutdown_delay_s, 0)
   # A log collector that ships its files makes one last pass after the drain, bounded by its
   # ship.shutdown_timeout_s (30 s unless set).
