@@ -35,9 +35,11 @@ COMPILED = (
     "trackpoint.edge.runtime",
     "trackpoint.edge.responses",
     "trackpoint.collectors.log.collector",
+    "trackpoint.collectors.sizing",
     "trackpoint.preprocessors.anonymize_ip.preprocessor",
     "trackpoint.preprocessors.check_consent.preprocessor",
     "trackpoint.preprocessors.parse_user_agent.preprocessor",
+    "trackpoint.privacy.filter",
 )
 PURE_PYTHON_VARIABLE = "TRACKPOINT_PURE_PYTHON"
 _ROOT = Path(__file__).resolve().parent.parent  # the directory holding the trackpoint package

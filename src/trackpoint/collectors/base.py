@@ -24,6 +24,7 @@ from typing import Any, Final, TypeVar
 
 import msgspec
 
+from trackpoint.collectors.sizing import event_size
 from trackpoint.collectors.spool import Recovery, Spool, SpoolLocked, orphans
 from trackpoint.config.model import CollectorBase
 from trackpoint.data_dir import passing
@@ -60,11 +61,6 @@ SPILL_STEP_EVENTS = 1024
 # And at most these bytes (as offer() measures events): a step of large events moves fewer. 1024 win events are
 # about 1.4 MB: they stay bounded by SPILL_STEP_EVENTS, as before.
 SPILL_STEP_BYTES = 2 << 20
-# What an event held in memory takes beyond its encoded length (msgpack, the spool's encoding): the Event and Context
-# objects, the dicts and a str object per value. Measured with tracemalloc on events of 5 to 52 dims and metrics:
-# about 420 bytes an event and 70 a dim or metric; rounded up, so that the estimate stays above what was measured.
-EVENT_OVERHEAD_BYTES: Final = 448
-ENTRY_OVERHEAD_BYTES: Final = 72
 
 T = TypeVar("T")
 
@@ -262,7 +258,6 @@ class Collector(ABC):
         self._in_flight_sizes = array("Q")
         self._in_flight_bytes = 0
         self._held_bytes = 0
-        self._size_buffer = bytearray()  # where offer() encodes an event to measure it
         self._spool: Spool | None = None  # None: the spool is off, or could not be opened yet (_spool_missing)
         self._spool_name: str | None = None  # the directory our spool opened in, once it has (_open_own_spool)
         self._adopted: list[Spool] = []
@@ -295,21 +290,15 @@ class Collector(ABC):
             len(pending) >= self.max_pending or self._held_bytes >= self.max_pending_bytes
         ) and not self._beyond_bound():
             return
-        if self.privacy_filter is not None:  # untrusted or with field lists: a filtered copy of its own
-            try:
+        try:
+            if self.privacy_filter is not None:  # untrusted or with field lists: a filtered copy of its own
                 event = self.privacy_filter(event)
-            except Exception as exc:  # a malformed event (the edge lets none through): lost to this collector only
-                self.stats.dropped += 1
-                self._note_error(exc)
-                return
-        # What the event takes in memory, estimated once (the collector keeps it): its encoded length, as the spool
-        # would write it, and the overhead of its Python objects: about 0.5 us an event, no deep sizeof.
-        self._batch_codec.encode_into(event, self._size_buffer)
-        size = (
-            len(self._size_buffer)
-            + EVENT_OVERHEAD_BYTES
-            + ENTRY_OVERHEAD_BYTES * (len(event.dims) + len(event.metrics))
-        )
+            # What the event takes in memory, estimated once (the collector keeps it).
+            size = event_size(event)
+        except Exception as exc:  # a malformed event (the edge lets none through): lost to this collector only
+            self.stats.dropped += 1
+            self._note_error(exc)
+            return
         pending.append(event)
         self._pending_sizes.append(size)
         self._held_bytes += size

@@ -785,14 +785,14 @@ class CollectorBase(Struct, tag_field="type", forbid_unknown_fields=True, kw_onl
         int,
         Meta(
             ge=1 << 16,
-            description="Bound, in bytes (40 MiB by default), of the memory the events held take, the in-memory "
+            description="Bound, in bytes (48 MiB by default), of the memory the events held take, the in-memory "
             "batch and the batch being sent together (each event's encoded length plus its Python objects' "
-            "overhead, estimated once as it is offered: `trackpoint_collector_memory_bytes`). It applies beside "
-            "max_pending_events, as that one does (the spool, then `spool.when_full`; a quarter more meanwhile), "
-            "and bounds large events (long user agents, fields up to their max_len): events of the default types "
-            "reach max_pending_events first.",
+            "overhead, estimated once as it is offered, from above: `trackpoint_collector_memory_bytes`). It "
+            "applies beside max_pending_events, as that one does (the spool, then `spool.when_full`; a quarter more "
+            "meanwhile), and bounds large events (long user agents, fields up to their max_len): events of the "
+            "default types reach max_pending_events first.",
         ),
-    ] = 40 << 20
+    ] = 48 << 20
     flush_interval_ms: Annotated[
         int, Meta(ge=1, le=60_000, description="The batch is flushed at least this often.")
     ] = 100
