@@ -21,7 +21,7 @@
    * @property {string} pageBatch batch path of the page view event type ("": one request per page view)
    * @property {string} eventBatch batch path of the custom event type ("": one request per event)
    * @property {string} conversionBatch batch path of the conversion event type ("": one request per conversion)
-   * @property {boolean} consent wait for `tp('consent', ...)` (or the page's TCF CMP) before sending anything
+   * @property {boolean} consent wait for `tp('consent', ...)` (or the page's TCF or GPP CMP) before sending anything
    * @property {number} batchMs how long events gather before they are sent
    * @property {number} clickDays how long a click id from the landing URL is kept for conversions
    */
@@ -31,8 +31,14 @@
    *            purpose?: {consents?: Record<string, boolean>}}} TCData
    * @typedef {(command: string, version: number, callback: (data: TCData, ok: boolean) => void) => void} TcfApi
    */
+  /**
+   * The page's IAB GPP CMP (CMP API 1.1), when it has one: what its events carry (`pingData`).
+   * @typedef {{signalStatus?: string, cmpStatus?: string, gppString?: string, applicableSections?: number[],
+   *            parsedSections?: Record<string, any>}} GppPing
+   * @typedef {(command: string, callback: (event: {pingData?: GppPing} | null, ok: boolean) => void) => void} GppApi
+   */
 
-  const win = /** @type {Window & {tp?: any, __tcfapi?: TcfApi}} */ (window);
+  const win = /** @type {Window & {tp?: any, __tcfapi?: TcfApi, __gpp?: GppApi}} */ (window);
   if (win.tp && win.tp.version) return; // loaded twice: the first copy keeps the queue
 
   const QUEUE_KEY = "tp_q";
@@ -66,8 +72,14 @@
 
   let consent = PENDING;
   let waitingForCmp = false;
-  /** @type {Props} */
+  let waitingForGpp = false;
+  // A US section of the page's GPP string (applicable) opts out of sale, sharing or targeted ads, or carries GPC:
+  // as with GPC, events are still sent, never with an identifier.
+  let gppOptOut = false;
+  /** @type {Props} the CMPs' strings, passed with every event for the tracker's check_consent */
   let tcf = {};
+  /** @type {Props} */
+  let gpp = {};
   /** @type {Item[]} events held until consent is known (in memory only: nothing is stored before consent) */
   let held = [];
   /** @type {Item[]} events accepted for sending, persisted until the tracker acknowledges them */
@@ -97,7 +109,8 @@
       return null;
     }
   };
-  const identifying = () => consent === GRANTED && !gpc;
+  const identifying = () => consent === GRANTED && !gpc && !gppOptOut;
+  const waiting = () => consent === PENDING || waitingForCmp || waitingForGpp;
   const save = () => store(false, QUEUE_KEY, queue.map(({ sending, ...item }) => item));
   /** This page's URL without the click id (which goes only where consent lets it). */
   const here = () => {
@@ -149,7 +162,7 @@
   /** @param {Item[]} items @param {string} path @param {boolean} leaving @param {boolean} batched */
   const send = (items, path, leaving, batched) => {
     const url = options.endpoint + path;
-    const bodies = items.map((item) => ({ ...item.body, ...tcf }));
+    const bodies = items.map((item) => ({ ...item.body, ...tcf, ...gpp }));
     const body = JSON.stringify(batched ? bodies : bodies[0]); // a string: text/plain, no preflight
     const anon = items[0].anon;
     // sendBeacon always sends cookies: an event that must carry none goes by fetch, which keepalive lets outlive us
@@ -233,7 +246,7 @@
   const track = (path, body) => {
     /** @type {Item} */
     const item = { path, body: { ...body, eid: randomId() }, anon: true, tries: 0, due: 0 };
-    if (consent === PENDING || waitingForCmp) held.push(item);
+    if (waiting()) held.push(item);
     else if (consent === GRANTED) accept(item);
   };
 
@@ -250,7 +263,7 @@
   };
 
   const release = () => {
-    if (consent === PENDING || waitingForCmp) return;
+    if (waiting()) return;
     const ready = held;
     held = [];
     if (consent === GRANTED) ready.forEach(accept);
@@ -297,6 +310,37 @@
       waitingForCmp = false;
       if (options.consent) decide(!tcData.gdprApplies || !!(tcData.purpose?.consents || {})[1]);
       else release();
+    });
+  }
+  /** A parsed GPP section: one object, or a list of its segments' objects. @param {any} section @returns {any[]} */
+  const segments = (section) => (Array.isArray(section) ? section : section ? [section] : []);
+  if (typeof win.__gpp === "function") {
+    waitingForGpp = true;
+    // Every event of the CMP carries its state: the string once its signal is ready, again at each change.
+    win.__gpp("addEventListener", (event, ok) => {
+      const ping = (ok && event && event.pingData) || {};
+      if (ping.cmpStatus === "error") waitingForGpp = false; // no string will come: the events go without one
+      if (ping.signalStatus === "ready") {
+        const applicable = ping.applicableSections || [];
+        const sections = applicable.some((id) => id > 0) ? ping.parsedSections || {} : {};
+        gpp = { gpp: ping.gppString, gpp_sid: applicable.join(",") };
+        gppOptOut = false;
+        for (const name in sections)
+          for (const part of segments(sections[name]))
+            if (/^us/.test(name) && part)
+              gppOptOut =
+                gppOptOut ||
+                [part.SaleOptOut, part.SharingOptOut, part.TargetedAdvertisingOptOut, part.OptOutSale].includes(1) ||
+                part.Gpc === true;
+        if (gppOptOut) store(true, CLICK_KEY, null); // an opt-out forgets the click too
+        waitingForGpp = false;
+        // Without a TCF CMP, the GPP one decides: the EU section's purpose 1 where it applies, else granted (the
+        // US regimes are opt-outs, kept above).
+        const eu = segments(sections.tcfeuv2)[0];
+        if (options.consent && !waitingForCmp && typeof win.__tcfapi !== "function")
+          decide(eu ? !!(eu.PurposeConsents || [])[0] : true);
+      }
+      release();
     });
   }
   for (const args of queued) if (args[0] !== "init") tp(args[0], args[1], args[2]);

@@ -462,7 +462,7 @@ def browser() -> Iterator[Any]:
     session: while Playwright's sync API is open, the main thread counts as running an event loop, so every later
     module's asyncio.run() would refuse to start."""
     if not Path(CHROMIUM).exists():
-        pytest.skip(f"no chromium at {CHROMIUM}: scripts/services installs Debian's chromium package")
+        pytest.fail(f"no chromium at {CHROMIUM}: scripts/services installs Debian's chromium package")
     from playwright.sync_api import sync_playwright
 
     with sync_playwright() as playwright:

@@ -239,21 +239,26 @@ def test_a_tcf_cmp_decides_consent_and_its_string_is_passed(
     context.close()
 
 
-@pytest.fixture(scope="module")
-def iab_cmp() -> dict[str, tuple[str, bytes]]:
-    """The IAB's stub (first in the page's head, as the TCF asks of CMPs) and its CmpApi, bundled for the page as a
-    CMP bundles it (window.IabCmpApi)."""
+def bundled_cmp(package: str, name: str) -> bytes:
+    """A CMP package's CmpApi bundled for a page as a CMP bundles it: window[name]."""
     modules = NODE / "node_modules"
-    if not (modules / "@iabtechlabtcf" / "cmpapi").is_dir():
-        pytest.fail("@iabtechlabtcf/cmpapi is not installed: run scripts/build-tag (npm ci from tag/package-lock.json)")
-    bundle = subprocess.run(
+    if not (modules / package).is_dir():
+        pytest.fail(f"{package} is not installed: run scripts/build-tag (npm ci from tag/package-lock.json)")
+    return subprocess.run(
         [str(modules / ".bin" / "esbuild"), "--bundle", "--format=iife", "--log-level=warning"],
-        input=b'import { CmpApi } from "@iabtechlabtcf/cmpapi"; window.IabCmpApi = CmpApi;',
+        input=f'import {{ CmpApi }} from "{package}"; window.{name} = CmpApi;'.encode(),
         cwd=NODE,
         capture_output=True,
         check=True,
     ).stdout
-    stub = (modules / "@iabtechlabtcf" / "stub" / "lib" / "stub.js").read_bytes()
+
+
+@pytest.fixture(scope="module")
+def iab_cmp() -> dict[str, tuple[str, bytes]]:
+    """The IAB's stub (first in the page's head, as the TCF asks of CMPs) and its CmpApi, bundled for the page as a
+    CMP bundles it (window.IabCmpApi)."""
+    bundle = bundled_cmp("@iabtechlabtcf/cmpapi", "IabCmpApi")
+    stub = (NODE / "node_modules" / "@iabtechlabtcf" / "stub" / "lib" / "stub.js").read_bytes()
     return {"/stub.js": ("text/javascript", stub), "/cmp.js": ("text/javascript", bundle)}
 
 
@@ -312,6 +317,119 @@ def test_the_iab_cmp_api_decides_and_its_string_is_passed(
     outside.evaluate("cmp.update(null)")
     views = wait_events(tracker, lambda e: e.type == "pageview", 2, "page views", outside)
     assert views[1].dims["consent"] == "not_applicable" and views[1].dims["uid"].startswith("auto:")
+    context.close()
+
+
+# The stub of the IAB GPP CMP API 1.1 specification, as a CMP puts it first in the page's head: it answers `ping` and
+# `addEventListener` as `stub` / `not ready`, and keeps the calls and the listeners for the CMP (its `queue` and
+# `events`, which @iabgpp/cmpapi takes over as it loads).
+GPP_STUB = """window.__gpp = function () {
+  var args = arguments, gpp = window.__gpp;
+  gpp.queue = gpp.queue || []; gpp.events = gpp.events || [];
+  if (!args.length || (args.length === 1 && args[0] === "queue")) return gpp.queue;
+  if (args.length === 1 && args[0] === "events") return gpp.events;
+  var command = args[0], callback = args.length > 1 ? args[1] : null, parameter = args.length > 2 ? args[2] : null;
+  var ping = {gppVersion: "1.1", cmpStatus: "stub", cmpDisplayStatus: "hidden", signalStatus: "not ready",
+              supportedAPIs: [], cmpId: 0, sectionList: [], applicableSections: [], gppString: "", parsedSections: {}};
+  if (command === "ping") { callback(ping, true); return; }
+  if (command === "addEventListener") {
+    gpp.lastId = (gpp.lastId || 0) + 1;
+    gpp.events.push({id: gpp.lastId, callback: callback, parameter: parameter});
+    callback({eventName: "listenerRegistered", listenerId: gpp.lastId, data: true, pingData: ping}, true);
+    return;
+  }
+  if (command === "removeEventListener") {
+    gpp.events = gpp.events.filter(function (e) { return e.id !== parameter; }); callback(true, true); return;
+  }
+  if (command === "hasSection" || command === "getSection" || command === "getField") { callback(null, false); return; }
+  gpp.queue.push([].slice.apply(args));
+};"""
+
+
+@pytest.fixture(scope="module")
+def iab_gpp_cmp() -> dict[str, tuple[str, bytes]]:
+    """The IAB Tech Lab's GPP CmpApi (@iabgpp/cmpapi), bundled for the page as a CMP bundles it
+    (window.IabGppCmpApi)."""
+    return {"/gpp-cmp.js": ("text/javascript", bundled_cmp("@iabgpp/cmpapi", "IabGppCmpApi"))}
+
+
+def gpp_page(tracker: Tracker) -> str:
+    """A page with the GPP stub first, the tag's snippet and a page view, then the CMP itself (window.gppCmp), which
+    the test drives as the CMP's banner would."""
+    src = f"http://127.0.0.1:{tracker.port}/tp/{TAG.version}/tp.js"
+    return f"""<!doctype html><html><head><title>Shop page</title>
+<script>{GPP_STUB}</script>
+<script>window.tp=window.tp||function(){{(tp.q=tp.q||[]).push(arguments)}}; tp("page");</script>
+<script async src="{src}" integrity="{TAG.integrity}" crossorigin="anonymous" data-consent="required" {BATCH}>
+</script>
+<script src="/gpp-cmp.js"></script>
+<script>window.gppCmp = new IabGppCmpApi(300, 1);</script>
+</head><body></body></html>"""
+
+
+def set_gpp(page: Any, section: str, section_id: int, fields: dict[str, Any]) -> None:
+    """What a GPP CMP does once the visitor has chosen: the section's fields, the sections that apply, `ready`."""
+    page.evaluate(
+        """([section, id, fields]) => {
+            gppCmp.setSignalStatus("not ready");
+            for (const [name, value] of Object.entries(fields)) gppCmp.setFieldValue(section, name, value);
+            gppCmp.setApplicableSections([id]);
+            gppCmp.setCmpStatus("loaded");
+            gppCmp.setSignalStatus("ready");
+        }""",
+        [section, section_id, fields],
+    )
+
+
+def test_the_iab_gpp_cmp_api_is_waited_for_and_a_us_opt_out_keeps_identifiers_out(
+    browser: Any, site: StaticSite, shop_tracker: Tracker, iab_gpp_cmp: dict[str, tuple[str, bytes]]
+) -> None:
+    """A site whose CMP speaks GPP only (no `__tcfapi`): the tag did not know it. With `data-consent="required"` it
+    held every event for a `tp('consent')` that the CMP never calls; without, it sent no GPP string, so the tracker
+    saw no opt-out and kept IP, User-Agent and a user id, and the tag kept the ad click's id. Now it waits for the
+    CMP's signal, passes `gpp` and `gpp_sid`, and an opt-out of sale keeps every identifier out, as GPC does."""
+    tracker = shop_tracker
+    site.files.update(iab_gpp_cmp)
+    site.files["/opted-out"] = site.files["/us"] = site.files["/eu"] = gpp_page(tracker)
+    click_id = click_id_for(tracker, site)
+    context = browser.new_context(user_agent=CHROME_UA)
+    cookies: list[str | None] = []
+    context.on("request", lambda r: cookies.append(r.headers.get("cookie")) if r.method == "POST" else None)
+
+    # The CMP has not signalled yet: nothing leaves. Then the visitor opts out of the sale of their data.
+    page = context.new_page()
+    page.goto(f"{site.origin}/opted-out?tp_click={click_id}")
+    page.wait_for_function("window.tp && window.tp.version && window.gppCmp")
+    page.evaluate('tp("conversion", {order_id: "P-1", value: 10})')
+    send_sentinel(page, tracker)
+    assert [event.type for event in tracker.events() if event.type != "click"] == ["custom_event"]  # the sentinel
+    set_gpp(page, "usnat", 7, {"SaleOptOutNotice": 1, "SaleOptOut": 1})
+    view = wait_events(tracker, lambda e: e.type == "pageview", 1, "page view", page)[0]
+    conversion = wait_events(tracker, lambda e: e.type == "conversion", 1, "conversion", page)[0]
+    assert (view.dims["consent"], view.dims["consent_reason"]) == ("denied", "gpp_opt_out")
+    assert "uid" not in view.dims and view.ctx.ip is None and view.ctx.ua is None
+    assert "click_id" not in conversion.dims and conversion.dims["attribution"] == "unattributed"
+    assert page.evaluate("localStorage.getItem('tp_click')") is None
+    assert set(cookies[1:]) == {None}  # the sentinel aside, sent without credentials
+
+    # A US visitor who did not opt out: the events go with the string, and with identifiers.
+    us = context.new_page()
+    us.goto(f"{site.origin}/us")
+    us.wait_for_function("window.tp && window.tp.version && window.gppCmp")
+    set_gpp(us, "usnat", 7, {"SaleOptOutNotice": 1, "SaleOptOut": 2})
+    views = wait_events(tracker, lambda e: e.type == "pageview", 2, "page views", us)
+    assert views[1].dims["consent"] == "not_applicable" and views[1].dims["uid"].startswith("auto:")
+    assert views[1].ctx.ip is not None
+
+    # The GPP's TCF EU section applies: its purpose 1 decides for the tag, and its string for the tracker.
+    eu = context.new_page()
+    eu.goto(f"{site.origin}/eu")
+    eu.wait_for_function("window.tp && window.tp.version && window.gppCmp")
+    consents = [True] + [False] * 23
+    set_gpp(eu, "tcfeuv2", 2, {"CmpId": 300, "CmpVersion": 1, "PurposeConsents": consents, "VendorListVersion": 50})
+    views = wait_events(tracker, lambda e: e.type == "pageview", 3, "page views", eu)
+    assert (views[2].dims["consent"], views[2].dims["consent_reason"]) == ("granted", "tcf")
+    assert views[2].dims["uid"].startswith("auto:")
     context.close()
 
 
