@@ -441,6 +441,51 @@ def test_worker_0_reports_how_many_ids_the_dedupe_state_holds(tmp_path: Path, mo
     asyncio.run(main())
 
 
+@pytest.mark.parametrize("dedupe", [True, False])
+def test_a_redis_that_may_evict_makes_the_collector_unhealthy_until_it_is_set_to_noeviction(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, dedupe: bool
+) -> None:
+    """A Redis at maxmemory with an evicting policy (ElastiCache's default parameter group says volatile-lru) drops
+    the dedupe buckets first, the only keys with an expiry, and their repeats are appended again; allkeys-* drops
+    streams too, with events already counted as delivered. Nothing said so. Read from INFO memory at start and every
+    EVICTION_CHECK_S: a warning in health() and the log, batches still go. Without dedupe, volatile-* is safe."""
+    monkeypatch.setattr("trackpoint.collectors.redis_streams.collector.PROBE_INTERVAL_S", 0.05)
+    monkeypatch.setattr("trackpoint.collectors.redis_streams.collector.EVICTION_CHECK_S", 0.05)
+
+    def healthy(target: RedisStreamsCollector, expected: bool, saying: str = "") -> Callable[[], Awaitable[bool]]:
+        return lambda: asyncio.sleep(0, target.health().healthy is expected and saying in target.health().detail)
+
+    async def main() -> None:
+        server = await make_target()
+        client = Redis.from_url(server.url, decode_responses=True)
+        try:
+            await client.config_set("maxmemory", "64mb")
+            await client.config_set("maxmemory-policy", "volatile-lru")
+            target = collector(config(url=server.url, stream="s", dedupe_window_s=3600 if dedupe else 0), tmp_path)
+            await target.start()
+            await until(healthy(target, not dedupe, "maxmemory" if dedupe else ""), 5.0, "the check at start")
+            if dedupe:
+                detail = target.health().detail
+                assert "maxmemory-policy volatile-lru" in detail and "an evicted dedupe bucket" in detail, detail
+                assert "set maxmemory-policy noeviction" in detail and f":{server.server.port} " in detail
+            assert await target.send([make_event(1)]) is SendResult.DELIVERED  # a warning, not an outage
+            await client.config_set("maxmemory-policy", "allkeys-lru")  # streams can go: unsafe even without dedupe
+            await until(healthy(target, False, "allkeys-lru"), 5.0, "the allkeys policy")
+            assert "an evicted stream loses the events appended to it" in target.health().detail
+            await client.config_set("maxmemory", "0")  # no limit: nothing is evicted
+            await until(healthy(target, True), 5.0, "no limit to be safe")
+            await client.config_set("maxmemory", "64mb")
+            await client.config_set("maxmemory-policy", "noeviction")
+            await asyncio.sleep(0.3)
+            assert target.health().healthy
+            await target.close(1.0)
+        finally:
+            await client.aclose()
+            await server.close()
+
+    asyncio.run(main())
+
+
 # --- outages -------------------------------------------------------------------------------------------------
 
 

@@ -170,6 +170,35 @@ def test_a_slot_moved_while_sending_asks_then_moves_and_loses_and_duplicates_not
     assert [asyncio.run(redis_cluster.keys_in_slot(port, slot)) for port in others] == [0, 0]  # nothing left behind
 
 
+@pytest.mark.timeout(60)
+def test_an_evicting_policy_on_any_primary_is_reported_not_only_on_the_seed(
+    redis_cluster: PrivateRedisCluster, tmp_path: Any, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Every primary holds streams and dedupe buckets of its slots: each one's maxmemory-policy is read."""
+    monkeypatch.setattr("trackpoint.collectors.redis_streams.collector.PROBE_INTERVAL_S", 0.05)
+    monkeypatch.setattr("trackpoint.collectors.redis_streams.collector.EVICTION_CHECK_S", 0.05)
+    seed, other = redis_cluster.ports[0], redis_cluster.ports[2]
+
+    async def main() -> None:
+        target = cluster_collector(f"redis://127.0.0.1:{seed}/0", "ev:{type}", tmp_path)
+        client = redis_cluster.client(other)
+        await target.start()
+        try:
+            await client.config_set("maxmemory", "64mb")
+            await client.config_set("maxmemory-policy", "volatile-lru")
+            deadline = time.monotonic() + 5
+            while f":{other} may evict keys" not in target.health().detail:
+                assert time.monotonic() < deadline, target.health().detail
+                await asyncio.sleep(0.05)
+            assert not target.health().healthy
+        finally:
+            await client.config_set("maxmemory", "0")
+            await client.aclose()
+            await target.close(1.0)
+
+    asyncio.run(main())
+
+
 @pytest.mark.timeout(90)
 def test_after_a_failover_the_promoted_replica_gets_the_stream_without_loss_or_duplicates(tmp_path: Any) -> None:
     stream = "fo:{type}"

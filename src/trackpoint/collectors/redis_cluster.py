@@ -107,6 +107,14 @@ class Router:
             await self.refresh()
         return self._client(self._slots[key_slot(key.encode())]) if self.cluster else self.seed
 
+    async def primaries(self) -> list[Redis]:
+        """The client of every primary: the server itself when it is not a cluster."""
+        if self.cluster is None or (self.cluster and self._stale):
+            await self.refresh()
+        if not self.cluster:
+            return [self.seed]
+        return [self._client(address) for address in dict.fromkeys(self._slots) if address[1]]
+
     async def refresh(self) -> None:
         """Reads the slot map (or learns that the server is not a cluster) from the seed or any node known."""
         error: Exception | None = None

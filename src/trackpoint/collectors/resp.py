@@ -10,6 +10,14 @@ from typing import Any
 from redis.asyncio import Redis
 
 
+def eviction(info: dict[str, Any]) -> tuple[int, str] | None:
+    """(maxmemory, maxmemory-policy) of a Redis that may evict keys when it is full, from its INFO memory (which
+    managed services answer where CONFIG GET is disabled: ElastiCache, Memorystore, Azure Cache); None when it never
+    evicts (no maxmemory, or noeviction)."""
+    maxmemory, policy = int(info.get("maxmemory", 0)), str(info.get("maxmemory_policy", "noeviction"))
+    return (maxmemory, policy) if maxmemory > 0 and policy != "noeviction" else None
+
+
 def bulk(text: str) -> bytes:
     """One RESP bulk string."""
     return bulk_bytes(text.encode())

@@ -42,7 +42,7 @@ from trackpoint.collectors.banker.model import (
     periods,
 )
 from trackpoint.collectors.banker.store import Applied, Store, StoreUnavailable
-from trackpoint.collectors.resp import bulk, round_trip
+from trackpoint.collectors.resp import bulk, eviction, round_trip
 from trackpoint.security.secrets import env_secret
 
 # One call per batch. KEYS: the campaign set, the notification stream (the per-campaign keys are derived from the
@@ -409,9 +409,9 @@ class RedisStore(Store):
         are the only keys with a TTL, so `volatile-*` (ElastiCache's default) evicts them first, and any eviction
         of one lets a retry or a replay debit its event again. Read from INFO memory: managed Redis services
         (ElastiCache, Memorystore, Azure Cache) answer it where CONFIG GET is disabled."""
-        info = await self._call(lambda client: client.info("memory"))
-        maxmemory, policy = int(info.get("maxmemory", 0)), str(info.get("maxmemory_policy", "noeviction"))
-        if maxmemory > 0 and policy != "noeviction":
+        evicting = eviction(await self._call(lambda client: client.info("memory")))
+        if evicting is not None:
+            maxmemory, policy = evicting
             return (
                 f"redis may evict keys (maxmemory {maxmemory:,} bytes, maxmemory-policy {policy}): an evicted "
                 f"dedupe record ({self.prefix}:seen:<id>) lets a retry or replay debit its event again; set "

@@ -11,6 +11,7 @@ import asyncio
 import contextlib
 import hashlib
 import itertools
+import logging
 import re
 from collections.abc import Sequence
 
@@ -27,7 +28,7 @@ from trackpoint.collectors.redis_streams.config import (
     seen_prefix,
     stream_key,
 )
-from trackpoint.collectors.resp import bulk, bulk_bytes
+from trackpoint.collectors.resp import bulk, bulk_bytes, eviction
 from trackpoint.event import Event
 from trackpoint.security.secrets import env_secret
 
@@ -272,8 +273,11 @@ SCRIPT_SHA = hashlib.sha1(SCRIPT.encode()).hexdigest()
 # A batch whose ids are all trackpoint's own (32 lowercase hex digits) has them packed by the client: C-speed here,
 # where the script would spend a few microseconds per id on it.
 PACKABLE_IDS = re.compile(r"[0-9a-f]{32}(?:\n[0-9a-f]{32})*")
+log = logging.getLogger("trackpoint.collectors.redis_streams")
+
 PROBE_INTERVAL_S = 5.0  # an idle collector pings this often, so health() notices an outage without traffic
 DEDUPE_COUNT_INTERVAL_S = 30.0  # how often worker 0 reads how many ids the dedupe state holds (for /metrics)
+EVICTION_CHECK_S = 30.0  # how often the servers' maxmemory-policy is read (a parameter group edited, a failover)
 
 
 class RedisStreamsCollector(Collector):
@@ -297,6 +301,7 @@ class RedisStreamsCollector(Collector):
         self._last_contact = 0.0
         self._send_error = ""
         self._probe_error = "not connected yet"
+        self._evicting = ""  # why the servers may drop what was appended (an evicting maxmemory-policy)
         self.duplicates = 0
         # The ids held by the dedupe state of the streams written so far: one worker reads it for all.
         self._counts_dedupe = context.worker == 0 and config.dedupe_window_s > 0
@@ -339,8 +344,9 @@ class RedisStreamsCollector(Collector):
         return {} if self._dedupe_ids is None else {"dedupe_ids": self._dedupe_ids}
 
     def health(self) -> Health:
-        # A failed batch keeps the collector unhealthy until a batch goes through, whatever a ping says.
-        detail = self._send_error or self._probe_error
+        # A failed batch keeps the collector unhealthy until a batch goes through, whatever a ping says. An evicting
+        # Redis is a warning, not an outage: batches still go.
+        detail = "; ".join(reason for reason in (self._send_error or self._probe_error, self._evicting) if reason)
         return Health(healthy=not detail, detail=detail)
 
     async def close(self, drain_timeout_s: float) -> None:
@@ -400,7 +406,7 @@ class RedisStreamsCollector(Collector):
         """Pings when no batch went out for a while, so an idle collector's health follows the server's; and, in
         worker 0, reads the size of the dedupe state now and then."""
         loop = asyncio.get_running_loop()
-        next_count = loop.time()
+        next_count = next_eviction_check = loop.time()
         while True:
             if self._router is not None and loop.time() - self._last_contact >= PROBE_INTERVAL_S:
                 self._last_contact = loop.time()
@@ -415,8 +421,42 @@ class RedisStreamsCollector(Collector):
                 with contextlib.suppress(RedisError, OSError, TimeoutError):  # the next send reports an outage
                     async with asyncio.timeout(self.config.timeout_s + self.config.connect_timeout_s):
                         self._dedupe_ids = await self._count_dedupe_ids(self._router)
+            if self._router is not None and loop.time() >= next_eviction_check:
+                with contextlib.suppress(RedisError, OSError, TimeoutError):  # unknown: the last answer stands
+                    async with asyncio.timeout(self.config.timeout_s + self.config.connect_timeout_s):
+                        self._note_eviction(await self._eviction_risk(self._router))
+                    next_eviction_check = loop.time() + EVICTION_CHECK_S
             if not await self.idle(PROBE_INTERVAL_S):  # closing, even if close()'s cancellation was lost
                 return
+
+    async def _eviction_risk(self, router: Router) -> str:
+        """Why a server (every primary of a cluster) may drop what the collector appended, or "". Any evicting policy
+        can drop the dedupe buckets first (`volatile-*` evicts only keys with an expiry, and they are the only
+        ones), so their repeats are appended again; an `allkeys-*` policy can drop a stream itself, with events the
+        collector counted as delivered."""
+        for client in await router.primaries():
+            evicting = eviction(await client.info("memory"))
+            if evicting is None:
+                continue
+            maxmemory, policy = evicting
+            if policy.startswith("allkeys"):
+                loses = "an evicted stream loses the events appended to it, and an evicted dedupe bucket"
+            elif self.config.dedupe_window_s > 0:
+                loses = "an evicted dedupe bucket"
+            else:
+                continue  # volatile-*: only keys with an expiry go, and without dedupe the collector sets none
+            address = client.connection_pool.connection_kwargs
+            return (
+                f"redis {address.get('host', '')}:{address.get('port', '')} may evict keys (maxmemory {maxmemory:,} "
+                f"bytes, maxmemory-policy {policy}): {loses} lets a retried or replayed batch append its events "
+                "again; set maxmemory-policy noeviction (a full Redis then refuses appends, and the collector spools)"
+            )
+        return ""
+
+    def _note_eviction(self, reason: str) -> None:
+        if reason and reason != self._evicting:
+            log.error("collector %s: %s", self.name, reason)
+        self._evicting = reason
 
     async def _count_dedupe_ids(self, router: Router) -> int:
         """The ids the live buckets of the streams written so far hold (each bucket counts what it took), each
