@@ -199,6 +199,42 @@ def test_an_evicting_policy_on_any_primary_is_reported_not_only_on_the_seed(
     asyncio.run(main())
 
 
+@pytest.mark.timeout(60)
+def test_an_idle_collector_notices_any_primary_that_stops_answering(
+    redis_cluster: PrivateRedisCluster, tmp_path: Any, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The probe of an idle collector pinged the node of its URL only: a primary that holds other streams could hang
+    with the collector healthy until its next batch timed out. It pings every primary now."""
+    monkeypatch.setattr("trackpoint.collectors.redis_streams.collector.PROBE_INTERVAL_S", 0.05)
+    seed, other = redis_cluster.ports[0], redis_cluster.ports[1]
+
+    async def main() -> None:
+        url = f"redis://127.0.0.1:{seed}/0"
+        options = queue_config(url, "idle:{type}", timeout_s=0.3, connect_timeout_s=0.2)["collectors"]["queue"]
+        config = msgspec.convert(options, RedisStreamsCollectorConfig)
+        target = RedisStreamsCollector("queue", config, CollectorContext(data_dir=str(tmp_path)))
+        client = redis_cluster.client(other)
+        await target.start()
+        try:
+            deadline = time.monotonic() + 5
+            while not target.health().healthy:
+                assert time.monotonic() < deadline, target.health().detail
+                await asyncio.sleep(0.05)
+            await client.execute_command("CLIENT", "PAUSE", "3000", "ALL")  # type: ignore[no-untyped-call]
+            while f"127.0.0.1:{other}: TimeoutError" not in target.health().detail:
+                assert time.monotonic() < deadline + 3, target.health().detail
+                await asyncio.sleep(0.05)
+            await client.execute_command("CLIENT", "UNPAUSE")  # type: ignore[no-untyped-call]
+            while not target.health().healthy:
+                assert time.monotonic() < deadline + 8, target.health().detail
+                await asyncio.sleep(0.05)
+        finally:
+            await client.aclose()
+            await target.close(1.0)
+
+    asyncio.run(main())
+
+
 @pytest.mark.timeout(90)
 def test_after_a_failover_the_promoted_replica_gets_the_stream_without_loss_or_duplicates(tmp_path: Any) -> None:
     stream = "fo:{type}"

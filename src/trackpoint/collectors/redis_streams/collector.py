@@ -14,6 +14,7 @@ import itertools
 import logging
 import re
 from collections.abc import Sequence
+from urllib.parse import urlsplit
 
 import msgspec
 from redis.asyncio.retry import Retry
@@ -410,12 +411,7 @@ class RedisStreamsCollector(Collector):
         while True:
             if self._router is not None and loop.time() - self._last_contact >= PROBE_INTERVAL_S:
                 self._last_contact = loop.time()
-                try:
-                    async with asyncio.timeout(self.config.timeout_s + self.config.connect_timeout_s):
-                        await self._router.seed.ping()
-                    self._probe_error = ""
-                except (RedisError, OSError, TimeoutError) as exc:
-                    self._probe_error = f"{type(exc).__name__}: {exc}"
+                self._probe_error = await self._ping(self._router)
             if self._router is not None and self._counts_dedupe and self._stream_args and loop.time() >= next_count:
                 next_count = loop.time() + DEDUPE_COUNT_INTERVAL_S
                 with contextlib.suppress(RedisError, OSError, TimeoutError):  # the next send reports an outage
@@ -428,6 +424,21 @@ class RedisStreamsCollector(Collector):
                     next_eviction_check = loop.time() + EVICTION_CHECK_S
             if not await self.idle(PROBE_INTERVAL_S):  # closing, even if close()'s cancellation was lost
                 return
+
+    async def _ping(self, router: Router) -> str:
+        """ "" when the server, or every primary of a cluster (each holds the streams of its slots), answers a ping;
+        else why not, naming the node."""
+        node = urlsplit(router.url).netloc.rpartition("@")[2]
+        try:
+            async with asyncio.timeout(self.config.timeout_s + self.config.connect_timeout_s):
+                for client in await router.primaries():
+                    address = client.connection_pool.connection_kwargs
+                    node = f"{address.get('host', '')}:{address.get('port', '')}"
+                    await client.ping()
+        except (RedisError, OSError, TimeoutError) as exc:
+            reason = f"{type(exc).__name__}: {exc}".rstrip(": ")
+            return f"{node}: {reason}" if node else reason
+        return ""
 
     async def _eviction_risk(self, router: Router) -> str:
         """Why a server (every primary of a cluster) may drop what the collector appended, or "". Any evicting policy
