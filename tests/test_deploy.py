@@ -695,15 +695,17 @@ def test_checks_that_replace_a_tracker_ask_healthz(module: Path, parsed_terrafor
     """A check whose failure restarts or replaces the tracker asks /healthz, which fails only while workers cannot
     start. /readyz fails too while a `required` collector's target is down or the log disk is full: replacing every
     tracker then would lose the logs and spools of their ephemeral volumes. ECS replaces a task whose target group
-    finds it unhealthy, so there the load balancer's check is a liveness check; routing-only checks ask /readyz."""
+    finds it unhealthy, and routes by the same check: it asks /startupz, which fails while a worker crash-loops as
+    /healthz does, and passes only once every worker serves (/healthz passed before: a new task took requests its
+    workers could not answer yet). Routing-only checks ask /readyz."""
     main = parsed_terraform[module / "main.tf"]
-    replacing = [*nested(main, "liveness_probe")]
+    replacing = [(check, "/healthz") for check in nested(main, "liveness_probe")]
     for kind, resource in blocks(main, "resource"):
         if kind == "aws_lb_target_group":
-            replacing += [check for body in resource.values() for check in nested(body, "health_check")]
+            replacing += [(check, "/startupz") for body in resource.values() for check in nested(body, "health_check")]
     assert replacing, f"{module.name}: no liveness check"
-    for check in replacing:
-        assert probe_path(check) == "/healthz", f"{module.name}: a check that replaces the tracker asks {check}"
+    for check, path in replacing:
+        assert probe_path(check) == path, f"{module.name}: a check that replaces the tracker asks {check}"
     for check in nested(main, "readiness_probe"):
         assert probe_path(check) == "/readyz", f"{module.name}: readiness asks {check}"
 

@@ -183,12 +183,14 @@ resource "aws_lb_target_group" "trackpoint" {
   vpc_id               = var.vpc_id
   deregistration_delay = 15
 
-  # /healthz, not /readyz: ECS replaces a task its target group finds unhealthy, so this check is the task's
-  # liveness. /readyz fails while a `required` collector's target is down or the log's disk is full: every task
-  # would be replaced at once, with the unshipped logs and spools of its ephemeral volume. A draining task has
-  # been deregistered before its SIGTERM.
+  # /startupz, not /readyz: ECS replaces a task its target group finds unhealthy, so this check is the task's
+  # liveness as well as its routing. /readyz fails while a `required` collector's target is down or the log's disk
+  # is full: every task would be replaced at once, with the unshipped logs and spools of its ephemeral volume.
+  # /startupz passes once every worker serves the tracking port (not before: /healthz did, so a new task took
+  # requests while its workers were still starting) and fails while one crash-loops, as /healthz does. A draining
+  # task has been deregistered before its SIGTERM.
   health_check {
-    path                = "/healthz"
+    path                = "/startupz"
     port                = tostring(local.admin_port)
     matcher             = "200"
     interval            = 10
@@ -306,7 +308,7 @@ resource "aws_ecs_task_definition" "trackpoint" {
     }
     precondition {
       condition     = local.admin_host == "0.0.0.0"
-      error_message = "config_yaml: admin.host must be 0.0.0.0, or the load balancer cannot reach /healthz."
+      error_message = "config_yaml: admin.host must be 0.0.0.0, or the load balancer cannot reach /startupz."
     }
     precondition {
       condition     = local.admin_token_env == "TRACKPOINT_ADMIN_TOKEN"

@@ -30,7 +30,7 @@ variable "image" {
 }
 
 variable "config_yaml" {
-  description = "The trackpoint configuration file's text, e.g. file(\"trackpoint.yaml\"). It must set admin.host to 0.0.0.0 (the load balancer checks /healthz on the admin port), admin.token_env to TRACKPOINT_ADMIN_TOKEN and name the signing key's variable, TRACKPOINT_SIGNING_KEY, in signing.keys."
+  description = "The trackpoint configuration file's text, e.g. file(\"trackpoint.yaml\"). It must set admin.host to 0.0.0.0 (the load balancer checks /startupz on the admin port), admin.token_env to TRACKPOINT_ADMIN_TOKEN and name the signing key's variable, TRACKPOINT_SIGNING_KEY, in signing.keys."
   type        = string
 }
 
