@@ -314,6 +314,11 @@
   }
   /** A parsed GPP section: one object, or a list of its segments' objects. @param {any} section @returns {any[]} */
   const segments = (section) => (Array.isArray(section) ? section : section ? [section] : []);
+  // The GPP's US sections by name, in the order of their ids (6 to 27): parsedSections names them, applicableSections
+  // gives ids.
+  const US_SECTIONS = (
+    "uspv1 usnat usca usva usco usut usct usfl usmt usor ustx usde usia usne usnh usnj ustn usmn usmd usin usky usri"
+  ).split(" ");
   if (typeof win.__gpp === "function") {
     waitingForGpp = true;
     // Every event of the CMP carries its state: the string once its signal is ready, again at each change.
@@ -322,21 +327,23 @@
       if (ping.cmpStatus === "error") waitingForGpp = false; // no string will come: the events go without one
       if (ping.signalStatus === "ready") {
         const applicable = ping.applicableSections || [];
-        const sections = applicable.some((id) => id > 0) ? ping.parsedSections || {} : {};
+        const sections = ping.parsedSections || {};
         gpp = { gpp: ping.gppString, gpp_sid: applicable.join(",") };
         gppOptOut = false;
-        for (const name in sections)
+        for (const name in sections) {
+          const index = US_SECTIONS.indexOf(name);
+          if (index < 0 || !applicable.includes(6 + index)) continue;
           for (const part of segments(sections[name]))
-            if (/^us/.test(name) && part)
-              gppOptOut =
-                gppOptOut ||
-                [part.SaleOptOut, part.SharingOptOut, part.TargetedAdvertisingOptOut, part.OptOutSale].includes(1) ||
-                part.Gpc === true;
+            gppOptOut =
+              gppOptOut ||
+              [part.SaleOptOut, part.SharingOptOut, part.TargetedAdvertisingOptOut, part.OptOutSale].includes(1) ||
+              part.Gpc === true;
+        }
         if (gppOptOut) store(true, CLICK_KEY, null); // an opt-out forgets the click too
         waitingForGpp = false;
         // Without a TCF CMP, the GPP one decides: the EU section's purpose 1 where it applies, else granted (the
         // US regimes are opt-outs, kept above).
-        const eu = segments(sections.tcfeuv2)[0];
+        const eu = applicable.includes(2) && segments(sections.tcfeuv2)[0];
         if (options.consent && !waitingForCmp && typeof win.__tcfapi !== "function")
           decide(eu ? !!(eu.PurposeConsents || [])[0] : true);
       }

@@ -390,7 +390,7 @@ def test_the_iab_gpp_cmp_api_is_waited_for_and_a_us_opt_out_keeps_identifiers_ou
     CMP's signal, passes `gpp` and `gpp_sid`, and an opt-out of sale keeps every identifier out, as GPC does."""
     tracker = shop_tracker
     site.files.update(iab_gpp_cmp)
-    site.files["/opted-out"] = site.files["/us"] = site.files["/eu"] = gpp_page(tracker)
+    site.files["/opted-out"] = site.files["/us"] = site.files["/ca"] = site.files["/eu"] = gpp_page(tracker)
     click_id = click_id_for(tracker, site)
     context = browser.new_context(user_agent=CHROME_UA)
     cookies: list[str | None] = []
@@ -421,15 +421,26 @@ def test_the_iab_gpp_cmp_api_is_waited_for_and_a_us_opt_out_keeps_identifiers_ou
     assert views[1].dims["consent"] == "not_applicable" and views[1].dims["uid"].startswith("auto:")
     assert views[1].ctx.ip is not None
 
+    # The string also holds a US National opt-out, but only California's section applies (the visitor is there), and
+    # it has none: the tag and the tracker read the applicable sections alone.
+    ca = context.new_page()
+    ca.goto(f"{site.origin}/ca?tp_click=click-ca")
+    ca.wait_for_function("window.tp && window.tp.version && window.gppCmp")
+    ca.evaluate('gppCmp.setFieldValue("usnat", "SaleOptOutNotice", 1); gppCmp.setFieldValue("usnat", "SaleOptOut", 1)')
+    set_gpp(ca, "usca", 8, {"SaleOptOutNotice": 1, "SaleOptOut": 2})
+    views = wait_events(tracker, lambda e: e.type == "pageview", 3, "page views", ca)
+    assert views[2].dims["consent"] == "not_applicable" and views[2].dims["uid"].startswith("auto:")
+    assert ca.evaluate("JSON.parse(localStorage.getItem('tp_click')).id") == "click-ca"  # kept: identifiers allowed
+
     # The GPP's TCF EU section applies: its purpose 1 decides for the tag, and its string for the tracker.
     eu = context.new_page()
     eu.goto(f"{site.origin}/eu")
     eu.wait_for_function("window.tp && window.tp.version && window.gppCmp")
     consents = [True] + [False] * 23
     set_gpp(eu, "tcfeuv2", 2, {"CmpId": 300, "CmpVersion": 1, "PurposeConsents": consents, "VendorListVersion": 50})
-    views = wait_events(tracker, lambda e: e.type == "pageview", 3, "page views", eu)
-    assert (views[2].dims["consent"], views[2].dims["consent_reason"]) == ("granted", "tcf")
-    assert views[2].dims["uid"].startswith("auto:")
+    views = wait_events(tracker, lambda e: e.type == "pageview", 4, "page views", eu)
+    assert (views[3].dims["consent"], views[3].dims["consent_reason"]) == ("granted", "tcf")
+    assert views[3].dims["uid"].startswith("auto:")
     context.close()
 
 

@@ -17,10 +17,18 @@ from trackpoint.event import Context, Event
 
 SECTIONS: Final[tuple[str, ...]] = ("dims", "metrics", "ctx")
 CONTEXT_MEMBERS: Final[tuple[str, ...]] = tuple(field.name for field in msgspec.structs.fields(Context))
-# PrivacyFilter.__call__ builds the copy's Context and Event positionally (a third of the cost of
-# msgspec.structs.replace with keywords): a new member must be added there too.
-if CONTEXT_MEMBERS != ("ip", "ua", "referer", "device"):  # pragma: no cover - a change of Context's members
-    raise ImportError(f"PrivacyFilter does not know Context's members {CONTEXT_MEMBERS}")
+
+
+def _check_members(kind: type[msgspec.Struct], members: tuple[str, ...]) -> None:
+    """PrivacyFilter.__call__ builds the copy's Context and Event positionally (a third of the cost of
+    msgspec.structs.replace with keywords): a member added to either must be added there too."""
+    found = tuple(field.name for field in msgspec.structs.fields(kind))
+    if found != members:  # pragma: no cover - a change of Context's or Event's members
+        raise ImportError(f"PrivacyFilter builds {kind.__name__} from {members}, not from its members {found}")
+
+
+_check_members(Context, ("ip", "ua", "referer", "device"))
+_check_members(Event, ("id", "type", "ts", "dims", "metrics", "ctx", "meta"))
 # Never for an untrusted collector, whatever its lists say: even a truncated IP identifies a household.
 RAW_CONTEXT: Final = frozenset({"ip", "ua"})
 

@@ -17,6 +17,7 @@ from collections.abc import Sequence
 from urllib.parse import urlsplit
 
 import msgspec
+from redis.asyncio import Redis
 from redis.asyncio.retry import Retry
 from redis.backoff import NoBackoff
 from redis.exceptions import RedisError
@@ -426,14 +427,13 @@ class RedisStreamsCollector(Collector):
                 return
 
     async def _ping(self, router: Router) -> str:
-        """ "" when the server, or every primary of a cluster (each holds the streams of its slots), answers a ping;
-        else why not, naming the node."""
+        """Why the server, or a primary of a cluster (each holds the streams of its slots), does not answer a ping,
+        naming it; empty when every one does."""
         node = urlsplit(router.url).netloc.rpartition("@")[2]
         try:
             async with asyncio.timeout(self.config.timeout_s + self.config.connect_timeout_s):
                 for client in await router.primaries():
-                    address = client.connection_pool.connection_kwargs
-                    node = f"{address.get('host', '')}:{address.get('port', '')}"
+                    node = _node(client)
                     await client.ping()
         except (RedisError, OSError, TimeoutError) as exc:
             reason = f"{type(exc).__name__}: {exc}".rstrip(": ")
@@ -456,9 +456,8 @@ class RedisStreamsCollector(Collector):
                 loses = "an evicted dedupe bucket"
             else:
                 continue  # volatile-*: only keys with an expiry go, and without dedupe the collector sets none
-            address = client.connection_pool.connection_kwargs
             return (
-                f"redis {address.get('host', '')}:{address.get('port', '')} may evict keys (maxmemory {maxmemory:,} "
+                f"redis {_node(client)} may evict keys (maxmemory {maxmemory:,} "
                 f"bytes, maxmemory-policy {policy}): {loses} lets a retried or replayed batch append its events "
                 "again; set maxmemory-policy noeviction (a full Redis then refuses appends, and the collector spools)"
             )
@@ -484,6 +483,12 @@ class RedisStreamsCollector(Collector):
                 counts = await pipe.execute()
             total += sum(int(count) for count in counts if count)
         return total
+
+
+def _node(client: Redis) -> str:
+    """A client's server, as host:port (or its unix socket's path), for messages."""
+    address = client.connection_pool.connection_kwargs
+    return str(address["path"]) if "path" in address else f"{address.get('host', '')}:{address.get('port', '')}"
 
 
 def _type_of(event: Event) -> str:
