@@ -570,6 +570,32 @@ def test_a_redis_that_may_evict_makes_the_banker_unhealthy_until_it_is_set_to_no
     asyncio.run(scenario())
 
 
+@pytest.mark.e2e
+@pytest.mark.timeout(60)
+def test_a_redis_cluster_node_makes_the_banker_unhealthy_with_the_reason(tmp_path: Path) -> None:
+    """Pointed at a node of a Redis Cluster, every batch failed with CROSSSLOT (the script touches keys of many
+    slots), read as an outage and retried for ever. The banker now says what is wrong, at start."""
+    from conformance.redis_cluster import PrivateRedisCluster
+    from conftest import until
+
+    async def scenario() -> None:
+        cluster = PrivateRedisCluster()
+        try:
+            await cluster.start()
+            collector = fast_collector(cluster.urls[0], tmp_path)
+            await collector.start()
+            await until(
+                lambda: asyncio.sleep(0, "node of a Redis Cluster" in collector.health().detail), what="the check"
+            )
+            assert not collector.health().healthy
+            assert "point redis_url at a standalone Redis" in collector.health().detail
+            await collector.close(1.0)
+        finally:
+            await cluster.close()
+
+    asyncio.run(scenario())
+
+
 def fast_collector(redis_url: str, tmp_path: Path) -> BankerCollector:
     """A banker collector on a private Redis with short timeouts and retries, for outage tests."""
     options = banker(

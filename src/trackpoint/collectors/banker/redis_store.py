@@ -405,11 +405,19 @@ class RedisStore(Store):
         return newest[::-1]
 
     async def unsafe(self) -> str | None:
-        """A Redis that evicts keys when full: maxmemory set and a policy other than noeviction. The dedupe records
-        are the only keys with a TTL, so `volatile-*` (ElastiCache's default) evicts them first, and any eviction
-        of one lets a retry or a replay debit its event again. Read from INFO memory: managed Redis services
-        (ElastiCache, Memorystore, Azure Cache) answer it where CONFIG GET is disabled."""
-        evicting = eviction(await self._call(lambda client: client.info("memory")))
+        """A node of a Redis Cluster, where the script's keys of many slots fail every batch (CROSSSLOT) and the
+        reason would read as an outage; or a Redis that evicts keys when full: maxmemory set and a policy other than
+        noeviction. The dedupe records are the only keys with a TTL, so `volatile-*` (ElastiCache's default) evicts
+        them first, and any eviction of one lets a retry or a replay debit its event again. Read from INFO: managed
+        Redis services (ElastiCache, Memorystore, Azure Cache) answer it where CONFIG GET is disabled."""
+        info = await self._call(lambda client: client.info())
+        if str(info.get("cluster_enabled", 0)) == "1":
+            return (
+                "redis_url names a node of a Redis Cluster: the banker's store needs one primary (a batch's script "
+                "touches the keys of many campaigns and slots, and the cluster refuses it); point redis_url at a "
+                "standalone Redis or a primary with replicas"
+            )
+        evicting = eviction(info)
         if evicting is not None:
             maxmemory, policy = evicting
             return (
