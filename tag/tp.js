@@ -312,8 +312,10 @@
       else release();
     });
   }
-  /** A parsed GPP section: one object, or a list of its segments' objects. @param {any} section @returns {any[]} */
-  const segments = (section) => (Array.isArray(section) ? section : section ? [section] : []);
+  /** A parsed GPP section: one object, or a list of its segments' objects (anything else a broken CMP passes is
+   * left out). @param {any} section @returns {any[]} */
+  const segments = (section) =>
+    (Array.isArray(section) ? section : [section]).filter((part) => part && typeof part === "object");
   // The GPP's US sections by name, in the order of their ids (6 to 27): parsedSections names them, applicableSections
   // gives ids.
   const US_SECTIONS = (
@@ -326,7 +328,7 @@
       const ping = (ok && event && event.pingData) || {};
       if (ping.cmpStatus === "error") waitingForGpp = false; // no string will come: the events go without one
       if (ping.signalStatus === "ready") {
-        const applicable = ping.applicableSections || [];
+        const applicable = Array.isArray(ping.applicableSections) ? ping.applicableSections : [];
         const sections = ping.parsedSections || {};
         gpp = { gpp: ping.gppString, gpp_sid: applicable.join(",") };
         gppOptOut = false;

@@ -444,6 +444,27 @@ def test_the_iab_gpp_cmp_api_is_waited_for_and_a_us_opt_out_keeps_identifiers_ou
     context.close()
 
 
+def test_a_gpp_cmp_with_malformed_data_does_not_hold_the_events(
+    browser: Any, site: StaticSite, shop_tracker: Tracker
+) -> None:
+    """A broken CMP (sections not in a list, a null segment) must not throw inside the tag's listener: the events
+    would wait for ever. They go, with the string the CMP gave, and the tracker decides on it."""
+    tracker = shop_tracker
+    cmp = """window.__gpp = (command, callback) => setTimeout(() => callback({eventName: "signalStatus", data: "ready",
+        pingData: {signalStatus: "ready", cmpStatus: "loaded", gppString: "not-a-gpp-string", applicableSections: "7",
+                   parsedSections: {usnat: [null, 3], tcfeuv2: "x"}}}, true), 50);"""
+    site.files["/broken"] = page_html(tracker, script=cmp)
+    context = browser.new_context(user_agent=CHROME_UA)
+    page = context.new_page()
+    errors: list[str] = []
+    page.on("pageerror", lambda error: errors.append(str(error)))
+    page.goto(f"{site.origin}/broken")
+    view = wait_events(tracker, lambda e: e.type == "pageview", 1, "page view", page)[0]
+    assert view.dims["consent"] == "denied" and view.dims["consent_reason"] == "gpp_invalid"
+    assert errors == []
+    context.close()
+
+
 def test_failed_sends_are_retried_and_an_outage_waits(browser: Any, site: StaticSite, shop_tracker: Tracker) -> None:
     tracker = shop_tracker
     site.files["/plain"] = page_html(tracker, attributes='data-batch-ms="0"')  # no consent banner on this site
