@@ -15,6 +15,7 @@ from conftest import load_config
 from trackpoint.edge.pipeline import EdgeProtocol
 from trackpoint.edge.runtime import Edge
 from trackpoint.plugins import registry
+from transport import RecordingTransport
 
 VALID = [
     b"GET /i?imp=a&cid=b HTTP/1.1\r\nHost: t\r\nUser-Agent: Mozilla/5.0\r\n\r\n",
@@ -27,38 +28,6 @@ VALID = [
     b"GET /v?imp=x&ev=midpoint&t=3.5 HTTP/1.1\r\nHost: t\r\nX-Forwarded-For: 1.2.3.4\r\n\r\n",
 ]
 NASTY = [b"%", b"%ff", b"%C3%A9", b"\xc3", b"\xff", b"\x00", b"\r\n", b"&imp=", b"=", b"?", b"{", b'"', b"\\u0000"]
-
-
-class _Transport:
-    def __init__(self) -> None:
-        self.written = bytearray()
-        self.closed = False
-
-    def write(self, data: bytes) -> None:
-        self.written += data
-
-    def writelines(self, chunks: list[bytes]) -> None:
-        for chunk in chunks:
-            self.written += chunk
-
-    def close(self) -> None:
-        self.closed = True
-
-    def can_write_eof(self) -> bool:
-        return True
-
-    def write_eof(self) -> None:  # the edge lingers after an error answer; for the peer the stream has ended
-        self.closed = True
-
-    def get_extra_info(self, name: str) -> object:
-        return ("198.51.100.7", 40000) if name == "peername" else None
-
-    def get_write_buffer_size(self) -> int:
-        return 0
-
-    def pause_reading(self) -> None: ...
-
-    def resume_reading(self) -> None: ...
 
 
 @st.composite
@@ -89,12 +58,12 @@ EDGE = Edge(msgspec.structs.replace(LOADED.config, data_dir=DATA_DIR), LOADED.ve
 LOOP.run_until_complete(EDGE.start_collectors())
 
 
-def _feed(chunks: list[bytes]) -> tuple[dict[str, int], _Transport]:
+def _feed(chunks: list[bytes]) -> tuple[dict[str, int], RecordingTransport]:
     """Feeds one connection; returns the rejections it caused (by reason) and what it was sent."""
 
-    async def run() -> _Transport:
+    async def run() -> RecordingTransport:
         protocol = EdgeProtocol(EDGE)
-        transport = _Transport()
+        transport = RecordingTransport()
         protocol.connection_made(transport)  # type: ignore[arg-type]
         for chunk in chunks:
             protocol.data_received(chunk)

@@ -29,6 +29,9 @@ def _instrumented() -> Any:
     return contextlib.nullcontext()
 
 
+sys.path.insert(0, str(Path(__file__).resolve().parent.parent))  # tests/: the shared in-process transport
+from transport import RecordingTransport  # noqa: E402
+
 with _instrumented():
     import msgspec
 
@@ -64,41 +67,6 @@ SEEDS = [
 def known_reasons() -> frozenset[str]:
     """Every reason code the tracker can send: the table (tests/test_reasons.py keeps it true to the source)."""
     return frozenset(BY_REASON)
-
-
-class FakeTransport:
-    """Collects what the protocol writes; the peer is a trusted proxy half the time (X-Forwarded-For path)."""
-
-    def __init__(self, peer: str) -> None:
-        self.written = bytearray()
-        self.closed = False
-        self.peer = peer
-
-    def write(self, data: bytes) -> None:
-        self.written += data
-
-    def writelines(self, chunks: list[bytes]) -> None:
-        for chunk in chunks:
-            self.written += chunk
-
-    def close(self) -> None:
-        self.closed = True
-
-    def can_write_eof(self) -> bool:
-        return True
-
-    def write_eof(self) -> None:  # the edge lingers after an error answer; for the peer the stream has ended
-        self.closed = True
-
-    def get_extra_info(self, name: str) -> object:
-        return (self.peer, 40000) if name == "peername" else None
-
-    def get_write_buffer_size(self) -> int:
-        return 0  # the client reads everything: an expired connection is closed, not aborted
-
-    def pause_reading(self) -> None: ...
-
-    def resume_reading(self) -> None: ...
 
 
 def _edges() -> list[Edge]:
@@ -141,9 +109,9 @@ def run_one(data: bytes) -> tuple[bytes, dict[str, int]]:
     edge = EDGES[control & 1]
     split = 1 + size % 97 if size & 0x80 else len(payload) or 1
 
-    async def feed() -> FakeTransport:
+    async def feed() -> RecordingTransport:
         protocol = EdgeProtocol(edge)
-        transport = FakeTransport("10.1.2.3" if control & 2 else "198.51.100.7")
+        transport = RecordingTransport("10.1.2.3" if control & 2 else "198.51.100.7")
         protocol.connection_made(transport)  # type: ignore[arg-type]
         for at in range(0, len(payload), split):
             protocol.data_received(payload[at : at + split])

@@ -121,6 +121,16 @@ class Limits(Struct, forbid_unknown_fields=True, kw_only=True):
             "did not answer). Bounds the memory a client that pipelines without reading can take.",
         ),
     ] = 128
+    max_pipelined_per_iteration: Annotated[
+        Annotated[int, Meta(ge=1, le=1_000_000)] | None,
+        Meta(
+            description="Requests pipelined behind the first of a read answered in one event-loop iteration, over "
+            "all the worker's connections; past it, a pipelined request is answered `Connection: close` and the "
+            "rest of its connection's read is not read (the client retries it on a new connection). Clients that "
+            "pipeline without reading answers cannot make one iteration long for everyone else. Unset: twice "
+            "max_pipelined_requests, so one connection alone is never cut by it.",
+        ),
+    ] = None
     write_timeout_s: Annotated[
         Seconds,
         Meta(

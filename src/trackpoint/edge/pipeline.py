@@ -84,7 +84,9 @@ class EdgeProtocol(HttpConnection):
         self.pipelined = pipelined = self.pipelined + 1
         caps = self.caps
         keep_alive = parser.should_keep_alive() and not edge.draining and self.requests < caps.max_keepalive_requests
-        if pipelined >= caps.max_pipelined_requests:  # answered in this read: the rest waits for a new connection
+        # The last answered in this read (the rest waits for a new connection): at the per-read cap, or (rare: a
+        # client that pipelines) once this iteration has answered its share of pipelined requests.
+        if pipelined >= caps.max_pipelined_requests or (pipelined > 1 and edge.pipelining_spent()):
             keep_alive = False
         method = parser.get_method()
         is_head = method == b"HEAD"

@@ -294,6 +294,10 @@ class Edge:
         by_type = {route.name: route for route in self.routes.values()}  # a type with several paths counts once
         self._limiters = [limiter for route in by_type.values() for limiter in (*route.limiters, *route.late_limiters)]
         self._pending_output: list[EdgeProtocol] = []
+        # Pipelined requests (behind the first of a read) answered in this iteration, and how many it may answer.
+        self.pipelined_in_iteration = 0
+        budget = self.limits.max_pipelined_per_iteration
+        self.pipelined_budget: int = 2 * self.limits.max_pipelined_requests if budget is None else budget
         # The loop the output step is scheduled on, kept: asyncio.get_running_loop() makes a getpid() system call
         # each time (CPython checks for a fork), once per request when requests come one per iteration.
         self._loop: asyncio.AbstractEventLoop | None = None
@@ -313,6 +317,12 @@ class Edge:
             per_ip[connection.peer_ip] = count + 1
         self.connections.add(connection)
         return None
+
+    def pipelining_spent(self) -> bool:
+        """One more pipelined request answered in this iteration: True once the iteration's budget is spent (that
+        request is the connection's last)."""
+        count = self.pipelined_in_iteration = self.pipelined_in_iteration + 1
+        return count >= self.pipelined_budget
 
     def release(self, connection: EdgeProtocol) -> None:
         if connection in self.connections:
@@ -348,6 +358,7 @@ class Edge:
         responses. A response whose event could not be written becomes a 503."""
         pending = self._pending_output
         self._pending_output = []
+        self.pipelined_in_iteration = 0
         if self.durable and not self._commit(pending):
             return
         for connection in pending:

@@ -1,0 +1,84 @@
+"""Pipelined requests under pressure: the worker answers at most `max_pipelined_per_iteration` requests pipelined
+behind the first of a read in one event-loop iteration, over all its connections, so clients that pipeline deeply
+without reading (bench/flood.py `slow_read`) cannot make one iteration long for every other client."""
+
+from __future__ import annotations
+
+import asyncio
+from pathlib import Path
+
+import msgspec
+
+from conftest import load_config
+from trackpoint.edge.pipeline import EdgeProtocol
+from trackpoint.edge.runtime import Edge
+from trackpoint.plugins import registry
+from transport import RecordingTransport
+
+PIXEL = b"GET /i?imp=p%d HTTP/1.1\r\nHost: t\r\n\r\n"
+
+
+def _edge(tmp_path: Path, **limits: int) -> Edge:
+    loaded = load_config()
+    config = loaded.config
+    server = msgspec.structs.replace(config.server, limits=msgspec.structs.replace(config.server.limits, **limits))
+    return Edge(msgspec.structs.replace(config, data_dir=str(tmp_path), server=server), loaded.version, 0, registry())
+
+
+def _answers(transport: RecordingTransport) -> tuple[int, int]:
+    """(200 answers, of them saying `Connection: close`) in what a connection was sent."""
+    answers = bytes(transport.written).split(b"HTTP/1.1 ")[1:]
+    assert all(answer.startswith(b"200 ") for answer in answers)
+    return len(answers), sum(b"\r\nConnection: close\r\n" in answer for answer in answers)
+
+
+def _pipeline(edge: Edge, iterations: list[list[int]]) -> list[RecordingTransport]:
+    """Per iteration, one connection per entry, each sending that many pipelined pixels in one read; then that
+    iteration's output step runs. The connections' transports, in order."""
+
+    async def run() -> list[RecordingTransport]:
+        await edge.start_collectors()
+        transports = []
+        for reads in iterations:
+            for depth in reads:
+                protocol = EdgeProtocol(edge)
+                transport = RecordingTransport()
+                protocol.connection_made(transport)  # type: ignore[arg-type]
+                protocol.data_received(b"".join(PIXEL % n for n in range(depth)))
+                transports.append(transport)
+            await asyncio.sleep(0)  # the output step: the log's group commit, then the answers
+        await edge.drain(1.0)
+        return transports
+
+    return asyncio.run(run())
+
+
+def test_an_iteration_answers_its_share_of_pipelined_requests_then_closes_the_pipelines(tmp_path: Path) -> None:
+    edge = _edge(tmp_path, max_pipelined_per_iteration=5)
+    first, second, third = _pipeline(edge, [[4, 4, 4]])
+    # The first read's 3 pipelined requests fit; the second's second takes the 4th, its third the 5th and last: it
+    # is answered `Connection: close` and the rest of that read is not read; the third gets its first request (not
+    # pipelined) and one pipelined, its last.
+    assert _answers(first) == (4, 0)
+    assert _answers(second) == (3, 1)
+    assert _answers(third) == (2, 1)
+    assert edge.stats.requests == 9
+
+
+def test_the_budget_is_per_iteration(tmp_path: Path) -> None:
+    edge = _edge(tmp_path, max_pipelined_per_iteration=5)
+    # Three reads of 5 (4 pipelined each), each in an iteration of its own: never cut; then one read of 6 is cut
+    # at its 6th, the 5th pipelined.
+    *apart, deep = _pipeline(edge, [[5], [5], [5], [7]])
+    assert [_answers(transport) for transport in apart] == [(5, 0)] * 3
+    assert _answers(deep) == (6, 1)
+
+
+def test_unset_it_is_twice_the_per_read_cap_so_one_connection_alone_is_never_cut(tmp_path: Path) -> None:
+    edge = _edge(tmp_path, max_pipelined_requests=6)
+    assert edge.pipelined_budget == 12
+    one, other, third = _pipeline(edge, [[7, 7, 7]])
+    # Each of the first two is closed at its own cap (its 6th request), having taken 4 of the budget (its 2nd to
+    # 5th); the third takes the last 4 and is closed at its 5th request.
+    assert _answers(one) == (6, 1) and _answers(other) == (6, 1)
+    assert _answers(third) == (5, 1)
