@@ -104,15 +104,17 @@ def win_notices(distinct: int, repeat_share: float, seed: int) -> tuple[list[str
 
 async def _fire(port: int, paths: list[str], depth: int = 64) -> int:
     """Sends every path over keep-alive connections, `depth` pipelined requests at a time; counts 204 answers.
-    Each connection stays under the tracker's default max_keepalive_requests (10,000)."""
+    Each connection stays under the tracker's default max_keepalive_requests (10,000). An answer that says
+    `Connection: close` (the tracker's pipelining limits) is the connection's last: what it did not answer is sent
+    again on a new one, as an HTTP/1.1 client that pipelines must."""
     connections = max(8, len(paths) // 5000)
     queue = [paths[i::connections] for i in range(connections)]
 
     async def one(mine: list[str]) -> int:
         reader, writer = await asyncio.open_connection("127.0.0.1", port)
-        answered = 0
-        for start in range(0, len(mine), depth):
-            chunk = mine[start : start + depth]
+        answered = sent = 0
+        while sent < len(mine):
+            chunk = mine[sent : sent + depth]
             writer.write(b"".join(f"GET {p} HTTP/1.1\r\nHost: t\r\n\r\n".encode() for p in chunk))
             for _ in chunk:
                 head = await reader.readuntil(b"\r\n\r\n")
@@ -124,6 +126,11 @@ async def _fire(port: int, paths: list[str], depth: int = 64) -> int:
                 if length:
                     await reader.readexactly(length)
                 answered += status == 204
+                sent += 1
+                if b"\r\nconnection: close" in head.lower():
+                    writer.close()
+                    reader, writer = await asyncio.open_connection("127.0.0.1", port)
+                    break
         writer.close()
         return answered
 

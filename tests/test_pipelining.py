@@ -63,6 +63,7 @@ def test_an_iteration_answers_its_share_of_pipelined_requests_then_closes_the_pi
     assert _answers(second) == (3, 1)
     assert _answers(third) == (2, 1)
     assert edge.stats.requests == 9
+    assert edge.stats.pipelines_cut == 2  # trackpoint_pipelines_cut_total
 
 
 def test_the_budget_is_per_iteration(tmp_path: Path) -> None:
@@ -72,13 +73,17 @@ def test_the_budget_is_per_iteration(tmp_path: Path) -> None:
     *apart, deep = _pipeline(edge, [[5], [5], [5], [7]])
     assert [_answers(transport) for transport in apart] == [(5, 0)] * 3
     assert _answers(deep) == (6, 1)
+    assert edge.stats.pipelines_cut == 1
 
 
-def test_unset_it_is_twice_the_per_read_cap_so_one_connection_alone_is_never_cut(tmp_path: Path) -> None:
-    edge = _edge(tmp_path, max_pipelined_requests=6)
-    assert edge.pipelined_budget == 12
-    one, other, third = _pipeline(edge, [[7, 7, 7]])
-    # Each of the first two is closed at its own cap (its 6th request), having taken 4 of the budget (its 2nd to
-    # 5th); the third takes the last 4 and is closed at its 5th request.
-    assert _answers(one) == (6, 1) and _answers(other) == (6, 1)
-    assert _answers(third) == (5, 1)
+def test_unset_it_is_four_full_reads_so_a_few_deep_pipelines_are_never_cut(tmp_path: Path) -> None:
+    edge = _edge(tmp_path, max_pipelined_requests=4)
+    assert edge.pipelined_budget == 16
+    transports = _pipeline(edge, [[5] * 9])
+    # Each read counts its 2nd and 3rd requests; its 4th is the per-read cap's last (not the budget's). The first
+    # 7 take 14 of the 16 and are closed at their cap; the 8th takes the last two, its 3rd closing it; the 9th is
+    # closed at its first pipelined request.
+    assert [_answers(transport) for transport in transports[:7]] == [(4, 1)] * 7
+    assert _answers(transports[7]) == (3, 1)
+    assert _answers(transports[8]) == (2, 1)
+    assert edge.stats.pipelines_cut == 2

@@ -126,6 +126,7 @@ def test_add_sums_every_counter() -> None:
         rejected={"missing_field": 2, "not_found": 1},
         events={"impression": 5, "click": 1},
         preprocessor_dropped={"anonymize_ip": 1},
+        pipelines_cut=4,
         latency_counts=counts(b0=3, b4=2, b12=1),
         latency_sum=1.5,
         connections=2,
@@ -138,6 +139,7 @@ def test_add_sums_every_counter() -> None:
         requests=7,
         rejected={"missing_field": 1, "invalid_field": 4},
         events={"impression": 2, "win": 3},
+        pipelines_cut=1,
         latency_counts=counts(b0=1, b11=2, b12=4),
         latency_sum=0.25,
         connections=1,
@@ -151,6 +153,7 @@ def test_add_sums_every_counter() -> None:
     assert total.rejected == {"missing_field": 3, "not_found": 1, "invalid_field": 4}
     assert total.events == {"impression": 7, "click": 1, "win": 3}
     assert total.preprocessor_dropped == {"anonymize_ip": 1}
+    assert total.pipelines_cut == 5
     assert total.latency_counts == counts(b0=4, b4=2, b11=2, b12=5)
     assert total.latency_counts[-1] == 5  # the +Inf bucket adds like the others
     assert total.latency_sum == 1.75
@@ -255,6 +258,7 @@ def test_metrics_render_parses_with_the_expected_samples() -> None:
     stats.reject("not_found")
     stats.events.update({"impression": 6, "click": 1})
     stats.preprocessor_dropped["parse_user_agent"] = 2
+    stats.pipelines_cut = 3
     snap = snapshot_of(
         stats,
         3,
@@ -276,6 +280,7 @@ def test_metrics_render_parses_with_the_expected_samples() -> None:
     assert sample(samples, "trackpoint_events_total", type="impression") == 6
     assert sample(samples, "trackpoint_events_total", type="click") == 1
     assert sample(samples, "trackpoint_preprocessor_dropped_total", preprocessor="parse_user_agent") == 2
+    assert sample(samples, "trackpoint_pipelines_cut_total") == 3
 
     name = "trackpoint_request_duration_seconds"
     assert sample(samples, f"{name}_count") == 5

@@ -50,6 +50,13 @@ class _SnapshotCollector:
         snap = self.totals()
         state = self.state
         yield _counter("trackpoint_requests", "HTTP requests received by the tracking edge.", snap.requests)
+        yield _counter(
+            "trackpoint_pipelines_cut",
+            "Connections answered `Connection: close` after a pipelined request because their event-loop iteration "
+            "had answered server.limits.max_pipelined_per_iteration pipelined requests (clients pipelining without "
+            "reading, or a flood of them).",
+            snap.pipelines_cut,
+        )
         yield _by_label(
             "trackpoint_rejected", "Requests rejected, by reason (the X-Reject-Reason code).", "reason", snap.rejected
         )

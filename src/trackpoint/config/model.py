@@ -127,8 +127,8 @@ class Limits(Struct, forbid_unknown_fields=True, kw_only=True):
             description="Requests pipelined behind the first of a read answered in one event-loop iteration, over "
             "all the worker's connections; past it, a pipelined request is answered `Connection: close` and the "
             "rest of its connection's read is not read (the client retries it on a new connection). Clients that "
-            "pipeline without reading answers cannot make one iteration long for everyone else. Unset: twice "
-            "max_pipelined_requests, so one connection alone is never cut by it.",
+            "pipeline without reading answers cannot make one iteration long for everyone else. Unset: 4 x "
+            "max_pipelined_requests (512), so four connections each pipelining a full read are never cut by it.",
         ),
     ] = None
     write_timeout_s: Annotated[

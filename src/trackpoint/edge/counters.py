@@ -15,6 +15,7 @@ class EdgeStats(LatencyHistogram):
         "head",
         "ivt_dropped",
         "ivt_routed",
+        "pipelines_cut",
         "preprocessor_dropped",
         "preprocessor_errors",
         "rejected",
@@ -36,6 +37,9 @@ class EdgeStats(LatencyHistogram):
         # Flagged events under an event type's invalid_traffic policy route or drop, by event type.
         self.ivt_routed: dict[str, int] = {}
         self.ivt_dropped: dict[str, int] = {}
+        # Connections answered `Connection: close` because the iteration had answered its share of pipelined
+        # requests (server.limits.max_pipelined_per_iteration).
+        self.pipelines_cut = 0
 
     def reject(self, reason: str) -> None:
         self.rejected[reason] = self.rejected.get(reason, 0) + 1

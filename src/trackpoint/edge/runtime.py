@@ -54,6 +54,8 @@ log = logging.getLogger("trackpoint.edge")
 SWEEP_BATCH: Final = 64
 # On drain, how long an idle keep-alive connection may still send one last request.
 DRAIN_IDLE_GRACE_S: Final = 1.0
+# Unset, server.limits.max_pipelined_per_iteration is this many connections' full reads (max_pipelined_requests).
+PIPELINED_READS: Final = 4
 # Each kind of error on the request path is logged at once, then at most once per interval with the count of those
 # not logged (all are counted).
 ERROR_LOG_INTERVAL_S: Final = 10.0
@@ -297,7 +299,7 @@ class Edge:
         # Pipelined requests (behind the first of a read) answered in this iteration, and how many it may answer.
         self.pipelined_in_iteration = 0
         budget = self.limits.max_pipelined_per_iteration
-        self.pipelined_budget: int = 2 * self.limits.max_pipelined_requests if budget is None else budget
+        self.pipelined_budget: int = PIPELINED_READS * self.limits.max_pipelined_requests if budget is None else budget
         # The loop the output step is scheduled on, kept: asyncio.get_running_loop() makes a getpid() system call
         # each time (CPython checks for a fork), once per request when requests come one per iteration.
         self._loop: asyncio.AbstractEventLoop | None = None
@@ -322,7 +324,10 @@ class Edge:
         """One more pipelined request answered in this iteration: True once the iteration's budget is spent (that
         request is the connection's last)."""
         count = self.pipelined_in_iteration = self.pipelined_in_iteration + 1
-        return count >= self.pipelined_budget
+        if count < self.pipelined_budget:
+            return False
+        self.stats.pipelines_cut += 1
+        return True
 
     def release(self, connection: EdgeProtocol) -> None:
         if connection in self.connections:

@@ -33,6 +33,8 @@ class Snapshot(msgspec.Struct, omit_defaults=True):
     ivt_dropped: dict[str, int] = {}
     # Invalid optional values left out of their events (`on_invalid: drop`), by event type and `field:reason`.
     invalid_dropped: dict[str, dict[str, int]] = {}
+    # Connections closed by the pipelining budget of an iteration (server.limits.max_pipelined_per_iteration).
+    pipelines_cut: int = 0
     latency_counts: list[int] = []
     latency_sum: float = 0.0
     connections: int = 0
@@ -51,6 +53,7 @@ def snapshot_of(counters: EdgeStats, connections: int, collectors: dict[str, Col
         preprocessor_errors=dict(counters.preprocessor_errors),
         ivt_routed=dict(counters.ivt_routed),
         ivt_dropped=dict(counters.ivt_dropped),
+        pipelines_cut=counters.pipelines_cut,
         latency_counts=list(counters.latency_counts),
         latency_sum=counters.latency_sum,
         connections=connections,
@@ -78,6 +81,7 @@ def add(total: Snapshot, part: Snapshot) -> Snapshot:
             name: _add_counts(total.invalid_dropped.get(name, {}), part.invalid_dropped.get(name, {}))
             for name in total.invalid_dropped.keys() | part.invalid_dropped.keys()
         },
+        pipelines_cut=total.pipelines_cut + part.pipelines_cut,
         latency_counts=[a + b for a, b in zip_longest(total.latency_counts, part.latency_counts, fillvalue=0)],
         latency_sum=total.latency_sum + part.latency_sum,
         connections=total.connections + part.connections,
