@@ -68,8 +68,8 @@ def test_an_iteration_answers_its_share_of_pipelined_requests_then_closes_the_pi
 
 def test_the_budget_is_per_iteration(tmp_path: Path) -> None:
     edge = _edge(tmp_path, max_pipelined_per_iteration=5)
-    # Three reads of 5 (4 pipelined each), each in an iteration of its own: never cut; then one read of 6 is cut
-    # at its 6th, the 5th pipelined.
+    # Three reads of 5 (4 pipelined each), each in an iteration of its own: never cut; then a read of 7 is cut at
+    # its 6th request, the 5th pipelined.
     *apart, deep = _pipeline(edge, [[5], [5], [5], [7]])
     assert [_answers(transport) for transport in apart] == [(5, 0)] * 3
     assert _answers(deep) == (6, 1)
