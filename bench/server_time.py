@@ -1,0 +1,241 @@
+"""The server's own time per request at the brief's 2,000 requests/s, for every stack of the four-stack benchmark:
+from the system call that reads a request to the one that writes its answer, traced in the kernel.
+
+Why beside bench/peers.py: at this rate the stacks' end-to-end p99 differ by about a tenth of a millisecond, while
+one 10 s run's p99 moves between 0.4 and 2 ms with the VM (a halted virtual CPU woken late, the hypervisor's other
+guests, wrk's own core). What a client waits for is the sum of what every stack pays alike (the loopback, waking a
+halted core, waking wrk) and the stack's own path from its read to its write. This measures that path alone, so the
+stacks compare by what they do rather than by what the VM did to them in one run.
+
+How: each stack in turn on core 0, at 2,000 req/s from `wrk` on core 1 (bench/constant_rate.lua, 20 connections),
+under `perf record -e raw_syscalls:sys_enter,raw_syscalls:sys_exit -C 0`. On each connection the server accepted
+while traced (its pipes, log files and control sockets are left out), the time runs from the start of the first
+read that returns data to the end of the first write that follows (`write`, `writev`, `sendto` or `sendmsg`).
+trackpoint's write to its log, on another descriptor, lies inside that span; so does every stack's socket write,
+which on loopback delivers the answer to wrk and wakes it. Tracing costs each system call a few microseconds, alike
+for every stack: the figures compare the stacks, they are not the untraced latency. The stacks take turns, round
+after round; each figure is the median of the rounds.
+
+Run ``scripts/bench-peers --server-time [--rounds N] [--duration S] [--record]`` (needs `perf`, from Debian's
+`linux-perf`, and root or `kernel.perf_event_paranoid` <= -1 for tracepoints).
+"""
+
+from __future__ import annotations
+
+import argparse
+import contextlib
+import datetime
+import json
+import re
+import statistics
+import subprocess
+import sys
+import tempfile
+import time
+from collections.abc import Iterable, Iterator, Sequence
+from dataclasses import asdict
+from pathlib import Path
+from typing import Any
+
+from rich.console import Console
+from rich.table import Table
+
+from harness import RESULTS_DIR, SERVER_CPU, HarnessError, free_ports, git_state, machine_info, unwind_on_sigterm
+from peers import (
+    BRIEF_CONNECTIONS,
+    BRIEF_RATE,
+    FLOOR,
+    Stack,
+    build_peers,
+    constant_rate,
+    run_floor,
+    run_go,
+    run_openresty,
+    run_rust,
+    run_trackpoint,
+)
+
+RESULT_FILE = "server-time.json"
+READS = {0, 17, 19, 45, 47}  # read, pread64, readv, recvfrom, recvmsg
+WRITES = {1, 18, 20, 44, 46}  # write, pwrite64, writev, sendto, sendmsg
+ACCEPTS = {43, 288}  # accept, accept4
+CLOSE = 3
+SHARES = (0.5, 0.9, 0.99, 0.999)
+EVENT = re.compile(r"^\s*(\d+)/(\d+)\s+([\d.]+):\s+raw_syscalls:sys_(enter|exit):\s+NR (\d+) (.*)$")
+
+
+def session_pids(leader: int) -> set[int]:
+    """The processes of a server's session (start_service starts each in its own): the supervisor and its worker,
+    nginx's master and worker."""
+    pids = set()
+    for stat in Path("/proc").glob("[0-9]*/stat"):
+        with contextlib.suppress(OSError, ValueError, IndexError):
+            fields = stat.read_text().rsplit(")", 1)[1].split()
+            if int(fields[3]) == leader:  # field 6 of proc(5), the session id
+                pids.add(int(stat.parent.name))
+    return pids
+
+
+def spans_us(script: Iterable[str], pids: set[int]) -> list[float]:
+    """Read-to-answer spans in µs from `perf script` lines (`pid/tid time: event: NR n ...`) of the given
+    processes, on the connections they accepted while traced (not their pipes, log files or control sockets)."""
+    calls: dict[int, tuple[int, int, float]] = {}  # thread -> (syscall, fd or -1, when it began)
+    accepted: set[tuple[int, int]] = set()  # (process, fd) of a client connection
+    reading: dict[tuple[int, int], float] = {}  # (process, fd) -> when the read that began a request began
+    spans = []
+    for line in script:
+        match = EVENT.match(line)
+        if match is None or int(match[1]) not in pids:
+            continue
+        pid, tid, when, number, rest = int(match[1]), int(match[2]), float(match[3]), int(match[5]), match[6]
+        if match[4] == "enter":
+            fd = int(rest.lstrip("(").split(",", 1)[0], 16) if number in READS | WRITES | {CLOSE} else -1
+            calls[tid] = (number, fd, when)
+            continue
+        call = calls.pop(tid, None)
+        if call is None:
+            continue
+        number, fd, began = call
+        returned = int(rest.rsplit("=", 1)[1])
+        if number in ACCEPTS and returned >= 0:
+            accepted.add((pid, returned))
+            continue
+        key = (pid, fd)
+        if number == CLOSE:
+            accepted.discard(key)
+            reading.pop(key, None)
+        elif key not in accepted:
+            continue
+        elif number in READS and returned > 0:
+            reading.setdefault(key, began)
+        elif number in WRITES and key in reading:
+            spans.append((when - reading.pop(key)) * 1e6)
+    return spans
+
+
+def percentiles(spans: Sequence[float]) -> dict[str, float]:
+    ordered = sorted(spans)
+    if not ordered:
+        raise HarnessError("no request was traced: is perf allowed to read tracepoints?")
+    last = len(ordered) - 1
+    return {f"p{share * 100:g}_us": round(ordered[min(last, int(share * len(ordered)))], 1) for share in SHARES}
+
+
+def traced_round(stack: Stack, duration_s: int, workdir: Path) -> dict[str, Any]:
+    """One constant-rate run of `stack` under perf: its end-to-end percentiles and the traced spans'."""
+    constant_rate(stack, BRIEF_RATE, 2, BRIEF_CONNECTIONS)  # warm-up
+    pids = session_pids(stack.service.proc.pid)
+    data = workdir / "perf.data"
+    argv = ["perf", "record", "-q", "-C", str(SERVER_CPU), "-o", str(data)]
+    argv += ["-e", "raw_syscalls:sys_enter,raw_syscalls:sys_exit"]
+    with subprocess.Popen(argv, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True) as perf:
+        time.sleep(0.5)
+        if perf.poll() is not None:
+            raise HarnessError(f"perf record failed: {perf.stderr.read() if perf.stderr else ''}")
+        result = constant_rate(stack, BRIEF_RATE, duration_s, BRIEF_CONNECTIONS)
+        perf.send_signal(2)  # SIGINT: perf writes its file and exits
+        perf.wait(60)
+    with subprocess.Popen(
+        ["perf", "script", "-i", str(data), "-F", "pid,tid,time,event,trace"],
+        stdout=subprocess.PIPE,
+        stderr=subprocess.DEVNULL,
+        text=True,
+    ) as script:
+        assert script.stdout is not None
+        spans = spans_us(script.stdout, pids)
+    data.unlink()
+    return {
+        "requests": len(spans),
+        **percentiles(spans),
+        "end_to_end_p50_ms": result.p50_ms,
+        "end_to_end_p99_ms": result.p99_ms,
+        "achieved_rps": result.achieved_rps,
+    }
+
+
+@contextlib.contextmanager
+def stack_named(name: str, binaries: dict[str, Path], workdir: Path) -> Iterator[Stack]:
+    port, admin_port = free_ports(2)
+    place = workdir / name
+    if name == "trackpoint":
+        context = run_trackpoint(place, port, admin_port)
+    elif name == "go":
+        context = run_go(binaries["go"], place, port)
+    elif name == "rust":
+        context = run_rust(binaries["rust"], place, port)
+    elif name == "openresty":
+        context = run_openresty(place, port)
+    else:
+        context = run_floor(place, port)
+    with context as stack:
+        yield stack
+
+
+def measure(rounds: int, duration_s: int, console: Console) -> dict[str, list[dict[str, Any]]]:
+    binaries = build_peers(console)
+    names = ["trackpoint", "go", "openresty", "rust", FLOOR]
+    runs: dict[str, list[dict[str, Any]]] = {name: [] for name in names}
+    with tempfile.TemporaryDirectory(prefix="trackpoint-server-time-") as tmp:
+        for number in range(rounds):
+            for name in names[number % len(names) :] + names[: number % len(names)]:
+                with stack_named(name, binaries, Path(tmp) / f"{number}") as stack:
+                    run = traced_round(stack, duration_s, Path(tmp))
+                runs[name].append(run)
+                console.print(
+                    f"round {number + 1} {name}: read to answer p50 {run['p50_us']} µs, p99 {run['p99_us']} µs "
+                    f"({run['requests']:,} requests; end to end p50 {run['end_to_end_p50_ms']} ms, "
+                    f"p99 {run['end_to_end_p99_ms']} ms)"
+                )
+    return runs
+
+
+def summary(runs: dict[str, list[dict[str, Any]]]) -> dict[str, dict[str, float]]:
+    """Per stack, the median over the rounds of each figure."""
+    return {
+        name: {key: round(statistics.median(run[key] for run in stack_runs), 3) for key in stack_runs[0]}
+        for name, stack_runs in runs.items()
+        if stack_runs
+    }
+
+
+def print_table(medians: dict[str, dict[str, float]], console: Console) -> None:
+    table = Table(title=f"the server's own time per request at {BRIEF_RATE:,} req/s (traced; medians of rounds)")
+    for column in ("stack", "read→answer p50 µs", "p90", "p99", "p99.9", "end to end p50 ms", "p99 ms"):
+        table.add_column(column, justify="left" if column == "stack" else "right")
+    for name, figures in medians.items():
+        table.add_row(
+            name,
+            *(f"{figures[key]:,.0f}" for key in ("p50_us", "p90_us", "p99_us", "p99.9_us")),
+            f"{figures['end_to_end_p50_ms']:.3f}",
+            f"{figures['end_to_end_p99_ms']:.3f}",
+        )
+    console.print(table)
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0] if __doc__ else None)
+    parser.add_argument("--rounds", type=int, default=5, help="rounds; each stack runs once per round (default 5)")
+    parser.add_argument("--duration", type=int, default=10, help="seconds of each traced run (default 10)")
+    parser.add_argument("--record", action="store_true", help=f"write bench/results/{RESULT_FILE}")
+    settings = parser.parse_args(argv)
+    console = Console()
+    unwind_on_sigterm()
+    runs = measure(settings.rounds, settings.duration, console)
+    medians = summary(runs)
+    print_table(medians, console)
+    document = {
+        "date": datetime.datetime.now(datetime.UTC).isoformat(timespec="seconds"),
+        "git": dict(zip(("commit", "dirty"), git_state(), strict=True)),
+        "machine": asdict(machine_info()),
+        "settings": {"rounds": settings.rounds, "duration": settings.duration, "rate": BRIEF_RATE},
+        "medians": medians,
+        "runs": runs,
+    }
+    path = RESULTS_DIR / RESULT_FILE if settings.record else Path(tempfile.gettempdir()) / RESULT_FILE
+    path.write_text(json.dumps(document, indent=2) + "\n")
+    console.print(f"results: {path}")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
