@@ -47,7 +47,13 @@ def results_table(name: str) -> str:
     if not path.is_file():
         raise PluginError(f"bench-table: no recorded run {path}")
     run = json.loads(path.read_text(encoding="utf-8"))
-    tables = {"latest": _edge_rows, "flood": _flood_rows, "peers": _peers_rows, "batch": _batch_rows}
+    tables = {
+        "latest": _edge_rows,
+        "flood": _flood_rows,
+        "peers": _peers_rows,
+        "batch": _batch_rows,
+        "server_time": _server_time_rows,
+    }
     rows = tables.get(name, _check_rows)(run)
     commit = str(run.get("git", {}).get("commit", ""))[:7]
     quick = " (`--quick`)" if run.get("quick") or run.get("settings", {}).get("quick") else ""
@@ -125,6 +131,22 @@ def _peers_rows(run: dict[str, Any]) -> list[str]:
     if waiting is not None:  # recorded since the benchmark checks it
         notes.append(f"trackpoint's log compression: at most {waiting} finished file(s) waiting when a run ended.")
     return [*rows, "", " ".join(notes)] if notes else rows
+
+
+def _server_time_rows(run: dict[str, Any]) -> list[str]:
+    """bench/server_time.py: each stack's read-to-answer percentiles, medians of the rounds, and its rounds' p99."""
+    rows = [
+        "| stack | read to answer p50 µs | p90 | p99 | p99.9 | the rounds' p99 | end-to-end p50 / p99 (traced) |",
+        "|---|---:|---:|---:|---:|---:|---:|",
+    ]
+    for name, median in run["medians"].items():
+        rounds = [stack_round["p99_us"] for stack_round in run["runs"][name]]
+        figures = " | ".join(f"{median[key]:,.0f}" for key in ("p50_us", "p90_us", "p99_us", "p99.9_us"))
+        rows.append(
+            f"| {PEERS_NO_WORK.get(name, name)} | {figures} | {min(rounds):,.0f} to {max(rounds):,.0f} | "
+            f"{_ms(median['end_to_end_p50_ms'])} / {_ms(median['end_to_end_p99_ms'])} |"
+        )
+    return rows
 
 
 def _paced_cpu(rate: dict[str, Any]) -> str:

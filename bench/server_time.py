@@ -37,6 +37,8 @@ from dataclasses import asdict
 from pathlib import Path
 from typing import Any
 
+from matplotlib.backends.backend_agg import FigureCanvasAgg
+from matplotlib.figure import Figure
 from rich.console import Console
 from rich.table import Table
 
@@ -44,6 +46,7 @@ from harness import RESULTS_DIR, SERVER_CPU, HarnessError, free_ports, git_state
 from peers import (
     BRIEF_CONNECTIONS,
     BRIEF_RATE,
+    COLORS,
     FLOOR,
     Stack,
     build_peers,
@@ -55,7 +58,7 @@ from peers import (
     run_trackpoint,
 )
 
-RESULT_FILE = "server-time.json"
+RESULT_NAME = "server_time"  # bench/results/server_time.json and .png
 READS = {0, 17, 19, 45, 47}  # read, pread64, readv, recvfrom, recvmsg
 WRITES = {1, 18, 20, 44, 46}  # write, pwrite64, writev, sendto, sendmsg
 ACCEPTS = {43, 288}  # accept, accept4
@@ -212,11 +215,43 @@ def print_table(medians: dict[str, dict[str, float]], console: Console) -> None:
     console.print(table)
 
 
+def render(document: dict[str, Any], path: Path) -> None:
+    """Each stack's read-to-answer percentiles (bars: medians of the rounds) and every round's p99 (points)."""
+    medians, runs = document["medians"], document["runs"]
+    fig = Figure(figsize=(11, 5), layout="constrained")
+    FigureCanvasAgg(fig)
+    commit = str(document["git"].get("commit") or "")[:7]
+    fig.suptitle(
+        f"The server's own time per request at {BRIEF_RATE:,} req/s, from its read to its answer's write "
+        f"(traced; {document['date'][:10]} {commit})"
+    )
+    ax = fig.subplots()
+    names = list(medians)
+    shares = (("p50_us", 1.0), ("p90_us", 0.6), ("p99_us", 0.3))
+    width = 0.8 / len(shares)
+    for offset, (key, alpha) in enumerate(shares):
+        xs = [i + (offset - 1) * width for i in range(len(names))]
+        bars = ax.bar(xs, [medians[name][key] for name in names], width, alpha=alpha)
+        for bar, name in zip(bars, names, strict=True):
+            bar.set_color(COLORS[name])
+        ax.bar_label(bars, fmt="%.0f", fontsize=8)
+        if key == "p99_us":
+            for x, name in zip(xs, names, strict=True):
+                rounds = [run[key] for run in runs[name]]
+                ax.plot([x] * len(rounds), rounds, "k.", markersize=4)
+    ax.set_xticks(range(len(names)), names)
+    ax.set_ylabel("µs")
+    ax.set_title(
+        "bars: medians of the rounds (darkest p50, then p90, lightest p99); dots: each round's p99", fontsize=10
+    )
+    fig.savefig(path, dpi=100)
+
+
 def main(argv: Sequence[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0] if __doc__ else None)
     parser.add_argument("--rounds", type=int, default=5, help="rounds; each stack runs once per round (default 5)")
     parser.add_argument("--duration", type=int, default=10, help="seconds of each traced run (default 10)")
-    parser.add_argument("--record", action="store_true", help=f"write bench/results/{RESULT_FILE}")
+    parser.add_argument("--record", action="store_true", help=f"write bench/results/{RESULT_NAME}.json and .png")
     settings = parser.parse_args(argv)
     console = Console()
     unwind_on_sigterm()
@@ -231,9 +266,10 @@ def main(argv: Sequence[str] | None = None) -> int:
         "medians": medians,
         "runs": runs,
     }
-    path = RESULTS_DIR / RESULT_FILE if settings.record else Path(tempfile.gettempdir()) / RESULT_FILE
+    path = (RESULTS_DIR if settings.record else Path(tempfile.gettempdir())) / f"{RESULT_NAME}.json"
     path.write_text(json.dumps(document, indent=2) + "\n")
-    console.print(f"results: {path}")
+    render(document, path.with_suffix(".png"))
+    console.print(f"results: {path} and {path.with_suffix('.png').name} beside it")
     return 0
 
 

@@ -248,6 +248,7 @@ def test_each_benchmark_chart_has_the_table_of_its_numbers_beside_it(site: Path)
     queues = json.loads((CHARTS / "queues.json").read_text())
     batch = json.loads((CHARTS / "batch.json").read_text())
     peers = json.loads((CHARTS / "peers.json").read_text())
+    server_time = json.loads((CHARTS / "server_time.json").read_text())
     expected = {
         "latest": [f"{latest['targets']['tracker']['rps']:,.0f}", f"{latest['targets']['nginx']['rps']:,.0f}"],
         "flood": [scenario["name"] for scenario in flood["scenarios"]],
@@ -255,6 +256,7 @@ def test_each_benchmark_chart_has_the_table_of_its_numbers_beside_it(site: Path)
         "queues": [html.escape(check["value"], quote=False) for check in queues["checks"]],
         "batch": [f"{batch[name]['events_per_s']:,.0f}" for name in ("single", "batch")],
         "peers": [f"{stack['rps_median']:,.0f}" for stack in peers["stacks"].values()],
+        "server_time": [f">{stack['p99_us']:,.0f}<" for stack in server_time["medians"].values()],
     }
     for chart, numbers in expected.items():
         at = benchmarks.index(f'<a href="../assets/bench/{chart}.png"><img')  # a click opens the chart full size
