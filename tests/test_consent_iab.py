@@ -11,10 +11,11 @@ and TCF EU sections, with and without gpp_sid, compared with what that library r
 from __future__ import annotations
 
 import collections
+import itertools
 import json
 import subprocess
 from pathlib import Path
-from typing import Any
+from typing import Any, Literal
 from urllib.parse import quote
 
 import pytest
@@ -32,6 +33,8 @@ PURPOSE_SETS = ([1], [1, 7], [1, 2, 3, 4, 7], [2, 7, 9, 10], [3, 4])
 # Restriction types under which a vendor's consent does not count for the purpose: not allowed, legitimate
 # interest only.
 DENYING_RESTRICTIONS = (0, 2)
+ConsentFrom = Literal["vendors", "publisher"]
+CONSENT_FROM: tuple[ConsentFrom, ...] = ("vendors", "publisher")
 
 
 @pytest.fixture(scope="module")
@@ -44,11 +47,16 @@ def cases() -> list[dict[str, Any]]:
     return loaded
 
 
-def expected(meaning: dict[str, Any], purposes: list[int], vendor: int | None) -> str | None:
+def expected(
+    meaning: dict[str, Any], purposes: list[int], vendor: int | None, consent_from: str = "vendors"
+) -> str | None:
     """The decision the IAB decoder's reading of a string calls for: the reason consent is denied, or None."""
     if "error" in meaning or meaning["version"] != 2:  # refused by the IAB's decoder, or TCF v1 (retired in 2020)
         return "tcf_invalid"
-    if not set(purposes) <= set(meaning["purposeConsents"]):
+    if consent_from == "publisher":  # the publisher's own consent: its publisher TC segment
+        if not set(purposes) <= set(meaning["publisherConsents"]):
+            return "tcf_publisher"
+    elif not set(purposes) <= set(meaning["purposeConsents"]):
         return "tcf_purpose"
     if vendor is not None:
         seen = meaning["vendors"][str(vendor)]
@@ -59,36 +67,40 @@ def expected(meaning: dict[str, Any], purposes: list[int], vendor: int | None) -
 
 
 def test_every_decision_is_the_one_the_iab_decoder_calls_for(cases: list[dict[str, Any]]) -> None:
-    deciders: dict[tuple[tuple[int, ...], int | None], CheckConsent] = {}
+    deciders: dict[tuple[tuple[int, ...], int | None, ConsentFrom], CheckConsent] = {}
     outcomes: collections.Counter[str | None] = collections.Counter()
     mismatches = []
     for case in cases:
         vendors = [None, *(int(v) for v in case["meaning"].get("vendors", {"37": None, "65535": None}))]
-        for purposes in PURPOSE_SETS:
-            for vendor in vendors:
-                key = (tuple(purposes), vendor)
-                if key not in deciders:
-                    config = CheckConsentConfig(tcf_purposes=purposes, tcf_vendor_id=vendor)
-                    deciders[key] = CheckConsent("check_consent", config)
-                reason, applies = deciders[key].decide(None, None, None, "1", case["tc"])
-                want = expected(case["meaning"], purposes, vendor)
-                outcomes[want] += 1
-                if (reason, applies) != (want, True):
-                    mismatches.append((case["kind"], case["tc"], purposes, vendor, want, reason))
+        for purposes, vendor, consent_from in itertools.product(PURPOSE_SETS, vendors, CONSENT_FROM):
+            key = (tuple(purposes), vendor, consent_from)
+            if key not in deciders:
+                config = CheckConsentConfig(tcf_purposes=purposes, tcf_vendor_id=vendor, tcf_consent_from=consent_from)
+                deciders[key] = CheckConsent("check_consent", config)
+            reason, applies = deciders[key].decide(None, None, None, "1", case["tc"])
+            want = expected(case["meaning"], purposes, vendor, consent_from)
+            outcomes[want] += 1
+            if (reason, applies) != (want, True):
+                mismatches.append((case["kind"], case["tc"], purposes, vendor, consent_from, want, reason))
     assert not mismatches, f"{len(mismatches)} decisions differ from the IAB decoder's reading: {mismatches[:5]}"
     # Not vacuous: every outcome, and every kind of string, was met many times.
-    assert min(outcomes[reason] for reason in (None, "tcf_purpose", "tcf_vendor", "tcf_invalid")) > 100, outcomes
+    reasons = (None, "tcf_purpose", "tcf_publisher", "tcf_vendor", "tcf_invalid")
+    assert min(outcomes[reason] for reason in reasons) > 100, outcomes
     kinds = collections.Counter(case["kind"] for case in cases)
     assert kinds["encoded"] == 400 and min(kinds.values()) >= 8, kinds
     restricted = sum(1 for case in cases if any(v["restrictions"] for v in case["meaning"].get("vendors", {}).values()))
     assert restricted > 50
 
 
-def test_the_same_strings_through_the_tracker(cases: list[dict[str, Any]], tracker_factory: Any) -> None:
+@pytest.mark.parametrize("consent_from", CONSENT_FROM)
+def test_the_same_strings_through_the_tracker(
+    cases: list[dict[str, Any]], tracker_factory: Any, consent_from: ConsentFrom
+) -> None:
     """A sample of each kind in a query string and in a JSON body (as the tag sends them): never a 5xx, never an
-    error, and the decision recorded is the one above."""
+    error, and the decision recorded is the one above, with the vendors' consent and with the publisher's."""
+    consent = {"type": "check_consent", "tcf_purposes": [1], "tcf_vendor_id": 37, "tcf_consent_from": consent_from}
     tracker: Tracker = tracker_factory({
-        "preprocessors": {"consent": {"type": "check_consent", "tcf_purposes": [1], "tcf_vendor_id": 37}},
+        "preprocessors": {"consent": consent},
         "event_types": {
             "impression": {"preset": "impression", "preprocessors": ["consent"]},
             "page": {"paths": ["/p"], "methods": ["POST"], "fields": {"imp": {}}, "response": {"kind": "no_content"},
@@ -102,13 +114,15 @@ def test_the_same_strings_through_the_tracker(cases: list[dict[str, Any]], track
     sent = [case for group in sample.values() for case in group]
     want = {}
     for i, case in enumerate(sent):
-        want[f"q{i}"] = want[f"b{i}"] = expected(case["meaning"], [1], 37)
+        want[f"q{i}"] = want[f"b{i}"] = expected(case["meaning"], [1], 37, consent_from)
         # `+` as a CMP's string has it: unescaped, a query string turns it into a space (the plus_as_space kind).
         status, _, _ = tracker.get(f"/i?imp=q{i}&gdpr=1&gdpr_consent={quote(case['tc'], safe='=')}")
         assert status == 200, case
         body = json.dumps({"imp": f"b{i}", "gdpr": 1, "gdpr_consent": case["tc"]})
         status, _, _ = tracker.request("POST", "/p", body=body.encode(), headers={"Content-Type": "text/plain"})
         assert status == 204, case
+    purposes_missing = "tcf_publisher" if consent_from == "publisher" else "tcf_purpose"
+    assert set(want.values()) >= {None, purposes_missing, "tcf_vendor", "tcf_invalid"}, "a decision never met"
     events = {event.dims["imp"]: event for event in tracker.wait_events(2 * len(sent))}
     for imp, reason in want.items():
         dims = events[imp].dims

@@ -96,8 +96,17 @@ const model = () => {
       for (const id of targets) m.publisherRestrictions.add(id, restriction);
     }
   }
-  m.publisherConsents.set(subset(ALL_PURPOSES, 0.5));
+  const publisherShape = pick(["all", "none", "some", "some"]);
+  m.publisherConsents.set(
+    publisherShape === "all" ? ALL_PURPOSES : publisherShape === "none" ? [] : subset(ALL_PURPOSES, 0.6),
+  );
   m.publisherLegitimateInterests.set(subset(ALL_PURPOSES, 0.3));
+  if (chance(0.3)) {  // custom purposes: bits of the publisher TC segment that come after its purposes
+    m.numCustomPurposes = 1 + Math.floor(random() * 12);
+    const custom = Array.from({ length: m.numCustomPurposes }, (_, i) => i + 1);
+    m.publisherCustomConsents.set(subset(custom, 0.5));
+    m.publisherCustomLegitimateInterests.set(subset(custom, 0.5));
+  }
   return m;
 };
 
@@ -118,7 +127,9 @@ const meaning = (tc, probes) => {
   }
   const purposeConsents = [];
   decoded.purposeConsents.forEach((value, id) => value && purposeConsents.push(id));
-  return { version: decoded.version, purposeConsents, vendors };
+  const publisherConsents = [];  // empty without a publisher TC segment
+  decoded.publisherConsents.forEach((value, id) => value && publisherConsents.push(id));
+  return { version: decoded.version, purposeConsents, publisherConsents, vendors };
 };
 
 const SEGMENTS = [
@@ -152,6 +163,19 @@ for (let i = 0; i < Number(countArg); i++) {
   if (i % 4 === 2 && /-/.test(tc)) add(tc.replace(/-/g, " "), "plus_as_space", probes);
   if (i % 8 === 3) add(tc + ".", "empty_segment", probes);
   if (i % 8 === 7) add(`${tc}.${pick(["g", "oA", "wAAA", "AAAA"])}`, "unknown_segment", probes);
+  // A publisher TC segment cut short (its type, then fewer bits than its purposes take), and a second one after the
+  // first (the IAB's decoder keeps the last).
+  if (i % 8 === 5) add(`${core}.${pick(["Y", "YA", "dAAA", "YAAAAAAA"])}`, "short_publisher_segment", probes);
+  const publisherSegment = tc.split(".").find((segment, at) => at > 0 && "YZabcdef".includes(segment[0])); // type 3
+  if (i % 2 === 0 && publisherSegment && publisherSegment.length > 4) {  // cut within its custom purposes or before
+    const cut = publisherSegment.slice(0, publisherSegment.length - 1 - Math.floor(random() * 3));
+    add(tc.replace(publisherSegment, cut), "cut_publisher_segment", probes);
+  }
+  if (i % 8 === 6) {
+    const other = model();
+    const second = TCString.encode(other, { segments: [Segment.CORE, Segment.PUBLISHER_TC] }).split(".")[1];
+    add(`${tc}.${second}`, "second_publisher_segment", probes);
+  }
   if (i % 4 === 3) {
     const at = 1 + Math.floor(random() * (tc.length - 1));
     add(tc.slice(0, at) + pick(["!", "%", "*", " ", "~"]) + tc.slice(at), "junk_character", probes);

@@ -1,5 +1,6 @@
-"""Consent signals decoded by hand: the IAB TCF v2 TC string (its core segment, with the publisher restrictions; the
-segments after it are checked, not read) and the IAB US Privacy string.
+"""Consent signals decoded by hand: the IAB TCF v2 TC string (its core segment, with the publisher restrictions, and
+the publisher's own purpose consents from its publisher TC segment; the other segments after the core are checked,
+not read) and the IAB US Privacy string.
 
 Only what a consent decision needs is decoded; a malformed string is `InvalidSignal`, never a crash.
 """
@@ -13,6 +14,12 @@ from dataclasses import dataclass
 
 # Bit widths of the TCF v2 core segment, in order, up to the vendor consent section.
 _CORE_HEADER = (6, 36, 36, 12, 12, 6, 12, 12, 6, 1, 1, 12, 24, 24, 1, 12)
+# The segment types that may follow the core: disclosed vendors, allowed vendors, publisher TC.
+_SEGMENT_TYPES = range(1, 4)
+PUBLISHER_TC = 3
+# Bit widths of the publisher TC segment after its type: PubPurposesConsent, PubPurposesLITransparency,
+# NumCustomPurposes (then that many bits of custom purpose consents, and as many of their legitimate interests).
+_PUBLISHER_HEADER = (24, 24, 6)
 _MAX_STRING = 8192
 # A segment in base64url, as the IAB's encoder writes it (no padding), or with the `=` padding of other encoders:
 # the same bits. Anything else (`+`, `/`, a space where a `+` was, `%`) is refused as the IAB's decoder refuses it;
@@ -114,6 +121,8 @@ class TCString:
     vendor_consents: VendorIds
     vendor_legitimate_interests: VendorIds
     publisher_restrictions: tuple[PublisherRestriction, ...]
+    # The publisher's own consent (its publisher TC segment, for a first-party tracker): empty without the segment.
+    publisher_purpose_consents: frozenset[int] = frozenset()
 
     def vendor_may_rely_on_consent(self, vendor_id: int, purpose: int) -> bool:
         """Whether the vendor's consent counts for the purpose: it has consent, and no publisher restriction
@@ -166,16 +175,29 @@ def _vendor_section(bits: Bits) -> tuple[int, VendorIds]:
     return max_vendor, VendorIds(bits.read(max_vendor), max_vendor)
 
 
+def _publisher_consents(bits: Bits) -> frozenset[int]:
+    """PubPurposesConsent of a publisher TC segment whose type was read; the rest of the segment is read past, so
+    that one cut short is refused, as the IAB's decoder refuses it."""
+    consents, _, custom = (bits.read(width) for width in _PUBLISHER_HEADER)
+    bits.read(custom)  # CustomPurposesConsent
+    bits.read(custom)  # CustomPurposesLITransparency
+    return _flags(consents, 24)
+
+
 def decode_tc_string(text: str) -> TCString:
-    """The core segment of a TCF v2 TC string; the segments after it (`.`: disclosed vendors, publisher TC) must
-    be well-formed but are not read."""
+    """The core segment of a TCF v2 TC string and the purpose consents of its publisher TC segment; the other
+    segments after the core (`.`: disclosed vendors, allowed vendors) must be well-formed but are not read."""
     if not text or len(text) > _MAX_STRING or not text.isascii():
         raise InvalidSignal("empty, too long or not ASCII")
     core, *further = text.split(".")
+    publisher: frozenset[int] = frozenset()
     for segment in further:
-        # Segment types 1 to 3 (disclosed vendors, allowed vendors, publisher TC); a second core is not one.
-        if not 0 < base64url_bits(segment).read(3) <= 3:
+        bits = base64url_bits(segment)
+        kind = bits.read(3)
+        if kind not in _SEGMENT_TYPES:  # a second core is not one either
             raise InvalidSignal("an unknown segment")
+        if kind == PUBLISHER_TC:
+            publisher = _publisher_consents(bits)  # of two, the last counts, as in the IAB's decoder
     bits = base64url_bits(core)
     (version, created, updated, cmp_id, cmp_version, screen, language, vendor_list, policy, service_specific, _texts,
      special_features, purposes, legitimate, purpose_one, country) = (bits.read(w) for w in _CORE_HEADER)  # fmt: skip
@@ -207,6 +229,7 @@ def decode_tc_string(text: str) -> TCString:
         vendor_consents=vendor_consents,
         vendor_legitimate_interests=vendor_legitimate,
         publisher_restrictions=tuple(restrictions),
+        publisher_purpose_consents=publisher,
     )
 
 

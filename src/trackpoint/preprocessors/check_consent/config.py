@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from typing import Annotated
+from typing import Annotated, Literal
 
 import msgspec
 from msgspec import Meta
@@ -37,6 +37,16 @@ class CheckConsentConfig(PreprocessorBase, tag="check_consent"):
         list[Annotated[int, Meta(ge=1, le=24)]],
         Meta(description="TCF purposes that must have consent where GDPR applies (1: store and access on a device)."),
     ] = msgspec.field(default_factory=lambda: [1])
+    tcf_consent_from: Annotated[
+        Literal["vendors", "publisher"],
+        Meta(
+            description="Whose consent to `tcf_purposes` the TC string must hold: `vendors`, the consent a CMP "
+            "records for the vendors (its core segment), for a tracker run by or for a vendor; `publisher`, the "
+            "publisher's own consent (its publisher TC segment), for a first-party tracker the publisher runs. A TC "
+            "string without a publisher TC segment has no publisher consent (`tcf_publisher`); its custom purposes "
+            "are not read.",
+        ),
+    ] = "vendors"
     tcf_vendor_id: Annotated[
         Annotated[int, Meta(ge=1, le=65535)] | None,
         Meta(

@@ -60,6 +60,7 @@ class CheckConsent:
         self.gdpr_default = "1" if config.gdpr_default else "0"
         self.no_default_gdpr = not config.gdpr_default
         self.purposes = tuple(config.tcf_purposes)
+        self.publisher = config.tcf_consent_from == "publisher"
         self.vendor_id = config.tcf_vendor_id
         self.personal = (UID_DIM, *(f for f in config.personal_fields if f != UID_DIM))
         self.input_fields = {
@@ -154,7 +155,10 @@ class CheckConsent:
             decoded = decode_tc_string(tc_string)
         except InvalidSignal:
             return "tcf_invalid"
-        if not all(p in decoded.purpose_consents for p in self.purposes):
+        if self.publisher:
+            if not all(p in decoded.publisher_purpose_consents for p in self.purposes):
+                return "tcf_publisher"
+        elif not all(p in decoded.purpose_consents for p in self.purposes):
             return "tcf_purpose"
         vendor_id = self.vendor_id
         if vendor_id is not None and not all(decoded.vendor_may_rely_on_consent(vendor_id, p) for p in self.purposes):
