@@ -22,13 +22,16 @@
    * @property {string} eventBatch batch path of the custom event type ("": one request per event)
    * @property {string} conversionBatch batch path of the conversion event type ("": one request per conversion)
    * @property {boolean} consent wait for `tp('consent', ...)` (or the page's TCF or GPP CMP) before sending anything
+   * @property {boolean} publisherConsent with `consent`, a TCF CMP's answer is the publisher's own consent to purpose 1
+   *           (its publisher TC segment, for a first-party site), not the vendors'
    * @property {number} batchMs how long events gather before they are sent
    * @property {number} clickDays how long a click id from the landing URL is kept for conversions
    */
   /**
    * The page's IAB TCF v2 CMP, when it has one.
    * @typedef {{eventStatus?: string, gdprApplies?: boolean, tcString?: string,
-   *            purpose?: {consents?: Record<string, boolean>}}} TCData
+   *            purpose?: {consents?: Record<string, boolean>},
+   *            publisher?: {consents?: Record<string, boolean>}}} TCData
    * @typedef {(command: string, version: number, callback: (data: TCData, ok: boolean) => void) => void} TcfApi
    */
   /**
@@ -64,6 +67,7 @@
     eventBatch: data.eventBatch || "",
     conversionBatch: data.conversionBatch || "",
     consent: data.consent === "required",
+    publisherConsent: data.tcfConsent === "publisher",
     batchMs: Number(data.batchMs || 500),
     clickDays: Number(data.clickDays || 30),
   };
@@ -308,7 +312,8 @@
       if (!ok || (tcData.eventStatus !== "tcloaded" && tcData.eventStatus !== "useractioncomplete")) return;
       tcf = { gdpr: tcData.gdprApplies ? 1 : 0, gdpr_consent: tcData.tcString };
       waitingForCmp = false;
-      if (options.consent) decide(!tcData.gdprApplies || !!(tcData.purpose?.consents || {})[1]);
+      const given = (options.publisherConsent ? tcData.publisher : tcData.purpose)?.consents;
+      if (options.consent) decide(!tcData.gdprApplies || !!(given || {})[1]);
       else release();
     });
   }
@@ -345,9 +350,12 @@
         waitingForGpp = false;
         // Without a TCF CMP, the GPP one decides: the EU section's purpose 1 where it applies, else granted (the
         // US regimes are opt-outs, kept above).
-        const eu = applicable.includes(2) && segments(sections.tcfeuv2)[0];
+        // (The publisher's own consent, with data-tcf-consent="publisher": its publisher purposes segment.)
+        const field = options.publisherConsent ? "PublisherConsents" : "PurposeConsents";
+        const eu = applicable.includes(2) ? segments(sections.tcfeuv2) : [];
+        const part = eu.find((segment) => field in segment);
         if (options.consent && !waitingForCmp && typeof win.__tcfapi !== "function")
-          decide(eu ? !!(eu.PurposeConsents || [])[0] : true);
+          decide(eu.length ? !!((part && part[field]) || [])[0] : true);
       }
       release();
     });

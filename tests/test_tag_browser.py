@@ -6,6 +6,7 @@ Every event is checked in the tracker's log.
 
 from __future__ import annotations
 
+import json
 import subprocess
 import time
 import uuid
@@ -262,15 +263,16 @@ def iab_cmp() -> dict[str, tuple[str, bytes]]:
     return {"/stub.js": ("text/javascript", stub), "/cmp.js": ("text/javascript", bundle)}
 
 
-def cmp_page(tracker: Tracker, script: str = "") -> str:
-    """A page with the IAB's stub first, the tag's snippet and a page view, then the CMP itself (window.cmp), which
-    the test drives as a consent banner would: `cmp.update(tcString, uiVisible)`."""
+def cmp_page(tracker: Tracker, script: str = "", attributes: str = "") -> str:
+    """A page with the IAB's stub first, the tag's snippet (with `attributes` besides data-consent) and a page view,
+    then the CMP itself (window.cmp), which the test drives as a consent banner would: `cmp.update(tcString,
+    uiVisible)`."""
     src = f"http://127.0.0.1:{tracker.port}/tp/{TAG.version}/tp.js"
     return f"""<!doctype html><html><head><title>Shop page</title>
 <script src="/stub.js"></script>
 <script>window.tp=window.tp||function(){{(tp.q=tp.q||[]).push(arguments)}}; tp("page");{script}</script>
-<script async src="{src}" integrity="{TAG.integrity}" crossorigin="anonymous" data-consent="required" {BATCH}>
-</script>
+<script async src="{src}" integrity="{TAG.integrity}" crossorigin="anonymous" data-consent="required" {BATCH}
+ {attributes}></script>
 <script src="/cmp.js"></script>
 <script>window.cmp = new IabCmpApi(300, 2, true);</script>
 </head><body></body></html>"""
@@ -320,6 +322,63 @@ def test_the_iab_cmp_api_decides_and_its_string_is_passed(
     context.close()
 
 
+# The visitor gave the publisher its own consent to purpose 1 (a publisher TC segment made with the IAB's encoder,
+# @iabtechlabtcf/core) and the vendors no purpose at all.
+TC_PUBLISHER_ONLY = f"{TC_NO_PURPOSES}.cAAAAAAAAAAA"
+
+
+def test_a_first_party_site_decides_on_the_publishers_own_consent(
+    browser: Any,
+    site: StaticSite,
+    tracker_factory: Any,
+    iab_cmp: dict[str, tuple[str, bytes]],
+    iab_gpp_cmp: dict[str, tuple[str, bytes]],
+) -> None:
+    """`data-tcf-consent="publisher"` and `tcf_consent_from: publisher`: the tag and the tracker both read the
+    publisher's own consent, which a first-party site asks its CMP for, and not the vendors', from a TCF CMP and
+    from a GPP CMP's TCF EU section."""
+    config = shop_config(site)
+    config["preprocessors"]["check_consent"]["tcf_consent_from"] = "publisher"
+    tracker: Tracker = tracker_factory(config)
+    site.files.update({**iab_cmp, "/gpp-cmp.js": iab_gpp_cmp["/gpp-cmp.js"]})
+    site.files["/first-party"] = cmp_page(tracker, attributes='data-tcf-consent="publisher"')
+    site.files["/vendors"] = cmp_page(tracker)
+    site.files["/gpp-first-party"] = gpp_page(tracker, attributes='data-tcf-consent="publisher"')
+    context = browser.new_context(user_agent=CHROME_UA)
+    page = context.new_page()
+    page.goto(f"{site.origin}/first-party")
+    page.wait_for_function("window.tp && window.tp.version && window.cmp")
+    page.evaluate(f"cmp.update('{TC_PUBLISHER_ONLY}', false)")
+    view = wait_events(tracker, lambda e: e.type == "pageview", 1, "page view", page)[0]
+    assert (view.dims["consent"], view.dims["consent_reason"]) == ("granted", "tcf")
+    assert view.dims["uid"].startswith("auto:") and view.ctx.ip is not None
+    # A tag left reading the vendors' consent holds the same visitor's page view: they gave the vendors none.
+    other = context.new_page()
+    other.goto(f"{site.origin}/vendors")
+    other.wait_for_function("window.tp && window.tp.version && window.cmp")
+    other.evaluate(f"cmp.update('{TC_PUBLISHER_ONLY}', false)")
+    send_sentinel(other, tracker)
+    assert len([event for event in tracker.events() if event.type == "pageview"]) == 1
+    # The tracker's side on its own: the vendors' consent without the publisher's denies, and keeps nothing personal.
+    body = {"name": "direct", "url": f"{site.origin}/direct", "gdpr": 1, "gdpr_consent": TC_RANGE}
+    headers = {"Content-Type": "text/plain"}  # as the tag sends it
+    status, _, _ = tracker.request("POST", "/t/event", body=json.dumps(body).encode(), headers=headers)
+    assert status == 204
+    direct = wait_events(tracker, lambda e: e.dims.get("name") == "direct", 1, "the direct event")[0]
+    assert (direct.dims["consent"], direct.dims["consent_reason"]) == ("denied", "tcf_publisher")
+    assert direct.ctx.ip is None
+    # A GPP CMP whose TCF EU section holds the publisher's consent to purpose 1 and none for the vendors.
+    eu = context.new_page()
+    eu.goto(f"{site.origin}/gpp-first-party")
+    eu.wait_for_function("window.tp && window.tp.version && window.gppCmp")
+    purposes = {"PurposeConsents": [False] * 24, "PublisherConsents": [True] + [False] * 23}
+    set_gpp(eu, "tcfeuv2", 2, {"CmpId": 300, "CmpVersion": 1, "VendorListVersion": 50, **purposes})
+    views = wait_events(tracker, lambda e: e.type == "pageview", 2, "page views", eu)
+    assert (views[1].dims["consent"], views[1].dims["consent_reason"]) == ("granted", "tcf")
+    assert views[1].dims["uid"].startswith("auto:")
+    context.close()
+
+
 # The stub of the IAB GPP CMP API 1.1 specification, as a CMP puts it first in the page's head: it answers `ping` and
 # `addEventListener` as `stub` / `not ready`, and keeps the calls and the listeners for the CMP (its `queue` and
 # `events`, which @iabgpp/cmpapi takes over as it loads).
@@ -353,15 +412,15 @@ def iab_gpp_cmp() -> dict[str, tuple[str, bytes]]:
     return {"/gpp-cmp.js": ("text/javascript", bundled_cmp("@iabgpp/cmpapi", "IabGppCmpApi"))}
 
 
-def gpp_page(tracker: Tracker) -> str:
-    """A page with the GPP stub first, the tag's snippet and a page view, then the CMP itself (window.gppCmp), which
-    the test drives as the CMP's banner would."""
+def gpp_page(tracker: Tracker, attributes: str = "") -> str:
+    """A page with the GPP stub first, the tag's snippet (with `attributes` besides data-consent) and a page view,
+    then the CMP itself (window.gppCmp), which the test drives as the CMP's banner would."""
     src = f"http://127.0.0.1:{tracker.port}/tp/{TAG.version}/tp.js"
     return f"""<!doctype html><html><head><title>Shop page</title>
 <script>{GPP_STUB}</script>
 <script>window.tp=window.tp||function(){{(tp.q=tp.q||[]).push(arguments)}}; tp("page");</script>
-<script async src="{src}" integrity="{TAG.integrity}" crossorigin="anonymous" data-consent="required" {BATCH}>
-</script>
+<script async src="{src}" integrity="{TAG.integrity}" crossorigin="anonymous" data-consent="required" {BATCH}
+ {attributes}></script>
 <script src="/gpp-cmp.js"></script>
 <script>window.gppCmp = new IabGppCmpApi(300, 1);</script>
 </head><body></body></html>"""
