@@ -18,11 +18,15 @@ from trackpoint.edge.responses import StaticFile, accepts_gzip
 from trackpoint.edge.runtime import Edge, tag_files
 from trackpoint.http.responses import Clock
 from trackpoint.plugins import registry
-from trackpoint.tag import IMMUTABLE, built_tag
+from trackpoint.tag import IMMUTABLE, built_tag, released_tags
 
 ROOT = Path(__file__).resolve().parent.parent
 TAG = built_tag()
 VERSIONED = f"/tp/{TAG.version}/tp.js"
+# Every path a page may have pinned: the current version's and each earlier one's (from 1.2.0 on).
+PINNED = {VERSIONED.encode()} | {f"/tp/{old.version}/tp.js".encode() for old in released_tags()}
+# 1.2.0 as it was published (docs/guides/cdp-web-tracking.md at 27c8208): a page pinned it with this hash.
+INTEGRITY_1_2_0 = "sha384-QqTsS/1IL/P2Qg1HWVQhVhsZmoIk/Z+nIBdB6XkWis66pMFPrZWQPyqec30+Lx5l"
 
 
 def _split(response: bytes) -> tuple[str, dict[str, str], bytes]:
@@ -50,7 +54,7 @@ def test_the_built_file_is_the_tag_with_its_version() -> None:
 
 
 def test_both_paths_answer_the_tag_with_their_caching(files: dict[bytes, StaticFile]) -> None:
-    assert set(files) == {b"/tp.js", VERSIONED.encode()}
+    assert set(files) == {b"/tp.js"} | PINNED
     status, headers, body = _split(files[b"/tp.js"].render({}, True, False))
     assert status == "HTTP/1.1 200 OK"
     assert body == TAG.content
@@ -68,6 +72,17 @@ def test_both_paths_answer_the_tag_with_their_caching(files: dict[bytes, StaticF
     assert versioned["connection"] == "close"
     assert versioned["etag"] == headers["etag"]  # the same bytes
     assert body == TAG.content
+
+
+def test_a_version_a_page_pinned_is_still_served_after_an_upgrade(files: dict[bytes, StaticFile]) -> None:
+    """The build keeps each version it replaces (scripts/build-tag): its path answers its own bytes, for good."""
+    earlier = {old.version: old for old in released_tags()}
+    assert "1.2.0" in earlier and TAG.version not in earlier
+    assert earlier["1.2.0"].integrity == INTEGRITY_1_2_0
+    for old in earlier.values():
+        _, headers, body = _split(files[f"/tp/{old.version}/tp.js".encode()].render({}, True, False))
+        assert body == old.content and body.startswith(f"/*! tp.js {old.version} ".encode())
+        assert headers["cache-control"] == IMMUTABLE.decode()
 
 
 def test_gzip_when_accepted(files: dict[bytes, StaticFile]) -> None:
@@ -145,7 +160,8 @@ def test_the_date_follows_the_clock() -> None:
 def test_disabled_or_moved(tmp_path: Path) -> None:
     assert tag_files(TagConfig(enabled=False), Clock()) == {}
     moved = tag_files(TagConfig(path="/assets/t.js", versioned_path="/assets/t-{version}.js"), Clock())
-    assert set(moved) == {b"/assets/t.js", f"/assets/t-{TAG.version}.js".encode()}
+    versions = [TAG.version, *(old.version for old in released_tags())]  # each version moves with the template
+    assert set(moved) == {b"/assets/t.js", *(f"/assets/t-{version}.js".encode() for version in versions)}
     path = tmp_path / "off.yaml"
     path.write_text(json.dumps({"data_dir": str(tmp_path / "data"), "server": {"tag": {"enabled": False}}}))
     edge = Edge(load(path, registry=registry()).config, "test", 0, registry())
@@ -157,7 +173,7 @@ def test_the_default_serves_the_tag(tmp_path: Path) -> None:
     path = tmp_path / "default.yaml"
     path.write_text(json.dumps({"data_dir": str(tmp_path / "data")}))
     edge = Edge(load(path, registry=registry()).config, "test", 0, registry())
-    assert set(edge.files) == {b"/tp.js", VERSIONED.encode()}
+    assert set(edge.files) == {b"/tp.js"} | PINNED
     assert {b"accept-encoding", b"if-none-match"} <= edge.kept_headers
 
 
@@ -216,6 +232,8 @@ def test_a_tracker_serves_the_tag(tracker: Any) -> None:
     assert (status, body) == (304, b"")
     status, headers, _ = tracker.request("POST", "/tp.js", b"x")
     assert (status, headers["x-reject-reason"]) == (405, "method_not_allowed")
-    status, headers, _ = tracker.get("/tp/0.0.1/tp.js")  # only this version is served
+    status, _, body = tracker.get("/tp/1.2.0/tp.js")  # an earlier version, for the pages that pinned it
+    assert (status, body.startswith(b"/*! tp.js 1.2.0 ")) == (200, True)
+    status, headers, _ = tracker.get("/tp/0.0.1/tp.js")  # a version never released (or before 1.2.0)
     assert (status, headers["x-reject-reason"]) == (404, "not_found")
     assert tracker.events() == []  # serving the tag records nothing

@@ -46,7 +46,7 @@ from trackpoint.privacy.cookie import UidCookie
 from trackpoint.security.postback_auth import PostbackAuth
 from trackpoint.security.signing import RequestSignature, edge_verifier, load_keys, request_signature, signing_key_id
 from trackpoint.tag import CONTENT_TYPE as TAG_CONTENT_TYPE
-from trackpoint.tag import built_tag, served_paths
+from trackpoint.tag import served_paths
 
 log = logging.getLogger("trackpoint.edge")
 
@@ -125,11 +125,10 @@ class Route:
 
 
 def tag_files(config: TagConfig, clock: Clock) -> dict[bytes, responses.StaticFile]:
-    """The JS tag's answers by path: the current tag and this version of it (none when the tag is off)."""
-    content = built_tag().content if config.enabled else b""
+    """The JS tag's answers by path: the current tag, and each version at its own path (none when the tag is off)."""
     return {
         path.encode("ascii"): responses.StaticFile(content, TAG_CONTENT_TYPE, cache_control, clock)
-        for path, cache_control, _ in served_paths(config)
+        for path, cache_control, _, content in served_paths(config)
     }
 
 

@@ -163,7 +163,7 @@ def endpoints_reference(loaded: LoadedConfig, registry: Registry) -> str:
     if served:
         lines.append("## tp.js\n")
         lines.append("The JavaScript tag (`server.tag`), GET and HEAD; ETag and 304, gzip; nothing is recorded.\n")
-        lines += [f"- `{path}`: {what}" for path, _, what in served]
+        lines += [f"- `{path}`: {what}" for path, _, what, _ in served]
         lines.append("")
     lines += _rejections()
     lines += _admin_endpoints(registry)

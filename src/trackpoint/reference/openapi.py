@@ -77,7 +77,7 @@ def openapi_document(loaded: LoadedConfig, registry: Registry) -> dict[str, Any]
         for index, path in enumerate(spec.batch.paths):
             suffix = f"_{index}" if index else ""
             paths[path] = {"post": _batch_operation(name, spec, f"{name}_batch_post{suffix}")}
-    for index, (path, _, what) in enumerate(served_paths(config.server.tag)):
+    for index, (path, _, what, _) in enumerate(served_paths(config.server.tag)):
         paths[path] = {method: _tag_operation(what, f"tag_{method}_{index}") for method in ("get", "head")}
     admin_server = {"url": f"http://{config.admin.host}:{config.admin.port}", "description": "The admin port."}
     for endpoint in admin_endpoints(registry.admin_routes):

@@ -1,7 +1,9 @@
 """tp.js, the JavaScript tag the tracker serves: the built file shipped in this package, its version and integrity
 hash, the paths it is served on (the edge prebuilds their answers: `Edge.files`) and the config check of its paths.
 
-The source is `tag/tp.js` at the repository's root; `scripts/build-tag` builds `tp.min.js` here.
+The source is `tag/tp.js` at the repository's root; `scripts/build-tag` builds `tp.min.js` here, and keeps the
+version it replaces in `released/` (from 1.2.0 on): a page that pinned a version by its path and integrity hash keeps
+loading the same bytes after the tracker is upgraded.
 """
 
 from __future__ import annotations
@@ -19,6 +21,8 @@ from trackpoint.config.model import Config, TagConfig
 KeyPath = tuple[str | int, ...]
 
 BUILT_FILE = "tp.min.js"
+VERSION = "{version}"  # in server.tag.versioned_path
+RELEASED = "released"  # the versions the build replaced, as tp-VERSION.min.js: each still served at its own path
 CONTENT_TYPE = b"text/javascript; charset=utf-8"
 # A versioned path names these bytes for good: caches may keep them for a year without asking again.
 IMMUTABLE = b"public, max-age=31536000, immutable"
@@ -39,28 +43,54 @@ class Tag:
         return "sha384-" + base64.b64encode(hashlib.sha384(self.content).digest()).decode("ascii")
 
     def versioned_path(self, config: TagConfig) -> str:
-        return config.versioned_path.replace("{version}", self.version)
+        return config.versioned_path.replace(VERSION, self.version)
+
+
+def _tag_of(content: bytes, name: str) -> Tag:
+    banner = _BANNER.match(content)
+    if banner is None:
+        raise ValueError(f"{name} has no `/*! tp.js VERSION` banner: rebuild it with scripts/build-tag")
+    return Tag(content, banner.group(1).decode("ascii"))
 
 
 @cache
 def built_tag() -> Tag:
     """The built file, read once per process."""
-    content = resources.files(__package__).joinpath(BUILT_FILE).read_bytes()
-    banner = _BANNER.match(content)
-    if banner is None:
-        raise ValueError(f"{BUILT_FILE} has no `/*! tp.js VERSION` banner: rebuild it with scripts/build-tag")
-    return Tag(content, banner.group(1).decode("ascii"))
+    return _tag_of(resources.files(__package__).joinpath(BUILT_FILE).read_bytes(), BUILT_FILE)
 
 
-def served_paths(config: TagConfig) -> list[tuple[str, bytes, str]]:
-    """(path, Cache-Control, what it is) of each path the tag is served on; none when it is off."""
+@cache
+def released_tags() -> tuple[Tag, ...]:
+    """The earlier versions still served at their versioned paths, oldest first (not the current one)."""
+    current = built_tag().version
+    found = [
+        _tag_of(entry.read_bytes(), f"{RELEASED}/{entry.name}")
+        for entry in resources.files(__package__).joinpath(RELEASED).iterdir()
+        if entry.name.startswith("tp-") and entry.name.endswith(".min.js")
+    ]
+    return tuple(sorted((tag for tag in found if tag.version != current), key=lambda tag: _version_key(tag.version)))
+
+
+def _version_key(version: str) -> tuple[int | str, ...]:
+    return tuple(int(part) if part.isdigit() else part for part in re.split(r"[.+-]", version))
+
+
+def served_paths(config: TagConfig) -> list[tuple[str, bytes, str, bytes]]:
+    """(path, Cache-Control, what it is, the file) of each path the tag is served on; none when it is off: the
+    current tag, cached briefly, then each version at its own path, immutable (the current one, then the earlier,
+    newest first)."""
     if not config.enabled:
         return []
     tag = built_tag()
-    return [
-        (config.path, b"public, max-age=%d" % config.max_age_s, "the current tag, cached briefly (`max_age_s`)"),
-        (tag.versioned_path(config), IMMUTABLE, f"tag version {tag.version} (immutable; integrity `{tag.integrity}`)"),
+    current = f"tag version {tag.version} (immutable; integrity `{tag.integrity}`)"
+    served = [
+        (config.path, b"public, max-age=%d" % config.max_age_s, "the current tag, cached briefly (`max_age_s`)", tag),
+        (tag.versioned_path(config), IMMUTABLE, current, tag),
     ]
+    for old in reversed(released_tags()):  # versioned_path has {version} (the config's pattern)
+        what = f"tag version {old.version}, for pages that pinned it (immutable; integrity `{old.integrity}`)"
+        served.append((old.versioned_path(config), IMMUTABLE, what, old))
+    return [(path, cache_control, what, served_tag.content) for path, cache_control, what, served_tag in served]
 
 
 def check_tag(config: Config) -> Iterator[tuple[KeyPath, str]]:
@@ -69,10 +99,11 @@ def check_tag(config: Config) -> Iterator[tuple[KeyPath, str]]:
     if not tag.enabled:
         return
     where: KeyPath = ("server", "tag")
-    paths = {"path": tag.path, "versioned_path": built_tag().versioned_path(tag)}  # the options' order
-    if paths["path"] == paths["versioned_path"]:
+    # The options' order; each earlier version's path is the versioned path's too.
+    paths = [("path", tag.path)] + [("versioned_path", t.versioned_path(tag)) for t in (built_tag(), *released_tags())]
+    if tag.path in (path for _, path in paths[1:]):
         yield (*where, "versioned_path"), "the versioned path must differ from `path`"
     for type_name, spec in config.event_types.items():
-        for option, path in paths.items():
+        for option, path in paths:
             if path in spec.paths:
                 yield (*where, option), f"{path} is taken by event type {type_name!r}: move the tag or the type"
