@@ -35,6 +35,7 @@ PURPOSE_SETS = ([1], [1, 7], [1, 2, 3, 4, 7], [2, 7, 9, 10], [3, 4])
 DENYING_RESTRICTIONS = (0, 2)
 ConsentFrom = Literal["vendors", "publisher"]
 CONSENT_FROM: tuple[ConsentFrom, ...] = ("vendors", "publisher")
+CUSTOM_PURPOSE_SETS: tuple[tuple[int, ...], ...] = ((), (1,), (2, 5))  # the publisher's own purposes, if any
 
 
 @pytest.fixture(scope="module")
@@ -48,7 +49,11 @@ def cases() -> list[dict[str, Any]]:
 
 
 def expected(
-    meaning: dict[str, Any], purposes: list[int], vendor: int | None, consent_from: str = "vendors"
+    meaning: dict[str, Any],
+    purposes: list[int],
+    vendor: int | None,
+    consent_from: str = "vendors",
+    custom: tuple[int, ...] = (),
 ) -> str | None:
     """The decision the IAB decoder's reading of a string calls for: the reason consent is denied, or None."""
     if "error" in meaning or meaning["version"] != 2:  # refused by the IAB's decoder, or TCF v1 (retired in 2020)
@@ -58,6 +63,8 @@ def expected(
             return "tcf_publisher"
     elif not set(purposes) <= set(meaning["purposeConsents"]):
         return "tcf_purpose"
+    if not set(custom) <= set(meaning["publisherCustomConsents"]):  # its custom purposes: the same segment
+        return "tcf_publisher"
     if vendor is not None:
         seen = meaning["vendors"][str(vendor)]
         restricted = any(p in purposes and kind in DENYING_RESTRICTIONS for p, kind in seen["restrictions"])
@@ -67,25 +74,35 @@ def expected(
 
 
 def test_every_decision_is_the_one_the_iab_decoder_calls_for(cases: list[dict[str, Any]]) -> None:
-    deciders: dict[tuple[tuple[int, ...], int | None, ConsentFrom], CheckConsent] = {}
+    deciders: dict[tuple[tuple[int, ...], int | None, ConsentFrom, tuple[int, ...]], CheckConsent] = {}
     outcomes: collections.Counter[str | None] = collections.Counter()
     mismatches = []
+    custom_denied = 0
     for case in cases:
         vendors = [None, *(int(v) for v in case["meaning"].get("vendors", {"37": None, "65535": None}))]
-        for purposes, vendor, consent_from in itertools.product(PURPOSE_SETS, vendors, CONSENT_FROM):
-            key = (tuple(purposes), vendor, consent_from)
+        for purposes, vendor, consent_from, custom in itertools.product(
+            PURPOSE_SETS, vendors, CONSENT_FROM, CUSTOM_PURPOSE_SETS
+        ):
+            key = (tuple(purposes), vendor, consent_from, custom)
             if key not in deciders:
-                config = CheckConsentConfig(tcf_purposes=purposes, tcf_vendor_id=vendor, tcf_consent_from=consent_from)
+                config = CheckConsentConfig(
+                    tcf_purposes=purposes,
+                    tcf_vendor_id=vendor,
+                    tcf_consent_from=consent_from,
+                    tcf_custom_purposes=list(custom),
+                )
                 deciders[key] = CheckConsent("check_consent", config)
             reason, applies = deciders[key].decide(None, None, None, "1", case["tc"])
-            want = expected(case["meaning"], purposes, vendor, consent_from)
+            want = expected(case["meaning"], purposes, vendor, consent_from, custom)
             outcomes[want] += 1
+            custom_denied += want == "tcf_publisher" and consent_from == "vendors"  # by a custom purpose alone
             if (reason, applies) != (want, True):
-                mismatches.append((case["kind"], case["tc"], purposes, vendor, consent_from, want, reason))
+                mismatches.append((case["kind"], case["tc"], purposes, vendor, consent_from, custom, want, reason))
     assert not mismatches, f"{len(mismatches)} decisions differ from the IAB decoder's reading: {mismatches[:5]}"
     # Not vacuous: every outcome, and every kind of string, was met many times.
     reasons = (None, "tcf_purpose", "tcf_publisher", "tcf_vendor", "tcf_invalid")
     assert min(outcomes[reason] for reason in reasons) > 100, outcomes
+    assert custom_denied > 100, custom_denied
     kinds = collections.Counter(case["kind"] for case in cases)
     assert kinds["encoded"] == 400 and min(kinds.values()) >= 8, kinds
     restricted = sum(1 for case in cases if any(v["restrictions"] for v in case["meaning"].get("vendors", {}).values()))

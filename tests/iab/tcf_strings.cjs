@@ -129,7 +129,9 @@ const meaning = (tc, probes) => {
   decoded.purposeConsents.forEach((value, id) => value && purposeConsents.push(id));
   const publisherConsents = [];  // empty without a publisher TC segment
   decoded.publisherConsents.forEach((value, id) => value && publisherConsents.push(id));
-  return { version: decoded.version, purposeConsents, publisherConsents, vendors };
+  const publisherCustomConsents = [];
+  decoded.publisherCustomConsents.forEach((value, id) => value && publisherCustomConsents.push(id));
+  return { version: decoded.version, purposeConsents, publisherConsents, publisherCustomConsents, vendors };
 };
 
 const SEGMENTS = [

@@ -1,6 +1,6 @@
 """Consent signals decoded by hand: the IAB TCF v2 TC string (its core segment, with the publisher restrictions, and
-the publisher's own purpose consents from its publisher TC segment; the other segments after the core are checked,
-not read) and the IAB US Privacy string.
+the publisher's own consents, to standard and custom purposes, from its publisher TC segment; the other segments
+after the core are checked, not read) and the IAB US Privacy string.
 
 Only what a consent decision needs is decoded; a malformed string is `InvalidSignal`, never a crash.
 """
@@ -123,6 +123,8 @@ class TCString:
     publisher_restrictions: tuple[PublisherRestriction, ...]
     # The publisher's own consent (its publisher TC segment, for a first-party tracker): empty without the segment.
     publisher_purpose_consents: frozenset[int] = frozenset()
+    # Its custom purposes (1 to 63, defined by the publisher) with its consent, from the same segment.
+    publisher_custom_purpose_consents: frozenset[int] = frozenset()
 
     def vendor_may_rely_on_consent(self, vendor_id: int, purpose: int) -> bool:
         """Whether the vendor's consent counts for the purpose: it has consent, and no publisher restriction
@@ -175,29 +177,33 @@ def _vendor_section(bits: Bits) -> tuple[int, VendorIds]:
     return max_vendor, VendorIds(bits.read(max_vendor), max_vendor)
 
 
-def _publisher_consents(bits: Bits) -> frozenset[int]:
-    """PubPurposesConsent of a publisher TC segment whose type was read; the rest of the segment is read past, so
-    that one cut short is refused, as the IAB's decoder refuses it."""
-    consents, _, custom = (bits.read(width) for width in _PUBLISHER_HEADER)
-    bits.read(custom)  # CustomPurposesConsent
-    bits.read(custom)  # CustomPurposesLITransparency
-    return _flags(consents, 24)
+def _publisher_consents(bits: Bits) -> tuple[frozenset[int], frozenset[int], int]:
+    """PubPurposesConsent, CustomPurposesConsent and NumCustomPurposes of a publisher TC segment whose type was read;
+    the rest of the segment is read past, so that one cut short is refused, as the IAB's decoder refuses it."""
+    consents, _, count = (bits.read(width) for width in _PUBLISHER_HEADER)
+    custom = bits.read(count)
+    bits.read(count)  # CustomPurposesLITransparency
+    return _flags(consents, 24), _flags(custom, count), count
 
 
 def decode_tc_string(text: str) -> TCString:
-    """The core segment of a TCF v2 TC string and the purpose consents of its publisher TC segment; the other
-    segments after the core (`.`: disclosed vendors, allowed vendors) must be well-formed but are not read."""
+    """The core segment of a TCF v2 TC string and the consents of its publisher TC segment; the other segments
+    after the core (`.`: disclosed vendors, allowed vendors) must be well-formed but are not read."""
     if not text or len(text) > _MAX_STRING or not text.isascii():
         raise InvalidSignal("empty, too long or not ASCII")
     core, *further = text.split(".")
     publisher: frozenset[int] = frozenset()
+    custom: frozenset[int] = frozenset()
     for segment in further:
         bits = base64url_bits(segment)
         kind = bits.read(3)
         if kind not in _SEGMENT_TYPES:  # a second core is not one either
             raise InvalidSignal("an unknown segment")
         if kind == PUBLISHER_TC:
-            publisher = _publisher_consents(bits)  # of two, the last counts, as in the IAB's decoder
+            # Of two, the last counts, as in the IAB's decoder, which keeps the custom purposes of the first that the
+            # last does not count up to.
+            publisher, fresh, count = _publisher_consents(bits)
+            custom = fresh | frozenset(purpose for purpose in custom if purpose > count)
     bits = base64url_bits(core)
     (version, created, updated, cmp_id, cmp_version, screen, language, vendor_list, policy, service_specific, _texts,
      special_features, purposes, legitimate, purpose_one, country) = (bits.read(w) for w in _CORE_HEADER)  # fmt: skip
@@ -230,6 +236,7 @@ def decode_tc_string(text: str) -> TCString:
         vendor_legitimate_interests=vendor_legitimate,
         publisher_restrictions=tuple(restrictions),
         publisher_purpose_consents=publisher,
+        publisher_custom_purpose_consents=custom,
     )
 
 

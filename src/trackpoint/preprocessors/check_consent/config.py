@@ -43,10 +43,17 @@ class CheckConsentConfig(PreprocessorBase, tag="check_consent"):
             description="Whose consent to `tcf_purposes` the TC string must hold: `vendors`, the consent a CMP "
             "records for the vendors (its core segment), for a tracker run by or for a vendor; `publisher`, the "
             "publisher's own consent (its publisher TC segment), for a first-party tracker the publisher runs. A TC "
-            "string without a publisher TC segment has no publisher consent (`tcf_publisher`); its custom purposes "
-            "are not read.",
+            "string without a publisher TC segment has no publisher consent (`tcf_publisher`).",
         ),
     ] = "vendors"
+    tcf_custom_purposes: Annotated[
+        list[Annotated[int, Meta(ge=1, le=63)]],
+        Meta(
+            description="The publisher's custom purposes (the ids its CMP gives them, 1 to 63) that must have its "
+            "consent too where GDPR applies, read from the publisher TC segment whatever `tcf_consent_from` says "
+            "(`tcf_publisher` when one lacks it).",
+        ),
+    ] = msgspec.field(default_factory=list)
     tcf_vendor_id: Annotated[
         Annotated[int, Meta(ge=1, le=65535)] | None,
         Meta(

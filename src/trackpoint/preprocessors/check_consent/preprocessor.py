@@ -61,6 +61,7 @@ class CheckConsent:
         self.no_default_gdpr = not config.gdpr_default
         self.purposes = tuple(config.tcf_purposes)
         self.publisher = config.tcf_consent_from == "publisher"
+        self.custom_purposes = tuple(config.tcf_custom_purposes)
         self.vendor_id = config.tcf_vendor_id
         self.personal = (UID_DIM, *(f for f in config.personal_fields if f != UID_DIM))
         self.input_fields = {
@@ -160,6 +161,8 @@ class CheckConsent:
                 return "tcf_publisher"
         elif not all(p in decoded.purpose_consents for p in self.purposes):
             return "tcf_purpose"
+        if not all(p in decoded.publisher_custom_purpose_consents for p in self.custom_purposes):
+            return "tcf_publisher"
         vendor_id = self.vendor_id
         if vendor_id is not None and not all(decoded.vendor_may_rely_on_consent(vendor_id, p) for p in self.purposes):
             return "tcf_vendor"
