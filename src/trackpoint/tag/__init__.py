@@ -71,8 +71,9 @@ def released_tags() -> tuple[Tag, ...]:
     return tuple(sorted((tag for tag in found if tag.version != current), key=lambda tag: _version_key(tag.version)))
 
 
-def _version_key(version: str) -> tuple[int | str, ...]:
-    return tuple(int(part) if part.isdigit() else part for part in re.split(r"[.+-]", version))
+def _version_key(version: str) -> list[tuple[int, str]]:
+    """1.10.0 after 1.9.0; a part that is not a number (`rc1`) before any that is, and never compared with one."""
+    return [(int(part), "") if part.isdigit() else (-1, part) for part in re.split(r"[.+-]", version)]
 
 
 def served_paths(config: TagConfig) -> list[tuple[str, bytes, str, bytes]]:
@@ -84,13 +85,18 @@ def served_paths(config: TagConfig) -> list[tuple[str, bytes, str, bytes]]:
     tag = built_tag()
     current = f"tag version {tag.version} (immutable; integrity `{tag.integrity}`)"
     served = [
-        (config.path, b"public, max-age=%d" % config.max_age_s, "the current tag, cached briefly (`max_age_s`)", tag),
-        (tag.versioned_path(config), IMMUTABLE, current, tag),
+        (
+            config.path,
+            b"public, max-age=%d" % config.max_age_s,
+            "the current tag, cached briefly (`max_age_s`)",
+            tag.content,
+        ),
+        (tag.versioned_path(config), IMMUTABLE, current, tag.content),
     ]
     for old in reversed(released_tags()):  # versioned_path has {version} (the config's pattern)
         what = f"tag version {old.version}, for pages that pinned it (immutable; integrity `{old.integrity}`)"
-        served.append((old.versioned_path(config), IMMUTABLE, what, old))
-    return [(path, cache_control, what, served_tag.content) for path, cache_control, what, served_tag in served]
+        served.append((old.versioned_path(config), IMMUTABLE, what, old.content))
+    return served
 
 
 def check_tag(config: Config) -> Iterator[tuple[KeyPath, str]]:
