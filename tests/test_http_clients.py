@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import gzip
 import json
+import re
 import socket
 import time
 import zlib
@@ -214,6 +215,24 @@ def test_raw_utf8_in_the_target_is_read_as_a_browser_would_have_encoded_it(track
     assert events["t1"].dims["cid"] == "über"
     assert "cid" not in events["t2"].dims and events["t2"].dims["invalid"] == "cid:invalid_encoding"
     assert events["t3"].dims["cid"] == "ü"
+
+
+def test_a_large_read_is_scanned_for_raw_utf8_in_its_request_line_only(tracker: Tracker) -> None:
+    """A read longer than the request line's cap (here a 40 KB form body, fed in parts under the caps) has only its
+    start scanned for bytes to encode: its request line's UTF-8 is still encoded, and the body's UTF-8 past the
+    scanned part reaches the form as UTF-8, never percent-encoded."""
+    body = ("pad=" + "x" * 40_000 + "&order_id=big-1&cid=gr\u00fc\u00dfe").encode()
+    head = "POST /conv?cur=\u20ac HTTP/1.1\r\nHost: t\r\nContent-Type: application/x-www-form-urlencoded\r\n"
+    request = head.encode() + f"Content-Length: {len(body)}\r\nConnection: close\r\n\r\n".encode() + body
+    assert tracker.raw(request).startswith(b"HTTP/1.1 200")
+    # Pipelined in one read: a raw UTF-8 target past the first request's line is refused, as llhttp refuses it.
+    pipelined = b"GET /i?imp=big-2 HTTP/1.1\r\nHost: t\r\nX-Pad: " + b"y" * 9000 + b"\r\n\r\n"
+    answer = tracker.raw(pipelined + b"GET /i?imp=big-3&cid=\xc3\xbc HTTP/1.1\r\nHost: t\r\n\r\n")
+    assert re.findall(rb"HTTP/1\.1 (\d{3}) ", answer) == [b"200", b"400"], answer
+    events = {e.dims.get("order_id") or e.dims["imp"]: e for e in tracker.wait_events(2)}
+    assert events["big-1"].dims["cid"] == "gr\u00fc\u00dfe"
+    assert events["big-1"].dims["cur"] == "\u20ac"  # 3 characters: within the field's cap
+    assert "big-2" in events
 
 
 def test_an_ascii_read_leaves_the_target_open_only_until_its_line_ends(tracker: Tracker) -> None:
