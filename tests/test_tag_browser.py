@@ -21,7 +21,7 @@ import yaml
 from conftest import CHROME_UA, StaticSite, Tracker
 from test_consent import TC_NO_PURPOSES, TC_RANGE
 from trackpoint.event import Event
-from trackpoint.tag import built_tag
+from trackpoint.tag import built_tag, released_tags
 
 pytestmark = pytest.mark.e2e
 
@@ -619,4 +619,28 @@ def test_items_refused_for_a_while_are_retried(browser: Any, site: StaticSite, t
     assert sorted(event.dims["name"] for event in events) == names  # each once
     assert len(batches) >= 2 and all(name in batches[0] for name in names)  # one batch, then the retries
     assert not any("burst-0" in batch for batch in batches[1:])  # an accepted item is not sent again
+    context.close()
+
+
+@pytest.mark.parametrize("version", [old.version for old in released_tags()])
+def test_a_page_pinned_to_an_earlier_version_still_tracks(
+    browser: Any, site: StaticSite, shop_tracker: Tracker, version: str
+) -> None:
+    """A page that pinned an earlier tag by its path and published integrity, as its snippet said at the time: the
+    browser loads it (the integrity matches) and its events are recorded by this tracker."""
+    tracker = shop_tracker
+    old = {tag.version: tag for tag in released_tags()}[version]
+    src = f"http://127.0.0.1:{tracker.port}/tp/{version}/tp.js"
+    site.files["/pinned"] = f"""<!doctype html><html><head><title>Pinned</title>
+<script>window.tp=window.tp||function(){{(tp.q=tp.q||[]).push(arguments)}};
+tp("consent", "granted"); tp("page");</script>
+<script async src="{src}" integrity="{old.integrity}" crossorigin="anonymous" data-consent="required"></script>
+</head><body></body></html>"""
+    context = browser.new_context(user_agent=CHROME_UA)
+    page = context.new_page()
+    page.goto(f"{site.origin}/pinned")
+    page.wait_for_function("window.tp && window.tp.version", timeout=10_000)  # loaded: its integrity matched
+    assert page.evaluate("window.tp.version") == version
+    [event] = wait_events(tracker, with_url(f"{site.origin}/pinned"), 1, f"the page view of tp.js {version}", page)
+    assert event.type == "pageview"
     context.close()

@@ -2,8 +2,8 @@
 hash, the paths it is served on (the edge prebuilds their answers: `Edge.files`) and the config check of its paths.
 
 The source is `tag/tp.js` at the repository's root; `scripts/build-tag` builds `tp.min.js` here, and keeps the
-version it replaces in `released/` (from 1.2.0 on): a page that pinned a version by its path and integrity hash keeps
-loading the same bytes after the tracker is upgraded.
+version it replaces in `released/` (every version since 1.0.0, as published): a page that pinned a version by its path
+and integrity hash keeps loading the same bytes after the tracker is upgraded.
 """
 
 from __future__ import annotations
