@@ -257,10 +257,14 @@ def test_a_silent_connection_gets_the_header_timeout(tracker_factory: Any) -> No
 def test_thousands_of_idle_admin_connections_do_not_stop_worker_restarts(tracker: Tracker) -> None:
     assert tracker.process is not None
     supervisor = tracker.process.pid
+    before = _open_fds(supervisor)
     with _idle_connections(tracker.admin_port, 2_500, sources=40) as held:
         assert len(held) >= 2_000
-        # The supervisor holds no more admin descriptors than its cap (256), however many the attacker opens.
-        assert _open_fds(supervisor) < 256 + 100
+        # The supervisor holds no more admin descriptors than its cap (256), however many the attacker opens. While
+        # the last accepts are handled, a burst's refused connections are still closing (their descriptors go in the
+        # next loop iteration), so the count is read once it has settled, and it must then stay at the cap.
+        eventually(lambda: _open_fds(supervisor) <= before + 256, 5, "the supervisor's descriptors back at the cap")
+        assert max(_open_fds(supervisor) for _ in range(20)) <= before + 256
         samples = [_readyz_answers(tracker) for _ in range(20)]
         victim, successor = _kill_worker_and_wait_for_another(tracker, timeout_s=20)
         samples += [_readyz_answers(tracker) for _ in range(20)]
