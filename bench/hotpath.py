@@ -9,7 +9,11 @@ side of a request: no kernel, no wrk, so it is steady on a busy machine where th
 it is where an optimisation of the request path is measured before and after (`--profile` shows where the time
 goes).
 
-    .venv/bin/python bench/hotpath.py [--requests N] [--connections C] [--profile | --instructions]
+    .venv/bin/python bench/hotpath.py [--requests N] [--connections C] [--profile | --instructions] [--at-once]
+
+The requests are answered as a loaded worker answers them, at the iteration's output step (one log write for the
+iteration); `--at-once` answers each read at its end instead, as a worker under a light load does (one log write
+per read).
 
 `--instructions` counts instead of timing: it runs itself under valgrind's callgrind, counting only inside the two
 entry points of the compiled build (a connection's `data_received`, the edge's output step), and prints
@@ -85,14 +89,16 @@ def connect(edge: Edge, index: int) -> EdgeProtocol:
     return protocol
 
 
-async def run(requests: int, connections: int, profile: cProfile.Profile | None) -> float:
-    """CPU µs per request over `requests` requests."""
+async def run(requests: int, connections: int, profile: cProfile.Profile | None, at_once: bool = False) -> float:
+    """CPU µs per request over `requests` requests; `at_once`: each read answered at its end (a light load's
+    mode), else at the iteration's output step (a loaded worker's group commit)."""
     with tempfile.TemporaryDirectory(prefix="trackpoint-hotpath-") as data_dir:
         config_file = Path(data_dir) / "trackpoint.yaml"
         config_file.write_text(f"data_dir: {data_dir}\n")
         loaded = load(config_file, registry=registry())
         edge = Edge(loaded.config, loaded.version, 0, registry())
         await edge.start_collectors()
+        edge.answer_at_once = at_once  # no load watch runs here: the mode is the one measured
         protocols = [connect(edge, index) for index in range(connections)]
         payloads = [REQUEST.format(n=n % 997).encode() for n in range(997)]
         settle_gc()  # the worker's garbage-collector policy, set once it is ready to serve
@@ -131,11 +137,14 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--connections", type=int, default=64)
     parser.add_argument("--profile", action="store_true", help="print the 25 functions with the most own time")
     parser.add_argument("--instructions", action="store_true", help="instructions per request (callgrind)")
+    parser.add_argument(
+        "--at-once", action="store_true", help="answer each read at its end, as under a light load (default: group)"
+    )
     options = parser.parse_args(argv)
     if options.instructions:
-        return count_instructions(options.requests, options.connections)
+        return count_instructions(options.requests, options.connections, options.at_once)
     profile = cProfile.Profile() if options.profile else None
-    us = uvloop.run(run(options.requests, options.connections, profile))
+    us = uvloop.run(run(options.requests, options.connections, profile, options.at_once))
     build = "compiled (mypyc)" if _native.ACTIVE else f"pure Python ({_native.REASON})"
     print(f"{us:.2f} µs CPU per request, {build} ({options.requests:,} requests, {options.connections} connections)")
     if profile is not None:
@@ -144,10 +153,10 @@ def main(argv: list[str] | None = None) -> int:
 
 
 # The compiled build's entry points from the event loop: everything a request costs runs inside one of them.
-ENTRY_POINTS = ("CPyPy_connection___HttpConnection___data_received", "CPyPy_runtime___Edge____write_output")
+ENTRY_POINTS = ("CPyPy_pipeline___EdgeProtocol___data_received", "CPyPy_runtime___Edge____write_output")
 
 
-def count_instructions(requests: int, connections: int) -> int:
+def count_instructions(requests: int, connections: int, at_once: bool) -> int:
     if not _native.ACTIVE:
         raise SystemExit(f"--instructions counts the compiled build; it is not active: {_native.REASON}")
     with tempfile.TemporaryDirectory(prefix="trackpoint-callgrind-") as tmp:
@@ -155,6 +164,7 @@ def count_instructions(requests: int, connections: int) -> int:
         argv = ["valgrind", "--tool=callgrind", f"--callgrind-out-file={out}", "--collect-atstart=no"]
         argv += [f"--toggle-collect={name}" for name in ENTRY_POINTS]
         argv += [sys.executable, __file__, "--requests", str(requests), "--connections", str(connections)]
+        argv += ["--at-once"] if at_once else []
         subprocess.run(argv, check=True, capture_output=True)
         totals = next(line for line in out.read_text().splitlines() if line.startswith(("summary:", "totals:")))
     rounds = requests // connections

@@ -67,6 +67,11 @@ class EdgeProtocol(HttpConnection):
         # Until its first byte a new connection has the header timeout: a silent connection is a slow header.
         self.deadline = _monotonic() + self.caps.header_timeout_s
 
+    def data_received(self, data: bytes) -> None:
+        HttpConnection.data_received(self, data)
+        if self.out and self.edge.answer_at_once:  # a light load: this read's answers go out now (queue_output)
+            self.edge.write_answers()
+
     def connection_lost(self, exc: Exception | None) -> None:
         self.edge.release(self)
         self.closing = True

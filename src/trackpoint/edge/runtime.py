@@ -61,6 +61,18 @@ PIPELINED_READS: Final = 4
 ERROR_LOG_INTERVAL_S: Final = 10.0
 # How often the rate-limit tables drop their idle buckets (a pass over each table).
 LIMIT_SWEEP_INTERVAL_S: Final = 10.0
+# The answer mode follows the event loop's own CPU use (its thread's, compression excluded), measured over windows of
+# LOAD_WINDOW_S: under ANSWER_AT_ONCE_UNTIL of a core busy, a read's answers go out at the end of that read; from it
+# on they wait for the iteration's output step, until the load is back under ANSWER_AT_ONCE_FROM (a gap, so that
+# the mode does not flip at every window: answering at once costs more per request than a group does).
+LOAD_WINDOW_S: Final = 0.05
+ANSWER_AT_ONCE_UNTIL: Final = 0.5
+ANSWER_AT_ONCE_FROM: Final = 0.3
+
+
+def answer_at_once_after(busy: float, at_once: bool) -> bool:
+    """The answer mode after a window in which the event loop's thread used `busy` of a core."""
+    return busy < (ANSWER_AT_ONCE_UNTIL if at_once else ANSWER_AT_ONCE_FROM)
 
 
 @dataclass(frozen=True, slots=True)
@@ -302,6 +314,9 @@ class Edge:
         # The loop the output step is scheduled on, kept: asyncio.get_running_loop() makes a getpid() system call
         # each time (CPython checks for a fork), once per request when requests come one per iteration.
         self._loop: asyncio.AbstractEventLoop | None = None
+        # Whether a read's answers go out at the end of that read (a light load) or at the iteration's output step
+        # (watch_load decides; an idle worker starts answering at once).
+        self.answer_at_once = True
         self.refresh_date()
 
     # --- used by connections -------------------------------------------------------------------------------------
@@ -348,8 +363,11 @@ class Edge:
         return reject(self.clock, status, reason, field, keep_alive, is_head, extra)
 
     def queue_output(self, connection: EdgeProtocol) -> None:
-        """Responses are written after every ready connection has been read: one write per connection per
-        iteration, and the client side is woken once for a whole batch instead of once per response."""
+        """Under load, responses are written after every ready connection has been read: one write per log and
+        per connection per iteration (a group commit), and the client side is woken once for a whole batch
+        instead of once per response. Under a light load (`answer_at_once`) each read's answers go out at the end
+        of that read (`write_answers`): a burst of requests arriving together is then answered one by one, as it
+        is read, instead of each waiting for the whole burst to be read and built."""
         if not self._pending_output:
             loop = self._loop
             if loop is None or loop.is_closed():  # the first request, or (in tests) a new loop
@@ -358,11 +376,17 @@ class Edge:
         self._pending_output.append(connection)
 
     def _write_output(self) -> None:
-        """The iteration's output step: the log lines first (one write per log: a group commit), then the
-        responses. A response whose event could not be written becomes a 503."""
+        """The iteration's output step: what is still pending is written, and the iteration's pipelining budget
+        starts again."""
+        self.pipelined_in_iteration = 0
+        if self._pending_output:
+            self.write_answers()
+
+    def write_answers(self) -> None:
+        """The log lines first (one write per log), then the responses. A response whose event could not be
+        written becomes a 503."""
         pending = self._pending_output
         self._pending_output = []
-        self.pipelined_in_iteration = 0
         if self.durable and not self._commit(pending):
             return
         for connection in pending:
@@ -526,6 +550,16 @@ class Edge:
     def sweep_interval_s(self) -> float:
         shortest = min(self.limits.header_timeout_s, self.limits.body_timeout_s, self.limits.keepalive_timeout_s)
         return min(1.0, max(0.05, shortest / 20))
+
+    async def watch_load(self) -> None:
+        """Sets `answer_at_once` from the share of a core the event loop's thread used in the last window."""
+        wall, cpu = time.monotonic(), time.thread_time()
+        while True:
+            await asyncio.sleep(LOAD_WINDOW_S)
+            now, used = time.monotonic(), time.thread_time()
+            busy = (used - cpu) / (now - wall) if now > wall else 1.0
+            wall, cpu = now, used
+            self.answer_at_once = answer_at_once_after(busy, self.answer_at_once)
 
     async def run_timers(self) -> None:
         interval = self.sweep_interval_s()

@@ -56,6 +56,7 @@ async def serve(start: control.Start, listener: socket.socket, channel: socket.s
     writer.write(control.frame(control.Ready(pid=os.getpid(), snapshot=first)))
     background = [
         loop.create_task(edge.run_timers(), name="timers"),
+        loop.create_task(edge.watch_load(), name="load"),
         loop.create_task(_report(edge, writer, first), name="stats"),
         loop.create_task(_watch_supervisor(reader, stop), name="supervisor"),
     ]
