@@ -28,9 +28,10 @@ import time
 from collections.abc import Callable, Iterator, Sequence
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 from urllib.parse import urlsplit
 
+import msgspec
 import pytest
 import yaml
 from mmdb_writer import MMDBWriter
@@ -42,6 +43,9 @@ from trackpoint.event import Context, Event, Meta, derived_id
 from trackpoint.plugins import registry
 from trackpoint.testing import until as until  # noqa: PLC0414  (re-exported: the one plugin tests use)
 
+if TYPE_CHECKING:
+    from trackpoint.edge.runtime import Edge
+
 CHROME_UA = (
     "Mozilla/5.0 (Windows NT 10.0; Win64; x64) AppleWebKit/537.36 (KHTML, like Gecko) Chrome/120.0.0.0 Safari/537.36"
 )
@@ -51,6 +55,17 @@ def load_config(path: str | Path | None = None) -> LoadedConfig:
     """A configuration loaded with this process's plugins, as `trackpoint run` loads it (the loader takes the
     registry explicitly): the file at `path`, else the embedded default."""
     return load(path, registry=registry())
+
+
+def edge_in_process(data_dir: Path, **limits: int) -> Edge:
+    """An edge of the embedded default configuration, driven in-process (no worker, no socket), writing under
+    `data_dir`, with `limits` replacing those of `server.limits`."""
+    from trackpoint.edge.runtime import Edge
+
+    loaded = load_config()
+    config = loaded.config
+    server = msgspec.structs.replace(config.server, limits=msgspec.structs.replace(config.server.limits, **limits))
+    return Edge(msgspec.structs.replace(config, data_dir=str(data_dir), server=server), loaded.version, 0, registry())
 
 
 def make_event(i: int, event_type: str = "impression") -> Event:

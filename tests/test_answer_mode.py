@@ -8,23 +8,12 @@ import asyncio
 import time
 from pathlib import Path
 
-import msgspec
-
-from conftest import load_config
+from conftest import edge_in_process
 from trackpoint.edge import runtime
 from trackpoint.edge.pipeline import EdgeProtocol
-from trackpoint.edge.runtime import Edge
-from trackpoint.plugins import registry
 from transport import RecordingTransport
 
 PIXEL = b"GET /i?imp=%s HTTP/1.1\r\nHost: t\r\n\r\n"
-
-
-def _edge(tmp_path: Path, **limits: int) -> Edge:
-    loaded = load_config()
-    config = loaded.config
-    server = msgspec.structs.replace(config.server, limits=msgspec.structs.replace(config.server.limits, **limits))
-    return Edge(msgspec.structs.replace(config, data_dir=str(tmp_path), server=server), loaded.version, 0, registry())
 
 
 def _log_lines(tmp_path: Path) -> int:
@@ -49,7 +38,7 @@ def _burst(tmp_path: Path, at_once: bool) -> tuple[list[list[int]], list[list[in
     three reads (before the loop's output step ran) and after the output step."""
 
     async def run() -> tuple[list[list[int]], list[list[int]]]:
-        edge = _edge(tmp_path)
+        edge = edge_in_process(tmp_path)
         await edge.start_collectors()
         edge.answer_at_once = at_once
         transports = []
@@ -85,7 +74,7 @@ def test_under_load_the_iterations_answers_wait_for_its_group_commit(tmp_path: P
 
 def test_the_pipelining_budget_stays_per_iteration_when_reads_are_answered_at_once(tmp_path: Path) -> None:
     async def run() -> list[bytes]:
-        edge = _edge(tmp_path, max_pipelined_per_iteration=5)
+        edge = edge_in_process(tmp_path, max_pipelined_per_iteration=5)
         await edge.start_collectors()
         assert edge.answer_at_once
         written = []
@@ -108,7 +97,7 @@ def test_the_pipelining_budget_stays_per_iteration_when_reads_are_answered_at_on
 
 def test_the_mode_follows_the_event_loops_cpu(tmp_path: Path) -> None:
     async def run() -> tuple[bool, bool, bool]:
-        edge = _edge(tmp_path)
+        edge = edge_in_process(tmp_path)
         watch = asyncio.get_running_loop().create_task(edge.watch_load())
         initially = edge.answer_at_once
         deadline = time.monotonic() + 10 * runtime.LOAD_WINDOW_S

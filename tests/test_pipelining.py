@@ -7,22 +7,12 @@ from __future__ import annotations
 import asyncio
 from pathlib import Path
 
-import msgspec
-
-from conftest import load_config
+from conftest import edge_in_process
 from trackpoint.edge.pipeline import EdgeProtocol
 from trackpoint.edge.runtime import Edge
-from trackpoint.plugins import registry
 from transport import RecordingTransport
 
 PIXEL = b"GET /i?imp=p%d HTTP/1.1\r\nHost: t\r\n\r\n"
-
-
-def _edge(tmp_path: Path, **limits: int) -> Edge:
-    loaded = load_config()
-    config = loaded.config
-    server = msgspec.structs.replace(config.server, limits=msgspec.structs.replace(config.server.limits, **limits))
-    return Edge(msgspec.structs.replace(config, data_dir=str(tmp_path), server=server), loaded.version, 0, registry())
 
 
 def _answers(transport: RecordingTransport) -> tuple[int, int]:
@@ -54,7 +44,7 @@ def _pipeline(edge: Edge, iterations: list[list[int]]) -> list[RecordingTranspor
 
 
 def test_an_iteration_answers_its_share_of_pipelined_requests_then_closes_the_pipelines(tmp_path: Path) -> None:
-    edge = _edge(tmp_path, max_pipelined_per_iteration=5)
+    edge = edge_in_process(tmp_path, max_pipelined_per_iteration=5)
     first, second, third = _pipeline(edge, [[4, 4, 4]])
     # The first read's 3 pipelined requests fit; the second's second takes the 4th, its third the 5th and last: it
     # is answered `Connection: close` and the rest of that read is not read; the third gets its first request (not
@@ -67,7 +57,7 @@ def test_an_iteration_answers_its_share_of_pipelined_requests_then_closes_the_pi
 
 
 def test_the_budget_is_per_iteration(tmp_path: Path) -> None:
-    edge = _edge(tmp_path, max_pipelined_per_iteration=5)
+    edge = edge_in_process(tmp_path, max_pipelined_per_iteration=5)
     # Three reads of 5 (4 pipelined each), each in an iteration of its own: never cut; then a read of 7 is cut at
     # its 6th request, the 5th pipelined.
     *apart, deep = _pipeline(edge, [[5], [5], [5], [7]])
@@ -77,7 +67,7 @@ def test_the_budget_is_per_iteration(tmp_path: Path) -> None:
 
 
 def test_unset_it_is_four_full_reads_so_a_few_deep_pipelines_are_never_cut(tmp_path: Path) -> None:
-    edge = _edge(tmp_path, max_pipelined_requests=4)
+    edge = edge_in_process(tmp_path, max_pipelined_requests=4)
     assert edge.pipelined_budget == 16
     transports = _pipeline(edge, [[5] * 9])
     # Each read counts its 2nd and 3rd requests; its 4th is the per-read cap's last (not the budget's). The first
