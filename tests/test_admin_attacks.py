@@ -260,14 +260,16 @@ def test_thousands_of_idle_admin_connections_do_not_stop_worker_restarts(tracker
     before = _open_fds(supervisor)
     with _idle_connections(tracker.admin_port, 2_500, sources=40) as held:
         assert len(held) >= 2_000
-        # The supervisor holds no more admin descriptors than its cap (256), however many the attacker opens. While
-        # the last accepts are handled, a burst's refused connections are still closing (their descriptors go in the
-        # next loop iteration), so the count is read once it has settled, and it must then stay at the cap.
-        eventually(lambda: _open_fds(supervisor) <= before + 256, 5, "the supervisor's descriptors back at the cap")
-        assert max(_open_fds(supervisor) for _ in range(20)) <= before + 256
+        # The supervisor holds no more admin descriptors than its cap (256), however many the attacker opens. Not
+        # at every instant: while a round of accepts is handled, the connections it evicted close in the next loop
+        # iteration, and connections the kernel completed late (its accept queue was full) still arrive. So the
+        # count is read once it has settled, here and again after the worker's restart.
+        at_cap = before + 256
+        eventually(lambda: _open_fds(supervisor) <= at_cap, 5, "the supervisor's descriptors back at the cap")
         samples = [_readyz_answers(tracker) for _ in range(20)]
         victim, successor = _kill_worker_and_wait_for_another(tracker, timeout_s=20)
         samples += [_readyz_answers(tracker) for _ in range(20)]
+        eventually(lambda: _open_fds(supervisor) <= at_cap, 5, "the supervisor's descriptors at the cap, restarted")
     assert successor != victim
     assert samples.count(True) == len(samples), f"/readyz answered {samples.count(True)} of {len(samples)}"
     assert tracker.metric("trackpoint_worker_restarts_total") >= 1
