@@ -135,17 +135,25 @@ def _peers_rows(run: dict[str, Any]) -> list[str]:
 
 def _server_time_rows(run: dict[str, Any]) -> list[str]:
     """bench/server_time.py: each stack's read-to-answer percentiles, medians of the rounds, and its rounds' p99."""
+    untraced = "awake_p99_ms" in next(iter(run["medians"].values()))  # recorded since the untraced runs
     rows = [
-        "| stack | read to answer p50 µs | p90 | p99 | p99.9 | the rounds' p99 | end-to-end p50 / p99 (traced) |",
-        "|---|---:|---:|---:|---:|---:|---:|",
+        "| stack | read to answer p50 µs | p90 | p99 | p99.9 | the rounds' p99 | end-to-end p50 / p99 (traced) |"
+        + (" untraced p50 / p99, CPU µs a request: as the VM is | cores kept awake |" if untraced else ""),
+        "|---|---:|---:|---:|---:|---:|---:|" + ("---:|---:|" if untraced else ""),
     ]
     for name, median in run["medians"].items():
         rounds = [stack_round["p99_us"] for stack_round in run["runs"][name]]
         figures = " | ".join(f"{median[key]:,.0f}" for key in ("p50_us", "p90_us", "p99_us", "p99.9_us"))
-        rows.append(
+        row = (
             f"| {PEERS_NO_WORK.get(name, name)} | {figures} | {min(rounds):,.0f} to {max(rounds):,.0f} | "
             f"{_ms(median['end_to_end_p50_ms'])} / {_ms(median['end_to_end_p99_ms'])} |"
         )
+        for regime in ("halting", "awake") if untraced else ():
+            row += (
+                f" {median[f'{regime}_p50_ms']:.3f} / {median[f'{regime}_p99_ms']:.3f} ms, "
+                f"{median[f'{regime}_cpu_us']:.1f} |"
+            )
+        rows.append(row)
     return rows
 
 

@@ -17,6 +17,7 @@ import resource
 import signal
 import socket
 import subprocess
+import sys
 import time
 import urllib.error
 import urllib.request
@@ -246,6 +247,33 @@ def active_files(logs: Path) -> list[Path]:
 def pinned(cpu: int) -> list[str]:
     """Command prefix that runs a program on one CPU core."""
     return ["taskset", "-c", str(cpu)]
+
+
+# A busy loop at the lowest priority there is: it runs only while nothing else wants its core, and yields it at the
+# next wake-up of any other thread (SCHED_IDLE has a CFS weight of 3 against a nice-0 thread's 1024).
+_IDLE_SPIN = "import os\nos.sched_setscheduler(0, os.SCHED_IDLE, os.sched_param(0))\nwhile True:\n    pass\n"
+
+
+@contextlib.contextmanager
+def cores_kept_awake(*cpus: int) -> Iterator[None]:
+    """Keeps each core from halting while the block runs: one SCHED_IDLE busy loop pinned to each.
+
+    On a VM an idle virtual CPU halts, and the next packet waits for the host to run it again, its caches cooled by
+    whatever the host ran meanwhile: at a light load that wake-up is most of a request's latency, for every server
+    alike. A busy loop that gives way at once stands in for a core that does not sleep (polling idle on a host
+    tuned for latency), so that what is left of a request's latency is the server's. Its own CPU time is no
+    server's: the benchmarks count the CPU of the server's processes only."""
+    spinners = [subprocess.Popen([*pinned(cpu), sys.executable, "-c", _IDLE_SPIN]) for cpu in cpus]
+    try:
+        time.sleep(0.2)  # running before the block's first request
+        for spinner in spinners:
+            if spinner.poll() is not None:
+                raise HarnessError(f"the busy loop on a core exited ({spinner.returncode}): is SCHED_IDLE allowed?")
+        yield
+    finally:
+        for spinner in spinners:
+            spinner.kill()
+            spinner.wait()
 
 
 def run_wrk(url: str, duration_s: int, connections: int, script: Path | None = None) -> WrkResult:

@@ -16,6 +16,12 @@ which on loopback delivers the answer to wrk and wakes it. Tracing costs each sy
 for every stack: the figures compare the stacks, they are not the untraced latency. The stacks take turns, round
 after round; each figure is the median of the rounds.
 
+The same rounds also run each stack untraced at that rate twice, end to end as wrk sees it: once as the VM is, and
+once with both cores kept from halting (`harness.cores_kept_awake`: a SCHED_IDLE busy loop on each, which gives
+way at once to any other thread). On this VM a halted virtual CPU is woken by the host, late and with its caches
+cooled: at 2,000 req/s that wake-up is most of every stack's p99 and doubles its CPU per request, a do-nothing
+server's included. Kept awake, what is left of the latency is the stack's own path plus the loopback.
+
 Run ``scripts/bench-peers --server-time [--rounds N] [--duration S] [--record]`` (needs `perf`, from Debian's
 `linux-perf`, and root or `kernel.perf_event_paranoid` <= -1 for tracepoints).
 """
@@ -42,7 +48,17 @@ from matplotlib.figure import Figure
 from rich.console import Console
 from rich.table import Table
 
-from harness import RESULTS_DIR, SERVER_CPU, HarnessError, free_ports, git_state, machine_info, unwind_on_sigterm
+from harness import (
+    LOAD_CPU,
+    RESULTS_DIR,
+    SERVER_CPU,
+    HarnessError,
+    cores_kept_awake,
+    free_ports,
+    git_state,
+    machine_info,
+    unwind_on_sigterm,
+)
 from peers import (
     BRIEF_CONNECTIONS,
     BRIEF_RATE,
@@ -156,6 +172,23 @@ def traced_round(stack: Stack, duration_s: int, workdir: Path) -> dict[str, Any]
     }
 
 
+REGIMES = ("halting", "awake")  # untraced runs: the VM's cores as they are, then kept from halting
+
+
+def paced_run(stack: Stack, duration_s: int, regime: str) -> dict[str, float]:
+    """One untraced constant-rate run at the brief's rate, after a warm-up in the same regime: end-to-end
+    percentiles and the server's CPU per request (all of it, and its user-space part)."""
+    constant_rate(stack, BRIEF_RATE, 2, BRIEF_CONNECTIONS)
+    result = constant_rate(stack, BRIEF_RATE, duration_s, BRIEF_CONNECTIONS)
+    return {
+        f"{regime}_p50_ms": result.p50_ms,
+        f"{regime}_p99_ms": result.p99_ms,
+        f"{regime}_p999_ms": result.p999_ms,
+        f"{regime}_cpu_us": result.cpu_us_per_request,
+        f"{regime}_user_cpu_us": result.user_cpu_us_per_request,
+    }
+
+
 @contextlib.contextmanager
 def stack_named(name: str, binaries: dict[str, Path], workdir: Path) -> Iterator[Stack]:
     port, admin_port = free_ports(2)
@@ -182,12 +215,16 @@ def measure(rounds: int, duration_s: int, console: Console) -> dict[str, list[di
         for number in range(rounds):
             for name in names[number % len(names) :] + names[: number % len(names)]:
                 with stack_named(name, binaries, Path(tmp) / f"{number}") as stack:
-                    run = traced_round(stack, duration_s, Path(tmp))
+                    run: dict[str, Any] = traced_round(stack, duration_s, Path(tmp))
+                    run |= paced_run(stack, duration_s, "halting")
+                    with cores_kept_awake(SERVER_CPU, LOAD_CPU):
+                        run |= paced_run(stack, duration_s, "awake")
                 runs[name].append(run)
                 console.print(
                     f"round {number + 1} {name}: read to answer p50 {run['p50_us']} µs, p99 {run['p99_us']} µs "
-                    f"({run['requests']:,} requests; end to end p50 {run['end_to_end_p50_ms']} ms, "
-                    f"p99 {run['end_to_end_p99_ms']} ms)"
+                    f"({run['requests']:,} requests); untraced p50 / p99: as the VM is {run['halting_p50_ms']} / "
+                    f"{run['halting_p99_ms']} ms ({run['halting_cpu_us']} µs CPU a request), cores kept awake "
+                    f"{run['awake_p50_ms']} / {run['awake_p99_ms']} ms ({run['awake_cpu_us']} µs)"
                 )
     return runs
 
@@ -198,6 +235,15 @@ def summary(runs: dict[str, list[dict[str, Any]]]) -> dict[str, dict[str, float]
         name: {key: round(statistics.median(run[key] for run in stack_runs), 3) for key in stack_runs[0]}
         for name, stack_runs in runs.items()
         if stack_runs
+    }
+
+
+def rounds_at_most(runs: dict[str, list[dict[str, Any]]], key: str, ours: str = "trackpoint") -> dict[str, int]:
+    """Per peer, in how many rounds trackpoint's figure `key` was at most the peer's (rounds pair by number)."""
+    return {
+        name: sum(mine[key] <= theirs[key] for mine, theirs in zip(runs[ours], stack_runs, strict=False))
+        for name, stack_runs in runs.items()
+        if name != ours
     }
 
 
@@ -213,19 +259,32 @@ def print_table(medians: dict[str, dict[str, float]], console: Console) -> None:
             f"{figures['end_to_end_p99_ms']:.3f}",
         )
     console.print(table)
+    paced = Table(title=f"end to end at {BRIEF_RATE:,} req/s, untraced (medians of rounds)")
+    for column in ("stack", "p50 ms", "p99 ms", "CPU µs/req (user)", "awake: p50 ms", "p99 ms", "CPU µs/req (user)"):
+        paced.add_column(column, justify="left" if column == "stack" else "right")
+    for name, figures in medians.items():
+        cells = []
+        for regime in REGIMES:
+            cells += [
+                f"{figures[f'{regime}_p50_ms']:.3f}",
+                f"{figures[f'{regime}_p99_ms']:.3f}",
+                f"{figures[f'{regime}_cpu_us']:.1f} ({figures[f'{regime}_user_cpu_us']:.1f})",
+            ]
+        paced.add_row(name, *cells)
+    console.print(paced)
 
 
 def render(document: dict[str, Any], path: Path) -> None:
     """Each stack's read-to-answer percentiles (bars: medians of the rounds) and every round's p99 (points)."""
     medians, runs = document["medians"], document["runs"]
-    fig = Figure(figsize=(11, 5), layout="constrained")
+    fig = Figure(figsize=(16, 5), layout="constrained")
     FigureCanvasAgg(fig)
     commit = str(document["git"].get("commit") or "")[:7]
     fig.suptitle(
         f"The server's own time per request at {BRIEF_RATE:,} req/s, from its read to its answer's write "
         f"(traced; {document['date'][:10]} {commit})"
     )
-    ax = fig.subplots()
+    ax, ax_paced = fig.subplots(1, 2, width_ratios=(3, 2))
     names = list(medians)
     shares = (("p50_us", 1.0), ("p90_us", 0.6), ("p99_us", 0.3))
     width = 0.8 / len(shares)
@@ -244,6 +303,22 @@ def render(document: dict[str, Any], path: Path) -> None:
     ax.set_title(
         "bars: medians of the rounds (darkest p50, then p90, lightest p99); dots: each round's p99", fontsize=10
     )
+    # End to end, untraced: the p99 as the VM is (light) and with its cores kept awake (solid), each round a dot.
+    for offset, (regime, alpha) in enumerate((("halting", 0.35), ("awake", 1.0))):
+        key = f"{regime}_p99_ms"
+        if key not in medians[names[0]]:  # a record from before the untraced runs
+            continue
+        xs = [i + (offset - 0.5) * 0.4 for i in range(len(names))]
+        bars = ax_paced.bar(xs, [medians[name][key] for name in names], 0.4, alpha=alpha)
+        for bar, name in zip(bars, names, strict=True):
+            bar.set_color(COLORS[name])
+        ax_paced.bar_label(bars, fmt="%.2f", fontsize=8)
+        for x, name in zip(xs, names, strict=True):
+            rounds = [run[key] for run in runs[name]]
+            ax_paced.plot([x] * len(rounds), rounds, "k.", markersize=4)
+    ax_paced.set_xticks(range(len(names)), names, rotation=20)
+    ax_paced.set_ylabel("ms")
+    ax_paced.set_title("end to end p99, untraced: as the VM is (light), cores kept awake (solid)", fontsize=10)
     fig.savefig(path, dpi=100)
 
 
@@ -258,12 +333,19 @@ def main(argv: Sequence[str] | None = None) -> int:
     runs = measure(settings.rounds, settings.duration, console)
     medians = summary(runs)
     print_table(medians, console)
+    for regime in REGIMES:
+        counts = rounds_at_most(runs, f"{regime}_p99_ms")
+        tally = ", ".join(f"{name} {count} of {settings.rounds}" for name, count in counts.items())
+        where = "cores kept awake" if regime == "awake" else "as the VM is"
+        console.print(f"untraced, {where}: rounds with trackpoint's p99 at most the peer's: {tally}")
     document = {
         "date": datetime.datetime.now(datetime.UTC).isoformat(timespec="seconds"),
         "git": dict(zip(("commit", "dirty"), git_state(), strict=True)),
         "machine": asdict(machine_info()),
         "settings": {"rounds": settings.rounds, "duration": settings.duration, "rate": BRIEF_RATE},
         "medians": medians,
+        # Rounds in which trackpoint's untraced p99 was at most each peer's, as the VM is and kept awake.
+        "p99_rounds_at_most": {regime: rounds_at_most(runs, f"{regime}_p99_ms") for regime in REGIMES},
         "runs": runs,
     }
     path = (RESULTS_DIR if settings.record else Path(tempfile.gettempdir())) / f"{RESULT_NAME}.json"
