@@ -275,7 +275,8 @@ def print_table(medians: dict[str, dict[str, float]], console: Console) -> None:
 
 
 def render(document: dict[str, Any], path: Path) -> None:
-    """Each stack's read-to-answer percentiles (bars: medians of the rounds) and every round's p99 (points)."""
+    """Left: each stack's read-to-answer percentiles (bars: medians of the rounds) and every round's p99 (points).
+    Right: the untraced end-to-end p99, as the VM is and with the cores kept awake (bars and each round's)."""
     medians, runs = document["medians"], document["runs"]
     fig = Figure(figsize=(16, 5), layout="constrained")
     FigureCanvasAgg(fig)
