@@ -305,7 +305,7 @@ def render(document: dict[str, Any], path: Path) -> None:
         "bars: medians of the rounds (darkest p50, then p90, lightest p99); dots: each round's p99", fontsize=10
     )
     # End to end, untraced: the p99 as the VM is (light) and with its cores kept awake (solid), each round a dot.
-    for offset, (regime, alpha) in enumerate((("halting", 0.35), ("awake", 1.0))):
+    for offset, (regime, alpha) in enumerate(zip(REGIMES, (0.35, 1.0), strict=True)):
         key = f"{regime}_p99_ms"
         if key not in medians[names[0]]:  # a record from before the untraced runs
             continue
@@ -334,8 +334,9 @@ def main(argv: Sequence[str] | None = None) -> int:
     runs = measure(settings.rounds, settings.duration, console)
     medians = summary(runs)
     print_table(medians, console)
-    for regime in REGIMES:
-        counts = rounds_at_most(runs, f"{regime}_p99_ms")
+    # Rounds in which trackpoint's untraced p99 was at most each peer's, as the VM is and kept awake.
+    at_most = {regime: rounds_at_most(runs, f"{regime}_p99_ms") for regime in REGIMES}
+    for regime, counts in at_most.items():
         tally = ", ".join(f"{name} {count} of {settings.rounds}" for name, count in counts.items())
         where = "cores kept awake" if regime == "awake" else "as the VM is"
         console.print(f"untraced, {where}: rounds with trackpoint's p99 at most the peer's: {tally}")
@@ -345,8 +346,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         "machine": asdict(machine_info()),
         "settings": {"rounds": settings.rounds, "duration": settings.duration, "rate": BRIEF_RATE},
         "medians": medians,
-        # Rounds in which trackpoint's untraced p99 was at most each peer's, as the VM is and kept awake.
-        "p99_rounds_at_most": {regime: rounds_at_most(runs, f"{regime}_p99_ms") for regime in REGIMES},
+        "p99_rounds_at_most": at_most,
         "runs": runs,
     }
     path = (RESULTS_DIR if settings.record else Path(tempfile.gettempdir())) / f"{RESULT_NAME}.json"
