@@ -14,6 +14,7 @@ from hypothesis import example, given, settings
 from hypothesis import strategies as st
 
 from trackpoint.config.model import FieldSpec
+from trackpoint.fields import _query
 from trackpoint.fields.converters import MICROS, PairParser, Reject, check_text, parse_cookies, parse_micros
 from trackpoint.fields.types import make_converter
 
@@ -446,3 +447,65 @@ def test_an_empty_value_is_invalid_not_an_error_when_macros_count_as_absent() ->
             convert("")
         assert rejected.value.reason == "invalid_field", field_type
     assert make_converter("f", FieldSpec(unexpanded_macros="absent"))("") == ""
+
+
+# --- the compiled build's native step (fields/_query.c) against the Python code --------------------------------
+
+# Past the 64 names whose first member the C step remembers in a bit mask.
+MANY_NAMES = frozenset({f"n{i}" for i in range(70)} | {"imp"})
+NATIVE_PIECES = st.sampled_from(
+    [
+        *(b"imp", b"cid", b"=", b"&", b"%", b"%4", b"%41", b"%FF", b"%C3", b"%A9", b"+", b"\xff", b"\xc3\xa9", b"x"),
+        *(b"a+b", b"a%20b", b"%C3%A9", b"x%3Dy", b"p%26q", b"100%25", b"n%2Bm", b"n3", b"n65", b"n69", b"%6E66"),
+        *(b"abcdefgh", b"ABCDEFGHIJKLMNOP"),  # whole words for the eight-bytes-at-a-time check
+    ]
+)
+
+
+def native(parser: PairParser, encoded: bytes) -> dict[str, str]:
+    return _query.members(encoded, parser.utf8_names, parser.keys)
+
+
+@given(
+    names=st.sampled_from([NAMES, ODD_NAMES, MANY_NAMES, frozenset()]),
+    encoded=st.one_of(st.binary(max_size=80), st.lists(NATIVE_PIECES, max_size=32).map(b"".join)),
+)
+@example(names=MANY_NAMES, encoded=b"n65=1&n65=2&n3=a&n3=b&n69")
+@example(names=ODD_NAMES, encoded=b"imp=%C3&imp=2&a+b=%zz&%C3%A9=%ED%A0%80&x%3Dy=&100%25")
+@example(names=NAMES, encoded=b"imp=abcdefghijklmnop+q&cid=abcdefghijklmno%")
+@settings(max_examples=1000, deadline=None, database=None)
+def test_the_native_step_gives_what_the_python_code_gives(names: frozenset[str], encoded: bytes) -> None:
+    parser = PairParser(names)
+    expected = parser.pure(encoded)
+    found = native(parser, encoded)
+    assert found == expected
+    assert list(found) == list(expected)  # in the order the members came
+    for key in found:  # stored under the builder's own key objects, which it then looks up by identity first
+        assert any(key is name for name in parser.keys)
+
+
+def test_the_native_step_refuses_arguments_of_other_types() -> None:
+    parser = PairParser(NAMES)
+    for arguments in [
+        (bytearray(b"imp=1"), parser.utf8_names, parser.keys),
+        (b"imp=1", list(parser.utf8_names), parser.keys),
+        (b"imp=1", parser.utf8_names, parser.keys[:-1]),
+        (b"imp=1", parser.keys, parser.keys),
+        (b"imp=1", parser.utf8_names),
+    ]:
+        with pytest.raises(TypeError, match="members"):
+            _query.members(*arguments)  # type: ignore[arg-type]
+
+
+@given(st.text(max_size=40) | st.text(alphabet=st.characters(max_codepoint=0x7F), max_size=40))
+@example("\x7f")
+@example("\x1f ~")
+@example("a\u200bb")
+@settings(max_examples=1000, deadline=None, database=None)
+def test_the_native_printable_check_is_str_isprintable(text: str) -> None:
+    assert _query.printable(text) is text.isprintable()
+
+
+def test_the_native_printable_check_refuses_what_is_not_a_str() -> None:
+    with pytest.raises(TypeError, match="printable"):
+        _query.printable(b"abc")  # type: ignore[arg-type]

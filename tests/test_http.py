@@ -6,9 +6,12 @@ import gzip
 import zlib
 
 import pytest
+from hypothesis import example, given, settings
+from hypothesis import strategies as st
 
 from trackpoint.fields.converters import Reject
 from trackpoint.fields.multipart import boundary, form_fields
+from trackpoint.http import _headers
 from trackpoint.http.connection import LEARNED_NAMES_MAX, HeaderNames
 from trackpoint.http.encoding import Inflater, wbits
 from trackpoint.http.forwarded import client_address, forwarded_for, node_address
@@ -128,6 +131,7 @@ def test_multipart_fields_skip_files_and_refuse_malformed_bodies() -> None:
 
 def test_header_names_keep_the_declared_ones_in_any_spelling_and_learn_a_bounded_number() -> None:
     names = HeaderNames(frozenset({b"user-agent", b"host"}))
+    names.kept_names = None  # the pure-Python way, whichever build runs (the next test compares the C step with it)
     assert names.canonical(b"User-Agent") == b"user-agent"
     assert names.canonical(b"USER-AGENT") == b"user-agent"
     assert names.canonical(b"Host") == b"host"
@@ -139,3 +143,43 @@ def test_header_names_keep_the_declared_ones_in_any_spelling_and_learn_a_bounded
     assert len(names.learned) == LEARNED_NAMES_MAX
     assert names.canonical(b"hOsT") == b"host"  # a spelling first seen past the cap: answered, not learned
     assert b"hOsT" not in names.learned
+
+
+KEPT = frozenset({b"user-agent", b"host", b"x-forwarded-for", b"content-length", b"cookie", b"sec-gpc", b"x-1"})
+HEADER_NAME_BYTES = st.sampled_from(sorted({*b"-_.!#0123456789", *range(ord("A"), ord("Z") + 1), 0x40, 0x5B, 0xC9}))
+
+
+@given(
+    name=st.one_of(
+        st.sampled_from(sorted(KEPT)).flatmap(lambda kept: st.sampled_from([kept, kept.upper(), kept.title()])),
+        st.lists(HEADER_NAME_BYTES, max_size=16).map(bytes),
+        st.binary(max_size=16),
+    )
+)
+@example(name=b"X-1")
+@example(name=b"HOST\xc9")
+@example(name=b"@OST")  # one below "A": not lowered
+@example(name=b"[OST")  # one above "Z": not lowered
+@settings(max_examples=500, deadline=None, database=None)
+def test_the_native_header_step_gives_what_the_python_code_gives(name: bytes) -> None:
+    pure = HeaderNames(KEPT)
+    answer = _headers.canonical(name, tuple(KEPT))
+    assert answer == pure.learn(name)
+    assert answer == b"" or any(answer is kept for kept in KEPT)  # the kept object itself, never a copy
+
+
+def test_the_native_header_step_refuses_arguments_of_other_types() -> None:
+    for arguments in [(bytearray(b"host"), (b"host",)), (b"host", [b"host"]), (b"host", ("host",)), (b"host",)]:
+        with pytest.raises(TypeError, match="canonical"):
+            _headers.canonical(*arguments)  # type: ignore[arg-type]
+
+
+def test_only_a_set_of_kept_names_goes_to_the_native_header_step() -> None:
+    """The admin port keeps every header (a container that is not a set): it learns spellings, whichever build."""
+
+    class Everything:
+        def __contains__(self, name: object) -> bool:
+            return True
+
+    assert HeaderNames(Everything()).kept_names is None
+    assert HeaderNames(Everything()).canonical(b"X-Any") == b"x-any"

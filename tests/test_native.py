@@ -74,6 +74,7 @@ def _compiled_before_its_source(root: Path, monkeypatch: pytest.MonkeyPatch) -> 
     os.utime(source, (2_000, 2_000))
     monkeypatch.setattr(_native, "_ROOT", root)
     monkeypatch.setattr(_native, "COMPILED", ("trackpoint.edge.build",))
+    monkeypatch.setattr(_native, "NATIVE", ())
     monkeypatch.setenv(_native.PURE_PYTHON_VARIABLE, "0")
     return extension
 
@@ -89,6 +90,33 @@ def test_a_source_newer_than_its_extension_falls_back_to_the_sources(
     assert "is not compiled" in (_native.why_pure_python() or "")
     monkeypatch.setenv(_native.PURE_PYTHON_VARIABLE, "1")
     assert _native.why_pure_python() == "TRACKPOINT_PURE_PYTHON=1"
+
+
+def test_a_native_step_whose_c_source_changed_after_its_build_falls_back_to_the_sources(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    _compiled_before_its_source(tmp_path, monkeypatch)
+    os.utime(tmp_path / "trackpoint" / "edge" / "build.py", (500, 500))  # the mypyc module is current
+    source = tmp_path / "trackpoint" / "fields" / "_query.c"
+    source.parent.mkdir()
+    source.write_text("")
+    monkeypatch.setattr(_native, "NATIVE", ("trackpoint.fields._query",))
+    assert _native.why_pure_python() == "trackpoint.fields._query is not compiled"
+    extension = source.with_suffix(importlib.machinery.EXTENSION_SUFFIXES[0])
+    extension.write_bytes(b"")
+    os.utime(extension, (1_000, 1_000))
+    os.utime(source, (2_000, 2_000))
+    assert "trackpoint.fields._query was changed after it was compiled" in (_native.why_pure_python() or "")
+    os.utime(extension, (3_000, 3_000))
+    assert _native.why_pure_python() is None
+
+
+def test_the_compiled_build_calls_its_native_steps_and_the_sources_do_not() -> None:
+    from trackpoint.fields import converters
+
+    assert (converters._MEMBERS is not None) is _native.ACTIVE
+    parser = converters.PairParser(frozenset({"imp"}))
+    assert parser(b"imp=1") == parser.pure(b"imp=1") == {"imp": "1"}
 
 
 def test_an_installed_wheel_trusts_its_extensions_whatever_their_times(

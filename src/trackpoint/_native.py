@@ -1,5 +1,5 @@
 """Which build of the request path runs: its modules compiled by mypyc into C extensions (`pip install` builds them
-beside their sources, see setup.py), or their pure-Python sources.
+beside their sources, see setup.py), with the native steps written in C (`NATIVE`), or their pure-Python sources.
 
 The compiled build is the default wherever it is present and current. The sources are imported instead when
 `TRACKPOINT_PURE_PYTHON=1` (the test suite's default, so the pure-Python path stays tested), when an extension is
@@ -41,6 +41,9 @@ COMPILED = (
     "trackpoint.preprocessors.parse_user_agent.preprocessor",
     "trackpoint.privacy.filter",
 )
+# Steps written in C, each beside the pure-Python code it stands in for in the compiled build (which calls it);
+# the sources, and the test suite, keep that code as the reference.
+NATIVE = ("trackpoint.fields._query", "trackpoint.http._headers")
 PURE_PYTHON_VARIABLE = "TRACKPOINT_PURE_PYTHON"
 _ROOT = Path(__file__).resolve().parent.parent  # the directory holding the trackpoint package
 
@@ -52,7 +55,7 @@ def _installed(root: Path) -> bool:
 
 
 def _source(module: str) -> Path:
-    return _ROOT.joinpath(*module.split(".")).with_suffix(".py")
+    return _ROOT.joinpath(*module.split(".")).with_suffix(".c" if module in NATIVE else ".py")
 
 
 def _extension(module: str) -> Path | None:
@@ -68,7 +71,7 @@ def why_pure_python() -> str | None:
     """None when the compiled build runs; otherwise the reason the sources are used."""
     if os.getenv(PURE_PYTHON_VARIABLE) == "1":
         return f"{PURE_PYTHON_VARIABLE}=1"
-    for module in COMPILED:
+    for module in COMPILED + NATIVE:
         extension = _extension(module)
         if extension is None:
             return f"{module} is not compiled"

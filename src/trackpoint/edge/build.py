@@ -24,6 +24,7 @@ from trackpoint.fields.converters import (
     PairParser,
     Reject,
     check_text,
+    is_printable,
     parse_cookies,
 )
 from trackpoint.fields.types import make_converter
@@ -170,7 +171,7 @@ class EventBuilder:
                     if convert is None:
                         if len(raw) > plan.max_len:
                             raise Reject(400, "field_too_long", plan.name)
-                        if not raw.isprintable():  # NUL, newlines, undecodable bytes: never in a stored value
+                        if not is_printable(raw):  # NUL, newlines, undecodable bytes: never in a stored value
                             check_text(plan.name, raw)
                         value = raw
                     else:

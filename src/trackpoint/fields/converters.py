@@ -11,9 +11,10 @@ import re
 from collections.abc import Callable
 from datetime import UTC, datetime, timedelta
 from decimal import Decimal
-from typing import Final, Protocol
+from typing import Any, Final, Protocol
 from urllib.parse import unquote_to_bytes
 
+from trackpoint import _native
 from trackpoint.fields.macros import (
     MACRO_START,
     PRICE_MACRO_UNSUBSTITUTED,
@@ -148,7 +149,7 @@ def _macro_guard(name: str) -> Converter:
     def convert(raw: str) -> Value:
         if raw[:1] in MACRO_START and unexpanded(raw):
             raise MacroUnsubstituted(name)
-        if not raw.isprintable():
+        if not is_printable(raw):
             check_text(name, raw)
         return raw
 
@@ -325,22 +326,49 @@ def _lenient_iso(raw: str) -> datetime | None:
         return None
 
 
+Members = Callable[[bytes, tuple[bytes, ...], tuple[str, ...]], dict[str, str]]
+
+
+def _native_step(name: str) -> Any:
+    """One of the compiled build's steps written in C (fields/_query.c); None where the sources run."""
+    if not _native.ACTIVE:
+        return None
+    from trackpoint.fields import _query  # built with the compiled build only
+
+    return getattr(_query, name)
+
+
+_MEMBERS: Final[Members | None] = _native_step("members")
+# str.isprintable(text), as a function: in C for the compiled build (a method call cost it about 440 instructions).
+is_printable: Final[Callable[[str], bool]] = _native_step("printable") or str.isprintable
+
+
 class PairParser:
     """Extracts the wanted members of an urlencoded string (query or form body); the first occurrence wins.
 
-    The usual tracking query is plain ASCII without escapes and takes one split and one partition per member;
-    anything with `%`, `+` or raw non-ASCII bytes takes the general path.
+    The compiled build does it in C (fields/_query.c, about a third of the instructions). The code below is the
+    sources' and the reference: the usual tracking query is plain ASCII without escapes and takes one find per
+    separator; anything with `%`, `+` or raw non-ASCII bytes takes the general path.
     """
 
-    __slots__ = ("names", "wanted")
+    __slots__ = ("keys", "names", "utf8_names", "wanted")
 
     def __init__(self, names: frozenset[str]) -> None:
         self.names = names
         self.wanted = frozenset(name.encode("utf-8") for name in names)
+        # For the C step: each name's UTF-8 and the str it is stored under (the very objects the builder looks up).
+        self.keys = tuple(names)
+        self.utf8_names = tuple(name.encode("utf-8") for name in self.keys)
 
     def __call__(self, encoded: bytes) -> dict[str, str]:
         if not self.names:
             return {}
+        if _MEMBERS is not None:
+            return _MEMBERS(encoded, self.utf8_names, self.keys)
+        return self.pure(encoded)
+
+    def pure(self, encoded: bytes) -> dict[str, str]:
+        """The pure-Python way, whichever build runs."""
         try:
             text = encoded.decode("ascii")
         except UnicodeDecodeError:

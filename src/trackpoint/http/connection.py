@@ -17,6 +17,7 @@ from typing import Final
 import httptools
 from mypy_extensions import mypyc_attr
 
+from trackpoint import _native
 from trackpoint.fields.converters import Reject
 from trackpoint.http.encoding import Inflater, wbits
 from trackpoint.http.latency import LatencyHistogram
@@ -55,18 +56,41 @@ def _percent_encoded(match: re.Match[bytes]) -> bytes:
     return b"%%%02X" % match[0][0]
 
 
+def _native_canonical() -> Callable[[bytes, tuple[bytes, ...]], bytes] | None:
+    """The compiled build's HeaderNames step, written in C (http/_headers.c); None where the sources run."""
+    if not _native.ACTIVE:
+        return None
+    from trackpoint.http._headers import canonical  # built with the compiled build only
+
+    return canonical
+
+
+_CANONICAL: Final = _native_canonical()
+
+
 class HeaderNames:
     """Which headers an owner's connections keep, by the name as a client spells it: the lower-case name, or b""
-    for a name not kept. Each spelling is learned once and shared by the owner's connections (up to
+    for a name not kept.
+
+    The compiled build compares the name with each kept one in C (http/_headers.c), where a set of them is given
+    (the edge's). Otherwise each spelling is learned once and shared by the owner's connections (up to
     LEARNED_NAMES_MAX), so the usual header costs one dict lookup instead of a lower() and a second hash."""
 
-    __slots__ = ("kept", "learned")
+    __slots__ = ("kept", "kept_names", "learned")
 
     def __init__(self, kept: Container[bytes]) -> None:
         self.kept = kept  # lower-case names
         self.learned: dict[bytes, bytes] = {}
+        self.kept_names = tuple(kept) if isinstance(kept, (set, frozenset)) and _CANONICAL is not None else None
 
     def canonical(self, name: bytes) -> bytes:
+        kept_names = self.kept_names
+        if kept_names is not None and _CANONICAL is not None:
+            return _CANONICAL(name, kept_names)
+        return self.learn(name)
+
+    def learn(self, name: bytes) -> bytes:
+        """The pure-Python way, whichever build runs."""
         known = self.learned.get(name)
         if known is not None:
             return known

@@ -1,0 +1,3 @@
+"""Which header an edge connection keeps, in C (_headers.c): the compiled build's native step of HeaderNames."""
+
+def canonical(name: bytes, kept: tuple[bytes, ...]) -> bytes: ...
