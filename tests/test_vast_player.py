@@ -257,7 +257,8 @@ def test_a_play_by_vast_client_in_chromium(player: tuple[Any, str], tracker: Tra
     (click,) = named(events, "clickTracking")
     assert click.metrics["t"] == 8.0
     errors = named(events, "error")
-    assert [e.dims.get("code") for e in errors] == ["405", None]  # [ERRORCODE] left as written: absent
+    # [ERRORCODE] left as written: absent. Two pixels sent at once on two connections: logged in either order.
+    assert sorted([e.dims.get("code") for e in errors], key=str) == ["405", None]
     assert all("invalid" not in event.dims for event in events)
     # Watch time: each quartile proves its share of the ad was played, though the playhead it carries is a tick
     # behind; a rollup of this full view counts the whole ad.
