@@ -661,10 +661,17 @@ def test_an_interrupted_replay_says_so_and_how_to_finish(tmp_path: Path) -> None
     """Ctrl-C ended a replay with exit code 130 and not a word: was anything sent, is a rerun safe?"""
     directory, _, _ = logs(tmp_path)
     conf = dead_redis_config(tmp_path)
-    replaying = subprocess.Popen(
-        [sys.executable, "-m", "trackpoint", "replay", "-c", str(conf), str(directory)],
-        stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
-    )  # fmt: skip
+    # As at a terminal, where Ctrl-C finds SIGINT's default disposition. A suite started in the background by a shell
+    # without job control (`scripts/test &`) ignores SIGINT, and an ignored signal stays ignored across exec; a
+    # handler of this process's own is reset to the default by exec.
+    before = signal.signal(signal.SIGINT, signal.default_int_handler)
+    try:
+        replaying = subprocess.Popen(
+            [sys.executable, "-m", "trackpoint", "replay", "-c", str(conf), str(directory)],
+            stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
+        )  # fmt: skip
+    finally:
+        signal.signal(signal.SIGINT, before)
     assert replaying.stderr is not None
     assert "target unavailable, retrying" in replaying.stderr.readline()  # mid-replay: its first batch is retried
     replaying.send_signal(signal.SIGINT)
