@@ -12,6 +12,7 @@ Imports nothing but the standard library: setup.py reads `COMPILED` from this fi
 
 from __future__ import annotations
 
+import importlib
 import importlib.abc
 import importlib.machinery
 import importlib.util
@@ -20,6 +21,7 @@ import sys
 from collections.abc import Sequence
 from pathlib import Path
 from types import ModuleType
+from typing import Any
 
 # The modules every request runs through, as measured by bench/hotpath.py. A module that defines msgspec Structs
 # stays interpreted (mypyc would compile the Struct subclasses into classes msgspec does not recognise).
@@ -82,6 +84,14 @@ def why_pure_python() -> str | None:
 
 REASON = why_pure_python()
 ACTIVE = REASON is None  # whether this process runs the compiled build
+
+
+def step(module: str, name: str) -> Any:
+    """A function of one of the NATIVE modules where the compiled build runs (its caller calls it instead of its own
+    Python code), None where the sources run."""
+    if not ACTIVE:
+        return None
+    return getattr(importlib.import_module(module), name)
 
 
 class _SourcesFirst(importlib.abc.MetaPathFinder):

@@ -11,7 +11,7 @@ import re
 from collections.abc import Callable
 from datetime import UTC, datetime, timedelta
 from decimal import Decimal
-from typing import Any, Final, Protocol
+from typing import Final, Protocol
 from urllib.parse import unquote_to_bytes
 
 from trackpoint import _native
@@ -329,18 +329,10 @@ def _lenient_iso(raw: str) -> datetime | None:
 Members = Callable[[bytes, tuple[bytes, ...], tuple[str, ...]], dict[str, str]]
 
 
-def _native_step(name: str) -> Any:
-    """One of the compiled build's steps written in C (fields/_query.c); None where the sources run."""
-    if not _native.ACTIVE:
-        return None
-    from trackpoint.fields import _query  # built with the compiled build only
-
-    return getattr(_query, name)
-
-
-_MEMBERS: Final[Members | None] = _native_step("members")
+# The compiled build's steps in C (fields/_query.c); None where the sources run.
+_MEMBERS: Final[Members | None] = _native.step("trackpoint.fields._query", "members")
 # str.isprintable(text), as a function: in C for the compiled build (a method call cost it about 440 instructions).
-is_printable: Final[Callable[[str], bool]] = _native_step("printable") or str.isprintable
+is_printable: Final[Callable[[str], bool]] = _native.step("trackpoint.fields._query", "printable") or str.isprintable
 
 
 class PairParser:

@@ -56,16 +56,10 @@ def _percent_encoded(match: re.Match[bytes]) -> bytes:
     return b"%%%02X" % match[0][0]
 
 
-def _native_canonical() -> Callable[[bytes, tuple[bytes, ...]], bytes] | None:
-    """The compiled build's HeaderNames step, written in C (http/_headers.c); None where the sources run."""
-    if not _native.ACTIVE:
-        return None
-    from trackpoint.http._headers import canonical  # built with the compiled build only
-
-    return canonical
-
-
-_CANONICAL: Final = _native_canonical()
+# The compiled build's HeaderNames step in C (http/_headers.c); None where the sources run.
+_CANONICAL: Final[Callable[[bytes, tuple[bytes, ...]], bytes] | None] = _native.step(
+    "trackpoint.http._headers", "canonical"
+)
 
 
 class HeaderNames:
