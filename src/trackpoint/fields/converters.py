@@ -347,10 +347,10 @@ class PairParser:
 
     def __init__(self, names: frozenset[str]) -> None:
         self.names = names
-        self.wanted = frozenset(name.encode("utf-8") for name in names)
         # For the C step: each name's UTF-8 and the str it is stored under (the very objects the builder looks up).
         self.keys = tuple(names)
         self.utf8_names = tuple(name.encode("utf-8") for name in self.keys)
+        self.wanted = frozenset(self.utf8_names)
 
     def __call__(self, encoded: bytes) -> dict[str, str]:
         if not self.names:
