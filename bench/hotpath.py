@@ -10,6 +10,7 @@ it is where an optimisation of the request path is measured before and after (`-
 goes).
 
     .venv/bin/python bench/hotpath.py [--requests N] [--connections C] [--profile | --instructions] [--at-once]
+        [--browser]
 
 The requests are answered as a loaded worker answers them, at the iteration's output step (one log write for the
 iteration); `--at-once` answers each read at its end instead, as a worker under a light load does (one log write
@@ -52,6 +53,26 @@ REQUEST = (
     "Referer: https://news.example.org/article\r\n"
     "\r\n"
 )
+# `--browser`: the same pixel with the 14 header lines a browser sends, as Debian's chromium (156) sent them for a
+# cross-site <img> in a capture through Playwright (the Host and the user agent are the benchmark's).
+BROWSER_REQUEST = (
+    "GET /i?imp=bench-imp-{n}&cid=cmp-42&crid=crv-7&pub=pub-1001 HTTP/1.1\r\n"
+    "Host: track.example.com\r\n"
+    "Connection: keep-alive\r\n"
+    'sec-ch-ua-platform: "Linux"\r\n'
+    f"User-Agent: {USER_AGENT}\r\n"
+    'sec-ch-ua: "Not:A-Brand";v="8", "Chromium";v="156"\r\n'
+    "sec-ch-ua-mobile: ?0\r\n"
+    "Accept: image/jxl,image/avif,image/webp,image/apng,image/svg+xml,image/*,*/*;q=0.8\r\n"
+    "Sec-Fetch-Site: cross-site\r\n"
+    "Sec-Fetch-Mode: no-cors\r\n"
+    "Sec-Fetch-Dest: image\r\n"
+    "Sec-Fetch-Storage-Access: none\r\n"
+    "Referer: https://news.example.org/article\r\n"
+    "Accept-Encoding: gzip, deflate, br, zstd\r\n"
+    "Accept-Language: en-US,en;q=0.9\r\n"
+    "\r\n"
+)
 
 
 class Transport(asyncio.Transport):
@@ -89,9 +110,11 @@ def connect(edge: Edge, index: int) -> EdgeProtocol:
     return protocol
 
 
-async def run(requests: int, connections: int, profile: cProfile.Profile | None, at_once: bool = False) -> float:
+async def run(
+    requests: int, connections: int, profile: cProfile.Profile | None, at_once: bool = False, browser: bool = False
+) -> float:
     """CPU µs per request over `requests` requests; `at_once`: each read answered at its end (a light load's
-    mode), else at the iteration's output step (a loaded worker's group commit)."""
+    mode), else at the iteration's output step (a loaded worker's group commit); `browser`: a browser's headers."""
     with tempfile.TemporaryDirectory(prefix="trackpoint-hotpath-") as data_dir:
         config_file = Path(data_dir) / "trackpoint.yaml"
         config_file.write_text(f"data_dir: {data_dir}\n")
@@ -100,7 +123,8 @@ async def run(requests: int, connections: int, profile: cProfile.Profile | None,
         await edge.start_collectors()
         edge.answer_at_once = at_once  # no load watch runs here: the mode is the one measured
         protocols = [connect(edge, index) for index in range(connections)]
-        payloads = [REQUEST.format(n=n % 997).encode() for n in range(997)]
+        template = BROWSER_REQUEST if browser else REQUEST
+        payloads = [template.format(n=n % 997).encode() for n in range(997)]
         settle_gc()  # the worker's garbage-collector policy, set once it is ready to serve
         rounds = requests // connections
         warmup = max(1, rounds // 10)
@@ -140,11 +164,12 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument(
         "--at-once", action="store_true", help="answer each read at its end, as under a light load (default: group)"
     )
+    parser.add_argument("--browser", action="store_true", help="requests with a browser's 14 headers (default: 4)")
     options = parser.parse_args(argv)
     if options.instructions:
-        return count_instructions(options.requests, options.connections, options.at_once)
+        return count_instructions(options.requests, options.connections, options.at_once, options.browser)
     profile = cProfile.Profile() if options.profile else None
-    us = uvloop.run(run(options.requests, options.connections, profile, options.at_once))
+    us = uvloop.run(run(options.requests, options.connections, profile, options.at_once, options.browser))
     build = "compiled (mypyc)" if _native.ACTIVE else f"pure Python ({_native.REASON})"
     print(f"{us:.2f} µs CPU per request, {build} ({options.requests:,} requests, {options.connections} connections)")
     if profile is not None:
@@ -156,7 +181,7 @@ def main(argv: list[str] | None = None) -> int:
 ENTRY_POINTS = ("CPyPy_pipeline___EdgeProtocol___data_received", "CPyPy_runtime___Edge____write_output")
 
 
-def count_instructions(requests: int, connections: int, at_once: bool) -> int:
+def count_instructions(requests: int, connections: int, at_once: bool, browser: bool = False) -> int:
     if not _native.ACTIVE:
         raise SystemExit(f"--instructions counts the compiled build; it is not active: {_native.REASON}")
     with tempfile.TemporaryDirectory(prefix="trackpoint-callgrind-") as tmp:
@@ -165,6 +190,7 @@ def count_instructions(requests: int, connections: int, at_once: bool) -> int:
         argv += [f"--toggle-collect={name}" for name in ENTRY_POINTS]
         argv += [sys.executable, __file__, "--requests", str(requests), "--connections", str(connections)]
         argv += ["--at-once"] if at_once else []
+        argv += ["--browser"] if browser else []
         subprocess.run(argv, check=True, capture_output=True)
         totals = next(line for line in out.read_text().splitlines() if line.startswith(("summary:", "totals:")))
     rounds = requests // connections

@@ -2,8 +2,13 @@
 
 from __future__ import annotations
 
+import gc
 import gzip
+import weakref
 import zlib
+from collections.abc import Callable
+from types import SimpleNamespace
+from typing import cast
 
 import pytest
 from hypothesis import example, given, settings
@@ -12,9 +17,20 @@ from hypothesis import strategies as st
 from trackpoint.fields.converters import Reject
 from trackpoint.fields.multipart import boundary, form_fields
 from trackpoint.http import _headers
-from trackpoint.http.connection import LEARNED_NAMES_MAX, HeaderNames
+from trackpoint.http.connection import (
+    FRAMING,
+    HOST,
+    LEARNED_NAMES_MAX,
+    LIST,
+    PLAIN,
+    HeaderNames,
+    HttpConnection,
+    header_kind,
+)
 from trackpoint.http.encoding import Inflater, wbits
 from trackpoint.http.forwarded import client_address, forwarded_for, node_address
+from trackpoint.http.latency import LatencyHistogram
+from trackpoint.http.limits import Caps
 from trackpoint.http.responses import Clock, allow_header, head, origin_form
 
 
@@ -172,6 +188,114 @@ def test_the_native_header_step_refuses_arguments_of_other_types() -> None:
     for arguments in [(bytearray(b"host"), (b"host",)), (b"host", [b"host"]), (b"host", ("host",)), (b"host",)]:
         with pytest.raises(TypeError, match="canonical"):
             _headers.canonical(*arguments)  # type: ignore[arg-type]
+
+
+HEAD_KEPT = tuple(sorted(KEPT | {b"expect", b"forwarded", b"transfer-encoding", b"content-encoding"}))
+HEADER_LINE = st.tuples(
+    st.one_of(
+        st.sampled_from(HEAD_KEPT).flatmap(lambda kept: st.sampled_from([kept, kept.upper(), kept.title()])),
+        st.lists(HEADER_NAME_BYTES, max_size=12).map(bytes),
+    ),
+    st.one_of(st.sampled_from([b"", b"1", b"12", b"100-continue", b"chunked", b" 7 "]), st.binary(max_size=12)),
+)
+
+
+def _framing_step(calls: list[tuple[bytes, bytes]]) -> Callable[[bytes, bytes], None]:
+    """A stand-in for on_framing_header: records its calls, and refuses as it does a Content-Length not a number."""
+
+    def framing(name: bytes, value: bytes) -> None:
+        calls.append((name, value))
+        if name == b"content-length" and not value.strip(b" \t").isdigit():
+            raise Reject(413, "body_too_large")
+
+    return framing
+
+
+class _Reference(HttpConnection):
+    """HttpConnection.on_header (the pure-Python code) with its framing step recorded."""
+
+    def __init__(self, max_count: int, max_bytes: int, framing: Callable[[bytes, bytes], None]) -> None:
+        caps = cast(Caps, SimpleNamespace(max_header_count=max_count, max_header_bytes=max_bytes))
+        super().__init__(caps, HeaderNames(frozenset(HEAD_KEPT)), lambda connection: None, LatencyHistogram())
+        self.framing = framing
+
+    def on_framing_header(self, name: bytes, value: bytes) -> None:
+        self.framing(name, value)
+
+
+def _outcome(step: Callable[[bytes, bytes], None], name: bytes, value: bytes) -> tuple[int, str] | None:
+    try:
+        step(name, value)
+    except Reject as refused:
+        return refused.status, refused.reason
+    return None
+
+
+@given(
+    lines=st.lists(HEADER_LINE, max_size=24),
+    max_count=st.integers(1, 30),
+    max_bytes=st.integers(1, 300),
+    trailers_from=st.integers(0, 30),
+)
+@example(lines=[(b"Host", b"a"), (b"host", b"b")], max_count=10, max_bytes=100, trailers_from=30)
+@example(lines=[(b"X-Forwarded-For", b"1"), (b"x-forwarded-for", b"2")], max_count=10, max_bytes=100, trailers_from=30)
+@example(lines=[(b"Content-Length", b"x")], max_count=10, max_bytes=100, trailers_from=30)
+@example(lines=[(b"a", b"b")] * 3, max_count=2, max_bytes=100, trailers_from=30)
+@example(lines=[(b"Cookie", b"a"), (b"Cookie", b"b")], max_count=10, max_bytes=100, trailers_from=1)
+@settings(max_examples=1000, deadline=None, database=None)
+def test_the_native_head_step_does_what_on_header_does(
+    lines: list[tuple[bytes, bytes]], max_count: int, max_bytes: int, trailers_from: int
+) -> None:
+    python_calls: list[tuple[bytes, bytes]] = []
+    native_calls: list[tuple[bytes, bytes]] = []
+    reference = _Reference(max_count, max_bytes, _framing_step(python_calls))
+    kinds = tuple(header_kind(name) for name in HEAD_KEPT)
+    head = _headers.Head(HEAD_KEPT, kinds, max_count, max_bytes, _framing_step(native_calls), Reject)
+    for index, (name, value) in enumerate(lines):
+        if index == trailers_from:  # a chunked body began: what follows is its trailer
+            reference.trailers = head.trailers = True
+        answer = _outcome(head, name, value)
+        assert answer == _outcome(reference.on_header, name, value)
+        assert head.headers == reference.headers
+        assert native_calls == python_calls
+        assert (head.count, head.size) == (reference.header_count, reference.header_bytes)
+        if answer is not None:  # the parser stops at a refusal
+            break
+    headers = head.headers
+    assert head.reset() is head.headers is not headers
+    assert (head.headers, head.count, head.size, head.trailers) == ({}, 0, 0, False)
+
+
+def test_header_kinds_and_what_the_native_head_step_refuses() -> None:
+    assert [header_kind(name) for name in (b"host", b"content-length", b"forwarded", b"cookie")] == [
+        HOST,
+        FRAMING,
+        LIST,
+        PLAIN,
+    ]
+    head = _headers.Head((b"host",), (HOST,), 10, 100, lambda name, value: None, Reject)
+    for arguments in [(b"host",), (b"host", "a"), (bytearray(b"host"), b"a")]:
+        with pytest.raises(TypeError, match="Head"):
+            head(*arguments)  # type: ignore[arg-type]
+    with pytest.raises(TypeError, match="Head"):
+        head(name=b"host", value=b"a")  # type: ignore[call-arg]
+    with pytest.raises(ValueError, match="one kind for each kept name"):
+        _headers.Head((b"host",), (), 10, 100, lambda name, value: None, Reject)
+    with pytest.raises(ValueError, match="kinds 0 to 3"):
+        _headers.Head((b"host",), (4,), 10, 100, lambda name, value: None, Reject)
+    with pytest.raises(ValueError, match="kept names are bytes"):
+        _headers.Head(("host",), (HOST,), 10, 100, lambda name, value: None, Reject)  # type: ignore[arg-type]
+
+
+def test_a_connection_and_its_native_head_step_are_collected_together() -> None:
+    """The step holds the connection's framing method and the connection holds the step: a cycle the collector
+    frees once the connection is gone."""
+    reference = _Reference(10, 100, lambda name, value: None)
+    reference.head = _headers.Head(HEAD_KEPT, (PLAIN,) * len(HEAD_KEPT), 10, 100, reference.on_framing_header, Reject)
+    gone = weakref.ref(reference)
+    del reference
+    gc.collect()
+    assert gone() is None
 
 
 def test_only_a_set_of_kept_names_goes_to_the_native_header_step() -> None:

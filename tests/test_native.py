@@ -118,8 +118,37 @@ def test_the_compiled_build_calls_its_native_steps_and_the_sources_do_not() -> N
     assert (converters._MEMBERS is not None) is _native.ACTIVE
     assert (converters.is_printable is not str.isprintable) is _native.ACTIVE
     assert (connection._CANONICAL is not None) is _native.ACTIVE
+    assert (connection._HEAD is not None) is _native.ACTIVE
     parser = converters.PairParser(frozenset({"imp"}))
     assert parser(b"imp=1") == parser.pure(b"imp=1") == {"imp": "1"}
+
+
+def test_a_connection_takes_its_headers_in_the_c_step_where_compiled() -> None:
+    """The edge's connections (a set of kept names) hand httptools the C header step in the compiled build and
+    `on_header` in the sources; either way the kept headers are in `headers`, under their lower-case names, and the
+    next request starts with none."""
+    import httptools
+
+    from trackpoint.config.model import Limits
+    from trackpoint.fields.converters import Reject
+    from trackpoint.http.connection import HeaderNames, HttpConnection
+    from trackpoint.http.latency import LatencyHistogram
+    from trackpoint.http.limits import Caps
+
+    def ignore(connection: HttpConnection) -> None:
+        pass
+
+    connection = HttpConnection(Caps(Limits()), HeaderNames(frozenset({b"host"})), ignore, LatencyHistogram())
+    parser = connection.parser = connection.new_parser()
+    parser.feed_data(b"GET /i HTTP/1.1\r\nHOST: a.example\r\nX-Other: 1\r\n")
+    assert connection.headers == {b"host": b"a.example"}
+    assert (connection.head is not None) is _native.ACTIVE
+    connection.finish(keep_alive=True)
+    assert connection.headers == {}
+    with pytest.raises(httptools.HttpParserCallbackError) as raised:  # the same head goes on, into the new dict
+        parser.feed_data(b"Host: a.example\r\nhost: b.example\r\nX: 1\r\n")
+    assert isinstance(raised.value.__context__, Reject)
+    assert raised.value.__context__.reason == "bad_host"
 
 
 def test_an_installed_wheel_trusts_its_extensions_whatever_their_times(

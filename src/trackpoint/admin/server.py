@@ -372,7 +372,7 @@ class _AdminProtocol(HttpConnection):
             return
         loop = asyncio.get_running_loop()
         loop.call_soon(loop.call_soon, self.settle)  # two iterations: the read of its first bytes comes between
-        self.parser = httptools.HttpRequestParser(self)
+        self.parser = self.new_parser()
         self.active_at = now = time.monotonic()
         self.deadline = now + self.caps.header_timeout_s  # a silent new connection is a slow header
 

@@ -11,7 +11,6 @@ import asyncio
 import time
 from typing import TYPE_CHECKING, Any, Final, cast
 
-import httptools
 import msgspec
 
 from trackpoint.config.private import UID_DIM
@@ -63,7 +62,7 @@ class EdgeProtocol(HttpConnection):
             self.transport.write(edge.reject_response(503, refusal, None, False, False))
             self.transport.close()
             return
-        self.parser = httptools.HttpRequestParser(self)
+        self.parser = self.new_parser()
         # Until its first byte a new connection has the header timeout: a silent connection is a slow header.
         self.deadline = _monotonic() + self.caps.header_timeout_s
 
@@ -76,6 +75,7 @@ class EdgeProtocol(HttpConnection):
         self.edge.release(self)
         self.closing = True
         self.parser = None
+        self.head = None  # it holds this connection's framing step: a cycle freed now, not by the collector
         self.transport = None  # output still queued for this iteration is dropped: the peer is gone
 
     def on_message_complete(self) -> None:

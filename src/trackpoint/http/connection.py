@@ -12,7 +12,7 @@ import asyncio
 import re
 import time
 from collections.abc import Callable, Container
-from typing import Final
+from typing import TYPE_CHECKING, Final
 
 import httptools
 from mypy_extensions import mypyc_attr
@@ -23,6 +23,9 @@ from trackpoint.http.encoding import Inflater, wbits
 from trackpoint.http.latency import LatencyHistogram
 from trackpoint.http.limits import Caps
 from trackpoint.http.responses import CONTINUE
+
+if TYPE_CHECKING:
+    from trackpoint.http._headers import Head
 
 # Module constants are Final: compiled (mypyc), a Final literal is inlined and any other Final is a C static, where
 # a plain module name is a dict lookup in the module's globals on every use.
@@ -56,10 +59,26 @@ def _percent_encoded(match: re.Match[bytes]) -> bytes:
     return b"%%%02X" % match[0][0]
 
 
-# The compiled build's HeaderNames step in C (http/_headers.c); None where the sources run.
+# The compiled build's header steps in C (http/_headers.c); None where the sources run.
 _CANONICAL: Final[Callable[[bytes, tuple[bytes, ...]], bytes] | None] = _native.step(
     "trackpoint.http._headers", "canonical"
 )
+_HEAD: Final[type[Head] | None] = _native.step("trackpoint.http._headers", "Head")
+# How on_header handles a kept header, by name (the C step's `kinds`): as is, a framing header, Host (one only), or a
+# list header (repeated lines joined).
+PLAIN: Final = 0
+FRAMING: Final = 1
+HOST: Final = 2
+LIST: Final = 3
+
+
+def header_kind(name: bytes) -> int:
+    """How on_header handles the kept header `name` (lower case)."""
+    if name in FRAMING_HEADERS:
+        return FRAMING
+    if name == b"host":
+        return HOST
+    return LIST if name in LIST_HEADERS else PLAIN
 
 
 class HeaderNames:
@@ -70,12 +89,13 @@ class HeaderNames:
     (the edge's). Otherwise each spelling is learned once and shared by the owner's connections (up to
     LEARNED_NAMES_MAX), so the usual header costs one dict lookup instead of a lower() and a second hash."""
 
-    __slots__ = ("kept", "kept_names", "learned")
+    __slots__ = ("kept", "kept_names", "kinds", "learned")
 
     def __init__(self, kept: Container[bytes]) -> None:
         self.kept = kept  # lower-case names
         self.learned: dict[bytes, bytes] = {}
         self.kept_names = tuple(kept) if isinstance(kept, (set, frozenset)) and _CANONICAL is not None else None
+        self.kinds = tuple(header_kind(name) for name in self.kept_names or ())
 
     def canonical(self, name: bytes) -> bytes:
         kept_names = self.kept_names
@@ -99,6 +119,20 @@ class Stop(Exception):
     """Raised by a callback to stop parsing what else the client pipelined on a closing connection."""
 
 
+class Callbacks:
+    """What httptools calls where a connection's header step is the C one (HttpConnection.new_parser): the
+    connection's own callbacks, and that step for each header."""
+
+    __slots__ = ("on_body", "on_chunk_header", "on_header", "on_message_complete", "on_url")
+
+    def __init__(self, connection: HttpConnection, head: Head) -> None:
+        self.on_url = connection.on_url
+        self.on_header: Callable[[bytes, bytes], None] = head
+        self.on_body = connection.on_body
+        self.on_chunk_header = connection.on_chunk_header
+        self.on_message_complete = connection.on_message_complete
+
+
 # Compiled with mypyc (trackpoint/_native.py), and subclassed by the admin port's connection, which is not.
 @mypyc_attr(allow_interpreted_subclasses=True)
 class HttpConnection(asyncio.Protocol):
@@ -115,6 +149,7 @@ class HttpConnection(asyncio.Protocol):
         "closing",
         "continue_due",
         "deadline",
+        "head",
         "header_bytes",
         "header_count",
         "header_names",
@@ -160,6 +195,7 @@ class HttpConnection(asyncio.Protocol):
         self.url = b""
         self.in_target = False  # the request line is being read: bytes above 0x7f in it are percent-encoded
         self.headers: dict[bytes, bytes] = {}
+        self.head: Head | None = None  # the C header step, which then keeps `headers` and the counts (new_parser)
         self.header_count = 0
         self.header_bytes = 0
         self.body: bytearray | None = None
@@ -183,6 +219,10 @@ class HttpConnection(asyncio.Protocol):
 
     # --- what a subclass defines -----------------------------------------------------------------------------------
 
+    def on_message_complete(self) -> None:
+        """A whole request has arrived: answer it, then `finish`."""
+        raise NotImplementedError
+
     def reject_and_close(self, status: int, reason: str) -> None:
         """For input the parser cannot go on from: answer once, then close."""
         raise NotImplementedError
@@ -190,6 +230,20 @@ class HttpConnection(asyncio.Protocol):
     def internal_error(self, exc: BaseException) -> None:
         """A callback failed on something other than the client's input (a bug): counted and logged."""
         raise NotImplementedError
+
+    def new_parser(self) -> httptools.HttpRequestParser:
+        """The connection's parser (a subclass's `connection_made` sets it). Where the compiled build runs and the
+        owner keeps a set of header names (the edge), the header step is the C one (http/_headers.c, Head): httptools
+        calls it for each header instead of `on_header`, and it keeps `headers` and the counts."""
+        names = self.header_names
+        if _HEAD is None or names.kept_names is None:
+            return httptools.HttpRequestParser(self)
+        caps = self.caps
+        head = self.head = _HEAD(
+            names.kept_names, names.kinds, caps.max_header_count, caps.max_header_bytes, self.on_framing_header, Reject
+        )
+        self.headers = head.headers
+        return httptools.HttpRequestParser(Callbacks(self, head))
 
     # --- input ---------------------------------------------------------------------------------------------------
 
@@ -317,6 +371,8 @@ class HttpConnection(asyncio.Protocol):
             raise Reject(414, "uri_too_long")
 
     def on_header(self, name: bytes, value: bytes) -> None:
+        """Each header line: counted against the caps, kept (under its lower-case name) if the owner keeps it. The
+        compiled build's edge does this in C (new_parser), with the same effects."""
         caps = self.caps
         count = self.header_count = self.header_count + 1
         size = self.header_bytes = self.header_bytes + len(name) + len(value)
@@ -356,6 +412,8 @@ class HttpConnection(asyncio.Protocol):
     def on_chunk_header(self) -> None:
         """A chunk's size line (httptools calls this for chunked bodies only): the head is over."""
         self.trailers = True
+        if self.head is not None:
+            self.head.trailers = True
 
     def on_body(self, chunk: bytes) -> None:
         self.body_bytes += len(chunk)
@@ -377,9 +435,13 @@ class HttpConnection(asyncio.Protocol):
             self.phase = IDLE
             self.deadline = now + self.caps.keepalive_timeout_s
             self.url = b""
-            self.headers = {}
-            self.header_count = 0
-            self.header_bytes = 0
+            head = self.head
+            if head is None:
+                self.headers = {}
+                self.header_count = 0
+                self.header_bytes = 0
+            else:
+                self.headers = head.reset()
             self.body = None
             self.body_bytes = 0
             self.inflater = None
