@@ -140,6 +140,11 @@ head_call(PyObject *callable, PyObject *const *args, size_t nargsf, PyObject *kw
             return NULL;
         }
         Py_DECREF(result);
+        headers = self->headers; /* read again after Python code ran */
+        if (headers == NULL) {
+            PyErr_SetString(PyExc_RuntimeError, "Head: cleared while in use");
+            return NULL;
+        }
         break;
     }
     case HOST: {
