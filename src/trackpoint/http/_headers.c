@@ -19,7 +19,8 @@
  * Why by hand: the header name is a new bytes object for every header of every request, so the Python way (a dict
  * of the spellings met) hashes it each time: about 450 instructions a header, where comparing it with a dozen kept
  * names of the same length takes a few dozen. And a browser's pixel request has a dozen headers or more, of which
- * the edge keeps two or three: a Python call for each costs about 800 instructions where this step costs about 100.
+ * the edge keeps two or three: taking each line here instead of in a Python method saves about 500 instructions a
+ * line (bench/hotpath.py --instructions --browser, 14 lines: 69,555 instructions a request before, 62,534 after).
  */
 #define PY_SSIZE_T_CLEAN
 #include <Python.h>
