@@ -7,6 +7,7 @@ from __future__ import annotations
 import asyncio
 import time
 from pathlib import Path
+from typing import Any
 
 from conftest import edge_in_process
 from trackpoint.edge import runtime
@@ -93,6 +94,58 @@ def test_the_pipelining_budget_stays_per_iteration_when_reads_are_answered_at_on
     # The first read's end wrote its answers without starting a new budget: the second read's 2nd pipelined request
     # spends it (the 5th), and is its last, answered `Connection: close`.
     assert second.count(b"HTTP/1.1 200 ") == 3 and second.count(b"Connection: close") == 1
+
+
+def _scheduled_steps(tmp_path: Path, at_once: bool, requests: list[bytes]) -> tuple[int, list[bytes]]:
+    """How many output steps the edge scheduled for one read per request (each on a new connection), and what each
+    connection was sent after the loop ran on."""
+
+    async def run() -> tuple[int, list[bytes]]:
+        edge = edge_in_process(tmp_path, max_pipelined_per_iteration=5)
+        await edge.start_collectors()
+        edge.answer_at_once = at_once
+        loop = asyncio.get_running_loop()
+        steps = 0
+        call_soon = loop.call_soon
+
+        def counting(callback: Any, *args: Any, **kwargs: Any) -> asyncio.Handle:
+            nonlocal steps
+            steps += callback == edge._write_output
+            return call_soon(callback, *args, **kwargs)
+
+        loop.call_soon = counting  # type: ignore[method-assign,assignment]
+        transports = []
+        for request in requests:
+            protocol = EdgeProtocol(edge)
+            transport = RecordingTransport()
+            protocol.connection_made(transport)  # type: ignore[arg-type]
+            protocol.data_received(request)
+            transports.append(transport)
+            await asyncio.sleep(0)
+        loop.call_soon = call_soon  # type: ignore[method-assign]
+        await edge.drain(1.0)
+        return steps, [bytes(transport.written) for transport in transports]
+
+    return asyncio.run(run())
+
+
+def test_a_read_answered_at_once_schedules_no_output_step(tmp_path: Path) -> None:
+    steps, written = _scheduled_steps(tmp_path, True, [PIXEL % b"a", PIXEL % b"b", PIXEL % b"c"])
+    assert steps == 0
+    assert all(answer.startswith(b"HTTP/1.1 200 ") for answer in written)
+    steps, written = _scheduled_steps(tmp_path, False, [PIXEL % b"a", PIXEL % b"b", PIXEL % b"c"])
+    assert steps == 3  # under load: one per iteration with answers
+    assert all(answer.startswith(b"HTTP/1.1 200 ") for answer in written)
+
+
+def test_a_pipelining_read_answered_at_once_schedules_the_next_budget(tmp_path: Path) -> None:
+    # Reads of 4 pipelined pixels (3 pipelined each), each in an iteration of its own, with a budget of 5: the
+    # budget starts again every iteration (one step scheduled each time), so none is ever cut.
+    deep = b"".join(PIXEL % str(n).encode() for n in range(4))
+    steps, written = _scheduled_steps(tmp_path, True, [deep] * 4)
+    assert steps == 4
+    assert [answer.count(b"HTTP/1.1 200 ") for answer in written] == [4] * 4
+    assert not any(b"Connection: close" in answer for answer in written)
 
 
 def test_the_mode_follows_the_event_loops_cpu(tmp_path: Path) -> None:

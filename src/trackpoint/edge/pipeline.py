@@ -67,9 +67,15 @@ class EdgeProtocol(HttpConnection):
         self.deadline = _monotonic() + self.caps.header_timeout_s
 
     def data_received(self, data: bytes) -> None:
-        HttpConnection.data_received(self, data)
-        if self.out and self.edge.answer_at_once:  # a light load: this read's answers go out now (queue_output)
-            self.edge.write_answers()
+        edge = self.edge
+        if not edge.answer_at_once:  # under load: the iteration's output step answers (queue_output)
+            HttpConnection.data_received(self, data)
+            return
+        edge.reading = True  # a light load: this read's answers go out at its end, with no output step scheduled
+        try:
+            HttpConnection.data_received(self, data)
+        finally:
+            edge.end_read()
 
     def connection_lost(self, exc: Exception | None) -> None:
         self.edge.release(self)

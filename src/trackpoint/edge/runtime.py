@@ -317,6 +317,8 @@ class Edge:
         # Whether a read's answers go out at the end of that read (a light load) or at the iteration's output step
         # (watch_load decides; an idle worker starts answering at once).
         self.answer_at_once = True
+        # True during a read answered at its end (EdgeProtocol.data_received): no output step is scheduled for it.
+        self.reading = False
         self.refresh_date()
 
     # --- used by connections -------------------------------------------------------------------------------------
@@ -338,6 +340,8 @@ class Edge:
         """One more pipelined request answered in this iteration: True once the iteration's budget is spent (that
         request is the connection's last)."""
         count = self.pipelined_in_iteration = self.pipelined_in_iteration + 1
+        if count == 1 and self.reading:  # no output step is scheduled to start the next iteration's budget
+            self._schedule_output_step()
         if count < self.pipelined_budget:
             return False
         self.stats.pipelines_cut += 1
@@ -366,14 +370,25 @@ class Edge:
         """Under load, responses are written after every ready connection has been read: one write per log and
         per connection per iteration (a group commit), and the client side is woken once for a whole batch
         instead of once per response. Under a light load (`answer_at_once`) each read's answers go out at the end
-        of that read (`write_answers`): a burst of requests arriving together is then answered one by one, as it
-        is read, instead of each waiting for the whole burst to be read and built."""
-        if not self._pending_output:
-            loop = self._loop
-            if loop is None or loop.is_closed():  # the first request, or (in tests) a new loop
-                loop = self._loop = asyncio.get_running_loop()
-            loop.call_soon(self._write_output)
+        of that read (`end_read`): a burst of requests arriving together is then answered one by one, as it
+        is read, instead of each waiting for the whole burst to be read and built. No output step is scheduled
+        for those (about 1,700 instructions a request: the loop's call_soon, its handle, its call); a response
+        sent outside a read (a timeout's 408, a reply a collector awaited) still gets one."""
+        if not self._pending_output and not self.reading:
+            self._schedule_output_step()
         self._pending_output.append(connection)
+
+    def _schedule_output_step(self) -> None:
+        loop = self._loop
+        if loop is None or loop.is_closed():  # the first request, or (in tests) a new loop
+            loop = self._loop = asyncio.get_running_loop()
+        loop.call_soon(self._write_output)
+
+    def end_read(self) -> None:
+        """The end of a read answered at once: its answers go out (their log lines first)."""
+        self.reading = False
+        if self._pending_output:
+            self.write_answers()
 
     def _write_output(self) -> None:
         """The iteration's output step: what is still pending is written, and the iteration's pipelining budget
