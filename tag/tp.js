@@ -22,8 +22,10 @@
    * @property {string} eventBatch batch path of the custom event type ("": one request per event)
    * @property {string} conversionBatch batch path of the conversion event type ("": one request per conversion)
    * @property {boolean} consent wait for `tp('consent', ...)` (or the page's TCF or GPP CMP) before sending anything
-   * @property {boolean} publisherConsent with `consent`, a TCF CMP's answer is the publisher's own consent to purpose 1
-   *           (its publisher TC segment, for a first-party site), not the vendors'
+   * @property {boolean} publisherConsent with `consent`, a TCF CMP's answer is the publisher's own consent to the
+   *           purposes (its publisher TC segment, for a first-party site), not the vendors'
+   * @property {number[]} tcfPurposes with `consent`, the TCF purposes a CMP's answer must give consent to (default
+   *           [1]: store and access information on a device), as the tracker's `check_consent.tcf_purposes`
    * @property {number} batchMs how long events gather before they are sent
    * @property {number} clickDays how long a click id from the landing URL is kept for conversions
    */
@@ -68,6 +70,7 @@
     conversionBatch: data.conversionBatch || "",
     consent: data.consent === "required",
     publisherConsent: data.tcfConsent === "publisher",
+    tcfPurposes: data.tcfPurposes === undefined ? [1] : data.tcfPurposes.split(",").map(Number),
     batchMs: Number(data.batchMs || 500),
     clickDays: Number(data.clickDays || 30),
   };
@@ -306,6 +309,20 @@
   if (landed) click = { id: landed, ts: Date.now() };
   else if (stored && stored.id && Date.now() - stored.ts < options.clickDays * 86400000) click = stored;
   if (!options.consent) decide(true); // no banner to wait for
+  let purposesRefused = false;
+  /** Whether a CMP's answer gives consent to every purpose of `tcfPurposes`: `given(id)` says for one. A list that
+   * is not purpose ids (1 to 24) gives none: a typo must not track visitors on less consent than the site asked.
+   * @param {(purpose: number) => boolean} given @returns {boolean} */
+  const purposesGiven = (given) => {
+    const wanted = options.tcfPurposes;
+    const ids = Array.isArray(wanted) && wanted.length > 0;
+    if (!ids || !wanted.every((id) => Number.isInteger(id) && id >= 1 && id <= 24)) {
+      if (!purposesRefused) console.error("tp.js: tcfPurposes is not a list of TCF purpose ids (1 to 24): no consent");
+      purposesRefused = true;
+      return false;
+    }
+    return wanted.every(given);
+  };
   if (typeof win.__tcfapi === "function") {
     waitingForCmp = true;
     win.__tcfapi("addEventListener", 2, (tcData, ok) => {
@@ -313,7 +330,7 @@
       tcf = { gdpr: tcData.gdprApplies ? 1 : 0, gdpr_consent: tcData.tcString };
       waitingForCmp = false;
       const given = (options.publisherConsent ? tcData.publisher : tcData.purpose)?.consents;
-      if (options.consent) decide(!tcData.gdprApplies || !!(given || {})[1]);
+      if (options.consent) decide(!tcData.gdprApplies || purposesGiven((id) => !!(given || {})[id]));
       else release();
     });
   }
@@ -348,14 +365,14 @@
         }
         if (gppOptOut) store(true, CLICK_KEY, null); // an opt-out forgets the click too
         waitingForGpp = false;
-        // Without a TCF CMP, the GPP one decides: the EU section's purpose 1 where it applies, else granted (the
-        // US regimes are opt-outs, kept above).
+        // Without a TCF CMP, the GPP one decides: the EU section's consent to the purposes where it applies, else
+        // granted (the US regimes are opt-outs, kept above).
         // (The publisher's own consent, with data-tcf-consent="publisher": its publisher purposes segment.)
         const field = options.publisherConsent ? "PublisherConsents" : "PurposeConsents";
         const eu = applicable.includes(2) ? segments(sections.tcfeuv2) : [];
         const part = eu.find((segment) => field in segment);
         if (options.consent && !waitingForCmp && typeof win.__tcfapi !== "function")
-          decide(eu.length ? !!((part && part[field]) || [])[0] : true);
+          decide(eu.length ? purposesGiven((id) => !!((part && part[field]) || [])[id - 1]) : true);
       }
       release();
     });

@@ -25,12 +25,13 @@ TAG = built_tag()
 VERSIONED = f"/tp/{TAG.version}/tp.js"
 # Every path a page may have pinned: the current version's and each earlier one's.
 PINNED = {VERSIONED.encode()} | {f"/tp/{old.version}/tp.js".encode() for old in released_tags()}
-# Each earlier version's hash as it was published (docs/guides/cdp-web-tracking.md at 659bb13, 23e829f and 27c8208):
-# a page pinned it with this hash.
+# Each earlier version's hash as it was published (docs/guides/cdp-web-tracking.md at 659bb13, 23e829f, 27c8208 and
+# 2697c73): a page pinned it with this hash.
 PUBLISHED = {
     "1.0.0": "sha384-/kWCNputy+8b+NO4gHlkv36RqD8Oz+j0/0XzDb+oEgMRAu7W5AGDIIjpQrxdGFz9",
     "1.1.0": "sha384-SaDM2umG6OB+jq6oTBrbvPa9NrCKvYuYfQN+kwiH84zl1875yG18e7X+Ay1w17jM",
     "1.2.0": "sha384-QqTsS/1IL/P2Qg1HWVQhVhsZmoIk/Z+nIBdB6XkWis66pMFPrZWQPyqec30+Lx5l",
+    "1.3.0": "sha384-koVIm8As8i2mKvVV5xkHPLkY7pfix8V8+ip6tUA1bPeRbpIQxIMbOUJN5IqmQai1",
 }
 
 

@@ -19,7 +19,7 @@ import pytest
 import yaml
 
 from conftest import CHROME_UA, StaticSite, Tracker
-from test_consent import TC_NO_PURPOSES, TC_RANGE
+from test_consent import TC_FULL, TC_NO_PURPOSES, TC_RANGE
 from trackpoint.event import Event
 from trackpoint.tag import built_tag, released_tags
 
@@ -376,6 +376,57 @@ def test_a_first_party_site_decides_on_the_publishers_own_consent(
     views = wait_events(tracker, lambda e: e.type == "pageview", 2, "page views", eu)
     assert (views[1].dims["consent"], views[1].dims["consent_reason"]) == ("granted", "tcf")
     assert views[1].dims["uid"].startswith("auto:")
+    context.close()
+
+
+def test_the_tag_asks_a_cmp_for_every_purpose_the_site_names(
+    browser: Any,
+    site: StaticSite,
+    tracker_factory: Any,
+    iab_cmp: dict[str, tuple[str, bytes]],
+    iab_gpp_cmp: dict[str, tuple[str, bytes]],
+) -> None:
+    """`data-tcf-purposes="1,4"` (the tracker's `tcf_purposes: [1, 4]`): a CMP's answer counts as consent only with
+    every purpose listed, from a TCF CMP and from a GPP CMP's TCF EU section; a list that is not purpose ids never
+    counts as consent, and says so on the console."""
+    config = shop_config(site)
+    config["preprocessors"]["check_consent"]["tcf_purposes"] = [1, 4]
+    tracker: Tracker = tracker_factory(config)
+    site.files.update({**iab_cmp, "/gpp-cmp.js": iab_gpp_cmp["/gpp-cmp.js"]})
+    wanted = 'data-tcf-purposes="1,4"'
+    site.files["/short"] = site.files["/both"] = cmp_page(tracker, attributes=wanted)
+    site.files["/typo"] = cmp_page(tracker, attributes='data-tcf-purposes="1;4"')
+    site.files["/gpp-short"] = site.files["/gpp-both"] = gpp_page(tracker, attributes=wanted)
+    gpp_fields = {"CmpId": 300, "CmpVersion": 1, "VendorListVersion": 50}
+    context = browser.new_context(user_agent=CHROME_UA)
+    errors: list[str] = []
+
+    def opened(path: str, ready: str) -> Any:
+        page = context.new_page()
+        page.on("console", lambda message: errors.append(message.text) if message.type == "error" else None)
+        page.goto(f"{site.origin}{path}")
+        page.wait_for_function(f"window.tp && window.tp.version && window.{ready}")
+        return page
+
+    # Purposes 1, 3, 6, 7, 8, 10: not 4. Nothing leaves.
+    opened("/short", "cmp").evaluate(f"cmp.update('{TC_FULL}', false)")
+    # Purposes 1, 3, 4, 7, but the list the site wrote is not one: nothing leaves either.
+    opened("/typo", "cmp").evaluate(f"cmp.update('{TC_RANGE}', false)")
+    # A GPP CMP's TCF EU section with purpose 1 alone.
+    gpp_short = opened("/gpp-short", "gppCmp")
+    set_gpp(gpp_short, "tcfeuv2", 2, {**gpp_fields, "PurposeConsents": [True] + [False] * 23})
+    send_sentinel(gpp_short, tracker)
+    assert [event.type for event in tracker.events()] == ["custom_event"]  # the sentinel alone
+    assert any("tcfPurposes" in error for error in errors)
+
+    # Both purposes, from either CMP: the page views go, and the tracker, asking for the same, grants.
+    opened("/both", "cmp").evaluate(f"cmp.update('{TC_RANGE}', false)")
+    gpp_both = opened("/gpp-both", "gppCmp")
+    both = [True, False, False, True] + [False] * 20
+    set_gpp(gpp_both, "tcfeuv2", 2, {**gpp_fields, "PurposeConsents": both})
+    views = wait_events(tracker, lambda e: e.type == "pageview", 2, "page views", gpp_both)
+    assert sorted(view.dims["url"].rpartition("/")[2] for view in views) == ["both", "gpp-both"]
+    assert {(view.dims["consent"], view.dims["consent_reason"]) for view in views} == {("granted", "tcf")}
     context.close()
 
 
