@@ -434,7 +434,9 @@ class Edge:
                 recorded += count
                 if failed is None:
                     self.stats.events[name] += count
-        after, self.after_commit = self.after_commit, []
+        after = self.after_commit
+        if after:  # a new list only when there was something for it (not for a type with the log alone)
+            self.after_commit = []
         if failed is not None:
             for connection in pending:
                 if connection.recorded:

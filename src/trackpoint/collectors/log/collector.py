@@ -35,6 +35,7 @@ MIN_FREE_BYTES: Final = 1 << 20
 # Waits before each new attempt at a compression that failed (a full disk that is freed later): the last one repeats.
 COMPRESS_RETRY_S: Final[tuple[float, ...]] = (1.0, 2.0, 5.0, 10.0, 30.0, 60.0)
 _monotonic: Final = time.monotonic
+_write: Final = os.write
 
 log = logging.getLogger("trackpoint.collectors")
 
@@ -127,8 +128,9 @@ class LogCollector(Collector):
             self.stats.errors += 1
             self.stats.dropped += len(group)
             return False
-        self.stats.received += len(group)
-        self.stats.sent += len(group)
+        stats, count = self.stats, len(group)  # one lookup of each: this class's attributes are dictionary entries
+        stats.received += count
+        stats.sent += count
         return True
 
     async def sync(self) -> None:
@@ -197,16 +199,18 @@ class LogCollector(Collector):
     def _append(self, payload: bytes) -> None:
         """One write of whole lines. On a failure the file is cut back to its last whole line, so that the next
         group does not continue a torn one."""
-        if self._fd is None or self._due_for_rotation(len(payload)):
-            self._rotate()
-        if self._budgeted and not self.disk_allows(len(payload)):
-            raise OSError(errno.ENOSPC, f"the log directory is at its disk budget ({self.config.max_disk_bytes} bytes)")
+        size = len(payload)
         fd = self._fd
+        if fd is None or self._due_for_rotation(size):
+            self._rotate()
+            fd = self._fd
+        if self._budgeted and not self.disk_allows(size):
+            raise OSError(errno.ENOSPC, f"the log directory is at its disk budget ({self.config.max_disk_bytes} bytes)")
         assert fd is not None
         written = 0
         try:
-            while written < len(payload):
-                written += os.write(fd, payload[written:] if written else payload)
+            while written < size:
+                written += _write(fd, payload[written:] if written else payload)
         except OSError:
             if written:
                 try:
@@ -244,7 +248,8 @@ class LogCollector(Collector):
             self._error = ""
 
     def _due_for_rotation(self, incoming: int) -> bool:
-        too_big = self._size > 0 and self._size + incoming > self._rotate_bytes
+        size = self._size
+        too_big = size > 0 and size + incoming > self._rotate_bytes
         return too_big or _monotonic() - self._opened_at >= self._rotate_interval_s
 
     def _rotate(self) -> None:
