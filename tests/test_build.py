@@ -5,15 +5,19 @@ The default configuration's event types are used as they load; other sources use
 
 from __future__ import annotations
 
+import hashlib
 import json
 import re
 import time
 
 import msgspec
 import pytest
+from hypothesis import example, given, settings
+from hypothesis import strategies as st
 
 from conftest import load_config
 from trackpoint.config.model import EventTypeSpec, FieldSpec, ResponseSpec
+from trackpoint.edge import _id
 from trackpoint.edge.build import EventBuilder
 from trackpoint.event import Context, Event, Meta, derived_id, random_id
 from trackpoint.fields.converters import Reject
@@ -237,6 +241,35 @@ def test_deterministic_id_from_a_metric_key_field() -> None:
     event = build(builder, b"n=7")
     assert event.metrics == {"n": 7}
     assert event.id == derived_id("custom", ["7"])
+
+
+# The compiled build's id step (edge/_id.c) against hashlib: BLAKE2b-128 of the prefix, then the value in UTF-8.
+# Lengths around the 128-byte block (a final block that is full, one more byte) and multi-block values included.
+@given(
+    prefix=st.sampled_from([b"impression\x1f", b"", b"video\x1f", b"x" * 127, b"y" * 128, "wün\x1f".encode()]),
+    value=st.text(max_size=300) | st.text(alphabet="ab", min_size=100, max_size=400),
+)
+@example(prefix=b"", value="")
+@example(prefix=b"impression\x1f", value="a" * 117)  # 128 bytes in all: one full block, compressed as the last
+@example(prefix=b"impression\x1f", value="a" * 118)  # 129: a full block, then one byte
+@example(prefix=b"y" * 128, value="a" * 128)
+@settings(max_examples=1000, deadline=None, database=None)
+def test_the_native_id_step_is_hashlibs_blake2b(prefix: bytes, value: str) -> None:
+    try:
+        encoded = value.encode()
+    except UnicodeEncodeError:  # a lone surrogate: no field accepts one; the step raises as encode() does
+        with pytest.raises(UnicodeEncodeError):
+            _id.derived(prefix, value)
+        return
+    assert _id.derived(prefix, value) == hashlib.blake2b(prefix + encoded, digest_size=16).hexdigest()
+
+
+def test_the_native_id_step_is_the_derived_id_and_refuses_other_types() -> None:
+    assert _id.derived(b"impression\x1f", "i-42") == derived_id("impression", ["i-42"])
+    assert _id.derived(b"impression\x1f", "€😀") == derived_id("impression", ["€😀"])
+    for arguments in [("impression\x1f", "i-42"), (b"impression\x1f", b"i-42"), (b"impression\x1f",)]:
+        with pytest.raises(TypeError, match="derived"):
+            _id.derived(*arguments)  # type: ignore[arg-type]
 
 
 def assert_random_id(event: Event) -> None:

@@ -112,6 +112,7 @@ def test_a_native_step_whose_c_source_changed_after_its_build_falls_back_to_the_
 
 
 def test_the_compiled_build_calls_its_native_steps_and_the_sources_do_not() -> None:
+    from trackpoint.edge import build
     from trackpoint.fields import converters
     from trackpoint.http import connection
 
@@ -119,6 +120,7 @@ def test_the_compiled_build_calls_its_native_steps_and_the_sources_do_not() -> N
     assert (converters.is_printable is not str.isprintable) is _native.ACTIVE
     assert (connection._CANONICAL is not None) is _native.ACTIVE
     assert (connection._HEAD is not None) is _native.ACTIVE
+    assert (build._DERIVED is not None) is _native.ACTIVE
     parser = converters.PairParser(frozenset({"imp"}))
     assert parser(b"imp=1") == parser.pure(b"imp=1") == {"imp": "1"}
 

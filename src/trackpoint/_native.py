@@ -45,7 +45,7 @@ COMPILED = (
 )
 # Steps written in C, each beside the pure-Python code it stands in for in the compiled build (which calls it);
 # the sources, and the test suite, keep that code as the reference.
-NATIVE = ("trackpoint.fields._query", "trackpoint.http._headers")
+NATIVE = ("trackpoint.fields._query", "trackpoint.http._headers", "trackpoint.edge._id")
 PURE_PYTHON_VARIABLE = "TRACKPOINT_PURE_PYTHON"
 _ROOT = Path(__file__).resolve().parent.parent  # the directory holding the trackpoint package
 

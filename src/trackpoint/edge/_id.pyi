@@ -1,0 +1,3 @@
+"""An event's derived id in one call, in C (_id.c): the compiled build's native step of the event builder."""
+
+def derived(prefix: bytes, value: str) -> str: ...
