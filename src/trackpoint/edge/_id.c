@@ -1,6 +1,6 @@
 /* An event's derived id in one call, in C: the request path's native step for
  * trackpoint.edge.build.EventBuilder._event_id, which calls it when the compiled build runs (trackpoint/_native.py)
- * and keeps its hashlib code as the reference (tests/test_event_id.py checks the two give the same id).
+ * and keeps its hashlib code as the reference (tests/test_build.py checks the two give the same id).
  *
  *     derived(prefix: bytes, value: str) -> str
  *
@@ -10,9 +10,9 @@
  * surrogate) raises UnicodeEncodeError, as str.encode does.
  *
  * Why by hand: the compiled Python copies a prepared hashlib object, updates it with the encoded value and asks for
- * its hexdigest: three method calls, two new objects and a bytes copy, about 1,600 instructions around the one
- * compression of about 1,700 that an id of a short key needs (bench/hotpath.py --instructions --at-once: 47,544 ->
- * 46,252 a request). The compression below is RFC 7693's with each round written out, as in the reference
+ * its hexdigest: three method calls, two new objects and a bytes copy around the one compression that an id of a
+ * short key needs. This one call costs about 1,300 instructions less (bench/hotpath.py --instructions --at-once:
+ * 47,544 -> 46,252 a request). The compression below is RFC 7693's with each round written out, as in the reference
  * implementation; the state lives on the stack, and nothing is allocated but the answer.
  */
 #define PY_SSIZE_T_CLEAN
