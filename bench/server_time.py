@@ -8,9 +8,10 @@ halted core, waking wrk) and the stack's own path from its read to its write. Th
 stacks compare by what they do rather than by what the VM did to them in one run.
 
 How: each stack in turn on core 0, at 2,000 req/s from `wrk` on core 1 (bench/constant_rate.lua, 20 connections),
-under `perf record -e raw_syscalls:sys_enter,raw_syscalls:sys_exit -C 0`. On each connection the server accepted
-while traced (its pipes, log files and control sockets are left out), the time runs from the start of the first
-read that returns data to the end of the first write that follows (`write`, `writev`, `sendto` or `sendmsg`).
+under `perf record -e raw_syscalls:sys_enter,raw_syscalls:sys_exit -C 0` (perf itself on core 1, beside wrk; it
+ran wherever the scheduler put it until 2026-12-07). On each connection the server accepted while traced (its
+pipes, log files and control sockets are left out), the time runs from the start of the first read that returns
+data to the end of the first write that follows (`write`, `writev`, `sendto` or `sendmsg`).
 trackpoint's write to its log, on another descriptor, lies inside that span; so does every stack's socket write,
 which on loopback delivers the answer to wrk and wakes it. Tracing costs each system call a few microseconds, alike
 for every stack: the figures compare the stacks, they are not the untraced latency. The stacks take turns, round
@@ -57,6 +58,7 @@ from harness import (
     free_ports,
     git_state,
     machine_info,
+    pinned,
     unwind_on_sigterm,
 )
 from peers import (
@@ -145,7 +147,9 @@ def traced_round(stack: Stack, duration_s: int, workdir: Path) -> dict[str, Any]
     constant_rate(stack, BRIEF_RATE, 2, BRIEF_CONNECTIONS)  # warm-up
     pids = session_pids(stack.service.proc.pid)
     data = workdir / "perf.data"
-    argv = ["perf", "record", "-q", "-C", str(SERVER_CPU), "-o", str(data)]
+    # perf itself on the load core: on the server's core it would take that core's time from the stack, writing out
+    # the events it traces there (its own system calls among them: millions in a run, where it landed there).
+    argv = [*pinned(LOAD_CPU), "perf", "record", "-q", "-C", str(SERVER_CPU), "-o", str(data)]
     argv += ["-e", "raw_syscalls:sys_enter,raw_syscalls:sys_exit"]
     with subprocess.Popen(argv, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True) as perf:
         time.sleep(0.5)
