@@ -148,7 +148,7 @@ def traced_round(stack: Stack, duration_s: int, workdir: Path) -> dict[str, Any]
     pids = session_pids(stack.service.proc.pid)
     data = workdir / "perf.data"
     # perf itself on the load core: on the server's core it would take that core's time from the stack, writing out
-    # the events it traces there (its own system calls among them: millions in a run, where it landed there).
+    # the events it traces there (its own system calls among them: millions in a 10 s run when it ran there).
     argv = [*pinned(LOAD_CPU), "perf", "record", "-q", "-C", str(SERVER_CPU), "-o", str(data)]
     argv += ["-e", "raw_syscalls:sys_enter,raw_syscalls:sys_exit"]
     with subprocess.Popen(argv, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True) as perf:
