@@ -4,9 +4,11 @@ from __future__ import annotations
 
 import gc
 import gzip
+import time
 import weakref
 import zlib
 from collections.abc import Callable
+from email.utils import formatdate, parsedate_to_datetime
 from types import SimpleNamespace
 from typing import cast
 
@@ -31,7 +33,7 @@ from trackpoint.http.encoding import Inflater, wbits
 from trackpoint.http.forwarded import client_address, forwarded_for, node_address
 from trackpoint.http.latency import LatencyHistogram
 from trackpoint.http.limits import Caps
-from trackpoint.http.responses import Clock, allow_header, head, origin_form
+from trackpoint.http.responses import Clock, allow_header, head, http_date, origin_form
 
 
 @pytest.mark.parametrize(
@@ -119,6 +121,21 @@ def test_heads_of_204_have_no_length_and_allow_is_sorted() -> None:
     assert b"Content-Length" not in head(clock, 204, b"", 0, True)
     assert b"Content-Length: 43\r\n" in head(clock, 200, b"", 43, True)
     assert allow_header(["POST", "GET", "HEAD", "GET"]) == b"Allow: GET, HEAD, POST\r\n"
+
+
+@settings(max_examples=300)
+@given(st.integers(min_value=0, max_value=253402300799))  # up to 9999-12-31 23:59:59
+@example(951782400)  # 2000-02-29, a leap day
+@example(1798761599)  # 2026-12-31 23:59:59
+def test_the_date_header_is_the_imf_fixdate_email_utils_writes(at: int) -> None:
+    assert http_date(at) == formatdate(at, usegmt=True).encode("ascii")
+    assert http_date(at + 0.75) == http_date(at)  # a second's fraction does not round up
+
+
+def test_the_clock_writes_todays_date_line() -> None:
+    line = Clock().date_line
+    assert line.startswith(b"Date: ") and line.endswith(b" GMT\r\n")
+    assert abs(parsedate_to_datetime(line[6:-2].decode()).timestamp() - time.time()) < 5
 
 
 def test_multipart_fields_skip_files_and_refuse_malformed_bodies() -> None:

@@ -642,9 +642,15 @@ class Collector(ABC):
             )
 
     async def _flush_loop(self) -> None:
+        loop = asyncio.get_running_loop()
         while not self._closing:
-            with contextlib.suppress(TimeoutError):
-                await asyncio.wait_for(self._wake.wait(), self.flush_interval_s)
+            # Woken at the interval by a timer, or sooner by _wake.set(): not asyncio.wait_for, which makes a task
+            # and raises its timeout each time, on the thread that serves requests, ten times a second per collector.
+            timer = loop.call_later(self.flush_interval_s, self._wake.set)
+            try:
+                await self._wake.wait()
+            finally:
+                timer.cancel()
             self._wake.clear()
             await self._flush_isolated()
             for spool in [*self._adopted, *([self._spool] if self._spool else [])]:
