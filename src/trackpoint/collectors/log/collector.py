@@ -16,17 +16,18 @@ import time
 from collections.abc import Sequence
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
-from typing import Any, Final
+from typing import Any, Final, final
 
 import msgspec
 
-from trackpoint.collectors.base import Collector, CollectorContext, Health, SendResult
+from trackpoint.collectors.base import Collector, CollectorContext, CollectorStats, Health, SendResult
 from trackpoint.collectors.log.budget import CHECK_INTERVAL_S, DiskBudget, DiskUsage
 from trackpoint.collectors.log.compression import compress, lower_priority
 from trackpoint.collectors.log.config import LogCollectorConfig
 from trackpoint.collectors.log.files import file_name, log_dir
 from trackpoint.data_dir import DISK_FULL, passing
 from trackpoint.event import Event
+from trackpoint.privacy.filter import PrivacyFilter
 
 # After a failed write, how long the log stays unready before it looks whether it can write again.
 ERROR_HOLD_S: Final = 1.0
@@ -38,6 +39,20 @@ _monotonic: Final = time.monotonic
 _write: Final = os.write
 
 log = logging.getLogger("trackpoint.collectors")
+
+
+@final
+class Group:
+    """What the request path touches of a log, once per event (offer) and once per event-loop iteration (commit):
+    compiled, a class of this module keeps its fields in slots, where the collector's own attributes are dictionary
+    entries (its base class is not compiled) and its counters a msgspec Struct's (generic getattr and setattr). The
+    lines written since the last snapshot are counted here and added to the stats then."""
+
+    def __init__(self, privacy_filter: PrivacyFilter | None) -> None:
+        self.events: list[Event] = []
+        self.encoder = msgspec.json.Encoder()
+        self.privacy_filter = privacy_filter
+        self.written = 0
 
 
 class LogCollector(Collector):
@@ -54,8 +69,7 @@ class LogCollector(Collector):
         self.directory = log_dir(context.data_dir, config)
         self.worker = context.worker
         self.sync_before_answer = config.durability == "power"
-        self._encoder = msgspec.json.Encoder()
-        self._group: list[Event] = []
+        self._group = Group(self.privacy_filter)
         self._fd: int | None = None
         self._path: Path | None = None
         self._opened_at = 0.0
@@ -110,28 +124,37 @@ class LogCollector(Collector):
 
     def offer(self, event: Event) -> None:
         """Adds the event to this iteration's group; commit() writes the group before the iteration's responses."""
-        if self.privacy_filter is not None:  # a log configured as untrusted gets the filtered copy
-            event = self.privacy_filter(event)
-        self._group.append(event)
+        group = self._group
+        if group.privacy_filter is not None:  # a log configured as untrusted gets the filtered copy
+            event = group.privacy_filter(event)
+        group.events.append(event)
 
     def commit(self) -> bool:
         """Writes the iteration's group with one write(). False: nothing of it may be acknowledged (the lines that
         reached the file before a failure are cut off again); `failure_reason` says why."""
         group = self._group
-        if not group:
+        events = group.events
+        if not events:
             return True
-        self._group = []
+        group.events = []
         try:
-            self._append(self._encoder.encode_lines(group))
+            self._append(group.encoder.encode_lines(events))
         except OSError as exc:
             self._failed(exc)
             self.stats.errors += 1
-            self.stats.dropped += len(group)
+            self.stats.dropped += len(events)
             return False
-        stats, count = self.stats, len(group)  # one lookup of each: this class's attributes are dictionary entries
-        stats.received += count
-        stats.sent += count
+        group.written += len(events)
         return True
+
+    def snapshot(self) -> CollectorStats:
+        """The counters, with the lines commit() wrote since the last snapshot added (received and delivered)."""
+        group, stats = self._group, self.stats
+        if group.written:
+            stats.received += group.written
+            stats.sent += group.written
+            group.written = 0
+        return super().snapshot()
 
     async def sync(self) -> None:
         """fsync of everything written so far, off the event loop (durability power). Always a job on the I/O
@@ -145,7 +168,7 @@ class LogCollector(Collector):
     # --- the collector contract (replay, and events offered outside a request) ----------------------------------
 
     async def send(self, batch: Sequence[Event]) -> SendResult:
-        self._append(self._encoder.encode_lines(batch))
+        self._append(self._group.encoder.encode_lines(batch))
         if self.sync_before_answer:
             await self.sync()
         return SendResult.DELIVERED
@@ -165,7 +188,7 @@ class LogCollector(Collector):
                 with contextlib.suppress(asyncio.CancelledError):
                     await task
         if not self.commit():
-            log.error("collector %s: %d events could not be written at shutdown", self.name, len(self._group))
+            log.error("collector %s: %d events could not be written at shutdown", self.name, len(self._group.events))
         # Compressions waiting for a retry: the supervisor compresses what is left once this worker has exited.
         for retry in self._compress_retries.values():
             retry.cancel()
