@@ -60,8 +60,8 @@ _MONTHS: Final[tuple[bytes, ...]] = (
 
 def http_date(at: float | None = None) -> bytes:
     """The IMF-fixdate of RFC 9110 §5.6.7 (`Sun, 06 Nov 1994 08:49:37 GMT`) of `at` (now if None). Formatted
-    directly: email.utils.formatdate goes through datetime and takes a cold worker hundreds of microseconds, once a
-    second, on the thread that serves requests."""
+    directly: email.utils.formatdate goes through datetime (2.5 µs against 1.1, timed warm), on the thread that
+    serves requests."""
     t = time.gmtime(at)
     return b"%s, %02d %s %04d %02d:%02d:%02d GMT" % (
         _DAYS[t.tm_wday],
