@@ -9,12 +9,17 @@ side of a request: no kernel, no wrk, so it is steady on a busy machine where th
 it is where an optimisation of the request path is measured before and after (`--profile` shows where the time
 goes).
 
-    .venv/bin/python bench/hotpath.py [--requests N] [--connections C] [--profile | --instructions] [--at-once]
-        [--browser]
+    .venv/bin/python bench/hotpath.py [--requests N] [--connections C] [--profile | --instructions | --report]
+        [--at-once] [--browser]
 
 The requests are answered as a loaded worker answers them, at the iteration's output step (one log write for the
 iteration); `--at-once` answers each read at its end instead, as a worker under a light load does (one log write
 per read).
+
+`--report` times the worker's once-a-second report instead (its counters, memory and live tail as one control frame,
+`process/worker.py: stats_frame`), each after 2,000 requests of the same traffic at once, as at 2,000 requests/s: its
+cost is a pause of the worker's loop, which the requests that arrive meanwhile wait out. It is timed with the live
+tail unwatched (no dashboard open, the default) and watched.
 
 `--instructions` counts instead of timing: it runs itself under valgrind's callgrind, counting only inside the two
 entry points of the compiled build (a connection's `data_received`, the edge's output step), and prints
@@ -26,12 +31,15 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import contextlib
 import cProfile
 import pstats
+import statistics
 import subprocess
 import sys
 import tempfile
 import time
+from collections.abc import AsyncIterator
 from pathlib import Path
 from typing import Any
 
@@ -43,7 +51,7 @@ from trackpoint.config.load import load
 from trackpoint.edge.pipeline import EdgeProtocol
 from trackpoint.edge.runtime import Edge
 from trackpoint.plugins import registry
-from trackpoint.process.worker import settle_gc
+from trackpoint.process.worker import ResidentMemory, settle_gc, stats_frame
 
 REQUEST = (
     "GET /i?imp=bench-imp-{n}&cid=cmp-42&crid=crv-7&pub=pub-1001 HTTP/1.1\r\n"
@@ -110,11 +118,10 @@ def connect(edge: Edge, index: int) -> EdgeProtocol:
     return protocol
 
 
-async def run(
-    requests: int, connections: int, profile: cProfile.Profile | None, at_once: bool = False, browser: bool = False
-) -> float:
-    """CPU µs per request over `requests` requests; `at_once`: each read answered at its end (a light load's
-    mode), else at the iteration's output step (a loaded worker's group commit); `browser`: a browser's headers."""
+@contextlib.asynccontextmanager
+async def serving(connections: int, at_once: bool) -> AsyncIterator[tuple[Edge, list[EdgeProtocol]]]:
+    """An edge of the embedded default configuration writing to a temporary data_dir, its collectors started, and
+    `connections` clients connected; drained and closed at the end."""
     with tempfile.TemporaryDirectory(prefix="trackpoint-hotpath-") as data_dir:
         config_file = Path(data_dir) / "trackpoint.yaml"
         config_file.write_text(f"data_dir: {data_dir}\n")
@@ -123,6 +130,30 @@ async def run(
         await edge.start_collectors()
         edge.answer_at_once = at_once  # no load watch runs here: the mode is the one measured
         protocols = [connect(edge, index) for index in range(connections)]
+        yield edge, protocols
+        for protocol in protocols:
+            protocol.connection_lost(None)
+        await edge.drain(1.0)
+        for collector in edge.collectors.values():
+            await collector.close(1.0)
+
+
+def send(edge: Edge, protocols: list[EdgeProtocol], index: int, payload: bytes) -> None:
+    """One request on connection `index`; one the edge closed after max_keepalive_requests connects again first, as a
+    client does."""
+    protocol = protocols[index]
+    if protocol.closing:
+        protocol.connection_lost(None)
+        protocol = protocols[index] = connect(edge, index)
+    protocol.data_received(payload)
+
+
+async def run(
+    requests: int, connections: int, profile: cProfile.Profile | None, at_once: bool = False, browser: bool = False
+) -> float:
+    """CPU µs per request over `requests` requests; `at_once`: each read answered at its end (a light load's
+    mode), else at the iteration's output step (a loaded worker's group commit); `browser`: a browser's headers."""
+    async with serving(connections, at_once) as (edge, protocols):
         template = BROWSER_REQUEST if browser else REQUEST
         payloads = [template.format(n=n % 997).encode() for n in range(997)]
         settle_gc()  # the worker's garbage-collector policy, set once it is ready to serve
@@ -134,7 +165,7 @@ async def run(
                 if profile is not None:
                     profile.enable()
                 started = time.process_time()
-            for index in range(connections):
+            for index in range(connections):  # send() inlined: the loop measured is the one of earlier figures
                 protocol = protocols[index]
                 if protocol.closing:  # closed after max_keepalive_requests: the client connects again
                     protocol.connection_lost(None)
@@ -147,12 +178,42 @@ async def run(
         recorded = edge.stats.events.get("impression", 0)
         if recorded != (rounds + warmup) * connections:
             raise SystemExit(f"{recorded:,} of {(rounds + warmup) * connections:,} requests recorded: not all served")
-        for protocol in protocols:
-            protocol.connection_lost(None)
-        await edge.drain(1.0)
-        for collector in edge.collectors.values():
-            await collector.close(1.0)
     return elapsed / (rounds * connections) * 1e6
+
+
+async def report(rounds: int, connections: int, watched: bool) -> tuple[list[float], int]:
+    """µs of each report's frame after each 2,000 requests (`--report`), and the last frame's size in bytes."""
+    async with serving(connections, at_once=True) as (edge, protocols):  # a light load's mode
+        edge.recent.watched = watched
+        payloads = [REQUEST.format(n=n % 997).encode() for n in range(997)]
+        memory = ResidentMemory()
+        settle_gc()
+        snapshot = edge.snapshot()
+        timings, frame = [], b""
+        for _ in range(rounds):
+            for number in range(REPORT_EVERY):
+                index = number % connections
+                send(edge, protocols, index, payloads[number % 997])
+                if index == connections - 1:
+                    await asyncio.sleep(0)
+            started = time.perf_counter()
+            frame, snapshot = stats_frame(edge, snapshot, memory=memory)
+            timings.append((time.perf_counter() - started) * 1e6)
+    return timings[REPORT_WARMUP:], len(frame)
+
+
+REPORT_EVERY = 2_000  # requests between two reports: a second at 2,000 requests/s
+REPORT_WARMUP = 5
+
+
+def print_report(rounds: int, connections: int) -> None:
+    for watched in (False, True):
+        timings, size = uvloop.run(report(rounds + REPORT_WARMUP, connections, watched))
+        p90 = statistics.quantiles(timings, n=10)[-1]
+        print(
+            f"report, live tail {'watched' if watched else 'unwatched'}: median {statistics.median(timings):.0f} µs, "
+            f"p90 {p90:.0f} µs, {size:,} bytes ({len(timings)} reports, each after {REPORT_EVERY:,} requests)"
+        )
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -165,7 +226,11 @@ def main(argv: list[str] | None = None) -> int:
         "--at-once", action="store_true", help="answer each read at its end, as under a light load (default: group)"
     )
     parser.add_argument("--browser", action="store_true", help="requests with a browser's 14 headers (default: 4)")
+    parser.add_argument("--report", action="store_true", help="time the worker's once-a-second report instead")
     options = parser.parse_args(argv)
+    if options.report:
+        print_report(max(1, options.requests // REPORT_EVERY), options.connections)
+        return 0
     if options.instructions:
         return count_instructions(options.requests, options.connections, options.at_once, options.browser)
     profile = cProfile.Profile() if options.profile else None

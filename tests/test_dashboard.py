@@ -15,6 +15,7 @@ from playwright.sync_api import expect
 
 from conftest import Tracker
 from dashboard_page import signed_in
+from trackpoint.admin.dashboard import TAIL_WATCH_S
 
 IMPRESSIONS, WINS, REFUSED = 30, 10, 7
 CAMPAIGN = "dash-c1"
@@ -119,3 +120,44 @@ def test_a_restarted_worker_shows_its_restart(tracker: Tracker) -> None:
     os.kill(first["pid"], signal.SIGKILL)
     (second,) = workers_until(lambda listed: bool(listed) and listed[0]["pid"] != first["pid"] and listed[0]["ready"])
     assert second["restarts"] == 1
+
+
+def test_the_workers_send_their_newest_events_only_while_someone_reads_the_dashboard(tracker: Tracker) -> None:
+    """Each worker filters and encodes its newest events for the live tail only while /dashboard/stats is read (for
+    TAIL_WATCH_S after each read): not for a page nobody has open. A worker started meanwhile is told too."""
+
+    def tail() -> list[str]:
+        status, _, body = tracker.admin("GET", "/dashboard/stats")
+        assert status == 200
+        return [event["dims"]["imp"] for event in json.loads(body)["tail"]]
+
+    def fire_and_report(name: str) -> None:
+        before = tracker.metric("trackpoint_requests_total")
+        assert tracker.get(f"/i?imp={name}")[0] == 200
+        tracker.wait_metric("trackpoint_requests_total", "", before + 1)  # a report after it was read
+        time.sleep(1.2)  # and the next one
+
+    def tail_until(name: str) -> list[str]:
+        deadline = time.monotonic() + 10
+        while name not in (shown := tail()):
+            assert time.monotonic() < deadline, (name, shown, tracker.output())
+            time.sleep(0.2)
+        return shown
+
+    fire_and_report("unwatched")
+    assert tail() == []  # its reports left it out: the first read starts the watch
+    assert "unwatched" in tail_until("unwatched")  # kept by the worker, sent once watched
+    (worker,) = tracker.worker_pids()
+    os.kill(worker, signal.SIGKILL)
+    deadline = time.monotonic() + 20
+    while tracker.worker_pids() in ([], [worker]):
+        assert time.monotonic() < deadline, tracker.output()
+        tail()  # watched all along
+        time.sleep(0.2)
+    tracker.wait_ready()
+    assert tracker.get("/i?imp=after-restart")[0] == 200
+    tail_until("after-restart")  # the new worker was told on its Ready
+    time.sleep(TAIL_WATCH_S + 1)  # nobody reads: no longer watched
+    fire_and_report("left")
+    assert "left" not in tail()
+    tail_until("left")

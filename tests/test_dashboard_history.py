@@ -1,8 +1,11 @@
 """The dashboard's arithmetic and the worker's tail, in process: rates, percentiles and series from the sampled
-counters, collector rows (time until the spool is full, lag), the tail's privacy filter, and how collectors' new
-gauges add over workers."""
+counters, collector rows (time until the spool is full, lag), the tail's privacy filter, the report carrying it only
+while it is watched, and how collectors' new gauges add over workers."""
 
 from __future__ import annotations
+
+import asyncio
+import socket
 
 import msgspec
 import pytest
@@ -19,7 +22,7 @@ from trackpoint.http.latency import LATENCY_BUCKETS
 from trackpoint.plugins import registry
 from trackpoint.process import control
 from trackpoint.process.control import recent_events
-from trackpoint.process.worker import stats_frame
+from trackpoint.process.worker import PAGE_SIZE, ResidentMemory, _follow_supervisor, stats_frame
 
 
 def _counts(**buckets: int) -> list[int]:
@@ -152,6 +155,7 @@ def test_the_tail_is_bounded_in_bytes_and_a_malformed_event_costs_only_itself() 
 
 def test_a_report_over_the_frame_limit_is_never_built_and_goes_without_its_sample() -> None:
     edge = Edge(load("examples/cdp.yaml", registry=registry()).config, "v1", 0, registry())
+    edge.recent.watched = True
     for number in range(TAIL_EVENTS):
         edge.recent.events.append(make_event(number))
     full, _ = stats_frame(edge, Snapshot())
@@ -163,3 +167,71 @@ def test_a_report_over_the_frame_limit_is_never_built_and_goes_without_its_sampl
     assert len(message) < len(full) - 100
     stats = msgspec.msgpack.decode(message[4:], type=control.FromWorker)
     assert isinstance(stats, control.Stats) and stats.recent == [] and stats.snapshot == snapshot
+
+
+def _report(edge: Edge, memory: ResidentMemory | None = None) -> control.Stats:
+    message, _ = stats_frame(edge, Snapshot(), memory=memory)
+    stats = msgspec.msgpack.decode(message[4:], type=control.FromWorker)
+    assert isinstance(stats, control.Stats)
+    return stats
+
+
+def test_a_report_carries_the_newest_events_only_while_the_tail_is_watched() -> None:
+    """No one watching the dashboard: the report leaves the tail out, and the filtering and encoding it costs are
+    not paid. The deque keeps the newest meanwhile: a tail opened again starts with them, each handed over once."""
+    edge = Edge(load("examples/cdp.yaml", registry=registry()).config, "v1", 0, registry())
+    for number in range(TAIL_EVENTS + 3):
+        edge.recent.events.append(make_event(number))
+    assert _report(edge).recent == []
+    assert len(edge.recent.events) == TAIL_EVENTS  # still there, bounded
+    edge.recent.watched = True
+    events, errors = recent_events(_report(edge).recent)
+    assert [e.dims["imp"] for e in events] == [f"imp-{n}" for n in range(3, TAIL_EVENTS + 3)] and errors == []
+    assert _report(edge).recent == []  # handed over once
+    edge.recent.events.append(make_event(99))
+    edge.recent.watched = False
+    assert _report(edge).recent == []
+
+
+def test_the_resident_memory_is_read_from_a_descriptor_kept_open() -> None:
+    memory = ResidentMemory()
+    with open("/proc/self/statm", "rb") as statm:
+        opened = int(statm.read().split()[1]) * PAGE_SIZE
+    grown = bytearray(64 << 20)  # touched: resident
+    read = memory.read()
+    assert opened + (60 << 20) <= read <= opened + (80 << 20)
+    del grown
+    edge = Edge(load("examples/cdp.yaml", registry=registry()).config, "v1", 0, registry())
+    assert _report(edge, memory).rss_bytes > 0  # what the worker sends
+
+
+def test_the_worker_follows_the_supervisors_commands_and_stops_when_it_is_gone() -> None:
+    """Tail commands switch the report's tail; a frame that is not a command is skipped (the channel is still in
+    sync); the supervisor's end of the channel closing stops the worker."""
+    edge = Edge(load("examples/cdp.yaml", registry=registry()).config, "v1", 0, registry())
+    supervisor, worker = socket.socketpair(socket.AF_UNIX, socket.SOCK_STREAM)
+
+    async def follow() -> None:
+        reader, writer = await asyncio.open_unix_connection(sock=worker)
+        stop = asyncio.Event()
+        task = asyncio.get_running_loop().create_task(_follow_supervisor(reader, edge, stop))
+
+        async def send(frame: bytes, watched: bool) -> None:
+            supervisor.sendall(frame)
+            for _ in range(500):
+                if edge.recent.watched is watched:
+                    return
+                await asyncio.sleep(0.01)
+            raise AssertionError(f"the worker's tail is not watched={watched} after the command")
+
+        await send(control.frame(control.Tail(watched=True)), True)
+        await send(control.frame(control.Stats(snapshot=Snapshot())), True)  # not a command: skipped
+        await send(control.frame(control.Tail(watched=False)), False)  # read: the channel is still in sync
+        await send(control.frame(control.Tail(watched=True)), True)
+        assert not stop.is_set()
+        supervisor.close()
+        await asyncio.wait_for(stop.wait(), 5)
+        await task
+        writer.close()
+
+    asyncio.run(follow())

@@ -118,6 +118,7 @@ def test_a_report_stays_small_whatever_the_events_carry(misbehaving: StartTracke
     refused it and stopped reading that worker. The worker cuts long values out of the dashboard's sample."""
     tracker = misbehaving()
     (worker,) = tracker.worker_pids()
+    _json(tracker, "/dashboard/stats")  # watched: the reports carry the newest events
     assert tracker.get("/i?imp=huge&pub=big_dim&cid=66000")[0] == 200  # a 66,000 KiB dim
     time.sleep(1.5)
     _served(tracker, 3, "after")

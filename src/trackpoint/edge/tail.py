@@ -1,7 +1,8 @@
 """The live tail of a worker: its most recent events in a bounded deque, sent to the supervisor with its stats.
 
 The request path only appends to the deque; the privacy filter (what an untrusted collector would get) and the bound in
-bytes run once a second on what is taken, never per request.
+bytes run once a second on what is taken, never per request, and only while someone watches the tail (`watched`, set
+by the supervisor's Tail command: process/control.py).
 """
 
 from __future__ import annotations
@@ -31,6 +32,9 @@ class RecentEvents:
     def __init__(self, config: Config) -> None:
         """`config`: with the event types as the worker builds them (`preprocessors.with_preprocessor_inputs`)."""
         self.events: deque[Event] = deque(maxlen=TAIL_EVENTS)
+        # Whether the dashboard's tail is open somewhere: the worker's reports carry `take()` only while it is. The
+        # deque keeps filling meanwhile, so a tail opened again starts with the newest events, each handed over once.
+        self.watched = False
         # Per event type, as an untrusted collector with no lists of its own gets it: no raw IP or User-Agent, no
         # field read from the IP, a cookie or a header (by the type or its preprocessors), no private dim a
         # preprocessor adds (geo's city), the referer and `url` fields without their query string.

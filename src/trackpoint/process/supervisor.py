@@ -29,7 +29,7 @@ import msgspec
 
 from trackpoint.admin import metrics
 from trackpoint.admin.core import admin_servers
-from trackpoint.admin.dashboard import TAIL_KEEP, Dashboard
+from trackpoint.admin.dashboard import TAIL_KEEP, TAIL_WATCH_S, Dashboard
 from trackpoint.admin.server import AdminServer
 from trackpoint.collectors.log.budget import LogDiskMetrics
 from trackpoint.collectors.log.compression import finalize_orphans
@@ -110,6 +110,7 @@ class WorkerHandle:
     problem: str | None = None
     problem_detail: str = ""
     start_timer: asyncio.TimerHandle | None = None  # stops it if it is not ready in time (worker_start_timeout_s)
+    channel: asyncio.StreamWriter | None = None  # the control channel's sending side, once followed
     kill_timer: asyncio.TimerHandle | None = None  # kills it if it has not exited in time after a stop
 
     @property
@@ -271,6 +272,8 @@ class Supervisor:
         self.started_at = time.time()
         self.slot_restarts = [0] * self.slots  # restarts after a death, per slot, since start (the dashboard)
         self.recent: deque[Event] = deque(maxlen=TAIL_KEEP)  # the workers' newest events, filtered (the dashboard)
+        self.tail_watched_until = 0.0  # monotonic; the workers send their newest events until then (watch_tail)
+        self._tail_expiry: asyncio.TimerHandle | None = None
         self.dashboard = Dashboard(self)
         # Per slot: failed starts in a row, the last start error logged, and the backoff before the next attempt.
         self.failed_starts = [0] * self.slots
@@ -484,7 +487,9 @@ class Supervisor:
         """Reads a worker's messages until it exits, then accounts for it and restarts it if it died (or was stopped
         for a problem)."""
         reader, writer = await asyncio.open_unix_connection(sock=channel)
+        handle.channel = writer
         clean = await self._read(handle, reader)
+        handle.channel = None
         writer.close()
         for timer in (handle.start_timer, handle.kill_timer):
             if timer is not None:
@@ -599,6 +604,8 @@ class Supervisor:
                 handle.ready.set_result(None)
             self._started(handle.slot)
             self._count_ready()
+            if self.tail_watched:
+                self._command(handle, control.Tail(watched=True))
         elif isinstance(message, control.Stats):
             handle.snapshot = message.snapshot
             handle.rss_bytes = message.rss_bytes
@@ -620,6 +627,38 @@ class Supervisor:
             handle.snapshot = message.snapshot
             return True
         return False
+
+    @property
+    def tail_watched(self) -> bool:
+        return self._tail_expiry is not None
+
+    def watch_tail(self) -> None:
+        """Someone reads the dashboard: its live tail is watched for TAIL_WATCH_S more, and the workers are told when
+        it starts. While no one watches, they leave their newest events out of their reports (control.Tail)."""
+        self.tail_watched_until = time.monotonic() + TAIL_WATCH_S
+        if self._tail_expiry is None:
+            self._tail_expiry = asyncio.get_running_loop().call_later(TAIL_WATCH_S, self._tail_expired)
+            self._command_all(control.Tail(watched=True))
+
+    def _tail_expired(self) -> None:
+        left = self.tail_watched_until - time.monotonic()
+        if left > 0:  # read again meanwhile
+            self._tail_expiry = asyncio.get_running_loop().call_later(left, self._tail_expired)
+            return
+        self._tail_expiry = None
+        self._command_all(control.Tail(watched=False))
+
+    def _command_all(self, command: control.Command) -> None:
+        """Sends every serving worker a command (one not ready yet is told on its Ready; a retiring one needs none)."""
+        for handle in [*self.workers.values(), *self.replacing.values()]:
+            if handle.ready.done() and not handle.ready.exception():
+                self._command(handle, command)
+
+    def _command(self, handle: WorkerHandle, command: control.Command) -> None:
+        """Sends a worker a command, if its channel is still open (a worker that is gone has no use for it)."""
+        if handle.channel is not None and not handle.channel.is_closing():
+            with contextlib.suppress(ConnectionError, RuntimeError):  # RuntimeError: uvloop's closed transport
+                handle.channel.write(control.frame(command))
 
     def _skipped(self, handle: WorkerHandle, reason: str, detail: str, count: int = 1) -> None:
         """Counts what could not be decoded of a worker's messages, and logs it (limited: a worker may send one a

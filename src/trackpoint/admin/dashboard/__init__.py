@@ -27,6 +27,9 @@ from trackpoint.event import Event
 
 # Events the supervisor keeps for the live tail (the newest of all workers).
 TAIL_KEEP = 100
+# The live tail is watched for this long after a read of /dashboard/stats (the page reads it every 2 s while it is
+# shown; a hidden tab's timers slow down): the workers send their newest events only meanwhile.
+TAIL_WATCH_S = 10.0
 SAMPLE_INTERVAL_S = 1.0
 ROLLUPS_PATH = "/reports/hourly"
 
@@ -93,6 +96,7 @@ class Supervised(Protocol):
     def workers(self) -> Mapping[int, Worker]: ...
     def totals(self) -> Snapshot: ...
     def crash_loops(self) -> list[dict[str, object]]: ...
+    def watch_tail(self) -> None: ...
 
 
 class Dashboard:
@@ -142,6 +146,7 @@ class Dashboard:
             return style
 
         async def stats(_: AdminRequest) -> AdminResponse:
+            self.supervisor.watch_tail()  # someone reads it: the workers send their newest events for a while
             return AdminResponse.json(200, self.stats(admin))
 
         return {"/": index, "/dashboard/app.js": app_js, "/dashboard/app.css": app_css, "/dashboard/stats": stats}
