@@ -272,7 +272,7 @@ class Supervisor:
         self.started_at = time.time()
         self.slot_restarts = [0] * self.slots  # restarts after a death, per slot, since start (the dashboard)
         self.recent: deque[Event] = deque(maxlen=TAIL_KEEP)  # the workers' newest events, filtered (the dashboard)
-        self.tail_watched_until = 0.0  # monotonic; the workers send their newest events until then (watch_tail)
+        self._tail_watched_until = 0.0  # monotonic; the workers send their newest events until then (watch_tail)
         self._tail_expiry: asyncio.TimerHandle | None = None
         self.dashboard = Dashboard(self)
         # Per slot: failed starts in a row, the last start error logged, and the backoff before the next attempt.
@@ -635,13 +635,13 @@ class Supervisor:
     def watch_tail(self) -> None:
         """Someone reads the dashboard: its live tail is watched for TAIL_WATCH_S more, and the workers are told when
         it starts. While no one watches, they leave their newest events out of their reports (control.Tail)."""
-        self.tail_watched_until = time.monotonic() + TAIL_WATCH_S
+        self._tail_watched_until = time.monotonic() + TAIL_WATCH_S
         if self._tail_expiry is None:
             self._tail_expiry = asyncio.get_running_loop().call_later(TAIL_WATCH_S, self._tail_expired)
             self._command_all(control.Tail(watched=True))
 
     def _tail_expired(self) -> None:
-        left = self.tail_watched_until - time.monotonic()
+        left = self._tail_watched_until - time.monotonic()
         if left > 0:  # read again meanwhile
             self._tail_expiry = asyncio.get_running_loop().call_later(left, self._tail_expired)
             return
